@@ -1,0 +1,494 @@
+/*
+ * internal.h: what the modules of mailnode share.
+ *
+ * Each module has one prefix (util_, log_, conf_, loop_/conn_/timer_,
+ * store_, addr_, mime_, auth_, queue_, smtpd_, pop3_, cli_) and one job.
+ * Functions return 0 on success and a negative value on failure unless
+ * their comment says otherwise.
+ */
+#ifndef MAILNODE_INTERNAL_H
+#define MAILNODE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <sysexits.h>
+#include <syslog.h>
+
+#include <sodium.h>
+#include <zlib.h>
+#include "sqlite3.h"
+
+#include "mailnode.h"
+
+#define MN_UNUSED(x) ((void)(x))
+#define MN_NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+/* RFC 5321 4.5.3.1: size limits.  Paths are 256 octets including the
+ * angle brackets, so an address fits in 254 bytes plus the NUL. */
+#define SMTP_LOCAL_MAX   64
+#define SMTP_DOMAIN_MAX  255
+#define SMTP_PATH_MAX    256
+#define SMTP_LINE_MAX    512     /* command line, CRLF included */
+#define SMTP_TEXT_MAX    1000    /* text line, CRLF included */
+#define ADDR_MAX         (SMTP_PATH_MAX + 1)
+#define QID_LEN          16      /* queue id: 16 base32 characters */
+#define USER_MAX         64
+
+/* ------------------------------------------------------------------ util */
+
+int64_t util_now(void);                 /* wall clock, seconds since the epoch */
+int64_t util_now_ms(void);              /* monotonic milliseconds */
+/* "30s", "5m", "4h", "5d", or bare seconds. */
+int util_parse_duration(const char *s, int64_t *secs);
+/* "10M", "512K", "1G", or bare bytes. */
+int util_parse_size(const char *s, int64_t *bytes);
+void util_qid(char out[QID_LEN + 1]);   /* random queue id */
+size_t util_strlcpy(char *dst, const char *src, size_t size);
+void util_lower(char *s);
+int util_strcaseprefix(const char *s, const char *prefix); /* 1 if s starts with prefix, ignoring case */
+/* RFC 5322 date-time of t, local time with numeric zone. */
+void util_date(int64_t t, char *buf, size_t n);
+int util_set_nonblock(int fd);
+/* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
+int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
+/* 1 if the address is a loopback address. */
+int util_sockaddr_is_loopback(const struct sockaddr_storage *ss);
+void util_sockaddr_ip(const struct sockaddr_storage *ss, char *buf, size_t n);
+char *util_trim(char *s);               /* in place, returns start */
+/* Splits a comma/space separated list in place; returns count. */
+size_t util_split_list(char *s, char **items, size_t max);
+
+struct cidr {
+    int family;                         /* AF_INET or AF_INET6 */
+    unsigned char addr[16];
+    int bits;
+};
+int util_cidr_parse(const char *s, struct cidr *out);
+int util_cidr_match(const struct cidr *c, const struct sockaddr_storage *ss);
+
+/* md5.c: RFC 1321 MD5 and RFC 2104 HMAC-MD5, for CRAM-MD5 (RFC 2195) only. */
+void md5_digest(const void *data, size_t len, unsigned char out[16]);
+void hmac_md5(const void *key, size_t keylen, const void *msg, size_t msglen,
+              unsigned char out[16]);
+
+/* ------------------------------------------------------------------- log */
+
+void log_init(const char *ident, int use_syslog);
+void log_set_level(int level);          /* LOG_ERR .. LOG_DEBUG */
+void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_err(...)   log_msg(LOG_ERR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARNING, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+/* ------------------------------------------------------------------ conf */
+
+enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_N };
+
+struct conf {
+    char *path;                         /* file read, or NULL for defaults */
+    char *hostname;
+    char *database;
+    char *keyfile;                      /* node key (CRAM-MD5 secrets); default DATABASE.key */
+    char *control;                      /* control socket; default DATABASE.ctl */
+    char *listen[LISTEN_N];             /* "addr:port,..."; "" disables */
+    char **local_domains;               /* also domains added with `domain add --local` */
+    size_t n_local_domains;
+    struct cidr *relay_networks;
+    size_t n_relay_networks;
+    char *relayhost;
+    char *relayhost_user;
+    char *relayhost_password_file;
+    char *upstream;
+    char *upstream_mode;                /* "etrn" or "atrn" */
+    char **upstream_domains;
+    size_t n_upstream_domains;
+    char *upstream_user;
+    char *upstream_password_file;
+    int64_t upstream_interval;          /* seconds */
+    int64_t retry_initial, retry_max;   /* seconds */
+    int64_t queue_lifetime, queue_warn_after;
+    int64_t message_size_limit;         /* bytes */
+    int64_t max_recipients;
+    int64_t max_connections;
+    int64_t max_received;               /* refuse at this many Received headers */
+    int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
+    int64_t smtp_timeout_data;          /* between data blocks */
+    int64_t pop3_timeout;               /* RFC 1939: at least 10 minutes */
+    int64_t auth_fail_delay;            /* seconds added per failed AUTH */
+    int64_t auth_max_failures;          /* then 421 and close */
+    int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
+    int allow_expn;                     /* expn = yes: expand aliases */
+    int allow_cleartext_auth;           /* auth.cleartext = yes */
+    char *log_dest;                     /* log = syslog | stderr */
+    int use_syslog;
+    char *tls_cert, *tls_key;
+};
+
+extern struct conf *conf;               /* the configuration in force */
+
+/* Loads PATH (NULL: embedded defaults only).  On error fills err with
+ * "FILE:LINE: what is wrong" and returns -1. */
+int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
+void conf_free(struct conf *c);
+/* 1 if the domain (lower case) is listed in local_domains. */
+int conf_is_local_domain(const char *domain);
+int conf_relay_allowed(const struct sockaddr_storage *ss);
+
+/* ------------------------------------------------------------------ loop */
+
+struct conn;
+
+struct conn_ops {
+    /* Input arrived (or the session was resumed): consume what can be
+     * handled from c->in; leave partial lines. */
+    void (*on_input)(struct conn *c);
+    /* The output buffer drained below half; a streaming writer refills. */
+    void (*on_drain)(struct conn *c);
+    /* The deadline passed. */
+    void (*on_timeout)(struct conn *c);
+    /* The connection is going away (peer closed, error, or conn_close
+     * finished); free the session here. */
+    void (*on_close)(struct conn *c);
+};
+
+struct conn {
+    int fd;
+    const struct conn_ops *ops;
+    void *ctx;                          /* the session */
+    int kind;                           /* enum listen_kind of its listener */
+    unsigned char *in;                  /* fixed input buffer */
+    size_t in_len, in_cap;
+    unsigned char *out;                 /* fixed output buffer */
+    size_t out_len, out_cap;
+    int64_t deadline;                   /* monotonic ms; 0 = none */
+    unsigned paused : 1;                /* do not deliver input (waiting for commit) */
+    unsigned want_drain : 1;            /* call on_drain when output drains */
+    unsigned closing : 1;               /* close once output is flushed */
+    unsigned dead : 1;                  /* closed; freed at the end of the turn */
+    unsigned eof : 1;                   /* peer closed its side */
+    unsigned kicked : 1;                /* on_input pending at end of turn */
+    uint32_t events;                    /* epoll events registered */
+    struct sockaddr_storage peer;
+    char peer_ip[64];
+    int peer_loopback;
+    struct conn *next, *prev;
+    struct conn *kick_next;
+};
+
+struct timer {
+    int64_t at;                         /* monotonic ms */
+    void (*fn)(void *arg);
+    void *arg;
+    int idx;                            /* heap index, -1 when not armed */
+};
+
+typedef void (*loop_accept_fn)(struct conn *c);
+
+int loop_init(void);
+void loop_free(void);
+/* Opens the listeners of a comma separated "addr:port" list. */
+int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
+void loop_close_listeners(void);
+int loop_run(void);                     /* until loop_stop(); returns 0 */
+void loop_stop(void);
+int loop_count_conns(int kind);         /* -1: all */
+/* Called at the end of each loop turn, after events were handled (the
+ * store's group commit). */
+void loop_set_turn_hook(void (*fn)(void));
+
+/* Buffers: in_cap and out_cap are hard caps. */
+struct conn *conn_new(int fd, int kind, const struct conn_ops *ops, void *ctx,
+                      size_t in_cap, size_t out_cap);
+/* Appends to the output buffer; -1 (nothing written) if it does not fit. */
+int conn_write(struct conn *c, const void *buf, size_t n);
+int conn_printf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+size_t conn_out_space(const struct conn *c);
+void conn_consume(struct conn *c, size_t n);   /* drop n bytes of input */
+void conn_close(struct conn *c);        /* flush output, then close */
+void conn_abort(struct conn *c);        /* close now, drop output */
+void conn_pause(struct conn *c, int on);
+void conn_kick(struct conn *c);         /* run on_input again at the end of this turn */
+void conn_set_timeout(struct conn *c, int64_t ms); /* 0 clears */
+int conn_flush(struct conn *c);         /* try to write now */
+
+void timer_set(struct timer *t, int64_t ms_from_now, void (*fn)(void *), void *arg);
+void timer_cancel(struct timer *t);
+
+/* ----------------------------------------------------------------- store */
+
+/* Errors the store reports; the caller maps them to replies. */
+#define STORE_ERR   (-1)                /* any failure: 451 4.3.0 */
+#define STORE_FULL  (-2)                /* disk full: 452 4.3.1 */
+#define STORE_NOTFOUND (-3)
+#define STORE_EXISTS (-4)
+
+#define STORE_CHUNK (32 * 1024)         /* raw bytes per stored body chunk */
+
+enum store_mode { STORE_DAEMON, STORE_TOOL };
+
+int store_open(const char *path, enum store_mode mode, char *err, size_t errlen);
+void store_close(void);
+sqlite3 *store_db(void);                /* for the store_*.c files only */
+/* Prepares sql into *slot on first use (kept until store_close), resets it
+ * on later uses. */
+sqlite3_stmt *store_stmt(sqlite3_stmt **slot, const char *sql);
+int store_rc(int sqlite_rc);            /* SQLITE_FULL -> STORE_FULL, else STORE_ERR */
+
+/* Transactions.  The daemon keeps one write transaction per loop turn:
+ * store_begin() opens it if needed; store_turn_end() commits it durably
+ * and then runs the acknowledgements registered during the turn, so that
+ * every message finished in the same turn shares one fsync. */
+int store_begin(void);
+int store_commit(void);                 /* tool mode: commit now */
+void store_rollback(void);
+typedef void (*store_ack_fn)(void *arg, int rc);
+void store_after_commit(store_ack_fn fn, void *arg);
+void store_turn_end(void);
+int store_in_txn(void);
+
+/* A body being written: raw bytes in, compressed chunks out. */
+struct store_body {
+    int64_t id;
+    int64_t size;                       /* raw bytes so far */
+    int64_t seq;                        /* next chunk number */
+    int err;                            /* sticky STORE_ERR / STORE_FULL */
+    int linked;                         /* a message refers to it: keep the rows */
+    size_t len;                         /* bytes in buf */
+    unsigned char *buf;                 /* STORE_CHUNK bytes */
+    crypto_generichash_state hash;
+    struct store_body *next;            /* open bodies, for rollback */
+};
+struct store_body *store_body_new(void);        /* NULL on error */
+int store_body_write(struct store_body *b, const void *data, size_t n);
+int store_body_finish(struct store_body *b);    /* last chunk, size, hash */
+void store_body_free(struct store_body *b);     /* deletes rows unless committed */
+
+/* Reading a body back, chunk by chunk. */
+struct store_reader {
+    int64_t body_id;
+    int64_t seq, nchunks;
+    unsigned char *buf;                 /* STORE_CHUNK bytes */
+    size_t len, off;
+    int err;
+};
+int store_reader_open(struct store_reader *r, int64_t body_id);
+/* Copies up to n bytes; returns bytes copied, 0 at the end, <0 on error. */
+ssize_t store_reader_read(struct store_reader *r, void *dst, size_t n);
+void store_reader_close(struct store_reader *r);
+
+/* RCPT NOTIFY bits (RFC 3461 4.1). */
+#define NOTIFY_SUCCESS 1
+#define NOTIFY_FAILURE 2
+#define NOTIFY_DELAY   4
+#define NOTIFY_NEVER   8
+
+struct store_env {
+    char qid[QID_LEN + 1];
+    const char *sender;                 /* "" for the null reverse-path */
+    const char *envid;                  /* DSN ENVID or NULL */
+    int ret_full;                       /* DSN RET=FULL */
+    int eightbit;                       /* BODY=8BITMIME or 8-bit seen */
+    const char *client;                 /* "host [ip]" or "local" */
+    const char *auth_user;              /* or NULL */
+    int64_t size;
+};
+
+enum route_kind { ROUTE_LOCAL = 1, ROUTE_REMOTE, ROUTE_HOLD };
+
+struct store_rcpt {
+    int kind;                           /* enum route_kind */
+    int64_t user_id;                    /* ROUTE_LOCAL: mailbox owner */
+    char addr[ADDR_MAX];                /* final address after aliases */
+    char orcpt[ADDR_MAX + 8];           /* DSN ORCPT ("rfc822;addr") or "" */
+    int notify;                         /* NOTIFY_* bits, 0 = default */
+    char domain[SMTP_DOMAIN_MAX + 1];   /* destination (lower case) */
+};
+
+/* Inserts the message, its queued recipients and its mailbox entries in
+ * the current transaction.  b must be finished. */
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n);
+
+/* Queue administration. */
+struct store_qinfo {
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+    int64_t received, size;
+    int nrcpt;
+    char rcpts[1024];                   /* "addr (state, next try / last error)" ... */
+};
+int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg);
+int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id);
+int store_queue_delete(const char *qid);
+int64_t store_queue_count(void);
+/* Deletes bodies no message or mailbox entry refers to any more. */
+int store_gc(void);
+
+/* store_admin.c: users, domains, aliases. */
+struct store_user {
+    int64_t id;
+    char name[USER_MAX + 1];
+    char pwhash[crypto_pwhash_STRBYTES];
+    unsigned char cram[128];            /* sealed CRAM-MD5 secret */
+    size_t cram_len;
+};
+int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND */
+int store_user_get_id(int64_t id, struct store_user *u);
+int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
+int store_user_update(const struct store_user *u);            /* password change */
+int store_user_del(const char *name);
+int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
+
+enum domain_kind { DOMAIN_LOCAL = 1, DOMAIN_HOLD = 2 };
+struct store_domain {
+    char name[SMTP_DOMAIN_MAX + 1];
+    int kind;
+    char owner[USER_MAX + 1];
+    char host[SMTP_DOMAIN_MAX + 8];
+};
+int store_domain_get(const char *name, struct store_domain *d);
+int store_domain_add(const struct store_domain *d);
+int store_domain_del(const char *name);
+int store_domain_list(int (*cb)(void *arg, const struct store_domain *d), void *arg);
+
+int store_alias_get(const char *name, char *targets, size_t n);
+int store_alias_set(const char *name, const char *targets);
+int store_alias_del(const char *name);
+int store_alias_list(int (*cb)(void *arg, const char *name, const char *targets), void *arg);
+
+/* store_mbox.c: mailboxes.  A mailbox entry is a body shared with the
+ * other recipients plus a small per-recipient header prefix
+ * (Return-Path); its size is prefix + body in CRLF form. */
+struct store_mbox_msg {
+    int64_t uid;                        /* stable, never reused */
+    int64_t body_id;
+    int64_t size;                       /* octets, CRLF, before byte-stuffing */
+    int64_t added;
+    char qid[QID_LEN + 1];
+    char prefix[ADDR_MAX + 64];
+};
+int store_mbox_list(int64_t user_id, int (*cb)(void *arg, const struct store_mbox_msg *m), void *arg);
+int store_mbox_get(int64_t user_id, int64_t uid, struct store_mbox_msg *m);
+int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n);
+
+/* ------------------------------------------------------------------ addr */
+
+struct addr {
+    char local[SMTP_LOCAL_MAX * 2 + 3];  /* as written, quotes removed */
+    char domain[SMTP_DOMAIN_MAX + 1];    /* lower case; "" for <> and postmaster */
+    char full[ADDR_MAX];                 /* local@domain (quoted when needed) or "" */
+    int null_path;                       /* <> */
+    int ip_literal;
+};
+
+/* Parses an RFC 5321 Reverse-path / Forward-path starting at s (n bytes):
+ * "<" [A-d-l ":"] Mailbox ">" or "<>" when allow_null.  A source route is
+ * accepted and dropped (RFC 5321 appendix C).  *used gets the bytes
+ * consumed.  Returns 0, or one of the ADDR_E* codes. */
+#define ADDR_ESYNTAX  (-1)               /* 501 5.1.3 / 553 5.1.3 */
+#define ADDR_ELOCAL   (-2)               /* local part too long: 553 5.1.3 */
+#define ADDR_EDOMAIN  (-3)               /* domain too long or bad */
+#define ADDR_EPATH    (-4)               /* path too long: 501 5.1.3 */
+int addr_parse_path(const char *s, size_t n, int allow_null, struct addr *a, size_t *used);
+/* Parses a bare "local@domain" (the sendmail command line, alias targets). */
+int addr_parse_mailbox(const char *s, struct addr *a);
+/* 1 if c may appear in an RFC 5321 atom. */
+int addr_is_atext(int c);
+
+/* ------------------------------------------------------------------ mime */
+
+/* Streaming SMTP DATA decoder: undoes dot-stuffing and finds the end.
+ * RFC 5321 4.1.1.4: only CRLF "." CRLF ends the data; bare CR and bare LF
+ * are stored as CRLF, so nothing that a relay further on might take for a
+ * line end can end a message early or split it ("SMTP smuggling"). */
+struct mime_data {
+    int state;
+    int line_len;                       /* bytes in the current line */
+    int long_line;                      /* a line exceeded SMTP_TEXT_MAX */
+    int in_header;                      /* still in the header section */
+    int hdr_line_start;
+    int received;                       /* Received: headers counted */
+    int eightbit;                       /* a byte >= 0x80 was seen */
+    int64_t size;                       /* decoded bytes */
+    char hdr_name[16];                  /* start of the current header line */
+    int hdr_name_len;
+};
+void mime_data_init(struct mime_data *d);
+/* Decodes from in[0..n); writes decoded bytes through emit.  Returns the
+ * input bytes consumed; *done is set when CRLF.CRLF was consumed. */
+typedef int (*mime_emit_fn)(void *arg, const void *buf, size_t n);
+size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
+                      mime_emit_fn emit, void *arg, int *done);
+/* The same scanning (Received count, 8-bit, header end) for bytes that are
+ * not dot-stuffed: BDAT chunks and the sendmail command. */
+void mime_scan(struct mime_data *d, const unsigned char *buf, size_t n);
+
+/* ------------------------------------------------------------------ auth */
+
+int auth_init(const char *keyfile);     /* loads or creates the node key (0600) */
+void auth_free(void);
+/* Fills u->pwhash (Argon2id) and u->cram (sealed CRAM-MD5 secret). */
+int auth_set_password(struct store_user *u, const char *password);
+int auth_check_password(const struct store_user *u, const char *password); /* 1 ok */
+
+enum auth_result { AUTH_OK = 0, AUTH_CONTINUE = 1, AUTH_FAIL = -1, AUTH_BADMECH = -2,
+                   AUTH_SYNTAX = -3, AUTH_CANCEL = -4 };
+struct auth_sasl {
+    int mech;
+    int step;
+    char user[USER_MAX + 1];
+    char challenge[128];
+};
+/* Starts a SASL exchange (RFC 4954 / RFC 5034): mech is "PLAIN", "LOGIN"
+ * or "CRAM-MD5"; initial is the initial response (NULL if none, "=" for
+ * empty).  AUTH_CONTINUE: send "334 " + out (base64 text).  AUTH_OK:
+ * s->user is authenticated. */
+int auth_sasl_start(struct auth_sasl *s, const char *mech, const char *initial,
+                    char *out, size_t outlen);
+/* The next client line ("*" cancels). */
+int auth_sasl_step(struct auth_sasl *s, const char *line, char *out, size_t outlen);
+/* Mechanisms to advertise, e.g. "PLAIN LOGIN CRAM-MD5". */
+const char *auth_mechs(int cleartext_ok);
+
+/* ----------------------------------------------------------------- queue */
+
+/* Routing one recipient address: local mailbox(es) through aliases, a
+ * hold domain, or remote.  Fills up to max routes. */
+#define QUEUE_EUNKNOWN (-10)            /* no such local user: 550 5.1.1 */
+#define QUEUE_ELOOP    (-11)            /* alias loop or too deep: 554 5.4.6 */
+#define QUEUE_ETOOMANY (-12)            /* alias expands beyond max */
+int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t *n);
+/* 1 if mail for the domain is ours to take without relay permission
+ * (local or hold domain). */
+int queue_domain_accepted(const char *domain);
+int queue_domain_is_local(const char *domain);
+
+/* ---------------------------------------------------------------- smtpd */
+
+void smtpd_accept(struct conn *c);
+
+/* ----------------------------------------------------------------- pop3 */
+
+void pop3_accept(struct conn *c);
+
+/* ------------------------------------------------------------------- cli */
+
+int cli_run(int argc, char **argv);             /* mailnode run */
+int cli_sendmail(int argc, char **argv);        /* mailnode sendmail / sendmail */
+int cli_queue(int argc, char **argv);
+int cli_user(int argc, char **argv);
+int cli_domain(int argc, char **argv);
+int cli_alias(int argc, char **argv);
+int cli_mailbox(int argc, char **argv);
+int cli_status(int argc, char **argv);
+/* Opens the configured database for a command-line tool; prints an error
+ * naming the file and returns a sysexits code on failure. */
+int cli_open_store(void);
+
+#endif

@@ -1,0 +1,824 @@
+/*
+ * store.c: the database.  Schema and migrations, transactions with group
+ * commit, message bodies (zlib-compressed chunks with a BLAKE2b content
+ * hash) and the outbound queue.  Every SQL statement of mailnode lives in
+ * the store_*.c files.
+ *
+ * Durability: the database runs in WAL mode with synchronous=FULL for any
+ * commit that acknowledges mail, so COMMIT returns only after the WAL is
+ * fsynced.  The daemon opens one write transaction per loop turn; every
+ * message that reaches its end in that turn is inserted into it, and
+ * store_turn_end() commits once and only then lets the sessions send 250.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define STMT_SLOTS 128
+
+static struct {
+    sqlite3 *db;
+    enum store_mode mode;
+    int in_txn;
+    int sync_full;                      /* current PRAGMA synchronous */
+    int64_t txn_started;                /* monotonic ms */
+    sqlite3_stmt **slots[STMT_SLOTS];   /* statements to finalize at close */
+    int n_slots;
+    struct { store_ack_fn fn; void *arg; } *acks;
+    size_t n_acks, cap_acks;
+    struct store_body *open_bodies;
+    z_stream zdef, zinf;
+    int zdef_ok, zinf_ok;
+    unsigned char *zbuf;                /* compressBound(STORE_CHUNK) */
+    size_t zbuf_cap;
+} S;
+
+/* Schema versions, applied in order; PRAGMA user_version says how many
+ * have run.  Never edit one that has shipped: add the next. */
+static const char *const migrations[] = {
+    /* 1: the first schema. */
+    "CREATE TABLE body(id INTEGER PRIMARY KEY, size INTEGER NOT NULL DEFAULT 0,"
+    " hash BLOB, complete INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);"
+    "CREATE TABLE chunk(body_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    " rawlen INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY(body_id, seq)) WITHOUT ROWID;"
+    "CREATE TABLE message(id INTEGER PRIMARY KEY, qid TEXT NOT NULL UNIQUE,"
+    " body_id INTEGER NOT NULL, sender TEXT NOT NULL, envid TEXT,"
+    " ret_full INTEGER NOT NULL DEFAULT 0, eightbit INTEGER NOT NULL DEFAULT 0,"
+    " client TEXT, auth_user TEXT, size INTEGER NOT NULL, received INTEGER NOT NULL,"
+    " hold INTEGER NOT NULL DEFAULT 0, warned INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX message_body ON message(body_id);"
+    /* state: 0 queued, 1 delivered, 2 failed.  kind: enum route_kind. */
+    "CREATE TABLE rcpt(id INTEGER PRIMARY KEY, message_id INTEGER NOT NULL,"
+    " addr TEXT NOT NULL, orcpt TEXT, notify INTEGER NOT NULL DEFAULT 0,"
+    " dest TEXT NOT NULL, kind INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0,"
+    " attempts INTEGER NOT NULL DEFAULT 0, next_try INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT, updated INTEGER);"
+    "CREATE INDEX rcpt_message ON rcpt(message_id);"
+    "CREATE INDEX rcpt_due ON rcpt(state, kind, dest, next_try);"
+    "CREATE TABLE dest(name TEXT PRIMARY KEY, next_try INTEGER NOT NULL DEFAULT 0,"
+    " backoff INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT, last_try INTEGER, last_ok INTEGER);"
+    "CREATE TABLE mbox(uid INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL,"
+    " body_id INTEGER NOT NULL, size INTEGER NOT NULL, added INTEGER NOT NULL,"
+    " qid TEXT NOT NULL, prefix TEXT NOT NULL);"
+    "CREATE INDEX mbox_user ON mbox(user_id, uid);"
+    "CREATE INDEX mbox_body ON mbox(body_id);"
+    "CREATE TABLE user(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+    " pwhash TEXT NOT NULL, cram BLOB, created INTEGER NOT NULL);"
+    "CREATE TABLE domain(name TEXT PRIMARY KEY, kind INTEGER NOT NULL, owner TEXT, host TEXT);"
+    "CREATE TABLE alias(name TEXT PRIMARY KEY, targets TEXT NOT NULL);",
+};
+
+sqlite3 *store_db(void)
+{
+    return S.db;
+}
+
+int store_rc(int rc)
+{
+    return rc == SQLITE_FULL ? STORE_FULL : STORE_ERR;
+}
+
+static void store_log_error(const char *what)
+{
+    log_err("database: %s: %s", what, S.db ? sqlite3_errmsg(S.db) : "not open");
+}
+
+sqlite3_stmt *store_stmt(sqlite3_stmt **slot, const char *sql)
+{
+    if (*slot) {
+        sqlite3_reset(*slot);
+        sqlite3_clear_bindings(*slot);
+        return *slot;
+    }
+    if (S.n_slots == STMT_SLOTS) {
+        log_err("database: too many prepared statements");
+        return NULL;
+    }
+    if (sqlite3_prepare_v3(S.db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL) != SQLITE_OK) {
+        store_log_error(sql);
+        return NULL;
+    }
+    S.slots[S.n_slots++] = slot;
+    return *slot;
+}
+
+static int exec(const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(S.db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        log_err("database: %s: %s", sql, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+static int set_sync(int full)
+{
+    if (S.sync_full == full)
+        return 0;
+    if (exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"))
+        return STORE_ERR;
+    S.sync_full = full;
+    return 0;
+}
+
+static int migrate(char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    int version = 0;
+    int target = (int)MN_NELEM(migrations);
+
+    if (sqlite3_prepare_v2(S.db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (version > target) {
+        snprintf(err, errlen, "database schema %d is newer than this mailnode (%d): upgrade mailnode",
+                 version, target);
+        return -1;
+    }
+    if (version == target)
+        return 0;
+    if (exec("BEGIN IMMEDIATE"))
+        goto fail;
+    for (int v = version; v < target; v++) {
+        char pragma[64];
+        if (exec(migrations[v]))
+            goto rollback;
+        snprintf(pragma, sizeof pragma, "PRAGMA user_version=%d", v + 1);
+        if (exec(pragma))
+            goto rollback;
+    }
+    if (exec("COMMIT"))
+        goto rollback;
+    if (version)
+        log_info("database schema migrated from %d to %d", version, target);
+    return 0;
+rollback:
+    exec("ROLLBACK");
+fail:
+    snprintf(err, errlen, "cannot set up the database schema: %s", sqlite3_errmsg(S.db));
+    return -1;
+}
+
+int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
+{
+    mode_t old;
+    int rc;
+
+    memset(&S, 0, sizeof S);
+    S.mode = mode;
+    S.sync_full = -1;
+    /* The database holds password hashes and everyone's mail: 0600. */
+    old = umask(077);
+    rc = sqlite3_open_v2(path, &S.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    umask(old);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open database %s: %s", path,
+                 S.db ? sqlite3_errmsg(S.db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    /* The daemon must not stall its loop for long behind a command-line
+     * tool's write; tools wait patiently for the daemon's short turns. */
+    sqlite3_busy_timeout(S.db, mode == STORE_DAEMON ? 2000 : 15000);
+    if (exec("PRAGMA journal_mode=WAL") || exec("PRAGMA foreign_keys=OFF") ||
+        exec("PRAGMA cache_size=-1024") || exec("PRAGMA temp_store=MEMORY") ||
+        set_sync(1)) {
+        snprintf(err, errlen, "cannot set up database %s: %s (is it a mailnode database?)", path,
+                 sqlite3_errmsg(S.db));
+        goto fail;
+    }
+    if (migrate(err, errlen))
+        goto fail;
+    if (mode == STORE_DAEMON) {
+        /* Bodies left incomplete by a crash were never acknowledged. */
+        if (exec("DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=0);"
+                 "DELETE FROM body WHERE complete=0;"))
+            log_warn("could not remove incomplete bodies left by a crash");
+        store_gc();
+    }
+    return 0;
+fail:
+    if (S.db)
+        sqlite3_close(S.db);
+    S.db = NULL;
+    return -1;
+}
+
+void store_close(void)
+{
+    if (!S.db)
+        return;
+    if (S.in_txn)
+        store_rollback();
+    for (int i = 0; i < S.n_slots; i++) {
+        sqlite3_finalize(*S.slots[i]);
+        *S.slots[i] = NULL;
+    }
+    S.n_slots = 0;
+    sqlite3_close(S.db);
+    S.db = NULL;
+    free(S.acks);
+    if (S.zdef_ok)
+        deflateEnd(&S.zdef);
+    if (S.zinf_ok)
+        inflateEnd(&S.zinf);
+    free(S.zbuf);
+    memset(&S, 0, sizeof S);
+}
+
+/* ---------------------------------------------------------- transactions */
+
+int store_in_txn(void)
+{
+    return S.in_txn;
+}
+
+int store_begin(void)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (S.in_txn)
+        return 0;
+    if (!store_stmt(&st, "BEGIN IMMEDIATE"))
+        return STORE_ERR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error("BEGIN");
+        return store_rc(rc);
+    }
+    S.in_txn = 1;
+    S.txn_started = util_now_ms();
+    return 0;
+}
+
+/* Every open body lost its rows with the transaction. */
+static void bodies_lost(void)
+{
+    for (struct store_body *b = S.open_bodies; b; b = b->next)
+        if (!b->err)
+            b->err = STORE_ERR;
+}
+
+void store_rollback(void)
+{
+    static sqlite3_stmt *st;
+    if (!S.in_txn)
+        return;
+    if (store_stmt(&st, "ROLLBACK")) {
+        sqlite3_step(st);
+        sqlite3_reset(st);
+    }
+    S.in_txn = 0;
+    bodies_lost();
+}
+
+static int commit(void)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!S.in_txn)
+        return 0;
+    if (!store_stmt(&st, "COMMIT"))
+        goto fail;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error("COMMIT");
+        store_rollback();
+        return store_rc(rc);
+    }
+    S.in_txn = 0;
+    return 0;
+fail:
+    store_rollback();
+    return STORE_ERR;
+}
+
+int store_commit(void)
+{
+    return commit();
+}
+
+void store_after_commit(store_ack_fn fn, void *arg)
+{
+    if (S.n_acks == S.cap_acks) {
+        size_t cap = S.cap_acks ? S.cap_acks * 2 : 32;
+        void *p = realloc(S.acks, cap * sizeof *S.acks);
+        if (!p) {
+            /* Cannot wait for the commit: fail this one now, it was not
+             * acknowledged and will be retried by the client. */
+            fn(arg, STORE_ERR);
+            return;
+        }
+        S.acks = p;
+        S.cap_acks = cap;
+    }
+    S.acks[S.n_acks].fn = fn;
+    S.acks[S.n_acks].arg = arg;
+    S.n_acks++;
+}
+
+/* The group commit.  A turn that acknowledges mail commits with a WAL
+ * fsync; a turn that only streamed body chunks commits without one (the
+ * chunks are worthless until their message commits, and a later durable
+ * commit syncs the WAL frames before it), and only every half second, to
+ * let command-line tools in between. */
+void store_turn_end(void)
+{
+    int rc = 0;
+    size_t n;
+
+    if (!S.in_txn && !S.n_acks)
+        return;
+    if (S.in_txn) {
+        if (!S.n_acks && util_now_ms() - S.txn_started < 500)
+            return;
+        set_sync(S.n_acks > 0);
+        rc = commit();
+    }
+    n = S.n_acks;
+    S.n_acks = 0;
+    for (size_t i = 0; i < n; i++)
+        S.acks[i].fn(S.acks[i].arg, rc);
+}
+
+/* ---------------------------------------------------------------- bodies */
+
+static int z_init(void)
+{
+    if (!S.zbuf) {
+        S.zbuf_cap = compressBound(STORE_CHUNK);
+        S.zbuf = malloc(S.zbuf_cap);
+        if (!S.zbuf)
+            return STORE_ERR;
+    }
+    /* Level 1: on a small CPU, compressing costs more time than the disk
+     * saves past the first level; mail text still shrinks by half or more. */
+    if (!S.zdef_ok) {
+        if (deflateInit2(&S.zdef, 1, Z_DEFLATED, 15, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+            return STORE_ERR;
+        S.zdef_ok = 1;
+    }
+    return 0;
+}
+
+struct store_body *store_body_new(void)
+{
+    static sqlite3_stmt *st;
+    struct store_body *b = NULL;
+    void *mem = NULL;
+
+    if (z_init())
+        return NULL;
+    /* crypto_generichash_state wants 64-byte alignment. */
+    if (posix_memalign(&mem, 64, sizeof *b))
+        return NULL;
+    b = memset(mem, 0, sizeof *b);
+    b->buf = malloc(STORE_CHUNK);
+    if (!b->buf)
+        goto fail;
+    crypto_generichash_init(&b->hash, NULL, 0, crypto_generichash_BYTES);
+    if (store_begin())
+        goto fail;
+    if (!store_stmt(&st, "INSERT INTO body(created) VALUES (?)"))
+        goto fail;
+    sqlite3_bind_int64(st, 1, util_now());
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        store_log_error("new body");
+        goto fail;
+    }
+    b->id = sqlite3_last_insert_rowid(S.db);
+    b->next = S.open_bodies;
+    S.open_bodies = b;
+    return b;
+fail:
+    if (b)
+        free(b->buf);
+    free(b);
+    return NULL;
+}
+
+static int body_flush(struct store_body *b)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!b->len)
+        return 0;
+    deflateReset(&S.zdef);
+    S.zdef.next_in = b->buf;
+    S.zdef.avail_in = (uInt)b->len;
+    S.zdef.next_out = S.zbuf;
+    S.zdef.avail_out = (uInt)S.zbuf_cap;
+    if (deflate(&S.zdef, Z_FINISH) != Z_STREAM_END)
+        return b->err = STORE_ERR;
+    if (store_begin())
+        return b->err = STORE_ERR;
+    if (!store_stmt(&st, "INSERT INTO chunk(body_id, seq, rawlen, data) VALUES (?,?,?,?)"))
+        return b->err = STORE_ERR;
+    sqlite3_bind_int64(st, 1, b->id);
+    sqlite3_bind_int64(st, 2, b->seq);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)b->len);
+    sqlite3_bind_blob(st, 4, S.zbuf, (int)(S.zbuf_cap - S.zdef.avail_out), SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error("write chunk");
+        return b->err = store_rc(rc);
+    }
+    b->seq++;
+    b->len = 0;
+    return 0;
+}
+
+int store_body_write(struct store_body *b, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+
+    if (b->err)
+        return b->err;
+    crypto_generichash_update(&b->hash, p, n);
+    b->size += (int64_t)n;
+    while (n) {
+        size_t take = STORE_CHUNK - b->len;
+        if (take > n)
+            take = n;
+        memcpy(b->buf + b->len, p, take);
+        b->len += take;
+        p += take;
+        n -= take;
+        if (b->len == STORE_CHUNK && body_flush(b))
+            return b->err;
+    }
+    return 0;
+}
+
+int store_body_finish(struct store_body *b)
+{
+    static sqlite3_stmt *st;
+    unsigned char hash[crypto_generichash_BYTES];
+    int rc;
+
+    if (b->err || body_flush(b))
+        return b->err;
+    crypto_generichash_final(&b->hash, hash, sizeof hash);
+    if (store_begin() || !store_stmt(&st, "UPDATE body SET size=?, hash=?, complete=1 WHERE id=?"))
+        return b->err = STORE_ERR;
+    sqlite3_bind_int64(st, 1, b->size);
+    sqlite3_bind_blob(st, 2, hash, sizeof hash, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, b->id);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error("finish body");
+        return b->err = store_rc(rc);
+    }
+    return 0;
+}
+
+static void body_delete(int64_t id)
+{
+    static sqlite3_stmt *c, *b;
+    if (store_begin())
+        return;
+    if (store_stmt(&c, "DELETE FROM chunk WHERE body_id=?")) {
+        sqlite3_bind_int64(c, 1, id);
+        sqlite3_step(c);
+        sqlite3_reset(c);
+    }
+    if (store_stmt(&b, "DELETE FROM body WHERE id=?")) {
+        sqlite3_bind_int64(b, 1, id);
+        sqlite3_step(b);
+        sqlite3_reset(b);
+    }
+}
+
+void store_body_free(struct store_body *b)
+{
+    struct store_body **pp;
+
+    if (!b)
+        return;
+    for (pp = &S.open_bodies; *pp; pp = &(*pp)->next)
+        if (*pp == b) {
+            *pp = b->next;
+            break;
+        }
+    /* An abandoned body still in this transaction goes; one whose
+     * transaction already rolled back has no rows left. */
+    if (!b->linked && !b->err && S.db)
+        body_delete(b->id);
+    free(b->buf);
+    free(b);
+}
+
+int store_reader_open(struct store_reader *r, int64_t body_id)
+{
+    static sqlite3_stmt *st;
+
+    memset(r, 0, sizeof *r);
+    r->body_id = body_id;
+    if (!S.zinf_ok) {
+        if (inflateInit(&S.zinf) != Z_OK)
+            return STORE_ERR;
+        S.zinf_ok = 1;
+    }
+    if (!store_stmt(&st, "SELECT count(*) FROM chunk WHERE body_id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, body_id);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
+    r->nchunks = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    r->buf = malloc(STORE_CHUNK);
+    return r->buf ? 0 : STORE_ERR;
+}
+
+static int reader_load(struct store_reader *r)
+{
+    static sqlite3_stmt *st;
+    int rc = STORE_ERR;
+
+    if (!store_stmt(&st, "SELECT rawlen, data FROM chunk WHERE body_id=? AND seq=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, r->body_id);
+    sqlite3_bind_int64(st, 2, r->seq);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        int64_t rawlen = sqlite3_column_int64(st, 0);
+        const void *data = sqlite3_column_blob(st, 1);
+        int len = sqlite3_column_bytes(st, 1);
+        if (rawlen > 0 && rawlen <= STORE_CHUNK) {
+            inflateReset(&S.zinf);
+            S.zinf.next_in = (Bytef *)data;
+            S.zinf.avail_in = (uInt)len;
+            S.zinf.next_out = r->buf;
+            S.zinf.avail_out = STORE_CHUNK;
+            if (inflate(&S.zinf, Z_FINISH) == Z_STREAM_END &&
+                STORE_CHUNK - S.zinf.avail_out == (uInt)rawlen) {
+                r->len = (size_t)rawlen;
+                r->off = 0;
+                r->seq++;
+                rc = 0;
+            }
+        }
+    }
+    sqlite3_reset(st);
+    if (rc)
+        log_err("database: body %lld chunk %lld is damaged", (long long)r->body_id, (long long)r->seq);
+    return rc;
+}
+
+ssize_t store_reader_read(struct store_reader *r, void *dst, size_t n)
+{
+    if (r->err)
+        return r->err;
+    if (r->off == r->len) {
+        if (r->seq >= r->nchunks)
+            return 0;
+        if ((r->err = reader_load(r)))
+            return r->err;
+    }
+    if (n > r->len - r->off)
+        n = r->len - r->off;
+    memcpy(dst, r->buf + r->off, n);
+    r->off += n;
+    return (ssize_t)n;
+}
+
+void store_reader_close(struct store_reader *r)
+{
+    free(r->buf);
+    r->buf = NULL;
+}
+
+/* -------------------------------------------------------------- messages */
+
+static int step_done(sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error(what);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n)
+{
+    static sqlite3_stmt *msg, *rc_st, *mb, *dest;
+    int64_t now = util_now(), msg_id = 0;
+    char prefix[ADDR_MAX + 32];
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_begin()))
+        return err;
+    /* RFC 5321 4.4: the final delivery records the reverse-path. */
+    snprintf(prefix, sizeof prefix, "Return-Path: <%s>\r\n", env->sender);
+    for (size_t i = 0; i < n; i++) {
+        const struct store_rcpt *r = &rcpts[i];
+        if (r->kind == ROUTE_LOCAL) {
+            if (!store_stmt(&mb, "INSERT INTO mbox(user_id, body_id, size, added, qid, prefix)"
+                                 " VALUES (?,?,?,?,?,?)"))
+                return STORE_ERR;
+            sqlite3_bind_int64(mb, 1, r->user_id);
+            sqlite3_bind_int64(mb, 2, b->id);
+            sqlite3_bind_int64(mb, 3, b->size + (int64_t)strlen(prefix));
+            sqlite3_bind_int64(mb, 4, now);
+            sqlite3_bind_text(mb, 5, env->qid, -1, SQLITE_STATIC);
+            sqlite3_bind_text(mb, 6, prefix, -1, SQLITE_STATIC);
+            if ((err = step_done(mb, "deliver to mailbox")))
+                return err;
+            continue;
+        }
+        if (!msg_id) {
+            if (!store_stmt(&msg, "INSERT INTO message(qid, body_id, sender, envid, ret_full,"
+                                  " eightbit, client, auth_user, size, received)"
+                                  " VALUES (?,?,?,?,?,?,?,?,?,?)"))
+                return STORE_ERR;
+            sqlite3_bind_text(msg, 1, env->qid, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(msg, 2, b->id);
+            sqlite3_bind_text(msg, 3, env->sender, -1, SQLITE_STATIC);
+            if (env->envid)
+                sqlite3_bind_text(msg, 4, env->envid, -1, SQLITE_STATIC);
+            sqlite3_bind_int(msg, 5, env->ret_full);
+            sqlite3_bind_int(msg, 6, env->eightbit);
+            if (env->client)
+                sqlite3_bind_text(msg, 7, env->client, -1, SQLITE_STATIC);
+            if (env->auth_user)
+                sqlite3_bind_text(msg, 8, env->auth_user, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(msg, 9, b->size);
+            sqlite3_bind_int64(msg, 10, now);
+            if ((err = step_done(msg, "queue message")))
+                return err;
+            msg_id = sqlite3_last_insert_rowid(S.db);
+        }
+        if (!store_stmt(&rc_st, "INSERT INTO rcpt(message_id, addr, orcpt, notify, dest, kind,"
+                                " next_try, updated) VALUES (?,?,?,?,?,?,?,?)"))
+            return STORE_ERR;
+        sqlite3_bind_int64(rc_st, 1, msg_id);
+        sqlite3_bind_text(rc_st, 2, r->addr, -1, SQLITE_STATIC);
+        if (r->orcpt[0])
+            sqlite3_bind_text(rc_st, 3, r->orcpt, -1, SQLITE_STATIC);
+        sqlite3_bind_int(rc_st, 4, r->notify);
+        sqlite3_bind_text(rc_st, 5, r->domain, -1, SQLITE_STATIC);
+        sqlite3_bind_int(rc_st, 6, r->kind);
+        sqlite3_bind_int64(rc_st, 7, now);
+        sqlite3_bind_int64(rc_st, 8, now);
+        if ((err = step_done(rc_st, "queue recipient")))
+            return err;
+        if (!store_stmt(&dest, "INSERT OR IGNORE INTO dest(name) VALUES (?)"))
+            return STORE_ERR;
+        sqlite3_bind_text(dest, 1, r->domain, -1, SQLITE_STATIC);
+        if ((err = step_done(dest, "queue destination")))
+            return err;
+    }
+    b->linked = 1;
+    return 0;
+}
+
+/* ----------------------------------------------------------------- queue */
+
+static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
+{
+    static sqlite3_stmt *rs;
+    size_t used = 0;
+
+    memset(q, 0, sizeof *q);
+    util_strlcpy(q->qid, (const char *)sqlite3_column_text(st, 0), sizeof q->qid);
+    util_strlcpy(q->sender, (const char *)sqlite3_column_text(st, 1), sizeof q->sender);
+    q->received = sqlite3_column_int64(st, 2);
+    q->size = sqlite3_column_int64(st, 3);
+    if (!store_stmt(&rs, "SELECT addr, state, next_try, last_error, kind FROM rcpt"
+                         " WHERE message_id=? ORDER BY id"))
+        return;
+    sqlite3_bind_int64(rs, 1, sqlite3_column_int64(st, 4));
+    while (sqlite3_step(rs) == SQLITE_ROW) {
+        static const char *states[] = { "queued", "delivered", "failed" };
+        int state = sqlite3_column_int(rs, 1);
+        const char *err = (const char *)sqlite3_column_text(rs, 3);
+        int kind = sqlite3_column_int(rs, 4);
+        char when[64] = "";
+        if (state == 0)
+            util_date(sqlite3_column_int64(rs, 2), when, sizeof when);
+        int w = snprintf(q->rcpts + used, sizeof q->rcpts - used, "%s%s (%s%s%s%s%s)",
+                         used ? "\n" : "", (const char *)sqlite3_column_text(rs, 0),
+                         kind == ROUTE_HOLD && state == 0 ? "held" : states[state % 3],
+                         state == 0 && kind != ROUTE_HOLD ? ", next try " : "",
+                         state == 0 && kind != ROUTE_HOLD ? when : "",
+                         err ? ": " : "", err ? err : "");
+        q->nrcpt++;
+        if (w < 0 || (size_t)w >= sizeof q->rcpts - used) {
+            used = sizeof q->rcpts - 1;
+            continue;
+        }
+        used += (size_t)w;
+    }
+    sqlite3_reset(rs);
+}
+
+int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg)
+{
+    static sqlite3_stmt *st;
+    struct store_qinfo q;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT qid, sender, received, size, id FROM message m"
+                         " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
+                         " ORDER BY id"))
+        return STORE_ERR;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        qinfo_fill(st, &q);
+        if (cb(arg, &q))
+            break;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, body_id FROM message WHERE qid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, qid, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        if (body_id)
+            *body_id = sqlite3_column_int64(st, 5);
+        /* qinfo_fill resets nothing of st: read its columns first. */
+        qinfo_fill(st, q);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
+}
+
+int store_queue_delete(const char *qid)
+{
+    static sqlite3_stmt *r, *m;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&r, "DELETE FROM rcpt WHERE message_id=(SELECT id FROM message WHERE qid=?)") ||
+        !store_stmt(&m, "DELETE FROM message WHERE qid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
+    if ((err = step_done(r, "delete recipients")))
+        return err;
+    sqlite3_bind_text(m, 1, qid, -1, SQLITE_TRANSIENT);
+    if ((err = step_done(m, "delete message")))
+        return err;
+    if (!sqlite3_changes(S.db))
+        return STORE_NOTFOUND;
+    return store_gc();
+}
+
+int64_t store_queue_count(void)
+{
+    static sqlite3_stmt *st;
+    int64_t n = -1;
+
+    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0"))
+        return -1;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
+int store_gc(void)
+{
+    static sqlite3_stmt *c, *b;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=1"
+                        " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
+                        " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))") ||
+        !store_stmt(&b, "DELETE FROM body WHERE id IN (SELECT id FROM body WHERE complete=1"
+                        " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
+                        " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))"))
+        return STORE_ERR;
+    if ((err = step_done(c, "collect chunks")))
+        return err;
+    return step_done(b, "collect bodies");
+}

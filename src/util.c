@@ -1,0 +1,269 @@
+/*
+ * util.c: small pure helpers shared by every module: clocks, durations and
+ * sizes, queue ids, addresses of sockets, CIDR matching.
+ */
+#include "internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
+
+int64_t util_now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+int64_t util_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A number followed by at most one unit letter; units scale it. */
+static int parse_scaled(const char *s, const char *units, const int64_t *scale, int64_t *out)
+{
+    char *end;
+    long long v;
+
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || v < 0)
+        return -1;
+    if (*end) {
+        const char *u = strchr(units, tolower((unsigned char)*end));
+        if (!u || end[1])
+            return -1;
+        if (v > INT64_MAX / scale[u - units])
+            return -1;
+        v *= scale[u - units];
+    }
+    *out = v;
+    return 0;
+}
+
+int util_parse_duration(const char *s, int64_t *secs)
+{
+    static const int64_t scale[] = { 1, 60, 3600, 86400, 604800 };
+    return parse_scaled(s, "smhdw", scale, secs);
+}
+
+int util_parse_size(const char *s, int64_t *bytes)
+{
+    static const int64_t scale[] = { 1, 1024, 1024 * 1024, 1024LL * 1024 * 1024 };
+    return parse_scaled(s, "bkmg", scale, bytes);
+}
+
+/* Queue ids are random, not sequential: they show nothing about traffic
+ * volume and never collide across a database restored from a backup. */
+void util_qid(char out[QID_LEN + 1])
+{
+    static const char alphabet[] = "0123456789BCDFGHJKLMNPQRSTVWXYZ";
+    unsigned char r[QID_LEN];
+    size_t i;
+
+    randombytes_buf(r, sizeof r);
+    for (i = 0; i < QID_LEN; i++)
+        out[i] = alphabet[r[i] % (sizeof alphabet - 1)];
+    out[QID_LEN] = '\0';
+}
+
+size_t util_strlcpy(char *dst, const char *src, size_t size)
+{
+    size_t n = strlen(src);
+    if (size) {
+        size_t c = n < size - 1 ? n : size - 1;
+        memcpy(dst, src, c);
+        dst[c] = '\0';
+    }
+    return n;
+}
+
+void util_lower(char *s)
+{
+    for (; *s; s++)
+        *s = (char)tolower((unsigned char)*s);
+}
+
+int util_strcaseprefix(const char *s, const char *prefix)
+{
+    return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+void util_date(int64_t t, char *buf, size_t n)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    localtime_r(&tt, &tm);
+    /* RFC 5322 3.3 wants English names, whatever the locale says. */
+    static const char *days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+    static const char *months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+    long off = tm.tm_gmtoff / 60;
+    char sign = off < 0 ? '-' : '+';
+    if (off < 0)
+        off = -off;
+    snprintf(buf, n, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
+             days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, sign, off / 60, off % 60);
+}
+
+int util_set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -1;
+    return fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+int util_split_hostport(const char *s, char *host, size_t hostlen, int *port)
+{
+    const char *colon;
+    char *end;
+    long p;
+    size_t hl;
+
+    if (*s == '[') {
+        const char *rb = strchr(s, ']');
+        if (!rb || rb[1] != ':')
+            return -1;
+        hl = (size_t)(rb - s - 1);
+        s++;
+        colon = rb + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return -1;
+        hl = (size_t)(colon - s);
+    }
+    if (hl >= hostlen)
+        return -1;
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    errno = 0;
+    p = strtol(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || p < 0 || p > 65535)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+int util_sockaddr_is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)ss;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)ss;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return 1;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+            return in6->sin6_addr.s6_addr[12] == 127;
+        return 0;
+    }
+    return ss->ss_family == AF_UNIX;
+}
+
+void util_sockaddr_ip(const struct sockaddr_storage *ss, char *buf, size_t n)
+{
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)ss)->sin_addr, buf, (socklen_t)n);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, buf, (socklen_t)n);
+    else
+        util_strlcpy(buf, "local", n);
+}
+
+char *util_trim(char *s)
+{
+    char *e;
+    while (isspace((unsigned char)*s))
+        s++;
+    e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+size_t util_split_list(char *s, char **items, size_t max)
+{
+    size_t n = 0;
+    char *save = NULL, *tok;
+    for (tok = strtok_r(s, ", \t", &save); tok && n < max; tok = strtok_r(NULL, ", \t", &save))
+        items[n++] = tok;
+    return n;
+}
+
+int util_cidr_parse(const char *s, struct cidr *out)
+{
+    char buf[64];
+    char *slash;
+    long bits = -1;
+
+    if (util_strlcpy(buf, s, sizeof buf) >= sizeof buf)
+        return -1;
+    slash = strchr(buf, '/');
+    if (slash) {
+        char *end;
+        *slash = '\0';
+        bits = strtol(slash + 1, &end, 10);
+        if (*end || end == slash + 1)
+            return -1;
+    }
+    memset(out, 0, sizeof *out);
+    if (inet_pton(AF_INET, buf, out->addr) == 1) {
+        out->family = AF_INET;
+        if (bits < 0)
+            bits = 32;
+        if (bits > 32)
+            return -1;
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        out->family = AF_INET6;
+        if (bits < 0)
+            bits = 128;
+        if (bits > 128)
+            return -1;
+    } else {
+        return -1;
+    }
+    out->bits = (int)bits;
+    return 0;
+}
+
+static int prefix_equal(const unsigned char *a, const unsigned char *b, int bits)
+{
+    int full = bits / 8, rest = bits % 8;
+    if (memcmp(a, b, (size_t)full))
+        return 0;
+    if (rest) {
+        unsigned char mask = (unsigned char)(0xff << (8 - rest));
+        return (a[full] & mask) == (b[full] & mask);
+    }
+    return 1;
+}
+
+int util_cidr_match(const struct cidr *c, const struct sockaddr_storage *ss)
+{
+    const unsigned char *ip;
+    int family = ss->ss_family;
+
+    if (family == AF_INET) {
+        ip = (const unsigned char *)&((const struct sockaddr_in *)(const void *)ss)->sin_addr;
+    } else if (family == AF_INET6) {
+        ip = ((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr.s6_addr;
+        /* A v4 client on a dual-stack socket arrives v4-mapped. */
+        if (c->family == AF_INET && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)(const void *)ip)) {
+            ip += 12;
+            family = AF_INET;
+        }
+    } else {
+        return 0;
+    }
+    return c->family == family && prefix_equal(c->addr, ip, c->bits);
+}
