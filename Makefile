@@ -1,0 +1,246 @@
+# mailnode: build, test and maintenance targets (GNU make).
+#
+#   make                  build ./mailnode from mailnode.c and the SQLite amalgamation
+#   make SQLITE=system    link the system libsqlite3 instead
+#   make TLS=none         build without OpenSSL (default: OpenSSL if pkg-config finds it)
+#   make SAN=1            build with AddressSanitizer and UBSan
+#   make static           ./mailnode-static: static binary, no TLS, stripped
+#   make deps             install (as root) or list missing Debian packages
+#   make run              deps, build, then `./mailnode run` on embedded defaults
+#   make test             deps, check-amalgamation, build, then tests/run
+#   make amalgamation     regenerate mailnode.c and mailnode.h from src/
+#   make check-amalgamation   fail if mailnode.c or mailnode.h is stale
+#   make clean            remove build products (keeps the fetched sqlite3.c/.h)
+#   make distclean        clean, and remove sqlite3.c/.h too
+
+MAKEFLAGS += --no-builtin-rules
+.SUFFIXES:
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := all
+
+PKG_CONFIG ?= pkg-config
+CFLAGS     ?= -Wall -Wextra -O2 -g
+STD_FLAGS  := -std=c11 -D_GNU_SOURCE
+SQLITE     ?= amalgamation
+SAN        ?= 0
+
+# --- SQLite amalgamation: where it comes from and how it is built --------
+
+SQLITE_VERSION    := 3.54.1
+SQLITE_URL        := https://registry.npmjs.org/better-sqlite3/-/better-sqlite3-13.2.0.tgz
+SQLITE_TGZ_SHA256 := 40487589df3496f2ee0079d22b73c63fccebe7db0e8ee9a2c42421861e321e0b
+SQLITE_TGZ_PATH   := package/deps/sqlite3
+SQLITE_C_SHA256   := 75a4760a7b9727a4c4c877aec92eacf39e52a8f2921ce00bd33be6d3a8e8e254
+SQLITE_H_SHA256   := d6c84557261893439b341d2e6c35187ae3ea24fbfd843ad94616f72d89242b8c
+
+# mailnode is one thread using one connection, so SQLite's locking, memory
+# statistics and extension loading are dead weight. Consequences for the
+# code in src/: SQLITE_OMIT_AUTOINIT means sqlite3_initialize() must be
+# called before any other SQLite function; SQLITE_DQS=0 means string
+# literals in SQL take single quotes only.
+SQLITE_OPTS := \
+	-DSQLITE_THREADSAFE=0 \
+	-DSQLITE_DEFAULT_MEMSTATUS=0 \
+	-DSQLITE_OMIT_LOAD_EXTENSION \
+	-DSQLITE_OMIT_DEPRECATED \
+	-DSQLITE_OMIT_SHARED_CACHE \
+	-DSQLITE_DQS=0 \
+	-DSQLITE_LIKE_DOESNT_MATCH_BLOBS \
+	-DSQLITE_MAX_EXPR_DEPTH=0 \
+	-DSQLITE_OMIT_PROGRESS_CALLBACK \
+	-DSQLITE_OMIT_AUTOINIT \
+	-DSQLITE_DEFAULT_WAL_SYNCHRONOUS=1 \
+	-DSQLITE_USE_ALLOCA \
+	-DSQLITE_OMIT_JSON
+SQLITE_CFLAGS ?= -Os
+
+# --- configuration --------------------------------------------------------
+
+ifeq ($(origin TLS),undefined)
+TLS := $(if $(shell $(PKG_CONFIG) --exists openssl 2>/dev/null && echo y),openssl,none)
+endif
+ifeq ($(filter $(TLS),openssl none),)
+$(error TLS=$(TLS): use TLS=openssl or TLS=none)
+endif
+ifeq ($(filter $(SQLITE),amalgamation system),)
+$(error SQLITE=$(SQLITE): use SQLITE=amalgamation (default) or SQLITE=system)
+endif
+ifeq ($(filter $(SAN),0 1),)
+$(error SAN=$(SAN): use SAN=1 or SAN=0)
+endif
+
+# pkg-config names, and the flags to fall back on when pkg-config is absent.
+PKGS          := libsodium zlib
+PKGS_FALLBACK := -lsodium -lz
+TLS_DEFS      :=
+ifeq ($(TLS),openssl)
+PKGS          += openssl
+PKGS_FALLBACK += -lssl -lcrypto
+TLS_DEFS      := -DMAILNODE_TLS
+endif
+ifeq ($(SQLITE),system)
+PKGS          += sqlite3
+PKGS_FALLBACK += -lsqlite3
+SQLITE_OBJ    :=
+else
+SQLITE_OBJ    := sqlite3.o
+endif
+
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(or $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null),$(PKGS_FALLBACK))
+
+ifeq ($(SAN),1)
+BUILD     := build/san
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -O1
+else
+BUILD     := build/default
+SAN_FLAGS :=
+endif
+
+# SAN_FLAGS come after CFLAGS so that its -O1 wins.
+MN_CFLAGS  := $(strip $(STD_FLAGS) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(TLS_DEFS) $(SAN_FLAGS))
+MN_LDFLAGS := $(strip $(LDFLAGS) $(SAN_FLAGS))
+MN_LIBS    := $(strip $(PKG_LIBS) -lm $(LDLIBS))
+
+# Static build: no TLS, no sanitizers, stripped.
+STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CPPFLAGS) $(CFLAGS) $(shell $(PKG_CONFIG) --cflags libsodium zlib 2>/dev/null))
+STATIC_LDFLAGS ?= -s
+STATIC_LIBS    := $(or $(shell $(PKG_CONFIG) --static --libs libsodium zlib $(if $(SQLITE_OBJ),,sqlite3) 2>/dev/null),\
+		  -lsodium -lz $(if $(SQLITE_OBJ),,-lsqlite3)) -lm
+
+# --- flag stamps ------------------------------------------------------------
+# Each stamp file holds the flags an output was built with and is rewritten
+# only when they change, so switching SAN, TLS, SQLITE or CFLAGS rebuilds
+# exactly what it affects. Objects of SAN and normal builds live apart in
+# build/san and build/default, so switching back and forth costs a link.
+
+MN_STAMP     := $(BUILD)/mailnode.flags
+LINK_STAMP   := build/link.flags
+SQLITE_STAMP := build/sqlite3.flags
+STATIC_STAMP := build/static/mailnode.flags
+
+MN_STAMP_TEXT     := $(CC) $(MN_CFLAGS)
+LINK_STAMP_TEXT   := $(BUILD) $(SQLITE) $(CC) $(MN_LDFLAGS) $(MN_LIBS)
+SQLITE_STAMP_TEXT := $(CC) $(SQLITE_CFLAGS) $(SQLITE_OPTS)
+STATIC_STAMP_TEXT := $(CC) $(STATIC_CFLAGS) $(STATIC_LDFLAGS) $(STATIC_LIBS) $(SQLITE)
+
+NO_STAMP_GOALS := clean distclean deps amalgamation check-amalgamation help run test test-env
+ifneq ($(filter-out $(NO_STAMP_GOALS),$(or $(MAKECMDGOALS),all)),)
+$(shell mkdir -p $(BUILD) build/static)
+ifneq ($(file <$(MN_STAMP)),$(MN_STAMP_TEXT))
+$(file >$(MN_STAMP),$(MN_STAMP_TEXT))
+endif
+ifneq ($(file <$(LINK_STAMP)),$(LINK_STAMP_TEXT))
+$(file >$(LINK_STAMP),$(LINK_STAMP_TEXT))
+endif
+ifneq ($(file <$(SQLITE_STAMP)),$(SQLITE_STAMP_TEXT))
+$(file >$(SQLITE_STAMP),$(SQLITE_STAMP_TEXT))
+endif
+ifneq ($(file <$(STATIC_STAMP)),$(STATIC_STAMP_TEXT))
+$(file >$(STATIC_STAMP),$(STATIC_STAMP_TEXT))
+endif
+endif
+
+# --- build -----------------------------------------------------------------
+
+.PHONY: all
+all: mailnode
+
+mailnode: $(BUILD)/mailnode.o $(SQLITE_OBJ) $(LINK_STAMP) | warn-stale
+	$(CC) $(MN_LDFLAGS) -o $@ $(BUILD)/mailnode.o $(SQLITE_OBJ) $(MN_LIBS)
+
+$(BUILD)/mailnode.o: mailnode.c mailnode.h $(if $(SQLITE_OBJ),sqlite3.h) $(MN_STAMP)
+	$(CC) $(MN_CFLAGS) -c -o $@ mailnode.c
+
+sqlite3.o: sqlite3.c sqlite3.h $(SQLITE_STAMP)
+	$(CC) $(SQLITE_CFLAGS) $(SQLITE_OPTS) -c -o $@ sqlite3.c
+
+# Fetched on demand, checked against pinned checksums, never committed.
+sqlite3.c sqlite3.h &:
+	@SQLITE_URL='$(SQLITE_URL)' SQLITE_TGZ_SHA256=$(SQLITE_TGZ_SHA256) \
+	 SQLITE_TGZ_PATH=$(SQLITE_TGZ_PATH) SQLITE_C_SHA256=$(SQLITE_C_SHA256) \
+	 SQLITE_H_SHA256=$(SQLITE_H_SHA256) tools/fetch-sqlite.sh
+
+# The amalgamation is committed and never regenerated by a build.
+mailnode.c mailnode.h:
+	@echo "error: $@ not found; it is generated from src/: run 'make amalgamation'" >&2; exit 1
+
+# A cheap mtime test first; only if src/ looks newer is the content compared.
+.PHONY: warn-stale
+warn-stale:
+	@if [ -d src ] && [ -f mailnode.c ] && \
+	    [ -n "$$(find src -type f -newer mailnode.c 2>/dev/null | head -n 1)" ] && \
+	    ! tools/amalgamate.sh --check --quiet >/dev/null 2>&1; then \
+	    echo "warning: src/ has changed since mailnode.c was generated; run 'make amalgamation' (this build uses the old mailnode.c)" >&2; \
+	fi
+
+.PHONY: static
+static: mailnode-static
+	@ls -l mailnode-static | awk '{ print "mailnode-static: " $$5 " bytes" }'
+
+mailnode-static: build/static/mailnode.o $(SQLITE_OBJ) $(STATIC_STAMP) | warn-stale
+	$(CC) -static $(LDFLAGS) $(STATIC_LDFLAGS) -o $@ build/static/mailnode.o $(SQLITE_OBJ) $(STATIC_LIBS)
+
+build/static/mailnode.o: mailnode.c mailnode.h $(if $(SQLITE_OBJ),sqlite3.h) $(STATIC_STAMP)
+	$(CC) $(STATIC_CFLAGS) -c -o $@ mailnode.c
+
+# --- amalgamation -------------------------------------------------------------
+
+.PHONY: amalgamation check-amalgamation
+amalgamation:
+	tools/amalgamate.sh
+
+check-amalgamation:
+	tools/amalgamate.sh --check
+
+# --- dependencies, run, test ----------------------------------------------------
+
+.PHONY: deps run test test-run test-env
+deps:
+	@SQLITE=$(SQLITE) tools/deps.sh
+
+# run and test install packages first, then build in a fresh make, which
+# sees the pkg-config flags of what was just installed.
+run: deps
+	@$(MAKE) --no-print-directory all
+	env -u MAILNODE_CONF ./mailnode run
+
+test: deps
+	@$(MAKE) --no-print-directory check-amalgamation
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-run
+
+# tests/run compiles the unit tests with exactly the flags of ./mailnode.
+test-run: export MAILNODE_CC = $(CC)
+test-run: export MAILNODE_CFLAGS = $(MN_CFLAGS)
+test-run: export MAILNODE_LDFLAGS = $(MN_LDFLAGS)
+test-run: export MAILNODE_LIBS = $(MN_LIBS)
+test-run: export MAILNODE_SQLITE_OBJ = $(SQLITE_OBJ)
+test-run: export MAILNODE_BUILD = $(BUILD)
+test-run: export MAILNODE_SAN = $(SAN)
+test-run: all
+	tests/run
+
+# Print the same settings for a standalone tests/run, one KEY=value a line.
+test-env:
+	$(info MAILNODE_CC=$(CC))
+	$(info MAILNODE_CFLAGS=$(MN_CFLAGS))
+	$(info MAILNODE_LDFLAGS=$(MN_LDFLAGS))
+	$(info MAILNODE_LIBS=$(MN_LIBS))
+	$(info MAILNODE_SQLITE_OBJ=$(SQLITE_OBJ))
+	$(info MAILNODE_BUILD=$(BUILD))
+	$(info MAILNODE_SAN=$(SAN))
+	@:
+
+# --- cleaning -----------------------------------------------------------------------
+
+.PHONY: clean distclean help
+clean:
+	rm -rf build mailnode mailnode-static sqlite3.o
+	find tests -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
+
+distclean: clean
+	rm -f sqlite3.c sqlite3.h
+
+help:
+	@sed -n 's/^#   \(make.*\)/\1/p' Makefile

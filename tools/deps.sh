@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install (as root) or list (otherwise) the Debian packages needed to build
+# and test mailnode. Environment: SQLITE=system adds libsqlite3-dev.
+set -euo pipefail
+
+pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks"
+[ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
+
+if ! command -v dpkg-query >/dev/null; then
+    echo "deps: dpkg-query not found, so this is not Debian; make sure the equivalents of"
+    echo "deps:   $pkgs"
+    echo "deps: are installed"
+    exit 0
+fi
+
+missing=""
+for p in $pkgs; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing="$missing $p"
+done
+missing=${missing# }
+[ -n "$missing" ] || exit 0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing packages: $missing" >&2
+    echo "deps: install them with:" >&2
+    echo "    sudo apt-get install -y $missing" >&2
+    exit 1
+fi
+
+echo "deps: installing $missing"
+export DEBIAN_FRONTEND=noninteractive
+apt_install() { apt-get install -y -q -o Dpkg::Use-Pty=0 "$@"; }
+# A fresh image has empty package lists; otherwise update only on failure.
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+    apt-get update -q
+fi
+# shellcheck disable=SC2086
+if ! apt_install $missing; then
+    echo "deps: install failed; updating the package lists and retrying"
+    apt-get update -q
+    apt_install $missing
+fi
