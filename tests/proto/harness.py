@@ -203,11 +203,13 @@ class Node:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                rc, self.proc = self.proc.returncode, None
                 raise RuntimeError('%s: mailnode exited with status %s at startup; log:\n%s'
-                                   % (self.name, self.proc.returncode, self.log()[-2000:]))
+                                   % (self.name, rc, self.log()[-2000:]))
             if _port_open(wait_port):
                 return
             time.sleep(0.05)
+        self.kill9()
         raise RuntimeError('%s: port %d not accepting connections after %.0f s; log:\n%s'
                            % (self.name, wait_port, timeout, self.log()[-2000:]))
 
