@@ -327,6 +327,19 @@ int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *ar
 int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id);
 int store_queue_delete(const char *qid);
 int64_t store_queue_count(void);
+struct store_status {
+    int64_t queued_msgs, queued_rcpts, held_rcpts, mbox_msgs, users;
+};
+int store_status(struct store_status *st);
+
+/* Per-destination (next hop) delivery state. */
+struct store_dest {
+    char name[SMTP_DOMAIN_MAX + 1];
+    int64_t next_try, backoff, failures, last_try, last_ok, backlog;
+    char last_error[512];
+};
+int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
+
 /* Deletes bodies no message or mailbox entry refers to any more. */
 int store_gc(void);
 
@@ -428,6 +441,11 @@ size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
 /* The same scanning (Received count, 8-bit, header end) for bytes that are
  * not dot-stuffed: BDAT chunks and the sendmail command. */
 void mime_scan(struct mime_data *d, const unsigned char *buf, size_t n);
+/* BDAT chunks: CRLF normalisation and scanning without dot handling;
+ * mime_raw_finish completes a CR left at the end of the last chunk. */
+int mime_raw_feed(struct mime_data *d, const unsigned char *in, size_t n,
+                  mime_emit_fn emit, void *arg);
+int mime_raw_finish(struct mime_data *d, mime_emit_fn emit, void *arg);
 
 /* ------------------------------------------------------------------ auth */
 

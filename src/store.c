@@ -804,6 +804,57 @@ int64_t store_queue_count(void)
     return n;
 }
 
+int store_status(struct store_status *st)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    memset(st, 0, sizeof *st);
+    if (!store_stmt(&q, "SELECT (SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0),"
+                        " (SELECT count(*) FROM rcpt WHERE state=0),"
+                        " (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3),"
+                        " (SELECT count(*) FROM mbox), (SELECT count(*) FROM user)"))
+        return STORE_ERR;
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        st->queued_msgs = sqlite3_column_int64(q, 0);
+        st->queued_rcpts = sqlite3_column_int64(q, 1);
+        st->held_rcpts = sqlite3_column_int64(q, 2);
+        st->mbox_msgs = sqlite3_column_int64(q, 3);
+        st->users = sqlite3_column_int64(q, 4);
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW ? 0 : STORE_ERR;
+}
+
+int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
+{
+    static sqlite3_stmt *q;
+    struct store_dest d;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
+                        " (SELECT count(*) FROM rcpt WHERE rcpt.dest=dest.name AND state=0)"
+                        " FROM dest ORDER BY name"))
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        const char *e = (const char *)sqlite3_column_text(q, 6);
+        memset(&d, 0, sizeof d);
+        util_strlcpy(d.name, (const char *)sqlite3_column_text(q, 0), sizeof d.name);
+        d.next_try = sqlite3_column_int64(q, 1);
+        d.backoff = sqlite3_column_int64(q, 2);
+        d.failures = sqlite3_column_int64(q, 3);
+        d.last_try = sqlite3_column_int64(q, 4);
+        d.last_ok = sqlite3_column_int64(q, 5);
+        util_strlcpy(d.last_error, e ? e : "", sizeof d.last_error);
+        d.backlog = sqlite3_column_int64(q, 7);
+        if (cb(arg, &d))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
 int store_gc(void)
 {
     static sqlite3_stmt *c, *b;

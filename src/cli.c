@@ -1,0 +1,309 @@
+/*
+ * cli.c: the daemon command (`mailnode run`) and the queue and status
+ * commands.  Administration of users, domains and aliases is in
+ * cli_admin.c, injection in cli_sendmail.c, mailboxes in cli_mailbox.c.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+
+int cli_open_store(void)
+{
+    char err[512];
+    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
+    }
+    if (auth_init(conf->keyfile)) {
+        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
+        store_close();
+        return EX_CANTCREAT;
+    }
+    return 0;
+}
+
+static int wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ run */
+
+static volatile sig_atomic_t got_term, got_hup;
+
+static void on_signal(int sig)
+{
+    if (sig == SIGHUP)
+        got_hup = 1;
+    else
+        got_term = 1;
+}
+
+static void reload(void)
+{
+    struct conf *fresh = calloc(1, sizeof *fresh);
+    char err[512];
+
+    if (!fresh)
+        return;
+    if (!conf->path) {
+        log_info("SIGHUP: no configuration file, nothing to reload");
+        free(fresh);
+        return;
+    }
+    if (conf_load(conf->path, fresh, err, sizeof err)) {
+        log_err("reload refused, keeping the running configuration: %s", err);
+        conf_free(fresh);
+        free(fresh);
+        return;
+    }
+    for (int i = 0; i < LISTEN_N; i++)
+        if (strcmp(fresh->listen[i], conf->listen[i]))
+            log_warn("reload: listener changes take effect at the next start");
+    if (strcmp(fresh->database, conf->database))
+        log_warn("reload: a new database path takes effect at the next start");
+    conf_free(conf);
+    free(conf);
+    conf = fresh;
+    log_info("configuration reloaded from %s", conf->path);
+}
+
+/* End of every loop turn: the group commit, then signals. */
+static void daemon_turn(void)
+{
+    store_turn_end();
+    if (got_hup) {
+        got_hup = 0;
+        reload();
+    }
+    if (got_term)
+        loop_stop();
+}
+
+/* One daemon per database: a second one would race the first for the
+ * same queue and remove bodies it is still writing. */
+static int lock_database(void)
+{
+    char path[4096];
+    int fd;
+
+    snprintf(path, sizeof path, "%s.lock", conf->database);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int cli_run(int argc, char **argv)
+{
+    char err[512];
+    struct sigaction sa;
+    int lockfd, rc = EX_OK;
+
+    if (wants_help(argc, argv) || argc > 1) {
+        fprintf(argc > 1 && !wants_help(argc, argv) ? stderr : stdout,
+                "usage: mailnode [-c FILE] run\n"
+                "Serves SMTP, submission and POP3 in the foreground until SIGTERM.\n"
+                "SIGHUP reloads the configuration file.\n");
+        return wants_help(argc, argv) ? EX_OK : EX_USAGE;
+    }
+    log_init("mailnode", conf->use_syslog);
+    lockfd = lock_database();
+    if (lockfd < 0)
+        return EX_TEMPFAIL;
+    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        close(lockfd);
+        return EX_CANTCREAT;
+    }
+    if (auth_init(conf->keyfile)) {
+        fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
+        rc = EX_CANTCREAT;
+        goto out_store;
+    }
+    if (loop_init()) {
+        fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
+        rc = EX_OSERR;
+        goto out_auth;
+    }
+    if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        rc = EX_UNAVAILABLE;
+        goto out_loop;
+    }
+    if (conf->listen[LISTEN_ODMR][0])
+        log_warn("listen.odmr is set but this version has no ODMR service; ignored");
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    loop_set_turn_hook(daemon_turn);
+    log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
+             (long long)store_queue_count());
+    if (loop_run())
+        rc = EX_SOFTWARE;
+    log_info("stopping");
+    store_turn_end();
+out_loop:
+    loop_free();
+out_auth:
+    auth_free();
+out_store:
+    store_close();
+    close(lockfd);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- queue */
+
+static int print_qinfo(void *arg, const struct store_qinfo *q)
+{
+    char date[64], *line, *save = NULL, rcpts[sizeof q->rcpts];
+    MN_UNUSED(arg);
+    util_date(q->received, date, sizeof date);
+    printf("%s  %8lld  %s  <%s>\n", q->qid, (long long)q->size, date, q->sender);
+    util_strlcpy(rcpts, q->rcpts, sizeof rcpts);
+    for (line = strtok_r(rcpts, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+        printf("    %s\n", line);
+    return 0;
+}
+
+static int queue_show(const char *qid)
+{
+    struct store_qinfo q;
+    struct store_reader r;
+    int64_t body_id;
+    char buf[8192];
+    ssize_t n;
+    int rc = store_queue_get(qid, &q, &body_id);
+
+    if (rc == STORE_NOTFOUND) {
+        fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", qid);
+        return EX_DATAERR;
+    }
+    if (rc)
+        return EX_SOFTWARE;
+    print_qinfo(NULL, &q);
+    printf("\n");
+    if (store_reader_open(&r, body_id))
+        return EX_SOFTWARE;
+    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
+        fwrite(buf, 1, (size_t)n, stdout);
+    store_reader_close(&r);
+    return n < 0 ? EX_SOFTWARE : EX_OK;
+}
+
+int cli_queue(int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "list";
+    int rc;
+
+    if (wants_help(argc, argv)) {
+        printf("usage: mailnode queue [list | count | show ID | delete ID]\n"
+               "  list       messages waiting for delivery, with each recipient's state\n"
+               "  count      one number: messages not yet delivered\n"
+               "  show ID    the envelope and the text of one message\n"
+               "  delete ID  remove a message from the queue without a bounce\n");
+        return EX_OK;
+    }
+    if ((!strcmp(sub, "show") || !strcmp(sub, "delete")) ? argc != 3 : argc > 2) {
+        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID]\n");
+        return EX_USAGE;
+    }
+    if (strcmp(sub, "list") && strcmp(sub, "count") && strcmp(sub, "show") && strcmp(sub, "delete")) {
+        fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
+        return EX_USAGE;
+    }
+    if ((rc = cli_open_store()))
+        return rc;
+    if (!strcmp(sub, "list")) {
+        rc = store_queue_list(print_qinfo, NULL) ? EX_SOFTWARE : EX_OK;
+    } else if (!strcmp(sub, "count")) {
+        int64_t n = store_queue_count();
+        rc = n < 0 ? EX_SOFTWARE : EX_OK;
+        if (n >= 0)
+            printf("%lld\n", (long long)n);
+    } else if (!strcmp(sub, "show")) {
+        rc = queue_show(argv[2]);
+    } else {
+        rc = store_queue_delete(argv[2]);
+        if (!rc)
+            rc = store_commit();
+        else
+            store_rollback();
+        if (rc == STORE_NOTFOUND) {
+            fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", argv[2]);
+            rc = EX_DATAERR;
+        } else if (rc) {
+            fprintf(stderr, "mailnode: could not delete %s: database error\n", argv[2]);
+            rc = EX_TEMPFAIL;
+        } else {
+            printf("%s deleted\n", argv[2]);
+        }
+    }
+    store_close();
+    return rc;
+}
+
+/* --------------------------------------------------------------- status */
+
+static int print_dest(void *arg, const struct store_dest *d)
+{
+    char next[64] = "-", ok[64] = "never";
+    MN_UNUSED(arg);
+    if (d->next_try)
+        util_date(d->next_try, next, sizeof next);
+    if (d->last_ok)
+        util_date(d->last_ok, ok, sizeof ok);
+    printf("  %-30s backlog %lld, next try %s, last success %s%s%s\n", d->name, (long long)d->backlog,
+           next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
+    return 0;
+}
+
+int cli_status(int argc, char **argv)
+{
+    struct store_status st;
+    int rc;
+
+    if (wants_help(argc, argv)) {
+        printf("usage: mailnode status\nShows the queue, the mailboxes and every destination.\n");
+        return EX_OK;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "usage: mailnode status\n");
+        return EX_USAGE;
+    }
+    if ((rc = cli_open_store()))
+        return rc;
+    if (store_status(&st)) {
+        store_close();
+        return EX_SOFTWARE;
+    }
+    printf("database      %s\n", conf->database);
+    printf("queued        %lld messages, %lld recipients (%lld held for on-demand relay)\n",
+           (long long)st.queued_msgs, (long long)st.queued_rcpts, (long long)st.held_rcpts);
+    printf("mailboxes     %lld messages for %lld users\n", (long long)st.mbox_msgs, (long long)st.users);
+    printf("destinations\n");
+    store_dest_list(print_dest, NULL);
+    store_close();
+    return EX_OK;
+}

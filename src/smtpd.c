@@ -1,0 +1,1067 @@
+/*
+ * smtpd.c: the ESMTP server (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+ * ENHANCEDSTATUSCODES, CHUNKING, DSN and AUTH), one state machine per
+ * connection on the SMTP and submission listeners.
+ *
+ * A command table maps each verb to the states where it is valid; the
+ * dispatcher answers 503 for the wrong state in one place.  Message data
+ * streams through the DATA decoder (mime.c) into a store body; the 250
+ * after the data is sent only once the store's group commit made the
+ * message durable, and input is paused until then, so pipelined commands
+ * are answered in order.
+ */
+#include "internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <string.h>
+
+enum smtpd_state {
+    S_INIT = 1 << 0,    /* connected, no HELO/EHLO yet */
+    S_READY = 1 << 1,   /* greeted, no transaction */
+    S_MAIL = 1 << 2,    /* MAIL accepted, no recipient yet */
+    S_RCPT = 1 << 3,    /* at least one recipient */
+    S_BDAT = 1 << 4,    /* between BDAT chunks */
+};
+#define S_ANY (S_INIT | S_READY | S_MAIL | S_RCPT | S_BDAT)
+
+enum smtpd_input {
+    IN_COMMAND,         /* command lines */
+    IN_DATA,            /* DATA text up to CRLF.CRLF */
+    IN_BDAT,            /* counted BDAT octets */
+    IN_SASL,            /* SASL continuation line */
+    IN_SKIP,            /* rest of an over-long line */
+};
+
+/* RFC 4954 4: an AUTH line and its responses may reach 12288 octets. */
+#define SMTPD_SASL_LINE 12288
+#define SMTPD_MAX_ERRORS 20
+
+struct smtpd {
+    struct conn *c;
+    int state;
+    int input;
+    int esmtp;
+    int waiting;                        /* for the commit of a message */
+    int orphan;                         /* connection gone while waiting */
+    int errors;
+    char helo[SMTP_DOMAIN_MAX + 1];
+    /* the transaction */
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+    char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
+    int ret_full;
+    int body_8bit;
+    int nrcpt_cmds;                     /* RCPT commands accepted */
+    struct store_rcpt *rcpts;           /* routes after aliases */
+    size_t nrcpt, caprcpt;
+    struct store_body *body;
+    struct mime_data md;
+    int data_error;                     /* reply code decided while reading */
+    int64_t bdat_left;
+    int bdat_last;
+    int bdat_discard;                   /* chunk read only to stay in sync */
+    /* AUTH */
+    char auth_user[USER_MAX + 1];
+    struct auth_sasl sasl;
+    int auth_failures;
+    char pending[128];                  /* reply held back by the failure delay */
+    int pending_close;
+    struct timer timer;
+};
+
+static void smtpd_input(struct conn *c);
+
+/* ---------------------------------------------------------------- replies */
+
+static void reply(struct smtpd *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply(struct smtpd *s, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof line - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof line - 3)
+        n = (int)sizeof line - 3;
+    line[n++] = '\r';
+    line[n++] = '\n';
+    if (conn_write(s->c, line, (size_t)n))
+        log_warn("%s: reply dropped, output full", s->c->peer_ip);
+}
+
+static void close_with(struct smtpd *s, const char *text)
+{
+    reply(s, "%s", text);
+    s->input = IN_COMMAND;
+    conn_close(s->c);
+}
+
+/* ------------------------------------------------------------ transaction */
+
+static void txn_reset(struct smtpd *s)
+{
+    if (s->body) {
+        store_body_free(s->body);
+        s->body = NULL;
+    }
+    s->qid[0] = s->sender[0] = s->envid[0] = '\0';
+    s->ret_full = s->body_8bit = 0;
+    s->nrcpt_cmds = 0;
+    s->nrcpt = 0;
+    s->data_error = 0;
+    s->bdat_left = 0;
+    s->bdat_last = s->bdat_discard = 0;
+    if (s->state & (S_MAIL | S_RCPT | S_BDAT))
+        s->state = S_READY;
+}
+
+static void smtpd_free(struct smtpd *s)
+{
+    timer_cancel(&s->timer);
+    if (s->body)
+        store_body_free(s->body);
+    free(s->rcpts);
+    free(s);
+}
+
+/* ------------------------------------------------------- ESMTP parameters */
+
+/* RFC 3461 4: xtext is printable ASCII except "+" and "=", with "+XX"
+ * hex escapes. */
+static int xtext_valid(const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '+') {
+            if (!isxdigit((unsigned char)s[1]) || !isxdigit((unsigned char)s[2]))
+                return 0;
+            s += 2;
+        } else if (*s < 33 || *s > 126 || *s == '=') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+struct esmtp_param {
+    char *key;
+    char *value;                        /* NULL when there was no "=" */
+};
+
+/* Splits "KEY=VALUE KEY2" into at most max parameters (in place). */
+static int split_params(char *s, struct esmtp_param *p, int max)
+{
+    int n = 0;
+    while (*s) {
+        while (*s == ' ')
+            s++;
+        if (!*s)
+            break;
+        if (n == max)
+            return -1;
+        p[n].key = s;
+        p[n].value = NULL;
+        while (*s && *s != ' ' && *s != '=')
+            s++;
+        if (*s == '=') {
+            *s++ = '\0';
+            p[n].value = s;
+            while (*s && *s != ' ')
+                s++;
+        }
+        if (*s)
+            *s++ = '\0';
+        if (!*p[n].key)
+            return -1;
+        n++;
+    }
+    return n;
+}
+
+/* Parses the path after "FROM:" / "TO:": RFC 5321 wants no space after
+ * the colon, but enough clients send one that it is tolerated. */
+static int parse_path_arg(const char *arg, const char *prefix, int allow_null, struct addr *a,
+                          const char **rest)
+{
+    size_t plen = strlen(prefix), used;
+    int rc;
+
+    if (strncasecmp(arg, prefix, plen))
+        return ADDR_ESYNTAX;
+    arg += plen;
+    if (*arg == ' ')
+        arg++;
+    rc = addr_parse_path(arg, strlen(arg), allow_null, a, &used);
+    if (rc)
+        return rc;
+    arg += used;
+    if (*arg && *arg != ' ')
+        return ADDR_ESYNTAX;
+    *rest = arg;
+    return 0;
+}
+
+static const char *addr_error_text(int rc)
+{
+    switch (rc) {
+    case ADDR_ELOCAL:
+        return "553 5.1.3 Local part of the address is longer than 64 octets";
+    case ADDR_EDOMAIN:
+        return "553 5.1.2 Bad domain in the address";
+    case ADDR_EPATH:
+        return "501 5.1.3 Path too long";
+    default:
+        return "501 5.1.7 Bad address syntax";
+    }
+}
+
+/* --------------------------------------------------------------- commands */
+
+static int cleartext_auth_ok(const struct smtpd *s)
+{
+    return s->c->peer_loopback || conf->allow_cleartext_auth;
+}
+
+static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
+{
+    if (!*arg || strlen(arg) > SMTP_DOMAIN_MAX || strchr(arg, ' ')) {
+        reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        return;
+    }
+    txn_reset(s);
+    util_strlcpy(s->helo, arg, sizeof s->helo);
+    s->esmtp = esmtp;
+    s->state = S_READY;
+    if (!esmtp) {
+        reply(s, "250 %s", conf->hostname);
+        return;
+    }
+    reply(s, "250-%s Hello %s [%s]", conf->hostname, arg, s->c->peer_ip);
+    reply(s, "250-PIPELINING");
+    reply(s, "250-SIZE %lld", (long long)conf->message_size_limit);
+    reply(s, "250-8BITMIME");
+    reply(s, "250-ENHANCEDSTATUSCODES");
+    reply(s, "250-CHUNKING");
+    reply(s, "250-DSN");
+    if (!s->auth_user[0])
+        reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
+    reply(s, "250 HELP");
+}
+
+static void cmd_ehlo(struct smtpd *s, char *arg) { cmd_helo(s, arg, 1); }
+static void cmd_helo_only(struct smtpd *s, char *arg) { cmd_helo(s, arg, 0); }
+
+static void cmd_mail(struct smtpd *s, char *arg)
+{
+    struct addr a;
+    struct esmtp_param p[8];
+    const char *rest;
+    int rc, n;
+
+    if (s->c->kind == LISTEN_SUBMISSION && !s->auth_user[0]) {
+        /* RFC 6409 4.3: submission requires authentication. */
+        reply(s, "530 5.7.0 Authentication required");
+        return;
+    }
+    rc = parse_path_arg(arg, "FROM:", 1, &a, &rest);
+    if (rc) {
+        reply(s, "%s", addr_error_text(rc));
+        return;
+    }
+    n = split_params((char *)rest, p, (int)MN_NELEM(p));
+    if (n < 0) {
+        reply(s, "501 5.5.4 Bad MAIL parameters");
+        return;
+    }
+    txn_reset(s);
+    for (int i = 0; i < n; i++) {
+        char *k = p[i].key, *v = p[i].value;
+        if (!s->esmtp) {
+            reply(s, "555 5.5.4 MAIL parameters need EHLO");
+            return;
+        }
+        if (!strcasecmp(k, "SIZE") && v) {
+            char *end;
+            errno = 0;
+            long long size = strtoll(v, &end, 10);
+            if (errno || *end || end == v || size < 0) {
+                reply(s, "501 5.5.4 Bad SIZE parameter");
+                return;
+            }
+            /* RFC 1870 6.1: refuse at MAIL what will not fit. */
+            if (size > conf->message_size_limit) {
+                reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+                return;
+            }
+        } else if (!strcasecmp(k, "BODY") && v) {
+            if (!strcasecmp(v, "8BITMIME"))
+                s->body_8bit = 1;
+            else if (strcasecmp(v, "7BIT")) {
+                reply(s, "555 5.5.4 Unsupported BODY type");
+                return;
+            }
+        } else if (!strcasecmp(k, "RET") && v) {
+            if (!strcasecmp(v, "FULL"))
+                s->ret_full = 1;
+            else if (strcasecmp(v, "HDRS")) {
+                reply(s, "501 5.5.4 Bad RET parameter");
+                return;
+            }
+        } else if (!strcasecmp(k, "ENVID") && v) {
+            if (strlen(v) > 100 || !xtext_valid(v)) {
+                reply(s, "501 5.5.4 Bad ENVID parameter");
+                return;
+            }
+            util_strlcpy(s->envid, v, sizeof s->envid);
+        } else if (!strcasecmp(k, "AUTH") && v) {
+            /* RFC 4954 5: accepted; we trust only our own AUTH. */
+        } else {
+            reply(s, "555 5.5.4 Unsupported MAIL parameter %.64s", k);
+            return;
+        }
+    }
+    util_strlcpy(s->sender, a.full, sizeof s->sender);
+    util_qid(s->qid);
+    s->state = S_MAIL;
+    reply(s, "250 2.1.0 Ok");
+}
+
+static int parse_notify(const char *v)
+{
+    char buf[64], *items[8];
+    int bits = 0;
+    size_t n;
+
+    if (util_strlcpy(buf, v, sizeof buf) >= sizeof buf)
+        return -1;
+    n = util_split_list(buf, items, MN_NELEM(items));
+    for (size_t i = 0; i < n; i++) {
+        if (!strcasecmp(items[i], "NEVER"))
+            bits |= NOTIFY_NEVER;
+        else if (!strcasecmp(items[i], "SUCCESS"))
+            bits |= NOTIFY_SUCCESS;
+        else if (!strcasecmp(items[i], "FAILURE"))
+            bits |= NOTIFY_FAILURE;
+        else if (!strcasecmp(items[i], "DELAY"))
+            bits |= NOTIFY_DELAY;
+        else
+            return -1;
+    }
+    /* RFC 3461 4.1: NEVER stands alone. */
+    if (!n || ((bits & NOTIFY_NEVER) && bits != NOTIFY_NEVER))
+        return -1;
+    return bits;
+}
+
+static int rcpts_reserve(struct smtpd *s, size_t more)
+{
+    if (s->nrcpt + more <= s->caprcpt)
+        return 0;
+    size_t cap = s->caprcpt ? s->caprcpt : 4;
+    while (cap < s->nrcpt + more)
+        cap *= 2;
+    void *p = realloc(s->rcpts, cap * sizeof *s->rcpts);
+    if (!p)
+        return -1;
+    s->rcpts = p;
+    s->caprcpt = cap;
+    return 0;
+}
+
+static void cmd_rcpt(struct smtpd *s, char *arg)
+{
+    struct addr a;
+    struct esmtp_param p[8];
+    const char *rest;
+    int rc, n, notify = 0;
+    const char *orcpt = "";
+    size_t nroutes, limit;
+
+    rc = parse_path_arg(arg, "TO:", 0, &a, &rest);
+    if (rc) {
+        reply(s, "%s", addr_error_text(rc));
+        return;
+    }
+    n = split_params((char *)rest, p, (int)MN_NELEM(p));
+    if (n < 0) {
+        reply(s, "501 5.5.4 Bad RCPT parameters");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!s->esmtp) {
+            reply(s, "555 5.5.4 RCPT parameters need EHLO");
+            return;
+        }
+        if (!strcasecmp(p[i].key, "NOTIFY") && p[i].value) {
+            if ((notify = parse_notify(p[i].value)) < 0) {
+                reply(s, "501 5.5.4 Bad NOTIFY parameter");
+                return;
+            }
+        } else if (!strcasecmp(p[i].key, "ORCPT") && p[i].value) {
+            /* RFC 3461 4.2: addr-type ";" xtext */
+            const char *semi = strchr(p[i].value, ';');
+            if (!semi || semi == p[i].value || strlen(p[i].value) > ADDR_MAX || !xtext_valid(semi + 1)) {
+                reply(s, "501 5.5.4 Bad ORCPT parameter");
+                return;
+            }
+            orcpt = p[i].value;
+        } else {
+            reply(s, "555 5.5.4 Unsupported RCPT parameter %.64s", p[i].key);
+            return;
+        }
+    }
+    if (s->nrcpt_cmds >= conf->max_recipients) {
+        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
+    }
+    /* Relaying: only to our own domains, unless the client is trusted.
+     * Addresses are taken literally: '%', '!' and source routes (already
+     * dropped by the parser) never make a local domain relay anywhere. */
+    if (!queue_domain_accepted(a.domain) && !s->auth_user[0] && !conf_relay_allowed(&s->c->peer)) {
+        log_info("%s: refused: relay to <%s> from %s [%s] denied", s->qid, a.full, s->helo,
+                 s->c->peer_ip);
+        reply(s, "554 5.7.1 <%s>: Relay access denied", a.full);
+        return;
+    }
+    limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
+    if (rcpts_reserve(s, limit < 64 ? limit : 64)) {
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
+    if (rc == QUEUE_ETOOMANY && s->caprcpt < limit && !rcpts_reserve(s, limit))
+        rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
+    switch (rc) {
+    case 0:
+        break;
+    case QUEUE_EUNKNOWN:
+        log_info("%s: refused: <%s>: no such user", s->qid, a.full);
+        reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", a.full);
+        return;
+    case QUEUE_ELOOP:
+        reply(s, "554 5.4.6 <%s>: Alias loop", a.full);
+        return;
+    case QUEUE_ETOOMANY:
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
+    default:
+        reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
+        return;
+    }
+    for (size_t i = 0; i < nroutes; i++) {
+        struct store_rcpt *r = &s->rcpts[s->nrcpt + i];
+        r->notify = notify;
+        util_strlcpy(r->orcpt, orcpt, sizeof r->orcpt);
+    }
+    s->nrcpt += nroutes;
+    s->nrcpt_cmds++;
+    s->state = S_RCPT;
+    reply(s, "250 2.1.5 Ok");
+}
+
+/* Writes decoded message text into the body, refusing past the size limit. */
+static int body_emit(void *arg, const void *buf, size_t n)
+{
+    struct smtpd *s = arg;
+    if (s->data_error || !s->body)
+        return 0;
+    if (s->body->size + (int64_t)n > conf->message_size_limit) {
+        s->data_error = 552;
+        store_body_free(s->body);       /* give the space back now */
+        s->body = NULL;
+        return 0;
+    }
+    if (store_body_write(s->body, buf, n))
+        s->data_error = s->body->err == STORE_FULL ? 452 : 451;
+    return 0;
+}
+
+/* RFC 5321 4.4: the trace header this node adds in front. */
+static int start_body(struct smtpd *s)
+{
+    char hdr[1024], date[64];
+    const char *with = s->esmtp ? (s->auth_user[0] ? "ESMTPA" : "ESMTP") : "SMTP";
+    int n;
+
+    s->body = store_body_new();
+    if (!s->body)
+        return -1;
+    mime_data_init(&s->md);
+    util_date(util_now(), date, sizeof date);
+    if (s->nrcpt == 1)
+        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
+                     "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
+                     s->rcpts[0].addr, date);
+    else
+        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
+                     "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
+    if (n < 0 || (size_t)n >= sizeof hdr || store_body_write(s->body, hdr, (size_t)n)) {
+        store_body_free(s->body);
+        s->body = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void cmd_data(struct smtpd *s, char *arg)
+{
+    if (*arg) {
+        reply(s, "501 5.5.4 Syntax: DATA");
+        return;
+    }
+    if (s->state == S_MAIL) {
+        /* RFC 2920 3.1: every RCPT of the pipelined group failed. */
+        reply(s, "554 5.5.1 Error: no valid recipients");
+        return;
+    }
+    if (start_body(s)) {
+        reply(s, "451 4.3.0 Cannot store the message now, try again later");
+        return;
+    }
+    s->input = IN_DATA;
+    conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
+    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void cmd_bdat(struct smtpd *s, char *arg)
+{
+    char *end;
+    long long size;
+
+    errno = 0;
+    size = strtoll(arg, &end, 10);
+    if (!isdigit((unsigned char)*arg) || errno || size < 0 || (*end && *end != ' ')) {
+        /* Without a size the chunk cannot be skipped: the session is lost. */
+        close_with(s, "501 5.5.4 Syntax: BDAT size [LAST]; closing to stay in sync");
+        return;
+    }
+    while (*end == ' ')
+        end++;
+    if (*end && strcasecmp(end, "LAST")) {
+        close_with(s, "501 5.5.4 Syntax: BDAT size [LAST]; closing to stay in sync");
+        return;
+    }
+    s->bdat_left = size;
+    s->bdat_last = *end != '\0';
+    s->bdat_discard = 0;
+    s->input = IN_BDAT;
+    conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
+    if (!(s->state & (S_RCPT | S_BDAT))) {
+        /* RFC 3030 2: the chunk is read anyway, then refused. */
+        s->bdat_discard = s->state == S_MAIL ? 554 : 503;
+        return;
+    }
+    if (s->state == S_RCPT) {
+        if (start_body(s))
+            s->data_error = 451;
+        s->state = S_BDAT;
+    }
+}
+
+static void cmd_rset(struct smtpd *s, char *arg)
+{
+    MN_UNUSED(arg);
+    txn_reset(s);
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_noop(struct smtpd *s, char *arg)
+{
+    MN_UNUSED(arg);
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_quit(struct smtpd *s, char *arg)
+{
+    MN_UNUSED(arg);
+    txn_reset(s);
+    close_with(s, "221 2.0.0 Bye");
+}
+
+static void cmd_help(struct smtpd *s, char *arg)
+{
+    MN_UNUSED(arg);
+    reply(s, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT");
+    reply(s, "214 2.0.0 VRFY EXPN HELP AUTH");
+}
+
+static void cmd_vrfy(struct smtpd *s, char *arg)
+{
+    struct addr a;
+    struct store_rcpt r[1];
+    size_t n;
+    int rc;
+
+    if (!*arg) {
+        reply(s, "501 5.5.4 Syntax: VRFY address");
+        return;
+    }
+    /* RFC 5321 7.3: confirming addresses helps harvesters; only an
+     * authenticated client of a node that allows it gets an answer. */
+    if (!conf->allow_vrfy || !s->auth_user[0]) {
+        reply(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+        return;
+    }
+    rc = *arg == '<' ? addr_parse_path(arg, strlen(arg), 0, &a, &n) : addr_parse_mailbox(arg, &a);
+    if (rc || !queue_domain_is_local(a.domain)) {
+        reply(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+        return;
+    }
+    rc = queue_route(&a, r, 1, &n);
+    if (rc == QUEUE_EUNKNOWN)
+        reply(s, "550 5.1.1 <%s>: User unknown", a.full);
+    else if (rc == 0 || rc == QUEUE_ETOOMANY)
+        reply(s, "250 2.1.5 <%s>", a.full);
+    else
+        reply(s, "252 2.5.0 Cannot VRFY user");
+}
+
+static void cmd_expn(struct smtpd *s, char *arg)
+{
+    struct addr a;
+    struct store_rcpt r[32];
+    size_t n;
+
+    if (!conf->allow_expn || !s->auth_user[0]) {
+        reply(s, "502 5.5.1 EXPN not available");
+        return;
+    }
+    if (addr_parse_mailbox(arg, &a) || !queue_domain_is_local(a.domain) ||
+        queue_route(&a, r, MN_NELEM(r), &n) || !n) {
+        reply(s, "550 5.1.1 No such list");
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        reply(s, "250%c2.1.5 <%s>", i + 1 < n ? '-' : ' ', r[i].addr);
+}
+
+static void cmd_obsolete(struct smtpd *s, char *arg)
+{
+    MN_UNUSED(arg);
+    reply(s, "502 5.5.1 Command not implemented");
+}
+
+/* AUTH failures are answered late, and more so each time; the session
+ * reads nothing meanwhile, so a guesser gets one try per delay. */
+static void auth_delay_done(void *arg)
+{
+    struct smtpd *s = arg;
+    reply(s, "%s", s->pending);
+    if (s->pending_close)
+        conn_close(s->c);
+    else
+        conn_pause(s->c, 0);
+    conn_flush(s->c);
+}
+
+static void auth_finish(struct smtpd *s, int rc, char *out)
+{
+    switch (rc) {
+    case AUTH_CONTINUE:
+        s->input = IN_SASL;
+        reply(s, "334 %s", out);
+        return;
+    case AUTH_OK:
+        s->input = IN_COMMAND;
+        util_strlcpy(s->auth_user, s->sasl.user, sizeof s->auth_user);
+        log_info("%s: authenticated as %s", s->c->peer_ip, s->auth_user);
+        reply(s, "235 2.7.0 Authentication successful");
+        return;
+    case AUTH_BADMECH:
+        s->input = IN_COMMAND;
+        reply(s, "504 5.5.4 Unrecognized authentication type");
+        return;
+    case AUTH_CANCEL:
+        s->input = IN_COMMAND;
+        reply(s, "501 5.0.0 Authentication cancelled");
+        return;
+    case AUTH_SYNTAX:
+        s->input = IN_COMMAND;
+        reply(s, "501 5.5.2 Cannot decode the response");
+        return;
+    default:
+        break;
+    }
+    s->input = IN_COMMAND;
+    s->auth_failures++;
+    log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
+    if (s->auth_failures >= conf->auth_max_failures) {
+        util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
+        s->pending_close = 1;
+    } else {
+        util_strlcpy(s->pending, "535 5.7.8 Authentication credentials invalid", sizeof s->pending);
+    }
+    conn_pause(s->c, 1);
+    timer_set(&s->timer, conf->auth_fail_delay * 1000 * s->auth_failures, auth_delay_done, s);
+}
+
+static void cmd_auth(struct smtpd *s, char *arg)
+{
+    char out[256], *sp;
+    const char *initial = NULL;
+    int rc;
+
+    if (!s->esmtp) {
+        reply(s, "503 5.5.1 Error: send EHLO first");
+        return;
+    }
+    if (s->auth_user[0]) {
+        reply(s, "503 5.5.1 Error: already authenticated");
+        return;
+    }
+    if (!*arg) {
+        reply(s, "501 5.5.4 Syntax: AUTH mechanism [initial-response]");
+        return;
+    }
+    sp = strchr(arg, ' ');
+    if (sp) {
+        *sp = '\0';
+        initial = sp + 1;
+    }
+    if (strcasecmp(arg, "CRAM-MD5") && !cleartext_auth_ok(s)) {
+        /* RFC 4954 4: no passwords in the clear over an open network. */
+        reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+        return;
+    }
+    memset(&s->sasl, 0, sizeof s->sasl);
+    rc = auth_sasl_start(&s->sasl, arg, initial, out, sizeof out);
+    auth_finish(s, rc, out);
+}
+
+typedef void (*smtpd_fn)(struct smtpd *, char *);
+
+static const struct smtpd_cmd {
+    const char *verb;
+    unsigned allowed;                   /* states where the verb is valid */
+    smtpd_fn run;
+} commands[] = {
+    { "EHLO", S_ANY, cmd_ehlo },
+    { "HELO", S_ANY, cmd_helo_only },
+    { "MAIL", S_READY, cmd_mail },
+    { "RCPT", S_MAIL | S_RCPT, cmd_rcpt },
+    { "DATA", S_MAIL | S_RCPT, cmd_data },
+    { "BDAT", S_ANY, cmd_bdat },        /* reads its chunk even when refused */
+    { "RSET", S_ANY, cmd_rset },
+    { "NOOP", S_ANY, cmd_noop },
+    { "QUIT", S_ANY, cmd_quit },
+    { "HELP", S_ANY, cmd_help },
+    { "VRFY", S_ANY, cmd_vrfy },
+    { "EXPN", S_ANY, cmd_expn },
+    { "AUTH", S_READY, cmd_auth },
+    { "TURN", S_ANY, cmd_obsolete },
+    { "SEND", S_ANY, cmd_obsolete },
+    { "SOML", S_ANY, cmd_obsolete },
+    { "SAML", S_ANY, cmd_obsolete },
+};
+
+static void out_of_sequence(struct smtpd *s, const struct smtpd_cmd *cmd)
+{
+    if (s->state == S_INIT)
+        reply(s, "503 5.5.1 Error: send HELO/EHLO first");
+    else if (!strcmp(cmd->verb, "MAIL"))
+        reply(s, "503 5.5.1 Error: nested MAIL command");
+    else if (s->state == S_BDAT)
+        reply(s, "503 5.5.1 Error: BDAT transfer in progress");
+    else if (!strcmp(cmd->verb, "AUTH"))
+        reply(s, "503 5.5.1 Error: AUTH not allowed in a mail transaction");
+    else
+        reply(s, "503 5.5.1 Error: need MAIL command");
+}
+
+static void dispatch(struct smtpd *s, char *line)
+{
+    char *arg = line;
+    size_t vlen;
+
+    while (*arg && *arg != ' ')
+        arg++;
+    vlen = (size_t)(arg - line);
+    while (*arg == ' ')
+        arg++;
+    for (size_t i = 0; i < MN_NELEM(commands); i++) {
+        const struct smtpd_cmd *cmd = &commands[i];
+        if (strlen(cmd->verb) != vlen || strncasecmp(cmd->verb, line, vlen))
+            continue;
+        /* RFC 3030 2: between BDAT chunks only BDAT, RSET, QUIT and NOOP. */
+        if (s->state == S_BDAT && cmd->run != cmd_bdat && cmd->run != cmd_rset &&
+            cmd->run != cmd_quit && cmd->run != cmd_noop) {
+            reply(s, "503 5.5.1 Error: BDAT transfer in progress");
+            return;
+        }
+        if (!(cmd->allowed & s->state)) {
+            out_of_sequence(s, cmd);
+            return;
+        }
+        cmd->run(s, arg);
+        return;
+    }
+    if (++s->errors >= SMTPD_MAX_ERRORS) {
+        close_with(s, "421 4.7.0 Too many errors, closing");
+        return;
+    }
+    reply(s, "500 5.5.2 Error: command not recognized");
+}
+
+/* -------------------------------------------------------- message end */
+
+static void log_delivery(struct smtpd *s)
+{
+    log_info("%s: accepted from=<%s> size=%lld nrcpt=%d client=%s [%s]%s%s", s->qid, s->sender,
+             (long long)s->md.size, s->nrcpt_cmds, s->helo, s->c->peer_ip,
+             s->auth_user[0] ? " user=" : "", s->auth_user);
+    for (size_t i = 0; i < s->nrcpt; i++) {
+        const struct store_rcpt *r = &s->rcpts[i];
+        if (r->kind == ROUTE_LOCAL)
+            log_info("%s: to=<%s> delivered to mailbox", s->qid, r->addr);
+        else
+            log_info("%s: to=<%s> queued for %s%s", s->qid, r->addr, r->domain,
+                     r->kind == ROUTE_HOLD ? " (held)" : "");
+    }
+}
+
+static void message_committed(void *arg, int rc)
+{
+    struct smtpd *s = arg;
+
+    s->waiting = 0;
+    if (s->orphan) {
+        /* The client left before the commit; the message is kept if the
+         * commit worked (a duplicate at worst, never a loss). */
+        if (!rc)
+            log_info("%s: accepted from=<%s> (client gone before the reply)", s->qid, s->sender);
+        smtpd_free(s);
+        return;
+    }
+    if (!rc) {
+        log_delivery(s);
+        reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+    } else {
+        log_warn("%s: not accepted: storage failed", s->qid);
+        reply(s, rc == STORE_FULL ? "452 4.3.1 Insufficient system storage"
+                                  : "451 4.3.0 Local error in processing, try again later");
+    }
+    store_body_free(s->body);
+    s->body = NULL;
+    txn_reset(s);
+    conn_pause(s->c, 0);
+    conn_flush(s->c);
+}
+
+static void message_end(struct smtpd *s)
+{
+    struct store_env env;
+    int rc = s->data_error;
+
+    s->input = IN_COMMAND;
+    conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
+    if (!rc && s->md.received >= conf->max_received)
+        rc = 554;
+    if (!rc && s->md.long_line)
+        rc = 500;
+    if (!rc && s->body) {
+        memset(&env, 0, sizeof env);
+        util_strlcpy(env.qid, s->qid, sizeof env.qid);
+        env.sender = s->sender;
+        env.envid = s->envid[0] ? s->envid : NULL;
+        env.ret_full = s->ret_full;
+        env.eightbit = s->body_8bit || s->md.eightbit;
+        env.client = s->c->peer_ip;
+        env.auth_user = s->auth_user[0] ? s->auth_user : NULL;
+        env.size = s->body->size;
+        int err = store_body_finish(s->body);
+        if (!err)
+            err = store_msg_insert(&env, s->body, s->rcpts, s->nrcpt);
+        if (err)
+            rc = err == STORE_FULL ? 452 : 451;
+    } else if (!rc) {
+        rc = 451;
+    }
+    if (!rc) {
+        s->waiting = 1;
+        conn_pause(s->c, 1);
+        store_after_commit(message_committed, s);
+        return;
+    }
+    switch (rc) {
+    case 552:
+        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+        break;
+    case 554:
+        reply(s, "554 5.4.6 Too many \"Received\" headers: possible mail loop");
+        break;
+    case 500:
+        reply(s, "500 5.5.2 Message refused: a text line is longer than 1000 octets");
+        break;
+    case 452:
+        reply(s, "452 4.3.1 Insufficient system storage");
+        break;
+    default:
+        reply(s, "451 4.3.0 Local error in processing, try again later");
+        break;
+    }
+    log_info("%s: refused from=<%s> client=[%s]: data refused with %d", s->qid, s->sender,
+             s->c->peer_ip, rc);
+    txn_reset(s);
+}
+
+static void bdat_chunk_done(struct smtpd *s)
+{
+    s->input = IN_COMMAND;
+    if (s->bdat_discard) {
+        reply(s, s->bdat_discard == 554 ? "554 5.5.1 Error: no valid recipients"
+                                        : "503 5.5.1 Error: need MAIL and RCPT before BDAT");
+        s->bdat_discard = 0;
+        return;
+    }
+    if (s->bdat_last) {
+        if (s->body && !s->data_error)
+            mime_raw_finish(&s->md, body_emit, s);
+        message_end(s);
+        return;
+    }
+    conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
+    if (s->data_error == 552)
+        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+    else if (s->data_error)
+        reply(s, "451 4.3.0 Local error in processing");
+    else
+        reply(s, "250 2.0.0 %lld octets received", (long long)s->md.size);
+    if (s->data_error)
+        txn_reset(s);
+}
+
+/* ------------------------------------------------------------- input */
+
+static void smtpd_input(struct conn *c)
+{
+    struct smtpd *s = c->ctx;
+
+    while (!c->dead && !c->paused && !c->closing && c->in_len) {
+        /* Back-pressure: a client that pipelines without reading its
+         * replies waits until it does. */
+        if (conn_out_space(c) < 2048)
+            break;
+        if (s->input == IN_DATA) {
+            int done;
+            size_t used = mime_data_feed(&s->md, c->in, c->in_len, body_emit, s, &done);
+            conn_consume(c, used);
+            if (done)
+                message_end(s);
+            continue;
+        }
+        if (s->input == IN_BDAT) {
+            size_t take = c->in_len < (uint64_t)s->bdat_left ? c->in_len : (size_t)s->bdat_left;
+            if (!s->bdat_discard && s->body && !s->data_error)
+                mime_raw_feed(&s->md, c->in, take, body_emit, s);
+            else if (!s->bdat_discard && !s->data_error)
+                s->data_error = 451;
+            conn_consume(c, take);
+            s->bdat_left -= (int64_t)take;
+            if (!s->bdat_left)
+                bdat_chunk_done(s);
+            continue;
+        }
+        unsigned char *lf = memchr(c->in, '\n', c->in_len);
+        size_t max = s->input == IN_SASL || (c->in_len >= 5 && !strncasecmp((char *)c->in, "AUTH ", 5))
+                         ? SMTPD_SASL_LINE : SMTP_LINE_MAX;
+        if (!lf) {
+            if (s->input == IN_SKIP) {
+                conn_consume(c, c->in_len);
+            } else if (c->in_len >= max || c->in_len == c->in_cap) {
+                /* RFC 5321 4.5.3.1.4: 500 for a line that is too long;
+                 * the rest of it is skipped, up to its end. */
+                reply(s, "500 5.5.2 Error: line too long");
+                conn_consume(c, c->in_len);
+                s->input = IN_SKIP;
+            }
+            break;
+        }
+        size_t len = (size_t)(lf - c->in) + 1;
+        if (s->input == IN_SKIP) {
+            conn_consume(c, len);
+            s->input = IN_COMMAND;
+            continue;
+        }
+        if (len > max) {
+            reply(s, "500 5.5.2 Error: line too long");
+            conn_consume(c, len);
+            if (s->input == IN_SASL)
+                s->input = IN_COMMAND;
+            continue;
+        }
+        char line[SMTPD_SASL_LINE + 1];
+        size_t l = len - 1;
+        if (l && c->in[l - 1] == '\r')
+            l--;
+        memcpy(line, c->in, l);
+        line[l] = '\0';
+        conn_consume(c, len);
+        if (memchr(line, '\0', l)) {
+            reply(s, "500 5.5.2 Error: NUL character in command");
+            continue;
+        }
+        conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+        if (s->input == IN_SASL) {
+            char out[256];
+            int rc = auth_sasl_step(&s->sasl, line, out, sizeof out);
+            auth_finish(s, rc, out);
+            continue;
+        }
+        dispatch(s, line);
+    }
+    if (!c->dead)
+        conn_flush(c);
+}
+
+static void smtpd_timeout(struct conn *c)
+{
+    struct smtpd *s = c->ctx;
+    /* RFC 5321 4.5.3.2.7 / 4.5.3.2.5: the server times out and closes. */
+    log_info("%s: timeout from [%s] %s", s->qid[0] ? s->qid : "-", c->peer_ip,
+             s->input == IN_DATA || s->input == IN_BDAT ? "during data" : "waiting for a command");
+    txn_reset(s);
+    close_with(s, "421 4.4.2 Error: timeout exceeded");
+}
+
+static void smtpd_close(struct conn *c)
+{
+    struct smtpd *s = c->ctx;
+    c->ctx = NULL;
+    if (!s)
+        return;
+    if (s->waiting) {
+        s->orphan = 1;                  /* freed by message_committed */
+        return;
+    }
+    smtpd_free(s);
+}
+
+static const struct conn_ops smtpd_ops = {
+    .on_input = smtpd_input,
+    .on_timeout = smtpd_timeout,
+    .on_close = smtpd_close,
+};
+
+void smtpd_accept(struct conn *c)
+{
+    struct smtpd *s = calloc(1, sizeof *s);
+    if (!s) {
+        conn_abort(c);
+        return;
+    }
+    s->c = c;
+    s->state = S_INIT;
+    s->input = IN_COMMAND;
+    s->timer.idx = -1;
+    util_strlcpy(s->helo, "unknown", sizeof s->helo);
+    c->ctx = s;
+    c->ops = &smtpd_ops;
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    reply(s, "220 %s ESMTP mailnode", conf->hostname);
+    conn_flush(c);
+}
