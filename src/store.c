@@ -4,9 +4,8 @@
  * hash) and the outbound queue.  Every SQL statement of mailnode lives in
  * the store_*.c files.
  *
- * Durability: the database runs in WAL mode with synchronous=FULL for any
- * commit that acknowledges mail, so COMMIT returns only after the WAL is
- * fsynced.  The daemon opens one write transaction per loop turn; every
+ * Durability: the database runs in WAL mode with synchronous=FULL, so
+ * COMMIT returns only after the WAL is fsynced.  The daemon opens one write transaction per loop turn; every
  * message that reaches its end in that turn is inserted into it, and
  * store_turn_end() commits once and only then lets the sessions send 250.
  */
@@ -22,7 +21,6 @@ static struct {
     sqlite3 *db;
     enum store_mode mode;
     int in_txn;
-    int sync_full;                      /* current PRAGMA synchronous */
     int64_t txn_started;                /* monotonic ms */
     sqlite3_stmt **slots[STMT_SLOTS];   /* statements to finalize at close */
     int n_slots;
@@ -117,16 +115,6 @@ static int exec(const char *sql)
     return 0;
 }
 
-static int set_sync(int full)
-{
-    if (S.sync_full == full)
-        return 0;
-    if (exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"))
-        return STORE_ERR;
-    S.sync_full = full;
-    return 0;
-}
-
 static int migrate(char *err, size_t errlen)
 {
     sqlite3_stmt *st;
@@ -174,7 +162,6 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
 
     memset(&S, 0, sizeof S);
     S.mode = mode;
-    S.sync_full = -1;
     /* The database holds password hashes and everyone's mail: 0600. */
     old = umask(077);
     rc = sqlite3_open_v2(path, &S.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
@@ -189,7 +176,7 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     sqlite3_busy_timeout(S.db, mode == STORE_DAEMON ? 2000 : 15000);
     if (exec("PRAGMA journal_mode=WAL") || exec("PRAGMA foreign_keys=OFF") ||
         exec("PRAGMA cache_size=-1024") || exec("PRAGMA temp_store=MEMORY") ||
-        set_sync(1)) {
+        exec("PRAGMA synchronous=FULL")) {
         snprintf(err, errlen, "cannot set up database %s: %s (is it a mailnode database?)", path,
                  sqlite3_errmsg(S.db));
         goto fail;
@@ -328,11 +315,12 @@ void store_after_commit(store_ack_fn fn, void *arg)
     S.n_acks++;
 }
 
-/* The group commit.  A turn that acknowledges mail commits with a WAL
- * fsync; a turn that only streamed body chunks commits without one (the
- * chunks are worthless until their message commits, and a later durable
- * commit syncs the WAL frames before it), and only every half second, to
- * let command-line tools in between. */
+/* The group commit: one COMMIT (one WAL fsync) for everything the turn
+ * wrote, then the acknowledgements.  A turn that only streamed body chunks
+ * of unfinished messages does not commit; the transaction is closed every
+ * half second anyway, so that command-line tools get their turn to write.
+ * (SQLite cannot change synchronous inside a transaction, so such a commit
+ * pays its fsync too: at most two a second.) */
 void store_turn_end(void)
 {
     int rc = 0;
@@ -343,7 +331,6 @@ void store_turn_end(void)
     if (S.in_txn) {
         if (!S.n_acks && util_now_ms() - S.txn_started < 500)
             return;
-        set_sync(S.n_acks > 0);
         rc = commit();
     }
     n = S.n_acks;
