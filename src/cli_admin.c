@@ -1,0 +1,731 @@
+/*
+ * cli_admin.c: the administration commands `mailnode user`, `mailnode
+ * domain` and `mailnode alias`.
+ *
+ * Each checks its arguments completely before it opens the database, so a
+ * typing mistake costs nothing, and each change is one transaction.
+ */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <signal.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define CLI_PW_MAX 256                  /* as auth.c accepts */
+/* An alias's target list; the router reads up to 8 KiB, keep well inside. */
+#define CLI_ALIAS_TARGETS_MAX 4096
+
+static const char cli_user_usage[] =
+    "usage: mailnode user add NAME | del NAME | passwd NAME | list\n"
+    "  add NAME     create a mailbox user; the password is read from standard input\n"
+    "               (one line), or asked for twice when standard input is a terminal\n"
+    "  del NAME     delete the user and every message in the mailbox\n"
+    "  passwd NAME  set a new password, read like the one of `add`\n"
+    "  list         one user name per line\n"
+    "User names are 1 to 64 characters: a-z, 0-9, '.', '_' and '-' (stored lower case).\n";
+
+static const char cli_domain_usage[] =
+    "usage: mailnode domain add DOMAIN --local | --hold [--owner USER] [--host HOST:PORT]\n"
+    "       mailnode domain del DOMAIN | list\n"
+    "  add DOMAIN --local   deliver mail for DOMAIN into local mailboxes\n"
+    "  add DOMAIN --hold    hold mail for DOMAIN until its site asks (ETRN, ATRN)\n"
+    "      --owner USER     the user who may fetch the held mail with ATRN\n"
+    "      --host HOST:PORT where ETRN delivers the held mail (default: MX lookup)\n"
+    "  del DOMAIN           forget the domain (queued mail stays queued)\n"
+    "  list                 domain, kind, owner, host; tab separated\n";
+
+static const char cli_alias_usage[] =
+    "usage: mailnode alias add NAME TARGET[,TARGET...] | del NAME | list\n"
+    "  add NAME TARGETS  mail for NAME goes to TARGETS instead (replaces an existing alias);\n"
+    "                    NAME is 'local' (every local domain) or 'local@domain', a TARGET\n"
+    "                    is a local user name or an address local@domain\n"
+    "  del NAME          remove the alias\n"
+    "  list              name and targets, tab separated\n";
+
+/* ------------------------------------------------------------- helpers */
+
+static int cli_admin_help(int argc, char **argv, const char *usage)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(usage, stdout);
+            return 1;
+        }
+    return 0;
+}
+
+static int cli_admin_usage(const char *usage)
+{
+    fputs(usage, stderr);
+    return EX_USAGE;
+}
+
+/* The exit code and message of a store failure. */
+static int cli_admin_store_fail(int rc, const char *what)
+{
+    store_rollback();
+    if (rc == STORE_FULL) {
+        fprintf(stderr, "mailnode: cannot %s: the disk is full; free some space and try again\n", what);
+        return EX_CANTCREAT;
+    }
+    fprintf(stderr, "mailnode: cannot %s: database error (see the message above); try again\n", what);
+    return EX_TEMPFAIL;
+}
+
+/* Commits the change; the exit code. */
+static int cli_admin_commit(const char *what)
+{
+    int rc = store_commit();
+    return rc ? cli_admin_store_fail(rc, what) : EX_OK;
+}
+
+/* A user name: 1..USER_MAX of [a-z0-9._-]; upper case is folded.  On
+ * error prints why and returns -1. */
+static int cli_admin_user_name(const char *in, char out[USER_MAX + 1])
+{
+    size_t len = strlen(in);
+
+    if (len < 1 || len > USER_MAX) {
+        fprintf(stderr, "mailnode: user name '%s' must be 1 to %d characters long\n", in, USER_MAX);
+        return -1;
+    }
+    for (size_t i = 0; i <= len; i++) {
+        char c = in[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if (c && !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-')) {
+            fprintf(stderr, "mailnode: user name '%s' may contain only a-z, 0-9, '.', '_' and '-'\n", in);
+            return -1;
+        }
+        out[i] = c;
+    }
+    return 0;
+}
+
+/* RFC 1035 2.3.1 and RFC 5321 4.1.2: labels of letters, digits and
+ * hyphens, not starting or ending with a hyphen, at most 63 octets each,
+ * 255 in all.  Lower-cases into out; on error prints why, returns -1. */
+static int cli_admin_domain_name(const char *in, char out[SMTP_DOMAIN_MAX + 1])
+{
+    size_t len = strlen(in), label = 0;
+
+    if (len < 1 || len > SMTP_DOMAIN_MAX) {
+        fprintf(stderr, "mailnode: domain '%s' must be 1 to %d characters long\n", in, SMTP_DOMAIN_MAX);
+        return -1;
+    }
+    for (size_t i = 0; i <= len; i++) {
+        char c = in[i];
+        if (c == '.' || c == '\0') {
+            if (label == 0 || in[i - 1] == '-') {
+                fprintf(stderr, "mailnode: domain '%s': %s\n", in,
+                        label == 0 ? "empty label (two dots, or a dot at the start or end)"
+                                   : "a label ends with '-'");
+                return -1;
+            }
+            label = 0;
+        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   (c == '-' && label > 0)) {
+            if (++label > 63) {
+                fprintf(stderr, "mailnode: domain '%s': a label is longer than 63 characters\n", in);
+                return -1;
+            }
+        } else {
+            fprintf(stderr, "mailnode: domain '%s': '%c' is not allowed (letters, digits, '-' and"
+                    " '.' only; a label cannot start with '-')\n", in, c);
+            return -1;
+        }
+        out[i] = c;
+    }
+    util_lower(out);
+    return 0;
+}
+
+/* ------------------------------------------------------------- passwords */
+
+static volatile sig_atomic_t cli_admin_interrupted;
+
+static void cli_admin_on_signal(int sig)
+{
+    MN_UNUSED(sig);
+    cli_admin_interrupted = 1;
+}
+
+/* Reads one line of at most CLI_PW_MAX bytes; strips CR/LF.  0, or -1 if
+ * nothing could be read, -2 if the line is too long. */
+static int cli_admin_read_line(char *buf, size_t size)
+{
+    size_t len;
+
+    if (!fgets(buf, (int)size, stdin))
+        return -1;
+    len = strlen(buf);
+    if (len && buf[len - 1] != '\n' && !feof(stdin)) {
+        int c;
+        while ((c = getchar()) != EOF && c != '\n')
+            ;
+        sodium_memzero(buf, size);
+        return -2;
+    }
+    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+        buf[--len] = '\0';
+    return 0;
+}
+
+/* Prompts on the terminal with echo off.  SIGINT restores the echo before
+ * the program ends: a terminal left silent is the user's next problem. */
+static int cli_admin_prompt(const char *prompt, char *buf, size_t size)
+{
+    struct termios old, quiet;
+    struct sigaction sa, oint, oterm;
+    int rc;
+
+    if (tcgetattr(STDIN_FILENO, &old))
+        return -1;
+    quiet = old;
+    quiet.c_lflag &= (tcflag_t)~(ECHO | ECHONL);
+    quiet.c_lflag |= ICANON;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = cli_admin_on_signal;           /* no SA_RESTART: fgets returns */
+    sigaction(SIGINT, &sa, &oint);
+    sigaction(SIGTERM, &sa, &oterm);
+    fputs(prompt, stderr);
+    fflush(stderr);
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    rc = cli_admin_read_line(buf, size);
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+    sigaction(SIGINT, &oint, NULL);
+    sigaction(SIGTERM, &oterm, NULL);
+    fputc('\n', stderr);
+    if (cli_admin_interrupted)
+        rc = -3;
+    return rc;
+}
+
+/* The new password: one line from stdin, or asked twice on a terminal.
+ * 0, or an exit code after saying what is wrong. */
+static int cli_admin_get_password(const char *user, char *pw, size_t size)
+{
+    char again[CLI_PW_MAX + 2], prompt[128];
+    int tty = isatty(STDIN_FILENO), rc;
+
+    if (tty) {
+        snprintf(prompt, sizeof prompt, "New password for %s: ", user);
+        rc = cli_admin_prompt(prompt, pw, size);
+        if (rc == 0) {
+            rc = cli_admin_prompt("Repeat the password: ", again, sizeof again);
+            if (rc == 0 && strcmp(pw, again)) {
+                fprintf(stderr, "mailnode: the passwords differ; nothing changed\n");
+                rc = -4;
+            }
+            sodium_memzero(again, sizeof again);
+        }
+    } else {
+        rc = cli_admin_read_line(pw, size);
+    }
+    if (rc == 0 && !pw[0]) {
+        fprintf(stderr, "mailnode: the password is empty; nothing changed\n");
+        return EX_DATAERR;
+    }
+    if (rc == -1)
+        fprintf(stderr, "mailnode: no password on standard input (give it as one line)\n");
+    else if (rc == -2)
+        fprintf(stderr, "mailnode: the password is longer than %d bytes\n", CLI_PW_MAX);
+    else if (rc == -3)
+        fprintf(stderr, "mailnode: interrupted; nothing changed\n");
+    return rc ? EX_DATAERR : 0;
+}
+
+/* Reads the password and fills u->pwhash and u->cram. */
+static int cli_admin_new_password(struct store_user *u)
+{
+    char pw[CLI_PW_MAX + 2];
+    int rc = cli_admin_get_password(u->name, pw, sizeof pw);
+
+    if (rc)
+        return rc;
+    if (strpbrk(pw, "\r\n")) {
+        /* Unreachable from a line read, kept for the rule's sake. */
+        sodium_memzero(pw, sizeof pw);
+        return EX_DATAERR;
+    }
+    rc = auth_set_password(u, pw) ? EX_SOFTWARE : 0;
+    sodium_memzero(pw, sizeof pw);
+    if (rc)
+        fprintf(stderr, "mailnode: could not hash the password (see the message above)\n");
+    return rc;
+}
+
+/* ----------------------------------------------------------------- users */
+
+static int cli_user_add(const char *name)
+{
+    struct store_user u;
+    int rc;
+
+    memset(&u, 0, sizeof u);
+    util_strlcpy(u.name, name, sizeof u.name);
+    rc = store_user_get(name, &u);
+    if (rc == 0) {
+        fprintf(stderr, "mailnode: user %s already exists (use `mailnode user passwd %s` to change"
+                " the password)\n", name, name);
+        return EX_DATAERR;
+    }
+    if (rc != STORE_NOTFOUND)
+        return cli_admin_store_fail(rc, "read the user table");
+    util_strlcpy(u.name, name, sizeof u.name);
+    if ((rc = cli_admin_new_password(&u)))
+        return rc;
+    rc = store_user_add(&u);
+    sodium_memzero(&u, sizeof u);
+    if (rc == STORE_EXISTS) {
+        store_rollback();
+        fprintf(stderr, "mailnode: user %s was just created by someone else\n", name);
+        return EX_DATAERR;
+    }
+    if (rc)
+        return cli_admin_store_fail(rc, "add the user");
+    if ((rc = cli_admin_commit("add the user")))
+        return rc;
+    printf("user %s added\n", name);
+    return EX_OK;
+}
+
+static int cli_user_passwd(const char *name)
+{
+    struct store_user u;
+    int rc = store_user_get(name, &u);
+
+    if (rc == STORE_NOTFOUND) {
+        fprintf(stderr, "mailnode: no user %s (see `mailnode user list`)\n", name);
+        return EX_NOUSER;
+    }
+    if (rc)
+        return cli_admin_store_fail(rc, "read the user table");
+    if ((rc = cli_admin_new_password(&u)))
+        return rc;
+    rc = store_user_update(&u);
+    sodium_memzero(&u, sizeof u);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: user %s was deleted meanwhile\n", name);
+        return EX_NOUSER;
+    }
+    if (rc)
+        return cli_admin_store_fail(rc, "change the password");
+    if ((rc = cli_admin_commit("change the password")))
+        return rc;
+    printf("password of %s changed\n", name);
+    return EX_OK;
+}
+
+/* Warns about aliases that still name a deleted user: their mail would
+ * bounce from now on. */
+static int cli_user_alias_check(void *arg, const char *name, const char *targets)
+{
+    const char *user = arg;
+    size_t ul = strlen(user);
+
+    for (const char *p = targets; *p;) {
+        size_t n = strcspn(p, ", \t");
+        if (n == ul && !strncmp(p, user, n))
+            fprintf(stderr, "mailnode: note: alias %s still names %s (`mailnode alias add %s ...`"
+                    " to change it)\n", name, user, name);
+        p += n;
+        p += strspn(p, ", \t");
+    }
+    return 0;
+}
+
+static int cli_user_del(const char *name)
+{
+    int rc = store_user_del(name);
+
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: no user %s (see `mailnode user list`)\n", name);
+        return EX_NOUSER;
+    }
+    if (rc)
+        return cli_admin_store_fail(rc, "delete the user");
+    if ((rc = cli_admin_commit("delete the user")))
+        return rc;
+    printf("user %s deleted with the mailbox\n", name);
+    store_alias_list(cli_user_alias_check, (void *)name);
+    return EX_OK;
+}
+
+static int cli_user_print(void *arg, const struct store_user *u)
+{
+    MN_UNUSED(arg);
+    printf("%s\n", u->name);
+    return 0;
+}
+
+int cli_user(int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    char name[USER_MAX + 1];
+    int rc;
+
+    if (cli_admin_help(argc, argv, cli_user_usage))
+        return EX_OK;
+    if (!strcmp(sub, "list") ? argc != 2 :
+        (strcmp(sub, "add") && strcmp(sub, "del") && strcmp(sub, "passwd")) || argc != 3)
+        return cli_admin_usage(cli_user_usage);
+    if (argc == 3 && cli_admin_user_name(argv[2], name))
+        return EX_DATAERR;
+    if ((rc = cli_open_store()))
+        return rc;
+    if (!strcmp(sub, "add"))
+        rc = cli_user_add(name);
+    else if (!strcmp(sub, "del"))
+        rc = cli_user_del(name);
+    else if (!strcmp(sub, "passwd"))
+        rc = cli_user_passwd(name);
+    else
+        rc = store_user_list(cli_user_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list users") : EX_OK;
+    store_close();
+    return rc;
+}
+
+/* --------------------------------------------------------------- domains */
+
+/* Parses the options of `domain add` after DOMAIN into d.  0, or an exit
+ * code after saying what is wrong. */
+static int cli_domain_options(int argc, char **argv, struct store_domain *d)
+{
+    for (int i = 3; i < argc; i++) {
+        const char *opt = argv[i];
+        if (!strcmp(opt, "--local") || !strcmp(opt, "--hold")) {
+            int kind = opt[2] == 'l' ? DOMAIN_LOCAL : DOMAIN_HOLD;
+            if (d->kind && d->kind != kind) {
+                fprintf(stderr, "mailnode: a domain is either --local or --hold, not both\n");
+                return EX_USAGE;
+            }
+            d->kind = kind;
+        } else if ((!strcmp(opt, "--owner") || !strcmp(opt, "--host")) && i + 1 < argc) {
+            const char *val = argv[++i];
+            if (opt[3] == 'w') {
+                if (cli_admin_user_name(val, d->owner))
+                    return EX_DATAERR;
+            } else if (util_strlcpy(d->host, val, sizeof d->host) >= sizeof d->host) {
+                fprintf(stderr, "mailnode: --host %s is too long\n", val);
+                return EX_DATAERR;
+            }
+        } else {
+            fprintf(stderr, "mailnode: domain add: unexpected '%s'\n", opt);
+            return cli_admin_usage(cli_domain_usage);
+        }
+    }
+    if (!d->kind) {
+        fprintf(stderr, "mailnode: domain add: say --local or --hold\n");
+        return cli_admin_usage(cli_domain_usage);
+    }
+    if (d->kind == DOMAIN_LOCAL && (d->owner[0] || d->host[0])) {
+        fprintf(stderr, "mailnode: --owner and --host apply to --hold domains only\n");
+        return EX_USAGE;
+    }
+    return 0;
+}
+
+/* --host HOST:PORT, where HOST is a domain name or an IP address. */
+static int cli_domain_check_host(const char *spec)
+{
+    char host[SMTP_DOMAIN_MAX + 1], lower[SMTP_DOMAIN_MAX + 1];
+    struct in6_addr ip;
+    int port;
+
+    if (util_split_hostport(spec, host, sizeof host, &port) || !host[0] || port < 1) {
+        fprintf(stderr, "mailnode: --host %s: write HOST:PORT, for example mail.example.org:25\n", spec);
+        return EX_DATAERR;
+    }
+    if (inet_pton(AF_INET, host, &ip) == 1 || inet_pton(AF_INET6, host, &ip) == 1)
+        return 0;
+    return cli_admin_domain_name(host, lower) ? EX_DATAERR : 0;
+}
+
+static int cli_domain_add(int argc, char **argv, const char *name)
+{
+    struct store_domain d;
+    struct store_user u;
+    int rc;
+
+    memset(&d, 0, sizeof d);
+    util_strlcpy(d.name, name, sizeof d.name);
+    if ((rc = cli_domain_options(argc, argv, &d)))
+        return rc;
+    if (d.host[0] && (rc = cli_domain_check_host(d.host)))
+        return rc;
+    if ((rc = cli_open_store()))
+        return rc;
+    if (d.owner[0] && (rc = store_user_get(d.owner, &u))) {
+        if (rc == STORE_NOTFOUND) {
+            fprintf(stderr, "mailnode: --owner %s: no such user (create it first with"
+                    " `mailnode user add %s`)\n", d.owner, d.owner);
+            rc = EX_NOUSER;
+        } else {
+            rc = cli_admin_store_fail(rc, "read the user table");
+        }
+        goto out;
+    }
+    rc = store_domain_add(&d);
+    if (rc == STORE_EXISTS) {
+        store_rollback();
+        fprintf(stderr, "mailnode: domain %s exists already (`mailnode domain del %s` first to"
+                " change it)\n", d.name, d.name);
+        rc = EX_DATAERR;
+    } else if (rc) {
+        rc = cli_admin_store_fail(rc, "add the domain");
+    } else if (!(rc = cli_admin_commit("add the domain"))) {
+        printf("domain %s added (%s)\n", d.name, d.kind == DOMAIN_LOCAL ? "local" : "hold");
+        if (d.kind == DOMAIN_HOLD && conf_is_local_domain(d.name))
+            fprintf(stderr, "mailnode: note: %s is also in local_domains of the configuration,"
+                    " which delivers it locally\n", d.name);
+    }
+out:
+    sodium_memzero(&u, sizeof u);
+    store_close();
+    return rc;
+}
+
+static int cli_domain_del(const char *name)
+{
+    int rc;
+
+    if ((rc = cli_open_store()))
+        return rc;
+    rc = store_domain_del(name);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: no domain %s (see `mailnode domain list`)\n", name);
+        rc = EX_DATAERR;
+    } else if (rc) {
+        rc = cli_admin_store_fail(rc, "delete the domain");
+    } else if (!(rc = cli_admin_commit("delete the domain"))) {
+        printf("domain %s deleted\n", name);
+        if (conf_is_local_domain(name))
+            fprintf(stderr, "mailnode: note: %s stays local through local_domains in the"
+                    " configuration\n", name);
+    }
+    store_close();
+    return rc;
+}
+
+static int cli_domain_print(void *arg, const struct store_domain *d)
+{
+    MN_UNUSED(arg);
+    printf("%s\t%s\t%s\t%s\n", d->name, d->kind == DOMAIN_LOCAL ? "local" : d->kind == DOMAIN_HOLD ? "hold" : "?",
+           d->owner[0] ? d->owner : "-", d->host[0] ? d->host : "-");
+    return 0;
+}
+
+int cli_domain(int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    char name[SMTP_DOMAIN_MAX + 1];
+    int rc;
+
+    if (cli_admin_help(argc, argv, cli_domain_usage))
+        return EX_OK;
+    if (!strcmp(sub, "list")) {
+        if (argc != 2)
+            return cli_admin_usage(cli_domain_usage);
+        if ((rc = cli_open_store()))
+            return rc;
+        rc = store_domain_list(cli_domain_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list domains") : EX_OK;
+        store_close();
+        return rc;
+    }
+    if (!strcmp(sub, "add") ? argc < 4 : strcmp(sub, "del") || argc != 3)
+        return cli_admin_usage(cli_domain_usage);
+    if (cli_admin_domain_name(argv[2], name))
+        return EX_DATAERR;
+    if (!strcmp(sub, "add"))
+        return cli_domain_add(argc, argv, name);
+    return cli_domain_del(name);
+}
+
+/* --------------------------------------------------------------- aliases */
+
+/* An alias name: "local" (any local domain) or "local@domain", lower case. */
+static int cli_alias_name(const char *in, char *out, size_t size)
+{
+    struct addr a;
+    size_t len = strlen(in);
+
+    if (strchr(in, '@')) {
+        if (addr_parse_mailbox(in, &a) || a.ip_literal) {
+            fprintf(stderr, "mailnode: alias name '%s' is not an address local@domain\n", in);
+            return -1;
+        }
+        util_strlcpy(out, a.full, size);
+    } else {
+        if (len < 1 || len > SMTP_LOCAL_MAX) {
+            fprintf(stderr, "mailnode: alias name '%s' must be 1 to %d characters long\n", in, SMTP_LOCAL_MAX);
+            return -1;
+        }
+        for (size_t i = 0; i < len; i++)
+            if (!addr_is_atext((unsigned char)in[i]) && in[i] != '.') {
+                fprintf(stderr, "mailnode: alias name '%s': '%c' is not allowed in a local part\n",
+                        in, in[i]);
+                return -1;
+            }
+        util_strlcpy(out, in, size);
+    }
+    util_lower(out);
+    return 0;
+}
+
+/* Appends one checked target to the list in out (comma separated). */
+static int cli_alias_target(const char *t, char *out, size_t size)
+{
+    char norm[ADDR_MAX];
+    struct addr a;
+    size_t used = strlen(out);
+
+    if (strchr(t, '@')) {
+        if (addr_parse_mailbox(t, &a)) {
+            fprintf(stderr, "mailnode: alias target '%s' is not an address local@domain\n", t);
+            return -1;
+        }
+        util_strlcpy(norm, a.full, sizeof norm);
+    } else if (cli_admin_user_name(t, norm)) {
+        fprintf(stderr, "mailnode: alias target '%s' is neither a user name nor an address\n", t);
+        return -1;
+    }
+    if (used + strlen(norm) + 2 > size) {
+        fprintf(stderr, "mailnode: the target list is longer than %zu bytes; split it over"
+                " several aliases\n", size - 1);
+        return -1;
+    }
+    snprintf(out + used, size - used, "%s%s", used ? "," : "", norm);
+    return 0;
+}
+
+/* Splits TARGET[,TARGET...] (spaces after commas are fine) and checks each. */
+static int cli_alias_targets(const char *in, char *out, size_t size)
+{
+    char buf[CLI_ALIAS_TARGETS_MAX], *items[512];
+    size_t n;
+
+    out[0] = '\0';
+    if (util_strlcpy(buf, in, sizeof buf) >= sizeof buf) {
+        fprintf(stderr, "mailnode: the target list is longer than %zu bytes\n", sizeof buf - 1);
+        return -1;
+    }
+    n = util_split_list(buf, items, MN_NELEM(items));
+    if (n == 0) {
+        fprintf(stderr, "mailnode: the alias needs at least one target\n");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (cli_alias_target(items[i], out, size))
+            return -1;
+    return 0;
+}
+
+/* A bare target with no such user or alias is allowed (it may be created
+ * next) but said, since until then its mail bounces. */
+static void cli_alias_note_unknown(const char *targets)
+{
+    char buf[CLI_ALIAS_TARGETS_MAX], *items[512], dummy[8];
+    struct store_user u;
+    size_t n;
+
+    util_strlcpy(buf, targets, sizeof buf);
+    n = util_split_list(buf, items, MN_NELEM(items));
+    for (size_t i = 0; i < n; i++) {
+        if (strchr(items[i], '@') || store_user_get(items[i], &u) == 0)
+            continue;
+        if (store_alias_get(items[i], dummy, sizeof dummy) != STORE_NOTFOUND)
+            continue;
+        fprintf(stderr, "mailnode: note: no user or alias %s yet; its mail bounces until one exists\n",
+                items[i]);
+    }
+    sodium_memzero(&u, sizeof u);
+}
+
+/* The targets may come as one argument or several ("a, b" unquoted). */
+static int cli_alias_add(const char *name, int argc, char **argv)
+{
+    char list[CLI_ALIAS_TARGETS_MAX] = "", targets[CLI_ALIAS_TARGETS_MAX];
+    size_t used = 0;
+    int rc;
+
+    for (int i = 3; i < argc; i++) {
+        int w = snprintf(list + used, sizeof list - used, "%s%s", used ? "," : "", argv[i]);
+        if (w < 0 || (size_t)w >= sizeof list - used) {
+            fprintf(stderr, "mailnode: the target list is longer than %zu bytes\n", sizeof list - 1);
+            return EX_DATAERR;
+        }
+        used += (size_t)w;
+    }
+    if (cli_alias_targets(list, targets, sizeof targets))
+        return EX_DATAERR;
+    if ((rc = cli_open_store()))
+        return rc;
+    rc = store_alias_set(name, targets);
+    if (rc) {
+        rc = cli_admin_store_fail(rc, "set the alias");
+    } else if (!(rc = cli_admin_commit("set the alias"))) {
+        printf("alias %s -> %s\n", name, targets);
+        cli_alias_note_unknown(targets);
+    }
+    store_close();
+    return rc;
+}
+
+static int cli_alias_del(const char *name)
+{
+    int rc;
+
+    if ((rc = cli_open_store()))
+        return rc;
+    rc = store_alias_del(name);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: no alias %s (see `mailnode alias list`)\n", name);
+        rc = EX_DATAERR;
+    } else if (rc) {
+        rc = cli_admin_store_fail(rc, "delete the alias");
+    } else if (!(rc = cli_admin_commit("delete the alias"))) {
+        printf("alias %s deleted\n", name);
+    }
+    store_close();
+    return rc;
+}
+
+static int cli_alias_print(void *arg, const char *name, const char *targets)
+{
+    MN_UNUSED(arg);
+    printf("%s\t%s\n", name, targets);
+    return 0;
+}
+
+int cli_alias(int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    char name[ADDR_MAX];
+    int rc;
+
+    if (cli_admin_help(argc, argv, cli_alias_usage))
+        return EX_OK;
+    if (!strcmp(sub, "list")) {
+        if (argc != 2)
+            return cli_admin_usage(cli_alias_usage);
+        if ((rc = cli_open_store()))
+            return rc;
+        rc = store_alias_list(cli_alias_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list aliases") : EX_OK;
+        store_close();
+        return rc;
+    }
+    if (!strcmp(sub, "add") ? argc < 4 : strcmp(sub, "del") || argc != 3)
+        return cli_admin_usage(cli_alias_usage);
+    if (cli_alias_name(argv[2], name, sizeof name))
+        return EX_DATAERR;
+    if (!strcmp(sub, "add"))
+        return cli_alias_add(name, argc, argv);
+    return cli_alias_del(name);
+}
