@@ -71,6 +71,7 @@ struct smtpd {
 };
 
 static void smtpd_input(struct conn *c);
+static void bdat_chunk_done(struct smtpd *s);
 
 /* ---------------------------------------------------------------- replies */
 
@@ -554,13 +555,13 @@ static void cmd_bdat(struct smtpd *s, char *arg)
     if (!(s->state & (S_RCPT | S_BDAT))) {
         /* RFC 3030 2: the chunk is read anyway, then refused. */
         s->bdat_discard = s->state == S_MAIL ? 554 : 503;
-        return;
-    }
-    if (s->state == S_RCPT) {
+    } else if (s->state == S_RCPT) {
         if (start_body(s))
             s->data_error = 451;
         s->state = S_BDAT;
     }
+    if (!size)
+        bdat_chunk_done(s);             /* "BDAT 0 LAST" has no octets to wait for */
 }
 
 static void cmd_rset(struct smtpd *s, char *arg)
