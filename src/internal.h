@@ -56,6 +56,8 @@ void util_date(int64_t t, char *buf, size_t n);
 int util_set_nonblock(int fd);
 /* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
+/* Numeric address (empty: any IPv4) and port -> socket address. */
+int util_sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len);
 /* 1 if the address is a loopback address. */
 int util_sockaddr_is_loopback(const struct sockaddr_storage *ss);
 void util_sockaddr_ip(const struct sockaddr_storage *ss, char *buf, size_t n);

@@ -10,7 +10,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <netdb.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
@@ -470,34 +469,28 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
     util_strlcpy(buf, spec, sizeof buf);
     n = util_split_list(buf, items, MN_NELEM(items));
     for (size_t i = 0; i < n; i++) {
-        char host[256], portstr[16];
+        char host[256];
         int port, fd = -1, one = 1;
-        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                                  .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV }, *ai = NULL;
+        struct sockaddr_storage ss;
+        socklen_t sl;
 
         if (L.n_listeners == LOOP_MAX_LISTENERS) {
             snprintf(err, errlen, "too many listeners");
             return -1;
         }
-        if (util_split_hostport(items[i], host, sizeof host, &port)) {
-            snprintf(err, errlen, "listen address '%s' is not addr:port", items[i]);
+        if (util_split_hostport(items[i], host, sizeof host, &port) ||
+            util_sockaddr_parse(host, port, &ss, &sl)) {
+            snprintf(err, errlen, "listen address '%s' is not addr:port with a numeric address", items[i]);
             return -1;
         }
-        snprintf(portstr, sizeof portstr, "%d", port);
-        if (getaddrinfo(*host ? host : NULL, portstr, &hints, &ai)) {
-            snprintf(err, errlen, "listen address '%s': not a numeric address", items[i]);
-            return -1;
-        }
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-            bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+            bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 128) < 0) {
             snprintf(err, errlen, "cannot listen on %s: %s", items[i], strerror(errno));
             if (fd >= 0)
                 close(fd);
-            freeaddrinfo(ai);
             return -1;
         }
-        freeaddrinfo(ai);
         struct listener *ls = &L.listeners[L.n_listeners];
         struct epoll_event e = { .events = EPOLLIN, .data.ptr = ls };
         ls->fd = fd;
