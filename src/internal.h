@@ -157,6 +157,8 @@ struct conn_ops {
     /* The connection is going away (peer closed, error, or conn_close
      * finished); free the session here. */
     void (*on_close)(struct conn *c);
+    /* An outbound connection finished connecting: err is 0 or an errno. */
+    void (*on_connect)(struct conn *c, int err);
 };
 
 struct conn {
@@ -175,6 +177,7 @@ struct conn {
     unsigned dead : 1;                  /* closed; freed at the end of the turn */
     unsigned eof : 1;                   /* peer closed its side */
     unsigned kicked : 1;                /* on_input pending at end of turn */
+    unsigned connecting : 1;            /* outbound connect in progress */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -221,6 +224,23 @@ int conn_flush(struct conn *c);         /* try to write now */
 
 void timer_set(struct timer *t, int64_t ms_from_now, void (*fn)(void *), void *arg);
 void timer_cancel(struct timer *t);
+
+/* Outbound: a non-blocking connect; ops->on_connect reports the outcome.
+ * NULL if the socket could not even be created (errno says why). */
+struct conn *conn_connect(const struct sockaddr_storage *ss, socklen_t len, int kind,
+                          const struct conn_ops *ops, void *ctx, size_t in_cap, size_t out_cap);
+
+/* Any other descriptor (UDP, netlink, unix listeners): fn runs when the
+ * registered events (EPOLLIN, EPOLLOUT) are ready. */
+struct watch {
+    int fd;
+    uint32_t events;
+    void (*fn)(struct watch *w, uint32_t events);
+    void *arg;
+};
+int loop_watch_add(struct watch *w);
+int loop_watch_mod(struct watch *w, uint32_t events);
+void loop_watch_del(struct watch *w);
 
 /* ----------------------------------------------------------------- store */
 
@@ -489,6 +509,110 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
 int queue_domain_accepted(const char *domain);
 int queue_domain_is_local(const char *domain);
 
+/* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
+ * destination (the next hop: the relayhost, or the recipient domain for
+ * MX delivery); hold domains wait for ETRN/ATRN. */
+int queue_start(void);                  /* daemon start: arm the scheduler */
+void queue_stop(void);
+void queue_kick(void);                  /* new mail: scan soon */
+/* Link came up (netlink, flush): every destination's backoff is reset and
+ * a run starts at once.  domain NULL: all. */
+void queue_flush(const char *domain);
+/* Called when a flush run has attempted every eligible message:
+ * summary is a human text, one line per destination; failed is the number
+ * of destinations that did not take all their mail. */
+typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
+/* Like queue_flush, and calls done when the run is over. */
+int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
+void queue_flush_cancel(void *arg);     /* the waiter went away */
+
+/* ----------------------------------------------------------------- dns */
+
+/* An asynchronous stub resolver inside the event loop (RFC 1035 over UDP,
+ * TCP when truncated), reading /etc/resolv.conf or the `resolver` key. */
+#define DNS_MAX_HOSTS 10
+#define DNS_MAX_ADDRS 4
+enum dns_status { DNS_OK = 0, DNS_TEMP = 1, DNS_PERM = 2 };
+struct dns_host {
+    char name[SMTP_DOMAIN_MAX + 1];
+    int pref;
+    int naddrs;
+    struct sockaddr_storage addrs[DNS_MAX_ADDRS];   /* port 0: the caller sets it */
+};
+struct dns_result {
+    int status;                         /* enum dns_status */
+    char error[256];                    /* why, for the log and DSNs */
+    int nhosts;
+    struct dns_host hosts[DNS_MAX_HOSTS];   /* MX preference order, A/AAAA filled */
+};
+typedef void (*dns_cb)(void *arg, const struct dns_result *r);
+struct dns_query;
+int dns_init(void);
+void dns_free(void);
+/* RFC 5321 5.1: MX records sorted by preference (random among equals),
+ * implicit MX (the domain's own A/AAAA) when there is none, RFC 7505 null
+ * MX as DNS_PERM, NXDOMAIN as DNS_PERM, everything else DNS_TEMP.  An
+ * address literal ("[192.0.2.1]") or a numeric host answers at once.  The
+ * callback may run before dns_resolve_* returns; NULL only on no memory. */
+struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg);
+/* A/AAAA of one host (a relayhost name): one dns_host in the result. */
+struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg);
+void dns_cancel(struct dns_query *q);
+
+/* ----------------------------------------------------------------- dsn */
+
+/* Delivery status notifications (RFC 3464 multipart/report, RFC 3461). */
+enum dsn_action { DSN_FAILED = 1, DSN_DELAYED, DSN_DELIVERED, DSN_RELAYED };
+struct dsn_rcpt {
+    const char *addr;                   /* final recipient */
+    const char *orcpt;                  /* "rfc822;..." or NULL */
+    int action;                         /* enum dsn_action */
+    const char *status;                 /* "5.1.1" */
+    const char *remote_mta;             /* host name or NULL */
+    const char *diagnostic;             /* the peer's reply, "smtp; 550 ..." or NULL */
+    int64_t last_attempt;
+};
+struct dsn_info {
+    const char *qid;                    /* of the original message */
+    const char *sender;                 /* original reverse-path (never "") */
+    const char *envid;                  /* or NULL */
+    int ret_full;                       /* RET=FULL: the whole message, else headers */
+    int64_t received;                   /* arrival date */
+    int64_t body_id;                    /* the original message text */
+    const struct dsn_rcpt *rcpts;
+    size_t n;
+};
+/* Writes the complete notification message (headers and body, CRLF) into
+ * out, an open store body; the caller queues it with a null sender. */
+int dsn_write(const struct dsn_info *d, struct store_body *out);
+
+/* -------------------------------------------------------------- mime7 */
+
+/* RFC 6152 3: 8-bit text to a peer without 8BITMIME is converted to 7 bit:
+ * each MIME part with 8-bit content and an identity encoding (7bit, 8bit
+ * or none) gets Content-Transfer-Encoding: quoted-printable (text) or
+ * base64 (other types); multipart structure is followed through nested
+ * boundaries; message/rfc822 parts are converted recursively where
+ * possible.  Streaming: any split of the input, bounded memory. */
+struct mime7;
+struct mime7 *mime7_new(void);
+/* Converts in[0..n); output through emit.  0, or -1 when the message
+ * cannot be converted (then it must bounce, 5.6.3). */
+int mime7_feed(struct mime7 *m, const unsigned char *in, size_t n, mime_emit_fn emit, void *arg);
+int mime7_finish(struct mime7 *m, mime_emit_fn emit, void *arg);
+void mime7_free(struct mime7 *m);
+
+/* ---------------------------------------------------------------- ctl */
+
+/* The control socket (conf->control, mode 0600): `mailnode flush` and
+ * queue commands reach the running daemon through it. */
+int ctl_start(void);
+void ctl_stop(void);
+/* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
+ * address or route appears. */
+int link_watch_start(void);
+void link_watch_stop(void);
+
 /* ---------------------------------------------------------------- smtpd */
 
 void smtpd_accept(struct conn *c);
@@ -507,6 +631,7 @@ int cli_domain(int argc, char **argv);
 int cli_alias(int argc, char **argv);
 int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
+int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);
