@@ -126,6 +126,11 @@ struct conf {
     int64_t upstream_interval;          /* seconds */
     int64_t retry_initial, retry_max;   /* seconds */
     int64_t queue_lifetime, queue_warn_after;
+    char *resolver;                     /* "addr[:port]" of a DNS server; "" = resolv.conf */
+    int64_t delivery_per_connection;    /* messages one outbound session carries */
+    int64_t delivery_parallel;          /* outbound sessions in all */
+    int64_t delivery_parallel_per_dest; /* outbound sessions per destination */
+    int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
     int64_t max_connections;
@@ -1235,6 +1240,11 @@ static const struct conf_key keys[] = {
     { "retry.max", T_DURATION, F(retry_max), 0, "4h" },
     { "queue.lifetime", T_DURATION, F(queue_lifetime), 0, "5d" },
     { "queue.warn_after", T_DURATION, F(queue_warn_after), 0, "4h" },
+    { "resolver", T_STR, F(resolver), 0, "" },
+    { "delivery.per_connection", T_INT, F(delivery_per_connection), 0, "1000" },
+    { "delivery.parallel", T_INT, F(delivery_parallel), 0, "20" },
+    { "delivery.parallel_per_destination", T_INT, F(delivery_parallel_per_dest), 0, "1" },
+    { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },
     { "max_connections", T_INT, F(max_connections), 0, "100" },
@@ -1625,11 +1635,18 @@ static void run_timers(int64_t now)
 
 /* ----------------------------------------------------------- connections */
 
+/* epoll data carries a pointer with its kind in the low bits. */
+enum { TAG_CONN = 0, TAG_LISTENER = 1, TAG_WATCH = 2, TAG_MASK = 3 };
+
 static void conn_update_events(struct conn *c)
 {
     uint32_t ev = 0;
     if (c->dead)
         return;
+    if (c->connecting) {
+        ev = EPOLLOUT;
+        goto set;
+    }
     /* Stop reading while paused, while the input buffer is full, and while
      * the output is more than half full: a client that pipelines without
      * reading its replies is slowed down instead of growing our memory. */
@@ -1638,6 +1655,7 @@ static void conn_update_events(struct conn *c)
         ev |= EPOLLIN;
     if (c->out_len)
         ev |= EPOLLOUT;
+set:
     if (ev != c->events) {
         struct epoll_event e = { .events = ev, .data.ptr = c };
         if (epoll_ctl(L.epfd, EPOLL_CTL_MOD, c->fd, &e) == 0)
@@ -1993,7 +2011,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
             return -1;
         }
         struct listener *ls = &L.listeners[L.n_listeners];
-        struct epoll_event e = { .events = EPOLLIN, .data.ptr = ls };
+        struct epoll_event e = { .events = EPOLLIN, .data.u64 = (uintptr_t)ls | TAG_LISTENER };
         ls->fd = fd;
         ls->kind = kind;
         ls->on_accept = on_accept;
@@ -2018,9 +2036,64 @@ void loop_close_listeners(void)
     L.n_listeners = 0;
 }
 
-static int is_listener(void *p)
+int loop_watch_add(struct watch *w)
 {
-    return p >= (void *)&L.listeners[0] && p < (void *)&L.listeners[LOOP_MAX_LISTENERS];
+    struct epoll_event e = { .events = w->events, .data.u64 = (uintptr_t)w | TAG_WATCH };
+    return epoll_ctl(L.epfd, EPOLL_CTL_ADD, w->fd, &e);
+}
+
+int loop_watch_mod(struct watch *w, uint32_t events)
+{
+    struct epoll_event e = { .events = events, .data.u64 = (uintptr_t)w | TAG_WATCH };
+    w->events = events;
+    return epoll_ctl(L.epfd, EPOLL_CTL_MOD, w->fd, &e);
+}
+
+void loop_watch_del(struct watch *w)
+{
+    if (w->fd >= 0)
+        epoll_ctl(L.epfd, EPOLL_CTL_DEL, w->fd, NULL);
+}
+
+struct conn *conn_connect(const struct sockaddr_storage *ss, socklen_t len, int kind,
+                          const struct conn_ops *ops, void *ctx, size_t in_cap, size_t out_cap)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    struct conn *c;
+
+    if (fd < 0)
+        return NULL;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (const struct sockaddr *)ss, len) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return NULL;
+    }
+    c = conn_new(fd, kind, ops, ctx, in_cap, out_cap);
+    if (!c) {
+        close(fd);
+        errno = ENOMEM;
+        return NULL;
+    }
+    c->peer = *ss;
+    util_sockaddr_ip(ss, c->peer_ip, sizeof c->peer_ip);
+    c->peer_loopback = util_sockaddr_is_loopback(ss);
+    c->connecting = 1;
+    conn_update_events(c);
+    return c;
+}
+
+static void conn_connected(struct conn *c)
+{
+    int err = 0;
+    socklen_t sl = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &sl) < 0)
+        err = errno;
+    c->connecting = 0;
+    conn_update_events(c);
+    c->ops->on_connect(c, err);
 }
 
 /* ------------------------------------------------------------------ loop */
@@ -2063,14 +2136,24 @@ int loop_run(void)
             return -1;
         }
         for (int i = 0; i < n; i++) {
-            void *p = ev[i].data.ptr;
-            if (is_listener(p)) {
+            uintptr_t tag = ev[i].data.u64 & TAG_MASK;
+            void *p = (void *)(uintptr_t)(ev[i].data.u64 & ~(uint64_t)TAG_MASK);
+            if (tag == TAG_LISTENER) {
                 accept_ready(p);
+                continue;
+            }
+            if (tag == TAG_WATCH) {
+                struct watch *w = p;
+                w->fn(w, ev[i].events);
                 continue;
             }
             struct conn *c = p;
             if (c->dead)
                 continue;
+            if (c->connecting) {
+                conn_connected(c);
+                continue;
+            }
             if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
                 conn_readable(c);
             if (!c->dead && (ev[i].events & EPOLLOUT))
