@@ -288,6 +288,9 @@ void store_rollback(void);
 typedef void (*store_ack_fn)(void *arg, int rc);
 void store_after_commit(store_ack_fn fn, void *arg);
 void store_turn_end(void);
+/* fn() returns how many sessions are inside a mail transaction that has
+ * not reached its end yet: the group commit may wait for them. */
+void store_set_busy_hint(int (*fn)(void));
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -632,6 +635,7 @@ void link_watch_stop(void);
 /* ---------------------------------------------------------------- smtpd */
 
 void smtpd_accept(struct conn *c);
+int smtpd_busy(void);                   /* sessions inside a mail transaction */
 
 /* ----------------------------------------------------------------- pop3 */
 
@@ -2207,6 +2211,7 @@ void loop_free(void)
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #define STMT_SLOTS 128
 
@@ -2219,6 +2224,8 @@ static struct {
     int n_slots;
     struct { store_ack_fn fn; void *arg; } *acks;
     size_t n_acks, cap_acks;
+    int64_t first_ack_ms;               /* when the oldest waiting ack came */
+    int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
     int zdef_ok, zinf_ok;
@@ -2503,6 +2510,8 @@ void store_after_commit(store_ack_fn fn, void *arg)
         S.acks = p;
         S.cap_acks = cap;
     }
+    if (!S.n_acks)
+        S.first_ack_ms = util_now_ms();
     S.acks[S.n_acks].fn = fn;
     S.acks[S.n_acks].arg = arg;
     S.n_acks++;
@@ -2512,20 +2521,53 @@ void store_after_commit(store_ack_fn fn, void *arg)
  * wrote, then the acknowledgements.  A turn that only streamed body chunks
  * of unfinished messages does not commit; the transaction is closed every
  * half second anyway, so that command-line tools get their turn to write.
- * (SQLite cannot change synchronous inside a transaction, so such a commit
- * pays its fsync too: at most two a second.) */
+ *
+ * On slow storage (SD cards and eMMC flush in 2-20 ms) the commit is held
+ * back while other sessions are inside a mail transaction, for at most as
+ * long as a commit takes: their messages join this fsync instead of each
+ * paying for one of their own.  On fast storage the wait is negligible.
+ * The busy hint comes from the protocol layer (store_set_busy_hint). */
+static int (*busy_hint)(void);
+static struct timer holdoff_timer = { .idx = -1 };
+
+void store_set_busy_hint(int (*fn)(void))
+{
+    busy_hint = fn;
+}
+
+static void holdoff_expired(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
 void store_turn_end(void)
 {
     int rc = 0;
     size_t n;
+    int64_t now = util_now_ms();
 
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && util_now_ms() - S.txn_started < 500)
+        if (!S.n_acks && now - S.txn_started < 500)
             return;
+        if (S.n_acks && busy_hint && busy_hint() > 0) {
+            /* Wait up to one commit's duration (0.1 ms granularity). */
+            int64_t wait_us = S.commit_us_avg > 20000 ? 20000 : S.commit_us_avg;
+            if (wait_us >= 1000 && (now - S.first_ack_ms) * 1000 < wait_us) {
+                timer_set(&holdoff_timer, S.first_ack_ms + wait_us / 1000 - now, holdoff_expired, NULL);
+                return;
+            }
+        }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         rc = commit();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        int64_t us = (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+        if (S.n_acks)
+            S.commit_us_avg = (S.commit_us_avg * 7 + us) / 8;
     }
+    timer_cancel(&holdoff_timer);
     n = S.n_acks;
     S.n_acks = 0;
     for (size_t i = 0; i < n; i++)
@@ -5075,6 +5117,9 @@ enum smtpd_input {
 #define SMTPD_SASL_LINE 12288
 #define SMTPD_MAX_ERRORS 20
 
+struct smtpd;
+static struct smtpd *all_sessions;      /* for the group commit's busy hint */
+
 struct smtpd {
     struct conn *c;
     int state;
@@ -5106,7 +5151,19 @@ struct smtpd {
     char pending[128];                  /* reply held back by the failure delay */
     int pending_close;
     struct timer timer;
+    struct smtpd *next, *prev;
 };
+
+/* Sessions whose message may still join the current group commit: inside
+ * a transaction, not yet waiting for their own acknowledgement. */
+int smtpd_busy(void)
+{
+    int n = 0;
+    for (struct smtpd *s = all_sessions; s; s = s->next)
+        if (!s->waiting && (s->state & (S_MAIL | S_RCPT | S_BDAT)))
+            n++;
+    return n;
+}
 
 static void smtpd_input(struct conn *c);
 static void bdat_chunk_done(struct smtpd *s);
@@ -5161,6 +5218,12 @@ static void txn_reset(struct smtpd *s)
 
 static void smtpd_free(struct smtpd *s)
 {
+    if (s->prev)
+        s->prev->next = s->next;
+    else if (all_sessions == s)
+        all_sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
     timer_cancel(&s->timer);
     if (s->body)
         store_body_free(s->body);
@@ -6094,6 +6157,10 @@ void smtpd_accept(struct conn *c)
         return;
     }
     s->c = c;
+    s->next = all_sessions;
+    if (all_sessions)
+        all_sessions->prev = s;
+    all_sessions = s;
     s->state = S_INIT;
     s->input = IN_COMMAND;
     s->timer.idx = -1;
@@ -7398,6 +7465,7 @@ int cli_run(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     loop_set_turn_hook(daemon_turn);
+    store_set_busy_hint(smtpd_busy);
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())

@@ -157,6 +157,7 @@ int cli_run(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     loop_set_turn_hook(daemon_turn);
+    store_set_busy_hint(smtpd_busy);
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())

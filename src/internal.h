@@ -277,6 +277,9 @@ void store_rollback(void);
 typedef void (*store_ack_fn)(void *arg, int rc);
 void store_after_commit(store_ack_fn fn, void *arg);
 void store_turn_end(void);
+/* fn() returns how many sessions are inside a mail transaction that has
+ * not reached its end yet: the group commit may wait for them. */
+void store_set_busy_hint(int (*fn)(void));
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -621,6 +624,7 @@ void link_watch_stop(void);
 /* ---------------------------------------------------------------- smtpd */
 
 void smtpd_accept(struct conn *c);
+int smtpd_busy(void);                   /* sessions inside a mail transaction */
 
 /* ----------------------------------------------------------------- pop3 */
 

@@ -37,6 +37,9 @@ enum smtpd_input {
 #define SMTPD_SASL_LINE 12288
 #define SMTPD_MAX_ERRORS 20
 
+struct smtpd;
+static struct smtpd *all_sessions;      /* for the group commit's busy hint */
+
 struct smtpd {
     struct conn *c;
     int state;
@@ -68,7 +71,19 @@ struct smtpd {
     char pending[128];                  /* reply held back by the failure delay */
     int pending_close;
     struct timer timer;
+    struct smtpd *next, *prev;
 };
+
+/* Sessions whose message may still join the current group commit: inside
+ * a transaction, not yet waiting for their own acknowledgement. */
+int smtpd_busy(void)
+{
+    int n = 0;
+    for (struct smtpd *s = all_sessions; s; s = s->next)
+        if (!s->waiting && (s->state & (S_MAIL | S_RCPT | S_BDAT)))
+            n++;
+    return n;
+}
 
 static void smtpd_input(struct conn *c);
 static void bdat_chunk_done(struct smtpd *s);
@@ -123,6 +138,12 @@ static void txn_reset(struct smtpd *s)
 
 static void smtpd_free(struct smtpd *s)
 {
+    if (s->prev)
+        s->prev->next = s->next;
+    else if (all_sessions == s)
+        all_sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
     timer_cancel(&s->timer);
     if (s->body)
         store_body_free(s->body);
@@ -1056,6 +1077,10 @@ void smtpd_accept(struct conn *c)
         return;
     }
     s->c = c;
+    s->next = all_sessions;
+    if (all_sessions)
+        all_sessions->prev = s;
+    all_sessions = s;
     s->state = S_INIT;
     s->input = IN_COMMAND;
     s->timer.idx = -1;

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #define STMT_SLOTS 128
 
@@ -26,6 +27,8 @@ static struct {
     int n_slots;
     struct { store_ack_fn fn; void *arg; } *acks;
     size_t n_acks, cap_acks;
+    int64_t first_ack_ms;               /* when the oldest waiting ack came */
+    int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
     int zdef_ok, zinf_ok;
@@ -310,6 +313,8 @@ void store_after_commit(store_ack_fn fn, void *arg)
         S.acks = p;
         S.cap_acks = cap;
     }
+    if (!S.n_acks)
+        S.first_ack_ms = util_now_ms();
     S.acks[S.n_acks].fn = fn;
     S.acks[S.n_acks].arg = arg;
     S.n_acks++;
@@ -319,20 +324,53 @@ void store_after_commit(store_ack_fn fn, void *arg)
  * wrote, then the acknowledgements.  A turn that only streamed body chunks
  * of unfinished messages does not commit; the transaction is closed every
  * half second anyway, so that command-line tools get their turn to write.
- * (SQLite cannot change synchronous inside a transaction, so such a commit
- * pays its fsync too: at most two a second.) */
+ *
+ * On slow storage (SD cards and eMMC flush in 2-20 ms) the commit is held
+ * back while other sessions are inside a mail transaction, for at most as
+ * long as a commit takes: their messages join this fsync instead of each
+ * paying for one of their own.  On fast storage the wait is negligible.
+ * The busy hint comes from the protocol layer (store_set_busy_hint). */
+static int (*busy_hint)(void);
+static struct timer holdoff_timer = { .idx = -1 };
+
+void store_set_busy_hint(int (*fn)(void))
+{
+    busy_hint = fn;
+}
+
+static void holdoff_expired(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
 void store_turn_end(void)
 {
     int rc = 0;
     size_t n;
+    int64_t now = util_now_ms();
 
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && util_now_ms() - S.txn_started < 500)
+        if (!S.n_acks && now - S.txn_started < 500)
             return;
+        if (S.n_acks && busy_hint && busy_hint() > 0) {
+            /* Wait up to one commit's duration (0.1 ms granularity). */
+            int64_t wait_us = S.commit_us_avg > 20000 ? 20000 : S.commit_us_avg;
+            if (wait_us >= 1000 && (now - S.first_ack_ms) * 1000 < wait_us) {
+                timer_set(&holdoff_timer, S.first_ack_ms + wait_us / 1000 - now, holdoff_expired, NULL);
+                return;
+            }
+        }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         rc = commit();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        int64_t us = (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+        if (S.n_acks)
+            S.commit_us_avg = (S.commit_us_avg * 7 + us) / 8;
     }
+    timer_cancel(&holdoff_timer);
     n = S.n_acks;
     S.n_acks = 0;
     for (size_t i = 0; i < n; i++)
