@@ -158,11 +158,13 @@ int cli_run(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     loop_set_turn_hook(daemon_turn);
     store_set_busy_hint(smtpd_busy);
+    queue_start();
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())
         rc = EX_SOFTWARE;
     log_info("stopping");
+    queue_stop();
     store_turn_end();
 out_loop:
     loop_free();

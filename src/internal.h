@@ -370,6 +370,56 @@ struct store_dest {
 };
 int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
 
+/* store_deliver.c: the outbound queue as the scheduler sees it. */
+#define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
+struct store_out_rcpt {
+    int64_t id;
+    char addr[ADDR_MAX];
+    char orcpt[ADDR_MAX + 8];
+    int notify;
+    int attempts;
+};
+struct store_out_msg {
+    int64_t id, body_id, size, received;
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+    char envid[101];
+    int ret_full, eightbit;
+    int nrcpt;
+    struct store_out_rcpt *rcpts;       /* nrcpt of them, freed by store_out_free */
+};
+void store_out_free(struct store_out_msg *m);
+/* Destinations (recipient domains) with mail due now. */
+int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
+/* 1 if any remote recipient is due now (smarthost mode). */
+int store_any_due(int64_t now);
+/* Earliest next_try of queued remote recipients, 0 if none. */
+int64_t store_next_due(void);
+/* The next message after after_id with recipients due for domain (NULL:
+ * any remote recipient), those recipients only, up to STORE_OUT_RCPTS.
+ * 1 found, 0 none, <0 error. */
+int store_out_next(const char *domain, int64_t after_id, int64_t now, struct store_out_msg *m);
+enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
+int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error);
+/* Deletes the message if no recipient is left queued; then its body if
+ * nothing refers to it.  1 if deleted. */
+int store_msg_retire(int64_t msg_id);
+int store_dest_get(const char *name, struct store_dest *d);   /* zeroed if absent */
+int store_dest_put(const struct store_dest *d);
+/* Every destination's backoff (domain NULL) or one's is reset and its
+ * recipients made due now, except for held messages. */
+int store_flush(const char *domain, int64_t now);
+/* Remote recipients queued since before `before` (lifetime), warned or
+ * not; cb gets (message id, recipient id). */
+int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg);
+/* Messages received before `before`, not yet warned about, with queued
+ * remote recipients. */
+int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *arg);
+int store_msg_set_warned(int64_t msg_id);
+/* One message's envelope and its queued remote recipients. */
+int store_out_get(int64_t msg_id, struct store_out_msg *m);
+int store_queue_hold(const char *qid, int hold);   /* hold or release */
+
 /* Deletes bodies no message or mailbox entry refers to any more. */
 int store_gc(void);
 
@@ -620,6 +670,33 @@ void ctl_stop(void);
  * address or route appears. */
 int link_watch_start(void);
 void link_watch_stop(void);
+
+/* --------------------------------------------------------------- smtpc */
+
+/* One outbound SMTP session carrying a batch for one destination: EHLO
+ * (HELO fallback), AUTH, then MAIL/RCPT/BDAT pipelined across messages
+ * when the peer offers PIPELINING and CHUNKING, DATA otherwise. */
+struct smtpc;
+struct smtpc_ops {
+    /* The next message to send: 1 and *m filled (the session frees it
+     * with store_out_free), or 0 when the batch is over. */
+    int (*next)(void *arg, struct store_out_msg *m);
+    /* The outcome of one recipient: code 250 (delivered), 4xx (deferred)
+     * or 5xx (failed); text is the peer's reply or ours, one line. */
+    void (*rcpt_done)(void *arg, const struct store_out_msg *m, int idx, int code, const char *text);
+    /* Every recipient of m has its outcome. */
+    void (*msg_done)(void *arg, const struct store_out_msg *m);
+    /* The session is over.  reached: the peer greeted us and spoke SMTP;
+     * error: why it ended early, or NULL after a clean QUIT. */
+    void (*done)(void *arg, int reached, const char *error);
+};
+struct smtpc_auth {
+    const char *user, *password;        /* NULL: no AUTH */
+};
+struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth);
+/* Ends the session at once; done is not called. */
+void smtpc_abort(struct smtpc *s);
 
 /* ---------------------------------------------------------------- smtpd */
 

@@ -63,7 +63,7 @@ void mime_scan(struct mime_data *d, const unsigned char *buf, size_t n)
 }
 
 /* Output is collected in a small buffer and handed on in runs. */
-struct out {
+struct data_out {
     unsigned char buf[4096];
     size_t len;
     mime_emit_fn emit;
@@ -72,7 +72,7 @@ struct out {
     int err;
 };
 
-static void out_flush(struct out *o)
+static void data_out_flush(struct data_out *o)
 {
     if (!o->len)
         return;
@@ -83,17 +83,17 @@ static void out_flush(struct out *o)
     o->len = 0;
 }
 
-static inline void out_byte(struct out *o, unsigned char c)
+static inline void data_out_byte(struct data_out *o, unsigned char c)
 {
     if (o->len == sizeof o->buf)
-        out_flush(o);
+        data_out_flush(o);
     o->buf[o->len++] = c;
 }
 
-static inline void out_crlf(struct out *o)
+static inline void data_out_crlf(struct data_out *o)
 {
-    out_byte(o, '\r');
-    out_byte(o, '\n');
+    data_out_byte(o, '\r');
+    data_out_byte(o, '\n');
 }
 
 /* RFC 5321 4.1.1.4 and 4.5.2: only CRLF "." CRLF ends the data, and a
@@ -105,7 +105,7 @@ static inline void out_crlf(struct out *o)
 size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
                       mime_emit_fn emit, void *arg, int *done)
 {
-    struct out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
+    struct data_out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
     size_t i;
 
     *done = 0;
@@ -123,20 +123,20 @@ size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
             if (c == '\r')
                 d->state = D_CR;
             else if (c == '\n') {
-                out_crlf(&o);           /* bare LF */
+                data_out_crlf(&o);           /* bare LF */
                 d->state = D_TEXT;
             } else {
-                out_byte(&o, c);
+                data_out_byte(&o, c);
                 d->state = D_TEXT;
             }
             break;
         case D_CR:
             if (c == '\n') {
-                out_crlf(&o);
+                data_out_crlf(&o);
                 d->state = D_BOL;
                 break;
             }
-            out_crlf(&o);               /* bare CR */
+            data_out_crlf(&o);               /* bare CR */
             d->state = D_TEXT;
             goto text;
         case D_DOT:
@@ -153,12 +153,12 @@ size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
                 break;
             }
             /* "." CR x: a dot line ended by a bare CR, kept as data. */
-            out_crlf(&o);
+            data_out_crlf(&o);
             d->state = D_TEXT;
             goto text;
         }
     }
-    out_flush(&o);
+    data_out_flush(&o);
     return i;
 }
 
@@ -169,13 +169,13 @@ size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
 int mime_raw_feed(struct mime_data *d, const unsigned char *in, size_t n,
                   mime_emit_fn emit, void *arg)
 {
-    struct out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
+    struct data_out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
     if (d->state != D_RAW && d->state != D_RAW_CR)
         d->state = D_RAW;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = in[i];
         if (d->state == D_RAW_CR) {
-            out_crlf(&o);
+            data_out_crlf(&o);
             d->state = D_RAW;
             if (c == '\n')
                 continue;
@@ -183,21 +183,21 @@ int mime_raw_feed(struct mime_data *d, const unsigned char *in, size_t n,
         if (c == '\r')
             d->state = D_RAW_CR;
         else if (c == '\n')
-            out_crlf(&o);
+            data_out_crlf(&o);
         else
-            out_byte(&o, c);
+            data_out_byte(&o, c);
     }
-    out_flush(&o);
+    data_out_flush(&o);
     return o.err ? -1 : 0;
 }
 
 int mime_raw_finish(struct mime_data *d, mime_emit_fn emit, void *arg)
 {
-    struct out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
+    struct data_out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
     if (d->state == D_RAW_CR) {
-        out_crlf(&o);
+        data_out_crlf(&o);
         d->state = D_RAW;
     }
-    out_flush(&o);
+    data_out_flush(&o);
     return o.err ? -1 : 0;
 }

@@ -862,6 +862,11 @@ static void message_committed(void *arg, int rc)
     if (!rc) {
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        for (size_t i = 0; i < s->nrcpt; i++)
+            if (s->rcpts[i].kind == ROUTE_REMOTE) {
+                queue_kick();
+                break;
+            }
     } else {
         log_warn("%s: not accepted: storage failed", s->qid);
         reply(s, rc == STORE_FULL ? "452 4.3.1 Insufficient system storage"

@@ -70,6 +70,10 @@ static const char *const migrations[] = {
     " pwhash TEXT NOT NULL, cram BLOB, created INTEGER NOT NULL);"
     "CREATE TABLE domain(name TEXT PRIMARY KEY, kind INTEGER NOT NULL, owner TEXT, host TEXT);"
     "CREATE TABLE alias(name TEXT PRIMARY KEY, targets TEXT NOT NULL);",
+    /* 2: outbound delivery: recipients due by time, whatever their domain
+     * (smarthost batches), and lifetime and warning scans by age. */
+    "CREATE INDEX rcpt_next ON rcpt(state, kind, next_try);"
+    "CREATE INDEX message_received ON message(received);",
 };
 
 sqlite3 *store_db(void)

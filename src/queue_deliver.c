@@ -1,0 +1,735 @@
+/*
+ * queue_deliver.c: the delivery scheduler.  Decides which destination is
+ * due, finds its next hop (the relayhost, or the domain's MX hosts), runs
+ * one SMTP client session per destination that carries everything queued
+ * for it, records each recipient's outcome, keeps the per-destination
+ * backoff, and writes delivery status notifications.
+ *
+ * A link that is down, a lookup that fails, a refused connection: all are
+ * temporary.  Only a peer's 5xx, a domain that does not exist, a null MX
+ * or queue.lifetime make a recipient fail.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+#define SCAN_INTERVAL_MS 5000           /* idle rescan; new mail and link events kick at once */
+#define MAINT_INTERVAL 60               /* seconds between expiry and warning scans */
+#define RELAY_DEST "[relayhost]"        /* dest row of the smarthost */
+
+struct dsn_note {                       /* an outcome that asks for a DSN */
+    int64_t msg_id;
+    int action;
+    char addr[ADDR_MAX];
+    char orcpt[ADDR_MAX + 8];
+    char status[16];
+    char diag[300];
+};
+
+struct hop {
+    char name[SMTP_DOMAIN_MAX + 16];    /* dest row name */
+    char domain[SMTP_DOMAIN_MAX + 1];   /* recipients' domain; "" = every remote (smarthost) */
+    struct dns_query *dq;
+    struct dns_result *res;
+    int host_i, addr_i, port;
+    struct smtpc *sc;
+    char peer[SMTP_DOMAIN_MAX + 1];
+    int64_t after_id;                   /* batch cursor */
+    int handed;                         /* messages given to this session */
+    int delivered, deferred, failed;
+    int progress;                       /* the peer decided about something */
+    char error[400];
+    struct dsn_note *notes;
+    size_t nnotes, capnotes;
+    struct hop *next;
+};
+
+struct waiter {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    queue_flush_done_fn done;
+    void *arg;
+    char summary[4096];
+    size_t used;
+    int failed;
+    int started;
+    struct waiter *next;
+};
+
+static struct {
+    int running;
+    struct timer scan;
+    struct hop *hops;
+    int nhops;
+    int64_t last_maint;
+    struct waiter *waiters;
+} Q = { .scan = { .idx = -1 } };
+
+static void scan(void *arg);
+
+void queue_kick(void)
+{
+    if (Q.running)
+        timer_set(&Q.scan, 0, scan, NULL);
+}
+
+/* ----------------------------------------------------------- schedules */
+
+/* Exponential backoff between retry.initial and retry.max, with 10%
+ * jitter so that destinations that failed together do not return
+ * together. */
+static int64_t backoff_next(int64_t prev)
+{
+    int64_t b = prev ? prev * 2 : conf->retry_initial;
+    if (b < conf->retry_initial)
+        b = conf->retry_initial;
+    if (b > conf->retry_max)
+        b = conf->retry_max;
+    if (b >= 10)
+        b += (int64_t)randombytes_uniform((uint32_t)(b / 5 + 1)) - b / 10;
+    return b > 0 ? b : 1;
+}
+
+static int64_t rcpt_retry_at(int attempts)
+{
+    int64_t b = conf->retry_initial;
+    for (int i = 0; i < attempts && b < conf->retry_max; i++)
+        b *= 2;
+    if (b > conf->retry_max)
+        b = conf->retry_max;
+    return util_now() + backoff_next(b / 2 > 0 ? b / 2 : 0);
+}
+
+/* ---------------------------------------------------------------- DSNs */
+
+static void note(struct hop *h, int64_t msg_id, int action, const struct store_out_rcpt *r,
+                 const char *status, const char *diag)
+{
+    if (h->nnotes == h->capnotes) {
+        size_t cap = h->capnotes ? h->capnotes * 2 : 8;
+        void *p = realloc(h->notes, cap * sizeof *h->notes);
+        if (!p)
+            return;
+        h->notes = p;
+        h->capnotes = cap;
+    }
+    struct dsn_note *n = &h->notes[h->nnotes++];
+    n->msg_id = msg_id;
+    n->action = action;
+    util_strlcpy(n->addr, r->addr, sizeof n->addr);
+    util_strlcpy(n->orcpt, r->orcpt, sizeof n->orcpt);
+    util_strlcpy(n->status, status, sizeof n->status);
+    util_strlcpy(n->diag, diag ? diag : "", sizeof n->diag);
+}
+
+/* Queues a notification to the sender of m.  Never about a message with
+ * a null reverse-path (RFC 5321 4.5.5, RFC 3461 6.2). */
+static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts, size_t n, const char *remote)
+{
+    struct dsn_info info;
+    struct store_env env;
+    struct store_rcpt routes[8];
+    struct store_body *b;
+    struct addr a;
+    size_t nroutes = 0;
+    int rc;
+
+    MN_UNUSED(remote);
+    if (!m->sender[0] || !n)
+        return;
+    if (addr_parse_mailbox(m->sender, &a) || queue_route(&a, routes, MN_NELEM(routes), &nroutes) || !nroutes) {
+        log_warn("%s: no notification: sender <%s> cannot be reached", m->qid, m->sender);
+        return;
+    }
+    memset(&info, 0, sizeof info);
+    info.qid = m->qid;
+    info.sender = m->sender;
+    info.envid = m->envid[0] ? m->envid : NULL;
+    info.ret_full = m->ret_full;
+    info.received = m->received;
+    info.body_id = m->body_id;
+    info.rcpts = rcpts;
+    info.n = n;
+    b = store_body_new();
+    if (!b)
+        return;
+    memset(&env, 0, sizeof env);
+    util_qid(env.qid);
+    env.sender = "";
+    env.client = "local";
+    rc = dsn_write(&info, b);
+    if (!rc)
+        rc = store_body_finish(b);
+    env.size = b->size;
+    if (!rc)
+        rc = store_msg_insert(&env, b, routes, nroutes);
+    if (rc)
+        log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
+    else
+        log_info("%s: sender notification (%s): %s", m->qid,
+                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay" : "success",
+                 env.qid);
+    store_body_free(b);
+    queue_kick();
+}
+
+static void flush_notes(struct hop *h, const struct store_out_msg *m)
+{
+    struct dsn_rcpt r[64];
+    size_t n = 0;
+
+    for (int action = DSN_FAILED; action <= DSN_DELIVERED; action++) {
+        n = 0;
+        for (size_t i = 0; i < h->nnotes && n < MN_NELEM(r); i++) {
+            struct dsn_note *x = &h->notes[i];
+            if (x->msg_id != m->id || x->action != action)
+                continue;
+            r[n].addr = x->addr;
+            r[n].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+            r[n].action = action;
+            r[n].status = x->status;
+            r[n].remote_mta = h->peer[0] ? h->peer : NULL;
+            r[n].diagnostic = x->diag[0] ? x->diag : NULL;
+            r[n].last_attempt = util_now();
+            n++;
+        }
+        send_dsn(m, r, n, h->peer);
+    }
+    /* drop this message's notes */
+    size_t k = 0;
+    for (size_t i = 0; i < h->nnotes; i++)
+        if (h->notes[i].msg_id != m->id)
+            h->notes[k++] = h->notes[i];
+    h->nnotes = k;
+}
+
+/* "550 5.1.1 text" -> "5.1.1"; or a default from the code. */
+static void status_of(int code, const char *text, char *out, size_t n)
+{
+    if (text && strlen(text) > 8 && text[3] == ' ' && (text[4] == '2' || text[4] == '4' || text[4] == '5') &&
+        text[5] == '.') {
+        size_t i = 4;
+        while (text[i] && text[i] != ' ' && i - 4 < n - 1)
+            i++;
+        memcpy(out, text + 4, i - 4);
+        out[i - 4] = '\0';
+        return;
+    }
+    snprintf(out, n, "%d.0.0", code / 100);
+}
+
+/* ------------------------------------------------------ session callbacks */
+
+static int hop_next(void *arg, struct store_out_msg *m)
+{
+    struct hop *h = arg;
+    int rc;
+
+    if (h->handed >= conf->delivery_per_connection)
+        return 0;
+    rc = store_out_next(h->domain[0] ? h->domain : NULL, h->after_id, util_now(), m);
+    if (rc != 1)
+        return 0;
+    h->after_id = m->id;
+    h->handed++;
+    return 1;
+}
+
+static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int code, const char *text)
+{
+    struct hop *h = arg;
+    const struct store_out_rcpt *r = &m->rcpts[idx];
+    char status[16];
+
+    h->progress = 1;
+    status_of(code, text, status, sizeof status);
+    if (code / 100 == 2) {
+        store_rcpt_set(r->id, RCPT_DELIVERED, 0, text);
+        h->delivered++;
+        log_info("%s: to=<%s> relay=%s status=sent (%s)", m->qid, r->addr, h->peer, text);
+        if (r->notify & NOTIFY_SUCCESS)
+            note(h, m->id, DSN_DELIVERED, r, status, text);
+    } else if (code / 100 == 4) {
+        store_rcpt_set(r->id, RCPT_QUEUED, rcpt_retry_at(r->attempts), text);
+        h->deferred++;
+        log_info("%s: to=<%s> relay=%s status=deferred (%s)", m->qid, r->addr, h->peer, text);
+    } else {
+        store_rcpt_set(r->id, RCPT_FAILED, 0, text);
+        h->failed++;
+        log_info("%s: to=<%s> relay=%s status=bounced (%s)", m->qid, r->addr, h->peer, text);
+        if (!(r->notify & NOTIFY_NEVER) && (!r->notify || (r->notify & NOTIFY_FAILURE)))
+            note(h, m->id, DSN_FAILED, r, status, text);
+    }
+}
+
+static void hop_msg_done(void *arg, const struct store_out_msg *m)
+{
+    struct hop *h = arg;
+    flush_notes(h, m);
+    if (store_msg_retire(m->id) == 1)
+        log_info("%s: removed", m->qid);
+}
+
+static void waiters_account(struct hop *h);
+static void hop_try_next(struct hop *h);
+
+static void hop_free(struct hop *h)
+{
+    struct hop **pp;
+    for (pp = &Q.hops; *pp; pp = &(*pp)->next)
+        if (*pp == h) {
+            *pp = h->next;
+            break;
+        }
+    Q.nhops--;
+    if (h->dq)
+        dns_cancel(h->dq);
+    free(h->res);
+    free(h->notes);
+    free(h);
+}
+
+/* The destination's fate after a session: success resets its backoff; a
+ * failure to reach anyone backs off (once per destination, not per
+ * message). */
+static void hop_finish(struct hop *h, int ok)
+{
+    struct store_dest d;
+    int64_t now = util_now();
+
+    store_dest_get(h->name, &d);
+    d.last_try = now;
+    if (ok) {
+        d.backoff = 0;
+        d.next_try = 0;
+        d.failures = 0;
+        d.last_ok = now;
+        d.last_error[0] = '\0';
+    } else {
+        d.backoff = backoff_next(d.backoff);
+        d.next_try = now + d.backoff;
+        d.failures++;
+        util_strlcpy(d.last_error, h->error, sizeof d.last_error);
+        log_info("%s: deferred: %s; next try in %llds", h->name, h->error, (long long)d.backoff);
+    }
+    store_dest_put(&d);
+    waiters_account(h);
+    hop_free(h);
+    queue_kick();
+}
+
+static void hop_done(void *arg, int reached, const char *error)
+{
+    struct hop *h = arg;
+
+    h->sc = NULL;
+    if (!reached) {
+        util_strlcpy(h->error, error ? error : "no answer", sizeof h->error);
+        log_info("%s: %s", h->name, h->error);
+        hop_try_next(h);
+        return;
+    }
+    if (error)
+        util_strlcpy(h->error, error, sizeof h->error);
+    /* Reached and made progress: the host is up even if the session ended
+     * early; what is left is retried at once by the next scan. */
+    hop_finish(h, !error || h->progress);
+}
+
+static const struct smtpc_ops hop_ops = {
+    .next = hop_next,
+    .rcpt_done = hop_rcpt_done,
+    .msg_done = hop_msg_done,
+    .done = hop_done,
+};
+
+/* Every queued recipient of the destination fails: the domain itself is
+ * undeliverable (no such domain, null MX). */
+static void fail_destination(struct hop *h, const char *status, const char *text)
+{
+    struct store_out_msg m;
+    int64_t after = 0;
+
+    while (store_out_next(h->domain[0] ? h->domain : NULL, after, INT64_MAX, &m) == 1) {
+        after = m.id;
+        for (int i = 0; i < m.nrcpt; i++) {
+            store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
+            log_info("%s: to=<%s> status=bounced (%s)", m.qid, m.rcpts[i].addr, text);
+            h->failed++;
+            if (!(m.rcpts[i].notify & NOTIFY_NEVER) && (!m.rcpts[i].notify || (m.rcpts[i].notify & NOTIFY_FAILURE)))
+                note(h, m.id, DSN_FAILED, &m.rcpts[i], status, text);
+        }
+        flush_notes(h, &m);
+        store_msg_retire(m.id);
+        store_out_free(&m);
+    }
+}
+
+/* RFC 5321 5.1: try the addresses in order, all of them if need be. */
+static void hop_try_next(struct hop *h)
+{
+    while (h->res && h->host_i < h->res->nhosts) {
+        struct dns_host *dh = &h->res->hosts[h->host_i];
+        if (h->addr_i >= dh->naddrs) {
+            h->host_i++;
+            h->addr_i = 0;
+            continue;
+        }
+        struct sockaddr_storage ss = dh->addrs[h->addr_i++];
+        socklen_t len;
+        if (ss.ss_family == AF_INET) {
+            ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)h->port);
+            len = sizeof(struct sockaddr_in);
+        } else {
+            ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)h->port);
+            len = sizeof(struct sockaddr_in6);
+        }
+        util_strlcpy(h->peer, dh->name, sizeof h->peer);
+        struct smtpc_auth auth = { NULL, NULL }, *ap = NULL;
+        static char pw[256];
+        if (!h->domain[0] && conf->relayhost_user[0] && conf->relayhost_password_file[0]) {
+            FILE *f = fopen(conf->relayhost_password_file, "r");
+            if (f && fgets(pw, sizeof pw, f)) {
+                pw[strcspn(pw, "\r\n")] = '\0';
+                auth.user = conf->relayhost_user;
+                auth.password = pw;
+                ap = &auth;
+            } else {
+                log_warn("relayhost.password_file %s cannot be read", conf->relayhost_password_file);
+            }
+            if (f)
+                fclose(f);
+        }
+        h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap);
+        if (h->sc)
+            return;
+        char ip[64];
+        util_sockaddr_ip(&ss, ip, sizeof ip);
+        snprintf(h->error, sizeof h->error, "cannot connect to %s [%s]: %s", dh->name, ip, strerror(errno));
+        log_info("%s: %s", h->name, h->error);
+    }
+    if (!h->error[0])
+        util_strlcpy(h->error, "no address to try", sizeof h->error);
+    hop_finish(h, 0);
+}
+
+static void hop_resolved(void *arg, const struct dns_result *r)
+{
+    struct hop *h = arg;
+
+    h->dq = NULL;
+    if (r->status == DNS_PERM && h->domain[0]) {
+        int nullmx = strstr(r->error, "null MX") != NULL;
+        char text[400];
+        snprintf(text, sizeof text, "%s %s %s", nullmx ? "556" : "550", nullmx ? "5.1.10" : "5.1.2", r->error);
+        log_info("%s: undeliverable: %s", h->name, r->error);
+        fail_destination(h, nullmx ? "5.1.10" : "5.1.2", text);
+        hop_finish(h, 1);
+        return;
+    }
+    if (r->status != DNS_OK) {
+        snprintf(h->error, sizeof h->error, "lookup of %.100s failed: %.180s",
+                 h->domain[0] ? h->domain : conf->relayhost, r->error);
+        hop_finish(h, 0);
+        return;
+    }
+    h->res = malloc(sizeof *h->res);
+    if (!h->res) {
+        util_strlcpy(h->error, "out of memory", sizeof h->error);
+        hop_finish(h, 0);
+        return;
+    }
+    *h->res = *r;
+    hop_try_next(h);
+}
+
+static struct hop *hop_find(const char *name)
+{
+    for (struct hop *h = Q.hops; h; h = h->next)
+        if (!strcmp(h->name, name))
+            return h;
+    return NULL;
+}
+
+static void hop_start(const char *name, const char *domain)
+{
+    struct hop *h;
+    char host[SMTP_DOMAIN_MAX + 1];
+
+    if (hop_find(name) || Q.nhops >= conf->delivery_parallel)
+        return;
+    h = calloc(1, sizeof *h);
+    if (!h)
+        return;
+    util_strlcpy(h->name, name, sizeof h->name);
+    util_strlcpy(h->domain, domain, sizeof h->domain);
+    h->next = Q.hops;
+    Q.hops = h;
+    Q.nhops++;
+    if (!domain[0]) {
+        if (util_split_hostport(conf->relayhost, host, sizeof host, &h->port)) {
+            util_strlcpy(host, conf->relayhost, sizeof host);
+            h->port = 25;
+        }
+        /* "[name]" means the name itself, without an MX lookup. */
+        size_t l = strlen(host);
+        if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+            memmove(host, host + 1, l - 2);
+            host[l - 2] = '\0';
+        }
+        h->dq = dns_resolve_host(host, hop_resolved, h);
+    } else {
+        h->port = 25;
+        h->dq = dns_resolve_mx(domain, hop_resolved, h);
+    }
+}
+
+/* -------------------------------------------------- expiry and warnings */
+
+static int expired_cb(void *arg, int64_t msg_id, int64_t rcpt_id)
+{
+    int64_t *last = arg;
+    MN_UNUSED(rcpt_id);
+    if (msg_id == *last)
+        return 0;
+    *last = msg_id;
+    struct store_out_msg m;
+    if (store_out_get(msg_id, &m))
+        return 0;
+    struct dsn_rcpt r[64];
+    size_t n = 0;
+    for (int i = 0; i < m.nrcpt; i++) {
+        char text[600];
+        snprintf(text, sizeof text, "4.4.7 delivery time expired");
+        store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
+        log_info("%s: to=<%s> status=expired (queued for more than %llds)", m.qid, m.rcpts[i].addr,
+                 (long long)conf->queue_lifetime);
+        if (n < MN_NELEM(r) && !(m.rcpts[i].notify & NOTIFY_NEVER) &&
+            (!m.rcpts[i].notify || (m.rcpts[i].notify & NOTIFY_FAILURE))) {
+            r[n].addr = m.rcpts[i].addr;
+            r[n].orcpt = m.rcpts[i].orcpt[0] ? m.rcpts[i].orcpt : NULL;
+            r[n].action = DSN_FAILED;
+            r[n].status = "4.4.7";
+            r[n].remote_mta = NULL;
+            r[n].diagnostic = NULL;
+            r[n].last_attempt = util_now();
+            n++;
+        }
+    }
+    send_dsn(&m, r, n, NULL);
+    store_msg_retire(m.id);
+    store_out_free(&m);
+    return 0;
+}
+
+static int warn_cb(void *arg, int64_t msg_id)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t n = 0;
+
+    MN_UNUSED(arg);
+    store_msg_set_warned(msg_id);
+    if (store_out_get(msg_id, &m))
+        return 0;
+    for (int i = 0; i < m.nrcpt && n < MN_NELEM(r); i++) {
+        int nt = m.rcpts[i].notify;
+        if (nt & NOTIFY_NEVER || (nt && !(nt & NOTIFY_DELAY)))
+            continue;
+        r[n].addr = m.rcpts[i].addr;
+        r[n].orcpt = m.rcpts[i].orcpt[0] ? m.rcpts[i].orcpt : NULL;
+        r[n].action = DSN_DELAYED;
+        r[n].status = "4.4.1";
+        r[n].remote_mta = NULL;
+        r[n].diagnostic = NULL;
+        r[n].last_attempt = util_now();
+        n++;
+    }
+    send_dsn(&m, r, n, NULL);
+    store_out_free(&m);
+    return 0;
+}
+
+static void maintenance(int64_t now)
+{
+    int64_t last = 0;
+    if (now - Q.last_maint < MAINT_INTERVAL)
+        return;
+    Q.last_maint = now;
+    if (conf->queue_lifetime > 0)
+        store_expired(now - conf->queue_lifetime, expired_cb, &last);
+    if (conf->queue_warn_after > 0 && conf->queue_warn_after < conf->queue_lifetime)
+        store_unwarned(now - conf->queue_warn_after, warn_cb, NULL);
+}
+
+/* ---------------------------------------------------------------- scan */
+
+static int due_cb(void *arg, const char *domain)
+{
+    MN_UNUSED(arg);
+    if (Q.nhops >= conf->delivery_parallel)
+        return 1;
+    hop_start(domain, domain);
+    return 0;
+}
+
+static void waiters_check(void);
+
+static void scan(void *arg)
+{
+    int64_t now = util_now();
+
+    MN_UNUSED(arg);
+    maintenance(now);
+    if (conf->relayhost[0]) {
+        struct store_dest d;
+        store_dest_get(RELAY_DEST, &d);
+        if (d.next_try <= now && store_any_due(now) == 1)
+            hop_start(RELAY_DEST, "");
+    } else {
+        store_due_domains(now, due_cb, NULL);
+    }
+    waiters_check();
+    timer_set(&Q.scan, SCAN_INTERVAL_MS, scan, NULL);
+}
+
+int queue_start(void)
+{
+    if (dns_init())
+        log_warn("resolver: no name servers; MX lookups will fail until one is configured");
+    Q.running = 1;
+    Q.last_maint = 0;
+    timer_set(&Q.scan, 200, scan, NULL);
+    return 0;
+}
+
+void queue_stop(void)
+{
+    Q.running = 0;
+    timer_cancel(&Q.scan);
+    while (Q.hops) {
+        struct hop *h = Q.hops;
+        if (h->sc)
+            smtpc_abort(h->sc);
+        hop_free(h);
+    }
+    while (Q.waiters) {
+        struct waiter *w = Q.waiters;
+        Q.waiters = w->next;
+        free(w);
+    }
+    dns_free();
+}
+
+/* ---------------------------------------------------------------- flush */
+
+void queue_flush(const char *domain)
+{
+    if (store_flush(domain && *domain ? domain : NULL, util_now()))
+        log_err("flush: database error");
+    if (conf->relayhost[0] && (!domain || !*domain)) {
+        struct store_dest d;
+        store_dest_get(RELAY_DEST, &d);
+        d.next_try = 0;
+        d.backoff = 0;
+        store_dest_put(&d);
+    }
+    log_info("flush%s%s: retry timers reset, delivery run started", domain ? " " : "", domain ? domain : "");
+    queue_kick();
+}
+
+static int waiter_matches(const struct waiter *w, const struct hop *h)
+{
+    return !w->domain[0] || !h->domain[0] || !strcasecmp(w->domain, h->domain);
+}
+
+static void waiters_account(struct hop *h)
+{
+    for (struct waiter *w = Q.waiters; w; w = w->next) {
+        if (!waiter_matches(w, h))
+            continue;
+        int n = snprintf(w->summary + w->used, sizeof w->summary - w->used,
+                         "%s: %d delivered, %d deferred, %d failed%s%s\n",
+                         h->domain[0] ? h->domain : conf->relayhost, h->delivered, h->deferred, h->failed,
+                         h->error[0] ? ": " : "", h->error);
+        if (n > 0 && (size_t)n < sizeof w->summary - w->used)
+            w->used += (size_t)n;
+        if (h->deferred || (h->error[0] && !h->progress))
+            w->failed++;
+    }
+}
+
+/* A waiter is done when nothing for it is being delivered and nothing
+ * for it is due any more (the rest waits for a later retry). */
+static int any_due_cb(void *arg, const char *domain)
+{
+    MN_UNUSED(domain);
+    *(int *)arg = 1;
+    return 1;
+}
+
+static void waiters_check(void)
+{
+    struct waiter **pp = &Q.waiters;
+    int64_t now = util_now();
+
+    while (*pp) {
+        struct waiter *w = *pp;
+        int busy = 0;
+        for (struct hop *h = Q.hops; h; h = h->next)
+            if (waiter_matches(w, h))
+                busy = 1;
+        if (!busy) {
+            if (conf->relayhost[0]) {
+                struct store_dest d;
+                store_dest_get(RELAY_DEST, &d);
+                busy = d.next_try <= now && store_any_due(now) == 1;
+            } else if (w->domain[0]) {
+                struct store_dest d;
+                store_dest_get(w->domain, &d);
+                struct store_out_msg m;
+                if (d.next_try <= now && store_out_next(w->domain, 0, now, &m) == 1) {
+                    busy = 1;
+                    store_out_free(&m);
+                }
+            } else {
+                store_due_domains(now, any_due_cb, &busy);
+            }
+        }
+        if (busy && w->started < 1000) {
+            w->started++;
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        if (!w->used)
+            snprintf(w->summary, sizeof w->summary, "nothing to deliver\n");
+        w->done(w->arg, w->summary, w->failed);
+        free(w);
+    }
+}
+
+int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg)
+{
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return -1;
+    util_strlcpy(w->domain, domain ? domain : "", sizeof w->domain);
+    util_lower(w->domain);
+    w->done = done;
+    w->arg = arg;
+    w->next = Q.waiters;
+    Q.waiters = w;
+    queue_flush(domain);
+    return 0;
+}
+
+void queue_flush_cancel(void *arg)
+{
+    for (struct waiter **pp = &Q.waiters; *pp; pp = &(*pp)->next)
+        if ((*pp)->arg == arg) {
+            struct waiter *w = *pp;
+            *pp = w->next;
+            free(w);
+            return;
+        }
+}

@@ -1,0 +1,847 @@
+/*
+ * smtpc.c: the SMTP client.  One session carries a whole batch for one
+ * destination.  Commands are written ahead and every reply is matched,
+ * in order, to the command that caused it (a FIFO of expectations), so
+ * with PIPELINING (RFC 2920) and CHUNKING (RFC 3030) a batch flows as
+ * MAIL, RCPT..., BDAT n LAST + data, MAIL, ... without waiting for any
+ * reply: on a long-latency link the time is close to bytes / bandwidth.
+ * Without CHUNKING, DATA waits for its 354 once per message; without
+ * PIPELINING every command waits for its reply.
+ *
+ * Outcomes go to the scheduler (queue_deliver.c) as they arrive; a
+ * recipient counts as delivered only after the reply to its message data.
+ */
+#include "internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <string.h>
+
+#define SMTPC_IN 16384
+#define SMTPC_OUT 65536
+#define SMTPC_WINDOW 64                 /* messages written but not yet answered */
+#define SMTPC_EXPECT 4096               /* replies outstanding */
+
+enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT };
+
+enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
+
+struct flight {
+    struct store_out_msg m;
+    int mail_code;
+    char mail_text[256];
+    unsigned char *ok;                  /* per recipient: accepted at RCPT */
+    int naccepted;
+    int convert;                        /* 8-bit text to a 7-bit peer */
+    int64_t wire_size;                  /* octets sent as the body */
+};
+
+struct smtpc {
+    struct conn *c;
+    const struct smtpc_ops *ops;
+    void *arg;
+    char peer[SMTP_DOMAIN_MAX + 1];
+    struct smtpc_auth auth;
+    int reached;
+    int ended;
+    /* peer capabilities */
+    int esmtp, pipelining, chunking, eightbitmime, dsn;
+    int64_t size_limit;
+    int has_size;
+    char auth_mechs[128];
+    /* replies being read */
+    char reply[1024];
+    size_t reply_len;
+    int reply_code;
+    /* expectations */
+    struct { unsigned char kind; unsigned short slot; unsigned short idx; } q[SMTPC_EXPECT];
+    int q_head, q_len;
+    /* messages in flight, a ring */
+    struct flight *fl[SMTPC_WINDOW];
+    int fl_head, fl_len;
+    /* the message being written */
+    int wslot;                          /* index into fl, -1 none */
+    int wstate;
+    int widx;                           /* next recipient to write */
+    struct store_reader rd;
+    int rd_open;
+    struct mime7 *m7;
+    int at_bol;                         /* DATA: at the start of a line */
+    unsigned char last2[2];
+    int need_rset;
+    int batch_over;                     /* next() said no more */
+    int quit_sent;
+    char error[300];
+};
+
+static void pump(struct smtpc *s);
+
+/* ------------------------------------------------------------- helpers */
+
+static void set_error(struct smtpc *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(struct smtpc *s, const char *fmt, ...)
+{
+    va_list ap;
+    if (s->error[0])
+        return;
+    va_start(ap, fmt);
+    vsnprintf(s->error, sizeof s->error, fmt, ap);
+    va_end(ap);
+}
+
+static int expect(struct smtpc *s, int kind, int slot, int idx)
+{
+    if (s->q_len == SMTPC_EXPECT)
+        return -1;
+    int i = (s->q_head + s->q_len) % SMTPC_EXPECT;
+    s->q[i].kind = (unsigned char)kind;
+    s->q[i].slot = (unsigned short)slot;
+    s->q[i].idx = (unsigned short)idx;
+    s->q_len++;
+    return 0;
+}
+
+static int cmd(struct smtpc *s, int kind, int slot, int idx, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int cmd(struct smtpc *s, int kind, int slot, int idx, const char *fmt, ...)
+{
+    char line[SMTP_LINE_MAX * 2];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof line - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof line - 2)
+        return -1;
+    memcpy(line + n, "\r\n", 2);
+    if (conn_write(s->c, line, (size_t)n + 2))
+        return -1;
+    conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
+    return expect(s, kind, slot, idx);
+}
+
+static struct flight *slot_flight(struct smtpc *s, int slot)
+{
+    return s->fl[slot % SMTPC_WINDOW];
+}
+
+static void flight_free(struct flight *f)
+{
+    if (!f)
+        return;
+    store_out_free(&f->m);
+    free(f->ok);
+    free(f);
+}
+
+/* A reply line for logs and DSNs: one line, no control characters. */
+static void clean_reply(const char *in, char *out, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; in[i] && j + 1 < n; i++)
+        out[j++] = (unsigned char)in[i] < 0x20 || in[i] == 0x7f ? ' ' : in[i];
+    out[j] = '\0';
+}
+
+/* Outcome of every accepted recipient of f with one reply. */
+static void finish_accepted(struct smtpc *s, struct flight *f, int code, const char *text)
+{
+    for (int i = 0; i < f->m.nrcpt; i++)
+        if (f->ok[i])
+            s->ops->rcpt_done(s->arg, &f->m, i, code, text);
+}
+
+/* A sequencing error (503) says nothing about the recipient: it follows
+ * from an earlier failure in the pipeline, so it is never a bounce. */
+static int outcome_code(int code)
+{
+    return code == 503 ? 451 : code;
+}
+
+static void retire_head(struct smtpc *s)
+{
+    struct flight *f = s->fl[s->fl_head % SMTPC_WINDOW];
+    s->ops->msg_done(s->arg, &f->m);
+    flight_free(f);
+    s->fl[s->fl_head % SMTPC_WINDOW] = NULL;
+    s->fl_head++;
+    s->fl_len--;
+}
+
+/* ------------------------------------------------------------- ending */
+
+static void end_session(struct smtpc *s, const char *why)
+{
+    if (s->ended)
+        return;
+    s->ended = 1;
+    /* Whatever was not answered stays queued: the scheduler sees no
+     * outcome for those recipients and tries them again later. */
+    while (s->fl_len) {
+        struct flight *f = s->fl[s->fl_head % SMTPC_WINDOW];
+        s->fl[s->fl_head % SMTPC_WINDOW] = NULL;
+        s->fl_head++;
+        s->fl_len--;
+        flight_free(f);
+    }
+    if (s->rd_open)
+        store_reader_close(&s->rd);
+    s->rd_open = 0;
+    if (s->m7)
+        mime7_free(s->m7);
+    s->m7 = NULL;
+    if (why)
+        set_error(s, "%s", why);
+    s->ops->done(s->arg, s->reached, s->error[0] ? s->error : NULL);
+}
+
+static void smtpc_free(struct smtpc *s)
+{
+    free(s);
+}
+
+/* ------------------------------------------------------- writing a message */
+
+static int start_message(struct smtpc *s)
+{
+    struct flight *f;
+    char params[256] = "";
+    int slot;
+
+    if (s->fl_len == SMTPC_WINDOW || s->batch_over || s->quit_sent)
+        return 0;
+    f = calloc(1, sizeof *f);
+    if (!f)
+        return 0;
+    if (s->ops->next(s->arg, &f->m) != 1) {
+        free(f);
+        s->batch_over = 1;
+        return 0;
+    }
+    f->ok = calloc((size_t)(f->m.nrcpt ? f->m.nrcpt : 1), 1);
+    if (!f->ok) {
+        flight_free(f);
+        s->batch_over = 1;
+        return 0;
+    }
+    if (f->m.size && s->size_limit && f->m.size > s->size_limit) {
+        /* RFC 1870 4: the peer's fixed limit is a permanent refusal. */
+        char t[160];
+        snprintf(t, sizeof t, "552 5.3.4 message of %lld octets exceeds the peer's limit of %lld",
+                 (long long)f->m.size, (long long)s->size_limit);
+        for (int i = 0; i < f->m.nrcpt; i++)
+            s->ops->rcpt_done(s->arg, &f->m, i, 552, t);
+        s->ops->msg_done(s->arg, &f->m);
+        flight_free(f);
+        return 1;
+    }
+    slot = s->fl_head + s->fl_len;
+    s->fl[slot % SMTPC_WINDOW] = f;
+    s->fl_len++;
+    f->wire_size = f->m.size;
+    /* RFC 6152 3: never 8-bit text to a peer that did not offer 8BITMIME. */
+    f->convert = f->m.eightbit && !s->eightbitmime;
+    if (s->need_rset) {
+        cmd(s, E_RSET, slot, 0, "RSET");
+        s->need_rset = 0;
+    }
+    if (s->esmtp) {
+        size_t used = 0;
+        if (s->has_size)
+            used += (size_t)snprintf(params + used, sizeof params - used, " SIZE=%lld", (long long)f->m.size);
+        if (f->m.eightbit && s->eightbitmime)
+            used += (size_t)snprintf(params + used, sizeof params - used, " BODY=8BITMIME");
+        if (s->dsn) {
+            used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
+                                     f->m.ret_full ? "FULL" : "HDRS");
+            if (f->m.envid[0] && used < sizeof params)
+                snprintf(params + used, sizeof params - used, " ENVID=%s", f->m.envid);
+        }
+    }
+    cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
+    s->wslot = slot;
+    s->widx = 0;
+    s->wstate = W_RCPT;
+    return 1;
+}
+
+static void write_rcpt(struct smtpc *s, struct flight *f, int i)
+{
+    const struct store_out_rcpt *r = &f->m.rcpts[i];
+    char params[400] = "";
+
+    if (s->dsn) {
+        size_t used = 0;
+        if (r->notify) {
+            static const struct { int bit; const char *name; } names[] = {
+                { NOTIFY_NEVER, "NEVER" }, { NOTIFY_SUCCESS, "SUCCESS" },
+                { NOTIFY_FAILURE, "FAILURE" }, { NOTIFY_DELAY, "DELAY" } };
+            used += (size_t)snprintf(params, sizeof params, " NOTIFY=");
+            for (size_t k = 0; k < MN_NELEM(names); k++)
+                if (r->notify & names[k].bit)
+                    used += (size_t)snprintf(params + used, sizeof params - used, "%s%s",
+                                             params[used - 1] == '=' ? "" : ",", names[k].name);
+        }
+        if (r->orcpt[0] && used < sizeof params)
+            snprintf(params + used, sizeof params - used, " ORCPT=%s", r->orcpt);
+    }
+    cmd(s, E_RCPT, s->wslot, i, "RCPT TO:<%s>%s", r->addr, params);
+}
+
+/* The body, converted to 7 bit when needed, counted or streamed. */
+struct body_out {
+    struct smtpc *s;
+    int dot;                            /* DATA: dot-stuffing */
+};
+
+static int smtpc_body_emit(void *arg, const void *buf, size_t n)
+{
+    struct body_out *o = arg;
+    struct smtpc *s = o->s;
+    const unsigned char *p = buf;
+
+    if (!o->dot)
+        return conn_write(s->c, p, n);
+    /* RFC 5321 4.5.2: a line starting with "." gets a second one. */
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s->at_bol && p[i] == '.') {
+            if (conn_write(s->c, p + start, i - start) || conn_write(s->c, ".", 1))
+                return -1;
+            start = i;
+        }
+        s->at_bol = p[i] == '\n';
+    }
+    if (conn_write(s->c, p + start, n - start))
+        return -1;
+    if (n >= 2) {
+        s->last2[0] = p[n - 2];
+        s->last2[1] = p[n - 1];
+    } else if (n == 1) {
+        s->last2[0] = s->last2[1];
+        s->last2[1] = p[0];
+    }
+    return 0;
+}
+
+static int smtpc_count_emit(void *arg, const void *buf, size_t n)
+{
+    MN_UNUSED(buf);
+    *(int64_t *)arg += (int64_t)n;
+    return 0;
+}
+
+/* Converting is a second pass over the text: first to learn whether it can
+ * be done and how long the result is (BDAT needs the size up front). */
+static int convert_size(struct flight *f, int64_t *size)
+{
+    struct store_reader r;
+    unsigned char buf[4096];
+    struct mime7 *m = mime7_new();
+    ssize_t n;
+    int rc = -1;
+
+    *size = 0;
+    if (!m || store_reader_open(&r, f->m.body_id)) {
+        mime7_free(m);
+        return -1;
+    }
+    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
+        if (mime7_feed(m, buf, (size_t)n, smtpc_count_emit, size))
+            break;
+    if (n == 0 && !mime7_finish(m, smtpc_count_emit, size))
+        rc = 0;
+    store_reader_close(&r);
+    mime7_free(m);
+    return rc;
+}
+
+static int open_body(struct smtpc *s, struct flight *f)
+{
+    if (store_reader_open(&s->rd, f->m.body_id))
+        return -1;
+    s->rd_open = 1;
+    s->at_bol = 1;
+    s->last2[0] = '\r';
+    s->last2[1] = '\n';
+    if (f->convert) {
+        s->m7 = mime7_new();
+        if (!s->m7)
+            return -1;
+    }
+    return 0;
+}
+
+/* Streams body bytes while the output has room; 1 when the body is done. */
+static int write_body(struct smtpc *s, struct flight *f, int dot)
+{
+    struct body_out o = { .s = s, .dot = dot };
+    unsigned char buf[8192];
+
+    while (conn_out_space(s->c) > sizeof buf * 4 + 64) {
+        ssize_t n = store_reader_read(&s->rd, buf, sizeof buf);
+        if (n < 0) {
+            set_error(s, "cannot read message %s from the store", f->m.qid);
+            return -1;
+        }
+        if (n == 0) {
+            if (s->m7 && mime7_finish(s->m7, smtpc_body_emit, &o))
+                return -1;
+            store_reader_close(&s->rd);
+            s->rd_open = 0;
+            if (s->m7)
+                mime7_free(s->m7);
+            s->m7 = NULL;
+            return 1;
+        }
+        if (s->m7 ? mime7_feed(s->m7, buf, (size_t)n, smtpc_body_emit, &o) : smtpc_body_emit(&o, buf, (size_t)n))
+            return -1;
+    }
+    return 0;
+}
+
+static void write_data_end(struct smtpc *s)
+{
+    /* The text ends with CRLF before the final dot, whatever it was. */
+    if (s->last2[0] != '\r' || s->last2[1] != '\n')
+        conn_write(s->c, "\r\n", 2);
+    conn_write(s->c, ".\r\n", 3);
+    conn_set_timeout(s->c, 600 * 1000);  /* RFC 5321 4.5.3.2.6: 10 minutes for the final reply */
+    expect(s, E_DOT, s->wslot, 0);
+}
+
+/* Advances the message being written as far as the rules allow. */
+static void write_current(struct smtpc *s)
+{
+    struct flight *f = slot_flight(s, s->wslot);
+
+    for (;;) {
+        if (conn_out_space(s->c) < 1024)
+            return;
+        /* Without PIPELINING every command waits for its reply. */
+        if (!s->pipelining && s->q_len && s->wstate != W_BODY)
+            return;
+        switch (s->wstate) {
+        case W_RCPT:
+            if (s->widx < f->m.nrcpt) {
+                write_rcpt(s, f, s->widx++);
+                continue;
+            }
+            s->wstate = W_DATACMD;
+            continue;
+        case W_DATACMD:
+            if (s->chunking) {
+                if (f->convert && convert_size(f, &f->wire_size)) {
+                    /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
+                     * once their RCPT replies are in; the peer gets RSET. */
+                    cmd(s, E_RSET, s->wslot, 1, "RSET");
+                    s->wstate = W_END;
+                    continue;
+                }
+                if (open_body(s, f)) {
+                    set_error(s, "cannot read message %s from the store", f->m.qid);
+                    conn_abort(s->c);
+                    return;
+                }
+                cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
+                conn_set_timeout(s->c, 600 * 1000);
+                s->wstate = W_BODY;
+                continue;
+            }
+            cmd(s, E_DATA, s->wslot, 0, "DATA");
+            s->wstate = W_WAIT354;
+            return;
+        case W_WAIT354:
+            return;                     /* the reply handler moves on */
+        case W_BODY: {
+            int done = write_body(s, f, !s->chunking);
+            if (done < 0) {
+                conn_abort(s->c);
+                return;
+            }
+            if (!done) {
+                s->c->want_drain = 1;
+                return;
+            }
+            if (!s->chunking)
+                write_data_end(s);
+            s->wstate = W_END;
+            continue;
+        }
+        case W_END:
+        case W_IDLE:
+            s->wstate = W_IDLE;
+            s->wslot = -1;
+            return;
+        }
+    }
+}
+
+/* Writes whatever can be written now: the current message, then more. */
+static void pump(struct smtpc *s)
+{
+    if (s->ended || s->c->dead || !s->reached)
+        return;
+    for (int guard = 0; guard < SMTPC_WINDOW + 1; guard++) {
+        if (s->wslot >= 0) {
+            write_current(s);
+            if (s->wslot >= 0)
+                break;
+        }
+        if (!s->pipelining && s->q_len)
+            break;
+        if (conn_out_space(s->c) < 4096)
+            break;
+        if (!start_message(s))
+            break;
+    }
+    if (s->batch_over && s->wslot < 0 && !s->fl_len && !s->quit_sent && !s->q_len) {
+        cmd(s, E_QUIT, 0, 0, "QUIT");
+        s->quit_sent = 1;
+    }
+    s->c->want_drain = s->wslot >= 0 || (!s->batch_over && s->fl_len < SMTPC_WINDOW);
+    conn_flush(s->c);
+}
+
+/* ----------------------------------------------------------- replies */
+
+static void parse_ehlo_line(struct smtpc *s, const char *kw)
+{
+    if (!strcasecmp(kw, "PIPELINING"))
+        s->pipelining = 1;
+    else if (!strcasecmp(kw, "CHUNKING"))
+        s->chunking = 1;
+    else if (!strcasecmp(kw, "8BITMIME"))
+        s->eightbitmime = 1;
+    else if (!strcasecmp(kw, "DSN"))
+        s->dsn = 1;
+    else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
+        s->has_size = 1;
+        s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
+    }
+    else if (!strncasecmp(kw, "AUTH ", 5))
+        util_strlcpy(s->auth_mechs, kw + 5, sizeof s->auth_mechs);
+}
+
+static int has_mech(const struct smtpc *s, const char *mech)
+{
+    char buf[sizeof s->auth_mechs], *items[16];
+    size_t n;
+    util_strlcpy(buf, s->auth_mechs, sizeof buf);
+    n = util_split_list(buf, items, MN_NELEM(items));
+    for (size_t i = 0; i < n; i++)
+        if (!strcasecmp(items[i], mech))
+            return 1;
+    return 0;
+}
+
+static void start_auth(struct smtpc *s)
+{
+    char raw[600], b64[900];
+    size_t ul = strlen(s->auth.user), pl = strlen(s->auth.password);
+
+    if (has_mech(s, "CRAM-MD5")) {
+        cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
+        return;
+    }
+    /* A password in the clear only to a peer on this host, or when the
+     * administrator said so. */
+    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth) ||
+        ul + pl + 2 > sizeof raw) {
+        set_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
+        cmd(s, E_QUIT, 0, 0, "QUIT");
+        s->quit_sent = 1;
+        return;
+    }
+    raw[0] = '\0';
+    memcpy(raw + 1, s->auth.user, ul);
+    raw[1 + ul] = '\0';
+    memcpy(raw + 2 + ul, s->auth.password, pl);
+    sodium_bin2base64(b64, sizeof b64, (unsigned char *)raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(raw, sizeof raw);
+    cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+}
+
+static void cram_answer(struct smtpc *s, const char *challenge64)
+{
+    unsigned char chal[512], digest[16];
+    char hex[33], line[600], b64[900];
+    size_t clen;
+
+    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
+                          sodium_base64_VARIANT_ORIGINAL)) {
+        set_error(s, "%s sent a bad CRAM-MD5 challenge", s->peer);
+        conn_abort(s->c);
+        return;
+    }
+    hmac_md5(s->auth.password, strlen(s->auth.password), chal, clen, digest);
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    snprintf(line, sizeof line, "%s %s", s->auth.user, hex);
+    sodium_bin2base64(b64, sizeof b64, (unsigned char *)line, strlen(line), sodium_base64_VARIANT_ORIGINAL);
+    conn_write(s->c, b64, strlen(b64));
+    conn_write(s->c, "\r\n", 2);
+    expect(s, E_AUTH, 0, 0);
+}
+
+static void on_reply(struct smtpc *s, int code, const char *text)
+{
+    char clean[512];
+    if (!s->q_len) {
+        set_error(s, "%s sent a reply nobody asked for: %.100s", s->peer, text);
+        conn_abort(s->c);
+        return;
+    }
+    int kind = s->q[s->q_head].kind, slot = s->q[s->q_head].slot, idx = s->q[s->q_head].idx;
+    s->q_head = (s->q_head + 1) % SMTPC_EXPECT;
+    s->q_len--;
+    clean_reply(text, clean, sizeof clean);
+
+    switch (kind) {
+    case E_GREETING:
+        if (code != 220) {
+            set_error(s, "%s greeted with: %s", s->peer, clean);
+            cmd(s, E_QUIT, 0, 0, "QUIT");
+            s->quit_sent = 1;
+            break;
+        }
+        s->reached = 1;
+        cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
+        break;
+    case E_EHLO:
+    case E_HELO:
+        if (code / 100 != 2) {
+            if (kind == E_EHLO) {       /* RFC 5321 3.2: fall back to HELO */
+                cmd(s, E_HELO, 0, 0, "HELO %s", conf->hostname);
+                break;
+            }
+            set_error(s, "%s refused HELO: %s", s->peer, clean);
+            cmd(s, E_QUIT, 0, 0, "QUIT");
+            s->quit_sent = 1;
+            break;
+        }
+        s->esmtp = kind == E_EHLO;
+        if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+            start_auth(s);
+            break;
+        }
+        pump(s);
+        break;
+    case E_AUTH:
+        if (code == 334 && idx == 1) {
+            cram_answer(s, text + (strlen(text) > 4 ? 4 : strlen(text)));
+            break;
+        }
+        if (code != 235) {
+            set_error(s, "authentication to %s failed: %s", s->peer, clean);
+            cmd(s, E_QUIT, 0, 0, "QUIT");
+            s->quit_sent = 1;
+            break;
+        }
+        pump(s);
+        break;
+    case E_MAIL: {
+        struct flight *f = slot_flight(s, slot);
+        f->mail_code = code;
+        util_strlcpy(f->mail_text, clean, sizeof f->mail_text);
+        if (code / 100 != 2)
+            for (int i = 0; i < f->m.nrcpt; i++)
+                s->ops->rcpt_done(s->arg, &f->m, i, outcome_code(code), clean);
+        break;
+    }
+    case E_RCPT: {
+        struct flight *f = slot_flight(s, slot);
+        if (f->mail_code / 100 != 2)
+            break;                      /* already decided by MAIL */
+        if (code / 100 == 2) {
+            f->ok[idx] = 1;
+            f->naccepted++;
+        } else {
+            s->ops->rcpt_done(s->arg, &f->m, idx, outcome_code(code), clean);
+        }
+        break;
+    }
+    case E_DATA: {
+        struct flight *f = slot_flight(s, slot);
+        if (code == 354) {
+            if (open_body(s, f)) {
+                set_error(s, "cannot read message %s from the store", f->m.qid);
+                conn_abort(s->c);
+                return;
+            }
+            s->wstate = W_BODY;
+            if (!f->naccepted) {
+                /* Nothing to deliver: end the text at once. */
+                store_reader_close(&s->rd);
+                s->rd_open = 0;
+                write_data_end(s);
+                s->wstate = W_END;
+            }
+            pump(s);
+            break;
+        }
+        finish_accepted(s, f, outcome_code(code), clean);
+        s->need_rset = 1;
+        s->wstate = W_END;
+        while (s->fl_len && s->fl[s->fl_head % SMTPC_WINDOW] == f)
+            retire_head(s);
+        pump(s);
+        break;
+    }
+    case E_DOT:
+    case E_BDAT: {
+        struct flight *f = slot_flight(s, slot);
+        if (f->naccepted)
+            finish_accepted(s, f, code / 100 == 2 ? 250 : outcome_code(code), clean);
+        if (code / 100 != 2)
+            s->need_rset = 1;
+        retire_head(s);
+        pump(s);
+        break;
+    }
+    case E_RSET:
+        if (idx == 1) {                 /* the message that could not be converted */
+            struct flight *f = slot_flight(s, slot);
+            finish_accepted(s, f, 554, "554 5.6.3 conversion to 7 bit required but not possible");
+            retire_head(s);
+            pump(s);
+        }
+        break;
+    case E_QUIT:
+        conn_close(s->c);
+        break;
+    }
+}
+
+static void smtpc_input(struct conn *c)
+{
+    struct smtpc *s = c->ctx;
+
+    while (!c->dead && c->in_len) {
+        unsigned char *lf = memchr(c->in, '\n', c->in_len);
+        if (!lf) {
+            if (c->in_len == c->in_cap) {
+                set_error(s, "%s sent an over-long reply line", s->peer);
+                conn_abort(c);
+            }
+            return;
+        }
+        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+        if (l && c->in[l - 1] == '\r')
+            l--;
+        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
+            (l > 3 && c->in[3] != ' ' && c->in[3] != '-')) {
+            set_error(s, "%s sent a malformed reply", s->peer);
+            conn_abort(c);
+            return;
+        }
+        int code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
+        int last = l == 3 || c->in[3] == ' ';
+        /* Keep the first line of a reply (and EHLO keywords as they come). */
+        if (!s->reply_len) {
+            size_t k = l < sizeof s->reply - 1 ? l : sizeof s->reply - 1;
+            memcpy(s->reply, c->in, k);
+            s->reply[k] = '\0';
+            s->reply_len = k;
+            s->reply_code = code;
+        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && l > 4) {
+            char kw[256];
+            size_t k = l - 4 < sizeof kw - 1 ? l - 4 : sizeof kw - 1;
+            memcpy(kw, c->in + 4, k);
+            kw[k] = '\0';
+            parse_ehlo_line(s, kw);
+        }
+        conn_consume(c, len);
+        if (last) {
+            char text[sizeof s->reply];
+            util_strlcpy(text, s->reply, sizeof text);
+            s->reply_len = 0;
+            on_reply(s, code, text);
+        }
+    }
+}
+
+static void smtpc_drain(struct conn *c)
+{
+    pump(c->ctx);
+}
+
+static void smtpc_timeout(struct conn *c)
+{
+    struct smtpc *s = c->ctx;
+    set_error(s, "%s did not answer in time", s->peer);
+    conn_abort(c);
+}
+
+static void smtpc_closed(struct conn *c)
+{
+    struct smtpc *s = c->ctx;
+    if (!s)
+        return;
+    c->ctx = NULL;
+    if (!s->ended)
+        end_session(s, s->quit_sent && !s->q_len ? NULL : "connection lost");
+    smtpc_free(s);
+}
+
+static void smtpc_connected(struct conn *c, int err)
+{
+    struct smtpc *s = c->ctx;
+    if (err) {
+        set_error(s, "cannot connect to %s [%s]: %s", s->peer, c->peer_ip, strerror(err));
+        conn_abort(c);
+        return;
+    }
+    /* RFC 5321 4.5.3.2.1: 5 minutes for the greeting. */
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+}
+
+static const struct conn_ops smtpc_conn_ops = {
+    .on_input = smtpc_input,
+    .on_drain = smtpc_drain,
+    .on_timeout = smtpc_timeout,
+    .on_close = smtpc_closed,
+    .on_connect = smtpc_connected,
+};
+
+struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth)
+{
+    struct smtpc *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->ops = ops;
+    s->arg = arg;
+    s->wslot = -1;
+    util_strlcpy(s->peer, peer_name, sizeof s->peer);
+    if (auth)
+        s->auth = *auth;
+    expect(s, E_GREETING, 0, 0);
+    s->c = conn_connect(ss, len, LISTEN_N, &smtpc_conn_ops, s, SMTPC_IN, SMTPC_OUT);
+    if (!s->c) {
+        free(s);
+        return NULL;
+    }
+    conn_set_timeout(s->c, conf->smtp_timeout_connect * 1000);
+    return s;
+}
+
+void smtpc_abort(struct smtpc *s)
+{
+    if (!s || s->ended)
+        return;
+    s->ended = 1;
+    while (s->fl_len) {
+        flight_free(s->fl[s->fl_head % SMTPC_WINDOW]);
+        s->fl[s->fl_head % SMTPC_WINDOW] = NULL;
+        s->fl_head++;
+        s->fl_len--;
+    }
+    if (s->rd_open)
+        store_reader_close(&s->rd);
+    if (s->m7)
+        mime7_free(s->m7);
+    s->m7 = NULL;
+    s->rd_open = 0;
+    conn_abort(s->c);
+}
