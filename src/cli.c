@@ -221,18 +221,22 @@ int cli_queue(int argc, char **argv)
     int rc;
 
     if (wants_help(argc, argv)) {
-        printf("usage: mailnode queue [list | count | show ID | delete ID]\n"
-               "  list       messages waiting for delivery, with each recipient's state\n"
-               "  count      one number: messages not yet delivered\n"
-               "  show ID    the envelope and the text of one message\n"
-               "  delete ID  remove a message from the queue without a bounce\n");
+        printf("usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n"
+               "  list        messages waiting for delivery, with each recipient's state\n"
+               "  count       one number: messages not yet delivered\n"
+               "  show ID     the envelope and the text of one message\n"
+               "  delete ID   remove a message from the queue without a bounce\n"
+               "  hold ID     keep a message from being delivered until released\n"
+               "  release ID  make a held message due for delivery at once\n");
         return EX_OK;
     }
-    if ((!strcmp(sub, "show") || !strcmp(sub, "delete")) ? argc != 3 : argc > 2) {
-        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID]\n");
+    int with_id = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
+                  !strcmp(sub, "release");
+    if (with_id ? argc != 3 : argc > 2) {
+        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n");
         return EX_USAGE;
     }
-    if (strcmp(sub, "list") && strcmp(sub, "count") && strcmp(sub, "show") && strcmp(sub, "delete")) {
+    if (!with_id && strcmp(sub, "list") && strcmp(sub, "count")) {
         fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
         return EX_USAGE;
     }
@@ -248,7 +252,10 @@ int cli_queue(int argc, char **argv)
     } else if (!strcmp(sub, "show")) {
         rc = queue_show(argv[2]);
     } else {
-        rc = store_queue_delete(argv[2]);
+        int hold = !strcmp(sub, "hold");
+        /* The daemon reads the queue from the database at every scan, so a
+         * change made here is what the running daemon does next. */
+        rc = !strcmp(sub, "delete") ? store_queue_delete(argv[2]) : store_queue_hold(argv[2], hold);
         if (!rc)
             rc = store_commit();
         else
@@ -257,10 +264,10 @@ int cli_queue(int argc, char **argv)
             fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", argv[2]);
             rc = EX_DATAERR;
         } else if (rc) {
-            fprintf(stderr, "mailnode: could not delete %s: database error\n", argv[2]);
+            fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, argv[2]);
             rc = EX_TEMPFAIL;
         } else {
-            printf("%s deleted\n", argv[2]);
+            printf("%s %s\n", argv[2], !strcmp(sub, "delete") ? "deleted" : hold ? "held" : "released");
         }
     }
     store_close();

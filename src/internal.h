@@ -116,9 +116,9 @@ struct conf {
     int64_t retry_initial, retry_max;   /* seconds */
     int64_t queue_lifetime, queue_warn_after;
     char *resolver;                     /* "addr[:port]" of a DNS server; "" = resolv.conf */
+    int64_t delivery_port;              /* TCP port of MX delivery (25) */
     int64_t delivery_per_connection;    /* messages one outbound session carries */
-    int64_t delivery_parallel;          /* outbound sessions in all */
-    int64_t delivery_parallel_per_dest; /* outbound sessions per destination */
+    int64_t delivery_parallel;          /* outbound sessions in all (one per destination) */
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;

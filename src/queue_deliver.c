@@ -13,7 +13,7 @@
 
 #include <string.h>
 
-#define SCAN_INTERVAL_MS 5000           /* idle rescan; new mail and link events kick at once */
+#define SCAN_INTERVAL_MS 1000           /* idle rescan; new mail and link events kick at once */
 #define MAINT_INTERVAL 60               /* seconds between expiry and warning scans */
 #define RELAY_DEST "[relayhost]"        /* dest row of the smarthost */
 
@@ -478,7 +478,7 @@ static void hop_start(const char *name, const char *domain)
         }
         h->dq = dns_resolve_host(host, hop_resolved, h);
     } else {
-        h->port = 25;
+        h->port = (int)conf->delivery_port;
         h->dq = dns_resolve_mx(domain, hop_resolved, h);
     }
 }
@@ -551,8 +551,15 @@ static int warn_cb(void *arg, int64_t msg_id)
 
 static void maintenance(int64_t now)
 {
-    int64_t last = 0;
-    if (now - Q.last_maint < MAINT_INTERVAL)
+    int64_t last = 0, every = MAINT_INTERVAL;
+    /* Short lifetimes (tests, urgent traffic) are checked more often. */
+    if (conf->queue_lifetime > 0 && conf->queue_lifetime / 4 < every)
+        every = conf->queue_lifetime / 4;
+    if (conf->queue_warn_after > 0 && conf->queue_warn_after / 4 < every)
+        every = conf->queue_warn_after / 4;
+    if (every < 1)
+        every = 1;
+    if (now - Q.last_maint < every)
         return;
     Q.last_maint = now;
     if (conf->queue_lifetime > 0)

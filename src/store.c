@@ -733,6 +733,7 @@ static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
     util_strlcpy(q->sender, (const char *)sqlite3_column_text(st, 1), sizeof q->sender);
     q->received = sqlite3_column_int64(st, 2);
     q->size = sqlite3_column_int64(st, 3);
+    int held = sqlite3_column_int(st, 5);
     if (!store_stmt(&rs, "SELECT addr, state, next_try, last_error, kind FROM rcpt"
                          " WHERE message_id=? ORDER BY id"))
         return;
@@ -747,9 +748,9 @@ static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
             util_date(sqlite3_column_int64(rs, 2), when, sizeof when);
         int w = snprintf(q->rcpts + used, sizeof q->rcpts - used, "%s%s (%s%s%s%s%s)",
                          used ? "\n" : "", (const char *)sqlite3_column_text(rs, 0),
-                         kind == ROUTE_HOLD && state == 0 ? "held" : states[state % 3],
-                         state == 0 && kind != ROUTE_HOLD ? ", next try " : "",
-                         state == 0 && kind != ROUTE_HOLD ? when : "",
+                         (kind == ROUTE_HOLD || held) && state == 0 ? "held" : states[state % 3],
+                         state == 0 && kind != ROUTE_HOLD && !held ? ", next try " : "",
+                         state == 0 && kind != ROUTE_HOLD && !held ? when : "",
                          err ? ": " : "", err ? err : "");
         q->nrcpt++;
         if (w < 0 || (size_t)w >= sizeof q->rcpts - used) {
@@ -767,7 +768,7 @@ int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *ar
     struct store_qinfo q;
     int rc;
 
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id FROM message m"
+    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold FROM message m"
                          " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
                          " ORDER BY id"))
         return STORE_ERR;
@@ -785,13 +786,13 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
     static sqlite3_stmt *st;
     int rc;
 
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, body_id FROM message WHERE qid=?"))
+    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold, body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(st, 1, qid, -1, SQLITE_TRANSIENT);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         if (body_id)
-            *body_id = sqlite3_column_int64(st, 5);
+            *body_id = sqlite3_column_int64(st, 6);
         /* qinfo_fill resets nothing of st: read its columns first. */
         qinfo_fill(st, q);
     }
