@@ -164,6 +164,8 @@ struct conn_ops {
     void (*on_close)(struct conn *c);
     /* An outbound connection finished connecting: err is 0 or an errno. */
     void (*on_connect)(struct conn *c, int err);
+    /* A TLS handshake started with tls_start_* finished: err 0 or not. */
+    void (*on_tls)(struct conn *c, int err);
 };
 
 struct conn {
@@ -189,6 +191,7 @@ struct conn {
     int peer_loopback;
     struct conn *next, *prev;
     struct conn *kick_next;
+    void *tls;                          /* SSL *, when TLS is on */
 };
 
 struct timer {
@@ -659,6 +662,25 @@ struct mime7 *mime7_new(void);
 int mime7_feed(struct mime7 *m, const unsigned char *in, size_t n, mime_emit_fn emit, void *arg);
 int mime7_finish(struct mime7 *m, mime_emit_fn emit, void *arg);
 void mime7_free(struct mime7 *m);
+
+/* ---------------------------------------------------------------- tls */
+
+/* STARTTLS through OpenSSL (RFC 3207, RFC 2595), when built with
+ * MAILNODE_TLS; without it tls_available() is 0 and nothing is offered.
+ * After tls_start_* the connection's bytes go through TLS transparently
+ * (conn_write, c->in); the caller must drop any plaintext it had buffered
+ * (the CVE-2011-0411 class of command injection) and restart the
+ * protocol (EHLO again). */
+int tls_init(void);                     /* loads tls.cert/tls.key if set */
+void tls_free(void);
+int tls_available(void);                /* server side: a certificate is loaded */
+int tls_start_server(struct conn *c);
+/* verify: 1 = the peer's certificate must verify for host (system store
+ * or tls.ca_file), else the handshake fails. */
+int tls_start_client(struct conn *c, const char *host, int verify);
+int tls_active(const struct conn *c);
+/* Called by the loop: the handshake finished (err 0) or failed. */
+void tls_handshake_done(struct conn *c, int err);
 
 /* ---------------------------------------------------------------- ctl */
 
