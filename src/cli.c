@@ -150,6 +150,14 @@ int cli_run(int argc, char **argv)
     }
     if (conf->listen[LISTEN_ODMR][0])
         log_warn("listen.odmr is set but this version has no ODMR service; ignored");
+    if (ctl_start()) {
+        fprintf(stderr, "mailnode: cannot open the control socket %s (see the log)\n",
+                conf->control);
+        rc = EX_UNAVAILABLE;
+        goto out_loop;
+    }
+    if (link_watch_start())
+        log_warn("link changes are not watched; run `mailnode flush` when the link comes up");
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -164,6 +172,8 @@ int cli_run(int argc, char **argv)
     if (loop_run())
         rc = EX_SOFTWARE;
     log_info("stopping");
+    link_watch_stop();
+    ctl_stop();
     queue_stop();
     store_turn_end();
 out_loop:

@@ -22,6 +22,7 @@ static const struct {
     { "alias", cli_alias, "add | del | list: aliases" },
     { "mailbox", cli_mailbox, "list USER | export USER: mailbox contents" },
     { "status", cli_status, "queue, mailboxes and destinations" },
+    { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
 };
 
 static void usage(FILE *f)
