@@ -1,0 +1,1001 @@
+/* Unit tests of the resolver: the query builder and the answer parser on
+ * crafted messages (compression, CNAME chains, truncated and malformed
+ * packets), MX ordering, resolv.conf and hosts parsing; then end to end
+ * against a small DNS server (UDP and TCP on 127.0.0.1) running in the
+ * same event loop. */
+#include "../../mailnode.c"
+#include "unit.h"
+
+#include <arpa/inet.h>
+#include <sys/epoll.h>
+
+/* ------------------------------------------------------ packet writer */
+
+struct pkt {
+    unsigned char b[4096];
+    size_t n;
+};
+
+static void p8(struct pkt *p, unsigned v)
+{
+    p->b[p->n++] = (unsigned char)v;
+}
+
+static void p16(struct pkt *p, unsigned v)
+{
+    p8(p, v >> 8);
+    p8(p, v & 0xff);
+}
+
+static void p32(struct pkt *p, uint32_t v)
+{
+    p16(p, v >> 16);
+    p16(p, v & 0xffff);
+}
+
+/* Uncompressed name; "" is the root. */
+static void pname(struct pkt *p, const char *name)
+{
+    while (*name) {
+        size_t l = strcspn(name, ".");
+        p8(p, (unsigned)l);
+        memcpy(p->b + p->n, name, l);
+        p->n += l;
+        name += l;
+        if (*name == '.')
+            name++;
+    }
+    p8(p, 0);
+}
+
+static void pptr(struct pkt *p, size_t off)
+{
+    p16(p, 0xc000 | (unsigned)off);
+}
+
+/* Header of a response: flags byte 2 (QR set by the caller), rcode. */
+static void phdr(struct pkt *p, uint16_t id, unsigned flags2, unsigned rcode,
+                 unsigned qd, unsigned an, unsigned ns, unsigned ar)
+{
+    p->n = 0;
+    p16(p, id);
+    p8(p, flags2);
+    p8(p, 0x80 | rcode);                /* RA */
+    p16(p, qd);
+    p16(p, an);
+    p16(p, ns);
+    p16(p, ar);
+}
+
+static void pquestion(struct pkt *p, const char *name, unsigned type)
+{
+    pname(p, name);
+    p16(p, type);
+    p16(p, DNS_C_IN);
+}
+
+/* Type, class, TTL; returns where RDLENGTH goes (see pend). */
+static size_t prr(struct pkt *p, unsigned type)
+{
+    size_t at;
+    p16(p, type);
+    p16(p, DNS_C_IN);
+    p32(p, 300);
+    at = p->n;
+    p16(p, 0);
+    return at;
+}
+
+static void pend(struct pkt *p, size_t at)
+{
+    size_t len = p->n - at - 2;
+    p->b[at] = (unsigned char)(len >> 8);
+    p->b[at + 1] = (unsigned char)len;
+}
+
+static void pa(struct pkt *p, const char *ip)
+{
+    unsigned char a[16];
+    if (strchr(ip, ':')) {
+        inet_pton(AF_INET6, ip, a);
+        memcpy(p->b + p->n, a, 16);
+        p->n += 16;
+    } else {
+        inet_pton(AF_INET, ip, a);
+        memcpy(p->b + p->n, a, 4);
+        p->n += 4;
+    }
+}
+
+static struct dns_msg M;
+
+/* Parses exactly len bytes from a heap copy, so that a read past the end
+ * is caught by the sanitizer build. */
+static int parse_exact(const unsigned char *b, size_t len, uint16_t id, const char *q, uint16_t t)
+{
+    unsigned char *copy = malloc(len ? len : 1);
+    int rc;
+    memcpy(copy, b, len);
+    rc = dns_parse(copy, len, id, q, t, &M);
+    free(copy);
+    return rc;
+}
+
+static char *ip_of(const struct sockaddr_storage *ss)
+{
+    static char buf[4][64];
+    static int k;
+    char *b = buf[k++ & 3];
+    util_sockaddr_ip(ss, b, 64);
+    return b;
+}
+
+/* --------------------------------------------------------- pure tests */
+
+TEST(build_query)
+{
+    unsigned char b[512];
+    int n = dns_build_query(b, sizeof b, 0x1234, "Example.COM", DNS_T_MX);
+    static const unsigned char want[] = {
+        0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
+        7, 'E', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'C', 'O', 'M', 0, 0, 15, 0, 1 };
+    CHECK_INT(n, sizeof want);
+    CHECK(n == sizeof want && !memcmp(b, want, sizeof want));
+    CHECK_INT(dns_build_query(b, sizeof b, 1, "example.com.", DNS_T_A), sizeof want);
+    CHECK(dns_build_query(b, sizeof b, 1, "", DNS_T_A) < 0);
+    CHECK(dns_build_query(b, sizeof b, 1, ".", DNS_T_A) < 0);
+    CHECK(dns_build_query(b, sizeof b, 1, "a..b", DNS_T_A) < 0);
+    CHECK(dns_build_query(b, sizeof b, 1, ".a", DNS_T_A) < 0);
+    CHECK(dns_build_query(b, sizeof b, 1, "a b.c", DNS_T_A) < 0);
+    char big[300];
+    memset(big, 'a', 64);
+    strcpy(big + 64, ".com");
+    CHECK(dns_build_query(b, sizeof b, 1, big, DNS_T_A) < 0);      /* 64-byte label */
+    strcpy(big + 63, ".com");
+    CHECK(dns_build_query(b, sizeof b, 1, big, DNS_T_A) > 0);     /* 63 is the most */
+    for (int i = 0; i < 254; i++)
+        big[i] = i % 2 ? '.' : 'x';
+    big[253] = '\0';
+    CHECK(dns_build_query(b, sizeof b, 1, big, DNS_T_A) > 0);      /* 253 characters */
+    big[253] = 'x';
+    big[254] = '\0';
+    CHECK(dns_build_query(b, sizeof b, 1, big, DNS_T_A) < 0);
+    CHECK(dns_build_query(b, 20, 1, "example.com", DNS_T_A) < 0);  /* does not fit */
+}
+
+/* An MX answer written the way servers write it: every name compressed
+ * against the question. */
+static void mx_packet(struct pkt *p, uint16_t id)
+{
+    size_t at;
+    phdr(p, id, 0x81, 0, 1, 3, 1, 2);
+    pquestion(p, "example.test", DNS_T_MX);             /* name at 12 */
+    pptr(p, 12); at = prr(p, DNS_T_MX); p16(p, 20);
+    size_t mx2 = p->n;
+    p8(p, 3); p->b[p->n++] = 'm'; p->b[p->n++] = 'x'; p->b[p->n++] = '2'; pptr(p, 12); pend(p, at);
+    pptr(p, 12); at = prr(p, DNS_T_MX); p16(p, 10);
+    size_t mx1 = p->n;
+    p8(p, 3); p->b[p->n++] = 'M'; p->b[p->n++] = 'X'; p->b[p->n++] = '1'; pptr(p, 12); pend(p, at);
+    pptr(p, 12); at = prr(p, DNS_T_MX); p16(p, 10);
+    pname(p, "mx3.other.test"); pend(p, at);
+    /* authority: NS */
+    pptr(p, 12); at = prr(p, 2); pname(p, "ns.example.test"); pend(p, at);
+    /* additional: glue for mx1 and mx2 */
+    pptr(p, mx1); at = prr(p, DNS_T_A); pa(p, "192.0.2.1"); pend(p, at);
+    pptr(p, mx2); at = prr(p, DNS_T_AAAA); pa(p, "2001:db8::2"); pend(p, at);
+}
+
+TEST(parse_mx_compressed)
+{
+    struct pkt p;
+    mx_packet(&p, 0xbeef);
+    CHECK_INT(parse_exact(p.b, p.n, 0xbeef, "EXAMPLE.test", DNS_T_MX), DNS_PARSE_OK);
+    CHECK_INT(M.rcode, 0);
+    CHECK_INT(M.nmx, 3);
+    CHECK_STR(M.mx[0].host, "mx2.example.test");
+    CHECK_INT(M.mx[0].pref, 20);
+    CHECK_STR(M.mx[1].host, "mx1.example.test");     /* lower case */
+    CHECK_STR(M.mx[2].host, "mx3.other.test");
+    CHECK_INT(M.nglue, 2);
+    CHECK_STR(M.glue[0].name, "mx1.example.test");
+    CHECK_INT(M.glue[0].addr.family, AF_INET);
+    CHECK_STR(M.glue[1].name, "mx2.example.test");
+    CHECK_INT(M.glue[1].addr.family, AF_INET6);
+    CHECK(!dns_is_null_mx(&M));
+    /* Not ours: other id, other question, other type, a query. */
+    CHECK_INT(parse_exact(p.b, p.n, 0xbeee, "example.test", DNS_T_MX), DNS_PARSE_FOREIGN);
+    CHECK_INT(parse_exact(p.b, p.n, 0xbeef, "example.tes", DNS_T_MX), DNS_PARSE_FOREIGN);
+    CHECK_INT(parse_exact(p.b, p.n, 0xbeef, "example.test", DNS_T_A), DNS_PARSE_FOREIGN);
+    p.b[2] &= 0x7f;
+    CHECK_INT(parse_exact(p.b, p.n, 0xbeef, "example.test", DNS_T_MX), DNS_PARSE_FOREIGN);
+}
+
+TEST(parse_every_prefix_is_safe)
+{
+    struct pkt p;
+    mx_packet(&p, 7);
+    /* Every cut before the last additional record must fail; none may
+     * read out of bounds (the heap copy is exactly len bytes). */
+    for (size_t len = 0; len < p.n; len++) {
+        int rc = parse_exact(p.b, len, 7, "example.test", DNS_T_MX);
+        if (rc == DNS_PARSE_OK)
+            CHECK(M.nglue < 2);         /* only the optional glue may be lost */
+    }
+    CHECK_INT(parse_exact(p.b, 40, 7, "example.test", DNS_T_MX), DNS_PARSE_BAD);
+    CHECK_INT(parse_exact(p.b, 20, 7, "example.test", DNS_T_MX), DNS_PARSE_FOREIGN);
+    /* Random damage: never a crash, never a name that is not text. */
+    for (int round = 0; round < 20000; round++) {
+        struct pkt d = p;
+        int flips = 1 + (int)randombytes_uniform(4);
+        for (int k = 0; k < flips; k++)
+            d.b[12 + randombytes_uniform((uint32_t)(d.n - 12))] = (unsigned char)randombytes_uniform(256);
+        if (parse_exact(d.b, d.n - randombytes_uniform(3), 7, "example.test", DNS_T_MX) == DNS_PARSE_OK)
+            for (int i = 0; i < M.nmx; i++)
+                CHECK(strlen(M.mx[i].host) <= DNS_NAME_MAX);
+    }
+}
+
+TEST(parse_bad_pointers_and_lengths)
+{
+    struct pkt p;
+    size_t at;
+    /* A pointer to itself in the answer owner. */
+    phdr(&p, 1, 0x81, 0, 1, 1, 0, 0);
+    pquestion(&p, "a.test", DNS_T_A);
+    size_t self = p.n;
+    pptr(&p, self); prr(&p, DNS_T_A); pa(&p, "192.0.2.1");
+    p.b[p.n - 5] = 4;
+    CHECK_INT(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A), DNS_PARSE_BAD);
+    /* A forward pointer. */
+    p.b[self + 1] = (unsigned char)(self + 2);
+    CHECK_INT(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A), DNS_PARSE_BAD);
+    /* A pointer into the header. */
+    p.b[self + 1] = 2;
+    CHECK_INT(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A), DNS_PARSE_BAD);
+    /* The good pointer, for contrast. */
+    p.b[self + 1] = 12;
+    CHECK_INT(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A), DNS_PARSE_OK);
+    CHECK_INT(M.naddr, 1);
+
+    /* RDLENGTH beyond the end. */
+    phdr(&p, 1, 0x81, 0, 1, 1, 0, 0);
+    pquestion(&p, "a.test", DNS_T_A);
+    pptr(&p, 12); at = prr(&p, DNS_T_A); pa(&p, "192.0.2.1"); pend(&p, at);
+    p.b[at + 1] = 40;
+    CHECK_INT(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A), DNS_PARSE_BAD);
+    /* An A record of 5 bytes. */
+    p.b[at + 1] = 5;
+    p.b[p.n++] = 0;
+    CHECK_INT(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A), DNS_PARSE_BAD);
+    /* More answers announced than present. */
+    phdr(&p, 1, 0x81, 0, 1, 2, 0, 0);
+    pquestion(&p, "a.test", DNS_T_A);
+    pptr(&p, 12); at = prr(&p, DNS_T_A); pa(&p, "192.0.2.1"); pend(&p, at);
+    CHECK_INT(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A), DNS_PARSE_BAD);
+    /* A label with the obsolete 0x40 type. */
+    phdr(&p, 1, 0x81, 0, 1, 1, 0, 0);
+    pquestion(&p, "a.test", DNS_T_A);
+    p8(&p, 0x41); p8(&p, 'x'); p8(&p, 0); at = prr(&p, DNS_T_A); pa(&p, "192.0.2.1"); pend(&p, at);
+    CHECK_INT(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A), DNS_PARSE_BAD);
+    /* A name longer than 255 bytes on the wire, built from pointers. */
+    phdr(&p, 1, 0x81, 0, 1, 1, 0, 0);
+    pquestion(&p, "a.test", DNS_T_A);
+    size_t prev = 12;
+    for (int i = 0; i < 5; i++) {
+        size_t here = p.n;
+        p8(&p, 63);
+        memset(p.b + p.n, 'x', 63);
+        p.n += 63;
+        pptr(&p, prev);
+        prev = here;
+    }
+    pptr(&p, prev); at = prr(&p, DNS_T_A); pa(&p, "192.0.2.1"); pend(&p, at);
+    CHECK(parse_exact(p.b, p.n, 1, "a.test", DNS_T_A) == DNS_PARSE_BAD);
+}
+
+static void cname_chain(struct pkt *p, int hops, int loop)
+{
+    char from[32], to[32];
+    size_t at;
+    phdr(p, 9, 0x81, 0, 1, (unsigned)hops + 1, 0, 0);
+    pquestion(p, "h0.test", DNS_T_A);
+    for (int i = 0; i < hops; i++) {
+        snprintf(from, sizeof from, "h%d.test", i);
+        snprintf(to, sizeof to, "h%d.test", loop && i == hops - 1 ? 0 : i + 1);
+        pname(p, from); at = prr(p, DNS_T_CNAME); pname(p, to); pend(p, at);
+    }
+    snprintf(to, sizeof to, "h%d.test", hops);
+    pname(p, to); at = prr(p, DNS_T_A); pa(p, "192.0.2.8"); pend(p, at);
+}
+
+TEST(parse_cname_chains)
+{
+    struct pkt p;
+    cname_chain(&p, 2, 0);
+    CHECK_INT(parse_exact(p.b, p.n, 9, "h0.test", DNS_T_A), DNS_PARSE_OK);
+    CHECK_INT(M.naddr, 1);
+    CHECK_STR(M.canon, "h2.test");
+    cname_chain(&p, 8, 0);
+    CHECK_INT(parse_exact(p.b, p.n, 9, "h0.test", DNS_T_A), DNS_PARSE_OK);
+    CHECK_INT(M.naddr, 1);
+    cname_chain(&p, 9, 0);
+    CHECK_INT(parse_exact(p.b, p.n, 9, "h0.test", DNS_T_A), DNS_PARSE_LOOP);
+    cname_chain(&p, 3, 1);
+    CHECK_INT(parse_exact(p.b, p.n, 9, "h0.test", DNS_T_A), DNS_PARSE_LOOP);
+    /* A record of the right type for a name off the chain is not ours. */
+    struct pkt q;
+    size_t at;
+    phdr(&q, 9, 0x81, 0, 1, 2, 0, 0);
+    pquestion(&q, "h0.test", DNS_T_A);
+    pname(&q, "h0.test"); at = prr(&q, DNS_T_CNAME); pname(&q, "h1.test"); pend(&q, at);
+    pname(&q, "evil.test"); at = prr(&q, DNS_T_A); pa(&q, "6.6.6.6"); pend(&q, at);
+    CHECK_INT(parse_exact(q.b, q.n, 9, "h0.test", DNS_T_A), DNS_PARSE_OK);
+    CHECK_INT(M.naddr, 0);              /* a dangling CNAME: no data */
+}
+
+TEST(parse_rcodes_nodata_nullmx_tc)
+{
+    struct pkt p;
+    size_t at;
+    phdr(&p, 3, 0x81, DNS_R_NXDOMAIN, 1, 0, 1, 0);
+    pquestion(&p, "gone.test", DNS_T_MX);
+    pname(&p, "test"); at = prr(&p, 6); p8(&p, 0); p8(&p, 0); pend(&p, at);
+    CHECK_INT(parse_exact(p.b, p.n, 3, "gone.test", DNS_T_MX), DNS_PARSE_OK);
+    CHECK_INT(M.rcode, DNS_R_NXDOMAIN);
+    phdr(&p, 3, 0x81, 0, 1, 0, 0, 0);
+    pquestion(&p, "nodata.test", DNS_T_MX);
+    CHECK_INT(parse_exact(p.b, p.n, 3, "nodata.test", DNS_T_MX), DNS_PARSE_OK);
+    CHECK_INT(M.rcode, 0);
+    CHECK_INT(M.nmx, 0);
+    phdr(&p, 3, 0x81, DNS_R_SERVFAIL, 1, 0, 0, 0);
+    pquestion(&p, "sf.test", DNS_T_MX);
+    CHECK_INT(parse_exact(p.b, p.n, 3, "sf.test", DNS_T_MX), DNS_PARSE_OK);
+    CHECK_INT(M.rcode, DNS_R_SERVFAIL);
+    /* RFC 7505: MX 0 "." */
+    phdr(&p, 3, 0x81, 0, 1, 1, 0, 0);
+    pquestion(&p, "null.test", DNS_T_MX);
+    pptr(&p, 12); at = prr(&p, DNS_T_MX); p16(&p, 0); p8(&p, 0); pend(&p, at);
+    CHECK_INT(parse_exact(p.b, p.n, 3, "null.test", DNS_T_MX), DNS_PARSE_OK);
+    CHECK_INT(M.nmx, 1);
+    CHECK(dns_is_null_mx(&M));
+    /* Truncated: the header says so, the rest is not looked at. */
+    phdr(&p, 3, 0x83, 0, 1, 5, 0, 0);
+    pquestion(&p, "big.test", DNS_T_A);
+    CHECK_INT(parse_exact(p.b, p.n, 3, "big.test", DNS_T_A), DNS_PARSE_OK);
+    CHECK(M.tc);
+    CHECK_INT(M.naddr, 0);
+}
+
+TEST(mx_order_and_shuffle)
+{
+    int first_b = 0, first_c = 0;
+    for (int round = 0; round < 200; round++) {
+        struct dns_mx mx[5] = { { 20, "d" }, { 10, "b" }, { 5, "a" }, { 10, "c" }, { 30, "e" } };
+        dns_mx_order(mx, 5);
+        CHECK_STR(mx[0].host, "a");
+        for (int i = 1; i < 5; i++)
+            CHECK(mx[i - 1].pref <= mx[i].pref);
+        CHECK(!strcmp(mx[1].host, "b") || !strcmp(mx[1].host, "c"));
+        CHECK_STR(mx[3].host, "d");
+        CHECK_STR(mx[4].host, "e");
+        first_b += !strcmp(mx[1].host, "b");
+        first_c += !strcmp(mx[1].host, "c");
+    }
+    CHECK(first_b > 40 && first_c > 40);    /* random among equals, both seen */
+    dns_mx_order(NULL, 0);
+}
+
+TEST(resolv_conf)
+{
+    struct dns_config c;
+    memset(&c, 0, sizeof c);
+    dns_resolv_conf_parse("# comment\n"
+                          "search example.test\n"
+                          "nameserver 192.0.2.53 # first\n"
+                          "nameserver\t2001:db8::53\n"
+                          "nameserver bogus\n"
+                          "; another comment\n"
+                          "options ndots:1 timeout:3 attempts:4 rotate\n"
+                          "nameserver 192.0.2.54\n"
+                          "nameserver 192.0.2.55\n", &c);
+    CHECK_INT(c.nservers, 3);
+    CHECK_STR(c.servers[0].label, "192.0.2.53:53");
+    CHECK_STR(c.servers[1].label, "[2001:db8::53]:53");
+    CHECK_INT(c.servers[1].ss.ss_family, AF_INET6);
+    CHECK_STR(c.servers[2].label, "192.0.2.54:53");
+    CHECK_INT(c.timeout_ms, 3000);
+    CHECK_INT(c.attempts, 4);
+    memset(&c, 0, sizeof c);
+    dns_resolv_conf_parse("options timeout:0 attempts:99\nnameserver 127.0.0.1", &c);
+    CHECK_INT(c.nservers, 1);
+    CHECK_INT(c.timeout_ms, 1000);
+    CHECK_INT(c.attempts, 5);
+
+    struct dns_server s;
+    CHECK(dns_server_parse("192.0.2.1", &s) == 0 && !strcmp(s.label, "192.0.2.1:53"));
+    CHECK(dns_server_parse("192.0.2.1:5353", &s) == 0 && !strcmp(s.label, "192.0.2.1:5353"));
+    CHECK(dns_server_parse("[::1]:5353", &s) == 0 && !strcmp(s.label, "[::1]:5353"));
+    CHECK(dns_server_parse("[::1]", &s) == 0 && !strcmp(s.label, "[::1]:53"));
+    CHECK(dns_server_parse("::1", &s) == 0 && s.ss.ss_family == AF_INET6);
+    CHECK(dns_server_parse("dns.example", &s) < 0);
+    CHECK(dns_server_parse("192.0.2.1:0", &s) < 0);
+    CHECK(dns_server_parse("192.0.2.1:x", &s) < 0);
+    CHECK(dns_server_parse("", &s) < 0);
+}
+
+TEST(hosts_file)
+{
+    size_t n;
+    struct dns_hostent *h = dns_hosts_parse("127.0.0.1\tlocalhost\n"
+                                            "::1 localhost ip6-localhost # v6\n"
+                                            "# 10.0.0.1 commented.example\n"
+                                            "192.0.2.7 Relay.Example.  relay\n"
+                                            "not-an-address name.example\n"
+                                            "192.0.2.8 bad!name good.example\n", &n);
+    struct dns_addrset as;
+    struct dns_host host;
+
+    CHECK(h != NULL);
+    memset(&as, 0, sizeof as);
+    CHECK(dns_hosts_lookup(h, n, "LOCALHOST", &as));
+    CHECK_INT(as.n4, 1);
+    CHECK_INT(as.n6, 1);
+    dns_addrset_fill(&as, &host);
+    CHECK_INT(host.naddrs, 2);
+    CHECK_STR(ip_of(&host.addrs[0]), "127.0.0.1");   /* IPv4 first */
+    CHECK_STR(ip_of(&host.addrs[1]), "::1");
+    memset(&as, 0, sizeof as);
+    CHECK(dns_hosts_lookup(h, n, "relay.example", &as));
+    CHECK(dns_hosts_lookup(h, n, "relay", &as));
+    CHECK_INT(as.n4, 1);                 /* the same address once */
+    memset(&as, 0, sizeof as);
+    CHECK(!dns_hosts_lookup(h, n, "commented.example", &as));
+    CHECK(!dns_hosts_lookup(h, n, "name.example", &as));
+    CHECK(!dns_hosts_lookup(h, n, "bad!name", &as));
+    CHECK(dns_hosts_lookup(h, n, "good.example", &as));
+    dns_hosts_free(h, n);
+}
+
+TEST(address_sets_and_literals)
+{
+    struct dns_addrset as;
+    struct dns_host h;
+    struct dns_addr a;
+    memset(&as, 0, sizeof as);
+    for (int i = 1; i <= 6; i++) {
+        a.family = AF_INET;
+        memcpy(a.a, (unsigned char[]){ 192, 0, 2, (unsigned char)i }, 4);
+        dns_addrset_add(&as, &a);
+    }
+    dns_addrset_fill(&as, &h);
+    CHECK_INT(h.naddrs, DNS_MAX_ADDRS);
+    a.family = AF_INET6;
+    inet_pton(AF_INET6, "2001:db8::1", a.a);
+    dns_addrset_add(&as, &a);
+    dns_addrset_fill(&as, &h);
+    CHECK_INT(h.naddrs, DNS_MAX_ADDRS);
+    CHECK_INT(h.addrs[0].ss_family, AF_INET);
+    CHECK_INT(h.addrs[DNS_MAX_ADDRS - 1].ss_family, AF_INET6);  /* room for IPv6 */
+    CHECK_INT(((struct sockaddr_in *)(void *)&h.addrs[0])->sin_port, 0);
+
+    CHECK_INT(dns_literal("[192.0.2.1]", &a), 1);
+    CHECK_INT(a.family, AF_INET);
+    CHECK_INT(dns_literal("[IPv6:2001:db8::1]", &a), 1);
+    CHECK_INT(a.family, AF_INET6);
+    CHECK_INT(dns_literal("[ipv6:2001:db8::1]", &a), 1);
+    CHECK_INT(dns_literal("[2001:db8::1]", &a), -1);
+    CHECK_INT(dns_literal("[192.0.2.300]", &a), -1);
+    CHECK_INT(dns_literal("[", &a), -1);
+    CHECK_INT(dns_literal("192.0.2.1", &a), 1);
+    CHECK_INT(dns_literal("example.com", &a), 0);
+    CHECK(dns_hostname_ok("mx-1.example_x.com"));
+    CHECK(!dns_hostname_ok(""));
+    CHECK(!dns_hostname_ok("a..b"));
+    CHECK(!dns_hostname_ok("a b"));
+}
+
+/* ------------------------------------------------ the in-process server */
+
+struct zrec {
+    const char *name;
+    int type;
+    int pref;
+    const char *data;
+};
+
+static const struct zrec zone[] = {
+    { "mx.test", DNS_T_MX, 10, "b.mx.test" },
+    { "mx.test", DNS_T_MX, 5, "a.mx.test" },
+    { "mx.test", DNS_T_MX, 10, "c.mx.test" },
+    { "mx.test", DNS_T_MX, 20, "gone.mx.test" },
+    { "a.mx.test", DNS_T_A, 0, "192.0.2.1" },
+    { "a.mx.test", DNS_T_AAAA, 0, "2001:db8::1" },
+    { "b.mx.test", DNS_T_A, 0, "192.0.2.2" },
+    { "c.mx.test", DNS_T_AAAA, 0, "2001:db8::3" },
+    { "implicit.test", DNS_T_A, 0, "192.0.2.9" },
+    { "nullmx.test", DNS_T_MX, 0, "" },
+    { "noaddr.test", DNS_T_MX, 10, "nowhere.test" },
+    { "alias.test", DNS_T_CNAME, 0, "mx.test" },
+    { "glue.test", DNS_T_MX, 10, "g.glue.test" },
+    { "g.glue.test", DNS_T_A, 0, "192.0.2.50" },
+    { "tc.test", DNS_T_A, 0, "192.0.2.77" },
+    { "spoof.test", DNS_T_A, 0, "192.0.2.88" },
+    { "relay.test", DNS_T_A, 0, "192.0.2.25" },
+    { "relay.test", DNS_T_AAAA, 0, "2001:db8::25" },
+    { "nodata.test", 16, 0, NULL },             /* exists (TXT), no MX, A or AAAA */
+};
+
+static struct {
+    int udp, udp2, tcp;                 /* udp2: another port, for spoofed packets */
+    struct watch wu, wt;
+    int port;
+    int queries, tcp_queries;
+    int glue_asked;                     /* A/AAAA questions for g.glue.test */
+} FS = { .udp = -1, .udp2 = -1, .tcp = -1 };
+
+static int zone_has(const char *name)
+{
+    for (size_t i = 0; i < MN_NELEM(zone); i++)
+        if (!strcasecmp(zone[i].name, name))
+            return 1;
+    return 0;
+}
+
+static void add_rdata(struct pkt *p, const struct zrec *z)
+{
+    size_t at = prr(p, (unsigned)z->type);
+    if (z->type == DNS_T_MX) {
+        p16(p, (unsigned)z->pref);
+        pname(p, z->data);
+    } else if (z->type == DNS_T_CNAME) {
+        pname(p, z->data);
+    } else {
+        pa(p, z->data);
+    }
+    pend(p, at);
+}
+
+/* The answer to query q; tcp says whether it came over TCP.  0: do not
+ * answer. */
+static size_t fake_answer(const unsigned char *q, size_t qlen, struct pkt *p, int tcp, int spoof)
+{
+    char name[DNS_NAME_MAX + 1], cur[DNS_NAME_MAX + 1];
+    size_t off = 12;
+    unsigned type, an = 0, ar = 0;
+    unsigned rcode = 0;
+    uint16_t id;
+
+    if (qlen < 12 || dns_name_read(q, qlen, &off, name, sizeof name) < 0 || off + 4 > qlen)
+        return 0;
+    id = get16(q);
+    type = get16(q + off);
+    if (!strcmp(name, "silent.test"))
+        return 0;
+    if (!strcmp(name, "servfail.test"))
+        rcode = DNS_R_SERVFAIL;
+    else if (!zone_has(name))
+        rcode = DNS_R_NXDOMAIN;
+    if (type != DNS_T_MX && !strcmp(name, "g.glue.test"))
+        FS.glue_asked++;
+    if (spoof == 1) {                   /* right question, wrong id */
+        id ^= 0x5555;
+    } else if (spoof == 2) {            /* right id, other question */
+        strcpy(name, "spoofed.test");
+    }
+    phdr(p, id, 0x81 | 0x04, rcode, 1, 0, 0, 0);
+    pquestion(p, name, type);
+    if (rcode)
+        return p->n;
+    if (!strcmp(name, "tc.test") && !tcp) {
+        p->b[2] |= 0x02;                /* TC: ask again over TCP */
+        return p->n;
+    }
+    strcpy(cur, name);
+    for (int hop = 0; hop < 8; hop++) {
+        int cname = -1;
+        for (size_t i = 0; i < MN_NELEM(zone); i++) {
+            if (strcasecmp(zone[i].name, cur))
+                continue;
+            if (zone[i].type == (int)type) {
+                pname(p, cur);
+                add_rdata(p, &zone[i]);
+                an++;
+            } else if (zone[i].type == DNS_T_CNAME) {
+                cname = (int)i;
+            }
+        }
+        if (an || cname < 0)
+            break;
+        pname(p, cur);
+        add_rdata(p, &zone[cname]);
+        an++;
+        strcpy(cur, zone[cname].data);
+    }
+    /* Additional section: glue for glue.test only. */
+    if (type == DNS_T_MX && !strcmp(cur, "glue.test")) {
+        pname(p, "g.glue.test");
+        add_rdata(p, &zone[13]);
+        ar++;
+    }
+    p->b[6] = (unsigned char)(an >> 8);
+    p->b[7] = (unsigned char)an;
+    p->b[10] = (unsigned char)(ar >> 8);
+    p->b[11] = (unsigned char)ar;
+    return p->n;
+}
+
+static void fake_udp(struct watch *w, uint32_t ev)
+{
+    unsigned char q[512];
+    struct sockaddr_storage from;
+    MN_UNUSED(ev);
+    for (;;) {
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(w->fd, q, sizeof q, 0, (struct sockaddr *)&from, &fl);
+        struct pkt p;
+        char name[DNS_NAME_MAX + 1];
+        size_t off = 12;
+        if (n < 0)
+            return;
+        FS.queries++;
+        if (n > 12 && dns_name_read(q, (size_t)n, &off, name, sizeof name) == 0 && !strcmp(name, "spoof.test")) {
+            /* Three forgeries first: wrong id, wrong question, wrong port. */
+            if (fake_answer(q, (size_t)n, &p, 0, 1))
+                sendto(w->fd, p.b, p.n, 0, (struct sockaddr *)&from, fl);
+            if (fake_answer(q, (size_t)n, &p, 0, 2))
+                sendto(w->fd, p.b, p.n, 0, (struct sockaddr *)&from, fl);
+            if (fake_answer(q, (size_t)n, &p, 0, 0)) {
+                memcpy(p.b + p.n - 4, (unsigned char[]){ 6, 6, 6, 6 }, 4);
+                sendto(FS.udp2, p.b, p.n, 0, (struct sockaddr *)&from, fl);
+            }
+        }
+        if (fake_answer(q, (size_t)n, &p, 0, 0))
+            sendto(w->fd, p.b, p.n, 0, (struct sockaddr *)&from, fl);
+    }
+}
+
+static void fake_tcp_conn(struct watch *w, uint32_t ev)
+{
+    unsigned char buf[600];
+    ssize_t n;
+    struct pkt p;
+    MN_UNUSED(ev);
+    /* Small queries arrive in one piece on loopback. */
+    n = recv(w->fd, buf, sizeof buf, 0);
+    if (n > 2 && (size_t)n == 2 + (size_t)get16(buf)) {
+        size_t len = fake_answer(buf + 2, (size_t)n - 2, &p, 1, 0);
+        unsigned char out[4098];
+        FS.tcp_queries++;
+        put16(out, (unsigned)len);
+        memcpy(out + 2, p.b, len);
+        if (send(w->fd, out, len + 2, MSG_NOSIGNAL) < 0)
+            perror("fake tcp send");
+    }
+    if (n == 0 || n > 2 || (n < 0 && errno != EAGAIN)) {
+        loop_watch_del(w);
+        close(w->fd);
+        free(w);
+    }
+}
+
+static void fake_tcp_accept(struct watch *w, uint32_t ev)
+{
+    MN_UNUSED(ev);
+    for (;;) {
+        int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct watch *c;
+        if (fd < 0)
+            return;
+        c = calloc(1, sizeof *c);
+        c->fd = fd;
+        c->events = EPOLLIN;
+        c->fn = fake_tcp_conn;
+        loop_watch_add(c);
+    }
+}
+
+static int fake_start(void)
+{
+    struct sockaddr_in sin = { .sin_family = AF_INET };
+    socklen_t sl = sizeof sin;
+    int one = 1;
+
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    FS.udp = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    FS.udp2 = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    if (FS.udp < 0 || bind(FS.udp, (struct sockaddr *)&sin, sizeof sin) < 0 ||
+        getsockname(FS.udp, (struct sockaddr *)&sin, &sl) < 0)
+        return -1;
+    FS.port = ntohs(sin.sin_port);
+    /* TCP on the same port number. */
+    FS.tcp = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    setsockopt(FS.tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (FS.tcp < 0 || bind(FS.tcp, (struct sockaddr *)&sin, sizeof sin) < 0 || listen(FS.tcp, 8) < 0)
+        return -1;
+    FS.wu = (struct watch){ .fd = FS.udp, .events = EPOLLIN, .fn = fake_udp };
+    FS.wt = (struct watch){ .fd = FS.tcp, .events = EPOLLIN, .fn = fake_tcp_accept };
+    if (loop_watch_add(&FS.wu) < 0 || loop_watch_add(&FS.wt) < 0)
+        return -1;
+    return 0;
+}
+
+/* ----------------------------------------------------- end to end */
+
+static struct conf test_conf;
+static char resolver_spec[128];
+static struct dns_result R;
+static int callbacks;
+static struct timer safety = { .idx = -1 };
+
+static void on_result(void *arg, const struct dns_result *r)
+{
+    MN_UNUSED(arg);
+    R = *r;
+    callbacks++;
+    loop_stop();
+}
+
+static struct dns_query *self_q;
+
+static void on_result_cancel(void *arg, const struct dns_result *r)
+{
+    dns_cancel(self_q);
+    on_result(arg, r);
+}
+
+static void on_safety(void *arg)
+{
+    MN_UNUSED(arg);
+    loop_stop();
+}
+
+static void run_loop(int ms)
+{
+    timer_set(&safety, ms, on_safety, NULL);
+    loop_run();
+    timer_cancel(&safety);
+}
+
+/* (Re)starts the resolver on the given servers. */
+static void use_resolver(const char *spec, int timeout_ms, int attempts)
+{
+    dns_free();
+    util_strlcpy(resolver_spec, spec, sizeof resolver_spec);
+    test_conf.resolver = resolver_spec;
+    conf = &test_conf;
+    dns_set_timeout_ms(timeout_ms, attempts);
+    dns_init();
+}
+
+static int mx(const char *domain)
+{
+    callbacks = 0;
+    memset(&R, 0, sizeof R);
+    struct dns_query *q = dns_resolve_mx(domain, on_result, NULL);
+    if (!q)
+        return -1;
+    if (callbacks)
+        return -2;                      /* never inside dns_resolve_mx */
+    run_loop(5000);
+    return callbacks == 1 ? R.status : -3;
+}
+
+static int host(const char *name)
+{
+    callbacks = 0;
+    memset(&R, 0, sizeof R);
+    struct dns_query *q = dns_resolve_host(name, on_result, NULL);
+    if (!q)
+        return -1;
+    if (callbacks)
+        return -2;
+    run_loop(5000);
+    return callbacks == 1 ? R.status : -3;
+}
+
+TEST(e2e_mx_order)
+{
+    char spec[64];
+    int a_then_b = 0, a_then_c = 0;
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", FS.port);
+    use_resolver(spec, 1000, 2);
+    for (int round = 0; round < 16; round++) {
+        CHECK_INT(mx("mx.test"), DNS_OK);
+        CHECK_INT(R.nhosts, 3);         /* gone.mx.test has no address: dropped */
+        if (R.nhosts != 3)
+            return;
+        CHECK_STR(R.hosts[0].name, "a.mx.test");
+        CHECK_INT(R.hosts[0].pref, 5);
+        CHECK_INT(R.hosts[0].naddrs, 2);
+        CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.1");
+        CHECK_STR(ip_of(&R.hosts[0].addrs[1]), "2001:db8::1");
+        CHECK_INT(R.hosts[1].pref, 10);
+        CHECK_INT(R.hosts[2].pref, 10);
+        a_then_b += !strcmp(R.hosts[1].name, "b.mx.test");
+        a_then_c += !strcmp(R.hosts[1].name, "c.mx.test");
+        for (int i = 1; i < 3; i++) {
+            CHECK_INT(R.hosts[i].naddrs, 1);
+            if (!strcmp(R.hosts[i].name, "c.mx.test"))
+                CHECK_STR(ip_of(&R.hosts[i].addrs[0]), "2001:db8::3");
+        }
+    }
+    CHECK(a_then_b > 0 && a_then_c > 0);
+    /* Through a CNAME, and with a trailing dot and capitals. */
+    CHECK_INT(mx("Alias.TEST."), DNS_OK);
+    CHECK_INT(R.nhosts, 3);
+}
+
+TEST(e2e_implicit_null_nxdomain)
+{
+    CHECK_INT(mx("implicit.test"), DNS_OK);
+    CHECK_INT(R.nhosts, 1);
+    CHECK_STR(R.hosts[0].name, "implicit.test");
+    CHECK_INT(R.hosts[0].pref, 0);
+    CHECK_INT(R.hosts[0].naddrs, 1);
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.9");
+
+    CHECK_INT(mx("nullmx.test"), DNS_PERM);
+    CHECK(strstr(R.error, "domain accepts no mail (null MX)") != NULL);
+    CHECK_INT(R.nhosts, 0);
+
+    CHECK_INT(mx("missing.test"), DNS_PERM);
+    CHECK(strstr(R.error, "domain does not exist") != NULL);
+
+    CHECK_INT(mx("noaddr.test"), DNS_TEMP);
+    CHECK(strstr(R.error, "no address for MX hosts") != NULL);
+
+    CHECK_INT(mx("nodata.test"), DNS_PERM);     /* no MX, no A, no AAAA */
+    CHECK_INT(mx("servfail.test"), DNS_TEMP);
+    CHECK(strstr(R.error, "SERVFAIL") != NULL);
+}
+
+TEST(e2e_glue_tcp_spoof)
+{
+    FS.glue_asked = 0;
+    CHECK_INT(mx("glue.test"), DNS_OK);
+    CHECK_INT(R.nhosts, 1);
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.50");
+    CHECK_INT(FS.glue_asked, 0);         /* the glue served, no A/AAAA questions */
+
+    FS.tcp_queries = 0;
+    CHECK_INT(host("tc.test"), DNS_OK);
+    CHECK_INT(FS.tcp_queries, 2);        /* A and AAAA both came back truncated */
+    CHECK_INT(R.nhosts, 1);
+    CHECK_INT(R.hosts[0].naddrs, 1);
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.77");
+
+    CHECK_INT(host("spoof.test"), DNS_OK);
+    CHECK_INT(R.hosts[0].naddrs, 1);
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.88");
+
+    CHECK_INT(host("relay.test"), DNS_OK);
+    CHECK_STR(R.hosts[0].name, "relay.test");
+    CHECK_INT(R.hosts[0].naddrs, 2);
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.25");
+    CHECK_STR(ip_of(&R.hosts[0].addrs[1]), "2001:db8::25");
+    CHECK_INT(host("missing.test"), DNS_PERM);
+}
+
+TEST(e2e_literals_hosts_cancel)
+{
+    CHECK_INT(mx("[192.0.2.1]"), DNS_OK);
+    CHECK_INT(R.nhosts, 1);
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.1");
+    CHECK_INT(mx("[IPv6:2001:db8::1]"), DNS_OK);
+    CHECK_INT(R.hosts[0].addrs[0].ss_family, AF_INET6);
+    CHECK_INT(mx("[bogus]"), DNS_PERM);
+    CHECK_INT(mx("bad name"), DNS_PERM);
+    CHECK_INT(host("192.0.2.44"), DNS_OK);
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.44");
+    CHECK_INT(host("localhost"), DNS_OK);
+    CHECK(R.hosts[0].naddrs >= 1);
+    CHECK(util_sockaddr_is_loopback(&R.hosts[0].addrs[0]));
+    CHECK_INT(host("Files.Example"), DNS_OK);   /* from the test hosts file */
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.99");
+
+    /* Cancelling from inside the callback (a caller tidying up) is harmless. */
+    callbacks = 0;
+    self_q = dns_resolve_mx("mx.test", on_result_cancel, NULL);
+    CHECK(self_q != NULL);
+    run_loop(5000);
+    CHECK_INT(callbacks, 1);
+    CHECK_INT(R.status, DNS_OK);
+    CHECK(D.queries == NULL && D.txs == NULL && D.nqueries == 0);
+
+    /* Cancelled: never called back, nothing left behind. */
+    callbacks = 0;
+    struct dns_query *q1 = dns_resolve_mx("silent.test", on_result, NULL);
+    struct dns_query *q2 = dns_resolve_mx("[192.0.2.1]", on_result, NULL);
+    struct dns_query *q3 = dns_resolve_mx("mx.test", on_result, NULL);
+    CHECK(q1 && q2 && q3);
+    dns_cancel(q1);
+    dns_cancel(q2);
+    dns_cancel(q3);
+    run_loop(300);
+    CHECK_INT(callbacks, 0);
+    CHECK(D.queries == NULL && D.txs == NULL);
+}
+
+TEST(e2e_timeout_and_failover)
+{
+    char spec[128];
+    int dead = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sin = { .sin_family = AF_INET };
+    socklen_t sl = sizeof sin;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(dead, (struct sockaddr *)&sin, sizeof sin);
+    getsockname(dead, (struct sockaddr *)&sin, &sl);
+
+    /* A server that never answers. */
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", ntohs(sin.sin_port));
+    use_resolver(spec, 200, 2);
+    int64_t t0 = util_now_ms();
+    CHECK_INT(mx("mx.test"), DNS_TEMP);
+    CHECK(strstr(R.error, "timeout") != NULL);
+    CHECK(util_now_ms() - t0 >= 350);   /* two tries of 200 ms */
+
+    /* The same dead server first, then the good one. */
+    snprintf(spec, sizeof spec, "127.0.0.1:%d, 127.0.0.1:%d", ntohs(sin.sin_port), FS.port);
+    use_resolver(spec, 200, 1);
+    CHECK_INT(mx("implicit.test"), DNS_OK);
+    CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.9");
+    CHECK_INT(host("silent.test"), DNS_TEMP);
+
+    /* Busy: more queries than the limit fail fast. */
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", ntohs(sin.sin_port));
+    use_resolver(spec, 5000, 1);
+    static struct dns_query *qs[DNS_MAX_QUERIES + 1];
+    callbacks = 0;
+    for (int i = 0; i < DNS_MAX_QUERIES; i++)
+        qs[i] = dns_resolve_mx("silent.test", on_result, NULL);
+    CHECK_INT(mx("one-more.test"), DNS_TEMP);
+    CHECK_STR(R.error, "resolver busy");
+    for (int i = 0; i < DNS_MAX_QUERIES; i++)
+        dns_cancel(qs[i]);
+    close(dead);
+}
+
+int main(void)
+{
+    char dir[] = "/tmp/test_dns.XXXXXX", path[256];
+    FILE *f;
+
+    if (sodium_init() < 0 || loop_init() < 0)
+        return 1;
+    log_init("test_dns", 0);
+    if (getenv("TEST_DNS_DEBUG"))
+        log_set_level(LOG_DEBUG);
+    else
+        log_set_level(LOG_ERR);
+    RUN(build_query);
+    RUN(parse_mx_compressed);
+    RUN(parse_every_prefix_is_safe);
+    RUN(parse_bad_pointers_and_lengths);
+    RUN(parse_cname_chains);
+    RUN(parse_rcodes_nodata_nullmx_tc);
+    RUN(mx_order_and_shuffle);
+    RUN(resolv_conf);
+    RUN(hosts_file);
+    RUN(address_sets_and_literals);
+
+    if (!mkdtemp(dir) || fake_start() < 0) {
+        printf("FAIL e2e_setup: %s\n", strerror(errno));
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/hosts", dir);
+    f = fopen(path, "w");
+    fputs("127.0.0.1 localhost\n192.0.2.99 files.example\n", f);
+    fclose(f);
+    dns_hosts_path = path;
+    dns_resolv_path = "/nonexistent/resolv.conf";
+    RUN(e2e_mx_order);
+    RUN(e2e_implicit_null_nxdomain);
+    RUN(e2e_glue_tcp_spoof);
+    RUN(e2e_literals_hosts_cancel);
+    RUN(e2e_timeout_and_failover);
+    dns_free();
+    loop_free();
+    unlink(path);
+    rmdir(dir);
+    return unit_done();
+}
