@@ -398,10 +398,13 @@ int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), voi
 int store_any_due(int64_t now);
 /* Earliest next_try of queued remote recipients, 0 if none. */
 int64_t store_next_due(void);
-/* The next message after after_id with recipients due for domain (NULL:
- * any remote recipient), those recipients only, up to STORE_OUT_RCPTS.
- * 1 found, 0 none, <0 error. */
-int store_out_next(const char *domain, int64_t after_id, int64_t now, struct store_out_msg *m);
+/* The next message after after_id with recipients of the given kind
+ * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
+ * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
+ * none, <0 error. */
+int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+/* Messages held for a hold domain. */
+int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
 int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error);
 /* Deletes the message if no recipient is left queued; then its body if
@@ -587,6 +590,19 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 void queue_flush_cancel(void *arg);     /* the waiter went away */
 
+/* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
+ * for a hold domain over a new connection to the domain's host or MX.
+ * Returns the number of messages held (>= 0); *started is 0 when a
+ * release for that domain is already running. */
+int queue_release(const char *domain, int *started);
+/* ATRN (RFC 2645): the connection c turns around and carries the held
+ * mail of the domains; done(arg, delivered, error) runs at its end. */
+typedef void (*queue_release_done_fn)(void *arg, int delivered, const char *error);
+int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t n,
+                     queue_release_done_fn done, void *arg);
+/* 1 if a release (ETRN or ATRN) of the domain is running. */
+int queue_release_busy(const char *domain);
+
 /* ----------------------------------------------------------------- dns */
 
 /* An asynchronous stub resolver inside the event loop (RFC 1035 over UDP,
@@ -717,8 +733,20 @@ struct smtpc_auth {
 };
 struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
                           const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth);
+/* The same over a connection that is already open (ATRN turnaround):
+ * the peer's 220 greeting comes first. */
+struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
+
+/* ----------------------------------------------------------------- odmr */
+
+/* ETRN (RFC 1985): starts the release and writes the one-line reply. */
+void odmr_etrn(const char *arg, char *reply, size_t n);
+/* ATRN (RFC 2645): decides a request of user; on 250, domains holds the
+ * n domains to release.  The reply line is written either way. */
+int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAIN_MAX + 1], size_t max,
+                    size_t *n, char *reply, size_t rn);
 
 /* ---------------------------------------------------------------- smtpd */
 

@@ -41,6 +41,12 @@ struct hop {
     char error[400];
     struct dsn_note *notes;
     size_t nnotes, capnotes;
+    /* a release of held mail (ETRN, ATRN) */
+    int kind;                           /* ROUTE_REMOTE or ROUTE_HOLD */
+    char (*domains)[SMTP_DOMAIN_MAX + 1];
+    size_t ndomains, dom_i;
+    queue_release_done_fn rel_done;
+    void *rel_arg;
     struct hop *next;
 };
 
@@ -224,9 +230,24 @@ static int hop_next(void *arg, struct store_out_msg *m)
     struct hop *h = arg;
     int rc;
 
+    if (h->kind == ROUTE_HOLD) {
+        /* A release carries everything held for its domains, domain by
+         * domain: only the recipients in those domains. */
+        while (h->dom_i < h->ndomains) {
+            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, h->after_id, INT64_MAX, m);
+            if (rc == 1) {
+                h->after_id = m->id;
+                h->handed++;
+                return 1;
+            }
+            h->dom_i++;
+            h->after_id = 0;
+        }
+        return 0;
+    }
     if (h->handed >= conf->delivery_per_connection)
         return 0;
-    rc = store_out_next(h->domain[0] ? h->domain : NULL, h->after_id, util_now(), m);
+    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, h->after_id, util_now(), m);
     if (rc != 1)
         return 0;
     h->after_id = m->id;
@@ -249,7 +270,8 @@ static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int
         if (r->notify & NOTIFY_SUCCESS)
             note(h, m->id, DSN_DELIVERED, r, status, text);
     } else if (code / 100 == 4) {
-        store_rcpt_set(r->id, RCPT_QUEUED, rcpt_retry_at(r->attempts), text);
+        /* Held mail stays held for the next request; queued mail waits. */
+        store_rcpt_set(r->id, RCPT_QUEUED, h->kind == ROUTE_HOLD ? 0 : rcpt_retry_at(r->attempts), text);
         h->deferred++;
         log_info("%s: to=<%s> relay=%s status=deferred (%s)", m->qid, r->addr, h->peer, text);
     } else {
@@ -285,6 +307,7 @@ static void hop_free(struct hop *h)
         dns_cancel(h->dq);
     free(h->res);
     free(h->notes);
+    free(h->domains);
     free(h);
 }
 
@@ -296,6 +319,17 @@ static void hop_finish(struct hop *h, int ok)
     struct store_dest d;
     int64_t now = util_now();
 
+    if (h->kind == ROUTE_HOLD) {
+        /* A release has no schedule: what it could not move stays held
+         * until the next request. */
+        log_info("%s: released %d message recipients, %d deferred, %d failed%s%s", h->name, h->delivered,
+                 h->deferred, h->failed, h->error[0] ? ": " : "", h->error);
+        if (h->rel_done)
+            h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
+        hop_free(h);
+        queue_kick();
+        return;
+    }
     store_dest_get(h->name, &d);
     d.last_try = now;
     if (ok) {
@@ -349,7 +383,7 @@ static void fail_destination(struct hop *h, const char *status, const char *text
     struct store_out_msg m;
     int64_t after = 0;
 
-    while (store_out_next(h->domain[0] ? h->domain : NULL, after, INT64_MAX, &m) == 1) {
+    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, after, INT64_MAX, &m) == 1) {
         after = m.id;
         for (int i = 0; i < m.nrcpt; i++) {
             store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
@@ -450,33 +484,49 @@ static struct hop *hop_find(const char *name)
     return NULL;
 }
 
-static void hop_start(const char *name, const char *domain)
+static struct hop *hop_new(const char *name, const char *domain, int kind)
 {
-    struct hop *h;
-    char host[SMTP_DOMAIN_MAX + 1];
-
-    if (hop_find(name) || Q.nhops >= conf->delivery_parallel)
-        return;
-    h = calloc(1, sizeof *h);
+    struct hop *h = calloc(1, sizeof *h);
     if (!h)
-        return;
+        return NULL;
     util_strlcpy(h->name, name, sizeof h->name);
     util_strlcpy(h->domain, domain, sizeof h->domain);
+    h->kind = kind;
     h->next = Q.hops;
     Q.hops = h;
     Q.nhops++;
+    return h;
+}
+
+/* A next hop written "host:port", "[host]:port" or "host" (port 25):
+ * resolved by name only, no MX ("[name]" is the name itself). */
+static void hop_resolve_host(struct hop *h, const char *spec)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+
+    if (util_split_hostport(spec, host, sizeof host, &h->port)) {
+        util_strlcpy(host, spec, sizeof host);
+        h->port = 25;
+    }
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        memmove(host, host + 1, l - 2);
+        host[l - 2] = '\0';
+    }
+    h->dq = dns_resolve_host(host, hop_resolved, h);
+}
+
+static void hop_start(const char *name, const char *domain)
+{
+    struct hop *h;
+
+    if (hop_find(name) || Q.nhops >= conf->delivery_parallel)
+        return;
+    h = hop_new(name, domain, ROUTE_REMOTE);
+    if (!h)
+        return;
     if (!domain[0]) {
-        if (util_split_hostport(conf->relayhost, host, sizeof host, &h->port)) {
-            util_strlcpy(host, conf->relayhost, sizeof host);
-            h->port = 25;
-        }
-        /* "[name]" means the name itself, without an MX lookup. */
-        size_t l = strlen(host);
-        if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
-            memmove(host, host + 1, l - 2);
-            host[l - 2] = '\0';
-        }
-        h->dq = dns_resolve_host(host, hop_resolved, h);
+        hop_resolve_host(h, conf->relayhost);
     } else {
         h->port = (int)conf->delivery_port;
         h->dq = dns_resolve_mx(domain, hop_resolved, h);
@@ -599,6 +649,82 @@ static void scan(void *arg)
     timer_set(&Q.scan, SCAN_INTERVAL_MS, scan, NULL);
 }
 
+/* ------------------------------------------------------ on-demand relay */
+
+int queue_release_busy(const char *domain)
+{
+    for (struct hop *h = Q.hops; h; h = h->next)
+        if (h->kind == ROUTE_HOLD)
+            for (size_t i = 0; i < h->ndomains; i++)
+                if (!strcasecmp(h->domains[i], domain))
+                    return 1;
+    return 0;
+}
+
+static int hop_set_domains(struct hop *h, char domains[][SMTP_DOMAIN_MAX + 1], size_t n)
+{
+    h->domains = calloc(n ? n : 1, sizeof *h->domains);
+    if (!h->domains)
+        return -1;
+    memcpy(h->domains, domains, n * sizeof *h->domains);
+    h->ndomains = n;
+    return 0;
+}
+
+int queue_release(const char *domain, int *started)
+{
+    struct store_domain d;
+    char name[SMTP_DOMAIN_MAX + 16];
+    int n;
+
+    *started = 0;
+    if (store_domain_get(domain, &d) || d.kind != DOMAIN_HOLD)
+        return -1;
+    n = store_held_count(d.name);
+    if (n <= 0 || queue_release_busy(d.name))
+        return n;
+    snprintf(name, sizeof name, "release %s", d.name);
+    struct hop *h = hop_new(name, "", ROUTE_HOLD);
+    if (!h || hop_set_domains(h, &d.name, 1)) {
+        if (h)
+            hop_free(h);
+        return STORE_ERR;
+    }
+    *started = 1;
+    log_info("%s: %d held messages, delivery started", name, n);
+    /* The domain's own host when the administrator named one, else MX. */
+    if (d.host[0]) {
+        hop_resolve_host(h, d.host);
+    } else {
+        h->port = (int)conf->delivery_port;
+        h->dq = dns_resolve_mx(d.name, hop_resolved, h);
+    }
+    return n;
+}
+
+int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t n,
+                     queue_release_done_fn done, void *arg)
+{
+    char name[SMTP_DOMAIN_MAX + 16];
+    snprintf(name, sizeof name, "atrn %s%s", domains[0], n > 1 ? ",..." : "");
+    struct hop *h = hop_new(name, "", ROUTE_HOLD);
+    if (!h)
+        return -1;
+    if (hop_set_domains(h, domains, n)) {
+        hop_free(h);
+        return -1;
+    }
+    h->rel_done = done;
+    h->rel_arg = arg;
+    util_strlcpy(h->peer, c->peer_ip, sizeof h->peer);
+    h->sc = smtpc_attach(c, c->peer_ip, &hop_ops, h);
+    if (!h->sc) {
+        hop_free(h);
+        return -1;
+    }
+    return 0;
+}
+
 int queue_start(void)
 {
     if (dns_init())
@@ -694,7 +820,7 @@ static void waiters_check(void)
                 struct store_dest d;
                 store_dest_get(w->domain, &d);
                 struct store_out_msg m;
-                if (d.next_try <= now && store_out_next(w->domain, 0, now, &m) == 1) {
+                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, 0, now, &m) == 1) {
                     busy = 1;
                     store_out_free(&m);
                 }

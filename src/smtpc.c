@@ -826,6 +826,25 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
     return s;
 }
 
+struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg)
+{
+    struct smtpc *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->ops = ops;
+    s->arg = arg;
+    s->wslot = -1;
+    s->c = c;
+    util_strlcpy(s->peer, peer_name, sizeof s->peer);
+    expect(s, E_GREETING, 0, 0);
+    /* Whatever the peer sent before the turnaround is not a reply to us. */
+    conn_consume(c, c->in_len);
+    c->ops = &smtpc_conn_ops;
+    c->ctx = s;
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    return s;
+}
+
 void smtpc_abort(struct smtpc *s)
 {
     if (!s || s->ended)

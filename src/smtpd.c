@@ -71,6 +71,9 @@ struct smtpd {
     char pending[128];                  /* reply held back by the failure delay */
     int pending_close;
     struct timer timer;
+    int odmr;                           /* on the ODMR listener (RFC 2645) */
+    int detached;                       /* the connection turned around (ATRN) */
+    int etrns;
     struct smtpd *next, *prev;
 };
 
@@ -263,12 +266,22 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
         return;
     }
     reply(s, "250-%s Hello %s [%s]", conf->hostname, arg, s->c->peer_ip);
+    if (s->odmr) {
+        /* RFC 2645 5.1.1: AUTH and ATRN, CRAM-MD5 always among the mechanisms. */
+        if (!s->auth_user[0])
+            reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
+        reply(s, "250-ATRN");
+        reply(s, "250-ENHANCEDSTATUSCODES");
+        reply(s, "250 HELP");
+        return;
+    }
     reply(s, "250-PIPELINING");
     reply(s, "250-SIZE %lld", (long long)conf->message_size_limit);
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
     reply(s, "250-CHUNKING");
     reply(s, "250-DSN");
+    reply(s, "250-ETRN");
     if (!s->auth_user[0])
         reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
     reply(s, "250 HELP");
@@ -662,6 +675,59 @@ static void cmd_expn(struct smtpd *s, char *arg)
         reply(s, "250%c2.1.5 <%s>", i + 1 < n ? '-' : ' ', r[i].addr);
 }
 
+/* ETRN (RFC 1985): never releases mail to the requester itself, so it
+ * needs no AUTH; the mail goes to the domain's own host.  A session may
+ * ask a bounded number of times. */
+static void cmd_etrn(struct smtpd *s, char *arg)
+{
+    char line[512];
+
+    if (++s->etrns > 100) {
+        close_with(s, "421 4.7.0 Too many ETRN requests, closing");
+        return;
+    }
+    odmr_etrn(arg, line, sizeof line);
+    reply(s, "%s", line);
+    log_info("ETRN %.255s from [%s]: %.3s", arg, s->c->peer_ip, line);
+}
+
+static void atrn_done(void *arg, int delivered, const char *error)
+{
+    char *what = arg;
+    log_info("ATRN %s: %d recipients delivered%s%s", what, delivered, error ? ": " : "", error ? error : "");
+    free(what);
+}
+
+/* ATRN (RFC 2645 5.2): after the 250 this connection carries the held
+ * mail back to the site, with us as the SMTP client. */
+static void cmd_atrn(struct smtpd *s, char *arg)
+{
+    char domains[32][SMTP_DOMAIN_MAX + 1], line[512], *what;
+    size_t n;
+
+    if (!s->auth_user[0]) {
+        reply(s, "530 5.7.0 Authentication required");
+        return;
+    }
+    int code = odmr_atrn_check(s->auth_user, arg, domains, MN_NELEM(domains), &n, line, sizeof line);
+    log_info("ATRN %.255s by %s from [%s]: %.3s", *arg ? arg : "(all)", s->auth_user, s->c->peer_ip, line);
+    if (code != 250) {
+        reply(s, "%s", line);
+        return;
+    }
+    /* The 250 is one line: fetchmail reads exactly one. */
+    reply(s, "%s", line);
+    conn_flush(s->c);
+    what = strdup(*arg ? arg : s->auth_user);
+    if (s->c->dead || queue_release_on(s->c, domains, n, atrn_done, what)) {
+        free(what);
+        if (!s->c->dead)
+            close_with(s, "421 4.3.0 Cannot turn the connection around");
+        return;
+    }
+    s->detached = 1;
+}
+
 static void cmd_obsolete(struct smtpd *s, char *arg)
 {
     MN_UNUSED(arg);
@@ -775,6 +841,8 @@ static const struct smtpd_cmd {
     { "VRFY", S_ANY, cmd_vrfy },
     { "EXPN", S_ANY, cmd_expn },
     { "AUTH", S_READY, cmd_auth },
+    { "ETRN", S_INIT | S_READY, cmd_etrn },
+    { "ATRN", S_READY, cmd_atrn },
     { "TURN", S_ANY, cmd_obsolete },
     { "SEND", S_ANY, cmd_obsolete },
     { "SOML", S_ANY, cmd_obsolete },
@@ -809,6 +877,15 @@ static void dispatch(struct smtpd *s, char *line)
         const struct smtpd_cmd *cmd = &commands[i];
         if (strlen(cmd->verb) != vlen || strncasecmp(cmd->verb, line, vlen))
             continue;
+        /* RFC 2645 5.1: the ODMR service speaks EHLO, AUTH, ATRN, QUIT
+         * (and the harmless NOOP, RSET, HELP); ATRN exists only there. */
+        if (s->odmr ? !(cmd->run == cmd_ehlo || cmd->run == cmd_auth || cmd->run == cmd_atrn ||
+                        cmd->run == cmd_quit || cmd->run == cmd_noop || cmd->run == cmd_rset ||
+                        cmd->run == cmd_help)
+                    : cmd->run == cmd_atrn) {
+            reply(s, "502 5.5.1 Command not available on this service");
+            return;
+        }
         /* RFC 3030 2: between BDAT chunks only BDAT, RSET, QUIT and NOOP. */
         if (s->state == S_BDAT && cmd->run != cmd_bdat && cmd->run != cmd_rset &&
             cmd->run != cmd_quit && cmd->run != cmd_noop) {
@@ -1040,6 +1117,11 @@ static void smtpd_input(struct conn *c)
             continue;
         }
         dispatch(s, line);
+        if (s->detached) {
+            /* The connection belongs to the client session now. */
+            smtpd_free(s);
+            return;
+        }
     }
     if (!c->dead)
         conn_flush(c);
@@ -1093,6 +1175,10 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    reply(s, "220 %s ESMTP mailnode", conf->hostname);
+    s->odmr = c->kind == LISTEN_ODMR;
+    if (s->odmr)
+        reply(s, "220 %s ODMR service ready", conf->hostname);
+    else
+        reply(s, "220 %s ESMTP mailnode", conf->hostname);
     conn_flush(c);
 }

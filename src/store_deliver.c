@@ -93,7 +93,7 @@ void store_out_free(struct store_out_msg *m)
     m->nrcpt = 0;
 }
 
-static int rcpts_fill(struct store_out_msg *m, const char *domain, int64_t now)
+static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now)
 {
     static sqlite3_stmt *st;
     int rc;
@@ -102,10 +102,11 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int64_t now)
     if (!m->rcpts)
         return STORE_ERR;
     if (!store_stmt(&st, "SELECT id, addr, orcpt, notify, attempts FROM rcpt WHERE message_id=?1"
-                         " AND state=0 AND kind=2 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
+                         " AND state=0 AND kind=?4 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
                          " ORDER BY id LIMIT " "100"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, m->id);
+    sqlite3_bind_int(st, 4, kind);
     sqlite3_bind_int64(st, 2, now);
     if (domain)
         sqlite3_bind_text(st, 3, domain, -1, SQLITE_TRANSIENT);
@@ -130,7 +131,7 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int64_t now)
     return 0;
 }
 
-int store_out_next(const char *domain, int64_t after_id, int64_t now, struct store_out_msg *m)
+int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m)
 {
     static sqlite3_stmt *by_dest, *any;
     sqlite3_stmt *st;
@@ -138,14 +139,15 @@ int store_out_next(const char *domain, int64_t after_id, int64_t now, struct sto
 
     if (domain) {
         st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
-                                  " FROM rcpt WHERE state=0 AND kind=2 AND dest=?1 AND next_try<=?2"
+                                  " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
                                   " AND message_id>?3)");
     } else {
         st = store_stmt(&any, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
-                              " FROM rcpt WHERE state=0 AND kind=2 AND next_try<=?2 AND message_id>?3)");
+                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2 AND message_id>?3)");
     }
     if (!st)
         return STORE_ERR;
+    sqlite3_bind_int(st, 4, kind);
     if (domain)
         sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, now);
@@ -158,7 +160,7 @@ int store_out_next(const char *domain, int64_t after_id, int64_t now, struct sto
         return 0;
     if (rc != SQLITE_ROW)
         return STORE_ERR;
-    if (rcpts_fill(m, domain, now))
+    if (rcpts_fill(m, domain, kind, now))
         return STORE_ERR;
     return 1;
 }
@@ -178,7 +180,7 @@ int store_out_get(int64_t msg_id, struct store_out_msg *m)
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
     /* every queued remote recipient, whenever due */
-    return rcpts_fill(m, NULL, INT64_MAX);
+    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX);
 }
 
 int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error)
@@ -371,4 +373,18 @@ int store_queue_hold(const char *qid, int hold)
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(r, 2, hold ? INT64_MAX : 0);
     return sd_step(r);
+}
+
+int store_held_count(const char *domain)
+{
+    static sqlite3_stmt *st;
+    int n = STORE_ERR;
+
+    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0 AND kind=3 AND dest=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_reset(st);
+    return n;
 }
