@@ -127,9 +127,9 @@ struct conf {
     int64_t retry_initial, retry_max;   /* seconds */
     int64_t queue_lifetime, queue_warn_after;
     char *resolver;                     /* "addr[:port]" of a DNS server; "" = resolv.conf */
+    int64_t delivery_port;              /* TCP port of MX delivery (25) */
     int64_t delivery_per_connection;    /* messages one outbound session carries */
-    int64_t delivery_parallel;          /* outbound sessions in all */
-    int64_t delivery_parallel_per_dest; /* outbound sessions per destination */
+    int64_t delivery_parallel;          /* outbound sessions in all (one per destination) */
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
@@ -146,6 +146,9 @@ struct conf {
     char *log_dest;                     /* log = syslog | stderr */
     int use_syslog;
     char *tls_cert, *tls_key;
+    char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
+    char *relayhost_tls;                /* "may" (default), "require" or "none" */
+    char *upstream_tls;                 /* the same, for the upstream */
 };
 
 extern struct conf *conf;               /* the configuration in force */
@@ -175,6 +178,8 @@ struct conn_ops {
     void (*on_close)(struct conn *c);
     /* An outbound connection finished connecting: err is 0 or an errno. */
     void (*on_connect)(struct conn *c, int err);
+    /* A TLS handshake started with tls_start_* finished: err 0 or not. */
+    void (*on_tls)(struct conn *c, int err);
 };
 
 struct conn {
@@ -200,6 +205,7 @@ struct conn {
     int peer_loopback;
     struct conn *next, *prev;
     struct conn *kick_next;
+    void *tls;                          /* SSL *, when TLS is on */
 };
 
 struct timer {
@@ -372,6 +378,9 @@ struct store_status {
     int64_t queued_msgs, queued_rcpts, held_rcpts, mbox_msgs, users;
 };
 int store_status(struct store_status *st);
+/* Small named facts (the last upstream exchange, ...). */
+int store_meta_set(const char *key, const char *value);
+int store_meta_get(const char *key, char *value, size_t n, int64_t *updated);
 
 /* Per-destination (next hop) delivery state. */
 struct store_dest {
@@ -380,6 +389,59 @@ struct store_dest {
     char last_error[512];
 };
 int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
+
+/* store_deliver.c: the outbound queue as the scheduler sees it. */
+#define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
+struct store_out_rcpt {
+    int64_t id;
+    char addr[ADDR_MAX];
+    char orcpt[ADDR_MAX + 8];
+    int notify;
+    int attempts;
+};
+struct store_out_msg {
+    int64_t id, body_id, size, received;
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+    char envid[101];
+    int ret_full, eightbit;
+    int nrcpt;
+    struct store_out_rcpt *rcpts;       /* nrcpt of them, freed by store_out_free */
+};
+void store_out_free(struct store_out_msg *m);
+/* Destinations (recipient domains) with mail due now. */
+int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
+/* 1 if any remote recipient is due now (smarthost mode). */
+int store_any_due(int64_t now);
+/* Earliest next_try of queued remote recipients, 0 if none. */
+int64_t store_next_due(void);
+/* The next message after after_id with recipients of the given kind
+ * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
+ * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
+ * none, <0 error. */
+int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+/* Messages held for a hold domain. */
+int store_held_count(const char *domain);
+enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
+int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error);
+/* Deletes the message if no recipient is left queued; then its body if
+ * nothing refers to it.  1 if deleted. */
+int store_msg_retire(int64_t msg_id);
+int store_dest_get(const char *name, struct store_dest *d);   /* zeroed if absent */
+int store_dest_put(const struct store_dest *d);
+/* Every destination's backoff (domain NULL) or one's is reset and its
+ * recipients made due now, except for held messages. */
+int store_flush(const char *domain, int64_t now);
+/* Remote recipients queued since before `before` (lifetime), warned or
+ * not; cb gets (message id, recipient id). */
+int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg);
+/* Messages received before `before`, not yet warned about, with queued
+ * remote recipients. */
+int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *arg);
+int store_msg_set_warned(int64_t msg_id);
+/* One message's envelope and its queued remote recipients. */
+int store_out_get(int64_t msg_id, struct store_out_msg *m);
+int store_queue_hold(const char *qid, int hold);   /* hold or release */
 
 /* Deletes bodies no message or mailbox entry refers to any more. */
 int store_gc(void);
@@ -545,6 +607,19 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 void queue_flush_cancel(void *arg);     /* the waiter went away */
 
+/* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
+ * for a hold domain over a new connection to the domain's host or MX.
+ * Returns the number of messages held (>= 0); *started is 0 when a
+ * release for that domain is already running. */
+int queue_release(const char *domain, int *started);
+/* ATRN (RFC 2645): the connection c turns around and carries the held
+ * mail of the domains; done(arg, delivered, error) runs at its end. */
+typedef void (*queue_release_done_fn)(void *arg, int delivered, const char *error);
+int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t n,
+                     queue_release_done_fn done, void *arg);
+/* 1 if a release (ETRN or ATRN) of the domain is running. */
+int queue_release_busy(const char *domain);
+
 /* ----------------------------------------------------------------- dns */
 
 /* An asynchronous stub resolver inside the event loop (RFC 1035 over UDP,
@@ -621,20 +696,98 @@ int mime7_feed(struct mime7 *m, const unsigned char *in, size_t n, mime_emit_fn 
 int mime7_finish(struct mime7 *m, mime_emit_fn emit, void *arg);
 void mime7_free(struct mime7 *m);
 
+/* ---------------------------------------------------------------- tls */
+
+/* STARTTLS through OpenSSL (RFC 3207, RFC 2595), when built with
+ * MAILNODE_TLS; without it tls_available() is 0 and nothing is offered.
+ * After tls_start_* the connection's bytes go through TLS transparently
+ * (conn_write, c->in); the caller must drop any plaintext it had buffered
+ * (the CVE-2011-0411 class of command injection) and restart the
+ * protocol (EHLO again). */
+int tls_init(void);                     /* loads tls.cert/tls.key if set */
+void tls_free(void);
+int tls_available(void);                /* server side: a certificate is loaded */
+int tls_start_server(struct conn *c);
+/* verify: 1 = the peer's certificate must verify for host (system store
+ * or tls.ca_file), else the handshake fails. */
+int tls_start_client(struct conn *c, const char *host, int verify);
+int tls_active(const struct conn *c);
+/* Called by the loop: the handshake finished (err 0) or failed. */
+void tls_handshake_done(struct conn *c, int err);
+/* Called by conn_abort: frees the connection's TLS state. */
+void tls_conn_free(struct conn *c);
+
 /* ---------------------------------------------------------------- ctl */
 
 /* The control socket (conf->control, mode 0600): `mailnode flush` and
  * queue commands reach the running daemon through it. */
 int ctl_start(void);
 void ctl_stop(void);
+/* A command-line tool's connection to the running daemon, or -1 (errno)
+ * when there is none. */
+int ctl_connect(void);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
  * address or route appears. */
 int link_watch_start(void);
 void link_watch_stop(void);
 
+/* --------------------------------------------------------------- smtpc */
+
+/* One outbound SMTP session carrying a batch for one destination: EHLO
+ * (HELO fallback), AUTH, then MAIL/RCPT/BDAT pipelined across messages
+ * when the peer offers PIPELINING and CHUNKING, DATA otherwise. */
+struct smtpc;
+struct smtpc_ops {
+    /* The next message to send: 1 and *m filled (the session frees it
+     * with store_out_free), or 0 when the batch is over. */
+    int (*next)(void *arg, struct store_out_msg *m);
+    /* The outcome of one recipient: code 250 (delivered), 4xx (deferred)
+     * or 5xx (failed); text is the peer's reply or ours, one line. */
+    void (*rcpt_done)(void *arg, const struct store_out_msg *m, int idx, int code, const char *text);
+    /* Every recipient of m has its outcome. */
+    void (*msg_done)(void *arg, const struct store_out_msg *m);
+    /* The session is over.  reached: the peer greeted us and spoke SMTP;
+     * error: why it ended early, or NULL after a clean QUIT. */
+    void (*done)(void *arg, int reached, const char *error);
+};
+struct smtpc_auth {
+    const char *user, *password;        /* NULL: no AUTH */
+};
+struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth);
+/* The same over a connection that is already open (ATRN turnaround):
+ * the peer's 220 greeting comes first. */
+struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* Ends the session at once; done is not called. */
+void smtpc_abort(struct smtpc *s);
+
+/* ----------------------------------------------------------------- odmr */
+
+/* ETRN (RFC 1985): starts the release and writes the one-line reply. */
+void odmr_etrn(const char *arg, char *reply, size_t n);
+/* ATRN (RFC 2645): decides a request of user; on 250, domains holds the
+ * n domains to release.  The reply line is written either way. */
+int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAIN_MAX + 1], size_t max,
+                    size_t *n, char *reply, size_t rn);
+
+/* ----------------------------------------------------------------- poll */
+
+/* The field node's upstream exchange (poll.c): push our queue, then ETRN
+ * or ATRN.  done gets a summary and a sysexits code. */
+typedef void (*poll_done_fn)(void *arg, const char *summary, int exitcode);
+int poll_start(void);                   /* daemon: interval timer */
+void poll_stop(void);
+void poll_kick(void);                   /* link up, interval, flush */
+int poll_run(poll_done_fn done, void *arg);
+int poll_busy(void);
+int poll_password(char *buf, size_t n); /* upstream.password_file, one line */
+
 /* ---------------------------------------------------------------- smtpd */
 
 void smtpd_accept(struct conn *c);
+/* ATRN client turnaround: serve SMTP on an open connection (greeting
+ * first); done(arg, messages accepted, error or NULL) when it ends. */
+int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg);
 int smtpd_busy(void);                   /* sessions inside a mail transaction */
 
 /* ----------------------------------------------------------------- pop3 */
@@ -652,6 +805,7 @@ int cli_alias(int argc, char **argv);
 int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
+int cli_poll(int argc, char **argv);            /* mailnode poll */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);
@@ -1245,9 +1399,9 @@ static const struct conf_key keys[] = {
     { "queue.lifetime", T_DURATION, F(queue_lifetime), 0, "5d" },
     { "queue.warn_after", T_DURATION, F(queue_warn_after), 0, "4h" },
     { "resolver", T_STR, F(resolver), 0, "" },
+    { "delivery.port", T_INT, F(delivery_port), 0, "25" },
     { "delivery.per_connection", T_INT, F(delivery_per_connection), 0, "1000" },
     { "delivery.parallel", T_INT, F(delivery_parallel), 0, "20" },
-    { "delivery.parallel_per_destination", T_INT, F(delivery_parallel_per_dest), 0, "1" },
     { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },
@@ -1264,6 +1418,9 @@ static const struct conf_key keys[] = {
     { "log", T_STR, F(log_dest), 0, "stderr" },
     { "tls.cert", T_STR, F(tls_cert), 0, "" },
     { "tls.key", T_STR, F(tls_key), 0, "" },
+    { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
+    { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
+    { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
 };
 
 static char *xstrdup(const char *s)
@@ -1415,6 +1572,37 @@ static void derive(struct conf *c)
     c->use_syslog = c->log_dest && !strcmp(c->log_dest, "syslog");
 }
 
+/* TLS policy towards relays: "may" uses STARTTLS when offered, "require"
+ * keeps the mail queued unless TLS comes up with a certificate that
+ * verifies, "none" never starts TLS (a relay with a broken TLS stack). */
+static int conf_check_tls(struct conf *c, const char *path, char *err, size_t errlen)
+{
+    static const char *const policies[] = { "may", "require", "none" };
+    struct { const char *key; char **val; } pol[] = {
+        { "relayhost.tls", &c->relayhost_tls },
+        { "upstream.tls", &c->upstream_tls },
+    };
+
+    for (size_t i = 0; i < MN_NELEM(pol); i++) {
+        size_t j;
+        util_lower(*pol[i].val);
+        for (j = 0; j < MN_NELEM(policies); j++)
+            if (!strcmp(*pol[i].val, policies[j]))
+                break;
+        if (j == MN_NELEM(policies)) {
+            snprintf(err, errlen, "%s: %s = '%s': use may, require or none", path ? path : "defaults",
+                     pol[i].key, *pol[i].val);
+            return -1;
+        }
+    }
+    if (c->tls_key[0] && !c->tls_cert[0]) {
+        snprintf(err, errlen, "%s: tls.key is set but tls.cert is not: STARTTLS needs both",
+                 path ? path : "defaults");
+        return -1;
+    }
+    return 0;
+}
+
 int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
 {
     FILE *f = NULL;
@@ -1477,6 +1665,8 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
         snprintf(err, errlen, "%s: database must name a file", path ? path : "defaults");
         return -1;
     }
+    if (conf_check_tls(c, path, err, errlen))
+        return -1;
     derive(c);
     return 0;
 fail:
@@ -1536,6 +1726,23 @@ int conf_relay_allowed(const struct sockaddr_storage *ss)
 /* Per-connection buffers: a 16 KB read takes a 1 KB message whole, and
  * 50 sessions cost well under 2 MB. */
 #define LOOP_BUF (16 * 1024)
+
+/* The TLS record layer under a connection (tls.c).  c->tls is set by
+ * tls_start_server/tls_start_client; from then on the loop moves the
+ * connection's bytes through these instead of recv()/send().  read and
+ * write answer like recv() and send() (errno EAGAIN: OpenSSL waits for the
+ * socket).  While the handshake runs, read_wants_out says whether it waits
+ * for the socket to be writable (else readable). */
+int tls_io_handshaking(const struct conn *c);
+size_t tls_io_plain(const struct conn *c);      /* cleartext bytes due before the handshake */
+void tls_io_plain_sent(struct conn *c, size_t n);
+int tls_io_handshake(struct conn *c);           /* 1 done, 0 waiting, -1 failed */
+ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
+ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
+int tls_io_pending(const struct conn *c);       /* decrypted bytes not yet read */
+int tls_io_read_wants_out(const struct conn *c);
+int tls_io_write_wants_in(const struct conn *c);
+const char *tls_io_error(void);                 /* why tls_init failed */
 
 struct listener {
     int fd;
@@ -1642,6 +1849,34 @@ static void run_timers(int64_t now)
 /* epoll data carries a pointer with its kind in the low bits. */
 enum { TAG_CONN = 0, TAG_LISTENER = 1, TAG_WATCH = 2, TAG_MASK = 3 };
 
+static void conn_readable(struct conn *c);
+
+/* Stop reading while paused, while the input buffer is full, and while
+ * the output is more than half full: a client that pipelines without
+ * reading its replies is slowed down instead of growing our memory. */
+static int conn_wants_input(const struct conn *c)
+{
+    return !c->paused && !c->eof && !c->closing && c->in_len < c->in_cap &&
+           c->out_len <= c->out_cap / 2;
+}
+
+/* Under TLS the socket events follow what OpenSSL waits for: a read may
+ * need the socket writable (and a write readable), and the handshake
+ * wants one direction at a time. */
+static uint32_t conn_tls_events(const struct conn *c, uint32_t ev)
+{
+    uint32_t tev = 0;
+    if (tls_io_plain(c))
+        return EPOLLOUT;
+    if (tls_io_handshaking(c))
+        return tls_io_read_wants_out(c) ? EPOLLOUT : EPOLLIN;
+    if (ev & EPOLLIN)
+        tev |= tls_io_read_wants_out(c) ? EPOLLOUT : EPOLLIN;
+    if (ev & EPOLLOUT)
+        tev |= tls_io_write_wants_in(c) ? EPOLLIN : EPOLLOUT;
+    return tev;
+}
+
 static void conn_update_events(struct conn *c)
 {
     uint32_t ev = 0;
@@ -1651,14 +1886,17 @@ static void conn_update_events(struct conn *c)
         ev = EPOLLOUT;
         goto set;
     }
-    /* Stop reading while paused, while the input buffer is full, and while
-     * the output is more than half full: a client that pipelines without
-     * reading its replies is slowed down instead of growing our memory. */
-    if (!c->paused && !c->eof && !c->closing && c->in_len < c->in_cap &&
-        c->out_len <= c->out_cap / 2)
+    if (conn_wants_input(c))
         ev |= EPOLLIN;
     if (c->out_len)
         ev |= EPOLLOUT;
+    if (c->tls) {
+        /* Decrypted input already inside OpenSSL raises no epoll event:
+         * once there is room for it, read it at the end of this turn. */
+        if ((ev & EPOLLIN) && tls_io_pending(c))
+            conn_kick(c);
+        ev = conn_tls_events(c, ev);
+    }
 set:
     if (ev != c->events) {
         struct epoll_event e = { .events = ev, .data.ptr = c };
@@ -1771,6 +2009,8 @@ void conn_abort(struct conn *c)
         return;
     c->dead = 1;
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->tls)
+        tls_conn_free(c);
     close(c->fd);
     c->fd = -1;
     conn_unlink(c);
@@ -1782,8 +2022,15 @@ void conn_abort(struct conn *c)
 
 int conn_flush(struct conn *c)
 {
+    /* The handshake runs from readiness events only; output written
+     * meanwhile waits for it and then goes out encrypted. */
+    if (c->tls && tls_io_handshaking(c)) {
+        conn_update_events(c);
+        return 0;
+    }
     while (c->out_len) {
-        ssize_t w = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+        ssize_t w = c->tls ? tls_io_write(c, c->out, c->out_len)
+                           : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -1809,7 +2056,8 @@ void conn_close(struct conn *c)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    if (!c->out_len)
+    /* Nothing can be sent in the middle of a handshake. */
+    if (!c->out_len || (c->tls && tls_io_handshaking(c)))
         conn_abort(c);
     else
         conn_update_events(c);
@@ -1840,7 +2088,8 @@ void conn_set_timeout(struct conn *c, int64_t ms)
 static void conn_readable(struct conn *c)
 {
     while (c->in_len < c->in_cap) {
-        ssize_t r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        ssize_t r = c->tls ? tls_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
+                           : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
             continue;
@@ -1880,6 +2129,63 @@ static void conn_writable(struct conn *c)
         conn_kick(c);
 }
 
+/* The cleartext reply that announced the switch, then the handshake. */
+static void conn_tls_handshake(struct conn *c)
+{
+    size_t plain;
+    int r;
+
+    while ((plain = tls_io_plain(c)) > 0) {
+        ssize_t w = send(c->fd, c->out, plain, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                conn_update_events(c);
+                return;
+            }
+            conn_abort(c);
+            return;
+        }
+        memmove(c->out, c->out + w, c->out_len - (size_t)w);
+        c->out_len -= (size_t)w;
+        tls_io_plain_sent(c, (size_t)w);
+    }
+    r = tls_io_handshake(c);
+    if (r == 0) {
+        conn_update_events(c);
+        return;
+    }
+    tls_handshake_done(c, r < 0 ? -1 : 0);
+    if (c->dead)
+        return;
+    if (r < 0) {
+        /* Neither side can say anything more in the clear. */
+        conn_abort(c);
+        return;
+    }
+    /* Records that followed the handshake's last flight may already be
+     * inside OpenSSL; output written by on_tls is registered here too. */
+    conn_readable(c);
+}
+
+/* A readiness event on a TLS connection.  A read may wait for the socket
+ * to be writable and a write for it to be readable, so either event can
+ * resume either direction. */
+static void conn_tls_event(struct conn *c, uint32_t events)
+{
+    if (tls_io_plain(c) || tls_io_handshaking(c)) {
+        conn_tls_handshake(c);
+        return;
+    }
+    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
+        ((events & EPOLLOUT) && tls_io_read_wants_out(c)))
+        conn_readable(c);
+    if (!c->dead && c->out_len &&
+        ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || ((events & EPOLLIN) && tls_io_write_wants_in(c))))
+        conn_writable(c);
+}
+
 static void run_kicked(void)
 {
     /* Handlers may kick again; bounded passes keep one turn finite. */
@@ -1890,6 +2196,11 @@ static void run_kicked(void)
             struct conn *c = list;
             list = c->kick_next;
             c->kicked = 0;
+            /* Under TLS, decrypted input may wait inside OpenSSL. */
+            if (!c->dead && c->tls && tls_io_pending(c) && conn_wants_input(c)) {
+                conn_readable(c);
+                continue;
+            }
             if (!c->dead && !c->paused && c->in_len)
                 c->ops->on_input(c);
             if (!c->dead && c->eof && !c->paused)
@@ -1989,6 +2300,13 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
 
     if (!spec || !*spec)
         return 0;
+    /* Every listener may be asked for STARTTLS/STLS: the certificate is
+     * loaded before the first client arrives, and a broken one stops the
+     * start with the reason (tls_init is done once). */
+    if (tls_init()) {
+        snprintf(err, errlen, "%s", tls_io_error());
+        return -1;
+    }
     util_strlcpy(buf, spec, sizeof buf);
     n = util_split_list(buf, items, MN_NELEM(items));
     for (size_t i = 0; i < n; i++) {
@@ -2158,6 +2476,10 @@ int loop_run(void)
                 conn_connected(c);
                 continue;
             }
+            if (c->tls) {
+                conn_tls_event(c, ev[i].events);
+                continue;
+            }
             if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
                 conn_readable(c);
             if (!c->dead && (ev[i].events & EPOLLOUT))
@@ -2166,11 +2488,15 @@ int loop_run(void)
         now = util_now_ms();
         run_timers(now);
         check_deadlines(now);
-        run_kicked();
-        if (L.turn_hook)
-            L.turn_hook();
-        /* Acknowledgements may have resumed sessions with input waiting. */
-        run_kicked();
+        /* Acknowledgements resume sessions whose pipelined input may
+         * finish another message at once: go round until all is quiet. */
+        for (int pass = 0; pass < 8; pass++) {
+            run_kicked();
+            if (L.turn_hook)
+                L.turn_hook();
+            if (!L.kicked)
+                break;
+        }
         free_dead();
     }
     return 0;
@@ -2185,6 +2511,7 @@ void loop_free(void)
     }
     free_dead();
     loop_close_listeners();
+    tls_free();
     free(L.heap);
     L.heap = NULL;
     L.heap_len = L.heap_cap = 0;
@@ -2192,6 +2519,2370 @@ void loop_free(void)
         close(L.epfd);
     L.epfd = -1;
 }
+
+/* ---- src/dns.c ---- */
+#line 1 "src/dns.c"
+/*
+ * dns.c: an asynchronous stub resolver inside the event loop.
+ *
+ * Questions go to the recursive servers named by the `resolver` key or by
+ * /etc/resolv.conf over UDP (RFC 1035 4.2.1), and again over TCP when the
+ * answer comes back truncated (RFC 1035 4.2.2, RFC 7766).  Nothing here
+ * ever blocks: sockets are non-blocking, retries are timers.
+ *
+ * Two levels of objects:
+ *   struct dns_query  what a caller asked for (the MX hosts of a domain
+ *                     with their addresses, or the addresses of one host);
+ *   struct dns_tx     one question (name, type) on the wire, with its own
+ *                     retry schedule over the servers.
+ * An MX lookup is one MX transaction, then A and AAAA transactions for
+ * every exchange in parallel.
+ *
+ * Callbacks: a query answered without the network (address literal,
+ * numeric host, /etc/hosts, "resolver busy", bad name) is delivered from a
+ * zero-delay timer at the next loop turn, never inside dns_resolve_*, so a
+ * caller can store the returned handle before its callback runs.  Network
+ * answers are delivered from the loop.  dns_cancel() is safe until the
+ * callback has run, and a no-op inside the callback itself; once the
+ * callback has returned, the query is freed here and the handle is dead.
+ * dns_free() must not be called from a callback.
+ */
+
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <net/if.h>
+#include <arpa/inet.h>
+#include <sys/epoll.h>
+
+#define DNS_NAME_MAX      253   /* text form, no trailing dot (RFC 1035 2.3.4: 255 on the wire) */
+#define DNS_MAX_SERVERS   3     /* MAXNS of the classic resolver */
+#define DNS_MAX_QUERIES   256   /* in flight; beyond: "resolver busy" */
+#define DNS_MAX_CNAME     8     /* CNAME hops followed inside one answer */
+#define DNS_MAX_PTR       32    /* compression pointers followed in one name */
+#define DNS_MSG_RR        64    /* answer records examined per message */
+#define DNS_MSG_MAX       32    /* MX / addresses / glue kept per message */
+#define DNS_UDP_MAX       4096  /* larger than any answer without EDNS (512) */
+#define DNS_TCP_MAX       65535
+#define DNS_SOCKET_REUSE  512   /* queries per UDP socket before a new source port */
+
+#define DNS_T_A      1
+#define DNS_T_CNAME  5
+#define DNS_T_MX     15
+#define DNS_T_AAAA   28
+#define DNS_C_IN     1
+
+#define DNS_R_NOERROR  0
+#define DNS_R_FORMERR  1
+#define DNS_R_SERVFAIL 2
+#define DNS_R_NXDOMAIN 3
+#define DNS_R_NOTIMP   4
+#define DNS_R_REFUSED  5
+
+/* dns_parse results. */
+#define DNS_PARSE_OK       0
+#define DNS_PARSE_FOREIGN  (-1)         /* not an answer to this question: ignore it */
+#define DNS_PARSE_BAD      (-2)         /* an answer to it, but malformed */
+#define DNS_PARSE_LOOP     (-3)         /* CNAME chain longer than DNS_MAX_CNAME */
+
+/* ------------------------------------------------------------ messages */
+
+struct dns_mx {
+    int pref;
+    char host[DNS_NAME_MAX + 1];
+};
+
+struct dns_addr {
+    int family;                         /* AF_INET or AF_INET6 */
+    unsigned char a[16];
+};
+
+struct dns_glue {
+    char name[DNS_NAME_MAX + 1];
+    struct dns_addr addr;
+};
+
+struct dns_rr {
+    char owner[DNS_NAME_MAX + 1];
+    uint16_t type;
+    size_t rdoff;
+    uint16_t rdlen;
+};
+
+/* One parsed answer.  Large (the records' names), so the resolver keeps a
+ * single static one: the loop is single-threaded. */
+struct dns_msg {
+    uint16_t id;
+    int rcode;
+    int tc;
+    char canon[DNS_NAME_MAX + 1];       /* the name the records belong to, after CNAMEs */
+    int nmx;
+    struct dns_mx mx[DNS_MSG_MAX];
+    int naddr;                          /* A or AAAA of canon (the question's type) */
+    struct dns_addr addr[DNS_MSG_MAX];
+    int nglue;                          /* A/AAAA of the additional section */
+    struct dns_glue glue[DNS_MSG_MAX];
+    int nrr;                            /* scratch: answer records of interest */
+    struct dns_rr rr[DNS_MSG_RR];
+};
+
+static uint16_t get16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static void put16(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+/* Builds a standard query with RD set for (name, qtype, IN).  Returns its
+ * length, or -1 if the name is not a valid domain name or does not fit. */
+static int dns_build_query(unsigned char *buf, size_t cap, uint16_t id, const char *name, uint16_t qtype)
+{
+    size_t len = strlen(name), pos = 12;
+
+    if (len && name[len - 1] == '.')
+        len--;                          /* "example.com." is absolute already */
+    if (len == 0 || len > DNS_NAME_MAX || cap < 12 + len + 2 + 4)
+        return -1;
+    memset(buf, 0, 12);
+    put16(buf, id);
+    buf[2] = 0x01;                      /* RD: recursion desired */
+    put16(buf + 4, 1);                  /* QDCOUNT */
+    for (size_t i = 0; i < len;) {
+        size_t j = i;
+        while (j < len && name[j] != '.')
+            j++;
+        if (j == i || j - i > 63)
+            return -1;                  /* empty label or longer than RFC 1035 2.3.4 allows */
+        buf[pos++] = (unsigned char)(j - i);
+        for (size_t k = i; k < j; k++) {
+            unsigned char c = (unsigned char)name[k];
+            if (c <= ' ' || c >= 0x7f)
+                return -1;
+            buf[pos++] = c;
+        }
+        i = j + 1;
+    }
+    buf[pos++] = 0;
+    put16(buf + pos, qtype);
+    put16(buf + pos + 2, DNS_C_IN);
+    return (int)(pos + 4);
+}
+
+/* Reads the name at *off of msg[0..len), following compression pointers
+ * (RFC 1035 4.1.4), into lower-case dotted text ("" for the root), and
+ * moves *off past the name as written at that place.  Each pointer must
+ * point before the labels that led to it, so pointers cannot loop; their
+ * number is capped as well.  Every read is checked against len. */
+static int dns_name_read(const unsigned char *msg, size_t len, size_t *off, char *out, size_t outlen)
+{
+    size_t pos = *off, lowest = *off, after = 0, text = 0, wire = 1;
+    int hops = 0;
+
+    if (outlen < DNS_NAME_MAX + 1)
+        return -1;
+    for (;;) {
+        unsigned c;
+        if (pos >= len)
+            return -1;
+        c = msg[pos];
+        if ((c & 0xc0) == 0xc0) {
+            size_t target;
+            if (pos + 1 >= len)
+                return -1;
+            target = (size_t)(c & 0x3f) << 8 | msg[pos + 1];
+            if (!hops)
+                after = pos + 2;
+            /* Backwards only, and never into the header. */
+            if (target >= lowest || target < 12 || ++hops > DNS_MAX_PTR)
+                return -1;
+            pos = lowest = target;
+            continue;
+        }
+        if (c & 0xc0)
+            return -1;                  /* 0x40/0x80: extended label types, obsolete */
+        if (c == 0) {
+            pos++;
+            break;
+        }
+        wire += c + 1;
+        if (wire > 255 || pos + 1 + c > len)
+            return -1;
+        if (text)
+            out[text++] = '.';
+        for (unsigned k = 0; k < c; k++) {
+            unsigned char ch = msg[pos + 1 + k];
+            /* A dot or NUL inside a label cannot be written as text. */
+            if (ch == '.' || ch == 0 || text >= outlen - 1)
+                return -1;
+            out[text++] = (char)tolower(ch);
+        }
+        pos += 1 + c;
+    }
+    out[text] = '\0';
+    *off = hops ? after : pos;
+    return 0;
+}
+
+/* 1 if s is usable as a host name: letters, digits, '-', '_' and dots. */
+static int dns_hostname_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > DNS_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!isalnum(c) && c != '-' && c != '_' && c != '.')
+            return 0;
+        if (c == '.' && (i == 0 || s[i - 1] == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Reads one resource record header at *off: owner (decoded when owner is
+ * not NULL), type, class, rdata bounds.  Moves *off past the record. */
+static int dns_rr_read(const unsigned char *msg, size_t len, size_t *off, char *owner,
+                       uint16_t *type, uint16_t *cls, size_t *rdoff, uint16_t *rdlen)
+{
+    char scratch[DNS_NAME_MAX + 1];
+    size_t p = *off;
+
+    if (dns_name_read(msg, len, &p, owner ? owner : scratch, DNS_NAME_MAX + 1) < 0)
+        return -1;
+    if (p + 10 > len)
+        return -1;
+    *type = get16(msg + p);
+    *cls = get16(msg + p + 2);
+    *rdlen = get16(msg + p + 8);
+    p += 10;
+    if (p + *rdlen > len)
+        return -1;
+    *rdoff = p;
+    *off = p + *rdlen;
+    return 0;
+}
+
+static int dns_addr_read(const unsigned char *msg, uint16_t type, size_t rdoff, uint16_t rdlen,
+                         struct dns_addr *a)
+{
+    if (type == DNS_T_A && rdlen == 4) {
+        a->family = AF_INET;
+        memcpy(a->a, msg + rdoff, 4);
+        return 0;
+    }
+    if (type == DNS_T_AAAA && rdlen == 16) {
+        a->family = AF_INET6;
+        memcpy(a->a, msg + rdoff, 16);
+        return 0;
+    }
+    return -1;
+}
+
+/* Parses msg[0..len) as the answer to (id, qname, qtype).  Anything that
+ * is not a response with that id and exactly that question is FOREIGN
+ * (an off-path spoofer has to guess both).  On OK, m->rcode and m->tc say
+ * what kind of answer it is; for NOERROR/NXDOMAIN the records of qtype at
+ * the end of the CNAME chain are in m->mx or m->addr, and A/AAAA records
+ * of the additional section in m->glue. */
+static int dns_parse(const unsigned char *msg, size_t len, uint16_t id, const char *qname,
+                     uint16_t qtype, struct dns_msg *m)
+{
+    char name[DNS_NAME_MAX + 1], want[DNS_NAME_MAX + 1];
+    size_t off = 12, rdoff;
+    uint16_t type, cls, rdlen;
+    unsigned qd, an, ns, ar;
+
+    m->nmx = m->naddr = m->nglue = m->nrr = 0;
+    m->canon[0] = '\0';
+    if (len < 12)
+        return DNS_PARSE_FOREIGN;
+    m->id = get16(msg);
+    if (m->id != id || !(msg[2] & 0x80) || (msg[2] & 0x78) != 0)
+        return DNS_PARSE_FOREIGN;       /* wrong id, not a response, or not QUERY */
+    qd = get16(msg + 4);
+    an = get16(msg + 6);
+    ns = get16(msg + 8);
+    ar = get16(msg + 10);
+    m->tc = (msg[2] & 0x02) != 0;
+    m->rcode = msg[3] & 0x0f;
+    if (qd != 1)
+        return DNS_PARSE_FOREIGN;
+    if (dns_name_read(msg, len, &off, name, sizeof name) < 0 || off + 4 > len)
+        return DNS_PARSE_FOREIGN;
+    util_strlcpy(want, qname, sizeof want);
+    if (*want && want[strlen(want) - 1] == '.')
+        want[strlen(want) - 1] = '\0';
+    if (strcasecmp(name, want) != 0 || get16(msg + off) != qtype || get16(msg + off + 2) != DNS_C_IN)
+        return DNS_PARSE_FOREIGN;
+    off += 4;
+    util_strlcpy(m->canon, name, sizeof m->canon);
+    /* A truncated answer is incomplete by definition (RFC 2181 9): only
+     * the header counts, the caller asks again over TCP.  Error answers
+     * carry nothing we use. */
+    if (m->tc || (m->rcode != DNS_R_NOERROR && m->rcode != DNS_R_NXDOMAIN))
+        return DNS_PARSE_OK;
+
+    for (unsigned i = 0; i < an; i++) {
+        struct dns_rr *r = m->nrr < DNS_MSG_RR ? &m->rr[m->nrr] : NULL;
+        if (dns_rr_read(msg, len, &off, name, &type, &cls, &rdoff, &rdlen) < 0)
+            return DNS_PARSE_BAD;
+        if (cls != DNS_C_IN || (type != qtype && type != DNS_T_CNAME) || !r)
+            continue;
+        util_strlcpy(r->owner, name, sizeof r->owner);
+        r->type = type;
+        r->rdoff = rdoff;
+        r->rdlen = rdlen;
+        m->nrr++;
+    }
+    for (unsigned i = 0; i < ns; i++)
+        if (dns_rr_read(msg, len, &off, NULL, &type, &cls, &rdoff, &rdlen) < 0)
+            return DNS_PARSE_BAD;
+    /* The additional section is optional: a damaged one costs the glue,
+     * not the answer. */
+    for (unsigned i = 0; i < ar && m->nglue < DNS_MSG_MAX; i++) {
+        struct dns_glue *g = &m->glue[m->nglue];
+        if (dns_rr_read(msg, len, &off, name, &type, &cls, &rdoff, &rdlen) < 0)
+            break;
+        if (cls == DNS_C_IN && dns_addr_read(msg, type, rdoff, rdlen, &g->addr) == 0) {
+            util_strlcpy(g->name, name, sizeof g->name);
+            m->nglue++;
+        }
+    }
+
+    /* RFC 1034 3.6.2 / RFC 5321 5.1: follow CNAMEs from the question name
+     * to the records of the asked type, inside this answer only. */
+    for (int hops = 0;; hops++) {
+        int found = 0, cname = -1;
+        for (int i = 0; i < m->nrr; i++) {
+            if (strcmp(m->rr[i].owner, m->canon) != 0)
+                continue;
+            if (m->rr[i].type == qtype)
+                found = 1;
+            else if (cname < 0)
+                cname = i;
+        }
+        if (found || cname < 0)
+            break;
+        if (hops >= DNS_MAX_CNAME)
+            return DNS_PARSE_LOOP;
+        off = m->rr[cname].rdoff;
+        if (dns_name_read(msg, len, &off, name, sizeof name) < 0 ||
+            off != m->rr[cname].rdoff + m->rr[cname].rdlen || !*name)
+            return DNS_PARSE_BAD;
+        util_strlcpy(m->canon, name, sizeof m->canon);
+    }
+
+    for (int i = 0; i < m->nrr; i++) {
+        struct dns_rr *r = &m->rr[i];
+        if (r->type != qtype || strcmp(r->owner, m->canon) != 0)
+            continue;
+        if (qtype == DNS_T_MX) {
+            struct dns_mx *x = &m->mx[m->nmx];
+            if (m->nmx == DNS_MSG_MAX)
+                break;
+            off = r->rdoff + 2;
+            if (r->rdlen < 3 || dns_name_read(msg, len, &off, x->host, sizeof x->host) < 0 ||
+                off != r->rdoff + r->rdlen)
+                return DNS_PARSE_BAD;
+            x->pref = get16(msg + r->rdoff);
+            m->nmx++;
+        } else {
+            if (m->naddr == DNS_MSG_MAX)
+                break;
+            if (dns_addr_read(msg, r->type, r->rdoff, r->rdlen, &m->addr[m->naddr]) < 0)
+                return DNS_PARSE_BAD;
+            m->naddr++;
+        }
+    }
+    return DNS_PARSE_OK;
+}
+
+static const char *dns_rcode_name(int rcode)
+{
+    static const char *names[] = { "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED" };
+    return rcode >= 0 && rcode < (int)MN_NELEM(names) ? names[rcode] : "error";
+}
+
+static const char *dns_type_name(uint16_t t)
+{
+    return t == DNS_T_MX ? "MX" : t == DNS_T_A ? "A" : t == DNS_T_AAAA ? "AAAA" : "?";
+}
+
+/* RFC 5321 5.1: lowest preference first; among equal preferences the
+ * order is random, to spread the load over the exchanges. */
+static void dns_mx_order(struct dns_mx *mx, int n)
+{
+    for (int i = 1; i < n; i++) {       /* insertion sort: n is small */
+        struct dns_mx t = mx[i];
+        int j = i;
+        while (j > 0 && mx[j - 1].pref > t.pref) {
+            mx[j] = mx[j - 1];
+            j--;
+        }
+        mx[j] = t;
+    }
+    for (int s = 0; s < n;) {
+        int e = s + 1;
+        while (e < n && mx[e].pref == mx[s].pref)
+            e++;
+        for (int i = e - 1; i > s; i--) {       /* Fisher-Yates over [s, e) */
+            int j = s + (int)randombytes_uniform((uint32_t)(i - s + 1));
+            if (j != i) {
+                struct dns_mx t = mx[i];
+                mx[i] = mx[j];
+                mx[j] = t;
+            }
+        }
+        s = e;
+    }
+}
+
+/* RFC 7505 3: a single MX whose exchange is the root means no mail. */
+static int dns_is_null_mx(const struct dns_msg *m)
+{
+    return m->nmx == 1 && m->mx[0].host[0] == '\0';
+}
+
+/* ------------------------------------------------------ configuration */
+
+struct dns_server {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char label[112];                    /* "addr:port" for the log */
+};
+
+struct dns_config {
+    struct dns_server servers[DNS_MAX_SERVERS];
+    int nservers;
+    int timeout_ms;
+    int attempts;
+};
+
+struct dns_hostent {
+    char *name;                         /* lower case */
+    struct dns_addr addr;
+};
+
+/* "addr", "addr:port", "[v6]:port", "v6", "fe80::1%eth0". */
+static int dns_server_parse(const char *spec, struct dns_server *s)
+{
+    char host[96], *pct;
+    int port = 53;
+    const char *colon = strchr(spec, ':');
+
+    if (*spec == '[') {
+        if (util_split_hostport(spec, host, sizeof host, &port) < 0) {
+            size_t n = strlen(spec);
+            if (n < 3 || spec[n - 1] != ']' || n - 2 >= sizeof host)
+                return -1;
+            memcpy(host, spec + 1, n - 2);  /* "[v6]" without a port */
+            host[n - 2] = '\0';
+        }
+    } else if (colon && !strchr(colon + 1, ':')) {
+        if (util_split_hostport(spec, host, sizeof host, &port) < 0)
+            return -1;
+    } else if (util_strlcpy(host, spec, sizeof host) >= sizeof host) {
+        return -1;
+    }
+    if (!*host || port <= 0)
+        return -1;
+    pct = strchr(host, '%');
+    if (pct)
+        *pct++ = '\0';
+    if (util_sockaddr_parse(host, port, &s->ss, &s->len) < 0)
+        return -1;
+    if (pct && s->ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)(void *)&s->ss)->sin6_scope_id = if_nametoindex(pct);
+    if (s->ss.ss_family == AF_INET6)
+        snprintf(s->label, sizeof s->label, "[%s]:%d", host, port);
+    else
+        snprintf(s->label, sizeof s->label, "%s:%d", host, port);
+    return 0;
+}
+
+/* resolv.conf(5): "nameserver ADDR" (the first DNS_MAX_SERVERS) and
+ * "options timeout:N attempts:N"; everything else is ignored. */
+static void dns_resolv_conf_parse(const char *text, struct dns_config *c)
+{
+    const char *p = text;
+    while (*p) {
+        char line[512], *save, *w;
+        size_t n = strcspn(p, "\n");
+        util_strlcpy(line, p, n + 1 < sizeof line ? n + 1 : sizeof line);
+        p += n;
+        if (*p)
+            p++;
+        line[strcspn(line, "#;")] = '\0';
+        w = strtok_r(line, " \t\r", &save);
+        if (!w)
+            continue;
+        if (!strcmp(w, "nameserver")) {
+            w = strtok_r(NULL, " \t\r", &save);
+            if (w && c->nservers < DNS_MAX_SERVERS &&
+                dns_server_parse(w, &c->servers[c->nservers]) == 0)
+                c->nservers++;
+        } else if (!strcmp(w, "options")) {
+            while ((w = strtok_r(NULL, " \t\r", &save))) {
+                if (!strncmp(w, "timeout:", 8)) {
+                    int v = atoi(w + 8);
+                    c->timeout_ms = (v < 1 ? 1 : v > 30 ? 30 : v) * 1000;
+                } else if (!strncmp(w, "attempts:", 9)) {
+                    int v = atoi(w + 9);
+                    c->attempts = v < 1 ? 1 : v > 5 ? 5 : v;
+                }
+            }
+        }
+    }
+}
+
+/* hosts(5): "ADDR NAME [ALIAS...]" lines.  Returns a malloc'd table (n
+ * entries) or NULL when empty or out of memory. */
+static struct dns_hostent *dns_hosts_parse(const char *text, size_t *n)
+{
+    struct dns_hostent *h = NULL;
+    size_t cap = 0;
+    const char *p = text;
+
+    *n = 0;
+    while (*p) {
+        char line[1024], *save, *w, *name;
+        struct dns_addr a;
+        size_t len = strcspn(p, "\n");
+        util_strlcpy(line, p, len + 1 < sizeof line ? len + 1 : sizeof line);
+        p += len;
+        if (*p)
+            p++;
+        line[strcspn(line, "#")] = '\0';
+        w = strtok_r(line, " \t\r", &save);
+        if (!w)
+            continue;
+        char *pct = strchr(w, '%');     /* fe80::1%eth0: the scope is not kept */
+        if (pct)
+            *pct = '\0';
+        if (inet_pton(AF_INET, w, a.a) == 1)
+            a.family = AF_INET;
+        else if (inet_pton(AF_INET6, w, a.a) == 1)
+            a.family = AF_INET6;
+        else
+            continue;
+        while ((name = strtok_r(NULL, " \t\r", &save))) {
+            size_t nl = strlen(name);
+            if (nl && name[nl - 1] == '.')
+                name[--nl] = '\0';
+            if (!dns_hostname_ok(name))
+                continue;
+            if (*n == cap) {
+                size_t nc = cap ? cap * 2 : 16;
+                struct dns_hostent *nh = realloc(h, nc * sizeof *nh);
+                if (!nh)
+                    return h;
+                h = nh;
+                cap = nc;
+            }
+            h[*n].name = strdup(name);
+            if (!h[*n].name)
+                return h;
+            util_lower(h[*n].name);
+            h[*n].addr = a;
+            (*n)++;
+        }
+    }
+    return h;
+}
+
+static void dns_hosts_free(struct dns_hostent *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(h[i].name);
+    free(h);
+}
+
+static void dns_sockaddr_set(struct sockaddr_storage *ss, const struct dns_addr *a)
+{
+    memset(ss, 0, sizeof *ss);
+    if (a->family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)(void *)ss;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, a->a, 4);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)(void *)ss;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, a->a, 16);
+    }
+}
+
+/* Addresses of one host, collected per family and merged at the end:
+ * IPv4 first, then IPv6.  When both families exist and there are more
+ * addresses than slots, IPv6 keeps up to half of them, so a node with
+ * IPv6 only still finds a usable address. */
+struct dns_addrset {
+    int n4, n6;
+    struct dns_addr v4[DNS_MAX_ADDRS], v6[DNS_MAX_ADDRS];
+};
+
+static void dns_addrset_add(struct dns_addrset *s, const struct dns_addr *a)
+{
+    struct dns_addr *arr = a->family == AF_INET ? s->v4 : s->v6;
+    int *n = a->family == AF_INET ? &s->n4 : &s->n6;
+    for (int i = 0; i < *n; i++)
+        if (!memcmp(arr[i].a, a->a, a->family == AF_INET ? 4 : 16))
+            return;
+    if (*n < DNS_MAX_ADDRS)
+        arr[(*n)++] = *a;
+}
+
+static void dns_addrset_fill(const struct dns_addrset *s, struct dns_host *h)
+{
+    int n6 = s->n6 < DNS_MAX_ADDRS / 2 ? s->n6 : DNS_MAX_ADDRS / 2;
+    int n4 = s->n4 < DNS_MAX_ADDRS - n6 ? s->n4 : DNS_MAX_ADDRS - n6;
+    if (n4 + s->n6 <= DNS_MAX_ADDRS)
+        n6 = s->n6;
+    h->naddrs = 0;
+    for (int i = 0; i < n4; i++)
+        dns_sockaddr_set(&h->addrs[h->naddrs++], &s->v4[i]);
+    for (int i = 0; i < n6 && h->naddrs < DNS_MAX_ADDRS; i++)
+        dns_sockaddr_set(&h->addrs[h->naddrs++], &s->v6[i]);
+}
+
+/* Addresses of name in a hosts table; 1 if any. */
+static int dns_hosts_lookup(const struct dns_hostent *h, size_t n, const char *name, struct dns_addrset *s)
+{
+    int found = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcasecmp(h[i].name, name) == 0) {
+            dns_addrset_add(s, &h[i].addr);
+            found = 1;
+        }
+    }
+    return found;
+}
+
+/* "[192.0.2.1]", "[IPv6:2001:db8::1]" (RFC 5321 4.1.3), or with bare 0
+ * a plain numeric address.  1 if s is one (a filled), 0 if not a literal,
+ * -1 if bracketed but invalid. */
+static int dns_literal(const char *s, struct dns_addr *a)
+{
+    char buf[64];
+    size_t n = strlen(s);
+
+    if (*s == '[') {
+        if (n < 3 || s[n - 1] != ']' || n - 2 >= sizeof buf)
+            return -1;
+        memcpy(buf, s + 1, n - 2);
+        buf[n - 2] = '\0';
+        if (!strncasecmp(buf, "IPv6:", 5)) {
+            a->family = AF_INET6;
+            return inet_pton(AF_INET6, buf + 5, a->a) == 1 ? 1 : -1;
+        }
+        a->family = AF_INET;
+        return inet_pton(AF_INET, buf, a->a) == 1 ? 1 : -1;
+    }
+    if (inet_pton(AF_INET, s, a->a) == 1) {
+        a->family = AF_INET;
+        return 1;
+    }
+    if (inet_pton(AF_INET6, s, a->a) == 1) {
+        a->family = AF_INET6;
+        return 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ resolver */
+
+enum dns_kind { Q_MX = 1, Q_HOST };
+enum dns_phase { P_MX = 1, P_ADDR, P_DONE };
+
+/* What became of one A or AAAA question. */
+enum { LOOK_NONE = 0, LOOK_OK, LOOK_NODATA, LOOK_NXDOMAIN, LOOK_TEMP };
+
+struct dns_hostlook {
+    char name[DNS_NAME_MAX + 1];
+    int pref;
+    int st4, st6;                       /* LOOK_* of A and AAAA */
+    struct dns_addrset as;
+};
+
+struct dns_query {
+    int kind;                           /* enum dns_kind */
+    int phase;                          /* enum dns_phase */
+    char name[DNS_NAME_MAX + 1];
+    dns_cb cb;
+    void *arg;
+    int pending;                        /* live transactions */
+    int implicit;                       /* RFC 5321 5.1 implicit MX */
+    int in_cb;                          /* the callback is running: cancel is a no-op */
+    int nlook;
+    struct dns_hostlook look[DNS_MAX_HOSTS];
+    char temp_err[200];                 /* the last temporary failure */
+    struct dns_result res;
+    struct timer timer;                 /* delivers answers known at once */
+    struct dns_query *next, *prev;
+};
+
+enum { TCP_NONE = 0, TCP_WRITE, TCP_READ };
+
+struct dns_tx {
+    struct dns_query *q;
+    int look;                           /* index in q->look, -1 for the MX question */
+    uint16_t qtype;
+    char qname[DNS_NAME_MAX + 1];
+    unsigned char pkt[DNS_NAME_MAX + 2 + 16];
+    size_t pktlen;
+    int tries, max_tries;
+    int cur;                            /* server of the last UDP send */
+    uint16_t ids[DNS_MAX_SERVERS];      /* id last sent to each server */
+    unsigned sent, bad, silent;         /* server bit masks */
+    struct timer timer;
+    int tcp;                            /* TCP_* */
+    int tcp_server;
+    uint16_t tcp_id;
+    int had_watch;                      /* freed only at a later turn */
+    struct watch tw;
+    unsigned char *tbuf;
+    size_t tlen, toff;
+    char err[160];
+    struct dns_tx *next, *prev;
+};
+
+static struct {
+    int ready;
+    struct dns_config cfg;
+    int fd[2];                          /* UDP: [0] IPv4, [1] IPv6 */
+    struct watch w[2];
+    unsigned uses[2];
+    struct dns_hostent *hosts;
+    size_t nhosts;
+    struct dns_query *queries;
+    int nqueries;
+    struct dns_tx *txs;
+    struct dns_tx *reap;                /* freed at the next turn */
+    struct timer reap_timer;
+    struct dns_msg msg;                 /* parse scratch */
+    int in_api;                         /* inside dns_resolve_*: defer callbacks */
+} D = { .fd = { -1, -1 }, .reap_timer = { .idx = -1 } };
+
+/* Test knobs (the unit tests include this file). */
+static const char *dns_resolv_path = "/etc/resolv.conf";
+static const char *dns_hosts_path = "/etc/hosts";
+static int dns_force_timeout_ms, dns_force_attempts;
+
+#ifdef MAILNODE_TEST
+static void dns_set_timeout_ms(int ms, int attempts)
+{
+    dns_force_timeout_ms = ms;
+    dns_force_attempts = attempts;
+}
+#endif
+
+static void query_tx_done(struct dns_query *q, int look, uint16_t qtype, int ok,
+                          const struct dns_msg *m, const char *err);
+
+static char *dns_read_file(const char *path, size_t max)
+{
+    FILE *f = fopen(path, "r");
+    char *buf;
+    size_t n;
+
+    if (!f)
+        return NULL;
+    buf = malloc(max + 1);
+    if (!buf) {
+        fclose(f);
+        return NULL;
+    }
+    n = fread(buf, 1, max, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int fam_index(int family)
+{
+    return family == AF_INET6 ? 1 : 0;
+}
+
+static int dns_same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, 16);
+    }
+    return 0;
+}
+
+static void udp_ready(struct watch *w, uint32_t events);
+
+static void udp_close(int f)
+{
+    if (D.fd[f] < 0)
+        return;
+    loop_watch_del(&D.w[f]);
+    close(D.fd[f]);
+    D.fd[f] = -1;
+    D.w[f].fd = -1;
+}
+
+/* The UDP socket of a family, opened on first use and replaced now and
+ * then while idle, so the source port does not stay the same for ever
+ * (RFC 5452 4.5: the port is half of what a spoofer must guess). */
+static int udp_socket(int family)
+{
+    int f = fam_index(family);
+    struct sockaddr_storage any;
+    socklen_t len;
+
+    if (D.fd[f] >= 0 && D.uses[f] >= DNS_SOCKET_REUSE) {
+        int busy = 0;
+        for (struct dns_tx *t = D.txs; t && !busy; t = t->next)
+            busy = t->sent != 0;
+        if (!busy)
+            udp_close(f);
+    }
+    if (D.fd[f] >= 0)
+        return D.fd[f];
+    D.fd[f] = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (D.fd[f] < 0)
+        return -1;
+    memset(&any, 0, sizeof any);
+    util_sockaddr_parse(family == AF_INET6 ? "::" : "", 0, &any, &len);
+    D.w[f].fd = D.fd[f];
+    D.w[f].events = EPOLLIN;
+    D.w[f].fn = udp_ready;
+    D.w[f].arg = NULL;
+    if (bind(D.fd[f], (struct sockaddr *)&any, len) < 0 || loop_watch_add(&D.w[f]) < 0) {
+        int e = errno;
+        close(D.fd[f]);
+        D.fd[f] = D.w[f].fd = -1;
+        errno = e;
+        return -1;
+    }
+    D.uses[f] = 0;
+    return D.fd[f];
+}
+
+static void reap_run(void *arg)
+{
+    MN_UNUSED(arg);
+    while (D.reap) {
+        struct dns_tx *t = D.reap;
+        D.reap = t->next;
+        free(t->tbuf);
+        free(t);
+    }
+}
+
+static void tcp_close(struct dns_tx *t)
+{
+    if (t->tcp == TCP_NONE)
+        return;
+    loop_watch_del(&t->tw);
+    close(t->tw.fd);
+    t->tw.fd = -1;
+    t->tcp = TCP_NONE;
+}
+
+/* Unlinks and frees a transaction.  One that had a descriptor watch may
+ * still have an event waiting in this turn's batch: it is freed from a
+ * timer, after the batch. */
+static void tx_free(struct dns_tx *t)
+{
+    timer_cancel(&t->timer);
+    tcp_close(t);
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        D.txs = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    if (t->had_watch) {
+        t->next = D.reap;
+        D.reap = t;
+        timer_set(&D.reap_timer, 0, reap_run, NULL);
+        return;
+    }
+    free(t->tbuf);
+    free(t);
+}
+
+/* A transaction is over: tell its query, which may start others or finish. */
+static void tx_done(struct dns_tx *t, int ok, const struct dns_msg *m)
+{
+    struct dns_query *q = t->q;
+    int look = t->look;
+    uint16_t qtype = t->qtype;
+    char err[sizeof t->err];
+
+    util_strlcpy(err, t->err, sizeof err);
+    tx_free(t);
+    q->pending--;
+    query_tx_done(q, look, qtype, ok, m, err);
+}
+
+static uint16_t dns_new_id(void)
+{
+    return (uint16_t)randombytes_uniform(65536);
+}
+
+static void tx_timeout(void *arg);
+
+/* The next try: next server in turn, skipping those that answered with an
+ * error; fails the transaction when the tries are used up. */
+static void tx_send(struct dns_tx *t)
+{
+    while (t->tries < t->max_tries) {
+        int s = t->tries % D.cfg.nservers, fd;
+        struct dns_server *sv = &D.cfg.servers[s];
+        uint16_t id = dns_new_id();
+
+        t->tries++;
+        if (t->bad & (1u << s))
+            continue;
+        fd = udp_socket(sv->ss.ss_family);
+        put16(t->pkt, id);
+        if (fd < 0 || sendto(fd, t->pkt, t->pktlen, MSG_NOSIGNAL, (struct sockaddr *)&sv->ss, sv->len) < 0) {
+            snprintf(t->err, sizeof t->err, "cannot send to %s: %s", sv->label, strerror(errno));
+            log_warn("dns: %s", t->err);
+            t->bad |= 1u << s;
+            continue;
+        }
+        D.uses[fam_index(sv->ss.ss_family)]++;
+        t->ids[s] = id;
+        t->sent |= 1u << s;
+        t->cur = s;
+        log_debug("dns: query %s %s to %s (id %u, try %d)", dns_type_name(t->qtype), t->qname,
+                  sv->label, id, t->tries);
+        timer_set(&t->timer, D.cfg.timeout_ms, tx_timeout, t);
+        return;
+    }
+    if (!t->err[0])
+        snprintf(t->err, sizeof t->err, "no DNS server to ask");
+    if (t->silent && !t->bad) {
+        /* Only timeouts: name every server that stayed silent. */
+        size_t n = (size_t)snprintf(t->err, sizeof t->err, "timeout: no answer from");
+        const char *sep = " ";
+        for (int s = 0; s < D.cfg.nservers && n < sizeof t->err; s++) {
+            if (t->silent & (1u << s)) {
+                n += (size_t)snprintf(t->err + n, sizeof t->err - n, "%s%s", sep, D.cfg.servers[s].label);
+                sep = ", ";
+            }
+        }
+    }
+    log_warn("dns: %s %s failed: %s", dns_type_name(t->qtype), t->qname, t->err);
+    tx_done(t, 0, NULL);
+}
+
+static void tx_timeout(void *arg)
+{
+    struct dns_tx *t = arg;
+    int s = t->tcp ? t->tcp_server : t->cur;
+    t->silent |= 1u << s;
+    snprintf(t->err, sizeof t->err, "timeout: no answer from %s%s", D.cfg.servers[s].label,
+             t->tcp ? " over TCP" : "");
+    log_debug("dns: %s %s: %s", dns_type_name(t->qtype), t->qname, t->err);
+    tcp_close(t);
+    tx_send(t);
+}
+
+static void tcp_ready(struct watch *w, uint32_t events);
+
+/* RFC 1035 4.2.2 / RFC 7766: a truncated UDP answer is asked again over
+ * TCP, from the same server, each message behind a 2-byte length. */
+static void tcp_start(struct dns_tx *t, int s)
+{
+    struct dns_server *sv = &D.cfg.servers[s];
+    int fd;
+
+    tcp_close(t);
+    if (!t->tbuf && !(t->tbuf = malloc(DNS_TCP_MAX + 2)))
+        goto fail;
+    fd = socket(sv->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail;
+    if (connect(fd, (struct sockaddr *)&sv->ss, sv->len) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        goto fail;
+    }
+    t->tcp_id = dns_new_id();
+    put16(t->pkt, t->tcp_id);
+    put16(t->tbuf, (unsigned)t->pktlen);
+    memcpy(t->tbuf + 2, t->pkt, t->pktlen);
+    t->tlen = t->pktlen + 2;
+    t->toff = 0;
+    t->tw.fd = fd;
+    t->tw.events = EPOLLOUT;
+    t->tw.fn = tcp_ready;
+    t->tw.arg = t;
+    if (loop_watch_add(&t->tw) < 0) {
+        int e = errno;
+        close(fd);
+        t->tw.fd = -1;
+        errno = e;
+        goto fail;
+    }
+    t->had_watch = 1;
+    t->tcp = TCP_WRITE;
+    t->tcp_server = s;
+    log_debug("dns: %s %s: truncated answer, asking %s over TCP (id %u)", dns_type_name(t->qtype),
+              t->qname, sv->label, t->tcp_id);
+    timer_set(&t->timer, D.cfg.timeout_ms, tx_timeout, t);
+    return;
+fail:
+    snprintf(t->err, sizeof t->err, "TCP to %s: %s", sv->label, strerror(errno));
+    log_warn("dns: %s", t->err);
+    tx_send(t);
+}
+
+/* An answer that matched the transaction's question, from server s. */
+static void tx_answer(struct dns_tx *t, int s, int via_tcp, const struct dns_msg *m)
+{
+    const char *label = D.cfg.servers[s].label;
+
+    if (m->tc) {
+        if (!via_tcp) {
+            if (t->tcp == TCP_NONE)
+                tcp_start(t, s);
+            return;                     /* a TCP exchange is running: wait for it */
+        }
+        snprintf(t->err, sizeof t->err, "truncated answer over TCP from %s", label);
+    } else if (m->rcode == DNS_R_NOERROR || m->rcode == DNS_R_NXDOMAIN) {
+        tx_done(t, 1, m);
+        return;
+    } else {
+        snprintf(t->err, sizeof t->err, "%s from %s", dns_rcode_name(m->rcode), label);
+    }
+    /* A server that fails this question is not asked it again; the others
+     * are, at once. */
+    log_warn("dns: %s %s: %s", dns_type_name(t->qtype), t->qname, t->err);
+    t->bad |= 1u << s;
+    if ((t->bad & ((1u << D.cfg.nservers) - 1)) == (1u << D.cfg.nservers) - 1) {
+        tx_done(t, 0, NULL);
+        return;
+    }
+    tcp_close(t);
+    tx_send(t);
+}
+
+/* Parse failures of a matched answer count as a failure of the server. */
+static void tx_bad_answer(struct dns_tx *t, int s, int rc)
+{
+    snprintf(t->err, sizeof t->err, "%s from %s",
+             rc == DNS_PARSE_LOOP ? "CNAME chain too long" : "malformed answer", D.cfg.servers[s].label);
+    log_warn("dns: %s %s: %s", dns_type_name(t->qtype), t->qname, t->err);
+    t->bad |= 1u << s;
+    if ((t->bad & ((1u << D.cfg.nservers) - 1)) == (1u << D.cfg.nservers) - 1) {
+        tx_done(t, 0, NULL);
+        return;
+    }
+    tcp_close(t);
+    tx_send(t);
+}
+
+static void udp_ready(struct watch *w, uint32_t events)
+{
+    static unsigned char buf[DNS_UDP_MAX];
+    MN_UNUSED(events);
+
+    for (int i = 0; i < 64 && w->fd >= 0; i++) {
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(w->fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        uint16_t id;
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (n < 12)
+            continue;
+        id = get16(buf);
+        for (struct dns_tx *t = D.txs; t; t = t->next) {
+            int s, rc;
+            for (s = 0; s < D.cfg.nservers; s++)
+                if ((t->sent & (1u << s)) && t->ids[s] == id && dns_same_addr(&from, &D.cfg.servers[s].ss))
+                    break;
+            if (s == D.cfg.nservers)
+                continue;
+            rc = dns_parse(buf, (size_t)n, id, t->qname, t->qtype, &D.msg);
+            if (rc == DNS_PARSE_FOREIGN)
+                continue;
+            /* One answer per id: a copy arriving later is ignored. */
+            t->sent &= ~(1u << s);
+            if (rc == DNS_PARSE_OK)
+                tx_answer(t, s, 0, &D.msg);
+            else
+                tx_bad_answer(t, s, rc);
+            break;                      /* the list may have changed */
+        }
+    }
+}
+
+static void tcp_fail(struct dns_tx *t, const char *why)
+{
+    snprintf(t->err, sizeof t->err, "TCP to %s: %s", D.cfg.servers[t->tcp_server].label, why);
+    log_warn("dns: %s %s: %s", dns_type_name(t->qtype), t->qname, t->err);
+    tcp_close(t);
+    tx_send(t);
+}
+
+static void tcp_ready(struct watch *w, uint32_t events)
+{
+    struct dns_tx *t = w->arg;
+
+    if (t->tcp == TCP_NONE || w->fd < 0)
+        return;                         /* closed earlier in this turn */
+    if (t->tcp == TCP_WRITE) {
+        int err = 0;
+        socklen_t sl = sizeof err;
+        if (getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &err, &sl) == 0 && err) {
+            tcp_fail(t, strerror(err));
+            return;
+        }
+        while (t->toff < t->tlen) {
+            ssize_t n = send(w->fd, t->tbuf + t->toff, t->tlen - t->toff, MSG_NOSIGNAL);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return;
+                tcp_fail(t, strerror(errno));
+                return;
+            }
+            t->toff += (size_t)n;
+        }
+        t->tcp = TCP_READ;
+        t->tlen = t->toff = 0;
+        loop_watch_mod(&t->tw, EPOLLIN);
+        return;
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        return;
+    for (;;) {
+        size_t want = t->tlen < 2 ? 2 : 2 + (size_t)get16(t->tbuf);
+        ssize_t n;
+        if (t->tlen >= 2 && want == 2) {
+            tcp_fail(t, "empty answer");
+            return;
+        }
+        if (t->tlen == want)
+            break;
+        n = recv(w->fd, t->tbuf + t->tlen, want - t->tlen, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            tcp_fail(t, strerror(errno));
+            return;
+        }
+        if (n == 0) {
+            tcp_fail(t, "connection closed before the answer");
+            return;
+        }
+        t->tlen += (size_t)n;
+    }
+    int s = t->tcp_server;
+    int rc = dns_parse(t->tbuf + 2, t->tlen - 2, t->tcp_id, t->qname, t->qtype, &D.msg);
+    tcp_close(t);
+    if (rc == DNS_PARSE_OK)
+        tx_answer(t, s, 1, &D.msg);
+    else if (rc == DNS_PARSE_FOREIGN)
+        tcp_fail(t, "answer to another question");
+    else
+        tx_bad_answer(t, s, rc);
+}
+
+/* Starts one question for q.  On failure the question counts as failed
+ * temporarily; the caller checks q->pending. */
+static int tx_start(struct dns_query *q, int look, const char *name, uint16_t qtype)
+{
+    struct dns_tx *t = calloc(1, sizeof *t);
+    int len;
+
+    if (!t)
+        return -1;
+    len = dns_build_query(t->pkt, sizeof t->pkt, 0, name, qtype);
+    if (len < 0) {
+        free(t);
+        return -1;
+    }
+    t->pktlen = (size_t)len;
+    t->q = q;
+    t->look = look;
+    t->qtype = qtype;
+    util_strlcpy(t->qname, name, sizeof t->qname);
+    t->max_tries = D.cfg.attempts * D.cfg.nservers;
+    t->timer.idx = -1;
+    t->tw.fd = -1;
+    t->next = D.txs;
+    if (D.txs)
+        D.txs->prev = t;
+    D.txs = t;
+    q->pending++;
+    tx_send(t);                         /* may finish t (and q) at once */
+    return 0;
+}
+
+/* ----------------------------------------------------------- queries */
+
+static void query_unlink(struct dns_query *q)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        D.queries = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    q->next = q->prev = NULL;
+    D.nqueries--;
+}
+
+static void query_drop_txs(struct dns_query *q)
+{
+    struct dns_tx *t, *next;
+    for (t = D.txs; t; t = next) {
+        next = t->next;
+        if (t->q == q)
+            tx_free(t);
+    }
+    q->pending = 0;
+}
+
+/* Runs the callback and frees the query. */
+static void query_callback(void *arg)
+{
+    struct dns_query *q = arg;
+    query_unlink(q);
+    if (q->res.status == DNS_OK)
+        log_debug("dns: %s %s: %d host(s)", q->kind == Q_MX ? "MX" : "host", q->name, q->res.nhosts);
+    else
+        log_debug("dns: %s %s: %s", q->kind == Q_MX ? "MX" : "host", q->name, q->res.error);
+    q->in_cb = 1;
+    q->cb(q->arg, &q->res);
+    free(q);
+}
+
+/* The query has its result: its questions stop, and the callback runs
+ * now, or at the next turn when we are still inside dns_resolve_*. */
+static void query_deliver(struct dns_query *q)
+{
+    q->phase = P_DONE;
+    query_drop_txs(q);
+    if (D.in_api)
+        timer_set(&q->timer, 0, query_callback, q);
+    else
+        query_callback(q);
+}
+
+static void query_fail(struct dns_query *q, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void query_fail(struct dns_query *q, int status, const char *fmt, ...)
+{
+    va_list ap;
+    q->res.status = status;
+    q->res.nhosts = 0;
+    va_start(ap, fmt);
+    vsnprintf(q->res.error, sizeof q->res.error, fmt, ap);
+    va_end(ap);
+    query_deliver(q);
+}
+
+/* All address questions are answered: build the result. */
+static void query_finish_addrs(struct dns_query *q)
+{
+    int nx = 1, nodata = 1, temp = 0;
+
+    q->res.nhosts = 0;
+    for (int i = 0; i < q->nlook; i++) {
+        struct dns_hostlook *l = &q->look[i];
+        if (l->as.n4 + l->as.n6 > 0) {
+            struct dns_host *h = &q->res.hosts[q->res.nhosts++];
+            util_strlcpy(h->name, l->name, sizeof h->name);
+            h->pref = l->pref;
+            dns_addrset_fill(&l->as, h);
+            continue;
+        }
+        if (l->st4 == LOOK_TEMP || l->st6 == LOOK_TEMP)
+            temp = 1;
+        if (l->st4 != LOOK_NXDOMAIN || l->st6 != LOOK_NXDOMAIN)
+            nx = 0;
+        if (l->st4 == LOOK_NXDOMAIN || l->st6 == LOOK_NXDOMAIN ||
+            l->st4 == LOOK_TEMP || l->st6 == LOOK_TEMP)
+            nodata = 0;
+    }
+    if (q->res.nhosts > 0) {
+        q->res.status = DNS_OK;
+        q->res.error[0] = '\0';
+        query_deliver(q);
+        return;
+    }
+    if (q->kind == Q_MX && !q->implicit) {
+        query_fail(q, DNS_TEMP, "no address for MX hosts of %s%s%s", q->name,
+                   temp ? ": " : "", temp ? q->temp_err : "");
+    } else if (temp) {
+        query_fail(q, DNS_TEMP, "DNS lookup of %s failed: %s", q->name, q->temp_err);
+    } else if (nx) {
+        if (q->kind == Q_MX)
+            query_fail(q, DNS_PERM, "domain does not exist (%s)", q->name);
+        else
+            query_fail(q, DNS_PERM, "host does not exist (%s)", q->name);
+    } else if (nodata) {
+        if (q->kind == Q_MX)
+            query_fail(q, DNS_PERM, "domain has no MX and no address records (%s)", q->name);
+        else
+            query_fail(q, DNS_PERM, "host has no address records (%s)", q->name);
+    } else {
+        query_fail(q, DNS_PERM, "no address for %s", q->name);
+    }
+}
+
+/* Starts the A and AAAA questions of every host not answered already. */
+static void query_start_addrs(struct dns_query *q)
+{
+    q->phase = P_ADDR;
+    for (int i = 0; i < q->nlook; i++) {
+        struct dns_hostlook *l = &q->look[i];
+        if (l->st4 != LOOK_NONE)
+            continue;
+        l->st4 = l->st6 = LOOK_TEMP;    /* until answered */
+        /* q->pending keeps the query alive while the second one starts,
+         * even if the first failed at once. */
+        q->pending++;
+        if (tx_start(q, i, l->name, DNS_T_A) < 0)
+            util_strlcpy(q->temp_err, "cannot start a DNS question", sizeof q->temp_err);
+        if (tx_start(q, i, l->name, DNS_T_AAAA) < 0)
+            util_strlcpy(q->temp_err, "cannot start a DNS question", sizeof q->temp_err);
+        q->pending--;
+        if (q->phase == P_DONE)
+            return;
+    }
+    if (q->pending == 0 && q->phase != P_DONE)
+        query_finish_addrs(q);
+}
+
+static void query_on_mx(struct dns_query *q, int ok, const struct dns_msg *m, const char *err)
+{
+    struct dns_mx *mx;
+    int n;
+
+    if (!ok) {
+        query_fail(q, DNS_TEMP, "DNS lookup of MX for %s failed: %s", q->name, err);
+        return;
+    }
+    if (m->rcode == DNS_R_NXDOMAIN) {
+        query_fail(q, DNS_PERM, "domain does not exist (%s: NXDOMAIN)", q->name);
+        return;
+    }
+    if (dns_is_null_mx(m)) {
+        query_fail(q, DNS_PERM, "domain accepts no mail (null MX) (%s)", q->name);
+        return;
+    }
+    if (m->nmx == 0) {
+        /* RFC 5321 5.1: no MX, the domain itself is the one exchange. */
+        q->implicit = 1;
+        q->nlook = 1;
+        util_strlcpy(q->look[0].name, q->name, sizeof q->look[0].name);
+        q->look[0].pref = 0;
+        query_start_addrs(q);
+        return;
+    }
+    /* The static parse scratch is overwritten by the next answer: order a
+     * copy. */
+    n = m->nmx;
+    mx = malloc((size_t)n * sizeof *mx);
+    if (!mx) {
+        query_fail(q, DNS_TEMP, "out of memory resolving %s", q->name);
+        return;
+    }
+    memcpy(mx, m->mx, (size_t)n * sizeof *mx);
+    dns_mx_order(mx, n);
+    q->nlook = 0;
+    for (int i = 0; i < n && q->nlook < DNS_MAX_HOSTS; i++) {
+        struct dns_hostlook *l = &q->look[q->nlook];
+        struct dns_addr lit;
+        int dup = 0;
+        /* The root ("." among other exchanges) and names that cannot be
+         * host names are not exchanges we can reach. */
+        if (!dns_hostname_ok(mx[i].host))
+            continue;
+        for (int k = 0; k < q->nlook; k++)
+            dup |= !strcmp(q->look[k].name, mx[i].host);
+        if (dup)
+            continue;
+        memset(l, 0, sizeof *l);
+        util_strlcpy(l->name, mx[i].host, sizeof l->name);
+        l->pref = mx[i].pref;
+        q->nlook++;
+        /* Known without asking: a numeric exchange (wrong, but common),
+         * /etc/hosts, or glue in the additional section. */
+        if (dns_literal(l->name, &lit) == 1) {
+            dns_addrset_add(&l->as, &lit);
+        } else if (!dns_hosts_lookup(D.hosts, D.nhosts, l->name, &l->as)) {
+            for (int g = 0; g < m->nglue; g++)
+                if (!strcmp(m->glue[g].name, l->name))
+                    dns_addrset_add(&l->as, &m->glue[g].addr);
+        }
+        if (l->as.n4 + l->as.n6 > 0)
+            l->st4 = l->st6 = LOOK_OK;
+    }
+    free(mx);
+    if (q->nlook == 0) {
+        query_fail(q, DNS_TEMP, "no address for MX hosts of %s (no usable exchange name)", q->name);
+        return;
+    }
+    query_start_addrs(q);
+}
+
+static void query_tx_done(struct dns_query *q, int look, uint16_t qtype, int ok,
+                          const struct dns_msg *m, const char *err)
+{
+    if (q->phase == P_DONE)
+        return;
+    if (look < 0) {
+        query_on_mx(q, ok, m, err);
+        return;
+    }
+    struct dns_hostlook *l = &q->look[look];
+    int *st = qtype == DNS_T_A ? &l->st4 : &l->st6;
+    if (!ok) {
+        *st = LOOK_TEMP;
+        snprintf(q->temp_err, sizeof q->temp_err, "%s %s: %s", dns_type_name(qtype), l->name, err);
+    } else if (m->rcode == DNS_R_NXDOMAIN) {
+        *st = LOOK_NXDOMAIN;
+    } else {
+        *st = m->naddr ? LOOK_OK : LOOK_NODATA;
+        for (int i = 0; i < m->naddr; i++)
+            dns_addrset_add(&l->as, &m->addr[i]);
+    }
+    if (q->pending == 0)
+        query_finish_addrs(q);
+}
+
+static struct dns_query *query_new(int kind, const char *name, dns_cb cb, void *arg)
+{
+    struct dns_query *q = calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    q->kind = kind;
+    q->cb = cb;
+    q->arg = arg;
+    q->timer.idx = -1;
+    util_strlcpy(q->name, name, sizeof q->name);
+    if (*q->name && q->name[strlen(q->name) - 1] == '.')
+        q->name[strlen(q->name) - 1] = '\0';
+    util_lower(q->name);
+    q->next = D.queries;
+    if (D.queries)
+        D.queries->prev = q;
+    D.queries = q;
+    D.nqueries++;
+    return q;
+}
+
+/* Answers known at once (called inside dns_resolve_*, so the callback
+ * goes out at the next loop turn). */
+static struct dns_query *query_later(struct dns_query *q, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static struct dns_query *query_later(struct dns_query *q, int status, const char *fmt, ...)
+{
+    q->res.status = status;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(q->res.error, sizeof q->res.error, fmt, ap);
+        va_end(ap);
+    }
+    query_deliver(q);
+    return q;
+}
+
+static struct dns_query *query_one_host(struct dns_query *q, const struct dns_addrset *as)
+{
+    struct dns_host *h = &q->res.hosts[0];
+    util_strlcpy(h->name, q->name, sizeof h->name);
+    h->pref = 0;
+    dns_addrset_fill(as, h);
+    q->res.nhosts = 1;
+    return query_later(q, DNS_OK, NULL);
+}
+
+/* Common start: the literal and limit checks of both kinds. */
+static struct dns_query *query_begin(int kind, const char *name, dns_cb cb, void *arg, int *started)
+{
+    struct dns_query *q;
+    struct dns_addrset as;
+    struct dns_addr lit;
+    int rc;
+
+    *started = 0;
+    if (!name)
+        name = "";
+    q = query_new(kind, name, cb, arg);
+    if (!q)
+        return NULL;
+    if (!D.ready && dns_init() < 0)
+        return query_later(q, DNS_TEMP, "resolver not initialised");
+    memset(&as, 0, sizeof as);
+    rc = dns_literal(q->name, &lit);
+    if (rc < 0)
+        return query_later(q, DNS_PERM, "invalid address literal %s", q->name);
+    if (rc == 1) {
+        dns_addrset_add(&as, &lit);
+        return query_one_host(q, &as);
+    }
+    if (!dns_hostname_ok(q->name))
+        return query_later(q, DNS_PERM, "invalid domain name \"%s\"", q->name);
+    if (D.nqueries > DNS_MAX_QUERIES)
+        return query_later(q, DNS_TEMP, "resolver busy");
+    *started = 1;
+    return q;
+}
+
+static struct dns_query *resolve_mx(const char *domain, dns_cb cb, void *arg)
+{
+    int started;
+    struct dns_query *q = query_begin(Q_MX, domain, cb, arg, &started);
+
+    if (!q || !started)
+        return q;
+    q->phase = P_MX;
+    if (tx_start(q, -1, q->name, DNS_T_MX) < 0)
+        return query_later(q, DNS_TEMP, "cannot start a DNS question for %s", q->name);
+    return q;
+}
+
+struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg)
+{
+    int saved = D.in_api;
+    struct dns_query *q;
+    D.in_api = 1;
+    q = resolve_mx(domain, cb, arg);
+    D.in_api = saved;
+    return q;
+}
+
+static struct dns_query *resolve_host(const char *host, dns_cb cb, void *arg)
+{
+    int started;
+    struct dns_query *q = query_begin(Q_HOST, host, cb, arg, &started);
+    struct dns_hostlook *l;
+
+    if (!q || !started)
+        return q;
+    l = &q->look[0];
+    q->nlook = 1;
+    util_strlcpy(l->name, q->name, sizeof l->name);
+    if (dns_hosts_lookup(D.hosts, D.nhosts, q->name, &l->as))
+        return query_one_host(q, &l->as);
+    if (!strcmp(q->name, "localhost") || (strlen(q->name) > 10 &&
+        !strcmp(q->name + strlen(q->name) - 10, ".localhost"))) {
+        /* RFC 6761 6.3: localhost is the loopback, hosts file or not. */
+        struct dns_addr a = { .family = AF_INET, .a = { 127, 0, 0, 1 } };
+        dns_addrset_add(&l->as, &a);
+        return query_one_host(q, &l->as);
+    }
+    query_start_addrs(q);
+    return q;
+}
+
+struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg)
+{
+    int saved = D.in_api;
+    struct dns_query *q;
+    D.in_api = 1;
+    q = resolve_host(host, cb, arg);
+    D.in_api = saved;
+    return q;
+}
+
+void dns_cancel(struct dns_query *q)
+{
+    /* Cancelling from inside its own callback is harmless: the query is
+     * freed when the callback returns. */
+    if (!q || q->in_cb)
+        return;
+    timer_cancel(&q->timer);
+    query_drop_txs(q);
+    query_unlink(q);
+    free(q);
+}
+
+int dns_init(void)
+{
+    char *text;
+
+    if (D.ready)
+        return 0;
+    memset(&D.cfg, 0, sizeof D.cfg);
+    D.cfg.timeout_ms = 5000;
+    D.cfg.attempts = 2;
+    text = dns_read_file(dns_resolv_path, 64 * 1024);
+    if (text) {
+        dns_resolv_conf_parse(text, &D.cfg);
+        free(text);
+    }
+    if (conf && conf->resolver && *conf->resolver) {
+        char buf[512], *items[DNS_MAX_SERVERS];
+        size_t n;
+        util_strlcpy(buf, conf->resolver, sizeof buf);
+        n = util_split_list(buf, items, MN_NELEM(items));
+        D.cfg.nservers = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (dns_server_parse(items[i], &D.cfg.servers[D.cfg.nservers]) < 0) {
+                log_err("resolver: '%s' is not addr, addr:port or [v6]:port with a numeric address",
+                        items[i]);
+                return -1;
+            }
+            D.cfg.nservers++;
+        }
+    }
+    if (D.cfg.nservers == 0)
+        dns_server_parse("127.0.0.1:53", &D.cfg.servers[D.cfg.nservers++]);
+    if (dns_force_timeout_ms > 0)
+        D.cfg.timeout_ms = dns_force_timeout_ms;
+    if (dns_force_attempts > 0)
+        D.cfg.attempts = dns_force_attempts;
+    text = dns_read_file(dns_hosts_path, 1024 * 1024);
+    if (text) {
+        D.hosts = dns_hosts_parse(text, &D.nhosts);
+        free(text);
+    }
+    D.ready = 1;
+    log_debug("dns: %d server(s), first %s, timeout %d ms, %d attempt(s), %zu hosts entries",
+              D.cfg.nservers, D.cfg.servers[0].label, D.cfg.timeout_ms, D.cfg.attempts, D.nhosts);
+    return 0;
+}
+
+/* Drops every query without calling back, closes the sockets. */
+void dns_free(void)
+{
+    while (D.queries)
+        dns_cancel(D.queries);
+    while (D.txs)
+        tx_free(D.txs);
+    timer_cancel(&D.reap_timer);
+    reap_run(NULL);
+    udp_close(0);
+    udp_close(1);
+    dns_hosts_free(D.hosts, D.nhosts);
+    D.hosts = NULL;
+    D.nhosts = 0;
+    D.ready = 0;
+}
+
+/* ---- src/tls.c ---- */
+#line 1 "src/tls.c"
+/*
+ * tls.c: STARTTLS (RFC 3207) and STLS (RFC 2595) through OpenSSL.
+ *
+ * A connection that switches to TLS keeps its fixed buffers and its
+ * callbacks; only the record layer under them changes.  c->tls points to a
+ * struct tls_conn of this file.  The event loop drives everything: the
+ * cleartext reply announcing the switch goes out first, then the handshake
+ * runs on readiness events (tls_io_handshake), then conn_readable and
+ * conn_flush move application data through tls_io_read/tls_io_write, which
+ * answer like recv()/send() with errno EAGAIN when OpenSSL needs the socket
+ * readable or writable, and record which, so that the loop registers the
+ * right epoll events.
+ *
+ * Built without MAILNODE_TLS (make TLS=none), the same functions report
+ * that TLS is not available: no STARTTLS is offered, and a client that
+ * requires TLS keeps its mail queued.
+ */
+
+
+#include <errno.h>
+#include <string.h>
+
+/* The interface between the loop and the record layer (declared again in
+ * loop.c, its only user). */
+int tls_io_handshaking(const struct conn *c);
+size_t tls_io_plain(const struct conn *c);
+void tls_io_plain_sent(struct conn *c, size_t n);
+int tls_io_handshake(struct conn *c);
+ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
+ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
+int tls_io_pending(const struct conn *c);
+int tls_io_read_wants_out(const struct conn *c);
+int tls_io_write_wants_in(const struct conn *c);
+const char *tls_io_error(void);
+/* Why the last handshake or record operation on c failed ("" if it did
+ * not): for log lines and delivery reports. */
+const char *tls_conn_error(const struct conn *c);
+
+#ifdef MAILNODE_TLS
+
+#include <signal.h>
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+struct tls_conn {
+    SSL *ssl;
+    /* Bytes at the head of c->out that precede the switch (the 220 or
+     * +OK that announced it): they go out in the clear, the handshake
+     * starts after them. */
+    size_t plain;
+    unsigned server : 1;
+    unsigned handshaking : 1;
+    unsigned established : 1;
+    unsigned failed : 1;
+    unsigned hs_wants_out : 1;          /* the handshake waits for writable */
+    unsigned read_wants_out : 1;        /* SSL_read waits for writable */
+    unsigned write_wants_in : 1;        /* SSL_write waits for readable */
+    unsigned verify : 1;                /* client: the certificate must verify */
+    char host[SMTP_DOMAIN_MAX + 1];     /* client: the name checked */
+    char error[200];
+};
+
+static struct {
+    int inited;
+    SSL_CTX *server;                    /* NULL: no certificate, nothing offered */
+    SSL_CTX *client;
+    int client_failed;                  /* tls.ca_file could not be loaded */
+    char error[512];                    /* why tls_init failed */
+} T;
+
+/* The first queued OpenSSL error as text, the queue cleared. */
+static void tls_ssl_error(char *buf, size_t n, const char *fallback)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (e) {
+        const char *reason = ERR_reason_error_string(e);
+        if (reason)
+            snprintf(buf, n, "%s", reason);
+        else
+            ERR_error_string_n(e, buf, n);
+    } else {
+        snprintf(buf, n, "%s", fallback);
+    }
+    ERR_clear_error();
+}
+
+/* Settings both sides share. */
+static int tls_ctx_common(SSL_CTX *ctx)
+{
+    /* TLS 1.0 and 1.1 are deprecated (RFC 8996). */
+    if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION))
+        return -1;
+    /* Renegotiation is an old source of trouble (CVE-2009-3555, CPU
+     * exhaustion) and no mail client needs it.  A peer that closes the
+     * TCP connection without close_notify is an EOF, not an error: SMTP
+     * and POP3 end their data with their own terminators. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF |
+                                 SSL_OP_NO_COMPRESSION);
+    /* The loop's output buffer moves (memmove after each record) and may
+     * grow between retries; one record at a time may go out; idle
+     * connections give their 34 KB of record buffers back. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    return 0;
+}
+
+/* The socket BIO writes with write(2): a peer that reset the connection
+ * would raise SIGPIPE, which must not end the daemon (or `mailnode poll`). */
+static void tls_ignore_sigpipe(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &sa, NULL);
+    }
+}
+
+static int tls_server_ctx(void)
+{
+    const char *cert = conf->tls_cert, *key = conf->tls_key;
+    char why[256];
+
+    if (!cert || !*cert)
+        return 0;
+    if (!key || !*key)
+        key = cert;                     /* one PEM file holding both */
+    T.server = SSL_CTX_new(TLS_server_method());
+    if (!T.server || tls_ctx_common(T.server)) {
+        tls_ssl_error(why, sizeof why, "out of memory");
+        snprintf(T.error, sizeof T.error, "TLS server setup failed: %s", why);
+        goto fail;
+    }
+    if (SSL_CTX_use_certificate_chain_file(T.server, cert) != 1) {
+        tls_ssl_error(why, sizeof why, "unreadable");
+        snprintf(T.error, sizeof T.error,
+                 "tls.cert %s: cannot load the certificate chain (%s); it must be PEM, "
+                 "the server certificate first", cert, why);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(T.server, key, SSL_FILETYPE_PEM) != 1) {
+        tls_ssl_error(why, sizeof why, "unreadable");
+        snprintf(T.error, sizeof T.error, "tls.key %s: cannot load the private key (%s)", key, why);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(T.server) != 1) {
+        tls_ssl_error(why, sizeof why, "mismatch");
+        snprintf(T.error, sizeof T.error, "tls.key %s does not match the certificate in tls.cert %s (%s)",
+                 key, cert, why);
+        goto fail;
+    }
+    /* One process, no session cache to share, and tickets cost bytes on
+     * slow links for resumptions that mail clients rarely make. */
+    SSL_CTX_set_session_cache_mode(T.server, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(T.server, 0);
+    SSL_CTX_set_options(T.server, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET);
+    SSL_CTX_set_dh_auto(T.server, 1);
+    return 0;
+fail:
+    SSL_CTX_free(T.server);
+    T.server = NULL;
+    return -1;
+}
+
+static int tls_client_ctx(void)
+{
+    const char *ca = conf->tls_ca_file;
+    char why[256];
+
+    if (T.client)
+        return 0;
+    if (T.client_failed)
+        return -1;
+    T.client = SSL_CTX_new(TLS_client_method());
+    if (!T.client || tls_ctx_common(T.client)) {
+        tls_ssl_error(why, sizeof why, "out of memory");
+        log_err("tls: client setup failed: %s", why);
+        goto fail;
+    }
+    /* The system store, and a private CA (a smarthost's or upstream's)
+     * when tls.ca_file names one. */
+    if (SSL_CTX_set_default_verify_paths(T.client) != 1)
+        log_warn("tls: the system certificate store cannot be loaded; only tls.ca_file is trusted");
+    ERR_clear_error();
+    if (ca && *ca && SSL_CTX_load_verify_locations(T.client, ca, NULL) != 1) {
+        tls_ssl_error(why, sizeof why, "unreadable");
+        log_err("tls.ca_file %s: cannot load the CA certificates (%s); TLS to relays is not "
+                "possible until it is fixed", ca, why);
+        goto fail;
+    }
+    SSL_CTX_set_session_cache_mode(T.client, SSL_SESS_CACHE_OFF);
+    return 0;
+fail:
+    SSL_CTX_free(T.client);
+    T.client = NULL;
+    T.client_failed = 1;
+    return -1;
+}
+
+int tls_init(void)
+{
+    if (T.inited)
+        return T.error[0] ? -1 : 0;
+    T.inited = 1;
+    T.error[0] = 0;
+    tls_ignore_sigpipe();
+    if (tls_server_ctx()) {
+        log_err("%s", T.error);
+        return -1;
+    }
+    if (T.server)
+        log_info("tls: STARTTLS enabled with %s", conf->tls_cert);
+    /* A bad tls.ca_file is reported now rather than at the first
+     * delivery; it is not fatal: it only stops TLS to relays. */
+    (void)tls_client_ctx();
+    return 0;
+}
+
+const char *tls_io_error(void)
+{
+    return T.error;
+}
+
+void tls_free(void)
+{
+    SSL_CTX_free(T.server);
+    SSL_CTX_free(T.client);
+    memset(&T, 0, sizeof T);
+}
+
+int tls_available(void)
+{
+    return T.server != NULL;
+}
+
+static struct tls_conn *tls_attach(struct conn *c, SSL_CTX *ctx)
+{
+    struct tls_conn *t;
+
+    if (c->tls || c->dead)
+        return NULL;
+    t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->ssl = SSL_new(ctx);
+    if (!t->ssl || SSL_set_fd(t->ssl, c->fd) != 1) {
+        char why[128];
+        tls_ssl_error(why, sizeof why, "out of memory");
+        log_err("tls: cannot start TLS with %s: %s", c->peer_ip, why);
+        SSL_free(t->ssl);
+        free(t);
+        return NULL;
+    }
+    t->handshaking = 1;
+    t->plain = c->out_len;
+    return t;
+}
+
+/* The switch itself: from now on the loop speaks TLS on c.  Plaintext
+ * received after the command is dropped here as well as by the caller:
+ * it was sent before the handshake, so nothing vouches for it (the
+ * CVE-2011-0411 command injection; on the client side, injected replies).
+ * conn_consume also makes the loop register the handshake's events. */
+static void tls_switch(struct conn *c, struct tls_conn *t)
+{
+    c->tls = t;
+    conn_consume(c, c->in_len);
+}
+
+int tls_start_server(struct conn *c)
+{
+    struct tls_conn *t;
+
+    if (!T.server)
+        return -1;
+    t = tls_attach(c, T.server);
+    if (!t)
+        return -1;
+    t->server = 1;
+    SSL_set_accept_state(t->ssl);
+    tls_switch(c, t);
+    return 0;
+}
+
+static int tls_is_ip(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+int tls_start_client(struct conn *c, const char *host, int verify)
+{
+    struct tls_conn *t;
+    char name[SMTP_DOMAIN_MAX + 1];
+    size_t len;
+
+    tls_ignore_sigpipe();
+    if (tls_client_ctx())
+        return -1;
+    t = tls_attach(c, T.client);
+    if (!t)
+        return -1;
+    /* "[192.0.2.1]" address literals are checked as addresses; a
+     * trailing dot is not part of the name in a certificate. */
+    if (!host)
+        host = "";
+    if (host[0] == '[') {
+        host++;
+        if (!strncasecmp(host, "IPv6:", 5))
+            host += 5;
+    }
+    util_strlcpy(name, host, sizeof name);
+    len = strcspn(name, "]");
+    name[len] = 0;
+    if (len && name[len - 1] == '.')
+        name[--len] = 0;
+    util_strlcpy(t->host, name, sizeof t->host);
+    t->verify = verify ? 1 : 0;
+    if (name[0]) {
+        int ok;
+        if (tls_is_ip(name)) {
+            ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), name) == 1;
+        } else {
+            /* RFC 6066 3: SNI carries host names only, never addresses. */
+            ok = SSL_set_tlsext_host_name(t->ssl, name) == 1 && SSL_set1_host(t->ssl, name) == 1;
+            SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        }
+        if (!ok) {
+            log_err("tls: cannot set the expected name %s", name);
+            SSL_free(t->ssl);
+            free(t);
+            ERR_clear_error();
+            return -1;
+        }
+    }
+    /* Opportunistic TLS (RFC 3207 4.1, RFC 7435) encrypts even when the
+     * certificate does not verify; the verification still runs, and its
+     * outcome is logged. */
+    SSL_set_verify(t->ssl, t->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    SSL_set_connect_state(t->ssl);
+    /* The ClientHello is ours to send first. */
+    t->hs_wants_out = 1;
+    tls_switch(c, t);
+    return 0;
+}
+
+int tls_active(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t && t->established && !t->failed;
+}
+
+const char *tls_conn_error(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t ? t->error : "";
+}
+
+void tls_conn_free(struct conn *c)
+{
+    struct tls_conn *t = c->tls;
+
+    if (!t)
+        return;
+    c->tls = NULL;
+    /* A clean close says so (close_notify), best effort: the socket is
+     * non-blocking and about to be closed. */
+    if (c->closing && t->established && !t->failed) {
+        SSL_shutdown(t->ssl);
+        ERR_clear_error();
+    }
+    SSL_free(t->ssl);
+    free(t);
+}
+
+/* --------------------------------------------------------- loop side */
+
+int tls_io_handshaking(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t && t->handshaking;
+}
+
+size_t tls_io_plain(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t ? t->plain : 0;
+}
+
+void tls_io_plain_sent(struct conn *c, size_t n)
+{
+    struct tls_conn *t = c->tls;
+    t->plain = n < t->plain ? t->plain - n : 0;
+}
+
+int tls_io_read_wants_out(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t ? (t->handshaking ? t->hs_wants_out : t->read_wants_out) : 0;
+}
+
+int tls_io_write_wants_in(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t ? (t->handshaking ? !t->hs_wants_out : t->write_wants_in) : 0;
+}
+
+int tls_io_pending(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t && t->established && SSL_pending(t->ssl) > 0;
+}
+
+/* Records a fatal error: the OpenSSL reason, or errno for a socket error. */
+static void tls_fail(struct tls_conn *t, int ssl_err, int saved_errno)
+{
+    t->failed = 1;
+    if (ssl_err == SSL_ERROR_SYSCALL && !ERR_peek_error()) {
+        snprintf(t->error, sizeof t->error, "%s",
+                 saved_errno ? strerror(saved_errno) : "connection closed by peer");
+        return;
+    }
+    tls_ssl_error(t->error, sizeof t->error, "protocol error");
+    if (!t->server && SSL_get_verify_result(t->ssl) != X509_V_OK) {
+        size_t n = strlen(t->error);
+        snprintf(t->error + n, sizeof t->error - n, " (%s)",
+                 X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
+    }
+}
+
+/* 1: done; 0: waiting for the socket; -1: failed (tls_conn_error). */
+int tls_io_handshake(struct conn *c)
+{
+    struct tls_conn *t = c->tls;
+    int r, e, saved;
+
+    ERR_clear_error();
+    errno = 0;
+    r = SSL_do_handshake(t->ssl);
+    saved = errno;
+    if (r == 1) {
+        t->handshaking = 0;
+        t->established = 1;
+        return 1;
+    }
+    e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        t->hs_wants_out = 0;
+        return 0;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        t->hs_wants_out = 1;
+        return 0;
+    }
+    t->handshaking = 0;
+    tls_fail(t, e, saved);
+    return -1;
+}
+
+void tls_handshake_done(struct conn *c, int err)
+{
+    struct tls_conn *t = c->tls;
+
+    if (!err && t) {
+        const char *vers = SSL_get_version(t->ssl);
+        const char *cipher = SSL_get_cipher_name(t->ssl);
+        if (t->server) {
+            log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
+        } else {
+            long v = SSL_get_verify_result(t->ssl);
+            X509 *peer = SSL_get0_peer_certificate(t->ssl);
+            log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
+                     t->host[0] ? t->host : "?", c->peer_ip,
+                     peer && v == X509_V_OK ? "verified" : "not verified",
+                     peer && v == X509_V_OK ? "" : ": ",
+                     !peer ? "none sent" : v == X509_V_OK ? "" : X509_verify_cert_error_string(v));
+        }
+    } else {
+        log_warn("tls: handshake with %s%s%s%s failed: %s", t && !t->server ? "server " : "client ",
+                 t && t->host[0] ? t->host : "", t && t->host[0] ? " " : "", c->peer_ip,
+                 t && t->error[0] ? t->error : "unknown error");
+    }
+    if (c->ops && c->ops->on_tls)
+        c->ops->on_tls(c, err ? -1 : 0);
+}
+
+/* Like recv(): bytes, 0 at the end, or -1 with errno EAGAIN (OpenSSL
+ * waits for the socket) or another errno (the connection is broken). */
+ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
+{
+    struct tls_conn *t = c->tls;
+    int r, e, saved;
+
+    if (t->failed) {
+        errno = EPROTO;
+        return -1;
+    }
+    if (n > INT32_MAX)
+        n = INT32_MAX;
+    ERR_clear_error();
+    errno = 0;
+    r = SSL_read(t->ssl, buf, (int)n);
+    saved = errno;
+    if (r > 0) {
+        t->read_wants_out = 0;
+        return r;
+    }
+    e = SSL_get_error(t->ssl, r);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        t->read_wants_out = 0;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        t->read_wants_out = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;                       /* close_notify, or EOF (IGNORE_UNEXPECTED_EOF) */
+    default:
+        tls_fail(t, e, saved);
+        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+        /* Never EAGAIN or EINTR here: the caller must give up. */
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+/* Like send(). */
+ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
+{
+    struct tls_conn *t = c->tls;
+    int r, e, saved;
+
+    if (t->failed) {
+        errno = EPIPE;
+        return -1;
+    }
+    if (n > INT32_MAX)
+        n = INT32_MAX;
+    ERR_clear_error();
+    errno = 0;
+    r = SSL_write(t->ssl, buf, (int)n);
+    saved = errno;
+    if (r > 0) {
+        t->write_wants_in = 0;
+        return r;
+    }
+    e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_WRITE) {
+        t->write_wants_in = 0;
+        errno = EAGAIN;
+        return -1;
+    }
+    if (e == SSL_ERROR_WANT_READ) {
+        t->write_wants_in = 1;
+        errno = EAGAIN;
+        return -1;
+    }
+    tls_fail(t, e, saved);
+    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+    errno = EPIPE;
+    return -1;
+}
+
+#else /* !MAILNODE_TLS */
+
+/* Built without OpenSSL: TLS is not available, and the callers behave
+ * accordingly (no STARTTLS/STLS offered; `tls = require` defers). */
+
+int tls_init(void)
+{
+    if (conf->tls_cert && *conf->tls_cert)
+        log_warn("tls.cert is set, but this mailnode was built without TLS (make TLS=none): "
+                 "STARTTLS is not offered");
+    return 0;
+}
+
+void tls_free(void)
+{
+}
+
+int tls_available(void)
+{
+    return 0;
+}
+
+int tls_start_server(struct conn *c)
+{
+    MN_UNUSED(c);
+    return -1;
+}
+
+int tls_start_client(struct conn *c, const char *host, int verify)
+{
+    MN_UNUSED(c);
+    MN_UNUSED(host);
+    MN_UNUSED(verify);
+    return -1;
+}
+
+int tls_active(const struct conn *c)
+{
+    MN_UNUSED(c);
+    return 0;
+}
+
+const char *tls_conn_error(const struct conn *c)
+{
+    MN_UNUSED(c);
+    return "this mailnode was built without TLS";
+}
+
+void tls_handshake_done(struct conn *c, int err)
+{
+    if (c->ops && c->ops->on_tls)
+        c->ops->on_tls(c, err);
+}
+
+void tls_conn_free(struct conn *c)
+{
+    c->tls = NULL;
+}
+
+/* c->tls is never set in this build, so the loop never calls these. */
+const char *tls_io_error(void)
+{
+    return "";
+}
+
+int tls_io_handshaking(const struct conn *c)
+{
+    MN_UNUSED(c);
+    return 0;
+}
+
+size_t tls_io_plain(const struct conn *c)
+{
+    MN_UNUSED(c);
+    return 0;
+}
+
+void tls_io_plain_sent(struct conn *c, size_t n)
+{
+    MN_UNUSED(c);
+    MN_UNUSED(n);
+}
+
+int tls_io_handshake(struct conn *c)
+{
+    MN_UNUSED(c);
+    return -1;
+}
+
+ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
+{
+    MN_UNUSED(c);
+    MN_UNUSED(buf);
+    MN_UNUSED(n);
+    errno = EPROTO;
+    return -1;
+}
+
+ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
+{
+    MN_UNUSED(c);
+    MN_UNUSED(buf);
+    MN_UNUSED(n);
+    errno = EPIPE;
+    return -1;
+}
+
+int tls_io_pending(const struct conn *c)
+{
+    MN_UNUSED(c);
+    return 0;
+}
+
+int tls_io_read_wants_out(const struct conn *c)
+{
+    MN_UNUSED(c);
+    return 0;
+}
+
+int tls_io_write_wants_in(const struct conn *c)
+{
+    MN_UNUSED(c);
+    return 0;
+}
+
+#endif /* MAILNODE_TLS */
 
 /* ---- src/store.c ---- */
 #line 1 "src/store.c"
@@ -2233,6 +4924,13 @@ static struct {
     size_t zbuf_cap;
 } S;
 
+static struct timer commit_timer = { .idx = -1 };
+
+static void commit_due(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
 /* Schema versions, applied in order; PRAGMA user_version says how many
  * have run.  Never edit one that has shipped: add the next. */
 static const char *const migrations[] = {
@@ -2267,6 +4965,12 @@ static const char *const migrations[] = {
     " pwhash TEXT NOT NULL, cram BLOB, created INTEGER NOT NULL);"
     "CREATE TABLE domain(name TEXT PRIMARY KEY, kind INTEGER NOT NULL, owner TEXT, host TEXT);"
     "CREATE TABLE alias(name TEXT PRIMARY KEY, targets TEXT NOT NULL);",
+    /* 2: outbound delivery: recipients due by time, whatever their domain
+     * (smarthost batches), and lifetime and warning scans by age. */
+    "CREATE INDEX rcpt_next ON rcpt(state, kind, next_try);"
+    "CREATE INDEX message_received ON message(received);",
+    /* 3: small named facts. */
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated INTEGER NOT NULL);",
 };
 
 sqlite3 *store_db(void)
@@ -2402,6 +5106,7 @@ void store_close(void)
 {
     if (!S.db)
         return;
+    timer_cancel(&commit_timer);
     if (S.in_txn)
         store_rollback();
     for (int i = 0; i < S.n_slots; i++) {
@@ -2444,6 +5149,10 @@ int store_begin(void)
     }
     S.in_txn = 1;
     S.txn_started = util_now_ms();
+    /* An idle loop must still wake to commit what this transaction will
+     * hold (delivery records, deletions): at most half a second later. */
+    if (S.mode == STORE_DAEMON)
+        timer_set(&commit_timer, 510, commit_due, NULL);
     return 0;
 }
 
@@ -2926,6 +5635,7 @@ static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
     util_strlcpy(q->sender, (const char *)sqlite3_column_text(st, 1), sizeof q->sender);
     q->received = sqlite3_column_int64(st, 2);
     q->size = sqlite3_column_int64(st, 3);
+    int held = sqlite3_column_int(st, 5);
     if (!store_stmt(&rs, "SELECT addr, state, next_try, last_error, kind FROM rcpt"
                          " WHERE message_id=? ORDER BY id"))
         return;
@@ -2940,9 +5650,9 @@ static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
             util_date(sqlite3_column_int64(rs, 2), when, sizeof when);
         int w = snprintf(q->rcpts + used, sizeof q->rcpts - used, "%s%s (%s%s%s%s%s)",
                          used ? "\n" : "", (const char *)sqlite3_column_text(rs, 0),
-                         kind == ROUTE_HOLD && state == 0 ? "held" : states[state % 3],
-                         state == 0 && kind != ROUTE_HOLD ? ", next try " : "",
-                         state == 0 && kind != ROUTE_HOLD ? when : "",
+                         (kind == ROUTE_HOLD || held) && state == 0 ? "held" : states[state % 3],
+                         state == 0 && kind != ROUTE_HOLD && !held ? ", next try " : "",
+                         state == 0 && kind != ROUTE_HOLD && !held ? when : "",
                          err ? ": " : "", err ? err : "");
         q->nrcpt++;
         if (w < 0 || (size_t)w >= sizeof q->rcpts - used) {
@@ -2960,7 +5670,7 @@ int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *ar
     struct store_qinfo q;
     int rc;
 
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id FROM message m"
+    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold FROM message m"
                          " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
                          " ORDER BY id"))
         return STORE_ERR;
@@ -2978,13 +5688,13 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
     static sqlite3_stmt *st;
     int rc;
 
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, body_id FROM message WHERE qid=?"))
+    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold, body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(st, 1, qid, -1, SQLITE_TRANSIENT);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         if (body_id)
-            *body_id = sqlite3_column_int64(st, 5);
+            *body_id = sqlite3_column_int64(st, 6);
         /* qinfo_fill resets nothing of st: read its columns first. */
         qinfo_fill(st, q);
     }
@@ -3047,6 +5757,42 @@ int store_status(struct store_status *st)
     }
     sqlite3_reset(q);
     return rc == SQLITE_ROW ? 0 : STORE_ERR;
+}
+
+int store_meta_set(const char *key, const char *value)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT INTO meta(key, value, updated) VALUES (?,?,?) ON CONFLICT(key)"
+                         " DO UPDATE SET value=excluded.value, updated=excluded.updated"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, value, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, util_now());
+    err = sqlite3_step(st);
+    sqlite3_reset(st);
+    return err == SQLITE_DONE ? 0 : store_rc(err);
+}
+
+int store_meta_get(const char *key, char *value, size_t n, int64_t *updated)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT value, updated FROM meta WHERE key=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        util_strlcpy(value, (const char *)sqlite3_column_text(st, 0), n);
+        if (updated)
+            *updated = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
 int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
@@ -3628,6 +6374,399 @@ fail:
     return err;
 }
 
+/* ---- src/store_deliver.c ---- */
+#line 1 "src/store_deliver.c"
+/*
+ * store_deliver.c: the outbound queue as the delivery scheduler sees it:
+ * which destinations have mail due, the messages of one batch, the
+ * outcome of each recipient, destination backoff, expiry and warnings.
+ * Every scan is an indexed query whose cost does not grow with the number
+ * of messages waiting.
+ */
+
+
+#include <string.h>
+
+static int sd_step(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        log_err("database: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+static void copy_text(char *dst, size_t n, sqlite3_stmt *st, int col)
+{
+    const char *t = (const char *)sqlite3_column_text(st, col);
+    util_strlcpy(dst, t ? t : "", n);
+}
+
+int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    /* One probe of the rcpt_due index per destination that is not backing
+     * off: the cost follows the number of destinations, not of messages. */
+    if (!store_stmt(&st, "SELECT name FROM dest WHERE next_try<=?1 AND EXISTS (SELECT 1 FROM rcpt"
+                         " WHERE state=0 AND kind=2 AND dest=dest.name AND next_try<=?1)"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, now);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (cb(arg, (const char *)sqlite3_column_text(st, 0)))
+            break;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_any_due(int64_t now)
+{
+    static sqlite3_stmt *st;
+    int found = 0;
+
+    if (!store_stmt(&st, "SELECT 1 FROM rcpt WHERE state=0 AND kind=2 AND next_try<=? LIMIT 1"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, now);
+    found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    return found;
+}
+
+int64_t store_next_due(void)
+{
+    static sqlite3_stmt *st;
+    int64_t t = 0;
+
+    if (!store_stmt(&st, "SELECT min(next_try) FROM rcpt WHERE state=0 AND kind=2"))
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        t = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return t;
+}
+
+static void envelope_fill(sqlite3_stmt *st, struct store_out_msg *m)
+{
+    memset(m, 0, sizeof *m);
+    m->id = sqlite3_column_int64(st, 0);
+    copy_text(m->qid, sizeof m->qid, st, 1);
+    m->body_id = sqlite3_column_int64(st, 2);
+    copy_text(m->sender, sizeof m->sender, st, 3);
+    copy_text(m->envid, sizeof m->envid, st, 4);
+    m->ret_full = sqlite3_column_int(st, 5);
+    m->eightbit = sqlite3_column_int(st, 6);
+    m->size = sqlite3_column_int64(st, 7);
+    m->received = sqlite3_column_int64(st, 8);
+}
+
+#define ENVELOPE_COLS "m.id, m.qid, m.body_id, m.sender, m.envid, m.ret_full, m.eightbit, m.size, m.received"
+
+void store_out_free(struct store_out_msg *m)
+{
+    free(m->rcpts);
+    m->rcpts = NULL;
+    m->nrcpt = 0;
+}
+
+static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    m->rcpts = calloc(STORE_OUT_RCPTS, sizeof *m->rcpts);
+    if (!m->rcpts)
+        return STORE_ERR;
+    if (!store_stmt(&st, "SELECT id, addr, orcpt, notify, attempts FROM rcpt WHERE message_id=?1"
+                         " AND state=0 AND kind=?4 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
+                         " ORDER BY id LIMIT " "100"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, m->id);
+    sqlite3_bind_int(st, 4, kind);
+    sqlite3_bind_int64(st, 2, now);
+    if (domain)
+        sqlite3_bind_text(st, 3, domain, -1, SQLITE_TRANSIENT);
+    m->nrcpt = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && m->nrcpt < STORE_OUT_RCPTS) {
+        struct store_out_rcpt *r = &m->rcpts[m->nrcpt++];
+        r->id = sqlite3_column_int64(st, 0);
+        copy_text(r->addr, sizeof r->addr, st, 1);
+        copy_text(r->orcpt, sizeof r->orcpt, st, 2);
+        r->notify = sqlite3_column_int(st, 3);
+        r->attempts = sqlite3_column_int(st, 4);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        store_out_free(m);
+        return STORE_ERR;
+    }
+    /* Keep only what is used: a batch holds many messages in flight. */
+    void *p = realloc(m->rcpts, (m->nrcpt ? (size_t)m->nrcpt : 1) * sizeof *m->rcpts);
+    if (p)
+        m->rcpts = p;
+    return 0;
+}
+
+int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m)
+{
+    static sqlite3_stmt *by_dest, *any;
+    sqlite3_stmt *st;
+    int rc;
+
+    if (domain) {
+        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
+                                  " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
+                                  " AND message_id>?3)");
+    } else {
+        st = store_stmt(&any, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
+                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2 AND message_id>?3)");
+    }
+    if (!st)
+        return STORE_ERR;
+    sqlite3_bind_int(st, 4, kind);
+    if (domain)
+        sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int64(st, 3, after_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        envelope_fill(st, m);
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE)
+        return 0;
+    if (rc != SQLITE_ROW)
+        return STORE_ERR;
+    if (rcpts_fill(m, domain, kind, now))
+        return STORE_ERR;
+    return 1;
+}
+
+int store_out_get(int64_t msg_id, struct store_out_msg *m)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, msg_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        envelope_fill(st, m);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
+    /* every queued remote recipient, whenever due */
+    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX);
+}
+
+int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE rcpt SET state=?, next_try=?, last_error=?, updated=?,"
+                         " attempts=attempts+1 WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int(st, 1, state);
+    sqlite3_bind_int64(st, 2, next_try);
+    if (error)
+        sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 4, util_now());
+    sqlite3_bind_int64(st, 5, rcpt_id);
+    return sd_step(st);
+}
+
+int store_msg_retire(int64_t msg_id)
+{
+    static sqlite3_stmt *left, *dr, *dm;
+    int n = 1, err;
+
+    if (!store_stmt(&left, "SELECT count(*) FROM rcpt WHERE message_id=? AND state=0"))
+        return STORE_ERR;
+    sqlite3_bind_int64(left, 1, msg_id);
+    if (sqlite3_step(left) == SQLITE_ROW)
+        n = sqlite3_column_int(left, 0);
+    sqlite3_reset(left);
+    if (n)
+        return 0;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&dr, "DELETE FROM rcpt WHERE message_id=?") ||
+        !store_stmt(&dm, "DELETE FROM message WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(dr, 1, msg_id);
+    if ((err = sd_step(dr)))
+        return err;
+    sqlite3_bind_int64(dm, 1, msg_id);
+    if ((err = sd_step(dm)))
+        return err;
+    if ((err = store_gc()))
+        return err;
+    return 1;
+}
+
+int store_dest_get(const char *name, struct store_dest *d)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    memset(d, 0, sizeof *d);
+    util_strlcpy(d->name, name, sizeof d->name);
+    if (!store_stmt(&st, "SELECT next_try, backoff, failures, last_try, last_ok, last_error FROM dest WHERE name=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        d->next_try = sqlite3_column_int64(st, 0);
+        d->backoff = sqlite3_column_int64(st, 1);
+        d->failures = sqlite3_column_int64(st, 2);
+        d->last_try = sqlite3_column_int64(st, 3);
+        d->last_ok = sqlite3_column_int64(st, 4);
+        copy_text(d->last_error, sizeof d->last_error, st, 5);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_dest_put(const struct store_dest *d)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT INTO dest(name, next_try, backoff, failures, last_try, last_ok, last_error)"
+                         " VALUES (?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET next_try=excluded.next_try,"
+                         " backoff=excluded.backoff, failures=excluded.failures, last_try=excluded.last_try,"
+                         " last_ok=excluded.last_ok, last_error=excluded.last_error"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, d->name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, d->next_try);
+    sqlite3_bind_int64(st, 3, d->backoff);
+    sqlite3_bind_int64(st, 4, d->failures);
+    sqlite3_bind_int64(st, 5, d->last_try);
+    if (d->last_ok)
+        sqlite3_bind_int64(st, 6, d->last_ok);
+    if (d->last_error[0])
+        sqlite3_bind_text(st, 7, d->last_error, -1, SQLITE_TRANSIENT);
+    return sd_step(st);
+}
+
+int store_flush(const char *domain, int64_t now)
+{
+    static sqlite3_stmt *d_all, *d_one, *r_all, *r_one;
+    sqlite3_stmt *d, *r;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (domain) {
+        d = store_stmt(&d_one, "UPDATE dest SET next_try=0, backoff=0 WHERE name=?1");
+        r = store_stmt(&r_one, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND dest=?1 AND next_try>?2"
+                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+    } else {
+        d = store_stmt(&d_all, "UPDATE dest SET next_try=0, backoff=0 WHERE next_try>0 OR backoff>0");
+        r = store_stmt(&r_all, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND next_try>?2"
+                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+    }
+    if (!d || !r)
+        return STORE_ERR;
+    if (domain) {
+        sqlite3_bind_text(d, 1, domain, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(r, 1, domain, -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_int64(r, 2, now);
+    if ((err = sd_step(d)))
+        return err;
+    return sd_step(r);
+}
+
+int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY r.message_id LIMIT 1000"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, before);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (cb(arg, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1)))
+            break;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *arg)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND EXISTS"
+                         " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0 AND r.kind=2) LIMIT 1000"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, before);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (cb(arg, sqlite3_column_int64(st, 0)))
+            break;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_msg_set_warned(int64_t msg_id)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE message SET warned=1 WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, msg_id);
+    return sd_step(st);
+}
+
+int store_queue_hold(const char *qid, int hold)
+{
+    static sqlite3_stmt *m, *r;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&m, "UPDATE message SET hold=?2 WHERE qid=?1") ||
+        !store_stmt(&r, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND message_id="
+                        "(SELECT id FROM message WHERE qid=?1)"))
+        return STORE_ERR;
+    sqlite3_bind_text(m, 1, qid, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(m, 2, hold);
+    if ((err = sd_step(m)))
+        return err;
+    if (!sqlite3_changes(store_db()))
+        return STORE_NOTFOUND;
+    /* A held message is never due; a released one is due at once. */
+    sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(r, 2, hold ? INT64_MAX : 0);
+    return sd_step(r);
+}
+
+int store_held_count(const char *domain)
+{
+    static sqlite3_stmt *st;
+    int n = STORE_ERR;
+
+    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0 AND kind=3 AND dest=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
 /* ---- src/addr.c ---- */
 #line 1 "src/addr.c"
 /*
@@ -4037,7 +7176,7 @@ void mime_scan(struct mime_data *d, const unsigned char *buf, size_t n)
 }
 
 /* Output is collected in a small buffer and handed on in runs. */
-struct out {
+struct data_out {
     unsigned char buf[4096];
     size_t len;
     mime_emit_fn emit;
@@ -4046,7 +7185,7 @@ struct out {
     int err;
 };
 
-static void out_flush(struct out *o)
+static void data_out_flush(struct data_out *o)
 {
     if (!o->len)
         return;
@@ -4057,17 +7196,17 @@ static void out_flush(struct out *o)
     o->len = 0;
 }
 
-static inline void out_byte(struct out *o, unsigned char c)
+static inline void data_out_byte(struct data_out *o, unsigned char c)
 {
     if (o->len == sizeof o->buf)
-        out_flush(o);
+        data_out_flush(o);
     o->buf[o->len++] = c;
 }
 
-static inline void out_crlf(struct out *o)
+static inline void data_out_crlf(struct data_out *o)
 {
-    out_byte(o, '\r');
-    out_byte(o, '\n');
+    data_out_byte(o, '\r');
+    data_out_byte(o, '\n');
 }
 
 /* RFC 5321 4.1.1.4 and 4.5.2: only CRLF "." CRLF ends the data, and a
@@ -4079,7 +7218,7 @@ static inline void out_crlf(struct out *o)
 size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
                       mime_emit_fn emit, void *arg, int *done)
 {
-    struct out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
+    struct data_out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
     size_t i;
 
     *done = 0;
@@ -4097,20 +7236,20 @@ size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
             if (c == '\r')
                 d->state = D_CR;
             else if (c == '\n') {
-                out_crlf(&o);           /* bare LF */
+                data_out_crlf(&o);           /* bare LF */
                 d->state = D_TEXT;
             } else {
-                out_byte(&o, c);
+                data_out_byte(&o, c);
                 d->state = D_TEXT;
             }
             break;
         case D_CR:
             if (c == '\n') {
-                out_crlf(&o);
+                data_out_crlf(&o);
                 d->state = D_BOL;
                 break;
             }
-            out_crlf(&o);               /* bare CR */
+            data_out_crlf(&o);               /* bare CR */
             d->state = D_TEXT;
             goto text;
         case D_DOT:
@@ -4127,12 +7266,12 @@ size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
                 break;
             }
             /* "." CR x: a dot line ended by a bare CR, kept as data. */
-            out_crlf(&o);
+            data_out_crlf(&o);
             d->state = D_TEXT;
             goto text;
         }
     }
-    out_flush(&o);
+    data_out_flush(&o);
     return i;
 }
 
@@ -4143,13 +7282,13 @@ size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
 int mime_raw_feed(struct mime_data *d, const unsigned char *in, size_t n,
                   mime_emit_fn emit, void *arg)
 {
-    struct out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
+    struct data_out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
     if (d->state != D_RAW && d->state != D_RAW_CR)
         d->state = D_RAW;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = in[i];
         if (d->state == D_RAW_CR) {
-            out_crlf(&o);
+            data_out_crlf(&o);
             d->state = D_RAW;
             if (c == '\n')
                 continue;
@@ -4157,23 +7296,1374 @@ int mime_raw_feed(struct mime_data *d, const unsigned char *in, size_t n,
         if (c == '\r')
             d->state = D_RAW_CR;
         else if (c == '\n')
-            out_crlf(&o);
+            data_out_crlf(&o);
         else
-            out_byte(&o, c);
+            data_out_byte(&o, c);
     }
-    out_flush(&o);
+    data_out_flush(&o);
     return o.err ? -1 : 0;
 }
 
 int mime_raw_finish(struct mime_data *d, mime_emit_fn emit, void *arg)
 {
-    struct out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
+    struct data_out o = { .len = 0, .emit = emit, .arg = arg, .d = d, .err = 0 };
     if (d->state == D_RAW_CR) {
-        out_crlf(&o);
+        data_out_crlf(&o);
         d->state = D_RAW;
     }
-    out_flush(&o);
+    data_out_flush(&o);
     return o.err ? -1 : 0;
+}
+
+/* ---- src/dsn.c ---- */
+#line 1 "src/dsn.c"
+/*
+ * dsn.c: delivery status notifications (RFC 3464 multipart/report,
+ * requested and shaped by the DSN extension, RFC 3461).
+ *
+ * A notification has three parts: a text for people, the
+ * message/delivery-status fields for programs, and the original message
+ * (RET=FULL) or its header section (RET=HDRS, the default).  The original
+ * is streamed out of the store; it is never held whole in memory.
+ *
+ * Everything that reached us from a peer (reply texts, host names, the
+ * xtext of ENVID and ORCPT) is untrusted: control characters become
+ * spaces, 8-bit bytes become '?', and long values are folded, so nothing
+ * a remote server says can add a header field or end a MIME part.
+ */
+
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define DSN_FOLD    76      /* RFC 5322 2.1.1: lines SHOULD stay within 78 */
+#define DSN_HARD    990     /* RFC 5322 2.1.1: lines MUST stay within 998 */
+#define DSN_TEXT_WRAP 72    /* the human-readable part */
+
+struct dsnw {
+    struct store_body *out;
+    int err;
+    int col;                            /* column of the line being written */
+};
+
+static void put(struct dsnw *w, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    if (w->err || !n)
+        return;
+    w->err = store_body_write(w->out, p, n);
+    for (size_t i = 0; i < n; i++)
+        w->col = s[i] == '\n' ? 0 : w->col + 1;
+}
+
+static void puts_(struct dsnw *w, const char *s)
+{
+    put(w, s, strlen(s));
+}
+
+static void printf_(struct dsnw *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void printf_(struct dsnw *w, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    put(w, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+/* Untrusted text, written as words separated by single spaces: CR, LF and
+ * other controls separate words (so peer text cannot start a new header
+ * field or a MIME boundary line), bytes >= 0x80 become '?' (the report is
+ * US-ASCII).  A line is broken before a word that would pass wrap; the
+ * break is CRLF followed by indent, which for a header field is folding
+ * whitespace (RFC 5322 2.2.3).  A word longer than a line is cut at
+ * DSN_HARD so no line passes 998 octets. */
+static void put_words(struct dsnw *w, const char *text, int wrap, const char *indent)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    int first = 1;
+
+    while (*s) {
+        size_t len = 0;
+        while (*s && (*s <= ' ' || *s == 0x7f))
+            s++;
+        while (s[len] && s[len] > ' ' && s[len] != 0x7f)
+            len++;
+        if (!len)
+            break;
+        if (!first && w->col + 1 + (int)len > wrap)
+            printf_(w, "\r\n%s", indent);
+        else if (!first)
+            put(w, " ", 1);
+        first = 0;
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = s[i] >= 0x80 ? '?' : s[i];
+            if (w->col >= DSN_HARD)
+                printf_(w, "\r\n%s", indent);
+            put(w, &c, 1);
+        }
+        s += len;
+    }
+}
+
+/* "Name: prefix text" with folding, ending in CRLF. */
+static void put_field(struct dsnw *w, const char *name, const char *prefix, const char *text)
+{
+    printf_(w, "%s: %s", name, prefix);
+    put_words(w, text, DSN_FOLD, " ");
+    puts_(w, "\r\n");
+}
+
+/* A paragraph of the human-readable part, wrapped. */
+static void put_para(struct dsnw *w, const char *indent, const char *text)
+{
+    puts_(w, indent);
+    put_words(w, text, DSN_TEXT_WRAP, indent);
+    puts_(w, "\r\n");
+}
+
+/* RFC 3461 4: ENVID and ORCPT travel as xtext ("+XX" for a byte); the
+ * report carries the decoded value (RFC 3464 2.2.1, 2.3.1).  Anything
+ * that is not a valid "+XX" is kept as it is. */
+static void xtext_decode(const char *s, char *out, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; s[i] && j + 1 < n; i++) {
+        static const char hex[] = "0123456789ABCDEF";
+        const char *h1, *h2;
+        if (s[i] == '+' && s[i + 1] && s[i + 2] && (h1 = strchr(hex, s[i + 1])) &&
+            (h2 = strchr(hex, s[i + 2]))) {
+            unsigned char c = (unsigned char)((h1 - hex) * 16 + (h2 - hex));
+            out[j++] = c ? (char)c : ' ';
+            i += 2;
+        } else {
+            out[j++] = s[i];
+        }
+    }
+    out[j] = '\0';
+}
+
+/* RFC 3463: class.subject.detail, each 1-3 digits, class 2, 4 or 5. */
+static int status_valid(const char *s)
+{
+    int parts = 0, digits = 0;
+    if (!s || (s[0] != '2' && s[0] != '4' && s[0] != '5'))
+        return 0;
+    for (; *s; s++) {
+        if (*s >= '0' && *s <= '9') {
+            if (++digits > 3)
+                return 0;
+        } else if (*s == '.' && digits) {
+            parts++;
+            digits = 0;
+        } else {
+            return 0;
+        }
+    }
+    return parts == 2 && digits;
+}
+
+static const char *rcpt_status(const struct dsn_rcpt *r)
+{
+    if (status_valid(r->status))
+        return r->status;
+    switch (r->action) {
+    case DSN_FAILED:
+        return "5.0.0";
+    case DSN_DELAYED:
+        return "4.0.0";
+    default:
+        return "2.0.0";
+    }
+}
+
+static const char *action_name(int action)
+{
+    switch (action) {
+    case DSN_FAILED:
+        return "failed";
+    case DSN_DELAYED:
+        return "delayed";
+    case DSN_RELAYED:
+        return "relayed";
+    default:
+        return "delivered";
+    }
+}
+
+/* The diagnostic as given may already carry its type ("smtp; 550 ..."):
+ * returns the text after the type, and sets *typed. */
+static const char *diag_text(const char *d, int *typed)
+{
+    size_t i = 0;
+    while ((d[i] >= 'a' && d[i] <= 'z') || (d[i] >= 'A' && d[i] <= 'Z') ||
+           (d[i] >= '0' && d[i] <= '9') || d[i] == '-')
+        i++;
+    *typed = i > 0 && d[i] == ';';
+    if (!*typed)
+        return d;
+    for (i++; d[i] == ' ' || d[i] == '\t'; i++)
+        ;
+    return d + i;
+}
+
+static void hex_random(char *out, size_t bytes)
+{
+    unsigned char r[32];
+    if (bytes > sizeof r)
+        bytes = sizeof r;
+    randombytes_buf(r, bytes);
+    sodium_bin2hex(out, bytes * 2 + 1, r, bytes);
+}
+
+/* Only letters, digits and the characters in extra: safe in a
+ * Message-ID, a boundary, or an address or diagnostic type. */
+static void safe_id(const char *s, const char *extra, char *out, size_t n)
+{
+    size_t j = 0;
+    for (; s && *s && j + 1 < n; s++) {
+        char c = *s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            strchr(extra, c))
+            out[j++] = c;
+    }
+    out[j] = '\0';
+}
+
+/* The type before the ';' of an ORCPT or diagnostic ("rfc822", "smtp"). */
+static void type_of(const char *s, size_t tl, char *out, size_t n)
+{
+    char tmp[32];
+    if (tl >= sizeof tmp)
+        tl = sizeof tmp - 1;
+    memcpy(tmp, s, tl);
+    tmp[tl] = '\0';
+    safe_id(tmp, "-", out, n);
+    util_lower(out);
+}
+
+static void duration_text(int64_t secs, char *buf, size_t n)
+{
+    if (secs >= 86400 && secs % 86400 == 0)
+        snprintf(buf, n, "%lld day%s", (long long)(secs / 86400), secs == 86400 ? "" : "s");
+    else if (secs >= 3600 && secs % 3600 == 0)
+        snprintf(buf, n, "%lld hour%s", (long long)(secs / 3600), secs == 3600 ? "" : "s");
+    else if (secs >= 60 && secs % 60 == 0)
+        snprintf(buf, n, "%lld minute%s", (long long)(secs / 60), secs == 60 ? "" : "s");
+    else
+        snprintf(buf, n, "%lld seconds", (long long)secs);
+}
+
+/* What the sender can do about a permanent failure, by status subject. */
+static const char *failure_advice(const char *status)
+{
+    if (!strncmp(status + 1, ".1.", 3))
+        return "Check the address for typing mistakes and send the message again.";
+    if (!strcmp(status + 1, ".2.2"))
+        return "The recipient's mailbox is full; try again later or reach the recipient "
+               "another way.";
+    if (!strcmp(status + 1, ".2.3") || !strcmp(status + 1, ".3.4"))
+        return "The message is too large for the receiving system; send it again with "
+               "smaller attachments or split it up.";
+    if (!strcmp(status + 1, ".6.3"))
+        return "The receiving system cannot take 8-bit content and the message could not "
+               "be converted; send it again with the attachments encoded by your mail program.";
+    if (!strncmp(status + 1, ".7.", 3))
+        return "The receiving system refused the message by its policy; the reply above "
+               "may say why. Contact the recipient another way.";
+    if (!strncmp(status + 1, ".4.", 3))
+        return "The destination could not be reached; check the domain of the address.";
+    return "If the reason is not clear, forward this report to your postmaster.";
+}
+
+static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
+{
+    char buf[512], until[64], life[64];
+    int64_t deadline = d->received + conf->queue_lifetime;
+
+    int any_delayed = 0;
+    for (size_t i = 0; i < d->n; i++)
+        if (d->rcpts[i].action == DSN_DELAYED)
+            any_delayed = 1;
+    util_date(deadline, until, sizeof until);
+    duration_text(conf->queue_lifetime, life, sizeof life);
+    snprintf(buf, sizeof buf, "This is the mail system at host %s.", conf->hostname);
+    put_para(w, "", buf);
+    puts_(w, "\r\n");
+    if (worst == DSN_FAILED)
+        put_para(w, "", "Your message could not be delivered to one or more recipients. "
+                        "The reasons are given below for each recipient.");
+    else if (worst == DSN_DELAYED)
+        put_para(w, "", "Your message has not been delivered yet to one or more recipients. "
+                        "This is only a warning: you do not need to send the message again.");
+    else
+        put_para(w, "", "This is the delivery report you asked for.");
+    puts_(w, "\r\n");
+
+    for (size_t i = 0; i < d->n; i++) {
+        const struct dsn_rcpt *r = &d->rcpts[i];
+        const char *st = rcpt_status(r);
+
+        puts_(w, "<");
+        put_words(w, r->addr ? r->addr : "", DSN_TEXT_WRAP, "    ");
+        switch (r->action) {
+        case DSN_FAILED:
+            printf_(w, ">: delivery failed permanently (status %s).\r\n", st);
+            break;
+        case DSN_DELAYED:
+            printf_(w, ">: delivery is delayed (status %s).\r\n", st);
+            break;
+        case DSN_RELAYED:
+            puts_(w, ">: passed on to a mail system that does not send delivery reports; "
+                     "you may not hear more about it.\r\n");
+            break;
+        default:
+            puts_(w, ">: delivered.\r\n");
+            break;
+        }
+        if (r->diagnostic && r->diagnostic[0]) {
+            int typed;
+            const char *text = diag_text(r->diagnostic, &typed);
+            if (r->remote_mta && r->remote_mta[0]) {
+                puts_(w, "    The mail server ");
+                put_words(w, r->remote_mta, DSN_TEXT_WRAP, "    ");
+                puts_(w, " said:\r\n");
+            } else {
+                puts_(w, "    Reason:\r\n");
+            }
+            put_para(w, "      ", text);
+        } else if (r->remote_mta && r->remote_mta[0]) {
+            puts_(w, "    Mail server: ");
+            put_words(w, r->remote_mta, DSN_TEXT_WRAP, "    ");
+            puts_(w, "\r\n");
+        }
+        if (r->action == DSN_FAILED)
+            put_para(w, "    ", failure_advice(st));
+        puts_(w, "\r\n");
+    }
+
+    if (any_delayed) {
+        snprintf(buf, sizeof buf,
+                 "The mail system will keep trying to deliver the message until %s "
+                 "(%s after it was received). If it still cannot be delivered by then, "
+                 "you will get another report.", until, life);
+        put_para(w, "", buf);
+        puts_(w, "\r\n");
+    }
+    if (worst == DSN_FAILED) {
+        snprintf(buf, sizeof buf,
+                 "If you need help, forward this report to your postmaster. "
+                 "Please include the delivery report below.");
+        put_para(w, "", buf);
+        puts_(w, "\r\n");
+    }
+    put_para(w, "", d->ret_full ? "The original message is attached."
+                                : "The header section of the original message is attached.");
+}
+
+static void write_status(struct dsnw *w, const struct dsn_info *d)
+{
+    char date[64], buf[512];
+
+    put_field(w, "Reporting-MTA", "dns; ", conf->hostname);
+    if (d->envid && d->envid[0]) {
+        xtext_decode(d->envid, buf, sizeof buf);
+        put_field(w, "Original-Envelope-Id", "", buf);
+    }
+    if (d->received > 0) {
+        util_date(d->received, date, sizeof date);
+        put_field(w, "Arrival-Date", "", date);
+    }
+    for (size_t i = 0; i < d->n; i++) {
+        const struct dsn_rcpt *r = &d->rcpts[i];
+        puts_(w, "\r\n");
+        if (r->orcpt && r->orcpt[0]) {
+            const char *semi = strchr(r->orcpt, ';');
+            if (semi && semi != r->orcpt) {
+                char type[32];
+                size_t tl = (size_t)(semi - r->orcpt);
+                type_of(r->orcpt, tl, type, sizeof type);
+                if (!type[0])
+                    util_strlcpy(type, "rfc822", sizeof type);
+                xtext_decode(semi + 1, buf, sizeof buf);
+                char pre[40];
+                snprintf(pre, sizeof pre, "%s;", type);
+                put_field(w, "Original-Recipient", pre, buf);
+            }
+        }
+        put_field(w, "Final-Recipient", "rfc822; ", r->addr ? r->addr : "");
+        put_field(w, "Action", "", action_name(r->action));
+        put_field(w, "Status", "", rcpt_status(r));
+        if (r->remote_mta && r->remote_mta[0])
+            put_field(w, "Remote-MTA", "dns; ", r->remote_mta);
+        if (r->diagnostic && r->diagnostic[0]) {
+            int typed;
+            const char *text = diag_text(r->diagnostic, &typed);
+            if (typed) {
+                char type[32];
+                size_t tl = (size_t)(strchr(r->diagnostic, ';') - r->diagnostic);
+                type_of(r->diagnostic, tl, type, sizeof type);
+                char pre[40];
+                snprintf(pre, sizeof pre, "%s; ", type);
+                put_field(w, "Diagnostic-Code", pre, text);
+            } else {
+                put_field(w, "Diagnostic-Code", "smtp; ", text);
+            }
+        }
+        if (r->last_attempt > 0) {
+            util_date(r->last_attempt, date, sizeof date);
+            put_field(w, "Last-Attempt-Date", "", date);
+        }
+        if (r->action == DSN_DELAYED && d->received > 0) {
+            util_date(d->received + conf->queue_lifetime, date, sizeof date);
+            put_field(w, "Will-Retry-Until", "", date);
+        }
+    }
+}
+
+/* The original message (all of it, or the header section: everything up
+ * to the first empty line, RFC 5322 2.1), streamed out of the store.
+ * With w NULL it only looks: *eightbit tells whether that text has bytes
+ * >= 0x80, so the part can be labelled before it is written. */
+static int copy_original(struct dsnw *w, const struct dsn_info *d, int full, int *eightbit)
+{
+    struct store_reader r;
+    unsigned char in[4096], out[4096 + 1];
+    int bol = 1, held_cr = 0, stop = 0, last = '\n';
+    ssize_t n = 0;
+    int rc;
+
+    *eightbit = 0;
+    if ((rc = store_reader_open(&r, d->body_id))) {
+        store_reader_close(&r);
+        return rc;
+    }
+    while (!stop && (n = store_reader_read(&r, in, sizeof in)) > 0) {
+        size_t o = 0;
+        for (size_t i = 0; i < (size_t)n; i++) {
+            unsigned char c = in[i];
+            if (!full && bol) {
+                /* a CR at the start of a line is held until we know
+                 * whether it begins the empty line */
+                if (c == '\r' && !held_cr) {
+                    held_cr = 1;
+                    continue;
+                }
+                if (c == '\n') {
+                    held_cr = 0;        /* the empty line is not written */
+                    stop = 1;
+                    break;
+                }
+            }
+            if (held_cr) {
+                out[o++] = '\r';
+                held_cr = 0;
+            }
+            if (c >= 0x80)
+                *eightbit = 1;
+            out[o++] = c;
+            bol = c == '\n';
+        }
+        if (o) {
+            last = out[o - 1];
+            if (w)
+                put(w, out, o);
+        }
+    }
+    rc = n < 0 ? (int)n : 0;
+    store_reader_close(&r);
+    if (rc)
+        return rc;
+    if (held_cr) {              /* the text ended in a lone CR */
+        if (w)
+            puts_(w, "\r");
+        last = '\r';
+    }
+    if (w && last == '\r')
+        puts_(w, "\n");
+    else if (w && last != '\n')
+        puts_(w, "\r\n");
+    return w ? w->err : 0;
+}
+
+int dsn_write(const struct dsn_info *d, struct store_body *out)
+{
+    struct dsnw w = { .out = out, .err = 0, .col = 0 };
+    char date[64], qid[QID_LEN + 1], rnd[65], boundary[96];
+    int worst = DSN_DELIVERED, eightbit = 0, rc;
+    const char *subject;
+
+    for (size_t i = 0; i < d->n; i++) {
+        int a = d->rcpts[i].action;
+        if (a == DSN_FAILED)
+            worst = DSN_FAILED;
+        else if (a == DSN_DELAYED && worst != DSN_FAILED)
+            worst = DSN_DELAYED;
+    }
+    subject = worst == DSN_FAILED    ? "Undelivered Mail Returned to Sender"
+              : worst == DSN_DELAYED ? "Delayed Mail (still being retried)"
+                                     : "Successful Mail Delivery Report";
+
+    /* Labelling the returned part needs to know about 8-bit bytes before
+     * it is written: one extra pass over the text. */
+    if ((rc = copy_original(NULL, d, d->ret_full, &eightbit)))
+        return rc;
+
+    safe_id(d->qid, "", qid, sizeof qid);
+    /* RFC 2046 5.1.1: the boundary must not occur in any part.  "=_" can
+     * never start a quoted-printable or base64 line, and 128 random bits
+     * make a collision with the returned text beyond reach. */
+    hex_random(rnd, 16);
+    snprintf(boundary, sizeof boundary, "=_%s.%s", qid, rnd);
+
+    util_date(util_now(), date, sizeof date);
+    printf_(&w, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", conf->hostname);
+    puts_(&w, "To: <");
+    put_words(&w, d->sender ? d->sender : "", DSN_FOLD, " ");
+    puts_(&w, ">\r\n");
+    put_field(&w, "Subject", "", subject);
+    put_field(&w, "Date", "", date);
+    hex_random(rnd, 8);
+    printf_(&w, "Message-ID: <%s.dsn.%s@%s>\r\n", qid, rnd, conf->hostname);
+    /* RFC 3834 5: a notification is never answered automatically. */
+    puts_(&w, "Auto-Submitted: auto-replied\r\n");
+    puts_(&w, "MIME-Version: 1.0\r\n");
+    printf_(&w, "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+                "\tboundary=\"%s\"\r\n", boundary);
+    /* RFC 2045 6.4: a multipart is labelled with the widest encoding of
+     * its parts. */
+    if (eightbit)
+        puts_(&w, "Content-Transfer-Encoding: 8bit\r\n");
+    puts_(&w, "\r\n");
+    puts_(&w, "This is a MIME-encapsulated message.\r\n\r\n");
+
+    printf_(&w, "--%s\r\n", boundary);
+    puts_(&w, "Content-Description: Notification\r\n");
+    puts_(&w, "Content-Type: text/plain; charset=us-ascii\r\n\r\n");
+    write_human(&w, d, worst);
+
+    printf_(&w, "\r\n--%s\r\n", boundary);
+    puts_(&w, "Content-Description: Delivery report\r\n");
+    puts_(&w, "Content-Type: message/delivery-status\r\n\r\n");
+    write_status(&w, d);
+
+    printf_(&w, "\r\n--%s\r\n", boundary);
+    if (d->ret_full) {
+        puts_(&w, "Content-Description: Undelivered message\r\n");
+        puts_(&w, "Content-Type: message/rfc822\r\n");
+    } else {
+        puts_(&w, "Content-Description: Message headers\r\n");
+        puts_(&w, "Content-Type: text/rfc822-headers\r\n");
+    }
+    if (eightbit)
+        puts_(&w, "Content-Transfer-Encoding: 8bit\r\n");
+    puts_(&w, "\r\n");
+    if (!w.err && (rc = copy_original(&w, d, d->ret_full, &eightbit)))
+        return rc;
+    printf_(&w, "\r\n--%s--\r\n", boundary);
+    return w.err;
+}
+
+/* ---- src/mime7.c ---- */
+#line 1 "src/mime7.c"
+/*
+ * mime7.c: 8-bit MIME to 7 bit, on the way out to a peer that does not
+ * offer 8BITMIME (RFC 6152 3, conversion as in RFC 2045 and RFC 2046).
+ *
+ * The message streams through line by line: memory is one line buffer,
+ * the Content-Type and Content-Transfer-Encoding fields of the header
+ * section being read, and a stack of enclosing multipart boundaries.
+ *
+ * Whether a part holds 8-bit bytes is known only once it has been read,
+ * and the header that announces the encoding comes before the body.  So
+ * every leaf part with an identity encoding (none, 7bit, 8bit, binary) is
+ * encoded: quoted-printable for text and message types (which leaves 7-bit
+ * text almost as it was), base64 for everything else.  Parts already in
+ * quoted-printable or base64 pass through unchanged.  Multiparts and
+ * message/rfc822 may not be encoded (RFC 2046 5.1.1, 5.2.1): their
+ * contents are converted and their label becomes 7bit.
+ *
+ * What cannot be converted makes the feed fail, and the message bounces
+ * with 5.6.3: 8-bit bytes in a header section (that needs SMTPUTF8), 8-bit
+ * bytes in message/partial or message/external-body or in a part that
+ * claims to be encoded already, a multipart without a boundary, nesting
+ * deeper than MIME7_DEPTH.
+ */
+
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define MIME7_TEXT      998     /* RFC 5321 4.5.3.1.6, RFC 5322 2.1.1: octets in a line */
+#define MIME7_LINE      (MIME7_TEXT + 1)        /* room for the CR; longer lines go in pieces */
+#define MIME7_DEPTH     20      /* nesting of multiparts and messages */
+#define MIME7_BOUNDARY  200     /* RFC 2046 5.1.1 says 70; be lenient */
+#define MIME7_CT        4096    /* unfolded Content-Type value */
+#define MIME7_CTE       1024    /* raw Content-Transfer-Encoding field */
+#define MIME7_QP_LINE   76      /* RFC 2045 6.7 rule 5 */
+#define MIME7_B64_LINE  76      /* RFC 2045 6.8 */
+
+enum { B_COPY, B_SCRUB, B_QP, B_B64 };          /* how a body is written */
+enum { F_OTHER, F_CT, F_CTE, F_DROP };          /* the header field being read */
+
+struct mime7_level {
+    char boundary[MIME7_BOUNDARY + 1];
+    size_t blen;
+    int digest;                         /* multipart/digest: parts default to message/rfc822 */
+    int depth;
+};
+
+struct mime7 {
+    int err;
+    mime_emit_fn emit;
+    void *arg;
+
+    unsigned char line[MIME7_LINE];     /* the line being assembled */
+    size_t len;
+    int cont;                           /* earlier pieces of this line went already */
+
+    struct mime7_level lv[MIME7_DEPTH];
+    int nlv;
+
+    /* the entity whose header section is being read */
+    int in_header;
+    int is_message;                     /* a message (top level, message/rfc822), not a body part */
+    int depth;
+    int dflt_rfc822;
+    int field;
+    int has_ct, has_mv, has_cte, ct_over;
+    char ct[MIME7_CT];
+    size_t ct_len;
+    char cte[MIME7_CTE];                /* held back: it may be replaced */
+    size_t cte_len;
+
+    /* the body being written */
+    int mode;
+    int pending_eol;                    /* a line end not written yet: content, or the
+                                         * CRLF that belongs to the next delimiter */
+    int col;                            /* output column (QP, base64) */
+    int held;                           /* QP: a space or tab that may be trailing */
+    int soft;                           /* QP: the output line began after a soft break */
+    unsigned char b64[3];
+    int nb64;
+
+    unsigned char out[4096];
+    size_t olen;
+    int olast;                          /* last byte written */
+};
+
+/* ------------------------------------------------------------- output */
+
+static void out_flush(struct mime7 *m)
+{
+    if (m->olen && !m->err) {
+        int rc = m->emit(m->arg, m->out, m->olen);
+        if (rc)
+            m->err = rc < 0 ? rc : -1;
+    }
+    m->olen = 0;
+}
+
+static void out_bytes(struct mime7 *m, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    if (!n)
+        return;
+    m->olast = s[n - 1];
+    while (n) {
+        size_t take = sizeof m->out - m->olen;
+        if (take > n)
+            take = n;
+        memcpy(m->out + m->olen, s, take);
+        m->olen += take;
+        s += take;
+        n -= take;
+        if (m->olen == sizeof m->out)
+            out_flush(m);
+    }
+}
+
+static void out_str(struct mime7 *m, const char *s)
+{
+    out_bytes(m, s, strlen(s));
+}
+
+static inline void out_byte(struct mime7 *m, unsigned char c)
+{
+    if (m->olen == sizeof m->out)
+        out_flush(m);
+    m->out[m->olen++] = c;
+    m->olast = c;
+}
+
+/* Text that goes out as it came (header fields, parts already encoded,
+ * preamble and epilogue).  A bare CR or a NUL has no place in a 7-bit
+ * line (RFC 5322 2.3, RFC 2045 2.7) and a CR might be taken for a line
+ * end further on, so it becomes a space. */
+static void out_text(struct mime7 *m, const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && p[j] != '\r' && p[j] != '\0')
+            j++;
+        out_bytes(m, p + i, j - i);
+        if (j < n)
+            out_byte(m, ' ');
+        i = j + 1;
+    }
+}
+
+/* ------------------------------------------------------------ encoders */
+
+static const char hexdig[] = "0123456789ABCDEF";
+static const char b64dig[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* One quoted-printable token: the byte itself or "=XX".  A soft line
+ * break ("=" CRLF) keeps every line within 76 characters. */
+static void qp_token(struct mime7 *m, unsigned char c, int encode)
+{
+    int tl = encode ? 3 : 1;
+    if (m->col + tl > MIME7_QP_LINE - 1) {
+        out_str(m, "=\r\n");
+        m->col = 0;
+        m->soft = 1;
+    }
+    /* A soft break could make the next line start with "--" followed by an
+     * enclosing boundary, which would end the part early. */
+    if (!encode && m->col == 0 && m->soft && c == '-') {
+        encode = 1;
+        tl = 3;
+    }
+    if (encode) {
+        out_byte(m, '=');
+        out_byte(m, (unsigned char)hexdig[c >> 4]);
+        out_byte(m, (unsigned char)hexdig[c & 15]);
+    } else {
+        out_byte(m, c);
+    }
+    m->col += tl;
+    m->soft = 0;
+}
+
+/* RFC 2045 6.7: '=' and anything but printable ASCII are encoded; a
+ * space or tab is literal unless it ends a line, where a gateway might
+ * strip it (rule 3), so it is held until the next byte tells. */
+static void qp_byte(struct mime7 *m, unsigned char c)
+{
+    if (m->held) {
+        qp_token(m, (unsigned char)m->held, 0);
+        m->held = 0;
+    }
+    if (c == ' ' || c == '\t') {
+        m->held = c;
+        return;
+    }
+    qp_token(m, c, c == '=' || c < 0x20 || c >= 0x7f);
+}
+
+static void qp_end_of_text(struct mime7 *m)
+{
+    if (m->held) {
+        qp_token(m, (unsigned char)m->held, 1);
+        m->held = 0;
+    }
+}
+
+static void b64_group(struct mime7 *m, int n)
+{
+    unsigned v = (unsigned)m->b64[0] << 16 | (unsigned)(n > 1 ? m->b64[1] : 0) << 8 |
+                 (unsigned)(n > 2 ? m->b64[2] : 0);
+    if (m->col >= MIME7_B64_LINE) {
+        out_str(m, "\r\n");
+        m->col = 0;
+    }
+    out_byte(m, (unsigned char)b64dig[(v >> 18) & 63]);
+    out_byte(m, (unsigned char)b64dig[(v >> 12) & 63]);
+    out_byte(m, n > 1 ? (unsigned char)b64dig[(v >> 6) & 63] : '=');
+    out_byte(m, n > 2 ? (unsigned char)b64dig[v & 63] : '=');
+    m->col += 4;
+}
+
+static void b64_byte(struct mime7 *m, unsigned char c)
+{
+    m->b64[m->nb64++] = c;
+    if (m->nb64 == 3) {
+        b64_group(m, 3);
+        m->nb64 = 0;
+    }
+}
+
+/* Content bytes of the current body (never a line end). */
+static void enc_bytes(struct mime7 *m, const unsigned char *p, size_t n)
+{
+    switch (m->mode) {
+    case B_COPY:
+        for (size_t i = 0; i < n; i++)
+            if (p[i] >= 0x80) {
+                m->err = -1;
+                return;
+            }
+        out_text(m, p, n);
+        break;
+    case B_SCRUB:
+        /* preamble, epilogue, delimiter lines: readers ignore the text,
+         * so an 8-bit byte there is replaced rather than refused */
+        for (size_t i = 0; i < n; i++)
+            out_byte(m, p[i] >= 0x80 ? '?' : p[i] == '\r' || !p[i] ? ' ' : p[i]);
+        break;
+    case B_QP:
+        for (size_t i = 0; i < n; i++)
+            qp_byte(m, p[i]);
+        break;
+    case B_B64:
+        for (size_t i = 0; i < n; i++)
+            b64_byte(m, p[i]);
+        break;
+    }
+}
+
+/* A line end inside the content: a hard line break in quoted-printable,
+ * CRLF octets in base64 (the canonical form, RFC 2049 4). */
+static void enc_eol(struct mime7 *m)
+{
+    switch (m->mode) {
+    case B_QP:
+        qp_end_of_text(m);
+        out_str(m, "\r\n");
+        m->col = 0;
+        m->soft = 0;
+        break;
+    case B_B64:
+        b64_byte(m, '\r');
+        b64_byte(m, '\n');
+        break;
+    default:
+        out_str(m, "\r\n");
+        break;
+    }
+}
+
+/* The content is over (a delimiter or the end follows). */
+static void enc_finish(struct mime7 *m)
+{
+    if (m->mode == B_QP) {
+        qp_end_of_text(m);
+    } else if (m->mode == B_B64 && m->nb64) {
+        b64_group(m, m->nb64);
+        m->nb64 = 0;
+    }
+}
+
+static void body_start(struct mime7 *m, int mode)
+{
+    m->in_header = 0;
+    m->mode = mode;
+    m->pending_eol = 0;
+    m->col = 0;
+    m->held = 0;
+    m->soft = 0;
+    m->nb64 = 0;
+}
+
+/* ------------------------------------------------------- header fields */
+
+static void entity_start(struct mime7 *m, int is_message, int depth, int dflt_rfc822)
+{
+    m->in_header = 1;
+    m->is_message = is_message;
+    m->depth = depth;
+    m->dflt_rfc822 = dflt_rfc822;
+    m->field = F_OTHER;
+    m->has_ct = m->has_mv = m->has_cte = m->ct_over = 0;
+    m->ct_len = m->cte_len = 0;
+}
+
+static const char *skip_cfws(const char *s, const char *e)
+{
+    while (s < e) {
+        if (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') {
+            s++;
+        } else if (*s == '(') {
+            /* RFC 822 comments nest and may hold quoted pairs */
+            int depth = 0;
+            while (s < e) {
+                if (*s == '\\' && s + 1 < e)
+                    s++;
+                else if (*s == '(')
+                    depth++;
+                else if (*s == ')' && --depth == 0) {
+                    s++;
+                    break;
+                }
+                s++;
+            }
+        } else {
+            break;
+        }
+    }
+    return s;
+}
+
+/* RFC 2045 5.1: token, lower-cased into out. */
+static const char *get_token(const char *s, const char *e, char *out, size_t n)
+{
+    size_t j = 0;
+    while (s < e) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= ' ' || c >= 0x7f || strchr("()<>@,;:\\\"/[]?=", c))
+            break;
+        if (j + 1 < n)
+            out[j++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        s++;
+    }
+    out[j] = '\0';
+    return s;
+}
+
+struct mime7_ct {
+    char type[64], sub[64];
+    char boundary[MIME7_BOUNDARY + 1];
+    size_t blen;
+    int bad_boundary;                   /* too long */
+};
+
+/* RFC 2045 5.1: type "/" subtype *(";" attribute "=" value).  A value is
+ * a token or a quoted string; unquoted values are taken up to ';' or
+ * white space, since boundaries with '=' or '/' left unquoted are common.
+ * An invalid field means text/plain (RFC 2045 5.2). */
+static void parse_ct(const char *s, size_t len, struct mime7_ct *ct)
+{
+    const char *e = s + len;
+    char attr[32];
+
+    memset(ct, 0, sizeof *ct);
+    s = get_token(skip_cfws(s, e), e, ct->type, sizeof ct->type);
+    s = skip_cfws(s, e);
+    if (s < e && *s == '/')
+        s = get_token(skip_cfws(s + 1, e), e, ct->sub, sizeof ct->sub);
+    if (!ct->type[0] || !ct->sub[0]) {
+        strcpy(ct->type, "text");
+        strcpy(ct->sub, "plain");
+        return;
+    }
+    while (s < e) {
+        char val[MIME7_BOUNDARY + 2];
+        size_t vl = 0;
+        int over = 0;
+
+        s = skip_cfws(s, e);
+        if (s >= e)
+            break;
+        if (*s != ';') {                /* junk: resynchronise at the next ';' */
+            while (s < e && *s != ';')
+                s++;
+            continue;
+        }
+        s = get_token(skip_cfws(s + 1, e), e, attr, sizeof attr);
+        s = skip_cfws(s, e);
+        if (s >= e || *s != '=')
+            continue;
+        s = skip_cfws(s + 1, e);
+        if (s < e && *s == '"') {
+            for (s++; s < e && *s != '"'; s++) {
+                if (*s == '\\' && s + 1 < e)
+                    s++;
+                if (*s == '\r' || *s == '\n')
+                    continue;
+                if (vl < sizeof val - 1)
+                    val[vl++] = *s;
+                else
+                    over = 1;
+            }
+            if (s < e)
+                s++;
+        } else {
+            for (; s < e && *s != ';' && *s != ' ' && *s != '\t' && *s != '\r' && *s != '\n'; s++) {
+                if (vl < sizeof val - 1)
+                    val[vl++] = *s;
+                else
+                    over = 1;
+            }
+        }
+        if (!strcmp(attr, "boundary") && !ct->blen && !ct->bad_boundary) {
+            if (over || vl > MIME7_BOUNDARY || !vl) {
+                ct->bad_boundary = 1;
+            } else {
+                memcpy(ct->boundary, val, vl);
+                ct->boundary[vl] = '\0';
+                ct->blen = vl;
+            }
+        }
+    }
+}
+
+/* The mechanism named by the held Content-Transfer-Encoding field. */
+static void cte_token(const struct mime7 *m, char *out, size_t n)
+{
+    const char *s = m->cte, *e = m->cte + m->cte_len;
+    out[0] = '\0';
+    while (s < e && *s != ':')
+        s++;
+    if (s < e)
+        get_token(skip_cfws(s + 1, e), e, out, n);
+}
+
+static int name_is(const unsigned char *p, size_t n, const char *name)
+{
+    size_t l = strlen(name);
+    return n == l && !strncasecmp((const char *)p, name, l);
+}
+
+static void header_field(struct mime7 *m, const unsigned char *p, size_t len, int eol, int first)
+{
+    const unsigned char *v = p;
+    size_t vl = len;
+
+    for (size_t i = 0; i < len; i++)
+        if (p[i] >= 0x80) {
+            /* RFC 6152 3 and RFC 6532: 8-bit header text cannot go to a
+             * peer without 8BITMIME/SMTPUTF8; the message bounces. */
+            m->err = -1;
+            return;
+        }
+    if (first && len && p[0] != ' ' && p[0] != '\t') {
+        const unsigned char *colon = memchr(p, ':', len);
+        m->field = F_OTHER;
+        if (colon) {
+            size_t nl = (size_t)(colon - p);
+            while (nl && (p[nl - 1] == ' ' || p[nl - 1] == '\t'))
+                nl--;
+            if (name_is(p, nl, "content-type") && !m->has_ct) {
+                m->field = F_CT;
+                m->has_ct = 1;
+                v = colon + 1;
+                vl = len - (size_t)(v - p);
+            } else if (name_is(p, nl, "content-transfer-encoding")) {
+                /* a second one would contradict the one we write */
+                m->field = m->has_cte ? F_DROP : F_CTE;
+                m->has_cte = 1;
+            } else if (name_is(p, nl, "mime-version")) {
+                m->has_mv = 1;
+            }
+        }
+    }
+    switch (m->field) {
+    case F_CT:
+        if (m->ct_len + vl > sizeof m->ct) {
+            m->ct_over = 1;
+            vl = sizeof m->ct - m->ct_len;
+        }
+        memcpy(m->ct + m->ct_len, v, vl);
+        m->ct_len += vl;
+        /* the field itself goes out unchanged */
+        /* fall through */
+    case F_OTHER:
+        if (first) {
+            out_text(m, p, len);
+        } else {
+            /* RFC 5322 2.2.3: an overlong field is folded; the pieces go
+             * on continuation lines, short enough for the added space */
+            for (size_t off = 0; off < len; off += MIME7_TEXT / 2) {
+                size_t n = len - off < MIME7_TEXT / 2 ? len - off : MIME7_TEXT / 2;
+                out_str(m, "\r\n ");
+                out_text(m, p + off, n);
+            }
+        }
+        if (eol)
+            out_str(m, "\r\n");
+        break;
+    case F_CTE:
+        if (m->cte_len + len + 2 > sizeof m->cte) {
+            m->err = -1;
+            return;
+        }
+        for (size_t i = 0; i < len; i++)
+            m->cte[m->cte_len++] = p[i] == '\r' || !p[i] ? ' ' : (char)p[i];
+        if (eol) {
+            memcpy(m->cte + m->cte_len, "\r\n", 2);
+            m->cte_len += 2;
+        }
+        break;
+    case F_DROP:
+        break;
+    }
+}
+
+static void put_held_cte(struct mime7 *m)
+{
+    out_bytes(m, m->cte, m->cte_len);
+    if (m->cte_len && m->cte[m->cte_len - 1] != '\n')
+        out_str(m, "\r\n");
+}
+
+/* The empty line that ends a header section: decide how the body goes
+ * out, write the fields that say so, then the empty line. */
+static void header_end(struct mime7 *m)
+{
+    struct mime7_ct ct;
+    char cte[32];
+    int identity;
+
+    cte_token(m, cte, sizeof cte);
+    identity = !m->has_cte || !cte[0] || !strcmp(cte, "7bit") || !strcmp(cte, "8bit") ||
+               !strcmp(cte, "binary");
+    if (m->has_ct) {
+        parse_ct(m->ct, m->ct_len, &ct);
+    } else {
+        memset(&ct, 0, sizeof ct);
+        strcpy(ct.type, m->dflt_rfc822 ? "message" : "text");
+        strcpy(ct.sub, m->dflt_rfc822 ? "rfc822" : "plain");
+    }
+
+    if (!identity) {
+        /* already encoded (or an encoding we do not know): as it is */
+        put_held_cte(m);
+        out_str(m, "\r\n");
+        body_start(m, B_COPY);
+        return;
+    }
+    if (m->depth >= MIME7_DEPTH) {
+        m->err = -1;
+        return;
+    }
+
+    int composite = !strcmp(ct.type, "multipart") ||
+                    (!strcmp(ct.type, "message") &&
+                     (!strcmp(ct.sub, "rfc822") || !strcmp(ct.sub, "partial") ||
+                      !strcmp(ct.sub, "external-body")));
+    if (composite) {
+        /* RFC 2046 5.1.1, 5.2: never encoded; the label says what the
+         * contents will be once converted: 7bit. */
+        if (!strcmp(cte, "7bit")) {
+            put_held_cte(m);
+        } else if (m->has_cte) {
+            if (m->is_message && !m->has_mv)
+                out_str(m, "MIME-Version: 1.0\r\n");
+            out_str(m, "Content-Transfer-Encoding: 7bit\r\n");
+        }
+        out_str(m, "\r\n");
+        if (!strcmp(ct.type, "multipart")) {
+            if (!ct.blen || ct.bad_boundary || m->ct_over || m->nlv >= MIME7_DEPTH) {
+                m->err = -1;
+                return;
+            }
+            struct mime7_level *l = &m->lv[m->nlv++];
+            memcpy(l->boundary, ct.boundary, ct.blen + 1);
+            l->blen = ct.blen;
+            l->digest = !strcmp(ct.sub, "digest");
+            l->depth = m->depth;
+            body_start(m, B_SCRUB);     /* the preamble */
+        } else if (!strcmp(ct.sub, "rfc822")) {
+            /* RFC 6152 3: the enclosed message is converted in turn */
+            entity_start(m, 1, m->depth + 1, 0);
+        } else {
+            /* partial and external-body must be 7bit already (RFC 2046 5.2.2, 5.2.3) */
+            body_start(m, B_COPY);
+        }
+        return;
+    }
+
+    int qp = !strcmp(ct.type, "text") || !strcmp(ct.type, "message");
+    if (m->is_message && !m->has_mv)
+        out_str(m, "MIME-Version: 1.0\r\n");
+    if (m->is_message && !m->has_ct && !m->has_mv)
+        /* A plain RFC 5322 message with 8-bit text: its character set is
+         * not known (RFC 1428). */
+        out_str(m, "Content-Type: text/plain; charset=\"unknown-8bit\"\r\n");
+    out_str(m, qp ? "Content-Transfer-Encoding: quoted-printable\r\n"
+                  : "Content-Transfer-Encoding: base64\r\n");
+    out_str(m, "\r\n");
+    body_start(m, qp ? B_QP : B_B64);
+}
+
+/* -------------------------------------------------------------- lines */
+
+/* RFC 2046 5.1.1: a line that starts with "--" and the boundary of any
+ * enclosing multipart (the innermost is tried first; an outer one also
+ * ends the inner parts that were not closed).  *close for "--b--". */
+static int match_delimiter(const struct mime7 *m, const unsigned char *p, size_t len, int *close)
+{
+    if (len < 3 || p[0] != '-' || p[1] != '-')
+        return -1;
+    for (int k = m->nlv - 1; k >= 0; k--) {
+        const struct mime7_level *l = &m->lv[k];
+        if (len >= 2 + l->blen && !memcmp(p + 2, l->boundary, l->blen)) {
+            *close = len >= 4 + l->blen && p[2 + l->blen] == '-' && p[3 + l->blen] == '-';
+            return k;
+        }
+    }
+    return -1;
+}
+
+/* The entity being written is cut off by a delimiter or the end. */
+static void entity_cut(struct mime7 *m)
+{
+    if (m->in_header) {
+        /* no empty line came: no body, nothing to convert */
+        put_held_cte(m);
+        m->cte_len = 0;
+        return;
+    }
+    enc_finish(m);
+}
+
+static void delimiter(struct mime7 *m, int k, int close, const unsigned char *p, size_t len)
+{
+    entity_cut(m);
+    /* The CRLF before a delimiter belongs to the delimiter (RFC 2046
+     * 5.1.1), so a held line end is written now, outside the encoding. */
+    if (!m->in_header && m->pending_eol)
+        out_str(m, "\r\n");
+    m->nlv = k + 1;
+    m->mode = B_SCRUB;
+    enc_bytes(m, p, len);
+    out_str(m, "\r\n");
+    if (close) {
+        m->nlv = k;
+        body_start(m, B_SCRUB);         /* the epilogue */
+    } else {
+        entity_start(m, 0, m->lv[k].depth + 1, m->lv[k].digest);
+    }
+}
+
+/* One line, or a piece of a line longer than the buffer (first: the
+ * line's first piece; eol: its last). */
+static void process_line(struct mime7 *m, const unsigned char *p, size_t len, int eol, int first)
+{
+    int close = 0, k;
+
+    if (first && eol && m->nlv && (k = match_delimiter(m, p, len, &close)) >= 0) {
+        delimiter(m, k, close, p, len);
+        return;
+    }
+    if (m->in_header) {
+        if (first && eol && len == 0)
+            header_end(m);
+        else
+            header_field(m, p, len, eol, first);
+        return;
+    }
+    if (first && m->pending_eol)
+        enc_eol(m);
+    /* Text that goes out as it is must still fit the 998-octet limit: the
+     * pieces of an overlong line become lines (in an encoded part, a
+     * base64 decoder skips the line break; such a line was broken anyway). */
+    if (!first && (m->mode == B_COPY || m->mode == B_SCRUB))
+        out_str(m, "\r\n");
+    m->pending_eol = 0;
+    enc_bytes(m, p, len);
+    if (eol)
+        m->pending_eol = 1;
+}
+
+/* The end of the buffered line (l octets, its CR removed).  Without a CR
+ * it can be one octet longer than a line may be. */
+static void last_piece(struct mime7 *m, size_t l, int eol)
+{
+    if (l > MIME7_TEXT) {
+        process_line(m, m->line, MIME7_TEXT, 0, !m->cont);
+        process_line(m, m->line + MIME7_TEXT, l - MIME7_TEXT, eol, 0);
+    } else {
+        process_line(m, m->line, l, eol, !m->cont);
+    }
+}
+
+/* ---------------------------------------------------------------- API */
+
+struct mime7 *mime7_new(void)
+{
+    struct mime7 *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->olast = '\n';
+    entity_start(m, 1, 0, 0);
+    return m;
+}
+
+void mime7_free(struct mime7 *m)
+{
+    free(m);
+}
+
+int mime7_feed(struct mime7 *m, const unsigned char *in, size_t n, mime_emit_fn emit, void *arg)
+{
+    size_t i = 0;
+
+    m->emit = emit;
+    m->arg = arg;
+    while (i < n && !m->err) {
+        if (in[i] == '\n') {
+            size_t l = m->len;
+            if (l && m->line[l - 1] == '\r')
+                l--;
+            last_piece(m, l, 1);
+            m->len = 0;
+            m->cont = 0;
+            i++;
+            continue;
+        }
+        if (m->len == sizeof m->line) {
+            /* Longer than any line may be: on in pieces of MIME7_TEXT
+             * octets.  Decided only on seeing that no LF follows, so that
+             * any split of the input gives the same pieces; the last byte
+             * stays, so the final piece of a line is never empty. */
+            process_line(m, m->line, MIME7_TEXT, 0, !m->cont);
+            memmove(m->line, m->line + MIME7_TEXT, m->len - MIME7_TEXT);
+            m->len -= MIME7_TEXT;
+            m->cont = 1;
+        }
+        const unsigned char *lf = memchr(in + i, '\n', n - i);
+        size_t take = (lf ? (size_t)(lf - in) : n) - i;
+        if (take > sizeof m->line - m->len)
+            take = sizeof m->line - m->len;
+        memcpy(m->line + m->len, in + i, take);
+        m->len += take;
+        i += take;
+    }
+    out_flush(m);
+    return m->err;
+}
+
+int mime7_finish(struct mime7 *m, mime_emit_fn emit, void *arg)
+{
+    m->emit = emit;
+    m->arg = arg;
+    if (m->err)
+        return m->err;
+    if (m->len || m->cont) {
+        size_t l = m->len;
+        int eol = l && m->line[l - 1] == '\r';
+        last_piece(m, eol ? l - 1 : l, eol);
+        m->len = 0;
+        m->cont = 0;
+    }
+    if (!m->err) {
+        if (m->in_header) {
+            if (m->olast != '\n')
+                out_str(m, "\r\n");
+            entity_cut(m);
+        } else {
+            /* at the end, a held line end is content */
+            if (m->pending_eol)
+                enc_eol(m);
+            m->pending_eol = 0;
+            enc_finish(m);
+            if (m->olast != '\n')
+                /* the transport needs a final line end; in
+                 * quoted-printable a soft break adds no content */
+                out_str(m, m->mode == B_QP ? "=\r\n" : "\r\n");
+        }
+    }
+    out_flush(m);
+    return m->err;
 }
 
 /* ---- src/auth.c ---- */
@@ -5076,6 +9566,3550 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     return 0;
 }
 
+/* ---- src/ctl.c ---- */
+#line 1 "src/ctl.c"
+/*
+ * ctl.c: the control socket.  `mailnode flush` (and later other commands
+ * that need the running daemon rather than the database) connect to a unix
+ * stream socket at conf->control and send one request line:
+ *
+ *   PING                 -> PONG
+ *   FLUSH [DOMAIN]       -> OK              (delivery run started)
+ *   FLUSH-WAIT [DOMAIN]  -> summary lines, then "DONE <failed>"
+ *   KICK                 -> OK              (new mail in the database: scan soon)
+ *   anything else        -> ERR unknown request
+ *
+ * One request per connection; the daemon closes after the reply.  A
+ * FLUSH-WAIT client keeps its side open while it waits: if it goes away,
+ * the scheduler is told to forget the waiter.
+ *
+ * Who may talk to it: the socket is created mode 0600, owned by the user
+ * the daemon runs as, so the file system already keeps others out; the
+ * peer's credentials are checked again (root or our own uid) because a
+ * socket file's mode is not honoured everywhere and an operator may widen
+ * it by hand.
+ */
+
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+/* A request line is short: "FLUSH-WAIT " plus a domain. */
+#define CTL_IN_CAP       1024
+/* A flush summary is one line per destination; 64 KB holds a few hundred. */
+#define CTL_OUT_CAP      (64 * 1024)
+/* Clients do not count against max_connections (that is for the network
+ * listeners), so they get their own limit. */
+#define CTL_MAX_CLIENTS  32
+/* A client has this long to send its request line. */
+#define CTL_REQUEST_MS   (10 * 1000)
+
+enum ctl_state { CTL_READ, CTL_WAITING, CTL_COMMIT, CTL_DONE };
+
+struct ctl_client {
+    struct conn *c;                     /* NULL: the client left during CTL_COMMIT */
+    int state;                          /* enum ctl_state */
+    char *summary;                      /* CTL_COMMIT: the run's outcome */
+    int failed;
+    struct ctl_client *next, *prev;
+};
+
+static struct {
+    struct watch w;
+    int listening;
+    char *path;                         /* as created (a reload may change conf) */
+    dev_t dev;                          /* of the socket file we created */
+    ino_t ino;
+    struct ctl_client *clients;
+    int n_clients;
+} ctl_s = { .w = { .fd = -1 } };
+
+static void ctl_on_input(struct conn *c);
+static void ctl_on_timeout(struct conn *c);
+static void ctl_on_close(struct conn *c);
+
+static const struct conn_ops ctl_ops = {
+    .on_input = ctl_on_input,
+    .on_timeout = ctl_on_timeout,
+    .on_close = ctl_on_close,
+};
+
+/* --------------------------------------------------------------- requests */
+
+/* A domain as the scheduler knows it: letters, digits, '-', '.', or an
+ * address literal.  Anything else never names a destination, and refusing
+ * it here keeps control characters out of the log. */
+static int ctl_domain_ok(const char *d, size_t n)
+{
+    if (n == 0 || n > SMTP_DOMAIN_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)d[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '.' || ch == '[' || ch == ']' || ch == ':' || ch == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static void ctl_reply_close(struct ctl_client *cl, const char *text)
+{
+    cl->state = CTL_DONE;
+    conn_write(cl->c, text, strlen(text));
+    conn_close(cl->c);
+}
+
+/* The run's outcome is durable: the reply can say so. */
+static void ctl_flush_committed(void *arg, int rc)
+{
+    struct ctl_client *cl = arg;
+    const char *summary = cl->summary ? cl->summary : "";
+    char done[32];
+    size_t n, room;
+
+    if (!cl->c) {
+        /* The client went away while the commit was pending. */
+        free(cl->summary);
+        free(cl);
+        return;
+    }
+    cl->state = CTL_DONE;
+    snprintf(done, sizeof done, "DONE %d\n", cl->failed < 0 ? 0 : cl->failed);
+    /* The DONE line must always fit: cut the summary rather than lose it. */
+    room = conn_out_space(cl->c);
+    room = room > strlen(done) + 128 ? room - strlen(done) - 128 : 0;
+    n = strlen(summary);
+    if (n > room) {
+        static const char cut[] = "... (summary cut: see `mailnode status`)\n";
+        while (room > 0 && summary[room - 1] != '\n')
+            room--;
+        conn_write(cl->c, summary, room);
+        conn_write(cl->c, cut, sizeof cut - 1);
+    } else if (n) {
+        conn_write(cl->c, summary, n);
+        if (summary[n - 1] != '\n')
+            conn_write(cl->c, "\n", 1);
+    }
+    if (rc) {
+        static const char warn[] = "warning: the daemon could not record the outcome in its database; "
+                                   "some of this mail may be sent again\n";
+        conn_write(cl->c, warn, sizeof warn - 1);
+    }
+    conn_write(cl->c, done, strlen(done));
+    free(cl->summary);
+    cl->summary = NULL;
+    conn_close(cl->c);
+}
+
+/* queue_flush_wait's callback: the run is over.  What it changed in the
+ * database (recipients delivered, retry times) is committed at the end of
+ * the loop turn; the answer waits for that commit, so that a script that
+ * sees DONE and hangs up the link finds the queue as the summary says. */
+static void ctl_flush_done(void *arg, const char *summary, int failed)
+{
+    struct ctl_client *cl = arg;
+
+    if (cl->state != CTL_WAITING)
+        return;
+    cl->state = CTL_COMMIT;
+    cl->summary = strdup(summary ? summary : "");
+    cl->failed = failed;
+    store_after_commit(ctl_flush_committed, cl);
+}
+
+static void ctl_request(struct ctl_client *cl, char *line, size_t len)
+{
+    char *arg, domain[SMTP_DOMAIN_MAX + 1];
+    size_t vlen, alen;
+
+    if (len && line[len - 1] == '\r')
+        line[--len] = '\0';
+    arg = memchr(line, ' ', len);
+    vlen = arg ? (size_t)(arg - line) : len;
+    if (arg) {
+        arg++;
+        alen = len - vlen - 1;
+    } else {
+        alen = 0;
+    }
+    domain[0] = '\0';
+    if (alen) {
+        if (!ctl_domain_ok(arg, alen)) {
+            ctl_reply_close(cl, "ERR bad domain\n");
+            return;
+        }
+        memcpy(domain, arg, alen);
+        domain[alen] = '\0';
+        util_lower(domain);
+    }
+
+    if (vlen == 4 && !memcmp(line, "PING", 4) && !alen) {
+        ctl_reply_close(cl, "PONG\n");
+    } else if (vlen == 4 && !memcmp(line, "KICK", 4) && !alen) {
+        queue_kick();
+        ctl_reply_close(cl, "OK\n");
+    } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
+        log_info("control: flush requested%s%s", alen ? " for " : "", domain);
+        queue_flush(alen ? domain : NULL);
+        ctl_reply_close(cl, "OK\n");
+    } else if (vlen == 10 && !memcmp(line, "FLUSH-WAIT", 10)) {
+        log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
+        /* Waiting first: the scheduler may call back before returning. */
+        cl->state = CTL_WAITING;
+        conn_set_timeout(cl->c, 0);
+        if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
+            ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
+    } else {
+        ctl_reply_close(cl, "ERR unknown request\n");
+    }
+}
+
+static void ctl_on_input(struct conn *c)
+{
+    struct ctl_client *cl = c->ctx;
+    unsigned char *nl;
+    size_t len;
+
+    if (cl->state != CTL_READ) {
+        /* One request per connection: later bytes are dropped. */
+        conn_consume(c, c->in_len);
+        return;
+    }
+    nl = memchr(c->in, '\n', c->in_len);
+    if (!nl) {
+        if (c->in_len >= c->in_cap) {
+            conn_consume(c, c->in_len);
+            ctl_reply_close(cl, "ERR request too long\n");
+            return;
+        }
+        /* A client that closed without a newline sent all it will. */
+        if (!c->eof)
+            return;
+        nl = c->in + c->in_len;
+    }
+    len = (size_t)(nl - c->in);
+    if (memchr(c->in, '\0', len)) {
+        conn_consume(c, c->in_len);
+        ctl_reply_close(cl, "ERR unknown request\n");
+        return;
+    }
+    {
+        char line[CTL_IN_CAP + 1];
+        memcpy(line, c->in, len);
+        line[len] = '\0';
+        conn_consume(c, c->in_len);
+        ctl_request(cl, line, len);
+    }
+}
+
+static void ctl_on_timeout(struct conn *c)
+{
+    conn_abort(c);
+}
+
+static void ctl_on_close(struct conn *c)
+{
+    struct ctl_client *cl = c->ctx;
+
+    if (!cl)
+        return;
+    if (cl->state == CTL_WAITING) {
+        log_info("control: flush waiter went away");
+        queue_flush_cancel(cl);
+    }
+    if (cl->prev)
+        cl->prev->next = cl->next;
+    else
+        ctl_s.clients = cl->next;
+    if (cl->next)
+        cl->next->prev = cl->prev;
+    ctl_s.n_clients--;
+    c->ctx = NULL;
+    if (cl->state == CTL_COMMIT) {
+        /* The store still holds cl for ctl_flush_committed, which frees it. */
+        cl->c = NULL;
+        return;
+    }
+    free(cl->summary);
+    free(cl);
+}
+
+/* ----------------------------------------------------------------- accept */
+
+/* 1 if the peer is root or runs as the daemon's user. */
+static int ctl_peer_allowed(int fd, long *uid_out)
+{
+#ifdef SO_PEERCRED
+    struct ucred cred;
+    socklen_t sl = sizeof cred;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &sl) < 0 || sl != sizeof cred) {
+        *uid_out = -1;
+        return 0;
+    }
+    *uid_out = (long)cred.uid;
+    return cred.uid == 0 || cred.uid == geteuid();
+#else
+    uid_t uid;
+    gid_t gid;
+    if (getpeereid(fd, &uid, &gid) < 0) {
+        *uid_out = -1;
+        return 0;
+    }
+    *uid_out = (long)uid;
+    return uid == 0 || uid == geteuid();
+#endif
+}
+
+static void ctl_refuse(int fd, const char *text)
+{
+    if (send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("control: refusal not sent: %s", strerror(errno));
+    close(fd);
+}
+
+static void ctl_accept(struct watch *w, uint32_t events)
+{
+    MN_UNUSED(events);
+    for (int i = 0; i < 16; i++) {
+        struct ctl_client *cl;
+        long uid;
+        int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+                log_warn("control: accept: %s", strerror(errno));
+            return;
+        }
+        if (!ctl_peer_allowed(fd, &uid)) {
+            log_warn("control: refused a client running as uid %ld (only root and uid %ld may)",
+                     uid, (long)geteuid());
+            ctl_refuse(fd, "ERR permission denied\n");
+            continue;
+        }
+        if (ctl_s.n_clients >= CTL_MAX_CLIENTS) {
+            log_warn("control: %d clients connected, refusing another", ctl_s.n_clients);
+            ctl_refuse(fd, "ERR busy, try again later\n");
+            continue;
+        }
+        cl = calloc(1, sizeof *cl);
+        /* LISTEN_N: not one of the network listeners' kinds. */
+        if (!cl || !(cl->c = conn_new(fd, LISTEN_N, &ctl_ops, cl, CTL_IN_CAP, CTL_OUT_CAP))) {
+            log_err("control: out of memory accepting a client");
+            free(cl);
+            close(fd);
+            continue;
+        }
+        cl->state = CTL_READ;
+        cl->next = ctl_s.clients;
+        if (ctl_s.clients)
+            ctl_s.clients->prev = cl;
+        ctl_s.clients = cl;
+        ctl_s.n_clients++;
+        conn_set_timeout(cl->c, CTL_REQUEST_MS);
+    }
+}
+
+/* ------------------------------------------------------------ start, stop */
+
+static int ctl_addr(const char *path, struct sockaddr_un *sa)
+{
+    memset(sa, 0, sizeof *sa);
+    sa->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa->sun_path)
+        return -1;
+    memcpy(sa->sun_path, path, strlen(path) + 1);
+    return 0;
+}
+
+/* Something at the path: another daemon's socket (refuse to start), a
+ * socket left by one that died (remove it), or not a socket at all
+ * (refuse: it is not ours to delete). */
+static int ctl_clear_stale(const char *path, const struct sockaddr_un *sa)
+{
+    struct stat st;
+    int fd, rc;
+
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT ? 0 : -1;
+    if (!S_ISSOCK(st.st_mode)) {
+        log_err("control: %s exists and is not a socket; move it away or set `control` "
+                "to another path", path);
+        return -1;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    rc = connect(fd, (const struct sockaddr *)sa, sizeof *sa);
+    close(fd);
+    if (rc == 0) {
+        log_err("control: %s is in use by a running process (another mailnode with the same "
+                "`control` path?)", path);
+        return -1;
+    }
+    if (errno != ECONNREFUSED) {
+        log_err("control: cannot test %s: %s", path, strerror(errno));
+        return -1;
+    }
+    log_info("control: removing stale socket %s", path);
+    if (unlink(path) < 0 && errno != ENOENT) {
+        log_err("control: cannot remove stale socket %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int ctl_start(void)
+{
+    const char *path = conf->control;
+    struct sockaddr_un sa;
+    struct stat st;
+    mode_t old;
+    int fd;
+
+    if (!path || !*path) {
+        log_err("control: no control socket path configured");
+        return -1;
+    }
+    if (ctl_addr(path, &sa)) {
+        log_err("control: socket path %s is longer than %zu bytes; set `control` to a shorter path",
+                path, sizeof sa.sun_path - 1);
+        return -1;
+    }
+    if (ctl_clear_stale(path, &sa))
+        return -1;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        log_err("control: socket: %s", strerror(errno));
+        return -1;
+    }
+    /* The umask makes the file 0600 from the moment it exists: a chmod
+     * after bind would leave a window in which anyone could connect. */
+    old = umask(0177);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        umask(old);
+        log_err("control: cannot create %s: %s", path, strerror(e));
+        close(fd);
+        return -1;
+    }
+    umask(old);
+    if (lstat(path, &st) < 0 || listen(fd, 16) < 0) {
+        log_err("control: %s: %s", path, strerror(errno));
+        close(fd);
+        unlink(path);
+        return -1;
+    }
+    ctl_s.dev = st.st_dev;
+    ctl_s.ino = st.st_ino;
+    ctl_s.w.fd = fd;
+    ctl_s.w.events = EPOLLIN;
+    ctl_s.w.fn = ctl_accept;
+    ctl_s.w.arg = NULL;
+    if (loop_watch_add(&ctl_s.w) < 0) {
+        log_err("control: cannot watch %s: %s", path, strerror(errno));
+        close(fd);
+        ctl_s.w.fd = -1;
+        unlink(path);
+        return -1;
+    }
+    ctl_s.path = strdup(path);
+    ctl_s.listening = 1;
+    log_info("control socket %s", path);
+    return 0;
+}
+
+void ctl_stop(void)
+{
+    struct stat st;
+
+    /* Waiters first, while the scheduler still knows them. */
+    while (ctl_s.clients)
+        conn_abort(ctl_s.clients->c);
+    if (!ctl_s.listening)
+        return;
+    loop_watch_del(&ctl_s.w);
+    close(ctl_s.w.fd);
+    ctl_s.w.fd = -1;
+    ctl_s.listening = 0;
+    /* Only our own file: a daemon started since may have replaced it. */
+    if (ctl_s.path && lstat(ctl_s.path, &st) == 0 && st.st_dev == ctl_s.dev &&
+        st.st_ino == ctl_s.ino)
+        unlink(ctl_s.path);
+    free(ctl_s.path);
+    ctl_s.path = NULL;
+}
+
+/* ---- src/link.c ---- */
+#line 1 "src/link.c"
+/*
+ * link.c: watching the network come up.  On Linux an rtnetlink socket
+ * reports links, addresses and routes as they change; when a link comes
+ * up, an address appears or a route is added, the queue gets a flush: the
+ * backoff of every destination is reset and a delivery run starts, so mail
+ * queued while the satellite or radio link was down leaves the moment it
+ * is back rather than at the next retry.
+ *
+ * Events come in bursts (a link coming up brings a link change, several
+ * addresses and routes within milliseconds), so they are coalesced: the
+ * first one arms a timer 300 ms out, the ones before it fires are folded
+ * in, and runs are at least 2 s apart.  A link that flaps costs one run
+ * per 2 s, not one per event.
+ *
+ * The kernel repeats some notifications without a change (IPv6 addresses
+ * and links re-announced when a router advertisement refreshes lifetimes,
+ * flag changes on a link that stays up).  Those must not count, or every
+ * router advertisement would reset the retry schedule of every down
+ * destination; so the module keeps the state of each link and the set of
+ * addresses, primed by a dump at start, and reacts to transitions only.
+ *
+ * Elsewhere link_watch_start does nothing: `mailnode flush` from an
+ * interface hook (if-up.d, ppp ip-up) does the same job.
+ */
+
+
+#ifdef __linux__
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <sys/epoll.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+
+/* Reads are bounded: a burst larger than the socket buffer overruns
+ * (ENOBUFS), which is handled as "something changed". */
+#define LINK_READ_BUF     (8 * 1024)
+#define LINK_RCVBUF       (256 * 1024)
+#define LINK_READS_MAX    64            /* per wake-up, to stay fair to the rest */
+#define LINK_DELAY_MS     300           /* let the burst settle */
+#define LINK_SPACING_MS   2000          /* at most one run per 2 s */
+#define LINK_MAX_IFS      1024
+#define LINK_MAX_ADDRS    1024
+
+struct link_if {
+    int index;
+    unsigned flags;
+    char name[IF_NAMESIZE];
+};
+
+struct link_addr {
+    int index;
+    unsigned char family, prefixlen;
+    unsigned char addr[16];
+};
+
+enum link_dump { LINK_DUMP_NONE, LINK_DUMP_LINKS, LINK_DUMP_ADDRS };
+
+static struct {
+    struct watch w;
+    uint32_t portid;                    /* ours, for telling dump replies apart */
+    uint32_t seq;
+    int dump;                           /* enum link_dump in progress */
+    uint32_t dump_seq;
+    int dump_again;                     /* an overrun during the dump: redo it */
+    struct link_if *ifs;
+    size_t n_ifs;
+    struct link_addr *addrs;
+    size_t n_addrs;
+    struct timer timer;
+    int armed;
+    int64_t last_run;                   /* monotonic ms of the last flush */
+    int folded;                         /* events folded into the armed run */
+    char first[160];                    /* the weightiest event folded in, for the log */
+    int weight;                         /* its enum link_weight */
+} link_s = { .w = { .fd = -1 }, .timer = { .idx = -1 } };
+
+/* ------------------------------------------------------------- coalescing */
+
+static void link_fire(void *arg)
+{
+    MN_UNUSED(arg);
+    link_s.armed = 0;
+    link_s.last_run = util_now_ms();
+    if (link_s.folded > 0)
+        log_info("link: %s (and %d more change%s); starting a delivery run", link_s.first,
+                 link_s.folded, link_s.folded == 1 ? "" : "s");
+    else
+        log_info("link: %s; starting a delivery run", link_s.first);
+    link_s.folded = 0;
+    queue_flush(NULL);
+}
+
+/* What an event says, for choosing the log line of a burst: a link
+ * coming up explains the addresses and routes that follow it. */
+enum link_weight { LINK_W_ROUTE = 1, LINK_W_ADDR, LINK_W_DEFAULT, LINK_W_UP, LINK_W_OVERRUN };
+
+/* what: "link up", "address 10.0.0.2/24", "default route", ...; ifname
+ * may be empty. */
+static void link_event(const char *what, const char *ifname, int weight)
+{
+    int64_t now, delay;
+
+    if (link_s.armed) {
+        link_s.folded++;
+        if (weight > link_s.weight) {
+            link_s.weight = weight;
+            snprintf(link_s.first, sizeof link_s.first, "%s on %s", what,
+                     ifname && *ifname ? ifname : "?");
+        }
+        return;
+    }
+    link_s.weight = weight;
+    snprintf(link_s.first, sizeof link_s.first, "%s on %s", what, ifname && *ifname ? ifname : "?");
+    now = util_now_ms();
+    delay = LINK_DELAY_MS;
+    if (link_s.last_run && link_s.last_run + LINK_SPACING_MS - now > delay)
+        delay = link_s.last_run + LINK_SPACING_MS - now;
+    link_s.armed = 1;
+    link_s.folded = 0;
+    timer_set(&link_s.timer, delay, link_fire, NULL);
+}
+
+/* ------------------------------------------------------------ interfaces */
+
+static struct link_if *link_if_find(int index)
+{
+    for (size_t i = 0; i < link_s.n_ifs; i++)
+        if (link_s.ifs[i].index == index)
+            return &link_s.ifs[i];
+    return NULL;
+}
+
+static struct link_if *link_if_add(int index)
+{
+    struct link_if *l;
+
+    if (link_s.n_ifs == LINK_MAX_IFS)
+        return NULL;
+    l = realloc(link_s.ifs, (link_s.n_ifs + 1) * sizeof *l);
+    if (!l)
+        return NULL;
+    link_s.ifs = l;
+    l = &link_s.ifs[link_s.n_ifs++];
+    memset(l, 0, sizeof *l);
+    l->index = index;
+    return l;
+}
+
+static void link_if_del(int index)
+{
+    struct link_if *l = link_if_find(index);
+    if (l)
+        *l = link_s.ifs[--link_s.n_ifs];
+}
+
+/* The interface's name, from the table or the kernel; "" if unknown. */
+static void link_ifname(int index, char name[IF_NAMESIZE])
+{
+    struct link_if *l = link_if_find(index);
+
+    name[0] = '\0';
+    if (l && l->name[0])
+        util_strlcpy(name, l->name, IF_NAMESIZE);
+    else if (index > 0 && !if_indextoname((unsigned)index, name))
+        name[0] = '\0';
+}
+
+static int link_is_loopback(int index)
+{
+    struct link_if *l = link_if_find(index);
+    char name[IF_NAMESIZE];
+
+    if (l)
+        return (l->flags & IFF_LOOPBACK) != 0;
+    link_ifname(index, name);
+    return !strcmp(name, "lo");
+}
+
+static int link_usable(unsigned flags)
+{
+    /* IFF_RUNNING is the operational state: carrier present (lower up). */
+    return (flags & IFF_UP) && (flags & IFF_RUNNING) && !(flags & IFF_LOOPBACK);
+}
+
+static void link_on_link(const struct nlmsghdr *h, int priming)
+{
+    const struct ifinfomsg *ifi = NLMSG_DATA(h);
+    const struct rtattr *a;
+    int len = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof *ifi);
+    char name[IF_NAMESIZE] = "";
+    struct link_if *l;
+    int was;
+
+    if (len < 0)
+        return;
+    for (a = IFLA_RTA(ifi); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type == IFLA_IFNAME && RTA_PAYLOAD(a) > 0) {
+            size_t n = RTA_PAYLOAD(a) < IF_NAMESIZE ? RTA_PAYLOAD(a) : IF_NAMESIZE - 1;
+            memcpy(name, RTA_DATA(a), n);
+            name[n] = '\0';
+        }
+    }
+    if (h->nlmsg_type == RTM_DELLINK) {
+        link_if_del(ifi->ifi_index);
+        return;
+    }
+    l = link_if_find(ifi->ifi_index);
+    was = l ? link_usable(l->flags) : 0;
+    if (!l && !(l = link_if_add(ifi->ifi_index))) {
+        /* Table full: without history every "up" counts. */
+        if (!priming && link_usable(ifi->ifi_flags))
+            link_event("link up", name, LINK_W_UP);
+        return;
+    }
+    l->flags = ifi->ifi_flags;
+    if (name[0])
+        util_strlcpy(l->name, name, sizeof l->name);
+    if (!priming && !was && link_usable(l->flags))
+        link_event("link up", l->name, LINK_W_UP);
+}
+
+/* ------------------------------------------------------------- addresses */
+
+static int link_addr_find(const struct link_addr *k)
+{
+    for (size_t i = 0; i < link_s.n_addrs; i++) {
+        const struct link_addr *a = &link_s.addrs[i];
+        if (a->index == k->index && a->family == k->family && a->prefixlen == k->prefixlen &&
+            !memcmp(a->addr, k->addr, sizeof a->addr))
+            return (int)i;
+    }
+    return -1;
+}
+
+/* 1 if the address was not known before (or cannot be tracked). */
+static int link_addr_add(const struct link_addr *k)
+{
+    struct link_addr *a;
+
+    if (link_addr_find(k) >= 0)
+        return 0;
+    if (link_s.n_addrs == LINK_MAX_ADDRS)
+        return 1;
+    a = realloc(link_s.addrs, (link_s.n_addrs + 1) * sizeof *a);
+    if (!a)
+        return 1;
+    link_s.addrs = a;
+    link_s.addrs[link_s.n_addrs++] = *k;
+    return 1;
+}
+
+static void link_addr_del(const struct link_addr *k)
+{
+    int i = link_addr_find(k);
+    if (i >= 0)
+        link_s.addrs[i] = link_s.addrs[--link_s.n_addrs];
+}
+
+static void link_on_addr(const struct nlmsghdr *h, int priming)
+{
+    const struct ifaddrmsg *ifa = NLMSG_DATA(h);
+    const struct rtattr *a;
+    int len = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof *ifa);
+    struct link_addr k;
+    unsigned flags;
+    int have = 0;
+    char ip[INET6_ADDRSTRLEN], what[96], name[IF_NAMESIZE];
+
+    if (len < 0 || (ifa->ifa_family != AF_INET && ifa->ifa_family != AF_INET6))
+        return;
+    memset(&k, 0, sizeof k);
+    k.index = (int)ifa->ifa_index;
+    k.family = ifa->ifa_family;
+    k.prefixlen = ifa->ifa_prefixlen;
+    flags = ifa->ifa_flags;
+    for (a = IFA_RTA(ifa); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        size_t alen = ifa->ifa_family == AF_INET ? 4 : 16;
+        /* IFA_LOCAL is the address of a point-to-point link's own end;
+         * IFA_ADDRESS its peer there, ours elsewhere. */
+        if ((a->rta_type == IFA_LOCAL || (a->rta_type == IFA_ADDRESS && !have)) &&
+            RTA_PAYLOAD(a) >= alen) {
+            memcpy(k.addr, RTA_DATA(a), alen);
+            have = 1;
+        } else if (a->rta_type == IFA_FLAGS && RTA_PAYLOAD(a) >= sizeof(uint32_t)) {
+            memcpy(&flags, RTA_DATA(a), sizeof(uint32_t));
+        }
+    }
+    if (!have)
+        return;
+    if (h->nlmsg_type == RTM_DELADDR) {
+        link_addr_del(&k);
+        return;
+    }
+    /* An IPv6 address becomes usable when duplicate address detection is
+     * over; the kernel announces it again then, without the flag. */
+    if (flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED))
+        return;
+    if (!link_addr_add(&k) || priming)
+        return;
+    /* Host scope (127.0.0.1, ::1) and IPv6 link-local addresses reach no
+     * relay. */
+    if (ifa->ifa_scope == RT_SCOPE_HOST || (k.family == AF_INET6 && ifa->ifa_scope == RT_SCOPE_LINK) ||
+        link_is_loopback(k.index))
+        return;
+    inet_ntop(k.family, k.addr, ip, sizeof ip);
+    snprintf(what, sizeof what, "address %s/%u", ip, k.prefixlen);
+    link_ifname(k.index, name);
+    link_event(what, name, LINK_W_ADDR);
+}
+
+/* ---------------------------------------------------------------- routes */
+
+static void link_on_route(const struct nlmsghdr *h)
+{
+    const struct rtmsg *rt = NLMSG_DATA(h);
+    const struct rtattr *a;
+    int len = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof *rt);
+    uint32_t table = rt->rtm_table;
+    int oif = 0;
+    char what[96], dst[INET6_ADDRSTRLEN] = "", name[IF_NAMESIZE] = "";
+
+    if (len < 0 || (rt->rtm_family != AF_INET && rt->rtm_family != AF_INET6))
+        return;
+    /* Cached clones and non-unicast routes (local, broadcast, multicast,
+     * unreachable) say nothing about reaching a relay. */
+    if ((rt->rtm_flags & RTM_F_CLONED) || rt->rtm_type != RTN_UNICAST)
+        return;
+    for (a = RTM_RTA(rt); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type == RTA_TABLE && RTA_PAYLOAD(a) >= sizeof(uint32_t))
+            memcpy(&table, RTA_DATA(a), sizeof table);
+        else if (a->rta_type == RTA_OIF && RTA_PAYLOAD(a) >= sizeof(int))
+            memcpy(&oif, RTA_DATA(a), sizeof oif);
+        else if (a->rta_type == RTA_DST && RTA_PAYLOAD(a) >= (rt->rtm_family == AF_INET ? 4u : 16u))
+            inet_ntop(rt->rtm_family, RTA_DATA(a), dst, sizeof dst);
+    }
+    if (rt->rtm_dst_len != 0 && table != RT_TABLE_MAIN)
+        return;
+    if (oif && link_is_loopback(oif))
+        return;
+    if (rt->rtm_dst_len == 0)
+        snprintf(what, sizeof what, "default route (%s)", rt->rtm_family == AF_INET ? "IPv4" : "IPv6");
+    else
+        snprintf(what, sizeof what, "route %s/%u", dst[0] ? dst : "?", rt->rtm_dst_len);
+    if (oif)
+        link_ifname(oif, name);
+    link_event(what, name, rt->rtm_dst_len == 0 ? LINK_W_DEFAULT : LINK_W_ROUTE);
+}
+
+/* ----------------------------------------------------------------- dumps */
+
+/* Asks the kernel for every link or address, to know what is already up. */
+static int link_dump_request(int type)
+{
+    struct {
+        struct nlmsghdr h;
+        union {
+            struct ifinfomsg ifi;
+            struct ifaddrmsg ifa;
+        } u;
+    } req;
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_type = (uint16_t)type;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.h.nlmsg_seq = ++link_s.seq;
+    if (type == RTM_GETLINK) {
+        req.h.nlmsg_len = NLMSG_LENGTH(sizeof req.u.ifi);
+        req.u.ifi.ifi_family = AF_UNSPEC;
+    } else {
+        req.h.nlmsg_len = NLMSG_LENGTH(sizeof req.u.ifa);
+        req.u.ifa.ifa_family = AF_UNSPEC;
+    }
+    if (sendto(link_s.w.fd, &req, req.h.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
+        log_warn("link: netlink dump request: %s", strerror(errno));
+        link_s.dump = LINK_DUMP_NONE;
+        return -1;
+    }
+    link_s.dump = type == RTM_GETLINK ? LINK_DUMP_LINKS : LINK_DUMP_ADDRS;
+    link_s.dump_seq = req.h.nlmsg_seq;
+    return 0;
+}
+
+static void link_dump_start(void)
+{
+    if (link_s.dump != LINK_DUMP_NONE) {
+        link_s.dump_again = 1;
+        return;
+    }
+    link_s.dump_again = 0;
+    link_dump_request(RTM_GETLINK);
+}
+
+/* The dump in progress ended (NLMSG_DONE or an error). */
+static void link_dump_done(void)
+{
+    if (link_s.dump == LINK_DUMP_LINKS && !link_s.dump_again) {
+        link_dump_request(RTM_GETADDR);
+        return;
+    }
+    link_s.dump = LINK_DUMP_NONE;
+    if (link_s.dump_again)
+        link_dump_start();
+}
+
+/* ---------------------------------------------------------------- socket */
+
+static void link_overrun(void)
+{
+    /* Events were lost: something changed, and the tables may be stale. */
+    link_event("netlink overrun (events lost)", "all interfaces", LINK_W_OVERRUN);
+    link_dump_start();
+}
+
+static void link_parse(const unsigned char *buf, size_t n)
+{
+    const struct nlmsghdr *h;
+    int len = (int)n;
+
+    for (h = (const struct nlmsghdr *)(const void *)buf; NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+        int priming = link_s.dump != LINK_DUMP_NONE && h->nlmsg_pid == link_s.portid &&
+                      h->nlmsg_seq == link_s.dump_seq;
+
+        if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) {
+            if (priming)
+                link_dump_done();
+            continue;
+        }
+        switch (h->nlmsg_type) {
+        case RTM_NEWLINK:
+        case RTM_DELLINK:
+            if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct ifinfomsg)))
+                link_on_link(h, priming);
+            break;
+        case RTM_NEWADDR:
+        case RTM_DELADDR:
+            if (h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct ifaddrmsg)))
+                link_on_addr(h, priming);
+            break;
+        case RTM_NEWROUTE:
+            if (!priming && h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct rtmsg)))
+                link_on_route(h);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void link_readable(struct watch *w, uint32_t events)
+{
+    unsigned char buf[LINK_READ_BUF] __attribute__((aligned(NLMSG_ALIGNTO)));
+
+    MN_UNUSED(events);
+    for (int i = 0; i < LINK_READS_MAX; i++) {
+        struct sockaddr_nl from;
+        struct iovec iov = { buf, sizeof buf };
+        struct msghdr msg = { .msg_name = &from, .msg_namelen = sizeof from,
+                              .msg_iov = &iov, .msg_iovlen = 1 };
+        ssize_t r = recvmsg(w->fd, &msg, 0);
+
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == ENOBUFS) {
+                link_overrun();
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                log_warn("link: netlink read: %s", strerror(errno));
+            return;
+        }
+        /* Only the kernel speaks for the network; any local process could
+         * send to our port id. */
+        if (msg.msg_namelen != sizeof from || from.nl_pid != 0)
+            continue;
+        /* A message bigger than our buffer: its tail is lost, so count it
+         * as a change (no dump: that could be truncated again, for ever). */
+        if (msg.msg_flags & MSG_TRUNC) {
+            link_event("netlink message cut (too large)", "?", LINK_W_OVERRUN);
+            continue;
+        }
+        link_parse(buf, (size_t)r);
+    }
+}
+
+int link_watch_start(void)
+{
+    struct sockaddr_nl sa = { .nl_family = AF_NETLINK };
+    socklen_t sl = sizeof sa;
+    int fd, size = LINK_RCVBUF;
+
+    if (link_s.w.fd >= 0)
+        return 0;
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) {
+        log_warn("link: netlink socket: %s; link changes are not watched (use `mailnode flush`)",
+                 strerror(errno));
+        return -1;
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) < 0)
+        log_debug("link: SO_RCVBUF: %s", strerror(errno));
+    sa.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE |
+                   RTMGRP_IPV6_ROUTE;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl) < 0) {
+        log_warn("link: netlink bind: %s; link changes are not watched (use `mailnode flush`)",
+                 strerror(errno));
+        close(fd);
+        return -1;
+    }
+    link_s.portid = sa.nl_pid;
+    link_s.w.fd = fd;
+    link_s.w.events = EPOLLIN;
+    link_s.w.fn = link_readable;
+    link_s.w.arg = NULL;
+    if (loop_watch_add(&link_s.w) < 0) {
+        log_warn("link: cannot watch the netlink socket: %s", strerror(errno));
+        close(fd);
+        link_s.w.fd = -1;
+        return -1;
+    }
+    link_dump_start();
+    log_info("link: watching links, addresses and routes");
+    return 0;
+}
+
+void link_watch_stop(void)
+{
+    if (link_s.w.fd < 0)
+        return;
+    timer_cancel(&link_s.timer);
+    link_s.armed = 0;
+    loop_watch_del(&link_s.w);
+    close(link_s.w.fd);
+    link_s.w.fd = -1;
+    link_s.dump = LINK_DUMP_NONE;
+    free(link_s.ifs);
+    link_s.ifs = NULL;
+    link_s.n_ifs = 0;
+    free(link_s.addrs);
+    link_s.addrs = NULL;
+    link_s.n_addrs = 0;
+}
+
+#else /* !__linux__ */
+
+int link_watch_start(void)
+{
+    return 0;
+}
+
+void link_watch_stop(void)
+{
+}
+
+#endif
+
+/* ---- src/smtpc.c ---- */
+#line 1 "src/smtpc.c"
+/*
+ * smtpc.c: the SMTP client.  One session carries a whole batch for one
+ * destination.  Commands are written ahead and every reply is matched,
+ * in order, to the command that caused it (a FIFO of expectations), so
+ * with PIPELINING (RFC 2920) and CHUNKING (RFC 3030) a batch flows as
+ * MAIL, RCPT..., BDAT n LAST + data, MAIL, ... without waiting for any
+ * reply: on a long-latency link the time is close to bytes / bandwidth.
+ * Without CHUNKING, DATA waits for its 354 once per message; without
+ * PIPELINING every command waits for its reply.
+ *
+ * Outcomes go to the scheduler (queue_deliver.c) as they arrive; a
+ * recipient counts as delivered only after the reply to its message data.
+ */
+
+
+#include <ctype.h>
+#include <errno.h>
+#include <string.h>
+
+#define SMTPC_IN 16384
+#define SMTPC_OUT 65536
+#define SMTPC_WINDOW 64                 /* messages written but not yet answered */
+#define SMTPC_EXPECT 4096               /* replies outstanding */
+
+enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT };
+
+enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
+
+struct flight {
+    struct store_out_msg m;
+    int mail_code;
+    char mail_text[256];
+    unsigned char *ok;                  /* per recipient: accepted at RCPT */
+    int naccepted;
+    int convert;                        /* 8-bit text to a 7-bit peer */
+    int64_t wire_size;                  /* octets sent as the body */
+};
+
+struct smtpc {
+    struct conn *c;
+    const struct smtpc_ops *ops;
+    void *arg;
+    char peer[SMTP_DOMAIN_MAX + 1];
+    struct smtpc_auth auth;
+    int reached;
+    int ended;
+    /* peer capabilities */
+    int esmtp, pipelining, chunking, eightbitmime, dsn;
+    int64_t size_limit;
+    int has_size;
+    char auth_mechs[128];
+    /* replies being read */
+    char reply[1024];
+    size_t reply_len;
+    int reply_code;
+    /* expectations */
+    struct { unsigned char kind; unsigned short slot; unsigned short idx; } q[SMTPC_EXPECT];
+    int q_head, q_len;
+    /* messages in flight, a ring */
+    struct flight *fl[SMTPC_WINDOW];
+    int fl_head, fl_len;
+    /* the message being written */
+    int wslot;                          /* index into fl, -1 none */
+    int wstate;
+    int widx;                           /* next recipient to write */
+    struct store_reader rd;
+    int rd_open;
+    struct mime7 *m7;
+    int at_bol;                         /* DATA: at the start of a line */
+    unsigned char last2[2];
+    int need_rset;
+    int batch_over;                     /* next() said no more */
+    int quit_sent;
+    char error[300];
+};
+
+static void pump(struct smtpc *s);
+
+/* ------------------------------------------------------------- helpers */
+
+static void set_error(struct smtpc *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(struct smtpc *s, const char *fmt, ...)
+{
+    va_list ap;
+    if (s->error[0])
+        return;
+    va_start(ap, fmt);
+    vsnprintf(s->error, sizeof s->error, fmt, ap);
+    va_end(ap);
+}
+
+static int expect(struct smtpc *s, int kind, int slot, int idx)
+{
+    if (s->q_len == SMTPC_EXPECT)
+        return -1;
+    int i = (s->q_head + s->q_len) % SMTPC_EXPECT;
+    s->q[i].kind = (unsigned char)kind;
+    s->q[i].slot = (unsigned short)slot;
+    s->q[i].idx = (unsigned short)idx;
+    s->q_len++;
+    return 0;
+}
+
+static int cmd(struct smtpc *s, int kind, int slot, int idx, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int cmd(struct smtpc *s, int kind, int slot, int idx, const char *fmt, ...)
+{
+    char line[SMTP_LINE_MAX * 2];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof line - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof line - 2)
+        return -1;
+    memcpy(line + n, "\r\n", 2);
+    if (conn_write(s->c, line, (size_t)n + 2))
+        return -1;
+    conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
+    return expect(s, kind, slot, idx);
+}
+
+static struct flight *slot_flight(struct smtpc *s, int slot)
+{
+    return s->fl[slot % SMTPC_WINDOW];
+}
+
+static void flight_free(struct flight *f)
+{
+    if (!f)
+        return;
+    store_out_free(&f->m);
+    free(f->ok);
+    free(f);
+}
+
+/* A reply line for logs and DSNs: one line, no control characters. */
+static void clean_reply(const char *in, char *out, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; in[i] && j + 1 < n; i++)
+        out[j++] = (unsigned char)in[i] < 0x20 || in[i] == 0x7f ? ' ' : in[i];
+    out[j] = '\0';
+}
+
+/* Outcome of every accepted recipient of f with one reply. */
+static void finish_accepted(struct smtpc *s, struct flight *f, int code, const char *text)
+{
+    for (int i = 0; i < f->m.nrcpt; i++)
+        if (f->ok[i])
+            s->ops->rcpt_done(s->arg, &f->m, i, code, text);
+}
+
+/* A sequencing error (503) says nothing about the recipient: it follows
+ * from an earlier failure in the pipeline, so it is never a bounce. */
+static int outcome_code(int code)
+{
+    return code == 503 ? 451 : code;
+}
+
+static void retire_head(struct smtpc *s)
+{
+    struct flight *f = s->fl[s->fl_head % SMTPC_WINDOW];
+    s->ops->msg_done(s->arg, &f->m);
+    flight_free(f);
+    s->fl[s->fl_head % SMTPC_WINDOW] = NULL;
+    s->fl_head++;
+    s->fl_len--;
+}
+
+/* ------------------------------------------------------------- ending */
+
+static void end_session(struct smtpc *s, const char *why)
+{
+    if (s->ended)
+        return;
+    s->ended = 1;
+    /* Whatever was not answered stays queued: the scheduler sees no
+     * outcome for those recipients and tries them again later. */
+    while (s->fl_len) {
+        struct flight *f = s->fl[s->fl_head % SMTPC_WINDOW];
+        s->fl[s->fl_head % SMTPC_WINDOW] = NULL;
+        s->fl_head++;
+        s->fl_len--;
+        flight_free(f);
+    }
+    if (s->rd_open)
+        store_reader_close(&s->rd);
+    s->rd_open = 0;
+    if (s->m7)
+        mime7_free(s->m7);
+    s->m7 = NULL;
+    if (why)
+        set_error(s, "%s", why);
+    s->ops->done(s->arg, s->reached, s->error[0] ? s->error : NULL);
+}
+
+static void smtpc_free(struct smtpc *s)
+{
+    free(s);
+}
+
+/* ------------------------------------------------------- writing a message */
+
+static int start_message(struct smtpc *s)
+{
+    struct flight *f;
+    char params[256] = "";
+    int slot;
+
+    if (s->fl_len == SMTPC_WINDOW || s->batch_over || s->quit_sent)
+        return 0;
+    f = calloc(1, sizeof *f);
+    if (!f)
+        return 0;
+    if (s->ops->next(s->arg, &f->m) != 1) {
+        free(f);
+        s->batch_over = 1;
+        return 0;
+    }
+    f->ok = calloc((size_t)(f->m.nrcpt ? f->m.nrcpt : 1), 1);
+    if (!f->ok) {
+        flight_free(f);
+        s->batch_over = 1;
+        return 0;
+    }
+    if (f->m.size && s->size_limit && f->m.size > s->size_limit) {
+        /* RFC 1870 4: the peer's fixed limit is a permanent refusal. */
+        char t[160];
+        snprintf(t, sizeof t, "552 5.3.4 message of %lld octets exceeds the peer's limit of %lld",
+                 (long long)f->m.size, (long long)s->size_limit);
+        for (int i = 0; i < f->m.nrcpt; i++)
+            s->ops->rcpt_done(s->arg, &f->m, i, 552, t);
+        s->ops->msg_done(s->arg, &f->m);
+        flight_free(f);
+        return 1;
+    }
+    slot = s->fl_head + s->fl_len;
+    s->fl[slot % SMTPC_WINDOW] = f;
+    s->fl_len++;
+    f->wire_size = f->m.size;
+    /* RFC 6152 3: never 8-bit text to a peer that did not offer 8BITMIME. */
+    f->convert = f->m.eightbit && !s->eightbitmime;
+    if (s->need_rset) {
+        cmd(s, E_RSET, slot, 0, "RSET");
+        s->need_rset = 0;
+    }
+    if (s->esmtp) {
+        size_t used = 0;
+        if (s->has_size)
+            used += (size_t)snprintf(params + used, sizeof params - used, " SIZE=%lld", (long long)f->m.size);
+        if (f->m.eightbit && s->eightbitmime)
+            used += (size_t)snprintf(params + used, sizeof params - used, " BODY=8BITMIME");
+        if (s->dsn) {
+            used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
+                                     f->m.ret_full ? "FULL" : "HDRS");
+            if (f->m.envid[0] && used < sizeof params)
+                snprintf(params + used, sizeof params - used, " ENVID=%s", f->m.envid);
+        }
+    }
+    cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
+    s->wslot = slot;
+    s->widx = 0;
+    s->wstate = W_RCPT;
+    return 1;
+}
+
+static void write_rcpt(struct smtpc *s, struct flight *f, int i)
+{
+    const struct store_out_rcpt *r = &f->m.rcpts[i];
+    char params[400] = "";
+
+    if (s->dsn) {
+        size_t used = 0;
+        if (r->notify) {
+            static const struct { int bit; const char *name; } names[] = {
+                { NOTIFY_NEVER, "NEVER" }, { NOTIFY_SUCCESS, "SUCCESS" },
+                { NOTIFY_FAILURE, "FAILURE" }, { NOTIFY_DELAY, "DELAY" } };
+            used += (size_t)snprintf(params, sizeof params, " NOTIFY=");
+            for (size_t k = 0; k < MN_NELEM(names); k++)
+                if (r->notify & names[k].bit)
+                    used += (size_t)snprintf(params + used, sizeof params - used, "%s%s",
+                                             params[used - 1] == '=' ? "" : ",", names[k].name);
+        }
+        if (r->orcpt[0] && used < sizeof params)
+            snprintf(params + used, sizeof params - used, " ORCPT=%s", r->orcpt);
+    }
+    cmd(s, E_RCPT, s->wslot, i, "RCPT TO:<%s>%s", r->addr, params);
+}
+
+/* The body, converted to 7 bit when needed, counted or streamed. */
+struct body_out {
+    struct smtpc *s;
+    int dot;                            /* DATA: dot-stuffing */
+};
+
+static int smtpc_body_emit(void *arg, const void *buf, size_t n)
+{
+    struct body_out *o = arg;
+    struct smtpc *s = o->s;
+    const unsigned char *p = buf;
+
+    if (!o->dot)
+        return conn_write(s->c, p, n);
+    /* RFC 5321 4.5.2: a line starting with "." gets a second one. */
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s->at_bol && p[i] == '.') {
+            if (conn_write(s->c, p + start, i - start) || conn_write(s->c, ".", 1))
+                return -1;
+            start = i;
+        }
+        s->at_bol = p[i] == '\n';
+    }
+    if (conn_write(s->c, p + start, n - start))
+        return -1;
+    if (n >= 2) {
+        s->last2[0] = p[n - 2];
+        s->last2[1] = p[n - 1];
+    } else if (n == 1) {
+        s->last2[0] = s->last2[1];
+        s->last2[1] = p[0];
+    }
+    return 0;
+}
+
+static int smtpc_count_emit(void *arg, const void *buf, size_t n)
+{
+    MN_UNUSED(buf);
+    *(int64_t *)arg += (int64_t)n;
+    return 0;
+}
+
+/* Converting is a second pass over the text: first to learn whether it can
+ * be done and how long the result is (BDAT needs the size up front). */
+static int convert_size(struct flight *f, int64_t *size)
+{
+    struct store_reader r;
+    unsigned char buf[4096];
+    struct mime7 *m = mime7_new();
+    ssize_t n;
+    int rc = -1;
+
+    *size = 0;
+    if (!m || store_reader_open(&r, f->m.body_id)) {
+        mime7_free(m);
+        return -1;
+    }
+    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
+        if (mime7_feed(m, buf, (size_t)n, smtpc_count_emit, size))
+            break;
+    if (n == 0 && !mime7_finish(m, smtpc_count_emit, size))
+        rc = 0;
+    store_reader_close(&r);
+    mime7_free(m);
+    return rc;
+}
+
+static int open_body(struct smtpc *s, struct flight *f)
+{
+    if (store_reader_open(&s->rd, f->m.body_id))
+        return -1;
+    s->rd_open = 1;
+    s->at_bol = 1;
+    s->last2[0] = '\r';
+    s->last2[1] = '\n';
+    if (f->convert) {
+        s->m7 = mime7_new();
+        if (!s->m7)
+            return -1;
+    }
+    return 0;
+}
+
+/* Streams body bytes while the output has room; 1 when the body is done. */
+static int write_body(struct smtpc *s, struct flight *f, int dot)
+{
+    struct body_out o = { .s = s, .dot = dot };
+    unsigned char buf[8192];
+
+    for (;;) {
+        /* Dot-stuffing and 7-bit encoding can multiply the text by up to
+         * four: read only what will surely fit. */
+        size_t room = conn_out_space(s->c);
+        size_t want = room > 64 ? (room - 64) / 4 : 0;
+        if (want < 256)
+            break;
+        if (want > sizeof buf)
+            want = sizeof buf;
+        ssize_t n = store_reader_read(&s->rd, buf, want);
+        if (n < 0) {
+            set_error(s, "cannot read message %s from the store", f->m.qid);
+            return -1;
+        }
+        if (n == 0) {
+            if (s->m7 && mime7_finish(s->m7, smtpc_body_emit, &o))
+                return -1;
+            store_reader_close(&s->rd);
+            s->rd_open = 0;
+            if (s->m7)
+                mime7_free(s->m7);
+            s->m7 = NULL;
+            return 1;
+        }
+        if (s->m7 ? mime7_feed(s->m7, buf, (size_t)n, smtpc_body_emit, &o) : smtpc_body_emit(&o, buf, (size_t)n))
+            return -1;
+    }
+    return 0;
+}
+
+static void write_data_end(struct smtpc *s)
+{
+    /* The text ends with CRLF before the final dot, whatever it was. */
+    if (s->last2[0] != '\r' || s->last2[1] != '\n')
+        conn_write(s->c, "\r\n", 2);
+    conn_write(s->c, ".\r\n", 3);
+    conn_set_timeout(s->c, 600 * 1000);  /* RFC 5321 4.5.3.2.6: 10 minutes for the final reply */
+    expect(s, E_DOT, s->wslot, 0);
+}
+
+/* Advances the message being written as far as the rules allow. */
+static void write_current(struct smtpc *s)
+{
+    struct flight *f = slot_flight(s, s->wslot);
+
+    for (;;) {
+        if (conn_out_space(s->c) < 1024)
+            return;
+        /* Without PIPELINING every command waits for its reply. */
+        if (!s->pipelining && s->q_len && s->wstate != W_BODY)
+            return;
+        switch (s->wstate) {
+        case W_RCPT:
+            if (s->widx < f->m.nrcpt) {
+                write_rcpt(s, f, s->widx++);
+                continue;
+            }
+            s->wstate = W_DATACMD;
+            continue;
+        case W_DATACMD:
+            if (s->chunking) {
+                if (f->convert && convert_size(f, &f->wire_size)) {
+                    /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
+                     * once their RCPT replies are in; the peer gets RSET. */
+                    cmd(s, E_RSET, s->wslot, 1, "RSET");
+                    s->wstate = W_END;
+                    continue;
+                }
+                if (open_body(s, f)) {
+                    set_error(s, "cannot read message %s from the store", f->m.qid);
+                    conn_abort(s->c);
+                    return;
+                }
+                cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
+                conn_set_timeout(s->c, 600 * 1000);
+                s->wstate = W_BODY;
+                continue;
+            }
+            cmd(s, E_DATA, s->wslot, 0, "DATA");
+            s->wstate = W_WAIT354;
+            return;
+        case W_WAIT354:
+            return;                     /* the reply handler moves on */
+        case W_BODY: {
+            int done = write_body(s, f, !s->chunking);
+            if (done < 0) {
+                conn_abort(s->c);
+                return;
+            }
+            if (!done) {
+                s->c->want_drain = 1;
+                return;
+            }
+            if (!s->chunking)
+                write_data_end(s);
+            s->wstate = W_END;
+            continue;
+        }
+        case W_END:
+        case W_IDLE:
+            s->wstate = W_IDLE;
+            s->wslot = -1;
+            return;
+        }
+    }
+}
+
+/* Writes whatever can be written now: the current message, then more. */
+static void pump(struct smtpc *s)
+{
+    if (s->ended || s->c->dead || !s->reached)
+        return;
+    for (int guard = 0; guard < SMTPC_WINDOW + 1; guard++) {
+        if (s->wslot >= 0) {
+            write_current(s);
+            if (s->wslot >= 0)
+                break;
+        }
+        if (!s->pipelining && s->q_len)
+            break;
+        if (conn_out_space(s->c) < 4096)
+            break;
+        if (!start_message(s))
+            break;
+    }
+    if (s->batch_over && s->wslot < 0 && !s->fl_len && !s->quit_sent && !s->q_len) {
+        cmd(s, E_QUIT, 0, 0, "QUIT");
+        s->quit_sent = 1;
+    }
+    s->c->want_drain = s->wslot >= 0 || (!s->batch_over && s->fl_len < SMTPC_WINDOW);
+    conn_flush(s->c);
+}
+
+/* ----------------------------------------------------------- replies */
+
+static void parse_ehlo_line(struct smtpc *s, const char *kw)
+{
+    if (!strcasecmp(kw, "PIPELINING"))
+        s->pipelining = 1;
+    else if (!strcasecmp(kw, "CHUNKING"))
+        s->chunking = 1;
+    else if (!strcasecmp(kw, "8BITMIME"))
+        s->eightbitmime = 1;
+    else if (!strcasecmp(kw, "DSN"))
+        s->dsn = 1;
+    else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
+        s->has_size = 1;
+        s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
+    }
+    else if (!strncasecmp(kw, "AUTH ", 5))
+        util_strlcpy(s->auth_mechs, kw + 5, sizeof s->auth_mechs);
+}
+
+static int has_mech(const struct smtpc *s, const char *mech)
+{
+    char buf[sizeof s->auth_mechs], *items[16];
+    size_t n;
+    util_strlcpy(buf, s->auth_mechs, sizeof buf);
+    n = util_split_list(buf, items, MN_NELEM(items));
+    for (size_t i = 0; i < n; i++)
+        if (!strcasecmp(items[i], mech))
+            return 1;
+    return 0;
+}
+
+static void start_auth(struct smtpc *s)
+{
+    char raw[600], b64[900];
+    size_t ul = strlen(s->auth.user), pl = strlen(s->auth.password);
+
+    if (has_mech(s, "CRAM-MD5")) {
+        cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
+        return;
+    }
+    /* A password in the clear only to a peer on this host, or when the
+     * administrator said so. */
+    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth) ||
+        ul + pl + 2 > sizeof raw) {
+        set_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
+        cmd(s, E_QUIT, 0, 0, "QUIT");
+        s->quit_sent = 1;
+        return;
+    }
+    raw[0] = '\0';
+    memcpy(raw + 1, s->auth.user, ul);
+    raw[1 + ul] = '\0';
+    memcpy(raw + 2 + ul, s->auth.password, pl);
+    sodium_bin2base64(b64, sizeof b64, (unsigned char *)raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(raw, sizeof raw);
+    cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+}
+
+static void cram_answer(struct smtpc *s, const char *challenge64)
+{
+    unsigned char chal[512], digest[16];
+    char hex[33], line[600], b64[900];
+    size_t clen;
+
+    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
+                          sodium_base64_VARIANT_ORIGINAL)) {
+        set_error(s, "%s sent a bad CRAM-MD5 challenge", s->peer);
+        conn_abort(s->c);
+        return;
+    }
+    hmac_md5(s->auth.password, strlen(s->auth.password), chal, clen, digest);
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    snprintf(line, sizeof line, "%s %s", s->auth.user, hex);
+    sodium_bin2base64(b64, sizeof b64, (unsigned char *)line, strlen(line), sodium_base64_VARIANT_ORIGINAL);
+    conn_write(s->c, b64, strlen(b64));
+    conn_write(s->c, "\r\n", 2);
+    expect(s, E_AUTH, 0, 0);
+}
+
+static void on_reply(struct smtpc *s, int code, const char *text)
+{
+    char clean[512];
+    if (!s->q_len) {
+        set_error(s, "%s sent a reply nobody asked for: %.100s", s->peer, text);
+        conn_abort(s->c);
+        return;
+    }
+    int kind = s->q[s->q_head].kind, slot = s->q[s->q_head].slot, idx = s->q[s->q_head].idx;
+    s->q_head = (s->q_head + 1) % SMTPC_EXPECT;
+    s->q_len--;
+    clean_reply(text, clean, sizeof clean);
+
+    switch (kind) {
+    case E_GREETING:
+        if (code != 220) {
+            set_error(s, "%s greeted with: %s", s->peer, clean);
+            cmd(s, E_QUIT, 0, 0, "QUIT");
+            s->quit_sent = 1;
+            break;
+        }
+        s->reached = 1;
+        cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
+        break;
+    case E_EHLO:
+    case E_HELO:
+        if (code / 100 != 2) {
+            if (kind == E_EHLO) {       /* RFC 5321 3.2: fall back to HELO */
+                cmd(s, E_HELO, 0, 0, "HELO %s", conf->hostname);
+                break;
+            }
+            set_error(s, "%s refused HELO: %s", s->peer, clean);
+            cmd(s, E_QUIT, 0, 0, "QUIT");
+            s->quit_sent = 1;
+            break;
+        }
+        s->esmtp = kind == E_EHLO;
+        if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+            start_auth(s);
+            break;
+        }
+        pump(s);
+        break;
+    case E_AUTH:
+        if (code == 334 && idx == 1) {
+            cram_answer(s, text + (strlen(text) > 4 ? 4 : strlen(text)));
+            break;
+        }
+        if (code != 235) {
+            set_error(s, "authentication to %s failed: %s", s->peer, clean);
+            cmd(s, E_QUIT, 0, 0, "QUIT");
+            s->quit_sent = 1;
+            break;
+        }
+        pump(s);
+        break;
+    case E_MAIL: {
+        struct flight *f = slot_flight(s, slot);
+        f->mail_code = code;
+        util_strlcpy(f->mail_text, clean, sizeof f->mail_text);
+        if (code / 100 != 2)
+            for (int i = 0; i < f->m.nrcpt; i++)
+                s->ops->rcpt_done(s->arg, &f->m, i, outcome_code(code), clean);
+        break;
+    }
+    case E_RCPT: {
+        struct flight *f = slot_flight(s, slot);
+        if (f->mail_code / 100 != 2)
+            break;                      /* already decided by MAIL */
+        if (code / 100 == 2) {
+            f->ok[idx] = 1;
+            f->naccepted++;
+        } else {
+            s->ops->rcpt_done(s->arg, &f->m, idx, outcome_code(code), clean);
+        }
+        break;
+    }
+    case E_DATA: {
+        struct flight *f = slot_flight(s, slot);
+        if (code == 354) {
+            if (open_body(s, f)) {
+                set_error(s, "cannot read message %s from the store", f->m.qid);
+                conn_abort(s->c);
+                return;
+            }
+            s->wstate = W_BODY;
+            if (!f->naccepted) {
+                /* Nothing to deliver: end the text at once. */
+                store_reader_close(&s->rd);
+                s->rd_open = 0;
+                write_data_end(s);
+                s->wstate = W_END;
+            }
+            pump(s);
+            break;
+        }
+        finish_accepted(s, f, outcome_code(code), clean);
+        s->need_rset = 1;
+        s->wstate = W_END;
+        while (s->fl_len && s->fl[s->fl_head % SMTPC_WINDOW] == f)
+            retire_head(s);
+        pump(s);
+        break;
+    }
+    case E_DOT:
+    case E_BDAT: {
+        struct flight *f = slot_flight(s, slot);
+        if (f->naccepted)
+            finish_accepted(s, f, code / 100 == 2 ? 250 : outcome_code(code), clean);
+        if (code / 100 != 2)
+            s->need_rset = 1;
+        retire_head(s);
+        pump(s);
+        break;
+    }
+    case E_RSET:
+        if (idx == 1) {                 /* the message that could not be converted */
+            struct flight *f = slot_flight(s, slot);
+            finish_accepted(s, f, 554, "554 5.6.3 conversion to 7 bit required but not possible");
+            retire_head(s);
+            pump(s);
+        }
+        break;
+    case E_QUIT:
+        conn_close(s->c);
+        break;
+    }
+}
+
+static void smtpc_input(struct conn *c)
+{
+    struct smtpc *s = c->ctx;
+
+    while (!c->dead && c->in_len) {
+        unsigned char *lf = memchr(c->in, '\n', c->in_len);
+        if (!lf) {
+            if (c->in_len == c->in_cap) {
+                set_error(s, "%s sent an over-long reply line", s->peer);
+                conn_abort(c);
+            }
+            return;
+        }
+        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+        if (l && c->in[l - 1] == '\r')
+            l--;
+        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
+            (l > 3 && c->in[3] != ' ' && c->in[3] != '-')) {
+            set_error(s, "%s sent a malformed reply", s->peer);
+            conn_abort(c);
+            return;
+        }
+        int code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
+        int last = l == 3 || c->in[3] == ' ';
+        /* Keep the first line of a reply (and EHLO keywords as they come). */
+        if (!s->reply_len) {
+            size_t k = l < sizeof s->reply - 1 ? l : sizeof s->reply - 1;
+            memcpy(s->reply, c->in, k);
+            s->reply[k] = '\0';
+            s->reply_len = k;
+            s->reply_code = code;
+        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && l > 4) {
+            char kw[256];
+            size_t k = l - 4 < sizeof kw - 1 ? l - 4 : sizeof kw - 1;
+            memcpy(kw, c->in + 4, k);
+            kw[k] = '\0';
+            parse_ehlo_line(s, kw);
+        }
+        conn_consume(c, len);
+        if (last) {
+            char text[sizeof s->reply];
+            util_strlcpy(text, s->reply, sizeof text);
+            s->reply_len = 0;
+            on_reply(s, code, text);
+        }
+    }
+}
+
+static void smtpc_drain(struct conn *c)
+{
+    pump(c->ctx);
+}
+
+static void smtpc_timeout(struct conn *c)
+{
+    struct smtpc *s = c->ctx;
+    set_error(s, "%s did not answer in time", s->peer);
+    conn_abort(c);
+}
+
+static void smtpc_closed(struct conn *c)
+{
+    struct smtpc *s = c->ctx;
+    if (!s)
+        return;
+    c->ctx = NULL;
+    if (!s->ended)
+        end_session(s, s->quit_sent && !s->q_len ? NULL : "connection lost");
+    smtpc_free(s);
+}
+
+static void smtpc_connected(struct conn *c, int err)
+{
+    struct smtpc *s = c->ctx;
+    if (err) {
+        set_error(s, "cannot connect to %s [%s]: %s", s->peer, c->peer_ip, strerror(err));
+        conn_abort(c);
+        return;
+    }
+    /* RFC 5321 4.5.3.2.1: 5 minutes for the greeting. */
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+}
+
+static const struct conn_ops smtpc_conn_ops = {
+    .on_input = smtpc_input,
+    .on_drain = smtpc_drain,
+    .on_timeout = smtpc_timeout,
+    .on_close = smtpc_closed,
+    .on_connect = smtpc_connected,
+};
+
+struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth)
+{
+    struct smtpc *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->ops = ops;
+    s->arg = arg;
+    s->wslot = -1;
+    util_strlcpy(s->peer, peer_name, sizeof s->peer);
+    if (auth)
+        s->auth = *auth;
+    expect(s, E_GREETING, 0, 0);
+    s->c = conn_connect(ss, len, LISTEN_N, &smtpc_conn_ops, s, SMTPC_IN, SMTPC_OUT);
+    if (!s->c) {
+        free(s);
+        return NULL;
+    }
+    conn_set_timeout(s->c, conf->smtp_timeout_connect * 1000);
+    return s;
+}
+
+struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg)
+{
+    struct smtpc *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->ops = ops;
+    s->arg = arg;
+    s->wslot = -1;
+    s->c = c;
+    util_strlcpy(s->peer, peer_name, sizeof s->peer);
+    expect(s, E_GREETING, 0, 0);
+    /* Whatever the peer sent before the turnaround is not a reply to us. */
+    conn_consume(c, c->in_len);
+    c->ops = &smtpc_conn_ops;
+    c->ctx = s;
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    return s;
+}
+
+void smtpc_abort(struct smtpc *s)
+{
+    if (!s || s->ended)
+        return;
+    s->ended = 1;
+    while (s->fl_len) {
+        flight_free(s->fl[s->fl_head % SMTPC_WINDOW]);
+        s->fl[s->fl_head % SMTPC_WINDOW] = NULL;
+        s->fl_head++;
+        s->fl_len--;
+    }
+    if (s->rd_open)
+        store_reader_close(&s->rd);
+    if (s->m7)
+        mime7_free(s->m7);
+    s->m7 = NULL;
+    s->rd_open = 0;
+    conn_abort(s->c);
+}
+
+/* ---- src/queue_deliver.c ---- */
+#line 1 "src/queue_deliver.c"
+/*
+ * queue_deliver.c: the delivery scheduler.  Decides which destination is
+ * due, finds its next hop (the relayhost, or the domain's MX hosts), runs
+ * one SMTP client session per destination that carries everything queued
+ * for it, records each recipient's outcome, keeps the per-destination
+ * backoff, and writes delivery status notifications.
+ *
+ * A link that is down, a lookup that fails, a refused connection: all are
+ * temporary.  Only a peer's 5xx, a domain that does not exist, a null MX
+ * or queue.lifetime make a recipient fail.
+ */
+
+
+#include <string.h>
+
+#define SCAN_INTERVAL_MS 1000           /* idle rescan; new mail and link events kick at once */
+#define MAINT_INTERVAL 60               /* seconds between expiry and warning scans */
+#define RELAY_DEST "[relayhost]"        /* dest row of the smarthost */
+
+struct dsn_note {                       /* an outcome that asks for a DSN */
+    int64_t msg_id;
+    int action;
+    char addr[ADDR_MAX];
+    char orcpt[ADDR_MAX + 8];
+    char status[16];
+    char diag[300];
+};
+
+struct hop {
+    char name[SMTP_DOMAIN_MAX + 16];    /* dest row name */
+    char domain[SMTP_DOMAIN_MAX + 1];   /* recipients' domain; "" = every remote (smarthost) */
+    struct dns_query *dq;
+    struct dns_result *res;
+    int host_i, addr_i, port;
+    struct smtpc *sc;
+    char peer[SMTP_DOMAIN_MAX + 1];
+    int64_t after_id;                   /* batch cursor */
+    int handed;                         /* messages given to this session */
+    int delivered, deferred, failed;
+    int progress;                       /* the peer decided about something */
+    char error[400];
+    struct dsn_note *notes;
+    size_t nnotes, capnotes;
+    /* a release of held mail (ETRN, ATRN) */
+    int kind;                           /* ROUTE_REMOTE or ROUTE_HOLD */
+    char (*domains)[SMTP_DOMAIN_MAX + 1];
+    size_t ndomains, dom_i;
+    queue_release_done_fn rel_done;
+    void *rel_arg;
+    struct hop *next;
+};
+
+struct waiter {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    queue_flush_done_fn done;
+    void *arg;
+    char summary[4096];
+    size_t used;
+    int failed;
+    int started;
+    struct waiter *next;
+};
+
+static struct {
+    int running;
+    struct timer scan;
+    struct hop *hops;
+    int nhops;
+    int64_t last_maint;
+    struct waiter *waiters;
+} Q = { .scan = { .idx = -1 } };
+
+static void scan(void *arg);
+
+void queue_kick(void)
+{
+    if (Q.running)
+        timer_set(&Q.scan, 0, scan, NULL);
+}
+
+/* ----------------------------------------------------------- schedules */
+
+/* Exponential backoff between retry.initial and retry.max, with 10%
+ * jitter so that destinations that failed together do not return
+ * together. */
+static int64_t backoff_next(int64_t prev)
+{
+    int64_t b = prev ? prev * 2 : conf->retry_initial;
+    if (b < conf->retry_initial)
+        b = conf->retry_initial;
+    if (b > conf->retry_max)
+        b = conf->retry_max;
+    if (b >= 10)
+        b += (int64_t)randombytes_uniform((uint32_t)(b / 5 + 1)) - b / 10;
+    return b > 0 ? b : 1;
+}
+
+static int64_t rcpt_retry_at(int attempts)
+{
+    int64_t b = conf->retry_initial;
+    for (int i = 0; i < attempts && b < conf->retry_max; i++)
+        b *= 2;
+    if (b > conf->retry_max)
+        b = conf->retry_max;
+    return util_now() + backoff_next(b / 2 > 0 ? b / 2 : 0);
+}
+
+/* ---------------------------------------------------------------- DSNs */
+
+static void note(struct hop *h, int64_t msg_id, int action, const struct store_out_rcpt *r,
+                 const char *status, const char *diag)
+{
+    if (h->nnotes == h->capnotes) {
+        size_t cap = h->capnotes ? h->capnotes * 2 : 8;
+        void *p = realloc(h->notes, cap * sizeof *h->notes);
+        if (!p)
+            return;
+        h->notes = p;
+        h->capnotes = cap;
+    }
+    struct dsn_note *n = &h->notes[h->nnotes++];
+    n->msg_id = msg_id;
+    n->action = action;
+    util_strlcpy(n->addr, r->addr, sizeof n->addr);
+    util_strlcpy(n->orcpt, r->orcpt, sizeof n->orcpt);
+    util_strlcpy(n->status, status, sizeof n->status);
+    util_strlcpy(n->diag, diag ? diag : "", sizeof n->diag);
+}
+
+/* Queues a notification to the sender of m.  Never about a message with
+ * a null reverse-path (RFC 5321 4.5.5, RFC 3461 6.2). */
+static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts, size_t n, const char *remote)
+{
+    struct dsn_info info;
+    struct store_env env;
+    struct store_rcpt routes[8];
+    struct store_body *b;
+    struct addr a;
+    size_t nroutes = 0;
+    int rc;
+
+    MN_UNUSED(remote);
+    if (!m->sender[0] || !n)
+        return;
+    if (addr_parse_mailbox(m->sender, &a) || queue_route(&a, routes, MN_NELEM(routes), &nroutes) || !nroutes) {
+        log_warn("%s: no notification: sender <%s> cannot be reached", m->qid, m->sender);
+        return;
+    }
+    memset(&info, 0, sizeof info);
+    info.qid = m->qid;
+    info.sender = m->sender;
+    info.envid = m->envid[0] ? m->envid : NULL;
+    info.ret_full = m->ret_full;
+    info.received = m->received;
+    info.body_id = m->body_id;
+    info.rcpts = rcpts;
+    info.n = n;
+    b = store_body_new();
+    if (!b)
+        return;
+    memset(&env, 0, sizeof env);
+    util_qid(env.qid);
+    env.sender = "";
+    env.client = "local";
+    rc = dsn_write(&info, b);
+    if (!rc)
+        rc = store_body_finish(b);
+    env.size = b->size;
+    if (!rc)
+        rc = store_msg_insert(&env, b, routes, nroutes);
+    if (rc)
+        log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
+    else
+        log_info("%s: sender notification (%s): %s", m->qid,
+                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay" : "success",
+                 env.qid);
+    store_body_free(b);
+    queue_kick();
+}
+
+static void flush_notes(struct hop *h, const struct store_out_msg *m)
+{
+    struct dsn_rcpt r[64];
+    size_t n = 0;
+
+    for (int action = DSN_FAILED; action <= DSN_DELIVERED; action++) {
+        n = 0;
+        for (size_t i = 0; i < h->nnotes && n < MN_NELEM(r); i++) {
+            struct dsn_note *x = &h->notes[i];
+            if (x->msg_id != m->id || x->action != action)
+                continue;
+            r[n].addr = x->addr;
+            r[n].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+            r[n].action = action;
+            r[n].status = x->status;
+            r[n].remote_mta = h->peer[0] ? h->peer : NULL;
+            r[n].diagnostic = x->diag[0] ? x->diag : NULL;
+            r[n].last_attempt = util_now();
+            n++;
+        }
+        send_dsn(m, r, n, h->peer);
+    }
+    /* drop this message's notes */
+    size_t k = 0;
+    for (size_t i = 0; i < h->nnotes; i++)
+        if (h->notes[i].msg_id != m->id)
+            h->notes[k++] = h->notes[i];
+    h->nnotes = k;
+}
+
+/* "550 5.1.1 text" -> "5.1.1"; or a default from the code. */
+static void status_of(int code, const char *text, char *out, size_t n)
+{
+    if (text && strlen(text) > 8 && text[3] == ' ' && (text[4] == '2' || text[4] == '4' || text[4] == '5') &&
+        text[5] == '.') {
+        size_t i = 4;
+        while (text[i] && text[i] != ' ' && i - 4 < n - 1)
+            i++;
+        memcpy(out, text + 4, i - 4);
+        out[i - 4] = '\0';
+        return;
+    }
+    snprintf(out, n, "%d.0.0", code / 100);
+}
+
+/* ------------------------------------------------------ session callbacks */
+
+static int hop_next(void *arg, struct store_out_msg *m)
+{
+    struct hop *h = arg;
+    int rc;
+
+    if (h->kind == ROUTE_HOLD) {
+        /* A release carries everything held for its domains, domain by
+         * domain: only the recipients in those domains. */
+        while (h->dom_i < h->ndomains) {
+            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, h->after_id, INT64_MAX, m);
+            if (rc == 1) {
+                h->after_id = m->id;
+                h->handed++;
+                return 1;
+            }
+            h->dom_i++;
+            h->after_id = 0;
+        }
+        return 0;
+    }
+    if (h->handed >= conf->delivery_per_connection)
+        return 0;
+    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, h->after_id, util_now(), m);
+    if (rc != 1)
+        return 0;
+    h->after_id = m->id;
+    h->handed++;
+    return 1;
+}
+
+static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int code, const char *text)
+{
+    struct hop *h = arg;
+    const struct store_out_rcpt *r = &m->rcpts[idx];
+    char status[16];
+
+    h->progress = 1;
+    status_of(code, text, status, sizeof status);
+    if (code / 100 == 2) {
+        store_rcpt_set(r->id, RCPT_DELIVERED, 0, text);
+        h->delivered++;
+        log_info("%s: to=<%s> relay=%s status=sent (%s)", m->qid, r->addr, h->peer, text);
+        if (r->notify & NOTIFY_SUCCESS)
+            note(h, m->id, DSN_DELIVERED, r, status, text);
+    } else if (code / 100 == 4) {
+        /* Held mail stays held for the next request; queued mail waits. */
+        store_rcpt_set(r->id, RCPT_QUEUED, h->kind == ROUTE_HOLD ? 0 : rcpt_retry_at(r->attempts), text);
+        h->deferred++;
+        log_info("%s: to=<%s> relay=%s status=deferred (%s)", m->qid, r->addr, h->peer, text);
+    } else {
+        store_rcpt_set(r->id, RCPT_FAILED, 0, text);
+        h->failed++;
+        log_info("%s: to=<%s> relay=%s status=bounced (%s)", m->qid, r->addr, h->peer, text);
+        if (!(r->notify & NOTIFY_NEVER) && (!r->notify || (r->notify & NOTIFY_FAILURE)))
+            note(h, m->id, DSN_FAILED, r, status, text);
+    }
+}
+
+static void hop_msg_done(void *arg, const struct store_out_msg *m)
+{
+    struct hop *h = arg;
+    flush_notes(h, m);
+    if (store_msg_retire(m->id) == 1)
+        log_info("%s: removed", m->qid);
+}
+
+static void waiters_account(struct hop *h);
+static void hop_try_next(struct hop *h);
+
+static void hop_free(struct hop *h)
+{
+    struct hop **pp;
+    for (pp = &Q.hops; *pp; pp = &(*pp)->next)
+        if (*pp == h) {
+            *pp = h->next;
+            break;
+        }
+    Q.nhops--;
+    if (h->dq)
+        dns_cancel(h->dq);
+    free(h->res);
+    free(h->notes);
+    free(h->domains);
+    free(h);
+}
+
+/* The destination's fate after a session: success resets its backoff; a
+ * failure to reach anyone backs off (once per destination, not per
+ * message). */
+static void hop_finish(struct hop *h, int ok)
+{
+    struct store_dest d;
+    int64_t now = util_now();
+
+    if (h->kind == ROUTE_HOLD) {
+        /* A release has no schedule: what it could not move stays held
+         * until the next request. */
+        log_info("%s: released %d message recipients, %d deferred, %d failed%s%s", h->name, h->delivered,
+                 h->deferred, h->failed, h->error[0] ? ": " : "", h->error);
+        if (h->rel_done)
+            h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
+        hop_free(h);
+        queue_kick();
+        return;
+    }
+    store_dest_get(h->name, &d);
+    d.last_try = now;
+    if (ok) {
+        d.backoff = 0;
+        d.next_try = 0;
+        d.failures = 0;
+        d.last_ok = now;
+        d.last_error[0] = '\0';
+    } else {
+        d.backoff = backoff_next(d.backoff);
+        d.next_try = now + d.backoff;
+        d.failures++;
+        util_strlcpy(d.last_error, h->error, sizeof d.last_error);
+        log_info("%s: deferred: %s; next try in %llds", h->name, h->error, (long long)d.backoff);
+    }
+    store_dest_put(&d);
+    waiters_account(h);
+    hop_free(h);
+    queue_kick();
+}
+
+static void hop_done(void *arg, int reached, const char *error)
+{
+    struct hop *h = arg;
+
+    h->sc = NULL;
+    if (!reached) {
+        util_strlcpy(h->error, error ? error : "no answer", sizeof h->error);
+        log_info("%s: %s", h->name, h->error);
+        hop_try_next(h);
+        return;
+    }
+    if (error)
+        util_strlcpy(h->error, error, sizeof h->error);
+    /* Reached and made progress: the host is up even if the session ended
+     * early; what is left is retried at once by the next scan. */
+    hop_finish(h, !error || h->progress);
+}
+
+static const struct smtpc_ops hop_ops = {
+    .next = hop_next,
+    .rcpt_done = hop_rcpt_done,
+    .msg_done = hop_msg_done,
+    .done = hop_done,
+};
+
+/* Every queued recipient of the destination fails: the domain itself is
+ * undeliverable (no such domain, null MX). */
+static void fail_destination(struct hop *h, const char *status, const char *text)
+{
+    struct store_out_msg m;
+    int64_t after = 0;
+
+    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, after, INT64_MAX, &m) == 1) {
+        after = m.id;
+        for (int i = 0; i < m.nrcpt; i++) {
+            store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
+            log_info("%s: to=<%s> status=bounced (%s)", m.qid, m.rcpts[i].addr, text);
+            h->failed++;
+            if (!(m.rcpts[i].notify & NOTIFY_NEVER) && (!m.rcpts[i].notify || (m.rcpts[i].notify & NOTIFY_FAILURE)))
+                note(h, m.id, DSN_FAILED, &m.rcpts[i], status, text);
+        }
+        flush_notes(h, &m);
+        store_msg_retire(m.id);
+        store_out_free(&m);
+    }
+}
+
+/* RFC 5321 5.1: try the addresses in order, all of them if need be. */
+static void hop_try_next(struct hop *h)
+{
+    while (h->res && h->host_i < h->res->nhosts) {
+        struct dns_host *dh = &h->res->hosts[h->host_i];
+        if (h->addr_i >= dh->naddrs) {
+            h->host_i++;
+            h->addr_i = 0;
+            continue;
+        }
+        struct sockaddr_storage ss = dh->addrs[h->addr_i++];
+        socklen_t len;
+        if (ss.ss_family == AF_INET) {
+            ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)h->port);
+            len = sizeof(struct sockaddr_in);
+        } else {
+            ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)h->port);
+            len = sizeof(struct sockaddr_in6);
+        }
+        util_strlcpy(h->peer, dh->name, sizeof h->peer);
+        struct smtpc_auth auth = { NULL, NULL }, *ap = NULL;
+        static char pw[256];
+        if (!h->domain[0] && conf->relayhost_user[0] && conf->relayhost_password_file[0]) {
+            FILE *f = fopen(conf->relayhost_password_file, "r");
+            if (f && fgets(pw, sizeof pw, f)) {
+                pw[strcspn(pw, "\r\n")] = '\0';
+                auth.user = conf->relayhost_user;
+                auth.password = pw;
+                ap = &auth;
+            } else {
+                log_warn("relayhost.password_file %s cannot be read", conf->relayhost_password_file);
+            }
+            if (f)
+                fclose(f);
+        }
+        h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap);
+        if (h->sc)
+            return;
+        char ip[64];
+        util_sockaddr_ip(&ss, ip, sizeof ip);
+        snprintf(h->error, sizeof h->error, "cannot connect to %s [%s]: %s", dh->name, ip, strerror(errno));
+        log_info("%s: %s", h->name, h->error);
+    }
+    if (!h->error[0])
+        util_strlcpy(h->error, "no address to try", sizeof h->error);
+    hop_finish(h, 0);
+}
+
+static void hop_resolved(void *arg, const struct dns_result *r)
+{
+    struct hop *h = arg;
+
+    h->dq = NULL;
+    if (r->status == DNS_PERM && h->domain[0]) {
+        int nullmx = strstr(r->error, "null MX") != NULL;
+        char text[400];
+        snprintf(text, sizeof text, "%s %s %s", nullmx ? "556" : "550", nullmx ? "5.1.10" : "5.1.2", r->error);
+        log_info("%s: undeliverable: %s", h->name, r->error);
+        fail_destination(h, nullmx ? "5.1.10" : "5.1.2", text);
+        hop_finish(h, 1);
+        return;
+    }
+    if (r->status != DNS_OK) {
+        snprintf(h->error, sizeof h->error, "lookup of %.100s failed: %.180s",
+                 h->domain[0] ? h->domain : conf->relayhost, r->error);
+        hop_finish(h, 0);
+        return;
+    }
+    h->res = malloc(sizeof *h->res);
+    if (!h->res) {
+        util_strlcpy(h->error, "out of memory", sizeof h->error);
+        hop_finish(h, 0);
+        return;
+    }
+    *h->res = *r;
+    hop_try_next(h);
+}
+
+static struct hop *hop_find(const char *name)
+{
+    for (struct hop *h = Q.hops; h; h = h->next)
+        if (!strcmp(h->name, name))
+            return h;
+    return NULL;
+}
+
+static struct hop *hop_new(const char *name, const char *domain, int kind)
+{
+    struct hop *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    util_strlcpy(h->name, name, sizeof h->name);
+    util_strlcpy(h->domain, domain, sizeof h->domain);
+    h->kind = kind;
+    h->next = Q.hops;
+    Q.hops = h;
+    Q.nhops++;
+    return h;
+}
+
+/* A next hop written "host:port", "[host]:port" or "host" (port 25):
+ * resolved by name only, no MX ("[name]" is the name itself). */
+static void hop_resolve_host(struct hop *h, const char *spec)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+
+    if (util_split_hostport(spec, host, sizeof host, &h->port)) {
+        util_strlcpy(host, spec, sizeof host);
+        h->port = 25;
+    }
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        memmove(host, host + 1, l - 2);
+        host[l - 2] = '\0';
+    }
+    h->dq = dns_resolve_host(host, hop_resolved, h);
+}
+
+static void hop_start(const char *name, const char *domain)
+{
+    struct hop *h;
+
+    if (hop_find(name) || Q.nhops >= conf->delivery_parallel)
+        return;
+    h = hop_new(name, domain, ROUTE_REMOTE);
+    if (!h)
+        return;
+    if (!domain[0]) {
+        hop_resolve_host(h, conf->relayhost);
+    } else {
+        h->port = (int)conf->delivery_port;
+        h->dq = dns_resolve_mx(domain, hop_resolved, h);
+    }
+}
+
+/* -------------------------------------------------- expiry and warnings */
+
+static int expired_cb(void *arg, int64_t msg_id, int64_t rcpt_id)
+{
+    int64_t *last = arg;
+    MN_UNUSED(rcpt_id);
+    if (msg_id == *last)
+        return 0;
+    *last = msg_id;
+    struct store_out_msg m;
+    if (store_out_get(msg_id, &m))
+        return 0;
+    struct dsn_rcpt r[64];
+    size_t n = 0;
+    for (int i = 0; i < m.nrcpt; i++) {
+        char text[600];
+        snprintf(text, sizeof text, "4.4.7 delivery time expired");
+        store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
+        log_info("%s: to=<%s> status=expired (queued for more than %llds)", m.qid, m.rcpts[i].addr,
+                 (long long)conf->queue_lifetime);
+        if (n < MN_NELEM(r) && !(m.rcpts[i].notify & NOTIFY_NEVER) &&
+            (!m.rcpts[i].notify || (m.rcpts[i].notify & NOTIFY_FAILURE))) {
+            r[n].addr = m.rcpts[i].addr;
+            r[n].orcpt = m.rcpts[i].orcpt[0] ? m.rcpts[i].orcpt : NULL;
+            r[n].action = DSN_FAILED;
+            r[n].status = "4.4.7";
+            r[n].remote_mta = NULL;
+            r[n].diagnostic = NULL;
+            r[n].last_attempt = util_now();
+            n++;
+        }
+    }
+    send_dsn(&m, r, n, NULL);
+    store_msg_retire(m.id);
+    store_out_free(&m);
+    return 0;
+}
+
+static int warn_cb(void *arg, int64_t msg_id)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t n = 0;
+
+    MN_UNUSED(arg);
+    store_msg_set_warned(msg_id);
+    if (store_out_get(msg_id, &m))
+        return 0;
+    for (int i = 0; i < m.nrcpt && n < MN_NELEM(r); i++) {
+        int nt = m.rcpts[i].notify;
+        if (nt & NOTIFY_NEVER || (nt && !(nt & NOTIFY_DELAY)))
+            continue;
+        r[n].addr = m.rcpts[i].addr;
+        r[n].orcpt = m.rcpts[i].orcpt[0] ? m.rcpts[i].orcpt : NULL;
+        r[n].action = DSN_DELAYED;
+        r[n].status = "4.4.1";
+        r[n].remote_mta = NULL;
+        r[n].diagnostic = NULL;
+        r[n].last_attempt = util_now();
+        n++;
+    }
+    send_dsn(&m, r, n, NULL);
+    store_out_free(&m);
+    return 0;
+}
+
+static void maintenance(int64_t now)
+{
+    int64_t last = 0, every = MAINT_INTERVAL;
+    /* Short lifetimes (tests, urgent traffic) are checked more often. */
+    if (conf->queue_lifetime > 0 && conf->queue_lifetime / 4 < every)
+        every = conf->queue_lifetime / 4;
+    if (conf->queue_warn_after > 0 && conf->queue_warn_after / 4 < every)
+        every = conf->queue_warn_after / 4;
+    if (every < 1)
+        every = 1;
+    if (now - Q.last_maint < every)
+        return;
+    Q.last_maint = now;
+    if (conf->queue_lifetime > 0)
+        store_expired(now - conf->queue_lifetime, expired_cb, &last);
+    if (conf->queue_warn_after > 0 && conf->queue_warn_after < conf->queue_lifetime)
+        store_unwarned(now - conf->queue_warn_after, warn_cb, NULL);
+}
+
+/* ---------------------------------------------------------------- scan */
+
+static int due_cb(void *arg, const char *domain)
+{
+    MN_UNUSED(arg);
+    if (Q.nhops >= conf->delivery_parallel)
+        return 1;
+    hop_start(domain, domain);
+    return 0;
+}
+
+static void waiters_check(void);
+
+static void scan(void *arg)
+{
+    int64_t now = util_now();
+
+    MN_UNUSED(arg);
+    maintenance(now);
+    if (conf->relayhost[0]) {
+        struct store_dest d;
+        store_dest_get(RELAY_DEST, &d);
+        if (d.next_try <= now && store_any_due(now) == 1)
+            hop_start(RELAY_DEST, "");
+    } else {
+        store_due_domains(now, due_cb, NULL);
+    }
+    waiters_check();
+    timer_set(&Q.scan, SCAN_INTERVAL_MS, scan, NULL);
+}
+
+/* ------------------------------------------------------ on-demand relay */
+
+int queue_release_busy(const char *domain)
+{
+    for (struct hop *h = Q.hops; h; h = h->next)
+        if (h->kind == ROUTE_HOLD)
+            for (size_t i = 0; i < h->ndomains; i++)
+                if (!strcasecmp(h->domains[i], domain))
+                    return 1;
+    return 0;
+}
+
+static int hop_set_domains(struct hop *h, char domains[][SMTP_DOMAIN_MAX + 1], size_t n)
+{
+    h->domains = calloc(n ? n : 1, sizeof *h->domains);
+    if (!h->domains)
+        return -1;
+    memcpy(h->domains, domains, n * sizeof *h->domains);
+    h->ndomains = n;
+    return 0;
+}
+
+int queue_release(const char *domain, int *started)
+{
+    struct store_domain d;
+    char name[SMTP_DOMAIN_MAX + 16];
+    int n;
+
+    *started = 0;
+    if (store_domain_get(domain, &d) || d.kind != DOMAIN_HOLD)
+        return -1;
+    n = store_held_count(d.name);
+    if (n <= 0 || queue_release_busy(d.name))
+        return n;
+    snprintf(name, sizeof name, "release %s", d.name);
+    struct hop *h = hop_new(name, "", ROUTE_HOLD);
+    if (!h || hop_set_domains(h, &d.name, 1)) {
+        if (h)
+            hop_free(h);
+        return STORE_ERR;
+    }
+    *started = 1;
+    log_info("%s: %d held messages, delivery started", name, n);
+    /* The domain's own host when the administrator named one, else MX. */
+    if (d.host[0]) {
+        hop_resolve_host(h, d.host);
+    } else {
+        h->port = (int)conf->delivery_port;
+        h->dq = dns_resolve_mx(d.name, hop_resolved, h);
+    }
+    return n;
+}
+
+int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t n,
+                     queue_release_done_fn done, void *arg)
+{
+    char name[SMTP_DOMAIN_MAX + 16];
+    snprintf(name, sizeof name, "atrn %s%s", domains[0], n > 1 ? ",..." : "");
+    struct hop *h = hop_new(name, "", ROUTE_HOLD);
+    if (!h)
+        return -1;
+    if (hop_set_domains(h, domains, n)) {
+        hop_free(h);
+        return -1;
+    }
+    h->rel_done = done;
+    h->rel_arg = arg;
+    util_strlcpy(h->peer, c->peer_ip, sizeof h->peer);
+    h->sc = smtpc_attach(c, c->peer_ip, &hop_ops, h);
+    if (!h->sc) {
+        hop_free(h);
+        return -1;
+    }
+    return 0;
+}
+
+int queue_start(void)
+{
+    if (dns_init())
+        log_warn("resolver: no name servers; MX lookups will fail until one is configured");
+    Q.running = 1;
+    Q.last_maint = 0;
+    timer_set(&Q.scan, 200, scan, NULL);
+    return 0;
+}
+
+void queue_stop(void)
+{
+    Q.running = 0;
+    timer_cancel(&Q.scan);
+    while (Q.hops) {
+        struct hop *h = Q.hops;
+        if (h->sc)
+            smtpc_abort(h->sc);
+        hop_free(h);
+    }
+    while (Q.waiters) {
+        struct waiter *w = Q.waiters;
+        Q.waiters = w->next;
+        free(w);
+    }
+    dns_free();
+}
+
+/* ---------------------------------------------------------------- flush */
+
+void queue_flush(const char *domain)
+{
+    if (store_flush(domain && *domain ? domain : NULL, util_now()))
+        log_err("flush: database error");
+    if (conf->relayhost[0] && (!domain || !*domain)) {
+        struct store_dest d;
+        store_dest_get(RELAY_DEST, &d);
+        d.next_try = 0;
+        d.backoff = 0;
+        store_dest_put(&d);
+    }
+    log_info("flush%s%s: retry timers reset, delivery run started", domain ? " " : "", domain ? domain : "");
+    queue_kick();
+    /* A link that came up (or an administrator's flush) is also the moment
+     * to ask the upstream for our mail. */
+    if (!domain || !*domain)
+        poll_kick();
+}
+
+static int waiter_matches(const struct waiter *w, const struct hop *h)
+{
+    return !w->domain[0] || !h->domain[0] || !strcasecmp(w->domain, h->domain);
+}
+
+static void waiters_account(struct hop *h)
+{
+    for (struct waiter *w = Q.waiters; w; w = w->next) {
+        if (!waiter_matches(w, h))
+            continue;
+        int n = snprintf(w->summary + w->used, sizeof w->summary - w->used,
+                         "%s: %d delivered, %d deferred, %d failed%s%s\n",
+                         h->domain[0] ? h->domain : conf->relayhost, h->delivered, h->deferred, h->failed,
+                         h->error[0] ? ": " : "", h->error);
+        if (n > 0 && (size_t)n < sizeof w->summary - w->used)
+            w->used += (size_t)n;
+        if (h->deferred || (h->error[0] && !h->progress))
+            w->failed++;
+    }
+}
+
+/* A waiter is done when nothing for it is being delivered and nothing
+ * for it is due any more (the rest waits for a later retry). */
+static int any_due_cb(void *arg, const char *domain)
+{
+    MN_UNUSED(domain);
+    *(int *)arg = 1;
+    return 1;
+}
+
+static void waiters_check(void)
+{
+    struct waiter **pp = &Q.waiters;
+    int64_t now = util_now();
+
+    while (*pp) {
+        struct waiter *w = *pp;
+        int busy = 0;
+        for (struct hop *h = Q.hops; h; h = h->next)
+            if (waiter_matches(w, h))
+                busy = 1;
+        if (!busy) {
+            if (conf->relayhost[0]) {
+                struct store_dest d;
+                store_dest_get(RELAY_DEST, &d);
+                busy = d.next_try <= now && store_any_due(now) == 1;
+            } else if (w->domain[0]) {
+                struct store_dest d;
+                store_dest_get(w->domain, &d);
+                struct store_out_msg m;
+                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, 0, now, &m) == 1) {
+                    busy = 1;
+                    store_out_free(&m);
+                }
+            } else {
+                store_due_domains(now, any_due_cb, &busy);
+            }
+        }
+        if (busy && w->started < 1000) {
+            w->started++;
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        if (!w->used)
+            snprintf(w->summary, sizeof w->summary, "nothing to deliver\n");
+        w->done(w->arg, w->summary, w->failed);
+        free(w);
+    }
+}
+
+int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg)
+{
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return -1;
+    util_strlcpy(w->domain, domain ? domain : "", sizeof w->domain);
+    util_lower(w->domain);
+    w->done = done;
+    w->arg = arg;
+    w->next = Q.waiters;
+    Q.waiters = w;
+    queue_flush(domain);
+    return 0;
+}
+
+void queue_flush_cancel(void *arg)
+{
+    for (struct waiter **pp = &Q.waiters; *pp; pp = &(*pp)->next)
+        if ((*pp)->arg == arg) {
+            struct waiter *w = *pp;
+            *pp = w->next;
+            free(w);
+            return;
+        }
+}
+
+/* ---- src/odmr.c ---- */
+#line 1 "src/odmr.c"
+/*
+ * odmr.c: on-demand relay, the upstream's side of the two requests a
+ * sometimes-connected site makes.  ETRN (RFC 1985) asks us to start
+ * delivering a held domain's mail over a new connection to the site;
+ * ATRN (RFC 2645) asks for it over the site's own, authenticated
+ * connection, which then turns around.  The SMTP server (smtpd.c) parses
+ * the command lines and calls these for the decisions and the replies.
+ */
+
+
+#include <ctype.h>
+#include <string.h>
+
+/* A domain name as RFC 1985/2645 requests carry it: letters, digits,
+ * hyphens, dots; no empty labels. */
+static int domain_ok(const char *d, size_t len)
+{
+    size_t label = 0;
+    if (!len || len > SMTP_DOMAIN_MAX || d[0] == '.' || d[len - 1] == '.')
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)d[i];
+        if (c == '.') {
+            if (!label)
+                return 0;
+            label = 0;
+            continue;
+        }
+        if (!isalnum(c) && c != '-')
+            return 0;
+        if (++label > 63)
+            return 0;
+    }
+    return 1;
+}
+
+struct etrn_walk {
+    const char *parent;                 /* "@domain": it and its subdomains */
+    int matched, held, started, failed;
+};
+
+static int etrn_each(void *arg, const struct store_domain *d)
+{
+    struct etrn_walk *w = arg;
+    size_t dl = strlen(d->name), pl = strlen(w->parent);
+
+    if (d->kind != DOMAIN_HOLD)
+        return 0;
+    if (strcasecmp(d->name, w->parent) &&
+        !(dl > pl && d->name[dl - pl - 1] == '.' && !strcasecmp(d->name + dl - pl, w->parent)))
+        return 0;
+    w->matched++;
+    int started, n = queue_release(d->name, &started);
+    if (n < 0)
+        w->failed++;
+    else
+        w->held += n;
+    w->started += started;
+    return 0;
+}
+
+/* RFC 1985 5: the reply codes and their texts. */
+void odmr_etrn(const char *arg, char *reply, size_t n)
+{
+    char dom[SMTP_DOMAIN_MAX + 2];
+    int sub = 0;
+
+    if (!*arg) {
+        snprintf(reply, n, "501 5.5.4 Syntax: ETRN [@|#]domain");
+        return;
+    }
+    if (*arg == '@' || *arg == '#') {
+        sub = *arg == '@';              /* "#queue": our queues are named by domain */
+        arg++;
+    }
+    if (!domain_ok(arg, strlen(arg))) {
+        snprintf(reply, n, "501 5.5.4 Syntax: ETRN [@|#]domain");
+        return;
+    }
+    util_strlcpy(dom, arg, sizeof dom);
+    util_lower(dom);
+    if (sub) {
+        struct etrn_walk w = { .parent = dom };
+        if (store_domain_list(etrn_each, &w) || w.failed) {
+            snprintf(reply, n, "458 4.0.0 Unable to queue messages for node %s", dom);
+            return;
+        }
+        if (!w.matched)
+            snprintf(reply, n, "459 4.7.1 Node %s not allowed: no domain held here", dom);
+        else if (!w.held)
+            snprintf(reply, n, "251 2.0.0 OK, no messages waiting for node %s", dom);
+        else
+            snprintf(reply, n, "253 2.0.0 OK, %d pending messages for node %s started", w.held, dom);
+        return;
+    }
+    int started, held = queue_release(dom, &started);
+    if (held == -1)
+        snprintf(reply, n, "459 4.7.1 Node %s not allowed: not a domain held here", dom);
+    else if (held < 0)
+        snprintf(reply, n, "458 4.0.0 Unable to queue messages for node %s", dom);
+    else if (!held)
+        snprintf(reply, n, "251 2.0.0 OK, no messages waiting for node %s", dom);
+    else if (!started)
+        snprintf(reply, n, "250 2.0.0 OK, queuing for node %s started", dom);
+    else
+        snprintf(reply, n, "253 2.0.0 OK, %d pending messages for node %s started", held, dom);
+}
+
+struct owned {
+    const char *user;
+    char (*domains)[SMTP_DOMAIN_MAX + 1];
+    size_t max, n;
+};
+
+static int owned_each(void *arg, const struct store_domain *d)
+{
+    struct owned *o = arg;
+    if (d->kind == DOMAIN_HOLD && !strcmp(d->owner, o->user) && o->n < o->max)
+        util_strlcpy(o->domains[o->n++], d->name, SMTP_DOMAIN_MAX + 1);
+    return 0;
+}
+
+int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAIN_MAX + 1], size_t max,
+                    size_t *n, char *reply, size_t rn)
+{
+    *n = 0;
+    if (!*arg) {
+        /* RFC 2645 5.2.1: no argument means every domain of the user. */
+        struct owned o = { .user = user, .domains = domains, .max = max };
+        if (store_domain_list(owned_each, &o)) {
+            snprintf(reply, rn, "451 4.3.0 Temporary failure, try again later");
+            return 451;
+        }
+        if (!o.n) {
+            snprintf(reply, rn, "453 4.7.0 You have no mail");
+            return 453;
+        }
+        *n = o.n;
+    } else {
+        /* "d1,d2": a comma list without spaces (RFC 2645 5.2.1). */
+        const char *p = arg;
+        while (*p) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            if (!domain_ok(p, len) || *n == max || (comma && !comma[1])) {
+                snprintf(reply, rn, "501 5.5.4 Syntax: ATRN [domain[,domain...]]");
+                return 501;
+            }
+            memcpy(domains[*n], p, len);
+            domains[*n][len] = '\0';
+            util_lower(domains[*n]);
+            (*n)++;
+            p += len + (comma ? 1 : 0);
+        }
+        for (size_t i = 0; i < *n; i++) {
+            struct store_domain d;
+            if (store_domain_get(domains[i], &d) || d.kind != DOMAIN_HOLD || strcmp(d.owner, user)) {
+                snprintf(reply, rn, "450 4.7.1 Access denied to %s", domains[i]);
+                return 450;
+            }
+        }
+    }
+    int held = 0;
+    for (size_t i = 0; i < *n; i++) {
+        /* One session per domain at a time (RFC 2645 5.2.1: 451). */
+        if (queue_release_busy(domains[i])) {
+            snprintf(reply, rn, "451 4.3.0 %s is being delivered by another session", domains[i]);
+            return 451;
+        }
+        int c = store_held_count(domains[i]);
+        if (c > 0)
+            held += c;
+    }
+    if (!held) {
+        snprintf(reply, rn, "453 4.7.0 You have no mail");
+        return 453;
+    }
+    snprintf(reply, rn, "250 2.0.0 OK now reversing the connection (%d messages)", held);
+    return 250;
+}
+
+/* ---- src/poll.c ---- */
+#line 1 "src/poll.c"
+/*
+ * poll.c: the field node's side of on-demand relay.  One exchange with
+ * the upstream: first our own queue goes out (when a relayhost is set),
+ * then we ask for the mail held for our domains, by ETRN (RFC 1985: the
+ * upstream connects back to our SMTP listener) or by ATRN (RFC 2645: the
+ * same connection turns around and we become its SMTP server, so a site
+ * behind NAT or with a changing address still gets its mail).
+ *
+ * An exchange starts on every link-up event, every upstream.interval,
+ * and on `mailnode poll`.
+ */
+
+
+#include <ctype.h>
+#include <string.h>
+
+enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_AUTH, P_AUTH2, P_ETRN, P_ATRN, P_SERVING, P_QUIT };
+
+struct pwaiter {
+    poll_done_fn done;
+    void *arg;
+    struct pwaiter *next;
+};
+
+static struct {
+    int enabled;
+    int state;
+    struct timer interval;
+    struct timer guard;                 /* bounds a whole exchange */
+    struct dns_query *dq;
+    struct conn *c;
+    char reply[512];
+    int reply_code;
+    int ehlo_atrn, ehlo_cram, ehlo_plain;
+    size_t dom_i;                       /* ETRN: next domain to ask for */
+    char summary[2048];
+    size_t used;
+    int rc;                             /* sysexits code of the exchange */
+    int accepted;                       /* ATRN: messages taken in */
+    struct pwaiter *waiters;
+    int again;                          /* a request came while running */
+} P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
+
+static void pull_start(void);
+static void poll_finish(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void poll_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void poll_say(const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (P.used >= sizeof P.summary - 1)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(P.summary + P.used, sizeof P.summary - P.used, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        P.used += (size_t)n < sizeof P.summary - P.used ? (size_t)n : sizeof P.summary - P.used - 1;
+}
+
+static int atrn_mode(void)
+{
+    return !strcasecmp(conf->upstream_mode, "atrn");
+}
+
+static void poll_finish(int rc, const char *fmt, ...)
+{
+    char line[512] = "";
+    va_list ap;
+
+    if (fmt) {
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof line, fmt, ap);
+        va_end(ap);
+        poll_say("%s\n", line);
+    }
+    if (P.dq)
+        dns_cancel(P.dq);
+    P.dq = NULL;
+    struct conn *c = P.c;
+    P.c = NULL;
+    if (c && !c->dead && P.state != P_SERVING)
+        conn_abort(c);                  /* client_close sees it is no longer ours */
+    timer_cancel(&P.guard);
+    P.state = P_IDLE;
+    P.rc = rc;
+    if (rc == EX_OK)
+        log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
+    else
+        log_warn("poll: upstream exchange failed: %s", line);
+    store_meta_set(rc == EX_OK ? "upstream.last_ok" : "upstream.last_fail", P.summary);
+    while (P.waiters) {
+        struct pwaiter *w = P.waiters;
+        P.waiters = w->next;
+        w->done(w->arg, P.summary, rc);
+        free(w);
+    }
+    if (P.again) {
+        P.again = 0;
+        poll_kick();
+    }
+}
+
+/* ---------------------------------------------------------- the client */
+
+static void poll_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void poll_send(const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof line - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n > sizeof line - 3)
+        return;
+    memcpy(line + n, "\r\n", 2);
+    conn_write(P.c, line, (size_t)n + 2);
+    conn_flush(P.c);
+}
+
+static void ask_next_etrn(void)
+{
+    if (P.dom_i < conf->n_upstream_domains) {
+        poll_send("ETRN %s", conf->upstream_domains[P.dom_i]);
+        return;
+    }
+    P.state = P_QUIT;
+    poll_send("QUIT");
+}
+
+static void served(void *arg, int accepted, const char *error)
+{
+    MN_UNUSED(arg);
+    P.accepted = accepted;
+    P.c = NULL;
+    if (error && !accepted)
+        poll_finish(EX_TEMPFAIL, "ATRN: connection ended after the turnaround: %s", error);
+    else
+        poll_finish(EX_OK, "ATRN: %d messages received%s%s", accepted, error ? " (then: " : "", error ? error : "");
+    if (error && accepted)
+        poll_say(")\n");
+}
+
+static void auth_cram(const char *challenge64)
+{
+    unsigned char chal[512], digest[16];
+    char hex[33], line[700], b64[1000], pw[256];
+    size_t clen;
+
+    if (poll_password(pw, sizeof pw)) {
+        poll_finish(EX_CONFIG, "cannot read upstream.password_file %s", conf->upstream_password_file);
+        return;
+    }
+    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
+                          sodium_base64_VARIANT_ORIGINAL)) {
+        poll_finish(EX_PROTOCOL, "the upstream sent a bad CRAM-MD5 challenge");
+        return;
+    }
+    hmac_md5(pw, strlen(pw), chal, clen, digest);
+    sodium_memzero(pw, sizeof pw);
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    snprintf(line, sizeof line, "%s %s", conf->upstream_user, hex);
+    sodium_bin2base64(b64, sizeof b64, (unsigned char *)line, strlen(line), sodium_base64_VARIANT_ORIGINAL);
+    poll_send("%s", b64);
+}
+
+static void auth_plain(void)
+{
+    char raw[600], b64[900], pw[256];
+    size_t ul = strlen(conf->upstream_user), pl;
+
+    if (poll_password(pw, sizeof pw)) {
+        poll_finish(EX_CONFIG, "cannot read upstream.password_file %s", conf->upstream_password_file);
+        return;
+    }
+    pl = strlen(pw);
+    if (ul + pl + 2 > sizeof raw) {
+        poll_finish(EX_CONFIG, "upstream credentials too long");
+        return;
+    }
+    raw[0] = '\0';
+    memcpy(raw + 1, conf->upstream_user, ul);
+    raw[1 + ul] = '\0';
+    memcpy(raw + 2 + ul, pw, pl);
+    sodium_bin2base64(b64, sizeof b64, (unsigned char *)raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(raw, sizeof raw);
+    sodium_memzero(pw, sizeof pw);
+    poll_send("AUTH PLAIN %s", b64);
+}
+
+static void poll_reply(int code, const char *text)
+{
+    const char *t = strlen(text) > 4 ? text + 4 : "";
+
+    switch (P.state) {
+    case P_GREETING:
+        if (code != 220) {
+            poll_finish(EX_UNAVAILABLE, "the upstream refused the session: %s", text);
+            return;
+        }
+        P.state = P_EHLO;
+        poll_send("EHLO %s", conf->hostname);
+        return;
+    case P_EHLO:
+        if (code != 250) {
+            poll_finish(EX_PROTOCOL, "the upstream refused EHLO: %s", text);
+            return;
+        }
+        if (!atrn_mode()) {
+            P.state = P_ETRN;
+            P.dom_i = 0;
+            ask_next_etrn();
+            return;
+        }
+        if (!P.ehlo_atrn) {
+            poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
+            return;
+        }
+        /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
+         * a password in the clear only to a peer on this host. */
+        if (P.ehlo_cram) {
+            P.state = P_AUTH;
+            poll_send("AUTH CRAM-MD5");
+        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth)) {
+            P.state = P_AUTH2;
+            auth_plain();
+        } else {
+            poll_finish(EX_PROTOCOL, "the upstream offers no authentication we may use without TLS");
+        }
+        return;
+    case P_AUTH:
+        if (code == 334) {
+            P.state = P_AUTH2;
+            auth_cram(t);
+            return;
+        }
+        poll_finish(EX_PROTOCOL, "the upstream refused CRAM-MD5: %s", text);
+        return;
+    case P_AUTH2: {
+        if (code != 235) {
+            poll_finish(EX_NOPERM, "authentication to the upstream failed: %s", text);
+            return;
+        }
+        char list[1024] = "";
+        size_t used = 0;
+        for (size_t i = 0; i < conf->n_upstream_domains; i++)
+            used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? "," : "",
+                                     conf->upstream_domains[i]);
+        P.state = P_ATRN;
+        /* RFC 2645 5.2.1: the server may take a while to gather the mail;
+         * wait at least ten minutes for the reply. */
+        conn_set_timeout(P.c, 11 * 60 * 1000);
+        poll_send("ATRN%s%s", list[0] ? " " : "", list);
+        return;
+    }
+    case P_ATRN:
+        if (code == 250) {
+            /* The turnaround: from here on we are the SMTP server. */
+            P.state = P_SERVING;
+            poll_say("ATRN accepted: %s\n", t);
+            struct conn *c = P.c;
+            c->ctx = NULL;
+            smtpd_attach(c, served, NULL);
+            return;
+        }
+        if (code == 453) {
+            poll_say("ATRN: no mail held for us (%s)\n", text);
+            P.state = P_QUIT;
+            poll_send("QUIT");
+            return;
+        }
+        poll_finish(code / 100 == 4 ? EX_TEMPFAIL : EX_NOPERM, "ATRN refused: %s", text);
+        return;
+    case P_ETRN: {
+        const char *d = conf->upstream_domains[P.dom_i];
+        if (code == 250 || code == 251 || code == 252 || code == 253) {
+            poll_say("%s: %s\n", d, text);
+        } else {
+            /* 458, 459, 5xx: this domain failed; the others are still asked. */
+            poll_say("%s: failed: %s\n", d, text);
+            if (P.rc == EX_OK)
+                P.rc = code / 100 == 4 && code != 459 ? EX_TEMPFAIL : EX_UNAVAILABLE;
+        }
+        P.dom_i++;
+        ask_next_etrn();
+        return;
+    }
+    case P_QUIT:
+        poll_finish(P.rc, NULL);
+        return;
+    default:
+        return;
+    }
+}
+
+static void client_input(struct conn *c)
+{
+    while (!c->dead && c->in_len && P.c == c) {
+        unsigned char *lf = memchr(c->in, '\n', c->in_len);
+        if (!lf) {
+            if (c->in_len == c->in_cap)
+                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+            return;
+        }
+        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+        if (l && c->in[l - 1] == '\r')
+            l--;
+        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
+            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
+            return;
+        }
+        int code = atoi((char *)c->in);
+        int last = l == 3 || c->in[3] == ' ';
+        char line[512];
+        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
+        memcpy(line, c->in, k);
+        line[k] = '\0';
+        for (char *p = line; *p; p++)
+            if ((unsigned char)*p < 0x20)
+                *p = ' ';
+        conn_consume(c, len);
+        if (P.state == P_EHLO && l > 4) {
+            const char *kw = line + 4;
+            if (!strcasecmp(kw, "ATRN"))
+                P.ehlo_atrn = 1;
+            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
+                char m[256];
+                util_strlcpy(m, kw + 5, sizeof m);
+                for (char *p = m; *p; p++)
+                    *p = (char)toupper((unsigned char)*p);
+                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
+                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
+            }
+        }
+        if (last)
+            poll_reply(code, line);
+    }
+}
+
+static void client_close(struct conn *c)
+{
+    if (P.c != c)
+        return;
+    P.c = NULL;
+    if (P.state == P_QUIT)
+        poll_finish(P.rc, NULL);
+    else
+        poll_finish(EX_TEMPFAIL, "the upstream closed the connection");
+}
+
+static void client_timeout(struct conn *c)
+{
+    MN_UNUSED(c);
+    poll_finish(EX_TEMPFAIL, "the upstream did not answer in time");
+}
+
+static void client_connected(struct conn *c, int err)
+{
+    if (err) {
+        char why[300];
+        snprintf(why, sizeof why, "cannot connect to the upstream %s: %s", conf->upstream, strerror(err));
+        c->ctx = NULL;
+        P.c = NULL;
+        conn_abort(c);
+        poll_finish(EX_UNAVAILABLE, "%s", why);
+        return;
+    }
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+}
+
+static const struct conn_ops client_ops = {
+    .on_input = client_input,
+    .on_timeout = client_timeout,
+    .on_close = client_close,
+    .on_connect = client_connected,
+};
+
+static void poll_resolved(void *arg, const struct dns_result *r)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+
+    MN_UNUSED(arg);
+    P.dq = NULL;
+    if (r->status != DNS_OK || !r->nhosts || !r->hosts[0].naddrs) {
+        poll_finish(EX_UNAVAILABLE, "cannot find the upstream %s: %s", conf->upstream, r->error);
+        return;
+    }
+    util_split_hostport(conf->upstream, host, sizeof host, &port);
+    struct sockaddr_storage ss = r->hosts[0].addrs[0];
+    socklen_t len;
+    if (ss.ss_family == AF_INET) {
+        ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)port);
+        len = sizeof(struct sockaddr_in);
+    } else {
+        ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
+        len = sizeof(struct sockaddr_in6);
+    }
+    P.state = P_GREETING;
+    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = 0;
+    P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
+    if (!P.c) {
+        poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
+        return;
+    }
+    conn_set_timeout(P.c, conf->smtp_timeout_connect * 1000);
+}
+
+static void pull_start(void)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+
+    if (!conf->n_upstream_domains && !atrn_mode()) {
+        poll_finish(EX_CONFIG, "upstream.domains is empty: nothing to ask for");
+        return;
+    }
+    if (util_split_hostport(conf->upstream, host, sizeof host, &port)) {
+        poll_finish(EX_CONFIG, "upstream '%s' is not host:port", conf->upstream);
+        return;
+    }
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        memmove(host, host + 1, l - 2);
+        host[l - 2] = '\0';
+    }
+    P.state = P_RESOLVE;
+    P.dq = dns_resolve_host(host, poll_resolved, NULL);
+    if (!P.dq)
+        poll_finish(EX_TEMPFAIL, "resolver unavailable");
+}
+
+static void push_done(void *arg, const char *summary, int failed)
+{
+    MN_UNUSED(arg);
+    poll_say("sent: %s", summary);
+    if (failed)
+        poll_say("(some of our own mail is still queued)\n");
+    if (P.state == P_PUSH)
+        pull_start();
+}
+
+static void guard_expired(void *arg)
+{
+    MN_UNUSED(arg);
+    if (P.state == P_SERVING)
+        return;                         /* the SMTP session has its own timeouts */
+    poll_finish(EX_TEMPFAIL, "the exchange took too long");
+}
+
+/* ------------------------------------------------------------- control */
+
+int poll_password(char *buf, size_t n)
+{
+    FILE *f = conf->upstream_password_file[0] ? fopen(conf->upstream_password_file, "r") : NULL;
+    if (!f)
+        return -1;
+    if (!fgets(buf, (int)n, f)) {
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    buf[strcspn(buf, "\r\n")] = '\0';
+    return 0;
+}
+
+int poll_run(poll_done_fn done, void *arg)
+{
+    if (!conf->upstream[0]) {
+        if (done)
+            done(arg, "no upstream is configured\n", EX_CONFIG);
+        return -1;
+    }
+    if (done) {
+        struct pwaiter *w = calloc(1, sizeof *w);
+        if (!w)
+            return -1;
+        w->done = done;
+        w->arg = arg;
+        w->next = P.waiters;
+        P.waiters = w;
+    }
+    if (P.state != P_IDLE) {
+        P.again = 1;                    /* one more exchange after this one */
+        return 0;
+    }
+    P.used = 0;
+    P.summary[0] = '\0';
+    P.rc = EX_OK;
+    P.accepted = 0;
+    timer_set(&P.guard, 30 * 60 * 1000, guard_expired, NULL);
+    store_meta_set("upstream.last_try", "");
+    if (conf->relayhost[0]) {
+        P.state = P_PUSH;
+        if (queue_flush_wait(NULL, push_done, NULL)) {
+            P.state = P_IDLE;
+            pull_start();
+        }
+        return 0;
+    }
+    pull_start();
+    return 0;
+}
+
+static void interval_fired(void *arg)
+{
+    MN_UNUSED(arg);
+    poll_kick();
+}
+
+void poll_kick(void)
+{
+    if (!P.enabled)
+        return;
+    if (P.state == P_IDLE)
+        poll_run(NULL, NULL);
+    else if (P.state != P_PUSH)         /* our own push flushes the queue too */
+        P.again = 1;
+    if (conf->upstream_interval > 0)
+        timer_set(&P.interval, conf->upstream_interval * 1000, interval_fired, NULL);
+}
+
+int poll_start(void)
+{
+    if (!conf->upstream[0])
+        return 0;
+    if (strcasecmp(conf->upstream_mode, "etrn") && strcasecmp(conf->upstream_mode, "atrn")) {
+        log_err("upstream.mode must be etrn or atrn, not '%s'", conf->upstream_mode);
+        return -1;
+    }
+    P.enabled = 1;
+    log_info("upstream %s (%s) for %zu domains, every %llds and on link events", conf->upstream,
+             conf->upstream_mode, conf->n_upstream_domains, (long long)conf->upstream_interval);
+    /* The first exchange soon after start: the link may just have come up. */
+    timer_set(&P.interval, 1000, interval_fired, NULL);
+    return 0;
+}
+
+void poll_stop(void)
+{
+    P.enabled = 0;
+    timer_cancel(&P.interval);
+    timer_cancel(&P.guard);
+    if (P.dq)
+        dns_cancel(P.dq);
+    P.dq = NULL;
+    struct conn *c = P.c;
+    P.c = NULL;
+    if (c && !c->dead && P.state != P_SERVING)
+        conn_abort(c);
+    while (P.waiters) {
+        struct pwaiter *w = P.waiters;
+        P.waiters = w->next;
+        w->done(w->arg, "stopped\n", EX_TEMPFAIL);
+        free(w);
+    }
+    P.state = P_IDLE;
+}
+
+int poll_busy(void)
+{
+    return P.state != P_IDLE;
+}
+
 /* ---- src/smtpd.c ---- */
 #line 1 "src/smtpd.c"
 /*
@@ -5151,6 +13185,13 @@ struct smtpd {
     char pending[128];                  /* reply held back by the failure delay */
     int pending_close;
     struct timer timer;
+    int odmr;                           /* on the ODMR listener (RFC 2645) */
+    int detached;                       /* the connection turned around (ATRN) */
+    int etrns;
+    int accepted;                       /* messages committed in this session */
+    int quit_seen;
+    void (*attach_done)(void *arg, int accepted, const char *error);
+    void *attach_arg;
     struct smtpd *next, *prev;
 };
 
@@ -5343,12 +13384,22 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
         return;
     }
     reply(s, "250-%s Hello %s [%s]", conf->hostname, arg, s->c->peer_ip);
+    if (s->odmr) {
+        /* RFC 2645 5.1.1: AUTH and ATRN, CRAM-MD5 always among the mechanisms. */
+        if (!s->auth_user[0])
+            reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
+        reply(s, "250-ATRN");
+        reply(s, "250-ENHANCEDSTATUSCODES");
+        reply(s, "250 HELP");
+        return;
+    }
     reply(s, "250-PIPELINING");
     reply(s, "250-SIZE %lld", (long long)conf->message_size_limit);
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
     reply(s, "250-CHUNKING");
     reply(s, "250-DSN");
+    reply(s, "250-ETRN");
     if (!s->auth_user[0])
         reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
     reply(s, "250 HELP");
@@ -5681,6 +13732,7 @@ static void cmd_noop(struct smtpd *s, char *arg)
 static void cmd_quit(struct smtpd *s, char *arg)
 {
     MN_UNUSED(arg);
+    s->quit_seen = 1;
     txn_reset(s);
     close_with(s, "221 2.0.0 Bye");
 }
@@ -5740,6 +13792,59 @@ static void cmd_expn(struct smtpd *s, char *arg)
     }
     for (size_t i = 0; i < n; i++)
         reply(s, "250%c2.1.5 <%s>", i + 1 < n ? '-' : ' ', r[i].addr);
+}
+
+/* ETRN (RFC 1985): never releases mail to the requester itself, so it
+ * needs no AUTH; the mail goes to the domain's own host.  A session may
+ * ask a bounded number of times. */
+static void cmd_etrn(struct smtpd *s, char *arg)
+{
+    char line[512];
+
+    if (++s->etrns > 100) {
+        close_with(s, "421 4.7.0 Too many ETRN requests, closing");
+        return;
+    }
+    odmr_etrn(arg, line, sizeof line);
+    reply(s, "%s", line);
+    log_info("ETRN %.255s from [%s]: %.3s", arg, s->c->peer_ip, line);
+}
+
+static void atrn_done(void *arg, int delivered, const char *error)
+{
+    char *what = arg;
+    log_info("ATRN %s: %d recipients delivered%s%s", what, delivered, error ? ": " : "", error ? error : "");
+    free(what);
+}
+
+/* ATRN (RFC 2645 5.2): after the 250 this connection carries the held
+ * mail back to the site, with us as the SMTP client. */
+static void cmd_atrn(struct smtpd *s, char *arg)
+{
+    char domains[32][SMTP_DOMAIN_MAX + 1], line[512], *what;
+    size_t n;
+
+    if (!s->auth_user[0]) {
+        reply(s, "530 5.7.0 Authentication required");
+        return;
+    }
+    int code = odmr_atrn_check(s->auth_user, arg, domains, MN_NELEM(domains), &n, line, sizeof line);
+    log_info("ATRN %.255s by %s from [%s]: %.3s", *arg ? arg : "(all)", s->auth_user, s->c->peer_ip, line);
+    if (code != 250) {
+        reply(s, "%s", line);
+        return;
+    }
+    /* The 250 is one line: fetchmail reads exactly one. */
+    reply(s, "%s", line);
+    conn_flush(s->c);
+    what = strdup(*arg ? arg : s->auth_user);
+    if (s->c->dead || queue_release_on(s->c, domains, n, atrn_done, what)) {
+        free(what);
+        if (!s->c->dead)
+            close_with(s, "421 4.3.0 Cannot turn the connection around");
+        return;
+    }
+    s->detached = 1;
 }
 
 static void cmd_obsolete(struct smtpd *s, char *arg)
@@ -5855,6 +13960,8 @@ static const struct smtpd_cmd {
     { "VRFY", S_ANY, cmd_vrfy },
     { "EXPN", S_ANY, cmd_expn },
     { "AUTH", S_READY, cmd_auth },
+    { "ETRN", S_INIT | S_READY, cmd_etrn },
+    { "ATRN", S_READY, cmd_atrn },
     { "TURN", S_ANY, cmd_obsolete },
     { "SEND", S_ANY, cmd_obsolete },
     { "SOML", S_ANY, cmd_obsolete },
@@ -5889,6 +13996,15 @@ static void dispatch(struct smtpd *s, char *line)
         const struct smtpd_cmd *cmd = &commands[i];
         if (strlen(cmd->verb) != vlen || strncasecmp(cmd->verb, line, vlen))
             continue;
+        /* RFC 2645 5.1: the ODMR service speaks EHLO, AUTH, ATRN, QUIT
+         * (and the harmless NOOP, RSET, HELP); ATRN exists only there. */
+        if (s->odmr ? !(cmd->run == cmd_ehlo || cmd->run == cmd_auth || cmd->run == cmd_atrn ||
+                        cmd->run == cmd_quit || cmd->run == cmd_noop || cmd->run == cmd_rset ||
+                        cmd->run == cmd_help)
+                    : cmd->run == cmd_atrn) {
+            reply(s, "502 5.5.1 Command not available on this service");
+            return;
+        }
         /* RFC 3030 2: between BDAT chunks only BDAT, RSET, QUIT and NOOP. */
         if (s->state == S_BDAT && cmd->run != cmd_bdat && cmd->run != cmd_rset &&
             cmd->run != cmd_quit && cmd->run != cmd_noop) {
@@ -5940,8 +14056,14 @@ static void message_committed(void *arg, int rc)
         return;
     }
     if (!rc) {
+        s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        for (size_t i = 0; i < s->nrcpt; i++)
+            if (s->rcpts[i].kind == ROUTE_REMOTE) {
+                queue_kick();
+                break;
+            }
     } else {
         log_warn("%s: not accepted: storage failed", s->qid);
         reply(s, rc == STORE_FULL ? "452 4.3.1 Insufficient system storage"
@@ -6115,6 +14237,11 @@ static void smtpd_input(struct conn *c)
             continue;
         }
         dispatch(s, line);
+        if (s->detached) {
+            /* The connection belongs to the client session now. */
+            smtpd_free(s);
+            return;
+        }
     }
     if (!c->dead)
         conn_flush(c);
@@ -6136,6 +14263,10 @@ static void smtpd_close(struct conn *c)
     c->ctx = NULL;
     if (!s)
         return;
+    if (s->attach_done) {
+        s->attach_done(s->attach_arg, s->accepted, s->quit_seen ? NULL : "connection closed without QUIT");
+        s->attach_done = NULL;
+    }
     if (s->waiting) {
         s->orphan = 1;                  /* freed by message_committed */
         return;
@@ -6148,6 +14279,19 @@ static const struct conn_ops smtpd_ops = {
     .on_timeout = smtpd_timeout,
     .on_close = smtpd_close,
 };
+
+int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg)
+{
+    /* Anything the upstream sent before our greeting is out of turn. */
+    conn_consume(c, c->in_len);
+    smtpd_accept(c);
+    struct smtpd *s = c->ctx;
+    if (c->ctx == NULL || c->dead)
+        return -1;
+    s->attach_done = done;
+    s->attach_arg = arg;
+    return 0;
+}
 
 void smtpd_accept(struct conn *c)
 {
@@ -6168,7 +14312,11 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    reply(s, "220 %s ESMTP mailnode", conf->hostname);
+    s->odmr = c->kind == LISTEN_ODMR;
+    if (s->odmr)
+        reply(s, "220 %s ODMR service ready", conf->hostname);
+    else
+        reply(s, "220 %s ESMTP mailnode", conf->hostname);
     conn_flush(c);
 }
 
@@ -6216,7 +14364,7 @@ enum pop3_state {
 };
 
 /* What the paused session is waiting for. */
-enum pop3_busy { BUSY_NONE, BUSY_DELAY, BUSY_STREAM, BUSY_COMMIT };
+enum pop3_busy { BUSY_NONE, BUSY_DELAY, BUSY_STREAM, BUSY_COMMIT, BUSY_TLS };
 
 enum pop3_stream_kind { STREAM_LIST, STREAM_UIDL, STREAM_MSG };
 
@@ -6278,12 +14426,14 @@ static void pop3_input(struct conn *c);
 static void pop3_drain(struct conn *c);
 static void pop3_timeout(struct conn *c);
 static void pop3_close(struct conn *c);
+static void pop3_tls(struct conn *c, int err);
 
 static const struct conn_ops pop3_ops = {
     .on_input = pop3_input,
     .on_drain = pop3_drain,
     .on_timeout = pop3_timeout,
     .on_close = pop3_close,
+    .on_tls = pop3_tls,
 };
 
 /* ------------------------------------------------------ mailbox locks */
@@ -6363,8 +14513,9 @@ static void pop3_safe_name(const char *in, char *out, size_t n)
 static int pop3_cleartext_ok(const struct pop3 *s)
 {
     /* RFC 2595 2.4 spirit: no passwords in the clear across a network
-     * unless the administrator says so.  Loopback never leaves the host. */
-    return conf->allow_cleartext_auth || s->c->peer_loopback;
+     * unless the administrator says so.  Loopback never leaves the host;
+     * under TLS (STLS) the password travels encrypted. */
+    return conf->allow_cleartext_auth || s->c->peer_loopback || tls_active(s->c);
 }
 
 /* Strict decimal: digits only, no sign, no spaces, fits in max. */
@@ -6868,6 +15019,9 @@ static void pop3_cmd_capa(struct pop3 *s, char *arg)
     pop3_reply(s, "+OK capability list follows");
     pop3_reply(s, "TOP");
     pop3_reply(s, "UIDL");
+    /* RFC 2595 4: STLS is an AUTHORIZATION command, and only once. */
+    if (s->state == POP3_AUTHORIZATION && tls_available() && !s->c->tls)
+        pop3_reply(s, "STLS");
     if (pop3_cleartext_ok(s))
         pop3_reply(s, "USER");
     if (mechs && *mechs)
@@ -6951,6 +15105,58 @@ static void pop3_cmd_quit(struct pop3 *s, char *arg)
     s->busy = BUSY_COMMIT;
     conn_pause(s->c, 1);
     store_after_commit(pop3_quit_committed, s);
+}
+
+static void pop3_cmd_stls(struct pop3 *s, char *arg)
+{
+    struct conn *c = s->c;
+
+    if (*arg) {
+        pop3_reply(s, "-ERR STLS takes no argument");
+        return;
+    }
+    if (c->tls) {
+        /* RFC 2595 4: no second negotiation. */
+        pop3_reply(s, "-ERR command not permitted when TLS active");
+        return;
+    }
+    if (!tls_available()) {
+        pop3_reply(s, "-ERR STLS not available");
+        return;
+    }
+    if (s->have_user) {
+        /* The name would have been sent in the clear; start over. */
+        pop3_reply(s, "-ERR STLS not permitted after USER");
+        return;
+    }
+    pop3_reply(s, "+OK Begin TLS negotiation");
+    /* RFC 2595 4, CVE-2011-0411: whatever the client sent after STLS
+     * was sent in the clear and is not a command; it is dropped, not
+     * answered after the handshake. */
+    conn_consume(c, c->in_len);
+    if (tls_start_server(c)) {
+        log_err("pop3: %s: cannot start TLS", c->peer_ip);
+        conn_abort(c);
+        return;
+    }
+    s->busy = BUSY_TLS;
+}
+
+/* The handshake is over.  On failure the loop closes the connection. */
+static void pop3_tls(struct conn *c, int err)
+{
+    struct pop3 *s = c->ctx;
+
+    if (!s)
+        return;
+    s->busy = BUSY_NONE;
+    if (err)
+        return;
+    /* RFC 2595 4: the client learns the capabilities again with CAPA;
+     * nothing said before the switch carries over. */
+    s->have_user = 0;
+    s->skipping = 0;
+    conn_set_timeout(c, conf->pop3_timeout * 1000);
 }
 
 static void pop3_cmd_stat(struct pop3 *s, char *arg)
@@ -7098,9 +15304,9 @@ static void pop3_cmd_rset(struct pop3 *s, char *arg)
 #define A POP3_AUTHORIZATION
 #define T POP3_TRANSACTION
 
-/* APOP is not offered: it needs the password stored in the clear.  STLS
- * (RFC 2595) joins the table, for AUTHORIZATION only, once TLS exists. */
+/* APOP is not offered: it needs the password stored in the clear. */
 static const struct pop3_cmd pop3_cmds[] = {
+    { "STLS", A, pop3_cmd_stls },
     { "USER", A, pop3_cmd_user },
     { "PASS", A, pop3_cmd_pass },
     { "AUTH", A, pop3_cmd_auth },
@@ -7240,6 +15446,12 @@ static void pop3_timeout(struct conn *c)
 {
     struct pop3 *s = c->ctx;
 
+    if (s && s->busy == BUSY_TLS) {
+        /* A handshake that stalls: nothing can be said in the clear. */
+        log_info("pop3: %s: TLS handshake timed out", c->peer_ip);
+        conn_abort(c);
+        return;
+    }
     if (s && s->busy == BUSY_COMMIT) {
         /* The reply is due at the end of this turn. */
         conn_set_timeout(c, conf->pop3_timeout * 1000);
@@ -7319,6 +15531,8 @@ void pop3_accept(struct conn *c)
 #include <string.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 int cli_open_store(void)
 {
@@ -7451,13 +15665,20 @@ int cli_run(int argc, char **argv)
     }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
-        loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err)) {
+        loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         rc = EX_UNAVAILABLE;
         goto out_loop;
     }
-    if (conf->listen[LISTEN_ODMR][0])
-        log_warn("listen.odmr is set but this version has no ODMR service; ignored");
+    if (ctl_start()) {
+        fprintf(stderr, "mailnode: cannot open the control socket %s (see the log)\n",
+                conf->control);
+        rc = EX_UNAVAILABLE;
+        goto out_loop;
+    }
+    if (link_watch_start())
+        log_warn("link changes are not watched; run `mailnode flush` when the link comes up");
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -7466,11 +15687,19 @@ int cli_run(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     loop_set_turn_hook(daemon_turn);
     store_set_busy_hint(smtpd_busy);
+    queue_start();
+    if (poll_start()) {
+        rc = EX_CONFIG;
+        goto out_loop;
+    }
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())
         rc = EX_SOFTWARE;
     log_info("stopping");
+    link_watch_stop();
+    ctl_stop();
+    queue_stop();
     store_turn_end();
 out_loop:
     loop_free();
@@ -7527,18 +15756,22 @@ int cli_queue(int argc, char **argv)
     int rc;
 
     if (wants_help(argc, argv)) {
-        printf("usage: mailnode queue [list | count | show ID | delete ID]\n"
-               "  list       messages waiting for delivery, with each recipient's state\n"
-               "  count      one number: messages not yet delivered\n"
-               "  show ID    the envelope and the text of one message\n"
-               "  delete ID  remove a message from the queue without a bounce\n");
+        printf("usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n"
+               "  list        messages waiting for delivery, with each recipient's state\n"
+               "  count       one number: messages not yet delivered\n"
+               "  show ID     the envelope and the text of one message\n"
+               "  delete ID   remove a message from the queue without a bounce\n"
+               "  hold ID     keep a message from being delivered until released\n"
+               "  release ID  make a held message due for delivery at once\n");
         return EX_OK;
     }
-    if ((!strcmp(sub, "show") || !strcmp(sub, "delete")) ? argc != 3 : argc > 2) {
-        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID]\n");
+    int with_id = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
+                  !strcmp(sub, "release");
+    if (with_id ? argc != 3 : argc > 2) {
+        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n");
         return EX_USAGE;
     }
-    if (strcmp(sub, "list") && strcmp(sub, "count") && strcmp(sub, "show") && strcmp(sub, "delete")) {
+    if (!with_id && strcmp(sub, "list") && strcmp(sub, "count")) {
         fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
         return EX_USAGE;
     }
@@ -7554,7 +15787,10 @@ int cli_queue(int argc, char **argv)
     } else if (!strcmp(sub, "show")) {
         rc = queue_show(argv[2]);
     } else {
-        rc = store_queue_delete(argv[2]);
+        int hold = !strcmp(sub, "hold");
+        /* The daemon reads the queue from the database at every scan, so a
+         * change made here is what the running daemon does next. */
+        rc = !strcmp(sub, "delete") ? store_queue_delete(argv[2]) : store_queue_hold(argv[2], hold);
         if (!rc)
             rc = store_commit();
         else
@@ -7563,10 +15799,10 @@ int cli_queue(int argc, char **argv)
             fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", argv[2]);
             rc = EX_DATAERR;
         } else if (rc) {
-            fprintf(stderr, "mailnode: could not delete %s: database error\n", argv[2]);
+            fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, argv[2]);
             rc = EX_TEMPFAIL;
         } else {
-            printf("%s deleted\n", argv[2]);
+            printf("%s %s\n", argv[2], !strcmp(sub, "delete") ? "deleted" : hold ? "held" : "released");
         }
     }
     store_close();
@@ -7615,6 +15851,127 @@ int cli_status(int argc, char **argv)
     store_dest_list(print_dest, NULL);
     store_close();
     return EX_OK;
+}
+
+/* ----------------------------------------------------------------- poll */
+
+static int poll_exit = EX_TEMPFAIL;
+
+static void poll_printed(void *arg, const char *summary, int exitcode)
+{
+    MN_UNUSED(arg);
+    fputs(summary, stdout);
+    poll_exit = exitcode;
+    loop_stop();
+}
+
+int ctl_connect(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (strlen(conf->control) >= sizeof sa.sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    util_strlcpy(sa.sun_path, conf->control, sizeof sa.sun_path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+/* Asks the running daemon; 1 if there is none to ask. */
+static int poll_via_daemon(int *exitcode)
+{
+    char line[1024];
+    int fd = ctl_connect();
+    FILE *f;
+
+    if (fd < 0)
+        return 1;
+    f = fdopen(fd, "r+");
+    if (!f) {
+        close(fd);
+        return 1;
+    }
+    fputs("POLL\n", f);
+    fflush(f);
+    *exitcode = EX_TEMPFAIL;
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "DONE ", 5)) {
+            *exitcode = atoi(line + 5);
+            break;
+        }
+        if (!strncmp(line, "ERR ", 4)) {
+            fprintf(stderr, "mailnode: %s", line + 4);
+            *exitcode = EX_SOFTWARE;
+            break;
+        }
+        fputs(line, stdout);
+    }
+    fclose(f);
+    return 0;
+}
+
+int cli_poll(int argc, char **argv)
+{
+    char err[512];
+    int lockfd, rc;
+
+    if (wants_help(argc, argv) || argc > 1) {
+        fprintf(argc > 1 && !wants_help(argc, argv) ? stderr : stdout,
+                "usage: mailnode poll\n"
+                "One exchange with the upstream: send our queued mail (when a relayhost is set),\n"
+                "then ask for the mail held for upstream.domains by ETRN or ATRN.\n"
+                "Prints what moved; exit 0 on success, 75 on a temporary failure,\n"
+                "69 when the upstream cannot be reached.  For cron and ppp/ifup hooks.\n");
+        return wants_help(argc, argv) ? EX_OK : EX_USAGE;
+    }
+    if (!conf->upstream[0]) {
+        fprintf(stderr, "mailnode: no upstream is configured (set upstream = host:port in %s)\n",
+                conf->path ? conf->path : "the configuration file");
+        return EX_CONFIG;
+    }
+    if (!poll_via_daemon(&rc))
+        return rc;
+    /* No daemon: do the exchange here, with the same code. */
+    log_init("mailnode", conf->use_syslog);
+    lockfd = lock_database();
+    if (lockfd < 0)
+        return EX_TEMPFAIL;
+    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        close(lockfd);
+        return EX_CANTCREAT;
+    }
+    rc = EX_OSERR;
+    if (auth_init(conf->keyfile) || loop_init())
+        goto out;
+    if (!strcasecmp(conf->upstream_mode, "etrn"))
+        fprintf(stderr, "mailnode: note: the daemon is not running, so the upstream's connection back "
+                        "after ETRN finds no listener; mail stays held there until the next poll\n");
+    loop_set_turn_hook(store_turn_end);
+    signal(SIGPIPE, SIG_IGN);
+    queue_start();
+    if (poll_run(poll_printed, NULL) == 0 || poll_exit != EX_TEMPFAIL)
+        loop_run();
+    rc = poll_exit;
+    poll_stop();
+    queue_stop();
+    store_turn_end();
+    loop_free();
+out:
+    auth_free();
+    store_close();
+    close(lockfd);
+    return rc;
 }
 
 /* ---- src/cli_admin.c ---- */
@@ -10066,6 +18423,282 @@ int cli_mailbox(int argc, char **argv)
     return EX_USAGE;
 }
 
+/* ---- src/cli_flush.c ---- */
+#line 1 "src/cli_flush.c"
+/*
+ * cli_flush.c: `mailnode flush [--wait] [--timeout DURATION] [DOMAIN]`.
+ *
+ * Asks the running daemon, over its control socket (ctl.c), to reset the
+ * retry timers and deliver now: what an interface hook (ppp ip-up,
+ * if-up.d, a cron job after the modem dials) runs when the link is up.
+ * With --wait the command stays until the run is over and prints what
+ * happened to each destination, so a script can hang up the link after.
+ */
+
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/un.h>
+
+#define FLUSH_DEFAULT_TIMEOUT  (10 * 60)   /* seconds, --wait */
+#define FLUSH_REPLY_TIMEOUT    30          /* seconds, without --wait */
+#define FLUSH_LINE_MAX         4096
+
+static void flush_usage(FILE *f)
+{
+    fprintf(f, "usage: mailnode flush [--wait] [--timeout DURATION] [DOMAIN]\n"
+               "Asks the running daemon to deliver queued mail now: the retry timers of\n"
+               "every destination (or only DOMAIN's) are reset and a delivery run starts.\n"
+               "  --wait              stay until the run is over and print its outcome\n"
+               "  --timeout DURATION  with --wait: give up waiting after this long\n"
+               "                      (default 10m; the run goes on in the daemon)\n"
+               "Exit status: 0 done; 75 some destination did not take all its mail;\n"
+               "69 the daemon is not running, or the wait timed out.\n");
+}
+
+/* Same rule as the daemon's: a domain or an address literal, nothing that
+ * could break the request line. */
+static int flush_domain_ok(const char *d)
+{
+    size_t n = strlen(d);
+    if (n == 0 || n > SMTP_DOMAIN_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)d[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '.' || ch == '[' || ch == ']' || ch == ':' || ch == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Connects to the control socket; returns the descriptor, or a negative
+ * sysexits code after printing why. */
+static int flush_connect(const char *path)
+{
+    struct sockaddr_un sa;
+    int fd;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa.sun_path) {
+        fprintf(stderr, "mailnode: control socket path %s is too long; set `control` to a shorter path\n",
+                path);
+        return -EX_CONFIG;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: socket: %s\n", strerror(errno));
+        return -EX_OSERR;
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+        return fd;
+    switch (errno) {
+    case ENOENT:
+    case ECONNREFUSED:
+        fprintf(stderr, "mailnode: the daemon is not running (no control socket at %s); "
+                        "queued mail goes out when it starts\n", path);
+        close(fd);
+        return -EX_UNAVAILABLE;
+    case EACCES:
+    case EPERM:
+        fprintf(stderr, "mailnode: permission denied on the control socket %s: run this as root "
+                        "or as the user the daemon runs as\n", path);
+        close(fd);
+        return -EX_NOPERM;
+    default:
+        fprintf(stderr, "mailnode: cannot connect to the control socket %s: %s\n", path, strerror(errno));
+        close(fd);
+        return -EX_UNAVAILABLE;
+    }
+}
+
+static int flush_send(int fd, const char *buf, size_t n)
+{
+    while (n) {
+        ssize_t w = send(fd, buf, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads one line (without the newline) into line.  1: a line; 0: the
+ * daemon closed; -1: error; -2: the deadline passed. */
+static int flush_read_line(int fd, char *buf, size_t *len, char *line, size_t linecap,
+                           int64_t deadline)
+{
+    for (;;) {
+        char *nl = memchr(buf, '\n', *len);
+        if (nl) {
+            size_t n = (size_t)(nl - buf);
+            size_t keep = n < linecap - 1 ? n : linecap - 1;
+            memcpy(line, buf, keep);
+            line[keep] = '\0';
+            memmove(buf, nl + 1, *len - n - 1);
+            *len -= n + 1;
+            return 1;
+        }
+        if (*len >= FLUSH_LINE_MAX - 1) {
+            /* An overlong line: pass it on in pieces. */
+            memcpy(line, buf, linecap - 1);
+            line[linecap - 1] = '\0';
+            memmove(buf, buf + linecap - 1, *len - (linecap - 1));
+            *len -= linecap - 1;
+            return 1;
+        }
+        int64_t left = deadline - util_now_ms();
+        if (left <= 0)
+            return -2;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int r = poll(&p, 1, left > 60000 ? 60000 : (int)left);
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (r <= 0)
+            continue;
+        ssize_t got = recv(fd, buf + *len, FLUSH_LINE_MAX - 1 - *len, 0);
+        if (got < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -1;
+        }
+        if (got == 0) {
+            if (*len) {
+                /* The last line had no newline. */
+                memcpy(line, buf, *len < linecap ? *len : linecap - 1);
+                line[*len < linecap ? *len : linecap - 1] = '\0';
+                *len = 0;
+                return 1;
+            }
+            return 0;
+        }
+        *len += (size_t)got;
+    }
+}
+
+/* "DONE <n>": returns n, or -1 if the line is not one. */
+static int flush_done_line(const char *line)
+{
+    char *end;
+    long n;
+
+    if (strncmp(line, "DONE ", 5))
+        return -1;
+    errno = 0;
+    n = strtol(line + 5, &end, 10);
+    if (errno || end == line + 5 || *end || n < 0 || n > 1000000)
+        return -1;
+    return (int)n;
+}
+
+int cli_flush(int argc, char **argv)
+{
+    const char *domain = NULL, *timeout_arg = NULL;
+    int wait = 0, fd, rc;
+    int64_t timeout = FLUSH_DEFAULT_TIMEOUT;
+    char req[SMTP_DOMAIN_MAX + 32], buf[FLUSH_LINE_MAX], line[FLUSH_LINE_MAX];
+    size_t len = 0;
+    int64_t deadline;
+
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            flush_usage(stdout);
+            return EX_OK;
+        } else if (!strcmp(argv[i], "--wait") || !strcmp(argv[i], "-w")) {
+            wait = 1;
+        } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+            timeout_arg = argv[++i];
+        } else if (!strncmp(argv[i], "--timeout=", 10)) {
+            timeout_arg = argv[i] + 10;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "mailnode: flush: unknown option %s\n", argv[i]);
+            flush_usage(stderr);
+            return EX_USAGE;
+        } else if (!domain) {
+            domain = argv[i];
+        } else {
+            fprintf(stderr, "mailnode: flush takes one domain at most\n");
+            flush_usage(stderr);
+            return EX_USAGE;
+        }
+    }
+    if (timeout_arg && (util_parse_duration(timeout_arg, &timeout) || timeout <= 0)) {
+        fprintf(stderr, "mailnode: flush: --timeout '%s' is not a duration like 30s, 10m or 1h\n",
+                timeout_arg);
+        return EX_USAGE;
+    }
+    if (domain && !flush_domain_ok(domain)) {
+        fprintf(stderr, "mailnode: flush: '%s' is not a domain name\n", domain);
+        return EX_USAGE;
+    }
+
+    fd = flush_connect(conf->control);
+    if (fd < 0)
+        return -fd;
+    snprintf(req, sizeof req, "%s%s%s\n", wait ? "FLUSH-WAIT" : "FLUSH", domain ? " " : "",
+             domain ? domain : "");
+    /* A failed send is not the end: a daemon that refuses us answers and
+     * closes at once, and its answer is still there to read. */
+    if (flush_send(fd, req, strlen(req)) && errno != EPIPE && errno != ECONNRESET) {
+        fprintf(stderr, "mailnode: cannot talk to the daemon on %s: %s\n", conf->control, strerror(errno));
+        close(fd);
+        return EX_UNAVAILABLE;
+    }
+    deadline = util_now_ms() + (wait ? timeout : FLUSH_REPLY_TIMEOUT) * 1000;
+    for (;;) {
+        int r = flush_read_line(fd, buf, &len, line, sizeof line, deadline);
+        if (r == -2) {
+            if (wait)
+                fprintf(stderr, "mailnode: the delivery run is still going after %s; it goes on in the "
+                                "daemon (see `mailnode status`)\n", timeout_arg ? timeout_arg : "10m");
+            else
+                fprintf(stderr, "mailnode: the daemon did not answer within %d seconds\n",
+                        FLUSH_REPLY_TIMEOUT);
+            rc = EX_UNAVAILABLE;
+            break;
+        }
+        if (r <= 0) {
+            fprintf(stderr, "mailnode: the daemon closed the control connection without an answer%s%s\n",
+                    r < 0 ? ": " : " (is it stopping?)", r < 0 ? strerror(errno) : "");
+            rc = EX_UNAVAILABLE;
+            break;
+        }
+        if (!strncmp(line, "ERR", 3) && (line[3] == ' ' || !line[3])) {
+            const char *why = line[3] ? line + 4 : "refused";
+            fprintf(stderr, "mailnode: the daemon refused the flush: %s\n", why);
+            rc = !strcmp(why, "permission denied") ? EX_NOPERM : EX_SOFTWARE;
+            break;
+        }
+        if (!wait) {
+            if (!strcmp(line, "OK")) {
+                printf("flush requested\n");
+                rc = EX_OK;
+            } else {
+                fprintf(stderr, "mailnode: unexpected answer from the daemon: %s\n", line);
+                rc = EX_PROTOCOL;
+            }
+            break;
+        }
+        int failed = flush_done_line(line);
+        if (failed >= 0) {
+            rc = failed ? EX_TEMPFAIL : EX_OK;
+            break;
+        }
+        printf("%s\n", line);
+        fflush(stdout);
+    }
+    close(fd);
+    return rc;
+}
+
 /* ---- src/main.c ---- */
 #line 1 "src/main.c"
 /*
@@ -10091,7 +18724,9 @@ static const struct {
     { "domain", cli_domain, "add | del | list: local and hold domains" },
     { "alias", cli_alias, "add | del | list: aliases" },
     { "mailbox", cli_mailbox, "list USER | export USER: mailbox contents" },
+    { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
+    { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
 };
 
 static void usage(FILE *f)

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 int cli_open_store(void)
 {
@@ -166,6 +168,10 @@ int cli_run(int argc, char **argv)
     loop_set_turn_hook(daemon_turn);
     store_set_busy_hint(smtpd_busy);
     queue_start();
+    if (poll_start()) {
+        rc = EX_CONFIG;
+        goto out_loop;
+    }
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())
@@ -325,4 +331,125 @@ int cli_status(int argc, char **argv)
     store_dest_list(print_dest, NULL);
     store_close();
     return EX_OK;
+}
+
+/* ----------------------------------------------------------------- poll */
+
+static int poll_exit = EX_TEMPFAIL;
+
+static void poll_printed(void *arg, const char *summary, int exitcode)
+{
+    MN_UNUSED(arg);
+    fputs(summary, stdout);
+    poll_exit = exitcode;
+    loop_stop();
+}
+
+int ctl_connect(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (strlen(conf->control) >= sizeof sa.sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    util_strlcpy(sa.sun_path, conf->control, sizeof sa.sun_path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+/* Asks the running daemon; 1 if there is none to ask. */
+static int poll_via_daemon(int *exitcode)
+{
+    char line[1024];
+    int fd = ctl_connect();
+    FILE *f;
+
+    if (fd < 0)
+        return 1;
+    f = fdopen(fd, "r+");
+    if (!f) {
+        close(fd);
+        return 1;
+    }
+    fputs("POLL\n", f);
+    fflush(f);
+    *exitcode = EX_TEMPFAIL;
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "DONE ", 5)) {
+            *exitcode = atoi(line + 5);
+            break;
+        }
+        if (!strncmp(line, "ERR ", 4)) {
+            fprintf(stderr, "mailnode: %s", line + 4);
+            *exitcode = EX_SOFTWARE;
+            break;
+        }
+        fputs(line, stdout);
+    }
+    fclose(f);
+    return 0;
+}
+
+int cli_poll(int argc, char **argv)
+{
+    char err[512];
+    int lockfd, rc;
+
+    if (wants_help(argc, argv) || argc > 1) {
+        fprintf(argc > 1 && !wants_help(argc, argv) ? stderr : stdout,
+                "usage: mailnode poll\n"
+                "One exchange with the upstream: send our queued mail (when a relayhost is set),\n"
+                "then ask for the mail held for upstream.domains by ETRN or ATRN.\n"
+                "Prints what moved; exit 0 on success, 75 on a temporary failure,\n"
+                "69 when the upstream cannot be reached.  For cron and ppp/ifup hooks.\n");
+        return wants_help(argc, argv) ? EX_OK : EX_USAGE;
+    }
+    if (!conf->upstream[0]) {
+        fprintf(stderr, "mailnode: no upstream is configured (set upstream = host:port in %s)\n",
+                conf->path ? conf->path : "the configuration file");
+        return EX_CONFIG;
+    }
+    if (!poll_via_daemon(&rc))
+        return rc;
+    /* No daemon: do the exchange here, with the same code. */
+    log_init("mailnode", conf->use_syslog);
+    lockfd = lock_database();
+    if (lockfd < 0)
+        return EX_TEMPFAIL;
+    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        close(lockfd);
+        return EX_CANTCREAT;
+    }
+    rc = EX_OSERR;
+    if (auth_init(conf->keyfile) || loop_init())
+        goto out;
+    if (!strcasecmp(conf->upstream_mode, "etrn"))
+        fprintf(stderr, "mailnode: note: the daemon is not running, so the upstream's connection back "
+                        "after ETRN finds no listener; mail stays held there until the next poll\n");
+    loop_set_turn_hook(store_turn_end);
+    signal(SIGPIPE, SIG_IGN);
+    queue_start();
+    if (poll_run(poll_printed, NULL) == 0 || poll_exit != EX_TEMPFAIL)
+        loop_run();
+    rc = poll_exit;
+    poll_stop();
+    queue_stop();
+    store_turn_end();
+    loop_free();
+out:
+    auth_free();
+    store_close();
+    close(lockfd);
+    return rc;
 }

@@ -135,6 +135,9 @@ struct conf {
     char *log_dest;                     /* log = syslog | stderr */
     int use_syslog;
     char *tls_cert, *tls_key;
+    char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
+    char *relayhost_tls;                /* "may" (default), "require" or "none" */
+    char *upstream_tls;                 /* the same, for the upstream */
 };
 
 extern struct conf *conf;               /* the configuration in force */
@@ -364,6 +367,9 @@ struct store_status {
     int64_t queued_msgs, queued_rcpts, held_rcpts, mbox_msgs, users;
 };
 int store_status(struct store_status *st);
+/* Small named facts (the last upstream exchange, ...). */
+int store_meta_set(const char *key, const char *value);
+int store_meta_get(const char *key, char *value, size_t n, int64_t *updated);
 
 /* Per-destination (next hop) delivery state. */
 struct store_dest {
@@ -697,6 +703,8 @@ int tls_start_client(struct conn *c, const char *host, int verify);
 int tls_active(const struct conn *c);
 /* Called by the loop: the handshake finished (err 0) or failed. */
 void tls_handshake_done(struct conn *c, int err);
+/* Called by conn_abort: frees the connection's TLS state. */
+void tls_conn_free(struct conn *c);
 
 /* ---------------------------------------------------------------- ctl */
 
@@ -704,6 +712,9 @@ void tls_handshake_done(struct conn *c, int err);
  * queue commands reach the running daemon through it. */
 int ctl_start(void);
 void ctl_stop(void);
+/* A command-line tool's connection to the running daemon, or -1 (errno)
+ * when there is none. */
+int ctl_connect(void);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
  * address or route appears. */
 int link_watch_start(void);
@@ -748,9 +759,24 @@ void odmr_etrn(const char *arg, char *reply, size_t n);
 int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAIN_MAX + 1], size_t max,
                     size_t *n, char *reply, size_t rn);
 
+/* ----------------------------------------------------------------- poll */
+
+/* The field node's upstream exchange (poll.c): push our queue, then ETRN
+ * or ATRN.  done gets a summary and a sysexits code. */
+typedef void (*poll_done_fn)(void *arg, const char *summary, int exitcode);
+int poll_start(void);                   /* daemon: interval timer */
+void poll_stop(void);
+void poll_kick(void);                   /* link up, interval, flush */
+int poll_run(poll_done_fn done, void *arg);
+int poll_busy(void);
+int poll_password(char *buf, size_t n); /* upstream.password_file, one line */
+
 /* ---------------------------------------------------------------- smtpd */
 
 void smtpd_accept(struct conn *c);
+/* ATRN client turnaround: serve SMTP on an open connection (greeting
+ * first); done(arg, messages accepted, error or NULL) when it ends. */
+int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg);
 int smtpd_busy(void);                   /* sessions inside a mail transaction */
 
 /* ----------------------------------------------------------------- pop3 */
@@ -768,6 +794,7 @@ int cli_alias(int argc, char **argv);
 int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
+int cli_poll(int argc, char **argv);            /* mailnode poll */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);

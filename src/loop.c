@@ -22,6 +22,23 @@
  * 50 sessions cost well under 2 MB. */
 #define LOOP_BUF (16 * 1024)
 
+/* The TLS record layer under a connection (tls.c).  c->tls is set by
+ * tls_start_server/tls_start_client; from then on the loop moves the
+ * connection's bytes through these instead of recv()/send().  read and
+ * write answer like recv() and send() (errno EAGAIN: OpenSSL waits for the
+ * socket).  While the handshake runs, read_wants_out says whether it waits
+ * for the socket to be writable (else readable). */
+int tls_io_handshaking(const struct conn *c);
+size_t tls_io_plain(const struct conn *c);      /* cleartext bytes due before the handshake */
+void tls_io_plain_sent(struct conn *c, size_t n);
+int tls_io_handshake(struct conn *c);           /* 1 done, 0 waiting, -1 failed */
+ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
+ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
+int tls_io_pending(const struct conn *c);       /* decrypted bytes not yet read */
+int tls_io_read_wants_out(const struct conn *c);
+int tls_io_write_wants_in(const struct conn *c);
+const char *tls_io_error(void);                 /* why tls_init failed */
+
 struct listener {
     int fd;
     int kind;
@@ -127,6 +144,34 @@ static void run_timers(int64_t now)
 /* epoll data carries a pointer with its kind in the low bits. */
 enum { TAG_CONN = 0, TAG_LISTENER = 1, TAG_WATCH = 2, TAG_MASK = 3 };
 
+static void conn_readable(struct conn *c);
+
+/* Stop reading while paused, while the input buffer is full, and while
+ * the output is more than half full: a client that pipelines without
+ * reading its replies is slowed down instead of growing our memory. */
+static int conn_wants_input(const struct conn *c)
+{
+    return !c->paused && !c->eof && !c->closing && c->in_len < c->in_cap &&
+           c->out_len <= c->out_cap / 2;
+}
+
+/* Under TLS the socket events follow what OpenSSL waits for: a read may
+ * need the socket writable (and a write readable), and the handshake
+ * wants one direction at a time. */
+static uint32_t conn_tls_events(const struct conn *c, uint32_t ev)
+{
+    uint32_t tev = 0;
+    if (tls_io_plain(c))
+        return EPOLLOUT;
+    if (tls_io_handshaking(c))
+        return tls_io_read_wants_out(c) ? EPOLLOUT : EPOLLIN;
+    if (ev & EPOLLIN)
+        tev |= tls_io_read_wants_out(c) ? EPOLLOUT : EPOLLIN;
+    if (ev & EPOLLOUT)
+        tev |= tls_io_write_wants_in(c) ? EPOLLIN : EPOLLOUT;
+    return tev;
+}
+
 static void conn_update_events(struct conn *c)
 {
     uint32_t ev = 0;
@@ -136,14 +181,17 @@ static void conn_update_events(struct conn *c)
         ev = EPOLLOUT;
         goto set;
     }
-    /* Stop reading while paused, while the input buffer is full, and while
-     * the output is more than half full: a client that pipelines without
-     * reading its replies is slowed down instead of growing our memory. */
-    if (!c->paused && !c->eof && !c->closing && c->in_len < c->in_cap &&
-        c->out_len <= c->out_cap / 2)
+    if (conn_wants_input(c))
         ev |= EPOLLIN;
     if (c->out_len)
         ev |= EPOLLOUT;
+    if (c->tls) {
+        /* Decrypted input already inside OpenSSL raises no epoll event:
+         * once there is room for it, read it at the end of this turn. */
+        if ((ev & EPOLLIN) && tls_io_pending(c))
+            conn_kick(c);
+        ev = conn_tls_events(c, ev);
+    }
 set:
     if (ev != c->events) {
         struct epoll_event e = { .events = ev, .data.ptr = c };
@@ -256,6 +304,8 @@ void conn_abort(struct conn *c)
         return;
     c->dead = 1;
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->tls)
+        tls_conn_free(c);
     close(c->fd);
     c->fd = -1;
     conn_unlink(c);
@@ -267,8 +317,15 @@ void conn_abort(struct conn *c)
 
 int conn_flush(struct conn *c)
 {
+    /* The handshake runs from readiness events only; output written
+     * meanwhile waits for it and then goes out encrypted. */
+    if (c->tls && tls_io_handshaking(c)) {
+        conn_update_events(c);
+        return 0;
+    }
     while (c->out_len) {
-        ssize_t w = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+        ssize_t w = c->tls ? tls_io_write(c, c->out, c->out_len)
+                           : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -294,7 +351,8 @@ void conn_close(struct conn *c)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    if (!c->out_len)
+    /* Nothing can be sent in the middle of a handshake. */
+    if (!c->out_len || (c->tls && tls_io_handshaking(c)))
         conn_abort(c);
     else
         conn_update_events(c);
@@ -325,7 +383,8 @@ void conn_set_timeout(struct conn *c, int64_t ms)
 static void conn_readable(struct conn *c)
 {
     while (c->in_len < c->in_cap) {
-        ssize_t r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        ssize_t r = c->tls ? tls_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
+                           : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
             continue;
@@ -365,6 +424,63 @@ static void conn_writable(struct conn *c)
         conn_kick(c);
 }
 
+/* The cleartext reply that announced the switch, then the handshake. */
+static void conn_tls_handshake(struct conn *c)
+{
+    size_t plain;
+    int r;
+
+    while ((plain = tls_io_plain(c)) > 0) {
+        ssize_t w = send(c->fd, c->out, plain, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                conn_update_events(c);
+                return;
+            }
+            conn_abort(c);
+            return;
+        }
+        memmove(c->out, c->out + w, c->out_len - (size_t)w);
+        c->out_len -= (size_t)w;
+        tls_io_plain_sent(c, (size_t)w);
+    }
+    r = tls_io_handshake(c);
+    if (r == 0) {
+        conn_update_events(c);
+        return;
+    }
+    tls_handshake_done(c, r < 0 ? -1 : 0);
+    if (c->dead)
+        return;
+    if (r < 0) {
+        /* Neither side can say anything more in the clear. */
+        conn_abort(c);
+        return;
+    }
+    /* Records that followed the handshake's last flight may already be
+     * inside OpenSSL; output written by on_tls is registered here too. */
+    conn_readable(c);
+}
+
+/* A readiness event on a TLS connection.  A read may wait for the socket
+ * to be writable and a write for it to be readable, so either event can
+ * resume either direction. */
+static void conn_tls_event(struct conn *c, uint32_t events)
+{
+    if (tls_io_plain(c) || tls_io_handshaking(c)) {
+        conn_tls_handshake(c);
+        return;
+    }
+    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
+        ((events & EPOLLOUT) && tls_io_read_wants_out(c)))
+        conn_readable(c);
+    if (!c->dead && c->out_len &&
+        ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || ((events & EPOLLIN) && tls_io_write_wants_in(c))))
+        conn_writable(c);
+}
+
 static void run_kicked(void)
 {
     /* Handlers may kick again; bounded passes keep one turn finite. */
@@ -375,6 +491,11 @@ static void run_kicked(void)
             struct conn *c = list;
             list = c->kick_next;
             c->kicked = 0;
+            /* Under TLS, decrypted input may wait inside OpenSSL. */
+            if (!c->dead && c->tls && tls_io_pending(c) && conn_wants_input(c)) {
+                conn_readable(c);
+                continue;
+            }
             if (!c->dead && !c->paused && c->in_len)
                 c->ops->on_input(c);
             if (!c->dead && c->eof && !c->paused)
@@ -474,6 +595,13 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
 
     if (!spec || !*spec)
         return 0;
+    /* Every listener may be asked for STARTTLS/STLS: the certificate is
+     * loaded before the first client arrives, and a broken one stops the
+     * start with the reason (tls_init is done once). */
+    if (tls_init()) {
+        snprintf(err, errlen, "%s", tls_io_error());
+        return -1;
+    }
     util_strlcpy(buf, spec, sizeof buf);
     n = util_split_list(buf, items, MN_NELEM(items));
     for (size_t i = 0; i < n; i++) {
@@ -643,6 +771,10 @@ int loop_run(void)
                 conn_connected(c);
                 continue;
             }
+            if (c->tls) {
+                conn_tls_event(c, ev[i].events);
+                continue;
+            }
             if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
                 conn_readable(c);
             if (!c->dead && (ev[i].events & EPOLLOUT))
@@ -651,11 +783,15 @@ int loop_run(void)
         now = util_now_ms();
         run_timers(now);
         check_deadlines(now);
-        run_kicked();
-        if (L.turn_hook)
-            L.turn_hook();
-        /* Acknowledgements may have resumed sessions with input waiting. */
-        run_kicked();
+        /* Acknowledgements resume sessions whose pipelined input may
+         * finish another message at once: go round until all is quiet. */
+        for (int pass = 0; pass < 8; pass++) {
+            run_kicked();
+            if (L.turn_hook)
+                L.turn_hook();
+            if (!L.kicked)
+                break;
+        }
         free_dead();
     }
     return 0;
@@ -670,6 +806,7 @@ void loop_free(void)
     }
     free_dead();
     loop_close_listeners();
+    tls_free();
     free(L.heap);
     L.heap = NULL;
     L.heap_len = L.heap_cap = 0;

@@ -379,8 +379,16 @@ static int write_body(struct smtpc *s, struct flight *f, int dot)
     struct body_out o = { .s = s, .dot = dot };
     unsigned char buf[8192];
 
-    while (conn_out_space(s->c) > sizeof buf * 4 + 64) {
-        ssize_t n = store_reader_read(&s->rd, buf, sizeof buf);
+    for (;;) {
+        /* Dot-stuffing and 7-bit encoding can multiply the text by up to
+         * four: read only what will surely fit. */
+        size_t room = conn_out_space(s->c);
+        size_t want = room > 64 ? (room - 64) / 4 : 0;
+        if (want < 256)
+            break;
+        if (want > sizeof buf)
+            want = sizeof buf;
+        ssize_t n = store_reader_read(&s->rd, buf, want);
         if (n < 0) {
             set_error(s, "cannot read message %s from the store", f->m.qid);
             return -1;

@@ -74,6 +74,10 @@ struct smtpd {
     int odmr;                           /* on the ODMR listener (RFC 2645) */
     int detached;                       /* the connection turned around (ATRN) */
     int etrns;
+    int accepted;                       /* messages committed in this session */
+    int quit_seen;
+    void (*attach_done)(void *arg, int accepted, const char *error);
+    void *attach_arg;
     struct smtpd *next, *prev;
 };
 
@@ -614,6 +618,7 @@ static void cmd_noop(struct smtpd *s, char *arg)
 static void cmd_quit(struct smtpd *s, char *arg)
 {
     MN_UNUSED(arg);
+    s->quit_seen = 1;
     txn_reset(s);
     close_with(s, "221 2.0.0 Bye");
 }
@@ -937,6 +942,7 @@ static void message_committed(void *arg, int rc)
         return;
     }
     if (!rc) {
+        s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
         for (size_t i = 0; i < s->nrcpt; i++)
@@ -1143,6 +1149,10 @@ static void smtpd_close(struct conn *c)
     c->ctx = NULL;
     if (!s)
         return;
+    if (s->attach_done) {
+        s->attach_done(s->attach_arg, s->accepted, s->quit_seen ? NULL : "connection closed without QUIT");
+        s->attach_done = NULL;
+    }
     if (s->waiting) {
         s->orphan = 1;                  /* freed by message_committed */
         return;
@@ -1155,6 +1165,19 @@ static const struct conn_ops smtpd_ops = {
     .on_timeout = smtpd_timeout,
     .on_close = smtpd_close,
 };
+
+int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg)
+{
+    /* Anything the upstream sent before our greeting is out of turn. */
+    conn_consume(c, c->in_len);
+    smtpd_accept(c);
+    struct smtpd *s = c->ctx;
+    if (c->ctx == NULL || c->dead)
+        return -1;
+    s->attach_done = done;
+    s->attach_arg = arg;
+    return 0;
+}
 
 void smtpd_accept(struct conn *c)
 {

@@ -81,6 +81,8 @@ static const char *const migrations[] = {
      * (smarthost batches), and lifetime and warning scans by age. */
     "CREATE INDEX rcpt_next ON rcpt(state, kind, next_try);"
     "CREATE INDEX message_received ON message(received);",
+    /* 3: small named facts. */
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated INTEGER NOT NULL);",
 };
 
 sqlite3 *store_db(void)
@@ -867,6 +869,42 @@ int store_status(struct store_status *st)
     }
     sqlite3_reset(q);
     return rc == SQLITE_ROW ? 0 : STORE_ERR;
+}
+
+int store_meta_set(const char *key, const char *value)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT INTO meta(key, value, updated) VALUES (?,?,?) ON CONFLICT(key)"
+                         " DO UPDATE SET value=excluded.value, updated=excluded.updated"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, value, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, util_now());
+    err = sqlite3_step(st);
+    sqlite3_reset(st);
+    return err == SQLITE_DONE ? 0 : store_rc(err);
+}
+
+int store_meta_get(const char *key, char *value, size_t n, int64_t *updated)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT value, updated FROM meta WHERE key=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        util_strlcpy(value, (const char *)sqlite3_column_text(st, 0), n);
+        if (updated)
+            *updated = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
 int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)

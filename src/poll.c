@@ -1,0 +1,564 @@
+/*
+ * poll.c: the field node's side of on-demand relay.  One exchange with
+ * the upstream: first our own queue goes out (when a relayhost is set),
+ * then we ask for the mail held for our domains, by ETRN (RFC 1985: the
+ * upstream connects back to our SMTP listener) or by ATRN (RFC 2645: the
+ * same connection turns around and we become its SMTP server, so a site
+ * behind NAT or with a changing address still gets its mail).
+ *
+ * An exchange starts on every link-up event, every upstream.interval,
+ * and on `mailnode poll`.
+ */
+#include "internal.h"
+
+#include <ctype.h>
+#include <string.h>
+
+enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_AUTH, P_AUTH2, P_ETRN, P_ATRN, P_SERVING, P_QUIT };
+
+struct pwaiter {
+    poll_done_fn done;
+    void *arg;
+    struct pwaiter *next;
+};
+
+static struct {
+    int enabled;
+    int state;
+    struct timer interval;
+    struct timer guard;                 /* bounds a whole exchange */
+    struct dns_query *dq;
+    struct conn *c;
+    char reply[512];
+    int reply_code;
+    int ehlo_atrn, ehlo_cram, ehlo_plain;
+    size_t dom_i;                       /* ETRN: next domain to ask for */
+    char summary[2048];
+    size_t used;
+    int rc;                             /* sysexits code of the exchange */
+    int accepted;                       /* ATRN: messages taken in */
+    struct pwaiter *waiters;
+    int again;                          /* a request came while running */
+} P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
+
+static void pull_start(void);
+static void poll_finish(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void poll_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void poll_say(const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (P.used >= sizeof P.summary - 1)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(P.summary + P.used, sizeof P.summary - P.used, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        P.used += (size_t)n < sizeof P.summary - P.used ? (size_t)n : sizeof P.summary - P.used - 1;
+}
+
+static int atrn_mode(void)
+{
+    return !strcasecmp(conf->upstream_mode, "atrn");
+}
+
+static void poll_finish(int rc, const char *fmt, ...)
+{
+    char line[512] = "";
+    va_list ap;
+
+    if (fmt) {
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof line, fmt, ap);
+        va_end(ap);
+        poll_say("%s\n", line);
+    }
+    if (P.dq)
+        dns_cancel(P.dq);
+    P.dq = NULL;
+    struct conn *c = P.c;
+    P.c = NULL;
+    if (c && !c->dead && P.state != P_SERVING)
+        conn_abort(c);                  /* client_close sees it is no longer ours */
+    timer_cancel(&P.guard);
+    P.state = P_IDLE;
+    P.rc = rc;
+    if (rc == EX_OK)
+        log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
+    else
+        log_warn("poll: upstream exchange failed: %s", line);
+    store_meta_set(rc == EX_OK ? "upstream.last_ok" : "upstream.last_fail", P.summary);
+    while (P.waiters) {
+        struct pwaiter *w = P.waiters;
+        P.waiters = w->next;
+        w->done(w->arg, P.summary, rc);
+        free(w);
+    }
+    if (P.again) {
+        P.again = 0;
+        poll_kick();
+    }
+}
+
+/* ---------------------------------------------------------- the client */
+
+static void poll_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void poll_send(const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof line - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n > sizeof line - 3)
+        return;
+    memcpy(line + n, "\r\n", 2);
+    conn_write(P.c, line, (size_t)n + 2);
+    conn_flush(P.c);
+}
+
+static void ask_next_etrn(void)
+{
+    if (P.dom_i < conf->n_upstream_domains) {
+        poll_send("ETRN %s", conf->upstream_domains[P.dom_i]);
+        return;
+    }
+    P.state = P_QUIT;
+    poll_send("QUIT");
+}
+
+static void served(void *arg, int accepted, const char *error)
+{
+    MN_UNUSED(arg);
+    P.accepted = accepted;
+    P.c = NULL;
+    if (error && !accepted)
+        poll_finish(EX_TEMPFAIL, "ATRN: connection ended after the turnaround: %s", error);
+    else
+        poll_finish(EX_OK, "ATRN: %d messages received%s%s", accepted, error ? " (then: " : "", error ? error : "");
+    if (error && accepted)
+        poll_say(")\n");
+}
+
+static void auth_cram(const char *challenge64)
+{
+    unsigned char chal[512], digest[16];
+    char hex[33], line[700], b64[1000], pw[256];
+    size_t clen;
+
+    if (poll_password(pw, sizeof pw)) {
+        poll_finish(EX_CONFIG, "cannot read upstream.password_file %s", conf->upstream_password_file);
+        return;
+    }
+    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
+                          sodium_base64_VARIANT_ORIGINAL)) {
+        poll_finish(EX_PROTOCOL, "the upstream sent a bad CRAM-MD5 challenge");
+        return;
+    }
+    hmac_md5(pw, strlen(pw), chal, clen, digest);
+    sodium_memzero(pw, sizeof pw);
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    snprintf(line, sizeof line, "%s %s", conf->upstream_user, hex);
+    sodium_bin2base64(b64, sizeof b64, (unsigned char *)line, strlen(line), sodium_base64_VARIANT_ORIGINAL);
+    poll_send("%s", b64);
+}
+
+static void auth_plain(void)
+{
+    char raw[600], b64[900], pw[256];
+    size_t ul = strlen(conf->upstream_user), pl;
+
+    if (poll_password(pw, sizeof pw)) {
+        poll_finish(EX_CONFIG, "cannot read upstream.password_file %s", conf->upstream_password_file);
+        return;
+    }
+    pl = strlen(pw);
+    if (ul + pl + 2 > sizeof raw) {
+        poll_finish(EX_CONFIG, "upstream credentials too long");
+        return;
+    }
+    raw[0] = '\0';
+    memcpy(raw + 1, conf->upstream_user, ul);
+    raw[1 + ul] = '\0';
+    memcpy(raw + 2 + ul, pw, pl);
+    sodium_bin2base64(b64, sizeof b64, (unsigned char *)raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(raw, sizeof raw);
+    sodium_memzero(pw, sizeof pw);
+    poll_send("AUTH PLAIN %s", b64);
+}
+
+static void poll_reply(int code, const char *text)
+{
+    const char *t = strlen(text) > 4 ? text + 4 : "";
+
+    switch (P.state) {
+    case P_GREETING:
+        if (code != 220) {
+            poll_finish(EX_UNAVAILABLE, "the upstream refused the session: %s", text);
+            return;
+        }
+        P.state = P_EHLO;
+        poll_send("EHLO %s", conf->hostname);
+        return;
+    case P_EHLO:
+        if (code != 250) {
+            poll_finish(EX_PROTOCOL, "the upstream refused EHLO: %s", text);
+            return;
+        }
+        if (!atrn_mode()) {
+            P.state = P_ETRN;
+            P.dom_i = 0;
+            ask_next_etrn();
+            return;
+        }
+        if (!P.ehlo_atrn) {
+            poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
+            return;
+        }
+        /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
+         * a password in the clear only to a peer on this host. */
+        if (P.ehlo_cram) {
+            P.state = P_AUTH;
+            poll_send("AUTH CRAM-MD5");
+        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth)) {
+            P.state = P_AUTH2;
+            auth_plain();
+        } else {
+            poll_finish(EX_PROTOCOL, "the upstream offers no authentication we may use without TLS");
+        }
+        return;
+    case P_AUTH:
+        if (code == 334) {
+            P.state = P_AUTH2;
+            auth_cram(t);
+            return;
+        }
+        poll_finish(EX_PROTOCOL, "the upstream refused CRAM-MD5: %s", text);
+        return;
+    case P_AUTH2: {
+        if (code != 235) {
+            poll_finish(EX_NOPERM, "authentication to the upstream failed: %s", text);
+            return;
+        }
+        char list[1024] = "";
+        size_t used = 0;
+        for (size_t i = 0; i < conf->n_upstream_domains; i++)
+            used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? "," : "",
+                                     conf->upstream_domains[i]);
+        P.state = P_ATRN;
+        /* RFC 2645 5.2.1: the server may take a while to gather the mail;
+         * wait at least ten minutes for the reply. */
+        conn_set_timeout(P.c, 11 * 60 * 1000);
+        poll_send("ATRN%s%s", list[0] ? " " : "", list);
+        return;
+    }
+    case P_ATRN:
+        if (code == 250) {
+            /* The turnaround: from here on we are the SMTP server. */
+            P.state = P_SERVING;
+            poll_say("ATRN accepted: %s\n", t);
+            struct conn *c = P.c;
+            c->ctx = NULL;
+            smtpd_attach(c, served, NULL);
+            return;
+        }
+        if (code == 453) {
+            poll_say("ATRN: no mail held for us (%s)\n", text);
+            P.state = P_QUIT;
+            poll_send("QUIT");
+            return;
+        }
+        poll_finish(code / 100 == 4 ? EX_TEMPFAIL : EX_NOPERM, "ATRN refused: %s", text);
+        return;
+    case P_ETRN: {
+        const char *d = conf->upstream_domains[P.dom_i];
+        if (code == 250 || code == 251 || code == 252 || code == 253) {
+            poll_say("%s: %s\n", d, text);
+        } else {
+            /* 458, 459, 5xx: this domain failed; the others are still asked. */
+            poll_say("%s: failed: %s\n", d, text);
+            if (P.rc == EX_OK)
+                P.rc = code / 100 == 4 && code != 459 ? EX_TEMPFAIL : EX_UNAVAILABLE;
+        }
+        P.dom_i++;
+        ask_next_etrn();
+        return;
+    }
+    case P_QUIT:
+        poll_finish(P.rc, NULL);
+        return;
+    default:
+        return;
+    }
+}
+
+static void client_input(struct conn *c)
+{
+    while (!c->dead && c->in_len && P.c == c) {
+        unsigned char *lf = memchr(c->in, '\n', c->in_len);
+        if (!lf) {
+            if (c->in_len == c->in_cap)
+                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+            return;
+        }
+        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+        if (l && c->in[l - 1] == '\r')
+            l--;
+        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
+            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
+            return;
+        }
+        int code = atoi((char *)c->in);
+        int last = l == 3 || c->in[3] == ' ';
+        char line[512];
+        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
+        memcpy(line, c->in, k);
+        line[k] = '\0';
+        for (char *p = line; *p; p++)
+            if ((unsigned char)*p < 0x20)
+                *p = ' ';
+        conn_consume(c, len);
+        if (P.state == P_EHLO && l > 4) {
+            const char *kw = line + 4;
+            if (!strcasecmp(kw, "ATRN"))
+                P.ehlo_atrn = 1;
+            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
+                char m[256];
+                util_strlcpy(m, kw + 5, sizeof m);
+                for (char *p = m; *p; p++)
+                    *p = (char)toupper((unsigned char)*p);
+                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
+                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
+            }
+        }
+        if (last)
+            poll_reply(code, line);
+    }
+}
+
+static void client_close(struct conn *c)
+{
+    if (P.c != c)
+        return;
+    P.c = NULL;
+    if (P.state == P_QUIT)
+        poll_finish(P.rc, NULL);
+    else
+        poll_finish(EX_TEMPFAIL, "the upstream closed the connection");
+}
+
+static void client_timeout(struct conn *c)
+{
+    MN_UNUSED(c);
+    poll_finish(EX_TEMPFAIL, "the upstream did not answer in time");
+}
+
+static void client_connected(struct conn *c, int err)
+{
+    if (err) {
+        char why[300];
+        snprintf(why, sizeof why, "cannot connect to the upstream %s: %s", conf->upstream, strerror(err));
+        c->ctx = NULL;
+        P.c = NULL;
+        conn_abort(c);
+        poll_finish(EX_UNAVAILABLE, "%s", why);
+        return;
+    }
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+}
+
+static const struct conn_ops client_ops = {
+    .on_input = client_input,
+    .on_timeout = client_timeout,
+    .on_close = client_close,
+    .on_connect = client_connected,
+};
+
+static void poll_resolved(void *arg, const struct dns_result *r)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+
+    MN_UNUSED(arg);
+    P.dq = NULL;
+    if (r->status != DNS_OK || !r->nhosts || !r->hosts[0].naddrs) {
+        poll_finish(EX_UNAVAILABLE, "cannot find the upstream %s: %s", conf->upstream, r->error);
+        return;
+    }
+    util_split_hostport(conf->upstream, host, sizeof host, &port);
+    struct sockaddr_storage ss = r->hosts[0].addrs[0];
+    socklen_t len;
+    if (ss.ss_family == AF_INET) {
+        ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)port);
+        len = sizeof(struct sockaddr_in);
+    } else {
+        ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
+        len = sizeof(struct sockaddr_in6);
+    }
+    P.state = P_GREETING;
+    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = 0;
+    P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
+    if (!P.c) {
+        poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
+        return;
+    }
+    conn_set_timeout(P.c, conf->smtp_timeout_connect * 1000);
+}
+
+static void pull_start(void)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+
+    if (!conf->n_upstream_domains && !atrn_mode()) {
+        poll_finish(EX_CONFIG, "upstream.domains is empty: nothing to ask for");
+        return;
+    }
+    if (util_split_hostport(conf->upstream, host, sizeof host, &port)) {
+        poll_finish(EX_CONFIG, "upstream '%s' is not host:port", conf->upstream);
+        return;
+    }
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        memmove(host, host + 1, l - 2);
+        host[l - 2] = '\0';
+    }
+    P.state = P_RESOLVE;
+    P.dq = dns_resolve_host(host, poll_resolved, NULL);
+    if (!P.dq)
+        poll_finish(EX_TEMPFAIL, "resolver unavailable");
+}
+
+static void push_done(void *arg, const char *summary, int failed)
+{
+    MN_UNUSED(arg);
+    poll_say("sent: %s", summary);
+    if (failed)
+        poll_say("(some of our own mail is still queued)\n");
+    if (P.state == P_PUSH)
+        pull_start();
+}
+
+static void guard_expired(void *arg)
+{
+    MN_UNUSED(arg);
+    if (P.state == P_SERVING)
+        return;                         /* the SMTP session has its own timeouts */
+    poll_finish(EX_TEMPFAIL, "the exchange took too long");
+}
+
+/* ------------------------------------------------------------- control */
+
+int poll_password(char *buf, size_t n)
+{
+    FILE *f = conf->upstream_password_file[0] ? fopen(conf->upstream_password_file, "r") : NULL;
+    if (!f)
+        return -1;
+    if (!fgets(buf, (int)n, f)) {
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    buf[strcspn(buf, "\r\n")] = '\0';
+    return 0;
+}
+
+int poll_run(poll_done_fn done, void *arg)
+{
+    if (!conf->upstream[0]) {
+        if (done)
+            done(arg, "no upstream is configured\n", EX_CONFIG);
+        return -1;
+    }
+    if (done) {
+        struct pwaiter *w = calloc(1, sizeof *w);
+        if (!w)
+            return -1;
+        w->done = done;
+        w->arg = arg;
+        w->next = P.waiters;
+        P.waiters = w;
+    }
+    if (P.state != P_IDLE) {
+        P.again = 1;                    /* one more exchange after this one */
+        return 0;
+    }
+    P.used = 0;
+    P.summary[0] = '\0';
+    P.rc = EX_OK;
+    P.accepted = 0;
+    timer_set(&P.guard, 30 * 60 * 1000, guard_expired, NULL);
+    store_meta_set("upstream.last_try", "");
+    if (conf->relayhost[0]) {
+        P.state = P_PUSH;
+        if (queue_flush_wait(NULL, push_done, NULL)) {
+            P.state = P_IDLE;
+            pull_start();
+        }
+        return 0;
+    }
+    pull_start();
+    return 0;
+}
+
+static void interval_fired(void *arg)
+{
+    MN_UNUSED(arg);
+    poll_kick();
+}
+
+void poll_kick(void)
+{
+    if (!P.enabled)
+        return;
+    if (P.state == P_IDLE)
+        poll_run(NULL, NULL);
+    else if (P.state != P_PUSH)         /* our own push flushes the queue too */
+        P.again = 1;
+    if (conf->upstream_interval > 0)
+        timer_set(&P.interval, conf->upstream_interval * 1000, interval_fired, NULL);
+}
+
+int poll_start(void)
+{
+    if (!conf->upstream[0])
+        return 0;
+    if (strcasecmp(conf->upstream_mode, "etrn") && strcasecmp(conf->upstream_mode, "atrn")) {
+        log_err("upstream.mode must be etrn or atrn, not '%s'", conf->upstream_mode);
+        return -1;
+    }
+    P.enabled = 1;
+    log_info("upstream %s (%s) for %zu domains, every %llds and on link events", conf->upstream,
+             conf->upstream_mode, conf->n_upstream_domains, (long long)conf->upstream_interval);
+    /* The first exchange soon after start: the link may just have come up. */
+    timer_set(&P.interval, 1000, interval_fired, NULL);
+    return 0;
+}
+
+void poll_stop(void)
+{
+    P.enabled = 0;
+    timer_cancel(&P.interval);
+    timer_cancel(&P.guard);
+    if (P.dq)
+        dns_cancel(P.dq);
+    P.dq = NULL;
+    struct conn *c = P.c;
+    P.c = NULL;
+    if (c && !c->dead && P.state != P_SERVING)
+        conn_abort(c);
+    while (P.waiters) {
+        struct pwaiter *w = P.waiters;
+        P.waiters = w->next;
+        w->done(w->arg, "stopped\n", EX_TEMPFAIL);
+        free(w);
+    }
+    P.state = P_IDLE;
+}
+
+int poll_busy(void)
+{
+    return P.state != P_IDLE;
+}
