@@ -68,6 +68,9 @@ static const struct conf_key keys[] = {
     { "log", T_STR, F(log_dest), 0, "stderr" },
     { "tls.cert", T_STR, F(tls_cert), 0, "" },
     { "tls.key", T_STR, F(tls_key), 0, "" },
+    { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
+    { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
+    { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
 };
 
 static char *xstrdup(const char *s)
@@ -219,6 +222,37 @@ static void derive(struct conf *c)
     c->use_syslog = c->log_dest && !strcmp(c->log_dest, "syslog");
 }
 
+/* TLS policy towards relays: "may" uses STARTTLS when offered, "require"
+ * keeps the mail queued unless TLS comes up with a certificate that
+ * verifies, "none" never starts TLS (a relay with a broken TLS stack). */
+static int conf_check_tls(struct conf *c, const char *path, char *err, size_t errlen)
+{
+    static const char *const policies[] = { "may", "require", "none" };
+    struct { const char *key; char **val; } pol[] = {
+        { "relayhost.tls", &c->relayhost_tls },
+        { "upstream.tls", &c->upstream_tls },
+    };
+
+    for (size_t i = 0; i < MN_NELEM(pol); i++) {
+        size_t j;
+        util_lower(*pol[i].val);
+        for (j = 0; j < MN_NELEM(policies); j++)
+            if (!strcmp(*pol[i].val, policies[j]))
+                break;
+        if (j == MN_NELEM(policies)) {
+            snprintf(err, errlen, "%s: %s = '%s': use may, require or none", path ? path : "defaults",
+                     pol[i].key, *pol[i].val);
+            return -1;
+        }
+    }
+    if (c->tls_key[0] && !c->tls_cert[0]) {
+        snprintf(err, errlen, "%s: tls.key is set but tls.cert is not: STARTTLS needs both",
+                 path ? path : "defaults");
+        return -1;
+    }
+    return 0;
+}
+
 int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
 {
     FILE *f = NULL;
@@ -281,6 +315,8 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
         snprintf(err, errlen, "%s: database must name a file", path ? path : "defaults");
         return -1;
     }
+    if (conf_check_tls(c, path, err, errlen))
+        return -1;
     derive(c);
     return 0;
 fail:

@@ -40,7 +40,7 @@ enum pop3_state {
 };
 
 /* What the paused session is waiting for. */
-enum pop3_busy { BUSY_NONE, BUSY_DELAY, BUSY_STREAM, BUSY_COMMIT };
+enum pop3_busy { BUSY_NONE, BUSY_DELAY, BUSY_STREAM, BUSY_COMMIT, BUSY_TLS };
 
 enum pop3_stream_kind { STREAM_LIST, STREAM_UIDL, STREAM_MSG };
 
@@ -102,12 +102,14 @@ static void pop3_input(struct conn *c);
 static void pop3_drain(struct conn *c);
 static void pop3_timeout(struct conn *c);
 static void pop3_close(struct conn *c);
+static void pop3_tls(struct conn *c, int err);
 
 static const struct conn_ops pop3_ops = {
     .on_input = pop3_input,
     .on_drain = pop3_drain,
     .on_timeout = pop3_timeout,
     .on_close = pop3_close,
+    .on_tls = pop3_tls,
 };
 
 /* ------------------------------------------------------ mailbox locks */
@@ -187,8 +189,9 @@ static void pop3_safe_name(const char *in, char *out, size_t n)
 static int pop3_cleartext_ok(const struct pop3 *s)
 {
     /* RFC 2595 2.4 spirit: no passwords in the clear across a network
-     * unless the administrator says so.  Loopback never leaves the host. */
-    return conf->allow_cleartext_auth || s->c->peer_loopback;
+     * unless the administrator says so.  Loopback never leaves the host;
+     * under TLS (STLS) the password travels encrypted. */
+    return conf->allow_cleartext_auth || s->c->peer_loopback || tls_active(s->c);
 }
 
 /* Strict decimal: digits only, no sign, no spaces, fits in max. */
@@ -692,6 +695,9 @@ static void pop3_cmd_capa(struct pop3 *s, char *arg)
     pop3_reply(s, "+OK capability list follows");
     pop3_reply(s, "TOP");
     pop3_reply(s, "UIDL");
+    /* RFC 2595 4: STLS is an AUTHORIZATION command, and only once. */
+    if (s->state == POP3_AUTHORIZATION && tls_available() && !s->c->tls)
+        pop3_reply(s, "STLS");
     if (pop3_cleartext_ok(s))
         pop3_reply(s, "USER");
     if (mechs && *mechs)
@@ -775,6 +781,58 @@ static void pop3_cmd_quit(struct pop3 *s, char *arg)
     s->busy = BUSY_COMMIT;
     conn_pause(s->c, 1);
     store_after_commit(pop3_quit_committed, s);
+}
+
+static void pop3_cmd_stls(struct pop3 *s, char *arg)
+{
+    struct conn *c = s->c;
+
+    if (*arg) {
+        pop3_reply(s, "-ERR STLS takes no argument");
+        return;
+    }
+    if (c->tls) {
+        /* RFC 2595 4: no second negotiation. */
+        pop3_reply(s, "-ERR command not permitted when TLS active");
+        return;
+    }
+    if (!tls_available()) {
+        pop3_reply(s, "-ERR STLS not available");
+        return;
+    }
+    if (s->have_user) {
+        /* The name would have been sent in the clear; start over. */
+        pop3_reply(s, "-ERR STLS not permitted after USER");
+        return;
+    }
+    pop3_reply(s, "+OK Begin TLS negotiation");
+    /* RFC 2595 4, CVE-2011-0411: whatever the client sent after STLS
+     * was sent in the clear and is not a command; it is dropped, not
+     * answered after the handshake. */
+    conn_consume(c, c->in_len);
+    if (tls_start_server(c)) {
+        log_err("pop3: %s: cannot start TLS", c->peer_ip);
+        conn_abort(c);
+        return;
+    }
+    s->busy = BUSY_TLS;
+}
+
+/* The handshake is over.  On failure the loop closes the connection. */
+static void pop3_tls(struct conn *c, int err)
+{
+    struct pop3 *s = c->ctx;
+
+    if (!s)
+        return;
+    s->busy = BUSY_NONE;
+    if (err)
+        return;
+    /* RFC 2595 4: the client learns the capabilities again with CAPA;
+     * nothing said before the switch carries over. */
+    s->have_user = 0;
+    s->skipping = 0;
+    conn_set_timeout(c, conf->pop3_timeout * 1000);
 }
 
 static void pop3_cmd_stat(struct pop3 *s, char *arg)
@@ -922,9 +980,9 @@ static void pop3_cmd_rset(struct pop3 *s, char *arg)
 #define A POP3_AUTHORIZATION
 #define T POP3_TRANSACTION
 
-/* APOP is not offered: it needs the password stored in the clear.  STLS
- * (RFC 2595) joins the table, for AUTHORIZATION only, once TLS exists. */
+/* APOP is not offered: it needs the password stored in the clear. */
 static const struct pop3_cmd pop3_cmds[] = {
+    { "STLS", A, pop3_cmd_stls },
     { "USER", A, pop3_cmd_user },
     { "PASS", A, pop3_cmd_pass },
     { "AUTH", A, pop3_cmd_auth },
@@ -1064,6 +1122,12 @@ static void pop3_timeout(struct conn *c)
 {
     struct pop3 *s = c->ctx;
 
+    if (s && s->busy == BUSY_TLS) {
+        /* A handshake that stalls: nothing can be said in the clear. */
+        log_info("pop3: %s: TLS handshake timed out", c->peer_ip);
+        conn_abort(c);
+        return;
+    }
     if (s && s->busy == BUSY_COMMIT) {
         /* The reply is due at the end of this turn. */
         conn_set_timeout(c, conf->pop3_timeout * 1000);
