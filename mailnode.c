@@ -297,6 +297,9 @@ void store_turn_end(void);
 /* fn() returns how many sessions are inside a mail transaction that has
  * not reached its end yet: the group commit may wait for them. */
 void store_set_busy_hint(int (*fn)(void));
+/* What this turn wrote must be durable at its end (a peer's 250 was
+ * recorded: a crash must not make us send the message again). */
+void store_commit_soon(void);
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -780,6 +783,7 @@ void poll_stop(void);
 void poll_kick(void);                   /* link up, interval, flush */
 int poll_run(poll_done_fn done, void *arg);
 int poll_busy(void);
+void poll_cancel(void *arg);            /* a waiter went away */
 int poll_password(char *buf, size_t n); /* upstream.password_file, one line */
 
 /* ---------------------------------------------------------------- smtpd */
@@ -4310,6 +4314,18 @@ static void tls_ignore_sigpipe(void)
     }
 }
 
+/* The plain reason (missing, permissions) before OpenSSL's vaguer one. */
+static int tls_readable_file(const char *key, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(T.error, sizeof T.error, "%s %s: %s", key, path, strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
 static int tls_server_ctx(void)
 {
     const char *cert = conf->tls_cert, *key = conf->tls_key;
@@ -4325,6 +4341,8 @@ static int tls_server_ctx(void)
         snprintf(T.error, sizeof T.error, "TLS server setup failed: %s", why);
         goto fail;
     }
+    if (tls_readable_file("tls.cert", cert) || tls_readable_file("tls.key", key))
+        goto fail;
     if (SSL_CTX_use_certificate_chain_file(T.server, cert) != 1) {
         tls_ssl_error(why, sizeof why, "unreadable");
         snprintf(T.error, sizeof T.error,
@@ -4333,8 +4351,14 @@ static int tls_server_ctx(void)
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(T.server, key, SSL_FILETYPE_PEM) != 1) {
+        int mismatch = ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH;
         tls_ssl_error(why, sizeof why, "unreadable");
-        snprintf(T.error, sizeof T.error, "tls.key %s: cannot load the private key (%s)", key, why);
+        if (mismatch)
+            snprintf(T.error, sizeof T.error, "tls.key %s does not match the certificate in tls.cert %s",
+                     key, cert);
+        else
+            snprintf(T.error, sizeof T.error, "tls.key %s: cannot load the private key (%s); it must "
+                     "be PEM without a passphrase", key, why);
         goto fail;
     }
     if (SSL_CTX_check_private_key(T.server) != 1) {
@@ -4916,6 +4940,7 @@ static struct {
     struct { store_ack_fn fn; void *arg; } *acks;
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
+    int commit_soon;                    /* commit at the end of this turn */
     int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
@@ -5239,6 +5264,11 @@ void store_after_commit(store_ack_fn fn, void *arg)
 static int (*busy_hint)(void);
 static struct timer holdoff_timer = { .idx = -1 };
 
+void store_commit_soon(void)
+{
+    S.commit_soon = 1;
+}
+
 void store_set_busy_hint(int (*fn)(void))
 {
     busy_hint = fn;
@@ -5258,7 +5288,7 @@ void store_turn_end(void)
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && now - S.txn_started < 500)
+        if (!S.n_acks && !S.commit_soon && now - S.txn_started < 500)
             return;
         if (S.n_acks && busy_hint && busy_hint() > 0) {
             /* Wait up to one commit's duration (0.1 ms granularity). */
@@ -5277,6 +5307,7 @@ void store_turn_end(void)
             S.commit_us_avg = (S.commit_us_avg * 7 + us) / 8;
     }
     timer_cancel(&holdoff_timer);
+    S.commit_soon = 0;
     n = S.n_acks;
     S.n_acks = 0;
     for (size_t i = 0; i < n; i++)
@@ -6577,6 +6608,7 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
         sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, util_now());
     sqlite3_bind_int64(st, 5, rcpt_id);
+    store_commit_soon();
     return sd_step(st);
 }
 
@@ -9577,6 +9609,8 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
  *   FLUSH [DOMAIN]       -> OK              (delivery run started)
  *   FLUSH-WAIT [DOMAIN]  -> summary lines, then "DONE <failed>"
  *   KICK                 -> OK              (new mail in the database: scan soon)
+ *   POLL                 -> summary lines, then "DONE <sysexits code>"
+ *                           (one upstream exchange, as `mailnode poll`)
  *   anything else        -> ERR unknown request
  *
  * One request per connection; the daemon closes after the reply.  A
@@ -9721,6 +9755,12 @@ static void ctl_flush_done(void *arg, const char *summary, int failed)
     store_after_commit(ctl_flush_committed, cl);
 }
 
+/* poll_run's callback: DONE carries the exchange's exit code. */
+static void ctl_poll_done(void *arg, const char *summary, int exitcode)
+{
+    ctl_flush_done(arg, summary, exitcode);
+}
+
 static void ctl_request(struct ctl_client *cl, char *line, size_t len)
 {
     char *arg, domain[SMTP_DOMAIN_MAX + 1];
@@ -9763,6 +9803,12 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
         conn_set_timeout(cl->c, 0);
         if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
+    } else if (vlen == 4 && !memcmp(line, "POLL", 4) && !alen) {
+        log_info("control: upstream exchange requested, client waiting");
+        cl->state = CTL_WAITING;
+        conn_set_timeout(cl->c, 0);
+        if (poll_run(ctl_poll_done, cl) < 0 && cl->state == CTL_WAITING)
+            ctl_reply_close(cl, "ERR no upstream is configured\n");
     } else {
         ctl_reply_close(cl, "ERR unknown request\n");
     }
@@ -9818,8 +9864,9 @@ static void ctl_on_close(struct conn *c)
     if (!cl)
         return;
     if (cl->state == CTL_WAITING) {
-        log_info("control: flush waiter went away");
+        log_info("control: waiting client went away");
         queue_flush_cancel(cl);
+        poll_cancel(cl);
     }
     if (cl->prev)
         cl->prev->next = cl->next;
@@ -12681,12 +12728,15 @@ static void served(void *arg, int accepted, const char *error)
     MN_UNUSED(arg);
     P.accepted = accepted;
     P.c = NULL;
+    char doms[512] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < conf->n_upstream_domains && used < sizeof doms; i++)
+        used += (size_t)snprintf(doms + used, sizeof doms - used, "%s%s", i ? "," : "", conf->upstream_domains[i]);
     if (error && !accepted)
-        poll_finish(EX_TEMPFAIL, "ATRN: connection ended after the turnaround: %s", error);
+        poll_finish(EX_TEMPFAIL, "ATRN %s: connection ended after the turnaround: %s", doms, error);
     else
-        poll_finish(EX_OK, "ATRN: %d messages received%s%s", accepted, error ? " (then: " : "", error ? error : "");
-    if (error && accepted)
-        poll_say(")\n");
+        poll_finish(EX_OK, "ATRN %s: %d messages received%s%s%s", doms, accepted, error ? " (then: " : "",
+                    error ? error : "", error ? ")" : "");
 }
 
 static void auth_cram(const char *challenge64)
@@ -13014,11 +13064,8 @@ int poll_password(char *buf, size_t n)
 
 int poll_run(poll_done_fn done, void *arg)
 {
-    if (!conf->upstream[0]) {
-        if (done)
-            done(arg, "no upstream is configured\n", EX_CONFIG);
+    if (!conf->upstream[0])
         return -1;
-    }
     if (done) {
         struct pwaiter *w = calloc(1, sizeof *w);
         if (!w)
@@ -13103,6 +13150,17 @@ void poll_stop(void)
         free(w);
     }
     P.state = P_IDLE;
+}
+
+void poll_cancel(void *arg)
+{
+    for (struct pwaiter **pp = &P.waiters; *pp; pp = &(*pp)->next)
+        if ((*pp)->arg == arg) {
+            struct pwaiter *w = *pp;
+            *pp = w->next;
+            free(w);
+            return;
+        }
 }
 
 int poll_busy(void)
@@ -15849,6 +15907,26 @@ int cli_status(int argc, char **argv)
     printf("mailboxes     %lld messages for %lld users\n", (long long)st.mbox_msgs, (long long)st.users);
     printf("destinations\n");
     store_dest_list(print_dest, NULL);
+    if (conf->upstream[0]) {
+        char text[2048], date[64];
+        int64_t when;
+        printf("upstream      %s (%s) for %zu domains\n", conf->upstream, conf->upstream_mode,
+               conf->n_upstream_domains);
+        if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
+            util_date(when, date, sizeof date);
+            printf("  last successful exchange %s:\n", date);
+            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+                printf("    %s\n", l);
+        } else {
+            printf("  no successful exchange yet\n");
+        }
+        if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
+            util_date(when, date, sizeof date);
+            printf("  last failed exchange %s:\n", date);
+            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+                printf("    %s\n", l);
+        }
+    }
     store_close();
     return EX_OK;
 }
@@ -15960,7 +16038,7 @@ int cli_poll(int argc, char **argv)
     loop_set_turn_hook(store_turn_end);
     signal(SIGPIPE, SIG_IGN);
     queue_start();
-    if (poll_run(poll_printed, NULL) == 0 || poll_exit != EX_TEMPFAIL)
+    if (poll_run(poll_printed, NULL) == 0)
         loop_run();
     rc = poll_exit;
     poll_stop();

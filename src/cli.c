@@ -329,6 +329,26 @@ int cli_status(int argc, char **argv)
     printf("mailboxes     %lld messages for %lld users\n", (long long)st.mbox_msgs, (long long)st.users);
     printf("destinations\n");
     store_dest_list(print_dest, NULL);
+    if (conf->upstream[0]) {
+        char text[2048], date[64];
+        int64_t when;
+        printf("upstream      %s (%s) for %zu domains\n", conf->upstream, conf->upstream_mode,
+               conf->n_upstream_domains);
+        if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
+            util_date(when, date, sizeof date);
+            printf("  last successful exchange %s:\n", date);
+            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+                printf("    %s\n", l);
+        } else {
+            printf("  no successful exchange yet\n");
+        }
+        if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
+            util_date(when, date, sizeof date);
+            printf("  last failed exchange %s:\n", date);
+            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+                printf("    %s\n", l);
+        }
+    }
     store_close();
     return EX_OK;
 }
@@ -440,7 +460,7 @@ int cli_poll(int argc, char **argv)
     loop_set_turn_hook(store_turn_end);
     signal(SIGPIPE, SIG_IGN);
     queue_start();
-    if (poll_run(poll_printed, NULL) == 0 || poll_exit != EX_TEMPFAIL)
+    if (poll_run(poll_printed, NULL) == 0)
         loop_run();
     rc = poll_exit;
     poll_stop();

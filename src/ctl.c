@@ -7,6 +7,8 @@
  *   FLUSH [DOMAIN]       -> OK              (delivery run started)
  *   FLUSH-WAIT [DOMAIN]  -> summary lines, then "DONE <failed>"
  *   KICK                 -> OK              (new mail in the database: scan soon)
+ *   POLL                 -> summary lines, then "DONE <sysexits code>"
+ *                           (one upstream exchange, as `mailnode poll`)
  *   anything else        -> ERR unknown request
  *
  * One request per connection; the daemon closes after the reply.  A
@@ -151,6 +153,12 @@ static void ctl_flush_done(void *arg, const char *summary, int failed)
     store_after_commit(ctl_flush_committed, cl);
 }
 
+/* poll_run's callback: DONE carries the exchange's exit code. */
+static void ctl_poll_done(void *arg, const char *summary, int exitcode)
+{
+    ctl_flush_done(arg, summary, exitcode);
+}
+
 static void ctl_request(struct ctl_client *cl, char *line, size_t len)
 {
     char *arg, domain[SMTP_DOMAIN_MAX + 1];
@@ -193,6 +201,12 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
         conn_set_timeout(cl->c, 0);
         if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
+    } else if (vlen == 4 && !memcmp(line, "POLL", 4) && !alen) {
+        log_info("control: upstream exchange requested, client waiting");
+        cl->state = CTL_WAITING;
+        conn_set_timeout(cl->c, 0);
+        if (poll_run(ctl_poll_done, cl) < 0 && cl->state == CTL_WAITING)
+            ctl_reply_close(cl, "ERR no upstream is configured\n");
     } else {
         ctl_reply_close(cl, "ERR unknown request\n");
     }
@@ -248,8 +262,9 @@ static void ctl_on_close(struct conn *c)
     if (!cl)
         return;
     if (cl->state == CTL_WAITING) {
-        log_info("control: flush waiter went away");
+        log_info("control: waiting client went away");
         queue_flush_cancel(cl);
+        poll_cancel(cl);
     }
     if (cl->prev)
         cl->prev->next = cl->next;

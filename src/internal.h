@@ -286,6 +286,9 @@ void store_turn_end(void);
 /* fn() returns how many sessions are inside a mail transaction that has
  * not reached its end yet: the group commit may wait for them. */
 void store_set_busy_hint(int (*fn)(void));
+/* What this turn wrote must be durable at its end (a peer's 250 was
+ * recorded: a crash must not make us send the message again). */
+void store_commit_soon(void);
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -769,6 +772,7 @@ void poll_stop(void);
 void poll_kick(void);                   /* link up, interval, flush */
 int poll_run(poll_done_fn done, void *arg);
 int poll_busy(void);
+void poll_cancel(void *arg);            /* a waiter went away */
 int poll_password(char *buf, size_t n); /* upstream.password_file, one line */
 
 /* ---------------------------------------------------------------- smtpd */

@@ -134,12 +134,15 @@ static void served(void *arg, int accepted, const char *error)
     MN_UNUSED(arg);
     P.accepted = accepted;
     P.c = NULL;
+    char doms[512] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < conf->n_upstream_domains && used < sizeof doms; i++)
+        used += (size_t)snprintf(doms + used, sizeof doms - used, "%s%s", i ? "," : "", conf->upstream_domains[i]);
     if (error && !accepted)
-        poll_finish(EX_TEMPFAIL, "ATRN: connection ended after the turnaround: %s", error);
+        poll_finish(EX_TEMPFAIL, "ATRN %s: connection ended after the turnaround: %s", doms, error);
     else
-        poll_finish(EX_OK, "ATRN: %d messages received%s%s", accepted, error ? " (then: " : "", error ? error : "");
-    if (error && accepted)
-        poll_say(")\n");
+        poll_finish(EX_OK, "ATRN %s: %d messages received%s%s%s", doms, accepted, error ? " (then: " : "",
+                    error ? error : "", error ? ")" : "");
 }
 
 static void auth_cram(const char *challenge64)
@@ -467,11 +470,8 @@ int poll_password(char *buf, size_t n)
 
 int poll_run(poll_done_fn done, void *arg)
 {
-    if (!conf->upstream[0]) {
-        if (done)
-            done(arg, "no upstream is configured\n", EX_CONFIG);
+    if (!conf->upstream[0])
         return -1;
-    }
     if (done) {
         struct pwaiter *w = calloc(1, sizeof *w);
         if (!w)
@@ -556,6 +556,17 @@ void poll_stop(void)
         free(w);
     }
     P.state = P_IDLE;
+}
+
+void poll_cancel(void *arg)
+{
+    for (struct pwaiter **pp = &P.waiters; *pp; pp = &(*pp)->next)
+        if ((*pp)->arg == arg) {
+            struct pwaiter *w = *pp;
+            *pp = w->next;
+            free(w);
+            return;
+        }
 }
 
 int poll_busy(void)

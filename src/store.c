@@ -28,6 +28,7 @@ static struct {
     struct { store_ack_fn fn; void *arg; } *acks;
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
+    int commit_soon;                    /* commit at the end of this turn */
     int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
@@ -351,6 +352,11 @@ void store_after_commit(store_ack_fn fn, void *arg)
 static int (*busy_hint)(void);
 static struct timer holdoff_timer = { .idx = -1 };
 
+void store_commit_soon(void)
+{
+    S.commit_soon = 1;
+}
+
 void store_set_busy_hint(int (*fn)(void))
 {
     busy_hint = fn;
@@ -370,7 +376,7 @@ void store_turn_end(void)
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && now - S.txn_started < 500)
+        if (!S.n_acks && !S.commit_soon && now - S.txn_started < 500)
             return;
         if (S.n_acks && busy_hint && busy_hint() > 0) {
             /* Wait up to one commit's duration (0.1 ms granularity). */
@@ -389,6 +395,7 @@ void store_turn_end(void)
             S.commit_us_avg = (S.commit_us_avg * 7 + us) / 8;
     }
     timer_cancel(&holdoff_timer);
+    S.commit_soon = 0;
     n = S.n_acks;
     S.n_acks = 0;
     for (size_t i = 0; i < n; i++)

@@ -199,6 +199,7 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
         sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, util_now());
     sqlite3_bind_int64(st, 5, rcpt_id);
+    store_commit_soon();
     return sd_step(st);
 }
 
