@@ -140,6 +140,9 @@ struct conf {
     int64_t pop3_timeout;               /* RFC 1939: at least 10 minutes */
     int64_t auth_fail_delay;            /* seconds added per failed AUTH */
     int64_t auth_max_failures;          /* then 421 and close */
+    int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
+    int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
+    int64_t limit_messages_per_minute;  /* per address */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
@@ -763,6 +766,15 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
+
+/* ---------------------------------------------------------------- limit */
+
+/* Per-address limits for clients outside relay_networks (limit.c). */
+void limit_auth_failed(const struct conn *c);
+int limit_auth_blocked(const struct conn *c);
+int limit_message_ok(const struct conn *c);
+/* current: the address's connections including this one. */
+int limit_connections_ok(const struct conn *c, int current);
 
 /* ----------------------------------------------------------------- odmr */
 
@@ -1416,6 +1428,11 @@ static const struct conf_key keys[] = {
     { "pop3.timeout", T_DURATION, F(pop3_timeout), 0, "10m" },
     { "auth.fail_delay", T_DURATION, F(auth_fail_delay), 0, "1s" },
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
+    { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
+    { "limit.auth_failures_per_ip", T_INT, F(limit_auth_failures_per_ip), 0, "10" },
+    /* Off by default: an upstream releasing a held backlog by ETRN arrives
+     * from an ordinary Internet address, and must not be throttled. */
+    { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
     { "auth.cleartext", T_BOOL, F(allow_cleartext_auth), 0, "no" },
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
@@ -9262,6 +9279,109 @@ const char *auth_mechs(int cleartext_ok)
     return cleartext_ok ? "PLAIN LOGIN CRAM-MD5" : "CRAM-MD5";
 }
 
+/* ---- src/limit.c ---- */
+#line 1 "src/limit.c"
+/*
+ * limit.c: per-address abuse limits.  A small fixed table remembers the
+ * recent behaviour of client addresses: authentication failures and the
+ * rate of messages.  Bounded memory: the table has a fixed size and the
+ * least recently seen address makes room for a new one, so a flood of
+ * addresses cannot grow it.
+ */
+
+
+#include <string.h>
+
+#define LIMIT_SLOTS 256
+#define LIMIT_WINDOW 600                /* seconds an address's failures are remembered */
+
+struct limit_slot {
+    char ip[64];
+    int64_t seen;
+    int auth_failures;
+    int64_t auth_first;
+    double tokens;                      /* message bucket */
+    int64_t tokens_at_ms;
+};
+
+static struct limit_slot slots[LIMIT_SLOTS];
+
+static struct limit_slot *slot_for(const char *ip)
+{
+    struct limit_slot *oldest = &slots[0];
+    int64_t now = util_now();
+
+    for (int i = 0; i < LIMIT_SLOTS; i++) {
+        if (slots[i].ip[0] && !strcmp(slots[i].ip, ip)) {
+            slots[i].seen = now;
+            return &slots[i];
+        }
+        if (slots[i].seen < oldest->seen)
+            oldest = &slots[i];
+    }
+    memset(oldest, 0, sizeof *oldest);
+    util_strlcpy(oldest->ip, ip, sizeof oldest->ip);
+    oldest->seen = now;
+    oldest->tokens = -1;
+    return oldest;
+}
+
+/* Clients in relay_networks (by default the loopback networks) are not
+ * limited: they are the site's own scripts and users. */
+static int trusted(const struct conn *c)
+{
+    return conf_relay_allowed(&c->peer);
+}
+
+void limit_auth_failed(const struct conn *c)
+{
+    struct limit_slot *s = slot_for(c->peer_ip);
+    int64_t now = util_now();
+    if (now - s->auth_first > LIMIT_WINDOW) {
+        s->auth_first = now;
+        s->auth_failures = 0;
+    }
+    s->auth_failures++;
+}
+
+int limit_auth_blocked(const struct conn *c)
+{
+    struct limit_slot *s = slot_for(c->peer_ip);
+    if (util_now() - s->auth_first > LIMIT_WINDOW)
+        return 0;
+    /* Failures counted over all of the address's connections: a guesser
+     * that reconnects after each refusal gains nothing. */
+    return conf->limit_auth_failures_per_ip > 0 && s->auth_failures >= conf->limit_auth_failures_per_ip;
+}
+
+int limit_message_ok(const struct conn *c)
+{
+    struct limit_slot *s;
+    int64_t now_ms = util_now_ms();
+    double rate;
+
+    if (trusted(c) || conf->limit_messages_per_minute <= 0)
+        return 1;
+    s = slot_for(c->peer_ip);
+    rate = (double)conf->limit_messages_per_minute / 60000.0;   /* per ms */
+    if (s->tokens < 0)
+        s->tokens = (double)conf->limit_messages_per_minute;    /* a full minute's burst */
+    else
+        s->tokens += (double)(now_ms - s->tokens_at_ms) * rate;
+    if (s->tokens > (double)conf->limit_messages_per_minute)
+        s->tokens = (double)conf->limit_messages_per_minute;
+    s->tokens_at_ms = now_ms;
+    if (s->tokens < 1.0)
+        return 0;
+    s->tokens -= 1.0;
+    return 1;
+}
+
+int limit_connections_ok(const struct conn *c, int current)
+{
+    return trusted(c) || conf->limit_connections_per_ip <= 0 || current <= conf->limit_connections_per_ip;
+}
+
 /* ---- src/queue.c ---- */
 #line 1 "src/queue.c"
 /*
@@ -13478,6 +13598,12 @@ static void cmd_mail(struct smtpd *s, char *arg)
         reply(s, "530 5.7.0 Authentication required");
         return;
     }
+    if (!s->auth_user[0] && !limit_message_ok(s->c)) {
+        log_warn("[%s]: refused: message rate limit (limit.messages_per_minute)", s->c->peer_ip);
+        reply(s, "421 4.7.0 Too many messages from your address, try again later");
+        conn_close(s->c);
+        return;
+    }
     rc = parse_path_arg(arg, "FROM:", 1, &a, &rest);
     if (rc) {
         reply(s, "%s", addr_error_text(rc));
@@ -13954,6 +14080,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
+    limit_auth_failed(s->c);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -13981,6 +14108,11 @@ static void cmd_auth(struct smtpd *s, char *arg)
     }
     if (!*arg) {
         reply(s, "501 5.5.4 Syntax: AUTH mechanism [initial-response]");
+        return;
+    }
+    if (limit_auth_blocked(s->c)) {
+        log_warn("[%s]: AUTH refused: too many failures from this address", s->c->peer_ip);
+        close_with(s, "421 4.7.0 Too many authentication failures from your address, try later");
         return;
     }
     sp = strchr(arg, ' ');
@@ -14327,6 +14459,7 @@ static void smtpd_close(struct conn *c)
     }
     if (s->waiting) {
         s->orphan = 1;                  /* freed by message_committed */
+        s->c = NULL;                    /* the connection is freed at the end of this turn */
         return;
     }
     smtpd_free(s);
@@ -14370,6 +14503,18 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    int same = 0;
+    for (struct smtpd *o = all_sessions; o; o = o->next)
+        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
+            same++;
+    if (!limit_connections_ok(c, same)) {
+        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
+                 same);
+        reply(s, "421 4.7.0 Too many connections from your address");
+        conn_flush(c);
+        conn_close(c);
+        return;
+    }
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);

@@ -62,6 +62,11 @@ static const struct conf_key keys[] = {
     { "pop3.timeout", T_DURATION, F(pop3_timeout), 0, "10m" },
     { "auth.fail_delay", T_DURATION, F(auth_fail_delay), 0, "1s" },
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
+    { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
+    { "limit.auth_failures_per_ip", T_INT, F(limit_auth_failures_per_ip), 0, "10" },
+    /* Off by default: an upstream releasing a held backlog by ETRN arrives
+     * from an ordinary Internet address, and must not be throttled. */
+    { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
     { "auth.cleartext", T_BOOL, F(allow_cleartext_auth), 0, "no" },
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },

@@ -129,6 +129,9 @@ struct conf {
     int64_t pop3_timeout;               /* RFC 1939: at least 10 minutes */
     int64_t auth_fail_delay;            /* seconds added per failed AUTH */
     int64_t auth_max_failures;          /* then 421 and close */
+    int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
+    int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
+    int64_t limit_messages_per_minute;  /* per address */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
@@ -752,6 +755,15 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
+
+/* ---------------------------------------------------------------- limit */
+
+/* Per-address limits for clients outside relay_networks (limit.c). */
+void limit_auth_failed(const struct conn *c);
+int limit_auth_blocked(const struct conn *c);
+int limit_message_ok(const struct conn *c);
+/* current: the address's connections including this one. */
+int limit_connections_ok(const struct conn *c, int current);
 
 /* ----------------------------------------------------------------- odmr */
 

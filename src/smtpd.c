@@ -306,6 +306,12 @@ static void cmd_mail(struct smtpd *s, char *arg)
         reply(s, "530 5.7.0 Authentication required");
         return;
     }
+    if (!s->auth_user[0] && !limit_message_ok(s->c)) {
+        log_warn("[%s]: refused: message rate limit (limit.messages_per_minute)", s->c->peer_ip);
+        reply(s, "421 4.7.0 Too many messages from your address, try again later");
+        conn_close(s->c);
+        return;
+    }
     rc = parse_path_arg(arg, "FROM:", 1, &a, &rest);
     if (rc) {
         reply(s, "%s", addr_error_text(rc));
@@ -782,6 +788,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
+    limit_auth_failed(s->c);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -809,6 +816,11 @@ static void cmd_auth(struct smtpd *s, char *arg)
     }
     if (!*arg) {
         reply(s, "501 5.5.4 Syntax: AUTH mechanism [initial-response]");
+        return;
+    }
+    if (limit_auth_blocked(s->c)) {
+        log_warn("[%s]: AUTH refused: too many failures from this address", s->c->peer_ip);
+        close_with(s, "421 4.7.0 Too many authentication failures from your address, try later");
         return;
     }
     sp = strchr(arg, ' ');
@@ -1155,6 +1167,7 @@ static void smtpd_close(struct conn *c)
     }
     if (s->waiting) {
         s->orphan = 1;                  /* freed by message_committed */
+        s->c = NULL;                    /* the connection is freed at the end of this turn */
         return;
     }
     smtpd_free(s);
@@ -1198,6 +1211,18 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    int same = 0;
+    for (struct smtpd *o = all_sessions; o; o = o->next)
+        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
+            same++;
+    if (!limit_connections_ok(c, same)) {
+        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
+                 same);
+        reply(s, "421 4.7.0 Too many connections from your address");
+        conn_flush(c);
+        conn_close(c);
+        return;
+    }
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);

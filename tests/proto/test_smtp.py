@@ -304,7 +304,8 @@ def relay_battery():
 
 @test
 def relay_from_trusted_network_and_auth():
-    with node({'relay_networks': '127.0.0.0/8'}) as n:
+    # a smarthost that is down: the relayed message stays in the queue
+    with node({'relay_networks': '127.0.0.0/8', 'relayhost': '127.0.0.1:1', 'retry.initial': '1h'}) as n:
         s = n.smtp()
         r = s.sendmail('alice@example.test', ['far@remote.test'], b'Subject: out\r\n\r\nrelay me\r\n')
         s.quit()
@@ -390,7 +391,7 @@ def timeouts():
 
 @test
 def persistence_across_restart():
-    with node() as n:
+    with node({'relayhost': '127.0.0.1:1', 'retry.initial': '1h'}) as n:
         s = n.smtp()
         s.sendmail('x@remote.test', ['alice@example.test'], b'Subject: keep\r\n\r\nkept\r\n')
         s.sendmail('alice@example.test', ['far@remote.test'], b'Subject: out\r\n\r\nqueued\r\n')
@@ -439,6 +440,47 @@ def kill9_loses_nothing_accepted():
         lost = [t for t in acked if t not in have]
         check('load_was_running', len(acked) >= 60, len(acked))
         check('no_acknowledged_message_lost', not lost, '%d lost of %d' % (len(lost), len(acked)))
+
+
+@test
+def per_address_limits():
+    # relay_networks empty: the loopback client counts as a stranger here
+    with node({'relay_networks': '', 'limit.connections_per_ip': '3', 'limit.auth_failures_per_ip': '3',
+               'limit.messages_per_minute': '2', 'auth.fail_delay': '0s'}) as n:
+        held = [n.raw() for _ in range(3)]
+        try:
+            for c in held:
+                c.recv_reply()
+            with n.raw() as extra:
+                r = extra.recv_reply()
+                check('fourth_connection_421', r.code == 421, r.raw)
+        finally:
+            for c in held:
+                c.close()
+        time.sleep(0.3)
+        for i in range(3):
+            s = n.smtp()
+            s.ehlo('x.test')
+            try:
+                s.login('alice', 'wrong')
+            except smtplib.SMTPException:
+                pass
+            try:
+                s.quit()
+            except smtplib.SMTPException:
+                pass
+        with n.raw() as c:
+            c.recv_reply()
+            c.cmd('EHLO x.test')
+            r = c.cmd('AUTH PLAIN ' + 'AGFsaWNlAHNlY3JldC1wYXNz')
+            check('auth_blocked_after_failures_421', r.code == 421, r.raw)
+        codes = []
+        for i in range(3):
+            with n.raw() as c:
+                c.recv_reply()
+                c.cmd('EHLO x.test')
+                codes.append(c.cmd('MAIL FROM:<a@remote.test>').code)
+        check('message_rate_limited', codes == [250, 250, 421], codes)
 
 
 harness.main()
