@@ -3,7 +3,7 @@
 # and test mailnode. Environment: SQLITE=system adds libsqlite3-dev.
 set -euo pipefail
 
-pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks"
+pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp"
 [ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
 
 if ! command -v dpkg-query >/dev/null; then
