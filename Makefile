@@ -10,6 +10,9 @@
 #   make test             deps, check-amalgamation, build, then tests/run
 #   make amalgamation     regenerate mailnode.c and mailnode.h from src/
 #   make check-amalgamation   fail if mailnode.c or mailnode.h is stale
+#   make fuzz             build the libFuzzer harnesses (clang) and run each for
+#                         FUZZ_SECONDS (default 60) on a copy of its seed corpus
+#   make test-valgrind    the protocol tests with the daemon under valgrind
 #   make clean            remove build products (keeps the fetched sqlite3.c/.h)
 #   make distclean        clean, and remove sqlite3.c/.h too
 
@@ -222,6 +225,14 @@ test-run: export MAILNODE_SAN = $(SAN)
 test-run: all
 	tests/run
 
+# The protocol tests with the daemon under valgrind (memcheck): any report
+# in a daemon's log, or a definite leak at its exit, is a FAIL.
+.PHONY: test-valgrind
+test-valgrind: all
+	@[ "$(SAN)" = 0 ] || { echo "test-valgrind: use a build without SAN=1" >&2; exit 2; }
+	@VALGRIND=1 SQLITE=$(SQLITE) tools/deps.sh
+	MAILNODE_VALGRIND=1 tests/run proto
+
 # Print the same settings for a standalone tests/run, one KEY=value a line.
 test-env:
 	$(info MAILNODE_CC=$(CC))
@@ -232,6 +243,58 @@ test-env:
 	$(info MAILNODE_BUILD=$(BUILD))
 	$(info MAILNODE_SAN=$(SAN))
 	@:
+
+# --- fuzzing ----------------------------------------------------------------------
+# Each tests/fuzz/fuzz_NAME.c includes the amalgamation and is built with
+# clang's libFuzzer, ASan and UBSan into build/fuzz/fuzz_NAME.  `make fuzz`
+# runs each one for FUZZ_SECONDS on a copy of tests/fuzz/corpus/fuzz_NAME
+# (the committed seeds are never written to) and fails if any of them
+# finds a crash, a leak, a sanitizer report or a timeout; what it found
+# is left in build/fuzz/artifacts/.  FUZZ_ARGS adds libFuzzer options.
+
+FUZZ_CC        ?= clang
+FUZZ_SECONDS   ?= 60
+FUZZ_ARGS      ?=
+FUZZ_DIR       := build/fuzz
+FUZZ_HARNESSES := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS      := $(addprefix $(FUZZ_DIR)/,$(FUZZ_HARNESSES))
+FUZZ_CFLAGS    := $(strip $(STD_FLAGS) -DMAILNODE_TEST -I. -g -O1 -fno-omit-frame-pointer \
+		  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		  $(PKG_CFLAGS) $(TLS_DEFS))
+FUZZ_RUN_FLAGS := -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 \
+		  -max_len=16384 -print_final_stats=1 $(FUZZ_ARGS)
+
+.PHONY: fuzz fuzz-build fuzz-deps
+fuzz-deps:
+	@FUZZ=1 SQLITE=$(SQLITE) tools/deps.sh
+
+fuzz-build: fuzz-deps
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h mailnode.c mailnode.h \
+		$(if $(SQLITE_OBJ),sqlite3.h) $(SQLITE_OBJ)
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(SQLITE_OBJ) $(LDFLAGS) $(MN_LIBS)
+
+fuzz: fuzz-build
+	@failed=""; \
+	for h in $(FUZZ_HARNESSES); do \
+	    rm -rf $(FUZZ_DIR)/corpus/$$h; mkdir -p $(FUZZ_DIR)/corpus/$$h $(FUZZ_DIR)/artifacts; \
+	    if [ -d tests/fuzz/corpus/$$h ]; then cp -R tests/fuzz/corpus/$$h/. $(FUZZ_DIR)/corpus/$$h/; fi; \
+	    echo "== fuzz $$h ($(FUZZ_SECONDS)s)"; \
+	    if ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	       $(FUZZ_DIR)/$$h $(FUZZ_RUN_FLAGS) -artifact_prefix=$(FUZZ_DIR)/artifacts/$$h- \
+	       $(FUZZ_DIR)/corpus/$$h >$(FUZZ_DIR)/$$h.log 2>&1; then \
+	        grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)' \
+	            $(FUZZ_DIR)/$$h.log | tr '\n' ' '; echo; \
+	    else \
+	        tail -n 60 $(FUZZ_DIR)/$$h.log; \
+	        echo "FAIL fuzz $$h: see $(FUZZ_DIR)/$$h.log and $(FUZZ_DIR)/artifacts/"; \
+	        failed="$$failed $$h"; \
+	    fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi; \
+	echo "fuzz: all $(words $(FUZZ_HARNESSES)) harnesses ran $(FUZZ_SECONDS)s without a finding"
 
 # --- cleaning -----------------------------------------------------------------------
 

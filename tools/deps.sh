@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Install (as root) or list (otherwise) the Debian packages needed to build
-# and test mailnode. Environment: SQLITE=system adds libsqlite3-dev.
+# and test mailnode. Environment: SQLITE=system adds libsqlite3-dev; FUZZ=1 and
+# VALGRIND=1 add what `make fuzz` and `make test-valgrind` need.
 set -euo pipefail
 
 pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp"
 [ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
+# FUZZ=1 (make fuzz): clang with libFuzzer; VALGRIND=1 (make test-valgrind).
+[ "${FUZZ:-}" != 1 ] || pkgs="$pkgs clang libclang-rt-dev"
+[ "${VALGRIND:-}" != 1 ] || pkgs="$pkgs valgrind"
 
 if ! command -v dpkg-query >/dev/null; then
     echo "deps: dpkg-query not found, so this is not Debian; make sure the equivalents of"
