@@ -718,6 +718,7 @@ int tls_start_server(struct conn *c);
  * or tls.ca_file), else the handshake fails. */
 int tls_start_client(struct conn *c, const char *host, int verify);
 int tls_active(const struct conn *c);
+int tls_io_handshaking(const struct conn *c);  /* a handshake is under way */
 /* Called by the loop: the handshake finished (err 0) or failed. */
 void tls_handshake_done(struct conn *c, int err);
 /* Called by conn_abort: frees the connection's TLS state. */
@@ -759,8 +760,11 @@ struct smtpc_ops {
 struct smtpc_auth {
     const char *user, *password;        /* NULL: no AUTH */
 };
+enum { SMTPC_TLS_MAY = 0, SMTPC_TLS_REQUIRE, SMTPC_TLS_NONE };
+int smtpc_tls_policy(const char *setting);      /* "may", "require", "none" */
 struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
-                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth);
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth,
+                          int tls_policy);
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
@@ -10801,7 +10805,8 @@ void link_watch_stop(void)
 #define SMTPC_WINDOW 64                 /* messages written but not yet answered */
 #define SMTPC_EXPECT 4096               /* replies outstanding */
 
-enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT };
+enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT,
+              E_STARTTLS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
 
@@ -10824,7 +10829,8 @@ struct smtpc {
     int reached;
     int ended;
     /* peer capabilities */
-    int esmtp, pipelining, chunking, eightbitmime, dsn;
+    int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
+    int tls_policy;                     /* SMTPC_TLS_* */
     int64_t size_limit;
     int has_size;
     char auth_mechs[128];
@@ -10854,6 +10860,24 @@ struct smtpc {
 };
 
 static void pump(struct smtpc *s);
+
+static int tls_client_possible(void)
+{
+#ifdef MAILNODE_TLS
+    return 1;
+#else
+    return 0;                           /* TLS=none: STARTTLS is never tried */
+#endif
+}
+
+int smtpc_tls_policy(const char *setting)
+{
+    if (setting && !strcasecmp(setting, "require"))
+        return SMTPC_TLS_REQUIRE;
+    if (setting && !strcasecmp(setting, "none"))
+        return SMTPC_TLS_NONE;
+    return SMTPC_TLS_MAY;
+}
 
 /* ------------------------------------------------------------- helpers */
 
@@ -11303,6 +11327,8 @@ static void parse_ehlo_line(struct smtpc *s, const char *kw)
         s->eightbitmime = 1;
     else if (!strcasecmp(kw, "DSN"))
         s->dsn = 1;
+    else if (!strcasecmp(kw, "STARTTLS"))
+        s->starttls = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         s->has_size = 1;
         s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
@@ -11408,6 +11434,18 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             break;
         }
         s->esmtp = kind == E_EHLO;
+        /* RFC 3207: TLS when the peer offers it (unless told not to), and
+         * no delivery at all without it when the policy requires it. */
+        if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+            cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
+            break;
+        }
+        if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
+            set_error(s, "%s does not offer TLS, which is required", s->peer);
+            cmd(s, E_QUIT, 0, 0, "QUIT");
+            s->quit_sent = 1;
+            break;
+        }
         if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
             start_auth(s);
             break;
@@ -11494,10 +11532,46 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             pump(s);
         }
         break;
+    case E_STARTTLS:
+        if (code != 220) {
+            if (s->tls_policy == SMTPC_TLS_REQUIRE) {
+                set_error(s, "%s refused STARTTLS: %s", s->peer, clean);
+                cmd(s, E_QUIT, 0, 0, "QUIT");
+                s->quit_sent = 1;
+                break;
+            }
+            pump(s);                    /* "may": go on in the clear */
+            break;
+        }
+        /* Everything the peer said before is forgotten (RFC 3207 4.2). */
+        conn_consume(s->c, s->c->in_len);
+        if (tls_start_client(s->c, s->peer, s->tls_policy == SMTPC_TLS_REQUIRE)) {
+            set_error(s, "cannot start TLS with %s", s->peer);
+            conn_abort(s->c);
+        }
+        break;
     case E_QUIT:
         conn_close(s->c);
         break;
     }
+}
+
+static void smtpc_tls_done(struct conn *c, int err)
+{
+    struct smtpc *s = c->ctx;
+    if (!s)
+        return;
+    if (err) {
+        set_error(s, "TLS handshake with %s failed%s", s->peer,
+                  s->tls_policy == SMTPC_TLS_REQUIRE ? " (certificate not verified?)" : "");
+        return;                         /* the loop closes the connection */
+    }
+    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
+    s->has_size = 0;
+    s->size_limit = 0;
+    s->auth_mechs[0] = '\0';
+    cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
+    conn_flush(c);
 }
 
 static void smtpc_input(struct conn *c)
@@ -11584,6 +11658,7 @@ static void smtpc_connected(struct conn *c, int err)
 }
 
 static const struct conn_ops smtpc_conn_ops = {
+    .on_tls = smtpc_tls_done,
     .on_input = smtpc_input,
     .on_drain = smtpc_drain,
     .on_timeout = smtpc_timeout,
@@ -11592,7 +11667,7 @@ static const struct conn_ops smtpc_conn_ops = {
 };
 
 struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
-                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth)
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth, int tls_policy)
 {
     struct smtpc *s = calloc(1, sizeof *s);
     if (!s)
@@ -11603,6 +11678,7 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
     util_strlcpy(s->peer, peer_name, sizeof s->peer);
     if (auth)
         s->auth = *auth;
+    s->tls_policy = tls_policy;
     expect(s, E_GREETING, 0, 0);
     s->c = conn_connect(ss, len, LISTEN_N, &smtpc_conn_ops, s, SMTPC_IN, SMTPC_OUT);
     if (!s->c) {
@@ -11622,6 +11698,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     s->arg = arg;
     s->wslot = -1;
     s->c = c;
+    s->tls_policy = SMTPC_TLS_NONE;     /* the ODMR session chose its own */
     util_strlcpy(s->peer, peer_name, sizeof s->peer);
     expect(s, E_GREETING, 0, 0);
     /* Whatever the peer sent before the turnaround is not a reply to us. */
@@ -12089,7 +12166,10 @@ static void hop_try_next(struct hop *h)
             if (f)
                 fclose(f);
         }
-        h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap);
+        /* relayhost.tls for the smarthost; opportunistic TLS for MX hosts. */
+        int policy = !h->domain[0] && h->kind == ROUTE_REMOTE ? smtpc_tls_policy(conf->relayhost_tls)
+                                                              : SMTPC_TLS_MAY;
+        h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap, policy);
         if (h->sc)
             return;
         char ip[64];
@@ -13544,7 +13624,12 @@ static const char *addr_error_text(int rc)
 
 static int cleartext_auth_ok(const struct smtpd *s)
 {
-    return s->c->peer_loopback || conf->allow_cleartext_auth;
+    return s->c->peer_loopback || conf->allow_cleartext_auth || tls_active(s->c);
+}
+
+static int starttls_offered(const struct smtpd *s)
+{
+    return tls_available() && !s->c->tls;
 }
 
 static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
@@ -13564,6 +13649,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-%s Hello %s [%s]", conf->hostname, arg, s->c->peer_ip);
     if (s->odmr) {
         /* RFC 2645 5.1.1: AUTH and ATRN, CRAM-MD5 always among the mechanisms. */
+        if (starttls_offered(s))
+            reply(s, "250-STARTTLS");
         if (!s->auth_user[0])
             reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
         reply(s, "250-ATRN");
@@ -13578,6 +13665,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-CHUNKING");
     reply(s, "250-DSN");
     reply(s, "250-ETRN");
+    if (starttls_offered(s))
+        reply(s, "250-STARTTLS");
     if (!s->auth_user[0])
         reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
     reply(s, "250 HELP");
@@ -13822,7 +13911,10 @@ static int body_emit(void *arg, const void *buf, size_t n)
 static int start_body(struct smtpd *s)
 {
     char hdr[1024], date[64];
-    const char *with = s->esmtp ? (s->auth_user[0] ? "ESMTPA" : "ESMTP") : "SMTP";
+    /* RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA. */
+    const char *with = !s->esmtp ? "SMTP"
+                       : s->c->tls ? (s->auth_user[0] ? "ESMTPSA" : "ESMTPS")
+                                   : (s->auth_user[0] ? "ESMTPA" : "ESMTP");
     int n;
 
     s->body = store_body_new();
@@ -14031,6 +14123,48 @@ static void cmd_atrn(struct smtpd *s, char *arg)
     s->detached = 1;
 }
 
+/* RFC 3207 4.2: after the handshake the session starts over: no HELO,
+ * no AUTH, nothing the client said in the clear. */
+static void smtpd_tls_done(struct conn *c, int err)
+{
+    struct smtpd *s = c->ctx;
+    if (!s || err)
+        return;                         /* the loop closes a failed handshake */
+    txn_reset(s);
+    s->state = S_INIT;
+    s->esmtp = 0;
+    s->auth_user[0] = '\0';
+    util_strlcpy(s->helo, "unknown", sizeof s->helo);
+    conn_pause(c, 0);
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+}
+
+static void cmd_starttls(struct smtpd *s, char *arg)
+{
+    if (*arg) {
+        reply(s, "501 5.5.4 Syntax: STARTTLS");
+        return;
+    }
+    if (s->c->tls) {
+        reply(s, "503 5.5.1 Error: TLS already active");
+        return;
+    }
+    if (!tls_available()) {
+        reply(s, "454 4.7.0 TLS not available");
+        return;
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    /* CVE-2011-0411: commands pipelined after STARTTLS came in the clear;
+     * they are dropped, never answered inside the TLS session. */
+    conn_consume(s->c, s->c->in_len);
+    if (tls_start_server(s->c)) {
+        log_err("%s: cannot start TLS", s->c->peer_ip);
+        conn_abort(s->c);
+        return;
+    }
+    s->input = IN_COMMAND;
+}
+
 static void cmd_obsolete(struct smtpd *s, char *arg)
 {
     MN_UNUSED(arg);
@@ -14151,6 +14285,7 @@ static const struct smtpd_cmd {
     { "EXPN", S_ANY, cmd_expn },
     { "AUTH", S_READY, cmd_auth },
     { "ETRN", S_INIT | S_READY, cmd_etrn },
+    { "STARTTLS", S_INIT | S_READY, cmd_starttls },
     { "ATRN", S_READY, cmd_atrn },
     { "TURN", S_ANY, cmd_obsolete },
     { "SEND", S_ANY, cmd_obsolete },
@@ -14189,6 +14324,7 @@ static void dispatch(struct smtpd *s, char *line)
         /* RFC 2645 5.1: the ODMR service speaks EHLO, AUTH, ATRN, QUIT
          * (and the harmless NOOP, RSET, HELP); ATRN exists only there. */
         if (s->odmr ? !(cmd->run == cmd_ehlo || cmd->run == cmd_auth || cmd->run == cmd_atrn ||
+                        cmd->run == cmd_starttls ||
                         cmd->run == cmd_quit || cmd->run == cmd_noop || cmd->run == cmd_rset ||
                         cmd->run == cmd_help)
                     : cmd->run == cmd_atrn) {
@@ -14427,6 +14563,8 @@ static void smtpd_input(struct conn *c)
             continue;
         }
         dispatch(s, line);
+        if (c->tls && tls_io_handshaking(c))
+            return;                     /* nothing more until the handshake is over */
         if (s->detached) {
             /* The connection belongs to the client session now. */
             smtpd_free(s);
@@ -14466,6 +14604,7 @@ static void smtpd_close(struct conn *c)
 }
 
 static const struct conn_ops smtpd_ops = {
+    .on_tls = smtpd_tls_done,
     .on_input = smtpd_input,
     .on_timeout = smtpd_timeout,
     .on_close = smtpd_close,

@@ -707,6 +707,7 @@ int tls_start_server(struct conn *c);
  * or tls.ca_file), else the handshake fails. */
 int tls_start_client(struct conn *c, const char *host, int verify);
 int tls_active(const struct conn *c);
+int tls_io_handshaking(const struct conn *c);  /* a handshake is under way */
 /* Called by the loop: the handshake finished (err 0) or failed. */
 void tls_handshake_done(struct conn *c, int err);
 /* Called by conn_abort: frees the connection's TLS state. */
@@ -748,8 +749,11 @@ struct smtpc_ops {
 struct smtpc_auth {
     const char *user, *password;        /* NULL: no AUTH */
 };
+enum { SMTPC_TLS_MAY = 0, SMTPC_TLS_REQUIRE, SMTPC_TLS_NONE };
+int smtpc_tls_policy(const char *setting);      /* "may", "require", "none" */
 struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
-                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth);
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth,
+                          int tls_policy);
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);

@@ -433,7 +433,10 @@ static void hop_try_next(struct hop *h)
             if (f)
                 fclose(f);
         }
-        h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap);
+        /* relayhost.tls for the smarthost; opportunistic TLS for MX hosts. */
+        int policy = !h->domain[0] && h->kind == ROUTE_REMOTE ? smtpc_tls_policy(conf->relayhost_tls)
+                                                              : SMTPC_TLS_MAY;
+        h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap, policy);
         if (h->sc)
             return;
         char ip[64];

@@ -22,7 +22,8 @@
 #define SMTPC_WINDOW 64                 /* messages written but not yet answered */
 #define SMTPC_EXPECT 4096               /* replies outstanding */
 
-enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT };
+enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT,
+              E_STARTTLS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
 
@@ -45,7 +46,8 @@ struct smtpc {
     int reached;
     int ended;
     /* peer capabilities */
-    int esmtp, pipelining, chunking, eightbitmime, dsn;
+    int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
+    int tls_policy;                     /* SMTPC_TLS_* */
     int64_t size_limit;
     int has_size;
     char auth_mechs[128];
@@ -75,6 +77,24 @@ struct smtpc {
 };
 
 static void pump(struct smtpc *s);
+
+static int tls_client_possible(void)
+{
+#ifdef MAILNODE_TLS
+    return 1;
+#else
+    return 0;                           /* TLS=none: STARTTLS is never tried */
+#endif
+}
+
+int smtpc_tls_policy(const char *setting)
+{
+    if (setting && !strcasecmp(setting, "require"))
+        return SMTPC_TLS_REQUIRE;
+    if (setting && !strcasecmp(setting, "none"))
+        return SMTPC_TLS_NONE;
+    return SMTPC_TLS_MAY;
+}
 
 /* ------------------------------------------------------------- helpers */
 
@@ -524,6 +544,8 @@ static void parse_ehlo_line(struct smtpc *s, const char *kw)
         s->eightbitmime = 1;
     else if (!strcasecmp(kw, "DSN"))
         s->dsn = 1;
+    else if (!strcasecmp(kw, "STARTTLS"))
+        s->starttls = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         s->has_size = 1;
         s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
@@ -629,6 +651,18 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             break;
         }
         s->esmtp = kind == E_EHLO;
+        /* RFC 3207: TLS when the peer offers it (unless told not to), and
+         * no delivery at all without it when the policy requires it. */
+        if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+            cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
+            break;
+        }
+        if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
+            set_error(s, "%s does not offer TLS, which is required", s->peer);
+            cmd(s, E_QUIT, 0, 0, "QUIT");
+            s->quit_sent = 1;
+            break;
+        }
         if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
             start_auth(s);
             break;
@@ -715,10 +749,46 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             pump(s);
         }
         break;
+    case E_STARTTLS:
+        if (code != 220) {
+            if (s->tls_policy == SMTPC_TLS_REQUIRE) {
+                set_error(s, "%s refused STARTTLS: %s", s->peer, clean);
+                cmd(s, E_QUIT, 0, 0, "QUIT");
+                s->quit_sent = 1;
+                break;
+            }
+            pump(s);                    /* "may": go on in the clear */
+            break;
+        }
+        /* Everything the peer said before is forgotten (RFC 3207 4.2). */
+        conn_consume(s->c, s->c->in_len);
+        if (tls_start_client(s->c, s->peer, s->tls_policy == SMTPC_TLS_REQUIRE)) {
+            set_error(s, "cannot start TLS with %s", s->peer);
+            conn_abort(s->c);
+        }
+        break;
     case E_QUIT:
         conn_close(s->c);
         break;
     }
+}
+
+static void smtpc_tls_done(struct conn *c, int err)
+{
+    struct smtpc *s = c->ctx;
+    if (!s)
+        return;
+    if (err) {
+        set_error(s, "TLS handshake with %s failed%s", s->peer,
+                  s->tls_policy == SMTPC_TLS_REQUIRE ? " (certificate not verified?)" : "");
+        return;                         /* the loop closes the connection */
+    }
+    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
+    s->has_size = 0;
+    s->size_limit = 0;
+    s->auth_mechs[0] = '\0';
+    cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
+    conn_flush(c);
 }
 
 static void smtpc_input(struct conn *c)
@@ -805,6 +875,7 @@ static void smtpc_connected(struct conn *c, int err)
 }
 
 static const struct conn_ops smtpc_conn_ops = {
+    .on_tls = smtpc_tls_done,
     .on_input = smtpc_input,
     .on_drain = smtpc_drain,
     .on_timeout = smtpc_timeout,
@@ -813,7 +884,7 @@ static const struct conn_ops smtpc_conn_ops = {
 };
 
 struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
-                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth)
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth, int tls_policy)
 {
     struct smtpc *s = calloc(1, sizeof *s);
     if (!s)
@@ -824,6 +895,7 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
     util_strlcpy(s->peer, peer_name, sizeof s->peer);
     if (auth)
         s->auth = *auth;
+    s->tls_policy = tls_policy;
     expect(s, E_GREETING, 0, 0);
     s->c = conn_connect(ss, len, LISTEN_N, &smtpc_conn_ops, s, SMTPC_IN, SMTPC_OUT);
     if (!s->c) {
@@ -843,6 +915,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     s->arg = arg;
     s->wslot = -1;
     s->c = c;
+    s->tls_policy = SMTPC_TLS_NONE;     /* the ODMR session chose its own */
     util_strlcpy(s->peer, peer_name, sizeof s->peer);
     expect(s, E_GREETING, 0, 0);
     /* Whatever the peer sent before the turnaround is not a reply to us. */

@@ -252,7 +252,12 @@ static const char *addr_error_text(int rc)
 
 static int cleartext_auth_ok(const struct smtpd *s)
 {
-    return s->c->peer_loopback || conf->allow_cleartext_auth;
+    return s->c->peer_loopback || conf->allow_cleartext_auth || tls_active(s->c);
+}
+
+static int starttls_offered(const struct smtpd *s)
+{
+    return tls_available() && !s->c->tls;
 }
 
 static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
@@ -272,6 +277,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-%s Hello %s [%s]", conf->hostname, arg, s->c->peer_ip);
     if (s->odmr) {
         /* RFC 2645 5.1.1: AUTH and ATRN, CRAM-MD5 always among the mechanisms. */
+        if (starttls_offered(s))
+            reply(s, "250-STARTTLS");
         if (!s->auth_user[0])
             reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
         reply(s, "250-ATRN");
@@ -286,6 +293,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-CHUNKING");
     reply(s, "250-DSN");
     reply(s, "250-ETRN");
+    if (starttls_offered(s))
+        reply(s, "250-STARTTLS");
     if (!s->auth_user[0])
         reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
     reply(s, "250 HELP");
@@ -530,7 +539,10 @@ static int body_emit(void *arg, const void *buf, size_t n)
 static int start_body(struct smtpd *s)
 {
     char hdr[1024], date[64];
-    const char *with = s->esmtp ? (s->auth_user[0] ? "ESMTPA" : "ESMTP") : "SMTP";
+    /* RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA. */
+    const char *with = !s->esmtp ? "SMTP"
+                       : s->c->tls ? (s->auth_user[0] ? "ESMTPSA" : "ESMTPS")
+                                   : (s->auth_user[0] ? "ESMTPA" : "ESMTP");
     int n;
 
     s->body = store_body_new();
@@ -739,6 +751,48 @@ static void cmd_atrn(struct smtpd *s, char *arg)
     s->detached = 1;
 }
 
+/* RFC 3207 4.2: after the handshake the session starts over: no HELO,
+ * no AUTH, nothing the client said in the clear. */
+static void smtpd_tls_done(struct conn *c, int err)
+{
+    struct smtpd *s = c->ctx;
+    if (!s || err)
+        return;                         /* the loop closes a failed handshake */
+    txn_reset(s);
+    s->state = S_INIT;
+    s->esmtp = 0;
+    s->auth_user[0] = '\0';
+    util_strlcpy(s->helo, "unknown", sizeof s->helo);
+    conn_pause(c, 0);
+    conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+}
+
+static void cmd_starttls(struct smtpd *s, char *arg)
+{
+    if (*arg) {
+        reply(s, "501 5.5.4 Syntax: STARTTLS");
+        return;
+    }
+    if (s->c->tls) {
+        reply(s, "503 5.5.1 Error: TLS already active");
+        return;
+    }
+    if (!tls_available()) {
+        reply(s, "454 4.7.0 TLS not available");
+        return;
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    /* CVE-2011-0411: commands pipelined after STARTTLS came in the clear;
+     * they are dropped, never answered inside the TLS session. */
+    conn_consume(s->c, s->c->in_len);
+    if (tls_start_server(s->c)) {
+        log_err("%s: cannot start TLS", s->c->peer_ip);
+        conn_abort(s->c);
+        return;
+    }
+    s->input = IN_COMMAND;
+}
+
 static void cmd_obsolete(struct smtpd *s, char *arg)
 {
     MN_UNUSED(arg);
@@ -859,6 +913,7 @@ static const struct smtpd_cmd {
     { "EXPN", S_ANY, cmd_expn },
     { "AUTH", S_READY, cmd_auth },
     { "ETRN", S_INIT | S_READY, cmd_etrn },
+    { "STARTTLS", S_INIT | S_READY, cmd_starttls },
     { "ATRN", S_READY, cmd_atrn },
     { "TURN", S_ANY, cmd_obsolete },
     { "SEND", S_ANY, cmd_obsolete },
@@ -897,6 +952,7 @@ static void dispatch(struct smtpd *s, char *line)
         /* RFC 2645 5.1: the ODMR service speaks EHLO, AUTH, ATRN, QUIT
          * (and the harmless NOOP, RSET, HELP); ATRN exists only there. */
         if (s->odmr ? !(cmd->run == cmd_ehlo || cmd->run == cmd_auth || cmd->run == cmd_atrn ||
+                        cmd->run == cmd_starttls ||
                         cmd->run == cmd_quit || cmd->run == cmd_noop || cmd->run == cmd_rset ||
                         cmd->run == cmd_help)
                     : cmd->run == cmd_atrn) {
@@ -1135,6 +1191,8 @@ static void smtpd_input(struct conn *c)
             continue;
         }
         dispatch(s, line);
+        if (c->tls && tls_io_handshaking(c))
+            return;                     /* nothing more until the handshake is over */
         if (s->detached) {
             /* The connection belongs to the client session now. */
             smtpd_free(s);
@@ -1174,6 +1232,7 @@ static void smtpd_close(struct conn *c)
 }
 
 static const struct conn_ops smtpd_ops = {
+    .on_tls = smtpd_tls_done,
     .on_input = smtpd_input,
     .on_timeout = smtpd_timeout,
     .on_close = smtpd_close,
