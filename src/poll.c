@@ -14,7 +14,8 @@
 #include <ctype.h>
 #include <string.h>
 
-enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_AUTH, P_AUTH2, P_ETRN, P_ATRN, P_SERVING, P_QUIT };
+enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_STARTTLS, P_AUTH, P_AUTH2, P_ETRN, P_ATRN,
+              P_SERVING, P_QUIT };
 
 struct pwaiter {
     poll_done_fn done;
@@ -31,7 +32,8 @@ static struct {
     struct conn *c;
     char reply[512];
     int reply_code;
-    int ehlo_atrn, ehlo_cram, ehlo_plain;
+    int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
+    char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
     size_t used;
@@ -205,9 +207,21 @@ static void poll_reply(int code, const char *text)
         P.state = P_EHLO;
         poll_send("EHLO %s", conf->hostname);
         return;
-    case P_EHLO:
+    case P_EHLO: {
         if (code != 250) {
             poll_finish(EX_PROTOCOL, "the upstream refused EHLO: %s", text);
+            return;
+        }
+        /* upstream.tls: STARTTLS when offered ("may"), never ("none"), or
+         * nothing at all without a verified TLS session ("require"). */
+        int policy = smtpc_tls_policy(conf->upstream_tls);
+        if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
+            P.state = P_STARTTLS;
+            poll_send("STARTTLS");
+            return;
+        }
+        if (!P.c->tls && policy == SMTPC_TLS_REQUIRE) {
+            poll_finish(EX_UNAVAILABLE, "the upstream offers no TLS, which upstream.tls requires");
             return;
         }
         if (!atrn_mode()) {
@@ -225,12 +239,28 @@ static void poll_reply(int code, const char *text)
         if (P.ehlo_cram) {
             P.state = P_AUTH;
             poll_send("AUTH CRAM-MD5");
-        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth)) {
+        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
             P.state = P_AUTH2;
             auth_plain();
         } else {
             poll_finish(EX_PROTOCOL, "the upstream offers no authentication we may use without TLS");
         }
+        return;
+    }
+    case P_STARTTLS:
+        if (code != 220) {
+            if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
+                poll_finish(EX_UNAVAILABLE, "the upstream refused STARTTLS: %s", text);
+                return;
+            }
+            P.state = P_EHLO;           /* "may": go on in the clear, as offered */
+            P.ehlo_starttls = 0;
+            poll_reply(250, "250 continue");
+            return;
+        }
+        conn_consume(P.c, P.c->in_len);
+        if (tls_start_client(P.c, P.host, smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE))
+            poll_finish(EX_SOFTWARE, "cannot start TLS with the upstream");
         return;
     case P_AUTH:
         if (code == 334) {
@@ -327,6 +357,8 @@ static void client_input(struct conn *c)
             const char *kw = line + 4;
             if (!strcasecmp(kw, "ATRN"))
                 P.ehlo_atrn = 1;
+            else if (!strcasecmp(kw, "STARTTLS"))
+                P.ehlo_starttls = 1;
             else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
                 char m[256];
                 util_strlcpy(m, kw + 5, sizeof m);
@@ -372,7 +404,22 @@ static void client_connected(struct conn *c, int err)
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
 }
 
+static void client_tls(struct conn *c, int err)
+{
+    if (P.c != c)
+        return;
+    if (err) {
+        poll_finish(EX_UNAVAILABLE, "TLS with the upstream failed (certificate not verified?)");
+        return;
+    }
+    /* RFC 3207 4.2: learn the capabilities again, under TLS. */
+    P.state = P_EHLO;
+    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    poll_send("EHLO %s", conf->hostname);
+}
+
 static const struct conn_ops client_ops = {
+    .on_tls = client_tls,
     .on_input = client_input,
     .on_timeout = client_timeout,
     .on_close = client_close,
@@ -401,7 +448,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         len = sizeof(struct sockaddr_in6);
     }
     P.state = P_GREETING;
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = 0;
+    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
@@ -428,6 +475,7 @@ static void pull_start(void)
         memmove(host, host + 1, l - 2);
         host[l - 2] = '\0';
     }
+    util_strlcpy(P.host, host, sizeof P.host);
     P.state = P_RESOLVE;
     P.dq = dns_resolve_host(host, poll_resolved, NULL);
     if (!P.dq)
