@@ -13,6 +13,8 @@
 #   make fuzz             build the libFuzzer harnesses (clang) and run each for
 #                         FUZZ_SECONDS (default 60) on a copy of its seed corpus
 #   make test-valgrind    the protocol tests with the daemon under valgrind
+#   make install          install bin/mailnode and the man pages under PREFIX
+#                         (/usr/local); INSTALL_SENDMAIL=1 adds sbin/sendmail
 #   make clean            remove build products (keeps the fetched sqlite3.c/.h)
 #   make distclean        clean, and remove sqlite3.c/.h too
 
@@ -295,6 +297,29 @@ fuzz: fuzz-build
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi; \
 	echo "fuzz: all $(words $(FUZZ_HARNESSES)) harnesses ran $(FUZZ_SECONDS)s without a finding"
+
+# --- installing ---------------------------------------------------------------------
+# PREFIX/bin/mailnode, the man pages under PREFIX/share/man, and with
+# INSTALL_SENDMAIL=1 PREFIX/sbin/sendmail as a relative symbolic link to
+# the binary (mailnode is the sendmail command when called by that name).
+# DESTDIR is prepended to every path, for packaging.
+
+PREFIX           ?= /usr/local
+DESTDIR          ?=
+INSTALL          ?= install
+INSTALL_SENDMAIL ?= 0
+
+.PHONY: install
+install: all
+	$(INSTALL) -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(PREFIX)/share/man/man5
+	$(INSTALL) -m 0755 mailnode $(DESTDIR)$(PREFIX)/bin/mailnode
+	$(INSTALL) -m 0644 docs/mailnode.8 $(DESTDIR)$(PREFIX)/share/man/man8/mailnode.8
+	$(INSTALL) -m 0644 docs/mailnode.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/mailnode.conf.5
+ifeq ($(INSTALL_SENDMAIL),1)
+	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin
+	ln -sf ../bin/mailnode $(DESTDIR)$(PREFIX)/sbin/sendmail
+endif
 
 # --- cleaning -----------------------------------------------------------------------
 
