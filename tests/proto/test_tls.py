@@ -692,6 +692,9 @@ def _postfix_tls_instance(port, sinkport):
         f.write('smtpd_tls_cert_file = %s\nsmtpd_tls_key_file = %s\n'
                 'smtpd_tls_security_level = may\nsmtpd_tls_loglevel = 1\n'
                 % (PKI_.cert, PKI_.key))
+    # the benchmark instance has no TLS: smtpd needs the TLS manager
+    with open(os.path.join(d, 'etc', 'master.cf'), 'a') as f:
+        f.write('tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n')
     for cmd in (('sink-start', d, str(sinkport)), ('start', d)):
         p = sh(*cmd)
         if p.returncode != 0:
@@ -726,7 +729,8 @@ def postfix_tls_smarthost():
                 maillog = f.read()
         except OSError:
             pass
-        check('postfix_saw_tls', 'TLS connection established from' in maillog, maillog[-800:])
+        check('postfix_saw_tls', 'TLS connection established from' in maillog,
+              [l for l in maillog.splitlines() if 'warning' in l or 'TLS' in l][-5:])
     finally:
         sh('destroy', d)
         shutil.rmtree(d, ignore_errors=True)
