@@ -935,7 +935,10 @@ void util_date(int64_t t, char *buf, size_t n)
 {
     time_t tt = (time_t)t;
     struct tm tm;
-    localtime_r(&tt, &tm);
+    if (!localtime_r(&tt, &tm) || tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_wday < 0 || tm.tm_wday > 6) {
+        util_strlcpy(buf, "never", n);  /* out of range: a time that is never reached */
+        return;
+    }
     /* RFC 5322 3.3 wants English names, whatever the locale says. */
     static const char *days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
     static const char *months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -10827,6 +10830,7 @@ struct smtpc {
     char peer[SMTP_DOMAIN_MAX + 1];
     struct smtpc_auth auth;
     int reached;
+    int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
     int ended;
     /* peer capabilities */
     int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
@@ -11292,7 +11296,7 @@ static void write_current(struct smtpc *s)
 /* Writes whatever can be written now: the current message, then more. */
 static void pump(struct smtpc *s)
 {
-    if (s->ended || s->c->dead || !s->reached)
+    if (s->ended || s->c->dead || !s->ready)
         return;
     for (int guard = 0; guard < SMTPC_WINDOW + 1; guard++) {
         if (s->wslot >= 0) {
@@ -11360,7 +11364,7 @@ static void start_auth(struct smtpc *s)
     }
     /* A password in the clear only to a peer on this host, or when the
      * administrator said so. */
-    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth) ||
+    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
         ul + pl + 2 > sizeof raw) {
         set_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
         cmd(s, E_QUIT, 0, 0, "QUIT");
@@ -11395,6 +11399,29 @@ static void cram_answer(struct smtpc *s, const char *challenge64)
     conn_write(s->c, b64, strlen(b64));
     conn_write(s->c, "\r\n", 2);
     expect(s, E_AUTH, 0, 0);
+}
+
+/* After EHLO: TLS first when offered (or required), then AUTH, then mail. */
+static void on_reply_ehlo_done(struct smtpc *s)
+{
+    /* RFC 3207: TLS when the peer offers it (unless told not to), and no
+     * delivery at all without it when the policy requires it. */
+    if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+        cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
+        return;
+    }
+    if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
+        set_error(s, "%s does not offer TLS, which is required", s->peer);
+        cmd(s, E_QUIT, 0, 0, "QUIT");
+        s->quit_sent = 1;
+        return;
+    }
+    if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+        start_auth(s);
+        return;
+    }
+    s->ready = 1;
+    pump(s);
 }
 
 static void on_reply(struct smtpc *s, int code, const char *text)
@@ -11434,23 +11461,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             break;
         }
         s->esmtp = kind == E_EHLO;
-        /* RFC 3207: TLS when the peer offers it (unless told not to), and
-         * no delivery at all without it when the policy requires it. */
-        if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
-            cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
-            break;
-        }
-        if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
-            set_error(s, "%s does not offer TLS, which is required", s->peer);
-            cmd(s, E_QUIT, 0, 0, "QUIT");
-            s->quit_sent = 1;
-            break;
-        }
-        if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
-            start_auth(s);
-            break;
-        }
-        pump(s);
+        on_reply_ehlo_done(s);
         break;
     case E_AUTH:
         if (code == 334 && idx == 1) {
@@ -11463,6 +11474,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             s->quit_sent = 1;
             break;
         }
+        s->ready = 1;
         pump(s);
         break;
     case E_MAIL: {
@@ -11540,7 +11552,8 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 s->quit_sent = 1;
                 break;
             }
-            pump(s);                    /* "may": go on in the clear */
+            s->starttls = 0;            /* "may": go on in the clear */
+            on_reply_ehlo_done(s);
             break;
         }
         /* Everything the peer said before is forgotten (RFC 3207 4.2). */
@@ -11566,6 +11579,7 @@ static void smtpc_tls_done(struct conn *c, int err)
                   s->tls_policy == SMTPC_TLS_REQUIRE ? " (certificate not verified?)" : "");
         return;                         /* the loop closes the connection */
     }
+    s->ready = 0;
     s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
     s->has_size = 0;
     s->size_limit = 0;
@@ -11620,6 +11634,9 @@ static void smtpc_input(struct conn *c)
             on_reply(s, code, text);
         }
     }
+    /* Without PIPELINING each reply releases the next command. */
+    if (!c->dead && c->ctx == s && !s->ended)
+        pump(s);
 }
 
 static void smtpc_drain(struct conn *c)
@@ -12079,6 +12096,7 @@ static void hop_finish(struct hop *h, int ok)
         log_info("%s: deferred: %s; next try in %llds", h->name, h->error, (long long)d.backoff);
     }
     store_dest_put(&d);
+    store_commit_soon();                /* `mailnode status` shows it at once */
     waiters_account(h);
     hop_free(h);
     queue_kick();
@@ -12503,6 +12521,11 @@ void queue_flush(const char *domain)
         store_dest_put(&d);
     }
     log_info("flush%s%s: retry timers reset, delivery run started", domain ? " " : "", domain ? domain : "");
+    /* `flush DOMAIN` of a hold domain releases it, as ETRN would. */
+    if (domain && *domain) {
+        int started;
+        queue_release(domain, &started);
+    }
     queue_kick();
     /* A link that came up (or an administrator's flush) is also the moment
      * to ask the upstream for our mail. */
@@ -16030,7 +16053,8 @@ int cli_run(int argc, char **argv)
     if (wants_help(argc, argv) || argc > 1) {
         fprintf(argc > 1 && !wants_help(argc, argv) ? stderr : stdout,
                 "usage: mailnode [-c FILE] run\n"
-                "Serves SMTP, submission and POP3 in the foreground until SIGTERM.\n"
+                "Serves SMTP, submission, POP3 and ODMR (the listen.* keys) and delivers\n"
+                "queued mail, in the foreground until SIGTERM.\n"
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
@@ -16340,8 +16364,10 @@ int cli_poll(int argc, char **argv)
                 "usage: mailnode poll\n"
                 "One exchange with the upstream: send our queued mail (when a relayhost is set),\n"
                 "then ask for the mail held for upstream.domains by ETRN or ATRN.\n"
-                "Prints what moved; exit 0 on success, 75 on a temporary failure,\n"
-                "69 when the upstream cannot be reached.  For cron and ppp/ifup hooks.\n");
+                "Prints what moved.  Exit status: 0 success (also when nothing was held),\n"
+                "75 temporary failure, 69 upstream unreachable or refusing, 76 protocol\n"
+                "error, 77 authentication failed or ATRN refused, 78 configuration problem\n"
+                "(no upstream, unreadable password file).  For cron and ppp/ifup hooks.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
     if (!conf->upstream[0]) {
@@ -16376,6 +16402,7 @@ int cli_poll(int argc, char **argv)
     poll_stop();
     queue_stop();
     store_turn_end();
+    store_commit();                     /* what the exchange recorded, now */
     loop_free();
 out:
     auth_free();
@@ -17212,6 +17239,7 @@ static void sendmail_usage(FILE *out)
             "              (Bcc: is removed from the stored copy in any case)\n"
             "  -i, -oi     a line with a single \".\" does not end the input\n"
             "  -f FROM     envelope sender (default: your login name @ hostname; \"<>\": none)\n"
+            "  -r FROM     the same as -f\n"
             "  -F NAME     full name for an added From: field\n"
             "  -N DSN      never | success,failure,delay: delivery notifications\n"
             "  -R RET      full | hdrs: what a bounce returns\n"
@@ -18284,7 +18312,10 @@ out:
 static const char cli_mbox_usage[] =
     "usage: mailnode mailbox list USER\n"
     "       mailnode mailbox export USER --mbox FILE [--delete]\n"
-    "       mailnode mailbox export USER --maildir DIR [--delete]\n";
+    "       mailnode mailbox export USER --maildir DIR [--delete]\n"
+    "The messages of a local mailbox: list them, or copy them to an mbox file\n"
+    "or a Maildir for a local mail reader (--delete: then remove them here).\n"
+    "`mailnode mailbox list --help` and `... export --help` say more.\n";
 
 static const char cli_mbox_list_help[] =
     "usage: mailnode mailbox list USER\n"
@@ -19127,9 +19158,9 @@ static const struct {
     int (*run)(int, char **);
     const char *help;
 } cli_commands[] = {
-    { "run", cli_run, "serve SMTP, submission and POP3 in the foreground" },
+    { "run", cli_run, "serve SMTP, submission, POP3 and ODMR, deliver queued mail" },
     { "sendmail", cli_sendmail, "queue a message from standard input (sendmail -t -f -i)" },
-    { "queue", cli_queue, "list | count | show ID | delete ID" },
+    { "queue", cli_queue, "list | count | show ID | delete ID | hold ID | release ID" },
     { "user", cli_user, "add | del | passwd | list: mailbox users" },
     { "domain", cli_domain, "add | del | list: local and hold domains" },
     { "alias", cli_alias, "add | del | list: aliases" },
@@ -19146,7 +19177,7 @@ static void usage(FILE *f)
                "options:\n"
                "  -c FILE      configuration file (also $MAILNODE_CONF; default %s if it\n"
                "               exists, else the embedded defaults)\n"
-               "  --help       this text; `mailnode COMMAND --help` for a command\n"
+               "  -h, --help   this text; `mailnode COMMAND --help` for a command\n"
                "  --version    the version\n\ncommands:\n",
             MAILNODE_VERSION, DEFAULT_CONF);
     for (size_t i = 0; i < MN_NELEM(cli_commands); i++)
@@ -19215,8 +19246,17 @@ int mailnode_main(int argc, char **argv)
     for (size_t k = 0; k < MN_NELEM(cli_commands); k++) {
         if (strcmp(argv[i], cli_commands[k].name))
             continue;
-        if ((rc = load_conf(confpath)))
-            goto out;
+        if ((rc = load_conf(confpath))) {
+            /* A broken configuration must not hide a command's usage. */
+            int help = 0;
+            for (int k2 = i + 1; k2 < argc; k2++)
+                help |= !strcmp(argv[k2], "--help") || !strcmp(argv[k2], "-h");
+            if (!help)
+                goto out;
+            conf_free(conf);
+            if (conf_load(NULL, conf, (char[256]){0}, 256))
+                goto out;
+        }
         rc = cli_commands[k].run(argc - i, argv + i);
         goto out;
     }

@@ -120,7 +120,8 @@ int cli_run(int argc, char **argv)
     if (wants_help(argc, argv) || argc > 1) {
         fprintf(argc > 1 && !wants_help(argc, argv) ? stderr : stdout,
                 "usage: mailnode [-c FILE] run\n"
-                "Serves SMTP, submission and POP3 in the foreground until SIGTERM.\n"
+                "Serves SMTP, submission, POP3 and ODMR (the listen.* keys) and delivers\n"
+                "queued mail, in the foreground until SIGTERM.\n"
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
@@ -430,8 +431,10 @@ int cli_poll(int argc, char **argv)
                 "usage: mailnode poll\n"
                 "One exchange with the upstream: send our queued mail (when a relayhost is set),\n"
                 "then ask for the mail held for upstream.domains by ETRN or ATRN.\n"
-                "Prints what moved; exit 0 on success, 75 on a temporary failure,\n"
-                "69 when the upstream cannot be reached.  For cron and ppp/ifup hooks.\n");
+                "Prints what moved.  Exit status: 0 success (also when nothing was held),\n"
+                "75 temporary failure, 69 upstream unreachable or refusing, 76 protocol\n"
+                "error, 77 authentication failed or ATRN refused, 78 configuration problem\n"
+                "(no upstream, unreadable password file).  For cron and ppp/ifup hooks.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
     if (!conf->upstream[0]) {
@@ -466,6 +469,7 @@ int cli_poll(int argc, char **argv)
     poll_stop();
     queue_stop();
     store_turn_end();
+    store_commit();                     /* what the exchange recorded, now */
     loop_free();
 out:
     auth_free();

@@ -15,7 +15,10 @@
 static const char cli_mbox_usage[] =
     "usage: mailnode mailbox list USER\n"
     "       mailnode mailbox export USER --mbox FILE [--delete]\n"
-    "       mailnode mailbox export USER --maildir DIR [--delete]\n";
+    "       mailnode mailbox export USER --maildir DIR [--delete]\n"
+    "The messages of a local mailbox: list them, or copy them to an mbox file\n"
+    "or a Maildir for a local mail reader (--delete: then remove them here).\n"
+    "`mailnode mailbox list --help` and `... export --help` say more.\n";
 
 static const char cli_mbox_list_help[] =
     "usage: mailnode mailbox list USER\n"

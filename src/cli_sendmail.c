@@ -90,6 +90,7 @@ static void sendmail_usage(FILE *out)
             "              (Bcc: is removed from the stored copy in any case)\n"
             "  -i, -oi     a line with a single \".\" does not end the input\n"
             "  -f FROM     envelope sender (default: your login name @ hostname; \"<>\": none)\n"
+            "  -r FROM     the same as -f\n"
             "  -F NAME     full name for an added From: field\n"
             "  -N DSN      never | success,failure,delay: delivery notifications\n"
             "  -R RET      full | hdrs: what a bounce returns\n"

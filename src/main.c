@@ -14,9 +14,9 @@ static const struct {
     int (*run)(int, char **);
     const char *help;
 } cli_commands[] = {
-    { "run", cli_run, "serve SMTP, submission and POP3 in the foreground" },
+    { "run", cli_run, "serve SMTP, submission, POP3 and ODMR, deliver queued mail" },
     { "sendmail", cli_sendmail, "queue a message from standard input (sendmail -t -f -i)" },
-    { "queue", cli_queue, "list | count | show ID | delete ID" },
+    { "queue", cli_queue, "list | count | show ID | delete ID | hold ID | release ID" },
     { "user", cli_user, "add | del | passwd | list: mailbox users" },
     { "domain", cli_domain, "add | del | list: local and hold domains" },
     { "alias", cli_alias, "add | del | list: aliases" },
@@ -33,7 +33,7 @@ static void usage(FILE *f)
                "options:\n"
                "  -c FILE      configuration file (also $MAILNODE_CONF; default %s if it\n"
                "               exists, else the embedded defaults)\n"
-               "  --help       this text; `mailnode COMMAND --help` for a command\n"
+               "  -h, --help   this text; `mailnode COMMAND --help` for a command\n"
                "  --version    the version\n\ncommands:\n",
             MAILNODE_VERSION, DEFAULT_CONF);
     for (size_t i = 0; i < MN_NELEM(cli_commands); i++)
@@ -102,8 +102,17 @@ int mailnode_main(int argc, char **argv)
     for (size_t k = 0; k < MN_NELEM(cli_commands); k++) {
         if (strcmp(argv[i], cli_commands[k].name))
             continue;
-        if ((rc = load_conf(confpath)))
-            goto out;
+        if ((rc = load_conf(confpath))) {
+            /* A broken configuration must not hide a command's usage. */
+            int help = 0;
+            for (int k2 = i + 1; k2 < argc; k2++)
+                help |= !strcmp(argv[k2], "--help") || !strcmp(argv[k2], "-h");
+            if (!help)
+                goto out;
+            conf_free(conf);
+            if (conf_load(NULL, conf, (char[256]){0}, 256))
+                goto out;
+        }
         rc = cli_commands[k].run(argc - i, argv + i);
         goto out;
     }

@@ -346,6 +346,7 @@ static void hop_finish(struct hop *h, int ok)
         log_info("%s: deferred: %s; next try in %llds", h->name, h->error, (long long)d.backoff);
     }
     store_dest_put(&d);
+    store_commit_soon();                /* `mailnode status` shows it at once */
     waiters_account(h);
     hop_free(h);
     queue_kick();
@@ -770,6 +771,11 @@ void queue_flush(const char *domain)
         store_dest_put(&d);
     }
     log_info("flush%s%s: retry timers reset, delivery run started", domain ? " " : "", domain ? domain : "");
+    /* `flush DOMAIN` of a hold domain releases it, as ETRN would. */
+    if (domain && *domain) {
+        int started;
+        queue_release(domain, &started);
+    }
     queue_kick();
     /* A link that came up (or an administrator's flush) is also the moment
      * to ask the upstream for our mail. */

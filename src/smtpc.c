@@ -44,6 +44,7 @@ struct smtpc {
     char peer[SMTP_DOMAIN_MAX + 1];
     struct smtpc_auth auth;
     int reached;
+    int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
     int ended;
     /* peer capabilities */
     int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
@@ -509,7 +510,7 @@ static void write_current(struct smtpc *s)
 /* Writes whatever can be written now: the current message, then more. */
 static void pump(struct smtpc *s)
 {
-    if (s->ended || s->c->dead || !s->reached)
+    if (s->ended || s->c->dead || !s->ready)
         return;
     for (int guard = 0; guard < SMTPC_WINDOW + 1; guard++) {
         if (s->wslot >= 0) {
@@ -577,7 +578,7 @@ static void start_auth(struct smtpc *s)
     }
     /* A password in the clear only to a peer on this host, or when the
      * administrator said so. */
-    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth) ||
+    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
         ul + pl + 2 > sizeof raw) {
         set_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
         cmd(s, E_QUIT, 0, 0, "QUIT");
@@ -612,6 +613,29 @@ static void cram_answer(struct smtpc *s, const char *challenge64)
     conn_write(s->c, b64, strlen(b64));
     conn_write(s->c, "\r\n", 2);
     expect(s, E_AUTH, 0, 0);
+}
+
+/* After EHLO: TLS first when offered (or required), then AUTH, then mail. */
+static void on_reply_ehlo_done(struct smtpc *s)
+{
+    /* RFC 3207: TLS when the peer offers it (unless told not to), and no
+     * delivery at all without it when the policy requires it. */
+    if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+        cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
+        return;
+    }
+    if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
+        set_error(s, "%s does not offer TLS, which is required", s->peer);
+        cmd(s, E_QUIT, 0, 0, "QUIT");
+        s->quit_sent = 1;
+        return;
+    }
+    if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+        start_auth(s);
+        return;
+    }
+    s->ready = 1;
+    pump(s);
 }
 
 static void on_reply(struct smtpc *s, int code, const char *text)
@@ -651,23 +675,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             break;
         }
         s->esmtp = kind == E_EHLO;
-        /* RFC 3207: TLS when the peer offers it (unless told not to), and
-         * no delivery at all without it when the policy requires it. */
-        if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
-            cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
-            break;
-        }
-        if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
-            set_error(s, "%s does not offer TLS, which is required", s->peer);
-            cmd(s, E_QUIT, 0, 0, "QUIT");
-            s->quit_sent = 1;
-            break;
-        }
-        if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
-            start_auth(s);
-            break;
-        }
-        pump(s);
+        on_reply_ehlo_done(s);
         break;
     case E_AUTH:
         if (code == 334 && idx == 1) {
@@ -680,6 +688,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             s->quit_sent = 1;
             break;
         }
+        s->ready = 1;
         pump(s);
         break;
     case E_MAIL: {
@@ -757,7 +766,8 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 s->quit_sent = 1;
                 break;
             }
-            pump(s);                    /* "may": go on in the clear */
+            s->starttls = 0;            /* "may": go on in the clear */
+            on_reply_ehlo_done(s);
             break;
         }
         /* Everything the peer said before is forgotten (RFC 3207 4.2). */
@@ -783,6 +793,7 @@ static void smtpc_tls_done(struct conn *c, int err)
                   s->tls_policy == SMTPC_TLS_REQUIRE ? " (certificate not verified?)" : "");
         return;                         /* the loop closes the connection */
     }
+    s->ready = 0;
     s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
     s->has_size = 0;
     s->size_limit = 0;
@@ -837,6 +848,9 @@ static void smtpc_input(struct conn *c)
             on_reply(s, code, text);
         }
     }
+    /* Without PIPELINING each reply releases the next command. */
+    if (!c->dead && c->ctx == s && !s->ended)
+        pump(s);
 }
 
 static void smtpc_drain(struct conn *c)

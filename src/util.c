@@ -99,7 +99,10 @@ void util_date(int64_t t, char *buf, size_t n)
 {
     time_t tt = (time_t)t;
     struct tm tm;
-    localtime_r(&tt, &tm);
+    if (!localtime_r(&tt, &tm) || tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_wday < 0 || tm.tm_wday > 6) {
+        util_strlcpy(buf, "never", n);  /* out of range: a time that is never reached */
+        return;
+    }
     /* RFC 5322 3.3 wants English names, whatever the locale says. */
     static const char *days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
     static const char *months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
