@@ -4961,7 +4961,8 @@ static struct {
     int64_t txn_started;                /* monotonic ms */
     sqlite3_stmt **slots[STMT_SLOTS];   /* statements to finalize at close */
     int n_slots;
-    struct { store_ack_fn fn; void *arg; } *acks;
+    struct { store_ack_fn fn; void *arg; int64_t gen; int failed; } *acks;
+    int64_t gen;                        /* transactions begun so far */
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
     int commit_soon;                    /* commit at the end of this turn */
@@ -5197,6 +5198,7 @@ int store_begin(void)
         return store_rc(rc);
     }
     S.in_txn = 1;
+    S.gen++;
     S.txn_started = util_now_ms();
     /* An idle loop must still wake to commit what this transaction will
      * hold (delivery records, deletions): at most half a second later. */
@@ -5213,6 +5215,15 @@ static void bodies_lost(void)
             b->err = STORE_ERR;
 }
 
+/* After a full disk: fold the WAL back into the database and shrink it,
+ * so that the space the log held is there for the next messages. */
+static void reclaim_wal(void)
+{
+    int log = 0, done = 0;
+    if (sqlite3_wal_checkpoint_v2(S.db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done) == SQLITE_OK)
+        log_warn("database: disk full; write-ahead log folded back (%d frames)", done);
+}
+
 void store_rollback(void)
 {
     static sqlite3_stmt *st;
@@ -5224,6 +5235,11 @@ void store_rollback(void)
     }
     S.in_txn = 0;
     bodies_lost();
+    /* Messages this transaction held are gone: their acknowledgements
+     * must say so, whatever later transactions of the turn do. */
+    for (size_t i = 0; i < S.n_acks; i++)
+        if (S.acks[i].gen == S.gen && !S.acks[i].failed)
+            S.acks[i].failed = STORE_ERR;
 }
 
 static int commit(void)
@@ -5240,6 +5256,8 @@ static int commit(void)
     if (rc != SQLITE_DONE) {
         store_log_error("COMMIT");
         store_rollback();
+        if (rc == SQLITE_FULL)
+            reclaim_wal();
         return store_rc(rc);
     }
     S.in_txn = 0;
@@ -5272,6 +5290,8 @@ void store_after_commit(store_ack_fn fn, void *arg)
         S.first_ack_ms = util_now_ms();
     S.acks[S.n_acks].fn = fn;
     S.acks[S.n_acks].arg = arg;
+    S.acks[S.n_acks].gen = S.gen;
+    S.acks[S.n_acks].failed = 0;
     S.n_acks++;
 }
 
@@ -5335,7 +5355,7 @@ void store_turn_end(void)
     n = S.n_acks;
     S.n_acks = 0;
     for (size_t i = 0; i < n; i++)
-        S.acks[i].fn(S.acks[i].arg, rc);
+        S.acks[i].fn(S.acks[i].arg, S.acks[i].failed ? S.acks[i].failed : rc);
 }
 
 /* ---------------------------------------------------------------- bodies */
@@ -5420,7 +5440,14 @@ static int body_flush(struct store_body *b)
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
         store_log_error("write chunk");
-        return b->err = store_rc(rc);
+        b->err = store_rc(rc);
+        if (rc == SQLITE_FULL) {
+            /* Roll back now: the transaction cannot commit, and the
+             * log space it holds is needed by everyone else. */
+            store_rollback();
+            reclaim_wal();
+        }
+        return b->err;
     }
     b->seq++;
     b->len = 0;
