@@ -202,6 +202,7 @@ struct conn {
     unsigned eof : 1;                   /* peer closed its side */
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
+    unsigned lingering : 1;             /* output sent, half-closed, draining input */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -580,6 +581,10 @@ int auth_sasl_start(struct auth_sasl *s, const char *mech, const char *initial,
                     char *out, size_t outlen);
 /* The next client line ("*" cancels). */
 int auth_sasl_step(struct auth_sasl *s, const char *line, char *out, size_t outlen);
+/* The client's side: the PLAIN initial response, and the CRAM-MD5 answer
+ * to a base64 challenge, both base64 into out.  0 or -1. */
+int auth_client_plain(const char *user, const char *password, char *out, size_t n);
+int auth_client_cram(const char *user, const char *password, const char *challenge64, char *out, size_t n);
 /* Mechanisms to advertise, e.g. "PLAIN LOGIN CRAM-MD5". */
 const char *auth_mechs(int cleartext_ok);
 
@@ -1914,6 +1919,10 @@ static void conn_update_events(struct conn *c)
         ev = EPOLLOUT;
         goto set;
     }
+    if (c->lingering) {
+        ev = EPOLLIN;
+        goto set;
+    }
     if (conn_wants_input(c))
         ev |= EPOLLIN;
     if (c->out_len)
@@ -2071,8 +2080,16 @@ int conn_flush(struct conn *c)
         c->out_len -= (size_t)w;
     }
     if (!c->out_len && c->closing) {
-        conn_abort(c);
-        return -1;
+        /* A close while the client still has bytes in flight makes the
+         * kernel send a reset, which can destroy our last reply before the
+         * client reads it.  So: half-close, read and drop what still comes,
+         * close at the client's EOF or after two seconds. */
+        if (c->eof || c->tls || c->lingering || shutdown(c->fd, SHUT_WR) < 0) {
+            conn_abort(c);
+            return -1;
+        }
+        c->lingering = 1;
+        c->deadline = util_now_ms() + 2000;
     }
     conn_update_events(c);
     return 0;
@@ -2080,15 +2097,11 @@ int conn_flush(struct conn *c)
 
 void conn_close(struct conn *c)
 {
-    if (c->dead)
+    if (c->dead || c->closing)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    /* Nothing can be sent in the middle of a handshake. */
-    if (!c->out_len || (c->tls && tls_io_handshaking(c)))
-        conn_abort(c);
-    else
-        conn_update_events(c);
+    conn_flush(c);
 }
 
 void conn_pause(struct conn *c, int on)
@@ -2113,8 +2126,26 @@ void conn_set_timeout(struct conn *c, int64_t ms)
     c->deadline = ms > 0 ? util_now_ms() + ms : 0;
 }
 
+static void conn_linger_read(struct conn *c)
+{
+    unsigned char sink[4096];
+    for (int i = 0; i < 64; i++) {
+        ssize_t r = recv(c->fd, sink, sizeof sink, 0);
+        if (r > 0 || (r < 0 && errno == EINTR))
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;                     /* more may come, or the EOF */
+        break;                          /* EOF or an error: done */
+    }
+    conn_abort(c);
+}
+
 static void conn_readable(struct conn *c)
 {
+    if (c->lingering) {
+        conn_linger_read(c);
+        return;
+    }
     while (c->in_len < c->in_cap) {
         ssize_t r = c->tls ? tls_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
                            : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
@@ -2263,7 +2294,9 @@ static void check_deadlines(int64_t now)
         next = c->next;
         if (c->deadline && c->deadline <= now) {
             c->deadline = 0;
-            if (c->ops->on_timeout)
+            if (c->lingering)
+                conn_abort(c);
+            else if (c->ops->on_timeout)
                 c->ops->on_timeout(c);
             else
                 conn_abort(c);
@@ -9313,6 +9346,45 @@ const char *auth_mechs(int cleartext_ok)
     return cleartext_ok ? "PLAIN LOGIN CRAM-MD5" : "CRAM-MD5";
 }
 
+/* ------------------------------------------------------- client side */
+
+int auth_client_plain(const char *user, const char *password, char *out, size_t n)
+{
+    unsigned char raw[600];
+    size_t ul = strlen(user), pl = strlen(password);
+
+    /* RFC 4616: an empty authorization identity, then user and password. */
+    if (ul + pl + 2 > sizeof raw || sodium_base64_ENCODED_LEN(ul + pl + 2, sodium_base64_VARIANT_ORIGINAL) > n)
+        return -1;
+    raw[0] = '\0';
+    memcpy(raw + 1, user, ul);
+    raw[1 + ul] = '\0';
+    memcpy(raw + 2 + ul, password, pl);
+    sodium_bin2base64(out, n, raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(raw, sizeof raw);
+    return 0;
+}
+
+int auth_client_cram(const char *user, const char *password, const char *challenge64, char *out, size_t n)
+{
+    unsigned char chal[512], digest[16];
+    char hex[33], line[USER_MAX + 300];
+    size_t clen;
+
+    /* RFC 2195 2: base64(user SP hex(HMAC-MD5(password, challenge))). */
+    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
+                          sodium_base64_VARIANT_ORIGINAL))
+        return -1;
+    hmac_md5(password, strlen(password), chal, clen, digest);
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    int l = snprintf(line, sizeof line, "%s %s", user, hex);
+    if (l < 0 || (size_t)l >= sizeof line ||
+        sodium_base64_ENCODED_LEN((size_t)l, sodium_base64_VARIANT_ORIGINAL) > n)
+        return -1;
+    sodium_bin2base64(out, n, (unsigned char *)line, (size_t)l, sodium_base64_VARIANT_ORIGINAL);
+    return 0;
+}
+
 /* ---- src/limit.c ---- */
 #line 1 "src/limit.c"
 /*
@@ -9803,6 +9875,7 @@ struct ctl_client {
     int state;                          /* enum ctl_state */
     char *summary;                      /* CTL_COMMIT: the run's outcome */
     int failed;
+    const char *waiting_for;            /* "flush" or "poll" */
     struct ctl_client *next, *prev;
 };
 
@@ -9954,12 +10027,14 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
         log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
         /* Waiting first: the scheduler may call back before returning. */
         cl->state = CTL_WAITING;
+        cl->waiting_for = "flush";
         conn_set_timeout(cl->c, 0);
         if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
     } else if (vlen == 4 && !memcmp(line, "POLL", 4) && !alen) {
         log_info("control: upstream exchange requested, client waiting");
         cl->state = CTL_WAITING;
+        cl->waiting_for = "poll";
         conn_set_timeout(cl->c, 0);
         if (poll_run(ctl_poll_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR no upstream is configured\n");
@@ -10018,7 +10093,7 @@ static void ctl_on_close(struct conn *c)
     if (!cl)
         return;
     if (cl->state == CTL_WAITING) {
-        log_info("control: waiting client went away");
+        log_info("control: %s waiter went away", cl->waiting_for ? cl->waiting_for : "flush");
         queue_flush_cancel(cl);
         poll_cancel(cl);
     }
@@ -10066,11 +10141,25 @@ static int ctl_peer_allowed(int fd, long *uid_out)
 #endif
 }
 
+static void ctl_refused_input(struct conn *c)
+{
+    conn_consume(c, c->in_len);         /* whatever it asks, the answer stands */
+}
+
+static const struct conn_ops ctl_refused_ops = { .on_input = ctl_refused_input };
+
+/* The refusal goes out through the loop, so that the close waits for the
+ * client's request to arrive instead of resetting the connection under
+ * our answer. */
 static void ctl_refuse(int fd, const char *text)
 {
-    if (send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-        log_debug("control: refusal not sent: %s", strerror(errno));
-    close(fd);
+    struct conn *c = conn_new(fd, LISTEN_N, &ctl_refused_ops, NULL, 256, 256);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    conn_write(c, text, strlen(text));
+    conn_close(c);
 }
 
 static void ctl_accept(struct watch *w, uint32_t events)
@@ -10243,6 +10332,29 @@ void ctl_stop(void)
         unlink(ctl_s.path);
     free(ctl_s.path);
     ctl_s.path = NULL;
+}
+
+/* The command-line side: a connection to the running daemon. */
+int ctl_connect(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (strlen(conf->control) >= sizeof sa.sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    util_strlcpy(sa.sun_path, conf->control, sizeof sa.sun_path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }
 
 /* ---- src/link.c ---- */
@@ -11030,6 +11142,20 @@ static void end_session(struct smtpc *s, const char *why)
     s->ops->done(s->arg, s->reached, s->error[0] ? s->error : NULL);
 }
 
+/* Ends the session politely with the reason for the scheduler. */
+static void quit_with_error(struct smtpc *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void quit_with_error(struct smtpc *s, const char *fmt, ...)
+{
+    va_list ap;
+    if (!s->error[0]) {
+        va_start(ap, fmt);
+        vsnprintf(s->error, sizeof s->error, fmt, ap);
+        va_end(ap);
+    }
+    cmd(s, E_QUIT, 0, 0, "QUIT");
+    s->quit_sent = 1;
+}
+
 static void smtpc_free(struct smtpc *s)
 {
     free(s);
@@ -11382,53 +11508,36 @@ static int has_mech(const struct smtpc *s, const char *mech)
 
 static void start_auth(struct smtpc *s)
 {
-    char raw[600], b64[900];
-    size_t ul = strlen(s->auth.user), pl = strlen(s->auth.password);
+    char b64[900];
 
     if (has_mech(s, "CRAM-MD5")) {
         cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
         return;
     }
-    /* A password in the clear only to a peer on this host, or when the
-     * administrator said so. */
+    /* A password in the clear only to a peer on this host, under TLS, or
+     * when the administrator said so. */
     if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
-        ul + pl + 2 > sizeof raw) {
-        set_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
-        cmd(s, E_QUIT, 0, 0, "QUIT");
-        s->quit_sent = 1;
+        auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
+        quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
         return;
     }
-    raw[0] = '\0';
-    memcpy(raw + 1, s->auth.user, ul);
-    raw[1 + ul] = '\0';
-    memcpy(raw + 2 + ul, s->auth.password, pl);
-    sodium_bin2base64(b64, sizeof b64, (unsigned char *)raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
-    sodium_memzero(raw, sizeof raw);
     cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
 }
 
 static void cram_answer(struct smtpc *s, const char *challenge64)
 {
-    unsigned char chal[512], digest[16];
-    char hex[33], line[600], b64[900];
-    size_t clen;
+    char b64[900];
 
-    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
-                          sodium_base64_VARIANT_ORIGINAL)) {
+    if (auth_client_cram(s->auth.user, s->auth.password, challenge64, b64, sizeof b64)) {
         set_error(s, "%s sent a bad CRAM-MD5 challenge", s->peer);
         conn_abort(s->c);
         return;
     }
-    hmac_md5(s->auth.password, strlen(s->auth.password), chal, clen, digest);
-    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
-    snprintf(line, sizeof line, "%s %s", s->auth.user, hex);
-    sodium_bin2base64(b64, sizeof b64, (unsigned char *)line, strlen(line), sodium_base64_VARIANT_ORIGINAL);
     conn_write(s->c, b64, strlen(b64));
     conn_write(s->c, "\r\n", 2);
     expect(s, E_AUTH, 0, 0);
 }
 
-/* After EHLO: TLS first when offered (or required), then AUTH, then mail. */
 static void on_reply_ehlo_done(struct smtpc *s)
 {
     /* RFC 3207: TLS when the peer offers it (unless told not to), and no
@@ -11438,9 +11547,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
         return;
     }
     if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
-        set_error(s, "%s does not offer TLS, which is required", s->peer);
-        cmd(s, E_QUIT, 0, 0, "QUIT");
-        s->quit_sent = 1;
+        quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
         return;
     }
     if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
@@ -11467,9 +11574,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     switch (kind) {
     case E_GREETING:
         if (code != 220) {
-            set_error(s, "%s greeted with: %s", s->peer, clean);
-            cmd(s, E_QUIT, 0, 0, "QUIT");
-            s->quit_sent = 1;
+            quit_with_error(s, "%s greeted with: %s", s->peer, clean);
             break;
         }
         s->reached = 1;
@@ -11482,9 +11587,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 cmd(s, E_HELO, 0, 0, "HELO %s", conf->hostname);
                 break;
             }
-            set_error(s, "%s refused HELO: %s", s->peer, clean);
-            cmd(s, E_QUIT, 0, 0, "QUIT");
-            s->quit_sent = 1;
+            quit_with_error(s, "%s refused HELO: %s", s->peer, clean);
             break;
         }
         s->esmtp = kind == E_EHLO;
@@ -11496,9 +11599,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             break;
         }
         if (code != 235) {
-            set_error(s, "authentication to %s failed: %s", s->peer, clean);
-            cmd(s, E_QUIT, 0, 0, "QUIT");
-            s->quit_sent = 1;
+            quit_with_error(s, "authentication to %s failed: %s", s->peer, clean);
             break;
         }
         s->ready = 1;
@@ -11574,9 +11675,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     case E_STARTTLS:
         if (code != 220) {
             if (s->tls_policy == SMTPC_TLS_REQUIRE) {
-                set_error(s, "%s refused STARTTLS: %s", s->peer, clean);
-                cmd(s, E_QUIT, 0, 0, "QUIT");
-                s->quit_sent = 1;
+                quit_with_error(s, "%s refused STARTTLS: %s", s->peer, clean);
                 break;
             }
             s->starttls = 0;            /* "may": go on in the clear */
@@ -12991,50 +13090,38 @@ static void served(void *arg, int accepted, const char *error)
                     error ? error : "", error ? ")" : "");
 }
 
+/* The client's SASL answers, with the password read just for the moment. */
 static void auth_cram(const char *challenge64)
 {
-    unsigned char chal[512], digest[16];
-    char hex[33], line[700], b64[1000], pw[256];
-    size_t clen;
+    char b64[1000], pw[256];
 
     if (poll_password(pw, sizeof pw)) {
         poll_finish(EX_CONFIG, "cannot read upstream.password_file %s", conf->upstream_password_file);
         return;
     }
-    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
-                          sodium_base64_VARIANT_ORIGINAL)) {
+    int rc = auth_client_cram(conf->upstream_user, pw, challenge64, b64, sizeof b64);
+    sodium_memzero(pw, sizeof pw);
+    if (rc) {
         poll_finish(EX_PROTOCOL, "the upstream sent a bad CRAM-MD5 challenge");
         return;
     }
-    hmac_md5(pw, strlen(pw), chal, clen, digest);
-    sodium_memzero(pw, sizeof pw);
-    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
-    snprintf(line, sizeof line, "%s %s", conf->upstream_user, hex);
-    sodium_bin2base64(b64, sizeof b64, (unsigned char *)line, strlen(line), sodium_base64_VARIANT_ORIGINAL);
     poll_send("%s", b64);
 }
 
 static void auth_plain(void)
 {
-    char raw[600], b64[900], pw[256];
-    size_t ul = strlen(conf->upstream_user), pl;
+    char b64[1000], pw[256];
 
     if (poll_password(pw, sizeof pw)) {
         poll_finish(EX_CONFIG, "cannot read upstream.password_file %s", conf->upstream_password_file);
         return;
     }
-    pl = strlen(pw);
-    if (ul + pl + 2 > sizeof raw) {
+    int rc = auth_client_plain(conf->upstream_user, pw, b64, sizeof b64);
+    sodium_memzero(pw, sizeof pw);
+    if (rc) {
         poll_finish(EX_CONFIG, "upstream credentials too long");
         return;
     }
-    raw[0] = '\0';
-    memcpy(raw + 1, conf->upstream_user, ul);
-    raw[1 + ul] = '\0';
-    memcpy(raw + 2 + ul, pw, pl);
-    sodium_bin2base64(b64, sizeof b64, (unsigned char *)raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
-    sodium_memzero(raw, sizeof raw);
-    sodium_memzero(pw, sizeof pw);
     poll_send("AUTH PLAIN %s", b64);
 }
 
@@ -16071,6 +16158,37 @@ static int lock_database(void)
     return fd;
 }
 
+/* The daemon's hold on its database: the lock, the store, the node key.
+ * 0, or a sysexits code after saying what went wrong. */
+static int daemon_open(int *lockfd)
+{
+    char err[512];
+
+    log_init("mailnode", conf->use_syslog);
+    *lockfd = lock_database();
+    if (*lockfd < 0)
+        return EX_TEMPFAIL;
+    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        close(*lockfd);
+        return EX_CANTCREAT;
+    }
+    if (auth_init(conf->keyfile)) {
+        fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
+        store_close();
+        close(*lockfd);
+        return EX_CANTCREAT;
+    }
+    return 0;
+}
+
+static void daemon_close(int lockfd)
+{
+    auth_free();
+    store_close();
+    close(lockfd);
+}
+
 int cli_run(int argc, char **argv)
 {
     char err[512];
@@ -16085,20 +16203,8 @@ int cli_run(int argc, char **argv)
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    log_init("mailnode", conf->use_syslog);
-    lockfd = lock_database();
-    if (lockfd < 0)
-        return EX_TEMPFAIL;
-    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(lockfd);
-        return EX_CANTCREAT;
-    }
-    if (auth_init(conf->keyfile)) {
-        fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
-        rc = EX_CANTCREAT;
-        goto out_store;
-    }
+    if ((rc = daemon_open(&lockfd)))
+        return rc;
     if (loop_init()) {
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
         rc = EX_OSERR;
@@ -16145,10 +16251,7 @@ int cli_run(int argc, char **argv)
 out_loop:
     loop_free();
 out_auth:
-    auth_free();
-out_store:
-    store_close();
-    close(lockfd);
+    daemon_close(lockfd);
     return rc;
 }
 
@@ -16326,28 +16429,6 @@ static void poll_printed(void *arg, const char *summary, int exitcode)
     loop_stop();
 }
 
-int ctl_connect(void)
-{
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    int fd;
-
-    if (strlen(conf->control) >= sizeof sa.sun_path) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    util_strlcpy(sa.sun_path, conf->control, sizeof sa.sun_path);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
-
 /* Asks the running daemon; 1 if there is none to ask. */
 static int poll_via_daemon(int *exitcode)
 {
@@ -16383,7 +16464,6 @@ static int poll_via_daemon(int *exitcode)
 
 int cli_poll(int argc, char **argv)
 {
-    char err[512];
     int lockfd, rc;
 
     if (wants_help(argc, argv) || argc > 1) {
@@ -16405,17 +16485,10 @@ int cli_poll(int argc, char **argv)
     if (!poll_via_daemon(&rc))
         return rc;
     /* No daemon: do the exchange here, with the same code. */
-    log_init("mailnode", conf->use_syslog);
-    lockfd = lock_database();
-    if (lockfd < 0)
-        return EX_TEMPFAIL;
-    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(lockfd);
-        return EX_CANTCREAT;
-    }
+    if ((rc = daemon_open(&lockfd)))
+        return rc;
     rc = EX_OSERR;
-    if (auth_init(conf->keyfile) || loop_init())
+    if (loop_init())
         goto out;
     if (!strcasecmp(conf->upstream_mode, "etrn"))
         fprintf(stderr, "mailnode: note: the daemon is not running, so the upstream's connection back "
@@ -16432,9 +16505,7 @@ int cli_poll(int argc, char **argv)
     store_commit();                     /* what the exchange recorded, now */
     loop_free();
 out:
-    auth_free();
-    store_close();
-    close(lockfd);
+    daemon_close(lockfd);
     return rc;
 }
 
@@ -18946,40 +19017,27 @@ static int flush_domain_ok(const char *d)
  * sysexits code after printing why. */
 static int flush_connect(const char *path)
 {
-    struct sockaddr_un sa;
-    int fd;
+    int fd = ctl_connect();
 
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof sa.sun_path) {
+    if (fd >= 0)
+        return fd;
+    switch (errno) {
+    case ENAMETOOLONG:
         fprintf(stderr, "mailnode: control socket path %s is too long; set `control` to a shorter path\n",
                 path);
         return -EX_CONFIG;
-    }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        fprintf(stderr, "mailnode: socket: %s\n", strerror(errno));
-        return -EX_OSERR;
-    }
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
-        return fd;
-    switch (errno) {
     case ENOENT:
     case ECONNREFUSED:
         fprintf(stderr, "mailnode: the daemon is not running (no control socket at %s); "
                         "queued mail goes out when it starts\n", path);
-        close(fd);
         return -EX_UNAVAILABLE;
     case EACCES:
     case EPERM:
         fprintf(stderr, "mailnode: permission denied on the control socket %s: run this as root "
                         "or as the user the daemon runs as\n", path);
-        close(fd);
         return -EX_NOPERM;
     default:
         fprintf(stderr, "mailnode: cannot connect to the control socket %s: %s\n", path, strerror(errno));
-        close(fd);
         return -EX_UNAVAILABLE;
     }
 }

@@ -559,3 +559,42 @@ const char *auth_mechs(int cleartext_ok)
 {
     return cleartext_ok ? "PLAIN LOGIN CRAM-MD5" : "CRAM-MD5";
 }
+
+/* ------------------------------------------------------- client side */
+
+int auth_client_plain(const char *user, const char *password, char *out, size_t n)
+{
+    unsigned char raw[600];
+    size_t ul = strlen(user), pl = strlen(password);
+
+    /* RFC 4616: an empty authorization identity, then user and password. */
+    if (ul + pl + 2 > sizeof raw || sodium_base64_ENCODED_LEN(ul + pl + 2, sodium_base64_VARIANT_ORIGINAL) > n)
+        return -1;
+    raw[0] = '\0';
+    memcpy(raw + 1, user, ul);
+    raw[1 + ul] = '\0';
+    memcpy(raw + 2 + ul, password, pl);
+    sodium_bin2base64(out, n, raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(raw, sizeof raw);
+    return 0;
+}
+
+int auth_client_cram(const char *user, const char *password, const char *challenge64, char *out, size_t n)
+{
+    unsigned char chal[512], digest[16];
+    char hex[33], line[USER_MAX + 300];
+    size_t clen;
+
+    /* RFC 2195 2: base64(user SP hex(HMAC-MD5(password, challenge))). */
+    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
+                          sodium_base64_VARIANT_ORIGINAL))
+        return -1;
+    hmac_md5(password, strlen(password), chal, clen, digest);
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    int l = snprintf(line, sizeof line, "%s %s", user, hex);
+    if (l < 0 || (size_t)l >= sizeof line ||
+        sodium_base64_ENCODED_LEN((size_t)l, sodium_base64_VARIANT_ORIGINAL) > n)
+        return -1;
+    sodium_bin2base64(out, n, (unsigned char *)line, (size_t)l, sodium_base64_VARIANT_ORIGINAL);
+    return 0;
+}

@@ -111,6 +111,37 @@ static int lock_database(void)
     return fd;
 }
 
+/* The daemon's hold on its database: the lock, the store, the node key.
+ * 0, or a sysexits code after saying what went wrong. */
+static int daemon_open(int *lockfd)
+{
+    char err[512];
+
+    log_init("mailnode", conf->use_syslog);
+    *lockfd = lock_database();
+    if (*lockfd < 0)
+        return EX_TEMPFAIL;
+    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        close(*lockfd);
+        return EX_CANTCREAT;
+    }
+    if (auth_init(conf->keyfile)) {
+        fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
+        store_close();
+        close(*lockfd);
+        return EX_CANTCREAT;
+    }
+    return 0;
+}
+
+static void daemon_close(int lockfd)
+{
+    auth_free();
+    store_close();
+    close(lockfd);
+}
+
 int cli_run(int argc, char **argv)
 {
     char err[512];
@@ -125,20 +156,8 @@ int cli_run(int argc, char **argv)
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    log_init("mailnode", conf->use_syslog);
-    lockfd = lock_database();
-    if (lockfd < 0)
-        return EX_TEMPFAIL;
-    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(lockfd);
-        return EX_CANTCREAT;
-    }
-    if (auth_init(conf->keyfile)) {
-        fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
-        rc = EX_CANTCREAT;
-        goto out_store;
-    }
+    if ((rc = daemon_open(&lockfd)))
+        return rc;
     if (loop_init()) {
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
         rc = EX_OSERR;
@@ -185,10 +204,7 @@ int cli_run(int argc, char **argv)
 out_loop:
     loop_free();
 out_auth:
-    auth_free();
-out_store:
-    store_close();
-    close(lockfd);
+    daemon_close(lockfd);
     return rc;
 }
 
@@ -366,28 +382,6 @@ static void poll_printed(void *arg, const char *summary, int exitcode)
     loop_stop();
 }
 
-int ctl_connect(void)
-{
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    int fd;
-
-    if (strlen(conf->control) >= sizeof sa.sun_path) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    util_strlcpy(sa.sun_path, conf->control, sizeof sa.sun_path);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
-
 /* Asks the running daemon; 1 if there is none to ask. */
 static int poll_via_daemon(int *exitcode)
 {
@@ -423,7 +417,6 @@ static int poll_via_daemon(int *exitcode)
 
 int cli_poll(int argc, char **argv)
 {
-    char err[512];
     int lockfd, rc;
 
     if (wants_help(argc, argv) || argc > 1) {
@@ -445,17 +438,10 @@ int cli_poll(int argc, char **argv)
     if (!poll_via_daemon(&rc))
         return rc;
     /* No daemon: do the exchange here, with the same code. */
-    log_init("mailnode", conf->use_syslog);
-    lockfd = lock_database();
-    if (lockfd < 0)
-        return EX_TEMPFAIL;
-    if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(lockfd);
-        return EX_CANTCREAT;
-    }
+    if ((rc = daemon_open(&lockfd)))
+        return rc;
     rc = EX_OSERR;
-    if (auth_init(conf->keyfile) || loop_init())
+    if (loop_init())
         goto out;
     if (!strcasecmp(conf->upstream_mode, "etrn"))
         fprintf(stderr, "mailnode: note: the daemon is not running, so the upstream's connection back "
@@ -472,8 +458,6 @@ int cli_poll(int argc, char **argv)
     store_commit();                     /* what the exchange recorded, now */
     loop_free();
 out:
-    auth_free();
-    store_close();
-    close(lockfd);
+    daemon_close(lockfd);
     return rc;
 }

@@ -51,40 +51,27 @@ static int flush_domain_ok(const char *d)
  * sysexits code after printing why. */
 static int flush_connect(const char *path)
 {
-    struct sockaddr_un sa;
-    int fd;
+    int fd = ctl_connect();
 
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof sa.sun_path) {
+    if (fd >= 0)
+        return fd;
+    switch (errno) {
+    case ENAMETOOLONG:
         fprintf(stderr, "mailnode: control socket path %s is too long; set `control` to a shorter path\n",
                 path);
         return -EX_CONFIG;
-    }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        fprintf(stderr, "mailnode: socket: %s\n", strerror(errno));
-        return -EX_OSERR;
-    }
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
-        return fd;
-    switch (errno) {
     case ENOENT:
     case ECONNREFUSED:
         fprintf(stderr, "mailnode: the daemon is not running (no control socket at %s); "
                         "queued mail goes out when it starts\n", path);
-        close(fd);
         return -EX_UNAVAILABLE;
     case EACCES:
     case EPERM:
         fprintf(stderr, "mailnode: permission denied on the control socket %s: run this as root "
                         "or as the user the daemon runs as\n", path);
-        close(fd);
         return -EX_NOPERM;
     default:
         fprintf(stderr, "mailnode: cannot connect to the control socket %s: %s\n", path, strerror(errno));
-        close(fd);
         return -EX_UNAVAILABLE;
     }
 }

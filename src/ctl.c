@@ -47,6 +47,7 @@ struct ctl_client {
     int state;                          /* enum ctl_state */
     char *summary;                      /* CTL_COMMIT: the run's outcome */
     int failed;
+    const char *waiting_for;            /* "flush" or "poll" */
     struct ctl_client *next, *prev;
 };
 
@@ -198,12 +199,14 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
         log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
         /* Waiting first: the scheduler may call back before returning. */
         cl->state = CTL_WAITING;
+        cl->waiting_for = "flush";
         conn_set_timeout(cl->c, 0);
         if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
     } else if (vlen == 4 && !memcmp(line, "POLL", 4) && !alen) {
         log_info("control: upstream exchange requested, client waiting");
         cl->state = CTL_WAITING;
+        cl->waiting_for = "poll";
         conn_set_timeout(cl->c, 0);
         if (poll_run(ctl_poll_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR no upstream is configured\n");
@@ -262,7 +265,7 @@ static void ctl_on_close(struct conn *c)
     if (!cl)
         return;
     if (cl->state == CTL_WAITING) {
-        log_info("control: waiting client went away");
+        log_info("control: %s waiter went away", cl->waiting_for ? cl->waiting_for : "flush");
         queue_flush_cancel(cl);
         poll_cancel(cl);
     }
@@ -310,11 +313,25 @@ static int ctl_peer_allowed(int fd, long *uid_out)
 #endif
 }
 
+static void ctl_refused_input(struct conn *c)
+{
+    conn_consume(c, c->in_len);         /* whatever it asks, the answer stands */
+}
+
+static const struct conn_ops ctl_refused_ops = { .on_input = ctl_refused_input };
+
+/* The refusal goes out through the loop, so that the close waits for the
+ * client's request to arrive instead of resetting the connection under
+ * our answer. */
 static void ctl_refuse(int fd, const char *text)
 {
-    if (send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-        log_debug("control: refusal not sent: %s", strerror(errno));
-    close(fd);
+    struct conn *c = conn_new(fd, LISTEN_N, &ctl_refused_ops, NULL, 256, 256);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    conn_write(c, text, strlen(text));
+    conn_close(c);
 }
 
 static void ctl_accept(struct watch *w, uint32_t events)
@@ -487,4 +504,27 @@ void ctl_stop(void)
         unlink(ctl_s.path);
     free(ctl_s.path);
     ctl_s.path = NULL;
+}
+
+/* The command-line side: a connection to the running daemon. */
+int ctl_connect(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (strlen(conf->control) >= sizeof sa.sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    util_strlcpy(sa.sun_path, conf->control, sizeof sa.sun_path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }

@@ -191,6 +191,7 @@ struct conn {
     unsigned eof : 1;                   /* peer closed its side */
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
+    unsigned lingering : 1;             /* output sent, half-closed, draining input */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -569,6 +570,10 @@ int auth_sasl_start(struct auth_sasl *s, const char *mech, const char *initial,
                     char *out, size_t outlen);
 /* The next client line ("*" cancels). */
 int auth_sasl_step(struct auth_sasl *s, const char *line, char *out, size_t outlen);
+/* The client's side: the PLAIN initial response, and the CRAM-MD5 answer
+ * to a base64 challenge, both base64 into out.  0 or -1. */
+int auth_client_plain(const char *user, const char *password, char *out, size_t n);
+int auth_client_cram(const char *user, const char *password, const char *challenge64, char *out, size_t n);
 /* Mechanisms to advertise, e.g. "PLAIN LOGIN CRAM-MD5". */
 const char *auth_mechs(int cleartext_ok);
 

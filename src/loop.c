@@ -181,6 +181,10 @@ static void conn_update_events(struct conn *c)
         ev = EPOLLOUT;
         goto set;
     }
+    if (c->lingering) {
+        ev = EPOLLIN;
+        goto set;
+    }
     if (conn_wants_input(c))
         ev |= EPOLLIN;
     if (c->out_len)
@@ -338,8 +342,16 @@ int conn_flush(struct conn *c)
         c->out_len -= (size_t)w;
     }
     if (!c->out_len && c->closing) {
-        conn_abort(c);
-        return -1;
+        /* A close while the client still has bytes in flight makes the
+         * kernel send a reset, which can destroy our last reply before the
+         * client reads it.  So: half-close, read and drop what still comes,
+         * close at the client's EOF or after two seconds. */
+        if (c->eof || c->tls || c->lingering || shutdown(c->fd, SHUT_WR) < 0) {
+            conn_abort(c);
+            return -1;
+        }
+        c->lingering = 1;
+        c->deadline = util_now_ms() + 2000;
     }
     conn_update_events(c);
     return 0;
@@ -347,15 +359,11 @@ int conn_flush(struct conn *c)
 
 void conn_close(struct conn *c)
 {
-    if (c->dead)
+    if (c->dead || c->closing)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    /* Nothing can be sent in the middle of a handshake. */
-    if (!c->out_len || (c->tls && tls_io_handshaking(c)))
-        conn_abort(c);
-    else
-        conn_update_events(c);
+    conn_flush(c);
 }
 
 void conn_pause(struct conn *c, int on)
@@ -380,8 +388,26 @@ void conn_set_timeout(struct conn *c, int64_t ms)
     c->deadline = ms > 0 ? util_now_ms() + ms : 0;
 }
 
+static void conn_linger_read(struct conn *c)
+{
+    unsigned char sink[4096];
+    for (int i = 0; i < 64; i++) {
+        ssize_t r = recv(c->fd, sink, sizeof sink, 0);
+        if (r > 0 || (r < 0 && errno == EINTR))
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;                     /* more may come, or the EOF */
+        break;                          /* EOF or an error: done */
+    }
+    conn_abort(c);
+}
+
 static void conn_readable(struct conn *c)
 {
+    if (c->lingering) {
+        conn_linger_read(c);
+        return;
+    }
     while (c->in_len < c->in_cap) {
         ssize_t r = c->tls ? tls_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
                            : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
@@ -530,7 +556,9 @@ static void check_deadlines(int64_t now)
         next = c->next;
         if (c->deadline && c->deadline <= now) {
             c->deadline = 0;
-            if (c->ops->on_timeout)
+            if (c->lingering)
+                conn_abort(c);
+            else if (c->ops->on_timeout)
                 c->ops->on_timeout(c);
             else
                 conn_abort(c);

@@ -147,50 +147,38 @@ static void served(void *arg, int accepted, const char *error)
                     error ? error : "", error ? ")" : "");
 }
 
+/* The client's SASL answers, with the password read just for the moment. */
 static void auth_cram(const char *challenge64)
 {
-    unsigned char chal[512], digest[16];
-    char hex[33], line[700], b64[1000], pw[256];
-    size_t clen;
+    char b64[1000], pw[256];
 
     if (poll_password(pw, sizeof pw)) {
         poll_finish(EX_CONFIG, "cannot read upstream.password_file %s", conf->upstream_password_file);
         return;
     }
-    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
-                          sodium_base64_VARIANT_ORIGINAL)) {
+    int rc = auth_client_cram(conf->upstream_user, pw, challenge64, b64, sizeof b64);
+    sodium_memzero(pw, sizeof pw);
+    if (rc) {
         poll_finish(EX_PROTOCOL, "the upstream sent a bad CRAM-MD5 challenge");
         return;
     }
-    hmac_md5(pw, strlen(pw), chal, clen, digest);
-    sodium_memzero(pw, sizeof pw);
-    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
-    snprintf(line, sizeof line, "%s %s", conf->upstream_user, hex);
-    sodium_bin2base64(b64, sizeof b64, (unsigned char *)line, strlen(line), sodium_base64_VARIANT_ORIGINAL);
     poll_send("%s", b64);
 }
 
 static void auth_plain(void)
 {
-    char raw[600], b64[900], pw[256];
-    size_t ul = strlen(conf->upstream_user), pl;
+    char b64[1000], pw[256];
 
     if (poll_password(pw, sizeof pw)) {
         poll_finish(EX_CONFIG, "cannot read upstream.password_file %s", conf->upstream_password_file);
         return;
     }
-    pl = strlen(pw);
-    if (ul + pl + 2 > sizeof raw) {
+    int rc = auth_client_plain(conf->upstream_user, pw, b64, sizeof b64);
+    sodium_memzero(pw, sizeof pw);
+    if (rc) {
         poll_finish(EX_CONFIG, "upstream credentials too long");
         return;
     }
-    raw[0] = '\0';
-    memcpy(raw + 1, conf->upstream_user, ul);
-    raw[1 + ul] = '\0';
-    memcpy(raw + 2 + ul, pw, pl);
-    sodium_bin2base64(b64, sizeof b64, (unsigned char *)raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
-    sodium_memzero(raw, sizeof raw);
-    sodium_memzero(pw, sizeof pw);
     poll_send("AUTH PLAIN %s", b64);
 }
 

@@ -217,6 +217,20 @@ static void end_session(struct smtpc *s, const char *why)
     s->ops->done(s->arg, s->reached, s->error[0] ? s->error : NULL);
 }
 
+/* Ends the session politely with the reason for the scheduler. */
+static void quit_with_error(struct smtpc *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void quit_with_error(struct smtpc *s, const char *fmt, ...)
+{
+    va_list ap;
+    if (!s->error[0]) {
+        va_start(ap, fmt);
+        vsnprintf(s->error, sizeof s->error, fmt, ap);
+        va_end(ap);
+    }
+    cmd(s, E_QUIT, 0, 0, "QUIT");
+    s->quit_sent = 1;
+}
+
 static void smtpc_free(struct smtpc *s)
 {
     free(s);
@@ -569,53 +583,36 @@ static int has_mech(const struct smtpc *s, const char *mech)
 
 static void start_auth(struct smtpc *s)
 {
-    char raw[600], b64[900];
-    size_t ul = strlen(s->auth.user), pl = strlen(s->auth.password);
+    char b64[900];
 
     if (has_mech(s, "CRAM-MD5")) {
         cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
         return;
     }
-    /* A password in the clear only to a peer on this host, or when the
-     * administrator said so. */
+    /* A password in the clear only to a peer on this host, under TLS, or
+     * when the administrator said so. */
     if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
-        ul + pl + 2 > sizeof raw) {
-        set_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
-        cmd(s, E_QUIT, 0, 0, "QUIT");
-        s->quit_sent = 1;
+        auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
+        quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
         return;
     }
-    raw[0] = '\0';
-    memcpy(raw + 1, s->auth.user, ul);
-    raw[1 + ul] = '\0';
-    memcpy(raw + 2 + ul, s->auth.password, pl);
-    sodium_bin2base64(b64, sizeof b64, (unsigned char *)raw, ul + pl + 2, sodium_base64_VARIANT_ORIGINAL);
-    sodium_memzero(raw, sizeof raw);
     cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
 }
 
 static void cram_answer(struct smtpc *s, const char *challenge64)
 {
-    unsigned char chal[512], digest[16];
-    char hex[33], line[600], b64[900];
-    size_t clen;
+    char b64[900];
 
-    if (sodium_base642bin(chal, sizeof chal, challenge64, strlen(challenge64), NULL, &clen, NULL,
-                          sodium_base64_VARIANT_ORIGINAL)) {
+    if (auth_client_cram(s->auth.user, s->auth.password, challenge64, b64, sizeof b64)) {
         set_error(s, "%s sent a bad CRAM-MD5 challenge", s->peer);
         conn_abort(s->c);
         return;
     }
-    hmac_md5(s->auth.password, strlen(s->auth.password), chal, clen, digest);
-    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
-    snprintf(line, sizeof line, "%s %s", s->auth.user, hex);
-    sodium_bin2base64(b64, sizeof b64, (unsigned char *)line, strlen(line), sodium_base64_VARIANT_ORIGINAL);
     conn_write(s->c, b64, strlen(b64));
     conn_write(s->c, "\r\n", 2);
     expect(s, E_AUTH, 0, 0);
 }
 
-/* After EHLO: TLS first when offered (or required), then AUTH, then mail. */
 static void on_reply_ehlo_done(struct smtpc *s)
 {
     /* RFC 3207: TLS when the peer offers it (unless told not to), and no
@@ -625,9 +622,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
         return;
     }
     if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
-        set_error(s, "%s does not offer TLS, which is required", s->peer);
-        cmd(s, E_QUIT, 0, 0, "QUIT");
-        s->quit_sent = 1;
+        quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
         return;
     }
     if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
@@ -654,9 +649,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     switch (kind) {
     case E_GREETING:
         if (code != 220) {
-            set_error(s, "%s greeted with: %s", s->peer, clean);
-            cmd(s, E_QUIT, 0, 0, "QUIT");
-            s->quit_sent = 1;
+            quit_with_error(s, "%s greeted with: %s", s->peer, clean);
             break;
         }
         s->reached = 1;
@@ -669,9 +662,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 cmd(s, E_HELO, 0, 0, "HELO %s", conf->hostname);
                 break;
             }
-            set_error(s, "%s refused HELO: %s", s->peer, clean);
-            cmd(s, E_QUIT, 0, 0, "QUIT");
-            s->quit_sent = 1;
+            quit_with_error(s, "%s refused HELO: %s", s->peer, clean);
             break;
         }
         s->esmtp = kind == E_EHLO;
@@ -683,9 +674,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             break;
         }
         if (code != 235) {
-            set_error(s, "authentication to %s failed: %s", s->peer, clean);
-            cmd(s, E_QUIT, 0, 0, "QUIT");
-            s->quit_sent = 1;
+            quit_with_error(s, "authentication to %s failed: %s", s->peer, clean);
             break;
         }
         s->ready = 1;
@@ -761,9 +750,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     case E_STARTTLS:
         if (code != 220) {
             if (s->tls_policy == SMTPC_TLS_REQUIRE) {
-                set_error(s, "%s refused STARTTLS: %s", s->peer, clean);
-                cmd(s, E_QUIT, 0, 0, "QUIT");
-                s->quit_sent = 1;
+                quit_with_error(s, "%s refused STARTTLS: %s", s->peer, clean);
                 break;
             }
             s->starttls = 0;            /* "may": go on in the clear */
