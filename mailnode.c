@@ -4486,8 +4486,11 @@ int tls_init(void)
     if (T.server)
         log_info("tls: STARTTLS enabled with %s", conf->tls_cert);
     /* A bad tls.ca_file is reported now rather than at the first
-     * delivery; it is not fatal: it only stops TLS to relays. */
-    (void)tls_client_ctx();
+     * delivery; it is not fatal: it only stops TLS to relays.  Without
+     * one, the client context waits for the first STARTTLS: building it
+     * loads OpenSSL's providers, megabytes an idle node does not need. */
+    if (conf->tls_ca_file && *conf->tls_ca_file)
+        (void)tls_client_ctx();
     return 0;
 }
 
