@@ -306,6 +306,62 @@ TEST(store_bodies_and_queue)
     CHECK(system(cmd) == 0);
 }
 
+TEST(smtp_command_arguments)
+{
+    struct esmtp_param p[8];
+    char buf[256];
+    struct addr a;
+    const char *rest;
+
+    /* ESMTP parameters (RFC 5321 4.1.2: esmtp-keyword ["=" esmtp-value]) */
+    strcpy(buf, " SIZE=100  BODY=8BITMIME RET=HDRS");
+    CHECK_INT(split_params(buf, p, 8), 3);
+    CHECK_STR(p[0].key, "SIZE");
+    CHECK_STR(p[0].value, "100");
+    CHECK_STR(p[2].value, "HDRS");
+    strcpy(buf, "FLAG");
+    CHECK_INT(split_params(buf, p, 8), 1);
+    CHECK(p[0].value == NULL);
+    strcpy(buf, "=x");
+    CHECK(split_params(buf, p, 8) < 0);
+    strcpy(buf, "A B C D E F G H I");
+    CHECK(split_params(buf, p, 8) < 0);
+    /* RFC 3461 4: xtext and NOTIFY */
+    CHECK(xtext_valid("abc+2Bdef"));
+    CHECK(!xtext_valid("a=b"));
+    CHECK(!xtext_valid("a+zz"));
+    CHECK(!xtext_valid("caf\xc3\xa9"));
+    CHECK_INT(parse_notify("SUCCESS,FAILURE"), NOTIFY_SUCCESS | NOTIFY_FAILURE);
+    CHECK_INT(parse_notify("never"), NOTIFY_NEVER);
+    CHECK(parse_notify("NEVER,DELAY") < 0);
+    CHECK(parse_notify("SOMETIMES") < 0);
+    CHECK(parse_notify("") < 0);
+    /* MAIL FROM:/RCPT TO: with the tolerated space after the colon */
+    CHECK(!parse_path_arg("FROM:<a@b.test> SIZE=1", "FROM:", 1, &a, &rest));
+    CHECK_STR(a.full, "a@b.test");
+    CHECK_STR(rest, " SIZE=1");
+    CHECK(!parse_path_arg("from: <>", "FROM:", 1, &a, &rest) && a.null_path);
+    CHECK(parse_path_arg("TO:<>", "TO:", 0, &a, &rest));
+    CHECK(parse_path_arg("FROM:<a@b.test>junk", "FROM:", 1, &a, &rest));
+    CHECK(parse_path_arg("FROMAGE:<a@b.test>", "FROM:", 1, &a, &rest));
+}
+
+TEST(on_demand_arguments)
+{
+    char line[256];
+    /* ETRN syntax is refused before anything is looked up. */
+    odmr_etrn("", line, sizeof line);
+    CHECK(!strncmp(line, "501 ", 4));
+    odmr_etrn("bad..domain", line, sizeof line);
+    CHECK(!strncmp(line, "501 ", 4));
+    odmr_etrn("@", line, sizeof line);
+    CHECK(!strncmp(line, "501 ", 4));
+    CHECK(domain_ok("site.test", 9));
+    CHECK(!domain_ok("site_test", 9));
+    CHECK(!domain_ok(".site", 5));
+    CHECK(!domain_ok("a b", 3));
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -319,5 +375,7 @@ int main(void)
     RUN(cidr);
     RUN(config_file);
     RUN(store_bodies_and_queue);
+    RUN(smtp_command_arguments);
+    RUN(on_demand_arguments);
     return unit_done();
 }
