@@ -12182,6 +12182,11 @@ static void hop_free(struct hop *h)
             break;
         }
     Q.nhops--;
+    if (h->rel_done) {
+        /* A release that ends without finishing (the daemon stops). */
+        h->rel_done(h->rel_arg, h->delivered, "stopped");
+        h->rel_done = NULL;
+    }
     if (h->dq)
         dns_cancel(h->dq);
     free(h->res);
@@ -12205,6 +12210,7 @@ static void hop_finish(struct hop *h, int ok)
                  h->deferred, h->failed, h->error[0] ? ": " : "", h->error);
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
+        h->rel_done = NULL;
         hop_free(h);
         queue_kick();
         return;
@@ -14679,11 +14685,15 @@ static void smtpd_input(struct conn *c)
 {
     struct smtpd *s = c->ctx;
 
+    int stalled = 0;
+
     while (!c->dead && !c->paused && !c->closing && c->in_len) {
         /* Back-pressure: a client that pipelines without reading its
          * replies waits until it does. */
-        if (conn_out_space(c) < 2048)
+        if (conn_out_space(c) < 2048) {
+            stalled = 1;
             break;
+        }
         if (s->input == IN_DATA) {
             int done;
             size_t used = mime_data_feed(&s->md, c->in, c->in_len, body_emit, s, &done);
@@ -14759,8 +14769,13 @@ static void smtpd_input(struct conn *c)
             return;
         }
     }
-    if (!c->dead)
-        conn_flush(c);
+    if (c->dead)
+        return;
+    conn_flush(c);
+    /* The flush may have emptied the output at once, and then no writable
+     * event will come to resume the commands still waiting: go on now. */
+    if (stalled && !c->dead && c->in_len && conn_out_space(c) >= 2048)
+        conn_kick(c);
 }
 
 static void smtpd_timeout(struct conn *c)

@@ -303,6 +303,11 @@ static void hop_free(struct hop *h)
             break;
         }
     Q.nhops--;
+    if (h->rel_done) {
+        /* A release that ends without finishing (the daemon stops). */
+        h->rel_done(h->rel_arg, h->delivered, "stopped");
+        h->rel_done = NULL;
+    }
     if (h->dq)
         dns_cancel(h->dq);
     free(h->res);
@@ -326,6 +331,7 @@ static void hop_finish(struct hop *h, int ok)
                  h->deferred, h->failed, h->error[0] ? ": " : "", h->error);
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
+        h->rel_done = NULL;
         hop_free(h);
         queue_kick();
         return;

@@ -1119,11 +1119,15 @@ static void smtpd_input(struct conn *c)
 {
     struct smtpd *s = c->ctx;
 
+    int stalled = 0;
+
     while (!c->dead && !c->paused && !c->closing && c->in_len) {
         /* Back-pressure: a client that pipelines without reading its
          * replies waits until it does. */
-        if (conn_out_space(c) < 2048)
+        if (conn_out_space(c) < 2048) {
+            stalled = 1;
             break;
+        }
         if (s->input == IN_DATA) {
             int done;
             size_t used = mime_data_feed(&s->md, c->in, c->in_len, body_emit, s, &done);
@@ -1199,8 +1203,13 @@ static void smtpd_input(struct conn *c)
             return;
         }
     }
-    if (!c->dead)
-        conn_flush(c);
+    if (c->dead)
+        return;
+    conn_flush(c);
+    /* The flush may have emptied the output at once, and then no writable
+     * event will come to resume the commands still waiting: go on now. */
+    if (stalled && !c->dead && c->in_len && conn_out_space(c) >= 2048)
+        conn_kick(c);
 }
 
 static void smtpd_timeout(struct conn *c)
