@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -111,6 +113,34 @@ static int lock_database(void)
     return fd;
 }
 
+/* `user = NAME`: a daemon started as root gives root up once its ports
+ * are bound.  A daemon started as anyone else cannot and need not. */
+static int drop_privileges(void)
+{
+    struct passwd *pw;
+
+    if (!conf->run_user[0])
+        return 0;
+    if (geteuid() != 0) {
+        struct passwd *me = getpwuid(geteuid());
+        if (me && !strcmp(me->pw_name, conf->run_user))
+            return 0;
+        fprintf(stderr, "mailnode: user = %s needs the daemon started as root\n", conf->run_user);
+        return EX_NOPERM;
+    }
+    pw = getpwnam(conf->run_user);
+    if (!pw) {
+        fprintf(stderr, "mailnode: user = %s: no such user (create it, or change `user`)\n", conf->run_user);
+        return EX_NOUSER;
+    }
+    if (setgroups(0, NULL) || setgid(pw->pw_gid) || setuid(pw->pw_uid) || setuid(0) == 0) {
+        fprintf(stderr, "mailnode: cannot become user %s: %s\n", conf->run_user, strerror(errno));
+        return EX_NOPERM;
+    }
+    log_info("running as user %s (uid %ld)", pw->pw_name, (long)pw->pw_uid);
+    return 0;
+}
+
 /* The daemon's hold on its database: the lock, the store, the node key.
  * 0, or a sysexits code after saying what went wrong. */
 static int daemon_open(int *lockfd)
@@ -156,20 +186,28 @@ int cli_run(int argc, char **argv)
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    if ((rc = daemon_open(&lockfd)))
-        return rc;
+    /* Listeners first: privileged ports are bound while still root; then
+     * the daemon becomes `user`, and everything it creates (database,
+     * key, lock, control socket) belongs to that user. */
     if (loop_init()) {
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
-        rc = EX_OSERR;
-        goto out_auth;
+        return EX_OSERR;
     }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
-        rc = EX_UNAVAILABLE;
-        goto out_loop;
+        loop_free();
+        return EX_UNAVAILABLE;
+    }
+    if ((rc = drop_privileges())) {
+        loop_free();
+        return rc;
+    }
+    if ((rc = daemon_open(&lockfd))) {
+        loop_free();
+        return rc;
     }
     if (ctl_start()) {
         fprintf(stderr, "mailnode: cannot open the control socket %s (see the log)\n",
@@ -203,7 +241,6 @@ int cli_run(int argc, char **argv)
     store_turn_end();
 out_loop:
     loop_free();
-out_auth:
     daemon_close(lockfd);
     return rc;
 }

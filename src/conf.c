@@ -71,6 +71,7 @@ static const struct conf_key keys[] = {
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
+    { "user", T_STR, F(run_user), 0, "" },
     { "tls.cert", T_STR, F(tls_cert), 0, "" },
     { "tls.key", T_STR, F(tls_key), 0, "" },
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },

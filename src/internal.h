@@ -136,6 +136,7 @@ struct conf {
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
     char *log_dest;                     /* log = syslog | stderr */
+    char *run_user;                     /* user = NAME: drop root after binding */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */

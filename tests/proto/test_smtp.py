@@ -483,4 +483,34 @@ def per_address_limits():
         check('message_rate_limited', codes == [250, 250, 421], codes)
 
 
+@test
+def drops_root_after_binding():
+    if os.geteuid() != 0:
+        check('drop_root_needs_root', False, 'the test runs the daemon as root')
+        return
+    n = Node(start=False, conf={'user': 'nobody'})
+    try:
+        os.chmod(n.dir, 0o777)          # the database directory must be writable by the user
+        n.start()
+        pid = n.proc.pid
+        with open('/proc/%d/status' % pid) as f:
+            uids = [l.split()[1:] for l in f if l.startswith('Uid:')][0]
+        check('runs_as_nobody', all(u == '65534' for u in uids), uids)
+        check('database_owned_by_nobody', os.stat(n.db).st_uid == 65534, os.stat(n.db).st_uid)
+        with n.raw() as c:
+            check('serves_after_drop', c.recv_reply().code == 220)
+        check('drop_logged', 'running as user nobody' in n.log())
+    finally:
+        n.close()
+    n = Node(start=False, conf={'user': 'no-such-user-here'})
+    try:
+        try:
+            n.start()
+            check('unknown_user_refused', False, 'started')
+        except RuntimeError as e:
+            check('unknown_user_refused', 'no such user' in str(e), str(e)[-300:])
+    finally:
+        n.close()
+
+
 harness.main()
