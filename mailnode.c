@@ -618,6 +618,9 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
 int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 void queue_flush_cancel(void *arg);     /* the waiter went away */
+/* A client connected from ip: a destination backing off because that
+ * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
+void queue_peer_seen(const char *ip);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -11915,6 +11918,7 @@ struct hop {
     int host_i, addr_i, port;
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
+    char peer_ip[64];                   /* the address being tried */
     int64_t after_id;                   /* batch cursor */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
@@ -11952,6 +11956,43 @@ static struct {
 } Q = { .scan = { .idx = -1 } };
 
 static void scan(void *arg);
+
+/* Addresses of destinations that could not be reached, so that a
+ * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
+ * that talks to us is up). */
+#define DOWN_SLOTS 64
+static struct {
+    char dest[SMTP_DOMAIN_MAX + 16];
+    char ip[64];
+} down[DOWN_SLOTS];
+static int down_next;
+
+static void down_note(const char *dest, const char *ip)
+{
+    for (int i = 0; i < DOWN_SLOTS; i++)
+        if (!strcmp(down[i].ip, ip) && !strcmp(down[i].dest, dest))
+            return;
+    util_strlcpy(down[down_next].dest, dest, sizeof down[0].dest);
+    util_strlcpy(down[down_next].ip, ip, sizeof down[0].ip);
+    down_next = (down_next + 1) % DOWN_SLOTS;
+}
+
+void queue_peer_seen(const char *ip)
+{
+    for (int i = 0; i < DOWN_SLOTS; i++) {
+        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+            continue;
+        struct store_dest d;
+        if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
+            d.next_try = 0;
+            d.backoff = 0;
+            store_dest_put(&d);
+            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
+            queue_kick();
+        }
+        down[i].ip[0] = '\0';
+    }
+}
 
 void queue_kick(void)
 {
@@ -12247,6 +12288,8 @@ static void hop_done(void *arg, int reached, const char *error)
     if (!reached) {
         util_strlcpy(h->error, error ? error : "no answer", sizeof h->error);
         log_info("%s: %s", h->name, h->error);
+        if (h->kind == ROUTE_REMOTE && h->peer_ip[0])
+            down_note(h->name, h->peer_ip);
         hop_try_next(h);
         return;
     }
@@ -12306,6 +12349,7 @@ static void hop_try_next(struct hop *h)
             len = sizeof(struct sockaddr_in6);
         }
         util_strlcpy(h->peer, dh->name, sizeof h->peer);
+        util_sockaddr_ip(&ss, h->peer_ip, sizeof h->peer_ip);
         struct smtpc_auth auth = { NULL, NULL }, *ap = NULL;
         static char pw[256];
         if (!h->domain[0] && conf->relayhost_user[0] && conf->relayhost_password_file[0]) {
@@ -12331,6 +12375,8 @@ static void hop_try_next(struct hop *h)
         util_sockaddr_ip(&ss, ip, sizeof ip);
         snprintf(h->error, sizeof h->error, "cannot connect to %s [%s]: %s", dh->name, ip, strerror(errno));
         log_info("%s: %s", h->name, h->error);
+        if (h->kind == ROUTE_REMOTE)
+            down_note(h->name, ip);
     }
     if (!h->error[0])
         util_strlcpy(h->error, "no address to try", sizeof h->error);
@@ -14859,6 +14905,8 @@ void smtpd_accept(struct conn *c)
         conn_close(c);
         return;
     }
+    if (c->kind == LISTEN_SMTP)
+        queue_peer_seen(c->peer_ip);
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);
@@ -16420,8 +16468,9 @@ static int print_dest(void *arg, const struct store_dest *d)
         util_date(d->next_try, next, sizeof next);
     if (d->last_ok)
         util_date(d->last_ok, ok, sizeof ok);
-    printf("  %-30s backlog %lld, next try %s, last success %s%s%s\n", d->name, (long long)d->backlog,
-           next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
+    int down = d->failures > 0 && d->next_try > util_now();
+    printf("  %-30s %s, backlog %lld, next try %s, last success %s%s%s\n", d->name, down ? "down" : "up",
+           (long long)d->backlog, next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
     return 0;
 }
 

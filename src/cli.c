@@ -353,8 +353,9 @@ static int print_dest(void *arg, const struct store_dest *d)
         util_date(d->next_try, next, sizeof next);
     if (d->last_ok)
         util_date(d->last_ok, ok, sizeof ok);
-    printf("  %-30s backlog %lld, next try %s, last success %s%s%s\n", d->name, (long long)d->backlog,
-           next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
+    int down = d->failures > 0 && d->next_try > util_now();
+    printf("  %-30s %s, backlog %lld, next try %s, last success %s%s%s\n", d->name, down ? "down" : "up",
+           (long long)d->backlog, next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
     return 0;
 }
 

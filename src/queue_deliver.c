@@ -34,6 +34,7 @@ struct hop {
     int host_i, addr_i, port;
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
+    char peer_ip[64];                   /* the address being tried */
     int64_t after_id;                   /* batch cursor */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
@@ -71,6 +72,43 @@ static struct {
 } Q = { .scan = { .idx = -1 } };
 
 static void scan(void *arg);
+
+/* Addresses of destinations that could not be reached, so that a
+ * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
+ * that talks to us is up). */
+#define DOWN_SLOTS 64
+static struct {
+    char dest[SMTP_DOMAIN_MAX + 16];
+    char ip[64];
+} down[DOWN_SLOTS];
+static int down_next;
+
+static void down_note(const char *dest, const char *ip)
+{
+    for (int i = 0; i < DOWN_SLOTS; i++)
+        if (!strcmp(down[i].ip, ip) && !strcmp(down[i].dest, dest))
+            return;
+    util_strlcpy(down[down_next].dest, dest, sizeof down[0].dest);
+    util_strlcpy(down[down_next].ip, ip, sizeof down[0].ip);
+    down_next = (down_next + 1) % DOWN_SLOTS;
+}
+
+void queue_peer_seen(const char *ip)
+{
+    for (int i = 0; i < DOWN_SLOTS; i++) {
+        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+            continue;
+        struct store_dest d;
+        if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
+            d.next_try = 0;
+            d.backoff = 0;
+            store_dest_put(&d);
+            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
+            queue_kick();
+        }
+        down[i].ip[0] = '\0';
+    }
+}
 
 void queue_kick(void)
 {
@@ -366,6 +404,8 @@ static void hop_done(void *arg, int reached, const char *error)
     if (!reached) {
         util_strlcpy(h->error, error ? error : "no answer", sizeof h->error);
         log_info("%s: %s", h->name, h->error);
+        if (h->kind == ROUTE_REMOTE && h->peer_ip[0])
+            down_note(h->name, h->peer_ip);
         hop_try_next(h);
         return;
     }
@@ -425,6 +465,7 @@ static void hop_try_next(struct hop *h)
             len = sizeof(struct sockaddr_in6);
         }
         util_strlcpy(h->peer, dh->name, sizeof h->peer);
+        util_sockaddr_ip(&ss, h->peer_ip, sizeof h->peer_ip);
         struct smtpc_auth auth = { NULL, NULL }, *ap = NULL;
         static char pw[256];
         if (!h->domain[0] && conf->relayhost_user[0] && conf->relayhost_password_file[0]) {
@@ -450,6 +491,8 @@ static void hop_try_next(struct hop *h)
         util_sockaddr_ip(&ss, ip, sizeof ip);
         snprintf(h->error, sizeof h->error, "cannot connect to %s [%s]: %s", dh->name, ip, strerror(errno));
         log_info("%s: %s", h->name, h->error);
+        if (h->kind == ROUTE_REMOTE)
+            down_note(h->name, ip);
     }
     if (!h->error[0])
         util_strlcpy(h->error, "no address to try", sizeof h->error);

@@ -1291,6 +1291,8 @@ void smtpd_accept(struct conn *c)
         conn_close(c);
         return;
     }
+    if (c->kind == LISTEN_SMTP)
+        queue_peer_seen(c->peer_ip);
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);

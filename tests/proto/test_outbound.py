@@ -294,6 +294,23 @@ def hold_release_and_status():
 
 
 @test
+def inbound_connection_ends_backoff():
+    # RFC 5321 4.5.4.1: the unreachable host connects to us, so it is up
+    with Sink() as sink, relay_node(sink, {'retry.initial': '1h', 'retry.max': '2h'}) as n:
+        sink.stop()
+        send(n, 'alice@example.test', ['far@remote.test'], msg(1))
+        check('backing_off', wait_until(lambda: 'next try in' in n.log(), timeout=20), n.log()[-300:])
+        sink.start()
+        time.sleep(1)
+        check('nothing_before_contact', len(sink.messages) == 0)
+        with n.raw() as c:                # the "destination host" (127.0.0.1) says hello
+            c.recv_reply()
+            c.cmd('QUIT')
+        check('delivered_after_contact', sink.wait_for(1, timeout=20), n.log()[-400:])
+        check('logged_retry', 'connected to us: retrying now' in n.log())
+
+
+@test
 def kill9_mid_batch_loses_nothing():
     with Sink(chunking=False) as sink:
         port = sink.port
