@@ -224,8 +224,10 @@ typedef void (*loop_accept_fn)(struct conn *c);
 
 int loop_init(void);
 void loop_free(void);
-/* Opens the listeners of a comma separated "addr:port" list. */
+/* Binds the listeners of a comma separated "addr:port" list; they take
+ * connections after loop_listen_start. */
 int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
+int loop_listen_start(char *err, size_t errlen);
 void loop_close_listeners(void);
 int loop_run(void);                     /* until loop_stop(); returns 0 */
 void loop_stop(void);
@@ -2392,7 +2394,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         }
         fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-            bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 128) < 0) {
+            bind(fd, (struct sockaddr *)&ss, sl) < 0) {
             snprintf(err, errlen, "cannot listen on %s: %s", items[i], strerror(errno));
             if (fd >= 0)
                 close(fd);
@@ -2412,6 +2414,18 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         log_info("listening on %s (%s)", items[i],
                  (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
     }
+    return 0;
+}
+
+/* The sockets are bound early (before giving up root) but take
+ * connections only from here on, when the node is ready to serve them. */
+int loop_listen_start(char *err, size_t errlen)
+{
+    for (int i = 0; i < L.n_listeners; i++)
+        if (listen(L.listeners[i].fd, 128) < 0) {
+            snprintf(err, errlen, "listen: %s", strerror(errno));
+            return -1;
+        }
     return 0;
 }
 
@@ -16343,6 +16357,11 @@ int cli_run(int argc, char **argv)
     queue_start();
     if (poll_start()) {
         rc = EX_CONFIG;
+        goto out_loop;
+    }
+    if (loop_listen_start(err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        rc = EX_UNAVAILABLE;
         goto out_loop;
     }
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,

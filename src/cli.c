@@ -230,6 +230,11 @@ int cli_run(int argc, char **argv)
         rc = EX_CONFIG;
         goto out_loop;
     }
+    if (loop_listen_start(err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        rc = EX_UNAVAILABLE;
+        goto out_loop;
+    }
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())

@@ -213,8 +213,10 @@ typedef void (*loop_accept_fn)(struct conn *c);
 
 int loop_init(void);
 void loop_free(void);
-/* Opens the listeners of a comma separated "addr:port" list. */
+/* Binds the listeners of a comma separated "addr:port" list; they take
+ * connections after loop_listen_start. */
 int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
+int loop_listen_start(char *err, size_t errlen);
 void loop_close_listeners(void);
 int loop_run(void);                     /* until loop_stop(); returns 0 */
 void loop_stop(void);

@@ -649,7 +649,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         }
         fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-            bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 128) < 0) {
+            bind(fd, (struct sockaddr *)&ss, sl) < 0) {
             snprintf(err, errlen, "cannot listen on %s: %s", items[i], strerror(errno));
             if (fd >= 0)
                 close(fd);
@@ -669,6 +669,18 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         log_info("listening on %s (%s)", items[i],
                  (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
     }
+    return 0;
+}
+
+/* The sockets are bound early (before giving up root) but take
+ * connections only from here on, when the node is ready to serve them. */
+int loop_listen_start(char *err, size_t errlen)
+{
+    for (int i = 0; i < L.n_listeners; i++)
+        if (listen(L.listeners[i].fd, 128) < 0) {
+            snprintf(err, errlen, "listen: %s", strerror(errno));
+            return -1;
+        }
     return 0;
 }
 
