@@ -29,7 +29,7 @@
 #   BENCH_DIR=/var/tmp        work directories
 #   WAIT_TIMEOUT=600          limit for one release (s)
 #   OUT=bench/results         report and TSV
-#   KEEP=0                    1: keep each run's pcap in OUT
+#   KEEP=0                    1: keep each run's pcap and logs in OUT
 
 set -u
 umask 022
@@ -323,10 +323,18 @@ run_one() {
     else
         mn_upstream_start "$dir/up" || fail=1
     fi
-    # The field node starts before any mail is held: its start-up poll (if
-    # any) finds nothing, and the release below is the measured one.
+    # The field node starts before any mail is held: its start-up poll finds
+    # nothing, and the release below is the measured one. A `mailnode poll`
+    # made while that first exchange is still in flight would be answered
+    # with its result, so wait for it to finish (a few RTTs).
     [ -z "$fail" ] && { field_start "$dir/field" "$mode" || fail=1; }
-    [ -z "$fail" ] && sleep 3
+    if [ -z "$fail" ]; then
+        for i in $(seq 150); do
+            grep -q 'upstream exchange' "$dir/field/mailnode.log" 2>/dev/null && break
+            sleep 0.2
+        done
+        sleep 1
+    fi
     if [ -z "$fail" ]; then
         if [ "$mode" = postfix ]; then pf_upstream_fill "$dir/up" || fail=1
         else mn_upstream_fill "$dir/up" || fail=1; fi
@@ -400,7 +408,13 @@ run_one() {
     log "$(printf '  %-8s rep=%s  %7s s  floor %6s s (wire %6s s)  x%-5s  poll rc=%s %5ss  got %s (%s distinct)  conns %s  U->F %s B  F->U %s B  drops %s  left %s  ping %s ms' \
         "$mode" "$rep" "$secs" "$floor" "$wfloor" "$ratio" "$prc" "$psecs" "$got" "$uniq" "$(wsv conns)" \
         "${lin:-0}" "${lout:-0}" "${qd:-0}" "${left:-?}" "${pingrtt:--}")"
-    [ "$KEEP" = 1 ] && cp "$dir/link.pcap" "$OUT/ondemand-$STAMP-$mode-$rep.pcap"
+    log "           poll said: $(tr '\n' ' ' < "$dir/poll.out" | cut -c1-200)"
+    if [ "$KEEP" = 1 ]; then
+        cp "$dir/link.pcap" "$OUT/ondemand-$STAMP-$mode-$rep.pcap"
+        cp "$dir/field/mailnode.log" "$OUT/ondemand-$STAMP-$mode-$rep.field.log"
+        cp "$dir/up/mailnode.log" "$OUT/ondemand-$STAMP-$mode-$rep.upstream.log" 2>/dev/null
+        cp "$dir/up/maillog" "$OUT/ondemand-$STAMP-$mode-$rep.maillog" 2>/dev/null
+    fi
     rm -rf "$dir"
     return 0
 }

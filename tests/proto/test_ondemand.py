@@ -775,6 +775,116 @@ def poll_against_scripted_provider():
         check('poll_provider_status_ok', rc == 0 and 'upstream' in out.lower(), out[-400:])
 
 
+class FakeEtrnUpstream:
+    """A scripted ETRN upstream: phase 'slow' answers ETRN with 251 after
+    SLOW seconds, phase 'fast' answers 253 at once.  Records per session
+    (phase at ETRN time, commands)."""
+    SLOW = 3.0
+
+    def __init__(self):
+        self.phase = 'fast'
+        self.sessions = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        self.threads = [threading.Thread(target=self._loop, daemon=True)]
+        self.threads[0].start()
+
+    def _loop(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn):
+        sess = {'phase': None, 'commands': []}
+        self.sessions.append(sess)
+        try:
+            conn.settimeout(15)
+            f = conn.makefile('rb')
+            conn.sendall(b'220 fake.upstream ESMTP\r\n')
+            while True:
+                line = f.readline(4096)
+                if not line:
+                    return
+                cmd = line.decode('latin-1').strip()
+                sess['commands'].append(cmd)
+                verb = cmd.split(' ', 1)[0].upper()
+                if verb == 'EHLO':
+                    conn.sendall(b'250-fake.upstream\r\n250 ETRN\r\n')
+                elif verb == 'ETRN':
+                    sess['phase'] = self.phase
+                    if self.phase == 'slow':
+                        time.sleep(self.SLOW)
+                        conn.sendall(b'251 2.0.0 OK, no messages waiting for node site.test\r\n')
+                    else:
+                        conn.sendall(b'253 2.0.0 OK, 7 pending messages for node site.test started\r\n')
+                elif verb == 'QUIT':
+                    conn.sendall(b'221 bye\r\n')
+                    return
+                else:
+                    conn.sendall(b'250 ok\r\n')
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+        for t in self.threads:
+            t.join(self.SLOW + 2)
+
+
+@test
+def poll_during_running_exchange():
+    """`mailnode poll` while the daemon's previous exchange is still waiting
+    for its answer: the command must report an exchange made after it was
+    asked for, not the answer to the earlier request (mail held in between
+    would otherwise be reported as "no messages waiting")."""
+    fake = FakeEtrnUpstream()
+    field = field_node(start=False)
+    first = None
+    try:
+        field.configure({'upstream': '127.0.0.1:%d' % fake.port, 'upstream.mode': 'etrn',
+                         'upstream.domains': SITE, 'upstream.interval': '1h'})
+        field.start()
+        time.sleep(1.0)                      # a start-up exchange, if any, is over
+        fake.phase = 'slow'
+        first = subprocess.Popen([BIN, '-c', field.conf_path, 'poll'], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        seen = wait_until(lambda: any(x['phase'] == 'slow' for x in fake.sessions), 10)
+        check('poll_overlap_first_in_flight', seen, [x['commands'] for x in fake.sessions])
+        fake.phase = 'fast'                  # mail is held now: a new ETRN gets 253
+        rc, out, err = field.cli('poll', timeout=60)
+        first_out = first.communicate(timeout=30)[0].decode('utf-8', 'replace')
+        diag('overlapping polls: first %r (rc %s), second %r (rc %s); sessions %s'
+             % (first_out.strip(), first.returncode, out.strip(), rc,
+                [(x['phase'], x['commands']) for x in fake.sessions]))
+        check('poll_overlap_second_exit_0', rc == 0, 'rc %s: %s %s' % (rc, out, err))
+        check('poll_overlap_second_reports_fresh_exchange', '253' in out,
+              'second poll printed %r (the first poll\'s exchange was still waiting)' % out.strip())
+        check('poll_overlap_fresh_etrn_sent',
+              any(x['phase'] == 'fast' and any(c.upper().startswith('ETRN') for c in x['commands'])
+                  for x in fake.sessions), [(x['phase'], x['commands']) for x in fake.sessions])
+    finally:
+        if first is not None and first.poll() is None:
+            first.kill()
+            first.wait()
+        field.close()
+        fake.close()
+
+
 # ------------------------------------------------------- 4. bad input (ODMR port)
 
 @test
