@@ -453,8 +453,10 @@ int store_msg_set_warned(int64_t msg_id);
 int store_out_get(int64_t msg_id, struct store_out_msg *m);
 int store_queue_hold(const char *qid, int hold);   /* hold or release */
 
-/* Deletes bodies no message or mailbox entry refers to any more. */
+/* Deletes bodies no message or mailbox entry refers to any more: all of
+ * them (a scan, for start-up and rare administration), or one. */
 int store_gc(void);
+int store_gc_body(int64_t body_id);
 
 /* store_admin.c: users, domains, aliases. */
 struct store_user {
@@ -5841,11 +5843,18 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
 
 int store_queue_delete(const char *qid)
 {
-    static sqlite3_stmt *r, *m;
+    static sqlite3_stmt *r, *m, *bq;
+    int64_t body_id = 0;
     int err;
 
     if ((err = store_begin()))
         return err;
+    if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(bq) == SQLITE_ROW)
+        body_id = sqlite3_column_int64(bq, 0);
+    sqlite3_reset(bq);
     if (!store_stmt(&r, "DELETE FROM rcpt WHERE message_id=(SELECT id FROM message WHERE qid=?)") ||
         !store_stmt(&m, "DELETE FROM message WHERE qid=?"))
         return STORE_ERR;
@@ -5857,7 +5866,7 @@ int store_queue_delete(const char *qid)
         return err;
     if (!sqlite3_changes(S.db))
         return STORE_NOTFOUND;
-    return store_gc();
+    return store_gc_body(body_id);
 }
 
 int64_t store_queue_count(void)
@@ -5958,6 +5967,27 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     }
     sqlite3_reset(q);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_gc_body(int64_t body_id)
+{
+    static sqlite3_stmt *c, *b;
+    int err;
+
+    /* Only when nothing refers to it: both look-ups use an index, so the
+     * cost does not grow with the number of messages stored. */
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
+                        " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
+        !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
+                        " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)"))
+        return STORE_ERR;
+    sqlite3_bind_int64(c, 1, body_id);
+    if ((err = step_done(c, "collect chunks")))
+        return err;
+    sqlite3_bind_int64(b, 1, body_id);
+    return step_done(b, "collect body");
 }
 
 int store_gc(void)
@@ -6485,22 +6515,26 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
     if ((err = store_mbox_savepoint(&sp, "SAVEPOINT mbox_delete")))
         return err;
     for (size_t i = 0; i < n; i++) {
-        if (!store_stmt(&del, "DELETE FROM mbox WHERE uid=? AND user_id=?")) {
+        if (!store_stmt(&del, "DELETE FROM mbox WHERE uid=? AND user_id=? RETURNING body_id")) {
             err = STORE_ERR;
             goto fail;
         }
         sqlite3_bind_int64(del, 1, uids[i]);
         sqlite3_bind_int64(del, 2, user_id);
-        rc = sqlite3_step(del);
+        int64_t body_id = -1;
+        while ((rc = sqlite3_step(del)) == SQLITE_ROW)
+            body_id = sqlite3_column_int64(del, 0);
         sqlite3_reset(del);
         if (rc != SQLITE_DONE) {
             log_err("database: delete mailbox entry: %s", sqlite3_errmsg(store_db()));
             err = store_rc(rc);
             goto fail;
         }
+        /* The body goes with its last reference (other recipients of the
+         * same message may still have it). */
+        if (body_id >= 0 && (err = store_gc_body(body_id)))
+            goto fail;
     }
-    if ((err = store_gc()))
-        goto fail;
     if ((err = store_mbox_savepoint(&rel, "RELEASE mbox_delete")))
         goto fail;
     return 0;
@@ -6720,7 +6754,8 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
 
 int store_msg_retire(int64_t msg_id)
 {
-    static sqlite3_stmt *left, *dr, *dm;
+    static sqlite3_stmt *left, *dr, *dm, *bq;
+    int64_t body_id = 0;
     int n = 1, err;
 
     if (!store_stmt(&left, "SELECT count(*) FROM rcpt WHERE message_id=? AND state=0"))
@@ -6733,6 +6768,12 @@ int store_msg_retire(int64_t msg_id)
         return 0;
     if ((err = store_begin()))
         return err;
+    if (!store_stmt(&bq, "SELECT body_id FROM message WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(bq, 1, msg_id);
+    if (sqlite3_step(bq) == SQLITE_ROW)
+        body_id = sqlite3_column_int64(bq, 0);
+    sqlite3_reset(bq);
     if (!store_stmt(&dr, "DELETE FROM rcpt WHERE message_id=?") ||
         !store_stmt(&dm, "DELETE FROM message WHERE id=?"))
         return STORE_ERR;
@@ -6742,7 +6783,7 @@ int store_msg_retire(int64_t msg_id)
     sqlite3_bind_int64(dm, 1, msg_id);
     if ((err = sd_step(dm)))
         return err;
-    if ((err = store_gc()))
+    if ((err = store_gc_body(body_id)))
         return err;
     return 1;
 }

@@ -442,8 +442,10 @@ int store_msg_set_warned(int64_t msg_id);
 int store_out_get(int64_t msg_id, struct store_out_msg *m);
 int store_queue_hold(const char *qid, int hold);   /* hold or release */
 
-/* Deletes bodies no message or mailbox entry refers to any more. */
+/* Deletes bodies no message or mailbox entry refers to any more: all of
+ * them (a scan, for start-up and rare administration), or one. */
 int store_gc(void);
+int store_gc_body(int64_t body_id);
 
 /* store_admin.c: users, domains, aliases. */
 struct store_user {

@@ -850,11 +850,18 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
 
 int store_queue_delete(const char *qid)
 {
-    static sqlite3_stmt *r, *m;
+    static sqlite3_stmt *r, *m, *bq;
+    int64_t body_id = 0;
     int err;
 
     if ((err = store_begin()))
         return err;
+    if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(bq) == SQLITE_ROW)
+        body_id = sqlite3_column_int64(bq, 0);
+    sqlite3_reset(bq);
     if (!store_stmt(&r, "DELETE FROM rcpt WHERE message_id=(SELECT id FROM message WHERE qid=?)") ||
         !store_stmt(&m, "DELETE FROM message WHERE qid=?"))
         return STORE_ERR;
@@ -866,7 +873,7 @@ int store_queue_delete(const char *qid)
         return err;
     if (!sqlite3_changes(S.db))
         return STORE_NOTFOUND;
-    return store_gc();
+    return store_gc_body(body_id);
 }
 
 int64_t store_queue_count(void)
@@ -967,6 +974,27 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     }
     sqlite3_reset(q);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_gc_body(int64_t body_id)
+{
+    static sqlite3_stmt *c, *b;
+    int err;
+
+    /* Only when nothing refers to it: both look-ups use an index, so the
+     * cost does not grow with the number of messages stored. */
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
+                        " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
+        !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
+                        " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)"))
+        return STORE_ERR;
+    sqlite3_bind_int64(c, 1, body_id);
+    if ((err = step_done(c, "collect chunks")))
+        return err;
+    sqlite3_bind_int64(b, 1, body_id);
+    return step_done(b, "collect body");
 }
 
 int store_gc(void)

@@ -205,7 +205,8 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
 
 int store_msg_retire(int64_t msg_id)
 {
-    static sqlite3_stmt *left, *dr, *dm;
+    static sqlite3_stmt *left, *dr, *dm, *bq;
+    int64_t body_id = 0;
     int n = 1, err;
 
     if (!store_stmt(&left, "SELECT count(*) FROM rcpt WHERE message_id=? AND state=0"))
@@ -218,6 +219,12 @@ int store_msg_retire(int64_t msg_id)
         return 0;
     if ((err = store_begin()))
         return err;
+    if (!store_stmt(&bq, "SELECT body_id FROM message WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(bq, 1, msg_id);
+    if (sqlite3_step(bq) == SQLITE_ROW)
+        body_id = sqlite3_column_int64(bq, 0);
+    sqlite3_reset(bq);
     if (!store_stmt(&dr, "DELETE FROM rcpt WHERE message_id=?") ||
         !store_stmt(&dm, "DELETE FROM message WHERE id=?"))
         return STORE_ERR;
@@ -227,7 +234,7 @@ int store_msg_retire(int64_t msg_id)
     sqlite3_bind_int64(dm, 1, msg_id);
     if ((err = sd_step(dm)))
         return err;
-    if ((err = store_gc()))
+    if ((err = store_gc_body(body_id)))
         return err;
     return 1;
 }

@@ -104,22 +104,26 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
     if ((err = store_mbox_savepoint(&sp, "SAVEPOINT mbox_delete")))
         return err;
     for (size_t i = 0; i < n; i++) {
-        if (!store_stmt(&del, "DELETE FROM mbox WHERE uid=? AND user_id=?")) {
+        if (!store_stmt(&del, "DELETE FROM mbox WHERE uid=? AND user_id=? RETURNING body_id")) {
             err = STORE_ERR;
             goto fail;
         }
         sqlite3_bind_int64(del, 1, uids[i]);
         sqlite3_bind_int64(del, 2, user_id);
-        rc = sqlite3_step(del);
+        int64_t body_id = -1;
+        while ((rc = sqlite3_step(del)) == SQLITE_ROW)
+            body_id = sqlite3_column_int64(del, 0);
         sqlite3_reset(del);
         if (rc != SQLITE_DONE) {
             log_err("database: delete mailbox entry: %s", sqlite3_errmsg(store_db()));
             err = store_rc(rc);
             goto fail;
         }
+        /* The body goes with its last reference (other recipients of the
+         * same message may still have it). */
+        if (body_id >= 0 && (err = store_gc_body(body_id)))
+            goto fail;
     }
-    if ((err = store_gc()))
-        goto fail;
     if ((err = store_mbox_savepoint(&rel, "RELEASE mbox_delete")))
         goto fail;
     return 0;
