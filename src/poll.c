@@ -39,7 +39,8 @@ static struct {
     size_t used;
     int rc;                             /* sysexits code of the exchange */
     int accepted;                       /* ATRN: messages taken in */
-    struct pwaiter *waiters;
+    struct pwaiter *waiters;            /* told at the end of this exchange */
+    struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
 
@@ -99,7 +100,12 @@ static void poll_finish(int rc, const char *fmt, ...)
     }
     if (P.again) {
         P.again = 0;
-        poll_kick();
+        P.waiters = P.next_waiters;
+        P.next_waiters = NULL;
+        if (P.enabled)
+            poll_kick();
+        else
+            poll_run(NULL, NULL);       /* standalone poll: its waiter is in the new list */
     }
 }
 
@@ -514,8 +520,12 @@ int poll_run(poll_done_fn done, void *arg)
             return -1;
         w->done = done;
         w->arg = arg;
-        w->next = P.waiters;
-        P.waiters = w;
+        /* A request made while an exchange runs wants a fresh one: the
+         * running exchange may have passed the point that request cares
+         * about. */
+        struct pwaiter **list = P.state != P_IDLE ? &P.next_waiters : &P.waiters;
+        w->next = *list;
+        *list = w;
     }
     if (P.state != P_IDLE) {
         P.again = 1;                    /* one more exchange after this one */
@@ -585,24 +595,28 @@ void poll_stop(void)
     P.c = NULL;
     if (c && !c->dead && P.state != P_SERVING)
         conn_abort(c);
-    while (P.waiters) {
-        struct pwaiter *w = P.waiters;
-        P.waiters = w->next;
-        w->done(w->arg, "stopped\n", EX_TEMPFAIL);
-        free(w);
-    }
+    struct pwaiter **lists[] = { &P.waiters, &P.next_waiters };
+    for (size_t l = 0; l < MN_NELEM(lists); l++)
+        while (*lists[l]) {
+            struct pwaiter *w = *lists[l];
+            *lists[l] = w->next;
+            w->done(w->arg, "stopped\n", EX_TEMPFAIL);
+            free(w);
+        }
     P.state = P_IDLE;
 }
 
 void poll_cancel(void *arg)
 {
-    for (struct pwaiter **pp = &P.waiters; *pp; pp = &(*pp)->next)
-        if ((*pp)->arg == arg) {
-            struct pwaiter *w = *pp;
-            *pp = w->next;
-            free(w);
-            return;
-        }
+    struct pwaiter **lists[] = { &P.waiters, &P.next_waiters };
+    for (size_t l = 0; l < MN_NELEM(lists); l++)
+        for (struct pwaiter **pp = lists[l]; *pp; pp = &(*pp)->next)
+            if ((*pp)->arg == arg) {
+                struct pwaiter *w = *pp;
+                *pp = w->next;
+                free(w);
+                return;
+            }
 }
 
 int poll_busy(void)
