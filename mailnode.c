@@ -2104,13 +2104,26 @@ int conn_flush(struct conn *c)
     return 0;
 }
 
+/* Never calls on_close from here when output is pending: the caller (a
+ * protocol handler) may still use its session.  The output goes out on
+ * the next writable event, and the close follows. */
 void conn_close(struct conn *c)
 {
     if (c->dead || c->closing)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    conn_flush(c);
+    if (c->out_len && !(c->tls && tls_io_handshaking(c))) {
+        conn_update_events(c);
+        return;
+    }
+    if (!c->out_len && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
+        c->lingering = 1;
+        c->deadline = util_now_ms() + 2000;
+        conn_update_events(c);
+        return;
+    }
+    conn_abort(c);
 }
 
 void conn_pause(struct conn *c, int on)
