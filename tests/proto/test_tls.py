@@ -179,7 +179,7 @@ def read_smtp_reply(sock, timeout=10.0):
 def pop3_stls_poplib_login_retr():
     with tls_node() as n:
         deliver(n, message(1))
-        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10)
+        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10 * harness.TIME_SCALE)
         try:
             before = capa(p)
             check('pop3_capa_lists_stls', 'STLS' in before, before)
@@ -210,7 +210,7 @@ def pop3_stls_injection_dropped():
     """STLS and CAPA in one packet: CAPA was sent in the clear before the
     handshake and must not be answered, neither before nor after it."""
     with tls_node() as n:
-        s = socket.create_connection(('127.0.0.1', n.port('pop3')), timeout=10)
+        s = socket.create_connection(('127.0.0.1', n.port('pop3')), timeout=10 * harness.TIME_SCALE)
         try:
             greet = read_line(s)
             check('pop3_inj_greeting', greet.startswith(b'+OK'), greet)
@@ -223,7 +223,7 @@ def pop3_stls_injection_dropped():
             t = PKI_.context().wrap_socket(s, server_hostname='127.0.0.1')
             quiet, extra = recv_nothing(t, 1.0)
             check('pop3_inj_no_reply_after_handshake', quiet, extra)
-            t.settimeout(10)
+            t.settimeout(10 * harness.TIME_SCALE)
             t.sendall(b'CAPA\r\n')
             r = read_line(t)
             check('pop3_inj_session_usable', r.startswith(b'+OK'), r)
@@ -235,7 +235,7 @@ def pop3_stls_injection_dropped():
 @test
 def pop3_stls_refusals():
     with tls_node() as n:
-        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10)
+        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10 * harness.TIME_SCALE)
         try:
             r = p._shortcmd('USER alice')
             try:
@@ -245,7 +245,7 @@ def pop3_stls_refusals():
                 check('pop3_stls_after_user_refused', str(e).startswith("b'-ERR"), e)
         finally:
             p.close()
-        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10)
+        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10 * harness.TIME_SCALE)
         try:
             p.stls(context=PKI_.context())
             try:
@@ -288,7 +288,7 @@ def pop3_tls_lifts_cleartext_refusal_off_loopback():
         port = harness.free_ports(1)[0]
         n.configure({'listen.pop3': '127.0.0.1:%d, %s:%d' % (n.port('pop3'), OUTSIDE, port)})
         n.restart()
-        p = poplib.POP3(OUTSIDE, port, timeout=10)
+        p = poplib.POP3(OUTSIDE, port, timeout=10 * harness.TIME_SCALE)
         try:
             c = capa(p)
             check('pop3_off_loopback_no_user_in_clear', 'USER' not in c and 'STLS' in c, c)
@@ -306,7 +306,7 @@ def pop3_tls_lifts_cleartext_refusal_off_loopback():
             p.quit()
         finally:
             p.close()
-        p = poplib.POP3(OUTSIDE, port, timeout=10)
+        p = poplib.POP3(OUTSIDE, port, timeout=10 * harness.TIME_SCALE)
         try:
             p.stls(context=PKI_.context())
             cred = base64.b64encode(b'\0alice\0' + PASSWORD.encode()).decode()
@@ -320,7 +320,7 @@ def pop3_tls_lifts_cleartext_refusal_off_loopback():
 @test
 def pop3_no_stls_without_certificate():
     with tls_node(tls=False) as n:
-        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10)
+        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10 * harness.TIME_SCALE)
         try:
             c = capa(p)
             check('pop3_no_cert_no_stls_capa', 'STLS' not in c, c)
@@ -345,11 +345,11 @@ def pop3_handshake_garbage_closes():
         r = c.recv_line()
         check('pop3_garbage_stls_ok', r.startswith(b'+OK'), r)
         c.send('USER alice\r\nPASS x\r\n')
-        check('pop3_garbage_closed', c.closed(timeout=10))
+        check('pop3_garbage_closed', c.closed(timeout=10 * harness.TIME_SCALE))
         c.close()
         check('pop3_garbage_logged', wait_until(lambda: 'handshake with client' in n.log(), 5),
               n.log()[-400:])
-        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10)
+        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10 * harness.TIME_SCALE)
         p.stls(context=PKI_.context())
         p.user('alice')
         check('pop3_after_garbage_still_serving', p.pass_(PASSWORD).startswith(b'+OK'))
@@ -446,7 +446,7 @@ def tls_none_build_offers_nothing():
         harness.BIN = binary
         try:
             with tls_node() as n:
-                p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10)
+                p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10 * harness.TIME_SCALE)
                 c = capa(p)
                 check('tls_none_no_stls', 'STLS' not in c, c)
                 try:
@@ -496,7 +496,7 @@ def smtp_starttls_smtplib():
                 s.sendmail('bob@remote.test', ['alice@example.test'], message(7))
             finally:
                 s.quit()
-        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10)
+        p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10 * harness.TIME_SCALE)
         p.user('alice')
         p.pass_(PASSWORD)
         check('smtp_tls_mail_delivered', len(p.list()[1]) == 2)
@@ -508,7 +508,7 @@ def smtp_starttls_injection_dropped():
     if smtpd_pending():
         return
     with tls_node() as n:
-        s = socket.create_connection(('127.0.0.1', n.port('smtp')), timeout=10)
+        s = socket.create_connection(('127.0.0.1', n.port('smtp')), timeout=10 * harness.TIME_SCALE)
         try:
             read_smtp_reply(s)
             s.sendall(b'EHLO client.test\r\n')
@@ -522,7 +522,7 @@ def smtp_starttls_injection_dropped():
             t = PKI_.context().wrap_socket(s, server_hostname='127.0.0.1')
             quiet, extra = recv_nothing(t, 1.0)
             check('smtp_inj_rset_not_answered', quiet, extra)
-            t.settimeout(10)
+            t.settimeout(10 * harness.TIME_SCALE)
             t.sendall(b'MAIL FROM:<bob@remote.test>\r\n')
             r = read_smtp_reply(t)
             check('smtp_ehlo_required_again', r.startswith(b'503'), r)
