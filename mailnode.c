@@ -746,6 +746,9 @@ void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
 int ctl_connect(void);
+/* A domain or address literal as a control request may carry it (no
+ * character that could break the request line or the log). */
+int ctl_domain_ok(const char *d, size_t n);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
  * address or route appears. */
 int link_watch_start(void);
@@ -9980,7 +9983,7 @@ static const struct conn_ops ctl_ops = {
 /* A domain as the scheduler knows it: letters, digits, '-', '.', or an
  * address literal.  Anything else never names a destination, and refusing
  * it here keeps control characters out of the log. */
-static int ctl_domain_ok(const char *d, size_t n)
+int ctl_domain_ok(const char *d, size_t n)
 {
     if (n == 0 || n > SMTP_DOMAIN_MAX)
         return 0;
@@ -12213,6 +12216,23 @@ static void status_of(int code, const char *text, char *out, size_t n)
     snprintf(out, n, "%d.0.0", code / 100);
 }
 
+/* RFC 3461 4.1: a failure is reported unless NOTIFY said otherwise. */
+static int wants_failure_dsn(int notify)
+{
+    return !(notify & NOTIFY_NEVER) && (!notify || (notify & NOTIFY_FAILURE));
+}
+
+static void dsn_rcpt_of(struct dsn_rcpt *r, const struct store_out_rcpt *x, int action, const char *status)
+{
+    r->addr = x->addr;
+    r->orcpt = x->orcpt[0] ? x->orcpt : NULL;
+    r->action = action;
+    r->status = status;
+    r->remote_mta = NULL;
+    r->diagnostic = NULL;
+    r->last_attempt = util_now();
+}
+
 /* ------------------------------------------------------ session callbacks */
 
 static int hop_next(void *arg, struct store_out_msg *m)
@@ -12268,7 +12288,7 @@ static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int
         store_rcpt_set(r->id, RCPT_FAILED, 0, text);
         h->failed++;
         log_info("%s: to=<%s> relay=%s status=bounced (%s)", m->qid, r->addr, h->peer, text);
-        if (!(r->notify & NOTIFY_NEVER) && (!r->notify || (r->notify & NOTIFY_FAILURE)))
+        if (wants_failure_dsn(r->notify))
             note(h, m->id, DSN_FAILED, r, status, text);
     }
 }
@@ -12388,7 +12408,7 @@ static void fail_destination(struct hop *h, const char *status, const char *text
             store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
             log_info("%s: to=<%s> status=bounced (%s)", m.qid, m.rcpts[i].addr, text);
             h->failed++;
-            if (!(m.rcpts[i].notify & NOTIFY_NEVER) && (!m.rcpts[i].notify || (m.rcpts[i].notify & NOTIFY_FAILURE)))
+            if (wants_failure_dsn(m.rcpts[i].notify))
                 note(h, m.id, DSN_FAILED, &m.rcpts[i], status, text);
         }
         flush_notes(h, &m);
@@ -12558,17 +12578,8 @@ static int expired_cb(void *arg, int64_t msg_id, int64_t rcpt_id)
         store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
         log_info("%s: to=<%s> status=expired (queued for more than %llds)", m.qid, m.rcpts[i].addr,
                  (long long)conf->queue_lifetime);
-        if (n < MN_NELEM(r) && !(m.rcpts[i].notify & NOTIFY_NEVER) &&
-            (!m.rcpts[i].notify || (m.rcpts[i].notify & NOTIFY_FAILURE))) {
-            r[n].addr = m.rcpts[i].addr;
-            r[n].orcpt = m.rcpts[i].orcpt[0] ? m.rcpts[i].orcpt : NULL;
-            r[n].action = DSN_FAILED;
-            r[n].status = "4.4.7";
-            r[n].remote_mta = NULL;
-            r[n].diagnostic = NULL;
-            r[n].last_attempt = util_now();
-            n++;
-        }
+        if (n < MN_NELEM(r) && wants_failure_dsn(m.rcpts[i].notify))
+            dsn_rcpt_of(&r[n++], &m.rcpts[i], DSN_FAILED, "4.4.7");
     }
     send_dsn(&m, r, n, NULL);
     store_msg_retire(m.id);
@@ -12590,14 +12601,7 @@ static int warn_cb(void *arg, int64_t msg_id)
         int nt = m.rcpts[i].notify;
         if (nt & NOTIFY_NEVER || (nt && !(nt & NOTIFY_DELAY)))
             continue;
-        r[n].addr = m.rcpts[i].addr;
-        r[n].orcpt = m.rcpts[i].orcpt[0] ? m.rcpts[i].orcpt : NULL;
-        r[n].action = DSN_DELAYED;
-        r[n].status = "4.4.1";
-        r[n].remote_mta = NULL;
-        r[n].diagnostic = NULL;
-        r[n].last_attempt = util_now();
-        n++;
+        dsn_rcpt_of(&r[n++], &m.rcpts[i], DSN_DELAYED, "4.4.1");
     }
     send_dsn(&m, r, n, NULL);
     store_out_free(&m);
@@ -19190,22 +19194,6 @@ static void flush_usage(FILE *f)
                "69 the daemon is not running, or the wait timed out.\n");
 }
 
-/* Same rule as the daemon's: a domain or an address literal, nothing that
- * could break the request line. */
-static int flush_domain_ok(const char *d)
-{
-    size_t n = strlen(d);
-    if (n == 0 || n > SMTP_DOMAIN_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)d[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '.' || ch == '[' || ch == ']' || ch == ':' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
 /* Connects to the control socket; returns the descriptor, or a negative
  * sysexits code after printing why. */
 static int flush_connect(const char *path)
@@ -19354,7 +19342,7 @@ int cli_flush(int argc, char **argv)
                 timeout_arg);
         return EX_USAGE;
     }
-    if (domain && !flush_domain_ok(domain)) {
+    if (domain && !ctl_domain_ok(domain, strlen(domain))) {
         fprintf(stderr, "mailnode: flush: '%s' is not a domain name\n", domain);
         return EX_USAGE;
     }

@@ -31,22 +31,6 @@ static void flush_usage(FILE *f)
                "69 the daemon is not running, or the wait timed out.\n");
 }
 
-/* Same rule as the daemon's: a domain or an address literal, nothing that
- * could break the request line. */
-static int flush_domain_ok(const char *d)
-{
-    size_t n = strlen(d);
-    if (n == 0 || n > SMTP_DOMAIN_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)d[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '.' || ch == '[' || ch == ']' || ch == ':' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
 /* Connects to the control socket; returns the descriptor, or a negative
  * sysexits code after printing why. */
 static int flush_connect(const char *path)
@@ -195,7 +179,7 @@ int cli_flush(int argc, char **argv)
                 timeout_arg);
         return EX_USAGE;
     }
-    if (domain && !flush_domain_ok(domain)) {
+    if (domain && !ctl_domain_ok(domain, strlen(domain))) {
         fprintf(stderr, "mailnode: flush: '%s' is not a domain name\n", domain);
         return EX_USAGE;
     }

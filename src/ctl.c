@@ -76,7 +76,7 @@ static const struct conn_ops ctl_ops = {
 /* A domain as the scheduler knows it: letters, digits, '-', '.', or an
  * address literal.  Anything else never names a destination, and refusing
  * it here keeps control characters out of the log. */
-static int ctl_domain_ok(const char *d, size_t n)
+int ctl_domain_ok(const char *d, size_t n)
 {
     if (n == 0 || n > SMTP_DOMAIN_MAX)
         return 0;

@@ -735,6 +735,9 @@ void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
 int ctl_connect(void);
+/* A domain or address literal as a control request may carry it (no
+ * character that could break the request line or the log). */
+int ctl_domain_ok(const char *d, size_t n);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
  * address or route appears. */
 int link_watch_start(void);
