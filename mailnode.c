@@ -11888,8 +11888,8 @@ static const struct conn_ops smtpc_conn_ops = {
     .on_connect = smtpc_connected,
 };
 
-struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
-                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth, int tls_policy)
+/* A session waiting for the peer's greeting, not yet on a connection. */
+static struct smtpc *smtpc_new(const char *peer_name, const struct smtpc_ops *ops, void *arg, int tls_policy)
 {
     struct smtpc *s = calloc(1, sizeof *s);
     if (!s)
@@ -11897,11 +11897,20 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
     s->ops = ops;
     s->arg = arg;
     s->wslot = -1;
+    s->tls_policy = tls_policy;
     util_strlcpy(s->peer, peer_name, sizeof s->peer);
+    expect(s, E_GREETING, 0, 0);
+    return s;
+}
+
+struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth, int tls_policy)
+{
+    struct smtpc *s = smtpc_new(peer_name, ops, arg, tls_policy);
+    if (!s)
+        return NULL;
     if (auth)
         s->auth = *auth;
-    s->tls_policy = tls_policy;
-    expect(s, E_GREETING, 0, 0);
     s->c = conn_connect(ss, len, LISTEN_N, &smtpc_conn_ops, s, SMTPC_IN, SMTPC_OUT);
     if (!s->c) {
         free(s);
@@ -11913,16 +11922,11 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg)
 {
-    struct smtpc *s = calloc(1, sizeof *s);
+    /* No STARTTLS here: the ODMR session chose its own. */
+    struct smtpc *s = smtpc_new(peer_name, ops, arg, SMTPC_TLS_NONE);
     if (!s)
         return NULL;
-    s->ops = ops;
-    s->arg = arg;
-    s->wslot = -1;
     s->c = c;
-    s->tls_policy = SMTPC_TLS_NONE;     /* the ODMR session chose its own */
-    util_strlcpy(s->peer, peer_name, sizeof s->peer);
-    expect(s, E_GREETING, 0, 0);
     /* Whatever the peer sent before the turnaround is not a reply to us. */
     conn_consume(c, c->in_len);
     c->ops = &smtpc_conn_ops;
@@ -13138,6 +13142,19 @@ static int atrn_mode(void)
     return !strcasecmp(conf->upstream_mode, "atrn");
 }
 
+/* Ends the lookup and the client connection of the exchange, if any; a
+ * connection already handed to the SMTP server (ATRN) is not ours. */
+static void poll_drop_connection(void)
+{
+    if (P.dq)
+        dns_cancel(P.dq);
+    P.dq = NULL;
+    struct conn *c = P.c;
+    P.c = NULL;
+    if (c && !c->dead && P.state != P_SERVING)
+        conn_abort(c);                  /* client_close sees it is no longer ours */
+}
+
 static void poll_finish(int rc, const char *fmt, ...)
 {
     char line[512] = "";
@@ -13149,13 +13166,7 @@ static void poll_finish(int rc, const char *fmt, ...)
         va_end(ap);
         poll_say("%s\n", line);
     }
-    if (P.dq)
-        dns_cancel(P.dq);
-    P.dq = NULL;
-    struct conn *c = P.c;
-    P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
-        conn_abort(c);                  /* client_close sees it is no longer ours */
+    poll_drop_connection();
     timer_cancel(&P.guard);
     P.state = P_IDLE;
     P.rc = rc;
@@ -13660,13 +13671,7 @@ void poll_stop(void)
     P.enabled = 0;
     timer_cancel(&P.interval);
     timer_cancel(&P.guard);
-    if (P.dq)
-        dns_cancel(P.dq);
-    P.dq = NULL;
-    struct conn *c = P.c;
-    P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
-        conn_abort(c);
+    poll_drop_connection();
     struct pwaiter **lists[] = { &P.waiters, &P.next_waiters };
     for (size_t l = 0; l < MN_NELEM(lists); l++)
         while (*lists[l]) {

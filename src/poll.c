@@ -66,6 +66,19 @@ static int atrn_mode(void)
     return !strcasecmp(conf->upstream_mode, "atrn");
 }
 
+/* Ends the lookup and the client connection of the exchange, if any; a
+ * connection already handed to the SMTP server (ATRN) is not ours. */
+static void poll_drop_connection(void)
+{
+    if (P.dq)
+        dns_cancel(P.dq);
+    P.dq = NULL;
+    struct conn *c = P.c;
+    P.c = NULL;
+    if (c && !c->dead && P.state != P_SERVING)
+        conn_abort(c);                  /* client_close sees it is no longer ours */
+}
+
 static void poll_finish(int rc, const char *fmt, ...)
 {
     char line[512] = "";
@@ -77,13 +90,7 @@ static void poll_finish(int rc, const char *fmt, ...)
         va_end(ap);
         poll_say("%s\n", line);
     }
-    if (P.dq)
-        dns_cancel(P.dq);
-    P.dq = NULL;
-    struct conn *c = P.c;
-    P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
-        conn_abort(c);                  /* client_close sees it is no longer ours */
+    poll_drop_connection();
     timer_cancel(&P.guard);
     P.state = P_IDLE;
     P.rc = rc;
@@ -588,13 +595,7 @@ void poll_stop(void)
     P.enabled = 0;
     timer_cancel(&P.interval);
     timer_cancel(&P.guard);
-    if (P.dq)
-        dns_cancel(P.dq);
-    P.dq = NULL;
-    struct conn *c = P.c;
-    P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
-        conn_abort(c);
+    poll_drop_connection();
     struct pwaiter **lists[] = { &P.waiters, &P.next_waiters };
     for (size_t l = 0; l < MN_NELEM(lists); l++)
         while (*lists[l]) {

@@ -884,8 +884,8 @@ static const struct conn_ops smtpc_conn_ops = {
     .on_connect = smtpc_connected,
 };
 
-struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
-                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth, int tls_policy)
+/* A session waiting for the peer's greeting, not yet on a connection. */
+static struct smtpc *smtpc_new(const char *peer_name, const struct smtpc_ops *ops, void *arg, int tls_policy)
 {
     struct smtpc *s = calloc(1, sizeof *s);
     if (!s)
@@ -893,11 +893,20 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
     s->ops = ops;
     s->arg = arg;
     s->wslot = -1;
+    s->tls_policy = tls_policy;
     util_strlcpy(s->peer, peer_name, sizeof s->peer);
+    expect(s, E_GREETING, 0, 0);
+    return s;
+}
+
+struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
+                          const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth, int tls_policy)
+{
+    struct smtpc *s = smtpc_new(peer_name, ops, arg, tls_policy);
+    if (!s)
+        return NULL;
     if (auth)
         s->auth = *auth;
-    s->tls_policy = tls_policy;
-    expect(s, E_GREETING, 0, 0);
     s->c = conn_connect(ss, len, LISTEN_N, &smtpc_conn_ops, s, SMTPC_IN, SMTPC_OUT);
     if (!s->c) {
         free(s);
@@ -909,16 +918,11 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg)
 {
-    struct smtpc *s = calloc(1, sizeof *s);
+    /* No STARTTLS here: the ODMR session chose its own. */
+    struct smtpc *s = smtpc_new(peer_name, ops, arg, SMTPC_TLS_NONE);
     if (!s)
         return NULL;
-    s->ops = ops;
-    s->arg = arg;
-    s->wslot = -1;
     s->c = c;
-    s->tls_policy = SMTPC_TLS_NONE;     /* the ODMR session chose its own */
-    util_strlcpy(s->peer, peer_name, sizeof s->peer);
-    expect(s, E_GREETING, 0, 0);
     /* Whatever the peer sent before the turnaround is not a reply to us. */
     conn_consume(c, c->in_len);
     c->ops = &smtpc_conn_ops;
