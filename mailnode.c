@@ -148,6 +148,7 @@ struct conf {
     int allow_cleartext_auth;           /* auth.cleartext = yes */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
+    char *admin;                        /* admin = USER: gets postmaster mail */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
@@ -470,6 +471,10 @@ int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND 
 int store_user_get_id(int64_t id, struct store_user *u);
 int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
 int store_user_update(const struct store_user *u);            /* password change */
+/* The first user created that can log in (not the holding mailbox). */
+int store_user_first(struct store_user *u);                   /* STORE_NOTFOUND */
+/* Moves the mailbox of user `from` to user `to` and removes `from`. */
+int store_user_adopt(int64_t from, int64_t to);
 int store_user_del(const char *name);
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
 
@@ -605,6 +610,14 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
  * (local or hold domain). */
 int queue_domain_accepted(const char *domain);
 int queue_domain_is_local(const char *domain);
+/* The node's admin (conf `admin`, else the first user): 0, or
+ * STORE_NOTFOUND while there is none and postmaster mail is held in the
+ * mailbox QUEUE_HOLDING_BOX. */
+#define QUEUE_HOLDING_BOX "postmaster"
+int queue_admin(struct store_user *u);
+/* Hands the holding mailbox over to the admin once one exists; 1 if it
+ * did, 0 if there was nothing to do, <0 on a store error. */
+int queue_admin_adopt(void);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
  * destination (the next hop: the relayhost, or the recipient domain for
@@ -1461,6 +1474,9 @@ static const struct conf_key keys[] = {
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
     { "user", T_STR, F(run_user), 0, "" },
+    /* Who reads postmaster, root, abuse and MAILER-DAEMON mail; empty: the
+     * first user created (RFC 5321 4.5.1 requires a postmaster). */
+    { "admin", T_STR, F(admin), 0, "" },
     { "tls.cert", T_STR, F(tls_cert), 0, "" },
     { "tls.key", T_STR, F(tls_key), 0, "" },
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
@@ -6182,6 +6198,34 @@ int store_user_update(const struct store_user *u)
     return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
 }
 
+/* The holding mailbox has an empty password hash: nobody logs in as it. */
+int store_user_first(struct store_user *u)
+{
+    static sqlite3_stmt *st;
+
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
+        return STORE_ERR;
+    return admin_user_one(st, u);
+}
+
+int store_user_adopt(int64_t from, int64_t to)
+{
+    static sqlite3_stmt *mv, *del;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&mv, "UPDATE mbox SET user_id=? WHERE user_id=?") ||
+        !store_stmt(&del, "DELETE FROM user WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(mv, 1, to);
+    sqlite3_bind_int64(mv, 2, from);
+    if ((err = admin_exec(mv, "move the postmaster mailbox")))
+        return err;
+    sqlite3_bind_int64(del, 1, from);
+    return admin_exec(del, "remove the postmaster mailbox");
+}
+
 /* Removes the user with the mailbox, in one transaction, then the bodies
  * nobody refers to any more.  Hold domains the user owned lose their
  * owner: a new user who happens to get the same name must not inherit the
@@ -9749,6 +9793,71 @@ static int queue_user(struct queue_exp *x, const char *local, const char *domain
     return queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
 }
 
+/* RFC 5321 4.5.1 requires postmaster; root (cron), abuse (RFC 2142) and
+ * MAILER-DAEMON (replies to bounces) are where mail about the node goes. */
+static int queue_is_admin_name(const char *local)
+{
+    static const char *const names[] = { "postmaster", "root", "abuse", "mailer-daemon" };
+    for (size_t i = 0; i < MN_NELEM(names); i++)
+        if (!strcasecmp(local, names[i]))
+            return 1;
+    return 0;
+}
+
+int queue_admin(struct store_user *u)
+{
+    if (conf->admin && conf->admin[0])
+        return store_user_get(conf->admin, u);
+    return store_user_first(u);
+}
+
+/* Mail for the admin names when no alias or user of that name exists:
+ * the admin, or, until there is one, a mailbox of its own so that
+ * nothing is refused (cron's `sendmail root` must not lose its report). */
+static int queue_admin_route(struct queue_exp *x, const char *local, const char *domain)
+{
+    struct store_user u;
+    char addr[ADDR_MAX];
+    int rc = queue_admin(&u);
+
+    if (rc == STORE_NOTFOUND) {
+        rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        if (rc == STORE_NOTFOUND) {
+            memset(&u, 0, sizeof u);
+            util_strlcpy(u.name, QUEUE_HOLDING_BOX, sizeof u.name);
+            if ((rc = store_user_add(&u)))
+                return rc;
+            rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        }
+    }
+    if (rc)
+        return rc;
+    queue_format_addr(local, domain, addr, sizeof addr);
+    rc = queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
+    sodium_memzero(&u, sizeof u);
+    return rc;
+}
+
+int queue_admin_adopt(void)
+{
+    struct store_user admin, box;
+    int rc = store_user_get(QUEUE_HOLDING_BOX, &box);
+
+    if (rc == STORE_NOTFOUND || (rc == 0 && box.pwhash[0]))
+        return 0;                       /* no holding box, or a real user */
+    if (rc)
+        return rc;
+    rc = queue_admin(&admin);
+    if (rc == STORE_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    rc = store_user_adopt(box.id, admin.id);
+    sodium_memzero(&admin, sizeof admin);
+    sodium_memzero(&box, sizeof box);
+    return rc ? rc : 1;
+}
+
 static int queue_expand(struct queue_exp *x, const char *local, const char *domain, int depth);
 
 /* One alias target: "user", "user@domain" or "<user@domain>". */
@@ -9845,6 +9954,8 @@ static int queue_expand(struct queue_exp *x, const char *local, const char *doma
         free(targets);
         if ((rc = queue_user(x, local, domain, &found)))
             return rc;
+        if (!found && queue_is_admin_name(local))
+            return queue_admin_route(x, local, domain);
         return 0;
     }
     if (rc)
@@ -16371,6 +16482,28 @@ static int daemon_open(int *lockfd)
     return 0;
 }
 
+/* RFC 5321 4.5.1: a node must take postmaster mail.  It always does (into
+ * a holding mailbox if need be); say so while nobody reads it. */
+static void daemon_check_admin(void)
+{
+    struct store_user u;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&u))
+        log_info("mail held for the postmaster moved to %s's mailbox", u.name);
+    else if (rc < 0)
+        store_rollback();
+    rc = queue_admin(&u);
+    sodium_memzero(&u, sizeof u);
+    if (rc == STORE_NOTFOUND && conf->admin[0])
+        log_warn("admin = %s: no such user; postmaster, root and abuse mail is kept in the "
+                 "mailbox '%s' until it exists (mailnode user add %s)", conf->admin, QUEUE_HOLDING_BOX,
+                 conf->admin);
+    else if (rc == STORE_NOTFOUND)
+        log_warn("no user yet: postmaster, root and abuse mail is kept in the mailbox '%s' until "
+                 "the first user is created (or set admin = USER)", QUEUE_HOLDING_BOX);
+}
+
 static void daemon_close(int lockfd)
 {
     auth_free();
@@ -16441,6 +16574,7 @@ int cli_run(int argc, char **argv)
         rc = EX_UNAVAILABLE;
         goto out_loop;
     }
+    daemon_check_admin();
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())
@@ -16974,6 +17108,20 @@ static int cli_admin_new_password(struct store_user *u)
 
 /* ----------------------------------------------------------------- users */
 
+/* Postmaster mail kept while the node had no admin goes to the admin. */
+static void cli_admin_adopt(void)
+{
+    struct store_user a;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&a)) {
+        printf("mail held for the postmaster moved to %s's mailbox\n", a.name);
+        sodium_memzero(&a, sizeof a);
+    } else if (rc) {
+        store_rollback();
+    }
+}
+
 static int cli_user_add(const char *name)
 {
     struct store_user u;
@@ -16982,6 +17130,20 @@ static int cli_user_add(const char *name)
     memset(&u, 0, sizeof u);
     util_strlcpy(u.name, name, sizeof u.name);
     rc = store_user_get(name, &u);
+    if (rc == 0 && !u.pwhash[0]) {
+        /* The mailbox that held postmaster mail gets a password: it is an
+         * ordinary user from now on, with the mail kept so far. */
+        if ((rc = cli_admin_new_password(&u)))
+            return rc;
+        rc = store_user_update(&u);
+        sodium_memzero(&u, sizeof u);
+        if (rc)
+            return cli_admin_store_fail(rc, "add the user");
+        if ((rc = cli_admin_commit("add the user")))
+            return rc;
+        printf("user %s added (with the mail held for the postmaster so far)\n", name);
+        return EX_OK;
+    }
     if (rc == 0) {
         fprintf(stderr, "mailnode: user %s already exists (use `mailnode user passwd %s` to change"
                 " the password)\n", name, name);
@@ -17004,6 +17166,7 @@ static int cli_user_add(const char *name)
     if ((rc = cli_admin_commit("add the user")))
         return rc;
     printf("user %s added\n", name);
+    cli_admin_adopt();
     return EX_OK;
 }
 
@@ -17074,7 +17237,7 @@ static int cli_user_del(const char *name)
 static int cli_user_print(void *arg, const struct store_user *u)
 {
     MN_UNUSED(arg);
-    printf("%s\n", u->name);
+    printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
     return 0;
 }
 

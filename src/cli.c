@@ -165,6 +165,28 @@ static int daemon_open(int *lockfd)
     return 0;
 }
 
+/* RFC 5321 4.5.1: a node must take postmaster mail.  It always does (into
+ * a holding mailbox if need be); say so while nobody reads it. */
+static void daemon_check_admin(void)
+{
+    struct store_user u;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&u))
+        log_info("mail held for the postmaster moved to %s's mailbox", u.name);
+    else if (rc < 0)
+        store_rollback();
+    rc = queue_admin(&u);
+    sodium_memzero(&u, sizeof u);
+    if (rc == STORE_NOTFOUND && conf->admin[0])
+        log_warn("admin = %s: no such user; postmaster, root and abuse mail is kept in the "
+                 "mailbox '%s' until it exists (mailnode user add %s)", conf->admin, QUEUE_HOLDING_BOX,
+                 conf->admin);
+    else if (rc == STORE_NOTFOUND)
+        log_warn("no user yet: postmaster, root and abuse mail is kept in the mailbox '%s' until "
+                 "the first user is created (or set admin = USER)", QUEUE_HOLDING_BOX);
+}
+
 static void daemon_close(int lockfd)
 {
     auth_free();
@@ -235,6 +257,7 @@ int cli_run(int argc, char **argv)
         rc = EX_UNAVAILABLE;
         goto out_loop;
     }
+    daemon_check_admin();
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())

@@ -259,6 +259,20 @@ static int cli_admin_new_password(struct store_user *u)
 
 /* ----------------------------------------------------------------- users */
 
+/* Postmaster mail kept while the node had no admin goes to the admin. */
+static void cli_admin_adopt(void)
+{
+    struct store_user a;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&a)) {
+        printf("mail held for the postmaster moved to %s's mailbox\n", a.name);
+        sodium_memzero(&a, sizeof a);
+    } else if (rc) {
+        store_rollback();
+    }
+}
+
 static int cli_user_add(const char *name)
 {
     struct store_user u;
@@ -267,6 +281,20 @@ static int cli_user_add(const char *name)
     memset(&u, 0, sizeof u);
     util_strlcpy(u.name, name, sizeof u.name);
     rc = store_user_get(name, &u);
+    if (rc == 0 && !u.pwhash[0]) {
+        /* The mailbox that held postmaster mail gets a password: it is an
+         * ordinary user from now on, with the mail kept so far. */
+        if ((rc = cli_admin_new_password(&u)))
+            return rc;
+        rc = store_user_update(&u);
+        sodium_memzero(&u, sizeof u);
+        if (rc)
+            return cli_admin_store_fail(rc, "add the user");
+        if ((rc = cli_admin_commit("add the user")))
+            return rc;
+        printf("user %s added (with the mail held for the postmaster so far)\n", name);
+        return EX_OK;
+    }
     if (rc == 0) {
         fprintf(stderr, "mailnode: user %s already exists (use `mailnode user passwd %s` to change"
                 " the password)\n", name, name);
@@ -289,6 +317,7 @@ static int cli_user_add(const char *name)
     if ((rc = cli_admin_commit("add the user")))
         return rc;
     printf("user %s added\n", name);
+    cli_admin_adopt();
     return EX_OK;
 }
 
@@ -359,7 +388,7 @@ static int cli_user_del(const char *name)
 static int cli_user_print(void *arg, const struct store_user *u)
 {
     MN_UNUSED(arg);
-    printf("%s\n", u->name);
+    printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
     return 0;
 }
 

@@ -72,6 +72,9 @@ static const struct conf_key keys[] = {
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
     { "user", T_STR, F(run_user), 0, "" },
+    /* Who reads postmaster, root, abuse and MAILER-DAEMON mail; empty: the
+     * first user created (RFC 5321 4.5.1 requires a postmaster). */
+    { "admin", T_STR, F(admin), 0, "" },
     { "tls.cert", T_STR, F(tls_cert), 0, "" },
     { "tls.key", T_STR, F(tls_key), 0, "" },
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },

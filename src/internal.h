@@ -137,6 +137,7 @@ struct conf {
     int allow_cleartext_auth;           /* auth.cleartext = yes */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
+    char *admin;                        /* admin = USER: gets postmaster mail */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
@@ -459,6 +460,10 @@ int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND 
 int store_user_get_id(int64_t id, struct store_user *u);
 int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
 int store_user_update(const struct store_user *u);            /* password change */
+/* The first user created that can log in (not the holding mailbox). */
+int store_user_first(struct store_user *u);                   /* STORE_NOTFOUND */
+/* Moves the mailbox of user `from` to user `to` and removes `from`. */
+int store_user_adopt(int64_t from, int64_t to);
 int store_user_del(const char *name);
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
 
@@ -594,6 +599,14 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
  * (local or hold domain). */
 int queue_domain_accepted(const char *domain);
 int queue_domain_is_local(const char *domain);
+/* The node's admin (conf `admin`, else the first user): 0, or
+ * STORE_NOTFOUND while there is none and postmaster mail is held in the
+ * mailbox QUEUE_HOLDING_BOX. */
+#define QUEUE_HOLDING_BOX "postmaster"
+int queue_admin(struct store_user *u);
+/* Hands the holding mailbox over to the admin once one exists; 1 if it
+ * did, 0 if there was nothing to do, <0 on a store error. */
+int queue_admin_adopt(void);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
  * destination (the next hop: the relayhost, or the recipient domain for
