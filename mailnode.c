@@ -858,6 +858,13 @@ int cli_poll(int argc, char **argv);            /* mailnode poll */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);
+/* For commands that only read: the database must exist already. */
+int cli_open_store_ro(void);
+int cli_db_diagnose(const char *path, char *why, size_t n);
+void cli_db_chown(void);
+int cli_db_lock(void);                  /* fd, or minus a sysexits code */
+void cli_db_lock_note(int fd);          /* pid, start, version, listeners */
+int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note), 0 not, -1 unknown */
 
 #endif
 
@@ -16333,21 +16340,6 @@ void pop3_accept(struct conn *c)
 #include <sys/socket.h>
 #include <sys/un.h>
 
-int cli_open_store(void)
-{
-    char err[512];
-    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
-    }
-    if (auth_init(conf->keyfile)) {
-        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
-        store_close();
-        return EX_CANTCREAT;
-    }
-    return 0;
-}
-
 static int wants_help(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
@@ -16409,27 +16401,6 @@ static void daemon_turn(void)
         loop_stop();
 }
 
-/* One daemon per database: a second one would race the first for the
- * same queue and remove bodies it is still writing. */
-static int lock_database(void)
-{
-    char path[4096];
-    int fd;
-
-    snprintf(path, sizeof path, "%s.lock", conf->database);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB)) {
-        fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* `user = NAME`: a daemon started as root gives root up once its ports
  * are bound.  A daemon started as anyone else cannot and need not. */
 static int drop_privileges(void)
@@ -16458,28 +16429,39 @@ static int drop_privileges(void)
     return 0;
 }
 
-/* The daemon's hold on its database: the lock, the store, the node key.
- * 0, or a sysexits code after saying what went wrong. */
-static int daemon_open(int *lockfd)
+/* The daemon's hold on its database: the store and the node key, under
+ * the lock taken before.  0, or a sysexits code after saying what went
+ * wrong. */
+static int daemon_open_store(void)
 {
     char err[512];
 
-    log_init("mailnode", conf->use_syslog);
-    *lockfd = lock_database();
-    if (*lockfd < 0)
-        return EX_TEMPFAIL;
     if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(*lockfd);
-        return EX_CANTCREAT;
+        char why[600];
+        int rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
+        return rc ? rc : EX_CANTCREAT;
     }
     if (auth_init(conf->keyfile)) {
         fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
         store_close();
-        close(*lockfd);
         return EX_CANTCREAT;
     }
     return 0;
+}
+
+/* The lock, then the store: 0 or a sysexits code. */
+static int daemon_open(int *lockfd)
+{
+    int rc;
+
+    log_init("mailnode", conf->use_syslog);
+    *lockfd = cli_db_lock();
+    if (*lockfd < 0)
+        return -*lockfd;
+    if ((rc = daemon_open_store()))
+        close(*lockfd);
+    return rc;
 }
 
 /* RFC 5321 4.5.1: a node must take postmaster mail.  It always does (into
@@ -16525,11 +16507,17 @@ int cli_run(int argc, char **argv)
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    /* Listeners first: privileged ports are bound while still root; then
-     * the daemon becomes `user`, and everything it creates (database,
-     * key, lock, control socket) belongs to that user. */
+    /* The lock first: a second daemon on the same database says so rather
+     * than failing to bind.  Then listeners: privileged ports are bound
+     * while still root; then the daemon becomes `user`, and everything it
+     * creates (database, key, control socket) belongs to that user. */
+    log_init("mailnode", conf->use_syslog);
+    lockfd = cli_db_lock();
+    if (lockfd < 0)
+        return -lockfd;
     if (loop_init()) {
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
+        close(lockfd);
         return EX_OSERR;
     }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
@@ -16538,16 +16526,16 @@ int cli_run(int argc, char **argv)
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         loop_free();
+        close(lockfd);
         return EX_UNAVAILABLE;
     }
-    if ((rc = drop_privileges())) {
+    cli_db_chown();
+    if ((rc = drop_privileges()) || (rc = daemon_open_store())) {
         loop_free();
+        close(lockfd);
         return rc;
     }
-    if ((rc = daemon_open(&lockfd))) {
-        loop_free();
-        return rc;
-    }
+    cli_db_lock_note(lockfd);
     if (ctl_start()) {
         fprintf(stderr, "mailnode: cannot open the control socket %s (see the log)\n",
                 conf->control);
@@ -16654,7 +16642,7 @@ int cli_queue(int argc, char **argv)
         fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if (!strcmp(sub, "list")) {
         rc = store_queue_list(print_qinfo, NULL) ? EX_SOFTWARE : EX_OK;
@@ -16717,7 +16705,7 @@ int cli_status(int argc, char **argv)
         fprintf(stderr, "usage: mailnode status\n");
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if (store_status(&st)) {
         store_close();
@@ -16843,6 +16831,233 @@ int cli_poll(int argc, char **argv)
 out:
     daemon_close(lockfd);
     return rc;
+}
+
+/* ---- src/cli_db.c ---- */
+#line 1 "src/cli_db.c"
+/*
+ * cli_db.c: how the commands reach the database and the node key.
+ *
+ *   - Only the daemon and the commands that write (user/domain/alias add,
+ *     sendmail, ...) may create the database and the key; a read-only
+ *     command (status, queue list) pointed at a wrong path says so instead
+ *     of leaving an empty database behind.
+ *   - A database that cannot be opened is explained: a missing directory,
+ *     a permission, a read-only file system, with the sysexits(3) code for
+ *     each (73 cannot create, 77 no permission), not a bare SQLite text.
+ *   - With `user = NAME`, what root creates belongs to NAME, so that the
+ *     README's order (root adds users, then starts the daemon that drops
+ *     to NAME) works.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pwd.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+
+/* The directory part of path, "." when there is none. */
+static void cli_db_dir(const char *path, char *dir, size_t n)
+{
+    char tmp[4096];
+    util_strlcpy(tmp, path, sizeof tmp);
+    util_strlcpy(dir, dirname(tmp), n);
+}
+
+/* Why path cannot be opened for reading and writing (or created): fills
+ * why and returns the exit code; 0 if nothing visible is wrong. */
+int cli_db_diagnose(const char *path, char *why, size_t n)
+{
+    char dir[4096];
+    struct stat st;
+
+    cli_db_dir(path, dir, sizeof dir);
+    if (stat(dir, &st)) {
+        snprintf(why, n, "the directory %s does not exist (create it, or correct `database`)", dir);
+        return EX_CANTCREAT;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(why, n, "%s is not a directory", dir);
+        return EX_CANTCREAT;
+    }
+    if (stat(path, &st) == 0) {
+        if (!S_ISREG(st.st_mode)) {
+            snprintf(why, n, "%s is not a regular file", path);
+            return EX_CANTCREAT;
+        }
+        if (access(path, R_OK | W_OK) == 0 && access(dir, W_OK) == 0)
+            return 0;
+        if (errno == EROFS) {
+            snprintf(why, n, "%s is on a read-only file system", path);
+            return EX_CANTCREAT;
+        }
+        if (access(path, R_OK | W_OK)) {
+            struct passwd *pw = getpwuid(st.st_uid);
+            snprintf(why, n, "no permission to read and write %s (owned by %s, mode %03o; running as uid %ld)",
+                     path, pw ? pw->pw_name : "?", (unsigned)(st.st_mode & 0777), (long)geteuid());
+            return EX_NOPERM;
+        }
+    } else if (errno != ENOENT) {
+        snprintf(why, n, "%s: %s", path, strerror(errno));
+        return errno == EACCES ? EX_NOPERM : EX_CANTCREAT;
+    }
+    /* SQLite keeps its write-ahead log beside the database. */
+    if (access(dir, W_OK)) {
+        if (errno == EROFS) {
+            snprintf(why, n, "the directory %s is on a read-only file system", dir);
+            return EX_CANTCREAT;
+        }
+        struct passwd *me = getpwuid(geteuid());
+        snprintf(why, n, "no permission to create files in %s (the database and its -wal and "
+                 "-shm files live there): as root, run `chown %s %s`", dir,
+                 me ? me->pw_name : "USER", dir);
+        return EX_NOPERM;
+    }
+    return 0;
+}
+
+/* Files root made for a node whose daemon runs as `user` go to that user;
+ * the daemon could not open them otherwise. */
+void cli_db_chown(void)
+{
+    static const char *const suffixes[] = { "", "-wal", "-shm", ".lock" };
+    char path[4200];
+    struct passwd *pw;
+    struct stat st;
+
+    if (geteuid() != 0 || !conf->run_user[0] || !(pw = getpwnam(conf->run_user)))
+        return;
+    for (size_t i = 0; i <= MN_NELEM(suffixes); i++) {
+        if (i < MN_NELEM(suffixes))
+            snprintf(path, sizeof path, "%s%s", conf->database, suffixes[i]);
+        else
+            util_strlcpy(path, conf->keyfile, sizeof path);
+        if (lstat(path, &st) || !S_ISREG(st.st_mode) || st.st_uid == pw->pw_uid)
+            continue;
+        if (chown(path, pw->pw_uid, pw->pw_gid))
+            fprintf(stderr, "mailnode: cannot give %s to user %s: %s\n", path, pw->pw_name,
+                    strerror(errno));
+    }
+}
+
+static int cli_db_open(int create)
+{
+    char err[512], why[600];
+    struct stat st;
+    int rc;
+
+    if (!create && stat(conf->database, &st) && errno == ENOENT) {
+        fprintf(stderr, "mailnode: no database %s (check `database` in %s; `mailnode run` or a "
+                        "command that writes, such as `mailnode user add`, creates it)\n",
+                conf->database, conf->path ? conf->path : "the configuration");
+        return EX_NOINPUT;
+    }
+    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
+        rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
+        return rc ? rc : EX_CANTCREAT;
+    }
+    /* Only a command that may create the database may create the key. */
+    if ((create || access(conf->keyfile, F_OK) == 0) && auth_init(conf->keyfile)) {
+        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
+        store_close();
+        return EX_CANTCREAT;
+    }
+    cli_db_chown();
+    return 0;
+}
+
+int cli_open_store(void)
+{
+    return cli_db_open(1);
+}
+
+int cli_open_store_ro(void)
+{
+    return cli_db_open(0);
+}
+
+/* ----------------------------------------------------------------- lock */
+
+static void cli_db_lock_path(char *path, size_t n)
+{
+    snprintf(path, n, "%s.lock", conf->database);
+}
+
+/* One daemon per database: a second one would race the first for the
+ * same queue and remove bodies it is still writing.  The lock file names
+ * the holder, so that the second one can say who it is.  The fd, or minus
+ * a sysexits code after saying what is wrong. */
+int cli_db_lock(void)
+{
+    char path[4200], why[600], text[64] = "";
+    int fd, rc;
+    ssize_t n;
+
+    cli_db_lock_path(path, sizeof path);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, rc ? why : strerror(errno));
+        return -(rc ? rc : EX_CANTCREAT);
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        n = pread(fd, text, sizeof text - 1, 0);
+        text[n > 0 ? n : 0] = '\0';
+        if (!strncmp(text, "pid ", 4))
+            fprintf(stderr, "mailnode: another mailnode (pid %ld) is running on %s\n", atol(text + 4),
+                    conf->database);
+        else
+            fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
+        close(fd);
+        return -EX_TEMPFAIL;
+    }
+    snprintf(text, sizeof text, "pid %ld\n", (long)getpid());
+    if (ftruncate(fd, 0) || pwrite(fd, text, strlen(text), 0) < 0)
+        fprintf(stderr, "mailnode: cannot write %s: %s\n", path, strerror(errno));
+    return fd;
+}
+
+/* What `status` shows of the running daemon, written once it serves. */
+void cli_db_lock_note(int fd)
+{
+    char text[4096];
+    int len = snprintf(text, sizeof text, "pid %ld\nstarted %lld\nversion %s\n", (long)getpid(),
+                       (long long)util_now(), MAILNODE_VERSION);
+    static const char *const kinds[LISTEN_N] = { "smtp", "submission", "odmr", "pop3" };
+
+    for (int i = 0; i < LISTEN_N && len > 0 && (size_t)len < sizeof text; i++)
+        if (conf->listen[i][0])
+            len += snprintf(text + len, sizeof text - (size_t)len, "listen %s %s\n", kinds[i],
+                            conf->listen[i]);
+    if (len < 0 || (size_t)len >= sizeof text)
+        return;
+    if (ftruncate(fd, 0) || pwrite(fd, text, (size_t)len, 0) < 0)
+        log_warn("cannot write the lock file: %s", strerror(errno));
+}
+
+/* The running daemon's note into buf: 1 if a daemon holds the lock, 0 if
+ * none does, -1 if that cannot be told (no permission). */
+int cli_db_daemon(char *buf, size_t n)
+{
+    char path[4200];
+    ssize_t got;
+    int fd, running;
+
+    buf[0] = '\0';
+    cli_db_lock_path(path, sizeof path);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    running = flock(fd, LOCK_SH | LOCK_NB) != 0;
+    got = pread(fd, buf, n - 1, 0);
+    buf[got > 0 ? got : 0] = '\0';
+    close(fd);
+    return running;
 }
 
 /* ---- src/cli_admin.c ---- */
@@ -17254,7 +17469,7 @@ int cli_user(int argc, char **argv)
         return cli_admin_usage(cli_user_usage);
     if (argc == 3 && cli_admin_user_name(argv[2], name))
         return EX_DATAERR;
-    if ((rc = cli_open_store()))
+    if ((rc = strcmp(sub, "list") && strcmp(sub, "del") ? cli_open_store() : cli_open_store_ro()))
         return rc;
     if (!strcmp(sub, "add"))
         rc = cli_user_add(name);
@@ -17372,7 +17587,7 @@ static int cli_domain_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_domain_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -17410,7 +17625,7 @@ int cli_domain(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_domain_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_domain_list(cli_domain_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list domains") : EX_OK;
         store_close();
@@ -17559,7 +17774,7 @@ static int cli_alias_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_alias_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -17593,7 +17808,7 @@ int cli_alias(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_alias_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_alias_list(cli_alias_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list aliases") : EX_OK;
         store_close();
@@ -18949,7 +19164,7 @@ static int cli_mbox_list(int argc, char **argv)
         fputs(cli_mbox_list_help, stderr);
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if ((rc = cli_mbox_find_user(argv[2], &u)) || (rc = cli_mbox_load_uids(u.id, &l)))
         return rc;
@@ -19283,7 +19498,7 @@ static int cli_mbox_export(int argc, char **argv)
                         "standard output cannot be made durable\n");
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if ((rc = cli_mbox_find_user(user, &u)) || (rc = cli_mbox_load_uids(u.id, &l)))
         return rc;

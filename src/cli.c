@@ -16,21 +16,6 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-int cli_open_store(void)
-{
-    char err[512];
-    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
-    }
-    if (auth_init(conf->keyfile)) {
-        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
-        store_close();
-        return EX_CANTCREAT;
-    }
-    return 0;
-}
-
 static int wants_help(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
@@ -92,27 +77,6 @@ static void daemon_turn(void)
         loop_stop();
 }
 
-/* One daemon per database: a second one would race the first for the
- * same queue and remove bodies it is still writing. */
-static int lock_database(void)
-{
-    char path[4096];
-    int fd;
-
-    snprintf(path, sizeof path, "%s.lock", conf->database);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB)) {
-        fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* `user = NAME`: a daemon started as root gives root up once its ports
  * are bound.  A daemon started as anyone else cannot and need not. */
 static int drop_privileges(void)
@@ -141,28 +105,39 @@ static int drop_privileges(void)
     return 0;
 }
 
-/* The daemon's hold on its database: the lock, the store, the node key.
- * 0, or a sysexits code after saying what went wrong. */
-static int daemon_open(int *lockfd)
+/* The daemon's hold on its database: the store and the node key, under
+ * the lock taken before.  0, or a sysexits code after saying what went
+ * wrong. */
+static int daemon_open_store(void)
 {
     char err[512];
 
-    log_init("mailnode", conf->use_syslog);
-    *lockfd = lock_database();
-    if (*lockfd < 0)
-        return EX_TEMPFAIL;
     if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(*lockfd);
-        return EX_CANTCREAT;
+        char why[600];
+        int rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
+        return rc ? rc : EX_CANTCREAT;
     }
     if (auth_init(conf->keyfile)) {
         fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
         store_close();
-        close(*lockfd);
         return EX_CANTCREAT;
     }
     return 0;
+}
+
+/* The lock, then the store: 0 or a sysexits code. */
+static int daemon_open(int *lockfd)
+{
+    int rc;
+
+    log_init("mailnode", conf->use_syslog);
+    *lockfd = cli_db_lock();
+    if (*lockfd < 0)
+        return -*lockfd;
+    if ((rc = daemon_open_store()))
+        close(*lockfd);
+    return rc;
 }
 
 /* RFC 5321 4.5.1: a node must take postmaster mail.  It always does (into
@@ -208,11 +183,17 @@ int cli_run(int argc, char **argv)
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    /* Listeners first: privileged ports are bound while still root; then
-     * the daemon becomes `user`, and everything it creates (database,
-     * key, lock, control socket) belongs to that user. */
+    /* The lock first: a second daemon on the same database says so rather
+     * than failing to bind.  Then listeners: privileged ports are bound
+     * while still root; then the daemon becomes `user`, and everything it
+     * creates (database, key, control socket) belongs to that user. */
+    log_init("mailnode", conf->use_syslog);
+    lockfd = cli_db_lock();
+    if (lockfd < 0)
+        return -lockfd;
     if (loop_init()) {
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
+        close(lockfd);
         return EX_OSERR;
     }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
@@ -221,16 +202,16 @@ int cli_run(int argc, char **argv)
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         loop_free();
+        close(lockfd);
         return EX_UNAVAILABLE;
     }
-    if ((rc = drop_privileges())) {
+    cli_db_chown();
+    if ((rc = drop_privileges()) || (rc = daemon_open_store())) {
         loop_free();
+        close(lockfd);
         return rc;
     }
-    if ((rc = daemon_open(&lockfd))) {
-        loop_free();
-        return rc;
-    }
+    cli_db_lock_note(lockfd);
     if (ctl_start()) {
         fprintf(stderr, "mailnode: cannot open the control socket %s (see the log)\n",
                 conf->control);
@@ -337,7 +318,7 @@ int cli_queue(int argc, char **argv)
         fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if (!strcmp(sub, "list")) {
         rc = store_queue_list(print_qinfo, NULL) ? EX_SOFTWARE : EX_OK;
@@ -400,7 +381,7 @@ int cli_status(int argc, char **argv)
         fprintf(stderr, "usage: mailnode status\n");
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if (store_status(&st)) {
         store_close();

@@ -405,7 +405,7 @@ int cli_user(int argc, char **argv)
         return cli_admin_usage(cli_user_usage);
     if (argc == 3 && cli_admin_user_name(argv[2], name))
         return EX_DATAERR;
-    if ((rc = cli_open_store()))
+    if ((rc = strcmp(sub, "list") && strcmp(sub, "del") ? cli_open_store() : cli_open_store_ro()))
         return rc;
     if (!strcmp(sub, "add"))
         rc = cli_user_add(name);
@@ -523,7 +523,7 @@ static int cli_domain_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_domain_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -561,7 +561,7 @@ int cli_domain(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_domain_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_domain_list(cli_domain_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list domains") : EX_OK;
         store_close();
@@ -710,7 +710,7 @@ static int cli_alias_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_alias_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -744,7 +744,7 @@ int cli_alias(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_alias_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_alias_list(cli_alias_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list aliases") : EX_OK;
         store_close();

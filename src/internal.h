@@ -847,5 +847,12 @@ int cli_poll(int argc, char **argv);            /* mailnode poll */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);
+/* For commands that only read: the database must exist already. */
+int cli_open_store_ro(void);
+int cli_db_diagnose(const char *path, char *why, size_t n);
+void cli_db_chown(void);
+int cli_db_lock(void);                  /* fd, or minus a sysexits code */
+void cli_db_lock_note(int fd);          /* pid, start, version, listeners */
+int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note), 0 not, -1 unknown */
 
 #endif
