@@ -401,6 +401,9 @@ struct store_dest {
 };
 int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
 
+/* store_ops.c: what the operator's commands ask. */
+int64_t store_ops_queued_remote(const char *domain);  /* "" = all; -1 on error */
+
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
 struct store_out_rcpt {
@@ -7013,6 +7016,43 @@ int store_held_count(const char *domain)
     return n;
 }
 
+/* ---- src/store_ops.c ---- */
+#line 1 "src/store_ops.c"
+/*
+ * store_ops.c: the queries behind the operator's commands (status, queue
+ * list/show/delete, poll's account of what stayed queued).  Read-mostly
+ * and kept apart from the delivery path's SQL in store.c and
+ * store_deliver.c.
+ */
+
+
+#include <string.h>
+
+/* Remote recipients still queued and not held by `queue hold`: for one
+ * destination domain, or ("" ) for every one (all go to the relayhost). */
+int64_t store_ops_queued_remote(const char *domain)
+{
+    static sqlite3_stmt *one, *all;
+    sqlite3_stmt *st;
+    int64_t n = -1;
+
+    if (domain[0]) {
+        st = store_stmt(&one, "SELECT count(*) FROM rcpt WHERE state=0 AND kind=2 AND dest=?"
+                              " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+        if (st)
+            sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
+    } else {
+        st = store_stmt(&all, "SELECT count(*) FROM rcpt WHERE state=0 AND kind=2"
+                              " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+    }
+    if (!st)
+        return -1;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
 /* ---- src/addr.c ---- */
 #line 1 "src/addr.c"
 /*
@@ -12920,10 +12960,14 @@ static void waiters_account(struct hop *h)
     for (struct waiter *w = Q.waiters; w; w = w->next) {
         if (!waiter_matches(w, h))
             continue;
+        /* A destination not reached deferred everything queued for it. */
+        int64_t deferred = h->deferred;
+        if (h->error[0] && !h->progress && !deferred)
+            deferred = store_ops_queued_remote(h->domain);
         int n = snprintf(w->summary + w->used, sizeof w->summary - w->used,
-                         "%s: %d delivered, %d deferred, %d failed%s%s\n",
-                         h->domain[0] ? h->domain : conf->relayhost, h->delivered, h->deferred, h->failed,
-                         h->error[0] ? ": " : "", h->error);
+                         "%s: %d delivered, %lld deferred, %d failed%s%s\n",
+                         h->domain[0] ? h->domain : conf->relayhost, h->delivered,
+                         (long long)(deferred > 0 ? deferred : 0), h->failed, h->error[0] ? ": " : "", h->error);
         if (n > 0 && (size_t)n < sizeof w->summary - w->used)
             w->used += (size_t)n;
         if (h->deferred || (h->error[0] && !h->progress))
@@ -13236,6 +13280,7 @@ static struct {
     struct pwaiter *waiters;            /* told at the end of this exchange */
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
+    int pushed;                         /* this exchange sent our queued mail first */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
 
 static void pull_start(void);
@@ -13287,6 +13332,18 @@ static void poll_finish(int rc, const char *fmt, ...)
     poll_drop_connection();
     timer_cancel(&P.guard);
     P.state = P_IDLE;
+    if (P.pushed && conf->relayhost[0]) {
+        /* The exchange worked, but what we had to send did not all go:
+         * cron and ifup hooks must see that (sysexits 75). */
+        int64_t left = store_ops_queued_remote("");
+        if (left > 0) {
+            poll_say("our own mail is still queued: %lld recipient%s (see mailnode queue list)\n",
+                     (long long)left, left == 1 ? "" : "s");
+            if (rc == EX_OK)
+                rc = EX_TEMPFAIL;
+        }
+    }
+    P.pushed = 0;
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -13680,9 +13737,8 @@ static void pull_start(void)
 static void push_done(void *arg, const char *summary, int failed)
 {
     MN_UNUSED(arg);
+    MN_UNUSED(failed);                  /* poll_finish counts what is left */
     poll_say("sent: %s", summary);
-    if (failed)
-        poll_say("(some of our own mail is still queued)\n");
     if (P.state == P_PUSH)
         pull_start();
 }
@@ -13740,6 +13796,7 @@ int poll_run(poll_done_fn done, void *arg)
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
         P.state = P_PUSH;
+        P.pushed = 1;
         if (queue_flush_wait(NULL, push_done, NULL)) {
             P.state = P_IDLE;
             pull_start();

@@ -390,6 +390,9 @@ struct store_dest {
 };
 int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
 
+/* store_ops.c: what the operator's commands ask. */
+int64_t store_ops_queued_remote(const char *domain);  /* "" = all; -1 on error */
+
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
 struct store_out_rcpt {

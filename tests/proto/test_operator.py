@@ -125,4 +125,32 @@ def holding_box_becomes_user():
         check('holding_box_pop3_after_add', count == 1, str(count))
 
 
+# ------------------------------------------------------------------- poll
+
+@test
+def poll_own_mail_stays_queued():
+    closed = harness.free_ports(1)[0]           # nothing listens there
+    field = Node(start=False, name='field')
+    up = Node(conf={'local_domains': 'up.test'}, listeners=('smtp',), start=False, name='up')
+    with field, up:
+        add_user(up, 'site')
+        rc, out, err = up.cli('domain', 'add', 'site.test', '--hold', '--owner', 'site',
+                              '--host', '127.0.0.1:%d' % field.port('smtp'))
+        assert rc == 0, err
+        up.start()
+        field.configure({'relayhost': '127.0.0.1:%d' % closed, 'upstream': '127.0.0.1:%d' % up.port(),
+                         'upstream.mode': 'etrn', 'upstream.domains': 'site.test',
+                         'upstream.interval': '1h', 'retry.initial': '1h'})
+        field.start()
+        rc, out, err = sendmail(field, 'someone@far.test')
+        assert rc == 0, err
+        rc, out, err = field.cli('poll', timeout=120)
+        check('poll_exit_75_when_own_mail_queued', rc == 75, 'rc %s: %s %s' % (rc, out, err))
+        check('poll_counts_deferred', '1 deferred' in out, out)
+        check('poll_says_still_queued', 'still queued: 1 recipient' in out, out)
+        field.stop()
+        rc, out, err = field.cli('poll', timeout=120)
+        check('poll_nodaemon_exit_75', rc == 75, 'rc %s: %s %s' % (rc, out, err))
+
+
 harness.main()
