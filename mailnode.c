@@ -101,6 +101,8 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 
 /* ------------------------------------------------------------------ conf */
 
+#define CONF_MAX_KEYS 160              /* entries of the key table in conf.c */
+
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_N };
 
 struct conf {
@@ -154,6 +156,7 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    unsigned short key_line[CONF_MAX_KEYS]; /* line of each key in the file; 0 = default */
 };
 
 extern struct conf *conf;               /* the configuration in force */
@@ -162,6 +165,12 @@ extern struct conf *conf;               /* the configuration in force */
  * "FILE:LINE: what is wrong" and returns -1. */
 int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
 void conf_free(struct conf *c);
+/* "FILE:LINE: key" where a key was set (or that it is the default), for
+ * messages about its value. */
+const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n);
+/* Every key with the value in effect, "  # default" after those the file
+ * does not set (only_set: just the file's keys, as `postconf -n`). */
+void conf_print(const struct conf *c, FILE *f, int only_set);
 /* 1 if the domain (lower case) is listed in local_domains. */
 int conf_is_local_domain(const char *domain);
 int conf_relay_allowed(const struct sockaddr_storage *ss);
@@ -740,6 +749,7 @@ void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 int tls_init(void);                     /* loads tls.cert/tls.key if set */
+const char *tls_io_error(void);         /* why tls_init failed */
 void tls_free(void);
 int tls_available(void);                /* server side: a certificate is loaded */
 int tls_start_server(struct conn *c);
@@ -863,6 +873,7 @@ int cli_poll(int argc, char **argv);            /* mailnode poll */
 int cli_open_store(void);
 /* For commands that only read: the database must exist already. */
 int cli_open_store_ro(void);
+int cli_config(int argc, char **argv);
 int cli_db_diagnose(const char *path, char *why, size_t n);
 void cli_db_chown(void);
 int cli_db_lock(void);                  /* fd, or minus a sysexits code */
@@ -1416,9 +1427,13 @@ void log_msg(int level, const char *fmt, ...)
  */
 
 
+#include <ctype.h>
 #include <errno.h>
+#include <pwd.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/stat.h>
 
 struct conf *conf;
 
@@ -1610,6 +1625,10 @@ static const struct conf_key *find_key(const char *name)
     return NULL;
 }
 
+_Static_assert(MN_NELEM(keys) <= CONF_MAX_KEYS, "raise CONF_MAX_KEYS");
+
+static int conf_is_domain(const char *s);
+
 static int set_defaults(struct conf *c)
 {
     char host[256] = "localhost", doms[600];
@@ -1617,7 +1636,9 @@ static int set_defaults(struct conf *c)
     for (size_t i = 0; i < MN_NELEM(keys); i++)
         if (keys[i].def && set_value(c, &keys[i], keys[i].def))
             return -1;
-    if (gethostname(host, sizeof host - 1) || !host[0])
+    /* A machine name that is no domain name ("my_box") must not make every
+     * command fail over a key the file does not even set. */
+    if (gethostname(host, sizeof host - 1) || !conf_is_domain(host))
         util_strlcpy(host, "localhost", sizeof host);
     util_lower(host);
     c->hostname = xstrdup(host);
@@ -1643,33 +1664,180 @@ static void derive(struct conf *c)
     c->use_syslog = c->log_dest && !strcmp(c->log_dest, "syslog");
 }
 
-/* TLS policy towards relays: "may" uses STARTTLS when offered, "require"
- * keeps the mail queued unless TLS comes up with a certificate that
- * verifies, "none" never starts TLS (a relay with a broken TLS stack). */
-static int conf_check_tls(struct conf *c, const char *path, char *err, size_t errlen)
+/* "#" starts a comment at the start of a line or after white space, in
+ * every key alike: "local_domains = a.example # ours" must not make "#"
+ * and "ours" domains.  A "#" inside a word (a password file path) stays. */
+static void conf_strip_comment(char *line)
 {
-    static const char *const policies[] = { "may", "require", "none" };
-    struct { const char *key; char **val; } pol[] = {
-        { "relayhost.tls", &c->relayhost_tls },
-        { "upstream.tls", &c->upstream_tls },
-    };
+    for (char *p = line; *p; p++)
+        if (*p == '#' && (p == line || *(p - 1) == ' ' || *(p - 1) == '\t')) {
+            *p = '\0';
+            return;
+        }
+}
 
-    for (size_t i = 0; i < MN_NELEM(pol); i++) {
-        size_t j;
-        util_lower(*pol[i].val);
-        for (j = 0; j < MN_NELEM(policies); j++)
-            if (!strcmp(*pol[i].val, policies[j]))
-                break;
-        if (j == MN_NELEM(policies)) {
-            snprintf(err, errlen, "%s: %s = '%s': use may, require or none", path ? path : "defaults",
-                     pol[i].key, *pol[i].val);
-            return -1;
+const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n)
+{
+    const struct conf_key *k = find_key(key);
+    int line = k ? c->key_line[k - keys] : 0;
+
+    if (line)
+        snprintf(buf, n, "%s:%d: %s", c->path, line, key);
+    else
+        snprintf(buf, n, "%s: %s (%s)", c->path ? c->path : "configuration", key,
+                 c->path ? "not set: the default" : "the default");
+    return buf;
+}
+
+/* RFC 1035 2.3.1 preferred name syntax (letters, digits, hyphens, dots). */
+static int conf_is_domain(const char *s)
+{
+    size_t label = 0;
+
+    if (!*s || strlen(s) > SMTP_DOMAIN_MAX)
+        return 0;
+    for (const char *p = s; *p; p++) {
+        if (*p == '.') {
+            if (!label || p[-1] == '-')
+                return 0;
+            label = 0;
+        } else if (isalnum((unsigned char)*p) || (*p == '-' && label)) {
+            if (++label > 63)
+                return 0;
+        } else {
+            return 0;
         }
     }
-    if (c->tls_key[0] && !c->tls_cert[0]) {
-        snprintf(err, errlen, "%s: tls.key is set but tls.cert is not: STARTTLS needs both",
-                 path ? path : "defaults");
-        return -1;
+    return label && s[strlen(s) - 1] != '-';
+}
+
+/* host[:port] with host a name, an address or a bracketed address. */
+static const char *conf_check_host(const char *v, int port_required)
+{
+    char host[SMTP_DOMAIN_MAX + 3];
+    unsigned char bin[16];
+    int port = 25;
+
+    if (util_split_hostport(v, host, sizeof host, &port)) {
+        if (port_required || strchr(v, ' ') || util_strlcpy(host, v, sizeof host) >= sizeof host)
+            return port_required ? "not host:port" : "not host or host:port";
+    }
+    if (port < 1)
+        return "port must be 1 to 65535";
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        host[l - 1] = '\0';
+        return inet_pton(AF_INET, host + 1, bin) == 1 || inet_pton(AF_INET6, host + 1, bin) == 1
+                   ? NULL : "not an address in brackets";
+    }
+    if (inet_pton(AF_INET6, host, bin) == 1 || conf_is_domain(host))
+        return NULL;
+    return "not a host name or address";
+}
+
+/* A comma separated list of numeric addr:port, as the listeners take. */
+static const char *conf_check_listen(const char *v)
+{
+    char buf[1024], *items[64], host[256];
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int port;
+    size_t n;
+
+    if (util_strlcpy(buf, v, sizeof buf) >= sizeof buf)
+        return "list too long";
+    n = util_split_list(buf, items, MN_NELEM(items));
+    for (size_t i = 0; i < n; i++)
+        if (util_split_hostport(items[i], host, sizeof host, &port) || util_sockaddr_parse(host, port, &ss, &sl))
+            return "not addr:port with a numeric address (examples: 0.0.0.0:25, [::]:25)";
+    return NULL;
+}
+
+static const char *conf_one_of(char *v, const char *const *words, size_t n, const char *msg)
+{
+    util_lower(v);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(v, words[i]))
+            return NULL;
+    return msg;
+}
+
+static const char *conf_check_file(const char *v)
+{
+    struct stat st;
+    if (stat(v, &st))
+        return errno == ENOENT ? "no such file" : strerror(errno);
+    return S_ISREG(st.st_mode) ? NULL : "not a regular file";
+}
+
+/* Checks a value that its type alone does not; NULL when it is fine. */
+static const char *conf_check_key(struct conf *c, const char *name)
+{
+    static const char *const tls_pol[] = { "may", "require", "none" };
+    static const char *const modes[] = { "etrn", "atrn" };
+    static const char *const logs[] = { "stderr", "syslog" };
+
+    if (!strcmp(name, "hostname"))
+        return conf_is_domain(c->hostname) ? NULL : "not a domain name (letters, digits, hyphens, dots)";
+    if (!strcmp(name, "database"))
+        return c->database[0] ? NULL : "must name a file";
+    if (!strncmp(name, "listen.", 7))
+        return conf_check_listen(c->listen[!strcmp(name, "listen.smtp") ? LISTEN_SMTP :
+                                           !strcmp(name, "listen.submission") ? LISTEN_SUBMISSION :
+                                           !strcmp(name, "listen.odmr") ? LISTEN_ODMR : LISTEN_POP3]);
+    if (!strcmp(name, "relayhost"))
+        return c->relayhost[0] ? conf_check_host(c->relayhost, 0) : NULL;
+    if (!strcmp(name, "upstream"))
+        return c->upstream[0] ? conf_check_host(c->upstream, 1) : NULL;
+    if (!strcmp(name, "upstream.mode"))
+        return conf_one_of(c->upstream_mode, modes, MN_NELEM(modes), "use etrn or atrn");
+    if (!strcmp(name, "upstream.domains"))
+        return c->upstream[0] && !c->n_upstream_domains ? "empty, but upstream is set: name the domains held there" : NULL;
+    if (!strcmp(name, "relayhost.tls"))
+        return conf_one_of(c->relayhost_tls, tls_pol, MN_NELEM(tls_pol), "use may, require or none");
+    if (!strcmp(name, "upstream.tls"))
+        return conf_one_of(c->upstream_tls, tls_pol, MN_NELEM(tls_pol), "use may, require or none");
+    if (!strcmp(name, "tls.cert"))
+        return c->tls_cert[0] ? conf_check_file(c->tls_cert) : NULL;
+    if (!strcmp(name, "tls.key"))
+        return !c->tls_key[0] ? NULL : !c->tls_cert[0] ? "set, but tls.cert is not: STARTTLS needs both"
+                                                       : conf_check_file(c->tls_key);
+    if (!strcmp(name, "tls.ca_file"))
+        return c->tls_ca_file[0] ? conf_check_file(c->tls_ca_file) : NULL;
+    if (!strcmp(name, "log"))
+        return conf_one_of(c->log_dest, logs, MN_NELEM(logs), "use stderr or syslog");
+    if (!strcmp(name, "user"))
+        return c->run_user[0] && !getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
+    if (!strcmp(name, "resolver")) {
+        char host[256];
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        int port = 53;
+        if (!c->resolver[0])
+            return NULL;
+        if (util_split_hostport(c->resolver, host, sizeof host, &port))
+            util_strlcpy(host, c->resolver, sizeof host);
+        return util_sockaddr_parse(host, port, &ss, &sl) ? "not a numeric address[:port]" : NULL;
+    }
+    if (!strcmp(name, "delivery.port"))
+        return c->delivery_port < 1 || c->delivery_port > 65535 ? "port must be 1 to 65535" : NULL;
+    if (!strcmp(name, "delivery.parallel") || !strcmp(name, "delivery.per_connection") ||
+        !strcmp(name, "max_connections"))
+        return *(int64_t *)((char *)c + find_key(name)->off) < 1 ? "must be at least 1" : NULL;
+    return NULL;
+}
+
+/* One pass over every key, for every command: a mistake is reported the
+ * same way (FILE:LINE: key: why, exit 78) whichever command meets it. */
+static int conf_check(struct conf *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < MN_NELEM(keys); i++) {
+        const char *why = conf_check_key(c, keys[i].name);
+        char where[4200];
+        if (why) {
+            snprintf(err, errlen, "%s: %s", conf_where(c, keys[i].name, where, sizeof where), why);
+            return -1;
+        }
     }
     return 0;
 }
@@ -1702,8 +1870,9 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
                 snprintf(err, errlen, "%s:%d: line too long", path, lineno);
                 goto fail;
             }
+            conf_strip_comment(line);
             s = util_trim(line);
-            if (!*s || *s == '#')
+            if (!*s)
                 continue;
             eq = strchr(s, '=');
             if (!eq) {
@@ -1723,21 +1892,20 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
                 snprintf(err, errlen, "%s:%d: %s: %s", path, lineno, key, why);
                 goto fail;
             }
+            c->key_line[k - keys] = lineno;
         }
         fclose(f);
         f = NULL;
     }
-    if (!c->hostname[0] || strlen(c->hostname) > SMTP_DOMAIN_MAX) {
-        snprintf(err, errlen, "%s: hostname must be a domain name", path ? path : "defaults");
-        return -1;
-    }
     util_lower(c->hostname);
-    if (!c->database[0]) {
-        snprintf(err, errlen, "%s: database must name a file", path ? path : "defaults");
+    if (conf_check(c, err, errlen))
         return -1;
+    if (!c->key_line[find_key("local_domains") - keys]) {
+        /* Implicit: the host name the file gives, not the machine's. */
+        char doms[SMTP_DOMAIN_MAX + 16];
+        snprintf(doms, sizeof doms, "localhost, %s", c->hostname);
+        set_value(c, find_key("local_domains"), doms);
     }
-    if (conf_check_tls(c, path, err, errlen))
-        return -1;
     derive(c);
     return 0;
 fail:
@@ -1754,6 +1922,77 @@ void conf_free(struct conf *c)
         free_value(c, &keys[i]);
     free(c->path);
     memset(c, 0, sizeof *c);
+}
+
+/* A value written back the way the file would say it. */
+static void conf_format(const struct conf *c, const struct conf_key *k, char *out, size_t n)
+{
+    const void *field = (const char *)c + k->off;
+    size_t used = 0, cnt = k->count_off ? *(const size_t *)((const char *)c + k->count_off) : 0;
+    int64_t v;
+
+    out[0] = '\0';
+    switch (k->type) {
+    case T_STR:
+        util_strlcpy(out, *(char *const *)field ? *(char *const *)field : "", n);
+        return;
+    case T_INT:
+        snprintf(out, n, "%lld", (long long)*(const int64_t *)field);
+        return;
+    case T_BOOL:
+        util_strlcpy(out, *(const int *)field ? "yes" : "no", n);
+        return;
+    case T_DURATION: {
+        static const struct { int64_t secs; char unit; } u[] = {
+            { 604800, 'w' }, { 86400, 'd' }, { 3600, 'h' }, { 60, 'm' } };
+        v = *(const int64_t *)field;
+        for (size_t i = 0; i < MN_NELEM(u); i++)
+            if (v && v % u[i].secs == 0) {
+                snprintf(out, n, "%lld%c", (long long)(v / u[i].secs), u[i].unit);
+                return;
+            }
+        snprintf(out, n, "%llds", (long long)v);
+        return;
+    }
+    case T_SIZE: {
+        static const struct { int64_t bytes; char unit; } u[] = {
+            { 1024LL * 1024 * 1024, 'G' }, { 1024 * 1024, 'M' }, { 1024, 'K' } };
+        v = *(const int64_t *)field;
+        for (size_t i = 0; i < MN_NELEM(u); i++)
+            if (v && v % u[i].bytes == 0) {
+                snprintf(out, n, "%lld%c", (long long)(v / u[i].bytes), u[i].unit);
+                return;
+            }
+        snprintf(out, n, "%lld", (long long)v);
+        return;
+    }
+    case T_DOMAINS:
+        for (size_t i = 0; i < cnt && used < n; i++)
+            used += (size_t)snprintf(out + used, n - used, "%s%s", i ? ", " : "", (*(char **const *)field)[i]);
+        return;
+    case T_CIDRS:
+        for (size_t i = 0; i < cnt && used < n; i++) {
+            const struct cidr *r = &(*(struct cidr *const *)field)[i];
+            char ip[INET6_ADDRSTRLEN];
+            inet_ntop(r->family, r->addr, ip, sizeof ip);
+            used += (size_t)snprintf(out + used, n - used, "%s%s/%d", i ? ", " : "", ip, r->bits);
+        }
+        return;
+    }
+}
+
+void conf_print(const struct conf *c, FILE *f, int only_set)
+{
+    char value[4096];
+
+    for (size_t i = 0; i < MN_NELEM(keys); i++) {
+        int set = c->key_line[i] != 0;
+        if (only_set && !set)
+            continue;
+        conf_format(c, &keys[i], value, sizeof value);
+        fprintf(f, "%s = %s%s\n", keys[i].name, value,
+                set ? "" : keys[i].def ? "  # default" : "  # derived");
+    }
 }
 
 int conf_is_local_domain(const char *domain)
@@ -16577,6 +16816,16 @@ int cli_run(int argc, char **argv)
         close(lockfd);
         return EX_OSERR;
     }
+    if (tls_init()) {
+        /* The certificate is configuration: say which line names it. */
+        const char *e = tls_io_error();
+        char where[4200];
+        conf_where(conf, strncmp(e, "tls.key", 7) ? "tls.cert" : "tls.key", where, sizeof where);
+        fprintf(stderr, "mailnode: configuration: %s: %s\n", where, e);
+        loop_free();
+        close(lockfd);
+        return EX_CONFIG;
+    }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err) ||
@@ -16794,6 +17043,45 @@ int cli_status(int argc, char **argv)
                 printf("    %s\n", l);
         }
     }
+    store_close();
+    return EX_OK;
+}
+
+/* --------------------------------------------------------------- config */
+
+static int config_domain(void *arg, const struct store_domain *d)
+{
+    MN_UNUSED(arg);
+    if (d->kind == DOMAIN_LOCAL)
+        printf("#   %s  local\n", d->name);
+    else
+        printf("#   %s  held for %s%s%s\n", d->name, d->owner[0] ? d->owner : "(no owner)",
+               d->host[0] ? ", released to " : "", d->host);
+    return 0;
+}
+
+int cli_config(int argc, char **argv)
+{
+    int only_set = argc == 2 && !strcmp(argv[1], "-n");
+
+    if (wants_help(argc, argv) || (argc > 1 && !only_set)) {
+        fprintf(wants_help(argc, argv) ? stdout : stderr,
+                "usage: mailnode config [-n]\n"
+                "Prints the configuration in effect, every key as `key = value`, after\n"
+                "checking it; keys the file does not set are marked `# default` (or\n"
+                "`# derived`), domains added with `mailnode domain add` follow as comments.\n"
+                "  -n   only the keys the file sets (as `postconf -n`)\n");
+        return wants_help(argc, argv) ? EX_OK : EX_USAGE;
+    }
+    printf("# %s%s\n", conf->path ? "configuration file " : "no configuration file: ",
+           conf->path ? conf->path : "the embedded defaults");
+    conf_print(conf, stdout, only_set);
+    if (only_set || access(conf->database, F_OK))
+        return EX_OK;
+    if (cli_open_store_ro())
+        return EX_OK;                   /* said why; the file's part was shown */
+    printf("# domains in the database (mailnode domain list):\n");
+    store_domain_list(config_domain, NULL);
     store_close();
     return EX_OK;
 }
@@ -19874,6 +20162,7 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
 };
 
 static void usage(FILE *f)

@@ -196,6 +196,16 @@ int cli_run(int argc, char **argv)
         close(lockfd);
         return EX_OSERR;
     }
+    if (tls_init()) {
+        /* The certificate is configuration: say which line names it. */
+        const char *e = tls_io_error();
+        char where[4200];
+        conf_where(conf, strncmp(e, "tls.key", 7) ? "tls.cert" : "tls.key", where, sizeof where);
+        fprintf(stderr, "mailnode: configuration: %s: %s\n", where, e);
+        loop_free();
+        close(lockfd);
+        return EX_CONFIG;
+    }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err) ||
@@ -413,6 +423,45 @@ int cli_status(int argc, char **argv)
                 printf("    %s\n", l);
         }
     }
+    store_close();
+    return EX_OK;
+}
+
+/* --------------------------------------------------------------- config */
+
+static int config_domain(void *arg, const struct store_domain *d)
+{
+    MN_UNUSED(arg);
+    if (d->kind == DOMAIN_LOCAL)
+        printf("#   %s  local\n", d->name);
+    else
+        printf("#   %s  held for %s%s%s\n", d->name, d->owner[0] ? d->owner : "(no owner)",
+               d->host[0] ? ", released to " : "", d->host);
+    return 0;
+}
+
+int cli_config(int argc, char **argv)
+{
+    int only_set = argc == 2 && !strcmp(argv[1], "-n");
+
+    if (wants_help(argc, argv) || (argc > 1 && !only_set)) {
+        fprintf(wants_help(argc, argv) ? stdout : stderr,
+                "usage: mailnode config [-n]\n"
+                "Prints the configuration in effect, every key as `key = value`, after\n"
+                "checking it; keys the file does not set are marked `# default` (or\n"
+                "`# derived`), domains added with `mailnode domain add` follow as comments.\n"
+                "  -n   only the keys the file sets (as `postconf -n`)\n");
+        return wants_help(argc, argv) ? EX_OK : EX_USAGE;
+    }
+    printf("# %s%s\n", conf->path ? "configuration file " : "no configuration file: ",
+           conf->path ? conf->path : "the embedded defaults");
+    conf_print(conf, stdout, only_set);
+    if (only_set || access(conf->database, F_OK))
+        return EX_OK;
+    if (cli_open_store_ro())
+        return EX_OK;                   /* said why; the file's part was shown */
+    printf("# domains in the database (mailnode domain list):\n");
+    store_domain_list(config_domain, NULL);
     store_close();
     return EX_OK;
 }

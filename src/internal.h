@@ -90,6 +90,8 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 
 /* ------------------------------------------------------------------ conf */
 
+#define CONF_MAX_KEYS 160              /* entries of the key table in conf.c */
+
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_N };
 
 struct conf {
@@ -143,6 +145,7 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    unsigned short key_line[CONF_MAX_KEYS]; /* line of each key in the file; 0 = default */
 };
 
 extern struct conf *conf;               /* the configuration in force */
@@ -151,6 +154,12 @@ extern struct conf *conf;               /* the configuration in force */
  * "FILE:LINE: what is wrong" and returns -1. */
 int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
 void conf_free(struct conf *c);
+/* "FILE:LINE: key" where a key was set (or that it is the default), for
+ * messages about its value. */
+const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n);
+/* Every key with the value in effect, "  # default" after those the file
+ * does not set (only_set: just the file's keys, as `postconf -n`). */
+void conf_print(const struct conf *c, FILE *f, int only_set);
 /* 1 if the domain (lower case) is listed in local_domains. */
 int conf_is_local_domain(const char *domain);
 int conf_relay_allowed(const struct sockaddr_storage *ss);
@@ -729,6 +738,7 @@ void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 int tls_init(void);                     /* loads tls.cert/tls.key if set */
+const char *tls_io_error(void);         /* why tls_init failed */
 void tls_free(void);
 int tls_available(void);                /* server side: a certificate is loaded */
 int tls_start_server(struct conn *c);
@@ -852,6 +862,7 @@ int cli_poll(int argc, char **argv);            /* mailnode poll */
 int cli_open_store(void);
 /* For commands that only read: the database must exist already. */
 int cli_open_store_ro(void);
+int cli_config(int argc, char **argv);
 int cli_db_diagnose(const char *path, char *why, size_t n);
 void cli_db_chown(void);
 int cli_db_lock(void);                  /* fd, or minus a sysexits code */

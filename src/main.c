@@ -24,6 +24,7 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
 };
 
 static void usage(FILE *f)

@@ -129,6 +129,66 @@ else
     fail db_permission "needs root, the user nobody and setpriv (util-linux)"
 fi
 
+# --- one configuration check, for every command -----------------------------------
+
+# bad KEY=VALUE NAME PATTERN: every command refuses it with exit 78 and
+# FILE:LINE: key (the key is on line 7: after the six lines conf writes).
+bad() {
+    local kv=$1 name=$2 pat=$3 key=${1%%=*}
+    conf "$T/bad.conf" "database=$T/bad.db" "$kv"
+    for cmd in "run" "status" "queue list" "user list" "sendmail" "flush" "poll"; do
+        # shellcheck disable=SC2086
+        out=$(timeout 20 "$BIN" -c "$T/bad.conf" $cmd root </dev/null 2>&1); rc=$?
+        expect "conf_${name}_${cmd// /_}" 78 "$rc" "$out" "$T/bad.conf:7: $key: $pat"
+    done
+}
+bad "listen.smtp=localhost:25" listen "not addr:port"
+bad "upstream.mode=turn" upstream_mode "use etrn or atrn"
+bad "hostname=my host" hostname "not a domain name"
+bad "tls.cert=$T/nonexistent.pem" tls_cert "no such file"
+bad "relayhost=smtp example.org" relayhost "not host"
+bad "upstream=upstream.example" upstream "not host:port"
+bad "log=file" log "use stderr or syslog"
+bad "delivery.port=0" delivery_port "port"
+bad "user=no-such-user-$$" user "no such user"
+bad "resolver=dns.example" resolver "not a numeric"
+
+# A certificate that exists but is not one: `run` names the line too.
+echo "not a certificate" >"$T/bad.pem"
+conf "$T/badcert.conf" "database=$T/badcert.db" "tls.cert=$T/bad.pem" "listen.smtp=127.0.0.1:$(free_port)"
+out=$(timeout 20 "$BIN" -c "$T/badcert.conf" run 2>&1); rc=$?
+expect conf_bad_certificate_run 78 "$rc" "$out" "$T/badcert.conf:7: tls.cert: tls.cert $T/bad.pem"
+
+# Comments after white space, in every key.
+conf "$T/comment.conf" "database=$T/comment.db # the spool" "local_domains=ours.example # ours" \
+    "relay_networks=10.0.0.0/8 # lan" "retry.initial=1m # soon" "vrfy=no # not telling"
+out=$("$BIN" -c "$T/comment.conf" config 2>&1); rc=$?
+expect conf_comment_after_value 0 "$rc" "$out" "^local_domains = ours.example$"
+if printf '%s\n' "$out" | grep -qx "relay_networks = 10.0.0.0/8" &&
+    printf '%s\n' "$out" | grep -qx "retry.initial = 1m" &&
+    printf '%s\n' "$out" | grep -qx "database = $T/comment.db"; then
+    ok conf_comment_every_key
+else
+    fail conf_comment_every_key "$(printf '%s' "$out" | grep -E '^(relay_networks|retry.initial|database) ')"
+fi
+expect config_marks_defaults 0 "$rc" "$out" "^retry.max = 4h  # default$"
+expect config_shows_derived 0 "$rc" "$out" "^keyfile = $T/comment.db.key  # derived$"
+out=$("$BIN" -c "$T/comment.conf" config -n 2>&1); rc=$?
+expect config_n_only_set 0 "$rc" "$out" "^vrfy = no$"
+printf '%s' "$out" | grep -q "# default" && fail config_n_no_defaults "$out" || ok config_n_no_defaults
+# Implicit local domains, and domains from the database.
+conf "$T/implicit.conf" "database=$T/implicit.db"
+echo pw-1234567 | "$BIN" -c "$T/implicit.conf" user add ann >/dev/null 2>&1
+"$BIN" -c "$T/implicit.conf" domain add extra.example --local >/dev/null 2>&1
+out=$("$BIN" -c "$T/implicit.conf" config 2>&1); rc=$?
+expect config_implicit_local_domains 0 "$rc" "$out" "^local_domains = localhost, node.test  # derived$"
+expect config_database_domains 0 "$rc" "$out" "^#   extra.example  local$"
+[ -e "$T/comment.db # the spool" ] && fail conf_comment_path "a file named with the comment" ||
+    ok conf_comment_path
+printf 'hostname = node.test\npassword_path_test = 1\n' >"$T/unknown.conf"
+out=$("$BIN" -c "$T/unknown.conf" status 2>&1); rc=$?
+expect conf_unknown_key_78 78 "$rc" "$out" "$T/unknown.conf:2: unknown key 'password_path_test'"
+
 # --- a second daemon on the same database ----------------------------------------
 
 p1=$(free_port); p2=$(free_port)
