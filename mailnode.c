@@ -412,6 +412,31 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
 
 /* store_ops.c: what the operator's commands ask. */
 int64_t store_ops_queued_remote(const char *domain);  /* "" = all; -1 on error */
+int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg);
+int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg);
+int64_t store_ops_on_hold(void);                      /* messages stopped by `queue hold` */
+struct store_ops_msg {
+    int64_t id, received, size, body_id;
+    int hold;                           /* stopped by `queue hold` */
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+};
+struct store_ops_rcpt {
+    char addr[ADDR_MAX];
+    char dest[SMTP_DOMAIN_MAX + 1];
+    int state;                          /* 0 queued, 1 delivered, 2 failed */
+    int kind;                           /* enum route_kind */
+    int attempts;
+    int64_t next_try;                   /* with the destination's backoff */
+    int64_t updated;                    /* of the last attempt */
+    int dest_failures;                  /* the destination's failed tries in a row */
+    char last_error[512];
+};
+/* Messages with something queued (for domain, if not NULL or ""). */
+int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg);
+int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
+int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
+int store_ops_delete_domain(const char *domain, int64_t *rcpts);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -7179,7 +7204,8 @@ int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t r
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY r.message_id LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0"
+                         " ORDER BY r.message_id LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -7194,7 +7220,7 @@ int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *a
     static sqlite3_stmt *st;
     int rc;
 
-    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND EXISTS"
+    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND m.hold=0 AND EXISTS"
                          " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0 AND r.kind=2) LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
@@ -7290,6 +7316,235 @@ int64_t store_ops_queued_remote(const char *domain)
         n = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     return n;
+}
+
+/* Columns: name, next_try, backoff, failures, last_try, last_ok,
+ * last_error, backlog. */
+static void ops_dest_fill(sqlite3_stmt *q, struct store_dest *d)
+{
+    const char *e = (const char *)sqlite3_column_text(q, 6);
+    const char *name = (const char *)sqlite3_column_text(q, 0);
+
+    memset(d, 0, sizeof *d);
+    util_strlcpy(d->name, name ? name : "", sizeof d->name);
+    d->next_try = sqlite3_column_int64(q, 1);
+    d->backoff = sqlite3_column_int64(q, 2);
+    d->failures = sqlite3_column_int64(q, 3);
+    d->last_try = sqlite3_column_int64(q, 4);
+    d->last_ok = sqlite3_column_int64(q, 5);
+    util_strlcpy(d->last_error, e ? e : "", sizeof d->last_error);
+    d->backlog = sqlite3_column_int64(q, 7);
+}
+
+/* Where queued remote mail waits.  With a relayhost every remote
+ * recipient waits for it, whatever its domain, so there is one line, the
+ * relayhost's ("[relayhost]"); without one, a line per destination domain,
+ * also for domains not tried yet. */
+int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg)
+{
+    static sqlite3_stmt *viarelay, *direct;
+    sqlite3_stmt *q;
+    struct store_dest d;
+    int rc;
+
+    if (relay)
+        q = store_stmt(&viarelay,
+                       "SELECT '[relayhost]', d.next_try, d.backoff, d.failures, d.last_try, d.last_ok,"
+                       " d.last_error, (SELECT count(*) FROM rcpt WHERE state=0 AND kind=2)"
+                       " FROM (SELECT 1) LEFT JOIN dest d ON d.name='[relayhost]'");
+    else
+        q = store_stmt(&direct,
+                       "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
+                       " (SELECT count(*) FROM rcpt r WHERE r.dest=dest.name AND r.state=0 AND r.kind=2)"
+                       " FROM dest WHERE name<>'[relayhost]'"
+                       " UNION ALL SELECT dest, 0, 0, 0, 0, 0, NULL, count(*) FROM rcpt"
+                       " WHERE state=0 AND kind=2 AND dest NOT IN (SELECT name FROM dest) GROUP BY dest"
+                       " ORDER BY 1");
+    if (!q)
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        ops_dest_fill(q, &d);
+        if (cb(arg, &d))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Mail held for on-demand relay (hold domains), per domain. */
+int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT dest, count(*), count(DISTINCT message_id) FROM rcpt"
+                        " WHERE state=0 AND kind=3 GROUP BY dest ORDER BY dest"))
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW)
+        if (cb(arg, (const char *)sqlite3_column_text(q, 0), sqlite3_column_int64(q, 1),
+               sqlite3_column_int64(q, 2)))
+            break;
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Messages stopped with `queue hold`. */
+int64_t store_ops_on_hold(void)
+{
+    static sqlite3_stmt *q;
+    int64_t n = -1;
+
+    if (!store_stmt(&q, "SELECT count(*) FROM message m WHERE hold=1 AND EXISTS"
+                        " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"))
+        return -1;
+    if (sqlite3_step(q) == SQLITE_ROW)
+        n = sqlite3_column_int64(q, 0);
+    sqlite3_reset(q);
+    return n;
+}
+
+/* ----------------------------------------------------------------- queue */
+
+/* Columns: id, qid, sender, received, size, hold, body_id. */
+static void ops_msg_fill(sqlite3_stmt *q, struct store_ops_msg *m)
+{
+    const char *t;
+
+    memset(m, 0, sizeof *m);
+    m->id = sqlite3_column_int64(q, 0);
+    t = (const char *)sqlite3_column_text(q, 1);
+    util_strlcpy(m->qid, t ? t : "", sizeof m->qid);
+    t = (const char *)sqlite3_column_text(q, 2);
+    util_strlcpy(m->sender, t ? t : "", sizeof m->sender);
+    m->received = sqlite3_column_int64(q, 3);
+    m->size = sqlite3_column_int64(q, 4);
+    m->hold = sqlite3_column_int(q, 5);
+    m->body_id = sqlite3_column_int64(q, 6);
+}
+
+int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg)
+{
+    static sqlite3_stmt *all, *dom;
+    struct store_ops_msg m;
+    sqlite3_stmt *q;
+    int rc;
+
+    if (domain && domain[0]) {
+        q = store_stmt(&dom, "SELECT id, qid, sender, received, size, hold, body_id FROM message m"
+                             " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0"
+                             " AND r.dest=?) ORDER BY id");
+        if (q)
+            sqlite3_bind_text(q, 1, domain, -1, SQLITE_TRANSIENT);
+    } else {
+        q = store_stmt(&all, "SELECT id, qid, sender, received, size, hold, body_id FROM message m"
+                             " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
+                             " ORDER BY id");
+    }
+    if (!q)
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        ops_msg_fill(q, &m);
+        if (cb(arg, &m))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_ops_msg_get(const char *qid, struct store_ops_msg *m)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT id, qid, sender, received, size, hold, body_id FROM message WHERE qid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(q, 1, qid, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        ops_msg_fill(q, m);
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
+}
+
+/* A recipient's next try is the later of its own and its destination's:
+ * the scheduler waits for both (the destination's backoff is per next
+ * hop, the relayhost's when there is one). */
+int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg)
+{
+    static sqlite3_stmt *q;
+    struct store_ops_rcpt r;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT r.addr, r.state, r.kind, r.attempts, r.next_try, r.last_error, r.dest,"
+                        " d.next_try, r.updated, d.failures, d.last_error, d.last_try"
+                        " FROM rcpt r LEFT JOIN dest d ON d.name=CASE WHEN ?2 THEN '[relayhost]' ELSE r.dest END"
+                        " WHERE r.message_id=?1 ORDER BY r.id"))
+        return STORE_ERR;
+    sqlite3_bind_int64(q, 1, msg_id);
+    sqlite3_bind_int(q, 2, relay);
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        const char *t;
+        int64_t dest_next = sqlite3_column_int64(q, 7);
+        memset(&r, 0, sizeof r);
+        t = (const char *)sqlite3_column_text(q, 0);
+        util_strlcpy(r.addr, t ? t : "", sizeof r.addr);
+        r.state = sqlite3_column_int(q, 1);
+        r.kind = sqlite3_column_int(q, 2);
+        r.attempts = sqlite3_column_int(q, 3);
+        r.next_try = sqlite3_column_int64(q, 4);
+        if (dest_next > r.next_try)
+            r.next_try = dest_next;
+        t = (const char *)sqlite3_column_text(q, 5);
+        util_strlcpy(r.last_error, t ? t : "", sizeof r.last_error);
+        t = (const char *)sqlite3_column_text(q, 6);
+        util_strlcpy(r.dest, t ? t : "", sizeof r.dest);
+        r.updated = sqlite3_column_int64(q, 8);
+        /* A destination that was not reached never saw the recipient:
+         * its failures and error are the recipient's news. */
+        r.dest_failures = sqlite3_column_int(q, 9);
+        t = (const char *)sqlite3_column_text(q, 10);
+        if (r.state == 0 && r.dest_failures && t && sqlite3_column_int64(q, 11) >= r.updated) {
+            util_strlcpy(r.last_error, t, sizeof r.last_error);
+            r.updated = sqlite3_column_int64(q, 11);
+        }
+        if (cb(arg, &r))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Removes the queued recipients for one domain (no bounce, as `queue
+ * delete`); a message left with nothing queued goes with them. */
+int store_ops_delete_domain(const char *domain, int64_t *rcpts)
+{
+    static sqlite3_stmt *del, *left;
+    int err;
+
+    *rcpts = 0;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&del, "DELETE FROM rcpt WHERE state=0 AND dest=?") ||
+        !store_stmt(&left, "SELECT qid FROM message m WHERE NOT EXISTS"
+                           " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"))
+        return STORE_ERR;
+    sqlite3_bind_text(del, 1, domain, -1, SQLITE_TRANSIENT);
+    err = sqlite3_step(del);
+    sqlite3_reset(del);
+    if (err != SQLITE_DONE)
+        return store_rc(err);
+    *rcpts = sqlite3_changes(store_db());
+    /* Messages that kept nothing queued: the same end as a delete. */
+    for (;;) {
+        char qid[QID_LEN + 1] = "";
+        if (sqlite3_step(left) == SQLITE_ROW)
+            util_strlcpy(qid, (const char *)sqlite3_column_text(left, 0), sizeof qid);
+        sqlite3_reset(left);
+        if (!qid[0])
+            return 0;
+        if ((err = store_queue_delete(qid)))
+            return err;
+    }
 }
 
 /* ---- src/addr.c ---- */
@@ -16884,169 +17139,6 @@ out_loop:
     return rc;
 }
 
-/* ---------------------------------------------------------------- queue */
-
-static int print_qinfo(void *arg, const struct store_qinfo *q)
-{
-    char date[64], *line, *save = NULL, rcpts[sizeof q->rcpts];
-    MN_UNUSED(arg);
-    util_date(q->received, date, sizeof date);
-    printf("%s  %8lld  %s  <%s>\n", q->qid, (long long)q->size, date, q->sender);
-    util_strlcpy(rcpts, q->rcpts, sizeof rcpts);
-    for (line = strtok_r(rcpts, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-        printf("    %s\n", line);
-    return 0;
-}
-
-static int queue_show(const char *qid)
-{
-    struct store_qinfo q;
-    struct store_reader r;
-    int64_t body_id;
-    char buf[8192];
-    ssize_t n;
-    int rc = store_queue_get(qid, &q, &body_id);
-
-    if (rc == STORE_NOTFOUND) {
-        fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", qid);
-        return EX_DATAERR;
-    }
-    if (rc)
-        return EX_SOFTWARE;
-    print_qinfo(NULL, &q);
-    printf("\n");
-    if (store_reader_open(&r, body_id))
-        return EX_SOFTWARE;
-    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
-        fwrite(buf, 1, (size_t)n, stdout);
-    store_reader_close(&r);
-    return n < 0 ? EX_SOFTWARE : EX_OK;
-}
-
-int cli_queue(int argc, char **argv)
-{
-    const char *sub = argc > 1 ? argv[1] : "list";
-    int rc;
-
-    if (wants_help(argc, argv)) {
-        printf("usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n"
-               "  list        messages waiting for delivery, with each recipient's state\n"
-               "  count       one number: messages not yet delivered\n"
-               "  show ID     the envelope and the text of one message\n"
-               "  delete ID   remove a message from the queue without a bounce\n"
-               "  hold ID     keep a message from being delivered until released\n"
-               "  release ID  make a held message due for delivery at once\n");
-        return EX_OK;
-    }
-    int with_id = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
-                  !strcmp(sub, "release");
-    if (with_id ? argc != 3 : argc > 2) {
-        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n");
-        return EX_USAGE;
-    }
-    if (!with_id && strcmp(sub, "list") && strcmp(sub, "count")) {
-        fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
-        return EX_USAGE;
-    }
-    if ((rc = cli_open_store_ro()))
-        return rc;
-    if (!strcmp(sub, "list")) {
-        rc = store_queue_list(print_qinfo, NULL) ? EX_SOFTWARE : EX_OK;
-    } else if (!strcmp(sub, "count")) {
-        int64_t n = store_queue_count();
-        rc = n < 0 ? EX_SOFTWARE : EX_OK;
-        if (n >= 0)
-            printf("%lld\n", (long long)n);
-    } else if (!strcmp(sub, "show")) {
-        rc = queue_show(argv[2]);
-    } else {
-        int hold = !strcmp(sub, "hold");
-        /* The daemon reads the queue from the database at every scan, so a
-         * change made here is what the running daemon does next. */
-        rc = !strcmp(sub, "delete") ? store_queue_delete(argv[2]) : store_queue_hold(argv[2], hold);
-        if (!rc)
-            rc = store_commit();
-        else
-            store_rollback();
-        if (rc == STORE_NOTFOUND) {
-            fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", argv[2]);
-            rc = EX_DATAERR;
-        } else if (rc) {
-            fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, argv[2]);
-            rc = EX_TEMPFAIL;
-        } else {
-            printf("%s %s\n", argv[2], !strcmp(sub, "delete") ? "deleted" : hold ? "held" : "released");
-        }
-    }
-    store_close();
-    return rc;
-}
-
-/* --------------------------------------------------------------- status */
-
-static int print_dest(void *arg, const struct store_dest *d)
-{
-    char next[64] = "-", ok[64] = "never";
-    MN_UNUSED(arg);
-    if (d->next_try)
-        util_date(d->next_try, next, sizeof next);
-    if (d->last_ok)
-        util_date(d->last_ok, ok, sizeof ok);
-    int down = d->failures > 0 && d->next_try > util_now();
-    printf("  %-30s %s, backlog %lld, next try %s, last success %s%s%s\n", d->name, down ? "down" : "up",
-           (long long)d->backlog, next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
-    return 0;
-}
-
-int cli_status(int argc, char **argv)
-{
-    struct store_status st;
-    int rc;
-
-    if (wants_help(argc, argv)) {
-        printf("usage: mailnode status\nShows the queue, the mailboxes and every destination.\n");
-        return EX_OK;
-    }
-    if (argc > 1) {
-        fprintf(stderr, "usage: mailnode status\n");
-        return EX_USAGE;
-    }
-    if ((rc = cli_open_store_ro()))
-        return rc;
-    if (store_status(&st)) {
-        store_close();
-        return EX_SOFTWARE;
-    }
-    printf("database      %s\n", conf->database);
-    printf("queued        %lld messages, %lld recipients (%lld held for on-demand relay)\n",
-           (long long)st.queued_msgs, (long long)st.queued_rcpts, (long long)st.held_rcpts);
-    printf("mailboxes     %lld messages for %lld users\n", (long long)st.mbox_msgs, (long long)st.users);
-    printf("destinations\n");
-    store_dest_list(print_dest, NULL);
-    if (conf->upstream[0]) {
-        char text[2048], date[64];
-        int64_t when;
-        printf("upstream      %s (%s) for %zu domains\n", conf->upstream, conf->upstream_mode,
-               conf->n_upstream_domains);
-        if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
-            util_date(when, date, sizeof date);
-            printf("  last successful exchange %s:\n", date);
-            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-                printf("    %s\n", l);
-        } else {
-            printf("  no successful exchange yet\n");
-        }
-        if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
-            util_date(when, date, sizeof date);
-            printf("  last failed exchange %s:\n", date);
-            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-                printf("    %s\n", l);
-        }
-    }
-    store_close();
-    return EX_OK;
-}
-
 /* --------------------------------------------------------------- config */
 
 static int config_domain(void *arg, const struct store_domain *d)
@@ -17403,6 +17495,590 @@ int cli_db_daemon(char *buf, size_t n)
     buf[got > 0 ? got : 0] = '\0';
     close(fd);
     return running;
+}
+
+/* ---- src/cli_status.c ---- */
+#line 1 "src/cli_status.c"
+/*
+ * cli_status.c: `mailnode status`, what an operator looks at first: is the
+ * daemon running, what waits where and why.
+ *
+ * The daemon is seen through its lock file (cli_db.c), which it holds
+ * while it runs and in which it notes its pid, start time, version and
+ * listeners; the rest comes from the database.  `--json` prints the same
+ * facts for scripts and monitoring.
+ */
+
+
+#include <string.h>
+
+struct status_daemon {
+    int running;                        /* 1, 0, or -1 unknown */
+    long pid;
+    int64_t started;
+    char version[32];
+    char listen[LISTEN_N][256];         /* "kind addr:port" lines, as noted */
+    int nlisten;
+};
+
+static void status_read_daemon(struct status_daemon *sd)
+{
+    char note[4096], *save = NULL;
+
+    memset(sd, 0, sizeof *sd);
+    sd->running = cli_db_daemon(note, sizeof note);
+    for (char *l = strtok_r(note, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (!strncmp(l, "pid ", 4))
+            sd->pid = atol(l + 4);
+        else if (!strncmp(l, "started ", 8))
+            sd->started = atoll(l + 8);
+        else if (!strncmp(l, "version ", 8))
+            util_strlcpy(sd->version, l + 8, sizeof sd->version);
+        else if (!strncmp(l, "listen ", 7) && sd->nlisten < LISTEN_N)
+            util_strlcpy(sd->listen[sd->nlisten++], l + 7, sizeof sd->listen[0]);
+    }
+}
+
+static void status_span(int64_t secs, char *out, size_t n)
+{
+    if (secs < 0)
+        secs = 0;
+    if (secs >= 86400)
+        snprintf(out, n, "%lldd %lldh", (long long)(secs / 86400), (long long)(secs % 86400 / 3600));
+    else if (secs >= 3600)
+        snprintf(out, n, "%lldh %lldm", (long long)(secs / 3600), (long long)(secs % 3600 / 60));
+    else if (secs >= 60)
+        snprintf(out, n, "%lldm %llds", (long long)(secs / 60), (long long)(secs % 60));
+    else
+        snprintf(out, n, "%llds", (long long)secs);
+}
+
+/* ------------------------------------------------------------------ text */
+
+static const char *status_dest_name(const struct store_dest *d, char *buf, size_t n)
+{
+    if (!strcmp(d->name, "[relayhost]"))
+        snprintf(buf, n, "[relayhost] %s", conf->relayhost);
+    else
+        util_strlcpy(buf, d->name, n);
+    return buf;
+}
+
+static int status_text_dest(void *arg, const struct store_dest *d)
+{
+    char name[SMTP_DOMAIN_MAX + 32], next[64] = "now", ok[64] = "never", when[64] = "";
+    int64_t now = util_now();
+    MN_UNUSED(arg);
+
+    if (d->next_try > now)
+        util_date(d->next_try, next, sizeof next);
+    if (d->last_ok)
+        util_date(d->last_ok, ok, sizeof ok);
+    printf("  %s\n", status_dest_name(d, name, sizeof name));
+    printf("    %s, backlog %lld recipient%s, next try %s, last success %s\n",
+           d->failures > 0 ? "down" : "up", (long long)d->backlog, d->backlog == 1 ? "" : "s",
+           d->backlog || d->failures ? next : "-", ok);
+    if (d->last_error[0]) {
+        if (d->last_try)
+            util_date(d->last_try, when, sizeof when);
+        printf("    last error%s%s: %s\n", when[0] ? " at " : "", when, d->last_error);
+    }
+    return 0;
+}
+
+static int status_text_held(void *arg, const char *domain, int64_t rcpts, int64_t msgs)
+{
+    (*(int *)arg)++;
+    printf("  %-30s %lld message%s, %lld recipient%s\n", domain, (long long)msgs, msgs == 1 ? "" : "s",
+           (long long)rcpts, rcpts == 1 ? "" : "s");
+    return 0;
+}
+
+static void status_text_upstream(void)
+{
+    char text[2048], date[64];
+    int64_t when;
+
+    if (!conf->upstream[0])
+        return;
+    printf("upstream      %s (%s) for %zu domain%s\n", conf->upstream, conf->upstream_mode,
+           conf->n_upstream_domains, conf->n_upstream_domains == 1 ? "" : "s");
+    if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
+        util_date(when, date, sizeof date);
+        printf("  last successful exchange %s:\n", date);
+        for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+            printf("    %s\n", l);
+    } else {
+        printf("  no successful exchange yet\n");
+    }
+    if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
+        util_date(when, date, sizeof date);
+        printf("  last failed exchange %s:\n", date);
+        for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+            printf("    %s\n", l);
+    }
+}
+
+static void status_text(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
+{
+    char span[64];
+    int nheld = 0;
+
+    if (sd->running == 1) {
+        status_span(util_now() - sd->started, span, sizeof span);
+        printf("daemon        running, pid %ld, up %s, mailnode %s\n", sd->pid, span,
+               sd->version[0] ? sd->version : "?");
+        for (int i = 0; i < sd->nlisten; i++)
+            printf("%s %s\n", i ? "             " : "listening    ", sd->listen[i]);
+    } else {
+        printf("daemon        %s\n", sd->running ? "unknown (cannot read the lock file)" : "not running");
+    }
+    printf("database      %s\n", conf->database);
+    printf("queued        %lld message%s, %lld recipient%s (%lld held for on-demand relay, "
+           "%lld message%s stopped by queue hold)\n",
+           (long long)st->queued_msgs, st->queued_msgs == 1 ? "" : "s", (long long)st->queued_rcpts,
+           st->queued_rcpts == 1 ? "" : "s", (long long)st->held_rcpts, (long long)on_hold,
+           on_hold == 1 ? "" : "s");
+    printf("mailboxes     %lld message%s for %lld user%s\n", (long long)st->mbox_msgs,
+           st->mbox_msgs == 1 ? "" : "s", (long long)st->users, st->users == 1 ? "" : "s");
+    printf("destinations\n");
+    store_ops_dests(conf->relayhost[0] != 0, status_text_dest, NULL);
+    printf("held for on-demand relay\n");
+    store_ops_held(status_text_held, &nheld);
+    if (!nheld)
+        printf("  nothing\n");
+    status_text_upstream();
+}
+
+/* ------------------------------------------------------------------ json */
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static void json_time(int64_t t)
+{
+    if (t > 0)
+        printf("%lld", (long long)t);
+    else
+        printf("null");
+}
+
+static int status_json_dest(void *arg, const struct store_dest *d)
+{
+    int *first = arg;
+    char name[SMTP_DOMAIN_MAX + 32];
+
+    printf("%s{\"name\":", *first ? "" : ",");
+    *first = 0;
+    json_str(status_dest_name(d, name, sizeof name));
+    printf(",\"relayhost\":%s,\"state\":\"%s\",\"backlog\":%lld,\"failures\":%lld,\"next_try\":",
+           strcmp(d->name, "[relayhost]") ? "false" : "true", d->failures > 0 ? "down" : "up",
+           (long long)d->backlog, (long long)d->failures);
+    json_time(d->next_try);
+    printf(",\"last_ok\":");
+    json_time(d->last_ok);
+    printf(",\"last_error\":");
+    if (d->last_error[0]) {
+        json_str(d->last_error);
+        printf(",\"last_error_at\":");
+        json_time(d->last_try);
+    } else {
+        printf("null,\"last_error_at\":null");
+    }
+    printf("}");
+    return 0;
+}
+
+static int status_json_held(void *arg, const char *domain, int64_t rcpts, int64_t msgs)
+{
+    int *first = arg;
+    printf("%s{\"domain\":", *first ? "" : ",");
+    *first = 0;
+    json_str(domain);
+    printf(",\"messages\":%lld,\"recipients\":%lld}", (long long)msgs, (long long)rcpts);
+    return 0;
+}
+
+static void status_json_meta(const char *key, const char *name)
+{
+    char text[2048];
+    int64_t when;
+
+    printf(",\"%s\":", name);
+    if (store_meta_get(key, text, sizeof text, &when)) {
+        printf("null");
+        return;
+    }
+    printf("{\"at\":%lld,\"summary\":", (long long)when);
+    json_str(text);
+    printf("}");
+}
+
+static void status_json(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
+{
+    int first = 1;
+
+    printf("{\"daemon\":{\"running\":%s", sd->running == 1 ? "true" : sd->running ? "null" : "false");
+    if (sd->running == 1) {
+        printf(",\"pid\":%ld,\"started\":%lld,\"uptime\":%lld,\"version\":", sd->pid,
+               (long long)sd->started, (long long)(util_now() - sd->started));
+        json_str(sd->version);
+        printf(",\"listen\":[");
+        for (int i = 0; i < sd->nlisten; i++) {
+            printf("%s", i ? "," : "");
+            json_str(sd->listen[i]);
+        }
+        printf("]");
+    }
+    printf("},\"database\":");
+    json_str(conf->database);
+    printf(",\"queue\":{\"messages\":%lld,\"recipients\":%lld,\"held_for_relay\":%lld,\"on_hold\":%lld}",
+           (long long)st->queued_msgs, (long long)st->queued_rcpts, (long long)st->held_rcpts,
+           (long long)on_hold);
+    printf(",\"mailboxes\":{\"messages\":%lld,\"users\":%lld}", (long long)st->mbox_msgs, (long long)st->users);
+    printf(",\"destinations\":[");
+    store_ops_dests(conf->relayhost[0] != 0, status_json_dest, &first);
+    printf("],\"held\":[");
+    first = 1;
+    store_ops_held(status_json_held, &first);
+    printf("],\"upstream\":");
+    if (conf->upstream[0]) {
+        printf("{\"host\":");
+        json_str(conf->upstream);
+        printf(",\"mode\":");
+        json_str(conf->upstream_mode);
+        status_json_meta("upstream.last_ok", "last_ok");
+        status_json_meta("upstream.last_fail", "last_fail");
+        printf("}");
+    } else {
+        printf("null");
+    }
+    printf("}\n");
+}
+
+int cli_status(int argc, char **argv)
+{
+    struct status_daemon sd;
+    struct store_status st;
+    int json = argc == 2 && !strcmp(argv[1], "--json");
+    int64_t on_hold;
+    int rc;
+
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: mailnode status [--json]\n"
+               "Shows whether the daemon runs (pid, uptime, version, listeners), the queue,\n"
+               "the mailboxes, every destination with its backlog, state and last error,\n"
+               "the mail held for on-demand relay and the last upstream exchanges.\n"
+               "  --json   the same as one JSON object, for scripts\n");
+        return EX_OK;
+    }
+    if (argc > 2 || (argc == 2 && !json)) {
+        fprintf(stderr, "usage: mailnode status [--json]\n");
+        return EX_USAGE;
+    }
+    status_read_daemon(&sd);
+    if ((rc = cli_open_store_ro()))
+        return rc;
+    if (store_status(&st) || (on_hold = store_ops_on_hold()) < 0) {
+        store_close();
+        return EX_SOFTWARE;
+    }
+    if (json)
+        status_json(&sd, &st, on_hold);
+    else
+        status_text(&sd, &st, on_hold);
+    store_close();
+    return EX_OK;
+}
+
+/* ---- src/cli_queue.c ---- */
+#line 1 "src/cli_queue.c"
+/*
+ * cli_queue.c: `mailnode queue`, the queue as the operator sees it and
+ * handles it.  For each recipient: its state, how many attempts, the last
+ * error and when the next try will be, which is the later of the
+ * recipient's own time and its destination's backoff (the relayhost's
+ * when there is one): the scheduler waits for both.
+ *
+ * The daemon reads the queue from the database at every scan, so a change
+ * made here is what the running daemon does next.
+ */
+
+
+#include <string.h>
+
+#define QUEUE_USAGE \
+    "usage: mailnode queue [list [--domain D] | count | show ID... | delete ID... |\n" \
+    "                       delete --domain D | delete --all --yes | hold ID... | release ID...]\n"
+
+static void queue_rcpt_line(const struct store_ops_msg *m, const struct store_ops_rcpt *r)
+{
+    static const char *const states[] = { "queued", "delivered", "failed" };
+    char next[64] = "", when[64] = "";
+    int64_t now = util_now();
+
+    printf("    %s (", r->addr);
+    if (r->state == 0 && r->kind == ROUTE_HOLD) {
+        printf("held)\n");                  /* for on-demand relay: ETRN/ATRN releases it */
+        return;
+    }
+    if (r->state == 0 && m->hold)
+        printf("held by queue hold, not delivered or expired until released");
+    else if (r->state == 0 && r->kind == ROUTE_REMOTE) {
+        if (r->next_try > now)
+            util_date(r->next_try, next, sizeof next);
+        printf("queued, %d attempt%s", r->attempts, r->attempts == 1 ? "" : "s");
+        if (r->dest_failures)
+            printf(", %s not reached in %d tr%s", conf->relayhost[0] ? "relayhost" : "destination",
+                   r->dest_failures, r->dest_failures == 1 ? "y" : "ies");
+        printf(", next try %s", next[0] ? next : "now (due)");
+    } else {
+        printf("%s", states[r->state % 3]);
+        if (r->attempts)
+            printf(", %d attempt%s", r->attempts, r->attempts == 1 ? "" : "s");
+    }
+    if (r->last_error[0]) {
+        if (r->updated)
+            util_date(r->updated, when, sizeof when);
+        printf(", last error%s%s: %s", when[0] ? " at " : "", when, r->last_error);
+    }
+    printf(")\n");
+}
+
+struct queue_print {
+    const struct store_ops_msg *m;
+};
+
+static int queue_print_rcpt(void *arg, const struct store_ops_rcpt *r)
+{
+    queue_rcpt_line(((struct queue_print *)arg)->m, r);
+    return 0;
+}
+
+static int queue_print_msg(void *arg, const struct store_ops_msg *m)
+{
+    struct queue_print p = { m };
+    char date[64];
+    MN_UNUSED(arg);
+
+    util_date(m->received, date, sizeof date);
+    printf("%s  %8lld  %s  <%s>%s\n", m->qid, (long long)m->size, date, m->sender,
+           m->hold ? "  ON HOLD" : "");
+    store_ops_rcpts(m->id, conf->relayhost[0] != 0, queue_print_rcpt, &p);
+    return 0;
+}
+
+static int queue_not_found(const char *qid)
+{
+    fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", qid);
+    return EX_DATAERR;
+}
+
+static int queue_show(const char *qid)
+{
+    struct store_ops_msg m;
+    struct store_reader r;
+    char buf[8192];
+    ssize_t n;
+    int rc = store_ops_msg_get(qid, &m);
+
+    if (rc == STORE_NOTFOUND)
+        return queue_not_found(qid);
+    if (rc)
+        return EX_SOFTWARE;
+    queue_print_msg(NULL, &m);
+    printf("\n");
+    if (store_reader_open(&r, m.body_id))
+        return EX_SOFTWARE;
+    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
+        fwrite(buf, 1, (size_t)n, stdout);
+    store_reader_close(&r);
+    return n < 0 ? EX_SOFTWARE : EX_OK;
+}
+
+/* delete, hold or release one message, committed on its own: a bad id in
+ * a list does not undo the others. */
+static int queue_change(const char *sub, const char *qid)
+{
+    int del = !strcmp(sub, "delete"), hold = !strcmp(sub, "hold");
+    int rc = del ? store_queue_delete(qid) : store_queue_hold(qid, hold);
+
+    if (!rc)
+        rc = store_commit();
+    else
+        store_rollback();
+    if (rc == STORE_NOTFOUND)
+        return queue_not_found(qid);
+    if (rc) {
+        fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, qid);
+        return EX_TEMPFAIL;
+    }
+    printf("%s %s\n", qid, del ? "deleted" : hold ? "held" : "released");
+    return EX_OK;
+}
+
+static int queue_collect(void *arg, const struct store_ops_msg *m)
+{
+    FILE *f = arg;
+    fprintf(f, "%s\n", m->qid);
+    return 0;
+}
+
+/* delete --all: the ids first, then one delete each (the listing
+ * statement must not run while its rows go). */
+static int queue_delete_all(void)
+{
+    char *ids = NULL, line[QID_LEN + 8];
+    size_t len = 0;
+    int rc = EX_OK, n = 0;
+    FILE *f = open_memstream(&ids, &len);
+
+    if (!f)
+        return EX_OSERR;
+    if (store_ops_msgs(NULL, queue_collect, f)) {
+        fclose(f);
+        free(ids);
+        return EX_SOFTWARE;
+    }
+    fclose(f);
+    f = fmemopen(ids, len ? len : 1, "r");
+    while (f && len && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        int r = queue_change("delete", line);
+        if (r)
+            rc = r;
+        else
+            n++;
+    }
+    if (f)
+        fclose(f);
+    free(ids);
+    printf("%d message%s deleted\n", n, n == 1 ? "" : "s");
+    return rc;
+}
+
+static int queue_delete_domain(const char *domain)
+{
+    char lower[SMTP_DOMAIN_MAX + 1];
+    int64_t n;
+    int rc;
+
+    util_strlcpy(lower, domain, sizeof lower);
+    util_lower(lower);
+    rc = store_ops_delete_domain(lower, &n);
+    if (!rc)
+        rc = store_commit();
+    else
+        store_rollback();
+    if (rc) {
+        fprintf(stderr, "mailnode: could not delete the mail for %s: database error\n", lower);
+        return EX_TEMPFAIL;
+    }
+    printf("%lld recipient%s for %s deleted\n", (long long)n, n == 1 ? "" : "s", lower);
+    return EX_OK;
+}
+
+static int queue_help(void)
+{
+    printf(QUEUE_USAGE
+           "  list [--domain D]   messages waiting, each recipient with its state, attempts,\n"
+           "                      next try and last error (only those with mail for D)\n"
+           "  count               one number: messages not yet delivered\n"
+           "  show ID...          the envelope, recipients and text of messages\n"
+           "  delete ID...        remove messages from the queue without a bounce\n"
+           "  delete --domain D   remove every queued recipient for domain D\n"
+           "  delete --all --yes  empty the queue\n"
+           "  hold ID...          keep messages from delivery and expiry until released\n"
+           "  release ID...       make held messages due for delivery at once\n");
+    return EX_OK;
+}
+
+static int queue_usage(void)
+{
+    fputs(QUEUE_USAGE, stderr);
+    return EX_USAGE;
+}
+
+/* Which form of the command this is; 0 after a usage error. */
+static int queue_parse(int argc, char **argv, const char **domain, int *all)
+{
+    const char *sub = argc > 1 ? argv[1] : "list";
+    int with_ids = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
+                   !strcmp(sub, "release");
+
+    *domain = NULL;
+    *all = 0;
+    if (argc >= 4 && !strcmp(argv[2], "--domain") && (!strcmp(sub, "list") || !strcmp(sub, "delete"))) {
+        *domain = argv[3];
+        return argc == 4;
+    }
+    if (!strcmp(sub, "delete") && argc >= 3 && !strcmp(argv[2], "--all")) {
+        *all = argc == 4 && !strcmp(argv[3], "--yes") ? 1 : -1;
+        return argc <= 4;
+    }
+    if (with_ids)
+        return argc >= 3;
+    return (!strcmp(sub, "list") || !strcmp(sub, "count")) && argc <= 2;
+}
+
+int cli_queue(int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "list", *domain;
+    int rc, all;
+
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return queue_help();
+    if (!queue_parse(argc, argv, &domain, &all)) {
+        if (argc > 1 && strcmp(sub, "list") && strcmp(sub, "count") && strcmp(sub, "show") &&
+            strcmp(sub, "delete") && strcmp(sub, "hold") && strcmp(sub, "release")) {
+            fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
+            return EX_USAGE;
+        }
+        return queue_usage();
+    }
+    if (all < 0) {
+        fprintf(stderr, "mailnode: queue delete --all removes every queued message without a bounce;"
+                        " add --yes to do it\n");
+        return EX_USAGE;
+    }
+    if ((rc = cli_open_store_ro()))
+        return rc;
+    if (!strcmp(sub, "list")) {
+        rc = store_ops_msgs(domain, queue_print_msg, NULL) ? EX_SOFTWARE : EX_OK;
+    } else if (!strcmp(sub, "count")) {
+        int64_t n = store_queue_count();
+        rc = n < 0 ? EX_SOFTWARE : EX_OK;
+        if (n >= 0)
+            printf("%lld\n", (long long)n);
+    } else if (domain) {
+        rc = queue_delete_domain(domain);
+    } else if (all) {
+        rc = queue_delete_all();
+    } else {
+        rc = EX_OK;
+        for (int i = 2; i < argc; i++) {
+            int r = !strcmp(sub, "show") ? queue_show(argv[i]) : queue_change(sub, argv[i]);
+            if (r)
+                rc = r;
+            if (!strcmp(sub, "show") && i + 1 < argc)
+                printf("\n");
+        }
+    }
+    store_close();
+    return rc;
 }
 
 /* ---- src/cli_admin.c ---- */
@@ -20154,7 +20830,7 @@ static const struct {
 } cli_commands[] = {
     { "run", cli_run, "serve SMTP, submission, POP3 and ODMR, deliver queued mail" },
     { "sendmail", cli_sendmail, "queue a message from standard input (sendmail -t -f -i)" },
-    { "queue", cli_queue, "list | count | show ID | delete ID | hold ID | release ID" },
+    { "queue", cli_queue, "list | count | show ID... | delete ID... | hold ID... | release ID..." },
     { "user", cli_user, "add | del | passwd | list: mailbox users" },
     { "domain", cli_domain, "add | del | list: local and hold domains" },
     { "alias", cli_alias, "add | del | list: aliases" },

@@ -401,6 +401,31 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
 
 /* store_ops.c: what the operator's commands ask. */
 int64_t store_ops_queued_remote(const char *domain);  /* "" = all; -1 on error */
+int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg);
+int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg);
+int64_t store_ops_on_hold(void);                      /* messages stopped by `queue hold` */
+struct store_ops_msg {
+    int64_t id, received, size, body_id;
+    int hold;                           /* stopped by `queue hold` */
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+};
+struct store_ops_rcpt {
+    char addr[ADDR_MAX];
+    char dest[SMTP_DOMAIN_MAX + 1];
+    int state;                          /* 0 queued, 1 delivered, 2 failed */
+    int kind;                           /* enum route_kind */
+    int attempts;
+    int64_t next_try;                   /* with the destination's backoff */
+    int64_t updated;                    /* of the last attempt */
+    int dest_failures;                  /* the destination's failed tries in a row */
+    char last_error[512];
+};
+/* Messages with something queued (for domain, if not NULL or ""). */
+int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg);
+int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
+int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
+int store_ops_delete_domain(const char *domain, int64_t *rcpts);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */

@@ -16,7 +16,7 @@ static const struct {
 } cli_commands[] = {
     { "run", cli_run, "serve SMTP, submission, POP3 and ODMR, deliver queued mail" },
     { "sendmail", cli_sendmail, "queue a message from standard input (sendmail -t -f -i)" },
-    { "queue", cli_queue, "list | count | show ID | delete ID | hold ID | release ID" },
+    { "queue", cli_queue, "list | count | show ID... | delete ID... | hold ID... | release ID..." },
     { "user", cli_user, "add | del | passwd | list: mailbox users" },
     { "domain", cli_domain, "add | del | list: local and hold domains" },
     { "alias", cli_alias, "add | del | list: aliases" },

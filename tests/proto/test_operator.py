@@ -153,4 +153,122 @@ def poll_own_mail_stays_queued():
         check('poll_nodaemon_exit_75', rc == 75, 'rc %s: %s %s' % (rc, out, err))
 
 
+# ------------------------------------------------------- status and queue
+
+def relay_down_node(extra=None):
+    closed = harness.free_ports(1)[0]
+    c = {'relayhost': '127.0.0.1:%d' % closed, 'retry.initial': '1h', 'retry.max': '2h'}
+    c.update(extra or {})
+    return Node(conf=c, listeners=('smtp',)), closed
+
+
+def qids(n):
+    rc, out, err = n.cli('queue', 'list')
+    return [l.split()[0] for l in out.splitlines() if l and not l.startswith(' ')]
+
+
+@test
+def status_daemon_and_relayhost_backlog():
+    import json
+    n, closed = relay_down_node()
+    with n:
+        rc, out, err = sendmail(n, 'someone@example.com')
+        assert rc == 0, err
+        n.cli('flush', '--wait', '--timeout', '30s')
+        rc, out, err = n.cli('status')
+        check('status_daemon_running_pid', 'running, pid %d' % n.proc.pid in out, out)
+        check('status_listeners', '127.0.0.1:%d' % n.port() in out and 'smtp' in out, out)
+        check('status_version', 'mailnode 0.' in out or 'mailnode 1.' in out, out)
+        check('status_backlog_under_relayhost',
+              '[relayhost] 127.0.0.1:%d' % closed in out and 'backlog 1 recipient,' in out, out)
+        check('status_no_domain_line', 'example.com' not in out, out)
+        check('status_relayhost_down', '    down,' in out, out)
+        check('status_last_error_with_time', 'last error at ' in out, out)
+        rc, out, err = n.cli('status', '--json')
+        try:
+            j = json.loads(out)
+        except ValueError as e:
+            j = None
+            check('status_json_parses', False, '%s: %r' % (e, out[:300]))
+        if j is not None:
+            d = j['destinations']
+            check('status_json_daemon', j['daemon']['running'] is True and j['daemon']['pid'] == n.proc.pid,
+                  repr(j['daemon']))
+            check('status_json_destination', len(d) == 1 and d[0]['relayhost'] and d[0]['backlog'] == 1
+                  and d[0]['state'] == 'down' and d[0]['last_error'] and d[0]['last_error_at'], repr(d))
+            check('status_json_queue', j['queue']['messages'] == 1 and j['queue']['recipients'] == 1,
+                  repr(j['queue']))
+        # queue list: attempts, last error and the relayhost's next try
+        rc, out, err = n.cli('queue', 'list')
+        check('queue_list_attempts', '0 attempts, relayhost not reached in 1 try,' in out, out)
+        check('queue_list_next_try_future', 'next try' in out and 'now (due)' not in out, out)
+        check('queue_list_last_error', 'last error at' in out, out)
+        n.stop()
+        rc, out, err = n.cli('status')
+        check('status_daemon_not_running', 'daemon        not running' in out, out)
+        rc, out, err = n.cli('status', '--json')
+        check('status_json_not_running', rc == 0 and json.loads(out)['daemon']['running'] is False, out)
+
+
+@test
+def status_direct_destinations():
+    closed = harness.free_ports(1)[0]
+    with Node(conf={'resolver': '127.0.0.1:%d' % closed, 'retry.initial': '1h'},
+              listeners=('smtp',)) as n:
+        sendmail(n, 'a@far.test')
+        sendmail(n, 'b@other.test')
+        rc, out, err = n.cli('status')
+        check('status_each_domain', 'far.test' in out and 'other.test' in out, out)
+        check('status_untried_backlog', out.count('backlog 1 recipient,') == 2, out)
+
+
+@test
+def queue_delete_forms():
+    n, closed = relay_down_node()
+    with n:
+        for i in range(3):
+            sendmail(n, 'x%d@one.test' % i)
+        sendmail(n, 'y@two.test', 'z@one.test')
+        sendmail(n, 'w@two.test')
+        ids = qids(n)
+        check('queue_has_5', len(ids) == 5, repr(ids))
+        rc, out, err = n.cli('queue', 'show', ids[0], ids[1])
+        check('queue_show_several', rc == 0 and ids[0] in out and ids[1] in out
+              and out.count('Subject: cron') == 2, out[-300:])
+        rc, out, err = n.cli('queue', 'list', '--domain', 'two.test')
+        check('queue_list_domain', rc == 0 and len([l for l in out.splitlines() if not l.startswith(' ')]) == 2,
+              out)
+        rc, out, err = n.cli('queue', 'delete', ids[0], ids[1])
+        check('queue_delete_several', rc == 0 and len(qids(n)) == 3, out + err)
+        rc, out, err = n.cli('queue', 'delete', ids[2], 'NOSUCHID')
+        check('queue_delete_bad_id_65', rc == 65 and ids[2] not in qids(n), '%d %s' % (rc, err))
+        rc, out, err = n.cli('queue', 'delete', '--domain', 'TWO.test')
+        left = qids(n)
+        # The message to y@two.test and z@one.test keeps z; w's goes.
+        check('queue_delete_domain', rc == 0 and '2 recipients for two.test deleted' in out
+              and len(left) == 1, out + err + repr(left))
+        rc, out, err = n.cli('queue', 'list')
+        check('queue_delete_domain_keeps_others', 'z@one.test' in out and 'two.test' not in out, out)
+        rc, out, err = n.cli('queue', 'delete', '--all')
+        check('queue_delete_all_needs_yes', rc == 64 and len(qids(n)) == 1, '%d %s' % (rc, err))
+        rc, out, err = n.cli('queue', 'delete', '--all', '--yes')
+        check('queue_delete_all', rc == 0 and qids(n) == [] and '1 message deleted' in out, out + err)
+
+
+@test
+def held_message_does_not_expire():
+    n, closed = relay_down_node({'queue.lifetime': '3s', 'queue.warn_after': '0'})
+    with n:
+        add_user(n, 'alice')
+        sendmail(n, 'kept@far.test', text='From: alice@example.test\nSubject: kept\n\nx\n')
+        ids = qids(n)
+        rc, out, err = n.cli('queue', 'hold', ids[0])
+        sendmail(n, 'gone@far.test', text='From: alice@example.test\nSubject: gone\n\nx\n')
+        # The other message expires (bounced to its sender, alice); the held one stays.
+        gone = wait_until(lambda: 'gone@far.test' not in n.cli('queue', 'list')[1], 40)
+        check('unheld_expires', gone, n.cli('queue', 'list')[1])
+        rc, out, err = n.cli('queue', 'list')
+        check('held_not_expired', 'kept@far.test' in out and 'held by queue hold' in out, out)
+
+
 harness.main()
