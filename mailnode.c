@@ -153,6 +153,8 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
+    size_t n_pacing_rate;
 };
 
 extern struct conf *conf;               /* the configuration in force */
@@ -196,6 +198,8 @@ struct conn {
     unsigned char *out;                 /* fixed output buffer */
     size_t out_len, out_cap;
     int64_t deadline;                   /* monotonic ms; 0 = none */
+    int64_t idle_ms;                    /* conn_set_timeout: moved on by every octet that moves */
+    uint64_t moved_seen;                /* the kernel's octet counters at the last look (pace.c) */
     unsigned paused : 1;                /* do not deliver input (waiting for commit) */
     unsigned want_drain : 1;            /* call on_drain when output drains */
     unsigned closing : 1;               /* close once output is flushed */
@@ -248,7 +252,11 @@ void conn_close(struct conn *c);        /* flush output, then close */
 void conn_abort(struct conn *c);        /* close now, drop output */
 void conn_pause(struct conn *c, int on);
 void conn_kick(struct conn *c);         /* run on_input again at the end of this turn */
-void conn_set_timeout(struct conn *c, int64_t ms); /* 0 clears */
+/* An idle timeout, not a deadline: every octet read from or written to
+ * the peer starts it again, so a session ends only when nothing moves
+ * for ms in either direction (a slow link that still carries data never
+ * times out).  0 clears. */
+void conn_set_timeout(struct conn *c, int64_t ms);
 int conn_flush(struct conn *c);         /* try to write now */
 
 void timer_set(struct timer *t, int64_t ms_from_now, void (*fn)(void *), void *arg);
@@ -270,6 +278,24 @@ struct watch {
 int loop_watch_add(struct watch *w);
 int loop_watch_mod(struct watch *w, uint32_t events);
 void loop_watch_del(struct watch *w);
+
+/* ----------------------------------------------------------------- pace */
+
+/* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
+ * the socket (acknowledged plus received), 0 when it cannot tell. */
+uint64_t pace_moved(int fd);
+uint32_t pace_retransmits(int fd);
+/* Outbound sockets: little unsent data in the kernel (TCP_NOTSENT_LOWAT). */
+void pace_socket(int fd);
+/* A rate hint (octets/s) for a connected socket: SO_MAX_PACING_RATE and a
+ * send buffer of about two bandwidth-delay products. */
+void pace_rate(int fd, uint64_t bytes_per_s);
+/* The `pacing.rate` hint for a destination (dest row name such as
+ * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
+uint64_t pace_rate_for(const char *dest, const char *host);
+/* 1 if a list of destinations (or "*") names dest or host. */
+int pace_listed(char **list, size_t n, const char *dest, const char *host);
+int pace_conf_check(const struct conf *c, char *err, size_t n);
 
 /* ----------------------------------------------------------------- store */
 
@@ -784,6 +810,9 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* The destination the session serves (dest row name, or the domain of
+ * an ATRN release): selects per-destination settings (pacing.rate). */
+void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 
@@ -1466,6 +1495,7 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
 
 static char *xstrdup(const char *s)
@@ -1712,6 +1742,8 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
     }
     if (conf_check_tls(c, path, err, errlen))
         return -1;
+    if (pace_conf_check(c, err, errlen))
+        return -1;
     derive(c);
     return 0;
 fail:
@@ -1895,6 +1927,7 @@ static void run_timers(int64_t now)
 enum { TAG_CONN = 0, TAG_LISTENER = 1, TAG_WATCH = 2, TAG_MASK = 3 };
 
 static void conn_readable(struct conn *c);
+static void conn_progress(struct conn *c);
 
 /* Stop reading while paused, while the input buffer is full, and while
  * the output is more than half full: a client that pipelines without
@@ -2090,6 +2123,8 @@ int conn_flush(struct conn *c)
         }
         memmove(c->out, c->out + w, c->out_len - (size_t)w);
         c->out_len -= (size_t)w;
+        if (w > 0)
+            conn_progress(c);
     }
     if (!c->out_len && c->closing) {
         /* A close while the client still has bytes in flight makes the
@@ -2148,7 +2183,18 @@ void conn_kick(struct conn *c)
 
 void conn_set_timeout(struct conn *c, int64_t ms)
 {
+    if (ms > 0 && !c->connecting)
+        c->moved_seen = pace_moved(c->fd);
+    c->idle_ms = ms > 0 ? ms : 0;
     c->deadline = ms > 0 ? util_now_ms() + ms : 0;
+}
+
+/* Octets moved: the idle timeout starts again (a lingering close keeps
+ * its own fixed deadline). */
+static void conn_progress(struct conn *c)
+{
+    if (c->idle_ms && !c->lingering)
+        c->deadline = util_now_ms() + c->idle_ms;
 }
 
 static void conn_linger_read(struct conn *c)
@@ -2176,6 +2222,7 @@ static void conn_readable(struct conn *c)
                            : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
+            conn_progress(c);
             continue;
         }
         if (r == 0) {
@@ -2318,6 +2365,16 @@ static void check_deadlines(int64_t now)
     for (c = L.conns; c; c = next) {
         next = c->next;
         if (c->deadline && c->deadline <= now) {
+            /* The kernel moved octets meanwhile (a large send buffer
+             * draining over a slow link): that is progress too. */
+            if (c->idle_ms && !c->lingering && !c->connecting) {
+                uint64_t moved = pace_moved(c->fd);
+                if (moved != c->moved_seen) {
+                    c->moved_seen = moved;
+                    c->deadline = now + c->idle_ms;
+                    continue;
+                }
+            }
             c->deadline = 0;
             if (c->lingering)
                 conn_abort(c);
@@ -2616,6 +2673,172 @@ void loop_free(void)
     if (L.epfd >= 0)
         close(L.epfd);
     L.epfd = -1;
+}
+
+/* ---- src/pace.c ---- */
+#line 1 "src/pace.c"
+/*
+ * pace.c: TCP on slow, long and lossy links.  Two jobs that both read
+ * the kernel's view of a connection:
+ *
+ * - progress: a session's timeout is an idle timer (loop.c); octets the
+ *   kernel has moved (acknowledged by the peer, or received) count as
+ *   progress even when the program itself could not write or read for a
+ *   while, because a large send buffer drains slowly over a slow link;
+ * - pacing: a single long connection must not overrun a link queue of
+ *   one bandwidth-delay product.  Outbound sockets keep little unsent
+ *   data in the kernel (TCP_NOTSENT_LOWAT), and with a rate hint for the
+ *   destination (`pacing.rate`) the kernel paces at that rate
+ *   (SO_MAX_PACING_RATE) and the send buffer is sized from the measured
+ *   round-trip time and the rate, so slow start cannot flood the queue.
+ */
+
+
+#include <errno.h>
+#include <string.h>
+#include <netinet/tcp.h>
+
+#ifndef SO_MAX_PACING_RATE
+#define SO_MAX_PACING_RATE 47
+#endif
+#ifndef TCP_NOTSENT_LOWAT
+#define TCP_NOTSENT_LOWAT 25
+#endif
+
+/* Unsent octets the kernel may hold beyond what is in flight: enough to
+ * keep a fast link busy between two loop turns, small enough that a
+ * writer learns at once when a slow link takes more. */
+#define PACE_NOTSENT_LOWAT (32 * 1024)
+
+/* The kernel's struct tcp_info (linux/tcp.h) up to the byte counters,
+ * which the C library's copy of the structure lacks. */
+struct pace_tcp_info {
+    uint8_t state, ca_state, retransmits, probes, backoff, options, wscale, flags;
+    uint32_t rto, ato, snd_mss, rcv_mss;
+    uint32_t unacked, sacked, lost, retrans, fackets;
+    uint32_t last_data_sent, last_ack_sent, last_data_recv, last_ack_recv;
+    uint32_t pmtu, rcv_ssthresh, rtt, rttvar, snd_ssthresh, snd_cwnd, advmss, reordering;
+    uint32_t rcv_rtt, rcv_space;
+    uint32_t total_retrans;
+    uint64_t pacing_rate, max_pacing_rate;
+    uint64_t bytes_acked, bytes_received;
+};
+
+static int pace_info(int fd, struct pace_tcp_info *ti)
+{
+    socklen_t len = sizeof *ti;
+    memset(ti, 0, sizeof *ti);
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) < 0)
+        return -1;
+    /* An old kernel without the byte counters: no progress is seen and
+     * the idle timer follows the program's own reads and writes. */
+    return len >= offsetof(struct pace_tcp_info, bytes_received) + sizeof ti->bytes_received ? 0 : -1;
+}
+
+uint64_t pace_moved(int fd)
+{
+    struct pace_tcp_info ti;
+    if (pace_info(fd, &ti))
+        return 0;
+    return ti.bytes_acked + ti.bytes_received;
+}
+
+uint32_t pace_retransmits(int fd)
+{
+    struct pace_tcp_info ti;
+    return pace_info(fd, &ti) ? 0 : ti.total_retrans;
+}
+
+/* "64k" (bit/s), "1M", "9600": bits per second -> octets per second. */
+static int pace_parse_rate(const char *s, uint64_t *bytes_per_s)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v <= 0)
+        return -1;
+    if (*end == 'k' || *end == 'K')
+        v *= 1e3, end++;
+    else if (*end == 'm' || *end == 'M')
+        v *= 1e6, end++;
+    else if (*end == 'g' || *end == 'G')
+        v *= 1e9, end++;
+    if (*end || v < 8)
+        return -1;
+    *bytes_per_s = (uint64_t)(v / 8);
+    return 0;
+}
+
+int pace_conf_check(const struct conf *c, char *err, size_t n)
+{
+    for (size_t i = 0; i < c->n_pacing_rate; i++) {
+        const char *eq = strchr(c->pacing_rate[i], '=');
+        uint64_t r;
+        if (!eq || eq == c->pacing_rate[i] || pace_parse_rate(eq + 1, &r)) {
+            snprintf(err, n, "pacing.rate: '%s' is not DESTINATION=RATE (example: [relayhost]=64k)",
+                     c->pacing_rate[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* 1 if item (a destination, or "*") names dest or host. */
+static int pace_match(const char *item, size_t len, const char *dest, const char *host)
+{
+    if (len == 1 && item[0] == '*')
+        return 1;
+    return (dest && strlen(dest) == len && !strncasecmp(item, dest, len)) ||
+           (host && strlen(host) == len && !strncasecmp(item, host, len));
+}
+
+uint64_t pace_rate_for(const char *dest, const char *host)
+{
+    for (size_t i = 0; i < conf->n_pacing_rate; i++) {
+        const char *it = conf->pacing_rate[i], *eq = strchr(it, '=');
+        uint64_t r;
+        if (eq && pace_match(it, (size_t)(eq - it), dest, host) && !pace_parse_rate(eq + 1, &r))
+            return r;
+    }
+    return 0;
+}
+
+int pace_listed(char **list, size_t n, const char *dest, const char *host)
+{
+    for (size_t i = 0; i < n; i++)
+        if (pace_match(list[i], strlen(list[i]), dest, host))
+            return 1;
+    return 0;
+}
+
+void pace_socket(int fd)
+{
+    int lowat = PACE_NOTSENT_LOWAT;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat) < 0)
+        log_debug("TCP_NOTSENT_LOWAT: %s", strerror(errno));
+}
+
+void pace_rate(int fd, uint64_t bytes_per_s)
+{
+    struct pace_tcp_info ti;
+    if (!bytes_per_s)
+        return;
+    /* The kernel paces every segment at this rate (fq or TCP's internal
+     * pacing), so bursts never exceed what the link drains. */
+    uint64_t r64 = bytes_per_s;
+    unsigned int r32 = bytes_per_s > 0xffffffffu ? 0xffffffffu : (unsigned int)bytes_per_s;
+    if (setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &r64, sizeof r64) < 0 &&
+        setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &r32, sizeof r32) < 0)
+        log_debug("SO_MAX_PACING_RATE: %s", strerror(errno));
+    /* In flight at most about two bandwidth-delay products: with the RTT
+     * of the handshake (microseconds) and the rate; never below 16 KB. */
+    if (pace_info(fd, &ti) == 0 || ti.rtt) {
+        uint64_t rtt_us = ti.rtt ? ti.rtt : 100000;
+        uint64_t bdp = bytes_per_s * rtt_us / 1000000;
+        int sndbuf = (int)(2 * bdp < 16384 ? 16384 : 2 * bdp > (1 << 24) ? (1 << 24) : 2 * bdp);
+        /* The kernel doubles the value for its bookkeeping. */
+        if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) < 0)
+            log_debug("SO_SNDBUF: %s", strerror(errno));
+    }
 }
 
 /* ---- src/dns.c ---- */
@@ -11046,6 +11269,7 @@ struct smtpc {
     const struct smtpc_ops *ops;
     void *arg;
     char peer[SMTP_DOMAIN_MAX + 1];
+    char dest[SMTP_DOMAIN_MAX + 16];    /* the destination, for per-destination settings */
     struct smtpc_auth auth;
     int reached;
     int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
@@ -11492,7 +11716,9 @@ static void write_current(struct smtpc *s)
                     return;
                 }
                 cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
-                conn_set_timeout(s->c, 600 * 1000);
+                /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
+                 * timer: a peer that keeps reading keeps the session. */
+                conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
                 s->wstate = W_BODY;
                 continue;
             }
@@ -11714,6 +11940,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 return;
             }
             s->wstate = W_BODY;
+            conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
@@ -11877,6 +12104,7 @@ static void smtpc_connected(struct conn *c, int err)
     }
     /* RFC 5321 4.5.3.2.1: 5 minutes for the greeting. */
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    pace_rate(c->fd, pace_rate_for(s->dest, s->peer));
 }
 
 static const struct conn_ops smtpc_conn_ops = {
@@ -11916,6 +12144,7 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
         free(s);
         return NULL;
     }
+    pace_socket(s->c->fd);
     conn_set_timeout(s->c, conf->smtp_timeout_connect * 1000);
     return s;
 }
@@ -11933,6 +12162,13 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     c->ctx = s;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
     return s;
+}
+
+void smtpc_set_dest(struct smtpc *s, const char *dest)
+{
+    util_strlcpy(s->dest, dest, sizeof s->dest);
+    if (!s->c->connecting)
+        pace_rate(s->c->fd, pace_rate_for(s->dest, s->peer));
 }
 
 void smtpc_abort(struct smtpc *s)
@@ -12461,8 +12697,10 @@ static void hop_try_next(struct hop *h)
         int policy = !h->domain[0] && h->kind == ROUTE_REMOTE ? smtpc_tls_policy(conf->relayhost_tls)
                                                               : SMTPC_TLS_MAY;
         h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap, policy);
-        if (h->sc)
+        if (h->sc) {
+            smtpc_set_dest(h->sc, h->name);
             return;
+        }
         char ip[64];
         util_sockaddr_ip(&ss, ip, sizeof ip);
         snprintf(h->error, sizeof h->error, "cannot connect to %s [%s]: %s", dh->name, ip, strerror(errno));
@@ -12735,6 +12973,7 @@ int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t
         hop_free(h);
         return -1;
     }
+    smtpc_set_dest(h->sc, domains[0]);
     return 0;
 }
 
@@ -13479,6 +13718,10 @@ static void client_connected(struct conn *c, int err)
         return;
     }
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+    if (!util_split_hostport(conf->upstream, host, sizeof host, &port))
+        pace_rate(c->fd, pace_rate_for("upstream", host));
 }
 
 static void client_tls(struct conn *c, int err)
@@ -13531,6 +13774,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
         return;
     }
+    pace_socket(P.c->fd);
     conn_set_timeout(P.c, conf->smtp_timeout_connect * 1000);
 }
 

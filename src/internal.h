@@ -142,6 +142,8 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
+    size_t n_pacing_rate;
 };
 
 extern struct conf *conf;               /* the configuration in force */
@@ -185,6 +187,8 @@ struct conn {
     unsigned char *out;                 /* fixed output buffer */
     size_t out_len, out_cap;
     int64_t deadline;                   /* monotonic ms; 0 = none */
+    int64_t idle_ms;                    /* conn_set_timeout: moved on by every octet that moves */
+    uint64_t moved_seen;                /* the kernel's octet counters at the last look (pace.c) */
     unsigned paused : 1;                /* do not deliver input (waiting for commit) */
     unsigned want_drain : 1;            /* call on_drain when output drains */
     unsigned closing : 1;               /* close once output is flushed */
@@ -237,7 +241,11 @@ void conn_close(struct conn *c);        /* flush output, then close */
 void conn_abort(struct conn *c);        /* close now, drop output */
 void conn_pause(struct conn *c, int on);
 void conn_kick(struct conn *c);         /* run on_input again at the end of this turn */
-void conn_set_timeout(struct conn *c, int64_t ms); /* 0 clears */
+/* An idle timeout, not a deadline: every octet read from or written to
+ * the peer starts it again, so a session ends only when nothing moves
+ * for ms in either direction (a slow link that still carries data never
+ * times out).  0 clears. */
+void conn_set_timeout(struct conn *c, int64_t ms);
 int conn_flush(struct conn *c);         /* try to write now */
 
 void timer_set(struct timer *t, int64_t ms_from_now, void (*fn)(void *), void *arg);
@@ -259,6 +267,24 @@ struct watch {
 int loop_watch_add(struct watch *w);
 int loop_watch_mod(struct watch *w, uint32_t events);
 void loop_watch_del(struct watch *w);
+
+/* ----------------------------------------------------------------- pace */
+
+/* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
+ * the socket (acknowledged plus received), 0 when it cannot tell. */
+uint64_t pace_moved(int fd);
+uint32_t pace_retransmits(int fd);
+/* Outbound sockets: little unsent data in the kernel (TCP_NOTSENT_LOWAT). */
+void pace_socket(int fd);
+/* A rate hint (octets/s) for a connected socket: SO_MAX_PACING_RATE and a
+ * send buffer of about two bandwidth-delay products. */
+void pace_rate(int fd, uint64_t bytes_per_s);
+/* The `pacing.rate` hint for a destination (dest row name such as
+ * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
+uint64_t pace_rate_for(const char *dest, const char *host);
+/* 1 if a list of destinations (or "*") names dest or host. */
+int pace_listed(char **list, size_t n, const char *dest, const char *host);
+int pace_conf_check(const struct conf *c, char *err, size_t n);
 
 /* ----------------------------------------------------------------- store */
 
@@ -773,6 +799,9 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* The destination the session serves (dest row name, or the domain of
+ * an ATRN release): selects per-destination settings (pacing.rate). */
+void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 

@@ -145,6 +145,7 @@ static void run_timers(int64_t now)
 enum { TAG_CONN = 0, TAG_LISTENER = 1, TAG_WATCH = 2, TAG_MASK = 3 };
 
 static void conn_readable(struct conn *c);
+static void conn_progress(struct conn *c);
 
 /* Stop reading while paused, while the input buffer is full, and while
  * the output is more than half full: a client that pipelines without
@@ -340,6 +341,8 @@ int conn_flush(struct conn *c)
         }
         memmove(c->out, c->out + w, c->out_len - (size_t)w);
         c->out_len -= (size_t)w;
+        if (w > 0)
+            conn_progress(c);
     }
     if (!c->out_len && c->closing) {
         /* A close while the client still has bytes in flight makes the
@@ -398,7 +401,18 @@ void conn_kick(struct conn *c)
 
 void conn_set_timeout(struct conn *c, int64_t ms)
 {
+    if (ms > 0 && !c->connecting)
+        c->moved_seen = pace_moved(c->fd);
+    c->idle_ms = ms > 0 ? ms : 0;
     c->deadline = ms > 0 ? util_now_ms() + ms : 0;
+}
+
+/* Octets moved: the idle timeout starts again (a lingering close keeps
+ * its own fixed deadline). */
+static void conn_progress(struct conn *c)
+{
+    if (c->idle_ms && !c->lingering)
+        c->deadline = util_now_ms() + c->idle_ms;
 }
 
 static void conn_linger_read(struct conn *c)
@@ -426,6 +440,7 @@ static void conn_readable(struct conn *c)
                            : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
+            conn_progress(c);
             continue;
         }
         if (r == 0) {
@@ -568,6 +583,16 @@ static void check_deadlines(int64_t now)
     for (c = L.conns; c; c = next) {
         next = c->next;
         if (c->deadline && c->deadline <= now) {
+            /* The kernel moved octets meanwhile (a large send buffer
+             * draining over a slow link): that is progress too. */
+            if (c->idle_ms && !c->lingering && !c->connecting) {
+                uint64_t moved = pace_moved(c->fd);
+                if (moved != c->moved_seen) {
+                    c->moved_seen = moved;
+                    c->deadline = now + c->idle_ms;
+                    continue;
+                }
+            }
             c->deadline = 0;
             if (c->lingering)
                 conn_abort(c);

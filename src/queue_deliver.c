@@ -502,8 +502,10 @@ static void hop_try_next(struct hop *h)
         int policy = !h->domain[0] && h->kind == ROUTE_REMOTE ? smtpc_tls_policy(conf->relayhost_tls)
                                                               : SMTPC_TLS_MAY;
         h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap, policy);
-        if (h->sc)
+        if (h->sc) {
+            smtpc_set_dest(h->sc, h->name);
             return;
+        }
         char ip[64];
         util_sockaddr_ip(&ss, ip, sizeof ip);
         snprintf(h->error, sizeof h->error, "cannot connect to %s [%s]: %s", dh->name, ip, strerror(errno));
@@ -776,6 +778,7 @@ int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t
         hop_free(h);
         return -1;
     }
+    smtpc_set_dest(h->sc, domains[0]);
     return 0;
 }
 
