@@ -155,7 +155,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         for (size_t i = 0; i < *n; i++) {
             struct store_domain d;
             if (store_domain_get(domains[i], &d) || d.kind != DOMAIN_HOLD || strcmp(d.owner, user)) {
-                snprintf(reply, rn, "450 4.7.1 Access denied to %s", domains[i]);
+                snprintf(reply, rn, "450 4.7.1 Access denied to %.255s", domains[i]);
                 return 450;
             }
         }
