@@ -540,6 +540,9 @@ MN_PRIVATE int addr_parse_path(const char *s, size_t n, int allow_null, struct a
 MN_PRIVATE int addr_parse_mailbox(const char *s, struct addr *a);
 /* 1 if c may appear in an RFC 5321 atom. */
 MN_PRIVATE int addr_is_atext(int c);
+/* 1 if d (n bytes) is one RFC 5321 Domain (literal_ok: or an address
+ * literal), with nothing before or after it. */
+MN_PRIVATE int addr_domain_ok(const char *d, size_t n, int literal_ok);
 
 /* ------------------------------------------------------------------ mime */
 
@@ -773,9 +776,6 @@ MN_PRIVATE void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
 MN_PRIVATE int ctl_connect(void);
-/* A domain or address literal as a control request may carry it (no
- * character that could break the request line or the log). */
-MN_PRIVATE int ctl_domain_ok(const char *d, size_t n);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
  * address or route appears. */
 MN_PRIVATE int link_watch_start(void);
@@ -7037,6 +7037,16 @@ static int addr_domain(const char **pp, const char *end, char *out, int literal_
     return 0;
 }
 
+/* The one check of a bare domain off the wire or the command line (ETRN
+ * and ATRN arguments, control requests, `flush DOMAIN`): exactly one
+ * Domain, or with literal_ok an address literal, and nothing after it. */
+int addr_domain_ok(const char *d, size_t n, int literal_ok)
+{
+    const char *p = d;
+    return n && n <= SMTP_DOMAIN_MAX && !addr_domain(&p, d + n, NULL, literal_ok, NULL) &&
+           p == d + n;
+}
+
 /* Local-part = Dot-string / Quoted-string.  out gets the part with the
  * quoting removed (it is never longer than the wire form, which is at
  * most SMTP_LOCAL_MAX octets). */
@@ -9929,22 +9939,6 @@ static const struct conn_ops ctl_ops = {
 
 /* --------------------------------------------------------------- requests */
 
-/* A domain as the scheduler knows it: letters, digits, '-', '.', or an
- * address literal.  Anything else never names a destination, and refusing
- * it here keeps control characters out of the log. */
-int ctl_domain_ok(const char *d, size_t n)
-{
-    if (n == 0 || n > SMTP_DOMAIN_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)d[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '.' || ch == '[' || ch == ']' || ch == ':' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
 static void ctl_reply_close(struct ctl_client *cl, const char *text)
 {
     cl->state = CTL_DONE;
@@ -10033,7 +10027,7 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
     }
     domain[0] = '\0';
     if (alen) {
-        if (!ctl_domain_ok(arg, alen)) {
+        if (!addr_domain_ok(arg, alen, 1)) {
             ctl_reply_close(cl, "ERR bad domain\n");
             return;
         }
@@ -12851,31 +12845,7 @@ void queue_flush_cancel(void *arg)
  */
 
 
-#include <ctype.h>
 #include <string.h>
-
-/* A domain name as RFC 1985/2645 requests carry it: letters, digits,
- * hyphens, dots; no empty labels. */
-static int domain_ok(const char *d, size_t len)
-{
-    size_t label = 0;
-    if (!len || len > SMTP_DOMAIN_MAX || d[0] == '.' || d[len - 1] == '.')
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)d[i];
-        if (c == '.') {
-            if (!label)
-                return 0;
-            label = 0;
-            continue;
-        }
-        if (!isalnum(c) && c != '-')
-            return 0;
-        if (++label > 63)
-            return 0;
-    }
-    return 1;
-}
 
 struct etrn_walk {
     const char *parent;                 /* "@domain": it and its subdomains */
@@ -12916,7 +12886,7 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
         sub = *arg == '@';              /* "#queue": our queues are named by domain */
         arg++;
     }
-    if (!domain_ok(arg, strlen(arg))) {
+    if (!addr_domain_ok(arg, strlen(arg), 0)) {
         snprintf(reply, n, "501 5.5.4 Syntax: ETRN [@|#]domain");
         return;
     }
@@ -12985,7 +12955,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         while (*p) {
             const char *comma = strchr(p, ',');
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
-            if (!domain_ok(p, len) || *n == max || (comma && !comma[1])) {
+            if (!addr_domain_ok(p, len, 0) || *n == max || (comma && !comma[1])) {
                 snprintf(reply, rn, "501 5.5.4 Syntax: ATRN [domain[,domain...]]");
                 return 501;
             }
@@ -19299,7 +19269,7 @@ int cli_flush(int argc, char **argv)
                 timeout_arg);
         return EX_USAGE;
     }
-    if (domain && !ctl_domain_ok(domain, strlen(domain))) {
+    if (domain && !addr_domain_ok(domain, strlen(domain), 1)) {
         fprintf(stderr, "mailnode: flush: '%s' is not a domain name\n", domain);
         return EX_USAGE;
     }

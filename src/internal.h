@@ -525,6 +525,9 @@ int addr_parse_path(const char *s, size_t n, int allow_null, struct addr *a, siz
 int addr_parse_mailbox(const char *s, struct addr *a);
 /* 1 if c may appear in an RFC 5321 atom. */
 int addr_is_atext(int c);
+/* 1 if d (n bytes) is one RFC 5321 Domain (literal_ok: or an address
+ * literal), with nothing before or after it. */
+int addr_domain_ok(const char *d, size_t n, int literal_ok);
 
 /* ------------------------------------------------------------------ mime */
 
@@ -758,9 +761,6 @@ void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
 int ctl_connect(void);
-/* A domain or address literal as a control request may carry it (no
- * character that could break the request line or the log). */
-int ctl_domain_ok(const char *d, size_t n);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
  * address or route appears. */
 int link_watch_start(void);
