@@ -776,7 +776,7 @@ MN_PRIVATE void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
 MN_PRIVATE int ctl_connect(void);
-/* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
+/* Link watching (netlink on Linux): calls queue_flush(NULL) and poll_kick() when a link,
  * address or route appears. */
 MN_PRIVATE int link_watch_start(void);
 MN_PRIVATE void link_watch_stop(void);
@@ -10044,6 +10044,8 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
     } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
         log_info("control: flush requested%s%s", alen ? " for " : "", domain);
         queue_flush(alen ? domain : NULL);
+        if (!alen)
+            poll_kick();                /* an administrator's flush asks the upstream too */
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 10 && !memcmp(line, "FLUSH-WAIT", 10)) {
         log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
@@ -10053,6 +10055,8 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
         conn_set_timeout(cl->c, 0);
         if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
+        if (!alen)
+            poll_kick();
     } else if (vlen == 4 && !memcmp(line, "POLL", 4) && !alen) {
         log_info("control: upstream exchange requested, client waiting");
         cl->state = CTL_WAITING;
@@ -10474,7 +10478,10 @@ static void link_fire(void *arg)
     else
         log_info("link: %s; starting a delivery run", link_s.first);
     link_s.folded = 0;
+    /* A link that came up is the moment to send our queue and to ask the
+     * upstream for our mail. */
     queue_flush(NULL);
+    poll_kick();
 }
 
 /* What an event says, for choosing the log line of a burst: a link
@@ -12730,10 +12737,6 @@ void queue_flush(const char *domain)
         queue_release(domain, &started);
     }
     queue_kick();
-    /* A link that came up (or an administrator's flush) is also the moment
-     * to ask the upstream for our mail. */
-    if (!domain || !*domain)
-        poll_kick();
 }
 
 static int waiter_matches(const struct waiter *w, const struct hop *h)

@@ -178,6 +178,8 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
     } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
         log_info("control: flush requested%s%s", alen ? " for " : "", domain);
         queue_flush(alen ? domain : NULL);
+        if (!alen)
+            poll_kick();                /* an administrator's flush asks the upstream too */
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 10 && !memcmp(line, "FLUSH-WAIT", 10)) {
         log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
@@ -187,6 +189,8 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
         conn_set_timeout(cl->c, 0);
         if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
+        if (!alen)
+            poll_kick();
     } else if (vlen == 4 && !memcmp(line, "POLL", 4) && !alen) {
         log_info("control: upstream exchange requested, client waiting");
         cl->state = CTL_WAITING;

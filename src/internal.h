@@ -761,7 +761,7 @@ void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
 int ctl_connect(void);
-/* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
+/* Link watching (netlink on Linux): calls queue_flush(NULL) and poll_kick() when a link,
  * address or route appears. */
 int link_watch_start(void);
 void link_watch_stop(void);

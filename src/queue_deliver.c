@@ -828,10 +828,6 @@ void queue_flush(const char *domain)
         queue_release(domain, &started);
     }
     queue_kick();
-    /* A link that came up (or an administrator's flush) is also the moment
-     * to ask the upstream for our mail. */
-    if (!domain || !*domain)
-        poll_kick();
 }
 
 static int waiter_matches(const struct waiter *w, const struct hop *h)
