@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-struct conf *conf;
+MN_PRIVATE struct conf *conf;
 
 enum conf_type { T_STR, T_DURATION, T_SIZE, T_INT, T_BOOL, T_DOMAINS, T_CIDRS };
 
@@ -79,6 +79,7 @@ static const struct conf_key keys[] = {
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
+#undef F        /* the amalgamation goes on with other modules */
 
 static char *xstrdup(const char *s)
 {
