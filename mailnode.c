@@ -298,7 +298,6 @@ MN_PRIVATE void loop_watch_del(struct watch *w);
 /* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
  * the socket (acknowledged plus received), 0 when it cannot tell. */
 MN_PRIVATE uint64_t pace_moved(int fd);
-MN_PRIVATE uint32_t pace_retransmits(int fd);
 /* Outbound sockets: little unsent data in the kernel (TCP_NOTSENT_LOWAT). */
 MN_PRIVATE void pace_socket(int fd);
 /* A rate hint (octets/s) for a connected socket: SO_MAX_PACING_RATE and a
@@ -307,8 +306,6 @@ MN_PRIVATE void pace_rate(int fd, uint64_t bytes_per_s);
 /* The `pacing.rate` hint for a destination (dest row name such as
  * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
 MN_PRIVATE uint64_t pace_rate_for(const char *dest, const char *host);
-/* 1 if a list of destinations (or "*") names dest or host. */
-MN_PRIVATE int pace_listed(char **list, size_t n, const char *dest, const char *host);
 MN_PRIVATE int pace_conf_check(const struct conf *c, char *err, size_t n);
 
 /* ----------------------------------------------------------------- store */
@@ -2731,12 +2728,6 @@ uint64_t pace_moved(int fd)
     return ti.bytes_acked + ti.bytes_received;
 }
 
-uint32_t pace_retransmits(int fd)
-{
-    struct pace_tcp_info ti;
-    return pace_info(fd, &ti) ? 0 : ti.total_retrans;
-}
-
 /* "64k" (bit/s), "1M", "9600": bits per second -> octets per second. */
 static int pace_parse_rate(const char *s, uint64_t *bytes_per_s)
 {
@@ -2787,14 +2778,6 @@ uint64_t pace_rate_for(const char *dest, const char *host)
         if (eq && pace_match(it, (size_t)(eq - it), dest, host) && !pace_parse_rate(eq + 1, &r))
             return r;
     }
-    return 0;
-}
-
-int pace_listed(char **list, size_t n, const char *dest, const char *host)
-{
-    for (size_t i = 0; i < n; i++)
-        if (pace_match(list[i], strlen(list[i]), dest, host))
-            return 1;
     return 0;
 }
 

@@ -283,7 +283,6 @@ void loop_watch_del(struct watch *w);
 /* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
  * the socket (acknowledged plus received), 0 when it cannot tell. */
 uint64_t pace_moved(int fd);
-uint32_t pace_retransmits(int fd);
 /* Outbound sockets: little unsent data in the kernel (TCP_NOTSENT_LOWAT). */
 void pace_socket(int fd);
 /* A rate hint (octets/s) for a connected socket: SO_MAX_PACING_RATE and a
@@ -292,8 +291,6 @@ void pace_rate(int fd, uint64_t bytes_per_s);
 /* The `pacing.rate` hint for a destination (dest row name such as
  * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
 uint64_t pace_rate_for(const char *dest, const char *host);
-/* 1 if a list of destinations (or "*") names dest or host. */
-int pace_listed(char **list, size_t n, const char *dest, const char *host);
 int pace_conf_check(const struct conf *c, char *err, size_t n);
 
 /* ----------------------------------------------------------------- store */

@@ -64,12 +64,6 @@ uint64_t pace_moved(int fd)
     return ti.bytes_acked + ti.bytes_received;
 }
 
-uint32_t pace_retransmits(int fd)
-{
-    struct pace_tcp_info ti;
-    return pace_info(fd, &ti) ? 0 : ti.total_retrans;
-}
-
 /* "64k" (bit/s), "1M", "9600": bits per second -> octets per second. */
 static int pace_parse_rate(const char *s, uint64_t *bytes_per_s)
 {
@@ -120,14 +114,6 @@ uint64_t pace_rate_for(const char *dest, const char *host)
         if (eq && pace_match(it, (size_t)(eq - it), dest, host) && !pace_parse_rate(eq + 1, &r))
             return r;
     }
-    return 0;
-}
-
-int pace_listed(char **list, size_t n, const char *dest, const char *host)
-{
-    for (size_t i = 0; i < n; i++)
-        if (pace_match(list[i], strlen(list[i]), dest, host))
-            return 1;
     return 0;
 }
 
