@@ -113,7 +113,7 @@ static int daemon_open_store(void)
     char err[512];
 
     if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        char why[600];
+        char why[1024];
         int rc = cli_db_diagnose(conf->database, why, sizeof why);
         fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
         return rc ? rc : EX_CANTCREAT;

@@ -40,11 +40,11 @@ int cli_db_diagnose(const char *path, char *why, size_t n)
 
     cli_db_dir(path, dir, sizeof dir);
     if (stat(dir, &st)) {
-        snprintf(why, n, "the directory %s does not exist (create it, or correct `database`)", dir);
+        snprintf(why, n, "the directory %.400s does not exist (create it, or correct `database`)", dir);
         return EX_CANTCREAT;
     }
     if (!S_ISDIR(st.st_mode)) {
-        snprintf(why, n, "%s is not a directory", dir);
+        snprintf(why, n, "%.400s is not a directory", dir);
         return EX_CANTCREAT;
     }
     if (stat(path, &st) == 0) {
@@ -71,12 +71,12 @@ int cli_db_diagnose(const char *path, char *why, size_t n)
     /* SQLite keeps its write-ahead log beside the database. */
     if (access(dir, W_OK)) {
         if (errno == EROFS) {
-            snprintf(why, n, "the directory %s is on a read-only file system", dir);
+            snprintf(why, n, "the directory %.400s is on a read-only file system", dir);
             return EX_CANTCREAT;
         }
         struct passwd *me = getpwuid(geteuid());
-        snprintf(why, n, "no permission to create files in %s (the database and its -wal and "
-                 "-shm files live there): as root, run `chown %s %s`", dir,
+        snprintf(why, n, "no permission to create files in %.250s (the database and its -wal and "
+                 "-shm files live there): as root, run `chown %s %.250s`", dir,
                  me ? me->pw_name : "USER", dir);
         return EX_NOPERM;
     }
@@ -109,7 +109,7 @@ void cli_db_chown(void)
 
 static int cli_db_open(int create)
 {
-    char err[512], why[600];
+    char err[512], why[1024];
     struct stat st;
     int rc;
 
@@ -157,7 +157,7 @@ static void cli_db_lock_path(char *path, size_t n)
  * a sysexits code after saying what is wrong. */
 int cli_db_lock(void)
 {
-    char path[4200], why[600], text[64] = "";
+    char path[4200], why[1024], text[64] = "";
     int fd, rc;
     ssize_t n;
 

@@ -12,7 +12,7 @@
 #include <arpa/inet.h>
 #include <sys/stat.h>
 
-struct conf *conf;
+MN_PRIVATE struct conf *conf;
 
 enum conf_type { T_STR, T_DURATION, T_SIZE, T_INT, T_BOOL, T_DOMAINS, T_CIDRS };
 
@@ -84,7 +84,9 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
+#undef F        /* the amalgamation goes on with other modules */
 
 static char *xstrdup(const char *s)
 {
@@ -395,6 +397,12 @@ static const char *conf_check_key(struct conf *c, const char *name)
         if (util_split_hostport(c->resolver, host, sizeof host, &port))
             util_strlcpy(host, c->resolver, sizeof host);
         return util_sockaddr_parse(host, port, &ss, &sl) ? "not a numeric address[:port]" : NULL;
+    }
+    if (!strcmp(name, "pacing.rate")) {
+        static char why[512];
+        if (!pace_conf_check(c, why, sizeof why))
+            return NULL;
+        return strncmp(why, "pacing.rate: ", 13) ? why : why + 13;
     }
     if (!strcmp(name, "delivery.port"))
         return c->delivery_port < 1 || c->delivery_port > 65535 ? "port must be 1 to 65535" : NULL;
