@@ -844,9 +844,14 @@ static void query_take_mx(struct dns_query *q, struct dns_mx *mx, int n)
         struct dns_addr lit;
         int dup = 0;
         /* The root ("." among other exchanges) and names that cannot be
-         * host names are not exchanges we can reach. */
-        if (!dns_hostname_ok(mx[i].host))
+         * host names are not exchanges we can reach.  Nor is an address
+         * written as a name: RFC 1035 3.3.9 wants a domain name, and RFC
+         * 1123 2.1 says a host name never has the dotted-decimal form, so
+         * "MX 10 192.0.2.1" is a broken record, not a route. */
+        if (!dns_hostname_ok(mx[i].host) || dns_literal(mx[i].host, &lit) != 0) {
+            log_warn("dns: MX of %s: exchange \"%s\" is not a host name, ignored", q->name, mx[i].host);
             continue;
+        }
         for (int k = 0; k < q->nlook; k++)
             dup |= !strcmp(q->look[k].name, mx[i].host);
         if (dup)
@@ -855,12 +860,8 @@ static void query_take_mx(struct dns_query *q, struct dns_mx *mx, int n)
         util_strlcpy(l->name, mx[i].host, sizeof l->name);
         l->pref = mx[i].pref;
         q->nlook++;
-        /* Known without asking: a numeric exchange (wrong, RFC 5321 5.1
-         * wants a name, but common) or /etc/hosts. */
-        if (dns_literal(l->name, &lit) == 1)
-            dns_addrset_add(&l->as, &lit);
-        else
-            dns_hosts_lookup(D.hosts, D.nhosts, l->name, &l->as);
+        /* Known without asking: /etc/hosts. */
+        dns_hosts_lookup(D.hosts, D.nhosts, l->name, &l->as);
         if (l->as.n4 + l->as.n6 > 0)
             l->st4 = l->st6 = LOOK_OK;
     }
