@@ -1166,6 +1166,11 @@ int dns_init(void)
     return 0;
 }
 
+const char *dns_library_version(void)
+{
+    return ares_version(NULL);
+}
+
 /* Drops every query without calling back, closes the sockets. */
 void dns_free(void)
 {

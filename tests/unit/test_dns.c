@@ -940,6 +940,63 @@ TEST(e2e_timeout_and_failover)
     CHECK(D.txs == NULL && D.ntxs == 0);
 }
 
+/* The contract of internal.h: the callback never runs before
+ * dns_resolve_* has returned (so the handle is stored by then), and it
+ * may start another lookup. */
+static struct dns_query *stored;
+static int seen_stored, chained;
+
+static void on_result_chain(void *arg, const struct dns_result *r);
+
+static void on_result_stored(void *arg, const struct dns_result *r)
+{
+    seen_stored += stored != NULL;
+    on_result(arg, r);
+}
+
+static void on_result_chain(void *arg, const struct dns_result *r)
+{
+    seen_stored += stored != NULL;
+    if (!chained++) {
+        stored = NULL;
+        stored = dns_resolve_host("relay.test", on_result_chain, arg);
+        return;
+    }
+    on_result(arg, r);
+}
+
+TEST(callback_after_return)
+{
+    static const char *names[] = { "[192.0.2.1]", "192.0.2.44", "Files.Example", "localhost",
+                                   "bad name", "[bogus]", "mx.test", "missing.test", "silent.test" };
+    char spec[64];
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", FS.port);
+    use_resolver(spec, 200, 1);
+    for (size_t i = 0; i < MN_NELEM(names); i++) {
+        for (int kind = 0; kind < 2; kind++) {
+            callbacks = seen_stored = 0;
+            stored = NULL;
+            stored = kind ? dns_resolve_host(names[i], on_result_stored, NULL)
+                          : dns_resolve_mx(names[i], on_result_stored, NULL);
+            CHECK(stored != NULL);
+            CHECK_INT(callbacks, 0);
+            run_loop(5000);
+            CHECK_INT(callbacks, 1);
+            CHECK_INT(seen_stored, 1);
+        }
+    }
+    /* A lookup started from a callback works, and is called back too. */
+    callbacks = seen_stored = chained = 0;
+    stored = NULL;
+    stored = dns_resolve_mx("mx.test", on_result_chain, NULL);
+    run_loop(5000);
+    CHECK_INT(chained, 2);
+    CHECK_INT(callbacks, 1);
+    CHECK_INT(seen_stored, 2);
+    CHECK_INT(R.status, DNS_OK);
+    CHECK_STR(R.hosts[0].name, "relay.test");
+}
+
 TEST(resolver_key)
 {
     static const char *good[] = { "192.0.2.1", "192.0.2.1:5353", "[::1]:5353", "[::1]", "::1",
@@ -998,6 +1055,7 @@ int main(void)
     RUN(e2e_glue_tcp_spoof);
     RUN(e2e_literals_hosts_cancel);
     RUN(e2e_timeout_and_failover);
+    RUN(callback_after_return);
     RUN(resolver_key);
     dns_free();
     loop_free();
