@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-struct conf *conf;
+MN_PRIVATE struct conf *conf;
 
 enum conf_type { T_STR, T_DURATION, T_SIZE, T_INT, T_BOOL, T_DOMAINS, T_CIDRS };
 
@@ -78,6 +78,7 @@ static const struct conf_key keys[] = {
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
 };
+#undef F        /* the amalgamation goes on with other modules */
 
 static char *xstrdup(const char *s)
 {

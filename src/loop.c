@@ -22,23 +22,6 @@
  * 50 sessions cost well under 2 MB. */
 #define LOOP_BUF (16 * 1024)
 
-/* The TLS record layer under a connection (tls.c).  c->tls is set by
- * tls_start_server/tls_start_client; from then on the loop moves the
- * connection's bytes through these instead of recv()/send().  read and
- * write answer like recv() and send() (errno EAGAIN: OpenSSL waits for the
- * socket).  While the handshake runs, read_wants_out says whether it waits
- * for the socket to be writable (else readable). */
-int tls_io_handshaking(const struct conn *c);
-size_t tls_io_plain(const struct conn *c);      /* cleartext bytes due before the handshake */
-void tls_io_plain_sent(struct conn *c, size_t n);
-int tls_io_handshake(struct conn *c);           /* 1 done, 0 waiting, -1 failed */
-ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
-ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
-int tls_io_pending(const struct conn *c);       /* decrypted bytes not yet read */
-int tls_io_read_wants_out(const struct conn *c);
-int tls_io_write_wants_in(const struct conn *c);
-const char *tls_io_error(void);                 /* why tls_init failed */
-
 struct listener {
     int fd;
     int kind;
@@ -777,15 +760,6 @@ int loop_init(void)
 void loop_set_turn_hook(void (*fn)(void))
 {
     L.turn_hook = fn;
-}
-
-int loop_count_conns(int kind)
-{
-    int n = 0;
-    for (struct conn *c = L.conns; c; c = c->next)
-        if (kind < 0 || c->kind == kind)
-            n++;
-    return n;
 }
 
 void loop_stop(void)

@@ -11,6 +11,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <ctype.h>
 #include <string.h>
 
@@ -620,7 +621,3 @@ void poll_cancel(void *arg)
             }
 }
 
-int poll_busy(void)
-{
-    return P.state != P_IDLE;
-}

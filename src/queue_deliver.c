@@ -11,6 +11,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <string.h>
 
 #define SCAN_INTERVAL_MS 1000           /* idle rescan; new mail and link events kick at once */
@@ -760,7 +761,7 @@ int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t
                      queue_release_done_fn done, void *arg)
 {
     char name[SMTP_DOMAIN_MAX + 16];
-    snprintf(name, sizeof name, "atrn %s%s", domains[0], n > 1 ? ",..." : "");
+    snprintf(name, sizeof name, "atrn %.255s%s", domains[0], n > 1 ? ",..." : "");
     struct hop *h = hop_new(name, "", ROUTE_HOLD);
     if (!h)
         return -1;
@@ -827,10 +828,6 @@ void queue_flush(const char *domain)
         queue_release(domain, &started);
     }
     queue_kick();
-    /* A link that came up (or an administrator's flush) is also the moment
-     * to ask the upstream for our mail. */
-    if (!domain || !*domain)
-        poll_kick();
 }
 
 static int waiter_matches(const struct waiter *w, const struct hop *h)
