@@ -3101,7 +3101,7 @@ static const char *dns_hosts_path = "/etc/hosts";
 static int dns_force_timeout_ms, dns_force_attempts;
 
 #ifdef MAILNODE_TEST
-static void dns_set_timeout_ms(int ms, int attempts)
+__attribute__((unused)) static void dns_set_timeout_ms(int ms, int attempts)
 {
     dns_force_timeout_ms = ms;
     dns_force_attempts = attempts;
