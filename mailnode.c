@@ -228,6 +228,9 @@ void loop_free(void);
  * connections after loop_listen_start. */
 int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
 int loop_listen_start(char *err, size_t errlen);
+/* 1 if ss (address and port) reaches one of our own listeners: a next
+ * hop there would deliver to ourselves (RFC 5321 5.1). */
+int loop_is_own_listener(const struct sockaddr_storage *ss);
 void loop_close_listeners(void);
 int loop_run(void);                     /* until loop_stop(); returns 0 */
 void loop_stop(void);
@@ -631,6 +634,9 @@ void queue_peer_seen(const char *ip);
  * Returns the number of messages held (>= 0); *started is 0 when a
  * release for that domain is already running. */
 int queue_release(const char *domain, int *started);
+/* queue_release refusals besides -1 (not a hold domain): */
+#define QUEUE_REL_ATRN_ONLY (-10)       /* an owner and no host: only its owner's ATRN releases it */
+#define QUEUE_REL_LOOP (-11)            /* its next hop is this node (RFC 5321 5.1) */
 /* ATRN (RFC 2645): the connection c turns around and carries the held
  * mail of the domains; done(arg, delivered, error) runs at its end. */
 typedef void (*queue_release_done_fn)(void *arg, int delivered, const char *error);
@@ -769,10 +775,12 @@ struct smtpc_ops {
     void (*rcpt_done)(void *arg, const struct store_out_msg *m, int idx, int code, const char *text);
     /* Every recipient of m has its outcome. */
     void (*msg_done)(void *arg, const struct store_out_msg *m);
-    /* The session is over.  reached: the peer greeted us and spoke SMTP;
+    /* The session is over.  reached: the peer greeted us and spoke SMTP
+     * (SMTPC_LOOP: it greeted with our own name, so it is this node);
      * error: why it ended early, or NULL after a clean QUIT. */
     void (*done)(void *arg, int reached, const char *error);
 };
+#define SMTPC_LOOP (-1)
 struct smtpc_auth {
     const char *user, *password;        /* NULL: no AUTH */
 };
@@ -1765,6 +1773,7 @@ int conf_relay_allowed(const struct sockaddr_storage *ss)
 #include <sys/epoll.h>
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <ifaddrs.h>
 
 #define LOOP_MAX_LISTENERS 16
 #define LOOP_EVENTS 64
@@ -1793,6 +1802,7 @@ struct listener {
     int fd;
     int kind;
     loop_accept_fn on_accept;
+    struct sockaddr_storage addr;       /* what it is bound to */
 };
 
 static struct {
@@ -2423,6 +2433,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         ls->fd = fd;
         ls->kind = kind;
         ls->on_accept = on_accept;
+        ls->addr = ss;
         if (epoll_ctl(L.epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
             snprintf(err, errlen, "epoll: %s", strerror(errno));
             close(fd);
@@ -2431,6 +2442,82 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         L.n_listeners++;
         log_info("listening on %s (%s)", items[i],
                  (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
+    }
+    return 0;
+}
+
+/* Is ss (address and port) one of this host's addresses?  Loopback
+ * always is; the rest come from the interfaces. */
+static int own_host_address(const struct sockaddr_storage *ss)
+{
+    struct ifaddrs *ifs, *i;
+    int found = 0;
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)ss;
+        if ((ntohl(a->sin_addr.s_addr) >> 24) == 127 || a->sin_addr.s_addr == htonl(INADDR_ANY))
+            return 1;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const void *)ss;
+        if (IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+            return 1;
+    }
+    if (getifaddrs(&ifs) < 0)
+        return 0;
+    for (i = ifs; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != ss->ss_family)
+            continue;
+        if (ss->ss_family == AF_INET)
+            found = ((const struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr.s_addr ==
+                    ((const struct sockaddr_in *)(const void *)ss)->sin_addr.s_addr;
+        else
+            found = !memcmp(&((const struct sockaddr_in6 *)(void *)i->ifa_addr)->sin6_addr,
+                            &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, 16);
+    }
+    freeifaddrs(ifs);
+    return found;
+}
+
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)(const void *)b)->sin_addr.s_addr;
+    return !memcmp(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr,
+                   &((const struct sockaddr_in6 *)(const void *)b)->sin6_addr, 16);
+}
+
+static int wildcard_address(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr);
+}
+
+static int port_of(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)(const void *)a)->sin_port);
+    if (a->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)(const void *)a)->sin6_port);
+    return -1;
+}
+
+int loop_is_own_listener(const struct sockaddr_storage *ss)
+{
+    for (int i = 0; i < L.n_listeners; i++) {
+        const struct listener *ls = &L.listeners[i];
+        if (port_of(&ls->addr) != port_of(ss))
+            continue;
+        if (same_address(&ls->addr, ss))
+            return 1;
+        /* A wildcard listener (0.0.0.0, ::) answers on every address of
+         * the host; an IPv6 wildcard usually on the IPv4 ones too. */
+        if (wildcard_address(&ls->addr) &&
+            (ls->addr.ss_family == ss->ss_family || ls->addr.ss_family == AF_INET6) && own_host_address(ss))
+            return 1;
     }
     return 0;
 }
@@ -11050,6 +11137,8 @@ struct smtpc {
     int reached;
     int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
     int ended;
+    int attached;                       /* a turned-around connection (ATRN) */
+    int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
     int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
     int tls_policy;                     /* SMTPC_TLS_* */
@@ -11218,7 +11307,7 @@ static void end_session(struct smtpc *s, const char *why)
     s->m7 = NULL;
     if (why)
         set_error(s, "%s", why);
-    s->ops->done(s->arg, s->reached, s->error[0] ? s->error : NULL);
+    s->ops->done(s->arg, s->looped ? SMTPC_LOOP : s->reached, s->error[0] ? s->error : NULL);
 }
 
 /* Ends the session politely with the reason for the scheduler. */
@@ -11637,6 +11726,20 @@ static void on_reply_ehlo_done(struct smtpc *s)
     pump(s);
 }
 
+/* RFC 5321 5.1: a peer that names itself with our hostname in its
+ * greeting or EHLO reply is this node (another of its addresses, a port
+ * forwarded back to us): delivering there would only queue the mail here
+ * again.  Not asked of a turned-around ATRN connection, which we did not
+ * choose. */
+static int peer_is_us(const struct smtpc *s, const char *text)
+{
+    size_t n = strlen(conf->hostname);
+    if (s->attached || !n || strlen(text) < 4)
+        return 0;
+    text += 4;
+    return !strncasecmp(text, conf->hostname, n) && (!text[n] || text[n] == ' ');
+}
+
 static void on_reply(struct smtpc *s, int code, const char *text)
 {
     char clean[512];
@@ -11656,11 +11759,22 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             quit_with_error(s, "%s greeted with: %s", s->peer, clean);
             break;
         }
+        if (peer_is_us(s, text)) {
+            s->looped = 1;
+            quit_with_error(s, "mail loops back to myself: %s greets as %s", s->peer, conf->hostname);
+            break;
+        }
         s->reached = 1;
         cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
         break;
     case E_EHLO:
     case E_HELO:
+        if (code / 100 == 2 && peer_is_us(s, text)) {
+            s->looped = 1;
+            s->reached = 0;
+            quit_with_error(s, "mail loops back to myself: %s answers EHLO as %s", s->peer, conf->hostname);
+            break;
+        }
         if (code / 100 != 2) {
             if (kind == E_EHLO) {       /* RFC 5321 3.2: fall back to HELO */
                 cmd(s, E_HELO, 0, 0, "HELO %s", conf->hostname);
@@ -11927,6 +12041,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     if (!s)
         return NULL;
     s->c = c;
+    s->attached = 1;
     /* Whatever the peer sent before the turnaround is not a reply to us. */
     conn_consume(c, c->in_len);
     c->ops = &smtpc_conn_ops;
@@ -11998,6 +12113,7 @@ struct hop {
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
+    int looped;                         /* an address or greeting was our own */
     char error[400];
     struct dsn_note *notes;
     size_t nnotes, capnotes;
@@ -12067,6 +12183,63 @@ void queue_peer_seen(const char *ip)
         }
         down[i].ip[0] = '\0';
     }
+}
+
+/* Hold domains whose last release found only ourselves as the next hop,
+ * so that the next ETRN is answered 458 at once instead of starting a
+ * release that cannot go anywhere (the DNS answer behind it is not known
+ * when the reply is due).  Forgotten after LOOP_MEMORY seconds, or when
+ * the domain's host setting changes. */
+#define LOOP_SLOTS 16
+#define LOOP_MEMORY 300
+static struct {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    char host[SMTP_DOMAIN_MAX + 8];
+    int64_t until;
+} looped[LOOP_SLOTS];
+
+static void loop_note(const struct store_domain *d)
+{
+    int k = 0;
+    for (int i = 0; i < LOOP_SLOTS; i++) {
+        if (!strcasecmp(looped[i].domain, d->name)) {
+            k = i;
+            break;
+        }
+        if (looped[i].until < looped[k].until)
+            k = i;
+    }
+    util_strlcpy(looped[k].domain, d->name, sizeof looped[k].domain);
+    util_strlcpy(looped[k].host, d->host, sizeof looped[k].host);
+    looped[k].until = util_now() + LOOP_MEMORY;
+}
+
+static int loop_known(const struct store_domain *d)
+{
+    for (int i = 0; i < LOOP_SLOTS; i++)
+        if (!strcasecmp(looped[i].domain, d->name))
+            return looped[i].until > util_now() && !strcmp(looped[i].host, d->host);
+    return 0;
+}
+
+/* A host written as a literal address that is one of our listeners. */
+static int host_is_us(const char *spec)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+    struct sockaddr_storage ss;
+    socklen_t len;
+
+    if (util_split_hostport(spec, host, sizeof host, &port)) {
+        util_strlcpy(host, spec, sizeof host);
+        port = 25;
+    }
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        memmove(host, host + 1, l - 2);
+        host[l - 2] = '\0';
+    }
+    return !util_sockaddr_parse(host, port, &ss, &len) && loop_is_own_listener(&ss);
 }
 
 void queue_kick(void)
@@ -12341,6 +12514,11 @@ static void hop_finish(struct hop *h, int ok)
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held
          * until the next request. */
+        if (h->looped && !h->delivered && h->ndomains == 1 && !h->rel_done) {
+            struct store_domain d;
+            if (!store_domain_get(h->domains[0], &d))
+                loop_note(&d);
+        }
         log_info("%s: released %d message recipients, %d deferred, %d failed%s%s", h->name, h->delivered,
                  h->deferred, h->failed, h->error[0] ? ": " : "", h->error);
         if (h->rel_done)
@@ -12377,6 +12555,15 @@ static void hop_done(void *arg, int reached, const char *error)
     struct hop *h = arg;
 
     h->sc = NULL;
+    if (reached == SMTPC_LOOP) {
+        /* RFC 5321 5.1: the peer is this node under another address;
+         * never a delivery to ourselves, try the next host. */
+        h->looped = 1;
+        util_strlcpy(h->error, error ? error : "mail loops back to myself", sizeof h->error);
+        log_warn("%s: %s", h->name, h->error);
+        hop_try_next(h);
+        return;
+    }
     if (!reached) {
         util_strlcpy(h->error, error ? error : "no answer", sizeof h->error);
         log_info("%s: %s", h->name, h->error);
@@ -12442,6 +12629,16 @@ static void hop_try_next(struct hop *h)
         }
         util_strlcpy(h->peer, dh->name, sizeof h->peer);
         util_sockaddr_ip(&ss, h->peer_ip, sizeof h->peer_ip);
+        if (loop_is_own_listener(&ss)) {
+            /* RFC 5321 5.1: an MX or host that is ourselves is dropped;
+             * delivering there would only queue the mail here again. */
+            h->looped = 1;
+            snprintf(h->error, sizeof h->error, "mail for %s loops back to myself: %s [%s]:%d is this node",
+                     h->domain[0] ? h->domain : h->ndomains ? h->domains[0] : conf->relayhost, dh->name,
+                     h->peer_ip, h->port);
+            log_warn("%s: %s", h->name, h->error);
+            continue;
+        }
         struct smtpc_auth auth = { NULL, NULL }, *ap = NULL;
         static char pw[256];
         if (!h->domain[0] && conf->relayhost_user[0] && conf->relayhost_password_file[0]) {
@@ -12693,6 +12890,18 @@ int queue_release(const char *domain, int *started)
     *started = 0;
     if (store_domain_get(domain, &d) || d.kind != DOMAIN_HOLD)
         return -1;
+    /* A site with an owner and no host fetches by ATRN (RFC 2645); its
+     * MX is usually this node, so ETRN has nowhere to deliver to. */
+    if (d.owner[0] && !d.host[0]) {
+        log_info("release %s refused: it has an owner and no --host, only the owner's ATRN releases it",
+                 d.name);
+        return QUEUE_REL_ATRN_ONLY;
+    }
+    if ((d.host[0] && host_is_us(d.host)) || loop_known(&d)) {
+        log_warn("release %s refused: its next hop %s is this node (mail would loop back to myself)", d.name,
+                 d.host[0] ? d.host : "(MX)");
+        return QUEUE_REL_LOOP;
+    }
     n = store_held_count(d.name);
     if (n <= 0 || queue_release_busy(d.name))
         return n;
@@ -12929,7 +13138,7 @@ static int domain_ok(const char *d, size_t len)
 
 struct etrn_walk {
     const char *parent;                 /* "@domain": it and its subdomains */
-    int matched, held, started, failed;
+    int matched, held, started, failed, refused;
 };
 
 static int etrn_each(void *arg, const struct store_domain *d)
@@ -12944,7 +13153,9 @@ static int etrn_each(void *arg, const struct store_domain *d)
         return 0;
     w->matched++;
     int started, n = queue_release(d->name, &started);
-    if (n < 0)
+    if (n == QUEUE_REL_ATRN_ONLY || n == QUEUE_REL_LOOP)
+        w->refused++;
+    else if (n < 0)
         w->failed++;
     else
         w->held += n;
@@ -12980,6 +13191,9 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
         }
         if (!w.matched)
             snprintf(reply, n, "459 4.7.1 Node %s not allowed: no domain held here", dom);
+        else if (w.refused == w.matched)
+            snprintf(reply, n, "459 4.7.1 Node %s not allowed: its domains are released only by ATRN or "
+                     "would loop back here", dom);
         else if (!w.held)
             snprintf(reply, n, "251 2.0.0 OK, no messages waiting for node %s", dom);
         else
@@ -12989,6 +13203,11 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
     int started, held = queue_release(dom, &started);
     if (held == -1)
         snprintf(reply, n, "459 4.7.1 Node %s not allowed: not a domain held here", dom);
+    else if (held == QUEUE_REL_ATRN_ONLY)
+        snprintf(reply, n, "459 4.7.1 Node %s not allowed: released only by ATRN to its owner", dom);
+    else if (held == QUEUE_REL_LOOP)
+        snprintf(reply, n, "458 4.4.6 Unable to queue messages for node %s: its host is this node, "
+                 "mail would loop back here", dom);
     else if (held < 0)
         snprintf(reply, n, "458 4.0.0 Unable to queue messages for node %s", dom);
     else if (!held)

@@ -217,6 +217,9 @@ void loop_free(void);
  * connections after loop_listen_start. */
 int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
 int loop_listen_start(char *err, size_t errlen);
+/* 1 if ss (address and port) reaches one of our own listeners: a next
+ * hop there would deliver to ourselves (RFC 5321 5.1). */
+int loop_is_own_listener(const struct sockaddr_storage *ss);
 void loop_close_listeners(void);
 int loop_run(void);                     /* until loop_stop(); returns 0 */
 void loop_stop(void);
@@ -620,6 +623,9 @@ void queue_peer_seen(const char *ip);
  * Returns the number of messages held (>= 0); *started is 0 when a
  * release for that domain is already running. */
 int queue_release(const char *domain, int *started);
+/* queue_release refusals besides -1 (not a hold domain): */
+#define QUEUE_REL_ATRN_ONLY (-10)       /* an owner and no host: only its owner's ATRN releases it */
+#define QUEUE_REL_LOOP (-11)            /* its next hop is this node (RFC 5321 5.1) */
 /* ATRN (RFC 2645): the connection c turns around and carries the held
  * mail of the domains; done(arg, delivered, error) runs at its end. */
 typedef void (*queue_release_done_fn)(void *arg, int delivered, const char *error);
@@ -758,10 +764,12 @@ struct smtpc_ops {
     void (*rcpt_done)(void *arg, const struct store_out_msg *m, int idx, int code, const char *text);
     /* Every recipient of m has its outcome. */
     void (*msg_done)(void *arg, const struct store_out_msg *m);
-    /* The session is over.  reached: the peer greeted us and spoke SMTP;
+    /* The session is over.  reached: the peer greeted us and spoke SMTP
+     * (SMTPC_LOOP: it greeted with our own name, so it is this node);
      * error: why it ended early, or NULL after a clean QUIT. */
     void (*done)(void *arg, int reached, const char *error);
 };
+#define SMTPC_LOOP (-1)
 struct smtpc_auth {
     const char *user, *password;        /* NULL: no AUTH */
 };

@@ -1,0 +1,174 @@
+"""Hostile and mistaken peers: requests and inputs that must not lose,
+multiply, leak or loop mail, against the running daemon with raw sockets
+and the standard library's clients."""
+
+import os
+import re
+import smtplib
+import socket
+import time
+
+import harness
+from harness import Node, check, diag, test, wait_until
+from sink import Sink
+from fakedns import FakeDNS
+
+PW = 'hostile-secret-1'
+SITE = 'site.test'
+
+
+# ------------------------------------------------------------------ helpers
+
+def add_user(n, name, pw=PW):
+    rc, out, err = n.cli('user', 'add', name, input=pw + '\n')
+    assert rc == 0, 'user add %s: %s' % (name, err)
+
+
+def add_hold(n, domain, owner=None, host=None):
+    args = ['domain', 'add', domain, '--hold']
+    if owner:
+        args += ['--owner', owner]
+    if host:
+        args += ['--host', host]
+    rc, out, err = n.cli(*args)
+    assert rc == 0, 'domain add %s: %s' % (domain, err)
+
+
+def queue_listing(n):
+    """`queue list` output: queue ids and recipients, to see that nothing
+    was touched."""
+    rc, out, err = n.cli('queue', 'list')
+    return out if rc == 0 else 'queue list failed: %s' % err
+
+
+def held(n, domain=None):
+    count = 0
+    for line in queue_listing(n).splitlines():
+        if line.startswith('    ') and '(held)' in line:
+            addr = line.split()[0].lower()
+            if domain is None or addr.endswith('@' + domain):
+                count += 1
+    return count
+
+
+def message(subject, rcpt, extra=''):
+    return ('From: sender@remote.test\r\nTo: %s\r\nSubject: %s\r\n%s\r\n'
+            'body line\r\n' % (rcpt, subject, extra)).encode()
+
+
+def submit(n, rcpt, count, tag='held', sender='sender@remote.test'):
+    c = smtplib.SMTP('127.0.0.1', n.port('smtp'), timeout=20)
+    try:
+        for i in range(count):
+            c.sendmail(sender, [rcpt], message('%s %d' % (tag, i), rcpt))
+    finally:
+        c.quit()
+
+
+def etrn(n, arg):
+    with n.raw('smtp') as c:
+        c.recv_reply()
+        c.cmd('EHLO client.test')
+        r = c.cmd('ETRN ' + arg)
+        c.cmd('QUIT')
+        return r
+
+
+def received_count(n):
+    """Received fields over every held message (`queue show`)."""
+    total = 0
+    for qid in re.findall(r'^([0-9A-Za-z]{8,})\s', queue_listing(n), re.M):
+        rc, out, err = n.cli('queue', 'show', qid)
+        total += len(re.findall(r'^Received:', out, re.M | re.I))
+    return total
+
+
+# ------------------------------------------- 1. ETRN must never deliver to us
+
+@test
+def etrn_owner_without_host_is_atrn_only():
+    with Node(conf={'retry.initial': '1s'}) as n:
+        add_user(n, 'site')
+        add_hold(n, SITE, owner='site')
+        submit(n, 'someone@' + SITE, 3)
+        before = queue_listing(n)
+        check('etrn_atrn_site_held', held(n, SITE) == 3, before)
+        r = etrn(n, SITE)
+        check('etrn_atrn_site_459', r.code == 459 and 'ATRN' in r.text, r.raw)
+        r = etrn(n, '@' + SITE)
+        check('etrn_at_atrn_site_459', r.code == 459, r.raw)
+        time.sleep(1.5)
+        check('etrn_atrn_site_untouched', queue_listing(n) == before,
+              'before %r after %r' % (before[-300:], queue_listing(n)[-300:]))
+        check('etrn_atrn_site_logged', 'only the owner' in n.log(), n.log()[-600:])
+
+
+@test
+def etrn_host_is_own_listener():
+    with Node(conf={'retry.initial': '1s'}) as n:
+        add_hold(n, SITE, host='127.0.0.1:%d' % n.port('smtp'))
+        submit(n, 'someone@' + SITE, 3)
+        before = queue_listing(n)
+        received = received_count(n)
+        r = etrn(n, SITE)
+        check('etrn_self_host_458', r.code == 458 and 'loop' in r.text, r.raw)
+        # another listener of ours is ourselves too
+        n.cli('domain', 'del', SITE)
+        add_hold(n, SITE, host='127.0.0.1:%d' % n.port('submission'))
+        r = etrn(n, SITE)
+        check('etrn_self_other_port_458', r.code == 458, r.raw)
+        for _ in range(5):
+            etrn(n, SITE)
+        time.sleep(1.5)
+        after = queue_listing(n)
+        check('etrn_self_same_queue_ids', after == before, 'before %r after %r' % (before[-300:], after[-300:]))
+        check('etrn_self_no_received_added', received_count(n) == received,
+              '%d -> %d' % (received, received_count(n)))
+        check('etrn_self_logged', 'loop back' in n.log(), n.log()[-600:])
+
+
+@test
+def etrn_mx_is_this_node():
+    # The domain has no host and no owner: the release looks up the MX,
+    # which is this node on another name.
+    records = {SITE: {'MX': [(10, 'mx.' + SITE)]}, 'mx.' + SITE: {'A': ['127.0.0.1']}}
+    with FakeDNS(records) as dns:
+        with Node(start=False) as n:
+            n.configure({'resolver': dns.resolver, 'delivery.port': n.port('smtp')})
+            n.start()
+            add_hold(n, SITE)
+            submit(n, 'someone@' + SITE, 2)
+            before = queue_listing(n)
+            received = received_count(n)
+            r1 = etrn(n, SITE)
+            check('etrn_mx_self_first_reply_ok', r1.code in (250, 253, 458), r1.raw)
+            wait_until(lambda: 'loops back to myself' in n.log(), 10)
+            time.sleep(0.5)
+            r2 = etrn(n, SITE)
+            check('etrn_mx_self_second_458', r2.code == 458, r2.raw)
+            time.sleep(1.0)
+            check('etrn_mx_self_untouched', queue_listing(n) == before and received_count(n) == received,
+                  queue_listing(n)[-400:])
+            check('etrn_mx_self_logged', 'loops back to myself' in n.log(), n.log()[-600:])
+
+
+@test
+def etrn_peer_greets_with_our_name():
+    # A host that is this node behind another address or a port forward:
+    # recognised by its greeting.
+    with Sink(helo_name='node.test') as sink:
+        with Node() as n:
+            add_hold(n, SITE, host='127.0.0.1:%d' % sink.port)
+            submit(n, 'someone@' + SITE, 2)
+            before = queue_listing(n)
+            r = etrn(n, SITE)
+            check('etrn_greeting_self_started', r.code in (250, 253), r.raw)
+            wait_until(lambda: 'loops back to myself' in n.log(), 10)
+            time.sleep(0.5)
+            check('etrn_greeting_self_nothing_sent', not sink.messages,
+                  '%d messages reached the look-alike' % len(sink.messages))
+            check('etrn_greeting_self_untouched', queue_listing(n) == before, queue_listing(n)[-400:])
+            check('etrn_greeting_self_next_458', etrn(n, SITE).code == 458)
+
+
+harness.main()
