@@ -66,6 +66,11 @@ int util_strcaseprefix(const char *s, const char *prefix); /* 1 if s starts with
 void util_date(int64_t t, char *buf, size_t n);
 int util_set_nonblock(int fd);
 /* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
+/* Appends header fields made from fmt at out + *used, refusing (-1, nothing
+ * appended) a result with a bare CR or LF, a CRLF that is not folding or
+ * the end, another control character or a NUL: the one way generated
+ * header text is written. */
+int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 /* Numeric address (empty: any IPv4) and port -> socket address. */
 int util_sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len);
@@ -1150,6 +1155,44 @@ int util_cidr_match(const struct cidr *c, const struct sockaddr_storage *ss)
         return 0;
     }
     return c->family == family && prefix_equal(c->addr, ip, c->bits);
+}
+
+/* Appends one or more header fields formatted from fmt to out[*used..cap).
+ * Safe by construction: whatever the arguments hold, the result may
+ * contain CR and LF only as CRLF, each CRLF followed by SP or HTAB
+ * (folding, RFC 5322 2.2.3) or ending the text, no other control
+ * character than HTAB, and no NUL; otherwise nothing is appended and -1
+ * is returned.  So no value (a HELO name, an address, an identity) can
+ * end a field early, add one, or end the header section. */
+int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (*used >= cap)
+        return -1;
+    va_start(ap, fmt);
+    n = vsnprintf(out + *used, cap - *used, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= cap - *used || n < 2)
+        goto refuse;
+    const unsigned char *p = (const unsigned char *)out + *used;
+    if (p[n - 2] != '\r' || p[n - 1] != '\n')
+        goto refuse;
+    for (int i = 0; i < n; i++) {
+        if (p[i] == '\r') {
+            if (p[i + 1] != '\n' || (i + 2 < n && p[i + 2] != ' ' && p[i + 2] != '\t'))
+                goto refuse;
+            i++;
+        } else if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f) {
+            goto refuse;
+        }
+    }
+    *used += (size_t)n;
+    return n;
+refuse:
+    out[*used] = '\0';
+    return -1;
 }
 
 /* ---- src/md5.c ---- */
@@ -5799,10 +5842,12 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
 
     if (b->err)
         return b->err;
+    /* RFC 5321 4.4: the final delivery records the reverse-path. */
+    size_t plen = 0;
+    if (util_header(prefix, sizeof prefix, &plen, "Return-Path: <%s>\r\n", env->sender) < 0)
+        return STORE_ERR;
     if ((err = store_begin()))
         return err;
-    /* RFC 5321 4.4: the final delivery records the reverse-path. */
-    snprintf(prefix, sizeof prefix, "Return-Path: <%s>\r\n", env->sender);
     for (size_t i = 0; i < n; i++) {
         const struct store_rcpt *r = &rcpts[i];
         if (r->kind == ROUTE_LOCAL) {
@@ -14184,9 +14229,35 @@ static int starttls_offered(const struct smtpd *s)
     return tls_available() && !s->c->tls;
 }
 
+/* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
+ * address literal.  Letters, digits, hyphens, underscores (common in
+ * Windows host names) and dots; or "[...]" of printable characters.
+ * Nothing else, above all no CR, NUL or other control character: the
+ * name goes into the Received field. */
+static int helo_valid(const char *arg)
+{
+    size_t len = strlen(arg);
+    if (!len || len > SMTP_DOMAIN_MAX)
+        return 0;
+    if (arg[0] == '[') {
+        if (len < 3 || arg[len - 1] != ']')
+            return 0;
+        for (size_t i = 1; i + 1 < len; i++)
+            if (arg[i] <= ' ' || arg[i] >= 0x7f || arg[i] == '[' || arg[i] == ']' || arg[i] == '\\')
+                return 0;
+        return 1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)arg[i];
+        if (!isalnum(c) && c != '-' && c != '.' && c != '_')
+            return 0;
+    }
+    return 1;
+}
+
 static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
 {
-    if (!*arg || strlen(arg) > SMTP_DOMAIN_MAX || strchr(arg, ' ')) {
+    if (!helo_valid(arg)) {
         reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return;
     }
@@ -14463,6 +14534,7 @@ static int body_emit(void *arg, const void *buf, size_t n)
 static int start_body(struct smtpd *s)
 {
     char hdr[1024], date[64];
+    size_t used = 0;
     /* RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA. */
     const char *with = !s->esmtp ? "SMTP"
                        : s->c->tls ? (s->auth_user[0] ? "ESMTPSA" : "ESMTPS")
@@ -14475,13 +14547,15 @@ static int start_body(struct smtpd *s)
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
     if (s->nrcpt == 1)
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
-                     "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
-                     s->rcpts[0].addr, date);
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
+                        "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
+                        s->rcpts[0].addr, date);
     else
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
-                     "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
-    if (n < 0 || (size_t)n >= sizeof hdr || store_body_write(s->body, hdr, (size_t)n)) {
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
+                        "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
+    if (n < 0)
+        log_warn("%s: trace field refused: a value holds a line break or control character", s->qid);
+    if (n < 0 || store_body_write(s->body, hdr, (size_t)n)) {
         store_body_free(s->body);
         s->body = NULL;
         return -1;
@@ -18327,35 +18401,38 @@ static int sendmail_added_fields(struct sendmail *m)
     }
     /* RFC 5321 4.4 trace field, folded before the date so that the line
      * stays short with the longest host name. */
-    snprintf(m->prefix, cap, "Received: by %s (mailnode) id %s (uid %lu);\r\n\t%s\r\n",
-             conf->hostname, m->qid, (unsigned long)getuid(), date);
+    size_t p = 0;
+    if (util_header(m->prefix, cap, &p, "Received: by %s (mailnode) id %s (uid %lu);\r\n\t%s\r\n",
+                    conf->hostname, m->qid, (unsigned long)getuid(), date) < 0)
+        goto bad;
     m->suffix[0] = '\0';
     /* RFC 5322 3.6.4 and 3.6.1: a local submission gets the Message-ID
      * and Date the originator should have given. */
     if (!m->have_msgid) {
+        char hex[2 * sizeof rnd + 1];
         randombytes_buf(rnd, sizeof rnd);
-        w = snprintf(m->suffix + o, cap - o, "Message-ID: <%s.", m->qid);
-        o += (size_t)w;
-        for (size_t i = 0; i < sizeof rnd; i++, o += 2)
-            snprintf(m->suffix + o, cap - o, "%02x", rnd[i]);
-        w = snprintf(m->suffix + o, cap - o, "@%s>\r\n", conf->hostname);
-        o += (size_t)w;
+        for (size_t i = 0; i < sizeof rnd; i++)
+            snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+        if (util_header(m->suffix, cap, &o, "Message-ID: <%s.%s@%s>\r\n", m->qid, hex, conf->hostname) < 0)
+            goto bad;
     }
-    if (!m->have_date) {
-        w = snprintf(m->suffix + o, cap - o, "Date: %s\r\n", date);
-        o += (size_t)w;
-    }
+    if (!m->have_date && util_header(m->suffix, cap, &o, "Date: %s\r\n", date) < 0)
+        goto bad;
     if (!m->have_from) {
         const char *addr = m->sender[0] ? m->sender : m->login;
         if (m->fullname && *m->fullname) {
             sendmail_quote_name(m->fullname, name, sizeof name);
-            w = snprintf(m->suffix + o, cap - o, "From: %s <%s>\r\n", name, addr);
+            w = util_header(m->suffix, cap, &o, "From: %s <%s>\r\n", name, addr);
         } else {
-            w = snprintf(m->suffix + o, cap - o, "From: %s\r\n", addr);
+            w = util_header(m->suffix, cap, &o, "From: %s\r\n", addr);
         }
-        o += (size_t)w;
+        if (w < 0)
+            goto bad;
     }
     return 0;
+bad:
+    fprintf(stderr, "sendmail: a header field would hold a line break or control character\n");
+    return EX_DATAERR;
 }
 
 /* ---------------------------------------------------------------- store */

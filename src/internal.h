@@ -55,6 +55,11 @@ int util_strcaseprefix(const char *s, const char *prefix); /* 1 if s starts with
 void util_date(int64_t t, char *buf, size_t n);
 int util_set_nonblock(int fd);
 /* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
+/* Appends header fields made from fmt at out + *used, refusing (-1, nothing
+ * appended) a result with a bare CR or LF, a CRLF that is not folding or
+ * the end, another control character or a NUL: the one way generated
+ * header text is written. */
+int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 /* Numeric address (empty: any IPv4) and port -> socket address. */
 int util_sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len);

@@ -260,9 +260,35 @@ static int starttls_offered(const struct smtpd *s)
     return tls_available() && !s->c->tls;
 }
 
+/* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
+ * address literal.  Letters, digits, hyphens, underscores (common in
+ * Windows host names) and dots; or "[...]" of printable characters.
+ * Nothing else, above all no CR, NUL or other control character: the
+ * name goes into the Received field. */
+static int helo_valid(const char *arg)
+{
+    size_t len = strlen(arg);
+    if (!len || len > SMTP_DOMAIN_MAX)
+        return 0;
+    if (arg[0] == '[') {
+        if (len < 3 || arg[len - 1] != ']')
+            return 0;
+        for (size_t i = 1; i + 1 < len; i++)
+            if (arg[i] <= ' ' || arg[i] >= 0x7f || arg[i] == '[' || arg[i] == ']' || arg[i] == '\\')
+                return 0;
+        return 1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)arg[i];
+        if (!isalnum(c) && c != '-' && c != '.' && c != '_')
+            return 0;
+    }
+    return 1;
+}
+
 static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
 {
-    if (!*arg || strlen(arg) > SMTP_DOMAIN_MAX || strchr(arg, ' ')) {
+    if (!helo_valid(arg)) {
         reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return;
     }
@@ -539,6 +565,7 @@ static int body_emit(void *arg, const void *buf, size_t n)
 static int start_body(struct smtpd *s)
 {
     char hdr[1024], date[64];
+    size_t used = 0;
     /* RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA. */
     const char *with = !s->esmtp ? "SMTP"
                        : s->c->tls ? (s->auth_user[0] ? "ESMTPSA" : "ESMTPS")
@@ -551,13 +578,15 @@ static int start_body(struct smtpd *s)
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
     if (s->nrcpt == 1)
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
-                     "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
-                     s->rcpts[0].addr, date);
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
+                        "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
+                        s->rcpts[0].addr, date);
     else
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
-                     "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
-    if (n < 0 || (size_t)n >= sizeof hdr || store_body_write(s->body, hdr, (size_t)n)) {
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
+                        "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
+    if (n < 0)
+        log_warn("%s: trace field refused: a value holds a line break or control character", s->qid);
+    if (n < 0 || store_body_write(s->body, hdr, (size_t)n)) {
         store_body_free(s->body);
         s->body = NULL;
         return -1;

@@ -171,4 +171,112 @@ def etrn_peer_greets_with_our_name():
             check('etrn_greeting_self_next_458', etrn(n, SITE).code == 458)
 
 
+# ----------------------------------------- 2. nothing smuggled into headers
+
+def bare_breaks(data):
+    """Offsets of a CR not followed by LF or an LF not preceded by CR."""
+    bad = []
+    for i, b in enumerate(data):
+        if b == 13 and data[i + 1:i + 2] != b'\n':
+            bad.append(i)
+        elif b == 10 and (i == 0 or data[i - 1] != 13):
+            bad.append(i)
+    return bad
+
+
+def bare_cr(data):
+    return [i for i, b in enumerate(data) if b == 13 and data[i + 1:i + 2] != b'\n']
+
+
+def pop3_retr_raw(n, user, pw, number):
+    with n.raw('pop3') as c:
+        c.recv_line()
+        c.send('USER %s\r\n' % user)
+        c.recv_line()
+        c.send('PASS %s\r\n' % pw)
+        r = c.recv_line()
+        assert r.startswith(b'+OK'), r
+        c.send('RETR %d\r\n' % number)
+        data = c.recv_until(b'\r\n.\r\n')
+        c.send('QUIT\r\n')
+        return data
+
+
+SMUGGLED_BODIES = [
+    b'Subject: cr\r\n\r\nline one\rX-Injected: yes\r\nend\r\n',
+    b'Subject: lf\r\n\r\nline one\nX-Injected: yes\n.\nend\r\n',
+    b'Subject: crdot\r\n\r\nx\r.\rMAIL FROM:<evil@remote.test>\r\nend\r\n',
+]
+
+
+@test
+def helo_smuggling_refused():
+    with Node() as n:
+        for bad in (b'EHLO x\r.\r', b'EHLO x\rX-Injected:\tyes', b'HELO x\rX-Injected: yes',
+                    b'EHLO x\ty', b'EHLO caf\xc3\xa9.test', b'EHLO a;b', b'EHLO [1.2.3.4',
+                    b'EHLO [1.2 3.4]', b'EHLO <x>'):
+            with n.raw('smtp') as c:
+                c.recv_reply()
+                r = c.cmd(bad)
+                check('helo_refused_%r' % bad[5:15], r.code == 501, r.raw)
+                r = c.cmd('MAIL FROM:<a@remote.test>')
+                check('helo_refused_no_session_%r' % bad[5:15], r.code == 503, r.raw)
+        for good in ('EHLO client.test', 'EHLO [127.0.0.1]', 'EHLO [IPv6:::1]', 'HELO my_pc',
+                     'EHLO localhost'):
+            with n.raw('smtp') as c:
+                c.recv_reply()
+                check('helo_accepted_%s' % good.split()[1], c.cmd(good).code == 250)
+
+
+@test
+def no_bare_line_break_leaves():
+    with Sink() as sink:
+        with Node(conf={'relayhost': '127.0.0.1:%d' % sink.port, 'retry.initial': '1s'}) as n:
+            add_user(n, 'bob')
+            for i, body in enumerate(SMUGGLED_BODIES):
+                for verb in ('DATA', 'BDAT'):
+                    with n.raw('smtp') as c:
+                        c.recv_reply()
+                        c.cmd('EHLO client.test')
+                        check('smuggle_mail_%d_%s' % (i, verb),
+                              c.cmd('MAIL FROM:<alice@remote.test>').code == 250)
+                        c.cmd('RCPT TO:<bob@example.test>')
+                        c.cmd('RCPT TO:<far@remote.test>')
+                        if verb == 'DATA':
+                            c.cmd('DATA')
+                            c.send(body + b'.\r\n')
+                        else:
+                            c.send(b'BDAT %d LAST\r\n' % len(body) + body)
+                        r = c.recv_reply()
+                        check('smuggle_accepted_%d_%s' % (i, verb), r.code == 250, r.raw)
+                        c.cmd('QUIT')
+            want = 2 * len(SMUGGLED_BODIES)
+            got = sink.wait_for(want, timeout=20)
+            check('smuggle_relayed', got, '%d of %d' % (len(sink.messages), want))
+            for m in sink.messages:
+                check('relay_no_bare_cr_lf_%d' % m.number, not bare_breaks(m.data), m.data[:300])
+                head = m.data.split(b'\r\n\r\n', 1)[0]
+                check('relay_no_injected_field_%d' % m.number,
+                      not re.search(rb'^X-Injected', head, re.M) and head.count(b'Received:') == 1,
+                      head[:300])
+            for k in range(1, want + 1):
+                data = pop3_retr_raw(n, 'bob', PW, k)
+                check('pop3_no_bare_cr_lf_%d' % k, not bare_breaks(data), data[:300])
+                head = data.split(b'\r\n\r\n', 1)[0]
+                check('pop3_no_injected_field_%d' % k, b'X-Injected' not in head, head[:300])
+            mbox = n.path('out.mbox')
+            rc, out, err = n.cli('mailbox', 'export', 'bob', '--mbox', mbox)
+            check('export_mbox_ok', rc == 0, err)
+            data = open(mbox, 'rb').read() if rc == 0 else b''
+            check('export_mbox_no_bare_cr', data and not bare_cr(data), data[:300])
+            md = n.path('out.maildir')
+            rc, out, err = n.cli('mailbox', 'export', 'bob', '--maildir', md)
+            check('export_maildir_ok', rc == 0, err)
+            files = [os.path.join(md, 'new', f) for f in os.listdir(os.path.join(md, 'new'))] if rc == 0 else []
+            check('export_maildir_files', len(files) == want, files)
+            for f in files:
+                data = open(f, 'rb').read()
+                check('export_maildir_no_bare_cr_%s' % os.path.basename(f)[:12], not bare_cr(data), data[:200])
+
+
 harness.main()
