@@ -797,6 +797,8 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* 1 if the peer offered DSN (RFC 3461): it takes NOTIFY and reports itself. */
+int smtpc_peer_dsn(const struct smtpc *s);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 
@@ -12095,6 +12097,11 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     return s;
 }
 
+int smtpc_peer_dsn(const struct smtpc *s)
+{
+    return s && s->dsn;
+}
+
 void smtpc_abort(struct smtpc *s)
 {
     if (!s || s->ended)
@@ -12387,7 +12394,8 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
         log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
     else
         log_info("%s: sender notification (%s): %s", m->qid,
-                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay" : "success",
+                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay"
+                 : rcpts[0].action == DSN_RELAYED ? "relayed" : "success",
                  env.qid);
     store_body_free(b);
     queue_kick();
@@ -12398,7 +12406,7 @@ static void flush_notes(struct hop *h, const struct store_out_msg *m)
     struct dsn_rcpt r[64];
     size_t n = 0;
 
-    for (int action = DSN_FAILED; action <= DSN_DELIVERED; action++) {
+    for (int action = DSN_FAILED; action <= DSN_RELAYED; action++) {
         n = 0;
         for (size_t i = 0; i < h->nnotes && n < MN_NELEM(r); i++) {
             struct dsn_note *x = &h->notes[i];
@@ -12499,8 +12507,12 @@ static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int
         store_rcpt_set(r->id, RCPT_DELIVERED, 0, text);
         h->delivered++;
         log_info("%s: to=<%s> relay=%s status=sent (%s)", m->qid, r->addr, h->peer, text);
-        if (r->notify & NOTIFY_SUCCESS)
-            note(h, m->id, DSN_DELIVERED, r, status, text);
+        /* RFC 3461 6.2: a next hop that offers DSN got NOTIFY with the
+         * recipient and reports itself; one that does not gets the mail,
+         * and the sender a "relayed" notice from us (never "delivered",
+         * which only the final delivery says).  Never both. */
+        if ((r->notify & NOTIFY_SUCCESS) && !(r->notify & NOTIFY_NEVER) && !smtpc_peer_dsn(h->sc))
+            note(h, m->id, DSN_RELAYED, r, status, text);
     } else if (code / 100 == 4) {
         /* Held mail stays held for the next request; queued mail waits. */
         store_rcpt_set(r->id, RCPT_QUEUED, h->kind == ROUTE_HOLD ? 0 : rcpt_retry_at(r->attempts), text);
@@ -15028,6 +15040,22 @@ static void message_committed(void *arg, int rc)
     conn_flush(s->c);
 }
 
+/* A success notification carries the message back to its sender; with
+ * RET=FULL from a client that neither authenticated nor is in
+ * relay_networks, that sender may be anyone (a forged MAIL FROM), and the
+ * notification would relay the content to it.  Such a message is kept
+ * with RET=HDRS (RFC 3461 4.3 leaves the amount returned to the MTA's
+ * policy), for every notification about it and when passed on. */
+static int success_dsn_untrusted(const struct smtpd *s)
+{
+    if (s->auth_user[0] || conf_relay_allowed(&s->c->peer))
+        return 0;
+    for (size_t i = 0; i < s->nrcpt; i++)
+        if (s->rcpts[i].notify & NOTIFY_SUCCESS)
+            return 1;
+    return 0;
+}
+
 static void message_end(struct smtpd *s)
 {
     struct store_env env;
@@ -15044,7 +15072,7 @@ static void message_end(struct smtpd *s)
         util_strlcpy(env.qid, s->qid, sizeof env.qid);
         env.sender = s->sender;
         env.envid = s->envid[0] ? s->envid : NULL;
-        env.ret_full = s->ret_full;
+        env.ret_full = s->ret_full && !success_dsn_untrusted(s);
         env.eightbit = s->body_8bit || s->md.eightbit;
         env.client = s->c->peer_ip;
         env.auth_user = s->auth_user[0] ? s->auth_user : NULL;

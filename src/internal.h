@@ -786,6 +786,8 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* 1 if the peer offered DSN (RFC 3461): it takes NOTIFY and reports itself. */
+int smtpc_peer_dsn(const struct smtpc *s);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 

@@ -268,7 +268,8 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
         log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
     else
         log_info("%s: sender notification (%s): %s", m->qid,
-                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay" : "success",
+                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay"
+                 : rcpts[0].action == DSN_RELAYED ? "relayed" : "success",
                  env.qid);
     store_body_free(b);
     queue_kick();
@@ -279,7 +280,7 @@ static void flush_notes(struct hop *h, const struct store_out_msg *m)
     struct dsn_rcpt r[64];
     size_t n = 0;
 
-    for (int action = DSN_FAILED; action <= DSN_DELIVERED; action++) {
+    for (int action = DSN_FAILED; action <= DSN_RELAYED; action++) {
         n = 0;
         for (size_t i = 0; i < h->nnotes && n < MN_NELEM(r); i++) {
             struct dsn_note *x = &h->notes[i];
@@ -380,8 +381,12 @@ static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int
         store_rcpt_set(r->id, RCPT_DELIVERED, 0, text);
         h->delivered++;
         log_info("%s: to=<%s> relay=%s status=sent (%s)", m->qid, r->addr, h->peer, text);
-        if (r->notify & NOTIFY_SUCCESS)
-            note(h, m->id, DSN_DELIVERED, r, status, text);
+        /* RFC 3461 6.2: a next hop that offers DSN got NOTIFY with the
+         * recipient and reports itself; one that does not gets the mail,
+         * and the sender a "relayed" notice from us (never "delivered",
+         * which only the final delivery says).  Never both. */
+        if ((r->notify & NOTIFY_SUCCESS) && !(r->notify & NOTIFY_NEVER) && !smtpc_peer_dsn(h->sc))
+            note(h, m->id, DSN_RELAYED, r, status, text);
     } else if (code / 100 == 4) {
         /* Held mail stays held for the next request; queued mail waits. */
         store_rcpt_set(r->id, RCPT_QUEUED, h->kind == ROUTE_HOLD ? 0 : rcpt_retry_at(r->attempts), text);

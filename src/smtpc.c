@@ -959,6 +959,11 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     return s;
 }
 
+int smtpc_peer_dsn(const struct smtpc *s)
+{
+    return s && s->dsn;
+}
+
 void smtpc_abort(struct smtpc *s)
 {
     if (!s || s->ended)

@@ -1059,6 +1059,22 @@ static void message_committed(void *arg, int rc)
     conn_flush(s->c);
 }
 
+/* A success notification carries the message back to its sender; with
+ * RET=FULL from a client that neither authenticated nor is in
+ * relay_networks, that sender may be anyone (a forged MAIL FROM), and the
+ * notification would relay the content to it.  Such a message is kept
+ * with RET=HDRS (RFC 3461 4.3 leaves the amount returned to the MTA's
+ * policy), for every notification about it and when passed on. */
+static int success_dsn_untrusted(const struct smtpd *s)
+{
+    if (s->auth_user[0] || conf_relay_allowed(&s->c->peer))
+        return 0;
+    for (size_t i = 0; i < s->nrcpt; i++)
+        if (s->rcpts[i].notify & NOTIFY_SUCCESS)
+            return 1;
+    return 0;
+}
+
 static void message_end(struct smtpd *s)
 {
     struct store_env env;
@@ -1075,7 +1091,7 @@ static void message_end(struct smtpd *s)
         util_strlcpy(env.qid, s->qid, sizeof env.qid);
         env.sender = s->sender;
         env.envid = s->envid[0] ? s->envid : NULL;
-        env.ret_full = s->ret_full;
+        env.ret_full = s->ret_full && !success_dsn_untrusted(s);
         env.eightbit = s->body_8bit || s->md.eightbit;
         env.client = s->c->peer_ip;
         env.auth_user = s->auth_user[0] ? s->auth_user : NULL;

@@ -279,4 +279,65 @@ def no_bare_line_break_leaves():
                 check('export_maildir_no_bare_cr_%s' % os.path.basename(f)[:12], not bare_cr(data), data[:200])
 
 
+# --------------------------------------------- 3. success DSNs relay nothing
+
+SECRET = 'the-whole-secret-content-line'
+
+
+def dsn_case(site_dsn):
+    """An unauthenticated client outside relay_networks asks for a success
+    notice with RET=FULL to a forged sender; the held mail is released to
+    a site with or without DSN.  Returns (site sink messages, notices that
+    reached the forged sender's side)."""
+    with Sink(dsn=site_dsn) as site, Sink() as far:
+        conf = {'relay_networks': '10.255.255.0/24', 'relayhost': '127.0.0.1:%d' % far.port,
+                'retry.initial': '1s'}
+        with Node(conf=conf) as n:
+            add_hold(n, SITE, host='127.0.0.1:%d' % site.port)
+            with n.raw('smtp') as c:
+                c.recv_reply()
+                c.cmd('EHLO attacker.test')
+                r = c.cmd('MAIL FROM:<victim@remote.test> RET=FULL')
+                check('dsn_%s_mail_ok' % site_dsn, r.code == 250, r.raw)
+                r = c.cmd('RCPT TO:<someone@%s> NOTIFY=SUCCESS' % SITE)
+                check('dsn_%s_rcpt_ok' % site_dsn, r.code == 250, r.raw)
+                c.cmd('DATA')
+                c.send('Subject: spam\r\n\r\n%s\r\n.\r\n' % SECRET)
+                check('dsn_%s_accepted' % site_dsn, c.recv_reply().code == 250)
+                c.cmd('QUIT')
+            r = etrn(n, SITE)
+            check('dsn_%s_etrn' % site_dsn, r.code in (250, 253), r.raw)
+            site.wait_for(1, timeout=15)
+            # whatever notice there is goes out through the relayhost
+            far.wait_for(1, timeout=5)
+            time.sleep(0.5)
+            return list(site.messages), list(far.messages), n.log()
+
+
+@test
+def success_dsn_to_dsn_capable_site():
+    site, notices, log = dsn_case(True)
+    check('dsn_capable_delivered', len(site) == 1, len(site))
+    if site:
+        m = site[0]
+        check('dsn_capable_notify_passed_on',
+              m.rcpt_params and m.rcpt_params[0].get('NOTIFY', '').upper() == 'SUCCESS', m.rcpt_params)
+        check('dsn_capable_ret_hdrs', m.mail_params.get('RET', '').upper() == 'HDRS', m.mail_params)
+    check('dsn_capable_no_notice_from_us', not notices,
+          [n.data[:400] for n in notices])
+
+
+@test
+def success_dsn_to_plain_site_is_relayed_headers_only():
+    site, notices, log = dsn_case(False)
+    check('dsn_plain_delivered', len(site) == 1, len(site))
+    check('dsn_plain_one_notice', len(notices) == 1, len(notices))
+    if notices:
+        d = notices[0]
+        check('dsn_plain_to_sender', d.rcpts == ['victim@remote.test'] and d.mail_from == '', (d.mail_from, d.rcpts))
+        check('dsn_plain_action_relayed', re.search(rb'^Action: relayed', d.data, re.M | re.I), d.data[:800])
+        check('dsn_plain_not_delivered', not re.search(rb'^Action: delivered', d.data, re.M | re.I))
+        check('dsn_plain_no_content', SECRET.encode() not in d.data, d.data[-600:])
+
+
 harness.main()
