@@ -375,6 +375,26 @@ struct store_rcpt {
     char domain[SMTP_DOMAIN_MAX + 1];   /* destination (lower case) */
 };
 
+/* The recipients of one transaction, compact and without duplicates
+ * (rcpts.c).  Zero-initialised is empty. */
+struct rcpts_ent;
+struct rcpts {
+    unsigned char *arena;               /* the strings */
+    size_t used, cap;
+    struct rcpts_ent *ent;
+    size_t n, capn;
+};
+/* 1 added, 0 already there (the same local user or address), -1 no memory. */
+int rcpts_add(struct rcpts *l, const struct store_rcpt *r);
+int rcpts_has(const struct rcpts *l, const struct store_rcpt *r);
+void rcpts_get(const struct rcpts *l, size_t i, struct store_rcpt *r);
+const char *rcpts_addr(const struct rcpts *l, size_t i);
+int rcpts_kind(const struct rcpts *l, size_t i);
+int rcpts_notify(const struct rcpts *l, size_t i);
+struct store_rcpt *rcpts_expand(const struct rcpts *l);    /* malloc'd, n routes */
+size_t rcpts_bytes(const struct rcpts *l);
+void rcpts_clear(struct rcpts *l);
+
 /* Inserts the message, its queued recipients and its mailbox entries in
  * the current transaction.  b must be finished. */
 int store_msg_insert(const struct store_env *env, struct store_body *b,
@@ -10037,6 +10057,146 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     return 0;
 }
 
+/* ---- src/rcpts.c ---- */
+#line 1 "src/rcpts.c"
+/*
+ * rcpts.c: the recipients of one transaction, compact and without
+ * duplicates.
+ *
+ * A route (struct store_rcpt) has fixed fields sized for the longest
+ * address, about 800 bytes; a session holding max_recipients of them
+ * would cost close to a megabyte, and a hundred hostile sessions a
+ * hundred.  Here each recipient costs its strings plus a small index
+ * entry, and the full routes exist only while the message is written
+ * to the store.
+ *
+ * Duplicates are merged after alias expansion (RFC 5321 3.3 lets a
+ * server deliver one copy per mailbox): 1000 identical RCPT commands, or
+ * several aliases of one user, make one copy, and the recipient limit
+ * counts distinct recipients.
+ */
+
+
+#include <stdlib.h>
+#include <string.h>
+
+struct rcpts_ent {
+    int64_t user_id;
+    uint32_t off;                       /* addr, orcpt, domain: NUL-terminated, one after the other */
+    int16_t kind;
+    int16_t notify;
+};
+
+/* The same destination mailbox: one local user, or one address elsewhere. */
+static int same_route(const struct rcpts *l, const struct rcpts_ent *e, const struct store_rcpt *r)
+{
+    if (e->kind != r->kind)
+        return 0;
+    if (r->kind == ROUTE_LOCAL)
+        return e->user_id == r->user_id;
+    return !strcmp((const char *)l->arena + e->off, r->addr);
+}
+
+int rcpts_has(const struct rcpts *l, const struct store_rcpt *r)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (same_route(l, &l->ent[i], r))
+            return 1;
+    return 0;
+}
+
+int rcpts_add(struct rcpts *l, const struct store_rcpt *r)
+{
+    size_t la = strlen(r->addr) + 1, lo = strlen(r->orcpt) + 1, ld = strlen(r->domain) + 1;
+
+    if (rcpts_has(l, r))
+        return 0;
+    if (l->n == l->capn) {
+        size_t c = l->capn ? l->capn * 2 : 8;
+        void *p = realloc(l->ent, c * sizeof *l->ent);
+        if (!p)
+            return -1;
+        l->ent = p;
+        l->capn = c;
+    }
+    if (l->used + la + lo + ld > l->cap) {
+        size_t c = l->cap ? l->cap : 512;
+        while (c < l->used + la + lo + ld)
+            c *= 2;
+        if (c > UINT32_MAX)
+            return -1;
+        void *p = realloc(l->arena, c);
+        if (!p)
+            return -1;
+        l->arena = p;
+        l->cap = c;
+    }
+    struct rcpts_ent *e = &l->ent[l->n++];
+    e->user_id = r->user_id;
+    e->kind = (int16_t)r->kind;
+    e->notify = (int16_t)r->notify;
+    e->off = (uint32_t)l->used;
+    memcpy(l->arena + l->used, r->addr, la);
+    memcpy(l->arena + l->used + la, r->orcpt, lo);
+    memcpy(l->arena + l->used + la + lo, r->domain, ld);
+    l->used += la + lo + ld;
+    return 1;
+}
+
+void rcpts_get(const struct rcpts *l, size_t i, struct store_rcpt *r)
+{
+    const struct rcpts_ent *e = &l->ent[i];
+    const char *p = (const char *)l->arena + e->off;
+
+    memset(r, 0, sizeof *r);
+    r->kind = e->kind;
+    r->user_id = e->user_id;
+    r->notify = e->notify;
+    util_strlcpy(r->addr, p, sizeof r->addr);
+    p += strlen(p) + 1;
+    util_strlcpy(r->orcpt, p, sizeof r->orcpt);
+    p += strlen(p) + 1;
+    util_strlcpy(r->domain, p, sizeof r->domain);
+}
+
+const char *rcpts_addr(const struct rcpts *l, size_t i)
+{
+    return (const char *)l->arena + l->ent[i].off;
+}
+
+int rcpts_kind(const struct rcpts *l, size_t i)
+{
+    return l->ent[i].kind;
+}
+
+int rcpts_notify(const struct rcpts *l, size_t i)
+{
+    return l->ent[i].notify;
+}
+
+struct store_rcpt *rcpts_expand(const struct rcpts *l)
+{
+    struct store_rcpt *out = malloc((l->n ? l->n : 1) * sizeof *out);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < l->n; i++)
+        rcpts_get(l, i, &out[i]);
+    return out;
+}
+
+size_t rcpts_bytes(const struct rcpts *l)
+{
+    return l->cap + l->capn * sizeof *l->ent;
+}
+
+/* The memory goes back at once: an idle session holds none. */
+void rcpts_clear(struct rcpts *l)
+{
+    free(l->arena);
+    free(l->ent);
+    memset(l, 0, sizeof *l);
+}
+
 /* ---- src/ctl.c ---- */
 #line 1 "src/ctl.c"
 /*
@@ -14036,9 +14196,8 @@ struct smtpd {
     char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
     int ret_full;
     int body_8bit;
-    int nrcpt_cmds;                     /* RCPT commands accepted */
-    struct store_rcpt *rcpts;           /* routes after aliases */
-    size_t nrcpt, caprcpt;
+    int nrcpt_cmds;                     /* RCPT commands that added a recipient */
+    struct rcpts rcpts;                 /* distinct routes after aliases */
     struct store_body *body;
     struct mime_data md;
     int data_error;                     /* reply code decided while reading */
@@ -14116,7 +14275,7 @@ static void txn_reset(struct smtpd *s)
     s->qid[0] = s->sender[0] = s->envid[0] = '\0';
     s->ret_full = s->body_8bit = 0;
     s->nrcpt_cmds = 0;
-    s->nrcpt = 0;
+    rcpts_clear(&s->rcpts);
     s->data_error = 0;
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
@@ -14135,7 +14294,7 @@ static void smtpd_free(struct smtpd *s)
     timer_cancel(&s->timer);
     if (s->body)
         store_body_free(s->body);
-    free(s->rcpts);
+    rcpts_clear(&s->rcpts);
     free(s);
 }
 
@@ -14418,21 +14577,6 @@ static int parse_notify(const char *v)
     return bits;
 }
 
-static int rcpts_reserve(struct smtpd *s, size_t more)
-{
-    if (s->nrcpt + more <= s->caprcpt)
-        return 0;
-    size_t cap = s->caprcpt ? s->caprcpt : 4;
-    while (cap < s->nrcpt + more)
-        cap *= 2;
-    void *p = realloc(s->rcpts, cap * sizeof *s->rcpts);
-    if (!p)
-        return -1;
-    s->rcpts = p;
-    s->caprcpt = cap;
-    return 0;
-}
-
 static void cmd_rcpt(struct smtpd *s, char *arg)
 {
     struct addr a;
@@ -14440,7 +14584,8 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     const char *rest;
     int rc, n, notify = 0;
     const char *orcpt = "";
-    size_t nroutes, limit;
+    size_t nroutes, limit, cap;
+    struct store_rcpt *routes = NULL;
 
     rc = parse_path_arg(arg, "TO:", 0, &a, &rest);
     if (rc) {
@@ -14475,11 +14620,6 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
             return;
         }
     }
-    if (s->nrcpt_cmds >= conf->max_recipients) {
-        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
-        reply(s, "452 4.5.3 Too many recipients");
-        return;
-    }
     /* Relaying: only to our own domains, unless the client is trusted.
      * Addresses are taken literally: '%', '!' and source routes (already
      * dropped by the parser) never make a local domain relay anywhere. */
@@ -14489,38 +14629,68 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
         reply(s, "554 5.7.1 <%s>: Relay access denied", a.full);
         return;
     }
+    /* Routes for this address, in a buffer that lives only for this
+     * command: an alias may fan out, up to the distinct recipients still
+     * allowed. */
     limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
-    if (rcpts_reserve(s, limit < 64 ? limit : 64)) {
-        reply(s, "452 4.3.1 Insufficient system resources");
-        return;
+    limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
+    for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
+        free(routes);
+        routes = malloc(cap * sizeof *routes);
+        if (!routes) {
+            reply(s, "452 4.3.1 Insufficient system resources");
+            return;
+        }
+        rc = queue_route(&a, routes, cap, &nroutes);
+        if (rc != QUEUE_ETOOMANY || cap >= limit)
+            break;
     }
-    rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
-    if (rc == QUEUE_ETOOMANY && s->caprcpt < limit && !rcpts_reserve(s, limit))
-        rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
     switch (rc) {
     case 0:
         break;
     case QUEUE_EUNKNOWN:
+        free(routes);
         log_info("%s: refused: <%s>: no such user", s->qid, a.full);
         reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", a.full);
         return;
     case QUEUE_ELOOP:
+        free(routes);
         reply(s, "554 5.4.6 <%s>: Alias loop", a.full);
         return;
     case QUEUE_ETOOMANY:
+        free(routes);
         reply(s, "452 4.5.3 Too many recipients");
         return;
     default:
+        free(routes);
         reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
         return;
     }
-    for (size_t i = 0; i < nroutes; i++) {
-        struct store_rcpt *r = &s->rcpts[s->nrcpt + i];
-        r->notify = notify;
-        util_strlcpy(r->orcpt, orcpt, sizeof r->orcpt);
+    int fresh = 0;
+    for (size_t i = 0; i < nroutes; i++)
+        fresh += !rcpts_has(&s->rcpts, &routes[i]);
+    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
+        free(routes);
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
     }
-    s->nrcpt += nroutes;
-    s->nrcpt_cmds++;
+    int added = 0;
+    for (size_t i = 0; i < nroutes && added >= 0; i++) {
+        routes[i].notify = notify;
+        util_strlcpy(routes[i].orcpt, orcpt, sizeof routes[i].orcpt);
+        int r = rcpts_add(&s->rcpts, &routes[i]);
+        added = r < 0 ? -1 : added + r;
+    }
+    free(routes);
+    if (added < 0) {
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    /* A duplicate (after aliases) is accepted and merged: one copy, and
+     * it does not count against max_recipients. */
+    if (added)
+        s->nrcpt_cmds++;
     s->state = S_RCPT;
     reply(s, "250 2.1.5 Ok");
 }
@@ -14558,10 +14728,10 @@ static int start_body(struct smtpd *s)
         return -1;
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
-    if (s->nrcpt == 1)
+    if (s->rcpts.n == 1)
         n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
                         "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
-                        s->rcpts[0].addr, date);
+                        rcpts_addr(&s->rcpts, 0), date);
     else
         n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
                         "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
@@ -14996,13 +15166,14 @@ static void log_delivery(struct smtpd *s)
     log_info("%s: accepted from=<%s> size=%lld nrcpt=%d client=%s [%s]%s%s", s->qid, s->sender,
              (long long)s->md.size, s->nrcpt_cmds, s->helo, s->c->peer_ip,
              s->auth_user[0] ? " user=" : "", s->auth_user);
-    for (size_t i = 0; i < s->nrcpt; i++) {
-        const struct store_rcpt *r = &s->rcpts[i];
-        if (r->kind == ROUTE_LOCAL)
-            log_info("%s: to=<%s> delivered to mailbox", s->qid, r->addr);
+    for (size_t i = 0; i < s->rcpts.n; i++) {
+        struct store_rcpt r;
+        rcpts_get(&s->rcpts, i, &r);
+        if (r.kind == ROUTE_LOCAL)
+            log_info("%s: to=<%s> delivered to mailbox", s->qid, r.addr);
         else
-            log_info("%s: to=<%s> queued for %s%s", s->qid, r->addr, r->domain,
-                     r->kind == ROUTE_HOLD ? " (held)" : "");
+            log_info("%s: to=<%s> queued for %s%s", s->qid, r.addr, r.domain,
+                     r.kind == ROUTE_HOLD ? " (held)" : "");
     }
 }
 
@@ -15023,8 +15194,8 @@ static void message_committed(void *arg, int rc)
         s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
-        for (size_t i = 0; i < s->nrcpt; i++)
-            if (s->rcpts[i].kind == ROUTE_REMOTE) {
+        for (size_t i = 0; i < s->rcpts.n; i++)
+            if (rcpts_kind(&s->rcpts, i) == ROUTE_REMOTE) {
                 queue_kick();
                 break;
             }
@@ -15050,8 +15221,8 @@ static int success_dsn_untrusted(const struct smtpd *s)
 {
     if (s->auth_user[0] || conf_relay_allowed(&s->c->peer))
         return 0;
-    for (size_t i = 0; i < s->nrcpt; i++)
-        if (s->rcpts[i].notify & NOTIFY_SUCCESS)
+    for (size_t i = 0; i < s->rcpts.n; i++)
+        if (rcpts_notify(&s->rcpts, i) & NOTIFY_SUCCESS)
             return 1;
     return 0;
 }
@@ -15078,8 +15249,12 @@ static void message_end(struct smtpd *s)
         env.auth_user = s->auth_user[0] ? s->auth_user : NULL;
         env.size = s->body->size;
         int err = store_body_finish(s->body);
+        struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
+        if (!err && !routes)
+            err = STORE_ERR;
         if (!err)
-            err = store_msg_insert(&env, s->body, s->rcpts, s->nrcpt);
+            err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+        free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
     } else if (!rc) {

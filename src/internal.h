@@ -364,6 +364,26 @@ struct store_rcpt {
     char domain[SMTP_DOMAIN_MAX + 1];   /* destination (lower case) */
 };
 
+/* The recipients of one transaction, compact and without duplicates
+ * (rcpts.c).  Zero-initialised is empty. */
+struct rcpts_ent;
+struct rcpts {
+    unsigned char *arena;               /* the strings */
+    size_t used, cap;
+    struct rcpts_ent *ent;
+    size_t n, capn;
+};
+/* 1 added, 0 already there (the same local user or address), -1 no memory. */
+int rcpts_add(struct rcpts *l, const struct store_rcpt *r);
+int rcpts_has(const struct rcpts *l, const struct store_rcpt *r);
+void rcpts_get(const struct rcpts *l, size_t i, struct store_rcpt *r);
+const char *rcpts_addr(const struct rcpts *l, size_t i);
+int rcpts_kind(const struct rcpts *l, size_t i);
+int rcpts_notify(const struct rcpts *l, size_t i);
+struct store_rcpt *rcpts_expand(const struct rcpts *l);    /* malloc'd, n routes */
+size_t rcpts_bytes(const struct rcpts *l);
+void rcpts_clear(struct rcpts *l);
+
 /* Inserts the message, its queued recipients and its mailbox entries in
  * the current transaction.  b must be finished. */
 int store_msg_insert(const struct store_env *env, struct store_body *b,

@@ -55,9 +55,8 @@ struct smtpd {
     char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
     int ret_full;
     int body_8bit;
-    int nrcpt_cmds;                     /* RCPT commands accepted */
-    struct store_rcpt *rcpts;           /* routes after aliases */
-    size_t nrcpt, caprcpt;
+    int nrcpt_cmds;                     /* RCPT commands that added a recipient */
+    struct rcpts rcpts;                 /* distinct routes after aliases */
     struct store_body *body;
     struct mime_data md;
     int data_error;                     /* reply code decided while reading */
@@ -135,7 +134,7 @@ static void txn_reset(struct smtpd *s)
     s->qid[0] = s->sender[0] = s->envid[0] = '\0';
     s->ret_full = s->body_8bit = 0;
     s->nrcpt_cmds = 0;
-    s->nrcpt = 0;
+    rcpts_clear(&s->rcpts);
     s->data_error = 0;
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
@@ -154,7 +153,7 @@ static void smtpd_free(struct smtpd *s)
     timer_cancel(&s->timer);
     if (s->body)
         store_body_free(s->body);
-    free(s->rcpts);
+    rcpts_clear(&s->rcpts);
     free(s);
 }
 
@@ -437,21 +436,6 @@ static int parse_notify(const char *v)
     return bits;
 }
 
-static int rcpts_reserve(struct smtpd *s, size_t more)
-{
-    if (s->nrcpt + more <= s->caprcpt)
-        return 0;
-    size_t cap = s->caprcpt ? s->caprcpt : 4;
-    while (cap < s->nrcpt + more)
-        cap *= 2;
-    void *p = realloc(s->rcpts, cap * sizeof *s->rcpts);
-    if (!p)
-        return -1;
-    s->rcpts = p;
-    s->caprcpt = cap;
-    return 0;
-}
-
 static void cmd_rcpt(struct smtpd *s, char *arg)
 {
     struct addr a;
@@ -459,7 +443,8 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     const char *rest;
     int rc, n, notify = 0;
     const char *orcpt = "";
-    size_t nroutes, limit;
+    size_t nroutes, limit, cap;
+    struct store_rcpt *routes = NULL;
 
     rc = parse_path_arg(arg, "TO:", 0, &a, &rest);
     if (rc) {
@@ -494,11 +479,6 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
             return;
         }
     }
-    if (s->nrcpt_cmds >= conf->max_recipients) {
-        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
-        reply(s, "452 4.5.3 Too many recipients");
-        return;
-    }
     /* Relaying: only to our own domains, unless the client is trusted.
      * Addresses are taken literally: '%', '!' and source routes (already
      * dropped by the parser) never make a local domain relay anywhere. */
@@ -508,38 +488,68 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
         reply(s, "554 5.7.1 <%s>: Relay access denied", a.full);
         return;
     }
+    /* Routes for this address, in a buffer that lives only for this
+     * command: an alias may fan out, up to the distinct recipients still
+     * allowed. */
     limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
-    if (rcpts_reserve(s, limit < 64 ? limit : 64)) {
-        reply(s, "452 4.3.1 Insufficient system resources");
-        return;
+    limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
+    for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
+        free(routes);
+        routes = malloc(cap * sizeof *routes);
+        if (!routes) {
+            reply(s, "452 4.3.1 Insufficient system resources");
+            return;
+        }
+        rc = queue_route(&a, routes, cap, &nroutes);
+        if (rc != QUEUE_ETOOMANY || cap >= limit)
+            break;
     }
-    rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
-    if (rc == QUEUE_ETOOMANY && s->caprcpt < limit && !rcpts_reserve(s, limit))
-        rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
     switch (rc) {
     case 0:
         break;
     case QUEUE_EUNKNOWN:
+        free(routes);
         log_info("%s: refused: <%s>: no such user", s->qid, a.full);
         reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", a.full);
         return;
     case QUEUE_ELOOP:
+        free(routes);
         reply(s, "554 5.4.6 <%s>: Alias loop", a.full);
         return;
     case QUEUE_ETOOMANY:
+        free(routes);
         reply(s, "452 4.5.3 Too many recipients");
         return;
     default:
+        free(routes);
         reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
         return;
     }
-    for (size_t i = 0; i < nroutes; i++) {
-        struct store_rcpt *r = &s->rcpts[s->nrcpt + i];
-        r->notify = notify;
-        util_strlcpy(r->orcpt, orcpt, sizeof r->orcpt);
+    int fresh = 0;
+    for (size_t i = 0; i < nroutes; i++)
+        fresh += !rcpts_has(&s->rcpts, &routes[i]);
+    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
+        free(routes);
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
     }
-    s->nrcpt += nroutes;
-    s->nrcpt_cmds++;
+    int added = 0;
+    for (size_t i = 0; i < nroutes && added >= 0; i++) {
+        routes[i].notify = notify;
+        util_strlcpy(routes[i].orcpt, orcpt, sizeof routes[i].orcpt);
+        int r = rcpts_add(&s->rcpts, &routes[i]);
+        added = r < 0 ? -1 : added + r;
+    }
+    free(routes);
+    if (added < 0) {
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    /* A duplicate (after aliases) is accepted and merged: one copy, and
+     * it does not count against max_recipients. */
+    if (added)
+        s->nrcpt_cmds++;
     s->state = S_RCPT;
     reply(s, "250 2.1.5 Ok");
 }
@@ -577,10 +587,10 @@ static int start_body(struct smtpd *s)
         return -1;
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
-    if (s->nrcpt == 1)
+    if (s->rcpts.n == 1)
         n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
                         "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
-                        s->rcpts[0].addr, date);
+                        rcpts_addr(&s->rcpts, 0), date);
     else
         n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
                         "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
@@ -1015,13 +1025,14 @@ static void log_delivery(struct smtpd *s)
     log_info("%s: accepted from=<%s> size=%lld nrcpt=%d client=%s [%s]%s%s", s->qid, s->sender,
              (long long)s->md.size, s->nrcpt_cmds, s->helo, s->c->peer_ip,
              s->auth_user[0] ? " user=" : "", s->auth_user);
-    for (size_t i = 0; i < s->nrcpt; i++) {
-        const struct store_rcpt *r = &s->rcpts[i];
-        if (r->kind == ROUTE_LOCAL)
-            log_info("%s: to=<%s> delivered to mailbox", s->qid, r->addr);
+    for (size_t i = 0; i < s->rcpts.n; i++) {
+        struct store_rcpt r;
+        rcpts_get(&s->rcpts, i, &r);
+        if (r.kind == ROUTE_LOCAL)
+            log_info("%s: to=<%s> delivered to mailbox", s->qid, r.addr);
         else
-            log_info("%s: to=<%s> queued for %s%s", s->qid, r->addr, r->domain,
-                     r->kind == ROUTE_HOLD ? " (held)" : "");
+            log_info("%s: to=<%s> queued for %s%s", s->qid, r.addr, r.domain,
+                     r.kind == ROUTE_HOLD ? " (held)" : "");
     }
 }
 
@@ -1042,8 +1053,8 @@ static void message_committed(void *arg, int rc)
         s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
-        for (size_t i = 0; i < s->nrcpt; i++)
-            if (s->rcpts[i].kind == ROUTE_REMOTE) {
+        for (size_t i = 0; i < s->rcpts.n; i++)
+            if (rcpts_kind(&s->rcpts, i) == ROUTE_REMOTE) {
                 queue_kick();
                 break;
             }
@@ -1069,8 +1080,8 @@ static int success_dsn_untrusted(const struct smtpd *s)
 {
     if (s->auth_user[0] || conf_relay_allowed(&s->c->peer))
         return 0;
-    for (size_t i = 0; i < s->nrcpt; i++)
-        if (s->rcpts[i].notify & NOTIFY_SUCCESS)
+    for (size_t i = 0; i < s->rcpts.n; i++)
+        if (rcpts_notify(&s->rcpts, i) & NOTIFY_SUCCESS)
             return 1;
     return 0;
 }
@@ -1097,8 +1108,12 @@ static void message_end(struct smtpd *s)
         env.auth_user = s->auth_user[0] ? s->auth_user : NULL;
         env.size = s->body->size;
         int err = store_body_finish(s->body);
+        struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
+        if (!err && !routes)
+            err = STORE_ERR;
         if (!err)
-            err = store_msg_insert(&env, s->body, s->rcpts, s->nrcpt);
+            err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+        free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
     } else if (!rc) {

@@ -340,4 +340,74 @@ def success_dsn_to_plain_site_is_relayed_headers_only():
         check('dsn_plain_no_content', SECRET.encode() not in d.data, d.data[-600:])
 
 
+# ------------------------------------------- 4. duplicates make one copy
+
+def pop3_stat(n, user, pw=PW):
+    p = n.pop3()
+    try:
+        p.user(user)
+        p.pass_(pw)
+        return p.stat()
+    finally:
+        p.quit()
+
+
+def pipelined_rcpts(n, rcpts, body=b'Subject: dup\r\n\r\nhello\r\n'):
+    """One transaction with every RCPT pipelined; returns the RCPT codes
+    and the final reply code."""
+    with n.raw('smtp', timeout=30) as c:
+        c.recv_reply()
+        c.cmd('EHLO client.test')
+        cmds = b'MAIL FROM:<alice@remote.test>\r\n' + b''.join(
+            b'RCPT TO:<%s>\r\n' % r.encode() for r in rcpts) + b'DATA\r\n'
+        c.send(cmds)
+        c.recv_reply()
+        codes = [c.recv_reply().code for _ in rcpts]
+        data = c.recv_reply()
+        if data.code != 354:
+            return codes, data.code
+        c.send(body + b'.\r\n')
+        final = c.recv_reply().code
+        c.cmd('QUIT')
+        return codes, final
+
+
+@test
+def duplicate_rcpts_one_copy():
+    with Sink() as sink:
+        with Node(conf={'relayhost': '127.0.0.1:%d' % sink.port, 'max_recipients': 5,
+                        'retry.initial': '1s'}) as n:
+            add_user(n, 'bob')
+            add_user(n, 'carol')
+            n.cli('alias', 'add', 'robert', 'bob')
+            n.cli('alias', 'add', 'team', 'bob,carol')
+            rcpts = ['bob@example.test'] * 1000
+            codes, final = pipelined_rcpts(n, rcpts)
+            check('dup_1000_all_250', codes.count(250) == 1000, sorted(set(codes)))
+            check('dup_1000_accepted', final == 250, final)
+            count, size = pop3_stat(n, 'bob')
+            check('dup_1000_one_copy', count == 1, 'STAT %d messages, %d octets' % (count, size))
+            # aliases and case variants of one mailbox, and a remote
+            # address repeated: one copy each; the limit (5) counts
+            # distinct recipients only
+            rcpts = (['bob@example.test', 'robert@example.test', 'BOB@example.test', 'team@example.test',
+                      'carol@example.test'] * 20 + ['far@remote.test'] * 30 +
+                     ['d%d@remote.test' % i for i in range(2)] * 3)
+            codes, final = pipelined_rcpts(n, rcpts)
+            check('dup_mixed_all_250', codes.count(250) == len(rcpts),
+                  [(r, c) for r, c in zip(rcpts, codes) if c != 250][:5])
+            check('dup_mixed_accepted', final == 250, final)
+            check('dup_mixed_bob_one_more', pop3_stat(n, 'bob')[0] == 2, pop3_stat(n, 'bob'))
+            check('dup_mixed_carol_one', pop3_stat(n, 'carol')[0] == 1, pop3_stat(n, 'carol'))
+            sink.wait_for(1, timeout=15)
+            time.sleep(0.5)
+            got = [r for m in sink.messages for r in m.rcpts]
+            check('dup_remote_once', sorted(got) == sorted(['far@remote.test', 'd0@remote.test',
+                                                             'd1@remote.test']), got)
+            # a sixth distinct recipient is over the limit
+            codes, final = pipelined_rcpts(n, ['x%d@remote.test' % i for i in range(6)] + ['x0@remote.test'])
+            check('dup_limit_counts_distinct', codes[:5] == [250] * 5 and codes[5] == 452 and codes[6] == 250,
+                  codes)
+
+
 harness.main()
