@@ -429,7 +429,6 @@ MN_PRIVATE const char *rcpts_addr(const struct rcpts *l, size_t i);
 MN_PRIVATE int rcpts_kind(const struct rcpts *l, size_t i);
 MN_PRIVATE int rcpts_notify(const struct rcpts *l, size_t i);
 MN_PRIVATE struct store_rcpt *rcpts_expand(const struct rcpts *l);    /* malloc'd, n routes */
-MN_PRIVATE size_t rcpts_bytes(const struct rcpts *l);
 MN_PRIVATE void rcpts_clear(struct rcpts *l);
 
 /* Inserts the message, its queued recipients and its mailbox entries in
@@ -10347,11 +10346,6 @@ struct store_rcpt *rcpts_expand(const struct rcpts *l)
     for (size_t i = 0; i < l->n; i++)
         rcpts_get(l, i, &out[i]);
     return out;
-}
-
-size_t rcpts_bytes(const struct rcpts *l)
-{
-    return l->cap + l->capn * sizeof *l->ent;
 }
 
 /* The memory goes back at once: an idle session holds none. */

@@ -414,7 +414,6 @@ const char *rcpts_addr(const struct rcpts *l, size_t i);
 int rcpts_kind(const struct rcpts *l, size_t i);
 int rcpts_notify(const struct rcpts *l, size_t i);
 struct store_rcpt *rcpts_expand(const struct rcpts *l);    /* malloc'd, n routes */
-size_t rcpts_bytes(const struct rcpts *l);
 void rcpts_clear(struct rcpts *l);
 
 /* Inserts the message, its queued recipients and its mailbox entries in

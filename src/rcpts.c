@@ -123,11 +123,6 @@ struct store_rcpt *rcpts_expand(const struct rcpts *l)
     return out;
 }
 
-size_t rcpts_bytes(const struct rcpts *l)
-{
-    return l->cap + l->capn * sizeof *l->ent;
-}
-
 /* The memory goes back at once: an idle session holds none. */
 void rcpts_clear(struct rcpts *l)
 {
