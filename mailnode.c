@@ -18145,6 +18145,7 @@ int imap_set_has(const struct imap_set *set, uint32_t v, uint32_t star)
     return 0;
 }
 
+/* 1 for a message number that does not exist. */
 int imap_set_resolve(const struct imap *s, const struct imap_set *set, int uid, size_t **idx, size_t *n)
 {
     size_t cnt = s->v.n, k = 0;
@@ -18159,7 +18160,7 @@ int imap_set_resolve(const struct imap *s, const struct imap_set *set, int uid, 
         for (size_t i = 0; i < set->n; i++)
             for (int j = 0; j < 2; j++)
                 if (set->r[i][j] != SET_STAR && set->r[i][j] > cnt)
-                    return -1;
+                    return 1;
     if (!cnt)
         return 0;
     v = malloc(cnt * sizeof *v);
@@ -19435,7 +19436,7 @@ void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
     imap_set_free(&set);
     if (r) {
         free(j);
-        imap_tagged(s, r == STORE_ERR ? "NO [UNAVAILABLE] out of memory" : "BAD invalid message number");
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
         return;
     }
     s->job = j;
@@ -19518,7 +19519,7 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
     int r = imap_set_resolve(s, &set, uid, &idx, &n);
     imap_set_free(&set);
     if (r) {
-        imap_tagged(s, r == STORE_ERR ? "NO [UNAVAILABLE] out of memory" : "BAD invalid message number");
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
         return;
     }
     if (n && (err = store_folder_bump(s->user_id, s->v.f.key, &modseq)) == 0 && modseq - 1 == s->v.modseq)
@@ -19604,7 +19605,7 @@ void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
     int r = imap_set_resolve(s, &set, uid, &idx, &n);
     imap_set_free(&set);
     if (r) {
-        imap_tagged(s, r == STORE_ERR ? "NO [UNAVAILABLE] out of memory" : "BAD invalid message number");
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
         return;
     }
     src = malloc((n ? n : 1) * sizeof *src);

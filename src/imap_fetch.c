@@ -749,7 +749,7 @@ void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
     imap_set_free(&set);
     if (r) {
         free(j);
-        imap_tagged(s, r == STORE_ERR ? "NO [UNAVAILABLE] out of memory" : "BAD invalid message number");
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
         return;
     }
     s->job = j;
@@ -832,7 +832,7 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
     int r = imap_set_resolve(s, &set, uid, &idx, &n);
     imap_set_free(&set);
     if (r) {
-        imap_tagged(s, r == STORE_ERR ? "NO [UNAVAILABLE] out of memory" : "BAD invalid message number");
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
         return;
     }
     if (n && (err = store_folder_bump(s->user_id, s->v.f.key, &modseq)) == 0 && modseq - 1 == s->v.modseq)
@@ -918,7 +918,7 @@ void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
     int r = imap_set_resolve(s, &set, uid, &idx, &n);
     imap_set_free(&set);
     if (r) {
-        imap_tagged(s, r == STORE_ERR ? "NO [UNAVAILABLE] out of memory" : "BAD invalid message number");
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
         return;
     }
     src = malloc((n ? n : 1) * sizeof *src);

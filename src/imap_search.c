@@ -99,6 +99,7 @@ int imap_set_has(const struct imap_set *set, uint32_t v, uint32_t star)
     return 0;
 }
 
+/* 1 for a message number that does not exist. */
 int imap_set_resolve(const struct imap *s, const struct imap_set *set, int uid, size_t **idx, size_t *n)
 {
     size_t cnt = s->v.n, k = 0;
@@ -113,7 +114,7 @@ int imap_set_resolve(const struct imap *s, const struct imap_set *set, int uid, 
         for (size_t i = 0; i < set->n; i++)
             for (int j = 0; j < 2; j++)
                 if (set->r[i][j] != SET_STAR && set->r[i][j] > cnt)
-                    return -1;
+                    return 1;
     if (!cnt)
         return 0;
     v = malloc(cnt * sizeof *v);
