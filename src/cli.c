@@ -193,6 +193,11 @@ int cli_run(int argc, char **argv)
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
         return EX_OSERR;
     }
+    if (conf->listen[LISTEN_IMAPS][0] && (!conf->tls_cert[0] || !conf->tls_key[0])) {
+        fprintf(stderr, "mailnode: listen.imaps needs tls.cert and tls.key\n");
+        loop_free();
+        return EX_CONFIG;
+    }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err) ||
