@@ -178,7 +178,7 @@ int cli_run(int argc, char **argv)
     if (wants_help(argc, argv) || argc > 1) {
         fprintf(argc > 1 && !wants_help(argc, argv) ? stderr : stdout,
                 "usage: mailnode [-c FILE] run\n"
-                "Serves SMTP, submission, POP3 and ODMR (the listen.* keys) and delivers\n"
+                "Serves SMTP, submission, POP3, IMAP and ODMR (the listen.* keys) and delivers\n"
                 "queued mail, in the foreground until SIGTERM.\n"
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
@@ -209,6 +209,8 @@ int cli_run(int argc, char **argv)
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_IMAP], LISTEN_IMAP, imap_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_IMAPS], LISTEN_IMAPS, imap_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         loop_free();
@@ -239,6 +241,7 @@ int cli_run(int argc, char **argv)
     loop_set_turn_hook(daemon_turn);
     store_set_busy_hint(smtpd_busy);
     queue_start();
+    imap_start();
     if (poll_start()) {
         rc = EX_CONFIG;
         goto out_loop;
@@ -256,6 +259,7 @@ int cli_run(int argc, char **argv)
     log_info("stopping");
     link_watch_stop();
     ctl_stop();
+    imap_stop();
     queue_stop();
     store_turn_end();
 out_loop:

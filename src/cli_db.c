@@ -191,7 +191,7 @@ void cli_db_lock_note(int fd)
     char text[4096];
     int len = snprintf(text, sizeof text, "pid %ld\nstarted %lld\nversion %s\n", (long)getpid(),
                        (long long)util_now(), MAILNODE_VERSION);
-    static const char *const kinds[LISTEN_N] = { "smtp", "submission", "odmr", "pop3" };
+    static const char *const kinds[LISTEN_N] = { "smtp", "submission", "odmr", "pop3", "imap", "imaps" };
 
     for (int i = 0; i < LISTEN_N && len > 0 && (size_t)len < sizeof text; i++)
         if (conf->listen[i][0])

@@ -61,6 +61,8 @@ conf() {
         echo "listen.submission ="
         echo "listen.pop3 ="
         echo "listen.odmr ="
+        echo "listen.imap ="
+        echo "listen.imaps ="
         for kv in "$@"; do echo "${kv%%=*} = ${kv#*=}"; done
     } >"$f"
 }
@@ -132,14 +134,14 @@ fi
 # --- one configuration check, for every command -----------------------------------
 
 # bad KEY=VALUE NAME PATTERN: every command refuses it with exit 78 and
-# FILE:LINE: key (the key is on line 7: after the six lines conf writes).
+# FILE:LINE: key (the key is on line 9: after the eight lines conf writes).
 bad() {
     local kv=$1 name=$2 pat=$3 key=${1%%=*}
     conf "$T/bad.conf" "database=$T/bad.db" "$kv"
     for cmd in "run" "status" "queue list" "user list" "sendmail" "flush" "poll"; do
         # shellcheck disable=SC2086
         out=$(timeout 20 "$BIN" -c "$T/bad.conf" $cmd root </dev/null 2>&1); rc=$?
-        expect "conf_${name}_${cmd// /_}" 78 "$rc" "$out" "$T/bad.conf:7: $key: $pat"
+        expect "conf_${name}_${cmd// /_}" 78 "$rc" "$out" "$T/bad.conf:9: $key: $pat"
     done
 }
 bad "listen.smtp=localhost:25" listen "not addr:port"
@@ -157,7 +159,7 @@ bad "resolver=dns.example" resolver "not a numeric"
 echo "not a certificate" >"$T/bad.pem"
 conf "$T/badcert.conf" "database=$T/badcert.db" "tls.cert=$T/bad.pem" "listen.smtp=127.0.0.1:$(free_port)"
 out=$(timeout 20 "$BIN" -c "$T/badcert.conf" run 2>&1); rc=$?
-expect conf_bad_certificate_run 78 "$rc" "$out" "$T/badcert.conf:7: tls.cert: tls.cert $T/bad.pem"
+expect conf_bad_certificate_run 78 "$rc" "$out" "$T/badcert.conf:9: tls.cert: tls.cert $T/bad.pem"
 
 # Comments after white space, in every key.
 conf "$T/comment.conf" "database=$T/comment.db # the spool" "local_domains=ours.example # ours" \
