@@ -30,6 +30,8 @@ static struct {
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
     int commit_soon;                    /* commit at the end of this turn */
+    int outcomes;                       /* delivery outcomes not yet committed */
+    int64_t first_outcome_ms;           /* when the oldest of them was written */
     int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
@@ -39,6 +41,7 @@ static struct {
 } S;
 
 static struct timer commit_timer = { .idx = -1 };
+static struct timer outcome_timer = { .idx = -1 };
 
 static void commit_due(void *arg)
 {
@@ -85,6 +88,37 @@ static const char *const migrations[] = {
     "CREATE INDEX message_received ON message(received);",
     /* 3: small named facts. */
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated INTEGER NOT NULL);",
+    /* 4: the queue as the scheduler walks it.  Only recipients still
+     * queued are indexed (a delivered one leaves the indexes instead of
+     * moving inside them), in the order they are picked: (next_try,
+     * message_id) per destination, and across destinations for the
+     * smarthost.  Counts that `queue count` and `status` show are kept
+     * by triggers, so reading them costs the same at any queue size. */
+    "DROP INDEX rcpt_due;"
+    "DROP INDEX rcpt_next;"
+    "CREATE INDEX rcpt_pick ON rcpt(kind, dest, next_try, message_id) WHERE state=0;"
+    "CREATE INDEX rcpt_any ON rcpt(kind, next_try, message_id) WHERE state=0;"
+    "CREATE TABLE tally(name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO tally VALUES ('msgs', (SELECT count(*) FROM message)),"
+    " ('rcpts', (SELECT count(*) FROM rcpt WHERE state=0)),"
+    " ('held', (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3)),"
+    " ('mbox', (SELECT count(*) FROM mbox));"
+    "CREATE TRIGGER message_in AFTER INSERT ON message BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER message_out AFTER DELETE ON message BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER mbox_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER mbox_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER rcpt_in AFTER INSERT ON rcpt WHEN new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;"
+    "CREATE TRIGGER rcpt_out AFTER DELETE ON rcpt WHEN old.state=0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
 };
 
 sqlite3 *store_db(void)
@@ -221,6 +255,7 @@ void store_close(void)
     if (!S.db)
         return;
     timer_cancel(&commit_timer);
+    timer_cancel(&outcome_timer);
     if (S.in_txn)
         store_rollback();
     for (int i = 0; i < S.n_slots; i++) {
@@ -293,6 +328,8 @@ void store_rollback(void)
     static sqlite3_stmt *st;
     if (!S.in_txn)
         return;
+    /* Outcomes lost with it: those messages are sent again (at-least-once). */
+    S.outcomes = 0;
     if (store_stmt(&st, "ROLLBACK")) {
         sqlite3_step(st);
         sqlite3_reset(st);
@@ -325,6 +362,8 @@ static int commit(void)
         return store_rc(rc);
     }
     S.in_txn = 0;
+    S.outcomes = 0;
+    timer_cancel(&outcome_timer);
     return 0;
 fail:
     store_rollback();
@@ -377,6 +416,34 @@ void store_commit_soon(void)
     S.commit_soon = 1;
 }
 
+/* Delivery outcomes (a peer's 250, 4xx, 5xx) are not acknowledged to
+ * anyone, so they need not be durable at once: losing them in a crash
+ * only sends those messages again.  Committing each alone cost one fsync
+ * per delivered message; batching them bounds both the fsyncs and the
+ * duplicates a crash can cause (STORE_OUTCOME_BATCH plus what was in
+ * flight on the wire). */
+static void outcome_due(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
+void store_outcome(void)
+{
+    int64_t now = util_now_ms();
+    if (!S.outcomes++) {
+        S.first_outcome_ms = now;
+        if (S.mode == STORE_DAEMON)
+            timer_set(&outcome_timer, STORE_OUTCOME_MS, outcome_due, NULL);
+    }
+    if (S.outcomes >= STORE_OUTCOME_BATCH)
+        S.commit_soon = 1;
+}
+
+static int outcomes_due(int64_t now)
+{
+    return S.outcomes && (S.outcomes >= STORE_OUTCOME_BATCH || now - S.first_outcome_ms >= STORE_OUTCOME_MS);
+}
+
 void store_set_busy_hint(int (*fn)(void))
 {
     busy_hint = fn;
@@ -396,7 +463,7 @@ void store_turn_end(void)
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && !S.commit_soon && now - S.txn_started < 500)
+        if (!S.n_acks && !S.commit_soon && !outcomes_due(now) && now - S.txn_started < 500)
             return;
         if (S.n_acks && busy_hint && busy_hint() > 0) {
             /* Wait up to one commit's duration (0.1 ms granularity). */
@@ -881,7 +948,7 @@ int64_t store_queue_count(void)
     static sqlite3_stmt *st;
     int64_t n = -1;
 
-    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0"))
+    if (!store_stmt(&st, "SELECT n FROM tally WHERE name='msgs'"))
         return -1;
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
@@ -895,10 +962,10 @@ int store_status(struct store_status *st)
     int rc;
 
     memset(st, 0, sizeof *st);
-    if (!store_stmt(&q, "SELECT (SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3),"
-                        " (SELECT count(*) FROM mbox), (SELECT count(*) FROM user)"))
+    if (!store_stmt(&q, "SELECT (SELECT n FROM tally WHERE name='msgs'),"
+                        " (SELECT n FROM tally WHERE name='rcpts'),"
+                        " (SELECT n FROM tally WHERE name='held'),"
+                        " (SELECT n FROM tally WHERE name='mbox'), (SELECT count(*) FROM user)"))
         return STORE_ERR;
     rc = sqlite3_step(q);
     if (rc == SQLITE_ROW) {
@@ -955,7 +1022,7 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     int rc;
 
     if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE rcpt.dest=dest.name AND state=0)"
+                        " (SELECT count(*) FROM rcpt WHERE kind IN (2,3) AND rcpt.dest=dest.name AND state=0)"
                         " FROM dest ORDER BY name"))
         return STORE_ERR;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {

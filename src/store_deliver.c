@@ -93,7 +93,11 @@ void store_out_free(struct store_out_msg *m)
     m->nrcpt = 0;
 }
 
-static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now)
+/* The recipients of m to hand out: due, of the kind, in the destination
+ * (domain NULL: any).  exact_try >= 0 keeps only those whose next_try is
+ * exactly that, i.e. the ones of the index entry that was picked: others
+ * of the same message have entries of their own further on. */
+static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now, int64_t exact_try)
 {
     static sqlite3_stmt *st;
     int rc;
@@ -103,13 +107,14 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
         return STORE_ERR;
     if (!store_stmt(&st, "SELECT id, addr, orcpt, notify, attempts FROM rcpt WHERE message_id=?1"
                          " AND state=0 AND kind=?4 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
-                         " ORDER BY id LIMIT " "100"))
+                         " AND (?5 < 0 OR next_try=?5) ORDER BY id LIMIT " "100"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, m->id);
     sqlite3_bind_int(st, 4, kind);
     sqlite3_bind_int64(st, 2, now);
     if (domain)
         sqlite3_bind_text(st, 3, domain, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, exact_try);
     m->nrcpt = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && m->nrcpt < STORE_OUT_RCPTS) {
         struct store_out_rcpt *r = &m->rcpts[m->nrcpt++];
@@ -131,19 +136,28 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
     return 0;
 }
 
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m)
+/* The pick walks the partial index rcpt_pick (or rcpt_any) from the
+ * cursor: one seek, then the first entry, whatever the queue's size.
+ * The cursor is (next_try, message_id), the index order, so a session
+ * never sees a message twice for the same entry, and mail that becomes
+ * due while it runs (new mail, a flush) sorts after the cursor. */
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
 {
     static sqlite3_stmt *by_dest, *any;
     sqlite3_stmt *st;
+    int64_t at;
     int rc;
 
     if (domain) {
-        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
+        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
                                   " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
-                                  " AND message_id>?3)");
+                                  " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                                  " JOIN message m ON m.id=r.message_id");
     } else {
-        st = store_stmt(&any, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
-                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2 AND message_id>?3)");
+        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
+                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2"
+                              " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                              " JOIN message m ON m.id=r.message_id");
     }
     if (!st)
         return STORE_ERR;
@@ -151,16 +165,21 @@ int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, 
     if (domain)
         sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_int64(st, 3, after_id);
+    sqlite3_bind_int64(st, 3, cur->msg_id);
+    sqlite3_bind_int64(st, 5, cur->next_try);
     rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW) {
         envelope_fill(st, m);
+        at = sqlite3_column_int64(st, 9);
+    }
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
         return 0;
     if (rc != SQLITE_ROW)
         return STORE_ERR;
-    if (rcpts_fill(m, domain, kind, now))
+    cur->next_try = at;
+    cur->msg_id = m->id;
+    if (rcpts_fill(m, domain, kind, now, at))
         return STORE_ERR;
     return 1;
 }
@@ -180,7 +199,7 @@ int store_out_get(int64_t msg_id, struct store_out_msg *m)
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
     /* every queued remote recipient, whenever due */
-    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX);
+    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX, -1);
 }
 
 int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error)
@@ -199,7 +218,8 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
         sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, util_now());
     sqlite3_bind_int64(st, 5, rcpt_id);
-    store_commit_soon();
+    /* Committed with the other outcomes of the batch (store_outcome). */
+    store_outcome();
     return sd_step(st);
 }
 
@@ -297,11 +317,11 @@ int store_flush(const char *domain, int64_t now)
     if (domain) {
         d = store_stmt(&d_one, "UPDATE dest SET next_try=0, backoff=0 WHERE name=?1");
         r = store_stmt(&r_one, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND dest=?1 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     } else {
         d = store_stmt(&d_all, "UPDATE dest SET next_try=0, backoff=0 WHERE next_try>0 OR backoff>0");
         r = store_stmt(&r_all, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     }
     if (!d || !r)
         return STORE_ERR;
