@@ -313,6 +313,18 @@ void store_commit_soon(void);
 #define STORE_OUTCOME_BATCH 64
 #define STORE_OUTCOME_MS 200
 void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+int store_atomic_begin(void);
+int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+int store_fault(void);
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -5770,8 +5782,89 @@ void store_reader_close(struct store_reader *r)
 
 /* -------------------------------------------------------------- messages */
 
+#ifdef MAILNODE_TEST
+/* Every statement prepared so far, with each line of its query plan. */
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg)
+{
+    for (int i = 0; i < S.n_slots; i++) {
+        const char *sql = sqlite3_sql(*S.slots[i]);
+        char *q = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sql);
+        sqlite3_stmt *st = NULL;
+        if (!q || sqlite3_prepare_v2(S.db, q, -1, &st, NULL) != SQLITE_OK) {
+            sqlite3_free(q);
+            return STORE_ERR;
+        }
+        sqlite3_free(q);
+        while (sqlite3_step(st) == SQLITE_ROW)
+            if (cb(arg, sql, (const char *)sqlite3_column_text(st, 3)))
+                break;
+        sqlite3_finalize(st);
+    }
+    return 0;
+}
+
+int store_fault_after = -1;
+
+int store_fault(void)
+{
+    return store_fault_after >= 0 && store_fault_after-- == 0;
+}
+#endif
+
+/* Multi-row calls are all-or-nothing inside the turn's transaction: a
+ * savepoint around them, rolled back to at the first failed step, so that
+ * the turn's COMMIT never carries half of one (a message without its
+ * recipients, recipients of a body that a refused message deleted). */
+static int sp_exec(sqlite3_stmt **slot, const char *sql)
+{
+    sqlite3_stmt *st = store_stmt(slot, sql);
+    int rc;
+    if (!st)
+        return STORE_ERR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error(sql);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_atomic_begin(void)
+{
+    static sqlite3_stmt *st;
+    int err = store_begin();
+    return err ? err : sp_exec(&st, "SAVEPOINT atomic");
+}
+
+int store_atomic_end(int err)
+{
+    static sqlite3_stmt *rel, *undo;
+
+    if (!S.in_txn)
+        return err < 0 ? err : STORE_ERR;
+    if (err < 0) {
+        /* A full disk or an I/O error may have ended the whole
+         * transaction already: then everything of the turn is gone. */
+        if (sqlite3_get_autocommit(S.db) || sp_exec(&undo, "ROLLBACK TO atomic")) {
+            store_rollback();
+            return err;
+        }
+    }
+    int rc = sp_exec(&rel, "RELEASE atomic");
+    if (rc) {
+        store_rollback();
+        return err < 0 ? err : rc;
+    }
+    return err;
+}
+
 static int step_done(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -5781,18 +5874,14 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
-int store_msg_insert(const struct store_env *env, struct store_body *b,
-                     const struct store_rcpt *rcpts, size_t n)
+static int msg_insert(const struct store_env *env, struct store_body *b,
+                      const struct store_rcpt *rcpts, size_t n)
 {
     static sqlite3_stmt *msg, *rc_st, *mb, *dest;
     int64_t now = util_now(), msg_id = 0;
     char prefix[ADDR_MAX + 32];
     int err;
 
-    if (b->err)
-        return b->err;
-    if ((err = store_begin()))
-        return err;
     /* RFC 5321 4.4: the final delivery records the reverse-path. */
     snprintf(prefix, sizeof prefix, "Return-Path: <%s>\r\n", env->sender);
     for (size_t i = 0; i < n; i++) {
@@ -5853,6 +5942,20 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
         if ((err = step_done(dest, "queue destination")))
             return err;
     }
+    return 0;
+}
+
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n)
+{
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_atomic_begin()))
+        return err;
+    if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
+        return err;
     b->linked = 1;
     return 0;
 }
@@ -5936,14 +6039,12 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
-int store_queue_delete(const char *qid)
+static int queue_delete(const char *qid)
 {
     static sqlite3_stmt *r, *m, *bq;
     int64_t body_id = 0;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
@@ -5962,6 +6063,12 @@ int store_queue_delete(const char *qid)
     if (!sqlite3_changes(S.db))
         return STORE_NOTFOUND;
     return store_gc_body(body_id);
+}
+
+int store_queue_delete(const char *qid)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_delete(qid));
 }
 
 int64_t store_queue_count(void)
@@ -6064,15 +6171,13 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
-int store_gc_body(int64_t body_id)
+static int gc_body(int64_t body_id)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
     /* Only when nothing refers to it: both look-ups use an index, so the
      * cost does not grow with the number of messages stored. */
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
         !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
@@ -6085,13 +6190,17 @@ int store_gc_body(int64_t body_id)
     return step_done(b, "collect body");
 }
 
-int store_gc(void)
+int store_gc_body(int64_t body_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_body(body_id));
+}
+
+static int gc_all(void)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=1"
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))") ||
@@ -6102,6 +6211,12 @@ int store_gc(void)
     if ((err = step_done(c, "collect chunks")))
         return err;
     return step_done(b, "collect bodies");
+}
+
+int store_gc(void)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_all());
 }
 
 /* ---- src/store_admin.c ---- */
@@ -6139,6 +6254,10 @@ static int admin_key(const char *name, char *buf, size_t size)
  * STORE_EXISTS, not a failure. */
 static int admin_exec(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
@@ -6265,17 +6384,12 @@ int store_user_update(const struct store_user *u)
  * nobody refers to any more.  Hold domains the user owned lose their
  * owner: a new user who happens to get the same name must not inherit the
  * right to fetch that domain's mail. */
-int store_user_del(const char *name)
+static int user_del(const char *key)
 {
     static sqlite3_stmt *mb, *dom, *us;
-    char key[USER_MAX + 1];
     struct store_user u;
     int err;
 
-    if (admin_key(name, key, sizeof key))
-        return STORE_NOTFOUND;
-    if ((err = store_begin()))
-        return err;
     if ((err = store_user_get(key, &u)))
         return err;
     if (!store_stmt(&mb, "DELETE FROM mbox WHERE user_id=?") ||
@@ -6293,6 +6407,18 @@ int store_user_del(const char *name)
         return err;
     sodium_memzero(&u, sizeof u);
     return store_gc();
+}
+
+int store_user_del(const char *name)
+{
+    char key[USER_MAX + 1];
+    int err;
+
+    if (admin_key(name, key, sizeof key))
+        return STORE_NOTFOUND;
+    if ((err = store_atomic_begin()))
+        return err;
+    return store_atomic_end(user_del(key));
 }
 
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg)
@@ -6614,6 +6740,10 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
             err = STORE_ERR;
             goto fail;
         }
+        if (STORE_FAULT()) {
+            err = STORE_ERR;
+            goto fail;
+        }
         sqlite3_bind_int64(del, 1, uids[i]);
         sqlite3_bind_int64(del, 2, user_id);
         int64_t body_id = -1;
@@ -6655,6 +6785,10 @@ fail:
 
 static int sd_step(sqlite3_stmt *st)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -6867,7 +7001,7 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
     return sd_step(st);
 }
 
-int store_msg_retire(int64_t msg_id)
+static int msg_retire(int64_t msg_id)
 {
     static sqlite3_stmt *left, *dr, *dm, *bq;
     int64_t body_id = 0;
@@ -6901,6 +7035,12 @@ int store_msg_retire(int64_t msg_id)
     if ((err = store_gc_body(body_id)))
         return err;
     return 1;
+}
+
+int store_msg_retire(int64_t msg_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(msg_retire(msg_id));
 }
 
 int store_dest_get(const char *name, struct store_dest *d)
@@ -6950,14 +7090,12 @@ int store_dest_put(const struct store_dest *d)
     return sd_step(st);
 }
 
-int store_flush(const char *domain, int64_t now)
+static int flush(const char *domain, int64_t now)
 {
     static sqlite3_stmt *d_all, *d_one, *r_all, *r_one;
     sqlite3_stmt *d, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (domain) {
         d = store_stmt(&d_one, "UPDATE dest SET next_try=0, backoff=0 WHERE name=?1");
         r = store_stmt(&r_one, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND dest=?1 AND next_try>?2"
@@ -6979,13 +7117,19 @@ int store_flush(const char *domain, int64_t now)
     return sd_step(r);
 }
 
+int store_flush(const char *domain, int64_t now)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(flush(domain, now));
+}
+
 int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg)
 {
     static sqlite3_stmt *st;
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY r.message_id LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -7024,13 +7168,11 @@ int store_msg_set_warned(int64_t msg_id)
     return sd_step(st);
 }
 
-int store_queue_hold(const char *qid, int hold)
+static int queue_hold(const char *qid, int hold)
 {
     static sqlite3_stmt *m, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&m, "UPDATE message SET hold=?2 WHERE qid=?1") ||
         !store_stmt(&r, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND message_id="
                         "(SELECT id FROM message WHERE qid=?1)"))
@@ -7045,6 +7187,12 @@ int store_queue_hold(const char *qid, int hold)
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(r, 2, hold ? INT64_MAX : 0);
     return sd_step(r);
+}
+
+int store_queue_hold(const char *qid, int hold)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_hold(qid, hold));
 }
 
 int store_held_count(const char *domain)
@@ -12443,6 +12591,7 @@ static void hop_finish(struct hop *h, int ok)
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
         h->rel_done = NULL;
+        store_commit_soon();            /* the release's outcomes, at its end */
         hop_free(h);
         queue_kick();
         return;
@@ -14907,6 +15056,8 @@ static void bdat_chunk_done(struct smtpd *s)
     conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
     if (s->data_error == 552)
         reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+    else if (s->data_error == 452)
+        reply(s, "452 4.3.1 Insufficient system storage");   /* as after DATA */
     else if (s->data_error)
         reply(s, "451 4.3.0 Local error in processing");
     else

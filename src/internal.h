@@ -302,6 +302,18 @@ void store_commit_soon(void);
 #define STORE_OUTCOME_BATCH 64
 #define STORE_OUTCOME_MS 200
 void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+int store_atomic_begin(void);
+int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+int store_fault(void);
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */

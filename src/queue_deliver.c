@@ -385,6 +385,7 @@ static void hop_finish(struct hop *h, int ok)
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
         h->rel_done = NULL;
+        store_commit_soon();            /* the release's outcomes, at its end */
         hop_free(h);
         queue_kick();
         return;

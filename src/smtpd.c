@@ -1105,6 +1105,8 @@ static void bdat_chunk_done(struct smtpd *s)
     conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
     if (s->data_error == 552)
         reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+    else if (s->data_error == 452)
+        reply(s, "452 4.3.1 Insufficient system storage");   /* as after DATA */
     else if (s->data_error)
         reply(s, "451 4.3.0 Local error in processing");
     else

@@ -749,8 +749,89 @@ void store_reader_close(struct store_reader *r)
 
 /* -------------------------------------------------------------- messages */
 
+#ifdef MAILNODE_TEST
+/* Every statement prepared so far, with each line of its query plan. */
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg)
+{
+    for (int i = 0; i < S.n_slots; i++) {
+        const char *sql = sqlite3_sql(*S.slots[i]);
+        char *q = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sql);
+        sqlite3_stmt *st = NULL;
+        if (!q || sqlite3_prepare_v2(S.db, q, -1, &st, NULL) != SQLITE_OK) {
+            sqlite3_free(q);
+            return STORE_ERR;
+        }
+        sqlite3_free(q);
+        while (sqlite3_step(st) == SQLITE_ROW)
+            if (cb(arg, sql, (const char *)sqlite3_column_text(st, 3)))
+                break;
+        sqlite3_finalize(st);
+    }
+    return 0;
+}
+
+int store_fault_after = -1;
+
+int store_fault(void)
+{
+    return store_fault_after >= 0 && store_fault_after-- == 0;
+}
+#endif
+
+/* Multi-row calls are all-or-nothing inside the turn's transaction: a
+ * savepoint around them, rolled back to at the first failed step, so that
+ * the turn's COMMIT never carries half of one (a message without its
+ * recipients, recipients of a body that a refused message deleted). */
+static int sp_exec(sqlite3_stmt **slot, const char *sql)
+{
+    sqlite3_stmt *st = store_stmt(slot, sql);
+    int rc;
+    if (!st)
+        return STORE_ERR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error(sql);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_atomic_begin(void)
+{
+    static sqlite3_stmt *st;
+    int err = store_begin();
+    return err ? err : sp_exec(&st, "SAVEPOINT atomic");
+}
+
+int store_atomic_end(int err)
+{
+    static sqlite3_stmt *rel, *undo;
+
+    if (!S.in_txn)
+        return err < 0 ? err : STORE_ERR;
+    if (err < 0) {
+        /* A full disk or an I/O error may have ended the whole
+         * transaction already: then everything of the turn is gone. */
+        if (sqlite3_get_autocommit(S.db) || sp_exec(&undo, "ROLLBACK TO atomic")) {
+            store_rollback();
+            return err;
+        }
+    }
+    int rc = sp_exec(&rel, "RELEASE atomic");
+    if (rc) {
+        store_rollback();
+        return err < 0 ? err : rc;
+    }
+    return err;
+}
+
 static int step_done(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -760,18 +841,14 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
-int store_msg_insert(const struct store_env *env, struct store_body *b,
-                     const struct store_rcpt *rcpts, size_t n)
+static int msg_insert(const struct store_env *env, struct store_body *b,
+                      const struct store_rcpt *rcpts, size_t n)
 {
     static sqlite3_stmt *msg, *rc_st, *mb, *dest;
     int64_t now = util_now(), msg_id = 0;
     char prefix[ADDR_MAX + 32];
     int err;
 
-    if (b->err)
-        return b->err;
-    if ((err = store_begin()))
-        return err;
     /* RFC 5321 4.4: the final delivery records the reverse-path. */
     snprintf(prefix, sizeof prefix, "Return-Path: <%s>\r\n", env->sender);
     for (size_t i = 0; i < n; i++) {
@@ -832,6 +909,20 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
         if ((err = step_done(dest, "queue destination")))
             return err;
     }
+    return 0;
+}
+
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n)
+{
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_atomic_begin()))
+        return err;
+    if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
+        return err;
     b->linked = 1;
     return 0;
 }
@@ -915,14 +1006,12 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
-int store_queue_delete(const char *qid)
+static int queue_delete(const char *qid)
 {
     static sqlite3_stmt *r, *m, *bq;
     int64_t body_id = 0;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
@@ -941,6 +1030,12 @@ int store_queue_delete(const char *qid)
     if (!sqlite3_changes(S.db))
         return STORE_NOTFOUND;
     return store_gc_body(body_id);
+}
+
+int store_queue_delete(const char *qid)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_delete(qid));
 }
 
 int64_t store_queue_count(void)
@@ -1043,15 +1138,13 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
-int store_gc_body(int64_t body_id)
+static int gc_body(int64_t body_id)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
     /* Only when nothing refers to it: both look-ups use an index, so the
      * cost does not grow with the number of messages stored. */
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
         !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
@@ -1064,13 +1157,17 @@ int store_gc_body(int64_t body_id)
     return step_done(b, "collect body");
 }
 
-int store_gc(void)
+int store_gc_body(int64_t body_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_body(body_id));
+}
+
+static int gc_all(void)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=1"
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))") ||
@@ -1081,4 +1178,10 @@ int store_gc(void)
     if ((err = step_done(c, "collect chunks")))
         return err;
     return step_done(b, "collect bodies");
+}
+
+int store_gc(void)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_all());
 }

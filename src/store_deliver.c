@@ -11,6 +11,10 @@
 
 static int sd_step(sqlite3_stmt *st)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -223,7 +227,7 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
     return sd_step(st);
 }
 
-int store_msg_retire(int64_t msg_id)
+static int msg_retire(int64_t msg_id)
 {
     static sqlite3_stmt *left, *dr, *dm, *bq;
     int64_t body_id = 0;
@@ -257,6 +261,12 @@ int store_msg_retire(int64_t msg_id)
     if ((err = store_gc_body(body_id)))
         return err;
     return 1;
+}
+
+int store_msg_retire(int64_t msg_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(msg_retire(msg_id));
 }
 
 int store_dest_get(const char *name, struct store_dest *d)
@@ -306,14 +316,12 @@ int store_dest_put(const struct store_dest *d)
     return sd_step(st);
 }
 
-int store_flush(const char *domain, int64_t now)
+static int flush(const char *domain, int64_t now)
 {
     static sqlite3_stmt *d_all, *d_one, *r_all, *r_one;
     sqlite3_stmt *d, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (domain) {
         d = store_stmt(&d_one, "UPDATE dest SET next_try=0, backoff=0 WHERE name=?1");
         r = store_stmt(&r_one, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND dest=?1 AND next_try>?2"
@@ -335,13 +343,19 @@ int store_flush(const char *domain, int64_t now)
     return sd_step(r);
 }
 
+int store_flush(const char *domain, int64_t now)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(flush(domain, now));
+}
+
 int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg)
 {
     static sqlite3_stmt *st;
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY r.message_id LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -380,13 +394,11 @@ int store_msg_set_warned(int64_t msg_id)
     return sd_step(st);
 }
 
-int store_queue_hold(const char *qid, int hold)
+static int queue_hold(const char *qid, int hold)
 {
     static sqlite3_stmt *m, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&m, "UPDATE message SET hold=?2 WHERE qid=?1") ||
         !store_stmt(&r, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND message_id="
                         "(SELECT id FROM message WHERE qid=?1)"))
@@ -401,6 +413,12 @@ int store_queue_hold(const char *qid, int hold)
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(r, 2, hold ? INT64_MAX : 0);
     return sd_step(r);
+}
+
+int store_queue_hold(const char *qid, int hold)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_hold(qid, hold));
 }
 
 int store_held_count(const char *domain)
