@@ -160,8 +160,11 @@ pf_start() {   # SLOW_US
     rm -rf "$PF_DIR"
     pfi_create "$PF_DIR" "$SRV_PORT" "$SINK_PORT" LD_PRELOAD="$WORK/slowfsync.so" \
         SLOWFSYNC_US="$1" SLOWFSYNC_COUNT="$WORK/fsyncs" || return 1
+    # the queue on the card; DIR/queue points there so that the
+    # postfix-instance.sh helpers find master.pid
     sed -i "s|^queue_directory = .*|queue_directory = $MNT/queue|" "$PF_DIR/etc/main.cf"
     mkdir -p "$MNT/queue" && chmod 755 "$MNT/queue"
+    rmdir "$PF_DIR/queue" && ln -s "$MNT/queue" "$PF_DIR/queue" || return 1
     : > "$WORK/fsyncs"; chmod 666 "$WORK/fsyncs"
     pfi_start "$PF_DIR"
 }
