@@ -10964,9 +10964,31 @@ void link_watch_stop(void)
  *
  * Outcomes go to the scheduler (queue_deliver.c) as they arrive; a
  * recipient counts as delivered only after the reply to its message data.
+ *
+ * Two machines run side by side on one connection:
+ *
+ * - The reader.  q[] is a FIFO of expectations, one per command written
+ *   (E_MAIL, E_RCPT, E_BDAT, ...), each naming the flight slot and the
+ *   recipient it is about.  A complete reply pops the head; a reply that
+ *   arrives with the FIFO empty is a protocol error.  Invariant: q_len
+ *   counts exactly the commands written and not yet answered.
+ *
+ * - The writer, for the message in slot wslot, through smtpc_wenter():
+ *
+ *     IDLE -> RCPT (MAIL and every RCPT written) -> DATACMD, then
+ *       with CHUNKING:  -> BODY (BDAT n LAST, the chunk follows at once)
+ *       without:        -> WAIT354 (DATA) -> BODY, or END if refused
+ *       not 7-bit-able: -> END (RSET; the recipients fail)
+ *     BODY -> END -> IDLE (the next message, while fewer than
+ *     SMTPC_WINDOW are in flight; without PIPELINING only once q[] is
+ *     empty, except that a body never waits)
+ *
+ *   Invariants (asserted): wslot is -1 only in IDLE; fl_len stays within
+ *   SMTPC_WINDOW and q_len within SMTPC_EXPECT.
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -10980,6 +11002,7 @@ enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT,
               E_STARTTLS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
+static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
 
 struct flight {
     struct store_out_msg m;
@@ -11032,6 +11055,16 @@ struct smtpc {
 };
 
 static void pump(struct smtpc *s);
+
+/* The writer's one transition function: logs the change at debug level. */
+static void smtpc_wenter(struct smtpc *s, enum wstate to)
+{
+    assert((size_t)to < MN_NELEM(smtpc_wstate_names));
+    if (s->wstate != (int)to)
+        log_debug("smtpc %s: writer %s -> %s", s->peer, smtpc_wstate_names[s->wstate],
+                  smtpc_wstate_names[to]);
+    s->wstate = (int)to;
+}
 
 static int tls_client_possible(void)
 {
@@ -11251,7 +11284,7 @@ static int start_message(struct smtpc *s)
     cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
     s->wslot = slot;
     s->widx = 0;
-    s->wstate = W_RCPT;
+    smtpc_wenter(s, W_RCPT);
     return 1;
 }
 
@@ -11413,6 +11446,9 @@ static void write_current(struct smtpc *s)
 {
     struct flight *f = slot_flight(s, s->wslot);
 
+    assert(s->wslot >= 0 && s->wstate != W_IDLE);
+    assert(s->fl_len <= SMTPC_WINDOW && s->q_len <= SMTPC_EXPECT);
+
     for (;;) {
         if (conn_out_space(s->c) < 1024)
             return;
@@ -11425,7 +11461,7 @@ static void write_current(struct smtpc *s)
                 write_rcpt(s, f, s->widx++);
                 continue;
             }
-            s->wstate = W_DATACMD;
+            smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
             if (s->chunking) {
@@ -11433,7 +11469,7 @@ static void write_current(struct smtpc *s)
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
                      * once their RCPT replies are in; the peer gets RSET. */
                     cmd(s, E_RSET, s->wslot, 1, "RSET");
-                    s->wstate = W_END;
+                    smtpc_wenter(s, W_END);
                     continue;
                 }
                 if (open_body(s, f)) {
@@ -11443,11 +11479,11 @@ static void write_current(struct smtpc *s)
                 }
                 cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
                 conn_set_timeout(s->c, 600 * 1000);
-                s->wstate = W_BODY;
+                smtpc_wenter(s, W_BODY);
                 continue;
             }
             cmd(s, E_DATA, s->wslot, 0, "DATA");
-            s->wstate = W_WAIT354;
+            smtpc_wenter(s, W_WAIT354);
             return;
         case W_WAIT354:
             return;                     /* the reply handler moves on */
@@ -11463,12 +11499,12 @@ static void write_current(struct smtpc *s)
             }
             if (!s->chunking)
                 write_data_end(s);
-            s->wstate = W_END;
+            smtpc_wenter(s, W_END);
             continue;
         }
         case W_END:
         case W_IDLE:
-            s->wstate = W_IDLE;
+            smtpc_wenter(s, W_IDLE);
             s->wslot = -1;
             return;
         }
@@ -11663,20 +11699,20 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 conn_abort(s->c);
                 return;
             }
-            s->wstate = W_BODY;
+            smtpc_wenter(s, W_BODY);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
                 s->rd_open = 0;
                 write_data_end(s);
-                s->wstate = W_END;
+                smtpc_wenter(s, W_END);
             }
             pump(s);
             break;
         }
         finish_accepted(s, f, outcome_code(code), clean);
         s->need_rset = 1;
-        s->wstate = W_END;
+        smtpc_wenter(s, W_END);
         while (s->fl_len && s->fl[s->fl_head % SMTPC_WINDOW] == f)
             retire_head(s);
         pump(s);
@@ -13010,12 +13046,26 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
  */
 
 
-#include <errno.h>
+#include <assert.h>
 #include <ctype.h>
+#include <errno.h>
 #include <string.h>
 
-enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_STARTTLS, P_AUTH, P_AUTH2, P_ETRN, P_ATRN,
-              P_SERVING, P_QUIT };
+/* An exchange's states, in the order an exchange goes through them:
+ *
+ *   IDLE -> PUSH (our queue to the relayhost, when one is set)
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
+ *
+ * Every change goes through poll_enter(), which logs it at debug level.
+ * In SERVING the connection belongs to an SMTP server session (the ATRN
+ * turnaround) and poll only waits for its end. */
+enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+static const char *const poll_state_names[] = {
+    "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+};
 
 struct pwaiter {
     poll_done_fn done;
@@ -13043,6 +13093,14 @@ static struct {
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
+
+static void poll_enter(enum pstate to)
+{
+    assert((size_t)to < MN_NELEM(poll_state_names));
+    if ((int)to != P.state)
+        log_debug("poll: %s -> %s", poll_state_names[P.state], poll_state_names[to]);
+    P.state = (int)to;
+}
 
 static void pull_start(void);
 static void poll_finish(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -13075,7 +13133,7 @@ static void poll_drop_connection(void)
     P.dq = NULL;
     struct conn *c = P.c;
     P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
+    if (c && !c->dead && P.state != POLL_SERVING)
         conn_abort(c);                  /* client_close sees it is no longer ours */
 }
 
@@ -13092,7 +13150,7 @@ static void poll_finish(int rc, const char *fmt, ...)
     }
     poll_drop_connection();
     timer_cancel(&P.guard);
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -13140,7 +13198,7 @@ static void ask_next_etrn(void)
         poll_send("ETRN %s", conf->upstream_domains[P.dom_i]);
         return;
     }
-    P.state = P_QUIT;
+    poll_enter(POLL_QUIT);
     poll_send("QUIT");
 }
 
@@ -13200,15 +13258,15 @@ static void poll_reply(int code, const char *text)
     const char *t = strlen(text) > 4 ? text + 4 : "";
 
     switch (P.state) {
-    case P_GREETING:
+    case POLL_GREETING:
         if (code != 220) {
             poll_finish(EX_UNAVAILABLE, "the upstream refused the session: %s", text);
             return;
         }
-        P.state = P_EHLO;
+        poll_enter(POLL_EHLO);
         poll_send("EHLO %s", conf->hostname);
         return;
-    case P_EHLO: {
+    case POLL_EHLO: {
         if (code != 250) {
             poll_finish(EX_PROTOCOL, "the upstream refused EHLO: %s", text);
             return;
@@ -13217,7 +13275,7 @@ static void poll_reply(int code, const char *text)
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
         if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
-            P.state = P_STARTTLS;
+            poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
         }
@@ -13226,7 +13284,7 @@ static void poll_reply(int code, const char *text)
             return;
         }
         if (!atrn_mode()) {
-            P.state = P_ETRN;
+            poll_enter(POLL_ETRN);
             P.dom_i = 0;
             ask_next_etrn();
             return;
@@ -13238,23 +13296,23 @@ static void poll_reply(int code, const char *text)
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         if (P.ehlo_cram) {
-            P.state = P_AUTH;
+            poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
         } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
-            P.state = P_AUTH2;
+            poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
             poll_finish(EX_PROTOCOL, "the upstream offers no authentication we may use without TLS");
         }
         return;
     }
-    case P_STARTTLS:
+    case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
                 poll_finish(EX_UNAVAILABLE, "the upstream refused STARTTLS: %s", text);
                 return;
             }
-            P.state = P_EHLO;           /* "may": go on in the clear, as offered */
+            poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
             P.ehlo_starttls = 0;
             poll_reply(250, "250 continue");
             return;
@@ -13263,15 +13321,15 @@ static void poll_reply(int code, const char *text)
         if (tls_start_client(P.c, P.host, smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE))
             poll_finish(EX_SOFTWARE, "cannot start TLS with the upstream");
         return;
-    case P_AUTH:
+    case POLL_AUTH:
         if (code == 334) {
-            P.state = P_AUTH2;
+            poll_enter(POLL_AUTH2);
             auth_cram(t);
             return;
         }
         poll_finish(EX_PROTOCOL, "the upstream refused CRAM-MD5: %s", text);
         return;
-    case P_AUTH2: {
+    case POLL_AUTH2: {
         if (code != 235) {
             poll_finish(EX_NOPERM, "authentication to the upstream failed: %s", text);
             return;
@@ -13281,17 +13339,17 @@ static void poll_reply(int code, const char *text)
         for (size_t i = 0; i < conf->n_upstream_domains; i++)
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? "," : "",
                                      conf->upstream_domains[i]);
-        P.state = P_ATRN;
+        poll_enter(POLL_ATRN);
         /* RFC 2645 5.2.1: the server may take a while to gather the mail;
          * wait at least ten minutes for the reply. */
         conn_set_timeout(P.c, 11 * 60 * 1000);
         poll_send("ATRN%s%s", list[0] ? " " : "", list);
         return;
     }
-    case P_ATRN:
+    case POLL_ATRN:
         if (code == 250) {
             /* The turnaround: from here on we are the SMTP server. */
-            P.state = P_SERVING;
+            poll_enter(POLL_SERVING);
             poll_say("ATRN accepted: %s\n", t);
             struct conn *c = P.c;
             c->ctx = NULL;
@@ -13300,13 +13358,13 @@ static void poll_reply(int code, const char *text)
         }
         if (code == 453) {
             poll_say("ATRN: no mail held for us (%s)\n", text);
-            P.state = P_QUIT;
+            poll_enter(POLL_QUIT);
             poll_send("QUIT");
             return;
         }
         poll_finish(code / 100 == 4 ? EX_TEMPFAIL : EX_NOPERM, "ATRN refused: %s", text);
         return;
-    case P_ETRN: {
+    case POLL_ETRN: {
         const char *d = conf->upstream_domains[P.dom_i];
         if (code == 250 || code == 251 || code == 252 || code == 253) {
             poll_say("%s: %s\n", d, text);
@@ -13320,7 +13378,7 @@ static void poll_reply(int code, const char *text)
         ask_next_etrn();
         return;
     }
-    case P_QUIT:
+    case POLL_QUIT:
         poll_finish(P.rc, NULL);
         return;
     default:
@@ -13354,7 +13412,7 @@ static void client_input(struct conn *c)
             if ((unsigned char)*p < 0x20)
                 *p = ' ';
         conn_consume(c, len);
-        if (P.state == P_EHLO && l > 4) {
+        if (P.state == POLL_EHLO && l > 4) {
             const char *kw = line + 4;
             if (!strcasecmp(kw, "ATRN"))
                 P.ehlo_atrn = 1;
@@ -13379,7 +13437,7 @@ static void client_close(struct conn *c)
     if (P.c != c)
         return;
     P.c = NULL;
-    if (P.state == P_QUIT)
+    if (P.state == POLL_QUIT)
         poll_finish(P.rc, NULL);
     else
         poll_finish(EX_TEMPFAIL, "the upstream closed the connection");
@@ -13414,7 +13472,7 @@ static void client_tls(struct conn *c, int err)
         return;
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
-    P.state = P_EHLO;
+    poll_enter(POLL_EHLO);
     P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
     poll_send("EHLO %s", conf->hostname);
 }
@@ -13448,7 +13506,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
         len = sizeof(struct sockaddr_in6);
     }
-    P.state = P_GREETING;
+    poll_enter(POLL_GREETING);
     P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
@@ -13477,7 +13535,7 @@ static void pull_start(void)
         host[l - 2] = '\0';
     }
     util_strlcpy(P.host, host, sizeof P.host);
-    P.state = P_RESOLVE;
+    poll_enter(POLL_RESOLVE);
     P.dq = dns_resolve_host(host, poll_resolved, NULL);
     if (!P.dq)
         poll_finish(EX_TEMPFAIL, "resolver unavailable");
@@ -13489,14 +13547,14 @@ static void push_done(void *arg, const char *summary, int failed)
     poll_say("sent: %s", summary);
     if (failed)
         poll_say("(some of our own mail is still queued)\n");
-    if (P.state == P_PUSH)
+    if (P.state == POLL_PUSH)
         pull_start();
 }
 
 static void guard_expired(void *arg)
 {
     MN_UNUSED(arg);
-    if (P.state == P_SERVING)
+    if (P.state == POLL_SERVING)
         return;                         /* the SMTP session has its own timeouts */
     poll_finish(EX_TEMPFAIL, "the exchange took too long");
 }
@@ -13530,11 +13588,11 @@ int poll_run(poll_done_fn done, void *arg)
         /* A request made while an exchange runs wants a fresh one: the
          * running exchange may have passed the point that request cares
          * about. */
-        struct pwaiter **list = P.state != P_IDLE ? &P.next_waiters : &P.waiters;
+        struct pwaiter **list = P.state != POLL_IDLE ? &P.next_waiters : &P.waiters;
         w->next = *list;
         *list = w;
     }
-    if (P.state != P_IDLE) {
+    if (P.state != POLL_IDLE) {
         P.again = 1;                    /* one more exchange after this one */
         return 0;
     }
@@ -13545,9 +13603,9 @@ int poll_run(poll_done_fn done, void *arg)
     timer_set(&P.guard, 30 * 60 * 1000, guard_expired, NULL);
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
-        P.state = P_PUSH;
+        poll_enter(POLL_PUSH);
         if (queue_flush_wait(NULL, push_done, NULL)) {
-            P.state = P_IDLE;
+            poll_enter(POLL_IDLE);
             pull_start();
         }
         return 0;
@@ -13566,9 +13624,9 @@ void poll_kick(void)
 {
     if (!P.enabled)
         return;
-    if (P.state == P_IDLE)
+    if (P.state == POLL_IDLE)
         poll_run(NULL, NULL);
-    else if (P.state != P_PUSH)         /* our own push flushes the queue too */
+    else if (P.state != POLL_PUSH)         /* our own push flushes the queue too */
         P.again = 1;
     if (conf->upstream_interval > 0)
         timer_set(&P.interval, conf->upstream_interval * 1000, interval_fired, NULL);
@@ -13604,7 +13662,7 @@ void poll_stop(void)
             w->done(w->arg, "stopped\n", EX_TEMPFAIL);
             free(w);
         }
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
 }
 
 void poll_cancel(void *arg)
@@ -13637,6 +13695,7 @@ void poll_cancel(void *arg)
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -13649,6 +13708,7 @@ enum smtpd_state {
     S_BDAT = 1 << 4,    /* between BDAT chunks */
 };
 #define S_ANY (S_INIT | S_READY | S_MAIL | S_RCPT | S_BDAT)
+static const char *const smtpd_state_names[] = { "INIT", "READY", "MAIL", "RCPT", "BDAT" };
 
 enum smtpd_input {
     IN_COMMAND,         /* command lines */
@@ -13743,6 +13803,22 @@ static void reply(struct smtpd *s, const char *fmt, ...)
         log_warn("%s: reply dropped, output full", s->c->peer_ip);
 }
 
+/* Every change of state goes through here: one place to trace a session
+ * (log.level = debug) and to check that it is one of the states. */
+static void smtpd_enter(struct smtpd *s, enum smtpd_state to)
+{
+    int from = 0, bit = 0;
+    assert(to && !(to & (to - 1)) && (to & S_ANY));
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (int)to)
+        log_debug("%s: smtpd %s -> %s", s->c->peer_ip, s->state ? smtpd_state_names[from] : "NEW",
+                  smtpd_state_names[bit]);
+    s->state = (int)to;
+}
+
 static void close_with(struct smtpd *s, const char *text)
 {
     reply(s, "%s", text);
@@ -13766,7 +13842,7 @@ static void txn_reset(struct smtpd *s)
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
     if (s->state & (S_MAIL | S_RCPT | S_BDAT))
-        s->state = S_READY;
+        smtpd_enter(s, S_READY);
 }
 
 static void smtpd_free(struct smtpd *s)
@@ -13895,7 +13971,7 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     txn_reset(s);
     util_strlcpy(s->helo, arg, sizeof s->helo);
     s->esmtp = esmtp;
-    s->state = S_READY;
+    smtpd_enter(s, S_READY);
     if (!esmtp) {
         reply(s, "250 %s", conf->hostname);
         return;
@@ -14006,7 +14082,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
     }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
-    s->state = S_MAIL;
+    smtpd_enter(s, S_MAIL);
     reply(s, "250 2.1.0 Ok");
 }
 
@@ -14140,7 +14216,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     }
     s->nrcpt += nroutes;
     s->nrcpt_cmds++;
-    s->state = S_RCPT;
+    smtpd_enter(s, S_RCPT);
     reply(s, "250 2.1.5 Ok");
 }
 
@@ -14240,7 +14316,7 @@ static void cmd_bdat(struct smtpd *s, char *arg)
     } else if (s->state == S_RCPT) {
         if (start_body(s))
             s->data_error = 451;
-        s->state = S_BDAT;
+        smtpd_enter(s, S_BDAT);
     }
     if (!size)
         bdat_chunk_done(s);             /* "BDAT 0 LAST" has no octets to wait for */
@@ -14385,7 +14461,7 @@ static void smtpd_tls_done(struct conn *c, int err)
     if (!s || err)
         return;                         /* the loop closes a failed handshake */
     txn_reset(s);
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->esmtp = 0;
     s->auth_user[0] = '\0';
     util_strlcpy(s->helo, "unknown", sizeof s->helo);
@@ -14902,7 +14978,7 @@ void smtpd_accept(struct conn *c)
     if (all_sessions)
         all_sessions->prev = s;
     all_sessions = s;
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->input = IN_COMMAND;
     s->timer.idx = -1;
     util_strlcpy(s->helo, "unknown", sizeof s->helo);
@@ -14952,6 +15028,7 @@ void smtpd_accept(struct conn *c)
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <string.h>
 
@@ -14973,6 +15050,7 @@ enum pop3_state {
     POP3_TRANSACTION = 1 << 1,
     POP3_UPDATE = 1 << 2,
 };
+static const char *const pop3_state_names[] = { "AUTHORIZATION", "TRANSACTION", "UPDATE" };
 
 /* What the paused session is waiting for. */
 enum pop3_busy { BUSY_NONE, BUSY_DELAY, BUSY_STREAM, BUSY_COMMIT, BUSY_TLS };
@@ -15089,6 +15167,21 @@ static void pop3_lock_release(int64_t id)
 }
 
 /* ------------------------------------------------------------ helpers */
+
+/* RFC 1939 3: AUTHORIZATION -> TRANSACTION -> UPDATE, every change here. */
+static void pop3_enter(struct pop3 *s, enum pop3_state to)
+{
+    int from = 0, bit = 0;
+    assert(to == POP3_AUTHORIZATION || to == POP3_TRANSACTION || to == POP3_UPDATE);
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (unsigned)to)
+        log_debug("%s: pop3 %s -> %s", s->c->peer_ip, s->state ? pop3_state_names[from] : "NEW",
+                  pop3_state_names[bit]);
+    s->state = (unsigned)to;
+}
 
 static void pop3_reply(struct pop3 *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -15408,7 +15501,7 @@ static void pop3_login(struct pop3 *s, const struct store_user *u, const char *m
     s->locked = 1;
     s->user_id = u->id;
     util_strlcpy(s->user, u->name, sizeof s->user);
-    s->state = POP3_TRANSACTION;
+    pop3_enter(s, POP3_TRANSACTION);
     pop3_maildrop_totals(s, &count, &octets);
     log_info("pop3: login user=%s ip=%s mech=%s messages=%zu octets=%lld", s->user,
              s->c->peer_ip, mech, count, (long long)octets);
@@ -15689,7 +15782,7 @@ static void pop3_cmd_quit(struct pop3 *s, char *arg)
         conn_close(s->c);
         return;
     }
-    s->state = POP3_UPDATE;
+    pop3_enter(s, POP3_UPDATE);
     for (size_t i = 0; i < s->n; i++)
         k += s->msgs[i].deleted;
     if (!k) {
@@ -16118,7 +16211,7 @@ void pop3_accept(struct conn *c)
         return;
     }
     s->c = c;
-    s->state = POP3_AUTHORIZATION;
+    pop3_enter(s, POP3_AUTHORIZATION);
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &pop3_ops;
