@@ -66,6 +66,11 @@ void util_lower(char *s);
 /* RFC 5322 date-time of t, local time with numeric zone. */
 void util_date(int64_t t, char *buf, size_t n);
 /* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
+/* Appends header fields made from fmt at out + *used, refusing (-1, nothing
+ * appended) a result with a bare CR or LF, a CRLF that is not folding or
+ * the end, another control character or a NUL: the one way generated
+ * header text is written. */
+int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 /* Numeric address (empty: any IPv4) and port -> socket address. */
 int util_sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len);
@@ -153,6 +158,8 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
+    size_t n_pacing_rate;
 };
 
 MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force */
@@ -196,6 +203,8 @@ struct conn {
     unsigned char *out;                 /* fixed output buffer */
     size_t out_len, out_cap;
     int64_t deadline;                   /* monotonic ms; 0 = none */
+    int64_t idle_ms;                    /* conn_set_timeout: moved on by every octet that moves */
+    uint64_t moved_seen;                /* the kernel's octet counters at the last look (pace.c) */
     unsigned paused : 1;                /* do not deliver input (waiting for commit) */
     unsigned want_drain : 1;            /* call on_drain when output drains */
     unsigned closing : 1;               /* close once output is flushed */
@@ -228,6 +237,9 @@ void loop_free(void);
  * connections after loop_listen_start. */
 int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
 int loop_listen_start(char *err, size_t errlen);
+/* 1 if ss (address and port) reaches one of our own listeners: a next
+ * hop there would deliver to ourselves (RFC 5321 5.1). */
+int loop_is_own_listener(const struct sockaddr_storage *ss);
 void loop_close_listeners(void);
 int loop_run(void);                     /* until loop_stop(); returns 0 */
 void loop_stop(void);
@@ -247,7 +259,11 @@ void conn_close(struct conn *c);        /* flush output, then close */
 void conn_abort(struct conn *c);        /* close now, drop output */
 void conn_pause(struct conn *c, int on);
 void conn_kick(struct conn *c);         /* run on_input again at the end of this turn */
-void conn_set_timeout(struct conn *c, int64_t ms); /* 0 clears */
+/* An idle timeout, not a deadline: every octet read from or written to
+ * the peer starts it again, so a session ends only when nothing moves
+ * for ms in either direction (a slow link that still carries data never
+ * times out).  0 clears. */
+void conn_set_timeout(struct conn *c, int64_t ms);
 int conn_flush(struct conn *c);         /* try to write now */
 
 void timer_set(struct timer *t, int64_t ms_from_now, void (*fn)(void *), void *arg);
@@ -269,6 +285,21 @@ struct watch {
 int loop_watch_add(struct watch *w);
 int loop_watch_mod(struct watch *w, uint32_t events);
 void loop_watch_del(struct watch *w);
+
+/* ----------------------------------------------------------------- pace */
+
+/* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
+ * the socket (acknowledged plus received), 0 when it cannot tell. */
+uint64_t pace_moved(int fd);
+/* Outbound sockets: little unsent data in the kernel (TCP_NOTSENT_LOWAT). */
+void pace_socket(int fd);
+/* A rate hint (octets/s) for a connected socket: SO_MAX_PACING_RATE and a
+ * send buffer of about two bandwidth-delay products. */
+void pace_rate(int fd, uint64_t bytes_per_s);
+/* The `pacing.rate` hint for a destination (dest row name such as
+ * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
+uint64_t pace_rate_for(const char *dest, const char *host);
+int pace_conf_check(const struct conf *c, char *err, size_t n);
 
 /* ----------------------------------------------------------------- store */
 
@@ -365,6 +396,25 @@ struct store_rcpt {
     int notify;                         /* NOTIFY_* bits, 0 = default */
     char domain[SMTP_DOMAIN_MAX + 1];   /* destination (lower case) */
 };
+
+/* The recipients of one transaction, compact and without duplicates
+ * (rcpts.c).  Zero-initialised is empty. */
+struct rcpts_ent;
+struct rcpts {
+    unsigned char *arena;               /* the strings */
+    size_t used, cap;
+    struct rcpts_ent *ent;
+    size_t n, capn;
+};
+/* 1 added, 0 already there (the same local user or address), -1 no memory. */
+int rcpts_add(struct rcpts *l, const struct store_rcpt *r);
+int rcpts_has(const struct rcpts *l, const struct store_rcpt *r);
+void rcpts_get(const struct rcpts *l, size_t i, struct store_rcpt *r);
+const char *rcpts_addr(const struct rcpts *l, size_t i);
+int rcpts_kind(const struct rcpts *l, size_t i);
+int rcpts_notify(const struct rcpts *l, size_t i);
+struct store_rcpt *rcpts_expand(const struct rcpts *l);    /* malloc'd, n routes */
+void rcpts_clear(struct rcpts *l);
 
 /* Inserts the message, its queued recipients and its mailbox entries in
  * the current transaction.  b must be finished. */
@@ -631,6 +681,9 @@ void queue_peer_seen(const char *ip);
  * Returns the number of messages held (>= 0); *started is 0 when a
  * release for that domain is already running. */
 int queue_release(const char *domain, int *started);
+/* queue_release refusals besides -1 (not a hold domain): */
+#define QUEUE_REL_ATRN_ONLY (-10)       /* an owner and no host: only its owner's ATRN releases it */
+#define QUEUE_REL_LOOP (-11)            /* its next hop is this node (RFC 5321 5.1) */
 /* ATRN (RFC 2645): the connection c turns around and carries the held
  * mail of the domains; done(arg, delivered, error) runs at its end. */
 typedef void (*queue_release_done_fn)(void *arg, int delivered, const char *error);
@@ -781,10 +834,12 @@ struct smtpc_ops {
     void (*rcpt_done)(void *arg, const struct store_out_msg *m, int idx, int code, const char *text);
     /* Every recipient of m has its outcome. */
     void (*msg_done)(void *arg, const struct store_out_msg *m);
-    /* The session is over.  reached: the peer greeted us and spoke SMTP;
+    /* The session is over.  reached: the peer greeted us and spoke SMTP
+     * (SMTPC_LOOP: it greeted with our own name, so it is this node);
      * error: why it ended early, or NULL after a clean QUIT. */
     void (*done)(void *arg, int reached, const char *error);
 };
+#define SMTPC_LOOP (-1)
 struct smtpc_auth {
     const char *user, *password;        /* NULL: no AUTH */
 };
@@ -796,6 +851,11 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* 1 if the peer offered DSN (RFC 3461): it takes NOTIFY and reports itself. */
+int smtpc_peer_dsn(const struct smtpc *s);
+/* The destination the session serves (dest row name, or the domain of
+ * an ATRN release): selects per-destination settings (pacing.rate). */
+void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 
