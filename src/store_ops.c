@@ -17,13 +17,13 @@ int64_t store_ops_queued_remote(const char *domain)
     int64_t n = -1;
 
     if (domain[0]) {
-        st = store_stmt(&one, "SELECT count(*) FROM rcpt WHERE state=0 AND kind=2 AND dest=?"
-                              " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+        st = store_stmt(&one, "SELECT count(*) FROM rcpt r WHERE state=0 AND kind=2 AND dest=? AND NOT EXISTS"
+                              " (SELECT 1 FROM message m WHERE m.id=r.message_id AND m.hold=1)");
         if (st)
             sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
     } else {
-        st = store_stmt(&all, "SELECT count(*) FROM rcpt WHERE state=0 AND kind=2"
-                              " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+        st = store_stmt(&all, "SELECT count(*) FROM rcpt r WHERE state=0 AND kind=2 AND NOT EXISTS"
+                              " (SELECT 1 FROM message m WHERE m.id=r.message_id AND m.hold=1)");
     }
     if (!st)
         return -1;
@@ -109,8 +109,8 @@ int64_t store_ops_on_hold(void)
     static sqlite3_stmt *q;
     int64_t n = -1;
 
-    if (!store_stmt(&q, "SELECT count(*) FROM message m WHERE hold=1 AND EXISTS"
-                        " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"))
+    if (!store_stmt(&q, "SELECT count(DISTINCT m.id) FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                        " WHERE r.state=0 AND r.kind IN (1,2,3) AND m.hold=1"))
         return -1;
     if (sqlite3_step(q) == SQLITE_ROW)
         n = sqlite3_column_int64(q, 0);
@@ -145,15 +145,15 @@ int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_o
     int rc;
 
     if (domain && domain[0]) {
-        q = store_stmt(&dom, "SELECT id, qid, sender, received, size, hold, body_id FROM message m"
-                             " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0"
-                             " AND r.dest=?) ORDER BY id");
+        q = store_stmt(&dom, "SELECT DISTINCT m.id, m.qid, m.sender, m.received, m.size, m.hold, m.body_id"
+                             " FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                             " WHERE r.state=0 AND r.kind IN (1,2,3) AND r.dest=? ORDER BY m.id");
         if (q)
             sqlite3_bind_text(q, 1, domain, -1, SQLITE_TRANSIENT);
     } else {
-        q = store_stmt(&all, "SELECT id, qid, sender, received, size, hold, body_id FROM message m"
-                             " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
-                             " ORDER BY id");
+        q = store_stmt(&all, "SELECT DISTINCT m.id, m.qid, m.sender, m.received, m.size, m.hold, m.body_id"
+                             " FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                             " WHERE r.state=0 AND r.kind IN (1,2,3) ORDER BY m.id");
     }
     if (!q)
         return STORE_ERR;
@@ -233,31 +233,52 @@ int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct
  * delete`); a message left with nothing queued goes with them. */
 int store_ops_delete_domain(const char *domain, int64_t *rcpts)
 {
-    static sqlite3_stmt *del, *left;
-    int err;
+    static sqlite3_stmt *ids, *del, *left;
+    struct { int64_t id; char qid[QID_LEN + 1]; } *msgs = NULL;
+    size_t n = 0, cap = 0;
+    int err, rc;
 
     *rcpts = 0;
     if ((err = store_begin()))
         return err;
-    if (!store_stmt(&del, "DELETE FROM rcpt WHERE state=0 AND dest=?") ||
-        !store_stmt(&left, "SELECT qid FROM message m WHERE NOT EXISTS"
-                           " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"))
+    if (!store_stmt(&ids, "SELECT DISTINCT m.id, m.qid FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                          " WHERE r.state=0 AND r.kind IN (2,3) AND r.dest=?") ||
+        !store_stmt(&del, "DELETE FROM rcpt WHERE state=0 AND kind IN (2,3) AND dest=?") ||
+        !store_stmt(&left, "SELECT count(*) FROM rcpt WHERE message_id=? AND state=0"))
         return STORE_ERR;
-    sqlite3_bind_text(del, 1, domain, -1, SQLITE_TRANSIENT);
-    err = sqlite3_step(del);
-    sqlite3_reset(del);
-    if (err != SQLITE_DONE)
-        return store_rc(err);
-    *rcpts = sqlite3_changes(store_db());
-    /* Messages that kept nothing queued: the same end as a delete. */
-    for (;;) {
-        char qid[QID_LEN + 1] = "";
-        if (sqlite3_step(left) == SQLITE_ROW)
-            util_strlcpy(qid, (const char *)sqlite3_column_text(left, 0), sizeof qid);
-        sqlite3_reset(left);
-        if (!qid[0])
-            return 0;
-        if ((err = store_queue_delete(qid)))
-            return err;
+    /* The messages concerned, before their recipients go. */
+    sqlite3_bind_text(ids, 1, domain, -1, SQLITE_TRANSIENT);
+    while ((rc = sqlite3_step(ids)) == SQLITE_ROW) {
+        if (n == cap) {
+            void *p = realloc(msgs, (cap = cap ? cap * 2 : 64) * sizeof *msgs);
+            if (!p) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            msgs = p;
+        }
+        msgs[n].id = sqlite3_column_int64(ids, 0);
+        util_strlcpy(msgs[n++].qid, (const char *)sqlite3_column_text(ids, 1), sizeof msgs[0].qid);
     }
+    sqlite3_reset(ids);
+    err = rc == SQLITE_DONE ? 0 : STORE_ERR;
+    if (!err) {
+        sqlite3_bind_text(del, 1, domain, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(del);
+        sqlite3_reset(del);
+        err = rc == SQLITE_DONE ? 0 : store_rc(rc);
+        *rcpts = err ? 0 : sqlite3_changes(store_db());
+    }
+    /* A message that kept nothing queued ends as a delete would end it. */
+    for (size_t i = 0; i < n && !err; i++) {
+        int64_t still = 1;
+        sqlite3_bind_int64(left, 1, msgs[i].id);
+        if (sqlite3_step(left) == SQLITE_ROW)
+            still = sqlite3_column_int64(left, 0);
+        sqlite3_reset(left);
+        if (!still)
+            err = store_queue_delete(msgs[i].qid);
+    }
+    free(msgs);
+    return err;
 }
