@@ -355,6 +355,24 @@ MN_PRIVATE void store_set_busy_hint(int (*fn)(void));
 /* What this turn wrote must be durable at its end (a peer's 250 was
  * recorded: a crash must not make us send the message again). */
 MN_PRIVATE void store_commit_soon(void);
+/* A delivery outcome was written: outcomes are committed together, when
+ * STORE_OUTCOME_BATCH of them wait or the oldest has waited
+ * STORE_OUTCOME_MS (a crash resends at most those: at-least-once). */
+#define STORE_OUTCOME_BATCH 64
+#define STORE_OUTCOME_MS 200
+MN_PRIVATE void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+MN_PRIVATE int store_atomic_begin(void);
+MN_PRIVATE int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+MN_PRIVATE int store_fault(void);
+MN_PRIVATE int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 MN_PRIVATE int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -490,11 +508,17 @@ MN_PRIVATE void store_out_free(struct store_out_msg *m);
 MN_PRIVATE int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
 MN_PRIVATE int store_any_due(int64_t now);
-/* The next message after after_id with recipients of the given kind
+/* Where a delivery session is in its destination's queue: the
+ * (next_try, message id) of the last message it was handed; all zero at
+ * the start. */
+struct store_cursor {
+    int64_t next_try, msg_id;
+};
+/* The next message after the cursor with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
- * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
- * none, <0 error. */
-MN_PRIVATE int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+ * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
+ * cursor.  1 found, 0 none, <0 error. */
+MN_PRIVATE int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 MN_PRIVATE int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
@@ -5119,6 +5143,8 @@ static struct {
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
     int commit_soon;                    /* commit at the end of this turn */
+    int outcomes;                       /* delivery outcomes not yet committed */
+    int64_t first_outcome_ms;           /* when the oldest of them was written */
     int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
@@ -5128,6 +5154,7 @@ static struct {
 } S;
 
 static struct timer commit_timer = { .idx = -1 };
+static struct timer outcome_timer = { .idx = -1 };
 
 static void commit_due(void *arg)
 {
@@ -5218,6 +5245,37 @@ static const char *const migrations[] = {
     " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
     " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
     " UNION ALL SELECT 'Junk', 5, '\\Junk');",
+    /* 5: the queue as the scheduler walks it.  Only recipients still
+     * queued are indexed (a delivered one leaves the indexes instead of
+     * moving inside them), in the order they are picked: (next_try,
+     * message_id) per destination, and across destinations for the
+     * smarthost.  Counts that `queue count` and `status` show are kept
+     * by triggers, so reading them costs the same at any queue size. */
+    "DROP INDEX rcpt_due;"
+    "DROP INDEX rcpt_next;"
+    "CREATE INDEX rcpt_pick ON rcpt(kind, dest, next_try, message_id) WHERE state=0;"
+    "CREATE INDEX rcpt_any ON rcpt(kind, next_try, message_id) WHERE state=0;"
+    "CREATE TABLE tally(name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO tally VALUES ('msgs', (SELECT count(*) FROM message)),"
+    " ('rcpts', (SELECT count(*) FROM rcpt WHERE state=0)),"
+    " ('held', (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3)),"
+    " ('mbox', (SELECT count(*) FROM mbox));"
+    "CREATE TRIGGER message_in AFTER INSERT ON message BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER message_out AFTER DELETE ON message BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER mbox_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER mbox_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER rcpt_in AFTER INSERT ON rcpt WHEN new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;"
+    "CREATE TRIGGER rcpt_out AFTER DELETE ON rcpt WHEN old.state=0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
 };
 
 sqlite3 *store_db(void)
@@ -5354,6 +5412,7 @@ void store_close(void)
     if (!S.db)
         return;
     timer_cancel(&commit_timer);
+    timer_cancel(&outcome_timer);
     if (S.in_txn)
         store_rollback();
     for (int i = 0; i < S.n_slots; i++) {
@@ -5426,6 +5485,8 @@ void store_rollback(void)
     static sqlite3_stmt *st;
     if (!S.in_txn)
         return;
+    /* Outcomes lost with it: those messages are sent again (at-least-once). */
+    S.outcomes = 0;
     if (store_stmt(&st, "ROLLBACK")) {
         sqlite3_step(st);
         sqlite3_reset(st);
@@ -5458,6 +5519,8 @@ static int commit(void)
         return store_rc(rc);
     }
     S.in_txn = 0;
+    S.outcomes = 0;
+    timer_cancel(&outcome_timer);
     return 0;
 fail:
     store_rollback();
@@ -5510,6 +5573,34 @@ void store_commit_soon(void)
     S.commit_soon = 1;
 }
 
+/* Delivery outcomes (a peer's 250, 4xx, 5xx) are not acknowledged to
+ * anyone, so they need not be durable at once: losing them in a crash
+ * only sends those messages again.  Committing each alone cost one fsync
+ * per delivered message; batching them bounds both the fsyncs and the
+ * duplicates a crash can cause (STORE_OUTCOME_BATCH plus what was in
+ * flight on the wire). */
+static void outcome_due(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
+void store_outcome(void)
+{
+    int64_t now = util_now_ms();
+    if (!S.outcomes++) {
+        S.first_outcome_ms = now;
+        if (S.mode == STORE_DAEMON)
+            timer_set(&outcome_timer, STORE_OUTCOME_MS, outcome_due, NULL);
+    }
+    if (S.outcomes >= STORE_OUTCOME_BATCH)
+        S.commit_soon = 1;
+}
+
+static int outcomes_due(int64_t now)
+{
+    return S.outcomes && (S.outcomes >= STORE_OUTCOME_BATCH || now - S.first_outcome_ms >= STORE_OUTCOME_MS);
+}
+
 void store_set_busy_hint(int (*fn)(void))
 {
     busy_hint = fn;
@@ -5529,7 +5620,7 @@ void store_turn_end(void)
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && !S.commit_soon && now - S.txn_started < 500)
+        if (!S.n_acks && !S.commit_soon && !outcomes_due(now) && now - S.txn_started < 500)
             return;
         if (S.n_acks && busy_hint && busy_hint() > 0) {
             /* Wait up to one commit's duration (0.1 ms granularity). */
@@ -5847,8 +5938,89 @@ void store_reader_close(struct store_reader *r)
 
 /* -------------------------------------------------------------- messages */
 
+#ifdef MAILNODE_TEST
+/* Every statement prepared so far, with each line of its query plan. */
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg)
+{
+    for (int i = 0; i < S.n_slots; i++) {
+        const char *sql = sqlite3_sql(*S.slots[i]);
+        char *q = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sql);
+        sqlite3_stmt *st = NULL;
+        if (!q || sqlite3_prepare_v2(S.db, q, -1, &st, NULL) != SQLITE_OK) {
+            sqlite3_free(q);
+            return STORE_ERR;
+        }
+        sqlite3_free(q);
+        while (sqlite3_step(st) == SQLITE_ROW)
+            if (cb(arg, sql, (const char *)sqlite3_column_text(st, 3)))
+                break;
+        sqlite3_finalize(st);
+    }
+    return 0;
+}
+
+int store_fault_after = -1;
+
+int store_fault(void)
+{
+    return store_fault_after >= 0 && store_fault_after-- == 0;
+}
+#endif
+
+/* Multi-row calls are all-or-nothing inside the turn's transaction: a
+ * savepoint around them, rolled back to at the first failed step, so that
+ * the turn's COMMIT never carries half of one (a message without its
+ * recipients, recipients of a body that a refused message deleted). */
+static int sp_exec(sqlite3_stmt **slot, const char *sql)
+{
+    sqlite3_stmt *st = store_stmt(slot, sql);
+    int rc;
+    if (!st)
+        return STORE_ERR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error(sql);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_atomic_begin(void)
+{
+    static sqlite3_stmt *st;
+    int err = store_begin();
+    return err ? err : sp_exec(&st, "SAVEPOINT atomic");
+}
+
+int store_atomic_end(int err)
+{
+    static sqlite3_stmt *rel, *undo;
+
+    if (!S.in_txn)
+        return err < 0 ? err : STORE_ERR;
+    if (err < 0) {
+        /* A full disk or an I/O error may have ended the whole
+         * transaction already: then everything of the turn is gone. */
+        if (sqlite3_get_autocommit(S.db) || sp_exec(&undo, "ROLLBACK TO atomic")) {
+            store_rollback();
+            return err;
+        }
+    }
+    int rc = sp_exec(&rel, "RELEASE atomic");
+    if (rc) {
+        store_rollback();
+        return err < 0 ? err : rc;
+    }
+    return err;
+}
+
 static int step_done(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -5858,22 +6030,18 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
-int store_msg_insert(const struct store_env *env, struct store_body *b,
-                     const struct store_rcpt *rcpts, size_t n)
+static int msg_insert(const struct store_env *env, struct store_body *b,
+                      const struct store_rcpt *rcpts, size_t n)
 {
     static sqlite3_stmt *msg, *rc_st, *mb, *dest;
     int64_t now = util_now(), msg_id = 0;
     char prefix[ADDR_MAX + 32];
     int err;
 
-    if (b->err)
-        return b->err;
     /* RFC 5321 4.4: the final delivery records the reverse-path. */
     size_t plen = 0;
     if (util_header(prefix, sizeof prefix, &plen, "Return-Path: <%s>\r\n", env->sender) < 0)
         return STORE_ERR;
-    if ((err = store_begin()))
-        return err;
     for (size_t i = 0; i < n; i++) {
         const struct store_rcpt *r = &rcpts[i];
         if (r->kind == ROUTE_LOCAL) {
@@ -5932,6 +6100,20 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
         if ((err = step_done(dest, "queue destination")))
             return err;
     }
+    return 0;
+}
+
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n)
+{
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_atomic_begin()))
+        return err;
+    if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
+        return err;
     b->linked = 1;
     return 0;
 }
@@ -6015,14 +6197,12 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
-int store_queue_delete(const char *qid)
+static int queue_delete(const char *qid)
 {
     static sqlite3_stmt *r, *m, *bq;
     int64_t body_id = 0;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
@@ -6043,12 +6223,18 @@ int store_queue_delete(const char *qid)
     return store_gc_body(body_id);
 }
 
+int store_queue_delete(const char *qid)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_delete(qid));
+}
+
 int64_t store_queue_count(void)
 {
     static sqlite3_stmt *st;
     int64_t n = -1;
 
-    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0"))
+    if (!store_stmt(&st, "SELECT n FROM tally WHERE name='msgs'"))
         return -1;
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
@@ -6062,10 +6248,10 @@ int store_status(struct store_status *st)
     int rc;
 
     memset(st, 0, sizeof *st);
-    if (!store_stmt(&q, "SELECT (SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3),"
-                        " (SELECT count(*) FROM mbox), (SELECT count(*) FROM user)"))
+    if (!store_stmt(&q, "SELECT (SELECT n FROM tally WHERE name='msgs'),"
+                        " (SELECT n FROM tally WHERE name='rcpts'),"
+                        " (SELECT n FROM tally WHERE name='held'),"
+                        " (SELECT n FROM tally WHERE name='mbox'), (SELECT count(*) FROM user)"))
         return STORE_ERR;
     rc = sqlite3_step(q);
     if (rc == SQLITE_ROW) {
@@ -6122,7 +6308,7 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     int rc;
 
     if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE rcpt.dest=dest.name AND state=0)"
+                        " (SELECT count(*) FROM rcpt WHERE kind IN (2,3) AND rcpt.dest=dest.name AND state=0)"
                         " FROM dest ORDER BY name"))
         return STORE_ERR;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
@@ -6143,15 +6329,13 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
-int store_gc_body(int64_t body_id)
+static int gc_body(int64_t body_id)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
     /* Only when nothing refers to it: both look-ups use an index, so the
      * cost does not grow with the number of messages stored. */
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
         !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
@@ -6164,13 +6348,17 @@ int store_gc_body(int64_t body_id)
     return step_done(b, "collect body");
 }
 
-int store_gc(void)
+int store_gc_body(int64_t body_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_body(body_id));
+}
+
+static int gc_all(void)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=1"
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))") ||
@@ -6181,6 +6369,12 @@ int store_gc(void)
     if ((err = step_done(c, "collect chunks")))
         return err;
     return step_done(b, "collect bodies");
+}
+
+int store_gc(void)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_all());
 }
 
 /* ---- src/store_admin.c ---- */
@@ -6218,6 +6412,10 @@ static int admin_key(const char *name, char *buf, size_t size)
  * STORE_EXISTS, not a failure. */
 static int admin_exec(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
@@ -6344,17 +6542,12 @@ int store_user_update(const struct store_user *u)
  * nobody refers to any more.  Hold domains the user owned lose their
  * owner: a new user who happens to get the same name must not inherit the
  * right to fetch that domain's mail. */
-int store_user_del(const char *name)
+static int user_del(const char *key)
 {
     static sqlite3_stmt *mb, *dom, *us;
-    char key[USER_MAX + 1];
     struct store_user u;
     int err;
 
-    if (admin_key(name, key, sizeof key))
-        return STORE_NOTFOUND;
-    if ((err = store_begin()))
-        return err;
     if ((err = store_user_get(key, &u)))
         return err;
     if (!store_stmt(&mb, "DELETE FROM mbox WHERE user_id=?") ||
@@ -6372,6 +6565,18 @@ int store_user_del(const char *name)
         return err;
     sodium_memzero(&u, sizeof u);
     return store_gc();
+}
+
+int store_user_del(const char *name)
+{
+    char key[USER_MAX + 1];
+    int err;
+
+    if (admin_key(name, key, sizeof key))
+        return STORE_NOTFOUND;
+    if ((err = store_atomic_begin()))
+        return err;
+    return store_atomic_end(user_del(key));
 }
 
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg)
@@ -6692,6 +6897,10 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
         return err;
     for (size_t i = 0; i < n; i++) {
         if (!store_stmt(&del, "DELETE FROM mbox WHERE uid=? AND user_id=? RETURNING body_id")) {
+            err = STORE_ERR;
+            goto fail;
+        }
+        if (STORE_FAULT()) {
             err = STORE_ERR;
             goto fail;
         }
@@ -7279,6 +7488,10 @@ int store_imap_cache_put(int64_t body_id, const struct store_imap_cache *c)
 
 static int sd_step(sqlite3_stmt *st)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -7348,7 +7561,11 @@ void store_out_free(struct store_out_msg *m)
     m->nrcpt = 0;
 }
 
-static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now)
+/* The recipients of m to hand out: due, of the kind, in the destination
+ * (domain NULL: any).  exact_try >= 0 keeps only those whose next_try is
+ * exactly that, i.e. the ones of the index entry that was picked: others
+ * of the same message have entries of their own further on. */
+static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now, int64_t exact_try)
 {
     static sqlite3_stmt *st;
     int rc;
@@ -7358,13 +7575,14 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
         return STORE_ERR;
     if (!store_stmt(&st, "SELECT id, addr, orcpt, notify, attempts FROM rcpt WHERE message_id=?1"
                          " AND state=0 AND kind=?4 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
-                         " ORDER BY id LIMIT " "100"))
+                         " AND (?5 < 0 OR next_try=?5) ORDER BY id LIMIT " "100"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, m->id);
     sqlite3_bind_int(st, 4, kind);
     sqlite3_bind_int64(st, 2, now);
     if (domain)
         sqlite3_bind_text(st, 3, domain, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, exact_try);
     m->nrcpt = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && m->nrcpt < STORE_OUT_RCPTS) {
         struct store_out_rcpt *r = &m->rcpts[m->nrcpt++];
@@ -7386,19 +7604,28 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
     return 0;
 }
 
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m)
+/* The pick walks the partial index rcpt_pick (or rcpt_any) from the
+ * cursor: one seek, then the first entry, whatever the queue's size.
+ * The cursor is (next_try, message_id), the index order, so a session
+ * never sees a message twice for the same entry, and mail that becomes
+ * due while it runs (new mail, a flush) sorts after the cursor. */
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
 {
     static sqlite3_stmt *by_dest, *any;
     sqlite3_stmt *st;
+    int64_t at;
     int rc;
 
     if (domain) {
-        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
+        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
                                   " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
-                                  " AND message_id>?3)");
+                                  " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                                  " JOIN message m ON m.id=r.message_id");
     } else {
-        st = store_stmt(&any, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
-                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2 AND message_id>?3)");
+        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
+                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2"
+                              " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                              " JOIN message m ON m.id=r.message_id");
     }
     if (!st)
         return STORE_ERR;
@@ -7406,16 +7633,21 @@ int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, 
     if (domain)
         sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_int64(st, 3, after_id);
+    sqlite3_bind_int64(st, 3, cur->msg_id);
+    sqlite3_bind_int64(st, 5, cur->next_try);
     rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW) {
         envelope_fill(st, m);
+        at = sqlite3_column_int64(st, 9);
+    }
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
         return 0;
     if (rc != SQLITE_ROW)
         return STORE_ERR;
-    if (rcpts_fill(m, domain, kind, now))
+    cur->next_try = at;
+    cur->msg_id = m->id;
+    if (rcpts_fill(m, domain, kind, now, at))
         return STORE_ERR;
     return 1;
 }
@@ -7435,7 +7667,7 @@ int store_out_get(int64_t msg_id, struct store_out_msg *m)
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
     /* every queued remote recipient, whenever due */
-    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX);
+    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX, -1);
 }
 
 int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error)
@@ -7454,11 +7686,12 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
         sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, util_now());
     sqlite3_bind_int64(st, 5, rcpt_id);
-    store_commit_soon();
+    /* Committed with the other outcomes of the batch (store_outcome). */
+    store_outcome();
     return sd_step(st);
 }
 
-int store_msg_retire(int64_t msg_id)
+static int msg_retire(int64_t msg_id)
 {
     static sqlite3_stmt *left, *dr, *dm, *bq;
     int64_t body_id = 0;
@@ -7492,6 +7725,12 @@ int store_msg_retire(int64_t msg_id)
     if ((err = store_gc_body(body_id)))
         return err;
     return 1;
+}
+
+int store_msg_retire(int64_t msg_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(msg_retire(msg_id));
 }
 
 int store_dest_get(const char *name, struct store_dest *d)
@@ -7541,22 +7780,20 @@ int store_dest_put(const struct store_dest *d)
     return sd_step(st);
 }
 
-int store_flush(const char *domain, int64_t now)
+static int flush(const char *domain, int64_t now)
 {
     static sqlite3_stmt *d_all, *d_one, *r_all, *r_one;
     sqlite3_stmt *d, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (domain) {
         d = store_stmt(&d_one, "UPDATE dest SET next_try=0, backoff=0 WHERE name=?1");
         r = store_stmt(&r_one, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND dest=?1 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     } else {
         d = store_stmt(&d_all, "UPDATE dest SET next_try=0, backoff=0 WHERE next_try>0 OR backoff>0");
         r = store_stmt(&r_all, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     }
     if (!d || !r)
         return STORE_ERR;
@@ -7570,13 +7807,19 @@ int store_flush(const char *domain, int64_t now)
     return sd_step(r);
 }
 
+int store_flush(const char *domain, int64_t now)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(flush(domain, now));
+}
+
 int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg)
 {
     static sqlite3_stmt *st;
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY r.message_id LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -7615,13 +7858,11 @@ int store_msg_set_warned(int64_t msg_id)
     return sd_step(st);
 }
 
-int store_queue_hold(const char *qid, int hold)
+static int queue_hold(const char *qid, int hold)
 {
     static sqlite3_stmt *m, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&m, "UPDATE message SET hold=?2 WHERE qid=?1") ||
         !store_stmt(&r, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND message_id="
                         "(SELECT id FROM message WHERE qid=?1)"))
@@ -7636,6 +7877,12 @@ int store_queue_hold(const char *qid, int hold)
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(r, 2, hold ? INT64_MAX : 0);
     return sd_step(r);
+}
+
+int store_queue_hold(const char *qid, int hold)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_hold(qid, hold));
 }
 
 int store_held_count(const char *domain)
@@ -12938,7 +13185,7 @@ struct hop {
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
     char peer_ip[64];                   /* the address being tried */
-    int64_t after_id;                   /* batch cursor */
+    struct store_cursor cur;            /* batch cursor */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
@@ -13251,23 +13498,21 @@ static int hop_next(void *arg, struct store_out_msg *m)
         /* A release carries everything held for its domains, domain by
          * domain: only the recipients in those domains. */
         while (h->dom_i < h->ndomains) {
-            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, h->after_id, INT64_MAX, m);
+            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, &h->cur, INT64_MAX, m);
             if (rc == 1) {
-                h->after_id = m->id;
                 h->handed++;
                 return 1;
             }
             h->dom_i++;
-            h->after_id = 0;
+            memset(&h->cur, 0, sizeof h->cur);
         }
         return 0;
     }
     if (h->handed >= conf->delivery_per_connection)
         return 0;
-    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, h->after_id, util_now(), m);
+    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &h->cur, util_now(), m);
     if (rc != 1)
         return 0;
-    h->after_id = m->id;
     h->handed++;
     return 1;
 }
@@ -13358,6 +13603,7 @@ static void hop_finish(struct hop *h, int ok)
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
         h->rel_done = NULL;
+        store_commit_soon();            /* the release's outcomes, at its end */
         hop_free(h);
         queue_kick();
         return;
@@ -13425,10 +13671,9 @@ static const struct smtpc_ops hop_ops = {
 static void fail_destination(struct hop *h, const char *status, const char *text)
 {
     struct store_out_msg m;
-    int64_t after = 0;
+    struct store_cursor cur = { 0, 0 };
 
-    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, after, INT64_MAX, &m) == 1) {
-        after = m.id;
+    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &cur, INT64_MAX, &m) == 1) {
         for (int i = 0; i < m.nrcpt; i++) {
             store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
             log_info("%s: to=<%s> status=bounced (%s)", m.qid, m.rcpts[i].addr, text);
@@ -13884,7 +14129,8 @@ static void waiters_check(void)
                 struct store_dest d;
                 store_dest_get(w->domain, &d);
                 struct store_out_msg m;
-                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, 0, now, &m) == 1) {
+                struct store_cursor cur = { 0, 0 };
+                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, &cur, now, &m) == 1) {
                     busy = 1;
                     store_out_free(&m);
                 }
