@@ -77,6 +77,8 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "bundle.key", T_STR, F(bundle_key), 0, NULL },
+    { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
 };
 
 static char *xstrdup(const char *s)
@@ -219,6 +221,11 @@ static void derive(struct conf *c)
         free(c->keyfile);
         snprintf(buf, sizeof buf, "%s.key", c->database);
         c->keyfile = xstrdup(buf);
+    }
+    if (!c->bundle_key || !*c->bundle_key) {
+        free(c->bundle_key);
+        snprintf(buf, sizeof buf, "%s.bundle-key", c->database);
+        c->bundle_key = xstrdup(buf);
     }
     if (!c->control || !*c->control) {
         free(c->control);

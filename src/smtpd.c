@@ -1053,6 +1053,8 @@ static void message_end(struct smtpd *s)
         env.size = s->body->size;
         int err = store_body_finish(s->body);
         if (!err)
+            err = bundle_dedup(s->body, s->rcpts, &s->nrcpt, s->qid);
+        if (!err)
             err = store_msg_insert(&env, s->body, s->rcpts, s->nrcpt);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
