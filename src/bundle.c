@@ -708,22 +708,9 @@ void bundle_reader_free(struct bundle_reader *r)
 
 /* -------------------------------------------------------------- envelope */
 
-/* RFC 3461 4: xtext, "+" and two hex digits for anything outside
- * "!" .. "~" and for "+" and "=". */
-static size_t bundle_xtext(const char *s, char *out, size_t n)
-{
-    size_t o = 0;
-    for (; *s && o + 4 < n; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c < 33 || c > 126 || c == '+' || c == '=')
-            o += (size_t)snprintf(out + o, n - o, "+%02X", c);
-        else
-            out[o++] = (char)c;
-    }
-    out[o] = '\0';
-    return o;
-}
-
+/* RFC 3461 4: xtext is "!" .. "~" except "+" and "=", and "+" with two
+ * upper-case hex digits.  The store keeps ENVID and ORCPT as they travel
+ * in SMTP, xtext-encoded; so does the bundle.  Decodes to check. */
 static int bundle_unxtext(const char *s, size_t len, char *out, size_t n)
 {
     size_t o = 0;
@@ -772,7 +759,7 @@ static const char *bundle_notify_text(int notify, char *buf, size_t n)
 int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t *len)
 {
     size_t o = 0;
-    char x[ADDR_MAX * 3 + 32], nb[64];
+    char nb[64];
     int w;
 
     w = snprintf(out, n, "ID %s %lld\r\nMAIL FROM:<%s> SIZE=%lld BODY=%s", m->qid, (long long)m->received,
@@ -781,8 +768,7 @@ int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t
         return -1;
     o = (size_t)w;
     if (m->envid[0]) {
-        bundle_xtext(m->envid, x, sizeof x);
-        w = snprintf(out + o, n - o, " ENVID=%s", x);
+        w = snprintf(out + o, n - o, " ENVID=%s", m->envid);
         if (w < 0 || (size_t)w >= n - o)
             return -1;
         o += (size_t)w;
@@ -804,15 +790,7 @@ int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t
             o += (size_t)w;
         }
         if (r->orcpt[0]) {
-            const char *semi = strchr(r->orcpt, ';');
-            char type[32];
-            size_t tl = semi ? (size_t)(semi - r->orcpt) : 0;
-            if (!semi || tl >= sizeof type)
-                util_strlcpy(type, "rfc822", sizeof type), semi = r->orcpt - 1;
-            else
-                memcpy(type, r->orcpt, tl), type[tl] = '\0';
-            bundle_xtext(semi + 1, x, sizeof x);
-            w = snprintf(out + o, n - o, " ORCPT=%s;%s", type, x);
+            w = snprintf(out + o, n - o, " ORCPT=%s", r->orcpt);
             if (w < 0 || (size_t)w >= n - o)
                 return -1;
             o += (size_t)w;
@@ -874,8 +852,11 @@ static int bundle_env_mail(struct bundle_env *e, const char *line, size_t len)
             else if (!(vl == 4 && !strncasecmp(v, "7BIT", 4)))
                 return -1;
         } else if (bundle_param(line + s, t, "ENVID", &v, &vl)) {
-            if (bundle_unxtext(v, vl, e->envid, sizeof e->envid))
+            char dec[101];
+            if (vl >= sizeof e->envid || bundle_unxtext(v, vl, dec, sizeof dec))
                 return -1;
+            memcpy(e->envid, v, vl);
+            e->envid[vl] = '\0';
         } else if (bundle_param(line + s, t, "RET", &v, &vl)) {
             if (vl == 4 && !strncasecmp(v, "FULL", 4))
                 e->ret_full = 1;
@@ -950,10 +931,10 @@ static int bundle_env_rcpt(struct bundle_env *e, const char *line, size_t len)
             if (!semi)
                 return -1;
             tl = (size_t)(semi - v);
-            if (!tl || tl > 20 || bundle_unxtext(semi + 1, vl - tl - 1, dec, sizeof dec))
+            if (!tl || tl > 20 || vl > ADDR_MAX || bundle_unxtext(semi + 1, vl - tl - 1, dec, sizeof dec))
                 return -1;
-            if (snprintf(r->orcpt, sizeof r->orcpt, "%.*s;%s", (int)tl, v, dec) >= (int)sizeof r->orcpt)
-                return -1;
+            memcpy(r->orcpt, v, vl);
+            r->orcpt[vl] = '\0';
             for (size_t k = 0; k < tl; k++)
                 if (!addr_is_atext((unsigned char)v[k]) && v[k] != '-')
                     return -1;

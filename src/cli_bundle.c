@@ -558,6 +558,10 @@ int cli_bundle(int argc, char **argv)
 {
     if (cli_bundle_help(argc, argv, cli_bundle_usage))
         return EX_OK;
+    /* One log line per message is for syslog; on a terminal the summary
+     * lines say what happened. */
+    if (!conf->use_syslog)
+        log_set_level(LOG_WARNING);
     if (argc >= 2 && !strcmp(argv[1], "export"))
         return cli_bundle_export(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "import"))

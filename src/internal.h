@@ -896,7 +896,7 @@ void bundle_reader_free(struct bundle_reader *r);
 
 struct bundle_env_rcpt {
     char addr[ADDR_MAX];
-    char orcpt[ADDR_MAX + 24];
+    char orcpt[ADDR_MAX + 8];            /* as in SMTP: type ";" xtext */
     int notify;
 };
 struct bundle_env {
