@@ -687,11 +687,6 @@ int bundle_read_record(struct bundle_reader *r, int *type, const unsigned char *
     return 0;
 }
 
-int64_t bundle_reader_bytes(const struct bundle_reader *r)
-{
-    return r->in_bytes;
-}
-
 void bundle_reader_free(struct bundle_reader *r)
 {
     if (!r)

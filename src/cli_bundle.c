@@ -113,7 +113,7 @@ static int cli_peer_domains(const char *in, char *out, size_t n)
     out[0] = '\0';
     for (size_t i = 0; i < k; i++) {
         util_lower(items[i]);
-        if (!ctl_domain_ok(items[i], strlen(items[i])) || strchr(items[i], ','))
+        if (!addr_domain_ok(items[i], strlen(items[i]), 0) || strchr(items[i], ','))
             return -1;
         int w = snprintf(out + o, n - o, "%s%s", o ? "," : "", items[i]);
         if (w < 0 || (size_t)w >= n - o)

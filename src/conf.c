@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-struct conf *conf;
+MN_PRIVATE struct conf *conf;
 
 enum conf_type { T_STR, T_DURATION, T_SIZE, T_INT, T_BOOL, T_DOMAINS, T_CIDRS };
 
@@ -79,7 +79,9 @@ static const struct conf_key keys[] = {
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
     { "bundle.key", T_STR, F(bundle_key), 0, NULL },
     { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
+    { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
+#undef F        /* the amalgamation goes on with other modules */
 
 static char *xstrdup(const char *s)
 {
@@ -329,6 +331,8 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
         return -1;
     }
     if (conf_check_tls(c, path, err, errlen))
+        return -1;
+    if (pace_conf_check(c, err, errlen))
         return -1;
     derive(c);
     return 0;

@@ -15,6 +15,7 @@
 #include <sys/epoll.h>
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <ifaddrs.h>
 
 #define LOOP_MAX_LISTENERS 16
 #define LOOP_EVENTS 64
@@ -22,27 +23,11 @@
  * 50 sessions cost well under 2 MB. */
 #define LOOP_BUF (16 * 1024)
 
-/* The TLS record layer under a connection (tls.c).  c->tls is set by
- * tls_start_server/tls_start_client; from then on the loop moves the
- * connection's bytes through these instead of recv()/send().  read and
- * write answer like recv() and send() (errno EAGAIN: OpenSSL waits for the
- * socket).  While the handshake runs, read_wants_out says whether it waits
- * for the socket to be writable (else readable). */
-int tls_io_handshaking(const struct conn *c);
-size_t tls_io_plain(const struct conn *c);      /* cleartext bytes due before the handshake */
-void tls_io_plain_sent(struct conn *c, size_t n);
-int tls_io_handshake(struct conn *c);           /* 1 done, 0 waiting, -1 failed */
-ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
-ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
-int tls_io_pending(const struct conn *c);       /* decrypted bytes not yet read */
-int tls_io_read_wants_out(const struct conn *c);
-int tls_io_write_wants_in(const struct conn *c);
-const char *tls_io_error(void);                 /* why tls_init failed */
-
 struct listener {
     int fd;
     int kind;
     loop_accept_fn on_accept;
+    struct sockaddr_storage addr;       /* what it is bound to */
 };
 
 static struct {
@@ -145,6 +130,7 @@ static void run_timers(int64_t now)
 enum { TAG_CONN = 0, TAG_LISTENER = 1, TAG_WATCH = 2, TAG_MASK = 3 };
 
 static void conn_readable(struct conn *c);
+static void conn_progress(struct conn *c);
 
 /* Stop reading while paused, while the input buffer is full, and while
  * the output is more than half full: a client that pipelines without
@@ -340,6 +326,8 @@ int conn_flush(struct conn *c)
         }
         memmove(c->out, c->out + w, c->out_len - (size_t)w);
         c->out_len -= (size_t)w;
+        if (w > 0)
+            conn_progress(c);
     }
     if (!c->out_len && c->closing) {
         /* A close while the client still has bytes in flight makes the
@@ -398,7 +386,18 @@ void conn_kick(struct conn *c)
 
 void conn_set_timeout(struct conn *c, int64_t ms)
 {
+    if (ms > 0 && !c->connecting)
+        c->moved_seen = pace_moved(c->fd);
+    c->idle_ms = ms > 0 ? ms : 0;
     c->deadline = ms > 0 ? util_now_ms() + ms : 0;
+}
+
+/* Octets moved: the idle timeout starts again (a lingering close keeps
+ * its own fixed deadline). */
+static void conn_progress(struct conn *c)
+{
+    if (c->idle_ms && !c->lingering)
+        c->deadline = util_now_ms() + c->idle_ms;
 }
 
 static void conn_linger_read(struct conn *c)
@@ -426,6 +425,7 @@ static void conn_readable(struct conn *c)
                            : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
+            conn_progress(c);
             continue;
         }
         if (r == 0) {
@@ -568,6 +568,16 @@ static void check_deadlines(int64_t now)
     for (c = L.conns; c; c = next) {
         next = c->next;
         if (c->deadline && c->deadline <= now) {
+            /* The kernel moved octets meanwhile (a large send buffer
+             * draining over a slow link): that is progress too. */
+            if (c->idle_ms && !c->lingering && !c->connecting) {
+                uint64_t moved = pace_moved(c->fd);
+                if (moved != c->moved_seen) {
+                    c->moved_seen = moved;
+                    c->deadline = now + c->idle_ms;
+                    continue;
+                }
+            }
             c->deadline = 0;
             if (c->lingering)
                 conn_abort(c);
@@ -673,6 +683,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         ls->fd = fd;
         ls->kind = kind;
         ls->on_accept = on_accept;
+        ls->addr = ss;
         if (epoll_ctl(L.epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
             snprintf(err, errlen, "epoll: %s", strerror(errno));
             close(fd);
@@ -681,6 +692,82 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         L.n_listeners++;
         log_info("listening on %s (%s)", items[i],
                  (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
+    }
+    return 0;
+}
+
+/* Is ss (address and port) one of this host's addresses?  Loopback
+ * always is; the rest come from the interfaces. */
+static int own_host_address(const struct sockaddr_storage *ss)
+{
+    struct ifaddrs *ifs, *i;
+    int found = 0;
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)ss;
+        if ((ntohl(a->sin_addr.s_addr) >> 24) == 127 || a->sin_addr.s_addr == htonl(INADDR_ANY))
+            return 1;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const void *)ss;
+        if (IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+            return 1;
+    }
+    if (getifaddrs(&ifs) < 0)
+        return 0;
+    for (i = ifs; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != ss->ss_family)
+            continue;
+        if (ss->ss_family == AF_INET)
+            found = ((const struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr.s_addr ==
+                    ((const struct sockaddr_in *)(const void *)ss)->sin_addr.s_addr;
+        else
+            found = !memcmp(&((const struct sockaddr_in6 *)(void *)i->ifa_addr)->sin6_addr,
+                            &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, 16);
+    }
+    freeifaddrs(ifs);
+    return found;
+}
+
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)(const void *)b)->sin_addr.s_addr;
+    return !memcmp(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr,
+                   &((const struct sockaddr_in6 *)(const void *)b)->sin6_addr, 16);
+}
+
+static int wildcard_address(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr);
+}
+
+static int port_of(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)(const void *)a)->sin_port);
+    if (a->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)(const void *)a)->sin6_port);
+    return -1;
+}
+
+int loop_is_own_listener(const struct sockaddr_storage *ss)
+{
+    for (int i = 0; i < L.n_listeners; i++) {
+        const struct listener *ls = &L.listeners[i];
+        if (port_of(&ls->addr) != port_of(ss))
+            continue;
+        if (same_address(&ls->addr, ss))
+            return 1;
+        /* A wildcard listener (0.0.0.0, ::) answers on every address of
+         * the host; an IPv6 wildcard usually on the IPv4 ones too. */
+        if (wildcard_address(&ls->addr) &&
+            (ls->addr.ss_family == ss->ss_family || ls->addr.ss_family == AF_INET6) && own_host_address(ss))
+            return 1;
     }
     return 0;
 }
@@ -777,15 +864,6 @@ int loop_init(void)
 void loop_set_turn_hook(void (*fn)(void))
 {
     L.turn_hook = fn;
-}
-
-int loop_count_conns(int kind)
-{
-    int n = 0;
-    for (struct conn *c = L.conns; c; c = c->next)
-        if (kind < 0 || c->kind == kind)
-            n++;
-    return n;
 }
 
 void loop_stop(void)

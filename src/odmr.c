@@ -8,35 +8,11 @@
  */
 #include "internal.h"
 
-#include <ctype.h>
 #include <string.h>
-
-/* A domain name as RFC 1985/2645 requests carry it: letters, digits,
- * hyphens, dots; no empty labels. */
-static int domain_ok(const char *d, size_t len)
-{
-    size_t label = 0;
-    if (!len || len > SMTP_DOMAIN_MAX || d[0] == '.' || d[len - 1] == '.')
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)d[i];
-        if (c == '.') {
-            if (!label)
-                return 0;
-            label = 0;
-            continue;
-        }
-        if (!isalnum(c) && c != '-')
-            return 0;
-        if (++label > 63)
-            return 0;
-    }
-    return 1;
-}
 
 struct etrn_walk {
     const char *parent;                 /* "@domain": it and its subdomains */
-    int matched, held, started, failed;
+    int matched, held, started, failed, refused;
 };
 
 static int etrn_each(void *arg, const struct store_domain *d)
@@ -51,7 +27,9 @@ static int etrn_each(void *arg, const struct store_domain *d)
         return 0;
     w->matched++;
     int started, n = queue_release(d->name, &started);
-    if (n < 0)
+    if (n == QUEUE_REL_ATRN_ONLY || n == QUEUE_REL_LOOP)
+        w->refused++;
+    else if (n < 0)
         w->failed++;
     else
         w->held += n;
@@ -73,7 +51,7 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
         sub = *arg == '@';              /* "#queue": our queues are named by domain */
         arg++;
     }
-    if (!domain_ok(arg, strlen(arg))) {
+    if (!addr_domain_ok(arg, strlen(arg), 0)) {
         snprintf(reply, n, "501 5.5.4 Syntax: ETRN [@|#]domain");
         return;
     }
@@ -87,6 +65,9 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
         }
         if (!w.matched)
             snprintf(reply, n, "459 4.7.1 Node %s not allowed: no domain held here", dom);
+        else if (w.refused == w.matched)
+            snprintf(reply, n, "459 4.7.1 Node %s not allowed: its domains are released only by ATRN or "
+                     "would loop back here", dom);
         else if (!w.held)
             snprintf(reply, n, "251 2.0.0 OK, no messages waiting for node %s", dom);
         else
@@ -96,6 +77,11 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
     int started, held = queue_release(dom, &started);
     if (held == -1)
         snprintf(reply, n, "459 4.7.1 Node %s not allowed: not a domain held here", dom);
+    else if (held == QUEUE_REL_ATRN_ONLY)
+        snprintf(reply, n, "459 4.7.1 Node %s not allowed: released only by ATRN to its owner", dom);
+    else if (held == QUEUE_REL_LOOP)
+        snprintf(reply, n, "458 4.4.6 Unable to queue messages for node %s: its host is this node, "
+                 "mail would loop back here", dom);
     else if (held < 0)
         snprintf(reply, n, "458 4.0.0 Unable to queue messages for node %s", dom);
     else if (!held)
@@ -142,7 +128,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         while (*p) {
             const char *comma = strchr(p, ',');
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
-            if (!domain_ok(p, len) || *n == max || (comma && !comma[1])) {
+            if (!addr_domain_ok(p, len, 0) || *n == max || (comma && !comma[1])) {
                 snprintf(reply, rn, "501 5.5.4 Syntax: ATRN [domain[,domain...]]");
                 return 501;
             }
@@ -155,7 +141,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         for (size_t i = 0; i < *n; i++) {
             struct store_domain d;
             if (store_domain_get(domains[i], &d) || d.kind != DOMAIN_HOLD || strcmp(d.owner, user)) {
-                snprintf(reply, rn, "450 4.7.1 Access denied to %s", domains[i]);
+                snprintf(reply, rn, "450 4.7.1 Access denied to %.255s", domains[i]);
                 return 450;
             }
         }

@@ -42,10 +42,13 @@ struct smtpc {
     const struct smtpc_ops *ops;
     void *arg;
     char peer[SMTP_DOMAIN_MAX + 1];
+    char dest[SMTP_DOMAIN_MAX + 16];    /* the destination, for per-destination settings */
     struct smtpc_auth auth;
     int reached;
     int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
     int ended;
+    int attached;                       /* a turned-around connection (ATRN) */
+    int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
     int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
     int tls_policy;                     /* SMTPC_TLS_* */
@@ -214,7 +217,7 @@ static void end_session(struct smtpc *s, const char *why)
     s->m7 = NULL;
     if (why)
         set_error(s, "%s", why);
-    s->ops->done(s->arg, s->reached, s->error[0] ? s->error : NULL);
+    s->ops->done(s->arg, s->looped ? SMTPC_LOOP : s->reached, s->error[0] ? s->error : NULL);
 }
 
 /* Ends the session politely with the reason for the scheduler. */
@@ -488,7 +491,9 @@ static void write_current(struct smtpc *s)
                     return;
                 }
                 cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
-                conn_set_timeout(s->c, 600 * 1000);
+                /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
+                 * timer: a peer that keeps reading keeps the session. */
+                conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
                 s->wstate = W_BODY;
                 continue;
             }
@@ -633,6 +638,20 @@ static void on_reply_ehlo_done(struct smtpc *s)
     pump(s);
 }
 
+/* RFC 5321 5.1: a peer that names itself with our hostname in its
+ * greeting or EHLO reply is this node (another of its addresses, a port
+ * forwarded back to us): delivering there would only queue the mail here
+ * again.  Not asked of a turned-around ATRN connection, which we did not
+ * choose. */
+static int peer_is_us(const struct smtpc *s, const char *text)
+{
+    size_t n = strlen(conf->hostname);
+    if (s->attached || !n || strlen(text) < 4)
+        return 0;
+    text += 4;
+    return !strncasecmp(text, conf->hostname, n) && (!text[n] || text[n] == ' ');
+}
+
 static void on_reply(struct smtpc *s, int code, const char *text)
 {
     char clean[512];
@@ -652,11 +671,22 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             quit_with_error(s, "%s greeted with: %s", s->peer, clean);
             break;
         }
+        if (peer_is_us(s, text)) {
+            s->looped = 1;
+            quit_with_error(s, "mail loops back to myself: %s greets as %s", s->peer, conf->hostname);
+            break;
+        }
         s->reached = 1;
         cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
         break;
     case E_EHLO:
     case E_HELO:
+        if (code / 100 == 2 && peer_is_us(s, text)) {
+            s->looped = 1;
+            s->reached = 0;
+            quit_with_error(s, "mail loops back to myself: %s answers EHLO as %s", s->peer, conf->hostname);
+            break;
+        }
         if (code / 100 != 2) {
             if (kind == E_EHLO) {       /* RFC 5321 3.2: fall back to HELO */
                 cmd(s, E_HELO, 0, 0, "HELO %s", conf->hostname);
@@ -710,6 +740,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 return;
             }
             s->wstate = W_BODY;
+            conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
@@ -873,6 +904,7 @@ static void smtpc_connected(struct conn *c, int err)
     }
     /* RFC 5321 4.5.3.2.1: 5 minutes for the greeting. */
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    pace_rate(c->fd, pace_rate_for(s->dest, s->peer));
 }
 
 static const struct conn_ops smtpc_conn_ops = {
@@ -912,6 +944,7 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
         free(s);
         return NULL;
     }
+    pace_socket(s->c->fd);
     conn_set_timeout(s->c, conf->smtp_timeout_connect * 1000);
     return s;
 }
@@ -923,12 +956,25 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     if (!s)
         return NULL;
     s->c = c;
+    s->attached = 1;
     /* Whatever the peer sent before the turnaround is not a reply to us. */
     conn_consume(c, c->in_len);
     c->ops = &smtpc_conn_ops;
     c->ctx = s;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
     return s;
+}
+
+int smtpc_peer_dsn(const struct smtpc *s)
+{
+    return s && s->dsn;
+}
+
+void smtpc_set_dest(struct smtpc *s, const char *dest)
+{
+    util_strlcpy(s->dest, dest, sizeof s->dest);
+    if (!s->c->connecting)
+        pace_rate(s->c->fd, pace_rate_for(s->dest, s->peer));
 }
 
 void smtpc_abort(struct smtpc *s)

@@ -55,9 +55,8 @@ struct smtpd {
     char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
     int ret_full;
     int body_8bit;
-    int nrcpt_cmds;                     /* RCPT commands accepted */
-    struct store_rcpt *rcpts;           /* routes after aliases */
-    size_t nrcpt, caprcpt;
+    int nrcpt_cmds;                     /* RCPT commands that added a recipient */
+    struct rcpts rcpts;                 /* distinct routes after aliases */
     struct store_body *body;
     struct mime_data md;
     int data_error;                     /* reply code decided while reading */
@@ -94,6 +93,7 @@ int smtpd_busy(void)
 
 static void smtpd_input(struct conn *c);
 static void bdat_chunk_done(struct smtpd *s);
+static void reply_refused(struct smtpd *s, int code);
 
 /* ---------------------------------------------------------------- replies */
 
@@ -135,7 +135,7 @@ static void txn_reset(struct smtpd *s)
     s->qid[0] = s->sender[0] = s->envid[0] = '\0';
     s->ret_full = s->body_8bit = 0;
     s->nrcpt_cmds = 0;
-    s->nrcpt = 0;
+    rcpts_clear(&s->rcpts);
     s->data_error = 0;
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
@@ -154,7 +154,7 @@ static void smtpd_free(struct smtpd *s)
     timer_cancel(&s->timer);
     if (s->body)
         store_body_free(s->body);
-    free(s->rcpts);
+    rcpts_clear(&s->rcpts);
     free(s);
 }
 
@@ -260,9 +260,35 @@ static int starttls_offered(const struct smtpd *s)
     return tls_available() && !s->c->tls;
 }
 
+/* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
+ * address literal.  Letters, digits, hyphens, underscores (common in
+ * Windows host names) and dots; or "[...]" of printable characters.
+ * Nothing else, above all no CR, NUL or other control character: the
+ * name goes into the Received field. */
+static int helo_valid(const char *arg)
+{
+    size_t len = strlen(arg);
+    if (!len || len > SMTP_DOMAIN_MAX)
+        return 0;
+    if (arg[0] == '[') {
+        if (len < 3 || arg[len - 1] != ']')
+            return 0;
+        for (size_t i = 1; i + 1 < len; i++)
+            if (arg[i] <= ' ' || arg[i] >= 0x7f || arg[i] == '[' || arg[i] == ']' || arg[i] == '\\')
+                return 0;
+        return 1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)arg[i];
+        if (!isalnum(c) && c != '-' && c != '.' && c != '_')
+            return 0;
+    }
+    return 1;
+}
+
 static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
 {
-    if (!*arg || strlen(arg) > SMTP_DOMAIN_MAX || strchr(arg, ' ')) {
+    if (!helo_valid(arg)) {
         reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return;
     }
@@ -411,21 +437,6 @@ static int parse_notify(const char *v)
     return bits;
 }
 
-static int rcpts_reserve(struct smtpd *s, size_t more)
-{
-    if (s->nrcpt + more <= s->caprcpt)
-        return 0;
-    size_t cap = s->caprcpt ? s->caprcpt : 4;
-    while (cap < s->nrcpt + more)
-        cap *= 2;
-    void *p = realloc(s->rcpts, cap * sizeof *s->rcpts);
-    if (!p)
-        return -1;
-    s->rcpts = p;
-    s->caprcpt = cap;
-    return 0;
-}
-
 static void cmd_rcpt(struct smtpd *s, char *arg)
 {
     struct addr a;
@@ -433,7 +444,8 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     const char *rest;
     int rc, n, notify = 0;
     const char *orcpt = "";
-    size_t nroutes, limit;
+    size_t nroutes, limit, cap;
+    struct store_rcpt *routes = NULL;
 
     rc = parse_path_arg(arg, "TO:", 0, &a, &rest);
     if (rc) {
@@ -468,11 +480,6 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
             return;
         }
     }
-    if (s->nrcpt_cmds >= conf->max_recipients) {
-        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
-        reply(s, "452 4.5.3 Too many recipients");
-        return;
-    }
     /* Relaying: only to our own domains, unless the client is trusted.
      * Addresses are taken literally: '%', '!' and source routes (already
      * dropped by the parser) never make a local domain relay anywhere. */
@@ -482,38 +489,68 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
         reply(s, "554 5.7.1 <%s>: Relay access denied", a.full);
         return;
     }
+    /* Routes for this address, in a buffer that lives only for this
+     * command: an alias may fan out, up to the distinct recipients still
+     * allowed. */
     limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
-    if (rcpts_reserve(s, limit < 64 ? limit : 64)) {
-        reply(s, "452 4.3.1 Insufficient system resources");
-        return;
+    limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
+    for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
+        free(routes);
+        routes = malloc(cap * sizeof *routes);
+        if (!routes) {
+            reply(s, "452 4.3.1 Insufficient system resources");
+            return;
+        }
+        rc = queue_route(&a, routes, cap, &nroutes);
+        if (rc != QUEUE_ETOOMANY || cap >= limit)
+            break;
     }
-    rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
-    if (rc == QUEUE_ETOOMANY && s->caprcpt < limit && !rcpts_reserve(s, limit))
-        rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
     switch (rc) {
     case 0:
         break;
     case QUEUE_EUNKNOWN:
+        free(routes);
         log_info("%s: refused: <%s>: no such user", s->qid, a.full);
         reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", a.full);
         return;
     case QUEUE_ELOOP:
+        free(routes);
         reply(s, "554 5.4.6 <%s>: Alias loop", a.full);
         return;
     case QUEUE_ETOOMANY:
+        free(routes);
         reply(s, "452 4.5.3 Too many recipients");
         return;
     default:
+        free(routes);
         reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
         return;
     }
-    for (size_t i = 0; i < nroutes; i++) {
-        struct store_rcpt *r = &s->rcpts[s->nrcpt + i];
-        r->notify = notify;
-        util_strlcpy(r->orcpt, orcpt, sizeof r->orcpt);
+    int fresh = 0;
+    for (size_t i = 0; i < nroutes; i++)
+        fresh += !rcpts_has(&s->rcpts, &routes[i]);
+    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
+        free(routes);
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
     }
-    s->nrcpt += nroutes;
-    s->nrcpt_cmds++;
+    int added = 0;
+    for (size_t i = 0; i < nroutes && added >= 0; i++) {
+        routes[i].notify = notify;
+        util_strlcpy(routes[i].orcpt, orcpt, sizeof routes[i].orcpt);
+        int r = rcpts_add(&s->rcpts, &routes[i]);
+        added = r < 0 ? -1 : added + r;
+    }
+    free(routes);
+    if (added < 0) {
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    /* A duplicate (after aliases) is accepted and merged: one copy, and
+     * it does not count against max_recipients. */
+    if (added)
+        s->nrcpt_cmds++;
     s->state = S_RCPT;
     reply(s, "250 2.1.5 Ok");
 }
@@ -539,6 +576,7 @@ static int body_emit(void *arg, const void *buf, size_t n)
 static int start_body(struct smtpd *s)
 {
     char hdr[1024], date[64];
+    size_t used = 0;
     /* RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA. */
     const char *with = !s->esmtp ? "SMTP"
                        : s->c->tls ? (s->auth_user[0] ? "ESMTPSA" : "ESMTPS")
@@ -550,14 +588,16 @@ static int start_body(struct smtpd *s)
         return -1;
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
-    if (s->nrcpt == 1)
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
-                     "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
-                     s->rcpts[0].addr, date);
+    if (s->rcpts.n == 1)
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
+                        "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
+                        rcpts_addr(&s->rcpts, 0), date);
     else
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
-                     "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
-    if (n < 0 || (size_t)n >= sizeof hdr || store_body_write(s->body, hdr, (size_t)n)) {
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
+                        "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
+    if (n < 0)
+        log_warn("%s: trace field refused: a value holds a line break or control character", s->qid);
+    if (n < 0 || store_body_write(s->body, hdr, (size_t)n)) {
         store_body_free(s->body);
         s->body = NULL;
         return -1;
@@ -577,7 +617,7 @@ static void cmd_data(struct smtpd *s, char *arg)
         return;
     }
     if (start_body(s)) {
-        reply(s, "451 4.3.0 Cannot store the message now, try again later");
+        reply_refused(s, 451);
         return;
     }
     s->input = IN_DATA;
@@ -894,41 +934,51 @@ static void cmd_auth(struct smtpd *s, char *arg)
 
 typedef void (*smtpd_fn)(struct smtpd *, char *);
 
+/* Which listeners offer a verb.  RFC 2645 5.1: the ODMR service speaks
+ * EHLO, AUTH, ATRN and QUIT (and the harmless NOOP, RSET, HELP, STARTTLS);
+ * ATRN exists only there. */
+enum { SV_SMTP = 1 << 0, SV_ODMR = 1 << 1, SV_BOTH = SV_SMTP | SV_ODMR };
+
+/* S_ANY includes S_BDAT, but RFC 3030 2 allows only BDAT, RSET, QUIT and
+ * NOOP between chunks: the others list the states without it. */
+#define S_NOBDAT (S_ANY & ~S_BDAT)
+
 static const struct smtpd_cmd {
     const char *verb;
     unsigned allowed;                   /* states where the verb is valid */
+    unsigned services;                  /* SV_*: listeners that offer it */
     smtpd_fn run;
 } commands[] = {
-    { "EHLO", S_ANY, cmd_ehlo },
-    { "HELO", S_ANY, cmd_helo_only },
-    { "MAIL", S_READY, cmd_mail },
-    { "RCPT", S_MAIL | S_RCPT, cmd_rcpt },
-    { "DATA", S_MAIL | S_RCPT, cmd_data },
-    { "BDAT", S_ANY, cmd_bdat },        /* reads its chunk even when refused */
-    { "RSET", S_ANY, cmd_rset },
-    { "NOOP", S_ANY, cmd_noop },
-    { "QUIT", S_ANY, cmd_quit },
-    { "HELP", S_ANY, cmd_help },
-    { "VRFY", S_ANY, cmd_vrfy },
-    { "EXPN", S_ANY, cmd_expn },
-    { "AUTH", S_READY, cmd_auth },
-    { "ETRN", S_INIT | S_READY, cmd_etrn },
-    { "STARTTLS", S_INIT | S_READY, cmd_starttls },
-    { "ATRN", S_READY, cmd_atrn },
-    { "TURN", S_ANY, cmd_obsolete },
-    { "SEND", S_ANY, cmd_obsolete },
-    { "SOML", S_ANY, cmd_obsolete },
-    { "SAML", S_ANY, cmd_obsolete },
+    { "EHLO", S_NOBDAT, SV_BOTH, cmd_ehlo },
+    { "HELO", S_NOBDAT, SV_SMTP, cmd_helo_only },
+    { "MAIL", S_READY, SV_SMTP, cmd_mail },
+    { "RCPT", S_MAIL | S_RCPT, SV_SMTP, cmd_rcpt },
+    { "DATA", S_MAIL | S_RCPT, SV_SMTP, cmd_data },
+    { "BDAT", S_ANY, SV_SMTP, cmd_bdat },       /* reads its chunk even when refused */
+    { "RSET", S_ANY, SV_BOTH, cmd_rset },
+    { "NOOP", S_ANY, SV_BOTH, cmd_noop },
+    { "QUIT", S_ANY, SV_BOTH, cmd_quit },
+    { "HELP", S_NOBDAT, SV_BOTH, cmd_help },
+    { "VRFY", S_NOBDAT, SV_SMTP, cmd_vrfy },
+    { "EXPN", S_NOBDAT, SV_SMTP, cmd_expn },
+    { "AUTH", S_READY, SV_BOTH, cmd_auth },
+    { "ETRN", S_INIT | S_READY, SV_SMTP, cmd_etrn },
+    { "STARTTLS", S_INIT | S_READY, SV_BOTH, cmd_starttls },
+    { "ATRN", S_READY, SV_ODMR, cmd_atrn },
+    { "TURN", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SEND", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SOML", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SAML", S_NOBDAT, SV_SMTP, cmd_obsolete },
 };
 
 static void out_of_sequence(struct smtpd *s, const struct smtpd_cmd *cmd)
 {
-    if (s->state == S_INIT)
+    if (s->state == S_BDAT)
+        reply(s, "503 5.5.1 Error: BDAT transfer in progress");
+    else if (s->state == S_INIT)
         reply(s, "503 5.5.1 Error: send HELO/EHLO first");
     else if (!strcmp(cmd->verb, "MAIL"))
         reply(s, "503 5.5.1 Error: nested MAIL command");
-    else if (s->state == S_BDAT)
-        reply(s, "503 5.5.1 Error: BDAT transfer in progress");
     else if (!strcmp(cmd->verb, "AUTH"))
         reply(s, "503 5.5.1 Error: AUTH not allowed in a mail transaction");
     else
@@ -949,20 +999,8 @@ static void dispatch(struct smtpd *s, char *line)
         const struct smtpd_cmd *cmd = &commands[i];
         if (strlen(cmd->verb) != vlen || strncasecmp(cmd->verb, line, vlen))
             continue;
-        /* RFC 2645 5.1: the ODMR service speaks EHLO, AUTH, ATRN, QUIT
-         * (and the harmless NOOP, RSET, HELP); ATRN exists only there. */
-        if (s->odmr ? !(cmd->run == cmd_ehlo || cmd->run == cmd_auth || cmd->run == cmd_atrn ||
-                        cmd->run == cmd_starttls ||
-                        cmd->run == cmd_quit || cmd->run == cmd_noop || cmd->run == cmd_rset ||
-                        cmd->run == cmd_help)
-                    : cmd->run == cmd_atrn) {
+        if (!(cmd->services & (s->odmr ? SV_ODMR : SV_SMTP))) {
             reply(s, "502 5.5.1 Command not available on this service");
-            return;
-        }
-        /* RFC 3030 2: between BDAT chunks only BDAT, RSET, QUIT and NOOP. */
-        if (s->state == S_BDAT && cmd->run != cmd_bdat && cmd->run != cmd_rset &&
-            cmd->run != cmd_quit && cmd->run != cmd_noop) {
-            reply(s, "503 5.5.1 Error: BDAT transfer in progress");
             return;
         }
         if (!(cmd->allowed & s->state)) {
@@ -986,13 +1024,39 @@ static void log_delivery(struct smtpd *s)
     log_info("%s: accepted from=<%s> size=%lld nrcpt=%d client=%s [%s]%s%s", s->qid, s->sender,
              (long long)s->md.size, s->nrcpt_cmds, s->helo, s->c->peer_ip,
              s->auth_user[0] ? " user=" : "", s->auth_user);
-    for (size_t i = 0; i < s->nrcpt; i++) {
-        const struct store_rcpt *r = &s->rcpts[i];
-        if (r->kind == ROUTE_LOCAL)
-            log_info("%s: to=<%s> delivered to mailbox", s->qid, r->addr);
+    for (size_t i = 0; i < s->rcpts.n; i++) {
+        struct store_rcpt r;
+        rcpts_get(&s->rcpts, i, &r);
+        if (r.kind == ROUTE_LOCAL)
+            log_info("%s: to=<%s> delivered to mailbox", s->qid, r.addr);
         else
-            log_info("%s: to=<%s> queued for %s%s", s->qid, r->addr, r->domain,
-                     r->kind == ROUTE_HOLD ? " (held)" : "");
+            log_info("%s: to=<%s> queued for %s%s", s->qid, r.addr, r.domain,
+                     r.kind == ROUTE_HOLD ? " (held)" : "");
+    }
+}
+
+/* The one wording of each reason a message is not taken: code is a
+ * data_error (552, 554, 500, 452, 451) or a store error (STORE_FULL is
+ * RFC 3463's 4.3.1 like a full disk anywhere else). */
+static void reply_refused(struct smtpd *s, int code)
+{
+    switch (code) {
+    case 552:
+        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+        break;
+    case 554:
+        reply(s, "554 5.4.6 Too many \"Received\" headers: possible mail loop");
+        break;
+    case 500:
+        reply(s, "500 5.5.2 Message refused: a text line is longer than 1000 octets");
+        break;
+    case 452:
+    case STORE_FULL:
+        reply(s, "452 4.3.1 Insufficient system storage");
+        break;
+    default:
+        reply(s, "451 4.3.0 Local error in processing, try again later");
+        break;
     }
 }
 
@@ -1013,21 +1077,36 @@ static void message_committed(void *arg, int rc)
         s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
-        for (size_t i = 0; i < s->nrcpt; i++)
-            if (s->rcpts[i].kind == ROUTE_REMOTE) {
+        for (size_t i = 0; i < s->rcpts.n; i++)
+            if (rcpts_kind(&s->rcpts, i) == ROUTE_REMOTE) {
                 queue_kick();
                 break;
             }
     } else {
         log_warn("%s: not accepted: storage failed", s->qid);
-        reply(s, rc == STORE_FULL ? "452 4.3.1 Insufficient system storage"
-                                  : "451 4.3.0 Local error in processing, try again later");
+        reply_refused(s, rc);
     }
     store_body_free(s->body);
     s->body = NULL;
     txn_reset(s);
     conn_pause(s->c, 0);
     conn_flush(s->c);
+}
+
+/* A success notification carries the message back to its sender; with
+ * RET=FULL from a client that neither authenticated nor is in
+ * relay_networks, that sender may be anyone (a forged MAIL FROM), and the
+ * notification would relay the content to it.  Such a message is kept
+ * with RET=HDRS (RFC 3461 4.3 leaves the amount returned to the MTA's
+ * policy), for every notification about it and when passed on. */
+static int success_dsn_untrusted(const struct smtpd *s)
+{
+    if (s->auth_user[0] || conf_relay_allowed(&s->c->peer))
+        return 0;
+    for (size_t i = 0; i < s->rcpts.n; i++)
+        if (rcpts_notify(&s->rcpts, i) & NOTIFY_SUCCESS)
+            return 1;
+    return 0;
 }
 
 static void message_end(struct smtpd *s)
@@ -1046,16 +1125,21 @@ static void message_end(struct smtpd *s)
         util_strlcpy(env.qid, s->qid, sizeof env.qid);
         env.sender = s->sender;
         env.envid = s->envid[0] ? s->envid : NULL;
-        env.ret_full = s->ret_full;
+        env.ret_full = s->ret_full && !success_dsn_untrusted(s);
         env.eightbit = s->body_8bit || s->md.eightbit;
         env.client = s->c->peer_ip;
         env.auth_user = s->auth_user[0] ? s->auth_user : NULL;
         env.size = s->body->size;
         int err = store_body_finish(s->body);
+        struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
+        if (!err && !routes)
+            err = STORE_ERR;
+        size_t nroutes = s->rcpts.n;
         if (!err)
-            err = bundle_dedup(s->body, s->rcpts, &s->nrcpt, s->qid);
+            err = bundle_dedup(s->body, routes, &nroutes, s->qid);
         if (!err)
-            err = store_msg_insert(&env, s->body, s->rcpts, s->nrcpt);
+            err = store_msg_insert(&env, s->body, routes, nroutes);
+        free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
     } else if (!rc) {
@@ -1067,23 +1151,7 @@ static void message_end(struct smtpd *s)
         store_after_commit(message_committed, s);
         return;
     }
-    switch (rc) {
-    case 552:
-        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
-        break;
-    case 554:
-        reply(s, "554 5.4.6 Too many \"Received\" headers: possible mail loop");
-        break;
-    case 500:
-        reply(s, "500 5.5.2 Message refused: a text line is longer than 1000 octets");
-        break;
-    case 452:
-        reply(s, "452 4.3.1 Insufficient system storage");
-        break;
-    default:
-        reply(s, "451 4.3.0 Local error in processing, try again later");
-        break;
-    }
+    reply_refused(s, rc);
     log_info("%s: refused from=<%s> client=[%s]: data refused with %d", s->qid, s->sender,
              s->c->peer_ip, rc);
     txn_reset(s);
@@ -1105,10 +1173,8 @@ static void bdat_chunk_done(struct smtpd *s)
         return;
     }
     conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
-    if (s->data_error == 552)
-        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
-    else if (s->data_error)
-        reply(s, "451 4.3.0 Local error in processing");
+    if (s->data_error)
+        reply_refused(s, s->data_error);
     else
         reply(s, "250 2.0.0 %lld octets received", (long long)s->md.size);
     if (s->data_error)

@@ -250,21 +250,6 @@ int store_bundle_transit(int64_t rcpt_id, int64_t peer_id, const unsigned char b
     return sb_step(st, "mark in transit");
 }
 
-int store_bundle_transit_count(int64_t peer_id)
-{
-    static sqlite3_stmt *st;
-    int n = -1;
-
-    if (!store_stmt(&st, "SELECT count(*) FROM bundle_transit t JOIN rcpt r ON r.id=t.rcpt_id"
-                         " WHERE t.peer_id=? AND r.state=0"))
-        return -1;
-    sqlite3_bind_int64(st, 1, peer_id);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        n = sqlite3_column_int(st, 0);
-    sqlite3_reset(st);
-    return n;
-}
-
 /* -------------------------------------------------------------- receipts */
 
 int store_bundle_ack(int64_t peer_id, const char *qid)

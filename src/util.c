@@ -90,11 +90,6 @@ void util_lower(char *s)
         *s = (char)tolower((unsigned char)*s);
 }
 
-int util_strcaseprefix(const char *s, const char *prefix)
-{
-    return strncasecmp(s, prefix, strlen(prefix)) == 0;
-}
-
 void util_date(int64_t t, char *buf, size_t n)
 {
     time_t tt = (time_t)t;
@@ -114,14 +109,6 @@ void util_date(int64_t t, char *buf, size_t n)
     snprintf(buf, n, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
              days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900,
              tm.tm_hour, tm.tm_min, tm.tm_sec, sign, off / 60, off % 60);
-}
-
-int util_set_nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-        return -1;
-    return fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port)
@@ -290,4 +277,42 @@ int util_cidr_match(const struct cidr *c, const struct sockaddr_storage *ss)
         return 0;
     }
     return c->family == family && prefix_equal(c->addr, ip, c->bits);
+}
+
+/* Appends one or more header fields formatted from fmt to out[*used..cap).
+ * Safe by construction: whatever the arguments hold, the result may
+ * contain CR and LF only as CRLF, each CRLF followed by SP or HTAB
+ * (folding, RFC 5322 2.2.3) or ending the text, no other control
+ * character than HTAB, and no NUL; otherwise nothing is appended and -1
+ * is returned.  So no value (a HELO name, an address, an identity) can
+ * end a field early, add one, or end the header section. */
+int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (*used >= cap)
+        return -1;
+    va_start(ap, fmt);
+    n = vsnprintf(out + *used, cap - *used, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= cap - *used || n < 2)
+        goto refuse;
+    const unsigned char *p = (const unsigned char *)out + *used;
+    if (p[n - 2] != '\r' || p[n - 1] != '\n')
+        goto refuse;
+    for (int i = 0; i < n; i++) {
+        if (p[i] == '\r') {
+            if (p[i + 1] != '\n' || (i + 2 < n && p[i + 2] != ' ' && p[i + 2] != '\t'))
+                goto refuse;
+            i++;
+        } else if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f) {
+            goto refuse;
+        }
+    }
+    *used += (size_t)n;
+    return n;
+refuse:
+    out[*used] = '\0';
+    return -1;
 }
