@@ -762,8 +762,8 @@ int queue_release_busy(const char *domain);
 
 /* ----------------------------------------------------------------- dns */
 
-/* An asynchronous stub resolver inside the event loop (RFC 1035 over UDP,
- * TCP when truncated), reading /etc/resolv.conf or the `resolver` key. */
+/* MX and address lookups inside the event loop: c-ares asks the servers
+ * of /etc/resolv.conf or the `resolver` key (UDP, TCP when truncated). */
 #define DNS_MAX_HOSTS 10
 #define DNS_MAX_ADDRS 4
 enum dns_status { DNS_OK = 0, DNS_TEMP = 1, DNS_PERM = 2 };
@@ -783,11 +783,16 @@ typedef void (*dns_cb)(void *arg, const struct dns_result *r);
 struct dns_query;
 int dns_init(void);
 void dns_free(void);
+const char *dns_library_version(void);
 /* RFC 5321 5.1: MX records sorted by preference (random among equals),
  * implicit MX (the domain's own A/AAAA) when there is none, RFC 7505 null
  * MX as DNS_PERM, NXDOMAIN as DNS_PERM, everything else DNS_TEMP.  An
- * address literal ("[192.0.2.1]") or a numeric host answers at once.  The
- * callback may run before dns_resolve_* returns; NULL only on no memory. */
+ * address literal ("[192.0.2.1]") or a numeric host answers without the
+ * network.  The callback never runs before dns_resolve_* returns: every
+ * result, even one known at once, is delivered from the event loop, so
+ * the caller can store the handle first; it may call dns_resolve_* and
+ * dns_cancel from the callback.  NULL only on no memory.  The handle is
+ * dead once the callback has returned or dns_cancel was called. */
 struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg);
 /* A/AAAA of one host (a relayhost name): one dns_host in the result. */
 struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg);
