@@ -357,6 +357,24 @@ MN_PRIVATE void store_set_busy_hint(int (*fn)(void));
 /* What this turn wrote must be durable at its end (a peer's 250 was
  * recorded: a crash must not make us send the message again). */
 MN_PRIVATE void store_commit_soon(void);
+/* A delivery outcome was written: outcomes are committed together, when
+ * STORE_OUTCOME_BATCH of them wait or the oldest has waited
+ * STORE_OUTCOME_MS (a crash resends at most those: at-least-once). */
+#define STORE_OUTCOME_BATCH 64
+#define STORE_OUTCOME_MS 200
+MN_PRIVATE void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+MN_PRIVATE int store_atomic_begin(void);
+MN_PRIVATE int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+MN_PRIVATE int store_fault(void);
+MN_PRIVATE int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 MN_PRIVATE int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -492,11 +510,17 @@ MN_PRIVATE void store_out_free(struct store_out_msg *m);
 MN_PRIVATE int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
 MN_PRIVATE int store_any_due(int64_t now);
-/* The next message after after_id with recipients of the given kind
+/* Where a delivery session is in its destination's queue: the
+ * (next_try, message id) of the last message it was handed; all zero at
+ * the start. */
+struct store_cursor {
+    int64_t next_try, msg_id;
+};
+/* The next message after the cursor with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
- * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
- * none, <0 error. */
-MN_PRIVATE int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+ * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
+ * cursor.  1 found, 0 none, <0 error. */
+MN_PRIVATE int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 MN_PRIVATE int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
@@ -946,6 +970,31 @@ MN_PRIVATE int smtpc_peer_dsn(const struct smtpc *s);
 MN_PRIVATE void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 MN_PRIVATE void smtpc_abort(struct smtpc *s);
+
+/* What every SMTP client of this node shares (delivery sessions here and
+ * the upstream exchange in poll.c), so that the two cannot drift apart. */
+struct smtpc_caps {                     /* what the peer's EHLO offered */
+    int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int has_size;
+    int64_t size_limit;                 /* 0: no limit announced */
+    char auth_mechs[128];
+};
+/* One EHLO keyword line (the text after "250-" or "250 "). */
+MN_PRIVATE void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw);
+/* 1 if the peer offered SASL mechanism mech. */
+MN_PRIVATE int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech);
+/* The AUTH mechanism to use with this peer on c: CRAM-MD5 when offered,
+ * else PLAIN when offered and the password may travel (under TLS, to this
+ * host, or allow_cleartext_auth), else none. */
+enum { SMTPC_AUTH_NONE, SMTPC_AUTH_CRAM, SMTPC_AUTH_PLAIN };
+MN_PRIVATE int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c);
+/* Takes one reply line off c's input.  1: *code, *last (no continuation)
+ * and line (CR LF removed, control characters blanked, cut to n - 1);
+ * 0: no whole line yet; SMTPC_ELONG: a line longer than the input buffer;
+ * SMTPC_EMALFORMED: not a reply line (RFC 5321 4.2). */
+#define SMTPC_ELONG      (-1)
+#define SMTPC_EMALFORMED (-2)
+MN_PRIVATE int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n);
 
 /* ---------------------------------------------------------------- limit */
 
@@ -5241,6 +5290,8 @@ static struct {
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
     int commit_soon;                    /* commit at the end of this turn */
+    int outcomes;                       /* delivery outcomes not yet committed */
+    int64_t first_outcome_ms;           /* when the oldest of them was written */
     int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
@@ -5250,6 +5301,7 @@ static struct {
 } S;
 
 static struct timer commit_timer = { .idx = -1 };
+static struct timer outcome_timer = { .idx = -1 };
 
 static void commit_due(void *arg)
 {
@@ -5340,6 +5392,7 @@ static const char *const migrations[] = {
     " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
     " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
     " UNION ALL SELECT 'Junk', 5, '\\Junk');",
+<<<<<<< HEAD
     /* 5: offline bundles: peers, recipients in transit, identities of
      * delivered recipients (duplicates), volumes imported (replays). */
     "CREATE TABLE peer(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sign_pk BLOB NOT NULL UNIQUE,"
@@ -5351,6 +5404,39 @@ static const char *const migrations[] = {
     "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
     "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
     " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
+=======
+    /* 5: the queue as the scheduler walks it.  Only recipients still
+     * queued are indexed (a delivered one leaves the indexes instead of
+     * moving inside them), in the order they are picked: (next_try,
+     * message_id) per destination, and across destinations for the
+     * smarthost.  Counts that `queue count` and `status` show are kept
+     * by triggers, so reading them costs the same at any queue size. */
+    "DROP INDEX rcpt_due;"
+    "DROP INDEX rcpt_next;"
+    "CREATE INDEX rcpt_pick ON rcpt(kind, dest, next_try, message_id) WHERE state=0;"
+    "CREATE INDEX rcpt_any ON rcpt(kind, next_try, message_id) WHERE state=0;"
+    "CREATE TABLE tally(name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO tally VALUES ('msgs', (SELECT count(*) FROM message)),"
+    " ('rcpts', (SELECT count(*) FROM rcpt WHERE state=0)),"
+    " ('held', (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3)),"
+    " ('mbox', (SELECT count(*) FROM mbox));"
+    "CREATE TRIGGER message_in AFTER INSERT ON message BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER message_out AFTER DELETE ON message BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER mbox_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER mbox_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER rcpt_in AFTER INSERT ON rcpt WHEN new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;"
+    "CREATE TRIGGER rcpt_out AFTER DELETE ON rcpt WHEN old.state=0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
+>>>>>>> main
 };
 
 sqlite3 *store_db(void)
@@ -5487,6 +5573,7 @@ void store_close(void)
     if (!S.db)
         return;
     timer_cancel(&commit_timer);
+    timer_cancel(&outcome_timer);
     if (S.in_txn)
         store_rollback();
     for (int i = 0; i < S.n_slots; i++) {
@@ -5559,6 +5646,8 @@ void store_rollback(void)
     static sqlite3_stmt *st;
     if (!S.in_txn)
         return;
+    /* Outcomes lost with it: those messages are sent again (at-least-once). */
+    S.outcomes = 0;
     if (store_stmt(&st, "ROLLBACK")) {
         sqlite3_step(st);
         sqlite3_reset(st);
@@ -5591,6 +5680,8 @@ static int commit(void)
         return store_rc(rc);
     }
     S.in_txn = 0;
+    S.outcomes = 0;
+    timer_cancel(&outcome_timer);
     return 0;
 fail:
     store_rollback();
@@ -5643,6 +5734,34 @@ void store_commit_soon(void)
     S.commit_soon = 1;
 }
 
+/* Delivery outcomes (a peer's 250, 4xx, 5xx) are not acknowledged to
+ * anyone, so they need not be durable at once: losing them in a crash
+ * only sends those messages again.  Committing each alone cost one fsync
+ * per delivered message; batching them bounds both the fsyncs and the
+ * duplicates a crash can cause (STORE_OUTCOME_BATCH plus what was in
+ * flight on the wire). */
+static void outcome_due(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
+void store_outcome(void)
+{
+    int64_t now = util_now_ms();
+    if (!S.outcomes++) {
+        S.first_outcome_ms = now;
+        if (S.mode == STORE_DAEMON)
+            timer_set(&outcome_timer, STORE_OUTCOME_MS, outcome_due, NULL);
+    }
+    if (S.outcomes >= STORE_OUTCOME_BATCH)
+        S.commit_soon = 1;
+}
+
+static int outcomes_due(int64_t now)
+{
+    return S.outcomes && (S.outcomes >= STORE_OUTCOME_BATCH || now - S.first_outcome_ms >= STORE_OUTCOME_MS);
+}
+
 void store_set_busy_hint(int (*fn)(void))
 {
     busy_hint = fn;
@@ -5662,7 +5781,7 @@ void store_turn_end(void)
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && !S.commit_soon && now - S.txn_started < 500)
+        if (!S.n_acks && !S.commit_soon && !outcomes_due(now) && now - S.txn_started < 500)
             return;
         if (S.n_acks && busy_hint && busy_hint() > 0) {
             /* Wait up to one commit's duration (0.1 ms granularity). */
@@ -5980,8 +6099,89 @@ void store_reader_close(struct store_reader *r)
 
 /* -------------------------------------------------------------- messages */
 
+#ifdef MAILNODE_TEST
+/* Every statement prepared so far, with each line of its query plan. */
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg)
+{
+    for (int i = 0; i < S.n_slots; i++) {
+        const char *sql = sqlite3_sql(*S.slots[i]);
+        char *q = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sql);
+        sqlite3_stmt *st = NULL;
+        if (!q || sqlite3_prepare_v2(S.db, q, -1, &st, NULL) != SQLITE_OK) {
+            sqlite3_free(q);
+            return STORE_ERR;
+        }
+        sqlite3_free(q);
+        while (sqlite3_step(st) == SQLITE_ROW)
+            if (cb(arg, sql, (const char *)sqlite3_column_text(st, 3)))
+                break;
+        sqlite3_finalize(st);
+    }
+    return 0;
+}
+
+int store_fault_after = -1;
+
+int store_fault(void)
+{
+    return store_fault_after >= 0 && store_fault_after-- == 0;
+}
+#endif
+
+/* Multi-row calls are all-or-nothing inside the turn's transaction: a
+ * savepoint around them, rolled back to at the first failed step, so that
+ * the turn's COMMIT never carries half of one (a message without its
+ * recipients, recipients of a body that a refused message deleted). */
+static int sp_exec(sqlite3_stmt **slot, const char *sql)
+{
+    sqlite3_stmt *st = store_stmt(slot, sql);
+    int rc;
+    if (!st)
+        return STORE_ERR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error(sql);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_atomic_begin(void)
+{
+    static sqlite3_stmt *st;
+    int err = store_begin();
+    return err ? err : sp_exec(&st, "SAVEPOINT atomic");
+}
+
+int store_atomic_end(int err)
+{
+    static sqlite3_stmt *rel, *undo;
+
+    if (!S.in_txn)
+        return err < 0 ? err : STORE_ERR;
+    if (err < 0) {
+        /* A full disk or an I/O error may have ended the whole
+         * transaction already: then everything of the turn is gone. */
+        if (sqlite3_get_autocommit(S.db) || sp_exec(&undo, "ROLLBACK TO atomic")) {
+            store_rollback();
+            return err;
+        }
+    }
+    int rc = sp_exec(&rel, "RELEASE atomic");
+    if (rc) {
+        store_rollback();
+        return err < 0 ? err : rc;
+    }
+    return err;
+}
+
 static int step_done(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -5991,22 +6191,18 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
-int store_msg_insert(const struct store_env *env, struct store_body *b,
-                     const struct store_rcpt *rcpts, size_t n)
+static int msg_insert(const struct store_env *env, struct store_body *b,
+                      const struct store_rcpt *rcpts, size_t n)
 {
     static sqlite3_stmt *msg, *rc_st, *mb, *dest;
     int64_t now = util_now(), msg_id = 0;
     char prefix[ADDR_MAX + 32];
     int err;
 
-    if (b->err)
-        return b->err;
     /* RFC 5321 4.4: the final delivery records the reverse-path. */
     size_t plen = 0;
     if (util_header(prefix, sizeof prefix, &plen, "Return-Path: <%s>\r\n", env->sender) < 0)
         return STORE_ERR;
-    if ((err = store_begin()))
-        return err;
     for (size_t i = 0; i < n; i++) {
         const struct store_rcpt *r = &rcpts[i];
         if (r->kind == ROUTE_LOCAL) {
@@ -6065,6 +6261,20 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
         if ((err = step_done(dest, "queue destination")))
             return err;
     }
+    return 0;
+}
+
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n)
+{
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_atomic_begin()))
+        return err;
+    if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
+        return err;
     b->linked = 1;
     return 0;
 }
@@ -6148,14 +6358,12 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
-int store_queue_delete(const char *qid)
+static int queue_delete(const char *qid)
 {
     static sqlite3_stmt *r, *m, *bq;
     int64_t body_id = 0;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
@@ -6176,12 +6384,18 @@ int store_queue_delete(const char *qid)
     return store_gc_body(body_id);
 }
 
+int store_queue_delete(const char *qid)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_delete(qid));
+}
+
 int64_t store_queue_count(void)
 {
     static sqlite3_stmt *st;
     int64_t n = -1;
 
-    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0"))
+    if (!store_stmt(&st, "SELECT n FROM tally WHERE name='msgs'"))
         return -1;
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
@@ -6195,10 +6409,10 @@ int store_status(struct store_status *st)
     int rc;
 
     memset(st, 0, sizeof *st);
-    if (!store_stmt(&q, "SELECT (SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3),"
-                        " (SELECT count(*) FROM mbox), (SELECT count(*) FROM user)"))
+    if (!store_stmt(&q, "SELECT (SELECT n FROM tally WHERE name='msgs'),"
+                        " (SELECT n FROM tally WHERE name='rcpts'),"
+                        " (SELECT n FROM tally WHERE name='held'),"
+                        " (SELECT n FROM tally WHERE name='mbox'), (SELECT count(*) FROM user)"))
         return STORE_ERR;
     rc = sqlite3_step(q);
     if (rc == SQLITE_ROW) {
@@ -6255,7 +6469,7 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     int rc;
 
     if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE rcpt.dest=dest.name AND state=0)"
+                        " (SELECT count(*) FROM rcpt WHERE kind IN (2,3) AND rcpt.dest=dest.name AND state=0)"
                         " FROM dest ORDER BY name"))
         return STORE_ERR;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
@@ -6276,15 +6490,13 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
-int store_gc_body(int64_t body_id)
+static int gc_body(int64_t body_id)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
     /* Only when nothing refers to it: both look-ups use an index, so the
      * cost does not grow with the number of messages stored. */
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
         !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
@@ -6297,13 +6509,17 @@ int store_gc_body(int64_t body_id)
     return step_done(b, "collect body");
 }
 
-int store_gc(void)
+int store_gc_body(int64_t body_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_body(body_id));
+}
+
+static int gc_all(void)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=1"
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))") ||
@@ -6314,6 +6530,12 @@ int store_gc(void)
     if ((err = step_done(c, "collect chunks")))
         return err;
     return step_done(b, "collect bodies");
+}
+
+int store_gc(void)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_all());
 }
 
 /* ---- src/store_admin.c ---- */
@@ -6351,6 +6573,10 @@ static int admin_key(const char *name, char *buf, size_t size)
  * STORE_EXISTS, not a failure. */
 static int admin_exec(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
@@ -6477,17 +6703,12 @@ int store_user_update(const struct store_user *u)
  * nobody refers to any more.  Hold domains the user owned lose their
  * owner: a new user who happens to get the same name must not inherit the
  * right to fetch that domain's mail. */
-int store_user_del(const char *name)
+static int user_del(const char *key)
 {
     static sqlite3_stmt *mb, *dom, *us;
-    char key[USER_MAX + 1];
     struct store_user u;
     int err;
 
-    if (admin_key(name, key, sizeof key))
-        return STORE_NOTFOUND;
-    if ((err = store_begin()))
-        return err;
     if ((err = store_user_get(key, &u)))
         return err;
     if (!store_stmt(&mb, "DELETE FROM mbox WHERE user_id=?") ||
@@ -6505,6 +6726,18 @@ int store_user_del(const char *name)
         return err;
     sodium_memzero(&u, sizeof u);
     return store_gc();
+}
+
+int store_user_del(const char *name)
+{
+    char key[USER_MAX + 1];
+    int err;
+
+    if (admin_key(name, key, sizeof key))
+        return STORE_NOTFOUND;
+    if ((err = store_atomic_begin()))
+        return err;
+    return store_atomic_end(user_del(key));
 }
 
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg)
@@ -6825,6 +7058,10 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
         return err;
     for (size_t i = 0; i < n; i++) {
         if (!store_stmt(&del, "DELETE FROM mbox WHERE uid=? AND user_id=? RETURNING body_id")) {
+            err = STORE_ERR;
+            goto fail;
+        }
+        if (STORE_FAULT()) {
             err = STORE_ERR;
             goto fail;
         }
@@ -7412,6 +7649,10 @@ int store_imap_cache_put(int64_t body_id, const struct store_imap_cache *c)
 
 static int sd_step(sqlite3_stmt *st)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -7481,7 +7722,11 @@ void store_out_free(struct store_out_msg *m)
     m->nrcpt = 0;
 }
 
-static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now)
+/* The recipients of m to hand out: due, of the kind, in the destination
+ * (domain NULL: any).  exact_try >= 0 keeps only those whose next_try is
+ * exactly that, i.e. the ones of the index entry that was picked: others
+ * of the same message have entries of their own further on. */
+static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now, int64_t exact_try)
 {
     static sqlite3_stmt *st;
     int rc;
@@ -7491,13 +7736,14 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
         return STORE_ERR;
     if (!store_stmt(&st, "SELECT id, addr, orcpt, notify, attempts FROM rcpt WHERE message_id=?1"
                          " AND state=0 AND kind=?4 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
-                         " ORDER BY id LIMIT " "100"))
+                         " AND (?5 < 0 OR next_try=?5) ORDER BY id LIMIT " "100"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, m->id);
     sqlite3_bind_int(st, 4, kind);
     sqlite3_bind_int64(st, 2, now);
     if (domain)
         sqlite3_bind_text(st, 3, domain, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, exact_try);
     m->nrcpt = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && m->nrcpt < STORE_OUT_RCPTS) {
         struct store_out_rcpt *r = &m->rcpts[m->nrcpt++];
@@ -7519,19 +7765,28 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
     return 0;
 }
 
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m)
+/* The pick walks the partial index rcpt_pick (or rcpt_any) from the
+ * cursor: one seek, then the first entry, whatever the queue's size.
+ * The cursor is (next_try, message_id), the index order, so a session
+ * never sees a message twice for the same entry, and mail that becomes
+ * due while it runs (new mail, a flush) sorts after the cursor. */
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
 {
     static sqlite3_stmt *by_dest, *any;
     sqlite3_stmt *st;
+    int64_t at;
     int rc;
 
     if (domain) {
-        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
+        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
                                   " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
-                                  " AND message_id>?3)");
+                                  " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                                  " JOIN message m ON m.id=r.message_id");
     } else {
-        st = store_stmt(&any, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
-                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2 AND message_id>?3)");
+        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
+                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2"
+                              " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                              " JOIN message m ON m.id=r.message_id");
     }
     if (!st)
         return STORE_ERR;
@@ -7539,16 +7794,21 @@ int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, 
     if (domain)
         sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_int64(st, 3, after_id);
+    sqlite3_bind_int64(st, 3, cur->msg_id);
+    sqlite3_bind_int64(st, 5, cur->next_try);
     rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW) {
         envelope_fill(st, m);
+        at = sqlite3_column_int64(st, 9);
+    }
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
         return 0;
     if (rc != SQLITE_ROW)
         return STORE_ERR;
-    if (rcpts_fill(m, domain, kind, now))
+    cur->next_try = at;
+    cur->msg_id = m->id;
+    if (rcpts_fill(m, domain, kind, now, at))
         return STORE_ERR;
     return 1;
 }
@@ -7568,7 +7828,7 @@ int store_out_get(int64_t msg_id, struct store_out_msg *m)
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
     /* every queued remote recipient, whenever due */
-    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX);
+    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX, -1);
 }
 
 int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error)
@@ -7587,11 +7847,12 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
         sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, util_now());
     sqlite3_bind_int64(st, 5, rcpt_id);
-    store_commit_soon();
+    /* Committed with the other outcomes of the batch (store_outcome). */
+    store_outcome();
     return sd_step(st);
 }
 
-int store_msg_retire(int64_t msg_id)
+static int msg_retire(int64_t msg_id)
 {
     static sqlite3_stmt *left, *dr, *dm, *bq;
     int64_t body_id = 0;
@@ -7625,6 +7886,12 @@ int store_msg_retire(int64_t msg_id)
     if ((err = store_gc_body(body_id)))
         return err;
     return 1;
+}
+
+int store_msg_retire(int64_t msg_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(msg_retire(msg_id));
 }
 
 int store_dest_get(const char *name, struct store_dest *d)
@@ -7674,22 +7941,20 @@ int store_dest_put(const struct store_dest *d)
     return sd_step(st);
 }
 
-int store_flush(const char *domain, int64_t now)
+static int flush(const char *domain, int64_t now)
 {
     static sqlite3_stmt *d_all, *d_one, *r_all, *r_one;
     sqlite3_stmt *d, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (domain) {
         d = store_stmt(&d_one, "UPDATE dest SET next_try=0, backoff=0 WHERE name=?1");
         r = store_stmt(&r_one, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND dest=?1 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     } else {
         d = store_stmt(&d_all, "UPDATE dest SET next_try=0, backoff=0 WHERE next_try>0 OR backoff>0");
         r = store_stmt(&r_all, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     }
     if (!d || !r)
         return STORE_ERR;
@@ -7703,13 +7968,19 @@ int store_flush(const char *domain, int64_t now)
     return sd_step(r);
 }
 
+int store_flush(const char *domain, int64_t now)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(flush(domain, now));
+}
+
 int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg)
 {
     static sqlite3_stmt *st;
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY r.message_id LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -7748,13 +8019,11 @@ int store_msg_set_warned(int64_t msg_id)
     return sd_step(st);
 }
 
-int store_queue_hold(const char *qid, int hold)
+static int queue_hold(const char *qid, int hold)
 {
     static sqlite3_stmt *m, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&m, "UPDATE message SET hold=?2 WHERE qid=?1") ||
         !store_stmt(&r, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND message_id="
                         "(SELECT id FROM message WHERE qid=?1)"))
@@ -7769,6 +8038,12 @@ int store_queue_hold(const char *qid, int hold)
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(r, 2, hold ? INT64_MAX : 0);
     return sd_step(r);
+}
+
+int store_queue_hold(const char *qid, int hold)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_hold(qid, hold));
 }
 
 int store_held_count(const char *domain)
@@ -13482,11 +13757,9 @@ struct smtpc {
     int attached;                       /* a turned-around connection (ATRN) */
     int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
-    int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
+    int esmtp;
+    struct smtpc_caps caps;
     int tls_policy;                     /* SMTPC_TLS_* */
-    int64_t size_limit;
-    int has_size;
-    char auth_mechs[128];
     /* replies being read */
     char reply[1024];
     size_t reply_len;
@@ -13705,11 +13978,11 @@ static int start_message(struct smtpc *s)
         s->batch_over = 1;
         return 0;
     }
-    if (f->m.size && s->size_limit && f->m.size > s->size_limit) {
+    if (f->m.size && s->caps.size_limit && f->m.size > s->caps.size_limit) {
         /* RFC 1870 4: the peer's fixed limit is a permanent refusal. */
         char t[160];
         snprintf(t, sizeof t, "552 5.3.4 message of %lld octets exceeds the peer's limit of %lld",
-                 (long long)f->m.size, (long long)s->size_limit);
+                 (long long)f->m.size, (long long)s->caps.size_limit);
         for (int i = 0; i < f->m.nrcpt; i++)
             s->ops->rcpt_done(s->arg, &f->m, i, 552, t);
         s->ops->msg_done(s->arg, &f->m);
@@ -13721,18 +13994,18 @@ static int start_message(struct smtpc *s)
     s->fl_len++;
     f->wire_size = f->m.size;
     /* RFC 6152 3: never 8-bit text to a peer that did not offer 8BITMIME. */
-    f->convert = f->m.eightbit && !s->eightbitmime;
+    f->convert = f->m.eightbit && !s->caps.eightbitmime;
     if (s->need_rset) {
         cmd(s, E_RSET, slot, 0, "RSET");
         s->need_rset = 0;
     }
     if (s->esmtp) {
         size_t used = 0;
-        if (s->has_size)
+        if (s->caps.has_size)
             used += (size_t)snprintf(params + used, sizeof params - used, " SIZE=%lld", (long long)f->m.size);
-        if (f->m.eightbit && s->eightbitmime)
+        if (f->m.eightbit && s->caps.eightbitmime)
             used += (size_t)snprintf(params + used, sizeof params - used, " BODY=8BITMIME");
-        if (s->dsn) {
+        if (s->caps.dsn) {
             used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
                                      f->m.ret_full ? "FULL" : "HDRS");
             if (f->m.envid[0] && used < sizeof params)
@@ -13751,7 +14024,7 @@ static void write_rcpt(struct smtpc *s, struct flight *f, int i)
     const struct store_out_rcpt *r = &f->m.rcpts[i];
     char params[400] = "";
 
-    if (s->dsn) {
+    if (s->caps.dsn) {
         size_t used = 0;
         if (r->notify) {
             static const struct { int bit; const char *name; } names[] = {
@@ -13911,7 +14184,7 @@ static void write_current(struct smtpc *s)
         if (conn_out_space(s->c) < 1024)
             return;
         /* Without PIPELINING every command waits for its reply. */
-        if (!s->pipelining && s->q_len && s->wstate != W_BODY)
+        if (!s->caps.pipelining && s->q_len && s->wstate != W_BODY)
             return;
         switch (s->wstate) {
         case W_RCPT:
@@ -13922,7 +14195,7 @@ static void write_current(struct smtpc *s)
             smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
-            if (s->chunking) {
+            if (s->caps.chunking) {
                 if (f->convert && convert_size(f, &f->wire_size)) {
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
                      * once their RCPT replies are in; the peer gets RSET. */
@@ -13948,7 +14221,7 @@ static void write_current(struct smtpc *s)
         case W_WAIT354:
             return;                     /* the reply handler moves on */
         case W_BODY: {
-            int done = write_body(s, f, !s->chunking);
+            int done = write_body(s, f, !s->caps.chunking);
             if (done < 0) {
                 conn_abort(s->c);
                 return;
@@ -13957,7 +14230,7 @@ static void write_current(struct smtpc *s)
                 s->c->want_drain = 1;
                 return;
             }
-            if (!s->chunking)
+            if (!s->caps.chunking)
                 write_data_end(s);
             smtpc_wenter(s, W_END);
             continue;
@@ -13982,7 +14255,7 @@ static void pump(struct smtpc *s)
             if (s->wslot >= 0)
                 break;
         }
-        if (!s->pipelining && s->q_len)
+        if (!s->caps.pipelining && s->q_len)
             break;
         if (conn_out_space(s->c) < 4096)
             break;
@@ -13999,31 +14272,51 @@ static void pump(struct smtpc *s)
 
 /* ----------------------------------------------------------- replies */
 
-static void parse_ehlo_line(struct smtpc *s, const char *kw)
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
 {
     if (!strcasecmp(kw, "PIPELINING"))
-        s->pipelining = 1;
+        caps->pipelining = 1;
     else if (!strcasecmp(kw, "CHUNKING"))
-        s->chunking = 1;
+        caps->chunking = 1;
     else if (!strcasecmp(kw, "8BITMIME"))
-        s->eightbitmime = 1;
+        caps->eightbitmime = 1;
     else if (!strcasecmp(kw, "DSN"))
-        s->dsn = 1;
+        caps->dsn = 1;
     else if (!strcasecmp(kw, "STARTTLS"))
-        s->starttls = 1;
+        caps->starttls = 1;
+    else if (!strcasecmp(kw, "ATRN"))
+        caps->atrn = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
-        s->has_size = 1;
-        s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
+        /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
+         * an overflow) is treated as no announcement at all, so that a
+         * broken peer cannot make every message look too large. */
+        const char *p = kw + 4;
+        int64_t v = 0;
+        int ok = 1;
+        while (*p == ' ')
+            p++;
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9' || v > (INT64_MAX - 9) / 10) {
+                ok = 0;
+                break;
+            }
+            v = v * 10 + (*p - '0');
+        }
+        caps->has_size = ok;
+        caps->size_limit = ok ? v : 0;
     }
     else if (!strncasecmp(kw, "AUTH ", 5))
-        util_strlcpy(s->auth_mechs, kw + 5, sizeof s->auth_mechs);
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
+    /* The pre-RFC 2554 form some servers add beside the standard one. */
+    else if (!strncasecmp(kw, "AUTH=", 5) && !caps->auth_mechs[0])
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
 }
 
-static int has_mech(const struct smtpc *s, const char *mech)
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech)
 {
-    char buf[sizeof s->auth_mechs], *items[16];
+    char buf[sizeof caps->auth_mechs], *items[16];
     size_t n;
-    util_strlcpy(buf, s->auth_mechs, sizeof buf);
+    util_strlcpy(buf, caps->auth_mechs, sizeof buf);
     n = util_split_list(buf, items, MN_NELEM(items));
     for (size_t i = 0; i < n; i++)
         if (!strcasecmp(items[i], mech))
@@ -14031,22 +14324,33 @@ static int has_mech(const struct smtpc *s, const char *mech)
     return 0;
 }
 
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c)
+{
+    if (smtpc_caps_mech(caps, "CRAM-MD5"))
+        return SMTPC_AUTH_CRAM;
+    /* A password in the clear only to a peer on this host, under TLS, or
+     * when the administrator said so. */
+    if (smtpc_caps_mech(caps, "PLAIN") && (c->peer_loopback || conf->allow_cleartext_auth || c->tls))
+        return SMTPC_AUTH_PLAIN;
+    return SMTPC_AUTH_NONE;
+}
+
 static void start_auth(struct smtpc *s)
 {
     char b64[900];
 
-    if (has_mech(s, "CRAM-MD5")) {
+    switch (smtpc_auth_choose(&s->caps, s->c)) {
+    case SMTPC_AUTH_CRAM:
         cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
         return;
+    case SMTPC_AUTH_PLAIN:
+        if (!auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
+            cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+            return;
+        }
+        break;
     }
-    /* A password in the clear only to a peer on this host, under TLS, or
-     * when the administrator said so. */
-    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
-        auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
-        quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
-        return;
-    }
-    cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+    quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
 }
 
 static void cram_answer(struct smtpc *s, const char *challenge64)
@@ -14067,7 +14371,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
 {
     /* RFC 3207: TLS when the peer offers it (unless told not to), and no
      * delivery at all without it when the policy requires it. */
-    if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+    if (!s->c->tls && s->caps.starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
         cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
         return;
     }
@@ -14075,7 +14379,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
         return;
     }
-    if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+    if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
         start_auth(s);
         return;
     }
@@ -14229,7 +14533,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 quit_with_error(s, "%s refused STARTTLS: %s", s->peer, clean);
                 break;
             }
-            s->starttls = 0;            /* "may": go on in the clear */
+            s->caps.starttls = 0;            /* "may": go on in the clear */
             on_reply_ehlo_done(s);
             break;
         }
@@ -14257,53 +14561,59 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
-    s->has_size = 0;
-    s->size_limit = 0;
-    s->auth_mechs[0] = '\0';
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = 0;
+    s->caps.has_size = 0;
+    s->caps.size_limit = 0;
+    s->caps.auth_mechs[0] = '\0';
     cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
     conn_flush(c);
+}
+
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n)
+{
+    unsigned char *lf = memchr(c->in, '\n', c->in_len);
+    if (!lf)
+        return c->in_len == c->in_cap ? SMTPC_ELONG : 0;
+    size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+    if (l && c->in[l - 1] == '\r')
+        l--;
+    /* RFC 5321 4.2: Reply-code [ ("-" / SP) textstring ]. */
+    if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
+        (l > 3 && c->in[3] != ' ' && c->in[3] != '-'))
+        return SMTPC_EMALFORMED;
+    *code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
+    *last = l == 3 || c->in[3] == ' ';
+    size_t k = l < n - 1 ? l : n - 1;
+    memcpy(line, c->in, k);
+    line[k] = '\0';
+    /* The text reaches logs and delivery reports: one line, always. */
+    for (size_t i = 0; i < k; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = ' ';
+    conn_consume(c, len);
+    return 1;
 }
 
 static void smtpc_input(struct conn *c)
 {
     struct smtpc *s = c->ctx;
+    char line[sizeof s->reply];
+    int code, last, rc;
 
-    while (!c->dead && c->in_len) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap) {
-                set_error(s, "%s sent an over-long reply line", s->peer);
-                conn_abort(c);
-            }
-            return;
-        }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
-            (l > 3 && c->in[3] != ' ' && c->in[3] != '-')) {
-            set_error(s, "%s sent a malformed reply", s->peer);
+    while (!c->dead && c->in_len && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            set_error(s, rc == SMTPC_ELONG ? "%s sent an over-long reply line" : "%s sent a malformed reply",
+                      s->peer);
             conn_abort(c);
             return;
         }
-        int code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
-        int last = l == 3 || c->in[3] == ' ';
         /* Keep the first line of a reply (and EHLO keywords as they come). */
         if (!s->reply_len) {
-            size_t k = l < sizeof s->reply - 1 ? l : sizeof s->reply - 1;
-            memcpy(s->reply, c->in, k);
-            s->reply[k] = '\0';
-            s->reply_len = k;
+            s->reply_len = util_strlcpy(s->reply, line, sizeof s->reply);
             s->reply_code = code;
-        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && l > 4) {
-            char kw[256];
-            size_t k = l - 4 < sizeof kw - 1 ? l - 4 : sizeof kw - 1;
-            memcpy(kw, c->in + 4, k);
-            kw[k] = '\0';
-            parse_ehlo_line(s, kw);
+        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && strlen(line) > 4) {
+            smtpc_caps_keyword(&s->caps, line + 4);
         }
-        conn_consume(c, len);
         if (last) {
             char text[sizeof s->reply];
             util_strlcpy(text, s->reply, sizeof text);
@@ -14412,7 +14722,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
 
 int smtpc_peer_dsn(const struct smtpc *s)
 {
-    return s && s->dsn;
+    return s && s->caps.dsn;
 }
 
 void smtpc_set_dest(struct smtpc *s, const char *dest)
@@ -14482,7 +14792,7 @@ struct hop {
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
     char peer_ip[64];                   /* the address being tried */
-    int64_t after_id;                   /* batch cursor */
+    struct store_cursor cur;            /* batch cursor */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
@@ -14795,23 +15105,21 @@ static int hop_next(void *arg, struct store_out_msg *m)
         /* A release carries everything held for its domains, domain by
          * domain: only the recipients in those domains. */
         while (h->dom_i < h->ndomains) {
-            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, h->after_id, INT64_MAX, m);
+            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, &h->cur, INT64_MAX, m);
             if (rc == 1) {
-                h->after_id = m->id;
                 h->handed++;
                 return 1;
             }
             h->dom_i++;
-            h->after_id = 0;
+            memset(&h->cur, 0, sizeof h->cur);
         }
         return 0;
     }
     if (h->handed >= conf->delivery_per_connection)
         return 0;
-    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, h->after_id, util_now(), m);
+    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &h->cur, util_now(), m);
     if (rc != 1)
         return 0;
-    h->after_id = m->id;
     h->handed++;
     return 1;
 }
@@ -14902,6 +15210,7 @@ static void hop_finish(struct hop *h, int ok)
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
         h->rel_done = NULL;
+        store_commit_soon();            /* the release's outcomes, at its end */
         hop_free(h);
         queue_kick();
         return;
@@ -14969,10 +15278,9 @@ static const struct smtpc_ops hop_ops = {
 static void fail_destination(struct hop *h, const char *status, const char *text)
 {
     struct store_out_msg m;
-    int64_t after = 0;
+    struct store_cursor cur = { 0, 0 };
 
-    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, after, INT64_MAX, &m) == 1) {
-        after = m.id;
+    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &cur, INT64_MAX, &m) == 1) {
         for (int i = 0; i < m.nrcpt; i++) {
             store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
             log_info("%s: to=<%s> status=bounced (%s)", m.qid, m.rcpts[i].addr, text);
@@ -15428,7 +15736,8 @@ static void waiters_check(void)
                 struct store_dest d;
                 store_dest_get(w->domain, &d);
                 struct store_out_msg m;
-                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, 0, now, &m) == 1) {
+                struct store_cursor cur = { 0, 0 };
+                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, &cur, now, &m) == 1) {
                     busy = 1;
                     store_out_free(&m);
                 }
@@ -15660,7 +15969,6 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
 
 
 #include <assert.h>
-#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 
@@ -15695,7 +16003,7 @@ static struct {
     struct conn *c;
     char reply[512];
     int reply_code;
-    int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
+    struct smtpc_caps caps;             /* what the upstream's EHLO offered */
     char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
@@ -15887,7 +16195,7 @@ static void poll_reply(int code, const char *text)
         /* upstream.tls: STARTTLS when offered ("may"), never ("none"), or
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
-        if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
+        if (!P.c->tls && P.caps.starttls && policy != SMTPC_TLS_NONE) {
             poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
@@ -15902,16 +16210,17 @@ static void poll_reply(int code, const char *text)
             ask_next_etrn();
             return;
         }
-        if (!P.ehlo_atrn) {
+        if (!P.caps.atrn) {
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
-        if (P.ehlo_cram) {
+        int mech = smtpc_auth_choose(&P.caps, P.c);
+        if (mech == SMTPC_AUTH_CRAM) {
             poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
-        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
+        } else if (mech == SMTPC_AUTH_PLAIN) {
             poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
@@ -15926,7 +16235,7 @@ static void poll_reply(int code, const char *text)
                 return;
             }
             poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
-            P.ehlo_starttls = 0;
+            P.caps.starttls = 0;
             poll_reply(250, "250 continue");
             return;
         }
@@ -16001,45 +16310,17 @@ static void poll_reply(int code, const char *text)
 
 static void client_input(struct conn *c)
 {
-    while (!c->dead && c->in_len && P.c == c) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap)
-                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+    char line[512];
+    int code, last, rc;
+
+    while (!c->dead && c->in_len && P.c == c && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            poll_finish(EX_PROTOCOL, rc == SMTPC_ELONG ? "the upstream sent an over-long line"
+                                                       : "the upstream sent a malformed reply");
             return;
         }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
-            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
-            return;
-        }
-        int code = atoi((char *)c->in);
-        int last = l == 3 || c->in[3] == ' ';
-        char line[512];
-        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
-        memcpy(line, c->in, k);
-        line[k] = '\0';
-        for (char *p = line; *p; p++)
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
-        conn_consume(c, len);
-        if (P.state == POLL_EHLO && l > 4) {
-            const char *kw = line + 4;
-            if (!strcasecmp(kw, "ATRN"))
-                P.ehlo_atrn = 1;
-            else if (!strcasecmp(kw, "STARTTLS"))
-                P.ehlo_starttls = 1;
-            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
-                char m[256];
-                util_strlcpy(m, kw + 5, sizeof m);
-                for (char *p = m; *p; p++)
-                    *p = (char)toupper((unsigned char)*p);
-                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
-                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
-            }
-        }
+        if (P.state == POLL_EHLO && strlen(line) > 4)
+            smtpc_caps_keyword(&P.caps, line + 4);
         if (last)
             poll_reply(code, line);
     }
@@ -16090,7 +16371,7 @@ static void client_tls(struct conn *c, int err)
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
     poll_enter(POLL_EHLO);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     poll_send("EHLO %s", conf->hostname);
 }
 
@@ -16124,7 +16405,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         len = sizeof(struct sockaddr_in6);
     }
     poll_enter(POLL_GREETING);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));

@@ -342,6 +342,24 @@ void store_set_busy_hint(int (*fn)(void));
 /* What this turn wrote must be durable at its end (a peer's 250 was
  * recorded: a crash must not make us send the message again). */
 void store_commit_soon(void);
+/* A delivery outcome was written: outcomes are committed together, when
+ * STORE_OUTCOME_BATCH of them wait or the oldest has waited
+ * STORE_OUTCOME_MS (a crash resends at most those: at-least-once). */
+#define STORE_OUTCOME_BATCH 64
+#define STORE_OUTCOME_MS 200
+void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+int store_atomic_begin(void);
+int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+int store_fault(void);
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -477,11 +495,17 @@ void store_out_free(struct store_out_msg *m);
 int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
 int store_any_due(int64_t now);
-/* The next message after after_id with recipients of the given kind
+/* Where a delivery session is in its destination's queue: the
+ * (next_try, message id) of the last message it was handed; all zero at
+ * the start. */
+struct store_cursor {
+    int64_t next_try, msg_id;
+};
+/* The next message after the cursor with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
- * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
- * none, <0 error. */
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+ * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
+ * cursor.  1 found, 0 none, <0 error. */
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
@@ -931,6 +955,31 @@ int smtpc_peer_dsn(const struct smtpc *s);
 void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
+
+/* What every SMTP client of this node shares (delivery sessions here and
+ * the upstream exchange in poll.c), so that the two cannot drift apart. */
+struct smtpc_caps {                     /* what the peer's EHLO offered */
+    int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int has_size;
+    int64_t size_limit;                 /* 0: no limit announced */
+    char auth_mechs[128];
+};
+/* One EHLO keyword line (the text after "250-" or "250 "). */
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw);
+/* 1 if the peer offered SASL mechanism mech. */
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech);
+/* The AUTH mechanism to use with this peer on c: CRAM-MD5 when offered,
+ * else PLAIN when offered and the password may travel (under TLS, to this
+ * host, or allow_cleartext_auth), else none. */
+enum { SMTPC_AUTH_NONE, SMTPC_AUTH_CRAM, SMTPC_AUTH_PLAIN };
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c);
+/* Takes one reply line off c's input.  1: *code, *last (no continuation)
+ * and line (CR LF removed, control characters blanked, cut to n - 1);
+ * 0: no whole line yet; SMTPC_ELONG: a line longer than the input buffer;
+ * SMTPC_EMALFORMED: not a reply line (RFC 5321 4.2). */
+#define SMTPC_ELONG      (-1)
+#define SMTPC_EMALFORMED (-2)
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n);
 
 /* ---------------------------------------------------------------- limit */
 
