@@ -5392,19 +5392,6 @@ static const char *const migrations[] = {
     " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
     " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
     " UNION ALL SELECT 'Junk', 5, '\\Junk');",
-<<<<<<< HEAD
-    /* 5: offline bundles: peers, recipients in transit, identities of
-     * delivered recipients (duplicates), volumes imported (replays). */
-    "CREATE TABLE peer(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sign_pk BLOB NOT NULL UNIQUE,"
-    " box_pk BLOB NOT NULL, domains TEXT NOT NULL DEFAULT '', added INTEGER NOT NULL);"
-    "CREATE TABLE bundle_transit(rcpt_id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL,"
-    " bundle_id BLOB NOT NULL, exported INTEGER NOT NULL);"
-    "CREATE INDEX bundle_transit_peer ON bundle_transit(peer_id);"
-    "CREATE TABLE bundle_seen(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
-    "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
-    " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
-=======
     /* 5: the queue as the scheduler walks it.  Only recipients still
      * queued are indexed (a delivered one leaves the indexes instead of
      * moving inside them), in the order they are picked: (next_try,
@@ -5436,7 +5423,17 @@ static const char *const migrations[] = {
     " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
     "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
     " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
->>>>>>> main
+    /* 6: offline bundles: peers, recipients in transit, identities of
+     * delivered recipients (duplicates), volumes imported (replays). */
+    "CREATE TABLE peer(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sign_pk BLOB NOT NULL UNIQUE,"
+    " box_pk BLOB NOT NULL, domains TEXT NOT NULL DEFAULT '', added INTEGER NOT NULL);"
+    "CREATE TABLE bundle_transit(rcpt_id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL,"
+    " bundle_id BLOB NOT NULL, exported INTEGER NOT NULL);"
+    "CREATE INDEX bundle_transit_peer ON bundle_transit(peer_id);"
+    "CREATE TABLE bundle_seen(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
+    "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
+    " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
 };
 
 sqlite3 *store_db(void)
