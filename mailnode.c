@@ -174,6 +174,8 @@ struct conf {
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
     char *admin;                        /* admin = USER: gets postmaster mail */
+    char *log_level_name;               /* log.level = warning | info | debug */
+    int log_level;                      /* LOG_WARNING, LOG_INFO or LOG_DEBUG */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
@@ -966,6 +968,7 @@ MN_PRIVATE int ctl_start(void);
 MN_PRIVATE void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
+MN_PRIVATE void ctl_tell_queued(const char *qid);   /* sendmail -> daemon: log and deliver now */
 MN_PRIVATE int ctl_connect(void);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) and poll_kick() when a link,
  * address or route appears. */
@@ -1878,18 +1881,50 @@ void hmac_md5(const void *key, size_t keylen, const void *msg, size_t msglen,
 
 
 #include <string.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 static int log_syslog;
 static int log_level = LOG_INFO;
 static const char *log_ident = "mailnode";
 
+#ifndef _PATH_LOG
+#define _PATH_LOG "/dev/log"
+#endif
+
+/* 1 if a syslog daemon listens on /dev/log (datagram or stream). */
+static int log_syslog_listens(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int types[] = { SOCK_DGRAM, SOCK_STREAM };
+
+    util_strlcpy(sa.sun_path, _PATH_LOG, sizeof sa.sun_path);
+    for (size_t i = 0; i < MN_NELEM(types); i++) {
+        int fd = socket(AF_UNIX, types[i] | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        int ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+        close(fd);
+        if (ok)
+            return 1;
+    }
+    return 0;
+}
+
 void log_init(const char *ident, int use_syslog)
 {
     log_ident = ident;
     log_syslog = use_syslog;
-    if (use_syslog)
+    /* syslog(3) drops lines silently when no daemon listens (a container,
+     * a minimal image): standard error is better than nothing. */
+    if (use_syslog && !log_syslog_listens()) {
+        log_syslog = 0;
+        log_warn("log = syslog, but no syslog daemon listens on %s: logging to standard error", _PATH_LOG);
+    }
+    if (log_syslog)
         openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 
@@ -2013,6 +2048,7 @@ static const struct conf_key keys[] = {
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
+    { "log.level", T_STR, F(log_level_name), 0, "info" },
     { "user", T_STR, F(run_user), 0, "" },
     /* Who reads postmaster, root, abuse and MAILER-DAEMON mail; empty: the
      * first user created (RFC 5321 4.5.1 requires a postmaster). */
@@ -2186,6 +2222,8 @@ static void derive(struct conf *c)
         c->control = xstrdup(buf);
     }
     c->use_syslog = c->log_dest && !strcmp(c->log_dest, "syslog");
+    c->log_level = !strcmp(c->log_level_name, "debug") ? LOG_DEBUG :
+                   !strcmp(c->log_level_name, "warning") ? LOG_WARNING : LOG_INFO;
 }
 
 /* "#" starts a comment at the start of a line or after white space, in
@@ -2332,6 +2370,10 @@ static const char *conf_check_key(struct conf *c, const char *name)
         return c->tls_ca_file[0] ? conf_check_file(c->tls_ca_file) : NULL;
     if (!strcmp(name, "log"))
         return conf_one_of(c->log_dest, logs, MN_NELEM(logs), "use stderr or syslog");
+    if (!strcmp(name, "log.level")) {
+        static const char *const levels[] = { "warning", "info", "debug" };
+        return conf_one_of(c->log_level_name, levels, MN_NELEM(levels), "use warning, info or debug");
+    }
     if (!strcmp(name, "user"))
         return c->run_user[0] && !getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
     if (!strcmp(name, "resolver")) {
@@ -13165,7 +13207,9 @@ void rcpts_clear(struct rcpts *l)
  *   PING                 -> PONG
  *   FLUSH [DOMAIN]       -> OK              (delivery run started)
  *   FLUSH-WAIT [DOMAIN]  -> summary lines, then "DONE <failed>"
- *   KICK                 -> OK              (new mail in the database: scan soon)
+ *   KICK [QID]           -> OK              (new mail in the database: scan soon;
+ *                           with the queue id of a message `sendmail` queued,
+ *                           the daemon logs its `accepted` line)
  *   POLL                 -> summary lines, then "DONE <sysexits code>"
  *                           (one upstream exchange, as `mailnode poll`)
  *   anything else        -> ERR unknown request
@@ -13182,11 +13226,14 @@ void rcpts_clear(struct rcpts *l)
  */
 
 
+#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 /* A request line is short: "FLUSH-WAIT " plus a domain. */
@@ -13331,17 +13378,25 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
 
     if (vlen == 4 && !memcmp(line, "PING", 4) && !alen) {
         ctl_reply_close(cl, "PONG\n");
-    } else if (vlen == 4 && !memcmp(line, "KICK", 4) && !alen) {
+    } else if (vlen == 4 && !memcmp(line, "KICK", 4)) {
+        if (alen) {
+            /* The daemon's log tells a message's story from its start,
+             * also for mail queued by the sendmail command. */
+            for (char *p = domain; *p; p++)
+                *p = (char)toupper((unsigned char)*p);
+            log_info("%s: accepted from=local (sendmail command), delivery scan started", domain);
+        }
         queue_kick();
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
-        log_info("control: flush requested%s%s", alen ? " for " : "", domain);
+        /* queue_flush logs the one line an operator reads for this event. */
+        log_debug("control: flush requested%s%s", alen ? " for " : "", domain);
         queue_flush(alen ? domain : NULL);
         if (!alen)
             poll_kick();                /* an administrator's flush asks the upstream too */
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 10 && !memcmp(line, "FLUSH-WAIT", 10)) {
-        log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
+        log_debug("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
         /* Waiting first: the scheduler may call back before returning. */
         cl->state = CTL_WAITING;
         cl->waiting_for = "flush";
@@ -13674,6 +13729,25 @@ int ctl_connect(void)
         return -1;
     }
     return fd;
+}
+
+/* Tells a running daemon that the sendmail command queued qid: it logs
+ * the message's `accepted` line and delivers at once.  No daemon, or no
+ * right to its socket (another user's cron job): the next scan finds it. */
+void ctl_tell_queued(const char *qid)
+{
+    struct timeval tv = { 2, 0 };
+    char line[64], reply[16];
+    int fd = ctl_connect();
+
+    if (fd < 0)
+        return;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    snprintf(line, sizeof line, "KICK %s\n", qid);
+    if (write(fd, line, strlen(line)) > 0 && read(fd, reply, sizeof reply) < 0)
+        log_debug("control socket: no answer to KICK");
+    close(fd);
 }
 
 /* ---- src/link.c ---- */
@@ -16516,7 +16590,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         snprintf(reply, rn, "453 4.7.0 You have no mail");
         return 453;
     }
-    snprintf(reply, rn, "250 2.0.0 OK now reversing the connection (%d messages)", held);
+    snprintf(reply, rn, "250 2.0.0 OK now reversing the connection (%d message%s)", held, held == 1 ? "" : "s");
     return 250;
 }
 
@@ -16715,7 +16789,8 @@ static void served(void *arg, int accepted, const char *error)
     if (error && !accepted)
         poll_finish(EX_TEMPFAIL, "ATRN %s: connection ended after the turnaround: %s", doms, error);
     else
-        poll_finish(EX_OK, "ATRN %s: %d messages received%s%s%s", doms, accepted, error ? " (then: " : "",
+        poll_finish(EX_OK, "ATRN %s: %d message%s received%s%s%s", doms, accepted, accepted == 1 ? "" : "s",
+                    error ? " (then: " : "",
                     error ? error : "", error ? ")" : "");
 }
 
@@ -17275,6 +17350,7 @@ static void reply(struct smtpd *s, const char *fmt, ...)
         return;
     if ((size_t)n > sizeof line - 3)
         n = (int)sizeof line - 3;
+    log_debug("%s: smtpd >>> %.*s", s->c->peer_ip, n, line);    /* log.level = debug: the wire */
     line[n++] = '\r';
     line[n++] = '\n';
     if (conn_write(s->c, line, (size_t)n))
@@ -18175,6 +18251,12 @@ static void dispatch(struct smtpd *s, char *line)
     vlen = (size_t)(arg - line);
     while (*arg == ' ')
         arg++;
+    /* The wire trace never shows credentials: AUTH keeps its mechanism
+     * only (its continuation lines are not traced at all). */
+    if (vlen == 4 && !strncasecmp(line, "AUTH", 4))
+        log_debug("%s: smtpd <<< AUTH %.*s ****", s->c->peer_ip, (int)strcspn(arg, " "), arg);
+    else
+        log_debug("%s: smtpd <<< %s", s->c->peer_ip, line);
     for (size_t i = 0; i < MN_NELEM(commands); i++) {
         const struct smtpd_cmd *cmd = &commands[i];
         if (strlen(cmd->verb) != vlen || strncasecmp(cmd->verb, line, vlen))
@@ -24621,6 +24703,7 @@ static void reload(void)
     conf_free(conf);
     free(conf);
     conf = fresh;
+    log_set_level(conf->log_level);
     log_info("configuration reloaded from %s", conf->path);
 }
 
@@ -27367,6 +27450,7 @@ static int sendmail_store(struct sendmail *m, const struct store_rcpt *routes, s
         goto fail;
     log_info("%s: accepted from=<%s> size=%lld nrcpt=%zu (sendmail, uid %lu)", m->qid,
              m->sender, (long long)env.size, m->nrcpt, (unsigned long)getuid());
+    ctl_tell_queued(m->qid);
     store_body_free(b);
     free(buf);
     return 0;
@@ -29877,6 +29961,7 @@ static int load_conf(const char *path)
         fprintf(stderr, "mailnode: configuration: %s\n", err);
         return EX_CONFIG;
     }
+    log_set_level(conf->log_level);
     return 0;
 }
 

@@ -62,6 +62,7 @@ static void reload(void)
     conf_free(conf);
     free(conf);
     conf = fresh;
+    log_set_level(conf->log_level);
     log_info("configuration reloaded from %s", conf->path);
 }
 

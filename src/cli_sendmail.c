@@ -831,6 +831,7 @@ static int sendmail_store(struct sendmail *m, const struct store_rcpt *routes, s
         goto fail;
     log_info("%s: accepted from=<%s> size=%lld nrcpt=%zu (sendmail, uid %lu)", m->qid,
              m->sender, (long long)env.size, m->nrcpt, (unsigned long)getuid());
+    ctl_tell_queued(m->qid);
     store_body_free(b);
     free(buf);
     return 0;

@@ -80,6 +80,7 @@ static const struct conf_key keys[] = {
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
+    { "log.level", T_STR, F(log_level_name), 0, "info" },
     { "user", T_STR, F(run_user), 0, "" },
     /* Who reads postmaster, root, abuse and MAILER-DAEMON mail; empty: the
      * first user created (RFC 5321 4.5.1 requires a postmaster). */
@@ -253,6 +254,8 @@ static void derive(struct conf *c)
         c->control = xstrdup(buf);
     }
     c->use_syslog = c->log_dest && !strcmp(c->log_dest, "syslog");
+    c->log_level = !strcmp(c->log_level_name, "debug") ? LOG_DEBUG :
+                   !strcmp(c->log_level_name, "warning") ? LOG_WARNING : LOG_INFO;
 }
 
 /* "#" starts a comment at the start of a line or after white space, in
@@ -399,6 +402,10 @@ static const char *conf_check_key(struct conf *c, const char *name)
         return c->tls_ca_file[0] ? conf_check_file(c->tls_ca_file) : NULL;
     if (!strcmp(name, "log"))
         return conf_one_of(c->log_dest, logs, MN_NELEM(logs), "use stderr or syslog");
+    if (!strcmp(name, "log.level")) {
+        static const char *const levels[] = { "warning", "info", "debug" };
+        return conf_one_of(c->log_level_name, levels, MN_NELEM(levels), "use warning, info or debug");
+    }
     if (!strcmp(name, "user"))
         return c->run_user[0] && !getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
     if (!strcmp(name, "resolver")) {

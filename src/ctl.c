@@ -6,7 +6,9 @@
  *   PING                 -> PONG
  *   FLUSH [DOMAIN]       -> OK              (delivery run started)
  *   FLUSH-WAIT [DOMAIN]  -> summary lines, then "DONE <failed>"
- *   KICK                 -> OK              (new mail in the database: scan soon)
+ *   KICK [QID]           -> OK              (new mail in the database: scan soon;
+ *                           with the queue id of a message `sendmail` queued,
+ *                           the daemon logs its `accepted` line)
  *   POLL                 -> summary lines, then "DONE <sysexits code>"
  *                           (one upstream exchange, as `mailnode poll`)
  *   anything else        -> ERR unknown request
@@ -23,11 +25,14 @@
  */
 #include "internal.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 /* A request line is short: "FLUSH-WAIT " plus a domain. */
@@ -172,17 +177,25 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
 
     if (vlen == 4 && !memcmp(line, "PING", 4) && !alen) {
         ctl_reply_close(cl, "PONG\n");
-    } else if (vlen == 4 && !memcmp(line, "KICK", 4) && !alen) {
+    } else if (vlen == 4 && !memcmp(line, "KICK", 4)) {
+        if (alen) {
+            /* The daemon's log tells a message's story from its start,
+             * also for mail queued by the sendmail command. */
+            for (char *p = domain; *p; p++)
+                *p = (char)toupper((unsigned char)*p);
+            log_info("%s: accepted from=local (sendmail command), delivery scan started", domain);
+        }
         queue_kick();
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
-        log_info("control: flush requested%s%s", alen ? " for " : "", domain);
+        /* queue_flush logs the one line an operator reads for this event. */
+        log_debug("control: flush requested%s%s", alen ? " for " : "", domain);
         queue_flush(alen ? domain : NULL);
         if (!alen)
             poll_kick();                /* an administrator's flush asks the upstream too */
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 10 && !memcmp(line, "FLUSH-WAIT", 10)) {
-        log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
+        log_debug("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
         /* Waiting first: the scheduler may call back before returning. */
         cl->state = CTL_WAITING;
         cl->waiting_for = "flush";
@@ -515,4 +528,23 @@ int ctl_connect(void)
         return -1;
     }
     return fd;
+}
+
+/* Tells a running daemon that the sendmail command queued qid: it logs
+ * the message's `accepted` line and delivers at once.  No daemon, or no
+ * right to its socket (another user's cron job): the next scan finds it. */
+void ctl_tell_queued(const char *qid)
+{
+    struct timeval tv = { 2, 0 };
+    char line[64], reply[16];
+    int fd = ctl_connect();
+
+    if (fd < 0)
+        return;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    snprintf(line, sizeof line, "KICK %s\n", qid);
+    if (write(fd, line, strlen(line)) > 0 && read(fd, reply, sizeof reply) < 0)
+        log_debug("control socket: no answer to KICK");
+    close(fd);
 }

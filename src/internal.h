@@ -159,6 +159,8 @@ struct conf {
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
     char *admin;                        /* admin = USER: gets postmaster mail */
+    char *log_level_name;               /* log.level = warning | info | debug */
+    int log_level;                      /* LOG_WARNING, LOG_INFO or LOG_DEBUG */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
@@ -951,6 +953,7 @@ int ctl_start(void);
 void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
+void ctl_tell_queued(const char *qid);   /* sendmail -> daemon: log and deliver now */
 int ctl_connect(void);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) and poll_kick() when a link,
  * address or route appears. */

@@ -4,18 +4,50 @@
 #include "internal.h"
 
 #include <string.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 static int log_syslog;
 static int log_level = LOG_INFO;
 static const char *log_ident = "mailnode";
 
+#ifndef _PATH_LOG
+#define _PATH_LOG "/dev/log"
+#endif
+
+/* 1 if a syslog daemon listens on /dev/log (datagram or stream). */
+static int log_syslog_listens(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int types[] = { SOCK_DGRAM, SOCK_STREAM };
+
+    util_strlcpy(sa.sun_path, _PATH_LOG, sizeof sa.sun_path);
+    for (size_t i = 0; i < MN_NELEM(types); i++) {
+        int fd = socket(AF_UNIX, types[i] | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        int ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+        close(fd);
+        if (ok)
+            return 1;
+    }
+    return 0;
+}
+
 void log_init(const char *ident, int use_syslog)
 {
     log_ident = ident;
     log_syslog = use_syslog;
-    if (use_syslog)
+    /* syslog(3) drops lines silently when no daemon listens (a container,
+     * a minimal image): standard error is better than nothing. */
+    if (use_syslog && !log_syslog_listens()) {
+        log_syslog = 0;
+        log_warn("log = syslog, but no syslog daemon listens on %s: logging to standard error", _PATH_LOG);
+    }
+    if (log_syslog)
         openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 

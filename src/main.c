@@ -60,6 +60,7 @@ static int load_conf(const char *path)
         fprintf(stderr, "mailnode: configuration: %s\n", err);
         return EX_CONFIG;
     }
+    log_set_level(conf->log_level);
     return 0;
 }
 

@@ -161,6 +161,6 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         snprintf(reply, rn, "453 4.7.0 You have no mail");
         return 453;
     }
-    snprintf(reply, rn, "250 2.0.0 OK now reversing the connection (%d messages)", held);
+    snprintf(reply, rn, "250 2.0.0 OK now reversing the connection (%d message%s)", held, held == 1 ? "" : "s");
     return 250;
 }

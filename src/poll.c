@@ -191,7 +191,8 @@ static void served(void *arg, int accepted, const char *error)
     if (error && !accepted)
         poll_finish(EX_TEMPFAIL, "ATRN %s: connection ended after the turnaround: %s", doms, error);
     else
-        poll_finish(EX_OK, "ATRN %s: %d messages received%s%s%s", doms, accepted, error ? " (then: " : "",
+        poll_finish(EX_OK, "ATRN %s: %d message%s received%s%s%s", doms, accepted, accepted == 1 ? "" : "s",
+                    error ? " (then: " : "",
                     error ? error : "", error ? ")" : "");
 }
 

@@ -113,6 +113,7 @@ static void reply(struct smtpd *s, const char *fmt, ...)
         return;
     if ((size_t)n > sizeof line - 3)
         n = (int)sizeof line - 3;
+    log_debug("%s: smtpd >>> %.*s", s->c->peer_ip, n, line);    /* log.level = debug: the wire */
     line[n++] = '\r';
     line[n++] = '\n';
     if (conn_write(s->c, line, (size_t)n))
@@ -1013,6 +1014,12 @@ static void dispatch(struct smtpd *s, char *line)
     vlen = (size_t)(arg - line);
     while (*arg == ' ')
         arg++;
+    /* The wire trace never shows credentials: AUTH keeps its mechanism
+     * only (its continuation lines are not traced at all). */
+    if (vlen == 4 && !strncasecmp(line, "AUTH", 4))
+        log_debug("%s: smtpd <<< AUTH %.*s ****", s->c->peer_ip, (int)strcspn(arg, " "), arg);
+    else
+        log_debug("%s: smtpd <<< %s", s->c->peer_ip, line);
     for (size_t i = 0; i < MN_NELEM(commands); i++) {
         const struct smtpd_cmd *cmd = &commands[i];
         if (strlen(cmd->verb) != vlen || strncasecmp(cmd->verb, line, vlen))
