@@ -322,7 +322,10 @@ fuzz: fuzz-build
 # --- installing ---------------------------------------------------------------------
 # PREFIX/bin/mailnode, the man pages under PREFIX/share/man, and with
 # INSTALL_SENDMAIL=1 PREFIX/sbin/sendmail as a relative symbolic link to
-# the binary (mailnode is the sendmail command when called by that name).
+# the binary (mailnode is the sendmail command when called by that name),
+# /usr/lib/sendmail (where old programs look) pointing at it, and
+# PREFIX/bin/mailq and PREFIX/bin/newaliases.  The sample configurations
+# go to PREFIX/share/doc/mailnode/examples.
 # DESTDIR is prepended to every path, for packaging.
 
 PREFIX           ?= /usr/local
@@ -337,9 +340,14 @@ install: all
 	$(INSTALL) -m 0755 mailnode $(DESTDIR)$(PREFIX)/bin/mailnode
 	$(INSTALL) -m 0644 docs/mailnode.8 $(DESTDIR)$(PREFIX)/share/man/man8/mailnode.8
 	$(INSTALL) -m 0644 docs/mailnode.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/mailnode.conf.5
+	$(INSTALL) -d $(DESTDIR)$(PREFIX)/share/doc/mailnode/examples
+	$(INSTALL) -m 0644 docs/examples/*.conf $(DESTDIR)$(PREFIX)/share/doc/mailnode/examples/
 ifeq ($(INSTALL_SENDMAIL),1)
-	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin
+	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/usr/lib
 	ln -sf ../bin/mailnode $(DESTDIR)$(PREFIX)/sbin/sendmail
+	ln -sf mailnode $(DESTDIR)$(PREFIX)/bin/mailq
+	ln -sf mailnode $(DESTDIR)$(PREFIX)/bin/newaliases
+	ln -sf $(PREFIX)/sbin/sendmail $(DESTDIR)/usr/lib/sendmail
 endif
 
 # --- cleaning -----------------------------------------------------------------------

@@ -968,7 +968,7 @@ MN_PRIVATE int ctl_start(void);
 MN_PRIVATE void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
-MN_PRIVATE void ctl_tell_queued(const char *qid);   /* sendmail -> daemon: log and deliver now */
+MN_PRIVATE void ctl_tell_queued(const char *qid);   /* sendmail -> daemon: the accepted log line */
 MN_PRIVATE int ctl_connect(void);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) and poll_kick() when a link,
  * address or route appears. */
@@ -1362,6 +1362,7 @@ MN_PRIVATE int cli_open_store(void);
 /* For commands that only read: the database must exist already. */
 MN_PRIVATE int cli_open_store_ro(void);
 MN_PRIVATE int cli_config(int argc, char **argv);
+MN_PRIVATE int cli_sendmail_mode(int mode);        /* 'p' mailq, 'q' sendmail -q, 'i' newaliases */
 MN_PRIVATE int cli_db_diagnose(const char *path, char *why, size_t n);
 MN_PRIVATE void cli_db_chown(void);
 MN_PRIVATE int cli_db_lock(void);                  /* fd, or minus a sysexits code */
@@ -13207,9 +13208,9 @@ void rcpts_clear(struct rcpts *l)
  *   PING                 -> PONG
  *   FLUSH [DOMAIN]       -> OK              (delivery run started)
  *   FLUSH-WAIT [DOMAIN]  -> summary lines, then "DONE <failed>"
- *   KICK [QID]           -> OK              (new mail in the database: scan soon;
- *                           with the queue id of a message `sendmail` queued,
- *                           the daemon logs its `accepted` line)
+ *   KICK                 -> OK              (new mail in the database: scan soon)
+ *   QUEUED QID           -> OK              (`sendmail` queued QID: the daemon logs
+ *                           its `accepted` line; the scan delivers it as usual)
  *   POLL                 -> summary lines, then "DONE <sysexits code>"
  *                           (one upstream exchange, as `mailnode poll`)
  *   anything else        -> ERR unknown request
@@ -13378,14 +13379,15 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
 
     if (vlen == 4 && !memcmp(line, "PING", 4) && !alen) {
         ctl_reply_close(cl, "PONG\n");
-    } else if (vlen == 4 && !memcmp(line, "KICK", 4)) {
-        if (alen) {
-            /* The daemon's log tells a message's story from its start,
-             * also for mail queued by the sendmail command. */
-            for (char *p = domain; *p; p++)
-                *p = (char)toupper((unsigned char)*p);
-            log_info("%s: accepted from=local (sendmail command), delivery scan started", domain);
-        }
+    } else if (vlen == 6 && !memcmp(line, "QUEUED", 6) && alen) {
+        /* The daemon's log tells a message's story from its start, also
+         * for mail queued by the sendmail command (a queue id passes the
+         * domain syntax check above; it was lower-cased there). */
+        for (char *p = domain; *p; p++)
+            *p = (char)toupper((unsigned char)*p);
+        log_info("%s: accepted from=local (sendmail command)", domain);
+        ctl_reply_close(cl, "OK\n");
+    } else if (vlen == 4 && !memcmp(line, "KICK", 4) && !alen) {
         queue_kick();
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
@@ -13731,9 +13733,9 @@ int ctl_connect(void)
     return fd;
 }
 
-/* Tells a running daemon that the sendmail command queued qid: it logs
- * the message's `accepted` line and delivers at once.  No daemon, or no
- * right to its socket (another user's cron job): the next scan finds it. */
+/* Tells a running daemon that the sendmail command queued qid, so that
+ * its log has the message's `accepted` line.  No daemon, or no right to
+ * its socket (another user's cron job): nothing is lost but that line. */
 void ctl_tell_queued(const char *qid)
 {
     struct timeval tv = { 2, 0 };
@@ -13744,9 +13746,9 @@ void ctl_tell_queued(const char *qid)
         return;
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    snprintf(line, sizeof line, "KICK %s\n", qid);
+    snprintf(line, sizeof line, "QUEUED %s\n", qid);
     if (write(fd, line, strlen(line)) > 0 && read(fd, reply, sizeof reply) < 0)
-        log_debug("control socket: no answer to KICK");
+        log_debug("control socket: no answer to QUEUED");
     close(fd);
 }
 
@@ -26659,6 +26661,7 @@ struct sendmail_field {
 struct sendmail {
     /* options */
     int opt_t, ignore_dots, notify, ret_full;
+    int mode;                           /* 0 send; 'p' -bp, 'q' -q, 'i' -bi: another command */
     const char *from_opt, *fullname, *envid;
 
     /* input, normalised to CRLF lines */
@@ -26714,6 +26717,9 @@ static void sendmail_usage(FILE *out)
             "  -N DSN      never | success,failure,delay: delivery notifications\n"
             "  -R RET      full | hdrs: what a bounce returns\n"
             "  -V ENVID    envelope id for delivery notifications\n"
+            "  -bp         list the queue (as mailq, or mailnode queue list)\n"
+            "  -q          deliver queued mail now (as mailnode flush; -q15m and -qR... too)\n"
+            "  -bi         newaliases: nothing to do, aliases are in the database\n"
             "Accepted and ignored for compatibility: -bm, -m, -n, -v, -U, -G, -oXXX,\n"
             "-O OPT=VAL, -B TYPE, -h N, -L TAG.\n"
             "Exit status: 0 queued; 64 usage; 65 bad message or address; 67 no such\n"
@@ -27542,17 +27548,21 @@ static int sendmail_options(struct sendmail *m, int argc, char **argv, int *firs
                 v = a + j + 1;
                 if (!strcmp(v, "m"))
                     goto next;
-                if (!strcmp(v, "p"))
-                    fprintf(stderr, "sendmail: -bp is not supported: use `mailnode queue list`\n");
-                else if (!strcmp(v, "s"))
+                if (!strcmp(v, "p") || !strcmp(v, "i")) {
+                    m->mode = *v;       /* mailq, newaliases */
+                    goto next;
+                }
+                if (!strcmp(v, "s"))
                     fprintf(stderr, "sendmail: -bs is not supported: submit over SMTP to the "
                                     "submission port instead\n");
                 else
                     fprintf(stderr, "sendmail: -b%s is not supported (only -bm, the default)\n", v);
                 return EX_USAGE;
             case 'q':
-                fprintf(stderr, "sendmail: -q is not supported: use `mailnode flush`\n");
-                return EX_USAGE;
+                /* -q, -q15m, -qR...: one delivery run now (a running daemon
+                 * already retries on its own schedule). */
+                m->mode = 'q';
+                goto next;
             case 'f': case 'r': case 'F': case 'N': case 'R': case 'V':
             case 'O': case 'B': case 'h': case 'L':
                 if (!a[j + 1] && ++i >= argc)
@@ -27687,6 +27697,22 @@ static int sendmail_read(struct sendmail *m)
     return 0;
 }
 
+/* The other jobs of sendmail(8) that scripts and admins call it for:
+ * -bp (mailq) lists the queue, -q runs it, -bi (newaliases) has nothing
+ * to rebuild, since aliases live in the database. */
+int cli_sendmail_mode(int mode)
+{
+    static char *list[] = { "queue", "list", NULL }, *flush[] = { "flush", NULL };
+
+    if (mode == 'p')
+        return cli_queue(2, list);
+    if (mode == 'q')
+        return cli_flush(1, flush);
+    printf("newaliases: aliases are kept in the database and used at once; nothing to rebuild "
+           "(see mailnode alias list)\n");
+    return EX_OK;
+}
+
 int cli_sendmail(int argc, char **argv)
 {
     struct sendmail *m;
@@ -27707,6 +27733,11 @@ int cli_sendmail(int argc, char **argv)
     if (rc) {
         sendmail_free(m);
         return rc < 0 ? EX_OK : rc;
+    }
+    if (m->mode) {
+        int mode = m->mode;
+        sendmail_free(m);
+        return cli_sendmail_mode(mode);
     }
     if ((rc = sendmail_sender(m)))
         goto out;
@@ -29977,6 +30008,13 @@ int mailnode_main(int argc, char **argv)
         return EX_SOFTWARE;
     }
     log_init("mailnode", 0);
+    /* Called as mailq(1) or newaliases(1), the sendmail package's links. */
+    if (!strcmp(base, "mailq") || !strcmp(base, "newaliases")) {
+        if ((rc = load_conf(NULL)))
+            return rc;
+        rc = cli_sendmail_mode(base[0] == 'm' ? 'p' : 'i');
+        goto out;
+    }
     /* Called as sendmail(8): the whole command line is sendmail's. */
     if (!strcmp(base, "sendmail")) {
         if ((rc = load_conf(NULL)))

@@ -40,6 +40,7 @@ struct sendmail_field {
 struct sendmail {
     /* options */
     int opt_t, ignore_dots, notify, ret_full;
+    int mode;                           /* 0 send; 'p' -bp, 'q' -q, 'i' -bi: another command */
     const char *from_opt, *fullname, *envid;
 
     /* input, normalised to CRLF lines */
@@ -95,6 +96,9 @@ static void sendmail_usage(FILE *out)
             "  -N DSN      never | success,failure,delay: delivery notifications\n"
             "  -R RET      full | hdrs: what a bounce returns\n"
             "  -V ENVID    envelope id for delivery notifications\n"
+            "  -bp         list the queue (as mailq, or mailnode queue list)\n"
+            "  -q          deliver queued mail now (as mailnode flush; -q15m and -qR... too)\n"
+            "  -bi         newaliases: nothing to do, aliases are in the database\n"
             "Accepted and ignored for compatibility: -bm, -m, -n, -v, -U, -G, -oXXX,\n"
             "-O OPT=VAL, -B TYPE, -h N, -L TAG.\n"
             "Exit status: 0 queued; 64 usage; 65 bad message or address; 67 no such\n"
@@ -923,17 +927,21 @@ static int sendmail_options(struct sendmail *m, int argc, char **argv, int *firs
                 v = a + j + 1;
                 if (!strcmp(v, "m"))
                     goto next;
-                if (!strcmp(v, "p"))
-                    fprintf(stderr, "sendmail: -bp is not supported: use `mailnode queue list`\n");
-                else if (!strcmp(v, "s"))
+                if (!strcmp(v, "p") || !strcmp(v, "i")) {
+                    m->mode = *v;       /* mailq, newaliases */
+                    goto next;
+                }
+                if (!strcmp(v, "s"))
                     fprintf(stderr, "sendmail: -bs is not supported: submit over SMTP to the "
                                     "submission port instead\n");
                 else
                     fprintf(stderr, "sendmail: -b%s is not supported (only -bm, the default)\n", v);
                 return EX_USAGE;
             case 'q':
-                fprintf(stderr, "sendmail: -q is not supported: use `mailnode flush`\n");
-                return EX_USAGE;
+                /* -q, -q15m, -qR...: one delivery run now (a running daemon
+                 * already retries on its own schedule). */
+                m->mode = 'q';
+                goto next;
             case 'f': case 'r': case 'F': case 'N': case 'R': case 'V':
             case 'O': case 'B': case 'h': case 'L':
                 if (!a[j + 1] && ++i >= argc)
@@ -1068,6 +1076,22 @@ static int sendmail_read(struct sendmail *m)
     return 0;
 }
 
+/* The other jobs of sendmail(8) that scripts and admins call it for:
+ * -bp (mailq) lists the queue, -q runs it, -bi (newaliases) has nothing
+ * to rebuild, since aliases live in the database. */
+int cli_sendmail_mode(int mode)
+{
+    static char *list[] = { "queue", "list", NULL }, *flush[] = { "flush", NULL };
+
+    if (mode == 'p')
+        return cli_queue(2, list);
+    if (mode == 'q')
+        return cli_flush(1, flush);
+    printf("newaliases: aliases are kept in the database and used at once; nothing to rebuild "
+           "(see mailnode alias list)\n");
+    return EX_OK;
+}
+
 int cli_sendmail(int argc, char **argv)
 {
     struct sendmail *m;
@@ -1088,6 +1112,11 @@ int cli_sendmail(int argc, char **argv)
     if (rc) {
         sendmail_free(m);
         return rc < 0 ? EX_OK : rc;
+    }
+    if (m->mode) {
+        int mode = m->mode;
+        sendmail_free(m);
+        return cli_sendmail_mode(mode);
     }
     if ((rc = sendmail_sender(m)))
         goto out;

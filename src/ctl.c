@@ -6,9 +6,9 @@
  *   PING                 -> PONG
  *   FLUSH [DOMAIN]       -> OK              (delivery run started)
  *   FLUSH-WAIT [DOMAIN]  -> summary lines, then "DONE <failed>"
- *   KICK [QID]           -> OK              (new mail in the database: scan soon;
- *                           with the queue id of a message `sendmail` queued,
- *                           the daemon logs its `accepted` line)
+ *   KICK                 -> OK              (new mail in the database: scan soon)
+ *   QUEUED QID           -> OK              (`sendmail` queued QID: the daemon logs
+ *                           its `accepted` line; the scan delivers it as usual)
  *   POLL                 -> summary lines, then "DONE <sysexits code>"
  *                           (one upstream exchange, as `mailnode poll`)
  *   anything else        -> ERR unknown request
@@ -177,14 +177,15 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
 
     if (vlen == 4 && !memcmp(line, "PING", 4) && !alen) {
         ctl_reply_close(cl, "PONG\n");
-    } else if (vlen == 4 && !memcmp(line, "KICK", 4)) {
-        if (alen) {
-            /* The daemon's log tells a message's story from its start,
-             * also for mail queued by the sendmail command. */
-            for (char *p = domain; *p; p++)
-                *p = (char)toupper((unsigned char)*p);
-            log_info("%s: accepted from=local (sendmail command), delivery scan started", domain);
-        }
+    } else if (vlen == 6 && !memcmp(line, "QUEUED", 6) && alen) {
+        /* The daemon's log tells a message's story from its start, also
+         * for mail queued by the sendmail command (a queue id passes the
+         * domain syntax check above; it was lower-cased there). */
+        for (char *p = domain; *p; p++)
+            *p = (char)toupper((unsigned char)*p);
+        log_info("%s: accepted from=local (sendmail command)", domain);
+        ctl_reply_close(cl, "OK\n");
+    } else if (vlen == 4 && !memcmp(line, "KICK", 4) && !alen) {
         queue_kick();
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
@@ -530,9 +531,9 @@ int ctl_connect(void)
     return fd;
 }
 
-/* Tells a running daemon that the sendmail command queued qid: it logs
- * the message's `accepted` line and delivers at once.  No daemon, or no
- * right to its socket (another user's cron job): the next scan finds it. */
+/* Tells a running daemon that the sendmail command queued qid, so that
+ * its log has the message's `accepted` line.  No daemon, or no right to
+ * its socket (another user's cron job): nothing is lost but that line. */
 void ctl_tell_queued(const char *qid)
 {
     struct timeval tv = { 2, 0 };
@@ -543,8 +544,8 @@ void ctl_tell_queued(const char *qid)
         return;
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    snprintf(line, sizeof line, "KICK %s\n", qid);
+    snprintf(line, sizeof line, "QUEUED %s\n", qid);
     if (write(fd, line, strlen(line)) > 0 && read(fd, reply, sizeof reply) < 0)
-        log_debug("control socket: no answer to KICK");
+        log_debug("control socket: no answer to QUEUED");
     close(fd);
 }

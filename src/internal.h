@@ -953,7 +953,7 @@ int ctl_start(void);
 void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
-void ctl_tell_queued(const char *qid);   /* sendmail -> daemon: log and deliver now */
+void ctl_tell_queued(const char *qid);   /* sendmail -> daemon: the accepted log line */
 int ctl_connect(void);
 /* Link watching (netlink on Linux): calls queue_flush(NULL) and poll_kick() when a link,
  * address or route appears. */
@@ -1347,6 +1347,7 @@ int cli_open_store(void);
 /* For commands that only read: the database must exist already. */
 int cli_open_store_ro(void);
 int cli_config(int argc, char **argv);
+int cli_sendmail_mode(int mode);        /* 'p' mailq, 'q' sendmail -q, 'i' newaliases */
 int cli_db_diagnose(const char *path, char *why, size_t n);
 void cli_db_chown(void);
 int cli_db_lock(void);                  /* fd, or minus a sysexits code */

@@ -76,6 +76,13 @@ int mailnode_main(int argc, char **argv)
         return EX_SOFTWARE;
     }
     log_init("mailnode", 0);
+    /* Called as mailq(1) or newaliases(1), the sendmail package's links. */
+    if (!strcmp(base, "mailq") || !strcmp(base, "newaliases")) {
+        if ((rc = load_conf(NULL)))
+            return rc;
+        rc = cli_sendmail_mode(base[0] == 'm' ? 'p' : 'i');
+        goto out;
+    }
     /* Called as sendmail(8): the whole command line is sendmail's. */
     if (!strcmp(base, "sendmail")) {
         if ((rc = load_conf(NULL)))

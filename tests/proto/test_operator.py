@@ -272,6 +272,40 @@ def held_message_does_not_expire():
         check('held_not_expired', 'kept@far.test' in out and 'held by queue hold' in out, out)
 
 
+# ------------------------------------------------------ sendmail habits
+
+@test
+def sendmail_personalities():
+    closed = harness.free_ports(1)[0]
+    with Node(conf={'relayhost': '127.0.0.1:%d' % closed, 'retry.initial': '1h'}) as n:
+        env = dict(os.environ, MAILNODE_CONF=n.conf_path)
+        links = {}
+        for name in ('sendmail', 'mailq', 'newaliases'):
+            links[name] = n.path(name)
+            os.symlink(BIN, links[name])
+
+        def run(argv, text=b''):
+            p = subprocess.run(argv, input=text, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env, cwd=n.dir, timeout=60)
+            return p.returncode, p.stdout.decode(), p.stderr.decode()
+        rc, out, err = run([links['sendmail'], 'far@remote.test'], b'Subject: q\n\nq\n')
+        check('sendmail_link_queues', rc == 0, err)
+        rc, out, err = run([links['mailq']])
+        check('mailq_lists_queue', rc == 0 and 'far@remote.test' in out, out + err)
+        rc, out2, err = run([links['sendmail'], '-bp'])
+        check('sendmail_bp_lists_queue', rc == 0 and out2 == out, out2 + err)
+        before = n.log().count('flush: retry timers reset')
+        rc, out, err = run([links['sendmail'], '-q'])
+        check('sendmail_q_flushes', rc == 0 and wait_until(
+            lambda: n.log().count('flush: retry timers reset') > before, 10), out + err)
+        rc, out, err = run([links['sendmail'], '-q15m'])
+        check('sendmail_q_interval_flushes', rc == 0, out + err)
+        rc, out, err = run([links['newaliases']])
+        check('newaliases_ok', rc == 0 and 'nothing to rebuild' in out, out + err)
+        rc, out, err = run([links['sendmail'], '-bi'])
+        check('sendmail_bi_ok', rc == 0 and 'nothing to rebuild' in out, out + err)
+
+
 # -------------------------------------------------------------------- logs
 
 @test

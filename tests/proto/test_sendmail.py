@@ -197,7 +197,8 @@ def refused_messages():
             ('t_no_recipients', ['-t'], 'Subject: x\n\nb\n', EX_USAGE),
             ('unknown_option', ['-Z', 'alice'], 'Subject: x\n\nb\n', EX_USAGE),
             ('missing_value', ['-f'], 'Subject: x\n\nb\n', EX_USAGE),
-            ('bp_unsupported', ['-bp'], '', EX_USAGE),
+            ('bs_unsupported', ['-bs'], '', EX_USAGE),
+            ('bx_unknown_mode', ['-bx'], '', EX_USAGE),
             ('loop', ['alice'], ''.join('Received: from h%d\n' % i for i in range(100)) + '\nb\n',
              EX_DATAERR),
         ]
@@ -270,7 +271,7 @@ def invoked_as_sendmail():
         check('symlink_exit_0', p.returncode == 0, p.stderr)
         msgs = pop3_fetch(n, 'alice')
         check('symlink_delivered', len(msgs) == 1 and body_of(msgs[0]) == b'via link\r\n', msgs)
-        p = subprocess.run([link, '-q'], input=b'', stdout=subprocess.PIPE,
+        p = subprocess.run([link, '-bx'], input=b'', stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, env=env, timeout=60)
         check('symlink_usage_error', p.returncode == EX_USAGE, p.stderr)
 

@@ -210,4 +210,26 @@ else
     fail second_daemon_names_pid "first daemon did not start: $(tail -3 "$T/two.log")"
 fi
 
+# --- make install: links and sample configurations ----------------------------------
+
+if make --no-print-directory -s install DESTDIR="$T/pkg" PREFIX=/usr INSTALL_SENDMAIL=1 >"$T/install.log" 2>&1; then
+    probs=""
+    for l in usr/sbin/sendmail usr/bin/mailq usr/bin/newaliases usr/lib/sendmail; do
+        [ -L "$T/pkg/$l" ] || probs="$probs $l missing;"
+    done
+    [ "$(readlink "$T/pkg/usr/bin/mailq")" = mailnode ] || probs="$probs mailq -> $(readlink "$T/pkg/usr/bin/mailq");"
+    [ "$(readlink "$T/pkg/usr/lib/sendmail")" = /usr/sbin/sendmail ] || probs="$probs /usr/lib/sendmail -> $(readlink "$T/pkg/usr/lib/sendmail");"
+    for f in field-node.conf upstream-relay.conf; do
+        [ -f "$T/pkg/usr/share/doc/mailnode/examples/$f" ] || probs="$probs examples/$f missing;"
+    done
+    [ -z "$probs" ] && ok install_links_and_samples || fail install_links_and_samples "$probs"
+    # The installed mailq is the queue listing.
+    conf "$T/mq.conf" "database=$T/mq.db"
+    echo pw-1234567 | "$BIN" -c "$T/mq.conf" user add ann >/dev/null 2>&1
+    out=$(MAILNODE_CONF=$T/mq.conf "$T/pkg/usr/bin/mailq" 2>&1); rc=$?
+    expect installed_mailq_runs 0 "$rc" "$out" ""
+else
+    fail install_links_and_samples "make install failed: $(tail -3 "$T/install.log")"
+fi
+
 [ "$failed" -eq 0 ]

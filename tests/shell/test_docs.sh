@@ -171,6 +171,22 @@ else
     check help_options_in_man8 "${absent:+options of --help texts not in $MAN8:$absent}"
 fi
 
+# --- sample configurations -------------------------------------------------------
+
+# Every sample passes the configuration check, is installed by `make
+# install`, and is named in mailnode(8).
+if [ -x "$BIN" ]; then
+    samples=$(ls docs/examples/*.conf 2>/dev/null)
+    probs=""
+    [ -n "$samples" ] || probs="no docs/examples/*.conf;"
+    for f in $samples; do
+        out=$(MAILNODE_CONF='' "$BIN" -c "$f" config -n 2>&1) || probs="$probs $f: $out;"
+        grep -qF "$(basename "$f")" <<<"$man8" || probs="$probs $(basename "$f") not in $MAN8;"
+    done
+    grep -qF 'docs/examples/*.conf' Makefile || probs="$probs make install does not install docs/examples;"
+    check docs_sample_configs "$probs"
+fi
+
 # --- rendering ----------------------------------------------------------------------
 
 if ! command -v groff >/dev/null; then
