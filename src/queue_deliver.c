@@ -921,7 +921,8 @@ void queue_flush(const char *domain)
         d.backoff = 0;
         store_dest_put(&d);
     }
-    log_info("flush%s%s: retry timers reset, delivery run started", domain ? " " : "", domain ? domain : "");
+    log_info("flush requested%s%s: retry timers reset, delivery run started", domain && *domain ? " for " : "",
+             domain ? domain : "");
     /* `flush DOMAIN` of a hold domain releases it, as ETRN would. */
     if (domain && *domain) {
         int started;

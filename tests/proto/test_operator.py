@@ -294,10 +294,10 @@ def sendmail_personalities():
         check('mailq_lists_queue', rc == 0 and 'far@remote.test' in out, out + err)
         rc, out2, err = run([links['sendmail'], '-bp'])
         check('sendmail_bp_lists_queue', rc == 0 and out2 == out, out2 + err)
-        before = n.log().count('flush: retry timers reset')
+        before = n.log().count('retry timers reset')
         rc, out, err = run([links['sendmail'], '-q'])
         check('sendmail_q_flushes', rc == 0 and wait_until(
-            lambda: n.log().count('flush: retry timers reset') > before, 10), out + err)
+            lambda: n.log().count('retry timers reset') > before, 10), out + err)
         rc, out, err = run([links['sendmail'], '-q15m'])
         check('sendmail_q_interval_flushes', rc == 0, out + err)
         rc, out, err = run([links['newaliases']])
@@ -330,9 +330,9 @@ def log_lines():
         qid = [l.split()[0] for l in n.cli('queue', 'list')[1].splitlines() if l and l[0] != ' ']
         check('accepted_line_for_sendmail', wait_until(
             lambda: qid and ('%s: accepted from=local' % qid[0]) in n.log(), 10), n.log()[-500:])
-        before = n.log().count('flush: retry timers reset')
+        before = n.log().count('retry timers reset')
         n.cli('flush')
-        wait_until(lambda: n.log().count('flush: retry timers reset') > before, 10)
+        wait_until(lambda: n.log().count('retry timers reset') > before, 10)
         lines = [l for l in n.log().splitlines()[-40:] if 'flush' in l and ' info: ' in l]
         check('flush_logged_once', len([l for l in lines if 'retry timers reset' in l]) == 1
               and not any('control: flush requested' in l for l in lines), repr(lines))
