@@ -309,6 +309,17 @@ void store_set_busy_hint(int (*fn)(void));
 void store_commit_soon(void);
 int store_in_txn(void);
 
+/* Backups (store_backup.c): a consistent copy of a live database by the
+ * online backup API, and its restore over the database.  0, or -1 with
+ * err filled. */
+struct store_backup_info {
+    int64_t schema, pages, bytes, messages, mailbox_messages;
+};
+int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen);
+int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err,
+                  size_t errlen);
+
 /* A body being written: raw bytes in, compressed chunks out. */
 struct store_body {
     int64_t id;
@@ -842,6 +853,10 @@ int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 int cli_poll(int argc, char **argv);            /* mailnode poll */
+int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
+int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
+/* Takes the daemon's lock on the database: an fd, or -1 after saying why. */
+int cli_lock_database(void);
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);
@@ -6960,6 +6975,298 @@ int store_held_count(const char *domain)
         n = sqlite3_column_int(st, 0);
     sqlite3_reset(st);
     return n;
+}
+
+/* ---- src/store_backup.c ---- */
+#line 1 "src/store_backup.c"
+/*
+ * store_backup.c: a consistent copy of a live database, and putting one
+ * back.
+ *
+ * The copy goes through SQLite's online backup API on a connection of its
+ * own that holds one read transaction from the first page to the last.
+ * In WAL mode a reader never blocks the daemon's writers (they append to
+ * the log, which simply cannot be folded back past the reader's snapshot
+ * until the copy ends), and the snapshot is one committed state: every
+ * message the daemon acknowledged before the copy began is in it, none
+ * half.  Without that read transaction a write by the daemon between two
+ * steps would restart the copy from page one, and a node that never stops
+ * receiving would never finish its backup.
+ *
+ * The copy is written to FILE.tmp, checked, fsynced and only then renamed
+ * to FILE: a backup killed at any instant leaves the previous FILE (if
+ * any) untouched and the live database as it was.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BACKUP_STEP_PAGES 256           /* pages per step when not paced */
+
+static void backup_err(char *err, size_t errlen, const char *what, const char *path, sqlite3 *db)
+{
+    snprintf(err, errlen, "%s %s: %s", what, path, db ? sqlite3_errmsg(db) : strerror(errno));
+}
+
+/* fsync a file, then its directory, so a rename that follows (or the
+ * file's creation) survives a power cut. */
+static int backup_sync(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fsync(fd)) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    if (!slash)
+        util_strlcpy(dir, ".", sizeof dir);
+    else if (slash == path)
+        util_strlcpy(dir, "/", sizeof dir);
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static void backup_sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) && errno == EINTR)
+        ;
+}
+
+static int backup_scalar(sqlite3 *db, const char *sql, int64_t *out)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* PRAGMA quick_check: every page and index entry readable and in order. */
+static int backup_check(sqlite3 *db, char *err, size_t errlen, const char *path)
+{
+    sqlite3_stmt *st;
+    int rc, ok = 0;
+
+    if (sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL) != SQLITE_OK) {
+        backup_err(err, errlen, "cannot check", path, db);
+        return -1;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *r = (const char *)sqlite3_column_text(st, 0);
+        ok = r && !strcmp(r, "ok");
+        if (!ok)
+            snprintf(err, errlen, "%s is damaged: %s", path, r ? r : "?");
+    } else {
+        backup_err(err, errlen, "cannot check", path, db);
+    }
+    sqlite3_finalize(st);
+    return ok ? 0 : -1;
+}
+
+/* Copies every page of src into the new file dst_path.  pages_per_sec > 0
+ * paces the copy (a slow SD card shared with the daemon). */
+static int backup_copy(sqlite3 *src, const char *dst_path, int64_t pages_per_sec, char *err, size_t errlen)
+{
+    sqlite3 *dst = NULL;
+    sqlite3_backup *b;
+    mode_t old;
+    int rc, step = BACKUP_STEP_PAGES, busy = 0;
+    long pause_ms = 0;
+
+    if (pages_per_sec > 0) {
+        /* Ten steps a second. */
+        step = pages_per_sec / 10 > 0 ? (int)(pages_per_sec / 10) : 1;
+        pause_ms = 100;
+    }
+    unlink(dst_path);
+    old = umask(077);                   /* everyone's mail, password hashes */
+    rc = sqlite3_open_v2(dst_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    umask(old);
+    if (rc != SQLITE_OK) {
+        backup_err(err, errlen, "cannot create", dst_path, dst);
+        sqlite3_close(dst);
+        return -1;
+    }
+    b = sqlite3_backup_init(dst, "main", src, "main");
+    if (!b) {
+        backup_err(err, errlen, "cannot copy into", dst_path, dst);
+        sqlite3_close(dst);
+        return -1;
+    }
+    do {
+        rc = sqlite3_backup_step(b, step);
+        if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
+            /* Only the copy's own target can be locked: give up after a
+             * while rather than spin for ever. */
+            if (++busy > 600)
+                break;
+            backup_sleep_ms(50);
+        } else if (rc == SQLITE_OK && pause_ms) {
+            backup_sleep_ms(pause_ms);
+        }
+    } while (rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED);
+    sqlite3_backup_finish(b);
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "copy into %s failed: %s", dst_path,
+                 sqlite3_errcode(dst) ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
+        sqlite3_close(dst);
+        return -1;
+    }
+    rc = backup_check(dst, err, errlen, dst_path);
+    sqlite3_close(dst);
+    return rc;
+}
+
+static int backup_open(const char *path, int flags, sqlite3 **db, char *err, size_t errlen)
+{
+    struct stat st;
+
+    if (stat(path, &st)) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK) {
+        backup_err(err, errlen, "cannot open", path, *db);
+        sqlite3_close(*db);
+        *db = NULL;
+        return -1;
+    }
+    sqlite3_busy_timeout(*db, 15000);
+    return 0;
+}
+
+int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen)
+{
+    char tmp[4096];
+    sqlite3 *src = NULL;
+    int64_t page_size = 4096;
+    int rc = -1;
+
+    memset(info, 0, sizeof *info);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", file) >= (int)sizeof tmp) {
+        snprintf(err, errlen, "%s: name too long", file);
+        return -1;
+    }
+    if (backup_open(db_path, SQLITE_OPEN_READWRITE, &src, err, errlen))
+        return -1;
+    /* The snapshot: one read transaction for the whole copy. */
+    if (sqlite3_exec(src, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+        backup_scalar(src, "PRAGMA user_version", &info->schema) ||
+        backup_scalar(src, "PRAGMA page_size", &page_size) ||
+        backup_scalar(src, "PRAGMA page_count", &info->pages)) {
+        backup_err(err, errlen, "cannot read", db_path, src);
+        goto out;
+    }
+    if (info->schema <= 0) {
+        snprintf(err, errlen, "%s is not a mailnode database (no schema version)", db_path);
+        goto out;
+    }
+    backup_scalar(src, "SELECT count(*) FROM message", &info->messages);
+    backup_scalar(src, "SELECT count(*) FROM mbox", &info->mailbox_messages);
+    info->bytes = info->pages * page_size;
+    if (backup_copy(src, tmp, bytes_per_sec > 0 ? (bytes_per_sec + page_size - 1) / page_size : 0, err, errlen))
+        goto out;
+    if (backup_sync(tmp)) {
+        snprintf(err, errlen, "cannot sync %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (rename(tmp, file) || backup_sync(file)) {
+        snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, file, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (rc)
+        unlink(tmp);
+    sqlite3_exec(src, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(src);
+    return rc;
+}
+
+/* Restore: file is copied (backup API again, so a file that is itself in
+ * WAL mode with a log beside it is read whole) to DB.restore, checked,
+ * migrated to this version's schema by an ordinary open (which also
+ * refuses a newer schema), and renamed over the database.  The old
+ * database's -wal and -shm files go first: a log left beside a
+ * different database would be replayed into it. */
+int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err, size_t errlen)
+{
+    char tmp[4096], side[4200];
+    sqlite3 *src = NULL;
+    int rc = -1;
+
+    memset(info, 0, sizeof *info);
+    if (snprintf(tmp, sizeof tmp, "%s.restore", db_path) >= (int)sizeof tmp) {
+        snprintf(err, errlen, "%s: name too long", db_path);
+        return -1;
+    }
+    if (backup_open(file, SQLITE_OPEN_READONLY, &src, err, errlen))
+        return -1;
+    if (backup_check(src, err, errlen, file))
+        goto out;
+    if (backup_scalar(src, "PRAGMA user_version", &info->schema) || info->schema <= 0) {
+        snprintf(err, errlen, "%s is not a mailnode database (no schema version)", file);
+        goto out;
+    }
+    if (backup_copy(src, tmp, 0, err, errlen))
+        goto out;
+    sqlite3_close(src);
+    src = NULL;
+    if (store_open(tmp, STORE_TOOL, err, errlen))
+        goto out;
+    store_close();
+    if (backup_open(tmp, SQLITE_OPEN_READONLY, &src, err, errlen))
+        goto out;
+    backup_scalar(src, "SELECT count(*) FROM message", &info->messages);
+    backup_scalar(src, "SELECT count(*) FROM mbox", &info->mailbox_messages);
+    sqlite3_close(src);
+    src = NULL;
+    if (backup_sync(tmp)) {
+        snprintf(err, errlen, "cannot sync %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    snprintf(side, sizeof side, "%s-wal", db_path);
+    if (unlink(side) && errno != ENOENT)
+        goto side_fail;
+    snprintf(side, sizeof side, "%s-shm", db_path);
+    if (unlink(side) && errno != ENOENT)
+        goto side_fail;
+    if (rename(tmp, db_path) || backup_sync(db_path)) {
+        snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, db_path, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+    goto out;
+side_fail:
+    snprintf(err, errlen, "cannot remove %s: %s", side, strerror(errno));
+out:
+    if (rc)
+        unlink(tmp);
+    sqlite3_close(src);
+    return rc;
 }
 
 /* ---- src/addr.c ---- */
@@ -16319,6 +16626,11 @@ static int lock_database(void)
     return fd;
 }
 
+int cli_lock_database(void)
+{
+    return lock_database();
+}
+
 /* `user = NAME`: a daemon started as root gives root up once its ports
  * are bound.  A daemon started as anyone else cannot and need not. */
 static int drop_privileges(void)
@@ -19411,6 +19723,221 @@ int cli_flush(int argc, char **argv)
     return rc;
 }
 
+/* ---- src/cli_backup.c ---- */
+#line 1 "src/cli_backup.c"
+/*
+ * cli_backup.c: `mailnode backup FILE` and `mailnode restore FILE`.
+ *
+ * A backup is two files: FILE, a consistent copy of the database taken
+ * while the daemon runs (store_backup.c), and FILE.key, a copy of the node
+ * key.  The key seals the CRAM-MD5 secrets kept in the database; it is kept
+ * apart so that an operator can store it apart too (a stolen database
+ * alone yields nothing that logs in).  A database restored without its key
+ * still works, but users must set their passwords again for CRAM-MD5.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char cli_backup_help[] =
+    "usage: mailnode backup [--no-key] [--rate BYTES] FILE\n"
+    "\n"
+    "Writes a consistent copy of the database to FILE while the daemon runs\n"
+    "and accepts mail (SQLite's online backup: one snapshot, the daemon is not\n"
+    "stopped), and the node key to FILE.key (mode 0600).  The copy is written\n"
+    "to FILE.tmp and renamed only when complete and checked, so an interrupted\n"
+    "backup leaves an earlier FILE as it was.\n"
+    "  --no-key       do not copy the node key (store it apart yourself)\n"
+    "  --rate BYTES   copy at most BYTES per second (k, M suffixes), to leave\n"
+    "                 a slow SD card to the daemon\n";
+
+static const char cli_restore_help[] =
+    "usage: mailnode restore [--no-key] FILE\n"
+    "\n"
+    "Replaces the database with the backup FILE, with the daemon stopped.\n"
+    "FILE is checked, copied and brought to this version's schema before it\n"
+    "replaces the database; a backup made by a newer mailnode is refused.\n"
+    "FILE.key, if present, becomes the node key (a different key already\n"
+    "there is kept as KEYFILE.old).\n"
+    "  --no-key   leave the node key as it is\n";
+
+static int cli_backup_usage(const char *help, int argc, char **argv, int *i, int *no_key, const char **rate)
+{
+    for (*i = 1; *i < argc; (*i)++) {
+        const char *a = argv[*i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(help, stdout);
+            return EX_OK;
+        } else if (!strcmp(a, "--no-key")) {
+            *no_key = 1;
+        } else if (rate && !strcmp(a, "--rate") && *i + 1 < argc) {
+            *rate = argv[++*i];
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "mailnode: unknown option %s\n%s", a, help);
+            return EX_USAGE;
+        } else {
+            break;
+        }
+    }
+    if (*i != argc - 1) {
+        fputs(help, stderr);
+        return EX_USAGE;
+    }
+    return -1;
+}
+
+/* Copies src to dst through dst.tmp, fsynced, mode 0600.  0, 1 when src
+ * does not exist, -1 on error (errno). */
+static int cli_copy_key(const char *src, const char *dst)
+{
+    char tmp[4096], buf[4096];
+    int in, out = -1;
+    ssize_t n;
+
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", dst) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return errno == ENOENT ? 1 : -1;
+    out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (out < 0)
+        goto fail;
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            goto fail;
+    if (n < 0 || fsync(out) || close(out)) {
+        out = -1;
+        goto fail;
+    }
+    close(in);
+    return rename(tmp, dst);
+fail:
+    {
+        int e = errno;
+        close(in);
+        if (out >= 0)
+            close(out);
+        unlink(tmp);
+        errno = e;
+    }
+    return -1;
+}
+
+/* 1 if both files exist with the same bytes. */
+static int cli_same_file(const char *a, const char *b)
+{
+    char ba[256], bb[256];
+    int fa = open(a, O_RDONLY | O_CLOEXEC), fb = open(b, O_RDONLY | O_CLOEXEC);
+    ssize_t na, nb;
+    int same = fa >= 0 && fb >= 0;
+
+    while (same) {
+        na = read(fa, ba, sizeof ba);
+        nb = read(fb, bb, sizeof bb);
+        if (na != nb || na < 0 || memcmp(ba, bb, (size_t)na))
+            same = 0;
+        if (na <= 0)
+            break;
+    }
+    if (fa >= 0)
+        close(fa);
+    if (fb >= 0)
+        close(fb);
+    return same;
+}
+
+int cli_backup(int argc, char **argv)
+{
+    struct store_backup_info info;
+    const char *rate = NULL, *file;
+    char err[1024], keycopy[4096];
+    int64_t bytes_per_sec = 0;
+    int i, no_key = 0, rc;
+
+    if ((rc = cli_backup_usage(cli_backup_help, argc, argv, &i, &no_key, &rate)) >= 0)
+        return rc;
+    file = argv[i];
+    if (rate && (util_parse_size(rate, &bytes_per_sec) || bytes_per_sec <= 0)) {
+        fprintf(stderr, "mailnode: --rate %s: not a size (e.g. 512k, 2M)\n", rate);
+        return EX_USAGE;
+    }
+    if (store_backup(conf->database, file, bytes_per_sec, &info, err, sizeof err)) {
+        fprintf(stderr, "mailnode: backup: %s\n", err);
+        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
+    }
+    printf("backup: %s: schema %lld, %lld bytes, %lld queued messages, %lld mailbox messages\n", file,
+           (long long)info.schema, (long long)info.bytes, (long long)info.messages,
+           (long long)info.mailbox_messages);
+    if (no_key)
+        return EX_OK;
+    snprintf(keycopy, sizeof keycopy, "%s.key", file);
+    rc = cli_copy_key(conf->keyfile, keycopy);
+    if (rc < 0) {
+        fprintf(stderr, "mailnode: backup: cannot copy the node key %s to %s: %s\n", conf->keyfile, keycopy,
+                strerror(errno));
+        return EX_CANTCREAT;
+    }
+    if (rc == 1)
+        printf("backup: no node key at %s (none made yet): nothing to copy\n", conf->keyfile);
+    else
+        printf("backup: node key copied to %s (keep it as safe as the database)\n", keycopy);
+    return EX_OK;
+}
+
+int cli_restore(int argc, char **argv)
+{
+    struct store_backup_info info;
+    const char *file;
+    char err[1024], keycopy[4096], old[4096];
+    int i, no_key = 0, rc, lockfd;
+
+    if ((rc = cli_backup_usage(cli_restore_help, argc, argv, &i, &no_key, NULL)) >= 0)
+        return rc;
+    file = argv[i];
+    /* The daemon's lock: nothing may have the database open meanwhile. */
+    lockfd = cli_lock_database();
+    if (lockfd < 0) {
+        fprintf(stderr, "mailnode: restore: stop the daemon first\n");
+        return EX_TEMPFAIL;
+    }
+    if (store_restore(file, conf->database, &info, err, sizeof err)) {
+        fprintf(stderr, "mailnode: restore: %s\n", err);
+        close(lockfd);
+        return strstr(err, "newer than") || strstr(err, "damaged") || strstr(err, "not a mailnode")
+                   ? EX_DATAERR : EX_CANTCREAT;
+    }
+    printf("restore: %s now holds %s: %lld queued messages, %lld mailbox messages\n", conf->database, file,
+           (long long)info.messages, (long long)info.mailbox_messages);
+    snprintf(keycopy, sizeof keycopy, "%s.key", file);
+    if (!no_key && access(keycopy, F_OK) == 0 && !cli_same_file(keycopy, conf->keyfile)) {
+        snprintf(old, sizeof old, "%s.old", conf->keyfile);
+        if (access(conf->keyfile, F_OK) == 0 && rename(conf->keyfile, old)) {
+            fprintf(stderr, "mailnode: restore: cannot keep the old node key as %s: %s\n", old, strerror(errno));
+            close(lockfd);
+            return EX_CANTCREAT;
+        }
+        if (cli_copy_key(keycopy, conf->keyfile)) {
+            fprintf(stderr, "mailnode: restore: cannot install the node key %s: %s\n", conf->keyfile,
+                    strerror(errno));
+            close(lockfd);
+            return EX_CANTCREAT;
+        }
+        printf("restore: node key %s installed from %s%s\n", conf->keyfile, keycopy,
+               access(old, F_OK) == 0 ? " (the previous one kept as .old)" : "");
+    } else if (!no_key && access(keycopy, F_OK) != 0) {
+        printf("restore: no %s: the node key stays as it is (users may need to set their passwords"
+               " again for CRAM-MD5)\n", keycopy);
+    }
+    close(lockfd);
+    return EX_OK;
+}
+
 /* ---- src/main.c ---- */
 #line 1 "src/main.c"
 /*
@@ -19439,6 +19966,8 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "backup", cli_backup, "FILE: consistent copy of the database and node key, daemon running" },
+    { "restore", cli_restore, "FILE: put a backup back (daemon stopped)" },
 };
 
 static void usage(FILE *f)

@@ -113,6 +113,11 @@ static int lock_database(void)
     return fd;
 }
 
+int cli_lock_database(void)
+{
+    return lock_database();
+}
+
 /* `user = NAME`: a daemon started as root gives root up once its ports
  * are bound.  A daemon started as anyone else cannot and need not. */
 static int drop_privileges(void)

@@ -298,6 +298,17 @@ void store_set_busy_hint(int (*fn)(void));
 void store_commit_soon(void);
 int store_in_txn(void);
 
+/* Backups (store_backup.c): a consistent copy of a live database by the
+ * online backup API, and its restore over the database.  0, or -1 with
+ * err filled. */
+struct store_backup_info {
+    int64_t schema, pages, bytes, messages, mailbox_messages;
+};
+int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen);
+int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err,
+                  size_t errlen);
+
 /* A body being written: raw bytes in, compressed chunks out. */
 struct store_body {
     int64_t id;
@@ -831,6 +842,10 @@ int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 int cli_poll(int argc, char **argv);            /* mailnode poll */
+int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
+int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
+/* Takes the daemon's lock on the database: an fd, or -1 after saying why. */
+int cli_lock_database(void);
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);
