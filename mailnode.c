@@ -52,7 +52,15 @@
 
 /* ------------------------------------------------------------------ util */
 
-int64_t util_now(void);                 /* wall clock, seconds since the epoch */
+/* Queue time in seconds since the epoch: the wall clock, but immune to
+ * steps of it (util.c explains).  Everything stored and scheduled uses it. */
+int64_t util_now(void);
+/* Sets queue time up from what the database holds: the saved offset and
+ * the newest time written (queue time never starts before it). */
+void util_clock_start(int64_t offset_s, int64_t floor);
+/* The current offset; *moved (if given) says whether it changed since the
+ * last call that asked, i.e. whether it must be saved again. */
+int64_t util_clock_offset(int *moved);
 int64_t util_now_ms(void);              /* monotonic milliseconds */
 /* "30s", "5m", "4h", "5d", or bare seconds. */
 int util_parse_duration(const char *s, int64_t *secs);
@@ -308,6 +316,11 @@ void store_set_busy_hint(int (*fn)(void));
  * recorded: a crash must not make us send the message again). */
 void store_commit_soon(void);
 int store_in_txn(void);
+/* Queue time (store_clock.c): store_clock_load() starts it from the saved
+ * offset and the newest stored time (store_open does this);
+ * store_clock_save() saves the offset if a clock step changed it. */
+int store_clock_load(void);
+int store_clock_save(void);
 
 /* Backups (store_backup.c): a consistent copy of a live database by the
  * online backup API, and its restore over the database.  0, or -1 with
@@ -878,9 +891,95 @@ int cli_open_store(void);
 #include <time.h>
 #include <arpa/inet.h>
 
+/* ------------------------------------------------------------ queue time
+ *
+ * Every time the node stores (arrival, next retry, last try) and compares
+ * with "now" is queue time: the wall clock plus an offset that absorbs
+ * steps of the wall clock.  A field box often boots with a clock that is
+ * days wrong until NTP or GPS sets it; if arrival times and retry times
+ * followed such a step, a step forward would expire the whole queue and a
+ * step back would push every retry days away.  So while a process runs,
+ * queue time advances with CLOCK_BOOTTIME (monotonic, and counting a
+ * suspend as time that passed), and a difference between the two clocks
+ * larger than UTIL_CLOCK_STEP_MS is a step, taken into the offset.
+ * Across a restart, the wall clock measures the downtime, but queue time
+ * never starts before the newest time stored in the database (a box that
+ * boots with its clock behind carries on where it stopped); the offset is
+ * kept in the database (store_clock.c) so that every process of the node
+ * agrees on it.  Dates shown to people go back to the wall clock
+ * (util_date). */
+#define UTIL_CLOCK_STEP_MS (30 * 1000)
+
+static struct {
+    int64_t offset_ms;                  /* queue time - wall clock */
+    int64_t last_wall_ms, last_mono_ms; /* the previous reading of both */
+    int64_t last;                       /* the last queue time returned */
+    int moved;                          /* offset changed since the last save */
+} util_clk;
+
+static int64_t util_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t util_boot_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_BOOTTIME, &ts))
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t util_now(void)
 {
-    return (int64_t)time(NULL);
+    int64_t wall = util_wall_ms(), mono = util_boot_ms(), q;
+
+    if (util_clk.last_mono_ms) {
+        int64_t step = wall - (util_clk.last_wall_ms + (mono - util_clk.last_mono_ms));
+        if (step > UTIL_CLOCK_STEP_MS || step < -UTIL_CLOCK_STEP_MS) {
+            util_clk.offset_ms -= step;
+            util_clk.moved = 1;
+            log_warn("the wall clock stepped %s by %llds: queue times (arrival, retries, expiry) keep"
+                     " counting real time", step > 0 ? "forward" : "back",
+                     (long long)((step < 0 ? -step : step) / 1000));
+        }
+    }
+    util_clk.last_wall_ms = wall;
+    util_clk.last_mono_ms = mono;
+    q = (wall + util_clk.offset_ms) / 1000;
+    if (q < util_clk.last)              /* small slews never run it backwards */
+        q = util_clk.last;
+    util_clk.last = q;
+    return q;
+}
+
+void util_clock_start(int64_t offset_s, int64_t floor)
+{
+    int64_t wall = util_wall_ms();
+
+    util_clk.offset_ms = offset_s * 1000;
+    util_clk.moved = 0;
+    if ((wall + util_clk.offset_ms) / 1000 < floor) {
+        /* The clock is behind what this node already wrote: it booted
+         * with a wrong clock.  Carry on from there. */
+        util_clk.offset_ms = floor * 1000 - wall;
+        util_clk.moved = 1;
+    }
+    util_clk.last_wall_ms = wall;
+    util_clk.last_mono_ms = util_boot_ms();
+    util_clk.last = 0;
+}
+
+int64_t util_clock_offset(int *moved)
+{
+    util_now();                         /* notice a step first */
+    if (moved) {
+        *moved = util_clk.moved;
+        util_clk.moved = 0;
+    }
+    return util_clk.offset_ms / 1000;
 }
 
 int64_t util_now_ms(void)
@@ -964,7 +1063,8 @@ int util_strcaseprefix(const char *s, const char *prefix)
 
 void util_date(int64_t t, char *buf, size_t n)
 {
-    time_t tt = (time_t)t;
+    /* t is queue time: show the wall clock's time of it. */
+    time_t tt = (time_t)(t > 0 ? t - util_clk.offset_ms / 1000 : t);
     struct tm tm;
     if (!localtime_r(&tt, &tm) || tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_wday < 0 || tm.tm_wday > 6) {
         util_strlcpy(buf, "never", n);  /* out of range: a time that is never reached */
@@ -5225,6 +5325,7 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     }
     if (migrate(err, errlen))
         goto fail;
+    store_clock_load();
     if (mode == STORE_DAEMON) {
         /* Bodies left incomplete by a crash were never acknowledged. */
         if (exec("DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=0);"
@@ -7267,6 +7368,62 @@ out:
         unlink(tmp);
     sqlite3_close(src);
     return rc;
+}
+
+/* ---- src/store_clock.c ---- */
+#line 1 "src/store_clock.c"
+/*
+ * store_clock.c: what queue time (util.c) needs from the database: the
+ * offset between queue time and the wall clock, kept in meta, and the
+ * newest time this node has written, below which queue time never starts.
+ */
+
+
+#include <stdlib.h>
+
+#define CLOCK_META_KEY "clock_offset"
+
+/* The newest stored time, from indexed or small tables only: the newest
+ * message (message_received), the newest mailbox entry (its uid is the
+ * rowid), the destinations and the meta facts. */
+static int64_t store_clock_floor(void)
+{
+    static sqlite3_stmt *st;
+    int64_t floor = 0;
+
+    if (!store_stmt(&st, "SELECT max(coalesce((SELECT max(received) FROM message), 0),"
+                         " coalesce((SELECT added FROM mbox ORDER BY uid DESC LIMIT 1), 0),"
+                         " coalesce((SELECT max(max(coalesce(last_try, 0), coalesce(last_ok, 0))) FROM dest), 0),"
+                         " coalesce((SELECT max(updated) FROM meta), 0))"))
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        floor = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return floor;
+}
+
+int store_clock_load(void)
+{
+    char value[32];
+    int64_t offset = 0;
+
+    if (store_meta_get(CLOCK_META_KEY, value, sizeof value, NULL) == 0)
+        offset = strtoll(value, NULL, 10);
+    util_clock_start(offset, store_clock_floor());
+    return 0;
+}
+
+int store_clock_save(void)
+{
+    char value[32];
+    int moved;
+    int64_t offset = util_clock_offset(&moved);
+
+    if (!moved)
+        return 0;
+    snprintf(value, sizeof value, "%lld", (long long)offset);
+    log_info("queue time is the wall clock %+llds", (long long)offset);
+    return store_meta_set(CLOCK_META_KEY, value);
 }
 
 /* ---- src/addr.c ---- */
@@ -12929,6 +13086,9 @@ static void maintenance(int64_t now)
         every = conf->queue_warn_after / 4;
     if (every < 1)
         every = 1;
+    /* A step of the wall clock changed queue time's offset: every process
+     * of the node must agree on it. */
+    store_clock_save();
     if (now - Q.last_maint < every)
         return;
     Q.last_maint = now;

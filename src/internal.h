@@ -41,7 +41,15 @@
 
 /* ------------------------------------------------------------------ util */
 
-int64_t util_now(void);                 /* wall clock, seconds since the epoch */
+/* Queue time in seconds since the epoch: the wall clock, but immune to
+ * steps of it (util.c explains).  Everything stored and scheduled uses it. */
+int64_t util_now(void);
+/* Sets queue time up from what the database holds: the saved offset and
+ * the newest time written (queue time never starts before it). */
+void util_clock_start(int64_t offset_s, int64_t floor);
+/* The current offset; *moved (if given) says whether it changed since the
+ * last call that asked, i.e. whether it must be saved again. */
+int64_t util_clock_offset(int *moved);
 int64_t util_now_ms(void);              /* monotonic milliseconds */
 /* "30s", "5m", "4h", "5d", or bare seconds. */
 int util_parse_duration(const char *s, int64_t *secs);
@@ -297,6 +305,11 @@ void store_set_busy_hint(int (*fn)(void));
  * recorded: a crash must not make us send the message again). */
 void store_commit_soon(void);
 int store_in_txn(void);
+/* Queue time (store_clock.c): store_clock_load() starts it from the saved
+ * offset and the newest stored time (store_open does this);
+ * store_clock_save() saves the offset if a clock step changed it. */
+int store_clock_load(void);
+int store_clock_save(void);
 
 /* Backups (store_backup.c): a consistent copy of a live database by the
  * online backup API, and its restore over the database.  0, or -1 with
