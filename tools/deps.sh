@@ -5,6 +5,8 @@
 set -euo pipefail
 
 pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp groff-base"
+# faketime: tests/proto/test_clock.py steps the daemon's wall clock.
+pkgs="$pkgs faketime"
 [ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
 # FUZZ=1 (make fuzz): clang with libFuzzer; VALGRIND=1 (make test-valgrind).
 [ "${FUZZ:-}" != 1 ] || pkgs="$pkgs clang libclang-rt-dev"
