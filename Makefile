@@ -131,7 +131,7 @@ LINK_STAMP_TEXT   := $(BUILD) $(SQLITE) $(CC) $(MN_LDFLAGS) $(MN_LIBS)
 SQLITE_STAMP_TEXT := $(CC) $(SQLITE_CFLAGS) $(SQLITE_OPTS)
 STATIC_STAMP_TEXT := $(CC) $(STATIC_CFLAGS) $(STATIC_LDFLAGS) $(STATIC_LIBS) $(SQLITE)
 
-NO_STAMP_GOALS := clean distclean deps amalgamation check-amalgamation help run test test-env
+NO_STAMP_GOALS := clean distclean deps amalgamation check-amalgamation check-modules help run test test-env
 ifneq ($(filter-out $(NO_STAMP_GOALS),$(or $(MAKECMDGOALS),all)),)
 $(shell mkdir -p $(BUILD) build/static)
 ifneq ($(file <$(MN_STAMP)),$(MN_STAMP_TEXT))
@@ -214,8 +214,27 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory check-amalgamation
+	@$(MAKE) --no-print-directory check-modules
 	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory check-exports
 	@$(MAKE) --no-print-directory test-run
+
+# Every module compiles on its own, with exactly the includes it names: in
+# the amalgamation a missing include or a leaked macro hides behind an
+# earlier module and breaks the day the order changes.
+.PHONY: check-modules check-exports
+check-modules:
+	@for f in src/*.c; do \
+		$(CC) $(filter-out $(SAN_FLAGS),$(MN_CFLAGS)) -fsyntax-only -Isrc -I. $$f || \
+			{ echo "check-modules: $$f does not compile on its own" >&2; exit 1; }; \
+	done
+
+# The program exports mailnode.h's API and main, nothing else: every
+# internal function is static in the amalgamation (tools/amalgamate.sh).
+check-exports: mailnode
+	@nm -g --defined-only $(BUILD)/mailnode.o | \
+		awk '$$2 ~ /^[A-Z]$$/ && $$3 !~ /^(mailnode_[a-z_]+|main)$$/ { print "check-exports: exported: " $$3; bad = 1 } \
+		     END { exit bad }' >&2
 
 # tests/run compiles the unit tests with exactly the flags of ./mailnode.
 test-run: export MAILNODE_CC = $(CC)

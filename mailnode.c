@@ -7,6 +7,10 @@
 
 #include "mailnode.h"
 
+/* Internal functions and data are static: only mailnode.h is exported. */
+#define MN_PRIVATE static
+#define MN_PRIVATE_DATA static
+
 /* ---- src/internal.h ---- */
 #line 1 "src/internal.h"
 /*
@@ -36,6 +40,19 @@
 
 
 
+/* In the amalgamation tools/amalgamate.sh defines both as static and marks
+ * every function declared here MN_PRIVATE, so the program exports nothing
+ * but mailnode.h (make check-exports).  A module compiled on its own (make
+ * check-modules) sees ordinary external declarations. */
+#ifndef MN_PRIVATE
+#define MN_PRIVATE
+#define MN_PRIVATE_DATA extern
+#endif
+
+/* Kept for the unit tests and fuzz harnesses, which call what the program
+ * itself does not: not reported as unused in the program's build. */
+#define MN_FOR_TESTS __attribute__((unused))
+
 #define MN_UNUSED(x) ((void)(x))
 #define MN_NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -54,54 +71,52 @@
 
 /* Queue time in seconds since the epoch: the wall clock, but immune to
  * steps of it (util.c explains).  Everything stored and scheduled uses it. */
-int64_t util_now(void);
+MN_PRIVATE int64_t util_now(void);
 /* Sets queue time up from what the database holds: the saved offset and
  * the newest time written (queue time never starts before it). */
-void util_clock_start(int64_t offset_s, int64_t floor);
+MN_PRIVATE void util_clock_start(int64_t offset_s, int64_t floor);
 /* The current offset; *moved (if given) says whether it changed since the
  * last call that asked, i.e. whether it must be saved again. */
-int64_t util_clock_offset(int *moved);
-int64_t util_now_ms(void);              /* monotonic milliseconds */
+MN_PRIVATE int64_t util_clock_offset(int *moved);
+MN_PRIVATE int64_t util_now_ms(void);              /* monotonic milliseconds */
 /* "30s", "5m", "4h", "5d", or bare seconds. */
-int util_parse_duration(const char *s, int64_t *secs);
+MN_PRIVATE int util_parse_duration(const char *s, int64_t *secs);
 /* "10M", "512K", "1G", or bare bytes. */
-int util_parse_size(const char *s, int64_t *bytes);
-void util_qid(char out[QID_LEN + 1]);   /* random queue id */
-size_t util_strlcpy(char *dst, const char *src, size_t size);
-void util_lower(char *s);
-int util_strcaseprefix(const char *s, const char *prefix); /* 1 if s starts with prefix, ignoring case */
+MN_PRIVATE int util_parse_size(const char *s, int64_t *bytes);
+MN_PRIVATE void util_qid(char out[QID_LEN + 1]);   /* random queue id */
+MN_PRIVATE size_t util_strlcpy(char *dst, const char *src, size_t size);
+MN_PRIVATE void util_lower(char *s);
 /* RFC 5322 date-time of t, local time with numeric zone. */
-void util_date(int64_t t, char *buf, size_t n);
-int util_set_nonblock(int fd);
+MN_PRIVATE void util_date(int64_t t, char *buf, size_t n);
 /* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
-int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
+MN_PRIVATE int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 /* Numeric address (empty: any IPv4) and port -> socket address. */
-int util_sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len);
+MN_PRIVATE int util_sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len);
 /* 1 if the address is a loopback address. */
-int util_sockaddr_is_loopback(const struct sockaddr_storage *ss);
-void util_sockaddr_ip(const struct sockaddr_storage *ss, char *buf, size_t n);
-char *util_trim(char *s);               /* in place, returns start */
+MN_PRIVATE int util_sockaddr_is_loopback(const struct sockaddr_storage *ss);
+MN_PRIVATE void util_sockaddr_ip(const struct sockaddr_storage *ss, char *buf, size_t n);
+MN_PRIVATE char *util_trim(char *s);               /* in place, returns start */
 /* Splits a comma/space separated list in place; returns count. */
-size_t util_split_list(char *s, char **items, size_t max);
+MN_PRIVATE size_t util_split_list(char *s, char **items, size_t max);
 
 struct cidr {
     int family;                         /* AF_INET or AF_INET6 */
     unsigned char addr[16];
     int bits;
 };
-int util_cidr_parse(const char *s, struct cidr *out);
-int util_cidr_match(const struct cidr *c, const struct sockaddr_storage *ss);
+MN_PRIVATE int util_cidr_parse(const char *s, struct cidr *out);
+MN_PRIVATE int util_cidr_match(const struct cidr *c, const struct sockaddr_storage *ss);
 
 /* md5.c: RFC 1321 MD5 and RFC 2104 HMAC-MD5, for CRAM-MD5 (RFC 2195) only. */
-void md5_digest(const void *data, size_t len, unsigned char out[16]);
-void hmac_md5(const void *key, size_t keylen, const void *msg, size_t msglen,
+MN_PRIVATE void md5_digest(const void *data, size_t len, unsigned char out[16]);
+MN_PRIVATE void hmac_md5(const void *key, size_t keylen, const void *msg, size_t msglen,
               unsigned char out[16]);
 
 /* ------------------------------------------------------------------- log */
 
-void log_init(const char *ident, int use_syslog);
-void log_set_level(int level);          /* LOG_ERR .. LOG_DEBUG */
-void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+MN_PRIVATE void log_init(const char *ident, int use_syslog);
+MN_PRIVATE void log_set_level(int level);          /* LOG_ERR .. LOG_DEBUG */
+MN_PRIVATE void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define log_err(...)   log_msg(LOG_ERR, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARNING, __VA_ARGS__)
 #define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
@@ -161,17 +176,19 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
+    size_t n_pacing_rate;
 };
 
-extern struct conf *conf;               /* the configuration in force */
+MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force */
 
 /* Loads PATH (NULL: embedded defaults only).  On error fills err with
  * "FILE:LINE: what is wrong" and returns -1. */
-int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
-void conf_free(struct conf *c);
+MN_PRIVATE int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
+MN_PRIVATE void conf_free(struct conf *c);
 /* 1 if the domain (lower case) is listed in local_domains. */
-int conf_is_local_domain(const char *domain);
-int conf_relay_allowed(const struct sockaddr_storage *ss);
+MN_PRIVATE int conf_is_local_domain(const char *domain);
+MN_PRIVATE int conf_relay_allowed(const struct sockaddr_storage *ss);
 
 /* ------------------------------------------------------------------ loop */
 
@@ -204,6 +221,8 @@ struct conn {
     unsigned char *out;                 /* fixed output buffer */
     size_t out_len, out_cap;
     int64_t deadline;                   /* monotonic ms; 0 = none */
+    int64_t idle_ms;                    /* conn_set_timeout: moved on by every octet that moves */
+    uint64_t moved_seen;                /* the kernel's octet counters at the last look (pace.c) */
     unsigned paused : 1;                /* do not deliver input (waiting for commit) */
     unsigned want_drain : 1;            /* call on_drain when output drains */
     unsigned closing : 1;               /* close once output is flushed */
@@ -230,41 +249,44 @@ struct timer {
 
 typedef void (*loop_accept_fn)(struct conn *c);
 
-int loop_init(void);
-void loop_free(void);
+MN_PRIVATE int loop_init(void);
+MN_PRIVATE void loop_free(void);
 /* Binds the listeners of a comma separated "addr:port" list; they take
  * connections after loop_listen_start. */
-int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
-int loop_listen_start(char *err, size_t errlen);
-void loop_close_listeners(void);
-int loop_run(void);                     /* until loop_stop(); returns 0 */
-void loop_stop(void);
-int loop_count_conns(int kind);         /* -1: all */
+MN_PRIVATE int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
+MN_PRIVATE int loop_listen_start(char *err, size_t errlen);
+MN_PRIVATE void loop_close_listeners(void);
+MN_PRIVATE int loop_run(void);                     /* until loop_stop(); returns 0 */
+MN_PRIVATE void loop_stop(void);
 /* Called at the end of each loop turn, after events were handled (the
  * store's group commit). */
-void loop_set_turn_hook(void (*fn)(void));
+MN_PRIVATE void loop_set_turn_hook(void (*fn)(void));
 
 /* Buffers: in_cap and out_cap are hard caps. */
-struct conn *conn_new(int fd, int kind, const struct conn_ops *ops, void *ctx,
+MN_PRIVATE struct conn *conn_new(int fd, int kind, const struct conn_ops *ops, void *ctx,
                       size_t in_cap, size_t out_cap);
 /* Appends to the output buffer; -1 (nothing written) if it does not fit. */
-int conn_write(struct conn *c, const void *buf, size_t n);
-int conn_printf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-size_t conn_out_space(const struct conn *c);
-void conn_consume(struct conn *c, size_t n);   /* drop n bytes of input */
-void conn_close(struct conn *c);        /* flush output, then close */
-void conn_abort(struct conn *c);        /* close now, drop output */
-void conn_pause(struct conn *c, int on);
-void conn_kick(struct conn *c);         /* run on_input again at the end of this turn */
-void conn_set_timeout(struct conn *c, int64_t ms); /* 0 clears */
-int conn_flush(struct conn *c);         /* try to write now */
+MN_PRIVATE int conn_write(struct conn *c, const void *buf, size_t n);
+MN_PRIVATE int conn_printf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+MN_PRIVATE size_t conn_out_space(const struct conn *c);
+MN_PRIVATE void conn_consume(struct conn *c, size_t n);   /* drop n bytes of input */
+MN_PRIVATE void conn_close(struct conn *c);        /* flush output, then close */
+MN_PRIVATE void conn_abort(struct conn *c);        /* close now, drop output */
+MN_PRIVATE void conn_pause(struct conn *c, int on);
+MN_PRIVATE void conn_kick(struct conn *c);         /* run on_input again at the end of this turn */
+/* An idle timeout, not a deadline: every octet read from or written to
+ * the peer starts it again, so a session ends only when nothing moves
+ * for ms in either direction (a slow link that still carries data never
+ * times out).  0 clears. */
+MN_PRIVATE void conn_set_timeout(struct conn *c, int64_t ms);
+MN_PRIVATE int conn_flush(struct conn *c);         /* try to write now */
 
-void timer_set(struct timer *t, int64_t ms_from_now, void (*fn)(void *), void *arg);
-void timer_cancel(struct timer *t);
+MN_PRIVATE void timer_set(struct timer *t, int64_t ms_from_now, void (*fn)(void *), void *arg);
+MN_PRIVATE void timer_cancel(struct timer *t);
 
 /* Outbound: a non-blocking connect; ops->on_connect reports the outcome.
  * NULL if the socket could not even be created (errno says why). */
-struct conn *conn_connect(const struct sockaddr_storage *ss, socklen_t len, int kind,
+MN_PRIVATE struct conn *conn_connect(const struct sockaddr_storage *ss, socklen_t len, int kind,
                           const struct conn_ops *ops, void *ctx, size_t in_cap, size_t out_cap);
 
 /* Any other descriptor (UDP, netlink, unix listeners): fn runs when the
@@ -275,9 +297,24 @@ struct watch {
     void (*fn)(struct watch *w, uint32_t events);
     void *arg;
 };
-int loop_watch_add(struct watch *w);
-int loop_watch_mod(struct watch *w, uint32_t events);
-void loop_watch_del(struct watch *w);
+MN_PRIVATE int loop_watch_add(struct watch *w);
+MN_PRIVATE int loop_watch_mod(struct watch *w, uint32_t events);
+MN_PRIVATE void loop_watch_del(struct watch *w);
+
+/* ----------------------------------------------------------------- pace */
+
+/* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
+ * the socket (acknowledged plus received), 0 when it cannot tell. */
+MN_PRIVATE uint64_t pace_moved(int fd);
+/* Outbound sockets: little unsent data in the kernel (TCP_NOTSENT_LOWAT). */
+MN_PRIVATE void pace_socket(int fd);
+/* A rate hint (octets/s) for a connected socket: SO_MAX_PACING_RATE and a
+ * send buffer of about two bandwidth-delay products. */
+MN_PRIVATE void pace_rate(int fd, uint64_t bytes_per_s);
+/* The `pacing.rate` hint for a destination (dest row name such as
+ * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
+MN_PRIVATE uint64_t pace_rate_for(const char *dest, const char *host);
+MN_PRIVATE int pace_conf_check(const struct conf *c, char *err, size_t n);
 
 /* ----------------------------------------------------------------- store */
 
@@ -291,36 +328,36 @@ void loop_watch_del(struct watch *w);
 
 enum store_mode { STORE_DAEMON, STORE_TOOL };
 
-int store_open(const char *path, enum store_mode mode, char *err, size_t errlen);
-void store_close(void);
-sqlite3 *store_db(void);                /* for the store_*.c files only */
+MN_PRIVATE int store_open(const char *path, enum store_mode mode, char *err, size_t errlen);
+MN_PRIVATE void store_close(void);
+MN_PRIVATE sqlite3 *store_db(void);                /* for the store_*.c files only */
 /* Prepares sql into *slot on first use (kept until store_close), resets it
  * on later uses. */
-sqlite3_stmt *store_stmt(sqlite3_stmt **slot, const char *sql);
-int store_rc(int sqlite_rc);            /* SQLITE_FULL -> STORE_FULL, else STORE_ERR */
+MN_PRIVATE sqlite3_stmt *store_stmt(sqlite3_stmt **slot, const char *sql);
+MN_PRIVATE int store_rc(int sqlite_rc);            /* SQLITE_FULL -> STORE_FULL, else STORE_ERR */
 
 /* Transactions.  The daemon keeps one write transaction per loop turn:
  * store_begin() opens it if needed; store_turn_end() commits it durably
  * and then runs the acknowledgements registered during the turn, so that
  * every message finished in the same turn shares one fsync. */
-int store_begin(void);
-int store_commit(void);                 /* tool mode: commit now */
-void store_rollback(void);
+MN_PRIVATE int store_begin(void);
+MN_PRIVATE int store_commit(void);                 /* tool mode: commit now */
+MN_PRIVATE void store_rollback(void);
 typedef void (*store_ack_fn)(void *arg, int rc);
-void store_after_commit(store_ack_fn fn, void *arg);
-void store_turn_end(void);
+MN_PRIVATE void store_after_commit(store_ack_fn fn, void *arg);
+MN_PRIVATE void store_turn_end(void);
 /* fn() returns how many sessions are inside a mail transaction that has
  * not reached its end yet: the group commit may wait for them. */
-void store_set_busy_hint(int (*fn)(void));
+MN_PRIVATE void store_set_busy_hint(int (*fn)(void));
 /* What this turn wrote must be durable at its end (a peer's 250 was
  * recorded: a crash must not make us send the message again). */
-void store_commit_soon(void);
-int store_in_txn(void);
+MN_PRIVATE void store_commit_soon(void);
+MN_PRIVATE int store_in_txn(void);
 /* Queue time (store_clock.c): store_clock_load() starts it from the saved
  * offset and the newest stored time (store_open does this);
  * store_clock_save() saves the offset if a clock step changed it. */
-int store_clock_load(void);
-int store_clock_save(void);
+MN_PRIVATE int store_clock_load(void);
+MN_PRIVATE int store_clock_save(void);
 
 /* Backups (store_backup.c): a consistent copy of a live database by the
  * online backup API, and its restore over the database.  0, or -1 with
@@ -328,9 +365,9 @@ int store_clock_save(void);
 struct store_backup_info {
     int64_t schema, pages, bytes, messages, mailbox_messages;
 };
-int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+MN_PRIVATE int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
                  char *err, size_t errlen);
-int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err,
+MN_PRIVATE int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err,
                   size_t errlen);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -345,10 +382,10 @@ struct store_body {
     crypto_generichash_state hash;
     struct store_body *next;            /* open bodies, for rollback */
 };
-struct store_body *store_body_new(void);        /* NULL on error */
-int store_body_write(struct store_body *b, const void *data, size_t n);
-int store_body_finish(struct store_body *b);    /* last chunk, size, hash */
-void store_body_free(struct store_body *b);     /* deletes rows unless committed */
+MN_PRIVATE struct store_body *store_body_new(void);        /* NULL on error */
+MN_PRIVATE int store_body_write(struct store_body *b, const void *data, size_t n);
+MN_PRIVATE int store_body_finish(struct store_body *b);    /* last chunk, size, hash */
+MN_PRIVATE void store_body_free(struct store_body *b);     /* deletes rows unless committed */
 
 /* Reading a body back, chunk by chunk. */
 struct store_reader {
@@ -358,10 +395,10 @@ struct store_reader {
     size_t len, off;
     int err;
 };
-int store_reader_open(struct store_reader *r, int64_t body_id);
+MN_PRIVATE int store_reader_open(struct store_reader *r, int64_t body_id);
 /* Copies up to n bytes; returns bytes copied, 0 at the end, <0 on error. */
-ssize_t store_reader_read(struct store_reader *r, void *dst, size_t n);
-void store_reader_close(struct store_reader *r);
+MN_PRIVATE ssize_t store_reader_read(struct store_reader *r, void *dst, size_t n);
+MN_PRIVATE void store_reader_close(struct store_reader *r);
 
 /* RCPT NOTIFY bits (RFC 3461 4.1). */
 #define NOTIFY_SUCCESS 1
@@ -393,7 +430,7 @@ struct store_rcpt {
 
 /* Inserts the message, its queued recipients and its mailbox entries in
  * the current transaction.  b must be finished. */
-int store_msg_insert(const struct store_env *env, struct store_body *b,
+MN_PRIVATE int store_msg_insert(const struct store_env *env, struct store_body *b,
                      const struct store_rcpt *rcpts, size_t n);
 
 /* Queue administration. */
@@ -404,17 +441,17 @@ struct store_qinfo {
     int nrcpt;
     char rcpts[1024];                   /* "addr (state, next try / last error)" ... */
 };
-int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg);
-int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id);
-int store_queue_delete(const char *qid);
-int64_t store_queue_count(void);
+MN_PRIVATE int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg);
+MN_PRIVATE int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id);
+MN_PRIVATE int store_queue_delete(const char *qid);
+MN_PRIVATE int64_t store_queue_count(void);
 struct store_status {
     int64_t queued_msgs, queued_rcpts, held_rcpts, mbox_msgs, users;
 };
-int store_status(struct store_status *st);
+MN_PRIVATE int store_status(struct store_status *st);
 /* Small named facts (the last upstream exchange, ...). */
-int store_meta_set(const char *key, const char *value);
-int store_meta_get(const char *key, char *value, size_t n, int64_t *updated);
+MN_PRIVATE int store_meta_set(const char *key, const char *value);
+MN_PRIVATE int store_meta_get(const char *key, char *value, size_t n, int64_t *updated);
 
 /* Per-destination (next hop) delivery state. */
 struct store_dest {
@@ -422,7 +459,7 @@ struct store_dest {
     int64_t next_try, backoff, failures, last_try, last_ok, backlog;
     char last_error[512];
 };
-int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
+MN_PRIVATE int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -442,45 +479,43 @@ struct store_out_msg {
     int nrcpt;
     struct store_out_rcpt *rcpts;       /* nrcpt of them, freed by store_out_free */
 };
-void store_out_free(struct store_out_msg *m);
+MN_PRIVATE void store_out_free(struct store_out_msg *m);
 /* Destinations (recipient domains) with mail due now. */
-int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
+MN_PRIVATE int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
-int store_any_due(int64_t now);
-/* Earliest next_try of queued remote recipients, 0 if none. */
-int64_t store_next_due(void);
+MN_PRIVATE int store_any_due(int64_t now);
 /* The next message after after_id with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
  * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
  * none, <0 error. */
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+MN_PRIVATE int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
 /* Messages held for a hold domain. */
-int store_held_count(const char *domain);
+MN_PRIVATE int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
-int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error);
+MN_PRIVATE int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error);
 /* Deletes the message if no recipient is left queued; then its body if
  * nothing refers to it.  1 if deleted. */
-int store_msg_retire(int64_t msg_id);
-int store_dest_get(const char *name, struct store_dest *d);   /* zeroed if absent */
-int store_dest_put(const struct store_dest *d);
+MN_PRIVATE int store_msg_retire(int64_t msg_id);
+MN_PRIVATE int store_dest_get(const char *name, struct store_dest *d);   /* zeroed if absent */
+MN_PRIVATE int store_dest_put(const struct store_dest *d);
 /* Every destination's backoff (domain NULL) or one's is reset and its
  * recipients made due now, except for held messages. */
-int store_flush(const char *domain, int64_t now);
+MN_PRIVATE int store_flush(const char *domain, int64_t now);
 /* Remote recipients queued since before `before` (lifetime), warned or
  * not; cb gets (message id, recipient id). */
-int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg);
+MN_PRIVATE int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg);
 /* Messages received before `before`, not yet warned about, with queued
  * remote recipients. */
-int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *arg);
-int store_msg_set_warned(int64_t msg_id);
+MN_PRIVATE int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *arg);
+MN_PRIVATE int store_msg_set_warned(int64_t msg_id);
 /* One message's envelope and its queued remote recipients. */
-int store_out_get(int64_t msg_id, struct store_out_msg *m);
-int store_queue_hold(const char *qid, int hold);   /* hold or release */
+MN_PRIVATE int store_out_get(int64_t msg_id, struct store_out_msg *m);
+MN_PRIVATE int store_queue_hold(const char *qid, int hold);   /* hold or release */
 
 /* Deletes bodies no message or mailbox entry refers to any more: all of
  * them (a scan, for start-up and rare administration), or one. */
-int store_gc(void);
-int store_gc_body(int64_t body_id);
+MN_PRIVATE int store_gc(void);
+MN_PRIVATE int store_gc_body(int64_t body_id);
 
 /* store_admin.c: users, domains, aliases. */
 struct store_user {
@@ -490,12 +525,12 @@ struct store_user {
     unsigned char cram[128];            /* sealed CRAM-MD5 secret */
     size_t cram_len;
 };
-int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND */
-int store_user_get_id(int64_t id, struct store_user *u);
-int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
-int store_user_update(const struct store_user *u);            /* password change */
-int store_user_del(const char *name);
-int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
+MN_PRIVATE int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND */
+MN_PRIVATE int store_user_get_id(int64_t id, struct store_user *u);
+MN_PRIVATE int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
+MN_PRIVATE int store_user_update(const struct store_user *u);            /* password change */
+MN_PRIVATE int store_user_del(const char *name);
+MN_PRIVATE int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
 
 enum domain_kind { DOMAIN_LOCAL = 1, DOMAIN_HOLD = 2 };
 struct store_domain {
@@ -504,15 +539,15 @@ struct store_domain {
     char owner[USER_MAX + 1];
     char host[SMTP_DOMAIN_MAX + 8];
 };
-int store_domain_get(const char *name, struct store_domain *d);
-int store_domain_add(const struct store_domain *d);
-int store_domain_del(const char *name);
-int store_domain_list(int (*cb)(void *arg, const struct store_domain *d), void *arg);
+MN_PRIVATE int store_domain_get(const char *name, struct store_domain *d);
+MN_PRIVATE int store_domain_add(const struct store_domain *d);
+MN_PRIVATE int store_domain_del(const char *name);
+MN_PRIVATE int store_domain_list(int (*cb)(void *arg, const struct store_domain *d), void *arg);
 
-int store_alias_get(const char *name, char *targets, size_t n);
-int store_alias_set(const char *name, const char *targets);
-int store_alias_del(const char *name);
-int store_alias_list(int (*cb)(void *arg, const char *name, const char *targets), void *arg);
+MN_PRIVATE int store_alias_get(const char *name, char *targets, size_t n);
+MN_PRIVATE int store_alias_set(const char *name, const char *targets);
+MN_PRIVATE int store_alias_del(const char *name);
+MN_PRIVATE int store_alias_list(int (*cb)(void *arg, const char *name, const char *targets), void *arg);
 
 /* store_mbox.c: mailboxes.  A mailbox entry is a body shared with the
  * other recipients plus a small per-recipient header prefix
@@ -525,9 +560,9 @@ struct store_mbox_msg {
     char qid[QID_LEN + 1];
     char prefix[ADDR_MAX + 64];
 };
-int store_mbox_list(int64_t user_id, int (*cb)(void *arg, const struct store_mbox_msg *m), void *arg);
-int store_mbox_get(int64_t user_id, int64_t uid, struct store_mbox_msg *m);
-int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n);
+MN_PRIVATE int store_mbox_list(int64_t user_id, int (*cb)(void *arg, const struct store_mbox_msg *m), void *arg);
+MN_PRIVATE int store_mbox_get(int64_t user_id, int64_t uid, struct store_mbox_msg *m);
+MN_PRIVATE int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n);
 
 /* ------------------------------------------------------------------ addr */
 
@@ -547,11 +582,14 @@ struct addr {
 #define ADDR_ELOCAL   (-2)               /* local part too long: 553 5.1.3 */
 #define ADDR_EDOMAIN  (-3)               /* domain too long or bad */
 #define ADDR_EPATH    (-4)               /* path too long: 501 5.1.3 */
-int addr_parse_path(const char *s, size_t n, int allow_null, struct addr *a, size_t *used);
+MN_PRIVATE int addr_parse_path(const char *s, size_t n, int allow_null, struct addr *a, size_t *used);
 /* Parses a bare "local@domain" (the sendmail command line, alias targets). */
-int addr_parse_mailbox(const char *s, struct addr *a);
+MN_PRIVATE int addr_parse_mailbox(const char *s, struct addr *a);
 /* 1 if c may appear in an RFC 5321 atom. */
-int addr_is_atext(int c);
+MN_PRIVATE int addr_is_atext(int c);
+/* 1 if d (n bytes) is one RFC 5321 Domain (literal_ok: or an address
+ * literal), with nothing before or after it. */
+MN_PRIVATE int addr_domain_ok(const char *d, size_t n, int literal_ok);
 
 /* ------------------------------------------------------------------ mime */
 
@@ -571,28 +609,28 @@ struct mime_data {
     char hdr_name[16];                  /* start of the current header line */
     int hdr_name_len;
 };
-void mime_data_init(struct mime_data *d);
+MN_PRIVATE void mime_data_init(struct mime_data *d);
 /* Decodes from in[0..n); writes decoded bytes through emit.  Returns the
  * input bytes consumed; *done is set when CRLF.CRLF was consumed. */
 typedef int (*mime_emit_fn)(void *arg, const void *buf, size_t n);
-size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
+MN_PRIVATE size_t mime_data_feed(struct mime_data *d, const unsigned char *in, size_t n,
                       mime_emit_fn emit, void *arg, int *done);
 /* The same scanning (Received count, 8-bit, header end) for bytes that are
  * not dot-stuffed: BDAT chunks and the sendmail command. */
-void mime_scan(struct mime_data *d, const unsigned char *buf, size_t n);
+MN_PRIVATE void mime_scan(struct mime_data *d, const unsigned char *buf, size_t n);
 /* BDAT chunks: CRLF normalisation and scanning without dot handling;
  * mime_raw_finish completes a CR left at the end of the last chunk. */
-int mime_raw_feed(struct mime_data *d, const unsigned char *in, size_t n,
+MN_PRIVATE int mime_raw_feed(struct mime_data *d, const unsigned char *in, size_t n,
                   mime_emit_fn emit, void *arg);
-int mime_raw_finish(struct mime_data *d, mime_emit_fn emit, void *arg);
+MN_PRIVATE int mime_raw_finish(struct mime_data *d, mime_emit_fn emit, void *arg);
 
 /* ------------------------------------------------------------------ auth */
 
-int auth_init(const char *keyfile);     /* loads or creates the node key (0600) */
-void auth_free(void);
+MN_PRIVATE int auth_init(const char *keyfile);     /* loads or creates the node key (0600) */
+MN_PRIVATE void auth_free(void);
 /* Fills u->pwhash (Argon2id) and u->cram (sealed CRAM-MD5 secret). */
-int auth_set_password(struct store_user *u, const char *password);
-int auth_check_password(const struct store_user *u, const char *password); /* 1 ok */
+MN_PRIVATE int auth_set_password(struct store_user *u, const char *password);
+MN_PRIVATE int auth_check_password(const struct store_user *u, const char *password); /* 1 ok */
 
 enum auth_result { AUTH_OK = 0, AUTH_CONTINUE = 1, AUTH_FAIL = -1, AUTH_BADMECH = -2,
                    AUTH_SYNTAX = -3, AUTH_CANCEL = -4 };
@@ -606,16 +644,16 @@ struct auth_sasl {
  * or "CRAM-MD5"; initial is the initial response (NULL if none, "=" for
  * empty).  AUTH_CONTINUE: send "334 " + out (base64 text).  AUTH_OK:
  * s->user is authenticated. */
-int auth_sasl_start(struct auth_sasl *s, const char *mech, const char *initial,
+MN_PRIVATE int auth_sasl_start(struct auth_sasl *s, const char *mech, const char *initial,
                     char *out, size_t outlen);
 /* The next client line ("*" cancels). */
-int auth_sasl_step(struct auth_sasl *s, const char *line, char *out, size_t outlen);
+MN_PRIVATE int auth_sasl_step(struct auth_sasl *s, const char *line, char *out, size_t outlen);
 /* The client's side: the PLAIN initial response, and the CRAM-MD5 answer
  * to a base64 challenge, both base64 into out.  0 or -1. */
-int auth_client_plain(const char *user, const char *password, char *out, size_t n);
-int auth_client_cram(const char *user, const char *password, const char *challenge64, char *out, size_t n);
+MN_PRIVATE int auth_client_plain(const char *user, const char *password, char *out, size_t n);
+MN_PRIVATE int auth_client_cram(const char *user, const char *password, const char *challenge64, char *out, size_t n);
 /* Mechanisms to advertise, e.g. "PLAIN LOGIN CRAM-MD5". */
-const char *auth_mechs(int cleartext_ok);
+MN_PRIVATE const char *auth_mechs(int cleartext_ok);
 
 /* ----------------------------------------------------------------- queue */
 
@@ -624,44 +662,44 @@ const char *auth_mechs(int cleartext_ok);
 #define QUEUE_EUNKNOWN (-10)            /* no such local user: 550 5.1.1 */
 #define QUEUE_ELOOP    (-11)            /* alias loop or too deep: 554 5.4.6 */
 #define QUEUE_ETOOMANY (-12)            /* alias expands beyond max */
-int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t *n);
+MN_PRIVATE int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t *n);
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
-int queue_domain_accepted(const char *domain);
-int queue_domain_is_local(const char *domain);
+MN_PRIVATE int queue_domain_accepted(const char *domain);
+MN_PRIVATE int queue_domain_is_local(const char *domain);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
  * destination (the next hop: the relayhost, or the recipient domain for
  * MX delivery); hold domains wait for ETRN/ATRN. */
-int queue_start(void);                  /* daemon start: arm the scheduler */
-void queue_stop(void);
-void queue_kick(void);                  /* new mail: scan soon */
+MN_PRIVATE int queue_start(void);                  /* daemon start: arm the scheduler */
+MN_PRIVATE void queue_stop(void);
+MN_PRIVATE void queue_kick(void);                  /* new mail: scan soon */
 /* Link came up (netlink, flush): every destination's backoff is reset and
  * a run starts at once.  domain NULL: all. */
-void queue_flush(const char *domain);
+MN_PRIVATE void queue_flush(const char *domain);
 /* Called when a flush run has attempted every eligible message:
  * summary is a human text, one line per destination; failed is the number
  * of destinations that did not take all their mail. */
 typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
-int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
-void queue_flush_cancel(void *arg);     /* the waiter went away */
+MN_PRIVATE int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
+MN_PRIVATE void queue_flush_cancel(void *arg);     /* the waiter went away */
 /* A client connected from ip: a destination backing off because that
  * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
-void queue_peer_seen(const char *ip);
+MN_PRIVATE void queue_peer_seen(const char *ip);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
  * Returns the number of messages held (>= 0); *started is 0 when a
  * release for that domain is already running. */
-int queue_release(const char *domain, int *started);
+MN_PRIVATE int queue_release(const char *domain, int *started);
 /* ATRN (RFC 2645): the connection c turns around and carries the held
  * mail of the domains; done(arg, delivered, error) runs at its end. */
 typedef void (*queue_release_done_fn)(void *arg, int delivered, const char *error);
-int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t n,
+MN_PRIVATE int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t n,
                      queue_release_done_fn done, void *arg);
 /* 1 if a release (ETRN or ATRN) of the domain is running. */
-int queue_release_busy(const char *domain);
+MN_PRIVATE int queue_release_busy(const char *domain);
 
 /* ----------------------------------------------------------------- dns */
 
@@ -684,17 +722,17 @@ struct dns_result {
 };
 typedef void (*dns_cb)(void *arg, const struct dns_result *r);
 struct dns_query;
-int dns_init(void);
-void dns_free(void);
+MN_PRIVATE int dns_init(void);
+MN_PRIVATE void dns_free(void);
 /* RFC 5321 5.1: MX records sorted by preference (random among equals),
  * implicit MX (the domain's own A/AAAA) when there is none, RFC 7505 null
  * MX as DNS_PERM, NXDOMAIN as DNS_PERM, everything else DNS_TEMP.  An
  * address literal ("[192.0.2.1]") or a numeric host answers at once.  The
  * callback may run before dns_resolve_* returns; NULL only on no memory. */
-struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg);
+MN_PRIVATE struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg);
 /* A/AAAA of one host (a relayhost name): one dns_host in the result. */
-struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg);
-void dns_cancel(struct dns_query *q);
+MN_PRIVATE struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg);
+MN_PRIVATE void dns_cancel(struct dns_query *q);
 
 /* ----------------------------------------------------------------- dsn */
 
@@ -721,7 +759,7 @@ struct dsn_info {
 };
 /* Writes the complete notification message (headers and body, CRLF) into
  * out, an open store body; the caller queues it with a null sender. */
-int dsn_write(const struct dsn_info *d, struct store_body *out);
+MN_PRIVATE int dsn_write(const struct dsn_info *d, struct store_body *out);
 
 /* -------------------------------------------------------------- mime7 */
 
@@ -732,12 +770,12 @@ int dsn_write(const struct dsn_info *d, struct store_body *out);
  * boundaries; message/rfc822 parts are converted recursively where
  * possible.  Streaming: any split of the input, bounded memory. */
 struct mime7;
-struct mime7 *mime7_new(void);
+MN_PRIVATE struct mime7 *mime7_new(void);
 /* Converts in[0..n); output through emit.  0, or -1 when the message
  * cannot be converted (then it must bounce, 5.6.3). */
-int mime7_feed(struct mime7 *m, const unsigned char *in, size_t n, mime_emit_fn emit, void *arg);
-int mime7_finish(struct mime7 *m, mime_emit_fn emit, void *arg);
-void mime7_free(struct mime7 *m);
+MN_PRIVATE int mime7_feed(struct mime7 *m, const unsigned char *in, size_t n, mime_emit_fn emit, void *arg);
+MN_PRIVATE int mime7_finish(struct mime7 *m, mime_emit_fn emit, void *arg);
+MN_PRIVATE void mime7_free(struct mime7 *m);
 
 /* ---------------------------------------------------------------- tls */
 
@@ -747,36 +785,48 @@ void mime7_free(struct mime7 *m);
  * (conn_write, c->in); the caller must drop any plaintext it had buffered
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
-int tls_init(void);                     /* loads tls.cert/tls.key if set */
-void tls_free(void);
-int tls_available(void);                /* server side: a certificate is loaded */
-int tls_start_server(struct conn *c);
+MN_PRIVATE int tls_init(void);                     /* loads tls.cert/tls.key if set */
+MN_PRIVATE void tls_free(void);
+MN_PRIVATE int tls_available(void);                /* server side: a certificate is loaded */
+MN_PRIVATE int tls_start_server(struct conn *c);
 /* verify: 1 = the peer's certificate must verify for host (system store
  * or tls.ca_file), else the handshake fails. */
-int tls_start_client(struct conn *c, const char *host, int verify);
-int tls_active(const struct conn *c);
-int tls_io_handshaking(const struct conn *c);  /* a handshake is under way */
+MN_PRIVATE int tls_start_client(struct conn *c, const char *host, int verify);
+MN_PRIVATE int tls_active(const struct conn *c);
+MN_PRIVATE int tls_io_handshaking(const struct conn *c);  /* a handshake is under way */
+/* The TLS record layer under a connection, for the loop.  c->tls is set by
+ * tls_start_server/tls_start_client; from then on the loop moves the
+ * connection's bytes through these instead of recv()/send().  read and
+ * write answer like recv() and send() (errno EAGAIN: OpenSSL waits for the
+ * socket).  While the handshake runs, read_wants_out says whether it waits
+ * for the socket to be writable (else readable). */
+MN_PRIVATE size_t tls_io_plain(const struct conn *c);      /* cleartext bytes due before the handshake */
+MN_PRIVATE void tls_io_plain_sent(struct conn *c, size_t n);
+MN_PRIVATE int tls_io_handshake(struct conn *c);           /* 1 done, 0 waiting, -1 failed */
+MN_PRIVATE ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
+MN_PRIVATE ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
+MN_PRIVATE int tls_io_pending(const struct conn *c);       /* decrypted bytes not yet read */
+MN_PRIVATE int tls_io_read_wants_out(const struct conn *c);
+MN_PRIVATE int tls_io_write_wants_in(const struct conn *c);
+MN_PRIVATE const char *tls_io_error(void);                 /* why tls_init failed */
 /* Called by the loop: the handshake finished (err 0) or failed. */
-void tls_handshake_done(struct conn *c, int err);
+MN_PRIVATE void tls_handshake_done(struct conn *c, int err);
 /* Called by conn_abort: frees the connection's TLS state. */
-void tls_conn_free(struct conn *c);
+MN_PRIVATE void tls_conn_free(struct conn *c);
 
 /* ---------------------------------------------------------------- ctl */
 
 /* The control socket (conf->control, mode 0600): `mailnode flush` and
  * queue commands reach the running daemon through it. */
-int ctl_start(void);
-void ctl_stop(void);
+MN_PRIVATE int ctl_start(void);
+MN_PRIVATE void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
-int ctl_connect(void);
-/* A domain or address literal as a control request may carry it (no
- * character that could break the request line or the log). */
-int ctl_domain_ok(const char *d, size_t n);
-/* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
+MN_PRIVATE int ctl_connect(void);
+/* Link watching (netlink on Linux): calls queue_flush(NULL) and poll_kick() when a link,
  * address or route appears. */
-int link_watch_start(void);
-void link_watch_stop(void);
+MN_PRIVATE int link_watch_start(void);
+MN_PRIVATE void link_watch_stop(void);
 
 /* --------------------------------------------------------------- smtpc */
 
@@ -801,32 +851,35 @@ struct smtpc_auth {
     const char *user, *password;        /* NULL: no AUTH */
 };
 enum { SMTPC_TLS_MAY = 0, SMTPC_TLS_REQUIRE, SMTPC_TLS_NONE };
-int smtpc_tls_policy(const char *setting);      /* "may", "require", "none" */
-struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
+MN_PRIVATE int smtpc_tls_policy(const char *setting);      /* "may", "require", "none" */
+MN_PRIVATE struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, const char *peer_name,
                           const struct smtpc_ops *ops, void *arg, const struct smtpc_auth *auth,
                           int tls_policy);
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
-struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+MN_PRIVATE struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* The destination the session serves (dest row name, or the domain of
+ * an ATRN release): selects per-destination settings (pacing.rate). */
+MN_PRIVATE void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
-void smtpc_abort(struct smtpc *s);
+MN_PRIVATE void smtpc_abort(struct smtpc *s);
 
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-void limit_auth_failed(const struct conn *c);
-int limit_auth_blocked(const struct conn *c);
-int limit_message_ok(const struct conn *c);
+MN_PRIVATE void limit_auth_failed(const struct conn *c);
+MN_PRIVATE int limit_auth_blocked(const struct conn *c);
+MN_PRIVATE int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-int limit_connections_ok(const struct conn *c, int current);
+MN_PRIVATE int limit_connections_ok(const struct conn *c, int current);
 
 /* ----------------------------------------------------------------- odmr */
 
 /* ETRN (RFC 1985): starts the release and writes the one-line reply. */
-void odmr_etrn(const char *arg, char *reply, size_t n);
+MN_PRIVATE void odmr_etrn(const char *arg, char *reply, size_t n);
 /* ATRN (RFC 2645): decides a request of user; on 250, domains holds the
  * n domains to release.  The reply line is written either way. */
-int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAIN_MAX + 1], size_t max,
+MN_PRIVATE int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAIN_MAX + 1], size_t max,
                     size_t *n, char *reply, size_t rn);
 
 /* ----------------------------------------------------------------- poll */
@@ -834,45 +887,44 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
 /* The field node's upstream exchange (poll.c): push our queue, then ETRN
  * or ATRN.  done gets a summary and a sysexits code. */
 typedef void (*poll_done_fn)(void *arg, const char *summary, int exitcode);
-int poll_start(void);                   /* daemon: interval timer */
-void poll_stop(void);
-void poll_kick(void);                   /* link up, interval, flush */
-int poll_run(poll_done_fn done, void *arg);
-int poll_busy(void);
-void poll_cancel(void *arg);            /* a waiter went away */
-int poll_password(char *buf, size_t n); /* upstream.password_file, one line */
+MN_PRIVATE int poll_start(void);                   /* daemon: interval timer */
+MN_PRIVATE void poll_stop(void);
+MN_PRIVATE void poll_kick(void);                   /* link up, interval, flush */
+MN_PRIVATE int poll_run(poll_done_fn done, void *arg);
+MN_PRIVATE void poll_cancel(void *arg);            /* a waiter went away */
+MN_PRIVATE int poll_password(char *buf, size_t n); /* upstream.password_file, one line */
 
 /* ---------------------------------------------------------------- smtpd */
 
-void smtpd_accept(struct conn *c);
+MN_PRIVATE void smtpd_accept(struct conn *c);
 /* ATRN client turnaround: serve SMTP on an open connection (greeting
  * first); done(arg, messages accepted, error or NULL) when it ends. */
-int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg);
-int smtpd_busy(void);                   /* sessions inside a mail transaction */
+MN_PRIVATE int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg);
+MN_PRIVATE int smtpd_busy(void);                   /* sessions inside a mail transaction */
 
 /* ----------------------------------------------------------------- pop3 */
 
-void pop3_accept(struct conn *c);
+MN_PRIVATE void pop3_accept(struct conn *c);
 
 /* ------------------------------------------------------------------- cli */
 
-int cli_run(int argc, char **argv);             /* mailnode run */
-int cli_sendmail(int argc, char **argv);        /* mailnode sendmail / sendmail */
-int cli_queue(int argc, char **argv);
-int cli_user(int argc, char **argv);
-int cli_domain(int argc, char **argv);
-int cli_alias(int argc, char **argv);
-int cli_mailbox(int argc, char **argv);
-int cli_status(int argc, char **argv);
-int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
-int cli_poll(int argc, char **argv);            /* mailnode poll */
-int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
-int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
+MN_PRIVATE int cli_run(int argc, char **argv);             /* mailnode run */
+MN_PRIVATE int cli_sendmail(int argc, char **argv);        /* mailnode sendmail / sendmail */
+MN_PRIVATE int cli_queue(int argc, char **argv);
+MN_PRIVATE int cli_user(int argc, char **argv);
+MN_PRIVATE int cli_domain(int argc, char **argv);
+MN_PRIVATE int cli_alias(int argc, char **argv);
+MN_PRIVATE int cli_mailbox(int argc, char **argv);
+MN_PRIVATE int cli_status(int argc, char **argv);
+MN_PRIVATE int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
+MN_PRIVATE int cli_poll(int argc, char **argv);            /* mailnode poll */
+MN_PRIVATE int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
+MN_PRIVATE int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
 /* Takes the daemon's lock on the database: an fd, or -1 after saying why. */
-int cli_lock_database(void);
+MN_PRIVATE int cli_lock_database(void);
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
-int cli_open_store(void);
+MN_PRIVATE int cli_open_store(void);
 
 #endif
 
@@ -1056,11 +1108,6 @@ void util_lower(char *s)
         *s = (char)tolower((unsigned char)*s);
 }
 
-int util_strcaseprefix(const char *s, const char *prefix)
-{
-    return strncasecmp(s, prefix, strlen(prefix)) == 0;
-}
-
 void util_date(int64_t t, char *buf, size_t n)
 {
     /* t is queue time: show the wall clock's time of it. */
@@ -1081,14 +1128,6 @@ void util_date(int64_t t, char *buf, size_t n)
     snprintf(buf, n, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
              days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900,
              tm.tm_hour, tm.tm_min, tm.tm_sec, sign, off / 60, off % 60);
-}
-
-int util_set_nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-        return -1;
-    return fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port)
@@ -1512,7 +1551,7 @@ void log_msg(int level, const char *fmt, ...)
 #include <string.h>
 #include <unistd.h>
 
-struct conf *conf;
+MN_PRIVATE struct conf *conf;
 
 enum conf_type { T_STR, T_DURATION, T_SIZE, T_INT, T_BOOL, T_DOMAINS, T_CIDRS };
 
@@ -1581,7 +1620,9 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
+#undef F        /* the amalgamation goes on with other modules */
 
 static char *xstrdup(const char *s)
 {
@@ -1827,6 +1868,8 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
     }
     if (conf_check_tls(c, path, err, errlen))
         return -1;
+    if (pace_conf_check(c, err, errlen))
+        return -1;
     derive(c);
     return 0;
 fail:
@@ -1886,23 +1929,6 @@ int conf_relay_allowed(const struct sockaddr_storage *ss)
 /* Per-connection buffers: a 16 KB read takes a 1 KB message whole, and
  * 50 sessions cost well under 2 MB. */
 #define LOOP_BUF (16 * 1024)
-
-/* The TLS record layer under a connection (tls.c).  c->tls is set by
- * tls_start_server/tls_start_client; from then on the loop moves the
- * connection's bytes through these instead of recv()/send().  read and
- * write answer like recv() and send() (errno EAGAIN: OpenSSL waits for the
- * socket).  While the handshake runs, read_wants_out says whether it waits
- * for the socket to be writable (else readable). */
-int tls_io_handshaking(const struct conn *c);
-size_t tls_io_plain(const struct conn *c);      /* cleartext bytes due before the handshake */
-void tls_io_plain_sent(struct conn *c, size_t n);
-int tls_io_handshake(struct conn *c);           /* 1 done, 0 waiting, -1 failed */
-ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
-ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
-int tls_io_pending(const struct conn *c);       /* decrypted bytes not yet read */
-int tls_io_read_wants_out(const struct conn *c);
-int tls_io_write_wants_in(const struct conn *c);
-const char *tls_io_error(void);                 /* why tls_init failed */
 
 struct listener {
     int fd;
@@ -2010,6 +2036,7 @@ static void run_timers(int64_t now)
 enum { TAG_CONN = 0, TAG_LISTENER = 1, TAG_WATCH = 2, TAG_MASK = 3 };
 
 static void conn_readable(struct conn *c);
+static void conn_progress(struct conn *c);
 
 /* Stop reading while paused, while the input buffer is full, and while
  * the output is more than half full: a client that pipelines without
@@ -2205,6 +2232,8 @@ int conn_flush(struct conn *c)
         }
         memmove(c->out, c->out + w, c->out_len - (size_t)w);
         c->out_len -= (size_t)w;
+        if (w > 0)
+            conn_progress(c);
     }
     if (!c->out_len && c->closing) {
         /* A close while the client still has bytes in flight makes the
@@ -2263,7 +2292,18 @@ void conn_kick(struct conn *c)
 
 void conn_set_timeout(struct conn *c, int64_t ms)
 {
+    if (ms > 0 && !c->connecting)
+        c->moved_seen = pace_moved(c->fd);
+    c->idle_ms = ms > 0 ? ms : 0;
     c->deadline = ms > 0 ? util_now_ms() + ms : 0;
+}
+
+/* Octets moved: the idle timeout starts again (a lingering close keeps
+ * its own fixed deadline). */
+static void conn_progress(struct conn *c)
+{
+    if (c->idle_ms && !c->lingering)
+        c->deadline = util_now_ms() + c->idle_ms;
 }
 
 static void conn_linger_read(struct conn *c)
@@ -2291,6 +2331,7 @@ static void conn_readable(struct conn *c)
                            : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
+            conn_progress(c);
             continue;
         }
         if (r == 0) {
@@ -2433,6 +2474,16 @@ static void check_deadlines(int64_t now)
     for (c = L.conns; c; c = next) {
         next = c->next;
         if (c->deadline && c->deadline <= now) {
+            /* The kernel moved octets meanwhile (a large send buffer
+             * draining over a slow link): that is progress too. */
+            if (c->idle_ms && !c->lingering && !c->connecting) {
+                uint64_t moved = pace_moved(c->fd);
+                if (moved != c->moved_seen) {
+                    c->moved_seen = moved;
+                    c->deadline = now + c->idle_ms;
+                    continue;
+                }
+            }
             c->deadline = 0;
             if (c->lingering)
                 conn_abort(c);
@@ -2644,15 +2695,6 @@ void loop_set_turn_hook(void (*fn)(void))
     L.turn_hook = fn;
 }
 
-int loop_count_conns(int kind)
-{
-    int n = 0;
-    for (struct conn *c = L.conns; c; c = c->next)
-        if (kind < 0 || c->kind == kind)
-            n++;
-    return n;
-}
-
 void loop_stop(void)
 {
     L.running = 0;
@@ -2731,6 +2773,158 @@ void loop_free(void)
     if (L.epfd >= 0)
         close(L.epfd);
     L.epfd = -1;
+}
+
+/* ---- src/pace.c ---- */
+#line 1 "src/pace.c"
+/*
+ * pace.c: TCP on slow, long and lossy links.  Two jobs that both read
+ * the kernel's view of a connection:
+ *
+ * - progress: a session's timeout is an idle timer (loop.c); octets the
+ *   kernel has moved (acknowledged by the peer, or received) count as
+ *   progress even when the program itself could not write or read for a
+ *   while, because a large send buffer drains slowly over a slow link;
+ * - pacing: a single long connection must not overrun a link queue of
+ *   one bandwidth-delay product.  Outbound sockets keep little unsent
+ *   data in the kernel (TCP_NOTSENT_LOWAT), and with a rate hint for the
+ *   destination (`pacing.rate`) the kernel paces at that rate
+ *   (SO_MAX_PACING_RATE) and the send buffer is sized from the measured
+ *   round-trip time and the rate, so slow start cannot flood the queue.
+ */
+
+
+#include <errno.h>
+#include <string.h>
+#include <netinet/tcp.h>
+
+#ifndef SO_MAX_PACING_RATE
+#define SO_MAX_PACING_RATE 47
+#endif
+#ifndef TCP_NOTSENT_LOWAT
+#define TCP_NOTSENT_LOWAT 25
+#endif
+
+/* Unsent octets the kernel may hold beyond what is in flight: enough to
+ * keep a fast link busy between two loop turns, small enough that a
+ * writer learns at once when a slow link takes more. */
+#define PACE_NOTSENT_LOWAT (32 * 1024)
+
+/* The kernel's struct tcp_info (linux/tcp.h) up to the byte counters,
+ * which the C library's copy of the structure lacks. */
+struct pace_tcp_info {
+    uint8_t state, ca_state, retransmits, probes, backoff, options, wscale, flags;
+    uint32_t rto, ato, snd_mss, rcv_mss;
+    uint32_t unacked, sacked, lost, retrans, fackets;
+    uint32_t last_data_sent, last_ack_sent, last_data_recv, last_ack_recv;
+    uint32_t pmtu, rcv_ssthresh, rtt, rttvar, snd_ssthresh, snd_cwnd, advmss, reordering;
+    uint32_t rcv_rtt, rcv_space;
+    uint32_t total_retrans;
+    uint64_t pacing_rate, max_pacing_rate;
+    uint64_t bytes_acked, bytes_received;
+};
+
+static int pace_info(int fd, struct pace_tcp_info *ti)
+{
+    socklen_t len = sizeof *ti;
+    memset(ti, 0, sizeof *ti);
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) < 0)
+        return -1;
+    /* An old kernel without the byte counters: no progress is seen and
+     * the idle timer follows the program's own reads and writes. */
+    return len >= offsetof(struct pace_tcp_info, bytes_received) + sizeof ti->bytes_received ? 0 : -1;
+}
+
+uint64_t pace_moved(int fd)
+{
+    struct pace_tcp_info ti;
+    if (pace_info(fd, &ti))
+        return 0;
+    return ti.bytes_acked + ti.bytes_received;
+}
+
+/* "64k" (bit/s), "1M", "9600": bits per second -> octets per second. */
+static int pace_parse_rate(const char *s, uint64_t *bytes_per_s)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v <= 0)
+        return -1;
+    if (*end == 'k' || *end == 'K')
+        v *= 1e3, end++;
+    else if (*end == 'm' || *end == 'M')
+        v *= 1e6, end++;
+    else if (*end == 'g' || *end == 'G')
+        v *= 1e9, end++;
+    if (*end || v < 8)
+        return -1;
+    *bytes_per_s = (uint64_t)(v / 8);
+    return 0;
+}
+
+int pace_conf_check(const struct conf *c, char *err, size_t n)
+{
+    for (size_t i = 0; i < c->n_pacing_rate; i++) {
+        const char *eq = strchr(c->pacing_rate[i], '=');
+        uint64_t r;
+        if (!eq || eq == c->pacing_rate[i] || pace_parse_rate(eq + 1, &r)) {
+            snprintf(err, n, "pacing.rate: '%s' is not DESTINATION=RATE (example: [relayhost]=64k)",
+                     c->pacing_rate[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* 1 if item (a destination, or "*") names dest or host. */
+static int pace_match(const char *item, size_t len, const char *dest, const char *host)
+{
+    if (len == 1 && item[0] == '*')
+        return 1;
+    return (dest && strlen(dest) == len && !strncasecmp(item, dest, len)) ||
+           (host && strlen(host) == len && !strncasecmp(item, host, len));
+}
+
+uint64_t pace_rate_for(const char *dest, const char *host)
+{
+    for (size_t i = 0; i < conf->n_pacing_rate; i++) {
+        const char *it = conf->pacing_rate[i], *eq = strchr(it, '=');
+        uint64_t r;
+        if (eq && pace_match(it, (size_t)(eq - it), dest, host) && !pace_parse_rate(eq + 1, &r))
+            return r;
+    }
+    return 0;
+}
+
+void pace_socket(int fd)
+{
+    int lowat = PACE_NOTSENT_LOWAT;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat) < 0)
+        log_debug("TCP_NOTSENT_LOWAT: %s", strerror(errno));
+}
+
+void pace_rate(int fd, uint64_t bytes_per_s)
+{
+    struct pace_tcp_info ti;
+    if (!bytes_per_s)
+        return;
+    /* The kernel paces every segment at this rate (fq or TCP's internal
+     * pacing), so bursts never exceed what the link drains. */
+    uint64_t r64 = bytes_per_s;
+    unsigned int r32 = bytes_per_s > 0xffffffffu ? 0xffffffffu : (unsigned int)bytes_per_s;
+    if (setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &r64, sizeof r64) < 0 &&
+        setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &r32, sizeof r32) < 0)
+        log_debug("SO_MAX_PACING_RATE: %s", strerror(errno));
+    /* In flight at most about two bandwidth-delay products: with the RTT
+     * of the handshake (microseconds) and the rate; never below 16 KB. */
+    if (pace_info(fd, &ti) == 0 || ti.rtt) {
+        uint64_t rtt_us = ti.rtt ? ti.rtt : 100000;
+        uint64_t bdp = bytes_per_s * rtt_us / 1000000;
+        int sndbuf = (int)(2 * bdp < 16384 ? 16384 : 2 * bdp > (1 << 24) ? (1 << 24) : 2 * bdp);
+        /* The kernel doubles the value for its bookkeeping. */
+        if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) < 0)
+            log_debug("SO_SNDBUF: %s", strerror(errno));
+    }
 }
 
 /* ---- src/dns.c ---- */
@@ -4426,22 +4620,6 @@ void dns_free(void)
 #include <errno.h>
 #include <string.h>
 
-/* The interface between the loop and the record layer (declared again in
- * loop.c, its only user). */
-int tls_io_handshaking(const struct conn *c);
-size_t tls_io_plain(const struct conn *c);
-void tls_io_plain_sent(struct conn *c, size_t n);
-int tls_io_handshake(struct conn *c);
-ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
-ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
-int tls_io_pending(const struct conn *c);
-int tls_io_read_wants_out(const struct conn *c);
-int tls_io_write_wants_in(const struct conn *c);
-const char *tls_io_error(void);
-/* Why the last handshake or record operation on c failed ("" if it did
- * not): for log lines and delivery reports. */
-const char *tls_conn_error(const struct conn *c);
-
 #ifdef MAILNODE_TLS
 
 #include <signal.h>
@@ -4780,11 +4958,6 @@ int tls_active(const struct conn *c)
     return t && t->established && !t->failed;
 }
 
-const char *tls_conn_error(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? t->error : "";
-}
 
 void tls_conn_free(struct conn *c)
 {
@@ -4858,7 +5031,7 @@ static void tls_fail(struct tls_conn *t, int ssl_err, int saved_errno)
     }
 }
 
-/* 1: done; 0: waiting for the socket; -1: failed (tls_conn_error). */
+/* 1: done; 0: waiting for the socket; -1: failed (the reason in the log). */
 int tls_io_handshake(struct conn *c)
 {
     struct tls_conn *t = c->tls;
@@ -5035,11 +5208,6 @@ int tls_active(const struct conn *c)
     return 0;
 }
 
-const char *tls_conn_error(const struct conn *c)
-{
-    MN_UNUSED(c);
-    return "this mailnode was built without TLS";
-}
 
 void tls_handshake_done(struct conn *c, int err)
 {
@@ -5366,7 +5534,7 @@ void store_close(void)
 
 /* ---------------------------------------------------------- transactions */
 
-int store_in_txn(void)
+MN_FOR_TESTS int store_in_txn(void)
 {
     return S.in_txn;
 }
@@ -6241,7 +6409,7 @@ int store_user_get(const char *name, struct store_user *u)
     return admin_user_one(st, u);
 }
 
-int store_user_get_id(int64_t id, struct store_user *u)
+MN_FOR_TESTS int store_user_get_id(int64_t id, struct store_user *u)
 {
     static sqlite3_stmt *st;
 
@@ -6736,19 +6904,6 @@ int store_any_due(int64_t now)
     found = sqlite3_step(st) == SQLITE_ROW;
     sqlite3_reset(st);
     return found;
-}
-
-int64_t store_next_due(void)
-{
-    static sqlite3_stmt *st;
-    int64_t t = 0;
-
-    if (!store_stmt(&st, "SELECT min(next_try) FROM rcpt WHERE state=0 AND kind=2"))
-        return 0;
-    if (sqlite3_step(st) == SQLITE_ROW)
-        t = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    return t;
 }
 
 static void envelope_fill(sqlite3_stmt *st, struct store_out_msg *m)
@@ -7550,6 +7705,16 @@ static int addr_domain(const char **pp, const char *end, char *out, int literal_
     }
     *pp = p;
     return 0;
+}
+
+/* The one check of a bare domain off the wire or the command line (ETRN
+ * and ATRN arguments, control requests, `flush DOMAIN`): exactly one
+ * Domain, or with literal_ok an address literal, and nothing after it. */
+int addr_domain_ok(const char *d, size_t n, int literal_ok)
+{
+    const char *p = d;
+    return n && n <= SMTP_DOMAIN_MAX && !addr_domain(&p, d + n, NULL, literal_ok, NULL) &&
+           p == d + n;
 }
 
 /* Local-part = Dot-string / Quoted-string.  out gets the part with the
@@ -10444,22 +10609,6 @@ static const struct conn_ops ctl_ops = {
 
 /* --------------------------------------------------------------- requests */
 
-/* A domain as the scheduler knows it: letters, digits, '-', '.', or an
- * address literal.  Anything else never names a destination, and refusing
- * it here keeps control characters out of the log. */
-int ctl_domain_ok(const char *d, size_t n)
-{
-    if (n == 0 || n > SMTP_DOMAIN_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)d[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '.' || ch == '[' || ch == ']' || ch == ':' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
 static void ctl_reply_close(struct ctl_client *cl, const char *text)
 {
     cl->state = CTL_DONE;
@@ -10548,7 +10697,7 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
     }
     domain[0] = '\0';
     if (alen) {
-        if (!ctl_domain_ok(arg, alen)) {
+        if (!addr_domain_ok(arg, alen, 1)) {
             ctl_reply_close(cl, "ERR bad domain\n");
             return;
         }
@@ -10565,6 +10714,8 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
     } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
         log_info("control: flush requested%s%s", alen ? " for " : "", domain);
         queue_flush(alen ? domain : NULL);
+        if (!alen)
+            poll_kick();                /* an administrator's flush asks the upstream too */
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 10 && !memcmp(line, "FLUSH-WAIT", 10)) {
         log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
@@ -10574,6 +10725,8 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
         conn_set_timeout(cl->c, 0);
         if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
+        if (!alen)
+            poll_kick();
     } else if (vlen == 4 && !memcmp(line, "POLL", 4) && !alen) {
         log_info("control: upstream exchange requested, client waiting");
         cl->state = CTL_WAITING;
@@ -10995,7 +11148,10 @@ static void link_fire(void *arg)
     else
         log_info("link: %s; starting a delivery run", link_s.first);
     link_s.folded = 0;
+    /* A link that came up is the moment to send our queue and to ask the
+     * upstream for our mail. */
     queue_flush(NULL);
+    poll_kick();
 }
 
 /* What an event says, for choosing the log line of a burst: a link
@@ -11510,6 +11666,7 @@ struct smtpc {
     const struct smtpc_ops *ops;
     void *arg;
     char peer[SMTP_DOMAIN_MAX + 1];
+    char dest[SMTP_DOMAIN_MAX + 16];    /* the destination, for per-destination settings */
     struct smtpc_auth auth;
     int reached;
     int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
@@ -11956,7 +12113,9 @@ static void write_current(struct smtpc *s)
                     return;
                 }
                 cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
-                conn_set_timeout(s->c, 600 * 1000);
+                /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
+                 * timer: a peer that keeps reading keeps the session. */
+                conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
                 s->wstate = W_BODY;
                 continue;
             }
@@ -12178,6 +12337,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 return;
             }
             s->wstate = W_BODY;
+            conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
@@ -12341,6 +12501,7 @@ static void smtpc_connected(struct conn *c, int err)
     }
     /* RFC 5321 4.5.3.2.1: 5 minutes for the greeting. */
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    pace_rate(c->fd, pace_rate_for(s->dest, s->peer));
 }
 
 static const struct conn_ops smtpc_conn_ops = {
@@ -12380,6 +12541,7 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
         free(s);
         return NULL;
     }
+    pace_socket(s->c->fd);
     conn_set_timeout(s->c, conf->smtp_timeout_connect * 1000);
     return s;
 }
@@ -12397,6 +12559,13 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     c->ctx = s;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
     return s;
+}
+
+void smtpc_set_dest(struct smtpc *s, const char *dest)
+{
+    util_strlcpy(s->dest, dest, sizeof s->dest);
+    if (!s->c->connecting)
+        pace_rate(s->c->fd, pace_rate_for(s->dest, s->peer));
 }
 
 void smtpc_abort(struct smtpc *s)
@@ -12434,6 +12603,7 @@ void smtpc_abort(struct smtpc *s)
  */
 
 
+#include <errno.h>
 #include <string.h>
 
 #define SCAN_INTERVAL_MS 1000           /* idle rescan; new mail and link events kick at once */
@@ -12925,8 +13095,10 @@ static void hop_try_next(struct hop *h)
         int policy = !h->domain[0] && h->kind == ROUTE_REMOTE ? smtpc_tls_policy(conf->relayhost_tls)
                                                               : SMTPC_TLS_MAY;
         h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap, policy);
-        if (h->sc)
+        if (h->sc) {
+            smtpc_set_dest(h->sc, h->name);
             return;
+        }
         char ip[64];
         util_sockaddr_ip(&ss, ip, sizeof ip);
         snprintf(h->error, sizeof h->error, "cannot connect to %s [%s]: %s", dh->name, ip, strerror(errno));
@@ -13186,7 +13358,7 @@ int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t
                      queue_release_done_fn done, void *arg)
 {
     char name[SMTP_DOMAIN_MAX + 16];
-    snprintf(name, sizeof name, "atrn %s%s", domains[0], n > 1 ? ",..." : "");
+    snprintf(name, sizeof name, "atrn %.255s%s", domains[0], n > 1 ? ",..." : "");
     struct hop *h = hop_new(name, "", ROUTE_HOLD);
     if (!h)
         return -1;
@@ -13202,6 +13374,7 @@ int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t
         hop_free(h);
         return -1;
     }
+    smtpc_set_dest(h->sc, domains[0]);
     return 0;
 }
 
@@ -13253,10 +13426,6 @@ void queue_flush(const char *domain)
         queue_release(domain, &started);
     }
     queue_kick();
-    /* A link that came up (or an administrator's flush) is also the moment
-     * to ask the upstream for our mail. */
-    if (!domain || !*domain)
-        poll_kick();
 }
 
 static int waiter_matches(const struct waiter *w, const struct hop *h)
@@ -13368,31 +13537,7 @@ void queue_flush_cancel(void *arg)
  */
 
 
-#include <ctype.h>
 #include <string.h>
-
-/* A domain name as RFC 1985/2645 requests carry it: letters, digits,
- * hyphens, dots; no empty labels. */
-static int domain_ok(const char *d, size_t len)
-{
-    size_t label = 0;
-    if (!len || len > SMTP_DOMAIN_MAX || d[0] == '.' || d[len - 1] == '.')
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)d[i];
-        if (c == '.') {
-            if (!label)
-                return 0;
-            label = 0;
-            continue;
-        }
-        if (!isalnum(c) && c != '-')
-            return 0;
-        if (++label > 63)
-            return 0;
-    }
-    return 1;
-}
 
 struct etrn_walk {
     const char *parent;                 /* "@domain": it and its subdomains */
@@ -13433,7 +13578,7 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
         sub = *arg == '@';              /* "#queue": our queues are named by domain */
         arg++;
     }
-    if (!domain_ok(arg, strlen(arg))) {
+    if (!addr_domain_ok(arg, strlen(arg), 0)) {
         snprintf(reply, n, "501 5.5.4 Syntax: ETRN [@|#]domain");
         return;
     }
@@ -13502,7 +13647,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         while (*p) {
             const char *comma = strchr(p, ',');
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
-            if (!domain_ok(p, len) || *n == max || (comma && !comma[1])) {
+            if (!addr_domain_ok(p, len, 0) || *n == max || (comma && !comma[1])) {
                 snprintf(reply, rn, "501 5.5.4 Syntax: ATRN [domain[,domain...]]");
                 return 501;
             }
@@ -13515,7 +13660,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         for (size_t i = 0; i < *n; i++) {
             struct store_domain d;
             if (store_domain_get(domains[i], &d) || d.kind != DOMAIN_HOLD || strcmp(d.owner, user)) {
-                snprintf(reply, rn, "450 4.7.1 Access denied to %s", domains[i]);
+                snprintf(reply, rn, "450 4.7.1 Access denied to %.255s", domains[i]);
                 return 450;
             }
         }
@@ -13554,6 +13699,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
  */
 
 
+#include <errno.h>
 #include <ctype.h>
 #include <string.h>
 
@@ -13946,6 +14092,10 @@ static void client_connected(struct conn *c, int err)
         return;
     }
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+    if (!util_split_hostport(conf->upstream, host, sizeof host, &port))
+        pace_rate(c->fd, pace_rate_for("upstream", host));
 }
 
 static void client_tls(struct conn *c, int err)
@@ -13998,6 +14148,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
         return;
     }
+    pace_socket(P.c->fd);
     conn_set_timeout(P.c, conf->smtp_timeout_connect * 1000);
 }
 
@@ -14163,10 +14314,6 @@ void poll_cancel(void *arg)
             }
 }
 
-int poll_busy(void)
-{
-    return P.state != P_IDLE;
-}
 
 /* ---- src/smtpd.c ---- */
 #line 1 "src/smtpd.c"
@@ -14266,6 +14413,7 @@ int smtpd_busy(void)
 
 static void smtpd_input(struct conn *c);
 static void bdat_chunk_done(struct smtpd *s);
+static void reply_refused(struct smtpd *s, int code);
 
 /* ---------------------------------------------------------------- replies */
 
@@ -14749,7 +14897,7 @@ static void cmd_data(struct smtpd *s, char *arg)
         return;
     }
     if (start_body(s)) {
-        reply(s, "451 4.3.0 Cannot store the message now, try again later");
+        reply_refused(s, 451);
         return;
     }
     s->input = IN_DATA;
@@ -15066,41 +15214,51 @@ static void cmd_auth(struct smtpd *s, char *arg)
 
 typedef void (*smtpd_fn)(struct smtpd *, char *);
 
+/* Which listeners offer a verb.  RFC 2645 5.1: the ODMR service speaks
+ * EHLO, AUTH, ATRN and QUIT (and the harmless NOOP, RSET, HELP, STARTTLS);
+ * ATRN exists only there. */
+enum { SV_SMTP = 1 << 0, SV_ODMR = 1 << 1, SV_BOTH = SV_SMTP | SV_ODMR };
+
+/* S_ANY includes S_BDAT, but RFC 3030 2 allows only BDAT, RSET, QUIT and
+ * NOOP between chunks: the others list the states without it. */
+#define S_NOBDAT (S_ANY & ~S_BDAT)
+
 static const struct smtpd_cmd {
     const char *verb;
     unsigned allowed;                   /* states where the verb is valid */
+    unsigned services;                  /* SV_*: listeners that offer it */
     smtpd_fn run;
 } commands[] = {
-    { "EHLO", S_ANY, cmd_ehlo },
-    { "HELO", S_ANY, cmd_helo_only },
-    { "MAIL", S_READY, cmd_mail },
-    { "RCPT", S_MAIL | S_RCPT, cmd_rcpt },
-    { "DATA", S_MAIL | S_RCPT, cmd_data },
-    { "BDAT", S_ANY, cmd_bdat },        /* reads its chunk even when refused */
-    { "RSET", S_ANY, cmd_rset },
-    { "NOOP", S_ANY, cmd_noop },
-    { "QUIT", S_ANY, cmd_quit },
-    { "HELP", S_ANY, cmd_help },
-    { "VRFY", S_ANY, cmd_vrfy },
-    { "EXPN", S_ANY, cmd_expn },
-    { "AUTH", S_READY, cmd_auth },
-    { "ETRN", S_INIT | S_READY, cmd_etrn },
-    { "STARTTLS", S_INIT | S_READY, cmd_starttls },
-    { "ATRN", S_READY, cmd_atrn },
-    { "TURN", S_ANY, cmd_obsolete },
-    { "SEND", S_ANY, cmd_obsolete },
-    { "SOML", S_ANY, cmd_obsolete },
-    { "SAML", S_ANY, cmd_obsolete },
+    { "EHLO", S_NOBDAT, SV_BOTH, cmd_ehlo },
+    { "HELO", S_NOBDAT, SV_SMTP, cmd_helo_only },
+    { "MAIL", S_READY, SV_SMTP, cmd_mail },
+    { "RCPT", S_MAIL | S_RCPT, SV_SMTP, cmd_rcpt },
+    { "DATA", S_MAIL | S_RCPT, SV_SMTP, cmd_data },
+    { "BDAT", S_ANY, SV_SMTP, cmd_bdat },       /* reads its chunk even when refused */
+    { "RSET", S_ANY, SV_BOTH, cmd_rset },
+    { "NOOP", S_ANY, SV_BOTH, cmd_noop },
+    { "QUIT", S_ANY, SV_BOTH, cmd_quit },
+    { "HELP", S_NOBDAT, SV_BOTH, cmd_help },
+    { "VRFY", S_NOBDAT, SV_SMTP, cmd_vrfy },
+    { "EXPN", S_NOBDAT, SV_SMTP, cmd_expn },
+    { "AUTH", S_READY, SV_BOTH, cmd_auth },
+    { "ETRN", S_INIT | S_READY, SV_SMTP, cmd_etrn },
+    { "STARTTLS", S_INIT | S_READY, SV_BOTH, cmd_starttls },
+    { "ATRN", S_READY, SV_ODMR, cmd_atrn },
+    { "TURN", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SEND", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SOML", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SAML", S_NOBDAT, SV_SMTP, cmd_obsolete },
 };
 
 static void out_of_sequence(struct smtpd *s, const struct smtpd_cmd *cmd)
 {
-    if (s->state == S_INIT)
+    if (s->state == S_BDAT)
+        reply(s, "503 5.5.1 Error: BDAT transfer in progress");
+    else if (s->state == S_INIT)
         reply(s, "503 5.5.1 Error: send HELO/EHLO first");
     else if (!strcmp(cmd->verb, "MAIL"))
         reply(s, "503 5.5.1 Error: nested MAIL command");
-    else if (s->state == S_BDAT)
-        reply(s, "503 5.5.1 Error: BDAT transfer in progress");
     else if (!strcmp(cmd->verb, "AUTH"))
         reply(s, "503 5.5.1 Error: AUTH not allowed in a mail transaction");
     else
@@ -15121,20 +15279,8 @@ static void dispatch(struct smtpd *s, char *line)
         const struct smtpd_cmd *cmd = &commands[i];
         if (strlen(cmd->verb) != vlen || strncasecmp(cmd->verb, line, vlen))
             continue;
-        /* RFC 2645 5.1: the ODMR service speaks EHLO, AUTH, ATRN, QUIT
-         * (and the harmless NOOP, RSET, HELP); ATRN exists only there. */
-        if (s->odmr ? !(cmd->run == cmd_ehlo || cmd->run == cmd_auth || cmd->run == cmd_atrn ||
-                        cmd->run == cmd_starttls ||
-                        cmd->run == cmd_quit || cmd->run == cmd_noop || cmd->run == cmd_rset ||
-                        cmd->run == cmd_help)
-                    : cmd->run == cmd_atrn) {
+        if (!(cmd->services & (s->odmr ? SV_ODMR : SV_SMTP))) {
             reply(s, "502 5.5.1 Command not available on this service");
-            return;
-        }
-        /* RFC 3030 2: between BDAT chunks only BDAT, RSET, QUIT and NOOP. */
-        if (s->state == S_BDAT && cmd->run != cmd_bdat && cmd->run != cmd_rset &&
-            cmd->run != cmd_quit && cmd->run != cmd_noop) {
-            reply(s, "503 5.5.1 Error: BDAT transfer in progress");
             return;
         }
         if (!(cmd->allowed & s->state)) {
@@ -15168,6 +15314,31 @@ static void log_delivery(struct smtpd *s)
     }
 }
 
+/* The one wording of each reason a message is not taken: code is a
+ * data_error (552, 554, 500, 452, 451) or a store error (STORE_FULL is
+ * RFC 3463's 4.3.1 like a full disk anywhere else). */
+static void reply_refused(struct smtpd *s, int code)
+{
+    switch (code) {
+    case 552:
+        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+        break;
+    case 554:
+        reply(s, "554 5.4.6 Too many \"Received\" headers: possible mail loop");
+        break;
+    case 500:
+        reply(s, "500 5.5.2 Message refused: a text line is longer than 1000 octets");
+        break;
+    case 452:
+    case STORE_FULL:
+        reply(s, "452 4.3.1 Insufficient system storage");
+        break;
+    default:
+        reply(s, "451 4.3.0 Local error in processing, try again later");
+        break;
+    }
+}
+
 static void message_committed(void *arg, int rc)
 {
     struct smtpd *s = arg;
@@ -15192,8 +15363,7 @@ static void message_committed(void *arg, int rc)
             }
     } else {
         log_warn("%s: not accepted: storage failed", s->qid);
-        reply(s, rc == STORE_FULL ? "452 4.3.1 Insufficient system storage"
-                                  : "451 4.3.0 Local error in processing, try again later");
+        reply_refused(s, rc);
     }
     store_body_free(s->body);
     s->body = NULL;
@@ -15237,23 +15407,7 @@ static void message_end(struct smtpd *s)
         store_after_commit(message_committed, s);
         return;
     }
-    switch (rc) {
-    case 552:
-        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
-        break;
-    case 554:
-        reply(s, "554 5.4.6 Too many \"Received\" headers: possible mail loop");
-        break;
-    case 500:
-        reply(s, "500 5.5.2 Message refused: a text line is longer than 1000 octets");
-        break;
-    case 452:
-        reply(s, "452 4.3.1 Insufficient system storage");
-        break;
-    default:
-        reply(s, "451 4.3.0 Local error in processing, try again later");
-        break;
-    }
+    reply_refused(s, rc);
     log_info("%s: refused from=<%s> client=[%s]: data refused with %d", s->qid, s->sender,
              s->c->peer_ip, rc);
     txn_reset(s);
@@ -15275,10 +15429,8 @@ static void bdat_chunk_done(struct smtpd *s)
         return;
     }
     conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
-    if (s->data_error == 552)
-        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
-    else if (s->data_error)
-        reply(s, "451 4.3.0 Local error in processing");
+    if (s->data_error)
+        reply_refused(s, s->data_error);
     else
         reply(s, "250 2.0.0 %lld octets received", (long long)s->md.size);
     if (s->data_error)
@@ -19819,7 +19971,7 @@ int cli_flush(int argc, char **argv)
                 timeout_arg);
         return EX_USAGE;
     }
-    if (domain && !ctl_domain_ok(domain, strlen(domain))) {
+    if (domain && !addr_domain_ok(domain, strlen(domain), 1)) {
         fprintf(stderr, "mailnode: flush: '%s' is not a domain name\n", domain);
         return EX_USAGE;
     }

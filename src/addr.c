@@ -122,6 +122,16 @@ static int addr_domain(const char **pp, const char *end, char *out, int literal_
     return 0;
 }
 
+/* The one check of a bare domain off the wire or the command line (ETRN
+ * and ATRN arguments, control requests, `flush DOMAIN`): exactly one
+ * Domain, or with literal_ok an address literal, and nothing after it. */
+int addr_domain_ok(const char *d, size_t n, int literal_ok)
+{
+    const char *p = d;
+    return n && n <= SMTP_DOMAIN_MAX && !addr_domain(&p, d + n, NULL, literal_ok, NULL) &&
+           p == d + n;
+}
+
 /* Local-part = Dot-string / Quoted-string.  out gets the part with the
  * quoting removed (it is never longer than the wire form, which is at
  * most SMTP_LOCAL_MAX octets). */

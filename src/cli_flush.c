@@ -179,7 +179,7 @@ int cli_flush(int argc, char **argv)
                 timeout_arg);
         return EX_USAGE;
     }
-    if (domain && !ctl_domain_ok(domain, strlen(domain))) {
+    if (domain && !addr_domain_ok(domain, strlen(domain), 1)) {
         fprintf(stderr, "mailnode: flush: '%s' is not a domain name\n", domain);
         return EX_USAGE;
     }

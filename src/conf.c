@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-struct conf *conf;
+MN_PRIVATE struct conf *conf;
 
 enum conf_type { T_STR, T_DURATION, T_SIZE, T_INT, T_BOOL, T_DOMAINS, T_CIDRS };
 
@@ -77,7 +77,9 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
+#undef F        /* the amalgamation goes on with other modules */
 
 static char *xstrdup(const char *s)
 {
@@ -322,6 +324,8 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
         return -1;
     }
     if (conf_check_tls(c, path, err, errlen))
+        return -1;
+    if (pace_conf_check(c, err, errlen))
         return -1;
     derive(c);
     return 0;

@@ -73,22 +73,6 @@ static const struct conn_ops ctl_ops = {
 
 /* --------------------------------------------------------------- requests */
 
-/* A domain as the scheduler knows it: letters, digits, '-', '.', or an
- * address literal.  Anything else never names a destination, and refusing
- * it here keeps control characters out of the log. */
-int ctl_domain_ok(const char *d, size_t n)
-{
-    if (n == 0 || n > SMTP_DOMAIN_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)d[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '.' || ch == '[' || ch == ']' || ch == ':' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
 static void ctl_reply_close(struct ctl_client *cl, const char *text)
 {
     cl->state = CTL_DONE;
@@ -177,7 +161,7 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
     }
     domain[0] = '\0';
     if (alen) {
-        if (!ctl_domain_ok(arg, alen)) {
+        if (!addr_domain_ok(arg, alen, 1)) {
             ctl_reply_close(cl, "ERR bad domain\n");
             return;
         }
@@ -194,6 +178,8 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
     } else if (vlen == 5 && !memcmp(line, "FLUSH", 5)) {
         log_info("control: flush requested%s%s", alen ? " for " : "", domain);
         queue_flush(alen ? domain : NULL);
+        if (!alen)
+            poll_kick();                /* an administrator's flush asks the upstream too */
         ctl_reply_close(cl, "OK\n");
     } else if (vlen == 10 && !memcmp(line, "FLUSH-WAIT", 10)) {
         log_info("control: flush requested%s%s, client waiting", alen ? " for " : "", domain);
@@ -203,6 +189,8 @@ static void ctl_request(struct ctl_client *cl, char *line, size_t len)
         conn_set_timeout(cl->c, 0);
         if (queue_flush_wait(alen ? domain : NULL, ctl_flush_done, cl) < 0 && cl->state == CTL_WAITING)
             ctl_reply_close(cl, "ERR flush could not start (see the daemon's log)\n");
+        if (!alen)
+            poll_kick();
     } else if (vlen == 4 && !memcmp(line, "POLL", 4) && !alen) {
         log_info("control: upstream exchange requested, client waiting");
         cl->state = CTL_WAITING;

@@ -25,6 +25,19 @@
 
 #include "mailnode.h"
 
+/* In the amalgamation tools/amalgamate.sh defines both as static and marks
+ * every function declared here MN_PRIVATE, so the program exports nothing
+ * but mailnode.h (make check-exports).  A module compiled on its own (make
+ * check-modules) sees ordinary external declarations. */
+#ifndef MN_PRIVATE
+#define MN_PRIVATE
+#define MN_PRIVATE_DATA extern
+#endif
+
+/* Kept for the unit tests and fuzz harnesses, which call what the program
+ * itself does not: not reported as unused in the program's build. */
+#define MN_FOR_TESTS __attribute__((unused))
+
 #define MN_UNUSED(x) ((void)(x))
 #define MN_NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -58,10 +71,8 @@ int util_parse_size(const char *s, int64_t *bytes);
 void util_qid(char out[QID_LEN + 1]);   /* random queue id */
 size_t util_strlcpy(char *dst, const char *src, size_t size);
 void util_lower(char *s);
-int util_strcaseprefix(const char *s, const char *prefix); /* 1 if s starts with prefix, ignoring case */
 /* RFC 5322 date-time of t, local time with numeric zone. */
 void util_date(int64_t t, char *buf, size_t n);
-int util_set_nonblock(int fd);
 /* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 /* Numeric address (empty: any IPv4) and port -> socket address. */
@@ -150,9 +161,11 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
+    size_t n_pacing_rate;
 };
 
-extern struct conf *conf;               /* the configuration in force */
+MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force */
 
 /* Loads PATH (NULL: embedded defaults only).  On error fills err with
  * "FILE:LINE: what is wrong" and returns -1. */
@@ -193,6 +206,8 @@ struct conn {
     unsigned char *out;                 /* fixed output buffer */
     size_t out_len, out_cap;
     int64_t deadline;                   /* monotonic ms; 0 = none */
+    int64_t idle_ms;                    /* conn_set_timeout: moved on by every octet that moves */
+    uint64_t moved_seen;                /* the kernel's octet counters at the last look (pace.c) */
     unsigned paused : 1;                /* do not deliver input (waiting for commit) */
     unsigned want_drain : 1;            /* call on_drain when output drains */
     unsigned closing : 1;               /* close once output is flushed */
@@ -228,7 +243,6 @@ int loop_listen_start(char *err, size_t errlen);
 void loop_close_listeners(void);
 int loop_run(void);                     /* until loop_stop(); returns 0 */
 void loop_stop(void);
-int loop_count_conns(int kind);         /* -1: all */
 /* Called at the end of each loop turn, after events were handled (the
  * store's group commit). */
 void loop_set_turn_hook(void (*fn)(void));
@@ -245,7 +259,11 @@ void conn_close(struct conn *c);        /* flush output, then close */
 void conn_abort(struct conn *c);        /* close now, drop output */
 void conn_pause(struct conn *c, int on);
 void conn_kick(struct conn *c);         /* run on_input again at the end of this turn */
-void conn_set_timeout(struct conn *c, int64_t ms); /* 0 clears */
+/* An idle timeout, not a deadline: every octet read from or written to
+ * the peer starts it again, so a session ends only when nothing moves
+ * for ms in either direction (a slow link that still carries data never
+ * times out).  0 clears. */
+void conn_set_timeout(struct conn *c, int64_t ms);
 int conn_flush(struct conn *c);         /* try to write now */
 
 void timer_set(struct timer *t, int64_t ms_from_now, void (*fn)(void *), void *arg);
@@ -267,6 +285,21 @@ struct watch {
 int loop_watch_add(struct watch *w);
 int loop_watch_mod(struct watch *w, uint32_t events);
 void loop_watch_del(struct watch *w);
+
+/* ----------------------------------------------------------------- pace */
+
+/* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
+ * the socket (acknowledged plus received), 0 when it cannot tell. */
+uint64_t pace_moved(int fd);
+/* Outbound sockets: little unsent data in the kernel (TCP_NOTSENT_LOWAT). */
+void pace_socket(int fd);
+/* A rate hint (octets/s) for a connected socket: SO_MAX_PACING_RATE and a
+ * send buffer of about two bandwidth-delay products. */
+void pace_rate(int fd, uint64_t bytes_per_s);
+/* The `pacing.rate` hint for a destination (dest row name such as
+ * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
+uint64_t pace_rate_for(const char *dest, const char *host);
+int pace_conf_check(const struct conf *c, char *err, size_t n);
 
 /* ----------------------------------------------------------------- store */
 
@@ -436,8 +469,6 @@ void store_out_free(struct store_out_msg *m);
 int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
 int store_any_due(int64_t now);
-/* Earliest next_try of queued remote recipients, 0 if none. */
-int64_t store_next_due(void);
 /* The next message after after_id with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
  * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
@@ -541,6 +572,9 @@ int addr_parse_path(const char *s, size_t n, int allow_null, struct addr *a, siz
 int addr_parse_mailbox(const char *s, struct addr *a);
 /* 1 if c may appear in an RFC 5321 atom. */
 int addr_is_atext(int c);
+/* 1 if d (n bytes) is one RFC 5321 Domain (literal_ok: or an address
+ * literal), with nothing before or after it. */
+int addr_domain_ok(const char *d, size_t n, int literal_ok);
 
 /* ------------------------------------------------------------------ mime */
 
@@ -745,6 +779,21 @@ int tls_start_server(struct conn *c);
 int tls_start_client(struct conn *c, const char *host, int verify);
 int tls_active(const struct conn *c);
 int tls_io_handshaking(const struct conn *c);  /* a handshake is under way */
+/* The TLS record layer under a connection, for the loop.  c->tls is set by
+ * tls_start_server/tls_start_client; from then on the loop moves the
+ * connection's bytes through these instead of recv()/send().  read and
+ * write answer like recv() and send() (errno EAGAIN: OpenSSL waits for the
+ * socket).  While the handshake runs, read_wants_out says whether it waits
+ * for the socket to be writable (else readable). */
+size_t tls_io_plain(const struct conn *c);      /* cleartext bytes due before the handshake */
+void tls_io_plain_sent(struct conn *c, size_t n);
+int tls_io_handshake(struct conn *c);           /* 1 done, 0 waiting, -1 failed */
+ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
+ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
+int tls_io_pending(const struct conn *c);       /* decrypted bytes not yet read */
+int tls_io_read_wants_out(const struct conn *c);
+int tls_io_write_wants_in(const struct conn *c);
+const char *tls_io_error(void);                 /* why tls_init failed */
 /* Called by the loop: the handshake finished (err 0) or failed. */
 void tls_handshake_done(struct conn *c, int err);
 /* Called by conn_abort: frees the connection's TLS state. */
@@ -759,10 +808,7 @@ void ctl_stop(void);
 /* A command-line tool's connection to the running daemon, or -1 (errno)
  * when there is none. */
 int ctl_connect(void);
-/* A domain or address literal as a control request may carry it (no
- * character that could break the request line or the log). */
-int ctl_domain_ok(const char *d, size_t n);
-/* Link watching (netlink on Linux): calls queue_flush(NULL) when a link,
+/* Link watching (netlink on Linux): calls queue_flush(NULL) and poll_kick() when a link,
  * address or route appears. */
 int link_watch_start(void);
 void link_watch_stop(void);
@@ -797,6 +843,9 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* The destination the session serves (dest row name, or the domain of
+ * an ATRN release): selects per-destination settings (pacing.rate). */
+void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 
@@ -827,7 +876,6 @@ int poll_start(void);                   /* daemon: interval timer */
 void poll_stop(void);
 void poll_kick(void);                   /* link up, interval, flush */
 int poll_run(poll_done_fn done, void *arg);
-int poll_busy(void);
 void poll_cancel(void *arg);            /* a waiter went away */
 int poll_password(char *buf, size_t n); /* upstream.password_file, one line */
 

@@ -91,7 +91,10 @@ static void link_fire(void *arg)
     else
         log_info("link: %s; starting a delivery run", link_s.first);
     link_s.folded = 0;
+    /* A link that came up is the moment to send our queue and to ask the
+     * upstream for our mail. */
     queue_flush(NULL);
+    poll_kick();
 }
 
 /* What an event says, for choosing the log line of a burst: a link

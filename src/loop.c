@@ -22,23 +22,6 @@
  * 50 sessions cost well under 2 MB. */
 #define LOOP_BUF (16 * 1024)
 
-/* The TLS record layer under a connection (tls.c).  c->tls is set by
- * tls_start_server/tls_start_client; from then on the loop moves the
- * connection's bytes through these instead of recv()/send().  read and
- * write answer like recv() and send() (errno EAGAIN: OpenSSL waits for the
- * socket).  While the handshake runs, read_wants_out says whether it waits
- * for the socket to be writable (else readable). */
-int tls_io_handshaking(const struct conn *c);
-size_t tls_io_plain(const struct conn *c);      /* cleartext bytes due before the handshake */
-void tls_io_plain_sent(struct conn *c, size_t n);
-int tls_io_handshake(struct conn *c);           /* 1 done, 0 waiting, -1 failed */
-ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
-ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
-int tls_io_pending(const struct conn *c);       /* decrypted bytes not yet read */
-int tls_io_read_wants_out(const struct conn *c);
-int tls_io_write_wants_in(const struct conn *c);
-const char *tls_io_error(void);                 /* why tls_init failed */
-
 struct listener {
     int fd;
     int kind;
@@ -145,6 +128,7 @@ static void run_timers(int64_t now)
 enum { TAG_CONN = 0, TAG_LISTENER = 1, TAG_WATCH = 2, TAG_MASK = 3 };
 
 static void conn_readable(struct conn *c);
+static void conn_progress(struct conn *c);
 
 /* Stop reading while paused, while the input buffer is full, and while
  * the output is more than half full: a client that pipelines without
@@ -340,6 +324,8 @@ int conn_flush(struct conn *c)
         }
         memmove(c->out, c->out + w, c->out_len - (size_t)w);
         c->out_len -= (size_t)w;
+        if (w > 0)
+            conn_progress(c);
     }
     if (!c->out_len && c->closing) {
         /* A close while the client still has bytes in flight makes the
@@ -398,7 +384,18 @@ void conn_kick(struct conn *c)
 
 void conn_set_timeout(struct conn *c, int64_t ms)
 {
+    if (ms > 0 && !c->connecting)
+        c->moved_seen = pace_moved(c->fd);
+    c->idle_ms = ms > 0 ? ms : 0;
     c->deadline = ms > 0 ? util_now_ms() + ms : 0;
+}
+
+/* Octets moved: the idle timeout starts again (a lingering close keeps
+ * its own fixed deadline). */
+static void conn_progress(struct conn *c)
+{
+    if (c->idle_ms && !c->lingering)
+        c->deadline = util_now_ms() + c->idle_ms;
 }
 
 static void conn_linger_read(struct conn *c)
@@ -426,6 +423,7 @@ static void conn_readable(struct conn *c)
                            : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
+            conn_progress(c);
             continue;
         }
         if (r == 0) {
@@ -568,6 +566,16 @@ static void check_deadlines(int64_t now)
     for (c = L.conns; c; c = next) {
         next = c->next;
         if (c->deadline && c->deadline <= now) {
+            /* The kernel moved octets meanwhile (a large send buffer
+             * draining over a slow link): that is progress too. */
+            if (c->idle_ms && !c->lingering && !c->connecting) {
+                uint64_t moved = pace_moved(c->fd);
+                if (moved != c->moved_seen) {
+                    c->moved_seen = moved;
+                    c->deadline = now + c->idle_ms;
+                    continue;
+                }
+            }
             c->deadline = 0;
             if (c->lingering)
                 conn_abort(c);
@@ -777,15 +785,6 @@ int loop_init(void)
 void loop_set_turn_hook(void (*fn)(void))
 {
     L.turn_hook = fn;
-}
-
-int loop_count_conns(int kind)
-{
-    int n = 0;
-    for (struct conn *c = L.conns; c; c = c->next)
-        if (kind < 0 || c->kind == kind)
-            n++;
-    return n;
 }
 
 void loop_stop(void)

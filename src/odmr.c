@@ -8,31 +8,7 @@
  */
 #include "internal.h"
 
-#include <ctype.h>
 #include <string.h>
-
-/* A domain name as RFC 1985/2645 requests carry it: letters, digits,
- * hyphens, dots; no empty labels. */
-static int domain_ok(const char *d, size_t len)
-{
-    size_t label = 0;
-    if (!len || len > SMTP_DOMAIN_MAX || d[0] == '.' || d[len - 1] == '.')
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)d[i];
-        if (c == '.') {
-            if (!label)
-                return 0;
-            label = 0;
-            continue;
-        }
-        if (!isalnum(c) && c != '-')
-            return 0;
-        if (++label > 63)
-            return 0;
-    }
-    return 1;
-}
 
 struct etrn_walk {
     const char *parent;                 /* "@domain": it and its subdomains */
@@ -73,7 +49,7 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
         sub = *arg == '@';              /* "#queue": our queues are named by domain */
         arg++;
     }
-    if (!domain_ok(arg, strlen(arg))) {
+    if (!addr_domain_ok(arg, strlen(arg), 0)) {
         snprintf(reply, n, "501 5.5.4 Syntax: ETRN [@|#]domain");
         return;
     }
@@ -142,7 +118,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         while (*p) {
             const char *comma = strchr(p, ',');
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
-            if (!domain_ok(p, len) || *n == max || (comma && !comma[1])) {
+            if (!addr_domain_ok(p, len, 0) || *n == max || (comma && !comma[1])) {
                 snprintf(reply, rn, "501 5.5.4 Syntax: ATRN [domain[,domain...]]");
                 return 501;
             }
@@ -155,7 +131,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
         for (size_t i = 0; i < *n; i++) {
             struct store_domain d;
             if (store_domain_get(domains[i], &d) || d.kind != DOMAIN_HOLD || strcmp(d.owner, user)) {
-                snprintf(reply, rn, "450 4.7.1 Access denied to %s", domains[i]);
+                snprintf(reply, rn, "450 4.7.1 Access denied to %.255s", domains[i]);
                 return 450;
             }
         }

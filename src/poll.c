@@ -11,6 +11,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <ctype.h>
 #include <string.h>
 
@@ -403,6 +404,10 @@ static void client_connected(struct conn *c, int err)
         return;
     }
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+    if (!util_split_hostport(conf->upstream, host, sizeof host, &port))
+        pace_rate(c->fd, pace_rate_for("upstream", host));
 }
 
 static void client_tls(struct conn *c, int err)
@@ -455,6 +460,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
         return;
     }
+    pace_socket(P.c->fd);
     conn_set_timeout(P.c, conf->smtp_timeout_connect * 1000);
 }
 
@@ -620,7 +626,3 @@ void poll_cancel(void *arg)
             }
 }
 
-int poll_busy(void)
-{
-    return P.state != P_IDLE;
-}

@@ -11,6 +11,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <string.h>
 
 #define SCAN_INTERVAL_MS 1000           /* idle rescan; new mail and link events kick at once */
@@ -502,8 +503,10 @@ static void hop_try_next(struct hop *h)
         int policy = !h->domain[0] && h->kind == ROUTE_REMOTE ? smtpc_tls_policy(conf->relayhost_tls)
                                                               : SMTPC_TLS_MAY;
         h->sc = smtpc_start(&ss, len, dh->name, &hop_ops, h, ap, policy);
-        if (h->sc)
+        if (h->sc) {
+            smtpc_set_dest(h->sc, h->name);
             return;
+        }
         char ip[64];
         util_sockaddr_ip(&ss, ip, sizeof ip);
         snprintf(h->error, sizeof h->error, "cannot connect to %s [%s]: %s", dh->name, ip, strerror(errno));
@@ -763,7 +766,7 @@ int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t
                      queue_release_done_fn done, void *arg)
 {
     char name[SMTP_DOMAIN_MAX + 16];
-    snprintf(name, sizeof name, "atrn %s%s", domains[0], n > 1 ? ",..." : "");
+    snprintf(name, sizeof name, "atrn %.255s%s", domains[0], n > 1 ? ",..." : "");
     struct hop *h = hop_new(name, "", ROUTE_HOLD);
     if (!h)
         return -1;
@@ -779,6 +782,7 @@ int queue_release_on(struct conn *c, char domains[][SMTP_DOMAIN_MAX + 1], size_t
         hop_free(h);
         return -1;
     }
+    smtpc_set_dest(h->sc, domains[0]);
     return 0;
 }
 
@@ -830,10 +834,6 @@ void queue_flush(const char *domain)
         queue_release(domain, &started);
     }
     queue_kick();
-    /* A link that came up (or an administrator's flush) is also the moment
-     * to ask the upstream for our mail. */
-    if (!domain || !*domain)
-        poll_kick();
 }
 
 static int waiter_matches(const struct waiter *w, const struct hop *h)

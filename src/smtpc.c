@@ -42,6 +42,7 @@ struct smtpc {
     const struct smtpc_ops *ops;
     void *arg;
     char peer[SMTP_DOMAIN_MAX + 1];
+    char dest[SMTP_DOMAIN_MAX + 16];    /* the destination, for per-destination settings */
     struct smtpc_auth auth;
     int reached;
     int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
@@ -488,7 +489,9 @@ static void write_current(struct smtpc *s)
                     return;
                 }
                 cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
-                conn_set_timeout(s->c, 600 * 1000);
+                /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
+                 * timer: a peer that keeps reading keeps the session. */
+                conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
                 s->wstate = W_BODY;
                 continue;
             }
@@ -710,6 +713,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 return;
             }
             s->wstate = W_BODY;
+            conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
@@ -873,6 +877,7 @@ static void smtpc_connected(struct conn *c, int err)
     }
     /* RFC 5321 4.5.3.2.1: 5 minutes for the greeting. */
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
+    pace_rate(c->fd, pace_rate_for(s->dest, s->peer));
 }
 
 static const struct conn_ops smtpc_conn_ops = {
@@ -912,6 +917,7 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
         free(s);
         return NULL;
     }
+    pace_socket(s->c->fd);
     conn_set_timeout(s->c, conf->smtp_timeout_connect * 1000);
     return s;
 }
@@ -929,6 +935,13 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     c->ctx = s;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
     return s;
+}
+
+void smtpc_set_dest(struct smtpc *s, const char *dest)
+{
+    util_strlcpy(s->dest, dest, sizeof s->dest);
+    if (!s->c->connecting)
+        pace_rate(s->c->fd, pace_rate_for(s->dest, s->peer));
 }
 
 void smtpc_abort(struct smtpc *s)

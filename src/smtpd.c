@@ -94,6 +94,7 @@ int smtpd_busy(void)
 
 static void smtpd_input(struct conn *c);
 static void bdat_chunk_done(struct smtpd *s);
+static void reply_refused(struct smtpd *s, int code);
 
 /* ---------------------------------------------------------------- replies */
 
@@ -577,7 +578,7 @@ static void cmd_data(struct smtpd *s, char *arg)
         return;
     }
     if (start_body(s)) {
-        reply(s, "451 4.3.0 Cannot store the message now, try again later");
+        reply_refused(s, 451);
         return;
     }
     s->input = IN_DATA;
@@ -894,41 +895,51 @@ static void cmd_auth(struct smtpd *s, char *arg)
 
 typedef void (*smtpd_fn)(struct smtpd *, char *);
 
+/* Which listeners offer a verb.  RFC 2645 5.1: the ODMR service speaks
+ * EHLO, AUTH, ATRN and QUIT (and the harmless NOOP, RSET, HELP, STARTTLS);
+ * ATRN exists only there. */
+enum { SV_SMTP = 1 << 0, SV_ODMR = 1 << 1, SV_BOTH = SV_SMTP | SV_ODMR };
+
+/* S_ANY includes S_BDAT, but RFC 3030 2 allows only BDAT, RSET, QUIT and
+ * NOOP between chunks: the others list the states without it. */
+#define S_NOBDAT (S_ANY & ~S_BDAT)
+
 static const struct smtpd_cmd {
     const char *verb;
     unsigned allowed;                   /* states where the verb is valid */
+    unsigned services;                  /* SV_*: listeners that offer it */
     smtpd_fn run;
 } commands[] = {
-    { "EHLO", S_ANY, cmd_ehlo },
-    { "HELO", S_ANY, cmd_helo_only },
-    { "MAIL", S_READY, cmd_mail },
-    { "RCPT", S_MAIL | S_RCPT, cmd_rcpt },
-    { "DATA", S_MAIL | S_RCPT, cmd_data },
-    { "BDAT", S_ANY, cmd_bdat },        /* reads its chunk even when refused */
-    { "RSET", S_ANY, cmd_rset },
-    { "NOOP", S_ANY, cmd_noop },
-    { "QUIT", S_ANY, cmd_quit },
-    { "HELP", S_ANY, cmd_help },
-    { "VRFY", S_ANY, cmd_vrfy },
-    { "EXPN", S_ANY, cmd_expn },
-    { "AUTH", S_READY, cmd_auth },
-    { "ETRN", S_INIT | S_READY, cmd_etrn },
-    { "STARTTLS", S_INIT | S_READY, cmd_starttls },
-    { "ATRN", S_READY, cmd_atrn },
-    { "TURN", S_ANY, cmd_obsolete },
-    { "SEND", S_ANY, cmd_obsolete },
-    { "SOML", S_ANY, cmd_obsolete },
-    { "SAML", S_ANY, cmd_obsolete },
+    { "EHLO", S_NOBDAT, SV_BOTH, cmd_ehlo },
+    { "HELO", S_NOBDAT, SV_SMTP, cmd_helo_only },
+    { "MAIL", S_READY, SV_SMTP, cmd_mail },
+    { "RCPT", S_MAIL | S_RCPT, SV_SMTP, cmd_rcpt },
+    { "DATA", S_MAIL | S_RCPT, SV_SMTP, cmd_data },
+    { "BDAT", S_ANY, SV_SMTP, cmd_bdat },       /* reads its chunk even when refused */
+    { "RSET", S_ANY, SV_BOTH, cmd_rset },
+    { "NOOP", S_ANY, SV_BOTH, cmd_noop },
+    { "QUIT", S_ANY, SV_BOTH, cmd_quit },
+    { "HELP", S_NOBDAT, SV_BOTH, cmd_help },
+    { "VRFY", S_NOBDAT, SV_SMTP, cmd_vrfy },
+    { "EXPN", S_NOBDAT, SV_SMTP, cmd_expn },
+    { "AUTH", S_READY, SV_BOTH, cmd_auth },
+    { "ETRN", S_INIT | S_READY, SV_SMTP, cmd_etrn },
+    { "STARTTLS", S_INIT | S_READY, SV_BOTH, cmd_starttls },
+    { "ATRN", S_READY, SV_ODMR, cmd_atrn },
+    { "TURN", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SEND", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SOML", S_NOBDAT, SV_SMTP, cmd_obsolete },
+    { "SAML", S_NOBDAT, SV_SMTP, cmd_obsolete },
 };
 
 static void out_of_sequence(struct smtpd *s, const struct smtpd_cmd *cmd)
 {
-    if (s->state == S_INIT)
+    if (s->state == S_BDAT)
+        reply(s, "503 5.5.1 Error: BDAT transfer in progress");
+    else if (s->state == S_INIT)
         reply(s, "503 5.5.1 Error: send HELO/EHLO first");
     else if (!strcmp(cmd->verb, "MAIL"))
         reply(s, "503 5.5.1 Error: nested MAIL command");
-    else if (s->state == S_BDAT)
-        reply(s, "503 5.5.1 Error: BDAT transfer in progress");
     else if (!strcmp(cmd->verb, "AUTH"))
         reply(s, "503 5.5.1 Error: AUTH not allowed in a mail transaction");
     else
@@ -949,20 +960,8 @@ static void dispatch(struct smtpd *s, char *line)
         const struct smtpd_cmd *cmd = &commands[i];
         if (strlen(cmd->verb) != vlen || strncasecmp(cmd->verb, line, vlen))
             continue;
-        /* RFC 2645 5.1: the ODMR service speaks EHLO, AUTH, ATRN, QUIT
-         * (and the harmless NOOP, RSET, HELP); ATRN exists only there. */
-        if (s->odmr ? !(cmd->run == cmd_ehlo || cmd->run == cmd_auth || cmd->run == cmd_atrn ||
-                        cmd->run == cmd_starttls ||
-                        cmd->run == cmd_quit || cmd->run == cmd_noop || cmd->run == cmd_rset ||
-                        cmd->run == cmd_help)
-                    : cmd->run == cmd_atrn) {
+        if (!(cmd->services & (s->odmr ? SV_ODMR : SV_SMTP))) {
             reply(s, "502 5.5.1 Command not available on this service");
-            return;
-        }
-        /* RFC 3030 2: between BDAT chunks only BDAT, RSET, QUIT and NOOP. */
-        if (s->state == S_BDAT && cmd->run != cmd_bdat && cmd->run != cmd_rset &&
-            cmd->run != cmd_quit && cmd->run != cmd_noop) {
-            reply(s, "503 5.5.1 Error: BDAT transfer in progress");
             return;
         }
         if (!(cmd->allowed & s->state)) {
@@ -996,6 +995,31 @@ static void log_delivery(struct smtpd *s)
     }
 }
 
+/* The one wording of each reason a message is not taken: code is a
+ * data_error (552, 554, 500, 452, 451) or a store error (STORE_FULL is
+ * RFC 3463's 4.3.1 like a full disk anywhere else). */
+static void reply_refused(struct smtpd *s, int code)
+{
+    switch (code) {
+    case 552:
+        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+        break;
+    case 554:
+        reply(s, "554 5.4.6 Too many \"Received\" headers: possible mail loop");
+        break;
+    case 500:
+        reply(s, "500 5.5.2 Message refused: a text line is longer than 1000 octets");
+        break;
+    case 452:
+    case STORE_FULL:
+        reply(s, "452 4.3.1 Insufficient system storage");
+        break;
+    default:
+        reply(s, "451 4.3.0 Local error in processing, try again later");
+        break;
+    }
+}
+
 static void message_committed(void *arg, int rc)
 {
     struct smtpd *s = arg;
@@ -1020,8 +1044,7 @@ static void message_committed(void *arg, int rc)
             }
     } else {
         log_warn("%s: not accepted: storage failed", s->qid);
-        reply(s, rc == STORE_FULL ? "452 4.3.1 Insufficient system storage"
-                                  : "451 4.3.0 Local error in processing, try again later");
+        reply_refused(s, rc);
     }
     store_body_free(s->body);
     s->body = NULL;
@@ -1065,23 +1088,7 @@ static void message_end(struct smtpd *s)
         store_after_commit(message_committed, s);
         return;
     }
-    switch (rc) {
-    case 552:
-        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
-        break;
-    case 554:
-        reply(s, "554 5.4.6 Too many \"Received\" headers: possible mail loop");
-        break;
-    case 500:
-        reply(s, "500 5.5.2 Message refused: a text line is longer than 1000 octets");
-        break;
-    case 452:
-        reply(s, "452 4.3.1 Insufficient system storage");
-        break;
-    default:
-        reply(s, "451 4.3.0 Local error in processing, try again later");
-        break;
-    }
+    reply_refused(s, rc);
     log_info("%s: refused from=<%s> client=[%s]: data refused with %d", s->qid, s->sender,
              s->c->peer_ip, rc);
     txn_reset(s);
@@ -1103,10 +1110,8 @@ static void bdat_chunk_done(struct smtpd *s)
         return;
     }
     conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
-    if (s->data_error == 552)
-        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
-    else if (s->data_error)
-        reply(s, "451 4.3.0 Local error in processing");
+    if (s->data_error)
+        reply_refused(s, s->data_error);
     else
         reply(s, "250 2.0.0 %lld octets received", (long long)s->md.size);
     if (s->data_error)

@@ -242,7 +242,7 @@ void store_close(void)
 
 /* ---------------------------------------------------------- transactions */
 
-int store_in_txn(void)
+MN_FOR_TESTS int store_in_txn(void)
 {
     return S.in_txn;
 }

@@ -96,7 +96,7 @@ int store_user_get(const char *name, struct store_user *u)
     return admin_user_one(st, u);
 }
 
-int store_user_get_id(int64_t id, struct store_user *u)
+MN_FOR_TESTS int store_user_get_id(int64_t id, struct store_user *u)
 {
     static sqlite3_stmt *st;
 

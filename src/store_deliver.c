@@ -57,19 +57,6 @@ int store_any_due(int64_t now)
     return found;
 }
 
-int64_t store_next_due(void)
-{
-    static sqlite3_stmt *st;
-    int64_t t = 0;
-
-    if (!store_stmt(&st, "SELECT min(next_try) FROM rcpt WHERE state=0 AND kind=2"))
-        return 0;
-    if (sqlite3_step(st) == SQLITE_ROW)
-        t = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    return t;
-}
-
 static void envelope_fill(sqlite3_stmt *st, struct store_out_msg *m)
 {
     memset(m, 0, sizeof *m);

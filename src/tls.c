@@ -20,22 +20,6 @@
 #include <errno.h>
 #include <string.h>
 
-/* The interface between the loop and the record layer (declared again in
- * loop.c, its only user). */
-int tls_io_handshaking(const struct conn *c);
-size_t tls_io_plain(const struct conn *c);
-void tls_io_plain_sent(struct conn *c, size_t n);
-int tls_io_handshake(struct conn *c);
-ssize_t tls_io_read(struct conn *c, void *buf, size_t n);
-ssize_t tls_io_write(struct conn *c, const void *buf, size_t n);
-int tls_io_pending(const struct conn *c);
-int tls_io_read_wants_out(const struct conn *c);
-int tls_io_write_wants_in(const struct conn *c);
-const char *tls_io_error(void);
-/* Why the last handshake or record operation on c failed ("" if it did
- * not): for log lines and delivery reports. */
-const char *tls_conn_error(const struct conn *c);
-
 #ifdef MAILNODE_TLS
 
 #include <signal.h>
@@ -374,11 +358,6 @@ int tls_active(const struct conn *c)
     return t && t->established && !t->failed;
 }
 
-const char *tls_conn_error(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? t->error : "";
-}
 
 void tls_conn_free(struct conn *c)
 {
@@ -452,7 +431,7 @@ static void tls_fail(struct tls_conn *t, int ssl_err, int saved_errno)
     }
 }
 
-/* 1: done; 0: waiting for the socket; -1: failed (tls_conn_error). */
+/* 1: done; 0: waiting for the socket; -1: failed (the reason in the log). */
 int tls_io_handshake(struct conn *c)
 {
     struct tls_conn *t = c->tls;
@@ -629,11 +608,6 @@ int tls_active(const struct conn *c)
     return 0;
 }
 
-const char *tls_conn_error(const struct conn *c)
-{
-    MN_UNUSED(c);
-    return "this mailnode was built without TLS";
-}
 
 void tls_handshake_done(struct conn *c, int err)
 {

@@ -176,11 +176,6 @@ void util_lower(char *s)
         *s = (char)tolower((unsigned char)*s);
 }
 
-int util_strcaseprefix(const char *s, const char *prefix)
-{
-    return strncasecmp(s, prefix, strlen(prefix)) == 0;
-}
-
 void util_date(int64_t t, char *buf, size_t n)
 {
     /* t is queue time: show the wall clock's time of it. */
@@ -201,14 +196,6 @@ void util_date(int64_t t, char *buf, size_t n)
     snprintf(buf, n, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
              days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900,
              tm.tm_hour, tm.tm_min, tm.tm_sec, sign, off / 60, off % 60);
-}
-
-int util_set_nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-        return -1;
-    return fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port)

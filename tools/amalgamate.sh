@@ -86,6 +86,49 @@ part() {
     awk '/^[ \t]*#[ \t]*include[ \t]*"(internal|mailnode)\.h"/ { print ""; next } { print }' "$SRC/$1"
 }
 
+# internal.h as it goes into the amalgamation: every function it declares
+# gets MN_PRIVATE (static there), so that the one translation unit exports
+# nothing but the public API of mailnode.h, the way SQLite marks its
+# internals SQLITE_PRIVATE. Modules compiled one by one (make check-modules)
+# see internal.h unchanged. A declaration here is a line at file scope,
+# outside braces, parentheses and comments, that starts with a type and
+# carries a parameter list; typedefs, static inline functions and
+# preprocessor lines are left alone.
+private_part() {
+    printf '\n/* ---- src/%s ---- */\n#line 1 "src/%s"\n' "$1" "$1"
+    awk '
+    function strip(s) {                 # the line without comments and strings
+        gsub(/"([^"\\]|\\.)*"/, "\"\"", s)
+        if (incomment) {
+            if (index(s, "*/") == 0) return ""
+            s = substr(s, index(s, "*/") + 2); incomment = 0
+        }
+        while (match(s, /\/\*/)) {
+            rest = substr(s, RSTART + 2)
+            if (index(rest, "*/") == 0) { s = substr(s, 1, RSTART - 1); incomment = 1; break }
+            s = substr(s, 1, RSTART - 1) " " substr(rest, index(rest, "*/") + 2)
+        }
+        sub(/\/\/.*/, "", s)
+        return s
+    }
+    /^[ \t]*#[ \t]*include[ \t]*"(internal|mailnode)\.h"/ { print ""; next }
+    {
+        was_comment = incomment
+        code = strip($0)
+        out = $0
+        if (!was_comment && depth == 0 && parens == 0 && code ~ /^[A-Za-z_]/ &&
+            code !~ /^(typedef|static|extern|MN_PRIVATE)[ \t]/ && code ~ /\(/ && code !~ /\{/ &&
+            code !~ /^(struct|union|enum)[ \t]+[A-Za-z_0-9]+[ \t]*$/)
+            out = "MN_PRIVATE " $0
+        n = split(code, ch, "")
+        for (i = 1; i <= n; i++) {
+            if (ch[i] == "{") depth++; else if (ch[i] == "}") depth--
+            else if (ch[i] == "(") parens++; else if (ch[i] == ")") parens--
+        }
+        print out
+    }' "$SRC/$1"
+}
+
 generate() {        # generate DIR
     {
         banner mailnode.h
@@ -95,7 +138,9 @@ generate() {        # generate DIR
     {
         banner mailnode.c
         printf '\n#include "mailnode.h"\n'
-        part internal.h
+        printf '\n/* Internal functions and data are static: only mailnode.h is exported. */\n'
+        printf '#define MN_PRIVATE static\n#define MN_PRIVATE_DATA static\n'
+        private_part internal.h
         for m in "${modules[@]}"; do
             part "$m"
         done

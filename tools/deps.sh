@@ -4,7 +4,7 @@
 # VALGRIND=1 add what `make fuzz` and `make test-valgrind` need.
 set -euo pipefail
 
-pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp groff-base"
+pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp groff-base postfix"
 # faketime: tests/proto/test_clock.py steps the daemon's wall clock.
 pkgs="$pkgs faketime"
 [ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
@@ -36,6 +36,12 @@ fi
 
 echo "deps: installing $missing"
 export DEBIAN_FRONTEND=noninteractive
+# Postfix is a test peer and the benchmarks' anchor, run as private
+# instances on loopback: the system instance gets no configuration, so it
+# neither starts nor takes port 25.
+if command -v debconf-set-selections >/dev/null; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+fi
 apt_install() { apt-get install -y -q -o Dpkg::Use-Pty=0 "$@"; }
 # A fresh image has empty package lists; otherwise update only on failure.
 if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then

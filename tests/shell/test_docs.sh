@@ -107,7 +107,7 @@ known=$(printf '%s\n' "$keys_table" | awk '{ print $1 }')
 extra=""
 for k in $(printf '%s\n' "$man5" | awk '/^\.SH KEYS/ { on = 1; next } /^\.SH/ { on = 0 }
         on && prev == ".TP" && /^\.B [a-z]/ { print $2 } { prev = $0 }' | sort -u); do
-    printf '%s\n' "$known" | grep -qxF "$k" || extra="$extra $k"
+    grep -qxF "$k" <<<"$known" || extra="$extra $k"
 done
 check docs_conf_no_unknown_keys "${extra:+$MAN5 documents keys $CONF_SRC does not have:$extra}"
 
@@ -124,7 +124,7 @@ fi
 man8=$(plain "$MAN8")
 no_man="" no_readme=""
 for c in $commands; do
-    printf '%s\n' "$man8" | grep -qE "^\.SS \"?mailnode $c( |\"|$)" || no_man="$no_man $c"
+    grep -qE "^\.SS \"?mailnode $c( |\"|$)" <<<"$man8" || no_man="$no_man $c"
     grep -qE "mailnode $c( |\`|$)" "$README" || no_readme="$no_readme $c"
 done
 check docs_commands_in_man8 "${no_man:+no section '.SS mailnode CMD' in $MAN8 for:$no_man}"
@@ -139,9 +139,9 @@ else
     out=$(MAILNODE_CONF='' "$BIN" --help 2>&1); rc=$?
     probs=""
     [ "$rc" -eq 0 ] || probs="exit status $rc;"
-    printf '%s\n' "$out" | grep -q '^usage: mailnode ' || probs="$probs no 'usage: mailnode' line;"
+    grep -q '^usage: mailnode ' <<<"$out" || probs="$probs no 'usage: mailnode' line;"
     for c in $commands; do
-        printf '%s\n' "$out" | grep -qE "^  $c " || probs="$probs does not list $c;"
+        grep -qE "^  $c " <<<"$out" || probs="$probs does not list $c;"
     done
     check help_lists_commands "$probs"
 
@@ -151,7 +151,7 @@ else
         out=$(MAILNODE_CONF='' "$BIN" "$c" --help 2>&1); rc=$?
         probs=""
         [ "$rc" -eq 0 ] || probs="exit status $rc;"
-        printf '%s\n' "$out" | grep -qE "^usage: mailnode (\\[-c FILE\\] )?$c( |\$)" ||
+        grep -qE "^usage: mailnode (\\[-c FILE\\] )?$c( |\$)" <<<"$out" ||
             probs="$probs no 'usage: mailnode $c' line;"
         check "help_$c" "$probs${probs:+ output: $(printf '%s' "$out" | head -c 200)}"
         # --long options anywhere, and -x options that start a help line.
@@ -166,7 +166,7 @@ else
     for co in $opts; do
         o=${co#*:}
         [ "$o" = --help ] && continue
-        printf '%s\n' "$man8" | grep -qE -- "(^|[^a-z-])$o([^a-z-]|$)" || absent="$absent $co"
+        grep -qE -- "(^|[^a-z-])$o([^a-z-]|$)" <<<"$man8" || absent="$absent $co"
     done
     check help_options_in_man8 "${absent:+options of --help texts not in $MAN8:$absent}"
 fi

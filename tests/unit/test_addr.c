@@ -417,6 +417,25 @@ TEST(prefixes)
     }
 }
 
+TEST(domain_check)
+{
+    static const char *good[] = { "example.org", "a", "x-1.example", "[192.0.2.1]", "[IPv6:2001:db8::1]" };
+    static const char *bad[] = { "", ".", "a..b", ".a", "a.", "-a.example", "a-.example", "a_b.example",
+                                 "a b", "a\r\nb", "[300.1.1.1]", "[192.0.2.1", "example.org]", "[x]" };
+    char long_label[80];
+    for (size_t i = 0; i < MN_NELEM(good); i++)
+        CHECK(addr_domain_ok(good[i], strlen(good[i]), 1));
+    CHECK(addr_domain_ok("[192.0.2.1]", 11, 0) == 0);           /* literal only where allowed */
+    for (size_t i = 0; i < MN_NELEM(bad); i++)
+        CHECK(addr_domain_ok(bad[i], strlen(bad[i]), 1) == 0);
+    CHECK(addr_domain_ok("example.org", 7, 0));                 /* the length given, not the NUL */
+    CHECK(addr_domain_ok("example.org!", 11, 0));
+    memset(long_label, 'a', 64);
+    long_label[64] = '\0';
+    CHECK(addr_domain_ok(long_label, 63, 0));
+    CHECK(addr_domain_ok(long_label, 64, 0) == 0);              /* RFC 1035 2.3.4: 63 octets */
+}
+
 int main(void)
 {
     RUN(plain);
@@ -435,5 +454,6 @@ int main(void)
     RUN(mailbox);
     RUN(atext);
     RUN(prefixes);
+    RUN(domain_check);
     return unit_done();
 }

@@ -356,10 +356,10 @@ TEST(on_demand_arguments)
     CHECK(!strncmp(line, "501 ", 4));
     odmr_etrn("@", line, sizeof line);
     CHECK(!strncmp(line, "501 ", 4));
-    CHECK(domain_ok("site.test", 9));
-    CHECK(!domain_ok("site_test", 9));
-    CHECK(!domain_ok(".site", 5));
-    CHECK(!domain_ok("a b", 3));
+    CHECK(addr_domain_ok("site.test", 9, 0));
+    CHECK(!addr_domain_ok("site_test", 9, 0));
+    CHECK(!addr_domain_ok(".site", 5, 0));
+    CHECK(!addr_domain_ok("a b", 3, 0));
 }
 
 int main(void)
