@@ -209,11 +209,11 @@ int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, s
     if (backup_copy(src, tmp, bytes_per_sec > 0 ? (bytes_per_sec + page_size - 1) / page_size : 0, err, errlen))
         goto out;
     if (backup_sync(tmp)) {
-        snprintf(err, errlen, "cannot sync %s: %s", tmp, strerror(errno));
+        snprintf(err, errlen, "cannot sync %.800s: %s", tmp, strerror(errno));
         goto out;
     }
     if (rename(tmp, file) || backup_sync(file)) {
-        snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, file, strerror(errno));
+        snprintf(err, errlen, "cannot rename %.400s to %.400s: %s", tmp, file, strerror(errno));
         goto out;
     }
     rc = 0;
@@ -264,7 +264,7 @@ int store_restore(const char *file, const char *db_path, struct store_backup_inf
     sqlite3_close(src);
     src = NULL;
     if (backup_sync(tmp)) {
-        snprintf(err, errlen, "cannot sync %s: %s", tmp, strerror(errno));
+        snprintf(err, errlen, "cannot sync %.800s: %s", tmp, strerror(errno));
         goto out;
     }
     snprintf(side, sizeof side, "%s-wal", db_path);
@@ -274,13 +274,13 @@ int store_restore(const char *file, const char *db_path, struct store_backup_inf
     if (unlink(side) && errno != ENOENT)
         goto side_fail;
     if (rename(tmp, db_path) || backup_sync(db_path)) {
-        snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, db_path, strerror(errno));
+        snprintf(err, errlen, "cannot rename %.400s to %.400s: %s", tmp, db_path, strerror(errno));
         goto out;
     }
     rc = 0;
     goto out;
 side_fail:
-    snprintf(err, errlen, "cannot remove %s: %s", side, strerror(errno));
+    snprintf(err, errlen, "cannot remove %.800s: %s", side, strerror(errno));
 out:
     if (rc)
         unlink(tmp);
