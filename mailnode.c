@@ -89,6 +89,11 @@ MN_PRIVATE void util_lower(char *s);
 /* RFC 5322 date-time of t, local time with numeric zone. */
 MN_PRIVATE void util_date(int64_t t, char *buf, size_t n);
 /* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
+/* Appends header fields made from fmt at out + *used, refusing (-1, nothing
+ * appended) a result with a bare CR or LF, a CRLF that is not folding or
+ * the end, another control character or a NUL: the one way generated
+ * header text is written. */
+MN_PRIVATE int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 MN_PRIVATE int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 /* Numeric address (empty: any IPv4) and port -> socket address. */
 MN_PRIVATE int util_sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len);
@@ -255,6 +260,9 @@ MN_PRIVATE void loop_free(void);
  * connections after loop_listen_start. */
 MN_PRIVATE int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
 MN_PRIVATE int loop_listen_start(char *err, size_t errlen);
+/* 1 if ss (address and port) reaches one of our own listeners: a next
+ * hop there would deliver to ourselves (RFC 5321 5.1). */
+MN_PRIVATE int loop_is_own_listener(const struct sockaddr_storage *ss);
 MN_PRIVATE void loop_close_listeners(void);
 MN_PRIVATE int loop_run(void);                     /* until loop_stop(); returns 0 */
 MN_PRIVATE void loop_stop(void);
@@ -427,6 +435,25 @@ struct store_rcpt {
     int notify;                         /* NOTIFY_* bits, 0 = default */
     char domain[SMTP_DOMAIN_MAX + 1];   /* destination (lower case) */
 };
+
+/* The recipients of one transaction, compact and without duplicates
+ * (rcpts.c).  Zero-initialised is empty. */
+struct rcpts_ent;
+struct rcpts {
+    unsigned char *arena;               /* the strings */
+    size_t used, cap;
+    struct rcpts_ent *ent;
+    size_t n, capn;
+};
+/* 1 added, 0 already there (the same local user or address), -1 no memory. */
+MN_PRIVATE int rcpts_add(struct rcpts *l, const struct store_rcpt *r);
+MN_PRIVATE int rcpts_has(const struct rcpts *l, const struct store_rcpt *r);
+MN_PRIVATE void rcpts_get(const struct rcpts *l, size_t i, struct store_rcpt *r);
+MN_PRIVATE const char *rcpts_addr(const struct rcpts *l, size_t i);
+MN_PRIVATE int rcpts_kind(const struct rcpts *l, size_t i);
+MN_PRIVATE int rcpts_notify(const struct rcpts *l, size_t i);
+MN_PRIVATE struct store_rcpt *rcpts_expand(const struct rcpts *l);    /* malloc'd, n routes */
+MN_PRIVATE void rcpts_clear(struct rcpts *l);
 
 /* Inserts the message, its queued recipients and its mailbox entries in
  * the current transaction.  b must be finished. */
@@ -693,6 +720,9 @@ MN_PRIVATE void queue_peer_seen(const char *ip);
  * Returns the number of messages held (>= 0); *started is 0 when a
  * release for that domain is already running. */
 MN_PRIVATE int queue_release(const char *domain, int *started);
+/* queue_release refusals besides -1 (not a hold domain): */
+#define QUEUE_REL_ATRN_ONLY (-10)       /* an owner and no host: only its owner's ATRN releases it */
+#define QUEUE_REL_LOOP (-11)            /* its next hop is this node (RFC 5321 5.1) */
 /* ATRN (RFC 2645): the connection c turns around and carries the held
  * mail of the domains; done(arg, delivered, error) runs at its end. */
 typedef void (*queue_release_done_fn)(void *arg, int delivered, const char *error);
@@ -843,10 +873,12 @@ struct smtpc_ops {
     void (*rcpt_done)(void *arg, const struct store_out_msg *m, int idx, int code, const char *text);
     /* Every recipient of m has its outcome. */
     void (*msg_done)(void *arg, const struct store_out_msg *m);
-    /* The session is over.  reached: the peer greeted us and spoke SMTP;
+    /* The session is over.  reached: the peer greeted us and spoke SMTP
+     * (SMTPC_LOOP: it greeted with our own name, so it is this node);
      * error: why it ended early, or NULL after a clean QUIT. */
     void (*done)(void *arg, int reached, const char *error);
 };
+#define SMTPC_LOOP (-1)
 struct smtpc_auth {
     const char *user, *password;        /* NULL: no AUTH */
 };
@@ -858,6 +890,8 @@ MN_PRIVATE struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 MN_PRIVATE struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* 1 if the peer offered DSN (RFC 3461): it takes NOTIFY and reports itself. */
+MN_PRIVATE int smtpc_peer_dsn(const struct smtpc *s);
 /* The destination the session serves (dest row name, or the domain of
  * an ATRN release): selects per-destination settings (pacing.rate). */
 MN_PRIVATE void smtpc_set_dest(struct smtpc *s, const char *dest);
@@ -1296,6 +1330,44 @@ int util_cidr_match(const struct cidr *c, const struct sockaddr_storage *ss)
         return 0;
     }
     return c->family == family && prefix_equal(c->addr, ip, c->bits);
+}
+
+/* Appends one or more header fields formatted from fmt to out[*used..cap).
+ * Safe by construction: whatever the arguments hold, the result may
+ * contain CR and LF only as CRLF, each CRLF followed by SP or HTAB
+ * (folding, RFC 5322 2.2.3) or ending the text, no other control
+ * character than HTAB, and no NUL; otherwise nothing is appended and -1
+ * is returned.  So no value (a HELO name, an address, an identity) can
+ * end a field early, add one, or end the header section. */
+int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (*used >= cap)
+        return -1;
+    va_start(ap, fmt);
+    n = vsnprintf(out + *used, cap - *used, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= cap - *used || n < 2)
+        goto refuse;
+    const unsigned char *p = (const unsigned char *)out + *used;
+    if (p[n - 2] != '\r' || p[n - 1] != '\n')
+        goto refuse;
+    for (int i = 0; i < n; i++) {
+        if (p[i] == '\r') {
+            if (p[i + 1] != '\n' || (i + 2 < n && p[i + 2] != ' ' && p[i + 2] != '\t'))
+                goto refuse;
+            i++;
+        } else if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f) {
+            goto refuse;
+        }
+    }
+    *used += (size_t)n;
+    return n;
+refuse:
+    out[*used] = '\0';
+    return -1;
 }
 
 /* ---- src/md5.c ---- */
@@ -1923,6 +1995,7 @@ int conf_relay_allowed(const struct sockaddr_storage *ss)
 #include <sys/epoll.h>
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <ifaddrs.h>
 
 #define LOOP_MAX_LISTENERS 16
 #define LOOP_EVENTS 64
@@ -1934,6 +2007,7 @@ struct listener {
     int fd;
     int kind;
     loop_accept_fn on_accept;
+    struct sockaddr_storage addr;       /* what it is bound to */
 };
 
 static struct {
@@ -2589,6 +2663,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         ls->fd = fd;
         ls->kind = kind;
         ls->on_accept = on_accept;
+        ls->addr = ss;
         if (epoll_ctl(L.epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
             snprintf(err, errlen, "epoll: %s", strerror(errno));
             close(fd);
@@ -2597,6 +2672,82 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         L.n_listeners++;
         log_info("listening on %s (%s)", items[i],
                  (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
+    }
+    return 0;
+}
+
+/* Is ss (address and port) one of this host's addresses?  Loopback
+ * always is; the rest come from the interfaces. */
+static int own_host_address(const struct sockaddr_storage *ss)
+{
+    struct ifaddrs *ifs, *i;
+    int found = 0;
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)ss;
+        if ((ntohl(a->sin_addr.s_addr) >> 24) == 127 || a->sin_addr.s_addr == htonl(INADDR_ANY))
+            return 1;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const void *)ss;
+        if (IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+            return 1;
+    }
+    if (getifaddrs(&ifs) < 0)
+        return 0;
+    for (i = ifs; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != ss->ss_family)
+            continue;
+        if (ss->ss_family == AF_INET)
+            found = ((const struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr.s_addr ==
+                    ((const struct sockaddr_in *)(const void *)ss)->sin_addr.s_addr;
+        else
+            found = !memcmp(&((const struct sockaddr_in6 *)(void *)i->ifa_addr)->sin6_addr,
+                            &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, 16);
+    }
+    freeifaddrs(ifs);
+    return found;
+}
+
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)(const void *)b)->sin_addr.s_addr;
+    return !memcmp(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr,
+                   &((const struct sockaddr_in6 *)(const void *)b)->sin6_addr, 16);
+}
+
+static int wildcard_address(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr);
+}
+
+static int port_of(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)(const void *)a)->sin_port);
+    if (a->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)(const void *)a)->sin6_port);
+    return -1;
+}
+
+int loop_is_own_listener(const struct sockaddr_storage *ss)
+{
+    for (int i = 0; i < L.n_listeners; i++) {
+        const struct listener *ls = &L.listeners[i];
+        if (port_of(&ls->addr) != port_of(ss))
+            continue;
+        if (same_address(&ls->addr, ss))
+            return 1;
+        /* A wildcard listener (0.0.0.0, ::) answers on every address of
+         * the host; an IPv6 wildcard usually on the IPv4 ones too. */
+        if (wildcard_address(&ls->addr) &&
+            (ls->addr.ss_family == ss->ss_family || ls->addr.ss_family == AF_INET6) && own_host_address(ss))
+            return 1;
     }
     return 0;
 }
@@ -5996,10 +6147,12 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
 
     if (b->err)
         return b->err;
+    /* RFC 5321 4.4: the final delivery records the reverse-path. */
+    size_t plen = 0;
+    if (util_header(prefix, sizeof prefix, &plen, "Return-Path: <%s>\r\n", env->sender) < 0)
+        return STORE_ERR;
     if ((err = store_begin()))
         return err;
-    /* RFC 5321 4.4: the final delivery records the reverse-path. */
-    snprintf(prefix, sizeof prefix, "Return-Path: <%s>\r\n", env->sender);
     for (size_t i = 0; i < n; i++) {
         const struct store_rcpt *r = &rcpts[i];
         if (r->kind == ROUTE_LOCAL) {
@@ -10532,6 +10685,141 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     return 0;
 }
 
+/* ---- src/rcpts.c ---- */
+#line 1 "src/rcpts.c"
+/*
+ * rcpts.c: the recipients of one transaction, compact and without
+ * duplicates.
+ *
+ * A route (struct store_rcpt) has fixed fields sized for the longest
+ * address, about 800 bytes; a session holding max_recipients of them
+ * would cost close to a megabyte, and a hundred hostile sessions a
+ * hundred.  Here each recipient costs its strings plus a small index
+ * entry, and the full routes exist only while the message is written
+ * to the store.
+ *
+ * Duplicates are merged after alias expansion (RFC 5321 3.3 lets a
+ * server deliver one copy per mailbox): 1000 identical RCPT commands, or
+ * several aliases of one user, make one copy, and the recipient limit
+ * counts distinct recipients.
+ */
+
+
+#include <stdlib.h>
+#include <string.h>
+
+struct rcpts_ent {
+    int64_t user_id;
+    uint32_t off;                       /* addr, orcpt, domain: NUL-terminated, one after the other */
+    int16_t kind;
+    int16_t notify;
+};
+
+/* The same destination mailbox: one local user, or one address elsewhere. */
+static int same_route(const struct rcpts *l, const struct rcpts_ent *e, const struct store_rcpt *r)
+{
+    if (e->kind != r->kind)
+        return 0;
+    if (r->kind == ROUTE_LOCAL)
+        return e->user_id == r->user_id;
+    return !strcmp((const char *)l->arena + e->off, r->addr);
+}
+
+int rcpts_has(const struct rcpts *l, const struct store_rcpt *r)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (same_route(l, &l->ent[i], r))
+            return 1;
+    return 0;
+}
+
+int rcpts_add(struct rcpts *l, const struct store_rcpt *r)
+{
+    size_t la = strlen(r->addr) + 1, lo = strlen(r->orcpt) + 1, ld = strlen(r->domain) + 1;
+
+    if (rcpts_has(l, r))
+        return 0;
+    if (l->n == l->capn) {
+        size_t c = l->capn ? l->capn * 2 : 8;
+        void *p = realloc(l->ent, c * sizeof *l->ent);
+        if (!p)
+            return -1;
+        l->ent = p;
+        l->capn = c;
+    }
+    if (l->used + la + lo + ld > l->cap) {
+        size_t c = l->cap ? l->cap : 512;
+        while (c < l->used + la + lo + ld)
+            c *= 2;
+        if (c > UINT32_MAX)
+            return -1;
+        void *p = realloc(l->arena, c);
+        if (!p)
+            return -1;
+        l->arena = p;
+        l->cap = c;
+    }
+    struct rcpts_ent *e = &l->ent[l->n++];
+    e->user_id = r->user_id;
+    e->kind = (int16_t)r->kind;
+    e->notify = (int16_t)r->notify;
+    e->off = (uint32_t)l->used;
+    memcpy(l->arena + l->used, r->addr, la);
+    memcpy(l->arena + l->used + la, r->orcpt, lo);
+    memcpy(l->arena + l->used + la + lo, r->domain, ld);
+    l->used += la + lo + ld;
+    return 1;
+}
+
+void rcpts_get(const struct rcpts *l, size_t i, struct store_rcpt *r)
+{
+    const struct rcpts_ent *e = &l->ent[i];
+    const char *p = (const char *)l->arena + e->off;
+
+    memset(r, 0, sizeof *r);
+    r->kind = e->kind;
+    r->user_id = e->user_id;
+    r->notify = e->notify;
+    util_strlcpy(r->addr, p, sizeof r->addr);
+    p += strlen(p) + 1;
+    util_strlcpy(r->orcpt, p, sizeof r->orcpt);
+    p += strlen(p) + 1;
+    util_strlcpy(r->domain, p, sizeof r->domain);
+}
+
+const char *rcpts_addr(const struct rcpts *l, size_t i)
+{
+    return (const char *)l->arena + l->ent[i].off;
+}
+
+int rcpts_kind(const struct rcpts *l, size_t i)
+{
+    return l->ent[i].kind;
+}
+
+int rcpts_notify(const struct rcpts *l, size_t i)
+{
+    return l->ent[i].notify;
+}
+
+struct store_rcpt *rcpts_expand(const struct rcpts *l)
+{
+    struct store_rcpt *out = malloc((l->n ? l->n : 1) * sizeof *out);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < l->n; i++)
+        rcpts_get(l, i, &out[i]);
+    return out;
+}
+
+/* The memory goes back at once: an idle session holds none. */
+void rcpts_clear(struct rcpts *l)
+{
+    free(l->arena);
+    free(l->ent);
+    memset(l, 0, sizeof *l);
+}
+
 /* ---- src/ctl.c ---- */
 #line 1 "src/ctl.c"
 /*
@@ -11671,6 +11959,8 @@ struct smtpc {
     int reached;
     int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
     int ended;
+    int attached;                       /* a turned-around connection (ATRN) */
+    int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
     int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
     int tls_policy;                     /* SMTPC_TLS_* */
@@ -11839,7 +12129,7 @@ static void end_session(struct smtpc *s, const char *why)
     s->m7 = NULL;
     if (why)
         set_error(s, "%s", why);
-    s->ops->done(s->arg, s->reached, s->error[0] ? s->error : NULL);
+    s->ops->done(s->arg, s->looped ? SMTPC_LOOP : s->reached, s->error[0] ? s->error : NULL);
 }
 
 /* Ends the session politely with the reason for the scheduler. */
@@ -12260,6 +12550,20 @@ static void on_reply_ehlo_done(struct smtpc *s)
     pump(s);
 }
 
+/* RFC 5321 5.1: a peer that names itself with our hostname in its
+ * greeting or EHLO reply is this node (another of its addresses, a port
+ * forwarded back to us): delivering there would only queue the mail here
+ * again.  Not asked of a turned-around ATRN connection, which we did not
+ * choose. */
+static int peer_is_us(const struct smtpc *s, const char *text)
+{
+    size_t n = strlen(conf->hostname);
+    if (s->attached || !n || strlen(text) < 4)
+        return 0;
+    text += 4;
+    return !strncasecmp(text, conf->hostname, n) && (!text[n] || text[n] == ' ');
+}
+
 static void on_reply(struct smtpc *s, int code, const char *text)
 {
     char clean[512];
@@ -12279,11 +12583,22 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             quit_with_error(s, "%s greeted with: %s", s->peer, clean);
             break;
         }
+        if (peer_is_us(s, text)) {
+            s->looped = 1;
+            quit_with_error(s, "mail loops back to myself: %s greets as %s", s->peer, conf->hostname);
+            break;
+        }
         s->reached = 1;
         cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
         break;
     case E_EHLO:
     case E_HELO:
+        if (code / 100 == 2 && peer_is_us(s, text)) {
+            s->looped = 1;
+            s->reached = 0;
+            quit_with_error(s, "mail loops back to myself: %s answers EHLO as %s", s->peer, conf->hostname);
+            break;
+        }
         if (code / 100 != 2) {
             if (kind == E_EHLO) {       /* RFC 5321 3.2: fall back to HELO */
                 cmd(s, E_HELO, 0, 0, "HELO %s", conf->hostname);
@@ -12553,12 +12868,18 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     if (!s)
         return NULL;
     s->c = c;
+    s->attached = 1;
     /* Whatever the peer sent before the turnaround is not a reply to us. */
     conn_consume(c, c->in_len);
     c->ops = &smtpc_conn_ops;
     c->ctx = s;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
     return s;
+}
+
+int smtpc_peer_dsn(const struct smtpc *s)
+{
+    return s && s->dsn;
 }
 
 void smtpc_set_dest(struct smtpc *s, const char *dest)
@@ -12632,6 +12953,7 @@ struct hop {
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
+    int looped;                         /* an address or greeting was our own */
     char error[400];
     struct dsn_note *notes;
     size_t nnotes, capnotes;
@@ -12701,6 +13023,63 @@ void queue_peer_seen(const char *ip)
         }
         down[i].ip[0] = '\0';
     }
+}
+
+/* Hold domains whose last release found only ourselves as the next hop,
+ * so that the next ETRN is answered 458 at once instead of starting a
+ * release that cannot go anywhere (the DNS answer behind it is not known
+ * when the reply is due).  Forgotten after LOOP_MEMORY seconds, or when
+ * the domain's host setting changes. */
+#define LOOP_SLOTS 16
+#define LOOP_MEMORY 300
+static struct {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    char host[SMTP_DOMAIN_MAX + 8];
+    int64_t until;
+} looped[LOOP_SLOTS];
+
+static void loop_note(const struct store_domain *d)
+{
+    int k = 0;
+    for (int i = 0; i < LOOP_SLOTS; i++) {
+        if (!strcasecmp(looped[i].domain, d->name)) {
+            k = i;
+            break;
+        }
+        if (looped[i].until < looped[k].until)
+            k = i;
+    }
+    util_strlcpy(looped[k].domain, d->name, sizeof looped[k].domain);
+    util_strlcpy(looped[k].host, d->host, sizeof looped[k].host);
+    looped[k].until = util_now() + LOOP_MEMORY;
+}
+
+static int loop_known(const struct store_domain *d)
+{
+    for (int i = 0; i < LOOP_SLOTS; i++)
+        if (!strcasecmp(looped[i].domain, d->name))
+            return looped[i].until > util_now() && !strcmp(looped[i].host, d->host);
+    return 0;
+}
+
+/* A host written as a literal address that is one of our listeners. */
+static int host_is_us(const char *spec)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+    struct sockaddr_storage ss;
+    socklen_t len;
+
+    if (util_split_hostport(spec, host, sizeof host, &port)) {
+        util_strlcpy(host, spec, sizeof host);
+        port = 25;
+    }
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        memmove(host, host + 1, l - 2);
+        host[l - 2] = '\0';
+    }
+    return !util_sockaddr_parse(host, port, &ss, &len) && loop_is_own_listener(&ss);
 }
 
 void queue_kick(void)
@@ -12803,7 +13182,8 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
         log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
     else
         log_info("%s: sender notification (%s): %s", m->qid,
-                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay" : "success",
+                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay"
+                 : rcpts[0].action == DSN_RELAYED ? "relayed" : "success",
                  env.qid);
     store_body_free(b);
     queue_kick();
@@ -12814,7 +13194,7 @@ static void flush_notes(struct hop *h, const struct store_out_msg *m)
     struct dsn_rcpt r[64];
     size_t n = 0;
 
-    for (int action = DSN_FAILED; action <= DSN_DELIVERED; action++) {
+    for (int action = DSN_FAILED; action <= DSN_RELAYED; action++) {
         n = 0;
         for (size_t i = 0; i < h->nnotes && n < MN_NELEM(r); i++) {
             struct dsn_note *x = &h->notes[i];
@@ -12915,8 +13295,12 @@ static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int
         store_rcpt_set(r->id, RCPT_DELIVERED, 0, text);
         h->delivered++;
         log_info("%s: to=<%s> relay=%s status=sent (%s)", m->qid, r->addr, h->peer, text);
-        if (r->notify & NOTIFY_SUCCESS)
-            note(h, m->id, DSN_DELIVERED, r, status, text);
+        /* RFC 3461 6.2: a next hop that offers DSN got NOTIFY with the
+         * recipient and reports itself; one that does not gets the mail,
+         * and the sender a "relayed" notice from us (never "delivered",
+         * which only the final delivery says).  Never both. */
+        if ((r->notify & NOTIFY_SUCCESS) && !(r->notify & NOTIFY_NEVER) && !smtpc_peer_dsn(h->sc))
+            note(h, m->id, DSN_RELAYED, r, status, text);
     } else if (code / 100 == 4) {
         /* Held mail stays held for the next request; queued mail waits. */
         store_rcpt_set(r->id, RCPT_QUEUED, h->kind == ROUTE_HOLD ? 0 : rcpt_retry_at(r->attempts), text);
@@ -12975,6 +13359,11 @@ static void hop_finish(struct hop *h, int ok)
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held
          * until the next request. */
+        if (h->looped && !h->delivered && h->ndomains == 1 && !h->rel_done) {
+            struct store_domain d;
+            if (!store_domain_get(h->domains[0], &d))
+                loop_note(&d);
+        }
         log_info("%s: released %d message recipients, %d deferred, %d failed%s%s", h->name, h->delivered,
                  h->deferred, h->failed, h->error[0] ? ": " : "", h->error);
         if (h->rel_done)
@@ -13011,6 +13400,15 @@ static void hop_done(void *arg, int reached, const char *error)
     struct hop *h = arg;
 
     h->sc = NULL;
+    if (reached == SMTPC_LOOP) {
+        /* RFC 5321 5.1: the peer is this node under another address;
+         * never a delivery to ourselves, try the next host. */
+        h->looped = 1;
+        util_strlcpy(h->error, error ? error : "mail loops back to myself", sizeof h->error);
+        log_warn("%s: %s", h->name, h->error);
+        hop_try_next(h);
+        return;
+    }
     if (!reached) {
         util_strlcpy(h->error, error ? error : "no answer", sizeof h->error);
         log_info("%s: %s", h->name, h->error);
@@ -13076,6 +13474,16 @@ static void hop_try_next(struct hop *h)
         }
         util_strlcpy(h->peer, dh->name, sizeof h->peer);
         util_sockaddr_ip(&ss, h->peer_ip, sizeof h->peer_ip);
+        if (loop_is_own_listener(&ss)) {
+            /* RFC 5321 5.1: an MX or host that is ourselves is dropped;
+             * delivering there would only queue the mail here again. */
+            h->looped = 1;
+            snprintf(h->error, sizeof h->error, "mail for %s loops back to myself: %s [%s]:%d is this node",
+                     h->domain[0] ? h->domain : h->ndomains ? h->domains[0] : conf->relayhost, dh->name,
+                     h->peer_ip, h->port);
+            log_warn("%s: %s", h->name, h->error);
+            continue;
+        }
         struct smtpc_auth auth = { NULL, NULL }, *ap = NULL;
         static char pw[256];
         if (!h->domain[0] && conf->relayhost_user[0] && conf->relayhost_password_file[0]) {
@@ -13332,6 +13740,18 @@ int queue_release(const char *domain, int *started)
     *started = 0;
     if (store_domain_get(domain, &d) || d.kind != DOMAIN_HOLD)
         return -1;
+    /* A site with an owner and no host fetches by ATRN (RFC 2645); its
+     * MX is usually this node, so ETRN has nowhere to deliver to. */
+    if (d.owner[0] && !d.host[0]) {
+        log_info("release %s refused: it has an owner and no --host, only the owner's ATRN releases it",
+                 d.name);
+        return QUEUE_REL_ATRN_ONLY;
+    }
+    if ((d.host[0] && host_is_us(d.host)) || loop_known(&d)) {
+        log_warn("release %s refused: its next hop %s is this node (mail would loop back to myself)", d.name,
+                 d.host[0] ? d.host : "(MX)");
+        return QUEUE_REL_LOOP;
+    }
     n = store_held_count(d.name);
     if (n <= 0 || queue_release_busy(d.name))
         return n;
@@ -13541,7 +13961,7 @@ void queue_flush_cancel(void *arg)
 
 struct etrn_walk {
     const char *parent;                 /* "@domain": it and its subdomains */
-    int matched, held, started, failed;
+    int matched, held, started, failed, refused;
 };
 
 static int etrn_each(void *arg, const struct store_domain *d)
@@ -13556,7 +13976,9 @@ static int etrn_each(void *arg, const struct store_domain *d)
         return 0;
     w->matched++;
     int started, n = queue_release(d->name, &started);
-    if (n < 0)
+    if (n == QUEUE_REL_ATRN_ONLY || n == QUEUE_REL_LOOP)
+        w->refused++;
+    else if (n < 0)
         w->failed++;
     else
         w->held += n;
@@ -13592,6 +14014,9 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
         }
         if (!w.matched)
             snprintf(reply, n, "459 4.7.1 Node %s not allowed: no domain held here", dom);
+        else if (w.refused == w.matched)
+            snprintf(reply, n, "459 4.7.1 Node %s not allowed: its domains are released only by ATRN or "
+                     "would loop back here", dom);
         else if (!w.held)
             snprintf(reply, n, "251 2.0.0 OK, no messages waiting for node %s", dom);
         else
@@ -13601,6 +14026,11 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
     int started, held = queue_release(dom, &started);
     if (held == -1)
         snprintf(reply, n, "459 4.7.1 Node %s not allowed: not a domain held here", dom);
+    else if (held == QUEUE_REL_ATRN_ONLY)
+        snprintf(reply, n, "459 4.7.1 Node %s not allowed: released only by ATRN to its owner", dom);
+    else if (held == QUEUE_REL_LOOP)
+        snprintf(reply, n, "458 4.4.6 Unable to queue messages for node %s: its host is this node, "
+                 "mail would loop back here", dom);
     else if (held < 0)
         snprintf(reply, n, "458 4.0.0 Unable to queue messages for node %s", dom);
     else if (!held)
@@ -14374,9 +14804,8 @@ struct smtpd {
     char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
     int ret_full;
     int body_8bit;
-    int nrcpt_cmds;                     /* RCPT commands accepted */
-    struct store_rcpt *rcpts;           /* routes after aliases */
-    size_t nrcpt, caprcpt;
+    int nrcpt_cmds;                     /* RCPT commands that added a recipient */
+    struct rcpts rcpts;                 /* distinct routes after aliases */
     struct store_body *body;
     struct mime_data md;
     int data_error;                     /* reply code decided while reading */
@@ -14455,7 +14884,7 @@ static void txn_reset(struct smtpd *s)
     s->qid[0] = s->sender[0] = s->envid[0] = '\0';
     s->ret_full = s->body_8bit = 0;
     s->nrcpt_cmds = 0;
-    s->nrcpt = 0;
+    rcpts_clear(&s->rcpts);
     s->data_error = 0;
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
@@ -14474,7 +14903,7 @@ static void smtpd_free(struct smtpd *s)
     timer_cancel(&s->timer);
     if (s->body)
         store_body_free(s->body);
-    free(s->rcpts);
+    rcpts_clear(&s->rcpts);
     free(s);
 }
 
@@ -14580,9 +15009,35 @@ static int starttls_offered(const struct smtpd *s)
     return tls_available() && !s->c->tls;
 }
 
+/* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
+ * address literal.  Letters, digits, hyphens, underscores (common in
+ * Windows host names) and dots; or "[...]" of printable characters.
+ * Nothing else, above all no CR, NUL or other control character: the
+ * name goes into the Received field. */
+static int helo_valid(const char *arg)
+{
+    size_t len = strlen(arg);
+    if (!len || len > SMTP_DOMAIN_MAX)
+        return 0;
+    if (arg[0] == '[') {
+        if (len < 3 || arg[len - 1] != ']')
+            return 0;
+        for (size_t i = 1; i + 1 < len; i++)
+            if (arg[i] <= ' ' || arg[i] >= 0x7f || arg[i] == '[' || arg[i] == ']' || arg[i] == '\\')
+                return 0;
+        return 1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)arg[i];
+        if (!isalnum(c) && c != '-' && c != '.' && c != '_')
+            return 0;
+    }
+    return 1;
+}
+
 static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
 {
-    if (!*arg || strlen(arg) > SMTP_DOMAIN_MAX || strchr(arg, ' ')) {
+    if (!helo_valid(arg)) {
         reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return;
     }
@@ -14731,21 +15186,6 @@ static int parse_notify(const char *v)
     return bits;
 }
 
-static int rcpts_reserve(struct smtpd *s, size_t more)
-{
-    if (s->nrcpt + more <= s->caprcpt)
-        return 0;
-    size_t cap = s->caprcpt ? s->caprcpt : 4;
-    while (cap < s->nrcpt + more)
-        cap *= 2;
-    void *p = realloc(s->rcpts, cap * sizeof *s->rcpts);
-    if (!p)
-        return -1;
-    s->rcpts = p;
-    s->caprcpt = cap;
-    return 0;
-}
-
 static void cmd_rcpt(struct smtpd *s, char *arg)
 {
     struct addr a;
@@ -14753,7 +15193,8 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     const char *rest;
     int rc, n, notify = 0;
     const char *orcpt = "";
-    size_t nroutes, limit;
+    size_t nroutes, limit, cap;
+    struct store_rcpt *routes = NULL;
 
     rc = parse_path_arg(arg, "TO:", 0, &a, &rest);
     if (rc) {
@@ -14788,11 +15229,6 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
             return;
         }
     }
-    if (s->nrcpt_cmds >= conf->max_recipients) {
-        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
-        reply(s, "452 4.5.3 Too many recipients");
-        return;
-    }
     /* Relaying: only to our own domains, unless the client is trusted.
      * Addresses are taken literally: '%', '!' and source routes (already
      * dropped by the parser) never make a local domain relay anywhere. */
@@ -14802,38 +15238,68 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
         reply(s, "554 5.7.1 <%s>: Relay access denied", a.full);
         return;
     }
+    /* Routes for this address, in a buffer that lives only for this
+     * command: an alias may fan out, up to the distinct recipients still
+     * allowed. */
     limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
-    if (rcpts_reserve(s, limit < 64 ? limit : 64)) {
-        reply(s, "452 4.3.1 Insufficient system resources");
-        return;
+    limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
+    for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
+        free(routes);
+        routes = malloc(cap * sizeof *routes);
+        if (!routes) {
+            reply(s, "452 4.3.1 Insufficient system resources");
+            return;
+        }
+        rc = queue_route(&a, routes, cap, &nroutes);
+        if (rc != QUEUE_ETOOMANY || cap >= limit)
+            break;
     }
-    rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
-    if (rc == QUEUE_ETOOMANY && s->caprcpt < limit && !rcpts_reserve(s, limit))
-        rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
     switch (rc) {
     case 0:
         break;
     case QUEUE_EUNKNOWN:
+        free(routes);
         log_info("%s: refused: <%s>: no such user", s->qid, a.full);
         reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", a.full);
         return;
     case QUEUE_ELOOP:
+        free(routes);
         reply(s, "554 5.4.6 <%s>: Alias loop", a.full);
         return;
     case QUEUE_ETOOMANY:
+        free(routes);
         reply(s, "452 4.5.3 Too many recipients");
         return;
     default:
+        free(routes);
         reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
         return;
     }
-    for (size_t i = 0; i < nroutes; i++) {
-        struct store_rcpt *r = &s->rcpts[s->nrcpt + i];
-        r->notify = notify;
-        util_strlcpy(r->orcpt, orcpt, sizeof r->orcpt);
+    int fresh = 0;
+    for (size_t i = 0; i < nroutes; i++)
+        fresh += !rcpts_has(&s->rcpts, &routes[i]);
+    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
+        free(routes);
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
     }
-    s->nrcpt += nroutes;
-    s->nrcpt_cmds++;
+    int added = 0;
+    for (size_t i = 0; i < nroutes && added >= 0; i++) {
+        routes[i].notify = notify;
+        util_strlcpy(routes[i].orcpt, orcpt, sizeof routes[i].orcpt);
+        int r = rcpts_add(&s->rcpts, &routes[i]);
+        added = r < 0 ? -1 : added + r;
+    }
+    free(routes);
+    if (added < 0) {
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    /* A duplicate (after aliases) is accepted and merged: one copy, and
+     * it does not count against max_recipients. */
+    if (added)
+        s->nrcpt_cmds++;
     s->state = S_RCPT;
     reply(s, "250 2.1.5 Ok");
 }
@@ -14859,6 +15325,7 @@ static int body_emit(void *arg, const void *buf, size_t n)
 static int start_body(struct smtpd *s)
 {
     char hdr[1024], date[64];
+    size_t used = 0;
     /* RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA. */
     const char *with = !s->esmtp ? "SMTP"
                        : s->c->tls ? (s->auth_user[0] ? "ESMTPSA" : "ESMTPS")
@@ -14870,14 +15337,16 @@ static int start_body(struct smtpd *s)
         return -1;
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
-    if (s->nrcpt == 1)
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
-                     "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
-                     s->rcpts[0].addr, date);
+    if (s->rcpts.n == 1)
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
+                        "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
+                        rcpts_addr(&s->rcpts, 0), date);
     else
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
-                     "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
-    if (n < 0 || (size_t)n >= sizeof hdr || store_body_write(s->body, hdr, (size_t)n)) {
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
+                        "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
+    if (n < 0)
+        log_warn("%s: trace field refused: a value holds a line break or control character", s->qid);
+    if (n < 0 || store_body_write(s->body, hdr, (size_t)n)) {
         store_body_free(s->body);
         s->body = NULL;
         return -1;
@@ -15304,13 +15773,14 @@ static void log_delivery(struct smtpd *s)
     log_info("%s: accepted from=<%s> size=%lld nrcpt=%d client=%s [%s]%s%s", s->qid, s->sender,
              (long long)s->md.size, s->nrcpt_cmds, s->helo, s->c->peer_ip,
              s->auth_user[0] ? " user=" : "", s->auth_user);
-    for (size_t i = 0; i < s->nrcpt; i++) {
-        const struct store_rcpt *r = &s->rcpts[i];
-        if (r->kind == ROUTE_LOCAL)
-            log_info("%s: to=<%s> delivered to mailbox", s->qid, r->addr);
+    for (size_t i = 0; i < s->rcpts.n; i++) {
+        struct store_rcpt r;
+        rcpts_get(&s->rcpts, i, &r);
+        if (r.kind == ROUTE_LOCAL)
+            log_info("%s: to=<%s> delivered to mailbox", s->qid, r.addr);
         else
-            log_info("%s: to=<%s> queued for %s%s", s->qid, r->addr, r->domain,
-                     r->kind == ROUTE_HOLD ? " (held)" : "");
+            log_info("%s: to=<%s> queued for %s%s", s->qid, r.addr, r.domain,
+                     r.kind == ROUTE_HOLD ? " (held)" : "");
     }
 }
 
@@ -15356,8 +15826,8 @@ static void message_committed(void *arg, int rc)
         s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
-        for (size_t i = 0; i < s->nrcpt; i++)
-            if (s->rcpts[i].kind == ROUTE_REMOTE) {
+        for (size_t i = 0; i < s->rcpts.n; i++)
+            if (rcpts_kind(&s->rcpts, i) == ROUTE_REMOTE) {
                 queue_kick();
                 break;
             }
@@ -15370,6 +15840,22 @@ static void message_committed(void *arg, int rc)
     txn_reset(s);
     conn_pause(s->c, 0);
     conn_flush(s->c);
+}
+
+/* A success notification carries the message back to its sender; with
+ * RET=FULL from a client that neither authenticated nor is in
+ * relay_networks, that sender may be anyone (a forged MAIL FROM), and the
+ * notification would relay the content to it.  Such a message is kept
+ * with RET=HDRS (RFC 3461 4.3 leaves the amount returned to the MTA's
+ * policy), for every notification about it and when passed on. */
+static int success_dsn_untrusted(const struct smtpd *s)
+{
+    if (s->auth_user[0] || conf_relay_allowed(&s->c->peer))
+        return 0;
+    for (size_t i = 0; i < s->rcpts.n; i++)
+        if (rcpts_notify(&s->rcpts, i) & NOTIFY_SUCCESS)
+            return 1;
+    return 0;
 }
 
 static void message_end(struct smtpd *s)
@@ -15388,14 +15874,18 @@ static void message_end(struct smtpd *s)
         util_strlcpy(env.qid, s->qid, sizeof env.qid);
         env.sender = s->sender;
         env.envid = s->envid[0] ? s->envid : NULL;
-        env.ret_full = s->ret_full;
+        env.ret_full = s->ret_full && !success_dsn_untrusted(s);
         env.eightbit = s->body_8bit || s->md.eightbit;
         env.client = s->c->peer_ip;
         env.auth_user = s->auth_user[0] ? s->auth_user : NULL;
         env.size = s->body->size;
         int err = store_body_finish(s->body);
+        struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
+        if (!err && !routes)
+            err = STORE_ERR;
         if (!err)
-            err = store_msg_insert(&env, s->body, s->rcpts, s->nrcpt);
+            err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+        free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
     } else if (!rc) {
@@ -18732,35 +19222,38 @@ static int sendmail_added_fields(struct sendmail *m)
     }
     /* RFC 5321 4.4 trace field, folded before the date so that the line
      * stays short with the longest host name. */
-    snprintf(m->prefix, cap, "Received: by %s (mailnode) id %s (uid %lu);\r\n\t%s\r\n",
-             conf->hostname, m->qid, (unsigned long)getuid(), date);
+    size_t p = 0;
+    if (util_header(m->prefix, cap, &p, "Received: by %s (mailnode) id %s (uid %lu);\r\n\t%s\r\n",
+                    conf->hostname, m->qid, (unsigned long)getuid(), date) < 0)
+        goto bad;
     m->suffix[0] = '\0';
     /* RFC 5322 3.6.4 and 3.6.1: a local submission gets the Message-ID
      * and Date the originator should have given. */
     if (!m->have_msgid) {
+        char hex[2 * sizeof rnd + 1];
         randombytes_buf(rnd, sizeof rnd);
-        w = snprintf(m->suffix + o, cap - o, "Message-ID: <%s.", m->qid);
-        o += (size_t)w;
-        for (size_t i = 0; i < sizeof rnd; i++, o += 2)
-            snprintf(m->suffix + o, cap - o, "%02x", rnd[i]);
-        w = snprintf(m->suffix + o, cap - o, "@%s>\r\n", conf->hostname);
-        o += (size_t)w;
+        for (size_t i = 0; i < sizeof rnd; i++)
+            snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+        if (util_header(m->suffix, cap, &o, "Message-ID: <%s.%s@%s>\r\n", m->qid, hex, conf->hostname) < 0)
+            goto bad;
     }
-    if (!m->have_date) {
-        w = snprintf(m->suffix + o, cap - o, "Date: %s\r\n", date);
-        o += (size_t)w;
-    }
+    if (!m->have_date && util_header(m->suffix, cap, &o, "Date: %s\r\n", date) < 0)
+        goto bad;
     if (!m->have_from) {
         const char *addr = m->sender[0] ? m->sender : m->login;
         if (m->fullname && *m->fullname) {
             sendmail_quote_name(m->fullname, name, sizeof name);
-            w = snprintf(m->suffix + o, cap - o, "From: %s <%s>\r\n", name, addr);
+            w = util_header(m->suffix, cap, &o, "From: %s <%s>\r\n", name, addr);
         } else {
-            w = snprintf(m->suffix + o, cap - o, "From: %s\r\n", addr);
+            w = util_header(m->suffix, cap, &o, "From: %s\r\n", addr);
         }
-        o += (size_t)w;
+        if (w < 0)
+            goto bad;
     }
     return 0;
+bad:
+    fprintf(stderr, "sendmail: a header field would hold a line break or control character\n");
+    return EX_DATAERR;
 }
 
 /* ---------------------------------------------------------------- store */

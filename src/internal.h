@@ -74,6 +74,11 @@ void util_lower(char *s);
 /* RFC 5322 date-time of t, local time with numeric zone. */
 void util_date(int64_t t, char *buf, size_t n);
 /* "host:port", "[v6]:port", ":port" -> host (empty for any) and port. */
+/* Appends header fields made from fmt at out + *used, refusing (-1, nothing
+ * appended) a result with a bare CR or LF, a CRLF that is not folding or
+ * the end, another control character or a NUL: the one way generated
+ * header text is written. */
+int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 int util_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 /* Numeric address (empty: any IPv4) and port -> socket address. */
 int util_sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len);
@@ -240,6 +245,9 @@ void loop_free(void);
  * connections after loop_listen_start. */
 int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err, size_t errlen);
 int loop_listen_start(char *err, size_t errlen);
+/* 1 if ss (address and port) reaches one of our own listeners: a next
+ * hop there would deliver to ourselves (RFC 5321 5.1). */
+int loop_is_own_listener(const struct sockaddr_storage *ss);
 void loop_close_listeners(void);
 int loop_run(void);                     /* until loop_stop(); returns 0 */
 void loop_stop(void);
@@ -412,6 +420,25 @@ struct store_rcpt {
     int notify;                         /* NOTIFY_* bits, 0 = default */
     char domain[SMTP_DOMAIN_MAX + 1];   /* destination (lower case) */
 };
+
+/* The recipients of one transaction, compact and without duplicates
+ * (rcpts.c).  Zero-initialised is empty. */
+struct rcpts_ent;
+struct rcpts {
+    unsigned char *arena;               /* the strings */
+    size_t used, cap;
+    struct rcpts_ent *ent;
+    size_t n, capn;
+};
+/* 1 added, 0 already there (the same local user or address), -1 no memory. */
+int rcpts_add(struct rcpts *l, const struct store_rcpt *r);
+int rcpts_has(const struct rcpts *l, const struct store_rcpt *r);
+void rcpts_get(const struct rcpts *l, size_t i, struct store_rcpt *r);
+const char *rcpts_addr(const struct rcpts *l, size_t i);
+int rcpts_kind(const struct rcpts *l, size_t i);
+int rcpts_notify(const struct rcpts *l, size_t i);
+struct store_rcpt *rcpts_expand(const struct rcpts *l);    /* malloc'd, n routes */
+void rcpts_clear(struct rcpts *l);
 
 /* Inserts the message, its queued recipients and its mailbox entries in
  * the current transaction.  b must be finished. */
@@ -678,6 +705,9 @@ void queue_peer_seen(const char *ip);
  * Returns the number of messages held (>= 0); *started is 0 when a
  * release for that domain is already running. */
 int queue_release(const char *domain, int *started);
+/* queue_release refusals besides -1 (not a hold domain): */
+#define QUEUE_REL_ATRN_ONLY (-10)       /* an owner and no host: only its owner's ATRN releases it */
+#define QUEUE_REL_LOOP (-11)            /* its next hop is this node (RFC 5321 5.1) */
 /* ATRN (RFC 2645): the connection c turns around and carries the held
  * mail of the domains; done(arg, delivered, error) runs at its end. */
 typedef void (*queue_release_done_fn)(void *arg, int delivered, const char *error);
@@ -828,10 +858,12 @@ struct smtpc_ops {
     void (*rcpt_done)(void *arg, const struct store_out_msg *m, int idx, int code, const char *text);
     /* Every recipient of m has its outcome. */
     void (*msg_done)(void *arg, const struct store_out_msg *m);
-    /* The session is over.  reached: the peer greeted us and spoke SMTP;
+    /* The session is over.  reached: the peer greeted us and spoke SMTP
+     * (SMTPC_LOOP: it greeted with our own name, so it is this node);
      * error: why it ended early, or NULL after a clean QUIT. */
     void (*done)(void *arg, int reached, const char *error);
 };
+#define SMTPC_LOOP (-1)
 struct smtpc_auth {
     const char *user, *password;        /* NULL: no AUTH */
 };
@@ -843,6 +875,8 @@ struct smtpc *smtpc_start(const struct sockaddr_storage *ss, socklen_t len, cons
 /* The same over a connection that is already open (ATRN turnaround):
  * the peer's 220 greeting comes first. */
 struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct smtpc_ops *ops, void *arg);
+/* 1 if the peer offered DSN (RFC 3461): it takes NOTIFY and reports itself. */
+int smtpc_peer_dsn(const struct smtpc *s);
 /* The destination the session serves (dest row name, or the domain of
  * an ATRN release): selects per-destination settings (pacing.rate). */
 void smtpc_set_dest(struct smtpc *s, const char *dest);

@@ -40,6 +40,7 @@ struct hop {
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
+    int looped;                         /* an address or greeting was our own */
     char error[400];
     struct dsn_note *notes;
     size_t nnotes, capnotes;
@@ -109,6 +110,63 @@ void queue_peer_seen(const char *ip)
         }
         down[i].ip[0] = '\0';
     }
+}
+
+/* Hold domains whose last release found only ourselves as the next hop,
+ * so that the next ETRN is answered 458 at once instead of starting a
+ * release that cannot go anywhere (the DNS answer behind it is not known
+ * when the reply is due).  Forgotten after LOOP_MEMORY seconds, or when
+ * the domain's host setting changes. */
+#define LOOP_SLOTS 16
+#define LOOP_MEMORY 300
+static struct {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    char host[SMTP_DOMAIN_MAX + 8];
+    int64_t until;
+} looped[LOOP_SLOTS];
+
+static void loop_note(const struct store_domain *d)
+{
+    int k = 0;
+    for (int i = 0; i < LOOP_SLOTS; i++) {
+        if (!strcasecmp(looped[i].domain, d->name)) {
+            k = i;
+            break;
+        }
+        if (looped[i].until < looped[k].until)
+            k = i;
+    }
+    util_strlcpy(looped[k].domain, d->name, sizeof looped[k].domain);
+    util_strlcpy(looped[k].host, d->host, sizeof looped[k].host);
+    looped[k].until = util_now() + LOOP_MEMORY;
+}
+
+static int loop_known(const struct store_domain *d)
+{
+    for (int i = 0; i < LOOP_SLOTS; i++)
+        if (!strcasecmp(looped[i].domain, d->name))
+            return looped[i].until > util_now() && !strcmp(looped[i].host, d->host);
+    return 0;
+}
+
+/* A host written as a literal address that is one of our listeners. */
+static int host_is_us(const char *spec)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+    struct sockaddr_storage ss;
+    socklen_t len;
+
+    if (util_split_hostport(spec, host, sizeof host, &port)) {
+        util_strlcpy(host, spec, sizeof host);
+        port = 25;
+    }
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        memmove(host, host + 1, l - 2);
+        host[l - 2] = '\0';
+    }
+    return !util_sockaddr_parse(host, port, &ss, &len) && loop_is_own_listener(&ss);
 }
 
 void queue_kick(void)
@@ -211,7 +269,8 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
         log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
     else
         log_info("%s: sender notification (%s): %s", m->qid,
-                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay" : "success",
+                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay"
+                 : rcpts[0].action == DSN_RELAYED ? "relayed" : "success",
                  env.qid);
     store_body_free(b);
     queue_kick();
@@ -222,7 +281,7 @@ static void flush_notes(struct hop *h, const struct store_out_msg *m)
     struct dsn_rcpt r[64];
     size_t n = 0;
 
-    for (int action = DSN_FAILED; action <= DSN_DELIVERED; action++) {
+    for (int action = DSN_FAILED; action <= DSN_RELAYED; action++) {
         n = 0;
         for (size_t i = 0; i < h->nnotes && n < MN_NELEM(r); i++) {
             struct dsn_note *x = &h->notes[i];
@@ -323,8 +382,12 @@ static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int
         store_rcpt_set(r->id, RCPT_DELIVERED, 0, text);
         h->delivered++;
         log_info("%s: to=<%s> relay=%s status=sent (%s)", m->qid, r->addr, h->peer, text);
-        if (r->notify & NOTIFY_SUCCESS)
-            note(h, m->id, DSN_DELIVERED, r, status, text);
+        /* RFC 3461 6.2: a next hop that offers DSN got NOTIFY with the
+         * recipient and reports itself; one that does not gets the mail,
+         * and the sender a "relayed" notice from us (never "delivered",
+         * which only the final delivery says).  Never both. */
+        if ((r->notify & NOTIFY_SUCCESS) && !(r->notify & NOTIFY_NEVER) && !smtpc_peer_dsn(h->sc))
+            note(h, m->id, DSN_RELAYED, r, status, text);
     } else if (code / 100 == 4) {
         /* Held mail stays held for the next request; queued mail waits. */
         store_rcpt_set(r->id, RCPT_QUEUED, h->kind == ROUTE_HOLD ? 0 : rcpt_retry_at(r->attempts), text);
@@ -383,6 +446,11 @@ static void hop_finish(struct hop *h, int ok)
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held
          * until the next request. */
+        if (h->looped && !h->delivered && h->ndomains == 1 && !h->rel_done) {
+            struct store_domain d;
+            if (!store_domain_get(h->domains[0], &d))
+                loop_note(&d);
+        }
         log_info("%s: released %d message recipients, %d deferred, %d failed%s%s", h->name, h->delivered,
                  h->deferred, h->failed, h->error[0] ? ": " : "", h->error);
         if (h->rel_done)
@@ -419,6 +487,15 @@ static void hop_done(void *arg, int reached, const char *error)
     struct hop *h = arg;
 
     h->sc = NULL;
+    if (reached == SMTPC_LOOP) {
+        /* RFC 5321 5.1: the peer is this node under another address;
+         * never a delivery to ourselves, try the next host. */
+        h->looped = 1;
+        util_strlcpy(h->error, error ? error : "mail loops back to myself", sizeof h->error);
+        log_warn("%s: %s", h->name, h->error);
+        hop_try_next(h);
+        return;
+    }
     if (!reached) {
         util_strlcpy(h->error, error ? error : "no answer", sizeof h->error);
         log_info("%s: %s", h->name, h->error);
@@ -484,6 +561,16 @@ static void hop_try_next(struct hop *h)
         }
         util_strlcpy(h->peer, dh->name, sizeof h->peer);
         util_sockaddr_ip(&ss, h->peer_ip, sizeof h->peer_ip);
+        if (loop_is_own_listener(&ss)) {
+            /* RFC 5321 5.1: an MX or host that is ourselves is dropped;
+             * delivering there would only queue the mail here again. */
+            h->looped = 1;
+            snprintf(h->error, sizeof h->error, "mail for %s loops back to myself: %s [%s]:%d is this node",
+                     h->domain[0] ? h->domain : h->ndomains ? h->domains[0] : conf->relayhost, dh->name,
+                     h->peer_ip, h->port);
+            log_warn("%s: %s", h->name, h->error);
+            continue;
+        }
         struct smtpc_auth auth = { NULL, NULL }, *ap = NULL;
         static char pw[256];
         if (!h->domain[0] && conf->relayhost_user[0] && conf->relayhost_password_file[0]) {
@@ -740,6 +827,18 @@ int queue_release(const char *domain, int *started)
     *started = 0;
     if (store_domain_get(domain, &d) || d.kind != DOMAIN_HOLD)
         return -1;
+    /* A site with an owner and no host fetches by ATRN (RFC 2645); its
+     * MX is usually this node, so ETRN has nowhere to deliver to. */
+    if (d.owner[0] && !d.host[0]) {
+        log_info("release %s refused: it has an owner and no --host, only the owner's ATRN releases it",
+                 d.name);
+        return QUEUE_REL_ATRN_ONLY;
+    }
+    if ((d.host[0] && host_is_us(d.host)) || loop_known(&d)) {
+        log_warn("release %s refused: its next hop %s is this node (mail would loop back to myself)", d.name,
+                 d.host[0] ? d.host : "(MX)");
+        return QUEUE_REL_LOOP;
+    }
     n = store_held_count(d.name);
     if (n <= 0 || queue_release_busy(d.name))
         return n;

@@ -47,6 +47,8 @@ struct smtpc {
     int reached;
     int ready;                          /* greeting, EHLO, TLS and AUTH done: mail may flow */
     int ended;
+    int attached;                       /* a turned-around connection (ATRN) */
+    int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
     int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
     int tls_policy;                     /* SMTPC_TLS_* */
@@ -215,7 +217,7 @@ static void end_session(struct smtpc *s, const char *why)
     s->m7 = NULL;
     if (why)
         set_error(s, "%s", why);
-    s->ops->done(s->arg, s->reached, s->error[0] ? s->error : NULL);
+    s->ops->done(s->arg, s->looped ? SMTPC_LOOP : s->reached, s->error[0] ? s->error : NULL);
 }
 
 /* Ends the session politely with the reason for the scheduler. */
@@ -636,6 +638,20 @@ static void on_reply_ehlo_done(struct smtpc *s)
     pump(s);
 }
 
+/* RFC 5321 5.1: a peer that names itself with our hostname in its
+ * greeting or EHLO reply is this node (another of its addresses, a port
+ * forwarded back to us): delivering there would only queue the mail here
+ * again.  Not asked of a turned-around ATRN connection, which we did not
+ * choose. */
+static int peer_is_us(const struct smtpc *s, const char *text)
+{
+    size_t n = strlen(conf->hostname);
+    if (s->attached || !n || strlen(text) < 4)
+        return 0;
+    text += 4;
+    return !strncasecmp(text, conf->hostname, n) && (!text[n] || text[n] == ' ');
+}
+
 static void on_reply(struct smtpc *s, int code, const char *text)
 {
     char clean[512];
@@ -655,11 +671,22 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             quit_with_error(s, "%s greeted with: %s", s->peer, clean);
             break;
         }
+        if (peer_is_us(s, text)) {
+            s->looped = 1;
+            quit_with_error(s, "mail loops back to myself: %s greets as %s", s->peer, conf->hostname);
+            break;
+        }
         s->reached = 1;
         cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
         break;
     case E_EHLO:
     case E_HELO:
+        if (code / 100 == 2 && peer_is_us(s, text)) {
+            s->looped = 1;
+            s->reached = 0;
+            quit_with_error(s, "mail loops back to myself: %s answers EHLO as %s", s->peer, conf->hostname);
+            break;
+        }
         if (code / 100 != 2) {
             if (kind == E_EHLO) {       /* RFC 5321 3.2: fall back to HELO */
                 cmd(s, E_HELO, 0, 0, "HELO %s", conf->hostname);
@@ -929,12 +956,18 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     if (!s)
         return NULL;
     s->c = c;
+    s->attached = 1;
     /* Whatever the peer sent before the turnaround is not a reply to us. */
     conn_consume(c, c->in_len);
     c->ops = &smtpc_conn_ops;
     c->ctx = s;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
     return s;
+}
+
+int smtpc_peer_dsn(const struct smtpc *s)
+{
+    return s && s->dsn;
 }
 
 void smtpc_set_dest(struct smtpc *s, const char *dest)

@@ -704,10 +704,12 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
 
     if (b->err)
         return b->err;
+    /* RFC 5321 4.4: the final delivery records the reverse-path. */
+    size_t plen = 0;
+    if (util_header(prefix, sizeof prefix, &plen, "Return-Path: <%s>\r\n", env->sender) < 0)
+        return STORE_ERR;
     if ((err = store_begin()))
         return err;
-    /* RFC 5321 4.4: the final delivery records the reverse-path. */
-    snprintf(prefix, sizeof prefix, "Return-Path: <%s>\r\n", env->sender);
     for (size_t i = 0; i < n; i++) {
         const struct store_rcpt *r = &rcpts[i];
         if (r->kind == ROUTE_LOCAL) {
