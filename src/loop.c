@@ -620,6 +620,13 @@ static void accept_ready(struct listener *ls)
             if (ls->kind == LISTEN_POP3) {
                 if (send(fd, pop_busy, sizeof pop_busy - 1, MSG_NOSIGNAL) < 0)
                     log_debug("busy reply: %s", strerror(errno));
+            } else if (ls->kind == LISTEN_IMAP) {
+                /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+                static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
+                if (send(fd, imap_busy, sizeof imap_busy - 1, MSG_NOSIGNAL) < 0)
+                    log_debug("busy reply: %s", strerror(errno));
+            } else if (ls->kind == LISTEN_IMAPS) {
+                /* Nothing can be said before the TLS handshake. */
             } else if (send(fd, smtp_busy, sizeof smtp_busy - 1, MSG_NOSIGNAL) < 0) {
                 log_debug("busy reply: %s", strerror(errno));
             }
@@ -691,7 +698,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         }
         L.n_listeners++;
         log_info("listening on %s (%s)", items[i],
-                 (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
+                 (const char *[]){ "smtp", "submission", "odmr", "pop3", "imap", "imaps" }[kind]);
     }
     return 0;
 }

@@ -85,6 +85,50 @@ static const char *const migrations[] = {
     "CREATE INDEX message_received ON message(received);",
     /* 3: small named facts. */
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated INTEGER NOT NULL);",
+    /* 4: IMAP (RFC 3501).  A user's folders, each with its UIDVALIDITY,
+     * UIDNEXT and a change counter (modseq); INBOX is the folder whose
+     * messages have mbox.folder = 0, so that existing mail and every
+     * delivery path land there unchanged.  An IMAP UID is the mbox uid:
+     * unique across the database and ascending, so existing mail keeps
+     * its POP3 UIDL as its IMAP UID.  Triggers keep UIDNEXT and the
+     * change counter true whoever writes mbox (SMTP, sendmail, POP3). */
+    "CREATE TABLE folder(id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, name TEXT NOT NULL,"
+    " uidvalidity INTEGER NOT NULL, uidnext INTEGER NOT NULL DEFAULT 1,"
+    " modseq INTEGER NOT NULL DEFAULT 1, recent INTEGER NOT NULL DEFAULT 0,"
+    " special TEXT, subscribed INTEGER NOT NULL DEFAULT 1, UNIQUE(user_id, name));"
+    "ALTER TABLE mbox ADD COLUMN folder INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE mbox ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE mbox ADD COLUMN keywords TEXT;"
+    "ALTER TABLE mbox ADD COLUMN modseq INTEGER NOT NULL DEFAULT 1;"
+    "CREATE INDEX mbox_folder ON mbox(user_id, folder, uid);"
+    "CREATE TABLE imap_cache(body_id INTEGER PRIMARY KEY, envelope TEXT NOT NULL,"
+    " structure TEXT NOT NULL, body TEXT NOT NULL, parts TEXT NOT NULL, sent INTEGER,"
+    " hsubject TEXT, hfrom TEXT, hto TEXT, hcc TEXT, hbcc TEXT);"
+    "CREATE TRIGGER body_gone AFTER DELETE ON body BEGIN"
+    " DELETE FROM imap_cache WHERE body_id=OLD.id; END;"
+    "CREATE TRIGGER mbox_added AFTER INSERT ON mbox BEGIN"
+    " UPDATE folder SET uidnext=max(uidnext, NEW.uid+1), modseq=modseq+1"
+    " WHERE user_id=NEW.user_id AND CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END;"
+    " END;"
+    "CREATE TRIGGER mbox_gone AFTER DELETE ON mbox BEGIN"
+    " UPDATE folder SET modseq=modseq+1"
+    " WHERE user_id=OLD.user_id AND CASE WHEN OLD.folder=0 THEN name='INBOX' ELSE id=OLD.folder END;"
+    " END;"
+    /* RFC 6154: every user has the special-use folders from the start. */
+    "CREATE TRIGGER user_folders AFTER INSERT ON user BEGIN"
+    " INSERT INTO folder(user_id, name, uidvalidity, special) SELECT NEW.id, n, max(CAST(strftime('%s','now') AS INTEGER),"
+    " (SELECT coalesce(max(uidvalidity), 0) FROM folder)) + k, s FROM (SELECT 'INBOX' AS n, 1 AS k,"
+    " NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent' UNION ALL SELECT 'Drafts', 3, '\\Drafts'"
+    " UNION ALL SELECT 'Trash', 4, '\\Trash' UNION ALL SELECT 'Junk', 5, '\\Junk');"
+    " END;"
+    "CREATE TRIGGER user_gone AFTER DELETE ON user BEGIN"
+    " DELETE FROM folder WHERE user_id=OLD.id; END;"
+    "INSERT INTO folder(user_id, name, uidvalidity, uidnext, special) SELECT u.id, n,"
+    " CAST(strftime('%s','now') AS INTEGER) + k, CASE WHEN n='INBOX' THEN"
+    " (SELECT coalesce(max(uid), 0) + 1 FROM mbox WHERE user_id=u.id) ELSE 1 END, s"
+    " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
+    " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
+    " UNION ALL SELECT 'Junk', 5, '\\Junk');",
 };
 
 sqlite3 *store_db(void)
@@ -673,6 +717,38 @@ ssize_t store_reader_read(struct store_reader *r, void *dst, size_t n)
     memcpy(dst, r->buf + r->off, n);
     r->off += n;
     return (ssize_t)n;
+}
+
+int store_reader_seek(struct store_reader *r, int64_t off)
+{
+    /* Every chunk but the last holds STORE_CHUNK raw bytes (body_flush
+     * writes only full ones before the end), so the chunk holding off is
+     * known without reading any: a partial FETCH near the end of a large
+     * message inflates one chunk, not all before it. */
+    int64_t seq = off / STORE_CHUNK;
+
+    if (r->err)
+        return r->err;
+    if (off < 0 || seq > r->nchunks)
+        return STORE_ERR;
+    if (seq == r->nchunks) {
+        r->seq = seq;
+        r->len = r->off = 0;
+        return 0;
+    }
+    if (r->len && r->seq == seq + 1) {
+        r->off = (size_t)(off % STORE_CHUNK);
+        if (r->off > r->len)
+            r->off = r->len;
+        return 0;
+    }
+    r->seq = seq;
+    if ((r->err = reader_load(r)))
+        return r->err;
+    r->off = (size_t)(off % STORE_CHUNK);
+    if (r->off > r->len)
+        r->off = r->len;
+    return 0;
 }
 
 void store_reader_close(struct store_reader *r)
