@@ -18,7 +18,7 @@ static int64_t store_clock_floor(void)
     int64_t floor = 0;
 
     if (!store_stmt(&st, "SELECT max(coalesce((SELECT max(received) FROM message), 0),"
-                         " coalesce((SELECT added FROM mbox ORDER BY uid DESC LIMIT 1), 0),"
+                         " coalesce((SELECT added FROM mbox WHERE uid=(SELECT max(uid) FROM mbox)), 0),"
                          " coalesce((SELECT max(max(coalesce(last_try, 0), coalesce(last_ok, 0))) FROM dest), 0),"
                          " coalesce((SELECT max(updated) FROM meta), 0))"))
         return 0;

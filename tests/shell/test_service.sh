@@ -110,6 +110,7 @@ database = $tmp/mailnode.db
 listen.smtp = 127.0.0.1:$port
 listen.submission =
 listen.pop3 =
+listen.imap =
 EOF
 "$tmp/usr/bin/mailnode" -c "$tmp/run.conf" run > "$tmp/daemon.log" 2>&1 &
 pid=$!
