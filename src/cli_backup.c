@@ -1,12 +1,15 @@
 /*
  * cli_backup.c: `mailnode backup FILE` and `mailnode restore FILE`.
  *
- * A backup is two files: FILE, a consistent copy of the database taken
- * while the daemon runs (store_backup.c), and FILE.key, a copy of the node
- * key.  The key seals the CRAM-MD5 secrets kept in the database; it is kept
+ * A backup is FILE, a consistent copy of the database taken while the
+ * daemon runs (store_backup.c), FILE.key, a copy of the node key, and
+ * FILE.bundle-key, a copy of the bundle key pair when there is one.  The
+ * node key seals the CRAM-MD5 secrets kept in the database; it is kept
  * apart so that an operator can store it apart too (a stolen database
  * alone yields nothing that logs in).  A database restored without its key
- * still works, but users must set their passwords again for CRAM-MD5.
+ * still works, but users must set their passwords again for CRAM-MD5; a
+ * node restored without its bundle key needs a new key given to every
+ * peer.
  */
 #include "internal.h"
 
@@ -21,10 +24,11 @@ static const char cli_backup_help[] =
     "\n"
     "Writes a consistent copy of the database to FILE while the daemon runs\n"
     "and accepts mail (SQLite's online backup: one snapshot, the daemon is not\n"
-    "stopped), and the node key to FILE.key (mode 0600).  The copy is written\n"
+    "stopped), the node key to FILE.key and the bundle key pair (if any) to\n"
+    "FILE.bundle-key (mode 0600).  The copy is written\n"
     "to FILE.tmp and renamed only when complete and checked, so an interrupted\n"
     "backup leaves an earlier FILE as it was.\n"
-    "  --no-key       do not copy the node key (store it apart yourself)\n"
+    "  --no-key       do not copy the keys (store them apart yourself)\n"
     "  --rate BYTES   copy at most BYTES per second (k, M suffixes), to leave\n"
     "                 a slow SD card to the daemon\n";
 
@@ -34,9 +38,9 @@ static const char cli_restore_help[] =
     "Replaces the database with the backup FILE, with the daemon stopped.\n"
     "FILE is checked, copied and brought to this version's schema before it\n"
     "replaces the database; a backup made by a newer mailnode is refused.\n"
-    "FILE.key, if present, becomes the node key (a different key already\n"
-    "there is kept as KEYFILE.old).\n"
-    "  --no-key   leave the node key as it is\n";
+    "FILE.key and FILE.bundle-key, if present, become the node key and the\n"
+    "bundle key (a different key already there is kept as KEYFILE.old).\n"
+    "  --no-key   leave the keys as they are\n";
 
 static int cli_backup_usage(const char *help, int argc, char **argv, int *i, int *no_key, const char **rate)
 {
@@ -125,11 +129,51 @@ static int cli_same_file(const char *a, const char *b)
     return same;
 }
 
+/* The key files a backup carries beside the database copy: the node key
+ * (CRAM-MD5 secrets) and the bundle key pair (the identity peers know). */
+struct cli_key_file {
+    const char *what, *suffix;
+    const char *path;
+};
+
+static int cli_key_files(struct cli_key_file k[2])
+{
+    k[0] = (struct cli_key_file){ "node key", "key", conf->keyfile };
+    k[1] = (struct cli_key_file){ "bundle key", "bundle-key", conf->bundle_key };
+    return 2;
+}
+
+static int cli_backup_keys(const char *file)
+{
+    struct cli_key_file k[2];
+    char copy[4096];
+    int n = cli_key_files(k);
+
+    for (int j = 0; j < n; j++) {
+        if (!k[j].path || !*k[j].path)
+            continue;
+        snprintf(copy, sizeof copy, "%s.%s", file, k[j].suffix);
+        int rc = cli_copy_key(k[j].path, copy);
+        if (rc < 0) {
+            fprintf(stderr, "mailnode: backup: cannot copy the %s %s to %s: %s\n", k[j].what, k[j].path, copy,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        if (rc == 1) {
+            unlink(copy);               /* not one of an older backup of this name */
+            printf("backup: no %s at %s (none made yet): nothing to copy\n", k[j].what, k[j].path);
+        } else {
+            printf("backup: %s copied to %s (keep it as safe as the database)\n", k[j].what, copy);
+        }
+    }
+    return EX_OK;
+}
+
 int cli_backup(int argc, char **argv)
 {
     struct store_backup_info info;
     const char *rate = NULL, *file;
-    char err[1024], keycopy[4096];
+    char err[1024];
     int64_t bytes_per_sec = 0;
     int i, no_key = 0, rc;
 
@@ -147,19 +191,41 @@ int cli_backup(int argc, char **argv)
     printf("backup: %s: schema %lld, %lld bytes, %lld queued messages, %lld mailbox messages\n", file,
            (long long)info.schema, (long long)info.bytes, (long long)info.messages,
            (long long)info.mailbox_messages);
-    if (no_key)
-        return EX_OK;
-    snprintf(keycopy, sizeof keycopy, "%s.key", file);
-    rc = cli_copy_key(conf->keyfile, keycopy);
-    if (rc < 0) {
-        fprintf(stderr, "mailnode: backup: cannot copy the node key %s to %s: %s\n", conf->keyfile, keycopy,
-                strerror(errno));
-        return EX_CANTCREAT;
+    return no_key ? EX_OK : cli_backup_keys(file);
+}
+
+/* Installs FILE.SUFFIX as the key file, keeping a different one as .old. */
+static int cli_restore_keys(const char *file)
+{
+    struct cli_key_file k[2];
+    char copy[4096], old[4096];
+    int n = cli_key_files(k);
+
+    for (int j = 0; j < n; j++) {
+        if (!k[j].path || !*k[j].path)
+            continue;
+        snprintf(copy, sizeof copy, "%s.%s", file, k[j].suffix);
+        if (access(copy, F_OK) != 0) {
+            printf("restore: no %s: the %s stays as it is%s\n", copy, k[j].what,
+                   j == 0 ? " (users may need to set their passwords again for CRAM-MD5)" : "");
+            continue;
+        }
+        if (cli_same_file(copy, k[j].path))
+            continue;
+        snprintf(old, sizeof old, "%s.old", k[j].path);
+        if (access(k[j].path, F_OK) == 0 && rename(k[j].path, old)) {
+            fprintf(stderr, "mailnode: restore: cannot keep the old %s as %s: %s\n", k[j].what, old,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        if (cli_copy_key(copy, k[j].path)) {
+            fprintf(stderr, "mailnode: restore: cannot install the %s %s: %s\n", k[j].what, k[j].path,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        printf("restore: %s %s installed from %s%s\n", k[j].what, k[j].path, copy,
+               access(old, F_OK) == 0 ? " (the previous one kept as .old)" : "");
     }
-    if (rc == 1)
-        printf("backup: no node key at %s (none made yet): nothing to copy\n", conf->keyfile);
-    else
-        printf("backup: node key copied to %s (keep it as safe as the database)\n", keycopy);
     return EX_OK;
 }
 
@@ -167,17 +233,18 @@ int cli_restore(int argc, char **argv)
 {
     struct store_backup_info info;
     const char *file;
-    char err[1024], keycopy[4096], old[4096];
+    char err[1024];
     int i, no_key = 0, rc, lockfd;
 
     if ((rc = cli_backup_usage(cli_restore_help, argc, argv, &i, &no_key, NULL)) >= 0)
         return rc;
     file = argv[i];
     /* The daemon's lock: nothing may have the database open meanwhile. */
-    lockfd = cli_lock_database();
+    lockfd = cli_db_lock();
     if (lockfd < 0) {
-        fprintf(stderr, "mailnode: restore: stop the daemon first\n");
-        return EX_TEMPFAIL;
+        if (-lockfd == EX_TEMPFAIL)
+            fprintf(stderr, "mailnode: restore: stop the daemon first\n");
+        return -lockfd;
     }
     if (store_restore(file, conf->database, &info, err, sizeof err)) {
         fprintf(stderr, "mailnode: restore: %s\n", err);
@@ -187,26 +254,7 @@ int cli_restore(int argc, char **argv)
     }
     printf("restore: %s now holds %s: %lld queued messages, %lld mailbox messages\n", conf->database, file,
            (long long)info.messages, (long long)info.mailbox_messages);
-    snprintf(keycopy, sizeof keycopy, "%s.key", file);
-    if (!no_key && access(keycopy, F_OK) == 0 && !cli_same_file(keycopy, conf->keyfile)) {
-        snprintf(old, sizeof old, "%s.old", conf->keyfile);
-        if (access(conf->keyfile, F_OK) == 0 && rename(conf->keyfile, old)) {
-            fprintf(stderr, "mailnode: restore: cannot keep the old node key as %s: %s\n", old, strerror(errno));
-            close(lockfd);
-            return EX_CANTCREAT;
-        }
-        if (cli_copy_key(keycopy, conf->keyfile)) {
-            fprintf(stderr, "mailnode: restore: cannot install the node key %s: %s\n", conf->keyfile,
-                    strerror(errno));
-            close(lockfd);
-            return EX_CANTCREAT;
-        }
-        printf("restore: node key %s installed from %s%s\n", conf->keyfile, keycopy,
-               access(old, F_OK) == 0 ? " (the previous one kept as .old)" : "");
-    } else if (!no_key && access(keycopy, F_OK) != 0) {
-        printf("restore: no %s: the node key stays as it is (users may need to set their passwords"
-               " again for CRAM-MD5)\n", keycopy);
-    }
+    rc = no_key ? EX_OK : cli_restore_keys(file);
     close(lockfd);
-    return EX_OK;
+    return rc;
 }

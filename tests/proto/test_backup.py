@@ -83,6 +83,8 @@ def backup_while_accepting_mail():
     with Node() as n:
         rc, out, err = n.cli('user', 'add', 'alice', input=PW + '\n')
         check('backup_user_added', rc == 0, err)
+        rc, out, err = n.cli('key', 'show')          # makes the bundle key pair
+        check('backup_bundle_key_made', rc == 0, err)
         snd = Sender(n.port('smtp'))
         snd.start()
         try:
@@ -104,11 +106,14 @@ def backup_while_accepting_mail():
         check('backup_copy_checks_ok', quick_check(bk) == 'ok')
         check('backup_key_mode_0600', os.stat(bk + '.key').st_mode & 0o777 == 0o600)
         check('backup_key_is_node_key', sha(bk + '.key') == sha(n.db + '.key'))
+        check('backup_bundle_key_copied', sha(bk + '.bundle-key') == sha(n.db + '.bundle-key')
+              and os.stat(bk + '.bundle-key').st_mode & 0o777 == 0o600)
         check('backup_no_tmp_left', not os.path.exists(bk + '.tmp'))
         with Node(start=False, name='restored') as r:
             rc, out, err = r.cli('restore', bk)
             check('restore_exit_0', rc == 0, err + out)
             check('restore_installs_key', sha(r.db + '.key') == sha(bk + '.key'), out)
+            check('restore_installs_bundle_key', sha(r.db + '.bundle-key') == sha(bk + '.bundle-key'), out)
             r.start()
             got = pop3_messages(r, 'alice', PW)
         nums = {int(s[1:]) for s in got if s.startswith('m')}
