@@ -49,7 +49,7 @@ class Sender(threading.Thread):
 
     def run(self):
         i = 0
-        while not self.halt.is_set() and i < 2000:
+        while not self.halt.is_set() and i < 100000:
             try:
                 s = smtplib.SMTP('127.0.0.1', self.port, timeout=30 * harness.TIME_SCALE)
                 s.sendmail('carol@remote.test', ['alice@example.test'], body_for(i))
@@ -92,7 +92,7 @@ def backup_while_accepting_mail():
             before = set(snd.acked_now())
             bk = n.path('backup.db')
             # paced so that the copy spans many of the daemon's commits
-            rc, out, err = n.cli('backup', '--rate', '64k', bk, timeout=120)
+            rc, out, err = n.cli('backup', '--rate', '256k', bk, timeout=120)
             after = set(snd.acked_now())
             check('backup_exit_0', rc == 0, err + out)
             check('backup_reports_key', 'node key copied' in out, out)
