@@ -16,7 +16,7 @@
 #include <string.h>
 
 enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_STARTTLS, P_AUTH, P_AUTH2, P_ETRN, P_ATRN,
-              P_SERVING, P_QUIT };
+              P_SERVING, P_QUIT, P_COMPRESS };
 
 struct pwaiter {
     poll_done_fn done;
@@ -34,6 +34,7 @@ static struct {
     char reply[512];
     int reply_code;
     int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
+    int ehlo_compress;                  /* COMPRESS DEFLATE offered (zio.c) */
     char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
@@ -236,6 +237,13 @@ static void poll_reply(int code, const char *text)
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
+        /* The turned-around session carries the mail: compress it when
+         * the upstream (a mailnode) offers it. */
+        if (P.ehlo_compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
+            P.state = P_COMPRESS;
+            poll_send("COMPRESS DEFLATE");
+            return;
+        }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         if (P.ehlo_cram) {
@@ -249,6 +257,15 @@ static void poll_reply(int code, const char *text)
         }
         return;
     }
+    case P_COMPRESS:
+        P.ehlo_compress = 0;
+        if (code / 100 == 2 && zio_start(P.c)) {
+            poll_finish(EX_SOFTWARE, "cannot start compression with the upstream");
+            return;
+        }
+        P.state = P_EHLO;
+        poll_reply(250, "250 continue");
+        return;
     case P_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
@@ -361,6 +378,8 @@ static void client_input(struct conn *c)
                 P.ehlo_atrn = 1;
             else if (!strcasecmp(kw, "STARTTLS"))
                 P.ehlo_starttls = 1;
+            else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
+                P.ehlo_compress = 1;
             else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
                 char m[256];
                 util_strlcpy(m, kw + 5, sizeof m);
@@ -420,7 +439,7 @@ static void client_tls(struct conn *c, int err)
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
     P.state = P_EHLO;
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = P.ehlo_compress = 0;
     poll_send("EHLO %s", conf->hostname);
 }
 
@@ -454,7 +473,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         len = sizeof(struct sockaddr_in6);
     }
     P.state = P_GREETING;
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = P.ehlo_compress = 0;
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));

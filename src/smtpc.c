@@ -23,7 +23,7 @@
 #define SMTPC_EXPECT 4096               /* replies outstanding */
 
 enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT,
-              E_STARTTLS };
+              E_STARTTLS, E_COMPRESS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
 
@@ -49,6 +49,8 @@ struct smtpc {
     int ended;
     /* peer capabilities */
     int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
+    int compress;                       /* COMPRESS DEFLATE offered (a mailnode) */
+    int turned;                         /* ATRN turnaround: never starts COMPRESS itself */
     int tls_policy;                     /* SMTPC_TLS_* */
     int64_t size_limit;
     int has_size;
@@ -564,6 +566,8 @@ static void parse_ehlo_line(struct smtpc *s, const char *kw)
         s->dsn = 1;
     else if (!strcasecmp(kw, "STARTTLS"))
         s->starttls = 1;
+    else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
+        s->compress = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         s->has_size = 1;
         s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
@@ -626,6 +630,16 @@ static void on_reply_ehlo_done(struct smtpc *s)
     }
     if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
+        return;
+    }
+    /* Compression only when the peer offers it (another mailnode), after
+     * TLS, and unless compress.never names the destination.  Not on an
+     * ATRN turnaround: the ODMR client may be a proxy such as fetchmail
+     * that passes the site's EHLO reply through but cannot carry a
+     * deflate stream; a mailnode client compressed the connection before
+     * ATRN, and it stays compressed. */
+    if (s->compress && !s->turned && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
+        cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
         return;
     }
     if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
@@ -771,6 +785,15 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     case E_QUIT:
         conn_close(s->c);
         break;
+    case E_COMPRESS:
+        s->compress = 0;
+        if (code / 100 == 2 && zio_start(s->c)) {
+            set_error(s, "cannot start compression with %s", s->peer);
+            conn_abort(s->c);
+            break;
+        }
+        on_reply_ehlo_done(s);
+        break;
     }
 }
 
@@ -785,7 +808,7 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
+    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = s->compress = 0;
     s->has_size = 0;
     s->size_limit = 0;
     s->auth_mechs[0] = '\0';
@@ -929,6 +952,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
     if (!s)
         return NULL;
     s->c = c;
+    s->turned = 1;
     /* Whatever the peer sent before the turnaround is not a reply to us. */
     conn_consume(c, c->in_len);
     c->ops = &smtpc_conn_ops;
