@@ -659,35 +659,38 @@ static int sendmail_added_fields(struct sendmail *m)
     }
     /* RFC 5321 4.4 trace field, folded before the date so that the line
      * stays short with the longest host name. */
-    snprintf(m->prefix, cap, "Received: by %s (mailnode) id %s (uid %lu);\r\n\t%s\r\n",
-             conf->hostname, m->qid, (unsigned long)getuid(), date);
+    size_t p = 0;
+    if (util_header(m->prefix, cap, &p, "Received: by %s (mailnode) id %s (uid %lu);\r\n\t%s\r\n",
+                    conf->hostname, m->qid, (unsigned long)getuid(), date) < 0)
+        goto bad;
     m->suffix[0] = '\0';
     /* RFC 5322 3.6.4 and 3.6.1: a local submission gets the Message-ID
      * and Date the originator should have given. */
     if (!m->have_msgid) {
+        char hex[2 * sizeof rnd + 1];
         randombytes_buf(rnd, sizeof rnd);
-        w = snprintf(m->suffix + o, cap - o, "Message-ID: <%s.", m->qid);
-        o += (size_t)w;
-        for (size_t i = 0; i < sizeof rnd; i++, o += 2)
-            snprintf(m->suffix + o, cap - o, "%02x", rnd[i]);
-        w = snprintf(m->suffix + o, cap - o, "@%s>\r\n", conf->hostname);
-        o += (size_t)w;
+        for (size_t i = 0; i < sizeof rnd; i++)
+            snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+        if (util_header(m->suffix, cap, &o, "Message-ID: <%s.%s@%s>\r\n", m->qid, hex, conf->hostname) < 0)
+            goto bad;
     }
-    if (!m->have_date) {
-        w = snprintf(m->suffix + o, cap - o, "Date: %s\r\n", date);
-        o += (size_t)w;
-    }
+    if (!m->have_date && util_header(m->suffix, cap, &o, "Date: %s\r\n", date) < 0)
+        goto bad;
     if (!m->have_from) {
         const char *addr = m->sender[0] ? m->sender : m->login;
         if (m->fullname && *m->fullname) {
             sendmail_quote_name(m->fullname, name, sizeof name);
-            w = snprintf(m->suffix + o, cap - o, "From: %s <%s>\r\n", name, addr);
+            w = util_header(m->suffix, cap, &o, "From: %s <%s>\r\n", name, addr);
         } else {
-            w = snprintf(m->suffix + o, cap - o, "From: %s\r\n", addr);
+            w = util_header(m->suffix, cap, &o, "From: %s\r\n", addr);
         }
-        o += (size_t)w;
+        if (w < 0)
+            goto bad;
     }
     return 0;
+bad:
+    fprintf(stderr, "sendmail: a header field would hold a line break or control character\n");
+    return EX_DATAERR;
 }
 
 /* ---------------------------------------------------------------- store */

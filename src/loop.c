@@ -15,6 +15,7 @@
 #include <sys/epoll.h>
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <ifaddrs.h>
 
 #define LOOP_MAX_LISTENERS 16
 #define LOOP_EVENTS 64
@@ -26,6 +27,7 @@ struct listener {
     int fd;
     int kind;
     loop_accept_fn on_accept;
+    struct sockaddr_storage addr;       /* what it is bound to */
 };
 
 static struct {
@@ -664,6 +666,13 @@ static void accept_ready(struct listener *ls)
             if (ls->kind == LISTEN_POP3) {
                 if (send(fd, pop_busy, sizeof pop_busy - 1, MSG_NOSIGNAL) < 0)
                     log_debug("busy reply: %s", strerror(errno));
+            } else if (ls->kind == LISTEN_IMAP) {
+                /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+                static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
+                if (send(fd, imap_busy, sizeof imap_busy - 1, MSG_NOSIGNAL) < 0)
+                    log_debug("busy reply: %s", strerror(errno));
+            } else if (ls->kind == LISTEN_IMAPS) {
+                /* Nothing can be said before the TLS handshake. */
             } else if (send(fd, smtp_busy, sizeof smtp_busy - 1, MSG_NOSIGNAL) < 0) {
                 log_debug("busy reply: %s", strerror(errno));
             }
@@ -727,6 +736,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         ls->fd = fd;
         ls->kind = kind;
         ls->on_accept = on_accept;
+        ls->addr = ss;
         if (epoll_ctl(L.epfd, EPOLL_CTL_ADD, fd, &e) < 0) {
             snprintf(err, errlen, "epoll: %s", strerror(errno));
             close(fd);
@@ -734,7 +744,83 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         }
         L.n_listeners++;
         log_info("listening on %s (%s)", items[i],
-                 (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
+                 (const char *[]){ "smtp", "submission", "odmr", "pop3", "imap", "imaps" }[kind]);
+    }
+    return 0;
+}
+
+/* Is ss (address and port) one of this host's addresses?  Loopback
+ * always is; the rest come from the interfaces. */
+static int own_host_address(const struct sockaddr_storage *ss)
+{
+    struct ifaddrs *ifs, *i;
+    int found = 0;
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)ss;
+        if ((ntohl(a->sin_addr.s_addr) >> 24) == 127 || a->sin_addr.s_addr == htonl(INADDR_ANY))
+            return 1;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const void *)ss;
+        if (IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+            return 1;
+    }
+    if (getifaddrs(&ifs) < 0)
+        return 0;
+    for (i = ifs; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != ss->ss_family)
+            continue;
+        if (ss->ss_family == AF_INET)
+            found = ((const struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr.s_addr ==
+                    ((const struct sockaddr_in *)(const void *)ss)->sin_addr.s_addr;
+        else
+            found = !memcmp(&((const struct sockaddr_in6 *)(void *)i->ifa_addr)->sin6_addr,
+                            &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, 16);
+    }
+    freeifaddrs(ifs);
+    return found;
+}
+
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)(const void *)b)->sin_addr.s_addr;
+    return !memcmp(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr,
+                   &((const struct sockaddr_in6 *)(const void *)b)->sin6_addr, 16);
+}
+
+static int wildcard_address(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr);
+}
+
+static int port_of(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)(const void *)a)->sin_port);
+    if (a->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)(const void *)a)->sin6_port);
+    return -1;
+}
+
+int loop_is_own_listener(const struct sockaddr_storage *ss)
+{
+    for (int i = 0; i < L.n_listeners; i++) {
+        const struct listener *ls = &L.listeners[i];
+        if (port_of(&ls->addr) != port_of(ss))
+            continue;
+        if (same_address(&ls->addr, ss))
+            return 1;
+        /* A wildcard listener (0.0.0.0, ::) answers on every address of
+         * the host; an IPv6 wildcard usually on the IPv4 ones too. */
+        if (wildcard_address(&ls->addr) &&
+            (ls->addr.ss_family == ss->ss_family || ls->addr.ss_family == AF_INET6) && own_host_address(ss))
+            return 1;
     }
     return 0;
 }

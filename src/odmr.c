@@ -12,7 +12,7 @@
 
 struct etrn_walk {
     const char *parent;                 /* "@domain": it and its subdomains */
-    int matched, held, started, failed;
+    int matched, held, started, failed, refused;
 };
 
 static int etrn_each(void *arg, const struct store_domain *d)
@@ -27,7 +27,9 @@ static int etrn_each(void *arg, const struct store_domain *d)
         return 0;
     w->matched++;
     int started, n = queue_release(d->name, &started);
-    if (n < 0)
+    if (n == QUEUE_REL_ATRN_ONLY || n == QUEUE_REL_LOOP)
+        w->refused++;
+    else if (n < 0)
         w->failed++;
     else
         w->held += n;
@@ -63,6 +65,9 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
         }
         if (!w.matched)
             snprintf(reply, n, "459 4.7.1 Node %s not allowed: no domain held here", dom);
+        else if (w.refused == w.matched)
+            snprintf(reply, n, "459 4.7.1 Node %s not allowed: its domains are released only by ATRN or "
+                     "would loop back here", dom);
         else if (!w.held)
             snprintf(reply, n, "251 2.0.0 OK, no messages waiting for node %s", dom);
         else
@@ -72,6 +77,11 @@ void odmr_etrn(const char *arg, char *reply, size_t n)
     int started, held = queue_release(dom, &started);
     if (held == -1)
         snprintf(reply, n, "459 4.7.1 Node %s not allowed: not a domain held here", dom);
+    else if (held == QUEUE_REL_ATRN_ONLY)
+        snprintf(reply, n, "459 4.7.1 Node %s not allowed: released only by ATRN to its owner", dom);
+    else if (held == QUEUE_REL_LOOP)
+        snprintf(reply, n, "458 4.4.6 Unable to queue messages for node %s: its host is this node, "
+                 "mail would loop back here", dom);
     else if (held < 0)
         snprintf(reply, n, "458 4.0.0 Unable to queue messages for node %s", dom);
     else if (!held)

@@ -36,10 +36,11 @@ struct hop {
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
     char peer_ip[64];                   /* the address being tried */
-    int64_t after_id;                   /* batch cursor */
+    struct store_cursor cur;            /* batch cursor */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
+    int looped;                         /* an address or greeting was our own */
     char error[400];
     struct dsn_note *notes;
     size_t nnotes, capnotes;
@@ -109,6 +110,63 @@ void queue_peer_seen(const char *ip)
         }
         down[i].ip[0] = '\0';
     }
+}
+
+/* Hold domains whose last release found only ourselves as the next hop,
+ * so that the next ETRN is answered 458 at once instead of starting a
+ * release that cannot go anywhere (the DNS answer behind it is not known
+ * when the reply is due).  Forgotten after LOOP_MEMORY seconds, or when
+ * the domain's host setting changes. */
+#define LOOP_SLOTS 16
+#define LOOP_MEMORY 300
+static struct {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    char host[SMTP_DOMAIN_MAX + 8];
+    int64_t until;
+} looped[LOOP_SLOTS];
+
+static void loop_note(const struct store_domain *d)
+{
+    int k = 0;
+    for (int i = 0; i < LOOP_SLOTS; i++) {
+        if (!strcasecmp(looped[i].domain, d->name)) {
+            k = i;
+            break;
+        }
+        if (looped[i].until < looped[k].until)
+            k = i;
+    }
+    util_strlcpy(looped[k].domain, d->name, sizeof looped[k].domain);
+    util_strlcpy(looped[k].host, d->host, sizeof looped[k].host);
+    looped[k].until = util_now() + LOOP_MEMORY;
+}
+
+static int loop_known(const struct store_domain *d)
+{
+    for (int i = 0; i < LOOP_SLOTS; i++)
+        if (!strcasecmp(looped[i].domain, d->name))
+            return looped[i].until > util_now() && !strcmp(looped[i].host, d->host);
+    return 0;
+}
+
+/* A host written as a literal address that is one of our listeners. */
+static int host_is_us(const char *spec)
+{
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port;
+    struct sockaddr_storage ss;
+    socklen_t len;
+
+    if (util_split_hostport(spec, host, sizeof host, &port)) {
+        util_strlcpy(host, spec, sizeof host);
+        port = 25;
+    }
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        memmove(host, host + 1, l - 2);
+        host[l - 2] = '\0';
+    }
+    return !util_sockaddr_parse(host, port, &ss, &len) && loop_is_own_listener(&ss);
 }
 
 void queue_kick(void)
@@ -211,7 +269,8 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
         log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
     else
         log_info("%s: sender notification (%s): %s", m->qid,
-                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay" : "success",
+                 rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay"
+                 : rcpts[0].action == DSN_RELAYED ? "relayed" : "success",
                  env.qid);
     store_body_free(b);
     queue_kick();
@@ -222,7 +281,7 @@ static void flush_notes(struct hop *h, const struct store_out_msg *m)
     struct dsn_rcpt r[64];
     size_t n = 0;
 
-    for (int action = DSN_FAILED; action <= DSN_DELIVERED; action++) {
+    for (int action = DSN_FAILED; action <= DSN_RELAYED; action++) {
         n = 0;
         for (size_t i = 0; i < h->nnotes && n < MN_NELEM(r); i++) {
             struct dsn_note *x = &h->notes[i];
@@ -290,23 +349,21 @@ static int hop_next(void *arg, struct store_out_msg *m)
         /* A release carries everything held for its domains, domain by
          * domain: only the recipients in those domains. */
         while (h->dom_i < h->ndomains) {
-            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, h->after_id, INT64_MAX, m);
+            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, &h->cur, INT64_MAX, m);
             if (rc == 1) {
-                h->after_id = m->id;
                 h->handed++;
                 return 1;
             }
             h->dom_i++;
-            h->after_id = 0;
+            memset(&h->cur, 0, sizeof h->cur);
         }
         return 0;
     }
     if (h->handed >= conf->delivery_per_connection)
         return 0;
-    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, h->after_id, util_now(), m);
+    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &h->cur, util_now(), m);
     if (rc != 1)
         return 0;
-    h->after_id = m->id;
     h->handed++;
     return 1;
 }
@@ -323,8 +380,12 @@ static void hop_rcpt_done(void *arg, const struct store_out_msg *m, int idx, int
         store_rcpt_set(r->id, RCPT_DELIVERED, 0, text);
         h->delivered++;
         log_info("%s: to=<%s> relay=%s status=sent (%s)", m->qid, r->addr, h->peer, text);
-        if (r->notify & NOTIFY_SUCCESS)
-            note(h, m->id, DSN_DELIVERED, r, status, text);
+        /* RFC 3461 6.2: a next hop that offers DSN got NOTIFY with the
+         * recipient and reports itself; one that does not gets the mail,
+         * and the sender a "relayed" notice from us (never "delivered",
+         * which only the final delivery says).  Never both. */
+        if ((r->notify & NOTIFY_SUCCESS) && !(r->notify & NOTIFY_NEVER) && !smtpc_peer_dsn(h->sc))
+            note(h, m->id, DSN_RELAYED, r, status, text);
     } else if (code / 100 == 4) {
         /* Held mail stays held for the next request; queued mail waits. */
         store_rcpt_set(r->id, RCPT_QUEUED, h->kind == ROUTE_HOLD ? 0 : rcpt_retry_at(r->attempts), text);
@@ -383,11 +444,17 @@ static void hop_finish(struct hop *h, int ok)
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held
          * until the next request. */
+        if (h->looped && !h->delivered && h->ndomains == 1 && !h->rel_done) {
+            struct store_domain d;
+            if (!store_domain_get(h->domains[0], &d))
+                loop_note(&d);
+        }
         log_info("%s: released %d message recipients, %d deferred, %d failed%s%s", h->name, h->delivered,
                  h->deferred, h->failed, h->error[0] ? ": " : "", h->error);
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
         h->rel_done = NULL;
+        store_commit_soon();            /* the release's outcomes, at its end */
         hop_free(h);
         queue_kick();
         return;
@@ -419,6 +486,15 @@ static void hop_done(void *arg, int reached, const char *error)
     struct hop *h = arg;
 
     h->sc = NULL;
+    if (reached == SMTPC_LOOP) {
+        /* RFC 5321 5.1: the peer is this node under another address;
+         * never a delivery to ourselves, try the next host. */
+        h->looped = 1;
+        util_strlcpy(h->error, error ? error : "mail loops back to myself", sizeof h->error);
+        log_warn("%s: %s", h->name, h->error);
+        hop_try_next(h);
+        return;
+    }
     if (!reached) {
         util_strlcpy(h->error, error ? error : "no answer", sizeof h->error);
         log_info("%s: %s", h->name, h->error);
@@ -446,10 +522,9 @@ static const struct smtpc_ops hop_ops = {
 static void fail_destination(struct hop *h, const char *status, const char *text)
 {
     struct store_out_msg m;
-    int64_t after = 0;
+    struct store_cursor cur = { 0, 0 };
 
-    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, after, INT64_MAX, &m) == 1) {
-        after = m.id;
+    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &cur, INT64_MAX, &m) == 1) {
         for (int i = 0; i < m.nrcpt; i++) {
             store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
             log_info("%s: to=<%s> status=bounced (%s)", m.qid, m.rcpts[i].addr, text);
@@ -484,6 +559,16 @@ static void hop_try_next(struct hop *h)
         }
         util_strlcpy(h->peer, dh->name, sizeof h->peer);
         util_sockaddr_ip(&ss, h->peer_ip, sizeof h->peer_ip);
+        if (loop_is_own_listener(&ss)) {
+            /* RFC 5321 5.1: an MX or host that is ourselves is dropped;
+             * delivering there would only queue the mail here again. */
+            h->looped = 1;
+            snprintf(h->error, sizeof h->error, "mail for %s loops back to myself: %s [%s]:%d is this node",
+                     h->domain[0] ? h->domain : h->ndomains ? h->domains[0] : conf->relayhost, dh->name,
+                     h->peer_ip, h->port);
+            log_warn("%s: %s", h->name, h->error);
+            continue;
+        }
         struct smtpc_auth auth = { NULL, NULL }, *ap = NULL;
         static char pw[256];
         if (!h->domain[0] && conf->relayhost_user[0] && conf->relayhost_password_file[0]) {
@@ -737,6 +822,18 @@ int queue_release(const char *domain, int *started)
     *started = 0;
     if (store_domain_get(domain, &d) || d.kind != DOMAIN_HOLD)
         return -1;
+    /* A site with an owner and no host fetches by ATRN (RFC 2645); its
+     * MX is usually this node, so ETRN has nowhere to deliver to. */
+    if (d.owner[0] && !d.host[0]) {
+        log_info("release %s refused: it has an owner and no --host, only the owner's ATRN releases it",
+                 d.name);
+        return QUEUE_REL_ATRN_ONLY;
+    }
+    if ((d.host[0] && host_is_us(d.host)) || loop_known(&d)) {
+        log_warn("release %s refused: its next hop %s is this node (mail would loop back to myself)", d.name,
+                 d.host[0] ? d.host : "(MX)");
+        return QUEUE_REL_LOOP;
+    }
     n = store_held_count(d.name);
     if (n <= 0 || queue_release_busy(d.name))
         return n;
@@ -883,7 +980,8 @@ static void waiters_check(void)
                 struct store_dest d;
                 store_dest_get(w->domain, &d);
                 struct store_out_msg m;
-                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, 0, now, &m) == 1) {
+                struct store_cursor cur = { 0, 0 };
+                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, &cur, now, &m) == 1) {
                     busy = 1;
                     store_out_free(&m);
                 }

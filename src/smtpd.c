@@ -12,6 +12,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -24,6 +25,7 @@ enum smtpd_state {
     S_BDAT = 1 << 4,    /* between BDAT chunks */
 };
 #define S_ANY (S_INIT | S_READY | S_MAIL | S_RCPT | S_BDAT)
+static const char *const smtpd_state_names[] = { "INIT", "READY", "MAIL", "RCPT", "BDAT" };
 
 enum smtpd_input {
     IN_COMMAND,         /* command lines */
@@ -55,9 +57,8 @@ struct smtpd {
     char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
     int ret_full;
     int body_8bit;
-    int nrcpt_cmds;                     /* RCPT commands accepted */
-    struct store_rcpt *rcpts;           /* routes after aliases */
-    size_t nrcpt, caprcpt;
+    int nrcpt_cmds;                     /* RCPT commands that added a recipient */
+    struct rcpts rcpts;                 /* distinct routes after aliases */
     struct store_body *body;
     struct mime_data md;
     int data_error;                     /* reply code decided while reading */
@@ -118,6 +119,22 @@ static void reply(struct smtpd *s, const char *fmt, ...)
         log_warn("%s: reply dropped, output full", s->c->peer_ip);
 }
 
+/* Every change of state goes through here: one place to trace a session
+ * (log.level = debug) and to check that it is one of the states. */
+static void smtpd_enter(struct smtpd *s, enum smtpd_state to)
+{
+    int from = 0, bit = 0;
+    assert(to && !(to & (to - 1)) && (to & S_ANY));
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (int)to)
+        log_debug("%s: smtpd %s -> %s", s->c->peer_ip, s->state ? smtpd_state_names[from] : "NEW",
+                  smtpd_state_names[bit]);
+    s->state = (int)to;
+}
+
 static void close_with(struct smtpd *s, const char *text)
 {
     reply(s, "%s", text);
@@ -136,12 +153,12 @@ static void txn_reset(struct smtpd *s)
     s->qid[0] = s->sender[0] = s->envid[0] = '\0';
     s->ret_full = s->body_8bit = 0;
     s->nrcpt_cmds = 0;
-    s->nrcpt = 0;
+    rcpts_clear(&s->rcpts);
     s->data_error = 0;
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
     if (s->state & (S_MAIL | S_RCPT | S_BDAT))
-        s->state = S_READY;
+        smtpd_enter(s, S_READY);
 }
 
 static void smtpd_free(struct smtpd *s)
@@ -155,7 +172,7 @@ static void smtpd_free(struct smtpd *s)
     timer_cancel(&s->timer);
     if (s->body)
         store_body_free(s->body);
-    free(s->rcpts);
+    rcpts_clear(&s->rcpts);
     free(s);
 }
 
@@ -268,16 +285,42 @@ static int compress_offered(const struct smtpd *s)
     return !zio_active(s->c) && (s->c->tls || !tls_available()) && zio_allowed(NULL, s->c->peer_ip);
 }
 
+/* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
+ * address literal.  Letters, digits, hyphens, underscores (common in
+ * Windows host names) and dots; or "[...]" of printable characters.
+ * Nothing else, above all no CR, NUL or other control character: the
+ * name goes into the Received field. */
+static int helo_valid(const char *arg)
+{
+    size_t len = strlen(arg);
+    if (!len || len > SMTP_DOMAIN_MAX)
+        return 0;
+    if (arg[0] == '[') {
+        if (len < 3 || arg[len - 1] != ']')
+            return 0;
+        for (size_t i = 1; i + 1 < len; i++)
+            if (arg[i] <= ' ' || arg[i] >= 0x7f || arg[i] == '[' || arg[i] == ']' || arg[i] == '\\')
+                return 0;
+        return 1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)arg[i];
+        if (!isalnum(c) && c != '-' && c != '.' && c != '_')
+            return 0;
+    }
+    return 1;
+}
+
 static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
 {
-    if (!*arg || strlen(arg) > SMTP_DOMAIN_MAX || strchr(arg, ' ')) {
+    if (!helo_valid(arg)) {
         reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return;
     }
     txn_reset(s);
     util_strlcpy(s->helo, arg, sizeof s->helo);
     s->esmtp = esmtp;
-    s->state = S_READY;
+    smtpd_enter(s, S_READY);
     if (!esmtp) {
         reply(s, "250 %s", conf->hostname);
         return;
@@ -412,7 +455,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
     }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
-    s->state = S_MAIL;
+    smtpd_enter(s, S_MAIL);
     reply(s, "250 2.1.0 Ok");
 }
 
@@ -443,21 +486,6 @@ static int parse_notify(const char *v)
     return bits;
 }
 
-static int rcpts_reserve(struct smtpd *s, size_t more)
-{
-    if (s->nrcpt + more <= s->caprcpt)
-        return 0;
-    size_t cap = s->caprcpt ? s->caprcpt : 4;
-    while (cap < s->nrcpt + more)
-        cap *= 2;
-    void *p = realloc(s->rcpts, cap * sizeof *s->rcpts);
-    if (!p)
-        return -1;
-    s->rcpts = p;
-    s->caprcpt = cap;
-    return 0;
-}
-
 static void cmd_rcpt(struct smtpd *s, char *arg)
 {
     struct addr a;
@@ -465,7 +493,8 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     const char *rest;
     int rc, n, notify = 0;
     const char *orcpt = "";
-    size_t nroutes, limit;
+    size_t nroutes, limit, cap;
+    struct store_rcpt *routes = NULL;
 
     rc = parse_path_arg(arg, "TO:", 0, &a, &rest);
     if (rc) {
@@ -500,11 +529,6 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
             return;
         }
     }
-    if (s->nrcpt_cmds >= conf->max_recipients) {
-        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
-        reply(s, "452 4.5.3 Too many recipients");
-        return;
-    }
     /* Relaying: only to our own domains, unless the client is trusted.
      * Addresses are taken literally: '%', '!' and source routes (already
      * dropped by the parser) never make a local domain relay anywhere. */
@@ -514,39 +538,69 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
         reply(s, "554 5.7.1 <%s>: Relay access denied", a.full);
         return;
     }
+    /* Routes for this address, in a buffer that lives only for this
+     * command: an alias may fan out, up to the distinct recipients still
+     * allowed. */
     limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
-    if (rcpts_reserve(s, limit < 64 ? limit : 64)) {
-        reply(s, "452 4.3.1 Insufficient system resources");
-        return;
+    limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
+    for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
+        free(routes);
+        routes = malloc(cap * sizeof *routes);
+        if (!routes) {
+            reply(s, "452 4.3.1 Insufficient system resources");
+            return;
+        }
+        rc = queue_route(&a, routes, cap, &nroutes);
+        if (rc != QUEUE_ETOOMANY || cap >= limit)
+            break;
     }
-    rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
-    if (rc == QUEUE_ETOOMANY && s->caprcpt < limit && !rcpts_reserve(s, limit))
-        rc = queue_route(&a, s->rcpts + s->nrcpt, s->caprcpt - s->nrcpt, &nroutes);
     switch (rc) {
     case 0:
         break;
     case QUEUE_EUNKNOWN:
+        free(routes);
         log_info("%s: refused: <%s>: no such user", s->qid, a.full);
         reply(s, "550 5.1.1 <%s>: Recipient address rejected: User unknown", a.full);
         return;
     case QUEUE_ELOOP:
+        free(routes);
         reply(s, "554 5.4.6 <%s>: Alias loop", a.full);
         return;
     case QUEUE_ETOOMANY:
+        free(routes);
         reply(s, "452 4.5.3 Too many recipients");
         return;
     default:
+        free(routes);
         reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
         return;
     }
-    for (size_t i = 0; i < nroutes; i++) {
-        struct store_rcpt *r = &s->rcpts[s->nrcpt + i];
-        r->notify = notify;
-        util_strlcpy(r->orcpt, orcpt, sizeof r->orcpt);
+    int fresh = 0;
+    for (size_t i = 0; i < nroutes; i++)
+        fresh += !rcpts_has(&s->rcpts, &routes[i]);
+    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+        /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
+        free(routes);
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
     }
-    s->nrcpt += nroutes;
-    s->nrcpt_cmds++;
-    s->state = S_RCPT;
+    int added = 0;
+    for (size_t i = 0; i < nroutes && added >= 0; i++) {
+        routes[i].notify = notify;
+        util_strlcpy(routes[i].orcpt, orcpt, sizeof routes[i].orcpt);
+        int r = rcpts_add(&s->rcpts, &routes[i]);
+        added = r < 0 ? -1 : added + r;
+    }
+    free(routes);
+    if (added < 0) {
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    /* A duplicate (after aliases) is accepted and merged: one copy, and
+     * it does not count against max_recipients. */
+    if (added)
+        s->nrcpt_cmds++;
+    smtpd_enter(s, S_RCPT);
     reply(s, "250 2.1.5 Ok");
 }
 
@@ -571,6 +625,7 @@ static int body_emit(void *arg, const void *buf, size_t n)
 static int start_body(struct smtpd *s)
 {
     char hdr[1024], date[64];
+    size_t used = 0;
     /* RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA. */
     const char *with = !s->esmtp ? "SMTP"
                        : s->c->tls ? (s->auth_user[0] ? "ESMTPSA" : "ESMTPS")
@@ -582,14 +637,16 @@ static int start_body(struct smtpd *s)
         return -1;
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
-    if (s->nrcpt == 1)
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
-                     "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
-                     s->rcpts[0].addr, date);
+    if (s->rcpts.n == 1)
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
+                        "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
+                        rcpts_addr(&s->rcpts, 0), date);
     else
-        n = snprintf(hdr, sizeof hdr, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
-                     "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
-    if (n < 0 || (size_t)n >= sizeof hdr || store_body_write(s->body, hdr, (size_t)n)) {
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s;"
+                        "\r\n\t%s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid, date);
+    if (n < 0)
+        log_warn("%s: trace field refused: a value holds a line break or control character", s->qid);
+    if (n < 0 || store_body_write(s->body, hdr, (size_t)n)) {
         store_body_free(s->body);
         s->body = NULL;
         return -1;
@@ -646,7 +703,7 @@ static void cmd_bdat(struct smtpd *s, char *arg)
     } else if (s->state == S_RCPT) {
         if (start_body(s))
             s->data_error = 451;
-        s->state = S_BDAT;
+        smtpd_enter(s, S_BDAT);
     }
     if (!size)
         bdat_chunk_done(s);             /* "BDAT 0 LAST" has no octets to wait for */
@@ -791,7 +848,7 @@ static void smtpd_tls_done(struct conn *c, int err)
     if (!s || err)
         return;                         /* the loop closes a failed handshake */
     txn_reset(s);
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->esmtp = 0;
     s->auth_user[0] = '\0';
     util_strlcpy(s->helo, "unknown", sizeof s->helo);
@@ -1017,13 +1074,14 @@ static void log_delivery(struct smtpd *s)
     log_info("%s: accepted from=<%s> size=%lld nrcpt=%d client=%s [%s]%s%s", s->qid, s->sender,
              (long long)s->md.size, s->nrcpt_cmds, s->helo, s->c->peer_ip,
              s->auth_user[0] ? " user=" : "", s->auth_user);
-    for (size_t i = 0; i < s->nrcpt; i++) {
-        const struct store_rcpt *r = &s->rcpts[i];
-        if (r->kind == ROUTE_LOCAL)
-            log_info("%s: to=<%s> delivered to mailbox", s->qid, r->addr);
+    for (size_t i = 0; i < s->rcpts.n; i++) {
+        struct store_rcpt r;
+        rcpts_get(&s->rcpts, i, &r);
+        if (r.kind == ROUTE_LOCAL)
+            log_info("%s: to=<%s> delivered to mailbox", s->qid, r.addr);
         else
-            log_info("%s: to=<%s> queued for %s%s", s->qid, r->addr, r->domain,
-                     r->kind == ROUTE_HOLD ? " (held)" : "");
+            log_info("%s: to=<%s> queued for %s%s", s->qid, r.addr, r.domain,
+                     r.kind == ROUTE_HOLD ? " (held)" : "");
     }
 }
 
@@ -1069,8 +1127,8 @@ static void message_committed(void *arg, int rc)
         s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
-        for (size_t i = 0; i < s->nrcpt; i++)
-            if (s->rcpts[i].kind == ROUTE_REMOTE) {
+        for (size_t i = 0; i < s->rcpts.n; i++)
+            if (rcpts_kind(&s->rcpts, i) == ROUTE_REMOTE) {
                 queue_kick();
                 break;
             }
@@ -1083,6 +1141,22 @@ static void message_committed(void *arg, int rc)
     txn_reset(s);
     conn_pause(s->c, 0);
     conn_flush(s->c);
+}
+
+/* A success notification carries the message back to its sender; with
+ * RET=FULL from a client that neither authenticated nor is in
+ * relay_networks, that sender may be anyone (a forged MAIL FROM), and the
+ * notification would relay the content to it.  Such a message is kept
+ * with RET=HDRS (RFC 3461 4.3 leaves the amount returned to the MTA's
+ * policy), for every notification about it and when passed on. */
+static int success_dsn_untrusted(const struct smtpd *s)
+{
+    if (s->auth_user[0] || conf_relay_allowed(&s->c->peer))
+        return 0;
+    for (size_t i = 0; i < s->rcpts.n; i++)
+        if (rcpts_notify(&s->rcpts, i) & NOTIFY_SUCCESS)
+            return 1;
+    return 0;
 }
 
 static void message_end(struct smtpd *s)
@@ -1101,14 +1175,18 @@ static void message_end(struct smtpd *s)
         util_strlcpy(env.qid, s->qid, sizeof env.qid);
         env.sender = s->sender;
         env.envid = s->envid[0] ? s->envid : NULL;
-        env.ret_full = s->ret_full;
+        env.ret_full = s->ret_full && !success_dsn_untrusted(s);
         env.eightbit = s->body_8bit || s->md.eightbit;
         env.client = s->c->peer_ip;
         env.auth_user = s->auth_user[0] ? s->auth_user : NULL;
         env.size = s->body->size;
         int err = store_body_finish(s->body);
+        struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
+        if (!err && !routes)
+            err = STORE_ERR;
         if (!err)
-            err = store_msg_insert(&env, s->body, s->rcpts, s->nrcpt);
+            err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+        free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
     } else if (!rc) {
@@ -1309,7 +1387,7 @@ void smtpd_accept(struct conn *c)
     if (all_sessions)
         all_sessions->prev = s;
     all_sessions = s;
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->input = IN_COMMAND;
     s->timer.idx = -1;
     util_strlcpy(s->helo, "unknown", sizeof s->helo);

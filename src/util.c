@@ -278,3 +278,41 @@ int util_cidr_match(const struct cidr *c, const struct sockaddr_storage *ss)
     }
     return c->family == family && prefix_equal(c->addr, ip, c->bits);
 }
+
+/* Appends one or more header fields formatted from fmt to out[*used..cap).
+ * Safe by construction: whatever the arguments hold, the result may
+ * contain CR and LF only as CRLF, each CRLF followed by SP or HTAB
+ * (folding, RFC 5322 2.2.3) or ending the text, no other control
+ * character than HTAB, and no NUL; otherwise nothing is appended and -1
+ * is returned.  So no value (a HELO name, an address, an identity) can
+ * end a field early, add one, or end the header section. */
+int util_header(char *out, size_t cap, size_t *used, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (*used >= cap)
+        return -1;
+    va_start(ap, fmt);
+    n = vsnprintf(out + *used, cap - *used, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= cap - *used || n < 2)
+        goto refuse;
+    const unsigned char *p = (const unsigned char *)out + *used;
+    if (p[n - 2] != '\r' || p[n - 1] != '\n')
+        goto refuse;
+    for (int i = 0; i < n; i++) {
+        if (p[i] == '\r') {
+            if (p[i + 1] != '\n' || (i + 2 < n && p[i + 2] != ' ' && p[i + 2] != '\t'))
+                goto refuse;
+            i++;
+        } else if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f) {
+            goto refuse;
+        }
+    }
+    *used += (size_t)n;
+    return n;
+refuse:
+    out[*used] = '\0';
+    return -1;
+}

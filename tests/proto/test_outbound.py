@@ -161,7 +161,10 @@ def no_bounce_for_null_sender():
 
 @test
 def notify_never_and_success():
-    with Sink(rcpt_replies={'nobody@remote.test': '550 5.1.1 no'}) as sink, relay_node(sink) as n:
+    # RFC 3461 6.2: to a next hop without DSN the success notice says
+    # "relayed" (a DSN-capable one gets NOTIFY and reports itself:
+    # test_hostile.py).
+    with Sink(rcpt_replies={'nobody@remote.test': '550 5.1.1 no'}, dsn=False) as sink, relay_node(sink) as n:
         s = n.smtp()
         s.ehlo('client.test')
         s.mail('alice@example.test')
@@ -171,7 +174,7 @@ def notify_never_and_success():
         s.quit()
         check('delivered', sink.wait_for(1, timeout=20))
         got = wait_until(lambda: mailbox(n, 'alice'), timeout=20)
-        check('one_success_dsn', got and len(got) == 1 and b'Action: delivered' in got[0], got)
+        check('one_success_dsn', got and len(got) == 1 and b'Action: relayed' in got[0], got)
         check('no_failure_dsn', not got or b'Action: failed' not in got[0])
 
 
@@ -189,7 +192,8 @@ def lifetime_expiry():
             check('expired_status_447', b'Status: 4.4.7' in got[0])
         check('delay_warning_sent', wait_until(lambda: [m for m in mailbox(n, 'alice') if b'Action: delayed' in m],
                                                timeout=5))
-        check('queue_empty', queued(n) == 0)
+        # outcomes are committed within STORE_OUTCOME_MS
+        check('queue_empty', wait_until(lambda: queued(n) == 0, timeout=5))
 
 
 @test
@@ -337,7 +341,10 @@ def kill9_mid_batch_loses_nothing():
                 check('killed_mid_batch', 0 < got_before < 200, got_before)
                 harness.diag('kill -9 mid-batch: %d delivered before, %d duplicates after restart'
                              % (got_before, dups))
-                check('few_duplicates', dups <= 64, dups)
+                # Outcomes are committed in batches (STORE_OUTCOME_BATCH, 64)
+                # and up to SMTPC_WINDOW (64) messages are on the wire: a
+                # crash resends at most those.
+                check('few_duplicates', dups <= 64 + 64, dups)
             finally:
                 sink2.stop()
         finally:

@@ -226,8 +226,9 @@ def limits():
         check('domain_too_long_refused', c.cmd('MAIL FROM:<a@%s>' % too_long).code in (501, 553))
         check('size_param_too_big_552', c.cmd('MAIL FROM:<a@remote.test> SIZE=30000').code == 552)
         check('size_param_ok', c.cmd('MAIL FROM:<a@remote.test> SIZE=1000').code == 250)
-        for i in range(3):
-            c.cmd('RCPT TO:<alice@example.test>')
+        # the limit counts distinct recipients (duplicates are merged)
+        for rcpt in ('alice@example.test', 'alice@example.test', 'r1@remote.test', 'r2@remote.test'):
+            c.cmd('RCPT TO:<%s>' % rcpt)
         check('max_recipients_452', c.cmd('RCPT TO:<bob@example.test>').raw.startswith(b'452 4.5.3'))
         check('data_354', c.cmd('DATA').code == 354)
         c.send(b'Subject: big\r\n\r\n' + (b'y' * 900 + b'\r\n') * 30 + b'.\r\n')

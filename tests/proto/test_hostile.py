@@ -1,0 +1,413 @@
+"""Hostile and mistaken peers: requests and inputs that must not lose,
+multiply, leak or loop mail, against the running daemon with raw sockets
+and the standard library's clients."""
+
+import os
+import re
+import smtplib
+import socket
+import time
+
+import harness
+from harness import Node, check, diag, test, wait_until
+from sink import Sink
+from fakedns import FakeDNS
+
+PW = 'hostile-secret-1'
+SITE = 'site.test'
+
+
+# ------------------------------------------------------------------ helpers
+
+def add_user(n, name, pw=PW):
+    rc, out, err = n.cli('user', 'add', name, input=pw + '\n')
+    assert rc == 0, 'user add %s: %s' % (name, err)
+
+
+def add_hold(n, domain, owner=None, host=None):
+    args = ['domain', 'add', domain, '--hold']
+    if owner:
+        args += ['--owner', owner]
+    if host:
+        args += ['--host', host]
+    rc, out, err = n.cli(*args)
+    assert rc == 0, 'domain add %s: %s' % (domain, err)
+
+
+def queue_listing(n):
+    """`queue list` output: queue ids and recipients, to see that nothing
+    was touched."""
+    rc, out, err = n.cli('queue', 'list')
+    return out if rc == 0 else 'queue list failed: %s' % err
+
+
+def held(n, domain=None):
+    count = 0
+    for line in queue_listing(n).splitlines():
+        if line.startswith('    ') and '(held)' in line:
+            addr = line.split()[0].lower()
+            if domain is None or addr.endswith('@' + domain):
+                count += 1
+    return count
+
+
+def message(subject, rcpt, extra=''):
+    return ('From: sender@remote.test\r\nTo: %s\r\nSubject: %s\r\n%s\r\n'
+            'body line\r\n' % (rcpt, subject, extra)).encode()
+
+
+def submit(n, rcpt, count, tag='held', sender='sender@remote.test'):
+    c = smtplib.SMTP('127.0.0.1', n.port('smtp'), timeout=20)
+    try:
+        for i in range(count):
+            c.sendmail(sender, [rcpt], message('%s %d' % (tag, i), rcpt))
+    finally:
+        c.quit()
+
+
+def etrn(n, arg):
+    with n.raw('smtp') as c:
+        c.recv_reply()
+        c.cmd('EHLO client.test')
+        r = c.cmd('ETRN ' + arg)
+        c.cmd('QUIT')
+        return r
+
+
+def received_count(n):
+    """Received fields over every held message (`queue show`)."""
+    total = 0
+    for qid in re.findall(r'^([0-9A-Za-z]{8,})\s', queue_listing(n), re.M):
+        rc, out, err = n.cli('queue', 'show', qid)
+        total += len(re.findall(r'^Received:', out, re.M | re.I))
+    return total
+
+
+# ------------------------------------------- 1. ETRN must never deliver to us
+
+@test
+def etrn_owner_without_host_is_atrn_only():
+    with Node(conf={'retry.initial': '1s'}) as n:
+        add_user(n, 'site')
+        add_hold(n, SITE, owner='site')
+        submit(n, 'someone@' + SITE, 3)
+        before = queue_listing(n)
+        check('etrn_atrn_site_held', held(n, SITE) == 3, before)
+        r = etrn(n, SITE)
+        check('etrn_atrn_site_459', r.code == 459 and 'ATRN' in r.text, r.raw)
+        r = etrn(n, '@' + SITE)
+        check('etrn_at_atrn_site_459', r.code == 459, r.raw)
+        time.sleep(1.5)
+        check('etrn_atrn_site_untouched', queue_listing(n) == before,
+              'before %r after %r' % (before[-300:], queue_listing(n)[-300:]))
+        check('etrn_atrn_site_logged', 'only the owner' in n.log(), n.log()[-600:])
+
+
+@test
+def etrn_host_is_own_listener():
+    with Node(conf={'retry.initial': '1s'}) as n:
+        add_hold(n, SITE, host='127.0.0.1:%d' % n.port('smtp'))
+        submit(n, 'someone@' + SITE, 3)
+        before = queue_listing(n)
+        received = received_count(n)
+        r = etrn(n, SITE)
+        check('etrn_self_host_458', r.code == 458 and 'loop' in r.text, r.raw)
+        # another listener of ours is ourselves too
+        n.cli('domain', 'del', SITE)
+        add_hold(n, SITE, host='127.0.0.1:%d' % n.port('submission'))
+        r = etrn(n, SITE)
+        check('etrn_self_other_port_458', r.code == 458, r.raw)
+        for _ in range(5):
+            etrn(n, SITE)
+        time.sleep(1.5)
+        after = queue_listing(n)
+        check('etrn_self_same_queue_ids', after == before, 'before %r after %r' % (before[-300:], after[-300:]))
+        check('etrn_self_no_received_added', received_count(n) == received,
+              '%d -> %d' % (received, received_count(n)))
+        check('etrn_self_logged', 'loop back' in n.log(), n.log()[-600:])
+
+
+@test
+def etrn_mx_is_this_node():
+    # The domain has no host and no owner: the release looks up the MX,
+    # which is this node on another name.
+    records = {SITE: {'MX': [(10, 'mx.' + SITE)]}, 'mx.' + SITE: {'A': ['127.0.0.1']}}
+    with FakeDNS(records) as dns:
+        with Node(start=False) as n:
+            n.configure({'resolver': dns.resolver, 'delivery.port': n.port('smtp')})
+            n.start()
+            add_hold(n, SITE)
+            submit(n, 'someone@' + SITE, 2)
+            before = queue_listing(n)
+            received = received_count(n)
+            r1 = etrn(n, SITE)
+            check('etrn_mx_self_first_reply_ok', r1.code in (250, 253, 458), r1.raw)
+            wait_until(lambda: 'loops back to myself' in n.log(), 10)
+            time.sleep(0.5)
+            r2 = etrn(n, SITE)
+            check('etrn_mx_self_second_458', r2.code == 458, r2.raw)
+            time.sleep(1.0)
+            check('etrn_mx_self_untouched', queue_listing(n) == before and received_count(n) == received,
+                  queue_listing(n)[-400:])
+            check('etrn_mx_self_logged', 'loops back to myself' in n.log(), n.log()[-600:])
+
+
+@test
+def etrn_peer_greets_with_our_name():
+    # A host that is this node behind another address or a port forward:
+    # recognised by its greeting.
+    with Sink(helo_name='node.test') as sink:
+        with Node() as n:
+            add_hold(n, SITE, host='127.0.0.1:%d' % sink.port)
+            submit(n, 'someone@' + SITE, 2)
+            before = queue_listing(n)
+            r = etrn(n, SITE)
+            check('etrn_greeting_self_started', r.code in (250, 253), r.raw)
+            wait_until(lambda: 'loops back to myself' in n.log(), 10)
+            time.sleep(0.5)
+            check('etrn_greeting_self_nothing_sent', not sink.messages,
+                  '%d messages reached the look-alike' % len(sink.messages))
+            check('etrn_greeting_self_untouched', queue_listing(n) == before, queue_listing(n)[-400:])
+            check('etrn_greeting_self_next_458', etrn(n, SITE).code == 458)
+
+
+# ----------------------------------------- 2. nothing smuggled into headers
+
+def bare_breaks(data):
+    """Offsets of a CR not followed by LF or an LF not preceded by CR."""
+    bad = []
+    for i, b in enumerate(data):
+        if b == 13 and data[i + 1:i + 2] != b'\n':
+            bad.append(i)
+        elif b == 10 and (i == 0 or data[i - 1] != 13):
+            bad.append(i)
+    return bad
+
+
+def bare_cr(data):
+    return [i for i, b in enumerate(data) if b == 13 and data[i + 1:i + 2] != b'\n']
+
+
+def pop3_retr_raw(n, user, pw, number):
+    with n.raw('pop3') as c:
+        c.recv_line()
+        c.send('USER %s\r\n' % user)
+        c.recv_line()
+        c.send('PASS %s\r\n' % pw)
+        r = c.recv_line()
+        assert r.startswith(b'+OK'), r
+        c.send('RETR %d\r\n' % number)
+        data = c.recv_until(b'\r\n.\r\n')
+        c.send('QUIT\r\n')
+        return data
+
+
+SMUGGLED_BODIES = [
+    b'Subject: cr\r\n\r\nline one\rX-Injected: yes\r\nend\r\n',
+    b'Subject: lf\r\n\r\nline one\nX-Injected: yes\n.\nend\r\n',
+    b'Subject: crdot\r\n\r\nx\r.\rMAIL FROM:<evil@remote.test>\r\nend\r\n',
+]
+
+
+@test
+def helo_smuggling_refused():
+    with Node() as n:
+        for bad in (b'EHLO x\r.\r', b'EHLO x\rX-Injected:\tyes', b'HELO x\rX-Injected: yes',
+                    b'EHLO x\ty', b'EHLO caf\xc3\xa9.test', b'EHLO a;b', b'EHLO [1.2.3.4',
+                    b'EHLO [1.2 3.4]', b'EHLO <x>'):
+            with n.raw('smtp') as c:
+                c.recv_reply()
+                r = c.cmd(bad)
+                check('helo_refused_%r' % bad[5:15], r.code == 501, r.raw)
+                r = c.cmd('MAIL FROM:<a@remote.test>')
+                check('helo_refused_no_session_%r' % bad[5:15], r.code == 503, r.raw)
+        for good in ('EHLO client.test', 'EHLO [127.0.0.1]', 'EHLO [IPv6:::1]', 'HELO my_pc',
+                     'EHLO localhost'):
+            with n.raw('smtp') as c:
+                c.recv_reply()
+                check('helo_accepted_%s' % good.split()[1], c.cmd(good).code == 250)
+
+
+@test
+def no_bare_line_break_leaves():
+    with Sink() as sink:
+        with Node(conf={'relayhost': '127.0.0.1:%d' % sink.port, 'retry.initial': '1s'}) as n:
+            add_user(n, 'bob')
+            for i, body in enumerate(SMUGGLED_BODIES):
+                for verb in ('DATA', 'BDAT'):
+                    with n.raw('smtp') as c:
+                        c.recv_reply()
+                        c.cmd('EHLO client.test')
+                        check('smuggle_mail_%d_%s' % (i, verb),
+                              c.cmd('MAIL FROM:<alice@remote.test>').code == 250)
+                        c.cmd('RCPT TO:<bob@example.test>')
+                        c.cmd('RCPT TO:<far@remote.test>')
+                        if verb == 'DATA':
+                            c.cmd('DATA')
+                            c.send(body + b'.\r\n')
+                        else:
+                            c.send(b'BDAT %d LAST\r\n' % len(body) + body)
+                        r = c.recv_reply()
+                        check('smuggle_accepted_%d_%s' % (i, verb), r.code == 250, r.raw)
+                        c.cmd('QUIT')
+            want = 2 * len(SMUGGLED_BODIES)
+            got = sink.wait_for(want, timeout=20)
+            check('smuggle_relayed', got, '%d of %d' % (len(sink.messages), want))
+            for m in sink.messages:
+                check('relay_no_bare_cr_lf_%d' % m.number, not bare_breaks(m.data), m.data[:300])
+                head = m.data.split(b'\r\n\r\n', 1)[0]
+                check('relay_no_injected_field_%d' % m.number,
+                      not re.search(rb'^X-Injected', head, re.M) and head.count(b'Received:') == 1,
+                      head[:300])
+            for k in range(1, want + 1):
+                data = pop3_retr_raw(n, 'bob', PW, k)
+                check('pop3_no_bare_cr_lf_%d' % k, not bare_breaks(data), data[:300])
+                head = data.split(b'\r\n\r\n', 1)[0]
+                check('pop3_no_injected_field_%d' % k, b'X-Injected' not in head, head[:300])
+            mbox = n.path('out.mbox')
+            rc, out, err = n.cli('mailbox', 'export', 'bob', '--mbox', mbox)
+            check('export_mbox_ok', rc == 0, err)
+            data = open(mbox, 'rb').read() if rc == 0 else b''
+            check('export_mbox_no_bare_cr', data and not bare_cr(data), data[:300])
+            md = n.path('out.maildir')
+            rc, out, err = n.cli('mailbox', 'export', 'bob', '--maildir', md)
+            check('export_maildir_ok', rc == 0, err)
+            files = [os.path.join(md, 'new', f) for f in os.listdir(os.path.join(md, 'new'))] if rc == 0 else []
+            check('export_maildir_files', len(files) == want, files)
+            for f in files:
+                data = open(f, 'rb').read()
+                check('export_maildir_no_bare_cr_%s' % os.path.basename(f)[:12], not bare_cr(data), data[:200])
+
+
+# --------------------------------------------- 3. success DSNs relay nothing
+
+SECRET = 'the-whole-secret-content-line'
+
+
+def dsn_case(site_dsn):
+    """An unauthenticated client outside relay_networks asks for a success
+    notice with RET=FULL to a forged sender; the held mail is released to
+    a site with or without DSN.  Returns (site sink messages, notices that
+    reached the forged sender's side)."""
+    with Sink(dsn=site_dsn) as site, Sink() as far:
+        conf = {'relay_networks': '10.255.255.0/24', 'relayhost': '127.0.0.1:%d' % far.port,
+                'retry.initial': '1s'}
+        with Node(conf=conf) as n:
+            add_hold(n, SITE, host='127.0.0.1:%d' % site.port)
+            with n.raw('smtp') as c:
+                c.recv_reply()
+                c.cmd('EHLO attacker.test')
+                r = c.cmd('MAIL FROM:<victim@remote.test> RET=FULL')
+                check('dsn_%s_mail_ok' % site_dsn, r.code == 250, r.raw)
+                r = c.cmd('RCPT TO:<someone@%s> NOTIFY=SUCCESS' % SITE)
+                check('dsn_%s_rcpt_ok' % site_dsn, r.code == 250, r.raw)
+                c.cmd('DATA')
+                c.send('Subject: spam\r\n\r\n%s\r\n.\r\n' % SECRET)
+                check('dsn_%s_accepted' % site_dsn, c.recv_reply().code == 250)
+                c.cmd('QUIT')
+            r = etrn(n, SITE)
+            check('dsn_%s_etrn' % site_dsn, r.code in (250, 253), r.raw)
+            site.wait_for(1, timeout=15)
+            # whatever notice there is goes out through the relayhost
+            far.wait_for(1, timeout=5)
+            time.sleep(0.5)
+            return list(site.messages), list(far.messages), n.log()
+
+
+@test
+def success_dsn_to_dsn_capable_site():
+    site, notices, log = dsn_case(True)
+    check('dsn_capable_delivered', len(site) == 1, len(site))
+    if site:
+        m = site[0]
+        check('dsn_capable_notify_passed_on',
+              m.rcpt_params and m.rcpt_params[0].get('NOTIFY', '').upper() == 'SUCCESS', m.rcpt_params)
+        check('dsn_capable_ret_hdrs', m.mail_params.get('RET', '').upper() == 'HDRS', m.mail_params)
+    check('dsn_capable_no_notice_from_us', not notices,
+          [n.data[:400] for n in notices])
+
+
+@test
+def success_dsn_to_plain_site_is_relayed_headers_only():
+    site, notices, log = dsn_case(False)
+    check('dsn_plain_delivered', len(site) == 1, len(site))
+    check('dsn_plain_one_notice', len(notices) == 1, len(notices))
+    if notices:
+        d = notices[0]
+        check('dsn_plain_to_sender', d.rcpts == ['victim@remote.test'] and d.mail_from == '', (d.mail_from, d.rcpts))
+        check('dsn_plain_action_relayed', re.search(rb'^Action: relayed', d.data, re.M | re.I), d.data[:800])
+        check('dsn_plain_not_delivered', not re.search(rb'^Action: delivered', d.data, re.M | re.I))
+        check('dsn_plain_no_content', SECRET.encode() not in d.data, d.data[-600:])
+
+
+# ------------------------------------------- 4. duplicates make one copy
+
+def pop3_stat(n, user, pw=PW):
+    p = n.pop3()
+    try:
+        p.user(user)
+        p.pass_(pw)
+        return p.stat()
+    finally:
+        p.quit()
+
+
+def pipelined_rcpts(n, rcpts, body=b'Subject: dup\r\n\r\nhello\r\n'):
+    """One transaction with every RCPT pipelined; returns the RCPT codes
+    and the final reply code."""
+    with n.raw('smtp', timeout=30) as c:
+        c.recv_reply()
+        c.cmd('EHLO client.test')
+        cmds = b'MAIL FROM:<alice@remote.test>\r\n' + b''.join(
+            b'RCPT TO:<%s>\r\n' % r.encode() for r in rcpts) + b'DATA\r\n'
+        c.send(cmds)
+        c.recv_reply()
+        codes = [c.recv_reply().code for _ in rcpts]
+        data = c.recv_reply()
+        if data.code != 354:
+            return codes, data.code
+        c.send(body + b'.\r\n')
+        final = c.recv_reply().code
+        c.cmd('QUIT')
+        return codes, final
+
+
+@test
+def duplicate_rcpts_one_copy():
+    with Sink() as sink:
+        with Node(conf={'relayhost': '127.0.0.1:%d' % sink.port, 'max_recipients': 5,
+                        'retry.initial': '1s'}) as n:
+            add_user(n, 'bob')
+            add_user(n, 'carol')
+            n.cli('alias', 'add', 'robert', 'bob')
+            n.cli('alias', 'add', 'team', 'bob,carol')
+            rcpts = ['bob@example.test'] * 1000
+            codes, final = pipelined_rcpts(n, rcpts)
+            check('dup_1000_all_250', codes.count(250) == 1000, sorted(set(codes)))
+            check('dup_1000_accepted', final == 250, final)
+            count, size = pop3_stat(n, 'bob')
+            check('dup_1000_one_copy', count == 1, 'STAT %d messages, %d octets' % (count, size))
+            # aliases and case variants of one mailbox, and a remote
+            # address repeated: one copy each; the limit (5) counts
+            # distinct recipients only
+            rcpts = (['bob@example.test', 'robert@example.test', 'BOB@example.test', 'team@example.test',
+                      'carol@example.test'] * 20 + ['far@remote.test'] * 30 +
+                     ['d%d@remote.test' % i for i in range(2)] * 3)
+            codes, final = pipelined_rcpts(n, rcpts)
+            check('dup_mixed_all_250', codes.count(250) == len(rcpts),
+                  [(r, c) for r, c in zip(rcpts, codes) if c != 250][:5])
+            check('dup_mixed_accepted', final == 250, final)
+            check('dup_mixed_bob_one_more', pop3_stat(n, 'bob')[0] == 2, pop3_stat(n, 'bob'))
+            check('dup_mixed_carol_one', pop3_stat(n, 'carol')[0] == 1, pop3_stat(n, 'carol'))
+            sink.wait_for(1, timeout=15)
+            time.sleep(0.5)
+            got = [r for m in sink.messages for r in m.rcpts]
+            check('dup_remote_once', sorted(got) == sorted(['far@remote.test', 'd0@remote.test',
+                                                             'd1@remote.test']), got)
+            # a sixth distinct recipient is over the limit
+            codes, final = pipelined_rcpts(n, ['x%d@remote.test' % i for i in range(6)] + ['x0@remote.test'])
+            check('dup_limit_counts_distinct', codes[:5] == [250] * 5 and codes[5] == 452 and codes[6] == 250,
+                  codes)
+
+
+harness.main()
