@@ -998,6 +998,32 @@ MN_PRIVATE void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 MN_PRIVATE void smtpc_abort(struct smtpc *s);
 
+/* What every SMTP client of this node shares (delivery sessions here and
+ * the upstream exchange in poll.c), so that the two cannot drift apart. */
+struct smtpc_caps {                     /* what the peer's EHLO offered */
+    int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
+    int has_size;
+    int64_t size_limit;                 /* 0: no limit announced */
+    char auth_mechs[128];
+};
+/* One EHLO keyword line (the text after "250-" or "250 "). */
+MN_PRIVATE void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw);
+/* 1 if the peer offered SASL mechanism mech. */
+MN_PRIVATE int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech);
+/* The AUTH mechanism to use with this peer on c: CRAM-MD5 when offered,
+ * else PLAIN when offered and the password may travel (under TLS, to this
+ * host, or allow_cleartext_auth), else none. */
+enum { SMTPC_AUTH_NONE, SMTPC_AUTH_CRAM, SMTPC_AUTH_PLAIN };
+MN_PRIVATE int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c);
+/* Takes one reply line off c's input.  1: *code, *last (no continuation)
+ * and line (CR LF removed, control characters blanked, cut to n - 1);
+ * 0: no whole line yet; SMTPC_ELONG: a line longer than the input buffer;
+ * SMTPC_EMALFORMED: not a reply line (RFC 5321 4.2). */
+#define SMTPC_ELONG      (-1)
+#define SMTPC_EMALFORMED (-2)
+MN_PRIVATE int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n);
+
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
@@ -12480,12 +12506,9 @@ struct smtpc {
     int attached;                       /* a turned-around connection (ATRN) */
     int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
-    int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
-    int compress;                       /* COMPRESS DEFLATE offered (a mailnode) */
+    int esmtp;
+    struct smtpc_caps caps;
     int tls_policy;                     /* SMTPC_TLS_* */
-    int64_t size_limit;
-    int has_size;
-    char auth_mechs[128];
     /* replies being read */
     char reply[1024];
     size_t reply_len;
@@ -12704,11 +12727,11 @@ static int start_message(struct smtpc *s)
         s->batch_over = 1;
         return 0;
     }
-    if (f->m.size && s->size_limit && f->m.size > s->size_limit) {
+    if (f->m.size && s->caps.size_limit && f->m.size > s->caps.size_limit) {
         /* RFC 1870 4: the peer's fixed limit is a permanent refusal. */
         char t[160];
         snprintf(t, sizeof t, "552 5.3.4 message of %lld octets exceeds the peer's limit of %lld",
-                 (long long)f->m.size, (long long)s->size_limit);
+                 (long long)f->m.size, (long long)s->caps.size_limit);
         for (int i = 0; i < f->m.nrcpt; i++)
             s->ops->rcpt_done(s->arg, &f->m, i, 552, t);
         s->ops->msg_done(s->arg, &f->m);
@@ -12720,18 +12743,18 @@ static int start_message(struct smtpc *s)
     s->fl_len++;
     f->wire_size = f->m.size;
     /* RFC 6152 3: never 8-bit text to a peer that did not offer 8BITMIME. */
-    f->convert = f->m.eightbit && !s->eightbitmime;
+    f->convert = f->m.eightbit && !s->caps.eightbitmime;
     if (s->need_rset) {
         cmd(s, E_RSET, slot, 0, "RSET");
         s->need_rset = 0;
     }
     if (s->esmtp) {
         size_t used = 0;
-        if (s->has_size)
+        if (s->caps.has_size)
             used += (size_t)snprintf(params + used, sizeof params - used, " SIZE=%lld", (long long)f->m.size);
-        if (f->m.eightbit && s->eightbitmime)
+        if (f->m.eightbit && s->caps.eightbitmime)
             used += (size_t)snprintf(params + used, sizeof params - used, " BODY=8BITMIME");
-        if (s->dsn) {
+        if (s->caps.dsn) {
             used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
                                      f->m.ret_full ? "FULL" : "HDRS");
             if (f->m.envid[0] && used < sizeof params)
@@ -12750,7 +12773,7 @@ static void write_rcpt(struct smtpc *s, struct flight *f, int i)
     const struct store_out_rcpt *r = &f->m.rcpts[i];
     char params[400] = "";
 
-    if (s->dsn) {
+    if (s->caps.dsn) {
         size_t used = 0;
         if (r->notify) {
             static const struct { int bit; const char *name; } names[] = {
@@ -12910,7 +12933,7 @@ static void write_current(struct smtpc *s)
         if (conn_out_space(s->c) < 1024)
             return;
         /* Without PIPELINING every command waits for its reply. */
-        if (!s->pipelining && s->q_len && s->wstate != W_BODY)
+        if (!s->caps.pipelining && s->q_len && s->wstate != W_BODY)
             return;
         switch (s->wstate) {
         case W_RCPT:
@@ -12921,7 +12944,7 @@ static void write_current(struct smtpc *s)
             smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
-            if (s->chunking) {
+            if (s->caps.chunking) {
                 if (f->convert && convert_size(f, &f->wire_size)) {
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
                      * once their RCPT replies are in; the peer gets RSET. */
@@ -12947,7 +12970,7 @@ static void write_current(struct smtpc *s)
         case W_WAIT354:
             return;                     /* the reply handler moves on */
         case W_BODY: {
-            int done = write_body(s, f, !s->chunking);
+            int done = write_body(s, f, !s->caps.chunking);
             if (done < 0) {
                 conn_abort(s->c);
                 return;
@@ -12956,7 +12979,7 @@ static void write_current(struct smtpc *s)
                 s->c->want_drain = 1;
                 return;
             }
-            if (!s->chunking)
+            if (!s->caps.chunking)
                 write_data_end(s);
             smtpc_wenter(s, W_END);
             continue;
@@ -12981,7 +13004,7 @@ static void pump(struct smtpc *s)
             if (s->wslot >= 0)
                 break;
         }
-        if (!s->pipelining && s->q_len)
+        if (!s->caps.pipelining && s->q_len)
             break;
         if (conn_out_space(s->c) < 4096)
             break;
@@ -12998,33 +13021,53 @@ static void pump(struct smtpc *s)
 
 /* ----------------------------------------------------------- replies */
 
-static void parse_ehlo_line(struct smtpc *s, const char *kw)
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
 {
     if (!strcasecmp(kw, "PIPELINING"))
-        s->pipelining = 1;
+        caps->pipelining = 1;
     else if (!strcasecmp(kw, "CHUNKING"))
-        s->chunking = 1;
+        caps->chunking = 1;
     else if (!strcasecmp(kw, "8BITMIME"))
-        s->eightbitmime = 1;
+        caps->eightbitmime = 1;
     else if (!strcasecmp(kw, "DSN"))
-        s->dsn = 1;
+        caps->dsn = 1;
     else if (!strcasecmp(kw, "STARTTLS"))
-        s->starttls = 1;
+        caps->starttls = 1;
+    else if (!strcasecmp(kw, "ATRN"))
+        caps->atrn = 1;
     else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
-        s->compress = 1;
+        caps->compress = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
-        s->has_size = 1;
-        s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
+        /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
+         * an overflow) is treated as no announcement at all, so that a
+         * broken peer cannot make every message look too large. */
+        const char *p = kw + 4;
+        int64_t v = 0;
+        int ok = 1;
+        while (*p == ' ')
+            p++;
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9' || v > (INT64_MAX - 9) / 10) {
+                ok = 0;
+                break;
+            }
+            v = v * 10 + (*p - '0');
+        }
+        caps->has_size = ok;
+        caps->size_limit = ok ? v : 0;
     }
     else if (!strncasecmp(kw, "AUTH ", 5))
-        util_strlcpy(s->auth_mechs, kw + 5, sizeof s->auth_mechs);
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
+    /* The pre-RFC 2554 form some servers add beside the standard one. */
+    else if (!strncasecmp(kw, "AUTH=", 5) && !caps->auth_mechs[0])
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
 }
 
-static int has_mech(const struct smtpc *s, const char *mech)
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech)
 {
-    char buf[sizeof s->auth_mechs], *items[16];
+    char buf[sizeof caps->auth_mechs], *items[16];
     size_t n;
-    util_strlcpy(buf, s->auth_mechs, sizeof buf);
+    util_strlcpy(buf, caps->auth_mechs, sizeof buf);
     n = util_split_list(buf, items, MN_NELEM(items));
     for (size_t i = 0; i < n; i++)
         if (!strcasecmp(items[i], mech))
@@ -13032,22 +13075,33 @@ static int has_mech(const struct smtpc *s, const char *mech)
     return 0;
 }
 
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c)
+{
+    if (smtpc_caps_mech(caps, "CRAM-MD5"))
+        return SMTPC_AUTH_CRAM;
+    /* A password in the clear only to a peer on this host, under TLS, or
+     * when the administrator said so. */
+    if (smtpc_caps_mech(caps, "PLAIN") && (c->peer_loopback || conf->allow_cleartext_auth || c->tls))
+        return SMTPC_AUTH_PLAIN;
+    return SMTPC_AUTH_NONE;
+}
+
 static void start_auth(struct smtpc *s)
 {
     char b64[900];
 
-    if (has_mech(s, "CRAM-MD5")) {
+    switch (smtpc_auth_choose(&s->caps, s->c)) {
+    case SMTPC_AUTH_CRAM:
         cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
         return;
+    case SMTPC_AUTH_PLAIN:
+        if (!auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
+            cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+            return;
+        }
+        break;
     }
-    /* A password in the clear only to a peer on this host, under TLS, or
-     * when the administrator said so. */
-    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
-        auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
-        quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
-        return;
-    }
-    cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+    quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
 }
 
 static void cram_answer(struct smtpc *s, const char *challenge64)
@@ -13068,7 +13122,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
 {
     /* RFC 3207: TLS when the peer offers it (unless told not to), and no
      * delivery at all without it when the policy requires it. */
-    if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+    if (!s->c->tls && s->caps.starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
         cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
         return;
     }
@@ -13082,11 +13136,11 @@ static void on_reply_ehlo_done(struct smtpc *s)
      * that passes the site's EHLO reply through but cannot carry a
      * deflate stream; a mailnode client compressed the connection before
      * ATRN, and it stays compressed. */
-    if (s->compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
+    if (s->caps.compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
         cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
         return;
     }
-    if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+    if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
         start_auth(s);
         return;
     }
@@ -13240,7 +13294,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 quit_with_error(s, "%s refused STARTTLS: %s", s->peer, clean);
                 break;
             }
-            s->starttls = 0;            /* "may": go on in the clear */
+            s->caps.starttls = 0;            /* "may": go on in the clear */
             on_reply_ehlo_done(s);
             break;
         }
@@ -13255,7 +13309,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
         conn_close(s->c);
         break;
     case E_COMPRESS:
-        s->compress = 0;
+        s->caps.compress = 0;
         if (code / 100 == 2 && zio_start(s->c)) {
             set_error(s, "cannot start compression with %s", s->peer);
             conn_abort(s->c);
@@ -13277,53 +13331,59 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = s->compress = 0;
-    s->has_size = 0;
-    s->size_limit = 0;
-    s->auth_mechs[0] = '\0';
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = s->caps.compress = 0;
+    s->caps.has_size = 0;
+    s->caps.size_limit = 0;
+    s->caps.auth_mechs[0] = '\0';
     cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
     conn_flush(c);
+}
+
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n)
+{
+    unsigned char *lf = memchr(c->in, '\n', c->in_len);
+    if (!lf)
+        return c->in_len == c->in_cap ? SMTPC_ELONG : 0;
+    size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+    if (l && c->in[l - 1] == '\r')
+        l--;
+    /* RFC 5321 4.2: Reply-code [ ("-" / SP) textstring ]. */
+    if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
+        (l > 3 && c->in[3] != ' ' && c->in[3] != '-'))
+        return SMTPC_EMALFORMED;
+    *code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
+    *last = l == 3 || c->in[3] == ' ';
+    size_t k = l < n - 1 ? l : n - 1;
+    memcpy(line, c->in, k);
+    line[k] = '\0';
+    /* The text reaches logs and delivery reports: one line, always. */
+    for (size_t i = 0; i < k; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = ' ';
+    conn_consume(c, len);
+    return 1;
 }
 
 static void smtpc_input(struct conn *c)
 {
     struct smtpc *s = c->ctx;
+    char line[sizeof s->reply];
+    int code, last, rc;
 
-    while (!c->dead && c->in_len) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap) {
-                set_error(s, "%s sent an over-long reply line", s->peer);
-                conn_abort(c);
-            }
-            return;
-        }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
-            (l > 3 && c->in[3] != ' ' && c->in[3] != '-')) {
-            set_error(s, "%s sent a malformed reply", s->peer);
+    while (!c->dead && c->in_len && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            set_error(s, rc == SMTPC_ELONG ? "%s sent an over-long reply line" : "%s sent a malformed reply",
+                      s->peer);
             conn_abort(c);
             return;
         }
-        int code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
-        int last = l == 3 || c->in[3] == ' ';
         /* Keep the first line of a reply (and EHLO keywords as they come). */
         if (!s->reply_len) {
-            size_t k = l < sizeof s->reply - 1 ? l : sizeof s->reply - 1;
-            memcpy(s->reply, c->in, k);
-            s->reply[k] = '\0';
-            s->reply_len = k;
+            s->reply_len = util_strlcpy(s->reply, line, sizeof s->reply);
             s->reply_code = code;
-        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && l > 4) {
-            char kw[256];
-            size_t k = l - 4 < sizeof kw - 1 ? l - 4 : sizeof kw - 1;
-            memcpy(kw, c->in + 4, k);
-            kw[k] = '\0';
-            parse_ehlo_line(s, kw);
+        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && strlen(line) > 4) {
+            smtpc_caps_keyword(&s->caps, line + 4);
         }
-        conn_consume(c, len);
         if (last) {
             char text[sizeof s->reply];
             util_strlcpy(text, s->reply, sizeof text);
@@ -13432,7 +13492,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
 
 int smtpc_peer_dsn(const struct smtpc *s)
 {
-    return s && s->dsn;
+    return s && s->caps.dsn;
 }
 
 void smtpc_set_dest(struct smtpc *s, const char *dest)
@@ -14679,7 +14739,6 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
 
 
 #include <assert.h>
-#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 
@@ -14715,8 +14774,7 @@ static struct {
     struct conn *c;
     char reply[512];
     int reply_code;
-    int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
-    int ehlo_compress;                  /* COMPRESS DEFLATE offered (zio.c) */
+    struct smtpc_caps caps;             /* what the upstream's EHLO offered */
     char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
@@ -14908,7 +14966,7 @@ static void poll_reply(int code, const char *text)
         /* upstream.tls: STARTTLS when offered ("may"), never ("none"), or
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
-        if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
+        if (!P.c->tls && P.caps.starttls && policy != SMTPC_TLS_NONE) {
             poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
@@ -14923,23 +14981,24 @@ static void poll_reply(int code, const char *text)
             ask_next_etrn();
             return;
         }
-        if (!P.ehlo_atrn) {
+        if (!P.caps.atrn) {
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
         /* The turned-around session carries the mail: compress it when
          * the upstream (a mailnode) offers it. */
-        if (P.ehlo_compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
+        if (P.caps.compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
             poll_enter(POLL_COMPRESS);
             poll_send("COMPRESS DEFLATE");
             return;
         }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
-        if (P.ehlo_cram) {
+        int mech = smtpc_auth_choose(&P.caps, P.c);
+        if (mech == SMTPC_AUTH_CRAM) {
             poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
-        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
+        } else if (mech == SMTPC_AUTH_PLAIN) {
             poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
@@ -14948,7 +15007,7 @@ static void poll_reply(int code, const char *text)
         return;
     }
     case POLL_COMPRESS:
-        P.ehlo_compress = 0;
+        P.caps.compress = 0;
         if (code / 100 == 2 && zio_start(P.c)) {
             poll_finish(EX_SOFTWARE, "cannot start compression with the upstream");
             return;
@@ -14963,7 +15022,7 @@ static void poll_reply(int code, const char *text)
                 return;
             }
             poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
-            P.ehlo_starttls = 0;
+            P.caps.starttls = 0;
             poll_reply(250, "250 continue");
             return;
         }
@@ -15038,47 +15097,17 @@ static void poll_reply(int code, const char *text)
 
 static void client_input(struct conn *c)
 {
-    while (!c->dead && c->in_len && P.c == c) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap)
-                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+    char line[512];
+    int code, last, rc;
+
+    while (!c->dead && c->in_len && P.c == c && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            poll_finish(EX_PROTOCOL, rc == SMTPC_ELONG ? "the upstream sent an over-long line"
+                                                       : "the upstream sent a malformed reply");
             return;
         }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
-            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
-            return;
-        }
-        int code = atoi((char *)c->in);
-        int last = l == 3 || c->in[3] == ' ';
-        char line[512];
-        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
-        memcpy(line, c->in, k);
-        line[k] = '\0';
-        for (char *p = line; *p; p++)
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
-        conn_consume(c, len);
-        if (P.state == POLL_EHLO && l > 4) {
-            const char *kw = line + 4;
-            if (!strcasecmp(kw, "ATRN"))
-                P.ehlo_atrn = 1;
-            else if (!strcasecmp(kw, "STARTTLS"))
-                P.ehlo_starttls = 1;
-            else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
-                P.ehlo_compress = 1;
-            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
-                char m[256];
-                util_strlcpy(m, kw + 5, sizeof m);
-                for (char *p = m; *p; p++)
-                    *p = (char)toupper((unsigned char)*p);
-                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
-                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
-            }
-        }
+        if (P.state == POLL_EHLO && strlen(line) > 4)
+            smtpc_caps_keyword(&P.caps, line + 4);
         if (last)
             poll_reply(code, line);
     }
@@ -15129,7 +15158,7 @@ static void client_tls(struct conn *c, int err)
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
     poll_enter(POLL_EHLO);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = P.ehlo_compress = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     poll_send("EHLO %s", conf->hostname);
 }
 
@@ -15163,7 +15192,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         len = sizeof(struct sockaddr_in6);
     }
     poll_enter(POLL_GREETING);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = P.ehlo_compress = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));

@@ -983,6 +983,32 @@ void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 
+/* What every SMTP client of this node shares (delivery sessions here and
+ * the upstream exchange in poll.c), so that the two cannot drift apart. */
+struct smtpc_caps {                     /* what the peer's EHLO offered */
+    int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
+    int has_size;
+    int64_t size_limit;                 /* 0: no limit announced */
+    char auth_mechs[128];
+};
+/* One EHLO keyword line (the text after "250-" or "250 "). */
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw);
+/* 1 if the peer offered SASL mechanism mech. */
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech);
+/* The AUTH mechanism to use with this peer on c: CRAM-MD5 when offered,
+ * else PLAIN when offered and the password may travel (under TLS, to this
+ * host, or allow_cleartext_auth), else none. */
+enum { SMTPC_AUTH_NONE, SMTPC_AUTH_CRAM, SMTPC_AUTH_PLAIN };
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c);
+/* Takes one reply line off c's input.  1: *code, *last (no continuation)
+ * and line (CR LF removed, control characters blanked, cut to n - 1);
+ * 0: no whole line yet; SMTPC_ELONG: a line longer than the input buffer;
+ * SMTPC_EMALFORMED: not a reply line (RFC 5321 4.2). */
+#define SMTPC_ELONG      (-1)
+#define SMTPC_EMALFORMED (-2)
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n);
+
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */

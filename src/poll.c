@@ -12,7 +12,6 @@
 #include "internal.h"
 
 #include <assert.h>
-#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 
@@ -48,8 +47,7 @@ static struct {
     struct conn *c;
     char reply[512];
     int reply_code;
-    int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
-    int ehlo_compress;                  /* COMPRESS DEFLATE offered (zio.c) */
+    struct smtpc_caps caps;             /* what the upstream's EHLO offered */
     char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
@@ -241,7 +239,7 @@ static void poll_reply(int code, const char *text)
         /* upstream.tls: STARTTLS when offered ("may"), never ("none"), or
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
-        if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
+        if (!P.c->tls && P.caps.starttls && policy != SMTPC_TLS_NONE) {
             poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
@@ -256,23 +254,24 @@ static void poll_reply(int code, const char *text)
             ask_next_etrn();
             return;
         }
-        if (!P.ehlo_atrn) {
+        if (!P.caps.atrn) {
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
         /* The turned-around session carries the mail: compress it when
          * the upstream (a mailnode) offers it. */
-        if (P.ehlo_compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
+        if (P.caps.compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
             poll_enter(POLL_COMPRESS);
             poll_send("COMPRESS DEFLATE");
             return;
         }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
-        if (P.ehlo_cram) {
+        int mech = smtpc_auth_choose(&P.caps, P.c);
+        if (mech == SMTPC_AUTH_CRAM) {
             poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
-        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
+        } else if (mech == SMTPC_AUTH_PLAIN) {
             poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
@@ -281,7 +280,7 @@ static void poll_reply(int code, const char *text)
         return;
     }
     case POLL_COMPRESS:
-        P.ehlo_compress = 0;
+        P.caps.compress = 0;
         if (code / 100 == 2 && zio_start(P.c)) {
             poll_finish(EX_SOFTWARE, "cannot start compression with the upstream");
             return;
@@ -296,7 +295,7 @@ static void poll_reply(int code, const char *text)
                 return;
             }
             poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
-            P.ehlo_starttls = 0;
+            P.caps.starttls = 0;
             poll_reply(250, "250 continue");
             return;
         }
@@ -371,47 +370,17 @@ static void poll_reply(int code, const char *text)
 
 static void client_input(struct conn *c)
 {
-    while (!c->dead && c->in_len && P.c == c) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap)
-                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+    char line[512];
+    int code, last, rc;
+
+    while (!c->dead && c->in_len && P.c == c && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            poll_finish(EX_PROTOCOL, rc == SMTPC_ELONG ? "the upstream sent an over-long line"
+                                                       : "the upstream sent a malformed reply");
             return;
         }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
-            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
-            return;
-        }
-        int code = atoi((char *)c->in);
-        int last = l == 3 || c->in[3] == ' ';
-        char line[512];
-        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
-        memcpy(line, c->in, k);
-        line[k] = '\0';
-        for (char *p = line; *p; p++)
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
-        conn_consume(c, len);
-        if (P.state == POLL_EHLO && l > 4) {
-            const char *kw = line + 4;
-            if (!strcasecmp(kw, "ATRN"))
-                P.ehlo_atrn = 1;
-            else if (!strcasecmp(kw, "STARTTLS"))
-                P.ehlo_starttls = 1;
-            else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
-                P.ehlo_compress = 1;
-            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
-                char m[256];
-                util_strlcpy(m, kw + 5, sizeof m);
-                for (char *p = m; *p; p++)
-                    *p = (char)toupper((unsigned char)*p);
-                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
-                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
-            }
-        }
+        if (P.state == POLL_EHLO && strlen(line) > 4)
+            smtpc_caps_keyword(&P.caps, line + 4);
         if (last)
             poll_reply(code, line);
     }
@@ -462,7 +431,7 @@ static void client_tls(struct conn *c, int err)
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
     poll_enter(POLL_EHLO);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = P.ehlo_compress = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     poll_send("EHLO %s", conf->hostname);
 }
 
@@ -496,7 +465,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         len = sizeof(struct sockaddr_in6);
     }
     poll_enter(POLL_GREETING);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = P.ehlo_compress = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
