@@ -179,14 +179,11 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
-<<<<<<< HEAD
     int compress;                       /* COMPRESS DEFLATE between mailnodes (zio.c) */
     char **compress_never;              /* destinations or hosts never compressed */
     size_t n_compress_never;
-=======
     char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
     int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
->>>>>>> main
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
     size_t n_pacing_rate;
     unsigned short key_line[CONF_MAX_KEYS]; /* line of each key in the file; 0 = default */
@@ -2055,13 +2052,10 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
-<<<<<<< HEAD
     { "compress", T_BOOL, F(compress), 0, "yes" },
     { "compress.never", T_DOMAINS, F(compress_never), F(n_compress_never), "" },
-=======
     { "bundle.key", T_STR, F(bundle_key), 0, NULL },
     { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
->>>>>>> main
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
 #undef F        /* the amalgamation goes on with other modules */
@@ -8631,7 +8625,6 @@ int store_held_count(const char *domain)
     return n;
 }
 
-<<<<<<< HEAD
 /* ---- src/store_ops.c ---- */
 #line 1 "src/store_ops.c"
 /*
@@ -8639,25 +8632,11 @@ int store_held_count(const char *domain)
  * list/show/delete, poll's account of what stayed queued).  Read-mostly
  * and kept apart from the delivery path's SQL in store.c and
  * store_deliver.c.
-=======
-/* ---- src/store_bundle.c ---- */
-#line 1 "src/store_bundle.c"
-/*
- * store_bundle.c: the SQL of offline bundles.  Peers (their public keys
- * and the domains they take), recipients in transit on a bundle not yet
- * acknowledged, the identities of recipients already delivered (so that a
- * message that arrives twice, by two bundles or by a bundle and SMTP, is
- * delivered once), and the volumes already imported (replays).
- *
- * Like the other store files: writers open the transaction and leave it
- * open; the caller commits.
->>>>>>> main
  */
 
 
 #include <string.h>
 
-<<<<<<< HEAD
 /* Remote recipients still queued and not held by `queue hold`: for one
  * destination domain, or ("" ) for every one (all go to the relayhost). */
 int64_t store_ops_queued_remote(const char *domain)
@@ -8931,7 +8910,24 @@ int store_ops_delete_domain(const char *domain, int64_t *rcpts)
     }
     free(msgs);
     return err;
-=======
+}
+
+/* ---- src/store_bundle.c ---- */
+#line 1 "src/store_bundle.c"
+/*
+ * store_bundle.c: the SQL of offline bundles.  Peers (their public keys
+ * and the domains they take), recipients in transit on a bundle not yet
+ * acknowledged, the identities of recipients already delivered (so that a
+ * message that arrives twice, by two bundles or by a bundle and SMTP, is
+ * delivered once), and the volumes already imported (replays).
+ *
+ * Like the other store files: writers open the transaction and leave it
+ * open; the caller commits.
+ */
+
+
+#include <string.h>
+
 static int sb_step(sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
@@ -9280,7 +9276,6 @@ int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t
     sqlite3_bind_int64(st, 3, peer_id);
     sqlite3_bind_int64(st, 4, now);
     return sb_step(st, "record imported volume");
->>>>>>> main
 }
 
 /* ---- src/addr.c ---- */
