@@ -176,6 +176,8 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
+    int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
     size_t n_pacing_rate;
 };
@@ -1036,6 +1038,139 @@ MN_PRIVATE int smtpd_busy(void);                   /* sessions inside a mail tra
 
 MN_PRIVATE void pop3_accept(struct conn *c);
 
+/* ---------------------------------------------------------------- bundle */
+
+/* Offline bundles between mailnodes (bundle.c; docs/bundle-format.md). */
+#define BUNDLE_VERSION     1
+#define BUNDLE_KIND_MAIL   1
+#define BUNDLE_KIND_RECEIPT 2
+#define BUNDLE_KEY_PREFIX  "mnb1"
+#define BUNDLE_HDR_SIGNED  208          /* header bytes covered by the signature */
+#define BUNDLE_HDR_LEN     (BUNDLE_HDR_SIGNED + 64)
+#define BUNDLE_FRAME_MAX   65536        /* plaintext bytes per frame */
+#define BUNDLE_DATA_MAX    65536        /* body bytes per DATA record */
+#define BUNDLE_RECORD_MAX  (256 * 1024) /* any record (an envelope) */
+#define BUNDLE_RCPTS_MAX   1000
+#define BUNDLE_ID_LEN      16
+/* Record types (the plaintext of a volume is a sequence of them). */
+enum { BUNDLE_REC_ENV = 1, BUNDLE_REC_DATA = 2, BUNDLE_REC_END = 3, BUNDLE_REC_ACK = 4,
+       BUNDLE_REC_FIN = 5 };
+/* Errors of the format layer. */
+enum { BUNDLE_ENOTBUNDLE = -20, BUNDLE_EVERSION = -21, BUNDLE_EFORMAT = -22, BUNDLE_ESIG = -23,
+       BUNDLE_EKEY = -24, BUNDLE_ECRYPT = -25, BUNDLE_ETRUNC = -26, BUNDLE_ETRAIL = -27,
+       BUNDLE_EZLIB = -28, BUNDLE_ERECORD = -29, BUNDLE_EIO = -30, BUNDLE_ENOMEM = -31 };
+MN_PRIVATE const char *bundle_strerror(int e);
+
+struct bundle_keys {
+    unsigned char sign_pk[crypto_sign_PUBLICKEYBYTES], sign_sk[crypto_sign_SECRETKEYBYTES];
+    unsigned char box_pk[crypto_box_PUBLICKEYBYTES], box_sk[crypto_box_SECRETKEYBYTES];
+};
+/* Loads (or with create, makes) the node's bundle key pair file. */
+MN_PRIVATE int bundle_keys_load(const char *path, struct bundle_keys *k, int create, char *err, size_t errlen);
+/* "mnb1 BASE64 [comment]": the public keys as one line, and back. */
+MN_PRIVATE void bundle_key_line(const unsigned char sign_pk[32], const unsigned char box_pk[32],
+                     const char *comment, char *out, size_t n);
+MN_PRIVATE int bundle_key_parse(const char *line, unsigned char sign_pk[32], unsigned char box_pk[32]);
+
+struct bundle_header {
+    int kind;
+    int64_t created;
+    unsigned char bundle_id[16];
+    uint32_t volume;
+    unsigned char sender_sign_pk[32], recipient_box_pk[32];
+    unsigned char sealed_key[crypto_box_SEALBYTES + 32];
+    unsigned char ss_header[crypto_secretstream_xchacha20poly1305_HEADERBYTES];
+    unsigned char signature[crypto_sign_BYTES];
+};
+MN_PRIVATE void bundle_header_encode(const struct bundle_header *h, unsigned char out[BUNDLE_HDR_SIGNED]);
+MN_PRIVATE int bundle_header_decode(const unsigned char *in, size_t n, struct bundle_header *h);
+
+struct bundle_writer;
+MN_PRIVATE struct bundle_writer *bundle_writer_open(int fd, const struct bundle_keys *me, const unsigned char peer_box_pk[32],
+                                         int kind, const unsigned char bundle_id[16], uint32_t volume);
+MN_PRIVATE int bundle_write_record(struct bundle_writer *w, int type, const void *payload, size_t n);
+MN_PRIVATE int64_t bundle_bound(int64_t raw);      /* most file bytes raw record bytes can add */
+MN_PRIVATE int64_t bundle_writer_size(struct bundle_writer *w);   /* upper bound of the final size so far */
+MN_PRIVATE int bundle_writer_sync(struct bundle_writer *w);       /* makes the size exact (Z_SYNC_FLUSH) */
+MN_PRIVATE int bundle_writer_finish(struct bundle_writer *w);     /* FIN record and the final frame */
+MN_PRIVATE int64_t bundle_writer_bytes(const struct bundle_writer *w);
+MN_PRIVATE void bundle_writer_free(struct bundle_writer *w);
+
+typedef ssize_t (*bundle_read_fn)(void *arg, void *buf, size_t n);
+/* Reads and decodes the header (raw keeps its bytes for the signature). */
+MN_PRIVATE int bundle_reader_header(bundle_read_fn fn, void *arg, struct bundle_header *h,
+                         unsigned char raw[BUNDLE_HDR_LEN]);
+MN_PRIVATE int bundle_header_verify(const unsigned char raw[BUNDLE_HDR_LEN], const unsigned char sign_pk[32]);
+struct bundle_reader;
+MN_PRIVATE struct bundle_reader *bundle_reader_open(bundle_read_fn fn, void *arg, const struct bundle_header *h,
+                                         const struct bundle_keys *me, int *err);
+/* The next record: 0 and *type/payload/n (valid until the next call), 1
+ * after FIN, or a BUNDLE_E* error.  FIN is returned only when the record
+ * count agrees and nothing follows it. */
+MN_PRIVATE int bundle_read_record(struct bundle_reader *r, int *type, const unsigned char **payload, size_t *n);
+MN_PRIVATE void bundle_reader_free(struct bundle_reader *r);
+
+struct bundle_env_rcpt {
+    char addr[ADDR_MAX];
+    char orcpt[ADDR_MAX + 8];            /* as in SMTP: type ";" xtext */
+    int notify;
+};
+struct bundle_env {
+    char qid[QID_LEN + 1];              /* the exporting node's queue id */
+    int64_t received, size;
+    char sender[ADDR_MAX];
+    char envid[101];
+    int ret_full, eightbit, have_mail;
+    int nrcpt;
+    struct bundle_env_rcpt rcpts[BUNDLE_RCPTS_MAX];     /* last: parse clears only what is before */
+};
+MN_PRIVATE int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t *len);
+MN_PRIVATE int bundle_env_parse(const unsigned char *p, size_t n, struct bundle_env *e);
+
+struct bundle_msgid {
+    char line[1000];
+    size_t len;
+    int bol, done, found;
+    char id[256];
+};
+MN_PRIVATE void bundle_msgid_init(struct bundle_msgid *m);
+MN_PRIVATE void bundle_msgid_feed(struct bundle_msgid *m, const void *buf, size_t n);
+MN_PRIVATE void bundle_msgid_finish(struct bundle_msgid *m);
+MN_PRIVATE void bundle_identity(char kind, const void *a, size_t alen, const char *b, const char *rcpt,
+                     unsigned char out[BUNDLE_ID_LEN]);
+MN_PRIVATE void bundle_hex(const unsigned char *p, size_t n, char *out);
+/* SMTP-received mail: drops the recipients already delivered by bundle
+ * (by Message-ID) and remembers the rest, when the node has peers. */
+MN_PRIVATE int bundle_dedup(struct store_body *b, struct store_rcpt *rcpts, size_t *n, const char *qid);
+
+/* store_bundle.c: peers, mail in transit, identities seen, volumes imported. */
+struct store_peer {
+    int64_t id;
+    char name[64];
+    unsigned char sign_pk[32], box_pk[32];
+    char domains[1024];                 /* comma separated; "" = our upstream: all remote mail */
+    int64_t added;
+};
+MN_PRIVATE int store_peer_add(const struct store_peer *p);         /* STORE_EXISTS */
+MN_PRIVATE int store_peer_get(const char *name, struct store_peer *p);
+MN_PRIVATE int store_peer_by_key(const unsigned char sign_pk[32], struct store_peer *p);
+MN_PRIVATE int store_peer_del(const char *name);
+MN_PRIVATE int store_peer_list(int (*cb)(void *arg, const struct store_peer *p), void *arg);
+MN_PRIVATE int store_peer_any(void);                               /* 1 if a peer exists */
+/* Messages with queued recipients for the peer (after_id, id order),
+ * skipping recipients in transit since after `resend_before`; *m as
+ * store_out_next fills it.  1 found, 0 none. */
+MN_PRIVATE int store_bundle_next(const struct store_peer *p, int64_t after_id, int64_t resend_before,
+                      struct store_out_msg *m);
+MN_PRIVATE int store_bundle_transit(int64_t rcpt_id, int64_t peer_id, const unsigned char bundle_id[16], int64_t now);
+/* A receipt: the peer's in-transit recipients of message qid are
+ * delivered.  Returns recipients acknowledged (>= 0). */
+MN_PRIVATE int store_bundle_ack(int64_t peer_id, const char *qid);
+MN_PRIVATE int store_seen_check(const unsigned char key[BUNDLE_ID_LEN]);   /* 1 seen */
+MN_PRIVATE int store_seen_add(const unsigned char key[BUNDLE_ID_LEN], int64_t now);
+MN_PRIVATE int store_seen_prune(int64_t before);
+MN_PRIVATE int store_volume_seen(const unsigned char bundle_id[16], uint32_t volume);  /* 1 imported */
+MN_PRIVATE int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t peer_id, int64_t now);
 /* ----------------------------------------------------------------- imap */
 
 /* The IMAP4rev1 server (RFC 3501) and its extensions: imap.c (session,
@@ -1172,6 +1307,11 @@ MN_PRIVATE int cli_mailbox(int argc, char **argv);
 MN_PRIVATE int cli_status(int argc, char **argv);
 MN_PRIVATE int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 MN_PRIVATE int cli_poll(int argc, char **argv);            /* mailnode poll */
+MN_PRIVATE int cli_key(int argc, char **argv);             /* mailnode key show */
+MN_PRIVATE int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
+MN_PRIVATE int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
+MN_PRIVATE int cli_bundle_import(int argc, char **argv);   /* bundle_import.c */
+MN_PRIVATE int cli_bundle_keys(struct bundle_keys *k, int create);   /* loads bundle.key or says why not */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 MN_PRIVATE int cli_open_store(void);
@@ -1826,6 +1966,8 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "bundle.key", T_STR, F(bundle_key), 0, NULL },
+    { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
 #undef F        /* the amalgamation goes on with other modules */
@@ -1970,6 +2112,11 @@ static void derive(struct conf *c)
         free(c->keyfile);
         snprintf(buf, sizeof buf, "%s.key", c->database);
         c->keyfile = xstrdup(buf);
+    }
+    if (!c->bundle_key || !*c->bundle_key) {
+        free(c->bundle_key);
+        snprintf(buf, sizeof buf, "%s.bundle-key", c->database);
+        c->bundle_key = xstrdup(buf);
     }
     if (!c->control || !*c->control) {
         free(c->control);
@@ -5276,6 +5423,17 @@ static const char *const migrations[] = {
     " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
     "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
     " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
+    /* 6: offline bundles: peers, recipients in transit, identities of
+     * delivered recipients (duplicates), volumes imported (replays). */
+    "CREATE TABLE peer(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sign_pk BLOB NOT NULL UNIQUE,"
+    " box_pk BLOB NOT NULL, domains TEXT NOT NULL DEFAULT '', added INTEGER NOT NULL);"
+    "CREATE TABLE bundle_transit(rcpt_id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL,"
+    " bundle_id BLOB NOT NULL, exported INTEGER NOT NULL);"
+    "CREATE INDEX bundle_transit_peer ON bundle_transit(peer_id);"
+    "CREATE TABLE bundle_seen(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
+    "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
+    " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
 };
 
 sqlite3 *store_db(void)
@@ -7899,6 +8057,372 @@ int store_held_count(const char *domain)
     return n;
 }
 
+/* ---- src/store_bundle.c ---- */
+#line 1 "src/store_bundle.c"
+/*
+ * store_bundle.c: the SQL of offline bundles.  Peers (their public keys
+ * and the domains they take), recipients in transit on a bundle not yet
+ * acknowledged, the identities of recipients already delivered (so that a
+ * message that arrives twice, by two bundles or by a bundle and SMTP, is
+ * delivered once), and the volumes already imported (replays).
+ *
+ * Like the other store files: writers open the transaction and leave it
+ * open; the caller commits.
+ */
+
+
+#include <string.h>
+
+static int sb_step(sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE)
+        return 0;
+    if ((rc & 0xff) == SQLITE_CONSTRAINT)
+        return STORE_EXISTS;
+    log_err("database: %s: %s", what, sqlite3_errmsg(store_db()));
+    return store_rc(rc);
+}
+
+static const char *sb_text(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? (const char *)t : "";
+}
+
+/* ----------------------------------------------------------------- peers */
+
+#define PEER_COLS "id, name, sign_pk, box_pk, domains, added"
+
+static void sb_peer_fill(sqlite3_stmt *st, struct store_peer *p)
+{
+    memset(p, 0, sizeof *p);
+    p->id = sqlite3_column_int64(st, 0);
+    util_strlcpy(p->name, sb_text(st, 1), sizeof p->name);
+    if (sqlite3_column_bytes(st, 2) == 32)
+        memcpy(p->sign_pk, sqlite3_column_blob(st, 2), 32);
+    if (sqlite3_column_bytes(st, 3) == 32)
+        memcpy(p->box_pk, sqlite3_column_blob(st, 3), 32);
+    util_strlcpy(p->domains, sb_text(st, 4), sizeof p->domains);
+    p->added = sqlite3_column_int64(st, 5);
+}
+
+int store_peer_add(const struct store_peer *p)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT INTO peer(name, sign_pk, box_pk, domains, added) VALUES (?,?,?,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, p->name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, p->sign_pk, 32, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 3, p->box_pk, 32, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, p->domains, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, util_now());
+    return sb_step(st, "add peer");
+}
+
+static int sb_peer_one(sqlite3_stmt *st, struct store_peer *p)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        sb_peer_fill(st, p);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
+}
+
+int store_peer_get(const char *name, struct store_peer *p)
+{
+    static sqlite3_stmt *st;
+    if (!store_stmt(&st, "SELECT " PEER_COLS " FROM peer WHERE name=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    return sb_peer_one(st, p);
+}
+
+int store_peer_by_key(const unsigned char sign_pk[32], struct store_peer *p)
+{
+    static sqlite3_stmt *st;
+    if (!store_stmt(&st, "SELECT " PEER_COLS " FROM peer WHERE sign_pk=?"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, sign_pk, 32, SQLITE_TRANSIENT);
+    return sb_peer_one(st, p);
+}
+
+int store_peer_del(const char *name)
+{
+    static sqlite3_stmt *t, *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    /* Mail in transit to the peer becomes ordinary queued mail again. */
+    if (!store_stmt(&t, "DELETE FROM bundle_transit WHERE peer_id=(SELECT id FROM peer WHERE name=?)") ||
+        !store_stmt(&st, "DELETE FROM peer WHERE name=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(t, 1, name, -1, SQLITE_TRANSIENT);
+    if ((err = sb_step(t, "delete peer transit")))
+        return err;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    if ((err = sb_step(st, "delete peer")))
+        return err;
+    return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}
+
+int store_peer_list(int (*cb)(void *arg, const struct store_peer *p), void *arg)
+{
+    static sqlite3_stmt *st;
+    struct store_peer p;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT " PEER_COLS " FROM peer ORDER BY name"))
+        return STORE_ERR;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        sb_peer_fill(st, &p);
+        if (cb(arg, &p))
+            break;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_peer_any(void)
+{
+    static sqlite3_stmt *st;
+    int any = 0;
+
+    if (!store_stmt(&st, "SELECT EXISTS (SELECT 1 FROM peer)"))
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        any = sqlite3_column_int(st, 0);
+    sqlite3_reset(st);
+    return any;
+}
+
+/* --------------------------------------------------------------- export */
+
+/* The recipients a peer takes: with domains, its domains (queued for
+ * relay or held for it); without, every remote recipient (the peer is
+ * our upstream).  Recipients in transit count once their resend time
+ * has passed.  ?2 domains, ?3 resend_before. */
+#define PEER_MATCH \
+    " r.state=0 AND ((?2='' AND r.kind=2) OR (?2<>'' AND r.kind IN (2,3) AND" \
+    " instr(','||?2||',', ','||r.dest||',')>0))" \
+    " AND NOT EXISTS (SELECT 1 FROM bundle_transit t WHERE t.rcpt_id=r.id AND t.exported>=?3)"
+
+static int sb_rcpts_fill(const struct store_peer *p, int64_t resend_before, struct store_out_msg *m)
+{
+    static sqlite3_stmt *st;
+    int rc, cap = 0;
+
+    if (!store_stmt(&st, "SELECT r.id, r.addr, r.orcpt, r.notify, r.attempts FROM rcpt r"
+                         " WHERE r.message_id=?1 AND" PEER_MATCH " ORDER BY r.id"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, m->id);
+    sqlite3_bind_text(st, 2, p->domains, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, resend_before);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && m->nrcpt < BUNDLE_RCPTS_MAX) {
+        struct store_out_rcpt *r;
+        if (m->nrcpt == cap) {
+            int c = cap ? cap * 2 : 8;
+            void *q = realloc(m->rcpts, (size_t)c * sizeof *m->rcpts);
+            if (!q) {
+                sqlite3_reset(st);
+                return STORE_ERR;
+            }
+            m->rcpts = q;
+            cap = c;
+        }
+        r = &m->rcpts[m->nrcpt++];
+        memset(r, 0, sizeof *r);
+        r->id = sqlite3_column_int64(st, 0);
+        util_strlcpy(r->addr, sb_text(st, 1), sizeof r->addr);
+        util_strlcpy(r->orcpt, sb_text(st, 2), sizeof r->orcpt);
+        r->notify = sqlite3_column_int(st, 3);
+        r->attempts = sqlite3_column_int(st, 4);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_bundle_next(const struct store_peer *p, int64_t after_id, int64_t resend_before,
+                      struct store_out_msg *m)
+{
+    static sqlite3_stmt *nx, *st;
+    int rc;
+
+    memset(m, 0, sizeof *m);
+    if (!store_stmt(&nx, "SELECT min(r.message_id) FROM rcpt r WHERE r.message_id>?1 AND" PEER_MATCH) ||
+        !store_stmt(&st, "SELECT id, qid, body_id, sender, envid, ret_full, eightbit, size, received, hold"
+                         " FROM message WHERE id=?"))
+        return STORE_ERR;
+    for (;;) {
+        int64_t id = 0;
+        sqlite3_bind_int64(nx, 1, after_id);
+        sqlite3_bind_text(nx, 2, p->domains, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(nx, 3, resend_before);
+        rc = sqlite3_step(nx);
+        if (rc == SQLITE_ROW)
+            id = sqlite3_column_int64(nx, 0);
+        sqlite3_reset(nx);
+        if (rc != SQLITE_ROW)
+            return STORE_ERR;
+        if (id <= 0)
+            return 0;
+        sqlite3_bind_int64(st, 1, id);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW && !sqlite3_column_int(st, 9)) {
+            m->id = sqlite3_column_int64(st, 0);
+            util_strlcpy(m->qid, sb_text(st, 1), sizeof m->qid);
+            m->body_id = sqlite3_column_int64(st, 2);
+            util_strlcpy(m->sender, sb_text(st, 3), sizeof m->sender);
+            util_strlcpy(m->envid, sb_text(st, 4), sizeof m->envid);
+            m->ret_full = sqlite3_column_int(st, 5);
+            m->eightbit = sqlite3_column_int(st, 6);
+            m->size = sqlite3_column_int64(st, 7);
+            m->received = sqlite3_column_int64(st, 8);
+            sqlite3_reset(st);
+            return sb_rcpts_fill(p, resend_before, m) ? STORE_ERR : 1;
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return STORE_ERR;
+        after_id = id;                  /* held by the operator: not exported */
+    }
+}
+
+int store_bundle_transit(int64_t rcpt_id, int64_t peer_id, const unsigned char bundle_id[16], int64_t now)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT OR REPLACE INTO bundle_transit(rcpt_id, peer_id, bundle_id, exported)"
+                         " VALUES (?,?,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, rcpt_id);
+    sqlite3_bind_int64(st, 2, peer_id);
+    sqlite3_bind_blob(st, 3, bundle_id, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 4, now);
+    return sb_step(st, "mark in transit");
+}
+
+/* -------------------------------------------------------------- receipts */
+
+int store_bundle_ack(int64_t peer_id, const char *qid)
+{
+    static sqlite3_stmt *sel, *del;
+    int64_t ids[BUNDLE_RCPTS_MAX], msg_id = 0;
+    int n = 0, rc, err;
+    char why[128];
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&sel, "SELECT r.id, r.message_id FROM bundle_transit t JOIN rcpt r ON r.id=t.rcpt_id"
+                          " JOIN message m ON m.id=r.message_id WHERE t.peer_id=? AND m.qid=? AND r.state=0"))
+        return STORE_ERR;
+    sqlite3_bind_int64(sel, 1, peer_id);
+    sqlite3_bind_text(sel, 2, qid, -1, SQLITE_TRANSIENT);
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW && n < BUNDLE_RCPTS_MAX) {
+        ids[n++] = sqlite3_column_int64(sel, 0);
+        msg_id = sqlite3_column_int64(sel, 1);
+    }
+    sqlite3_reset(sel);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return STORE_ERR;
+    snprintf(why, sizeof why, "relayed by bundle, receipt received");
+    for (int i = 0; i < n; i++) {
+        if ((err = store_rcpt_set(ids[i], RCPT_DELIVERED, 0, why)))
+            return err;
+        if (!store_stmt(&del, "DELETE FROM bundle_transit WHERE rcpt_id=?"))
+            return STORE_ERR;
+        sqlite3_bind_int64(del, 1, ids[i]);
+        if ((err = sb_step(del, "end transit")))
+            return err;
+    }
+    if (n && (err = store_msg_retire(msg_id)) < 0)
+        return err;
+    return n;
+}
+
+/* ------------------------------------------------------------ duplicates */
+
+int store_seen_check(const unsigned char key[BUNDLE_ID_LEN])
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT 1 FROM bundle_seen WHERE key=?"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, key, BUNDLE_ID_LEN, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_seen_add(const unsigned char key[BUNDLE_ID_LEN], int64_t now)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT OR IGNORE INTO bundle_seen(key, at) VALUES (?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, key, BUNDLE_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, now);
+    return sb_step(st, "remember delivery");
+}
+
+int store_seen_prune(int64_t before)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "DELETE FROM bundle_seen WHERE at<?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, before);
+    return sb_step(st, "forget old deliveries");
+}
+
+/* --------------------------------------------------------------- volumes */
+
+int store_volume_seen(const unsigned char bundle_id[16], uint32_t volume)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT 1 FROM bundle_volume WHERE bundle_id=? AND volume=?"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, bundle_id, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, volume);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t peer_id, int64_t now)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT INTO bundle_volume(bundle_id, volume, peer_id, imported) VALUES (?,?,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, bundle_id, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, volume);
+    sqlite3_bind_int64(st, 3, peer_id);
+    sqlite3_bind_int64(st, 4, now);
+    return sb_step(st, "record imported volume");
+}
+
 /* ---- src/addr.c ---- */
 #line 1 "src/addr.c"
 /*
@@ -9806,6 +10330,1086 @@ int mime7_finish(struct mime7 *m, mime_emit_fn emit, void *arg)
     }
     out_flush(m);
     return m->err;
+}
+
+/* ---- src/bundle.c ---- */
+#line 1 "src/bundle.c"
+/*
+ * bundle.c: the offline bundle format (docs/bundle-format.md), keys, and
+ * the envelope text.  No SQL and no policy: the commands that export and
+ * import (cli_bundle.c, bundle_import.c) decide what goes in and what a
+ * record means for the queue.
+ *
+ * A volume is a signed clear header followed by frames of one
+ * XChaCha20-Poly1305 secretstream whose key is sealed (crypto_box_seal) to
+ * the recipient node's X25519 key; the stream carries one zlib stream
+ * whose content is a sequence of typed records.  The Ed25519 signature
+ * covers the header, which holds the sealed key and the stream header:
+ * only the signer (or the recipient itself) can produce frames that
+ * decrypt, every frame is authenticated, and the FINAL tag on the last
+ * frame makes truncation detectable (a reader that ends without it
+ * refuses the volume).
+ *
+ * Memory is bounded whatever the input: one frame (64 KiB + tag), the
+ * inflated window and one record (the largest, an envelope, is capped at
+ * BUNDLE_ENV_MAX).
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SS_ABYTES crypto_secretstream_xchacha20poly1305_ABYTES
+#define SS_HBYTES crypto_secretstream_xchacha20poly1305_HEADERBYTES
+#define SS_KEYBYTES crypto_secretstream_xchacha20poly1305_KEYBYTES
+#define SEALED_KEY_LEN (crypto_box_SEALBYTES + SS_KEYBYTES)
+
+_Static_assert(BUNDLE_HDR_SIGNED == 8 + 1 + 1 + 2 + 8 + 16 + 4 + 32 + 32 + SEALED_KEY_LEN + SS_HBYTES,
+               "bundle header layout");
+
+static const unsigned char bundle_magic[8] = { 'M', 'N', 'B', 'U', 'N', 'D', 'L', 'E' };
+
+static void bundle_put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static uint32_t bundle_get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void bundle_put64(unsigned char *p, uint64_t v)
+{
+    bundle_put32(p, (uint32_t)(v >> 32));
+    bundle_put32(p + 4, (uint32_t)v);
+}
+
+static uint64_t bundle_get64(const unsigned char *p)
+{
+    return (uint64_t)bundle_get32(p) << 32 | bundle_get32(p + 4);
+}
+
+/* ------------------------------------------------------------------ keys */
+
+/* The key file holds two 32-byte seeds: Ed25519 (signing) then X25519
+ * (sealed boxes).  Separate keys for separate jobs; both are derived
+ * from their seed, so the file is small and has no structure to damage. */
+static void bundle_keys_derive(struct bundle_keys *k, const unsigned char seeds[64])
+{
+    crypto_sign_seed_keypair(k->sign_pk, k->sign_sk, seeds);
+    crypto_box_seed_keypair(k->box_pk, k->box_sk, seeds + 32);
+}
+
+static int bundle_keys_create(const char *path, struct bundle_keys *k, char *err, size_t errlen)
+{
+    unsigned char seeds[64];
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    size_t off = 0;
+
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create bundle key %s: %s", path, strerror(errno));
+        return -1;
+    }
+    randombytes_buf(seeds, sizeof seeds);
+    while (off < sizeof seeds) {
+        ssize_t n = write(fd, seeds + off, sizeof seeds - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto fail;
+        off += (size_t)n;
+    }
+    if (fsync(fd))
+        goto fail;
+    close(fd);
+    bundle_keys_derive(k, seeds);
+    sodium_memzero(seeds, sizeof seeds);
+    log_info("created bundle key %s", path);
+    return 0;
+fail:
+    snprintf(err, errlen, "cannot write bundle key %s: %s", path, strerror(errno));
+    close(fd);
+    unlink(path);
+    sodium_memzero(seeds, sizeof seeds);
+    return -1;
+}
+
+int bundle_keys_load(const char *path, struct bundle_keys *k, int create, char *err, size_t errlen)
+{
+    unsigned char seeds[65];
+    struct stat st;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 && errno == ENOENT && create)
+        return bundle_keys_create(path, k, err, errlen);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open bundle key %s: %s%s", path, strerror(errno),
+                 errno == ENOENT ? " (`mailnode key show` creates it)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_size != 64) {
+        snprintf(err, errlen, "bundle key %s: must be a regular file of 64 bytes; restore it from"
+                 " a backup (a new key means every peer must learn it again)", path);
+        close(fd);
+        return -1;
+    }
+    do
+        n = read(fd, seeds, sizeof seeds);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n != 64) {
+        snprintf(err, errlen, "bundle key %s: short read", path);
+        return -1;
+    }
+    if (st.st_mode & 077)
+        log_warn("bundle key %s is readable by group or others: run chmod 600 %s", path, path);
+    bundle_keys_derive(k, seeds);
+    sodium_memzero(seeds, sizeof seeds);
+    return 0;
+}
+
+void bundle_key_line(const unsigned char sign_pk[32], const unsigned char box_pk[32],
+                     const char *comment, char *out, size_t n)
+{
+    unsigned char both[64];
+    char b64[sodium_base64_ENCODED_LEN(64, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+
+    memcpy(both, sign_pk, 32);
+    memcpy(both + 32, box_pk, 32);
+    sodium_bin2base64(b64, sizeof b64, both, sizeof both, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    snprintf(out, n, "%s %s%s%s", BUNDLE_KEY_PREFIX, b64, comment && *comment ? " " : "",
+             comment ? comment : "");
+}
+
+int bundle_key_parse(const char *line, unsigned char sign_pk[32], unsigned char box_pk[32])
+{
+    unsigned char both[64];
+    size_t len = 0;
+    const char *p = line, *end;
+    size_t plen = strlen(BUNDLE_KEY_PREFIX);
+
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (strncmp(p, BUNDLE_KEY_PREFIX, plen) || (p[plen] != ' ' && p[plen] != '\t'))
+        return -1;
+    p += plen;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    for (end = p; *end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r'; end++)
+        ;
+    if (sodium_base642bin(both, sizeof both, p, (size_t)(end - p), NULL, &len, NULL,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) || len != 64)
+        return -1;
+    memcpy(sign_pk, both, 32);
+    memcpy(box_pk, both + 32, 32);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- header */
+
+void bundle_header_encode(const struct bundle_header *h, unsigned char out[BUNDLE_HDR_SIGNED])
+{
+    unsigned char *p = out;
+
+    memcpy(p, bundle_magic, 8), p += 8;
+    *p++ = BUNDLE_VERSION;
+    *p++ = (unsigned char)h->kind;
+    *p++ = 0, *p++ = 0;                 /* flags: none defined in version 1 */
+    bundle_put64(p, (uint64_t)h->created), p += 8;
+    memcpy(p, h->bundle_id, 16), p += 16;
+    bundle_put32(p, h->volume), p += 4;
+    memcpy(p, h->sender_sign_pk, 32), p += 32;
+    memcpy(p, h->recipient_box_pk, 32), p += 32;
+    memcpy(p, h->sealed_key, SEALED_KEY_LEN), p += SEALED_KEY_LEN;
+    memcpy(p, h->ss_header, SS_HBYTES);
+}
+
+int bundle_header_decode(const unsigned char *in, size_t n, struct bundle_header *h)
+{
+    const unsigned char *p = in;
+
+    memset(h, 0, sizeof *h);
+    if (n < BUNDLE_HDR_LEN || memcmp(p, bundle_magic, 8))
+        return BUNDLE_ENOTBUNDLE;
+    p += 8;
+    if (*p != BUNDLE_VERSION)
+        return BUNDLE_EVERSION;
+    p++;
+    h->kind = *p++;
+    if ((h->kind != BUNDLE_KIND_MAIL && h->kind != BUNDLE_KIND_RECEIPT) || p[0] || p[1])
+        return BUNDLE_EFORMAT;
+    p += 2;
+    h->created = (int64_t)bundle_get64(p), p += 8;
+    memcpy(h->bundle_id, p, 16), p += 16;
+    h->volume = bundle_get32(p), p += 4;
+    memcpy(h->sender_sign_pk, p, 32), p += 32;
+    memcpy(h->recipient_box_pk, p, 32), p += 32;
+    memcpy(h->sealed_key, p, SEALED_KEY_LEN), p += SEALED_KEY_LEN;
+    memcpy(h->ss_header, p, SS_HBYTES), p += SS_HBYTES;
+    memcpy(h->signature, p, crypto_sign_BYTES);
+    return 0;
+}
+
+const char *bundle_strerror(int e)
+{
+    switch (e) {
+    case BUNDLE_ENOTBUNDLE: return "not a mailnode bundle (bad magic or too short)";
+    case BUNDLE_EVERSION:   return "bundle format version not supported by this mailnode";
+    case BUNDLE_EFORMAT:    return "malformed bundle";
+    case BUNDLE_ESIG:       return "bad signature: the header was altered or not signed by that peer";
+    case BUNDLE_EKEY:       return "the bundle key cannot be opened with this node's key";
+    case BUNDLE_ECRYPT:     return "a frame does not decrypt: the volume was altered or damaged";
+    case BUNDLE_ETRUNC:     return "the volume is truncated (no final frame)";
+    case BUNDLE_ETRAIL:     return "data after the final frame";
+    case BUNDLE_EZLIB:      return "the compressed content is damaged";
+    case BUNDLE_ERECORD:    return "malformed record";
+    case BUNDLE_EIO:        return "read or write error";
+    case BUNDLE_ENOMEM:     return "out of memory";
+    default:                return "bundle error";
+    }
+}
+
+/* ---------------------------------------------------------------- writer */
+
+struct bundle_writer {
+    int fd;
+    int err;
+    crypto_secretstream_xchacha20poly1305_state ss;
+    z_stream z;
+    int z_ok;
+    unsigned char *plain;               /* compressed bytes waiting for a frame */
+    size_t plain_len;
+    unsigned char *frame;               /* 4 + BUNDLE_FRAME_MAX + ABYTES */
+    int64_t out_bytes;                  /* written to fd so far */
+    int64_t raw_since_sync;             /* given to deflate since its output was last complete */
+    uint32_t records;
+};
+
+static int bw_write_all(struct bundle_writer *w, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+    while (n) {
+        ssize_t r = write(w->fd, p, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return w->err = BUNDLE_EIO;
+        p += r;
+        n -= (size_t)r;
+        w->out_bytes += r;
+    }
+    return 0;
+}
+
+/* One frame: a 4-byte length, then the sealed chunk. */
+static int bw_frame(struct bundle_writer *w, const unsigned char *m, size_t n, unsigned char tag)
+{
+    unsigned long long clen = 0;
+
+    if (crypto_secretstream_xchacha20poly1305_push(&w->ss, w->frame + 4, &clen, m, n, NULL, 0, tag))
+        return w->err = BUNDLE_ECRYPT;
+    bundle_put32(w->frame, (uint32_t)clen);
+    return bw_write_all(w, w->frame, (size_t)clen + 4);
+}
+
+/* Compressed output arrives here and leaves in full frames. */
+static int bw_plain(struct bundle_writer *w, const unsigned char *p, size_t n)
+{
+    while (n) {
+        size_t take = BUNDLE_FRAME_MAX - w->plain_len;
+        if (take > n)
+            take = n;
+        memcpy(w->plain + w->plain_len, p, take);
+        w->plain_len += take;
+        p += take;
+        n -= take;
+        if (w->plain_len == BUNDLE_FRAME_MAX) {
+            if (bw_frame(w, w->plain, w->plain_len, 0))
+                return w->err;
+            w->plain_len = 0;
+        }
+    }
+    return 0;
+}
+
+static int bw_deflate(struct bundle_writer *w, const void *in, size_t n, int flush)
+{
+    unsigned char out[16384];
+    int zr;
+
+    w->z.next_in = (Bytef *)in;
+    w->z.avail_in = (uInt)n;
+    do {
+        w->z.next_out = out;
+        w->z.avail_out = sizeof out;
+        zr = deflate(&w->z, flush);
+        if (zr == Z_STREAM_ERROR)
+            return w->err = BUNDLE_EZLIB;
+        if (bw_plain(w, out, sizeof out - w->z.avail_out))
+            return w->err;
+    } while (w->z.avail_out == 0 || (flush == Z_FINISH && zr != Z_STREAM_END));
+    return 0;
+}
+
+struct bundle_writer *bundle_writer_open(int fd, const struct bundle_keys *me, const unsigned char peer_box_pk[32],
+                                         int kind, const unsigned char bundle_id[16], uint32_t volume)
+{
+    struct bundle_writer *w = calloc(1, sizeof *w);
+    struct bundle_header h;
+    unsigned char key[SS_KEYBYTES], hdr[BUNDLE_HDR_SIGNED];
+
+    if (!w)
+        return NULL;
+    w->fd = fd;
+    w->plain = malloc(BUNDLE_FRAME_MAX);
+    w->frame = malloc(4 + BUNDLE_FRAME_MAX + SS_ABYTES);
+    if (!w->plain || !w->frame)
+        goto fail;
+    /* Level 6 (not the store's 1): a bundle crosses a slow or costly
+     * medium once, and its size is what the carrier pays for. */
+    if (deflateInit2(&w->z, 6, Z_DEFLATED, 15, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        goto fail;
+    w->z_ok = 1;
+    memset(&h, 0, sizeof h);
+    h.kind = kind;
+    h.created = util_now();
+    memcpy(h.bundle_id, bundle_id, 16);
+    h.volume = volume;
+    memcpy(h.sender_sign_pk, me->sign_pk, 32);
+    memcpy(h.recipient_box_pk, peer_box_pk, 32);
+    crypto_secretstream_xchacha20poly1305_keygen(key);
+    if (crypto_box_seal(h.sealed_key, key, sizeof key, peer_box_pk) ||
+        crypto_secretstream_xchacha20poly1305_init_push(&w->ss, h.ss_header, key))
+        goto fail;
+    sodium_memzero(key, sizeof key);
+    bundle_header_encode(&h, hdr);
+    if (crypto_sign_detached(h.signature, NULL, hdr, sizeof hdr, me->sign_sk))
+        goto fail;
+    if (bw_write_all(w, hdr, sizeof hdr) || bw_write_all(w, h.signature, sizeof h.signature))
+        goto fail;
+    return w;
+fail:
+    sodium_memzero(key, sizeof key);
+    bundle_writer_free(w);
+    return NULL;
+}
+
+int bundle_write_record(struct bundle_writer *w, int type, const void *payload, size_t n)
+{
+    unsigned char rh[5];
+
+    if (w->err)
+        return w->err;
+    if (n > BUNDLE_RECORD_MAX)
+        return w->err = BUNDLE_ERECORD;
+    rh[0] = (unsigned char)type;
+    bundle_put32(rh + 1, (uint32_t)n);
+    if (bw_deflate(w, rh, sizeof rh, Z_NO_FLUSH) || (n && bw_deflate(w, payload, n, Z_NO_FLUSH)))
+        return w->err;
+    w->raw_since_sync += (int64_t)n + 5;
+    w->records++;
+    return 0;
+}
+
+/* The most that n more raw bytes (in records) can add to the file:
+ * zlib's own bound, the record headers, the frame headers and tags. */
+int64_t bundle_bound(int64_t n)
+{
+    int64_t recs = n / BUNDLE_DATA_MAX + 3;
+    int64_t z = n + recs * 5;
+    z = z + (z >> 12) + (z >> 14) + (z >> 25) + 13 + 64;
+    return z + (z / BUNDLE_FRAME_MAX + 2) * (4 + SS_ABYTES);
+}
+
+int64_t bundle_writer_size(struct bundle_writer *w)
+{
+    return w->out_bytes + (int64_t)w->plain_len + 4 + SS_ABYTES + bundle_bound(w->raw_since_sync);
+}
+
+/* Pushes everything deflate holds into the output so that the size is
+ * known exactly; costs a few bytes, so only done near the size limit. */
+int bundle_writer_sync(struct bundle_writer *w)
+{
+    if (w->err || bw_deflate(w, NULL, 0, Z_SYNC_FLUSH))
+        return w->err;
+    w->raw_since_sync = 0;
+    return 0;
+}
+
+int bundle_writer_finish(struct bundle_writer *w)
+{
+    unsigned char fin[4];
+
+    if (w->err)
+        return w->err;
+    bundle_put32(fin, w->records);
+    if (bundle_write_record(w, BUNDLE_REC_FIN, fin, sizeof fin) || bw_deflate(w, NULL, 0, Z_FINISH))
+        return w->err;
+    if (bw_frame(w, w->plain, w->plain_len, crypto_secretstream_xchacha20poly1305_TAG_FINAL))
+        return w->err;
+    w->plain_len = 0;
+    return 0;
+}
+
+int64_t bundle_writer_bytes(const struct bundle_writer *w)
+{
+    return w->out_bytes;
+}
+
+void bundle_writer_free(struct bundle_writer *w)
+{
+    if (!w)
+        return;
+    if (w->z_ok)
+        deflateEnd(&w->z);
+    sodium_memzero(&w->ss, sizeof w->ss);
+    free(w->plain);
+    free(w->frame);
+    free(w);
+}
+
+/* ---------------------------------------------------------------- reader */
+
+struct bundle_reader {
+    bundle_read_fn read;
+    void *arg;
+    int err;
+    int final;                          /* the FINAL frame was read */
+    int z_end;                          /* the zlib stream ended */
+    int fin;                            /* the FIN record was returned */
+    crypto_secretstream_xchacha20poly1305_state ss;
+    z_stream z;
+    int z_ok;
+    unsigned char *frame;               /* ciphertext of one frame */
+    unsigned char *plain;               /* its plaintext: compressed bytes */
+    size_t plain_len;
+    unsigned char *inf;                 /* inflated bytes not yet parsed */
+    size_t inf_off, inf_len;
+    unsigned char *rec;                 /* the record being returned */
+    uint32_t records;                   /* records before FIN */
+    int64_t in_bytes;
+};
+
+#define INF_BUF (64 * 1024)
+
+static int br_read_exact(struct bundle_reader *r, void *buf, size_t n, int *eof)
+{
+    unsigned char *p = buf;
+    size_t got = 0;
+
+    while (got < n) {
+        ssize_t k = r->read(r->arg, p + got, n - got);
+        if (k < 0)
+            return r->err = BUNDLE_EIO;
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    r->in_bytes += (int64_t)got;
+    if (eof)
+        *eof = got == 0;
+    return got == n ? 0 : (r->err = BUNDLE_ETRUNC);
+}
+
+int bundle_reader_header(bundle_read_fn fn, void *arg, struct bundle_header *h,
+                         unsigned char raw[BUNDLE_HDR_LEN])
+{
+    size_t got = 0;
+
+    while (got < BUNDLE_HDR_LEN) {
+        ssize_t k = fn(arg, raw + got, BUNDLE_HDR_LEN - got);
+        if (k < 0)
+            return BUNDLE_EIO;
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    if (got >= 8 && memcmp(raw, bundle_magic, 8))
+        return BUNDLE_ENOTBUNDLE;
+    if (got < BUNDLE_HDR_LEN)
+        return got < 8 ? BUNDLE_ENOTBUNDLE : BUNDLE_ETRUNC;
+    return bundle_header_decode(raw, got, h);
+}
+
+int bundle_header_verify(const unsigned char raw[BUNDLE_HDR_LEN], const unsigned char sign_pk[32])
+{
+    return crypto_sign_verify_detached(raw + BUNDLE_HDR_SIGNED, raw, BUNDLE_HDR_SIGNED, sign_pk)
+           ? BUNDLE_ESIG : 0;
+}
+
+struct bundle_reader *bundle_reader_open(bundle_read_fn fn, void *arg, const struct bundle_header *h,
+                                         const struct bundle_keys *me, int *err)
+{
+    struct bundle_reader *r = calloc(1, sizeof *r);
+    unsigned char key[SS_KEYBYTES];
+
+    *err = BUNDLE_ENOMEM;
+    if (!r)
+        return NULL;
+    r->read = fn;
+    r->arg = arg;
+    r->frame = malloc(BUNDLE_FRAME_MAX + SS_ABYTES);
+    r->plain = malloc(BUNDLE_FRAME_MAX);
+    r->inf = malloc(INF_BUF);
+    r->rec = malloc(BUNDLE_RECORD_MAX + 1);
+    if (!r->frame || !r->plain || !r->inf || !r->rec)
+        goto fail;
+    if (inflateInit(&r->z) != Z_OK)
+        goto fail;
+    r->z_ok = 1;
+    *err = BUNDLE_EKEY;
+    if (crypto_box_seal_open(key, h->sealed_key, SEALED_KEY_LEN, me->box_pk, me->box_sk))
+        goto fail;
+    if (crypto_secretstream_xchacha20poly1305_init_pull(&r->ss, h->ss_header, key)) {
+        *err = BUNDLE_EFORMAT;
+        goto fail;
+    }
+    sodium_memzero(key, sizeof key);
+    *err = 0;
+    return r;
+fail:
+    sodium_memzero(key, sizeof key);
+    bundle_reader_free(r);
+    return NULL;
+}
+
+/* The next frame's plaintext into r->plain. */
+static int br_frame(struct bundle_reader *r)
+{
+    unsigned char lb[4], tag = 0;
+    unsigned long long mlen = 0;
+    uint32_t clen;
+    int eof = 0;
+
+    if (r->final)
+        return r->err = BUNDLE_EFORMAT;
+    if (br_read_exact(r, lb, 4, &eof))
+        return r->err;
+    clen = bundle_get32(lb);
+    if (clen < SS_ABYTES || clen > BUNDLE_FRAME_MAX + SS_ABYTES)
+        return r->err = BUNDLE_EFORMAT;
+    if (br_read_exact(r, r->frame, clen, NULL))
+        return r->err;
+    if (crypto_secretstream_xchacha20poly1305_pull(&r->ss, r->plain, &mlen, &tag, r->frame, clen, NULL, 0))
+        return r->err = BUNDLE_ECRYPT;
+    if (tag == crypto_secretstream_xchacha20poly1305_TAG_FINAL)
+        r->final = 1;
+    else if (tag != 0)
+        return r->err = BUNDLE_EFORMAT;
+    r->plain_len = (size_t)mlen;
+    r->z.next_in = r->plain;
+    r->z.avail_in = (uInt)mlen;
+    return 0;
+}
+
+/* Refills r->inf with more inflated bytes (keeping the unparsed rest). */
+static int br_inflate(struct bundle_reader *r)
+{
+    int zr;
+
+    if (r->inf_off) {
+        memmove(r->inf, r->inf + r->inf_off, r->inf_len - r->inf_off);
+        r->inf_len -= r->inf_off;
+        r->inf_off = 0;
+    }
+    while (r->inf_len < INF_BUF) {
+        if (r->z_end)
+            return r->inf_len ? 0 : (r->err = BUNDLE_ERECORD);
+        if (r->z.avail_in == 0 && br_frame(r))
+            return r->err;
+        r->z.next_out = r->inf + r->inf_len;
+        r->z.avail_out = (uInt)(INF_BUF - r->inf_len);
+        zr = inflate(&r->z, Z_NO_FLUSH);
+        r->inf_len = INF_BUF - r->z.avail_out;
+        if (zr == Z_STREAM_END) {
+            r->z_end = 1;
+            /* Compressed bytes after the end of the zlib stream, or more
+             * frames: not something a writer produces. */
+            if (r->z.avail_in || !r->final)
+                return r->err = BUNDLE_EZLIB;
+            return 0;
+        }
+        if (zr == Z_BUF_ERROR && r->z.avail_in == 0) {
+            if (r->final)
+                return r->err = BUNDLE_EZLIB;   /* the stream stops short */
+            continue;
+        }
+        if (zr != Z_OK)
+            return r->err = BUNDLE_EZLIB;
+        if (r->inf_len > 0)
+            return 0;
+    }
+    return 0;
+}
+
+/* Ensures n unparsed inflated bytes are available. */
+static int br_need(struct bundle_reader *r, size_t n)
+{
+    while (r->inf_len - r->inf_off < n) {
+        size_t before = r->inf_len - r->inf_off;
+        if (br_inflate(r))
+            return r->err;
+        if (r->inf_len - r->inf_off == before)
+            return r->err = BUNDLE_ERECORD;
+    }
+    return 0;
+}
+
+int bundle_read_record(struct bundle_reader *r, int *type, const unsigned char **payload, size_t *n)
+{
+    uint32_t len;
+    size_t got = 0;
+    unsigned char t;
+
+    if (r->err)
+        return r->err;
+    if (r->fin)
+        return 1;
+    if (br_need(r, 5))
+        return r->err;
+    t = r->inf[r->inf_off];
+    len = bundle_get32(r->inf + r->inf_off + 1);
+    r->inf_off += 5;
+    if (len > BUNDLE_RECORD_MAX || (t == BUNDLE_REC_DATA && len > BUNDLE_DATA_MAX))
+        return r->err = BUNDLE_ERECORD;
+    while (got < len) {
+        size_t avail;
+        if (r->inf_off == r->inf_len && br_need(r, 1))
+            return r->err;
+        avail = r->inf_len - r->inf_off;
+        if (avail > len - got)
+            avail = len - got;
+        memcpy(r->rec + got, r->inf + r->inf_off, avail);
+        r->inf_off += avail;
+        got += avail;
+    }
+    r->rec[len] = '\0';
+    if (t == BUNDLE_REC_FIN) {
+        /* The end: the record count agrees, the zlib stream and the frames
+         * end here, and nothing follows in the file. */
+        unsigned char extra;
+        int eof = 0;
+        if (len != 4 || bundle_get32(r->rec) != r->records)
+            return r->err = BUNDLE_ERECORD;
+        if (r->inf_off != r->inf_len)
+            return r->err = BUNDLE_ERECORD;
+        if (!r->z_end) {
+            if (br_inflate(r))
+                return r->err;
+            if (!r->z_end || r->inf_len)
+                return r->err = BUNDLE_ERECORD;
+        }
+        if (!r->final)
+            return r->err = BUNDLE_ETRUNC;
+        if (r->read(r->arg, &extra, 1) != 0)
+            return r->err = BUNDLE_ETRAIL;
+        (void)eof;
+        r->fin = 1;
+    } else {
+        r->records++;
+    }
+    *type = t;
+    *payload = r->rec;
+    *n = len;
+    return 0;
+}
+
+void bundle_reader_free(struct bundle_reader *r)
+{
+    if (!r)
+        return;
+    if (r->z_ok)
+        inflateEnd(&r->z);
+    sodium_memzero(&r->ss, sizeof r->ss);
+    free(r->frame);
+    free(r->plain);
+    free(r->inf);
+    free(r->rec);
+    free(r);
+}
+
+/* -------------------------------------------------------------- envelope */
+
+/* RFC 3461 4: xtext is "!" .. "~" except "+" and "=", and "+" with two
+ * upper-case hex digits.  The store keeps ENVID and ORCPT as they travel
+ * in SMTP, xtext-encoded; so does the bundle.  Decodes to check. */
+static int bundle_unxtext(const char *s, size_t len, char *out, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned c = (unsigned char)s[i];
+        if (c == '+') {
+            unsigned v;
+            char hex[3];
+            if (i + 2 >= len)
+                return -1;
+            hex[0] = s[i + 1], hex[1] = s[i + 2], hex[2] = '\0';
+            if (!((hex[0] >= '0' && hex[0] <= '9') || (hex[0] >= 'A' && hex[0] <= 'F')) ||
+                !((hex[1] >= '0' && hex[1] <= '9') || (hex[1] >= 'A' && hex[1] <= 'F')))
+                return -1;
+            if (sscanf(hex, "%2X", &v) != 1 || v == 0)
+                return -1;
+            c = v;
+            i += 2;
+        } else if (c < 33 || c > 126 || c == '=') {
+            return -1;
+        }
+        if (o + 1 >= n)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+static const char *bundle_notify_text(int notify, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    if (notify & NOTIFY_NEVER)
+        return "NEVER";
+    if (notify & NOTIFY_SUCCESS)
+        util_strlcpy(buf, "SUCCESS", n);
+    if (notify & NOTIFY_FAILURE)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%sFAILURE", buf[0] ? "," : "");
+    if (notify & NOTIFY_DELAY)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%sDELAY", buf[0] ? "," : "");
+    return buf;
+}
+
+/* The envelope record: RFC 5321 command syntax with the RFC 1870, 6152
+ * and 3461 parameters, one command per CRLF line, after an ID line. */
+int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t *len)
+{
+    size_t o = 0;
+    char nb[64];
+    int w;
+
+    w = snprintf(out, n, "ID %s %lld\r\nMAIL FROM:<%s> SIZE=%lld BODY=%s", m->qid, (long long)m->received,
+                 m->sender, (long long)m->size, m->eightbit ? "8BITMIME" : "7BIT");
+    if (w < 0 || (size_t)w >= n)
+        return -1;
+    o = (size_t)w;
+    if (m->envid[0]) {
+        w = snprintf(out + o, n - o, " ENVID=%s", m->envid);
+        if (w < 0 || (size_t)w >= n - o)
+            return -1;
+        o += (size_t)w;
+    }
+    w = snprintf(out + o, n - o, " RET=%s\r\n", m->ret_full ? "FULL" : "HDRS");
+    if (w < 0 || (size_t)w >= n - o)
+        return -1;
+    o += (size_t)w;
+    for (int i = 0; i < m->nrcpt; i++) {
+        const struct store_out_rcpt *r = &m->rcpts[i];
+        w = snprintf(out + o, n - o, "RCPT TO:<%s>", r->addr);
+        if (w < 0 || (size_t)w >= n - o)
+            return -1;
+        o += (size_t)w;
+        if (r->notify) {
+            w = snprintf(out + o, n - o, " NOTIFY=%s", bundle_notify_text(r->notify, nb, sizeof nb));
+            if (w < 0 || (size_t)w >= n - o)
+                return -1;
+            o += (size_t)w;
+        }
+        if (r->orcpt[0]) {
+            w = snprintf(out + o, n - o, " ORCPT=%s", r->orcpt);
+            if (w < 0 || (size_t)w >= n - o)
+                return -1;
+            o += (size_t)w;
+        }
+        if (o + 2 >= n)
+            return -1;
+        out[o++] = '\r';
+        out[o++] = '\n';
+    }
+    out[o] = '\0';
+    *len = o;
+    return 0;
+}
+
+static int bundle_param(const char *p, size_t len, const char *name, const char **val, size_t *vlen)
+{
+    size_t nl = strlen(name);
+    if (len <= nl || strncasecmp(p, name, nl) || p[nl] != '=')
+        return 0;
+    *val = p + nl + 1;
+    *vlen = len - nl - 1;
+    return 1;
+}
+
+static int bundle_env_mail(struct bundle_env *e, const char *line, size_t len)
+{
+    struct addr a;
+    size_t used, i;
+    const char *v;
+    size_t vl;
+
+    if (len < 10 || strncmp(line, "MAIL FROM:", 10))
+        return -1;
+    if (addr_parse_path(line + 10, len - 10, 1, &a, &used))
+        return -1;
+    util_strlcpy(e->sender, a.full, sizeof e->sender);
+    for (i = 10 + used; i < len;) {
+        size_t s, t;
+        while (i < len && line[i] == ' ')
+            i++;
+        s = i;
+        while (i < len && line[i] != ' ')
+            i++;
+        t = i - s;
+        if (!t)
+            break;
+        if (bundle_param(line + s, t, "SIZE", &v, &vl)) {
+            char num[24];
+            char *end;
+            if (vl == 0 || vl >= sizeof num)
+                return -1;
+            memcpy(num, v, vl), num[vl] = '\0';
+            e->size = strtoll(num, &end, 10);
+            if (*end || e->size < 0)
+                return -1;
+        } else if (bundle_param(line + s, t, "BODY", &v, &vl)) {
+            if (vl == 8 && !strncasecmp(v, "8BITMIME", 8))
+                e->eightbit = 1;
+            else if (!(vl == 4 && !strncasecmp(v, "7BIT", 4)))
+                return -1;
+        } else if (bundle_param(line + s, t, "ENVID", &v, &vl)) {
+            char dec[101];
+            if (vl >= sizeof e->envid || bundle_unxtext(v, vl, dec, sizeof dec))
+                return -1;
+            memcpy(e->envid, v, vl);
+            e->envid[vl] = '\0';
+        } else if (bundle_param(line + s, t, "RET", &v, &vl)) {
+            if (vl == 4 && !strncasecmp(v, "FULL", 4))
+                e->ret_full = 1;
+            else if (!(vl == 4 && !strncasecmp(v, "HDRS", 4)))
+                return -1;
+        } else {
+            return -1;
+        }
+    }
+    e->have_mail = 1;
+    return 0;
+}
+
+static int bundle_notify_parse(const char *v, size_t vl, int *out)
+{
+    size_t i = 0;
+    *out = 0;
+    while (i < vl) {
+        size_t s = i;
+        while (i < vl && v[i] != ',')
+            i++;
+        if (i - s == 5 && !strncasecmp(v + s, "NEVER", 5))
+            *out |= NOTIFY_NEVER;
+        else if (i - s == 7 && !strncasecmp(v + s, "SUCCESS", 7))
+            *out |= NOTIFY_SUCCESS;
+        else if (i - s == 7 && !strncasecmp(v + s, "FAILURE", 7))
+            *out |= NOTIFY_FAILURE;
+        else if (i - s == 5 && !strncasecmp(v + s, "DELAY", 5))
+            *out |= NOTIFY_DELAY;
+        else
+            return -1;
+        i++;
+    }
+    /* RFC 3461 4.1: NEVER stands alone. */
+    if (!*out || ((*out & NOTIFY_NEVER) && *out != NOTIFY_NEVER))
+        return -1;
+    return 0;
+}
+
+static int bundle_env_rcpt(struct bundle_env *e, const char *line, size_t len)
+{
+    struct bundle_env_rcpt *r;
+    struct addr a;
+    size_t used, i;
+    const char *v;
+    size_t vl;
+
+    if (len < 8 || strncmp(line, "RCPT TO:", 8) || e->nrcpt >= BUNDLE_RCPTS_MAX)
+        return -1;
+    if (addr_parse_path(line + 8, len - 8, 0, &a, &used))
+        return -1;
+    r = &e->rcpts[e->nrcpt];
+    memset(r, 0, sizeof *r);
+    util_strlcpy(r->addr, a.full, sizeof r->addr);
+    for (i = 8 + used; i < len;) {
+        size_t s, t;
+        while (i < len && line[i] == ' ')
+            i++;
+        s = i;
+        while (i < len && line[i] != ' ')
+            i++;
+        t = i - s;
+        if (!t)
+            break;
+        if (bundle_param(line + s, t, "NOTIFY", &v, &vl)) {
+            if (bundle_notify_parse(v, vl, &r->notify))
+                return -1;
+        } else if (bundle_param(line + s, t, "ORCPT", &v, &vl)) {
+            const char *semi = memchr(v, ';', vl);
+            size_t tl;
+            char dec[ADDR_MAX + 1];
+            if (!semi)
+                return -1;
+            tl = (size_t)(semi - v);
+            if (!tl || tl > 20 || vl > ADDR_MAX || bundle_unxtext(semi + 1, vl - tl - 1, dec, sizeof dec))
+                return -1;
+            memcpy(r->orcpt, v, vl);
+            r->orcpt[vl] = '\0';
+            for (size_t k = 0; k < tl; k++)
+                if (!addr_is_atext((unsigned char)v[k]) && v[k] != '-')
+                    return -1;
+        } else {
+            return -1;
+        }
+    }
+    e->nrcpt++;
+    return 0;
+}
+
+int bundle_env_parse(const unsigned char *p, size_t n, struct bundle_env *e)
+{
+    size_t i = 0;
+
+    memset(e, 0, offsetof(struct bundle_env, rcpts));
+    while (i < n) {
+        const char *line = (const char *)p + i;
+        const unsigned char *cr = memchr(p + i, '\r', n - i);
+        size_t len;
+        if (!cr || (size_t)(cr - p) + 1 >= n || cr[1] != '\n')
+            return -1;
+        len = (size_t)(cr - (p + i));
+        if (memchr(line, '\0', len) || memchr(line, '\n', len))
+            return -1;
+        if (i == 0) {
+            /* "ID QID RECEIVED" */
+            char qid[QID_LEN + 2];
+            long long recv;
+            char tail;
+            if (len < 4 || len > 64 || strncmp(line, "ID ", 3))
+                return -1;
+            char tmp[65];
+            memcpy(tmp, line, len), tmp[len] = '\0';
+            if (sscanf(tmp, "ID %17s %lld%c", qid, &recv, &tail) != 2 || strlen(qid) != QID_LEN)
+                return -1;
+            for (int k = 0; k < QID_LEN; k++)
+                if (!((qid[k] >= 'A' && qid[k] <= 'Z') || (qid[k] >= '2' && qid[k] <= '7') ||
+                      (qid[k] >= 'a' && qid[k] <= 'z') || (qid[k] >= '0' && qid[k] <= '9')))
+                    return -1;
+            memcpy(e->qid, qid, QID_LEN + 1);
+            e->received = recv;
+        } else if (!e->have_mail) {
+            if (bundle_env_mail(e, line, len))
+                return -1;
+        } else if (bundle_env_rcpt(e, line, len)) {
+            return -1;
+        }
+        i += len + 2;
+    }
+    return e->qid[0] && e->have_mail && e->nrcpt ? 0 : -1;
+}
+
+/* ------------------------------------------------------------ Message-ID */
+
+/* Finds the Message-ID field of a header streamed in pieces (RFC 5322
+ * 3.6.4), unfolded, angle brackets kept, for duplicate detection. */
+void bundle_msgid_init(struct bundle_msgid *m)
+{
+    memset(m, 0, sizeof *m);
+    m->bol = 1;
+}
+
+static void bundle_msgid_line(struct bundle_msgid *m)
+{
+    static const char name[] = "message-id:";
+    size_t nl = sizeof name - 1;
+    const char *v, *lt, *gt;
+
+    if (m->found || m->len < nl || strncasecmp(m->line, name, nl))
+        return;
+    m->line[m->len] = '\0';
+    v = m->line + nl;
+    lt = strchr(v, '<');
+    gt = lt ? strchr(lt, '>') : NULL;
+    if (!lt || !gt || (size_t)(gt - lt + 1) >= sizeof m->id || gt - lt < 3)
+        return;
+    memcpy(m->id, lt, (size_t)(gt - lt + 1));
+    m->id[gt - lt + 1] = '\0';
+    m->found = 1;
+}
+
+void bundle_msgid_feed(struct bundle_msgid *m, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+
+    for (size_t i = 0; i < n && !m->done; i++) {
+        unsigned char c = p[i];
+        if (m->bol && c != ' ' && c != '\t') {
+            /* A new field starts (or the header ends): the previous one
+             * is complete. */
+            bundle_msgid_line(m);
+            m->len = 0;
+            if (c == '\r' || c == '\n') {
+                m->done = 1;
+                break;
+            }
+        }
+        m->bol = c == '\n';
+        if (c == '\r' || c == '\n')
+            continue;
+        if (m->len < sizeof m->line - 1)
+            m->line[m->len++] = (char)c;
+    }
+}
+
+void bundle_msgid_finish(struct bundle_msgid *m)
+{
+    if (!m->done)
+        bundle_msgid_line(m);
+    m->done = 1;
+}
+
+/* Identity keys (BLAKE2b-128) under which a delivered recipient is
+ * remembered: the message's origin (the exporting node's key and queue
+ * id), and its Message-ID; either one seen again means a duplicate. */
+void bundle_identity(char kind, const void *a, size_t alen, const char *b, const char *rcpt,
+                     unsigned char out[BUNDLE_ID_LEN])
+{
+    crypto_generichash_state st;
+    char lower[ADDR_MAX];
+    unsigned char k = (unsigned char)kind, z = 0;
+
+    util_strlcpy(lower, rcpt, sizeof lower);
+    util_lower(lower);
+    crypto_generichash_init(&st, NULL, 0, BUNDLE_ID_LEN);
+    crypto_generichash_update(&st, &k, 1);
+    crypto_generichash_update(&st, a, alen);
+    crypto_generichash_update(&st, &z, 1);
+    if (b)
+        crypto_generichash_update(&st, (const unsigned char *)b, strlen(b));
+    crypto_generichash_update(&st, &z, 1);
+    crypto_generichash_update(&st, (const unsigned char *)lower, strlen(lower));
+    crypto_generichash_final(&st, out, BUNDLE_ID_LEN);
+}
+
+void bundle_hex(const unsigned char *p, size_t n, char *out)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hx[p[i] >> 4];
+        out[2 * i + 1] = hx[p[i] & 15];
+    }
+    out[2 * n] = '\0';
 }
 
 /* ---- src/auth.c ---- */
@@ -16152,8 +17756,11 @@ static void message_end(struct smtpd *s)
         struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
         if (!err && !routes)
             err = STORE_ERR;
+        size_t nroutes = s->rcpts.n;
         if (!err)
-            err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+            err = bundle_dedup(s->body, routes, &nroutes, s->qid);
+        if (!err)
+            err = store_msg_insert(&env, s->body, routes, nroutes);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
@@ -25611,6 +27218,1318 @@ int cli_flush(int argc, char **argv)
     return rc;
 }
 
+/* ---- src/cli_bundle.c ---- */
+#line 1 "src/cli_bundle.c"
+/*
+ * cli_bundle.c: `mailnode key`, `mailnode peer` and `mailnode bundle
+ * export`: moving mail with no link at all.  Everything queued for a peer
+ * is written as signed, encrypted, compressed volumes (bundle.c) that any
+ * carrier moves: a USB stick, a satellite terminal's file slot, a radio
+ * modem, UUCP or NNCP.  Importing (and receipts) is in bundle_import.c.
+ *
+ * Exported recipients are marked in transit, not removed: only the
+ * peer's signed receipt removes them.  Without a receipt they are
+ * exported again after bundle.resend_after (at least once; the importer
+ * drops what it has already delivered).
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char cli_key_usage[] =
+    "usage: mailnode key show\n"
+    "Prints this node's public bundle key as one line (creating the key pair in\n"
+    "bundle.key on first use); give it to a peer's `mailnode peer add --key`.\n";
+
+static const char cli_peer_usage[] =
+    "usage: mailnode peer add NAME --key LINE [--domains D,...] | list | del NAME\n"
+    "A peer is another mailnode that bundles are exchanged with.  With --domains,\n"
+    "its bundles carry the mail for those domains (relayed or held for it);\n"
+    "without, the peer is our upstream and its bundles carry all remote mail.\n";
+
+static const char cli_bundle_usage[] =
+    "usage: mailnode bundle export --peer NAME [--max-bytes N] [-o FILE|-]\n"
+    "       mailnode bundle import [--receipt-dir DIR] FILE...\n"
+    "export writes everything queued for the peer, encrypted to it and signed,\n"
+    "to FILE (default: standard output); with --max-bytes, as volumes FILE.001,\n"
+    "FILE.002, ... of at most N bytes each.  import checks, decrypts and stores\n"
+    "bundles and receipts from known peers, and writes a receipt for each mail\n"
+    "volume into DIR (default: the volume's directory).\n";
+
+static int cli_bundle_help(int argc, char **argv, const char *usage)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(usage, stdout);
+            return 1;
+        }
+    return 0;
+}
+
+static int cli_bundle_bad(const char *usage)
+{
+    fputs(usage, stderr);
+    return EX_USAGE;
+}
+
+int cli_bundle_keys(struct bundle_keys *k, int create)
+{
+    char err[512];
+    if (bundle_keys_load(conf->bundle_key, k, create, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        return EX_CONFIG;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------- key */
+
+int cli_key(int argc, char **argv)
+{
+    struct bundle_keys k;
+    char line[256];
+    int rc;
+
+    if (cli_bundle_help(argc, argv, cli_key_usage))
+        return EX_OK;
+    if (argc != 2 || strcmp(argv[1], "show"))
+        return cli_bundle_bad(cli_key_usage);
+    if ((rc = cli_bundle_keys(&k, 1)))
+        return rc;
+    bundle_key_line(k.sign_pk, k.box_pk, conf->hostname, line, sizeof line);
+    sodium_memzero(&k, sizeof k);
+    printf("%s\n", line);
+    return EX_OK;
+}
+
+/* ------------------------------------------------------------------ peer */
+
+static int cli_peer_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (!n || n >= sizeof ((struct store_peer *)0)->name)
+        return 0;
+    for (; *s; s++)
+        if (!addr_is_atext((unsigned char)*s) && *s != '.')
+            return 0;
+    return 1;
+}
+
+/* "a.example, B.example" -> "a.example,b.example" (checked). */
+static int cli_peer_domains(const char *in, char *out, size_t n)
+{
+    char buf[1024], *items[64];
+    size_t k, o = 0;
+
+    if (strlen(in) >= sizeof buf)
+        return -1;
+    util_strlcpy(buf, in, sizeof buf);
+    k = util_split_list(buf, items, MN_NELEM(items));
+    if (!k)
+        return -1;
+    out[0] = '\0';
+    for (size_t i = 0; i < k; i++) {
+        util_lower(items[i]);
+        if (!addr_domain_ok(items[i], strlen(items[i]), 0) || strchr(items[i], ','))
+            return -1;
+        int w = snprintf(out + o, n - o, "%s%s", o ? "," : "", items[i]);
+        if (w < 0 || (size_t)w >= n - o)
+            return -1;
+        o += (size_t)w;
+    }
+    return 0;
+}
+
+static int cli_peer_add(int argc, char **argv)
+{
+    struct store_peer p;
+    const char *key = NULL, *domains = NULL;
+    int rc;
+
+    memset(&p, 0, sizeof p);
+    if (argc < 3 || !cli_peer_name_ok(argv[2])) {
+        fprintf(stderr, "mailnode: peer add: a name of letters, digits, '.', '-' or '_' is needed\n");
+        return EX_USAGE;
+    }
+    util_strlcpy(p.name, argv[2], sizeof p.name);
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--key") && i + 1 < argc)
+            key = argv[++i];
+        else if (!strcmp(argv[i], "--domains") && i + 1 < argc)
+            domains = argv[++i];
+        else
+            return cli_bundle_bad(cli_peer_usage);
+    }
+    if (!key || bundle_key_parse(key, p.sign_pk, p.box_pk)) {
+        fprintf(stderr, "mailnode: peer add: --key needs the line `mailnode key show` prints on the peer"
+                        " (\"%s ...\")\n", BUNDLE_KEY_PREFIX);
+        return EX_DATAERR;
+    }
+    if (domains && cli_peer_domains(domains, p.domains, sizeof p.domains)) {
+        fprintf(stderr, "mailnode: peer add: --domains: '%s' is not a list of domain names\n", domains);
+        return EX_DATAERR;
+    }
+    if ((rc = cli_open_store()))
+        return rc;
+    rc = store_peer_add(&p);
+    if (!rc)
+        rc = store_commit();
+    else
+        store_rollback();
+    store_close();
+    if (rc == STORE_EXISTS) {
+        fprintf(stderr, "mailnode: peer add: a peer named %s or with that key exists already"
+                        " (mailnode peer del first)\n", p.name);
+        return EX_DATAERR;
+    }
+    if (rc) {
+        fprintf(stderr, "mailnode: peer add: database error\n");
+        return EX_TEMPFAIL;
+    }
+    printf("peer %s added (%s)\n", p.name, p.domains[0] ? p.domains : "upstream: all remote mail");
+    return EX_OK;
+}
+
+static int cli_peer_print(void *arg, const struct store_peer *p)
+{
+    char line[256];
+    MN_UNUSED(arg);
+    bundle_key_line(p->sign_pk, p->box_pk, NULL, line, sizeof line);
+    printf("%s\t%s\t%s\n", p->name, p->domains[0] ? p->domains : "*", line);
+    return 0;
+}
+
+int cli_peer(int argc, char **argv)
+{
+    int rc;
+
+    if (cli_bundle_help(argc, argv, cli_peer_usage))
+        return EX_OK;
+    if (argc < 2)
+        return cli_bundle_bad(cli_peer_usage);
+    if (!strcmp(argv[1], "add"))
+        return cli_peer_add(argc, argv);
+    if (!strcmp(argv[1], "list") && argc == 2) {
+        if ((rc = cli_open_store()))
+            return rc;
+        rc = store_peer_list(cli_peer_print, NULL);
+        store_close();
+        return rc ? EX_TEMPFAIL : EX_OK;
+    }
+    if (!strcmp(argv[1], "del") && argc == 3) {
+        if ((rc = cli_open_store()))
+            return rc;
+        rc = store_peer_del(argv[2]);
+        if (!rc)
+            rc = store_commit();
+        else
+            store_rollback();
+        store_close();
+        if (rc == STORE_NOTFOUND) {
+            fprintf(stderr, "mailnode: peer del: no peer named %s (see mailnode peer list)\n", argv[2]);
+            return EX_NOUSER;
+        }
+        return rc ? EX_TEMPFAIL : EX_OK;
+    }
+    return cli_bundle_bad(cli_peer_usage);
+}
+
+/* ---------------------------------------------------------------- export */
+
+struct cli_export {
+    struct store_peer peer;
+    struct bundle_keys keys;
+    unsigned char bundle_id[16];
+    int64_t max_bytes;                  /* 0: one volume */
+    const char *out;                    /* path, or NULL for stdout */
+    int fd;
+    uint32_t volume;
+    char tmp[4300], path[4200];
+    struct bundle_writer *w;
+    uint32_t in_volume;                 /* messages in the open volume */
+    int64_t *rcpt_ids;                  /* recipients written, marked at the end */
+    size_t n_ids, cap_ids;
+    uint32_t messages, skipped;
+    int64_t raw_bytes, file_bytes;
+    char (*done_paths)[4200];           /* finished volumes, renamed at the end */
+    size_t n_done;
+    unsigned char *buf;
+    char *env;
+};
+
+static int cli_export_open(struct cli_export *x)
+{
+    x->volume++;
+    if (!x->out) {
+        x->fd = STDOUT_FILENO;
+    } else {
+        if (x->max_bytes)
+            snprintf(x->path, sizeof x->path, "%s.%03u", x->out, (unsigned)x->volume);
+        else
+            snprintf(x->path, sizeof x->path, "%s", x->out);
+        snprintf(x->tmp, sizeof x->tmp, "%s.tmp", x->path);
+        x->fd = open(x->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (x->fd < 0) {
+            fprintf(stderr, "mailnode: bundle export: cannot create %s: %s\n", x->tmp, strerror(errno));
+            return EX_CANTCREAT;
+        }
+    }
+    x->w = bundle_writer_open(x->fd, &x->keys, x->peer.box_pk, BUNDLE_KIND_MAIL, x->bundle_id, x->volume);
+    x->in_volume = 0;
+    if (!x->w) {
+        fprintf(stderr, "mailnode: bundle export: cannot write %s: %s\n", x->out ? x->tmp : "standard output",
+                strerror(errno));
+        return EX_IOERR;
+    }
+    return 0;
+}
+
+/* Ends the open volume: final frame, fsync; renamed only once all are. */
+static int cli_export_close(struct cli_export *x)
+{
+    int rc = bundle_writer_finish(x->w);
+
+    x->file_bytes += bundle_writer_bytes(x->w);
+    bundle_writer_free(x->w);
+    x->w = NULL;
+    if (!rc && x->out && fsync(x->fd))
+        rc = BUNDLE_EIO;
+    if (x->out && close(x->fd) && !rc)
+        rc = BUNDLE_EIO;
+    x->fd = -1;
+    if (rc) {
+        fprintf(stderr, "mailnode: bundle export: writing %s: %s (%s)\n", x->out ? x->tmp : "standard output",
+                bundle_strerror(rc), strerror(errno));
+        return EX_IOERR;
+    }
+    if (x->out) {
+        void *p = realloc(x->done_paths, (x->n_done + 1) * sizeof *x->done_paths);
+        if (!p)
+            return EX_OSERR;
+        x->done_paths = p;
+        util_strlcpy(x->done_paths[x->n_done++], x->path, sizeof x->done_paths[0]);
+    }
+    return 0;
+}
+
+static int cli_export_ids(struct cli_export *x, const struct store_out_msg *m)
+{
+    if (x->n_ids + (size_t)m->nrcpt > x->cap_ids) {
+        size_t c = (x->cap_ids + (size_t)m->nrcpt) * 2;
+        void *p = realloc(x->rcpt_ids, c * sizeof *x->rcpt_ids);
+        if (!p)
+            return -1;
+        x->rcpt_ids = p;
+        x->cap_ids = c;
+    }
+    for (int i = 0; i < m->nrcpt; i++)
+        x->rcpt_ids[x->n_ids++] = m->rcpts[i].id;
+    return 0;
+}
+
+/* One message: ENV, DATA..., END (BLAKE2b-256 of the body and its size). */
+static int cli_export_msg(struct cli_export *x, const struct store_out_msg *m, size_t envlen)
+{
+    struct store_reader rd;
+    crypto_generichash_state h;
+    unsigned char end[40];
+    int64_t size = 0;
+    ssize_t n;
+    int rc;
+
+    if ((rc = bundle_write_record(x->w, BUNDLE_REC_ENV, x->env, envlen)))
+        return rc;
+    if (store_reader_open(&rd, m->body_id))
+        return STORE_ERR;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    while ((n = store_reader_read(&rd, x->buf, BUNDLE_DATA_MAX)) > 0) {
+        /* store_reader_read hands out at most one stored chunk at a time. */
+        crypto_generichash_update(&h, x->buf, (size_t)n);
+        size += n;
+        if ((rc = bundle_write_record(x->w, BUNDLE_REC_DATA, x->buf, (size_t)n)))
+            break;
+    }
+    store_reader_close(&rd);
+    if (n < 0)
+        return STORE_ERR;
+    if (rc)
+        return rc;
+    crypto_generichash_final(&h, end, 32);
+    end[32] = 0;
+    for (int i = 0; i < 8; i++)
+        end[32 + i] = (unsigned char)((uint64_t)size >> (56 - 8 * i));
+    return bundle_write_record(x->w, BUNDLE_REC_END, end, sizeof end);
+}
+
+/* Room for a message of raw bytes in the open volume?  Starts the next
+ * volume when not; 1 when the message cannot fit even an empty one. */
+static int cli_export_room(struct cli_export *x, int64_t raw, int *ex)
+{
+    int64_t need = bundle_bound(raw) + 128;    /* and the FIN record, final frame */
+
+    *ex = 0;
+    if (!x->max_bytes || bundle_writer_size(x->w) + need <= x->max_bytes)
+        return 0;
+    if (bundle_writer_sync(x->w)) {
+        *ex = EX_IOERR;
+        return -1;
+    }
+    if (bundle_writer_size(x->w) + need <= x->max_bytes)
+        return 0;
+    if (!x->in_volume) {
+        /* Even an empty volume is too small: header, and the bound. */
+        return 1;
+    }
+    if ((*ex = cli_export_close(x)) || (*ex = cli_export_open(x)))
+        return -1;
+    return bundle_writer_size(x->w) + need <= x->max_bytes ? 0 : 1;
+}
+
+static int cli_export_run(struct cli_export *x)
+{
+    struct store_out_msg m;
+    int64_t after = 0, resend_before = util_now() - conf->bundle_resend_after;
+    int rc, ex;
+
+    if ((ex = cli_export_open(x)))
+        return ex;
+    while ((rc = store_bundle_next(&x->peer, after, resend_before, &m)) == 1) {
+        size_t envlen = 0;
+        after = m.id;
+        if (bundle_env_format(&m, x->env, BUNDLE_RECORD_MAX, &envlen)) {
+            fprintf(stderr, "mailnode: bundle export: %s: envelope too large, left queued\n", m.qid);
+            x->skipped++;
+            store_out_free(&m);
+            continue;
+        }
+        rc = cli_export_room(x, m.size + (int64_t)envlen + 64, &ex);
+        if (rc < 0) {
+            store_out_free(&m);
+            return ex;
+        }
+        if (rc > 0) {
+            fprintf(stderr, "mailnode: bundle export: %s (%lld bytes) does not fit in a volume of"
+                            " %lld bytes; left queued\n", m.qid, (long long)m.size, (long long)x->max_bytes);
+            x->skipped++;
+            store_out_free(&m);
+            continue;
+        }
+        rc = cli_export_msg(x, &m, envlen);
+        if (!rc && cli_export_ids(x, &m))
+            rc = BUNDLE_ENOMEM;
+        store_out_free(&m);
+        if (rc) {
+            fprintf(stderr, "mailnode: bundle export: %s: %s\n", m.qid,
+                    rc == STORE_ERR ? "cannot read the message from the database" : bundle_strerror(rc));
+            return rc == STORE_ERR ? EX_TEMPFAIL : EX_IOERR;
+        }
+        x->in_volume++;
+        x->messages++;
+        x->raw_bytes += m.size;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "mailnode: bundle export: cannot read the queue from the database\n");
+        return EX_TEMPFAIL;
+    }
+    return cli_export_close(x);
+}
+
+/* The volumes are complete on disk: give them their names, then record
+ * the recipients as in transit.  A crash before the commit leaves them
+ * queued as before: they are exported again, and the importer drops the
+ * duplicates. */
+static int cli_export_commit(struct cli_export *x)
+{
+    int64_t now = util_now();
+    int rc = 0;
+
+    for (size_t i = 0; i < x->n_done; i++) {
+        char tmp[4300];
+        snprintf(tmp, sizeof tmp, "%s.tmp", x->done_paths[i]);
+        if (rename(tmp, x->done_paths[i])) {
+            fprintf(stderr, "mailnode: bundle export: cannot rename %s: %s\n", tmp, strerror(errno));
+            return EX_CANTCREAT;
+        }
+    }
+    if (x->n_done) {
+        char dir[4200], *slash;
+        util_strlcpy(dir, x->done_paths[0], sizeof dir);
+        slash = strrchr(dir, '/');
+        if (slash)
+            *(slash == dir ? slash + 1 : slash) = '\0';
+        else
+            util_strlcpy(dir, ".", sizeof dir);
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    for (size_t i = 0; i < x->n_ids && !rc; i++)
+        rc = store_bundle_transit(x->rcpt_ids[i], x->peer.id, x->bundle_id, now);
+    if (!rc)
+        rc = store_commit();
+    if (rc) {
+        store_rollback();
+        fprintf(stderr, "mailnode: bundle export: the bundle is written but the queue could not record"
+                        " it; the messages stay queued and will be exported again\n");
+        return EX_TEMPFAIL;
+    }
+    return 0;
+}
+
+static void cli_export_abort(struct cli_export *x)
+{
+    if (x->w) {
+        bundle_writer_free(x->w);
+        x->w = NULL;
+        if (x->out) {
+            close(x->fd);
+            unlink(x->tmp);
+        }
+    }
+    for (size_t i = 0; i < x->n_done; i++) {
+        char tmp[4300];
+        snprintf(tmp, sizeof tmp, "%s.tmp", x->done_paths[i]);
+        unlink(tmp);
+    }
+}
+
+static int cli_export_args(struct cli_export *x, int argc, char **argv, const char **peer)
+{
+    *peer = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--peer") && i + 1 < argc) {
+            *peer = argv[++i];
+        } else if (!strcmp(argv[i], "--max-bytes") && i + 1 < argc) {
+            if (util_parse_size(argv[++i], &x->max_bytes) || x->max_bytes < 4096) {
+                fprintf(stderr, "mailnode: bundle export: --max-bytes: '%s' is not a size of at least"
+                                " 4096 bytes\n", argv[i]);
+                return EX_USAGE;
+            }
+        } else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
+            x->out = strcmp(argv[++i], "-") ? argv[i] : NULL;
+        } else {
+            return cli_bundle_bad(cli_bundle_usage);
+        }
+    }
+    if (!*peer)
+        return cli_bundle_bad(cli_bundle_usage);
+    if (x->max_bytes && !x->out) {
+        fprintf(stderr, "mailnode: bundle export: --max-bytes writes volumes FILE.001, ...: give -o FILE\n");
+        return EX_USAGE;
+    }
+    if (!x->out && isatty(STDOUT_FILENO)) {
+        fprintf(stderr, "mailnode: bundle export: standard output is a terminal: give -o FILE\n");
+        return EX_USAGE;
+    }
+    return 0;
+}
+
+static int cli_bundle_export(int argc, char **argv)
+{
+    struct cli_export x;
+    const char *peer;
+    int rc;
+
+    memset(&x, 0, sizeof x);
+    x.fd = -1;
+    if ((rc = cli_export_args(&x, argc, argv, &peer)))
+        return rc;
+    if ((rc = cli_bundle_keys(&x.keys, 1)) || (rc = cli_open_store()))
+        return rc;
+    rc = store_peer_get(peer, &x.peer);
+    if (rc) {
+        store_close();
+        fprintf(stderr, "mailnode: bundle export: %s\n", rc == STORE_NOTFOUND
+                ? "no such peer (see mailnode peer list)" : "database error");
+        return rc == STORE_NOTFOUND ? EX_NOUSER : EX_TEMPFAIL;
+    }
+    randombytes_buf(x.bundle_id, sizeof x.bundle_id);
+    x.buf = malloc(BUNDLE_DATA_MAX);
+    x.env = malloc(BUNDLE_RECORD_MAX);
+    rc = !x.buf || !x.env ? EX_OSERR : cli_export_run(&x);
+    if (!rc)
+        rc = cli_export_commit(&x);
+    else
+        cli_export_abort(&x);
+    if (!rc) {
+        char hex[33];
+        bundle_hex(x.bundle_id, 16, hex);
+        fprintf(stderr, "mailnode: bundle %s for %s: %u messages, %u volume%s, %lld bytes"
+                        " (%lld bytes of mail)%s\n", hex, x.peer.name, x.messages, x.volume,
+                x.volume == 1 ? "" : "s", (long long)x.file_bytes, (long long)x.raw_bytes,
+                x.skipped ? "; some messages were left queued (see above)" : "");
+        log_info("bundle %s exported to %s: %u messages, %u volumes", hex, x.peer.name, x.messages, x.volume);
+    }
+    store_close();
+    sodium_memzero(&x.keys, sizeof x.keys);
+    free(x.rcpt_ids);
+    free(x.done_paths);
+    free(x.buf);
+    free(x.env);
+    return rc;
+}
+
+int cli_bundle(int argc, char **argv)
+{
+    if (cli_bundle_help(argc, argv, cli_bundle_usage))
+        return EX_OK;
+    /* One log line per message is for syslog; on a terminal the summary
+     * lines say what happened. */
+    if (!conf->use_syslog)
+        log_set_level(LOG_WARNING);
+    if (argc >= 2 && !strcmp(argv[1], "export"))
+        return cli_bundle_export(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "import"))
+        return cli_bundle_import(argc, argv);
+    return cli_bundle_bad(cli_bundle_usage);
+}
+
+/* ---- src/bundle_import.c ---- */
+#line 1 "src/bundle_import.c"
+/*
+ * bundle_import.c: `mailnode bundle import`, receipts, and the duplicate
+ * check shared with SMTP.
+ *
+ * A volume is read twice.  The first pass checks everything: the sender
+ * is a known peer, the header's signature, that the volume is for this
+ * node, that it was not imported before, every frame's authentication
+ * tag, the compressed stream, every record and every body's hash, and
+ * that the mail fits on the disk.  Only a volume that passed is stored,
+ * in the second pass, so bad input changes nothing.
+ *
+ * The second pass commits every few hundred messages (a long write
+ * transaction would stall the daemon's own writes).  Each message is
+ * stored whole or not at all, together with the identities of its
+ * recipients; a pass cut short (kill -9, power loss) leaves whole
+ * messages only, and the next import of the same volume skips them as
+ * duplicates and completes it.  The volume is recorded as imported in
+ * the last transaction; importing it again is a replay and is refused.
+ *
+ * Mail is then routed exactly as SMTP mail (queue_route): local
+ * mailboxes, hold domains, relay; the daemon picks up what is queued.
+ * RFC 5321 6.1: once the volume is acknowledged, a recipient that cannot
+ * be delivered gets a failure notification from this node.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#define IMPORT_BATCH_MSGS  500           /* messages per transaction */
+#define IMPORT_BATCH_BYTES (64 << 20)    /* or raw bytes */
+#define IMPORT_ROUTES      1000
+/* Identities of delivered recipients are kept this long: far longer than
+ * any resend interval, so a copy that arrives late is still recognised. */
+#define IMPORT_SEEN_KEEP   (180 * 86400)
+
+
+
+struct imp {
+    const char *path;
+    int fd;
+    struct bundle_header h;
+    unsigned char raw[BUNDLE_HDR_LEN];
+    struct store_peer peer;
+    const struct bundle_keys *keys;
+    struct bundle_reader *r;
+    char hex[33];
+    /* pass 1 */
+    int64_t raw_total;
+    uint32_t nmsgs;
+    /* pass 2 */
+    struct bundle_env *env;
+    struct store_body *b;
+    struct mime_data md;
+    struct bundle_msgid mid;
+    crypto_generichash_state hash;
+    int64_t size;
+    char qid[QID_LEN + 1];
+    uint32_t stored, dups, failed, batch;
+    int64_t batch_bytes;
+    struct store_rcpt *routes, *tmp;
+    /* the receipt being written */
+    const char *receipt_dir;
+    char rpath[4200], rtmp[4300];
+    int rfd;
+    struct bundle_writer *rw;
+};
+
+static ssize_t imp_read(void *arg, void *buf, size_t n)
+{
+    struct imp *m = arg;
+    for (;;) {
+        ssize_t r = read(m->fd, buf, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        return r;
+    }
+}
+
+static int imp_fail(struct imp *m, int ex, const char *fmt, const char *detail)
+{
+    fprintf(stderr, "mailnode: bundle import: %s: ", m->path);
+    fprintf(stderr, fmt, detail);
+    fputc('\n', stderr);
+    return ex;
+}
+
+/* Header, peer, signature, recipient, replay; then the reader. */
+static int imp_open(struct imp *m)
+{
+    int rc, err;
+
+    if (lseek(m->fd, 0, SEEK_SET) < 0)
+        return imp_fail(m, EX_IOERR, "cannot rewind: %s", strerror(errno));
+    rc = bundle_reader_header(imp_read, m, &m->h, m->raw);
+    if (rc)
+        return imp_fail(m, EX_DATAERR, "%s", bundle_strerror(rc));
+    bundle_hex(m->h.bundle_id, 16, m->hex);
+    rc = store_peer_by_key(m->h.sender_sign_pk, &m->peer);
+    if (rc == STORE_NOTFOUND) {
+        char line[256];
+        bundle_key_line(m->h.sender_sign_pk, m->h.recipient_box_pk, NULL, line, sizeof line);
+        return imp_fail(m, EX_NOPERM, "unknown sender: no peer has the signing key of this bundle"
+                        " (its first half: %.48s...); add the sender with mailnode peer add", line + 5);
+    }
+    if (rc)
+        return imp_fail(m, EX_TEMPFAIL, "%s", "database error looking up the sender");
+    if (bundle_header_verify(m->raw, m->peer.sign_pk))
+        return imp_fail(m, EX_DATAERR, "%s", bundle_strerror(BUNDLE_ESIG));
+    if (sodium_memcmp(m->h.recipient_box_pk, m->keys->box_pk, 32))
+        return imp_fail(m, EX_NOUSER, "%s", "this bundle is addressed to another node's key, not to"
+                        " this node (see mailnode key show)");
+    rc = store_volume_seen(m->h.bundle_id, m->h.volume);
+    if (rc < 0)
+        return imp_fail(m, EX_TEMPFAIL, "%s", "database error");
+    if (rc) {
+        char what[128];
+        snprintf(what, sizeof what, "%s volume %u", m->hex, (unsigned)m->h.volume);
+        return imp_fail(m, EX_DATAERR, "bundle %s was imported before (a replay); nothing was changed", what);
+    }
+    m->r = bundle_reader_open(imp_read, m, &m->h, m->keys, &err);
+    if (!m->r)
+        return imp_fail(m, err == BUNDLE_ENOMEM ? EX_OSERR : EX_DATAERR, "%s", bundle_strerror(err));
+    return 0;
+}
+
+static void imp_close_reader(struct imp *m)
+{
+    bundle_reader_free(m->r);
+    m->r = NULL;
+}
+
+/* ---------------------------------------------------------------- pass 1 */
+
+/* Order of records in a mail volume: (ENV DATA* END)* FIN; in a receipt:
+ * ACK* FIN. */
+static int imp_check_records(struct imp *m)
+{
+    const unsigned char *p;
+    size_t n;
+    int type, rc, in_msg = 0;
+    int64_t size = 0;
+    crypto_generichash_state h;
+    unsigned char sum[32];
+
+    while ((rc = bundle_read_record(m->r, &type, &p, &n)) == 0) {
+        if (type == BUNDLE_REC_FIN)
+            return in_msg ? BUNDLE_ERECORD : 0;
+        if (m->h.kind == BUNDLE_KIND_RECEIPT) {
+            if (type != BUNDLE_REC_ACK || n != QID_LEN)
+                return BUNDLE_ERECORD;
+            m->nmsgs++;
+            continue;
+        }
+        switch (type) {
+        case BUNDLE_REC_ENV:
+            if (in_msg || bundle_env_parse(p, n, m->env))
+                return BUNDLE_ERECORD;
+            in_msg = 1;
+            size = 0;
+            crypto_generichash_init(&h, NULL, 0, 32);
+            break;
+        case BUNDLE_REC_DATA:
+            if (!in_msg)
+                return BUNDLE_ERECORD;
+            crypto_generichash_update(&h, p, n);
+            size += (int64_t)n;
+            break;
+        case BUNDLE_REC_END:
+            if (!in_msg || n != 40)
+                return BUNDLE_ERECORD;
+            crypto_generichash_final(&h, sum, 32);
+            if (sodium_memcmp(sum, p, 32) || p[32] != 0)
+                return BUNDLE_ERECORD;
+            for (int i = 0; i < 8; i++)
+                if (p[32 + i] != (unsigned char)((uint64_t)size >> (56 - 8 * i)))
+                    return BUNDLE_ERECORD;
+            in_msg = 0;
+            m->nmsgs++;
+            m->raw_total += size;
+            break;
+        default:
+            return BUNDLE_ERECORD;
+        }
+    }
+    return rc == 1 ? BUNDLE_ERECORD : rc;
+}
+
+/* The mail must fit where the database is, with room to spare: an
+ * import that fills the disk would stall every other delivery. */
+static int imp_check_space(struct imp *m)
+{
+    struct statvfs vfs;
+    char dir[4096], *slash;
+    int64_t avail, need;
+
+    util_strlcpy(dir, conf->database, sizeof dir);
+    slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    else
+        util_strlcpy(dir, ".", sizeof dir);
+    if (statvfs(dir, &vfs))
+        return 0;
+    avail = (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize;
+    /* Stored bodies are compressed, but the write-ahead log holds each
+     * batch once more until it is folded back: the raw size is a fair
+     * upper bound of what the import needs. */
+    need = m->raw_total + (16 << 20);
+    if (need > avail) {
+        char what[160];
+        snprintf(what, sizeof what, "%lld bytes of mail need about %lld bytes on the disk of %s, %lld are free",
+                 (long long)m->raw_total, (long long)need, conf->database, (long long)avail);
+        imp_fail(m, EX_TEMPFAIL, "the bundle is bigger than the free disk space: %s; nothing was changed",
+                 what);
+        return -1;
+    }
+    return 0;
+}
+
+static int imp_pass1(struct imp *m)
+{
+    int rc, ex;
+
+    if ((ex = imp_open(m)))
+        return ex;
+    rc = imp_check_records(m);
+    imp_close_reader(m);
+    if (rc)
+        return imp_fail(m, rc == BUNDLE_EIO ? EX_IOERR : EX_DATAERR, "%s; nothing was changed",
+                        bundle_strerror(rc));
+    if (m->h.kind == BUNDLE_KIND_MAIL && imp_check_space(m))
+        return EX_TEMPFAIL;
+    return 0;
+}
+
+/* --------------------------------------------------------------- receipt */
+
+static int imp_receipt_open(struct imp *m)
+{
+    char dir[4096];
+    const char *slash;
+
+    if (m->receipt_dir) {
+        util_strlcpy(dir, m->receipt_dir, sizeof dir);
+    } else {
+        slash = strrchr(m->path, '/');
+        if (slash)
+            snprintf(dir, sizeof dir, "%.*s", (int)(slash - m->path) ? (int)(slash - m->path) : 1, m->path);
+        else
+            util_strlcpy(dir, ".", sizeof dir);
+    }
+    snprintf(m->rpath, sizeof m->rpath, "%s/receipt-%s-%03u.mnb", dir, m->hex, (unsigned)m->h.volume);
+    snprintf(m->rtmp, sizeof m->rtmp, "%s.tmp", m->rpath);
+    m->rfd = open(m->rtmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (m->rfd < 0)
+        return imp_fail(m, EX_CANTCREAT, "cannot create the receipt: %s (give --receipt-dir DIR)",
+                        strerror(errno));
+    m->rw = bundle_writer_open(m->rfd, m->keys, m->peer.box_pk, BUNDLE_KIND_RECEIPT, m->h.bundle_id,
+                               m->h.volume);
+    if (!m->rw) {
+        close(m->rfd);
+        unlink(m->rtmp);
+        return imp_fail(m, EX_IOERR, "cannot write the receipt: %s", strerror(errno));
+    }
+    return 0;
+}
+
+static void imp_receipt_drop(struct imp *m)
+{
+    if (!m->rw)
+        return;
+    bundle_writer_free(m->rw);
+    m->rw = NULL;
+    close(m->rfd);
+    unlink(m->rtmp);
+}
+
+static int imp_receipt_finish(struct imp *m)
+{
+    int rc = bundle_writer_finish(m->rw);
+
+    bundle_writer_free(m->rw);
+    m->rw = NULL;
+    if (!rc && fsync(m->rfd))
+        rc = BUNDLE_EIO;
+    if (close(m->rfd) && !rc)
+        rc = BUNDLE_EIO;
+    if (!rc && rename(m->rtmp, m->rpath))
+        rc = BUNDLE_EIO;
+    if (rc) {
+        unlink(m->rtmp);
+        return imp_fail(m, EX_IOERR, "the mail is stored, but the receipt could not be written (%s);"
+                        " the sender will send these messages again and they will be dropped as"
+                        " duplicates", strerror(errno));
+    }
+    printf("receipt for %s: %s\n", m->peer.name, m->rpath);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- pass 2 */
+
+static int imp_body_start(struct imp *m)
+{
+    char hdr[1024], date[64];
+    int n;
+
+    util_qid(m->qid);
+    m->b = store_body_new();
+    if (!m->b)
+        return STORE_ERR;
+    mime_data_init(&m->md);
+    bundle_msgid_init(&m->mid);
+    crypto_generichash_init(&m->hash, NULL, 0, 32);
+    m->size = 0;
+    util_date(util_now(), date, sizeof date);
+    /* RFC 5321 4.4: the trace field names where the message came from:
+     * the peer, the bundle and its volume. */
+    if (m->env->nrcpt == 1)
+        n = snprintf(hdr, sizeof hdr, "Received: from %s (bundle %s volume %u)\r\n\tby %s (mailnode)"
+                     " with BUNDLE id %s\r\n\tfor <%s>; %s\r\n", m->peer.name, m->hex, (unsigned)m->h.volume,
+                     conf->hostname, m->qid, m->env->rcpts[0].addr, date);
+    else
+        n = snprintf(hdr, sizeof hdr, "Received: from %s (bundle %s volume %u)\r\n\tby %s (mailnode)"
+                     " with BUNDLE id %s;\r\n\t%s\r\n", m->peer.name, m->hex, (unsigned)m->h.volume,
+                     conf->hostname, m->qid, date);
+    if (n < 0 || (size_t)n >= sizeof hdr)
+        return STORE_ERR;
+    return store_body_write(m->b, hdr, (size_t)n);
+}
+
+static int imp_body_data(struct imp *m, const unsigned char *p, size_t n)
+{
+    crypto_generichash_update(&m->hash, p, n);
+    m->size += (int64_t)n;
+    mime_scan(&m->md, p, n);
+    bundle_msgid_feed(&m->mid, p, n);
+    return store_body_write(m->b, p, n);
+}
+
+/* The key a recipient is remembered under: its mailbox or its address. */
+static void imp_rcpt_key(const struct store_rcpt *r, char *out, size_t n)
+{
+    if (r->kind == ROUTE_LOCAL)
+        snprintf(out, n, "mailbox:%lld", (long long)r->user_id);
+    else
+        util_strlcpy(out, r->addr, n);
+}
+
+/* 1 if the recipient was delivered before (by bundle or SMTP); else its
+ * identities are remembered with this message. */
+static int imp_seen(const unsigned char *origin, size_t olen, const char *oqid, const char *msgid,
+                    const struct store_rcpt *r)
+{
+    unsigned char k1[BUNDLE_ID_LEN], k2[BUNDLE_ID_LEN];
+    char key[ADDR_MAX + 32];
+    int rc;
+    int64_t now = util_now();
+
+    imp_rcpt_key(r, key, sizeof key);
+    if (origin) {
+        bundle_identity('Q', origin, olen, oqid, key, k1);
+        if ((rc = store_seen_check(k1)))
+            return rc;
+    }
+    if (msgid) {
+        bundle_identity('M', msgid, strlen(msgid), NULL, key, k2);
+        if ((rc = store_seen_check(k2)))
+            return rc;
+    }
+    if (origin && (rc = store_seen_add(k1, now)))
+        return rc;
+    if (msgid && (rc = store_seen_add(k2, now)))
+        return rc;
+    return 0;
+}
+
+/* Routes the envelope's recipients; those that cannot be routed are
+ * collected for a failure notification. */
+static int imp_route(struct imp *m, size_t *nroutes, struct dsn_rcpt *fails, char (*why)[64], size_t *nfail)
+{
+    *nroutes = 0;
+    *nfail = 0;
+    for (int i = 0; i < m->env->nrcpt; i++) {
+        const struct bundle_env_rcpt *er = &m->env->rcpts[i];
+        struct addr a;
+        size_t k = 0;
+        int rc = addr_parse_mailbox(er->addr, &a);
+        if (!rc)
+            rc = queue_route(&a, m->tmp, IMPORT_ROUTES, &k);
+        if (rc == STORE_ERR)
+            return STORE_ERR;
+        if (rc || m->md.received >= conf->max_received) {
+            fails[*nfail].addr = er->addr;
+            fails[*nfail].orcpt = er->orcpt[0] ? er->orcpt : NULL;
+            fails[*nfail].action = DSN_FAILED;
+            fails[*nfail].status = m->md.received >= conf->max_received ? "5.4.6"
+                                   : rc == QUEUE_EUNKNOWN ? "5.1.1" : rc == QUEUE_ELOOP ? "5.4.6" : "5.1.3";
+            snprintf(why[*nfail], 64, "%s", m->md.received >= conf->max_received ? "x-mailnode; mail loop"
+                     : rc == QUEUE_EUNKNOWN ? "x-mailnode; no such user here" : "x-mailnode; cannot route");
+            fails[*nfail].diagnostic = why[*nfail];
+            fails[*nfail].last_attempt = util_now();
+            if (!(er->notify & NOTIFY_NEVER) && (!er->notify || (er->notify & NOTIFY_FAILURE)))
+                (*nfail)++;
+            m->failed++;
+            continue;
+        }
+        for (size_t j = 0; j < k; j++) {
+            size_t d;
+            m->tmp[j].notify = er->notify;
+            util_strlcpy(m->tmp[j].orcpt, er->orcpt, sizeof m->tmp[j].orcpt);
+            for (d = 0; d < *nroutes; d++)
+                if (m->routes[d].kind == m->tmp[j].kind &&
+                    (m->tmp[j].kind == ROUTE_LOCAL ? m->routes[d].user_id == m->tmp[j].user_id
+                                                   : !strcmp(m->routes[d].addr, m->tmp[j].addr)))
+                    break;
+            if (d == *nroutes && *nroutes < IMPORT_ROUTES)
+                m->routes[(*nroutes)++] = m->tmp[j];
+        }
+    }
+    return 0;
+}
+
+/* RFC 3464 failure notification to the original sender. */
+static int imp_bounce(struct imp *m, const struct dsn_rcpt *fails, size_t n)
+{
+    struct dsn_info info;
+    struct store_env env;
+    struct store_rcpt back[8];
+    struct store_body *b;
+    struct addr a;
+    size_t nb = 0;
+    int rc;
+
+    if (!n || !m->env->sender[0])
+        return 0;               /* never a notification about a notification */
+    if (addr_parse_mailbox(m->env->sender, &a) || queue_route(&a, back, MN_NELEM(back), &nb) || !nb)
+        return 0;
+    memset(&info, 0, sizeof info);
+    info.qid = m->qid;
+    info.sender = m->env->sender;
+    info.envid = m->env->envid[0] ? m->env->envid : NULL;
+    info.ret_full = m->env->ret_full;
+    info.received = util_now();
+    info.body_id = m->b->id;
+    info.rcpts = fails;
+    info.n = n;
+    if (!(b = store_body_new()))
+        return STORE_ERR;
+    memset(&env, 0, sizeof env);
+    util_qid(env.qid);
+    env.sender = "";
+    env.client = "local";
+    rc = dsn_write(&info, b);
+    if (!rc)
+        rc = store_body_finish(b);
+    env.size = b->size;
+    if (!rc)
+        rc = store_msg_insert(&env, b, back, nb);
+    store_body_free(b);
+    return rc;
+}
+
+static int imp_msg_end(struct imp *m, const unsigned char *p, size_t n)
+{
+    struct store_env env;
+    struct dsn_rcpt fails[64];
+    char why[64][64];
+    unsigned char sum[32];
+    size_t nroutes = 0, nfail = 0, kept = 0;
+    int rc;
+
+    crypto_generichash_final(&m->hash, sum, 32);
+    if (n != 40 || sodium_memcmp(sum, p, 32))
+        return BUNDLE_ERECORD;          /* changed since the first pass */
+    bundle_msgid_finish(&m->mid);
+    if ((rc = store_body_finish(m->b)) || (rc = imp_route(m, &nroutes, fails, why, &nfail)))
+        return rc;
+    if (nfail > MN_NELEM(fails))
+        nfail = MN_NELEM(fails);
+    for (size_t i = 0; i < nroutes; i++) {
+        rc = imp_seen(m->h.sender_sign_pk, 32, m->env->qid, m->mid.found ? m->mid.id : NULL, &m->routes[i]);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            m->routes[kept++] = m->routes[i];
+        else
+            m->dups++;
+    }
+    memset(&env, 0, sizeof env);
+    util_strlcpy(env.qid, m->qid, sizeof env.qid);
+    env.sender = m->env->sender;
+    env.envid = m->env->envid[0] ? m->env->envid : NULL;
+    env.ret_full = m->env->ret_full;
+    env.eightbit = m->env->eightbit || m->md.eightbit;
+    env.client = m->peer.name;
+    env.size = m->b->size;
+    if (kept && (rc = store_msg_insert(&env, m->b, m->routes, kept)))
+        return rc;
+    if (nfail && (rc = imp_bounce(m, fails, nfail)))
+        return rc;
+    if (kept)
+        log_info("%s: accepted from=<%s> size=%lld nrcpt=%zu (bundle %s volume %u from %s, origin id %s)",
+                 m->qid, m->env->sender, (long long)m->size, kept, m->hex, (unsigned)m->h.volume,
+                 m->peer.name, m->env->qid);
+    else
+        log_info("%s: duplicate from=<%s> origin id %s (bundle %s from %s): already delivered, dropped",
+                 m->qid, m->env->sender, m->env->qid, m->hex, m->peer.name);
+    if (kept)
+        m->stored++;
+    /* The body stays (a message or the notification refers to it) or
+     * goes with the transaction's other unreferenced rows. */
+    if (!kept)
+        store_gc_body(m->b->id);
+    store_body_free(m->b);
+    m->b = NULL;
+    return bundle_write_record(m->rw, BUNDLE_REC_ACK, m->env->qid, QID_LEN) ? BUNDLE_EIO : 0;
+}
+
+static int imp_batch(struct imp *m)
+{
+    int rc;
+    if (++m->batch < IMPORT_BATCH_MSGS && m->batch_bytes < IMPORT_BATCH_BYTES)
+        return 0;
+    m->batch = 0;
+    m->batch_bytes = 0;
+    rc = store_commit();
+    return rc;
+}
+
+static int imp_store_mail(struct imp *m)
+{
+    const unsigned char *p;
+    size_t n;
+    int type, rc;
+
+    while ((rc = bundle_read_record(m->r, &type, &p, &n)) == 0 && type != BUNDLE_REC_FIN) {
+        switch (type) {
+        case BUNDLE_REC_ENV:
+            if (bundle_env_parse(p, n, m->env))
+                return BUNDLE_ERECORD;
+            rc = imp_body_start(m);
+            break;
+        case BUNDLE_REC_DATA:
+            rc = imp_body_data(m, p, n);
+            m->batch_bytes += (int64_t)n;
+            break;
+        case BUNDLE_REC_END:
+            rc = imp_msg_end(m, p, n);
+            if (!rc)
+                rc = imp_batch(m);
+            break;
+        default:
+            rc = BUNDLE_ERECORD;
+        }
+        if (rc)
+            return rc;
+    }
+    return rc < 0 ? rc : 0;
+}
+
+static int imp_store_receipt(struct imp *m)
+{
+    const unsigned char *p;
+    size_t n;
+    int type, rc;
+
+    while ((rc = bundle_read_record(m->r, &type, &p, &n)) == 0 && type != BUNDLE_REC_FIN) {
+        char qid[QID_LEN + 1];
+        if (type != BUNDLE_REC_ACK || n != QID_LEN)
+            return BUNDLE_ERECORD;
+        memcpy(qid, p, QID_LEN);
+        qid[QID_LEN] = '\0';
+        rc = store_bundle_ack(m->peer.id, qid);
+        if (rc < 0)
+            return rc;
+        if (rc > 0) {
+            m->stored++;
+            log_info("%s: delivered to %d recipient%s by bundle %s (receipt from %s)", qid, rc,
+                     rc == 1 ? "" : "s", m->hex, m->peer.name);
+        }
+    }
+    return rc < 0 ? rc : 0;
+}
+
+static int imp_pass2(struct imp *m)
+{
+    int rc, ex;
+
+    if ((ex = imp_open(m)))
+        return ex;
+    if (m->h.kind == BUNDLE_KIND_MAIL && (ex = imp_receipt_open(m))) {
+        imp_close_reader(m);
+        return ex;
+    }
+    store_seen_prune(util_now() - IMPORT_SEEN_KEEP);
+    rc = m->h.kind == BUNDLE_KIND_MAIL ? imp_store_mail(m) : imp_store_receipt(m);
+    if (!rc)
+        rc = store_volume_add(m->h.bundle_id, m->h.volume, m->peer.id, util_now());
+    if (!rc)
+        rc = store_commit();
+    imp_close_reader(m);
+    if (m->b) {
+        store_body_free(m->b);
+        m->b = NULL;
+    }
+    if (rc) {
+        store_rollback();
+        imp_receipt_drop(m);
+        if (rc == STORE_FULL)
+            return imp_fail(m, EX_TEMPFAIL, "%s", "the disk is full; what was stored is whole, import"
+                            " the volume again when there is space to complete it");
+        if (rc <= BUNDLE_ENOTBUNDLE && rc >= BUNDLE_ENOMEM)
+            return imp_fail(m, EX_DATAERR, "%s (the file changed while it was imported?)", bundle_strerror(rc));
+        return imp_fail(m, EX_TEMPFAIL, "%s", "database error; import the volume again to complete it");
+    }
+    if (m->h.kind == BUNDLE_KIND_MAIL) {
+        printf("%s: bundle %s volume %u from %s: %u messages, %u stored, %u duplicates dropped,"
+               " %u recipients failed\n", m->path, m->hex, (unsigned)m->h.volume, m->peer.name,
+               (unsigned)m->nmsgs, (unsigned)m->stored, (unsigned)m->dups, (unsigned)m->failed);
+        return imp_receipt_finish(m);
+    }
+    printf("%s: receipt from %s for bundle %s volume %u: %u messages acknowledged\n", m->path,
+           m->peer.name, m->hex, (unsigned)m->h.volume, (unsigned)m->stored);
+    return 0;
+}
+
+static int imp_one(const char *path, const struct bundle_keys *keys, const char *receipt_dir,
+                   struct bundle_env *env, struct store_rcpt *routes, struct store_rcpt *tmp)
+{
+    struct imp m;
+    int ex;
+
+    memset(&m, 0, sizeof m);
+    m.path = path;
+    m.keys = keys;
+    m.env = env;
+    m.routes = routes;
+    m.tmp = tmp;
+    m.receipt_dir = receipt_dir;
+    m.rfd = -1;
+    m.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (m.fd < 0)
+        return imp_fail(&m, errno == ENOENT ? EX_NOINPUT : EX_NOINPUT, "cannot open: %s", strerror(errno));
+    ex = imp_pass1(&m);
+    if (!ex)
+        ex = imp_pass2(&m);
+    close(m.fd);
+    return ex;
+}
+
+int cli_bundle_import(int argc, char **argv)
+{
+    struct bundle_keys keys;
+    struct bundle_env *env = NULL;
+    struct store_rcpt *routes = NULL, *tmp = NULL;
+    const char *rdir = NULL;
+    int first = 2, rc, worst = EX_OK;
+
+    if (argc > 3 && !strcmp(argv[2], "--receipt-dir")) {
+        rdir = argv[3];
+        first = 4;
+    }
+    if (first >= argc) {
+        fprintf(stderr, "usage: mailnode bundle import [--receipt-dir DIR] FILE...\n");
+        return EX_USAGE;
+    }
+    if ((rc = cli_bundle_keys(&keys, 1)) || (rc = cli_open_store()))
+        return rc;
+    env = malloc(sizeof *env);
+    routes = malloc(IMPORT_ROUTES * sizeof *routes);
+    tmp = malloc(IMPORT_ROUTES * sizeof *tmp);
+    if (!env || !routes || !tmp) {
+        worst = EX_OSERR;
+        goto out;
+    }
+    for (int i = first; i < argc; i++) {
+        rc = imp_one(argv[i], &keys, rdir, env, routes, tmp);
+        if (rc && worst == EX_OK)
+            worst = rc;
+    }
+out:
+    store_close();
+    sodium_memzero(&keys, sizeof keys);
+    free(env);
+    free(routes);
+    free(tmp);
+    return worst;
+}
+
+/* ------------------------------------------------------ SMTP duplicates */
+
+int bundle_dedup(struct store_body *b, struct store_rcpt *rcpts, size_t *n, const char *qid)
+{
+    struct store_reader rd;
+    struct bundle_msgid mid;
+    unsigned char buf[4096];
+    size_t kept = 0, dropped = 0;
+    int64_t total = 0;
+    ssize_t r;
+    int rc;
+
+    if (!*n || !store_peer_any())
+        return 0;
+    /* The Message-ID is in the header, near the start of the body. */
+    if (store_reader_open(&rd, b->id))
+        return STORE_ERR;
+    bundle_msgid_init(&mid);
+    while (!mid.done && total < 256 * 1024 && (r = store_reader_read(&rd, buf, sizeof buf)) > 0) {
+        bundle_msgid_feed(&mid, buf, (size_t)r);
+        total += r;
+    }
+    store_reader_close(&rd);
+    bundle_msgid_finish(&mid);
+    if (!mid.found)
+        return 0;
+    for (size_t i = 0; i < *n; i++) {
+        rc = imp_seen(NULL, 0, NULL, mid.id, &rcpts[i]);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            rcpts[kept++] = rcpts[i];
+        else
+            dropped++;
+    }
+    if (dropped)
+        log_info("%s: %zu recipient%s dropped: %s already delivered by bundle", qid, dropped,
+                 dropped == 1 ? "" : "s", mid.id);
+    *n = kept;
+    return 0;
+}
+
 /* ---- src/main.c ---- */
 #line 1 "src/main.c"
 /*
@@ -25639,6 +28558,9 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "key", cli_key, "show: this node's public bundle key" },
+    { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
+    { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },
 };
 
 static void usage(FILE *f)

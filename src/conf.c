@@ -82,6 +82,8 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "bundle.key", T_STR, F(bundle_key), 0, NULL },
+    { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
 #undef F        /* the amalgamation goes on with other modules */
@@ -226,6 +228,11 @@ static void derive(struct conf *c)
         free(c->keyfile);
         snprintf(buf, sizeof buf, "%s.key", c->database);
         c->keyfile = xstrdup(buf);
+    }
+    if (!c->bundle_key || !*c->bundle_key) {
+        free(c->bundle_key);
+        snprintf(buf, sizeof buf, "%s.bundle-key", c->database);
+        c->bundle_key = xstrdup(buf);
     }
     if (!c->control || !*c->control) {
         free(c->control);

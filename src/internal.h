@@ -161,6 +161,8 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
+    int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
     size_t n_pacing_rate;
 };
@@ -1021,6 +1023,139 @@ int smtpd_busy(void);                   /* sessions inside a mail transaction */
 
 void pop3_accept(struct conn *c);
 
+/* ---------------------------------------------------------------- bundle */
+
+/* Offline bundles between mailnodes (bundle.c; docs/bundle-format.md). */
+#define BUNDLE_VERSION     1
+#define BUNDLE_KIND_MAIL   1
+#define BUNDLE_KIND_RECEIPT 2
+#define BUNDLE_KEY_PREFIX  "mnb1"
+#define BUNDLE_HDR_SIGNED  208          /* header bytes covered by the signature */
+#define BUNDLE_HDR_LEN     (BUNDLE_HDR_SIGNED + 64)
+#define BUNDLE_FRAME_MAX   65536        /* plaintext bytes per frame */
+#define BUNDLE_DATA_MAX    65536        /* body bytes per DATA record */
+#define BUNDLE_RECORD_MAX  (256 * 1024) /* any record (an envelope) */
+#define BUNDLE_RCPTS_MAX   1000
+#define BUNDLE_ID_LEN      16
+/* Record types (the plaintext of a volume is a sequence of them). */
+enum { BUNDLE_REC_ENV = 1, BUNDLE_REC_DATA = 2, BUNDLE_REC_END = 3, BUNDLE_REC_ACK = 4,
+       BUNDLE_REC_FIN = 5 };
+/* Errors of the format layer. */
+enum { BUNDLE_ENOTBUNDLE = -20, BUNDLE_EVERSION = -21, BUNDLE_EFORMAT = -22, BUNDLE_ESIG = -23,
+       BUNDLE_EKEY = -24, BUNDLE_ECRYPT = -25, BUNDLE_ETRUNC = -26, BUNDLE_ETRAIL = -27,
+       BUNDLE_EZLIB = -28, BUNDLE_ERECORD = -29, BUNDLE_EIO = -30, BUNDLE_ENOMEM = -31 };
+const char *bundle_strerror(int e);
+
+struct bundle_keys {
+    unsigned char sign_pk[crypto_sign_PUBLICKEYBYTES], sign_sk[crypto_sign_SECRETKEYBYTES];
+    unsigned char box_pk[crypto_box_PUBLICKEYBYTES], box_sk[crypto_box_SECRETKEYBYTES];
+};
+/* Loads (or with create, makes) the node's bundle key pair file. */
+int bundle_keys_load(const char *path, struct bundle_keys *k, int create, char *err, size_t errlen);
+/* "mnb1 BASE64 [comment]": the public keys as one line, and back. */
+void bundle_key_line(const unsigned char sign_pk[32], const unsigned char box_pk[32],
+                     const char *comment, char *out, size_t n);
+int bundle_key_parse(const char *line, unsigned char sign_pk[32], unsigned char box_pk[32]);
+
+struct bundle_header {
+    int kind;
+    int64_t created;
+    unsigned char bundle_id[16];
+    uint32_t volume;
+    unsigned char sender_sign_pk[32], recipient_box_pk[32];
+    unsigned char sealed_key[crypto_box_SEALBYTES + 32];
+    unsigned char ss_header[crypto_secretstream_xchacha20poly1305_HEADERBYTES];
+    unsigned char signature[crypto_sign_BYTES];
+};
+void bundle_header_encode(const struct bundle_header *h, unsigned char out[BUNDLE_HDR_SIGNED]);
+int bundle_header_decode(const unsigned char *in, size_t n, struct bundle_header *h);
+
+struct bundle_writer;
+struct bundle_writer *bundle_writer_open(int fd, const struct bundle_keys *me, const unsigned char peer_box_pk[32],
+                                         int kind, const unsigned char bundle_id[16], uint32_t volume);
+int bundle_write_record(struct bundle_writer *w, int type, const void *payload, size_t n);
+int64_t bundle_bound(int64_t raw);      /* most file bytes raw record bytes can add */
+int64_t bundle_writer_size(struct bundle_writer *w);   /* upper bound of the final size so far */
+int bundle_writer_sync(struct bundle_writer *w);       /* makes the size exact (Z_SYNC_FLUSH) */
+int bundle_writer_finish(struct bundle_writer *w);     /* FIN record and the final frame */
+int64_t bundle_writer_bytes(const struct bundle_writer *w);
+void bundle_writer_free(struct bundle_writer *w);
+
+typedef ssize_t (*bundle_read_fn)(void *arg, void *buf, size_t n);
+/* Reads and decodes the header (raw keeps its bytes for the signature). */
+int bundle_reader_header(bundle_read_fn fn, void *arg, struct bundle_header *h,
+                         unsigned char raw[BUNDLE_HDR_LEN]);
+int bundle_header_verify(const unsigned char raw[BUNDLE_HDR_LEN], const unsigned char sign_pk[32]);
+struct bundle_reader;
+struct bundle_reader *bundle_reader_open(bundle_read_fn fn, void *arg, const struct bundle_header *h,
+                                         const struct bundle_keys *me, int *err);
+/* The next record: 0 and *type/payload/n (valid until the next call), 1
+ * after FIN, or a BUNDLE_E* error.  FIN is returned only when the record
+ * count agrees and nothing follows it. */
+int bundle_read_record(struct bundle_reader *r, int *type, const unsigned char **payload, size_t *n);
+void bundle_reader_free(struct bundle_reader *r);
+
+struct bundle_env_rcpt {
+    char addr[ADDR_MAX];
+    char orcpt[ADDR_MAX + 8];            /* as in SMTP: type ";" xtext */
+    int notify;
+};
+struct bundle_env {
+    char qid[QID_LEN + 1];              /* the exporting node's queue id */
+    int64_t received, size;
+    char sender[ADDR_MAX];
+    char envid[101];
+    int ret_full, eightbit, have_mail;
+    int nrcpt;
+    struct bundle_env_rcpt rcpts[BUNDLE_RCPTS_MAX];     /* last: parse clears only what is before */
+};
+int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t *len);
+int bundle_env_parse(const unsigned char *p, size_t n, struct bundle_env *e);
+
+struct bundle_msgid {
+    char line[1000];
+    size_t len;
+    int bol, done, found;
+    char id[256];
+};
+void bundle_msgid_init(struct bundle_msgid *m);
+void bundle_msgid_feed(struct bundle_msgid *m, const void *buf, size_t n);
+void bundle_msgid_finish(struct bundle_msgid *m);
+void bundle_identity(char kind, const void *a, size_t alen, const char *b, const char *rcpt,
+                     unsigned char out[BUNDLE_ID_LEN]);
+void bundle_hex(const unsigned char *p, size_t n, char *out);
+/* SMTP-received mail: drops the recipients already delivered by bundle
+ * (by Message-ID) and remembers the rest, when the node has peers. */
+int bundle_dedup(struct store_body *b, struct store_rcpt *rcpts, size_t *n, const char *qid);
+
+/* store_bundle.c: peers, mail in transit, identities seen, volumes imported. */
+struct store_peer {
+    int64_t id;
+    char name[64];
+    unsigned char sign_pk[32], box_pk[32];
+    char domains[1024];                 /* comma separated; "" = our upstream: all remote mail */
+    int64_t added;
+};
+int store_peer_add(const struct store_peer *p);         /* STORE_EXISTS */
+int store_peer_get(const char *name, struct store_peer *p);
+int store_peer_by_key(const unsigned char sign_pk[32], struct store_peer *p);
+int store_peer_del(const char *name);
+int store_peer_list(int (*cb)(void *arg, const struct store_peer *p), void *arg);
+int store_peer_any(void);                               /* 1 if a peer exists */
+/* Messages with queued recipients for the peer (after_id, id order),
+ * skipping recipients in transit since after `resend_before`; *m as
+ * store_out_next fills it.  1 found, 0 none. */
+int store_bundle_next(const struct store_peer *p, int64_t after_id, int64_t resend_before,
+                      struct store_out_msg *m);
+int store_bundle_transit(int64_t rcpt_id, int64_t peer_id, const unsigned char bundle_id[16], int64_t now);
+/* A receipt: the peer's in-transit recipients of message qid are
+ * delivered.  Returns recipients acknowledged (>= 0). */
+int store_bundle_ack(int64_t peer_id, const char *qid);
+int store_seen_check(const unsigned char key[BUNDLE_ID_LEN]);   /* 1 seen */
+int store_seen_add(const unsigned char key[BUNDLE_ID_LEN], int64_t now);
+int store_seen_prune(int64_t before);
+int store_volume_seen(const unsigned char bundle_id[16], uint32_t volume);  /* 1 imported */
+int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t peer_id, int64_t now);
 /* ----------------------------------------------------------------- imap */
 
 /* The IMAP4rev1 server (RFC 3501) and its extensions: imap.c (session,
@@ -1157,6 +1292,11 @@ int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 int cli_poll(int argc, char **argv);            /* mailnode poll */
+int cli_key(int argc, char **argv);             /* mailnode key show */
+int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
+int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
+int cli_bundle_import(int argc, char **argv);   /* bundle_import.c */
+int cli_bundle_keys(struct bundle_keys *k, int create);   /* loads bundle.key or says why not */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);

@@ -163,6 +163,17 @@ static const char *const migrations[] = {
     " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
     "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
     " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
+    /* 6: offline bundles: peers, recipients in transit, identities of
+     * delivered recipients (duplicates), volumes imported (replays). */
+    "CREATE TABLE peer(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sign_pk BLOB NOT NULL UNIQUE,"
+    " box_pk BLOB NOT NULL, domains TEXT NOT NULL DEFAULT '', added INTEGER NOT NULL);"
+    "CREATE TABLE bundle_transit(rcpt_id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL,"
+    " bundle_id BLOB NOT NULL, exported INTEGER NOT NULL);"
+    "CREATE INDEX bundle_transit_peer ON bundle_transit(peer_id);"
+    "CREATE TABLE bundle_seen(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
+    "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
+    " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
 };
 
 sqlite3 *store_db(void)
