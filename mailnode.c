@@ -163,6 +163,9 @@ struct conf {
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
     int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
     int64_t limit_messages_per_minute;  /* per address */
+    int64_t limit_auth_failures_per_user; /* then the account backs off */
+    int64_t limit_connections_reserved; /* slots only for trusted, submission and POP3 clients */
+    int64_t max_connections_on[LISTEN_N]; /* per listener kind; 0 = no own limit */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
@@ -877,11 +880,19 @@ MN_PRIVATE void smtpc_abort(struct smtpc *s);
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-MN_PRIVATE void limit_auth_failed(const struct conn *c);
+/* One failure counter per client address and one per account, shared by
+ * every protocol that checks passwords (SMTP AUTH, POP3, IMAP). */
+MN_PRIVATE void limit_auth_failed(const struct conn *c, const char *user);
+MN_PRIVATE void limit_auth_ok(const char *user);
+/* 1 if the address has too many recent failures (never for relay_networks). */
 MN_PRIVATE int limit_auth_blocked(const struct conn *c);
+/* Seconds until the account takes another login attempt (0: now). */
+MN_PRIVATE int64_t limit_account_wait(const char *user);
 MN_PRIVATE int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-MN_PRIVATE int limit_connections_ok(const struct conn *c, int current);
+/* NULL if a new connection from peer on a listener of kind may have a
+ * slot, else why not (loop.c asks before it makes a connection). */
+MN_PRIVATE const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same);
 
 /* ----------------------------------------------------------------- odmr */
 
@@ -1564,6 +1575,12 @@ static const struct conf_key keys[] = {
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
     { "limit.auth_failures_per_ip", T_INT, F(limit_auth_failures_per_ip), 0, "10" },
+    { "limit.auth_failures_per_user", T_INT, F(limit_auth_failures_per_user), 0, "10" },
+    { "limit.connections_reserved", T_INT, F(limit_connections_reserved), 0, "10" },
+    { "max_connections.smtp", T_INT, F(max_connections_on[LISTEN_SMTP]), 0, "0" },
+    { "max_connections.submission", T_INT, F(max_connections_on[LISTEN_SUBMISSION]), 0, "0" },
+    { "max_connections.odmr", T_INT, F(max_connections_on[LISTEN_ODMR]), 0, "0" },
+    { "max_connections.pop3", T_INT, F(max_connections_on[LISTEN_POP3]), 0, "0" },
     /* Off by default: an upstream releasing a held backlog by ETRN arrives
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
@@ -2469,27 +2486,59 @@ static int next_wait_ms(int64_t now)
 
 /* ------------------------------------------------------------- listeners */
 
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+/* The counts limit_admit decides on: live inbound connections (not our
+ * own outbound ones, not those already closed and only draining). */
+static void count_inbound(int kind, const struct sockaddr_storage *peer, int *total, int *here, int *same)
+{
+    *total = *here = *same = 0;
+    for (struct conn *c = L.conns; c; c = c->next) {
+        if (c->kind >= LISTEN_N || c->dead || c->lingering)
+            continue;
+        (*total)++;
+        *here += c->kind == kind;
+        *same += same_address(&c->peer, peer);
+    }
+}
+
+static void refuse(int kind, int fd, const char *why, const struct sockaddr_storage *peer)
+{
+    /* RFC 5321 3.8: 421 and close when we cannot serve; RFC 2449 8.1.2
+     * [SYS/TEMP] for POP3.  The reply fits the socket buffer of a fresh
+     * connection; it is never waited for. */
+    static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+    static const char smtp_ip[] = "421 4.7.0 Too many connections from your address\r\n";
+    static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
+    int per_ip = !strcmp(why, "limit.connections_per_ip");
+    const char *text = kind == LISTEN_POP3 ? pop_busy : per_ip ? smtp_ip : smtp_busy;
+    char ip[64];
+
+    if (send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("busy reply: %s", strerror(errno));
+    close(fd);
+    util_sockaddr_ip(peer, ip, sizeof ip);
+    log_warn("connection from [%s] refused: %s reached", ip, why);
+}
+
 static void accept_ready(struct listener *ls)
 {
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(ls->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof peer;
+        int total, here, same;
+
+        memset(&peer, 0, sizeof peer);
+        int fd = accept4(ls->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 log_warn("accept: %s", strerror(errno));
             return;
         }
-        if (conf->max_connections && L.n_conns >= conf->max_connections) {
-            /* RFC 5321 3.8: 421 and close when we cannot serve. */
-            static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-            static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
-            if (ls->kind == LISTEN_POP3) {
-                if (send(fd, pop_busy, sizeof pop_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (send(fd, smtp_busy, sizeof smtp_busy - 1, MSG_NOSIGNAL) < 0) {
-                log_debug("busy reply: %s", strerror(errno));
-            }
-            log_warn("connection refused: max_connections (%lld) reached", (long long)conf->max_connections);
-            close(fd);
+        count_inbound(ls->kind, &peer, &total, &here, &same);
+        const char *why = limit_admit(ls->kind, &peer, total, here, same);
+        if (why) {
+            refuse(ls->kind, fd, why, &peer);
             continue;
         }
         int one = 1;
@@ -9785,18 +9834,25 @@ int auth_client_cram(const char *user, const char *password, const char *challen
 /* ---- src/limit.c ---- */
 #line 1 "src/limit.c"
 /*
- * limit.c: per-address abuse limits.  A small fixed table remembers the
- * recent behaviour of client addresses: authentication failures and the
- * rate of messages.  Bounded memory: the table has a fixed size and the
- * least recently seen address makes room for a new one, so a flood of
- * addresses cannot grow it.
+ * limit.c: per-address and per-account abuse limits.  Small fixed tables
+ * remember the recent behaviour of client addresses (authentication
+ * failures, the rate of messages) and of accounts (authentication
+ * failures).  Bounded memory: each table has a fixed size and the least
+ * recently seen entry makes room for a new one, so a flood of addresses
+ * or names cannot grow it.
+ *
+ * The failure counters are shared by every protocol that checks a
+ * password (SMTP AUTH on every listener, POP3 USER/PASS and AUTH, and
+ * IMAP when it comes): a guesser gains nothing by switching protocols.
  */
 
 
 #include <string.h>
 
 #define LIMIT_SLOTS 256
-#define LIMIT_WINDOW 600                /* seconds an address's failures are remembered */
+#define LIMIT_WINDOW 600                /* seconds failures are remembered */
+#define ACCOUNT_FIRST_WAIT 60           /* the account's first back-off */
+#define ACCOUNT_MAX_WAIT 900            /* and its longest */
 
 struct limit_slot {
     char ip[64];
@@ -9807,7 +9863,17 @@ struct limit_slot {
     int64_t tokens_at_ms;
 };
 
+struct account_slot {
+    char user[USER_MAX + 1];
+    int64_t seen;
+    int failures;
+    int64_t first;
+    int64_t until;                      /* no attempt before this */
+    int step;                           /* back-offs so far */
+};
+
 static struct limit_slot slots[LIMIT_SLOTS];
+static struct account_slot accounts[LIMIT_SLOTS];
 
 static struct limit_slot *slot_for(const char *ip)
 {
@@ -9829,26 +9895,96 @@ static struct limit_slot *slot_for(const char *ip)
     return oldest;
 }
 
+/* The account's entry, or NULL when it has none and create is 0.  Names
+ * are compared in lower case, as they are stored. */
+static struct account_slot *account_for(const char *user, int create)
+{
+    struct account_slot *oldest = &accounts[0];
+    char name[USER_MAX + 1];
+    int64_t now = util_now();
+
+    if (!user || !*user)
+        return NULL;
+    util_strlcpy(name, user, sizeof name);
+    util_lower(name);
+    for (int i = 0; i < LIMIT_SLOTS; i++) {
+        if (accounts[i].user[0] && !strcmp(accounts[i].user, name)) {
+            accounts[i].seen = now;
+            return &accounts[i];
+        }
+        if (accounts[i].seen < oldest->seen)
+            oldest = &accounts[i];
+    }
+    if (!create)
+        return NULL;
+    memset(oldest, 0, sizeof *oldest);
+    util_strlcpy(oldest->user, name, sizeof oldest->user);
+    oldest->seen = now;
+    oldest->first = now;
+    return oldest;
+}
+
 /* Clients in relay_networks (by default the loopback networks) are not
- * limited: they are the site's own scripts and users. */
+ * limited per address: they are the site's own scripts and users.  The
+ * account counter still protects their accounts. */
 static int trusted(const struct conn *c)
 {
     return conf_relay_allowed(&c->peer);
 }
 
-void limit_auth_failed(const struct conn *c)
+void limit_auth_failed(const struct conn *c, const char *user)
 {
-    struct limit_slot *s = slot_for(c->peer_ip);
     int64_t now = util_now();
-    if (now - s->auth_first > LIMIT_WINDOW) {
-        s->auth_first = now;
-        s->auth_failures = 0;
+
+    if (!trusted(c)) {
+        struct limit_slot *s = slot_for(c->peer_ip);
+        if (now - s->auth_first > LIMIT_WINDOW) {
+            s->auth_first = now;
+            s->auth_failures = 0;
+        }
+        s->auth_failures++;
     }
-    s->auth_failures++;
+    struct account_slot *a = account_for(user, 1);
+    if (!a || a->until > now)
+        return;                         /* refused while backing off: not counted again */
+    if (now - a->first > LIMIT_WINDOW) {
+        a->first = now;
+        a->failures = 0;
+        a->step = 0;
+    }
+    a->failures++;
+    if (conf->limit_auth_failures_per_user > 0 && a->failures >= conf->limit_auth_failures_per_user) {
+        /* Slower than the address limit: one more attempt after a minute,
+         * then after two, four... up to fifteen, so that guessing one
+         * account from many addresses stays slow, while its owner is
+         * locked out for minutes, not for good. */
+        int64_t wait = ACCOUNT_FIRST_WAIT << (a->step < 8 ? a->step : 8);
+        a->until = now + (wait < ACCOUNT_MAX_WAIT ? wait : ACCOUNT_MAX_WAIT);
+        a->step++;
+        a->first = now;
+        log_warn("account %s: %d failed logins, next attempt in %llds", a->user, a->failures,
+                 (long long)(a->until - now));
+    }
+}
+
+void limit_auth_ok(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    if (a)
+        memset(a, 0, sizeof *a);
+}
+
+int64_t limit_account_wait(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    int64_t now = util_now();
+    return a && a->until > now ? a->until - now : 0;
 }
 
 int limit_auth_blocked(const struct conn *c)
 {
+    if (trusted(c))
+        return 0;
     struct limit_slot *s = slot_for(c->peer_ip);
     if (util_now() - s->auth_first > LIMIT_WINDOW)
         return 0;
@@ -9880,9 +10016,32 @@ int limit_message_ok(const struct conn *c)
     return 1;
 }
 
-int limit_connections_ok(const struct conn *c, int current)
+/* Asked before a connection gets a slot, with the counts of live inbound
+ * connections (in total, on this kind of listener, from this address).
+ * A refused connection is closed at once and never holds a slot.  The
+ * last limit.connections_reserved slots (at most half of them) are kept
+ * for clients in relay_networks and for the submission and POP3
+ * listeners, where every client must log in: idle strangers on port 25
+ * cannot lock out the site's own users. */
+const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same)
 {
-    return trusted(c) || conf->limit_connections_per_ip <= 0 || current <= conf->limit_connections_per_ip;
+    int trust = conf_relay_allowed(peer);
+
+    if (!trust && conf->limit_connections_per_ip > 0 && same >= conf->limit_connections_per_ip)
+        return "limit.connections_per_ip";
+    if (kind >= 0 && kind < LISTEN_N && conf->max_connections_on[kind] > 0 &&
+        on_listener >= conf->max_connections_on[kind])
+        return "max_connections per listener";
+    if (conf->max_connections > 0) {
+        int64_t reserve = conf->limit_connections_reserved;
+        if (reserve > conf->max_connections / 2)
+            reserve = conf->max_connections / 2;
+        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3)
+            reserve = 0;
+        if (total >= conf->max_connections - reserve)
+            return reserve && total < conf->max_connections ? "limit.connections_reserved" : "max_connections";
+    }
+    return NULL;
 }
 
 /* ---- src/queue.c ---- */
@@ -15142,6 +15301,15 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
         reply(s, "334 %s", out);
         return;
     case AUTH_OK:
+        if (limit_account_wait(s->sasl.user) > 0) {
+            /* The account is backing off after many failures: even the
+             * right password is refused now, and nothing tells a guesser
+             * that it was right. */
+            log_warn("%s: authentication for '%s' refused: the account is backing off", s->c->peer_ip,
+                     s->sasl.user);
+            break;
+        }
+        limit_auth_ok(s->sasl.user);
         s->input = IN_COMMAND;
         util_strlcpy(s->auth_user, s->sasl.user, sizeof s->auth_user);
         log_info("%s: authenticated as %s", s->c->peer_ip, s->auth_user);
@@ -15164,7 +15332,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, s->sasl.user);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -15626,18 +15794,6 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    int same = 0;
-    for (struct smtpd *o = all_sessions; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
-    if (!limit_connections_ok(c, same)) {
-        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
-                 same);
-        reply(s, "421 4.7.0 Too many connections from your address");
-        conn_flush(c);
-        conn_close(c);
-        return;
-    }
     if (c->kind == LISTEN_SMTP)
         queue_peer_seen(c->peer_ip);
     s->odmr = c->kind == LISTEN_ODMR;
@@ -16155,6 +16311,7 @@ static void pop3_auth_failed(struct pop3 *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
+    limit_auth_failed(s->c, name);
     pop3_safe_name(name, safe, sizeof safe);
     log_warn("pop3: authentication failed user=%s ip=%s mech=%s (failure %d)", safe,
              s->c->peer_ip, mech, s->failures);
@@ -16184,6 +16341,19 @@ static void pop3_dummy_check(const char *password)
 
 /* ----------------------------------------------------------- commands */
 
+/* The failure counter of the client's address, shared with SMTP AUTH:
+ * past limit.auth_failures_per_ip, no more logins from it (1: refused and
+ * closing). */
+static int pop3_address_blocked(struct pop3 *s)
+{
+    if (!limit_auth_blocked(s->c))
+        return 0;
+    log_warn("pop3: %s: login refused: too many failures from this address", s->c->peer_ip);
+    pop3_reply(s, "-ERR [SYS/TEMP] too many failed logins from your address, try later");
+    conn_close(s->c);
+    return 1;
+}
+
 static void pop3_cmd_user(struct pop3 *s, char *arg)
 {
     if (!pop3_cleartext_ok(s)) {
@@ -16194,6 +16364,8 @@ static void pop3_cmd_user(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR USER needs a name");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     s->have_user = 1;
     s->pending_bad = util_strlcpy(s->pending, arg, sizeof s->pending) >= sizeof s->pending;
     /* Names are stored in lower case, as SASL looks them up. */
@@ -16216,21 +16388,28 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
         return;
     }
     s->have_user = 0;
+    if (pop3_address_blocked(s))
+        return;
     memset(&u, 0, sizeof u);
     if (!s->pending_bad)
         rc = store_user_get(s->pending, &u);
     if (rc == 0) {
-        ok = auth_check_password(&u, arg) == 1;
+        /* An account backing off after many failures takes no password,
+         * not even the right one; the answer is the same as for a wrong
+         * one. */
+        ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
     } else if (rc == STORE_NOTFOUND) {
         pop3_dummy_check(arg);
     } else {
         pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
         return;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(s->pending);
         pop3_login(s, &u, "USER");
-    else
+    } else {
         pop3_auth_failed(s, s->pending, "USER");
+    }
     sodium_memzero(&u, sizeof u);
 }
 
@@ -16263,8 +16442,12 @@ static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user))
+            pop3_auth_failed(s, s->sasl.user, s->mech);
+        else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             pop3_login(s, &u, s->mech);
+        }
         else if (rc == STORE_NOTFOUND)
             pop3_auth_failed(s, s->sasl.user, s->mech);
         else
@@ -16321,6 +16504,8 @@ static void pop3_cmd_auth(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR unsupported authentication mechanism");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     util_strlcpy(s->mech, arg, sizeof s->mech);
     for (char *p = s->mech; *p; p++)
         *p = (char)toupper((unsigned char)*p);

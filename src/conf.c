@@ -64,6 +64,12 @@ static const struct conf_key keys[] = {
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
     { "limit.auth_failures_per_ip", T_INT, F(limit_auth_failures_per_ip), 0, "10" },
+    { "limit.auth_failures_per_user", T_INT, F(limit_auth_failures_per_user), 0, "10" },
+    { "limit.connections_reserved", T_INT, F(limit_connections_reserved), 0, "10" },
+    { "max_connections.smtp", T_INT, F(max_connections_on[LISTEN_SMTP]), 0, "0" },
+    { "max_connections.submission", T_INT, F(max_connections_on[LISTEN_SUBMISSION]), 0, "0" },
+    { "max_connections.odmr", T_INT, F(max_connections_on[LISTEN_ODMR]), 0, "0" },
+    { "max_connections.pop3", T_INT, F(max_connections_on[LISTEN_POP3]), 0, "0" },
     /* Off by default: an upstream releasing a held backlog by ETRN arrives
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },

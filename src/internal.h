@@ -148,6 +148,9 @@ struct conf {
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
     int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
     int64_t limit_messages_per_minute;  /* per address */
+    int64_t limit_auth_failures_per_user; /* then the account backs off */
+    int64_t limit_connections_reserved; /* slots only for trusted, submission and POP3 clients */
+    int64_t max_connections_on[LISTEN_N]; /* per listener kind; 0 = no own limit */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
@@ -862,11 +865,19 @@ void smtpc_abort(struct smtpc *s);
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-void limit_auth_failed(const struct conn *c);
+/* One failure counter per client address and one per account, shared by
+ * every protocol that checks passwords (SMTP AUTH, POP3, IMAP). */
+void limit_auth_failed(const struct conn *c, const char *user);
+void limit_auth_ok(const char *user);
+/* 1 if the address has too many recent failures (never for relay_networks). */
 int limit_auth_blocked(const struct conn *c);
+/* Seconds until the account takes another login attempt (0: now). */
+int64_t limit_account_wait(const char *user);
 int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-int limit_connections_ok(const struct conn *c, int current);
+/* NULL if a new connection from peer on a listener of kind may have a
+ * slot, else why not (loop.c asks before it makes a connection). */
+const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same);
 
 /* ----------------------------------------------------------------- odmr */
 

@@ -860,6 +860,15 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
         reply(s, "334 %s", out);
         return;
     case AUTH_OK:
+        if (limit_account_wait(s->sasl.user) > 0) {
+            /* The account is backing off after many failures: even the
+             * right password is refused now, and nothing tells a guesser
+             * that it was right. */
+            log_warn("%s: authentication for '%s' refused: the account is backing off", s->c->peer_ip,
+                     s->sasl.user);
+            break;
+        }
+        limit_auth_ok(s->sasl.user);
         s->input = IN_COMMAND;
         util_strlcpy(s->auth_user, s->sasl.user, sizeof s->auth_user);
         log_info("%s: authenticated as %s", s->c->peer_ip, s->auth_user);
@@ -882,7 +891,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, s->sasl.user);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -1344,18 +1353,6 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    int same = 0;
-    for (struct smtpd *o = all_sessions; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
-    if (!limit_connections_ok(c, same)) {
-        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
-                 same);
-        reply(s, "421 4.7.0 Too many connections from your address");
-        conn_flush(c);
-        conn_close(c);
-        return;
-    }
     if (c->kind == LISTEN_SMTP)
         queue_peer_seen(c->peer_ip);
     s->odmr = c->kind == LISTEN_ODMR;

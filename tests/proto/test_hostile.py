@@ -410,4 +410,187 @@ def duplicate_rcpts_one_copy():
                   codes)
 
 
+# ------------------------------ 5, 7. password guessing: shared counters
+
+class From(harness.Raw):
+    """A raw client whose source address is src (any of 127.0.0.0/8 is
+    this host), to be another client address on loopback."""
+
+    def __init__(self, src, port, timeout=10.0):
+        self.timeout = timeout
+        self.buf = b''
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout * harness.TIME_SCALE)
+        self.sock.bind((src, 0))
+        self.sock.connect(('127.0.0.1', port))
+
+
+def pop3_login(n, user, pw, src='127.0.0.1'):
+    """The reply to PASS (or what closed the connection)."""
+    with From(src, n.port('pop3')) as c:
+        try:
+            c.recv_line()
+            c.send('USER %s\r\n' % user)
+            c.recv_line()
+            c.send('PASS %s\r\n' % pw)
+            r = c.recv_line().decode()
+            c.send('QUIT\r\n')
+            return r
+        except (ConnectionError, TimeoutError) as e:
+            return 'closed: %s' % e
+
+
+def smtp_auth(n, user, pw, src='127.0.0.1'):
+    import base64
+    with From(src, n.port('smtp')) as c:
+        try:
+            c.recv_reply()
+            c.cmd('EHLO client.test')
+            token = base64.b64encode(('\0%s\0%s' % (user, pw)).encode()).decode()
+            return c.cmd('AUTH PLAIN ' + token).code
+        except (ConnectionError, TimeoutError):
+            return 0
+
+
+@test
+def pop3_guessing_per_address():
+    conf = {'relay_networks': '10.255.255.0/24', 'auth.fail_delay': '0s',
+            'limit.auth_failures_per_ip': 4, 'limit.auth_failures_per_user': 0}
+    with Node(conf=conf) as n:
+        add_user(n, 'bob')
+        # 20 parallel connections, each guessing until it is cut off
+        conns = [From('127.0.0.1', n.port('pop3')) for _ in range(20)]
+        verified = 0
+        try:
+            for c in conns:
+                c.recv_line()
+            for round_ in range(5):
+                for c in conns:
+                    try:
+                        c.send('USER bob\r\nPASS wrong-%d\r\n' % round_)
+                    except OSError:
+                        pass
+                for c in conns:
+                    try:
+                        c.recv_line(timeout=5)
+                        r = c.recv_line(timeout=5)
+                        verified += r.startswith(b'-ERR [AUTH]')
+                    except (ConnectionError, TimeoutError, OSError):
+                        pass
+        finally:
+            for c in conns:
+                c.close()
+        diag('parallel POP3 guessing: %d passwords checked' % verified)
+        check('pop3_guesses_bounded_per_address', verified <= 4, '%d guesses checked' % verified)
+        r = pop3_login(n, 'bob', PW)
+        check('pop3_blocked_even_right_password', not r.startswith('+OK'), r)
+        check('smtp_auth_shares_counter', smtp_auth(n, 'bob', PW) in (421, 0))
+        r = pop3_login(n, 'bob', PW, src='127.0.0.5')
+        check('pop3_other_address_unaffected', r.startswith('+OK'), r)
+
+
+@test
+def guessing_per_account_across_protocols():
+    conf = {'auth.fail_delay': '0s', 'limit.auth_failures_per_ip': 0, 'limit.auth_failures_per_user': 3}
+    with Node(conf=conf) as n:
+        add_user(n, 'bob')
+        add_user(n, 'alice')
+        pop3_login(n, 'bob', 'wrong-1', src='127.0.0.2')
+        smtp_auth(n, 'bob', 'wrong-2', src='127.0.0.3')
+        pop3_login(n, 'bob', 'wrong-3', src='127.0.0.4')
+        r = pop3_login(n, 'bob', PW, src='127.0.0.6')
+        check('account_backing_off_pop3', r.startswith('-ERR'), r)
+        check('account_backing_off_smtp', smtp_auth(n, 'bob', PW, src='127.0.0.7') == 535)
+        check('other_account_unaffected', pop3_login(n, 'alice', PW).startswith('+OK'))
+        check('account_backoff_logged', 'account bob' in n.log(), n.log()[-500:])
+
+
+@test
+def relay_networks_exempt_from_address_limit():
+    # mailnode.conf(5): clients in relay_networks are not limited per
+    # address; the account counter still applies (off here).
+    conf = {'auth.fail_delay': '0s', 'limit.auth_failures_per_ip': 3, 'limit.auth_failures_per_user': 0}
+    with Node(conf=conf) as n:
+        add_user(n, 'bob')
+        codes = [smtp_auth(n, 'bob', 'wrong') for _ in range(5)]
+        pops = [pop3_login(n, 'bob', 'wrong') for _ in range(3)]
+        check('trusted_failures_535', codes == [535] * 5, codes)
+        check('trusted_still_logs_in_smtp', smtp_auth(n, 'bob', PW) == 235)
+        check('trusted_still_logs_in_pop3', pop3_login(n, 'bob', PW).startswith('+OK'))
+
+
+# ------------------------------------------------- 6. connection slots
+
+def greeting(c):
+    try:
+        return c.recv_line(timeout=5).decode()
+    except (ConnectionError, TimeoutError) as e:
+        return 'none: %s' % e
+
+
+@test
+def refused_connections_hold_no_slot():
+    conf = {'relay_networks': '127.0.0.2/32', 'max_connections': 6, 'limit.connections_reserved': 0,
+            'limit.connections_per_ip': 3}
+    with Node(conf=conf) as n:
+        # 127.0.0.9: not the harness's own start-up probe from 127.0.0.1
+        held = [From('127.0.0.9', n.port('smtp')) for _ in range(3)]
+        refused = []
+        try:
+            for c in held:
+                check('idle_%d_greeted' % held.index(c), greeting(c).startswith('220'))
+            for _ in range(50):
+                refused.append(From('127.0.0.9', n.port('smtp')))
+            first = greeting(refused[0])
+            check('over_per_ip_421', first.startswith('421'), first)
+            check('over_per_ip_closed', refused[-1].closed(timeout=5))
+            # the 50 refused ones are still open on our side: they must
+            # not count against max_connections
+            with From('127.0.0.2', n.port('smtp')) as t:
+                r = greeting(t)
+                check('trusted_client_served', r.startswith('220'), r)
+            with From('127.0.0.3', n.port('pop3')) as p:
+                r = greeting(p)
+                check('pop3_client_served', r.startswith('+OK'), r)
+        finally:
+            for c in held + refused:
+                c.close()
+
+
+@test
+def reserve_and_listener_limits():
+    conf = {'relay_networks': '127.0.0.2/32', 'max_connections': 8, 'limit.connections_reserved': 3,
+            'limit.connections_per_ip': 0, 'max_connections.pop3': 2}
+    with Node(conf=conf) as n:
+        socks = []
+        try:
+            for i in range(5):          # 8 - 3 reserved: five strangers on port 25
+                c = From('127.0.0.%d' % (10 + i), n.port('smtp'))
+                socks.append(c)
+                check('stranger_%d_served' % i, greeting(c).startswith('220'))
+            c = From('127.0.0.20', n.port('smtp'))
+            socks.append(c)
+            r = greeting(c)
+            check('stranger_over_reserve_421', r.startswith('421 4.3.2'), r)
+            c = From('127.0.0.2', n.port('smtp'))
+            socks.append(c)
+            r = greeting(c)
+            check('trusted_uses_reserve', r.startswith('220'), r)
+            c = From('127.0.0.21', n.port('pop3'))
+            socks.append(c)
+            r = greeting(c)
+            check('pop3_uses_reserve', r.startswith('+OK'), r)
+            c = From('127.0.0.22', n.port('pop3'))
+            socks.append(c)
+            r = greeting(c)
+            check('pop3_second_ok', r.startswith('+OK'), r)
+            c = From('127.0.0.23', n.port('pop3'))
+            socks.append(c)
+            r = greeting(c)
+            check('pop3_listener_limit', r.startswith('-ERR [SYS/TEMP]'), r)
+        finally:
+            for c in socks:
+                c.close()
+
+
 harness.main()
