@@ -593,4 +593,61 @@ def reserve_and_listener_limits():
                 c.close()
 
 
+# ---------------------------------------------------- 8. memory per session
+
+MEASURE_MEM = os.environ.get('MAILNODE_SAN', '0') != '1' and not harness.VALGRIND
+# mailnode.conf(5), max_recipients.untrusted: a stranger's session costs at
+# most about 100 KB (buffers, the body chunk, 100 recipients); 100 of them
+# must stay under 16 MB over the idle daemon.
+SESSION_BUDGET_KB = 160
+
+
+def vm_rss(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    return None
+
+
+@test
+def memory_per_stranger_session_bounded():
+    sessions, rcpts_each = 100, 1000
+    conf = {'relay_networks': '10.255.255.0/24', 'max_connections': sessions + 10,
+            'limit.connections_per_ip': 0}
+    with Node(conf=conf) as n:
+        add_user(n, 'site')
+        add_hold(n, SITE, owner='site')
+        pid = n.proc.pid
+        base = vm_rss(pid)
+        conns = []
+        codes = {}
+        try:
+            for i in range(sessions):
+                c = From('127.0.0.%d' % (10 + i % 50), n.port('smtp'), timeout=60)
+                conns.append(c)
+                c.recv_reply()
+                c.cmd('EHLO stranger.test')
+                c.cmd('MAIL FROM:<a@remote.test>')
+                # long, distinct addresses: the worst case for storage
+                c.send(b''.join(b'RCPT TO:<%s-%04d-%03d@%s>\r\n' % (b'r' * 40, k, i, SITE.encode())
+                                for k in range(rcpts_each)))
+            for c in conns:
+                for _ in range(rcpts_each):
+                    code = c.recv_reply(timeout=60).code
+                    codes[code] = codes.get(code, 0) + 1
+            rss = vm_rss(pid)
+        finally:
+            for c in conns:
+                c.close()
+        grown = rss - base
+        diag('%d stranger sessions x %d RCPT: VmRSS %d kB -> %d kB (+%d kB, %.0f kB per session); '
+             'replies %s' % (sessions, rcpts_each, base, rss, grown, grown / sessions, codes))
+        check('stranger_rcpt_limit', codes.get(250) == sessions * 100 and codes.get(452) == sessions * 900,
+              codes)
+        if MEASURE_MEM:
+            check('stranger_sessions_memory_budget', grown < sessions * SESSION_BUDGET_KB,
+                  '+%d kB for %d sessions' % (grown, sessions))
+
+
 harness.main()
