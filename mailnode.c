@@ -691,9 +691,10 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
 MN_PRIVATE int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 MN_PRIVATE void queue_flush_cancel(void *arg);     /* the waiter went away */
-/* A client connected from ip: a destination backing off because that
- * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
-MN_PRIVATE void queue_peer_seen(const char *ip);
+/* A client connected (not on loopback): a destination backing off because
+ * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
+ * per backoff step. */
+MN_PRIVATE void queue_peer_seen(const struct conn *c);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -12687,7 +12688,10 @@ static void scan(void *arg);
 
 /* Addresses of destinations that could not be reached, so that a
  * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
- * that talks to us is up). */
+ * that talks to us is up).  Once per backoff step at most: the slot is
+ * spent when it ends one, and only the next failure (with a longer
+ * backoff) makes a new one, so a host that connects to us all the time
+ * while its listener stays down cannot make us retry in a storm. */
 #define DOWN_SLOTS 64
 static struct {
     char dest[SMTP_DOMAIN_MAX + 16];
@@ -12705,17 +12709,22 @@ static void down_note(const char *dest, const char *ip)
     down_next = (down_next + 1) % DOWN_SLOTS;
 }
 
-void queue_peer_seen(const char *ip)
+void queue_peer_seen(const struct conn *c)
 {
+    /* A loopback client is one of our own (sendmail, scripts, a local
+     * filter): it says nothing about a relayhost on 127.0.0.1 being up. */
+    if (c->peer_loopback)
+        return;
     for (int i = 0; i < DOWN_SLOTS; i++) {
-        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+        if (!down[i].ip[0] || strcmp(down[i].ip, c->peer_ip))
             continue;
         struct store_dest d;
         if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
+            /* Now, but the backoff itself stays: if the host is still
+             * not taking mail, the next wait is longer. */
             d.next_try = 0;
-            d.backoff = 0;
             store_dest_put(&d);
-            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
+            log_info("%s: %s connected to us: retrying now", down[i].dest, c->peer_ip);
             queue_kick();
         }
         down[i].ip[0] = '\0';
@@ -15810,7 +15819,7 @@ void smtpd_accept(struct conn *c)
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
     if (c->kind == LISTEN_SMTP)
-        queue_peer_seen(c->peer_ip);
+        queue_peer_seen(c);
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);

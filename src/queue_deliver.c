@@ -77,7 +77,10 @@ static void scan(void *arg);
 
 /* Addresses of destinations that could not be reached, so that a
  * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
- * that talks to us is up). */
+ * that talks to us is up).  Once per backoff step at most: the slot is
+ * spent when it ends one, and only the next failure (with a longer
+ * backoff) makes a new one, so a host that connects to us all the time
+ * while its listener stays down cannot make us retry in a storm. */
 #define DOWN_SLOTS 64
 static struct {
     char dest[SMTP_DOMAIN_MAX + 16];
@@ -95,17 +98,22 @@ static void down_note(const char *dest, const char *ip)
     down_next = (down_next + 1) % DOWN_SLOTS;
 }
 
-void queue_peer_seen(const char *ip)
+void queue_peer_seen(const struct conn *c)
 {
+    /* A loopback client is one of our own (sendmail, scripts, a local
+     * filter): it says nothing about a relayhost on 127.0.0.1 being up. */
+    if (c->peer_loopback)
+        return;
     for (int i = 0; i < DOWN_SLOTS; i++) {
-        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+        if (!down[i].ip[0] || strcmp(down[i].ip, c->peer_ip))
             continue;
         struct store_dest d;
         if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
+            /* Now, but the backoff itself stays: if the host is still
+             * not taking mail, the next wait is longer. */
             d.next_try = 0;
-            d.backoff = 0;
             store_dest_put(&d);
-            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
+            log_info("%s: %s connected to us: retrying now", down[i].dest, c->peer_ip);
             queue_kick();
         }
         down[i].ip[0] = '\0';

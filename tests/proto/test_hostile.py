@@ -650,4 +650,29 @@ def memory_per_stranger_session_bounded():
                   '+%d kB for %d sessions' % (grown, sessions))
 
 
+# ------------------------------------- 9. no retry storm toward a relayhost
+
+@test
+def no_retry_storm_from_loopback_clients():
+    probe = socket.socket()
+    probe.bind(('127.0.0.1', 0))
+    dead_port = probe.getsockname()[1]
+    probe.close()                       # nothing listens there: the relayhost is down
+    conf = {'relayhost': '127.0.0.1:%d' % dead_port, 'retry.initial': '1h', 'retry.max': '2h'}
+    with Node(conf=conf) as n:
+        submit(n, 'far@remote.test', 1)
+        check('relayhost_backing_off', wait_until(lambda: 'next try in' in n.log(), 20), n.log()[-300:])
+        attempts = n.log().count('cannot connect to')
+        # a load of local clients on loopback, as during a test run
+        for i in range(30):
+            with n.raw('smtp') as c:
+                c.recv_reply()
+                c.cmd('QUIT')
+        time.sleep(1.5)
+        more = n.log().count('cannot connect to') - attempts
+        diag('connection attempts to the down relayhost after 30 loopback clients: %d' % more)
+        check('no_retry_per_loopback_client', more == 0 and 'retrying now' not in n.log(),
+              '%d more attempts' % more)
+
+
 harness.main()
