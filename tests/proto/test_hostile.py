@@ -675,4 +675,52 @@ def no_retry_storm_from_loopback_clients():
               '%d more attempts' % more)
 
 
+# ------------------------------------- 10. export never follows planted links
+
+@test
+def export_refuses_planted_links():
+    with Node() as n:
+        add_user(n, 'bob')
+        submit(n, 'bob@example.test', 2, tag='export')
+        shared = n.path('shared')
+        os.mkdir(shared)
+        os.chmod(shared, 0o1777)
+        victim = n.path('victim')
+        with open(victim, 'w') as f:
+            f.write('precious\n')
+        link = os.path.join(shared, 'bob.mbox')
+        os.symlink(victim, link)
+        rc, out, err = n.cli('mailbox', 'export', 'bob', '--mbox', link)
+        check('mbox_symlink_refused', rc != 0 and 'symbolic link' in err, (rc, err))
+        check('mbox_symlink_victim_untouched', open(victim).read() == 'precious\n')
+        hard = os.path.join(shared, 'hard.mbox')
+        os.link(victim, hard)
+        rc, out, err = n.cli('mailbox', 'export', 'bob', '--mbox', hard)
+        check('mbox_hardlink_refused', rc != 0, (rc, err))
+        check('mbox_hardlink_victim_untouched', open(victim).read() == 'precious\n')
+        fine = os.path.join(shared, 'fine.mbox')
+        rc, out, err = n.cli('mailbox', 'export', 'bob', '--mbox', fine)
+        check('mbox_new_file_ok', rc == 0 and os.stat(fine).st_mode & 0o777 == 0o600, (rc, err))
+        size = os.path.getsize(fine)
+        rc, out, err = n.cli('mailbox', 'export', 'bob', '--mbox', fine)
+        check('mbox_append_to_own_file', rc == 0 and os.path.getsize(fine) == 2 * size, (rc, err))
+        # Maildir: a planted new/ or a Maildir that is itself a link
+        elsewhere = n.path('elsewhere')
+        os.mkdir(elsewhere)
+        md = os.path.join(shared, 'Maildir')
+        os.mkdir(md)
+        os.symlink(elsewhere, os.path.join(md, 'new'))
+        rc, out, err = n.cli('mailbox', 'export', 'bob', '--maildir', md)
+        check('maildir_new_symlink_refused', rc != 0, (rc, err))
+        check('maildir_nothing_elsewhere', os.listdir(elsewhere) == [], os.listdir(elsewhere))
+        md2 = os.path.join(shared, 'Maildir2')
+        os.symlink(elsewhere, md2)
+        rc, out, err = n.cli('mailbox', 'export', 'bob', '--maildir', md2)
+        check('maildir_symlink_refused', rc != 0, (rc, err))
+        check('maildir_nothing_elsewhere_2', os.listdir(elsewhere) == [], os.listdir(elsewhere))
+        md3 = os.path.join(shared, 'Maildir3')
+        rc, out, err = n.cli('mailbox', 'export', 'bob', '--maildir', md3)
+        check('maildir_fresh_ok', rc == 0 and len(os.listdir(os.path.join(md3, 'new'))) == 2, (rc, err))
+
+
 harness.main()
