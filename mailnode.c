@@ -170,6 +170,7 @@ struct conf {
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
+    int sender_login_match;             /* submission.sender_login_match */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
     int use_syslog;
@@ -673,6 +674,8 @@ MN_PRIVATE int queue_route(const struct addr *a, struct store_rcpt *out, size_t 
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
 MN_PRIVATE int queue_domain_accepted(const char *domain);
+/* 1 if the authenticated user may use a as reverse-path (sender_login_match). */
+MN_PRIVATE int queue_sender_owned(const char *user, const struct addr *a);
 MN_PRIVATE int queue_domain_is_local(const char *domain);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
@@ -1588,6 +1591,7 @@ static const struct conf_key keys[] = {
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
     { "auth.cleartext", T_BOOL, F(allow_cleartext_auth), 0, "no" },
+    { "submission.sender_login_match", T_BOOL, F(sender_login_match), 0, "yes" },
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
@@ -10383,6 +10387,39 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     return 0;
 }
 
+/* submission.sender_login_match: may user send with reverse-path a?  Yes
+ * for <>, for the user's own name in a local domain, for an alias whose
+ * every target is the user's own mailbox, and for any address in a hold
+ * domain the user owns (or below it: the site's own mail going out). */
+int queue_sender_owned(const char *user, const struct addr *a)
+{
+    struct store_rcpt routes[8];
+    struct store_user u;
+    struct store_domain d;
+    size_t n = 0;
+    char local[sizeof a->local];
+
+    if (a->null_path)
+        return 1;
+    util_strlcpy(local, a->local, sizeof local);
+    util_lower(local);
+    if (queue_domain_is_local(a->domain) && !strcmp(local, user))
+        return 1;
+    if (queue_domain_is_local(a->domain) && !store_user_get(user, &u) &&
+        !queue_route(a, routes, MN_NELEM(routes), &n) && n) {
+        size_t mine = 0;
+        for (size_t i = 0; i < n; i++)
+            mine += routes[i].kind == ROUTE_LOCAL && routes[i].user_id == u.id;
+        sodium_memzero(&u, sizeof u);
+        if (mine == n)
+            return 1;
+    }
+    for (const char *dom = a->domain; dom && *dom; dom = strchr(dom, '.') ? strchr(dom, '.') + 1 : NULL)
+        if (!store_domain_get(dom, &d) && d.kind == DOMAIN_HOLD && !strcmp(d.owner, user))
+            return 1;
+    return 0;
+}
+
 /* ---- src/rcpts.c ---- */
 #line 1 "src/rcpts.c"
 /*
@@ -14855,6 +14892,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
             reply(s, "555 5.5.4 Unsupported MAIL parameter %.64s", k);
             return;
         }
+    }
+    /* Like Postfix's reject_sender_login_mismatch: a submission user
+     * sends as itself, its aliases or its site's domain, not as anyone. */
+    if (s->c->kind == LISTEN_SUBMISSION && conf->sender_login_match && !queue_sender_owned(s->auth_user, &a)) {
+        log_info("[%s]: refused: sender <%s> not owned by user %s", s->c->peer_ip, a.full, s->auth_user);
+        reply(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", a.full, s->auth_user);
+        return;
     }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);

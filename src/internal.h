@@ -155,6 +155,7 @@ struct conf {
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
+    int sender_login_match;             /* submission.sender_login_match */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
     int use_syslog;
@@ -658,6 +659,8 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
 int queue_domain_accepted(const char *domain);
+/* 1 if the authenticated user may use a as reverse-path (sender_login_match). */
+int queue_sender_owned(const char *user, const struct addr *a);
 int queue_domain_is_local(const char *domain);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per

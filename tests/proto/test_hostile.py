@@ -723,4 +723,41 @@ def export_refuses_planted_links():
         check('maildir_fresh_ok', rc == 0 and len(os.listdir(os.path.join(md3, 'new'))) == 2, (rc, err))
 
 
+# --------------------------------------- 11. submission: sender = login
+
+def submit_as(n, user, sender, rcpt='carol@example.test'):
+    import base64
+    with n.raw('submission') as c:
+        c.recv_reply()
+        c.cmd('EHLO client.test')
+        token = base64.b64encode(('\0%s\0%s' % (user, PW)).encode()).decode()
+        r = c.cmd('AUTH PLAIN ' + token)
+        assert r.code == 235, r.raw
+        return c.cmd('MAIL FROM:<%s>' % sender).code
+
+
+@test
+def submission_sender_login_match():
+    with Node() as n:
+        for u in ('bob', 'carol', 'site'):
+            add_user(n, u)
+        n.cli('alias', 'add', 'robert', 'bob')
+        n.cli('alias', 'add', 'team', 'bob,carol')
+        add_hold(n, SITE, owner='site')
+        check('own_address', submit_as(n, 'bob', 'bob@example.test') == 250)
+        check('own_alias', submit_as(n, 'bob', 'robert@example.test') == 250)
+        check('null_sender', submit_as(n, 'bob', '') == 250)
+        check('other_user_553', submit_as(n, 'bob', 'carol@example.test') == 553)
+        check('shared_alias_553', submit_as(n, 'bob', 'team@example.test') == 553)
+        check('foreign_553', submit_as(n, 'bob', 'ceo@bank.test') == 553)
+        check('site_owner_own_domain', submit_as(n, 'site', 'anyone@' + SITE) == 250)
+        check('site_owner_subdomain', submit_as(n, 'site', 'x@mail.' + SITE) == 250)
+        check('not_owner_site_553', submit_as(n, 'bob', 'anyone@' + SITE) == 553)
+        check('refusal_logged', 'not owned by user bob' in n.log())
+        n.stop()
+        n.configure({'submission.sender_login_match': 'no'})
+        n.start()
+        check('off_any_sender', submit_as(n, 'bob', 'ceo@bank.test') == 250)
+
+
 harness.main()
