@@ -554,6 +554,27 @@ static void pump(struct smtpc *s)
 
 /* ----------------------------------------------------------- replies */
 
+/* RFC 1870 4: "SIZE" [SP 1*DIGIT], 0 or nothing meaning no fixed limit.
+ * Anything else ("SIZE -1", "SIZE 12abc", a number that overflows) is a
+ * broken or hostile peer: taken as if SIZE were not offered at all, so
+ * that it cannot make every message bounce as too large. */
+static void parse_size(struct smtpc *s, const char *v)
+{
+    long long n = 0;
+    size_t i = 0;
+
+    for (; v[i] >= '0' && v[i] <= '9' && i < 18; i++)
+        n = n * 10 + (v[i] - '0');
+    if (v[i]) {
+        s->has_size = 0;
+        s->size_limit = 0;
+        log_info("%s: ignoring an invalid SIZE parameter '%.40s'", s->peer, v);
+        return;
+    }
+    s->has_size = 1;
+    s->size_limit = n;
+}
+
 static void parse_ehlo_line(struct smtpc *s, const char *kw)
 {
     if (!strcasecmp(kw, "PIPELINING"))
@@ -566,10 +587,8 @@ static void parse_ehlo_line(struct smtpc *s, const char *kw)
         s->dsn = 1;
     else if (!strcasecmp(kw, "STARTTLS"))
         s->starttls = 1;
-    else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
-        s->has_size = 1;
-        s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
-    }
+    else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4]))
+        parse_size(s, kw[4] ? kw + 5 : "");
     else if (!strncasecmp(kw, "AUTH ", 5))
         util_strlcpy(s->auth_mechs, kw + 5, sizeof s->auth_mechs);
 }

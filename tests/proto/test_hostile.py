@@ -760,4 +760,21 @@ def submission_sender_login_match():
         check('off_any_sender', submit_as(n, 'bob', 'ceo@bank.test') == 250)
 
 
+# ------------------------------- a next hop advertising an invalid SIZE
+
+@test
+def invalid_size_from_next_hop_ignored():
+    for bad in ('-1', '12abc', '99999999999999999999999', 'x'):
+        with Sink(size=bad) as sink:
+            with Node(conf={'relayhost': '127.0.0.1:%d' % sink.port, 'retry.initial': '1s'}) as n:
+                submit(n, 'far@remote.test', 2, tag='size')
+                got = sink.wait_for(2, timeout=15)
+                check('size_%s_delivered' % bad[:6], got and len(sink.messages) == 2,
+                      '%d delivered; %s' % (len(sink.messages), n.log()[-300:]))
+                check('size_%s_no_bounce' % bad[:6], 'status=bounced' not in n.log(), n.log()[-300:])
+                if sink.messages:
+                    check('size_%s_no_size_param' % bad[:6], 'SIZE' not in sink.messages[0].mail_params,
+                          sink.messages[0].mail_params)
+
+
 harness.main()
