@@ -698,6 +698,11 @@ MN_PRIVATE void queue_flush_cancel(void *arg);     /* the waiter went away */
  * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
  * per backoff step. */
 MN_PRIVATE void queue_peer_seen(const struct conn *c);
+/* RFC 3461 6.2: the "delivered" notice for the local mailboxes among
+ * rcpts that asked for it (NOTIFY=SUCCESS); written in the transaction of
+ * the message itself. */
+MN_PRIVATE void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -12951,6 +12956,36 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     queue_kick();
 }
 
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t k = 0;
+
+    memset(&m, 0, sizeof m);
+    m.body_id = body_id;
+    m.received = util_now();
+    m.ret_full = env->ret_full;
+    util_strlcpy(m.qid, env->qid, sizeof m.qid);
+    util_strlcpy(m.sender, env->sender, sizeof m.sender);
+    util_strlcpy(m.envid, env->envid ? env->envid : "", sizeof m.envid);
+    for (size_t i = 0; i < n && k < MN_NELEM(r); i++) {
+        const struct store_rcpt *x = &rcpts[i];
+        if (x->kind != ROUTE_LOCAL || !(x->notify & NOTIFY_SUCCESS) || (x->notify & NOTIFY_NEVER))
+            continue;
+        r[k].addr = x->addr;
+        r[k].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+        r[k].action = DSN_DELIVERED;
+        r[k].status = "2.0.0";
+        r[k].remote_mta = NULL;
+        r[k].diagnostic = NULL;
+        r[k].last_attempt = m.received;
+        k++;
+    }
+    send_dsn(&m, r, k, NULL);
+}
+
 static void flush_notes(struct hop *h, const struct store_out_msg *m)
 {
     struct dsn_rcpt r[64];
@@ -15673,6 +15708,8 @@ static void message_end(struct smtpd *s)
             err = STORE_ERR;
         if (!err)
             err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+        if (!err)
+            queue_notify_delivered(&env, s->body->id, routes, s->rcpts.n);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;

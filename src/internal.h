@@ -683,6 +683,11 @@ void queue_flush_cancel(void *arg);     /* the waiter went away */
  * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
  * per backoff step. */
 void queue_peer_seen(const struct conn *c);
+/* RFC 3461 6.2: the "delivered" notice for the local mailboxes among
+ * rcpts that asked for it (NOTIFY=SUCCESS); written in the transaction of
+ * the message itself. */
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.

@@ -1165,6 +1165,8 @@ static void message_end(struct smtpd *s)
             err = STORE_ERR;
         if (!err)
             err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+        if (!err)
+            queue_notify_delivered(&env, s->body->id, routes, s->rcpts.n);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;

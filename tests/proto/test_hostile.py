@@ -340,6 +340,30 @@ def success_dsn_to_plain_site_is_relayed_headers_only():
         check('dsn_plain_no_content', SECRET.encode() not in d.data, d.data[-600:])
 
 
+
+@test
+def success_dsn_local_delivery_is_delivered_headers_only():
+    with Node(conf={'relay_networks': '10.255.255.0/24'}) as n:
+        add_user(n, 'alice')
+        add_user(n, 'bob')
+        with n.raw('smtp') as c:
+            c.recv_reply()
+            c.cmd('EHLO stranger.test')
+            c.cmd('MAIL FROM:<alice@example.test> RET=FULL ENVID=e1')
+            check('local_dsn_rcpt', c.cmd('RCPT TO:<bob@example.test> NOTIFY=SUCCESS').code == 250)
+            c.cmd('DATA')
+            c.send('Subject: local\r\n\r\n%s\r\n.\r\n' % SECRET)
+            check('local_dsn_accepted', c.recv_reply().code == 250)
+            c.cmd('QUIT')
+        count = wait_until(lambda: pop3_stat(n, 'alice')[0] >= 1, 10)
+        check('local_dsn_sent', count, pop3_stat(n, 'alice'))
+        if count:
+            data = pop3_retr_raw(n, 'alice', PW, 1)
+            check('local_dsn_action_delivered', re.search(rb'^Action: delivered', data, re.M | re.I), data[:600])
+            check('local_dsn_headers_only', SECRET.encode() not in data and b'Subject: local' in data,
+                  data[-500:])
+
+
 # ------------------------------------------- 4. duplicates make one copy
 
 def pop3_stat(n, user, pw=PW):
