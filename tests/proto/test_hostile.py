@@ -699,6 +699,84 @@ def no_retry_storm_from_loopback_clients():
               '%d more attempts' % more)
 
 
+
+def _ip(*args, check_rc=True):
+    import subprocess
+    p = subprocess.run(['ip'] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       stdin=subprocess.DEVNULL, timeout=20)
+    if check_rc and p.returncode != 0:
+        raise RuntimeError('ip %s: %s' % (' '.join(args), p.stderr.decode().strip()))
+    return p.stdout.decode()
+
+
+CONNECT_MANY = r"""
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(n):
+    s = socket.create_connection((host, port), timeout=10)
+    s.recv(512)
+    s.sendall(b'QUIT\r\n')
+    s.recv(512)
+    s.close()
+    time.sleep(0.05)
+"""
+
+
+@test
+def down_relayhost_connecting_ends_backoff_once_per_step():
+    # Not on loopback: the node in one network namespace, its relayhost's
+    # address (nothing listening) in another, joined by a veth pair.  The
+    # relayhost keeps connecting to us; only one early retry per step.
+    import shutil
+    import subprocess
+    import sys
+    if os.geteuid() != 0 or not shutil.which('ip'):
+        check('netns_available', False, 'needs root and iproute2 for network namespaces')
+        return
+    tag = '%d' % os.getpid()
+    ns_a, ns_b = 'i9hA-' + tag, 'i9hB-' + tag
+    veth_a, veth_b = 'i9a' + tag[-7:], 'i9b' + tag[-7:]
+    net = '10.209.%d' % (os.getpid() % 250)
+    addr_a, addr_b = net + '.1', net + '.2'
+    n = None
+    try:
+        _ip('netns', 'add', ns_a)
+        _ip('netns', 'add', ns_b)
+        _ip('link', 'add', veth_a, 'netns', ns_a, 'type', 'veth', 'peer', 'name', veth_b, 'netns', ns_b)
+        for ns, dev, addr in ((ns_a, veth_a, addr_a), (ns_b, veth_b, addr_b)):
+            _ip('-n', ns, 'link', 'set', 'lo', 'up')
+            _ip('-n', ns, 'addr', 'add', addr + '/24', 'dev', dev)
+            _ip('-n', ns, 'link', 'set', dev, 'up')
+        n = Node(start=False, listeners=('smtp',))
+        port = n.port('smtp')
+        n.configure({'listen.smtp': '%s:%d' % (addr_a, port), 'relayhost': '%s:%d' % (addr_b, port),
+                     'retry.initial': '1h', 'retry.max': '2h'})
+        log = open(n.log_path, 'ab')
+        n.proc = subprocess.Popen(['ip', 'netns', 'exec', ns_a, harness.BIN, '-c', n.conf_path, 'run'],
+                                  cwd=n.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        check('netns_node_up', wait_until(lambda: 'listening on' in n.log(), 10), n.log()[-300:])
+        rc, out, err = n.cli('sendmail', '-f', 'alice@example.test', 'far@remote.test',
+                             input='Subject: x\r\n\r\nbody\r\n')
+        check('netns_submitted', rc == 0, err)
+        n.cli('flush')
+        check('netns_backing_off', wait_until(lambda: 'next try in' in n.log(), 20), n.log()[-400:])
+        p = subprocess.run(['ip', 'netns', 'exec', ns_b, sys.executable, '-c', CONNECT_MANY, addr_a,
+                            str(port), '30'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        check('netns_peer_connected', p.returncode == 0, p.stderr.decode()[-300:])
+        time.sleep(1.0)
+        early = n.log().count('connected to us: retrying now')
+        diag('30 connections from the down relayhost: %d early retries' % early)
+        check('netns_one_early_retry_per_step', early == 1, '%d early retries' % early)
+    finally:
+        if n is not None:
+            n.close()
+        for ns in (ns_a, ns_b):
+            _ip('netns', 'del', ns, check_rc=False)
+        left = _ip('netns', 'list', check_rc=False)
+        check('netns_removed', ns_a not in left and ns_b not in left, left)
+
+
 # ------------------------------------- 10. export never follows planted links
 
 @test
