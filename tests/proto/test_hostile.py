@@ -545,6 +545,19 @@ def relay_networks_exempt_from_address_limit():
 
 # ------------------------------------------------- 6. connection slots
 
+def settled(n, kinds=('smtp', 'pop3')):
+    """True when no TCP connection to the node's ports is open any more
+    (the harness's start-up probe included): /proc/net/tcp has only the
+    listening sockets and TIME_WAIT left for them."""
+    ports = {'%04X' % n.port(k) for k in kinds if k in n.ports}
+    with open('/proc/net/tcp') as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].split(':')[1] in ports and fields[3] not in ('0A', '06'):
+                return False
+    return True
+
+
 def greeting(c):
     try:
         return c.recv_line(timeout=5).decode()
@@ -557,6 +570,7 @@ def refused_connections_hold_no_slot():
     conf = {'relay_networks': '127.0.0.2/32', 'max_connections': 6, 'limit.connections_reserved': 0,
             'limit.connections_per_ip': 3}
     with Node(conf=conf) as n:
+        wait_until(lambda: settled(n), 10)
         # 127.0.0.9: not the harness's own start-up probe from 127.0.0.1
         held = [From('127.0.0.9', n.port('smtp')) for _ in range(3)]
         refused = []
@@ -586,6 +600,7 @@ def reserve_and_listener_limits():
     conf = {'relay_networks': '127.0.0.2/32', 'max_connections': 8, 'limit.connections_reserved': 3,
             'limit.connections_per_ip': 0, 'max_connections.pop3': 2}
     with Node(conf=conf) as n:
+        wait_until(lambda: settled(n), 10)
         socks = []
         try:
             for i in range(5):          # 8 - 3 reserved: five strangers on port 25
