@@ -121,7 +121,8 @@ MN_PRIVATE void log_msg(int level, const char *fmt, ...) __attribute__((format(p
 
 /* ------------------------------------------------------------------ conf */
 
-enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_N };
+enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_IMAP, LISTEN_IMAPS,
+                   LISTEN_N };
 
 struct conf {
     char *path;                         /* file read, or NULL for defaults */
@@ -159,6 +160,8 @@ struct conf {
     int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
     int64_t smtp_timeout_data;          /* between data blocks */
     int64_t pop3_timeout;               /* RFC 1939: at least 10 minutes */
+    int64_t imap_timeout;               /* RFC 3501 5.4: at least 30 minutes */
+    int64_t imap_max_per_user;          /* concurrent IMAP sessions of one user */
     int64_t auth_fail_delay;            /* seconds added per failed AUTH */
     int64_t auth_max_failures;          /* then 421 and close */
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
@@ -357,6 +360,24 @@ MN_PRIVATE void store_set_busy_hint(int (*fn)(void));
 /* What this turn wrote must be durable at its end (a peer's 250 was
  * recorded: a crash must not make us send the message again). */
 MN_PRIVATE void store_commit_soon(void);
+/* A delivery outcome was written: outcomes are committed together, when
+ * STORE_OUTCOME_BATCH of them wait or the oldest has waited
+ * STORE_OUTCOME_MS (a crash resends at most those: at-least-once). */
+#define STORE_OUTCOME_BATCH 64
+#define STORE_OUTCOME_MS 200
+MN_PRIVATE void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+MN_PRIVATE int store_atomic_begin(void);
+MN_PRIVATE int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+MN_PRIVATE int store_fault(void);
+MN_PRIVATE int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 MN_PRIVATE int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -492,11 +513,17 @@ MN_PRIVATE void store_out_free(struct store_out_msg *m);
 MN_PRIVATE int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
 MN_PRIVATE int store_any_due(int64_t now);
-/* The next message after after_id with recipients of the given kind
+/* Where a delivery session is in its destination's queue: the
+ * (next_try, message id) of the last message it was handed; all zero at
+ * the start. */
+struct store_cursor {
+    int64_t next_try, msg_id;
+};
+/* The next message after the cursor with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
- * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
- * none, <0 error. */
-MN_PRIVATE int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+ * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
+ * cursor.  1 found, 0 none, <0 error. */
+MN_PRIVATE int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 MN_PRIVATE int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
@@ -571,6 +598,69 @@ struct store_mbox_msg {
 MN_PRIVATE int store_mbox_list(int64_t user_id, int (*cb)(void *arg, const struct store_mbox_msg *m), void *arg);
 MN_PRIVATE int store_mbox_get(int64_t user_id, int64_t uid, struct store_mbox_msg *m);
 MN_PRIVATE int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n);
+
+/* store_imap.c: IMAP folders and message state.  A folder's key is the
+ * value of mbox.folder for its messages: 0 for INBOX, else its id. */
+#define IMAP_NAME_MAX   200             /* folder name octets */
+#define IMAP_KEYWORDS_MAX 1000          /* octets of a message's keyword list */
+enum { IMAP_SEEN = 1, IMAP_ANSWERED = 2, IMAP_FLAGGED = 4, IMAP_DELETED = 8, IMAP_DRAFT = 16 };
+struct store_folder {
+    int64_t id, key;
+    char name[IMAP_NAME_MAX + 1];
+    int64_t uidvalidity, uidnext, modseq;
+    int64_t recent;                     /* uids from here on are \Recent */
+    char special[16];                   /* RFC 6154 attribute or "" */
+    int subscribed;
+};
+MN_PRIVATE int store_folder_get(int64_t user_id, const char *name, struct store_folder *f); /* STORE_NOTFOUND */
+MN_PRIVATE int store_folder_list(int64_t user_id, int (*cb)(void *arg, const struct store_folder *f), void *arg);
+MN_PRIVATE int store_folder_create(int64_t user_id, const char *name);     /* STORE_EXISTS */
+/* Deletes the folder and its messages. */
+MN_PRIVATE int store_folder_delete(int64_t user_id, const struct store_folder *f);
+/* Renames the folder and those below it ("from/..."); INBOX's messages
+ * move to a new folder instead (RFC 3501 6.3.5). */
+MN_PRIVATE int store_folder_rename(int64_t user_id, const char *from, const char *to);
+MN_PRIVATE int store_folder_subscribe(int64_t user_id, const char *name, int on);
+/* The messages from f->recent on were announced \Recent: later ones only. */
+MN_PRIVATE int store_folder_take_recent(const struct store_folder *f);
+/* Counts for STATUS. */
+MN_PRIVATE int store_folder_counts(int64_t user_id, const struct store_folder *f, int64_t *messages,
+                        int64_t *unseen, int64_t *recent);
+/* The next change number of the folder (flag changes carry it). */
+MN_PRIVATE int store_folder_bump(int64_t user_id, int64_t key, int64_t *modseq);
+struct store_imap_msg {
+    int64_t uid, body_id, size, added, modseq;
+    unsigned flags;
+    char keywords[IMAP_KEYWORDS_MAX + 1];
+    char prefix[ADDR_MAX + 64];
+};
+/* The uids of a folder in order, into a malloc'd array. */
+MN_PRIVATE int store_imap_uids(int64_t user_id, int64_t key, uint32_t **uids, size_t *n);
+MN_PRIVATE int store_imap_get(int64_t user_id, int64_t uid, struct store_imap_msg *m);    /* STORE_NOTFOUND */
+/* Messages whose flags changed after modseq. */
+MN_PRIVATE int store_imap_changed(int64_t user_id, int64_t key, int64_t modseq,
+                       int (*cb)(void *arg, const struct store_imap_msg *m), void *arg);
+MN_PRIVATE int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const struct store_imap_msg *m),
+                    void *arg);
+MN_PRIVATE int store_imap_set_flags(int64_t user_id, int64_t uid, unsigned flags, const char *keywords, int64_t modseq);
+/* A copy of the message into folder key; *new_uid gets its uid. */
+MN_PRIVATE int store_imap_copy(int64_t user_id, int64_t uid, int64_t key, int64_t *new_uid);
+/* A new message from a finished body (APPEND). */
+MN_PRIVATE int store_imap_append(int64_t user_id, int64_t key, struct store_body *b, unsigned flags,
+                      const char *keywords, int64_t date, int64_t *uid);
+/* What FETCH and SEARCH need of a body, computed once (imap_mime.c) and
+ * kept: strings are malloc'd, freed by store_imap_cache_free. */
+struct store_imap_cache {
+    char *envelope, *structure, *body, *parts;
+    int64_t sent;
+    char *hsubject, *hfrom, *hto, *hcc, *hbcc;
+};
+MN_PRIVATE int store_imap_cache_get(int64_t body_id, struct store_imap_cache *c);     /* STORE_NOTFOUND */
+MN_PRIVATE int store_imap_cache_put(int64_t body_id, const struct store_imap_cache *c);
+MN_PRIVATE void store_imap_cache_free(struct store_imap_cache *c);
+/* Positions the reader at raw offset off (chunks before it are skipped
+ * without being inflated). */
+MN_PRIVATE int store_reader_seek(struct store_reader *r, int64_t off);
 
 /* ------------------------------------------------------------------ addr */
 
@@ -722,8 +812,8 @@ MN_PRIVATE int queue_release_busy(const char *domain);
 
 /* ----------------------------------------------------------------- dns */
 
-/* An asynchronous stub resolver inside the event loop (RFC 1035 over UDP,
- * TCP when truncated), reading /etc/resolv.conf or the `resolver` key. */
+/* MX and address lookups inside the event loop: c-ares asks the servers
+ * of /etc/resolv.conf or the `resolver` key (UDP, TCP when truncated). */
 #define DNS_MAX_HOSTS 10
 #define DNS_MAX_ADDRS 4
 enum dns_status { DNS_OK = 0, DNS_TEMP = 1, DNS_PERM = 2 };
@@ -743,11 +833,16 @@ typedef void (*dns_cb)(void *arg, const struct dns_result *r);
 struct dns_query;
 MN_PRIVATE int dns_init(void);
 MN_PRIVATE void dns_free(void);
+MN_PRIVATE const char *dns_library_version(void);
 /* RFC 5321 5.1: MX records sorted by preference (random among equals),
  * implicit MX (the domain's own A/AAAA) when there is none, RFC 7505 null
  * MX as DNS_PERM, NXDOMAIN as DNS_PERM, everything else DNS_TEMP.  An
- * address literal ("[192.0.2.1]") or a numeric host answers at once.  The
- * callback may run before dns_resolve_* returns; NULL only on no memory. */
+ * address literal ("[192.0.2.1]") or a numeric host answers without the
+ * network.  The callback never runs before dns_resolve_* returns: every
+ * result, even one known at once, is delivered from the event loop, so
+ * the caller can store the handle first; it may call dns_resolve_* and
+ * dns_cancel from the callback.  NULL only on no memory.  The handle is
+ * dead once the callback has returned or dns_cancel was called. */
 MN_PRIVATE struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg);
 /* A/AAAA of one host (a relayhost name): one dns_host in the result. */
 MN_PRIVATE struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg);
@@ -887,6 +982,31 @@ MN_PRIVATE void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 MN_PRIVATE void smtpc_abort(struct smtpc *s);
 
+/* What every SMTP client of this node shares (delivery sessions here and
+ * the upstream exchange in poll.c), so that the two cannot drift apart. */
+struct smtpc_caps {                     /* what the peer's EHLO offered */
+    int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int has_size;
+    int64_t size_limit;                 /* 0: no limit announced */
+    char auth_mechs[128];
+};
+/* One EHLO keyword line (the text after "250-" or "250 "). */
+MN_PRIVATE void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw);
+/* 1 if the peer offered SASL mechanism mech. */
+MN_PRIVATE int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech);
+/* The AUTH mechanism to use with this peer on c: CRAM-MD5 when offered,
+ * else PLAIN when offered and the password may travel (under TLS, to this
+ * host, or allow_cleartext_auth), else none. */
+enum { SMTPC_AUTH_NONE, SMTPC_AUTH_CRAM, SMTPC_AUTH_PLAIN };
+MN_PRIVATE int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c);
+/* Takes one reply line off c's input.  1: *code, *last (no continuation)
+ * and line (CR LF removed, control characters blanked, cut to n - 1);
+ * 0: no whole line yet; SMTPC_ELONG: a line longer than the input buffer;
+ * SMTPC_EMALFORMED: not a reply line (RFC 5321 4.2). */
+#define SMTPC_ELONG      (-1)
+#define SMTPC_EMALFORMED (-2)
+MN_PRIVATE int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n);
+
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
@@ -936,6 +1056,130 @@ MN_PRIVATE int smtpd_busy(void);                   /* sessions inside a mail tra
 /* ----------------------------------------------------------------- pop3 */
 
 MN_PRIVATE void pop3_accept(struct conn *c);
+
+/* ----------------------------------------------------------------- imap */
+
+/* The IMAP4rev1 server (RFC 3501) and its extensions: imap.c (session,
+ * commands), imap_fetch.c (FETCH, STORE), imap_search.c (SEARCH, sets),
+ * imap_mime.c (structure of a message), store_imap.c (SQL). */
+MN_PRIVATE void imap_accept(struct conn *c);
+MN_PRIVATE int imap_start(void);                   /* daemon: the change watch for IDLE */
+MN_PRIVATE void imap_stop(void);
+
+/* A growing string with a hard cap, for responses built in memory. */
+#define IMAP_SB_MAX (4 * 1024 * 1024)
+struct imap_sb {
+    char *s;
+    size_t len, cap;
+    int err;                            /* out of memory or over the cap */
+};
+MN_PRIVATE void imap_sb_add(struct imap_sb *b, const void *p, size_t n);
+MN_PRIVATE void imap_sb_str(struct imap_sb *b, const char *s);
+MN_PRIVATE void imap_sb_printf(struct imap_sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+MN_PRIVATE void imap_sb_string(struct imap_sb *b, const char *s, size_t n);  /* quoted or literal */
+MN_PRIVATE void imap_sb_nstring(struct imap_sb *b, const char *s);           /* NULL: NIL */
+MN_PRIVATE void imap_sb_free(struct imap_sb *b);
+
+struct imap_mime;
+MN_PRIVATE struct imap_mime *imap_mime_new(void);
+MN_PRIVATE int imap_mime_feed(struct imap_mime *m, const unsigned char *p, size_t n);
+MN_PRIVATE int imap_mime_finish(struct imap_mime *m, struct store_imap_cache *out);
+MN_PRIVATE void imap_mime_free(struct imap_mime *m);
+MN_PRIVATE int imap_mime_param(const char *v, const char *name, char *out, size_t n);
+MN_PRIVATE int imap_mime_compute(int64_t body_id, struct store_imap_cache *c);
+/* The cache entry of a body, computed now if it has none yet. */
+MN_PRIVATE int imap_cache_load(int64_t body_id, struct store_imap_cache *c);
+MN_PRIVATE int imap_month(const char *s);          /* "Jan".."Dec" -> 1..12, else 0 */
+MN_PRIVATE int64_t imap_date_days(const char *v);  /* RFC 5322 date -> days since the epoch */
+MN_PRIVATE int64_t imap_days_of(int64_t t);        /* local date of a time, in days */
+
+/* What the IMAP modules share of a session. */
+#define IMAP_TAG_MAX 64
+enum imap_state { IMAP_NOTAUTH = 1, IMAP_AUTH = 2, IMAP_SELECTED = 4, IMAP_LOGOUT = 8 };
+enum imap_busy { IMAP_IDLE_NONE, IMAP_BUSY_DELAY, IMAP_BUSY_STREAM, IMAP_BUSY_COMMIT, IMAP_BUSY_TLS,
+                 IMAP_BUSY_IDLE };
+struct imap_view {                      /* the selected folder as this session knows it */
+    struct store_folder f;
+    uint32_t *uids;                     /* message sequence number n is uids[n - 1] */
+    size_t n, cap;
+    int readonly;
+    int64_t modseq;                     /* folder changes seen up to here */
+    int64_t recent_from;                /* uids from here on are \Recent for us */
+};
+/* A parser over a complete command, literals inline ("{N}" CRLF data). */
+struct imap_p {
+    const char *s;
+    size_t n, i;
+};
+struct imap {
+    struct conn *c;
+    struct imap *next, *prev;           /* every session, for IDLE and limits */
+    unsigned state;                     /* enum imap_state */
+    int busy;                           /* enum imap_busy */
+    char tag[IMAP_TAG_MAX + 1];
+    struct imap_sb cmd;                 /* the command being read */
+    int lit_mode;                       /* literal octets go to: cmd, APPEND, nowhere */
+    int64_t lit_left;
+    int append_tail;                    /* APPEND's message is in: its line end next */
+    char lit_reply[128];                /* the reply once a refused literal was skipped */
+    int skipping;                       /* discarding to the end of a refused command */
+    int failures;
+    struct timer delay;
+    int in_sasl;
+    struct auth_sasl sasl;
+    char mech[16];
+    int64_t user_id;
+    char user[USER_MAX + 1];
+    struct imap_view v;
+    struct imap_sb pend;                /* output waiting for room in the connection */
+    size_t pend_off;
+    int (*pump)(struct imap *s);        /* a streaming reply: 1 done, 0 later, -1 gone */
+    void (*job_free)(struct imap *s);
+    void *job;
+    struct store_body *ab;              /* APPEND: the message being received */
+    int64_t akey, adate;
+    unsigned aflags;
+    char akw[IMAP_KEYWORDS_MAX + 1];
+    int64_t auidvalidity;
+    struct imap_sb after_commit;        /* the tagged reply due after the commit */
+};
+/* imap.c */
+MN_PRIVATE void imap_out(struct imap *s, const void *p, size_t n);
+MN_PRIVATE void imap_outf(struct imap *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+MN_PRIVATE void imap_tagged(struct imap *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The tagged reply waits until this turn's writes are durable. */
+MN_PRIVATE void imap_reply_after_commit(struct imap *s, const char *text);
+MN_PRIVATE void imap_start_job(struct imap *s, int (*pump)(struct imap *), void (*job_free)(struct imap *), void *job);
+MN_PRIVATE int imap_p_sp(struct imap_p *p);
+MN_PRIVATE int imap_p_end(struct imap_p *p);       /* only the end is left */
+MN_PRIVATE int imap_p_atom(struct imap_p *p, char *out, size_t n);
+/* astring/string/nstring into out (a literal may hold NULs: *len). */
+MN_PRIVATE int imap_p_astring(struct imap_p *p, char *out, size_t n, size_t *len);
+MN_PRIVATE int imap_p_number(struct imap_p *p, int64_t *v);
+/* A flag list "(\Seen kw ...)" or one flag; keywords space separated. */
+MN_PRIVATE int imap_p_flags(struct imap_p *p, unsigned *flags, char *kw, size_t kwn, int paren_optional);
+MN_PRIVATE void imap_flags_fmt(struct imap_sb *b, unsigned flags, const char *kw, int recent);
+/* Brings the view up to date: EXISTS, RECENT, flag changes, and EXPUNGE
+ * when allowed (RFC 3501 7.4.1: not during FETCH, STORE, SEARCH). */
+MN_PRIVATE int imap_sync(struct imap *s, int expunge_ok);
+MN_PRIVATE int imap_is_recent(const struct imap *s, int64_t uid);
+/* Folder by its IMAP name (INBOX in any case). */
+MN_PRIVATE int imap_folder_get(struct imap *s, const char *name, struct store_folder *f);
+/* imap_search.c: sequence sets resolved against the view. */
+struct imap_set {
+    uint32_t (*r)[2];
+    size_t n;
+};
+MN_PRIVATE int imap_p_set(struct imap_p *p, struct imap_set *set);
+MN_PRIVATE void imap_set_free(struct imap_set *set);
+MN_PRIVATE int imap_set_has(const struct imap_set *set, uint32_t v, uint32_t star);
+/* The view indexes a set names, by sequence number or by UID, ascending. */
+MN_PRIVATE int imap_set_resolve(const struct imap *s, const struct imap_set *set, int uid, size_t **idx, size_t *n);
+MN_PRIVATE void imap_cmd_search(struct imap *s, struct imap_p *p, int uid);
+/* imap_fetch.c */
+MN_PRIVATE void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid);
+MN_PRIVATE void imap_cmd_store(struct imap *s, struct imap_p *p, int uid);
+MN_PRIVATE void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move);
 
 /* ------------------------------------------------------------------- cli */
 
@@ -1554,6 +1798,9 @@ static const struct conf_key keys[] = {
     { "listen.submission", T_STR, F(listen[LISTEN_SUBMISSION]), 0, "127.0.0.1:5587" },
     { "listen.odmr", T_STR, F(listen[LISTEN_ODMR]), 0, "" },
     { "listen.pop3", T_STR, F(listen[LISTEN_POP3]), 0, "127.0.0.1:1110" },
+    { "listen.imap", T_STR, F(listen[LISTEN_IMAP]), 0, "127.0.0.1:1143" },
+    /* Implicit TLS (RFC 8314) needs tls.cert: off unless asked for. */
+    { "listen.imaps", T_STR, F(listen[LISTEN_IMAPS]), 0, "" },
     { "local_domains", T_DOMAINS, F(local_domains), F(n_local_domains), NULL },
     { "relay_networks", T_CIDRS, F(relay_networks), F(n_relay_networks), "127.0.0.0/8, ::1/128" },
     { "relayhost", T_STR, F(relayhost), 0, "" },
@@ -1582,6 +1829,8 @@ static const struct conf_key keys[] = {
     { "smtp.timeout.command", T_DURATION, F(smtp_timeout_command), 0, "5m" },
     { "smtp.timeout.data", T_DURATION, F(smtp_timeout_data), 0, "3m" },
     { "pop3.timeout", T_DURATION, F(pop3_timeout), 0, "10m" },
+    { "imap.timeout", T_DURATION, F(imap_timeout), 0, "30m" },
+    { "imap.max_per_user", T_INT, F(imap_max_per_user), 0, "20" },
     { "auth.fail_delay", T_DURATION, F(auth_fail_delay), 0, "1s" },
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
@@ -1592,6 +1841,8 @@ static const struct conf_key keys[] = {
     { "max_connections.submission", T_INT, F(max_connections_on[LISTEN_SUBMISSION]), 0, "0" },
     { "max_connections.odmr", T_INT, F(max_connections_on[LISTEN_ODMR]), 0, "0" },
     { "max_connections.pop3", T_INT, F(max_connections_on[LISTEN_POP3]), 0, "0" },
+    { "max_connections.imap", T_INT, F(max_connections_on[LISTEN_IMAP]), 0, "0" },
+    { "max_connections.imaps", T_INT, F(max_connections_on[LISTEN_IMAPS]), 0, "0" },
     /* Off by default: an upstream releasing a held backlog by ETRN arrives
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
@@ -2522,11 +2773,15 @@ static void refuse(int kind, int fd, const char *why, const struct sockaddr_stor
     static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
     static const char smtp_ip[] = "421 4.7.0 Too many connections from your address\r\n";
     static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
+    /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+    static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
     int per_ip = !strcmp(why, "limit.connections_per_ip");
-    const char *text = kind == LISTEN_POP3 ? pop_busy : per_ip ? smtp_ip : smtp_busy;
+    const char *text = kind == LISTEN_POP3 ? pop_busy : kind == LISTEN_IMAP ? imap_busy
+                       : per_ip ? smtp_ip : smtp_busy;
     char ip[64];
 
-    if (send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+    /* Nothing can be said on IMAPS before the TLS handshake. */
+    if (kind != LISTEN_IMAPS && send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         log_debug("busy reply: %s", strerror(errno));
     close(fd);
     util_sockaddr_ip(peer, ip, sizeof ip);
@@ -2617,7 +2872,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         }
         L.n_listeners++;
         log_info("listening on %s (%s)", items[i],
-                 (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
+                 (const char *[]){ "smtp", "submission", "odmr", "pop3", "imap", "imaps" }[kind]);
     }
     return 0;
 }
@@ -3027,39 +3282,51 @@ void pace_rate(int fd, uint64_t bytes_per_s)
 /* ---- src/dns.c ---- */
 #line 1 "src/dns.c"
 /*
- * dns.c: an asynchronous stub resolver inside the event loop.
+ * dns.c: MX and address lookups for the event loop, on top of c-ares.
  *
- * Questions go to the recursive servers named by the `resolver` key or by
- * /etc/resolv.conf over UDP (RFC 1035 4.2.1), and again over TCP when the
- * answer comes back truncated (RFC 1035 4.2.2, RFC 7766).  Nothing here
- * ever blocks: sockets are non-blocking, retries are timers.
+ * The wire protocol is c-ares' job: UDP to the recursive servers named by
+ * the `resolver` key or by /etc/resolv.conf (RFC 1035 4.2.1), TCP when an
+ * answer comes back truncated (RFC 1035 4.2.2, RFC 7766), retries and
+ * failover, random query ids, and matching an answer to its question
+ * (id, the question section, and the server: its UDP socket is connected,
+ * so the kernel drops datagrams from any other address or port).  It keeps
+ * no socket open between busy spells: when the last question is answered
+ * its sockets close, and the next question goes out from a fresh
+ * ephemeral port (RFC 5452 4.5).  Nothing here blocks: c-ares reports its
+ * sockets through the socket-state callback, they are watched in our
+ * epoll loop, and its retry deadlines are one loop timer.
+ *
+ * What stays ours is mail routing (RFC 5321 5.1, RFC 7505): MX order with
+ * a random tie-break, implicit MX, null MX, which failures are permanent,
+ * address literals, /etc/hosts (read once at start), and bounds on what
+ * an answer may make us do.
  *
  * Two levels of objects:
  *   struct dns_query  what a caller asked for (the MX hosts of a domain
  *                     with their addresses, or the addresses of one host);
- *   struct dns_tx     one question (name, type) on the wire, with its own
- *                     retry schedule over the servers.
- * An MX lookup is one MX transaction, then A and AAAA transactions for
- * every exchange in parallel.
+ *   struct dns_tx     one question (name, type) handed to c-ares.
+ * An MX lookup is one MX question, then A and AAAA questions for every
+ * exchange in parallel.
  *
- * Callbacks: a query answered without the network (address literal,
- * numeric host, /etc/hosts, "resolver busy", bad name) is delivered from a
- * zero-delay timer at the next loop turn, never inside dns_resolve_*, so a
- * caller can store the returned handle before its callback runs.  Network
- * answers are delivered from the loop.  dns_cancel() is safe until the
+ * Callbacks: a result, whether known at once (address literal, /etc/hosts,
+ * bad name, "resolver busy") or from the network, is delivered from a
+ * zero-delay timer: never inside dns_resolve_* and never inside c-ares, so
+ * a caller can store the returned handle first and may call dns_resolve_*
+ * or dns_cancel from its callback.  dns_cancel() is safe until the
  * callback has run, and a no-op inside the callback itself; once the
  * callback has returned, the query is freed here and the handle is dead.
- * dns_free() must not be called from a callback.
+ * A cancelled query's questions cannot be withdrawn from c-ares one by one:
+ * they stay as orphans until answered or timed out (or all are cancelled
+ * at once when no live query is left).  dns_free() must not be called
+ * from a callback.
  */
 
 
+#include <ares.h>
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
-#include <net/if.h>
 #include <arpa/inet.h>
 #include <sys/epoll.h>
 
@@ -3067,12 +3334,8 @@ void pace_rate(int fd, uint64_t bytes_per_s)
 #define DNS_MAX_SERVERS   3     /* MAXNS of the classic resolver */
 #define DNS_MAX_QUERIES   256   /* in flight; beyond: "resolver busy" */
 #define DNS_MAX_CNAME     8     /* CNAME hops followed inside one answer */
-#define DNS_MAX_PTR       32    /* compression pointers followed in one name */
-#define DNS_MSG_RR        64    /* answer records examined per message */
-#define DNS_MSG_MAX       32    /* MX / addresses / glue kept per message */
-#define DNS_UDP_MAX       4096  /* larger than any answer without EDNS (512) */
-#define DNS_TCP_MAX       65535
-#define DNS_SOCKET_REUSE  512   /* queries per UDP socket before a new source port */
+#define DNS_MSG_MAX       32    /* MX or addresses kept per answer */
+#define DNS_MAX_SOCKS     16    /* c-ares sockets watched: one UDP and one TCP per server */
 
 #define DNS_T_A      1
 #define DNS_T_CNAME  5
@@ -3080,20 +3343,10 @@ void pace_rate(int fd, uint64_t bytes_per_s)
 #define DNS_T_AAAA   28
 #define DNS_C_IN     1
 
-#define DNS_R_NOERROR  0
-#define DNS_R_FORMERR  1
-#define DNS_R_SERVFAIL 2
-#define DNS_R_NXDOMAIN 3
-#define DNS_R_NOTIMP   4
-#define DNS_R_REFUSED  5
-
-/* dns_parse results. */
-#define DNS_PARSE_OK       0
-#define DNS_PARSE_FOREIGN  (-1)         /* not an answer to this question: ignore it */
-#define DNS_PARSE_BAD      (-2)         /* an answer to it, but malformed */
-#define DNS_PARSE_LOOP     (-3)         /* CNAME chain longer than DNS_MAX_CNAME */
-
-/* ------------------------------------------------------------ messages */
+/* dns_answer_* results. */
+#define DNS_ANS_OK    0
+#define DNS_ANS_BAD   (-1)              /* malformed answer */
+#define DNS_ANS_LOOP  (-2)              /* no records, and the CNAME chain loops or is too long */
 
 struct dns_mx {
     int pref;
@@ -3105,135 +3358,141 @@ struct dns_addr {
     unsigned char a[16];
 };
 
-struct dns_glue {
-    char name[DNS_NAME_MAX + 1];
-    struct dns_addr addr;
-};
-
-struct dns_rr {
-    char owner[DNS_NAME_MAX + 1];
-    uint16_t type;
-    size_t rdoff;
-    uint16_t rdlen;
-};
-
-/* One parsed answer.  Large (the records' names), so the resolver keeps a
- * single static one: the loop is single-threaded. */
-struct dns_msg {
-    uint16_t id;
-    int rcode;
-    int tc;
-    char canon[DNS_NAME_MAX + 1];       /* the name the records belong to, after CNAMEs */
-    int nmx;
-    struct dns_mx mx[DNS_MSG_MAX];
-    int naddr;                          /* A or AAAA of canon (the question's type) */
-    struct dns_addr addr[DNS_MSG_MAX];
-    int nglue;                          /* A/AAAA of the additional section */
-    struct dns_glue glue[DNS_MSG_MAX];
-    int nrr;                            /* scratch: answer records of interest */
-    struct dns_rr rr[DNS_MSG_RR];
-};
+/* ----------------------------------------------------- answer digests */
+/* The bytes of an answer are parsed by c-ares (ares_parse_*_reply,
+ * ares_expand_name); what is here decides what to keep of them.  These
+ * functions see whatever a server sent, so tests/fuzz/fuzz_dns.c feeds
+ * them arbitrary bytes. */
 
 static uint16_t get16(const unsigned char *p)
 {
     return (uint16_t)(p[0] << 8 | p[1]);
 }
 
-static void put16(unsigned char *p, unsigned v)
+/* Expands the name at p into out (lower case); the length it takes in the
+ * message goes to *used.  -1 if malformed or longer than DNS_NAME_MAX. */
+static int dns_name_at(const unsigned char *p, const unsigned char *msg, int len, char *out, long *used)
 {
-    p[0] = (unsigned char)(v >> 8);
-    p[1] = (unsigned char)v;
-}
+    char *s = NULL;
+    size_t n;
 
-/* Builds a standard query with RD set for (name, qtype, IN).  Returns its
- * length, or -1 if the name is not a valid domain name or does not fit. */
-static int dns_build_query(unsigned char *buf, size_t cap, uint16_t id, const char *name, uint16_t qtype)
-{
-    size_t len = strlen(name), pos = 12;
-
-    if (len && name[len - 1] == '.')
-        len--;                          /* "example.com." is absolute already */
-    if (len == 0 || len > DNS_NAME_MAX || cap < 12 + len + 2 + 4)
+    if (ares_expand_name(p, msg, len, &s, used) != ARES_SUCCESS)
         return -1;
-    memset(buf, 0, 12);
-    put16(buf, id);
-    buf[2] = 0x01;                      /* RD: recursion desired */
-    put16(buf + 4, 1);                  /* QDCOUNT */
-    for (size_t i = 0; i < len;) {
-        size_t j = i;
-        while (j < len && name[j] != '.')
-            j++;
-        if (j == i || j - i > 63)
-            return -1;                  /* empty label or longer than RFC 1035 2.3.4 allows */
-        buf[pos++] = (unsigned char)(j - i);
-        for (size_t k = i; k < j; k++) {
-            unsigned char c = (unsigned char)name[k];
-            if (c <= ' ' || c >= 0x7f)
-                return -1;
-            buf[pos++] = c;
-        }
-        i = j + 1;
-    }
-    buf[pos++] = 0;
-    put16(buf + pos, qtype);
-    put16(buf + pos + 2, DNS_C_IN);
-    return (int)(pos + 4);
-}
-
-/* Reads the name at *off of msg[0..len), following compression pointers
- * (RFC 1035 4.1.4), into lower-case dotted text ("" for the root), and
- * moves *off past the name as written at that place.  Each pointer must
- * point before the labels that led to it, so pointers cannot loop; their
- * number is capped as well.  Every read is checked against len. */
-static int dns_name_read(const unsigned char *msg, size_t len, size_t *off, char *out, size_t outlen)
-{
-    size_t pos = *off, lowest = *off, after = 0, text = 0, wire = 1;
-    int hops = 0;
-
-    if (outlen < DNS_NAME_MAX + 1)
+    n = strlen(s);
+    if (n > DNS_NAME_MAX) {
+        ares_free_string(s);
         return -1;
-    for (;;) {
-        unsigned c;
-        if (pos >= len)
-            return -1;
-        c = msg[pos];
-        if ((c & 0xc0) == 0xc0) {
-            size_t target;
-            if (pos + 1 >= len)
-                return -1;
-            target = (size_t)(c & 0x3f) << 8 | msg[pos + 1];
-            if (!hops)
-                after = pos + 2;
-            /* Backwards only, and never into the header. */
-            if (target >= lowest || target < 12 || ++hops > DNS_MAX_PTR)
-                return -1;
-            pos = lowest = target;
-            continue;
-        }
-        if (c & 0xc0)
-            return -1;                  /* 0x40/0x80: extended label types, obsolete */
-        if (c == 0) {
-            pos++;
-            break;
-        }
-        wire += c + 1;
-        if (wire > 255 || pos + 1 + c > len)
-            return -1;
-        if (text)
-            out[text++] = '.';
-        for (unsigned k = 0; k < c; k++) {
-            unsigned char ch = msg[pos + 1 + k];
-            /* A dot or NUL inside a label cannot be written as text. */
-            if (ch == '.' || ch == 0 || text >= outlen - 1)
-                return -1;
-            out[text++] = (char)tolower(ch);
-        }
-        pos += 1 + c;
     }
-    out[text] = '\0';
-    *off = hops ? after : pos;
+    memcpy(out, s, n + 1);
+    ares_free_string(s);
+    util_lower(out);
     return 0;
 }
+
+/* 1 if following the CNAMEs of the answer section from the question name
+ * loops, or takes more than DNS_MAX_CNAME hops (RFC 1034 3.6.2: a chain
+ * must end).  Called when an answer holds no record of the asked type, to
+ * tell a broken chain (temporary: the server could not finish it) from a
+ * chain that ends at a name without such records (NODATA). */
+static int dns_cname_loops(const unsigned char *msg, int len)
+{
+    static char from[DNS_MSG_MAX][DNS_NAME_MAX + 1], to[DNS_MSG_MAX][DNS_NAME_MAX + 1];
+    char name[DNS_NAME_MAX + 1];
+    const unsigned char *p = msg + 12, *end = msg + len;
+    unsigned an;
+    int n = 0;
+    long used;
+
+    if (len < 12 || get16(msg + 4) != 1 || dns_name_at(p, msg, len, name, &used) < 0)
+        return 0;
+    an = get16(msg + 6);
+    p += used + 4;
+    for (unsigned i = 0; i < an && n < DNS_MSG_MAX && p < end; i++) {
+        char owner[DNS_NAME_MAX + 1];
+        uint16_t type, rdlen;
+        if (dns_name_at(p, msg, len, owner, &used) < 0 || end - (p + used) < 10)
+            break;
+        p += used;
+        type = get16(p);
+        rdlen = get16(p + 8);
+        p += 10;
+        if (end - p < rdlen)
+            break;
+        if (type == DNS_T_CNAME && dns_name_at(p, msg, len, to[n], &used) == 0) {
+            memcpy(from[n], owner, sizeof owner);
+            n++;
+        }
+        p += rdlen;
+    }
+    for (int hops = 0;; hops++) {
+        int i;
+        for (i = 0; i < n && strcmp(from[i], name) != 0; i++)
+            ;
+        if (i == n)
+            return 0;                   /* the chain ends */
+        if (hops >= DNS_MAX_CNAME)
+            return 1;
+        memcpy(name, to[i], sizeof name);
+    }
+}
+
+/* The MX records of an answer (rcode NOERROR, at least one answer record)
+ * into mx[0..*n), lower case; the root exchange of a null MX is "". */
+static int dns_answer_mx(const unsigned char *msg, int len, struct dns_mx *mx, int cap, int *n)
+{
+    struct ares_mx_reply *list = NULL;
+
+    *n = 0;
+    if (ares_parse_mx_reply(msg, len, &list) != ARES_SUCCESS)
+        return DNS_ANS_BAD;
+    for (struct ares_mx_reply *r = list; r && *n < cap; r = r->next) {
+        size_t hl = strlen(r->host);
+        if (hl > DNS_NAME_MAX)
+            continue;                   /* cannot be a host name: never reachable */
+        mx[*n].pref = r->priority;
+        memcpy(mx[*n].host, r->host, hl + 1);
+        util_lower(mx[*n].host);
+        (*n)++;
+    }
+    ares_free_data(list);
+    if (*n == 0 && dns_cname_loops(msg, len))
+        return DNS_ANS_LOOP;
+    return DNS_ANS_OK;
+}
+
+/* The A (family AF_INET) or AAAA records of an answer into a[0..*n).
+ * c-ares follows the CNAMEs of the answer to the addresses of the name at
+ * the end of the chain. */
+static int dns_answer_addrs(const unsigned char *msg, int len, int family, struct dns_addr *a, int cap, int *n)
+{
+    int rc, got = DNS_MSG_MAX;
+
+    *n = 0;
+    if (family == AF_INET) {
+        struct ares_addrttl v4[DNS_MSG_MAX];
+        rc = ares_parse_a_reply(msg, len, NULL, v4, &got);
+        for (int i = 0; rc == ARES_SUCCESS && i < got && *n < cap; i++) {
+            a[*n].family = AF_INET;
+            memcpy(a[*n].a, &v4[i].ipaddr, 4);
+            (*n)++;
+        }
+    } else {
+        struct ares_addr6ttl v6[DNS_MSG_MAX];
+        rc = ares_parse_aaaa_reply(msg, len, NULL, v6, &got);
+        for (int i = 0; rc == ARES_SUCCESS && i < got && *n < cap; i++) {
+            a[*n].family = AF_INET6;
+            memcpy(a[*n].a, &v6[i].ip6addr, 16);
+            (*n)++;
+        }
+    }
+    if (rc != ARES_SUCCESS && rc != ARES_ENODATA)
+        return DNS_ANS_BAD;
+    if (*n == 0 && dns_cname_loops(msg, len))
+        return DNS_ANS_LOOP;
+    return DNS_ANS_OK;
+}
+
+/* ------------------------------------------------------------ routing */
 
 /* 1 if s is usable as a host name: letters, digits, '-', '_' and dots. */
 static int dns_hostname_ok(const char *s)
@@ -3249,175 +3508,6 @@ static int dns_hostname_ok(const char *s)
             return 0;
     }
     return 1;
-}
-
-/* Reads one resource record header at *off: owner (decoded when owner is
- * not NULL), type, class, rdata bounds.  Moves *off past the record. */
-static int dns_rr_read(const unsigned char *msg, size_t len, size_t *off, char *owner,
-                       uint16_t *type, uint16_t *cls, size_t *rdoff, uint16_t *rdlen)
-{
-    char scratch[DNS_NAME_MAX + 1];
-    size_t p = *off;
-
-    if (dns_name_read(msg, len, &p, owner ? owner : scratch, DNS_NAME_MAX + 1) < 0)
-        return -1;
-    if (p + 10 > len)
-        return -1;
-    *type = get16(msg + p);
-    *cls = get16(msg + p + 2);
-    *rdlen = get16(msg + p + 8);
-    p += 10;
-    if (p + *rdlen > len)
-        return -1;
-    *rdoff = p;
-    *off = p + *rdlen;
-    return 0;
-}
-
-static int dns_addr_read(const unsigned char *msg, uint16_t type, size_t rdoff, uint16_t rdlen,
-                         struct dns_addr *a)
-{
-    if (type == DNS_T_A && rdlen == 4) {
-        a->family = AF_INET;
-        memcpy(a->a, msg + rdoff, 4);
-        return 0;
-    }
-    if (type == DNS_T_AAAA && rdlen == 16) {
-        a->family = AF_INET6;
-        memcpy(a->a, msg + rdoff, 16);
-        return 0;
-    }
-    return -1;
-}
-
-/* Parses msg[0..len) as the answer to (id, qname, qtype).  Anything that
- * is not a response with that id and exactly that question is FOREIGN
- * (an off-path spoofer has to guess both).  On OK, m->rcode and m->tc say
- * what kind of answer it is; for NOERROR/NXDOMAIN the records of qtype at
- * the end of the CNAME chain are in m->mx or m->addr, and A/AAAA records
- * of the additional section in m->glue. */
-static int dns_parse(const unsigned char *msg, size_t len, uint16_t id, const char *qname,
-                     uint16_t qtype, struct dns_msg *m)
-{
-    char name[DNS_NAME_MAX + 1], want[DNS_NAME_MAX + 1];
-    size_t off = 12, rdoff;
-    uint16_t type, cls, rdlen;
-    unsigned qd, an, ns, ar;
-
-    m->nmx = m->naddr = m->nglue = m->nrr = 0;
-    m->canon[0] = '\0';
-    if (len < 12)
-        return DNS_PARSE_FOREIGN;
-    m->id = get16(msg);
-    if (m->id != id || !(msg[2] & 0x80) || (msg[2] & 0x78) != 0)
-        return DNS_PARSE_FOREIGN;       /* wrong id, not a response, or not QUERY */
-    qd = get16(msg + 4);
-    an = get16(msg + 6);
-    ns = get16(msg + 8);
-    ar = get16(msg + 10);
-    m->tc = (msg[2] & 0x02) != 0;
-    m->rcode = msg[3] & 0x0f;
-    if (qd != 1)
-        return DNS_PARSE_FOREIGN;
-    if (dns_name_read(msg, len, &off, name, sizeof name) < 0 || off + 4 > len)
-        return DNS_PARSE_FOREIGN;
-    util_strlcpy(want, qname, sizeof want);
-    if (*want && want[strlen(want) - 1] == '.')
-        want[strlen(want) - 1] = '\0';
-    if (strcasecmp(name, want) != 0 || get16(msg + off) != qtype || get16(msg + off + 2) != DNS_C_IN)
-        return DNS_PARSE_FOREIGN;
-    off += 4;
-    util_strlcpy(m->canon, name, sizeof m->canon);
-    /* A truncated answer is incomplete by definition (RFC 2181 9): only
-     * the header counts, the caller asks again over TCP.  Error answers
-     * carry nothing we use. */
-    if (m->tc || (m->rcode != DNS_R_NOERROR && m->rcode != DNS_R_NXDOMAIN))
-        return DNS_PARSE_OK;
-
-    for (unsigned i = 0; i < an; i++) {
-        struct dns_rr *r = m->nrr < DNS_MSG_RR ? &m->rr[m->nrr] : NULL;
-        if (dns_rr_read(msg, len, &off, name, &type, &cls, &rdoff, &rdlen) < 0)
-            return DNS_PARSE_BAD;
-        if (cls != DNS_C_IN || (type != qtype && type != DNS_T_CNAME) || !r)
-            continue;
-        util_strlcpy(r->owner, name, sizeof r->owner);
-        r->type = type;
-        r->rdoff = rdoff;
-        r->rdlen = rdlen;
-        m->nrr++;
-    }
-    for (unsigned i = 0; i < ns; i++)
-        if (dns_rr_read(msg, len, &off, NULL, &type, &cls, &rdoff, &rdlen) < 0)
-            return DNS_PARSE_BAD;
-    /* The additional section is optional: a damaged one costs the glue,
-     * not the answer. */
-    for (unsigned i = 0; i < ar && m->nglue < DNS_MSG_MAX; i++) {
-        struct dns_glue *g = &m->glue[m->nglue];
-        if (dns_rr_read(msg, len, &off, name, &type, &cls, &rdoff, &rdlen) < 0)
-            break;
-        if (cls == DNS_C_IN && dns_addr_read(msg, type, rdoff, rdlen, &g->addr) == 0) {
-            util_strlcpy(g->name, name, sizeof g->name);
-            m->nglue++;
-        }
-    }
-
-    /* RFC 1034 3.6.2 / RFC 5321 5.1: follow CNAMEs from the question name
-     * to the records of the asked type, inside this answer only. */
-    for (int hops = 0;; hops++) {
-        int found = 0, cname = -1;
-        for (int i = 0; i < m->nrr; i++) {
-            if (strcmp(m->rr[i].owner, m->canon) != 0)
-                continue;
-            if (m->rr[i].type == qtype)
-                found = 1;
-            else if (cname < 0)
-                cname = i;
-        }
-        if (found || cname < 0)
-            break;
-        if (hops >= DNS_MAX_CNAME)
-            return DNS_PARSE_LOOP;
-        off = m->rr[cname].rdoff;
-        if (dns_name_read(msg, len, &off, name, sizeof name) < 0 ||
-            off != m->rr[cname].rdoff + m->rr[cname].rdlen || !*name)
-            return DNS_PARSE_BAD;
-        util_strlcpy(m->canon, name, sizeof m->canon);
-    }
-
-    for (int i = 0; i < m->nrr; i++) {
-        struct dns_rr *r = &m->rr[i];
-        if (r->type != qtype || strcmp(r->owner, m->canon) != 0)
-            continue;
-        if (qtype == DNS_T_MX) {
-            struct dns_mx *x = &m->mx[m->nmx];
-            if (m->nmx == DNS_MSG_MAX)
-                break;
-            off = r->rdoff + 2;
-            if (r->rdlen < 3 || dns_name_read(msg, len, &off, x->host, sizeof x->host) < 0 ||
-                off != r->rdoff + r->rdlen)
-                return DNS_PARSE_BAD;
-            x->pref = get16(msg + r->rdoff);
-            m->nmx++;
-        } else {
-            if (m->naddr == DNS_MSG_MAX)
-                break;
-            if (dns_addr_read(msg, r->type, r->rdoff, r->rdlen, &m->addr[m->naddr]) < 0)
-                return DNS_PARSE_BAD;
-            m->naddr++;
-        }
-    }
-    return DNS_PARSE_OK;
-}
-
-static const char *dns_rcode_name(int rcode)
-{
-    static const char *names[] = { "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED" };
-    return rcode >= 0 && rcode < (int)MN_NELEM(names) ? names[rcode] : "error";
-}
-
-static const char *dns_type_name(uint16_t t)
-{
-    return t == DNS_T_MX ? "MX" : t == DNS_T_A ? "A" : t == DNS_T_AAAA ? "AAAA" : "?";
 }
 
 /* RFC 5321 5.1: lowest preference first; among equal preferences the
@@ -3449,103 +3539,13 @@ static void dns_mx_order(struct dns_mx *mx, int n)
     }
 }
 
-/* RFC 7505 3: a single MX whose exchange is the root means no mail. */
-static int dns_is_null_mx(const struct dns_msg *m)
-{
-    return m->nmx == 1 && m->mx[0].host[0] == '\0';
-}
-
-/* ------------------------------------------------------ configuration */
-
-struct dns_server {
-    struct sockaddr_storage ss;
-    socklen_t len;
-    char label[112];                    /* "addr:port" for the log */
-};
-
-struct dns_config {
-    struct dns_server servers[DNS_MAX_SERVERS];
-    int nservers;
-    int timeout_ms;
-    int attempts;
-};
+/* ---------------------------------------------- literals and /etc/hosts */
 
 struct dns_hostent {
     char *name;                         /* lower case */
     struct dns_addr addr;
 };
 
-/* "addr", "addr:port", "[v6]:port", "v6", "fe80::1%eth0". */
-static int dns_server_parse(const char *spec, struct dns_server *s)
-{
-    char host[96], *pct;
-    int port = 53;
-    const char *colon = strchr(spec, ':');
-
-    if (*spec == '[') {
-        if (util_split_hostport(spec, host, sizeof host, &port) < 0) {
-            size_t n = strlen(spec);
-            if (n < 3 || spec[n - 1] != ']' || n - 2 >= sizeof host)
-                return -1;
-            memcpy(host, spec + 1, n - 2);  /* "[v6]" without a port */
-            host[n - 2] = '\0';
-        }
-    } else if (colon && !strchr(colon + 1, ':')) {
-        if (util_split_hostport(spec, host, sizeof host, &port) < 0)
-            return -1;
-    } else if (util_strlcpy(host, spec, sizeof host) >= sizeof host) {
-        return -1;
-    }
-    if (!*host || port <= 0)
-        return -1;
-    pct = strchr(host, '%');
-    if (pct)
-        *pct++ = '\0';
-    if (util_sockaddr_parse(host, port, &s->ss, &s->len) < 0)
-        return -1;
-    if (pct && s->ss.ss_family == AF_INET6)
-        ((struct sockaddr_in6 *)(void *)&s->ss)->sin6_scope_id = if_nametoindex(pct);
-    if (s->ss.ss_family == AF_INET6)
-        snprintf(s->label, sizeof s->label, "[%s]:%d", host, port);
-    else
-        snprintf(s->label, sizeof s->label, "%s:%d", host, port);
-    return 0;
-}
-
-/* resolv.conf(5): "nameserver ADDR" (the first DNS_MAX_SERVERS) and
- * "options timeout:N attempts:N"; everything else is ignored. */
-static void dns_resolv_conf_parse(const char *text, struct dns_config *c)
-{
-    const char *p = text;
-    while (*p) {
-        char line[512], *save, *w;
-        size_t n = strcspn(p, "\n");
-        util_strlcpy(line, p, n + 1 < sizeof line ? n + 1 : sizeof line);
-        p += n;
-        if (*p)
-            p++;
-        line[strcspn(line, "#;")] = '\0';
-        w = strtok_r(line, " \t\r", &save);
-        if (!w)
-            continue;
-        if (!strcmp(w, "nameserver")) {
-            w = strtok_r(NULL, " \t\r", &save);
-            if (w && c->nservers < DNS_MAX_SERVERS &&
-                dns_server_parse(w, &c->servers[c->nservers]) == 0)
-                c->nservers++;
-        } else if (!strcmp(w, "options")) {
-            while ((w = strtok_r(NULL, " \t\r", &save))) {
-                if (!strncmp(w, "timeout:", 8)) {
-                    int v = atoi(w + 8);
-                    c->timeout_ms = (v < 1 ? 1 : v > 30 ? 30 : v) * 1000;
-                } else if (!strncmp(w, "attempts:", 9)) {
-                    int v = atoi(w + 9);
-                    c->attempts = v < 1 ? 1 : v > 5 ? 5 : v;
-                }
-            }
-        }
-    }
-}
 
 /* hosts(5): "ADDR NAME [ALIAS...]" lines.  Returns a malloc'd table (n
  * entries) or NULL when empty or out of memory. */
@@ -3721,74 +3721,87 @@ struct dns_query {
     char name[DNS_NAME_MAX + 1];
     dns_cb cb;
     void *arg;
-    int pending;                        /* live transactions */
+    int pending;                        /* questions not answered yet */
     int implicit;                       /* RFC 5321 5.1 implicit MX */
     int in_cb;                          /* the callback is running: cancel is a no-op */
     int nlook;
     struct dns_hostlook look[DNS_MAX_HOSTS];
-    char temp_err[200];                 /* the last temporary failure */
+    char temp_err[320];                 /* the last temporary failure */
     struct dns_result res;
-    struct timer timer;                 /* delivers answers known at once */
+    struct timer timer;                 /* delivers the result */
     struct dns_query *next, *prev;
 };
 
-enum { TCP_NONE = 0, TCP_WRITE, TCP_READ };
-
+/* One question with c-ares; q is NULL once its query is gone (orphan). */
 struct dns_tx {
     struct dns_query *q;
     int look;                           /* index in q->look, -1 for the MX question */
-    uint16_t qtype;
+    int qtype;
     char qname[DNS_NAME_MAX + 1];
-    unsigned char pkt[DNS_NAME_MAX + 2 + 16];
-    size_t pktlen;
-    int tries, max_tries;
-    int cur;                            /* server of the last UDP send */
-    uint16_t ids[DNS_MAX_SERVERS];      /* id last sent to each server */
-    unsigned sent, bad, silent;         /* server bit masks */
-    struct timer timer;
-    int tcp;                            /* TCP_* */
-    int tcp_server;
-    uint16_t tcp_id;
-    int had_watch;                      /* freed only at a later turn */
-    struct watch tw;
-    unsigned char *tbuf;
-    size_t tlen, toff;
-    char err[160];
     struct dns_tx *next, *prev;
+};
+
+/* A socket of c-ares, watched in the loop.  The slots never move or get
+ * freed, so an event still queued for a slot whose socket closed earlier
+ * in the same loop turn finds fd -1 (or a new socket, for which a
+ * spurious readiness costs one EAGAIN) and never freed memory. */
+struct dns_sock {
+    struct watch w;
+    int used;
 };
 
 static struct {
     int ready;
-    struct dns_config cfg;
-    int fd[2];                          /* UDP: [0] IPv4, [1] IPv6 */
-    struct watch w[2];
-    unsigned uses[2];
+    ares_channel ch;
+    struct dns_sock socks[DNS_MAX_SOCKS];
+    struct timer timer;                 /* c-ares' next retry deadline */
+    struct timer sweep;                 /* drops orphans when no query is live */
     struct dns_hostent *hosts;
     size_t nhosts;
     struct dns_query *queries;
     int nqueries;
-    struct dns_tx *txs;
-    struct dns_tx *reap;                /* freed at the next turn */
-    struct timer reap_timer;
-    struct dns_msg msg;                 /* parse scratch */
-    int in_api;                         /* inside dns_resolve_*: defer callbacks */
-} D = { .fd = { -1, -1 }, .reap_timer = { .idx = -1 } };
+    struct dns_tx *txs;                 /* every question c-ares holds */
+    int ntxs;
+} D = { .timer = { .idx = -1 }, .sweep = { .idx = -1 } };
 
 /* Test knobs (the unit tests include this file). */
-static const char *dns_resolv_path = "/etc/resolv.conf";
 static const char *dns_hosts_path = "/etc/hosts";
 static int dns_force_timeout_ms, dns_force_attempts;
 
 #ifdef MAILNODE_TEST
-static void dns_set_timeout_ms(int ms, int attempts)
+__attribute__((unused)) static void dns_set_timeout_ms(int ms, int attempts)
 {
     dns_force_timeout_ms = ms;
     dns_force_attempts = attempts;
 }
 #endif
 
-static void query_tx_done(struct dns_query *q, int look, uint16_t qtype, int ok,
-                          const struct dns_msg *m, const char *err);
+static void query_tx_done(struct dns_query *q, int look, int qtype, int status,
+                          const unsigned char *msg, int len);
+
+static const char *dns_type_name(int t)
+{
+    return t == DNS_T_MX ? "MX" : t == DNS_T_A ? "A" : t == DNS_T_AAAA ? "AAAA" : "?";
+}
+
+/* Short words for the log and DSNs; the rcode names are those of RFC 1035
+ * 4.1.1, which an operator can look up. */
+static const char *dns_status_text(int status)
+{
+    switch (status) {
+    case ARES_ESERVFAIL:    return "SERVFAIL from every server";
+    case ARES_EREFUSED:     return "REFUSED by every server";
+    case ARES_EFORMERR:     return "FORMERR: the server did not understand the question";
+    case ARES_ENOTIMP:      return "NOTIMP from the server";
+    case ARES_ETIMEOUT:     return "timeout: no answer from the DNS servers";
+    /* c-ares reports a question every server failed (SERVFAIL, REFUSED,
+     * connection refused or closed) as ECONNREFUSED. */
+    case ARES_ECONNREFUSED: return "no usable answer from any DNS server (SERVFAIL, REFUSED or unreachable)";
+    case ARES_EBADRESP:     return "malformed answer";
+    case ARES_ENOMEM:       return "out of memory";
+    default:                return ares_strerror(status);
+    }
+}
 
 static char *dns_read_file(const char *path, size_t max)
 {
@@ -3809,438 +3822,147 @@ static char *dns_read_file(const char *path, size_t max)
     return buf;
 }
 
-static int fam_index(int family)
-{
-    return family == AF_INET6 ? 1 : 0;
-}
+/* ------------------------------------------------- c-ares in the loop */
 
-static int dns_same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, 16);
-    }
-    return 0;
-}
+static void dns_timer_fire(void *arg);
 
-static void udp_ready(struct watch *w, uint32_t events);
-
-static void udp_close(int f)
+/* c-ares keeps its own retry deadlines: one loop timer at the nearest. */
+static void dns_timer_arm(void)
 {
-    if (D.fd[f] < 0)
+    struct timeval tv, *t;
+
+    if (!D.ready)
         return;
-    loop_watch_del(&D.w[f]);
-    close(D.fd[f]);
-    D.fd[f] = -1;
-    D.w[f].fd = -1;
+    t = ares_timeout(D.ch, NULL, &tv);
+    if (!t) {
+        timer_cancel(&D.timer);
+        return;
+    }
+    timer_set(&D.timer, (int64_t)t->tv_sec * 1000 + (t->tv_usec + 999) / 1000, dns_timer_fire, NULL);
 }
 
-/* The UDP socket of a family, opened on first use and replaced now and
- * then while idle, so the source port does not stay the same for ever
- * (RFC 5452 4.5: the port is half of what a spoofer must guess). */
-static int udp_socket(int family)
-{
-    int f = fam_index(family);
-    struct sockaddr_storage any;
-    socklen_t len;
-
-    if (D.fd[f] >= 0 && D.uses[f] >= DNS_SOCKET_REUSE) {
-        int busy = 0;
-        for (struct dns_tx *t = D.txs; t && !busy; t = t->next)
-            busy = t->sent != 0;
-        if (!busy)
-            udp_close(f);
-    }
-    if (D.fd[f] >= 0)
-        return D.fd[f];
-    D.fd[f] = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (D.fd[f] < 0)
-        return -1;
-    memset(&any, 0, sizeof any);
-    util_sockaddr_parse(family == AF_INET6 ? "::" : "", 0, &any, &len);
-    D.w[f].fd = D.fd[f];
-    D.w[f].events = EPOLLIN;
-    D.w[f].fn = udp_ready;
-    D.w[f].arg = NULL;
-    if (bind(D.fd[f], (struct sockaddr *)&any, len) < 0 || loop_watch_add(&D.w[f]) < 0) {
-        int e = errno;
-        close(D.fd[f]);
-        D.fd[f] = D.w[f].fd = -1;
-        errno = e;
-        return -1;
-    }
-    D.uses[f] = 0;
-    return D.fd[f];
-}
-
-static void reap_run(void *arg)
+static void dns_timer_fire(void *arg)
 {
     MN_UNUSED(arg);
-    while (D.reap) {
-        struct dns_tx *t = D.reap;
-        D.reap = t->next;
-        free(t->tbuf);
-        free(t);
+    ares_process_fd(D.ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+    dns_timer_arm();
+}
+
+static void dns_sock_ready(struct watch *w, uint32_t events)
+{
+    ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
+
+    if (w->fd < 0 || !D.ready)
+        return;                         /* closed earlier in this turn */
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        rfd = w->fd;
+    if (events & EPOLLOUT)
+        wfd = w->fd;
+    ares_process_fd(D.ch, rfd, wfd);
+    dns_timer_arm();
+}
+
+/* ARES_OPT_SOCK_STATE_CB: c-ares opened, changed or is about to close a
+ * socket. */
+static void dns_sock_state(void *data, ares_socket_t fd, int readable, int writable)
+{
+    uint32_t ev = (readable ? EPOLLIN : 0) | (writable ? EPOLLOUT : 0);
+    struct dns_sock *s = NULL, *spare = NULL;
+
+    MN_UNUSED(data);
+    for (int i = 0; i < DNS_MAX_SOCKS; i++) {
+        if (D.socks[i].used && D.socks[i].w.fd == fd)
+            s = &D.socks[i];
+        else if (!D.socks[i].used && !spare)
+            spare = &D.socks[i];
     }
-}
-
-static void tcp_close(struct dns_tx *t)
-{
-    if (t->tcp == TCP_NONE)
+    if (!ev) {
+        if (s) {
+            loop_watch_del(&s->w);
+            s->w.fd = -1;
+            s->used = 0;
+        }
         return;
-    loop_watch_del(&t->tw);
-    close(t->tw.fd);
-    t->tw.fd = -1;
-    t->tcp = TCP_NONE;
+    }
+    if (s) {
+        loop_watch_mod(&s->w, ev);
+        return;
+    }
+    /* Without a slot the socket is never watched: its questions time out
+     * and fail temporarily.  Only a resolv.conf with many servers gets
+     * here. */
+    if (!spare) {
+        log_err("dns: more than %d resolver sockets; answers on socket %d are not read",
+                DNS_MAX_SOCKS, (int)fd);
+        return;
+    }
+    spare->w.fd = fd;
+    spare->w.events = ev;
+    spare->w.fn = dns_sock_ready;
+    spare->w.arg = NULL;
+    if (loop_watch_add(&spare->w) < 0) {
+        log_err("dns: cannot watch resolver socket: %s", strerror(errno));
+        spare->w.fd = -1;
+        return;
+    }
+    spare->used = 1;
 }
 
-/* Unlinks and frees a transaction.  One that had a descriptor watch may
- * still have an event waiting in this turn's batch: it is freed from a
- * timer, after the batch. */
-static void tx_free(struct dns_tx *t)
+/* --------------------------------------------------------- questions */
+
+static void tx_unlink(struct dns_tx *t)
 {
-    timer_cancel(&t->timer);
-    tcp_close(t);
     if (t->prev)
         t->prev->next = t->next;
     else
         D.txs = t->next;
     if (t->next)
         t->next->prev = t->prev;
-    if (t->had_watch) {
-        t->next = D.reap;
-        D.reap = t;
-        timer_set(&D.reap_timer, 0, reap_run, NULL);
-        return;
-    }
-    free(t->tbuf);
-    free(t);
+    D.ntxs--;
 }
 
-/* A transaction is over: tell its query, which may start others or finish. */
-static void tx_done(struct dns_tx *t, int ok, const struct dns_msg *m)
-{
-    struct dns_query *q = t->q;
-    int look = t->look;
-    uint16_t qtype = t->qtype;
-    char err[sizeof t->err];
-
-    util_strlcpy(err, t->err, sizeof err);
-    tx_free(t);
-    q->pending--;
-    query_tx_done(q, look, qtype, ok, m, err);
-}
-
-static uint16_t dns_new_id(void)
-{
-    return (uint16_t)randombytes_uniform(65536);
-}
-
-static void tx_timeout(void *arg);
-
-/* The next try: next server in turn, skipping those that answered with an
- * error; fails the transaction when the tries are used up. */
-static void tx_send(struct dns_tx *t)
-{
-    while (t->tries < t->max_tries) {
-        int s = t->tries % D.cfg.nservers, fd;
-        struct dns_server *sv = &D.cfg.servers[s];
-        uint16_t id = dns_new_id();
-
-        t->tries++;
-        if (t->bad & (1u << s))
-            continue;
-        fd = udp_socket(sv->ss.ss_family);
-        put16(t->pkt, id);
-        if (fd < 0 || sendto(fd, t->pkt, t->pktlen, MSG_NOSIGNAL, (struct sockaddr *)&sv->ss, sv->len) < 0) {
-            snprintf(t->err, sizeof t->err, "cannot send to %s: %s", sv->label, strerror(errno));
-            log_warn("dns: %s", t->err);
-            t->bad |= 1u << s;
-            continue;
-        }
-        D.uses[fam_index(sv->ss.ss_family)]++;
-        t->ids[s] = id;
-        t->sent |= 1u << s;
-        t->cur = s;
-        log_debug("dns: query %s %s to %s (id %u, try %d)", dns_type_name(t->qtype), t->qname,
-                  sv->label, id, t->tries);
-        timer_set(&t->timer, D.cfg.timeout_ms, tx_timeout, t);
-        return;
-    }
-    if (!t->err[0])
-        snprintf(t->err, sizeof t->err, "no DNS server to ask");
-    if (t->silent && !t->bad) {
-        /* Only timeouts: name every server that stayed silent. */
-        size_t n = (size_t)snprintf(t->err, sizeof t->err, "timeout: no answer from");
-        const char *sep = " ";
-        for (int s = 0; s < D.cfg.nservers && n < sizeof t->err; s++) {
-            if (t->silent & (1u << s)) {
-                n += (size_t)snprintf(t->err + n, sizeof t->err - n, "%s%s", sep, D.cfg.servers[s].label);
-                sep = ", ";
-            }
-        }
-    }
-    log_warn("dns: %s %s failed: %s", dns_type_name(t->qtype), t->qname, t->err);
-    tx_done(t, 0, NULL);
-}
-
-static void tx_timeout(void *arg)
+/* The c-ares callback of a question.  It runs inside ares_process_fd (or
+ * inside ares_query, ares_cancel or ares_destroy), so it only records the
+ * outcome; callers hear of it from their query's timer. */
+static void tx_answered(void *arg, int status, int timeouts, unsigned char *msg, int len)
 {
     struct dns_tx *t = arg;
-    int s = t->tcp ? t->tcp_server : t->cur;
-    t->silent |= 1u << s;
-    snprintf(t->err, sizeof t->err, "timeout: no answer from %s%s", D.cfg.servers[s].label,
-             t->tcp ? " over TCP" : "");
-    log_debug("dns: %s %s: %s", dns_type_name(t->qtype), t->qname, t->err);
-    tcp_close(t);
-    tx_send(t);
+    struct dns_query *q = t->q;
+    int look = t->look, qtype = t->qtype;
+
+    MN_UNUSED(timeouts);
+    tx_unlink(t);
+    if (q)
+        log_debug("dns: %s %s: %s", dns_type_name(qtype), t->qname,
+                  status == ARES_SUCCESS ? "answer" : dns_status_text(status));
+    free(t);
+    if (!q)
+        return;                         /* an orphan of a cancelled query */
+    q->pending--;
+    query_tx_done(q, look, qtype, status, msg, len);
 }
 
-static void tcp_ready(struct watch *w, uint32_t events);
-
-/* RFC 1035 4.2.2 / RFC 7766: a truncated UDP answer is asked again over
- * TCP, from the same server, each message behind a 2-byte length. */
-static void tcp_start(struct dns_tx *t, int s)
-{
-    struct dns_server *sv = &D.cfg.servers[s];
-    int fd;
-
-    tcp_close(t);
-    if (!t->tbuf && !(t->tbuf = malloc(DNS_TCP_MAX + 2)))
-        goto fail;
-    fd = socket(sv->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        goto fail;
-    if (connect(fd, (struct sockaddr *)&sv->ss, sv->len) < 0 && errno != EINPROGRESS) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        goto fail;
-    }
-    t->tcp_id = dns_new_id();
-    put16(t->pkt, t->tcp_id);
-    put16(t->tbuf, (unsigned)t->pktlen);
-    memcpy(t->tbuf + 2, t->pkt, t->pktlen);
-    t->tlen = t->pktlen + 2;
-    t->toff = 0;
-    t->tw.fd = fd;
-    t->tw.events = EPOLLOUT;
-    t->tw.fn = tcp_ready;
-    t->tw.arg = t;
-    if (loop_watch_add(&t->tw) < 0) {
-        int e = errno;
-        close(fd);
-        t->tw.fd = -1;
-        errno = e;
-        goto fail;
-    }
-    t->had_watch = 1;
-    t->tcp = TCP_WRITE;
-    t->tcp_server = s;
-    log_debug("dns: %s %s: truncated answer, asking %s over TCP (id %u)", dns_type_name(t->qtype),
-              t->qname, sv->label, t->tcp_id);
-    timer_set(&t->timer, D.cfg.timeout_ms, tx_timeout, t);
-    return;
-fail:
-    snprintf(t->err, sizeof t->err, "TCP to %s: %s", sv->label, strerror(errno));
-    log_warn("dns: %s", t->err);
-    tx_send(t);
-}
-
-/* An answer that matched the transaction's question, from server s. */
-static void tx_answer(struct dns_tx *t, int s, int via_tcp, const struct dns_msg *m)
-{
-    const char *label = D.cfg.servers[s].label;
-
-    if (m->tc) {
-        if (!via_tcp) {
-            if (t->tcp == TCP_NONE)
-                tcp_start(t, s);
-            return;                     /* a TCP exchange is running: wait for it */
-        }
-        snprintf(t->err, sizeof t->err, "truncated answer over TCP from %s", label);
-    } else if (m->rcode == DNS_R_NOERROR || m->rcode == DNS_R_NXDOMAIN) {
-        tx_done(t, 1, m);
-        return;
-    } else {
-        snprintf(t->err, sizeof t->err, "%s from %s", dns_rcode_name(m->rcode), label);
-    }
-    /* A server that fails this question is not asked it again; the others
-     * are, at once. */
-    log_warn("dns: %s %s: %s", dns_type_name(t->qtype), t->qname, t->err);
-    t->bad |= 1u << s;
-    if ((t->bad & ((1u << D.cfg.nservers) - 1)) == (1u << D.cfg.nservers) - 1) {
-        tx_done(t, 0, NULL);
-        return;
-    }
-    tcp_close(t);
-    tx_send(t);
-}
-
-/* Parse failures of a matched answer count as a failure of the server. */
-static void tx_bad_answer(struct dns_tx *t, int s, int rc)
-{
-    snprintf(t->err, sizeof t->err, "%s from %s",
-             rc == DNS_PARSE_LOOP ? "CNAME chain too long" : "malformed answer", D.cfg.servers[s].label);
-    log_warn("dns: %s %s: %s", dns_type_name(t->qtype), t->qname, t->err);
-    t->bad |= 1u << s;
-    if ((t->bad & ((1u << D.cfg.nservers) - 1)) == (1u << D.cfg.nservers) - 1) {
-        tx_done(t, 0, NULL);
-        return;
-    }
-    tcp_close(t);
-    tx_send(t);
-}
-
-static void udp_ready(struct watch *w, uint32_t events)
-{
-    static unsigned char buf[DNS_UDP_MAX];
-    MN_UNUSED(events);
-
-    for (int i = 0; i < 64 && w->fd >= 0; i++) {
-        struct sockaddr_storage from;
-        socklen_t fl = sizeof from;
-        ssize_t n = recvfrom(w->fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
-        uint16_t id;
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (n < 12)
-            continue;
-        id = get16(buf);
-        for (struct dns_tx *t = D.txs; t; t = t->next) {
-            int s, rc;
-            for (s = 0; s < D.cfg.nservers; s++)
-                if ((t->sent & (1u << s)) && t->ids[s] == id && dns_same_addr(&from, &D.cfg.servers[s].ss))
-                    break;
-            if (s == D.cfg.nservers)
-                continue;
-            rc = dns_parse(buf, (size_t)n, id, t->qname, t->qtype, &D.msg);
-            if (rc == DNS_PARSE_FOREIGN)
-                continue;
-            /* One answer per id: a copy arriving later is ignored. */
-            t->sent &= ~(1u << s);
-            if (rc == DNS_PARSE_OK)
-                tx_answer(t, s, 0, &D.msg);
-            else
-                tx_bad_answer(t, s, rc);
-            break;                      /* the list may have changed */
-        }
-    }
-}
-
-static void tcp_fail(struct dns_tx *t, const char *why)
-{
-    snprintf(t->err, sizeof t->err, "TCP to %s: %s", D.cfg.servers[t->tcp_server].label, why);
-    log_warn("dns: %s %s: %s", dns_type_name(t->qtype), t->qname, t->err);
-    tcp_close(t);
-    tx_send(t);
-}
-
-static void tcp_ready(struct watch *w, uint32_t events)
-{
-    struct dns_tx *t = w->arg;
-
-    if (t->tcp == TCP_NONE || w->fd < 0)
-        return;                         /* closed earlier in this turn */
-    if (t->tcp == TCP_WRITE) {
-        int err = 0;
-        socklen_t sl = sizeof err;
-        if (getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &err, &sl) == 0 && err) {
-            tcp_fail(t, strerror(err));
-            return;
-        }
-        while (t->toff < t->tlen) {
-            ssize_t n = send(w->fd, t->tbuf + t->toff, t->tlen - t->toff, MSG_NOSIGNAL);
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK)
-                    return;
-                tcp_fail(t, strerror(errno));
-                return;
-            }
-            t->toff += (size_t)n;
-        }
-        t->tcp = TCP_READ;
-        t->tlen = t->toff = 0;
-        loop_watch_mod(&t->tw, EPOLLIN);
-        return;
-    }
-    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-        return;
-    for (;;) {
-        size_t want = t->tlen < 2 ? 2 : 2 + (size_t)get16(t->tbuf);
-        ssize_t n;
-        if (t->tlen >= 2 && want == 2) {
-            tcp_fail(t, "empty answer");
-            return;
-        }
-        if (t->tlen == want)
-            break;
-        n = recv(w->fd, t->tbuf + t->tlen, want - t->tlen, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return;
-            tcp_fail(t, strerror(errno));
-            return;
-        }
-        if (n == 0) {
-            tcp_fail(t, "connection closed before the answer");
-            return;
-        }
-        t->tlen += (size_t)n;
-    }
-    int s = t->tcp_server;
-    int rc = dns_parse(t->tbuf + 2, t->tlen - 2, t->tcp_id, t->qname, t->qtype, &D.msg);
-    tcp_close(t);
-    if (rc == DNS_PARSE_OK)
-        tx_answer(t, s, 1, &D.msg);
-    else if (rc == DNS_PARSE_FOREIGN)
-        tcp_fail(t, "answer to another question");
-    else
-        tx_bad_answer(t, s, rc);
-}
-
-/* Starts one question for q.  On failure the question counts as failed
- * temporarily; the caller checks q->pending. */
-static int tx_start(struct dns_query *q, int look, const char *name, uint16_t qtype)
+/* Asks one question for q.  The answer may come at once (c-ares fails some
+ * questions inside ares_query): q->pending guards the caller. */
+static int tx_start(struct dns_query *q, int look, const char *name, int qtype)
 {
     struct dns_tx *t = calloc(1, sizeof *t);
-    int len;
 
     if (!t)
         return -1;
-    len = dns_build_query(t->pkt, sizeof t->pkt, 0, name, qtype);
-    if (len < 0) {
-        free(t);
-        return -1;
-    }
-    t->pktlen = (size_t)len;
     t->q = q;
     t->look = look;
     t->qtype = qtype;
     util_strlcpy(t->qname, name, sizeof t->qname);
-    t->max_tries = D.cfg.attempts * D.cfg.nservers;
-    t->timer.idx = -1;
-    t->tw.fd = -1;
     t->next = D.txs;
     if (D.txs)
         D.txs->prev = t;
     D.txs = t;
+    D.ntxs++;
     q->pending++;
-    tx_send(t);                         /* may finish t (and q) at once */
+    log_debug("dns: query %s %s", dns_type_name(qtype), name);
+    ares_query(D.ch, name, DNS_C_IN, qtype, tx_answered, t);
+    dns_timer_arm();
     return 0;
 }
 
@@ -4258,15 +3980,30 @@ static void query_unlink(struct dns_query *q)
     D.nqueries--;
 }
 
+/* With no live query left, c-ares drops every orphan at once (their
+ * callbacks free them).  Never from inside c-ares: ares_cancel() within a
+ * callback would free the question c-ares is still finishing. */
+static void dns_sweep(void *arg)
+{
+    MN_UNUSED(arg);
+    for (struct dns_tx *t = D.txs; t; t = t->next)
+        if (t->q)
+            return;
+    if (D.txs && D.ready) {
+        ares_cancel(D.ch);
+        dns_timer_arm();
+    }
+}
+
+/* The query's questions become orphans. */
 static void query_drop_txs(struct dns_query *q)
 {
-    struct dns_tx *t, *next;
-    for (t = D.txs; t; t = next) {
-        next = t->next;
+    for (struct dns_tx *t = D.txs; t; t = t->next)
         if (t->q == q)
-            tx_free(t);
-    }
+            t->q = NULL;
     q->pending = 0;
+    if (D.txs)
+        timer_set(&D.sweep, 0, dns_sweep, NULL);
 }
 
 /* Runs the callback and frees the query. */
@@ -4284,15 +4021,12 @@ static void query_callback(void *arg)
 }
 
 /* The query has its result: its questions stop, and the callback runs
- * now, or at the next turn when we are still inside dns_resolve_*. */
+ * from the loop, after whatever called us has returned. */
 static void query_deliver(struct dns_query *q)
 {
     q->phase = P_DONE;
     query_drop_txs(q);
-    if (D.in_api)
-        timer_set(&q->timer, 0, query_callback, q);
-    else
-        query_callback(q);
+    timer_set(&q->timer, 0, query_callback, q);
 }
 
 static void query_fail(struct dns_query *q, int status, const char *fmt, ...)
@@ -4338,6 +4072,9 @@ static void query_finish_addrs(struct dns_query *q)
         query_deliver(q);
         return;
     }
+    /* RFC 5321 5.1: MX hosts without addresses are a temporary trouble of
+     * the destination; a domain that has neither MX nor address records,
+     * or does not exist, gets no mail at all. */
     if (q->kind == Q_MX && !q->implicit) {
         query_fail(q, DNS_TEMP, "no address for MX hosts of %s%s%s", q->name,
                    temp ? ": " : "", temp ? q->temp_err : "");
@@ -4362,61 +4099,27 @@ static void query_finish_addrs(struct dns_query *q)
 static void query_start_addrs(struct dns_query *q)
 {
     q->phase = P_ADDR;
-    for (int i = 0; i < q->nlook; i++) {
+    /* q->pending keeps the query from finishing while questions start,
+     * even if some are answered at once. */
+    q->pending++;
+    for (int i = 0; i < q->nlook && q->phase != P_DONE; i++) {
         struct dns_hostlook *l = &q->look[i];
         if (l->st4 != LOOK_NONE)
             continue;
         l->st4 = l->st6 = LOOK_TEMP;    /* until answered */
-        /* q->pending keeps the query alive while the second one starts,
-         * even if the first failed at once. */
-        q->pending++;
-        if (tx_start(q, i, l->name, DNS_T_A) < 0)
+        if (tx_start(q, i, l->name, DNS_T_A) < 0 || tx_start(q, i, l->name, DNS_T_AAAA) < 0)
             util_strlcpy(q->temp_err, "cannot start a DNS question", sizeof q->temp_err);
-        if (tx_start(q, i, l->name, DNS_T_AAAA) < 0)
-            util_strlcpy(q->temp_err, "cannot start a DNS question", sizeof q->temp_err);
-        q->pending--;
-        if (q->phase == P_DONE)
-            return;
     }
-    if (q->pending == 0 && q->phase != P_DONE)
+    if (q->phase == P_DONE)
+        return;
+    q->pending--;
+    if (q->pending == 0)
         query_finish_addrs(q);
 }
 
-static void query_on_mx(struct dns_query *q, int ok, const struct dns_msg *m, const char *err)
+/* The exchanges of an MX answer, in order, become the hosts to look up. */
+static void query_take_mx(struct dns_query *q, struct dns_mx *mx, int n)
 {
-    struct dns_mx *mx;
-    int n;
-
-    if (!ok) {
-        query_fail(q, DNS_TEMP, "DNS lookup of MX for %s failed: %s", q->name, err);
-        return;
-    }
-    if (m->rcode == DNS_R_NXDOMAIN) {
-        query_fail(q, DNS_PERM, "domain does not exist (%s: NXDOMAIN)", q->name);
-        return;
-    }
-    if (dns_is_null_mx(m)) {
-        query_fail(q, DNS_PERM, "domain accepts no mail (null MX) (%s)", q->name);
-        return;
-    }
-    if (m->nmx == 0) {
-        /* RFC 5321 5.1: no MX, the domain itself is the one exchange. */
-        q->implicit = 1;
-        q->nlook = 1;
-        util_strlcpy(q->look[0].name, q->name, sizeof q->look[0].name);
-        q->look[0].pref = 0;
-        query_start_addrs(q);
-        return;
-    }
-    /* The static parse scratch is overwritten by the next answer: order a
-     * copy. */
-    n = m->nmx;
-    mx = malloc((size_t)n * sizeof *mx);
-    if (!mx) {
-        query_fail(q, DNS_TEMP, "out of memory resolving %s", q->name);
-        return;
-    }
-    memcpy(mx, m->mx, (size_t)n * sizeof *mx);
     dns_mx_order(mx, n);
     q->nlook = 0;
     for (int i = 0; i < n && q->nlook < DNS_MAX_HOSTS; i++) {
@@ -4424,9 +4127,14 @@ static void query_on_mx(struct dns_query *q, int ok, const struct dns_msg *m, co
         struct dns_addr lit;
         int dup = 0;
         /* The root ("." among other exchanges) and names that cannot be
-         * host names are not exchanges we can reach. */
-        if (!dns_hostname_ok(mx[i].host))
+         * host names are not exchanges we can reach.  Nor is an address
+         * written as a name: RFC 1035 3.3.9 wants a domain name, and RFC
+         * 1123 2.1 says a host name never has the dotted-decimal form, so
+         * "MX 10 192.0.2.1" is a broken record, not a route. */
+        if (!dns_hostname_ok(mx[i].host) || dns_literal(mx[i].host, &lit) != 0) {
+            log_warn("dns: MX of %s: exchange \"%s\" is not a host name, ignored", q->name, mx[i].host);
             continue;
+        }
         for (int k = 0; k < q->nlook; k++)
             dup |= !strcmp(q->look[k].name, mx[i].host);
         if (dup)
@@ -4435,19 +4143,46 @@ static void query_on_mx(struct dns_query *q, int ok, const struct dns_msg *m, co
         util_strlcpy(l->name, mx[i].host, sizeof l->name);
         l->pref = mx[i].pref;
         q->nlook++;
-        /* Known without asking: a numeric exchange (wrong, but common),
-         * /etc/hosts, or glue in the additional section. */
-        if (dns_literal(l->name, &lit) == 1) {
-            dns_addrset_add(&l->as, &lit);
-        } else if (!dns_hosts_lookup(D.hosts, D.nhosts, l->name, &l->as)) {
-            for (int g = 0; g < m->nglue; g++)
-                if (!strcmp(m->glue[g].name, l->name))
-                    dns_addrset_add(&l->as, &m->glue[g].addr);
-        }
+        /* Known without asking: /etc/hosts. */
+        dns_hosts_lookup(D.hosts, D.nhosts, l->name, &l->as);
         if (l->as.n4 + l->as.n6 > 0)
             l->st4 = l->st6 = LOOK_OK;
     }
-    free(mx);
+}
+
+static void query_on_mx(struct dns_query *q, int status, const unsigned char *msg, int len)
+{
+    static struct dns_mx mx[DNS_MSG_MAX];
+    int n = 0, rc;
+
+    if (status == ARES_ENOTFOUND) {
+        query_fail(q, DNS_PERM, "domain does not exist (%s: NXDOMAIN)", q->name);
+        return;
+    }
+    if (status != ARES_SUCCESS && status != ARES_ENODATA) {
+        query_fail(q, DNS_TEMP, "DNS lookup of MX for %s failed: %s", q->name, dns_status_text(status));
+        return;
+    }
+    if (status == ARES_SUCCESS && (rc = dns_answer_mx(msg, len, mx, DNS_MSG_MAX, &n)) != DNS_ANS_OK) {
+        query_fail(q, DNS_TEMP, "DNS lookup of MX for %s failed: %s", q->name,
+                   rc == DNS_ANS_LOOP ? "CNAME chain loops or is too long" : "malformed answer");
+        return;
+    }
+    /* RFC 7505 3: a single MX whose exchange is the root means no mail. */
+    if (n == 1 && mx[0].host[0] == '\0') {
+        query_fail(q, DNS_PERM, "domain accepts no mail (null MX) (%s)", q->name);
+        return;
+    }
+    if (n == 0) {
+        /* RFC 5321 5.1: no MX, the domain itself is the one exchange. */
+        q->implicit = 1;
+        q->nlook = 1;
+        util_strlcpy(q->look[0].name, q->name, sizeof q->look[0].name);
+        q->look[0].pref = 0;
+        query_start_addrs(q);
+        return;
+    }
+    query_take_mx(q, mx, n);
     if (q->nlook == 0) {
         query_fail(q, DNS_TEMP, "no address for MX hosts of %s (no usable exchange name)", q->name);
         return;
@@ -4455,27 +4190,41 @@ static void query_on_mx(struct dns_query *q, int ok, const struct dns_msg *m, co
     query_start_addrs(q);
 }
 
-static void query_tx_done(struct dns_query *q, int look, uint16_t qtype, int ok,
-                          const struct dns_msg *m, const char *err)
+static void query_on_addr(struct dns_query *q, struct dns_hostlook *l, int qtype, int status,
+                          const unsigned char *msg, int len)
+{
+    int *st = qtype == DNS_T_A ? &l->st4 : &l->st6;
+    struct dns_addr a[DNS_MAX_ADDRS * 2];
+    int n = 0, rc = DNS_ANS_OK;
+
+    if (status == ARES_SUCCESS)
+        rc = dns_answer_addrs(msg, len, qtype == DNS_T_A ? AF_INET : AF_INET6, a, (int)MN_NELEM(a), &n);
+    if (status == ARES_ENOTFOUND) {
+        *st = LOOK_NXDOMAIN;
+    } else if (status == ARES_ENODATA || (status == ARES_SUCCESS && rc == DNS_ANS_OK && n == 0)) {
+        *st = LOOK_NODATA;
+    } else if (status == ARES_SUCCESS && rc == DNS_ANS_OK) {
+        *st = LOOK_OK;
+        for (int i = 0; i < n; i++)
+            dns_addrset_add(&l->as, &a[i]);
+    } else {
+        *st = LOOK_TEMP;
+        snprintf(q->temp_err, sizeof q->temp_err, "%s %s: %s", dns_type_name(qtype), l->name,
+                 status != ARES_SUCCESS ? dns_status_text(status) :
+                 rc == DNS_ANS_LOOP ? "CNAME chain loops or is too long" : "malformed answer");
+    }
+}
+
+static void query_tx_done(struct dns_query *q, int look, int qtype, int status,
+                          const unsigned char *msg, int len)
 {
     if (q->phase == P_DONE)
         return;
     if (look < 0) {
-        query_on_mx(q, ok, m, err);
+        query_on_mx(q, status, msg, len);
         return;
     }
-    struct dns_hostlook *l = &q->look[look];
-    int *st = qtype == DNS_T_A ? &l->st4 : &l->st6;
-    if (!ok) {
-        *st = LOOK_TEMP;
-        snprintf(q->temp_err, sizeof q->temp_err, "%s %s: %s", dns_type_name(qtype), l->name, err);
-    } else if (m->rcode == DNS_R_NXDOMAIN) {
-        *st = LOOK_NXDOMAIN;
-    } else {
-        *st = m->naddr ? LOOK_OK : LOOK_NODATA;
-        for (int i = 0; i < m->naddr; i++)
-            dns_addrset_add(&l->as, &m->addr[i]);
-    }
+    query_on_addr(q, &q->look[look], qtype, status, msg, len);
     if (q->pending == 0)
         query_finish_addrs(q);
 }
@@ -4501,8 +4250,7 @@ static struct dns_query *query_new(int kind, const char *name, dns_cb cb, void *
     return q;
 }
 
-/* Answers known at once (called inside dns_resolve_*, so the callback
- * goes out at the next loop turn). */
+/* Answers known at once (the callback goes out at the next loop turn). */
 static struct dns_query *query_later(struct dns_query *q, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -4555,13 +4303,14 @@ static struct dns_query *query_begin(int kind, const char *name, dns_cb cb, void
     }
     if (!dns_hostname_ok(q->name))
         return query_later(q, DNS_PERM, "invalid domain name \"%s\"", q->name);
-    if (D.nqueries > DNS_MAX_QUERIES)
+    /* Orphans count too: they hold c-ares memory until they time out. */
+    if (D.nqueries > DNS_MAX_QUERIES || D.ntxs > 4 * DNS_MAX_QUERIES)
         return query_later(q, DNS_TEMP, "resolver busy");
     *started = 1;
     return q;
 }
 
-static struct dns_query *resolve_mx(const char *domain, dns_cb cb, void *arg)
+struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg)
 {
     int started;
     struct dns_query *q = query_begin(Q_MX, domain, cb, arg, &started);
@@ -4574,17 +4323,7 @@ static struct dns_query *resolve_mx(const char *domain, dns_cb cb, void *arg)
     return q;
 }
 
-struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg)
-{
-    int saved = D.in_api;
-    struct dns_query *q;
-    D.in_api = 1;
-    q = resolve_mx(domain, cb, arg);
-    D.in_api = saved;
-    return q;
-}
-
-static struct dns_query *resolve_host(const char *host, dns_cb cb, void *arg)
+struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg)
 {
     int started;
     struct dns_query *q = query_begin(Q_HOST, host, cb, arg, &started);
@@ -4608,16 +4347,6 @@ static struct dns_query *resolve_host(const char *host, dns_cb cb, void *arg)
     return q;
 }
 
-struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg)
-{
-    int saved = D.in_api;
-    struct dns_query *q;
-    D.in_api = 1;
-    q = resolve_host(host, cb, arg);
-    D.in_api = saved;
-    return q;
-}
-
 void dns_cancel(struct dns_query *q)
 {
     /* Cancelling from inside its own callback is harmless: the query is
@@ -4630,50 +4359,99 @@ void dns_cancel(struct dns_query *q)
     free(q);
 }
 
+/* The `resolver` key: "addr", "addr:port", "[v6]:port" or "v6", comma or
+ * space separated, into the list c-ares takes. */
+static int dns_servers_set(const char *spec)
+{
+    struct ares_addr_port_node nodes[DNS_MAX_SERVERS];
+    char buf[512], *items[DNS_MAX_SERVERS];
+    size_t n;
+
+    util_strlcpy(buf, spec, sizeof buf);
+    n = util_split_list(buf, items, MN_NELEM(items));
+    memset(nodes, 0, sizeof nodes);
+    for (size_t i = 0; i < n; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        char host[96];
+        int port = 53;
+        const char *colon = strchr(items[i], ':');
+        int ok;
+        size_t il = strlen(items[i]);
+        if (*items[i] == '[' && items[i][il - 1] == ']' && il - 2 < sizeof host) {
+            memcpy(host, items[i] + 1, il - 2);        /* "[v6]" without a port */
+            host[il - 2] = '\0';
+            ok = 1;
+        } else if (*items[i] == '[' || (colon && !strchr(colon + 1, ':')))
+            ok = util_split_hostport(items[i], host, sizeof host, &port) == 0;
+        else
+            ok = util_strlcpy(host, items[i], sizeof host) < sizeof host;
+        if (!ok || !*host || port <= 0 || port > 65535 || util_sockaddr_parse(host, port, &ss, &sl) < 0) {
+            log_err("resolver: '%s' is not addr, addr:port or [v6]:port with a numeric address", items[i]);
+            return -1;
+        }
+        nodes[i].family = ss.ss_family;
+        nodes[i].udp_port = nodes[i].tcp_port = port;
+        if (ss.ss_family == AF_INET)
+            memcpy(&nodes[i].addr.addr4, &((struct sockaddr_in *)(void *)&ss)->sin_addr, 4);
+        else
+            memcpy(&nodes[i].addr.addr6, &((struct sockaddr_in6 *)(void *)&ss)->sin6_addr, 16);
+        if (i > 0)
+            nodes[i - 1].next = &nodes[i];
+    }
+    if (n == 0)
+        return 0;
+    return ares_set_servers_ports(D.ch, nodes) == ARES_SUCCESS ? 0 : -1;
+}
+
 int dns_init(void)
 {
+    struct ares_options o;
+    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_FLAGS, rc;
     char *text;
 
     if (D.ready)
         return 0;
-    memset(&D.cfg, 0, sizeof D.cfg);
-    D.cfg.timeout_ms = 5000;
-    D.cfg.attempts = 2;
-    text = dns_read_file(dns_resolv_path, 64 * 1024);
-    if (text) {
-        dns_resolv_conf_parse(text, &D.cfg);
-        free(text);
+    if ((rc = ares_library_init(ARES_LIB_INIT_ALL)) != ARES_SUCCESS) {
+        log_err("dns: %s", ares_strerror(rc));
+        return -1;
     }
-    if (conf && conf->resolver && *conf->resolver) {
-        char buf[512], *items[DNS_MAX_SERVERS];
-        size_t n;
-        util_strlcpy(buf, conf->resolver, sizeof buf);
-        n = util_split_list(buf, items, MN_NELEM(items));
-        D.cfg.nservers = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (dns_server_parse(items[i], &D.cfg.servers[D.cfg.nservers]) < 0) {
-                log_err("resolver: '%s' is not addr, addr:port or [v6]:port with a numeric address",
-                        items[i]);
-                return -1;
-            }
-            D.cfg.nservers++;
-        }
+    memset(&o, 0, sizeof o);
+    o.sock_state_cb = dns_sock_state;
+    /* Each try waits longer than the last (c-ares doubles the timeout per
+     * round over the servers): 5 s then 10 s with one server. */
+    o.timeout = dns_force_timeout_ms > 0 ? dns_force_timeout_ms : 5000;
+    o.tries = dns_force_attempts > 0 ? dns_force_attempts : 2;
+    /* No search list (mail domains are absolute) and no EDNS: a 512-byte
+     * answer that does not fit comes back truncated and is asked again
+     * over TCP. */
+    o.flags = ARES_FLAG_NOSEARCH;
+    for (int i = 0; i < DNS_MAX_SOCKS; i++)
+        D.socks[i].w.fd = -1;
+    if ((rc = ares_init_options(&D.ch, &o, mask)) != ARES_SUCCESS) {
+        log_err("dns: cannot start the resolver: %s", ares_strerror(rc));
+        ares_library_cleanup();
+        return -1;
     }
-    if (D.cfg.nservers == 0)
-        dns_server_parse("127.0.0.1:53", &D.cfg.servers[D.cfg.nservers++]);
-    if (dns_force_timeout_ms > 0)
-        D.cfg.timeout_ms = dns_force_timeout_ms;
-    if (dns_force_attempts > 0)
-        D.cfg.attempts = dns_force_attempts;
+    if (conf && conf->resolver && *conf->resolver && dns_servers_set(conf->resolver) < 0) {
+        ares_destroy(D.ch);
+        ares_library_cleanup();
+        return -1;
+    }
+    D.ready = 1;
     text = dns_read_file(dns_hosts_path, 1024 * 1024);
     if (text) {
         D.hosts = dns_hosts_parse(text, &D.nhosts);
         free(text);
     }
-    D.ready = 1;
-    log_debug("dns: %d server(s), first %s, timeout %d ms, %d attempt(s), %zu hosts entries",
-              D.cfg.nservers, D.cfg.servers[0].label, D.cfg.timeout_ms, D.cfg.attempts, D.nhosts);
+    log_debug("dns: c-ares %s, timeout %d ms, %d tries, %zu hosts entries", ares_version(NULL),
+              o.timeout, o.tries, D.nhosts);
     return 0;
+}
+
+const char *dns_library_version(void)
+{
+    return ares_version(NULL);
 }
 
 /* Drops every query without calling back, closes the sockets. */
@@ -4681,16 +4459,22 @@ void dns_free(void)
 {
     while (D.queries)
         dns_cancel(D.queries);
-    while (D.txs)
-        tx_free(D.txs);
-    timer_cancel(&D.reap_timer);
-    reap_run(NULL);
-    udp_close(0);
-    udp_close(1);
+    if (D.ready) {
+        ares_destroy(D.ch);             /* frees the orphans through their callbacks */
+        ares_library_cleanup();
+    }
+    D.ready = 0;
+    timer_cancel(&D.timer);
+    timer_cancel(&D.sweep);
+    for (int i = 0; i < DNS_MAX_SOCKS; i++) {
+        if (D.socks[i].used)
+            loop_watch_del(&D.socks[i].w);
+        D.socks[i].used = 0;
+        D.socks[i].w.fd = -1;
+    }
     dns_hosts_free(D.hosts, D.nhosts);
     D.hosts = NULL;
     D.nhosts = 0;
-    D.ready = 0;
 }
 
 /* ---- src/tls.c ---- */
@@ -5419,6 +5203,8 @@ static struct {
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
     int commit_soon;                    /* commit at the end of this turn */
+    int outcomes;                       /* delivery outcomes not yet committed */
+    int64_t first_outcome_ms;           /* when the oldest of them was written */
     int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
@@ -5428,6 +5214,7 @@ static struct {
 } S;
 
 static struct timer commit_timer = { .idx = -1 };
+static struct timer outcome_timer = { .idx = -1 };
 
 static void commit_due(void *arg)
 {
@@ -5474,6 +5261,81 @@ static const char *const migrations[] = {
     "CREATE INDEX message_received ON message(received);",
     /* 3: small named facts. */
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated INTEGER NOT NULL);",
+    /* 4: IMAP (RFC 3501).  A user's folders, each with its UIDVALIDITY,
+     * UIDNEXT and a change counter (modseq); INBOX is the folder whose
+     * messages have mbox.folder = 0, so that existing mail and every
+     * delivery path land there unchanged.  An IMAP UID is the mbox uid:
+     * unique across the database and ascending, so existing mail keeps
+     * its POP3 UIDL as its IMAP UID.  Triggers keep UIDNEXT and the
+     * change counter true whoever writes mbox (SMTP, sendmail, POP3). */
+    "CREATE TABLE folder(id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL, name TEXT NOT NULL,"
+    " uidvalidity INTEGER NOT NULL, uidnext INTEGER NOT NULL DEFAULT 1,"
+    " modseq INTEGER NOT NULL DEFAULT 1, recent INTEGER NOT NULL DEFAULT 0,"
+    " special TEXT, subscribed INTEGER NOT NULL DEFAULT 1, UNIQUE(user_id, name));"
+    "ALTER TABLE mbox ADD COLUMN folder INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE mbox ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE mbox ADD COLUMN keywords TEXT;"
+    "ALTER TABLE mbox ADD COLUMN modseq INTEGER NOT NULL DEFAULT 1;"
+    "CREATE INDEX mbox_folder ON mbox(user_id, folder, uid);"
+    "CREATE TABLE imap_cache(body_id INTEGER PRIMARY KEY, envelope TEXT NOT NULL,"
+    " structure TEXT NOT NULL, body TEXT NOT NULL, parts TEXT NOT NULL, sent INTEGER,"
+    " hsubject TEXT, hfrom TEXT, hto TEXT, hcc TEXT, hbcc TEXT);"
+    "CREATE TRIGGER body_gone AFTER DELETE ON body BEGIN"
+    " DELETE FROM imap_cache WHERE body_id=OLD.id; END;"
+    "CREATE TRIGGER mbox_added AFTER INSERT ON mbox BEGIN"
+    " UPDATE folder SET uidnext=max(uidnext, NEW.uid+1), modseq=modseq+1"
+    " WHERE user_id=NEW.user_id AND CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END;"
+    " END;"
+    "CREATE TRIGGER mbox_gone AFTER DELETE ON mbox BEGIN"
+    " UPDATE folder SET modseq=modseq+1"
+    " WHERE user_id=OLD.user_id AND CASE WHEN OLD.folder=0 THEN name='INBOX' ELSE id=OLD.folder END;"
+    " END;"
+    /* RFC 6154: every user has the special-use folders from the start. */
+    "CREATE TRIGGER user_folders AFTER INSERT ON user BEGIN"
+    " INSERT INTO folder(user_id, name, uidvalidity, special) SELECT NEW.id, n, max(CAST(strftime('%s','now') AS INTEGER),"
+    " (SELECT coalesce(max(uidvalidity), 0) FROM folder)) + k, s FROM (SELECT 'INBOX' AS n, 1 AS k,"
+    " NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent' UNION ALL SELECT 'Drafts', 3, '\\Drafts'"
+    " UNION ALL SELECT 'Trash', 4, '\\Trash' UNION ALL SELECT 'Junk', 5, '\\Junk');"
+    " END;"
+    "CREATE TRIGGER user_gone AFTER DELETE ON user BEGIN"
+    " DELETE FROM folder WHERE user_id=OLD.id; END;"
+    "INSERT INTO folder(user_id, name, uidvalidity, uidnext, special) SELECT u.id, n,"
+    " CAST(strftime('%s','now') AS INTEGER) + k, CASE WHEN n='INBOX' THEN"
+    " (SELECT coalesce(max(uid), 0) + 1 FROM mbox WHERE user_id=u.id) ELSE 1 END, s"
+    " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
+    " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
+    " UNION ALL SELECT 'Junk', 5, '\\Junk');",
+    /* 5: the queue as the scheduler walks it.  Only recipients still
+     * queued are indexed (a delivered one leaves the indexes instead of
+     * moving inside them), in the order they are picked: (next_try,
+     * message_id) per destination, and across destinations for the
+     * smarthost.  Counts that `queue count` and `status` show are kept
+     * by triggers, so reading them costs the same at any queue size. */
+    "DROP INDEX rcpt_due;"
+    "DROP INDEX rcpt_next;"
+    "CREATE INDEX rcpt_pick ON rcpt(kind, dest, next_try, message_id) WHERE state=0;"
+    "CREATE INDEX rcpt_any ON rcpt(kind, next_try, message_id) WHERE state=0;"
+    "CREATE TABLE tally(name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO tally VALUES ('msgs', (SELECT count(*) FROM message)),"
+    " ('rcpts', (SELECT count(*) FROM rcpt WHERE state=0)),"
+    " ('held', (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3)),"
+    " ('mbox', (SELECT count(*) FROM mbox));"
+    "CREATE TRIGGER message_in AFTER INSERT ON message BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER message_out AFTER DELETE ON message BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER mbox_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER mbox_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER rcpt_in AFTER INSERT ON rcpt WHEN new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;"
+    "CREATE TRIGGER rcpt_out AFTER DELETE ON rcpt WHEN old.state=0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
 };
 
 sqlite3 *store_db(void)
@@ -5610,6 +5472,7 @@ void store_close(void)
     if (!S.db)
         return;
     timer_cancel(&commit_timer);
+    timer_cancel(&outcome_timer);
     if (S.in_txn)
         store_rollback();
     for (int i = 0; i < S.n_slots; i++) {
@@ -5682,6 +5545,8 @@ void store_rollback(void)
     static sqlite3_stmt *st;
     if (!S.in_txn)
         return;
+    /* Outcomes lost with it: those messages are sent again (at-least-once). */
+    S.outcomes = 0;
     if (store_stmt(&st, "ROLLBACK")) {
         sqlite3_step(st);
         sqlite3_reset(st);
@@ -5714,6 +5579,8 @@ static int commit(void)
         return store_rc(rc);
     }
     S.in_txn = 0;
+    S.outcomes = 0;
+    timer_cancel(&outcome_timer);
     return 0;
 fail:
     store_rollback();
@@ -5766,6 +5633,34 @@ void store_commit_soon(void)
     S.commit_soon = 1;
 }
 
+/* Delivery outcomes (a peer's 250, 4xx, 5xx) are not acknowledged to
+ * anyone, so they need not be durable at once: losing them in a crash
+ * only sends those messages again.  Committing each alone cost one fsync
+ * per delivered message; batching them bounds both the fsyncs and the
+ * duplicates a crash can cause (STORE_OUTCOME_BATCH plus what was in
+ * flight on the wire). */
+static void outcome_due(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
+void store_outcome(void)
+{
+    int64_t now = util_now_ms();
+    if (!S.outcomes++) {
+        S.first_outcome_ms = now;
+        if (S.mode == STORE_DAEMON)
+            timer_set(&outcome_timer, STORE_OUTCOME_MS, outcome_due, NULL);
+    }
+    if (S.outcomes >= STORE_OUTCOME_BATCH)
+        S.commit_soon = 1;
+}
+
+static int outcomes_due(int64_t now)
+{
+    return S.outcomes && (S.outcomes >= STORE_OUTCOME_BATCH || now - S.first_outcome_ms >= STORE_OUTCOME_MS);
+}
+
 void store_set_busy_hint(int (*fn)(void))
 {
     busy_hint = fn;
@@ -5785,7 +5680,7 @@ void store_turn_end(void)
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && !S.commit_soon && now - S.txn_started < 500)
+        if (!S.n_acks && !S.commit_soon && !outcomes_due(now) && now - S.txn_started < 500)
             return;
         if (S.n_acks && busy_hint && busy_hint() > 0) {
             /* Wait up to one commit's duration (0.1 ms granularity). */
@@ -6063,6 +5958,38 @@ ssize_t store_reader_read(struct store_reader *r, void *dst, size_t n)
     return (ssize_t)n;
 }
 
+int store_reader_seek(struct store_reader *r, int64_t off)
+{
+    /* Every chunk but the last holds STORE_CHUNK raw bytes (body_flush
+     * writes only full ones before the end), so the chunk holding off is
+     * known without reading any: a partial FETCH near the end of a large
+     * message inflates one chunk, not all before it. */
+    int64_t seq = off / STORE_CHUNK;
+
+    if (r->err)
+        return r->err;
+    if (off < 0 || seq > r->nchunks)
+        return STORE_ERR;
+    if (seq == r->nchunks) {
+        r->seq = seq;
+        r->len = r->off = 0;
+        return 0;
+    }
+    if (r->len && r->seq == seq + 1) {
+        r->off = (size_t)(off % STORE_CHUNK);
+        if (r->off > r->len)
+            r->off = r->len;
+        return 0;
+    }
+    r->seq = seq;
+    if ((r->err = reader_load(r)))
+        return r->err;
+    r->off = (size_t)(off % STORE_CHUNK);
+    if (r->off > r->len)
+        r->off = r->len;
+    return 0;
+}
+
 void store_reader_close(struct store_reader *r)
 {
     free(r->buf);
@@ -6071,8 +5998,89 @@ void store_reader_close(struct store_reader *r)
 
 /* -------------------------------------------------------------- messages */
 
+#ifdef MAILNODE_TEST
+/* Every statement prepared so far, with each line of its query plan. */
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg)
+{
+    for (int i = 0; i < S.n_slots; i++) {
+        const char *sql = sqlite3_sql(*S.slots[i]);
+        char *q = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sql);
+        sqlite3_stmt *st = NULL;
+        if (!q || sqlite3_prepare_v2(S.db, q, -1, &st, NULL) != SQLITE_OK) {
+            sqlite3_free(q);
+            return STORE_ERR;
+        }
+        sqlite3_free(q);
+        while (sqlite3_step(st) == SQLITE_ROW)
+            if (cb(arg, sql, (const char *)sqlite3_column_text(st, 3)))
+                break;
+        sqlite3_finalize(st);
+    }
+    return 0;
+}
+
+int store_fault_after = -1;
+
+int store_fault(void)
+{
+    return store_fault_after >= 0 && store_fault_after-- == 0;
+}
+#endif
+
+/* Multi-row calls are all-or-nothing inside the turn's transaction: a
+ * savepoint around them, rolled back to at the first failed step, so that
+ * the turn's COMMIT never carries half of one (a message without its
+ * recipients, recipients of a body that a refused message deleted). */
+static int sp_exec(sqlite3_stmt **slot, const char *sql)
+{
+    sqlite3_stmt *st = store_stmt(slot, sql);
+    int rc;
+    if (!st)
+        return STORE_ERR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error(sql);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_atomic_begin(void)
+{
+    static sqlite3_stmt *st;
+    int err = store_begin();
+    return err ? err : sp_exec(&st, "SAVEPOINT atomic");
+}
+
+int store_atomic_end(int err)
+{
+    static sqlite3_stmt *rel, *undo;
+
+    if (!S.in_txn)
+        return err < 0 ? err : STORE_ERR;
+    if (err < 0) {
+        /* A full disk or an I/O error may have ended the whole
+         * transaction already: then everything of the turn is gone. */
+        if (sqlite3_get_autocommit(S.db) || sp_exec(&undo, "ROLLBACK TO atomic")) {
+            store_rollback();
+            return err;
+        }
+    }
+    int rc = sp_exec(&rel, "RELEASE atomic");
+    if (rc) {
+        store_rollback();
+        return err < 0 ? err : rc;
+    }
+    return err;
+}
+
 static int step_done(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -6082,22 +6090,18 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
-int store_msg_insert(const struct store_env *env, struct store_body *b,
-                     const struct store_rcpt *rcpts, size_t n)
+static int msg_insert(const struct store_env *env, struct store_body *b,
+                      const struct store_rcpt *rcpts, size_t n)
 {
     static sqlite3_stmt *msg, *rc_st, *mb, *dest;
     int64_t now = util_now(), msg_id = 0;
     char prefix[ADDR_MAX + 32];
     int err;
 
-    if (b->err)
-        return b->err;
     /* RFC 5321 4.4: the final delivery records the reverse-path. */
     size_t plen = 0;
     if (util_header(prefix, sizeof prefix, &plen, "Return-Path: <%s>\r\n", env->sender) < 0)
         return STORE_ERR;
-    if ((err = store_begin()))
-        return err;
     for (size_t i = 0; i < n; i++) {
         const struct store_rcpt *r = &rcpts[i];
         if (r->kind == ROUTE_LOCAL) {
@@ -6156,6 +6160,20 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
         if ((err = step_done(dest, "queue destination")))
             return err;
     }
+    return 0;
+}
+
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n)
+{
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_atomic_begin()))
+        return err;
+    if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
+        return err;
     b->linked = 1;
     return 0;
 }
@@ -6239,14 +6257,12 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
-int store_queue_delete(const char *qid)
+static int queue_delete(const char *qid)
 {
     static sqlite3_stmt *r, *m, *bq;
     int64_t body_id = 0;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
@@ -6267,12 +6283,18 @@ int store_queue_delete(const char *qid)
     return store_gc_body(body_id);
 }
 
+int store_queue_delete(const char *qid)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_delete(qid));
+}
+
 int64_t store_queue_count(void)
 {
     static sqlite3_stmt *st;
     int64_t n = -1;
 
-    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0"))
+    if (!store_stmt(&st, "SELECT n FROM tally WHERE name='msgs'"))
         return -1;
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
@@ -6286,10 +6308,10 @@ int store_status(struct store_status *st)
     int rc;
 
     memset(st, 0, sizeof *st);
-    if (!store_stmt(&q, "SELECT (SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3),"
-                        " (SELECT count(*) FROM mbox), (SELECT count(*) FROM user)"))
+    if (!store_stmt(&q, "SELECT (SELECT n FROM tally WHERE name='msgs'),"
+                        " (SELECT n FROM tally WHERE name='rcpts'),"
+                        " (SELECT n FROM tally WHERE name='held'),"
+                        " (SELECT n FROM tally WHERE name='mbox'), (SELECT count(*) FROM user)"))
         return STORE_ERR;
     rc = sqlite3_step(q);
     if (rc == SQLITE_ROW) {
@@ -6346,7 +6368,7 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     int rc;
 
     if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE rcpt.dest=dest.name AND state=0)"
+                        " (SELECT count(*) FROM rcpt WHERE kind IN (2,3) AND rcpt.dest=dest.name AND state=0)"
                         " FROM dest ORDER BY name"))
         return STORE_ERR;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
@@ -6367,15 +6389,13 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
-int store_gc_body(int64_t body_id)
+static int gc_body(int64_t body_id)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
     /* Only when nothing refers to it: both look-ups use an index, so the
      * cost does not grow with the number of messages stored. */
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
         !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
@@ -6388,13 +6408,17 @@ int store_gc_body(int64_t body_id)
     return step_done(b, "collect body");
 }
 
-int store_gc(void)
+int store_gc_body(int64_t body_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_body(body_id));
+}
+
+static int gc_all(void)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=1"
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))") ||
@@ -6405,6 +6429,12 @@ int store_gc(void)
     if ((err = step_done(c, "collect chunks")))
         return err;
     return step_done(b, "collect bodies");
+}
+
+int store_gc(void)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_all());
 }
 
 /* ---- src/store_admin.c ---- */
@@ -6442,6 +6472,10 @@ static int admin_key(const char *name, char *buf, size_t size)
  * STORE_EXISTS, not a failure. */
 static int admin_exec(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
@@ -6568,17 +6602,12 @@ int store_user_update(const struct store_user *u)
  * nobody refers to any more.  Hold domains the user owned lose their
  * owner: a new user who happens to get the same name must not inherit the
  * right to fetch that domain's mail. */
-int store_user_del(const char *name)
+static int user_del(const char *key)
 {
     static sqlite3_stmt *mb, *dom, *us;
-    char key[USER_MAX + 1];
     struct store_user u;
     int err;
 
-    if (admin_key(name, key, sizeof key))
-        return STORE_NOTFOUND;
-    if ((err = store_begin()))
-        return err;
     if ((err = store_user_get(key, &u)))
         return err;
     if (!store_stmt(&mb, "DELETE FROM mbox WHERE user_id=?") ||
@@ -6596,6 +6625,18 @@ int store_user_del(const char *name)
         return err;
     sodium_memzero(&u, sizeof u);
     return store_gc();
+}
+
+int store_user_del(const char *name)
+{
+    char key[USER_MAX + 1];
+    int err;
+
+    if (admin_key(name, key, sizeof key))
+        return STORE_NOTFOUND;
+    if ((err = store_atomic_begin()))
+        return err;
+    return store_atomic_end(user_del(key));
 }
 
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg)
@@ -6812,7 +6853,9 @@ int store_alias_list(int (*cb)(void *arg, const char *name, const char *targets)
  * with the message's other recipients) and carries the small header prefix
  * of its final delivery (Return-Path).  uid comes from an AUTOINCREMENT
  * key, so a uid is never handed out twice, even after the highest entry was
- * deleted: POP3 UIDL (RFC 1939 7) depends on that.
+ * deleted: POP3 UIDL (RFC 1939 7) depends on that, and IMAP uses the same
+ * number as its UID.  POP3 sees the INBOX (folder 0) only; the other IMAP
+ * folders live in the same table (store_imap.c).
  */
 
 
@@ -6840,7 +6883,7 @@ int store_mbox_list(int64_t user_id, int (*cb)(void *arg, const struct store_mbo
     /* The (user_id, uid) index gives the rows in uid order without a sort,
      * so a 10,000-message maildrop lists in one index range scan. */
     if (!store_stmt(&st, "SELECT uid, body_id, size, added, qid, prefix FROM mbox"
-                         " WHERE user_id=? ORDER BY uid"))
+                         " WHERE user_id=? AND folder=0 ORDER BY uid"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, user_id);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -6864,7 +6907,7 @@ int store_mbox_get(int64_t user_id, int64_t uid, struct store_mbox_msg *m)
     int rc;
 
     if (!store_stmt(&st, "SELECT uid, body_id, size, added, qid, prefix FROM mbox"
-                         " WHERE uid=? AND user_id=?"))
+                         " WHERE uid=? AND user_id=? AND folder=0"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, uid);
     sqlite3_bind_int64(st, 2, user_id);
@@ -6917,6 +6960,10 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
             err = STORE_ERR;
             goto fail;
         }
+        if (STORE_FAULT()) {
+            err = STORE_ERR;
+            goto fail;
+        }
         sqlite3_bind_int64(del, 1, uids[i]);
         sqlite3_bind_int64(del, 2, user_id);
         int64_t body_id = -1;
@@ -6943,6 +6990,549 @@ fail:
     return err;
 }
 
+/* ---- src/store_imap.c ---- */
+#line 1 "src/store_imap.c"
+/*
+ * store_imap.c: the SQL of the IMAP server.  Folders (table folder) and
+ * per-message IMAP state (mbox.folder, flags, keywords, modseq), and the
+ * cache of what FETCH and SEARCH need of a body (imap_cache), computed
+ * once per body and shared by all its copies.
+ *
+ * UIDs are mbox uids: unique in the database and only ever growing, so a
+ * folder's UIDs ascend in the order its messages arrived (RFC 3501
+ * 2.3.1.1), COPY and APPEND simply insert rows, and UIDNEXT is kept by
+ * the trigger that also counts every change in folder.modseq.
+ */
+
+
+#include <string.h>
+
+static int simap_done(sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        log_err("database: %s: %s", what, sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+static void simap_text(sqlite3_stmt *st, int i, char *out, size_t n)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    util_strlcpy(out, t ? (const char *)t : "", n);
+}
+
+/* ------------------------------------------------------------- folders */
+
+#define FOLDER_COLS "id, name, uidvalidity, uidnext, modseq, recent, special, subscribed"
+
+static void simap_folder_fill(sqlite3_stmt *st, struct store_folder *f)
+{
+    f->id = sqlite3_column_int64(st, 0);
+    simap_text(st, 1, f->name, sizeof f->name);
+    f->key = strcmp(f->name, "INBOX") ? f->id : 0;
+    f->uidvalidity = sqlite3_column_int64(st, 2);
+    f->uidnext = sqlite3_column_int64(st, 3);
+    f->modseq = sqlite3_column_int64(st, 4);
+    f->recent = sqlite3_column_int64(st, 5);
+    simap_text(st, 6, f->special, sizeof f->special);
+    f->subscribed = sqlite3_column_int(st, 7);
+}
+
+int store_folder_get(int64_t user_id, const char *name, struct store_folder *f)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT " FOLDER_COLS " FROM folder WHERE user_id=? AND name=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        simap_folder_fill(st, f);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc == SQLITE_DONE)
+        return STORE_NOTFOUND;
+    log_err("database: read folder: %s", sqlite3_errmsg(store_db()));
+    return store_rc(rc);
+}
+
+int store_folder_list(int64_t user_id, int (*cb)(void *arg, const struct store_folder *f), void *arg)
+{
+    static sqlite3_stmt *st;
+    struct store_folder f;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT " FOLDER_COLS " FROM folder WHERE user_id=? ORDER BY name"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        simap_folder_fill(st, &f);
+        if (cb(arg, &f)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        log_err("database: list folders: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_folder_create(int64_t user_id, const char *name)
+{
+    static sqlite3_stmt *st;
+    struct store_folder f;
+    int err;
+
+    if ((err = store_folder_get(user_id, name, &f)) != STORE_NOTFOUND)
+        return err ? err : STORE_EXISTS;
+    if ((err = store_begin()))
+        return err;
+    /* RFC 3501 2.3.1.1: a name used again gets a UIDVALIDITY never used
+     * before, so clients drop what they cached of the old folder. */
+    if (!store_stmt(&st, "INSERT INTO folder(user_id, name, uidvalidity) VALUES (?1, ?2,"
+                         " max(CAST(strftime('%s','now') AS INTEGER),"
+                         " (SELECT coalesce(max(uidvalidity), 0) + 1 FROM folder)))"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    return simap_done(st, "create folder");
+}
+
+static int simap_folder_purge(int64_t user_id, int64_t key)
+{
+    uint32_t *uids = NULL;
+    int64_t *ids = NULL;
+    size_t n = 0;
+    int err = store_imap_uids(user_id, key, &uids, &n);
+
+    if (err || !n)
+        goto out;
+    ids = malloc(n * sizeof *ids);
+    if (!ids) {
+        err = STORE_ERR;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        ids[i] = uids[i];
+    err = store_mbox_delete(user_id, ids, n);
+out:
+    free(ids);
+    free(uids);
+    return err;
+}
+
+int store_folder_delete(int64_t user_id, const struct store_folder *f)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()) || (err = simap_folder_purge(user_id, f->key)))
+        return err;
+    if (!store_stmt(&st, "DELETE FROM folder WHERE id=? AND user_id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, f->id);
+    sqlite3_bind_int64(st, 2, user_id);
+    return simap_done(st, "delete folder");
+}
+
+int store_folder_rename(int64_t user_id, const char *from, const char *to)
+{
+    static sqlite3_stmt *st, *mv;
+    struct store_folder f;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!strcmp(from, "INBOX")) {
+        /* RFC 3501 6.3.5: the messages move, INBOX stays (empty). */
+        if ((err = store_folder_create(user_id, to)) || (err = store_folder_get(user_id, to, &f)))
+            return err;
+        if (!store_stmt(&mv, "UPDATE mbox SET folder=? WHERE user_id=? AND folder=0"))
+            return STORE_ERR;
+        sqlite3_bind_int64(mv, 1, f.id);
+        sqlite3_bind_int64(mv, 2, user_id);
+        if ((err = simap_done(mv, "rename INBOX")))
+            return err;
+        return store_folder_bump(user_id, 0, NULL);
+    }
+    /* The folder and its inferiors ("from/...") in one statement; a name
+     * taken already makes it fail whole (UNIQUE). */
+    if (!store_stmt(&st, "UPDATE folder SET name=?3 || substr(name, length(?2) + 1) WHERE user_id=?1 AND (name=?2 OR substr(name, 1, length(?2) + 1)=?2 || '/')"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_text(st, 2, from, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, to, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_CONSTRAINT) {
+        sqlite3_reset(st);
+        return STORE_EXISTS;
+    }
+    sqlite3_reset(st);
+    return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}
+
+int store_folder_subscribe(int64_t user_id, const char *name, int on)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE folder SET subscribed=? WHERE user_id=? AND name=?"))
+        return STORE_ERR;
+    sqlite3_bind_int(st, 1, on);
+    sqlite3_bind_int64(st, 2, user_id);
+    sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
+    if ((err = simap_done(st, "subscribe")))
+        return err;
+    return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}
+
+int store_folder_take_recent(const struct store_folder *f)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE folder SET recent=uidnext WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, f->id);
+    return simap_done(st, "recent");
+}
+
+int store_folder_counts(int64_t user_id, const struct store_folder *f, int64_t *messages,
+                        int64_t *unseen, int64_t *recent)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT count(*), coalesce(sum(flags & 1 = 0), 0), coalesce(sum(uid >= ?3), 0)"
+                         " FROM mbox WHERE user_id=?1 AND folder=?2"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, f->key);
+    sqlite3_bind_int64(st, 3, f->recent);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *messages = sqlite3_column_int64(st, 0);
+        *unseen = sqlite3_column_int64(st, 1);
+        *recent = sqlite3_column_int64(st, 2);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW) {
+        log_err("database: folder counts: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_folder_bump(int64_t user_id, int64_t key, int64_t *modseq)
+{
+    static sqlite3_stmt *st;
+    int err, rc;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE folder SET modseq=modseq+1 WHERE user_id=?1 AND"
+                         " CASE WHEN ?2=0 THEN name='INBOX' ELSE id=?2 END RETURNING modseq"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (modseq)
+            *modseq = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        log_err("database: folder change: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ messages */
+
+#define MSG_COLS "uid, body_id, size, added, modseq, flags, keywords, prefix"
+
+static void simap_msg_fill(sqlite3_stmt *st, struct store_imap_msg *m)
+{
+    m->uid = sqlite3_column_int64(st, 0);
+    m->body_id = sqlite3_column_int64(st, 1);
+    m->size = sqlite3_column_int64(st, 2);
+    m->added = sqlite3_column_int64(st, 3);
+    m->modseq = sqlite3_column_int64(st, 4);
+    m->flags = (unsigned)sqlite3_column_int(st, 5);
+    simap_text(st, 6, m->keywords, sizeof m->keywords);
+    simap_text(st, 7, m->prefix, sizeof m->prefix);
+}
+
+int store_imap_uids(int64_t user_id, int64_t key, uint32_t **uids, size_t *n)
+{
+    static sqlite3_stmt *st;
+    size_t cap = 0;
+    uint32_t *v = NULL;
+    int rc;
+
+    *uids = NULL;
+    *n = 0;
+    if (!store_stmt(&st, "SELECT uid FROM mbox WHERE user_id=? AND folder=? ORDER BY uid"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            uint32_t *p = realloc(v, nc * sizeof *p);
+            if (!p) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            v = p;
+            cap = nc;
+        }
+        v[(*n)++] = (uint32_t)sqlite3_column_int64(st, 0);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        free(v);
+        *n = 0;
+        log_err("database: list folder: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    *uids = v;
+    return 0;
+}
+
+int store_imap_get(int64_t user_id, int64_t uid, struct store_imap_msg *m)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT " MSG_COLS " FROM mbox WHERE uid=? AND user_id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, uid);
+    sqlite3_bind_int64(st, 2, user_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        simap_msg_fill(st, m);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc == SQLITE_DONE)
+        return STORE_NOTFOUND;
+    log_err("database: read message: %s", sqlite3_errmsg(store_db()));
+    return store_rc(rc);
+}
+
+static int simap_msg_each(sqlite3_stmt *st, int (*cb)(void *arg, const struct store_imap_msg *m), void *arg)
+{
+    struct store_imap_msg m;
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        simap_msg_fill(st, &m);
+        if (cb(arg, &m)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        log_err("database: read folder: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_imap_changed(int64_t user_id, int64_t key, int64_t modseq,
+                       int (*cb)(void *arg, const struct store_imap_msg *m), void *arg)
+{
+    static sqlite3_stmt *st;
+
+    if (!store_stmt(&st, "SELECT " MSG_COLS " FROM mbox WHERE user_id=? AND folder=? AND modseq>?"
+                         " ORDER BY uid"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    sqlite3_bind_int64(st, 3, modseq);
+    return simap_msg_each(st, cb, arg);
+}
+
+int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const struct store_imap_msg *m),
+                    void *arg)
+{
+    static sqlite3_stmt *st;
+
+    if (!store_stmt(&st, "SELECT " MSG_COLS " FROM mbox WHERE user_id=? AND folder=? ORDER BY uid"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    return simap_msg_each(st, cb, arg);
+}
+
+int store_imap_set_flags(int64_t user_id, int64_t uid, unsigned flags, const char *keywords, int64_t modseq)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE mbox SET flags=?, keywords=?, modseq=? WHERE uid=? AND user_id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int(st, 1, (int)flags);
+    if (keywords && *keywords)
+        sqlite3_bind_text(st, 2, keywords, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, modseq);
+    sqlite3_bind_int64(st, 4, uid);
+    sqlite3_bind_int64(st, 5, user_id);
+    return simap_done(st, "set flags");
+}
+
+int store_imap_copy(int64_t user_id, int64_t uid, int64_t key, int64_t *new_uid)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    /* RFC 3501 6.4.7: flags and internal date go with the copy; the body
+     * is shared, not duplicated. */
+    if (!store_stmt(&st, "INSERT INTO mbox(user_id, body_id, size, added, qid, prefix, folder, flags,"
+                         " keywords) SELECT user_id, body_id, size, added, qid, prefix, ?3, flags, keywords"
+                         " FROM mbox WHERE uid=?1 AND user_id=?2"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, uid);
+    sqlite3_bind_int64(st, 2, user_id);
+    sqlite3_bind_int64(st, 3, key);
+    if ((err = simap_done(st, "copy message")))
+        return err;
+    if (!sqlite3_changes(store_db()))
+        return STORE_NOTFOUND;
+    *new_uid = sqlite3_last_insert_rowid(store_db());
+    return 0;
+}
+
+int store_imap_append(int64_t user_id, int64_t key, struct store_body *b, unsigned flags,
+                      const char *keywords, int64_t date, int64_t *uid)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT INTO mbox(user_id, body_id, size, added, qid, prefix, folder, flags,"
+                         " keywords) VALUES (?,?,?,?,'',?,?,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, b->id);
+    sqlite3_bind_int64(st, 3, b->size);
+    sqlite3_bind_int64(st, 4, date);
+    sqlite3_bind_text(st, 5, "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, key);
+    sqlite3_bind_int(st, 7, (int)flags);
+    if (keywords && *keywords)
+        sqlite3_bind_text(st, 8, keywords, -1, SQLITE_STATIC);
+    if ((err = simap_done(st, "append message")))
+        return err;
+    b->linked = 1;
+    *uid = sqlite3_last_insert_rowid(store_db());
+    return 0;
+}
+
+/* --------------------------------------------------------------- cache */
+
+static char *simap_dup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return strdup(t ? (const char *)t : "");
+}
+
+void store_imap_cache_free(struct store_imap_cache *c)
+{
+    free(c->envelope);
+    free(c->structure);
+    free(c->body);
+    free(c->parts);
+    free(c->hsubject);
+    free(c->hfrom);
+    free(c->hto);
+    free(c->hcc);
+    free(c->hbcc);
+    memset(c, 0, sizeof *c);
+}
+
+int store_imap_cache_get(int64_t body_id, struct store_imap_cache *c)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    memset(c, 0, sizeof *c);
+    if (!store_stmt(&st, "SELECT envelope, structure, body, parts, sent, hsubject, hfrom, hto, hcc, hbcc"
+                         " FROM imap_cache WHERE body_id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, body_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        c->envelope = simap_dup(st, 0);
+        c->structure = simap_dup(st, 1);
+        c->body = simap_dup(st, 2);
+        c->parts = simap_dup(st, 3);
+        c->sent = sqlite3_column_int64(st, 4);
+        c->hsubject = simap_dup(st, 5);
+        c->hfrom = simap_dup(st, 6);
+        c->hto = simap_dup(st, 7);
+        c->hcc = simap_dup(st, 8);
+        c->hbcc = simap_dup(st, 9);
+    }
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE)
+        return STORE_NOTFOUND;
+    if (rc != SQLITE_ROW) {
+        log_err("database: read message cache: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    if (!c->envelope || !c->structure || !c->body || !c->parts || !c->hsubject || !c->hfrom ||
+        !c->hto || !c->hcc || !c->hbcc) {
+        store_imap_cache_free(c);
+        return STORE_ERR;
+    }
+    return 0;
+}
+
+int store_imap_cache_put(int64_t body_id, const struct store_imap_cache *c)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT OR REPLACE INTO imap_cache(body_id, envelope, structure, body, parts,"
+                         " sent, hsubject, hfrom, hto, hcc, hbcc) VALUES (?,?,?,?,?,?,?,?,?,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, body_id);
+    sqlite3_bind_text(st, 2, c->envelope, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, c->structure, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, c->body, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, c->parts, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, c->sent);
+    sqlite3_bind_text(st, 7, c->hsubject, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, c->hfrom, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, c->hto, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, c->hcc, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 11, c->hbcc, -1, SQLITE_STATIC);
+    return simap_done(st, "store message cache");
+}
+
 /* ---- src/store_deliver.c ---- */
 #line 1 "src/store_deliver.c"
 /*
@@ -6958,6 +7548,10 @@ fail:
 
 static int sd_step(sqlite3_stmt *st)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -7027,7 +7621,11 @@ void store_out_free(struct store_out_msg *m)
     m->nrcpt = 0;
 }
 
-static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now)
+/* The recipients of m to hand out: due, of the kind, in the destination
+ * (domain NULL: any).  exact_try >= 0 keeps only those whose next_try is
+ * exactly that, i.e. the ones of the index entry that was picked: others
+ * of the same message have entries of their own further on. */
+static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now, int64_t exact_try)
 {
     static sqlite3_stmt *st;
     int rc;
@@ -7037,13 +7635,14 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
         return STORE_ERR;
     if (!store_stmt(&st, "SELECT id, addr, orcpt, notify, attempts FROM rcpt WHERE message_id=?1"
                          " AND state=0 AND kind=?4 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
-                         " ORDER BY id LIMIT " "100"))
+                         " AND (?5 < 0 OR next_try=?5) ORDER BY id LIMIT " "100"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, m->id);
     sqlite3_bind_int(st, 4, kind);
     sqlite3_bind_int64(st, 2, now);
     if (domain)
         sqlite3_bind_text(st, 3, domain, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, exact_try);
     m->nrcpt = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && m->nrcpt < STORE_OUT_RCPTS) {
         struct store_out_rcpt *r = &m->rcpts[m->nrcpt++];
@@ -7065,19 +7664,28 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
     return 0;
 }
 
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m)
+/* The pick walks the partial index rcpt_pick (or rcpt_any) from the
+ * cursor: one seek, then the first entry, whatever the queue's size.
+ * The cursor is (next_try, message_id), the index order, so a session
+ * never sees a message twice for the same entry, and mail that becomes
+ * due while it runs (new mail, a flush) sorts after the cursor. */
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
 {
     static sqlite3_stmt *by_dest, *any;
     sqlite3_stmt *st;
+    int64_t at;
     int rc;
 
     if (domain) {
-        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
+        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
                                   " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
-                                  " AND message_id>?3)");
+                                  " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                                  " JOIN message m ON m.id=r.message_id");
     } else {
-        st = store_stmt(&any, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
-                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2 AND message_id>?3)");
+        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
+                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2"
+                              " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                              " JOIN message m ON m.id=r.message_id");
     }
     if (!st)
         return STORE_ERR;
@@ -7085,16 +7693,21 @@ int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, 
     if (domain)
         sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_int64(st, 3, after_id);
+    sqlite3_bind_int64(st, 3, cur->msg_id);
+    sqlite3_bind_int64(st, 5, cur->next_try);
     rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW) {
         envelope_fill(st, m);
+        at = sqlite3_column_int64(st, 9);
+    }
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
         return 0;
     if (rc != SQLITE_ROW)
         return STORE_ERR;
-    if (rcpts_fill(m, domain, kind, now))
+    cur->next_try = at;
+    cur->msg_id = m->id;
+    if (rcpts_fill(m, domain, kind, now, at))
         return STORE_ERR;
     return 1;
 }
@@ -7114,7 +7727,7 @@ int store_out_get(int64_t msg_id, struct store_out_msg *m)
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
     /* every queued remote recipient, whenever due */
-    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX);
+    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX, -1);
 }
 
 int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error)
@@ -7133,11 +7746,12 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
         sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, util_now());
     sqlite3_bind_int64(st, 5, rcpt_id);
-    store_commit_soon();
+    /* Committed with the other outcomes of the batch (store_outcome). */
+    store_outcome();
     return sd_step(st);
 }
 
-int store_msg_retire(int64_t msg_id)
+static int msg_retire(int64_t msg_id)
 {
     static sqlite3_stmt *left, *dr, *dm, *bq;
     int64_t body_id = 0;
@@ -7171,6 +7785,12 @@ int store_msg_retire(int64_t msg_id)
     if ((err = store_gc_body(body_id)))
         return err;
     return 1;
+}
+
+int store_msg_retire(int64_t msg_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(msg_retire(msg_id));
 }
 
 int store_dest_get(const char *name, struct store_dest *d)
@@ -7220,22 +7840,20 @@ int store_dest_put(const struct store_dest *d)
     return sd_step(st);
 }
 
-int store_flush(const char *domain, int64_t now)
+static int flush(const char *domain, int64_t now)
 {
     static sqlite3_stmt *d_all, *d_one, *r_all, *r_one;
     sqlite3_stmt *d, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (domain) {
         d = store_stmt(&d_one, "UPDATE dest SET next_try=0, backoff=0 WHERE name=?1");
         r = store_stmt(&r_one, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND dest=?1 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     } else {
         d = store_stmt(&d_all, "UPDATE dest SET next_try=0, backoff=0 WHERE next_try>0 OR backoff>0");
         r = store_stmt(&r_all, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     }
     if (!d || !r)
         return STORE_ERR;
@@ -7249,13 +7867,19 @@ int store_flush(const char *domain, int64_t now)
     return sd_step(r);
 }
 
+int store_flush(const char *domain, int64_t now)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(flush(domain, now));
+}
+
 int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg)
 {
     static sqlite3_stmt *st;
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY r.message_id LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -7294,13 +7918,11 @@ int store_msg_set_warned(int64_t msg_id)
     return sd_step(st);
 }
 
-int store_queue_hold(const char *qid, int hold)
+static int queue_hold(const char *qid, int hold)
 {
     static sqlite3_stmt *m, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&m, "UPDATE message SET hold=?2 WHERE qid=?1") ||
         !store_stmt(&r, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND message_id="
                         "(SELECT id FROM message WHERE qid=?1)"))
@@ -7315,6 +7937,12 @@ int store_queue_hold(const char *qid, int hold)
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(r, 2, hold ? INT64_MAX : 0);
     return sd_step(r);
+}
+
+int store_queue_hold(const char *qid, int hold)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_hold(qid, hold));
 }
 
 int store_held_count(const char *domain)
@@ -10032,7 +10660,7 @@ int limit_message_ok(const struct conn *c)
  * connections (in total, on this kind of listener, from this address).
  * A refused connection is closed at once and never holds a slot.  The
  * last limit.connections_reserved slots (at most half of them) are kept
- * for clients in relay_networks and for the submission and POP3
+ * for clients in relay_networks and for the submission, POP3 and IMAP
  * listeners, where every client must log in: idle strangers on port 25
  * cannot lock out the site's own users. */
 const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same)
@@ -10048,7 +10676,8 @@ const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total
         int64_t reserve = conf->limit_connections_reserved;
         if (reserve > conf->max_connections / 2)
             reserve = conf->max_connections / 2;
-        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3)
+        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3 || kind == LISTEN_IMAP ||
+            kind == LISTEN_IMAPS)
             reserve = 0;
         if (total >= conf->max_connections - reserve)
             return reserve && total < conf->max_connections ? "limit.connections_reserved" : "max_connections";
@@ -11662,9 +12291,31 @@ void link_watch_stop(void)
  *
  * Outcomes go to the scheduler (queue_deliver.c) as they arrive; a
  * recipient counts as delivered only after the reply to its message data.
+ *
+ * Two machines run side by side on one connection:
+ *
+ * - The reader.  q[] is a FIFO of expectations, one per command written
+ *   (E_MAIL, E_RCPT, E_BDAT, ...), each naming the flight slot and the
+ *   recipient it is about.  A complete reply pops the head; a reply that
+ *   arrives with the FIFO empty is a protocol error.  Invariant: q_len
+ *   counts exactly the commands written and not yet answered.
+ *
+ * - The writer, for the message in slot wslot, through smtpc_wenter():
+ *
+ *     IDLE -> RCPT (MAIL and every RCPT written) -> DATACMD, then
+ *       with CHUNKING:  -> BODY (BDAT n LAST, the chunk follows at once)
+ *       without:        -> WAIT354 (DATA) -> BODY, or END if refused
+ *       not 7-bit-able: -> END (RSET; the recipients fail)
+ *     BODY -> END -> IDLE (the next message, while fewer than
+ *     SMTPC_WINDOW are in flight; without PIPELINING only once q[] is
+ *     empty, except that a body never waits)
+ *
+ *   Invariants (asserted): wslot is -1 only in IDLE; fl_len stays within
+ *   SMTPC_WINDOW and q_len within SMTPC_EXPECT.
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -11678,6 +12329,7 @@ enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT,
               E_STARTTLS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
+static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
 
 struct flight {
     struct store_out_msg m;
@@ -11702,11 +12354,9 @@ struct smtpc {
     int attached;                       /* a turned-around connection (ATRN) */
     int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
-    int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
+    int esmtp;
+    struct smtpc_caps caps;
     int tls_policy;                     /* SMTPC_TLS_* */
-    int64_t size_limit;
-    int has_size;
-    char auth_mechs[128];
     /* replies being read */
     char reply[1024];
     size_t reply_len;
@@ -11733,6 +12383,16 @@ struct smtpc {
 };
 
 static void pump(struct smtpc *s);
+
+/* The writer's one transition function: logs the change at debug level. */
+static void smtpc_wenter(struct smtpc *s, enum wstate to)
+{
+    assert((size_t)to < MN_NELEM(smtpc_wstate_names));
+    if (s->wstate != (int)to)
+        log_debug("smtpc %s: writer %s -> %s", s->peer, smtpc_wstate_names[s->wstate],
+                  smtpc_wstate_names[to]);
+    s->wstate = (int)to;
+}
 
 static int tls_client_possible(void)
 {
@@ -11915,11 +12575,11 @@ static int start_message(struct smtpc *s)
         s->batch_over = 1;
         return 0;
     }
-    if (f->m.size && s->size_limit && f->m.size > s->size_limit) {
+    if (f->m.size && s->caps.size_limit && f->m.size > s->caps.size_limit) {
         /* RFC 1870 4: the peer's fixed limit is a permanent refusal. */
         char t[160];
         snprintf(t, sizeof t, "552 5.3.4 message of %lld octets exceeds the peer's limit of %lld",
-                 (long long)f->m.size, (long long)s->size_limit);
+                 (long long)f->m.size, (long long)s->caps.size_limit);
         for (int i = 0; i < f->m.nrcpt; i++)
             s->ops->rcpt_done(s->arg, &f->m, i, 552, t);
         s->ops->msg_done(s->arg, &f->m);
@@ -11931,18 +12591,18 @@ static int start_message(struct smtpc *s)
     s->fl_len++;
     f->wire_size = f->m.size;
     /* RFC 6152 3: never 8-bit text to a peer that did not offer 8BITMIME. */
-    f->convert = f->m.eightbit && !s->eightbitmime;
+    f->convert = f->m.eightbit && !s->caps.eightbitmime;
     if (s->need_rset) {
         cmd(s, E_RSET, slot, 0, "RSET");
         s->need_rset = 0;
     }
     if (s->esmtp) {
         size_t used = 0;
-        if (s->has_size)
+        if (s->caps.has_size)
             used += (size_t)snprintf(params + used, sizeof params - used, " SIZE=%lld", (long long)f->m.size);
-        if (f->m.eightbit && s->eightbitmime)
+        if (f->m.eightbit && s->caps.eightbitmime)
             used += (size_t)snprintf(params + used, sizeof params - used, " BODY=8BITMIME");
-        if (s->dsn) {
+        if (s->caps.dsn) {
             used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
                                      f->m.ret_full ? "FULL" : "HDRS");
             if (f->m.envid[0] && used < sizeof params)
@@ -11952,7 +12612,7 @@ static int start_message(struct smtpc *s)
     cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
     s->wslot = slot;
     s->widx = 0;
-    s->wstate = W_RCPT;
+    smtpc_wenter(s, W_RCPT);
     return 1;
 }
 
@@ -11961,7 +12621,7 @@ static void write_rcpt(struct smtpc *s, struct flight *f, int i)
     const struct store_out_rcpt *r = &f->m.rcpts[i];
     char params[400] = "";
 
-    if (s->dsn) {
+    if (s->caps.dsn) {
         size_t used = 0;
         if (r->notify) {
             static const struct { int bit; const char *name; } names[] = {
@@ -12114,11 +12774,14 @@ static void write_current(struct smtpc *s)
 {
     struct flight *f = slot_flight(s, s->wslot);
 
+    assert(s->wslot >= 0 && s->wstate != W_IDLE);
+    assert(s->fl_len <= SMTPC_WINDOW && s->q_len <= SMTPC_EXPECT);
+
     for (;;) {
         if (conn_out_space(s->c) < 1024)
             return;
         /* Without PIPELINING every command waits for its reply. */
-        if (!s->pipelining && s->q_len && s->wstate != W_BODY)
+        if (!s->caps.pipelining && s->q_len && s->wstate != W_BODY)
             return;
         switch (s->wstate) {
         case W_RCPT:
@@ -12126,15 +12789,15 @@ static void write_current(struct smtpc *s)
                 write_rcpt(s, f, s->widx++);
                 continue;
             }
-            s->wstate = W_DATACMD;
+            smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
-            if (s->chunking) {
+            if (s->caps.chunking) {
                 if (f->convert && convert_size(f, &f->wire_size)) {
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
                      * once their RCPT replies are in; the peer gets RSET. */
                     cmd(s, E_RSET, s->wslot, 1, "RSET");
-                    s->wstate = W_END;
+                    smtpc_wenter(s, W_END);
                     continue;
                 }
                 if (open_body(s, f)) {
@@ -12146,16 +12809,16 @@ static void write_current(struct smtpc *s)
                 /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
                  * timer: a peer that keeps reading keeps the session. */
                 conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
-                s->wstate = W_BODY;
+                smtpc_wenter(s, W_BODY);
                 continue;
             }
             cmd(s, E_DATA, s->wslot, 0, "DATA");
-            s->wstate = W_WAIT354;
+            smtpc_wenter(s, W_WAIT354);
             return;
         case W_WAIT354:
             return;                     /* the reply handler moves on */
         case W_BODY: {
-            int done = write_body(s, f, !s->chunking);
+            int done = write_body(s, f, !s->caps.chunking);
             if (done < 0) {
                 conn_abort(s->c);
                 return;
@@ -12164,14 +12827,14 @@ static void write_current(struct smtpc *s)
                 s->c->want_drain = 1;
                 return;
             }
-            if (!s->chunking)
+            if (!s->caps.chunking)
                 write_data_end(s);
-            s->wstate = W_END;
+            smtpc_wenter(s, W_END);
             continue;
         }
         case W_END:
         case W_IDLE:
-            s->wstate = W_IDLE;
+            smtpc_wenter(s, W_IDLE);
             s->wslot = -1;
             return;
         }
@@ -12189,7 +12852,7 @@ static void pump(struct smtpc *s)
             if (s->wslot >= 0)
                 break;
         }
-        if (!s->pipelining && s->q_len)
+        if (!s->caps.pipelining && s->q_len)
             break;
         if (conn_out_space(s->c) < 4096)
             break;
@@ -12206,50 +12869,51 @@ static void pump(struct smtpc *s)
 
 /* ----------------------------------------------------------- replies */
 
-/* RFC 1870 4: "SIZE" [SP 1*DIGIT], 0 or nothing meaning no fixed limit.
- * Anything else ("SIZE -1", "SIZE 12abc", a number that overflows) is a
- * broken or hostile peer: taken as if SIZE were not offered at all, so
- * that it cannot make every message bounce as too large. */
-static void parse_size(struct smtpc *s, const char *v)
-{
-    long long n = 0;
-    size_t i = 0;
-
-    for (; v[i] >= '0' && v[i] <= '9' && i < 18; i++)
-        n = n * 10 + (v[i] - '0');
-    if (v[i]) {
-        s->has_size = 0;
-        s->size_limit = 0;
-        log_info("%s: ignoring an invalid SIZE parameter '%.40s'", s->peer, v);
-        return;
-    }
-    s->has_size = 1;
-    s->size_limit = n;
-}
-
-static void parse_ehlo_line(struct smtpc *s, const char *kw)
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
 {
     if (!strcasecmp(kw, "PIPELINING"))
-        s->pipelining = 1;
+        caps->pipelining = 1;
     else if (!strcasecmp(kw, "CHUNKING"))
-        s->chunking = 1;
+        caps->chunking = 1;
     else if (!strcasecmp(kw, "8BITMIME"))
-        s->eightbitmime = 1;
+        caps->eightbitmime = 1;
     else if (!strcasecmp(kw, "DSN"))
-        s->dsn = 1;
+        caps->dsn = 1;
     else if (!strcasecmp(kw, "STARTTLS"))
-        s->starttls = 1;
-    else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4]))
-        parse_size(s, kw[4] ? kw + 5 : "");
+        caps->starttls = 1;
+    else if (!strcasecmp(kw, "ATRN"))
+        caps->atrn = 1;
+    else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
+        /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
+         * an overflow) is treated as no announcement at all, so that a
+         * broken peer cannot make every message look too large. */
+        const char *p = kw + 4;
+        int64_t v = 0;
+        int ok = 1;
+        while (*p == ' ')
+            p++;
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9' || v > (INT64_MAX - 9) / 10) {
+                ok = 0;
+                break;
+            }
+            v = v * 10 + (*p - '0');
+        }
+        caps->has_size = ok;
+        caps->size_limit = ok ? v : 0;
+    }
     else if (!strncasecmp(kw, "AUTH ", 5))
-        util_strlcpy(s->auth_mechs, kw + 5, sizeof s->auth_mechs);
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
+    /* The pre-RFC 2554 form some servers add beside the standard one. */
+    else if (!strncasecmp(kw, "AUTH=", 5) && !caps->auth_mechs[0])
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
 }
 
-static int has_mech(const struct smtpc *s, const char *mech)
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech)
 {
-    char buf[sizeof s->auth_mechs], *items[16];
+    char buf[sizeof caps->auth_mechs], *items[16];
     size_t n;
-    util_strlcpy(buf, s->auth_mechs, sizeof buf);
+    util_strlcpy(buf, caps->auth_mechs, sizeof buf);
     n = util_split_list(buf, items, MN_NELEM(items));
     for (size_t i = 0; i < n; i++)
         if (!strcasecmp(items[i], mech))
@@ -12257,22 +12921,33 @@ static int has_mech(const struct smtpc *s, const char *mech)
     return 0;
 }
 
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c)
+{
+    if (smtpc_caps_mech(caps, "CRAM-MD5"))
+        return SMTPC_AUTH_CRAM;
+    /* A password in the clear only to a peer on this host, under TLS, or
+     * when the administrator said so. */
+    if (smtpc_caps_mech(caps, "PLAIN") && (c->peer_loopback || conf->allow_cleartext_auth || c->tls))
+        return SMTPC_AUTH_PLAIN;
+    return SMTPC_AUTH_NONE;
+}
+
 static void start_auth(struct smtpc *s)
 {
     char b64[900];
 
-    if (has_mech(s, "CRAM-MD5")) {
+    switch (smtpc_auth_choose(&s->caps, s->c)) {
+    case SMTPC_AUTH_CRAM:
         cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
         return;
+    case SMTPC_AUTH_PLAIN:
+        if (!auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
+            cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+            return;
+        }
+        break;
     }
-    /* A password in the clear only to a peer on this host, under TLS, or
-     * when the administrator said so. */
-    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
-        auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
-        quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
-        return;
-    }
-    cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+    quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
 }
 
 static void cram_answer(struct smtpc *s, const char *challenge64)
@@ -12293,7 +12968,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
 {
     /* RFC 3207: TLS when the peer offers it (unless told not to), and no
      * delivery at all without it when the policy requires it. */
-    if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+    if (!s->c->tls && s->caps.starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
         cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
         return;
     }
@@ -12301,7 +12976,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
         return;
     }
-    if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+    if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
         start_auth(s);
         return;
     }
@@ -12410,21 +13085,21 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 conn_abort(s->c);
                 return;
             }
-            s->wstate = W_BODY;
+            smtpc_wenter(s, W_BODY);
             conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
                 s->rd_open = 0;
                 write_data_end(s);
-                s->wstate = W_END;
+                smtpc_wenter(s, W_END);
             }
             pump(s);
             break;
         }
         finish_accepted(s, f, outcome_code(code), clean);
         s->need_rset = 1;
-        s->wstate = W_END;
+        smtpc_wenter(s, W_END);
         while (s->fl_len && s->fl[s->fl_head % SMTPC_WINDOW] == f)
             retire_head(s);
         pump(s);
@@ -12455,7 +13130,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 quit_with_error(s, "%s refused STARTTLS: %s", s->peer, clean);
                 break;
             }
-            s->starttls = 0;            /* "may": go on in the clear */
+            s->caps.starttls = 0;            /* "may": go on in the clear */
             on_reply_ehlo_done(s);
             break;
         }
@@ -12483,53 +13158,59 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
-    s->has_size = 0;
-    s->size_limit = 0;
-    s->auth_mechs[0] = '\0';
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = 0;
+    s->caps.has_size = 0;
+    s->caps.size_limit = 0;
+    s->caps.auth_mechs[0] = '\0';
     cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
     conn_flush(c);
+}
+
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n)
+{
+    unsigned char *lf = memchr(c->in, '\n', c->in_len);
+    if (!lf)
+        return c->in_len == c->in_cap ? SMTPC_ELONG : 0;
+    size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+    if (l && c->in[l - 1] == '\r')
+        l--;
+    /* RFC 5321 4.2: Reply-code [ ("-" / SP) textstring ]. */
+    if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
+        (l > 3 && c->in[3] != ' ' && c->in[3] != '-'))
+        return SMTPC_EMALFORMED;
+    *code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
+    *last = l == 3 || c->in[3] == ' ';
+    size_t k = l < n - 1 ? l : n - 1;
+    memcpy(line, c->in, k);
+    line[k] = '\0';
+    /* The text reaches logs and delivery reports: one line, always. */
+    for (size_t i = 0; i < k; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = ' ';
+    conn_consume(c, len);
+    return 1;
 }
 
 static void smtpc_input(struct conn *c)
 {
     struct smtpc *s = c->ctx;
+    char line[sizeof s->reply];
+    int code, last, rc;
 
-    while (!c->dead && c->in_len) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap) {
-                set_error(s, "%s sent an over-long reply line", s->peer);
-                conn_abort(c);
-            }
-            return;
-        }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
-            (l > 3 && c->in[3] != ' ' && c->in[3] != '-')) {
-            set_error(s, "%s sent a malformed reply", s->peer);
+    while (!c->dead && c->in_len && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            set_error(s, rc == SMTPC_ELONG ? "%s sent an over-long reply line" : "%s sent a malformed reply",
+                      s->peer);
             conn_abort(c);
             return;
         }
-        int code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
-        int last = l == 3 || c->in[3] == ' ';
         /* Keep the first line of a reply (and EHLO keywords as they come). */
         if (!s->reply_len) {
-            size_t k = l < sizeof s->reply - 1 ? l : sizeof s->reply - 1;
-            memcpy(s->reply, c->in, k);
-            s->reply[k] = '\0';
-            s->reply_len = k;
+            s->reply_len = util_strlcpy(s->reply, line, sizeof s->reply);
             s->reply_code = code;
-        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && l > 4) {
-            char kw[256];
-            size_t k = l - 4 < sizeof kw - 1 ? l - 4 : sizeof kw - 1;
-            memcpy(kw, c->in + 4, k);
-            kw[k] = '\0';
-            parse_ehlo_line(s, kw);
+        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && strlen(line) > 4) {
+            smtpc_caps_keyword(&s->caps, line + 4);
         }
-        conn_consume(c, len);
         if (last) {
             char text[sizeof s->reply];
             util_strlcpy(text, s->reply, sizeof text);
@@ -12638,7 +13319,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
 
 int smtpc_peer_dsn(const struct smtpc *s)
 {
-    return s && s->dsn;
+    return s && s->caps.dsn;
 }
 
 void smtpc_set_dest(struct smtpc *s, const char *dest)
@@ -12708,7 +13389,7 @@ struct hop {
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
     char peer_ip[64];                   /* the address being tried */
-    int64_t after_id;                   /* batch cursor */
+    struct store_cursor cur;            /* batch cursor */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
@@ -13065,23 +13746,21 @@ static int hop_next(void *arg, struct store_out_msg *m)
         /* A release carries everything held for its domains, domain by
          * domain: only the recipients in those domains. */
         while (h->dom_i < h->ndomains) {
-            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, h->after_id, INT64_MAX, m);
+            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, &h->cur, INT64_MAX, m);
             if (rc == 1) {
-                h->after_id = m->id;
                 h->handed++;
                 return 1;
             }
             h->dom_i++;
-            h->after_id = 0;
+            memset(&h->cur, 0, sizeof h->cur);
         }
         return 0;
     }
     if (h->handed >= conf->delivery_per_connection)
         return 0;
-    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, h->after_id, util_now(), m);
+    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &h->cur, util_now(), m);
     if (rc != 1)
         return 0;
-    h->after_id = m->id;
     h->handed++;
     return 1;
 }
@@ -13172,6 +13851,7 @@ static void hop_finish(struct hop *h, int ok)
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
         h->rel_done = NULL;
+        store_commit_soon();            /* the release's outcomes, at its end */
         hop_free(h);
         queue_kick();
         return;
@@ -13239,10 +13919,9 @@ static const struct smtpc_ops hop_ops = {
 static void fail_destination(struct hop *h, const char *status, const char *text)
 {
     struct store_out_msg m;
-    int64_t after = 0;
+    struct store_cursor cur = { 0, 0 };
 
-    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, after, INT64_MAX, &m) == 1) {
-        after = m.id;
+    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &cur, INT64_MAX, &m) == 1) {
         for (int i = 0; i < m.nrcpt; i++) {
             store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
             log_info("%s: to=<%s> status=bounced (%s)", m.qid, m.rcpts[i].addr, text);
@@ -13698,7 +14377,8 @@ static void waiters_check(void)
                 struct store_dest d;
                 store_dest_get(w->domain, &d);
                 struct store_out_msg m;
-                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, 0, now, &m) == 1) {
+                struct store_cursor cur = { 0, 0 };
+                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, &cur, now, &m) == 1) {
                     busy = 1;
                     store_out_free(&m);
                 }
@@ -13929,12 +14609,25 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
  */
 
 
+#include <assert.h>
 #include <errno.h>
-#include <ctype.h>
 #include <string.h>
 
-enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_STARTTLS, P_AUTH, P_AUTH2, P_ETRN, P_ATRN,
-              P_SERVING, P_QUIT };
+/* An exchange's states, in the order an exchange goes through them:
+ *
+ *   IDLE -> PUSH (our queue to the relayhost, when one is set)
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
+ *
+ * Every change goes through poll_enter(), which logs it at debug level.
+ * In SERVING the connection belongs to an SMTP server session (the ATRN
+ * turnaround) and poll only waits for its end. */
+enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+static const char *const poll_state_names[] = {
+    "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+};
 
 struct pwaiter {
     poll_done_fn done;
@@ -13951,7 +14644,7 @@ static struct {
     struct conn *c;
     char reply[512];
     int reply_code;
-    int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
+    struct smtpc_caps caps;             /* what the upstream's EHLO offered */
     char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
@@ -13962,6 +14655,14 @@ static struct {
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
+
+static void poll_enter(enum pstate to)
+{
+    assert((size_t)to < MN_NELEM(poll_state_names));
+    if ((int)to != P.state)
+        log_debug("poll: %s -> %s", poll_state_names[P.state], poll_state_names[to]);
+    P.state = (int)to;
+}
 
 static void pull_start(void);
 static void poll_finish(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -13994,7 +14695,7 @@ static void poll_drop_connection(void)
     P.dq = NULL;
     struct conn *c = P.c;
     P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
+    if (c && !c->dead && P.state != POLL_SERVING)
         conn_abort(c);                  /* client_close sees it is no longer ours */
 }
 
@@ -14011,7 +14712,7 @@ static void poll_finish(int rc, const char *fmt, ...)
     }
     poll_drop_connection();
     timer_cancel(&P.guard);
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -14059,7 +14760,7 @@ static void ask_next_etrn(void)
         poll_send("ETRN %s", conf->upstream_domains[P.dom_i]);
         return;
     }
-    P.state = P_QUIT;
+    poll_enter(POLL_QUIT);
     poll_send("QUIT");
 }
 
@@ -14119,15 +14820,15 @@ static void poll_reply(int code, const char *text)
     const char *t = strlen(text) > 4 ? text + 4 : "";
 
     switch (P.state) {
-    case P_GREETING:
+    case POLL_GREETING:
         if (code != 220) {
             poll_finish(EX_UNAVAILABLE, "the upstream refused the session: %s", text);
             return;
         }
-        P.state = P_EHLO;
+        poll_enter(POLL_EHLO);
         poll_send("EHLO %s", conf->hostname);
         return;
-    case P_EHLO: {
+    case POLL_EHLO: {
         if (code != 250) {
             poll_finish(EX_PROTOCOL, "the upstream refused EHLO: %s", text);
             return;
@@ -14135,8 +14836,8 @@ static void poll_reply(int code, const char *text)
         /* upstream.tls: STARTTLS when offered ("may"), never ("none"), or
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
-        if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
-            P.state = P_STARTTLS;
+        if (!P.c->tls && P.caps.starttls && policy != SMTPC_TLS_NONE) {
+            poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
         }
@@ -14145,36 +14846,37 @@ static void poll_reply(int code, const char *text)
             return;
         }
         if (!atrn_mode()) {
-            P.state = P_ETRN;
+            poll_enter(POLL_ETRN);
             P.dom_i = 0;
             ask_next_etrn();
             return;
         }
-        if (!P.ehlo_atrn) {
+        if (!P.caps.atrn) {
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
-        if (P.ehlo_cram) {
-            P.state = P_AUTH;
+        int mech = smtpc_auth_choose(&P.caps, P.c);
+        if (mech == SMTPC_AUTH_CRAM) {
+            poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
-        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
-            P.state = P_AUTH2;
+        } else if (mech == SMTPC_AUTH_PLAIN) {
+            poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
             poll_finish(EX_PROTOCOL, "the upstream offers no authentication we may use without TLS");
         }
         return;
     }
-    case P_STARTTLS:
+    case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
                 poll_finish(EX_UNAVAILABLE, "the upstream refused STARTTLS: %s", text);
                 return;
             }
-            P.state = P_EHLO;           /* "may": go on in the clear, as offered */
-            P.ehlo_starttls = 0;
+            poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
+            P.caps.starttls = 0;
             poll_reply(250, "250 continue");
             return;
         }
@@ -14182,15 +14884,15 @@ static void poll_reply(int code, const char *text)
         if (tls_start_client(P.c, P.host, smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE))
             poll_finish(EX_SOFTWARE, "cannot start TLS with the upstream");
         return;
-    case P_AUTH:
+    case POLL_AUTH:
         if (code == 334) {
-            P.state = P_AUTH2;
+            poll_enter(POLL_AUTH2);
             auth_cram(t);
             return;
         }
         poll_finish(EX_PROTOCOL, "the upstream refused CRAM-MD5: %s", text);
         return;
-    case P_AUTH2: {
+    case POLL_AUTH2: {
         if (code != 235) {
             poll_finish(EX_NOPERM, "authentication to the upstream failed: %s", text);
             return;
@@ -14200,17 +14902,17 @@ static void poll_reply(int code, const char *text)
         for (size_t i = 0; i < conf->n_upstream_domains; i++)
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? "," : "",
                                      conf->upstream_domains[i]);
-        P.state = P_ATRN;
+        poll_enter(POLL_ATRN);
         /* RFC 2645 5.2.1: the server may take a while to gather the mail;
          * wait at least ten minutes for the reply. */
         conn_set_timeout(P.c, 11 * 60 * 1000);
         poll_send("ATRN%s%s", list[0] ? " " : "", list);
         return;
     }
-    case P_ATRN:
+    case POLL_ATRN:
         if (code == 250) {
             /* The turnaround: from here on we are the SMTP server. */
-            P.state = P_SERVING;
+            poll_enter(POLL_SERVING);
             poll_say("ATRN accepted: %s\n", t);
             struct conn *c = P.c;
             c->ctx = NULL;
@@ -14219,13 +14921,13 @@ static void poll_reply(int code, const char *text)
         }
         if (code == 453) {
             poll_say("ATRN: no mail held for us (%s)\n", text);
-            P.state = P_QUIT;
+            poll_enter(POLL_QUIT);
             poll_send("QUIT");
             return;
         }
         poll_finish(code / 100 == 4 ? EX_TEMPFAIL : EX_NOPERM, "ATRN refused: %s", text);
         return;
-    case P_ETRN: {
+    case POLL_ETRN: {
         const char *d = conf->upstream_domains[P.dom_i];
         if (code == 250 || code == 251 || code == 252 || code == 253) {
             poll_say("%s: %s\n", d, text);
@@ -14239,7 +14941,7 @@ static void poll_reply(int code, const char *text)
         ask_next_etrn();
         return;
     }
-    case P_QUIT:
+    case POLL_QUIT:
         poll_finish(P.rc, NULL);
         return;
     default:
@@ -14249,45 +14951,17 @@ static void poll_reply(int code, const char *text)
 
 static void client_input(struct conn *c)
 {
-    while (!c->dead && c->in_len && P.c == c) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap)
-                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+    char line[512];
+    int code, last, rc;
+
+    while (!c->dead && c->in_len && P.c == c && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            poll_finish(EX_PROTOCOL, rc == SMTPC_ELONG ? "the upstream sent an over-long line"
+                                                       : "the upstream sent a malformed reply");
             return;
         }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
-            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
-            return;
-        }
-        int code = atoi((char *)c->in);
-        int last = l == 3 || c->in[3] == ' ';
-        char line[512];
-        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
-        memcpy(line, c->in, k);
-        line[k] = '\0';
-        for (char *p = line; *p; p++)
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
-        conn_consume(c, len);
-        if (P.state == P_EHLO && l > 4) {
-            const char *kw = line + 4;
-            if (!strcasecmp(kw, "ATRN"))
-                P.ehlo_atrn = 1;
-            else if (!strcasecmp(kw, "STARTTLS"))
-                P.ehlo_starttls = 1;
-            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
-                char m[256];
-                util_strlcpy(m, kw + 5, sizeof m);
-                for (char *p = m; *p; p++)
-                    *p = (char)toupper((unsigned char)*p);
-                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
-                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
-            }
-        }
+        if (P.state == POLL_EHLO && strlen(line) > 4)
+            smtpc_caps_keyword(&P.caps, line + 4);
         if (last)
             poll_reply(code, line);
     }
@@ -14298,7 +14972,7 @@ static void client_close(struct conn *c)
     if (P.c != c)
         return;
     P.c = NULL;
-    if (P.state == P_QUIT)
+    if (P.state == POLL_QUIT)
         poll_finish(P.rc, NULL);
     else
         poll_finish(EX_TEMPFAIL, "the upstream closed the connection");
@@ -14337,8 +15011,8 @@ static void client_tls(struct conn *c, int err)
         return;
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
-    P.state = P_EHLO;
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    poll_enter(POLL_EHLO);
+    memset(&P.caps, 0, sizeof P.caps);
     poll_send("EHLO %s", conf->hostname);
 }
 
@@ -14371,8 +15045,8 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
         len = sizeof(struct sockaddr_in6);
     }
-    P.state = P_GREETING;
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    poll_enter(POLL_GREETING);
+    memset(&P.caps, 0, sizeof P.caps);
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
@@ -14401,7 +15075,7 @@ static void pull_start(void)
         host[l - 2] = '\0';
     }
     util_strlcpy(P.host, host, sizeof P.host);
-    P.state = P_RESOLVE;
+    poll_enter(POLL_RESOLVE);
     P.dq = dns_resolve_host(host, poll_resolved, NULL);
     if (!P.dq)
         poll_finish(EX_TEMPFAIL, "resolver unavailable");
@@ -14413,14 +15087,14 @@ static void push_done(void *arg, const char *summary, int failed)
     poll_say("sent: %s", summary);
     if (failed)
         poll_say("(some of our own mail is still queued)\n");
-    if (P.state == P_PUSH)
+    if (P.state == POLL_PUSH)
         pull_start();
 }
 
 static void guard_expired(void *arg)
 {
     MN_UNUSED(arg);
-    if (P.state == P_SERVING)
+    if (P.state == POLL_SERVING)
         return;                         /* the SMTP session has its own timeouts */
     poll_finish(EX_TEMPFAIL, "the exchange took too long");
 }
@@ -14454,11 +15128,11 @@ int poll_run(poll_done_fn done, void *arg)
         /* A request made while an exchange runs wants a fresh one: the
          * running exchange may have passed the point that request cares
          * about. */
-        struct pwaiter **list = P.state != P_IDLE ? &P.next_waiters : &P.waiters;
+        struct pwaiter **list = P.state != POLL_IDLE ? &P.next_waiters : &P.waiters;
         w->next = *list;
         *list = w;
     }
-    if (P.state != P_IDLE) {
+    if (P.state != POLL_IDLE) {
         P.again = 1;                    /* one more exchange after this one */
         return 0;
     }
@@ -14469,9 +15143,9 @@ int poll_run(poll_done_fn done, void *arg)
     timer_set(&P.guard, 30 * 60 * 1000, guard_expired, NULL);
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
-        P.state = P_PUSH;
+        poll_enter(POLL_PUSH);
         if (queue_flush_wait(NULL, push_done, NULL)) {
-            P.state = P_IDLE;
+            poll_enter(POLL_IDLE);
             pull_start();
         }
         return 0;
@@ -14490,9 +15164,9 @@ void poll_kick(void)
 {
     if (!P.enabled)
         return;
-    if (P.state == P_IDLE)
+    if (P.state == POLL_IDLE)
         poll_run(NULL, NULL);
-    else if (P.state != P_PUSH)         /* our own push flushes the queue too */
+    else if (P.state != POLL_PUSH)         /* our own push flushes the queue too */
         P.again = 1;
     if (conf->upstream_interval > 0)
         timer_set(&P.interval, conf->upstream_interval * 1000, interval_fired, NULL);
@@ -14528,7 +15202,7 @@ void poll_stop(void)
             w->done(w->arg, "stopped\n", EX_TEMPFAIL);
             free(w);
         }
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
 }
 
 void poll_cancel(void *arg)
@@ -14561,6 +15235,7 @@ void poll_cancel(void *arg)
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -14573,6 +15248,7 @@ enum smtpd_state {
     S_BDAT = 1 << 4,    /* between BDAT chunks */
 };
 #define S_ANY (S_INIT | S_READY | S_MAIL | S_RCPT | S_BDAT)
+static const char *const smtpd_state_names[] = { "INIT", "READY", "MAIL", "RCPT", "BDAT" };
 
 enum smtpd_input {
     IN_COMMAND,         /* command lines */
@@ -14666,6 +15342,22 @@ static void reply(struct smtpd *s, const char *fmt, ...)
         log_warn("%s: reply dropped, output full", s->c->peer_ip);
 }
 
+/* Every change of state goes through here: one place to trace a session
+ * (log.level = debug) and to check that it is one of the states. */
+static void smtpd_enter(struct smtpd *s, enum smtpd_state to)
+{
+    int from = 0, bit = 0;
+    assert(to && !(to & (to - 1)) && (to & S_ANY));
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (int)to)
+        log_debug("%s: smtpd %s -> %s", s->c->peer_ip, s->state ? smtpd_state_names[from] : "NEW",
+                  smtpd_state_names[bit]);
+    s->state = (int)to;
+}
+
 static void close_with(struct smtpd *s, const char *text)
 {
     reply(s, "%s", text);
@@ -14689,7 +15381,7 @@ static void txn_reset(struct smtpd *s)
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
     if (s->state & (S_MAIL | S_RCPT | S_BDAT))
-        s->state = S_READY;
+        smtpd_enter(s, S_READY);
 }
 
 static void smtpd_free(struct smtpd *s)
@@ -14844,7 +15536,7 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     txn_reset(s);
     util_strlcpy(s->helo, arg, sizeof s->helo);
     s->esmtp = esmtp;
-    s->state = S_READY;
+    smtpd_enter(s, S_READY);
     if (!esmtp) {
         reply(s, "250 %s", conf->hostname);
         return;
@@ -14962,7 +15654,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
     }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
-    s->state = S_MAIL;
+    smtpd_enter(s, S_MAIL);
     reply(s, "250 2.1.0 Ok");
 }
 
@@ -15120,7 +15812,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
      * it does not count against max_recipients. */
     if (added)
         s->nrcpt_cmds++;
-    s->state = S_RCPT;
+    smtpd_enter(s, S_RCPT);
     reply(s, "250 2.1.5 Ok");
 }
 
@@ -15223,7 +15915,7 @@ static void cmd_bdat(struct smtpd *s, char *arg)
     } else if (s->state == S_RCPT) {
         if (start_body(s))
             s->data_error = 451;
-        s->state = S_BDAT;
+        smtpd_enter(s, S_BDAT);
     }
     if (!size)
         bdat_chunk_done(s);             /* "BDAT 0 LAST" has no octets to wait for */
@@ -15368,7 +16060,7 @@ static void smtpd_tls_done(struct conn *c, int err)
     if (!s || err)
         return;                         /* the loop closes a failed handshake */
     txn_reset(s);
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->esmtp = 0;
     s->auth_user[0] = '\0';
     util_strlcpy(s->helo, "unknown", sizeof s->helo);
@@ -15917,7 +16609,7 @@ void smtpd_accept(struct conn *c)
     if (all_sessions)
         all_sessions->prev = s;
     all_sessions = s;
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->input = IN_COMMAND;
     s->timer.idx = -1;
     util_strlcpy(s->helo, "unknown", sizeof s->helo);
@@ -15955,6 +16647,7 @@ void smtpd_accept(struct conn *c)
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <string.h>
 
@@ -15976,6 +16669,7 @@ enum pop3_state {
     POP3_TRANSACTION = 1 << 1,
     POP3_UPDATE = 1 << 2,
 };
+static const char *const pop3_state_names[] = { "AUTHORIZATION", "TRANSACTION", "UPDATE" };
 
 /* What the paused session is waiting for. */
 enum pop3_busy { BUSY_NONE, BUSY_DELAY, BUSY_STREAM, BUSY_COMMIT, BUSY_TLS };
@@ -16092,6 +16786,21 @@ static void pop3_lock_release(int64_t id)
 }
 
 /* ------------------------------------------------------------ helpers */
+
+/* RFC 1939 3: AUTHORIZATION -> TRANSACTION -> UPDATE, every change here. */
+static void pop3_enter(struct pop3 *s, enum pop3_state to)
+{
+    int from = 0, bit = 0;
+    assert(to == POP3_AUTHORIZATION || to == POP3_TRANSACTION || to == POP3_UPDATE);
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (unsigned)to)
+        log_debug("%s: pop3 %s -> %s", s->c->peer_ip, s->state ? pop3_state_names[from] : "NEW",
+                  pop3_state_names[bit]);
+    s->state = (unsigned)to;
+}
 
 static void pop3_reply(struct pop3 *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -16411,7 +17120,7 @@ static void pop3_login(struct pop3 *s, const struct store_user *u, const char *m
     s->locked = 1;
     s->user_id = u->id;
     util_strlcpy(s->user, u->name, sizeof s->user);
-    s->state = POP3_TRANSACTION;
+    pop3_enter(s, POP3_TRANSACTION);
     pop3_maildrop_totals(s, &count, &octets);
     log_info("pop3: login user=%s ip=%s mech=%s messages=%zu octets=%lld", s->user,
              s->c->peer_ip, mech, count, (long long)octets);
@@ -16721,7 +17430,7 @@ static void pop3_cmd_quit(struct pop3 *s, char *arg)
         conn_close(s->c);
         return;
     }
-    s->state = POP3_UPDATE;
+    pop3_enter(s, POP3_UPDATE);
     for (size_t i = 0; i < s->n; i++)
         k += s->msgs[i].deleted;
     if (!k) {
@@ -17150,13 +17859,4800 @@ void pop3_accept(struct conn *c)
         return;
     }
     s->c = c;
-    s->state = POP3_AUTHORIZATION;
+    pop3_enter(s, POP3_AUTHORIZATION);
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &pop3_ops;
     conn_set_timeout(c, conf->pop3_timeout * 1000);
     log_debug("pop3: connection from %s", c->peer_ip);
     pop3_reply(s, "+OK mailnode POP3 ready");
+}
+
+/* ---- src/imap_mime.c ---- */
+#line 1 "src/imap_mime.c"
+/*
+ * imap_mime.c: what IMAP FETCH and SEARCH need to know of a message,
+ * computed in one streaming pass over it: the MIME tree with the offsets
+ * of every part (for BODY[section]), BODYSTRUCTURE and BODY (RFC 3501
+ * 7.4.2), ENVELOPE, and the raw header values SEARCH looks at.
+ *
+ * The parser reads lines; it keeps only the header fields it needs (each
+ * capped), a bounded number of parts and the current line's first bytes
+ * (enough to recognise a boundary, RFC 2046 5.1.1: at most 70 characters),
+ * so its memory does not grow with the message.  The result is stored once
+ * per body (store_imap_cache_put) and shared by every copy.
+ *
+ * Entities: the message is an entity with a header and a body; a
+ * multipart body has child entities, a message/rfc822 body has one, the
+ * encapsulated message.  The part table stores, per entity in order of
+ * appearance, "parent type hdr_start body_start end" (type L, M or R).
+ */
+
+
+#include <ctype.h>
+#include <string.h>
+#include <time.h>
+
+#define MIME_MAX_ENTS   400             /* parts of one message */
+#define MIME_MAX_DEPTH  40
+#define MIME_FIELD_MAX  2000            /* octets kept of one header value */
+#define MIME_KEEP_MAX   (256 * 1024)    /* octets kept of all header values */
+#define MIME_LINE_KEEP  200             /* octets of a line looked at */
+
+/* --------------------------------------------------------- string buffer */
+
+void imap_sb_add(struct imap_sb *b, const void *p, size_t n)
+{
+    if (b->err)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        if (cap > IMAP_SB_MAX) {
+            b->err = 1;
+            return;
+        }
+        char *q = realloc(b->s, cap);
+        if (!q) {
+            b->err = 1;
+            return;
+        }
+        b->s = q;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, p, n);
+    b->len += n;
+    b->s[b->len] = 0;
+}
+
+void imap_sb_str(struct imap_sb *b, const char *s)
+{
+    imap_sb_add(b, s, strlen(s));
+}
+
+void imap_sb_printf(struct imap_sb *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp) {
+        b->err = 1;
+        return;
+    }
+    imap_sb_add(b, tmp, (size_t)n);
+}
+
+/* An IMAP string: quoted when it can be (RFC 3501 4.3: 7-bit, no CR/LF,
+ * quotes and backslashes escaped), else a literal. */
+void imap_sb_string(struct imap_sb *b, const char *s, size_t n)
+{
+    int lit = n > 1000;
+    for (size_t i = 0; i < n && !lit; i++)
+        if ((unsigned char)s[i] >= 0x80 || s[i] == '\r' || s[i] == '\n' || !s[i])
+            lit = 1;
+    if (lit) {
+        imap_sb_printf(b, "{%zu}\r\n", n);
+        imap_sb_add(b, s, n);
+        return;
+    }
+    imap_sb_add(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            imap_sb_add(b, "\\", 1);
+        imap_sb_add(b, s + i, 1);
+    }
+    imap_sb_add(b, "\"", 1);
+}
+
+void imap_sb_nstring(struct imap_sb *b, const char *s)
+{
+    if (!s)
+        imap_sb_str(b, "NIL");
+    else
+        imap_sb_string(b, s, strlen(s));
+}
+
+void imap_sb_free(struct imap_sb *b)
+{
+    free(b->s);
+    memset(b, 0, sizeof *b);
+}
+
+/* -------------------------------------------------------------- parser */
+
+enum {
+    IMF_CTYPE, IMF_CTE, IMF_CID, IMF_CDESC, IMF_CDISP, IMF_CLANG, IMF_CLOC, IMF_CMD5,
+    IMF_DATE, IMF_SUBJECT, IMF_FROM, IMF_SENDER, IMF_REPLYTO, IMF_TO, IMF_CC, IMF_BCC, IMF_INREPLYTO, IMF_MSGID,
+    IMF_N
+};
+
+static const char *const im_field_names[IMF_N] = {
+    "content-type", "content-transfer-encoding", "content-id", "content-description",
+    "content-disposition", "content-language", "content-location", "content-md5",
+    "date", "subject", "from", "sender", "reply-to", "to", "cc", "bcc", "in-reply-to", "message-id",
+};
+
+struct im_ent {
+    int parent;
+    char type;                          /* 'L' leaf, 'M' multipart, 'R' message/rfc822 */
+    int is_message;                     /* the top message or one encapsulated */
+    int digest;                         /* multipart/digest: children default to message/rfc822 */
+    int closed;                         /* multipart: close delimiter seen */
+    int depth;
+    int64_t hdr_start, body_start, end;
+    int64_t body_line, lines;
+    int body_set, done;
+    char *f[IMF_N];
+    char boundary[80];
+};
+
+struct imap_mime {
+    struct im_ent *e;
+    int n, cur;
+    int in_header;
+    int64_t off, nl;                    /* octets and line ends so far */
+    char line[MIME_LINE_KEEP + 1];
+    size_t line_len;                    /* octets of the line so far (not all kept) */
+    int64_t line_start;
+    size_t prev_len;                    /* the previous line's length without its end */
+    unsigned char last;                 /* the last octet of the current line */
+    int prev_end;                       /* length of its line end (1 or 2) */
+    struct imap_sb field;               /* the header field being unfolded */
+    int field_id;                       /* IMF_*, or -1 for one not kept */
+    size_t kept;
+};
+
+struct imap_mime *imap_mime_new(void)
+{
+    struct imap_mime *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->e = calloc(MIME_MAX_ENTS, sizeof *m->e);
+    if (!m->e) {
+        free(m);
+        return NULL;
+    }
+    m->n = 1;
+    m->e[0].parent = -1;
+    m->e[0].type = 'L';
+    m->e[0].is_message = 1;
+    m->in_header = 1;
+    m->field_id = -1;
+    return m;
+}
+
+void imap_mime_free(struct imap_mime *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->n; i++)
+        for (int k = 0; k < IMF_N; k++)
+            free(m->e[i].f[k]);
+    imap_sb_free(&m->field);
+    free(m->e);
+    free(m);
+}
+
+static void im_field_end(struct imap_mime *m)
+{
+    struct im_ent *e = &m->e[m->cur];
+    int id = m->field_id;
+
+    m->field_id = -1;
+    if (id < 0 || m->field.err || e->f[id])
+        goto out;                       /* RFC 5322 3.6: the first one counts */
+    if (!e->is_message && id >= IMF_DATE)
+        goto out;
+    size_t n = m->field.len;
+    if (m->kept + n > MIME_KEEP_MAX)
+        goto out;
+    const char *v = m->field.s ? m->field.s : "";
+    while (*v == ' ' || *v == '\t')
+        v++, n--;
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r'))
+        n--;
+    e->f[id] = strndup(v, n);
+    if (e->f[id])
+        m->kept += n;
+out:
+    m->field.len = 0;
+    m->field.err = 0;
+    if (m->field.s)
+        m->field.s[0] = 0;
+}
+
+/* Appends a piece of the current header line to the field being
+ * unfolded, up to MIME_FIELD_MAX octets. */
+static void im_field_add(struct imap_mime *m, const char *p, size_t n)
+{
+    if (m->field_id < 0)
+        return;
+    if (m->field.len + n > MIME_FIELD_MAX)
+        n = MIME_FIELD_MAX > m->field.len ? MIME_FIELD_MAX - m->field.len : 0;
+    imap_sb_add(&m->field, p, n);
+}
+
+static void im_field_start(struct imap_mime *m, const char *line, size_t n)
+{
+    const char *colon = memchr(line, ':', n);
+    size_t k;
+
+    m->field_id = -1;
+    if (!colon)
+        return;
+    k = (size_t)(colon - line);
+    while (k && (line[k - 1] == ' ' || line[k - 1] == '\t'))
+        k--;
+    for (int i = 0; i < IMF_N; i++)
+        if (strlen(im_field_names[i]) == k && !strncasecmp(line, im_field_names[i], k)) {
+            m->field_id = i;
+            break;
+        }
+    colon++;
+    im_field_add(m, colon, n - (size_t)(colon - line));
+}
+
+/* Content-Type parameter value (RFC 2045 5.1), unquoted, into out. */
+int imap_mime_param(const char *v, const char *name, char *out, size_t n)
+{
+    size_t nl = strlen(name);
+    const char *p = v ? strchr(v, ';') : NULL;
+
+    while (p) {
+        p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!strncasecmp(p, name, nl)) {
+            const char *q = p + nl;
+            while (*q == ' ' || *q == '\t')
+                q++;
+            if (*q == '=') {
+                size_t o = 0;
+                q++;
+                while (*q == ' ' || *q == '\t')
+                    q++;
+                if (*q == '"') {
+                    for (q++; *q && *q != '"'; q++) {
+                        if (*q == '\\' && q[1])
+                            q++;
+                        if (o + 1 < n)
+                            out[o++] = *q;
+                    }
+                } else {
+                    for (; *q && *q != ';' && *q != ' ' && *q != '\t' && *q != '('; q++)
+                        if (o + 1 < n)
+                            out[o++] = *q;
+                }
+                out[o] = 0;
+                return 0;
+            }
+        }
+        /* Skip to the next ';' outside quotes. */
+        int inq = 0;
+        for (; *p; p++) {
+            if (*p == '\\' && inq && p[1])
+                p++;
+            else if (*p == '"')
+                inq = !inq;
+            else if (*p == ';' && !inq)
+                break;
+        }
+        p = *p ? p : NULL;
+    }
+    return -1;
+}
+
+/* "type/subtype" of a Content-Type value, lower case. */
+static void im_type_of(const char *v, char *type, size_t tn, char *sub, size_t sn)
+{
+    size_t i = 0, o = 0;
+
+    type[0] = sub[0] = 0;
+    if (!v)
+        return;
+    while (v[i] == ' ' || v[i] == '\t')
+        i++;
+    for (; v[i] && v[i] != '/' && v[i] != ';' && v[i] != ' '; i++)
+        if (o + 1 < tn)
+            type[o++] = (char)tolower((unsigned char)v[i]);
+    type[o] = 0;
+    o = 0;
+    if (v[i] == '/')
+        for (i++; v[i] && v[i] != ';' && v[i] != ' ' && v[i] != '\t' && v[i] != '('; i++)
+            if (o + 1 < sn)
+                sub[o++] = (char)tolower((unsigned char)v[i]);
+    sub[o] = 0;
+}
+
+static void im_header_done(struct imap_mime *m)
+{
+    struct im_ent *e = &m->e[m->cur];
+    char type[64], sub[64];
+
+    im_field_end(m);
+    e->body_start = m->off;
+    e->body_line = m->nl;
+    e->body_set = 1;
+    m->in_header = 0;
+    im_type_of(e->f[IMF_CTYPE], type, sizeof type, sub, sizeof sub);
+    if (!type[0] && e->parent >= 0 && m->e[e->parent].digest)
+        strcpy(type, "message"), strcpy(sub, "rfc822");
+    if (!strcmp(type, "multipart") &&
+        imap_mime_param(e->f[IMF_CTYPE], "boundary", e->boundary, sizeof e->boundary) == 0 &&
+        e->boundary[0] && e->depth < MIME_MAX_DEPTH) {
+        e->type = 'M';
+        e->digest = !strcmp(sub, "digest");
+        return;
+    }
+    if (!strcmp(type, "message") && !strcmp(sub, "rfc822") && e->depth < MIME_MAX_DEPTH &&
+        m->n < MIME_MAX_ENTS) {
+        struct im_ent *c = &m->e[m->n];
+        e->type = 'R';
+        c->parent = m->cur;
+        c->type = 'L';
+        c->is_message = 1;
+        c->depth = e->depth + 1;
+        c->hdr_start = m->off;
+        m->cur = m->n++;
+        m->in_header = 1;
+        return;
+    }
+    e->type = 'L';
+}
+
+static void im_close(struct imap_mime *m, int idx, int64_t end, int64_t nl_end, int partial)
+{
+    struct im_ent *e = &m->e[idx];
+
+    if (e->done)
+        return;
+    e->done = 1;
+    if (!e->body_set) {
+        /* A header that never ended: the part has no body. */
+        e->body_start = end;
+        e->body_line = nl_end;
+        e->body_set = 1;
+        if (!e->type)
+            e->type = 'L';
+    }
+    if (end < e->body_start)
+        end = e->body_start;
+    e->end = end;
+    /* Lines of the body: its line ends, plus a last line without one. */
+    e->lines = end > e->body_start ? nl_end - e->body_line + partial : 0;
+    if (e->lines < 0)
+        e->lines = 0;
+}
+
+/* A line of a body: a boundary of an enclosing multipart ends the parts
+ * inside it (RFC 2046 5.1.1: the line end before it belongs to it). */
+static int im_boundary(struct imap_mime *m, const char *line, size_t len)
+{
+    if (len < 3 || line[0] != '-' || line[1] != '-')
+        return 0;
+    for (int i = m->cur; i >= 0; i = m->e[i].parent) {
+        struct im_ent *e = &m->e[i];
+        size_t bl = strlen(e->boundary);
+        if (e->type != 'M' || e->closed || !bl || len < bl + 2 || memcmp(line + 2, e->boundary, bl))
+            continue;
+        const char *rest = line + 2 + bl;
+        size_t rn = len - 2 - bl;
+        int close = rn >= 2 && rest[0] == '-' && rest[1] == '-';
+        for (size_t k = close ? 2 : 0; k < rn; k++)
+            if (rest[k] != ' ' && rest[k] != '\t')
+                return 0;
+        int64_t end = m->line_start - m->prev_end;
+        /* Line ends inside the body: not this line's, nor the one before
+         * it, which belongs to the delimiter. */
+        int64_t nl_end = m->nl - 2;
+        for (int j = m->cur; j != i; j = m->e[j].parent)
+            im_close(m, j, end, nl_end, m->prev_len > 0);
+        if (close) {
+            e->closed = 1;
+            m->cur = i;
+        } else if (m->n < MIME_MAX_ENTS) {
+            struct im_ent *c = &m->e[m->n];
+            c->parent = i;
+            c->type = 'L';
+            c->depth = e->depth + 1;
+            c->hdr_start = m->off;
+            m->cur = m->n++;
+            m->in_header = 1;
+        } else {
+            m->cur = i;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static void im_line(struct imap_mime *m, int ended, int crlf)
+{
+    size_t len = m->line_len < MIME_LINE_KEEP ? m->line_len : MIME_LINE_KEEP;
+    char *line = m->line;
+    size_t full = m->line_len;
+
+    if (crlf) {
+        if (full == len)
+            len--;
+        full--;
+    }
+    if (m->in_header) {
+        if (full == 0 && ended) {
+            im_header_done(m);
+        } else if (line[0] == ' ' || line[0] == '\t') {
+            im_field_add(m, line, len);
+        } else {
+            im_field_end(m);
+            im_field_start(m, line, len);
+        }
+    } else {
+        im_boundary(m, line, full == len ? len : 0);
+    }
+    m->prev_len = full;
+}
+
+/* Header lines longer than MIME_LINE_KEEP: the rest goes to the field. */
+static void im_long_piece(struct imap_mime *m, const unsigned char *p, size_t n)
+{
+    if (m->in_header && m->line_len >= MIME_LINE_KEEP)
+        im_field_add(m, (const char *)p, n);
+}
+
+int imap_mime_feed(struct imap_mime *m, const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        const unsigned char *lf = memchr(p + i, '\n', n - i);
+        size_t k = lf ? (size_t)(lf - (p + i)) : n - i;
+
+        if (m->line_len == 0)
+            m->line_start = m->off;
+        if (k)
+            m->last = p[i + k - 1];
+        if (m->line_len < MIME_LINE_KEEP) {
+            size_t take = MIME_LINE_KEEP - m->line_len;
+            if (take > k)
+                take = k;
+            memcpy(m->line + m->line_len, p + i, take);
+            if (k > take)
+                im_long_piece(m, p + i + take, k - take - (lf && p[i + k - 1] == '\r'));
+        } else {
+            im_long_piece(m, p + i, k - (lf && k && p[i + k - 1] == '\r'));
+        }
+        m->line_len += k;
+        m->off += (int64_t)k;
+        i += k;
+        if (!lf)
+            break;
+        m->off++;
+        m->nl++;
+        i++;
+        int crlf = m->line_len && m->last == '\r';
+        im_line(m, 1, crlf);
+        m->prev_end = crlf ? 2 : 1;
+        m->line_len = 0;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ envelope */
+
+/* An address list (RFC 5322 3.4) as IMAP address structures (RFC 3501
+ * 7.4.2): ((name adl mailbox host) ...), groups as a start marker with
+ * the group name as mailbox and an end marker with all NIL. */
+static void im_env_addr_one(struct imap_sb *b, const char *s, size_t n)
+{
+    char name[512], addr[512];
+    size_t nn = 0, an = 0;
+    const char *lt = NULL, *gt = NULL;
+    int inq = 0, depth = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\' && i + 1 < n) {
+            i++;
+            continue;
+        }
+        if (s[i] == '"')
+            inq = !inq;
+        else if (!inq && s[i] == '(')
+            depth++;
+        else if (!inq && s[i] == ')' && depth)
+            depth--;
+        else if (!inq && !depth && s[i] == '<' && !lt)
+            lt = s + i;
+        else if (!inq && !depth && s[i] == '>' && lt && !gt)
+            gt = s + i;
+    }
+    /* The display name: the phrase before "<", quotes undone. */
+    if (lt) {
+        inq = 0;
+        for (const char *p = s; p < lt && nn + 1 < sizeof name; p++) {
+            if (*p == '"') {
+                inq = !inq;
+                continue;
+            }
+            if (*p == '\\' && inq && p + 1 < lt)
+                p++;
+            name[nn++] = *p;
+        }
+        while (nn && (name[nn - 1] == ' ' || name[nn - 1] == '\t'))
+            nn--;
+        size_t st = 0;
+        while (st < nn && (name[st] == ' ' || name[st] == '\t'))
+            st++;
+        memmove(name, name + st, nn - st);
+        nn -= st;
+    }
+    const char *a = lt ? lt + 1 : s, *ae = lt ? (gt ? gt : s + n) : s + n;
+    depth = 0;
+    inq = 0;
+    for (const char *p = a; p < ae && an + 1 < sizeof addr; p++) {
+        if (*p == '"')
+            inq = !inq;
+        if (!inq && *p == '(') {
+            depth++;
+            continue;
+        }
+        if (!inq && *p == ')' && depth) {
+            depth--;
+            continue;
+        }
+        if (depth || (!inq && (*p == ' ' || *p == '\t')))
+            continue;
+        addr[an++] = *p;
+    }
+    addr[an] = 0;
+    if (!an && !nn)
+        return;
+    /* A source route "@a,@b:" before the address (RFC 5322 4.4). */
+    char *adl = NULL, *mbox = addr, *at;
+    if (addr[0] == '@') {
+        char *colon = strchr(addr, ':');
+        if (colon) {
+            *colon = 0;
+            adl = addr;
+            mbox = colon + 1;
+        }
+    }
+    at = strrchr(mbox, '@');
+    if (at)
+        *at = 0;
+    imap_sb_str(b, "(");
+    if (nn)
+        imap_sb_string(b, name, nn);
+    else
+        imap_sb_str(b, "NIL");
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, adl);
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, mbox);
+    imap_sb_str(b, " ");
+    /* RFC 3501 7.4.2: a missing host is "[host name unknown]"... clients
+     * cope better with the local part alone and NIL. */
+    imap_sb_nstring(b, at ? at + 1 : NULL);
+    imap_sb_str(b, ")");
+}
+
+static void im_env_addrs(struct imap_sb *b, const char *v)
+{
+    size_t start = b->len;
+    int inq = 0, depth = 0, angle = 0, in_group = 0;
+    const char *item = v;
+
+    if (!v) {
+        imap_sb_str(b, "NIL");
+        return;
+    }
+    imap_sb_str(b, "(");
+    for (const char *p = v;; p++) {
+        char c = *p;
+        if (c && c == '\\' && p[1]) {
+            p++;
+            continue;
+        }
+        if (c == '"' && !depth)
+            inq = !inq;
+        if (inq && c)
+            continue;
+        if (c == '(')
+            depth++;
+        else if (c == ')' && depth)
+            depth--;
+        if (depth && c)
+            continue;
+        if (c == '<')
+            angle = 1;
+        else if (c == '>')
+            angle = 0;
+        if (angle && c)
+            continue;
+        if (c == ':' && !in_group) {
+            /* A group: its name, then the members, then the end marker. */
+            const char *s = item;
+            size_t n = (size_t)(p - item);
+            while (n && (*s == ' ' || *s == '\t'))
+                s++, n--;
+            while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+                n--;
+            imap_sb_str(b, "(NIL NIL ");
+            imap_sb_string(b, s, n);
+            imap_sb_str(b, " NIL)");
+            in_group = 1;
+            item = p + 1;
+            continue;
+        }
+        if (c == ',' || c == ';' || !c) {
+            im_env_addr_one(b, item, (size_t)(p - item));
+            item = p + 1;
+            if ((c == ';' || !c) && in_group) {
+                imap_sb_str(b, "(NIL NIL NIL NIL)");
+                in_group = 0;
+            }
+            if (!c)
+                break;
+        }
+    }
+    if (b->len == start + 1) {
+        b->len = start;
+        imap_sb_str(b, "NIL");
+        return;
+    }
+    imap_sb_str(b, ")");
+}
+
+static void im_env_build(struct imap_sb *b, struct im_ent *e)
+{
+    imap_sb_str(b, "(");
+    imap_sb_nstring(b, e->f[IMF_DATE]);
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, e->f[IMF_SUBJECT]);
+    imap_sb_str(b, " ");
+    im_env_addrs(b, e->f[IMF_FROM]);
+    imap_sb_str(b, " ");
+    /* RFC 3501 7.4.2: sender and reply-to default to from. */
+    im_env_addrs(b, e->f[IMF_SENDER] ? e->f[IMF_SENDER] : e->f[IMF_FROM]);
+    imap_sb_str(b, " ");
+    im_env_addrs(b, e->f[IMF_REPLYTO] ? e->f[IMF_REPLYTO] : e->f[IMF_FROM]);
+    imap_sb_str(b, " ");
+    im_env_addrs(b, e->f[IMF_TO]);
+    imap_sb_str(b, " ");
+    im_env_addrs(b, e->f[IMF_CC]);
+    imap_sb_str(b, " ");
+    im_env_addrs(b, e->f[IMF_BCC]);
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, e->f[IMF_INREPLYTO]);
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, e->f[IMF_MSGID]);
+    imap_sb_str(b, ")");
+}
+
+/* ------------------------------------------------------- bodystructure */
+
+/* ("name" "value" ...) of the parameters after the first ';', or NIL. */
+static void im_bs_params(struct imap_sb *b, const char *v)
+{
+    const char *p = v ? strchr(v, ';') : NULL;
+    size_t start = b->len;
+
+    imap_sb_str(b, "(");
+    while (p && *p) {
+        char name[128], val[1024];
+        size_t nn = 0, vn = 0;
+        p++;
+        while (*p == ' ' || *p == '\t' || *p == ';')
+            p++;
+        for (; *p && *p != '=' && *p != ';' && *p != ' ' && *p != '\t'; p++)
+            if (nn + 1 < sizeof name)
+                name[nn++] = (char)tolower((unsigned char)*p);
+        name[nn] = 0;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p != '=') {
+            p = strchr(p, ';');
+            continue;
+        }
+        p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '"') {
+            for (p++; *p && *p != '"'; p++) {
+                if (*p == '\\' && p[1])
+                    p++;
+                if (vn + 1 < sizeof val)
+                    val[vn++] = *p;
+            }
+            if (*p)
+                p++;
+        } else {
+            for (; *p && *p != ';' && *p != ' ' && *p != '\t'; p++)
+                if (vn + 1 < sizeof val)
+                    val[vn++] = *p;
+        }
+        val[vn] = 0;
+        if (nn) {
+            if (b->len > start + 1)
+                imap_sb_str(b, " ");
+            imap_sb_string(b, name, nn);
+            imap_sb_str(b, " ");
+            imap_sb_string(b, val, vn);
+        }
+        p = strchr(p, ';');
+    }
+    if (b->len == start + 1) {
+        b->len = start;
+        imap_sb_str(b, "NIL");
+        return;
+    }
+    imap_sb_str(b, ")");
+}
+
+/* The first word of a header value (the disposition type, the
+ * encoding), as an IMAP string. */
+static void im_bs_word(struct imap_sb *b, const char *v, const char *def)
+{
+    size_t n = 0;
+    if (!v) {
+        imap_sb_nstring(b, def);
+        return;
+    }
+    while (*v == ' ')
+        v++;
+    while (v[n] && v[n] != ';' && v[n] != ' ' && v[n] != '\t' && v[n] != '(')
+        n++;
+    if (!n && !def) {
+        imap_sb_str(b, "NIL");
+        return;
+    }
+    if (!n)
+        imap_sb_nstring(b, def);
+    else
+        imap_sb_string(b, v, n);
+}
+
+static void im_bs_ext(struct imap_sb *b, struct im_ent *e, int multi)
+{
+    if (multi) {
+        imap_sb_str(b, " ");
+        im_bs_params(b, e->f[IMF_CTYPE]);
+    } else {
+        imap_sb_str(b, " ");
+        imap_sb_nstring(b, e->f[IMF_CMD5]);
+    }
+    imap_sb_str(b, " ");
+    if (e->f[IMF_CDISP]) {
+        imap_sb_str(b, "(");
+        im_bs_word(b, e->f[IMF_CDISP], NULL);
+        imap_sb_str(b, " ");
+        im_bs_params(b, e->f[IMF_CDISP]);
+        imap_sb_str(b, ")");
+    } else {
+        imap_sb_str(b, "NIL");
+    }
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, e->f[IMF_CLANG]);
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, e->f[IMF_CLOC]);
+}
+
+static void im_bs_build(struct imap_mime *m, struct imap_sb *b, int idx, int ext, int depth)
+{
+    struct im_ent *e = &m->e[idx];
+    char type[64], sub[64];
+
+    if (depth > MIME_MAX_DEPTH + 2) {
+        b->err = 1;
+        return;
+    }
+    im_type_of(e->f[IMF_CTYPE], type, sizeof type, sub, sizeof sub);
+    imap_sb_str(b, "(");
+    if (e->type == 'M') {
+        int any = 0;
+        for (int i = idx + 1; i < m->n; i++)
+            if (m->e[i].parent == idx) {
+                im_bs_build(m, b, i, ext, depth + 1);
+                any = 1;
+            }
+        if (!any)       /* RFC 3501: a multipart has at least one part */
+            imap_sb_str(b, "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)");
+        imap_sb_str(b, " ");
+        imap_sb_string(b, sub, strlen(sub));
+        if (ext)
+            im_bs_ext(b, e, 1);
+        imap_sb_str(b, ")");
+        return;
+    }
+    if (!type[0] || !sub[0]) {
+        int digest = e->parent >= 0 && m->e[e->parent].digest;
+        strcpy(type, digest ? "message" : "text");
+        strcpy(sub, digest ? "rfc822" : "plain");
+    }
+    imap_sb_string(b, type, strlen(type));
+    imap_sb_str(b, " ");
+    imap_sb_string(b, sub, strlen(sub));
+    imap_sb_str(b, " ");
+    if (!e->f[IMF_CTYPE] && !strcmp(type, "text"))
+        imap_sb_str(b, "(\"charset\" \"us-ascii\")");
+    else
+        im_bs_params(b, e->f[IMF_CTYPE]);
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, e->f[IMF_CID]);
+    imap_sb_str(b, " ");
+    imap_sb_nstring(b, e->f[IMF_CDESC]);
+    imap_sb_str(b, " ");
+    im_bs_word(b, e->f[IMF_CTE], "7bit");
+    imap_sb_printf(b, " %lld", (long long)(e->end - e->body_start));
+    if (e->type == 'R') {
+        int child = -1;
+        for (int i = idx + 1; i < m->n; i++)
+            if (m->e[i].parent == idx) {
+                child = i;
+                break;
+            }
+        imap_sb_str(b, " ");
+        if (child >= 0) {
+            im_env_build(b, &m->e[child]);
+            imap_sb_str(b, " ");
+            im_bs_build(m, b, child, ext, depth + 1);
+        } else {
+            imap_sb_str(b, "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) "
+                           "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)");
+        }
+        imap_sb_printf(b, " %lld", (long long)e->lines);
+    } else if (!strcmp(type, "text")) {
+        imap_sb_printf(b, " %lld", (long long)e->lines);
+    }
+    if (ext)
+        im_bs_ext(b, e, 0);
+    imap_sb_str(b, ")");
+}
+
+/* ---------------------------------------------------------------- dates */
+
+static int64_t im_days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static const char *const im_months[12] = { "jan", "feb", "mar", "apr", "may", "jun",
+                                        "jul", "aug", "sep", "oct", "nov", "dec" };
+
+int imap_month(const char *s)
+{
+    for (int i = 0; i < 12; i++)
+        if (!strncasecmp(s, im_months[i], 3))
+            return i + 1;
+    return 0;
+}
+
+/* The day of an RFC 5322 date ("[Day,] 1 Jul 2003 ..."), as days since
+ * the epoch; SENTBEFORE and friends disregard time and zone (RFC 3501
+ * 6.4.4).  -1 when there is no date. */
+int64_t imap_date_days(const char *v)
+{
+    int d = 0, y = 0, mon;
+    const char *p = v;
+
+    if (!v)
+        return -1;
+    while (*p && !isdigit((unsigned char)*p))
+        p++;
+    while (isdigit((unsigned char)*p))
+        d = d * 10 + (*p++ - '0');
+    while (*p == ' ' || *p == '-')
+        p++;
+    mon = imap_month(p);
+    if (!mon || d < 1 || d > 31)
+        return -1;
+    p += 3;
+    while (*p == ' ' || *p == '-')
+        p++;
+    if (!isdigit((unsigned char)*p))
+        return -1;
+    while (isdigit((unsigned char)*p) && y < 100000)
+        y = y * 10 + (*p++ - '0');
+    if (y < 50)
+        y += 2000;
+    else if (y < 1000)
+        y += 1900;
+    return im_days_from_civil(y, mon, d);
+}
+
+int64_t imap_days_of(int64_t t)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    localtime_r(&tt, &tm);
+    return im_days_from_civil(tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+}
+
+/* --------------------------------------------------------------- finish */
+
+int imap_mime_finish(struct imap_mime *m, struct store_imap_cache *out)
+{
+    struct imap_sb env = { 0 }, bs = { 0 }, body = { 0 }, parts = { 0 };
+    struct im_ent *top = &m->e[0];
+    int partial = m->line_len > 0;
+
+    memset(out, 0, sizeof *out);
+    if (m->line_len) {
+        im_line(m, 0, 0);
+        m->line_len = 0;
+    }
+    if (m->in_header) {
+        im_field_end(m);
+        m->in_header = 0;
+    }
+    for (int i = m->cur; i >= 0; i = m->e[i].parent)
+        im_close(m, i, m->off, m->nl, partial);
+    for (int i = 0; i < m->n; i++)
+        im_close(m, i, m->off, m->nl, partial);
+    im_env_build(&env, top);
+    im_bs_build(m, &bs, 0, 1, 0);
+    im_bs_build(m, &body, 0, 0, 0);
+    for (int i = 0; i < m->n; i++)
+        imap_sb_printf(&parts, "%d %c %lld %lld %lld\n", m->e[i].parent, m->e[i].type,
+                       (long long)m->e[i].hdr_start, (long long)m->e[i].body_start,
+                       (long long)m->e[i].end);
+    if (env.err || bs.err || body.err || parts.err)
+        goto fail;
+    out->envelope = env.s;
+    out->structure = bs.s;
+    out->body = body.s;
+    out->parts = parts.s;
+    out->sent = imap_date_days(top->f[IMF_DATE]);
+    out->hsubject = strdup(top->f[IMF_SUBJECT] ? top->f[IMF_SUBJECT] : "");
+    out->hfrom = strdup(top->f[IMF_FROM] ? top->f[IMF_FROM] : "");
+    out->hto = strdup(top->f[IMF_TO] ? top->f[IMF_TO] : "");
+    out->hcc = strdup(top->f[IMF_CC] ? top->f[IMF_CC] : "");
+    out->hbcc = strdup(top->f[IMF_BCC] ? top->f[IMF_BCC] : "");
+    if (!out->hsubject || !out->hfrom || !out->hto || !out->hcc || !out->hbcc) {
+        store_imap_cache_free(out);
+        return -1;
+    }
+    return 0;
+fail:
+    imap_sb_free(&env);
+    imap_sb_free(&bs);
+    imap_sb_free(&body);
+    imap_sb_free(&parts);
+    return -1;
+}
+
+/* Reads the body, computes and stores its cache entry. */
+int imap_mime_compute(int64_t body_id, struct store_imap_cache *c)
+{
+    struct store_reader r;
+    struct imap_mime *m;
+    static unsigned char buf[16384];
+    ssize_t n;
+    int err = STORE_ERR;
+
+    if (store_reader_open(&r, body_id)) {
+        store_reader_close(&r);
+        return STORE_ERR;
+    }
+    m = imap_mime_new();
+    if (!m)
+        goto out;
+    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
+        imap_mime_feed(m, buf, (size_t)n);
+    if (n < 0 || imap_mime_finish(m, c))
+        goto out;
+    err = store_imap_cache_put(body_id, c);
+    if (err)
+        store_imap_cache_free(c);
+out:
+    imap_mime_free(m);
+    store_reader_close(&r);
+    return err;
+}
+
+int imap_cache_load(int64_t body_id, struct store_imap_cache *c)
+{
+    int err = store_imap_cache_get(body_id, c);
+    if (err == STORE_NOTFOUND)
+        err = imap_mime_compute(body_id, c);
+    return err;
+}
+
+/* ---- src/imap_search.c ---- */
+#line 1 "src/imap_search.c"
+/*
+ * imap_search.c: sequence sets (RFC 3501 9, sequence-set) and SEARCH
+ * (RFC 3501 6.4.4) with UID SEARCH.
+ *
+ * A search is parsed into a small tree and evaluated message by message
+ * in one pass over the folder.  What each key needs is fetched only when
+ * the key is reached: flags, size and dates come with the message row,
+ * header fields from the cached values (imap_mime.c), any other header
+ * and the text from the stored message, streamed through a window as
+ * long as the string looked for, so a large message costs one chunk of
+ * memory.  Matching is case-insensitive for ASCII, as RFC 3501 6.4.4
+ * asks; encoded words and transfer encodings are not decoded.
+ */
+
+
+#include <ctype.h>
+#include <string.h>
+
+#define SRCH_DEPTH   32                 /* nesting of NOT, OR and lists */
+#define SRCH_NODES   256                /* keys in one search */
+#define SRCH_STR_MAX 1024
+#define SRCH_HDR_MAX (64 * 1024)
+
+/* -------------------------------------------------------------- sets */
+
+#define SET_STAR 0xffffffffu
+
+static int set_p_num(struct imap_p *p, uint32_t *v)
+{
+    int64_t x;
+    if (p->i < p->n && p->s[p->i] == '*') {
+        p->i++;
+        *v = SET_STAR;
+        return 0;
+    }
+    /* nz-number: 1 .. 4294967295 */
+    if (imap_p_number(p, &x) || x < 1 || x > 0xfffffffeLL)
+        return -1;
+    *v = (uint32_t)x;
+    return 0;
+}
+
+int imap_p_set(struct imap_p *p, struct imap_set *set)
+{
+    size_t cap = 0;
+
+    memset(set, 0, sizeof *set);
+    for (;;) {
+        uint32_t a, b;
+        if (set_p_num(p, &a))
+            goto bad;
+        b = a;
+        if (p->i < p->n && p->s[p->i] == ':') {
+            p->i++;
+            if (set_p_num(p, &b))
+                goto bad;
+        }
+        if (set->n == cap) {
+            if (cap >= 65536)
+                goto bad;
+            cap = cap ? cap * 2 : 8;
+            uint32_t(*q)[2] = realloc(set->r, cap * sizeof *q);
+            if (!q)
+                goto bad;
+            set->r = q;
+        }
+        set->r[set->n][0] = a;
+        set->r[set->n][1] = b;
+        set->n++;
+        if (p->i >= p->n || p->s[p->i] != ',')
+            return 0;
+        p->i++;
+    }
+bad:
+    imap_set_free(set);
+    return -1;
+}
+
+void imap_set_free(struct imap_set *set)
+{
+    free(set->r);
+    set->r = NULL;
+    set->n = 0;
+}
+
+int imap_set_has(const struct imap_set *set, uint32_t v, uint32_t star)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        uint32_t a = set->r[i][0] == SET_STAR ? star : set->r[i][0];
+        uint32_t b = set->r[i][1] == SET_STAR ? star : set->r[i][1];
+        if (a > b) {
+            uint32_t t = a;
+            a = b;
+            b = t;
+        }
+        if (v >= a && v <= b)
+            return 1;
+    }
+    return 0;
+}
+
+/* 1 for a message number that does not exist. */
+int imap_set_resolve(const struct imap *s, const struct imap_set *set, int uid, size_t **idx, size_t *n)
+{
+    size_t cnt = s->v.n, k = 0;
+    uint32_t star = uid ? (cnt ? s->v.uids[cnt - 1] : 0) : (uint32_t)cnt;
+    size_t *v;
+
+    *idx = NULL;
+    *n = 0;
+    /* RFC 3501 6.4.5: a message number beyond the last is an error; a
+     * UID that does not exist is not. */
+    if (!uid)
+        for (size_t i = 0; i < set->n; i++)
+            for (int j = 0; j < 2; j++)
+                if (set->r[i][j] != SET_STAR && set->r[i][j] > cnt)
+                    return 1;
+    if (!cnt)
+        return 0;
+    v = malloc(cnt * sizeof *v);
+    if (!v)
+        return STORE_ERR;
+    for (size_t i = 0; i < cnt; i++)
+        if (imap_set_has(set, uid ? s->v.uids[i] : (uint32_t)(i + 1), star))
+            v[k++] = i;
+    *idx = v;
+    *n = k;
+    return 0;
+}
+
+/* ------------------------------------------------------------ parsing */
+
+enum srch_op {
+    Q_ALL, Q_FLAG, Q_UNFLAG, Q_KEYWORD, Q_UNKEYWORD, Q_NEW, Q_OLD, Q_RECENT,
+    Q_FROM, Q_TO, Q_CC, Q_BCC, Q_SUBJECT, Q_HEADER, Q_BODY, Q_TEXT,
+    Q_BEFORE, Q_ON, Q_SINCE, Q_SENTBEFORE, Q_SENTON, Q_SENTSINCE,
+    Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND,
+};
+
+struct srch_node {
+    int op;
+    int64_t num;
+    char *str, *field;
+    struct imap_set set;
+    struct srch_node *a, *b;
+};
+
+struct srch {
+    struct srch_node nodes[SRCH_NODES];
+    int n;
+    int need_cache;
+};
+
+static const struct {
+    const char *name;
+    int op;
+    int64_t arg;
+} srch_simple[] = {
+    { "ALL", Q_ALL, 0 },
+    { "ANSWERED", Q_FLAG, IMAP_ANSWERED }, { "DELETED", Q_FLAG, IMAP_DELETED },
+    { "DRAFT", Q_FLAG, IMAP_DRAFT }, { "FLAGGED", Q_FLAG, IMAP_FLAGGED }, { "SEEN", Q_FLAG, IMAP_SEEN },
+    { "UNANSWERED", Q_UNFLAG, IMAP_ANSWERED }, { "UNDELETED", Q_UNFLAG, IMAP_DELETED },
+    { "UNDRAFT", Q_UNFLAG, IMAP_DRAFT }, { "UNFLAGGED", Q_UNFLAG, IMAP_FLAGGED },
+    { "UNSEEN", Q_UNFLAG, IMAP_SEEN },
+    { "NEW", Q_NEW, 0 }, { "OLD", Q_OLD, 0 }, { "RECENT", Q_RECENT, 0 },
+};
+
+static const struct {
+    const char *name;
+    int op;
+} srch_with_string[] = {
+    { "FROM", Q_FROM }, { "TO", Q_TO }, { "CC", Q_CC }, { "BCC", Q_BCC }, { "SUBJECT", Q_SUBJECT },
+    { "BODY", Q_BODY }, { "TEXT", Q_TEXT }, { "KEYWORD", Q_KEYWORD }, { "UNKEYWORD", Q_UNKEYWORD },
+};
+
+static const struct {
+    const char *name;
+    int op;
+} srch_with_date[] = {
+    { "BEFORE", Q_BEFORE }, { "ON", Q_ON }, { "SINCE", Q_SINCE },
+    { "SENTBEFORE", Q_SENTBEFORE }, { "SENTON", Q_SENTON }, { "SENTSINCE", Q_SENTSINCE },
+};
+
+static struct srch_node *srch_new(struct srch *q, int op)
+{
+    if (q->n >= SRCH_NODES)
+        return NULL;
+    struct srch_node *n = &q->nodes[q->n++];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    return n;
+}
+
+static void srch_free(struct srch *q)
+{
+    for (int i = 0; i < q->n; i++) {
+        free(q->nodes[i].str);
+        free(q->nodes[i].field);
+        imap_set_free(&q->nodes[i].set);
+    }
+    q->n = 0;
+}
+
+static char *srch_p_string(struct imap_p *p)
+{
+    char buf[SRCH_STR_MAX + 1];
+    if (imap_p_sp(p) || imap_p_astring(p, buf, sizeof buf, NULL))
+        return NULL;
+    return strdup(buf);
+}
+
+/* date (RFC 3501 9): "d-Mon-yyyy", quoted or not. */
+static int srch_p_date(struct imap_p *p, int64_t *days)
+{
+    char buf[32];
+    if (imap_p_sp(p) || imap_p_astring(p, buf, sizeof buf, NULL))
+        return -1;
+    *days = imap_date_days(buf);
+    return *days < 0 ? -1 : 0;
+}
+
+static struct srch_node *srch_p_key(struct srch *q, struct imap_p *p, int depth);
+
+/* key *(SP key), up to ")" or the end. */
+static struct srch_node *srch_p_list(struct srch *q, struct imap_p *p, int depth, int paren)
+{
+    struct srch_node *head = NULL, **tail = &head;
+    for (int first = 1;; first = 0) {
+        if (paren && p->i < p->n && p->s[p->i] == ')') {
+            p->i++;
+            break;
+        }
+        if (!paren && p->i >= p->n)
+            break;
+        if (!first && imap_p_sp(p))
+            return NULL;
+        struct srch_node *k = srch_p_key(q, p, depth + 1), *and;
+        if (!k || !(and = srch_new(q, Q_AND)))
+            return NULL;
+        and->a = k;
+        *tail = and;
+        tail = &and->b;
+    }
+    return head;
+}
+
+static struct srch_node *srch_p_key(struct srch *q, struct imap_p *p, int depth)
+{
+    char word[32];
+    struct srch_node *n;
+
+    if (depth > SRCH_DEPTH)
+        return NULL;
+    if (p->i < p->n && p->s[p->i] == '(') {
+        p->i++;
+        n = srch_p_list(q, p, depth, 1);
+        return n ? n : srch_new(q, Q_ALL);
+    }
+    if (p->i < p->n && (isdigit((unsigned char)p->s[p->i]) || p->s[p->i] == '*')) {
+        if (!(n = srch_new(q, Q_SEQ)) || imap_p_set(p, &n->set))
+            return NULL;
+        return n;
+    }
+    if (imap_p_atom(p, word, sizeof word))
+        return NULL;
+    for (size_t i = 0; i < MN_NELEM(srch_simple); i++)
+        if (!strcasecmp(word, srch_simple[i].name)) {
+            if (!(n = srch_new(q, srch_simple[i].op)))
+                return NULL;
+            n->num = srch_simple[i].arg;
+            return n;
+        }
+    for (size_t i = 0; i < MN_NELEM(srch_with_string); i++)
+        if (!strcasecmp(word, srch_with_string[i].name)) {
+            if (!(n = srch_new(q, srch_with_string[i].op)) || !(n->str = srch_p_string(p)))
+                return NULL;
+            if (n->op >= Q_FROM && n->op <= Q_SUBJECT)
+                q->need_cache = 1;
+            return n;
+        }
+    for (size_t i = 0; i < MN_NELEM(srch_with_date); i++)
+        if (!strcasecmp(word, srch_with_date[i].name)) {
+            if (!(n = srch_new(q, srch_with_date[i].op)) || srch_p_date(p, &n->num))
+                return NULL;
+            if (n->op >= Q_SENTBEFORE)
+                q->need_cache = 1;
+            return n;
+        }
+    if (!strcasecmp(word, "HEADER")) {
+        if (!(n = srch_new(q, Q_HEADER)) || !(n->field = srch_p_string(p)) || !(n->str = srch_p_string(p)))
+            return NULL;
+        q->need_cache = 1;
+        return n;
+    }
+    if (!strcasecmp(word, "LARGER") || !strcasecmp(word, "SMALLER")) {
+        if (!(n = srch_new(q, toupper((unsigned char)word[0]) == 'L' ? Q_LARGER : Q_SMALLER)) ||
+            imap_p_sp(p) || imap_p_number(p, &n->num))
+            return NULL;
+        return n;
+    }
+    if (!strcasecmp(word, "UID")) {
+        if (!(n = srch_new(q, Q_UID)) || imap_p_sp(p) || imap_p_set(p, &n->set))
+            return NULL;
+        return n;
+    }
+    if (!strcasecmp(word, "NOT")) {
+        if (!(n = srch_new(q, Q_NOT)) || imap_p_sp(p) || !(n->a = srch_p_key(q, p, depth + 1)))
+            return NULL;
+        return n;
+    }
+    if (!strcasecmp(word, "OR")) {
+        if (!(n = srch_new(q, Q_OR)) || imap_p_sp(p) || !(n->a = srch_p_key(q, p, depth + 1)) ||
+            imap_p_sp(p) || !(n->b = srch_p_key(q, p, depth + 1)))
+            return NULL;
+        return n;
+    }
+    return NULL;
+}
+
+/* --------------------------------------------------------- evaluation */
+
+struct srch_msg {
+    struct imap *s;
+    const struct store_imap_msg *m;
+    size_t seq;                         /* 1-based */
+    struct store_imap_cache cache;
+    int cache_state;                    /* 0 not loaded, 1 loaded, -1 failed */
+    char *header;                       /* top-level header, read on demand */
+};
+
+static int srch_contains(const char *hay, size_t hn, const char *needle)
+{
+    size_t nn = strlen(needle);
+    if (!nn)
+        return 1;
+    for (size_t i = 0; i + nn <= hn; i++)
+        if (!strncasecmp(hay + i, needle, nn))
+            return 1;
+    return 0;
+}
+
+static struct store_imap_cache *srch_cache(struct srch_msg *x)
+{
+    if (!x->cache_state)
+        x->cache_state = imap_cache_load(x->m->body_id, &x->cache) ? -1 : 1;
+    return x->cache_state > 0 ? &x->cache : NULL;
+}
+
+/* Streams octets [from, to) of the message (prefix, then body) through
+ * fn; stops early when fn returns non-zero. */
+static int srch_stream(const struct store_imap_msg *m, int64_t from, int64_t to,
+                       int (*fn)(void *arg, const char *p, size_t n), void *arg)
+{
+    static char buf[STORE_CHUNK];
+    int64_t plen = (int64_t)strlen(m->prefix);
+    struct store_reader r;
+    int rc = 0;
+
+    if (from < plen) {
+        int64_t e = to < plen ? to : plen;
+        if ((rc = fn(arg, m->prefix + from, (size_t)(e - from))))
+            return rc;
+        from = e;
+    }
+    if (from >= to)
+        return 0;
+    if (store_reader_open(&r, m->body_id) || store_reader_seek(&r, from - plen)) {
+        store_reader_close(&r);
+        return -1;
+    }
+    while (from < to && !rc) {
+        size_t want = (size_t)(to - from < (int64_t)sizeof buf ? to - from : (int64_t)sizeof buf);
+        ssize_t k = store_reader_read(&r, buf, want);
+        if (k <= 0) {
+            rc = k < 0 ? -1 : 0;
+            break;
+        }
+        from += k;
+        rc = fn(arg, buf, (size_t)k);
+    }
+    store_reader_close(&r);
+    return rc;
+}
+
+/* The top entity's header ends where its body starts: the part table's
+ * first line ("-1 T hdr body end"). */
+static int64_t srch_header_end(const struct store_imap_cache *c, const struct store_imap_msg *m)
+{
+    long long h = 0, b = 0, e = 0;
+    char t;
+    int parent;
+    if (sscanf(c->parts, "%d %c %lld %lld %lld", &parent, &t, &h, &b, &e) != 5)
+        return 0;
+    return (int64_t)strlen(m->prefix) + b;
+}
+
+struct srch_grab {
+    struct imap_sb b;
+};
+
+static int srch_grab(void *arg, const char *p, size_t n)
+{
+    struct srch_grab *g = arg;
+    if (g->b.len + n > SRCH_HDR_MAX)
+        n = SRCH_HDR_MAX - g->b.len;
+    imap_sb_add(&g->b, p, n);
+    return g->b.len >= SRCH_HDR_MAX;
+}
+
+static const char *srch_header(struct srch_msg *x)
+{
+    struct store_imap_cache *c = srch_cache(x);
+    if (x->header || !c)
+        return x->header;
+    struct srch_grab g = { { 0 } };
+    srch_stream(x->m, 0, srch_header_end(c, x->m), srch_grab, &g);
+    x->header = g.b.s ? g.b.s : strdup("");
+    return x->header;
+}
+
+/* RFC 3501 6.4.4 HEADER: the field's value contains the string. */
+static int srch_header_field(const char *hdr, const char *field, const char *str)
+{
+    size_t fl = strlen(field);
+    for (const char *line = hdr; line && *line;) {
+        const char *eol = strchr(line, '\n');
+        if (!strncasecmp(line, field, fl) && line[fl] == ':') {
+            /* The value with its continuation lines. */
+            const char *v = line + fl + 1, *end = eol;
+            while (end && (end[1] == ' ' || end[1] == '\t'))
+                end = strchr(end + 1, '\n');
+            if (srch_contains(v, end ? (size_t)(end - v) : strlen(v), str))
+                return 1;
+        }
+        line = eol ? eol + 1 : NULL;
+    }
+    return 0;
+}
+
+struct srch_scan {
+    const char *needle;
+    size_t nn;
+    char carry[SRCH_STR_MAX * 2 + 2];
+    size_t cn;
+    int found;
+};
+
+static int srch_scan(void *arg, const char *p, size_t n)
+{
+    struct srch_scan *sc = arg;
+    /* The window: the tail of the previous piece, then this one. */
+    while (n) {
+        size_t take = sizeof sc->carry - sc->cn;
+        if (take > n)
+            take = n;
+        memcpy(sc->carry + sc->cn, p, take);
+        sc->cn += take;
+        p += take;
+        n -= take;
+        if (srch_contains(sc->carry, sc->cn, sc->needle)) {
+            sc->found = 1;
+            return 1;
+        }
+        size_t keep = sc->nn > 1 ? sc->nn - 1 : 0;
+        if (keep > sc->cn)
+            keep = sc->cn;
+        memmove(sc->carry, sc->carry + sc->cn - keep, keep);
+        sc->cn = keep;
+    }
+    return 0;
+}
+
+static int srch_text(struct srch_msg *x, const char *needle, int body_only)
+{
+    struct store_imap_cache *c = srch_cache(x);
+    struct srch_scan sc;
+    int64_t from = 0;
+
+    if (body_only) {
+        if (!c)
+            return 0;
+        from = srch_header_end(c, x->m);
+    }
+    memset(&sc, 0, sizeof sc);
+    sc.needle = needle;
+    sc.nn = strlen(needle);
+    if (!sc.nn)
+        return 1;
+    srch_stream(x->m, from, x->m->size, srch_scan, &sc);
+    return sc.found;
+}
+
+static int srch_kw_has(const char *kw, const char *word)
+{
+    size_t wl = strlen(word);
+    for (const char *p = kw; *p;) {
+        size_t k = strcspn(p, " ");
+        if (k == wl && !strncasecmp(p, word, k))
+            return 1;
+        p += k;
+        while (*p == ' ')
+            p++;
+    }
+    return 0;
+}
+
+static int srch_eval(struct srch_msg *x, const struct srch_node *n)
+{
+    const struct store_imap_msg *m = x->m;
+    struct store_imap_cache *c;
+    struct imap *s = x->s;
+    uint32_t star;
+
+    switch (n->op) {
+    case Q_ALL: return 1;
+    case Q_FLAG: return (m->flags & n->num) != 0;
+    case Q_UNFLAG: return (m->flags & n->num) == 0;
+    case Q_KEYWORD: return srch_kw_has(m->keywords, n->str);
+    case Q_UNKEYWORD: return !srch_kw_has(m->keywords, n->str);
+    case Q_RECENT: return imap_is_recent(s, m->uid);
+    case Q_NEW: return imap_is_recent(s, m->uid) && !(m->flags & IMAP_SEEN);
+    case Q_OLD: return !imap_is_recent(s, m->uid);
+    case Q_FROM: return (c = srch_cache(x)) && srch_contains(c->hfrom, strlen(c->hfrom), n->str);
+    case Q_TO: return (c = srch_cache(x)) && srch_contains(c->hto, strlen(c->hto), n->str);
+    case Q_CC: return (c = srch_cache(x)) && srch_contains(c->hcc, strlen(c->hcc), n->str);
+    case Q_BCC: return (c = srch_cache(x)) && srch_contains(c->hbcc, strlen(c->hbcc), n->str);
+    case Q_SUBJECT: return (c = srch_cache(x)) && srch_contains(c->hsubject, strlen(c->hsubject), n->str);
+    case Q_HEADER: {
+        const char *h = srch_header(x);
+        return h && srch_header_field(h, n->field, n->str);
+    }
+    case Q_BODY: return srch_text(x, n->str, 1);
+    case Q_TEXT: return srch_text(x, n->str, 0);
+    case Q_BEFORE: return imap_days_of(m->added) < n->num;
+    case Q_ON: return imap_days_of(m->added) == n->num;
+    case Q_SINCE: return imap_days_of(m->added) >= n->num;
+    case Q_SENTBEFORE: return (c = srch_cache(x)) && c->sent >= 0 && c->sent < n->num;
+    case Q_SENTON: return (c = srch_cache(x)) && c->sent == n->num;
+    case Q_SENTSINCE: return (c = srch_cache(x)) && c->sent >= n->num;
+    case Q_LARGER: return m->size > n->num;
+    case Q_SMALLER: return m->size < n->num;
+    case Q_UID:
+        star = s->v.n ? s->v.uids[s->v.n - 1] : 0;
+        return imap_set_has(&n->set, (uint32_t)m->uid, star);
+    case Q_SEQ: return imap_set_has(&n->set, (uint32_t)x->seq, (uint32_t)s->v.n);
+    case Q_NOT: return !srch_eval(x, n->a);
+    case Q_OR: return srch_eval(x, n->a) || srch_eval(x, n->b);
+    case Q_AND:
+        for (; n; n = n->b)
+            if (!srch_eval(x, n->a))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
+struct srch_run {
+    struct imap *s;
+    struct srch_node *root;
+    int uid;
+    struct imap_sb out;
+};
+
+static int srch_each(void *arg, const struct store_imap_msg *m)
+{
+    struct srch_run *r = arg;
+    struct imap *s = r->s;
+    uint32_t uid = (uint32_t)m->uid;
+    size_t lo = 0, hi = s->v.n;
+
+    /* The message's number in this session's view (a message that
+     * arrived since the last sync has none yet). */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->v.uids[mid] < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo >= s->v.n || s->v.uids[lo] != uid)
+        return 0;
+    struct srch_msg x = { s, m, lo + 1, { 0 }, 0, NULL };
+    if (srch_eval(&x, r->root))
+        imap_sb_printf(&r->out, " %lu", r->uid ? (unsigned long)uid : (unsigned long)(lo + 1));
+    if (x.cache_state > 0)
+        store_imap_cache_free(&x.cache);
+    free(x.header);
+    return r->out.err;
+}
+
+void imap_cmd_search(struct imap *s, struct imap_p *p, int uid)
+{
+    struct srch *q = calloc(1, sizeof *q);
+    struct srch_run r = { s, NULL, uid, { 0 } };
+    char word[32];
+
+    if (!q) {
+        imap_tagged(s, "NO [UNAVAILABLE] out of memory");
+        return;
+    }
+    if (imap_p_sp(p))
+        goto bad;
+    /* RFC 3501 6.4.4: CHARSET; US-ASCII and UTF-8 are understood. */
+    size_t save = p->i;
+    if (!imap_p_atom(p, word, sizeof word) && !strcasecmp(word, "CHARSET")) {
+        char cs[64];
+        if (imap_p_sp(p) || imap_p_astring(p, cs, sizeof cs, NULL) || imap_p_sp(p))
+            goto bad;
+        if (strcasecmp(cs, "US-ASCII") && strcasecmp(cs, "UTF-8")) {
+            imap_tagged(s, "NO [BADCHARSET (US-ASCII UTF-8)] charset not supported");
+            free(q);
+            return;
+        }
+    } else {
+        p->i = save;
+    }
+    r.root = srch_p_list(q, p, 0, 0);
+    if (!r.root)
+        goto bad;
+    /* UID SEARCH may report expunges; SEARCH may not (RFC 3501 7.4.1). */
+    imap_sync(s, uid);
+    imap_sb_str(&r.out, "* SEARCH");
+    if (store_imap_each(s->user_id, s->v.f.key, srch_each, &r) || r.out.err) {
+        imap_tagged(s, "NO [UNAVAILABLE] cannot search now");
+    } else {
+        imap_sb_str(&r.out, "\r\n");
+        imap_out(s, r.out.s, r.out.len);
+        imap_tagged(s, "OK %sSEARCH completed", uid ? "UID " : "");
+    }
+    imap_sb_free(&r.out);
+    srch_free(q);
+    free(q);
+    return;
+bad:
+    srch_free(q);
+    free(q);
+    imap_tagged(s, "BAD invalid search criteria");
+}
+
+/* ---- src/imap_fetch.c ---- */
+#line 1 "src/imap_fetch.c"
+/*
+ * imap_fetch.c: FETCH (RFC 3501 6.4.5), STORE (6.4.6), COPY (6.4.7) and
+ * MOVE (RFC 6851), with their UID forms and COPYUID (RFC 4315).
+ *
+ * FETCH is a streaming job: one message at a time, its short items
+ * (FLAGS, UID, ENVELOPE, BODYSTRUCTURE...) written as text, its message
+ * sections as literals copied from the store while the client reads.  A
+ * section starts from the part table of the message (imap_mime.c) and
+ * seeks to its first chunk (store_reader_seek), so BODY[2]<1000.500> of a
+ * 100 MB message inflates one or two chunks, and BODY[] of it one chunk
+ * at a time.  Message coordinates are the stored prefix (Return-Path)
+ * followed by the body; the part table counts from the body's start.
+ */
+
+
+#include <ctype.h>
+#include <string.h>
+#include <time.h>
+
+#define FETCH_ITEMS      32
+#define FETCH_PATH       16
+#define FETCH_FIELDS_MAX 1024           /* octets of a HEADER.FIELDS list */
+#define FETCH_HDR_MAX    (256 * 1024)   /* a header filtered in memory */
+
+enum { FI_UID, FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE, FI_BODY, FI_SECTION };
+enum { SP_ALL, SP_HEADER, SP_FIELDS, SP_FIELDS_NOT, SP_TEXT, SP_MIME };
+
+struct fetch_item {
+    int kind;
+    int peek;
+    int spec;
+    uint32_t path[FETCH_PATH];
+    int npath;
+    char fields[FETCH_FIELDS_MAX];      /* upper case, space separated */
+    int partial;
+    int64_t origin, count;
+    char label[FETCH_FIELDS_MAX + 64];  /* the name in the response */
+};
+
+struct fetch_job {
+    int uid;                            /* UID FETCH: UID is always returned */
+    struct fetch_item items[FETCH_ITEMS];
+    int nitems;
+    size_t *idx, nidx, cur;
+    int started, item;
+    int need_sp;
+    int seen_set;                        /* an item was written: a space before the next */
+    struct store_imap_msg m;
+    struct store_imap_cache cache;
+    int cache_state;
+    /* The section being streamed. */
+    int streaming;
+    struct store_reader r;
+    int reader_open;
+    int64_t pos, end;                   /* message coordinates */
+};
+
+/* --------------------------------------------------------- the parts */
+
+struct fetch_ent {
+    int parent;
+    char type;
+    int64_t hdr, body, end;
+};
+
+/* The part table of a message as an array (malloc'd). */
+static struct fetch_ent *fetch_parts(const char *t, int *n)
+{
+    int cap = 8;
+    struct fetch_ent *e = malloc(cap * sizeof *e);
+    *n = 0;
+    while (e && t && *t) {
+        long long h, b, x;
+        int parent;
+        char type;
+        if (sscanf(t, "%d %c %lld %lld %lld", &parent, &type, &h, &b, &x) != 5)
+            break;
+        if (*n == cap) {
+            struct fetch_ent *q = realloc(e, (size_t)(cap *= 2) * sizeof *e);
+            if (!q) {
+                free(e);
+                return NULL;
+            }
+            e = q;
+        }
+        e[*n] = (struct fetch_ent){ parent, type, h, b, x };
+        (*n)++;
+        t = strchr(t, '\n');
+        if (t)
+            t++;
+    }
+    return e;
+}
+
+static int fetch_child(const struct fetch_ent *e, int n, int parent, uint32_t k)
+{
+    for (int i = parent + 1; i < n; i++)
+        if (e[i].parent == parent && --k == 0)
+            return i;
+    return -1;
+}
+
+/* RFC 3501 6.4.5: part numbers name the parts of a multipart, and part
+ * 1 of a message that is not multipart is its body; a message/rfc822
+ * part's numbers continue into the message it holds. */
+static int fetch_resolve(const struct fetch_ent *e, int n, const uint32_t *path, int np)
+{
+    int cont = 0, msg_cont = 1, part = 0;
+    for (int i = 0; i < np; i++) {
+        if (e[cont].type == 'M')
+            part = fetch_child(e, n, cont, path[i]);
+        else if (msg_cont && path[i] == 1)
+            part = cont;
+        else
+            return -1;
+        if (part < 0)
+            return -1;
+        if (i == np - 1)
+            break;
+        if (e[part].type == 'M') {
+            cont = part;
+            msg_cont = 0;
+        } else if (e[part].type == 'R') {
+            cont = fetch_child(e, n, part, 1);
+            msg_cont = 1;
+            if (cont < 0)
+                return -1;
+        } else {
+            return -1;
+        }
+    }
+    return part;
+}
+
+/* The octets [a, b) a section names, in message coordinates; for the
+ * HEADER.FIELDS forms, the header it filters. */
+static int fetch_range(const struct fetch_item *it, const struct store_imap_cache *c, int64_t plen,
+                       int64_t size, int64_t *a, int64_t *b)
+{
+    int n, ent = 0;
+    struct fetch_ent *e = fetch_parts(c->parts, &n);
+    int rc = 0;
+
+    if (!e || !n) {
+        free(e);
+        return -1;
+    }
+    if (it->npath) {
+        ent = fetch_resolve(e, n, it->path, it->npath);
+        if (ent < 0) {
+            free(e);
+            *a = *b = 0;
+            return 0;                   /* RFC 3501: a part that does not exist is empty */
+        }
+        if (it->spec == SP_HEADER || it->spec == SP_TEXT || it->spec == SP_FIELDS ||
+            it->spec == SP_FIELDS_NOT) {
+            if (e[ent].type != 'R' || (ent = fetch_child(e, n, ent, 1)) < 0) {
+                free(e);
+                *a = *b = 0;
+                return 0;
+            }
+        }
+    }
+    switch (it->spec) {
+    case SP_ALL:
+        if (it->npath) {
+            *a = plen + e[ent].body;
+            *b = plen + e[ent].end;
+        } else {
+            *a = 0;
+            *b = size;
+        }
+        break;
+    case SP_MIME:
+        *a = plen + e[ent].hdr;
+        *b = plen + e[ent].body;
+        break;
+    case SP_TEXT:
+        *a = plen + e[ent].body;
+        *b = it->npath ? plen + e[ent].end : size;
+        break;
+    default:                            /* HEADER and the FIELDS forms */
+        *a = ent ? plen + e[ent].hdr : 0;
+        *b = plen + e[ent].body;
+        break;
+    }
+    if (*b > size)
+        *b = size;
+    if (*a > *b)
+        *a = *b;
+    free(e);
+    return rc;
+}
+
+/* --------------------------------------------------------- the parser */
+
+static int fetch_p_fields(struct imap_p *p, char *out, size_t n)
+{
+    char f[256];
+    size_t k = 0;
+    if (imap_p_sp(p) || p->i >= p->n || p->s[p->i] != '(')
+        return -1;
+    p->i++;
+    for (int first = 1;; first = 0) {
+        if (p->i < p->n && p->s[p->i] == ')' && !first) {
+            p->i++;
+            break;
+        }
+        if ((!first && imap_p_sp(p)) || imap_p_astring(p, f, sizeof f, NULL))
+            return -1;
+        size_t fl = strlen(f);
+        if (k + fl + 2 > n)
+            return -1;
+        if (k)
+            out[k++] = ' ';
+        for (size_t i = 0; i < fl; i++)
+            out[k++] = (char)toupper((unsigned char)f[i]);
+    }
+    out[k] = 0;
+    return 0;
+}
+
+/* section (RFC 3501 9), after "[", up to and with "]". */
+static int fetch_p_section(struct imap_p *p, struct fetch_item *it)
+{
+    char word[32];
+    it->spec = SP_ALL;
+    while (p->i < p->n && isdigit((unsigned char)p->s[p->i])) {
+        int64_t v;
+        if (it->npath == FETCH_PATH || imap_p_number(p, &v) || v < 1 || v > 0xffffffffLL)
+            return -1;
+        it->path[it->npath++] = (uint32_t)v;
+        if (p->i < p->n && p->s[p->i] == '.')
+            p->i++;
+        else
+            break;
+    }
+    if (p->i < p->n && p->s[p->i] != ']') {
+        size_t k = 0;
+        while (p->i < p->n && (isalpha((unsigned char)p->s[p->i]) || p->s[p->i] == '.') && k + 1 < sizeof word)
+            word[k++] = (char)toupper((unsigned char)p->s[p->i++]);
+        word[k] = 0;
+        if (!strcmp(word, "HEADER"))
+            it->spec = SP_HEADER;
+        else if (!strcmp(word, "TEXT"))
+            it->spec = SP_TEXT;
+        else if (!strcmp(word, "MIME") && it->npath)
+            it->spec = SP_MIME;
+        else if (!strcmp(word, "HEADER.FIELDS"))
+            it->spec = SP_FIELDS;
+        else if (!strcmp(word, "HEADER.FIELDS.NOT"))
+            it->spec = SP_FIELDS_NOT;
+        else
+            return -1;
+        if ((it->spec == SP_FIELDS || it->spec == SP_FIELDS_NOT) &&
+            fetch_p_fields(p, it->fields, sizeof it->fields))
+            return -1;
+    }
+    if (p->i >= p->n || p->s[p->i] != ']')
+        return -1;
+    p->i++;
+    return 0;
+}
+
+static void fetch_label(struct fetch_item *it, const char *name)
+{
+    static const char *const specs[] = { "", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME" };
+    struct imap_sb b = { 0 };
+    int fields = it->spec == SP_FIELDS || it->spec == SP_FIELDS_NOT;
+
+    imap_sb_printf(&b, "%s[", name);
+    for (int i = 0; i < it->npath; i++)
+        imap_sb_printf(&b, "%s%u", i ? "." : "", it->path[i]);
+    if (it->npath && it->spec)
+        imap_sb_str(&b, ".");
+    imap_sb_str(&b, specs[it->spec]);
+    if (fields) {
+        imap_sb_str(&b, " (");
+        imap_sb_str(&b, it->fields);
+        imap_sb_str(&b, ")");
+    }
+    imap_sb_str(&b, "]");
+    util_strlcpy(it->label, b.s && !b.err ? b.s : "BODY[]", sizeof it->label);
+    imap_sb_free(&b);
+}
+
+static int fetch_p_item(struct imap_p *p, struct fetch_job *j)
+{
+    char word[32];
+    size_t k = 0;
+    struct fetch_item *it;
+
+    if (j->nitems == FETCH_ITEMS)
+        return -1;
+    it = &j->items[j->nitems];
+    memset(it, 0, sizeof *it);
+    while (p->i < p->n && (isalnum((unsigned char)p->s[p->i]) || p->s[p->i] == '.') && k + 1 < sizeof word)
+        word[k++] = (char)toupper((unsigned char)p->s[p->i++]);
+    word[k] = 0;
+    if (!strcmp(word, "UID"))
+        it->kind = FI_UID;
+    else if (!strcmp(word, "FLAGS"))
+        it->kind = FI_FLAGS;
+    else if (!strcmp(word, "INTERNALDATE"))
+        it->kind = FI_INTERNALDATE;
+    else if (!strcmp(word, "RFC822.SIZE"))
+        it->kind = FI_SIZE;
+    else if (!strcmp(word, "ENVELOPE"))
+        it->kind = FI_ENVELOPE;
+    else if (!strcmp(word, "BODYSTRUCTURE"))
+        it->kind = FI_BODYSTRUCTURE;
+    else if (!strcmp(word, "RFC822") || !strcmp(word, "RFC822.HEADER") || !strcmp(word, "RFC822.TEXT")) {
+        it->kind = FI_SECTION;
+        it->spec = word[6] == 0 ? SP_ALL : word[7] == 'H' ? SP_HEADER : SP_TEXT;
+        it->peek = it->spec == SP_HEADER;   /* RFC 3501 6.4.5: RFC822.HEADER does not set \Seen */
+        util_strlcpy(it->label, word, sizeof it->label);
+    } else if (!strcmp(word, "BODY") || !strcmp(word, "BODY.PEEK")) {
+        if (p->i >= p->n || p->s[p->i] != '[') {
+            if (word[4])
+                return -1;
+            it->kind = FI_BODY;
+        } else {
+            p->i++;
+            it->kind = FI_SECTION;
+            it->peek = word[4] != 0;
+            if (fetch_p_section(p, it))
+                return -1;
+            if (p->i < p->n && p->s[p->i] == '<') {
+                p->i++;
+                if (imap_p_number(p, &it->origin) || p->i >= p->n || p->s[p->i] != '.')
+                    return -1;
+                p->i++;
+                if (imap_p_number(p, &it->count) || it->count < 1 || p->i >= p->n || p->s[p->i] != '>')
+                    return -1;
+                p->i++;
+                it->partial = 1;
+            }
+            fetch_label(it, "BODY");
+        }
+    } else {
+        return -1;
+    }
+    j->nitems++;
+    return 0;
+}
+
+static int fetch_add(struct fetch_job *j, int kind)
+{
+    if (j->nitems == FETCH_ITEMS)
+        return -1;
+    memset(&j->items[j->nitems], 0, sizeof j->items[0]);
+    j->items[j->nitems++].kind = kind;
+    return 0;
+}
+
+static int fetch_p_items(struct imap_p *p, struct fetch_job *j)
+{
+    char word[16];
+    struct imap_p q = *p;
+
+    /* RFC 3501 6.4.5: the macros. */
+    if (!imap_p_atom(&q, word, sizeof word) && (q.i == q.n)) {
+        if (!strcasecmp(word, "ALL") || !strcasecmp(word, "FAST") || !strcasecmp(word, "FULL")) {
+            p->i = q.i;
+            fetch_add(j, FI_FLAGS);
+            fetch_add(j, FI_INTERNALDATE);
+            fetch_add(j, FI_SIZE);
+            if (toupper((unsigned char)word[1]) != 'A')
+                fetch_add(j, FI_ENVELOPE);
+            if (toupper((unsigned char)word[0]) == 'F' && toupper((unsigned char)word[1]) == 'U')
+                fetch_add(j, FI_BODY);
+            return 0;
+        }
+    }
+    if (p->i < p->n && p->s[p->i] == '(') {
+        p->i++;
+        for (int first = 1;; first = 0) {
+            if (p->i < p->n && p->s[p->i] == ')' && !first) {
+                p->i++;
+                return 0;
+            }
+            if ((!first && imap_p_sp(p)) || fetch_p_item(p, j))
+                return -1;
+        }
+    }
+    return fetch_p_item(p, j);
+}
+
+/* ----------------------------------------------------------- output */
+
+static void fetch_internaldate(struct imap_sb *b, int64_t t)
+{
+    static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+    time_t tt = (time_t)t;
+    struct tm tm;
+    localtime_r(&tt, &tm);
+    long off = tm.tm_gmtoff / 60;
+    imap_sb_printf(b, "\"%02d-%s-%04d %02d:%02d:%02d %c%02ld%02ld\"", tm.tm_mday, mon[tm.tm_mon],
+                   tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, off < 0 ? '-' : '+',
+                   labs(off) / 60, labs(off) % 60);
+}
+
+static struct store_imap_cache *fetch_cache(struct fetch_job *j)
+{
+    if (!j->cache_state)
+        j->cache_state = imap_cache_load(j->m.body_id, &j->cache) ? -1 : 1;
+    return j->cache_state > 0 ? &j->cache : NULL;
+}
+
+struct fetch_grab {
+    struct imap_sb b;
+    int64_t left;
+};
+
+/* Copies [a, b) of the message into memory (at most FETCH_HDR_MAX). */
+static int fetch_read(const struct store_imap_msg *m, int64_t a, int64_t b, struct imap_sb *out)
+{
+    static char buf[STORE_CHUNK];
+    int64_t plen = (int64_t)strlen(m->prefix);
+    struct store_reader r;
+
+    if (b - a > FETCH_HDR_MAX)
+        b = a + FETCH_HDR_MAX;
+    if (a < plen) {
+        int64_t e = b < plen ? b : plen;
+        imap_sb_add(out, m->prefix + a, (size_t)(e - a));
+        a = e;
+    }
+    if (a >= b)
+        return out->err ? -1 : 0;
+    if (store_reader_open(&r, m->body_id) || store_reader_seek(&r, a - plen)) {
+        store_reader_close(&r);
+        return -1;
+    }
+    while (a < b) {
+        ssize_t k = store_reader_read(&r, buf, (size_t)(b - a < (int64_t)sizeof buf ? b - a : (int64_t)sizeof buf));
+        if (k <= 0)
+            break;
+        imap_sb_add(out, buf, (size_t)k);
+        a += k;
+    }
+    store_reader_close(&r);
+    return out->err ? -1 : 0;
+}
+
+static int fetch_field_listed(const char *fields, const char *name, size_t n)
+{
+    for (const char *p = fields; *p;) {
+        size_t k = strcspn(p, " ");
+        if (k == n && !strncasecmp(p, name, n))
+            return 1;
+        p += k;
+        while (*p == ' ')
+            p++;
+    }
+    return 0;
+}
+
+/* RFC 3501 6.4.5 HEADER.FIELDS [.NOT]: the fields listed (or the
+ * others), each with its continuation lines, and the blank line. */
+static void fetch_filter(const char *h, size_t n, const char *fields, int not, struct imap_sb *out)
+{
+    size_t i = 0;
+    int keep = 0;
+    while (i < n) {
+        const char *eol = memchr(h + i, '\n', n - i);
+        size_t len = eol ? (size_t)(eol - (h + i)) + 1 : n - i;
+        const char *line = h + i;
+        if (len <= 2 && (line[0] == '\r' || line[0] == '\n'))
+            break;                      /* the end of the header */
+        if (line[0] != ' ' && line[0] != '\t') {
+            const char *colon = memchr(line, ':', len);
+            size_t nl = colon ? (size_t)(colon - line) : 0;
+            while (nl && (line[nl - 1] == ' ' || line[nl - 1] == '\t'))
+                nl--;
+            keep = colon && fetch_field_listed(fields, line, nl) != not;
+        }
+        if (keep)
+            imap_sb_add(out, line, len);
+        i += len;
+    }
+    imap_sb_add(out, "\r\n", 2);
+}
+
+/* Starts the literal of a section: text for FIELDS, a stream otherwise. */
+static int fetch_section(struct fetch_job *j, const struct fetch_item *it, struct imap_sb *b)
+{
+    struct store_imap_cache *c = fetch_cache(j);
+    int64_t a, e, plen = (int64_t)strlen(j->m.prefix);
+
+    if (!c || fetch_range(it, c, plen, j->m.size, &a, &e))
+        return -1;
+    imap_sb_str(b, it->label);
+    if (it->partial)
+        imap_sb_printf(b, "<%lld>", (long long)it->origin);
+    if (it->spec == SP_FIELDS || it->spec == SP_FIELDS_NOT) {
+        struct imap_sb raw = { 0 }, f = { 0 };
+        if (fetch_read(&j->m, a, e, &raw)) {
+            imap_sb_free(&raw);
+            return -1;
+        }
+        fetch_filter(raw.s ? raw.s : "", raw.len, it->fields, it->spec == SP_FIELDS_NOT, &f);
+        imap_sb_free(&raw);
+        size_t from = 0, len = f.len;
+        if (it->partial) {
+            from = (size_t)it->origin < f.len ? (size_t)it->origin : f.len;
+            len = f.len - from < (size_t)it->count ? f.len - from : (size_t)it->count;
+        }
+        imap_sb_printf(b, " {%zu}\r\n", len);
+        imap_sb_add(b, f.s ? f.s + from : "", len);
+        imap_sb_free(&f);
+        return b->err ? -1 : 0;
+    }
+    if (it->partial) {
+        a = a + it->origin < e ? a + it->origin : e;
+        if (e - a > it->count)
+            e = a + it->count;
+    }
+    imap_sb_printf(b, " {%lld}\r\n", (long long)(e - a));
+    j->pos = a;
+    j->end = e;
+    j->streaming = e > a;
+    return 0;
+}
+
+/* Copies the section into the output while there is room; 1 when done. */
+static int fetch_stream(struct imap *s, struct fetch_job *j)
+{
+    struct conn *c = s->c;
+    int64_t plen = (int64_t)strlen(j->m.prefix);
+
+    while (j->pos < j->end) {
+        size_t room = conn_out_space(c);
+        if (room < 512)
+            return 0;
+        if (j->pos < plen) {
+            size_t k = (size_t)((j->end < plen ? j->end : plen) - j->pos);
+            if (k > room)
+                k = room;
+            conn_write(c, j->m.prefix + j->pos, k);
+            j->pos += (int64_t)k;
+            continue;
+        }
+        if (!j->reader_open) {
+            if (store_reader_open(&j->r, j->m.body_id) || store_reader_seek(&j->r, j->pos - plen)) {
+                store_reader_close(&j->r);
+                return -1;
+            }
+            j->reader_open = 1;
+        }
+        unsigned char buf[8192];
+        size_t want = room < sizeof buf ? room : sizeof buf;
+        if ((int64_t)want > j->end - j->pos)
+            want = (size_t)(j->end - j->pos);
+        ssize_t k = store_reader_read(&j->r, buf, want);
+        if (k <= 0)
+            return -1;
+        conn_write(c, buf, (size_t)k);
+        j->pos += k;
+    }
+    if (j->reader_open) {
+        store_reader_close(&j->r);
+        j->reader_open = 0;
+    }
+    j->streaming = 0;
+    return 1;
+}
+
+static void fetch_job_free(struct imap *s)
+{
+    struct fetch_job *j = s->job;
+    if (!j)
+        return;
+    if (j->reader_open)
+        store_reader_close(&j->r);
+    if (j->cache_state > 0)
+        store_imap_cache_free(&j->cache);
+    free(j->idx);
+    free(j);
+    s->job = NULL;
+}
+
+/* \Seen for a body fetched without PEEK (RFC 3501 6.4.5). */
+static int fetch_mark_seen(struct imap *s, struct fetch_job *j)
+{
+    int64_t modseq;
+    int wants = 0;
+    for (int i = 0; i < j->nitems; i++)
+        wants |= j->items[i].kind == FI_SECTION && !j->items[i].peek;
+    if (!wants || s->v.readonly || (j->m.flags & IMAP_SEEN))
+        return 0;
+    if (store_folder_bump(s->user_id, s->v.f.key, &modseq))
+        return 0;
+    if (modseq - 1 == s->v.modseq)
+        s->v.modseq = modseq;
+    j->m.flags |= IMAP_SEEN;
+    store_imap_set_flags(s->user_id, j->m.uid, j->m.flags, j->m.keywords, modseq);
+    return 1;
+}
+
+/* One item of the current message: text into b, or a section stream. */
+static int fetch_item_out(struct imap *s, struct fetch_job *j, const struct fetch_item *it, struct imap_sb *b)
+{
+    struct store_imap_cache *c;
+
+    switch (it->kind) {
+    case FI_UID:
+        imap_sb_printf(b, "UID %lld", (long long)j->m.uid);
+        return 0;
+    case FI_FLAGS:
+        imap_sb_str(b, "FLAGS ");
+        imap_flags_fmt(b, j->m.flags, j->m.keywords, imap_is_recent(s, j->m.uid));
+        return 0;
+    case FI_INTERNALDATE:
+        imap_sb_str(b, "INTERNALDATE ");
+        fetch_internaldate(b, j->m.added);
+        return 0;
+    case FI_SIZE:
+        imap_sb_printf(b, "RFC822.SIZE %lld", (long long)j->m.size);
+        return 0;
+    case FI_ENVELOPE:
+    case FI_BODYSTRUCTURE:
+    case FI_BODY:
+        if (!(c = fetch_cache(j)))
+            return -1;
+        imap_sb_str(b, it->kind == FI_ENVELOPE ? "ENVELOPE " : it->kind == FI_BODY ? "BODY " : "BODYSTRUCTURE ");
+        imap_sb_str(b, it->kind == FI_ENVELOPE ? c->envelope : it->kind == FI_BODY ? c->body : c->structure);
+        return 0;
+    default:
+        return fetch_section(j, it, b);
+    }
+}
+
+/* FLAGS already written because the fetch set \Seen. */
+static int seen_flags_dup(const struct fetch_job *j, const struct fetch_item *it)
+{
+    return it->kind == FI_FLAGS && j->seen_set;
+}
+
+static int fetch_pump(struct imap *s)
+{
+    struct fetch_job *j = s->job;
+    struct imap_sb b = { 0 };
+
+    while (j->cur < j->nidx) {
+        if (s->c->dead)
+            return -1;
+        if (j->streaming) {
+            int r = fetch_stream(s, j);
+            if (r < 0) {
+                log_err("imap: user=%s: cannot read message uid %lld, closing", s->user, (long long)j->m.uid);
+                conn_abort(s->c);
+                return -1;
+            }
+            if (!r)
+                return 0;
+            j->item++;
+        }
+        if (!j->started) {
+            size_t i = j->idx[j->cur];
+            if (j->cache_state > 0)
+                store_imap_cache_free(&j->cache);
+            j->cache_state = 0;
+            if (store_imap_get(s->user_id, s->v.uids[i], &j->m)) {
+                j->cur++;               /* expunged by another session meanwhile */
+                continue;
+            }
+            int seen = j->seen_set = fetch_mark_seen(s, j);
+            j->started = 1;
+            j->item = 0;
+            imap_sb_printf(&b, "* %zu FETCH (", i + 1);
+            j->need_sp = 0;
+            if (j->uid) {
+                imap_sb_printf(&b, "UID %lld", (long long)j->m.uid);
+                j->need_sp = 1;
+            }
+            if (seen) {
+                imap_sb_str(&b, j->need_sp ? " FLAGS " : "FLAGS ");
+                imap_flags_fmt(&b, j->m.flags, j->m.keywords, imap_is_recent(s, j->m.uid));
+                j->need_sp = 1;
+            }
+        }
+        for (; j->item < j->nitems; j->item++) {
+            const struct fetch_item *it = &j->items[j->item];
+            if (j->uid && it->kind == FI_UID)
+                continue;
+            if (seen_flags_dup(j, it))
+                continue;
+            if (j->need_sp)
+                imap_sb_str(&b, " ");
+            j->need_sp = 1;
+            if (fetch_item_out(s, j, it, &b)) {
+                imap_sb_free(&b);
+                log_err("imap: user=%s: cannot read message uid %lld, closing", s->user, (long long)j->m.uid);
+                conn_abort(s->c);
+                return -1;
+            }
+            if (j->streaming)
+                break;
+        }
+        if (b.err) {
+            imap_sb_free(&b);
+            conn_abort(s->c);
+            return -1;
+        }
+        if (b.len)
+            imap_out(s, b.s, b.len);
+        b.len = 0;
+        if (j->streaming) {
+            if (s->pend.len) {
+                imap_sb_free(&b);
+                return 0;
+            }
+            continue;
+        }
+        imap_out(s, ")\r\n", 3);
+        j->started = 0;
+        j->cur++;
+        if (s->pend.len) {
+            imap_sb_free(&b);
+            return 0;
+        }
+    }
+    imap_sb_free(&b);
+    imap_tagged(s, "OK %sFETCH completed", j->uid ? "UID " : "");
+    return 1;
+}
+
+void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
+{
+    struct fetch_job *j = calloc(1, sizeof *j);
+    struct imap_set set = { 0 };
+
+    if (!j) {
+        imap_tagged(s, "NO [UNAVAILABLE] out of memory");
+        return;
+    }
+    j->uid = uid;
+    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || fetch_p_items(p, j) || imap_p_end(p)) {
+        imap_set_free(&set);
+        free(j);
+        imap_tagged(s, "BAD invalid FETCH arguments");
+        return;
+    }
+    /* UID FETCH may report expunges first; FETCH may not (RFC 3501 7.4.1). */
+    imap_sync(s, uid);
+    int r = imap_set_resolve(s, &set, uid, &j->idx, &j->nidx);
+    imap_set_free(&set);
+    if (r) {
+        free(j);
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
+        return;
+    }
+    s->job = j;
+    imap_start_job(s, fetch_pump, fetch_job_free, j);
+}
+
+/* -------------------------------------------------------------- STORE */
+
+static void store_kw_apply(char *kw, size_t n, const char *change, int mode)
+{
+    char out[IMAP_KEYWORDS_MAX + 1], word[128];
+    size_t o = 0;
+
+    out[0] = 0;
+    if (mode == 0) {
+        util_strlcpy(kw, change, n);
+        return;
+    }
+    /* Keep the old ones not removed, then add the new ones. */
+    for (const char *p = kw; *p;) {
+        size_t k = strcspn(p, " ");
+        int listed = 0;
+        for (const char *q = change; *q && !listed;) {
+            size_t m = strcspn(q, " ");
+            listed = m == k && !strncasecmp(p, q, k);
+            q += m;
+            while (*q == ' ')
+                q++;
+        }
+        if (!(mode < 0 && listed) && !(mode > 0 && listed) && k < sizeof word && o + k + 2 < sizeof out) {
+            if (o)
+                out[o++] = ' ';
+            memcpy(out + o, p, k);
+            o += k;
+            out[o] = 0;
+        }
+        p += k;
+        while (*p == ' ')
+            p++;
+    }
+    if (mode > 0 && *change && o + strlen(change) + 2 < sizeof out) {
+        if (o)
+            out[o++] = ' ';
+        util_strlcpy(out + o, change, sizeof out - o);
+    }
+    util_strlcpy(kw, out, n);
+}
+
+void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
+{
+    struct imap_set set = { 0 };
+    char item[32], kw[IMAP_KEYWORDS_MAX + 1];
+    unsigned flags;
+    size_t *idx = NULL, n = 0;
+    int mode = 0, silent = 0, err = 0;
+    int64_t modseq = 0;
+    struct imap_sb b = { 0 };
+
+    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p))
+        goto bad;
+    size_t k = 0;
+    while (p->i < p->n && p->s[p->i] != ' ' && k + 1 < sizeof item)
+        item[k++] = (char)toupper((unsigned char)p->s[p->i++]);
+    item[k] = 0;
+    char *it = item;
+    if (*it == '+' || *it == '-')
+        mode = *it++ == '+' ? 1 : -1;
+    if (!strcmp(it, "FLAGS.SILENT"))
+        silent = 1;
+    else if (strcmp(it, "FLAGS"))
+        goto bad;
+    if (imap_p_sp(p) || imap_p_flags(p, &flags, kw, sizeof kw, 1) || imap_p_end(p))
+        goto bad;
+    if (s->v.readonly) {
+        imap_set_free(&set);
+        imap_tagged(s, "NO [READ-ONLY] mailbox is read-only");
+        return;
+    }
+    imap_sync(s, uid);
+    int r = imap_set_resolve(s, &set, uid, &idx, &n);
+    imap_set_free(&set);
+    if (r) {
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
+        return;
+    }
+    if (n && (err = store_folder_bump(s->user_id, s->v.f.key, &modseq)) == 0 && modseq - 1 == s->v.modseq)
+        s->v.modseq = modseq;
+    for (size_t i = 0; i < n && !err; i++) {
+        struct store_imap_msg m;
+        if (store_imap_get(s->user_id, s->v.uids[idx[i]], &m))
+            continue;
+        unsigned nf = mode == 0 ? flags : mode > 0 ? m.flags | flags : m.flags & ~flags;
+        char nkw[IMAP_KEYWORDS_MAX + 1];
+        util_strlcpy(nkw, m.keywords, sizeof nkw);
+        store_kw_apply(nkw, sizeof nkw, kw, mode);
+        if (nf != m.flags || strcmp(nkw, m.keywords))
+            err = store_imap_set_flags(s->user_id, m.uid, nf, nkw, modseq);
+        if (silent)
+            continue;
+        b.len = 0;
+        imap_sb_printf(&b, "* %zu FETCH (FLAGS ", idx[i] + 1);
+        imap_flags_fmt(&b, nf, nkw, imap_is_recent(s, m.uid));
+        if (uid)
+            imap_sb_printf(&b, " UID %lld", (long long)m.uid);
+        imap_sb_str(&b, ")\r\n");
+        if (!b.err)
+            imap_out(s, b.s, b.len);
+    }
+    imap_sb_free(&b);
+    free(idx);
+    if (err)
+        imap_tagged(s, "NO [UNAVAILABLE] the flags could not be saved");
+    else
+        imap_reply_after_commit(s, uid ? "OK UID STORE completed" : "OK STORE completed");
+    return;
+bad:
+    imap_set_free(&set);
+    imap_tagged(s, "BAD usage: STORE set [+|-]FLAGS[.SILENT] (flags)");
+}
+
+/* ------------------------------------------------------- COPY, MOVE */
+
+/* A UID list as a compact set "1:3,7". */
+static void copy_set_fmt(struct imap_sb *b, const int64_t *v, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t k = i;
+        while (k + 1 < n && v[k + 1] == v[k] + 1)
+            k++;
+        imap_sb_printf(b, "%s%lld", i ? "," : "", (long long)v[i]);
+        if (k > i)
+            imap_sb_printf(b, ":%lld", (long long)v[k]);
+        i = k + 1;
+    }
+}
+
+void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
+{
+    struct imap_set set = { 0 };
+    char name[IMAP_NAME_MAX * 2 + 1];
+    struct store_folder f;
+    size_t *idx = NULL, n = 0, done = 0;
+    int64_t *src = NULL, *dst = NULL;
+    struct imap_sb b = { 0 };
+    int err = 0;
+
+    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || imap_p_astring(p, name, sizeof name, NULL) ||
+        imap_p_end(p)) {
+        imap_set_free(&set);
+        imap_tagged(s, "BAD usage: %s set mailbox", move ? "MOVE" : "COPY");
+        return;
+    }
+    if (move && s->v.readonly) {
+        imap_set_free(&set);
+        imap_tagged(s, "NO [READ-ONLY] mailbox is read-only");
+        return;
+    }
+    err = imap_folder_get(s, name, &f);
+    if (err) {
+        imap_set_free(&set);
+        imap_tagged(s, err == STORE_NOTFOUND ? "NO [TRYCREATE] no such mailbox"
+                                             : "NO [UNAVAILABLE] cannot open the mailbox now");
+        return;
+    }
+    imap_sync(s, uid || move);
+    int r = imap_set_resolve(s, &set, uid, &idx, &n);
+    imap_set_free(&set);
+    if (r) {
+        imap_tagged(s, r > 0 ? "BAD invalid message number" : "NO [UNAVAILABLE] out of memory");
+        return;
+    }
+    src = malloc((n ? n : 1) * sizeof *src);
+    dst = malloc((n ? n : 1) * sizeof *dst);
+    if (!src || !dst)
+        err = STORE_ERR;
+    for (size_t i = 0; i < n && !err; i++) {
+        int rc = store_imap_copy(s->user_id, s->v.uids[idx[i]], f.key, &dst[done]);
+        if (rc == STORE_NOTFOUND)
+            continue;
+        if (rc)
+            err = rc;
+        else
+            src[done++] = s->v.uids[idx[i]];
+    }
+    if (!err && move && done)
+        err = store_mbox_delete(s->user_id, src, done);
+    if (err) {
+        /* RFC 3501 6.4.7: all or nothing; the store rolls this turn back
+         * only as a whole, so say so and let the client retry. */
+        imap_tagged(s, err == STORE_FULL ? "NO [OVERQUOTA] the disk is full" : "NO [UNAVAILABLE] copy failed");
+        goto out;
+    }
+    if (done) {
+        imap_sb_printf(&b, "%s[COPYUID %lld ", move ? "* OK " : "OK ", (long long)f.uidvalidity);
+        copy_set_fmt(&b, src, done);
+        imap_sb_str(&b, " ");
+        copy_set_fmt(&b, dst, done);
+        imap_sb_str(&b, "]");
+    }
+    if (move) {
+        if (done) {
+            imap_sb_str(&b, " moved\r\n");
+            imap_out(s, b.s, b.len);
+            b.len = 0;
+        }
+        for (size_t i = s->v.n; i > 0; i--) {
+            int hit = 0;
+            for (size_t k = 0; k < done && !hit; k++)
+                hit = src[k] == s->v.uids[i - 1];
+            if (!hit)
+                continue;
+            imap_outf(s, "* %zu EXPUNGE", i);
+            memmove(s->v.uids + i - 1, s->v.uids + i, (s->v.n - i) * sizeof *s->v.uids);
+            s->v.n--;
+        }
+        if (s->v.f.key == f.key && done)
+            imap_sync(s, 0);
+        imap_reply_after_commit(s, uid ? "OK UID MOVE completed" : "OK MOVE completed");
+    } else {
+        if (s->v.f.key == f.key && done)
+            imap_sync(s, 0);
+        imap_sb_str(&b, done ? " COPY completed" : "OK COPY completed");
+        imap_reply_after_commit(s, b.s ? b.s : "OK COPY completed");
+    }
+out:
+    imap_sb_free(&b);
+    free(idx);
+    free(src);
+    free(dst);
+}
+
+/* ---- src/imap_mbox.c ---- */
+#line 1 "src/imap_mbox.c"
+/*
+ * imap_mbox.c: the IMAP commands about mailboxes (RFC 3501 6.3, 6.4.2,
+ * 6.4.3): SELECT, EXAMINE, CLOSE, UNSELECT (RFC 3691), EXPUNGE and UID
+ * EXPUNGE (RFC 4315), CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE,
+ * LIST and LSUB with special-use attributes (RFC 6154), STATUS, APPEND
+ * (with APPENDUID, RFC 4315); and the view of the selected mailbox that
+ * each session keeps, brought up to date by imap_sync.
+ *
+ * Folder names are bytes with "/" as the hierarchy separator; INBOX is
+ * matched in any case (RFC 3501 5.1).  The view holds the UIDs in
+ * sequence order (4 octets a message).  Changes made by others (new mail,
+ * POP3 deletions, other IMAP sessions) are found by comparing the view
+ * with the folder's current UID list when the folder's change counter
+ * moved, so a repeated sync never reports anything twice.
+ */
+
+
+#include <ctype.h>
+#include <string.h>
+#include <time.h>
+
+/* -------------------------------------------------------------- names */
+
+static void mbox_norm(char *name)
+{
+    /* RFC 3501 5.1: INBOX is case-insensitive, and so is its prefix. */
+    if (!strncasecmp(name, "INBOX", 5) && (name[5] == 0 || name[5] == '/'))
+        memcpy(name, "INBOX", 5);
+}
+
+int imap_folder_get(struct imap *s, const char *name, struct store_folder *f)
+{
+    char n[IMAP_NAME_MAX + 1];
+    if (util_strlcpy(n, name, sizeof n) >= sizeof n)
+        return STORE_NOTFOUND;
+    mbox_norm(n);
+    return store_folder_get(s->user_id, n, f);
+}
+
+/* A name that can be created: printable, no wildcards, no empty level. */
+static int mbox_name_ok(const char *n)
+{
+    size_t len = strlen(n);
+    if (!len || len > IMAP_NAME_MAX || n[0] == '/' || n[len - 1] == '/' || strstr(n, "//"))
+        return 0;
+    for (const char *p = n; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '*' || *p == '%')
+            return 0;
+    return 1;
+}
+
+static int mbox_p_name(struct imap *s, struct imap_p *p, char *out, size_t n)
+{
+    MN_UNUSED(s);
+    if (imap_p_sp(p) || imap_p_astring(p, out, n, NULL))
+        return -1;
+    mbox_norm(out);
+    return 0;
+}
+
+/* --------------------------------------------------------------- view */
+
+void imap_view_free(struct imap *s)
+{
+    free(s->v.uids);
+    memset(&s->v, 0, sizeof s->v);
+}
+
+int imap_is_recent(const struct imap *s, int64_t uid)
+{
+    return !s->v.readonly && s->v.recent_from && uid >= s->v.recent_from;
+}
+
+static int mbox_uid_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int mbox_has(const uint32_t *v, size_t n, uint32_t uid)
+{
+    return bsearch(&uid, v, n, sizeof *v, mbox_uid_cmp) != NULL;
+}
+
+static size_t mbox_count_recent(const struct imap *s)
+{
+    size_t r = 0;
+    for (size_t i = s->v.n; i > 0 && imap_is_recent(s, s->v.uids[i - 1]); i--)
+        r++;
+    return r;
+}
+
+struct mbox_flagsync {
+    struct imap *s;
+    struct imap_sb b;
+};
+
+static int mbox_flag_changed(void *arg, const struct store_imap_msg *m)
+{
+    struct mbox_flagsync *fs = arg;
+    struct imap *s = fs->s;
+    uint32_t uid = (uint32_t)m->uid;
+    uint32_t *hit = bsearch(&uid, s->v.uids, s->v.n, sizeof uid, mbox_uid_cmp);
+
+    if (!hit)
+        return 0;
+    fs->b.len = 0;
+    imap_sb_printf(&fs->b, "* %zu FETCH (UID %u FLAGS ", (size_t)(hit - s->v.uids) + 1, uid);
+    imap_flags_fmt(&fs->b, m->flags, m->keywords, imap_is_recent(s, m->uid));
+    imap_sb_str(&fs->b, ")\r\n");
+    if (!fs->b.err)
+        imap_out(s, fs->b.s, fs->b.len);
+    return 0;
+}
+
+static void mbox_gone(struct imap *s)
+{
+    /* The folder was deleted or renamed under this session. */
+    imap_outf(s, "* BYE [ALERT] the selected mailbox was deleted or renamed");
+    conn_close(s->c);
+}
+
+int imap_sync(struct imap *s, int expunge_ok)
+{
+    struct store_folder f;
+    uint32_t *now = NULL;
+    size_t n = 0, added = 0;
+    int err;
+
+    if (s->state != IMAP_SELECTED || !s->c || s->c->dead)
+        return 0;
+    err = store_folder_get(s->user_id, s->v.f.name, &f);
+    if (err == STORE_NOTFOUND || (!err && (f.id != s->v.f.id || f.uidvalidity != s->v.f.uidvalidity))) {
+        mbox_gone(s);
+        return -1;
+    }
+    if (err)
+        return err;
+    if (f.modseq == s->v.modseq)
+        return 0;
+    if ((err = store_imap_uids(s->user_id, f.key, &now, &n)))
+        return err;
+    if (expunge_ok) {
+        /* From the end, so that each number is still right when sent. */
+        size_t w = s->v.n;
+        for (size_t i = s->v.n; i > 0; i--)
+            if (!mbox_has(now, n, s->v.uids[i - 1])) {
+                imap_outf(s, "* %zu EXPUNGE", i);
+                memmove(s->v.uids + i - 1, s->v.uids + i, (w - i) * sizeof *s->v.uids);
+                w--;
+            }
+        s->v.n = w;
+    }
+    uint32_t top = s->v.n ? s->v.uids[s->v.n - 1] : 0;
+    for (size_t i = 0; i < n; i++) {
+        if (now[i] <= top)
+            continue;
+        if (s->v.n == s->v.cap) {
+            size_t cap = s->v.cap ? s->v.cap * 2 : 64;
+            uint32_t *q = realloc(s->v.uids, cap * sizeof *q);
+            if (!q) {
+                free(now);
+                return STORE_ERR;
+            }
+            s->v.uids = q;
+            s->v.cap = cap;
+        }
+        s->v.uids[s->v.n++] = now[i];
+        added++;
+    }
+    free(now);
+    if (added) {
+        imap_outf(s, "* %zu EXISTS", s->v.n);
+        imap_outf(s, "* %zu RECENT", mbox_count_recent(s));
+        if (!s->v.readonly)
+            store_folder_take_recent(&f);
+    }
+    struct mbox_flagsync fs = { s, { 0 } };
+    store_imap_changed(s->user_id, f.key, s->v.modseq, mbox_flag_changed, &fs);
+    imap_sb_free(&fs.b);
+    s->v.modseq = f.modseq;
+    s->v.f = f;
+    return 0;
+}
+
+/* ------------------------------------------------------ select, close */
+
+void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly)
+{
+    char name[IMAP_NAME_MAX * 2 + 1];
+    struct store_folder f;
+    int64_t messages, unseen, recent;
+    int err;
+
+    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: %s mailbox", readonly ? "EXAMINE" : "SELECT");
+        return;
+    }
+    /* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
+    imap_view_free(s);
+    s->state = IMAP_AUTH;
+    err = imap_folder_get(s, name, &f);
+    if (err == STORE_NOTFOUND) {
+        imap_tagged(s, "NO [NONEXISTENT] no such mailbox");
+        return;
+    }
+    if (err || store_folder_counts(s->user_id, &f, &messages, &unseen, &recent) ||
+        store_imap_uids(s->user_id, f.key, &s->v.uids, &s->v.n)) {
+        imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox now");
+        imap_view_free(s);
+        return;
+    }
+    s->v.cap = s->v.n;
+    s->v.f = f;
+    s->v.readonly = readonly;
+    s->v.modseq = f.modseq;
+    s->v.recent_from = readonly ? 0 : (f.recent ? f.recent : 1);
+    if (!readonly && store_folder_take_recent(&f)) {
+        imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox now");
+        imap_view_free(s);
+        return;
+    }
+    s->state = IMAP_SELECTED;
+    imap_outf(s, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
+    imap_outf(s, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] flags allowed");
+    imap_outf(s, "* %zu EXISTS", s->v.n);
+    imap_outf(s, "* %zu RECENT", mbox_count_recent(s));
+    imap_outf(s, "* OK [UIDVALIDITY %lld] UIDs valid", (long long)f.uidvalidity);
+    imap_outf(s, "* OK [UIDNEXT %lld] predicted next UID", (long long)f.uidnext);
+    imap_tagged(s, "OK [%s] %s completed", readonly ? "READ-ONLY" : "READ-WRITE",
+                readonly ? "EXAMINE" : "SELECT");
+}
+
+struct mbox_deleted {
+    struct imap *s;
+    const struct imap_set *set;         /* UID EXPUNGE: only these */
+    int64_t *uids;
+    size_t n, cap;
+    int err;
+};
+
+static int mbox_collect_deleted(void *arg, const struct store_imap_msg *m)
+{
+    struct mbox_deleted *d = arg;
+    if (!(m->flags & IMAP_DELETED) || !mbox_has(d->s->v.uids, d->s->v.n, (uint32_t)m->uid))
+        return 0;
+    if (d->set && !imap_set_has(d->set, (uint32_t)m->uid, d->s->v.n ? d->s->v.uids[d->s->v.n - 1] : 0))
+        return 0;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 64;
+        int64_t *q = realloc(d->uids, cap * sizeof *q);
+        if (!q) {
+            d->err = 1;
+            return 1;
+        }
+        d->uids = q;
+        d->cap = cap;
+    }
+    d->uids[d->n++] = m->uid;
+    return 0;
+}
+
+/* Removes the \Deleted messages of the view (RFC 3501 6.4.3); with
+ * report, an EXPUNGE response for each. */
+static int mbox_expunge(struct imap *s, const struct imap_set *set, int report)
+{
+    struct mbox_deleted d = { s, set, NULL, 0, 0, 0 };
+    int err = store_imap_each(s->user_id, s->v.f.key, mbox_collect_deleted, &d);
+
+    if (!err && d.err)
+        err = STORE_ERR;
+    if (!err && d.n)
+        err = store_mbox_delete(s->user_id, d.uids, d.n);
+    if (!err && report) {
+        for (size_t i = s->v.n; i > 0; i--) {
+            int64_t uid = s->v.uids[i - 1];
+            int hit = 0;
+            for (size_t k = 0; k < d.n && !hit; k++)
+                hit = d.uids[k] == uid;
+            if (!hit)
+                continue;
+            imap_outf(s, "* %zu EXPUNGE", i);
+            memmove(s->v.uids + i - 1, s->v.uids + i, (s->v.n - i) * sizeof *s->v.uids);
+            s->v.n--;
+        }
+    }
+    if (!err && d.n)
+        log_info("imap: user=%s expunged %zu from %s", s->user, d.n, s->v.f.name);
+    free(d.uids);
+    return err;
+}
+
+void imap_cmd_close(struct imap *s, struct imap_p *p, int expunge)
+{
+    int err = 0;
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD %s takes no arguments", expunge ? "CLOSE" : "UNSELECT");
+        return;
+    }
+    /* RFC 3501 6.4.2: CLOSE expunges silently, unless read-only;
+     * UNSELECT (RFC 3691) does not. */
+    if (expunge && !s->v.readonly)
+        err = mbox_expunge(s, NULL, 0);
+    imap_view_free(s);
+    s->state = IMAP_AUTH;
+    if (err) {
+        imap_tagged(s, "NO [UNAVAILABLE] the messages could not be expunged");
+        return;
+    }
+    imap_reply_after_commit(s, expunge ? "OK CLOSE completed" : "OK UNSELECT completed");
+}
+
+void imap_cmd_expunge(struct imap *s, struct imap_p *p, int uid)
+{
+    struct imap_set set = { 0 };
+
+    if (uid && (imap_p_sp(p) || imap_p_set(p, &set))) {
+        imap_tagged(s, "BAD usage: UID EXPUNGE uid-set");
+        return;
+    }
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD invalid arguments");
+        imap_set_free(&set);
+        return;
+    }
+    if (s->v.readonly) {
+        imap_tagged(s, "NO [READ-ONLY] mailbox is read-only");
+        imap_set_free(&set);
+        return;
+    }
+    imap_sync(s, 1);
+    int err = mbox_expunge(s, uid ? &set : NULL, 1);
+    imap_set_free(&set);
+    if (err)
+        imap_tagged(s, "NO [UNAVAILABLE] the messages could not be expunged");
+    else
+        imap_reply_after_commit(s, "OK EXPUNGE completed");
+}
+
+/* ------------------------------------------------------ list, status */
+
+/* RFC 3501 6.3.8: "*" matches anything, "%" anything but the separator. */
+static int mbox_match(const char *pat, const char *name)
+{
+    for (; *pat; pat++, name++) {
+        if (*pat == '*' || *pat == '%') {
+            for (const char *q = name;; q++) {
+                if (mbox_match(pat + 1, q))
+                    return 1;
+                if (!*q || (*pat == '%' && *q == '/'))
+                    return 0;
+            }
+        }
+        if (*pat != *name)
+            return 0;
+    }
+    return !*name;
+}
+
+struct mbox_list {
+    struct imap *s;
+    const char *pat;
+    int lsub;
+    char (*names)[IMAP_NAME_MAX + 1];   /* every folder, for \HasChildren */
+    size_t n;
+};
+
+static int mbox_list_name(void *arg, const struct store_folder *f)
+{
+    struct mbox_list *l = arg;
+    char (*q)[IMAP_NAME_MAX + 1] = realloc(l->names, (l->n + 1) * sizeof *q);
+    if (!q)
+        return 1;
+    l->names = q;
+    memcpy(l->names[l->n++], f->name, sizeof f->name);
+    return 0;
+}
+
+static int mbox_list_one(void *arg, const struct store_folder *f)
+{
+    struct mbox_list *l = arg;
+    struct imap_sb b = { 0 };
+    size_t len = strlen(f->name);
+    int children = 0;
+
+    if (!mbox_match(l->pat, f->name) || (l->lsub && !f->subscribed))
+        return 0;
+    for (size_t i = 0; i < l->n && !children; i++)
+        children = !strncmp(l->names[i], f->name, len) && l->names[i][len] == '/';
+    imap_sb_printf(&b, "* %s (%s", l->lsub ? "LSUB" : "LIST", children ? "\\HasChildren" : "\\HasNoChildren");
+    if (f->special[0])
+        imap_sb_printf(&b, " %s", f->special);
+    imap_sb_str(&b, ") \"/\" ");
+    imap_sb_string(&b, f->name, len);
+    imap_sb_str(&b, "\r\n");
+    if (!b.err)
+        imap_out(l->s, b.s, b.len);
+    imap_sb_free(&b);
+    return 0;
+}
+
+/* list-mailbox (RFC 3501 9): an astring, or atom characters with the
+ * wildcards. */
+static int mbox_p_pattern(struct imap_p *p, char *out, size_t n)
+{
+    size_t k = 0;
+    if (p->i < p->n && (p->s[p->i] == '"' || p->s[p->i] == '{'))
+        return imap_p_astring(p, out, n, NULL);
+    while (p->i < p->n && p->s[p->i] != ' ' && p->s[p->i] != '(' && p->s[p->i] != ')' &&
+           p->s[p->i] != '"' && (unsigned char)p->s[p->i] > 0x20 && (unsigned char)p->s[p->i] < 0x7f) {
+        if (k + 1 >= n)
+            return -1;
+        out[k++] = p->s[p->i++];
+    }
+    out[k] = 0;
+    return k ? 0 : -1;
+}
+
+void imap_cmd_list(struct imap *s, struct imap_p *p, int lsub)
+{
+    char ref[IMAP_NAME_MAX + 1], pat[IMAP_NAME_MAX + 1], full[2 * IMAP_NAME_MAX + 2];
+    struct mbox_list l = { s, full, lsub, NULL, 0 };
+
+    if (imap_p_sp(p) || imap_p_astring(p, ref, sizeof ref, NULL) || imap_p_sp(p) ||
+        mbox_p_pattern(p, pat, sizeof pat) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: %s reference mailbox", lsub ? "LSUB" : "LIST");
+        return;
+    }
+    if (!pat[0]) {
+        /* RFC 3501 6.3.8: the separator and the root. */
+        if (!lsub)
+            imap_outf(s, "* LIST (\\Noselect) \"/\" \"\"");
+        imap_tagged(s, "OK %s completed", lsub ? "LSUB" : "LIST");
+        return;
+    }
+    snprintf(full, sizeof full, "%s%s", ref, pat);
+    mbox_norm(full);
+    if (store_folder_list(s->user_id, mbox_list_name, &l) ||
+        store_folder_list(s->user_id, mbox_list_one, &l))
+        imap_tagged(s, "NO [UNAVAILABLE] cannot list the mailboxes now");
+    else
+        imap_tagged(s, "OK %s completed", lsub ? "LSUB" : "LIST");
+    free(l.names);
+}
+
+void imap_cmd_status(struct imap *s, struct imap_p *p)
+{
+    char name[IMAP_NAME_MAX * 2 + 1], item[32];
+    struct store_folder f;
+    int64_t messages, unseen, recent;
+    struct imap_sb b = { 0 };
+    int err;
+
+    if (mbox_p_name(s, p, name, sizeof name) || imap_p_sp(p) || p->i >= p->n || p->s[p->i] != '(') {
+        imap_tagged(s, "BAD usage: STATUS mailbox (items)");
+        return;
+    }
+    err = imap_folder_get(s, name, &f);
+    if (err == STORE_NOTFOUND) {
+        imap_tagged(s, "NO [NONEXISTENT] no such mailbox");
+        return;
+    }
+    if (err || store_folder_counts(s->user_id, &f, &messages, &unseen, &recent)) {
+        imap_tagged(s, "NO [UNAVAILABLE] cannot read the mailbox now");
+        return;
+    }
+    imap_sb_str(&b, "* STATUS ");
+    imap_sb_string(&b, f.name, strlen(f.name));
+    imap_sb_str(&b, " (");
+    p->i++;
+    for (int first = 1;; first = 0) {
+        if (p->i < p->n && p->s[p->i] == ')' && !first)
+            break;
+        if ((!first && imap_p_sp(p)) || imap_p_atom(p, item, sizeof item))
+            goto bad;
+        if (!first)
+            imap_sb_str(&b, " ");
+        if (!strcasecmp(item, "MESSAGES"))
+            imap_sb_printf(&b, "MESSAGES %lld", (long long)messages);
+        else if (!strcasecmp(item, "RECENT"))
+            imap_sb_printf(&b, "RECENT %lld", (long long)recent);
+        else if (!strcasecmp(item, "UIDNEXT"))
+            imap_sb_printf(&b, "UIDNEXT %lld", (long long)f.uidnext);
+        else if (!strcasecmp(item, "UIDVALIDITY"))
+            imap_sb_printf(&b, "UIDVALIDITY %lld", (long long)f.uidvalidity);
+        else if (!strcasecmp(item, "UNSEEN"))
+            imap_sb_printf(&b, "UNSEEN %lld", (long long)unseen);
+        else
+            goto bad;
+    }
+    p->i++;
+    if (imap_p_end(p))
+        goto bad;
+    imap_sb_str(&b, ")\r\n");
+    if (!b.err)
+        imap_out(s, b.s, b.len);
+    imap_sb_free(&b);
+    imap_tagged(s, "OK STATUS completed");
+    return;
+bad:
+    imap_sb_free(&b);
+    imap_tagged(s, "BAD usage: STATUS mailbox (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)");
+}
+
+/* ------------------------------------------- create, delete, rename */
+
+void imap_cmd_create(struct imap *s, struct imap_p *p)
+{
+    char name[IMAP_NAME_MAX * 2 + 1];
+    int err = 0;
+
+    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: CREATE mailbox");
+        return;
+    }
+    size_t len = strlen(name);
+    if (len && name[len - 1] == '/')
+        name[--len] = 0;             /* RFC 3501 6.3.3: a trailing separator is a hint */
+    if (!mbox_name_ok(name)) {
+        imap_tagged(s, "NO [CANNOT] invalid mailbox name");
+        return;
+    }
+    /* RFC 3501 6.3.3: the superior names are created too. */
+    for (char *q = strchr(name, '/'); q && !err; q = strchr(q + 1, '/')) {
+        *q = 0;
+        err = store_folder_create(s->user_id, name);
+        if (err == STORE_EXISTS)
+            err = 0;
+        *q = '/';
+    }
+    if (!err)
+        err = store_folder_create(s->user_id, name);
+    if (err == STORE_EXISTS)
+        imap_tagged(s, "NO [ALREADYEXISTS] mailbox exists");
+    else if (err)
+        imap_tagged(s, "NO [UNAVAILABLE] cannot create the mailbox now");
+    else
+        imap_reply_after_commit(s, "OK CREATE completed");
+}
+
+void imap_cmd_delete(struct imap *s, struct imap_p *p)
+{
+    char name[IMAP_NAME_MAX * 2 + 1];
+    struct store_folder f;
+    int err;
+
+    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: DELETE mailbox");
+        return;
+    }
+    if (!strcmp(name, "INBOX")) {
+        imap_tagged(s, "NO [CANNOT] INBOX cannot be deleted");
+        return;
+    }
+    err = imap_folder_get(s, name, &f);
+    if (err == STORE_NOTFOUND) {
+        imap_tagged(s, "NO [NONEXISTENT] no such mailbox");
+        return;
+    }
+    if (s->state == IMAP_SELECTED && s->v.f.id == f.id) {
+        imap_view_free(s);
+        s->state = IMAP_AUTH;
+    }
+    if (err || (err = store_folder_delete(s->user_id, &f)))
+        imap_tagged(s, "NO [UNAVAILABLE] cannot delete the mailbox now");
+    else
+        imap_reply_after_commit(s, "OK DELETE completed");
+}
+
+void imap_cmd_rename(struct imap *s, struct imap_p *p)
+{
+    char from[IMAP_NAME_MAX * 2 + 1], to[IMAP_NAME_MAX * 2 + 1];
+    struct store_folder f;
+    int err;
+
+    if (mbox_p_name(s, p, from, sizeof from) || mbox_p_name(s, p, to, sizeof to) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: RENAME from to");
+        return;
+    }
+    if (!mbox_name_ok(to) || !strcmp(to, "INBOX")) {
+        imap_tagged(s, "NO [CANNOT] invalid new name");
+        return;
+    }
+    if ((err = imap_folder_get(s, from, &f)) == STORE_NOTFOUND) {
+        imap_tagged(s, "NO [NONEXISTENT] no such mailbox");
+        return;
+    }
+    if (!err && imap_folder_get(s, to, &f) == 0) {
+        imap_tagged(s, "NO [ALREADYEXISTS] the new name exists");
+        return;
+    }
+    if (!err)
+        err = store_folder_rename(s->user_id, from, to);
+    if (err == STORE_EXISTS)
+        imap_tagged(s, "NO [ALREADYEXISTS] a mailbox below the new name exists");
+    else if (err)
+        imap_tagged(s, "NO [UNAVAILABLE] cannot rename the mailbox now");
+    else
+        imap_reply_after_commit(s, "OK RENAME completed");
+}
+
+void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on)
+{
+    char name[IMAP_NAME_MAX * 2 + 1];
+    int err;
+
+    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: %s mailbox", on ? "SUBSCRIBE" : "UNSUBSCRIBE");
+        return;
+    }
+    err = store_folder_subscribe(s->user_id, name, on);
+    if (err == STORE_NOTFOUND)
+        imap_tagged(s, "NO [NONEXISTENT] no such mailbox");
+    else if (err)
+        imap_tagged(s, "NO [UNAVAILABLE] cannot change the subscription now");
+    else
+        imap_reply_after_commit(s, on ? "OK SUBSCRIBE completed" : "OK UNSUBSCRIBE completed");
+}
+
+/* ------------------------------------------------------------- append */
+
+/* date-time (RFC 3501 9): "dd-Mon-yyyy hh:mm:ss +zzzz". */
+static int mbox_parse_datetime(const char *s, int64_t *out)
+{
+    int d, y, hh, mm, ss, z, mon;
+    char mname[4], sign;
+    struct tm tm;
+
+    if (sscanf(s, "%2d-%3s-%4d %2d:%2d:%2d %c%4d", &d, mname, &y, &hh, &mm, &ss, &sign, &z) != 8)
+        return -1;
+    mon = imap_month(mname);
+    if (!mon || d < 1 || d > 31 || hh > 23 || mm > 59 || ss > 60 || (sign != '+' && sign != '-') ||
+        y < 1970 || y > 9999)
+        return -1;
+    memset(&tm, 0, sizeof tm);
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mon - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = hh;
+    tm.tm_min = mm;
+    tm.tm_sec = ss;
+    int64_t t = (int64_t)timegm(&tm);
+    int off = (z / 100) * 3600 + (z % 100) * 60;
+    *out = sign == '+' ? t - off : t + off;
+    return 0;
+}
+
+/* APPEND up to its message literal: 1 to receive it, -1 refused (reply
+ * holds the answer). */
+int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *reply, size_t rn)
+{
+    char name[IMAP_NAME_MAX * 2 + 1], date[64];
+    struct store_folder f;
+    int err;
+
+    s->aflags = 0;
+    s->akw[0] = 0;
+    s->adate = util_now();
+    if (mbox_p_name(s, p, name, sizeof name) || imap_p_sp(p))
+        goto bad;
+    if (p->i < p->n && p->s[p->i] == '(') {
+        if (imap_p_flags(p, &s->aflags, s->akw, sizeof s->akw, 0) || imap_p_sp(p))
+            goto bad;
+    }
+    if (p->i < p->n && p->s[p->i] == '"') {
+        if (imap_p_astring(p, date, sizeof date, NULL) || mbox_parse_datetime(date, &s->adate) ||
+            imap_p_sp(p))
+            goto bad;
+    }
+    if (imap_p_end(p))
+        goto bad;
+    err = imap_folder_get(s, name, &f);
+    if (err == STORE_NOTFOUND) {
+        /* RFC 3501 6.3.11: TRYCREATE tells the client CREATE may help. */
+        snprintf(reply, rn, "NO [TRYCREATE] no such mailbox");
+        return -1;
+    }
+    if (err) {
+        snprintf(reply, rn, "NO [UNAVAILABLE] cannot open the mailbox now");
+        return -1;
+    }
+    if (conf->message_size_limit > 0 && size > conf->message_size_limit) {
+        snprintf(reply, rn, "NO [TOOBIG] message larger than %lld octets",
+                 (long long)conf->message_size_limit);
+        return -1;
+    }
+    s->ab = store_body_new();
+    if (!s->ab) {
+        snprintf(reply, rn, "NO [UNAVAILABLE] cannot store the message now");
+        return -1;
+    }
+    s->akey = f.key;
+    s->auidvalidity = f.uidvalidity;
+    return 1;
+bad:
+    snprintf(reply, rn, "BAD usage: APPEND mailbox [(flags)] [date-time] {size}");
+    return -1;
+}
+
+void imap_append_end(struct imap *s)
+{
+    struct store_body *b = s->ab;
+    int64_t uid = 0;
+    int err;
+    char text[128];
+
+    s->ab = NULL;
+    if (!b) {
+        imap_tagged(s, "NO [UNAVAILABLE] cannot store the message now");
+        return;
+    }
+    err = store_body_finish(b);
+    if (!err)
+        err = store_imap_append(s->user_id, s->akey, b, s->aflags,
+                                s->akw, s->adate, &uid);
+    store_body_free(b);
+    if (err) {
+        imap_tagged(s, err == STORE_FULL ? "NO [OVERQUOTA] the disk is full"
+                                         : "NO [UNAVAILABLE] cannot store the message now");
+        return;
+    }
+    log_info("imap: user=%s appended uid %lld", s->user, (long long)uid);
+    if (s->state == IMAP_SELECTED && s->v.f.key == s->akey)
+        imap_sync(s, 0);
+    /* RFC 4315 3: APPENDUID uidvalidity uid. */
+    snprintf(text, sizeof text, "OK [APPENDUID %lld %lld] APPEND completed", (long long)s->auidvalidity,
+             (long long)uid);
+    imap_reply_after_commit(s, text);
+}
+
+/* ---- src/imap.c ---- */
+#line 1 "src/imap.c"
+/*
+ * imap.c: the IMAP4rev1 server (RFC 3501): sessions, command reading and
+ * dispatch, authentication, STARTTLS, IDLE and the change watch.  The
+ * mailbox commands are in imap_mbox.c, FETCH/STORE/COPY/MOVE in
+ * imap_fetch.c, SEARCH and sequence sets in imap_search.c.
+ *
+ * A session is a state machine (RFC 3501 3): not authenticated,
+ * authenticated, selected, logout.  A command table maps each verb to the
+ * states in which it is valid; the dispatcher answers BAD for the others.
+ *
+ * Reading: a command is a line, or lines joined by literals ({N} CRLF and
+ * N octets; {N+} needs no continuation, RFC 7888).  It is collected whole,
+ * literals inline, up to IMAP_CMD_MAX, and then parsed; the message
+ * literal of APPEND is the exception: it streams into the store in
+ * chunks, so its size is bounded by message_size_limit, not by memory.
+ *
+ * Writing: short replies go straight into the connection's fixed output
+ * buffer; what does not fit waits in a capped queue, and long replies
+ * (FETCH of message text) stream from the store as the client reads, with
+ * input paused meanwhile so that pipelined commands are answered in order.
+ *
+ * IDLE (RFC 2177) and the other sessions' view of changes: every write to
+ * the mailboxes, by this process (SMTP delivery, POP3, IMAP) or another
+ * (the sendmail command), changes the folder's change counter.  A timer
+ * looks twice a second whether the database changed at all
+ * (sqlite3_total_changes and PRAGMA data_version), and only then lets each
+ * idling session compare its folder's counter with its own.
+ */
+
+
+#include <ctype.h>
+#include <string.h>
+
+#define IMAP_LINE_MAX     8192          /* one line of a command, CRLF included */
+#define IMAP_CMD_MAX      (64 * 1024)   /* a command with its literals, APPEND's message aside */
+#define IMAP_SASL_MAX     4096
+#define IMAP_REPLY_ROOM   1024
+#define IMAP_PEND_MAX     (8 * 1024 * 1024)
+#define IMAP_WATCH_MS     500           /* IDLE sees changes within a second */
+
+enum { LIT_NONE, LIT_CMD, LIT_APPEND, LIT_SKIP };
+
+static struct imap *imap_all;
+static struct timer imap_watch = { .idx = -1 };
+static int64_t imap_watch_sig[2];
+static int imap_started;
+
+static void imap_input(struct conn *c);
+static void imap_drain(struct conn *c);
+static void imap_timeout(struct conn *c);
+static void imap_close(struct conn *c);
+static void imap_tls(struct conn *c, int err);
+
+static const struct conn_ops imap_ops = {
+    .on_input = imap_input,
+    .on_drain = imap_drain,
+    .on_timeout = imap_timeout,
+    .on_close = imap_close,
+    .on_tls = imap_tls,
+};
+
+
+
+/* ------------------------------------------------------------- output */
+
+static void imap_pend_flush(struct imap *s)
+{
+    struct conn *c = s->c;
+    while (s->pend_off < s->pend.len) {
+        size_t room = conn_out_space(c), k = s->pend.len - s->pend_off;
+        if (!room)
+            return;
+        if (k > room)
+            k = room;
+        conn_write(c, s->pend.s + s->pend_off, k);
+        s->pend_off += k;
+    }
+    s->pend.len = s->pend_off = 0;
+    if (s->pend.cap > 65536) {
+        imap_sb_free(&s->pend);
+    }
+}
+
+void imap_out(struct imap *s, const void *p, size_t n)
+{
+    if (!s->c || s->c->dead)
+        return;
+    if (s->pend.len == 0 && conn_out_space(s->c) >= n) {
+        conn_write(s->c, p, n);
+        return;
+    }
+    if (s->pend.len + n > IMAP_PEND_MAX) {
+        log_warn("imap: %s: client does not read its replies, closing", s->c->peer_ip);
+        conn_abort(s->c);
+        return;
+    }
+    imap_sb_add(&s->pend, p, n);
+    if (s->pend.err) {
+        conn_abort(s->c);
+        return;
+    }
+    imap_pend_flush(s);
+}
+
+static void imap_voutf(struct imap *s, const char *prefix, const char *fmt, va_list ap)
+{
+    char buf[1024];
+    size_t k = util_strlcpy(buf, prefix, sizeof buf);
+    int n = vsnprintf(buf + k, sizeof buf - k - 2, fmt, ap);
+    if (n < 0)
+        return;
+    k += (size_t)n < sizeof buf - k - 2 ? (size_t)n : sizeof buf - k - 3;
+    buf[k++] = '\r';
+    buf[k++] = '\n';
+    imap_out(s, buf, k);
+}
+
+void imap_outf(struct imap *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    imap_voutf(s, "", fmt, ap);
+    va_end(ap);
+}
+
+void imap_tagged(struct imap *s, const char *fmt, ...)
+{
+    char prefix[IMAP_TAG_MAX + 2];
+    va_list ap;
+    snprintf(prefix, sizeof prefix, "%s ", s->tag[0] ? s->tag : "*");
+    va_start(ap, fmt);
+    imap_voutf(s, prefix, fmt, ap);
+    va_end(ap);
+}
+
+/* A tagged reply of any length (COPYUID of a long set). */
+static void imap_tagged_text(struct imap *s, const char *text)
+{
+    imap_out(s, s->tag[0] ? s->tag : "*", strlen(s->tag[0] ? s->tag : "*"));
+    imap_out(s, " ", 1);
+    imap_out(s, text, strlen(text));
+    imap_out(s, "\r\n", 2);
+}
+
+static void imap_resume(struct imap *s)
+{
+    struct conn *c = s->c;
+    conn_pause(c, 0);
+    if (!c->dead && c->eof && !c->in_len)
+        conn_close(c);
+}
+
+/* Runs the streaming job, and the queue before it; 1 when all is out. */
+static int imap_pump(struct imap *s)
+{
+    imap_pend_flush(s);
+    if (s->pend.len)
+        return 0;
+    if (!s->pump)
+        return 1;
+    int r = s->pump(s);
+    if (r < 0)
+        return -1;
+    if (r == 0)
+        return 0;
+    if (s->job_free)
+        s->job_free(s);
+    s->pump = NULL;
+    s->job_free = NULL;
+    s->job = NULL;
+    imap_pend_flush(s);
+    return s->pend.len ? 0 : 1;
+}
+
+/* After a command: if output waits, input waits for it. */
+static void imap_after_command(struct imap *s)
+{
+    struct conn *c = s->c;
+    if (c->dead || s->busy != IMAP_IDLE_NONE)
+        return;
+    int r = imap_pump(s);
+    if (r < 0)
+        return;
+    if (r == 0) {
+        s->busy = IMAP_BUSY_STREAM;
+        c->want_drain = 1;
+        conn_pause(c, 1);
+    }
+}
+
+void imap_start_job(struct imap *s, int (*pump)(struct imap *), void (*job_free)(struct imap *), void *job)
+{
+    s->pump = pump;
+    s->job_free = job_free;
+    s->job = job;
+}
+
+static void imap_drain(struct conn *c)
+{
+    struct imap *s = c->ctx;
+    int r;
+
+    if (!s || (s->busy != IMAP_BUSY_STREAM && s->busy != IMAP_BUSY_IDLE)) {
+        c->want_drain = 0;
+        return;
+    }
+    conn_set_timeout(c, conf->imap_timeout * 1000);
+    r = imap_pump(s);
+    if (r <= 0)
+        return;
+    c->want_drain = 0;
+    if (s->busy == IMAP_BUSY_STREAM) {
+        s->busy = IMAP_IDLE_NONE;
+        imap_resume(s);
+    }
+}
+
+static void imap_committed(void *arg, int rc)
+{
+    struct imap *s = arg;
+
+    if (!s->c) {
+        imap_sb_free(&s->after_commit);
+        free(s);
+        return;
+    }
+    s->busy = IMAP_IDLE_NONE;
+    if (rc == 0)
+        imap_tagged_text(s, s->after_commit.s ? s->after_commit.s : "OK");
+    else
+        imap_tagged(s, "NO [SERVERBUG] the change could not be saved");
+    imap_after_command(s);
+    if (s->busy == IMAP_IDLE_NONE)
+        imap_resume(s);
+}
+
+void imap_reply_after_commit(struct imap *s, const char *text)
+{
+    s->after_commit.len = 0;
+    imap_sb_str(&s->after_commit, text);
+    if (!store_in_txn()) {
+        imap_tagged_text(s, text);
+        return;
+    }
+    s->busy = IMAP_BUSY_COMMIT;
+    conn_pause(s->c, 1);
+    store_after_commit(imap_committed, s);
+}
+
+/* ------------------------------------------------------------- parser */
+
+int imap_p_sp(struct imap_p *p)
+{
+    if (p->i < p->n && p->s[p->i] == ' ') {
+        p->i++;
+        return 0;
+    }
+    return -1;
+}
+
+int imap_p_end(struct imap_p *p)
+{
+    return p->i == p->n ? 0 : -1;
+}
+
+/* RFC 3501 9: ATOM-CHAR is any CHAR except atom-specials. */
+static int imap_atom_char(int c)
+{
+    return c > 0x20 && c < 0x7f && !strchr("(){%*\"\\]", c);
+}
+
+int imap_p_atom(struct imap_p *p, char *out, size_t n)
+{
+    size_t k = 0;
+    while (p->i < p->n && imap_atom_char((unsigned char)p->s[p->i])) {
+        if (k + 1 >= n)
+            return -1;
+        out[k++] = p->s[p->i++];
+    }
+    out[k] = 0;
+    return k ? 0 : -1;
+}
+
+/* "{N}" or "{N+}" CRLF, then N octets. */
+static int imap_p_literal(struct imap_p *p, const char **data, size_t *len)
+{
+    int64_t v = 0;
+    if (p->i >= p->n || p->s[p->i] != '{')
+        return -1;
+    p->i++;
+    if (p->i >= p->n || !isdigit((unsigned char)p->s[p->i]))
+        return -1;
+    while (p->i < p->n && isdigit((unsigned char)p->s[p->i])) {
+        v = v * 10 + (p->s[p->i++] - '0');
+        if (v > IMAP_CMD_MAX)
+            return -1;
+    }
+    if (p->i < p->n && p->s[p->i] == '+')
+        p->i++;
+    if (p->n - p->i < 3 || memcmp(p->s + p->i, "}\r\n", 3))
+        return -1;
+    p->i += 3;
+    if ((size_t)v > p->n - p->i)
+        return -1;
+    *data = p->s + p->i;
+    *len = (size_t)v;
+    p->i += (size_t)v;
+    return 0;
+}
+
+int imap_p_astring(struct imap_p *p, char *out, size_t n, size_t *len)
+{
+    size_t k = 0;
+    if (p->i >= p->n)
+        return -1;
+    if (p->s[p->i] == '"') {
+        for (p->i++; p->i < p->n && p->s[p->i] != '"'; p->i++) {
+            char c = p->s[p->i];
+            if (c == '\\') {
+                if (++p->i >= p->n)
+                    return -1;
+                c = p->s[p->i];
+            }
+            if (c == '\r' || c == '\n' || k + 1 >= n)
+                return -1;
+            out[k++] = c;
+        }
+        if (p->i >= p->n)
+            return -1;
+        p->i++;
+    } else if (p->s[p->i] == '{') {
+        const char *d;
+        size_t dl;
+        if (imap_p_literal(p, &d, &dl) || dl + 1 > n)
+            return -1;
+        memcpy(out, d, dl);
+        k = dl;
+    } else {
+        /* ASTRING-CHAR: ATOM-CHAR or "]". */
+        while (p->i < p->n && (imap_atom_char((unsigned char)p->s[p->i]) || p->s[p->i] == ']')) {
+            if (k + 1 >= n)
+                return -1;
+            out[k++] = p->s[p->i++];
+        }
+        if (!k)
+            return -1;
+    }
+    out[k] = 0;
+    if (len)
+        *len = k;
+    else if (memchr(out, 0, k))
+        return -1;
+    return 0;
+}
+
+int imap_p_number(struct imap_p *p, int64_t *v)
+{
+    int64_t x = 0;
+    if (p->i >= p->n || !isdigit((unsigned char)p->s[p->i]))
+        return -1;
+    while (p->i < p->n && isdigit((unsigned char)p->s[p->i])) {
+        x = x * 10 + (p->s[p->i++] - '0');
+        if (x > 0xffffffffLL * 16)
+            return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} imap_sysflags[] = {
+    { "\\Seen", IMAP_SEEN }, { "\\Answered", IMAP_ANSWERED }, { "\\Flagged", IMAP_FLAGGED },
+    { "\\Deleted", IMAP_DELETED }, { "\\Draft", IMAP_DRAFT },
+};
+
+static int imap_kw_add(char *kw, size_t kwn, const char *word)
+{
+    size_t wl = strlen(word), kl = strlen(kw);
+    for (const char *p = kw; *p;) {
+        size_t k = strcspn(p, " ");
+        if (k == wl && !strncasecmp(p, word, k))
+            return 0;
+        p += k;
+        while (*p == ' ')
+            p++;
+    }
+    if (kl + wl + 2 > kwn)
+        return -1;
+    if (kl)
+        kw[kl++] = ' ';
+    memcpy(kw + kl, word, wl + 1);
+    return 0;
+}
+
+int imap_p_flags(struct imap_p *p, unsigned *flags, char *kw, size_t kwn, int paren_optional)
+{
+    int paren = p->i < p->n && p->s[p->i] == '(';
+    char word[128];
+
+    *flags = 0;
+    kw[0] = 0;
+    if (!paren && !paren_optional)
+        return -1;
+    if (paren)
+        p->i++;
+    for (int first = 1;; first = 0) {
+        if (paren && p->i < p->n && p->s[p->i] == ')') {
+            p->i++;
+            return 0;
+        }
+        if (!first && imap_p_sp(p))
+            return paren ? -1 : 0;
+        size_t k = 0;
+        if (p->i < p->n && p->s[p->i] == '\\')
+            word[k++] = p->s[p->i++];
+        struct imap_p q = *p;
+        if (imap_p_atom(&q, word + k, sizeof word - k))
+            return -1;
+        p->i = q.i;
+        if (word[0] == '\\') {
+            size_t i;
+            for (i = 0; i < MN_NELEM(imap_sysflags); i++)
+                if (!strcasecmp(word, imap_sysflags[i].name)) {
+                    *flags |= imap_sysflags[i].bit;
+                    break;
+                }
+            /* \Recent cannot be set (RFC 3501 2.3.2); other system
+             * flags do not exist. */
+            if (i == MN_NELEM(imap_sysflags))
+                return -1;
+        } else if (imap_kw_add(kw, kwn, word)) {
+            return -1;
+        }
+        if (!paren && (p->i >= p->n || p->s[p->i] != ' '))
+            return 0;
+    }
+}
+
+void imap_flags_fmt(struct imap_sb *b, unsigned flags, const char *kw, int recent)
+{
+    size_t start = b->len;
+    imap_sb_str(b, "(");
+    for (size_t i = 0; i < MN_NELEM(imap_sysflags); i++)
+        if (flags & imap_sysflags[i].bit) {
+            if (b->len > start + 1)
+                imap_sb_str(b, " ");
+            imap_sb_str(b, imap_sysflags[i].name);
+        }
+    if (recent) {
+        if (b->len > start + 1)
+            imap_sb_str(b, " ");
+        imap_sb_str(b, "\\Recent");
+    }
+    if (kw && *kw) {
+        if (b->len > start + 1)
+            imap_sb_str(b, " ");
+        imap_sb_str(b, kw);
+    }
+    imap_sb_str(b, ")");
+}
+
+/* ------------------------------------------------------ authentication */
+
+static int imap_cleartext_ok(const struct imap *s)
+{
+    /* RFC 3501 6.2.3 and RFC 8314: no password in the clear across a
+     * network unless the administrator allows it. */
+    return conf->allow_cleartext_auth || s->c->peer_loopback || tls_active(s->c);
+}
+
+static void imap_safe_name(const char *in, char *out, size_t n)
+{
+    size_t i;
+    for (i = 0; in[i] && i + 1 < n; i++)
+        out[i] = isprint((unsigned char)in[i]) && in[i] != ' ' ? in[i] : '?';
+    out[i] = 0;
+}
+
+static void imap_login_ok(struct imap *s, const struct store_user *u, const char *mech)
+{
+    int same = 0;
+    for (struct imap *o = imap_all; o; o = o->next)
+        if (o != s && o->state != IMAP_NOTAUTH && o->user_id == u->id)
+            same++;
+    if (conf->imap_max_per_user > 0 && same >= conf->imap_max_per_user) {
+        log_warn("imap: %s: user %s has %d sessions (imap.max_per_user)", s->c->peer_ip, u->name, same);
+        imap_tagged(s, "NO [LIMIT] too many sessions for this user, close one and try again");
+        return;
+    }
+    s->user_id = u->id;
+    util_strlcpy(s->user, u->name, sizeof s->user);
+    s->state = IMAP_AUTH;
+    log_info("imap: login user=%s ip=%s mech=%s", s->user, s->c->peer_ip, mech);
+    imap_tagged(s, "OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT "
+                   "UIDPLUS MOVE SPECIAL-USE CHILDREN] logged in");
+}
+
+static void imap_delay_done(void *arg)
+{
+    struct imap *s = arg;
+
+    s->busy = IMAP_IDLE_NONE;
+    /* RFC 5530: the same answer whether the name or the password was
+     * wrong, so that the reply does not tell which names exist. */
+    imap_tagged(s, "NO [AUTHENTICATIONFAILED] invalid user name or password");
+    if (conf->auth_max_failures > 0 && s->failures >= conf->auth_max_failures) {
+        log_warn("imap: %s: %d failed logins, closing the connection", s->c->peer_ip, s->failures);
+        imap_outf(s, "* BYE too many failed logins");
+        conn_close(s->c);
+        return;
+    }
+    imap_resume(s);
+}
+
+static void imap_auth_failed(struct imap *s, const char *name, const char *mech)
+{
+    char safe[USER_MAX + 1];
+
+    s->failures++;
+    limit_auth_failed(s->c, name);
+    imap_safe_name(name, safe, sizeof safe);
+    log_warn("imap: authentication failed user=%s ip=%s mech=%s (failure %d)", safe, s->c->peer_ip,
+             mech, s->failures);
+    s->busy = IMAP_BUSY_DELAY;
+    conn_pause(s->c, 1);
+    timer_set(&s->delay, conf->auth_fail_delay * 1000 * s->failures, imap_delay_done, s);
+}
+
+static void imap_dummy_check(const char *password)
+{
+    static struct store_user dummy;
+    static int ready;
+
+    if (!ready) {
+        unsigned char rnd[16];
+        char pw[sizeof rnd * 2 + 1];
+        randombytes_buf(rnd, sizeof rnd);
+        sodium_bin2hex(pw, sizeof pw, rnd, sizeof rnd);
+        if (auth_set_password(&dummy, pw))
+            return;
+        ready = 1;
+    }
+    (void)auth_check_password(&dummy, password);
+}
+
+static int imap_auth_blocked(struct imap *s)
+{
+    if (!limit_auth_blocked(s->c))
+        return 0;
+    log_warn("imap: %s: refused: too many failed logins from this address", s->c->peer_ip);
+    imap_tagged(s, "NO [UNAVAILABLE] too many failed logins from your address, try again later");
+    return 1;
+}
+
+static void imap_cmd_login(struct imap *s, struct imap_p *p)
+{
+    char name[USER_MAX * 4 + 1], pass[1024];
+    struct store_user u;
+    int rc = STORE_NOTFOUND, ok = 0;
+
+    if (imap_p_sp(p) || imap_p_astring(p, name, sizeof name, NULL) || imap_p_sp(p) ||
+        imap_p_astring(p, pass, sizeof pass, NULL) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: LOGIN user password");
+        goto out;
+    }
+    if (!imap_cleartext_ok(s)) {
+        /* RFC 3501 6.2.3: LOGINDISABLED is announced; PRIVACYREQUIRED. */
+        imap_tagged(s, "NO [PRIVACYREQUIRED] use STARTTLS first");
+        goto out;
+    }
+    if (imap_auth_blocked(s))
+        goto out;
+    util_lower(name);
+    memset(&u, 0, sizeof u);
+    if (strlen(name) <= USER_MAX)
+        rc = store_user_get(name, &u);
+    if (rc == 0)    /* an account backing off takes no password (limit.c) */
+        ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
+    else if (rc == STORE_NOTFOUND)
+        imap_dummy_check(pass);
+    else {
+        imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
+        goto out;
+    }
+    if (ok) {
+        limit_auth_ok(name);
+        imap_login_ok(s, &u, "LOGIN");
+    } else {
+        imap_auth_failed(s, name, "LOGIN");
+    }
+    sodium_memzero(&u, sizeof u);
+out:
+    sodium_memzero(pass, sizeof pass);
+}
+
+static void imap_sasl_result(struct imap *s, int r, const char *out)
+{
+    struct store_user u;
+    int rc;
+
+    s->in_sasl = 0;
+    switch (r) {
+    case AUTH_CONTINUE:
+        /* RFC 3501 7.5: the challenge as a continuation. */
+        s->in_sasl = 1;
+        imap_outf(s, "+ %s", out);
+        return;
+    case AUTH_OK:
+        memset(&u, 0, sizeof u);
+        rc = store_user_get(s->sasl.user, &u);
+        if (rc == 0 && limit_account_wait(s->sasl.user)) {
+            imap_auth_failed(s, s->sasl.user, s->mech);
+        } else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
+            imap_login_ok(s, &u, s->mech);
+        } else if (rc == STORE_NOTFOUND)
+            imap_auth_failed(s, s->sasl.user, s->mech);
+        else
+            imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox, try again later");
+        sodium_memzero(&u, sizeof u);
+        break;
+    case AUTH_FAIL:
+        imap_auth_failed(s, s->sasl.user, s->mech);
+        break;
+    case AUTH_CANCEL:
+        imap_tagged(s, "BAD authentication cancelled");
+        break;
+    case AUTH_BADMECH:
+        imap_tagged(s, "NO unsupported authentication mechanism");
+        break;
+    default:
+        imap_tagged(s, "BAD malformed authentication exchange");
+        break;
+    }
+    sodium_memzero(&s->sasl, sizeof s->sasl);
+}
+
+static int imap_mech_offered(const char *mechs, const char *mech)
+{
+    size_t n = strlen(mech);
+    for (const char *p = mechs; *p;) {
+        while (*p == ' ')
+            p++;
+        size_t k = strcspn(p, " ");
+        if (k == n && !strncasecmp(p, mech, n))
+            return 1;
+        p += k;
+    }
+    return 0;
+}
+
+static void imap_cmd_authenticate(struct imap *s, struct imap_p *p)
+{
+    char mech[32], initial[IMAP_SASL_MAX], out[512];
+    const char *mechs = auth_mechs(imap_cleartext_ok(s));
+    int has_ir = 0;
+
+    if (imap_p_sp(p) || imap_p_atom(p, mech, sizeof mech)) {
+        imap_tagged(s, "BAD usage: AUTHENTICATE mechanism [initial-response]");
+        return;
+    }
+    /* RFC 4959: SASL-IR, the initial response on the command line. */
+    if (!imap_p_sp(p)) {
+        size_t k = 0;
+        while (p->i < p->n && k + 1 < sizeof initial && p->s[p->i] != ' ')
+            initial[k++] = p->s[p->i++];
+        initial[k] = 0;
+        has_ir = 1;
+    }
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: AUTHENTICATE mechanism [initial-response]");
+        return;
+    }
+    for (char *q = mech; *q; q++)
+        *q = (char)toupper((unsigned char)*q);
+    if (!imap_mech_offered(mechs, mech)) {
+        if (!imap_cleartext_ok(s) && imap_mech_offered(auth_mechs(1), mech))
+            imap_tagged(s, "NO [PRIVACYREQUIRED] use STARTTLS first");
+        else
+            imap_tagged(s, "NO unsupported authentication mechanism");
+        return;
+    }
+    if (imap_auth_blocked(s))
+        return;
+    util_strlcpy(s->mech, mech, sizeof s->mech);
+    memset(&s->sasl, 0, sizeof s->sasl);
+    out[0] = 0;
+    imap_sasl_result(s, auth_sasl_start(&s->sasl, s->mech, has_ir ? initial : NULL, out, sizeof out), out);
+    sodium_memzero(initial, sizeof initial);
+}
+
+/* ------------------------------------------------------ any-state verbs */
+
+static void imap_capability_line(struct imap *s, struct imap_sb *b)
+{
+    const char *mechs = auth_mechs(imap_cleartext_ok(s));
+
+    imap_sb_str(b, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
+                   "SPECIAL-USE CHILDREN");
+    if (s->state == IMAP_NOTAUTH) {
+        if (tls_available() && !s->c->tls)
+            imap_sb_str(b, " STARTTLS");
+        if (!imap_cleartext_ok(s))
+            imap_sb_str(b, " LOGINDISABLED");
+        for (const char *q = mechs; q && *q;) {
+            while (*q == ' ')
+                q++;
+            size_t k = strcspn(q, " ");
+            if (k)
+                imap_sb_printf(b, " AUTH=%.*s", (int)k, q);
+            q += k;
+        }
+    }
+}
+
+/* RFC 3501 7.1.1: the capabilities in the greeting spare a round trip. */
+static void imap_greeting(struct imap *s)
+{
+    struct imap_sb b = { 0 };
+    imap_capability_line(s, &b);
+    imap_outf(s, "* OK [CAPABILITY %s] mailnode IMAP ready", b.s ? b.s : "IMAP4rev1");
+    imap_sb_free(&b);
+}
+
+static void imap_cmd_capability(struct imap *s, struct imap_p *p)
+{
+    struct imap_sb b = { 0 };
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD CAPABILITY takes no arguments");
+        return;
+    }
+    imap_capability_line(s, &b);
+    imap_outf(s, "* CAPABILITY %s", b.s ? b.s : "IMAP4rev1");
+    imap_sb_free(&b);
+    imap_tagged(s, "OK CAPABILITY completed");
+}
+
+static void imap_cmd_noop(struct imap *s, struct imap_p *p)
+{
+    MN_UNUSED(p);
+    if (s->state == IMAP_SELECTED)
+        imap_sync(s, 1);
+    imap_tagged(s, "OK NOOP completed");
+}
+
+static void imap_cmd_logout(struct imap *s, struct imap_p *p)
+{
+    MN_UNUSED(p);
+    imap_outf(s, "* BYE mailnode IMAP signing off");
+    imap_tagged(s, "OK LOGOUT completed");
+    s->state = IMAP_LOGOUT;
+    if (s->user[0])
+        log_info("imap: logout user=%s ip=%s", s->user, s->c->peer_ip);
+    conn_close(s->c);
+}
+
+static void imap_cmd_starttls(struct imap *s, struct imap_p *p)
+{
+    struct conn *c = s->c;
+
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD STARTTLS takes no arguments");
+        return;
+    }
+    if (c->tls || !tls_available()) {
+        imap_tagged(s, "NO STARTTLS not available");
+        return;
+    }
+    imap_tagged(s, "OK begin TLS negotiation now");
+    /* RFC 3501 6.2.1 (and CVE-2011-0411): what came after STARTTLS in
+     * the clear is not a command; it is dropped. */
+    conn_consume(c, c->in_len);
+    if (tls_start_server(c)) {
+        log_err("imap: %s: cannot start TLS", c->peer_ip);
+        conn_abort(c);
+        return;
+    }
+    s->busy = IMAP_BUSY_TLS;
+}
+
+static void imap_tls(struct conn *c, int err)
+{
+    struct imap *s = c->ctx;
+
+    if (!s)
+        return;
+    s->busy = IMAP_IDLE_NONE;
+    if (err)
+        return;
+    conn_set_timeout(c, conf->imap_timeout * 1000);
+    if (c->kind == LISTEN_IMAPS)
+        imap_greeting(s);
+}
+
+static void imap_cmd_id(struct imap *s, struct imap_p *p)
+{
+    MN_UNUSED(p);
+    /* RFC 2971: the client's list is for its own logs; ours is short. */
+    imap_outf(s, "* ID (\"name\" \"mailnode\" \"version\" \"%s\")", MAILNODE_VERSION);
+    imap_tagged(s, "OK ID completed");
+}
+
+static void imap_cmd_enable(struct imap *s, struct imap_p *p)
+{
+    char word[64];
+    if (imap_p_sp(p) || imap_p_atom(p, word, sizeof word)) {
+        imap_tagged(s, "BAD usage: ENABLE capability...");
+        return;
+    }
+    /* RFC 5161: only what is enabled is listed; none of ours needs it. */
+    imap_outf(s, "* ENABLED");
+    imap_tagged(s, "OK ENABLE completed");
+}
+
+static void imap_cmd_namespace(struct imap *s, struct imap_p *p)
+{
+    MN_UNUSED(p);
+    imap_outf(s, "* NAMESPACE ((\"\" \"/\")) NIL NIL");
+    imap_tagged(s, "OK NAMESPACE completed");
+}
+
+static void imap_cmd_idle(struct imap *s, struct imap_p *p)
+{
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD IDLE takes no arguments");
+        return;
+    }
+    if (s->state == IMAP_SELECTED)
+        imap_sync(s, 1);
+    /* RFC 2177: a continuation, then updates as they come, until DONE. */
+    imap_outf(s, "+ idling");
+    s->busy = IMAP_BUSY_IDLE;
+}
+
+static void imap_idle_line(struct imap *s, const char *line)
+{
+    if (strcasecmp(line, "DONE")) {
+        imap_tagged(s, "BAD expected DONE");
+    } else {
+        imap_tagged(s, "OK IDLE terminated");
+    }
+    s->busy = IMAP_IDLE_NONE;
+    s->c->want_drain = 0;
+}
+
+/* Commands of imap_mbox.c. */
+void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly);
+void imap_cmd_close(struct imap *s, struct imap_p *p, int expunge);
+void imap_cmd_expunge(struct imap *s, struct imap_p *p, int uid);
+void imap_cmd_list(struct imap *s, struct imap_p *p, int lsub);
+void imap_cmd_create(struct imap *s, struct imap_p *p);
+void imap_cmd_delete(struct imap *s, struct imap_p *p);
+void imap_cmd_rename(struct imap *s, struct imap_p *p);
+void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on);
+void imap_cmd_status(struct imap *s, struct imap_p *p);
+int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *reply, size_t rn);
+void imap_append_end(struct imap *s);
+void imap_view_free(struct imap *s);
+
+static void imap_cmd_select_rw(struct imap *s, struct imap_p *p) { imap_cmd_select(s, p, 0); }
+static void imap_cmd_examine(struct imap *s, struct imap_p *p) { imap_cmd_select(s, p, 1); }
+static void imap_cmd_close_x(struct imap *s, struct imap_p *p) { imap_cmd_close(s, p, 1); }
+static void imap_cmd_unselect(struct imap *s, struct imap_p *p) { imap_cmd_close(s, p, 0); }
+static void imap_cmd_expunge_x(struct imap *s, struct imap_p *p) { imap_cmd_expunge(s, p, 0); }
+static void imap_cmd_list_x(struct imap *s, struct imap_p *p) { imap_cmd_list(s, p, 0); }
+static void imap_cmd_lsub(struct imap *s, struct imap_p *p) { imap_cmd_list(s, p, 1); }
+static void imap_cmd_sub(struct imap *s, struct imap_p *p) { imap_cmd_subscribe(s, p, 1); }
+static void imap_cmd_unsub(struct imap *s, struct imap_p *p) { imap_cmd_subscribe(s, p, 0); }
+static void imap_cmd_fetch_x(struct imap *s, struct imap_p *p) { imap_cmd_fetch(s, p, 0); }
+static void imap_cmd_store_x(struct imap *s, struct imap_p *p) { imap_cmd_store(s, p, 0); }
+static void imap_cmd_copy_x(struct imap *s, struct imap_p *p) { imap_cmd_copy(s, p, 0, 0); }
+static void imap_cmd_move_x(struct imap *s, struct imap_p *p) { imap_cmd_copy(s, p, 0, 1); }
+static void imap_cmd_search_x(struct imap *s, struct imap_p *p) { imap_cmd_search(s, p, 0); }
+
+static void imap_cmd_check(struct imap *s, struct imap_p *p)
+{
+    imap_cmd_noop(s, p);
+}
+
+static void imap_cmd_append_plain(struct imap *s, struct imap_p *p)
+{
+    MN_UNUSED(p);
+    /* A complete APPEND has its message as a literal, which the reader
+     * handles before the command reaches here. */
+    imap_tagged(s, "BAD usage: APPEND mailbox [(flags)] [date-time] {size}");
+}
+
+static void imap_cmd_uid(struct imap *s, struct imap_p *p)
+{
+    char verb[16];
+    if (imap_p_sp(p) || imap_p_atom(p, verb, sizeof verb)) {
+        imap_tagged(s, "BAD usage: UID FETCH|STORE|COPY|MOVE|SEARCH|EXPUNGE ...");
+        return;
+    }
+    if (!strcasecmp(verb, "FETCH"))
+        imap_cmd_fetch(s, p, 1);
+    else if (!strcasecmp(verb, "STORE"))
+        imap_cmd_store(s, p, 1);
+    else if (!strcasecmp(verb, "COPY"))
+        imap_cmd_copy(s, p, 1, 0);
+    else if (!strcasecmp(verb, "MOVE"))
+        imap_cmd_copy(s, p, 1, 1);
+    else if (!strcasecmp(verb, "SEARCH"))
+        imap_cmd_search(s, p, 1);
+    else if (!strcasecmp(verb, "EXPUNGE"))
+        imap_cmd_expunge(s, p, 1);
+    else
+        imap_tagged(s, "BAD unknown UID command");
+}
+
+struct imap_cmd {
+    const char *verb;
+    unsigned allowed;
+    void (*run)(struct imap *s, struct imap_p *p);
+};
+
+#define N IMAP_NOTAUTH
+#define A IMAP_AUTH
+#define S IMAP_SELECTED
+
+static const struct imap_cmd imap_cmds[] = {
+    { "CAPABILITY", N | A | S, imap_cmd_capability },
+    { "NOOP", N | A | S, imap_cmd_noop },
+    { "LOGOUT", N | A | S, imap_cmd_logout },
+    { "ID", N | A | S, imap_cmd_id },
+    { "STARTTLS", N, imap_cmd_starttls },
+    { "LOGIN", N, imap_cmd_login },
+    { "AUTHENTICATE", N, imap_cmd_authenticate },
+    { "ENABLE", A, imap_cmd_enable },
+    { "NAMESPACE", A | S, imap_cmd_namespace },
+    { "SELECT", A | S, imap_cmd_select_rw },
+    { "EXAMINE", A | S, imap_cmd_examine },
+    { "CREATE", A | S, imap_cmd_create },
+    { "DELETE", A | S, imap_cmd_delete },
+    { "RENAME", A | S, imap_cmd_rename },
+    { "SUBSCRIBE", A | S, imap_cmd_sub },
+    { "UNSUBSCRIBE", A | S, imap_cmd_unsub },
+    { "LIST", A | S, imap_cmd_list_x },
+    { "LSUB", A | S, imap_cmd_lsub },
+    { "STATUS", A | S, imap_cmd_status },
+    { "APPEND", A | S, imap_cmd_append_plain },
+    { "IDLE", A | S, imap_cmd_idle },
+    { "CHECK", S, imap_cmd_check },
+    { "CLOSE", S, imap_cmd_close_x },
+    { "UNSELECT", S, imap_cmd_unselect },
+    { "EXPUNGE", S, imap_cmd_expunge_x },
+    { "SEARCH", S, imap_cmd_search_x },
+    { "FETCH", S, imap_cmd_fetch_x },
+    { "STORE", S, imap_cmd_store_x },
+    { "COPY", S, imap_cmd_copy_x },
+    { "MOVE", S, imap_cmd_move_x },
+    { "UID", S, imap_cmd_uid },
+};
+
+#undef N
+#undef A
+#undef S
+
+/* ------------------------------------------------------------ reading */
+
+/* "tag SP verb": the tag into s->tag; p is left after the verb. */
+static int imap_p_head(struct imap *s, struct imap_p *p, char *verb, size_t vn)
+{
+    size_t k = 0;
+    s->tag[0] = 0;
+    while (p->i < p->n && p->s[p->i] != ' ' && p->s[p->i] != '\r') {
+        char ch = p->s[p->i];
+        /* RFC 3501 9: tag = 1*<any ASTRING-CHAR except "+">. */
+        if (k >= IMAP_TAG_MAX || ch == '+' || !(imap_atom_char((unsigned char)ch) || ch == ']'))
+            return -1;
+        s->tag[k++] = p->s[p->i++];
+    }
+    s->tag[k] = 0;
+    if (!k || imap_p_sp(p) || imap_p_atom(p, verb, vn))
+        return -1;
+    return 0;
+}
+
+static void imap_run_command(struct imap *s)
+{
+    struct imap_p p = { s->cmd.s ? s->cmd.s : "", s->cmd.len, 0 };
+    char verb[32];
+
+    if (s->cmd.len && memchr(s->cmd.s, 0, s->cmd.len) && !strstr(s->cmd.s, "{")) {
+        s->tag[0] = 0;
+        imap_outf(s, "* BAD NUL in command");
+        return;
+    }
+    if (imap_p_head(s, &p, verb, sizeof verb)) {
+        if (!s->tag[0] || strlen(s->tag) >= IMAP_TAG_MAX)
+            util_strlcpy(s->tag, "*", sizeof s->tag);
+        imap_tagged(s, "BAD invalid command line");
+        return;
+    }
+    for (size_t i = 0; i < MN_NELEM(imap_cmds); i++) {
+        const struct imap_cmd *cmd = &imap_cmds[i];
+        if (strcasecmp(verb, cmd->verb))
+            continue;
+        if (!(cmd->allowed & s->state)) {
+            imap_tagged(s, "BAD %s not valid %s", cmd->verb,
+                        s->state == IMAP_NOTAUTH ? "before login"
+                        : s->state == IMAP_AUTH  ? "without a selected mailbox"
+                                                 : "after login");
+            return;
+        }
+        cmd->run(s, &p);
+        return;
+    }
+    imap_tagged(s, "BAD unknown command");
+}
+
+/* Where a line of a command ends with "{N}" or "{N+}": the size, and
+ * whether the client waits for a continuation. */
+static int imap_literal_at_end(const char *s, size_t n, int64_t *size, int *sync, size_t *at)
+{
+    size_t i;
+    int64_t v = 0, mul = 1;
+    if (n < 3 || s[n - 1] != '}')
+        return 0;
+    i = n - 2;
+    *sync = 1;
+    if (s[i] == '+') {
+        *sync = 0;
+        i--;
+    }
+    if (!isdigit((unsigned char)s[i]))
+        return 0;
+    while (i > 0 && isdigit((unsigned char)s[i])) {
+        if (mul > 1000000000000LL)
+            return 0;
+        v += (s[i] - '0') * mul;
+        mul *= 10;
+        i--;
+    }
+    if (s[i] != '{')
+        return 0;
+    *size = v;
+    *at = i;
+    return 1;
+}
+
+static int imap_is_append(const char *s, size_t n)
+{
+    struct imap_p p = { s, n, 0 };
+    while (p.i < p.n && p.s[p.i] != ' ')
+        p.i++;
+    return p.n - p.i > 7 && !strncasecmp(p.s + p.i, " APPEND ", 8);
+}
+
+static void imap_reset_cmd(struct imap *s)
+{
+    s->cmd.len = 0;
+    if (s->cmd.cap > 16384)
+        imap_sb_free(&s->cmd);
+}
+
+/* A line of a command is in s->cmd (without its CRLF). */
+static void imap_line_done(struct imap *s)
+{
+    int64_t size;
+    int sync;
+    size_t at;
+
+    if (s->append_tail) {
+        /* Only the line end may follow APPEND's message (no MULTIAPPEND). */
+        s->append_tail = 0;
+        if (s->cmd.len)
+            imap_tagged(s, "BAD unexpected data after the message");
+        else
+            imap_append_end(s);
+        imap_reset_cmd(s);
+        return;
+    }
+    if (!imap_literal_at_end(s->cmd.s ? s->cmd.s : "", s->cmd.len, &size, &sync, &at)) {
+        imap_run_command(s);
+        imap_reset_cmd(s);
+        return;
+    }
+    if (imap_is_append(s->cmd.s, s->cmd.len)) {
+        struct imap_p p = { s->cmd.s, at, 0 };
+        char verb[16];
+        if (imap_p_head(s, &p, verb, sizeof verb) == 0 && !strcasecmp(verb, "APPEND") &&
+            s->state != IMAP_NOTAUTH) {
+            int r = imap_append_begin(s, &p, size, s->lit_reply, sizeof s->lit_reply);
+            if (r == 1) {
+                /* The message literal follows. */
+                s->lit_mode = LIT_APPEND;
+                s->lit_left = size;
+                if (sync)
+                    imap_outf(s, "+ Ready for the message");
+                imap_reset_cmd(s);
+                return;
+            }
+            if (r < 0) {
+                /* Refused: a synchronizing literal is not sent at all; a
+                 * non-synchronizing one is read and dropped. */
+                if (sync) {
+                    imap_tagged(s, "%s", s->lit_reply);
+                    imap_reset_cmd(s);
+                } else {
+                    s->lit_mode = LIT_SKIP;
+                    s->lit_left = size;
+                    s->skipping = 1;
+                    imap_reset_cmd(s);
+                }
+                return;
+            }
+        }
+    }
+    if (size > IMAP_CMD_MAX || s->cmd.len + (size_t)size + 2 > IMAP_CMD_MAX) {
+        struct imap_p p = { s->cmd.s, s->cmd.len, 0 };
+        char verb[32];
+        if (imap_p_head(s, &p, verb, sizeof verb))
+            util_strlcpy(s->tag, "*", sizeof s->tag);
+        if (sync) {
+            imap_tagged(s, "BAD [TOOBIG] literal too large");
+            imap_reset_cmd(s);
+            return;
+        }
+        snprintf(s->lit_reply, sizeof s->lit_reply, "BAD [TOOBIG] literal too large");
+        s->lit_mode = LIT_SKIP;
+        s->lit_left = size;
+        s->skipping = 1;
+        imap_reset_cmd(s);
+        return;
+    }
+    imap_sb_add(&s->cmd, "\r\n", 2);
+    s->lit_mode = LIT_CMD;
+    s->lit_left = size;
+    if (sync)
+        imap_outf(s, "+ Ready for literal data");
+}
+
+/* Literal octets: into the command, into APPEND's message, or away. */
+static void imap_literal_input(struct imap *s)
+{
+    struct conn *c = s->c;
+    size_t k = c->in_len < (uint64_t)s->lit_left ? c->in_len : (size_t)s->lit_left;
+
+    if (s->lit_mode == LIT_CMD)
+        imap_sb_add(&s->cmd, c->in, k);
+    else if (s->lit_mode == LIT_APPEND && s->ab)
+        store_body_write(s->ab, c->in, k);
+    conn_consume(c, k);
+    s->lit_left -= (int64_t)k;
+    if (s->lit_left)
+        return;
+    if (s->lit_mode == LIT_APPEND)
+        s->append_tail = 1;
+    s->lit_mode = LIT_NONE;
+}
+
+static void imap_sasl_line(struct imap *s, char *line)
+{
+    char out[512];
+    out[0] = 0;
+    imap_sasl_result(s, auth_sasl_step(&s->sasl, line, out, sizeof out), out);
+}
+
+static void imap_too_long(struct imap *s)
+{
+    if (s->in_sasl) {
+        s->in_sasl = 0;
+        sodium_memzero(&s->sasl, sizeof s->sasl);
+    }
+    if (s->append_tail) {
+        s->append_tail = 0;
+        imap_append_end(s);
+    }
+    imap_reset_cmd(s);
+    imap_outf(s, "* BAD [TOOBIG] command line too long");
+}
+
+/* One line from the input (CRLF removed): the end of a skipped command,
+ * a SASL response, DONE of IDLE, or a piece of a command. */
+static void imap_take_line(struct imap *s, char *line, size_t len)
+{
+
+    if (s->skipping) {
+        s->skipping = 0;
+        if (s->lit_reply[0]) {
+            imap_tagged(s, "%s", s->lit_reply);
+            s->lit_reply[0] = 0;
+        }
+        return;
+    }
+    if (s->in_sasl) {
+        imap_sasl_line(s, line);
+        return;
+    }
+    if (s->busy == IMAP_BUSY_IDLE) {
+        imap_idle_line(s, line);
+        return;
+    }
+    if (s->cmd.len + len > IMAP_CMD_MAX) {
+        imap_too_long(s);
+        return;
+    }
+    imap_sb_add(&s->cmd, line, len);
+    if (s->cmd.err) {
+        imap_too_long(s);
+        return;
+    }
+    imap_line_done(s);
+}
+
+static void imap_input(struct conn *c)
+{
+    struct imap *s = c->ctx;
+    char *line = NULL;
+
+    while (!c->dead && !c->closing && c->in_len &&
+           (s->busy == IMAP_IDLE_NONE || s->busy == IMAP_BUSY_IDLE)) {
+            unsigned char *lf;
+        size_t len;
+
+        if (s->lit_mode != LIT_NONE) {
+            imap_literal_input(s);
+            continue;
+        }
+        if (conn_out_space(c) < IMAP_REPLY_ROOM || s->pend.len)
+            break;                      /* resumed when the client reads */
+        lf = memchr(c->in, '\n', c->in_len);
+        if (!lf) {
+            if (c->in_len >= IMAP_LINE_MAX) {
+                imap_too_long(s);
+                conn_consume(c, c->in_len);
+                s->skipping = 1;
+            }
+            break;
+        }
+        len = (size_t)(lf - c->in) + 1;
+        if (len > IMAP_LINE_MAX) {
+            conn_consume(c, len);
+            imap_too_long(s);
+            continue;
+        }
+        if (!line && !(line = malloc(IMAP_LINE_MAX + 1))) {
+            conn_abort(c);
+            break;
+        }
+        memcpy(line, c->in, len);
+        conn_consume(c, len);
+        len--;
+        if (len && line[len - 1] == '\r')
+            len--;
+        line[len] = 0;
+        conn_set_timeout(c, conf->imap_timeout * 1000);
+        imap_take_line(s, line, len);
+        sodium_memzero(line, len);
+        if (!c->dead)
+            imap_after_command(s);
+    }
+    free(line);
+}
+
+/* ------------------------------------------------------------- watch */
+
+static int imap_is_watched(const struct imap *s)
+{
+    return s->c && s->busy == IMAP_BUSY_IDLE && s->state == IMAP_SELECTED;
+}
+
+static void imap_watch_tick(void *arg)
+{
+    int64_t sig[2] = { sqlite3_total_changes64(store_db()), 0 };
+    static sqlite3_stmt *st;
+    int any = 0;
+
+    MN_UNUSED(arg);
+    for (struct imap *s = imap_all; s; s = s->next)
+        any |= imap_is_watched(s);
+    if (any) {
+        /* data_version changes when another connection (the sendmail
+         * command) committed; total_changes counts our own writes. */
+        if (!st && sqlite3_prepare_v3(store_db(), "PRAGMA data_version", -1, SQLITE_PREPARE_PERSISTENT,
+                                      &st, NULL) != SQLITE_OK)
+            st = NULL;
+        if (st) {
+            if (sqlite3_step(st) == SQLITE_ROW)
+                sig[1] = sqlite3_column_int64(st, 0);
+            sqlite3_reset(st);
+        }
+        if (sig[0] != imap_watch_sig[0] || sig[1] != imap_watch_sig[1]) {
+            imap_watch_sig[0] = sig[0];
+            imap_watch_sig[1] = sig[1];
+            for (struct imap *s = imap_all; s; s = s->next)
+                if (imap_is_watched(s)) {
+                    imap_sync(s, 1);
+                    if (s->pend.len) {
+                        s->c->want_drain = 1;
+                        imap_pend_flush(s);
+                    }
+                }
+        }
+    }
+    if (imap_started)
+        timer_set(&imap_watch, IMAP_WATCH_MS, imap_watch_tick, NULL);
+}
+
+int imap_start(void)
+{
+    imap_started = 1;
+    timer_set(&imap_watch, IMAP_WATCH_MS, imap_watch_tick, NULL);
+    return 0;
+}
+
+void imap_stop(void)
+{
+    imap_started = 0;
+    timer_cancel(&imap_watch);
+}
+
+/* ----------------------------------------------------------- session */
+
+static void imap_timeout(struct conn *c)
+{
+    struct imap *s = c->ctx;
+
+    if (s && s->busy == IMAP_BUSY_TLS) {
+        log_info("imap: %s: TLS handshake timed out", c->peer_ip);
+        conn_abort(c);
+        return;
+    }
+    if (s && s->busy == IMAP_BUSY_COMMIT) {
+        conn_set_timeout(c, conf->imap_timeout * 1000);
+        return;
+    }
+    if (s && s->busy == IMAP_BUSY_STREAM) {
+        log_info("imap: %s: no progress sending to a client, closing", c->peer_ip);
+        conn_abort(c);
+        return;
+    }
+    /* RFC 3501 5.4: the autologout timer, at least 30 minutes. */
+    if (conn_out_space(c) > 64)
+        conn_printf(c, "* BYE autologout; idle for too long\r\n");
+    conn_close(c);
+}
+
+static void imap_close(struct conn *c)
+{
+    struct imap *s = c->ctx;
+
+    if (!s)
+        return;
+    c->ctx = NULL;
+    timer_cancel(&s->delay);
+    if (s->job_free)
+        s->job_free(s);
+    s->pump = NULL;
+    if (s->ab) {
+        store_body_free(s->ab);
+        s->ab = NULL;
+    }
+    imap_view_free(s);
+    imap_sb_free(&s->cmd);
+    imap_sb_free(&s->pend);
+    sodium_memzero(&s->sasl, sizeof s->sasl);
+    if (s->busy != IMAP_BUSY_COMMIT)
+        imap_sb_free(&s->after_commit);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        imap_all = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if (s->busy == IMAP_BUSY_COMMIT) {
+        /* imap_committed frees it. */
+        s->c = NULL;
+        return;
+    }
+    free(s);
+}
+
+void imap_accept(struct conn *c)
+{
+    struct imap *s = calloc(1, sizeof *s);
+
+    if (!s) {
+        log_err("imap: out of memory for a session from %s", c->peer_ip);
+        conn_abort(c);
+        return;
+    }
+    s->c = c;
+    s->state = IMAP_NOTAUTH;
+    s->delay.idx = -1;
+    c->ctx = s;
+    c->ops = &imap_ops;
+    s->next = imap_all;
+    if (imap_all)
+        imap_all->prev = s;
+    imap_all = s;
+    conn_set_timeout(c, conf->imap_timeout * 1000);
+    /* limit.connections_per_ip was applied at accept (limit_admit). */
+    log_debug("imap: connection from %s", c->peer_ip);
+    if (c->kind == LISTEN_IMAPS) {
+        /* RFC 8314: TLS from the first octet; the greeting follows it. */
+        if (!tls_available() || tls_start_server(c)) {
+            log_err("imap: %s: cannot start TLS (is tls.cert set?)", c->peer_ip);
+            conn_abort(c);
+            return;
+        }
+        s->busy = IMAP_BUSY_TLS;
+        return;
+    }
+    imap_greeting(s);
 }
 
 /* ---- src/cli.c ---- */
@@ -17344,7 +22840,7 @@ int cli_run(int argc, char **argv)
     if (wants_help(argc, argv) || argc > 1) {
         fprintf(argc > 1 && !wants_help(argc, argv) ? stderr : stdout,
                 "usage: mailnode [-c FILE] run\n"
-                "Serves SMTP, submission, POP3 and ODMR (the listen.* keys) and delivers\n"
+                "Serves SMTP, submission, POP3, IMAP and ODMR (the listen.* keys) and delivers\n"
                 "queued mail, in the foreground until SIGTERM.\n"
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
@@ -17356,9 +22852,16 @@ int cli_run(int argc, char **argv)
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
         return EX_OSERR;
     }
+    if (conf->listen[LISTEN_IMAPS][0] && (!conf->tls_cert[0] || !conf->tls_key[0])) {
+        fprintf(stderr, "mailnode: listen.imaps needs tls.cert and tls.key\n");
+        loop_free();
+        return EX_CONFIG;
+    }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_IMAP], LISTEN_IMAP, imap_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_IMAPS], LISTEN_IMAPS, imap_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         loop_free();
@@ -17389,6 +22892,7 @@ int cli_run(int argc, char **argv)
     loop_set_turn_hook(daemon_turn);
     store_set_busy_hint(smtpd_busy);
     queue_start();
+    imap_start();
     if (poll_start()) {
         rc = EX_CONFIG;
         goto out_loop;
@@ -17405,6 +22909,7 @@ int cli_run(int argc, char **argv)
     log_info("stopping");
     link_watch_stop();
     ctl_stop();
+    imap_stop();
     queue_stop();
     store_turn_end();
 out_loop:
@@ -20503,8 +26008,8 @@ int mailnode_main(int argc, char **argv)
             usage(stdout);
             return EX_OK;
         } else if (!strcmp(argv[i], "--version")) {
-            printf("mailnode %s (SQLite %s, libsodium %s, zlib %s)\n", MAILNODE_VERSION,
-                   sqlite3_libversion(), sodium_version_string(), zlibVersion());
+            printf("mailnode %s (SQLite %s, libsodium %s, zlib %s, c-ares %s)\n", MAILNODE_VERSION,
+                   sqlite3_libversion(), sodium_version_string(), zlibVersion(), dns_library_version());
             return EX_OK;
         } else {
             fprintf(stderr, "mailnode: unknown option %s\n", argv[i]);

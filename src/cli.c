@@ -181,7 +181,7 @@ int cli_run(int argc, char **argv)
     if (wants_help(argc, argv) || argc > 1) {
         fprintf(argc > 1 && !wants_help(argc, argv) ? stderr : stdout,
                 "usage: mailnode [-c FILE] run\n"
-                "Serves SMTP, submission, POP3 and ODMR (the listen.* keys) and delivers\n"
+                "Serves SMTP, submission, POP3, IMAP and ODMR (the listen.* keys) and delivers\n"
                 "queued mail, in the foreground until SIGTERM.\n"
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
@@ -193,9 +193,16 @@ int cli_run(int argc, char **argv)
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
         return EX_OSERR;
     }
+    if (conf->listen[LISTEN_IMAPS][0] && (!conf->tls_cert[0] || !conf->tls_key[0])) {
+        fprintf(stderr, "mailnode: listen.imaps needs tls.cert and tls.key\n");
+        loop_free();
+        return EX_CONFIG;
+    }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_SUBMISSION], LISTEN_SUBMISSION, smtpd_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_POP3], LISTEN_POP3, pop3_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_IMAP], LISTEN_IMAP, imap_accept, err, sizeof err) ||
+        loop_listen(conf->listen[LISTEN_IMAPS], LISTEN_IMAPS, imap_accept, err, sizeof err) ||
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         loop_free();
@@ -226,6 +233,7 @@ int cli_run(int argc, char **argv)
     loop_set_turn_hook(daemon_turn);
     store_set_busy_hint(smtpd_busy);
     queue_start();
+    imap_start();
     if (poll_start()) {
         rc = EX_CONFIG;
         goto out_loop;
@@ -242,6 +250,7 @@ int cli_run(int argc, char **argv)
     log_info("stopping");
     link_watch_stop();
     ctl_stop();
+    imap_stop();
     queue_stop();
     store_turn_end();
 out_loop:

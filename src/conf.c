@@ -33,6 +33,9 @@ static const struct conf_key keys[] = {
     { "listen.submission", T_STR, F(listen[LISTEN_SUBMISSION]), 0, "127.0.0.1:5587" },
     { "listen.odmr", T_STR, F(listen[LISTEN_ODMR]), 0, "" },
     { "listen.pop3", T_STR, F(listen[LISTEN_POP3]), 0, "127.0.0.1:1110" },
+    { "listen.imap", T_STR, F(listen[LISTEN_IMAP]), 0, "127.0.0.1:1143" },
+    /* Implicit TLS (RFC 8314) needs tls.cert: off unless asked for. */
+    { "listen.imaps", T_STR, F(listen[LISTEN_IMAPS]), 0, "" },
     { "local_domains", T_DOMAINS, F(local_domains), F(n_local_domains), NULL },
     { "relay_networks", T_CIDRS, F(relay_networks), F(n_relay_networks), "127.0.0.0/8, ::1/128" },
     { "relayhost", T_STR, F(relayhost), 0, "" },
@@ -61,6 +64,8 @@ static const struct conf_key keys[] = {
     { "smtp.timeout.command", T_DURATION, F(smtp_timeout_command), 0, "5m" },
     { "smtp.timeout.data", T_DURATION, F(smtp_timeout_data), 0, "3m" },
     { "pop3.timeout", T_DURATION, F(pop3_timeout), 0, "10m" },
+    { "imap.timeout", T_DURATION, F(imap_timeout), 0, "30m" },
+    { "imap.max_per_user", T_INT, F(imap_max_per_user), 0, "20" },
     { "auth.fail_delay", T_DURATION, F(auth_fail_delay), 0, "1s" },
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
@@ -71,6 +76,8 @@ static const struct conf_key keys[] = {
     { "max_connections.submission", T_INT, F(max_connections_on[LISTEN_SUBMISSION]), 0, "0" },
     { "max_connections.odmr", T_INT, F(max_connections_on[LISTEN_ODMR]), 0, "0" },
     { "max_connections.pop3", T_INT, F(max_connections_on[LISTEN_POP3]), 0, "0" },
+    { "max_connections.imap", T_INT, F(max_connections_on[LISTEN_IMAP]), 0, "0" },
+    { "max_connections.imaps", T_INT, F(max_connections_on[LISTEN_IMAPS]), 0, "0" },
     /* Off by default: an upstream releasing a held backlog by ETRN arrives
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },

@@ -106,7 +106,8 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 
 /* ------------------------------------------------------------------ conf */
 
-enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_N };
+enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_IMAP, LISTEN_IMAPS,
+                   LISTEN_N };
 
 struct conf {
     char *path;                         /* file read, or NULL for defaults */
@@ -144,6 +145,8 @@ struct conf {
     int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
     int64_t smtp_timeout_data;          /* between data blocks */
     int64_t pop3_timeout;               /* RFC 1939: at least 10 minutes */
+    int64_t imap_timeout;               /* RFC 3501 5.4: at least 30 minutes */
+    int64_t imap_max_per_user;          /* concurrent IMAP sessions of one user */
     int64_t auth_fail_delay;            /* seconds added per failed AUTH */
     int64_t auth_max_failures;          /* then 421 and close */
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
@@ -342,6 +345,24 @@ void store_set_busy_hint(int (*fn)(void));
 /* What this turn wrote must be durable at its end (a peer's 250 was
  * recorded: a crash must not make us send the message again). */
 void store_commit_soon(void);
+/* A delivery outcome was written: outcomes are committed together, when
+ * STORE_OUTCOME_BATCH of them wait or the oldest has waited
+ * STORE_OUTCOME_MS (a crash resends at most those: at-least-once). */
+#define STORE_OUTCOME_BATCH 64
+#define STORE_OUTCOME_MS 200
+void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+int store_atomic_begin(void);
+int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+int store_fault(void);
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -477,11 +498,17 @@ void store_out_free(struct store_out_msg *m);
 int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
 int store_any_due(int64_t now);
-/* The next message after after_id with recipients of the given kind
+/* Where a delivery session is in its destination's queue: the
+ * (next_try, message id) of the last message it was handed; all zero at
+ * the start. */
+struct store_cursor {
+    int64_t next_try, msg_id;
+};
+/* The next message after the cursor with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
- * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
- * none, <0 error. */
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+ * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
+ * cursor.  1 found, 0 none, <0 error. */
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
@@ -556,6 +583,69 @@ struct store_mbox_msg {
 int store_mbox_list(int64_t user_id, int (*cb)(void *arg, const struct store_mbox_msg *m), void *arg);
 int store_mbox_get(int64_t user_id, int64_t uid, struct store_mbox_msg *m);
 int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n);
+
+/* store_imap.c: IMAP folders and message state.  A folder's key is the
+ * value of mbox.folder for its messages: 0 for INBOX, else its id. */
+#define IMAP_NAME_MAX   200             /* folder name octets */
+#define IMAP_KEYWORDS_MAX 1000          /* octets of a message's keyword list */
+enum { IMAP_SEEN = 1, IMAP_ANSWERED = 2, IMAP_FLAGGED = 4, IMAP_DELETED = 8, IMAP_DRAFT = 16 };
+struct store_folder {
+    int64_t id, key;
+    char name[IMAP_NAME_MAX + 1];
+    int64_t uidvalidity, uidnext, modseq;
+    int64_t recent;                     /* uids from here on are \Recent */
+    char special[16];                   /* RFC 6154 attribute or "" */
+    int subscribed;
+};
+int store_folder_get(int64_t user_id, const char *name, struct store_folder *f); /* STORE_NOTFOUND */
+int store_folder_list(int64_t user_id, int (*cb)(void *arg, const struct store_folder *f), void *arg);
+int store_folder_create(int64_t user_id, const char *name);     /* STORE_EXISTS */
+/* Deletes the folder and its messages. */
+int store_folder_delete(int64_t user_id, const struct store_folder *f);
+/* Renames the folder and those below it ("from/..."); INBOX's messages
+ * move to a new folder instead (RFC 3501 6.3.5). */
+int store_folder_rename(int64_t user_id, const char *from, const char *to);
+int store_folder_subscribe(int64_t user_id, const char *name, int on);
+/* The messages from f->recent on were announced \Recent: later ones only. */
+int store_folder_take_recent(const struct store_folder *f);
+/* Counts for STATUS. */
+int store_folder_counts(int64_t user_id, const struct store_folder *f, int64_t *messages,
+                        int64_t *unseen, int64_t *recent);
+/* The next change number of the folder (flag changes carry it). */
+int store_folder_bump(int64_t user_id, int64_t key, int64_t *modseq);
+struct store_imap_msg {
+    int64_t uid, body_id, size, added, modseq;
+    unsigned flags;
+    char keywords[IMAP_KEYWORDS_MAX + 1];
+    char prefix[ADDR_MAX + 64];
+};
+/* The uids of a folder in order, into a malloc'd array. */
+int store_imap_uids(int64_t user_id, int64_t key, uint32_t **uids, size_t *n);
+int store_imap_get(int64_t user_id, int64_t uid, struct store_imap_msg *m);    /* STORE_NOTFOUND */
+/* Messages whose flags changed after modseq. */
+int store_imap_changed(int64_t user_id, int64_t key, int64_t modseq,
+                       int (*cb)(void *arg, const struct store_imap_msg *m), void *arg);
+int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const struct store_imap_msg *m),
+                    void *arg);
+int store_imap_set_flags(int64_t user_id, int64_t uid, unsigned flags, const char *keywords, int64_t modseq);
+/* A copy of the message into folder key; *new_uid gets its uid. */
+int store_imap_copy(int64_t user_id, int64_t uid, int64_t key, int64_t *new_uid);
+/* A new message from a finished body (APPEND). */
+int store_imap_append(int64_t user_id, int64_t key, struct store_body *b, unsigned flags,
+                      const char *keywords, int64_t date, int64_t *uid);
+/* What FETCH and SEARCH need of a body, computed once (imap_mime.c) and
+ * kept: strings are malloc'd, freed by store_imap_cache_free. */
+struct store_imap_cache {
+    char *envelope, *structure, *body, *parts;
+    int64_t sent;
+    char *hsubject, *hfrom, *hto, *hcc, *hbcc;
+};
+int store_imap_cache_get(int64_t body_id, struct store_imap_cache *c);     /* STORE_NOTFOUND */
+int store_imap_cache_put(int64_t body_id, const struct store_imap_cache *c);
+void store_imap_cache_free(struct store_imap_cache *c);
+/* Positions the reader at raw offset off (chunks before it are skipped
+ * without being inflated). */
+int store_reader_seek(struct store_reader *r, int64_t off);
 
 /* ------------------------------------------------------------------ addr */
 
@@ -707,8 +797,8 @@ int queue_release_busy(const char *domain);
 
 /* ----------------------------------------------------------------- dns */
 
-/* An asynchronous stub resolver inside the event loop (RFC 1035 over UDP,
- * TCP when truncated), reading /etc/resolv.conf or the `resolver` key. */
+/* MX and address lookups inside the event loop: c-ares asks the servers
+ * of /etc/resolv.conf or the `resolver` key (UDP, TCP when truncated). */
 #define DNS_MAX_HOSTS 10
 #define DNS_MAX_ADDRS 4
 enum dns_status { DNS_OK = 0, DNS_TEMP = 1, DNS_PERM = 2 };
@@ -728,11 +818,16 @@ typedef void (*dns_cb)(void *arg, const struct dns_result *r);
 struct dns_query;
 int dns_init(void);
 void dns_free(void);
+const char *dns_library_version(void);
 /* RFC 5321 5.1: MX records sorted by preference (random among equals),
  * implicit MX (the domain's own A/AAAA) when there is none, RFC 7505 null
  * MX as DNS_PERM, NXDOMAIN as DNS_PERM, everything else DNS_TEMP.  An
- * address literal ("[192.0.2.1]") or a numeric host answers at once.  The
- * callback may run before dns_resolve_* returns; NULL only on no memory. */
+ * address literal ("[192.0.2.1]") or a numeric host answers without the
+ * network.  The callback never runs before dns_resolve_* returns: every
+ * result, even one known at once, is delivered from the event loop, so
+ * the caller can store the handle first; it may call dns_resolve_* and
+ * dns_cancel from the callback.  NULL only on no memory.  The handle is
+ * dead once the callback has returned or dns_cancel was called. */
 struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg);
 /* A/AAAA of one host (a relayhost name): one dns_host in the result. */
 struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg);
@@ -872,6 +967,31 @@ void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 
+/* What every SMTP client of this node shares (delivery sessions here and
+ * the upstream exchange in poll.c), so that the two cannot drift apart. */
+struct smtpc_caps {                     /* what the peer's EHLO offered */
+    int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int has_size;
+    int64_t size_limit;                 /* 0: no limit announced */
+    char auth_mechs[128];
+};
+/* One EHLO keyword line (the text after "250-" or "250 "). */
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw);
+/* 1 if the peer offered SASL mechanism mech. */
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech);
+/* The AUTH mechanism to use with this peer on c: CRAM-MD5 when offered,
+ * else PLAIN when offered and the password may travel (under TLS, to this
+ * host, or allow_cleartext_auth), else none. */
+enum { SMTPC_AUTH_NONE, SMTPC_AUTH_CRAM, SMTPC_AUTH_PLAIN };
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c);
+/* Takes one reply line off c's input.  1: *code, *last (no continuation)
+ * and line (CR LF removed, control characters blanked, cut to n - 1);
+ * 0: no whole line yet; SMTPC_ELONG: a line longer than the input buffer;
+ * SMTPC_EMALFORMED: not a reply line (RFC 5321 4.2). */
+#define SMTPC_ELONG      (-1)
+#define SMTPC_EMALFORMED (-2)
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n);
+
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
@@ -921,6 +1041,130 @@ int smtpd_busy(void);                   /* sessions inside a mail transaction */
 /* ----------------------------------------------------------------- pop3 */
 
 void pop3_accept(struct conn *c);
+
+/* ----------------------------------------------------------------- imap */
+
+/* The IMAP4rev1 server (RFC 3501) and its extensions: imap.c (session,
+ * commands), imap_fetch.c (FETCH, STORE), imap_search.c (SEARCH, sets),
+ * imap_mime.c (structure of a message), store_imap.c (SQL). */
+void imap_accept(struct conn *c);
+int imap_start(void);                   /* daemon: the change watch for IDLE */
+void imap_stop(void);
+
+/* A growing string with a hard cap, for responses built in memory. */
+#define IMAP_SB_MAX (4 * 1024 * 1024)
+struct imap_sb {
+    char *s;
+    size_t len, cap;
+    int err;                            /* out of memory or over the cap */
+};
+void imap_sb_add(struct imap_sb *b, const void *p, size_t n);
+void imap_sb_str(struct imap_sb *b, const char *s);
+void imap_sb_printf(struct imap_sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void imap_sb_string(struct imap_sb *b, const char *s, size_t n);  /* quoted or literal */
+void imap_sb_nstring(struct imap_sb *b, const char *s);           /* NULL: NIL */
+void imap_sb_free(struct imap_sb *b);
+
+struct imap_mime;
+struct imap_mime *imap_mime_new(void);
+int imap_mime_feed(struct imap_mime *m, const unsigned char *p, size_t n);
+int imap_mime_finish(struct imap_mime *m, struct store_imap_cache *out);
+void imap_mime_free(struct imap_mime *m);
+int imap_mime_param(const char *v, const char *name, char *out, size_t n);
+int imap_mime_compute(int64_t body_id, struct store_imap_cache *c);
+/* The cache entry of a body, computed now if it has none yet. */
+int imap_cache_load(int64_t body_id, struct store_imap_cache *c);
+int imap_month(const char *s);          /* "Jan".."Dec" -> 1..12, else 0 */
+int64_t imap_date_days(const char *v);  /* RFC 5322 date -> days since the epoch */
+int64_t imap_days_of(int64_t t);        /* local date of a time, in days */
+
+/* What the IMAP modules share of a session. */
+#define IMAP_TAG_MAX 64
+enum imap_state { IMAP_NOTAUTH = 1, IMAP_AUTH = 2, IMAP_SELECTED = 4, IMAP_LOGOUT = 8 };
+enum imap_busy { IMAP_IDLE_NONE, IMAP_BUSY_DELAY, IMAP_BUSY_STREAM, IMAP_BUSY_COMMIT, IMAP_BUSY_TLS,
+                 IMAP_BUSY_IDLE };
+struct imap_view {                      /* the selected folder as this session knows it */
+    struct store_folder f;
+    uint32_t *uids;                     /* message sequence number n is uids[n - 1] */
+    size_t n, cap;
+    int readonly;
+    int64_t modseq;                     /* folder changes seen up to here */
+    int64_t recent_from;                /* uids from here on are \Recent for us */
+};
+/* A parser over a complete command, literals inline ("{N}" CRLF data). */
+struct imap_p {
+    const char *s;
+    size_t n, i;
+};
+struct imap {
+    struct conn *c;
+    struct imap *next, *prev;           /* every session, for IDLE and limits */
+    unsigned state;                     /* enum imap_state */
+    int busy;                           /* enum imap_busy */
+    char tag[IMAP_TAG_MAX + 1];
+    struct imap_sb cmd;                 /* the command being read */
+    int lit_mode;                       /* literal octets go to: cmd, APPEND, nowhere */
+    int64_t lit_left;
+    int append_tail;                    /* APPEND's message is in: its line end next */
+    char lit_reply[128];                /* the reply once a refused literal was skipped */
+    int skipping;                       /* discarding to the end of a refused command */
+    int failures;
+    struct timer delay;
+    int in_sasl;
+    struct auth_sasl sasl;
+    char mech[16];
+    int64_t user_id;
+    char user[USER_MAX + 1];
+    struct imap_view v;
+    struct imap_sb pend;                /* output waiting for room in the connection */
+    size_t pend_off;
+    int (*pump)(struct imap *s);        /* a streaming reply: 1 done, 0 later, -1 gone */
+    void (*job_free)(struct imap *s);
+    void *job;
+    struct store_body *ab;              /* APPEND: the message being received */
+    int64_t akey, adate;
+    unsigned aflags;
+    char akw[IMAP_KEYWORDS_MAX + 1];
+    int64_t auidvalidity;
+    struct imap_sb after_commit;        /* the tagged reply due after the commit */
+};
+/* imap.c */
+void imap_out(struct imap *s, const void *p, size_t n);
+void imap_outf(struct imap *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void imap_tagged(struct imap *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The tagged reply waits until this turn's writes are durable. */
+void imap_reply_after_commit(struct imap *s, const char *text);
+void imap_start_job(struct imap *s, int (*pump)(struct imap *), void (*job_free)(struct imap *), void *job);
+int imap_p_sp(struct imap_p *p);
+int imap_p_end(struct imap_p *p);       /* only the end is left */
+int imap_p_atom(struct imap_p *p, char *out, size_t n);
+/* astring/string/nstring into out (a literal may hold NULs: *len). */
+int imap_p_astring(struct imap_p *p, char *out, size_t n, size_t *len);
+int imap_p_number(struct imap_p *p, int64_t *v);
+/* A flag list "(\Seen kw ...)" or one flag; keywords space separated. */
+int imap_p_flags(struct imap_p *p, unsigned *flags, char *kw, size_t kwn, int paren_optional);
+void imap_flags_fmt(struct imap_sb *b, unsigned flags, const char *kw, int recent);
+/* Brings the view up to date: EXISTS, RECENT, flag changes, and EXPUNGE
+ * when allowed (RFC 3501 7.4.1: not during FETCH, STORE, SEARCH). */
+int imap_sync(struct imap *s, int expunge_ok);
+int imap_is_recent(const struct imap *s, int64_t uid);
+/* Folder by its IMAP name (INBOX in any case). */
+int imap_folder_get(struct imap *s, const char *name, struct store_folder *f);
+/* imap_search.c: sequence sets resolved against the view. */
+struct imap_set {
+    uint32_t (*r)[2];
+    size_t n;
+};
+int imap_p_set(struct imap_p *p, struct imap_set *set);
+void imap_set_free(struct imap_set *set);
+int imap_set_has(const struct imap_set *set, uint32_t v, uint32_t star);
+/* The view indexes a set names, by sequence number or by UID, ascending. */
+int imap_set_resolve(const struct imap *s, const struct imap_set *set, int uid, size_t **idx, size_t *n);
+void imap_cmd_search(struct imap *s, struct imap_p *p, int uid);
+/* imap_fetch.c */
+void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid);
+void imap_cmd_store(struct imap *s, struct imap_p *p, int uid);
+void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move);
 
 /* ------------------------------------------------------------------- cli */
 

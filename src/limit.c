@@ -185,7 +185,7 @@ int limit_message_ok(const struct conn *c)
  * connections (in total, on this kind of listener, from this address).
  * A refused connection is closed at once and never holds a slot.  The
  * last limit.connections_reserved slots (at most half of them) are kept
- * for clients in relay_networks and for the submission and POP3
+ * for clients in relay_networks and for the submission, POP3 and IMAP
  * listeners, where every client must log in: idle strangers on port 25
  * cannot lock out the site's own users. */
 const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same)
@@ -201,7 +201,8 @@ const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total
         int64_t reserve = conf->limit_connections_reserved;
         if (reserve > conf->max_connections / 2)
             reserve = conf->max_connections / 2;
-        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3)
+        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3 || kind == LISTEN_IMAP ||
+            kind == LISTEN_IMAPS)
             reserve = 0;
         if (total >= conf->max_connections - reserve)
             return reserve && total < conf->max_connections ? "limit.connections_reserved" : "max_connections";

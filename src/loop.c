@@ -628,11 +628,15 @@ static void refuse(int kind, int fd, const char *why, const struct sockaddr_stor
     static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
     static const char smtp_ip[] = "421 4.7.0 Too many connections from your address\r\n";
     static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
+    /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+    static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
     int per_ip = !strcmp(why, "limit.connections_per_ip");
-    const char *text = kind == LISTEN_POP3 ? pop_busy : per_ip ? smtp_ip : smtp_busy;
+    const char *text = kind == LISTEN_POP3 ? pop_busy : kind == LISTEN_IMAP ? imap_busy
+                       : per_ip ? smtp_ip : smtp_busy;
     char ip[64];
 
-    if (send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+    /* Nothing can be said on IMAPS before the TLS handshake. */
+    if (kind != LISTEN_IMAPS && send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         log_debug("busy reply: %s", strerror(errno));
     close(fd);
     util_sockaddr_ip(peer, ip, sizeof ip);
@@ -723,7 +727,7 @@ int loop_listen(const char *spec, int kind, loop_accept_fn on_accept, char *err,
         }
         L.n_listeners++;
         log_info("listening on %s (%s)", items[i],
-                 (const char *[]){ "smtp", "submission", "odmr", "pop3" }[kind]);
+                 (const char *[]){ "smtp", "submission", "odmr", "pop3", "imap", "imaps" }[kind]);
     }
     return 0;
 }

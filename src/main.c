@@ -86,8 +86,8 @@ int mailnode_main(int argc, char **argv)
             usage(stdout);
             return EX_OK;
         } else if (!strcmp(argv[i], "--version")) {
-            printf("mailnode %s (SQLite %s, libsodium %s, zlib %s)\n", MAILNODE_VERSION,
-                   sqlite3_libversion(), sodium_version_string(), zlibVersion());
+            printf("mailnode %s (SQLite %s, libsodium %s, zlib %s, c-ares %s)\n", MAILNODE_VERSION,
+                   sqlite3_libversion(), sodium_version_string(), zlibVersion(), dns_library_version());
             return EX_OK;
         } else {
             fprintf(stderr, "mailnode: unknown option %s\n", argv[i]);

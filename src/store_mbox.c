@@ -3,7 +3,9 @@
  * with the message's other recipients) and carries the small header prefix
  * of its final delivery (Return-Path).  uid comes from an AUTOINCREMENT
  * key, so a uid is never handed out twice, even after the highest entry was
- * deleted: POP3 UIDL (RFC 1939 7) depends on that.
+ * deleted: POP3 UIDL (RFC 1939 7) depends on that, and IMAP uses the same
+ * number as its UID.  POP3 sees the INBOX (folder 0) only; the other IMAP
+ * folders live in the same table (store_imap.c).
  */
 #include "internal.h"
 
@@ -31,7 +33,7 @@ int store_mbox_list(int64_t user_id, int (*cb)(void *arg, const struct store_mbo
     /* The (user_id, uid) index gives the rows in uid order without a sort,
      * so a 10,000-message maildrop lists in one index range scan. */
     if (!store_stmt(&st, "SELECT uid, body_id, size, added, qid, prefix FROM mbox"
-                         " WHERE user_id=? ORDER BY uid"))
+                         " WHERE user_id=? AND folder=0 ORDER BY uid"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, user_id);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -55,7 +57,7 @@ int store_mbox_get(int64_t user_id, int64_t uid, struct store_mbox_msg *m)
     int rc;
 
     if (!store_stmt(&st, "SELECT uid, body_id, size, added, qid, prefix FROM mbox"
-                         " WHERE uid=? AND user_id=?"))
+                         " WHERE uid=? AND user_id=? AND folder=0"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, uid);
     sqlite3_bind_int64(st, 2, user_id);
@@ -105,6 +107,10 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
         return err;
     for (size_t i = 0; i < n; i++) {
         if (!store_stmt(&del, "DELETE FROM mbox WHERE uid=? AND user_id=? RETURNING body_id")) {
+            err = STORE_ERR;
+            goto fail;
+        }
+        if (STORE_FAULT()) {
             err = STORE_ERR;
             goto fail;
         }

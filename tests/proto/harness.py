@@ -41,7 +41,9 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get('MAILNODE_BIN', os.path.join(ROOT, 'mailnode'))
 KEEP = os.environ.get('MAILNODE_TEST_KEEP') == '1'
-LISTENERS = ('smtp', 'submission', 'pop3', 'odmr')
+LISTENERS = ('smtp', 'submission', 'pop3', 'odmr', 'imap')
+# Every listener kind; imaps (implicit TLS) only when a test asks for it.
+ALL_KINDS = LISTENERS + ('imaps',)
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 VALGRIND = os.environ.get('MAILNODE_VALGRIND') == '1'
@@ -149,7 +151,7 @@ class Node:
     """One mailnode daemon with its own temporary directory, config and database.
 
     conf: keys to add or override; a value of None removes the key.
-    listeners: which of smtp, submission, pop3, odmr get a free port; the
+    listeners: which of smtp, submission, pop3, odmr, imap, imaps get a free port; the
     others are set empty (disabled).
     """
 
@@ -169,7 +171,7 @@ class Node:
             'local_domains': 'example.test',
             'relay_networks': '127.0.0.0/8',
         }
-        for kind in LISTENERS:
+        for kind in ALL_KINDS:
             self.conf['listen.' + kind] = \
                 '127.0.0.1:%d' % self.ports[kind] if kind in self.ports else ''
         self.configure(conf or {})
@@ -322,6 +324,10 @@ class Node:
     def pop3(self, timeout=10.0):
         import poplib
         return poplib.POP3('127.0.0.1', self.ports['pop3'], timeout=timeout * TIME_SCALE)
+
+    def imap(self, timeout=10.0):
+        import imaplib
+        return imaplib.IMAP4('127.0.0.1', self.ports['imap'], timeout=timeout * TIME_SCALE)
 
     # --- cleanup -----------------------------------------------------------
 

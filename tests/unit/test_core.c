@@ -362,6 +362,44 @@ TEST(on_demand_arguments)
     CHECK(!addr_domain_ok("a b", 3, 0));
 }
 
+TEST(client_capabilities)
+{
+    struct smtpc_caps c;
+    struct conn fake;
+    memset(&c, 0, sizeof c);
+    smtpc_caps_keyword(&c, "PIPELINING");
+    smtpc_caps_keyword(&c, "chunking");
+    smtpc_caps_keyword(&c, "SIZE 10240000");
+    smtpc_caps_keyword(&c, "AUTH LOGIN PLAIN");
+    smtpc_caps_keyword(&c, "AUTH=LOGIN");           /* the old form does not replace the list */
+    smtpc_caps_keyword(&c, "ATRN");
+    CHECK(c.pipelining && c.chunking && c.atrn && !c.dsn && !c.starttls);
+    CHECK(c.has_size && c.size_limit == 10240000);
+    CHECK(smtpc_caps_mech(&c, "plain") && !smtpc_caps_mech(&c, "CRAM-MD5"));
+    /* A hostile or broken SIZE is no SIZE: nothing looks too large. */
+    static const char *bad[] = { "SIZE -1", "SIZE x", "SIZE 99999999999999999999", "SIZE 12k" };
+    for (size_t i = 0; i < MN_NELEM(bad); i++) {
+        smtpc_caps_keyword(&c, bad[i]);
+        CHECK(!c.has_size && c.size_limit == 0);
+    }
+    smtpc_caps_keyword(&c, "SIZE");
+    CHECK(c.has_size && c.size_limit == 0);
+    /* PLAIN only where the password may travel; CRAM-MD5 first. */
+    struct conf cf;
+    char err[256];
+    CHECK(!conf_load(NULL, &cf, err, sizeof err));
+    conf = &cf;
+    memset(&fake, 0, sizeof fake);
+    CHECK_INT(smtpc_auth_choose(&c, &fake), SMTPC_AUTH_NONE);
+    fake.peer_loopback = 1;
+    CHECK_INT(smtpc_auth_choose(&c, &fake), SMTPC_AUTH_PLAIN);
+    smtpc_caps_keyword(&c, "AUTH PLAIN CRAM-MD5");
+    fake.peer_loopback = 0;
+    CHECK_INT(smtpc_auth_choose(&c, &fake), SMTPC_AUTH_CRAM);
+    conf = NULL;
+    conf_free(&cf);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -377,5 +415,6 @@ int main(void)
     RUN(store_bodies_and_queue);
     RUN(smtp_command_arguments);
     RUN(on_demand_arguments);
+    RUN(client_capabilities);
     return unit_done();
 }
