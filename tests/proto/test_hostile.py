@@ -770,7 +770,8 @@ def down_relayhost_connecting_ends_backoff_once_per_step():
         n.proc = subprocess.Popen(['ip', 'netns', 'exec', ns_a, harness.BIN, '-c', n.conf_path, 'run'],
                                   cwd=n.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
-        check('netns_node_up', wait_until(lambda: 'listening on' in n.log(), 10), n.log()[-300:])
+        # the database is ready (created, migrated) once the daemon says so
+        check('netns_node_up', wait_until(lambda: ' started: database' in n.log(), 20), n.log()[-300:])
         rc, out, err = n.cli('sendmail', '-f', 'alice@example.test', 'far@remote.test',
                              input='Subject: x\r\n\r\nbody\r\n')
         check('netns_submitted', rc == 0, err)
