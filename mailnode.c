@@ -69,7 +69,15 @@
 
 /* ------------------------------------------------------------------ util */
 
-MN_PRIVATE int64_t util_now(void);                 /* wall clock, seconds since the epoch */
+/* Queue time in seconds since the epoch: the wall clock, but immune to
+ * steps of it (util.c explains).  Everything stored and scheduled uses it. */
+MN_PRIVATE int64_t util_now(void);
+/* Sets queue time up from what the database holds: the saved offset and
+ * the newest time written (queue time never starts before it). */
+MN_PRIVATE void util_clock_start(int64_t offset_s, int64_t floor);
+/* The current offset; *moved (if given) says whether it changed since the
+ * last call that asked, i.e. whether it must be saved again. */
+MN_PRIVATE int64_t util_clock_offset(int *moved);
 MN_PRIVATE int64_t util_now_ms(void);              /* monotonic milliseconds */
 /* "30s", "5m", "4h", "5d", or bare seconds. */
 MN_PRIVATE int util_parse_duration(const char *s, int64_t *secs);
@@ -156,6 +164,7 @@ struct conf {
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
+    int64_t max_recipients_untrusted;   /* for clients neither authenticated nor in relay_networks */
     int64_t max_connections;
     int64_t max_received;               /* refuse at this many Received headers */
     int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
@@ -168,9 +177,13 @@ struct conf {
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
     int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
     int64_t limit_messages_per_minute;  /* per address */
+    int64_t limit_auth_failures_per_user; /* then the account backs off */
+    int64_t limit_connections_reserved; /* slots only for trusted, submission and POP3 clients */
+    int64_t max_connections_on[LISTEN_N]; /* per listener kind; 0 = no own limit */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
+    int sender_login_match;             /* submission.sender_login_match */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
     char *admin;                        /* admin = USER: gets postmaster mail */
@@ -181,6 +194,9 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    int compress;                       /* COMPRESS DEFLATE between mailnodes (zio.c) */
+    char **compress_never;              /* destinations or hosts never compressed */
+    size_t n_compress_never;
     char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
     int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
@@ -245,6 +261,7 @@ struct conn {
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
     unsigned lingering : 1;             /* output sent, half-closed, draining input */
+    unsigned drain_due : 1;             /* on_drain at the end of the turn (output went out at once) */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -252,6 +269,7 @@ struct conn {
     struct conn *next, *prev;
     struct conn *kick_next;
     void *tls;                          /* SSL *, when TLS is on */
+    void *zio;                          /* struct zio, when COMPRESS is on (zio.c) */
 };
 
 struct timer {
@@ -317,6 +335,30 @@ struct watch {
 MN_PRIVATE int loop_watch_add(struct watch *w);
 MN_PRIVATE int loop_watch_mod(struct watch *w, uint32_t events);
 MN_PRIVATE void loop_watch_del(struct watch *w);
+
+/* ------------------------------------------------------------------ zio */
+
+/* COMPRESS DEFLATE between mailnodes (zio.c, modelled on RFC 4978): after
+ * zio_start both directions of c are raw deflate streams; what is in
+ * c->out already goes out plain, what is in c->in is compressed input. */
+MN_PRIVATE int zio_start(struct conn *c);
+MN_PRIVATE int zio_active(const struct conn *c);
+struct zio_stats {
+    uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
+};
+MN_PRIVATE const struct zio_stats *zio_stats(const struct conn *c);
+MN_PRIVATE void zio_conn_free(struct conn *c);     /* by conn_abort */
+/* 1 if compression may be offered to or used with the session's peer:
+ * `compress` is on and neither dest nor host is in compress.never. */
+MN_PRIVATE int zio_allowed(const char *dest, const char *host);
+/* For the loop: plain text moves through these, compressed octets through
+ * conn_raw_read/conn_raw_write (TLS or the socket). */
+MN_PRIVATE ssize_t zio_io_read(struct conn *c, void *buf, size_t n);
+MN_PRIVATE int zio_io_flush(struct conn *c);               /* 0 all sent, 1 would block, -1 error */
+MN_PRIVATE int zio_io_pending_in(const struct conn *c);
+MN_PRIVATE size_t zio_io_pending_out(const struct conn *c);
+MN_PRIVATE ssize_t conn_raw_read(struct conn *c, void *buf, size_t n);
+MN_PRIVATE ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n);
 
 /* ----------------------------------------------------------------- pace */
 
@@ -388,6 +430,22 @@ MN_PRIVATE int store_explain(int (*cb)(void *arg, const char *sql, const char *p
 #define STORE_FAULT() 0
 #endif
 MN_PRIVATE int store_in_txn(void);
+/* Queue time (store_clock.c): store_clock_load() starts it from the saved
+ * offset and the newest stored time (store_open does this);
+ * store_clock_save() saves the offset if a clock step changed it. */
+MN_PRIVATE int store_clock_load(void);
+MN_PRIVATE int store_clock_save(void);
+
+/* Backups (store_backup.c): a consistent copy of a live database by the
+ * online backup API, and its restore over the database.  0, or -1 with
+ * err filled. */
+struct store_backup_info {
+    int64_t schema, pages, bytes, messages, mailbox_messages;
+};
+MN_PRIVATE int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen);
+MN_PRIVATE int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err,
+                  size_t errlen);
 
 /* A body being written: raw bytes in, compressed chunks out. */
 struct store_body {
@@ -795,6 +853,8 @@ MN_PRIVATE int queue_route(const struct addr *a, struct store_rcpt *out, size_t 
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
 MN_PRIVATE int queue_domain_accepted(const char *domain);
+/* 1 if the authenticated user may use a as reverse-path (sender_login_match). */
+MN_PRIVATE int queue_sender_owned(const char *user, const struct addr *a);
 MN_PRIVATE int queue_domain_is_local(const char *domain);
 /* The node's admin (conf `admin`, else the first user): 0, or
  * STORE_NOTFOUND while there is none and postmaster mail is held in the
@@ -821,9 +881,15 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
 MN_PRIVATE int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 MN_PRIVATE void queue_flush_cancel(void *arg);     /* the waiter went away */
-/* A client connected from ip: a destination backing off because that
- * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
-MN_PRIVATE void queue_peer_seen(const char *ip);
+/* A client connected (not on loopback): a destination backing off because
+ * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
+ * per backoff step. */
+MN_PRIVATE void queue_peer_seen(const struct conn *c);
+/* RFC 3461 6.2: the "delivered" notice for the local mailboxes among
+ * rcpts that asked for it (NOTIFY=SUCCESS); written in the transaction of
+ * the message itself. */
+MN_PRIVATE void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -1019,6 +1085,7 @@ MN_PRIVATE void smtpc_abort(struct smtpc *s);
  * the upstream exchange in poll.c), so that the two cannot drift apart. */
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];
@@ -1043,11 +1110,19 @@ MN_PRIVATE int smtpc_reply_line(struct conn *c, int *code, int *last, char *line
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-MN_PRIVATE void limit_auth_failed(const struct conn *c);
+/* One failure counter per client address and one per account, shared by
+ * every protocol that checks passwords (SMTP AUTH, POP3, IMAP). */
+MN_PRIVATE void limit_auth_failed(const struct conn *c, const char *user);
+MN_PRIVATE void limit_auth_ok(const char *user);
+/* 1 if the address has too many recent failures (never for relay_networks). */
 MN_PRIVATE int limit_auth_blocked(const struct conn *c);
+/* Seconds until the account takes another login attempt (0: now). */
+MN_PRIVATE int64_t limit_account_wait(const char *user);
 MN_PRIVATE int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-MN_PRIVATE int limit_connections_ok(const struct conn *c, int current);
+/* NULL if a new connection from peer on a listener of kind may have a
+ * slot, else why not (loop.c asks before it makes a connection). */
+MN_PRIVATE const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same);
 
 /* ----------------------------------------------------------------- odmr */
 
@@ -1351,6 +1426,8 @@ MN_PRIVATE int cli_mailbox(int argc, char **argv);
 MN_PRIVATE int cli_status(int argc, char **argv);
 MN_PRIVATE int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 MN_PRIVATE int cli_poll(int argc, char **argv);            /* mailnode poll */
+MN_PRIVATE int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
+MN_PRIVATE int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
 MN_PRIVATE int cli_key(int argc, char **argv);             /* mailnode key show */
 MN_PRIVATE int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
 MN_PRIVATE int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
@@ -1386,9 +1463,95 @@ MN_PRIVATE int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note),
 #include <time.h>
 #include <arpa/inet.h>
 
+/* ------------------------------------------------------------ queue time
+ *
+ * Every time the node stores (arrival, next retry, last try) and compares
+ * with "now" is queue time: the wall clock plus an offset that absorbs
+ * steps of the wall clock.  A field box often boots with a clock that is
+ * days wrong until NTP or GPS sets it; if arrival times and retry times
+ * followed such a step, a step forward would expire the whole queue and a
+ * step back would push every retry days away.  So while a process runs,
+ * queue time advances with CLOCK_BOOTTIME (monotonic, and counting a
+ * suspend as time that passed), and a difference between the two clocks
+ * larger than UTIL_CLOCK_STEP_MS is a step, taken into the offset.
+ * Across a restart, the wall clock measures the downtime, but queue time
+ * never starts before the newest time stored in the database (a box that
+ * boots with its clock behind carries on where it stopped); the offset is
+ * kept in the database (store_clock.c) so that every process of the node
+ * agrees on it.  Dates shown to people go back to the wall clock
+ * (util_date). */
+#define UTIL_CLOCK_STEP_MS (30 * 1000)
+
+static struct {
+    int64_t offset_ms;                  /* queue time - wall clock */
+    int64_t last_wall_ms, last_mono_ms; /* the previous reading of both */
+    int64_t last;                       /* the last queue time returned */
+    int moved;                          /* offset changed since the last save */
+} util_clk;
+
+static int64_t util_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t util_boot_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_BOOTTIME, &ts))
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t util_now(void)
 {
-    return (int64_t)time(NULL);
+    int64_t wall = util_wall_ms(), mono = util_boot_ms(), q;
+
+    if (util_clk.last_mono_ms) {
+        int64_t step = wall - (util_clk.last_wall_ms + (mono - util_clk.last_mono_ms));
+        if (step > UTIL_CLOCK_STEP_MS || step < -UTIL_CLOCK_STEP_MS) {
+            util_clk.offset_ms -= step;
+            util_clk.moved = 1;
+            log_warn("the wall clock stepped %s by %llds: queue times (arrival, retries, expiry) keep"
+                     " counting real time", step > 0 ? "forward" : "back",
+                     (long long)((step < 0 ? -step : step) / 1000));
+        }
+    }
+    util_clk.last_wall_ms = wall;
+    util_clk.last_mono_ms = mono;
+    q = (wall + util_clk.offset_ms) / 1000;
+    if (q < util_clk.last)              /* small slews never run it backwards */
+        q = util_clk.last;
+    util_clk.last = q;
+    return q;
+}
+
+void util_clock_start(int64_t offset_s, int64_t floor)
+{
+    int64_t wall = util_wall_ms();
+
+    util_clk.offset_ms = offset_s * 1000;
+    util_clk.moved = 0;
+    if ((wall + util_clk.offset_ms) / 1000 < floor) {
+        /* The clock is behind what this node already wrote: it booted
+         * with a wrong clock.  Carry on from there. */
+        util_clk.offset_ms = floor * 1000 - wall;
+        util_clk.moved = 1;
+    }
+    util_clk.last_wall_ms = wall;
+    util_clk.last_mono_ms = util_boot_ms();
+    util_clk.last = 0;
+}
+
+int64_t util_clock_offset(int *moved)
+{
+    util_now();                         /* notice a step first */
+    if (moved) {
+        *moved = util_clk.moved;
+        util_clk.moved = 0;
+    }
+    return util_clk.offset_ms / 1000;
 }
 
 int64_t util_now_ms(void)
@@ -1467,7 +1630,8 @@ void util_lower(char *s)
 
 void util_date(int64_t t, char *buf, size_t n)
 {
-    time_t tt = (time_t)t;
+    /* t is queue time: show the wall clock's time of it. */
+    time_t tt = (time_t)(t > 0 ? t - util_clk.offset_ms / 1000 : t);
     struct tm tm;
     if (!localtime_r(&tt, &tm) || tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_wday < 0 || tm.tm_wday > 6) {
         util_strlcpy(buf, "never", n);  /* out of range: a time that is never reached */
@@ -2031,6 +2195,7 @@ static const struct conf_key keys[] = {
     { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },
+    { "max_recipients.untrusted", T_INT, F(max_recipients_untrusted), 0, "100" },
     { "max_connections", T_INT, F(max_connections), 0, "100" },
     { "max_received", T_INT, F(max_received), 0, "100" },
     { "smtp.timeout.command", T_DURATION, F(smtp_timeout_command), 0, "5m" },
@@ -2042,10 +2207,19 @@ static const struct conf_key keys[] = {
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
     { "limit.auth_failures_per_ip", T_INT, F(limit_auth_failures_per_ip), 0, "10" },
+    { "limit.auth_failures_per_user", T_INT, F(limit_auth_failures_per_user), 0, "10" },
+    { "limit.connections_reserved", T_INT, F(limit_connections_reserved), 0, "10" },
+    { "max_connections.smtp", T_INT, F(max_connections_on[LISTEN_SMTP]), 0, "0" },
+    { "max_connections.submission", T_INT, F(max_connections_on[LISTEN_SUBMISSION]), 0, "0" },
+    { "max_connections.odmr", T_INT, F(max_connections_on[LISTEN_ODMR]), 0, "0" },
+    { "max_connections.pop3", T_INT, F(max_connections_on[LISTEN_POP3]), 0, "0" },
+    { "max_connections.imap", T_INT, F(max_connections_on[LISTEN_IMAP]), 0, "0" },
+    { "max_connections.imaps", T_INT, F(max_connections_on[LISTEN_IMAPS]), 0, "0" },
     /* Off by default: an upstream releasing a held backlog by ETRN arrives
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
     { "auth.cleartext", T_BOOL, F(allow_cleartext_auth), 0, "no" },
+    { "submission.sender_login_match", T_BOOL, F(sender_login_match), 0, "yes" },
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
@@ -2059,6 +2233,8 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "compress", T_BOOL, F(compress), 0, "yes" },
+    { "compress.never", T_DOMAINS, F(compress_never), F(n_compress_never), "" },
     { "bundle.key", T_STR, F(bundle_key), 0, NULL },
     { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
@@ -2748,6 +2924,12 @@ static uint32_t conn_tls_events(const struct conn *c, uint32_t ev)
     return tev;
 }
 
+/* Output not yet on the wire: the buffer, and what compression holds. */
+static size_t conn_out_pending(const struct conn *c)
+{
+    return c->out_len + (c->zio ? zio_io_pending_out(c) : 0);
+}
+
 static void conn_update_events(struct conn *c)
 {
     uint32_t ev = 0;
@@ -2763,8 +2945,11 @@ static void conn_update_events(struct conn *c)
     }
     if (conn_wants_input(c))
         ev |= EPOLLIN;
-    if (c->out_len)
+    if (conn_out_pending(c))
         ev |= EPOLLOUT;
+    /* Compressed input already read raises no event either. */
+    if ((ev & EPOLLIN) && c->zio && zio_io_pending_in(c))
+        conn_kick(c);
     if (c->tls) {
         /* Decrypted input already inside OpenSSL raises no epoll event:
          * once there is room for it, read it at the end of this turn. */
@@ -2884,6 +3069,8 @@ void conn_abort(struct conn *c)
         return;
     c->dead = 1;
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->zio)
+        zio_conn_free(c);
     if (c->tls)
         tls_conn_free(c);
     close(c->fd);
@@ -2903,9 +3090,18 @@ int conn_flush(struct conn *c)
         conn_update_events(c);
         return 0;
     }
-    while (c->out_len) {
-        ssize_t w = c->tls ? tls_io_write(c, c->out, c->out_len)
-                           : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+    size_t pending = conn_out_pending(c);
+    if (c->zio) {
+        uint64_t before = zio_stats(c)->raw_out + c->out_len;
+        if (zio_io_flush(c) < 0) {
+            conn_abort(c);
+            return -1;
+        }
+        if (zio_stats(c)->raw_out + c->out_len != before)
+            conn_progress(c);
+    }
+    while (c->out_len && !c->zio) {
+        ssize_t w = conn_raw_write(c, c->out, c->out_len);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -2919,7 +3115,7 @@ int conn_flush(struct conn *c)
         if (w > 0)
             conn_progress(c);
     }
-    if (!c->out_len && c->closing) {
+    if (!conn_out_pending(c) && c->closing) {
         /* A close while the client still has bytes in flight makes the
          * kernel send a reset, which can destroy our last reply before the
          * client reads it.  So: half-close, read and drop what still comes,
@@ -2930,6 +3126,15 @@ int conn_flush(struct conn *c)
         }
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
+    }
+    /* Everything went out at once (compression shrank it, or the kernel
+     * took it): no writable event will come to ask a streaming writer for
+     * more, so ask it at the end of this turn.  Only after progress, so
+     * this never spins. */
+    if (c->want_drain && c->ops && c->ops->on_drain && conn_out_pending(c) < pending &&
+        conn_out_pending(c) <= c->out_cap / 2) {
+        c->drain_due = 1;
+        conn_kick(c);
     }
     conn_update_events(c);
     return 0;
@@ -2944,11 +3149,11 @@ void conn_close(struct conn *c)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    if (c->out_len && !(c->tls && tls_io_handshaking(c))) {
+    if (conn_out_pending(c) && !(c->tls && tls_io_handshaking(c))) {
         conn_update_events(c);
         return;
     }
-    if (!c->out_len && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
+    if (!conn_out_pending(c) && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
         conn_update_events(c);
@@ -2990,6 +3195,17 @@ static void conn_progress(struct conn *c)
         c->deadline = util_now_ms() + c->idle_ms;
 }
 
+/* The layer under compression: TLS, or the socket itself. */
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n)
+{
+    return c->tls ? tls_io_read(c, buf, n) : recv(c->fd, buf, n, 0);
+}
+
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n)
+{
+    return c->tls ? tls_io_write(c, buf, n) : send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
 static void conn_linger_read(struct conn *c)
 {
     unsigned char sink[4096];
@@ -3011,8 +3227,8 @@ static void conn_readable(struct conn *c)
         return;
     }
     while (c->in_len < c->in_cap) {
-        ssize_t r = c->tls ? tls_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
-                           : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        ssize_t r = c->zio ? zio_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
+                           : conn_raw_read(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (r > 0) {
             c->in_len += (size_t)r;
             conn_progress(c);
@@ -3105,7 +3321,7 @@ static void conn_tls_event(struct conn *c, uint32_t events)
     if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
         ((events & EPOLLOUT) && tls_io_read_wants_out(c)))
         conn_readable(c);
-    if (!c->dead && c->out_len &&
+    if (!c->dead && conn_out_pending(c) &&
         ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || ((events & EPOLLIN) && tls_io_write_wants_in(c))))
         conn_writable(c);
 }
@@ -3121,9 +3337,15 @@ static void run_kicked(void)
             list = c->kick_next;
             c->kicked = 0;
             /* Under TLS, decrypted input may wait inside OpenSSL. */
-            if (!c->dead && c->tls && tls_io_pending(c) && conn_wants_input(c)) {
+            if (!c->dead && ((c->tls && tls_io_pending(c)) || (c->zio && zio_io_pending_in(c))) &&
+                conn_wants_input(c)) {
                 conn_readable(c);
                 continue;
+            }
+            if (!c->dead && c->drain_due) {
+                c->drain_due = 0;
+                if (c->want_drain && !c->closing && c->ops->on_drain)
+                    c->ops->on_drain(c);
             }
             if (!c->dead && !c->paused && c->in_len)
                 c->ops->on_input(c);
@@ -3194,34 +3416,63 @@ static int next_wait_ms(int64_t now)
 
 /* ------------------------------------------------------------- listeners */
 
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+/* The counts limit_admit decides on: live inbound connections (not our
+ * own outbound ones, not those already closed and only draining). */
+static void count_inbound(int kind, const struct sockaddr_storage *peer, int *total, int *here, int *same)
+{
+    *total = *here = *same = 0;
+    for (struct conn *c = L.conns; c; c = c->next) {
+        if (c->kind >= LISTEN_N || c->dead || c->lingering)
+            continue;
+        (*total)++;
+        *here += c->kind == kind;
+        *same += same_address(&c->peer, peer);
+    }
+}
+
+static void refuse(int kind, int fd, const char *why, const struct sockaddr_storage *peer)
+{
+    /* RFC 5321 3.8: 421 and close when we cannot serve; RFC 2449 8.1.2
+     * [SYS/TEMP] for POP3.  The reply fits the socket buffer of a fresh
+     * connection; it is never waited for. */
+    static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+    static const char smtp_ip[] = "421 4.7.0 Too many connections from your address\r\n";
+    static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
+    /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+    static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
+    int per_ip = !strcmp(why, "limit.connections_per_ip");
+    const char *text = kind == LISTEN_POP3 ? pop_busy : kind == LISTEN_IMAP ? imap_busy
+                       : per_ip ? smtp_ip : smtp_busy;
+    char ip[64];
+
+    /* Nothing can be said on IMAPS before the TLS handshake. */
+    if (kind != LISTEN_IMAPS && send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("busy reply: %s", strerror(errno));
+    close(fd);
+    util_sockaddr_ip(peer, ip, sizeof ip);
+    log_warn("connection from [%s] refused: %s reached", ip, why);
+}
+
 static void accept_ready(struct listener *ls)
 {
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(ls->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof peer;
+        int total, here, same;
+
+        memset(&peer, 0, sizeof peer);
+        int fd = accept4(ls->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 log_warn("accept: %s", strerror(errno));
             return;
         }
-        if (conf->max_connections && L.n_conns >= conf->max_connections) {
-            /* RFC 5321 3.8: 421 and close when we cannot serve. */
-            static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-            static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
-            if (ls->kind == LISTEN_POP3) {
-                if (send(fd, pop_busy, sizeof pop_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAP) {
-                /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
-                static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
-                if (send(fd, imap_busy, sizeof imap_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAPS) {
-                /* Nothing can be said before the TLS handshake. */
-            } else if (send(fd, smtp_busy, sizeof smtp_busy - 1, MSG_NOSIGNAL) < 0) {
-                log_debug("busy reply: %s", strerror(errno));
-            }
-            log_warn("connection refused: max_connections (%lld) reached", (long long)conf->max_connections);
-            close(fd);
+        count_inbound(ls->kind, &peer, &total, &here, &same);
+        const char *why = limit_admit(ls->kind, &peer, total, here, same);
+        if (why) {
+            refuse(ls->kind, fd, why, &peer);
             continue;
         }
         int one = 1;
@@ -3692,6 +3943,284 @@ void pace_rate(int fd, uint64_t bytes_per_s)
         /* The kernel doubles the value for its bookkeeping. */
         if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) < 0)
             log_debug("SO_SNDBUF: %s", strerror(errno));
+    }
+}
+
+/* ---- src/zio.c ---- */
+#line 1 "src/zio.c"
+/*
+ * zio.c: the compression layer between mailnodes, an ESMTP extension
+ * modelled on IMAP COMPRESS (RFC 4978).  The server advertises
+ * "COMPRESS DEFLATE" in EHLO (only inside TLS when it can do TLS); the
+ * client sends "COMPRESS DEFLATE", and after the 220 reply each direction
+ * is one raw deflate stream (RFC 1951, no zlib or gzip wrapper) that lasts
+ * as long as the connection.  The sender flushes (Z_SYNC_FLUSH) whenever
+ * its output buffer has been taken in, so every command and every reply
+ * reaches the peer complete.
+ *
+ * Like TLS, the layer sits under the connection's buffers: loop.c moves
+ * octets through zio_io_read/zio_io_flush, and above it the protocol
+ * modules see plain text.  Under it is TLS or the socket
+ * (conn_raw_read/conn_raw_write in loop.c): compression inside
+ * encryption, as RFC 4978 4 orders it.
+ *
+ * Bombs: inflated output only ever fills the connection's fixed input
+ * buffer, and the stream as a whole may not inflate to more than
+ * ZIO_RATIO times its compressed size (plus ZIO_SLACK); a peer that tries
+ * is cut off.  Our own sender keeps well inside that bound: when its
+ * stream approaches half the ratio it switches deflate to Huffman coding
+ * only (at most about 8:1) until it is back under a quarter.  All limits
+ * of the protocols above (message_size_limit, line lengths) count the
+ * inflated octets, since they apply to what the session reads.
+ */
+
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#define ZIO_RBUF (16 * 1024)            /* compressed input not yet inflated */
+#define ZIO_WBUF (64 * 1024 + 1024)     /* compressed output not yet sent */
+#define ZIO_RATIO 128                   /* inflated octets per compressed octet, at most */
+#define ZIO_SLACK (1024 * 1024)
+#define ZIO_LEVEL 6
+
+struct zio {
+    z_stream in, out;
+    int in_ok, out_ok;
+    unsigned char rbuf[ZIO_RBUF];
+    size_t rlen;
+    int more;                           /* the inflater may hold output */
+    unsigned char wbuf[ZIO_WBUF];
+    size_t wlen;
+    size_t plain;                       /* octets at the head of c->out that go out uncompressed */
+    int flush_pending;                  /* the last sync flush did not fit */
+    int huffman;                        /* deflate is in Huffman-only mode */
+    struct zio_stats st;
+};
+
+static void zio_free(struct zio *z)
+{
+    if (!z)
+        return;
+    if (z->in_ok)
+        inflateEnd(&z->in);
+    if (z->out_ok)
+        deflateEnd(&z->out);
+    free(z);
+}
+
+int zio_start(struct conn *c)
+{
+    struct zio *z;
+
+    if (c->zio)
+        return -1;
+    z = calloc(1, sizeof *z);
+    if (!z)
+        return -1;
+    /* RFC 4978 3: raw deflate, windowBits negative. */
+    z->in_ok = inflateInit2(&z->in, -15) == Z_OK;
+    z->out_ok = z->in_ok && deflateInit2(&z->out, ZIO_LEVEL, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) == Z_OK;
+    if (!z->in_ok || !z->out_ok) {
+        zio_free(z);
+        return -1;
+    }
+    /* What was written before the switch (the 220 that announced it) is
+     * still plain text; what the peer sent after its command is already
+     * compressed. */
+    z->plain = c->out_len;
+    if (c->in_len > sizeof z->rbuf) {
+        zio_free(z);
+        return -1;
+    }
+    memcpy(z->rbuf, c->in, c->in_len);
+    z->rlen = c->in_len;
+    c->zio = z;
+    c->in_len = 0;
+    if (z->rlen)
+        conn_kick(c);
+    return 0;
+}
+
+int zio_allowed(const char *dest, const char *host)
+{
+    if (!conf->compress)
+        return 0;
+    for (size_t i = 0; i < conf->n_compress_never; i++) {
+        const char *d = conf->compress_never[i];
+        if (!strcmp(d, "*") || (dest && !strcasecmp(d, dest)) || (host && !strcasecmp(d, host)))
+            return 0;
+    }
+    return 1;
+}
+
+int zio_active(const struct conn *c)
+{
+    return c->zio != NULL;
+}
+
+const struct zio_stats *zio_stats(const struct conn *c)
+{
+    return c->zio ? &((struct zio *)c->zio)->st : NULL;
+}
+
+void zio_conn_free(struct conn *c)
+{
+    const struct zio *z = c->zio;
+    if (z)
+        log_info("[%s]: compressed session: sent %llu octets as %llu, received %llu as %llu, deflate %llu ms",
+                 c->peer_ip, (unsigned long long)z->st.plain_out, (unsigned long long)z->st.raw_out,
+                 (unsigned long long)z->st.plain_in, (unsigned long long)z->st.raw_in,
+                 (unsigned long long)(z->st.cpu_us / 1000));
+    zio_free(c->zio);
+    c->zio = NULL;
+}
+
+int zio_io_pending_in(const struct conn *c)
+{
+    const struct zio *z = c->zio;
+    return z && (z->rlen || z->more);
+}
+
+size_t zio_io_pending_out(const struct conn *c)
+{
+    const struct zio *z = c->zio;
+    return z ? z->wlen + z->flush_pending : 0;
+}
+
+/* Inflates what is buffered into buf; the octets produced (0: needs more). */
+static ssize_t zio_inflate(struct conn *c, struct zio *z, unsigned char *buf, size_t n)
+{
+    z->in.next_in = z->rbuf;
+    z->in.avail_in = (uInt)z->rlen;
+    z->in.next_out = buf;
+    z->in.avail_out = (uInt)n;
+    int rc = inflate(&z->in, Z_SYNC_FLUSH);
+    size_t used = z->rlen - z->in.avail_in, made = n - z->in.avail_out;
+    if (rc == Z_STREAM_END || (rc != Z_OK && rc != Z_BUF_ERROR)) {
+        /* The stream lasts as long as the connection (RFC 4978 4). */
+        log_info("[%s]: compressed stream %s", c->peer_ip, rc == Z_STREAM_END ? "ended early" : "is corrupt");
+        errno = EPROTO;
+        return -1;
+    }
+    memmove(z->rbuf, z->rbuf + used, z->rlen - used);
+    z->rlen -= used;
+    z->more = z->in.avail_out == 0;
+    z->st.raw_in += used;
+    z->st.plain_in += made;
+    if (z->st.plain_in > ZIO_SLACK && z->st.plain_in / ZIO_RATIO > z->st.raw_in) {
+        log_warn("[%s]: compressed stream inflates beyond %d:1, closing", c->peer_ip, ZIO_RATIO);
+        errno = EPROTO;
+        return -1;
+    }
+    return (ssize_t)made;
+}
+
+ssize_t zio_io_read(struct conn *c, void *buf, size_t n)
+{
+    struct zio *z = c->zio;
+
+    for (int guard = 0; guard < 64; guard++) {
+        if (z->rlen || z->more) {
+            ssize_t made = zio_inflate(c, z, buf, n);
+            if (made != 0)
+                return made;
+            if (z->rlen == sizeof z->rbuf) {
+                errno = EPROTO;         /* a full buffer that yields nothing */
+                return -1;
+            }
+        }
+        ssize_t r = conn_raw_read(c, z->rbuf + z->rlen, sizeof z->rbuf - z->rlen);
+        if (r <= 0)
+            return r;
+        z->rlen += (size_t)r;
+    }
+    errno = EAGAIN;
+    return -1;
+}
+
+/* Keeps our own stream inside the ratio the peer enforces. */
+static void zio_guard(struct zio *z)
+{
+    uint64_t plain = z->st.plain_out, raw = z->st.raw_out;
+    int want = z->huffman;
+    if (!z->huffman && plain > ZIO_SLACK / 2 && plain / (ZIO_RATIO / 2) > raw)
+        want = 1;
+    else if (z->huffman && plain / (ZIO_RATIO / 4) <= raw)
+        want = 0;
+    if (want == z->huffman || z->flush_pending || sizeof z->wbuf - z->wlen < 4096)
+        return;
+    z->out.next_in = NULL;
+    z->out.avail_in = 0;
+    z->out.next_out = z->wbuf + z->wlen;
+    z->out.avail_out = (uInt)(sizeof z->wbuf - z->wlen);
+    if (deflateParams(&z->out, want ? 1 : ZIO_LEVEL, want ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY) == Z_OK) {
+        size_t made = sizeof z->wbuf - z->wlen - z->out.avail_out;
+        z->wlen += made;
+        z->st.raw_out += made;
+        z->huffman = want;
+    }
+}
+
+/* Moves c->out into the compressed buffer: plain prefix first, then
+ * deflate with a sync flush at the end of what there is. */
+static int zio_compress(struct conn *c, struct zio *z)
+{
+    size_t space = sizeof z->wbuf - z->wlen;
+
+    if (z->plain) {
+        size_t k = z->plain < space ? z->plain : space;
+        memcpy(z->wbuf + z->wlen, c->out, k);
+        z->wlen += k;
+        memmove(c->out, c->out + k, c->out_len - k);
+        c->out_len -= k;
+        z->plain -= k;
+        return 0;
+    }
+    if ((!c->out_len && !z->flush_pending) || space < 64)
+        return 0;
+    zio_guard(z);
+    space = sizeof z->wbuf - z->wlen;
+    z->out.next_in = c->out;
+    z->out.avail_in = (uInt)c->out_len;
+    z->out.next_out = z->wbuf + z->wlen;
+    z->out.avail_out = (uInt)space;
+    clock_t t0 = clock();
+    int rc = deflate(&z->out, Z_SYNC_FLUSH);
+    z->st.cpu_us += (uint64_t)((clock() - t0) * 1000000.0 / CLOCKS_PER_SEC);
+    if (rc != Z_OK && rc != Z_BUF_ERROR) {
+        errno = EPROTO;
+        return -1;
+    }
+    size_t used = c->out_len - z->out.avail_in, made = space - z->out.avail_out;
+    memmove(c->out, c->out + used, c->out_len - used);
+    c->out_len -= used;
+    z->wlen += made;
+    z->st.plain_out += used;
+    z->st.raw_out += made;
+    /* Output space ran out: the flush goes on when there is room. */
+    z->flush_pending = z->out.avail_out == 0;
+    return 0;
+}
+
+int zio_io_flush(struct conn *c)
+{
+    struct zio *z = c->zio;
+
+    for (;;) {
+        if (zio_compress(c, z) < 0)
+            return -1;
+        if (!z->wlen)
+            return c->out_len || z->flush_pending ? 1 : 0;
+        ssize_t w = conn_raw_write(c, z->wbuf, z->wlen);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+        }
+        memmove(z->wbuf, z->wbuf + w, z->wlen - (size_t)w);
+        z->wlen -= (size_t)w;
     }
 }
 
@@ -5879,6 +6408,7 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     }
     if (migrate(err, errlen))
         goto fail;
+    store_clock_load();
     if (mode == STORE_DAEMON) {
         /* Bodies left incomplete by a crash were never acknowledged. */
         if (exec("DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=0);"
@@ -8310,6 +8840,354 @@ int store_held_count(const char *domain)
         n = sqlite3_column_int(st, 0);
     sqlite3_reset(st);
     return n;
+}
+
+/* ---- src/store_backup.c ---- */
+#line 1 "src/store_backup.c"
+/*
+ * store_backup.c: a consistent copy of a live database, and putting one
+ * back.
+ *
+ * The copy goes through SQLite's online backup API on a connection of its
+ * own that holds one read transaction from the first page to the last.
+ * In WAL mode a reader never blocks the daemon's writers (they append to
+ * the log, which simply cannot be folded back past the reader's snapshot
+ * until the copy ends), and the snapshot is one committed state: every
+ * message the daemon acknowledged before the copy began is in it, none
+ * half.  Without that read transaction a write by the daemon between two
+ * steps would restart the copy from page one, and a node that never stops
+ * receiving would never finish its backup.
+ *
+ * The copy is written to FILE.tmp, checked, fsynced and only then renamed
+ * to FILE: a backup killed at any instant leaves the previous FILE (if
+ * any) untouched and the live database as it was.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BACKUP_STEP_PAGES 256           /* pages per step when not paced */
+
+static void backup_err(char *err, size_t errlen, const char *what, const char *path, sqlite3 *db)
+{
+    snprintf(err, errlen, "%s %s: %s", what, path, db ? sqlite3_errmsg(db) : strerror(errno));
+}
+
+/* fsync a file, then its directory, so a rename that follows (or the
+ * file's creation) survives a power cut. */
+static int backup_sync(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fsync(fd)) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    if (!slash)
+        util_strlcpy(dir, ".", sizeof dir);
+    else if (slash == path)
+        util_strlcpy(dir, "/", sizeof dir);
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static void backup_sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) && errno == EINTR)
+        ;
+}
+
+static int backup_scalar(sqlite3 *db, const char *sql, int64_t *out)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* PRAGMA quick_check: every page and index entry readable and in order. */
+static int backup_check(sqlite3 *db, char *err, size_t errlen, const char *path)
+{
+    sqlite3_stmt *st;
+    int rc, ok = 0;
+
+    if (sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL) != SQLITE_OK) {
+        backup_err(err, errlen, "cannot check", path, db);
+        return -1;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *r = (const char *)sqlite3_column_text(st, 0);
+        ok = r && !strcmp(r, "ok");
+        if (!ok)
+            snprintf(err, errlen, "%s is damaged: %s", path, r ? r : "?");
+    } else {
+        backup_err(err, errlen, "cannot check", path, db);
+    }
+    sqlite3_finalize(st);
+    return ok ? 0 : -1;
+}
+
+/* Copies every page of src into the new file dst_path.  pages_per_sec > 0
+ * paces the copy (a slow SD card shared with the daemon). */
+static int backup_copy(sqlite3 *src, const char *dst_path, int64_t pages_per_sec, char *err, size_t errlen)
+{
+    sqlite3 *dst = NULL;
+    sqlite3_backup *b;
+    mode_t old;
+    int rc, step = BACKUP_STEP_PAGES, busy = 0;
+    long pause_ms = 0;
+
+    if (pages_per_sec > 0) {
+        /* Ten steps a second. */
+        step = pages_per_sec / 10 > 0 ? (int)(pages_per_sec / 10) : 1;
+        pause_ms = 100;
+    }
+    unlink(dst_path);
+    old = umask(077);                   /* everyone's mail, password hashes */
+    rc = sqlite3_open_v2(dst_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    umask(old);
+    if (rc != SQLITE_OK) {
+        backup_err(err, errlen, "cannot create", dst_path, dst);
+        sqlite3_close(dst);
+        return -1;
+    }
+    b = sqlite3_backup_init(dst, "main", src, "main");
+    if (!b) {
+        backup_err(err, errlen, "cannot copy into", dst_path, dst);
+        sqlite3_close(dst);
+        return -1;
+    }
+    do {
+        rc = sqlite3_backup_step(b, step);
+        if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
+            /* Only the copy's own target can be locked: give up after a
+             * while rather than spin for ever. */
+            if (++busy > 600)
+                break;
+            backup_sleep_ms(50);
+        } else if (rc == SQLITE_OK && pause_ms) {
+            backup_sleep_ms(pause_ms);
+        }
+    } while (rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED);
+    sqlite3_backup_finish(b);
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "copy into %s failed: %s", dst_path,
+                 sqlite3_errcode(dst) ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
+        sqlite3_close(dst);
+        return -1;
+    }
+    rc = backup_check(dst, err, errlen, dst_path);
+    sqlite3_close(dst);
+    return rc;
+}
+
+static int backup_open(const char *path, int flags, sqlite3 **db, char *err, size_t errlen)
+{
+    struct stat st;
+
+    if (stat(path, &st)) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK) {
+        backup_err(err, errlen, "cannot open", path, *db);
+        sqlite3_close(*db);
+        *db = NULL;
+        return -1;
+    }
+    sqlite3_busy_timeout(*db, 15000);
+    return 0;
+}
+
+int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen)
+{
+    char tmp[4096];
+    sqlite3 *src = NULL;
+    int64_t page_size = 4096;
+    int rc = -1;
+
+    memset(info, 0, sizeof *info);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", file) >= (int)sizeof tmp) {
+        snprintf(err, errlen, "%s: name too long", file);
+        return -1;
+    }
+    if (backup_open(db_path, SQLITE_OPEN_READWRITE, &src, err, errlen))
+        return -1;
+    /* The snapshot: one read transaction for the whole copy. */
+    if (sqlite3_exec(src, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+        backup_scalar(src, "PRAGMA user_version", &info->schema) ||
+        backup_scalar(src, "PRAGMA page_size", &page_size) ||
+        backup_scalar(src, "PRAGMA page_count", &info->pages)) {
+        backup_err(err, errlen, "cannot read", db_path, src);
+        goto out;
+    }
+    if (info->schema <= 0) {
+        snprintf(err, errlen, "%s is not a mailnode database (no schema version)", db_path);
+        goto out;
+    }
+    backup_scalar(src, "SELECT count(*) FROM message", &info->messages);
+    backup_scalar(src, "SELECT count(*) FROM mbox", &info->mailbox_messages);
+    info->bytes = info->pages * page_size;
+    if (backup_copy(src, tmp, bytes_per_sec > 0 ? (bytes_per_sec + page_size - 1) / page_size : 0, err, errlen))
+        goto out;
+    if (backup_sync(tmp)) {
+        snprintf(err, errlen, "cannot sync %.800s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (rename(tmp, file) || backup_sync(file)) {
+        snprintf(err, errlen, "cannot rename %.400s to %.400s: %s", tmp, file, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (rc)
+        unlink(tmp);
+    sqlite3_exec(src, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(src);
+    return rc;
+}
+
+/* Restore: file is copied (backup API again, so a file that is itself in
+ * WAL mode with a log beside it is read whole) to DB.restore, checked,
+ * migrated to this version's schema by an ordinary open (which also
+ * refuses a newer schema), and renamed over the database.  The old
+ * database's -wal and -shm files go first: a log left beside a
+ * different database would be replayed into it. */
+int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err, size_t errlen)
+{
+    char tmp[4096], side[4200];
+    sqlite3 *src = NULL;
+    int rc = -1;
+
+    memset(info, 0, sizeof *info);
+    if (snprintf(tmp, sizeof tmp, "%s.restore", db_path) >= (int)sizeof tmp) {
+        snprintf(err, errlen, "%s: name too long", db_path);
+        return -1;
+    }
+    if (backup_open(file, SQLITE_OPEN_READONLY, &src, err, errlen))
+        return -1;
+    if (backup_check(src, err, errlen, file))
+        goto out;
+    if (backup_scalar(src, "PRAGMA user_version", &info->schema) || info->schema <= 0) {
+        snprintf(err, errlen, "%s is not a mailnode database (no schema version)", file);
+        goto out;
+    }
+    if (backup_copy(src, tmp, 0, err, errlen))
+        goto out;
+    sqlite3_close(src);
+    src = NULL;
+    if (store_open(tmp, STORE_TOOL, err, errlen))
+        goto out;
+    store_close();
+    if (backup_open(tmp, SQLITE_OPEN_READONLY, &src, err, errlen))
+        goto out;
+    backup_scalar(src, "SELECT count(*) FROM message", &info->messages);
+    backup_scalar(src, "SELECT count(*) FROM mbox", &info->mailbox_messages);
+    sqlite3_close(src);
+    src = NULL;
+    if (backup_sync(tmp)) {
+        snprintf(err, errlen, "cannot sync %.800s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    snprintf(side, sizeof side, "%s-wal", db_path);
+    if (unlink(side) && errno != ENOENT)
+        goto side_fail;
+    snprintf(side, sizeof side, "%s-shm", db_path);
+    if (unlink(side) && errno != ENOENT)
+        goto side_fail;
+    if (rename(tmp, db_path) || backup_sync(db_path)) {
+        snprintf(err, errlen, "cannot rename %.400s to %.400s: %s", tmp, db_path, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+    goto out;
+side_fail:
+    snprintf(err, errlen, "cannot remove %.800s: %s", side, strerror(errno));
+out:
+    if (rc)
+        unlink(tmp);
+    sqlite3_close(src);
+    return rc;
+}
+
+/* ---- src/store_clock.c ---- */
+#line 1 "src/store_clock.c"
+/*
+ * store_clock.c: what queue time (util.c) needs from the database: the
+ * offset between queue time and the wall clock, kept in meta, and the
+ * newest time this node has written, below which queue time never starts.
+ */
+
+
+#include <stdlib.h>
+
+#define CLOCK_META_KEY "clock_offset"
+
+/* The newest stored time, from indexed or small tables only: the newest
+ * message (message_received), the newest mailbox entry (its uid is the
+ * rowid), the destinations and the meta facts. */
+static int64_t store_clock_floor(void)
+{
+    static sqlite3_stmt *st;
+    int64_t floor = 0;
+
+    if (!store_stmt(&st, "SELECT max(coalesce((SELECT max(received) FROM message), 0),"
+                         " coalesce((SELECT added FROM mbox WHERE uid=(SELECT max(uid) FROM mbox)), 0),"
+                         " coalesce((SELECT max(max(coalesce(last_try, 0), coalesce(last_ok, 0))) FROM dest), 0),"
+                         " coalesce((SELECT max(updated) FROM meta), 0))"))
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        floor = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return floor;
+}
+
+int store_clock_load(void)
+{
+    char value[32];
+    int64_t offset = 0;
+
+    if (store_meta_get(CLOCK_META_KEY, value, sizeof value, NULL) == 0)
+        offset = strtoll(value, NULL, 10);
+    util_clock_start(offset, store_clock_floor());
+    return 0;
+}
+
+int store_clock_save(void)
+{
+    char value[32];
+    int moved;
+    int64_t offset = util_clock_offset(&moved);
+
+    if (!moved)
+        return 0;
+    snprintf(value, sizeof value, "%lld", (long long)offset);
+    log_info("queue time is the wall clock %+llds", (long long)offset);
+    return store_meta_set(CLOCK_META_KEY, value);
 }
 
 /* ---- src/store_ops.c ---- */
@@ -12560,18 +13438,25 @@ int auth_client_cram(const char *user, const char *password, const char *challen
 /* ---- src/limit.c ---- */
 #line 1 "src/limit.c"
 /*
- * limit.c: per-address abuse limits.  A small fixed table remembers the
- * recent behaviour of client addresses: authentication failures and the
- * rate of messages.  Bounded memory: the table has a fixed size and the
- * least recently seen address makes room for a new one, so a flood of
- * addresses cannot grow it.
+ * limit.c: per-address and per-account abuse limits.  Small fixed tables
+ * remember the recent behaviour of client addresses (authentication
+ * failures, the rate of messages) and of accounts (authentication
+ * failures).  Bounded memory: each table has a fixed size and the least
+ * recently seen entry makes room for a new one, so a flood of addresses
+ * or names cannot grow it.
+ *
+ * The failure counters are shared by every protocol that checks a
+ * password (SMTP AUTH on every listener, POP3 USER/PASS and AUTH, and
+ * IMAP when it comes): a guesser gains nothing by switching protocols.
  */
 
 
 #include <string.h>
 
 #define LIMIT_SLOTS 256
-#define LIMIT_WINDOW 600                /* seconds an address's failures are remembered */
+#define LIMIT_WINDOW 600                /* seconds failures are remembered */
+#define ACCOUNT_FIRST_WAIT 60           /* the account's first back-off */
+#define ACCOUNT_MAX_WAIT 900            /* and its longest */
 
 struct limit_slot {
     char ip[64];
@@ -12582,7 +13467,17 @@ struct limit_slot {
     int64_t tokens_at_ms;
 };
 
+struct account_slot {
+    char user[USER_MAX + 1];
+    int64_t seen;
+    int failures;
+    int64_t first;
+    int64_t until;                      /* no attempt before this */
+    int step;                           /* back-offs so far */
+};
+
 static struct limit_slot slots[LIMIT_SLOTS];
+static struct account_slot accounts[LIMIT_SLOTS];
 
 static struct limit_slot *slot_for(const char *ip)
 {
@@ -12604,26 +13499,96 @@ static struct limit_slot *slot_for(const char *ip)
     return oldest;
 }
 
+/* The account's entry, or NULL when it has none and create is 0.  Names
+ * are compared in lower case, as they are stored. */
+static struct account_slot *account_for(const char *user, int create)
+{
+    struct account_slot *oldest = &accounts[0];
+    char name[USER_MAX + 1];
+    int64_t now = util_now();
+
+    if (!user || !*user)
+        return NULL;
+    util_strlcpy(name, user, sizeof name);
+    util_lower(name);
+    for (int i = 0; i < LIMIT_SLOTS; i++) {
+        if (accounts[i].user[0] && !strcmp(accounts[i].user, name)) {
+            accounts[i].seen = now;
+            return &accounts[i];
+        }
+        if (accounts[i].seen < oldest->seen)
+            oldest = &accounts[i];
+    }
+    if (!create)
+        return NULL;
+    memset(oldest, 0, sizeof *oldest);
+    util_strlcpy(oldest->user, name, sizeof oldest->user);
+    oldest->seen = now;
+    oldest->first = now;
+    return oldest;
+}
+
 /* Clients in relay_networks (by default the loopback networks) are not
- * limited: they are the site's own scripts and users. */
+ * limited per address: they are the site's own scripts and users.  The
+ * account counter still protects their accounts. */
 static int trusted(const struct conn *c)
 {
     return conf_relay_allowed(&c->peer);
 }
 
-void limit_auth_failed(const struct conn *c)
+void limit_auth_failed(const struct conn *c, const char *user)
 {
-    struct limit_slot *s = slot_for(c->peer_ip);
     int64_t now = util_now();
-    if (now - s->auth_first > LIMIT_WINDOW) {
-        s->auth_first = now;
-        s->auth_failures = 0;
+
+    if (!trusted(c)) {
+        struct limit_slot *s = slot_for(c->peer_ip);
+        if (now - s->auth_first > LIMIT_WINDOW) {
+            s->auth_first = now;
+            s->auth_failures = 0;
+        }
+        s->auth_failures++;
     }
-    s->auth_failures++;
+    struct account_slot *a = account_for(user, 1);
+    if (!a || a->until > now)
+        return;                         /* refused while backing off: not counted again */
+    if (now - a->first > LIMIT_WINDOW) {
+        a->first = now;
+        a->failures = 0;
+        a->step = 0;
+    }
+    a->failures++;
+    if (conf->limit_auth_failures_per_user > 0 && a->failures >= conf->limit_auth_failures_per_user) {
+        /* Slower than the address limit: one more attempt after a minute,
+         * then after two, four... up to fifteen, so that guessing one
+         * account from many addresses stays slow, while its owner is
+         * locked out for minutes, not for good. */
+        int64_t wait = ACCOUNT_FIRST_WAIT << (a->step < 8 ? a->step : 8);
+        a->until = now + (wait < ACCOUNT_MAX_WAIT ? wait : ACCOUNT_MAX_WAIT);
+        a->step++;
+        a->first = now;
+        log_warn("account %s: %d failed logins, next attempt in %llds", a->user, a->failures,
+                 (long long)(a->until - now));
+    }
+}
+
+void limit_auth_ok(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    if (a)
+        memset(a, 0, sizeof *a);
+}
+
+int64_t limit_account_wait(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    int64_t now = util_now();
+    return a && a->until > now ? a->until - now : 0;
 }
 
 int limit_auth_blocked(const struct conn *c)
 {
+    if (trusted(c))
+        return 0;
     struct limit_slot *s = slot_for(c->peer_ip);
     if (util_now() - s->auth_first > LIMIT_WINDOW)
         return 0;
@@ -12655,9 +13620,33 @@ int limit_message_ok(const struct conn *c)
     return 1;
 }
 
-int limit_connections_ok(const struct conn *c, int current)
+/* Asked before a connection gets a slot, with the counts of live inbound
+ * connections (in total, on this kind of listener, from this address).
+ * A refused connection is closed at once and never holds a slot.  The
+ * last limit.connections_reserved slots (at most half of them) are kept
+ * for clients in relay_networks and for the submission, POP3 and IMAP
+ * listeners, where every client must log in: idle strangers on port 25
+ * cannot lock out the site's own users. */
+const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same)
 {
-    return trusted(c) || conf->limit_connections_per_ip <= 0 || current <= conf->limit_connections_per_ip;
+    int trust = conf_relay_allowed(peer);
+
+    if (!trust && conf->limit_connections_per_ip > 0 && same >= conf->limit_connections_per_ip)
+        return "limit.connections_per_ip";
+    if (kind >= 0 && kind < LISTEN_N && conf->max_connections_on[kind] > 0 &&
+        on_listener >= conf->max_connections_on[kind])
+        return "max_connections per listener";
+    if (conf->max_connections > 0) {
+        int64_t reserve = conf->limit_connections_reserved;
+        if (reserve > conf->max_connections / 2)
+            reserve = conf->max_connections / 2;
+        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3 || kind == LISTEN_IMAP ||
+            kind == LISTEN_IMAPS)
+            reserve = 0;
+        if (total >= conf->max_connections - reserve)
+            return reserve && total < conf->max_connections ? "limit.connections_reserved" : "max_connections";
+    }
+    return NULL;
 }
 
 /* ---- src/queue.c ---- */
@@ -13060,6 +14049,39 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     *n = x.n;
     if (x.n == 0)
         return x.loop ? QUEUE_ELOOP : QUEUE_EUNKNOWN;
+    return 0;
+}
+
+/* submission.sender_login_match: may user send with reverse-path a?  Yes
+ * for <>, for the user's own name in a local domain, for an alias whose
+ * every target is the user's own mailbox, and for any address in a hold
+ * domain the user owns (or below it: the site's own mail going out). */
+int queue_sender_owned(const char *user, const struct addr *a)
+{
+    struct store_rcpt routes[8];
+    struct store_user u;
+    struct store_domain d;
+    size_t n = 0;
+    char local[sizeof a->local];
+
+    if (a->null_path)
+        return 1;
+    util_strlcpy(local, a->local, sizeof local);
+    util_lower(local);
+    if (queue_domain_is_local(a->domain) && !strcmp(local, user))
+        return 1;
+    if (queue_domain_is_local(a->domain) && !store_user_get(user, &u) &&
+        !queue_route(a, routes, MN_NELEM(routes), &n) && n) {
+        size_t mine = 0;
+        for (size_t i = 0; i < n; i++)
+            mine += routes[i].kind == ROUTE_LOCAL && routes[i].user_id == u.id;
+        sodium_memzero(&u, sizeof u);
+        if (mine == n)
+            return 1;
+    }
+    for (const char *dom = a->domain; dom && *dom; dom = strchr(dom, '.') ? strchr(dom, '.') + 1 : NULL)
+        if (!store_domain_get(dom, &d) && d.kind == DOMAIN_HOLD && !strcmp(d.owner, user))
+            return 1;
     return 0;
 }
 
@@ -14368,7 +15390,7 @@ void link_watch_stop(void)
 #define SMTPC_EXPECT 4096               /* replies outstanding */
 
 enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT,
-              E_STARTTLS };
+              E_STARTTLS, E_COMPRESS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
 static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
@@ -14925,6 +15947,8 @@ void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
         caps->starttls = 1;
     else if (!strcasecmp(kw, "ATRN"))
         caps->atrn = 1;
+    else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
+        caps->compress = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
          * an overflow) is treated as no announcement at all, so that a
@@ -15016,6 +16040,16 @@ static void on_reply_ehlo_done(struct smtpc *s)
     }
     if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
+        return;
+    }
+    /* Compression only when the peer offers it (another mailnode), after
+     * TLS, and unless compress.never names the destination.  Not on an
+     * ATRN turnaround: the ODMR client may be a proxy such as fetchmail
+     * that passes the site's EHLO reply through but cannot carry a
+     * deflate stream; a mailnode client compressed the connection before
+     * ATRN, and it stays compressed. */
+    if (s->caps.compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
+        cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
         return;
     }
     if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
@@ -15186,6 +16220,15 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     case E_QUIT:
         conn_close(s->c);
         break;
+    case E_COMPRESS:
+        s->caps.compress = 0;
+        if (code / 100 == 2 && zio_start(s->c)) {
+            set_error(s, "cannot start compression with %s", s->peer);
+            conn_abort(s->c);
+            break;
+        }
+        on_reply_ehlo_done(s);
+        break;
     }
 }
 
@@ -15200,7 +16243,7 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = 0;
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = s->caps.compress = 0;
     s->caps.has_size = 0;
     s->caps.size_limit = 0;
     s->caps.auth_mechs[0] = '\0';
@@ -15403,9 +16446,32 @@ void smtpc_abort(struct smtpc *s)
  * A link that is down, a lookup that fails, a refused connection: all are
  * temporary.  Only a peer's 5xx, a domain that does not exist, a null MX
  * or queue.lifetime make a recipient fail.
+ *
+ * A destination's life (its dest row holds what outlives a session):
+ *
+ *   due        next_try <= now and a recipient due: scan() (every second,
+ *              or at once on queue_kick) calls hop_start
+ *   resolving  a struct hop exists (at most one per dest row, at most
+ *              delivery_parallel in all); h->dq: the MX or host lookup
+ *   in flight  h->sc: one SMTP session carrying every due message of the
+ *              destination; hop_try_next moves on to the next address
+ *              (never one of our own listeners, RFC 5321 5.1) when a
+ *              host cannot be reached
+ *   backoff    hop_finish: a session that reached the peer and moved
+ *              something clears the backoff; otherwise backoff_next()
+ *              doubles it (with jitter, up to retry.max) and next_try is
+ *              set; a link-up event, `mailnode flush` or the down host
+ *              connecting to us (queue_peer_seen) ends it early
+ *   release    a hop of kind ROUTE_HOLD carries held mail for ETRN/ATRN
+ *              (queue_release, queue_release_on); it has no schedule:
+ *              what it cannot move stays held for the next request
+ *
+ * Invariants (asserted): a hop has at most one of dq and sc at a time,
+ * and neither once hop_finish runs; hop_find(name) is unique.
  */
 
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 
@@ -15472,11 +16538,15 @@ static void scan(void *arg);
 
 /* Addresses of destinations that could not be reached, so that a
  * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
- * that talks to us is up). */
+ * that talks to us is up).  At most once per backoff step: after an
+ * early retry, the next one waits until as much time as the current
+ * backoff has passed, so a host that connects to us all the time while
+ * its own listener stays down cannot make us retry in a storm. */
 #define DOWN_SLOTS 64
 static struct {
     char dest[SMTP_DOMAIN_MAX + 16];
     char ip[64];
+    int64_t early;                      /* when a connection last ended its wait */
 } down[DOWN_SLOTS];
 static int down_next;
 
@@ -15487,23 +16557,33 @@ static void down_note(const char *dest, const char *ip)
             return;
     util_strlcpy(down[down_next].dest, dest, sizeof down[0].dest);
     util_strlcpy(down[down_next].ip, ip, sizeof down[0].ip);
+    down[down_next].early = 0;
     down_next = (down_next + 1) % DOWN_SLOTS;
 }
 
-void queue_peer_seen(const char *ip)
+void queue_peer_seen(const struct conn *c)
 {
+    int64_t now = util_now();
+
+    /* A loopback client is one of our own (sendmail, scripts, a local
+     * filter): it says nothing about a relayhost on 127.0.0.1 being up. */
+    if (c->peer_loopback)
+        return;
     for (int i = 0; i < DOWN_SLOTS; i++) {
-        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+        if (!down[i].ip[0] || strcmp(down[i].ip, c->peer_ip))
             continue;
         struct store_dest d;
-        if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
-            d.next_try = 0;
-            d.backoff = 0;
-            store_dest_put(&d);
-            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
-            queue_kick();
-        }
-        down[i].ip[0] = '\0';
+        if (store_dest_get(down[i].dest, &d) || d.next_try <= now)
+            continue;
+        if (down[i].early && now - down[i].early < d.backoff)
+            continue;                   /* this backoff step had its early retry */
+        /* Now, but the backoff itself stays: if the host is still not
+         * taking mail, the next wait is longer. */
+        down[i].early = now;
+        d.next_try = 0;
+        store_dest_put(&d);
+        log_info("%s: %s connected to us: retrying now", down[i].dest, c->peer_ip);
+        queue_kick();
     }
 }
 
@@ -15671,6 +16751,36 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     queue_kick();
 }
 
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t k = 0;
+
+    memset(&m, 0, sizeof m);
+    m.body_id = body_id;
+    m.received = util_now();
+    m.ret_full = env->ret_full;
+    util_strlcpy(m.qid, env->qid, sizeof m.qid);
+    util_strlcpy(m.sender, env->sender, sizeof m.sender);
+    util_strlcpy(m.envid, env->envid ? env->envid : "", sizeof m.envid);
+    for (size_t i = 0; i < n && k < MN_NELEM(r); i++) {
+        const struct store_rcpt *x = &rcpts[i];
+        if (x->kind != ROUTE_LOCAL || !(x->notify & NOTIFY_SUCCESS) || (x->notify & NOTIFY_NEVER))
+            continue;
+        r[k].addr = x->addr;
+        r[k].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+        r[k].action = DSN_DELIVERED;
+        r[k].status = "2.0.0";
+        r[k].remote_mta = NULL;
+        r[k].diagnostic = NULL;
+        r[k].last_attempt = m.received;
+        k++;
+    }
+    send_dsn(&m, r, k, NULL);
+}
+
 static void flush_notes(struct hop *h, const struct store_out_msg *m)
 {
     struct dsn_rcpt r[64];
@@ -15835,6 +16945,8 @@ static void hop_finish(struct hop *h, int ok)
 {
     struct store_dest d;
     int64_t now = util_now();
+
+    assert(!h->sc && !h->dq);
 
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held
@@ -16146,6 +17258,9 @@ static void maintenance(int64_t now)
         every = conf->queue_warn_after / 4;
     if (every < 1)
         every = 1;
+    /* A step of the wall clock changed queue time's offset: every process
+     * of the node must agree on it. */
+    store_clock_save();
     if (now - Q.last_maint < every)
         return;
     Q.last_maint = now;
@@ -16619,17 +17734,18 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
 /* An exchange's states, in the order an exchange goes through them:
  *
  *   IDLE -> PUSH (our queue to the relayhost, when one is set)
- *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO] [-> COMPRESS -> EHLO]
  *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
  *
  * Every change goes through poll_enter(), which logs it at debug level.
  * In SERVING the connection belongs to an SMTP server session (the ATRN
  * turnaround) and poll only waits for its end. */
 enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
-              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT,
+              POLL_COMPRESS };
 static const char *const poll_state_names[] = {
     "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
-    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT", "COMPRESS",
 };
 
 struct pwaiter {
@@ -16872,6 +17988,13 @@ static void poll_reply(int code, const char *text)
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
+        /* The turned-around session carries the mail: compress it when
+         * the upstream (a mailnode) offers it. */
+        if (P.caps.compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
+            poll_enter(POLL_COMPRESS);
+            poll_send("COMPRESS DEFLATE");
+            return;
+        }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         int mech = smtpc_auth_choose(&P.caps, P.c);
@@ -16886,6 +18009,15 @@ static void poll_reply(int code, const char *text)
         }
         return;
     }
+    case POLL_COMPRESS:
+        P.caps.compress = 0;
+        if (code / 100 == 2 && zio_start(P.c)) {
+            poll_finish(EX_SOFTWARE, "cannot start compression with the upstream");
+            return;
+        }
+        poll_enter(POLL_EHLO);
+        poll_reply(250, "250 continue");
+        return;
     case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
@@ -17519,6 +18651,13 @@ static int starttls_offered(const struct smtpd *s)
     return tls_available() && !s->c->tls;
 }
 
+/* COMPRESS DEFLATE (zio.c): only inside TLS when we can do TLS, so that
+ * the order is always TLS first, then compression (RFC 4978 4). */
+static int compress_offered(const struct smtpd *s)
+{
+    return !zio_active(s->c) && (s->c->tls || !tls_available()) && zio_allowed(NULL, s->c->peer_ip);
+}
+
 /* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
  * address literal.  Letters, digits, hyphens, underscores (common in
  * Windows host names) and dots; or "[...]" of printable characters.
@@ -17567,6 +18706,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
         if (!s->auth_user[0])
             reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
         reply(s, "250-ATRN");
+        if (compress_offered(s))
+            reply(s, "250-COMPRESS DEFLATE");
         reply(s, "250-ENHANCEDSTATUSCODES");
         reply(s, "250 HELP");
         return;
@@ -17580,9 +18721,31 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-ETRN");
     if (starttls_offered(s))
         reply(s, "250-STARTTLS");
+    if (compress_offered(s))
+        reply(s, "250-COMPRESS DEFLATE");
     if (!s->auth_user[0])
         reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
     reply(s, "250 HELP");
+}
+
+/* After the 220 both directions are raw deflate streams; the session
+ * state (EHLO, AUTH) is kept. */
+static void cmd_compress(struct smtpd *s, char *arg)
+{
+    if (strcasecmp(arg, "DEFLATE")) {
+        reply(s, "504 5.5.4 Unsupported compression mechanism");
+        return;
+    }
+    if (!s->esmtp || !compress_offered(s)) {
+        reply(s, zio_active(s->c) ? "503 5.5.1 Error: compression already active"
+                                  : "503 5.5.1 Error: COMPRESS not available now");
+        return;
+    }
+    reply(s, "220 2.0.0 DEFLATE active");
+    if (zio_start(s->c)) {
+        close_with(s, "421 4.3.0 Cannot start compression");
+        return;
+    }
 }
 
 static void cmd_ehlo(struct smtpd *s, char *arg) { cmd_helo(s, arg, 1); }
@@ -17663,6 +18826,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
             return;
         }
     }
+    /* Like Postfix's reject_sender_login_mismatch: a submission user
+     * sends as itself, its aliases or its site's domain, not as anyone. */
+    if (s->c->kind == LISTEN_SUBMISSION && conf->sender_login_match && !queue_sender_owned(s->auth_user, &a)) {
+        log_info("[%s]: refused: sender <%s> not owned by user %s", s->c->peer_ip, a.full, s->auth_user);
+        reply(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", a.full, s->auth_user);
+        return;
+    }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
     smtpd_enter(s, S_MAIL);
@@ -17694,6 +18864,19 @@ static int parse_notify(const char *v)
     if (!n || ((bits & NOTIFY_NEVER) && bits != NOTIFY_NEVER))
         return -1;
     return bits;
+}
+
+/* Distinct recipients one message may have.  A stranger (neither
+ * authenticated nor in relay_networks) gets max_recipients.untrusted, so
+ * that max_connections hostile sessions cannot hold more than a known
+ * amount of memory (see mailnode.conf(5), max_recipients.untrusted). */
+static size_t rcpt_limit(const struct smtpd *s)
+{
+    int64_t n = conf->max_recipients > 0 ? conf->max_recipients : 1000;
+    if (!s->auth_user[0] && !conf_relay_allowed(&s->c->peer) && conf->max_recipients_untrusted > 0 &&
+        conf->max_recipients_untrusted < n)
+        n = conf->max_recipients_untrusted;
+    return (size_t)n;
 }
 
 static void cmd_rcpt(struct smtpd *s, char *arg)
@@ -17751,7 +18934,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     /* Routes for this address, in a buffer that lives only for this
      * command: an alias may fan out, up to the distinct recipients still
      * allowed. */
-    limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
+    limit = rcpt_limit(s);
     limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
     for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
         free(routes);
@@ -17788,7 +18971,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     int fresh = 0;
     for (size_t i = 0; i < nroutes; i++)
         fresh += !rcpts_has(&s->rcpts, &routes[i]);
-    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+    if (fresh && (size_t)s->nrcpt_cmds >= rcpt_limit(s)) {
         /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
         free(routes);
         reply(s, "452 4.5.3 Too many recipients");
@@ -18119,6 +19302,15 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
         reply(s, "334 %s", out);
         return;
     case AUTH_OK:
+        if (limit_account_wait(s->sasl.user) > 0) {
+            /* The account is backing off after many failures: even the
+             * right password is refused now, and nothing tells a guesser
+             * that it was right. */
+            log_warn("%s: authentication for '%s' refused: the account is backing off", s->c->peer_ip,
+                     s->sasl.user);
+            break;
+        }
+        limit_auth_ok(s->sasl.user);
         s->input = IN_COMMAND;
         util_strlcpy(s->auth_user, s->sasl.user, sizeof s->auth_user);
         log_info("%s: authenticated as %s", s->c->peer_ip, s->auth_user);
@@ -18141,7 +19333,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, s->sasl.user);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -18223,6 +19415,7 @@ static const struct smtpd_cmd {
     { "AUTH", S_READY, SV_BOTH, cmd_auth },
     { "ETRN", S_INIT | S_READY, SV_SMTP, cmd_etrn },
     { "STARTTLS", S_INIT | S_READY, SV_BOTH, cmd_starttls },
+    { "COMPRESS", S_READY, SV_BOTH, cmd_compress },
     { "ATRN", S_READY, SV_ODMR, cmd_atrn },
     { "TURN", S_NOBDAT, SV_SMTP, cmd_obsolete },
     { "SEND", S_NOBDAT, SV_SMTP, cmd_obsolete },
@@ -18404,6 +19597,8 @@ static void message_end(struct smtpd *s)
             err = bundle_dedup(s->body, routes, &nroutes, s->qid);
         if (!err)
             err = store_msg_insert(&env, s->body, routes, nroutes);
+        if (!err)
+            queue_notify_delivered(&env, s->body->id, routes, nroutes);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
@@ -18612,20 +19807,8 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    int same = 0;
-    for (struct smtpd *o = all_sessions; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
-    if (!limit_connections_ok(c, same)) {
-        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
-                 same);
-        reply(s, "421 4.7.0 Too many connections from your address");
-        conn_flush(c);
-        conn_close(c);
-        return;
-    }
     if (c->kind == LISTEN_SMTP)
-        queue_peer_seen(c->peer_ip);
+        queue_peer_seen(c);
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);
@@ -19158,6 +20341,7 @@ static void pop3_auth_failed(struct pop3 *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
+    limit_auth_failed(s->c, name);
     pop3_safe_name(name, safe, sizeof safe);
     log_warn("pop3: authentication failed user=%s ip=%s mech=%s (failure %d)", safe,
              s->c->peer_ip, mech, s->failures);
@@ -19187,6 +20371,19 @@ static void pop3_dummy_check(const char *password)
 
 /* ----------------------------------------------------------- commands */
 
+/* The failure counter of the client's address, shared with SMTP AUTH:
+ * past limit.auth_failures_per_ip, no more logins from it (1: refused and
+ * closing). */
+static int pop3_address_blocked(struct pop3 *s)
+{
+    if (!limit_auth_blocked(s->c))
+        return 0;
+    log_warn("pop3: %s: login refused: too many failures from this address", s->c->peer_ip);
+    pop3_reply(s, "-ERR [SYS/TEMP] too many failed logins from your address, try later");
+    conn_close(s->c);
+    return 1;
+}
+
 static void pop3_cmd_user(struct pop3 *s, char *arg)
 {
     if (!pop3_cleartext_ok(s)) {
@@ -19197,6 +20394,8 @@ static void pop3_cmd_user(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR USER needs a name");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     s->have_user = 1;
     s->pending_bad = util_strlcpy(s->pending, arg, sizeof s->pending) >= sizeof s->pending;
     /* Names are stored in lower case, as SASL looks them up. */
@@ -19219,21 +20418,28 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
         return;
     }
     s->have_user = 0;
+    if (pop3_address_blocked(s))
+        return;
     memset(&u, 0, sizeof u);
     if (!s->pending_bad)
         rc = store_user_get(s->pending, &u);
     if (rc == 0) {
-        ok = auth_check_password(&u, arg) == 1;
+        /* An account backing off after many failures takes no password,
+         * not even the right one; the answer is the same as for a wrong
+         * one. */
+        ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
     } else if (rc == STORE_NOTFOUND) {
         pop3_dummy_check(arg);
     } else {
         pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
         return;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(s->pending);
         pop3_login(s, &u, "USER");
-    else
+    } else {
         pop3_auth_failed(s, s->pending, "USER");
+    }
     sodium_memzero(&u, sizeof u);
 }
 
@@ -19266,8 +20472,12 @@ static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user))
+            pop3_auth_failed(s, s->sasl.user, s->mech);
+        else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             pop3_login(s, &u, s->mech);
+        }
         else if (rc == STORE_NOTFOUND)
             pop3_auth_failed(s, s->sasl.user, s->mech);
         else
@@ -19324,6 +20534,8 @@ static void pop3_cmd_auth(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR unsupported authentication mechanism");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     util_strlcpy(s->mech, arg, sizeof s->mech);
     for (char *p = s->mech; *p; p++)
         *p = (char)toupper((unsigned char)*p);
@@ -23745,7 +24957,7 @@ static void imap_auth_failed(struct imap *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, name);
     imap_safe_name(name, safe, sizeof safe);
     log_warn("imap: authentication failed user=%s ip=%s mech=%s (failure %d)", safe, s->c->peer_ip,
              mech, s->failures);
@@ -23802,18 +25014,20 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
     memset(&u, 0, sizeof u);
     if (strlen(name) <= USER_MAX)
         rc = store_user_get(name, &u);
-    if (rc == 0)
-        ok = auth_check_password(&u, pass) == 1;
+    if (rc == 0)    /* an account backing off takes no password (limit.c) */
+        ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
     else if (rc == STORE_NOTFOUND)
         imap_dummy_check(pass);
     else {
         imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
         goto out;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(name);
         imap_login_ok(s, &u, "LOGIN");
-    else
+    } else {
         imap_auth_failed(s, name, "LOGIN");
+    }
     sodium_memzero(&u, sizeof u);
 out:
     sodium_memzero(pass, sizeof pass);
@@ -23834,9 +25048,12 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user)) {
+            imap_auth_failed(s, s->sasl.user, s->mech);
+        } else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             imap_login_ok(s, &u, s->mech);
-        else if (rc == STORE_NOTFOUND)
+        } else if (rc == STORE_NOTFOUND)
             imap_auth_failed(s, s->sasl.user, s->mech);
         else
             imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox, try again later");
@@ -24598,7 +25815,6 @@ static void imap_close(struct conn *c)
 void imap_accept(struct conn *c)
 {
     struct imap *s = calloc(1, sizeof *s);
-    int same = 0;
 
     if (!s) {
         log_err("imap: out of memory for a session from %s", c->peer_ip);
@@ -24610,22 +25826,12 @@ void imap_accept(struct conn *c)
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &imap_ops;
-    for (struct imap *o = imap_all; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
     s->next = imap_all;
     if (imap_all)
         imap_all->prev = s;
     imap_all = s;
     conn_set_timeout(c, conf->imap_timeout * 1000);
-    if (!limit_connections_ok(c, same + 1)) {
-        log_warn("imap: %s: refused: %d connections from this address (limit.connections_per_ip)",
-                 c->peer_ip, same + 1);
-        if (c->kind == LISTEN_IMAP)
-            imap_outf(s, "* BYE [UNAVAILABLE] too many connections from your address");
-        conn_close(c);
-        return;
-    }
+    /* limit.connections_per_ip was applied at accept (limit_admit). */
     log_debug("imap: connection from %s", c->peer_ip);
     if (c->kind == LISTEN_IMAPS) {
         /* RFC 8314: TLS from the first octet; the greeting follows it. */
@@ -28144,6 +29350,35 @@ static void cli_mbox_prefix_sender(const char *prefix, char *out, size_t n)
     out[k] = 0;
 }
 
+/* The mbox file, often in a shared directory such as /tmp or a spool: a
+ * new file is created with O_EXCL (mode 0600: everyone's mail deserves
+ * it), an existing one is appended to only if it is a regular file of
+ * ours with one link.  O_NOFOLLOW throughout: a symbolic link planted
+ * under the name (to another user's file, to /etc/...) is refused, never
+ * followed, as is a hard link to someone else's file. */
+static int cli_mbox_open_append(const char *path)
+{
+    struct stat st;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 && errno == EEXIST)
+        fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", path, strerror(errno),
+                errno == ELOOP ? " (a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1) {
+        fprintf(stderr, "mailnode: %s is not a regular file of this user with one link: refused\n", path);
+        close(fd);
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
 static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list *l,
                                 const char *path, size_t *done)
 {
@@ -28153,12 +29388,12 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     if (to_stdout) {
         f = stdout;
     } else {
-        /* Everyone's mail deserves 0600 too. */
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "a"))) {
+        fd = cli_mbox_open_append(path);
+        if (fd < 0)
+            return EX_CANTCREAT;
+        if (!(f = fdopen(fd, "a"))) {
             fprintf(stderr, "mailnode: cannot open %s: %s\n", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
+            close(fd);
             return EX_CANTCREAT;
         }
     }
@@ -28198,44 +29433,82 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     return rc;
 }
 
-static int cli_mbox_make_dir(const char *path)
+/* A directory of the Maildir, made if missing and opened without
+ * following a symbolic link: a planted "new -> /elsewhere" is refused,
+ * and everything below is reached through the descriptor (openat,
+ * linkat), so the tree cannot be swapped for a link half-way. */
+static int cli_mbox_open_dir(int at, const char *name, const char *shown)
 {
-    if (mkdir(path, 0700) && errno != EEXIST) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return EX_CANTCREAT;
+    struct stat st;
+    int fd;
+
+    if (mkdirat(at, name, 0700) && errno != EEXIST) {
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", shown, strerror(errno));
+        return -1;
     }
-    return 0;
+    fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", shown, strerror(errno),
+                errno == ELOOP || errno == ENOTDIR ? " (not a directory, or a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || st.st_uid != geteuid()) {
+        fprintf(stderr, "mailnode: %s belongs to another user: refused\n", shown);
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
-static int cli_mbox_fsync_dir(const char *path)
+/* One message into the Maildir: written in tmp/ (O_EXCL, O_NOFOLLOW),
+ * fsynced, then linked into new/ under the same unique name, so a reader
+ * never sees half a message. */
+static int cli_mbox_maildir_one(int tmpfd, int newfd, const char *name, const struct store_mbox_msg *m,
+                                const char *dir)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
-    if (fd < 0)
-        return -1;
-    rc = fsync(fd);
-    close(fd);
+    struct cli_mbox_xform x;
+    FILE *f;
+    int rc, fd = openat(tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 || !(f = fdopen(fd, "w"))) {
+        fprintf(stderr, "mailnode: cannot create %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return EX_CANTCREAT;
+    }
+    cli_mbox_xf_init(&x, f, 0);
+    rc = cli_mbox_export_body(m, &x);
+    if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (fclose(f) && !rc) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (!rc && (linkat(tmpfd, name, newfd, name, 0) || unlinkat(tmpfd, name, 0))) {
+        fprintf(stderr, "mailnode: cannot move %s/tmp/%s to new/: %s\n", dir, name, strerror(errno));
+        rc = EX_CANTCREAT;
+    }
+    if (rc)
+        unlinkat(tmpfd, name, 0);
     return rc;
 }
 
-/* Maildir delivery: write in tmp/, fsync, then link into new/ under the
- * same unique name, so a reader never sees half a message. */
 static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_list *l,
                                    const char *dir, size_t *done)
 {
-    char path[4096], tmp[4096 + 256], dst[4096 + 256], host[256];
-    int rc;
-
-    if (strlen(dir) > 4000) {
-        fprintf(stderr, "mailnode: %s: path too long\n", dir);
-        return EX_USAGE;
-    }
-    if ((rc = cli_mbox_make_dir(dir)))
-        return rc;
+    char name[512], host[256];
+    int rc = 0, top, fds[3] = { -1, -1, -1 };
     const char *subs[] = { "tmp", "new", "cur" };
-    for (size_t i = 0; i < MN_NELEM(subs); i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, subs[i]);
-        if ((rc = cli_mbox_make_dir(path)))
-            return rc;
+
+    top = cli_mbox_open_dir(AT_FDCWD, dir, dir);
+    if (top < 0)
+        return EX_CANTCREAT;
+    for (size_t i = 0; i < MN_NELEM(subs) && !rc; i++) {
+        fds[i] = cli_mbox_open_dir(top, subs[i], subs[i]);
+        if (fds[i] < 0)
+            rc = EX_CANTCREAT;
     }
     if (gethostname(host, sizeof host))
         util_strlcpy(host, "localhost", sizeof host);
@@ -28243,51 +29516,26 @@ static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_li
     for (char *p = host; *p; p++)
         if (*p == '/' || *p == ':')
             *p = '_';
-    for (size_t i = 0; i < l->n; i++) {
+    for (size_t i = 0; i < l->n && !rc; i++) {
         struct store_mbox_msg m;
-        struct cli_mbox_xform x;
-        FILE *f;
-        int fd;
 
         if (store_mbox_get(user_id, l->uids[i], &m))
             continue;
-        snprintf(tmp, sizeof tmp, "%s/tmp/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        snprintf(dst, sizeof dst, "%s/new/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "w"))) {
-            fprintf(stderr, "mailnode: cannot create %s: %s\n", tmp, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            return EX_CANTCREAT;
-        }
-        cli_mbox_xf_init(&x, f, 0);
-        rc = cli_mbox_export_body(&m, &x);
-        if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (fclose(f) && !rc) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (!rc && (link(tmp, dst) || unlink(tmp))) {
-            fprintf(stderr, "mailnode: cannot move %s to %s: %s\n", tmp, dst, strerror(errno));
-            rc = EX_CANTCREAT;
-        }
-        if (rc) {
-            unlink(tmp);
-            return rc;
-        }
-        (*done)++;
+        snprintf(name, sizeof name, "%lld.P%dU%lld.%s", (long long)m.added, (int)getpid(), (long long)m.uid,
+                 host);
+        rc = cli_mbox_maildir_one(fds[0], fds[1], name, &m, dir);
+        if (!rc)
+            (*done)++;
     }
-    snprintf(path, sizeof path, "%s/new", dir);
-    if (cli_mbox_fsync_dir(path)) {
-        fprintf(stderr, "mailnode: cannot sync %s: %s\n", path, strerror(errno));
-        return EX_IOERR;
+    if (!rc && fsync(fds[1])) {
+        fprintf(stderr, "mailnode: cannot sync %s/new: %s\n", dir, strerror(errno));
+        rc = EX_IOERR;
     }
-    return 0;
+    for (size_t i = 0; i < MN_NELEM(fds); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    close(top);
+    return rc;
 }
 
 static int cli_mbox_export(int argc, char **argv)
@@ -28614,6 +29862,269 @@ int cli_flush(int argc, char **argv)
         fflush(stdout);
     }
     close(fd);
+    return rc;
+}
+
+/* ---- src/cli_backup.c ---- */
+#line 1 "src/cli_backup.c"
+/*
+ * cli_backup.c: `mailnode backup FILE` and `mailnode restore FILE`.
+ *
+ * A backup is FILE, a consistent copy of the database taken while the
+ * daemon runs (store_backup.c), FILE.key, a copy of the node key, and
+ * FILE.bundle-key, a copy of the bundle key pair when there is one.  The
+ * node key seals the CRAM-MD5 secrets kept in the database; it is kept
+ * apart so that an operator can store it apart too (a stolen database
+ * alone yields nothing that logs in).  A database restored without its key
+ * still works, but users must set their passwords again for CRAM-MD5; a
+ * node restored without its bundle key needs a new key given to every
+ * peer.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char cli_backup_help[] =
+    "usage: mailnode backup [--no-key] [--rate BYTES] FILE\n"
+    "\n"
+    "Writes a consistent copy of the database to FILE while the daemon runs\n"
+    "and accepts mail (SQLite's online backup: one snapshot, the daemon is not\n"
+    "stopped), the node key to FILE.key and the bundle key pair (if any) to\n"
+    "FILE.bundle-key (mode 0600).  The copy is written\n"
+    "to FILE.tmp and renamed only when complete and checked, so an interrupted\n"
+    "backup leaves an earlier FILE as it was.\n"
+    "  --no-key       do not copy the keys (store them apart yourself)\n"
+    "  --rate BYTES   copy at most BYTES per second (k, M suffixes), to leave\n"
+    "                 a slow SD card to the daemon\n";
+
+static const char cli_restore_help[] =
+    "usage: mailnode restore [--no-key] FILE\n"
+    "\n"
+    "Replaces the database with the backup FILE, with the daemon stopped.\n"
+    "FILE is checked, copied and brought to this version's schema before it\n"
+    "replaces the database; a backup made by a newer mailnode is refused.\n"
+    "FILE.key and FILE.bundle-key, if present, become the node key and the\n"
+    "bundle key (a different key already there is kept as KEYFILE.old).\n"
+    "  --no-key   leave the keys as they are\n";
+
+static int cli_backup_usage(const char *help, int argc, char **argv, int *i, int *no_key, const char **rate)
+{
+    for (*i = 1; *i < argc; (*i)++) {
+        const char *a = argv[*i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(help, stdout);
+            return EX_OK;
+        } else if (!strcmp(a, "--no-key")) {
+            *no_key = 1;
+        } else if (rate && !strcmp(a, "--rate") && *i + 1 < argc) {
+            *rate = argv[++*i];
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "mailnode: unknown option %s\n%s", a, help);
+            return EX_USAGE;
+        } else {
+            break;
+        }
+    }
+    if (*i != argc - 1) {
+        fputs(help, stderr);
+        return EX_USAGE;
+    }
+    return -1;
+}
+
+/* Copies src to dst through dst.tmp, fsynced, mode 0600.  0, 1 when src
+ * does not exist, -1 on error (errno). */
+static int cli_copy_key(const char *src, const char *dst)
+{
+    char tmp[4096], buf[4096];
+    int in, out = -1;
+    ssize_t n;
+
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", dst) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return errno == ENOENT ? 1 : -1;
+    out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (out < 0)
+        goto fail;
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            goto fail;
+    if (n < 0 || fsync(out) || close(out)) {
+        out = -1;
+        goto fail;
+    }
+    close(in);
+    return rename(tmp, dst);
+fail:
+    {
+        int e = errno;
+        close(in);
+        if (out >= 0)
+            close(out);
+        unlink(tmp);
+        errno = e;
+    }
+    return -1;
+}
+
+/* 1 if both files exist with the same bytes. */
+static int cli_same_file(const char *a, const char *b)
+{
+    char ba[256], bb[256];
+    int fa = open(a, O_RDONLY | O_CLOEXEC), fb = open(b, O_RDONLY | O_CLOEXEC);
+    ssize_t na, nb;
+    int same = fa >= 0 && fb >= 0;
+
+    while (same) {
+        na = read(fa, ba, sizeof ba);
+        nb = read(fb, bb, sizeof bb);
+        if (na != nb || na < 0 || memcmp(ba, bb, (size_t)na))
+            same = 0;
+        if (na <= 0)
+            break;
+    }
+    if (fa >= 0)
+        close(fa);
+    if (fb >= 0)
+        close(fb);
+    return same;
+}
+
+/* The key files a backup carries beside the database copy: the node key
+ * (CRAM-MD5 secrets) and the bundle key pair (the identity peers know). */
+struct cli_key_file {
+    const char *what, *suffix;
+    const char *path;
+};
+
+static int cli_key_files(struct cli_key_file k[2])
+{
+    k[0] = (struct cli_key_file){ "node key", "key", conf->keyfile };
+    k[1] = (struct cli_key_file){ "bundle key", "bundle-key", conf->bundle_key };
+    return 2;
+}
+
+static int cli_backup_keys(const char *file)
+{
+    struct cli_key_file k[2];
+    char copy[4096];
+    int n = cli_key_files(k);
+
+    for (int j = 0; j < n; j++) {
+        if (!k[j].path || !*k[j].path)
+            continue;
+        snprintf(copy, sizeof copy, "%s.%s", file, k[j].suffix);
+        int rc = cli_copy_key(k[j].path, copy);
+        if (rc < 0) {
+            fprintf(stderr, "mailnode: backup: cannot copy the %s %s to %s: %s\n", k[j].what, k[j].path, copy,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        if (rc == 1) {
+            unlink(copy);               /* not one of an older backup of this name */
+            printf("backup: no %s at %s (none made yet): nothing to copy\n", k[j].what, k[j].path);
+        } else {
+            printf("backup: %s copied to %s (keep it as safe as the database)\n", k[j].what, copy);
+        }
+    }
+    return EX_OK;
+}
+
+int cli_backup(int argc, char **argv)
+{
+    struct store_backup_info info;
+    const char *rate = NULL, *file;
+    char err[1024];
+    int64_t bytes_per_sec = 0;
+    int i, no_key = 0, rc;
+
+    if ((rc = cli_backup_usage(cli_backup_help, argc, argv, &i, &no_key, &rate)) >= 0)
+        return rc;
+    file = argv[i];
+    if (rate && (util_parse_size(rate, &bytes_per_sec) || bytes_per_sec <= 0)) {
+        fprintf(stderr, "mailnode: --rate %s: not a size (e.g. 512k, 2M)\n", rate);
+        return EX_USAGE;
+    }
+    if (store_backup(conf->database, file, bytes_per_sec, &info, err, sizeof err)) {
+        fprintf(stderr, "mailnode: backup: %s\n", err);
+        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
+    }
+    printf("backup: %s: schema %lld, %lld bytes, %lld queued messages, %lld mailbox messages\n", file,
+           (long long)info.schema, (long long)info.bytes, (long long)info.messages,
+           (long long)info.mailbox_messages);
+    return no_key ? EX_OK : cli_backup_keys(file);
+}
+
+/* Installs FILE.SUFFIX as the key file, keeping a different one as .old. */
+static int cli_restore_keys(const char *file)
+{
+    struct cli_key_file k[2];
+    char copy[4096], old[4096];
+    int n = cli_key_files(k);
+
+    for (int j = 0; j < n; j++) {
+        if (!k[j].path || !*k[j].path)
+            continue;
+        snprintf(copy, sizeof copy, "%s.%s", file, k[j].suffix);
+        if (access(copy, F_OK) != 0) {
+            printf("restore: no %s: the %s stays as it is%s\n", copy, k[j].what,
+                   j == 0 ? " (users may need to set their passwords again for CRAM-MD5)" : "");
+            continue;
+        }
+        if (cli_same_file(copy, k[j].path))
+            continue;
+        snprintf(old, sizeof old, "%s.old", k[j].path);
+        if (access(k[j].path, F_OK) == 0 && rename(k[j].path, old)) {
+            fprintf(stderr, "mailnode: restore: cannot keep the old %s as %s: %s\n", k[j].what, old,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        if (cli_copy_key(copy, k[j].path)) {
+            fprintf(stderr, "mailnode: restore: cannot install the %s %s: %s\n", k[j].what, k[j].path,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        printf("restore: %s %s installed from %s%s\n", k[j].what, k[j].path, copy,
+               access(old, F_OK) == 0 ? " (the previous one kept as .old)" : "");
+    }
+    return EX_OK;
+}
+
+int cli_restore(int argc, char **argv)
+{
+    struct store_backup_info info;
+    const char *file;
+    char err[1024];
+    int i, no_key = 0, rc, lockfd;
+
+    if ((rc = cli_backup_usage(cli_restore_help, argc, argv, &i, &no_key, NULL)) >= 0)
+        return rc;
+    file = argv[i];
+    /* The daemon's lock: nothing may have the database open meanwhile. */
+    lockfd = cli_db_lock();
+    if (lockfd < 0) {
+        if (-lockfd == EX_TEMPFAIL)
+            fprintf(stderr, "mailnode: restore: stop the daemon first\n");
+        return -lockfd;
+    }
+    if (store_restore(file, conf->database, &info, err, sizeof err)) {
+        fprintf(stderr, "mailnode: restore: %s\n", err);
+        close(lockfd);
+        return strstr(err, "newer than") || strstr(err, "damaged") || strstr(err, "not a mailnode")
+                   ? EX_DATAERR : EX_CANTCREAT;
+    }
+    printf("restore: %s now holds %s: %lld queued messages, %lld mailbox messages\n", conf->database, file,
+           (long long)info.messages, (long long)info.mailbox_messages);
+    rc = no_key ? EX_OK : cli_restore_keys(file);
+    close(lockfd);
     return rc;
 }
 
@@ -29957,6 +31468,8 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "backup", cli_backup, "FILE: consistent copy of the database and node key, daemon running" },
+    { "restore", cli_restore, "FILE: put a backup back (daemon stopped)" },
     { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },

@@ -54,7 +54,15 @@
 
 /* ------------------------------------------------------------------ util */
 
-int64_t util_now(void);                 /* wall clock, seconds since the epoch */
+/* Queue time in seconds since the epoch: the wall clock, but immune to
+ * steps of it (util.c explains).  Everything stored and scheduled uses it. */
+int64_t util_now(void);
+/* Sets queue time up from what the database holds: the saved offset and
+ * the newest time written (queue time never starts before it). */
+void util_clock_start(int64_t offset_s, int64_t floor);
+/* The current offset; *moved (if given) says whether it changed since the
+ * last call that asked, i.e. whether it must be saved again. */
+int64_t util_clock_offset(int *moved);
 int64_t util_now_ms(void);              /* monotonic milliseconds */
 /* "30s", "5m", "4h", "5d", or bare seconds. */
 int util_parse_duration(const char *s, int64_t *secs);
@@ -141,6 +149,7 @@ struct conf {
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
+    int64_t max_recipients_untrusted;   /* for clients neither authenticated nor in relay_networks */
     int64_t max_connections;
     int64_t max_received;               /* refuse at this many Received headers */
     int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
@@ -153,9 +162,13 @@ struct conf {
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
     int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
     int64_t limit_messages_per_minute;  /* per address */
+    int64_t limit_auth_failures_per_user; /* then the account backs off */
+    int64_t limit_connections_reserved; /* slots only for trusted, submission and POP3 clients */
+    int64_t max_connections_on[LISTEN_N]; /* per listener kind; 0 = no own limit */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
+    int sender_login_match;             /* submission.sender_login_match */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
     char *admin;                        /* admin = USER: gets postmaster mail */
@@ -166,6 +179,9 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    int compress;                       /* COMPRESS DEFLATE between mailnodes (zio.c) */
+    char **compress_never;              /* destinations or hosts never compressed */
+    size_t n_compress_never;
     char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
     int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
@@ -230,6 +246,7 @@ struct conn {
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
     unsigned lingering : 1;             /* output sent, half-closed, draining input */
+    unsigned drain_due : 1;             /* on_drain at the end of the turn (output went out at once) */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -237,6 +254,7 @@ struct conn {
     struct conn *next, *prev;
     struct conn *kick_next;
     void *tls;                          /* SSL *, when TLS is on */
+    void *zio;                          /* struct zio, when COMPRESS is on (zio.c) */
 };
 
 struct timer {
@@ -302,6 +320,30 @@ struct watch {
 int loop_watch_add(struct watch *w);
 int loop_watch_mod(struct watch *w, uint32_t events);
 void loop_watch_del(struct watch *w);
+
+/* ------------------------------------------------------------------ zio */
+
+/* COMPRESS DEFLATE between mailnodes (zio.c, modelled on RFC 4978): after
+ * zio_start both directions of c are raw deflate streams; what is in
+ * c->out already goes out plain, what is in c->in is compressed input. */
+int zio_start(struct conn *c);
+int zio_active(const struct conn *c);
+struct zio_stats {
+    uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
+};
+const struct zio_stats *zio_stats(const struct conn *c);
+void zio_conn_free(struct conn *c);     /* by conn_abort */
+/* 1 if compression may be offered to or used with the session's peer:
+ * `compress` is on and neither dest nor host is in compress.never. */
+int zio_allowed(const char *dest, const char *host);
+/* For the loop: plain text moves through these, compressed octets through
+ * conn_raw_read/conn_raw_write (TLS or the socket). */
+ssize_t zio_io_read(struct conn *c, void *buf, size_t n);
+int zio_io_flush(struct conn *c);               /* 0 all sent, 1 would block, -1 error */
+int zio_io_pending_in(const struct conn *c);
+size_t zio_io_pending_out(const struct conn *c);
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n);
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n);
 
 /* ----------------------------------------------------------------- pace */
 
@@ -373,6 +415,22 @@ int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void 
 #define STORE_FAULT() 0
 #endif
 int store_in_txn(void);
+/* Queue time (store_clock.c): store_clock_load() starts it from the saved
+ * offset and the newest stored time (store_open does this);
+ * store_clock_save() saves the offset if a clock step changed it. */
+int store_clock_load(void);
+int store_clock_save(void);
+
+/* Backups (store_backup.c): a consistent copy of a live database by the
+ * online backup API, and its restore over the database.  0, or -1 with
+ * err filled. */
+struct store_backup_info {
+    int64_t schema, pages, bytes, messages, mailbox_messages;
+};
+int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen);
+int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err,
+                  size_t errlen);
 
 /* A body being written: raw bytes in, compressed chunks out. */
 struct store_body {
@@ -780,6 +838,8 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
 int queue_domain_accepted(const char *domain);
+/* 1 if the authenticated user may use a as reverse-path (sender_login_match). */
+int queue_sender_owned(const char *user, const struct addr *a);
 int queue_domain_is_local(const char *domain);
 /* The node's admin (conf `admin`, else the first user): 0, or
  * STORE_NOTFOUND while there is none and postmaster mail is held in the
@@ -806,9 +866,15 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
 int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 void queue_flush_cancel(void *arg);     /* the waiter went away */
-/* A client connected from ip: a destination backing off because that
- * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
-void queue_peer_seen(const char *ip);
+/* A client connected (not on loopback): a destination backing off because
+ * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
+ * per backoff step. */
+void queue_peer_seen(const struct conn *c);
+/* RFC 3461 6.2: the "delivered" notice for the local mailboxes among
+ * rcpts that asked for it (NOTIFY=SUCCESS); written in the transaction of
+ * the message itself. */
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -1004,6 +1070,7 @@ void smtpc_abort(struct smtpc *s);
  * the upstream exchange in poll.c), so that the two cannot drift apart. */
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];
@@ -1028,11 +1095,19 @@ int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n)
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-void limit_auth_failed(const struct conn *c);
+/* One failure counter per client address and one per account, shared by
+ * every protocol that checks passwords (SMTP AUTH, POP3, IMAP). */
+void limit_auth_failed(const struct conn *c, const char *user);
+void limit_auth_ok(const char *user);
+/* 1 if the address has too many recent failures (never for relay_networks). */
 int limit_auth_blocked(const struct conn *c);
+/* Seconds until the account takes another login attempt (0: now). */
+int64_t limit_account_wait(const char *user);
 int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-int limit_connections_ok(const struct conn *c, int current);
+/* NULL if a new connection from peer on a listener of kind may have a
+ * slot, else why not (loop.c asks before it makes a connection). */
+const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same);
 
 /* ----------------------------------------------------------------- odmr */
 
@@ -1336,6 +1411,8 @@ int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 int cli_poll(int argc, char **argv);            /* mailnode poll */
+int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
+int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
 int cli_key(int argc, char **argv);             /* mailnode key show */
 int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
 int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
