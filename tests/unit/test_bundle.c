@@ -263,6 +263,78 @@ TEST(size_bound)
     close(fd);
 }
 
+static int64_t exp_rcpt;
+static int exp_n;
+
+static int exp_cb(void *arg, int64_t msg_id, int64_t rcpt_id)
+{
+    MN_UNUSED(arg);
+    MN_UNUSED(msg_id);
+    exp_rcpt = rcpt_id;
+    exp_n++;
+    return 0;
+}
+
+/* The queue side: a peer's mail is found for export, in transit it is
+ * neither exported again (before resend_after) nor expired, and the
+ * receipt delivers and retires it. */
+TEST(transit_and_receipt)
+{
+    static struct conf c;
+    char dir[] = "/tmp/mailnode-test-bundle-db.XXXXXX", db[128], err[256];
+    struct store_peer p, got;
+    struct store_env env;
+    struct store_rcpt r;
+    struct store_out_msg m;
+    struct store_body *b;
+    unsigned char id[16] = { 5 };
+    int64_t now = util_now();
+
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(db, sizeof db, "%s/db", dir);
+    conf = &c;
+    CHECK(store_open(db, STORE_TOOL, err, sizeof err) == 0);
+    memset(&p, 0, sizeof p);
+    util_strlcpy(p.name, "up", sizeof p.name);
+    memcpy(p.sign_pk, A.sign_pk, 32);
+    memcpy(p.box_pk, A.box_pk, 32);
+    CHECK(store_peer_add(&p) == 0 && store_commit() == 0);
+    CHECK(store_peer_by_key(A.sign_pk, &got) == 0 && !strcmp(got.name, "up"));
+    CHECK(store_peer_any() == 1);
+    b = store_body_new();
+    CHECK(b && store_body_write(b, "Subject: x\r\n\r\nx\r\n", 17) == 0 && store_body_finish(b) == 0);
+    memset(&env, 0, sizeof env);
+    util_strlcpy(env.qid, "QQQQQQQQQQQQQQQQ", sizeof env.qid);
+    env.sender = "a@a.test";
+    env.client = "local";
+    env.size = b->size;
+    memset(&r, 0, sizeof r);
+    r.kind = ROUTE_REMOTE;
+    util_strlcpy(r.addr, "x@far.test", sizeof r.addr);
+    util_strlcpy(r.domain, "far.test", sizeof r.domain);
+    CHECK(store_msg_insert(&env, b, &r, 1) == 0 && store_commit() == 0);
+    store_body_free(b);
+    CHECK(store_bundle_next(&got, 0, now - 10, &m) == 1 && m.nrcpt == 1);
+    store_out_free(&m);
+    exp_n = 0;
+    CHECK(store_expired(now + 100, exp_cb, NULL) == 0 && exp_n == 1);
+    CHECK(store_bundle_transit(exp_rcpt, got.id, id, now) == 0 && store_commit() == 0);
+    CHECK(store_bundle_next(&got, 0, now - 10, &m) == 0);
+    CHECK(store_bundle_next(&got, 0, now + 10, &m) == 1);    /* resend time passed */
+    store_out_free(&m);
+    exp_n = 0;
+    CHECK(store_expired(now + 100, exp_cb, NULL) == 0 && exp_n == 0);
+    CHECK_INT(store_bundle_ack(got.id + 1, "QQQQQQQQQQQQQQQQ"), 0);    /* another peer's receipt */
+    CHECK_INT(store_bundle_ack(got.id, "QQQQQQQQQQQQQQQQ"), 1);
+    CHECK(store_commit() == 0);
+    CHECK_INT(store_queue_count(), 0);
+    store_close();
+    conf = NULL;
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -278,6 +350,7 @@ int main(void)
     RUN(volume_round_trip);
     RUN(volume_refused);
     RUN(size_bound);
+    RUN(transit_and_receipt);
     unlink(path);
     return unit_done();
 }
