@@ -121,6 +121,8 @@ MN_PRIVATE void log_msg(int level, const char *fmt, ...) __attribute__((format(p
 
 /* ------------------------------------------------------------------ conf */
 
+#define CONF_MAX_KEYS 160              /* entries of the key table in conf.c */
+
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_IMAP, LISTEN_IMAPS,
                    LISTEN_N };
 
@@ -154,6 +156,7 @@ struct conf {
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
+    int64_t max_recipients_untrusted;   /* for clients neither authenticated nor in relay_networks */
     int64_t max_connections;
     int64_t max_received;               /* refuse at this many Received headers */
     int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
@@ -166,20 +169,29 @@ struct conf {
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
     int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
     int64_t limit_messages_per_minute;  /* per address */
+    int64_t limit_auth_failures_per_user; /* then the account backs off */
+    int64_t limit_connections_reserved; /* slots only for trusted, submission and POP3 clients */
+    int64_t max_connections_on[LISTEN_N]; /* per listener kind; 0 = no own limit */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
+    int sender_login_match;             /* submission.sender_login_match */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
+    char *admin;                        /* admin = USER: gets postmaster mail */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    int compress;                       /* COMPRESS DEFLATE between mailnodes (zio.c) */
+    char **compress_never;              /* destinations or hosts never compressed */
+    size_t n_compress_never;
     char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
     int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
     size_t n_pacing_rate;
+    unsigned short key_line[CONF_MAX_KEYS]; /* line of each key in the file; 0 = default */
 };
 
 MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force */
@@ -188,6 +200,12 @@ MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force *
  * "FILE:LINE: what is wrong" and returns -1. */
 MN_PRIVATE int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
 MN_PRIVATE void conf_free(struct conf *c);
+/* "FILE:LINE: key" where a key was set (or that it is the default), for
+ * messages about its value. */
+MN_PRIVATE const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n);
+/* Every key with the value in effect, "  # default" after those the file
+ * does not set (only_set: just the file's keys, as `postconf -n`). */
+MN_PRIVATE void conf_print(const struct conf *c, FILE *f, int only_set);
 /* 1 if the domain (lower case) is listed in local_domains. */
 MN_PRIVATE int conf_is_local_domain(const char *domain);
 MN_PRIVATE int conf_relay_allowed(const struct sockaddr_storage *ss);
@@ -233,6 +251,7 @@ struct conn {
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
     unsigned lingering : 1;             /* output sent, half-closed, draining input */
+    unsigned drain_due : 1;             /* on_drain at the end of the turn (output went out at once) */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -240,6 +259,7 @@ struct conn {
     struct conn *next, *prev;
     struct conn *kick_next;
     void *tls;                          /* SSL *, when TLS is on */
+    void *zio;                          /* struct zio, when COMPRESS is on (zio.c) */
 };
 
 struct timer {
@@ -305,6 +325,30 @@ struct watch {
 MN_PRIVATE int loop_watch_add(struct watch *w);
 MN_PRIVATE int loop_watch_mod(struct watch *w, uint32_t events);
 MN_PRIVATE void loop_watch_del(struct watch *w);
+
+/* ------------------------------------------------------------------ zio */
+
+/* COMPRESS DEFLATE between mailnodes (zio.c, modelled on RFC 4978): after
+ * zio_start both directions of c are raw deflate streams; what is in
+ * c->out already goes out plain, what is in c->in is compressed input. */
+MN_PRIVATE int zio_start(struct conn *c);
+MN_PRIVATE int zio_active(const struct conn *c);
+struct zio_stats {
+    uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
+};
+MN_PRIVATE const struct zio_stats *zio_stats(const struct conn *c);
+MN_PRIVATE void zio_conn_free(struct conn *c);     /* by conn_abort */
+/* 1 if compression may be offered to or used with the session's peer:
+ * `compress` is on and neither dest nor host is in compress.never. */
+MN_PRIVATE int zio_allowed(const char *dest, const char *host);
+/* For the loop: plain text moves through these, compressed octets through
+ * conn_raw_read/conn_raw_write (TLS or the socket). */
+MN_PRIVATE ssize_t zio_io_read(struct conn *c, void *buf, size_t n);
+MN_PRIVATE int zio_io_flush(struct conn *c);               /* 0 all sent, 1 would block, -1 error */
+MN_PRIVATE int zio_io_pending_in(const struct conn *c);
+MN_PRIVATE size_t zio_io_pending_out(const struct conn *c);
+MN_PRIVATE ssize_t conn_raw_read(struct conn *c, void *buf, size_t n);
+MN_PRIVATE ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n);
 
 /* ----------------------------------------------------------------- pace */
 
@@ -460,15 +504,6 @@ MN_PRIVATE int store_msg_insert(const struct store_env *env, struct store_body *
                      const struct store_rcpt *rcpts, size_t n);
 
 /* Queue administration. */
-struct store_qinfo {
-    char qid[QID_LEN + 1];
-    char sender[ADDR_MAX];
-    int64_t received, size;
-    int nrcpt;
-    char rcpts[1024];                   /* "addr (state, next try / last error)" ... */
-};
-MN_PRIVATE int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg);
-MN_PRIVATE int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id);
 MN_PRIVATE int store_queue_delete(const char *qid);
 MN_PRIVATE int64_t store_queue_count(void);
 struct store_status {
@@ -485,7 +520,34 @@ struct store_dest {
     int64_t next_try, backoff, failures, last_try, last_ok, backlog;
     char last_error[512];
 };
-MN_PRIVATE int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
+
+/* store_ops.c: what the operator's commands ask. */
+MN_PRIVATE int64_t store_ops_queued_remote(const char *domain);  /* "" = all; -1 on error */
+MN_PRIVATE int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg);
+MN_PRIVATE int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg);
+MN_PRIVATE int64_t store_ops_on_hold(void);                      /* messages stopped by `queue hold` */
+struct store_ops_msg {
+    int64_t id, received, size, body_id;
+    int hold;                           /* stopped by `queue hold` */
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+};
+struct store_ops_rcpt {
+    char addr[ADDR_MAX];
+    char dest[SMTP_DOMAIN_MAX + 1];
+    int state;                          /* 0 queued, 1 delivered, 2 failed */
+    int kind;                           /* enum route_kind */
+    int attempts;
+    int64_t next_try;                   /* with the destination's backoff */
+    int64_t updated;                    /* of the last attempt */
+    int dest_failures;                  /* the destination's failed tries in a row */
+    char last_error[512];
+};
+/* Messages with something queued (for domain, if not NULL or ""). */
+MN_PRIVATE int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg);
+MN_PRIVATE int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
+MN_PRIVATE int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
+MN_PRIVATE int store_ops_delete_domain(const char *domain, int64_t *rcpts);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -561,6 +623,10 @@ MN_PRIVATE int store_user_get(const char *name, struct store_user *u);   /* STOR
 MN_PRIVATE int store_user_get_id(int64_t id, struct store_user *u);
 MN_PRIVATE int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
 MN_PRIVATE int store_user_update(const struct store_user *u);            /* password change */
+/* The first user created that can log in (not the holding mailbox). */
+MN_PRIVATE int store_user_first(struct store_user *u);                   /* STORE_NOTFOUND */
+/* Moves the mailbox of user `from` to user `to` and removes `from`. */
+MN_PRIVATE int store_user_adopt(int64_t from, int64_t to);
 MN_PRIVATE int store_user_del(const char *name);
 MN_PRIVATE int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
 
@@ -761,7 +827,17 @@ MN_PRIVATE int queue_route(const struct addr *a, struct store_rcpt *out, size_t 
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
 MN_PRIVATE int queue_domain_accepted(const char *domain);
+/* 1 if the authenticated user may use a as reverse-path (sender_login_match). */
+MN_PRIVATE int queue_sender_owned(const char *user, const struct addr *a);
 MN_PRIVATE int queue_domain_is_local(const char *domain);
+/* The node's admin (conf `admin`, else the first user): 0, or
+ * STORE_NOTFOUND while there is none and postmaster mail is held in the
+ * mailbox QUEUE_HOLDING_BOX. */
+#define QUEUE_HOLDING_BOX "postmaster"
+MN_PRIVATE int queue_admin(struct store_user *u);
+/* Hands the holding mailbox over to the admin once one exists; 1 if it
+ * did, 0 if there was nothing to do, <0 on a store error. */
+MN_PRIVATE int queue_admin_adopt(void);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
  * destination (the next hop: the relayhost, or the recipient domain for
@@ -779,9 +855,15 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
 MN_PRIVATE int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 MN_PRIVATE void queue_flush_cancel(void *arg);     /* the waiter went away */
-/* A client connected from ip: a destination backing off because that
- * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
-MN_PRIVATE void queue_peer_seen(const char *ip);
+/* A client connected (not on loopback): a destination backing off because
+ * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
+ * per backoff step. */
+MN_PRIVATE void queue_peer_seen(const struct conn *c);
+/* RFC 3461 6.2: the "delivered" notice for the local mailboxes among
+ * rcpts that asked for it (NOTIFY=SUCCESS); written in the transaction of
+ * the message itself. */
+MN_PRIVATE void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -889,6 +971,7 @@ MN_PRIVATE void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 MN_PRIVATE int tls_init(void);                     /* loads tls.cert/tls.key if set */
+MN_PRIVATE const char *tls_io_error(void);         /* why tls_init failed */
 MN_PRIVATE void tls_free(void);
 MN_PRIVATE int tls_available(void);                /* server side: a certificate is loaded */
 MN_PRIVATE int tls_start_server(struct conn *c);
@@ -975,6 +1058,7 @@ MN_PRIVATE void smtpc_abort(struct smtpc *s);
  * the upstream exchange in poll.c), so that the two cannot drift apart. */
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];
@@ -999,11 +1083,19 @@ MN_PRIVATE int smtpc_reply_line(struct conn *c, int *code, int *last, char *line
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-MN_PRIVATE void limit_auth_failed(const struct conn *c);
+/* One failure counter per client address and one per account, shared by
+ * every protocol that checks passwords (SMTP AUTH, POP3, IMAP). */
+MN_PRIVATE void limit_auth_failed(const struct conn *c, const char *user);
+MN_PRIVATE void limit_auth_ok(const char *user);
+/* 1 if the address has too many recent failures (never for relay_networks). */
 MN_PRIVATE int limit_auth_blocked(const struct conn *c);
+/* Seconds until the account takes another login attempt (0: now). */
+MN_PRIVATE int64_t limit_account_wait(const char *user);
 MN_PRIVATE int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-MN_PRIVATE int limit_connections_ok(const struct conn *c, int current);
+/* NULL if a new connection from peer on a listener of kind may have a
+ * slot, else why not (loop.c asks before it makes a connection). */
+MN_PRIVATE const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same);
 
 /* ----------------------------------------------------------------- odmr */
 
@@ -1315,6 +1407,14 @@ MN_PRIVATE int cli_bundle_keys(struct bundle_keys *k, int create);   /* loads bu
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 MN_PRIVATE int cli_open_store(void);
+/* For commands that only read: the database must exist already. */
+MN_PRIVATE int cli_open_store_ro(void);
+MN_PRIVATE int cli_config(int argc, char **argv);
+MN_PRIVATE int cli_db_diagnose(const char *path, char *why, size_t n);
+MN_PRIVATE void cli_db_chown(void);
+MN_PRIVATE int cli_db_lock(void);                  /* fd, or minus a sysexits code */
+MN_PRIVATE void cli_db_lock_note(int fd);          /* pid, start, version, listeners */
+MN_PRIVATE int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note), 0 not, -1 unknown */
 
 #endif
 
@@ -1888,9 +1988,13 @@ void log_msg(int level, const char *fmt, ...)
  */
 
 
+#include <ctype.h>
 #include <errno.h>
+#include <pwd.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/stat.h>
 
 MN_PRIVATE struct conf *conf;
 
@@ -1942,6 +2046,7 @@ static const struct conf_key keys[] = {
     { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },
+    { "max_recipients.untrusted", T_INT, F(max_recipients_untrusted), 0, "100" },
     { "max_connections", T_INT, F(max_connections), 0, "100" },
     { "max_received", T_INT, F(max_received), 0, "100" },
     { "smtp.timeout.command", T_DURATION, F(smtp_timeout_command), 0, "5m" },
@@ -1953,19 +2058,33 @@ static const struct conf_key keys[] = {
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
     { "limit.auth_failures_per_ip", T_INT, F(limit_auth_failures_per_ip), 0, "10" },
+    { "limit.auth_failures_per_user", T_INT, F(limit_auth_failures_per_user), 0, "10" },
+    { "limit.connections_reserved", T_INT, F(limit_connections_reserved), 0, "10" },
+    { "max_connections.smtp", T_INT, F(max_connections_on[LISTEN_SMTP]), 0, "0" },
+    { "max_connections.submission", T_INT, F(max_connections_on[LISTEN_SUBMISSION]), 0, "0" },
+    { "max_connections.odmr", T_INT, F(max_connections_on[LISTEN_ODMR]), 0, "0" },
+    { "max_connections.pop3", T_INT, F(max_connections_on[LISTEN_POP3]), 0, "0" },
+    { "max_connections.imap", T_INT, F(max_connections_on[LISTEN_IMAP]), 0, "0" },
+    { "max_connections.imaps", T_INT, F(max_connections_on[LISTEN_IMAPS]), 0, "0" },
     /* Off by default: an upstream releasing a held backlog by ETRN arrives
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
     { "auth.cleartext", T_BOOL, F(allow_cleartext_auth), 0, "no" },
+    { "submission.sender_login_match", T_BOOL, F(sender_login_match), 0, "yes" },
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
     { "user", T_STR, F(run_user), 0, "" },
+    /* Who reads postmaster, root, abuse and MAILER-DAEMON mail; empty: the
+     * first user created (RFC 5321 4.5.1 requires a postmaster). */
+    { "admin", T_STR, F(admin), 0, "" },
     { "tls.cert", T_STR, F(tls_cert), 0, "" },
     { "tls.key", T_STR, F(tls_key), 0, "" },
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "compress", T_BOOL, F(compress), 0, "yes" },
+    { "compress.never", T_DOMAINS, F(compress_never), F(n_compress_never), "" },
     { "bundle.key", T_STR, F(bundle_key), 0, NULL },
     { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
@@ -2088,6 +2207,10 @@ static const struct conf_key *find_key(const char *name)
     return NULL;
 }
 
+_Static_assert(MN_NELEM(keys) <= CONF_MAX_KEYS, "raise CONF_MAX_KEYS");
+
+static int conf_is_domain(const char *s);
+
 static int set_defaults(struct conf *c)
 {
     char host[256] = "localhost", doms[600];
@@ -2095,7 +2218,9 @@ static int set_defaults(struct conf *c)
     for (size_t i = 0; i < MN_NELEM(keys); i++)
         if (keys[i].def && set_value(c, &keys[i], keys[i].def))
             return -1;
-    if (gethostname(host, sizeof host - 1) || !host[0])
+    /* A machine name that is no domain name ("my_box") must not make every
+     * command fail over a key the file does not even set. */
+    if (gethostname(host, sizeof host - 1) || !conf_is_domain(host))
         util_strlcpy(host, "localhost", sizeof host);
     util_lower(host);
     c->hostname = xstrdup(host);
@@ -2126,33 +2251,188 @@ static void derive(struct conf *c)
     c->use_syslog = c->log_dest && !strcmp(c->log_dest, "syslog");
 }
 
-/* TLS policy towards relays: "may" uses STARTTLS when offered, "require"
- * keeps the mail queued unless TLS comes up with a certificate that
- * verifies, "none" never starts TLS (a relay with a broken TLS stack). */
-static int conf_check_tls(struct conf *c, const char *path, char *err, size_t errlen)
+/* "#" starts a comment at the start of a line or after white space, in
+ * every key alike: "local_domains = a.example # ours" must not make "#"
+ * and "ours" domains.  A "#" inside a word (a password file path) stays. */
+static void conf_strip_comment(char *line)
 {
-    static const char *const policies[] = { "may", "require", "none" };
-    struct { const char *key; char **val; } pol[] = {
-        { "relayhost.tls", &c->relayhost_tls },
-        { "upstream.tls", &c->upstream_tls },
-    };
+    for (char *p = line; *p; p++)
+        if (*p == '#' && (p == line || *(p - 1) == ' ' || *(p - 1) == '\t')) {
+            *p = '\0';
+            return;
+        }
+}
 
-    for (size_t i = 0; i < MN_NELEM(pol); i++) {
-        size_t j;
-        util_lower(*pol[i].val);
-        for (j = 0; j < MN_NELEM(policies); j++)
-            if (!strcmp(*pol[i].val, policies[j]))
-                break;
-        if (j == MN_NELEM(policies)) {
-            snprintf(err, errlen, "%s: %s = '%s': use may, require or none", path ? path : "defaults",
-                     pol[i].key, *pol[i].val);
-            return -1;
+const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n)
+{
+    const struct conf_key *k = find_key(key);
+    int line = k ? c->key_line[k - keys] : 0;
+
+    if (line)
+        snprintf(buf, n, "%s:%d: %s", c->path, line, key);
+    else
+        snprintf(buf, n, "%s: %s (%s)", c->path ? c->path : "configuration", key,
+                 c->path ? "not set: the default" : "the default");
+    return buf;
+}
+
+/* RFC 1035 2.3.1 preferred name syntax (letters, digits, hyphens, dots). */
+static int conf_is_domain(const char *s)
+{
+    size_t label = 0;
+
+    if (!*s || strlen(s) > SMTP_DOMAIN_MAX)
+        return 0;
+    for (const char *p = s; *p; p++) {
+        if (*p == '.') {
+            if (!label || p[-1] == '-')
+                return 0;
+            label = 0;
+        } else if (isalnum((unsigned char)*p) || (*p == '-' && label)) {
+            if (++label > 63)
+                return 0;
+        } else {
+            return 0;
         }
     }
-    if (c->tls_key[0] && !c->tls_cert[0]) {
-        snprintf(err, errlen, "%s: tls.key is set but tls.cert is not: STARTTLS needs both",
-                 path ? path : "defaults");
-        return -1;
+    return label && s[strlen(s) - 1] != '-';
+}
+
+/* host[:port] with host a name, an address or a bracketed address. */
+static const char *conf_check_host(const char *v, int port_required)
+{
+    char host[SMTP_DOMAIN_MAX + 3];
+    unsigned char bin[16];
+    int port = 25;
+
+    if (util_split_hostport(v, host, sizeof host, &port)) {
+        if (port_required || strchr(v, ' ') || util_strlcpy(host, v, sizeof host) >= sizeof host)
+            return port_required ? "not host:port" : "not host or host:port";
+    }
+    if (port < 1)
+        return "port must be 1 to 65535";
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        host[l - 1] = '\0';
+        return inet_pton(AF_INET, host + 1, bin) == 1 || inet_pton(AF_INET6, host + 1, bin) == 1
+                   ? NULL : "not an address in brackets";
+    }
+    if (inet_pton(AF_INET6, host, bin) == 1 || conf_is_domain(host))
+        return NULL;
+    return "not a host name or address";
+}
+
+/* A comma separated list of numeric addr:port, as the listeners take. */
+static const char *conf_check_listen(const char *v)
+{
+    char buf[1024], *items[64], host[256];
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int port;
+    size_t n;
+
+    if (util_strlcpy(buf, v, sizeof buf) >= sizeof buf)
+        return "list too long";
+    n = util_split_list(buf, items, MN_NELEM(items));
+    for (size_t i = 0; i < n; i++)
+        if (util_split_hostport(items[i], host, sizeof host, &port) || util_sockaddr_parse(host, port, &ss, &sl))
+            return "not addr:port with a numeric address (examples: 0.0.0.0:25, [::]:25)";
+    return NULL;
+}
+
+static const char *conf_one_of(char *v, const char *const *words, size_t n, const char *msg)
+{
+    util_lower(v);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(v, words[i]))
+            return NULL;
+    return msg;
+}
+
+static const char *conf_check_file(const char *v)
+{
+    struct stat st;
+    if (stat(v, &st))
+        return errno == ENOENT ? "no such file" : strerror(errno);
+    return S_ISREG(st.st_mode) ? NULL : "not a regular file";
+}
+
+/* Checks a value that its type alone does not; NULL when it is fine. */
+static const char *conf_check_key(struct conf *c, const char *name)
+{
+    static const char *const tls_pol[] = { "may", "require", "none" };
+    static const char *const modes[] = { "etrn", "atrn" };
+    static const char *const logs[] = { "stderr", "syslog" };
+
+    if (!strcmp(name, "hostname"))
+        return conf_is_domain(c->hostname) ? NULL : "not a domain name (letters, digits, hyphens, dots)";
+    if (!strcmp(name, "database"))
+        return c->database[0] ? NULL : "must name a file";
+    if (!strcmp(name, "listen.imaps") && c->listen[LISTEN_IMAPS][0] && (!c->tls_cert[0] || !c->tls_key[0]))
+        return "needs tls.cert and tls.key";
+    if (!strncmp(name, "listen.", 7)) {
+        const struct conf_key *k = find_key(name);
+        return conf_check_listen(*(char **)((char *)c + k->off));
+    }
+    if (!strcmp(name, "relayhost"))
+        return c->relayhost[0] ? conf_check_host(c->relayhost, 0) : NULL;
+    if (!strcmp(name, "upstream"))
+        return c->upstream[0] ? conf_check_host(c->upstream, 1) : NULL;
+    if (!strcmp(name, "upstream.mode"))
+        return conf_one_of(c->upstream_mode, modes, MN_NELEM(modes), "use etrn or atrn");
+    if (!strcmp(name, "upstream.domains"))
+        return c->upstream[0] && !c->n_upstream_domains ? "empty, but upstream is set: name the domains held there" : NULL;
+    if (!strcmp(name, "relayhost.tls"))
+        return conf_one_of(c->relayhost_tls, tls_pol, MN_NELEM(tls_pol), "use may, require or none");
+    if (!strcmp(name, "upstream.tls"))
+        return conf_one_of(c->upstream_tls, tls_pol, MN_NELEM(tls_pol), "use may, require or none");
+    if (!strcmp(name, "tls.cert"))
+        return c->tls_cert[0] ? conf_check_file(c->tls_cert) : NULL;
+    if (!strcmp(name, "tls.key"))
+        return !c->tls_key[0] ? NULL : !c->tls_cert[0] ? "set, but tls.cert is not: STARTTLS needs both"
+                                                       : conf_check_file(c->tls_key);
+    if (!strcmp(name, "tls.ca_file"))
+        return c->tls_ca_file[0] ? conf_check_file(c->tls_ca_file) : NULL;
+    if (!strcmp(name, "log"))
+        return conf_one_of(c->log_dest, logs, MN_NELEM(logs), "use stderr or syslog");
+    if (!strcmp(name, "user"))
+        return c->run_user[0] && !getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
+    if (!strcmp(name, "resolver")) {
+        char host[256];
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        int port = 53;
+        if (!c->resolver[0])
+            return NULL;
+        if (util_split_hostport(c->resolver, host, sizeof host, &port))
+            util_strlcpy(host, c->resolver, sizeof host);
+        return util_sockaddr_parse(host, port, &ss, &sl) ? "not a numeric address[:port]" : NULL;
+    }
+    if (!strcmp(name, "pacing.rate")) {
+        static char why[512];
+        if (!pace_conf_check(c, why, sizeof why))
+            return NULL;
+        return strncmp(why, "pacing.rate: ", 13) ? why : why + 13;
+    }
+    if (!strcmp(name, "delivery.port"))
+        return c->delivery_port < 1 || c->delivery_port > 65535 ? "port must be 1 to 65535" : NULL;
+    if (!strcmp(name, "delivery.parallel") || !strcmp(name, "delivery.per_connection") ||
+        !strcmp(name, "max_connections"))
+        return *(int64_t *)((char *)c + find_key(name)->off) < 1 ? "must be at least 1" : NULL;
+    return NULL;
+}
+
+/* One pass over every key, for every command: a mistake is reported the
+ * same way (FILE:LINE: key: why, exit 78) whichever command meets it. */
+static int conf_check(struct conf *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < MN_NELEM(keys); i++) {
+        const char *why = conf_check_key(c, keys[i].name);
+        char where[4200];
+        if (why) {
+            snprintf(err, errlen, "%s: %s", conf_where(c, keys[i].name, where, sizeof where), why);
+            return -1;
+        }
     }
     return 0;
 }
@@ -2185,8 +2465,9 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
                 snprintf(err, errlen, "%s:%d: line too long", path, lineno);
                 goto fail;
             }
+            conf_strip_comment(line);
             s = util_trim(line);
-            if (!*s || *s == '#')
+            if (!*s)
                 continue;
             eq = strchr(s, '=');
             if (!eq) {
@@ -2206,23 +2487,20 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
                 snprintf(err, errlen, "%s:%d: %s: %s", path, lineno, key, why);
                 goto fail;
             }
+            c->key_line[k - keys] = lineno;
         }
         fclose(f);
         f = NULL;
     }
-    if (!c->hostname[0] || strlen(c->hostname) > SMTP_DOMAIN_MAX) {
-        snprintf(err, errlen, "%s: hostname must be a domain name", path ? path : "defaults");
-        return -1;
-    }
     util_lower(c->hostname);
-    if (!c->database[0]) {
-        snprintf(err, errlen, "%s: database must name a file", path ? path : "defaults");
+    if (conf_check(c, err, errlen))
         return -1;
+    if (!c->key_line[find_key("local_domains") - keys]) {
+        /* Implicit: the host name the file gives, not the machine's. */
+        char doms[SMTP_DOMAIN_MAX + 16];
+        snprintf(doms, sizeof doms, "localhost, %s", c->hostname);
+        set_value(c, find_key("local_domains"), doms);
     }
-    if (conf_check_tls(c, path, err, errlen))
-        return -1;
-    if (pace_conf_check(c, err, errlen))
-        return -1;
     derive(c);
     return 0;
 fail:
@@ -2239,6 +2517,77 @@ void conf_free(struct conf *c)
         free_value(c, &keys[i]);
     free(c->path);
     memset(c, 0, sizeof *c);
+}
+
+/* A value written back the way the file would say it. */
+static void conf_format(const struct conf *c, const struct conf_key *k, char *out, size_t n)
+{
+    const void *field = (const char *)c + k->off;
+    size_t used = 0, cnt = k->count_off ? *(const size_t *)((const char *)c + k->count_off) : 0;
+    int64_t v;
+
+    out[0] = '\0';
+    switch (k->type) {
+    case T_STR:
+        util_strlcpy(out, *(char *const *)field ? *(char *const *)field : "", n);
+        return;
+    case T_INT:
+        snprintf(out, n, "%lld", (long long)*(const int64_t *)field);
+        return;
+    case T_BOOL:
+        util_strlcpy(out, *(const int *)field ? "yes" : "no", n);
+        return;
+    case T_DURATION: {
+        static const struct { int64_t secs; char unit; } u[] = {
+            { 604800, 'w' }, { 86400, 'd' }, { 3600, 'h' }, { 60, 'm' } };
+        v = *(const int64_t *)field;
+        for (size_t i = 0; i < MN_NELEM(u); i++)
+            if (v && v % u[i].secs == 0) {
+                snprintf(out, n, "%lld%c", (long long)(v / u[i].secs), u[i].unit);
+                return;
+            }
+        snprintf(out, n, "%llds", (long long)v);
+        return;
+    }
+    case T_SIZE: {
+        static const struct { int64_t bytes; char unit; } u[] = {
+            { 1024LL * 1024 * 1024, 'G' }, { 1024 * 1024, 'M' }, { 1024, 'K' } };
+        v = *(const int64_t *)field;
+        for (size_t i = 0; i < MN_NELEM(u); i++)
+            if (v && v % u[i].bytes == 0) {
+                snprintf(out, n, "%lld%c", (long long)(v / u[i].bytes), u[i].unit);
+                return;
+            }
+        snprintf(out, n, "%lld", (long long)v);
+        return;
+    }
+    case T_DOMAINS:
+        for (size_t i = 0; i < cnt && used < n; i++)
+            used += (size_t)snprintf(out + used, n - used, "%s%s", i ? ", " : "", (*(char **const *)field)[i]);
+        return;
+    case T_CIDRS:
+        for (size_t i = 0; i < cnt && used < n; i++) {
+            const struct cidr *r = &(*(struct cidr *const *)field)[i];
+            char ip[INET6_ADDRSTRLEN];
+            inet_ntop(r->family, r->addr, ip, sizeof ip);
+            used += (size_t)snprintf(out + used, n - used, "%s%s/%d", i ? ", " : "", ip, r->bits);
+        }
+        return;
+    }
+}
+
+void conf_print(const struct conf *c, FILE *f, int only_set)
+{
+    char value[4096];
+
+    for (size_t i = 0; i < MN_NELEM(keys); i++) {
+        int set = c->key_line[i] != 0;
+        if (only_set && !set)
+            continue;
+        conf_format(c, &keys[i], value, sizeof value);
+        fprintf(f, "%s = %s%s\n", keys[i].name, value,
+                set ? "" : keys[i].def ? "  # default" : "  # derived");
+    }
 }
 
 int conf_is_local_domain(const char *domain)
@@ -2419,6 +2768,12 @@ static uint32_t conn_tls_events(const struct conn *c, uint32_t ev)
     return tev;
 }
 
+/* Output not yet on the wire: the buffer, and what compression holds. */
+static size_t conn_out_pending(const struct conn *c)
+{
+    return c->out_len + (c->zio ? zio_io_pending_out(c) : 0);
+}
+
 static void conn_update_events(struct conn *c)
 {
     uint32_t ev = 0;
@@ -2434,8 +2789,11 @@ static void conn_update_events(struct conn *c)
     }
     if (conn_wants_input(c))
         ev |= EPOLLIN;
-    if (c->out_len)
+    if (conn_out_pending(c))
         ev |= EPOLLOUT;
+    /* Compressed input already read raises no event either. */
+    if ((ev & EPOLLIN) && c->zio && zio_io_pending_in(c))
+        conn_kick(c);
     if (c->tls) {
         /* Decrypted input already inside OpenSSL raises no epoll event:
          * once there is room for it, read it at the end of this turn. */
@@ -2555,6 +2913,8 @@ void conn_abort(struct conn *c)
         return;
     c->dead = 1;
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->zio)
+        zio_conn_free(c);
     if (c->tls)
         tls_conn_free(c);
     close(c->fd);
@@ -2574,9 +2934,18 @@ int conn_flush(struct conn *c)
         conn_update_events(c);
         return 0;
     }
-    while (c->out_len) {
-        ssize_t w = c->tls ? tls_io_write(c, c->out, c->out_len)
-                           : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+    size_t pending = conn_out_pending(c);
+    if (c->zio) {
+        uint64_t before = zio_stats(c)->raw_out + c->out_len;
+        if (zio_io_flush(c) < 0) {
+            conn_abort(c);
+            return -1;
+        }
+        if (zio_stats(c)->raw_out + c->out_len != before)
+            conn_progress(c);
+    }
+    while (c->out_len && !c->zio) {
+        ssize_t w = conn_raw_write(c, c->out, c->out_len);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -2590,7 +2959,7 @@ int conn_flush(struct conn *c)
         if (w > 0)
             conn_progress(c);
     }
-    if (!c->out_len && c->closing) {
+    if (!conn_out_pending(c) && c->closing) {
         /* A close while the client still has bytes in flight makes the
          * kernel send a reset, which can destroy our last reply before the
          * client reads it.  So: half-close, read and drop what still comes,
@@ -2601,6 +2970,15 @@ int conn_flush(struct conn *c)
         }
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
+    }
+    /* Everything went out at once (compression shrank it, or the kernel
+     * took it): no writable event will come to ask a streaming writer for
+     * more, so ask it at the end of this turn.  Only after progress, so
+     * this never spins. */
+    if (c->want_drain && c->ops && c->ops->on_drain && conn_out_pending(c) < pending &&
+        conn_out_pending(c) <= c->out_cap / 2) {
+        c->drain_due = 1;
+        conn_kick(c);
     }
     conn_update_events(c);
     return 0;
@@ -2615,11 +2993,11 @@ void conn_close(struct conn *c)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    if (c->out_len && !(c->tls && tls_io_handshaking(c))) {
+    if (conn_out_pending(c) && !(c->tls && tls_io_handshaking(c))) {
         conn_update_events(c);
         return;
     }
-    if (!c->out_len && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
+    if (!conn_out_pending(c) && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
         conn_update_events(c);
@@ -2661,6 +3039,17 @@ static void conn_progress(struct conn *c)
         c->deadline = util_now_ms() + c->idle_ms;
 }
 
+/* The layer under compression: TLS, or the socket itself. */
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n)
+{
+    return c->tls ? tls_io_read(c, buf, n) : recv(c->fd, buf, n, 0);
+}
+
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n)
+{
+    return c->tls ? tls_io_write(c, buf, n) : send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
 static void conn_linger_read(struct conn *c)
 {
     unsigned char sink[4096];
@@ -2682,8 +3071,8 @@ static void conn_readable(struct conn *c)
         return;
     }
     while (c->in_len < c->in_cap) {
-        ssize_t r = c->tls ? tls_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
-                           : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        ssize_t r = c->zio ? zio_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
+                           : conn_raw_read(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (r > 0) {
             c->in_len += (size_t)r;
             conn_progress(c);
@@ -2776,7 +3165,7 @@ static void conn_tls_event(struct conn *c, uint32_t events)
     if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
         ((events & EPOLLOUT) && tls_io_read_wants_out(c)))
         conn_readable(c);
-    if (!c->dead && c->out_len &&
+    if (!c->dead && conn_out_pending(c) &&
         ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || ((events & EPOLLIN) && tls_io_write_wants_in(c))))
         conn_writable(c);
 }
@@ -2792,9 +3181,15 @@ static void run_kicked(void)
             list = c->kick_next;
             c->kicked = 0;
             /* Under TLS, decrypted input may wait inside OpenSSL. */
-            if (!c->dead && c->tls && tls_io_pending(c) && conn_wants_input(c)) {
+            if (!c->dead && ((c->tls && tls_io_pending(c)) || (c->zio && zio_io_pending_in(c))) &&
+                conn_wants_input(c)) {
                 conn_readable(c);
                 continue;
+            }
+            if (!c->dead && c->drain_due) {
+                c->drain_due = 0;
+                if (c->want_drain && !c->closing && c->ops->on_drain)
+                    c->ops->on_drain(c);
             }
             if (!c->dead && !c->paused && c->in_len)
                 c->ops->on_input(c);
@@ -2865,34 +3260,63 @@ static int next_wait_ms(int64_t now)
 
 /* ------------------------------------------------------------- listeners */
 
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+/* The counts limit_admit decides on: live inbound connections (not our
+ * own outbound ones, not those already closed and only draining). */
+static void count_inbound(int kind, const struct sockaddr_storage *peer, int *total, int *here, int *same)
+{
+    *total = *here = *same = 0;
+    for (struct conn *c = L.conns; c; c = c->next) {
+        if (c->kind >= LISTEN_N || c->dead || c->lingering)
+            continue;
+        (*total)++;
+        *here += c->kind == kind;
+        *same += same_address(&c->peer, peer);
+    }
+}
+
+static void refuse(int kind, int fd, const char *why, const struct sockaddr_storage *peer)
+{
+    /* RFC 5321 3.8: 421 and close when we cannot serve; RFC 2449 8.1.2
+     * [SYS/TEMP] for POP3.  The reply fits the socket buffer of a fresh
+     * connection; it is never waited for. */
+    static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+    static const char smtp_ip[] = "421 4.7.0 Too many connections from your address\r\n";
+    static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
+    /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+    static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
+    int per_ip = !strcmp(why, "limit.connections_per_ip");
+    const char *text = kind == LISTEN_POP3 ? pop_busy : kind == LISTEN_IMAP ? imap_busy
+                       : per_ip ? smtp_ip : smtp_busy;
+    char ip[64];
+
+    /* Nothing can be said on IMAPS before the TLS handshake. */
+    if (kind != LISTEN_IMAPS && send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("busy reply: %s", strerror(errno));
+    close(fd);
+    util_sockaddr_ip(peer, ip, sizeof ip);
+    log_warn("connection from [%s] refused: %s reached", ip, why);
+}
+
 static void accept_ready(struct listener *ls)
 {
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(ls->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof peer;
+        int total, here, same;
+
+        memset(&peer, 0, sizeof peer);
+        int fd = accept4(ls->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 log_warn("accept: %s", strerror(errno));
             return;
         }
-        if (conf->max_connections && L.n_conns >= conf->max_connections) {
-            /* RFC 5321 3.8: 421 and close when we cannot serve. */
-            static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-            static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
-            if (ls->kind == LISTEN_POP3) {
-                if (send(fd, pop_busy, sizeof pop_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAP) {
-                /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
-                static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
-                if (send(fd, imap_busy, sizeof imap_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAPS) {
-                /* Nothing can be said before the TLS handshake. */
-            } else if (send(fd, smtp_busy, sizeof smtp_busy - 1, MSG_NOSIGNAL) < 0) {
-                log_debug("busy reply: %s", strerror(errno));
-            }
-            log_warn("connection refused: max_connections (%lld) reached", (long long)conf->max_connections);
-            close(fd);
+        count_inbound(ls->kind, &peer, &total, &here, &same);
+        const char *why = limit_admit(ls->kind, &peer, total, here, same);
+        if (why) {
+            refuse(ls->kind, fd, why, &peer);
             continue;
         }
         int one = 1;
@@ -3363,6 +3787,284 @@ void pace_rate(int fd, uint64_t bytes_per_s)
         /* The kernel doubles the value for its bookkeeping. */
         if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) < 0)
             log_debug("SO_SNDBUF: %s", strerror(errno));
+    }
+}
+
+/* ---- src/zio.c ---- */
+#line 1 "src/zio.c"
+/*
+ * zio.c: the compression layer between mailnodes, an ESMTP extension
+ * modelled on IMAP COMPRESS (RFC 4978).  The server advertises
+ * "COMPRESS DEFLATE" in EHLO (only inside TLS when it can do TLS); the
+ * client sends "COMPRESS DEFLATE", and after the 220 reply each direction
+ * is one raw deflate stream (RFC 1951, no zlib or gzip wrapper) that lasts
+ * as long as the connection.  The sender flushes (Z_SYNC_FLUSH) whenever
+ * its output buffer has been taken in, so every command and every reply
+ * reaches the peer complete.
+ *
+ * Like TLS, the layer sits under the connection's buffers: loop.c moves
+ * octets through zio_io_read/zio_io_flush, and above it the protocol
+ * modules see plain text.  Under it is TLS or the socket
+ * (conn_raw_read/conn_raw_write in loop.c): compression inside
+ * encryption, as RFC 4978 4 orders it.
+ *
+ * Bombs: inflated output only ever fills the connection's fixed input
+ * buffer, and the stream as a whole may not inflate to more than
+ * ZIO_RATIO times its compressed size (plus ZIO_SLACK); a peer that tries
+ * is cut off.  Our own sender keeps well inside that bound: when its
+ * stream approaches half the ratio it switches deflate to Huffman coding
+ * only (at most about 8:1) until it is back under a quarter.  All limits
+ * of the protocols above (message_size_limit, line lengths) count the
+ * inflated octets, since they apply to what the session reads.
+ */
+
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#define ZIO_RBUF (16 * 1024)            /* compressed input not yet inflated */
+#define ZIO_WBUF (64 * 1024 + 1024)     /* compressed output not yet sent */
+#define ZIO_RATIO 128                   /* inflated octets per compressed octet, at most */
+#define ZIO_SLACK (1024 * 1024)
+#define ZIO_LEVEL 6
+
+struct zio {
+    z_stream in, out;
+    int in_ok, out_ok;
+    unsigned char rbuf[ZIO_RBUF];
+    size_t rlen;
+    int more;                           /* the inflater may hold output */
+    unsigned char wbuf[ZIO_WBUF];
+    size_t wlen;
+    size_t plain;                       /* octets at the head of c->out that go out uncompressed */
+    int flush_pending;                  /* the last sync flush did not fit */
+    int huffman;                        /* deflate is in Huffman-only mode */
+    struct zio_stats st;
+};
+
+static void zio_free(struct zio *z)
+{
+    if (!z)
+        return;
+    if (z->in_ok)
+        inflateEnd(&z->in);
+    if (z->out_ok)
+        deflateEnd(&z->out);
+    free(z);
+}
+
+int zio_start(struct conn *c)
+{
+    struct zio *z;
+
+    if (c->zio)
+        return -1;
+    z = calloc(1, sizeof *z);
+    if (!z)
+        return -1;
+    /* RFC 4978 3: raw deflate, windowBits negative. */
+    z->in_ok = inflateInit2(&z->in, -15) == Z_OK;
+    z->out_ok = z->in_ok && deflateInit2(&z->out, ZIO_LEVEL, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) == Z_OK;
+    if (!z->in_ok || !z->out_ok) {
+        zio_free(z);
+        return -1;
+    }
+    /* What was written before the switch (the 220 that announced it) is
+     * still plain text; what the peer sent after its command is already
+     * compressed. */
+    z->plain = c->out_len;
+    if (c->in_len > sizeof z->rbuf) {
+        zio_free(z);
+        return -1;
+    }
+    memcpy(z->rbuf, c->in, c->in_len);
+    z->rlen = c->in_len;
+    c->zio = z;
+    c->in_len = 0;
+    if (z->rlen)
+        conn_kick(c);
+    return 0;
+}
+
+int zio_allowed(const char *dest, const char *host)
+{
+    if (!conf->compress)
+        return 0;
+    for (size_t i = 0; i < conf->n_compress_never; i++) {
+        const char *d = conf->compress_never[i];
+        if (!strcmp(d, "*") || (dest && !strcasecmp(d, dest)) || (host && !strcasecmp(d, host)))
+            return 0;
+    }
+    return 1;
+}
+
+int zio_active(const struct conn *c)
+{
+    return c->zio != NULL;
+}
+
+const struct zio_stats *zio_stats(const struct conn *c)
+{
+    return c->zio ? &((struct zio *)c->zio)->st : NULL;
+}
+
+void zio_conn_free(struct conn *c)
+{
+    const struct zio *z = c->zio;
+    if (z)
+        log_info("[%s]: compressed session: sent %llu octets as %llu, received %llu as %llu, deflate %llu ms",
+                 c->peer_ip, (unsigned long long)z->st.plain_out, (unsigned long long)z->st.raw_out,
+                 (unsigned long long)z->st.plain_in, (unsigned long long)z->st.raw_in,
+                 (unsigned long long)(z->st.cpu_us / 1000));
+    zio_free(c->zio);
+    c->zio = NULL;
+}
+
+int zio_io_pending_in(const struct conn *c)
+{
+    const struct zio *z = c->zio;
+    return z && (z->rlen || z->more);
+}
+
+size_t zio_io_pending_out(const struct conn *c)
+{
+    const struct zio *z = c->zio;
+    return z ? z->wlen + z->flush_pending : 0;
+}
+
+/* Inflates what is buffered into buf; the octets produced (0: needs more). */
+static ssize_t zio_inflate(struct conn *c, struct zio *z, unsigned char *buf, size_t n)
+{
+    z->in.next_in = z->rbuf;
+    z->in.avail_in = (uInt)z->rlen;
+    z->in.next_out = buf;
+    z->in.avail_out = (uInt)n;
+    int rc = inflate(&z->in, Z_SYNC_FLUSH);
+    size_t used = z->rlen - z->in.avail_in, made = n - z->in.avail_out;
+    if (rc == Z_STREAM_END || (rc != Z_OK && rc != Z_BUF_ERROR)) {
+        /* The stream lasts as long as the connection (RFC 4978 4). */
+        log_info("[%s]: compressed stream %s", c->peer_ip, rc == Z_STREAM_END ? "ended early" : "is corrupt");
+        errno = EPROTO;
+        return -1;
+    }
+    memmove(z->rbuf, z->rbuf + used, z->rlen - used);
+    z->rlen -= used;
+    z->more = z->in.avail_out == 0;
+    z->st.raw_in += used;
+    z->st.plain_in += made;
+    if (z->st.plain_in > ZIO_SLACK && z->st.plain_in / ZIO_RATIO > z->st.raw_in) {
+        log_warn("[%s]: compressed stream inflates beyond %d:1, closing", c->peer_ip, ZIO_RATIO);
+        errno = EPROTO;
+        return -1;
+    }
+    return (ssize_t)made;
+}
+
+ssize_t zio_io_read(struct conn *c, void *buf, size_t n)
+{
+    struct zio *z = c->zio;
+
+    for (int guard = 0; guard < 64; guard++) {
+        if (z->rlen || z->more) {
+            ssize_t made = zio_inflate(c, z, buf, n);
+            if (made != 0)
+                return made;
+            if (z->rlen == sizeof z->rbuf) {
+                errno = EPROTO;         /* a full buffer that yields nothing */
+                return -1;
+            }
+        }
+        ssize_t r = conn_raw_read(c, z->rbuf + z->rlen, sizeof z->rbuf - z->rlen);
+        if (r <= 0)
+            return r;
+        z->rlen += (size_t)r;
+    }
+    errno = EAGAIN;
+    return -1;
+}
+
+/* Keeps our own stream inside the ratio the peer enforces. */
+static void zio_guard(struct zio *z)
+{
+    uint64_t plain = z->st.plain_out, raw = z->st.raw_out;
+    int want = z->huffman;
+    if (!z->huffman && plain > ZIO_SLACK / 2 && plain / (ZIO_RATIO / 2) > raw)
+        want = 1;
+    else if (z->huffman && plain / (ZIO_RATIO / 4) <= raw)
+        want = 0;
+    if (want == z->huffman || z->flush_pending || sizeof z->wbuf - z->wlen < 4096)
+        return;
+    z->out.next_in = NULL;
+    z->out.avail_in = 0;
+    z->out.next_out = z->wbuf + z->wlen;
+    z->out.avail_out = (uInt)(sizeof z->wbuf - z->wlen);
+    if (deflateParams(&z->out, want ? 1 : ZIO_LEVEL, want ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY) == Z_OK) {
+        size_t made = sizeof z->wbuf - z->wlen - z->out.avail_out;
+        z->wlen += made;
+        z->st.raw_out += made;
+        z->huffman = want;
+    }
+}
+
+/* Moves c->out into the compressed buffer: plain prefix first, then
+ * deflate with a sync flush at the end of what there is. */
+static int zio_compress(struct conn *c, struct zio *z)
+{
+    size_t space = sizeof z->wbuf - z->wlen;
+
+    if (z->plain) {
+        size_t k = z->plain < space ? z->plain : space;
+        memcpy(z->wbuf + z->wlen, c->out, k);
+        z->wlen += k;
+        memmove(c->out, c->out + k, c->out_len - k);
+        c->out_len -= k;
+        z->plain -= k;
+        return 0;
+    }
+    if ((!c->out_len && !z->flush_pending) || space < 64)
+        return 0;
+    zio_guard(z);
+    space = sizeof z->wbuf - z->wlen;
+    z->out.next_in = c->out;
+    z->out.avail_in = (uInt)c->out_len;
+    z->out.next_out = z->wbuf + z->wlen;
+    z->out.avail_out = (uInt)space;
+    clock_t t0 = clock();
+    int rc = deflate(&z->out, Z_SYNC_FLUSH);
+    z->st.cpu_us += (uint64_t)((clock() - t0) * 1000000.0 / CLOCKS_PER_SEC);
+    if (rc != Z_OK && rc != Z_BUF_ERROR) {
+        errno = EPROTO;
+        return -1;
+    }
+    size_t used = c->out_len - z->out.avail_in, made = space - z->out.avail_out;
+    memmove(c->out, c->out + used, c->out_len - used);
+    c->out_len -= used;
+    z->wlen += made;
+    z->st.plain_out += used;
+    z->st.raw_out += made;
+    /* Output space ran out: the flush goes on when there is room. */
+    z->flush_pending = z->out.avail_out == 0;
+    return 0;
+}
+
+int zio_io_flush(struct conn *c)
+{
+    struct zio *z = c->zio;
+
+    for (;;) {
+        if (zio_compress(c, z) < 0)
+            return -1;
+        if (!z->wlen)
+            return c->out_len || z->flush_pending ? 1 : 0;
+        ssize_t w = conn_raw_write(c, z->wbuf, z->wlen);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+        }
+        memmove(z->wbuf, z->wbuf + w, z->wlen - (size_t)w);
+        z->wlen -= (size_t)w;
     }
 }
 
@@ -6278,82 +6980,7 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
 
 /* ----------------------------------------------------------------- queue */
 
-static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
-{
-    static sqlite3_stmt *rs;
-    size_t used = 0;
-
-    memset(q, 0, sizeof *q);
-    util_strlcpy(q->qid, (const char *)sqlite3_column_text(st, 0), sizeof q->qid);
-    util_strlcpy(q->sender, (const char *)sqlite3_column_text(st, 1), sizeof q->sender);
-    q->received = sqlite3_column_int64(st, 2);
-    q->size = sqlite3_column_int64(st, 3);
-    int held = sqlite3_column_int(st, 5);
-    if (!store_stmt(&rs, "SELECT addr, state, next_try, last_error, kind FROM rcpt"
-                         " WHERE message_id=? ORDER BY id"))
-        return;
-    sqlite3_bind_int64(rs, 1, sqlite3_column_int64(st, 4));
-    while (sqlite3_step(rs) == SQLITE_ROW) {
-        static const char *states[] = { "queued", "delivered", "failed" };
-        int state = sqlite3_column_int(rs, 1);
-        const char *err = (const char *)sqlite3_column_text(rs, 3);
-        int kind = sqlite3_column_int(rs, 4);
-        char when[64] = "";
-        if (state == 0)
-            util_date(sqlite3_column_int64(rs, 2), when, sizeof when);
-        int w = snprintf(q->rcpts + used, sizeof q->rcpts - used, "%s%s (%s%s%s%s%s)",
-                         used ? "\n" : "", (const char *)sqlite3_column_text(rs, 0),
-                         (kind == ROUTE_HOLD || held) && state == 0 ? "held" : states[state % 3],
-                         state == 0 && kind != ROUTE_HOLD && !held ? ", next try " : "",
-                         state == 0 && kind != ROUTE_HOLD && !held ? when : "",
-                         err ? ": " : "", err ? err : "");
-        q->nrcpt++;
-        if (w < 0 || (size_t)w >= sizeof q->rcpts - used) {
-            used = sizeof q->rcpts - 1;
-            continue;
-        }
-        used += (size_t)w;
-    }
-    sqlite3_reset(rs);
-}
-
-int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg)
-{
-    static sqlite3_stmt *st;
-    struct store_qinfo q;
-    int rc;
-
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold FROM message m"
-                         " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
-                         " ORDER BY id"))
-        return STORE_ERR;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        qinfo_fill(st, &q);
-        if (cb(arg, &q))
-            break;
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
-}
-
-int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
-{
-    static sqlite3_stmt *st;
-    int rc;
-
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold, body_id FROM message WHERE qid=?"))
-        return STORE_ERR;
-    sqlite3_bind_text(st, 1, qid, -1, SQLITE_TRANSIENT);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        if (body_id)
-            *body_id = sqlite3_column_int64(st, 6);
-        /* qinfo_fill resets nothing of st: read its columns first. */
-        qinfo_fill(st, q);
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
-}
+/* The listings the operator sees are in store_ops.c. */
 
 static int queue_delete(const char *qid)
 {
@@ -6457,34 +7084,6 @@ int store_meta_get(const char *key, char *value, size_t n, int64_t *updated)
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
-}
-
-int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
-{
-    static sqlite3_stmt *q;
-    struct store_dest d;
-    int rc;
-
-    if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE kind IN (2,3) AND rcpt.dest=dest.name AND state=0)"
-                        " FROM dest ORDER BY name"))
-        return STORE_ERR;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        const char *e = (const char *)sqlite3_column_text(q, 6);
-        memset(&d, 0, sizeof d);
-        util_strlcpy(d.name, (const char *)sqlite3_column_text(q, 0), sizeof d.name);
-        d.next_try = sqlite3_column_int64(q, 1);
-        d.backoff = sqlite3_column_int64(q, 2);
-        d.failures = sqlite3_column_int64(q, 3);
-        d.last_try = sqlite3_column_int64(q, 4);
-        d.last_ok = sqlite3_column_int64(q, 5);
-        util_strlcpy(d.last_error, e ? e : "", sizeof d.last_error);
-        d.backlog = sqlite3_column_int64(q, 7);
-        if (cb(arg, &d))
-            break;
-    }
-    sqlite3_reset(q);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
 static int gc_body(int64_t body_id)
@@ -6694,6 +7293,34 @@ int store_user_update(const struct store_user *u)
     if ((err = admin_exec(st, "change password")))
         return err;
     return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}
+
+/* The holding mailbox has an empty password hash: nobody logs in as it. */
+int store_user_first(struct store_user *u)
+{
+    static sqlite3_stmt *st;
+
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
+        return STORE_ERR;
+    return admin_user_one(st, u);
+}
+
+int store_user_adopt(int64_t from, int64_t to)
+{
+    static sqlite3_stmt *mv, *del;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&mv, "UPDATE mbox SET user_id=? WHERE user_id=?") ||
+        !store_stmt(&del, "DELETE FROM user WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(mv, 1, to);
+    sqlite3_bind_int64(mv, 2, from);
+    if ((err = admin_exec(mv, "move the postmaster mailbox")))
+        return err;
+    sqlite3_bind_int64(del, 1, from);
+    return admin_exec(del, "remove the postmaster mailbox");
 }
 
 /* Removes the user with the mailbox, in one transaction, then the bodies
@@ -7980,7 +8607,7 @@ int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t r
      * receipt (or its resend), however long the carrier takes: bouncing
      * it could report as failed a message the peer has delivered. */
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND NOT EXISTS"
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0 AND NOT EXISTS"
                          " (SELECT 1 FROM bundle_transit t WHERE t.rcpt_id=r.id) ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
@@ -7996,7 +8623,7 @@ int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *a
     static sqlite3_stmt *st;
     int rc;
 
-    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND EXISTS"
+    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND m.hold=0 AND EXISTS"
                          " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0 AND r.kind=2) LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
@@ -8059,6 +8686,293 @@ int store_held_count(const char *domain)
         n = sqlite3_column_int(st, 0);
     sqlite3_reset(st);
     return n;
+}
+
+/* ---- src/store_ops.c ---- */
+#line 1 "src/store_ops.c"
+/*
+ * store_ops.c: the queries behind the operator's commands (status, queue
+ * list/show/delete, poll's account of what stayed queued).  Read-mostly
+ * and kept apart from the delivery path's SQL in store.c and
+ * store_deliver.c.
+ */
+
+
+#include <string.h>
+
+/* Remote recipients still queued and not held by `queue hold`: for one
+ * destination domain, or ("" ) for every one (all go to the relayhost). */
+int64_t store_ops_queued_remote(const char *domain)
+{
+    static sqlite3_stmt *one, *all;
+    sqlite3_stmt *st;
+    int64_t n = -1;
+
+    if (domain[0]) {
+        st = store_stmt(&one, "SELECT count(*) FROM rcpt r WHERE state=0 AND kind=2 AND dest=? AND NOT EXISTS"
+                              " (SELECT 1 FROM message m WHERE m.id=r.message_id AND m.hold=1)");
+        if (st)
+            sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
+    } else {
+        st = store_stmt(&all, "SELECT count(*) FROM rcpt r WHERE state=0 AND kind=2 AND NOT EXISTS"
+                              " (SELECT 1 FROM message m WHERE m.id=r.message_id AND m.hold=1)");
+    }
+    if (!st)
+        return -1;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
+/* Columns: name, next_try, backoff, failures, last_try, last_ok,
+ * last_error, backlog. */
+static void ops_dest_fill(sqlite3_stmt *q, struct store_dest *d)
+{
+    const char *e = (const char *)sqlite3_column_text(q, 6);
+    const char *name = (const char *)sqlite3_column_text(q, 0);
+
+    memset(d, 0, sizeof *d);
+    util_strlcpy(d->name, name ? name : "", sizeof d->name);
+    d->next_try = sqlite3_column_int64(q, 1);
+    d->backoff = sqlite3_column_int64(q, 2);
+    d->failures = sqlite3_column_int64(q, 3);
+    d->last_try = sqlite3_column_int64(q, 4);
+    d->last_ok = sqlite3_column_int64(q, 5);
+    util_strlcpy(d->last_error, e ? e : "", sizeof d->last_error);
+    d->backlog = sqlite3_column_int64(q, 7);
+}
+
+/* Where queued remote mail waits.  With a relayhost every remote
+ * recipient waits for it, whatever its domain, so there is one line, the
+ * relayhost's ("[relayhost]"); without one, a line per destination domain,
+ * also for domains not tried yet. */
+int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg)
+{
+    static sqlite3_stmt *viarelay, *direct;
+    sqlite3_stmt *q;
+    struct store_dest d;
+    int rc;
+
+    if (relay)
+        q = store_stmt(&viarelay,
+                       "SELECT '[relayhost]', d.next_try, d.backoff, d.failures, d.last_try, d.last_ok,"
+                       " d.last_error, (SELECT count(*) FROM rcpt WHERE state=0 AND kind=2)"
+                       " FROM (SELECT 1) LEFT JOIN dest d ON d.name='[relayhost]'");
+    else
+        q = store_stmt(&direct,
+                       "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
+                       " (SELECT count(*) FROM rcpt r WHERE r.dest=dest.name AND r.state=0 AND r.kind=2)"
+                       " FROM dest WHERE name<>'[relayhost]'"
+                       " UNION ALL SELECT dest, 0, 0, 0, 0, 0, NULL, count(*) FROM rcpt"
+                       " WHERE state=0 AND kind=2 AND dest NOT IN (SELECT name FROM dest) GROUP BY dest"
+                       " ORDER BY 1");
+    if (!q)
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        ops_dest_fill(q, &d);
+        if (cb(arg, &d))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Mail held for on-demand relay (hold domains), per domain. */
+int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT dest, count(*), count(DISTINCT message_id) FROM rcpt"
+                        " WHERE state=0 AND kind=3 GROUP BY dest ORDER BY dest"))
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW)
+        if (cb(arg, (const char *)sqlite3_column_text(q, 0), sqlite3_column_int64(q, 1),
+               sqlite3_column_int64(q, 2)))
+            break;
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Messages stopped with `queue hold`. */
+int64_t store_ops_on_hold(void)
+{
+    static sqlite3_stmt *q;
+    int64_t n = -1;
+
+    if (!store_stmt(&q, "SELECT count(DISTINCT m.id) FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                        " WHERE r.state=0 AND r.kind IN (1,2,3) AND m.hold=1"))
+        return -1;
+    if (sqlite3_step(q) == SQLITE_ROW)
+        n = sqlite3_column_int64(q, 0);
+    sqlite3_reset(q);
+    return n;
+}
+
+/* ----------------------------------------------------------------- queue */
+
+/* Columns: id, qid, sender, received, size, hold, body_id. */
+static void ops_msg_fill(sqlite3_stmt *q, struct store_ops_msg *m)
+{
+    const char *t;
+
+    memset(m, 0, sizeof *m);
+    m->id = sqlite3_column_int64(q, 0);
+    t = (const char *)sqlite3_column_text(q, 1);
+    util_strlcpy(m->qid, t ? t : "", sizeof m->qid);
+    t = (const char *)sqlite3_column_text(q, 2);
+    util_strlcpy(m->sender, t ? t : "", sizeof m->sender);
+    m->received = sqlite3_column_int64(q, 3);
+    m->size = sqlite3_column_int64(q, 4);
+    m->hold = sqlite3_column_int(q, 5);
+    m->body_id = sqlite3_column_int64(q, 6);
+}
+
+int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg)
+{
+    static sqlite3_stmt *all, *dom;
+    struct store_ops_msg m;
+    sqlite3_stmt *q;
+    int rc;
+
+    if (domain && domain[0]) {
+        q = store_stmt(&dom, "SELECT DISTINCT m.id, m.qid, m.sender, m.received, m.size, m.hold, m.body_id"
+                             " FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                             " WHERE r.state=0 AND r.kind IN (1,2,3) AND r.dest=? ORDER BY m.id");
+        if (q)
+            sqlite3_bind_text(q, 1, domain, -1, SQLITE_TRANSIENT);
+    } else {
+        q = store_stmt(&all, "SELECT DISTINCT m.id, m.qid, m.sender, m.received, m.size, m.hold, m.body_id"
+                             " FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                             " WHERE r.state=0 AND r.kind IN (1,2,3) ORDER BY m.id");
+    }
+    if (!q)
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        ops_msg_fill(q, &m);
+        if (cb(arg, &m))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_ops_msg_get(const char *qid, struct store_ops_msg *m)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT id, qid, sender, received, size, hold, body_id FROM message WHERE qid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(q, 1, qid, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        ops_msg_fill(q, m);
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
+}
+
+/* A recipient's next try is the later of its own and its destination's:
+ * the scheduler waits for both (the destination's backoff is per next
+ * hop, the relayhost's when there is one). */
+int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg)
+{
+    static sqlite3_stmt *q;
+    struct store_ops_rcpt r;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT r.addr, r.state, r.kind, r.attempts, r.next_try, r.last_error, r.dest,"
+                        " d.next_try, r.updated, d.failures, d.last_error, d.last_try"
+                        " FROM rcpt r LEFT JOIN dest d ON d.name=CASE WHEN ?2 THEN '[relayhost]' ELSE r.dest END"
+                        " WHERE r.message_id=?1 ORDER BY r.id"))
+        return STORE_ERR;
+    sqlite3_bind_int64(q, 1, msg_id);
+    sqlite3_bind_int(q, 2, relay);
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        const char *t;
+        int64_t dest_next = sqlite3_column_int64(q, 7);
+        memset(&r, 0, sizeof r);
+        t = (const char *)sqlite3_column_text(q, 0);
+        util_strlcpy(r.addr, t ? t : "", sizeof r.addr);
+        r.state = sqlite3_column_int(q, 1);
+        r.kind = sqlite3_column_int(q, 2);
+        r.attempts = sqlite3_column_int(q, 3);
+        r.next_try = sqlite3_column_int64(q, 4);
+        if (dest_next > r.next_try)
+            r.next_try = dest_next;
+        t = (const char *)sqlite3_column_text(q, 5);
+        util_strlcpy(r.last_error, t ? t : "", sizeof r.last_error);
+        t = (const char *)sqlite3_column_text(q, 6);
+        util_strlcpy(r.dest, t ? t : "", sizeof r.dest);
+        r.updated = sqlite3_column_int64(q, 8);
+        /* A destination that was not reached never saw the recipient:
+         * its failures and error are the recipient's news. */
+        r.dest_failures = sqlite3_column_int(q, 9);
+        t = (const char *)sqlite3_column_text(q, 10);
+        if (r.state == 0 && r.dest_failures && t && sqlite3_column_int64(q, 11) >= r.updated) {
+            util_strlcpy(r.last_error, t, sizeof r.last_error);
+            r.updated = sqlite3_column_int64(q, 11);
+        }
+        if (cb(arg, &r))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Removes the queued recipients for one domain (no bounce, as `queue
+ * delete`); a message left with nothing queued goes with them. */
+int store_ops_delete_domain(const char *domain, int64_t *rcpts)
+{
+    static sqlite3_stmt *ids, *del, *left;
+    struct { int64_t id; char qid[QID_LEN + 1]; } *msgs = NULL;
+    size_t n = 0, cap = 0;
+    int err, rc;
+
+    *rcpts = 0;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&ids, "SELECT DISTINCT m.id, m.qid FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                          " WHERE r.state=0 AND r.kind IN (2,3) AND r.dest=?") ||
+        !store_stmt(&del, "DELETE FROM rcpt WHERE state=0 AND kind IN (2,3) AND dest=?") ||
+        !store_stmt(&left, "SELECT count(*) FROM rcpt WHERE message_id=? AND state=0"))
+        return STORE_ERR;
+    /* The messages concerned, before their recipients go. */
+    sqlite3_bind_text(ids, 1, domain, -1, SQLITE_TRANSIENT);
+    while ((rc = sqlite3_step(ids)) == SQLITE_ROW) {
+        if (n == cap) {
+            void *p = realloc(msgs, (cap = cap ? cap * 2 : 64) * sizeof *msgs);
+            if (!p) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            msgs = p;
+        }
+        msgs[n].id = sqlite3_column_int64(ids, 0);
+        util_strlcpy(msgs[n++].qid, (const char *)sqlite3_column_text(ids, 1), sizeof msgs[0].qid);
+    }
+    sqlite3_reset(ids);
+    err = rc == SQLITE_DONE ? 0 : STORE_ERR;
+    if (!err) {
+        sqlite3_bind_text(del, 1, domain, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(del);
+        sqlite3_reset(del);
+        err = rc == SQLITE_DONE ? 0 : store_rc(rc);
+        *rcpts = err ? 0 : sqlite3_changes(store_db());
+    }
+    /* A message that kept nothing queued ends as a delete would end it. */
+    for (size_t i = 0; i < n && !err; i++) {
+        int64_t still = 1;
+        sqlite3_bind_int64(left, 1, msgs[i].id);
+        if (sqlite3_step(left) == SQLITE_ROW)
+            still = sqlite3_column_int64(left, 0);
+        sqlite3_reset(left);
+        if (!still)
+            err = store_queue_delete(msgs[i].qid);
+    }
+    free(msgs);
+    return err;
 }
 
 /* ---- src/store_bundle.c ---- */
@@ -12022,18 +12936,25 @@ int auth_client_cram(const char *user, const char *password, const char *challen
 /* ---- src/limit.c ---- */
 #line 1 "src/limit.c"
 /*
- * limit.c: per-address abuse limits.  A small fixed table remembers the
- * recent behaviour of client addresses: authentication failures and the
- * rate of messages.  Bounded memory: the table has a fixed size and the
- * least recently seen address makes room for a new one, so a flood of
- * addresses cannot grow it.
+ * limit.c: per-address and per-account abuse limits.  Small fixed tables
+ * remember the recent behaviour of client addresses (authentication
+ * failures, the rate of messages) and of accounts (authentication
+ * failures).  Bounded memory: each table has a fixed size and the least
+ * recently seen entry makes room for a new one, so a flood of addresses
+ * or names cannot grow it.
+ *
+ * The failure counters are shared by every protocol that checks a
+ * password (SMTP AUTH on every listener, POP3 USER/PASS and AUTH, and
+ * IMAP when it comes): a guesser gains nothing by switching protocols.
  */
 
 
 #include <string.h>
 
 #define LIMIT_SLOTS 256
-#define LIMIT_WINDOW 600                /* seconds an address's failures are remembered */
+#define LIMIT_WINDOW 600                /* seconds failures are remembered */
+#define ACCOUNT_FIRST_WAIT 60           /* the account's first back-off */
+#define ACCOUNT_MAX_WAIT 900            /* and its longest */
 
 struct limit_slot {
     char ip[64];
@@ -12044,7 +12965,17 @@ struct limit_slot {
     int64_t tokens_at_ms;
 };
 
+struct account_slot {
+    char user[USER_MAX + 1];
+    int64_t seen;
+    int failures;
+    int64_t first;
+    int64_t until;                      /* no attempt before this */
+    int step;                           /* back-offs so far */
+};
+
 static struct limit_slot slots[LIMIT_SLOTS];
+static struct account_slot accounts[LIMIT_SLOTS];
 
 static struct limit_slot *slot_for(const char *ip)
 {
@@ -12066,26 +12997,96 @@ static struct limit_slot *slot_for(const char *ip)
     return oldest;
 }
 
+/* The account's entry, or NULL when it has none and create is 0.  Names
+ * are compared in lower case, as they are stored. */
+static struct account_slot *account_for(const char *user, int create)
+{
+    struct account_slot *oldest = &accounts[0];
+    char name[USER_MAX + 1];
+    int64_t now = util_now();
+
+    if (!user || !*user)
+        return NULL;
+    util_strlcpy(name, user, sizeof name);
+    util_lower(name);
+    for (int i = 0; i < LIMIT_SLOTS; i++) {
+        if (accounts[i].user[0] && !strcmp(accounts[i].user, name)) {
+            accounts[i].seen = now;
+            return &accounts[i];
+        }
+        if (accounts[i].seen < oldest->seen)
+            oldest = &accounts[i];
+    }
+    if (!create)
+        return NULL;
+    memset(oldest, 0, sizeof *oldest);
+    util_strlcpy(oldest->user, name, sizeof oldest->user);
+    oldest->seen = now;
+    oldest->first = now;
+    return oldest;
+}
+
 /* Clients in relay_networks (by default the loopback networks) are not
- * limited: they are the site's own scripts and users. */
+ * limited per address: they are the site's own scripts and users.  The
+ * account counter still protects their accounts. */
 static int trusted(const struct conn *c)
 {
     return conf_relay_allowed(&c->peer);
 }
 
-void limit_auth_failed(const struct conn *c)
+void limit_auth_failed(const struct conn *c, const char *user)
 {
-    struct limit_slot *s = slot_for(c->peer_ip);
     int64_t now = util_now();
-    if (now - s->auth_first > LIMIT_WINDOW) {
-        s->auth_first = now;
-        s->auth_failures = 0;
+
+    if (!trusted(c)) {
+        struct limit_slot *s = slot_for(c->peer_ip);
+        if (now - s->auth_first > LIMIT_WINDOW) {
+            s->auth_first = now;
+            s->auth_failures = 0;
+        }
+        s->auth_failures++;
     }
-    s->auth_failures++;
+    struct account_slot *a = account_for(user, 1);
+    if (!a || a->until > now)
+        return;                         /* refused while backing off: not counted again */
+    if (now - a->first > LIMIT_WINDOW) {
+        a->first = now;
+        a->failures = 0;
+        a->step = 0;
+    }
+    a->failures++;
+    if (conf->limit_auth_failures_per_user > 0 && a->failures >= conf->limit_auth_failures_per_user) {
+        /* Slower than the address limit: one more attempt after a minute,
+         * then after two, four... up to fifteen, so that guessing one
+         * account from many addresses stays slow, while its owner is
+         * locked out for minutes, not for good. */
+        int64_t wait = ACCOUNT_FIRST_WAIT << (a->step < 8 ? a->step : 8);
+        a->until = now + (wait < ACCOUNT_MAX_WAIT ? wait : ACCOUNT_MAX_WAIT);
+        a->step++;
+        a->first = now;
+        log_warn("account %s: %d failed logins, next attempt in %llds", a->user, a->failures,
+                 (long long)(a->until - now));
+    }
+}
+
+void limit_auth_ok(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    if (a)
+        memset(a, 0, sizeof *a);
+}
+
+int64_t limit_account_wait(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    int64_t now = util_now();
+    return a && a->until > now ? a->until - now : 0;
 }
 
 int limit_auth_blocked(const struct conn *c)
 {
+    if (trusted(c))
+        return 0;
     struct limit_slot *s = slot_for(c->peer_ip);
     if (util_now() - s->auth_first > LIMIT_WINDOW)
         return 0;
@@ -12117,9 +13118,33 @@ int limit_message_ok(const struct conn *c)
     return 1;
 }
 
-int limit_connections_ok(const struct conn *c, int current)
+/* Asked before a connection gets a slot, with the counts of live inbound
+ * connections (in total, on this kind of listener, from this address).
+ * A refused connection is closed at once and never holds a slot.  The
+ * last limit.connections_reserved slots (at most half of them) are kept
+ * for clients in relay_networks and for the submission, POP3 and IMAP
+ * listeners, where every client must log in: idle strangers on port 25
+ * cannot lock out the site's own users. */
+const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same)
 {
-    return trusted(c) || conf->limit_connections_per_ip <= 0 || current <= conf->limit_connections_per_ip;
+    int trust = conf_relay_allowed(peer);
+
+    if (!trust && conf->limit_connections_per_ip > 0 && same >= conf->limit_connections_per_ip)
+        return "limit.connections_per_ip";
+    if (kind >= 0 && kind < LISTEN_N && conf->max_connections_on[kind] > 0 &&
+        on_listener >= conf->max_connections_on[kind])
+        return "max_connections per listener";
+    if (conf->max_connections > 0) {
+        int64_t reserve = conf->limit_connections_reserved;
+        if (reserve > conf->max_connections / 2)
+            reserve = conf->max_connections / 2;
+        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3 || kind == LISTEN_IMAP ||
+            kind == LISTEN_IMAPS)
+            reserve = 0;
+        if (total >= conf->max_connections - reserve)
+            return reserve && total < conf->max_connections ? "limit.connections_reserved" : "max_connections";
+    }
+    return NULL;
 }
 
 /* ---- src/queue.c ---- */
@@ -12304,6 +13329,71 @@ static int queue_user(struct queue_exp *x, const char *local, const char *domain
     return queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
 }
 
+/* RFC 5321 4.5.1 requires postmaster; root (cron), abuse (RFC 2142) and
+ * MAILER-DAEMON (replies to bounces) are where mail about the node goes. */
+static int queue_is_admin_name(const char *local)
+{
+    static const char *const names[] = { "postmaster", "root", "abuse", "mailer-daemon" };
+    for (size_t i = 0; i < MN_NELEM(names); i++)
+        if (!strcasecmp(local, names[i]))
+            return 1;
+    return 0;
+}
+
+int queue_admin(struct store_user *u)
+{
+    if (conf->admin && conf->admin[0])
+        return store_user_get(conf->admin, u);
+    return store_user_first(u);
+}
+
+/* Mail for the admin names when no alias or user of that name exists:
+ * the admin, or, until there is one, a mailbox of its own so that
+ * nothing is refused (cron's `sendmail root` must not lose its report). */
+static int queue_admin_route(struct queue_exp *x, const char *local, const char *domain)
+{
+    struct store_user u;
+    char addr[ADDR_MAX];
+    int rc = queue_admin(&u);
+
+    if (rc == STORE_NOTFOUND) {
+        rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        if (rc == STORE_NOTFOUND) {
+            memset(&u, 0, sizeof u);
+            util_strlcpy(u.name, QUEUE_HOLDING_BOX, sizeof u.name);
+            if ((rc = store_user_add(&u)))
+                return rc;
+            rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        }
+    }
+    if (rc)
+        return rc;
+    queue_format_addr(local, domain, addr, sizeof addr);
+    rc = queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
+    sodium_memzero(&u, sizeof u);
+    return rc;
+}
+
+int queue_admin_adopt(void)
+{
+    struct store_user admin, box;
+    int rc = store_user_get(QUEUE_HOLDING_BOX, &box);
+
+    if (rc == STORE_NOTFOUND || (rc == 0 && box.pwhash[0]))
+        return 0;                       /* no holding box, or a real user */
+    if (rc)
+        return rc;
+    rc = queue_admin(&admin);
+    if (rc == STORE_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    rc = store_user_adopt(box.id, admin.id);
+    sodium_memzero(&admin, sizeof admin);
+    sodium_memzero(&box, sizeof box);
+    return rc ? rc : 1;
+}
+
 static int queue_expand(struct queue_exp *x, const char *local, const char *domain, int depth);
 
 /* One alias target: "user", "user@domain" or "<user@domain>". */
@@ -12400,6 +13490,8 @@ static int queue_expand(struct queue_exp *x, const char *local, const char *doma
         free(targets);
         if ((rc = queue_user(x, local, domain, &found)))
             return rc;
+        if (!found && queue_is_admin_name(local))
+            return queue_admin_route(x, local, domain);
         return 0;
     }
     if (rc)
@@ -12455,6 +13547,39 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     *n = x.n;
     if (x.n == 0)
         return x.loop ? QUEUE_ELOOP : QUEUE_EUNKNOWN;
+    return 0;
+}
+
+/* submission.sender_login_match: may user send with reverse-path a?  Yes
+ * for <>, for the user's own name in a local domain, for an alias whose
+ * every target is the user's own mailbox, and for any address in a hold
+ * domain the user owns (or below it: the site's own mail going out). */
+int queue_sender_owned(const char *user, const struct addr *a)
+{
+    struct store_rcpt routes[8];
+    struct store_user u;
+    struct store_domain d;
+    size_t n = 0;
+    char local[sizeof a->local];
+
+    if (a->null_path)
+        return 1;
+    util_strlcpy(local, a->local, sizeof local);
+    util_lower(local);
+    if (queue_domain_is_local(a->domain) && !strcmp(local, user))
+        return 1;
+    if (queue_domain_is_local(a->domain) && !store_user_get(user, &u) &&
+        !queue_route(a, routes, MN_NELEM(routes), &n) && n) {
+        size_t mine = 0;
+        for (size_t i = 0; i < n; i++)
+            mine += routes[i].kind == ROUTE_LOCAL && routes[i].user_id == u.id;
+        sodium_memzero(&u, sizeof u);
+        if (mine == n)
+            return 1;
+    }
+    for (const char *dom = a->domain; dom && *dom; dom = strchr(dom, '.') ? strchr(dom, '.') + 1 : NULL)
+        if (!store_domain_get(dom, &d) && d.kind == DOMAIN_HOLD && !strcmp(d.owner, user))
+            return 1;
     return 0;
 }
 
@@ -13730,7 +14855,7 @@ void link_watch_stop(void)
 #define SMTPC_EXPECT 4096               /* replies outstanding */
 
 enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT,
-              E_STARTTLS };
+              E_STARTTLS, E_COMPRESS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
 static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
@@ -14287,6 +15412,8 @@ void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
         caps->starttls = 1;
     else if (!strcasecmp(kw, "ATRN"))
         caps->atrn = 1;
+    else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
+        caps->compress = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
          * an overflow) is treated as no announcement at all, so that a
@@ -14378,6 +15505,16 @@ static void on_reply_ehlo_done(struct smtpc *s)
     }
     if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
+        return;
+    }
+    /* Compression only when the peer offers it (another mailnode), after
+     * TLS, and unless compress.never names the destination.  Not on an
+     * ATRN turnaround: the ODMR client may be a proxy such as fetchmail
+     * that passes the site's EHLO reply through but cannot carry a
+     * deflate stream; a mailnode client compressed the connection before
+     * ATRN, and it stays compressed. */
+    if (s->caps.compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
+        cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
         return;
     }
     if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
@@ -14548,6 +15685,15 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     case E_QUIT:
         conn_close(s->c);
         break;
+    case E_COMPRESS:
+        s->caps.compress = 0;
+        if (code / 100 == 2 && zio_start(s->c)) {
+            set_error(s, "cannot start compression with %s", s->peer);
+            conn_abort(s->c);
+            break;
+        }
+        on_reply_ehlo_done(s);
+        break;
     }
 }
 
@@ -14562,7 +15708,7 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = 0;
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = s->caps.compress = 0;
     s->caps.has_size = 0;
     s->caps.size_limit = 0;
     s->caps.auth_mechs[0] = '\0';
@@ -14765,9 +15911,32 @@ void smtpc_abort(struct smtpc *s)
  * A link that is down, a lookup that fails, a refused connection: all are
  * temporary.  Only a peer's 5xx, a domain that does not exist, a null MX
  * or queue.lifetime make a recipient fail.
+ *
+ * A destination's life (its dest row holds what outlives a session):
+ *
+ *   due        next_try <= now and a recipient due: scan() (every second,
+ *              or at once on queue_kick) calls hop_start
+ *   resolving  a struct hop exists (at most one per dest row, at most
+ *              delivery_parallel in all); h->dq: the MX or host lookup
+ *   in flight  h->sc: one SMTP session carrying every due message of the
+ *              destination; hop_try_next moves on to the next address
+ *              (never one of our own listeners, RFC 5321 5.1) when a
+ *              host cannot be reached
+ *   backoff    hop_finish: a session that reached the peer and moved
+ *              something clears the backoff; otherwise backoff_next()
+ *              doubles it (with jitter, up to retry.max) and next_try is
+ *              set; a link-up event, `mailnode flush` or the down host
+ *              connecting to us (queue_peer_seen) ends it early
+ *   release    a hop of kind ROUTE_HOLD carries held mail for ETRN/ATRN
+ *              (queue_release, queue_release_on); it has no schedule:
+ *              what it cannot move stays held for the next request
+ *
+ * Invariants (asserted): a hop has at most one of dq and sc at a time,
+ * and neither once hop_finish runs; hop_find(name) is unique.
  */
 
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 
@@ -14834,11 +16003,15 @@ static void scan(void *arg);
 
 /* Addresses of destinations that could not be reached, so that a
  * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
- * that talks to us is up). */
+ * that talks to us is up).  At most once per backoff step: after an
+ * early retry, the next one waits until as much time as the current
+ * backoff has passed, so a host that connects to us all the time while
+ * its own listener stays down cannot make us retry in a storm. */
 #define DOWN_SLOTS 64
 static struct {
     char dest[SMTP_DOMAIN_MAX + 16];
     char ip[64];
+    int64_t early;                      /* when a connection last ended its wait */
 } down[DOWN_SLOTS];
 static int down_next;
 
@@ -14849,23 +16022,33 @@ static void down_note(const char *dest, const char *ip)
             return;
     util_strlcpy(down[down_next].dest, dest, sizeof down[0].dest);
     util_strlcpy(down[down_next].ip, ip, sizeof down[0].ip);
+    down[down_next].early = 0;
     down_next = (down_next + 1) % DOWN_SLOTS;
 }
 
-void queue_peer_seen(const char *ip)
+void queue_peer_seen(const struct conn *c)
 {
+    int64_t now = util_now();
+
+    /* A loopback client is one of our own (sendmail, scripts, a local
+     * filter): it says nothing about a relayhost on 127.0.0.1 being up. */
+    if (c->peer_loopback)
+        return;
     for (int i = 0; i < DOWN_SLOTS; i++) {
-        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+        if (!down[i].ip[0] || strcmp(down[i].ip, c->peer_ip))
             continue;
         struct store_dest d;
-        if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
-            d.next_try = 0;
-            d.backoff = 0;
-            store_dest_put(&d);
-            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
-            queue_kick();
-        }
-        down[i].ip[0] = '\0';
+        if (store_dest_get(down[i].dest, &d) || d.next_try <= now)
+            continue;
+        if (down[i].early && now - down[i].early < d.backoff)
+            continue;                   /* this backoff step had its early retry */
+        /* Now, but the backoff itself stays: if the host is still not
+         * taking mail, the next wait is longer. */
+        down[i].early = now;
+        d.next_try = 0;
+        store_dest_put(&d);
+        log_info("%s: %s connected to us: retrying now", down[i].dest, c->peer_ip);
+        queue_kick();
     }
 }
 
@@ -15033,6 +16216,36 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     queue_kick();
 }
 
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t k = 0;
+
+    memset(&m, 0, sizeof m);
+    m.body_id = body_id;
+    m.received = util_now();
+    m.ret_full = env->ret_full;
+    util_strlcpy(m.qid, env->qid, sizeof m.qid);
+    util_strlcpy(m.sender, env->sender, sizeof m.sender);
+    util_strlcpy(m.envid, env->envid ? env->envid : "", sizeof m.envid);
+    for (size_t i = 0; i < n && k < MN_NELEM(r); i++) {
+        const struct store_rcpt *x = &rcpts[i];
+        if (x->kind != ROUTE_LOCAL || !(x->notify & NOTIFY_SUCCESS) || (x->notify & NOTIFY_NEVER))
+            continue;
+        r[k].addr = x->addr;
+        r[k].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+        r[k].action = DSN_DELIVERED;
+        r[k].status = "2.0.0";
+        r[k].remote_mta = NULL;
+        r[k].diagnostic = NULL;
+        r[k].last_attempt = m.received;
+        k++;
+    }
+    send_dsn(&m, r, k, NULL);
+}
+
 static void flush_notes(struct hop *h, const struct store_out_msg *m)
 {
     struct dsn_rcpt r[64];
@@ -15197,6 +16410,8 @@ static void hop_finish(struct hop *h, int ok)
 {
     struct store_dest d;
     int64_t now = util_now();
+
+    assert(!h->sc && !h->dq);
 
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held
@@ -15697,10 +16912,14 @@ static void waiters_account(struct hop *h)
     for (struct waiter *w = Q.waiters; w; w = w->next) {
         if (!waiter_matches(w, h))
             continue;
+        /* A destination not reached deferred everything queued for it. */
+        int64_t deferred = h->deferred;
+        if (h->error[0] && !h->progress && !deferred)
+            deferred = store_ops_queued_remote(h->domain);
         int n = snprintf(w->summary + w->used, sizeof w->summary - w->used,
-                         "%s: %d delivered, %d deferred, %d failed%s%s\n",
-                         h->domain[0] ? h->domain : conf->relayhost, h->delivered, h->deferred, h->failed,
-                         h->error[0] ? ": " : "", h->error);
+                         "%s: %d delivered, %lld deferred, %d failed%s%s\n",
+                         h->domain[0] ? h->domain : conf->relayhost, h->delivered,
+                         (long long)(deferred > 0 ? deferred : 0), h->failed, h->error[0] ? ": " : "", h->error);
         if (n > 0 && (size_t)n < sizeof w->summary - w->used)
             w->used += (size_t)n;
         if (h->deferred || (h->error[0] && !h->progress))
@@ -15976,17 +17195,18 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
 /* An exchange's states, in the order an exchange goes through them:
  *
  *   IDLE -> PUSH (our queue to the relayhost, when one is set)
- *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO] [-> COMPRESS -> EHLO]
  *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
  *
  * Every change goes through poll_enter(), which logs it at debug level.
  * In SERVING the connection belongs to an SMTP server session (the ATRN
  * turnaround) and poll only waits for its end. */
 enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
-              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT,
+              POLL_COMPRESS };
 static const char *const poll_state_names[] = {
     "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
-    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT", "COMPRESS",
 };
 
 struct pwaiter {
@@ -16014,6 +17234,7 @@ static struct {
     struct pwaiter *waiters;            /* told at the end of this exchange */
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
+    int pushed;                         /* this exchange sent our queued mail first */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
 
 static void poll_enter(enum pstate to)
@@ -16073,6 +17294,18 @@ static void poll_finish(int rc, const char *fmt, ...)
     poll_drop_connection();
     timer_cancel(&P.guard);
     poll_enter(POLL_IDLE);
+    if (P.pushed && conf->relayhost[0]) {
+        /* The exchange worked, but what we had to send did not all go:
+         * cron and ifup hooks must see that (sysexits 75). */
+        int64_t left = store_ops_queued_remote("");
+        if (left > 0) {
+            poll_say("our own mail is still queued: %lld recipient%s (see mailnode queue list)\n",
+                     (long long)left, left == 1 ? "" : "s");
+            if (rc == EX_OK)
+                rc = EX_TEMPFAIL;
+        }
+    }
+    P.pushed = 0;
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -16215,6 +17448,13 @@ static void poll_reply(int code, const char *text)
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
+        /* The turned-around session carries the mail: compress it when
+         * the upstream (a mailnode) offers it. */
+        if (P.caps.compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
+            poll_enter(POLL_COMPRESS);
+            poll_send("COMPRESS DEFLATE");
+            return;
+        }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         int mech = smtpc_auth_choose(&P.caps, P.c);
@@ -16229,6 +17469,15 @@ static void poll_reply(int code, const char *text)
         }
         return;
     }
+    case POLL_COMPRESS:
+        P.caps.compress = 0;
+        if (code / 100 == 2 && zio_start(P.c)) {
+            poll_finish(EX_SOFTWARE, "cannot start compression with the upstream");
+            return;
+        }
+        poll_enter(POLL_EHLO);
+        poll_reply(250, "250 continue");
+        return;
     case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
@@ -16444,9 +17693,8 @@ static void pull_start(void)
 static void push_done(void *arg, const char *summary, int failed)
 {
     MN_UNUSED(arg);
+    MN_UNUSED(failed);                  /* poll_finish counts what is left */
     poll_say("sent: %s", summary);
-    if (failed)
-        poll_say("(some of our own mail is still queued)\n");
     if (P.state == POLL_PUSH)
         pull_start();
 }
@@ -16504,6 +17752,7 @@ int poll_run(poll_done_fn done, void *arg)
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
         poll_enter(POLL_PUSH);
+        P.pushed = 1;
         if (queue_flush_wait(NULL, push_done, NULL)) {
             poll_enter(POLL_IDLE);
             pull_start();
@@ -16861,6 +18110,13 @@ static int starttls_offered(const struct smtpd *s)
     return tls_available() && !s->c->tls;
 }
 
+/* COMPRESS DEFLATE (zio.c): only inside TLS when we can do TLS, so that
+ * the order is always TLS first, then compression (RFC 4978 4). */
+static int compress_offered(const struct smtpd *s)
+{
+    return !zio_active(s->c) && (s->c->tls || !tls_available()) && zio_allowed(NULL, s->c->peer_ip);
+}
+
 /* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
  * address literal.  Letters, digits, hyphens, underscores (common in
  * Windows host names) and dots; or "[...]" of printable characters.
@@ -16909,6 +18165,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
         if (!s->auth_user[0])
             reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
         reply(s, "250-ATRN");
+        if (compress_offered(s))
+            reply(s, "250-COMPRESS DEFLATE");
         reply(s, "250-ENHANCEDSTATUSCODES");
         reply(s, "250 HELP");
         return;
@@ -16922,9 +18180,31 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-ETRN");
     if (starttls_offered(s))
         reply(s, "250-STARTTLS");
+    if (compress_offered(s))
+        reply(s, "250-COMPRESS DEFLATE");
     if (!s->auth_user[0])
         reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
     reply(s, "250 HELP");
+}
+
+/* After the 220 both directions are raw deflate streams; the session
+ * state (EHLO, AUTH) is kept. */
+static void cmd_compress(struct smtpd *s, char *arg)
+{
+    if (strcasecmp(arg, "DEFLATE")) {
+        reply(s, "504 5.5.4 Unsupported compression mechanism");
+        return;
+    }
+    if (!s->esmtp || !compress_offered(s)) {
+        reply(s, zio_active(s->c) ? "503 5.5.1 Error: compression already active"
+                                  : "503 5.5.1 Error: COMPRESS not available now");
+        return;
+    }
+    reply(s, "220 2.0.0 DEFLATE active");
+    if (zio_start(s->c)) {
+        close_with(s, "421 4.3.0 Cannot start compression");
+        return;
+    }
 }
 
 static void cmd_ehlo(struct smtpd *s, char *arg) { cmd_helo(s, arg, 1); }
@@ -17005,6 +18285,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
             return;
         }
     }
+    /* Like Postfix's reject_sender_login_mismatch: a submission user
+     * sends as itself, its aliases or its site's domain, not as anyone. */
+    if (s->c->kind == LISTEN_SUBMISSION && conf->sender_login_match && !queue_sender_owned(s->auth_user, &a)) {
+        log_info("[%s]: refused: sender <%s> not owned by user %s", s->c->peer_ip, a.full, s->auth_user);
+        reply(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", a.full, s->auth_user);
+        return;
+    }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
     smtpd_enter(s, S_MAIL);
@@ -17036,6 +18323,19 @@ static int parse_notify(const char *v)
     if (!n || ((bits & NOTIFY_NEVER) && bits != NOTIFY_NEVER))
         return -1;
     return bits;
+}
+
+/* Distinct recipients one message may have.  A stranger (neither
+ * authenticated nor in relay_networks) gets max_recipients.untrusted, so
+ * that max_connections hostile sessions cannot hold more than a known
+ * amount of memory (see mailnode.conf(5), max_recipients.untrusted). */
+static size_t rcpt_limit(const struct smtpd *s)
+{
+    int64_t n = conf->max_recipients > 0 ? conf->max_recipients : 1000;
+    if (!s->auth_user[0] && !conf_relay_allowed(&s->c->peer) && conf->max_recipients_untrusted > 0 &&
+        conf->max_recipients_untrusted < n)
+        n = conf->max_recipients_untrusted;
+    return (size_t)n;
 }
 
 static void cmd_rcpt(struct smtpd *s, char *arg)
@@ -17093,7 +18393,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     /* Routes for this address, in a buffer that lives only for this
      * command: an alias may fan out, up to the distinct recipients still
      * allowed. */
-    limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
+    limit = rcpt_limit(s);
     limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
     for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
         free(routes);
@@ -17130,7 +18430,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     int fresh = 0;
     for (size_t i = 0; i < nroutes; i++)
         fresh += !rcpts_has(&s->rcpts, &routes[i]);
-    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+    if (fresh && (size_t)s->nrcpt_cmds >= rcpt_limit(s)) {
         /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
         free(routes);
         reply(s, "452 4.5.3 Too many recipients");
@@ -17461,6 +18761,15 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
         reply(s, "334 %s", out);
         return;
     case AUTH_OK:
+        if (limit_account_wait(s->sasl.user) > 0) {
+            /* The account is backing off after many failures: even the
+             * right password is refused now, and nothing tells a guesser
+             * that it was right. */
+            log_warn("%s: authentication for '%s' refused: the account is backing off", s->c->peer_ip,
+                     s->sasl.user);
+            break;
+        }
+        limit_auth_ok(s->sasl.user);
         s->input = IN_COMMAND;
         util_strlcpy(s->auth_user, s->sasl.user, sizeof s->auth_user);
         log_info("%s: authenticated as %s", s->c->peer_ip, s->auth_user);
@@ -17483,7 +18792,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, s->sasl.user);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -17565,6 +18874,7 @@ static const struct smtpd_cmd {
     { "AUTH", S_READY, SV_BOTH, cmd_auth },
     { "ETRN", S_INIT | S_READY, SV_SMTP, cmd_etrn },
     { "STARTTLS", S_INIT | S_READY, SV_BOTH, cmd_starttls },
+    { "COMPRESS", S_READY, SV_BOTH, cmd_compress },
     { "ATRN", S_READY, SV_ODMR, cmd_atrn },
     { "TURN", S_NOBDAT, SV_SMTP, cmd_obsolete },
     { "SEND", S_NOBDAT, SV_SMTP, cmd_obsolete },
@@ -17740,6 +19050,8 @@ static void message_end(struct smtpd *s)
             err = bundle_dedup(s->body, routes, &nroutes, s->qid);
         if (!err)
             err = store_msg_insert(&env, s->body, routes, nroutes);
+        if (!err)
+            queue_notify_delivered(&env, s->body->id, routes, nroutes);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
@@ -17948,20 +19260,8 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    int same = 0;
-    for (struct smtpd *o = all_sessions; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
-    if (!limit_connections_ok(c, same)) {
-        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
-                 same);
-        reply(s, "421 4.7.0 Too many connections from your address");
-        conn_flush(c);
-        conn_close(c);
-        return;
-    }
     if (c->kind == LISTEN_SMTP)
-        queue_peer_seen(c->peer_ip);
+        queue_peer_seen(c);
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);
@@ -18494,6 +19794,7 @@ static void pop3_auth_failed(struct pop3 *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
+    limit_auth_failed(s->c, name);
     pop3_safe_name(name, safe, sizeof safe);
     log_warn("pop3: authentication failed user=%s ip=%s mech=%s (failure %d)", safe,
              s->c->peer_ip, mech, s->failures);
@@ -18523,6 +19824,19 @@ static void pop3_dummy_check(const char *password)
 
 /* ----------------------------------------------------------- commands */
 
+/* The failure counter of the client's address, shared with SMTP AUTH:
+ * past limit.auth_failures_per_ip, no more logins from it (1: refused and
+ * closing). */
+static int pop3_address_blocked(struct pop3 *s)
+{
+    if (!limit_auth_blocked(s->c))
+        return 0;
+    log_warn("pop3: %s: login refused: too many failures from this address", s->c->peer_ip);
+    pop3_reply(s, "-ERR [SYS/TEMP] too many failed logins from your address, try later");
+    conn_close(s->c);
+    return 1;
+}
+
 static void pop3_cmd_user(struct pop3 *s, char *arg)
 {
     if (!pop3_cleartext_ok(s)) {
@@ -18533,6 +19847,8 @@ static void pop3_cmd_user(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR USER needs a name");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     s->have_user = 1;
     s->pending_bad = util_strlcpy(s->pending, arg, sizeof s->pending) >= sizeof s->pending;
     /* Names are stored in lower case, as SASL looks them up. */
@@ -18555,21 +19871,28 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
         return;
     }
     s->have_user = 0;
+    if (pop3_address_blocked(s))
+        return;
     memset(&u, 0, sizeof u);
     if (!s->pending_bad)
         rc = store_user_get(s->pending, &u);
     if (rc == 0) {
-        ok = auth_check_password(&u, arg) == 1;
+        /* An account backing off after many failures takes no password,
+         * not even the right one; the answer is the same as for a wrong
+         * one. */
+        ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
     } else if (rc == STORE_NOTFOUND) {
         pop3_dummy_check(arg);
     } else {
         pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
         return;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(s->pending);
         pop3_login(s, &u, "USER");
-    else
+    } else {
         pop3_auth_failed(s, s->pending, "USER");
+    }
     sodium_memzero(&u, sizeof u);
 }
 
@@ -18602,8 +19925,12 @@ static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user))
+            pop3_auth_failed(s, s->sasl.user, s->mech);
+        else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             pop3_login(s, &u, s->mech);
+        }
         else if (rc == STORE_NOTFOUND)
             pop3_auth_failed(s, s->sasl.user, s->mech);
         else
@@ -18660,6 +19987,8 @@ static void pop3_cmd_auth(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR unsupported authentication mechanism");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     util_strlcpy(s->mech, arg, sizeof s->mech);
     for (char *p = s->mech; *p; p++)
         *p = (char)toupper((unsigned char)*p);
@@ -23081,7 +24410,7 @@ static void imap_auth_failed(struct imap *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, name);
     imap_safe_name(name, safe, sizeof safe);
     log_warn("imap: authentication failed user=%s ip=%s mech=%s (failure %d)", safe, s->c->peer_ip,
              mech, s->failures);
@@ -23138,18 +24467,20 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
     memset(&u, 0, sizeof u);
     if (strlen(name) <= USER_MAX)
         rc = store_user_get(name, &u);
-    if (rc == 0)
-        ok = auth_check_password(&u, pass) == 1;
+    if (rc == 0)    /* an account backing off takes no password (limit.c) */
+        ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
     else if (rc == STORE_NOTFOUND)
         imap_dummy_check(pass);
     else {
         imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
         goto out;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(name);
         imap_login_ok(s, &u, "LOGIN");
-    else
+    } else {
         imap_auth_failed(s, name, "LOGIN");
+    }
     sodium_memzero(&u, sizeof u);
 out:
     sodium_memzero(pass, sizeof pass);
@@ -23170,9 +24501,12 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user)) {
+            imap_auth_failed(s, s->sasl.user, s->mech);
+        } else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             imap_login_ok(s, &u, s->mech);
-        else if (rc == STORE_NOTFOUND)
+        } else if (rc == STORE_NOTFOUND)
             imap_auth_failed(s, s->sasl.user, s->mech);
         else
             imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox, try again later");
@@ -23934,7 +25268,6 @@ static void imap_close(struct conn *c)
 void imap_accept(struct conn *c)
 {
     struct imap *s = calloc(1, sizeof *s);
-    int same = 0;
 
     if (!s) {
         log_err("imap: out of memory for a session from %s", c->peer_ip);
@@ -23946,22 +25279,12 @@ void imap_accept(struct conn *c)
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &imap_ops;
-    for (struct imap *o = imap_all; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
     s->next = imap_all;
     if (imap_all)
         imap_all->prev = s;
     imap_all = s;
     conn_set_timeout(c, conf->imap_timeout * 1000);
-    if (!limit_connections_ok(c, same + 1)) {
-        log_warn("imap: %s: refused: %d connections from this address (limit.connections_per_ip)",
-                 c->peer_ip, same + 1);
-        if (c->kind == LISTEN_IMAP)
-            imap_outf(s, "* BYE [UNAVAILABLE] too many connections from your address");
-        conn_close(c);
-        return;
-    }
+    /* limit.connections_per_ip was applied at accept (limit_admit). */
     log_debug("imap: connection from %s", c->peer_ip);
     if (c->kind == LISTEN_IMAPS) {
         /* RFC 8314: TLS from the first octet; the greeting follows it. */
@@ -23995,21 +25318,6 @@ void imap_accept(struct conn *c)
 #include <pwd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-
-int cli_open_store(void)
-{
-    char err[512];
-    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
-    }
-    if (auth_init(conf->keyfile)) {
-        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
-        store_close();
-        return EX_CANTCREAT;
-    }
-    return 0;
-}
 
 static int wants_help(int argc, char **argv)
 {
@@ -24072,27 +25380,6 @@ static void daemon_turn(void)
         loop_stop();
 }
 
-/* One daemon per database: a second one would race the first for the
- * same queue and remove bodies it is still writing. */
-static int lock_database(void)
-{
-    char path[4096];
-    int fd;
-
-    snprintf(path, sizeof path, "%s.lock", conf->database);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB)) {
-        fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* `user = NAME`: a daemon started as root gives root up once its ports
  * are bound.  A daemon started as anyone else cannot and need not. */
 static int drop_privileges(void)
@@ -24121,28 +25408,61 @@ static int drop_privileges(void)
     return 0;
 }
 
-/* The daemon's hold on its database: the lock, the store, the node key.
- * 0, or a sysexits code after saying what went wrong. */
-static int daemon_open(int *lockfd)
+/* The daemon's hold on its database: the store and the node key, under
+ * the lock taken before.  0, or a sysexits code after saying what went
+ * wrong. */
+static int daemon_open_store(void)
 {
     char err[512];
 
-    log_init("mailnode", conf->use_syslog);
-    *lockfd = lock_database();
-    if (*lockfd < 0)
-        return EX_TEMPFAIL;
     if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(*lockfd);
-        return EX_CANTCREAT;
+        char why[1024];
+        int rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
+        return rc ? rc : EX_CANTCREAT;
     }
     if (auth_init(conf->keyfile)) {
         fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
         store_close();
-        close(*lockfd);
         return EX_CANTCREAT;
     }
     return 0;
+}
+
+/* The lock, then the store: 0 or a sysexits code. */
+static int daemon_open(int *lockfd)
+{
+    int rc;
+
+    log_init("mailnode", conf->use_syslog);
+    *lockfd = cli_db_lock();
+    if (*lockfd < 0)
+        return -*lockfd;
+    if ((rc = daemon_open_store()))
+        close(*lockfd);
+    return rc;
+}
+
+/* RFC 5321 4.5.1: a node must take postmaster mail.  It always does (into
+ * a holding mailbox if need be); say so while nobody reads it. */
+static void daemon_check_admin(void)
+{
+    struct store_user u;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&u))
+        log_info("mail held for the postmaster moved to %s's mailbox", u.name);
+    else if (rc < 0)
+        store_rollback();
+    rc = queue_admin(&u);
+    sodium_memzero(&u, sizeof u);
+    if (rc == STORE_NOTFOUND && conf->admin[0])
+        log_warn("admin = %s: no such user; postmaster, root and abuse mail is kept in the "
+                 "mailbox '%s' until it exists (mailnode user add %s)", conf->admin, QUEUE_HOLDING_BOX,
+                 conf->admin);
+    else if (rc == STORE_NOTFOUND)
+        log_warn("no user yet: postmaster, root and abuse mail is kept in the mailbox '%s' until "
+                 "the first user is created (or set admin = USER)", QUEUE_HOLDING_BOX);
 }
 
 static void daemon_close(int lockfd)
@@ -24166,16 +25486,27 @@ int cli_run(int argc, char **argv)
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    /* Listeners first: privileged ports are bound while still root; then
-     * the daemon becomes `user`, and everything it creates (database,
-     * key, lock, control socket) belongs to that user. */
+    /* The lock first: a second daemon on the same database says so rather
+     * than failing to bind.  Then listeners: privileged ports are bound
+     * while still root; then the daemon becomes `user`, and everything it
+     * creates (database, key, control socket) belongs to that user. */
+    log_init("mailnode", conf->use_syslog);
+    lockfd = cli_db_lock();
+    if (lockfd < 0)
+        return -lockfd;
     if (loop_init()) {
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
+        close(lockfd);
         return EX_OSERR;
     }
-    if (conf->listen[LISTEN_IMAPS][0] && (!conf->tls_cert[0] || !conf->tls_key[0])) {
-        fprintf(stderr, "mailnode: listen.imaps needs tls.cert and tls.key\n");
+    if (tls_init()) {
+        /* The certificate is configuration: say which line names it. */
+        const char *e = tls_io_error();
+        char where[4200];
+        conf_where(conf, strncmp(e, "tls.key", 7) ? "tls.cert" : "tls.key", where, sizeof where);
+        fprintf(stderr, "mailnode: configuration: %s: %s\n", where, e);
         loop_free();
+        close(lockfd);
         return EX_CONFIG;
     }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
@@ -24186,16 +25517,16 @@ int cli_run(int argc, char **argv)
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         loop_free();
+        close(lockfd);
         return EX_UNAVAILABLE;
     }
-    if ((rc = drop_privileges())) {
+    cli_db_chown();
+    if ((rc = drop_privileges()) || (rc = daemon_open_store())) {
         loop_free();
+        close(lockfd);
         return rc;
     }
-    if ((rc = daemon_open(&lockfd))) {
-        loop_free();
-        return rc;
-    }
+    cli_db_lock_note(lockfd);
     if (ctl_start()) {
         fprintf(stderr, "mailnode: cannot open the control socket %s (see the log)\n",
                 conf->control);
@@ -24223,6 +25554,7 @@ int cli_run(int argc, char **argv)
         rc = EX_UNAVAILABLE;
         goto out_loop;
     }
+    daemon_check_admin();
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())
@@ -24239,165 +25571,41 @@ out_loop:
     return rc;
 }
 
-/* ---------------------------------------------------------------- queue */
+/* --------------------------------------------------------------- config */
 
-static int print_qinfo(void *arg, const struct store_qinfo *q)
+static int config_domain(void *arg, const struct store_domain *d)
 {
-    char date[64], *line, *save = NULL, rcpts[sizeof q->rcpts];
     MN_UNUSED(arg);
-    util_date(q->received, date, sizeof date);
-    printf("%s  %8lld  %s  <%s>\n", q->qid, (long long)q->size, date, q->sender);
-    util_strlcpy(rcpts, q->rcpts, sizeof rcpts);
-    for (line = strtok_r(rcpts, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-        printf("    %s\n", line);
+    if (d->kind == DOMAIN_LOCAL)
+        printf("#   %s  local\n", d->name);
+    else
+        printf("#   %s  held for %s%s%s\n", d->name, d->owner[0] ? d->owner : "(no owner)",
+               d->host[0] ? ", released to " : "", d->host);
     return 0;
 }
 
-static int queue_show(const char *qid)
+int cli_config(int argc, char **argv)
 {
-    struct store_qinfo q;
-    struct store_reader r;
-    int64_t body_id;
-    char buf[8192];
-    ssize_t n;
-    int rc = store_queue_get(qid, &q, &body_id);
+    int only_set = argc == 2 && !strcmp(argv[1], "-n");
 
-    if (rc == STORE_NOTFOUND) {
-        fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", qid);
-        return EX_DATAERR;
+    if (wants_help(argc, argv) || (argc > 1 && !only_set)) {
+        fprintf(wants_help(argc, argv) ? stdout : stderr,
+                "usage: mailnode config [-n]\n"
+                "Prints the configuration in effect, every key as `key = value`, after\n"
+                "checking it; keys the file does not set are marked `# default` (or\n"
+                "`# derived`), domains added with `mailnode domain add` follow as comments.\n"
+                "  -n   only the keys the file sets (as `postconf -n`)\n");
+        return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    if (rc)
-        return EX_SOFTWARE;
-    print_qinfo(NULL, &q);
-    printf("\n");
-    if (store_reader_open(&r, body_id))
-        return EX_SOFTWARE;
-    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
-        fwrite(buf, 1, (size_t)n, stdout);
-    store_reader_close(&r);
-    return n < 0 ? EX_SOFTWARE : EX_OK;
-}
-
-int cli_queue(int argc, char **argv)
-{
-    const char *sub = argc > 1 ? argv[1] : "list";
-    int rc;
-
-    if (wants_help(argc, argv)) {
-        printf("usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n"
-               "  list        messages waiting for delivery, with each recipient's state\n"
-               "  count       one number: messages not yet delivered\n"
-               "  show ID     the envelope and the text of one message\n"
-               "  delete ID   remove a message from the queue without a bounce\n"
-               "  hold ID     keep a message from being delivered until released\n"
-               "  release ID  make a held message due for delivery at once\n");
+    printf("# %s%s\n", conf->path ? "configuration file " : "no configuration file: ",
+           conf->path ? conf->path : "the embedded defaults");
+    conf_print(conf, stdout, only_set);
+    if (only_set || access(conf->database, F_OK))
         return EX_OK;
-    }
-    int with_id = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
-                  !strcmp(sub, "release");
-    if (with_id ? argc != 3 : argc > 2) {
-        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n");
-        return EX_USAGE;
-    }
-    if (!with_id && strcmp(sub, "list") && strcmp(sub, "count")) {
-        fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
-        return EX_USAGE;
-    }
-    if ((rc = cli_open_store()))
-        return rc;
-    if (!strcmp(sub, "list")) {
-        rc = store_queue_list(print_qinfo, NULL) ? EX_SOFTWARE : EX_OK;
-    } else if (!strcmp(sub, "count")) {
-        int64_t n = store_queue_count();
-        rc = n < 0 ? EX_SOFTWARE : EX_OK;
-        if (n >= 0)
-            printf("%lld\n", (long long)n);
-    } else if (!strcmp(sub, "show")) {
-        rc = queue_show(argv[2]);
-    } else {
-        int hold = !strcmp(sub, "hold");
-        /* The daemon reads the queue from the database at every scan, so a
-         * change made here is what the running daemon does next. */
-        rc = !strcmp(sub, "delete") ? store_queue_delete(argv[2]) : store_queue_hold(argv[2], hold);
-        if (!rc)
-            rc = store_commit();
-        else
-            store_rollback();
-        if (rc == STORE_NOTFOUND) {
-            fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", argv[2]);
-            rc = EX_DATAERR;
-        } else if (rc) {
-            fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, argv[2]);
-            rc = EX_TEMPFAIL;
-        } else {
-            printf("%s %s\n", argv[2], !strcmp(sub, "delete") ? "deleted" : hold ? "held" : "released");
-        }
-    }
-    store_close();
-    return rc;
-}
-
-/* --------------------------------------------------------------- status */
-
-static int print_dest(void *arg, const struct store_dest *d)
-{
-    char next[64] = "-", ok[64] = "never";
-    MN_UNUSED(arg);
-    if (d->next_try)
-        util_date(d->next_try, next, sizeof next);
-    if (d->last_ok)
-        util_date(d->last_ok, ok, sizeof ok);
-    int down = d->failures > 0 && d->next_try > util_now();
-    printf("  %-30s %s, backlog %lld, next try %s, last success %s%s%s\n", d->name, down ? "down" : "up",
-           (long long)d->backlog, next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
-    return 0;
-}
-
-int cli_status(int argc, char **argv)
-{
-    struct store_status st;
-    int rc;
-
-    if (wants_help(argc, argv)) {
-        printf("usage: mailnode status\nShows the queue, the mailboxes and every destination.\n");
-        return EX_OK;
-    }
-    if (argc > 1) {
-        fprintf(stderr, "usage: mailnode status\n");
-        return EX_USAGE;
-    }
-    if ((rc = cli_open_store()))
-        return rc;
-    if (store_status(&st)) {
-        store_close();
-        return EX_SOFTWARE;
-    }
-    printf("database      %s\n", conf->database);
-    printf("queued        %lld messages, %lld recipients (%lld held for on-demand relay)\n",
-           (long long)st.queued_msgs, (long long)st.queued_rcpts, (long long)st.held_rcpts);
-    printf("mailboxes     %lld messages for %lld users\n", (long long)st.mbox_msgs, (long long)st.users);
-    printf("destinations\n");
-    store_dest_list(print_dest, NULL);
-    if (conf->upstream[0]) {
-        char text[2048], date[64];
-        int64_t when;
-        printf("upstream      %s (%s) for %zu domains\n", conf->upstream, conf->upstream_mode,
-               conf->n_upstream_domains);
-        if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
-            util_date(when, date, sizeof date);
-            printf("  last successful exchange %s:\n", date);
-            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-                printf("    %s\n", l);
-        } else {
-            printf("  no successful exchange yet\n");
-        }
-        if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
-            util_date(when, date, sizeof date);
-            printf("  last failed exchange %s:\n", date);
-            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-                printf("    %s\n", l);
-        }
-    }
+    if (cli_open_store_ro())
+        return EX_OK;                   /* said why; the file's part was shown */
+    printf("# domains in the database (mailnode domain list):\n");
+    store_domain_list(config_domain, NULL);
     store_close();
     return EX_OK;
 }
@@ -24491,6 +25699,817 @@ int cli_poll(int argc, char **argv)
     loop_free();
 out:
     daemon_close(lockfd);
+    return rc;
+}
+
+/* ---- src/cli_db.c ---- */
+#line 1 "src/cli_db.c"
+/*
+ * cli_db.c: how the commands reach the database and the node key.
+ *
+ *   - Only the daemon and the commands that write (user/domain/alias add,
+ *     sendmail, ...) may create the database and the key; a read-only
+ *     command (status, queue list) pointed at a wrong path says so instead
+ *     of leaving an empty database behind.
+ *   - A database that cannot be opened is explained: a missing directory,
+ *     a permission, a read-only file system, with the sysexits(3) code for
+ *     each (73 cannot create, 77 no permission), not a bare SQLite text.
+ *   - With `user = NAME`, what root creates belongs to NAME, so that the
+ *     README's order (root adds users, then starts the daemon that drops
+ *     to NAME) works.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pwd.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+
+/* The directory part of path, "." when there is none. */
+static void cli_db_dir(const char *path, char *dir, size_t n)
+{
+    char tmp[4096];
+    util_strlcpy(tmp, path, sizeof tmp);
+    util_strlcpy(dir, dirname(tmp), n);
+}
+
+/* Why path cannot be opened for reading and writing (or created): fills
+ * why and returns the exit code; 0 if nothing visible is wrong. */
+int cli_db_diagnose(const char *path, char *why, size_t n)
+{
+    char dir[4096];
+    struct stat st;
+
+    cli_db_dir(path, dir, sizeof dir);
+    if (stat(dir, &st)) {
+        snprintf(why, n, "the directory %.400s does not exist (create it, or correct `database`)", dir);
+        return EX_CANTCREAT;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(why, n, "%.400s is not a directory", dir);
+        return EX_CANTCREAT;
+    }
+    if (stat(path, &st) == 0) {
+        if (!S_ISREG(st.st_mode)) {
+            snprintf(why, n, "%s is not a regular file", path);
+            return EX_CANTCREAT;
+        }
+        if (access(path, R_OK | W_OK) == 0 && access(dir, W_OK) == 0)
+            return 0;
+        if (errno == EROFS) {
+            snprintf(why, n, "%s is on a read-only file system", path);
+            return EX_CANTCREAT;
+        }
+        if (access(path, R_OK | W_OK)) {
+            struct passwd *pw = getpwuid(st.st_uid);
+            snprintf(why, n, "no permission to read and write %s (owned by %s, mode %03o; running as uid %ld)",
+                     path, pw ? pw->pw_name : "?", (unsigned)(st.st_mode & 0777), (long)geteuid());
+            return EX_NOPERM;
+        }
+    } else if (errno != ENOENT) {
+        snprintf(why, n, "%s: %s", path, strerror(errno));
+        return errno == EACCES ? EX_NOPERM : EX_CANTCREAT;
+    }
+    /* SQLite keeps its write-ahead log beside the database. */
+    if (access(dir, W_OK)) {
+        if (errno == EROFS) {
+            snprintf(why, n, "the directory %.400s is on a read-only file system", dir);
+            return EX_CANTCREAT;
+        }
+        struct passwd *me = getpwuid(geteuid());
+        snprintf(why, n, "no permission to create files in %.250s (the database and its -wal and "
+                 "-shm files live there): as root, run `chown %s %.250s`", dir,
+                 me ? me->pw_name : "USER", dir);
+        return EX_NOPERM;
+    }
+    return 0;
+}
+
+/* Files root made for a node whose daemon runs as `user` go to that user;
+ * the daemon could not open them otherwise. */
+void cli_db_chown(void)
+{
+    static const char *const suffixes[] = { "", "-wal", "-shm", ".lock" };
+    char path[4200];
+    struct passwd *pw;
+    struct stat st;
+
+    if (geteuid() != 0 || !conf->run_user[0] || !(pw = getpwnam(conf->run_user)))
+        return;
+    for (size_t i = 0; i <= MN_NELEM(suffixes); i++) {
+        if (i < MN_NELEM(suffixes))
+            snprintf(path, sizeof path, "%s%s", conf->database, suffixes[i]);
+        else
+            util_strlcpy(path, conf->keyfile, sizeof path);
+        if (lstat(path, &st) || !S_ISREG(st.st_mode) || st.st_uid == pw->pw_uid)
+            continue;
+        if (chown(path, pw->pw_uid, pw->pw_gid))
+            fprintf(stderr, "mailnode: cannot give %s to user %s: %s\n", path, pw->pw_name,
+                    strerror(errno));
+    }
+}
+
+static int cli_db_open(int create)
+{
+    char err[512], why[1024];
+    struct stat st;
+    int rc;
+
+    if (!create && stat(conf->database, &st) && errno == ENOENT) {
+        fprintf(stderr, "mailnode: no database %s (check `database` in %s; `mailnode run` or a "
+                        "command that writes, such as `mailnode user add`, creates it)\n",
+                conf->database, conf->path ? conf->path : "the configuration");
+        return EX_NOINPUT;
+    }
+    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
+        rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
+        return rc ? rc : EX_CANTCREAT;
+    }
+    /* Only a command that may create the database may create the key. */
+    if ((create || access(conf->keyfile, F_OK) == 0) && auth_init(conf->keyfile)) {
+        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
+        store_close();
+        return EX_CANTCREAT;
+    }
+    cli_db_chown();
+    return 0;
+}
+
+int cli_open_store(void)
+{
+    return cli_db_open(1);
+}
+
+int cli_open_store_ro(void)
+{
+    return cli_db_open(0);
+}
+
+/* ----------------------------------------------------------------- lock */
+
+static void cli_db_lock_path(char *path, size_t n)
+{
+    snprintf(path, n, "%s.lock", conf->database);
+}
+
+/* One daemon per database: a second one would race the first for the
+ * same queue and remove bodies it is still writing.  The lock file names
+ * the holder, so that the second one can say who it is.  The fd, or minus
+ * a sysexits code after saying what is wrong. */
+int cli_db_lock(void)
+{
+    char path[4200], why[1024], text[64] = "";
+    int fd, rc;
+    ssize_t n;
+
+    cli_db_lock_path(path, sizeof path);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, rc ? why : strerror(errno));
+        return -(rc ? rc : EX_CANTCREAT);
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        n = pread(fd, text, sizeof text - 1, 0);
+        text[n > 0 ? n : 0] = '\0';
+        if (!strncmp(text, "pid ", 4))
+            fprintf(stderr, "mailnode: another mailnode (pid %ld) is running on %s\n", atol(text + 4),
+                    conf->database);
+        else
+            fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
+        close(fd);
+        return -EX_TEMPFAIL;
+    }
+    snprintf(text, sizeof text, "pid %ld\n", (long)getpid());
+    if (ftruncate(fd, 0) || pwrite(fd, text, strlen(text), 0) < 0)
+        fprintf(stderr, "mailnode: cannot write %s: %s\n", path, strerror(errno));
+    return fd;
+}
+
+/* What `status` shows of the running daemon, written once it serves. */
+void cli_db_lock_note(int fd)
+{
+    char text[4096];
+    int len = snprintf(text, sizeof text, "pid %ld\nstarted %lld\nversion %s\n", (long)getpid(),
+                       (long long)util_now(), MAILNODE_VERSION);
+    static const char *const kinds[LISTEN_N] = { "smtp", "submission", "odmr", "pop3", "imap", "imaps" };
+
+    for (int i = 0; i < LISTEN_N && len > 0 && (size_t)len < sizeof text; i++)
+        if (conf->listen[i][0])
+            len += snprintf(text + len, sizeof text - (size_t)len, "listen %s %s\n", kinds[i],
+                            conf->listen[i]);
+    if (len < 0 || (size_t)len >= sizeof text)
+        return;
+    if (ftruncate(fd, 0) || pwrite(fd, text, (size_t)len, 0) < 0)
+        log_warn("cannot write the lock file: %s", strerror(errno));
+}
+
+/* The running daemon's note into buf: 1 if a daemon holds the lock, 0 if
+ * none does, -1 if that cannot be told (no permission). */
+int cli_db_daemon(char *buf, size_t n)
+{
+    char path[4200];
+    ssize_t got;
+    int fd, running;
+
+    buf[0] = '\0';
+    cli_db_lock_path(path, sizeof path);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    running = flock(fd, LOCK_SH | LOCK_NB) != 0;
+    got = pread(fd, buf, n - 1, 0);
+    buf[got > 0 ? got : 0] = '\0';
+    close(fd);
+    return running;
+}
+
+/* ---- src/cli_status.c ---- */
+#line 1 "src/cli_status.c"
+/*
+ * cli_status.c: `mailnode status`, what an operator looks at first: is the
+ * daemon running, what waits where and why.
+ *
+ * The daemon is seen through its lock file (cli_db.c), which it holds
+ * while it runs and in which it notes its pid, start time, version and
+ * listeners; the rest comes from the database.  `--json` prints the same
+ * facts for scripts and monitoring.
+ */
+
+
+#include <string.h>
+
+struct status_daemon {
+    int running;                        /* 1, 0, or -1 unknown */
+    long pid;
+    int64_t started;
+    char version[32];
+    char listen[LISTEN_N][256];         /* "kind addr:port" lines, as noted */
+    int nlisten;
+};
+
+static void status_read_daemon(struct status_daemon *sd)
+{
+    char note[4096], *save = NULL;
+
+    memset(sd, 0, sizeof *sd);
+    sd->running = cli_db_daemon(note, sizeof note);
+    for (char *l = strtok_r(note, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (!strncmp(l, "pid ", 4))
+            sd->pid = atol(l + 4);
+        else if (!strncmp(l, "started ", 8))
+            sd->started = atoll(l + 8);
+        else if (!strncmp(l, "version ", 8))
+            util_strlcpy(sd->version, l + 8, sizeof sd->version);
+        else if (!strncmp(l, "listen ", 7) && sd->nlisten < LISTEN_N)
+            util_strlcpy(sd->listen[sd->nlisten++], l + 7, sizeof sd->listen[0]);
+    }
+}
+
+static void status_span(int64_t secs, char *out, size_t n)
+{
+    if (secs < 0)
+        secs = 0;
+    if (secs >= 86400)
+        snprintf(out, n, "%lldd %lldh", (long long)(secs / 86400), (long long)(secs % 86400 / 3600));
+    else if (secs >= 3600)
+        snprintf(out, n, "%lldh %lldm", (long long)(secs / 3600), (long long)(secs % 3600 / 60));
+    else if (secs >= 60)
+        snprintf(out, n, "%lldm %llds", (long long)(secs / 60), (long long)(secs % 60));
+    else
+        snprintf(out, n, "%llds", (long long)secs);
+}
+
+/* ------------------------------------------------------------------ text */
+
+static const char *status_dest_name(const struct store_dest *d, char *buf, size_t n)
+{
+    if (!strcmp(d->name, "[relayhost]"))
+        snprintf(buf, n, "[relayhost] %s", conf->relayhost);
+    else
+        util_strlcpy(buf, d->name, n);
+    return buf;
+}
+
+static int status_text_dest(void *arg, const struct store_dest *d)
+{
+    char name[SMTP_DOMAIN_MAX + 32], next[64] = "now", ok[64] = "never", when[64] = "";
+    int64_t now = util_now();
+    MN_UNUSED(arg);
+
+    if (d->next_try > now)
+        util_date(d->next_try, next, sizeof next);
+    if (d->last_ok)
+        util_date(d->last_ok, ok, sizeof ok);
+    printf("  %s\n", status_dest_name(d, name, sizeof name));
+    printf("    %s, backlog %lld recipient%s, next try %s, last success %s\n",
+           d->failures > 0 ? "down" : "up", (long long)d->backlog, d->backlog == 1 ? "" : "s",
+           d->backlog || d->failures ? next : "-", ok);
+    if (d->last_error[0]) {
+        if (d->last_try)
+            util_date(d->last_try, when, sizeof when);
+        printf("    last error%s%s: %s\n", when[0] ? " at " : "", when, d->last_error);
+    }
+    return 0;
+}
+
+static int status_text_held(void *arg, const char *domain, int64_t rcpts, int64_t msgs)
+{
+    (*(int *)arg)++;
+    printf("  %-30s %lld message%s, %lld recipient%s\n", domain, (long long)msgs, msgs == 1 ? "" : "s",
+           (long long)rcpts, rcpts == 1 ? "" : "s");
+    return 0;
+}
+
+static void status_text_upstream(void)
+{
+    char text[2048], date[64];
+    int64_t when;
+
+    if (!conf->upstream[0])
+        return;
+    printf("upstream      %s (%s) for %zu domain%s\n", conf->upstream, conf->upstream_mode,
+           conf->n_upstream_domains, conf->n_upstream_domains == 1 ? "" : "s");
+    if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
+        util_date(when, date, sizeof date);
+        printf("  last successful exchange %s:\n", date);
+        for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+            printf("    %s\n", l);
+    } else {
+        printf("  no successful exchange yet\n");
+    }
+    if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
+        util_date(when, date, sizeof date);
+        printf("  last failed exchange %s:\n", date);
+        for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+            printf("    %s\n", l);
+    }
+}
+
+static void status_text(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
+{
+    char span[64];
+    int nheld = 0;
+
+    if (sd->running == 1) {
+        status_span(util_now() - sd->started, span, sizeof span);
+        printf("daemon        running, pid %ld, up %s, mailnode %s\n", sd->pid, span,
+               sd->version[0] ? sd->version : "?");
+        for (int i = 0; i < sd->nlisten; i++)
+            printf("%s %s\n", i ? "             " : "listening    ", sd->listen[i]);
+    } else {
+        printf("daemon        %s\n", sd->running ? "unknown (cannot read the lock file)" : "not running");
+    }
+    printf("database      %s\n", conf->database);
+    printf("queued        %lld message%s, %lld recipient%s (%lld held for on-demand relay, "
+           "%lld message%s stopped by queue hold)\n",
+           (long long)st->queued_msgs, st->queued_msgs == 1 ? "" : "s", (long long)st->queued_rcpts,
+           st->queued_rcpts == 1 ? "" : "s", (long long)st->held_rcpts, (long long)on_hold,
+           on_hold == 1 ? "" : "s");
+    printf("mailboxes     %lld message%s for %lld user%s\n", (long long)st->mbox_msgs,
+           st->mbox_msgs == 1 ? "" : "s", (long long)st->users, st->users == 1 ? "" : "s");
+    printf("destinations\n");
+    store_ops_dests(conf->relayhost[0] != 0, status_text_dest, NULL);
+    printf("held for on-demand relay\n");
+    store_ops_held(status_text_held, &nheld);
+    if (!nheld)
+        printf("  nothing\n");
+    status_text_upstream();
+}
+
+/* ------------------------------------------------------------------ json */
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static void json_time(int64_t t)
+{
+    if (t > 0)
+        printf("%lld", (long long)t);
+    else
+        printf("null");
+}
+
+static int status_json_dest(void *arg, const struct store_dest *d)
+{
+    int *first = arg;
+    char name[SMTP_DOMAIN_MAX + 32];
+
+    printf("%s{\"name\":", *first ? "" : ",");
+    *first = 0;
+    json_str(status_dest_name(d, name, sizeof name));
+    printf(",\"relayhost\":%s,\"state\":\"%s\",\"backlog\":%lld,\"failures\":%lld,\"next_try\":",
+           strcmp(d->name, "[relayhost]") ? "false" : "true", d->failures > 0 ? "down" : "up",
+           (long long)d->backlog, (long long)d->failures);
+    json_time(d->next_try);
+    printf(",\"last_ok\":");
+    json_time(d->last_ok);
+    printf(",\"last_error\":");
+    if (d->last_error[0]) {
+        json_str(d->last_error);
+        printf(",\"last_error_at\":");
+        json_time(d->last_try);
+    } else {
+        printf("null,\"last_error_at\":null");
+    }
+    printf("}");
+    return 0;
+}
+
+static int status_json_held(void *arg, const char *domain, int64_t rcpts, int64_t msgs)
+{
+    int *first = arg;
+    printf("%s{\"domain\":", *first ? "" : ",");
+    *first = 0;
+    json_str(domain);
+    printf(",\"messages\":%lld,\"recipients\":%lld}", (long long)msgs, (long long)rcpts);
+    return 0;
+}
+
+static void status_json_meta(const char *key, const char *name)
+{
+    char text[2048];
+    int64_t when;
+
+    printf(",\"%s\":", name);
+    if (store_meta_get(key, text, sizeof text, &when)) {
+        printf("null");
+        return;
+    }
+    printf("{\"at\":%lld,\"summary\":", (long long)when);
+    json_str(text);
+    printf("}");
+}
+
+static void status_json(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
+{
+    int first = 1;
+
+    printf("{\"daemon\":{\"running\":%s", sd->running == 1 ? "true" : sd->running ? "null" : "false");
+    if (sd->running == 1) {
+        printf(",\"pid\":%ld,\"started\":%lld,\"uptime\":%lld,\"version\":", sd->pid,
+               (long long)sd->started, (long long)(util_now() - sd->started));
+        json_str(sd->version);
+        printf(",\"listen\":[");
+        for (int i = 0; i < sd->nlisten; i++) {
+            printf("%s", i ? "," : "");
+            json_str(sd->listen[i]);
+        }
+        printf("]");
+    }
+    printf("},\"database\":");
+    json_str(conf->database);
+    printf(",\"queue\":{\"messages\":%lld,\"recipients\":%lld,\"held_for_relay\":%lld,\"on_hold\":%lld}",
+           (long long)st->queued_msgs, (long long)st->queued_rcpts, (long long)st->held_rcpts,
+           (long long)on_hold);
+    printf(",\"mailboxes\":{\"messages\":%lld,\"users\":%lld}", (long long)st->mbox_msgs, (long long)st->users);
+    printf(",\"destinations\":[");
+    store_ops_dests(conf->relayhost[0] != 0, status_json_dest, &first);
+    printf("],\"held\":[");
+    first = 1;
+    store_ops_held(status_json_held, &first);
+    printf("],\"upstream\":");
+    if (conf->upstream[0]) {
+        printf("{\"host\":");
+        json_str(conf->upstream);
+        printf(",\"mode\":");
+        json_str(conf->upstream_mode);
+        status_json_meta("upstream.last_ok", "last_ok");
+        status_json_meta("upstream.last_fail", "last_fail");
+        printf("}");
+    } else {
+        printf("null");
+    }
+    printf("}\n");
+}
+
+int cli_status(int argc, char **argv)
+{
+    struct status_daemon sd;
+    struct store_status st;
+    int json = argc == 2 && !strcmp(argv[1], "--json");
+    int64_t on_hold;
+    int rc;
+
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: mailnode status [--json]\n"
+               "Shows whether the daemon runs (pid, uptime, version, listeners), the queue,\n"
+               "the mailboxes, every destination with its backlog, state and last error,\n"
+               "the mail held for on-demand relay and the last upstream exchanges.\n"
+               "  --json   the same as one JSON object, for scripts\n");
+        return EX_OK;
+    }
+    if (argc > 2 || (argc == 2 && !json)) {
+        fprintf(stderr, "usage: mailnode status [--json]\n");
+        return EX_USAGE;
+    }
+    status_read_daemon(&sd);
+    if ((rc = cli_open_store_ro()))
+        return rc;
+    if (store_status(&st) || (on_hold = store_ops_on_hold()) < 0) {
+        store_close();
+        return EX_SOFTWARE;
+    }
+    if (json)
+        status_json(&sd, &st, on_hold);
+    else
+        status_text(&sd, &st, on_hold);
+    store_close();
+    return EX_OK;
+}
+
+/* ---- src/cli_queue.c ---- */
+#line 1 "src/cli_queue.c"
+/*
+ * cli_queue.c: `mailnode queue`, the queue as the operator sees it and
+ * handles it.  For each recipient: its state, how many attempts, the last
+ * error and when the next try will be, which is the later of the
+ * recipient's own time and its destination's backoff (the relayhost's
+ * when there is one): the scheduler waits for both.
+ *
+ * The daemon reads the queue from the database at every scan, so a change
+ * made here is what the running daemon does next.
+ */
+
+
+#include <string.h>
+
+#define QUEUE_USAGE \
+    "usage: mailnode queue [list [--domain D] | count | show ID... | delete ID... |\n" \
+    "                       delete --domain D | delete --all --yes | hold ID... | release ID...]\n"
+
+static void queue_rcpt_line(const struct store_ops_msg *m, const struct store_ops_rcpt *r)
+{
+    static const char *const states[] = { "queued", "delivered", "failed" };
+    char next[64] = "", when[64] = "";
+    int64_t now = util_now();
+
+    printf("    %s (", r->addr);
+    if (r->state == 0 && r->kind == ROUTE_HOLD) {
+        printf("held)\n");                  /* for on-demand relay: ETRN/ATRN releases it */
+        return;
+    }
+    if (r->state == 0 && m->hold)
+        printf("held by queue hold, not delivered or expired until released");
+    else if (r->state == 0 && r->kind == ROUTE_REMOTE) {
+        if (r->next_try > now)
+            util_date(r->next_try, next, sizeof next);
+        printf("queued, %d attempt%s", r->attempts, r->attempts == 1 ? "" : "s");
+        if (r->dest_failures)
+            printf(", %s not reached in %d tr%s", conf->relayhost[0] ? "relayhost" : "destination",
+                   r->dest_failures, r->dest_failures == 1 ? "y" : "ies");
+        printf(", next try %s", next[0] ? next : "now (due)");
+    } else {
+        printf("%s", states[r->state % 3]);
+        if (r->attempts)
+            printf(", %d attempt%s", r->attempts, r->attempts == 1 ? "" : "s");
+    }
+    if (r->last_error[0]) {
+        if (r->updated)
+            util_date(r->updated, when, sizeof when);
+        printf(", last error%s%s: %s", when[0] ? " at " : "", when, r->last_error);
+    }
+    printf(")\n");
+}
+
+struct queue_print {
+    const struct store_ops_msg *m;
+};
+
+static int queue_print_rcpt(void *arg, const struct store_ops_rcpt *r)
+{
+    queue_rcpt_line(((struct queue_print *)arg)->m, r);
+    return 0;
+}
+
+static int queue_print_msg(void *arg, const struct store_ops_msg *m)
+{
+    struct queue_print p = { m };
+    char date[64];
+    MN_UNUSED(arg);
+
+    util_date(m->received, date, sizeof date);
+    printf("%s  %8lld  %s  <%s>%s\n", m->qid, (long long)m->size, date, m->sender,
+           m->hold ? "  ON HOLD" : "");
+    store_ops_rcpts(m->id, conf->relayhost[0] != 0, queue_print_rcpt, &p);
+    return 0;
+}
+
+static int queue_not_found(const char *qid)
+{
+    fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", qid);
+    return EX_DATAERR;
+}
+
+static int queue_show(const char *qid)
+{
+    struct store_ops_msg m;
+    struct store_reader r;
+    char buf[8192];
+    ssize_t n;
+    int rc = store_ops_msg_get(qid, &m);
+
+    if (rc == STORE_NOTFOUND)
+        return queue_not_found(qid);
+    if (rc)
+        return EX_SOFTWARE;
+    queue_print_msg(NULL, &m);
+    printf("\n");
+    if (store_reader_open(&r, m.body_id))
+        return EX_SOFTWARE;
+    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
+        fwrite(buf, 1, (size_t)n, stdout);
+    store_reader_close(&r);
+    return n < 0 ? EX_SOFTWARE : EX_OK;
+}
+
+/* delete, hold or release one message, committed on its own: a bad id in
+ * a list does not undo the others. */
+static int queue_change(const char *sub, const char *qid)
+{
+    int del = !strcmp(sub, "delete"), hold = !strcmp(sub, "hold");
+    int rc = del ? store_queue_delete(qid) : store_queue_hold(qid, hold);
+
+    if (!rc)
+        rc = store_commit();
+    else
+        store_rollback();
+    if (rc == STORE_NOTFOUND)
+        return queue_not_found(qid);
+    if (rc) {
+        fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, qid);
+        return EX_TEMPFAIL;
+    }
+    printf("%s %s\n", qid, del ? "deleted" : hold ? "held" : "released");
+    return EX_OK;
+}
+
+static int queue_collect(void *arg, const struct store_ops_msg *m)
+{
+    FILE *f = arg;
+    fprintf(f, "%s\n", m->qid);
+    return 0;
+}
+
+/* delete --all: the ids first, then one delete each (the listing
+ * statement must not run while its rows go). */
+static int queue_delete_all(void)
+{
+    char *ids = NULL, line[QID_LEN + 8];
+    size_t len = 0;
+    int rc = EX_OK, n = 0;
+    FILE *f = open_memstream(&ids, &len);
+
+    if (!f)
+        return EX_OSERR;
+    if (store_ops_msgs(NULL, queue_collect, f)) {
+        fclose(f);
+        free(ids);
+        return EX_SOFTWARE;
+    }
+    fclose(f);
+    f = fmemopen(ids, len ? len : 1, "r");
+    while (f && len && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        int r = queue_change("delete", line);
+        if (r)
+            rc = r;
+        else
+            n++;
+    }
+    if (f)
+        fclose(f);
+    free(ids);
+    printf("%d message%s deleted\n", n, n == 1 ? "" : "s");
+    return rc;
+}
+
+static int queue_delete_domain(const char *domain)
+{
+    char lower[SMTP_DOMAIN_MAX + 1];
+    int64_t n;
+    int rc;
+
+    util_strlcpy(lower, domain, sizeof lower);
+    util_lower(lower);
+    rc = store_ops_delete_domain(lower, &n);
+    if (!rc)
+        rc = store_commit();
+    else
+        store_rollback();
+    if (rc) {
+        fprintf(stderr, "mailnode: could not delete the mail for %s: database error\n", lower);
+        return EX_TEMPFAIL;
+    }
+    printf("%lld recipient%s for %s deleted\n", (long long)n, n == 1 ? "" : "s", lower);
+    return EX_OK;
+}
+
+static int queue_help(void)
+{
+    printf(QUEUE_USAGE
+           "  list [--domain D]   messages waiting, each recipient with its state, attempts,\n"
+           "                      next try and last error (only those with mail for D)\n"
+           "  count               one number: messages not yet delivered\n"
+           "  show ID...          the envelope, recipients and text of messages\n"
+           "  delete ID...        remove messages from the queue without a bounce\n"
+           "  delete --domain D   remove every queued recipient for domain D\n"
+           "  delete --all --yes  empty the queue\n"
+           "  hold ID...          keep messages from delivery and expiry until released\n"
+           "  release ID...       make held messages due for delivery at once\n");
+    return EX_OK;
+}
+
+static int queue_usage(void)
+{
+    fputs(QUEUE_USAGE, stderr);
+    return EX_USAGE;
+}
+
+/* Which form of the command this is; 0 after a usage error. */
+static int queue_parse(int argc, char **argv, const char **domain, int *all)
+{
+    const char *sub = argc > 1 ? argv[1] : "list";
+    int with_ids = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
+                   !strcmp(sub, "release");
+
+    *domain = NULL;
+    *all = 0;
+    if (argc >= 4 && !strcmp(argv[2], "--domain") && (!strcmp(sub, "list") || !strcmp(sub, "delete"))) {
+        *domain = argv[3];
+        return argc == 4;
+    }
+    if (!strcmp(sub, "delete") && argc >= 3 && !strcmp(argv[2], "--all")) {
+        *all = argc == 4 && !strcmp(argv[3], "--yes") ? 1 : -1;
+        return argc <= 4;
+    }
+    if (with_ids)
+        return argc >= 3;
+    return (!strcmp(sub, "list") || !strcmp(sub, "count")) && argc <= 2;
+}
+
+int cli_queue(int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "list", *domain;
+    int rc, all;
+
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return queue_help();
+    if (!queue_parse(argc, argv, &domain, &all)) {
+        if (argc > 1 && strcmp(sub, "list") && strcmp(sub, "count") && strcmp(sub, "show") &&
+            strcmp(sub, "delete") && strcmp(sub, "hold") && strcmp(sub, "release")) {
+            fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
+            return EX_USAGE;
+        }
+        return queue_usage();
+    }
+    if (all < 0) {
+        fprintf(stderr, "mailnode: queue delete --all removes every queued message without a bounce;"
+                        " add --yes to do it\n");
+        return EX_USAGE;
+    }
+    if ((rc = cli_open_store_ro()))
+        return rc;
+    if (!strcmp(sub, "list")) {
+        rc = store_ops_msgs(domain, queue_print_msg, NULL) ? EX_SOFTWARE : EX_OK;
+    } else if (!strcmp(sub, "count")) {
+        int64_t n = store_queue_count();
+        rc = n < 0 ? EX_SOFTWARE : EX_OK;
+        if (n >= 0)
+            printf("%lld\n", (long long)n);
+    } else if (domain) {
+        rc = queue_delete_domain(domain);
+    } else if (all) {
+        rc = queue_delete_all();
+    } else {
+        rc = EX_OK;
+        for (int i = 2; i < argc; i++) {
+            int r = !strcmp(sub, "show") ? queue_show(argv[i]) : queue_change(sub, argv[i]);
+            if (r)
+                rc = r;
+            if (!strcmp(sub, "show") && i + 1 < argc)
+                printf("\n");
+        }
+    }
+    store_close();
     return rc;
 }
 
@@ -24757,6 +26776,20 @@ static int cli_admin_new_password(struct store_user *u)
 
 /* ----------------------------------------------------------------- users */
 
+/* Postmaster mail kept while the node had no admin goes to the admin. */
+static void cli_admin_adopt(void)
+{
+    struct store_user a;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&a)) {
+        printf("mail held for the postmaster moved to %s's mailbox\n", a.name);
+        sodium_memzero(&a, sizeof a);
+    } else if (rc) {
+        store_rollback();
+    }
+}
+
 static int cli_user_add(const char *name)
 {
     struct store_user u;
@@ -24765,6 +26798,20 @@ static int cli_user_add(const char *name)
     memset(&u, 0, sizeof u);
     util_strlcpy(u.name, name, sizeof u.name);
     rc = store_user_get(name, &u);
+    if (rc == 0 && !u.pwhash[0]) {
+        /* The mailbox that held postmaster mail gets a password: it is an
+         * ordinary user from now on, with the mail kept so far. */
+        if ((rc = cli_admin_new_password(&u)))
+            return rc;
+        rc = store_user_update(&u);
+        sodium_memzero(&u, sizeof u);
+        if (rc)
+            return cli_admin_store_fail(rc, "add the user");
+        if ((rc = cli_admin_commit("add the user")))
+            return rc;
+        printf("user %s added (with the mail held for the postmaster so far)\n", name);
+        return EX_OK;
+    }
     if (rc == 0) {
         fprintf(stderr, "mailnode: user %s already exists (use `mailnode user passwd %s` to change"
                 " the password)\n", name, name);
@@ -24787,6 +26834,7 @@ static int cli_user_add(const char *name)
     if ((rc = cli_admin_commit("add the user")))
         return rc;
     printf("user %s added\n", name);
+    cli_admin_adopt();
     return EX_OK;
 }
 
@@ -24857,7 +26905,7 @@ static int cli_user_del(const char *name)
 static int cli_user_print(void *arg, const struct store_user *u)
 {
     MN_UNUSED(arg);
-    printf("%s\n", u->name);
+    printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
     return 0;
 }
 
@@ -24874,7 +26922,7 @@ int cli_user(int argc, char **argv)
         return cli_admin_usage(cli_user_usage);
     if (argc == 3 && cli_admin_user_name(argv[2], name))
         return EX_DATAERR;
-    if ((rc = cli_open_store()))
+    if ((rc = strcmp(sub, "list") && strcmp(sub, "del") ? cli_open_store() : cli_open_store_ro()))
         return rc;
     if (!strcmp(sub, "add"))
         rc = cli_user_add(name);
@@ -24992,7 +27040,7 @@ static int cli_domain_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_domain_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -25030,7 +27078,7 @@ int cli_domain(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_domain_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_domain_list(cli_domain_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list domains") : EX_OK;
         store_close();
@@ -25179,7 +27227,7 @@ static int cli_alias_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_alias_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -25213,7 +27261,7 @@ int cli_alias(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_alias_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_alias_list(cli_alias_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list aliases") : EX_OK;
         store_close();
@@ -26572,7 +28620,7 @@ static int cli_mbox_list(int argc, char **argv)
         fputs(cli_mbox_list_help, stderr);
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if ((rc = cli_mbox_find_user(argv[2], &u)) || (rc = cli_mbox_load_uids(u.id, &l)))
         return rc;
@@ -26724,6 +28772,35 @@ static void cli_mbox_prefix_sender(const char *prefix, char *out, size_t n)
     out[k] = 0;
 }
 
+/* The mbox file, often in a shared directory such as /tmp or a spool: a
+ * new file is created with O_EXCL (mode 0600: everyone's mail deserves
+ * it), an existing one is appended to only if it is a regular file of
+ * ours with one link.  O_NOFOLLOW throughout: a symbolic link planted
+ * under the name (to another user's file, to /etc/...) is refused, never
+ * followed, as is a hard link to someone else's file. */
+static int cli_mbox_open_append(const char *path)
+{
+    struct stat st;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 && errno == EEXIST)
+        fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", path, strerror(errno),
+                errno == ELOOP ? " (a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1) {
+        fprintf(stderr, "mailnode: %s is not a regular file of this user with one link: refused\n", path);
+        close(fd);
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
 static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list *l,
                                 const char *path, size_t *done)
 {
@@ -26733,12 +28810,12 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     if (to_stdout) {
         f = stdout;
     } else {
-        /* Everyone's mail deserves 0600 too. */
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "a"))) {
+        fd = cli_mbox_open_append(path);
+        if (fd < 0)
+            return EX_CANTCREAT;
+        if (!(f = fdopen(fd, "a"))) {
             fprintf(stderr, "mailnode: cannot open %s: %s\n", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
+            close(fd);
             return EX_CANTCREAT;
         }
     }
@@ -26778,44 +28855,82 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     return rc;
 }
 
-static int cli_mbox_make_dir(const char *path)
+/* A directory of the Maildir, made if missing and opened without
+ * following a symbolic link: a planted "new -> /elsewhere" is refused,
+ * and everything below is reached through the descriptor (openat,
+ * linkat), so the tree cannot be swapped for a link half-way. */
+static int cli_mbox_open_dir(int at, const char *name, const char *shown)
 {
-    if (mkdir(path, 0700) && errno != EEXIST) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return EX_CANTCREAT;
+    struct stat st;
+    int fd;
+
+    if (mkdirat(at, name, 0700) && errno != EEXIST) {
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", shown, strerror(errno));
+        return -1;
     }
-    return 0;
+    fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", shown, strerror(errno),
+                errno == ELOOP || errno == ENOTDIR ? " (not a directory, or a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || st.st_uid != geteuid()) {
+        fprintf(stderr, "mailnode: %s belongs to another user: refused\n", shown);
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
-static int cli_mbox_fsync_dir(const char *path)
+/* One message into the Maildir: written in tmp/ (O_EXCL, O_NOFOLLOW),
+ * fsynced, then linked into new/ under the same unique name, so a reader
+ * never sees half a message. */
+static int cli_mbox_maildir_one(int tmpfd, int newfd, const char *name, const struct store_mbox_msg *m,
+                                const char *dir)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
-    if (fd < 0)
-        return -1;
-    rc = fsync(fd);
-    close(fd);
+    struct cli_mbox_xform x;
+    FILE *f;
+    int rc, fd = openat(tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 || !(f = fdopen(fd, "w"))) {
+        fprintf(stderr, "mailnode: cannot create %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return EX_CANTCREAT;
+    }
+    cli_mbox_xf_init(&x, f, 0);
+    rc = cli_mbox_export_body(m, &x);
+    if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (fclose(f) && !rc) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (!rc && (linkat(tmpfd, name, newfd, name, 0) || unlinkat(tmpfd, name, 0))) {
+        fprintf(stderr, "mailnode: cannot move %s/tmp/%s to new/: %s\n", dir, name, strerror(errno));
+        rc = EX_CANTCREAT;
+    }
+    if (rc)
+        unlinkat(tmpfd, name, 0);
     return rc;
 }
 
-/* Maildir delivery: write in tmp/, fsync, then link into new/ under the
- * same unique name, so a reader never sees half a message. */
 static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_list *l,
                                    const char *dir, size_t *done)
 {
-    char path[4096], tmp[4096 + 256], dst[4096 + 256], host[256];
-    int rc;
-
-    if (strlen(dir) > 4000) {
-        fprintf(stderr, "mailnode: %s: path too long\n", dir);
-        return EX_USAGE;
-    }
-    if ((rc = cli_mbox_make_dir(dir)))
-        return rc;
+    char name[512], host[256];
+    int rc = 0, top, fds[3] = { -1, -1, -1 };
     const char *subs[] = { "tmp", "new", "cur" };
-    for (size_t i = 0; i < MN_NELEM(subs); i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, subs[i]);
-        if ((rc = cli_mbox_make_dir(path)))
-            return rc;
+
+    top = cli_mbox_open_dir(AT_FDCWD, dir, dir);
+    if (top < 0)
+        return EX_CANTCREAT;
+    for (size_t i = 0; i < MN_NELEM(subs) && !rc; i++) {
+        fds[i] = cli_mbox_open_dir(top, subs[i], subs[i]);
+        if (fds[i] < 0)
+            rc = EX_CANTCREAT;
     }
     if (gethostname(host, sizeof host))
         util_strlcpy(host, "localhost", sizeof host);
@@ -26823,51 +28938,26 @@ static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_li
     for (char *p = host; *p; p++)
         if (*p == '/' || *p == ':')
             *p = '_';
-    for (size_t i = 0; i < l->n; i++) {
+    for (size_t i = 0; i < l->n && !rc; i++) {
         struct store_mbox_msg m;
-        struct cli_mbox_xform x;
-        FILE *f;
-        int fd;
 
         if (store_mbox_get(user_id, l->uids[i], &m))
             continue;
-        snprintf(tmp, sizeof tmp, "%s/tmp/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        snprintf(dst, sizeof dst, "%s/new/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "w"))) {
-            fprintf(stderr, "mailnode: cannot create %s: %s\n", tmp, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            return EX_CANTCREAT;
-        }
-        cli_mbox_xf_init(&x, f, 0);
-        rc = cli_mbox_export_body(&m, &x);
-        if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (fclose(f) && !rc) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (!rc && (link(tmp, dst) || unlink(tmp))) {
-            fprintf(stderr, "mailnode: cannot move %s to %s: %s\n", tmp, dst, strerror(errno));
-            rc = EX_CANTCREAT;
-        }
-        if (rc) {
-            unlink(tmp);
-            return rc;
-        }
-        (*done)++;
+        snprintf(name, sizeof name, "%lld.P%dU%lld.%s", (long long)m.added, (int)getpid(), (long long)m.uid,
+                 host);
+        rc = cli_mbox_maildir_one(fds[0], fds[1], name, &m, dir);
+        if (!rc)
+            (*done)++;
     }
-    snprintf(path, sizeof path, "%s/new", dir);
-    if (cli_mbox_fsync_dir(path)) {
-        fprintf(stderr, "mailnode: cannot sync %s: %s\n", path, strerror(errno));
-        return EX_IOERR;
+    if (!rc && fsync(fds[1])) {
+        fprintf(stderr, "mailnode: cannot sync %s/new: %s\n", dir, strerror(errno));
+        rc = EX_IOERR;
     }
-    return 0;
+    for (size_t i = 0; i < MN_NELEM(fds); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    close(top);
+    return rc;
 }
 
 static int cli_mbox_export(int argc, char **argv)
@@ -26906,7 +28996,7 @@ static int cli_mbox_export(int argc, char **argv)
                         "standard output cannot be made durable\n");
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if ((rc = cli_mbox_find_user(user, &u)) || (rc = cli_mbox_load_uids(u.id, &l)))
         return rc;
@@ -28529,7 +30619,7 @@ static const struct {
 } cli_commands[] = {
     { "run", cli_run, "serve SMTP, submission, POP3 and ODMR, deliver queued mail" },
     { "sendmail", cli_sendmail, "queue a message from standard input (sendmail -t -f -i)" },
-    { "queue", cli_queue, "list | count | show ID | delete ID | hold ID | release ID" },
+    { "queue", cli_queue, "list | count | show ID... | delete ID... | hold ID... | release ID..." },
     { "user", cli_user, "add | del | passwd | list: mailbox users" },
     { "domain", cli_domain, "add | del | list: local and hold domains" },
     { "alias", cli_alias, "add | del | list: aliases" },
@@ -28537,6 +30627,7 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
     { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },

@@ -106,6 +106,8 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 
 /* ------------------------------------------------------------------ conf */
 
+#define CONF_MAX_KEYS 160              /* entries of the key table in conf.c */
+
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_IMAP, LISTEN_IMAPS,
                    LISTEN_N };
 
@@ -139,6 +141,7 @@ struct conf {
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
+    int64_t max_recipients_untrusted;   /* for clients neither authenticated nor in relay_networks */
     int64_t max_connections;
     int64_t max_received;               /* refuse at this many Received headers */
     int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
@@ -151,20 +154,29 @@ struct conf {
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
     int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
     int64_t limit_messages_per_minute;  /* per address */
+    int64_t limit_auth_failures_per_user; /* then the account backs off */
+    int64_t limit_connections_reserved; /* slots only for trusted, submission and POP3 clients */
+    int64_t max_connections_on[LISTEN_N]; /* per listener kind; 0 = no own limit */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
+    int sender_login_match;             /* submission.sender_login_match */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
+    char *admin;                        /* admin = USER: gets postmaster mail */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    int compress;                       /* COMPRESS DEFLATE between mailnodes (zio.c) */
+    char **compress_never;              /* destinations or hosts never compressed */
+    size_t n_compress_never;
     char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
     int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
     size_t n_pacing_rate;
+    unsigned short key_line[CONF_MAX_KEYS]; /* line of each key in the file; 0 = default */
 };
 
 MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force */
@@ -173,6 +185,12 @@ MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force *
  * "FILE:LINE: what is wrong" and returns -1. */
 int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
 void conf_free(struct conf *c);
+/* "FILE:LINE: key" where a key was set (or that it is the default), for
+ * messages about its value. */
+const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n);
+/* Every key with the value in effect, "  # default" after those the file
+ * does not set (only_set: just the file's keys, as `postconf -n`). */
+void conf_print(const struct conf *c, FILE *f, int only_set);
 /* 1 if the domain (lower case) is listed in local_domains. */
 int conf_is_local_domain(const char *domain);
 int conf_relay_allowed(const struct sockaddr_storage *ss);
@@ -218,6 +236,7 @@ struct conn {
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
     unsigned lingering : 1;             /* output sent, half-closed, draining input */
+    unsigned drain_due : 1;             /* on_drain at the end of the turn (output went out at once) */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -225,6 +244,7 @@ struct conn {
     struct conn *next, *prev;
     struct conn *kick_next;
     void *tls;                          /* SSL *, when TLS is on */
+    void *zio;                          /* struct zio, when COMPRESS is on (zio.c) */
 };
 
 struct timer {
@@ -290,6 +310,30 @@ struct watch {
 int loop_watch_add(struct watch *w);
 int loop_watch_mod(struct watch *w, uint32_t events);
 void loop_watch_del(struct watch *w);
+
+/* ------------------------------------------------------------------ zio */
+
+/* COMPRESS DEFLATE between mailnodes (zio.c, modelled on RFC 4978): after
+ * zio_start both directions of c are raw deflate streams; what is in
+ * c->out already goes out plain, what is in c->in is compressed input. */
+int zio_start(struct conn *c);
+int zio_active(const struct conn *c);
+struct zio_stats {
+    uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
+};
+const struct zio_stats *zio_stats(const struct conn *c);
+void zio_conn_free(struct conn *c);     /* by conn_abort */
+/* 1 if compression may be offered to or used with the session's peer:
+ * `compress` is on and neither dest nor host is in compress.never. */
+int zio_allowed(const char *dest, const char *host);
+/* For the loop: plain text moves through these, compressed octets through
+ * conn_raw_read/conn_raw_write (TLS or the socket). */
+ssize_t zio_io_read(struct conn *c, void *buf, size_t n);
+int zio_io_flush(struct conn *c);               /* 0 all sent, 1 would block, -1 error */
+int zio_io_pending_in(const struct conn *c);
+size_t zio_io_pending_out(const struct conn *c);
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n);
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n);
 
 /* ----------------------------------------------------------------- pace */
 
@@ -445,15 +489,6 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
                      const struct store_rcpt *rcpts, size_t n);
 
 /* Queue administration. */
-struct store_qinfo {
-    char qid[QID_LEN + 1];
-    char sender[ADDR_MAX];
-    int64_t received, size;
-    int nrcpt;
-    char rcpts[1024];                   /* "addr (state, next try / last error)" ... */
-};
-int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg);
-int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id);
 int store_queue_delete(const char *qid);
 int64_t store_queue_count(void);
 struct store_status {
@@ -470,7 +505,34 @@ struct store_dest {
     int64_t next_try, backoff, failures, last_try, last_ok, backlog;
     char last_error[512];
 };
-int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
+
+/* store_ops.c: what the operator's commands ask. */
+int64_t store_ops_queued_remote(const char *domain);  /* "" = all; -1 on error */
+int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg);
+int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg);
+int64_t store_ops_on_hold(void);                      /* messages stopped by `queue hold` */
+struct store_ops_msg {
+    int64_t id, received, size, body_id;
+    int hold;                           /* stopped by `queue hold` */
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+};
+struct store_ops_rcpt {
+    char addr[ADDR_MAX];
+    char dest[SMTP_DOMAIN_MAX + 1];
+    int state;                          /* 0 queued, 1 delivered, 2 failed */
+    int kind;                           /* enum route_kind */
+    int attempts;
+    int64_t next_try;                   /* with the destination's backoff */
+    int64_t updated;                    /* of the last attempt */
+    int dest_failures;                  /* the destination's failed tries in a row */
+    char last_error[512];
+};
+/* Messages with something queued (for domain, if not NULL or ""). */
+int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg);
+int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
+int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
+int store_ops_delete_domain(const char *domain, int64_t *rcpts);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -546,6 +608,10 @@ int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND 
 int store_user_get_id(int64_t id, struct store_user *u);
 int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
 int store_user_update(const struct store_user *u);            /* password change */
+/* The first user created that can log in (not the holding mailbox). */
+int store_user_first(struct store_user *u);                   /* STORE_NOTFOUND */
+/* Moves the mailbox of user `from` to user `to` and removes `from`. */
+int store_user_adopt(int64_t from, int64_t to);
 int store_user_del(const char *name);
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
 
@@ -746,7 +812,17 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
 int queue_domain_accepted(const char *domain);
+/* 1 if the authenticated user may use a as reverse-path (sender_login_match). */
+int queue_sender_owned(const char *user, const struct addr *a);
 int queue_domain_is_local(const char *domain);
+/* The node's admin (conf `admin`, else the first user): 0, or
+ * STORE_NOTFOUND while there is none and postmaster mail is held in the
+ * mailbox QUEUE_HOLDING_BOX. */
+#define QUEUE_HOLDING_BOX "postmaster"
+int queue_admin(struct store_user *u);
+/* Hands the holding mailbox over to the admin once one exists; 1 if it
+ * did, 0 if there was nothing to do, <0 on a store error. */
+int queue_admin_adopt(void);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
  * destination (the next hop: the relayhost, or the recipient domain for
@@ -764,9 +840,15 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
 int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 void queue_flush_cancel(void *arg);     /* the waiter went away */
-/* A client connected from ip: a destination backing off because that
- * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
-void queue_peer_seen(const char *ip);
+/* A client connected (not on loopback): a destination backing off because
+ * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
+ * per backoff step. */
+void queue_peer_seen(const struct conn *c);
+/* RFC 3461 6.2: the "delivered" notice for the local mailboxes among
+ * rcpts that asked for it (NOTIFY=SUCCESS); written in the transaction of
+ * the message itself. */
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -874,6 +956,7 @@ void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 int tls_init(void);                     /* loads tls.cert/tls.key if set */
+const char *tls_io_error(void);         /* why tls_init failed */
 void tls_free(void);
 int tls_available(void);                /* server side: a certificate is loaded */
 int tls_start_server(struct conn *c);
@@ -960,6 +1043,7 @@ void smtpc_abort(struct smtpc *s);
  * the upstream exchange in poll.c), so that the two cannot drift apart. */
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];
@@ -984,11 +1068,19 @@ int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n)
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-void limit_auth_failed(const struct conn *c);
+/* One failure counter per client address and one per account, shared by
+ * every protocol that checks passwords (SMTP AUTH, POP3, IMAP). */
+void limit_auth_failed(const struct conn *c, const char *user);
+void limit_auth_ok(const char *user);
+/* 1 if the address has too many recent failures (never for relay_networks). */
 int limit_auth_blocked(const struct conn *c);
+/* Seconds until the account takes another login attempt (0: now). */
+int64_t limit_account_wait(const char *user);
 int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-int limit_connections_ok(const struct conn *c, int current);
+/* NULL if a new connection from peer on a listener of kind may have a
+ * slot, else why not (loop.c asks before it makes a connection). */
+const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same);
 
 /* ----------------------------------------------------------------- odmr */
 
@@ -1300,5 +1392,13 @@ int cli_bundle_keys(struct bundle_keys *k, int create);   /* loads bundle.key or
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);
+/* For commands that only read: the database must exist already. */
+int cli_open_store_ro(void);
+int cli_config(int argc, char **argv);
+int cli_db_diagnose(const char *path, char *why, size_t n);
+void cli_db_chown(void);
+int cli_db_lock(void);                  /* fd, or minus a sysexits code */
+void cli_db_lock_note(int fd);          /* pid, start, version, listeners */
+int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note), 0 not, -1 unknown */
 
 #endif

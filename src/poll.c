@@ -18,17 +18,18 @@
 /* An exchange's states, in the order an exchange goes through them:
  *
  *   IDLE -> PUSH (our queue to the relayhost, when one is set)
- *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO] [-> COMPRESS -> EHLO]
  *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
  *
  * Every change goes through poll_enter(), which logs it at debug level.
  * In SERVING the connection belongs to an SMTP server session (the ATRN
  * turnaround) and poll only waits for its end. */
 enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
-              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT,
+              POLL_COMPRESS };
 static const char *const poll_state_names[] = {
     "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
-    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT", "COMPRESS",
 };
 
 struct pwaiter {
@@ -56,6 +57,7 @@ static struct {
     struct pwaiter *waiters;            /* told at the end of this exchange */
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
+    int pushed;                         /* this exchange sent our queued mail first */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
 
 static void poll_enter(enum pstate to)
@@ -115,6 +117,18 @@ static void poll_finish(int rc, const char *fmt, ...)
     poll_drop_connection();
     timer_cancel(&P.guard);
     poll_enter(POLL_IDLE);
+    if (P.pushed && conf->relayhost[0]) {
+        /* The exchange worked, but what we had to send did not all go:
+         * cron and ifup hooks must see that (sysexits 75). */
+        int64_t left = store_ops_queued_remote("");
+        if (left > 0) {
+            poll_say("our own mail is still queued: %lld recipient%s (see mailnode queue list)\n",
+                     (long long)left, left == 1 ? "" : "s");
+            if (rc == EX_OK)
+                rc = EX_TEMPFAIL;
+        }
+    }
+    P.pushed = 0;
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -257,6 +271,13 @@ static void poll_reply(int code, const char *text)
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
+        /* The turned-around session carries the mail: compress it when
+         * the upstream (a mailnode) offers it. */
+        if (P.caps.compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
+            poll_enter(POLL_COMPRESS);
+            poll_send("COMPRESS DEFLATE");
+            return;
+        }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         int mech = smtpc_auth_choose(&P.caps, P.c);
@@ -271,6 +292,15 @@ static void poll_reply(int code, const char *text)
         }
         return;
     }
+    case POLL_COMPRESS:
+        P.caps.compress = 0;
+        if (code / 100 == 2 && zio_start(P.c)) {
+            poll_finish(EX_SOFTWARE, "cannot start compression with the upstream");
+            return;
+        }
+        poll_enter(POLL_EHLO);
+        poll_reply(250, "250 continue");
+        return;
     case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
@@ -486,9 +516,8 @@ static void pull_start(void)
 static void push_done(void *arg, const char *summary, int failed)
 {
     MN_UNUSED(arg);
+    MN_UNUSED(failed);                  /* poll_finish counts what is left */
     poll_say("sent: %s", summary);
-    if (failed)
-        poll_say("(some of our own mail is still queued)\n");
     if (P.state == POLL_PUSH)
         pull_start();
 }
@@ -546,6 +575,7 @@ int poll_run(poll_done_fn done, void *arg)
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
         poll_enter(POLL_PUSH);
+        P.pushed = 1;
         if (queue_flush_wait(NULL, push_done, NULL)) {
             poll_enter(POLL_IDLE);
             pull_start();

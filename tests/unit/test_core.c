@@ -40,6 +40,23 @@ static int decoded_is(struct sink *s, const char *want)
     return s->len == strlen(want) && !memcmp(s->buf, want, s->len);
 }
 
+static int rcpt_counter(void *arg, const struct store_ops_rcpt *r)
+{
+    struct { const char *addr; int n; } *c = arg;
+    if (!c->addr || !strcmp(r->addr, c->addr))
+        c->n++;
+    return 0;
+}
+
+/* Recipients of a message (with that address, if not NULL). */
+static int count_rcpts(int64_t msg_id, const char *addr)
+{
+    struct { const char *addr; int n; } c = { addr, 0 };
+    if (store_ops_rcpts(msg_id, 0, rcpt_counter, &c))
+        return -1;
+    return c.n;
+}
+
 TEST(data_end_and_unstuffing)
 {
     static const size_t steps[] = { 1, 2, 3, 7, 4096 };
@@ -261,10 +278,11 @@ TEST(store_bodies_and_queue)
     CHECK_INT(got, sizeof data);
     CHECK(!memcmp(back, data, sizeof data));
 
-    struct store_qinfo q;
-    CHECK(!store_queue_get(env.qid, &q, NULL));
-    CHECK_INT(q.nrcpt, 2);
-    CHECK(strstr(q.rcpts, "b@far.test") != NULL);
+    struct store_ops_msg q;
+    CHECK(!store_ops_msg_get(env.qid, &q));
+    CHECK_INT(q.body_id, body_id);
+    CHECK_INT(count_rcpts(q.id, "b@far.test"), 1);
+    CHECK_INT(count_rcpts(q.id, NULL), 2);
 
     /* an abandoned body leaves nothing behind */
     CHECK(!store_begin());
