@@ -4295,6 +4295,27 @@ static int dns_servers_set(const char *spec)
     return ares_set_servers_ports(D.ch, nodes) == ARES_SUCCESS ? 0 : -1;
 }
 
+/* The servers c-ares found in /etc/resolv.conf: the first DNS_MAX_SERVERS
+ * (MAXNS of the classic resolver), so that its sockets fit our slots. */
+static int dns_servers_cap(void)
+{
+    struct ares_addr_port_node *list = NULL, *p;
+    int n = 1, rc = 0;
+
+    if (ares_get_servers_ports(D.ch, &list) != ARES_SUCCESS)
+        return -1;
+    for (p = list; p && p->next && n < DNS_MAX_SERVERS; p = p->next)
+        n++;
+    if (p && p->next) {
+        struct ares_addr_port_node *tail = p->next;
+        p->next = NULL;
+        rc = ares_set_servers_ports(D.ch, list) == ARES_SUCCESS ? 0 : -1;
+        p->next = tail;                 /* ares_free_data frees the whole chain */
+    }
+    ares_free_data(list);
+    return rc;
+}
+
 int dns_init(void)
 {
     struct ares_options o;
@@ -4324,7 +4345,8 @@ int dns_init(void)
         ares_library_cleanup();
         return -1;
     }
-    if (conf && conf->resolver && *conf->resolver && dns_servers_set(conf->resolver) < 0) {
+    if (conf && conf->resolver && *conf->resolver ? dns_servers_set(conf->resolver) < 0
+                                                    : dns_servers_cap() < 0) {
         ares_destroy(D.ch);
         ares_library_cleanup();
         return -1;

@@ -1012,6 +1012,18 @@ TEST(resolver_key)
     CHECK(list && list->next && list->next->udp_port == 54 && list->next->next &&
           list->next->next->family == AF_INET6 && list->next->next->tcp_port == 55);
     ares_free_data(list);
+    /* Servers from resolv.conf: only the first three are kept. */
+    CHECK_INT(ares_set_servers_ports_csv(D.ch, "192.0.2.1,192.0.2.2,192.0.2.3,192.0.2.4,192.0.2.5"),
+              ARES_SUCCESS);
+    CHECK_INT(dns_servers_cap(), 0);
+    list = NULL;
+    CHECK_INT(ares_get_servers_ports(D.ch, &list), ARES_SUCCESS);
+    int nserv = 0;
+    for (struct ares_addr_port_node *p = list; p; p = p->next)
+        nserv++;
+    CHECK_INT(nserv, DNS_MAX_SERVERS);
+    ares_free_data(list);
+    CHECK_INT(dns_servers_cap(), 0);    /* already short enough: unchanged */
     for (size_t i = 0; i < MN_NELEM(bad); i++) {
         use_resolver(bad[i], 1000, 1);
         CHECK(!D.ready);
