@@ -355,6 +355,24 @@ MN_PRIVATE void store_set_busy_hint(int (*fn)(void));
 /* What this turn wrote must be durable at its end (a peer's 250 was
  * recorded: a crash must not make us send the message again). */
 MN_PRIVATE void store_commit_soon(void);
+/* A delivery outcome was written: outcomes are committed together, when
+ * STORE_OUTCOME_BATCH of them wait or the oldest has waited
+ * STORE_OUTCOME_MS (a crash resends at most those: at-least-once). */
+#define STORE_OUTCOME_BATCH 64
+#define STORE_OUTCOME_MS 200
+MN_PRIVATE void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+MN_PRIVATE int store_atomic_begin(void);
+MN_PRIVATE int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+MN_PRIVATE int store_fault(void);
+MN_PRIVATE int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 MN_PRIVATE int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -490,11 +508,17 @@ MN_PRIVATE void store_out_free(struct store_out_msg *m);
 MN_PRIVATE int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
 MN_PRIVATE int store_any_due(int64_t now);
-/* The next message after after_id with recipients of the given kind
+/* Where a delivery session is in its destination's queue: the
+ * (next_try, message id) of the last message it was handed; all zero at
+ * the start. */
+struct store_cursor {
+    int64_t next_try, msg_id;
+};
+/* The next message after the cursor with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
- * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
- * none, <0 error. */
-MN_PRIVATE int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+ * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
+ * cursor.  1 found, 0 none, <0 error. */
+MN_PRIVATE int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 MN_PRIVATE int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
@@ -5116,6 +5140,8 @@ static struct {
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
     int commit_soon;                    /* commit at the end of this turn */
+    int outcomes;                       /* delivery outcomes not yet committed */
+    int64_t first_outcome_ms;           /* when the oldest of them was written */
     int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
@@ -5125,6 +5151,7 @@ static struct {
 } S;
 
 static struct timer commit_timer = { .idx = -1 };
+static struct timer outcome_timer = { .idx = -1 };
 
 static void commit_due(void *arg)
 {
@@ -5215,6 +5242,37 @@ static const char *const migrations[] = {
     " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
     " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
     " UNION ALL SELECT 'Junk', 5, '\\Junk');",
+    /* 5: the queue as the scheduler walks it.  Only recipients still
+     * queued are indexed (a delivered one leaves the indexes instead of
+     * moving inside them), in the order they are picked: (next_try,
+     * message_id) per destination, and across destinations for the
+     * smarthost.  Counts that `queue count` and `status` show are kept
+     * by triggers, so reading them costs the same at any queue size. */
+    "DROP INDEX rcpt_due;"
+    "DROP INDEX rcpt_next;"
+    "CREATE INDEX rcpt_pick ON rcpt(kind, dest, next_try, message_id) WHERE state=0;"
+    "CREATE INDEX rcpt_any ON rcpt(kind, next_try, message_id) WHERE state=0;"
+    "CREATE TABLE tally(name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO tally VALUES ('msgs', (SELECT count(*) FROM message)),"
+    " ('rcpts', (SELECT count(*) FROM rcpt WHERE state=0)),"
+    " ('held', (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3)),"
+    " ('mbox', (SELECT count(*) FROM mbox));"
+    "CREATE TRIGGER message_in AFTER INSERT ON message BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER message_out AFTER DELETE ON message BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER mbox_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER mbox_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER rcpt_in AFTER INSERT ON rcpt WHEN new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;"
+    "CREATE TRIGGER rcpt_out AFTER DELETE ON rcpt WHEN old.state=0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
 };
 
 sqlite3 *store_db(void)
@@ -5351,6 +5409,7 @@ void store_close(void)
     if (!S.db)
         return;
     timer_cancel(&commit_timer);
+    timer_cancel(&outcome_timer);
     if (S.in_txn)
         store_rollback();
     for (int i = 0; i < S.n_slots; i++) {
@@ -5423,6 +5482,8 @@ void store_rollback(void)
     static sqlite3_stmt *st;
     if (!S.in_txn)
         return;
+    /* Outcomes lost with it: those messages are sent again (at-least-once). */
+    S.outcomes = 0;
     if (store_stmt(&st, "ROLLBACK")) {
         sqlite3_step(st);
         sqlite3_reset(st);
@@ -5455,6 +5516,8 @@ static int commit(void)
         return store_rc(rc);
     }
     S.in_txn = 0;
+    S.outcomes = 0;
+    timer_cancel(&outcome_timer);
     return 0;
 fail:
     store_rollback();
@@ -5507,6 +5570,34 @@ void store_commit_soon(void)
     S.commit_soon = 1;
 }
 
+/* Delivery outcomes (a peer's 250, 4xx, 5xx) are not acknowledged to
+ * anyone, so they need not be durable at once: losing them in a crash
+ * only sends those messages again.  Committing each alone cost one fsync
+ * per delivered message; batching them bounds both the fsyncs and the
+ * duplicates a crash can cause (STORE_OUTCOME_BATCH plus what was in
+ * flight on the wire). */
+static void outcome_due(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
+void store_outcome(void)
+{
+    int64_t now = util_now_ms();
+    if (!S.outcomes++) {
+        S.first_outcome_ms = now;
+        if (S.mode == STORE_DAEMON)
+            timer_set(&outcome_timer, STORE_OUTCOME_MS, outcome_due, NULL);
+    }
+    if (S.outcomes >= STORE_OUTCOME_BATCH)
+        S.commit_soon = 1;
+}
+
+static int outcomes_due(int64_t now)
+{
+    return S.outcomes && (S.outcomes >= STORE_OUTCOME_BATCH || now - S.first_outcome_ms >= STORE_OUTCOME_MS);
+}
+
 void store_set_busy_hint(int (*fn)(void))
 {
     busy_hint = fn;
@@ -5526,7 +5617,7 @@ void store_turn_end(void)
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && !S.commit_soon && now - S.txn_started < 500)
+        if (!S.n_acks && !S.commit_soon && !outcomes_due(now) && now - S.txn_started < 500)
             return;
         if (S.n_acks && busy_hint && busy_hint() > 0) {
             /* Wait up to one commit's duration (0.1 ms granularity). */
@@ -5844,8 +5935,89 @@ void store_reader_close(struct store_reader *r)
 
 /* -------------------------------------------------------------- messages */
 
+#ifdef MAILNODE_TEST
+/* Every statement prepared so far, with each line of its query plan. */
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg)
+{
+    for (int i = 0; i < S.n_slots; i++) {
+        const char *sql = sqlite3_sql(*S.slots[i]);
+        char *q = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sql);
+        sqlite3_stmt *st = NULL;
+        if (!q || sqlite3_prepare_v2(S.db, q, -1, &st, NULL) != SQLITE_OK) {
+            sqlite3_free(q);
+            return STORE_ERR;
+        }
+        sqlite3_free(q);
+        while (sqlite3_step(st) == SQLITE_ROW)
+            if (cb(arg, sql, (const char *)sqlite3_column_text(st, 3)))
+                break;
+        sqlite3_finalize(st);
+    }
+    return 0;
+}
+
+int store_fault_after = -1;
+
+int store_fault(void)
+{
+    return store_fault_after >= 0 && store_fault_after-- == 0;
+}
+#endif
+
+/* Multi-row calls are all-or-nothing inside the turn's transaction: a
+ * savepoint around them, rolled back to at the first failed step, so that
+ * the turn's COMMIT never carries half of one (a message without its
+ * recipients, recipients of a body that a refused message deleted). */
+static int sp_exec(sqlite3_stmt **slot, const char *sql)
+{
+    sqlite3_stmt *st = store_stmt(slot, sql);
+    int rc;
+    if (!st)
+        return STORE_ERR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error(sql);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_atomic_begin(void)
+{
+    static sqlite3_stmt *st;
+    int err = store_begin();
+    return err ? err : sp_exec(&st, "SAVEPOINT atomic");
+}
+
+int store_atomic_end(int err)
+{
+    static sqlite3_stmt *rel, *undo;
+
+    if (!S.in_txn)
+        return err < 0 ? err : STORE_ERR;
+    if (err < 0) {
+        /* A full disk or an I/O error may have ended the whole
+         * transaction already: then everything of the turn is gone. */
+        if (sqlite3_get_autocommit(S.db) || sp_exec(&undo, "ROLLBACK TO atomic")) {
+            store_rollback();
+            return err;
+        }
+    }
+    int rc = sp_exec(&rel, "RELEASE atomic");
+    if (rc) {
+        store_rollback();
+        return err < 0 ? err : rc;
+    }
+    return err;
+}
+
 static int step_done(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -5855,22 +6027,18 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
-int store_msg_insert(const struct store_env *env, struct store_body *b,
-                     const struct store_rcpt *rcpts, size_t n)
+static int msg_insert(const struct store_env *env, struct store_body *b,
+                      const struct store_rcpt *rcpts, size_t n)
 {
     static sqlite3_stmt *msg, *rc_st, *mb, *dest;
     int64_t now = util_now(), msg_id = 0;
     char prefix[ADDR_MAX + 32];
     int err;
 
-    if (b->err)
-        return b->err;
     /* RFC 5321 4.4: the final delivery records the reverse-path. */
     size_t plen = 0;
     if (util_header(prefix, sizeof prefix, &plen, "Return-Path: <%s>\r\n", env->sender) < 0)
         return STORE_ERR;
-    if ((err = store_begin()))
-        return err;
     for (size_t i = 0; i < n; i++) {
         const struct store_rcpt *r = &rcpts[i];
         if (r->kind == ROUTE_LOCAL) {
@@ -5929,6 +6097,20 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
         if ((err = step_done(dest, "queue destination")))
             return err;
     }
+    return 0;
+}
+
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n)
+{
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_atomic_begin()))
+        return err;
+    if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
+        return err;
     b->linked = 1;
     return 0;
 }
@@ -6012,14 +6194,12 @@ int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
-int store_queue_delete(const char *qid)
+static int queue_delete(const char *qid)
 {
     static sqlite3_stmt *r, *m, *bq;
     int64_t body_id = 0;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
@@ -6040,12 +6220,18 @@ int store_queue_delete(const char *qid)
     return store_gc_body(body_id);
 }
 
+int store_queue_delete(const char *qid)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_delete(qid));
+}
+
 int64_t store_queue_count(void)
 {
     static sqlite3_stmt *st;
     int64_t n = -1;
 
-    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0"))
+    if (!store_stmt(&st, "SELECT n FROM tally WHERE name='msgs'"))
         return -1;
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
@@ -6059,10 +6245,10 @@ int store_status(struct store_status *st)
     int rc;
 
     memset(st, 0, sizeof *st);
-    if (!store_stmt(&q, "SELECT (SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3),"
-                        " (SELECT count(*) FROM mbox), (SELECT count(*) FROM user)"))
+    if (!store_stmt(&q, "SELECT (SELECT n FROM tally WHERE name='msgs'),"
+                        " (SELECT n FROM tally WHERE name='rcpts'),"
+                        " (SELECT n FROM tally WHERE name='held'),"
+                        " (SELECT n FROM tally WHERE name='mbox'), (SELECT count(*) FROM user)"))
         return STORE_ERR;
     rc = sqlite3_step(q);
     if (rc == SQLITE_ROW) {
@@ -6119,7 +6305,7 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     int rc;
 
     if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE rcpt.dest=dest.name AND state=0)"
+                        " (SELECT count(*) FROM rcpt WHERE kind IN (2,3) AND rcpt.dest=dest.name AND state=0)"
                         " FROM dest ORDER BY name"))
         return STORE_ERR;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
@@ -6140,15 +6326,13 @@ int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
-int store_gc_body(int64_t body_id)
+static int gc_body(int64_t body_id)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
     /* Only when nothing refers to it: both look-ups use an index, so the
      * cost does not grow with the number of messages stored. */
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
         !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
@@ -6161,13 +6345,17 @@ int store_gc_body(int64_t body_id)
     return step_done(b, "collect body");
 }
 
-int store_gc(void)
+int store_gc_body(int64_t body_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_body(body_id));
+}
+
+static int gc_all(void)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=1"
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))") ||
@@ -6178,6 +6366,12 @@ int store_gc(void)
     if ((err = step_done(c, "collect chunks")))
         return err;
     return step_done(b, "collect bodies");
+}
+
+int store_gc(void)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_all());
 }
 
 /* ---- src/store_admin.c ---- */
@@ -6215,6 +6409,10 @@ static int admin_key(const char *name, char *buf, size_t size)
  * STORE_EXISTS, not a failure. */
 static int admin_exec(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
@@ -6341,17 +6539,12 @@ int store_user_update(const struct store_user *u)
  * nobody refers to any more.  Hold domains the user owned lose their
  * owner: a new user who happens to get the same name must not inherit the
  * right to fetch that domain's mail. */
-int store_user_del(const char *name)
+static int user_del(const char *key)
 {
     static sqlite3_stmt *mb, *dom, *us;
-    char key[USER_MAX + 1];
     struct store_user u;
     int err;
 
-    if (admin_key(name, key, sizeof key))
-        return STORE_NOTFOUND;
-    if ((err = store_begin()))
-        return err;
     if ((err = store_user_get(key, &u)))
         return err;
     if (!store_stmt(&mb, "DELETE FROM mbox WHERE user_id=?") ||
@@ -6369,6 +6562,18 @@ int store_user_del(const char *name)
         return err;
     sodium_memzero(&u, sizeof u);
     return store_gc();
+}
+
+int store_user_del(const char *name)
+{
+    char key[USER_MAX + 1];
+    int err;
+
+    if (admin_key(name, key, sizeof key))
+        return STORE_NOTFOUND;
+    if ((err = store_atomic_begin()))
+        return err;
+    return store_atomic_end(user_del(key));
 }
 
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg)
@@ -6689,6 +6894,10 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
         return err;
     for (size_t i = 0; i < n; i++) {
         if (!store_stmt(&del, "DELETE FROM mbox WHERE uid=? AND user_id=? RETURNING body_id")) {
+            err = STORE_ERR;
+            goto fail;
+        }
+        if (STORE_FAULT()) {
             err = STORE_ERR;
             goto fail;
         }
@@ -7276,6 +7485,10 @@ int store_imap_cache_put(int64_t body_id, const struct store_imap_cache *c)
 
 static int sd_step(sqlite3_stmt *st)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -7345,7 +7558,11 @@ void store_out_free(struct store_out_msg *m)
     m->nrcpt = 0;
 }
 
-static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now)
+/* The recipients of m to hand out: due, of the kind, in the destination
+ * (domain NULL: any).  exact_try >= 0 keeps only those whose next_try is
+ * exactly that, i.e. the ones of the index entry that was picked: others
+ * of the same message have entries of their own further on. */
+static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int64_t now, int64_t exact_try)
 {
     static sqlite3_stmt *st;
     int rc;
@@ -7355,13 +7572,14 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
         return STORE_ERR;
     if (!store_stmt(&st, "SELECT id, addr, orcpt, notify, attempts FROM rcpt WHERE message_id=?1"
                          " AND state=0 AND kind=?4 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
-                         " ORDER BY id LIMIT " "100"))
+                         " AND (?5 < 0 OR next_try=?5) ORDER BY id LIMIT " "100"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, m->id);
     sqlite3_bind_int(st, 4, kind);
     sqlite3_bind_int64(st, 2, now);
     if (domain)
         sqlite3_bind_text(st, 3, domain, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, exact_try);
     m->nrcpt = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && m->nrcpt < STORE_OUT_RCPTS) {
         struct store_out_rcpt *r = &m->rcpts[m->nrcpt++];
@@ -7383,19 +7601,28 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
     return 0;
 }
 
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m)
+/* The pick walks the partial index rcpt_pick (or rcpt_any) from the
+ * cursor: one seek, then the first entry, whatever the queue's size.
+ * The cursor is (next_try, message_id), the index order, so a session
+ * never sees a message twice for the same entry, and mail that becomes
+ * due while it runs (new mail, a flush) sorts after the cursor. */
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
 {
     static sqlite3_stmt *by_dest, *any;
     sqlite3_stmt *st;
+    int64_t at;
     int rc;
 
     if (domain) {
-        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
+        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
                                   " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
-                                  " AND message_id>?3)");
+                                  " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                                  " JOIN message m ON m.id=r.message_id");
     } else {
-        st = store_stmt(&any, "SELECT " ENVELOPE_COLS " FROM message m WHERE m.id=(SELECT min(message_id)"
-                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2 AND message_id>?3)");
+        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
+                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2"
+                              " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+                              " JOIN message m ON m.id=r.message_id");
     }
     if (!st)
         return STORE_ERR;
@@ -7403,16 +7630,21 @@ int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, 
     if (domain)
         sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_int64(st, 3, after_id);
+    sqlite3_bind_int64(st, 3, cur->msg_id);
+    sqlite3_bind_int64(st, 5, cur->next_try);
     rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW) {
         envelope_fill(st, m);
+        at = sqlite3_column_int64(st, 9);
+    }
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
         return 0;
     if (rc != SQLITE_ROW)
         return STORE_ERR;
-    if (rcpts_fill(m, domain, kind, now))
+    cur->next_try = at;
+    cur->msg_id = m->id;
+    if (rcpts_fill(m, domain, kind, now, at))
         return STORE_ERR;
     return 1;
 }
@@ -7432,7 +7664,7 @@ int store_out_get(int64_t msg_id, struct store_out_msg *m)
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
     /* every queued remote recipient, whenever due */
-    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX);
+    return rcpts_fill(m, NULL, ROUTE_REMOTE, INT64_MAX, -1);
 }
 
 int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *error)
@@ -7451,11 +7683,12 @@ int store_rcpt_set(int64_t rcpt_id, int state, int64_t next_try, const char *err
         sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, util_now());
     sqlite3_bind_int64(st, 5, rcpt_id);
-    store_commit_soon();
+    /* Committed with the other outcomes of the batch (store_outcome). */
+    store_outcome();
     return sd_step(st);
 }
 
-int store_msg_retire(int64_t msg_id)
+static int msg_retire(int64_t msg_id)
 {
     static sqlite3_stmt *left, *dr, *dm, *bq;
     int64_t body_id = 0;
@@ -7489,6 +7722,12 @@ int store_msg_retire(int64_t msg_id)
     if ((err = store_gc_body(body_id)))
         return err;
     return 1;
+}
+
+int store_msg_retire(int64_t msg_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(msg_retire(msg_id));
 }
 
 int store_dest_get(const char *name, struct store_dest *d)
@@ -7538,22 +7777,20 @@ int store_dest_put(const struct store_dest *d)
     return sd_step(st);
 }
 
-int store_flush(const char *domain, int64_t now)
+static int flush(const char *domain, int64_t now)
 {
     static sqlite3_stmt *d_all, *d_one, *r_all, *r_one;
     sqlite3_stmt *d, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (domain) {
         d = store_stmt(&d_one, "UPDATE dest SET next_try=0, backoff=0 WHERE name=?1");
         r = store_stmt(&r_one, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND dest=?1 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     } else {
         d = store_stmt(&d_all, "UPDATE dest SET next_try=0, backoff=0 WHERE next_try>0 OR backoff>0");
         r = store_stmt(&r_all, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND next_try>?2"
-                               " AND message_id NOT IN (SELECT id FROM message WHERE hold=1)");
+                               " AND NOT EXISTS (SELECT 1 FROM message WHERE id=rcpt.message_id AND hold=1)");
     }
     if (!d || !r)
         return STORE_ERR;
@@ -7567,13 +7804,19 @@ int store_flush(const char *domain, int64_t now)
     return sd_step(r);
 }
 
+int store_flush(const char *domain, int64_t now)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(flush(domain, now));
+}
+
 int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t rcpt_id), void *arg)
 {
     static sqlite3_stmt *st;
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY r.message_id LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -7612,13 +7855,11 @@ int store_msg_set_warned(int64_t msg_id)
     return sd_step(st);
 }
 
-int store_queue_hold(const char *qid, int hold)
+static int queue_hold(const char *qid, int hold)
 {
     static sqlite3_stmt *m, *r;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&m, "UPDATE message SET hold=?2 WHERE qid=?1") ||
         !store_stmt(&r, "UPDATE rcpt SET next_try=?2 WHERE state=0 AND kind=2 AND message_id="
                         "(SELECT id FROM message WHERE qid=?1)"))
@@ -7633,6 +7874,12 @@ int store_queue_hold(const char *qid, int hold)
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(r, 2, hold ? INT64_MAX : 0);
     return sd_step(r);
+}
+
+int store_queue_hold(const char *qid, int hold)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_hold(qid, hold));
 }
 
 int store_held_count(const char *domain)
@@ -11837,9 +12084,31 @@ void link_watch_stop(void)
  *
  * Outcomes go to the scheduler (queue_deliver.c) as they arrive; a
  * recipient counts as delivered only after the reply to its message data.
+ *
+ * Two machines run side by side on one connection:
+ *
+ * - The reader.  q[] is a FIFO of expectations, one per command written
+ *   (E_MAIL, E_RCPT, E_BDAT, ...), each naming the flight slot and the
+ *   recipient it is about.  A complete reply pops the head; a reply that
+ *   arrives with the FIFO empty is a protocol error.  Invariant: q_len
+ *   counts exactly the commands written and not yet answered.
+ *
+ * - The writer, for the message in slot wslot, through smtpc_wenter():
+ *
+ *     IDLE -> RCPT (MAIL and every RCPT written) -> DATACMD, then
+ *       with CHUNKING:  -> BODY (BDAT n LAST, the chunk follows at once)
+ *       without:        -> WAIT354 (DATA) -> BODY, or END if refused
+ *       not 7-bit-able: -> END (RSET; the recipients fail)
+ *     BODY -> END -> IDLE (the next message, while fewer than
+ *     SMTPC_WINDOW are in flight; without PIPELINING only once q[] is
+ *     empty, except that a body never waits)
+ *
+ *   Invariants (asserted): wslot is -1 only in IDLE; fl_len stays within
+ *   SMTPC_WINDOW and q_len within SMTPC_EXPECT.
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -11853,6 +12122,7 @@ enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT,
               E_STARTTLS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
+static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
 
 struct flight {
     struct store_out_msg m;
@@ -11908,6 +12178,16 @@ struct smtpc {
 };
 
 static void pump(struct smtpc *s);
+
+/* The writer's one transition function: logs the change at debug level. */
+static void smtpc_wenter(struct smtpc *s, enum wstate to)
+{
+    assert((size_t)to < MN_NELEM(smtpc_wstate_names));
+    if (s->wstate != (int)to)
+        log_debug("smtpc %s: writer %s -> %s", s->peer, smtpc_wstate_names[s->wstate],
+                  smtpc_wstate_names[to]);
+    s->wstate = (int)to;
+}
 
 static int tls_client_possible(void)
 {
@@ -12127,7 +12407,7 @@ static int start_message(struct smtpc *s)
     cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
     s->wslot = slot;
     s->widx = 0;
-    s->wstate = W_RCPT;
+    smtpc_wenter(s, W_RCPT);
     return 1;
 }
 
@@ -12289,6 +12569,9 @@ static void write_current(struct smtpc *s)
 {
     struct flight *f = slot_flight(s, s->wslot);
 
+    assert(s->wslot >= 0 && s->wstate != W_IDLE);
+    assert(s->fl_len <= SMTPC_WINDOW && s->q_len <= SMTPC_EXPECT);
+
     for (;;) {
         if (conn_out_space(s->c) < 1024)
             return;
@@ -12301,7 +12584,7 @@ static void write_current(struct smtpc *s)
                 write_rcpt(s, f, s->widx++);
                 continue;
             }
-            s->wstate = W_DATACMD;
+            smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
             if (s->chunking) {
@@ -12309,7 +12592,7 @@ static void write_current(struct smtpc *s)
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
                      * once their RCPT replies are in; the peer gets RSET. */
                     cmd(s, E_RSET, s->wslot, 1, "RSET");
-                    s->wstate = W_END;
+                    smtpc_wenter(s, W_END);
                     continue;
                 }
                 if (open_body(s, f)) {
@@ -12321,11 +12604,11 @@ static void write_current(struct smtpc *s)
                 /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
                  * timer: a peer that keeps reading keeps the session. */
                 conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
-                s->wstate = W_BODY;
+                smtpc_wenter(s, W_BODY);
                 continue;
             }
             cmd(s, E_DATA, s->wslot, 0, "DATA");
-            s->wstate = W_WAIT354;
+            smtpc_wenter(s, W_WAIT354);
             return;
         case W_WAIT354:
             return;                     /* the reply handler moves on */
@@ -12341,12 +12624,12 @@ static void write_current(struct smtpc *s)
             }
             if (!s->chunking)
                 write_data_end(s);
-            s->wstate = W_END;
+            smtpc_wenter(s, W_END);
             continue;
         }
         case W_END:
         case W_IDLE:
-            s->wstate = W_IDLE;
+            smtpc_wenter(s, W_IDLE);
             s->wslot = -1;
             return;
         }
@@ -12566,21 +12849,21 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 conn_abort(s->c);
                 return;
             }
-            s->wstate = W_BODY;
+            smtpc_wenter(s, W_BODY);
             conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
                 s->rd_open = 0;
                 write_data_end(s);
-                s->wstate = W_END;
+                smtpc_wenter(s, W_END);
             }
             pump(s);
             break;
         }
         finish_accepted(s, f, outcome_code(code), clean);
         s->need_rset = 1;
-        s->wstate = W_END;
+        smtpc_wenter(s, W_END);
         while (s->fl_len && s->fl[s->fl_head % SMTPC_WINDOW] == f)
             retire_head(s);
         pump(s);
@@ -12864,7 +13147,7 @@ struct hop {
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
     char peer_ip[64];                   /* the address being tried */
-    int64_t after_id;                   /* batch cursor */
+    struct store_cursor cur;            /* batch cursor */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
@@ -13177,23 +13460,21 @@ static int hop_next(void *arg, struct store_out_msg *m)
         /* A release carries everything held for its domains, domain by
          * domain: only the recipients in those domains. */
         while (h->dom_i < h->ndomains) {
-            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, h->after_id, INT64_MAX, m);
+            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, &h->cur, INT64_MAX, m);
             if (rc == 1) {
-                h->after_id = m->id;
                 h->handed++;
                 return 1;
             }
             h->dom_i++;
-            h->after_id = 0;
+            memset(&h->cur, 0, sizeof h->cur);
         }
         return 0;
     }
     if (h->handed >= conf->delivery_per_connection)
         return 0;
-    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, h->after_id, util_now(), m);
+    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &h->cur, util_now(), m);
     if (rc != 1)
         return 0;
-    h->after_id = m->id;
     h->handed++;
     return 1;
 }
@@ -13284,6 +13565,7 @@ static void hop_finish(struct hop *h, int ok)
         if (h->rel_done)
             h->rel_done(h->rel_arg, h->delivered, ok && !h->error[0] ? NULL : h->error);
         h->rel_done = NULL;
+        store_commit_soon();            /* the release's outcomes, at its end */
         hop_free(h);
         queue_kick();
         return;
@@ -13351,10 +13633,9 @@ static const struct smtpc_ops hop_ops = {
 static void fail_destination(struct hop *h, const char *status, const char *text)
 {
     struct store_out_msg m;
-    int64_t after = 0;
+    struct store_cursor cur = { 0, 0 };
 
-    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, after, INT64_MAX, &m) == 1) {
-        after = m.id;
+    while (store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &cur, INT64_MAX, &m) == 1) {
         for (int i = 0; i < m.nrcpt; i++) {
             store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
             log_info("%s: to=<%s> status=bounced (%s)", m.qid, m.rcpts[i].addr, text);
@@ -13810,7 +14091,8 @@ static void waiters_check(void)
                 struct store_dest d;
                 store_dest_get(w->domain, &d);
                 struct store_out_msg m;
-                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, 0, now, &m) == 1) {
+                struct store_cursor cur = { 0, 0 };
+                if (d.next_try <= now && store_out_next(w->domain, ROUTE_REMOTE, &cur, now, &m) == 1) {
                     busy = 1;
                     store_out_free(&m);
                 }
@@ -14041,12 +14323,26 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
  */
 
 
-#include <errno.h>
+#include <assert.h>
 #include <ctype.h>
+#include <errno.h>
 #include <string.h>
 
-enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_STARTTLS, P_AUTH, P_AUTH2, P_ETRN, P_ATRN,
-              P_SERVING, P_QUIT };
+/* An exchange's states, in the order an exchange goes through them:
+ *
+ *   IDLE -> PUSH (our queue to the relayhost, when one is set)
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
+ *
+ * Every change goes through poll_enter(), which logs it at debug level.
+ * In SERVING the connection belongs to an SMTP server session (the ATRN
+ * turnaround) and poll only waits for its end. */
+enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+static const char *const poll_state_names[] = {
+    "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+};
 
 struct pwaiter {
     poll_done_fn done;
@@ -14074,6 +14370,14 @@ static struct {
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
+
+static void poll_enter(enum pstate to)
+{
+    assert((size_t)to < MN_NELEM(poll_state_names));
+    if ((int)to != P.state)
+        log_debug("poll: %s -> %s", poll_state_names[P.state], poll_state_names[to]);
+    P.state = (int)to;
+}
 
 static void pull_start(void);
 static void poll_finish(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -14106,7 +14410,7 @@ static void poll_drop_connection(void)
     P.dq = NULL;
     struct conn *c = P.c;
     P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
+    if (c && !c->dead && P.state != POLL_SERVING)
         conn_abort(c);                  /* client_close sees it is no longer ours */
 }
 
@@ -14123,7 +14427,7 @@ static void poll_finish(int rc, const char *fmt, ...)
     }
     poll_drop_connection();
     timer_cancel(&P.guard);
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -14171,7 +14475,7 @@ static void ask_next_etrn(void)
         poll_send("ETRN %s", conf->upstream_domains[P.dom_i]);
         return;
     }
-    P.state = P_QUIT;
+    poll_enter(POLL_QUIT);
     poll_send("QUIT");
 }
 
@@ -14231,15 +14535,15 @@ static void poll_reply(int code, const char *text)
     const char *t = strlen(text) > 4 ? text + 4 : "";
 
     switch (P.state) {
-    case P_GREETING:
+    case POLL_GREETING:
         if (code != 220) {
             poll_finish(EX_UNAVAILABLE, "the upstream refused the session: %s", text);
             return;
         }
-        P.state = P_EHLO;
+        poll_enter(POLL_EHLO);
         poll_send("EHLO %s", conf->hostname);
         return;
-    case P_EHLO: {
+    case POLL_EHLO: {
         if (code != 250) {
             poll_finish(EX_PROTOCOL, "the upstream refused EHLO: %s", text);
             return;
@@ -14248,7 +14552,7 @@ static void poll_reply(int code, const char *text)
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
         if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
-            P.state = P_STARTTLS;
+            poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
         }
@@ -14257,7 +14561,7 @@ static void poll_reply(int code, const char *text)
             return;
         }
         if (!atrn_mode()) {
-            P.state = P_ETRN;
+            poll_enter(POLL_ETRN);
             P.dom_i = 0;
             ask_next_etrn();
             return;
@@ -14269,23 +14573,23 @@ static void poll_reply(int code, const char *text)
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         if (P.ehlo_cram) {
-            P.state = P_AUTH;
+            poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
         } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
-            P.state = P_AUTH2;
+            poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
             poll_finish(EX_PROTOCOL, "the upstream offers no authentication we may use without TLS");
         }
         return;
     }
-    case P_STARTTLS:
+    case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
                 poll_finish(EX_UNAVAILABLE, "the upstream refused STARTTLS: %s", text);
                 return;
             }
-            P.state = P_EHLO;           /* "may": go on in the clear, as offered */
+            poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
             P.ehlo_starttls = 0;
             poll_reply(250, "250 continue");
             return;
@@ -14294,15 +14598,15 @@ static void poll_reply(int code, const char *text)
         if (tls_start_client(P.c, P.host, smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE))
             poll_finish(EX_SOFTWARE, "cannot start TLS with the upstream");
         return;
-    case P_AUTH:
+    case POLL_AUTH:
         if (code == 334) {
-            P.state = P_AUTH2;
+            poll_enter(POLL_AUTH2);
             auth_cram(t);
             return;
         }
         poll_finish(EX_PROTOCOL, "the upstream refused CRAM-MD5: %s", text);
         return;
-    case P_AUTH2: {
+    case POLL_AUTH2: {
         if (code != 235) {
             poll_finish(EX_NOPERM, "authentication to the upstream failed: %s", text);
             return;
@@ -14312,17 +14616,17 @@ static void poll_reply(int code, const char *text)
         for (size_t i = 0; i < conf->n_upstream_domains; i++)
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? "," : "",
                                      conf->upstream_domains[i]);
-        P.state = P_ATRN;
+        poll_enter(POLL_ATRN);
         /* RFC 2645 5.2.1: the server may take a while to gather the mail;
          * wait at least ten minutes for the reply. */
         conn_set_timeout(P.c, 11 * 60 * 1000);
         poll_send("ATRN%s%s", list[0] ? " " : "", list);
         return;
     }
-    case P_ATRN:
+    case POLL_ATRN:
         if (code == 250) {
             /* The turnaround: from here on we are the SMTP server. */
-            P.state = P_SERVING;
+            poll_enter(POLL_SERVING);
             poll_say("ATRN accepted: %s\n", t);
             struct conn *c = P.c;
             c->ctx = NULL;
@@ -14331,13 +14635,13 @@ static void poll_reply(int code, const char *text)
         }
         if (code == 453) {
             poll_say("ATRN: no mail held for us (%s)\n", text);
-            P.state = P_QUIT;
+            poll_enter(POLL_QUIT);
             poll_send("QUIT");
             return;
         }
         poll_finish(code / 100 == 4 ? EX_TEMPFAIL : EX_NOPERM, "ATRN refused: %s", text);
         return;
-    case P_ETRN: {
+    case POLL_ETRN: {
         const char *d = conf->upstream_domains[P.dom_i];
         if (code == 250 || code == 251 || code == 252 || code == 253) {
             poll_say("%s: %s\n", d, text);
@@ -14351,7 +14655,7 @@ static void poll_reply(int code, const char *text)
         ask_next_etrn();
         return;
     }
-    case P_QUIT:
+    case POLL_QUIT:
         poll_finish(P.rc, NULL);
         return;
     default:
@@ -14385,7 +14689,7 @@ static void client_input(struct conn *c)
             if ((unsigned char)*p < 0x20)
                 *p = ' ';
         conn_consume(c, len);
-        if (P.state == P_EHLO && l > 4) {
+        if (P.state == POLL_EHLO && l > 4) {
             const char *kw = line + 4;
             if (!strcasecmp(kw, "ATRN"))
                 P.ehlo_atrn = 1;
@@ -14410,7 +14714,7 @@ static void client_close(struct conn *c)
     if (P.c != c)
         return;
     P.c = NULL;
-    if (P.state == P_QUIT)
+    if (P.state == POLL_QUIT)
         poll_finish(P.rc, NULL);
     else
         poll_finish(EX_TEMPFAIL, "the upstream closed the connection");
@@ -14449,7 +14753,7 @@ static void client_tls(struct conn *c, int err)
         return;
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
-    P.state = P_EHLO;
+    poll_enter(POLL_EHLO);
     P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
     poll_send("EHLO %s", conf->hostname);
 }
@@ -14483,7 +14787,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
         len = sizeof(struct sockaddr_in6);
     }
-    P.state = P_GREETING;
+    poll_enter(POLL_GREETING);
     P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
@@ -14513,7 +14817,7 @@ static void pull_start(void)
         host[l - 2] = '\0';
     }
     util_strlcpy(P.host, host, sizeof P.host);
-    P.state = P_RESOLVE;
+    poll_enter(POLL_RESOLVE);
     P.dq = dns_resolve_host(host, poll_resolved, NULL);
     if (!P.dq)
         poll_finish(EX_TEMPFAIL, "resolver unavailable");
@@ -14525,14 +14829,14 @@ static void push_done(void *arg, const char *summary, int failed)
     poll_say("sent: %s", summary);
     if (failed)
         poll_say("(some of our own mail is still queued)\n");
-    if (P.state == P_PUSH)
+    if (P.state == POLL_PUSH)
         pull_start();
 }
 
 static void guard_expired(void *arg)
 {
     MN_UNUSED(arg);
-    if (P.state == P_SERVING)
+    if (P.state == POLL_SERVING)
         return;                         /* the SMTP session has its own timeouts */
     poll_finish(EX_TEMPFAIL, "the exchange took too long");
 }
@@ -14566,11 +14870,11 @@ int poll_run(poll_done_fn done, void *arg)
         /* A request made while an exchange runs wants a fresh one: the
          * running exchange may have passed the point that request cares
          * about. */
-        struct pwaiter **list = P.state != P_IDLE ? &P.next_waiters : &P.waiters;
+        struct pwaiter **list = P.state != POLL_IDLE ? &P.next_waiters : &P.waiters;
         w->next = *list;
         *list = w;
     }
-    if (P.state != P_IDLE) {
+    if (P.state != POLL_IDLE) {
         P.again = 1;                    /* one more exchange after this one */
         return 0;
     }
@@ -14581,9 +14885,9 @@ int poll_run(poll_done_fn done, void *arg)
     timer_set(&P.guard, 30 * 60 * 1000, guard_expired, NULL);
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
-        P.state = P_PUSH;
+        poll_enter(POLL_PUSH);
         if (queue_flush_wait(NULL, push_done, NULL)) {
-            P.state = P_IDLE;
+            poll_enter(POLL_IDLE);
             pull_start();
         }
         return 0;
@@ -14602,9 +14906,9 @@ void poll_kick(void)
 {
     if (!P.enabled)
         return;
-    if (P.state == P_IDLE)
+    if (P.state == POLL_IDLE)
         poll_run(NULL, NULL);
-    else if (P.state != P_PUSH)         /* our own push flushes the queue too */
+    else if (P.state != POLL_PUSH)         /* our own push flushes the queue too */
         P.again = 1;
     if (conf->upstream_interval > 0)
         timer_set(&P.interval, conf->upstream_interval * 1000, interval_fired, NULL);
@@ -14640,7 +14944,7 @@ void poll_stop(void)
             w->done(w->arg, "stopped\n", EX_TEMPFAIL);
             free(w);
         }
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
 }
 
 void poll_cancel(void *arg)
@@ -14673,6 +14977,7 @@ void poll_cancel(void *arg)
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -14685,6 +14990,7 @@ enum smtpd_state {
     S_BDAT = 1 << 4,    /* between BDAT chunks */
 };
 #define S_ANY (S_INIT | S_READY | S_MAIL | S_RCPT | S_BDAT)
+static const char *const smtpd_state_names[] = { "INIT", "READY", "MAIL", "RCPT", "BDAT" };
 
 enum smtpd_input {
     IN_COMMAND,         /* command lines */
@@ -14778,6 +15084,22 @@ static void reply(struct smtpd *s, const char *fmt, ...)
         log_warn("%s: reply dropped, output full", s->c->peer_ip);
 }
 
+/* Every change of state goes through here: one place to trace a session
+ * (log.level = debug) and to check that it is one of the states. */
+static void smtpd_enter(struct smtpd *s, enum smtpd_state to)
+{
+    int from = 0, bit = 0;
+    assert(to && !(to & (to - 1)) && (to & S_ANY));
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (int)to)
+        log_debug("%s: smtpd %s -> %s", s->c->peer_ip, s->state ? smtpd_state_names[from] : "NEW",
+                  smtpd_state_names[bit]);
+    s->state = (int)to;
+}
+
 static void close_with(struct smtpd *s, const char *text)
 {
     reply(s, "%s", text);
@@ -14801,7 +15123,7 @@ static void txn_reset(struct smtpd *s)
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
     if (s->state & (S_MAIL | S_RCPT | S_BDAT))
-        s->state = S_READY;
+        smtpd_enter(s, S_READY);
 }
 
 static void smtpd_free(struct smtpd *s)
@@ -14956,7 +15278,7 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     txn_reset(s);
     util_strlcpy(s->helo, arg, sizeof s->helo);
     s->esmtp = esmtp;
-    s->state = S_READY;
+    smtpd_enter(s, S_READY);
     if (!esmtp) {
         reply(s, "250 %s", conf->hostname);
         return;
@@ -15067,7 +15389,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
     }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
-    s->state = S_MAIL;
+    smtpd_enter(s, S_MAIL);
     reply(s, "250 2.1.0 Ok");
 }
 
@@ -15212,7 +15534,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
      * it does not count against max_recipients. */
     if (added)
         s->nrcpt_cmds++;
-    s->state = S_RCPT;
+    smtpd_enter(s, S_RCPT);
     reply(s, "250 2.1.5 Ok");
 }
 
@@ -15315,7 +15637,7 @@ static void cmd_bdat(struct smtpd *s, char *arg)
     } else if (s->state == S_RCPT) {
         if (start_body(s))
             s->data_error = 451;
-        s->state = S_BDAT;
+        smtpd_enter(s, S_BDAT);
     }
     if (!size)
         bdat_chunk_done(s);             /* "BDAT 0 LAST" has no octets to wait for */
@@ -15460,7 +15782,7 @@ static void smtpd_tls_done(struct conn *c, int err)
     if (!s || err)
         return;                         /* the loop closes a failed handshake */
     txn_reset(s);
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->esmtp = 0;
     s->auth_user[0] = '\0';
     util_strlcpy(s->helo, "unknown", sizeof s->helo);
@@ -15998,7 +16320,7 @@ void smtpd_accept(struct conn *c)
     if (all_sessions)
         all_sessions->prev = s;
     all_sessions = s;
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->input = IN_COMMAND;
     s->timer.idx = -1;
     util_strlcpy(s->helo, "unknown", sizeof s->helo);
@@ -16048,6 +16370,7 @@ void smtpd_accept(struct conn *c)
  */
 
 
+#include <assert.h>
 #include <ctype.h>
 #include <string.h>
 
@@ -16069,6 +16392,7 @@ enum pop3_state {
     POP3_TRANSACTION = 1 << 1,
     POP3_UPDATE = 1 << 2,
 };
+static const char *const pop3_state_names[] = { "AUTHORIZATION", "TRANSACTION", "UPDATE" };
 
 /* What the paused session is waiting for. */
 enum pop3_busy { BUSY_NONE, BUSY_DELAY, BUSY_STREAM, BUSY_COMMIT, BUSY_TLS };
@@ -16185,6 +16509,21 @@ static void pop3_lock_release(int64_t id)
 }
 
 /* ------------------------------------------------------------ helpers */
+
+/* RFC 1939 3: AUTHORIZATION -> TRANSACTION -> UPDATE, every change here. */
+static void pop3_enter(struct pop3 *s, enum pop3_state to)
+{
+    int from = 0, bit = 0;
+    assert(to == POP3_AUTHORIZATION || to == POP3_TRANSACTION || to == POP3_UPDATE);
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (unsigned)to)
+        log_debug("%s: pop3 %s -> %s", s->c->peer_ip, s->state ? pop3_state_names[from] : "NEW",
+                  pop3_state_names[bit]);
+    s->state = (unsigned)to;
+}
 
 static void pop3_reply(struct pop3 *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -16504,7 +16843,7 @@ static void pop3_login(struct pop3 *s, const struct store_user *u, const char *m
     s->locked = 1;
     s->user_id = u->id;
     util_strlcpy(s->user, u->name, sizeof s->user);
-    s->state = POP3_TRANSACTION;
+    pop3_enter(s, POP3_TRANSACTION);
     pop3_maildrop_totals(s, &count, &octets);
     log_info("pop3: login user=%s ip=%s mech=%s messages=%zu octets=%lld", s->user,
              s->c->peer_ip, mech, count, (long long)octets);
@@ -16785,7 +17124,7 @@ static void pop3_cmd_quit(struct pop3 *s, char *arg)
         conn_close(s->c);
         return;
     }
-    s->state = POP3_UPDATE;
+    pop3_enter(s, POP3_UPDATE);
     for (size_t i = 0; i < s->n; i++)
         k += s->msgs[i].deleted;
     if (!k) {
@@ -17214,7 +17553,7 @@ void pop3_accept(struct conn *c)
         return;
     }
     s->c = c;
-    s->state = POP3_AUTHORIZATION;
+    pop3_enter(s, POP3_AUTHORIZATION);
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &pop3_ops;

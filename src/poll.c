@@ -11,12 +11,26 @@
  */
 #include "internal.h"
 
-#include <errno.h>
+#include <assert.h>
 #include <ctype.h>
+#include <errno.h>
 #include <string.h>
 
-enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_STARTTLS, P_AUTH, P_AUTH2, P_ETRN, P_ATRN,
-              P_SERVING, P_QUIT };
+/* An exchange's states, in the order an exchange goes through them:
+ *
+ *   IDLE -> PUSH (our queue to the relayhost, when one is set)
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
+ *
+ * Every change goes through poll_enter(), which logs it at debug level.
+ * In SERVING the connection belongs to an SMTP server session (the ATRN
+ * turnaround) and poll only waits for its end. */
+enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+static const char *const poll_state_names[] = {
+    "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+};
 
 struct pwaiter {
     poll_done_fn done;
@@ -44,6 +58,14 @@ static struct {
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
+
+static void poll_enter(enum pstate to)
+{
+    assert((size_t)to < MN_NELEM(poll_state_names));
+    if ((int)to != P.state)
+        log_debug("poll: %s -> %s", poll_state_names[P.state], poll_state_names[to]);
+    P.state = (int)to;
+}
 
 static void pull_start(void);
 static void poll_finish(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -76,7 +98,7 @@ static void poll_drop_connection(void)
     P.dq = NULL;
     struct conn *c = P.c;
     P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
+    if (c && !c->dead && P.state != POLL_SERVING)
         conn_abort(c);                  /* client_close sees it is no longer ours */
 }
 
@@ -93,7 +115,7 @@ static void poll_finish(int rc, const char *fmt, ...)
     }
     poll_drop_connection();
     timer_cancel(&P.guard);
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -141,7 +163,7 @@ static void ask_next_etrn(void)
         poll_send("ETRN %s", conf->upstream_domains[P.dom_i]);
         return;
     }
-    P.state = P_QUIT;
+    poll_enter(POLL_QUIT);
     poll_send("QUIT");
 }
 
@@ -201,15 +223,15 @@ static void poll_reply(int code, const char *text)
     const char *t = strlen(text) > 4 ? text + 4 : "";
 
     switch (P.state) {
-    case P_GREETING:
+    case POLL_GREETING:
         if (code != 220) {
             poll_finish(EX_UNAVAILABLE, "the upstream refused the session: %s", text);
             return;
         }
-        P.state = P_EHLO;
+        poll_enter(POLL_EHLO);
         poll_send("EHLO %s", conf->hostname);
         return;
-    case P_EHLO: {
+    case POLL_EHLO: {
         if (code != 250) {
             poll_finish(EX_PROTOCOL, "the upstream refused EHLO: %s", text);
             return;
@@ -218,7 +240,7 @@ static void poll_reply(int code, const char *text)
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
         if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
-            P.state = P_STARTTLS;
+            poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
         }
@@ -227,7 +249,7 @@ static void poll_reply(int code, const char *text)
             return;
         }
         if (!atrn_mode()) {
-            P.state = P_ETRN;
+            poll_enter(POLL_ETRN);
             P.dom_i = 0;
             ask_next_etrn();
             return;
@@ -239,23 +261,23 @@ static void poll_reply(int code, const char *text)
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         if (P.ehlo_cram) {
-            P.state = P_AUTH;
+            poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
         } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
-            P.state = P_AUTH2;
+            poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
             poll_finish(EX_PROTOCOL, "the upstream offers no authentication we may use without TLS");
         }
         return;
     }
-    case P_STARTTLS:
+    case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
                 poll_finish(EX_UNAVAILABLE, "the upstream refused STARTTLS: %s", text);
                 return;
             }
-            P.state = P_EHLO;           /* "may": go on in the clear, as offered */
+            poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
             P.ehlo_starttls = 0;
             poll_reply(250, "250 continue");
             return;
@@ -264,15 +286,15 @@ static void poll_reply(int code, const char *text)
         if (tls_start_client(P.c, P.host, smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE))
             poll_finish(EX_SOFTWARE, "cannot start TLS with the upstream");
         return;
-    case P_AUTH:
+    case POLL_AUTH:
         if (code == 334) {
-            P.state = P_AUTH2;
+            poll_enter(POLL_AUTH2);
             auth_cram(t);
             return;
         }
         poll_finish(EX_PROTOCOL, "the upstream refused CRAM-MD5: %s", text);
         return;
-    case P_AUTH2: {
+    case POLL_AUTH2: {
         if (code != 235) {
             poll_finish(EX_NOPERM, "authentication to the upstream failed: %s", text);
             return;
@@ -282,17 +304,17 @@ static void poll_reply(int code, const char *text)
         for (size_t i = 0; i < conf->n_upstream_domains; i++)
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? "," : "",
                                      conf->upstream_domains[i]);
-        P.state = P_ATRN;
+        poll_enter(POLL_ATRN);
         /* RFC 2645 5.2.1: the server may take a while to gather the mail;
          * wait at least ten minutes for the reply. */
         conn_set_timeout(P.c, 11 * 60 * 1000);
         poll_send("ATRN%s%s", list[0] ? " " : "", list);
         return;
     }
-    case P_ATRN:
+    case POLL_ATRN:
         if (code == 250) {
             /* The turnaround: from here on we are the SMTP server. */
-            P.state = P_SERVING;
+            poll_enter(POLL_SERVING);
             poll_say("ATRN accepted: %s\n", t);
             struct conn *c = P.c;
             c->ctx = NULL;
@@ -301,13 +323,13 @@ static void poll_reply(int code, const char *text)
         }
         if (code == 453) {
             poll_say("ATRN: no mail held for us (%s)\n", text);
-            P.state = P_QUIT;
+            poll_enter(POLL_QUIT);
             poll_send("QUIT");
             return;
         }
         poll_finish(code / 100 == 4 ? EX_TEMPFAIL : EX_NOPERM, "ATRN refused: %s", text);
         return;
-    case P_ETRN: {
+    case POLL_ETRN: {
         const char *d = conf->upstream_domains[P.dom_i];
         if (code == 250 || code == 251 || code == 252 || code == 253) {
             poll_say("%s: %s\n", d, text);
@@ -321,7 +343,7 @@ static void poll_reply(int code, const char *text)
         ask_next_etrn();
         return;
     }
-    case P_QUIT:
+    case POLL_QUIT:
         poll_finish(P.rc, NULL);
         return;
     default:
@@ -355,7 +377,7 @@ static void client_input(struct conn *c)
             if ((unsigned char)*p < 0x20)
                 *p = ' ';
         conn_consume(c, len);
-        if (P.state == P_EHLO && l > 4) {
+        if (P.state == POLL_EHLO && l > 4) {
             const char *kw = line + 4;
             if (!strcasecmp(kw, "ATRN"))
                 P.ehlo_atrn = 1;
@@ -380,7 +402,7 @@ static void client_close(struct conn *c)
     if (P.c != c)
         return;
     P.c = NULL;
-    if (P.state == P_QUIT)
+    if (P.state == POLL_QUIT)
         poll_finish(P.rc, NULL);
     else
         poll_finish(EX_TEMPFAIL, "the upstream closed the connection");
@@ -419,7 +441,7 @@ static void client_tls(struct conn *c, int err)
         return;
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
-    P.state = P_EHLO;
+    poll_enter(POLL_EHLO);
     P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
     poll_send("EHLO %s", conf->hostname);
 }
@@ -453,7 +475,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
         len = sizeof(struct sockaddr_in6);
     }
-    P.state = P_GREETING;
+    poll_enter(POLL_GREETING);
     P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
@@ -483,7 +505,7 @@ static void pull_start(void)
         host[l - 2] = '\0';
     }
     util_strlcpy(P.host, host, sizeof P.host);
-    P.state = P_RESOLVE;
+    poll_enter(POLL_RESOLVE);
     P.dq = dns_resolve_host(host, poll_resolved, NULL);
     if (!P.dq)
         poll_finish(EX_TEMPFAIL, "resolver unavailable");
@@ -495,14 +517,14 @@ static void push_done(void *arg, const char *summary, int failed)
     poll_say("sent: %s", summary);
     if (failed)
         poll_say("(some of our own mail is still queued)\n");
-    if (P.state == P_PUSH)
+    if (P.state == POLL_PUSH)
         pull_start();
 }
 
 static void guard_expired(void *arg)
 {
     MN_UNUSED(arg);
-    if (P.state == P_SERVING)
+    if (P.state == POLL_SERVING)
         return;                         /* the SMTP session has its own timeouts */
     poll_finish(EX_TEMPFAIL, "the exchange took too long");
 }
@@ -536,11 +558,11 @@ int poll_run(poll_done_fn done, void *arg)
         /* A request made while an exchange runs wants a fresh one: the
          * running exchange may have passed the point that request cares
          * about. */
-        struct pwaiter **list = P.state != P_IDLE ? &P.next_waiters : &P.waiters;
+        struct pwaiter **list = P.state != POLL_IDLE ? &P.next_waiters : &P.waiters;
         w->next = *list;
         *list = w;
     }
-    if (P.state != P_IDLE) {
+    if (P.state != POLL_IDLE) {
         P.again = 1;                    /* one more exchange after this one */
         return 0;
     }
@@ -551,9 +573,9 @@ int poll_run(poll_done_fn done, void *arg)
     timer_set(&P.guard, 30 * 60 * 1000, guard_expired, NULL);
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
-        P.state = P_PUSH;
+        poll_enter(POLL_PUSH);
         if (queue_flush_wait(NULL, push_done, NULL)) {
-            P.state = P_IDLE;
+            poll_enter(POLL_IDLE);
             pull_start();
         }
         return 0;
@@ -572,9 +594,9 @@ void poll_kick(void)
 {
     if (!P.enabled)
         return;
-    if (P.state == P_IDLE)
+    if (P.state == POLL_IDLE)
         poll_run(NULL, NULL);
-    else if (P.state != P_PUSH)         /* our own push flushes the queue too */
+    else if (P.state != POLL_PUSH)         /* our own push flushes the queue too */
         P.again = 1;
     if (conf->upstream_interval > 0)
         timer_set(&P.interval, conf->upstream_interval * 1000, interval_fired, NULL);
@@ -610,7 +632,7 @@ void poll_stop(void)
             w->done(w->arg, "stopped\n", EX_TEMPFAIL);
             free(w);
         }
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
 }
 
 void poll_cancel(void *arg)

@@ -10,9 +10,31 @@
  *
  * Outcomes go to the scheduler (queue_deliver.c) as they arrive; a
  * recipient counts as delivered only after the reply to its message data.
+ *
+ * Two machines run side by side on one connection:
+ *
+ * - The reader.  q[] is a FIFO of expectations, one per command written
+ *   (E_MAIL, E_RCPT, E_BDAT, ...), each naming the flight slot and the
+ *   recipient it is about.  A complete reply pops the head; a reply that
+ *   arrives with the FIFO empty is a protocol error.  Invariant: q_len
+ *   counts exactly the commands written and not yet answered.
+ *
+ * - The writer, for the message in slot wslot, through smtpc_wenter():
+ *
+ *     IDLE -> RCPT (MAIL and every RCPT written) -> DATACMD, then
+ *       with CHUNKING:  -> BODY (BDAT n LAST, the chunk follows at once)
+ *       without:        -> WAIT354 (DATA) -> BODY, or END if refused
+ *       not 7-bit-able: -> END (RSET; the recipients fail)
+ *     BODY -> END -> IDLE (the next message, while fewer than
+ *     SMTPC_WINDOW are in flight; without PIPELINING only once q[] is
+ *     empty, except that a body never waits)
+ *
+ *   Invariants (asserted): wslot is -1 only in IDLE; fl_len stays within
+ *   SMTPC_WINDOW and q_len within SMTPC_EXPECT.
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -26,6 +48,7 @@ enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT,
               E_STARTTLS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
+static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
 
 struct flight {
     struct store_out_msg m;
@@ -81,6 +104,16 @@ struct smtpc {
 };
 
 static void pump(struct smtpc *s);
+
+/* The writer's one transition function: logs the change at debug level. */
+static void smtpc_wenter(struct smtpc *s, enum wstate to)
+{
+    assert((size_t)to < MN_NELEM(smtpc_wstate_names));
+    if (s->wstate != (int)to)
+        log_debug("smtpc %s: writer %s -> %s", s->peer, smtpc_wstate_names[s->wstate],
+                  smtpc_wstate_names[to]);
+    s->wstate = (int)to;
+}
 
 static int tls_client_possible(void)
 {
@@ -300,7 +333,7 @@ static int start_message(struct smtpc *s)
     cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
     s->wslot = slot;
     s->widx = 0;
-    s->wstate = W_RCPT;
+    smtpc_wenter(s, W_RCPT);
     return 1;
 }
 
@@ -462,6 +495,9 @@ static void write_current(struct smtpc *s)
 {
     struct flight *f = slot_flight(s, s->wslot);
 
+    assert(s->wslot >= 0 && s->wstate != W_IDLE);
+    assert(s->fl_len <= SMTPC_WINDOW && s->q_len <= SMTPC_EXPECT);
+
     for (;;) {
         if (conn_out_space(s->c) < 1024)
             return;
@@ -474,7 +510,7 @@ static void write_current(struct smtpc *s)
                 write_rcpt(s, f, s->widx++);
                 continue;
             }
-            s->wstate = W_DATACMD;
+            smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
             if (s->chunking) {
@@ -482,7 +518,7 @@ static void write_current(struct smtpc *s)
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
                      * once their RCPT replies are in; the peer gets RSET. */
                     cmd(s, E_RSET, s->wslot, 1, "RSET");
-                    s->wstate = W_END;
+                    smtpc_wenter(s, W_END);
                     continue;
                 }
                 if (open_body(s, f)) {
@@ -494,11 +530,11 @@ static void write_current(struct smtpc *s)
                 /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
                  * timer: a peer that keeps reading keeps the session. */
                 conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
-                s->wstate = W_BODY;
+                smtpc_wenter(s, W_BODY);
                 continue;
             }
             cmd(s, E_DATA, s->wslot, 0, "DATA");
-            s->wstate = W_WAIT354;
+            smtpc_wenter(s, W_WAIT354);
             return;
         case W_WAIT354:
             return;                     /* the reply handler moves on */
@@ -514,12 +550,12 @@ static void write_current(struct smtpc *s)
             }
             if (!s->chunking)
                 write_data_end(s);
-            s->wstate = W_END;
+            smtpc_wenter(s, W_END);
             continue;
         }
         case W_END:
         case W_IDLE:
-            s->wstate = W_IDLE;
+            smtpc_wenter(s, W_IDLE);
             s->wslot = -1;
             return;
         }
@@ -739,21 +775,21 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 conn_abort(s->c);
                 return;
             }
-            s->wstate = W_BODY;
+            smtpc_wenter(s, W_BODY);
             conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
                 s->rd_open = 0;
                 write_data_end(s);
-                s->wstate = W_END;
+                smtpc_wenter(s, W_END);
             }
             pump(s);
             break;
         }
         finish_accepted(s, f, outcome_code(code), clean);
         s->need_rset = 1;
-        s->wstate = W_END;
+        smtpc_wenter(s, W_END);
         while (s->fl_len && s->fl[s->fl_head % SMTPC_WINDOW] == f)
             retire_head(s);
         pump(s);
