@@ -923,16 +923,18 @@ TEST(e2e_timeout_and_failover)
     CHECK_STR(ip_of(&R.hosts[0].addrs[0]), "192.0.2.9");
     CHECK_INT(host("silent.test"), DNS_TEMP);
 
-    /* Busy: more queries than the limit fail fast. */
+    /* Busy: more queries (or, with one socket per question, more
+     * questions) than the limit fail fast. */
     snprintf(spec, sizeof spec, "127.0.0.1:%d", ntohs(sin.sin_port));
     use_resolver(spec, 5000, 1);
     static struct dns_query *qs[DNS_MAX_QUERIES + 1];
+    int fill = DNS_MAX_TXS < DNS_MAX_QUERIES ? DNS_MAX_TXS + 1 : DNS_MAX_QUERIES;
     callbacks = 0;
-    for (int i = 0; i < DNS_MAX_QUERIES; i++)
+    for (int i = 0; i < fill; i++)
         qs[i] = dns_resolve_mx("silent.test", on_result, NULL);
     CHECK_INT(mx("one-more.test"), DNS_TEMP);
     CHECK_STR(R.error, "resolver busy");
-    for (int i = 0; i < DNS_MAX_QUERIES; i++)
+    for (int i = 0; i < fill; i++)
         dns_cancel(qs[i]);
     close(dead);
     run_loop(100);                      /* the orphans go at the next turn */
