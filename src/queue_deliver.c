@@ -940,10 +940,14 @@ static void waiters_account(struct hop *h)
     for (struct waiter *w = Q.waiters; w; w = w->next) {
         if (!waiter_matches(w, h))
             continue;
+        /* A destination not reached deferred everything queued for it. */
+        int64_t deferred = h->deferred;
+        if (h->error[0] && !h->progress && !deferred)
+            deferred = store_ops_queued_remote(h->domain);
         int n = snprintf(w->summary + w->used, sizeof w->summary - w->used,
-                         "%s: %d delivered, %d deferred, %d failed%s%s\n",
-                         h->domain[0] ? h->domain : conf->relayhost, h->delivered, h->deferred, h->failed,
-                         h->error[0] ? ": " : "", h->error);
+                         "%s: %d delivered, %lld deferred, %d failed%s%s\n",
+                         h->domain[0] ? h->domain : conf->relayhost, h->delivered,
+                         (long long)(deferred > 0 ? deferred : 0), h->failed, h->error[0] ? ": " : "", h->error);
         if (n > 0 && (size_t)n < sizeof w->summary - w->used)
             w->used += (size_t)n;
         if (h->deferred || (h->error[0] && !h->progress))

@@ -1152,8 +1152,11 @@ static void message_end(struct smtpd *s)
         struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
         if (!err && !routes)
             err = STORE_ERR;
+        size_t nroutes = s->rcpts.n;
         if (!err)
-            err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+            err = bundle_dedup(s->body, routes, &nroutes, s->qid);
+        if (!err)
+            err = store_msg_insert(&env, s->body, routes, nroutes);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
