@@ -8334,7 +8334,6 @@ int store_held_count(const char *domain)
     return n;
 }
 
-<<<<<<< HEAD
 /* ---- src/store_ops.c ---- */
 #line 1 "src/store_ops.c"
 /*
@@ -8342,25 +8341,11 @@ int store_held_count(const char *domain)
  * list/show/delete, poll's account of what stayed queued).  Read-mostly
  * and kept apart from the delivery path's SQL in store.c and
  * store_deliver.c.
-=======
-/* ---- src/store_bundle.c ---- */
-#line 1 "src/store_bundle.c"
-/*
- * store_bundle.c: the SQL of offline bundles.  Peers (their public keys
- * and the domains they take), recipients in transit on a bundle not yet
- * acknowledged, the identities of recipients already delivered (so that a
- * message that arrives twice, by two bundles or by a bundle and SMTP, is
- * delivered once), and the volumes already imported (replays).
- *
- * Like the other store files: writers open the transaction and leave it
- * open; the caller commits.
->>>>>>> main
  */
 
 
 #include <string.h>
 
-<<<<<<< HEAD
 /* Remote recipients still queued and not held by `queue hold`: for one
  * destination domain, or ("" ) for every one (all go to the relayhost). */
 int64_t store_ops_queued_remote(const char *domain)
@@ -8634,7 +8619,24 @@ int store_ops_delete_domain(const char *domain, int64_t *rcpts)
     }
     free(msgs);
     return err;
-=======
+}
+
+/* ---- src/store_bundle.c ---- */
+#line 1 "src/store_bundle.c"
+/*
+ * store_bundle.c: the SQL of offline bundles.  Peers (their public keys
+ * and the domains they take), recipients in transit on a bundle not yet
+ * acknowledged, the identities of recipients already delivered (so that a
+ * message that arrives twice, by two bundles or by a bundle and SMTP, is
+ * delivered once), and the volumes already imported (replays).
+ *
+ * Like the other store files: writers open the transaction and leave it
+ * open; the caller commits.
+ */
+
+
+#include <string.h>
+
 static int sb_step(sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
@@ -8983,7 +8985,6 @@ int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t
     sqlite3_bind_int64(st, 3, peer_id);
     sqlite3_bind_int64(st, 4, now);
     return sb_step(st, "record imported volume");
->>>>>>> main
 }
 
 /* ---- src/addr.c ---- */
@@ -29905,13 +29906,10 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
-<<<<<<< HEAD
     { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
-=======
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
     { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },
->>>>>>> main
 };
 
 static void usage(FILE *f)

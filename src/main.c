@@ -24,13 +24,10 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
-<<<<<<< HEAD
     { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
-=======
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
     { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },
->>>>>>> main
 };
 
 static void usage(FILE *f)
