@@ -17,6 +17,9 @@
 #include <time.h>
 
 #define STMT_SLOTS 128
+#ifndef STORE_PAGE_SIZE
+#define STORE_PAGE_SIZE 1024            /* bytes; new databases only */
+#endif
 
 static struct {
     sqlite3 *db;
@@ -137,7 +140,9 @@ static const char *const migrations[] = {
      * moving inside them), in the order they are picked: (next_try,
      * message_id) per destination, and across destinations for the
      * smarthost.  Counts that `queue count` and `status` show are kept
-     * by triggers, so reading them costs the same at any queue size. */
+     * by triggers, so reading them costs the same at any queue size.  A
+     * body that fits one chunk is kept in its body row (body.data). */
+    "ALTER TABLE body ADD COLUMN data BLOB;"
     "DROP INDEX rcpt_due;"
     "DROP INDEX rcpt_next;"
     "CREATE INDEX rcpt_pick ON rcpt(kind, dest, next_try, message_id) WHERE state=0;"
@@ -270,7 +275,13 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     /* The daemon must not stall its loop for long behind a command-line
      * tool's write; tools wait patiently for the daemon's short turns. */
     sqlite3_busy_timeout(S.db, mode == STORE_DAEMON ? 2000 : 15000);
-    if (exec("PRAGMA journal_mode=WAL") || exec("PRAGMA foreign_keys=OFF") ||
+    /* Every commit writes each page it touched whole into the log, and a
+     * checkpoint again into the database: small pages write less per
+     * message (bench/store.sh).  Only a new database takes it (before
+     * WAL mode and the first table); an older one keeps its size. */
+    char ps[48];
+    snprintf(ps, sizeof ps, "PRAGMA page_size=%d", STORE_PAGE_SIZE);
+    if (exec(ps) || exec("PRAGMA journal_mode=WAL") || exec("PRAGMA foreign_keys=OFF") ||
         exec("PRAGMA cache_size=-1024") || exec("PRAGMA temp_store=MEMORY") ||
         exec("PRAGMA synchronous=FULL")) {
         snprintf(err, errlen, "cannot set up database %s: %s (is it a mailnode database?)", path,
@@ -589,13 +600,9 @@ fail:
     return NULL;
 }
 
-static int body_flush(struct store_body *b)
+/* b's buffered bytes, compressed into S.zbuf; their length. */
+static int body_deflate(struct store_body *b, int *zlen)
 {
-    static sqlite3_stmt *st;
-    int rc;
-
-    if (!b->len)
-        return 0;
     deflateReset(&S.zdef);
     S.zdef.next_in = b->buf;
     S.zdef.avail_in = (uInt)b->len;
@@ -603,6 +610,19 @@ static int body_flush(struct store_body *b)
     S.zdef.avail_out = (uInt)S.zbuf_cap;
     if (deflate(&S.zdef, Z_FINISH) != Z_STREAM_END)
         return b->err = STORE_ERR;
+    *zlen = (int)(S.zbuf_cap - S.zdef.avail_out);
+    return 0;
+}
+
+static int body_flush(struct store_body *b)
+{
+    static sqlite3_stmt *st;
+    int rc, zlen;
+
+    if (!b->len)
+        return 0;
+    if (body_deflate(b, &zlen))
+        return b->err;
     if (store_begin())
         return b->err = STORE_ERR;
     if (!store_stmt(&st, "INSERT INTO chunk(body_id, seq, rawlen, data) VALUES (?,?,?,?)"))
@@ -610,7 +630,7 @@ static int body_flush(struct store_body *b)
     sqlite3_bind_int64(st, 1, b->id);
     sqlite3_bind_int64(st, 2, b->seq);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)b->len);
-    sqlite3_bind_blob(st, 4, S.zbuf, (int)(S.zbuf_cap - S.zdef.avail_out), SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, S.zbuf, zlen, SQLITE_STATIC);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -655,16 +675,23 @@ int store_body_finish(struct store_body *b)
 {
     static sqlite3_stmt *st;
     unsigned char hash[crypto_generichash_BYTES];
-    int rc;
+    int rc, zlen = 0;
+    /* A body that fits one chunk (most mail) is kept in its own row:
+     * no chunk row, so no chunk page written when it comes or goes. */
+    int inline_data = b->seq == 0 && b->len > 0;
 
-    if (b->err || body_flush(b))
+    if (b->err)
+        return b->err;
+    if (inline_data ? body_deflate(b, &zlen) : body_flush(b))
         return b->err;
     crypto_generichash_final(&b->hash, hash, sizeof hash);
-    if (store_begin() || !store_stmt(&st, "UPDATE body SET size=?, hash=?, complete=1 WHERE id=?"))
+    if (store_begin() || !store_stmt(&st, "UPDATE body SET size=?, hash=?, complete=1, data=? WHERE id=?"))
         return b->err = STORE_ERR;
     sqlite3_bind_int64(st, 1, b->size);
     sqlite3_bind_blob(st, 2, hash, sizeof hash, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 3, b->id);
+    if (inline_data)
+        sqlite3_bind_blob(st, 3, S.zbuf, zlen, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, b->id);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -721,7 +748,8 @@ int store_reader_open(struct store_reader *r, int64_t body_id)
             return STORE_ERR;
         S.zinf_ok = 1;
     }
-    if (!store_stmt(&st, "SELECT count(*) FROM chunk WHERE body_id=?"))
+    if (!store_stmt(&st, "SELECT (SELECT count(*) FROM chunk WHERE body_id=?1), data IS NOT NULL"
+                         " FROM body WHERE id=?1"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, body_id);
     if (sqlite3_step(st) != SQLITE_ROW) {
@@ -729,6 +757,9 @@ int store_reader_open(struct store_reader *r, int64_t body_id)
         return STORE_ERR;
     }
     r->nchunks = sqlite3_column_int64(st, 0);
+    r->inline_data = sqlite3_column_int(st, 1);
+    if (r->inline_data)
+        r->nchunks = 1;
     sqlite3_reset(st);
     r->buf = malloc(STORE_CHUNK);
     return r->buf ? 0 : STORE_ERR;
@@ -736,13 +767,19 @@ int store_reader_open(struct store_reader *r, int64_t body_id)
 
 static int reader_load(struct store_reader *r)
 {
-    static sqlite3_stmt *st;
+    static sqlite3_stmt *chunk, *inl;
+    sqlite3_stmt *st;
     int rc = STORE_ERR;
 
-    if (!store_stmt(&st, "SELECT rawlen, data FROM chunk WHERE body_id=? AND seq=?"))
+    if (r->inline_data)
+        st = store_stmt(&inl, "SELECT size, data FROM body WHERE id=?");
+    else
+        st = store_stmt(&chunk, "SELECT rawlen, data FROM chunk WHERE body_id=? AND seq=?");
+    if (!st)
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, r->body_id);
-    sqlite3_bind_int64(st, 2, r->seq);
+    if (!r->inline_data)
+        sqlite3_bind_int64(st, 2, r->seq);
     if (sqlite3_step(st) == SQLITE_ROW) {
         int64_t rawlen = sqlite3_column_int64(st, 0);
         const void *data = sqlite3_column_blob(st, 1);
