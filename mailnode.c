@@ -5101,14 +5101,48 @@ int tls_io_write_wants_in(const struct conn *c)
 #line 1 "src/store.c"
 /*
  * store.c: the database.  Schema and migrations, transactions with group
- * commit, message bodies (zlib-compressed chunks with a BLAKE2b content
- * hash) and the outbound queue.  Every SQL statement of mailnode lives in
- * the store_*.c files.
+ * commit, message bodies (zlib-compressed, with a BLAKE2b content hash;
+ * one body shared by every recipient of a message) and the outbound
+ * queue.  Every SQL statement of mailnode lives in the store_*.c files.
  *
  * Durability: the database runs in WAL mode with synchronous=FULL, so
- * COMMIT returns only after the WAL is fsynced.  The daemon opens one write transaction per loop turn; every
- * message that reaches its end in that turn is inserted into it, and
- * store_turn_end() commits once and only then lets the sessions send 250.
+ * COMMIT returns only after the WAL is fsynced.  The daemon opens one
+ * write transaction per loop turn; every message that reaches its end in
+ * that turn is inserted into it, and store_turn_end() commits once and
+ * only then lets the sessions send 250.
+ *
+ * The write path, per relayed message (the boxes this runs on write to
+ * SD cards and eMMC: every page written costs time and wear):
+ *
+ *   accept   body row (the compressed text inline when it fits one
+ *            32 KiB chunk, else chunk rows), message row, one rcpt row per
+ *            recipient; group commit with the other messages of the turn
+ *   deliver  each outcome updates its rcpt row (it leaves the partial
+ *            indexes); outcomes are committed together, STORE_OUTCOME_BATCH
+ *            or STORE_OUTCOME_MS, whichever comes first, or with the next
+ *            accept commit; the message, its rcpt rows and its body go in
+ *            the same transaction (store_msg_retire)
+ *   fold     SQLite's checkpoint copies each page once per 1000 log pages
+ *
+ * What keeps the pages few: 1 KiB pages (a commit writes every page it
+ * touched whole, twice: log and checkpoint); queue ids that sort by time,
+ * so the qid index grows at its right edge and shrinks at its left
+ * instead of touching a random page per message; only queued recipients
+ * in the scheduler's indexes; counters kept by triggers on one page.
+ * bench/store.sh measures it on a file system of its own (device sectors,
+ * journal included), 1,000 relayed messages at 10 sessions, Postfix 3.7
+ * beside it in the same run: 1 KiB messages 6.3-8.1 KB per message against
+ * Postfix's 15.3-16.4 KB, 50 KiB (compressible) 12-13 KB against 67-74 KB;
+ * fsyncs 0.16-0.23 per relayed message (accept and delivery) against 1.
+ * Draining 1,000 queued messages toward a pipelining peer costs 0.017
+ * fsyncs per message (1.03 before outcomes were batched), 10x faster with
+ * an 8 ms fsync.  Figures and how to repeat them: bench/README.md.
+ *
+ * A crash loses no acknowledged message; it may resend what a peer
+ * already took, at most the uncommitted outcomes plus what was on the
+ * wire (at-least-once, as every MTA; tests/proto/test_outbound.py counts
+ * the duplicates after a kill -9).  Multi-row calls run inside a
+ * savepoint (store_atomic_begin/end): all of their rows or none.
  */
 
 
