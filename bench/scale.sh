@@ -81,19 +81,19 @@ fill() {   # N DOMAINFMT
     python3 - "$PORT" "$1" "$DESTS" "$2" <<'EOF'
 import smtplib, sys
 port, n, dests, fmt = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-body = b'Subject: scale\r\n\r\n' + b'x' * 1000 + b'\r\n'
+body = b'Subject: scale\r\n\r\n' + b'x' * 500 + b'\r\n' + b'y' * 500 + b'\r\n'
 i = 0
 while i < n:
     s = smtplib.SMTP('127.0.0.1', port, timeout=120)
     for _ in range(min(50, n - i)):
-        s.sendmail('a@example.com', ['r%d@%s' % (i, fmt % (i % dests))], body)
+        s.sendmail('a@example.com', ['r%d@%s' % (i, fmt % (i % dests) if '%' in fmt else fmt)], body)
         i += 1
     s.quit()
 EOF
 }
 
 wait_queued() {   # N
-    local end=$((SECONDS + 900))
+    local end=$((SECONDS + 300))
     while [ $SECONDS -lt $end ]; do [ "$(mn queue count 2>/dev/null)" -ge "$1" ] && return 0; sleep 0.5; done
     return 1
 }
