@@ -121,6 +121,8 @@ MN_PRIVATE void log_msg(int level, const char *fmt, ...) __attribute__((format(p
 
 /* ------------------------------------------------------------------ conf */
 
+#define CONF_MAX_KEYS 160              /* entries of the key table in conf.c */
+
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_IMAP, LISTEN_IMAPS,
                    LISTEN_N };
 
@@ -154,6 +156,7 @@ struct conf {
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
+    int64_t max_recipients_untrusted;   /* for clients neither authenticated nor in relay_networks */
     int64_t max_connections;
     int64_t max_received;               /* refuse at this many Received headers */
     int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
@@ -166,18 +169,26 @@ struct conf {
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
     int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
     int64_t limit_messages_per_minute;  /* per address */
+    int64_t limit_auth_failures_per_user; /* then the account backs off */
+    int64_t limit_connections_reserved; /* slots only for trusted, submission and POP3 clients */
+    int64_t max_connections_on[LISTEN_N]; /* per listener kind; 0 = no own limit */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
+    int sender_login_match;             /* submission.sender_login_match */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
+    char *admin;                        /* admin = USER: gets postmaster mail */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
+    int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
     size_t n_pacing_rate;
+    unsigned short key_line[CONF_MAX_KEYS]; /* line of each key in the file; 0 = default */
 };
 
 MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force */
@@ -186,6 +197,12 @@ MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force *
  * "FILE:LINE: what is wrong" and returns -1. */
 MN_PRIVATE int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
 MN_PRIVATE void conf_free(struct conf *c);
+/* "FILE:LINE: key" where a key was set (or that it is the default), for
+ * messages about its value. */
+MN_PRIVATE const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n);
+/* Every key with the value in effect, "  # default" after those the file
+ * does not set (only_set: just the file's keys, as `postconf -n`). */
+MN_PRIVATE void conf_print(const struct conf *c, FILE *f, int only_set);
 /* 1 if the domain (lower case) is listed in local_domains. */
 MN_PRIVATE int conf_is_local_domain(const char *domain);
 MN_PRIVATE int conf_relay_allowed(const struct sockaddr_storage *ss);
@@ -459,15 +476,6 @@ MN_PRIVATE int store_msg_insert(const struct store_env *env, struct store_body *
                      const struct store_rcpt *rcpts, size_t n);
 
 /* Queue administration. */
-struct store_qinfo {
-    char qid[QID_LEN + 1];
-    char sender[ADDR_MAX];
-    int64_t received, size;
-    int nrcpt;
-    char rcpts[1024];                   /* "addr (state, next try / last error)" ... */
-};
-MN_PRIVATE int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg);
-MN_PRIVATE int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id);
 MN_PRIVATE int store_queue_delete(const char *qid);
 MN_PRIVATE int64_t store_queue_count(void);
 struct store_status {
@@ -484,7 +492,34 @@ struct store_dest {
     int64_t next_try, backoff, failures, last_try, last_ok, backlog;
     char last_error[512];
 };
-MN_PRIVATE int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
+
+/* store_ops.c: what the operator's commands ask. */
+MN_PRIVATE int64_t store_ops_queued_remote(const char *domain);  /* "" = all; -1 on error */
+MN_PRIVATE int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg);
+MN_PRIVATE int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg);
+MN_PRIVATE int64_t store_ops_on_hold(void);                      /* messages stopped by `queue hold` */
+struct store_ops_msg {
+    int64_t id, received, size, body_id;
+    int hold;                           /* stopped by `queue hold` */
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+};
+struct store_ops_rcpt {
+    char addr[ADDR_MAX];
+    char dest[SMTP_DOMAIN_MAX + 1];
+    int state;                          /* 0 queued, 1 delivered, 2 failed */
+    int kind;                           /* enum route_kind */
+    int attempts;
+    int64_t next_try;                   /* with the destination's backoff */
+    int64_t updated;                    /* of the last attempt */
+    int dest_failures;                  /* the destination's failed tries in a row */
+    char last_error[512];
+};
+/* Messages with something queued (for domain, if not NULL or ""). */
+MN_PRIVATE int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg);
+MN_PRIVATE int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
+MN_PRIVATE int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
+MN_PRIVATE int store_ops_delete_domain(const char *domain, int64_t *rcpts);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -560,6 +595,10 @@ MN_PRIVATE int store_user_get(const char *name, struct store_user *u);   /* STOR
 MN_PRIVATE int store_user_get_id(int64_t id, struct store_user *u);
 MN_PRIVATE int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
 MN_PRIVATE int store_user_update(const struct store_user *u);            /* password change */
+/* The first user created that can log in (not the holding mailbox). */
+MN_PRIVATE int store_user_first(struct store_user *u);                   /* STORE_NOTFOUND */
+/* Moves the mailbox of user `from` to user `to` and removes `from`. */
+MN_PRIVATE int store_user_adopt(int64_t from, int64_t to);
 MN_PRIVATE int store_user_del(const char *name);
 MN_PRIVATE int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
 
@@ -760,7 +799,17 @@ MN_PRIVATE int queue_route(const struct addr *a, struct store_rcpt *out, size_t 
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
 MN_PRIVATE int queue_domain_accepted(const char *domain);
+/* 1 if the authenticated user may use a as reverse-path (sender_login_match). */
+MN_PRIVATE int queue_sender_owned(const char *user, const struct addr *a);
 MN_PRIVATE int queue_domain_is_local(const char *domain);
+/* The node's admin (conf `admin`, else the first user): 0, or
+ * STORE_NOTFOUND while there is none and postmaster mail is held in the
+ * mailbox QUEUE_HOLDING_BOX. */
+#define QUEUE_HOLDING_BOX "postmaster"
+MN_PRIVATE int queue_admin(struct store_user *u);
+/* Hands the holding mailbox over to the admin once one exists; 1 if it
+ * did, 0 if there was nothing to do, <0 on a store error. */
+MN_PRIVATE int queue_admin_adopt(void);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
  * destination (the next hop: the relayhost, or the recipient domain for
@@ -778,9 +827,15 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
 MN_PRIVATE int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 MN_PRIVATE void queue_flush_cancel(void *arg);     /* the waiter went away */
-/* A client connected from ip: a destination backing off because that
- * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
-MN_PRIVATE void queue_peer_seen(const char *ip);
+/* A client connected (not on loopback): a destination backing off because
+ * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
+ * per backoff step. */
+MN_PRIVATE void queue_peer_seen(const struct conn *c);
+/* RFC 3461 6.2: the "delivered" notice for the local mailboxes among
+ * rcpts that asked for it (NOTIFY=SUCCESS); written in the transaction of
+ * the message itself. */
+MN_PRIVATE void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -888,6 +943,7 @@ MN_PRIVATE void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 MN_PRIVATE int tls_init(void);                     /* loads tls.cert/tls.key if set */
+MN_PRIVATE const char *tls_io_error(void);         /* why tls_init failed */
 MN_PRIVATE void tls_free(void);
 MN_PRIVATE int tls_available(void);                /* server side: a certificate is loaded */
 MN_PRIVATE int tls_start_server(struct conn *c);
@@ -970,14 +1026,47 @@ MN_PRIVATE void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 MN_PRIVATE void smtpc_abort(struct smtpc *s);
 
+/* What every SMTP client of this node shares (delivery sessions here and
+ * the upstream exchange in poll.c), so that the two cannot drift apart. */
+struct smtpc_caps {                     /* what the peer's EHLO offered */
+    int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int has_size;
+    int64_t size_limit;                 /* 0: no limit announced */
+    char auth_mechs[128];
+};
+/* One EHLO keyword line (the text after "250-" or "250 "). */
+MN_PRIVATE void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw);
+/* 1 if the peer offered SASL mechanism mech. */
+MN_PRIVATE int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech);
+/* The AUTH mechanism to use with this peer on c: CRAM-MD5 when offered,
+ * else PLAIN when offered and the password may travel (under TLS, to this
+ * host, or allow_cleartext_auth), else none. */
+enum { SMTPC_AUTH_NONE, SMTPC_AUTH_CRAM, SMTPC_AUTH_PLAIN };
+MN_PRIVATE int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c);
+/* Takes one reply line off c's input.  1: *code, *last (no continuation)
+ * and line (CR LF removed, control characters blanked, cut to n - 1);
+ * 0: no whole line yet; SMTPC_ELONG: a line longer than the input buffer;
+ * SMTPC_EMALFORMED: not a reply line (RFC 5321 4.2). */
+#define SMTPC_ELONG      (-1)
+#define SMTPC_EMALFORMED (-2)
+MN_PRIVATE int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n);
+
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-MN_PRIVATE void limit_auth_failed(const struct conn *c);
+/* One failure counter per client address and one per account, shared by
+ * every protocol that checks passwords (SMTP AUTH, POP3, IMAP). */
+MN_PRIVATE void limit_auth_failed(const struct conn *c, const char *user);
+MN_PRIVATE void limit_auth_ok(const char *user);
+/* 1 if the address has too many recent failures (never for relay_networks). */
 MN_PRIVATE int limit_auth_blocked(const struct conn *c);
+/* Seconds until the account takes another login attempt (0: now). */
+MN_PRIVATE int64_t limit_account_wait(const char *user);
 MN_PRIVATE int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-MN_PRIVATE int limit_connections_ok(const struct conn *c, int current);
+/* NULL if a new connection from peer on a listener of kind may have a
+ * slot, else why not (loop.c asks before it makes a connection). */
+MN_PRIVATE const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same);
 
 /* ----------------------------------------------------------------- odmr */
 
@@ -1012,6 +1101,139 @@ MN_PRIVATE int smtpd_busy(void);                   /* sessions inside a mail tra
 
 MN_PRIVATE void pop3_accept(struct conn *c);
 
+/* ---------------------------------------------------------------- bundle */
+
+/* Offline bundles between mailnodes (bundle.c; docs/bundle-format.md). */
+#define BUNDLE_VERSION     1
+#define BUNDLE_KIND_MAIL   1
+#define BUNDLE_KIND_RECEIPT 2
+#define BUNDLE_KEY_PREFIX  "mnb1"
+#define BUNDLE_HDR_SIGNED  208          /* header bytes covered by the signature */
+#define BUNDLE_HDR_LEN     (BUNDLE_HDR_SIGNED + 64)
+#define BUNDLE_FRAME_MAX   65536        /* plaintext bytes per frame */
+#define BUNDLE_DATA_MAX    65536        /* body bytes per DATA record */
+#define BUNDLE_RECORD_MAX  (256 * 1024) /* any record (an envelope) */
+#define BUNDLE_RCPTS_MAX   1000
+#define BUNDLE_ID_LEN      16
+/* Record types (the plaintext of a volume is a sequence of them). */
+enum { BUNDLE_REC_ENV = 1, BUNDLE_REC_DATA = 2, BUNDLE_REC_END = 3, BUNDLE_REC_ACK = 4,
+       BUNDLE_REC_FIN = 5 };
+/* Errors of the format layer. */
+enum { BUNDLE_ENOTBUNDLE = -20, BUNDLE_EVERSION = -21, BUNDLE_EFORMAT = -22, BUNDLE_ESIG = -23,
+       BUNDLE_EKEY = -24, BUNDLE_ECRYPT = -25, BUNDLE_ETRUNC = -26, BUNDLE_ETRAIL = -27,
+       BUNDLE_EZLIB = -28, BUNDLE_ERECORD = -29, BUNDLE_EIO = -30, BUNDLE_ENOMEM = -31 };
+MN_PRIVATE const char *bundle_strerror(int e);
+
+struct bundle_keys {
+    unsigned char sign_pk[crypto_sign_PUBLICKEYBYTES], sign_sk[crypto_sign_SECRETKEYBYTES];
+    unsigned char box_pk[crypto_box_PUBLICKEYBYTES], box_sk[crypto_box_SECRETKEYBYTES];
+};
+/* Loads (or with create, makes) the node's bundle key pair file. */
+MN_PRIVATE int bundle_keys_load(const char *path, struct bundle_keys *k, int create, char *err, size_t errlen);
+/* "mnb1 BASE64 [comment]": the public keys as one line, and back. */
+MN_PRIVATE void bundle_key_line(const unsigned char sign_pk[32], const unsigned char box_pk[32],
+                     const char *comment, char *out, size_t n);
+MN_PRIVATE int bundle_key_parse(const char *line, unsigned char sign_pk[32], unsigned char box_pk[32]);
+
+struct bundle_header {
+    int kind;
+    int64_t created;
+    unsigned char bundle_id[16];
+    uint32_t volume;
+    unsigned char sender_sign_pk[32], recipient_box_pk[32];
+    unsigned char sealed_key[crypto_box_SEALBYTES + 32];
+    unsigned char ss_header[crypto_secretstream_xchacha20poly1305_HEADERBYTES];
+    unsigned char signature[crypto_sign_BYTES];
+};
+MN_PRIVATE void bundle_header_encode(const struct bundle_header *h, unsigned char out[BUNDLE_HDR_SIGNED]);
+MN_PRIVATE int bundle_header_decode(const unsigned char *in, size_t n, struct bundle_header *h);
+
+struct bundle_writer;
+MN_PRIVATE struct bundle_writer *bundle_writer_open(int fd, const struct bundle_keys *me, const unsigned char peer_box_pk[32],
+                                         int kind, const unsigned char bundle_id[16], uint32_t volume);
+MN_PRIVATE int bundle_write_record(struct bundle_writer *w, int type, const void *payload, size_t n);
+MN_PRIVATE int64_t bundle_bound(int64_t raw);      /* most file bytes raw record bytes can add */
+MN_PRIVATE int64_t bundle_writer_size(struct bundle_writer *w);   /* upper bound of the final size so far */
+MN_PRIVATE int bundle_writer_sync(struct bundle_writer *w);       /* makes the size exact (Z_SYNC_FLUSH) */
+MN_PRIVATE int bundle_writer_finish(struct bundle_writer *w);     /* FIN record and the final frame */
+MN_PRIVATE int64_t bundle_writer_bytes(const struct bundle_writer *w);
+MN_PRIVATE void bundle_writer_free(struct bundle_writer *w);
+
+typedef ssize_t (*bundle_read_fn)(void *arg, void *buf, size_t n);
+/* Reads and decodes the header (raw keeps its bytes for the signature). */
+MN_PRIVATE int bundle_reader_header(bundle_read_fn fn, void *arg, struct bundle_header *h,
+                         unsigned char raw[BUNDLE_HDR_LEN]);
+MN_PRIVATE int bundle_header_verify(const unsigned char raw[BUNDLE_HDR_LEN], const unsigned char sign_pk[32]);
+struct bundle_reader;
+MN_PRIVATE struct bundle_reader *bundle_reader_open(bundle_read_fn fn, void *arg, const struct bundle_header *h,
+                                         const struct bundle_keys *me, int *err);
+/* The next record: 0 and *type/payload/n (valid until the next call), 1
+ * after FIN, or a BUNDLE_E* error.  FIN is returned only when the record
+ * count agrees and nothing follows it. */
+MN_PRIVATE int bundle_read_record(struct bundle_reader *r, int *type, const unsigned char **payload, size_t *n);
+MN_PRIVATE void bundle_reader_free(struct bundle_reader *r);
+
+struct bundle_env_rcpt {
+    char addr[ADDR_MAX];
+    char orcpt[ADDR_MAX + 8];            /* as in SMTP: type ";" xtext */
+    int notify;
+};
+struct bundle_env {
+    char qid[QID_LEN + 1];              /* the exporting node's queue id */
+    int64_t received, size;
+    char sender[ADDR_MAX];
+    char envid[101];
+    int ret_full, eightbit, have_mail;
+    int nrcpt;
+    struct bundle_env_rcpt rcpts[BUNDLE_RCPTS_MAX];     /* last: parse clears only what is before */
+};
+MN_PRIVATE int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t *len);
+MN_PRIVATE int bundle_env_parse(const unsigned char *p, size_t n, struct bundle_env *e);
+
+struct bundle_msgid {
+    char line[1000];
+    size_t len;
+    int bol, done, found;
+    char id[256];
+};
+MN_PRIVATE void bundle_msgid_init(struct bundle_msgid *m);
+MN_PRIVATE void bundle_msgid_feed(struct bundle_msgid *m, const void *buf, size_t n);
+MN_PRIVATE void bundle_msgid_finish(struct bundle_msgid *m);
+MN_PRIVATE void bundle_identity(char kind, const void *a, size_t alen, const char *b, const char *rcpt,
+                     unsigned char out[BUNDLE_ID_LEN]);
+MN_PRIVATE void bundle_hex(const unsigned char *p, size_t n, char *out);
+/* SMTP-received mail: drops the recipients already delivered by bundle
+ * (by Message-ID) and remembers the rest, when the node has peers. */
+MN_PRIVATE int bundle_dedup(struct store_body *b, struct store_rcpt *rcpts, size_t *n, const char *qid);
+
+/* store_bundle.c: peers, mail in transit, identities seen, volumes imported. */
+struct store_peer {
+    int64_t id;
+    char name[64];
+    unsigned char sign_pk[32], box_pk[32];
+    char domains[1024];                 /* comma separated; "" = our upstream: all remote mail */
+    int64_t added;
+};
+MN_PRIVATE int store_peer_add(const struct store_peer *p);         /* STORE_EXISTS */
+MN_PRIVATE int store_peer_get(const char *name, struct store_peer *p);
+MN_PRIVATE int store_peer_by_key(const unsigned char sign_pk[32], struct store_peer *p);
+MN_PRIVATE int store_peer_del(const char *name);
+MN_PRIVATE int store_peer_list(int (*cb)(void *arg, const struct store_peer *p), void *arg);
+MN_PRIVATE int store_peer_any(void);                               /* 1 if a peer exists */
+/* Messages with queued recipients for the peer (after_id, id order),
+ * skipping recipients in transit since after `resend_before`; *m as
+ * store_out_next fills it.  1 found, 0 none. */
+MN_PRIVATE int store_bundle_next(const struct store_peer *p, int64_t after_id, int64_t resend_before,
+                      struct store_out_msg *m);
+MN_PRIVATE int store_bundle_transit(int64_t rcpt_id, int64_t peer_id, const unsigned char bundle_id[16], int64_t now);
+/* A receipt: the peer's in-transit recipients of message qid are
+ * delivered.  Returns recipients acknowledged (>= 0). */
+MN_PRIVATE int store_bundle_ack(int64_t peer_id, const char *qid);
+MN_PRIVATE int store_seen_check(const unsigned char key[BUNDLE_ID_LEN]);   /* 1 seen */
+MN_PRIVATE int store_seen_add(const unsigned char key[BUNDLE_ID_LEN], int64_t now);
+MN_PRIVATE int store_seen_prune(int64_t before);
+MN_PRIVATE int store_volume_seen(const unsigned char bundle_id[16], uint32_t volume);  /* 1 imported */
+MN_PRIVATE int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t peer_id, int64_t now);
 /* ----------------------------------------------------------------- imap */
 
 /* The IMAP4rev1 server (RFC 3501) and its extensions: imap.c (session,
@@ -1148,9 +1370,22 @@ MN_PRIVATE int cli_mailbox(int argc, char **argv);
 MN_PRIVATE int cli_status(int argc, char **argv);
 MN_PRIVATE int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 MN_PRIVATE int cli_poll(int argc, char **argv);            /* mailnode poll */
+MN_PRIVATE int cli_key(int argc, char **argv);             /* mailnode key show */
+MN_PRIVATE int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
+MN_PRIVATE int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
+MN_PRIVATE int cli_bundle_import(int argc, char **argv);   /* bundle_import.c */
+MN_PRIVATE int cli_bundle_keys(struct bundle_keys *k, int create);   /* loads bundle.key or says why not */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 MN_PRIVATE int cli_open_store(void);
+/* For commands that only read: the database must exist already. */
+MN_PRIVATE int cli_open_store_ro(void);
+MN_PRIVATE int cli_config(int argc, char **argv);
+MN_PRIVATE int cli_db_diagnose(const char *path, char *why, size_t n);
+MN_PRIVATE void cli_db_chown(void);
+MN_PRIVATE int cli_db_lock(void);                  /* fd, or minus a sysexits code */
+MN_PRIVATE void cli_db_lock_note(int fd);          /* pid, start, version, listeners */
+MN_PRIVATE int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note), 0 not, -1 unknown */
 
 #endif
 
@@ -1736,9 +1971,13 @@ void log_msg(int level, const char *fmt, ...)
  */
 
 
+#include <ctype.h>
 #include <errno.h>
+#include <pwd.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/stat.h>
 
 MN_PRIVATE struct conf *conf;
 
@@ -1790,6 +2029,7 @@ static const struct conf_key keys[] = {
     { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },
+    { "max_recipients.untrusted", T_INT, F(max_recipients_untrusted), 0, "100" },
     { "max_connections", T_INT, F(max_connections), 0, "100" },
     { "max_received", T_INT, F(max_received), 0, "100" },
     { "smtp.timeout.command", T_DURATION, F(smtp_timeout_command), 0, "5m" },
@@ -1801,19 +2041,33 @@ static const struct conf_key keys[] = {
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
     { "limit.auth_failures_per_ip", T_INT, F(limit_auth_failures_per_ip), 0, "10" },
+    { "limit.auth_failures_per_user", T_INT, F(limit_auth_failures_per_user), 0, "10" },
+    { "limit.connections_reserved", T_INT, F(limit_connections_reserved), 0, "10" },
+    { "max_connections.smtp", T_INT, F(max_connections_on[LISTEN_SMTP]), 0, "0" },
+    { "max_connections.submission", T_INT, F(max_connections_on[LISTEN_SUBMISSION]), 0, "0" },
+    { "max_connections.odmr", T_INT, F(max_connections_on[LISTEN_ODMR]), 0, "0" },
+    { "max_connections.pop3", T_INT, F(max_connections_on[LISTEN_POP3]), 0, "0" },
+    { "max_connections.imap", T_INT, F(max_connections_on[LISTEN_IMAP]), 0, "0" },
+    { "max_connections.imaps", T_INT, F(max_connections_on[LISTEN_IMAPS]), 0, "0" },
     /* Off by default: an upstream releasing a held backlog by ETRN arrives
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
     { "auth.cleartext", T_BOOL, F(allow_cleartext_auth), 0, "no" },
+    { "submission.sender_login_match", T_BOOL, F(sender_login_match), 0, "yes" },
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
     { "user", T_STR, F(run_user), 0, "" },
+    /* Who reads postmaster, root, abuse and MAILER-DAEMON mail; empty: the
+     * first user created (RFC 5321 4.5.1 requires a postmaster). */
+    { "admin", T_STR, F(admin), 0, "" },
     { "tls.cert", T_STR, F(tls_cert), 0, "" },
     { "tls.key", T_STR, F(tls_key), 0, "" },
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "bundle.key", T_STR, F(bundle_key), 0, NULL },
+    { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
 #undef F        /* the amalgamation goes on with other modules */
@@ -1934,6 +2188,10 @@ static const struct conf_key *find_key(const char *name)
     return NULL;
 }
 
+_Static_assert(MN_NELEM(keys) <= CONF_MAX_KEYS, "raise CONF_MAX_KEYS");
+
+static int conf_is_domain(const char *s);
+
 static int set_defaults(struct conf *c)
 {
     char host[256] = "localhost", doms[600];
@@ -1941,7 +2199,9 @@ static int set_defaults(struct conf *c)
     for (size_t i = 0; i < MN_NELEM(keys); i++)
         if (keys[i].def && set_value(c, &keys[i], keys[i].def))
             return -1;
-    if (gethostname(host, sizeof host - 1) || !host[0])
+    /* A machine name that is no domain name ("my_box") must not make every
+     * command fail over a key the file does not even set. */
+    if (gethostname(host, sizeof host - 1) || !conf_is_domain(host))
         util_strlcpy(host, "localhost", sizeof host);
     util_lower(host);
     c->hostname = xstrdup(host);
@@ -1959,6 +2219,11 @@ static void derive(struct conf *c)
         snprintf(buf, sizeof buf, "%s.key", c->database);
         c->keyfile = xstrdup(buf);
     }
+    if (!c->bundle_key || !*c->bundle_key) {
+        free(c->bundle_key);
+        snprintf(buf, sizeof buf, "%s.bundle-key", c->database);
+        c->bundle_key = xstrdup(buf);
+    }
     if (!c->control || !*c->control) {
         free(c->control);
         snprintf(buf, sizeof buf, "%s.ctl", c->database);
@@ -1967,33 +2232,188 @@ static void derive(struct conf *c)
     c->use_syslog = c->log_dest && !strcmp(c->log_dest, "syslog");
 }
 
-/* TLS policy towards relays: "may" uses STARTTLS when offered, "require"
- * keeps the mail queued unless TLS comes up with a certificate that
- * verifies, "none" never starts TLS (a relay with a broken TLS stack). */
-static int conf_check_tls(struct conf *c, const char *path, char *err, size_t errlen)
+/* "#" starts a comment at the start of a line or after white space, in
+ * every key alike: "local_domains = a.example # ours" must not make "#"
+ * and "ours" domains.  A "#" inside a word (a password file path) stays. */
+static void conf_strip_comment(char *line)
 {
-    static const char *const policies[] = { "may", "require", "none" };
-    struct { const char *key; char **val; } pol[] = {
-        { "relayhost.tls", &c->relayhost_tls },
-        { "upstream.tls", &c->upstream_tls },
-    };
+    for (char *p = line; *p; p++)
+        if (*p == '#' && (p == line || *(p - 1) == ' ' || *(p - 1) == '\t')) {
+            *p = '\0';
+            return;
+        }
+}
 
-    for (size_t i = 0; i < MN_NELEM(pol); i++) {
-        size_t j;
-        util_lower(*pol[i].val);
-        for (j = 0; j < MN_NELEM(policies); j++)
-            if (!strcmp(*pol[i].val, policies[j]))
-                break;
-        if (j == MN_NELEM(policies)) {
-            snprintf(err, errlen, "%s: %s = '%s': use may, require or none", path ? path : "defaults",
-                     pol[i].key, *pol[i].val);
-            return -1;
+const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n)
+{
+    const struct conf_key *k = find_key(key);
+    int line = k ? c->key_line[k - keys] : 0;
+
+    if (line)
+        snprintf(buf, n, "%s:%d: %s", c->path, line, key);
+    else
+        snprintf(buf, n, "%s: %s (%s)", c->path ? c->path : "configuration", key,
+                 c->path ? "not set: the default" : "the default");
+    return buf;
+}
+
+/* RFC 1035 2.3.1 preferred name syntax (letters, digits, hyphens, dots). */
+static int conf_is_domain(const char *s)
+{
+    size_t label = 0;
+
+    if (!*s || strlen(s) > SMTP_DOMAIN_MAX)
+        return 0;
+    for (const char *p = s; *p; p++) {
+        if (*p == '.') {
+            if (!label || p[-1] == '-')
+                return 0;
+            label = 0;
+        } else if (isalnum((unsigned char)*p) || (*p == '-' && label)) {
+            if (++label > 63)
+                return 0;
+        } else {
+            return 0;
         }
     }
-    if (c->tls_key[0] && !c->tls_cert[0]) {
-        snprintf(err, errlen, "%s: tls.key is set but tls.cert is not: STARTTLS needs both",
-                 path ? path : "defaults");
-        return -1;
+    return label && s[strlen(s) - 1] != '-';
+}
+
+/* host[:port] with host a name, an address or a bracketed address. */
+static const char *conf_check_host(const char *v, int port_required)
+{
+    char host[SMTP_DOMAIN_MAX + 3];
+    unsigned char bin[16];
+    int port = 25;
+
+    if (util_split_hostport(v, host, sizeof host, &port)) {
+        if (port_required || strchr(v, ' ') || util_strlcpy(host, v, sizeof host) >= sizeof host)
+            return port_required ? "not host:port" : "not host or host:port";
+    }
+    if (port < 1)
+        return "port must be 1 to 65535";
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        host[l - 1] = '\0';
+        return inet_pton(AF_INET, host + 1, bin) == 1 || inet_pton(AF_INET6, host + 1, bin) == 1
+                   ? NULL : "not an address in brackets";
+    }
+    if (inet_pton(AF_INET6, host, bin) == 1 || conf_is_domain(host))
+        return NULL;
+    return "not a host name or address";
+}
+
+/* A comma separated list of numeric addr:port, as the listeners take. */
+static const char *conf_check_listen(const char *v)
+{
+    char buf[1024], *items[64], host[256];
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int port;
+    size_t n;
+
+    if (util_strlcpy(buf, v, sizeof buf) >= sizeof buf)
+        return "list too long";
+    n = util_split_list(buf, items, MN_NELEM(items));
+    for (size_t i = 0; i < n; i++)
+        if (util_split_hostport(items[i], host, sizeof host, &port) || util_sockaddr_parse(host, port, &ss, &sl))
+            return "not addr:port with a numeric address (examples: 0.0.0.0:25, [::]:25)";
+    return NULL;
+}
+
+static const char *conf_one_of(char *v, const char *const *words, size_t n, const char *msg)
+{
+    util_lower(v);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(v, words[i]))
+            return NULL;
+    return msg;
+}
+
+static const char *conf_check_file(const char *v)
+{
+    struct stat st;
+    if (stat(v, &st))
+        return errno == ENOENT ? "no such file" : strerror(errno);
+    return S_ISREG(st.st_mode) ? NULL : "not a regular file";
+}
+
+/* Checks a value that its type alone does not; NULL when it is fine. */
+static const char *conf_check_key(struct conf *c, const char *name)
+{
+    static const char *const tls_pol[] = { "may", "require", "none" };
+    static const char *const modes[] = { "etrn", "atrn" };
+    static const char *const logs[] = { "stderr", "syslog" };
+
+    if (!strcmp(name, "hostname"))
+        return conf_is_domain(c->hostname) ? NULL : "not a domain name (letters, digits, hyphens, dots)";
+    if (!strcmp(name, "database"))
+        return c->database[0] ? NULL : "must name a file";
+    if (!strcmp(name, "listen.imaps") && c->listen[LISTEN_IMAPS][0] && (!c->tls_cert[0] || !c->tls_key[0]))
+        return "needs tls.cert and tls.key";
+    if (!strncmp(name, "listen.", 7)) {
+        const struct conf_key *k = find_key(name);
+        return conf_check_listen(*(char **)((char *)c + k->off));
+    }
+    if (!strcmp(name, "relayhost"))
+        return c->relayhost[0] ? conf_check_host(c->relayhost, 0) : NULL;
+    if (!strcmp(name, "upstream"))
+        return c->upstream[0] ? conf_check_host(c->upstream, 1) : NULL;
+    if (!strcmp(name, "upstream.mode"))
+        return conf_one_of(c->upstream_mode, modes, MN_NELEM(modes), "use etrn or atrn");
+    if (!strcmp(name, "upstream.domains"))
+        return c->upstream[0] && !c->n_upstream_domains ? "empty, but upstream is set: name the domains held there" : NULL;
+    if (!strcmp(name, "relayhost.tls"))
+        return conf_one_of(c->relayhost_tls, tls_pol, MN_NELEM(tls_pol), "use may, require or none");
+    if (!strcmp(name, "upstream.tls"))
+        return conf_one_of(c->upstream_tls, tls_pol, MN_NELEM(tls_pol), "use may, require or none");
+    if (!strcmp(name, "tls.cert"))
+        return c->tls_cert[0] ? conf_check_file(c->tls_cert) : NULL;
+    if (!strcmp(name, "tls.key"))
+        return !c->tls_key[0] ? NULL : !c->tls_cert[0] ? "set, but tls.cert is not: STARTTLS needs both"
+                                                       : conf_check_file(c->tls_key);
+    if (!strcmp(name, "tls.ca_file"))
+        return c->tls_ca_file[0] ? conf_check_file(c->tls_ca_file) : NULL;
+    if (!strcmp(name, "log"))
+        return conf_one_of(c->log_dest, logs, MN_NELEM(logs), "use stderr or syslog");
+    if (!strcmp(name, "user"))
+        return c->run_user[0] && !getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
+    if (!strcmp(name, "resolver")) {
+        char host[256];
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        int port = 53;
+        if (!c->resolver[0])
+            return NULL;
+        if (util_split_hostport(c->resolver, host, sizeof host, &port))
+            util_strlcpy(host, c->resolver, sizeof host);
+        return util_sockaddr_parse(host, port, &ss, &sl) ? "not a numeric address[:port]" : NULL;
+    }
+    if (!strcmp(name, "pacing.rate")) {
+        static char why[512];
+        if (!pace_conf_check(c, why, sizeof why))
+            return NULL;
+        return strncmp(why, "pacing.rate: ", 13) ? why : why + 13;
+    }
+    if (!strcmp(name, "delivery.port"))
+        return c->delivery_port < 1 || c->delivery_port > 65535 ? "port must be 1 to 65535" : NULL;
+    if (!strcmp(name, "delivery.parallel") || !strcmp(name, "delivery.per_connection") ||
+        !strcmp(name, "max_connections"))
+        return *(int64_t *)((char *)c + find_key(name)->off) < 1 ? "must be at least 1" : NULL;
+    return NULL;
+}
+
+/* One pass over every key, for every command: a mistake is reported the
+ * same way (FILE:LINE: key: why, exit 78) whichever command meets it. */
+static int conf_check(struct conf *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < MN_NELEM(keys); i++) {
+        const char *why = conf_check_key(c, keys[i].name);
+        char where[4200];
+        if (why) {
+            snprintf(err, errlen, "%s: %s", conf_where(c, keys[i].name, where, sizeof where), why);
+            return -1;
+        }
     }
     return 0;
 }
@@ -2026,8 +2446,9 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
                 snprintf(err, errlen, "%s:%d: line too long", path, lineno);
                 goto fail;
             }
+            conf_strip_comment(line);
             s = util_trim(line);
-            if (!*s || *s == '#')
+            if (!*s)
                 continue;
             eq = strchr(s, '=');
             if (!eq) {
@@ -2047,23 +2468,20 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
                 snprintf(err, errlen, "%s:%d: %s: %s", path, lineno, key, why);
                 goto fail;
             }
+            c->key_line[k - keys] = lineno;
         }
         fclose(f);
         f = NULL;
     }
-    if (!c->hostname[0] || strlen(c->hostname) > SMTP_DOMAIN_MAX) {
-        snprintf(err, errlen, "%s: hostname must be a domain name", path ? path : "defaults");
-        return -1;
-    }
     util_lower(c->hostname);
-    if (!c->database[0]) {
-        snprintf(err, errlen, "%s: database must name a file", path ? path : "defaults");
+    if (conf_check(c, err, errlen))
         return -1;
+    if (!c->key_line[find_key("local_domains") - keys]) {
+        /* Implicit: the host name the file gives, not the machine's. */
+        char doms[SMTP_DOMAIN_MAX + 16];
+        snprintf(doms, sizeof doms, "localhost, %s", c->hostname);
+        set_value(c, find_key("local_domains"), doms);
     }
-    if (conf_check_tls(c, path, err, errlen))
-        return -1;
-    if (pace_conf_check(c, err, errlen))
-        return -1;
     derive(c);
     return 0;
 fail:
@@ -2080,6 +2498,77 @@ void conf_free(struct conf *c)
         free_value(c, &keys[i]);
     free(c->path);
     memset(c, 0, sizeof *c);
+}
+
+/* A value written back the way the file would say it. */
+static void conf_format(const struct conf *c, const struct conf_key *k, char *out, size_t n)
+{
+    const void *field = (const char *)c + k->off;
+    size_t used = 0, cnt = k->count_off ? *(const size_t *)((const char *)c + k->count_off) : 0;
+    int64_t v;
+
+    out[0] = '\0';
+    switch (k->type) {
+    case T_STR:
+        util_strlcpy(out, *(char *const *)field ? *(char *const *)field : "", n);
+        return;
+    case T_INT:
+        snprintf(out, n, "%lld", (long long)*(const int64_t *)field);
+        return;
+    case T_BOOL:
+        util_strlcpy(out, *(const int *)field ? "yes" : "no", n);
+        return;
+    case T_DURATION: {
+        static const struct { int64_t secs; char unit; } u[] = {
+            { 604800, 'w' }, { 86400, 'd' }, { 3600, 'h' }, { 60, 'm' } };
+        v = *(const int64_t *)field;
+        for (size_t i = 0; i < MN_NELEM(u); i++)
+            if (v && v % u[i].secs == 0) {
+                snprintf(out, n, "%lld%c", (long long)(v / u[i].secs), u[i].unit);
+                return;
+            }
+        snprintf(out, n, "%llds", (long long)v);
+        return;
+    }
+    case T_SIZE: {
+        static const struct { int64_t bytes; char unit; } u[] = {
+            { 1024LL * 1024 * 1024, 'G' }, { 1024 * 1024, 'M' }, { 1024, 'K' } };
+        v = *(const int64_t *)field;
+        for (size_t i = 0; i < MN_NELEM(u); i++)
+            if (v && v % u[i].bytes == 0) {
+                snprintf(out, n, "%lld%c", (long long)(v / u[i].bytes), u[i].unit);
+                return;
+            }
+        snprintf(out, n, "%lld", (long long)v);
+        return;
+    }
+    case T_DOMAINS:
+        for (size_t i = 0; i < cnt && used < n; i++)
+            used += (size_t)snprintf(out + used, n - used, "%s%s", i ? ", " : "", (*(char **const *)field)[i]);
+        return;
+    case T_CIDRS:
+        for (size_t i = 0; i < cnt && used < n; i++) {
+            const struct cidr *r = &(*(struct cidr *const *)field)[i];
+            char ip[INET6_ADDRSTRLEN];
+            inet_ntop(r->family, r->addr, ip, sizeof ip);
+            used += (size_t)snprintf(out + used, n - used, "%s%s/%d", i ? ", " : "", ip, r->bits);
+        }
+        return;
+    }
+}
+
+void conf_print(const struct conf *c, FILE *f, int only_set)
+{
+    char value[4096];
+
+    for (size_t i = 0; i < MN_NELEM(keys); i++) {
+        int set = c->key_line[i] != 0;
+        if (only_set && !set)
+            continue;
+        conf_format(c, &keys[i], value, sizeof value);
+        fprintf(f, "%s = %s%s\n", keys[i].name, value,
+                set ? "" : keys[i].def ? "  # default" : "  # derived");
+    }
 }
 
 int conf_is_local_domain(const char *domain)
@@ -2706,34 +3195,63 @@ static int next_wait_ms(int64_t now)
 
 /* ------------------------------------------------------------- listeners */
 
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+/* The counts limit_admit decides on: live inbound connections (not our
+ * own outbound ones, not those already closed and only draining). */
+static void count_inbound(int kind, const struct sockaddr_storage *peer, int *total, int *here, int *same)
+{
+    *total = *here = *same = 0;
+    for (struct conn *c = L.conns; c; c = c->next) {
+        if (c->kind >= LISTEN_N || c->dead || c->lingering)
+            continue;
+        (*total)++;
+        *here += c->kind == kind;
+        *same += same_address(&c->peer, peer);
+    }
+}
+
+static void refuse(int kind, int fd, const char *why, const struct sockaddr_storage *peer)
+{
+    /* RFC 5321 3.8: 421 and close when we cannot serve; RFC 2449 8.1.2
+     * [SYS/TEMP] for POP3.  The reply fits the socket buffer of a fresh
+     * connection; it is never waited for. */
+    static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+    static const char smtp_ip[] = "421 4.7.0 Too many connections from your address\r\n";
+    static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
+    /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+    static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
+    int per_ip = !strcmp(why, "limit.connections_per_ip");
+    const char *text = kind == LISTEN_POP3 ? pop_busy : kind == LISTEN_IMAP ? imap_busy
+                       : per_ip ? smtp_ip : smtp_busy;
+    char ip[64];
+
+    /* Nothing can be said on IMAPS before the TLS handshake. */
+    if (kind != LISTEN_IMAPS && send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("busy reply: %s", strerror(errno));
+    close(fd);
+    util_sockaddr_ip(peer, ip, sizeof ip);
+    log_warn("connection from [%s] refused: %s reached", ip, why);
+}
+
 static void accept_ready(struct listener *ls)
 {
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(ls->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof peer;
+        int total, here, same;
+
+        memset(&peer, 0, sizeof peer);
+        int fd = accept4(ls->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 log_warn("accept: %s", strerror(errno));
             return;
         }
-        if (conf->max_connections && L.n_conns >= conf->max_connections) {
-            /* RFC 5321 3.8: 421 and close when we cannot serve. */
-            static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-            static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
-            if (ls->kind == LISTEN_POP3) {
-                if (send(fd, pop_busy, sizeof pop_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAP) {
-                /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
-                static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
-                if (send(fd, imap_busy, sizeof imap_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAPS) {
-                /* Nothing can be said before the TLS handshake. */
-            } else if (send(fd, smtp_busy, sizeof smtp_busy - 1, MSG_NOSIGNAL) < 0) {
-                log_debug("busy reply: %s", strerror(errno));
-            }
-            log_warn("connection refused: max_connections (%lld) reached", (long long)conf->max_connections);
-            close(fd);
+        count_inbound(ls->kind, &peer, &total, &here, &same);
+        const char *why = limit_admit(ls->kind, &peer, total, here, same);
+        if (why) {
+            refuse(ls->kind, fd, why, &peer);
             continue;
         }
         int one = 1;
@@ -5303,6 +5821,17 @@ static const char *const migrations[] = {
     " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
     "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
     " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
+    /* 6: offline bundles: peers, recipients in transit, identities of
+     * delivered recipients (duplicates), volumes imported (replays). */
+    "CREATE TABLE peer(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sign_pk BLOB NOT NULL UNIQUE,"
+    " box_pk BLOB NOT NULL, domains TEXT NOT NULL DEFAULT '', added INTEGER NOT NULL);"
+    "CREATE TABLE bundle_transit(rcpt_id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL,"
+    " bundle_id BLOB NOT NULL, exported INTEGER NOT NULL);"
+    "CREATE INDEX bundle_transit_peer ON bundle_transit(peer_id);"
+    "CREATE TABLE bundle_seen(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
+    "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
+    " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
 };
 
 sqlite3 *store_db(void)
@@ -6179,82 +6708,7 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
 
 /* ----------------------------------------------------------------- queue */
 
-static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
-{
-    static sqlite3_stmt *rs;
-    size_t used = 0;
-
-    memset(q, 0, sizeof *q);
-    util_strlcpy(q->qid, (const char *)sqlite3_column_text(st, 0), sizeof q->qid);
-    util_strlcpy(q->sender, (const char *)sqlite3_column_text(st, 1), sizeof q->sender);
-    q->received = sqlite3_column_int64(st, 2);
-    q->size = sqlite3_column_int64(st, 3);
-    int held = sqlite3_column_int(st, 5);
-    if (!store_stmt(&rs, "SELECT addr, state, next_try, last_error, kind FROM rcpt"
-                         " WHERE message_id=? ORDER BY id"))
-        return;
-    sqlite3_bind_int64(rs, 1, sqlite3_column_int64(st, 4));
-    while (sqlite3_step(rs) == SQLITE_ROW) {
-        static const char *states[] = { "queued", "delivered", "failed" };
-        int state = sqlite3_column_int(rs, 1);
-        const char *err = (const char *)sqlite3_column_text(rs, 3);
-        int kind = sqlite3_column_int(rs, 4);
-        char when[64] = "";
-        if (state == 0)
-            util_date(sqlite3_column_int64(rs, 2), when, sizeof when);
-        int w = snprintf(q->rcpts + used, sizeof q->rcpts - used, "%s%s (%s%s%s%s%s)",
-                         used ? "\n" : "", (const char *)sqlite3_column_text(rs, 0),
-                         (kind == ROUTE_HOLD || held) && state == 0 ? "held" : states[state % 3],
-                         state == 0 && kind != ROUTE_HOLD && !held ? ", next try " : "",
-                         state == 0 && kind != ROUTE_HOLD && !held ? when : "",
-                         err ? ": " : "", err ? err : "");
-        q->nrcpt++;
-        if (w < 0 || (size_t)w >= sizeof q->rcpts - used) {
-            used = sizeof q->rcpts - 1;
-            continue;
-        }
-        used += (size_t)w;
-    }
-    sqlite3_reset(rs);
-}
-
-int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg)
-{
-    static sqlite3_stmt *st;
-    struct store_qinfo q;
-    int rc;
-
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold FROM message m"
-                         " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
-                         " ORDER BY id"))
-        return STORE_ERR;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        qinfo_fill(st, &q);
-        if (cb(arg, &q))
-            break;
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
-}
-
-int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
-{
-    static sqlite3_stmt *st;
-    int rc;
-
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold, body_id FROM message WHERE qid=?"))
-        return STORE_ERR;
-    sqlite3_bind_text(st, 1, qid, -1, SQLITE_TRANSIENT);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        if (body_id)
-            *body_id = sqlite3_column_int64(st, 6);
-        /* qinfo_fill resets nothing of st: read its columns first. */
-        qinfo_fill(st, q);
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
-}
+/* The listings the operator sees are in store_ops.c. */
 
 static int queue_delete(const char *qid)
 {
@@ -6358,34 +6812,6 @@ int store_meta_get(const char *key, char *value, size_t n, int64_t *updated)
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
-}
-
-int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
-{
-    static sqlite3_stmt *q;
-    struct store_dest d;
-    int rc;
-
-    if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE kind IN (2,3) AND rcpt.dest=dest.name AND state=0)"
-                        " FROM dest ORDER BY name"))
-        return STORE_ERR;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        const char *e = (const char *)sqlite3_column_text(q, 6);
-        memset(&d, 0, sizeof d);
-        util_strlcpy(d.name, (const char *)sqlite3_column_text(q, 0), sizeof d.name);
-        d.next_try = sqlite3_column_int64(q, 1);
-        d.backoff = sqlite3_column_int64(q, 2);
-        d.failures = sqlite3_column_int64(q, 3);
-        d.last_try = sqlite3_column_int64(q, 4);
-        d.last_ok = sqlite3_column_int64(q, 5);
-        util_strlcpy(d.last_error, e ? e : "", sizeof d.last_error);
-        d.backlog = sqlite3_column_int64(q, 7);
-        if (cb(arg, &d))
-            break;
-    }
-    sqlite3_reset(q);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
 static int gc_body(int64_t body_id)
@@ -6595,6 +7021,34 @@ int store_user_update(const struct store_user *u)
     if ((err = admin_exec(st, "change password")))
         return err;
     return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}
+
+/* The holding mailbox has an empty password hash: nobody logs in as it. */
+int store_user_first(struct store_user *u)
+{
+    static sqlite3_stmt *st;
+
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
+        return STORE_ERR;
+    return admin_user_one(st, u);
+}
+
+int store_user_adopt(int64_t from, int64_t to)
+{
+    static sqlite3_stmt *mv, *del;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&mv, "UPDATE mbox SET user_id=? WHERE user_id=?") ||
+        !store_stmt(&del, "DELETE FROM user WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(mv, 1, to);
+    sqlite3_bind_int64(mv, 2, from);
+    if ((err = admin_exec(mv, "move the postmaster mailbox")))
+        return err;
+    sqlite3_bind_int64(del, 1, from);
+    return admin_exec(del, "remove the postmaster mailbox");
 }
 
 /* Removes the user with the mailbox, in one transaction, then the bodies
@@ -7878,7 +8332,8 @@ int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t r
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY m.received LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0"
+                         " ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -7893,7 +8348,7 @@ int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *a
     static sqlite3_stmt *st;
     int rc;
 
-    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND EXISTS"
+    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND m.hold=0 AND EXISTS"
                          " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0 AND r.kind=2) LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
@@ -7956,6 +8411,659 @@ int store_held_count(const char *domain)
         n = sqlite3_column_int(st, 0);
     sqlite3_reset(st);
     return n;
+}
+
+/* ---- src/store_ops.c ---- */
+#line 1 "src/store_ops.c"
+/*
+ * store_ops.c: the queries behind the operator's commands (status, queue
+ * list/show/delete, poll's account of what stayed queued).  Read-mostly
+ * and kept apart from the delivery path's SQL in store.c and
+ * store_deliver.c.
+ */
+
+
+#include <string.h>
+
+/* Remote recipients still queued and not held by `queue hold`: for one
+ * destination domain, or ("" ) for every one (all go to the relayhost). */
+int64_t store_ops_queued_remote(const char *domain)
+{
+    static sqlite3_stmt *one, *all;
+    sqlite3_stmt *st;
+    int64_t n = -1;
+
+    if (domain[0]) {
+        st = store_stmt(&one, "SELECT count(*) FROM rcpt r WHERE state=0 AND kind=2 AND dest=? AND NOT EXISTS"
+                              " (SELECT 1 FROM message m WHERE m.id=r.message_id AND m.hold=1)");
+        if (st)
+            sqlite3_bind_text(st, 1, domain, -1, SQLITE_TRANSIENT);
+    } else {
+        st = store_stmt(&all, "SELECT count(*) FROM rcpt r WHERE state=0 AND kind=2 AND NOT EXISTS"
+                              " (SELECT 1 FROM message m WHERE m.id=r.message_id AND m.hold=1)");
+    }
+    if (!st)
+        return -1;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
+/* Columns: name, next_try, backoff, failures, last_try, last_ok,
+ * last_error, backlog. */
+static void ops_dest_fill(sqlite3_stmt *q, struct store_dest *d)
+{
+    const char *e = (const char *)sqlite3_column_text(q, 6);
+    const char *name = (const char *)sqlite3_column_text(q, 0);
+
+    memset(d, 0, sizeof *d);
+    util_strlcpy(d->name, name ? name : "", sizeof d->name);
+    d->next_try = sqlite3_column_int64(q, 1);
+    d->backoff = sqlite3_column_int64(q, 2);
+    d->failures = sqlite3_column_int64(q, 3);
+    d->last_try = sqlite3_column_int64(q, 4);
+    d->last_ok = sqlite3_column_int64(q, 5);
+    util_strlcpy(d->last_error, e ? e : "", sizeof d->last_error);
+    d->backlog = sqlite3_column_int64(q, 7);
+}
+
+/* Where queued remote mail waits.  With a relayhost every remote
+ * recipient waits for it, whatever its domain, so there is one line, the
+ * relayhost's ("[relayhost]"); without one, a line per destination domain,
+ * also for domains not tried yet. */
+int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg)
+{
+    static sqlite3_stmt *viarelay, *direct;
+    sqlite3_stmt *q;
+    struct store_dest d;
+    int rc;
+
+    if (relay)
+        q = store_stmt(&viarelay,
+                       "SELECT '[relayhost]', d.next_try, d.backoff, d.failures, d.last_try, d.last_ok,"
+                       " d.last_error, (SELECT count(*) FROM rcpt WHERE state=0 AND kind=2)"
+                       " FROM (SELECT 1) LEFT JOIN dest d ON d.name='[relayhost]'");
+    else
+        q = store_stmt(&direct,
+                       "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
+                       " (SELECT count(*) FROM rcpt r WHERE r.dest=dest.name AND r.state=0 AND r.kind=2)"
+                       " FROM dest WHERE name<>'[relayhost]'"
+                       " UNION ALL SELECT dest, 0, 0, 0, 0, 0, NULL, count(*) FROM rcpt"
+                       " WHERE state=0 AND kind=2 AND dest NOT IN (SELECT name FROM dest) GROUP BY dest"
+                       " ORDER BY 1");
+    if (!q)
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        ops_dest_fill(q, &d);
+        if (cb(arg, &d))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Mail held for on-demand relay (hold domains), per domain. */
+int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT dest, count(*), count(DISTINCT message_id) FROM rcpt"
+                        " WHERE state=0 AND kind=3 GROUP BY dest ORDER BY dest"))
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW)
+        if (cb(arg, (const char *)sqlite3_column_text(q, 0), sqlite3_column_int64(q, 1),
+               sqlite3_column_int64(q, 2)))
+            break;
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Messages stopped with `queue hold`. */
+int64_t store_ops_on_hold(void)
+{
+    static sqlite3_stmt *q;
+    int64_t n = -1;
+
+    if (!store_stmt(&q, "SELECT count(DISTINCT m.id) FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                        " WHERE r.state=0 AND r.kind IN (1,2,3) AND m.hold=1"))
+        return -1;
+    if (sqlite3_step(q) == SQLITE_ROW)
+        n = sqlite3_column_int64(q, 0);
+    sqlite3_reset(q);
+    return n;
+}
+
+/* ----------------------------------------------------------------- queue */
+
+/* Columns: id, qid, sender, received, size, hold, body_id. */
+static void ops_msg_fill(sqlite3_stmt *q, struct store_ops_msg *m)
+{
+    const char *t;
+
+    memset(m, 0, sizeof *m);
+    m->id = sqlite3_column_int64(q, 0);
+    t = (const char *)sqlite3_column_text(q, 1);
+    util_strlcpy(m->qid, t ? t : "", sizeof m->qid);
+    t = (const char *)sqlite3_column_text(q, 2);
+    util_strlcpy(m->sender, t ? t : "", sizeof m->sender);
+    m->received = sqlite3_column_int64(q, 3);
+    m->size = sqlite3_column_int64(q, 4);
+    m->hold = sqlite3_column_int(q, 5);
+    m->body_id = sqlite3_column_int64(q, 6);
+}
+
+int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg)
+{
+    static sqlite3_stmt *all, *dom;
+    struct store_ops_msg m;
+    sqlite3_stmt *q;
+    int rc;
+
+    if (domain && domain[0]) {
+        q = store_stmt(&dom, "SELECT DISTINCT m.id, m.qid, m.sender, m.received, m.size, m.hold, m.body_id"
+                             " FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                             " WHERE r.state=0 AND r.kind IN (1,2,3) AND r.dest=? ORDER BY m.id");
+        if (q)
+            sqlite3_bind_text(q, 1, domain, -1, SQLITE_TRANSIENT);
+    } else {
+        q = store_stmt(&all, "SELECT DISTINCT m.id, m.qid, m.sender, m.received, m.size, m.hold, m.body_id"
+                             " FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                             " WHERE r.state=0 AND r.kind IN (1,2,3) ORDER BY m.id");
+    }
+    if (!q)
+        return STORE_ERR;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        ops_msg_fill(q, &m);
+        if (cb(arg, &m))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_ops_msg_get(const char *qid, struct store_ops_msg *m)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT id, qid, sender, received, size, hold, body_id FROM message WHERE qid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(q, 1, qid, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        ops_msg_fill(q, m);
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
+}
+
+/* A recipient's next try is the later of its own and its destination's:
+ * the scheduler waits for both (the destination's backoff is per next
+ * hop, the relayhost's when there is one). */
+int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg)
+{
+    static sqlite3_stmt *q;
+    struct store_ops_rcpt r;
+    int rc;
+
+    if (!store_stmt(&q, "SELECT r.addr, r.state, r.kind, r.attempts, r.next_try, r.last_error, r.dest,"
+                        " d.next_try, r.updated, d.failures, d.last_error, d.last_try"
+                        " FROM rcpt r LEFT JOIN dest d ON d.name=CASE WHEN ?2 THEN '[relayhost]' ELSE r.dest END"
+                        " WHERE r.message_id=?1 ORDER BY r.id"))
+        return STORE_ERR;
+    sqlite3_bind_int64(q, 1, msg_id);
+    sqlite3_bind_int(q, 2, relay);
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        const char *t;
+        int64_t dest_next = sqlite3_column_int64(q, 7);
+        memset(&r, 0, sizeof r);
+        t = (const char *)sqlite3_column_text(q, 0);
+        util_strlcpy(r.addr, t ? t : "", sizeof r.addr);
+        r.state = sqlite3_column_int(q, 1);
+        r.kind = sqlite3_column_int(q, 2);
+        r.attempts = sqlite3_column_int(q, 3);
+        r.next_try = sqlite3_column_int64(q, 4);
+        if (dest_next > r.next_try)
+            r.next_try = dest_next;
+        t = (const char *)sqlite3_column_text(q, 5);
+        util_strlcpy(r.last_error, t ? t : "", sizeof r.last_error);
+        t = (const char *)sqlite3_column_text(q, 6);
+        util_strlcpy(r.dest, t ? t : "", sizeof r.dest);
+        r.updated = sqlite3_column_int64(q, 8);
+        /* A destination that was not reached never saw the recipient:
+         * its failures and error are the recipient's news. */
+        r.dest_failures = sqlite3_column_int(q, 9);
+        t = (const char *)sqlite3_column_text(q, 10);
+        if (r.state == 0 && r.dest_failures && t && sqlite3_column_int64(q, 11) >= r.updated) {
+            util_strlcpy(r.last_error, t, sizeof r.last_error);
+            r.updated = sqlite3_column_int64(q, 11);
+        }
+        if (cb(arg, &r))
+            break;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+/* Removes the queued recipients for one domain (no bounce, as `queue
+ * delete`); a message left with nothing queued goes with them. */
+int store_ops_delete_domain(const char *domain, int64_t *rcpts)
+{
+    static sqlite3_stmt *ids, *del, *left;
+    struct { int64_t id; char qid[QID_LEN + 1]; } *msgs = NULL;
+    size_t n = 0, cap = 0;
+    int err, rc;
+
+    *rcpts = 0;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&ids, "SELECT DISTINCT m.id, m.qid FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
+                          " WHERE r.state=0 AND r.kind IN (2,3) AND r.dest=?") ||
+        !store_stmt(&del, "DELETE FROM rcpt WHERE state=0 AND kind IN (2,3) AND dest=?") ||
+        !store_stmt(&left, "SELECT count(*) FROM rcpt WHERE message_id=? AND state=0"))
+        return STORE_ERR;
+    /* The messages concerned, before their recipients go. */
+    sqlite3_bind_text(ids, 1, domain, -1, SQLITE_TRANSIENT);
+    while ((rc = sqlite3_step(ids)) == SQLITE_ROW) {
+        if (n == cap) {
+            void *p = realloc(msgs, (cap = cap ? cap * 2 : 64) * sizeof *msgs);
+            if (!p) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            msgs = p;
+        }
+        msgs[n].id = sqlite3_column_int64(ids, 0);
+        util_strlcpy(msgs[n++].qid, (const char *)sqlite3_column_text(ids, 1), sizeof msgs[0].qid);
+    }
+    sqlite3_reset(ids);
+    err = rc == SQLITE_DONE ? 0 : STORE_ERR;
+    if (!err) {
+        sqlite3_bind_text(del, 1, domain, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(del);
+        sqlite3_reset(del);
+        err = rc == SQLITE_DONE ? 0 : store_rc(rc);
+        *rcpts = err ? 0 : sqlite3_changes(store_db());
+    }
+    /* A message that kept nothing queued ends as a delete would end it. */
+    for (size_t i = 0; i < n && !err; i++) {
+        int64_t still = 1;
+        sqlite3_bind_int64(left, 1, msgs[i].id);
+        if (sqlite3_step(left) == SQLITE_ROW)
+            still = sqlite3_column_int64(left, 0);
+        sqlite3_reset(left);
+        if (!still)
+            err = store_queue_delete(msgs[i].qid);
+    }
+    free(msgs);
+    return err;
+}
+
+/* ---- src/store_bundle.c ---- */
+#line 1 "src/store_bundle.c"
+/*
+ * store_bundle.c: the SQL of offline bundles.  Peers (their public keys
+ * and the domains they take), recipients in transit on a bundle not yet
+ * acknowledged, the identities of recipients already delivered (so that a
+ * message that arrives twice, by two bundles or by a bundle and SMTP, is
+ * delivered once), and the volumes already imported (replays).
+ *
+ * Like the other store files: writers open the transaction and leave it
+ * open; the caller commits.
+ */
+
+
+#include <string.h>
+
+static int sb_step(sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE)
+        return 0;
+    if ((rc & 0xff) == SQLITE_CONSTRAINT)
+        return STORE_EXISTS;
+    log_err("database: %s: %s", what, sqlite3_errmsg(store_db()));
+    return store_rc(rc);
+}
+
+static const char *sb_text(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? (const char *)t : "";
+}
+
+/* ----------------------------------------------------------------- peers */
+
+#define PEER_COLS "id, name, sign_pk, box_pk, domains, added"
+
+static void sb_peer_fill(sqlite3_stmt *st, struct store_peer *p)
+{
+    memset(p, 0, sizeof *p);
+    p->id = sqlite3_column_int64(st, 0);
+    util_strlcpy(p->name, sb_text(st, 1), sizeof p->name);
+    if (sqlite3_column_bytes(st, 2) == 32)
+        memcpy(p->sign_pk, sqlite3_column_blob(st, 2), 32);
+    if (sqlite3_column_bytes(st, 3) == 32)
+        memcpy(p->box_pk, sqlite3_column_blob(st, 3), 32);
+    util_strlcpy(p->domains, sb_text(st, 4), sizeof p->domains);
+    p->added = sqlite3_column_int64(st, 5);
+}
+
+int store_peer_add(const struct store_peer *p)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT INTO peer(name, sign_pk, box_pk, domains, added) VALUES (?,?,?,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, p->name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, p->sign_pk, 32, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 3, p->box_pk, 32, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, p->domains, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 5, util_now());
+    return sb_step(st, "add peer");
+}
+
+static int sb_peer_one(sqlite3_stmt *st, struct store_peer *p)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        sb_peer_fill(st, p);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
+}
+
+int store_peer_get(const char *name, struct store_peer *p)
+{
+    static sqlite3_stmt *st;
+    if (!store_stmt(&st, "SELECT " PEER_COLS " FROM peer WHERE name=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    return sb_peer_one(st, p);
+}
+
+int store_peer_by_key(const unsigned char sign_pk[32], struct store_peer *p)
+{
+    static sqlite3_stmt *st;
+    if (!store_stmt(&st, "SELECT " PEER_COLS " FROM peer WHERE sign_pk=?"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, sign_pk, 32, SQLITE_TRANSIENT);
+    return sb_peer_one(st, p);
+}
+
+int store_peer_del(const char *name)
+{
+    static sqlite3_stmt *t, *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    /* Mail in transit to the peer becomes ordinary queued mail again. */
+    if (!store_stmt(&t, "DELETE FROM bundle_transit WHERE peer_id=(SELECT id FROM peer WHERE name=?)") ||
+        !store_stmt(&st, "DELETE FROM peer WHERE name=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(t, 1, name, -1, SQLITE_TRANSIENT);
+    if ((err = sb_step(t, "delete peer transit")))
+        return err;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    if ((err = sb_step(st, "delete peer")))
+        return err;
+    return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}
+
+int store_peer_list(int (*cb)(void *arg, const struct store_peer *p), void *arg)
+{
+    static sqlite3_stmt *st;
+    struct store_peer p;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT " PEER_COLS " FROM peer ORDER BY name"))
+        return STORE_ERR;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        sb_peer_fill(st, &p);
+        if (cb(arg, &p))
+            break;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_peer_any(void)
+{
+    static sqlite3_stmt *st;
+    int any = 0;
+
+    if (!store_stmt(&st, "SELECT EXISTS (SELECT 1 FROM peer)"))
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        any = sqlite3_column_int(st, 0);
+    sqlite3_reset(st);
+    return any;
+}
+
+/* --------------------------------------------------------------- export */
+
+/* The recipients a peer takes: with domains, its domains (queued for
+ * relay or held for it); without, every remote recipient (the peer is
+ * our upstream).  Recipients in transit count once their resend time
+ * has passed.  ?2 domains, ?3 resend_before. */
+#define PEER_MATCH \
+    " r.state=0 AND ((?2='' AND r.kind=2) OR (?2<>'' AND r.kind IN (2,3) AND" \
+    " instr(','||?2||',', ','||r.dest||',')>0))" \
+    " AND NOT EXISTS (SELECT 1 FROM bundle_transit t WHERE t.rcpt_id=r.id AND t.exported>=?3)"
+
+static int sb_rcpts_fill(const struct store_peer *p, int64_t resend_before, struct store_out_msg *m)
+{
+    static sqlite3_stmt *st;
+    int rc, cap = 0;
+
+    if (!store_stmt(&st, "SELECT r.id, r.addr, r.orcpt, r.notify, r.attempts FROM rcpt r"
+                         " WHERE r.message_id=?1 AND" PEER_MATCH " ORDER BY r.id"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, m->id);
+    sqlite3_bind_text(st, 2, p->domains, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, resend_before);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && m->nrcpt < BUNDLE_RCPTS_MAX) {
+        struct store_out_rcpt *r;
+        if (m->nrcpt == cap) {
+            int c = cap ? cap * 2 : 8;
+            void *q = realloc(m->rcpts, (size_t)c * sizeof *m->rcpts);
+            if (!q) {
+                sqlite3_reset(st);
+                return STORE_ERR;
+            }
+            m->rcpts = q;
+            cap = c;
+        }
+        r = &m->rcpts[m->nrcpt++];
+        memset(r, 0, sizeof *r);
+        r->id = sqlite3_column_int64(st, 0);
+        util_strlcpy(r->addr, sb_text(st, 1), sizeof r->addr);
+        util_strlcpy(r->orcpt, sb_text(st, 2), sizeof r->orcpt);
+        r->notify = sqlite3_column_int(st, 3);
+        r->attempts = sqlite3_column_int(st, 4);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_bundle_next(const struct store_peer *p, int64_t after_id, int64_t resend_before,
+                      struct store_out_msg *m)
+{
+    static sqlite3_stmt *nx, *st;
+    int rc;
+
+    memset(m, 0, sizeof *m);
+    if (!store_stmt(&nx, "SELECT min(r.message_id) FROM rcpt r WHERE r.message_id>?1 AND" PEER_MATCH) ||
+        !store_stmt(&st, "SELECT id, qid, body_id, sender, envid, ret_full, eightbit, size, received, hold"
+                         " FROM message WHERE id=?"))
+        return STORE_ERR;
+    for (;;) {
+        int64_t id = 0;
+        sqlite3_bind_int64(nx, 1, after_id);
+        sqlite3_bind_text(nx, 2, p->domains, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(nx, 3, resend_before);
+        rc = sqlite3_step(nx);
+        if (rc == SQLITE_ROW)
+            id = sqlite3_column_int64(nx, 0);
+        sqlite3_reset(nx);
+        if (rc != SQLITE_ROW)
+            return STORE_ERR;
+        if (id <= 0)
+            return 0;
+        sqlite3_bind_int64(st, 1, id);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW && !sqlite3_column_int(st, 9)) {
+            m->id = sqlite3_column_int64(st, 0);
+            util_strlcpy(m->qid, sb_text(st, 1), sizeof m->qid);
+            m->body_id = sqlite3_column_int64(st, 2);
+            util_strlcpy(m->sender, sb_text(st, 3), sizeof m->sender);
+            util_strlcpy(m->envid, sb_text(st, 4), sizeof m->envid);
+            m->ret_full = sqlite3_column_int(st, 5);
+            m->eightbit = sqlite3_column_int(st, 6);
+            m->size = sqlite3_column_int64(st, 7);
+            m->received = sqlite3_column_int64(st, 8);
+            sqlite3_reset(st);
+            return sb_rcpts_fill(p, resend_before, m) ? STORE_ERR : 1;
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return STORE_ERR;
+        after_id = id;                  /* held by the operator: not exported */
+    }
+}
+
+int store_bundle_transit(int64_t rcpt_id, int64_t peer_id, const unsigned char bundle_id[16], int64_t now)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT OR REPLACE INTO bundle_transit(rcpt_id, peer_id, bundle_id, exported)"
+                         " VALUES (?,?,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, rcpt_id);
+    sqlite3_bind_int64(st, 2, peer_id);
+    sqlite3_bind_blob(st, 3, bundle_id, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 4, now);
+    return sb_step(st, "mark in transit");
+}
+
+/* -------------------------------------------------------------- receipts */
+
+int store_bundle_ack(int64_t peer_id, const char *qid)
+{
+    static sqlite3_stmt *sel, *del;
+    int64_t ids[BUNDLE_RCPTS_MAX], msg_id = 0;
+    int n = 0, rc, err;
+    char why[128];
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&sel, "SELECT r.id, r.message_id FROM bundle_transit t JOIN rcpt r ON r.id=t.rcpt_id"
+                          " JOIN message m ON m.id=r.message_id WHERE t.peer_id=? AND m.qid=? AND r.state=0"))
+        return STORE_ERR;
+    sqlite3_bind_int64(sel, 1, peer_id);
+    sqlite3_bind_text(sel, 2, qid, -1, SQLITE_TRANSIENT);
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW && n < BUNDLE_RCPTS_MAX) {
+        ids[n++] = sqlite3_column_int64(sel, 0);
+        msg_id = sqlite3_column_int64(sel, 1);
+    }
+    sqlite3_reset(sel);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return STORE_ERR;
+    snprintf(why, sizeof why, "relayed by bundle, receipt received");
+    for (int i = 0; i < n; i++) {
+        if ((err = store_rcpt_set(ids[i], RCPT_DELIVERED, 0, why)))
+            return err;
+        if (!store_stmt(&del, "DELETE FROM bundle_transit WHERE rcpt_id=?"))
+            return STORE_ERR;
+        sqlite3_bind_int64(del, 1, ids[i]);
+        if ((err = sb_step(del, "end transit")))
+            return err;
+    }
+    if (n && (err = store_msg_retire(msg_id)) < 0)
+        return err;
+    return n;
+}
+
+/* ------------------------------------------------------------ duplicates */
+
+int store_seen_check(const unsigned char key[BUNDLE_ID_LEN])
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT 1 FROM bundle_seen WHERE key=?"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, key, BUNDLE_ID_LEN, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_seen_add(const unsigned char key[BUNDLE_ID_LEN], int64_t now)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT OR IGNORE INTO bundle_seen(key, at) VALUES (?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, key, BUNDLE_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, now);
+    return sb_step(st, "remember delivery");
+}
+
+int store_seen_prune(int64_t before)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "DELETE FROM bundle_seen WHERE at<?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, before);
+    return sb_step(st, "forget old deliveries");
+}
+
+/* --------------------------------------------------------------- volumes */
+
+int store_volume_seen(const unsigned char bundle_id[16], uint32_t volume)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT 1 FROM bundle_volume WHERE bundle_id=? AND volume=?"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, bundle_id, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, volume);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t peer_id, int64_t now)
+{
+    static sqlite3_stmt *st;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "INSERT INTO bundle_volume(bundle_id, volume, peer_id, imported) VALUES (?,?,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_blob(st, 1, bundle_id, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, volume);
+    sqlite3_bind_int64(st, 3, peer_id);
+    sqlite3_bind_int64(st, 4, now);
+    return sb_step(st, "record imported volume");
 }
 
 /* ---- src/addr.c ---- */
@@ -9867,6 +10975,1086 @@ int mime7_finish(struct mime7 *m, mime_emit_fn emit, void *arg)
     return m->err;
 }
 
+/* ---- src/bundle.c ---- */
+#line 1 "src/bundle.c"
+/*
+ * bundle.c: the offline bundle format (docs/bundle-format.md), keys, and
+ * the envelope text.  No SQL and no policy: the commands that export and
+ * import (cli_bundle.c, bundle_import.c) decide what goes in and what a
+ * record means for the queue.
+ *
+ * A volume is a signed clear header followed by frames of one
+ * XChaCha20-Poly1305 secretstream whose key is sealed (crypto_box_seal) to
+ * the recipient node's X25519 key; the stream carries one zlib stream
+ * whose content is a sequence of typed records.  The Ed25519 signature
+ * covers the header, which holds the sealed key and the stream header:
+ * only the signer (or the recipient itself) can produce frames that
+ * decrypt, every frame is authenticated, and the FINAL tag on the last
+ * frame makes truncation detectable (a reader that ends without it
+ * refuses the volume).
+ *
+ * Memory is bounded whatever the input: one frame (64 KiB + tag), the
+ * inflated window and one record (the largest, an envelope, is capped at
+ * BUNDLE_ENV_MAX).
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SS_ABYTES crypto_secretstream_xchacha20poly1305_ABYTES
+#define SS_HBYTES crypto_secretstream_xchacha20poly1305_HEADERBYTES
+#define SS_KEYBYTES crypto_secretstream_xchacha20poly1305_KEYBYTES
+#define SEALED_KEY_LEN (crypto_box_SEALBYTES + SS_KEYBYTES)
+
+_Static_assert(BUNDLE_HDR_SIGNED == 8 + 1 + 1 + 2 + 8 + 16 + 4 + 32 + 32 + SEALED_KEY_LEN + SS_HBYTES,
+               "bundle header layout");
+
+static const unsigned char bundle_magic[8] = { 'M', 'N', 'B', 'U', 'N', 'D', 'L', 'E' };
+
+static void bundle_put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static uint32_t bundle_get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void bundle_put64(unsigned char *p, uint64_t v)
+{
+    bundle_put32(p, (uint32_t)(v >> 32));
+    bundle_put32(p + 4, (uint32_t)v);
+}
+
+static uint64_t bundle_get64(const unsigned char *p)
+{
+    return (uint64_t)bundle_get32(p) << 32 | bundle_get32(p + 4);
+}
+
+/* ------------------------------------------------------------------ keys */
+
+/* The key file holds two 32-byte seeds: Ed25519 (signing) then X25519
+ * (sealed boxes).  Separate keys for separate jobs; both are derived
+ * from their seed, so the file is small and has no structure to damage. */
+static void bundle_keys_derive(struct bundle_keys *k, const unsigned char seeds[64])
+{
+    crypto_sign_seed_keypair(k->sign_pk, k->sign_sk, seeds);
+    crypto_box_seed_keypair(k->box_pk, k->box_sk, seeds + 32);
+}
+
+static int bundle_keys_create(const char *path, struct bundle_keys *k, char *err, size_t errlen)
+{
+    unsigned char seeds[64];
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    size_t off = 0;
+
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create bundle key %s: %s", path, strerror(errno));
+        return -1;
+    }
+    randombytes_buf(seeds, sizeof seeds);
+    while (off < sizeof seeds) {
+        ssize_t n = write(fd, seeds + off, sizeof seeds - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto fail;
+        off += (size_t)n;
+    }
+    if (fsync(fd))
+        goto fail;
+    close(fd);
+    bundle_keys_derive(k, seeds);
+    sodium_memzero(seeds, sizeof seeds);
+    log_info("created bundle key %s", path);
+    return 0;
+fail:
+    snprintf(err, errlen, "cannot write bundle key %s: %s", path, strerror(errno));
+    close(fd);
+    unlink(path);
+    sodium_memzero(seeds, sizeof seeds);
+    return -1;
+}
+
+int bundle_keys_load(const char *path, struct bundle_keys *k, int create, char *err, size_t errlen)
+{
+    unsigned char seeds[65];
+    struct stat st;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 && errno == ENOENT && create)
+        return bundle_keys_create(path, k, err, errlen);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open bundle key %s: %s%s", path, strerror(errno),
+                 errno == ENOENT ? " (`mailnode key show` creates it)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_size != 64) {
+        snprintf(err, errlen, "bundle key %s: must be a regular file of 64 bytes; restore it from"
+                 " a backup (a new key means every peer must learn it again)", path);
+        close(fd);
+        return -1;
+    }
+    do
+        n = read(fd, seeds, sizeof seeds);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n != 64) {
+        snprintf(err, errlen, "bundle key %s: short read", path);
+        return -1;
+    }
+    if (st.st_mode & 077)
+        log_warn("bundle key %s is readable by group or others: run chmod 600 %s", path, path);
+    bundle_keys_derive(k, seeds);
+    sodium_memzero(seeds, sizeof seeds);
+    return 0;
+}
+
+void bundle_key_line(const unsigned char sign_pk[32], const unsigned char box_pk[32],
+                     const char *comment, char *out, size_t n)
+{
+    unsigned char both[64];
+    char b64[sodium_base64_ENCODED_LEN(64, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+
+    memcpy(both, sign_pk, 32);
+    memcpy(both + 32, box_pk, 32);
+    sodium_bin2base64(b64, sizeof b64, both, sizeof both, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    snprintf(out, n, "%s %s%s%s", BUNDLE_KEY_PREFIX, b64, comment && *comment ? " " : "",
+             comment ? comment : "");
+}
+
+int bundle_key_parse(const char *line, unsigned char sign_pk[32], unsigned char box_pk[32])
+{
+    unsigned char both[64];
+    size_t len = 0;
+    const char *p = line, *end;
+    size_t plen = strlen(BUNDLE_KEY_PREFIX);
+
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (strncmp(p, BUNDLE_KEY_PREFIX, plen) || (p[plen] != ' ' && p[plen] != '\t'))
+        return -1;
+    p += plen;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    for (end = p; *end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r'; end++)
+        ;
+    if (sodium_base642bin(both, sizeof both, p, (size_t)(end - p), NULL, &len, NULL,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) || len != 64)
+        return -1;
+    memcpy(sign_pk, both, 32);
+    memcpy(box_pk, both + 32, 32);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- header */
+
+void bundle_header_encode(const struct bundle_header *h, unsigned char out[BUNDLE_HDR_SIGNED])
+{
+    unsigned char *p = out;
+
+    memcpy(p, bundle_magic, 8), p += 8;
+    *p++ = BUNDLE_VERSION;
+    *p++ = (unsigned char)h->kind;
+    *p++ = 0, *p++ = 0;                 /* flags: none defined in version 1 */
+    bundle_put64(p, (uint64_t)h->created), p += 8;
+    memcpy(p, h->bundle_id, 16), p += 16;
+    bundle_put32(p, h->volume), p += 4;
+    memcpy(p, h->sender_sign_pk, 32), p += 32;
+    memcpy(p, h->recipient_box_pk, 32), p += 32;
+    memcpy(p, h->sealed_key, SEALED_KEY_LEN), p += SEALED_KEY_LEN;
+    memcpy(p, h->ss_header, SS_HBYTES);
+}
+
+int bundle_header_decode(const unsigned char *in, size_t n, struct bundle_header *h)
+{
+    const unsigned char *p = in;
+
+    memset(h, 0, sizeof *h);
+    if (n < BUNDLE_HDR_LEN || memcmp(p, bundle_magic, 8))
+        return BUNDLE_ENOTBUNDLE;
+    p += 8;
+    if (*p != BUNDLE_VERSION)
+        return BUNDLE_EVERSION;
+    p++;
+    h->kind = *p++;
+    if ((h->kind != BUNDLE_KIND_MAIL && h->kind != BUNDLE_KIND_RECEIPT) || p[0] || p[1])
+        return BUNDLE_EFORMAT;
+    p += 2;
+    h->created = (int64_t)bundle_get64(p), p += 8;
+    memcpy(h->bundle_id, p, 16), p += 16;
+    h->volume = bundle_get32(p), p += 4;
+    memcpy(h->sender_sign_pk, p, 32), p += 32;
+    memcpy(h->recipient_box_pk, p, 32), p += 32;
+    memcpy(h->sealed_key, p, SEALED_KEY_LEN), p += SEALED_KEY_LEN;
+    memcpy(h->ss_header, p, SS_HBYTES), p += SS_HBYTES;
+    memcpy(h->signature, p, crypto_sign_BYTES);
+    return 0;
+}
+
+const char *bundle_strerror(int e)
+{
+    switch (e) {
+    case BUNDLE_ENOTBUNDLE: return "not a mailnode bundle (bad magic or too short)";
+    case BUNDLE_EVERSION:   return "bundle format version not supported by this mailnode";
+    case BUNDLE_EFORMAT:    return "malformed bundle";
+    case BUNDLE_ESIG:       return "bad signature: the header was altered or not signed by that peer";
+    case BUNDLE_EKEY:       return "the bundle key cannot be opened with this node's key";
+    case BUNDLE_ECRYPT:     return "a frame does not decrypt: the volume was altered or damaged";
+    case BUNDLE_ETRUNC:     return "the volume is truncated (no final frame)";
+    case BUNDLE_ETRAIL:     return "data after the final frame";
+    case BUNDLE_EZLIB:      return "the compressed content is damaged";
+    case BUNDLE_ERECORD:    return "malformed record";
+    case BUNDLE_EIO:        return "read or write error";
+    case BUNDLE_ENOMEM:     return "out of memory";
+    default:                return "bundle error";
+    }
+}
+
+/* ---------------------------------------------------------------- writer */
+
+struct bundle_writer {
+    int fd;
+    int err;
+    crypto_secretstream_xchacha20poly1305_state ss;
+    z_stream z;
+    int z_ok;
+    unsigned char *plain;               /* compressed bytes waiting for a frame */
+    size_t plain_len;
+    unsigned char *frame;               /* 4 + BUNDLE_FRAME_MAX + ABYTES */
+    int64_t out_bytes;                  /* written to fd so far */
+    int64_t raw_since_sync;             /* given to deflate since its output was last complete */
+    uint32_t records;
+};
+
+static int bw_write_all(struct bundle_writer *w, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+    while (n) {
+        ssize_t r = write(w->fd, p, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return w->err = BUNDLE_EIO;
+        p += r;
+        n -= (size_t)r;
+        w->out_bytes += r;
+    }
+    return 0;
+}
+
+/* One frame: a 4-byte length, then the sealed chunk. */
+static int bw_frame(struct bundle_writer *w, const unsigned char *m, size_t n, unsigned char tag)
+{
+    unsigned long long clen = 0;
+
+    if (crypto_secretstream_xchacha20poly1305_push(&w->ss, w->frame + 4, &clen, m, n, NULL, 0, tag))
+        return w->err = BUNDLE_ECRYPT;
+    bundle_put32(w->frame, (uint32_t)clen);
+    return bw_write_all(w, w->frame, (size_t)clen + 4);
+}
+
+/* Compressed output arrives here and leaves in full frames. */
+static int bw_plain(struct bundle_writer *w, const unsigned char *p, size_t n)
+{
+    while (n) {
+        size_t take = BUNDLE_FRAME_MAX - w->plain_len;
+        if (take > n)
+            take = n;
+        memcpy(w->plain + w->plain_len, p, take);
+        w->plain_len += take;
+        p += take;
+        n -= take;
+        if (w->plain_len == BUNDLE_FRAME_MAX) {
+            if (bw_frame(w, w->plain, w->plain_len, 0))
+                return w->err;
+            w->plain_len = 0;
+        }
+    }
+    return 0;
+}
+
+static int bw_deflate(struct bundle_writer *w, const void *in, size_t n, int flush)
+{
+    unsigned char out[16384];
+    int zr;
+
+    w->z.next_in = (Bytef *)in;
+    w->z.avail_in = (uInt)n;
+    do {
+        w->z.next_out = out;
+        w->z.avail_out = sizeof out;
+        zr = deflate(&w->z, flush);
+        if (zr == Z_STREAM_ERROR)
+            return w->err = BUNDLE_EZLIB;
+        if (bw_plain(w, out, sizeof out - w->z.avail_out))
+            return w->err;
+    } while (w->z.avail_out == 0 || (flush == Z_FINISH && zr != Z_STREAM_END));
+    return 0;
+}
+
+struct bundle_writer *bundle_writer_open(int fd, const struct bundle_keys *me, const unsigned char peer_box_pk[32],
+                                         int kind, const unsigned char bundle_id[16], uint32_t volume)
+{
+    struct bundle_writer *w = calloc(1, sizeof *w);
+    struct bundle_header h;
+    unsigned char key[SS_KEYBYTES], hdr[BUNDLE_HDR_SIGNED];
+
+    if (!w)
+        return NULL;
+    w->fd = fd;
+    w->plain = malloc(BUNDLE_FRAME_MAX);
+    w->frame = malloc(4 + BUNDLE_FRAME_MAX + SS_ABYTES);
+    if (!w->plain || !w->frame)
+        goto fail;
+    /* Level 6 (not the store's 1): a bundle crosses a slow or costly
+     * medium once, and its size is what the carrier pays for. */
+    if (deflateInit2(&w->z, 6, Z_DEFLATED, 15, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        goto fail;
+    w->z_ok = 1;
+    memset(&h, 0, sizeof h);
+    h.kind = kind;
+    h.created = util_now();
+    memcpy(h.bundle_id, bundle_id, 16);
+    h.volume = volume;
+    memcpy(h.sender_sign_pk, me->sign_pk, 32);
+    memcpy(h.recipient_box_pk, peer_box_pk, 32);
+    crypto_secretstream_xchacha20poly1305_keygen(key);
+    if (crypto_box_seal(h.sealed_key, key, sizeof key, peer_box_pk) ||
+        crypto_secretstream_xchacha20poly1305_init_push(&w->ss, h.ss_header, key))
+        goto fail;
+    sodium_memzero(key, sizeof key);
+    bundle_header_encode(&h, hdr);
+    if (crypto_sign_detached(h.signature, NULL, hdr, sizeof hdr, me->sign_sk))
+        goto fail;
+    if (bw_write_all(w, hdr, sizeof hdr) || bw_write_all(w, h.signature, sizeof h.signature))
+        goto fail;
+    return w;
+fail:
+    sodium_memzero(key, sizeof key);
+    bundle_writer_free(w);
+    return NULL;
+}
+
+int bundle_write_record(struct bundle_writer *w, int type, const void *payload, size_t n)
+{
+    unsigned char rh[5];
+
+    if (w->err)
+        return w->err;
+    if (n > BUNDLE_RECORD_MAX)
+        return w->err = BUNDLE_ERECORD;
+    rh[0] = (unsigned char)type;
+    bundle_put32(rh + 1, (uint32_t)n);
+    if (bw_deflate(w, rh, sizeof rh, Z_NO_FLUSH) || (n && bw_deflate(w, payload, n, Z_NO_FLUSH)))
+        return w->err;
+    w->raw_since_sync += (int64_t)n + 5;
+    w->records++;
+    return 0;
+}
+
+/* The most that n more raw bytes (in records) can add to the file:
+ * zlib's own bound, the record headers, the frame headers and tags. */
+int64_t bundle_bound(int64_t n)
+{
+    int64_t recs = n / BUNDLE_DATA_MAX + 3;
+    int64_t z = n + recs * 5;
+    z = z + (z >> 12) + (z >> 14) + (z >> 25) + 13 + 64;
+    return z + (z / BUNDLE_FRAME_MAX + 2) * (4 + SS_ABYTES);
+}
+
+int64_t bundle_writer_size(struct bundle_writer *w)
+{
+    return w->out_bytes + (int64_t)w->plain_len + 4 + SS_ABYTES + bundle_bound(w->raw_since_sync);
+}
+
+/* Pushes everything deflate holds into the output so that the size is
+ * known exactly; costs a few bytes, so only done near the size limit. */
+int bundle_writer_sync(struct bundle_writer *w)
+{
+    if (w->err || bw_deflate(w, NULL, 0, Z_SYNC_FLUSH))
+        return w->err;
+    w->raw_since_sync = 0;
+    return 0;
+}
+
+int bundle_writer_finish(struct bundle_writer *w)
+{
+    unsigned char fin[4];
+
+    if (w->err)
+        return w->err;
+    bundle_put32(fin, w->records);
+    if (bundle_write_record(w, BUNDLE_REC_FIN, fin, sizeof fin) || bw_deflate(w, NULL, 0, Z_FINISH))
+        return w->err;
+    if (bw_frame(w, w->plain, w->plain_len, crypto_secretstream_xchacha20poly1305_TAG_FINAL))
+        return w->err;
+    w->plain_len = 0;
+    return 0;
+}
+
+int64_t bundle_writer_bytes(const struct bundle_writer *w)
+{
+    return w->out_bytes;
+}
+
+void bundle_writer_free(struct bundle_writer *w)
+{
+    if (!w)
+        return;
+    if (w->z_ok)
+        deflateEnd(&w->z);
+    sodium_memzero(&w->ss, sizeof w->ss);
+    free(w->plain);
+    free(w->frame);
+    free(w);
+}
+
+/* ---------------------------------------------------------------- reader */
+
+struct bundle_reader {
+    bundle_read_fn read;
+    void *arg;
+    int err;
+    int final;                          /* the FINAL frame was read */
+    int z_end;                          /* the zlib stream ended */
+    int fin;                            /* the FIN record was returned */
+    crypto_secretstream_xchacha20poly1305_state ss;
+    z_stream z;
+    int z_ok;
+    unsigned char *frame;               /* ciphertext of one frame */
+    unsigned char *plain;               /* its plaintext: compressed bytes */
+    size_t plain_len;
+    unsigned char *inf;                 /* inflated bytes not yet parsed */
+    size_t inf_off, inf_len;
+    unsigned char *rec;                 /* the record being returned */
+    uint32_t records;                   /* records before FIN */
+    int64_t in_bytes;
+};
+
+#define INF_BUF (64 * 1024)
+
+static int br_read_exact(struct bundle_reader *r, void *buf, size_t n, int *eof)
+{
+    unsigned char *p = buf;
+    size_t got = 0;
+
+    while (got < n) {
+        ssize_t k = r->read(r->arg, p + got, n - got);
+        if (k < 0)
+            return r->err = BUNDLE_EIO;
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    r->in_bytes += (int64_t)got;
+    if (eof)
+        *eof = got == 0;
+    return got == n ? 0 : (r->err = BUNDLE_ETRUNC);
+}
+
+int bundle_reader_header(bundle_read_fn fn, void *arg, struct bundle_header *h,
+                         unsigned char raw[BUNDLE_HDR_LEN])
+{
+    size_t got = 0;
+
+    while (got < BUNDLE_HDR_LEN) {
+        ssize_t k = fn(arg, raw + got, BUNDLE_HDR_LEN - got);
+        if (k < 0)
+            return BUNDLE_EIO;
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    if (got >= 8 && memcmp(raw, bundle_magic, 8))
+        return BUNDLE_ENOTBUNDLE;
+    if (got < BUNDLE_HDR_LEN)
+        return got < 8 ? BUNDLE_ENOTBUNDLE : BUNDLE_ETRUNC;
+    return bundle_header_decode(raw, got, h);
+}
+
+int bundle_header_verify(const unsigned char raw[BUNDLE_HDR_LEN], const unsigned char sign_pk[32])
+{
+    return crypto_sign_verify_detached(raw + BUNDLE_HDR_SIGNED, raw, BUNDLE_HDR_SIGNED, sign_pk)
+           ? BUNDLE_ESIG : 0;
+}
+
+struct bundle_reader *bundle_reader_open(bundle_read_fn fn, void *arg, const struct bundle_header *h,
+                                         const struct bundle_keys *me, int *err)
+{
+    struct bundle_reader *r = calloc(1, sizeof *r);
+    unsigned char key[SS_KEYBYTES];
+
+    *err = BUNDLE_ENOMEM;
+    if (!r)
+        return NULL;
+    r->read = fn;
+    r->arg = arg;
+    r->frame = malloc(BUNDLE_FRAME_MAX + SS_ABYTES);
+    r->plain = malloc(BUNDLE_FRAME_MAX);
+    r->inf = malloc(INF_BUF);
+    r->rec = malloc(BUNDLE_RECORD_MAX + 1);
+    if (!r->frame || !r->plain || !r->inf || !r->rec)
+        goto fail;
+    if (inflateInit(&r->z) != Z_OK)
+        goto fail;
+    r->z_ok = 1;
+    *err = BUNDLE_EKEY;
+    if (crypto_box_seal_open(key, h->sealed_key, SEALED_KEY_LEN, me->box_pk, me->box_sk))
+        goto fail;
+    if (crypto_secretstream_xchacha20poly1305_init_pull(&r->ss, h->ss_header, key)) {
+        *err = BUNDLE_EFORMAT;
+        goto fail;
+    }
+    sodium_memzero(key, sizeof key);
+    *err = 0;
+    return r;
+fail:
+    sodium_memzero(key, sizeof key);
+    bundle_reader_free(r);
+    return NULL;
+}
+
+/* The next frame's plaintext into r->plain. */
+static int br_frame(struct bundle_reader *r)
+{
+    unsigned char lb[4], tag = 0;
+    unsigned long long mlen = 0;
+    uint32_t clen;
+    int eof = 0;
+
+    if (r->final)
+        return r->err = BUNDLE_EFORMAT;
+    if (br_read_exact(r, lb, 4, &eof))
+        return r->err;
+    clen = bundle_get32(lb);
+    if (clen < SS_ABYTES || clen > BUNDLE_FRAME_MAX + SS_ABYTES)
+        return r->err = BUNDLE_EFORMAT;
+    if (br_read_exact(r, r->frame, clen, NULL))
+        return r->err;
+    if (crypto_secretstream_xchacha20poly1305_pull(&r->ss, r->plain, &mlen, &tag, r->frame, clen, NULL, 0))
+        return r->err = BUNDLE_ECRYPT;
+    if (tag == crypto_secretstream_xchacha20poly1305_TAG_FINAL)
+        r->final = 1;
+    else if (tag != 0)
+        return r->err = BUNDLE_EFORMAT;
+    r->plain_len = (size_t)mlen;
+    r->z.next_in = r->plain;
+    r->z.avail_in = (uInt)mlen;
+    return 0;
+}
+
+/* Refills r->inf with more inflated bytes (keeping the unparsed rest). */
+static int br_inflate(struct bundle_reader *r)
+{
+    int zr;
+
+    if (r->inf_off) {
+        memmove(r->inf, r->inf + r->inf_off, r->inf_len - r->inf_off);
+        r->inf_len -= r->inf_off;
+        r->inf_off = 0;
+    }
+    while (r->inf_len < INF_BUF) {
+        if (r->z_end)
+            return r->inf_len ? 0 : (r->err = BUNDLE_ERECORD);
+        if (r->z.avail_in == 0 && br_frame(r))
+            return r->err;
+        r->z.next_out = r->inf + r->inf_len;
+        r->z.avail_out = (uInt)(INF_BUF - r->inf_len);
+        zr = inflate(&r->z, Z_NO_FLUSH);
+        r->inf_len = INF_BUF - r->z.avail_out;
+        if (zr == Z_STREAM_END) {
+            r->z_end = 1;
+            /* Compressed bytes after the end of the zlib stream, or more
+             * frames: not something a writer produces. */
+            if (r->z.avail_in || !r->final)
+                return r->err = BUNDLE_EZLIB;
+            return 0;
+        }
+        if (zr == Z_BUF_ERROR && r->z.avail_in == 0) {
+            if (r->final)
+                return r->err = BUNDLE_EZLIB;   /* the stream stops short */
+            continue;
+        }
+        if (zr != Z_OK)
+            return r->err = BUNDLE_EZLIB;
+        if (r->inf_len > 0)
+            return 0;
+    }
+    return 0;
+}
+
+/* Ensures n unparsed inflated bytes are available. */
+static int br_need(struct bundle_reader *r, size_t n)
+{
+    while (r->inf_len - r->inf_off < n) {
+        size_t before = r->inf_len - r->inf_off;
+        if (br_inflate(r))
+            return r->err;
+        if (r->inf_len - r->inf_off == before)
+            return r->err = BUNDLE_ERECORD;
+    }
+    return 0;
+}
+
+int bundle_read_record(struct bundle_reader *r, int *type, const unsigned char **payload, size_t *n)
+{
+    uint32_t len;
+    size_t got = 0;
+    unsigned char t;
+
+    if (r->err)
+        return r->err;
+    if (r->fin)
+        return 1;
+    if (br_need(r, 5))
+        return r->err;
+    t = r->inf[r->inf_off];
+    len = bundle_get32(r->inf + r->inf_off + 1);
+    r->inf_off += 5;
+    if (len > BUNDLE_RECORD_MAX || (t == BUNDLE_REC_DATA && len > BUNDLE_DATA_MAX))
+        return r->err = BUNDLE_ERECORD;
+    while (got < len) {
+        size_t avail;
+        if (r->inf_off == r->inf_len && br_need(r, 1))
+            return r->err;
+        avail = r->inf_len - r->inf_off;
+        if (avail > len - got)
+            avail = len - got;
+        memcpy(r->rec + got, r->inf + r->inf_off, avail);
+        r->inf_off += avail;
+        got += avail;
+    }
+    r->rec[len] = '\0';
+    if (t == BUNDLE_REC_FIN) {
+        /* The end: the record count agrees, the zlib stream and the frames
+         * end here, and nothing follows in the file. */
+        unsigned char extra;
+        int eof = 0;
+        if (len != 4 || bundle_get32(r->rec) != r->records)
+            return r->err = BUNDLE_ERECORD;
+        if (r->inf_off != r->inf_len)
+            return r->err = BUNDLE_ERECORD;
+        if (!r->z_end) {
+            if (br_inflate(r))
+                return r->err;
+            if (!r->z_end || r->inf_len)
+                return r->err = BUNDLE_ERECORD;
+        }
+        if (!r->final)
+            return r->err = BUNDLE_ETRUNC;
+        if (r->read(r->arg, &extra, 1) != 0)
+            return r->err = BUNDLE_ETRAIL;
+        (void)eof;
+        r->fin = 1;
+    } else {
+        r->records++;
+    }
+    *type = t;
+    *payload = r->rec;
+    *n = len;
+    return 0;
+}
+
+void bundle_reader_free(struct bundle_reader *r)
+{
+    if (!r)
+        return;
+    if (r->z_ok)
+        inflateEnd(&r->z);
+    sodium_memzero(&r->ss, sizeof r->ss);
+    free(r->frame);
+    free(r->plain);
+    free(r->inf);
+    free(r->rec);
+    free(r);
+}
+
+/* -------------------------------------------------------------- envelope */
+
+/* RFC 3461 4: xtext is "!" .. "~" except "+" and "=", and "+" with two
+ * upper-case hex digits.  The store keeps ENVID and ORCPT as they travel
+ * in SMTP, xtext-encoded; so does the bundle.  Decodes to check. */
+static int bundle_unxtext(const char *s, size_t len, char *out, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned c = (unsigned char)s[i];
+        if (c == '+') {
+            unsigned v;
+            char hex[3];
+            if (i + 2 >= len)
+                return -1;
+            hex[0] = s[i + 1], hex[1] = s[i + 2], hex[2] = '\0';
+            if (!((hex[0] >= '0' && hex[0] <= '9') || (hex[0] >= 'A' && hex[0] <= 'F')) ||
+                !((hex[1] >= '0' && hex[1] <= '9') || (hex[1] >= 'A' && hex[1] <= 'F')))
+                return -1;
+            if (sscanf(hex, "%2X", &v) != 1 || v == 0)
+                return -1;
+            c = v;
+            i += 2;
+        } else if (c < 33 || c > 126 || c == '=') {
+            return -1;
+        }
+        if (o + 1 >= n)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+static const char *bundle_notify_text(int notify, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    if (notify & NOTIFY_NEVER)
+        return "NEVER";
+    if (notify & NOTIFY_SUCCESS)
+        util_strlcpy(buf, "SUCCESS", n);
+    if (notify & NOTIFY_FAILURE)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%sFAILURE", buf[0] ? "," : "");
+    if (notify & NOTIFY_DELAY)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%sDELAY", buf[0] ? "," : "");
+    return buf;
+}
+
+/* The envelope record: RFC 5321 command syntax with the RFC 1870, 6152
+ * and 3461 parameters, one command per CRLF line, after an ID line. */
+int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t *len)
+{
+    size_t o = 0;
+    char nb[64];
+    int w;
+
+    w = snprintf(out, n, "ID %s %lld\r\nMAIL FROM:<%s> SIZE=%lld BODY=%s", m->qid, (long long)m->received,
+                 m->sender, (long long)m->size, m->eightbit ? "8BITMIME" : "7BIT");
+    if (w < 0 || (size_t)w >= n)
+        return -1;
+    o = (size_t)w;
+    if (m->envid[0]) {
+        w = snprintf(out + o, n - o, " ENVID=%s", m->envid);
+        if (w < 0 || (size_t)w >= n - o)
+            return -1;
+        o += (size_t)w;
+    }
+    w = snprintf(out + o, n - o, " RET=%s\r\n", m->ret_full ? "FULL" : "HDRS");
+    if (w < 0 || (size_t)w >= n - o)
+        return -1;
+    o += (size_t)w;
+    for (int i = 0; i < m->nrcpt; i++) {
+        const struct store_out_rcpt *r = &m->rcpts[i];
+        w = snprintf(out + o, n - o, "RCPT TO:<%s>", r->addr);
+        if (w < 0 || (size_t)w >= n - o)
+            return -1;
+        o += (size_t)w;
+        if (r->notify) {
+            w = snprintf(out + o, n - o, " NOTIFY=%s", bundle_notify_text(r->notify, nb, sizeof nb));
+            if (w < 0 || (size_t)w >= n - o)
+                return -1;
+            o += (size_t)w;
+        }
+        if (r->orcpt[0]) {
+            w = snprintf(out + o, n - o, " ORCPT=%s", r->orcpt);
+            if (w < 0 || (size_t)w >= n - o)
+                return -1;
+            o += (size_t)w;
+        }
+        if (o + 2 >= n)
+            return -1;
+        out[o++] = '\r';
+        out[o++] = '\n';
+    }
+    out[o] = '\0';
+    *len = o;
+    return 0;
+}
+
+static int bundle_param(const char *p, size_t len, const char *name, const char **val, size_t *vlen)
+{
+    size_t nl = strlen(name);
+    if (len <= nl || strncasecmp(p, name, nl) || p[nl] != '=')
+        return 0;
+    *val = p + nl + 1;
+    *vlen = len - nl - 1;
+    return 1;
+}
+
+static int bundle_env_mail(struct bundle_env *e, const char *line, size_t len)
+{
+    struct addr a;
+    size_t used, i;
+    const char *v;
+    size_t vl;
+
+    if (len < 10 || strncmp(line, "MAIL FROM:", 10))
+        return -1;
+    if (addr_parse_path(line + 10, len - 10, 1, &a, &used))
+        return -1;
+    util_strlcpy(e->sender, a.full, sizeof e->sender);
+    for (i = 10 + used; i < len;) {
+        size_t s, t;
+        while (i < len && line[i] == ' ')
+            i++;
+        s = i;
+        while (i < len && line[i] != ' ')
+            i++;
+        t = i - s;
+        if (!t)
+            break;
+        if (bundle_param(line + s, t, "SIZE", &v, &vl)) {
+            char num[24];
+            char *end;
+            if (vl == 0 || vl >= sizeof num)
+                return -1;
+            memcpy(num, v, vl), num[vl] = '\0';
+            e->size = strtoll(num, &end, 10);
+            if (*end || e->size < 0)
+                return -1;
+        } else if (bundle_param(line + s, t, "BODY", &v, &vl)) {
+            if (vl == 8 && !strncasecmp(v, "8BITMIME", 8))
+                e->eightbit = 1;
+            else if (!(vl == 4 && !strncasecmp(v, "7BIT", 4)))
+                return -1;
+        } else if (bundle_param(line + s, t, "ENVID", &v, &vl)) {
+            char dec[101];
+            if (vl >= sizeof e->envid || bundle_unxtext(v, vl, dec, sizeof dec))
+                return -1;
+            memcpy(e->envid, v, vl);
+            e->envid[vl] = '\0';
+        } else if (bundle_param(line + s, t, "RET", &v, &vl)) {
+            if (vl == 4 && !strncasecmp(v, "FULL", 4))
+                e->ret_full = 1;
+            else if (!(vl == 4 && !strncasecmp(v, "HDRS", 4)))
+                return -1;
+        } else {
+            return -1;
+        }
+    }
+    e->have_mail = 1;
+    return 0;
+}
+
+static int bundle_notify_parse(const char *v, size_t vl, int *out)
+{
+    size_t i = 0;
+    *out = 0;
+    while (i < vl) {
+        size_t s = i;
+        while (i < vl && v[i] != ',')
+            i++;
+        if (i - s == 5 && !strncasecmp(v + s, "NEVER", 5))
+            *out |= NOTIFY_NEVER;
+        else if (i - s == 7 && !strncasecmp(v + s, "SUCCESS", 7))
+            *out |= NOTIFY_SUCCESS;
+        else if (i - s == 7 && !strncasecmp(v + s, "FAILURE", 7))
+            *out |= NOTIFY_FAILURE;
+        else if (i - s == 5 && !strncasecmp(v + s, "DELAY", 5))
+            *out |= NOTIFY_DELAY;
+        else
+            return -1;
+        i++;
+    }
+    /* RFC 3461 4.1: NEVER stands alone. */
+    if (!*out || ((*out & NOTIFY_NEVER) && *out != NOTIFY_NEVER))
+        return -1;
+    return 0;
+}
+
+static int bundle_env_rcpt(struct bundle_env *e, const char *line, size_t len)
+{
+    struct bundle_env_rcpt *r;
+    struct addr a;
+    size_t used, i;
+    const char *v;
+    size_t vl;
+
+    if (len < 8 || strncmp(line, "RCPT TO:", 8) || e->nrcpt >= BUNDLE_RCPTS_MAX)
+        return -1;
+    if (addr_parse_path(line + 8, len - 8, 0, &a, &used))
+        return -1;
+    r = &e->rcpts[e->nrcpt];
+    memset(r, 0, sizeof *r);
+    util_strlcpy(r->addr, a.full, sizeof r->addr);
+    for (i = 8 + used; i < len;) {
+        size_t s, t;
+        while (i < len && line[i] == ' ')
+            i++;
+        s = i;
+        while (i < len && line[i] != ' ')
+            i++;
+        t = i - s;
+        if (!t)
+            break;
+        if (bundle_param(line + s, t, "NOTIFY", &v, &vl)) {
+            if (bundle_notify_parse(v, vl, &r->notify))
+                return -1;
+        } else if (bundle_param(line + s, t, "ORCPT", &v, &vl)) {
+            const char *semi = memchr(v, ';', vl);
+            size_t tl;
+            char dec[ADDR_MAX + 1];
+            if (!semi)
+                return -1;
+            tl = (size_t)(semi - v);
+            if (!tl || tl > 20 || vl > ADDR_MAX || bundle_unxtext(semi + 1, vl - tl - 1, dec, sizeof dec))
+                return -1;
+            memcpy(r->orcpt, v, vl);
+            r->orcpt[vl] = '\0';
+            for (size_t k = 0; k < tl; k++)
+                if (!addr_is_atext((unsigned char)v[k]) && v[k] != '-')
+                    return -1;
+        } else {
+            return -1;
+        }
+    }
+    e->nrcpt++;
+    return 0;
+}
+
+int bundle_env_parse(const unsigned char *p, size_t n, struct bundle_env *e)
+{
+    size_t i = 0;
+
+    memset(e, 0, offsetof(struct bundle_env, rcpts));
+    while (i < n) {
+        const char *line = (const char *)p + i;
+        const unsigned char *cr = memchr(p + i, '\r', n - i);
+        size_t len;
+        if (!cr || (size_t)(cr - p) + 1 >= n || cr[1] != '\n')
+            return -1;
+        len = (size_t)(cr - (p + i));
+        if (memchr(line, '\0', len) || memchr(line, '\n', len))
+            return -1;
+        if (i == 0) {
+            /* "ID QID RECEIVED" */
+            char qid[QID_LEN + 2];
+            long long recv;
+            char tail;
+            if (len < 4 || len > 64 || strncmp(line, "ID ", 3))
+                return -1;
+            char tmp[65];
+            memcpy(tmp, line, len), tmp[len] = '\0';
+            if (sscanf(tmp, "ID %17s %lld%c", qid, &recv, &tail) != 2 || strlen(qid) != QID_LEN)
+                return -1;
+            for (int k = 0; k < QID_LEN; k++)
+                if (!((qid[k] >= 'A' && qid[k] <= 'Z') || (qid[k] >= '2' && qid[k] <= '7') ||
+                      (qid[k] >= 'a' && qid[k] <= 'z') || (qid[k] >= '0' && qid[k] <= '9')))
+                    return -1;
+            memcpy(e->qid, qid, QID_LEN + 1);
+            e->received = recv;
+        } else if (!e->have_mail) {
+            if (bundle_env_mail(e, line, len))
+                return -1;
+        } else if (bundle_env_rcpt(e, line, len)) {
+            return -1;
+        }
+        i += len + 2;
+    }
+    return e->qid[0] && e->have_mail && e->nrcpt ? 0 : -1;
+}
+
+/* ------------------------------------------------------------ Message-ID */
+
+/* Finds the Message-ID field of a header streamed in pieces (RFC 5322
+ * 3.6.4), unfolded, angle brackets kept, for duplicate detection. */
+void bundle_msgid_init(struct bundle_msgid *m)
+{
+    memset(m, 0, sizeof *m);
+    m->bol = 1;
+}
+
+static void bundle_msgid_line(struct bundle_msgid *m)
+{
+    static const char name[] = "message-id:";
+    size_t nl = sizeof name - 1;
+    const char *v, *lt, *gt;
+
+    if (m->found || m->len < nl || strncasecmp(m->line, name, nl))
+        return;
+    m->line[m->len] = '\0';
+    v = m->line + nl;
+    lt = strchr(v, '<');
+    gt = lt ? strchr(lt, '>') : NULL;
+    if (!lt || !gt || (size_t)(gt - lt + 1) >= sizeof m->id || gt - lt < 3)
+        return;
+    memcpy(m->id, lt, (size_t)(gt - lt + 1));
+    m->id[gt - lt + 1] = '\0';
+    m->found = 1;
+}
+
+void bundle_msgid_feed(struct bundle_msgid *m, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+
+    for (size_t i = 0; i < n && !m->done; i++) {
+        unsigned char c = p[i];
+        if (m->bol && c != ' ' && c != '\t') {
+            /* A new field starts (or the header ends): the previous one
+             * is complete. */
+            bundle_msgid_line(m);
+            m->len = 0;
+            if (c == '\r' || c == '\n') {
+                m->done = 1;
+                break;
+            }
+        }
+        m->bol = c == '\n';
+        if (c == '\r' || c == '\n')
+            continue;
+        if (m->len < sizeof m->line - 1)
+            m->line[m->len++] = (char)c;
+    }
+}
+
+void bundle_msgid_finish(struct bundle_msgid *m)
+{
+    if (!m->done)
+        bundle_msgid_line(m);
+    m->done = 1;
+}
+
+/* Identity keys (BLAKE2b-128) under which a delivered recipient is
+ * remembered: the message's origin (the exporting node's key and queue
+ * id), and its Message-ID; either one seen again means a duplicate. */
+void bundle_identity(char kind, const void *a, size_t alen, const char *b, const char *rcpt,
+                     unsigned char out[BUNDLE_ID_LEN])
+{
+    crypto_generichash_state st;
+    char lower[ADDR_MAX];
+    unsigned char k = (unsigned char)kind, z = 0;
+
+    util_strlcpy(lower, rcpt, sizeof lower);
+    util_lower(lower);
+    crypto_generichash_init(&st, NULL, 0, BUNDLE_ID_LEN);
+    crypto_generichash_update(&st, &k, 1);
+    crypto_generichash_update(&st, a, alen);
+    crypto_generichash_update(&st, &z, 1);
+    if (b)
+        crypto_generichash_update(&st, (const unsigned char *)b, strlen(b));
+    crypto_generichash_update(&st, &z, 1);
+    crypto_generichash_update(&st, (const unsigned char *)lower, strlen(lower));
+    crypto_generichash_final(&st, out, BUNDLE_ID_LEN);
+}
+
+void bundle_hex(const unsigned char *p, size_t n, char *out)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hx[p[i] >> 4];
+        out[2 * i + 1] = hx[p[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
 /* ---- src/auth.c ---- */
 #line 1 "src/auth.c"
 /*
@@ -10473,18 +12661,25 @@ int auth_client_cram(const char *user, const char *password, const char *challen
 /* ---- src/limit.c ---- */
 #line 1 "src/limit.c"
 /*
- * limit.c: per-address abuse limits.  A small fixed table remembers the
- * recent behaviour of client addresses: authentication failures and the
- * rate of messages.  Bounded memory: the table has a fixed size and the
- * least recently seen address makes room for a new one, so a flood of
- * addresses cannot grow it.
+ * limit.c: per-address and per-account abuse limits.  Small fixed tables
+ * remember the recent behaviour of client addresses (authentication
+ * failures, the rate of messages) and of accounts (authentication
+ * failures).  Bounded memory: each table has a fixed size and the least
+ * recently seen entry makes room for a new one, so a flood of addresses
+ * or names cannot grow it.
+ *
+ * The failure counters are shared by every protocol that checks a
+ * password (SMTP AUTH on every listener, POP3 USER/PASS and AUTH, and
+ * IMAP when it comes): a guesser gains nothing by switching protocols.
  */
 
 
 #include <string.h>
 
 #define LIMIT_SLOTS 256
-#define LIMIT_WINDOW 600                /* seconds an address's failures are remembered */
+#define LIMIT_WINDOW 600                /* seconds failures are remembered */
+#define ACCOUNT_FIRST_WAIT 60           /* the account's first back-off */
+#define ACCOUNT_MAX_WAIT 900            /* and its longest */
 
 struct limit_slot {
     char ip[64];
@@ -10495,7 +12690,17 @@ struct limit_slot {
     int64_t tokens_at_ms;
 };
 
+struct account_slot {
+    char user[USER_MAX + 1];
+    int64_t seen;
+    int failures;
+    int64_t first;
+    int64_t until;                      /* no attempt before this */
+    int step;                           /* back-offs so far */
+};
+
 static struct limit_slot slots[LIMIT_SLOTS];
+static struct account_slot accounts[LIMIT_SLOTS];
 
 static struct limit_slot *slot_for(const char *ip)
 {
@@ -10517,26 +12722,96 @@ static struct limit_slot *slot_for(const char *ip)
     return oldest;
 }
 
+/* The account's entry, or NULL when it has none and create is 0.  Names
+ * are compared in lower case, as they are stored. */
+static struct account_slot *account_for(const char *user, int create)
+{
+    struct account_slot *oldest = &accounts[0];
+    char name[USER_MAX + 1];
+    int64_t now = util_now();
+
+    if (!user || !*user)
+        return NULL;
+    util_strlcpy(name, user, sizeof name);
+    util_lower(name);
+    for (int i = 0; i < LIMIT_SLOTS; i++) {
+        if (accounts[i].user[0] && !strcmp(accounts[i].user, name)) {
+            accounts[i].seen = now;
+            return &accounts[i];
+        }
+        if (accounts[i].seen < oldest->seen)
+            oldest = &accounts[i];
+    }
+    if (!create)
+        return NULL;
+    memset(oldest, 0, sizeof *oldest);
+    util_strlcpy(oldest->user, name, sizeof oldest->user);
+    oldest->seen = now;
+    oldest->first = now;
+    return oldest;
+}
+
 /* Clients in relay_networks (by default the loopback networks) are not
- * limited: they are the site's own scripts and users. */
+ * limited per address: they are the site's own scripts and users.  The
+ * account counter still protects their accounts. */
 static int trusted(const struct conn *c)
 {
     return conf_relay_allowed(&c->peer);
 }
 
-void limit_auth_failed(const struct conn *c)
+void limit_auth_failed(const struct conn *c, const char *user)
 {
-    struct limit_slot *s = slot_for(c->peer_ip);
     int64_t now = util_now();
-    if (now - s->auth_first > LIMIT_WINDOW) {
-        s->auth_first = now;
-        s->auth_failures = 0;
+
+    if (!trusted(c)) {
+        struct limit_slot *s = slot_for(c->peer_ip);
+        if (now - s->auth_first > LIMIT_WINDOW) {
+            s->auth_first = now;
+            s->auth_failures = 0;
+        }
+        s->auth_failures++;
     }
-    s->auth_failures++;
+    struct account_slot *a = account_for(user, 1);
+    if (!a || a->until > now)
+        return;                         /* refused while backing off: not counted again */
+    if (now - a->first > LIMIT_WINDOW) {
+        a->first = now;
+        a->failures = 0;
+        a->step = 0;
+    }
+    a->failures++;
+    if (conf->limit_auth_failures_per_user > 0 && a->failures >= conf->limit_auth_failures_per_user) {
+        /* Slower than the address limit: one more attempt after a minute,
+         * then after two, four... up to fifteen, so that guessing one
+         * account from many addresses stays slow, while its owner is
+         * locked out for minutes, not for good. */
+        int64_t wait = ACCOUNT_FIRST_WAIT << (a->step < 8 ? a->step : 8);
+        a->until = now + (wait < ACCOUNT_MAX_WAIT ? wait : ACCOUNT_MAX_WAIT);
+        a->step++;
+        a->first = now;
+        log_warn("account %s: %d failed logins, next attempt in %llds", a->user, a->failures,
+                 (long long)(a->until - now));
+    }
+}
+
+void limit_auth_ok(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    if (a)
+        memset(a, 0, sizeof *a);
+}
+
+int64_t limit_account_wait(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    int64_t now = util_now();
+    return a && a->until > now ? a->until - now : 0;
 }
 
 int limit_auth_blocked(const struct conn *c)
 {
+    if (trusted(c))
+        return 0;
     struct limit_slot *s = slot_for(c->peer_ip);
     if (util_now() - s->auth_first > LIMIT_WINDOW)
         return 0;
@@ -10568,9 +12843,33 @@ int limit_message_ok(const struct conn *c)
     return 1;
 }
 
-int limit_connections_ok(const struct conn *c, int current)
+/* Asked before a connection gets a slot, with the counts of live inbound
+ * connections (in total, on this kind of listener, from this address).
+ * A refused connection is closed at once and never holds a slot.  The
+ * last limit.connections_reserved slots (at most half of them) are kept
+ * for clients in relay_networks and for the submission, POP3 and IMAP
+ * listeners, where every client must log in: idle strangers on port 25
+ * cannot lock out the site's own users. */
+const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same)
 {
-    return trusted(c) || conf->limit_connections_per_ip <= 0 || current <= conf->limit_connections_per_ip;
+    int trust = conf_relay_allowed(peer);
+
+    if (!trust && conf->limit_connections_per_ip > 0 && same >= conf->limit_connections_per_ip)
+        return "limit.connections_per_ip";
+    if (kind >= 0 && kind < LISTEN_N && conf->max_connections_on[kind] > 0 &&
+        on_listener >= conf->max_connections_on[kind])
+        return "max_connections per listener";
+    if (conf->max_connections > 0) {
+        int64_t reserve = conf->limit_connections_reserved;
+        if (reserve > conf->max_connections / 2)
+            reserve = conf->max_connections / 2;
+        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3 || kind == LISTEN_IMAP ||
+            kind == LISTEN_IMAPS)
+            reserve = 0;
+        if (total >= conf->max_connections - reserve)
+            return reserve && total < conf->max_connections ? "limit.connections_reserved" : "max_connections";
+    }
+    return NULL;
 }
 
 /* ---- src/queue.c ---- */
@@ -10755,6 +13054,71 @@ static int queue_user(struct queue_exp *x, const char *local, const char *domain
     return queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
 }
 
+/* RFC 5321 4.5.1 requires postmaster; root (cron), abuse (RFC 2142) and
+ * MAILER-DAEMON (replies to bounces) are where mail about the node goes. */
+static int queue_is_admin_name(const char *local)
+{
+    static const char *const names[] = { "postmaster", "root", "abuse", "mailer-daemon" };
+    for (size_t i = 0; i < MN_NELEM(names); i++)
+        if (!strcasecmp(local, names[i]))
+            return 1;
+    return 0;
+}
+
+int queue_admin(struct store_user *u)
+{
+    if (conf->admin && conf->admin[0])
+        return store_user_get(conf->admin, u);
+    return store_user_first(u);
+}
+
+/* Mail for the admin names when no alias or user of that name exists:
+ * the admin, or, until there is one, a mailbox of its own so that
+ * nothing is refused (cron's `sendmail root` must not lose its report). */
+static int queue_admin_route(struct queue_exp *x, const char *local, const char *domain)
+{
+    struct store_user u;
+    char addr[ADDR_MAX];
+    int rc = queue_admin(&u);
+
+    if (rc == STORE_NOTFOUND) {
+        rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        if (rc == STORE_NOTFOUND) {
+            memset(&u, 0, sizeof u);
+            util_strlcpy(u.name, QUEUE_HOLDING_BOX, sizeof u.name);
+            if ((rc = store_user_add(&u)))
+                return rc;
+            rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        }
+    }
+    if (rc)
+        return rc;
+    queue_format_addr(local, domain, addr, sizeof addr);
+    rc = queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
+    sodium_memzero(&u, sizeof u);
+    return rc;
+}
+
+int queue_admin_adopt(void)
+{
+    struct store_user admin, box;
+    int rc = store_user_get(QUEUE_HOLDING_BOX, &box);
+
+    if (rc == STORE_NOTFOUND || (rc == 0 && box.pwhash[0]))
+        return 0;                       /* no holding box, or a real user */
+    if (rc)
+        return rc;
+    rc = queue_admin(&admin);
+    if (rc == STORE_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    rc = store_user_adopt(box.id, admin.id);
+    sodium_memzero(&admin, sizeof admin);
+    sodium_memzero(&box, sizeof box);
+    return rc ? rc : 1;
+}
+
 static int queue_expand(struct queue_exp *x, const char *local, const char *domain, int depth);
 
 /* One alias target: "user", "user@domain" or "<user@domain>". */
@@ -10851,6 +13215,8 @@ static int queue_expand(struct queue_exp *x, const char *local, const char *doma
         free(targets);
         if ((rc = queue_user(x, local, domain, &found)))
             return rc;
+        if (!found && queue_is_admin_name(local))
+            return queue_admin_route(x, local, domain);
         return 0;
     }
     if (rc)
@@ -10906,6 +13272,39 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     *n = x.n;
     if (x.n == 0)
         return x.loop ? QUEUE_ELOOP : QUEUE_EUNKNOWN;
+    return 0;
+}
+
+/* submission.sender_login_match: may user send with reverse-path a?  Yes
+ * for <>, for the user's own name in a local domain, for an alias whose
+ * every target is the user's own mailbox, and for any address in a hold
+ * domain the user owns (or below it: the site's own mail going out). */
+int queue_sender_owned(const char *user, const struct addr *a)
+{
+    struct store_rcpt routes[8];
+    struct store_user u;
+    struct store_domain d;
+    size_t n = 0;
+    char local[sizeof a->local];
+
+    if (a->null_path)
+        return 1;
+    util_strlcpy(local, a->local, sizeof local);
+    util_lower(local);
+    if (queue_domain_is_local(a->domain) && !strcmp(local, user))
+        return 1;
+    if (queue_domain_is_local(a->domain) && !store_user_get(user, &u) &&
+        !queue_route(a, routes, MN_NELEM(routes), &n) && n) {
+        size_t mine = 0;
+        for (size_t i = 0; i < n; i++)
+            mine += routes[i].kind == ROUTE_LOCAL && routes[i].user_id == u.id;
+        sodium_memzero(&u, sizeof u);
+        if (mine == n)
+            return 1;
+    }
+    for (const char *dom = a->domain; dom && *dom; dom = strchr(dom, '.') ? strchr(dom, '.') + 1 : NULL)
+        if (!store_domain_get(dom, &d) && d.kind == DOMAIN_HOLD && !strcmp(d.owner, user))
+            return 1;
     return 0;
 }
 
@@ -12209,11 +14608,9 @@ struct smtpc {
     int attached;                       /* a turned-around connection (ATRN) */
     int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
-    int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
+    int esmtp;
+    struct smtpc_caps caps;
     int tls_policy;                     /* SMTPC_TLS_* */
-    int64_t size_limit;
-    int has_size;
-    char auth_mechs[128];
     /* replies being read */
     char reply[1024];
     size_t reply_len;
@@ -12432,11 +14829,11 @@ static int start_message(struct smtpc *s)
         s->batch_over = 1;
         return 0;
     }
-    if (f->m.size && s->size_limit && f->m.size > s->size_limit) {
+    if (f->m.size && s->caps.size_limit && f->m.size > s->caps.size_limit) {
         /* RFC 1870 4: the peer's fixed limit is a permanent refusal. */
         char t[160];
         snprintf(t, sizeof t, "552 5.3.4 message of %lld octets exceeds the peer's limit of %lld",
-                 (long long)f->m.size, (long long)s->size_limit);
+                 (long long)f->m.size, (long long)s->caps.size_limit);
         for (int i = 0; i < f->m.nrcpt; i++)
             s->ops->rcpt_done(s->arg, &f->m, i, 552, t);
         s->ops->msg_done(s->arg, &f->m);
@@ -12448,18 +14845,18 @@ static int start_message(struct smtpc *s)
     s->fl_len++;
     f->wire_size = f->m.size;
     /* RFC 6152 3: never 8-bit text to a peer that did not offer 8BITMIME. */
-    f->convert = f->m.eightbit && !s->eightbitmime;
+    f->convert = f->m.eightbit && !s->caps.eightbitmime;
     if (s->need_rset) {
         cmd(s, E_RSET, slot, 0, "RSET");
         s->need_rset = 0;
     }
     if (s->esmtp) {
         size_t used = 0;
-        if (s->has_size)
+        if (s->caps.has_size)
             used += (size_t)snprintf(params + used, sizeof params - used, " SIZE=%lld", (long long)f->m.size);
-        if (f->m.eightbit && s->eightbitmime)
+        if (f->m.eightbit && s->caps.eightbitmime)
             used += (size_t)snprintf(params + used, sizeof params - used, " BODY=8BITMIME");
-        if (s->dsn) {
+        if (s->caps.dsn) {
             used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
                                      f->m.ret_full ? "FULL" : "HDRS");
             if (f->m.envid[0] && used < sizeof params)
@@ -12478,7 +14875,7 @@ static void write_rcpt(struct smtpc *s, struct flight *f, int i)
     const struct store_out_rcpt *r = &f->m.rcpts[i];
     char params[400] = "";
 
-    if (s->dsn) {
+    if (s->caps.dsn) {
         size_t used = 0;
         if (r->notify) {
             static const struct { int bit; const char *name; } names[] = {
@@ -12638,7 +15035,7 @@ static void write_current(struct smtpc *s)
         if (conn_out_space(s->c) < 1024)
             return;
         /* Without PIPELINING every command waits for its reply. */
-        if (!s->pipelining && s->q_len && s->wstate != W_BODY)
+        if (!s->caps.pipelining && s->q_len && s->wstate != W_BODY)
             return;
         switch (s->wstate) {
         case W_RCPT:
@@ -12649,7 +15046,7 @@ static void write_current(struct smtpc *s)
             smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
-            if (s->chunking) {
+            if (s->caps.chunking) {
                 if (f->convert && convert_size(f, &f->wire_size)) {
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
                      * once their RCPT replies are in; the peer gets RSET. */
@@ -12675,7 +15072,7 @@ static void write_current(struct smtpc *s)
         case W_WAIT354:
             return;                     /* the reply handler moves on */
         case W_BODY: {
-            int done = write_body(s, f, !s->chunking);
+            int done = write_body(s, f, !s->caps.chunking);
             if (done < 0) {
                 conn_abort(s->c);
                 return;
@@ -12684,7 +15081,7 @@ static void write_current(struct smtpc *s)
                 s->c->want_drain = 1;
                 return;
             }
-            if (!s->chunking)
+            if (!s->caps.chunking)
                 write_data_end(s);
             smtpc_wenter(s, W_END);
             continue;
@@ -12709,7 +15106,7 @@ static void pump(struct smtpc *s)
             if (s->wslot >= 0)
                 break;
         }
-        if (!s->pipelining && s->q_len)
+        if (!s->caps.pipelining && s->q_len)
             break;
         if (conn_out_space(s->c) < 4096)
             break;
@@ -12726,31 +15123,51 @@ static void pump(struct smtpc *s)
 
 /* ----------------------------------------------------------- replies */
 
-static void parse_ehlo_line(struct smtpc *s, const char *kw)
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
 {
     if (!strcasecmp(kw, "PIPELINING"))
-        s->pipelining = 1;
+        caps->pipelining = 1;
     else if (!strcasecmp(kw, "CHUNKING"))
-        s->chunking = 1;
+        caps->chunking = 1;
     else if (!strcasecmp(kw, "8BITMIME"))
-        s->eightbitmime = 1;
+        caps->eightbitmime = 1;
     else if (!strcasecmp(kw, "DSN"))
-        s->dsn = 1;
+        caps->dsn = 1;
     else if (!strcasecmp(kw, "STARTTLS"))
-        s->starttls = 1;
+        caps->starttls = 1;
+    else if (!strcasecmp(kw, "ATRN"))
+        caps->atrn = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
-        s->has_size = 1;
-        s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
+        /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
+         * an overflow) is treated as no announcement at all, so that a
+         * broken peer cannot make every message look too large. */
+        const char *p = kw + 4;
+        int64_t v = 0;
+        int ok = 1;
+        while (*p == ' ')
+            p++;
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9' || v > (INT64_MAX - 9) / 10) {
+                ok = 0;
+                break;
+            }
+            v = v * 10 + (*p - '0');
+        }
+        caps->has_size = ok;
+        caps->size_limit = ok ? v : 0;
     }
     else if (!strncasecmp(kw, "AUTH ", 5))
-        util_strlcpy(s->auth_mechs, kw + 5, sizeof s->auth_mechs);
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
+    /* The pre-RFC 2554 form some servers add beside the standard one. */
+    else if (!strncasecmp(kw, "AUTH=", 5) && !caps->auth_mechs[0])
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
 }
 
-static int has_mech(const struct smtpc *s, const char *mech)
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech)
 {
-    char buf[sizeof s->auth_mechs], *items[16];
+    char buf[sizeof caps->auth_mechs], *items[16];
     size_t n;
-    util_strlcpy(buf, s->auth_mechs, sizeof buf);
+    util_strlcpy(buf, caps->auth_mechs, sizeof buf);
     n = util_split_list(buf, items, MN_NELEM(items));
     for (size_t i = 0; i < n; i++)
         if (!strcasecmp(items[i], mech))
@@ -12758,22 +15175,33 @@ static int has_mech(const struct smtpc *s, const char *mech)
     return 0;
 }
 
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c)
+{
+    if (smtpc_caps_mech(caps, "CRAM-MD5"))
+        return SMTPC_AUTH_CRAM;
+    /* A password in the clear only to a peer on this host, under TLS, or
+     * when the administrator said so. */
+    if (smtpc_caps_mech(caps, "PLAIN") && (c->peer_loopback || conf->allow_cleartext_auth || c->tls))
+        return SMTPC_AUTH_PLAIN;
+    return SMTPC_AUTH_NONE;
+}
+
 static void start_auth(struct smtpc *s)
 {
     char b64[900];
 
-    if (has_mech(s, "CRAM-MD5")) {
+    switch (smtpc_auth_choose(&s->caps, s->c)) {
+    case SMTPC_AUTH_CRAM:
         cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
         return;
+    case SMTPC_AUTH_PLAIN:
+        if (!auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
+            cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+            return;
+        }
+        break;
     }
-    /* A password in the clear only to a peer on this host, under TLS, or
-     * when the administrator said so. */
-    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
-        auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
-        quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
-        return;
-    }
-    cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+    quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
 }
 
 static void cram_answer(struct smtpc *s, const char *challenge64)
@@ -12794,7 +15222,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
 {
     /* RFC 3207: TLS when the peer offers it (unless told not to), and no
      * delivery at all without it when the policy requires it. */
-    if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+    if (!s->c->tls && s->caps.starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
         cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
         return;
     }
@@ -12802,7 +15230,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
         return;
     }
-    if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+    if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
         start_auth(s);
         return;
     }
@@ -12956,7 +15384,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 quit_with_error(s, "%s refused STARTTLS: %s", s->peer, clean);
                 break;
             }
-            s->starttls = 0;            /* "may": go on in the clear */
+            s->caps.starttls = 0;            /* "may": go on in the clear */
             on_reply_ehlo_done(s);
             break;
         }
@@ -12984,53 +15412,59 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
-    s->has_size = 0;
-    s->size_limit = 0;
-    s->auth_mechs[0] = '\0';
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = 0;
+    s->caps.has_size = 0;
+    s->caps.size_limit = 0;
+    s->caps.auth_mechs[0] = '\0';
     cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
     conn_flush(c);
+}
+
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n)
+{
+    unsigned char *lf = memchr(c->in, '\n', c->in_len);
+    if (!lf)
+        return c->in_len == c->in_cap ? SMTPC_ELONG : 0;
+    size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+    if (l && c->in[l - 1] == '\r')
+        l--;
+    /* RFC 5321 4.2: Reply-code [ ("-" / SP) textstring ]. */
+    if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
+        (l > 3 && c->in[3] != ' ' && c->in[3] != '-'))
+        return SMTPC_EMALFORMED;
+    *code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
+    *last = l == 3 || c->in[3] == ' ';
+    size_t k = l < n - 1 ? l : n - 1;
+    memcpy(line, c->in, k);
+    line[k] = '\0';
+    /* The text reaches logs and delivery reports: one line, always. */
+    for (size_t i = 0; i < k; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = ' ';
+    conn_consume(c, len);
+    return 1;
 }
 
 static void smtpc_input(struct conn *c)
 {
     struct smtpc *s = c->ctx;
+    char line[sizeof s->reply];
+    int code, last, rc;
 
-    while (!c->dead && c->in_len) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap) {
-                set_error(s, "%s sent an over-long reply line", s->peer);
-                conn_abort(c);
-            }
-            return;
-        }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
-            (l > 3 && c->in[3] != ' ' && c->in[3] != '-')) {
-            set_error(s, "%s sent a malformed reply", s->peer);
+    while (!c->dead && c->in_len && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            set_error(s, rc == SMTPC_ELONG ? "%s sent an over-long reply line" : "%s sent a malformed reply",
+                      s->peer);
             conn_abort(c);
             return;
         }
-        int code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
-        int last = l == 3 || c->in[3] == ' ';
         /* Keep the first line of a reply (and EHLO keywords as they come). */
         if (!s->reply_len) {
-            size_t k = l < sizeof s->reply - 1 ? l : sizeof s->reply - 1;
-            memcpy(s->reply, c->in, k);
-            s->reply[k] = '\0';
-            s->reply_len = k;
+            s->reply_len = util_strlcpy(s->reply, line, sizeof s->reply);
             s->reply_code = code;
-        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && l > 4) {
-            char kw[256];
-            size_t k = l - 4 < sizeof kw - 1 ? l - 4 : sizeof kw - 1;
-            memcpy(kw, c->in + 4, k);
-            kw[k] = '\0';
-            parse_ehlo_line(s, kw);
+        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && strlen(line) > 4) {
+            smtpc_caps_keyword(&s->caps, line + 4);
         }
-        conn_consume(c, len);
         if (last) {
             char text[sizeof s->reply];
             util_strlcpy(text, s->reply, sizeof text);
@@ -13139,7 +15573,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
 
 int smtpc_peer_dsn(const struct smtpc *s)
 {
-    return s && s->dsn;
+    return s && s->caps.dsn;
 }
 
 void smtpc_set_dest(struct smtpc *s, const char *dest)
@@ -13250,11 +15684,15 @@ static void scan(void *arg);
 
 /* Addresses of destinations that could not be reached, so that a
  * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
- * that talks to us is up). */
+ * that talks to us is up).  At most once per backoff step: after an
+ * early retry, the next one waits until as much time as the current
+ * backoff has passed, so a host that connects to us all the time while
+ * its own listener stays down cannot make us retry in a storm. */
 #define DOWN_SLOTS 64
 static struct {
     char dest[SMTP_DOMAIN_MAX + 16];
     char ip[64];
+    int64_t early;                      /* when a connection last ended its wait */
 } down[DOWN_SLOTS];
 static int down_next;
 
@@ -13265,23 +15703,33 @@ static void down_note(const char *dest, const char *ip)
             return;
     util_strlcpy(down[down_next].dest, dest, sizeof down[0].dest);
     util_strlcpy(down[down_next].ip, ip, sizeof down[0].ip);
+    down[down_next].early = 0;
     down_next = (down_next + 1) % DOWN_SLOTS;
 }
 
-void queue_peer_seen(const char *ip)
+void queue_peer_seen(const struct conn *c)
 {
+    int64_t now = util_now();
+
+    /* A loopback client is one of our own (sendmail, scripts, a local
+     * filter): it says nothing about a relayhost on 127.0.0.1 being up. */
+    if (c->peer_loopback)
+        return;
     for (int i = 0; i < DOWN_SLOTS; i++) {
-        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+        if (!down[i].ip[0] || strcmp(down[i].ip, c->peer_ip))
             continue;
         struct store_dest d;
-        if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
-            d.next_try = 0;
-            d.backoff = 0;
-            store_dest_put(&d);
-            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
-            queue_kick();
-        }
-        down[i].ip[0] = '\0';
+        if (store_dest_get(down[i].dest, &d) || d.next_try <= now)
+            continue;
+        if (down[i].early && now - down[i].early < d.backoff)
+            continue;                   /* this backoff step had its early retry */
+        /* Now, but the backoff itself stays: if the host is still not
+         * taking mail, the next wait is longer. */
+        down[i].early = now;
+        d.next_try = 0;
+        store_dest_put(&d);
+        log_info("%s: %s connected to us: retrying now", down[i].dest, c->peer_ip);
+        queue_kick();
     }
 }
 
@@ -13447,6 +15895,36 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
                  env.qid);
     store_body_free(b);
     queue_kick();
+}
+
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t k = 0;
+
+    memset(&m, 0, sizeof m);
+    m.body_id = body_id;
+    m.received = util_now();
+    m.ret_full = env->ret_full;
+    util_strlcpy(m.qid, env->qid, sizeof m.qid);
+    util_strlcpy(m.sender, env->sender, sizeof m.sender);
+    util_strlcpy(m.envid, env->envid ? env->envid : "", sizeof m.envid);
+    for (size_t i = 0; i < n && k < MN_NELEM(r); i++) {
+        const struct store_rcpt *x = &rcpts[i];
+        if (x->kind != ROUTE_LOCAL || !(x->notify & NOTIFY_SUCCESS) || (x->notify & NOTIFY_NEVER))
+            continue;
+        r[k].addr = x->addr;
+        r[k].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+        r[k].action = DSN_DELIVERED;
+        r[k].status = "2.0.0";
+        r[k].remote_mta = NULL;
+        r[k].diagnostic = NULL;
+        r[k].last_attempt = m.received;
+        k++;
+    }
+    send_dsn(&m, r, k, NULL);
 }
 
 static void flush_notes(struct hop *h, const struct store_out_msg *m)
@@ -14113,10 +16591,14 @@ static void waiters_account(struct hop *h)
     for (struct waiter *w = Q.waiters; w; w = w->next) {
         if (!waiter_matches(w, h))
             continue;
+        /* A destination not reached deferred everything queued for it. */
+        int64_t deferred = h->deferred;
+        if (h->error[0] && !h->progress && !deferred)
+            deferred = store_ops_queued_remote(h->domain);
         int n = snprintf(w->summary + w->used, sizeof w->summary - w->used,
-                         "%s: %d delivered, %d deferred, %d failed%s%s\n",
-                         h->domain[0] ? h->domain : conf->relayhost, h->delivered, h->deferred, h->failed,
-                         h->error[0] ? ": " : "", h->error);
+                         "%s: %d delivered, %lld deferred, %d failed%s%s\n",
+                         h->domain[0] ? h->domain : conf->relayhost, h->delivered,
+                         (long long)(deferred > 0 ? deferred : 0), h->failed, h->error[0] ? ": " : "", h->error);
         if (n > 0 && (size_t)n < sizeof w->summary - w->used)
             w->used += (size_t)n;
         if (h->deferred || (h->error[0] && !h->progress))
@@ -14386,7 +16868,6 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
 
 
 #include <assert.h>
-#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 
@@ -14421,7 +16902,7 @@ static struct {
     struct conn *c;
     char reply[512];
     int reply_code;
-    int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
+    struct smtpc_caps caps;             /* what the upstream's EHLO offered */
     char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
@@ -14431,6 +16912,7 @@ static struct {
     struct pwaiter *waiters;            /* told at the end of this exchange */
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
+    int pushed;                         /* this exchange sent our queued mail first */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
 
 static void poll_enter(enum pstate to)
@@ -14490,6 +16972,18 @@ static void poll_finish(int rc, const char *fmt, ...)
     poll_drop_connection();
     timer_cancel(&P.guard);
     poll_enter(POLL_IDLE);
+    if (P.pushed && conf->relayhost[0]) {
+        /* The exchange worked, but what we had to send did not all go:
+         * cron and ifup hooks must see that (sysexits 75). */
+        int64_t left = store_ops_queued_remote("");
+        if (left > 0) {
+            poll_say("our own mail is still queued: %lld recipient%s (see mailnode queue list)\n",
+                     (long long)left, left == 1 ? "" : "s");
+            if (rc == EX_OK)
+                rc = EX_TEMPFAIL;
+        }
+    }
+    P.pushed = 0;
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -14613,7 +17107,7 @@ static void poll_reply(int code, const char *text)
         /* upstream.tls: STARTTLS when offered ("may"), never ("none"), or
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
-        if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
+        if (!P.c->tls && P.caps.starttls && policy != SMTPC_TLS_NONE) {
             poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
@@ -14628,16 +17122,17 @@ static void poll_reply(int code, const char *text)
             ask_next_etrn();
             return;
         }
-        if (!P.ehlo_atrn) {
+        if (!P.caps.atrn) {
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
-        if (P.ehlo_cram) {
+        int mech = smtpc_auth_choose(&P.caps, P.c);
+        if (mech == SMTPC_AUTH_CRAM) {
             poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
-        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
+        } else if (mech == SMTPC_AUTH_PLAIN) {
             poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
@@ -14652,7 +17147,7 @@ static void poll_reply(int code, const char *text)
                 return;
             }
             poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
-            P.ehlo_starttls = 0;
+            P.caps.starttls = 0;
             poll_reply(250, "250 continue");
             return;
         }
@@ -14727,45 +17222,17 @@ static void poll_reply(int code, const char *text)
 
 static void client_input(struct conn *c)
 {
-    while (!c->dead && c->in_len && P.c == c) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap)
-                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+    char line[512];
+    int code, last, rc;
+
+    while (!c->dead && c->in_len && P.c == c && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            poll_finish(EX_PROTOCOL, rc == SMTPC_ELONG ? "the upstream sent an over-long line"
+                                                       : "the upstream sent a malformed reply");
             return;
         }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
-            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
-            return;
-        }
-        int code = atoi((char *)c->in);
-        int last = l == 3 || c->in[3] == ' ';
-        char line[512];
-        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
-        memcpy(line, c->in, k);
-        line[k] = '\0';
-        for (char *p = line; *p; p++)
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
-        conn_consume(c, len);
-        if (P.state == POLL_EHLO && l > 4) {
-            const char *kw = line + 4;
-            if (!strcasecmp(kw, "ATRN"))
-                P.ehlo_atrn = 1;
-            else if (!strcasecmp(kw, "STARTTLS"))
-                P.ehlo_starttls = 1;
-            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
-                char m[256];
-                util_strlcpy(m, kw + 5, sizeof m);
-                for (char *p = m; *p; p++)
-                    *p = (char)toupper((unsigned char)*p);
-                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
-                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
-            }
-        }
+        if (P.state == POLL_EHLO && strlen(line) > 4)
+            smtpc_caps_keyword(&P.caps, line + 4);
         if (last)
             poll_reply(code, line);
     }
@@ -14816,7 +17283,7 @@ static void client_tls(struct conn *c, int err)
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
     poll_enter(POLL_EHLO);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     poll_send("EHLO %s", conf->hostname);
 }
 
@@ -14850,7 +17317,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         len = sizeof(struct sockaddr_in6);
     }
     poll_enter(POLL_GREETING);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
@@ -14888,9 +17355,8 @@ static void pull_start(void)
 static void push_done(void *arg, const char *summary, int failed)
 {
     MN_UNUSED(arg);
+    MN_UNUSED(failed);                  /* poll_finish counts what is left */
     poll_say("sent: %s", summary);
-    if (failed)
-        poll_say("(some of our own mail is still queued)\n");
     if (P.state == POLL_PUSH)
         pull_start();
 }
@@ -14948,6 +17414,7 @@ int poll_run(poll_done_fn done, void *arg)
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
         poll_enter(POLL_PUSH);
+        P.pushed = 1;
         if (queue_flush_wait(NULL, push_done, NULL)) {
             poll_enter(POLL_IDLE);
             pull_start();
@@ -15449,6 +17916,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
             return;
         }
     }
+    /* Like Postfix's reject_sender_login_mismatch: a submission user
+     * sends as itself, its aliases or its site's domain, not as anyone. */
+    if (s->c->kind == LISTEN_SUBMISSION && conf->sender_login_match && !queue_sender_owned(s->auth_user, &a)) {
+        log_info("[%s]: refused: sender <%s> not owned by user %s", s->c->peer_ip, a.full, s->auth_user);
+        reply(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", a.full, s->auth_user);
+        return;
+    }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
     smtpd_enter(s, S_MAIL);
@@ -15480,6 +17954,19 @@ static int parse_notify(const char *v)
     if (!n || ((bits & NOTIFY_NEVER) && bits != NOTIFY_NEVER))
         return -1;
     return bits;
+}
+
+/* Distinct recipients one message may have.  A stranger (neither
+ * authenticated nor in relay_networks) gets max_recipients.untrusted, so
+ * that max_connections hostile sessions cannot hold more than a known
+ * amount of memory (see mailnode.conf(5), max_recipients.untrusted). */
+static size_t rcpt_limit(const struct smtpd *s)
+{
+    int64_t n = conf->max_recipients > 0 ? conf->max_recipients : 1000;
+    if (!s->auth_user[0] && !conf_relay_allowed(&s->c->peer) && conf->max_recipients_untrusted > 0 &&
+        conf->max_recipients_untrusted < n)
+        n = conf->max_recipients_untrusted;
+    return (size_t)n;
 }
 
 static void cmd_rcpt(struct smtpd *s, char *arg)
@@ -15537,7 +18024,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     /* Routes for this address, in a buffer that lives only for this
      * command: an alias may fan out, up to the distinct recipients still
      * allowed. */
-    limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
+    limit = rcpt_limit(s);
     limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
     for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
         free(routes);
@@ -15574,7 +18061,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     int fresh = 0;
     for (size_t i = 0; i < nroutes; i++)
         fresh += !rcpts_has(&s->rcpts, &routes[i]);
-    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+    if (fresh && (size_t)s->nrcpt_cmds >= rcpt_limit(s)) {
         /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
         free(routes);
         reply(s, "452 4.5.3 Too many recipients");
@@ -15905,6 +18392,15 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
         reply(s, "334 %s", out);
         return;
     case AUTH_OK:
+        if (limit_account_wait(s->sasl.user) > 0) {
+            /* The account is backing off after many failures: even the
+             * right password is refused now, and nothing tells a guesser
+             * that it was right. */
+            log_warn("%s: authentication for '%s' refused: the account is backing off", s->c->peer_ip,
+                     s->sasl.user);
+            break;
+        }
+        limit_auth_ok(s->sasl.user);
         s->input = IN_COMMAND;
         util_strlcpy(s->auth_user, s->sasl.user, sizeof s->auth_user);
         log_info("%s: authenticated as %s", s->c->peer_ip, s->auth_user);
@@ -15927,7 +18423,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, s->sasl.user);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -16179,8 +18675,13 @@ static void message_end(struct smtpd *s)
         struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
         if (!err && !routes)
             err = STORE_ERR;
+        size_t nroutes = s->rcpts.n;
         if (!err)
-            err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+            err = bundle_dedup(s->body, routes, &nroutes, s->qid);
+        if (!err)
+            err = store_msg_insert(&env, s->body, routes, nroutes);
+        if (!err)
+            queue_notify_delivered(&env, s->body->id, routes, nroutes);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
@@ -16389,20 +18890,8 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    int same = 0;
-    for (struct smtpd *o = all_sessions; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
-    if (!limit_connections_ok(c, same)) {
-        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
-                 same);
-        reply(s, "421 4.7.0 Too many connections from your address");
-        conn_flush(c);
-        conn_close(c);
-        return;
-    }
     if (c->kind == LISTEN_SMTP)
-        queue_peer_seen(c->peer_ip);
+        queue_peer_seen(c);
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);
@@ -16935,6 +19424,7 @@ static void pop3_auth_failed(struct pop3 *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
+    limit_auth_failed(s->c, name);
     pop3_safe_name(name, safe, sizeof safe);
     log_warn("pop3: authentication failed user=%s ip=%s mech=%s (failure %d)", safe,
              s->c->peer_ip, mech, s->failures);
@@ -16964,6 +19454,19 @@ static void pop3_dummy_check(const char *password)
 
 /* ----------------------------------------------------------- commands */
 
+/* The failure counter of the client's address, shared with SMTP AUTH:
+ * past limit.auth_failures_per_ip, no more logins from it (1: refused and
+ * closing). */
+static int pop3_address_blocked(struct pop3 *s)
+{
+    if (!limit_auth_blocked(s->c))
+        return 0;
+    log_warn("pop3: %s: login refused: too many failures from this address", s->c->peer_ip);
+    pop3_reply(s, "-ERR [SYS/TEMP] too many failed logins from your address, try later");
+    conn_close(s->c);
+    return 1;
+}
+
 static void pop3_cmd_user(struct pop3 *s, char *arg)
 {
     if (!pop3_cleartext_ok(s)) {
@@ -16974,6 +19477,8 @@ static void pop3_cmd_user(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR USER needs a name");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     s->have_user = 1;
     s->pending_bad = util_strlcpy(s->pending, arg, sizeof s->pending) >= sizeof s->pending;
     /* Names are stored in lower case, as SASL looks them up. */
@@ -16996,21 +19501,28 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
         return;
     }
     s->have_user = 0;
+    if (pop3_address_blocked(s))
+        return;
     memset(&u, 0, sizeof u);
     if (!s->pending_bad)
         rc = store_user_get(s->pending, &u);
     if (rc == 0) {
-        ok = auth_check_password(&u, arg) == 1;
+        /* An account backing off after many failures takes no password,
+         * not even the right one; the answer is the same as for a wrong
+         * one. */
+        ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
     } else if (rc == STORE_NOTFOUND) {
         pop3_dummy_check(arg);
     } else {
         pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
         return;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(s->pending);
         pop3_login(s, &u, "USER");
-    else
+    } else {
         pop3_auth_failed(s, s->pending, "USER");
+    }
     sodium_memzero(&u, sizeof u);
 }
 
@@ -17043,8 +19555,12 @@ static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user))
+            pop3_auth_failed(s, s->sasl.user, s->mech);
+        else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             pop3_login(s, &u, s->mech);
+        }
         else if (rc == STORE_NOTFOUND)
             pop3_auth_failed(s, s->sasl.user, s->mech);
         else
@@ -17101,6 +19617,8 @@ static void pop3_cmd_auth(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR unsupported authentication mechanism");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     util_strlcpy(s->mech, arg, sizeof s->mech);
     for (char *p = s->mech; *p; p++)
         *p = (char)toupper((unsigned char)*p);
@@ -21522,7 +24040,7 @@ static void imap_auth_failed(struct imap *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, name);
     imap_safe_name(name, safe, sizeof safe);
     log_warn("imap: authentication failed user=%s ip=%s mech=%s (failure %d)", safe, s->c->peer_ip,
              mech, s->failures);
@@ -21579,18 +24097,20 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
     memset(&u, 0, sizeof u);
     if (strlen(name) <= USER_MAX)
         rc = store_user_get(name, &u);
-    if (rc == 0)
-        ok = auth_check_password(&u, pass) == 1;
+    if (rc == 0)    /* an account backing off takes no password (limit.c) */
+        ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
     else if (rc == STORE_NOTFOUND)
         imap_dummy_check(pass);
     else {
         imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
         goto out;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(name);
         imap_login_ok(s, &u, "LOGIN");
-    else
+    } else {
         imap_auth_failed(s, name, "LOGIN");
+    }
     sodium_memzero(&u, sizeof u);
 out:
     sodium_memzero(pass, sizeof pass);
@@ -21611,9 +24131,12 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user)) {
+            imap_auth_failed(s, s->sasl.user, s->mech);
+        } else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             imap_login_ok(s, &u, s->mech);
-        else if (rc == STORE_NOTFOUND)
+        } else if (rc == STORE_NOTFOUND)
             imap_auth_failed(s, s->sasl.user, s->mech);
         else
             imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox, try again later");
@@ -22375,7 +24898,6 @@ static void imap_close(struct conn *c)
 void imap_accept(struct conn *c)
 {
     struct imap *s = calloc(1, sizeof *s);
-    int same = 0;
 
     if (!s) {
         log_err("imap: out of memory for a session from %s", c->peer_ip);
@@ -22387,22 +24909,12 @@ void imap_accept(struct conn *c)
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &imap_ops;
-    for (struct imap *o = imap_all; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
     s->next = imap_all;
     if (imap_all)
         imap_all->prev = s;
     imap_all = s;
     conn_set_timeout(c, conf->imap_timeout * 1000);
-    if (!limit_connections_ok(c, same + 1)) {
-        log_warn("imap: %s: refused: %d connections from this address (limit.connections_per_ip)",
-                 c->peer_ip, same + 1);
-        if (c->kind == LISTEN_IMAP)
-            imap_outf(s, "* BYE [UNAVAILABLE] too many connections from your address");
-        conn_close(c);
-        return;
-    }
+    /* limit.connections_per_ip was applied at accept (limit_admit). */
     log_debug("imap: connection from %s", c->peer_ip);
     if (c->kind == LISTEN_IMAPS) {
         /* RFC 8314: TLS from the first octet; the greeting follows it. */
@@ -22436,21 +24948,6 @@ void imap_accept(struct conn *c)
 #include <pwd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-
-int cli_open_store(void)
-{
-    char err[512];
-    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
-    }
-    if (auth_init(conf->keyfile)) {
-        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
-        store_close();
-        return EX_CANTCREAT;
-    }
-    return 0;
-}
 
 static int wants_help(int argc, char **argv)
 {
@@ -22513,27 +25010,6 @@ static void daemon_turn(void)
         loop_stop();
 }
 
-/* One daemon per database: a second one would race the first for the
- * same queue and remove bodies it is still writing. */
-static int lock_database(void)
-{
-    char path[4096];
-    int fd;
-
-    snprintf(path, sizeof path, "%s.lock", conf->database);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB)) {
-        fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* `user = NAME`: a daemon started as root gives root up once its ports
  * are bound.  A daemon started as anyone else cannot and need not. */
 static int drop_privileges(void)
@@ -22562,28 +25038,61 @@ static int drop_privileges(void)
     return 0;
 }
 
-/* The daemon's hold on its database: the lock, the store, the node key.
- * 0, or a sysexits code after saying what went wrong. */
-static int daemon_open(int *lockfd)
+/* The daemon's hold on its database: the store and the node key, under
+ * the lock taken before.  0, or a sysexits code after saying what went
+ * wrong. */
+static int daemon_open_store(void)
 {
     char err[512];
 
-    log_init("mailnode", conf->use_syslog);
-    *lockfd = lock_database();
-    if (*lockfd < 0)
-        return EX_TEMPFAIL;
     if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(*lockfd);
-        return EX_CANTCREAT;
+        char why[1024];
+        int rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
+        return rc ? rc : EX_CANTCREAT;
     }
     if (auth_init(conf->keyfile)) {
         fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
         store_close();
-        close(*lockfd);
         return EX_CANTCREAT;
     }
     return 0;
+}
+
+/* The lock, then the store: 0 or a sysexits code. */
+static int daemon_open(int *lockfd)
+{
+    int rc;
+
+    log_init("mailnode", conf->use_syslog);
+    *lockfd = cli_db_lock();
+    if (*lockfd < 0)
+        return -*lockfd;
+    if ((rc = daemon_open_store()))
+        close(*lockfd);
+    return rc;
+}
+
+/* RFC 5321 4.5.1: a node must take postmaster mail.  It always does (into
+ * a holding mailbox if need be); say so while nobody reads it. */
+static void daemon_check_admin(void)
+{
+    struct store_user u;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&u))
+        log_info("mail held for the postmaster moved to %s's mailbox", u.name);
+    else if (rc < 0)
+        store_rollback();
+    rc = queue_admin(&u);
+    sodium_memzero(&u, sizeof u);
+    if (rc == STORE_NOTFOUND && conf->admin[0])
+        log_warn("admin = %s: no such user; postmaster, root and abuse mail is kept in the "
+                 "mailbox '%s' until it exists (mailnode user add %s)", conf->admin, QUEUE_HOLDING_BOX,
+                 conf->admin);
+    else if (rc == STORE_NOTFOUND)
+        log_warn("no user yet: postmaster, root and abuse mail is kept in the mailbox '%s' until "
+                 "the first user is created (or set admin = USER)", QUEUE_HOLDING_BOX);
 }
 
 static void daemon_close(int lockfd)
@@ -22607,16 +25116,27 @@ int cli_run(int argc, char **argv)
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    /* Listeners first: privileged ports are bound while still root; then
-     * the daemon becomes `user`, and everything it creates (database,
-     * key, lock, control socket) belongs to that user. */
+    /* The lock first: a second daemon on the same database says so rather
+     * than failing to bind.  Then listeners: privileged ports are bound
+     * while still root; then the daemon becomes `user`, and everything it
+     * creates (database, key, control socket) belongs to that user. */
+    log_init("mailnode", conf->use_syslog);
+    lockfd = cli_db_lock();
+    if (lockfd < 0)
+        return -lockfd;
     if (loop_init()) {
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
+        close(lockfd);
         return EX_OSERR;
     }
-    if (conf->listen[LISTEN_IMAPS][0] && (!conf->tls_cert[0] || !conf->tls_key[0])) {
-        fprintf(stderr, "mailnode: listen.imaps needs tls.cert and tls.key\n");
+    if (tls_init()) {
+        /* The certificate is configuration: say which line names it. */
+        const char *e = tls_io_error();
+        char where[4200];
+        conf_where(conf, strncmp(e, "tls.key", 7) ? "tls.cert" : "tls.key", where, sizeof where);
+        fprintf(stderr, "mailnode: configuration: %s: %s\n", where, e);
         loop_free();
+        close(lockfd);
         return EX_CONFIG;
     }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
@@ -22627,16 +25147,16 @@ int cli_run(int argc, char **argv)
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         loop_free();
+        close(lockfd);
         return EX_UNAVAILABLE;
     }
-    if ((rc = drop_privileges())) {
+    cli_db_chown();
+    if ((rc = drop_privileges()) || (rc = daemon_open_store())) {
         loop_free();
+        close(lockfd);
         return rc;
     }
-    if ((rc = daemon_open(&lockfd))) {
-        loop_free();
-        return rc;
-    }
+    cli_db_lock_note(lockfd);
     if (ctl_start()) {
         fprintf(stderr, "mailnode: cannot open the control socket %s (see the log)\n",
                 conf->control);
@@ -22664,6 +25184,7 @@ int cli_run(int argc, char **argv)
         rc = EX_UNAVAILABLE;
         goto out_loop;
     }
+    daemon_check_admin();
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())
@@ -22680,165 +25201,41 @@ out_loop:
     return rc;
 }
 
-/* ---------------------------------------------------------------- queue */
+/* --------------------------------------------------------------- config */
 
-static int print_qinfo(void *arg, const struct store_qinfo *q)
+static int config_domain(void *arg, const struct store_domain *d)
 {
-    char date[64], *line, *save = NULL, rcpts[sizeof q->rcpts];
     MN_UNUSED(arg);
-    util_date(q->received, date, sizeof date);
-    printf("%s  %8lld  %s  <%s>\n", q->qid, (long long)q->size, date, q->sender);
-    util_strlcpy(rcpts, q->rcpts, sizeof rcpts);
-    for (line = strtok_r(rcpts, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-        printf("    %s\n", line);
+    if (d->kind == DOMAIN_LOCAL)
+        printf("#   %s  local\n", d->name);
+    else
+        printf("#   %s  held for %s%s%s\n", d->name, d->owner[0] ? d->owner : "(no owner)",
+               d->host[0] ? ", released to " : "", d->host);
     return 0;
 }
 
-static int queue_show(const char *qid)
+int cli_config(int argc, char **argv)
 {
-    struct store_qinfo q;
-    struct store_reader r;
-    int64_t body_id;
-    char buf[8192];
-    ssize_t n;
-    int rc = store_queue_get(qid, &q, &body_id);
+    int only_set = argc == 2 && !strcmp(argv[1], "-n");
 
-    if (rc == STORE_NOTFOUND) {
-        fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", qid);
-        return EX_DATAERR;
+    if (wants_help(argc, argv) || (argc > 1 && !only_set)) {
+        fprintf(wants_help(argc, argv) ? stdout : stderr,
+                "usage: mailnode config [-n]\n"
+                "Prints the configuration in effect, every key as `key = value`, after\n"
+                "checking it; keys the file does not set are marked `# default` (or\n"
+                "`# derived`), domains added with `mailnode domain add` follow as comments.\n"
+                "  -n   only the keys the file sets (as `postconf -n`)\n");
+        return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    if (rc)
-        return EX_SOFTWARE;
-    print_qinfo(NULL, &q);
-    printf("\n");
-    if (store_reader_open(&r, body_id))
-        return EX_SOFTWARE;
-    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
-        fwrite(buf, 1, (size_t)n, stdout);
-    store_reader_close(&r);
-    return n < 0 ? EX_SOFTWARE : EX_OK;
-}
-
-int cli_queue(int argc, char **argv)
-{
-    const char *sub = argc > 1 ? argv[1] : "list";
-    int rc;
-
-    if (wants_help(argc, argv)) {
-        printf("usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n"
-               "  list        messages waiting for delivery, with each recipient's state\n"
-               "  count       one number: messages not yet delivered\n"
-               "  show ID     the envelope and the text of one message\n"
-               "  delete ID   remove a message from the queue without a bounce\n"
-               "  hold ID     keep a message from being delivered until released\n"
-               "  release ID  make a held message due for delivery at once\n");
+    printf("# %s%s\n", conf->path ? "configuration file " : "no configuration file: ",
+           conf->path ? conf->path : "the embedded defaults");
+    conf_print(conf, stdout, only_set);
+    if (only_set || access(conf->database, F_OK))
         return EX_OK;
-    }
-    int with_id = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
-                  !strcmp(sub, "release");
-    if (with_id ? argc != 3 : argc > 2) {
-        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n");
-        return EX_USAGE;
-    }
-    if (!with_id && strcmp(sub, "list") && strcmp(sub, "count")) {
-        fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
-        return EX_USAGE;
-    }
-    if ((rc = cli_open_store()))
-        return rc;
-    if (!strcmp(sub, "list")) {
-        rc = store_queue_list(print_qinfo, NULL) ? EX_SOFTWARE : EX_OK;
-    } else if (!strcmp(sub, "count")) {
-        int64_t n = store_queue_count();
-        rc = n < 0 ? EX_SOFTWARE : EX_OK;
-        if (n >= 0)
-            printf("%lld\n", (long long)n);
-    } else if (!strcmp(sub, "show")) {
-        rc = queue_show(argv[2]);
-    } else {
-        int hold = !strcmp(sub, "hold");
-        /* The daemon reads the queue from the database at every scan, so a
-         * change made here is what the running daemon does next. */
-        rc = !strcmp(sub, "delete") ? store_queue_delete(argv[2]) : store_queue_hold(argv[2], hold);
-        if (!rc)
-            rc = store_commit();
-        else
-            store_rollback();
-        if (rc == STORE_NOTFOUND) {
-            fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", argv[2]);
-            rc = EX_DATAERR;
-        } else if (rc) {
-            fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, argv[2]);
-            rc = EX_TEMPFAIL;
-        } else {
-            printf("%s %s\n", argv[2], !strcmp(sub, "delete") ? "deleted" : hold ? "held" : "released");
-        }
-    }
-    store_close();
-    return rc;
-}
-
-/* --------------------------------------------------------------- status */
-
-static int print_dest(void *arg, const struct store_dest *d)
-{
-    char next[64] = "-", ok[64] = "never";
-    MN_UNUSED(arg);
-    if (d->next_try)
-        util_date(d->next_try, next, sizeof next);
-    if (d->last_ok)
-        util_date(d->last_ok, ok, sizeof ok);
-    int down = d->failures > 0 && d->next_try > util_now();
-    printf("  %-30s %s, backlog %lld, next try %s, last success %s%s%s\n", d->name, down ? "down" : "up",
-           (long long)d->backlog, next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
-    return 0;
-}
-
-int cli_status(int argc, char **argv)
-{
-    struct store_status st;
-    int rc;
-
-    if (wants_help(argc, argv)) {
-        printf("usage: mailnode status\nShows the queue, the mailboxes and every destination.\n");
-        return EX_OK;
-    }
-    if (argc > 1) {
-        fprintf(stderr, "usage: mailnode status\n");
-        return EX_USAGE;
-    }
-    if ((rc = cli_open_store()))
-        return rc;
-    if (store_status(&st)) {
-        store_close();
-        return EX_SOFTWARE;
-    }
-    printf("database      %s\n", conf->database);
-    printf("queued        %lld messages, %lld recipients (%lld held for on-demand relay)\n",
-           (long long)st.queued_msgs, (long long)st.queued_rcpts, (long long)st.held_rcpts);
-    printf("mailboxes     %lld messages for %lld users\n", (long long)st.mbox_msgs, (long long)st.users);
-    printf("destinations\n");
-    store_dest_list(print_dest, NULL);
-    if (conf->upstream[0]) {
-        char text[2048], date[64];
-        int64_t when;
-        printf("upstream      %s (%s) for %zu domains\n", conf->upstream, conf->upstream_mode,
-               conf->n_upstream_domains);
-        if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
-            util_date(when, date, sizeof date);
-            printf("  last successful exchange %s:\n", date);
-            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-                printf("    %s\n", l);
-        } else {
-            printf("  no successful exchange yet\n");
-        }
-        if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
-            util_date(when, date, sizeof date);
-            printf("  last failed exchange %s:\n", date);
-            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-                printf("    %s\n", l);
-        }
-    }
+    if (cli_open_store_ro())
+        return EX_OK;                   /* said why; the file's part was shown */
+    printf("# domains in the database (mailnode domain list):\n");
+    store_domain_list(config_domain, NULL);
     store_close();
     return EX_OK;
 }
@@ -22932,6 +25329,817 @@ int cli_poll(int argc, char **argv)
     loop_free();
 out:
     daemon_close(lockfd);
+    return rc;
+}
+
+/* ---- src/cli_db.c ---- */
+#line 1 "src/cli_db.c"
+/*
+ * cli_db.c: how the commands reach the database and the node key.
+ *
+ *   - Only the daemon and the commands that write (user/domain/alias add,
+ *     sendmail, ...) may create the database and the key; a read-only
+ *     command (status, queue list) pointed at a wrong path says so instead
+ *     of leaving an empty database behind.
+ *   - A database that cannot be opened is explained: a missing directory,
+ *     a permission, a read-only file system, with the sysexits(3) code for
+ *     each (73 cannot create, 77 no permission), not a bare SQLite text.
+ *   - With `user = NAME`, what root creates belongs to NAME, so that the
+ *     README's order (root adds users, then starts the daemon that drops
+ *     to NAME) works.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pwd.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+
+/* The directory part of path, "." when there is none. */
+static void cli_db_dir(const char *path, char *dir, size_t n)
+{
+    char tmp[4096];
+    util_strlcpy(tmp, path, sizeof tmp);
+    util_strlcpy(dir, dirname(tmp), n);
+}
+
+/* Why path cannot be opened for reading and writing (or created): fills
+ * why and returns the exit code; 0 if nothing visible is wrong. */
+int cli_db_diagnose(const char *path, char *why, size_t n)
+{
+    char dir[4096];
+    struct stat st;
+
+    cli_db_dir(path, dir, sizeof dir);
+    if (stat(dir, &st)) {
+        snprintf(why, n, "the directory %.400s does not exist (create it, or correct `database`)", dir);
+        return EX_CANTCREAT;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(why, n, "%.400s is not a directory", dir);
+        return EX_CANTCREAT;
+    }
+    if (stat(path, &st) == 0) {
+        if (!S_ISREG(st.st_mode)) {
+            snprintf(why, n, "%s is not a regular file", path);
+            return EX_CANTCREAT;
+        }
+        if (access(path, R_OK | W_OK) == 0 && access(dir, W_OK) == 0)
+            return 0;
+        if (errno == EROFS) {
+            snprintf(why, n, "%s is on a read-only file system", path);
+            return EX_CANTCREAT;
+        }
+        if (access(path, R_OK | W_OK)) {
+            struct passwd *pw = getpwuid(st.st_uid);
+            snprintf(why, n, "no permission to read and write %s (owned by %s, mode %03o; running as uid %ld)",
+                     path, pw ? pw->pw_name : "?", (unsigned)(st.st_mode & 0777), (long)geteuid());
+            return EX_NOPERM;
+        }
+    } else if (errno != ENOENT) {
+        snprintf(why, n, "%s: %s", path, strerror(errno));
+        return errno == EACCES ? EX_NOPERM : EX_CANTCREAT;
+    }
+    /* SQLite keeps its write-ahead log beside the database. */
+    if (access(dir, W_OK)) {
+        if (errno == EROFS) {
+            snprintf(why, n, "the directory %.400s is on a read-only file system", dir);
+            return EX_CANTCREAT;
+        }
+        struct passwd *me = getpwuid(geteuid());
+        snprintf(why, n, "no permission to create files in %.250s (the database and its -wal and "
+                 "-shm files live there): as root, run `chown %s %.250s`", dir,
+                 me ? me->pw_name : "USER", dir);
+        return EX_NOPERM;
+    }
+    return 0;
+}
+
+/* Files root made for a node whose daemon runs as `user` go to that user;
+ * the daemon could not open them otherwise. */
+void cli_db_chown(void)
+{
+    static const char *const suffixes[] = { "", "-wal", "-shm", ".lock" };
+    char path[4200];
+    struct passwd *pw;
+    struct stat st;
+
+    if (geteuid() != 0 || !conf->run_user[0] || !(pw = getpwnam(conf->run_user)))
+        return;
+    for (size_t i = 0; i <= MN_NELEM(suffixes); i++) {
+        if (i < MN_NELEM(suffixes))
+            snprintf(path, sizeof path, "%s%s", conf->database, suffixes[i]);
+        else
+            util_strlcpy(path, conf->keyfile, sizeof path);
+        if (lstat(path, &st) || !S_ISREG(st.st_mode) || st.st_uid == pw->pw_uid)
+            continue;
+        if (chown(path, pw->pw_uid, pw->pw_gid))
+            fprintf(stderr, "mailnode: cannot give %s to user %s: %s\n", path, pw->pw_name,
+                    strerror(errno));
+    }
+}
+
+static int cli_db_open(int create)
+{
+    char err[512], why[1024];
+    struct stat st;
+    int rc;
+
+    if (!create && stat(conf->database, &st) && errno == ENOENT) {
+        fprintf(stderr, "mailnode: no database %s (check `database` in %s; `mailnode run` or a "
+                        "command that writes, such as `mailnode user add`, creates it)\n",
+                conf->database, conf->path ? conf->path : "the configuration");
+        return EX_NOINPUT;
+    }
+    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
+        rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
+        return rc ? rc : EX_CANTCREAT;
+    }
+    /* Only a command that may create the database may create the key. */
+    if ((create || access(conf->keyfile, F_OK) == 0) && auth_init(conf->keyfile)) {
+        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
+        store_close();
+        return EX_CANTCREAT;
+    }
+    cli_db_chown();
+    return 0;
+}
+
+int cli_open_store(void)
+{
+    return cli_db_open(1);
+}
+
+int cli_open_store_ro(void)
+{
+    return cli_db_open(0);
+}
+
+/* ----------------------------------------------------------------- lock */
+
+static void cli_db_lock_path(char *path, size_t n)
+{
+    snprintf(path, n, "%s.lock", conf->database);
+}
+
+/* One daemon per database: a second one would race the first for the
+ * same queue and remove bodies it is still writing.  The lock file names
+ * the holder, so that the second one can say who it is.  The fd, or minus
+ * a sysexits code after saying what is wrong. */
+int cli_db_lock(void)
+{
+    char path[4200], why[1024], text[64] = "";
+    int fd, rc;
+    ssize_t n;
+
+    cli_db_lock_path(path, sizeof path);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, rc ? why : strerror(errno));
+        return -(rc ? rc : EX_CANTCREAT);
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        n = pread(fd, text, sizeof text - 1, 0);
+        text[n > 0 ? n : 0] = '\0';
+        if (!strncmp(text, "pid ", 4))
+            fprintf(stderr, "mailnode: another mailnode (pid %ld) is running on %s\n", atol(text + 4),
+                    conf->database);
+        else
+            fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
+        close(fd);
+        return -EX_TEMPFAIL;
+    }
+    snprintf(text, sizeof text, "pid %ld\n", (long)getpid());
+    if (ftruncate(fd, 0) || pwrite(fd, text, strlen(text), 0) < 0)
+        fprintf(stderr, "mailnode: cannot write %s: %s\n", path, strerror(errno));
+    return fd;
+}
+
+/* What `status` shows of the running daemon, written once it serves. */
+void cli_db_lock_note(int fd)
+{
+    char text[4096];
+    int len = snprintf(text, sizeof text, "pid %ld\nstarted %lld\nversion %s\n", (long)getpid(),
+                       (long long)util_now(), MAILNODE_VERSION);
+    static const char *const kinds[LISTEN_N] = { "smtp", "submission", "odmr", "pop3", "imap", "imaps" };
+
+    for (int i = 0; i < LISTEN_N && len > 0 && (size_t)len < sizeof text; i++)
+        if (conf->listen[i][0])
+            len += snprintf(text + len, sizeof text - (size_t)len, "listen %s %s\n", kinds[i],
+                            conf->listen[i]);
+    if (len < 0 || (size_t)len >= sizeof text)
+        return;
+    if (ftruncate(fd, 0) || pwrite(fd, text, (size_t)len, 0) < 0)
+        log_warn("cannot write the lock file: %s", strerror(errno));
+}
+
+/* The running daemon's note into buf: 1 if a daemon holds the lock, 0 if
+ * none does, -1 if that cannot be told (no permission). */
+int cli_db_daemon(char *buf, size_t n)
+{
+    char path[4200];
+    ssize_t got;
+    int fd, running;
+
+    buf[0] = '\0';
+    cli_db_lock_path(path, sizeof path);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    running = flock(fd, LOCK_SH | LOCK_NB) != 0;
+    got = pread(fd, buf, n - 1, 0);
+    buf[got > 0 ? got : 0] = '\0';
+    close(fd);
+    return running;
+}
+
+/* ---- src/cli_status.c ---- */
+#line 1 "src/cli_status.c"
+/*
+ * cli_status.c: `mailnode status`, what an operator looks at first: is the
+ * daemon running, what waits where and why.
+ *
+ * The daemon is seen through its lock file (cli_db.c), which it holds
+ * while it runs and in which it notes its pid, start time, version and
+ * listeners; the rest comes from the database.  `--json` prints the same
+ * facts for scripts and monitoring.
+ */
+
+
+#include <string.h>
+
+struct status_daemon {
+    int running;                        /* 1, 0, or -1 unknown */
+    long pid;
+    int64_t started;
+    char version[32];
+    char listen[LISTEN_N][256];         /* "kind addr:port" lines, as noted */
+    int nlisten;
+};
+
+static void status_read_daemon(struct status_daemon *sd)
+{
+    char note[4096], *save = NULL;
+
+    memset(sd, 0, sizeof *sd);
+    sd->running = cli_db_daemon(note, sizeof note);
+    for (char *l = strtok_r(note, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (!strncmp(l, "pid ", 4))
+            sd->pid = atol(l + 4);
+        else if (!strncmp(l, "started ", 8))
+            sd->started = atoll(l + 8);
+        else if (!strncmp(l, "version ", 8))
+            util_strlcpy(sd->version, l + 8, sizeof sd->version);
+        else if (!strncmp(l, "listen ", 7) && sd->nlisten < LISTEN_N)
+            util_strlcpy(sd->listen[sd->nlisten++], l + 7, sizeof sd->listen[0]);
+    }
+}
+
+static void status_span(int64_t secs, char *out, size_t n)
+{
+    if (secs < 0)
+        secs = 0;
+    if (secs >= 86400)
+        snprintf(out, n, "%lldd %lldh", (long long)(secs / 86400), (long long)(secs % 86400 / 3600));
+    else if (secs >= 3600)
+        snprintf(out, n, "%lldh %lldm", (long long)(secs / 3600), (long long)(secs % 3600 / 60));
+    else if (secs >= 60)
+        snprintf(out, n, "%lldm %llds", (long long)(secs / 60), (long long)(secs % 60));
+    else
+        snprintf(out, n, "%llds", (long long)secs);
+}
+
+/* ------------------------------------------------------------------ text */
+
+static const char *status_dest_name(const struct store_dest *d, char *buf, size_t n)
+{
+    if (!strcmp(d->name, "[relayhost]"))
+        snprintf(buf, n, "[relayhost] %s", conf->relayhost);
+    else
+        util_strlcpy(buf, d->name, n);
+    return buf;
+}
+
+static int status_text_dest(void *arg, const struct store_dest *d)
+{
+    char name[SMTP_DOMAIN_MAX + 32], next[64] = "now", ok[64] = "never", when[64] = "";
+    int64_t now = util_now();
+    MN_UNUSED(arg);
+
+    if (d->next_try > now)
+        util_date(d->next_try, next, sizeof next);
+    if (d->last_ok)
+        util_date(d->last_ok, ok, sizeof ok);
+    printf("  %s\n", status_dest_name(d, name, sizeof name));
+    printf("    %s, backlog %lld recipient%s, next try %s, last success %s\n",
+           d->failures > 0 ? "down" : "up", (long long)d->backlog, d->backlog == 1 ? "" : "s",
+           d->backlog || d->failures ? next : "-", ok);
+    if (d->last_error[0]) {
+        if (d->last_try)
+            util_date(d->last_try, when, sizeof when);
+        printf("    last error%s%s: %s\n", when[0] ? " at " : "", when, d->last_error);
+    }
+    return 0;
+}
+
+static int status_text_held(void *arg, const char *domain, int64_t rcpts, int64_t msgs)
+{
+    (*(int *)arg)++;
+    printf("  %-30s %lld message%s, %lld recipient%s\n", domain, (long long)msgs, msgs == 1 ? "" : "s",
+           (long long)rcpts, rcpts == 1 ? "" : "s");
+    return 0;
+}
+
+static void status_text_upstream(void)
+{
+    char text[2048], date[64];
+    int64_t when;
+
+    if (!conf->upstream[0])
+        return;
+    printf("upstream      %s (%s) for %zu domain%s\n", conf->upstream, conf->upstream_mode,
+           conf->n_upstream_domains, conf->n_upstream_domains == 1 ? "" : "s");
+    if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
+        util_date(when, date, sizeof date);
+        printf("  last successful exchange %s:\n", date);
+        for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+            printf("    %s\n", l);
+    } else {
+        printf("  no successful exchange yet\n");
+    }
+    if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
+        util_date(when, date, sizeof date);
+        printf("  last failed exchange %s:\n", date);
+        for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+            printf("    %s\n", l);
+    }
+}
+
+static void status_text(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
+{
+    char span[64];
+    int nheld = 0;
+
+    if (sd->running == 1) {
+        status_span(util_now() - sd->started, span, sizeof span);
+        printf("daemon        running, pid %ld, up %s, mailnode %s\n", sd->pid, span,
+               sd->version[0] ? sd->version : "?");
+        for (int i = 0; i < sd->nlisten; i++)
+            printf("%s %s\n", i ? "             " : "listening    ", sd->listen[i]);
+    } else {
+        printf("daemon        %s\n", sd->running ? "unknown (cannot read the lock file)" : "not running");
+    }
+    printf("database      %s\n", conf->database);
+    printf("queued        %lld message%s, %lld recipient%s (%lld held for on-demand relay, "
+           "%lld message%s stopped by queue hold)\n",
+           (long long)st->queued_msgs, st->queued_msgs == 1 ? "" : "s", (long long)st->queued_rcpts,
+           st->queued_rcpts == 1 ? "" : "s", (long long)st->held_rcpts, (long long)on_hold,
+           on_hold == 1 ? "" : "s");
+    printf("mailboxes     %lld message%s for %lld user%s\n", (long long)st->mbox_msgs,
+           st->mbox_msgs == 1 ? "" : "s", (long long)st->users, st->users == 1 ? "" : "s");
+    printf("destinations\n");
+    store_ops_dests(conf->relayhost[0] != 0, status_text_dest, NULL);
+    printf("held for on-demand relay\n");
+    store_ops_held(status_text_held, &nheld);
+    if (!nheld)
+        printf("  nothing\n");
+    status_text_upstream();
+}
+
+/* ------------------------------------------------------------------ json */
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static void json_time(int64_t t)
+{
+    if (t > 0)
+        printf("%lld", (long long)t);
+    else
+        printf("null");
+}
+
+static int status_json_dest(void *arg, const struct store_dest *d)
+{
+    int *first = arg;
+    char name[SMTP_DOMAIN_MAX + 32];
+
+    printf("%s{\"name\":", *first ? "" : ",");
+    *first = 0;
+    json_str(status_dest_name(d, name, sizeof name));
+    printf(",\"relayhost\":%s,\"state\":\"%s\",\"backlog\":%lld,\"failures\":%lld,\"next_try\":",
+           strcmp(d->name, "[relayhost]") ? "false" : "true", d->failures > 0 ? "down" : "up",
+           (long long)d->backlog, (long long)d->failures);
+    json_time(d->next_try);
+    printf(",\"last_ok\":");
+    json_time(d->last_ok);
+    printf(",\"last_error\":");
+    if (d->last_error[0]) {
+        json_str(d->last_error);
+        printf(",\"last_error_at\":");
+        json_time(d->last_try);
+    } else {
+        printf("null,\"last_error_at\":null");
+    }
+    printf("}");
+    return 0;
+}
+
+static int status_json_held(void *arg, const char *domain, int64_t rcpts, int64_t msgs)
+{
+    int *first = arg;
+    printf("%s{\"domain\":", *first ? "" : ",");
+    *first = 0;
+    json_str(domain);
+    printf(",\"messages\":%lld,\"recipients\":%lld}", (long long)msgs, (long long)rcpts);
+    return 0;
+}
+
+static void status_json_meta(const char *key, const char *name)
+{
+    char text[2048];
+    int64_t when;
+
+    printf(",\"%s\":", name);
+    if (store_meta_get(key, text, sizeof text, &when)) {
+        printf("null");
+        return;
+    }
+    printf("{\"at\":%lld,\"summary\":", (long long)when);
+    json_str(text);
+    printf("}");
+}
+
+static void status_json(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
+{
+    int first = 1;
+
+    printf("{\"daemon\":{\"running\":%s", sd->running == 1 ? "true" : sd->running ? "null" : "false");
+    if (sd->running == 1) {
+        printf(",\"pid\":%ld,\"started\":%lld,\"uptime\":%lld,\"version\":", sd->pid,
+               (long long)sd->started, (long long)(util_now() - sd->started));
+        json_str(sd->version);
+        printf(",\"listen\":[");
+        for (int i = 0; i < sd->nlisten; i++) {
+            printf("%s", i ? "," : "");
+            json_str(sd->listen[i]);
+        }
+        printf("]");
+    }
+    printf("},\"database\":");
+    json_str(conf->database);
+    printf(",\"queue\":{\"messages\":%lld,\"recipients\":%lld,\"held_for_relay\":%lld,\"on_hold\":%lld}",
+           (long long)st->queued_msgs, (long long)st->queued_rcpts, (long long)st->held_rcpts,
+           (long long)on_hold);
+    printf(",\"mailboxes\":{\"messages\":%lld,\"users\":%lld}", (long long)st->mbox_msgs, (long long)st->users);
+    printf(",\"destinations\":[");
+    store_ops_dests(conf->relayhost[0] != 0, status_json_dest, &first);
+    printf("],\"held\":[");
+    first = 1;
+    store_ops_held(status_json_held, &first);
+    printf("],\"upstream\":");
+    if (conf->upstream[0]) {
+        printf("{\"host\":");
+        json_str(conf->upstream);
+        printf(",\"mode\":");
+        json_str(conf->upstream_mode);
+        status_json_meta("upstream.last_ok", "last_ok");
+        status_json_meta("upstream.last_fail", "last_fail");
+        printf("}");
+    } else {
+        printf("null");
+    }
+    printf("}\n");
+}
+
+int cli_status(int argc, char **argv)
+{
+    struct status_daemon sd;
+    struct store_status st;
+    int json = argc == 2 && !strcmp(argv[1], "--json");
+    int64_t on_hold;
+    int rc;
+
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: mailnode status [--json]\n"
+               "Shows whether the daemon runs (pid, uptime, version, listeners), the queue,\n"
+               "the mailboxes, every destination with its backlog, state and last error,\n"
+               "the mail held for on-demand relay and the last upstream exchanges.\n"
+               "  --json   the same as one JSON object, for scripts\n");
+        return EX_OK;
+    }
+    if (argc > 2 || (argc == 2 && !json)) {
+        fprintf(stderr, "usage: mailnode status [--json]\n");
+        return EX_USAGE;
+    }
+    status_read_daemon(&sd);
+    if ((rc = cli_open_store_ro()))
+        return rc;
+    if (store_status(&st) || (on_hold = store_ops_on_hold()) < 0) {
+        store_close();
+        return EX_SOFTWARE;
+    }
+    if (json)
+        status_json(&sd, &st, on_hold);
+    else
+        status_text(&sd, &st, on_hold);
+    store_close();
+    return EX_OK;
+}
+
+/* ---- src/cli_queue.c ---- */
+#line 1 "src/cli_queue.c"
+/*
+ * cli_queue.c: `mailnode queue`, the queue as the operator sees it and
+ * handles it.  For each recipient: its state, how many attempts, the last
+ * error and when the next try will be, which is the later of the
+ * recipient's own time and its destination's backoff (the relayhost's
+ * when there is one): the scheduler waits for both.
+ *
+ * The daemon reads the queue from the database at every scan, so a change
+ * made here is what the running daemon does next.
+ */
+
+
+#include <string.h>
+
+#define QUEUE_USAGE \
+    "usage: mailnode queue [list [--domain D] | count | show ID... | delete ID... |\n" \
+    "                       delete --domain D | delete --all --yes | hold ID... | release ID...]\n"
+
+static void queue_rcpt_line(const struct store_ops_msg *m, const struct store_ops_rcpt *r)
+{
+    static const char *const states[] = { "queued", "delivered", "failed" };
+    char next[64] = "", when[64] = "";
+    int64_t now = util_now();
+
+    printf("    %s (", r->addr);
+    if (r->state == 0 && r->kind == ROUTE_HOLD) {
+        printf("held)\n");                  /* for on-demand relay: ETRN/ATRN releases it */
+        return;
+    }
+    if (r->state == 0 && m->hold)
+        printf("held by queue hold, not delivered or expired until released");
+    else if (r->state == 0 && r->kind == ROUTE_REMOTE) {
+        if (r->next_try > now)
+            util_date(r->next_try, next, sizeof next);
+        printf("queued, %d attempt%s", r->attempts, r->attempts == 1 ? "" : "s");
+        if (r->dest_failures)
+            printf(", %s not reached in %d tr%s", conf->relayhost[0] ? "relayhost" : "destination",
+                   r->dest_failures, r->dest_failures == 1 ? "y" : "ies");
+        printf(", next try %s", next[0] ? next : "now (due)");
+    } else {
+        printf("%s", states[r->state % 3]);
+        if (r->attempts)
+            printf(", %d attempt%s", r->attempts, r->attempts == 1 ? "" : "s");
+    }
+    if (r->last_error[0]) {
+        if (r->updated)
+            util_date(r->updated, when, sizeof when);
+        printf(", last error%s%s: %s", when[0] ? " at " : "", when, r->last_error);
+    }
+    printf(")\n");
+}
+
+struct queue_print {
+    const struct store_ops_msg *m;
+};
+
+static int queue_print_rcpt(void *arg, const struct store_ops_rcpt *r)
+{
+    queue_rcpt_line(((struct queue_print *)arg)->m, r);
+    return 0;
+}
+
+static int queue_print_msg(void *arg, const struct store_ops_msg *m)
+{
+    struct queue_print p = { m };
+    char date[64];
+    MN_UNUSED(arg);
+
+    util_date(m->received, date, sizeof date);
+    printf("%s  %8lld  %s  <%s>%s\n", m->qid, (long long)m->size, date, m->sender,
+           m->hold ? "  ON HOLD" : "");
+    store_ops_rcpts(m->id, conf->relayhost[0] != 0, queue_print_rcpt, &p);
+    return 0;
+}
+
+static int queue_not_found(const char *qid)
+{
+    fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", qid);
+    return EX_DATAERR;
+}
+
+static int queue_show(const char *qid)
+{
+    struct store_ops_msg m;
+    struct store_reader r;
+    char buf[8192];
+    ssize_t n;
+    int rc = store_ops_msg_get(qid, &m);
+
+    if (rc == STORE_NOTFOUND)
+        return queue_not_found(qid);
+    if (rc)
+        return EX_SOFTWARE;
+    queue_print_msg(NULL, &m);
+    printf("\n");
+    if (store_reader_open(&r, m.body_id))
+        return EX_SOFTWARE;
+    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
+        fwrite(buf, 1, (size_t)n, stdout);
+    store_reader_close(&r);
+    return n < 0 ? EX_SOFTWARE : EX_OK;
+}
+
+/* delete, hold or release one message, committed on its own: a bad id in
+ * a list does not undo the others. */
+static int queue_change(const char *sub, const char *qid)
+{
+    int del = !strcmp(sub, "delete"), hold = !strcmp(sub, "hold");
+    int rc = del ? store_queue_delete(qid) : store_queue_hold(qid, hold);
+
+    if (!rc)
+        rc = store_commit();
+    else
+        store_rollback();
+    if (rc == STORE_NOTFOUND)
+        return queue_not_found(qid);
+    if (rc) {
+        fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, qid);
+        return EX_TEMPFAIL;
+    }
+    printf("%s %s\n", qid, del ? "deleted" : hold ? "held" : "released");
+    return EX_OK;
+}
+
+static int queue_collect(void *arg, const struct store_ops_msg *m)
+{
+    FILE *f = arg;
+    fprintf(f, "%s\n", m->qid);
+    return 0;
+}
+
+/* delete --all: the ids first, then one delete each (the listing
+ * statement must not run while its rows go). */
+static int queue_delete_all(void)
+{
+    char *ids = NULL, line[QID_LEN + 8];
+    size_t len = 0;
+    int rc = EX_OK, n = 0;
+    FILE *f = open_memstream(&ids, &len);
+
+    if (!f)
+        return EX_OSERR;
+    if (store_ops_msgs(NULL, queue_collect, f)) {
+        fclose(f);
+        free(ids);
+        return EX_SOFTWARE;
+    }
+    fclose(f);
+    f = fmemopen(ids, len ? len : 1, "r");
+    while (f && len && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        int r = queue_change("delete", line);
+        if (r)
+            rc = r;
+        else
+            n++;
+    }
+    if (f)
+        fclose(f);
+    free(ids);
+    printf("%d message%s deleted\n", n, n == 1 ? "" : "s");
+    return rc;
+}
+
+static int queue_delete_domain(const char *domain)
+{
+    char lower[SMTP_DOMAIN_MAX + 1];
+    int64_t n;
+    int rc;
+
+    util_strlcpy(lower, domain, sizeof lower);
+    util_lower(lower);
+    rc = store_ops_delete_domain(lower, &n);
+    if (!rc)
+        rc = store_commit();
+    else
+        store_rollback();
+    if (rc) {
+        fprintf(stderr, "mailnode: could not delete the mail for %s: database error\n", lower);
+        return EX_TEMPFAIL;
+    }
+    printf("%lld recipient%s for %s deleted\n", (long long)n, n == 1 ? "" : "s", lower);
+    return EX_OK;
+}
+
+static int queue_help(void)
+{
+    printf(QUEUE_USAGE
+           "  list [--domain D]   messages waiting, each recipient with its state, attempts,\n"
+           "                      next try and last error (only those with mail for D)\n"
+           "  count               one number: messages not yet delivered\n"
+           "  show ID...          the envelope, recipients and text of messages\n"
+           "  delete ID...        remove messages from the queue without a bounce\n"
+           "  delete --domain D   remove every queued recipient for domain D\n"
+           "  delete --all --yes  empty the queue\n"
+           "  hold ID...          keep messages from delivery and expiry until released\n"
+           "  release ID...       make held messages due for delivery at once\n");
+    return EX_OK;
+}
+
+static int queue_usage(void)
+{
+    fputs(QUEUE_USAGE, stderr);
+    return EX_USAGE;
+}
+
+/* Which form of the command this is; 0 after a usage error. */
+static int queue_parse(int argc, char **argv, const char **domain, int *all)
+{
+    const char *sub = argc > 1 ? argv[1] : "list";
+    int with_ids = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
+                   !strcmp(sub, "release");
+
+    *domain = NULL;
+    *all = 0;
+    if (argc >= 4 && !strcmp(argv[2], "--domain") && (!strcmp(sub, "list") || !strcmp(sub, "delete"))) {
+        *domain = argv[3];
+        return argc == 4;
+    }
+    if (!strcmp(sub, "delete") && argc >= 3 && !strcmp(argv[2], "--all")) {
+        *all = argc == 4 && !strcmp(argv[3], "--yes") ? 1 : -1;
+        return argc <= 4;
+    }
+    if (with_ids)
+        return argc >= 3;
+    return (!strcmp(sub, "list") || !strcmp(sub, "count")) && argc <= 2;
+}
+
+int cli_queue(int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "list", *domain;
+    int rc, all;
+
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return queue_help();
+    if (!queue_parse(argc, argv, &domain, &all)) {
+        if (argc > 1 && strcmp(sub, "list") && strcmp(sub, "count") && strcmp(sub, "show") &&
+            strcmp(sub, "delete") && strcmp(sub, "hold") && strcmp(sub, "release")) {
+            fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
+            return EX_USAGE;
+        }
+        return queue_usage();
+    }
+    if (all < 0) {
+        fprintf(stderr, "mailnode: queue delete --all removes every queued message without a bounce;"
+                        " add --yes to do it\n");
+        return EX_USAGE;
+    }
+    if ((rc = cli_open_store_ro()))
+        return rc;
+    if (!strcmp(sub, "list")) {
+        rc = store_ops_msgs(domain, queue_print_msg, NULL) ? EX_SOFTWARE : EX_OK;
+    } else if (!strcmp(sub, "count")) {
+        int64_t n = store_queue_count();
+        rc = n < 0 ? EX_SOFTWARE : EX_OK;
+        if (n >= 0)
+            printf("%lld\n", (long long)n);
+    } else if (domain) {
+        rc = queue_delete_domain(domain);
+    } else if (all) {
+        rc = queue_delete_all();
+    } else {
+        rc = EX_OK;
+        for (int i = 2; i < argc; i++) {
+            int r = !strcmp(sub, "show") ? queue_show(argv[i]) : queue_change(sub, argv[i]);
+            if (r)
+                rc = r;
+            if (!strcmp(sub, "show") && i + 1 < argc)
+                printf("\n");
+        }
+    }
+    store_close();
     return rc;
 }
 
@@ -23198,6 +26406,20 @@ static int cli_admin_new_password(struct store_user *u)
 
 /* ----------------------------------------------------------------- users */
 
+/* Postmaster mail kept while the node had no admin goes to the admin. */
+static void cli_admin_adopt(void)
+{
+    struct store_user a;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&a)) {
+        printf("mail held for the postmaster moved to %s's mailbox\n", a.name);
+        sodium_memzero(&a, sizeof a);
+    } else if (rc) {
+        store_rollback();
+    }
+}
+
 static int cli_user_add(const char *name)
 {
     struct store_user u;
@@ -23206,6 +26428,20 @@ static int cli_user_add(const char *name)
     memset(&u, 0, sizeof u);
     util_strlcpy(u.name, name, sizeof u.name);
     rc = store_user_get(name, &u);
+    if (rc == 0 && !u.pwhash[0]) {
+        /* The mailbox that held postmaster mail gets a password: it is an
+         * ordinary user from now on, with the mail kept so far. */
+        if ((rc = cli_admin_new_password(&u)))
+            return rc;
+        rc = store_user_update(&u);
+        sodium_memzero(&u, sizeof u);
+        if (rc)
+            return cli_admin_store_fail(rc, "add the user");
+        if ((rc = cli_admin_commit("add the user")))
+            return rc;
+        printf("user %s added (with the mail held for the postmaster so far)\n", name);
+        return EX_OK;
+    }
     if (rc == 0) {
         fprintf(stderr, "mailnode: user %s already exists (use `mailnode user passwd %s` to change"
                 " the password)\n", name, name);
@@ -23228,6 +26464,7 @@ static int cli_user_add(const char *name)
     if ((rc = cli_admin_commit("add the user")))
         return rc;
     printf("user %s added\n", name);
+    cli_admin_adopt();
     return EX_OK;
 }
 
@@ -23298,7 +26535,7 @@ static int cli_user_del(const char *name)
 static int cli_user_print(void *arg, const struct store_user *u)
 {
     MN_UNUSED(arg);
-    printf("%s\n", u->name);
+    printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
     return 0;
 }
 
@@ -23315,7 +26552,7 @@ int cli_user(int argc, char **argv)
         return cli_admin_usage(cli_user_usage);
     if (argc == 3 && cli_admin_user_name(argv[2], name))
         return EX_DATAERR;
-    if ((rc = cli_open_store()))
+    if ((rc = strcmp(sub, "list") && strcmp(sub, "del") ? cli_open_store() : cli_open_store_ro()))
         return rc;
     if (!strcmp(sub, "add"))
         rc = cli_user_add(name);
@@ -23433,7 +26670,7 @@ static int cli_domain_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_domain_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -23471,7 +26708,7 @@ int cli_domain(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_domain_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_domain_list(cli_domain_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list domains") : EX_OK;
         store_close();
@@ -23620,7 +26857,7 @@ static int cli_alias_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_alias_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -23654,7 +26891,7 @@ int cli_alias(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_alias_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_alias_list(cli_alias_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list aliases") : EX_OK;
         store_close();
@@ -25013,7 +28250,7 @@ static int cli_mbox_list(int argc, char **argv)
         fputs(cli_mbox_list_help, stderr);
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if ((rc = cli_mbox_find_user(argv[2], &u)) || (rc = cli_mbox_load_uids(u.id, &l)))
         return rc;
@@ -25165,6 +28402,35 @@ static void cli_mbox_prefix_sender(const char *prefix, char *out, size_t n)
     out[k] = 0;
 }
 
+/* The mbox file, often in a shared directory such as /tmp or a spool: a
+ * new file is created with O_EXCL (mode 0600: everyone's mail deserves
+ * it), an existing one is appended to only if it is a regular file of
+ * ours with one link.  O_NOFOLLOW throughout: a symbolic link planted
+ * under the name (to another user's file, to /etc/...) is refused, never
+ * followed, as is a hard link to someone else's file. */
+static int cli_mbox_open_append(const char *path)
+{
+    struct stat st;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 && errno == EEXIST)
+        fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", path, strerror(errno),
+                errno == ELOOP ? " (a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1) {
+        fprintf(stderr, "mailnode: %s is not a regular file of this user with one link: refused\n", path);
+        close(fd);
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
 static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list *l,
                                 const char *path, size_t *done)
 {
@@ -25174,12 +28440,12 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     if (to_stdout) {
         f = stdout;
     } else {
-        /* Everyone's mail deserves 0600 too. */
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "a"))) {
+        fd = cli_mbox_open_append(path);
+        if (fd < 0)
+            return EX_CANTCREAT;
+        if (!(f = fdopen(fd, "a"))) {
             fprintf(stderr, "mailnode: cannot open %s: %s\n", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
+            close(fd);
             return EX_CANTCREAT;
         }
     }
@@ -25219,44 +28485,82 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     return rc;
 }
 
-static int cli_mbox_make_dir(const char *path)
+/* A directory of the Maildir, made if missing and opened without
+ * following a symbolic link: a planted "new -> /elsewhere" is refused,
+ * and everything below is reached through the descriptor (openat,
+ * linkat), so the tree cannot be swapped for a link half-way. */
+static int cli_mbox_open_dir(int at, const char *name, const char *shown)
 {
-    if (mkdir(path, 0700) && errno != EEXIST) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return EX_CANTCREAT;
+    struct stat st;
+    int fd;
+
+    if (mkdirat(at, name, 0700) && errno != EEXIST) {
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", shown, strerror(errno));
+        return -1;
     }
-    return 0;
+    fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", shown, strerror(errno),
+                errno == ELOOP || errno == ENOTDIR ? " (not a directory, or a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || st.st_uid != geteuid()) {
+        fprintf(stderr, "mailnode: %s belongs to another user: refused\n", shown);
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
-static int cli_mbox_fsync_dir(const char *path)
+/* One message into the Maildir: written in tmp/ (O_EXCL, O_NOFOLLOW),
+ * fsynced, then linked into new/ under the same unique name, so a reader
+ * never sees half a message. */
+static int cli_mbox_maildir_one(int tmpfd, int newfd, const char *name, const struct store_mbox_msg *m,
+                                const char *dir)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
-    if (fd < 0)
-        return -1;
-    rc = fsync(fd);
-    close(fd);
+    struct cli_mbox_xform x;
+    FILE *f;
+    int rc, fd = openat(tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 || !(f = fdopen(fd, "w"))) {
+        fprintf(stderr, "mailnode: cannot create %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return EX_CANTCREAT;
+    }
+    cli_mbox_xf_init(&x, f, 0);
+    rc = cli_mbox_export_body(m, &x);
+    if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (fclose(f) && !rc) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (!rc && (linkat(tmpfd, name, newfd, name, 0) || unlinkat(tmpfd, name, 0))) {
+        fprintf(stderr, "mailnode: cannot move %s/tmp/%s to new/: %s\n", dir, name, strerror(errno));
+        rc = EX_CANTCREAT;
+    }
+    if (rc)
+        unlinkat(tmpfd, name, 0);
     return rc;
 }
 
-/* Maildir delivery: write in tmp/, fsync, then link into new/ under the
- * same unique name, so a reader never sees half a message. */
 static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_list *l,
                                    const char *dir, size_t *done)
 {
-    char path[4096], tmp[4096 + 256], dst[4096 + 256], host[256];
-    int rc;
-
-    if (strlen(dir) > 4000) {
-        fprintf(stderr, "mailnode: %s: path too long\n", dir);
-        return EX_USAGE;
-    }
-    if ((rc = cli_mbox_make_dir(dir)))
-        return rc;
+    char name[512], host[256];
+    int rc = 0, top, fds[3] = { -1, -1, -1 };
     const char *subs[] = { "tmp", "new", "cur" };
-    for (size_t i = 0; i < MN_NELEM(subs); i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, subs[i]);
-        if ((rc = cli_mbox_make_dir(path)))
-            return rc;
+
+    top = cli_mbox_open_dir(AT_FDCWD, dir, dir);
+    if (top < 0)
+        return EX_CANTCREAT;
+    for (size_t i = 0; i < MN_NELEM(subs) && !rc; i++) {
+        fds[i] = cli_mbox_open_dir(top, subs[i], subs[i]);
+        if (fds[i] < 0)
+            rc = EX_CANTCREAT;
     }
     if (gethostname(host, sizeof host))
         util_strlcpy(host, "localhost", sizeof host);
@@ -25264,51 +28568,26 @@ static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_li
     for (char *p = host; *p; p++)
         if (*p == '/' || *p == ':')
             *p = '_';
-    for (size_t i = 0; i < l->n; i++) {
+    for (size_t i = 0; i < l->n && !rc; i++) {
         struct store_mbox_msg m;
-        struct cli_mbox_xform x;
-        FILE *f;
-        int fd;
 
         if (store_mbox_get(user_id, l->uids[i], &m))
             continue;
-        snprintf(tmp, sizeof tmp, "%s/tmp/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        snprintf(dst, sizeof dst, "%s/new/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "w"))) {
-            fprintf(stderr, "mailnode: cannot create %s: %s\n", tmp, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            return EX_CANTCREAT;
-        }
-        cli_mbox_xf_init(&x, f, 0);
-        rc = cli_mbox_export_body(&m, &x);
-        if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (fclose(f) && !rc) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (!rc && (link(tmp, dst) || unlink(tmp))) {
-            fprintf(stderr, "mailnode: cannot move %s to %s: %s\n", tmp, dst, strerror(errno));
-            rc = EX_CANTCREAT;
-        }
-        if (rc) {
-            unlink(tmp);
-            return rc;
-        }
-        (*done)++;
+        snprintf(name, sizeof name, "%lld.P%dU%lld.%s", (long long)m.added, (int)getpid(), (long long)m.uid,
+                 host);
+        rc = cli_mbox_maildir_one(fds[0], fds[1], name, &m, dir);
+        if (!rc)
+            (*done)++;
     }
-    snprintf(path, sizeof path, "%s/new", dir);
-    if (cli_mbox_fsync_dir(path)) {
-        fprintf(stderr, "mailnode: cannot sync %s: %s\n", path, strerror(errno));
-        return EX_IOERR;
+    if (!rc && fsync(fds[1])) {
+        fprintf(stderr, "mailnode: cannot sync %s/new: %s\n", dir, strerror(errno));
+        rc = EX_IOERR;
     }
-    return 0;
+    for (size_t i = 0; i < MN_NELEM(fds); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    close(top);
+    return rc;
 }
 
 static int cli_mbox_export(int argc, char **argv)
@@ -25347,7 +28626,7 @@ static int cli_mbox_export(int argc, char **argv)
                         "standard output cannot be made durable\n");
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if ((rc = cli_mbox_find_user(user, &u)) || (rc = cli_mbox_load_uids(u.id, &l)))
         return rc;
@@ -25638,6 +28917,1318 @@ int cli_flush(int argc, char **argv)
     return rc;
 }
 
+/* ---- src/cli_bundle.c ---- */
+#line 1 "src/cli_bundle.c"
+/*
+ * cli_bundle.c: `mailnode key`, `mailnode peer` and `mailnode bundle
+ * export`: moving mail with no link at all.  Everything queued for a peer
+ * is written as signed, encrypted, compressed volumes (bundle.c) that any
+ * carrier moves: a USB stick, a satellite terminal's file slot, a radio
+ * modem, UUCP or NNCP.  Importing (and receipts) is in bundle_import.c.
+ *
+ * Exported recipients are marked in transit, not removed: only the
+ * peer's signed receipt removes them.  Without a receipt they are
+ * exported again after bundle.resend_after (at least once; the importer
+ * drops what it has already delivered).
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char cli_key_usage[] =
+    "usage: mailnode key show\n"
+    "Prints this node's public bundle key as one line (creating the key pair in\n"
+    "bundle.key on first use); give it to a peer's `mailnode peer add --key`.\n";
+
+static const char cli_peer_usage[] =
+    "usage: mailnode peer add NAME --key LINE [--domains D,...] | list | del NAME\n"
+    "A peer is another mailnode that bundles are exchanged with.  With --domains,\n"
+    "its bundles carry the mail for those domains (relayed or held for it);\n"
+    "without, the peer is our upstream and its bundles carry all remote mail.\n";
+
+static const char cli_bundle_usage[] =
+    "usage: mailnode bundle export --peer NAME [--max-bytes N] [-o FILE|-]\n"
+    "       mailnode bundle import [--receipt-dir DIR] FILE...\n"
+    "export writes everything queued for the peer, encrypted to it and signed,\n"
+    "to FILE (default: standard output); with --max-bytes, as volumes FILE.001,\n"
+    "FILE.002, ... of at most N bytes each.  import checks, decrypts and stores\n"
+    "bundles and receipts from known peers, and writes a receipt for each mail\n"
+    "volume into DIR (default: the volume's directory).\n";
+
+static int cli_bundle_help(int argc, char **argv, const char *usage)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(usage, stdout);
+            return 1;
+        }
+    return 0;
+}
+
+static int cli_bundle_bad(const char *usage)
+{
+    fputs(usage, stderr);
+    return EX_USAGE;
+}
+
+int cli_bundle_keys(struct bundle_keys *k, int create)
+{
+    char err[512];
+    if (bundle_keys_load(conf->bundle_key, k, create, err, sizeof err)) {
+        fprintf(stderr, "mailnode: %s\n", err);
+        return EX_CONFIG;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------- key */
+
+int cli_key(int argc, char **argv)
+{
+    struct bundle_keys k;
+    char line[256];
+    int rc;
+
+    if (cli_bundle_help(argc, argv, cli_key_usage))
+        return EX_OK;
+    if (argc != 2 || strcmp(argv[1], "show"))
+        return cli_bundle_bad(cli_key_usage);
+    if ((rc = cli_bundle_keys(&k, 1)))
+        return rc;
+    bundle_key_line(k.sign_pk, k.box_pk, conf->hostname, line, sizeof line);
+    sodium_memzero(&k, sizeof k);
+    printf("%s\n", line);
+    return EX_OK;
+}
+
+/* ------------------------------------------------------------------ peer */
+
+static int cli_peer_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (!n || n >= sizeof ((struct store_peer *)0)->name)
+        return 0;
+    for (; *s; s++)
+        if (!addr_is_atext((unsigned char)*s) && *s != '.')
+            return 0;
+    return 1;
+}
+
+/* "a.example, B.example" -> "a.example,b.example" (checked). */
+static int cli_peer_domains(const char *in, char *out, size_t n)
+{
+    char buf[1024], *items[64];
+    size_t k, o = 0;
+
+    if (strlen(in) >= sizeof buf)
+        return -1;
+    util_strlcpy(buf, in, sizeof buf);
+    k = util_split_list(buf, items, MN_NELEM(items));
+    if (!k)
+        return -1;
+    out[0] = '\0';
+    for (size_t i = 0; i < k; i++) {
+        util_lower(items[i]);
+        if (!addr_domain_ok(items[i], strlen(items[i]), 0) || strchr(items[i], ','))
+            return -1;
+        int w = snprintf(out + o, n - o, "%s%s", o ? "," : "", items[i]);
+        if (w < 0 || (size_t)w >= n - o)
+            return -1;
+        o += (size_t)w;
+    }
+    return 0;
+}
+
+static int cli_peer_add(int argc, char **argv)
+{
+    struct store_peer p;
+    const char *key = NULL, *domains = NULL;
+    int rc;
+
+    memset(&p, 0, sizeof p);
+    if (argc < 3 || !cli_peer_name_ok(argv[2])) {
+        fprintf(stderr, "mailnode: peer add: a name of letters, digits, '.', '-' or '_' is needed\n");
+        return EX_USAGE;
+    }
+    util_strlcpy(p.name, argv[2], sizeof p.name);
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--key") && i + 1 < argc)
+            key = argv[++i];
+        else if (!strcmp(argv[i], "--domains") && i + 1 < argc)
+            domains = argv[++i];
+        else
+            return cli_bundle_bad(cli_peer_usage);
+    }
+    if (!key || bundle_key_parse(key, p.sign_pk, p.box_pk)) {
+        fprintf(stderr, "mailnode: peer add: --key needs the line `mailnode key show` prints on the peer"
+                        " (\"%s ...\")\n", BUNDLE_KEY_PREFIX);
+        return EX_DATAERR;
+    }
+    if (domains && cli_peer_domains(domains, p.domains, sizeof p.domains)) {
+        fprintf(stderr, "mailnode: peer add: --domains: '%s' is not a list of domain names\n", domains);
+        return EX_DATAERR;
+    }
+    if ((rc = cli_open_store()))
+        return rc;
+    rc = store_peer_add(&p);
+    if (!rc)
+        rc = store_commit();
+    else
+        store_rollback();
+    store_close();
+    if (rc == STORE_EXISTS) {
+        fprintf(stderr, "mailnode: peer add: a peer named %s or with that key exists already"
+                        " (mailnode peer del first)\n", p.name);
+        return EX_DATAERR;
+    }
+    if (rc) {
+        fprintf(stderr, "mailnode: peer add: database error\n");
+        return EX_TEMPFAIL;
+    }
+    printf("peer %s added (%s)\n", p.name, p.domains[0] ? p.domains : "upstream: all remote mail");
+    return EX_OK;
+}
+
+static int cli_peer_print(void *arg, const struct store_peer *p)
+{
+    char line[256];
+    MN_UNUSED(arg);
+    bundle_key_line(p->sign_pk, p->box_pk, NULL, line, sizeof line);
+    printf("%s\t%s\t%s\n", p->name, p->domains[0] ? p->domains : "*", line);
+    return 0;
+}
+
+int cli_peer(int argc, char **argv)
+{
+    int rc;
+
+    if (cli_bundle_help(argc, argv, cli_peer_usage))
+        return EX_OK;
+    if (argc < 2)
+        return cli_bundle_bad(cli_peer_usage);
+    if (!strcmp(argv[1], "add"))
+        return cli_peer_add(argc, argv);
+    if (!strcmp(argv[1], "list") && argc == 2) {
+        if ((rc = cli_open_store()))
+            return rc;
+        rc = store_peer_list(cli_peer_print, NULL);
+        store_close();
+        return rc ? EX_TEMPFAIL : EX_OK;
+    }
+    if (!strcmp(argv[1], "del") && argc == 3) {
+        if ((rc = cli_open_store()))
+            return rc;
+        rc = store_peer_del(argv[2]);
+        if (!rc)
+            rc = store_commit();
+        else
+            store_rollback();
+        store_close();
+        if (rc == STORE_NOTFOUND) {
+            fprintf(stderr, "mailnode: peer del: no peer named %s (see mailnode peer list)\n", argv[2]);
+            return EX_NOUSER;
+        }
+        return rc ? EX_TEMPFAIL : EX_OK;
+    }
+    return cli_bundle_bad(cli_peer_usage);
+}
+
+/* ---------------------------------------------------------------- export */
+
+struct cli_export {
+    struct store_peer peer;
+    struct bundle_keys keys;
+    unsigned char bundle_id[16];
+    int64_t max_bytes;                  /* 0: one volume */
+    const char *out;                    /* path, or NULL for stdout */
+    int fd;
+    uint32_t volume;
+    char tmp[4300], path[4200];
+    struct bundle_writer *w;
+    uint32_t in_volume;                 /* messages in the open volume */
+    int64_t *rcpt_ids;                  /* recipients written, marked at the end */
+    size_t n_ids, cap_ids;
+    uint32_t messages, skipped;
+    int64_t raw_bytes, file_bytes;
+    char (*done_paths)[4200];           /* finished volumes, renamed at the end */
+    size_t n_done;
+    unsigned char *buf;
+    char *env;
+};
+
+static int cli_export_open(struct cli_export *x)
+{
+    x->volume++;
+    if (!x->out) {
+        x->fd = STDOUT_FILENO;
+    } else {
+        if (x->max_bytes)
+            snprintf(x->path, sizeof x->path, "%s.%03u", x->out, (unsigned)x->volume);
+        else
+            snprintf(x->path, sizeof x->path, "%s", x->out);
+        snprintf(x->tmp, sizeof x->tmp, "%s.tmp", x->path);
+        x->fd = open(x->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (x->fd < 0) {
+            fprintf(stderr, "mailnode: bundle export: cannot create %s: %s\n", x->tmp, strerror(errno));
+            return EX_CANTCREAT;
+        }
+    }
+    x->w = bundle_writer_open(x->fd, &x->keys, x->peer.box_pk, BUNDLE_KIND_MAIL, x->bundle_id, x->volume);
+    x->in_volume = 0;
+    if (!x->w) {
+        fprintf(stderr, "mailnode: bundle export: cannot write %s: %s\n", x->out ? x->tmp : "standard output",
+                strerror(errno));
+        return EX_IOERR;
+    }
+    return 0;
+}
+
+/* Ends the open volume: final frame, fsync; renamed only once all are. */
+static int cli_export_close(struct cli_export *x)
+{
+    int rc = bundle_writer_finish(x->w);
+
+    x->file_bytes += bundle_writer_bytes(x->w);
+    bundle_writer_free(x->w);
+    x->w = NULL;
+    if (!rc && x->out && fsync(x->fd))
+        rc = BUNDLE_EIO;
+    if (x->out && close(x->fd) && !rc)
+        rc = BUNDLE_EIO;
+    x->fd = -1;
+    if (rc) {
+        fprintf(stderr, "mailnode: bundle export: writing %s: %s (%s)\n", x->out ? x->tmp : "standard output",
+                bundle_strerror(rc), strerror(errno));
+        return EX_IOERR;
+    }
+    if (x->out) {
+        void *p = realloc(x->done_paths, (x->n_done + 1) * sizeof *x->done_paths);
+        if (!p)
+            return EX_OSERR;
+        x->done_paths = p;
+        util_strlcpy(x->done_paths[x->n_done++], x->path, sizeof x->done_paths[0]);
+    }
+    return 0;
+}
+
+static int cli_export_ids(struct cli_export *x, const struct store_out_msg *m)
+{
+    if (x->n_ids + (size_t)m->nrcpt > x->cap_ids) {
+        size_t c = (x->cap_ids + (size_t)m->nrcpt) * 2;
+        void *p = realloc(x->rcpt_ids, c * sizeof *x->rcpt_ids);
+        if (!p)
+            return -1;
+        x->rcpt_ids = p;
+        x->cap_ids = c;
+    }
+    for (int i = 0; i < m->nrcpt; i++)
+        x->rcpt_ids[x->n_ids++] = m->rcpts[i].id;
+    return 0;
+}
+
+/* One message: ENV, DATA..., END (BLAKE2b-256 of the body and its size). */
+static int cli_export_msg(struct cli_export *x, const struct store_out_msg *m, size_t envlen)
+{
+    struct store_reader rd;
+    crypto_generichash_state h;
+    unsigned char end[40];
+    int64_t size = 0;
+    ssize_t n;
+    int rc;
+
+    if ((rc = bundle_write_record(x->w, BUNDLE_REC_ENV, x->env, envlen)))
+        return rc;
+    if (store_reader_open(&rd, m->body_id))
+        return STORE_ERR;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    while ((n = store_reader_read(&rd, x->buf, BUNDLE_DATA_MAX)) > 0) {
+        /* store_reader_read hands out at most one stored chunk at a time. */
+        crypto_generichash_update(&h, x->buf, (size_t)n);
+        size += n;
+        if ((rc = bundle_write_record(x->w, BUNDLE_REC_DATA, x->buf, (size_t)n)))
+            break;
+    }
+    store_reader_close(&rd);
+    if (n < 0)
+        return STORE_ERR;
+    if (rc)
+        return rc;
+    crypto_generichash_final(&h, end, 32);
+    end[32] = 0;
+    for (int i = 0; i < 8; i++)
+        end[32 + i] = (unsigned char)((uint64_t)size >> (56 - 8 * i));
+    return bundle_write_record(x->w, BUNDLE_REC_END, end, sizeof end);
+}
+
+/* Room for a message of raw bytes in the open volume?  Starts the next
+ * volume when not; 1 when the message cannot fit even an empty one. */
+static int cli_export_room(struct cli_export *x, int64_t raw, int *ex)
+{
+    int64_t need = bundle_bound(raw) + 128;    /* and the FIN record, final frame */
+
+    *ex = 0;
+    if (!x->max_bytes || bundle_writer_size(x->w) + need <= x->max_bytes)
+        return 0;
+    if (bundle_writer_sync(x->w)) {
+        *ex = EX_IOERR;
+        return -1;
+    }
+    if (bundle_writer_size(x->w) + need <= x->max_bytes)
+        return 0;
+    if (!x->in_volume) {
+        /* Even an empty volume is too small: header, and the bound. */
+        return 1;
+    }
+    if ((*ex = cli_export_close(x)) || (*ex = cli_export_open(x)))
+        return -1;
+    return bundle_writer_size(x->w) + need <= x->max_bytes ? 0 : 1;
+}
+
+static int cli_export_run(struct cli_export *x)
+{
+    struct store_out_msg m;
+    int64_t after = 0, resend_before = util_now() - conf->bundle_resend_after;
+    int rc, ex;
+
+    if ((ex = cli_export_open(x)))
+        return ex;
+    while ((rc = store_bundle_next(&x->peer, after, resend_before, &m)) == 1) {
+        size_t envlen = 0;
+        after = m.id;
+        if (bundle_env_format(&m, x->env, BUNDLE_RECORD_MAX, &envlen)) {
+            fprintf(stderr, "mailnode: bundle export: %s: envelope too large, left queued\n", m.qid);
+            x->skipped++;
+            store_out_free(&m);
+            continue;
+        }
+        rc = cli_export_room(x, m.size + (int64_t)envlen + 64, &ex);
+        if (rc < 0) {
+            store_out_free(&m);
+            return ex;
+        }
+        if (rc > 0) {
+            fprintf(stderr, "mailnode: bundle export: %s (%lld bytes) does not fit in a volume of"
+                            " %lld bytes; left queued\n", m.qid, (long long)m.size, (long long)x->max_bytes);
+            x->skipped++;
+            store_out_free(&m);
+            continue;
+        }
+        rc = cli_export_msg(x, &m, envlen);
+        if (!rc && cli_export_ids(x, &m))
+            rc = BUNDLE_ENOMEM;
+        store_out_free(&m);
+        if (rc) {
+            fprintf(stderr, "mailnode: bundle export: %s: %s\n", m.qid,
+                    rc == STORE_ERR ? "cannot read the message from the database" : bundle_strerror(rc));
+            return rc == STORE_ERR ? EX_TEMPFAIL : EX_IOERR;
+        }
+        x->in_volume++;
+        x->messages++;
+        x->raw_bytes += m.size;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "mailnode: bundle export: cannot read the queue from the database\n");
+        return EX_TEMPFAIL;
+    }
+    return cli_export_close(x);
+}
+
+/* The volumes are complete on disk: give them their names, then record
+ * the recipients as in transit.  A crash before the commit leaves them
+ * queued as before: they are exported again, and the importer drops the
+ * duplicates. */
+static int cli_export_commit(struct cli_export *x)
+{
+    int64_t now = util_now();
+    int rc = 0;
+
+    for (size_t i = 0; i < x->n_done; i++) {
+        char tmp[4300];
+        snprintf(tmp, sizeof tmp, "%s.tmp", x->done_paths[i]);
+        if (rename(tmp, x->done_paths[i])) {
+            fprintf(stderr, "mailnode: bundle export: cannot rename %s: %s\n", tmp, strerror(errno));
+            return EX_CANTCREAT;
+        }
+    }
+    if (x->n_done) {
+        char dir[4200], *slash;
+        util_strlcpy(dir, x->done_paths[0], sizeof dir);
+        slash = strrchr(dir, '/');
+        if (slash)
+            *(slash == dir ? slash + 1 : slash) = '\0';
+        else
+            util_strlcpy(dir, ".", sizeof dir);
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    for (size_t i = 0; i < x->n_ids && !rc; i++)
+        rc = store_bundle_transit(x->rcpt_ids[i], x->peer.id, x->bundle_id, now);
+    if (!rc)
+        rc = store_commit();
+    if (rc) {
+        store_rollback();
+        fprintf(stderr, "mailnode: bundle export: the bundle is written but the queue could not record"
+                        " it; the messages stay queued and will be exported again\n");
+        return EX_TEMPFAIL;
+    }
+    return 0;
+}
+
+static void cli_export_abort(struct cli_export *x)
+{
+    if (x->w) {
+        bundle_writer_free(x->w);
+        x->w = NULL;
+        if (x->out) {
+            close(x->fd);
+            unlink(x->tmp);
+        }
+    }
+    for (size_t i = 0; i < x->n_done; i++) {
+        char tmp[4300];
+        snprintf(tmp, sizeof tmp, "%s.tmp", x->done_paths[i]);
+        unlink(tmp);
+    }
+}
+
+static int cli_export_args(struct cli_export *x, int argc, char **argv, const char **peer)
+{
+    *peer = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--peer") && i + 1 < argc) {
+            *peer = argv[++i];
+        } else if (!strcmp(argv[i], "--max-bytes") && i + 1 < argc) {
+            if (util_parse_size(argv[++i], &x->max_bytes) || x->max_bytes < 4096) {
+                fprintf(stderr, "mailnode: bundle export: --max-bytes: '%s' is not a size of at least"
+                                " 4096 bytes\n", argv[i]);
+                return EX_USAGE;
+            }
+        } else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
+            x->out = strcmp(argv[++i], "-") ? argv[i] : NULL;
+        } else {
+            return cli_bundle_bad(cli_bundle_usage);
+        }
+    }
+    if (!*peer)
+        return cli_bundle_bad(cli_bundle_usage);
+    if (x->max_bytes && !x->out) {
+        fprintf(stderr, "mailnode: bundle export: --max-bytes writes volumes FILE.001, ...: give -o FILE\n");
+        return EX_USAGE;
+    }
+    if (!x->out && isatty(STDOUT_FILENO)) {
+        fprintf(stderr, "mailnode: bundle export: standard output is a terminal: give -o FILE\n");
+        return EX_USAGE;
+    }
+    return 0;
+}
+
+static int cli_bundle_export(int argc, char **argv)
+{
+    struct cli_export x;
+    const char *peer;
+    int rc;
+
+    memset(&x, 0, sizeof x);
+    x.fd = -1;
+    if ((rc = cli_export_args(&x, argc, argv, &peer)))
+        return rc;
+    if ((rc = cli_bundle_keys(&x.keys, 1)) || (rc = cli_open_store()))
+        return rc;
+    rc = store_peer_get(peer, &x.peer);
+    if (rc) {
+        store_close();
+        fprintf(stderr, "mailnode: bundle export: %s\n", rc == STORE_NOTFOUND
+                ? "no such peer (see mailnode peer list)" : "database error");
+        return rc == STORE_NOTFOUND ? EX_NOUSER : EX_TEMPFAIL;
+    }
+    randombytes_buf(x.bundle_id, sizeof x.bundle_id);
+    x.buf = malloc(BUNDLE_DATA_MAX);
+    x.env = malloc(BUNDLE_RECORD_MAX);
+    rc = !x.buf || !x.env ? EX_OSERR : cli_export_run(&x);
+    if (!rc)
+        rc = cli_export_commit(&x);
+    else
+        cli_export_abort(&x);
+    if (!rc) {
+        char hex[33];
+        bundle_hex(x.bundle_id, 16, hex);
+        fprintf(stderr, "mailnode: bundle %s for %s: %u messages, %u volume%s, %lld bytes"
+                        " (%lld bytes of mail)%s\n", hex, x.peer.name, x.messages, x.volume,
+                x.volume == 1 ? "" : "s", (long long)x.file_bytes, (long long)x.raw_bytes,
+                x.skipped ? "; some messages were left queued (see above)" : "");
+        log_info("bundle %s exported to %s: %u messages, %u volumes", hex, x.peer.name, x.messages, x.volume);
+    }
+    store_close();
+    sodium_memzero(&x.keys, sizeof x.keys);
+    free(x.rcpt_ids);
+    free(x.done_paths);
+    free(x.buf);
+    free(x.env);
+    return rc;
+}
+
+int cli_bundle(int argc, char **argv)
+{
+    if (cli_bundle_help(argc, argv, cli_bundle_usage))
+        return EX_OK;
+    /* One log line per message is for syslog; on a terminal the summary
+     * lines say what happened. */
+    if (!conf->use_syslog)
+        log_set_level(LOG_WARNING);
+    if (argc >= 2 && !strcmp(argv[1], "export"))
+        return cli_bundle_export(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "import"))
+        return cli_bundle_import(argc, argv);
+    return cli_bundle_bad(cli_bundle_usage);
+}
+
+/* ---- src/bundle_import.c ---- */
+#line 1 "src/bundle_import.c"
+/*
+ * bundle_import.c: `mailnode bundle import`, receipts, and the duplicate
+ * check shared with SMTP.
+ *
+ * A volume is read twice.  The first pass checks everything: the sender
+ * is a known peer, the header's signature, that the volume is for this
+ * node, that it was not imported before, every frame's authentication
+ * tag, the compressed stream, every record and every body's hash, and
+ * that the mail fits on the disk.  Only a volume that passed is stored,
+ * in the second pass, so bad input changes nothing.
+ *
+ * The second pass commits every few hundred messages (a long write
+ * transaction would stall the daemon's own writes).  Each message is
+ * stored whole or not at all, together with the identities of its
+ * recipients; a pass cut short (kill -9, power loss) leaves whole
+ * messages only, and the next import of the same volume skips them as
+ * duplicates and completes it.  The volume is recorded as imported in
+ * the last transaction; importing it again is a replay and is refused.
+ *
+ * Mail is then routed exactly as SMTP mail (queue_route): local
+ * mailboxes, hold domains, relay; the daemon picks up what is queued.
+ * RFC 5321 6.1: once the volume is acknowledged, a recipient that cannot
+ * be delivered gets a failure notification from this node.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#define IMPORT_BATCH_MSGS  500           /* messages per transaction */
+#define IMPORT_BATCH_BYTES (64 << 20)    /* or raw bytes */
+#define IMPORT_ROUTES      1000
+/* Identities of delivered recipients are kept this long: far longer than
+ * any resend interval, so a copy that arrives late is still recognised. */
+#define IMPORT_SEEN_KEEP   (180 * 86400)
+
+
+
+struct imp {
+    const char *path;
+    int fd;
+    struct bundle_header h;
+    unsigned char raw[BUNDLE_HDR_LEN];
+    struct store_peer peer;
+    const struct bundle_keys *keys;
+    struct bundle_reader *r;
+    char hex[33];
+    /* pass 1 */
+    int64_t raw_total;
+    uint32_t nmsgs;
+    /* pass 2 */
+    struct bundle_env *env;
+    struct store_body *b;
+    struct mime_data md;
+    struct bundle_msgid mid;
+    crypto_generichash_state hash;
+    int64_t size;
+    char qid[QID_LEN + 1];
+    uint32_t stored, dups, failed, batch;
+    int64_t batch_bytes;
+    struct store_rcpt *routes, *tmp;
+    /* the receipt being written */
+    const char *receipt_dir;
+    char rpath[4200], rtmp[4300];
+    int rfd;
+    struct bundle_writer *rw;
+};
+
+static ssize_t imp_read(void *arg, void *buf, size_t n)
+{
+    struct imp *m = arg;
+    for (;;) {
+        ssize_t r = read(m->fd, buf, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        return r;
+    }
+}
+
+static int imp_fail(struct imp *m, int ex, const char *fmt, const char *detail)
+{
+    fprintf(stderr, "mailnode: bundle import: %s: ", m->path);
+    fprintf(stderr, fmt, detail);
+    fputc('\n', stderr);
+    return ex;
+}
+
+/* Header, peer, signature, recipient, replay; then the reader. */
+static int imp_open(struct imp *m)
+{
+    int rc, err;
+
+    if (lseek(m->fd, 0, SEEK_SET) < 0)
+        return imp_fail(m, EX_IOERR, "cannot rewind: %s", strerror(errno));
+    rc = bundle_reader_header(imp_read, m, &m->h, m->raw);
+    if (rc)
+        return imp_fail(m, EX_DATAERR, "%s", bundle_strerror(rc));
+    bundle_hex(m->h.bundle_id, 16, m->hex);
+    rc = store_peer_by_key(m->h.sender_sign_pk, &m->peer);
+    if (rc == STORE_NOTFOUND) {
+        char line[256];
+        bundle_key_line(m->h.sender_sign_pk, m->h.recipient_box_pk, NULL, line, sizeof line);
+        return imp_fail(m, EX_NOPERM, "unknown sender: no peer has the signing key of this bundle"
+                        " (its first half: %.48s...); add the sender with mailnode peer add", line + 5);
+    }
+    if (rc)
+        return imp_fail(m, EX_TEMPFAIL, "%s", "database error looking up the sender");
+    if (bundle_header_verify(m->raw, m->peer.sign_pk))
+        return imp_fail(m, EX_DATAERR, "%s", bundle_strerror(BUNDLE_ESIG));
+    if (sodium_memcmp(m->h.recipient_box_pk, m->keys->box_pk, 32))
+        return imp_fail(m, EX_NOUSER, "%s", "this bundle is addressed to another node's key, not to"
+                        " this node (see mailnode key show)");
+    rc = store_volume_seen(m->h.bundle_id, m->h.volume);
+    if (rc < 0)
+        return imp_fail(m, EX_TEMPFAIL, "%s", "database error");
+    if (rc) {
+        char what[128];
+        snprintf(what, sizeof what, "%s volume %u", m->hex, (unsigned)m->h.volume);
+        return imp_fail(m, EX_DATAERR, "bundle %s was imported before (a replay); nothing was changed", what);
+    }
+    m->r = bundle_reader_open(imp_read, m, &m->h, m->keys, &err);
+    if (!m->r)
+        return imp_fail(m, err == BUNDLE_ENOMEM ? EX_OSERR : EX_DATAERR, "%s", bundle_strerror(err));
+    return 0;
+}
+
+static void imp_close_reader(struct imp *m)
+{
+    bundle_reader_free(m->r);
+    m->r = NULL;
+}
+
+/* ---------------------------------------------------------------- pass 1 */
+
+/* Order of records in a mail volume: (ENV DATA* END)* FIN; in a receipt:
+ * ACK* FIN. */
+static int imp_check_records(struct imp *m)
+{
+    const unsigned char *p;
+    size_t n;
+    int type, rc, in_msg = 0;
+    int64_t size = 0;
+    crypto_generichash_state h;
+    unsigned char sum[32];
+
+    while ((rc = bundle_read_record(m->r, &type, &p, &n)) == 0) {
+        if (type == BUNDLE_REC_FIN)
+            return in_msg ? BUNDLE_ERECORD : 0;
+        if (m->h.kind == BUNDLE_KIND_RECEIPT) {
+            if (type != BUNDLE_REC_ACK || n != QID_LEN)
+                return BUNDLE_ERECORD;
+            m->nmsgs++;
+            continue;
+        }
+        switch (type) {
+        case BUNDLE_REC_ENV:
+            if (in_msg || bundle_env_parse(p, n, m->env))
+                return BUNDLE_ERECORD;
+            in_msg = 1;
+            size = 0;
+            crypto_generichash_init(&h, NULL, 0, 32);
+            break;
+        case BUNDLE_REC_DATA:
+            if (!in_msg)
+                return BUNDLE_ERECORD;
+            crypto_generichash_update(&h, p, n);
+            size += (int64_t)n;
+            break;
+        case BUNDLE_REC_END:
+            if (!in_msg || n != 40)
+                return BUNDLE_ERECORD;
+            crypto_generichash_final(&h, sum, 32);
+            if (sodium_memcmp(sum, p, 32) || p[32] != 0)
+                return BUNDLE_ERECORD;
+            for (int i = 0; i < 8; i++)
+                if (p[32 + i] != (unsigned char)((uint64_t)size >> (56 - 8 * i)))
+                    return BUNDLE_ERECORD;
+            in_msg = 0;
+            m->nmsgs++;
+            m->raw_total += size;
+            break;
+        default:
+            return BUNDLE_ERECORD;
+        }
+    }
+    return rc == 1 ? BUNDLE_ERECORD : rc;
+}
+
+/* The mail must fit where the database is, with room to spare: an
+ * import that fills the disk would stall every other delivery. */
+static int imp_check_space(struct imp *m)
+{
+    struct statvfs vfs;
+    char dir[4096], *slash;
+    int64_t avail, need;
+
+    util_strlcpy(dir, conf->database, sizeof dir);
+    slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    else
+        util_strlcpy(dir, ".", sizeof dir);
+    if (statvfs(dir, &vfs))
+        return 0;
+    avail = (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize;
+    /* Stored bodies are compressed, but the write-ahead log holds each
+     * batch once more until it is folded back: the raw size is a fair
+     * upper bound of what the import needs. */
+    need = m->raw_total + (16 << 20);
+    if (need > avail) {
+        char what[160];
+        snprintf(what, sizeof what, "%lld bytes of mail need about %lld bytes on the disk of %s, %lld are free",
+                 (long long)m->raw_total, (long long)need, conf->database, (long long)avail);
+        imp_fail(m, EX_TEMPFAIL, "the bundle is bigger than the free disk space: %s; nothing was changed",
+                 what);
+        return -1;
+    }
+    return 0;
+}
+
+static int imp_pass1(struct imp *m)
+{
+    int rc, ex;
+
+    if ((ex = imp_open(m)))
+        return ex;
+    rc = imp_check_records(m);
+    imp_close_reader(m);
+    if (rc)
+        return imp_fail(m, rc == BUNDLE_EIO ? EX_IOERR : EX_DATAERR, "%s; nothing was changed",
+                        bundle_strerror(rc));
+    if (m->h.kind == BUNDLE_KIND_MAIL && imp_check_space(m))
+        return EX_TEMPFAIL;
+    return 0;
+}
+
+/* --------------------------------------------------------------- receipt */
+
+static int imp_receipt_open(struct imp *m)
+{
+    char dir[4096];
+    const char *slash;
+
+    if (m->receipt_dir) {
+        util_strlcpy(dir, m->receipt_dir, sizeof dir);
+    } else {
+        slash = strrchr(m->path, '/');
+        if (slash)
+            snprintf(dir, sizeof dir, "%.*s", (int)(slash - m->path) ? (int)(slash - m->path) : 1, m->path);
+        else
+            util_strlcpy(dir, ".", sizeof dir);
+    }
+    snprintf(m->rpath, sizeof m->rpath, "%s/receipt-%s-%03u.mnb", dir, m->hex, (unsigned)m->h.volume);
+    snprintf(m->rtmp, sizeof m->rtmp, "%s.tmp", m->rpath);
+    m->rfd = open(m->rtmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (m->rfd < 0)
+        return imp_fail(m, EX_CANTCREAT, "cannot create the receipt: %s (give --receipt-dir DIR)",
+                        strerror(errno));
+    m->rw = bundle_writer_open(m->rfd, m->keys, m->peer.box_pk, BUNDLE_KIND_RECEIPT, m->h.bundle_id,
+                               m->h.volume);
+    if (!m->rw) {
+        close(m->rfd);
+        unlink(m->rtmp);
+        return imp_fail(m, EX_IOERR, "cannot write the receipt: %s", strerror(errno));
+    }
+    return 0;
+}
+
+static void imp_receipt_drop(struct imp *m)
+{
+    if (!m->rw)
+        return;
+    bundle_writer_free(m->rw);
+    m->rw = NULL;
+    close(m->rfd);
+    unlink(m->rtmp);
+}
+
+static int imp_receipt_finish(struct imp *m)
+{
+    int rc = bundle_writer_finish(m->rw);
+
+    bundle_writer_free(m->rw);
+    m->rw = NULL;
+    if (!rc && fsync(m->rfd))
+        rc = BUNDLE_EIO;
+    if (close(m->rfd) && !rc)
+        rc = BUNDLE_EIO;
+    if (!rc && rename(m->rtmp, m->rpath))
+        rc = BUNDLE_EIO;
+    if (rc) {
+        unlink(m->rtmp);
+        return imp_fail(m, EX_IOERR, "the mail is stored, but the receipt could not be written (%s);"
+                        " the sender will send these messages again and they will be dropped as"
+                        " duplicates", strerror(errno));
+    }
+    printf("receipt for %s: %s\n", m->peer.name, m->rpath);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- pass 2 */
+
+static int imp_body_start(struct imp *m)
+{
+    char hdr[1024], date[64];
+    int n;
+
+    util_qid(m->qid);
+    m->b = store_body_new();
+    if (!m->b)
+        return STORE_ERR;
+    mime_data_init(&m->md);
+    bundle_msgid_init(&m->mid);
+    crypto_generichash_init(&m->hash, NULL, 0, 32);
+    m->size = 0;
+    util_date(util_now(), date, sizeof date);
+    /* RFC 5321 4.4: the trace field names where the message came from:
+     * the peer, the bundle and its volume. */
+    if (m->env->nrcpt == 1)
+        n = snprintf(hdr, sizeof hdr, "Received: from %s (bundle %s volume %u)\r\n\tby %s (mailnode)"
+                     " with BUNDLE id %s\r\n\tfor <%s>; %s\r\n", m->peer.name, m->hex, (unsigned)m->h.volume,
+                     conf->hostname, m->qid, m->env->rcpts[0].addr, date);
+    else
+        n = snprintf(hdr, sizeof hdr, "Received: from %s (bundle %s volume %u)\r\n\tby %s (mailnode)"
+                     " with BUNDLE id %s;\r\n\t%s\r\n", m->peer.name, m->hex, (unsigned)m->h.volume,
+                     conf->hostname, m->qid, date);
+    if (n < 0 || (size_t)n >= sizeof hdr)
+        return STORE_ERR;
+    return store_body_write(m->b, hdr, (size_t)n);
+}
+
+static int imp_body_data(struct imp *m, const unsigned char *p, size_t n)
+{
+    crypto_generichash_update(&m->hash, p, n);
+    m->size += (int64_t)n;
+    mime_scan(&m->md, p, n);
+    bundle_msgid_feed(&m->mid, p, n);
+    return store_body_write(m->b, p, n);
+}
+
+/* The key a recipient is remembered under: its mailbox or its address. */
+static void imp_rcpt_key(const struct store_rcpt *r, char *out, size_t n)
+{
+    if (r->kind == ROUTE_LOCAL)
+        snprintf(out, n, "mailbox:%lld", (long long)r->user_id);
+    else
+        util_strlcpy(out, r->addr, n);
+}
+
+/* 1 if the recipient was delivered before (by bundle or SMTP); else its
+ * identities are remembered with this message. */
+static int imp_seen(const unsigned char *origin, size_t olen, const char *oqid, const char *msgid,
+                    const struct store_rcpt *r)
+{
+    unsigned char k1[BUNDLE_ID_LEN], k2[BUNDLE_ID_LEN];
+    char key[ADDR_MAX + 32];
+    int rc;
+    int64_t now = util_now();
+
+    imp_rcpt_key(r, key, sizeof key);
+    if (origin) {
+        bundle_identity('Q', origin, olen, oqid, key, k1);
+        if ((rc = store_seen_check(k1)))
+            return rc;
+    }
+    if (msgid) {
+        bundle_identity('M', msgid, strlen(msgid), NULL, key, k2);
+        if ((rc = store_seen_check(k2)))
+            return rc;
+    }
+    if (origin && (rc = store_seen_add(k1, now)))
+        return rc;
+    if (msgid && (rc = store_seen_add(k2, now)))
+        return rc;
+    return 0;
+}
+
+/* Routes the envelope's recipients; those that cannot be routed are
+ * collected for a failure notification. */
+static int imp_route(struct imp *m, size_t *nroutes, struct dsn_rcpt *fails, char (*why)[64], size_t *nfail)
+{
+    *nroutes = 0;
+    *nfail = 0;
+    for (int i = 0; i < m->env->nrcpt; i++) {
+        const struct bundle_env_rcpt *er = &m->env->rcpts[i];
+        struct addr a;
+        size_t k = 0;
+        int rc = addr_parse_mailbox(er->addr, &a);
+        if (!rc)
+            rc = queue_route(&a, m->tmp, IMPORT_ROUTES, &k);
+        if (rc == STORE_ERR)
+            return STORE_ERR;
+        if (rc || m->md.received >= conf->max_received) {
+            fails[*nfail].addr = er->addr;
+            fails[*nfail].orcpt = er->orcpt[0] ? er->orcpt : NULL;
+            fails[*nfail].action = DSN_FAILED;
+            fails[*nfail].status = m->md.received >= conf->max_received ? "5.4.6"
+                                   : rc == QUEUE_EUNKNOWN ? "5.1.1" : rc == QUEUE_ELOOP ? "5.4.6" : "5.1.3";
+            snprintf(why[*nfail], 64, "%s", m->md.received >= conf->max_received ? "x-mailnode; mail loop"
+                     : rc == QUEUE_EUNKNOWN ? "x-mailnode; no such user here" : "x-mailnode; cannot route");
+            fails[*nfail].diagnostic = why[*nfail];
+            fails[*nfail].last_attempt = util_now();
+            if (!(er->notify & NOTIFY_NEVER) && (!er->notify || (er->notify & NOTIFY_FAILURE)))
+                (*nfail)++;
+            m->failed++;
+            continue;
+        }
+        for (size_t j = 0; j < k; j++) {
+            size_t d;
+            m->tmp[j].notify = er->notify;
+            util_strlcpy(m->tmp[j].orcpt, er->orcpt, sizeof m->tmp[j].orcpt);
+            for (d = 0; d < *nroutes; d++)
+                if (m->routes[d].kind == m->tmp[j].kind &&
+                    (m->tmp[j].kind == ROUTE_LOCAL ? m->routes[d].user_id == m->tmp[j].user_id
+                                                   : !strcmp(m->routes[d].addr, m->tmp[j].addr)))
+                    break;
+            if (d == *nroutes && *nroutes < IMPORT_ROUTES)
+                m->routes[(*nroutes)++] = m->tmp[j];
+        }
+    }
+    return 0;
+}
+
+/* RFC 3464 failure notification to the original sender. */
+static int imp_bounce(struct imp *m, const struct dsn_rcpt *fails, size_t n)
+{
+    struct dsn_info info;
+    struct store_env env;
+    struct store_rcpt back[8];
+    struct store_body *b;
+    struct addr a;
+    size_t nb = 0;
+    int rc;
+
+    if (!n || !m->env->sender[0])
+        return 0;               /* never a notification about a notification */
+    if (addr_parse_mailbox(m->env->sender, &a) || queue_route(&a, back, MN_NELEM(back), &nb) || !nb)
+        return 0;
+    memset(&info, 0, sizeof info);
+    info.qid = m->qid;
+    info.sender = m->env->sender;
+    info.envid = m->env->envid[0] ? m->env->envid : NULL;
+    info.ret_full = m->env->ret_full;
+    info.received = util_now();
+    info.body_id = m->b->id;
+    info.rcpts = fails;
+    info.n = n;
+    if (!(b = store_body_new()))
+        return STORE_ERR;
+    memset(&env, 0, sizeof env);
+    util_qid(env.qid);
+    env.sender = "";
+    env.client = "local";
+    rc = dsn_write(&info, b);
+    if (!rc)
+        rc = store_body_finish(b);
+    env.size = b->size;
+    if (!rc)
+        rc = store_msg_insert(&env, b, back, nb);
+    store_body_free(b);
+    return rc;
+}
+
+static int imp_msg_end(struct imp *m, const unsigned char *p, size_t n)
+{
+    struct store_env env;
+    struct dsn_rcpt fails[64];
+    char why[64][64];
+    unsigned char sum[32];
+    size_t nroutes = 0, nfail = 0, kept = 0;
+    int rc;
+
+    crypto_generichash_final(&m->hash, sum, 32);
+    if (n != 40 || sodium_memcmp(sum, p, 32))
+        return BUNDLE_ERECORD;          /* changed since the first pass */
+    bundle_msgid_finish(&m->mid);
+    if ((rc = store_body_finish(m->b)) || (rc = imp_route(m, &nroutes, fails, why, &nfail)))
+        return rc;
+    if (nfail > MN_NELEM(fails))
+        nfail = MN_NELEM(fails);
+    for (size_t i = 0; i < nroutes; i++) {
+        rc = imp_seen(m->h.sender_sign_pk, 32, m->env->qid, m->mid.found ? m->mid.id : NULL, &m->routes[i]);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            m->routes[kept++] = m->routes[i];
+        else
+            m->dups++;
+    }
+    memset(&env, 0, sizeof env);
+    util_strlcpy(env.qid, m->qid, sizeof env.qid);
+    env.sender = m->env->sender;
+    env.envid = m->env->envid[0] ? m->env->envid : NULL;
+    env.ret_full = m->env->ret_full;
+    env.eightbit = m->env->eightbit || m->md.eightbit;
+    env.client = m->peer.name;
+    env.size = m->b->size;
+    if (kept && (rc = store_msg_insert(&env, m->b, m->routes, kept)))
+        return rc;
+    if (nfail && (rc = imp_bounce(m, fails, nfail)))
+        return rc;
+    if (kept)
+        log_info("%s: accepted from=<%s> size=%lld nrcpt=%zu (bundle %s volume %u from %s, origin id %s)",
+                 m->qid, m->env->sender, (long long)m->size, kept, m->hex, (unsigned)m->h.volume,
+                 m->peer.name, m->env->qid);
+    else
+        log_info("%s: duplicate from=<%s> origin id %s (bundle %s from %s): already delivered, dropped",
+                 m->qid, m->env->sender, m->env->qid, m->hex, m->peer.name);
+    if (kept)
+        m->stored++;
+    /* The body stays (a message or the notification refers to it) or
+     * goes with the transaction's other unreferenced rows. */
+    if (!kept)
+        store_gc_body(m->b->id);
+    store_body_free(m->b);
+    m->b = NULL;
+    return bundle_write_record(m->rw, BUNDLE_REC_ACK, m->env->qid, QID_LEN) ? BUNDLE_EIO : 0;
+}
+
+static int imp_batch(struct imp *m)
+{
+    int rc;
+    if (++m->batch < IMPORT_BATCH_MSGS && m->batch_bytes < IMPORT_BATCH_BYTES)
+        return 0;
+    m->batch = 0;
+    m->batch_bytes = 0;
+    rc = store_commit();
+    return rc;
+}
+
+static int imp_store_mail(struct imp *m)
+{
+    const unsigned char *p;
+    size_t n;
+    int type, rc;
+
+    while ((rc = bundle_read_record(m->r, &type, &p, &n)) == 0 && type != BUNDLE_REC_FIN) {
+        switch (type) {
+        case BUNDLE_REC_ENV:
+            if (bundle_env_parse(p, n, m->env))
+                return BUNDLE_ERECORD;
+            rc = imp_body_start(m);
+            break;
+        case BUNDLE_REC_DATA:
+            rc = imp_body_data(m, p, n);
+            m->batch_bytes += (int64_t)n;
+            break;
+        case BUNDLE_REC_END:
+            rc = imp_msg_end(m, p, n);
+            if (!rc)
+                rc = imp_batch(m);
+            break;
+        default:
+            rc = BUNDLE_ERECORD;
+        }
+        if (rc)
+            return rc;
+    }
+    return rc < 0 ? rc : 0;
+}
+
+static int imp_store_receipt(struct imp *m)
+{
+    const unsigned char *p;
+    size_t n;
+    int type, rc;
+
+    while ((rc = bundle_read_record(m->r, &type, &p, &n)) == 0 && type != BUNDLE_REC_FIN) {
+        char qid[QID_LEN + 1];
+        if (type != BUNDLE_REC_ACK || n != QID_LEN)
+            return BUNDLE_ERECORD;
+        memcpy(qid, p, QID_LEN);
+        qid[QID_LEN] = '\0';
+        rc = store_bundle_ack(m->peer.id, qid);
+        if (rc < 0)
+            return rc;
+        if (rc > 0) {
+            m->stored++;
+            log_info("%s: delivered to %d recipient%s by bundle %s (receipt from %s)", qid, rc,
+                     rc == 1 ? "" : "s", m->hex, m->peer.name);
+        }
+    }
+    return rc < 0 ? rc : 0;
+}
+
+static int imp_pass2(struct imp *m)
+{
+    int rc, ex;
+
+    if ((ex = imp_open(m)))
+        return ex;
+    if (m->h.kind == BUNDLE_KIND_MAIL && (ex = imp_receipt_open(m))) {
+        imp_close_reader(m);
+        return ex;
+    }
+    store_seen_prune(util_now() - IMPORT_SEEN_KEEP);
+    rc = m->h.kind == BUNDLE_KIND_MAIL ? imp_store_mail(m) : imp_store_receipt(m);
+    if (!rc)
+        rc = store_volume_add(m->h.bundle_id, m->h.volume, m->peer.id, util_now());
+    if (!rc)
+        rc = store_commit();
+    imp_close_reader(m);
+    if (m->b) {
+        store_body_free(m->b);
+        m->b = NULL;
+    }
+    if (rc) {
+        store_rollback();
+        imp_receipt_drop(m);
+        if (rc == STORE_FULL)
+            return imp_fail(m, EX_TEMPFAIL, "%s", "the disk is full; what was stored is whole, import"
+                            " the volume again when there is space to complete it");
+        if (rc <= BUNDLE_ENOTBUNDLE && rc >= BUNDLE_ENOMEM)
+            return imp_fail(m, EX_DATAERR, "%s (the file changed while it was imported?)", bundle_strerror(rc));
+        return imp_fail(m, EX_TEMPFAIL, "%s", "database error; import the volume again to complete it");
+    }
+    if (m->h.kind == BUNDLE_KIND_MAIL) {
+        printf("%s: bundle %s volume %u from %s: %u messages, %u stored, %u duplicates dropped,"
+               " %u recipients failed\n", m->path, m->hex, (unsigned)m->h.volume, m->peer.name,
+               (unsigned)m->nmsgs, (unsigned)m->stored, (unsigned)m->dups, (unsigned)m->failed);
+        return imp_receipt_finish(m);
+    }
+    printf("%s: receipt from %s for bundle %s volume %u: %u messages acknowledged\n", m->path,
+           m->peer.name, m->hex, (unsigned)m->h.volume, (unsigned)m->stored);
+    return 0;
+}
+
+static int imp_one(const char *path, const struct bundle_keys *keys, const char *receipt_dir,
+                   struct bundle_env *env, struct store_rcpt *routes, struct store_rcpt *tmp)
+{
+    struct imp m;
+    int ex;
+
+    memset(&m, 0, sizeof m);
+    m.path = path;
+    m.keys = keys;
+    m.env = env;
+    m.routes = routes;
+    m.tmp = tmp;
+    m.receipt_dir = receipt_dir;
+    m.rfd = -1;
+    m.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (m.fd < 0)
+        return imp_fail(&m, errno == ENOENT ? EX_NOINPUT : EX_NOINPUT, "cannot open: %s", strerror(errno));
+    ex = imp_pass1(&m);
+    if (!ex)
+        ex = imp_pass2(&m);
+    close(m.fd);
+    return ex;
+}
+
+int cli_bundle_import(int argc, char **argv)
+{
+    struct bundle_keys keys;
+    struct bundle_env *env = NULL;
+    struct store_rcpt *routes = NULL, *tmp = NULL;
+    const char *rdir = NULL;
+    int first = 2, rc, worst = EX_OK;
+
+    if (argc > 3 && !strcmp(argv[2], "--receipt-dir")) {
+        rdir = argv[3];
+        first = 4;
+    }
+    if (first >= argc) {
+        fprintf(stderr, "usage: mailnode bundle import [--receipt-dir DIR] FILE...\n");
+        return EX_USAGE;
+    }
+    if ((rc = cli_bundle_keys(&keys, 1)) || (rc = cli_open_store()))
+        return rc;
+    env = malloc(sizeof *env);
+    routes = malloc(IMPORT_ROUTES * sizeof *routes);
+    tmp = malloc(IMPORT_ROUTES * sizeof *tmp);
+    if (!env || !routes || !tmp) {
+        worst = EX_OSERR;
+        goto out;
+    }
+    for (int i = first; i < argc; i++) {
+        rc = imp_one(argv[i], &keys, rdir, env, routes, tmp);
+        if (rc && worst == EX_OK)
+            worst = rc;
+    }
+out:
+    store_close();
+    sodium_memzero(&keys, sizeof keys);
+    free(env);
+    free(routes);
+    free(tmp);
+    return worst;
+}
+
+/* ------------------------------------------------------ SMTP duplicates */
+
+int bundle_dedup(struct store_body *b, struct store_rcpt *rcpts, size_t *n, const char *qid)
+{
+    struct store_reader rd;
+    struct bundle_msgid mid;
+    unsigned char buf[4096];
+    size_t kept = 0, dropped = 0;
+    int64_t total = 0;
+    ssize_t r;
+    int rc;
+
+    if (!*n || !store_peer_any())
+        return 0;
+    /* The Message-ID is in the header, near the start of the body. */
+    if (store_reader_open(&rd, b->id))
+        return STORE_ERR;
+    bundle_msgid_init(&mid);
+    while (!mid.done && total < 256 * 1024 && (r = store_reader_read(&rd, buf, sizeof buf)) > 0) {
+        bundle_msgid_feed(&mid, buf, (size_t)r);
+        total += r;
+    }
+    store_reader_close(&rd);
+    bundle_msgid_finish(&mid);
+    if (!mid.found)
+        return 0;
+    for (size_t i = 0; i < *n; i++) {
+        rc = imp_seen(NULL, 0, NULL, mid.id, &rcpts[i]);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            rcpts[kept++] = rcpts[i];
+        else
+            dropped++;
+    }
+    if (dropped)
+        log_info("%s: %zu recipient%s dropped: %s already delivered by bundle", qid, dropped,
+                 dropped == 1 ? "" : "s", mid.id);
+    *n = kept;
+    return 0;
+}
+
 /* ---- src/main.c ---- */
 #line 1 "src/main.c"
 /*
@@ -25658,7 +30249,7 @@ static const struct {
 } cli_commands[] = {
     { "run", cli_run, "serve SMTP, submission, POP3 and ODMR, deliver queued mail" },
     { "sendmail", cli_sendmail, "queue a message from standard input (sendmail -t -f -i)" },
-    { "queue", cli_queue, "list | count | show ID | delete ID | hold ID | release ID" },
+    { "queue", cli_queue, "list | count | show ID... | delete ID... | hold ID... | release ID..." },
     { "user", cli_user, "add | del | passwd | list: mailbox users" },
     { "domain", cli_domain, "add | del | list: local and hold domains" },
     { "alias", cli_alias, "add | del | list: aliases" },
@@ -25666,6 +30257,10 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
+    { "key", cli_key, "show: this node's public bundle key" },
+    { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
+    { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },
 };
 
 static void usage(FILE *f)

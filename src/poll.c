@@ -12,7 +12,6 @@
 #include "internal.h"
 
 #include <assert.h>
-#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 
@@ -47,7 +46,7 @@ static struct {
     struct conn *c;
     char reply[512];
     int reply_code;
-    int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
+    struct smtpc_caps caps;             /* what the upstream's EHLO offered */
     char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
@@ -57,6 +56,7 @@ static struct {
     struct pwaiter *waiters;            /* told at the end of this exchange */
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
+    int pushed;                         /* this exchange sent our queued mail first */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
 
 static void poll_enter(enum pstate to)
@@ -116,6 +116,18 @@ static void poll_finish(int rc, const char *fmt, ...)
     poll_drop_connection();
     timer_cancel(&P.guard);
     poll_enter(POLL_IDLE);
+    if (P.pushed && conf->relayhost[0]) {
+        /* The exchange worked, but what we had to send did not all go:
+         * cron and ifup hooks must see that (sysexits 75). */
+        int64_t left = store_ops_queued_remote("");
+        if (left > 0) {
+            poll_say("our own mail is still queued: %lld recipient%s (see mailnode queue list)\n",
+                     (long long)left, left == 1 ? "" : "s");
+            if (rc == EX_OK)
+                rc = EX_TEMPFAIL;
+        }
+    }
+    P.pushed = 0;
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -239,7 +251,7 @@ static void poll_reply(int code, const char *text)
         /* upstream.tls: STARTTLS when offered ("may"), never ("none"), or
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
-        if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
+        if (!P.c->tls && P.caps.starttls && policy != SMTPC_TLS_NONE) {
             poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
@@ -254,16 +266,17 @@ static void poll_reply(int code, const char *text)
             ask_next_etrn();
             return;
         }
-        if (!P.ehlo_atrn) {
+        if (!P.caps.atrn) {
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
-        if (P.ehlo_cram) {
+        int mech = smtpc_auth_choose(&P.caps, P.c);
+        if (mech == SMTPC_AUTH_CRAM) {
             poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
-        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
+        } else if (mech == SMTPC_AUTH_PLAIN) {
             poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
@@ -278,7 +291,7 @@ static void poll_reply(int code, const char *text)
                 return;
             }
             poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
-            P.ehlo_starttls = 0;
+            P.caps.starttls = 0;
             poll_reply(250, "250 continue");
             return;
         }
@@ -353,45 +366,17 @@ static void poll_reply(int code, const char *text)
 
 static void client_input(struct conn *c)
 {
-    while (!c->dead && c->in_len && P.c == c) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap)
-                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+    char line[512];
+    int code, last, rc;
+
+    while (!c->dead && c->in_len && P.c == c && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            poll_finish(EX_PROTOCOL, rc == SMTPC_ELONG ? "the upstream sent an over-long line"
+                                                       : "the upstream sent a malformed reply");
             return;
         }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
-            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
-            return;
-        }
-        int code = atoi((char *)c->in);
-        int last = l == 3 || c->in[3] == ' ';
-        char line[512];
-        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
-        memcpy(line, c->in, k);
-        line[k] = '\0';
-        for (char *p = line; *p; p++)
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
-        conn_consume(c, len);
-        if (P.state == POLL_EHLO && l > 4) {
-            const char *kw = line + 4;
-            if (!strcasecmp(kw, "ATRN"))
-                P.ehlo_atrn = 1;
-            else if (!strcasecmp(kw, "STARTTLS"))
-                P.ehlo_starttls = 1;
-            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
-                char m[256];
-                util_strlcpy(m, kw + 5, sizeof m);
-                for (char *p = m; *p; p++)
-                    *p = (char)toupper((unsigned char)*p);
-                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
-                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
-            }
-        }
+        if (P.state == POLL_EHLO && strlen(line) > 4)
+            smtpc_caps_keyword(&P.caps, line + 4);
         if (last)
             poll_reply(code, line);
     }
@@ -442,7 +427,7 @@ static void client_tls(struct conn *c, int err)
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
     poll_enter(POLL_EHLO);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     poll_send("EHLO %s", conf->hostname);
 }
 
@@ -476,7 +461,7 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         len = sizeof(struct sockaddr_in6);
     }
     poll_enter(POLL_GREETING);
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    memset(&P.caps, 0, sizeof P.caps);
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
@@ -514,9 +499,8 @@ static void pull_start(void)
 static void push_done(void *arg, const char *summary, int failed)
 {
     MN_UNUSED(arg);
+    MN_UNUSED(failed);                  /* poll_finish counts what is left */
     poll_say("sent: %s", summary);
-    if (failed)
-        poll_say("(some of our own mail is still queued)\n");
     if (P.state == POLL_PUSH)
         pull_start();
 }
@@ -574,6 +558,7 @@ int poll_run(poll_done_fn done, void *arg)
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
         poll_enter(POLL_PUSH);
+        P.pushed = 1;
         if (queue_flush_wait(NULL, push_done, NULL)) {
             poll_enter(POLL_IDLE);
             pull_start();

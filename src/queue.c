@@ -178,6 +178,71 @@ static int queue_user(struct queue_exp *x, const char *local, const char *domain
     return queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
 }
 
+/* RFC 5321 4.5.1 requires postmaster; root (cron), abuse (RFC 2142) and
+ * MAILER-DAEMON (replies to bounces) are where mail about the node goes. */
+static int queue_is_admin_name(const char *local)
+{
+    static const char *const names[] = { "postmaster", "root", "abuse", "mailer-daemon" };
+    for (size_t i = 0; i < MN_NELEM(names); i++)
+        if (!strcasecmp(local, names[i]))
+            return 1;
+    return 0;
+}
+
+int queue_admin(struct store_user *u)
+{
+    if (conf->admin && conf->admin[0])
+        return store_user_get(conf->admin, u);
+    return store_user_first(u);
+}
+
+/* Mail for the admin names when no alias or user of that name exists:
+ * the admin, or, until there is one, a mailbox of its own so that
+ * nothing is refused (cron's `sendmail root` must not lose its report). */
+static int queue_admin_route(struct queue_exp *x, const char *local, const char *domain)
+{
+    struct store_user u;
+    char addr[ADDR_MAX];
+    int rc = queue_admin(&u);
+
+    if (rc == STORE_NOTFOUND) {
+        rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        if (rc == STORE_NOTFOUND) {
+            memset(&u, 0, sizeof u);
+            util_strlcpy(u.name, QUEUE_HOLDING_BOX, sizeof u.name);
+            if ((rc = store_user_add(&u)))
+                return rc;
+            rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        }
+    }
+    if (rc)
+        return rc;
+    queue_format_addr(local, domain, addr, sizeof addr);
+    rc = queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
+    sodium_memzero(&u, sizeof u);
+    return rc;
+}
+
+int queue_admin_adopt(void)
+{
+    struct store_user admin, box;
+    int rc = store_user_get(QUEUE_HOLDING_BOX, &box);
+
+    if (rc == STORE_NOTFOUND || (rc == 0 && box.pwhash[0]))
+        return 0;                       /* no holding box, or a real user */
+    if (rc)
+        return rc;
+    rc = queue_admin(&admin);
+    if (rc == STORE_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    rc = store_user_adopt(box.id, admin.id);
+    sodium_memzero(&admin, sizeof admin);
+    sodium_memzero(&box, sizeof box);
+    return rc ? rc : 1;
+}
+
 static int queue_expand(struct queue_exp *x, const char *local, const char *domain, int depth);
 
 /* One alias target: "user", "user@domain" or "<user@domain>". */
@@ -274,6 +339,8 @@ static int queue_expand(struct queue_exp *x, const char *local, const char *doma
         free(targets);
         if ((rc = queue_user(x, local, domain, &found)))
             return rc;
+        if (!found && queue_is_admin_name(local))
+            return queue_admin_route(x, local, domain);
         return 0;
     }
     if (rc)
@@ -329,5 +396,38 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     *n = x.n;
     if (x.n == 0)
         return x.loop ? QUEUE_ELOOP : QUEUE_EUNKNOWN;
+    return 0;
+}
+
+/* submission.sender_login_match: may user send with reverse-path a?  Yes
+ * for <>, for the user's own name in a local domain, for an alias whose
+ * every target is the user's own mailbox, and for any address in a hold
+ * domain the user owns (or below it: the site's own mail going out). */
+int queue_sender_owned(const char *user, const struct addr *a)
+{
+    struct store_rcpt routes[8];
+    struct store_user u;
+    struct store_domain d;
+    size_t n = 0;
+    char local[sizeof a->local];
+
+    if (a->null_path)
+        return 1;
+    util_strlcpy(local, a->local, sizeof local);
+    util_lower(local);
+    if (queue_domain_is_local(a->domain) && !strcmp(local, user))
+        return 1;
+    if (queue_domain_is_local(a->domain) && !store_user_get(user, &u) &&
+        !queue_route(a, routes, MN_NELEM(routes), &n) && n) {
+        size_t mine = 0;
+        for (size_t i = 0; i < n; i++)
+            mine += routes[i].kind == ROUTE_LOCAL && routes[i].user_id == u.id;
+        sodium_memzero(&u, sizeof u);
+        if (mine == n)
+            return 1;
+    }
+    for (const char *dom = a->domain; dom && *dom; dom = strchr(dom, '.') ? strchr(dom, '.') + 1 : NULL)
+        if (!store_domain_get(dom, &d) && d.kind == DOMAIN_HOLD && !strcmp(d.owner, user))
+            return 1;
     return 0;
 }

@@ -77,11 +77,15 @@ static void scan(void *arg);
 
 /* Addresses of destinations that could not be reached, so that a
  * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
- * that talks to us is up). */
+ * that talks to us is up).  At most once per backoff step: after an
+ * early retry, the next one waits until as much time as the current
+ * backoff has passed, so a host that connects to us all the time while
+ * its own listener stays down cannot make us retry in a storm. */
 #define DOWN_SLOTS 64
 static struct {
     char dest[SMTP_DOMAIN_MAX + 16];
     char ip[64];
+    int64_t early;                      /* when a connection last ended its wait */
 } down[DOWN_SLOTS];
 static int down_next;
 
@@ -92,23 +96,33 @@ static void down_note(const char *dest, const char *ip)
             return;
     util_strlcpy(down[down_next].dest, dest, sizeof down[0].dest);
     util_strlcpy(down[down_next].ip, ip, sizeof down[0].ip);
+    down[down_next].early = 0;
     down_next = (down_next + 1) % DOWN_SLOTS;
 }
 
-void queue_peer_seen(const char *ip)
+void queue_peer_seen(const struct conn *c)
 {
+    int64_t now = util_now();
+
+    /* A loopback client is one of our own (sendmail, scripts, a local
+     * filter): it says nothing about a relayhost on 127.0.0.1 being up. */
+    if (c->peer_loopback)
+        return;
     for (int i = 0; i < DOWN_SLOTS; i++) {
-        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+        if (!down[i].ip[0] || strcmp(down[i].ip, c->peer_ip))
             continue;
         struct store_dest d;
-        if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
-            d.next_try = 0;
-            d.backoff = 0;
-            store_dest_put(&d);
-            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
-            queue_kick();
-        }
-        down[i].ip[0] = '\0';
+        if (store_dest_get(down[i].dest, &d) || d.next_try <= now)
+            continue;
+        if (down[i].early && now - down[i].early < d.backoff)
+            continue;                   /* this backoff step had its early retry */
+        /* Now, but the backoff itself stays: if the host is still not
+         * taking mail, the next wait is longer. */
+        down[i].early = now;
+        d.next_try = 0;
+        store_dest_put(&d);
+        log_info("%s: %s connected to us: retrying now", down[i].dest, c->peer_ip);
+        queue_kick();
     }
 }
 
@@ -274,6 +288,36 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
                  env.qid);
     store_body_free(b);
     queue_kick();
+}
+
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t k = 0;
+
+    memset(&m, 0, sizeof m);
+    m.body_id = body_id;
+    m.received = util_now();
+    m.ret_full = env->ret_full;
+    util_strlcpy(m.qid, env->qid, sizeof m.qid);
+    util_strlcpy(m.sender, env->sender, sizeof m.sender);
+    util_strlcpy(m.envid, env->envid ? env->envid : "", sizeof m.envid);
+    for (size_t i = 0; i < n && k < MN_NELEM(r); i++) {
+        const struct store_rcpt *x = &rcpts[i];
+        if (x->kind != ROUTE_LOCAL || !(x->notify & NOTIFY_SUCCESS) || (x->notify & NOTIFY_NEVER))
+            continue;
+        r[k].addr = x->addr;
+        r[k].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+        r[k].action = DSN_DELIVERED;
+        r[k].status = "2.0.0";
+        r[k].remote_mta = NULL;
+        r[k].diagnostic = NULL;
+        r[k].last_attempt = m.received;
+        k++;
+    }
+    send_dsn(&m, r, k, NULL);
 }
 
 static void flush_notes(struct hop *h, const struct store_out_msg *m)
@@ -940,10 +984,14 @@ static void waiters_account(struct hop *h)
     for (struct waiter *w = Q.waiters; w; w = w->next) {
         if (!waiter_matches(w, h))
             continue;
+        /* A destination not reached deferred everything queued for it. */
+        int64_t deferred = h->deferred;
+        if (h->error[0] && !h->progress && !deferred)
+            deferred = store_ops_queued_remote(h->domain);
         int n = snprintf(w->summary + w->used, sizeof w->summary - w->used,
-                         "%s: %d delivered, %d deferred, %d failed%s%s\n",
-                         h->domain[0] ? h->domain : conf->relayhost, h->delivered, h->deferred, h->failed,
-                         h->error[0] ? ": " : "", h->error);
+                         "%s: %d delivered, %lld deferred, %d failed%s%s\n",
+                         h->domain[0] ? h->domain : conf->relayhost, h->delivered,
+                         (long long)(deferred > 0 ? deferred : 0), h->failed, h->error[0] ? ": " : "", h->error);
         if (n > 0 && (size_t)n < sizeof w->summary - w->used)
             w->used += (size_t)n;
         if (h->deferred || (h->error[0] && !h->progress))

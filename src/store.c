@@ -202,6 +202,17 @@ static const char *const migrations[] = {
     " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
     "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
     " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
+    /* 6: offline bundles: peers, recipients in transit, identities of
+     * delivered recipients (duplicates), volumes imported (replays). */
+    "CREATE TABLE peer(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sign_pk BLOB NOT NULL UNIQUE,"
+    " box_pk BLOB NOT NULL, domains TEXT NOT NULL DEFAULT '', added INTEGER NOT NULL);"
+    "CREATE TABLE bundle_transit(rcpt_id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL,"
+    " bundle_id BLOB NOT NULL, exported INTEGER NOT NULL);"
+    "CREATE INDEX bundle_transit_peer ON bundle_transit(peer_id);"
+    "CREATE TABLE bundle_seen(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
+    "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
+    " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
 };
 
 sqlite3 *store_db(void)
@@ -1078,82 +1089,7 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
 
 /* ----------------------------------------------------------------- queue */
 
-static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
-{
-    static sqlite3_stmt *rs;
-    size_t used = 0;
-
-    memset(q, 0, sizeof *q);
-    util_strlcpy(q->qid, (const char *)sqlite3_column_text(st, 0), sizeof q->qid);
-    util_strlcpy(q->sender, (const char *)sqlite3_column_text(st, 1), sizeof q->sender);
-    q->received = sqlite3_column_int64(st, 2);
-    q->size = sqlite3_column_int64(st, 3);
-    int held = sqlite3_column_int(st, 5);
-    if (!store_stmt(&rs, "SELECT addr, state, next_try, last_error, kind FROM rcpt"
-                         " WHERE message_id=? ORDER BY id"))
-        return;
-    sqlite3_bind_int64(rs, 1, sqlite3_column_int64(st, 4));
-    while (sqlite3_step(rs) == SQLITE_ROW) {
-        static const char *states[] = { "queued", "delivered", "failed" };
-        int state = sqlite3_column_int(rs, 1);
-        const char *err = (const char *)sqlite3_column_text(rs, 3);
-        int kind = sqlite3_column_int(rs, 4);
-        char when[64] = "";
-        if (state == 0)
-            util_date(sqlite3_column_int64(rs, 2), when, sizeof when);
-        int w = snprintf(q->rcpts + used, sizeof q->rcpts - used, "%s%s (%s%s%s%s%s)",
-                         used ? "\n" : "", (const char *)sqlite3_column_text(rs, 0),
-                         (kind == ROUTE_HOLD || held) && state == 0 ? "held" : states[state % 3],
-                         state == 0 && kind != ROUTE_HOLD && !held ? ", next try " : "",
-                         state == 0 && kind != ROUTE_HOLD && !held ? when : "",
-                         err ? ": " : "", err ? err : "");
-        q->nrcpt++;
-        if (w < 0 || (size_t)w >= sizeof q->rcpts - used) {
-            used = sizeof q->rcpts - 1;
-            continue;
-        }
-        used += (size_t)w;
-    }
-    sqlite3_reset(rs);
-}
-
-int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg)
-{
-    static sqlite3_stmt *st;
-    struct store_qinfo q;
-    int rc;
-
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold FROM message m"
-                         " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
-                         " ORDER BY id"))
-        return STORE_ERR;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        qinfo_fill(st, &q);
-        if (cb(arg, &q))
-            break;
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
-}
-
-int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
-{
-    static sqlite3_stmt *st;
-    int rc;
-
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold, body_id FROM message WHERE qid=?"))
-        return STORE_ERR;
-    sqlite3_bind_text(st, 1, qid, -1, SQLITE_TRANSIENT);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        if (body_id)
-            *body_id = sqlite3_column_int64(st, 6);
-        /* qinfo_fill resets nothing of st: read its columns first. */
-        qinfo_fill(st, q);
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
-}
+/* The listings the operator sees are in store_ops.c. */
 
 static int queue_delete(const char *qid)
 {
@@ -1257,34 +1193,6 @@ int store_meta_get(const char *key, char *value, size_t n, int64_t *updated)
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
-}
-
-int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
-{
-    static sqlite3_stmt *q;
-    struct store_dest d;
-    int rc;
-
-    if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE kind IN (2,3) AND rcpt.dest=dest.name AND state=0)"
-                        " FROM dest ORDER BY name"))
-        return STORE_ERR;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        const char *e = (const char *)sqlite3_column_text(q, 6);
-        memset(&d, 0, sizeof d);
-        util_strlcpy(d.name, (const char *)sqlite3_column_text(q, 0), sizeof d.name);
-        d.next_try = sqlite3_column_int64(q, 1);
-        d.backoff = sqlite3_column_int64(q, 2);
-        d.failures = sqlite3_column_int64(q, 3);
-        d.last_try = sqlite3_column_int64(q, 4);
-        d.last_ok = sqlite3_column_int64(q, 5);
-        util_strlcpy(d.last_error, e ? e : "", sizeof d.last_error);
-        d.backlog = sqlite3_column_int64(q, 7);
-        if (cb(arg, &d))
-            break;
-    }
-    sqlite3_reset(q);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
 }
 
 static int gc_body(int64_t body_id)

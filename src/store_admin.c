@@ -157,6 +157,34 @@ int store_user_update(const struct store_user *u)
     return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
 }
 
+/* The holding mailbox has an empty password hash: nobody logs in as it. */
+int store_user_first(struct store_user *u)
+{
+    static sqlite3_stmt *st;
+
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
+        return STORE_ERR;
+    return admin_user_one(st, u);
+}
+
+int store_user_adopt(int64_t from, int64_t to)
+{
+    static sqlite3_stmt *mv, *del;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&mv, "UPDATE mbox SET user_id=? WHERE user_id=?") ||
+        !store_stmt(&del, "DELETE FROM user WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(mv, 1, to);
+    sqlite3_bind_int64(mv, 2, from);
+    if ((err = admin_exec(mv, "move the postmaster mailbox")))
+        return err;
+    sqlite3_bind_int64(del, 1, from);
+    return admin_exec(del, "remove the postmaster mailbox");
+}
+
 /* Removes the user with the mailbox, in one transaction, then the bodies
  * nobody refers to any more.  Hold domains the user owned lose their
  * owner: a new user who happens to get the same name must not inherit the

@@ -342,7 +342,8 @@ int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t r
     int rc;
 
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 ORDER BY m.received LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0"
+                         " ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -357,7 +358,7 @@ int store_unwarned(int64_t before, int (*cb)(void *arg, int64_t msg_id), void *a
     static sqlite3_stmt *st;
     int rc;
 
-    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND EXISTS"
+    if (!store_stmt(&st, "SELECT m.id FROM message m WHERE m.received<? AND m.warned=0 AND m.hold=0 AND EXISTS"
                          " (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0 AND r.kind=2) LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);

@@ -188,7 +188,7 @@ TEST(queue_calls_all_or_nothing)
     store_body_free(b);
     CHECK_INT(store_commit(), 0);
     each_step_fails("store_queue_delete", run_delete, qid, 3);
-    CHECK_INT(store_queue_get(qid, &(struct store_qinfo){ 0 }, NULL), STORE_NOTFOUND);
+    CHECK_INT(store_ops_msg_get(qid, &(struct store_ops_msg){ 0 }), STORE_NOTFOUND);
     CHECK_INT(store_commit(), 0);
     check_tally();
 }
@@ -273,6 +273,29 @@ static int noop_warn(void *arg, int64_t a)
     return 0;
 }
 
+static int noop_held(void *arg, const char *domain, int64_t rcpts, int64_t msgs)
+{
+    MN_UNUSED(arg);
+    MN_UNUSED(domain);
+    MN_UNUSED(rcpts);
+    MN_UNUSED(msgs);
+    return 0;
+}
+
+static int noop_msg(void *arg, const struct store_ops_msg *m)
+{
+    MN_UNUSED(arg);
+    MN_UNUSED(m);
+    return 0;
+}
+
+static int noop_rcpt(void *arg, const struct store_ops_rcpt *r)
+{
+    MN_UNUSED(arg);
+    MN_UNUSED(r);
+    return 0;
+}
+
 static int noop_dlist(void *arg, const struct store_dest *d)
 {
     MN_UNUSED(arg);
@@ -300,7 +323,7 @@ TEST(hot_paths_use_indexes)
     struct store_dest d;
     struct store_mbox_msg mm;
     struct store_reader rd;
-    struct store_qinfo q;
+    struct store_ops_msg q;
     char qid[QID_LEN + 1], buf[256];
     int64_t now = util_now();
 
@@ -337,12 +360,24 @@ TEST(hot_paths_use_indexes)
     CHECK(store_held_count("site.test") > 0);
     CHECK(store_queue_count() > 0);
     CHECK_INT(store_status(&st), 0);
-    CHECK_INT(store_dest_list(noop_dlist, NULL), 0);
+    CHECK_INT(store_ops_dests(0, noop_dlist, NULL), 0);
+    CHECK_INT(store_ops_dests(1, noop_dlist, NULL), 0);
+    CHECK_INT(store_ops_held(noop_held, NULL), 0);
+    CHECK(store_ops_on_hold() >= 0);
+    CHECK(store_ops_queued_remote("") >= 0);
+    CHECK(store_ops_queued_remote("far.test") >= 0);
+    CHECK_INT(store_ops_msgs(NULL, noop_msg, NULL), 0);
+    CHECK_INT(store_ops_msgs("far.test", noop_msg, NULL), 0);
+    int64_t ndel = -1;
+    CHECK_INT(store_ops_delete_domain("nowhere.test", &ndel), 0);
+    CHECK_INT(ndel, 0);
     CHECK_INT(store_expired(now - 3600, noop_exp, NULL), 0);
     CHECK_INT(store_unwarned(now - 3600, noop_warn, NULL), 0);
     CHECK_INT(store_msg_set_warned(mid), 0);
-    int64_t body_id = 0;
-    CHECK_INT(store_queue_get(qid, &q, &body_id), 0);
+    CHECK_INT(store_ops_msg_get(qid, &q), 0);
+    int64_t body_id = q.body_id;
+    CHECK_INT(store_ops_rcpts(q.id, 0, noop_rcpt, NULL), 0);
+    CHECK_INT(store_ops_rcpts(q.id, 1, noop_rcpt, NULL), 0);
     CHECK_INT(store_reader_open(&rd, body_id), 0);
     CHECK(store_reader_read(&rd, buf, sizeof buf) > 0);
     store_reader_close(&rd);
