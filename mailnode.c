@@ -5793,9 +5793,7 @@ static const char *const migrations[] = {
      * moving inside them), in the order they are picked: (next_try,
      * message_id) per destination, and across destinations for the
      * smarthost.  Counts that `queue count` and `status` show are kept
-     * by triggers, so reading them costs the same at any queue size.  A
-     * body that fits one chunk is kept in its body row (body.data). */
-    "ALTER TABLE body ADD COLUMN data BLOB;"
+     * by triggers, so reading them costs the same at any queue size. */
     "DROP INDEX rcpt_due;"
     "DROP INDEX rcpt_next;"
     "CREATE INDEX rcpt_pick ON rcpt(kind, dest, next_try, message_id) WHERE state=0;"
@@ -5832,6 +5830,9 @@ static const char *const migrations[] = {
     "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
     "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
     " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
+    /* 7: a body that fits one chunk is kept in its body row: no chunk
+     * row, so no chunk page written when it comes and when it goes. */
+    "ALTER TABLE body ADD COLUMN data BLOB;",
 };
 
 sqlite3 *store_db(void)
