@@ -169,6 +169,9 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    int compress;                       /* COMPRESS DEFLATE between mailnodes (zio.c) */
+    char **compress_never;              /* destinations or hosts never compressed */
+    size_t n_compress_never;
     char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
     int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
@@ -233,6 +236,7 @@ struct conn {
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
     unsigned lingering : 1;             /* output sent, half-closed, draining input */
+    unsigned drain_due : 1;             /* on_drain at the end of the turn (output went out at once) */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -240,6 +244,7 @@ struct conn {
     struct conn *next, *prev;
     struct conn *kick_next;
     void *tls;                          /* SSL *, when TLS is on */
+    void *zio;                          /* struct zio, when COMPRESS is on (zio.c) */
 };
 
 struct timer {
@@ -305,6 +310,30 @@ struct watch {
 int loop_watch_add(struct watch *w);
 int loop_watch_mod(struct watch *w, uint32_t events);
 void loop_watch_del(struct watch *w);
+
+/* ------------------------------------------------------------------ zio */
+
+/* COMPRESS DEFLATE between mailnodes (zio.c, modelled on RFC 4978): after
+ * zio_start both directions of c are raw deflate streams; what is in
+ * c->out already goes out plain, what is in c->in is compressed input. */
+int zio_start(struct conn *c);
+int zio_active(const struct conn *c);
+struct zio_stats {
+    uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
+};
+const struct zio_stats *zio_stats(const struct conn *c);
+void zio_conn_free(struct conn *c);     /* by conn_abort */
+/* 1 if compression may be offered to or used with the session's peer:
+ * `compress` is on and neither dest nor host is in compress.never. */
+int zio_allowed(const char *dest, const char *host);
+/* For the loop: plain text moves through these, compressed octets through
+ * conn_raw_read/conn_raw_write (TLS or the socket). */
+ssize_t zio_io_read(struct conn *c, void *buf, size_t n);
+int zio_io_flush(struct conn *c);               /* 0 all sent, 1 would block, -1 error */
+int zio_io_pending_in(const struct conn *c);
+size_t zio_io_pending_out(const struct conn *c);
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n);
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n);
 
 /* ----------------------------------------------------------------- pace */
 
@@ -1015,6 +1044,7 @@ void smtpc_abort(struct smtpc *s);
  * the upstream exchange in poll.c), so that the two cannot drift apart. */
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];

@@ -158,6 +158,12 @@ static uint32_t conn_tls_events(const struct conn *c, uint32_t ev)
     return tev;
 }
 
+/* Output not yet on the wire: the buffer, and what compression holds. */
+static size_t conn_out_pending(const struct conn *c)
+{
+    return c->out_len + (c->zio ? zio_io_pending_out(c) : 0);
+}
+
 static void conn_update_events(struct conn *c)
 {
     uint32_t ev = 0;
@@ -173,8 +179,11 @@ static void conn_update_events(struct conn *c)
     }
     if (conn_wants_input(c))
         ev |= EPOLLIN;
-    if (c->out_len)
+    if (conn_out_pending(c))
         ev |= EPOLLOUT;
+    /* Compressed input already read raises no event either. */
+    if ((ev & EPOLLIN) && c->zio && zio_io_pending_in(c))
+        conn_kick(c);
     if (c->tls) {
         /* Decrypted input already inside OpenSSL raises no epoll event:
          * once there is room for it, read it at the end of this turn. */
@@ -294,6 +303,8 @@ void conn_abort(struct conn *c)
         return;
     c->dead = 1;
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->zio)
+        zio_conn_free(c);
     if (c->tls)
         tls_conn_free(c);
     close(c->fd);
@@ -313,9 +324,18 @@ int conn_flush(struct conn *c)
         conn_update_events(c);
         return 0;
     }
-    while (c->out_len) {
-        ssize_t w = c->tls ? tls_io_write(c, c->out, c->out_len)
-                           : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+    size_t pending = conn_out_pending(c);
+    if (c->zio) {
+        uint64_t before = zio_stats(c)->raw_out + c->out_len;
+        if (zio_io_flush(c) < 0) {
+            conn_abort(c);
+            return -1;
+        }
+        if (zio_stats(c)->raw_out + c->out_len != before)
+            conn_progress(c);
+    }
+    while (c->out_len && !c->zio) {
+        ssize_t w = conn_raw_write(c, c->out, c->out_len);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -329,7 +349,7 @@ int conn_flush(struct conn *c)
         if (w > 0)
             conn_progress(c);
     }
-    if (!c->out_len && c->closing) {
+    if (!conn_out_pending(c) && c->closing) {
         /* A close while the client still has bytes in flight makes the
          * kernel send a reset, which can destroy our last reply before the
          * client reads it.  So: half-close, read and drop what still comes,
@@ -340,6 +360,15 @@ int conn_flush(struct conn *c)
         }
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
+    }
+    /* Everything went out at once (compression shrank it, or the kernel
+     * took it): no writable event will come to ask a streaming writer for
+     * more, so ask it at the end of this turn.  Only after progress, so
+     * this never spins. */
+    if (c->want_drain && c->ops && c->ops->on_drain && conn_out_pending(c) < pending &&
+        conn_out_pending(c) <= c->out_cap / 2) {
+        c->drain_due = 1;
+        conn_kick(c);
     }
     conn_update_events(c);
     return 0;
@@ -354,11 +383,11 @@ void conn_close(struct conn *c)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    if (c->out_len && !(c->tls && tls_io_handshaking(c))) {
+    if (conn_out_pending(c) && !(c->tls && tls_io_handshaking(c))) {
         conn_update_events(c);
         return;
     }
-    if (!c->out_len && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
+    if (!conn_out_pending(c) && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
         conn_update_events(c);
@@ -400,6 +429,17 @@ static void conn_progress(struct conn *c)
         c->deadline = util_now_ms() + c->idle_ms;
 }
 
+/* The layer under compression: TLS, or the socket itself. */
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n)
+{
+    return c->tls ? tls_io_read(c, buf, n) : recv(c->fd, buf, n, 0);
+}
+
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n)
+{
+    return c->tls ? tls_io_write(c, buf, n) : send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
 static void conn_linger_read(struct conn *c)
 {
     unsigned char sink[4096];
@@ -421,8 +461,8 @@ static void conn_readable(struct conn *c)
         return;
     }
     while (c->in_len < c->in_cap) {
-        ssize_t r = c->tls ? tls_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
-                           : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        ssize_t r = c->zio ? zio_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
+                           : conn_raw_read(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (r > 0) {
             c->in_len += (size_t)r;
             conn_progress(c);
@@ -515,7 +555,7 @@ static void conn_tls_event(struct conn *c, uint32_t events)
     if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
         ((events & EPOLLOUT) && tls_io_read_wants_out(c)))
         conn_readable(c);
-    if (!c->dead && c->out_len &&
+    if (!c->dead && conn_out_pending(c) &&
         ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || ((events & EPOLLIN) && tls_io_write_wants_in(c))))
         conn_writable(c);
 }
@@ -531,9 +571,15 @@ static void run_kicked(void)
             list = c->kick_next;
             c->kicked = 0;
             /* Under TLS, decrypted input may wait inside OpenSSL. */
-            if (!c->dead && c->tls && tls_io_pending(c) && conn_wants_input(c)) {
+            if (!c->dead && ((c->tls && tls_io_pending(c)) || (c->zio && zio_io_pending_in(c))) &&
+                conn_wants_input(c)) {
                 conn_readable(c);
                 continue;
+            }
+            if (!c->dead && c->drain_due) {
+                c->drain_due = 0;
+                if (c->want_drain && !c->closing && c->ops->on_drain)
+                    c->ops->on_drain(c);
             }
             if (!c->dead && !c->paused && c->in_len)
                 c->ops->on_input(c);

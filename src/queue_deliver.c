@@ -8,9 +8,32 @@
  * A link that is down, a lookup that fails, a refused connection: all are
  * temporary.  Only a peer's 5xx, a domain that does not exist, a null MX
  * or queue.lifetime make a recipient fail.
+ *
+ * A destination's life (its dest row holds what outlives a session):
+ *
+ *   due        next_try <= now and a recipient due: scan() (every second,
+ *              or at once on queue_kick) calls hop_start
+ *   resolving  a struct hop exists (at most one per dest row, at most
+ *              delivery_parallel in all); h->dq: the MX or host lookup
+ *   in flight  h->sc: one SMTP session carrying every due message of the
+ *              destination; hop_try_next moves on to the next address
+ *              (never one of our own listeners, RFC 5321 5.1) when a
+ *              host cannot be reached
+ *   backoff    hop_finish: a session that reached the peer and moved
+ *              something clears the backoff; otherwise backoff_next()
+ *              doubles it (with jitter, up to retry.max) and next_try is
+ *              set; a link-up event, `mailnode flush` or the down host
+ *              connecting to us (queue_peer_seen) ends it early
+ *   release    a hop of kind ROUTE_HOLD carries held mail for ETRN/ATRN
+ *              (queue_release, queue_release_on); it has no schedule:
+ *              what it cannot move stays held for the next request
+ *
+ * Invariants (asserted): a hop has at most one of dq and sc at a time,
+ * and neither once hop_finish runs; hop_find(name) is unique.
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 
@@ -484,6 +507,8 @@ static void hop_finish(struct hop *h, int ok)
 {
     struct store_dest d;
     int64_t now = util_now();
+
+    assert(!h->sc && !h->dq);
 
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held
