@@ -6,7 +6,7 @@ set -euo pipefail
 
 pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp groff-base postfix"
 # IMAP clients for the protocol tests, and Dovecot as the reference server.
-pkgs="$pkgs isync s-nail mutt dovecot-imapd"
+pkgs="$pkgs isync s-nail dovecot-imapd"
 [ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
 # FUZZ=1 (make fuzz): clang with libFuzzer; VALGRIND=1 (make test-valgrind).
 [ "${FUZZ:-}" != 1 ] || pkgs="$pkgs clang libclang-rt-dev"
