@@ -6299,6 +6299,21 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
+/* A message that reaches a mailbox gets its IMAP structure (ENVELOPE,
+ * BODYSTRUCTURE, part offsets) computed once now, while its chunks are
+ * fresh; a failure only leaves it to be computed at the first FETCH. */
+static void store_index_local(int64_t body_id, const struct store_rcpt *rcpts, size_t n)
+{
+    struct store_imap_cache c;
+
+    for (size_t i = 0; i < n; i++)
+        if (rcpts[i].kind == ROUTE_LOCAL) {
+            if (imap_mime_compute(body_id, &c) == 0)
+                store_imap_cache_free(&c);
+            return;
+        }
+}
+
 int store_msg_insert(const struct store_env *env, struct store_body *b,
                      const struct store_rcpt *rcpts, size_t n)
 {
@@ -6374,6 +6389,7 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
             return err;
     }
     b->linked = 1;
+    store_index_local(b->id, rcpts, n);
     return 0;
 }
 
@@ -21036,6 +21052,7 @@ void imap_append_end(struct imap *s)
         return;
     }
     err = store_body_finish(b);
+    int64_t b_id = b->id;
     if (!err)
         err = store_imap_append(s->user_id, s->akey, b, s->aflags,
                                 s->akw, s->adate, &uid);
@@ -21046,6 +21063,9 @@ void imap_append_end(struct imap *s)
         return;
     }
     log_info("imap: user=%s appended uid %lld", s->user, (long long)uid);
+    struct store_imap_cache c;
+    if (imap_mime_compute(b_id, &c) == 0)      /* once, now: see store_index_local */
+        store_imap_cache_free(&c);
     if (s->state == IMAP_SELECTED && s->v.f.key == s->akey)
         imap_sync(s, 0);
     /* RFC 4315 3: APPENDUID uidvalidity uid. */

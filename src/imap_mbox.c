@@ -710,6 +710,7 @@ void imap_append_end(struct imap *s)
         return;
     }
     err = store_body_finish(b);
+    int64_t b_id = b->id;
     if (!err)
         err = store_imap_append(s->user_id, s->akey, b, s->aflags,
                                 s->akw, s->adate, &uid);
@@ -720,6 +721,9 @@ void imap_append_end(struct imap *s)
         return;
     }
     log_info("imap: user=%s appended uid %lld", s->user, (long long)uid);
+    struct store_imap_cache c;
+    if (imap_mime_compute(b_id, &c) == 0)      /* once, now: see store_index_local */
+        store_imap_cache_free(&c);
     if (s->state == IMAP_SELECTED && s->v.f.key == s->akey)
         imap_sync(s, 0);
     /* RFC 4315 3: APPENDUID uidvalidity uid. */

@@ -769,6 +769,21 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
+/* A message that reaches a mailbox gets its IMAP structure (ENVELOPE,
+ * BODYSTRUCTURE, part offsets) computed once now, while its chunks are
+ * fresh; a failure only leaves it to be computed at the first FETCH. */
+static void store_index_local(int64_t body_id, const struct store_rcpt *rcpts, size_t n)
+{
+    struct store_imap_cache c;
+
+    for (size_t i = 0; i < n; i++)
+        if (rcpts[i].kind == ROUTE_LOCAL) {
+            if (imap_mime_compute(body_id, &c) == 0)
+                store_imap_cache_free(&c);
+            return;
+        }
+}
+
 int store_msg_insert(const struct store_env *env, struct store_body *b,
                      const struct store_rcpt *rcpts, size_t n)
 {
@@ -844,6 +859,7 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
             return err;
     }
     b->linked = 1;
+    store_index_local(b->id, rcpts, n);
     return 0;
 }
 

@@ -668,4 +668,66 @@ def cleartext_login_policy():
         c.close()
 
 
+def make_cert(d):
+    key, cert = os.path.join(d, 'k.pem'), os.path.join(d, 'c.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+                    '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost',
+                    '-addext', 'subjectAltName=IP:127.0.0.1'],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+    return cert, key
+
+
+@test
+def starttls_and_implicit_tls():
+    import ssl
+    import tempfile
+    d = tempfile.mkdtemp(prefix='mailnode-imap-tls-')
+    try:
+        cert, key = make_cert(d)
+        ctx = ssl.create_default_context(cafile=cert)
+        n = Node(conf=dict(FAST, **{'tls.cert': cert, 'tls.key': key}),
+                 listeners=('smtp', 'imap', 'imaps'))
+        with n:
+            n.cli('user', 'add', 'alice', input=PASSWORD + '\n')
+            c = Conn(n)
+            check('STARTTLS offered', 'STARTTLS' in c.greeting.decode(), c.greeting)
+            c.c.send('a1 STARTTLS\r\na2 LOGIN alice "%s"\r\n' % PASSWORD)
+            r = c.c.recv_line()
+            check('STARTTLS OK', r.startswith(b'a1 OK'), r)
+            s = ctx.wrap_socket(c.c.sock, server_hostname='127.0.0.1')
+            s.settimeout(10)
+            s.sendall(b'b1 CAPABILITY\r\n')
+            data = b''
+            while b'b1 ' not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            check('the command sent in the clear after STARTTLS was dropped', b'a2' not in data, data)
+            check('no STARTTLS after TLS', b'STARTTLS' not in data, data)
+            s.close()
+            m = n.imap()
+            m.starttls(ssl_context=ctx)
+            check('imaplib STARTTLS then LOGIN', m.login('alice', PASSWORD)[0] == 'OK')
+            m.logout()
+            m = imaplib.IMAP4_SSL('127.0.0.1', n.port('imaps'), ssl_context=ctx, timeout=10)
+            check('implicit TLS greeting', m.welcome.startswith(b'* OK'), m.welcome)
+            check('implicit TLS LOGIN', m.login('alice', PASSWORD)[0] == 'OK')
+            typ, data = m.select('INBOX')
+            check('SELECT over TLS', typ == 'OK', data)
+            m.logout()
+    finally:
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test
+def imaps_without_certificate_refused():
+    n = Node(conf=dict(FAST), listeners=('smtp', 'imaps'), start=False)
+    with n:
+        rc, out, err = n.cli('run', timeout=30)
+        check('listen.imaps without tls.cert: mailnode run exits with EX_CONFIG', rc == 78, (rc, err))
+        check('and says why', 'listen.imaps needs tls.cert' in err, err)
+
+
 harness.main()
