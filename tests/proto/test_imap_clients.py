@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import harness
+from dovecot import Dovecot
 from harness import Node, check, diag, test, wait_until
 
 PASSWORD = 'correct horse 42'
@@ -90,98 +91,6 @@ def deliver(n, i):
                    b'Subject: message %d\r\nMessage-ID: <m%d@remote.test>\r\n\r\nbody %d\r\n' % (i, i, i))
     finally:
         s.quit()
-
-
-class Dovecot:
-    """A private Dovecot on a loopback port: its own config, base_dir,
-    state and maildirs under a temporary directory; one user alice."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix='mailnode-dovecot-')
-        os.chmod(self.dir, 0o755)
-        self.port = harness.free_ports(1)[0]
-        for d in ('run', 'state', 'mail', 'home'):
-            os.mkdir(os.path.join(self.dir, d))
-        os.chmod(os.path.join(self.dir, 'mail'), 0o777)
-        os.chmod(os.path.join(self.dir, 'home'), 0o777)
-        with open(os.path.join(self.dir, 'passwd'), 'w') as f:
-            f.write('alice:{PLAIN}%s\n' % PASSWORD)
-        self.conf = os.path.join(self.dir, 'dovecot.conf')
-        with open(self.conf, 'w') as f:
-            f.write(DOVECOT_CONF.replace('@DIR@', self.dir).replace('@PORT@', str(self.port)))
-        subprocess.run(['dovecot', '-c', self.conf], check=True, timeout=30)
-        if not wait_until(lambda: harness._port_open(self.port), timeout=10):
-            raise RuntimeError('dovecot did not start: %s' % self.log())
-
-    def log(self):
-        try:
-            with open(os.path.join(self.dir, 'dovecot.log')) as f:
-                return f.read()[-2000:]
-        except OSError:
-            return ''
-
-    def imap(self):
-        m = imaplib.IMAP4('127.0.0.1', self.port, timeout=10)
-        m.login('alice', PASSWORD)
-        return m
-
-    def close(self):
-        try:
-            with open(os.path.join(self.dir, 'run', 'master.pid')) as f:
-                pid = int(f.read().strip())
-            os.kill(pid, signal.SIGTERM)
-            wait_until(lambda: not os.path.exists('/proc/%d' % pid), timeout=10)
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-DOVECOT_CONF = '''
-base_dir = @DIR@/run
-state_dir = @DIR@/state
-log_path = @DIR@/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:@DIR@/mail/%u
-first_valid_uid = 100
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN @DIR@/passwd
-}
-userdb {
-  driver = static
-  args = uid=65534 gid=65534 home=@DIR@/home/%u
-}
-namespace inbox {
-  inbox = yes
-  separator = /
-  mailbox Sent {
-    special_use = \\Sent
-    auto = create
-  }
-  mailbox Trash {
-    special_use = \\Trash
-    auto = create
-  }
-}
-service imap-login {
-  inet_listener imap {
-    address = 127.0.0.1
-    port = @PORT@
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-service anvil {
-  unix_listener anvil-auth-penalty {
-    mode = 0
-  }
-}
-'''
 
 
 @test
