@@ -613,6 +613,9 @@ MN_PRIVATE int store_imap_changed(int64_t user_id, int64_t key, int64_t modseq,
                        int (*cb)(void *arg, const struct store_imap_msg *m), void *arg);
 MN_PRIVATE int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const struct store_imap_msg *m),
                     void *arg);
+/* The messages of a folder with uids in [lo, hi], in order. */
+MN_PRIVATE int store_imap_range(int64_t user_id, int64_t key, int64_t lo, int64_t hi,
+                     int (*cb)(void *arg, const struct store_imap_msg *m), void *arg);
 MN_PRIVATE int store_imap_set_flags(int64_t user_id, int64_t uid, unsigned flags, const char *keywords, int64_t modseq);
 /* A copy of the message into folder key; *new_uid gets its uid. */
 MN_PRIVATE int store_imap_copy(int64_t user_id, int64_t uid, int64_t key, int64_t *new_uid);
@@ -7563,6 +7566,23 @@ int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const str
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, user_id);
     sqlite3_bind_int64(st, 2, key);
+    return simap_msg_each(st, cb, arg);
+}
+
+int store_imap_range(int64_t user_id, int64_t key, int64_t lo, int64_t hi,
+                     int (*cb)(void *arg, const struct store_imap_msg *m), void *arg)
+{
+    static sqlite3_stmt *st;
+
+    /* One statement for a run of messages: a FETCH of 10,000 flags is a
+     * few range scans, not 10,000 lookups each taking the file lock. */
+    if (!store_stmt(&st, "SELECT " MSG_COLS " FROM mbox WHERE user_id=? AND folder=? AND uid BETWEEN ? AND ?"
+                         " ORDER BY uid"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    sqlite3_bind_int64(st, 3, lo);
+    sqlite3_bind_int64(st, 4, hi);
     return simap_msg_each(st, cb, arg);
 }
 
@@ -19410,7 +19430,61 @@ struct fetch_job {
     struct store_reader r;
     int reader_open;
     int64_t pos, end;                   /* message coordinates */
+    /* Rows of the next messages, read in one range query. */
+    struct store_imap_msg *batch;
+    size_t bfirst, bn;                  /* batch covers idx[bfirst .. bfirst + bn) */
+    uint32_t *buids;                    /* their uids, 0 where expunged */
 };
+
+#define FETCH_BATCH 64
+
+struct fetch_fill {
+    struct fetch_job *j;
+    const uint32_t *uids;
+};
+
+static int fetch_fill_one(void *arg, const struct store_imap_msg *m)
+{
+    struct fetch_fill *f = arg;
+    struct fetch_job *j = f->j;
+    for (size_t k = 0; k < j->bn; k++)
+        if (f->uids[k] == (uint32_t)m->uid) {
+            j->batch[k] = *m;
+            j->buids[k] = (uint32_t)m->uid;
+            break;
+        }
+    return 0;
+}
+
+/* The row of the message at j->cur: from the batch, read FETCH_BATCH at
+ * a time.  STORE_NOTFOUND when it was expunged meanwhile. */
+static int fetch_row(struct imap *s, struct fetch_job *j)
+{
+    uint32_t want[FETCH_BATCH];
+
+    if (!j->batch) {
+        j->batch = malloc(FETCH_BATCH * sizeof *j->batch);
+        j->buids = malloc(FETCH_BATCH * sizeof *j->buids);
+        if (!j->batch || !j->buids)
+            return STORE_ERR;
+    }
+    if (j->cur < j->bfirst || j->cur >= j->bfirst + j->bn) {
+        j->bfirst = j->cur;
+        j->bn = j->nidx - j->cur < FETCH_BATCH ? j->nidx - j->cur : FETCH_BATCH;
+        for (size_t k = 0; k < j->bn; k++) {
+            want[k] = s->v.uids[j->idx[j->cur + k]];
+            j->buids[k] = 0;
+        }
+        struct fetch_fill f = { j, want };
+        if (store_imap_range(s->user_id, s->v.f.key, want[0], want[j->bn - 1], fetch_fill_one, &f))
+            return STORE_ERR;
+    }
+    size_t k = j->cur - j->bfirst;
+    if (!j->buids[k])
+        return STORE_NOTFOUND;
+    j->m = j->batch[k];
+    return 0;
+}
 
 /* --------------------------------------------------------- the parts */
 
@@ -19934,6 +20008,8 @@ static void fetch_job_free(struct imap *s)
     if (j->cache_state > 0)
         store_imap_cache_free(&j->cache);
     free(j->idx);
+    free(j->batch);
+    free(j->buids);
     free(j);
     s->job = NULL;
 }
@@ -20019,7 +20095,7 @@ static int fetch_pump(struct imap *s)
             if (j->cache_state > 0)
                 store_imap_cache_free(&j->cache);
             j->cache_state = 0;
-            if (store_imap_get(s->user_id, s->v.uids[i], &j->m)) {
+            if (fetch_row(s, j)) {
                 j->cur++;               /* expunged by another session meanwhile */
                 continue;
             }

@@ -53,7 +53,61 @@ struct fetch_job {
     struct store_reader r;
     int reader_open;
     int64_t pos, end;                   /* message coordinates */
+    /* Rows of the next messages, read in one range query. */
+    struct store_imap_msg *batch;
+    size_t bfirst, bn;                  /* batch covers idx[bfirst .. bfirst + bn) */
+    uint32_t *buids;                    /* their uids, 0 where expunged */
 };
+
+#define FETCH_BATCH 64
+
+struct fetch_fill {
+    struct fetch_job *j;
+    const uint32_t *uids;
+};
+
+static int fetch_fill_one(void *arg, const struct store_imap_msg *m)
+{
+    struct fetch_fill *f = arg;
+    struct fetch_job *j = f->j;
+    for (size_t k = 0; k < j->bn; k++)
+        if (f->uids[k] == (uint32_t)m->uid) {
+            j->batch[k] = *m;
+            j->buids[k] = (uint32_t)m->uid;
+            break;
+        }
+    return 0;
+}
+
+/* The row of the message at j->cur: from the batch, read FETCH_BATCH at
+ * a time.  STORE_NOTFOUND when it was expunged meanwhile. */
+static int fetch_row(struct imap *s, struct fetch_job *j)
+{
+    uint32_t want[FETCH_BATCH];
+
+    if (!j->batch) {
+        j->batch = malloc(FETCH_BATCH * sizeof *j->batch);
+        j->buids = malloc(FETCH_BATCH * sizeof *j->buids);
+        if (!j->batch || !j->buids)
+            return STORE_ERR;
+    }
+    if (j->cur < j->bfirst || j->cur >= j->bfirst + j->bn) {
+        j->bfirst = j->cur;
+        j->bn = j->nidx - j->cur < FETCH_BATCH ? j->nidx - j->cur : FETCH_BATCH;
+        for (size_t k = 0; k < j->bn; k++) {
+            want[k] = s->v.uids[j->idx[j->cur + k]];
+            j->buids[k] = 0;
+        }
+        struct fetch_fill f = { j, want };
+        if (store_imap_range(s->user_id, s->v.f.key, want[0], want[j->bn - 1], fetch_fill_one, &f))
+            return STORE_ERR;
+    }
+    size_t k = j->cur - j->bfirst;
+    if (!j->buids[k])
+        return STORE_NOTFOUND;
+    j->m = j->batch[k];
+    return 0;
+}
 
 /* --------------------------------------------------------- the parts */
 
@@ -577,6 +631,8 @@ static void fetch_job_free(struct imap *s)
     if (j->cache_state > 0)
         store_imap_cache_free(&j->cache);
     free(j->idx);
+    free(j->batch);
+    free(j->buids);
     free(j);
     s->job = NULL;
 }
@@ -662,7 +718,7 @@ static int fetch_pump(struct imap *s)
             if (j->cache_state > 0)
                 store_imap_cache_free(&j->cache);
             j->cache_state = 0;
-            if (store_imap_get(s->user_id, s->v.uids[i], &j->m)) {
+            if (fetch_row(s, j)) {
                 j->cur++;               /* expunged by another session meanwhile */
                 continue;
             }
