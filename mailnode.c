@@ -1070,6 +1070,7 @@ struct imap {
     char akw[IMAP_KEYWORDS_MAX + 1];
     int64_t auidvalidity;
     struct imap_sb after_commit;        /* the tagged reply due after the commit */
+    int condstore;                      /* RFC 7162 3.1: CONDSTORE is enabled */
 };
 /* imap.c */
 MN_PRIVATE void imap_out(struct imap *s, const void *p, size_t n);
@@ -5662,6 +5663,15 @@ static const char *const migrations[] = {
     " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
     " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
     " UNION ALL SELECT 'Junk', 5, '\\Junk');",
+    /* 5: CONDSTORE (RFC 7162 3.1): a new message carries the folder's
+     * change number of its arrival as its mod-sequence. */
+    "DROP TRIGGER mbox_added;"
+    "CREATE TRIGGER mbox_added AFTER INSERT ON mbox BEGIN"
+    " UPDATE folder SET uidnext=max(uidnext, NEW.uid+1), modseq=modseq+1"
+    " WHERE user_id=NEW.user_id AND CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END;"
+    " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
+    " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
+    " END;",
 };
 
 sqlite3 *store_db(void)
@@ -18870,7 +18880,7 @@ enum srch_op {
     Q_ALL, Q_FLAG, Q_UNFLAG, Q_KEYWORD, Q_UNKEYWORD, Q_NEW, Q_OLD, Q_RECENT,
     Q_FROM, Q_TO, Q_CC, Q_BCC, Q_SUBJECT, Q_HEADER, Q_BODY, Q_TEXT,
     Q_BEFORE, Q_ON, Q_SINCE, Q_SENTBEFORE, Q_SENTON, Q_SENTSINCE,
-    Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND,
+    Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND, Q_MODSEQ,
 };
 
 struct srch_node {
@@ -18885,6 +18895,7 @@ struct srch {
     struct srch_node nodes[SRCH_NODES];
     int n;
     int need_cache;
+    int modseq;                         /* a MODSEQ key: the reply names the highest */
 };
 
 static const struct {
@@ -19032,6 +19043,22 @@ static struct srch_node *srch_p_key(struct srch *q, struct imap_p *p, int depth)
         if (!(n = srch_new(q, toupper((unsigned char)word[0]) == 'L' ? Q_LARGER : Q_SMALLER)) ||
             imap_p_sp(p) || imap_p_number(p, &n->num))
             return NULL;
+        return n;
+    }
+    if (!strcasecmp(word, "MODSEQ")) {
+        /* RFC 7162 3.1.5: MODSEQ [entry-name entry-type] mod-sequence; the
+         * entry is accepted and not used (flags share one mod-sequence). */
+        char entry[256], type[16];
+        if (!(n = srch_new(q, Q_MODSEQ)) || imap_p_sp(p))
+            return NULL;
+        if (p->i < p->n && p->s[p->i] == '"') {
+            if (imap_p_astring(p, entry, sizeof entry, NULL) || imap_p_sp(p) ||
+                imap_p_atom(p, type, sizeof type) || imap_p_sp(p))
+                return NULL;
+        }
+        if (imap_p_number(p, &n->num))
+            return NULL;
+        q->modseq = 1;
         return n;
     }
     if (!strcasecmp(word, "UID")) {
@@ -19279,6 +19306,7 @@ static int srch_eval(struct srch_msg *x, const struct srch_node *n)
         star = s->v.n ? s->v.uids[s->v.n - 1] : 0;
         return imap_set_has(&n->set, (uint32_t)m->uid, star);
     case Q_SEQ: return imap_set_has(&n->set, (uint32_t)x->seq, (uint32_t)s->v.n);
+    case Q_MODSEQ: return m->modseq >= n->num;
     case Q_NOT: return !srch_eval(x, n->a);
     case Q_OR: return srch_eval(x, n->a) || srch_eval(x, n->b);
     case Q_AND:
@@ -19295,6 +19323,7 @@ struct srch_run {
     struct srch_node *root;
     int uid;
     struct imap_sb out;
+    int64_t top_modseq;
 };
 
 static int srch_each(void *arg, const struct store_imap_msg *m)
@@ -19316,8 +19345,11 @@ static int srch_each(void *arg, const struct store_imap_msg *m)
     if (lo >= s->v.n || s->v.uids[lo] != uid)
         return 0;
     struct srch_msg x = { s, m, lo + 1, { 0 }, 0, NULL };
-    if (srch_eval(&x, r->root))
+    if (srch_eval(&x, r->root)) {
         imap_sb_printf(&r->out, " %lu", r->uid ? (unsigned long)uid : (unsigned long)(lo + 1));
+        if (m->modseq > r->top_modseq)
+            r->top_modseq = m->modseq;
+    }
     if (x.cache_state > 0)
         store_imap_cache_free(&x.cache);
     free(x.header);
@@ -19327,7 +19359,7 @@ static int srch_each(void *arg, const struct store_imap_msg *m)
 void imap_cmd_search(struct imap *s, struct imap_p *p, int uid)
 {
     struct srch *q = calloc(1, sizeof *q);
-    struct srch_run r = { s, NULL, uid, { 0 } };
+    struct srch_run r = { s, NULL, uid, { 0 }, 0 };
     char word[32];
 
     if (!q) {
@@ -19359,6 +19391,12 @@ void imap_cmd_search(struct imap *s, struct imap_p *p, int uid)
     if (store_imap_each(s->user_id, s->v.f.key, srch_each, &r) || r.out.err) {
         imap_tagged(s, "NO [UNAVAILABLE] cannot search now");
     } else {
+        if (q->modseq && r.top_modseq) {
+            /* RFC 7162 3.1.5: the highest mod-sequence of the matches. */
+            imap_sb_printf(&r.out, " (MODSEQ %lld)", (long long)r.top_modseq);
+        }
+        if (q->modseq)
+            s->condstore = 1;
         imap_sb_str(&r.out, "\r\n");
         imap_out(s, r.out.s, r.out.len);
         imap_tagged(s, "OK %sSEARCH completed", uid ? "UID " : "");
@@ -19399,7 +19437,8 @@ bad:
 #define FETCH_FIELDS_MAX 1024           /* octets of a HEADER.FIELDS list */
 #define FETCH_HDR_MAX    (256 * 1024)   /* a header filtered in memory */
 
-enum { FI_UID, FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE, FI_BODY, FI_SECTION };
+enum { FI_UID, FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE, FI_BODY, FI_SECTION,
+       FI_MODSEQ };
 enum { SP_ALL, SP_HEADER, SP_FIELDS, SP_FIELDS_NOT, SP_TEXT, SP_MIME };
 
 struct fetch_item {
@@ -19416,6 +19455,7 @@ struct fetch_item {
 
 struct fetch_job {
     int uid;                            /* UID FETCH: UID is always returned */
+    int64_t changedsince;               /* RFC 7162 3.1.4.1: only messages changed after; 0 none */
     struct fetch_item items[FETCH_ITEMS];
     int nitems;
     size_t *idx, nidx, cur;
@@ -19740,6 +19780,8 @@ static int fetch_p_item(struct imap_p *p, struct fetch_job *j)
         it->kind = FI_ENVELOPE;
     else if (!strcmp(word, "BODYSTRUCTURE"))
         it->kind = FI_BODYSTRUCTURE;
+    else if (!strcmp(word, "MODSEQ"))
+        it->kind = FI_MODSEQ;
     else if (!strcmp(word, "RFC822") || !strcmp(word, "RFC822.HEADER") || !strcmp(word, "RFC822.TEXT")) {
         it->kind = FI_SECTION;
         it->spec = word[6] == 0 ? SP_ALL : word[7] == 'H' ? SP_HEADER : SP_TEXT;
@@ -20052,6 +20094,9 @@ static int fetch_item_out(struct imap *s, struct fetch_job *j, const struct fetc
     case FI_SIZE:
         imap_sb_printf(b, "RFC822.SIZE %lld", (long long)j->m.size);
         return 0;
+    case FI_MODSEQ:
+        imap_sb_printf(b, "MODSEQ (%lld)", (long long)j->m.modseq);
+        return 0;
     case FI_ENVELOPE:
     case FI_BODYSTRUCTURE:
     case FI_BODY:
@@ -20097,6 +20142,10 @@ static int fetch_pump(struct imap *s)
             j->cache_state = 0;
             if (fetch_row(s, j)) {
                 j->cur++;               /* expunged by another session meanwhile */
+                continue;
+            }
+            if (j->changedsince && j->m.modseq <= j->changedsince) {
+                j->cur++;
                 continue;
             }
             int seen = j->seen_set = fetch_mark_seen(s, j);
@@ -20160,6 +20209,21 @@ static int fetch_pump(struct imap *s)
     return 1;
 }
 
+/* " (CHANGEDSINCE n)" after the items (RFC 7162 3.1.4.1): implies MODSEQ. */
+static int fetch_p_changedsince(struct imap_p *p, struct fetch_job *j)
+{
+    if (p->n - p->i < 15 || strncasecmp(p->s + p->i, " (CHANGEDSINCE ", 15))
+        return 0;
+    p->i += 15;
+    if (imap_p_number(p, &j->changedsince) || p->i >= p->n || p->s[p->i] != ')')
+        return -1;
+    p->i++;
+    for (int i = 0; i < j->nitems; i++)
+        if (j->items[i].kind == FI_MODSEQ)
+            return 0;
+    return fetch_add(j, FI_MODSEQ);
+}
+
 void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
 {
     struct fetch_job *j = calloc(1, sizeof *j);
@@ -20170,12 +20234,16 @@ void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
         return;
     }
     j->uid = uid;
-    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || fetch_p_items(p, j) || imap_p_end(p)) {
+    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || fetch_p_items(p, j) ||
+        fetch_p_changedsince(p, j) || imap_p_end(p)) {
         imap_set_free(&set);
         free(j);
         imap_tagged(s, "BAD invalid FETCH arguments");
         return;
     }
+    for (int i = 0; i < j->nitems; i++)
+        if (j->items[i].kind == FI_MODSEQ)
+            s->condstore = 1;           /* RFC 7162 3.1: FETCH MODSEQ enables CONDSTORE */
     /* UID FETCH may report expunges first; FETCH may not (RFC 3501 7.4.1). */
     imap_sync(s, uid);
     int r = imap_set_resolve(s, &set, uid, &j->idx, &j->nidx);
@@ -20238,11 +20306,21 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
     unsigned flags;
     size_t *idx = NULL, n = 0;
     int mode = 0, silent = 0, err = 0;
-    int64_t modseq = 0;
-    struct imap_sb b = { 0 };
+    int64_t modseq = 0, unchangedsince = -1;
+    struct imap_sb b = { 0 }, modified = { 0 };
 
     if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p))
         goto bad;
+    /* RFC 7162 3.1.3: STORE set (UNCHANGEDSINCE n) ... */
+    if (p->n - p->i > 16 && !strncasecmp(p->s + p->i, "(UNCHANGEDSINCE ", 16)) {
+        p->i += 16;
+        if (imap_p_number(p, &unchangedsince) || p->i >= p->n || p->s[p->i] != ')')
+            goto bad;
+        p->i++;
+        if (imap_p_sp(p))
+            goto bad;
+        s->condstore = 1;
+    }
     size_t k = 0;
     while (p->i < p->n && p->s[p->i] != ' ' && k + 1 < sizeof item)
         item[k++] = (char)toupper((unsigned char)p->s[p->i++]);
@@ -20274,6 +20352,11 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
         struct store_imap_msg m;
         if (store_imap_get(s->user_id, s->v.uids[idx[i]], &m))
             continue;
+        if (unchangedsince >= 0 && m.modseq > unchangedsince) {
+            imap_sb_printf(&modified, "%s%lld", modified.len ? "," : "",
+                           uid ? (long long)m.uid : (long long)(idx[i] + 1));
+            continue;
+        }
         unsigned nf = mode == 0 ? flags : mode > 0 ? m.flags | flags : m.flags & ~flags;
         char nkw[IMAP_KEYWORDS_MAX + 1];
         util_strlcpy(nkw, m.keywords, sizeof nkw);
@@ -20287,16 +20370,29 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
         imap_flags_fmt(&b, nf, nkw, imap_is_recent(s, m.uid));
         if (uid)
             imap_sb_printf(&b, " UID %lld", (long long)m.uid);
+        if (s->condstore)
+            imap_sb_printf(&b, " MODSEQ (%lld)", (long long)(nf != m.flags || strcmp(nkw, m.keywords)
+                                                             ? modseq : m.modseq));
         imap_sb_str(&b, ")\r\n");
         if (!b.err)
             imap_out(s, b.s, b.len);
     }
     imap_sb_free(&b);
     free(idx);
-    if (err)
+    if (err) {
         imap_tagged(s, "NO [UNAVAILABLE] the flags could not be saved");
-    else
+    } else if (modified.len) {
+        /* RFC 7162 3.1.3: the messages changed since are named. */
+        struct imap_sb t = { 0 };
+        imap_sb_printf(&t, "OK [MODIFIED ");
+        imap_sb_add(&t, modified.s, modified.len);
+        imap_sb_str(&t, "] conditional STORE failed for some");
+        imap_reply_after_commit(s, t.s ? t.s : "OK");
+        imap_sb_free(&t);
+    } else {
         imap_reply_after_commit(s, uid ? "OK UID STORE completed" : "OK STORE completed");
+    }
+    imap_sb_free(&modified);
     return;
 bad:
     imap_set_free(&set);
@@ -20511,6 +20607,7 @@ static size_t mbox_count_recent(const struct imap *s)
 struct mbox_flagsync {
     struct imap *s;
     struct imap_sb b;
+    uint32_t top;                       /* messages above are new: EXISTS told of them */
 };
 
 static int mbox_flag_changed(void *arg, const struct store_imap_msg *m)
@@ -20520,11 +20617,14 @@ static int mbox_flag_changed(void *arg, const struct store_imap_msg *m)
     uint32_t uid = (uint32_t)m->uid;
     uint32_t *hit = bsearch(&uid, s->v.uids, s->v.n, sizeof uid, mbox_uid_cmp);
 
-    if (!hit)
+    if (!hit || uid > fs->top)
         return 0;
     fs->b.len = 0;
     imap_sb_printf(&fs->b, "* %zu FETCH (UID %u FLAGS ", (size_t)(hit - s->v.uids) + 1, uid);
     imap_flags_fmt(&fs->b, m->flags, m->keywords, imap_is_recent(s, m->uid));
+    /* RFC 7162 3.2: with CONDSTORE on, flag changes carry MODSEQ. */
+    if (s->condstore)
+        imap_sb_printf(&fs->b, " MODSEQ (%lld)", (long long)m->modseq);
     imap_sb_str(&fs->b, ")\r\n");
     if (!fs->b.err)
         imap_out(s, fs->b.s, fs->b.len);
@@ -20593,7 +20693,7 @@ int imap_sync(struct imap *s, int expunge_ok)
         if (!s->v.readonly)
             store_folder_take_recent(&f);
     }
-    struct mbox_flagsync fs = { s, { 0 } };
+    struct mbox_flagsync fs = { s, { 0 }, top };
     store_imap_changed(s->user_id, f.key, s->v.modseq, mbox_flag_changed, &fs);
     imap_sb_free(&fs.b);
     s->v.modseq = f.modseq;
@@ -20610,8 +20710,17 @@ void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly)
     int64_t messages, unseen, recent;
     int err;
 
-    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+    if (mbox_p_name(s, p, name, sizeof name)) {
         imap_tagged(s, "BAD usage: %s mailbox", readonly ? "EXAMINE" : "SELECT");
+        return;
+    }
+    /* RFC 7162 3.1.8: SELECT mailbox (CONDSTORE) enables CONDSTORE. */
+    if (p->n - p->i == 12 && !strncasecmp(p->s + p->i, " (CONDSTORE)", 12)) {
+        p->i += 12;
+        s->condstore = 1;
+    }
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: %s mailbox [(CONDSTORE)]", readonly ? "EXAMINE" : "SELECT");
         return;
     }
     /* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
@@ -20645,6 +20754,7 @@ void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly)
     imap_outf(s, "* %zu RECENT", mbox_count_recent(s));
     imap_outf(s, "* OK [UIDVALIDITY %lld] UIDs valid", (long long)f.uidvalidity);
     imap_outf(s, "* OK [UIDNEXT %lld] predicted next UID", (long long)f.uidnext);
+    imap_outf(s, "* OK [HIGHESTMODSEQ %lld] highest", (long long)f.modseq);
     imap_tagged(s, "OK [%s] %s completed", readonly ? "READ-ONLY" : "READ-WRITE",
                 readonly ? "EXAMINE" : "SELECT");
 }
@@ -20903,6 +21013,10 @@ void imap_cmd_status(struct imap *s, struct imap_p *p)
             imap_sb_printf(&b, "UIDVALIDITY %lld", (long long)f.uidvalidity);
         else if (!strcasecmp(item, "UNSEEN"))
             imap_sb_printf(&b, "UNSEEN %lld", (long long)unseen);
+        else if (!strcasecmp(item, "HIGHESTMODSEQ")) {
+            imap_sb_printf(&b, "HIGHESTMODSEQ %lld", (long long)f.modseq);
+            s->condstore = 1;           /* RFC 7162 3.1: a CONDSTORE-enabling command */
+        }
         else
             goto bad;
     }
@@ -21648,7 +21762,7 @@ static void imap_login_ok(struct imap *s, const struct store_user *u, const char
     s->state = IMAP_AUTH;
     log_info("imap: login user=%s ip=%s mech=%s", s->user, s->c->peer_ip, mech);
     imap_tagged(s, "OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT "
-                   "UIDPLUS MOVE SPECIAL-USE CHILDREN] logged in");
+                   "UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE] logged in");
 }
 
 static void imap_delay_done(void *arg)
@@ -21847,7 +21961,7 @@ static void imap_capability_line(struct imap *s, struct imap_sb *b)
     const char *mechs = auth_mechs(imap_cleartext_ok(s));
 
     imap_sb_str(b, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
-                   "SPECIAL-USE CHILDREN");
+                   "SPECIAL-USE CHILDREN CONDSTORE");
     if (s->state == IMAP_NOTAUTH) {
         if (tls_available() && !s->c->tls)
             imap_sb_str(b, " STARTTLS");
@@ -21954,12 +22068,26 @@ static void imap_cmd_id(struct imap *s, struct imap_p *p)
 static void imap_cmd_enable(struct imap *s, struct imap_p *p)
 {
     char word[64];
-    if (imap_p_sp(p) || imap_p_atom(p, word, sizeof word)) {
+    int any = 0, on = 0;
+
+    while (!imap_p_sp(p)) {
+        if (imap_p_atom(p, word, sizeof word))
+            break;
+        any = 1;
+        if (!strcasecmp(word, "CONDSTORE"))
+            on = 1;
+    }
+    if (!any || imap_p_end(p)) {
         imap_tagged(s, "BAD usage: ENABLE capability...");
         return;
     }
-    /* RFC 5161: only what is enabled is listed; none of ours needs it. */
-    imap_outf(s, "* ENABLED");
+    /* RFC 5161: only what was enabled now is listed. */
+    if (on && !s->condstore) {
+        s->condstore = 1;
+        imap_outf(s, "* ENABLED CONDSTORE");
+    } else {
+        imap_outf(s, "* ENABLED");
+    }
     imap_tagged(s, "OK ENABLE completed");
 }
 

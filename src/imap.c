@@ -494,7 +494,7 @@ static void imap_login_ok(struct imap *s, const struct store_user *u, const char
     s->state = IMAP_AUTH;
     log_info("imap: login user=%s ip=%s mech=%s", s->user, s->c->peer_ip, mech);
     imap_tagged(s, "OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT "
-                   "UIDPLUS MOVE SPECIAL-USE CHILDREN] logged in");
+                   "UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE] logged in");
 }
 
 static void imap_delay_done(void *arg)
@@ -693,7 +693,7 @@ static void imap_capability_line(struct imap *s, struct imap_sb *b)
     const char *mechs = auth_mechs(imap_cleartext_ok(s));
 
     imap_sb_str(b, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
-                   "SPECIAL-USE CHILDREN");
+                   "SPECIAL-USE CHILDREN CONDSTORE");
     if (s->state == IMAP_NOTAUTH) {
         if (tls_available() && !s->c->tls)
             imap_sb_str(b, " STARTTLS");
@@ -800,12 +800,26 @@ static void imap_cmd_id(struct imap *s, struct imap_p *p)
 static void imap_cmd_enable(struct imap *s, struct imap_p *p)
 {
     char word[64];
-    if (imap_p_sp(p) || imap_p_atom(p, word, sizeof word)) {
+    int any = 0, on = 0;
+
+    while (!imap_p_sp(p)) {
+        if (imap_p_atom(p, word, sizeof word))
+            break;
+        any = 1;
+        if (!strcasecmp(word, "CONDSTORE"))
+            on = 1;
+    }
+    if (!any || imap_p_end(p)) {
         imap_tagged(s, "BAD usage: ENABLE capability...");
         return;
     }
-    /* RFC 5161: only what is enabled is listed; none of ours needs it. */
-    imap_outf(s, "* ENABLED");
+    /* RFC 5161: only what was enabled now is listed. */
+    if (on && !s->condstore) {
+        s->condstore = 1;
+        imap_outf(s, "* ENABLED CONDSTORE");
+    } else {
+        imap_outf(s, "* ENABLED");
+    }
     imap_tagged(s, "OK ENABLE completed");
 }
 

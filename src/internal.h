@@ -1055,6 +1055,7 @@ struct imap {
     char akw[IMAP_KEYWORDS_MAX + 1];
     int64_t auidvalidity;
     struct imap_sb after_commit;        /* the tagged reply due after the commit */
+    int condstore;                      /* RFC 7162 3.1: CONDSTORE is enabled */
 };
 /* imap.c */
 void imap_out(struct imap *s, const void *p, size_t n);

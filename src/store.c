@@ -129,6 +129,15 @@ static const char *const migrations[] = {
     " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
     " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
     " UNION ALL SELECT 'Junk', 5, '\\Junk');",
+    /* 5: CONDSTORE (RFC 7162 3.1): a new message carries the folder's
+     * change number of its arrival as its mod-sequence. */
+    "DROP TRIGGER mbox_added;"
+    "CREATE TRIGGER mbox_added AFTER INSERT ON mbox BEGIN"
+    " UPDATE folder SET uidnext=max(uidnext, NEW.uid+1), modseq=modseq+1"
+    " WHERE user_id=NEW.user_id AND CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END;"
+    " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
+    " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
+    " END;",
 };
 
 sqlite3 *store_db(void)
