@@ -163,24 +163,35 @@ class Raw:
         return out
 
     def cmd(self, text):
+        """Reads until the tagged reply; the messages' own text never holds
+        a CRLF followed by this run's tags, so a scan of the tail is enough."""
         self.n += 1
         tag = b'x%d' % self.n
         self.s.sendall(tag + b' ' + text.encode() + b'\r\n')
-        out = b''
+        chunks, tail, total = [self.buf], self.buf, len(self.buf)
+        self.buf = b''
         while True:
-            line = self.read_until(b'\r\n')
-            out += line
-            if line.startswith(tag + b' '):
-                if not line.startswith(tag + b' OK'):
-                    raise RuntimeError('%s: %r' % (text, line))
-                return out
-            m = re.search(rb'\{(\d+)\}\r\n$', line)
-            if m:
-                need = int(m.group(1))
-                while len(self.buf) < need:
-                    self.buf += self.s.recv(262144)
-                out += self.buf[:need]
-                self.buf = self.buf[need:]
+            i = tail.find(b'\r\n' + tag + b' ')
+            if i >= 0 or tail.startswith(tag + b' '):
+                end = tail.find(b'\r\n', i + 2 if i >= 0 else 0)
+                if end >= 0:
+                    line = tail[(i + 2 if i >= 0 else 0):end]
+                    if not line.startswith(tag + b' OK'):
+                        raise RuntimeError('%s: %r' % (text, line))
+                    data = b''.join(chunks)
+                    cut = len(data) - len(tail) + end + 2
+                    self.buf = data[cut:]
+                    return data[:cut]
+            d = self.s.recv(262144)
+            if not d:
+                raise ConnectionError('closed')
+            chunks.append(d)
+            total += len(d)
+            tail = (tail[-256:] if len(tail) > 256 else tail) + d
+            # keep chunks and tail aligned: tail is the last part of the data
+            chunks_len = sum(len(c) for c in chunks[-2:])
+            if len(tail) > chunks_len:
+                tail = b''.join(chunks[-2:])
 
     def close(self):
         self.s.close()

@@ -223,6 +223,7 @@ struct conn {
     struct conn *next, *prev;
     struct conn *kick_next;
     void *tls;                          /* SSL *, when TLS is on */
+    struct czip *zc;                    /* stream compression (czip.c), above TLS */
 };
 
 struct timer {
@@ -303,6 +304,25 @@ void pace_rate(int fd, uint64_t bytes_per_s);
  * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
 uint64_t pace_rate_for(const char *dest, const char *host);
 int pace_conf_check(const struct conf *c, char *err, size_t n);
+
+/* czip.c: raw DEFLATE of a connection's stream (IMAP COMPRESS, RFC 4978);
+ * buffers only, loop.c does the I/O.  plain: octets already in the output
+ * buffer that go out uncompressed (the reply that started compression). */
+struct czip;
+struct czip *czip_new(size_t plain);
+void czip_free(struct czip *z);
+size_t czip_in_room(struct czip *z, unsigned char **p);
+void czip_in_added(struct czip *z, size_t n);
+int czip_in_pending(const struct czip *z);
+ssize_t czip_in(struct czip *z, unsigned char *out, size_t n);
+size_t czip_plain_left(const struct czip *z);
+void czip_plain_sent(struct czip *z, size_t n);
+size_t czip_out_pending(struct czip *z, const unsigned char **p);
+void czip_out_sent(struct czip *z, size_t n);
+ssize_t czip_out(struct czip *z, const unsigned char *in, size_t n);
+int czip_out_busy(const struct czip *z);
+/* Starts compression on c; what is in c->in already is compressed input. */
+int conn_compress_start(struct conn *c);
 
 /* ----------------------------------------------------------------- store */
 

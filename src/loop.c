@@ -173,8 +173,11 @@ static void conn_update_events(struct conn *c)
     }
     if (conn_wants_input(c))
         ev |= EPOLLIN;
-    if (c->out_len)
+    if (c->out_len || (c->zc && czip_out_busy(c->zc)))
         ev |= EPOLLOUT;
+    /* Compressed input already read from the socket raises no event. */
+    if ((ev & EPOLLIN) && c->zc && czip_in_pending(c->zc))
+        conn_kick(c);
     if (c->tls) {
         /* Decrypted input already inside OpenSSL raises no epoll event:
          * once there is room for it, read it at the end of this turn. */
@@ -296,6 +299,8 @@ void conn_abort(struct conn *c)
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL);
     if (c->tls)
         tls_conn_free(c);
+    czip_free(c->zc);
+    c->zc = NULL;
     close(c->fd);
     c->fd = -1;
     conn_unlink(c);
@@ -303,6 +308,92 @@ void conn_abort(struct conn *c)
         c->ops->on_close(c);
     c->next = L.dead;
     L.dead = c;
+}
+
+static ssize_t conn_lower_write(struct conn *c, const void *p, size_t n)
+{
+    return c->tls ? tls_io_write(c, p, n) : send(c->fd, p, n, MSG_NOSIGNAL);
+}
+
+static ssize_t conn_lower_read(struct conn *c, void *p, size_t n)
+{
+    return c->tls ? tls_io_read(c, p, n) : recv(c->fd, p, n, 0);
+}
+
+/* Output through the compressor: first what must go out plain, then
+ * staged compressed octets, then more of the buffer compressed.  0 when
+ * all is out or the socket is full, -1 on error (errno). */
+static int conn_z_flush(struct conn *c)
+{
+    for (;;) {
+        const unsigned char *p;
+        size_t plain = czip_plain_left(c->zc), k = plain ? plain : czip_out_pending(c->zc, &p);
+        if (plain)
+            p = c->out;
+        if (k) {
+            ssize_t w = conn_lower_write(c, p, k);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+            }
+            if (plain) {
+                czip_plain_sent(c->zc, (size_t)w);
+                memmove(c->out, c->out + w, c->out_len - (size_t)w);
+                c->out_len -= (size_t)w;
+            } else {
+                czip_out_sent(c->zc, (size_t)w);
+            }
+            if (w > 0)
+                conn_progress(c);
+            continue;
+        }
+        if (!c->out_len && !czip_out_busy(c->zc))
+            return 0;
+        ssize_t used = czip_out(c->zc, c->out, c->out_len);
+        if (used < 0) {
+            errno = EPROTO;
+            return -1;
+        }
+        memmove(c->out, c->out + used, c->out_len - (size_t)used);
+        c->out_len -= (size_t)used;
+    }
+}
+
+/* Input through the decompressor, like recv(). */
+static ssize_t conn_z_read(struct conn *c, unsigned char *out, size_t n)
+{
+    for (;;) {
+        ssize_t k = czip_in(c->zc, out, n);
+        if (k < 0) {
+            errno = EPROTO;
+            return -1;
+        }
+        if (k > 0)
+            return k;
+        unsigned char *p;
+        size_t room = czip_in_room(c->zc, &p);
+        ssize_t r = conn_lower_read(c, p, room);
+        if (r <= 0)
+            return r;
+        czip_in_added(c->zc, (size_t)r);
+    }
+}
+
+int conn_compress_start(struct conn *c)
+{
+    unsigned char *p;
+    if (c->zc || !(c->zc = czip_new(c->out_len)))
+        return -1;
+    /* Octets the client sent after the command are already compressed. */
+    size_t room = czip_in_room(c->zc, &p);
+    size_t k = c->in_len < room ? c->in_len : room;
+    memcpy(p, c->in, k);
+    czip_in_added(c->zc, k);
+    memmove(c->in, c->in + k, c->in_len - k);
+    c->in_len -= k;
+    conn_update_events(c);
+    return 0;
 }
 
 int conn_flush(struct conn *c)
@@ -313,7 +404,11 @@ int conn_flush(struct conn *c)
         conn_update_events(c);
         return 0;
     }
-    while (c->out_len) {
+    if (c->zc && conn_z_flush(c) < 0) {
+        conn_abort(c);
+        return -1;
+    }
+    while (c->out_len && !c->zc) {
         ssize_t w = c->tls ? tls_io_write(c, c->out, c->out_len)
                            : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
         if (w < 0) {
@@ -329,7 +424,7 @@ int conn_flush(struct conn *c)
         if (w > 0)
             conn_progress(c);
     }
-    if (!c->out_len && c->closing) {
+    if (!c->out_len && c->closing && !(c->zc && czip_out_busy(c->zc))) {
         /* A close while the client still has bytes in flight makes the
          * kernel send a reset, which can destroy our last reply before the
          * client reads it.  So: half-close, read and drop what still comes,
@@ -421,8 +516,8 @@ static void conn_readable(struct conn *c)
         return;
     }
     while (c->in_len < c->in_cap) {
-        ssize_t r = c->tls ? tls_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
-                           : recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        ssize_t r = c->zc ? conn_z_read(c, c->in + c->in_len, c->in_cap - c->in_len)
+                          : conn_lower_read(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (r > 0) {
             c->in_len += (size_t)r;
             conn_progress(c);
@@ -532,6 +627,11 @@ static void run_kicked(void)
             c->kicked = 0;
             /* Under TLS, decrypted input may wait inside OpenSSL. */
             if (!c->dead && c->tls && tls_io_pending(c) && conn_wants_input(c)) {
+                conn_readable(c);
+                continue;
+            }
+            /* Compressed input read earlier waits in the decompressor. */
+            if (!c->dead && c->zc && czip_in_pending(c->zc) && conn_wants_input(c)) {
                 conn_readable(c);
                 continue;
             }

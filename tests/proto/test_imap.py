@@ -711,6 +711,75 @@ def condstore():
         m.logout()
 
 
+class ZConn:
+    """A raw client after COMPRESS DEFLATE (RFC 4978): raw deflate both ways."""
+
+    def __init__(self, sock, leftover=b''):
+        import zlib
+        self.sock = sock
+        self.z_out = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self.z_in = zlib.decompressobj(-15)
+        self.buf = self.z_in.decompress(leftover)
+        self.wire_in = len(leftover)
+
+    def send(self, data):
+        import zlib
+        self.sock.sendall(self.z_out.compress(data) + self.z_out.flush(zlib.Z_SYNC_FLUSH))
+
+    def until(self, marker, timeout=10):
+        deadline = time.monotonic() + timeout * harness.TIME_SCALE
+        while marker not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError('got %r' % self.buf[-300:])
+            self.sock.settimeout(left)
+            d = self.sock.recv(65536)
+            if not d:
+                raise ConnectionError('closed; got %r' % self.buf[-300:])
+            self.wire_in += len(d)
+            self.buf += self.z_in.decompress(d)
+        i = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+
+@test
+def compress_deflate():
+    with new_node({'message_size_limit': '20M'}) as n:
+        big = b'Subject: big\r\n\r\n' + b''.join(b'line %06d of a long and very compressible text\r\n' % i
+                                                  for i in range(40000))
+        deliver(n, big)
+        c = Conn(n)
+        check('COMPRESS=DEFLATE announced after login',
+              'COMPRESS=DEFLATE' in ' '.join(c.cmd('LOGIN alice "%s"' % PASSWORD)))
+        # The command after COMPRESS, compressed, in the same packet.
+        import zlib
+        zo = zlib.compressobj(6, zlib.DEFLATED, -15)
+        first = zo.compress(b'b1 SELECT INBOX\r\n') + zo.flush(zlib.Z_SYNC_FLUSH)
+        c.c.send(b'a9 COMPRESS DEFLATE\r\n' + first)
+        line = c.c.recv_line()
+        check('COMPRESS answered in the clear', line == b'a9 OK DEFLATE active\r\n', line)
+        z = ZConn(c.c.sock, c.c.buf)
+        z.z_out = zo
+        r = z.until(b'b1 OK')
+        check('a pipelined compressed command is answered compressed', b'* 1 EXISTS' in r, r)
+        before = z.wire_in
+        z.send(b'b2 FETCH 1 (BODY.PEEK[])\r\n')
+        r = z.until(b'b2 OK FETCH completed\r\n', timeout=30)
+        wire = z.wire_in - before
+        check('the message arrives whole through DEFLATE', big in r, len(r))
+        check('and compressed on the wire (%d octets for %d)' % (wire, len(big)), wire < len(big) // 5,
+              (wire, len(big)))
+        z.send(b'b3 COMPRESS DEFLATE\r\n')
+        r = z.until(b'b3 ')
+        r += z.until(b'\r\n')
+        check('a second COMPRESS is refused', b'b3 NO [COMPRESSIONACTIVE]' in r, r)
+        z.send(b'b4 LOGOUT\r\n')
+        r = z.until(b'b4 OK')
+        check('LOGOUT through DEFLATE', b'* BYE' in r, r)
+        c.close()
+
+
 def make_cert(d):
     key, cert = os.path.join(d, 'k.pem'), os.path.join(d, 'c.pem')
     subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
