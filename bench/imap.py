@@ -4,9 +4,8 @@ prints both figures and their ratio, asserts nothing about speed.
 
   bench/imap.py [--messages N] [--idle N] [--reps R]
 
-Both servers get the same N messages (default 10,000; mailnode over SMTP,
-which adds Return-Path and Received, Dovecot by APPEND), then, R times
-each (default 3, median printed):
+Both servers get the same N messages by APPEND (default 10,000), then,
+R times each (default 3, median printed):
 
 Timings use a minimal client that reads the replies and parses nothing,
 so that they measure the server, not a client library.
@@ -17,7 +16,9 @@ so that they measure the server, not a client library.
   last 100 headers  FETCH of BODY.PEEK[HEADER] of the last 100 messages
   SEARCH SUBJECT    SEARCH SUBJECT of one message's subject
   mbsync bytes      a first full mbsync of the mailbox through a counting
-                    relay: octets both ways on the wire
+                    relay: octets both ways on the wire, with COMPRESS=DEFLATE
+                    (isync uses it when offered) and without it (the relay
+                    hides the capability from mbsync)
 
 and, once, the memory of --idle clients (default 500) logged in, INBOX
 selected, in IDLE: proportional set size (PSS) of all the server's
@@ -82,8 +83,11 @@ def timed(fn, reps):
 class Relay:
     """A TCP relay on loopback that counts the octets it carries."""
 
-    def __init__(self, port):
+    def __init__(self, port, hide_compress=False):
+        """hide_compress: the server's COMPRESS=DEFLATE capability is
+        renamed on its way to the client, which then does not compress."""
         self.target = port
+        self.hide = hide_compress
         self.ls = socket.socket()
         self.ls.bind(('127.0.0.1', 0))
         self.ls.listen(4)
@@ -108,6 +112,8 @@ class Relay:
                 self.up += len(d)
             else:
                 self.down += len(d)
+                if self.hide:
+                    d = d.replace(b'COMPRESS=DEFLATE', b'X-NOCOMPRESS-ZZZ')
             b.sendall(d)
 
     def serve(self):
@@ -124,8 +130,8 @@ class Relay:
         self.ls.close()
 
 
-def mbsync_bytes(port, work):
-    relay = Relay(port)
+def mbsync_bytes(port, work, hide_compress):
+    relay = Relay(port, hide_compress)
     os.makedirs(os.path.join(work, 'm', 'INBOX'), exist_ok=True)
     rc = os.path.join(work, 'mbsyncrc')
     with open(rc, 'w') as f:
@@ -134,11 +140,17 @@ def mbsync_bytes(port, work):
                 'Inbox %s/m/INBOX\n\nChannel c\nFar :r:INBOX\nNear :l:INBOX\nCreate Near\n'
                 'SyncState *\n' % (relay.port, PASSWORD, work, work))
     t0 = time.monotonic()
-    subprocess.run(['mbsync', '-c', rc, '-a'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=1800)
+    p = subprocess.run(['mbsync', '-c', rc, '-a'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=1800)
+    if p.returncode or os.environ.get('BENCH_DEBUG'):
+        print('# mbsync (%d): %s' % (p.returncode, p.stdout.decode(errors='replace')[-800:]))
+    if p.returncode:
+        print('# mbsync failed (%d): %s' % (p.returncode, p.stdout.decode(errors='replace')[-500:]))
     took = time.monotonic() - t0
     time.sleep(0.2)
     relay.close()
+    if os.environ.get('BENCH_DEBUG'):
+        print('# relay up %d down %d' % (relay.up, relay.down))
     return relay.up + relay.down, took
 
 
@@ -163,35 +175,30 @@ class Raw:
         return out
 
     def cmd(self, text):
-        """Reads until the tagged reply; the messages' own text never holds
-        a CRLF followed by this run's tags, so a scan of the tail is enough."""
+        """Reads until the tagged reply, scanning each octet once (the
+        messages here never hold a CRLF followed by this run's tags)."""
         self.n += 1
-        tag = b'x%d' % self.n
-        self.s.sendall(tag + b' ' + text.encode() + b'\r\n')
-        chunks, tail, total = [self.buf], self.buf, len(self.buf)
-        self.buf = b''
+        tag = b'x%d ' % self.n
+        self.s.sendall(tag + text.encode() + b'\r\n')
+        data = bytearray(self.buf)
+        scanned = 0
         while True:
-            i = tail.find(b'\r\n' + tag + b' ')
-            if i >= 0 or tail.startswith(tag + b' '):
-                end = tail.find(b'\r\n', i + 2 if i >= 0 else 0)
+            start = 0 if data.startswith(tag) else -1
+            if start < 0:
+                i = data.find(b'\r\n' + tag, max(0, scanned - len(tag) - 2))
+                start = i + 2 if i >= 0 else -1
+            if start >= 0:
+                end = data.find(b'\r\n', start)
                 if end >= 0:
-                    line = tail[(i + 2 if i >= 0 else 0):end]
-                    if not line.startswith(tag + b' OK'):
-                        raise RuntimeError('%s: %r' % (text, line))
-                    data = b''.join(chunks)
-                    cut = len(data) - len(tail) + end + 2
-                    self.buf = data[cut:]
-                    return data[:cut]
+                    if not data[start:end].startswith(tag + b'OK'):
+                        raise RuntimeError('%s: %r' % (text, bytes(data[start:end])))
+                    self.buf = bytes(data[end + 2:])
+                    return bytes(data[:end + 2])
+            scanned = len(data)
             d = self.s.recv(262144)
             if not d:
                 raise ConnectionError('closed')
-            chunks.append(d)
-            total += len(d)
-            tail = (tail[-256:] if len(tail) > 256 else tail) + d
-            # keep chunks and tail aligned: tail is the last part of the data
-            chunks_len = sum(len(c) for c in chunks[-2:])
-            if len(tail) > chunks_len:
-                tail = b''.join(chunks[-2:])
+            data += d
 
     def close(self):
         self.s.close()
@@ -254,14 +261,18 @@ def main():
     n = Node(conf={'auth.fail_delay': '0', 'imap.max_per_user': '0', 'max_connections': '2000',
                    'limit.connections_per_ip': '0'})
     n.cli('user', 'add', 'alice', input=PASSWORD + '\n')
-    s = n.smtp(timeout=120)
+    m = n.imap(timeout=120)
+    m.login('alice', PASSWORD)
     for i in range(a.messages):
-        s.sendmail('sender@remote.test', ['alice@example.test'], message(i))
-    s.quit()
+        m.append('INBOX', None, None, message(i))
+    m.logout()
     dv = Dovecot(PASSWORD, extra='default_process_limit = 2000\ndefault_client_limit = 4000\n'
                                  'protocol imap {\n  mail_max_userip_connections = 5000\n}\n'
                                  'service imap {\n  process_limit = 2000\n}\n'
-                                 'service imap-login {\n  process_min_avail = 1\n}\n', hashed=True)
+                                 'service imap-login {\n  process_min_avail = 1\n}\n'
+                                 # COMPRESS=DEFLATE in Dovecot is the imap_zlib plugin.
+                                 'mail_plugins = $mail_plugins zlib\n'
+                                 'protocol imap {\n  mail_plugins = $mail_plugins imap_zlib\n}\n', hashed=True)
     m = dv.imap()
     for i in range(a.messages):
         m.append('INBOX', None, None, message(i))
@@ -284,15 +295,18 @@ def main():
             print('%-24s %10.1fms %10.1fms %8.2f' % (k, r_ours[k] * 1000, r_dv[k] * 1000, r_ours[k] / r_dv[k]))
         work = tempfile.mkdtemp(prefix='mailnode-bench-mbsync-')
         try:
-            os.mkdir(os.path.join(work, 'a'))
-            os.mkdir(os.path.join(work, 'b'))
-            b1, t1 = mbsync_bytes(n.port('imap'), os.path.join(work, 'a'))
-            b2, t2 = mbsync_bytes(dv.port, os.path.join(work, 'b'))
+            for hide in (True, False):
+                w = os.path.join(work, 'plain' if hide else 'z')
+                os.mkdir(w)
+                os.mkdir(os.path.join(w, 'a'))
+                os.mkdir(os.path.join(w, 'b'))
+                b1, t1 = mbsync_bytes(n.port('imap'), os.path.join(w, 'a'), hide)
+                b2, t2 = mbsync_bytes(dv.port, os.path.join(w, 'b'), hide)
+                what = 'without COMPRESS' if hide else 'with COMPRESS'
+                print('%-24s %10.2fMB %10.2fMB %8.2f' % ('mbsync bytes ' + what, b1 / 1e6, b2 / 1e6, b1 / b2))
+                print('%-24s %11.1fs %11.1fs %8.2f' % ('mbsync time ' + what, t1, t2, t1 / t2))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        print('%-24s %10.1fMB %10.1fMB %8.2f   (no COMPRESS: isync %s has none)' %
-              ('mbsync bytes', b1 / 1e6, b2 / 1e6, b1 / b2, 'here'))
-        print('%-24s %11.1fs %11.1fs %8.2f' % ('mbsync time', t1, t2, t1 / t2))
         o0, o1 = idle_memory(ours, lambda: [n.proc.pid], a.idle)
         d0, d1 = idle_memory(theirs, dv.pids, a.idle)
         print('%-24s %10.1fMB %10.1fMB %8.3f' % ('PSS, %d IDLE clients' % a.idle, (o1 - o0) / 1024,
