@@ -95,8 +95,7 @@ def deliver(n, i):
 
 @test
 def curl_imap():
-    if not have('curl'):
-        diag('curl not installed: skipped')
+    if not check('curl installed (tools/deps.sh)', have('curl')):
         return
     with new_node() as n:
         for i in range(3):
@@ -130,8 +129,7 @@ def curl_imap():
 
 @test
 def s_nail_batch():
-    if not have('s-nail'):
-        diag('s-nail not installed: skipped')
+    if not check('s-nail installed (tools/deps.sh)', have('s-nail')):
         return
     with new_node() as n:
         for i in range(3):
@@ -157,8 +155,7 @@ def s_nail_batch():
 
 @test
 def fetchmail_imap_keep_and_idle():
-    if not have('fetchmail'):
-        diag('fetchmail not installed: skipped')
+    if not check('fetchmail installed (tools/deps.sh)', have('fetchmail')):
         return
     with new_node() as n:
         for i in range(3):
@@ -314,8 +311,7 @@ def mbsync_scenario(imap_factory, port, workdir):
 
 @test
 def mbsync_both_ways_twice():
-    if not have('mbsync'):
-        diag('mbsync not installed: skipped')
+    if not check('mbsync installed (tools/deps.sh)', have('mbsync')):
         return
     with new_node() as n:
         for i in range(4):
@@ -331,8 +327,8 @@ def mbsync_both_ways_twice():
 
 @test
 def dovecot_same_mbsync_and_structure():
-    if not have('dovecot') or not have('mbsync') or os.geteuid() != 0:
-        diag('dovecot, mbsync or root missing: skipped')
+    if not check('dovecot and mbsync installed, running as root', have('dovecot') and have('mbsync')
+                 and os.geteuid() == 0):
         return
     dv = Dovecot()
     try:
