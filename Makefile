@@ -76,8 +76,8 @@ $(error SAN=$(SAN): use SAN=1 or SAN=0)
 endif
 
 # pkg-config names, and the flags to fall back on when pkg-config is absent.
-PKGS          := libsodium zlib
-PKGS_FALLBACK := -lsodium -lz
+PKGS          := libsodium zlib libcares
+PKGS_FALLBACK := -lsodium -lz -lcares
 TLS_DEFS      :=
 ifeq ($(TLS),openssl)
 PKGS          += openssl
@@ -109,10 +109,12 @@ MN_LDFLAGS := $(strip $(LDFLAGS) $(SAN_FLAGS))
 MN_LIBS    := $(strip $(PKG_LIBS) -lm $(LDLIBS))
 
 # Static build: no TLS, no sanitizers, stripped.
-STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CPPFLAGS) $(CFLAGS) $(shell $(PKG_CONFIG) --cflags libsodium zlib 2>/dev/null))
+# c-ares is linked statically too (CARES_STATICLIB: no dllimport in ares.h).
+STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CPPFLAGS) $(CFLAGS) -DCARES_STATICLIB \
+		  $(shell $(PKG_CONFIG) --cflags libsodium zlib libcares 2>/dev/null))
 STATIC_LDFLAGS ?= -s
-STATIC_LIBS    := $(or $(shell $(PKG_CONFIG) --static --libs libsodium zlib $(if $(SQLITE_OBJ),,sqlite3) 2>/dev/null),\
-		  -lsodium -lz $(if $(SQLITE_OBJ),,-lsqlite3)) -lm
+STATIC_LIBS    := $(or $(shell $(PKG_CONFIG) --static --libs libsodium zlib libcares $(if $(SQLITE_OBJ),,sqlite3) 2>/dev/null),\
+		  -lsodium -lz -lcares $(if $(SQLITE_OBJ),,-lsqlite3)) -lm
 
 # --- flag stamps ------------------------------------------------------------
 # Each stamp file holds the flags an output was built with and is rewritten

@@ -16,21 +16,6 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-int cli_open_store(void)
-{
-    char err[512];
-    if (store_open(conf->database, STORE_TOOL, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
-    }
-    if (auth_init(conf->keyfile)) {
-        fprintf(stderr, "mailnode: cannot use the node key %s (see the log line above)\n", conf->keyfile);
-        store_close();
-        return EX_CANTCREAT;
-    }
-    return 0;
-}
-
 static int wants_help(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
@@ -92,27 +77,6 @@ static void daemon_turn(void)
         loop_stop();
 }
 
-/* One daemon per database: a second one would race the first for the
- * same queue and remove bodies it is still writing. */
-static int lock_database(void)
-{
-    char path[4096];
-    int fd;
-
-    snprintf(path, sizeof path, "%s.lock", conf->database);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB)) {
-        fprintf(stderr, "mailnode: another mailnode is running on %s\n", conf->database);
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* `user = NAME`: a daemon started as root gives root up once its ports
  * are bound.  A daemon started as anyone else cannot and need not. */
 static int drop_privileges(void)
@@ -141,28 +105,61 @@ static int drop_privileges(void)
     return 0;
 }
 
-/* The daemon's hold on its database: the lock, the store, the node key.
- * 0, or a sysexits code after saying what went wrong. */
-static int daemon_open(int *lockfd)
+/* The daemon's hold on its database: the store and the node key, under
+ * the lock taken before.  0, or a sysexits code after saying what went
+ * wrong. */
+static int daemon_open_store(void)
 {
     char err[512];
 
-    log_init("mailnode", conf->use_syslog);
-    *lockfd = lock_database();
-    if (*lockfd < 0)
-        return EX_TEMPFAIL;
     if (store_open(conf->database, STORE_DAEMON, err, sizeof err)) {
-        fprintf(stderr, "mailnode: %s\n", err);
-        close(*lockfd);
-        return EX_CANTCREAT;
+        char why[1024];
+        int rc = cli_db_diagnose(conf->database, why, sizeof why);
+        fprintf(stderr, "mailnode: %s%s%s\n", err, rc ? ": " : "", rc ? why : "");
+        return rc ? rc : EX_CANTCREAT;
     }
     if (auth_init(conf->keyfile)) {
         fprintf(stderr, "mailnode: cannot use the node key %s\n", conf->keyfile);
         store_close();
-        close(*lockfd);
         return EX_CANTCREAT;
     }
     return 0;
+}
+
+/* The lock, then the store: 0 or a sysexits code. */
+static int daemon_open(int *lockfd)
+{
+    int rc;
+
+    log_init("mailnode", conf->use_syslog);
+    *lockfd = cli_db_lock();
+    if (*lockfd < 0)
+        return -*lockfd;
+    if ((rc = daemon_open_store()))
+        close(*lockfd);
+    return rc;
+}
+
+/* RFC 5321 4.5.1: a node must take postmaster mail.  It always does (into
+ * a holding mailbox if need be); say so while nobody reads it. */
+static void daemon_check_admin(void)
+{
+    struct store_user u;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&u))
+        log_info("mail held for the postmaster moved to %s's mailbox", u.name);
+    else if (rc < 0)
+        store_rollback();
+    rc = queue_admin(&u);
+    sodium_memzero(&u, sizeof u);
+    if (rc == STORE_NOTFOUND && conf->admin[0])
+        log_warn("admin = %s: no such user; postmaster, root and abuse mail is kept in the "
+                 "mailbox '%s' until it exists (mailnode user add %s)", conf->admin, QUEUE_HOLDING_BOX,
+                 conf->admin);
+    else if (rc == STORE_NOTFOUND)
+        log_warn("no user yet: postmaster, root and abuse mail is kept in the mailbox '%s' until "
+                 "the first user is created (or set admin = USER)", QUEUE_HOLDING_BOX);
 }
 
 static void daemon_close(int lockfd)
@@ -186,16 +183,27 @@ int cli_run(int argc, char **argv)
                 "SIGHUP reloads the configuration file.\n");
         return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    /* Listeners first: privileged ports are bound while still root; then
-     * the daemon becomes `user`, and everything it creates (database,
-     * key, lock, control socket) belongs to that user. */
+    /* The lock first: a second daemon on the same database says so rather
+     * than failing to bind.  Then listeners: privileged ports are bound
+     * while still root; then the daemon becomes `user`, and everything it
+     * creates (database, key, control socket) belongs to that user. */
+    log_init("mailnode", conf->use_syslog);
+    lockfd = cli_db_lock();
+    if (lockfd < 0)
+        return -lockfd;
     if (loop_init()) {
         fprintf(stderr, "mailnode: epoll: %s\n", strerror(errno));
+        close(lockfd);
         return EX_OSERR;
     }
-    if (conf->listen[LISTEN_IMAPS][0] && (!conf->tls_cert[0] || !conf->tls_key[0])) {
-        fprintf(stderr, "mailnode: listen.imaps needs tls.cert and tls.key\n");
+    if (tls_init()) {
+        /* The certificate is configuration: say which line names it. */
+        const char *e = tls_io_error();
+        char where[4200];
+        conf_where(conf, strncmp(e, "tls.key", 7) ? "tls.cert" : "tls.key", where, sizeof where);
+        fprintf(stderr, "mailnode: configuration: %s: %s\n", where, e);
         loop_free();
+        close(lockfd);
         return EX_CONFIG;
     }
     if (loop_listen(conf->listen[LISTEN_SMTP], LISTEN_SMTP, smtpd_accept, err, sizeof err) ||
@@ -206,16 +214,16 @@ int cli_run(int argc, char **argv)
         loop_listen(conf->listen[LISTEN_ODMR], LISTEN_ODMR, smtpd_accept, err, sizeof err)) {
         fprintf(stderr, "mailnode: %s\n", err);
         loop_free();
+        close(lockfd);
         return EX_UNAVAILABLE;
     }
-    if ((rc = drop_privileges())) {
+    cli_db_chown();
+    if ((rc = drop_privileges()) || (rc = daemon_open_store())) {
         loop_free();
+        close(lockfd);
         return rc;
     }
-    if ((rc = daemon_open(&lockfd))) {
-        loop_free();
-        return rc;
-    }
+    cli_db_lock_note(lockfd);
     if (ctl_start()) {
         fprintf(stderr, "mailnode: cannot open the control socket %s (see the log)\n",
                 conf->control);
@@ -243,6 +251,7 @@ int cli_run(int argc, char **argv)
         rc = EX_UNAVAILABLE;
         goto out_loop;
     }
+    daemon_check_admin();
     log_info("mailnode %s started: database %s, %lld queued", MAILNODE_VERSION, conf->database,
              (long long)store_queue_count());
     if (loop_run())
@@ -259,165 +268,41 @@ out_loop:
     return rc;
 }
 
-/* ---------------------------------------------------------------- queue */
+/* --------------------------------------------------------------- config */
 
-static int print_qinfo(void *arg, const struct store_qinfo *q)
+static int config_domain(void *arg, const struct store_domain *d)
 {
-    char date[64], *line, *save = NULL, rcpts[sizeof q->rcpts];
     MN_UNUSED(arg);
-    util_date(q->received, date, sizeof date);
-    printf("%s  %8lld  %s  <%s>\n", q->qid, (long long)q->size, date, q->sender);
-    util_strlcpy(rcpts, q->rcpts, sizeof rcpts);
-    for (line = strtok_r(rcpts, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-        printf("    %s\n", line);
+    if (d->kind == DOMAIN_LOCAL)
+        printf("#   %s  local\n", d->name);
+    else
+        printf("#   %s  held for %s%s%s\n", d->name, d->owner[0] ? d->owner : "(no owner)",
+               d->host[0] ? ", released to " : "", d->host);
     return 0;
 }
 
-static int queue_show(const char *qid)
+int cli_config(int argc, char **argv)
 {
-    struct store_qinfo q;
-    struct store_reader r;
-    int64_t body_id;
-    char buf[8192];
-    ssize_t n;
-    int rc = store_queue_get(qid, &q, &body_id);
+    int only_set = argc == 2 && !strcmp(argv[1], "-n");
 
-    if (rc == STORE_NOTFOUND) {
-        fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", qid);
-        return EX_DATAERR;
+    if (wants_help(argc, argv) || (argc > 1 && !only_set)) {
+        fprintf(wants_help(argc, argv) ? stdout : stderr,
+                "usage: mailnode config [-n]\n"
+                "Prints the configuration in effect, every key as `key = value`, after\n"
+                "checking it; keys the file does not set are marked `# default` (or\n"
+                "`# derived`), domains added with `mailnode domain add` follow as comments.\n"
+                "  -n   only the keys the file sets (as `postconf -n`)\n");
+        return wants_help(argc, argv) ? EX_OK : EX_USAGE;
     }
-    if (rc)
-        return EX_SOFTWARE;
-    print_qinfo(NULL, &q);
-    printf("\n");
-    if (store_reader_open(&r, body_id))
-        return EX_SOFTWARE;
-    while ((n = store_reader_read(&r, buf, sizeof buf)) > 0)
-        fwrite(buf, 1, (size_t)n, stdout);
-    store_reader_close(&r);
-    return n < 0 ? EX_SOFTWARE : EX_OK;
-}
-
-int cli_queue(int argc, char **argv)
-{
-    const char *sub = argc > 1 ? argv[1] : "list";
-    int rc;
-
-    if (wants_help(argc, argv)) {
-        printf("usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n"
-               "  list        messages waiting for delivery, with each recipient's state\n"
-               "  count       one number: messages not yet delivered\n"
-               "  show ID     the envelope and the text of one message\n"
-               "  delete ID   remove a message from the queue without a bounce\n"
-               "  hold ID     keep a message from being delivered until released\n"
-               "  release ID  make a held message due for delivery at once\n");
+    printf("# %s%s\n", conf->path ? "configuration file " : "no configuration file: ",
+           conf->path ? conf->path : "the embedded defaults");
+    conf_print(conf, stdout, only_set);
+    if (only_set || access(conf->database, F_OK))
         return EX_OK;
-    }
-    int with_id = !strcmp(sub, "show") || !strcmp(sub, "delete") || !strcmp(sub, "hold") ||
-                  !strcmp(sub, "release");
-    if (with_id ? argc != 3 : argc > 2) {
-        fprintf(stderr, "usage: mailnode queue [list | count | show ID | delete ID | hold ID | release ID]\n");
-        return EX_USAGE;
-    }
-    if (!with_id && strcmp(sub, "list") && strcmp(sub, "count")) {
-        fprintf(stderr, "mailnode: unknown queue command '%s' (try `mailnode queue --help`)\n", sub);
-        return EX_USAGE;
-    }
-    if ((rc = cli_open_store()))
-        return rc;
-    if (!strcmp(sub, "list")) {
-        rc = store_queue_list(print_qinfo, NULL) ? EX_SOFTWARE : EX_OK;
-    } else if (!strcmp(sub, "count")) {
-        int64_t n = store_queue_count();
-        rc = n < 0 ? EX_SOFTWARE : EX_OK;
-        if (n >= 0)
-            printf("%lld\n", (long long)n);
-    } else if (!strcmp(sub, "show")) {
-        rc = queue_show(argv[2]);
-    } else {
-        int hold = !strcmp(sub, "hold");
-        /* The daemon reads the queue from the database at every scan, so a
-         * change made here is what the running daemon does next. */
-        rc = !strcmp(sub, "delete") ? store_queue_delete(argv[2]) : store_queue_hold(argv[2], hold);
-        if (!rc)
-            rc = store_commit();
-        else
-            store_rollback();
-        if (rc == STORE_NOTFOUND) {
-            fprintf(stderr, "mailnode: no message %s in the queue (see `mailnode queue list`)\n", argv[2]);
-            rc = EX_DATAERR;
-        } else if (rc) {
-            fprintf(stderr, "mailnode: could not %s %s: database error\n", sub, argv[2]);
-            rc = EX_TEMPFAIL;
-        } else {
-            printf("%s %s\n", argv[2], !strcmp(sub, "delete") ? "deleted" : hold ? "held" : "released");
-        }
-    }
-    store_close();
-    return rc;
-}
-
-/* --------------------------------------------------------------- status */
-
-static int print_dest(void *arg, const struct store_dest *d)
-{
-    char next[64] = "-", ok[64] = "never";
-    MN_UNUSED(arg);
-    if (d->next_try)
-        util_date(d->next_try, next, sizeof next);
-    if (d->last_ok)
-        util_date(d->last_ok, ok, sizeof ok);
-    int down = d->failures > 0 && d->next_try > util_now();
-    printf("  %-30s %s, backlog %lld, next try %s, last success %s%s%s\n", d->name, down ? "down" : "up",
-           (long long)d->backlog, next, ok, d->last_error[0] ? ", last error: " : "", d->last_error);
-    return 0;
-}
-
-int cli_status(int argc, char **argv)
-{
-    struct store_status st;
-    int rc;
-
-    if (wants_help(argc, argv)) {
-        printf("usage: mailnode status\nShows the queue, the mailboxes and every destination.\n");
-        return EX_OK;
-    }
-    if (argc > 1) {
-        fprintf(stderr, "usage: mailnode status\n");
-        return EX_USAGE;
-    }
-    if ((rc = cli_open_store()))
-        return rc;
-    if (store_status(&st)) {
-        store_close();
-        return EX_SOFTWARE;
-    }
-    printf("database      %s\n", conf->database);
-    printf("queued        %lld messages, %lld recipients (%lld held for on-demand relay)\n",
-           (long long)st.queued_msgs, (long long)st.queued_rcpts, (long long)st.held_rcpts);
-    printf("mailboxes     %lld messages for %lld users\n", (long long)st.mbox_msgs, (long long)st.users);
-    printf("destinations\n");
-    store_dest_list(print_dest, NULL);
-    if (conf->upstream[0]) {
-        char text[2048], date[64];
-        int64_t when;
-        printf("upstream      %s (%s) for %zu domains\n", conf->upstream, conf->upstream_mode,
-               conf->n_upstream_domains);
-        if (!store_meta_get("upstream.last_ok", text, sizeof text, &when)) {
-            util_date(when, date, sizeof date);
-            printf("  last successful exchange %s:\n", date);
-            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-                printf("    %s\n", l);
-        } else {
-            printf("  no successful exchange yet\n");
-        }
-        if (!store_meta_get("upstream.last_fail", text, sizeof text, &when)) {
-            util_date(when, date, sizeof date);
-            printf("  last failed exchange %s:\n", date);
-            for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-                printf("    %s\n", l);
-        }
-    }
+    if (cli_open_store_ro())
+        return EX_OK;                   /* said why; the file's part was shown */
+    printf("# domains in the database (mailnode domain list):\n");
+    store_domain_list(config_domain, NULL);
     store_close();
     return EX_OK;
 }

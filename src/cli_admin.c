@@ -259,6 +259,20 @@ static int cli_admin_new_password(struct store_user *u)
 
 /* ----------------------------------------------------------------- users */
 
+/* Postmaster mail kept while the node had no admin goes to the admin. */
+static void cli_admin_adopt(void)
+{
+    struct store_user a;
+    int rc = queue_admin_adopt();
+
+    if (rc == 1 && !store_commit() && !queue_admin(&a)) {
+        printf("mail held for the postmaster moved to %s's mailbox\n", a.name);
+        sodium_memzero(&a, sizeof a);
+    } else if (rc) {
+        store_rollback();
+    }
+}
+
 static int cli_user_add(const char *name)
 {
     struct store_user u;
@@ -267,6 +281,20 @@ static int cli_user_add(const char *name)
     memset(&u, 0, sizeof u);
     util_strlcpy(u.name, name, sizeof u.name);
     rc = store_user_get(name, &u);
+    if (rc == 0 && !u.pwhash[0]) {
+        /* The mailbox that held postmaster mail gets a password: it is an
+         * ordinary user from now on, with the mail kept so far. */
+        if ((rc = cli_admin_new_password(&u)))
+            return rc;
+        rc = store_user_update(&u);
+        sodium_memzero(&u, sizeof u);
+        if (rc)
+            return cli_admin_store_fail(rc, "add the user");
+        if ((rc = cli_admin_commit("add the user")))
+            return rc;
+        printf("user %s added (with the mail held for the postmaster so far)\n", name);
+        return EX_OK;
+    }
     if (rc == 0) {
         fprintf(stderr, "mailnode: user %s already exists (use `mailnode user passwd %s` to change"
                 " the password)\n", name, name);
@@ -289,6 +317,7 @@ static int cli_user_add(const char *name)
     if ((rc = cli_admin_commit("add the user")))
         return rc;
     printf("user %s added\n", name);
+    cli_admin_adopt();
     return EX_OK;
 }
 
@@ -359,7 +388,7 @@ static int cli_user_del(const char *name)
 static int cli_user_print(void *arg, const struct store_user *u)
 {
     MN_UNUSED(arg);
-    printf("%s\n", u->name);
+    printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
     return 0;
 }
 
@@ -376,7 +405,7 @@ int cli_user(int argc, char **argv)
         return cli_admin_usage(cli_user_usage);
     if (argc == 3 && cli_admin_user_name(argv[2], name))
         return EX_DATAERR;
-    if ((rc = cli_open_store()))
+    if ((rc = strcmp(sub, "list") && strcmp(sub, "del") ? cli_open_store() : cli_open_store_ro()))
         return rc;
     if (!strcmp(sub, "add"))
         rc = cli_user_add(name);
@@ -494,7 +523,7 @@ static int cli_domain_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_domain_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -532,7 +561,7 @@ int cli_domain(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_domain_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_domain_list(cli_domain_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list domains") : EX_OK;
         store_close();
@@ -681,7 +710,7 @@ static int cli_alias_del(const char *name)
 {
     int rc;
 
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     rc = store_alias_del(name);
     if (rc == STORE_NOTFOUND) {
@@ -715,7 +744,7 @@ int cli_alias(int argc, char **argv)
     if (!strcmp(sub, "list")) {
         if (argc != 2)
             return cli_admin_usage(cli_alias_usage);
-        if ((rc = cli_open_store()))
+        if ((rc = cli_open_store_ro()))
             return rc;
         rc = store_alias_list(cli_alias_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list aliases") : EX_OK;
         store_close();

@@ -189,7 +189,7 @@ static int cli_mbox_list(int argc, char **argv)
         fputs(cli_mbox_list_help, stderr);
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if ((rc = cli_mbox_find_user(argv[2], &u)) || (rc = cli_mbox_load_uids(u.id, &l)))
         return rc;
@@ -523,7 +523,7 @@ static int cli_mbox_export(int argc, char **argv)
                         "standard output cannot be made durable\n");
         return EX_USAGE;
     }
-    if ((rc = cli_open_store()))
+    if ((rc = cli_open_store_ro()))
         return rc;
     if ((rc = cli_mbox_find_user(user, &u)) || (rc = cli_mbox_load_uids(u.id, &l)))
         return rc;

@@ -4,9 +4,13 @@
  */
 #include "internal.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <pwd.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/stat.h>
 
 MN_PRIVATE struct conf *conf;
 
@@ -77,11 +81,16 @@ static const struct conf_key keys[] = {
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
     { "user", T_STR, F(run_user), 0, "" },
+    /* Who reads postmaster, root, abuse and MAILER-DAEMON mail; empty: the
+     * first user created (RFC 5321 4.5.1 requires a postmaster). */
+    { "admin", T_STR, F(admin), 0, "" },
     { "tls.cert", T_STR, F(tls_cert), 0, "" },
     { "tls.key", T_STR, F(tls_key), 0, "" },
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "bundle.key", T_STR, F(bundle_key), 0, NULL },
+    { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
 };
 #undef F        /* the amalgamation goes on with other modules */
@@ -202,6 +211,10 @@ static const struct conf_key *find_key(const char *name)
     return NULL;
 }
 
+_Static_assert(MN_NELEM(keys) <= CONF_MAX_KEYS, "raise CONF_MAX_KEYS");
+
+static int conf_is_domain(const char *s);
+
 static int set_defaults(struct conf *c)
 {
     char host[256] = "localhost", doms[600];
@@ -209,7 +222,9 @@ static int set_defaults(struct conf *c)
     for (size_t i = 0; i < MN_NELEM(keys); i++)
         if (keys[i].def && set_value(c, &keys[i], keys[i].def))
             return -1;
-    if (gethostname(host, sizeof host - 1) || !host[0])
+    /* A machine name that is no domain name ("my_box") must not make every
+     * command fail over a key the file does not even set. */
+    if (gethostname(host, sizeof host - 1) || !conf_is_domain(host))
         util_strlcpy(host, "localhost", sizeof host);
     util_lower(host);
     c->hostname = xstrdup(host);
@@ -227,6 +242,11 @@ static void derive(struct conf *c)
         snprintf(buf, sizeof buf, "%s.key", c->database);
         c->keyfile = xstrdup(buf);
     }
+    if (!c->bundle_key || !*c->bundle_key) {
+        free(c->bundle_key);
+        snprintf(buf, sizeof buf, "%s.bundle-key", c->database);
+        c->bundle_key = xstrdup(buf);
+    }
     if (!c->control || !*c->control) {
         free(c->control);
         snprintf(buf, sizeof buf, "%s.ctl", c->database);
@@ -235,33 +255,188 @@ static void derive(struct conf *c)
     c->use_syslog = c->log_dest && !strcmp(c->log_dest, "syslog");
 }
 
-/* TLS policy towards relays: "may" uses STARTTLS when offered, "require"
- * keeps the mail queued unless TLS comes up with a certificate that
- * verifies, "none" never starts TLS (a relay with a broken TLS stack). */
-static int conf_check_tls(struct conf *c, const char *path, char *err, size_t errlen)
+/* "#" starts a comment at the start of a line or after white space, in
+ * every key alike: "local_domains = a.example # ours" must not make "#"
+ * and "ours" domains.  A "#" inside a word (a password file path) stays. */
+static void conf_strip_comment(char *line)
 {
-    static const char *const policies[] = { "may", "require", "none" };
-    struct { const char *key; char **val; } pol[] = {
-        { "relayhost.tls", &c->relayhost_tls },
-        { "upstream.tls", &c->upstream_tls },
-    };
+    for (char *p = line; *p; p++)
+        if (*p == '#' && (p == line || *(p - 1) == ' ' || *(p - 1) == '\t')) {
+            *p = '\0';
+            return;
+        }
+}
 
-    for (size_t i = 0; i < MN_NELEM(pol); i++) {
-        size_t j;
-        util_lower(*pol[i].val);
-        for (j = 0; j < MN_NELEM(policies); j++)
-            if (!strcmp(*pol[i].val, policies[j]))
-                break;
-        if (j == MN_NELEM(policies)) {
-            snprintf(err, errlen, "%s: %s = '%s': use may, require or none", path ? path : "defaults",
-                     pol[i].key, *pol[i].val);
-            return -1;
+const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n)
+{
+    const struct conf_key *k = find_key(key);
+    int line = k ? c->key_line[k - keys] : 0;
+
+    if (line)
+        snprintf(buf, n, "%s:%d: %s", c->path, line, key);
+    else
+        snprintf(buf, n, "%s: %s (%s)", c->path ? c->path : "configuration", key,
+                 c->path ? "not set: the default" : "the default");
+    return buf;
+}
+
+/* RFC 1035 2.3.1 preferred name syntax (letters, digits, hyphens, dots). */
+static int conf_is_domain(const char *s)
+{
+    size_t label = 0;
+
+    if (!*s || strlen(s) > SMTP_DOMAIN_MAX)
+        return 0;
+    for (const char *p = s; *p; p++) {
+        if (*p == '.') {
+            if (!label || p[-1] == '-')
+                return 0;
+            label = 0;
+        } else if (isalnum((unsigned char)*p) || (*p == '-' && label)) {
+            if (++label > 63)
+                return 0;
+        } else {
+            return 0;
         }
     }
-    if (c->tls_key[0] && !c->tls_cert[0]) {
-        snprintf(err, errlen, "%s: tls.key is set but tls.cert is not: STARTTLS needs both",
-                 path ? path : "defaults");
-        return -1;
+    return label && s[strlen(s) - 1] != '-';
+}
+
+/* host[:port] with host a name, an address or a bracketed address. */
+static const char *conf_check_host(const char *v, int port_required)
+{
+    char host[SMTP_DOMAIN_MAX + 3];
+    unsigned char bin[16];
+    int port = 25;
+
+    if (util_split_hostport(v, host, sizeof host, &port)) {
+        if (port_required || strchr(v, ' ') || util_strlcpy(host, v, sizeof host) >= sizeof host)
+            return port_required ? "not host:port" : "not host or host:port";
+    }
+    if (port < 1)
+        return "port must be 1 to 65535";
+    size_t l = strlen(host);
+    if (host[0] == '[' && l > 2 && host[l - 1] == ']') {
+        host[l - 1] = '\0';
+        return inet_pton(AF_INET, host + 1, bin) == 1 || inet_pton(AF_INET6, host + 1, bin) == 1
+                   ? NULL : "not an address in brackets";
+    }
+    if (inet_pton(AF_INET6, host, bin) == 1 || conf_is_domain(host))
+        return NULL;
+    return "not a host name or address";
+}
+
+/* A comma separated list of numeric addr:port, as the listeners take. */
+static const char *conf_check_listen(const char *v)
+{
+    char buf[1024], *items[64], host[256];
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int port;
+    size_t n;
+
+    if (util_strlcpy(buf, v, sizeof buf) >= sizeof buf)
+        return "list too long";
+    n = util_split_list(buf, items, MN_NELEM(items));
+    for (size_t i = 0; i < n; i++)
+        if (util_split_hostport(items[i], host, sizeof host, &port) || util_sockaddr_parse(host, port, &ss, &sl))
+            return "not addr:port with a numeric address (examples: 0.0.0.0:25, [::]:25)";
+    return NULL;
+}
+
+static const char *conf_one_of(char *v, const char *const *words, size_t n, const char *msg)
+{
+    util_lower(v);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(v, words[i]))
+            return NULL;
+    return msg;
+}
+
+static const char *conf_check_file(const char *v)
+{
+    struct stat st;
+    if (stat(v, &st))
+        return errno == ENOENT ? "no such file" : strerror(errno);
+    return S_ISREG(st.st_mode) ? NULL : "not a regular file";
+}
+
+/* Checks a value that its type alone does not; NULL when it is fine. */
+static const char *conf_check_key(struct conf *c, const char *name)
+{
+    static const char *const tls_pol[] = { "may", "require", "none" };
+    static const char *const modes[] = { "etrn", "atrn" };
+    static const char *const logs[] = { "stderr", "syslog" };
+
+    if (!strcmp(name, "hostname"))
+        return conf_is_domain(c->hostname) ? NULL : "not a domain name (letters, digits, hyphens, dots)";
+    if (!strcmp(name, "database"))
+        return c->database[0] ? NULL : "must name a file";
+    if (!strcmp(name, "listen.imaps") && c->listen[LISTEN_IMAPS][0] && (!c->tls_cert[0] || !c->tls_key[0]))
+        return "needs tls.cert and tls.key";
+    if (!strncmp(name, "listen.", 7)) {
+        const struct conf_key *k = find_key(name);
+        return conf_check_listen(*(char **)((char *)c + k->off));
+    }
+    if (!strcmp(name, "relayhost"))
+        return c->relayhost[0] ? conf_check_host(c->relayhost, 0) : NULL;
+    if (!strcmp(name, "upstream"))
+        return c->upstream[0] ? conf_check_host(c->upstream, 1) : NULL;
+    if (!strcmp(name, "upstream.mode"))
+        return conf_one_of(c->upstream_mode, modes, MN_NELEM(modes), "use etrn or atrn");
+    if (!strcmp(name, "upstream.domains"))
+        return c->upstream[0] && !c->n_upstream_domains ? "empty, but upstream is set: name the domains held there" : NULL;
+    if (!strcmp(name, "relayhost.tls"))
+        return conf_one_of(c->relayhost_tls, tls_pol, MN_NELEM(tls_pol), "use may, require or none");
+    if (!strcmp(name, "upstream.tls"))
+        return conf_one_of(c->upstream_tls, tls_pol, MN_NELEM(tls_pol), "use may, require or none");
+    if (!strcmp(name, "tls.cert"))
+        return c->tls_cert[0] ? conf_check_file(c->tls_cert) : NULL;
+    if (!strcmp(name, "tls.key"))
+        return !c->tls_key[0] ? NULL : !c->tls_cert[0] ? "set, but tls.cert is not: STARTTLS needs both"
+                                                       : conf_check_file(c->tls_key);
+    if (!strcmp(name, "tls.ca_file"))
+        return c->tls_ca_file[0] ? conf_check_file(c->tls_ca_file) : NULL;
+    if (!strcmp(name, "log"))
+        return conf_one_of(c->log_dest, logs, MN_NELEM(logs), "use stderr or syslog");
+    if (!strcmp(name, "user"))
+        return c->run_user[0] && !getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
+    if (!strcmp(name, "resolver")) {
+        char host[256];
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        int port = 53;
+        if (!c->resolver[0])
+            return NULL;
+        if (util_split_hostport(c->resolver, host, sizeof host, &port))
+            util_strlcpy(host, c->resolver, sizeof host);
+        return util_sockaddr_parse(host, port, &ss, &sl) ? "not a numeric address[:port]" : NULL;
+    }
+    if (!strcmp(name, "pacing.rate")) {
+        static char why[512];
+        if (!pace_conf_check(c, why, sizeof why))
+            return NULL;
+        return strncmp(why, "pacing.rate: ", 13) ? why : why + 13;
+    }
+    if (!strcmp(name, "delivery.port"))
+        return c->delivery_port < 1 || c->delivery_port > 65535 ? "port must be 1 to 65535" : NULL;
+    if (!strcmp(name, "delivery.parallel") || !strcmp(name, "delivery.per_connection") ||
+        !strcmp(name, "max_connections"))
+        return *(int64_t *)((char *)c + find_key(name)->off) < 1 ? "must be at least 1" : NULL;
+    return NULL;
+}
+
+/* One pass over every key, for every command: a mistake is reported the
+ * same way (FILE:LINE: key: why, exit 78) whichever command meets it. */
+static int conf_check(struct conf *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < MN_NELEM(keys); i++) {
+        const char *why = conf_check_key(c, keys[i].name);
+        char where[4200];
+        if (why) {
+            snprintf(err, errlen, "%s: %s", conf_where(c, keys[i].name, where, sizeof where), why);
+            return -1;
+        }
     }
     return 0;
 }
@@ -294,8 +469,9 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
                 snprintf(err, errlen, "%s:%d: line too long", path, lineno);
                 goto fail;
             }
+            conf_strip_comment(line);
             s = util_trim(line);
-            if (!*s || *s == '#')
+            if (!*s)
                 continue;
             eq = strchr(s, '=');
             if (!eq) {
@@ -315,23 +491,20 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
                 snprintf(err, errlen, "%s:%d: %s: %s", path, lineno, key, why);
                 goto fail;
             }
+            c->key_line[k - keys] = lineno;
         }
         fclose(f);
         f = NULL;
     }
-    if (!c->hostname[0] || strlen(c->hostname) > SMTP_DOMAIN_MAX) {
-        snprintf(err, errlen, "%s: hostname must be a domain name", path ? path : "defaults");
-        return -1;
-    }
     util_lower(c->hostname);
-    if (!c->database[0]) {
-        snprintf(err, errlen, "%s: database must name a file", path ? path : "defaults");
+    if (conf_check(c, err, errlen))
         return -1;
+    if (!c->key_line[find_key("local_domains") - keys]) {
+        /* Implicit: the host name the file gives, not the machine's. */
+        char doms[SMTP_DOMAIN_MAX + 16];
+        snprintf(doms, sizeof doms, "localhost, %s", c->hostname);
+        set_value(c, find_key("local_domains"), doms);
     }
-    if (conf_check_tls(c, path, err, errlen))
-        return -1;
-    if (pace_conf_check(c, err, errlen))
-        return -1;
     derive(c);
     return 0;
 fail:
@@ -348,6 +521,77 @@ void conf_free(struct conf *c)
         free_value(c, &keys[i]);
     free(c->path);
     memset(c, 0, sizeof *c);
+}
+
+/* A value written back the way the file would say it. */
+static void conf_format(const struct conf *c, const struct conf_key *k, char *out, size_t n)
+{
+    const void *field = (const char *)c + k->off;
+    size_t used = 0, cnt = k->count_off ? *(const size_t *)((const char *)c + k->count_off) : 0;
+    int64_t v;
+
+    out[0] = '\0';
+    switch (k->type) {
+    case T_STR:
+        util_strlcpy(out, *(char *const *)field ? *(char *const *)field : "", n);
+        return;
+    case T_INT:
+        snprintf(out, n, "%lld", (long long)*(const int64_t *)field);
+        return;
+    case T_BOOL:
+        util_strlcpy(out, *(const int *)field ? "yes" : "no", n);
+        return;
+    case T_DURATION: {
+        static const struct { int64_t secs; char unit; } u[] = {
+            { 604800, 'w' }, { 86400, 'd' }, { 3600, 'h' }, { 60, 'm' } };
+        v = *(const int64_t *)field;
+        for (size_t i = 0; i < MN_NELEM(u); i++)
+            if (v && v % u[i].secs == 0) {
+                snprintf(out, n, "%lld%c", (long long)(v / u[i].secs), u[i].unit);
+                return;
+            }
+        snprintf(out, n, "%llds", (long long)v);
+        return;
+    }
+    case T_SIZE: {
+        static const struct { int64_t bytes; char unit; } u[] = {
+            { 1024LL * 1024 * 1024, 'G' }, { 1024 * 1024, 'M' }, { 1024, 'K' } };
+        v = *(const int64_t *)field;
+        for (size_t i = 0; i < MN_NELEM(u); i++)
+            if (v && v % u[i].bytes == 0) {
+                snprintf(out, n, "%lld%c", (long long)(v / u[i].bytes), u[i].unit);
+                return;
+            }
+        snprintf(out, n, "%lld", (long long)v);
+        return;
+    }
+    case T_DOMAINS:
+        for (size_t i = 0; i < cnt && used < n; i++)
+            used += (size_t)snprintf(out + used, n - used, "%s%s", i ? ", " : "", (*(char **const *)field)[i]);
+        return;
+    case T_CIDRS:
+        for (size_t i = 0; i < cnt && used < n; i++) {
+            const struct cidr *r = &(*(struct cidr *const *)field)[i];
+            char ip[INET6_ADDRSTRLEN];
+            inet_ntop(r->family, r->addr, ip, sizeof ip);
+            used += (size_t)snprintf(out + used, n - used, "%s%s/%d", i ? ", " : "", ip, r->bits);
+        }
+        return;
+    }
+}
+
+void conf_print(const struct conf *c, FILE *f, int only_set)
+{
+    char value[4096];
+
+    for (size_t i = 0; i < MN_NELEM(keys); i++) {
+        int set = c->key_line[i] != 0;
+        if (only_set && !set)
+            continue;
+        conf_format(c, &keys[i], value, sizeof value);
+        fprintf(f, "%s = %s%s\n", keys[i].name, value,
+                set ? "" : keys[i].def ? "  # default" : "  # derived");
+    }
 }
 
 int conf_is_local_domain(const char *domain)

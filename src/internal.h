@@ -106,6 +106,8 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 
 /* ------------------------------------------------------------------ conf */
 
+#define CONF_MAX_KEYS 160              /* entries of the key table in conf.c */
+
 enum listen_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_ODMR, LISTEN_POP3, LISTEN_IMAP, LISTEN_IMAPS,
                    LISTEN_N };
 
@@ -156,13 +158,17 @@ struct conf {
     int allow_cleartext_auth;           /* auth.cleartext = yes */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
+    char *admin;                        /* admin = USER: gets postmaster mail */
     int use_syslog;
     char *tls_cert, *tls_key;
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
+    int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
     size_t n_pacing_rate;
+    unsigned short key_line[CONF_MAX_KEYS]; /* line of each key in the file; 0 = default */
 };
 
 MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force */
@@ -171,6 +177,12 @@ MN_PRIVATE_DATA struct conf *conf;               /* the configuration in force *
  * "FILE:LINE: what is wrong" and returns -1. */
 int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
 void conf_free(struct conf *c);
+/* "FILE:LINE: key" where a key was set (or that it is the default), for
+ * messages about its value. */
+const char *conf_where(const struct conf *c, const char *key, char *buf, size_t n);
+/* Every key with the value in effect, "  # default" after those the file
+ * does not set (only_set: just the file's keys, as `postconf -n`). */
+void conf_print(const struct conf *c, FILE *f, int only_set);
 /* 1 if the domain (lower case) is listed in local_domains. */
 int conf_is_local_domain(const char *domain);
 int conf_relay_allowed(const struct sockaddr_storage *ss);
@@ -360,6 +372,24 @@ void store_set_busy_hint(int (*fn)(void));
 /* What this turn wrote must be durable at its end (a peer's 250 was
  * recorded: a crash must not make us send the message again). */
 void store_commit_soon(void);
+/* A delivery outcome was written: outcomes are committed together, when
+ * STORE_OUTCOME_BATCH of them wait or the oldest has waited
+ * STORE_OUTCOME_MS (a crash resends at most those: at-least-once). */
+#define STORE_OUTCOME_BATCH 64
+#define STORE_OUTCOME_MS 200
+void store_outcome(void);
+/* A savepoint around a multi-row call: store_atomic_end(err) undoes every
+ * row of it when err < 0 (and returns err), else keeps them. */
+int store_atomic_begin(void);
+int store_atomic_end(int err);
+#ifdef MAILNODE_TEST
+extern int store_fault_after;           /* fail the write step after this many (-1: never) */
+int store_fault(void);
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+#define STORE_FAULT() store_fault()
+#else
+#define STORE_FAULT() 0
+#endif
 int store_in_txn(void);
 
 /* A body being written: raw bytes in, compressed chunks out. */
@@ -445,15 +475,6 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
                      const struct store_rcpt *rcpts, size_t n);
 
 /* Queue administration. */
-struct store_qinfo {
-    char qid[QID_LEN + 1];
-    char sender[ADDR_MAX];
-    int64_t received, size;
-    int nrcpt;
-    char rcpts[1024];                   /* "addr (state, next try / last error)" ... */
-};
-int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg);
-int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id);
 int store_queue_delete(const char *qid);
 int64_t store_queue_count(void);
 struct store_status {
@@ -470,7 +491,34 @@ struct store_dest {
     int64_t next_try, backoff, failures, last_try, last_ok, backlog;
     char last_error[512];
 };
-int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg);
+
+/* store_ops.c: what the operator's commands ask. */
+int64_t store_ops_queued_remote(const char *domain);  /* "" = all; -1 on error */
+int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d), void *arg);
+int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64_t msgs), void *arg);
+int64_t store_ops_on_hold(void);                      /* messages stopped by `queue hold` */
+struct store_ops_msg {
+    int64_t id, received, size, body_id;
+    int hold;                           /* stopped by `queue hold` */
+    char qid[QID_LEN + 1];
+    char sender[ADDR_MAX];
+};
+struct store_ops_rcpt {
+    char addr[ADDR_MAX];
+    char dest[SMTP_DOMAIN_MAX + 1];
+    int state;                          /* 0 queued, 1 delivered, 2 failed */
+    int kind;                           /* enum route_kind */
+    int attempts;
+    int64_t next_try;                   /* with the destination's backoff */
+    int64_t updated;                    /* of the last attempt */
+    int dest_failures;                  /* the destination's failed tries in a row */
+    char last_error[512];
+};
+/* Messages with something queued (for domain, if not NULL or ""). */
+int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_ops_msg *m), void *arg);
+int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
+int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
+int store_ops_delete_domain(const char *domain, int64_t *rcpts);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -495,11 +543,17 @@ void store_out_free(struct store_out_msg *m);
 int store_due_domains(int64_t now, int (*cb)(void *arg, const char *domain), void *arg);
 /* 1 if any remote recipient is due now (smarthost mode). */
 int store_any_due(int64_t now);
-/* The next message after after_id with recipients of the given kind
+/* Where a delivery session is in its destination's queue: the
+ * (next_try, message id) of the last message it was handed; all zero at
+ * the start. */
+struct store_cursor {
+    int64_t next_try, msg_id;
+};
+/* The next message after the cursor with recipients of the given kind
  * (ROUTE_REMOTE, or ROUTE_HOLD for held mail) due for domain (NULL: any
- * domain), those recipients only, up to STORE_OUT_RCPTS.  1 found, 0
- * none, <0 error. */
-int store_out_next(const char *domain, int kind, int64_t after_id, int64_t now, struct store_out_msg *m);
+ * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
+ * cursor.  1 found, 0 none, <0 error. */
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
@@ -540,6 +594,10 @@ int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND 
 int store_user_get_id(int64_t id, struct store_user *u);
 int store_user_add(const struct store_user *u);               /* STORE_EXISTS */
 int store_user_update(const struct store_user *u);            /* password change */
+/* The first user created that can log in (not the holding mailbox). */
+int store_user_first(struct store_user *u);                   /* STORE_NOTFOUND */
+/* Moves the mailbox of user `from` to user `to` and removes `from`. */
+int store_user_adopt(int64_t from, int64_t to);
 int store_user_del(const char *name);
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
 
@@ -744,6 +802,14 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
  * (local or hold domain). */
 int queue_domain_accepted(const char *domain);
 int queue_domain_is_local(const char *domain);
+/* The node's admin (conf `admin`, else the first user): 0, or
+ * STORE_NOTFOUND while there is none and postmaster mail is held in the
+ * mailbox QUEUE_HOLDING_BOX. */
+#define QUEUE_HOLDING_BOX "postmaster"
+int queue_admin(struct store_user *u);
+/* Hands the holding mailbox over to the admin once one exists; 1 if it
+ * did, 0 if there was nothing to do, <0 on a store error. */
+int queue_admin_adopt(void);
 
 /* Delivery (queue_deliver.c): the scheduler.  Retry state is kept per
  * destination (the next hop: the relayhost, or the recipient domain for
@@ -783,8 +849,8 @@ int queue_release_busy(const char *domain);
 
 /* ----------------------------------------------------------------- dns */
 
-/* An asynchronous stub resolver inside the event loop (RFC 1035 over UDP,
- * TCP when truncated), reading /etc/resolv.conf or the `resolver` key. */
+/* MX and address lookups inside the event loop: c-ares asks the servers
+ * of /etc/resolv.conf or the `resolver` key (UDP, TCP when truncated). */
 #define DNS_MAX_HOSTS 10
 #define DNS_MAX_ADDRS 4
 enum dns_status { DNS_OK = 0, DNS_TEMP = 1, DNS_PERM = 2 };
@@ -804,11 +870,16 @@ typedef void (*dns_cb)(void *arg, const struct dns_result *r);
 struct dns_query;
 int dns_init(void);
 void dns_free(void);
+const char *dns_library_version(void);
 /* RFC 5321 5.1: MX records sorted by preference (random among equals),
  * implicit MX (the domain's own A/AAAA) when there is none, RFC 7505 null
  * MX as DNS_PERM, NXDOMAIN as DNS_PERM, everything else DNS_TEMP.  An
- * address literal ("[192.0.2.1]") or a numeric host answers at once.  The
- * callback may run before dns_resolve_* returns; NULL only on no memory. */
+ * address literal ("[192.0.2.1]") or a numeric host answers without the
+ * network.  The callback never runs before dns_resolve_* returns: every
+ * result, even one known at once, is delivered from the event loop, so
+ * the caller can store the handle first; it may call dns_resolve_* and
+ * dns_cancel from the callback.  NULL only on no memory.  The handle is
+ * dead once the callback has returned or dns_cancel was called. */
 struct dns_query *dns_resolve_mx(const char *domain, dns_cb cb, void *arg);
 /* A/AAAA of one host (a relayhost name): one dns_host in the result. */
 struct dns_query *dns_resolve_host(const char *host, dns_cb cb, void *arg);
@@ -866,6 +937,7 @@ void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 int tls_init(void);                     /* loads tls.cert/tls.key if set */
+const char *tls_io_error(void);         /* why tls_init failed */
 void tls_free(void);
 int tls_available(void);                /* server side: a certificate is loaded */
 int tls_start_server(struct conn *c);
@@ -948,6 +1020,31 @@ void smtpc_set_dest(struct smtpc *s, const char *dest);
 /* Ends the session at once; done is not called. */
 void smtpc_abort(struct smtpc *s);
 
+/* What every SMTP client of this node shares (delivery sessions here and
+ * the upstream exchange in poll.c), so that the two cannot drift apart. */
+struct smtpc_caps {                     /* what the peer's EHLO offered */
+    int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int has_size;
+    int64_t size_limit;                 /* 0: no limit announced */
+    char auth_mechs[128];
+};
+/* One EHLO keyword line (the text after "250-" or "250 "). */
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw);
+/* 1 if the peer offered SASL mechanism mech. */
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech);
+/* The AUTH mechanism to use with this peer on c: CRAM-MD5 when offered,
+ * else PLAIN when offered and the password may travel (under TLS, to this
+ * host, or allow_cleartext_auth), else none. */
+enum { SMTPC_AUTH_NONE, SMTPC_AUTH_CRAM, SMTPC_AUTH_PLAIN };
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c);
+/* Takes one reply line off c's input.  1: *code, *last (no continuation)
+ * and line (CR LF removed, control characters blanked, cut to n - 1);
+ * 0: no whole line yet; SMTPC_ELONG: a line longer than the input buffer;
+ * SMTPC_EMALFORMED: not a reply line (RFC 5321 4.2). */
+#define SMTPC_ELONG      (-1)
+#define SMTPC_EMALFORMED (-2)
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n);
+
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
@@ -990,6 +1087,139 @@ int smtpd_busy(void);                   /* sessions inside a mail transaction */
 
 void pop3_accept(struct conn *c);
 
+/* ---------------------------------------------------------------- bundle */
+
+/* Offline bundles between mailnodes (bundle.c; docs/bundle-format.md). */
+#define BUNDLE_VERSION     1
+#define BUNDLE_KIND_MAIL   1
+#define BUNDLE_KIND_RECEIPT 2
+#define BUNDLE_KEY_PREFIX  "mnb1"
+#define BUNDLE_HDR_SIGNED  208          /* header bytes covered by the signature */
+#define BUNDLE_HDR_LEN     (BUNDLE_HDR_SIGNED + 64)
+#define BUNDLE_FRAME_MAX   65536        /* plaintext bytes per frame */
+#define BUNDLE_DATA_MAX    65536        /* body bytes per DATA record */
+#define BUNDLE_RECORD_MAX  (256 * 1024) /* any record (an envelope) */
+#define BUNDLE_RCPTS_MAX   1000
+#define BUNDLE_ID_LEN      16
+/* Record types (the plaintext of a volume is a sequence of them). */
+enum { BUNDLE_REC_ENV = 1, BUNDLE_REC_DATA = 2, BUNDLE_REC_END = 3, BUNDLE_REC_ACK = 4,
+       BUNDLE_REC_FIN = 5 };
+/* Errors of the format layer. */
+enum { BUNDLE_ENOTBUNDLE = -20, BUNDLE_EVERSION = -21, BUNDLE_EFORMAT = -22, BUNDLE_ESIG = -23,
+       BUNDLE_EKEY = -24, BUNDLE_ECRYPT = -25, BUNDLE_ETRUNC = -26, BUNDLE_ETRAIL = -27,
+       BUNDLE_EZLIB = -28, BUNDLE_ERECORD = -29, BUNDLE_EIO = -30, BUNDLE_ENOMEM = -31 };
+const char *bundle_strerror(int e);
+
+struct bundle_keys {
+    unsigned char sign_pk[crypto_sign_PUBLICKEYBYTES], sign_sk[crypto_sign_SECRETKEYBYTES];
+    unsigned char box_pk[crypto_box_PUBLICKEYBYTES], box_sk[crypto_box_SECRETKEYBYTES];
+};
+/* Loads (or with create, makes) the node's bundle key pair file. */
+int bundle_keys_load(const char *path, struct bundle_keys *k, int create, char *err, size_t errlen);
+/* "mnb1 BASE64 [comment]": the public keys as one line, and back. */
+void bundle_key_line(const unsigned char sign_pk[32], const unsigned char box_pk[32],
+                     const char *comment, char *out, size_t n);
+int bundle_key_parse(const char *line, unsigned char sign_pk[32], unsigned char box_pk[32]);
+
+struct bundle_header {
+    int kind;
+    int64_t created;
+    unsigned char bundle_id[16];
+    uint32_t volume;
+    unsigned char sender_sign_pk[32], recipient_box_pk[32];
+    unsigned char sealed_key[crypto_box_SEALBYTES + 32];
+    unsigned char ss_header[crypto_secretstream_xchacha20poly1305_HEADERBYTES];
+    unsigned char signature[crypto_sign_BYTES];
+};
+void bundle_header_encode(const struct bundle_header *h, unsigned char out[BUNDLE_HDR_SIGNED]);
+int bundle_header_decode(const unsigned char *in, size_t n, struct bundle_header *h);
+
+struct bundle_writer;
+struct bundle_writer *bundle_writer_open(int fd, const struct bundle_keys *me, const unsigned char peer_box_pk[32],
+                                         int kind, const unsigned char bundle_id[16], uint32_t volume);
+int bundle_write_record(struct bundle_writer *w, int type, const void *payload, size_t n);
+int64_t bundle_bound(int64_t raw);      /* most file bytes raw record bytes can add */
+int64_t bundle_writer_size(struct bundle_writer *w);   /* upper bound of the final size so far */
+int bundle_writer_sync(struct bundle_writer *w);       /* makes the size exact (Z_SYNC_FLUSH) */
+int bundle_writer_finish(struct bundle_writer *w);     /* FIN record and the final frame */
+int64_t bundle_writer_bytes(const struct bundle_writer *w);
+void bundle_writer_free(struct bundle_writer *w);
+
+typedef ssize_t (*bundle_read_fn)(void *arg, void *buf, size_t n);
+/* Reads and decodes the header (raw keeps its bytes for the signature). */
+int bundle_reader_header(bundle_read_fn fn, void *arg, struct bundle_header *h,
+                         unsigned char raw[BUNDLE_HDR_LEN]);
+int bundle_header_verify(const unsigned char raw[BUNDLE_HDR_LEN], const unsigned char sign_pk[32]);
+struct bundle_reader;
+struct bundle_reader *bundle_reader_open(bundle_read_fn fn, void *arg, const struct bundle_header *h,
+                                         const struct bundle_keys *me, int *err);
+/* The next record: 0 and *type/payload/n (valid until the next call), 1
+ * after FIN, or a BUNDLE_E* error.  FIN is returned only when the record
+ * count agrees and nothing follows it. */
+int bundle_read_record(struct bundle_reader *r, int *type, const unsigned char **payload, size_t *n);
+void bundle_reader_free(struct bundle_reader *r);
+
+struct bundle_env_rcpt {
+    char addr[ADDR_MAX];
+    char orcpt[ADDR_MAX + 8];            /* as in SMTP: type ";" xtext */
+    int notify;
+};
+struct bundle_env {
+    char qid[QID_LEN + 1];              /* the exporting node's queue id */
+    int64_t received, size;
+    char sender[ADDR_MAX];
+    char envid[101];
+    int ret_full, eightbit, have_mail;
+    int nrcpt;
+    struct bundle_env_rcpt rcpts[BUNDLE_RCPTS_MAX];     /* last: parse clears only what is before */
+};
+int bundle_env_format(const struct store_out_msg *m, char *out, size_t n, size_t *len);
+int bundle_env_parse(const unsigned char *p, size_t n, struct bundle_env *e);
+
+struct bundle_msgid {
+    char line[1000];
+    size_t len;
+    int bol, done, found;
+    char id[256];
+};
+void bundle_msgid_init(struct bundle_msgid *m);
+void bundle_msgid_feed(struct bundle_msgid *m, const void *buf, size_t n);
+void bundle_msgid_finish(struct bundle_msgid *m);
+void bundle_identity(char kind, const void *a, size_t alen, const char *b, const char *rcpt,
+                     unsigned char out[BUNDLE_ID_LEN]);
+void bundle_hex(const unsigned char *p, size_t n, char *out);
+/* SMTP-received mail: drops the recipients already delivered by bundle
+ * (by Message-ID) and remembers the rest, when the node has peers. */
+int bundle_dedup(struct store_body *b, struct store_rcpt *rcpts, size_t *n, const char *qid);
+
+/* store_bundle.c: peers, mail in transit, identities seen, volumes imported. */
+struct store_peer {
+    int64_t id;
+    char name[64];
+    unsigned char sign_pk[32], box_pk[32];
+    char domains[1024];                 /* comma separated; "" = our upstream: all remote mail */
+    int64_t added;
+};
+int store_peer_add(const struct store_peer *p);         /* STORE_EXISTS */
+int store_peer_get(const char *name, struct store_peer *p);
+int store_peer_by_key(const unsigned char sign_pk[32], struct store_peer *p);
+int store_peer_del(const char *name);
+int store_peer_list(int (*cb)(void *arg, const struct store_peer *p), void *arg);
+int store_peer_any(void);                               /* 1 if a peer exists */
+/* Messages with queued recipients for the peer (after_id, id order),
+ * skipping recipients in transit since after `resend_before`; *m as
+ * store_out_next fills it.  1 found, 0 none. */
+int store_bundle_next(const struct store_peer *p, int64_t after_id, int64_t resend_before,
+                      struct store_out_msg *m);
+int store_bundle_transit(int64_t rcpt_id, int64_t peer_id, const unsigned char bundle_id[16], int64_t now);
+/* A receipt: the peer's in-transit recipients of message qid are
+ * delivered.  Returns recipients acknowledged (>= 0). */
+int store_bundle_ack(int64_t peer_id, const char *qid);
+int store_seen_check(const unsigned char key[BUNDLE_ID_LEN]);   /* 1 seen */
+int store_seen_add(const unsigned char key[BUNDLE_ID_LEN], int64_t now);
+int store_seen_prune(int64_t before);
+int store_volume_seen(const unsigned char bundle_id[16], uint32_t volume);  /* 1 imported */
+int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t peer_id, int64_t now);
 /* ----------------------------------------------------------------- imap */
 
 /* The IMAP4rev1 server (RFC 3501) and its extensions: imap.c (session,
@@ -1127,8 +1357,21 @@ int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 int cli_poll(int argc, char **argv);            /* mailnode poll */
+int cli_key(int argc, char **argv);             /* mailnode key show */
+int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
+int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
+int cli_bundle_import(int argc, char **argv);   /* bundle_import.c */
+int cli_bundle_keys(struct bundle_keys *k, int create);   /* loads bundle.key or says why not */
 /* Opens the configured database for a command-line tool; prints an error
  * naming the file and returns a sysexits code on failure. */
 int cli_open_store(void);
+/* For commands that only read: the database must exist already. */
+int cli_open_store_ro(void);
+int cli_config(int argc, char **argv);
+int cli_db_diagnose(const char *path, char *why, size_t n);
+void cli_db_chown(void);
+int cli_db_lock(void);                  /* fd, or minus a sysexits code */
+void cli_db_lock_note(int fd);          /* pid, start, version, listeners */
+int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note), 0 not, -1 unknown */
 
 #endif

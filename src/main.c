@@ -16,7 +16,7 @@ static const struct {
 } cli_commands[] = {
     { "run", cli_run, "serve SMTP, submission, POP3 and ODMR, deliver queued mail" },
     { "sendmail", cli_sendmail, "queue a message from standard input (sendmail -t -f -i)" },
-    { "queue", cli_queue, "list | count | show ID | delete ID | hold ID | release ID" },
+    { "queue", cli_queue, "list | count | show ID... | delete ID... | hold ID... | release ID..." },
     { "user", cli_user, "add | del | passwd | list: mailbox users" },
     { "domain", cli_domain, "add | del | list: local and hold domains" },
     { "alias", cli_alias, "add | del | list: aliases" },
@@ -24,6 +24,10 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
+    { "key", cli_key, "show: this node's public bundle key" },
+    { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
+    { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },
 };
 
 static void usage(FILE *f)
@@ -86,8 +90,8 @@ int mailnode_main(int argc, char **argv)
             usage(stdout);
             return EX_OK;
         } else if (!strcmp(argv[i], "--version")) {
-            printf("mailnode %s (SQLite %s, libsodium %s, zlib %s)\n", MAILNODE_VERSION,
-                   sqlite3_libversion(), sodium_version_string(), zlibVersion());
+            printf("mailnode %s (SQLite %s, libsodium %s, zlib %s, c-ares %s)\n", MAILNODE_VERSION,
+                   sqlite3_libversion(), sodium_version_string(), zlibVersion(), dns_library_version());
             return EX_OK;
         } else {
             fprintf(stderr, "mailnode: unknown option %s\n", argv[i]);

@@ -11,12 +11,25 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
-#include <ctype.h>
 #include <string.h>
 
-enum pstate { P_IDLE, P_PUSH, P_RESOLVE, P_GREETING, P_EHLO, P_STARTTLS, P_AUTH, P_AUTH2, P_ETRN, P_ATRN,
-              P_SERVING, P_QUIT };
+/* An exchange's states, in the order an exchange goes through them:
+ *
+ *   IDLE -> PUSH (our queue to the relayhost, when one is set)
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
+ *
+ * Every change goes through poll_enter(), which logs it at debug level.
+ * In SERVING the connection belongs to an SMTP server session (the ATRN
+ * turnaround) and poll only waits for its end. */
+enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+static const char *const poll_state_names[] = {
+    "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+};
 
 struct pwaiter {
     poll_done_fn done;
@@ -33,7 +46,7 @@ static struct {
     struct conn *c;
     char reply[512];
     int reply_code;
-    int ehlo_atrn, ehlo_cram, ehlo_plain, ehlo_starttls;
+    struct smtpc_caps caps;             /* what the upstream's EHLO offered */
     char host[SMTP_DOMAIN_MAX + 1];     /* the upstream's name, for its certificate */
     size_t dom_i;                       /* ETRN: next domain to ask for */
     char summary[2048];
@@ -43,7 +56,16 @@ static struct {
     struct pwaiter *waiters;            /* told at the end of this exchange */
     struct pwaiter *next_waiters;       /* asked during it: told after the next */
     int again;                          /* a request came while running */
+    int pushed;                         /* this exchange sent our queued mail first */
 } P = { .interval = { .idx = -1 }, .guard = { .idx = -1 } };
+
+static void poll_enter(enum pstate to)
+{
+    assert((size_t)to < MN_NELEM(poll_state_names));
+    if ((int)to != P.state)
+        log_debug("poll: %s -> %s", poll_state_names[P.state], poll_state_names[to]);
+    P.state = (int)to;
+}
 
 static void pull_start(void);
 static void poll_finish(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -76,7 +98,7 @@ static void poll_drop_connection(void)
     P.dq = NULL;
     struct conn *c = P.c;
     P.c = NULL;
-    if (c && !c->dead && P.state != P_SERVING)
+    if (c && !c->dead && P.state != POLL_SERVING)
         conn_abort(c);                  /* client_close sees it is no longer ours */
 }
 
@@ -93,7 +115,19 @@ static void poll_finish(int rc, const char *fmt, ...)
     }
     poll_drop_connection();
     timer_cancel(&P.guard);
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
+    if (P.pushed && conf->relayhost[0]) {
+        /* The exchange worked, but what we had to send did not all go:
+         * cron and ifup hooks must see that (sysexits 75). */
+        int64_t left = store_ops_queued_remote("");
+        if (left > 0) {
+            poll_say("our own mail is still queued: %lld recipient%s (see mailnode queue list)\n",
+                     (long long)left, left == 1 ? "" : "s");
+            if (rc == EX_OK)
+                rc = EX_TEMPFAIL;
+        }
+    }
+    P.pushed = 0;
     P.rc = rc;
     if (rc == EX_OK)
         log_info("poll: upstream exchange done: %s", line[0] ? line : "ok");
@@ -141,7 +175,7 @@ static void ask_next_etrn(void)
         poll_send("ETRN %s", conf->upstream_domains[P.dom_i]);
         return;
     }
-    P.state = P_QUIT;
+    poll_enter(POLL_QUIT);
     poll_send("QUIT");
 }
 
@@ -201,15 +235,15 @@ static void poll_reply(int code, const char *text)
     const char *t = strlen(text) > 4 ? text + 4 : "";
 
     switch (P.state) {
-    case P_GREETING:
+    case POLL_GREETING:
         if (code != 220) {
             poll_finish(EX_UNAVAILABLE, "the upstream refused the session: %s", text);
             return;
         }
-        P.state = P_EHLO;
+        poll_enter(POLL_EHLO);
         poll_send("EHLO %s", conf->hostname);
         return;
-    case P_EHLO: {
+    case POLL_EHLO: {
         if (code != 250) {
             poll_finish(EX_PROTOCOL, "the upstream refused EHLO: %s", text);
             return;
@@ -217,8 +251,8 @@ static void poll_reply(int code, const char *text)
         /* upstream.tls: STARTTLS when offered ("may"), never ("none"), or
          * nothing at all without a verified TLS session ("require"). */
         int policy = smtpc_tls_policy(conf->upstream_tls);
-        if (!P.c->tls && P.ehlo_starttls && policy != SMTPC_TLS_NONE) {
-            P.state = P_STARTTLS;
+        if (!P.c->tls && P.caps.starttls && policy != SMTPC_TLS_NONE) {
+            poll_enter(POLL_STARTTLS);
             poll_send("STARTTLS");
             return;
         }
@@ -227,36 +261,37 @@ static void poll_reply(int code, const char *text)
             return;
         }
         if (!atrn_mode()) {
-            P.state = P_ETRN;
+            poll_enter(POLL_ETRN);
             P.dom_i = 0;
             ask_next_etrn();
             return;
         }
-        if (!P.ehlo_atrn) {
+        if (!P.caps.atrn) {
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
-        if (P.ehlo_cram) {
-            P.state = P_AUTH;
+        int mech = smtpc_auth_choose(&P.caps, P.c);
+        if (mech == SMTPC_AUTH_CRAM) {
+            poll_enter(POLL_AUTH);
             poll_send("AUTH CRAM-MD5");
-        } else if (P.ehlo_plain && (P.c->peer_loopback || conf->allow_cleartext_auth || P.c->tls)) {
-            P.state = P_AUTH2;
+        } else if (mech == SMTPC_AUTH_PLAIN) {
+            poll_enter(POLL_AUTH2);
             auth_plain();
         } else {
             poll_finish(EX_PROTOCOL, "the upstream offers no authentication we may use without TLS");
         }
         return;
     }
-    case P_STARTTLS:
+    case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
                 poll_finish(EX_UNAVAILABLE, "the upstream refused STARTTLS: %s", text);
                 return;
             }
-            P.state = P_EHLO;           /* "may": go on in the clear, as offered */
-            P.ehlo_starttls = 0;
+            poll_enter(POLL_EHLO);           /* "may": go on in the clear, as offered */
+            P.caps.starttls = 0;
             poll_reply(250, "250 continue");
             return;
         }
@@ -264,15 +299,15 @@ static void poll_reply(int code, const char *text)
         if (tls_start_client(P.c, P.host, smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE))
             poll_finish(EX_SOFTWARE, "cannot start TLS with the upstream");
         return;
-    case P_AUTH:
+    case POLL_AUTH:
         if (code == 334) {
-            P.state = P_AUTH2;
+            poll_enter(POLL_AUTH2);
             auth_cram(t);
             return;
         }
         poll_finish(EX_PROTOCOL, "the upstream refused CRAM-MD5: %s", text);
         return;
-    case P_AUTH2: {
+    case POLL_AUTH2: {
         if (code != 235) {
             poll_finish(EX_NOPERM, "authentication to the upstream failed: %s", text);
             return;
@@ -282,17 +317,17 @@ static void poll_reply(int code, const char *text)
         for (size_t i = 0; i < conf->n_upstream_domains; i++)
             used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? "," : "",
                                      conf->upstream_domains[i]);
-        P.state = P_ATRN;
+        poll_enter(POLL_ATRN);
         /* RFC 2645 5.2.1: the server may take a while to gather the mail;
          * wait at least ten minutes for the reply. */
         conn_set_timeout(P.c, 11 * 60 * 1000);
         poll_send("ATRN%s%s", list[0] ? " " : "", list);
         return;
     }
-    case P_ATRN:
+    case POLL_ATRN:
         if (code == 250) {
             /* The turnaround: from here on we are the SMTP server. */
-            P.state = P_SERVING;
+            poll_enter(POLL_SERVING);
             poll_say("ATRN accepted: %s\n", t);
             struct conn *c = P.c;
             c->ctx = NULL;
@@ -301,13 +336,13 @@ static void poll_reply(int code, const char *text)
         }
         if (code == 453) {
             poll_say("ATRN: no mail held for us (%s)\n", text);
-            P.state = P_QUIT;
+            poll_enter(POLL_QUIT);
             poll_send("QUIT");
             return;
         }
         poll_finish(code / 100 == 4 ? EX_TEMPFAIL : EX_NOPERM, "ATRN refused: %s", text);
         return;
-    case P_ETRN: {
+    case POLL_ETRN: {
         const char *d = conf->upstream_domains[P.dom_i];
         if (code == 250 || code == 251 || code == 252 || code == 253) {
             poll_say("%s: %s\n", d, text);
@@ -321,7 +356,7 @@ static void poll_reply(int code, const char *text)
         ask_next_etrn();
         return;
     }
-    case P_QUIT:
+    case POLL_QUIT:
         poll_finish(P.rc, NULL);
         return;
     default:
@@ -331,45 +366,17 @@ static void poll_reply(int code, const char *text)
 
 static void client_input(struct conn *c)
 {
-    while (!c->dead && c->in_len && P.c == c) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap)
-                poll_finish(EX_PROTOCOL, "the upstream sent an over-long line");
+    char line[512];
+    int code, last, rc;
+
+    while (!c->dead && c->in_len && P.c == c && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            poll_finish(EX_PROTOCOL, rc == SMTPC_ELONG ? "the upstream sent an over-long line"
+                                                       : "the upstream sent a malformed reply");
             return;
         }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2])) {
-            poll_finish(EX_PROTOCOL, "the upstream sent a malformed reply");
-            return;
-        }
-        int code = atoi((char *)c->in);
-        int last = l == 3 || c->in[3] == ' ';
-        char line[512];
-        size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
-        memcpy(line, c->in, k);
-        line[k] = '\0';
-        for (char *p = line; *p; p++)
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
-        conn_consume(c, len);
-        if (P.state == P_EHLO && l > 4) {
-            const char *kw = line + 4;
-            if (!strcasecmp(kw, "ATRN"))
-                P.ehlo_atrn = 1;
-            else if (!strcasecmp(kw, "STARTTLS"))
-                P.ehlo_starttls = 1;
-            else if (!strncasecmp(kw, "AUTH ", 5) || !strncasecmp(kw, "AUTH=", 5)) {
-                char m[256];
-                util_strlcpy(m, kw + 5, sizeof m);
-                for (char *p = m; *p; p++)
-                    *p = (char)toupper((unsigned char)*p);
-                P.ehlo_cram = P.ehlo_cram || strstr(m, "CRAM-MD5") != NULL;
-                P.ehlo_plain = P.ehlo_plain || strstr(m, "PLAIN") != NULL;
-            }
-        }
+        if (P.state == POLL_EHLO && strlen(line) > 4)
+            smtpc_caps_keyword(&P.caps, line + 4);
         if (last)
             poll_reply(code, line);
     }
@@ -380,7 +387,7 @@ static void client_close(struct conn *c)
     if (P.c != c)
         return;
     P.c = NULL;
-    if (P.state == P_QUIT)
+    if (P.state == POLL_QUIT)
         poll_finish(P.rc, NULL);
     else
         poll_finish(EX_TEMPFAIL, "the upstream closed the connection");
@@ -419,8 +426,8 @@ static void client_tls(struct conn *c, int err)
         return;
     }
     /* RFC 3207 4.2: learn the capabilities again, under TLS. */
-    P.state = P_EHLO;
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    poll_enter(POLL_EHLO);
+    memset(&P.caps, 0, sizeof P.caps);
     poll_send("EHLO %s", conf->hostname);
 }
 
@@ -453,8 +460,8 @@ static void poll_resolved(void *arg, const struct dns_result *r)
         ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
         len = sizeof(struct sockaddr_in6);
     }
-    P.state = P_GREETING;
-    P.ehlo_atrn = P.ehlo_cram = P.ehlo_plain = P.ehlo_starttls = 0;
+    poll_enter(POLL_GREETING);
+    memset(&P.caps, 0, sizeof P.caps);
     P.c = conn_connect(&ss, len, LISTEN_N, &client_ops, NULL, 16384, 16384);
     if (!P.c) {
         poll_finish(EX_UNAVAILABLE, "cannot connect to the upstream %s: %s", conf->upstream, strerror(errno));
@@ -483,7 +490,7 @@ static void pull_start(void)
         host[l - 2] = '\0';
     }
     util_strlcpy(P.host, host, sizeof P.host);
-    P.state = P_RESOLVE;
+    poll_enter(POLL_RESOLVE);
     P.dq = dns_resolve_host(host, poll_resolved, NULL);
     if (!P.dq)
         poll_finish(EX_TEMPFAIL, "resolver unavailable");
@@ -492,17 +499,16 @@ static void pull_start(void)
 static void push_done(void *arg, const char *summary, int failed)
 {
     MN_UNUSED(arg);
+    MN_UNUSED(failed);                  /* poll_finish counts what is left */
     poll_say("sent: %s", summary);
-    if (failed)
-        poll_say("(some of our own mail is still queued)\n");
-    if (P.state == P_PUSH)
+    if (P.state == POLL_PUSH)
         pull_start();
 }
 
 static void guard_expired(void *arg)
 {
     MN_UNUSED(arg);
-    if (P.state == P_SERVING)
+    if (P.state == POLL_SERVING)
         return;                         /* the SMTP session has its own timeouts */
     poll_finish(EX_TEMPFAIL, "the exchange took too long");
 }
@@ -536,11 +542,11 @@ int poll_run(poll_done_fn done, void *arg)
         /* A request made while an exchange runs wants a fresh one: the
          * running exchange may have passed the point that request cares
          * about. */
-        struct pwaiter **list = P.state != P_IDLE ? &P.next_waiters : &P.waiters;
+        struct pwaiter **list = P.state != POLL_IDLE ? &P.next_waiters : &P.waiters;
         w->next = *list;
         *list = w;
     }
-    if (P.state != P_IDLE) {
+    if (P.state != POLL_IDLE) {
         P.again = 1;                    /* one more exchange after this one */
         return 0;
     }
@@ -551,9 +557,10 @@ int poll_run(poll_done_fn done, void *arg)
     timer_set(&P.guard, 30 * 60 * 1000, guard_expired, NULL);
     store_meta_set("upstream.last_try", "");
     if (conf->relayhost[0]) {
-        P.state = P_PUSH;
+        poll_enter(POLL_PUSH);
+        P.pushed = 1;
         if (queue_flush_wait(NULL, push_done, NULL)) {
-            P.state = P_IDLE;
+            poll_enter(POLL_IDLE);
             pull_start();
         }
         return 0;
@@ -572,9 +579,9 @@ void poll_kick(void)
 {
     if (!P.enabled)
         return;
-    if (P.state == P_IDLE)
+    if (P.state == POLL_IDLE)
         poll_run(NULL, NULL);
-    else if (P.state != P_PUSH)         /* our own push flushes the queue too */
+    else if (P.state != POLL_PUSH)         /* our own push flushes the queue too */
         P.again = 1;
     if (conf->upstream_interval > 0)
         timer_set(&P.interval, conf->upstream_interval * 1000, interval_fired, NULL);
@@ -610,7 +617,7 @@ void poll_stop(void)
             w->done(w->arg, "stopped\n", EX_TEMPFAIL);
             free(w);
         }
-    P.state = P_IDLE;
+    poll_enter(POLL_IDLE);
 }
 
 void poll_cancel(void *arg)

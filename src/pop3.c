@@ -17,6 +17,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <string.h>
 
@@ -38,6 +39,7 @@ enum pop3_state {
     POP3_TRANSACTION = 1 << 1,
     POP3_UPDATE = 1 << 2,
 };
+static const char *const pop3_state_names[] = { "AUTHORIZATION", "TRANSACTION", "UPDATE" };
 
 /* What the paused session is waiting for. */
 enum pop3_busy { BUSY_NONE, BUSY_DELAY, BUSY_STREAM, BUSY_COMMIT, BUSY_TLS };
@@ -154,6 +156,21 @@ static void pop3_lock_release(int64_t id)
 }
 
 /* ------------------------------------------------------------ helpers */
+
+/* RFC 1939 3: AUTHORIZATION -> TRANSACTION -> UPDATE, every change here. */
+static void pop3_enter(struct pop3 *s, enum pop3_state to)
+{
+    int from = 0, bit = 0;
+    assert(to == POP3_AUTHORIZATION || to == POP3_TRANSACTION || to == POP3_UPDATE);
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (unsigned)to)
+        log_debug("%s: pop3 %s -> %s", s->c->peer_ip, s->state ? pop3_state_names[from] : "NEW",
+                  pop3_state_names[bit]);
+    s->state = (unsigned)to;
+}
 
 static void pop3_reply(struct pop3 *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -473,7 +490,7 @@ static void pop3_login(struct pop3 *s, const struct store_user *u, const char *m
     s->locked = 1;
     s->user_id = u->id;
     util_strlcpy(s->user, u->name, sizeof s->user);
-    s->state = POP3_TRANSACTION;
+    pop3_enter(s, POP3_TRANSACTION);
     pop3_maildrop_totals(s, &count, &octets);
     log_info("pop3: login user=%s ip=%s mech=%s messages=%zu octets=%lld", s->user,
              s->c->peer_ip, mech, count, (long long)octets);
@@ -754,7 +771,7 @@ static void pop3_cmd_quit(struct pop3 *s, char *arg)
         conn_close(s->c);
         return;
     }
-    s->state = POP3_UPDATE;
+    pop3_enter(s, POP3_UPDATE);
     for (size_t i = 0; i < s->n; i++)
         k += s->msgs[i].deleted;
     if (!k) {
@@ -1183,7 +1200,7 @@ void pop3_accept(struct conn *c)
         return;
     }
     s->c = c;
-    s->state = POP3_AUTHORIZATION;
+    pop3_enter(s, POP3_AUTHORIZATION);
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &pop3_ops;

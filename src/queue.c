@@ -178,6 +178,71 @@ static int queue_user(struct queue_exp *x, const char *local, const char *domain
     return queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
 }
 
+/* RFC 5321 4.5.1 requires postmaster; root (cron), abuse (RFC 2142) and
+ * MAILER-DAEMON (replies to bounces) are where mail about the node goes. */
+static int queue_is_admin_name(const char *local)
+{
+    static const char *const names[] = { "postmaster", "root", "abuse", "mailer-daemon" };
+    for (size_t i = 0; i < MN_NELEM(names); i++)
+        if (!strcasecmp(local, names[i]))
+            return 1;
+    return 0;
+}
+
+int queue_admin(struct store_user *u)
+{
+    if (conf->admin && conf->admin[0])
+        return store_user_get(conf->admin, u);
+    return store_user_first(u);
+}
+
+/* Mail for the admin names when no alias or user of that name exists:
+ * the admin, or, until there is one, a mailbox of its own so that
+ * nothing is refused (cron's `sendmail root` must not lose its report). */
+static int queue_admin_route(struct queue_exp *x, const char *local, const char *domain)
+{
+    struct store_user u;
+    char addr[ADDR_MAX];
+    int rc = queue_admin(&u);
+
+    if (rc == STORE_NOTFOUND) {
+        rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        if (rc == STORE_NOTFOUND) {
+            memset(&u, 0, sizeof u);
+            util_strlcpy(u.name, QUEUE_HOLDING_BOX, sizeof u.name);
+            if ((rc = store_user_add(&u)))
+                return rc;
+            rc = store_user_get(QUEUE_HOLDING_BOX, &u);
+        }
+    }
+    if (rc)
+        return rc;
+    queue_format_addr(local, domain, addr, sizeof addr);
+    rc = queue_add(x, ROUTE_LOCAL, u.id, addr, domain);
+    sodium_memzero(&u, sizeof u);
+    return rc;
+}
+
+int queue_admin_adopt(void)
+{
+    struct store_user admin, box;
+    int rc = store_user_get(QUEUE_HOLDING_BOX, &box);
+
+    if (rc == STORE_NOTFOUND || (rc == 0 && box.pwhash[0]))
+        return 0;                       /* no holding box, or a real user */
+    if (rc)
+        return rc;
+    rc = queue_admin(&admin);
+    if (rc == STORE_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    rc = store_user_adopt(box.id, admin.id);
+    sodium_memzero(&admin, sizeof admin);
+    sodium_memzero(&box, sizeof box);
+    return rc ? rc : 1;
+}
+
 static int queue_expand(struct queue_exp *x, const char *local, const char *domain, int depth);
 
 /* One alias target: "user", "user@domain" or "<user@domain>". */
@@ -274,6 +339,8 @@ static int queue_expand(struct queue_exp *x, const char *local, const char *doma
         free(targets);
         if ((rc = queue_user(x, local, domain, &found)))
             return rc;
+        if (!found && queue_is_admin_name(local))
+            return queue_admin_route(x, local, domain);
         return 0;
     }
     if (rc)

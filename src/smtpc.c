@@ -10,9 +10,31 @@
  *
  * Outcomes go to the scheduler (queue_deliver.c) as they arrive; a
  * recipient counts as delivered only after the reply to its message data.
+ *
+ * Two machines run side by side on one connection:
+ *
+ * - The reader.  q[] is a FIFO of expectations, one per command written
+ *   (E_MAIL, E_RCPT, E_BDAT, ...), each naming the flight slot and the
+ *   recipient it is about.  A complete reply pops the head; a reply that
+ *   arrives with the FIFO empty is a protocol error.  Invariant: q_len
+ *   counts exactly the commands written and not yet answered.
+ *
+ * - The writer, for the message in slot wslot, through smtpc_wenter():
+ *
+ *     IDLE -> RCPT (MAIL and every RCPT written) -> DATACMD, then
+ *       with CHUNKING:  -> BODY (BDAT n LAST, the chunk follows at once)
+ *       without:        -> WAIT354 (DATA) -> BODY, or END if refused
+ *       not 7-bit-able: -> END (RSET; the recipients fail)
+ *     BODY -> END -> IDLE (the next message, while fewer than
+ *     SMTPC_WINDOW are in flight; without PIPELINING only once q[] is
+ *     empty, except that a body never waits)
+ *
+ *   Invariants (asserted): wslot is -1 only in IDLE; fl_len stays within
+ *   SMTPC_WINDOW and q_len within SMTPC_EXPECT.
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -26,6 +48,7 @@ enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT,
               E_STARTTLS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
+static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
 
 struct flight {
     struct store_out_msg m;
@@ -50,11 +73,9 @@ struct smtpc {
     int attached;                       /* a turned-around connection (ATRN) */
     int looped;                         /* the peer greeted with our own name */
     /* peer capabilities */
-    int esmtp, pipelining, chunking, eightbitmime, dsn, starttls;
+    int esmtp;
+    struct smtpc_caps caps;
     int tls_policy;                     /* SMTPC_TLS_* */
-    int64_t size_limit;
-    int has_size;
-    char auth_mechs[128];
     /* replies being read */
     char reply[1024];
     size_t reply_len;
@@ -81,6 +102,16 @@ struct smtpc {
 };
 
 static void pump(struct smtpc *s);
+
+/* The writer's one transition function: logs the change at debug level. */
+static void smtpc_wenter(struct smtpc *s, enum wstate to)
+{
+    assert((size_t)to < MN_NELEM(smtpc_wstate_names));
+    if (s->wstate != (int)to)
+        log_debug("smtpc %s: writer %s -> %s", s->peer, smtpc_wstate_names[s->wstate],
+                  smtpc_wstate_names[to]);
+    s->wstate = (int)to;
+}
 
 static int tls_client_possible(void)
 {
@@ -263,11 +294,11 @@ static int start_message(struct smtpc *s)
         s->batch_over = 1;
         return 0;
     }
-    if (f->m.size && s->size_limit && f->m.size > s->size_limit) {
+    if (f->m.size && s->caps.size_limit && f->m.size > s->caps.size_limit) {
         /* RFC 1870 4: the peer's fixed limit is a permanent refusal. */
         char t[160];
         snprintf(t, sizeof t, "552 5.3.4 message of %lld octets exceeds the peer's limit of %lld",
-                 (long long)f->m.size, (long long)s->size_limit);
+                 (long long)f->m.size, (long long)s->caps.size_limit);
         for (int i = 0; i < f->m.nrcpt; i++)
             s->ops->rcpt_done(s->arg, &f->m, i, 552, t);
         s->ops->msg_done(s->arg, &f->m);
@@ -279,18 +310,18 @@ static int start_message(struct smtpc *s)
     s->fl_len++;
     f->wire_size = f->m.size;
     /* RFC 6152 3: never 8-bit text to a peer that did not offer 8BITMIME. */
-    f->convert = f->m.eightbit && !s->eightbitmime;
+    f->convert = f->m.eightbit && !s->caps.eightbitmime;
     if (s->need_rset) {
         cmd(s, E_RSET, slot, 0, "RSET");
         s->need_rset = 0;
     }
     if (s->esmtp) {
         size_t used = 0;
-        if (s->has_size)
+        if (s->caps.has_size)
             used += (size_t)snprintf(params + used, sizeof params - used, " SIZE=%lld", (long long)f->m.size);
-        if (f->m.eightbit && s->eightbitmime)
+        if (f->m.eightbit && s->caps.eightbitmime)
             used += (size_t)snprintf(params + used, sizeof params - used, " BODY=8BITMIME");
-        if (s->dsn) {
+        if (s->caps.dsn) {
             used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
                                      f->m.ret_full ? "FULL" : "HDRS");
             if (f->m.envid[0] && used < sizeof params)
@@ -300,7 +331,7 @@ static int start_message(struct smtpc *s)
     cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
     s->wslot = slot;
     s->widx = 0;
-    s->wstate = W_RCPT;
+    smtpc_wenter(s, W_RCPT);
     return 1;
 }
 
@@ -309,7 +340,7 @@ static void write_rcpt(struct smtpc *s, struct flight *f, int i)
     const struct store_out_rcpt *r = &f->m.rcpts[i];
     char params[400] = "";
 
-    if (s->dsn) {
+    if (s->caps.dsn) {
         size_t used = 0;
         if (r->notify) {
             static const struct { int bit; const char *name; } names[] = {
@@ -462,11 +493,14 @@ static void write_current(struct smtpc *s)
 {
     struct flight *f = slot_flight(s, s->wslot);
 
+    assert(s->wslot >= 0 && s->wstate != W_IDLE);
+    assert(s->fl_len <= SMTPC_WINDOW && s->q_len <= SMTPC_EXPECT);
+
     for (;;) {
         if (conn_out_space(s->c) < 1024)
             return;
         /* Without PIPELINING every command waits for its reply. */
-        if (!s->pipelining && s->q_len && s->wstate != W_BODY)
+        if (!s->caps.pipelining && s->q_len && s->wstate != W_BODY)
             return;
         switch (s->wstate) {
         case W_RCPT:
@@ -474,15 +508,15 @@ static void write_current(struct smtpc *s)
                 write_rcpt(s, f, s->widx++);
                 continue;
             }
-            s->wstate = W_DATACMD;
+            smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
-            if (s->chunking) {
+            if (s->caps.chunking) {
                 if (f->convert && convert_size(f, &f->wire_size)) {
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
                      * once their RCPT replies are in; the peer gets RSET. */
                     cmd(s, E_RSET, s->wslot, 1, "RSET");
-                    s->wstate = W_END;
+                    smtpc_wenter(s, W_END);
                     continue;
                 }
                 if (open_body(s, f)) {
@@ -494,16 +528,16 @@ static void write_current(struct smtpc *s)
                 /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
                  * timer: a peer that keeps reading keeps the session. */
                 conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
-                s->wstate = W_BODY;
+                smtpc_wenter(s, W_BODY);
                 continue;
             }
             cmd(s, E_DATA, s->wslot, 0, "DATA");
-            s->wstate = W_WAIT354;
+            smtpc_wenter(s, W_WAIT354);
             return;
         case W_WAIT354:
             return;                     /* the reply handler moves on */
         case W_BODY: {
-            int done = write_body(s, f, !s->chunking);
+            int done = write_body(s, f, !s->caps.chunking);
             if (done < 0) {
                 conn_abort(s->c);
                 return;
@@ -512,14 +546,14 @@ static void write_current(struct smtpc *s)
                 s->c->want_drain = 1;
                 return;
             }
-            if (!s->chunking)
+            if (!s->caps.chunking)
                 write_data_end(s);
-            s->wstate = W_END;
+            smtpc_wenter(s, W_END);
             continue;
         }
         case W_END:
         case W_IDLE:
-            s->wstate = W_IDLE;
+            smtpc_wenter(s, W_IDLE);
             s->wslot = -1;
             return;
         }
@@ -537,7 +571,7 @@ static void pump(struct smtpc *s)
             if (s->wslot >= 0)
                 break;
         }
-        if (!s->pipelining && s->q_len)
+        if (!s->caps.pipelining && s->q_len)
             break;
         if (conn_out_space(s->c) < 4096)
             break;
@@ -554,31 +588,51 @@ static void pump(struct smtpc *s)
 
 /* ----------------------------------------------------------- replies */
 
-static void parse_ehlo_line(struct smtpc *s, const char *kw)
+void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
 {
     if (!strcasecmp(kw, "PIPELINING"))
-        s->pipelining = 1;
+        caps->pipelining = 1;
     else if (!strcasecmp(kw, "CHUNKING"))
-        s->chunking = 1;
+        caps->chunking = 1;
     else if (!strcasecmp(kw, "8BITMIME"))
-        s->eightbitmime = 1;
+        caps->eightbitmime = 1;
     else if (!strcasecmp(kw, "DSN"))
-        s->dsn = 1;
+        caps->dsn = 1;
     else if (!strcasecmp(kw, "STARTTLS"))
-        s->starttls = 1;
+        caps->starttls = 1;
+    else if (!strcasecmp(kw, "ATRN"))
+        caps->atrn = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
-        s->has_size = 1;
-        s->size_limit = kw[4] ? strtoll(kw + 5, NULL, 10) : 0;
+        /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
+         * an overflow) is treated as no announcement at all, so that a
+         * broken peer cannot make every message look too large. */
+        const char *p = kw + 4;
+        int64_t v = 0;
+        int ok = 1;
+        while (*p == ' ')
+            p++;
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9' || v > (INT64_MAX - 9) / 10) {
+                ok = 0;
+                break;
+            }
+            v = v * 10 + (*p - '0');
+        }
+        caps->has_size = ok;
+        caps->size_limit = ok ? v : 0;
     }
     else if (!strncasecmp(kw, "AUTH ", 5))
-        util_strlcpy(s->auth_mechs, kw + 5, sizeof s->auth_mechs);
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
+    /* The pre-RFC 2554 form some servers add beside the standard one. */
+    else if (!strncasecmp(kw, "AUTH=", 5) && !caps->auth_mechs[0])
+        util_strlcpy(caps->auth_mechs, kw + 5, sizeof caps->auth_mechs);
 }
 
-static int has_mech(const struct smtpc *s, const char *mech)
+int smtpc_caps_mech(const struct smtpc_caps *caps, const char *mech)
 {
-    char buf[sizeof s->auth_mechs], *items[16];
+    char buf[sizeof caps->auth_mechs], *items[16];
     size_t n;
-    util_strlcpy(buf, s->auth_mechs, sizeof buf);
+    util_strlcpy(buf, caps->auth_mechs, sizeof buf);
     n = util_split_list(buf, items, MN_NELEM(items));
     for (size_t i = 0; i < n; i++)
         if (!strcasecmp(items[i], mech))
@@ -586,22 +640,33 @@ static int has_mech(const struct smtpc *s, const char *mech)
     return 0;
 }
 
+int smtpc_auth_choose(const struct smtpc_caps *caps, const struct conn *c)
+{
+    if (smtpc_caps_mech(caps, "CRAM-MD5"))
+        return SMTPC_AUTH_CRAM;
+    /* A password in the clear only to a peer on this host, under TLS, or
+     * when the administrator said so. */
+    if (smtpc_caps_mech(caps, "PLAIN") && (c->peer_loopback || conf->allow_cleartext_auth || c->tls))
+        return SMTPC_AUTH_PLAIN;
+    return SMTPC_AUTH_NONE;
+}
+
 static void start_auth(struct smtpc *s)
 {
     char b64[900];
 
-    if (has_mech(s, "CRAM-MD5")) {
+    switch (smtpc_auth_choose(&s->caps, s->c)) {
+    case SMTPC_AUTH_CRAM:
         cmd(s, E_AUTH, 0, 1, "AUTH CRAM-MD5");
         return;
+    case SMTPC_AUTH_PLAIN:
+        if (!auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
+            cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+            return;
+        }
+        break;
     }
-    /* A password in the clear only to a peer on this host, under TLS, or
-     * when the administrator said so. */
-    if (!has_mech(s, "PLAIN") || (!s->c->peer_loopback && !conf->allow_cleartext_auth && !s->c->tls) ||
-        auth_client_plain(s->auth.user, s->auth.password, b64, sizeof b64)) {
-        quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
-        return;
-    }
-    cmd(s, E_AUTH, 0, 0, "AUTH PLAIN %s", b64);
+    quit_with_error(s, "%s offers no authentication mechanism we may use without TLS", s->peer);
 }
 
 static void cram_answer(struct smtpc *s, const char *challenge64)
@@ -622,7 +687,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
 {
     /* RFC 3207: TLS when the peer offers it (unless told not to), and no
      * delivery at all without it when the policy requires it. */
-    if (!s->c->tls && s->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+    if (!s->c->tls && s->caps.starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
         cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
         return;
     }
@@ -630,7 +695,7 @@ static void on_reply_ehlo_done(struct smtpc *s)
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
         return;
     }
-    if (s->auth.user && s->auth.user[0] && s->auth_mechs[0]) {
+    if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
         start_auth(s);
         return;
     }
@@ -739,21 +804,21 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 conn_abort(s->c);
                 return;
             }
-            s->wstate = W_BODY;
+            smtpc_wenter(s, W_BODY);
             conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
             if (!f->naccepted) {
                 /* Nothing to deliver: end the text at once. */
                 store_reader_close(&s->rd);
                 s->rd_open = 0;
                 write_data_end(s);
-                s->wstate = W_END;
+                smtpc_wenter(s, W_END);
             }
             pump(s);
             break;
         }
         finish_accepted(s, f, outcome_code(code), clean);
         s->need_rset = 1;
-        s->wstate = W_END;
+        smtpc_wenter(s, W_END);
         while (s->fl_len && s->fl[s->fl_head % SMTPC_WINDOW] == f)
             retire_head(s);
         pump(s);
@@ -784,7 +849,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 quit_with_error(s, "%s refused STARTTLS: %s", s->peer, clean);
                 break;
             }
-            s->starttls = 0;            /* "may": go on in the clear */
+            s->caps.starttls = 0;            /* "may": go on in the clear */
             on_reply_ehlo_done(s);
             break;
         }
@@ -812,53 +877,59 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->pipelining = s->chunking = s->eightbitmime = s->dsn = s->starttls = 0;
-    s->has_size = 0;
-    s->size_limit = 0;
-    s->auth_mechs[0] = '\0';
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = 0;
+    s->caps.has_size = 0;
+    s->caps.size_limit = 0;
+    s->caps.auth_mechs[0] = '\0';
     cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
     conn_flush(c);
+}
+
+int smtpc_reply_line(struct conn *c, int *code, int *last, char *line, size_t n)
+{
+    unsigned char *lf = memchr(c->in, '\n', c->in_len);
+    if (!lf)
+        return c->in_len == c->in_cap ? SMTPC_ELONG : 0;
+    size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
+    if (l && c->in[l - 1] == '\r')
+        l--;
+    /* RFC 5321 4.2: Reply-code [ ("-" / SP) textstring ]. */
+    if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
+        (l > 3 && c->in[3] != ' ' && c->in[3] != '-'))
+        return SMTPC_EMALFORMED;
+    *code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
+    *last = l == 3 || c->in[3] == ' ';
+    size_t k = l < n - 1 ? l : n - 1;
+    memcpy(line, c->in, k);
+    line[k] = '\0';
+    /* The text reaches logs and delivery reports: one line, always. */
+    for (size_t i = 0; i < k; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = ' ';
+    conn_consume(c, len);
+    return 1;
 }
 
 static void smtpc_input(struct conn *c)
 {
     struct smtpc *s = c->ctx;
+    char line[sizeof s->reply];
+    int code, last, rc;
 
-    while (!c->dead && c->in_len) {
-        unsigned char *lf = memchr(c->in, '\n', c->in_len);
-        if (!lf) {
-            if (c->in_len == c->in_cap) {
-                set_error(s, "%s sent an over-long reply line", s->peer);
-                conn_abort(c);
-            }
-            return;
-        }
-        size_t len = (size_t)(lf - c->in) + 1, l = len - 1;
-        if (l && c->in[l - 1] == '\r')
-            l--;
-        if (l < 3 || !isdigit(c->in[0]) || !isdigit(c->in[1]) || !isdigit(c->in[2]) ||
-            (l > 3 && c->in[3] != ' ' && c->in[3] != '-')) {
-            set_error(s, "%s sent a malformed reply", s->peer);
+    while (!c->dead && c->in_len && (rc = smtpc_reply_line(c, &code, &last, line, sizeof line))) {
+        if (rc < 0) {
+            set_error(s, rc == SMTPC_ELONG ? "%s sent an over-long reply line" : "%s sent a malformed reply",
+                      s->peer);
             conn_abort(c);
             return;
         }
-        int code = (c->in[0] - '0') * 100 + (c->in[1] - '0') * 10 + (c->in[2] - '0');
-        int last = l == 3 || c->in[3] == ' ';
         /* Keep the first line of a reply (and EHLO keywords as they come). */
         if (!s->reply_len) {
-            size_t k = l < sizeof s->reply - 1 ? l : sizeof s->reply - 1;
-            memcpy(s->reply, c->in, k);
-            s->reply[k] = '\0';
-            s->reply_len = k;
+            s->reply_len = util_strlcpy(s->reply, line, sizeof s->reply);
             s->reply_code = code;
-        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && l > 4) {
-            char kw[256];
-            size_t k = l - 4 < sizeof kw - 1 ? l - 4 : sizeof kw - 1;
-            memcpy(kw, c->in + 4, k);
-            kw[k] = '\0';
-            parse_ehlo_line(s, kw);
+        } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && strlen(line) > 4) {
+            smtpc_caps_keyword(&s->caps, line + 4);
         }
-        conn_consume(c, len);
         if (last) {
             char text[sizeof s->reply];
             util_strlcpy(text, s->reply, sizeof text);
@@ -967,7 +1038,7 @@ struct smtpc *smtpc_attach(struct conn *c, const char *peer_name, const struct s
 
 int smtpc_peer_dsn(const struct smtpc *s)
 {
-    return s && s->dsn;
+    return s && s->caps.dsn;
 }
 
 void smtpc_set_dest(struct smtpc *s, const char *dest)

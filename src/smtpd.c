@@ -12,6 +12,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
@@ -24,6 +25,7 @@ enum smtpd_state {
     S_BDAT = 1 << 4,    /* between BDAT chunks */
 };
 #define S_ANY (S_INIT | S_READY | S_MAIL | S_RCPT | S_BDAT)
+static const char *const smtpd_state_names[] = { "INIT", "READY", "MAIL", "RCPT", "BDAT" };
 
 enum smtpd_input {
     IN_COMMAND,         /* command lines */
@@ -117,6 +119,22 @@ static void reply(struct smtpd *s, const char *fmt, ...)
         log_warn("%s: reply dropped, output full", s->c->peer_ip);
 }
 
+/* Every change of state goes through here: one place to trace a session
+ * (log.level = debug) and to check that it is one of the states. */
+static void smtpd_enter(struct smtpd *s, enum smtpd_state to)
+{
+    int from = 0, bit = 0;
+    assert(to && !(to & (to - 1)) && (to & S_ANY));
+    while (s->state >> (from + 1))
+        from++;
+    while (to >> (bit + 1))
+        bit++;
+    if (s->state != (int)to)
+        log_debug("%s: smtpd %s -> %s", s->c->peer_ip, s->state ? smtpd_state_names[from] : "NEW",
+                  smtpd_state_names[bit]);
+    s->state = (int)to;
+}
+
 static void close_with(struct smtpd *s, const char *text)
 {
     reply(s, "%s", text);
@@ -140,7 +158,7 @@ static void txn_reset(struct smtpd *s)
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
     if (s->state & (S_MAIL | S_RCPT | S_BDAT))
-        s->state = S_READY;
+        smtpd_enter(s, S_READY);
 }
 
 static void smtpd_free(struct smtpd *s)
@@ -295,7 +313,7 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     txn_reset(s);
     util_strlcpy(s->helo, arg, sizeof s->helo);
     s->esmtp = esmtp;
-    s->state = S_READY;
+    smtpd_enter(s, S_READY);
     if (!esmtp) {
         reply(s, "250 %s", conf->hostname);
         return;
@@ -406,7 +424,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
     }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
-    s->state = S_MAIL;
+    smtpd_enter(s, S_MAIL);
     reply(s, "250 2.1.0 Ok");
 }
 
@@ -551,7 +569,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
      * it does not count against max_recipients. */
     if (added)
         s->nrcpt_cmds++;
-    s->state = S_RCPT;
+    smtpd_enter(s, S_RCPT);
     reply(s, "250 2.1.5 Ok");
 }
 
@@ -654,7 +672,7 @@ static void cmd_bdat(struct smtpd *s, char *arg)
     } else if (s->state == S_RCPT) {
         if (start_body(s))
             s->data_error = 451;
-        s->state = S_BDAT;
+        smtpd_enter(s, S_BDAT);
     }
     if (!size)
         bdat_chunk_done(s);             /* "BDAT 0 LAST" has no octets to wait for */
@@ -799,7 +817,7 @@ static void smtpd_tls_done(struct conn *c, int err)
     if (!s || err)
         return;                         /* the loop closes a failed handshake */
     txn_reset(s);
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->esmtp = 0;
     s->auth_user[0] = '\0';
     util_strlcpy(s->helo, "unknown", sizeof s->helo);
@@ -1134,8 +1152,11 @@ static void message_end(struct smtpd *s)
         struct store_rcpt *routes = err ? NULL : rcpts_expand(&s->rcpts);
         if (!err && !routes)
             err = STORE_ERR;
+        size_t nroutes = s->rcpts.n;
         if (!err)
-            err = store_msg_insert(&env, s->body, routes, s->rcpts.n);
+            err = bundle_dedup(s->body, routes, &nroutes, s->qid);
+        if (!err)
+            err = store_msg_insert(&env, s->body, routes, nroutes);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
@@ -1337,7 +1358,7 @@ void smtpd_accept(struct conn *c)
     if (all_sessions)
         all_sessions->prev = s;
     all_sessions = s;
-    s->state = S_INIT;
+    smtpd_enter(s, S_INIT);
     s->input = IN_COMMAND;
     s->timer.idx = -1;
     util_strlcpy(s->helo, "unknown", sizeof s->helo);

@@ -30,6 +30,8 @@ static struct {
     size_t n_acks, cap_acks;
     int64_t first_ack_ms;               /* when the oldest waiting ack came */
     int commit_soon;                    /* commit at the end of this turn */
+    int outcomes;                       /* delivery outcomes not yet committed */
+    int64_t first_outcome_ms;           /* when the oldest of them was written */
     int64_t commit_us_avg;              /* moving average of durable commits */
     struct store_body *open_bodies;
     z_stream zdef, zinf;
@@ -39,6 +41,7 @@ static struct {
 } S;
 
 static struct timer commit_timer = { .idx = -1 };
+static struct timer outcome_timer = { .idx = -1 };
 
 static void commit_due(void *arg)
 {
@@ -129,7 +132,49 @@ static const char *const migrations[] = {
     " FROM user u, (SELECT 'INBOX' AS n, 1 AS k, NULL AS s UNION ALL SELECT 'Sent', 2, '\\Sent'"
     " UNION ALL SELECT 'Drafts', 3, '\\Drafts' UNION ALL SELECT 'Trash', 4, '\\Trash'"
     " UNION ALL SELECT 'Junk', 5, '\\Junk');",
-    /* 5: CONDSTORE (RFC 7162 3.1): a new message carries the folder's
+    /* 5: the queue as the scheduler walks it.  Only recipients still
+     * queued are indexed (a delivered one leaves the indexes instead of
+     * moving inside them), in the order they are picked: (next_try,
+     * message_id) per destination, and across destinations for the
+     * smarthost.  Counts that `queue count` and `status` show are kept
+     * by triggers, so reading them costs the same at any queue size. */
+    "DROP INDEX rcpt_due;"
+    "DROP INDEX rcpt_next;"
+    "CREATE INDEX rcpt_pick ON rcpt(kind, dest, next_try, message_id) WHERE state=0;"
+    "CREATE INDEX rcpt_any ON rcpt(kind, next_try, message_id) WHERE state=0;"
+    "CREATE TABLE tally(name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO tally VALUES ('msgs', (SELECT count(*) FROM message)),"
+    " ('rcpts', (SELECT count(*) FROM rcpt WHERE state=0)),"
+    " ('held', (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3)),"
+    " ('mbox', (SELECT count(*) FROM mbox));"
+    "CREATE TRIGGER message_in AFTER INSERT ON message BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER message_out AFTER DELETE ON message BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='msgs'; END;"
+    "CREATE TRIGGER mbox_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER mbox_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='mbox'; END;"
+    "CREATE TRIGGER rcpt_in AFTER INSERT ON rcpt WHEN new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;"
+    "CREATE TRIGGER rcpt_out AFTER DELETE ON rcpt WHEN old.state=0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0 BEGIN"
+    " UPDATE tally SET n=n-1 WHERE name='rcpts' OR (name='held' AND old.kind=3); END;"
+    "CREATE TRIGGER rcpt_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0 BEGIN"
+    " UPDATE tally SET n=n+1 WHERE name='rcpts' OR (name='held' AND new.kind=3); END;",
+    /* 6: offline bundles: peers, recipients in transit, identities of
+     * delivered recipients (duplicates), volumes imported (replays). */
+    "CREATE TABLE peer(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sign_pk BLOB NOT NULL UNIQUE,"
+    " box_pk BLOB NOT NULL, domains TEXT NOT NULL DEFAULT '', added INTEGER NOT NULL);"
+    "CREATE TABLE bundle_transit(rcpt_id INTEGER PRIMARY KEY, peer_id INTEGER NOT NULL,"
+    " bundle_id BLOB NOT NULL, exported INTEGER NOT NULL);"
+    "CREATE INDEX bundle_transit_peer ON bundle_transit(peer_id);"
+    "CREATE TABLE bundle_seen(key BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX bundle_seen_at ON bundle_seen(at);"
+    "CREATE TABLE bundle_volume(bundle_id BLOB NOT NULL, volume INTEGER NOT NULL,"
+    " peer_id INTEGER NOT NULL, imported INTEGER NOT NULL, PRIMARY KEY(bundle_id, volume)) WITHOUT ROWID;",
+    /* 7: CONDSTORE (RFC 7162 3.1): a new message carries the folder's
      * change number of its arrival as its mod-sequence. */
     "DROP TRIGGER mbox_added;"
     "CREATE TRIGGER mbox_added AFTER INSERT ON mbox BEGIN"
@@ -274,6 +319,7 @@ void store_close(void)
     if (!S.db)
         return;
     timer_cancel(&commit_timer);
+    timer_cancel(&outcome_timer);
     if (S.in_txn)
         store_rollback();
     for (int i = 0; i < S.n_slots; i++) {
@@ -346,6 +392,8 @@ void store_rollback(void)
     static sqlite3_stmt *st;
     if (!S.in_txn)
         return;
+    /* Outcomes lost with it: those messages are sent again (at-least-once). */
+    S.outcomes = 0;
     if (store_stmt(&st, "ROLLBACK")) {
         sqlite3_step(st);
         sqlite3_reset(st);
@@ -378,6 +426,8 @@ static int commit(void)
         return store_rc(rc);
     }
     S.in_txn = 0;
+    S.outcomes = 0;
+    timer_cancel(&outcome_timer);
     return 0;
 fail:
     store_rollback();
@@ -430,6 +480,34 @@ void store_commit_soon(void)
     S.commit_soon = 1;
 }
 
+/* Delivery outcomes (a peer's 250, 4xx, 5xx) are not acknowledged to
+ * anyone, so they need not be durable at once: losing them in a crash
+ * only sends those messages again.  Committing each alone cost one fsync
+ * per delivered message; batching them bounds both the fsyncs and the
+ * duplicates a crash can cause (STORE_OUTCOME_BATCH plus what was in
+ * flight on the wire). */
+static void outcome_due(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+}
+
+void store_outcome(void)
+{
+    int64_t now = util_now_ms();
+    if (!S.outcomes++) {
+        S.first_outcome_ms = now;
+        if (S.mode == STORE_DAEMON)
+            timer_set(&outcome_timer, STORE_OUTCOME_MS, outcome_due, NULL);
+    }
+    if (S.outcomes >= STORE_OUTCOME_BATCH)
+        S.commit_soon = 1;
+}
+
+static int outcomes_due(int64_t now)
+{
+    return S.outcomes && (S.outcomes >= STORE_OUTCOME_BATCH || now - S.first_outcome_ms >= STORE_OUTCOME_MS);
+}
+
 void store_set_busy_hint(int (*fn)(void))
 {
     busy_hint = fn;
@@ -449,7 +527,7 @@ void store_turn_end(void)
     if (!S.in_txn && !S.n_acks)
         return;
     if (S.in_txn) {
-        if (!S.n_acks && !S.commit_soon && now - S.txn_started < 500)
+        if (!S.n_acks && !S.commit_soon && !outcomes_due(now) && now - S.txn_started < 500)
             return;
         if (S.n_acks && busy_hint && busy_hint() > 0) {
             /* Wait up to one commit's duration (0.1 ms granularity). */
@@ -767,8 +845,89 @@ void store_reader_close(struct store_reader *r)
 
 /* -------------------------------------------------------------- messages */
 
+#ifdef MAILNODE_TEST
+/* Every statement prepared so far, with each line of its query plan. */
+int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg)
+{
+    for (int i = 0; i < S.n_slots; i++) {
+        const char *sql = sqlite3_sql(*S.slots[i]);
+        char *q = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sql);
+        sqlite3_stmt *st = NULL;
+        if (!q || sqlite3_prepare_v2(S.db, q, -1, &st, NULL) != SQLITE_OK) {
+            sqlite3_free(q);
+            return STORE_ERR;
+        }
+        sqlite3_free(q);
+        while (sqlite3_step(st) == SQLITE_ROW)
+            if (cb(arg, sql, (const char *)sqlite3_column_text(st, 3)))
+                break;
+        sqlite3_finalize(st);
+    }
+    return 0;
+}
+
+int store_fault_after = -1;
+
+int store_fault(void)
+{
+    return store_fault_after >= 0 && store_fault_after-- == 0;
+}
+#endif
+
+/* Multi-row calls are all-or-nothing inside the turn's transaction: a
+ * savepoint around them, rolled back to at the first failed step, so that
+ * the turn's COMMIT never carries half of one (a message without its
+ * recipients, recipients of a body that a refused message deleted). */
+static int sp_exec(sqlite3_stmt **slot, const char *sql)
+{
+    sqlite3_stmt *st = store_stmt(slot, sql);
+    int rc;
+    if (!st)
+        return STORE_ERR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        store_log_error(sql);
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_atomic_begin(void)
+{
+    static sqlite3_stmt *st;
+    int err = store_begin();
+    return err ? err : sp_exec(&st, "SAVEPOINT atomic");
+}
+
+int store_atomic_end(int err)
+{
+    static sqlite3_stmt *rel, *undo;
+
+    if (!S.in_txn)
+        return err < 0 ? err : STORE_ERR;
+    if (err < 0) {
+        /* A full disk or an I/O error may have ended the whole
+         * transaction already: then everything of the turn is gone. */
+        if (sqlite3_get_autocommit(S.db) || sp_exec(&undo, "ROLLBACK TO atomic")) {
+            store_rollback();
+            return err;
+        }
+    }
+    int rc = sp_exec(&rel, "RELEASE atomic");
+    if (rc) {
+        store_rollback();
+        return err < 0 ? err : rc;
+    }
+    return err;
+}
+
 static int step_done(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -778,6 +937,8 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
+static int msg_insert(const struct store_env *env, struct store_body *b,
+                      const struct store_rcpt *rcpts, size_t n)
 /* A message that reaches a mailbox gets its IMAP structure (ENVELOPE,
  * BODYSTRUCTURE, part offsets) computed once now, while its chunks are
  * fresh; a failure only leaves it to be computed at the first FETCH. */
@@ -801,14 +962,10 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
     char prefix[ADDR_MAX + 32];
     int err;
 
-    if (b->err)
-        return b->err;
     /* RFC 5321 4.4: the final delivery records the reverse-path. */
     size_t plen = 0;
     if (util_header(prefix, sizeof prefix, &plen, "Return-Path: <%s>\r\n", env->sender) < 0)
         return STORE_ERR;
-    if ((err = store_begin()))
-        return err;
     for (size_t i = 0; i < n; i++) {
         const struct store_rcpt *r = &rcpts[i];
         if (r->kind == ROUTE_LOCAL) {
@@ -867,6 +1024,20 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
         if ((err = step_done(dest, "queue destination")))
             return err;
     }
+    return 0;
+}
+
+int store_msg_insert(const struct store_env *env, struct store_body *b,
+                     const struct store_rcpt *rcpts, size_t n)
+{
+    int err;
+
+    if (b->err)
+        return b->err;
+    if ((err = store_atomic_begin()))
+        return err;
+    if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
+        return err;
     b->linked = 1;
     store_index_local(b->id, rcpts, n);
     return 0;
@@ -874,91 +1045,14 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
 
 /* ----------------------------------------------------------------- queue */
 
-static void qinfo_fill(sqlite3_stmt *st, struct store_qinfo *q)
-{
-    static sqlite3_stmt *rs;
-    size_t used = 0;
+/* The listings the operator sees are in store_ops.c. */
 
-    memset(q, 0, sizeof *q);
-    util_strlcpy(q->qid, (const char *)sqlite3_column_text(st, 0), sizeof q->qid);
-    util_strlcpy(q->sender, (const char *)sqlite3_column_text(st, 1), sizeof q->sender);
-    q->received = sqlite3_column_int64(st, 2);
-    q->size = sqlite3_column_int64(st, 3);
-    int held = sqlite3_column_int(st, 5);
-    if (!store_stmt(&rs, "SELECT addr, state, next_try, last_error, kind FROM rcpt"
-                         " WHERE message_id=? ORDER BY id"))
-        return;
-    sqlite3_bind_int64(rs, 1, sqlite3_column_int64(st, 4));
-    while (sqlite3_step(rs) == SQLITE_ROW) {
-        static const char *states[] = { "queued", "delivered", "failed" };
-        int state = sqlite3_column_int(rs, 1);
-        const char *err = (const char *)sqlite3_column_text(rs, 3);
-        int kind = sqlite3_column_int(rs, 4);
-        char when[64] = "";
-        if (state == 0)
-            util_date(sqlite3_column_int64(rs, 2), when, sizeof when);
-        int w = snprintf(q->rcpts + used, sizeof q->rcpts - used, "%s%s (%s%s%s%s%s)",
-                         used ? "\n" : "", (const char *)sqlite3_column_text(rs, 0),
-                         (kind == ROUTE_HOLD || held) && state == 0 ? "held" : states[state % 3],
-                         state == 0 && kind != ROUTE_HOLD && !held ? ", next try " : "",
-                         state == 0 && kind != ROUTE_HOLD && !held ? when : "",
-                         err ? ": " : "", err ? err : "");
-        q->nrcpt++;
-        if (w < 0 || (size_t)w >= sizeof q->rcpts - used) {
-            used = sizeof q->rcpts - 1;
-            continue;
-        }
-        used += (size_t)w;
-    }
-    sqlite3_reset(rs);
-}
-
-int store_queue_list(int (*cb)(void *arg, const struct store_qinfo *q), void *arg)
-{
-    static sqlite3_stmt *st;
-    struct store_qinfo q;
-    int rc;
-
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold FROM message m"
-                         " WHERE EXISTS (SELECT 1 FROM rcpt r WHERE r.message_id=m.id AND r.state=0)"
-                         " ORDER BY id"))
-        return STORE_ERR;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        qinfo_fill(st, &q);
-        if (cb(arg, &q))
-            break;
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
-}
-
-int store_queue_get(const char *qid, struct store_qinfo *q, int64_t *body_id)
-{
-    static sqlite3_stmt *st;
-    int rc;
-
-    if (!store_stmt(&st, "SELECT qid, sender, received, size, id, hold, body_id FROM message WHERE qid=?"))
-        return STORE_ERR;
-    sqlite3_bind_text(st, 1, qid, -1, SQLITE_TRANSIENT);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        if (body_id)
-            *body_id = sqlite3_column_int64(st, 6);
-        /* qinfo_fill resets nothing of st: read its columns first. */
-        qinfo_fill(st, q);
-    }
-    sqlite3_reset(st);
-    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
-}
-
-int store_queue_delete(const char *qid)
+static int queue_delete(const char *qid)
 {
     static sqlite3_stmt *r, *m, *bq;
     int64_t body_id = 0;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&bq, "SELECT body_id FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(bq, 1, qid, -1, SQLITE_TRANSIENT);
@@ -979,12 +1073,18 @@ int store_queue_delete(const char *qid)
     return store_gc_body(body_id);
 }
 
+int store_queue_delete(const char *qid)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(queue_delete(qid));
+}
+
 int64_t store_queue_count(void)
 {
     static sqlite3_stmt *st;
     int64_t n = -1;
 
-    if (!store_stmt(&st, "SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0"))
+    if (!store_stmt(&st, "SELECT n FROM tally WHERE name='msgs'"))
         return -1;
     if (sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
@@ -998,10 +1098,10 @@ int store_status(struct store_status *st)
     int rc;
 
     memset(st, 0, sizeof *st);
-    if (!store_stmt(&q, "SELECT (SELECT count(DISTINCT message_id) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0),"
-                        " (SELECT count(*) FROM rcpt WHERE state=0 AND kind=3),"
-                        " (SELECT count(*) FROM mbox), (SELECT count(*) FROM user)"))
+    if (!store_stmt(&q, "SELECT (SELECT n FROM tally WHERE name='msgs'),"
+                        " (SELECT n FROM tally WHERE name='rcpts'),"
+                        " (SELECT n FROM tally WHERE name='held'),"
+                        " (SELECT n FROM tally WHERE name='mbox'), (SELECT count(*) FROM user)"))
         return STORE_ERR;
     rc = sqlite3_step(q);
     if (rc == SQLITE_ROW) {
@@ -1051,43 +1151,13 @@ int store_meta_get(const char *key, char *value, size_t n, int64_t *updated)
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 }
 
-int store_dest_list(int (*cb)(void *arg, const struct store_dest *d), void *arg)
-{
-    static sqlite3_stmt *q;
-    struct store_dest d;
-    int rc;
-
-    if (!store_stmt(&q, "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                        " (SELECT count(*) FROM rcpt WHERE rcpt.dest=dest.name AND state=0)"
-                        " FROM dest ORDER BY name"))
-        return STORE_ERR;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        const char *e = (const char *)sqlite3_column_text(q, 6);
-        memset(&d, 0, sizeof d);
-        util_strlcpy(d.name, (const char *)sqlite3_column_text(q, 0), sizeof d.name);
-        d.next_try = sqlite3_column_int64(q, 1);
-        d.backoff = sqlite3_column_int64(q, 2);
-        d.failures = sqlite3_column_int64(q, 3);
-        d.last_try = sqlite3_column_int64(q, 4);
-        d.last_ok = sqlite3_column_int64(q, 5);
-        util_strlcpy(d.last_error, e ? e : "", sizeof d.last_error);
-        d.backlog = sqlite3_column_int64(q, 7);
-        if (cb(arg, &d))
-            break;
-    }
-    sqlite3_reset(q);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : STORE_ERR;
-}
-
-int store_gc_body(int64_t body_id)
+static int gc_body(int64_t body_id)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
     /* Only when nothing refers to it: both look-ups use an index, so the
      * cost does not grow with the number of messages stored. */
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)") ||
         !store_stmt(&b, "DELETE FROM body WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM message WHERE"
@@ -1100,13 +1170,17 @@ int store_gc_body(int64_t body_id)
     return step_done(b, "collect body");
 }
 
-int store_gc(void)
+int store_gc_body(int64_t body_id)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_body(body_id));
+}
+
+static int gc_all(void)
 {
     static sqlite3_stmt *c, *b;
     int err;
 
-    if ((err = store_begin()))
-        return err;
     if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=1"
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))") ||
@@ -1117,4 +1191,10 @@ int store_gc(void)
     if ((err = step_done(c, "collect chunks")))
         return err;
     return step_done(b, "collect bodies");
+}
+
+int store_gc(void)
+{
+    int err = store_atomic_begin();
+    return err ? err : store_atomic_end(gc_all());
 }

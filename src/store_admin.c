@@ -31,6 +31,10 @@ static int admin_key(const char *name, char *buf, size_t size)
  * STORE_EXISTS, not a failure. */
 static int admin_exec(sqlite3_stmt *st, const char *what)
 {
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_DONE)
@@ -153,21 +157,44 @@ int store_user_update(const struct store_user *u)
     return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
 }
 
+/* The holding mailbox has an empty password hash: nobody logs in as it. */
+int store_user_first(struct store_user *u)
+{
+    static sqlite3_stmt *st;
+
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
+        return STORE_ERR;
+    return admin_user_one(st, u);
+}
+
+int store_user_adopt(int64_t from, int64_t to)
+{
+    static sqlite3_stmt *mv, *del;
+    int err;
+
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&mv, "UPDATE mbox SET user_id=? WHERE user_id=?") ||
+        !store_stmt(&del, "DELETE FROM user WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(mv, 1, to);
+    sqlite3_bind_int64(mv, 2, from);
+    if ((err = admin_exec(mv, "move the postmaster mailbox")))
+        return err;
+    sqlite3_bind_int64(del, 1, from);
+    return admin_exec(del, "remove the postmaster mailbox");
+}
+
 /* Removes the user with the mailbox, in one transaction, then the bodies
  * nobody refers to any more.  Hold domains the user owned lose their
  * owner: a new user who happens to get the same name must not inherit the
  * right to fetch that domain's mail. */
-int store_user_del(const char *name)
+static int user_del(const char *key)
 {
     static sqlite3_stmt *mb, *dom, *us;
-    char key[USER_MAX + 1];
     struct store_user u;
     int err;
 
-    if (admin_key(name, key, sizeof key))
-        return STORE_NOTFOUND;
-    if ((err = store_begin()))
-        return err;
     if ((err = store_user_get(key, &u)))
         return err;
     if (!store_stmt(&mb, "DELETE FROM mbox WHERE user_id=?") ||
@@ -185,6 +212,18 @@ int store_user_del(const char *name)
         return err;
     sodium_memzero(&u, sizeof u);
     return store_gc();
+}
+
+int store_user_del(const char *name)
+{
+    char key[USER_MAX + 1];
+    int err;
+
+    if (admin_key(name, key, sizeof key))
+        return STORE_NOTFOUND;
+    if ((err = store_atomic_begin()))
+        return err;
+    return store_atomic_end(user_del(key));
 }
 
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg)

@@ -110,6 +110,10 @@ int store_mbox_delete(int64_t user_id, const int64_t *uids, size_t n)
             err = STORE_ERR;
             goto fail;
         }
+        if (STORE_FAULT()) {
+            err = STORE_ERR;
+            goto fail;
+        }
         sqlite3_bind_int64(del, 1, uids[i]);
         sqlite3_bind_int64(del, 2, user_id);
         int64_t body_id = -1;

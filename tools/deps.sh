@@ -7,6 +7,9 @@ set -euo pipefail
 pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp groff-base postfix"
 # IMAP clients for the protocol tests, and Dovecot as the reference server.
 pkgs="$pkgs isync s-nail dovecot-imapd"
+# c-ares, the DNS resolver library (headers, pkg-config file and libcares.a
+# for `make static`).
+pkgs="$pkgs libc-ares-dev"
 [ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
 # FUZZ=1 (make fuzz): clang with libFuzzer; VALGRIND=1 (make test-valgrind).
 [ "${FUZZ:-}" != 1 ] || pkgs="$pkgs clang libclang-rt-dev"

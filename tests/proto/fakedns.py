@@ -19,6 +19,24 @@ background thread, standard library only.  Point the node at it with
     with FakeDNS(records) as dns:
         ... dns.port, dns.resolver ("127.0.0.1:PORT"), dns.queries ...
 
+A hostile server, for the resolver's own tests: an entry may also carry
+
+        'poison.test': {'A': ['127.0.0.1'],
+                        'POISON': {'A': ['127.0.0.66']},   # what forgeries claim
+                        'FORGE': ['id', 'question', 'type', 'port', 'addr']},
+        'bad.test':    {'MALFORMED': 'ptr_loop'},   # or 'count_lies', 'rdlen',
+                                                    # 'label_0x40', 'garbage', 'cut'
+        'drop.test':   {'A': ['127.0.0.1'], 'TC': 'close'},  # or 'half'
+
+FORGE sends, over UDP and before the real answer, one forged reply per
+kind: the wrong query id, another question name, another type, the right
+id and question but from another port of the same address ('port') or
+from 127.0.0.2 ('addr'); each carries the POISON records.  MALFORMED
+answers every question for the name with a damaged message that keeps the
+query id and question, so that it reaches the parser.  TC 'close' reads
+the TCP query and closes without an answer; 'half' sends the length and
+half of the answer, then closes.
+
 Names not in the table get NXDOMAIN; a listed name without records of the
 asked type gets an empty NOERROR answer (NODATA).  CNAMEs are followed in
 the answer (up to 8 hops); MX answers carry the A/AAAA of their exchanges
@@ -93,6 +111,16 @@ class FakeDNS:
         self._stop = threading.Event()
         self._udp, self._tcp = self._bind(host)
         self.port = self._udp.getsockname()[1]
+        # Forgeries leave from another port, and from another address.
+        self._udp_port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp_port.bind((host, 0))
+        self._udp_addr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._udp_addr.bind(('127.0.0.2', 0))
+        except OSError:
+            self._udp_addr.close()
+            self._udp_addr = None
+        self.forged = 0         # forged replies sent
         self._thread = threading.Thread(target=self._serve, name='fakedns', daemon=True)
         self._thread.start()
 
@@ -114,6 +142,9 @@ class FakeDNS:
         self._thread.join(5)
         self._udp.close()
         self._tcp.close()
+        self._udp_port.close()
+        if self._udp_addr:
+            self._udp_addr.close()
 
     def __enter__(self):
         return self
@@ -151,6 +182,11 @@ class FakeDNS:
                 try:
                     if key.data == 'udp':
                         data, peer = self._udp.recvfrom(4096)
+                        for via, forged in self._forgeries(data):
+                            sock = {'port': self._udp_port, 'addr': self._udp_addr}.get(via, self._udp)
+                            if sock:
+                                sock.sendto(forged, peer)
+                                self.forged += 1
                         reply = self._answer(data, 'udp')
                         if reply:
                             self._udp.sendto(reply, peer)
@@ -173,6 +209,12 @@ class FakeDNS:
                     return
                 reply = self._answer(data, 'tcp')
                 if reply is None:
+                    return
+                early = self._tcp_close_early(data)
+                if early == 'close':
+                    return
+                if early == 'half':
+                    conn.sendall(struct.pack('!H', len(reply)) + reply[:len(reply) // 2])
                     return
                 conn.sendall(struct.pack('!H', len(reply)) + reply)
         except OSError:
@@ -218,6 +260,81 @@ class FakeDNS:
             return [v] if v else []
         return list(v)
 
+    def _parse_query(self, data):
+        """(qid, flags, qname, qtype, question bytes) of a query, or None."""
+        if len(data) < 12:
+            return None
+        qid, flags, qd = struct.unpack('!HHH', data[:6])
+        if flags & 0x8000 or qd != 1:
+            return None
+        try:
+            qname, off = decode_name(data, 12)
+        except ValueError:
+            return None
+        if off + 4 > len(data):
+            return None
+        qtype = struct.unpack('!H', data[off:off + 2])[0]
+        return qid, flags, qname, qtype, data[12:off + 4]
+
+    def _entry(self, qname):
+        with self._lock:
+            entry = self.records.get(qname)
+        return entry if isinstance(entry, dict) else None
+
+    def _tcp_close_early(self, data):
+        q = self._parse_query(data)
+        entry = q and self._entry(q[2])
+        return entry.get('TC') if entry and entry.get('TC') in ('close', 'half') else None
+
+    def _forgeries(self, data):
+        """[(via, bytes)] to send before the real UDP answer."""
+        q = self._parse_query(data)
+        entry = q and self._entry(q[2])
+        if not entry or not entry.get('FORGE'):
+            return []
+        qid, flags, qname, qtype, question = q
+        poison = entry.get('POISON', {})
+        want = TYPE_NAMES.get(qtype)
+
+        def forged(rid, name, rtype):
+            answers = [self._rr(name, rtype, self._rdata(want, v)) for v in self._values(poison, want)] \
+                if want in poison else []
+            head = struct.pack('!HHHHHH', rid, 0x8580 | (flags & 0x0100), 1, len(answers), 0, 0)
+            return head + encode_name(name) + struct.pack('!HH', rtype, 1) + b''.join(answers)
+
+        out = []
+        for kind in entry['FORGE']:
+            if kind == 'id':
+                out.append(('main', forged(qid ^ 0x5555, qname, qtype)))
+            elif kind == 'question':
+                out.append(('main', forged(qid, 'forged.' + qname, qtype)))
+            elif kind == 'type':
+                out.append(('main', forged(qid, qname, 16)))
+            elif kind in ('port', 'addr'):
+                out.append((kind, forged(qid, qname, qtype)))
+        return out
+
+    def _malformed(self, kind, qid, flags, question, qtype):
+        """A damaged answer that keeps the id and the question."""
+        head = lambda an, ns=0, ar=0: struct.pack('!HHHHHH', qid, 0x8580 | (flags & 0x0100), 1, an, ns, ar)
+        rd = b'\x7f\0\0\x01' if qtype != 28 else b'\0' * 15 + b'\x01'
+        rtype = 28 if qtype == 28 else (15 if qtype == 15 else 1)
+        if rtype == 15:
+            rd = b'\0\x0a\xc0\x0c'
+        fixed = lambda n: struct.pack('!HHIH', rtype, 1, 300, n)
+        at = 12 + len(question)
+        if kind == 'ptr_loop':          # the owner points at itself
+            return head(1) + question + struct.pack('!H', 0xc000 | at) + fixed(len(rd)) + rd
+        if kind == 'count_lies':        # five answers announced, one present
+            return head(5, 2, 3) + question + b'\xc0\x0c' + fixed(len(rd)) + rd
+        if kind == 'rdlen':             # RDLENGTH runs past the end
+            return head(1) + question + b'\xc0\x0c' + fixed(200) + rd
+        if kind == 'label_0x40':        # an obsolete extended label type
+            return head(1) + question + b'\x41x\0' + fixed(len(rd)) + rd
+        if kind == 'cut':               # cut inside the answer record
+            return (head(1) + question + b'\xc0\x0c' + fixed(len(rd)) + rd)[:at + 5]
+        return head(3) + question + bytes(range(7, 250, 3))   # garbage records
+
     def _answer(self, data, proto):
         """The reply to one query, or None to stay silent."""
         if len(data) < 12:
@@ -251,6 +368,8 @@ class FakeDNS:
             return reply(RCODES[entry.upper()])
         if entry is None:
             return reply(RCODES['NXDOMAIN'])
+        if entry.get('MALFORMED'):
+            return self._malformed(entry['MALFORMED'], qid, flags, question, qtype)
         if entry.get('TC') and proto == 'udp':
             return reply(0, tc=True)
         want = TYPE_NAMES.get(qtype)

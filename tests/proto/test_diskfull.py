@@ -87,4 +87,40 @@ def disk_full_refuses_and_keeps_accepted_mail():
         os.rmdir(mnt)
 
 
+@test
+def bdat_disk_full_answers_452():
+    """RFC 3030 chunks that no longer fit get 452 4.3.1, as DATA does."""
+    if os.geteuid() != 0:
+        check('bdat_disk_full_needs_root', False, 'mounting a tmpfs needs root')
+        return
+    mnt = tempfile.mkdtemp(prefix='mailnode-full-')
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mnt], capture_output=True)
+    if r.returncode != 0:
+        check('tmpfs_mounted', False, r.stderr.decode())
+        return
+    try:
+        with Node(conf={'database': os.path.join(mnt, 'mailnode.db'), 'keyfile': os.path.join(mnt, 'key')}) as n:
+            rc, out, err = n.cli('user', 'add', 'alice', input=PW + '\n')
+            check('user_added', rc == 0, err)
+            with n.raw() as c:
+                c.recv_reply()
+                c.cmd('EHLO client.test')
+                check('mail_ok', c.cmd('MAIL FROM:<x@remote.test>').code == 250)
+                check('rcpt_ok', c.cmd('RCPT TO:<alice@example.test>').code == 250)
+                reply = None
+                for i in range(80):                   # 80 x 64 KB: far more than fits
+                    chunk = base64.b64encode(os.urandom(49152))    # 64 KB that do not compress
+                    c.send(b'BDAT %d\r\n' % len(chunk) + chunk)
+                    reply = c.recv_reply(timeout=30)
+                    if reply.code != 250:
+                        break
+                harness.diag('bdat on a full disk: %s after %d chunks' % (reply and reply.text, i))
+                check('bdat_full_is_452', reply is not None and reply.code == 452, reply and reply.text)
+                check('bdat_full_is_431', reply is not None and '4.3.1' in reply.text, reply and reply.text)
+                check('session_usable', c.cmd('RSET').code == 250)
+    finally:
+        subprocess.run(['umount', '-l', mnt])
+        os.rmdir(mnt)
+
+
 harness.main()

@@ -192,7 +192,8 @@ def lifetime_expiry():
             check('expired_status_447', b'Status: 4.4.7' in got[0])
         check('delay_warning_sent', wait_until(lambda: [m for m in mailbox(n, 'alice') if b'Action: delayed' in m],
                                                timeout=5))
-        check('queue_empty', queued(n) == 0)
+        # outcomes are committed within STORE_OUTCOME_MS
+        check('queue_empty', wait_until(lambda: queued(n) == 0, timeout=5))
 
 
 @test
@@ -340,7 +341,10 @@ def kill9_mid_batch_loses_nothing():
                 check('killed_mid_batch', 0 < got_before < 200, got_before)
                 harness.diag('kill -9 mid-batch: %d delivered before, %d duplicates after restart'
                              % (got_before, dups))
-                check('few_duplicates', dups <= 64, dups)
+                # Outcomes are committed in batches (STORE_OUTCOME_BATCH, 64)
+                # and up to SMTPC_WINDOW (64) messages are on the wire: a
+                # crash resends at most those.
+                check('few_duplicates', dups <= 64 + 64, dups)
             finally:
                 sink2.stop()
         finally:

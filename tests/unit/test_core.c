@@ -40,6 +40,23 @@ static int decoded_is(struct sink *s, const char *want)
     return s->len == strlen(want) && !memcmp(s->buf, want, s->len);
 }
 
+static int rcpt_counter(void *arg, const struct store_ops_rcpt *r)
+{
+    struct { const char *addr; int n; } *c = arg;
+    if (!c->addr || !strcmp(r->addr, c->addr))
+        c->n++;
+    return 0;
+}
+
+/* Recipients of a message (with that address, if not NULL). */
+static int count_rcpts(int64_t msg_id, const char *addr)
+{
+    struct { const char *addr; int n; } c = { addr, 0 };
+    if (store_ops_rcpts(msg_id, 0, rcpt_counter, &c))
+        return -1;
+    return c.n;
+}
+
 TEST(data_end_and_unstuffing)
 {
     static const size_t steps[] = { 1, 2, 3, 7, 4096 };
@@ -261,10 +278,11 @@ TEST(store_bodies_and_queue)
     CHECK_INT(got, sizeof data);
     CHECK(!memcmp(back, data, sizeof data));
 
-    struct store_qinfo q;
-    CHECK(!store_queue_get(env.qid, &q, NULL));
-    CHECK_INT(q.nrcpt, 2);
-    CHECK(strstr(q.rcpts, "b@far.test") != NULL);
+    struct store_ops_msg q;
+    CHECK(!store_ops_msg_get(env.qid, &q));
+    CHECK_INT(q.body_id, body_id);
+    CHECK_INT(count_rcpts(q.id, "b@far.test"), 1);
+    CHECK_INT(count_rcpts(q.id, NULL), 2);
 
     /* an abandoned body leaves nothing behind */
     CHECK(!store_begin());
@@ -362,6 +380,44 @@ TEST(on_demand_arguments)
     CHECK(!addr_domain_ok("a b", 3, 0));
 }
 
+TEST(client_capabilities)
+{
+    struct smtpc_caps c;
+    struct conn fake;
+    memset(&c, 0, sizeof c);
+    smtpc_caps_keyword(&c, "PIPELINING");
+    smtpc_caps_keyword(&c, "chunking");
+    smtpc_caps_keyword(&c, "SIZE 10240000");
+    smtpc_caps_keyword(&c, "AUTH LOGIN PLAIN");
+    smtpc_caps_keyword(&c, "AUTH=LOGIN");           /* the old form does not replace the list */
+    smtpc_caps_keyword(&c, "ATRN");
+    CHECK(c.pipelining && c.chunking && c.atrn && !c.dsn && !c.starttls);
+    CHECK(c.has_size && c.size_limit == 10240000);
+    CHECK(smtpc_caps_mech(&c, "plain") && !smtpc_caps_mech(&c, "CRAM-MD5"));
+    /* A hostile or broken SIZE is no SIZE: nothing looks too large. */
+    static const char *bad[] = { "SIZE -1", "SIZE x", "SIZE 99999999999999999999", "SIZE 12k" };
+    for (size_t i = 0; i < MN_NELEM(bad); i++) {
+        smtpc_caps_keyword(&c, bad[i]);
+        CHECK(!c.has_size && c.size_limit == 0);
+    }
+    smtpc_caps_keyword(&c, "SIZE");
+    CHECK(c.has_size && c.size_limit == 0);
+    /* PLAIN only where the password may travel; CRAM-MD5 first. */
+    struct conf cf;
+    char err[256];
+    CHECK(!conf_load(NULL, &cf, err, sizeof err));
+    conf = &cf;
+    memset(&fake, 0, sizeof fake);
+    CHECK_INT(smtpc_auth_choose(&c, &fake), SMTPC_AUTH_NONE);
+    fake.peer_loopback = 1;
+    CHECK_INT(smtpc_auth_choose(&c, &fake), SMTPC_AUTH_PLAIN);
+    smtpc_caps_keyword(&c, "AUTH PLAIN CRAM-MD5");
+    fake.peer_loopback = 0;
+    CHECK_INT(smtpc_auth_choose(&c, &fake), SMTPC_AUTH_CRAM);
+    conf = NULL;
+    conf_free(&cf);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -377,5 +433,6 @@ int main(void)
     RUN(store_bodies_and_queue);
     RUN(smtp_command_arguments);
     RUN(on_demand_arguments);
+    RUN(client_capabilities);
     return unit_done();
 }

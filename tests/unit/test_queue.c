@@ -117,8 +117,24 @@ TEST(remote_and_hold)
 
 TEST(postmaster)
 {
-    /* No alias, no user: unknown (the administrator must create one). */
-    CHECK_INT(route("<postmaster>", 64), QUEUE_EUNKNOWN);
+    /* No alias, no user of that name: the admin, here the first user
+     * created (RFC 5321 4.5.1 requires postmaster); root, abuse and
+     * MAILER-DAEMON too, at any local domain. */
+    CHECK_INT(route("<postmaster>", 64), 0);
+    CHECK(has_local(uid_alice));
+    CHECK_INT(route("ROOT@example.test", 64), 0);
+    CHECK(has_local(uid_alice));
+    CHECK_INT(route("mailer-daemon@example.test", 64), 0);
+    CHECK(has_local(uid_alice));
+    CHECK_INT(route("abuse@db-local.test", 64), 0);
+    CHECK(has_local(uid_alice));
+    CHECK_INT(route("rootx@example.test", 64), QUEUE_EUNKNOWN);
+    /* The admin key names another user. */
+    char *saved = test_conf.admin;
+    test_conf.admin = (char *)"bob";
+    CHECK_INT(route("root@example.test", 64), 0);
+    CHECK(has_local(uid_bob));
+    test_conf.admin = saved;
     store_alias_set("postmaster", "bob");
     CHECK_INT(route("<postmaster>", 64), 0);
     CHECK_INT(N, 1);
