@@ -6771,8 +6771,6 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
-static int msg_insert(const struct store_env *env, struct store_body *b,
-                      const struct store_rcpt *rcpts, size_t n)
 /* A message that reaches a mailbox gets its IMAP structure (ENVELOPE,
  * BODYSTRUCTURE, part offsets) computed once now, while its chunks are
  * fresh; a failure only leaves it to be computed at the first FETCH. */
@@ -6788,8 +6786,8 @@ static void store_index_local(int64_t body_id, const struct store_rcpt *rcpts, s
         }
 }
 
-int store_msg_insert(const struct store_env *env, struct store_body *b,
-                     const struct store_rcpt *rcpts, size_t n)
+static int msg_insert(const struct store_env *env, struct store_body *b,
+                      const struct store_rcpt *rcpts, size_t n)
 {
     static sqlite3_stmt *msg, *rc_st, *mb, *dest;
     int64_t now = util_now(), msg_id = 0;
