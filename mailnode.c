@@ -156,6 +156,7 @@ struct conf {
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
+    int64_t max_recipients_untrusted;   /* for clients neither authenticated nor in relay_networks */
     int64_t max_connections;
     int64_t max_received;               /* refuse at this many Received headers */
     int64_t smtp_timeout_command;       /* RFC 5321 4.5.3.2.7: server 5 min */
@@ -168,9 +169,13 @@ struct conf {
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
     int64_t limit_auth_failures_per_ip; /* within 10 minutes, then AUTH refused */
     int64_t limit_messages_per_minute;  /* per address */
+    int64_t limit_auth_failures_per_user; /* then the account backs off */
+    int64_t limit_connections_reserved; /* slots only for trusted, submission and POP3 clients */
+    int64_t max_connections_on[LISTEN_N]; /* per listener kind; 0 = no own limit */
     int allow_vrfy;                     /* vrfy = yes: 250/550 instead of 252 */
     int allow_expn;                     /* expn = yes: expand aliases */
     int allow_cleartext_auth;           /* auth.cleartext = yes */
+    int sender_login_match;             /* submission.sender_login_match */
     char *log_dest;                     /* log = syslog | stderr */
     char *run_user;                     /* user = NAME: drop root after binding */
     char *admin;                        /* admin = USER: gets postmaster mail */
@@ -816,6 +821,8 @@ MN_PRIVATE int queue_route(const struct addr *a, struct store_rcpt *out, size_t 
 /* 1 if mail for the domain is ours to take without relay permission
  * (local or hold domain). */
 MN_PRIVATE int queue_domain_accepted(const char *domain);
+/* 1 if the authenticated user may use a as reverse-path (sender_login_match). */
+MN_PRIVATE int queue_sender_owned(const char *user, const struct addr *a);
 MN_PRIVATE int queue_domain_is_local(const char *domain);
 /* The node's admin (conf `admin`, else the first user): 0, or
  * STORE_NOTFOUND while there is none and postmaster mail is held in the
@@ -842,9 +849,15 @@ typedef void (*queue_flush_done_fn)(void *arg, const char *summary, int failed);
 /* Like queue_flush, and calls done when the run is over. */
 MN_PRIVATE int queue_flush_wait(const char *domain, queue_flush_done_fn done, void *arg);
 MN_PRIVATE void queue_flush_cancel(void *arg);     /* the waiter went away */
-/* A client connected from ip: a destination backing off because that
- * address was unreachable is tried again now (RFC 5321 4.5.4.1). */
-MN_PRIVATE void queue_peer_seen(const char *ip);
+/* A client connected (not on loopback): a destination backing off because
+ * its address was unreachable is tried again now (RFC 5321 4.5.4.1), once
+ * per backoff step. */
+MN_PRIVATE void queue_peer_seen(const struct conn *c);
+/* RFC 3461 6.2: the "delivered" notice for the local mailboxes among
+ * rcpts that asked for it (NOTIFY=SUCCESS); written in the transaction of
+ * the message itself. */
+MN_PRIVATE void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n);
 
 /* On-demand relay, upstream side.  ETRN (RFC 1985): release the mail held
  * for a hold domain over a new connection to the domain's host or MX.
@@ -1063,11 +1076,19 @@ MN_PRIVATE int smtpc_reply_line(struct conn *c, int *code, int *last, char *line
 /* ---------------------------------------------------------------- limit */
 
 /* Per-address limits for clients outside relay_networks (limit.c). */
-MN_PRIVATE void limit_auth_failed(const struct conn *c);
+/* One failure counter per client address and one per account, shared by
+ * every protocol that checks passwords (SMTP AUTH, POP3, IMAP). */
+MN_PRIVATE void limit_auth_failed(const struct conn *c, const char *user);
+MN_PRIVATE void limit_auth_ok(const char *user);
+/* 1 if the address has too many recent failures (never for relay_networks). */
 MN_PRIVATE int limit_auth_blocked(const struct conn *c);
+/* Seconds until the account takes another login attempt (0: now). */
+MN_PRIVATE int64_t limit_account_wait(const char *user);
 MN_PRIVATE int limit_message_ok(const struct conn *c);
 /* current: the address's connections including this one. */
-MN_PRIVATE int limit_connections_ok(const struct conn *c, int current);
+/* NULL if a new connection from peer on a listener of kind may have a
+ * slot, else why not (loop.c asks before it makes a connection). */
+MN_PRIVATE const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same);
 
 /* ----------------------------------------------------------------- odmr */
 
@@ -2019,6 +2040,7 @@ static const struct conf_key keys[] = {
     { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },
+    { "max_recipients.untrusted", T_INT, F(max_recipients_untrusted), 0, "100" },
     { "max_connections", T_INT, F(max_connections), 0, "100" },
     { "max_received", T_INT, F(max_received), 0, "100" },
     { "smtp.timeout.command", T_DURATION, F(smtp_timeout_command), 0, "5m" },
@@ -2030,10 +2052,19 @@ static const struct conf_key keys[] = {
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
     { "limit.auth_failures_per_ip", T_INT, F(limit_auth_failures_per_ip), 0, "10" },
+    { "limit.auth_failures_per_user", T_INT, F(limit_auth_failures_per_user), 0, "10" },
+    { "limit.connections_reserved", T_INT, F(limit_connections_reserved), 0, "10" },
+    { "max_connections.smtp", T_INT, F(max_connections_on[LISTEN_SMTP]), 0, "0" },
+    { "max_connections.submission", T_INT, F(max_connections_on[LISTEN_SUBMISSION]), 0, "0" },
+    { "max_connections.odmr", T_INT, F(max_connections_on[LISTEN_ODMR]), 0, "0" },
+    { "max_connections.pop3", T_INT, F(max_connections_on[LISTEN_POP3]), 0, "0" },
+    { "max_connections.imap", T_INT, F(max_connections_on[LISTEN_IMAP]), 0, "0" },
+    { "max_connections.imaps", T_INT, F(max_connections_on[LISTEN_IMAPS]), 0, "0" },
     /* Off by default: an upstream releasing a held backlog by ETRN arrives
      * from an ordinary Internet address, and must not be throttled. */
     { "limit.messages_per_minute", T_INT, F(limit_messages_per_minute), 0, "0" },
     { "auth.cleartext", T_BOOL, F(allow_cleartext_auth), 0, "no" },
+    { "submission.sender_login_match", T_BOOL, F(sender_login_match), 0, "yes" },
     { "vrfy", T_BOOL, F(allow_vrfy), 0, "no" },
     { "expn", T_BOOL, F(allow_expn), 0, "no" },
     { "log", T_STR, F(log_dest), 0, "stderr" },
@@ -3275,34 +3306,63 @@ static int next_wait_ms(int64_t now)
 
 /* ------------------------------------------------------------- listeners */
 
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+/* The counts limit_admit decides on: live inbound connections (not our
+ * own outbound ones, not those already closed and only draining). */
+static void count_inbound(int kind, const struct sockaddr_storage *peer, int *total, int *here, int *same)
+{
+    *total = *here = *same = 0;
+    for (struct conn *c = L.conns; c; c = c->next) {
+        if (c->kind >= LISTEN_N || c->dead || c->lingering)
+            continue;
+        (*total)++;
+        *here += c->kind == kind;
+        *same += same_address(&c->peer, peer);
+    }
+}
+
+static void refuse(int kind, int fd, const char *why, const struct sockaddr_storage *peer)
+{
+    /* RFC 5321 3.8: 421 and close when we cannot serve; RFC 2449 8.1.2
+     * [SYS/TEMP] for POP3.  The reply fits the socket buffer of a fresh
+     * connection; it is never waited for. */
+    static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+    static const char smtp_ip[] = "421 4.7.0 Too many connections from your address\r\n";
+    static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
+    /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+    static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
+    int per_ip = !strcmp(why, "limit.connections_per_ip");
+    const char *text = kind == LISTEN_POP3 ? pop_busy : kind == LISTEN_IMAP ? imap_busy
+                       : per_ip ? smtp_ip : smtp_busy;
+    char ip[64];
+
+    /* Nothing can be said on IMAPS before the TLS handshake. */
+    if (kind != LISTEN_IMAPS && send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("busy reply: %s", strerror(errno));
+    close(fd);
+    util_sockaddr_ip(peer, ip, sizeof ip);
+    log_warn("connection from [%s] refused: %s reached", ip, why);
+}
+
 static void accept_ready(struct listener *ls)
 {
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(ls->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof peer;
+        int total, here, same;
+
+        memset(&peer, 0, sizeof peer);
+        int fd = accept4(ls->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 log_warn("accept: %s", strerror(errno));
             return;
         }
-        if (conf->max_connections && L.n_conns >= conf->max_connections) {
-            /* RFC 5321 3.8: 421 and close when we cannot serve. */
-            static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-            static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
-            if (ls->kind == LISTEN_POP3) {
-                if (send(fd, pop_busy, sizeof pop_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAP) {
-                /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
-                static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
-                if (send(fd, imap_busy, sizeof imap_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAPS) {
-                /* Nothing can be said before the TLS handshake. */
-            } else if (send(fd, smtp_busy, sizeof smtp_busy - 1, MSG_NOSIGNAL) < 0) {
-                log_debug("busy reply: %s", strerror(errno));
-            }
-            log_warn("connection refused: max_connections (%lld) reached", (long long)conf->max_connections);
-            close(fd);
+        count_inbound(ls->kind, &peer, &total, &here, &same);
+        const char *why = limit_admit(ls->kind, &peer, total, here, same);
+        if (why) {
+            refuse(ls->kind, fd, why, &peer);
             continue;
         }
         int one = 1;
@@ -12847,18 +12907,25 @@ int auth_client_cram(const char *user, const char *password, const char *challen
 /* ---- src/limit.c ---- */
 #line 1 "src/limit.c"
 /*
- * limit.c: per-address abuse limits.  A small fixed table remembers the
- * recent behaviour of client addresses: authentication failures and the
- * rate of messages.  Bounded memory: the table has a fixed size and the
- * least recently seen address makes room for a new one, so a flood of
- * addresses cannot grow it.
+ * limit.c: per-address and per-account abuse limits.  Small fixed tables
+ * remember the recent behaviour of client addresses (authentication
+ * failures, the rate of messages) and of accounts (authentication
+ * failures).  Bounded memory: each table has a fixed size and the least
+ * recently seen entry makes room for a new one, so a flood of addresses
+ * or names cannot grow it.
+ *
+ * The failure counters are shared by every protocol that checks a
+ * password (SMTP AUTH on every listener, POP3 USER/PASS and AUTH, and
+ * IMAP when it comes): a guesser gains nothing by switching protocols.
  */
 
 
 #include <string.h>
 
 #define LIMIT_SLOTS 256
-#define LIMIT_WINDOW 600                /* seconds an address's failures are remembered */
+#define LIMIT_WINDOW 600                /* seconds failures are remembered */
+#define ACCOUNT_FIRST_WAIT 60           /* the account's first back-off */
+#define ACCOUNT_MAX_WAIT 900            /* and its longest */
 
 struct limit_slot {
     char ip[64];
@@ -12869,7 +12936,17 @@ struct limit_slot {
     int64_t tokens_at_ms;
 };
 
+struct account_slot {
+    char user[USER_MAX + 1];
+    int64_t seen;
+    int failures;
+    int64_t first;
+    int64_t until;                      /* no attempt before this */
+    int step;                           /* back-offs so far */
+};
+
 static struct limit_slot slots[LIMIT_SLOTS];
+static struct account_slot accounts[LIMIT_SLOTS];
 
 static struct limit_slot *slot_for(const char *ip)
 {
@@ -12891,26 +12968,96 @@ static struct limit_slot *slot_for(const char *ip)
     return oldest;
 }
 
+/* The account's entry, or NULL when it has none and create is 0.  Names
+ * are compared in lower case, as they are stored. */
+static struct account_slot *account_for(const char *user, int create)
+{
+    struct account_slot *oldest = &accounts[0];
+    char name[USER_MAX + 1];
+    int64_t now = util_now();
+
+    if (!user || !*user)
+        return NULL;
+    util_strlcpy(name, user, sizeof name);
+    util_lower(name);
+    for (int i = 0; i < LIMIT_SLOTS; i++) {
+        if (accounts[i].user[0] && !strcmp(accounts[i].user, name)) {
+            accounts[i].seen = now;
+            return &accounts[i];
+        }
+        if (accounts[i].seen < oldest->seen)
+            oldest = &accounts[i];
+    }
+    if (!create)
+        return NULL;
+    memset(oldest, 0, sizeof *oldest);
+    util_strlcpy(oldest->user, name, sizeof oldest->user);
+    oldest->seen = now;
+    oldest->first = now;
+    return oldest;
+}
+
 /* Clients in relay_networks (by default the loopback networks) are not
- * limited: they are the site's own scripts and users. */
+ * limited per address: they are the site's own scripts and users.  The
+ * account counter still protects their accounts. */
 static int trusted(const struct conn *c)
 {
     return conf_relay_allowed(&c->peer);
 }
 
-void limit_auth_failed(const struct conn *c)
+void limit_auth_failed(const struct conn *c, const char *user)
 {
-    struct limit_slot *s = slot_for(c->peer_ip);
     int64_t now = util_now();
-    if (now - s->auth_first > LIMIT_WINDOW) {
-        s->auth_first = now;
-        s->auth_failures = 0;
+
+    if (!trusted(c)) {
+        struct limit_slot *s = slot_for(c->peer_ip);
+        if (now - s->auth_first > LIMIT_WINDOW) {
+            s->auth_first = now;
+            s->auth_failures = 0;
+        }
+        s->auth_failures++;
     }
-    s->auth_failures++;
+    struct account_slot *a = account_for(user, 1);
+    if (!a || a->until > now)
+        return;                         /* refused while backing off: not counted again */
+    if (now - a->first > LIMIT_WINDOW) {
+        a->first = now;
+        a->failures = 0;
+        a->step = 0;
+    }
+    a->failures++;
+    if (conf->limit_auth_failures_per_user > 0 && a->failures >= conf->limit_auth_failures_per_user) {
+        /* Slower than the address limit: one more attempt after a minute,
+         * then after two, four... up to fifteen, so that guessing one
+         * account from many addresses stays slow, while its owner is
+         * locked out for minutes, not for good. */
+        int64_t wait = ACCOUNT_FIRST_WAIT << (a->step < 8 ? a->step : 8);
+        a->until = now + (wait < ACCOUNT_MAX_WAIT ? wait : ACCOUNT_MAX_WAIT);
+        a->step++;
+        a->first = now;
+        log_warn("account %s: %d failed logins, next attempt in %llds", a->user, a->failures,
+                 (long long)(a->until - now));
+    }
+}
+
+void limit_auth_ok(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    if (a)
+        memset(a, 0, sizeof *a);
+}
+
+int64_t limit_account_wait(const char *user)
+{
+    struct account_slot *a = account_for(user, 0);
+    int64_t now = util_now();
+    return a && a->until > now ? a->until - now : 0;
 }
 
 int limit_auth_blocked(const struct conn *c)
 {
+    if (trusted(c))
+        return 0;
     struct limit_slot *s = slot_for(c->peer_ip);
     if (util_now() - s->auth_first > LIMIT_WINDOW)
         return 0;
@@ -12942,9 +13089,33 @@ int limit_message_ok(const struct conn *c)
     return 1;
 }
 
-int limit_connections_ok(const struct conn *c, int current)
+/* Asked before a connection gets a slot, with the counts of live inbound
+ * connections (in total, on this kind of listener, from this address).
+ * A refused connection is closed at once and never holds a slot.  The
+ * last limit.connections_reserved slots (at most half of them) are kept
+ * for clients in relay_networks and for the submission, POP3 and IMAP
+ * listeners, where every client must log in: idle strangers on port 25
+ * cannot lock out the site's own users. */
+const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total, int on_listener, int same)
 {
-    return trusted(c) || conf->limit_connections_per_ip <= 0 || current <= conf->limit_connections_per_ip;
+    int trust = conf_relay_allowed(peer);
+
+    if (!trust && conf->limit_connections_per_ip > 0 && same >= conf->limit_connections_per_ip)
+        return "limit.connections_per_ip";
+    if (kind >= 0 && kind < LISTEN_N && conf->max_connections_on[kind] > 0 &&
+        on_listener >= conf->max_connections_on[kind])
+        return "max_connections per listener";
+    if (conf->max_connections > 0) {
+        int64_t reserve = conf->limit_connections_reserved;
+        if (reserve > conf->max_connections / 2)
+            reserve = conf->max_connections / 2;
+        if (reserve < 0 || trust || kind == LISTEN_SUBMISSION || kind == LISTEN_POP3 || kind == LISTEN_IMAP ||
+            kind == LISTEN_IMAPS)
+            reserve = 0;
+        if (total >= conf->max_connections - reserve)
+            return reserve && total < conf->max_connections ? "limit.connections_reserved" : "max_connections";
+    }
+    return NULL;
 }
 
 /* ---- src/queue.c ---- */
@@ -13347,6 +13518,39 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
     *n = x.n;
     if (x.n == 0)
         return x.loop ? QUEUE_ELOOP : QUEUE_EUNKNOWN;
+    return 0;
+}
+
+/* submission.sender_login_match: may user send with reverse-path a?  Yes
+ * for <>, for the user's own name in a local domain, for an alias whose
+ * every target is the user's own mailbox, and for any address in a hold
+ * domain the user owns (or below it: the site's own mail going out). */
+int queue_sender_owned(const char *user, const struct addr *a)
+{
+    struct store_rcpt routes[8];
+    struct store_user u;
+    struct store_domain d;
+    size_t n = 0;
+    char local[sizeof a->local];
+
+    if (a->null_path)
+        return 1;
+    util_strlcpy(local, a->local, sizeof local);
+    util_lower(local);
+    if (queue_domain_is_local(a->domain) && !strcmp(local, user))
+        return 1;
+    if (queue_domain_is_local(a->domain) && !store_user_get(user, &u) &&
+        !queue_route(a, routes, MN_NELEM(routes), &n) && n) {
+        size_t mine = 0;
+        for (size_t i = 0; i < n; i++)
+            mine += routes[i].kind == ROUTE_LOCAL && routes[i].user_id == u.id;
+        sodium_memzero(&u, sizeof u);
+        if (mine == n)
+            return 1;
+    }
+    for (const char *dom = a->domain; dom && *dom; dom = strchr(dom, '.') ? strchr(dom, '.') + 1 : NULL)
+        if (!store_domain_get(dom, &d) && d.kind == DOMAIN_HOLD && !strcmp(d.owner, user))
+            return 1;
     return 0;
 }
 
@@ -15657,9 +15861,32 @@ void smtpc_abort(struct smtpc *s)
  * A link that is down, a lookup that fails, a refused connection: all are
  * temporary.  Only a peer's 5xx, a domain that does not exist, a null MX
  * or queue.lifetime make a recipient fail.
+ *
+ * A destination's life (its dest row holds what outlives a session):
+ *
+ *   due        next_try <= now and a recipient due: scan() (every second,
+ *              or at once on queue_kick) calls hop_start
+ *   resolving  a struct hop exists (at most one per dest row, at most
+ *              delivery_parallel in all); h->dq: the MX or host lookup
+ *   in flight  h->sc: one SMTP session carrying every due message of the
+ *              destination; hop_try_next moves on to the next address
+ *              (never one of our own listeners, RFC 5321 5.1) when a
+ *              host cannot be reached
+ *   backoff    hop_finish: a session that reached the peer and moved
+ *              something clears the backoff; otherwise backoff_next()
+ *              doubles it (with jitter, up to retry.max) and next_try is
+ *              set; a link-up event, `mailnode flush` or the down host
+ *              connecting to us (queue_peer_seen) ends it early
+ *   release    a hop of kind ROUTE_HOLD carries held mail for ETRN/ATRN
+ *              (queue_release, queue_release_on); it has no schedule:
+ *              what it cannot move stays held for the next request
+ *
+ * Invariants (asserted): a hop has at most one of dq and sc at a time,
+ * and neither once hop_finish runs; hop_find(name) is unique.
  */
 
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 
@@ -15726,11 +15953,15 @@ static void scan(void *arg);
 
 /* Addresses of destinations that could not be reached, so that a
  * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
- * that talks to us is up). */
+ * that talks to us is up).  At most once per backoff step: after an
+ * early retry, the next one waits until as much time as the current
+ * backoff has passed, so a host that connects to us all the time while
+ * its own listener stays down cannot make us retry in a storm. */
 #define DOWN_SLOTS 64
 static struct {
     char dest[SMTP_DOMAIN_MAX + 16];
     char ip[64];
+    int64_t early;                      /* when a connection last ended its wait */
 } down[DOWN_SLOTS];
 static int down_next;
 
@@ -15741,23 +15972,33 @@ static void down_note(const char *dest, const char *ip)
             return;
     util_strlcpy(down[down_next].dest, dest, sizeof down[0].dest);
     util_strlcpy(down[down_next].ip, ip, sizeof down[0].ip);
+    down[down_next].early = 0;
     down_next = (down_next + 1) % DOWN_SLOTS;
 }
 
-void queue_peer_seen(const char *ip)
+void queue_peer_seen(const struct conn *c)
 {
+    int64_t now = util_now();
+
+    /* A loopback client is one of our own (sendmail, scripts, a local
+     * filter): it says nothing about a relayhost on 127.0.0.1 being up. */
+    if (c->peer_loopback)
+        return;
     for (int i = 0; i < DOWN_SLOTS; i++) {
-        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+        if (!down[i].ip[0] || strcmp(down[i].ip, c->peer_ip))
             continue;
         struct store_dest d;
-        if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
-            d.next_try = 0;
-            d.backoff = 0;
-            store_dest_put(&d);
-            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
-            queue_kick();
-        }
-        down[i].ip[0] = '\0';
+        if (store_dest_get(down[i].dest, &d) || d.next_try <= now)
+            continue;
+        if (down[i].early && now - down[i].early < d.backoff)
+            continue;                   /* this backoff step had its early retry */
+        /* Now, but the backoff itself stays: if the host is still not
+         * taking mail, the next wait is longer. */
+        down[i].early = now;
+        d.next_try = 0;
+        store_dest_put(&d);
+        log_info("%s: %s connected to us: retrying now", down[i].dest, c->peer_ip);
+        queue_kick();
     }
 }
 
@@ -15925,6 +16166,36 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     queue_kick();
 }
 
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t k = 0;
+
+    memset(&m, 0, sizeof m);
+    m.body_id = body_id;
+    m.received = util_now();
+    m.ret_full = env->ret_full;
+    util_strlcpy(m.qid, env->qid, sizeof m.qid);
+    util_strlcpy(m.sender, env->sender, sizeof m.sender);
+    util_strlcpy(m.envid, env->envid ? env->envid : "", sizeof m.envid);
+    for (size_t i = 0; i < n && k < MN_NELEM(r); i++) {
+        const struct store_rcpt *x = &rcpts[i];
+        if (x->kind != ROUTE_LOCAL || !(x->notify & NOTIFY_SUCCESS) || (x->notify & NOTIFY_NEVER))
+            continue;
+        r[k].addr = x->addr;
+        r[k].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+        r[k].action = DSN_DELIVERED;
+        r[k].status = "2.0.0";
+        r[k].remote_mta = NULL;
+        r[k].diagnostic = NULL;
+        r[k].last_attempt = m.received;
+        k++;
+    }
+    send_dsn(&m, r, k, NULL);
+}
+
 static void flush_notes(struct hop *h, const struct store_out_msg *m)
 {
     struct dsn_rcpt r[64];
@@ -16089,6 +16360,8 @@ static void hop_finish(struct hop *h, int ok)
 {
     struct store_dest d;
     int64_t now = util_now();
+
+    assert(!h->sc && !h->dq);
 
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held
@@ -17914,6 +18187,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
             return;
         }
     }
+    /* Like Postfix's reject_sender_login_mismatch: a submission user
+     * sends as itself, its aliases or its site's domain, not as anyone. */
+    if (s->c->kind == LISTEN_SUBMISSION && conf->sender_login_match && !queue_sender_owned(s->auth_user, &a)) {
+        log_info("[%s]: refused: sender <%s> not owned by user %s", s->c->peer_ip, a.full, s->auth_user);
+        reply(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", a.full, s->auth_user);
+        return;
+    }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
     smtpd_enter(s, S_MAIL);
@@ -17945,6 +18225,19 @@ static int parse_notify(const char *v)
     if (!n || ((bits & NOTIFY_NEVER) && bits != NOTIFY_NEVER))
         return -1;
     return bits;
+}
+
+/* Distinct recipients one message may have.  A stranger (neither
+ * authenticated nor in relay_networks) gets max_recipients.untrusted, so
+ * that max_connections hostile sessions cannot hold more than a known
+ * amount of memory (see mailnode.conf(5), max_recipients.untrusted). */
+static size_t rcpt_limit(const struct smtpd *s)
+{
+    int64_t n = conf->max_recipients > 0 ? conf->max_recipients : 1000;
+    if (!s->auth_user[0] && !conf_relay_allowed(&s->c->peer) && conf->max_recipients_untrusted > 0 &&
+        conf->max_recipients_untrusted < n)
+        n = conf->max_recipients_untrusted;
+    return (size_t)n;
 }
 
 static void cmd_rcpt(struct smtpd *s, char *arg)
@@ -18002,7 +18295,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     /* Routes for this address, in a buffer that lives only for this
      * command: an alias may fan out, up to the distinct recipients still
      * allowed. */
-    limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
+    limit = rcpt_limit(s);
     limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
     for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
         free(routes);
@@ -18039,7 +18332,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     int fresh = 0;
     for (size_t i = 0; i < nroutes; i++)
         fresh += !rcpts_has(&s->rcpts, &routes[i]);
-    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+    if (fresh && (size_t)s->nrcpt_cmds >= rcpt_limit(s)) {
         /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
         free(routes);
         reply(s, "452 4.5.3 Too many recipients");
@@ -18370,6 +18663,15 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
         reply(s, "334 %s", out);
         return;
     case AUTH_OK:
+        if (limit_account_wait(s->sasl.user) > 0) {
+            /* The account is backing off after many failures: even the
+             * right password is refused now, and nothing tells a guesser
+             * that it was right. */
+            log_warn("%s: authentication for '%s' refused: the account is backing off", s->c->peer_ip,
+                     s->sasl.user);
+            break;
+        }
+        limit_auth_ok(s->sasl.user);
         s->input = IN_COMMAND;
         util_strlcpy(s->auth_user, s->sasl.user, sizeof s->auth_user);
         log_info("%s: authenticated as %s", s->c->peer_ip, s->auth_user);
@@ -18392,7 +18694,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, s->sasl.user);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -18649,6 +18951,8 @@ static void message_end(struct smtpd *s)
             err = bundle_dedup(s->body, routes, &nroutes, s->qid);
         if (!err)
             err = store_msg_insert(&env, s->body, routes, nroutes);
+        if (!err)
+            queue_notify_delivered(&env, s->body->id, routes, nroutes);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
@@ -18857,20 +19161,8 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    int same = 0;
-    for (struct smtpd *o = all_sessions; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
-    if (!limit_connections_ok(c, same)) {
-        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
-                 same);
-        reply(s, "421 4.7.0 Too many connections from your address");
-        conn_flush(c);
-        conn_close(c);
-        return;
-    }
     if (c->kind == LISTEN_SMTP)
-        queue_peer_seen(c->peer_ip);
+        queue_peer_seen(c);
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);
@@ -19403,6 +19695,7 @@ static void pop3_auth_failed(struct pop3 *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
+    limit_auth_failed(s->c, name);
     pop3_safe_name(name, safe, sizeof safe);
     log_warn("pop3: authentication failed user=%s ip=%s mech=%s (failure %d)", safe,
              s->c->peer_ip, mech, s->failures);
@@ -19432,6 +19725,19 @@ static void pop3_dummy_check(const char *password)
 
 /* ----------------------------------------------------------- commands */
 
+/* The failure counter of the client's address, shared with SMTP AUTH:
+ * past limit.auth_failures_per_ip, no more logins from it (1: refused and
+ * closing). */
+static int pop3_address_blocked(struct pop3 *s)
+{
+    if (!limit_auth_blocked(s->c))
+        return 0;
+    log_warn("pop3: %s: login refused: too many failures from this address", s->c->peer_ip);
+    pop3_reply(s, "-ERR [SYS/TEMP] too many failed logins from your address, try later");
+    conn_close(s->c);
+    return 1;
+}
+
 static void pop3_cmd_user(struct pop3 *s, char *arg)
 {
     if (!pop3_cleartext_ok(s)) {
@@ -19442,6 +19748,8 @@ static void pop3_cmd_user(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR USER needs a name");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     s->have_user = 1;
     s->pending_bad = util_strlcpy(s->pending, arg, sizeof s->pending) >= sizeof s->pending;
     /* Names are stored in lower case, as SASL looks them up. */
@@ -19464,21 +19772,28 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
         return;
     }
     s->have_user = 0;
+    if (pop3_address_blocked(s))
+        return;
     memset(&u, 0, sizeof u);
     if (!s->pending_bad)
         rc = store_user_get(s->pending, &u);
     if (rc == 0) {
-        ok = auth_check_password(&u, arg) == 1;
+        /* An account backing off after many failures takes no password,
+         * not even the right one; the answer is the same as for a wrong
+         * one. */
+        ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
     } else if (rc == STORE_NOTFOUND) {
         pop3_dummy_check(arg);
     } else {
         pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
         return;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(s->pending);
         pop3_login(s, &u, "USER");
-    else
+    } else {
         pop3_auth_failed(s, s->pending, "USER");
+    }
     sodium_memzero(&u, sizeof u);
 }
 
@@ -19511,8 +19826,12 @@ static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user))
+            pop3_auth_failed(s, s->sasl.user, s->mech);
+        else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             pop3_login(s, &u, s->mech);
+        }
         else if (rc == STORE_NOTFOUND)
             pop3_auth_failed(s, s->sasl.user, s->mech);
         else
@@ -19569,6 +19888,8 @@ static void pop3_cmd_auth(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR unsupported authentication mechanism");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     util_strlcpy(s->mech, arg, sizeof s->mech);
     for (char *p = s->mech; *p; p++)
         *p = (char)toupper((unsigned char)*p);
@@ -24166,7 +24487,7 @@ static void imap_auth_failed(struct imap *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, name);
     imap_safe_name(name, safe, sizeof safe);
     log_warn("imap: authentication failed user=%s ip=%s mech=%s (failure %d)", safe, s->c->peer_ip,
              mech, s->failures);
@@ -24223,18 +24544,20 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
     memset(&u, 0, sizeof u);
     if (strlen(name) <= USER_MAX)
         rc = store_user_get(name, &u);
-    if (rc == 0)
-        ok = auth_check_password(&u, pass) == 1;
+    if (rc == 0)    /* an account backing off takes no password (limit.c) */
+        ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
     else if (rc == STORE_NOTFOUND)
         imap_dummy_check(pass);
     else {
         imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
         goto out;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(name);
         imap_login_ok(s, &u, "LOGIN");
-    else
+    } else {
         imap_auth_failed(s, name, "LOGIN");
+    }
     sodium_memzero(&u, sizeof u);
 out:
     sodium_memzero(pass, sizeof pass);
@@ -24255,9 +24578,12 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user)) {
+            imap_auth_failed(s, s->sasl.user, s->mech);
+        } else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             imap_login_ok(s, &u, s->mech);
-        else if (rc == STORE_NOTFOUND)
+        } else if (rc == STORE_NOTFOUND)
             imap_auth_failed(s, s->sasl.user, s->mech);
         else
             imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox, try again later");
@@ -25061,7 +25387,6 @@ static void imap_close(struct conn *c)
 void imap_accept(struct conn *c)
 {
     struct imap *s = calloc(1, sizeof *s);
-    int same = 0;
 
     if (!s) {
         log_err("imap: out of memory for a session from %s", c->peer_ip);
@@ -25073,22 +25398,12 @@ void imap_accept(struct conn *c)
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &imap_ops;
-    for (struct imap *o = imap_all; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
     s->next = imap_all;
     if (imap_all)
         imap_all->prev = s;
     imap_all = s;
     conn_set_timeout(c, conf->imap_timeout * 1000);
-    if (!limit_connections_ok(c, same + 1)) {
-        log_warn("imap: %s: refused: %d connections from this address (limit.connections_per_ip)",
-                 c->peer_ip, same + 1);
-        if (c->kind == LISTEN_IMAP)
-            imap_outf(s, "* BYE [UNAVAILABLE] too many connections from your address");
-        conn_close(c);
-        return;
-    }
+    /* limit.connections_per_ip was applied at accept (limit_admit). */
     log_debug("imap: connection from %s", c->peer_ip);
     if (c->kind == LISTEN_IMAPS) {
         /* RFC 8314: TLS from the first octet; the greeting follows it. */
@@ -28576,6 +28891,35 @@ static void cli_mbox_prefix_sender(const char *prefix, char *out, size_t n)
     out[k] = 0;
 }
 
+/* The mbox file, often in a shared directory such as /tmp or a spool: a
+ * new file is created with O_EXCL (mode 0600: everyone's mail deserves
+ * it), an existing one is appended to only if it is a regular file of
+ * ours with one link.  O_NOFOLLOW throughout: a symbolic link planted
+ * under the name (to another user's file, to /etc/...) is refused, never
+ * followed, as is a hard link to someone else's file. */
+static int cli_mbox_open_append(const char *path)
+{
+    struct stat st;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 && errno == EEXIST)
+        fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", path, strerror(errno),
+                errno == ELOOP ? " (a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1) {
+        fprintf(stderr, "mailnode: %s is not a regular file of this user with one link: refused\n", path);
+        close(fd);
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
 static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list *l,
                                 const char *path, size_t *done)
 {
@@ -28585,12 +28929,12 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     if (to_stdout) {
         f = stdout;
     } else {
-        /* Everyone's mail deserves 0600 too. */
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "a"))) {
+        fd = cli_mbox_open_append(path);
+        if (fd < 0)
+            return EX_CANTCREAT;
+        if (!(f = fdopen(fd, "a"))) {
             fprintf(stderr, "mailnode: cannot open %s: %s\n", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
+            close(fd);
             return EX_CANTCREAT;
         }
     }
@@ -28630,44 +28974,82 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     return rc;
 }
 
-static int cli_mbox_make_dir(const char *path)
+/* A directory of the Maildir, made if missing and opened without
+ * following a symbolic link: a planted "new -> /elsewhere" is refused,
+ * and everything below is reached through the descriptor (openat,
+ * linkat), so the tree cannot be swapped for a link half-way. */
+static int cli_mbox_open_dir(int at, const char *name, const char *shown)
 {
-    if (mkdir(path, 0700) && errno != EEXIST) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return EX_CANTCREAT;
+    struct stat st;
+    int fd;
+
+    if (mkdirat(at, name, 0700) && errno != EEXIST) {
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", shown, strerror(errno));
+        return -1;
     }
-    return 0;
+    fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", shown, strerror(errno),
+                errno == ELOOP || errno == ENOTDIR ? " (not a directory, or a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || st.st_uid != geteuid()) {
+        fprintf(stderr, "mailnode: %s belongs to another user: refused\n", shown);
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
-static int cli_mbox_fsync_dir(const char *path)
+/* One message into the Maildir: written in tmp/ (O_EXCL, O_NOFOLLOW),
+ * fsynced, then linked into new/ under the same unique name, so a reader
+ * never sees half a message. */
+static int cli_mbox_maildir_one(int tmpfd, int newfd, const char *name, const struct store_mbox_msg *m,
+                                const char *dir)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
-    if (fd < 0)
-        return -1;
-    rc = fsync(fd);
-    close(fd);
+    struct cli_mbox_xform x;
+    FILE *f;
+    int rc, fd = openat(tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 || !(f = fdopen(fd, "w"))) {
+        fprintf(stderr, "mailnode: cannot create %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return EX_CANTCREAT;
+    }
+    cli_mbox_xf_init(&x, f, 0);
+    rc = cli_mbox_export_body(m, &x);
+    if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (fclose(f) && !rc) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (!rc && (linkat(tmpfd, name, newfd, name, 0) || unlinkat(tmpfd, name, 0))) {
+        fprintf(stderr, "mailnode: cannot move %s/tmp/%s to new/: %s\n", dir, name, strerror(errno));
+        rc = EX_CANTCREAT;
+    }
+    if (rc)
+        unlinkat(tmpfd, name, 0);
     return rc;
 }
 
-/* Maildir delivery: write in tmp/, fsync, then link into new/ under the
- * same unique name, so a reader never sees half a message. */
 static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_list *l,
                                    const char *dir, size_t *done)
 {
-    char path[4096], tmp[4096 + 256], dst[4096 + 256], host[256];
-    int rc;
-
-    if (strlen(dir) > 4000) {
-        fprintf(stderr, "mailnode: %s: path too long\n", dir);
-        return EX_USAGE;
-    }
-    if ((rc = cli_mbox_make_dir(dir)))
-        return rc;
+    char name[512], host[256];
+    int rc = 0, top, fds[3] = { -1, -1, -1 };
     const char *subs[] = { "tmp", "new", "cur" };
-    for (size_t i = 0; i < MN_NELEM(subs); i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, subs[i]);
-        if ((rc = cli_mbox_make_dir(path)))
-            return rc;
+
+    top = cli_mbox_open_dir(AT_FDCWD, dir, dir);
+    if (top < 0)
+        return EX_CANTCREAT;
+    for (size_t i = 0; i < MN_NELEM(subs) && !rc; i++) {
+        fds[i] = cli_mbox_open_dir(top, subs[i], subs[i]);
+        if (fds[i] < 0)
+            rc = EX_CANTCREAT;
     }
     if (gethostname(host, sizeof host))
         util_strlcpy(host, "localhost", sizeof host);
@@ -28675,51 +29057,26 @@ static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_li
     for (char *p = host; *p; p++)
         if (*p == '/' || *p == ':')
             *p = '_';
-    for (size_t i = 0; i < l->n; i++) {
+    for (size_t i = 0; i < l->n && !rc; i++) {
         struct store_mbox_msg m;
-        struct cli_mbox_xform x;
-        FILE *f;
-        int fd;
 
         if (store_mbox_get(user_id, l->uids[i], &m))
             continue;
-        snprintf(tmp, sizeof tmp, "%s/tmp/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        snprintf(dst, sizeof dst, "%s/new/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "w"))) {
-            fprintf(stderr, "mailnode: cannot create %s: %s\n", tmp, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            return EX_CANTCREAT;
-        }
-        cli_mbox_xf_init(&x, f, 0);
-        rc = cli_mbox_export_body(&m, &x);
-        if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (fclose(f) && !rc) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (!rc && (link(tmp, dst) || unlink(tmp))) {
-            fprintf(stderr, "mailnode: cannot move %s to %s: %s\n", tmp, dst, strerror(errno));
-            rc = EX_CANTCREAT;
-        }
-        if (rc) {
-            unlink(tmp);
-            return rc;
-        }
-        (*done)++;
+        snprintf(name, sizeof name, "%lld.P%dU%lld.%s", (long long)m.added, (int)getpid(), (long long)m.uid,
+                 host);
+        rc = cli_mbox_maildir_one(fds[0], fds[1], name, &m, dir);
+        if (!rc)
+            (*done)++;
     }
-    snprintf(path, sizeof path, "%s/new", dir);
-    if (cli_mbox_fsync_dir(path)) {
-        fprintf(stderr, "mailnode: cannot sync %s: %s\n", path, strerror(errno));
-        return EX_IOERR;
+    if (!rc && fsync(fds[1])) {
+        fprintf(stderr, "mailnode: cannot sync %s/new: %s\n", dir, strerror(errno));
+        rc = EX_IOERR;
     }
-    return 0;
+    for (size_t i = 0; i < MN_NELEM(fds); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    close(top);
+    return rc;
 }
 
 static int cli_mbox_export(int argc, char **argv)

@@ -341,6 +341,35 @@ static void cli_mbox_prefix_sender(const char *prefix, char *out, size_t n)
     out[k] = 0;
 }
 
+/* The mbox file, often in a shared directory such as /tmp or a spool: a
+ * new file is created with O_EXCL (mode 0600: everyone's mail deserves
+ * it), an existing one is appended to only if it is a regular file of
+ * ours with one link.  O_NOFOLLOW throughout: a symbolic link planted
+ * under the name (to another user's file, to /etc/...) is refused, never
+ * followed, as is a hard link to someone else's file. */
+static int cli_mbox_open_append(const char *path)
+{
+    struct stat st;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 && errno == EEXIST)
+        fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", path, strerror(errno),
+                errno == ELOOP ? " (a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1) {
+        fprintf(stderr, "mailnode: %s is not a regular file of this user with one link: refused\n", path);
+        close(fd);
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
 static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list *l,
                                 const char *path, size_t *done)
 {
@@ -350,12 +379,12 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     if (to_stdout) {
         f = stdout;
     } else {
-        /* Everyone's mail deserves 0600 too. */
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "a"))) {
+        fd = cli_mbox_open_append(path);
+        if (fd < 0)
+            return EX_CANTCREAT;
+        if (!(f = fdopen(fd, "a"))) {
             fprintf(stderr, "mailnode: cannot open %s: %s\n", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
+            close(fd);
             return EX_CANTCREAT;
         }
     }
@@ -395,44 +424,82 @@ static int cli_mbox_export_mbox(int64_t user_id, const struct cli_mbox_uid_list 
     return rc;
 }
 
-static int cli_mbox_make_dir(const char *path)
+/* A directory of the Maildir, made if missing and opened without
+ * following a symbolic link: a planted "new -> /elsewhere" is refused,
+ * and everything below is reached through the descriptor (openat,
+ * linkat), so the tree cannot be swapped for a link half-way. */
+static int cli_mbox_open_dir(int at, const char *name, const char *shown)
 {
-    if (mkdir(path, 0700) && errno != EEXIST) {
-        fprintf(stderr, "mailnode: cannot create %s: %s\n", path, strerror(errno));
-        return EX_CANTCREAT;
+    struct stat st;
+    int fd;
+
+    if (mkdirat(at, name, 0700) && errno != EEXIST) {
+        fprintf(stderr, "mailnode: cannot create %s: %s\n", shown, strerror(errno));
+        return -1;
     }
-    return 0;
+    fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "mailnode: cannot open %s: %s%s\n", shown, strerror(errno),
+                errno == ELOOP || errno == ENOTDIR ? " (not a directory, or a symbolic link: refused)" : "");
+        return -1;
+    }
+    if (fstat(fd, &st) || st.st_uid != geteuid()) {
+        fprintf(stderr, "mailnode: %s belongs to another user: refused\n", shown);
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
-static int cli_mbox_fsync_dir(const char *path)
+/* One message into the Maildir: written in tmp/ (O_EXCL, O_NOFOLLOW),
+ * fsynced, then linked into new/ under the same unique name, so a reader
+ * never sees half a message. */
+static int cli_mbox_maildir_one(int tmpfd, int newfd, const char *name, const struct store_mbox_msg *m,
+                                const char *dir)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
-    if (fd < 0)
-        return -1;
-    rc = fsync(fd);
-    close(fd);
+    struct cli_mbox_xform x;
+    FILE *f;
+    int rc, fd = openat(tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0 || !(f = fdopen(fd, "w"))) {
+        fprintf(stderr, "mailnode: cannot create %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return EX_CANTCREAT;
+    }
+    cli_mbox_xf_init(&x, f, 0);
+    rc = cli_mbox_export_body(m, &x);
+    if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (fclose(f) && !rc) {
+        fprintf(stderr, "mailnode: writing %s/tmp/%s: %s\n", dir, name, strerror(errno));
+        rc = EX_IOERR;
+    }
+    if (!rc && (linkat(tmpfd, name, newfd, name, 0) || unlinkat(tmpfd, name, 0))) {
+        fprintf(stderr, "mailnode: cannot move %s/tmp/%s to new/: %s\n", dir, name, strerror(errno));
+        rc = EX_CANTCREAT;
+    }
+    if (rc)
+        unlinkat(tmpfd, name, 0);
     return rc;
 }
 
-/* Maildir delivery: write in tmp/, fsync, then link into new/ under the
- * same unique name, so a reader never sees half a message. */
 static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_list *l,
                                    const char *dir, size_t *done)
 {
-    char path[4096], tmp[4096 + 256], dst[4096 + 256], host[256];
-    int rc;
-
-    if (strlen(dir) > 4000) {
-        fprintf(stderr, "mailnode: %s: path too long\n", dir);
-        return EX_USAGE;
-    }
-    if ((rc = cli_mbox_make_dir(dir)))
-        return rc;
+    char name[512], host[256];
+    int rc = 0, top, fds[3] = { -1, -1, -1 };
     const char *subs[] = { "tmp", "new", "cur" };
-    for (size_t i = 0; i < MN_NELEM(subs); i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, subs[i]);
-        if ((rc = cli_mbox_make_dir(path)))
-            return rc;
+
+    top = cli_mbox_open_dir(AT_FDCWD, dir, dir);
+    if (top < 0)
+        return EX_CANTCREAT;
+    for (size_t i = 0; i < MN_NELEM(subs) && !rc; i++) {
+        fds[i] = cli_mbox_open_dir(top, subs[i], subs[i]);
+        if (fds[i] < 0)
+            rc = EX_CANTCREAT;
     }
     if (gethostname(host, sizeof host))
         util_strlcpy(host, "localhost", sizeof host);
@@ -440,51 +507,26 @@ static int cli_mbox_export_maildir(int64_t user_id, const struct cli_mbox_uid_li
     for (char *p = host; *p; p++)
         if (*p == '/' || *p == ':')
             *p = '_';
-    for (size_t i = 0; i < l->n; i++) {
+    for (size_t i = 0; i < l->n && !rc; i++) {
         struct store_mbox_msg m;
-        struct cli_mbox_xform x;
-        FILE *f;
-        int fd;
 
         if (store_mbox_get(user_id, l->uids[i], &m))
             continue;
-        snprintf(tmp, sizeof tmp, "%s/tmp/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        snprintf(dst, sizeof dst, "%s/new/%lld.P%dU%lld.%s", dir, (long long)m.added,
-                 (int)getpid(), (long long)m.uid, host);
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 || !(f = fdopen(fd, "w"))) {
-            fprintf(stderr, "mailnode: cannot create %s: %s\n", tmp, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            return EX_CANTCREAT;
-        }
-        cli_mbox_xf_init(&x, f, 0);
-        rc = cli_mbox_export_body(&m, &x);
-        if (!rc && (fflush(f) || ferror(f) || fsync(fileno(f)))) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (fclose(f) && !rc) {
-            fprintf(stderr, "mailnode: writing %s: %s\n", tmp, strerror(errno));
-            rc = EX_IOERR;
-        }
-        if (!rc && (link(tmp, dst) || unlink(tmp))) {
-            fprintf(stderr, "mailnode: cannot move %s to %s: %s\n", tmp, dst, strerror(errno));
-            rc = EX_CANTCREAT;
-        }
-        if (rc) {
-            unlink(tmp);
-            return rc;
-        }
-        (*done)++;
+        snprintf(name, sizeof name, "%lld.P%dU%lld.%s", (long long)m.added, (int)getpid(), (long long)m.uid,
+                 host);
+        rc = cli_mbox_maildir_one(fds[0], fds[1], name, &m, dir);
+        if (!rc)
+            (*done)++;
     }
-    snprintf(path, sizeof path, "%s/new", dir);
-    if (cli_mbox_fsync_dir(path)) {
-        fprintf(stderr, "mailnode: cannot sync %s: %s\n", path, strerror(errno));
-        return EX_IOERR;
+    if (!rc && fsync(fds[1])) {
+        fprintf(stderr, "mailnode: cannot sync %s/new: %s\n", dir, strerror(errno));
+        rc = EX_IOERR;
     }
-    return 0;
+    for (size_t i = 0; i < MN_NELEM(fds); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    close(top);
+    return rc;
 }
 
 static int cli_mbox_export(int argc, char **argv)

@@ -519,7 +519,7 @@ static void imap_auth_failed(struct imap *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, name);
     imap_safe_name(name, safe, sizeof safe);
     log_warn("imap: authentication failed user=%s ip=%s mech=%s (failure %d)", safe, s->c->peer_ip,
              mech, s->failures);
@@ -576,18 +576,20 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
     memset(&u, 0, sizeof u);
     if (strlen(name) <= USER_MAX)
         rc = store_user_get(name, &u);
-    if (rc == 0)
-        ok = auth_check_password(&u, pass) == 1;
+    if (rc == 0)    /* an account backing off takes no password (limit.c) */
+        ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
     else if (rc == STORE_NOTFOUND)
         imap_dummy_check(pass);
     else {
         imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
         goto out;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(name);
         imap_login_ok(s, &u, "LOGIN");
-    else
+    } else {
         imap_auth_failed(s, name, "LOGIN");
+    }
     sodium_memzero(&u, sizeof u);
 out:
     sodium_memzero(pass, sizeof pass);
@@ -608,9 +610,12 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user)) {
+            imap_auth_failed(s, s->sasl.user, s->mech);
+        } else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             imap_login_ok(s, &u, s->mech);
-        else if (rc == STORE_NOTFOUND)
+        } else if (rc == STORE_NOTFOUND)
             imap_auth_failed(s, s->sasl.user, s->mech);
         else
             imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox, try again later");
@@ -1414,7 +1419,6 @@ static void imap_close(struct conn *c)
 void imap_accept(struct conn *c)
 {
     struct imap *s = calloc(1, sizeof *s);
-    int same = 0;
 
     if (!s) {
         log_err("imap: out of memory for a session from %s", c->peer_ip);
@@ -1426,22 +1430,12 @@ void imap_accept(struct conn *c)
     s->delay.idx = -1;
     c->ctx = s;
     c->ops = &imap_ops;
-    for (struct imap *o = imap_all; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
     s->next = imap_all;
     if (imap_all)
         imap_all->prev = s;
     imap_all = s;
     conn_set_timeout(c, conf->imap_timeout * 1000);
-    if (!limit_connections_ok(c, same + 1)) {
-        log_warn("imap: %s: refused: %d connections from this address (limit.connections_per_ip)",
-                 c->peer_ip, same + 1);
-        if (c->kind == LISTEN_IMAP)
-            imap_outf(s, "* BYE [UNAVAILABLE] too many connections from your address");
-        conn_close(c);
-        return;
-    }
+    /* limit.connections_per_ip was applied at accept (limit_admit). */
     log_debug("imap: connection from %s", c->peer_ip);
     if (c->kind == LISTEN_IMAPS) {
         /* RFC 8314: TLS from the first octet; the greeting follows it. */

@@ -704,34 +704,63 @@ static int next_wait_ms(int64_t now)
 
 /* ------------------------------------------------------------- listeners */
 
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+/* The counts limit_admit decides on: live inbound connections (not our
+ * own outbound ones, not those already closed and only draining). */
+static void count_inbound(int kind, const struct sockaddr_storage *peer, int *total, int *here, int *same)
+{
+    *total = *here = *same = 0;
+    for (struct conn *c = L.conns; c; c = c->next) {
+        if (c->kind >= LISTEN_N || c->dead || c->lingering)
+            continue;
+        (*total)++;
+        *here += c->kind == kind;
+        *same += same_address(&c->peer, peer);
+    }
+}
+
+static void refuse(int kind, int fd, const char *why, const struct sockaddr_storage *peer)
+{
+    /* RFC 5321 3.8: 421 and close when we cannot serve; RFC 2449 8.1.2
+     * [SYS/TEMP] for POP3.  The reply fits the socket buffer of a fresh
+     * connection; it is never waited for. */
+    static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+    static const char smtp_ip[] = "421 4.7.0 Too many connections from your address\r\n";
+    static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
+    /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
+    static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
+    int per_ip = !strcmp(why, "limit.connections_per_ip");
+    const char *text = kind == LISTEN_POP3 ? pop_busy : kind == LISTEN_IMAP ? imap_busy
+                       : per_ip ? smtp_ip : smtp_busy;
+    char ip[64];
+
+    /* Nothing can be said on IMAPS before the TLS handshake. */
+    if (kind != LISTEN_IMAPS && send(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("busy reply: %s", strerror(errno));
+    close(fd);
+    util_sockaddr_ip(peer, ip, sizeof ip);
+    log_warn("connection from [%s] refused: %s reached", ip, why);
+}
+
 static void accept_ready(struct listener *ls)
 {
     for (int i = 0; i < 64; i++) {
-        int fd = accept4(ls->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof peer;
+        int total, here, same;
+
+        memset(&peer, 0, sizeof peer);
+        int fd = accept4(ls->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 log_warn("accept: %s", strerror(errno));
             return;
         }
-        if (conf->max_connections && L.n_conns >= conf->max_connections) {
-            /* RFC 5321 3.8: 421 and close when we cannot serve. */
-            static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-            static const char pop_busy[] = "-ERR [SYS/TEMP] too many connections, try again later\r\n";
-            if (ls->kind == LISTEN_POP3) {
-                if (send(fd, pop_busy, sizeof pop_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAP) {
-                /* RFC 3501 7.1.5: BYE as the greeting refuses the session. */
-                static const char imap_busy[] = "* BYE [UNAVAILABLE] too many connections, try again later\r\n";
-                if (send(fd, imap_busy, sizeof imap_busy - 1, MSG_NOSIGNAL) < 0)
-                    log_debug("busy reply: %s", strerror(errno));
-            } else if (ls->kind == LISTEN_IMAPS) {
-                /* Nothing can be said before the TLS handshake. */
-            } else if (send(fd, smtp_busy, sizeof smtp_busy - 1, MSG_NOSIGNAL) < 0) {
-                log_debug("busy reply: %s", strerror(errno));
-            }
-            log_warn("connection refused: max_connections (%lld) reached", (long long)conf->max_connections);
-            close(fd);
+        count_inbound(ls->kind, &peer, &total, &here, &same);
+        const char *why = limit_admit(ls->kind, &peer, total, here, same);
+        if (why) {
+            refuse(ls->kind, fd, why, &peer);
             continue;
         }
         int one = 1;

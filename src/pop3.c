@@ -520,6 +520,7 @@ static void pop3_auth_failed(struct pop3 *s, const char *name, const char *mech)
     char safe[USER_MAX + 1];
 
     s->failures++;
+    limit_auth_failed(s->c, name);
     pop3_safe_name(name, safe, sizeof safe);
     log_warn("pop3: authentication failed user=%s ip=%s mech=%s (failure %d)", safe,
              s->c->peer_ip, mech, s->failures);
@@ -549,6 +550,19 @@ static void pop3_dummy_check(const char *password)
 
 /* ----------------------------------------------------------- commands */
 
+/* The failure counter of the client's address, shared with SMTP AUTH:
+ * past limit.auth_failures_per_ip, no more logins from it (1: refused and
+ * closing). */
+static int pop3_address_blocked(struct pop3 *s)
+{
+    if (!limit_auth_blocked(s->c))
+        return 0;
+    log_warn("pop3: %s: login refused: too many failures from this address", s->c->peer_ip);
+    pop3_reply(s, "-ERR [SYS/TEMP] too many failed logins from your address, try later");
+    conn_close(s->c);
+    return 1;
+}
+
 static void pop3_cmd_user(struct pop3 *s, char *arg)
 {
     if (!pop3_cleartext_ok(s)) {
@@ -559,6 +573,8 @@ static void pop3_cmd_user(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR USER needs a name");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     s->have_user = 1;
     s->pending_bad = util_strlcpy(s->pending, arg, sizeof s->pending) >= sizeof s->pending;
     /* Names are stored in lower case, as SASL looks them up. */
@@ -581,21 +597,28 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
         return;
     }
     s->have_user = 0;
+    if (pop3_address_blocked(s))
+        return;
     memset(&u, 0, sizeof u);
     if (!s->pending_bad)
         rc = store_user_get(s->pending, &u);
     if (rc == 0) {
-        ok = auth_check_password(&u, arg) == 1;
+        /* An account backing off after many failures takes no password,
+         * not even the right one; the answer is the same as for a wrong
+         * one. */
+        ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
     } else if (rc == STORE_NOTFOUND) {
         pop3_dummy_check(arg);
     } else {
         pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
         return;
     }
-    if (ok)
+    if (ok) {
+        limit_auth_ok(s->pending);
         pop3_login(s, &u, "USER");
-    else
+    } else {
         pop3_auth_failed(s, s->pending, "USER");
+    }
     sodium_memzero(&u, sizeof u);
 }
 
@@ -628,8 +651,12 @@ static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
     case AUTH_OK:
         memset(&u, 0, sizeof u);
         rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0)
+        if (rc == 0 && limit_account_wait(s->sasl.user))
+            pop3_auth_failed(s, s->sasl.user, s->mech);
+        else if (rc == 0) {
+            limit_auth_ok(s->sasl.user);
             pop3_login(s, &u, s->mech);
+        }
         else if (rc == STORE_NOTFOUND)
             pop3_auth_failed(s, s->sasl.user, s->mech);
         else
@@ -686,6 +713,8 @@ static void pop3_cmd_auth(struct pop3 *s, char *arg)
         pop3_reply(s, "-ERR unsupported authentication mechanism");
         return;
     }
+    if (pop3_address_blocked(s))
+        return;
     util_strlcpy(s->mech, arg, sizeof s->mech);
     for (char *p = s->mech; *p; p++)
         *p = (char)toupper((unsigned char)*p);

@@ -398,3 +398,36 @@ int queue_route(const struct addr *a, struct store_rcpt *out, size_t max, size_t
         return x.loop ? QUEUE_ELOOP : QUEUE_EUNKNOWN;
     return 0;
 }
+
+/* submission.sender_login_match: may user send with reverse-path a?  Yes
+ * for <>, for the user's own name in a local domain, for an alias whose
+ * every target is the user's own mailbox, and for any address in a hold
+ * domain the user owns (or below it: the site's own mail going out). */
+int queue_sender_owned(const char *user, const struct addr *a)
+{
+    struct store_rcpt routes[8];
+    struct store_user u;
+    struct store_domain d;
+    size_t n = 0;
+    char local[sizeof a->local];
+
+    if (a->null_path)
+        return 1;
+    util_strlcpy(local, a->local, sizeof local);
+    util_lower(local);
+    if (queue_domain_is_local(a->domain) && !strcmp(local, user))
+        return 1;
+    if (queue_domain_is_local(a->domain) && !store_user_get(user, &u) &&
+        !queue_route(a, routes, MN_NELEM(routes), &n) && n) {
+        size_t mine = 0;
+        for (size_t i = 0; i < n; i++)
+            mine += routes[i].kind == ROUTE_LOCAL && routes[i].user_id == u.id;
+        sodium_memzero(&u, sizeof u);
+        if (mine == n)
+            return 1;
+    }
+    for (const char *dom = a->domain; dom && *dom; dom = strchr(dom, '.') ? strchr(dom, '.') + 1 : NULL)
+        if (!store_domain_get(dom, &d) && d.kind == DOMAIN_HOLD && !strcmp(d.owner, user))
+            return 1;
+    return 0;
+}

@@ -8,9 +8,32 @@
  * A link that is down, a lookup that fails, a refused connection: all are
  * temporary.  Only a peer's 5xx, a domain that does not exist, a null MX
  * or queue.lifetime make a recipient fail.
+ *
+ * A destination's life (its dest row holds what outlives a session):
+ *
+ *   due        next_try <= now and a recipient due: scan() (every second,
+ *              or at once on queue_kick) calls hop_start
+ *   resolving  a struct hop exists (at most one per dest row, at most
+ *              delivery_parallel in all); h->dq: the MX or host lookup
+ *   in flight  h->sc: one SMTP session carrying every due message of the
+ *              destination; hop_try_next moves on to the next address
+ *              (never one of our own listeners, RFC 5321 5.1) when a
+ *              host cannot be reached
+ *   backoff    hop_finish: a session that reached the peer and moved
+ *              something clears the backoff; otherwise backoff_next()
+ *              doubles it (with jitter, up to retry.max) and next_try is
+ *              set; a link-up event, `mailnode flush` or the down host
+ *              connecting to us (queue_peer_seen) ends it early
+ *   release    a hop of kind ROUTE_HOLD carries held mail for ETRN/ATRN
+ *              (queue_release, queue_release_on); it has no schedule:
+ *              what it cannot move stays held for the next request
+ *
+ * Invariants (asserted): a hop has at most one of dq and sc at a time,
+ * and neither once hop_finish runs; hop_find(name) is unique.
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 
@@ -77,11 +100,15 @@ static void scan(void *arg);
 
 /* Addresses of destinations that could not be reached, so that a
  * connection from one of them ends its backoff (RFC 5321 4.5.4.1: a host
- * that talks to us is up). */
+ * that talks to us is up).  At most once per backoff step: after an
+ * early retry, the next one waits until as much time as the current
+ * backoff has passed, so a host that connects to us all the time while
+ * its own listener stays down cannot make us retry in a storm. */
 #define DOWN_SLOTS 64
 static struct {
     char dest[SMTP_DOMAIN_MAX + 16];
     char ip[64];
+    int64_t early;                      /* when a connection last ended its wait */
 } down[DOWN_SLOTS];
 static int down_next;
 
@@ -92,23 +119,33 @@ static void down_note(const char *dest, const char *ip)
             return;
     util_strlcpy(down[down_next].dest, dest, sizeof down[0].dest);
     util_strlcpy(down[down_next].ip, ip, sizeof down[0].ip);
+    down[down_next].early = 0;
     down_next = (down_next + 1) % DOWN_SLOTS;
 }
 
-void queue_peer_seen(const char *ip)
+void queue_peer_seen(const struct conn *c)
 {
+    int64_t now = util_now();
+
+    /* A loopback client is one of our own (sendmail, scripts, a local
+     * filter): it says nothing about a relayhost on 127.0.0.1 being up. */
+    if (c->peer_loopback)
+        return;
     for (int i = 0; i < DOWN_SLOTS; i++) {
-        if (!down[i].ip[0] || strcmp(down[i].ip, ip))
+        if (!down[i].ip[0] || strcmp(down[i].ip, c->peer_ip))
             continue;
         struct store_dest d;
-        if (!store_dest_get(down[i].dest, &d) && d.next_try > util_now()) {
-            d.next_try = 0;
-            d.backoff = 0;
-            store_dest_put(&d);
-            log_info("%s: %s connected to us: retrying now", down[i].dest, ip);
-            queue_kick();
-        }
-        down[i].ip[0] = '\0';
+        if (store_dest_get(down[i].dest, &d) || d.next_try <= now)
+            continue;
+        if (down[i].early && now - down[i].early < d.backoff)
+            continue;                   /* this backoff step had its early retry */
+        /* Now, but the backoff itself stays: if the host is still not
+         * taking mail, the next wait is longer. */
+        down[i].early = now;
+        d.next_try = 0;
+        store_dest_put(&d);
+        log_info("%s: %s connected to us: retrying now", down[i].dest, c->peer_ip);
+        queue_kick();
     }
 }
 
@@ -276,6 +313,36 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     queue_kick();
 }
 
+void queue_notify_delivered(const struct store_env *env, int64_t body_id, const struct store_rcpt *rcpts,
+                            size_t n)
+{
+    struct store_out_msg m;
+    struct dsn_rcpt r[64];
+    size_t k = 0;
+
+    memset(&m, 0, sizeof m);
+    m.body_id = body_id;
+    m.received = util_now();
+    m.ret_full = env->ret_full;
+    util_strlcpy(m.qid, env->qid, sizeof m.qid);
+    util_strlcpy(m.sender, env->sender, sizeof m.sender);
+    util_strlcpy(m.envid, env->envid ? env->envid : "", sizeof m.envid);
+    for (size_t i = 0; i < n && k < MN_NELEM(r); i++) {
+        const struct store_rcpt *x = &rcpts[i];
+        if (x->kind != ROUTE_LOCAL || !(x->notify & NOTIFY_SUCCESS) || (x->notify & NOTIFY_NEVER))
+            continue;
+        r[k].addr = x->addr;
+        r[k].orcpt = x->orcpt[0] ? x->orcpt : NULL;
+        r[k].action = DSN_DELIVERED;
+        r[k].status = "2.0.0";
+        r[k].remote_mta = NULL;
+        r[k].diagnostic = NULL;
+        r[k].last_attempt = m.received;
+        k++;
+    }
+    send_dsn(&m, r, k, NULL);
+}
+
 static void flush_notes(struct hop *h, const struct store_out_msg *m)
 {
     struct dsn_rcpt r[64];
@@ -440,6 +507,8 @@ static void hop_finish(struct hop *h, int ok)
 {
     struct store_dest d;
     int64_t now = util_now();
+
+    assert(!h->sc && !h->dq);
 
     if (h->kind == ROUTE_HOLD) {
         /* A release has no schedule: what it could not move stays held

@@ -422,6 +422,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
             return;
         }
     }
+    /* Like Postfix's reject_sender_login_mismatch: a submission user
+     * sends as itself, its aliases or its site's domain, not as anyone. */
+    if (s->c->kind == LISTEN_SUBMISSION && conf->sender_login_match && !queue_sender_owned(s->auth_user, &a)) {
+        log_info("[%s]: refused: sender <%s> not owned by user %s", s->c->peer_ip, a.full, s->auth_user);
+        reply(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", a.full, s->auth_user);
+        return;
+    }
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
     smtpd_enter(s, S_MAIL);
@@ -453,6 +460,19 @@ static int parse_notify(const char *v)
     if (!n || ((bits & NOTIFY_NEVER) && bits != NOTIFY_NEVER))
         return -1;
     return bits;
+}
+
+/* Distinct recipients one message may have.  A stranger (neither
+ * authenticated nor in relay_networks) gets max_recipients.untrusted, so
+ * that max_connections hostile sessions cannot hold more than a known
+ * amount of memory (see mailnode.conf(5), max_recipients.untrusted). */
+static size_t rcpt_limit(const struct smtpd *s)
+{
+    int64_t n = conf->max_recipients > 0 ? conf->max_recipients : 1000;
+    if (!s->auth_user[0] && !conf_relay_allowed(&s->c->peer) && conf->max_recipients_untrusted > 0 &&
+        conf->max_recipients_untrusted < n)
+        n = conf->max_recipients_untrusted;
+    return (size_t)n;
 }
 
 static void cmd_rcpt(struct smtpd *s, char *arg)
@@ -510,7 +530,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     /* Routes for this address, in a buffer that lives only for this
      * command: an alias may fan out, up to the distinct recipients still
      * allowed. */
-    limit = (size_t)(conf->max_recipients > 0 ? conf->max_recipients : 1000);
+    limit = rcpt_limit(s);
     limit = limit > s->rcpts.n ? limit - s->rcpts.n : 1;
     for (cap = limit < 8 ? limit : 8;; cap = cap * 8 < limit ? cap * 8 : limit) {
         free(routes);
@@ -547,7 +567,7 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     int fresh = 0;
     for (size_t i = 0; i < nroutes; i++)
         fresh += !rcpts_has(&s->rcpts, &routes[i]);
-    if (fresh && s->nrcpt_cmds >= conf->max_recipients) {
+    if (fresh && (size_t)s->nrcpt_cmds >= rcpt_limit(s)) {
         /* RFC 5321 4.5.3.1.10: 452 and the client sends the rest later. */
         free(routes);
         reply(s, "452 4.5.3 Too many recipients");
@@ -878,6 +898,15 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
         reply(s, "334 %s", out);
         return;
     case AUTH_OK:
+        if (limit_account_wait(s->sasl.user) > 0) {
+            /* The account is backing off after many failures: even the
+             * right password is refused now, and nothing tells a guesser
+             * that it was right. */
+            log_warn("%s: authentication for '%s' refused: the account is backing off", s->c->peer_ip,
+                     s->sasl.user);
+            break;
+        }
+        limit_auth_ok(s->sasl.user);
         s->input = IN_COMMAND;
         util_strlcpy(s->auth_user, s->sasl.user, sizeof s->auth_user);
         log_info("%s: authenticated as %s", s->c->peer_ip, s->auth_user);
@@ -900,7 +929,7 @@ static void auth_finish(struct smtpd *s, int rc, char *out)
     }
     s->input = IN_COMMAND;
     s->auth_failures++;
-    limit_auth_failed(s->c);
+    limit_auth_failed(s->c, s->sasl.user);
     log_warn("%s: authentication failed for '%s' (%d)", s->c->peer_ip, s->sasl.user, s->auth_failures);
     if (s->auth_failures >= conf->auth_max_failures) {
         util_strlcpy(s->pending, "421 4.7.0 Too many authentication failures", sizeof s->pending);
@@ -1157,6 +1186,8 @@ static void message_end(struct smtpd *s)
             err = bundle_dedup(s->body, routes, &nroutes, s->qid);
         if (!err)
             err = store_msg_insert(&env, s->body, routes, nroutes);
+        if (!err)
+            queue_notify_delivered(&env, s->body->id, routes, nroutes);
         free(routes);
         if (err)
             rc = err == STORE_FULL ? 452 : 451;
@@ -1365,20 +1396,8 @@ void smtpd_accept(struct conn *c)
     c->ctx = s;
     c->ops = &smtpd_ops;
     conn_set_timeout(c, conf->smtp_timeout_command * 1000);
-    int same = 0;
-    for (struct smtpd *o = all_sessions; o; o = o->next)
-        if (o->c && !strcmp(o->c->peer_ip, c->peer_ip))
-            same++;
-    if (!limit_connections_ok(c, same)) {
-        log_warn("[%s]: refused: %d connections from this address (limit.connections_per_ip)", c->peer_ip,
-                 same);
-        reply(s, "421 4.7.0 Too many connections from your address");
-        conn_flush(c);
-        conn_close(c);
-        return;
-    }
     if (c->kind == LISTEN_SMTP)
-        queue_peer_seen(c->peer_ip);
+        queue_peer_seen(c);
     s->odmr = c->kind == LISTEN_ODMR;
     if (s->odmr)
         reply(s, "220 %s ODMR service ready", conf->hostname);

@@ -14,7 +14,8 @@ Knobs (keyword arguments of Sink):
     pipelining, eightbitmime, chunking, dsn, smtputf8, enhancedstatuscodes
                       which ESMTP extensions EHLO advertises (default: all
                       on except smtputf8); BDAT is refused unless chunking
-    size              int: advertise SIZE and refuse bigger messages (552)
+    size              int: advertise SIZE and refuse bigger messages (552);
+                      str: advertise "SIZE <str>" as it is (a broken peer), enforce nothing
     rcpt_replies      {address: "450 4.2.1 busy"}: forced replies to RCPT
                       TO for those addresses (lower case), or a callable
                       address -> reply string or None
@@ -415,7 +416,7 @@ class _Conversation:
         if s.pipelining:
             exts.append('PIPELINING')
         if s.size is not None:
-            exts.append('SIZE %d' % s.size)
+            exts.append('SIZE %s' % s.size)
         if s.eightbitmime:
             exts.append('8BITMIME')
         if s.chunking:
@@ -517,7 +518,7 @@ class _Conversation:
             self.reply(self.sink.mail_reply)
             return
         size = params.get('SIZE')
-        if self.sink.size is not None and size not in (None, True) and size.isdigit() \
+        if isinstance(self.sink.size, int) and size not in (None, True) and size.isdigit() \
                 and int(size) > self.sink.size:
             self.reply('552 5.3.4 message too big')
             return
@@ -560,7 +561,7 @@ class _Conversation:
                 pass
             raise _Closed()
         forced = s.data_reply(msg) if callable(s.data_reply) else s.data_reply
-        if s.size is not None and len(data) > s.size:
+        if isinstance(s.size, int) and len(data) > s.size:
             forced = '552 5.3.4 message too big'
         if forced:
             self.reply(forced)

@@ -491,9 +491,11 @@ def smtp_starttls_smtplib():
                 code, text = s.ehlo('client.test')
                 check('%s_ehlo_after_tls' % kind, code == 250, (code, text))
                 check('%s_no_second_starttls' % kind, not s.has_extn('starttls'), s.esmtp_features)
+                sender = 'bob@remote.test'
                 if kind == 'submission':
                     s.login('alice', PASSWORD)
-                s.sendmail('bob@remote.test', ['alice@example.test'], message(7))
+                    sender = 'alice@example.test'   # submission.sender_login_match
+                s.sendmail(sender, ['alice@example.test'], message(7))
             finally:
                 s.quit()
         p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=10 * harness.TIME_SCALE)
