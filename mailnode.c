@@ -184,6 +184,9 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    int compress;                       /* COMPRESS DEFLATE between mailnodes (zio.c) */
+    char **compress_never;              /* destinations or hosts never compressed */
+    size_t n_compress_never;
     char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
     int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
@@ -248,6 +251,7 @@ struct conn {
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
     unsigned lingering : 1;             /* output sent, half-closed, draining input */
+    unsigned drain_due : 1;             /* on_drain at the end of the turn (output went out at once) */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -255,7 +259,7 @@ struct conn {
     struct conn *next, *prev;
     struct conn *kick_next;
     void *tls;                          /* SSL *, when TLS is on */
-    struct czip *zc;                    /* stream compression (czip.c), above TLS */
+    void *zio;                          /* struct zio, when COMPRESS is on (zio.c) */
 };
 
 struct timer {
@@ -322,6 +326,30 @@ MN_PRIVATE int loop_watch_add(struct watch *w);
 MN_PRIVATE int loop_watch_mod(struct watch *w, uint32_t events);
 MN_PRIVATE void loop_watch_del(struct watch *w);
 
+/* ------------------------------------------------------------------ zio */
+
+/* COMPRESS DEFLATE between mailnodes (zio.c, modelled on RFC 4978): after
+ * zio_start both directions of c are raw deflate streams; what is in
+ * c->out already goes out plain, what is in c->in is compressed input. */
+MN_PRIVATE int zio_start(struct conn *c);
+MN_PRIVATE int zio_active(const struct conn *c);
+struct zio_stats {
+    uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
+};
+MN_PRIVATE const struct zio_stats *zio_stats(const struct conn *c);
+MN_PRIVATE void zio_conn_free(struct conn *c);     /* by conn_abort */
+/* 1 if compression may be offered to or used with the session's peer:
+ * `compress` is on and neither dest nor host is in compress.never. */
+MN_PRIVATE int zio_allowed(const char *dest, const char *host);
+/* For the loop: plain text moves through these, compressed octets through
+ * conn_raw_read/conn_raw_write (TLS or the socket). */
+MN_PRIVATE ssize_t zio_io_read(struct conn *c, void *buf, size_t n);
+MN_PRIVATE int zio_io_flush(struct conn *c);               /* 0 all sent, 1 would block, -1 error */
+MN_PRIVATE int zio_io_pending_in(const struct conn *c);
+MN_PRIVATE size_t zio_io_pending_out(const struct conn *c);
+MN_PRIVATE ssize_t conn_raw_read(struct conn *c, void *buf, size_t n);
+MN_PRIVATE ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n);
+
 /* ----------------------------------------------------------------- pace */
 
 /* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
@@ -336,25 +364,6 @@ MN_PRIVATE void pace_rate(int fd, uint64_t bytes_per_s);
  * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
 MN_PRIVATE uint64_t pace_rate_for(const char *dest, const char *host);
 MN_PRIVATE int pace_conf_check(const struct conf *c, char *err, size_t n);
-
-/* czip.c: raw DEFLATE of a connection's stream (IMAP COMPRESS, RFC 4978);
- * buffers only, loop.c does the I/O.  plain: octets already in the output
- * buffer that go out uncompressed (the reply that started compression). */
-struct czip;
-MN_PRIVATE struct czip *czip_new(size_t plain);
-MN_PRIVATE void czip_free(struct czip *z);
-MN_PRIVATE size_t czip_in_room(struct czip *z, unsigned char **p);
-MN_PRIVATE void czip_in_added(struct czip *z, size_t n);
-MN_PRIVATE int czip_in_pending(const struct czip *z);
-MN_PRIVATE ssize_t czip_in(struct czip *z, unsigned char *out, size_t n);
-MN_PRIVATE size_t czip_plain_left(const struct czip *z);
-MN_PRIVATE void czip_plain_sent(struct czip *z, size_t n);
-MN_PRIVATE size_t czip_out_pending(struct czip *z, const unsigned char **p);
-MN_PRIVATE void czip_out_sent(struct czip *z, size_t n);
-MN_PRIVATE ssize_t czip_out(struct czip *z, const unsigned char *in, size_t n);
-MN_PRIVATE int czip_out_busy(const struct czip *z);
-/* Starts compression on c; what is in c->in already is compressed input. */
-MN_PRIVATE int conn_compress_start(struct conn *c);
 
 /* ----------------------------------------------------------------- store */
 
@@ -1052,6 +1061,7 @@ MN_PRIVATE void smtpc_abort(struct smtpc *s);
  * the upstream exchange in poll.c), so that the two cannot drift apart. */
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];
@@ -2077,6 +2087,8 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "compress", T_BOOL, F(compress), 0, "yes" },
+    { "compress.never", T_DOMAINS, F(compress_never), F(n_compress_never), "" },
     { "bundle.key", T_STR, F(bundle_key), 0, NULL },
     { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },
@@ -2760,6 +2772,12 @@ static uint32_t conn_tls_events(const struct conn *c, uint32_t ev)
     return tev;
 }
 
+/* Output not yet on the wire: the buffer, and what compression holds. */
+static size_t conn_out_pending(const struct conn *c)
+{
+    return c->out_len + (c->zio ? zio_io_pending_out(c) : 0);
+}
+
 static void conn_update_events(struct conn *c)
 {
     uint32_t ev = 0;
@@ -2775,10 +2793,10 @@ static void conn_update_events(struct conn *c)
     }
     if (conn_wants_input(c))
         ev |= EPOLLIN;
-    if (c->out_len || (c->zc && czip_out_busy(c->zc)))
+    if (conn_out_pending(c))
         ev |= EPOLLOUT;
-    /* Compressed input already read from the socket raises no event. */
-    if ((ev & EPOLLIN) && c->zc && czip_in_pending(c->zc))
+    /* Compressed input already read raises no event either. */
+    if ((ev & EPOLLIN) && c->zio && zio_io_pending_in(c))
         conn_kick(c);
     if (c->tls) {
         /* Decrypted input already inside OpenSSL raises no epoll event:
@@ -2899,10 +2917,10 @@ void conn_abort(struct conn *c)
         return;
     c->dead = 1;
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->zio)
+        zio_conn_free(c);
     if (c->tls)
         tls_conn_free(c);
-    czip_free(c->zc);
-    c->zc = NULL;
     close(c->fd);
     c->fd = -1;
     conn_unlink(c);
@@ -2910,92 +2928,6 @@ void conn_abort(struct conn *c)
         c->ops->on_close(c);
     c->next = L.dead;
     L.dead = c;
-}
-
-static ssize_t conn_lower_write(struct conn *c, const void *p, size_t n)
-{
-    return c->tls ? tls_io_write(c, p, n) : send(c->fd, p, n, MSG_NOSIGNAL);
-}
-
-static ssize_t conn_lower_read(struct conn *c, void *p, size_t n)
-{
-    return c->tls ? tls_io_read(c, p, n) : recv(c->fd, p, n, 0);
-}
-
-/* Output through the compressor: first what must go out plain, then
- * staged compressed octets, then more of the buffer compressed.  0 when
- * all is out or the socket is full, -1 on error (errno). */
-static int conn_z_flush(struct conn *c)
-{
-    for (;;) {
-        const unsigned char *p;
-        size_t plain = czip_plain_left(c->zc), k = plain ? plain : czip_out_pending(c->zc, &p);
-        if (plain)
-            p = c->out;
-        if (k) {
-            ssize_t w = conn_lower_write(c, p, k);
-            if (w < 0) {
-                if (errno == EINTR)
-                    continue;
-                return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
-            }
-            if (plain) {
-                czip_plain_sent(c->zc, (size_t)w);
-                memmove(c->out, c->out + w, c->out_len - (size_t)w);
-                c->out_len -= (size_t)w;
-            } else {
-                czip_out_sent(c->zc, (size_t)w);
-            }
-            if (w > 0)
-                conn_progress(c);
-            continue;
-        }
-        if (!c->out_len && !czip_out_busy(c->zc))
-            return 0;
-        ssize_t used = czip_out(c->zc, c->out, c->out_len);
-        if (used < 0) {
-            errno = EPROTO;
-            return -1;
-        }
-        memmove(c->out, c->out + used, c->out_len - (size_t)used);
-        c->out_len -= (size_t)used;
-    }
-}
-
-/* Input through the decompressor, like recv(). */
-static ssize_t conn_z_read(struct conn *c, unsigned char *out, size_t n)
-{
-    for (;;) {
-        ssize_t k = czip_in(c->zc, out, n);
-        if (k < 0) {
-            errno = EPROTO;
-            return -1;
-        }
-        if (k > 0)
-            return k;
-        unsigned char *p;
-        size_t room = czip_in_room(c->zc, &p);
-        ssize_t r = conn_lower_read(c, p, room);
-        if (r <= 0)
-            return r;
-        czip_in_added(c->zc, (size_t)r);
-    }
-}
-
-int conn_compress_start(struct conn *c)
-{
-    unsigned char *p;
-    if (c->zc || !(c->zc = czip_new(c->out_len)))
-        return -1;
-    /* Octets the client sent after the command are already compressed. */
-    size_t room = czip_in_room(c->zc, &p);
-    size_t k = c->in_len < room ? c->in_len : room;
-    memcpy(p, c->in, k);
-    czip_in_added(c->zc, k);
-    memmove(c->in, c->in + k, c->in_len - k);
-    c->in_len -= k;
-    conn_update_events(c);
-    return 0;
 }
 
 int conn_flush(struct conn *c)
@@ -3006,13 +2938,18 @@ int conn_flush(struct conn *c)
         conn_update_events(c);
         return 0;
     }
-    if (c->zc && conn_z_flush(c) < 0) {
-        conn_abort(c);
-        return -1;
+    size_t pending = conn_out_pending(c);
+    if (c->zio) {
+        uint64_t before = zio_stats(c)->raw_out + c->out_len;
+        if (zio_io_flush(c) < 0) {
+            conn_abort(c);
+            return -1;
+        }
+        if (zio_stats(c)->raw_out + c->out_len != before)
+            conn_progress(c);
     }
-    while (c->out_len && !c->zc) {
-        ssize_t w = c->tls ? tls_io_write(c, c->out, c->out_len)
-                           : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+    while (c->out_len && !c->zio) {
+        ssize_t w = conn_raw_write(c, c->out, c->out_len);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -3026,7 +2963,7 @@ int conn_flush(struct conn *c)
         if (w > 0)
             conn_progress(c);
     }
-    if (!c->out_len && c->closing && !(c->zc && czip_out_busy(c->zc))) {
+    if (!conn_out_pending(c) && c->closing) {
         /* A close while the client still has bytes in flight makes the
          * kernel send a reset, which can destroy our last reply before the
          * client reads it.  So: half-close, read and drop what still comes,
@@ -3037,6 +2974,15 @@ int conn_flush(struct conn *c)
         }
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
+    }
+    /* Everything went out at once (compression shrank it, or the kernel
+     * took it): no writable event will come to ask a streaming writer for
+     * more, so ask it at the end of this turn.  Only after progress, so
+     * this never spins. */
+    if (c->want_drain && c->ops && c->ops->on_drain && conn_out_pending(c) < pending &&
+        conn_out_pending(c) <= c->out_cap / 2) {
+        c->drain_due = 1;
+        conn_kick(c);
     }
     conn_update_events(c);
     return 0;
@@ -3051,11 +2997,11 @@ void conn_close(struct conn *c)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    if (c->out_len && !(c->tls && tls_io_handshaking(c))) {
+    if (conn_out_pending(c) && !(c->tls && tls_io_handshaking(c))) {
         conn_update_events(c);
         return;
     }
-    if (!c->out_len && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
+    if (!conn_out_pending(c) && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
         conn_update_events(c);
@@ -3097,6 +3043,17 @@ static void conn_progress(struct conn *c)
         c->deadline = util_now_ms() + c->idle_ms;
 }
 
+/* The layer under compression: TLS, or the socket itself. */
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n)
+{
+    return c->tls ? tls_io_read(c, buf, n) : recv(c->fd, buf, n, 0);
+}
+
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n)
+{
+    return c->tls ? tls_io_write(c, buf, n) : send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
 static void conn_linger_read(struct conn *c)
 {
     unsigned char sink[4096];
@@ -3118,8 +3075,8 @@ static void conn_readable(struct conn *c)
         return;
     }
     while (c->in_len < c->in_cap) {
-        ssize_t r = c->zc ? conn_z_read(c, c->in + c->in_len, c->in_cap - c->in_len)
-                          : conn_lower_read(c, c->in + c->in_len, c->in_cap - c->in_len);
+        ssize_t r = c->zio ? zio_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
+                           : conn_raw_read(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (r > 0) {
             c->in_len += (size_t)r;
             conn_progress(c);
@@ -3212,7 +3169,7 @@ static void conn_tls_event(struct conn *c, uint32_t events)
     if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
         ((events & EPOLLOUT) && tls_io_read_wants_out(c)))
         conn_readable(c);
-    if (!c->dead && c->out_len &&
+    if (!c->dead && conn_out_pending(c) &&
         ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || ((events & EPOLLIN) && tls_io_write_wants_in(c))))
         conn_writable(c);
 }
@@ -3228,14 +3185,15 @@ static void run_kicked(void)
             list = c->kick_next;
             c->kicked = 0;
             /* Under TLS, decrypted input may wait inside OpenSSL. */
-            if (!c->dead && c->tls && tls_io_pending(c) && conn_wants_input(c)) {
+            if (!c->dead && ((c->tls && tls_io_pending(c)) || (c->zio && zio_io_pending_in(c))) &&
+                conn_wants_input(c)) {
                 conn_readable(c);
                 continue;
             }
-            /* Compressed input read earlier waits in the decompressor. */
-            if (!c->dead && c->zc && czip_in_pending(c->zc) && conn_wants_input(c)) {
-                conn_readable(c);
-                continue;
+            if (!c->dead && c->drain_due) {
+                c->drain_due = 0;
+                if (c->want_drain && !c->closing && c->ops->on_drain)
+                    c->ops->on_drain(c);
             }
             if (!c->dead && !c->paused && c->in_len)
                 c->ops->on_input(c);
@@ -3684,170 +3642,6 @@ void loop_free(void)
     L.epfd = -1;
 }
 
-/* ---- src/czip.c ---- */
-#line 1 "src/czip.c"
-/*
- * czip.c: a connection's stream compression, raw DEFLATE both ways
- * (RFC 1951 without zlib header), as IMAP COMPRESS=DEFLATE (RFC 4978)
- * wants it.  This module only transforms buffers; the loop (loop.c) moves
- * the bytes between them and the socket (or TLS, which sits below:
- * RFC 4978 4 compresses before encrypting).
- *
- * Output is flushed with Z_SYNC_FLUSH whenever the connection flushes, so
- * every reply reaches the client whole (RFC 4978 4: "the server MUST flush
- * at the end of each response").  Memory per connection is bounded: the
- * two zlib streams (window 32 KB each way, deflate at memLevel 8) and two
- * staging buffers of CZIP_BUF octets.
- */
-
-
-#include <string.h>
-
-#define CZIP_BUF (16 * 1024)
-
-struct czip {
-    z_stream in, out;
-    unsigned char zin[CZIP_BUF];        /* compressed octets read, not inflated */
-    size_t zin_off, zin_len;
-    unsigned char zout[CZIP_BUF];       /* compressed octets not yet sent */
-    size_t zout_off, zout_len;
-    size_t plain;                       /* octets of the output to send as they are first */
-    int more;                           /* deflate may hold output it could not stage */
-    int err;
-};
-
-struct czip *czip_new(size_t plain)
-{
-    struct czip *z = calloc(1, sizeof *z);
-
-    if (!z)
-        return NULL;
-    if (inflateInit2(&z->in, -15) != Z_OK) {
-        free(z);
-        return NULL;
-    }
-    /* Level 6 is zlib's default; for mail text it gives most of what 9
-     * gives at a fraction of the CPU, which matters on small boxes. */
-    if (deflateInit2(&z->out, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-        inflateEnd(&z->in);
-        free(z);
-        return NULL;
-    }
-    z->plain = plain;
-    return z;
-}
-
-void czip_free(struct czip *z)
-{
-    if (!z)
-        return;
-    inflateEnd(&z->in);
-    deflateEnd(&z->out);
-    free(z);
-}
-
-/* ------------------------------------------------------------------ in */
-
-size_t czip_in_room(struct czip *z, unsigned char **p)
-{
-    if (z->zin_off == z->zin_len)
-        z->zin_off = z->zin_len = 0;
-    if (z->zin_off && z->zin_len == CZIP_BUF) {
-        memmove(z->zin, z->zin + z->zin_off, z->zin_len - z->zin_off);
-        z->zin_len -= z->zin_off;
-        z->zin_off = 0;
-    }
-    *p = z->zin + z->zin_len;
-    return CZIP_BUF - z->zin_len;
-}
-
-void czip_in_added(struct czip *z, size_t n)
-{
-    z->zin_len += n;
-}
-
-int czip_in_pending(const struct czip *z)
-{
-    return z->zin_off < z->zin_len;
-}
-
-/* Inflates buffered input into out: octets produced (0: more input is
- * needed), -1 on a corrupt stream. */
-ssize_t czip_in(struct czip *z, unsigned char *out, size_t n)
-{
-    if (z->err)
-        return -1;
-    if (!n || z->zin_off == z->zin_len)
-        return 0;
-    z->in.next_in = z->zin + z->zin_off;
-    z->in.avail_in = (uInt)(z->zin_len - z->zin_off);
-    z->in.next_out = out;
-    z->in.avail_out = (uInt)n;
-    int rc = inflate(&z->in, Z_SYNC_FLUSH);
-    z->zin_off = z->zin_len - z->in.avail_in;
-    if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) {
-        z->err = 1;
-        return -1;
-    }
-    return (ssize_t)(n - z->in.avail_out);
-}
-
-/* ----------------------------------------------------------------- out */
-
-size_t czip_plain_left(const struct czip *z)
-{
-    return z->plain;
-}
-
-void czip_plain_sent(struct czip *z, size_t n)
-{
-    z->plain -= n < z->plain ? n : z->plain;
-}
-
-/* Compressed octets waiting to be sent. */
-size_t czip_out_pending(struct czip *z, const unsigned char **p)
-{
-    *p = z->zout + z->zout_off;
-    return z->zout_len - z->zout_off;
-}
-
-void czip_out_sent(struct czip *z, size_t n)
-{
-    z->zout_off += n;
-    if (z->zout_off == z->zout_len)
-        z->zout_off = z->zout_len = 0;
-}
-
-/* Compresses what fits of in[0..n) into the staging buffer, flushed;
- * returns the octets of in consumed, or -1. */
-ssize_t czip_out(struct czip *z, const unsigned char *in, size_t n)
-{
-    if (z->err)
-        return -1;
-    if (z->zout_len)
-        return 0;                       /* send what is staged first */
-    if (!n && !z->more)
-        return 0;
-    z->out.next_in = (Bytef *)in;
-    z->out.avail_in = (uInt)n;
-    z->out.next_out = z->zout;
-    z->out.avail_out = CZIP_BUF;
-    int rc = deflate(&z->out, Z_SYNC_FLUSH);
-    if (rc != Z_OK && rc != Z_BUF_ERROR) {
-        z->err = 1;
-        return -1;
-    }
-    z->zout_len = CZIP_BUF - z->out.avail_out;
-    /* A full buffer may leave part of the flush inside zlib. */
-    z->more = z->out.avail_out == 0;
-    return (ssize_t)(n - z->out.avail_in);
-}
-
-int czip_out_busy(const struct czip *z)
-{
-    return z->zout_off < z->zout_len || z->more;
-}
-
 /* ---- src/pace.c ---- */
 #line 1 "src/pace.c"
 /*
@@ -3997,6 +3791,284 @@ void pace_rate(int fd, uint64_t bytes_per_s)
         /* The kernel doubles the value for its bookkeeping. */
         if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) < 0)
             log_debug("SO_SNDBUF: %s", strerror(errno));
+    }
+}
+
+/* ---- src/zio.c ---- */
+#line 1 "src/zio.c"
+/*
+ * zio.c: the compression layer between mailnodes, an ESMTP extension
+ * modelled on IMAP COMPRESS (RFC 4978).  The server advertises
+ * "COMPRESS DEFLATE" in EHLO (only inside TLS when it can do TLS); the
+ * client sends "COMPRESS DEFLATE", and after the 220 reply each direction
+ * is one raw deflate stream (RFC 1951, no zlib or gzip wrapper) that lasts
+ * as long as the connection.  The sender flushes (Z_SYNC_FLUSH) whenever
+ * its output buffer has been taken in, so every command and every reply
+ * reaches the peer complete.
+ *
+ * Like TLS, the layer sits under the connection's buffers: loop.c moves
+ * octets through zio_io_read/zio_io_flush, and above it the protocol
+ * modules see plain text.  Under it is TLS or the socket
+ * (conn_raw_read/conn_raw_write in loop.c): compression inside
+ * encryption, as RFC 4978 4 orders it.
+ *
+ * Bombs: inflated output only ever fills the connection's fixed input
+ * buffer, and the stream as a whole may not inflate to more than
+ * ZIO_RATIO times its compressed size (plus ZIO_SLACK); a peer that tries
+ * is cut off.  Our own sender keeps well inside that bound: when its
+ * stream approaches half the ratio it switches deflate to Huffman coding
+ * only (at most about 8:1) until it is back under a quarter.  All limits
+ * of the protocols above (message_size_limit, line lengths) count the
+ * inflated octets, since they apply to what the session reads.
+ */
+
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#define ZIO_RBUF (16 * 1024)            /* compressed input not yet inflated */
+#define ZIO_WBUF (64 * 1024 + 1024)     /* compressed output not yet sent */
+#define ZIO_RATIO 128                   /* inflated octets per compressed octet, at most */
+#define ZIO_SLACK (1024 * 1024)
+#define ZIO_LEVEL 6
+
+struct zio {
+    z_stream in, out;
+    int in_ok, out_ok;
+    unsigned char rbuf[ZIO_RBUF];
+    size_t rlen;
+    int more;                           /* the inflater may hold output */
+    unsigned char wbuf[ZIO_WBUF];
+    size_t wlen;
+    size_t plain;                       /* octets at the head of c->out that go out uncompressed */
+    int flush_pending;                  /* the last sync flush did not fit */
+    int huffman;                        /* deflate is in Huffman-only mode */
+    struct zio_stats st;
+};
+
+static void zio_free(struct zio *z)
+{
+    if (!z)
+        return;
+    if (z->in_ok)
+        inflateEnd(&z->in);
+    if (z->out_ok)
+        deflateEnd(&z->out);
+    free(z);
+}
+
+int zio_start(struct conn *c)
+{
+    struct zio *z;
+
+    if (c->zio)
+        return -1;
+    z = calloc(1, sizeof *z);
+    if (!z)
+        return -1;
+    /* RFC 4978 3: raw deflate, windowBits negative. */
+    z->in_ok = inflateInit2(&z->in, -15) == Z_OK;
+    z->out_ok = z->in_ok && deflateInit2(&z->out, ZIO_LEVEL, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) == Z_OK;
+    if (!z->in_ok || !z->out_ok) {
+        zio_free(z);
+        return -1;
+    }
+    /* What was written before the switch (the 220 that announced it) is
+     * still plain text; what the peer sent after its command is already
+     * compressed. */
+    z->plain = c->out_len;
+    if (c->in_len > sizeof z->rbuf) {
+        zio_free(z);
+        return -1;
+    }
+    memcpy(z->rbuf, c->in, c->in_len);
+    z->rlen = c->in_len;
+    c->zio = z;
+    c->in_len = 0;
+    if (z->rlen)
+        conn_kick(c);
+    return 0;
+}
+
+int zio_allowed(const char *dest, const char *host)
+{
+    if (!conf->compress)
+        return 0;
+    for (size_t i = 0; i < conf->n_compress_never; i++) {
+        const char *d = conf->compress_never[i];
+        if (!strcmp(d, "*") || (dest && !strcasecmp(d, dest)) || (host && !strcasecmp(d, host)))
+            return 0;
+    }
+    return 1;
+}
+
+int zio_active(const struct conn *c)
+{
+    return c->zio != NULL;
+}
+
+const struct zio_stats *zio_stats(const struct conn *c)
+{
+    return c->zio ? &((struct zio *)c->zio)->st : NULL;
+}
+
+void zio_conn_free(struct conn *c)
+{
+    const struct zio *z = c->zio;
+    if (z)
+        log_info("[%s]: compressed session: sent %llu octets as %llu, received %llu as %llu, deflate %llu ms",
+                 c->peer_ip, (unsigned long long)z->st.plain_out, (unsigned long long)z->st.raw_out,
+                 (unsigned long long)z->st.plain_in, (unsigned long long)z->st.raw_in,
+                 (unsigned long long)(z->st.cpu_us / 1000));
+    zio_free(c->zio);
+    c->zio = NULL;
+}
+
+int zio_io_pending_in(const struct conn *c)
+{
+    const struct zio *z = c->zio;
+    return z && (z->rlen || z->more);
+}
+
+size_t zio_io_pending_out(const struct conn *c)
+{
+    const struct zio *z = c->zio;
+    return z ? z->wlen + z->flush_pending : 0;
+}
+
+/* Inflates what is buffered into buf; the octets produced (0: needs more). */
+static ssize_t zio_inflate(struct conn *c, struct zio *z, unsigned char *buf, size_t n)
+{
+    z->in.next_in = z->rbuf;
+    z->in.avail_in = (uInt)z->rlen;
+    z->in.next_out = buf;
+    z->in.avail_out = (uInt)n;
+    int rc = inflate(&z->in, Z_SYNC_FLUSH);
+    size_t used = z->rlen - z->in.avail_in, made = n - z->in.avail_out;
+    if (rc == Z_STREAM_END || (rc != Z_OK && rc != Z_BUF_ERROR)) {
+        /* The stream lasts as long as the connection (RFC 4978 4). */
+        log_info("[%s]: compressed stream %s", c->peer_ip, rc == Z_STREAM_END ? "ended early" : "is corrupt");
+        errno = EPROTO;
+        return -1;
+    }
+    memmove(z->rbuf, z->rbuf + used, z->rlen - used);
+    z->rlen -= used;
+    z->more = z->in.avail_out == 0;
+    z->st.raw_in += used;
+    z->st.plain_in += made;
+    if (z->st.plain_in > ZIO_SLACK && z->st.plain_in / ZIO_RATIO > z->st.raw_in) {
+        log_warn("[%s]: compressed stream inflates beyond %d:1, closing", c->peer_ip, ZIO_RATIO);
+        errno = EPROTO;
+        return -1;
+    }
+    return (ssize_t)made;
+}
+
+ssize_t zio_io_read(struct conn *c, void *buf, size_t n)
+{
+    struct zio *z = c->zio;
+
+    for (int guard = 0; guard < 64; guard++) {
+        if (z->rlen || z->more) {
+            ssize_t made = zio_inflate(c, z, buf, n);
+            if (made != 0)
+                return made;
+            if (z->rlen == sizeof z->rbuf) {
+                errno = EPROTO;         /* a full buffer that yields nothing */
+                return -1;
+            }
+        }
+        ssize_t r = conn_raw_read(c, z->rbuf + z->rlen, sizeof z->rbuf - z->rlen);
+        if (r <= 0)
+            return r;
+        z->rlen += (size_t)r;
+    }
+    errno = EAGAIN;
+    return -1;
+}
+
+/* Keeps our own stream inside the ratio the peer enforces. */
+static void zio_guard(struct zio *z)
+{
+    uint64_t plain = z->st.plain_out, raw = z->st.raw_out;
+    int want = z->huffman;
+    if (!z->huffman && plain > ZIO_SLACK / 2 && plain / (ZIO_RATIO / 2) > raw)
+        want = 1;
+    else if (z->huffman && plain / (ZIO_RATIO / 4) <= raw)
+        want = 0;
+    if (want == z->huffman || z->flush_pending || sizeof z->wbuf - z->wlen < 4096)
+        return;
+    z->out.next_in = NULL;
+    z->out.avail_in = 0;
+    z->out.next_out = z->wbuf + z->wlen;
+    z->out.avail_out = (uInt)(sizeof z->wbuf - z->wlen);
+    if (deflateParams(&z->out, want ? 1 : ZIO_LEVEL, want ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY) == Z_OK) {
+        size_t made = sizeof z->wbuf - z->wlen - z->out.avail_out;
+        z->wlen += made;
+        z->st.raw_out += made;
+        z->huffman = want;
+    }
+}
+
+/* Moves c->out into the compressed buffer: plain prefix first, then
+ * deflate with a sync flush at the end of what there is. */
+static int zio_compress(struct conn *c, struct zio *z)
+{
+    size_t space = sizeof z->wbuf - z->wlen;
+
+    if (z->plain) {
+        size_t k = z->plain < space ? z->plain : space;
+        memcpy(z->wbuf + z->wlen, c->out, k);
+        z->wlen += k;
+        memmove(c->out, c->out + k, c->out_len - k);
+        c->out_len -= k;
+        z->plain -= k;
+        return 0;
+    }
+    if ((!c->out_len && !z->flush_pending) || space < 64)
+        return 0;
+    zio_guard(z);
+    space = sizeof z->wbuf - z->wlen;
+    z->out.next_in = c->out;
+    z->out.avail_in = (uInt)c->out_len;
+    z->out.next_out = z->wbuf + z->wlen;
+    z->out.avail_out = (uInt)space;
+    clock_t t0 = clock();
+    int rc = deflate(&z->out, Z_SYNC_FLUSH);
+    z->st.cpu_us += (uint64_t)((clock() - t0) * 1000000.0 / CLOCKS_PER_SEC);
+    if (rc != Z_OK && rc != Z_BUF_ERROR) {
+        errno = EPROTO;
+        return -1;
+    }
+    size_t used = c->out_len - z->out.avail_in, made = space - z->out.avail_out;
+    memmove(c->out, c->out + used, c->out_len - used);
+    c->out_len -= used;
+    z->wlen += made;
+    z->st.plain_out += used;
+    z->st.raw_out += made;
+    /* Output space ran out: the flush goes on when there is room. */
+    z->flush_pending = z->out.avail_out == 0;
+    return 0;
+}
+
+int zio_io_flush(struct conn *c)
+{
+    struct zio *z = c->zio;
+
+    for (;;) {
+        if (zio_compress(c, z) < 0)
+            return -1;
+        if (!z->wlen)
+            return c->out_len || z->flush_pending ? 1 : 0;
+        ssize_t w = conn_raw_write(c, z->wbuf, z->wlen);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+        }
+        memmove(z->wbuf, z->wbuf + w, z->wlen - (size_t)w);
+        z->wlen -= (size_t)w;
     }
 }
 
@@ -14826,7 +14898,7 @@ void link_watch_stop(void)
 #define SMTPC_EXPECT 4096               /* replies outstanding */
 
 enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT,
-              E_STARTTLS };
+              E_STARTTLS, E_COMPRESS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
 static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
@@ -15383,6 +15455,8 @@ void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
         caps->starttls = 1;
     else if (!strcasecmp(kw, "ATRN"))
         caps->atrn = 1;
+    else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
+        caps->compress = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
          * an overflow) is treated as no announcement at all, so that a
@@ -15474,6 +15548,16 @@ static void on_reply_ehlo_done(struct smtpc *s)
     }
     if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
+        return;
+    }
+    /* Compression only when the peer offers it (another mailnode), after
+     * TLS, and unless compress.never names the destination.  Not on an
+     * ATRN turnaround: the ODMR client may be a proxy such as fetchmail
+     * that passes the site's EHLO reply through but cannot carry a
+     * deflate stream; a mailnode client compressed the connection before
+     * ATRN, and it stays compressed. */
+    if (s->caps.compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
+        cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
         return;
     }
     if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
@@ -15644,6 +15728,15 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     case E_QUIT:
         conn_close(s->c);
         break;
+    case E_COMPRESS:
+        s->caps.compress = 0;
+        if (code / 100 == 2 && zio_start(s->c)) {
+            set_error(s, "cannot start compression with %s", s->peer);
+            conn_abort(s->c);
+            break;
+        }
+        on_reply_ehlo_done(s);
+        break;
     }
 }
 
@@ -15658,7 +15751,7 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = 0;
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = s->caps.compress = 0;
     s->caps.has_size = 0;
     s->caps.size_limit = 0;
     s->caps.auth_mechs[0] = '\0';
@@ -17145,17 +17238,18 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
 /* An exchange's states, in the order an exchange goes through them:
  *
  *   IDLE -> PUSH (our queue to the relayhost, when one is set)
- *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO] [-> COMPRESS -> EHLO]
  *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
  *
  * Every change goes through poll_enter(), which logs it at debug level.
  * In SERVING the connection belongs to an SMTP server session (the ATRN
  * turnaround) and poll only waits for its end. */
 enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
-              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT,
+              POLL_COMPRESS };
 static const char *const poll_state_names[] = {
     "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
-    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT", "COMPRESS",
 };
 
 struct pwaiter {
@@ -17397,6 +17491,13 @@ static void poll_reply(int code, const char *text)
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
+        /* The turned-around session carries the mail: compress it when
+         * the upstream (a mailnode) offers it. */
+        if (P.caps.compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
+            poll_enter(POLL_COMPRESS);
+            poll_send("COMPRESS DEFLATE");
+            return;
+        }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         int mech = smtpc_auth_choose(&P.caps, P.c);
@@ -17411,6 +17512,15 @@ static void poll_reply(int code, const char *text)
         }
         return;
     }
+    case POLL_COMPRESS:
+        P.caps.compress = 0;
+        if (code / 100 == 2 && zio_start(P.c)) {
+            poll_finish(EX_SOFTWARE, "cannot start compression with the upstream");
+            return;
+        }
+        poll_enter(POLL_EHLO);
+        poll_reply(250, "250 continue");
+        return;
     case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {
@@ -18043,6 +18153,13 @@ static int starttls_offered(const struct smtpd *s)
     return tls_available() && !s->c->tls;
 }
 
+/* COMPRESS DEFLATE (zio.c): only inside TLS when we can do TLS, so that
+ * the order is always TLS first, then compression (RFC 4978 4). */
+static int compress_offered(const struct smtpd *s)
+{
+    return !zio_active(s->c) && (s->c->tls || !tls_available()) && zio_allowed(NULL, s->c->peer_ip);
+}
+
 /* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
  * address literal.  Letters, digits, hyphens, underscores (common in
  * Windows host names) and dots; or "[...]" of printable characters.
@@ -18091,6 +18208,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
         if (!s->auth_user[0])
             reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
         reply(s, "250-ATRN");
+        if (compress_offered(s))
+            reply(s, "250-COMPRESS DEFLATE");
         reply(s, "250-ENHANCEDSTATUSCODES");
         reply(s, "250 HELP");
         return;
@@ -18104,9 +18223,31 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-ETRN");
     if (starttls_offered(s))
         reply(s, "250-STARTTLS");
+    if (compress_offered(s))
+        reply(s, "250-COMPRESS DEFLATE");
     if (!s->auth_user[0])
         reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
     reply(s, "250 HELP");
+}
+
+/* After the 220 both directions are raw deflate streams; the session
+ * state (EHLO, AUTH) is kept. */
+static void cmd_compress(struct smtpd *s, char *arg)
+{
+    if (strcasecmp(arg, "DEFLATE")) {
+        reply(s, "504 5.5.4 Unsupported compression mechanism");
+        return;
+    }
+    if (!s->esmtp || !compress_offered(s)) {
+        reply(s, zio_active(s->c) ? "503 5.5.1 Error: compression already active"
+                                  : "503 5.5.1 Error: COMPRESS not available now");
+        return;
+    }
+    reply(s, "220 2.0.0 DEFLATE active");
+    if (zio_start(s->c)) {
+        close_with(s, "421 4.3.0 Cannot start compression");
+        return;
+    }
 }
 
 static void cmd_ehlo(struct smtpd *s, char *arg) { cmd_helo(s, arg, 1); }
@@ -18776,6 +18917,7 @@ static const struct smtpd_cmd {
     { "AUTH", S_READY, SV_BOTH, cmd_auth },
     { "ETRN", S_INIT | S_READY, SV_SMTP, cmd_etrn },
     { "STARTTLS", S_INIT | S_READY, SV_BOTH, cmd_starttls },
+    { "COMPRESS", S_READY, SV_BOTH, cmd_compress },
     { "ATRN", S_READY, SV_ODMR, cmd_atrn },
     { "TURN", S_NOBDAT, SV_SMTP, cmd_obsolete },
     { "SEND", S_NOBDAT, SV_SMTP, cmd_obsolete },
@@ -24870,14 +25012,14 @@ static void imap_cmd_compress(struct imap *s, struct imap_p *p)
         imap_tagged(s, "NO unknown compression mechanism");
         return;
     }
-    if (s->c->zc) {
+    if (s->c->zio) {
         imap_tagged(s, "NO [COMPRESSIONACTIVE] DEFLATE is active already");
         return;
     }
     /* The input loop ran this command with an empty queue and room in the
      * output buffer, so the OK is in the buffer, ahead of what follows. */
     imap_tagged(s, "OK DEFLATE active");
-    if (conn_compress_start(s->c)) {
+    if (zio_start(s->c)) {
         log_err("imap: %s: cannot start compression", s->c->peer_ip);
         conn_abort(s->c);
     }

@@ -99,6 +99,8 @@ static const struct conf_key keys[] = {
     { "tls.ca_file", T_STR, F(tls_ca_file), 0, "" },
     { "relayhost.tls", T_STR, F(relayhost_tls), 0, "may" },
     { "upstream.tls", T_STR, F(upstream_tls), 0, "may" },
+    { "compress", T_BOOL, F(compress), 0, "yes" },
+    { "compress.never", T_DOMAINS, F(compress_never), F(n_compress_never), "" },
     { "bundle.key", T_STR, F(bundle_key), 0, NULL },
     { "bundle.resend_after", T_DURATION, F(bundle_resend_after), 0, "3d" },
     { "pacing.rate", T_DOMAINS, F(pacing_rate), F(n_pacing_rate), "" },

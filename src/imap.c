@@ -902,14 +902,14 @@ static void imap_cmd_compress(struct imap *s, struct imap_p *p)
         imap_tagged(s, "NO unknown compression mechanism");
         return;
     }
-    if (s->c->zc) {
+    if (s->c->zio) {
         imap_tagged(s, "NO [COMPRESSIONACTIVE] DEFLATE is active already");
         return;
     }
     /* The input loop ran this command with an empty queue and room in the
      * output buffer, so the OK is in the buffer, ahead of what follows. */
     imap_tagged(s, "OK DEFLATE active");
-    if (conn_compress_start(s->c)) {
+    if (zio_start(s->c)) {
         log_err("imap: %s: cannot start compression", s->c->peer_ip);
         conn_abort(s->c);
     }

@@ -169,6 +169,9 @@ struct conf {
     char *tls_ca_file;                  /* CA bundle for verifying relays, besides the system store */
     char *relayhost_tls;                /* "may" (default), "require" or "none" */
     char *upstream_tls;                 /* the same, for the upstream */
+    int compress;                       /* COMPRESS DEFLATE between mailnodes (zio.c) */
+    char **compress_never;              /* destinations or hosts never compressed */
+    size_t n_compress_never;
     char *bundle_key;                   /* bundle key pair; default DATABASE.bundle-key */
     int64_t bundle_resend_after;        /* unacknowledged bundled mail is exported again */
     char **pacing_rate;                 /* "DESTINATION=RATE" rate hints (pace.c) */
@@ -233,6 +236,7 @@ struct conn {
     unsigned kicked : 1;                /* on_input pending at end of turn */
     unsigned connecting : 1;            /* outbound connect in progress */
     unsigned lingering : 1;             /* output sent, half-closed, draining input */
+    unsigned drain_due : 1;             /* on_drain at the end of the turn (output went out at once) */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
@@ -240,7 +244,7 @@ struct conn {
     struct conn *next, *prev;
     struct conn *kick_next;
     void *tls;                          /* SSL *, when TLS is on */
-    struct czip *zc;                    /* stream compression (czip.c), above TLS */
+    void *zio;                          /* struct zio, when COMPRESS is on (zio.c) */
 };
 
 struct timer {
@@ -307,6 +311,30 @@ int loop_watch_add(struct watch *w);
 int loop_watch_mod(struct watch *w, uint32_t events);
 void loop_watch_del(struct watch *w);
 
+/* ------------------------------------------------------------------ zio */
+
+/* COMPRESS DEFLATE between mailnodes (zio.c, modelled on RFC 4978): after
+ * zio_start both directions of c are raw deflate streams; what is in
+ * c->out already goes out plain, what is in c->in is compressed input. */
+int zio_start(struct conn *c);
+int zio_active(const struct conn *c);
+struct zio_stats {
+    uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
+};
+const struct zio_stats *zio_stats(const struct conn *c);
+void zio_conn_free(struct conn *c);     /* by conn_abort */
+/* 1 if compression may be offered to or used with the session's peer:
+ * `compress` is on and neither dest nor host is in compress.never. */
+int zio_allowed(const char *dest, const char *host);
+/* For the loop: plain text moves through these, compressed octets through
+ * conn_raw_read/conn_raw_write (TLS or the socket). */
+ssize_t zio_io_read(struct conn *c, void *buf, size_t n);
+int zio_io_flush(struct conn *c);               /* 0 all sent, 1 would block, -1 error */
+int zio_io_pending_in(const struct conn *c);
+size_t zio_io_pending_out(const struct conn *c);
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n);
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n);
+
 /* ----------------------------------------------------------------- pace */
 
 /* TCP on slow links (pace.c).  pace_moved: octets the kernel has moved on
@@ -321,25 +349,6 @@ void pace_rate(int fd, uint64_t bytes_per_s);
  * "[relayhost]" or a domain, or the peer's host name), octets/s or 0. */
 uint64_t pace_rate_for(const char *dest, const char *host);
 int pace_conf_check(const struct conf *c, char *err, size_t n);
-
-/* czip.c: raw DEFLATE of a connection's stream (IMAP COMPRESS, RFC 4978);
- * buffers only, loop.c does the I/O.  plain: octets already in the output
- * buffer that go out uncompressed (the reply that started compression). */
-struct czip;
-struct czip *czip_new(size_t plain);
-void czip_free(struct czip *z);
-size_t czip_in_room(struct czip *z, unsigned char **p);
-void czip_in_added(struct czip *z, size_t n);
-int czip_in_pending(const struct czip *z);
-ssize_t czip_in(struct czip *z, unsigned char *out, size_t n);
-size_t czip_plain_left(const struct czip *z);
-void czip_plain_sent(struct czip *z, size_t n);
-size_t czip_out_pending(struct czip *z, const unsigned char **p);
-void czip_out_sent(struct czip *z, size_t n);
-ssize_t czip_out(struct czip *z, const unsigned char *in, size_t n);
-int czip_out_busy(const struct czip *z);
-/* Starts compression on c; what is in c->in already is compressed input. */
-int conn_compress_start(struct conn *c);
 
 /* ----------------------------------------------------------------- store */
 
@@ -1037,6 +1046,7 @@ void smtpc_abort(struct smtpc *s);
  * the upstream exchange in poll.c), so that the two cannot drift apart. */
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
+    int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];

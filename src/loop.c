@@ -158,6 +158,12 @@ static uint32_t conn_tls_events(const struct conn *c, uint32_t ev)
     return tev;
 }
 
+/* Output not yet on the wire: the buffer, and what compression holds. */
+static size_t conn_out_pending(const struct conn *c)
+{
+    return c->out_len + (c->zio ? zio_io_pending_out(c) : 0);
+}
+
 static void conn_update_events(struct conn *c)
 {
     uint32_t ev = 0;
@@ -173,10 +179,10 @@ static void conn_update_events(struct conn *c)
     }
     if (conn_wants_input(c))
         ev |= EPOLLIN;
-    if (c->out_len || (c->zc && czip_out_busy(c->zc)))
+    if (conn_out_pending(c))
         ev |= EPOLLOUT;
-    /* Compressed input already read from the socket raises no event. */
-    if ((ev & EPOLLIN) && c->zc && czip_in_pending(c->zc))
+    /* Compressed input already read raises no event either. */
+    if ((ev & EPOLLIN) && c->zio && zio_io_pending_in(c))
         conn_kick(c);
     if (c->tls) {
         /* Decrypted input already inside OpenSSL raises no epoll event:
@@ -297,10 +303,10 @@ void conn_abort(struct conn *c)
         return;
     c->dead = 1;
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->zio)
+        zio_conn_free(c);
     if (c->tls)
         tls_conn_free(c);
-    czip_free(c->zc);
-    c->zc = NULL;
     close(c->fd);
     c->fd = -1;
     conn_unlink(c);
@@ -308,92 +314,6 @@ void conn_abort(struct conn *c)
         c->ops->on_close(c);
     c->next = L.dead;
     L.dead = c;
-}
-
-static ssize_t conn_lower_write(struct conn *c, const void *p, size_t n)
-{
-    return c->tls ? tls_io_write(c, p, n) : send(c->fd, p, n, MSG_NOSIGNAL);
-}
-
-static ssize_t conn_lower_read(struct conn *c, void *p, size_t n)
-{
-    return c->tls ? tls_io_read(c, p, n) : recv(c->fd, p, n, 0);
-}
-
-/* Output through the compressor: first what must go out plain, then
- * staged compressed octets, then more of the buffer compressed.  0 when
- * all is out or the socket is full, -1 on error (errno). */
-static int conn_z_flush(struct conn *c)
-{
-    for (;;) {
-        const unsigned char *p;
-        size_t plain = czip_plain_left(c->zc), k = plain ? plain : czip_out_pending(c->zc, &p);
-        if (plain)
-            p = c->out;
-        if (k) {
-            ssize_t w = conn_lower_write(c, p, k);
-            if (w < 0) {
-                if (errno == EINTR)
-                    continue;
-                return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
-            }
-            if (plain) {
-                czip_plain_sent(c->zc, (size_t)w);
-                memmove(c->out, c->out + w, c->out_len - (size_t)w);
-                c->out_len -= (size_t)w;
-            } else {
-                czip_out_sent(c->zc, (size_t)w);
-            }
-            if (w > 0)
-                conn_progress(c);
-            continue;
-        }
-        if (!c->out_len && !czip_out_busy(c->zc))
-            return 0;
-        ssize_t used = czip_out(c->zc, c->out, c->out_len);
-        if (used < 0) {
-            errno = EPROTO;
-            return -1;
-        }
-        memmove(c->out, c->out + used, c->out_len - (size_t)used);
-        c->out_len -= (size_t)used;
-    }
-}
-
-/* Input through the decompressor, like recv(). */
-static ssize_t conn_z_read(struct conn *c, unsigned char *out, size_t n)
-{
-    for (;;) {
-        ssize_t k = czip_in(c->zc, out, n);
-        if (k < 0) {
-            errno = EPROTO;
-            return -1;
-        }
-        if (k > 0)
-            return k;
-        unsigned char *p;
-        size_t room = czip_in_room(c->zc, &p);
-        ssize_t r = conn_lower_read(c, p, room);
-        if (r <= 0)
-            return r;
-        czip_in_added(c->zc, (size_t)r);
-    }
-}
-
-int conn_compress_start(struct conn *c)
-{
-    unsigned char *p;
-    if (c->zc || !(c->zc = czip_new(c->out_len)))
-        return -1;
-    /* Octets the client sent after the command are already compressed. */
-    size_t room = czip_in_room(c->zc, &p);
-    size_t k = c->in_len < room ? c->in_len : room;
-    memcpy(p, c->in, k);
-    czip_in_added(c->zc, k);
-    memmove(c->in, c->in + k, c->in_len - k);
-    c->in_len -= k;
-    conn_update_events(c);
-    return 0;
 }
 
 int conn_flush(struct conn *c)
@@ -404,13 +324,18 @@ int conn_flush(struct conn *c)
         conn_update_events(c);
         return 0;
     }
-    if (c->zc && conn_z_flush(c) < 0) {
-        conn_abort(c);
-        return -1;
+    size_t pending = conn_out_pending(c);
+    if (c->zio) {
+        uint64_t before = zio_stats(c)->raw_out + c->out_len;
+        if (zio_io_flush(c) < 0) {
+            conn_abort(c);
+            return -1;
+        }
+        if (zio_stats(c)->raw_out + c->out_len != before)
+            conn_progress(c);
     }
-    while (c->out_len && !c->zc) {
-        ssize_t w = c->tls ? tls_io_write(c, c->out, c->out_len)
-                           : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+    while (c->out_len && !c->zio) {
+        ssize_t w = conn_raw_write(c, c->out, c->out_len);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -424,7 +349,7 @@ int conn_flush(struct conn *c)
         if (w > 0)
             conn_progress(c);
     }
-    if (!c->out_len && c->closing && !(c->zc && czip_out_busy(c->zc))) {
+    if (!conn_out_pending(c) && c->closing) {
         /* A close while the client still has bytes in flight makes the
          * kernel send a reset, which can destroy our last reply before the
          * client reads it.  So: half-close, read and drop what still comes,
@@ -435,6 +360,15 @@ int conn_flush(struct conn *c)
         }
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
+    }
+    /* Everything went out at once (compression shrank it, or the kernel
+     * took it): no writable event will come to ask a streaming writer for
+     * more, so ask it at the end of this turn.  Only after progress, so
+     * this never spins. */
+    if (c->want_drain && c->ops && c->ops->on_drain && conn_out_pending(c) < pending &&
+        conn_out_pending(c) <= c->out_cap / 2) {
+        c->drain_due = 1;
+        conn_kick(c);
     }
     conn_update_events(c);
     return 0;
@@ -449,11 +383,11 @@ void conn_close(struct conn *c)
         return;
     c->closing = 1;
     c->want_drain = 0;
-    if (c->out_len && !(c->tls && tls_io_handshaking(c))) {
+    if (conn_out_pending(c) && !(c->tls && tls_io_handshaking(c))) {
         conn_update_events(c);
         return;
     }
-    if (!c->out_len && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
+    if (!conn_out_pending(c) && !c->eof && !c->tls && shutdown(c->fd, SHUT_WR) == 0) {
         c->lingering = 1;
         c->deadline = util_now_ms() + 2000;
         conn_update_events(c);
@@ -495,6 +429,17 @@ static void conn_progress(struct conn *c)
         c->deadline = util_now_ms() + c->idle_ms;
 }
 
+/* The layer under compression: TLS, or the socket itself. */
+ssize_t conn_raw_read(struct conn *c, void *buf, size_t n)
+{
+    return c->tls ? tls_io_read(c, buf, n) : recv(c->fd, buf, n, 0);
+}
+
+ssize_t conn_raw_write(struct conn *c, const void *buf, size_t n)
+{
+    return c->tls ? tls_io_write(c, buf, n) : send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
 static void conn_linger_read(struct conn *c)
 {
     unsigned char sink[4096];
@@ -516,8 +461,8 @@ static void conn_readable(struct conn *c)
         return;
     }
     while (c->in_len < c->in_cap) {
-        ssize_t r = c->zc ? conn_z_read(c, c->in + c->in_len, c->in_cap - c->in_len)
-                          : conn_lower_read(c, c->in + c->in_len, c->in_cap - c->in_len);
+        ssize_t r = c->zio ? zio_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
+                           : conn_raw_read(c, c->in + c->in_len, c->in_cap - c->in_len);
         if (r > 0) {
             c->in_len += (size_t)r;
             conn_progress(c);
@@ -610,7 +555,7 @@ static void conn_tls_event(struct conn *c, uint32_t events)
     if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
         ((events & EPOLLOUT) && tls_io_read_wants_out(c)))
         conn_readable(c);
-    if (!c->dead && c->out_len &&
+    if (!c->dead && conn_out_pending(c) &&
         ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) || ((events & EPOLLIN) && tls_io_write_wants_in(c))))
         conn_writable(c);
 }
@@ -626,14 +571,15 @@ static void run_kicked(void)
             list = c->kick_next;
             c->kicked = 0;
             /* Under TLS, decrypted input may wait inside OpenSSL. */
-            if (!c->dead && c->tls && tls_io_pending(c) && conn_wants_input(c)) {
+            if (!c->dead && ((c->tls && tls_io_pending(c)) || (c->zio && zio_io_pending_in(c))) &&
+                conn_wants_input(c)) {
                 conn_readable(c);
                 continue;
             }
-            /* Compressed input read earlier waits in the decompressor. */
-            if (!c->dead && c->zc && czip_in_pending(c->zc) && conn_wants_input(c)) {
-                conn_readable(c);
-                continue;
+            if (!c->dead && c->drain_due) {
+                c->drain_due = 0;
+                if (c->want_drain && !c->closing && c->ops->on_drain)
+                    c->ops->on_drain(c);
             }
             if (!c->dead && !c->paused && c->in_len)
                 c->ops->on_input(c);

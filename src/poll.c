@@ -18,17 +18,18 @@
 /* An exchange's states, in the order an exchange goes through them:
  *
  *   IDLE -> PUSH (our queue to the relayhost, when one is set)
- *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO]
+ *        -> RESOLVE -> GREETING -> EHLO [-> STARTTLS -> EHLO] [-> COMPRESS -> EHLO]
  *        -> [AUTH -> AUTH2] -> ETRN | ATRN [-> SERVING] -> QUIT -> IDLE
  *
  * Every change goes through poll_enter(), which logs it at debug level.
  * In SERVING the connection belongs to an SMTP server session (the ATRN
  * turnaround) and poll only waits for its end. */
 enum pstate { POLL_IDLE, POLL_PUSH, POLL_RESOLVE, POLL_GREETING, POLL_EHLO, POLL_STARTTLS,
-              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT };
+              POLL_AUTH, POLL_AUTH2, POLL_ETRN, POLL_ATRN, POLL_SERVING, POLL_QUIT,
+              POLL_COMPRESS };
 static const char *const poll_state_names[] = {
     "IDLE", "PUSH", "RESOLVE", "GREETING", "EHLO", "STARTTLS",
-    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT",
+    "AUTH", "AUTH2", "ETRN", "ATRN", "SERVING", "QUIT", "COMPRESS",
 };
 
 struct pwaiter {
@@ -270,6 +271,13 @@ static void poll_reply(int code, const char *text)
             poll_finish(EX_PROTOCOL, "the upstream does not offer ATRN");
             return;
         }
+        /* The turned-around session carries the mail: compress it when
+         * the upstream (a mailnode) offers it. */
+        if (P.caps.compress && !zio_active(P.c) && zio_allowed("upstream", P.host)) {
+            poll_enter(POLL_COMPRESS);
+            poll_send("COMPRESS DEFLATE");
+            return;
+        }
         /* RFC 2645 5.1.2: CRAM-MD5 is the mechanism every ODMR server has;
          * a password in the clear only to a peer on this host. */
         int mech = smtpc_auth_choose(&P.caps, P.c);
@@ -284,6 +292,15 @@ static void poll_reply(int code, const char *text)
         }
         return;
     }
+    case POLL_COMPRESS:
+        P.caps.compress = 0;
+        if (code / 100 == 2 && zio_start(P.c)) {
+            poll_finish(EX_SOFTWARE, "cannot start compression with the upstream");
+            return;
+        }
+        poll_enter(POLL_EHLO);
+        poll_reply(250, "250 continue");
+        return;
     case POLL_STARTTLS:
         if (code != 220) {
             if (smtpc_tls_policy(conf->upstream_tls) == SMTPC_TLS_REQUIRE) {

@@ -45,7 +45,7 @@
 #define SMTPC_EXPECT 4096               /* replies outstanding */
 
 enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT,
-              E_STARTTLS };
+              E_STARTTLS, E_COMPRESS };
 
 enum wstate { W_IDLE, W_RCPT, W_DATACMD, W_WAIT354, W_BODY, W_END };
 static const char *const smtpc_wstate_names[] = { "IDLE", "RCPT", "DATACMD", "WAIT354", "BODY", "END" };
@@ -602,6 +602,8 @@ void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
         caps->starttls = 1;
     else if (!strcasecmp(kw, "ATRN"))
         caps->atrn = 1;
+    else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
+        caps->compress = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
          * an overflow) is treated as no announcement at all, so that a
@@ -693,6 +695,16 @@ static void on_reply_ehlo_done(struct smtpc *s)
     }
     if (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE) {
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
+        return;
+    }
+    /* Compression only when the peer offers it (another mailnode), after
+     * TLS, and unless compress.never names the destination.  Not on an
+     * ATRN turnaround: the ODMR client may be a proxy such as fetchmail
+     * that passes the site's EHLO reply through but cannot carry a
+     * deflate stream; a mailnode client compressed the connection before
+     * ATRN, and it stays compressed. */
+    if (s->caps.compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
+        cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
         return;
     }
     if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
@@ -863,6 +875,15 @@ static void on_reply(struct smtpc *s, int code, const char *text)
     case E_QUIT:
         conn_close(s->c);
         break;
+    case E_COMPRESS:
+        s->caps.compress = 0;
+        if (code / 100 == 2 && zio_start(s->c)) {
+            set_error(s, "cannot start compression with %s", s->peer);
+            conn_abort(s->c);
+            break;
+        }
+        on_reply_ehlo_done(s);
+        break;
     }
 }
 
@@ -877,7 +898,7 @@ static void smtpc_tls_done(struct conn *c, int err)
         return;                         /* the loop closes the connection */
     }
     s->ready = 0;
-    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = 0;
+    s->esmtp = s->caps.pipelining = s->caps.chunking = s->caps.eightbitmime = s->caps.dsn = s->caps.starttls = s->caps.compress = 0;
     s->caps.has_size = 0;
     s->caps.size_limit = 0;
     s->caps.auth_mechs[0] = '\0';

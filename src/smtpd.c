@@ -278,6 +278,13 @@ static int starttls_offered(const struct smtpd *s)
     return tls_available() && !s->c->tls;
 }
 
+/* COMPRESS DEFLATE (zio.c): only inside TLS when we can do TLS, so that
+ * the order is always TLS first, then compression (RFC 4978 4). */
+static int compress_offered(const struct smtpd *s)
+{
+    return !zio_active(s->c) && (s->c->tls || !tls_available()) && zio_allowed(NULL, s->c->peer_ip);
+}
+
 /* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
  * address literal.  Letters, digits, hyphens, underscores (common in
  * Windows host names) and dots; or "[...]" of printable characters.
@@ -326,6 +333,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
         if (!s->auth_user[0])
             reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
         reply(s, "250-ATRN");
+        if (compress_offered(s))
+            reply(s, "250-COMPRESS DEFLATE");
         reply(s, "250-ENHANCEDSTATUSCODES");
         reply(s, "250 HELP");
         return;
@@ -339,9 +348,31 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-ETRN");
     if (starttls_offered(s))
         reply(s, "250-STARTTLS");
+    if (compress_offered(s))
+        reply(s, "250-COMPRESS DEFLATE");
     if (!s->auth_user[0])
         reply(s, "250-AUTH %s", auth_mechs(cleartext_auth_ok(s)));
     reply(s, "250 HELP");
+}
+
+/* After the 220 both directions are raw deflate streams; the session
+ * state (EHLO, AUTH) is kept. */
+static void cmd_compress(struct smtpd *s, char *arg)
+{
+    if (strcasecmp(arg, "DEFLATE")) {
+        reply(s, "504 5.5.4 Unsupported compression mechanism");
+        return;
+    }
+    if (!s->esmtp || !compress_offered(s)) {
+        reply(s, zio_active(s->c) ? "503 5.5.1 Error: compression already active"
+                                  : "503 5.5.1 Error: COMPRESS not available now");
+        return;
+    }
+    reply(s, "220 2.0.0 DEFLATE active");
+    if (zio_start(s->c)) {
+        close_with(s, "421 4.3.0 Cannot start compression");
+        return;
+    }
 }
 
 static void cmd_ehlo(struct smtpd *s, char *arg) { cmd_helo(s, arg, 1); }
@@ -1011,6 +1042,7 @@ static const struct smtpd_cmd {
     { "AUTH", S_READY, SV_BOTH, cmd_auth },
     { "ETRN", S_INIT | S_READY, SV_SMTP, cmd_etrn },
     { "STARTTLS", S_INIT | S_READY, SV_BOTH, cmd_starttls },
+    { "COMPRESS", S_READY, SV_BOTH, cmd_compress },
     { "ATRN", S_READY, SV_ODMR, cmd_atrn },
     { "TURN", S_NOBDAT, SV_SMTP, cmd_obsolete },
     { "SEND", S_NOBDAT, SV_SMTP, cmd_obsolete },
