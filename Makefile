@@ -13,8 +13,9 @@
 #   make fuzz             build the libFuzzer harnesses (clang) and run each for
 #                         FUZZ_SECONDS (default 60) on a copy of its seed corpus
 #   make test-valgrind    the protocol tests with the daemon under valgrind
-#   make install          install bin/mailnode and the man pages under PREFIX
-#                         (/usr/local); INSTALL_SENDMAIL=1 adds sbin/sendmail
+#   make install          install bin/mailnode, the man pages and the systemd unit
+#                         under PREFIX (/usr/local); INSTALL_SENDMAIL=1 adds
+#                         sbin/sendmail, INSTALL_PROCD=1 the OpenWrt init script
 #   make clean            remove build products (keeps the fetched sqlite3.c/.h)
 #   make distclean        clean, and remove sqlite3.c/.h too
 
@@ -329,6 +330,13 @@ PREFIX           ?= /usr/local
 DESTDIR          ?=
 INSTALL          ?= install
 INSTALL_SENDMAIL ?= 0
+# Service files: the systemd unit and sysusers entry (INSTALL_SYSTEMD=0 to
+# leave them out), the OpenWrt procd init script (INSTALL_PROCD=1).
+INSTALL_SYSTEMD  ?= 1
+INSTALL_PROCD    ?= 0
+SYSTEMD_UNITDIR  ?= $(PREFIX)/lib/systemd/system
+SYSUSERS_DIR     ?= $(PREFIX)/lib/sysusers.d
+INITD_DIR        ?= /etc/init.d
 
 .PHONY: install
 install: all
@@ -340,6 +348,17 @@ install: all
 ifeq ($(INSTALL_SENDMAIL),1)
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin
 	ln -sf ../bin/mailnode $(DESTDIR)$(PREFIX)/sbin/sendmail
+endif
+ifeq ($(INSTALL_SYSTEMD),1)
+	$(INSTALL) -d $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)$(SYSUSERS_DIR)
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/systemd/mailnode.service.in > $(DESTDIR)$(SYSTEMD_UNITDIR)/mailnode.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNITDIR)/mailnode.service
+	$(INSTALL) -m 0644 dist/systemd/mailnode.sysusers $(DESTDIR)$(SYSUSERS_DIR)/mailnode.conf
+endif
+ifeq ($(INSTALL_PROCD),1)
+	$(INSTALL) -d $(DESTDIR)$(INITD_DIR)
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/openwrt/mailnode.init > $(DESTDIR)$(INITD_DIR)/mailnode
+	chmod 0755 $(DESTDIR)$(INITD_DIR)/mailnode
 endif
 
 # --- cleaning -----------------------------------------------------------------------

@@ -69,7 +69,15 @@
 
 /* ------------------------------------------------------------------ util */
 
-MN_PRIVATE int64_t util_now(void);                 /* wall clock, seconds since the epoch */
+/* Queue time in seconds since the epoch: the wall clock, but immune to
+ * steps of it (util.c explains).  Everything stored and scheduled uses it. */
+MN_PRIVATE int64_t util_now(void);
+/* Sets queue time up from what the database holds: the saved offset and
+ * the newest time written (queue time never starts before it). */
+MN_PRIVATE void util_clock_start(int64_t offset_s, int64_t floor);
+/* The current offset; *moved (if given) says whether it changed since the
+ * last call that asked, i.e. whether it must be saved again. */
+MN_PRIVATE int64_t util_clock_offset(int *moved);
 MN_PRIVATE int64_t util_now_ms(void);              /* monotonic milliseconds */
 /* "30s", "5m", "4h", "5d", or bare seconds. */
 MN_PRIVATE int util_parse_duration(const char *s, int64_t *secs);
@@ -420,6 +428,22 @@ MN_PRIVATE int store_explain(int (*cb)(void *arg, const char *sql, const char *p
 #define STORE_FAULT() 0
 #endif
 MN_PRIVATE int store_in_txn(void);
+/* Queue time (store_clock.c): store_clock_load() starts it from the saved
+ * offset and the newest stored time (store_open does this);
+ * store_clock_save() saves the offset if a clock step changed it. */
+MN_PRIVATE int store_clock_load(void);
+MN_PRIVATE int store_clock_save(void);
+
+/* Backups (store_backup.c): a consistent copy of a live database by the
+ * online backup API, and its restore over the database.  0, or -1 with
+ * err filled. */
+struct store_backup_info {
+    int64_t schema, pages, bytes, messages, mailbox_messages;
+};
+MN_PRIVATE int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen);
+MN_PRIVATE int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err,
+                  size_t errlen);
 
 /* A body being written: raw bytes in, compressed chunks out. */
 struct store_body {
@@ -1403,6 +1427,8 @@ MN_PRIVATE int cli_mailbox(int argc, char **argv);
 MN_PRIVATE int cli_status(int argc, char **argv);
 MN_PRIVATE int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 MN_PRIVATE int cli_poll(int argc, char **argv);            /* mailnode poll */
+MN_PRIVATE int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
+MN_PRIVATE int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
 MN_PRIVATE int cli_key(int argc, char **argv);             /* mailnode key show */
 MN_PRIVATE int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
 MN_PRIVATE int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
@@ -1437,9 +1463,95 @@ MN_PRIVATE int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note),
 #include <time.h>
 #include <arpa/inet.h>
 
+/* ------------------------------------------------------------ queue time
+ *
+ * Every time the node stores (arrival, next retry, last try) and compares
+ * with "now" is queue time: the wall clock plus an offset that absorbs
+ * steps of the wall clock.  A field box often boots with a clock that is
+ * days wrong until NTP or GPS sets it; if arrival times and retry times
+ * followed such a step, a step forward would expire the whole queue and a
+ * step back would push every retry days away.  So while a process runs,
+ * queue time advances with CLOCK_BOOTTIME (monotonic, and counting a
+ * suspend as time that passed), and a difference between the two clocks
+ * larger than UTIL_CLOCK_STEP_MS is a step, taken into the offset.
+ * Across a restart, the wall clock measures the downtime, but queue time
+ * never starts before the newest time stored in the database (a box that
+ * boots with its clock behind carries on where it stopped); the offset is
+ * kept in the database (store_clock.c) so that every process of the node
+ * agrees on it.  Dates shown to people go back to the wall clock
+ * (util_date). */
+#define UTIL_CLOCK_STEP_MS (30 * 1000)
+
+static struct {
+    int64_t offset_ms;                  /* queue time - wall clock */
+    int64_t last_wall_ms, last_mono_ms; /* the previous reading of both */
+    int64_t last;                       /* the last queue time returned */
+    int moved;                          /* offset changed since the last save */
+} util_clk;
+
+static int64_t util_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t util_boot_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_BOOTTIME, &ts))
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t util_now(void)
 {
-    return (int64_t)time(NULL);
+    int64_t wall = util_wall_ms(), mono = util_boot_ms(), q;
+
+    if (util_clk.last_mono_ms) {
+        int64_t step = wall - (util_clk.last_wall_ms + (mono - util_clk.last_mono_ms));
+        if (step > UTIL_CLOCK_STEP_MS || step < -UTIL_CLOCK_STEP_MS) {
+            util_clk.offset_ms -= step;
+            util_clk.moved = 1;
+            log_warn("the wall clock stepped %s by %llds: queue times (arrival, retries, expiry) keep"
+                     " counting real time", step > 0 ? "forward" : "back",
+                     (long long)((step < 0 ? -step : step) / 1000));
+        }
+    }
+    util_clk.last_wall_ms = wall;
+    util_clk.last_mono_ms = mono;
+    q = (wall + util_clk.offset_ms) / 1000;
+    if (q < util_clk.last)              /* small slews never run it backwards */
+        q = util_clk.last;
+    util_clk.last = q;
+    return q;
+}
+
+void util_clock_start(int64_t offset_s, int64_t floor)
+{
+    int64_t wall = util_wall_ms();
+
+    util_clk.offset_ms = offset_s * 1000;
+    util_clk.moved = 0;
+    if ((wall + util_clk.offset_ms) / 1000 < floor) {
+        /* The clock is behind what this node already wrote: it booted
+         * with a wrong clock.  Carry on from there. */
+        util_clk.offset_ms = floor * 1000 - wall;
+        util_clk.moved = 1;
+    }
+    util_clk.last_wall_ms = wall;
+    util_clk.last_mono_ms = util_boot_ms();
+    util_clk.last = 0;
+}
+
+int64_t util_clock_offset(int *moved)
+{
+    util_now();                         /* notice a step first */
+    if (moved) {
+        *moved = util_clk.moved;
+        util_clk.moved = 0;
+    }
+    return util_clk.offset_ms / 1000;
 }
 
 int64_t util_now_ms(void)
@@ -1518,7 +1630,8 @@ void util_lower(char *s)
 
 void util_date(int64_t t, char *buf, size_t n)
 {
-    time_t tt = (time_t)t;
+    /* t is queue time: show the wall clock's time of it. */
+    time_t tt = (time_t)(t > 0 ? t - util_clk.offset_ms / 1000 : t);
     struct tm tm;
     if (!localtime_r(&tt, &tm) || tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_wday < 0 || tm.tm_wday > 6) {
         util_strlcpy(buf, "never", n);  /* out of range: a time that is never reached */
@@ -6265,6 +6378,7 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     }
     if (migrate(err, errlen))
         goto fail;
+    store_clock_load();
     if (mode == STORE_DAEMON) {
         /* Bodies left incomplete by a crash were never acknowledged. */
         if (exec("DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=0);"
@@ -8649,9 +8763,12 @@ int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t r
     static sqlite3_stmt *st;
     int rc;
 
+    /* A recipient in transit on an offline bundle waits for the peer's
+     * receipt (or its resend), however long the carrier takes: bouncing
+     * it could report as failed a message the peer has delivered. */
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0"
-                         " ORDER BY m.received LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0 AND NOT EXISTS"
+                         " (SELECT 1 FROM bundle_transit t WHERE t.rcpt_id=r.id) ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -8729,6 +8846,354 @@ int store_held_count(const char *domain)
         n = sqlite3_column_int(st, 0);
     sqlite3_reset(st);
     return n;
+}
+
+/* ---- src/store_backup.c ---- */
+#line 1 "src/store_backup.c"
+/*
+ * store_backup.c: a consistent copy of a live database, and putting one
+ * back.
+ *
+ * The copy goes through SQLite's online backup API on a connection of its
+ * own that holds one read transaction from the first page to the last.
+ * In WAL mode a reader never blocks the daemon's writers (they append to
+ * the log, which simply cannot be folded back past the reader's snapshot
+ * until the copy ends), and the snapshot is one committed state: every
+ * message the daemon acknowledged before the copy began is in it, none
+ * half.  Without that read transaction a write by the daemon between two
+ * steps would restart the copy from page one, and a node that never stops
+ * receiving would never finish its backup.
+ *
+ * The copy is written to FILE.tmp, checked, fsynced and only then renamed
+ * to FILE: a backup killed at any instant leaves the previous FILE (if
+ * any) untouched and the live database as it was.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BACKUP_STEP_PAGES 256           /* pages per step when not paced */
+
+static void backup_err(char *err, size_t errlen, const char *what, const char *path, sqlite3 *db)
+{
+    snprintf(err, errlen, "%s %s: %s", what, path, db ? sqlite3_errmsg(db) : strerror(errno));
+}
+
+/* fsync a file, then its directory, so a rename that follows (or the
+ * file's creation) survives a power cut. */
+static int backup_sync(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fsync(fd)) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    if (!slash)
+        util_strlcpy(dir, ".", sizeof dir);
+    else if (slash == path)
+        util_strlcpy(dir, "/", sizeof dir);
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static void backup_sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) && errno == EINTR)
+        ;
+}
+
+static int backup_scalar(sqlite3 *db, const char *sql, int64_t *out)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* PRAGMA quick_check: every page and index entry readable and in order. */
+static int backup_check(sqlite3 *db, char *err, size_t errlen, const char *path)
+{
+    sqlite3_stmt *st;
+    int rc, ok = 0;
+
+    if (sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL) != SQLITE_OK) {
+        backup_err(err, errlen, "cannot check", path, db);
+        return -1;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *r = (const char *)sqlite3_column_text(st, 0);
+        ok = r && !strcmp(r, "ok");
+        if (!ok)
+            snprintf(err, errlen, "%s is damaged: %s", path, r ? r : "?");
+    } else {
+        backup_err(err, errlen, "cannot check", path, db);
+    }
+    sqlite3_finalize(st);
+    return ok ? 0 : -1;
+}
+
+/* Copies every page of src into the new file dst_path.  pages_per_sec > 0
+ * paces the copy (a slow SD card shared with the daemon). */
+static int backup_copy(sqlite3 *src, const char *dst_path, int64_t pages_per_sec, char *err, size_t errlen)
+{
+    sqlite3 *dst = NULL;
+    sqlite3_backup *b;
+    mode_t old;
+    int rc, step = BACKUP_STEP_PAGES, busy = 0;
+    long pause_ms = 0;
+
+    if (pages_per_sec > 0) {
+        /* Ten steps a second. */
+        step = pages_per_sec / 10 > 0 ? (int)(pages_per_sec / 10) : 1;
+        pause_ms = 100;
+    }
+    unlink(dst_path);
+    old = umask(077);                   /* everyone's mail, password hashes */
+    rc = sqlite3_open_v2(dst_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    umask(old);
+    if (rc != SQLITE_OK) {
+        backup_err(err, errlen, "cannot create", dst_path, dst);
+        sqlite3_close(dst);
+        return -1;
+    }
+    b = sqlite3_backup_init(dst, "main", src, "main");
+    if (!b) {
+        backup_err(err, errlen, "cannot copy into", dst_path, dst);
+        sqlite3_close(dst);
+        return -1;
+    }
+    do {
+        rc = sqlite3_backup_step(b, step);
+        if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
+            /* Only the copy's own target can be locked: give up after a
+             * while rather than spin for ever. */
+            if (++busy > 600)
+                break;
+            backup_sleep_ms(50);
+        } else if (rc == SQLITE_OK && pause_ms) {
+            backup_sleep_ms(pause_ms);
+        }
+    } while (rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED);
+    sqlite3_backup_finish(b);
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "copy into %s failed: %s", dst_path,
+                 sqlite3_errcode(dst) ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
+        sqlite3_close(dst);
+        return -1;
+    }
+    rc = backup_check(dst, err, errlen, dst_path);
+    sqlite3_close(dst);
+    return rc;
+}
+
+static int backup_open(const char *path, int flags, sqlite3 **db, char *err, size_t errlen)
+{
+    struct stat st;
+
+    if (stat(path, &st)) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK) {
+        backup_err(err, errlen, "cannot open", path, *db);
+        sqlite3_close(*db);
+        *db = NULL;
+        return -1;
+    }
+    sqlite3_busy_timeout(*db, 15000);
+    return 0;
+}
+
+int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen)
+{
+    char tmp[4096];
+    sqlite3 *src = NULL;
+    int64_t page_size = 4096;
+    int rc = -1;
+
+    memset(info, 0, sizeof *info);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", file) >= (int)sizeof tmp) {
+        snprintf(err, errlen, "%s: name too long", file);
+        return -1;
+    }
+    if (backup_open(db_path, SQLITE_OPEN_READWRITE, &src, err, errlen))
+        return -1;
+    /* The snapshot: one read transaction for the whole copy. */
+    if (sqlite3_exec(src, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+        backup_scalar(src, "PRAGMA user_version", &info->schema) ||
+        backup_scalar(src, "PRAGMA page_size", &page_size) ||
+        backup_scalar(src, "PRAGMA page_count", &info->pages)) {
+        backup_err(err, errlen, "cannot read", db_path, src);
+        goto out;
+    }
+    if (info->schema <= 0) {
+        snprintf(err, errlen, "%s is not a mailnode database (no schema version)", db_path);
+        goto out;
+    }
+    backup_scalar(src, "SELECT count(*) FROM message", &info->messages);
+    backup_scalar(src, "SELECT count(*) FROM mbox", &info->mailbox_messages);
+    info->bytes = info->pages * page_size;
+    if (backup_copy(src, tmp, bytes_per_sec > 0 ? (bytes_per_sec + page_size - 1) / page_size : 0, err, errlen))
+        goto out;
+    if (backup_sync(tmp)) {
+        snprintf(err, errlen, "cannot sync %.800s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (rename(tmp, file) || backup_sync(file)) {
+        snprintf(err, errlen, "cannot rename %.400s to %.400s: %s", tmp, file, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (rc)
+        unlink(tmp);
+    sqlite3_exec(src, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(src);
+    return rc;
+}
+
+/* Restore: file is copied (backup API again, so a file that is itself in
+ * WAL mode with a log beside it is read whole) to DB.restore, checked,
+ * migrated to this version's schema by an ordinary open (which also
+ * refuses a newer schema), and renamed over the database.  The old
+ * database's -wal and -shm files go first: a log left beside a
+ * different database would be replayed into it. */
+int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err, size_t errlen)
+{
+    char tmp[4096], side[4200];
+    sqlite3 *src = NULL;
+    int rc = -1;
+
+    memset(info, 0, sizeof *info);
+    if (snprintf(tmp, sizeof tmp, "%s.restore", db_path) >= (int)sizeof tmp) {
+        snprintf(err, errlen, "%s: name too long", db_path);
+        return -1;
+    }
+    if (backup_open(file, SQLITE_OPEN_READONLY, &src, err, errlen))
+        return -1;
+    if (backup_check(src, err, errlen, file))
+        goto out;
+    if (backup_scalar(src, "PRAGMA user_version", &info->schema) || info->schema <= 0) {
+        snprintf(err, errlen, "%s is not a mailnode database (no schema version)", file);
+        goto out;
+    }
+    if (backup_copy(src, tmp, 0, err, errlen))
+        goto out;
+    sqlite3_close(src);
+    src = NULL;
+    if (store_open(tmp, STORE_TOOL, err, errlen))
+        goto out;
+    store_close();
+    if (backup_open(tmp, SQLITE_OPEN_READONLY, &src, err, errlen))
+        goto out;
+    backup_scalar(src, "SELECT count(*) FROM message", &info->messages);
+    backup_scalar(src, "SELECT count(*) FROM mbox", &info->mailbox_messages);
+    sqlite3_close(src);
+    src = NULL;
+    if (backup_sync(tmp)) {
+        snprintf(err, errlen, "cannot sync %.800s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    snprintf(side, sizeof side, "%s-wal", db_path);
+    if (unlink(side) && errno != ENOENT)
+        goto side_fail;
+    snprintf(side, sizeof side, "%s-shm", db_path);
+    if (unlink(side) && errno != ENOENT)
+        goto side_fail;
+    if (rename(tmp, db_path) || backup_sync(db_path)) {
+        snprintf(err, errlen, "cannot rename %.400s to %.400s: %s", tmp, db_path, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+    goto out;
+side_fail:
+    snprintf(err, errlen, "cannot remove %.800s: %s", side, strerror(errno));
+out:
+    if (rc)
+        unlink(tmp);
+    sqlite3_close(src);
+    return rc;
+}
+
+/* ---- src/store_clock.c ---- */
+#line 1 "src/store_clock.c"
+/*
+ * store_clock.c: what queue time (util.c) needs from the database: the
+ * offset between queue time and the wall clock, kept in meta, and the
+ * newest time this node has written, below which queue time never starts.
+ */
+
+
+#include <stdlib.h>
+
+#define CLOCK_META_KEY "clock_offset"
+
+/* The newest stored time, from indexed or small tables only: the newest
+ * message (message_received), the newest mailbox entry (its uid is the
+ * rowid), the destinations and the meta facts. */
+static int64_t store_clock_floor(void)
+{
+    static sqlite3_stmt *st;
+    int64_t floor = 0;
+
+    if (!store_stmt(&st, "SELECT max(coalesce((SELECT max(received) FROM message), 0),"
+                         " coalesce((SELECT added FROM mbox WHERE uid=(SELECT max(uid) FROM mbox)), 0),"
+                         " coalesce((SELECT max(max(coalesce(last_try, 0), coalesce(last_ok, 0))) FROM dest), 0),"
+                         " coalesce((SELECT max(updated) FROM meta), 0))"))
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        floor = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return floor;
+}
+
+int store_clock_load(void)
+{
+    char value[32];
+    int64_t offset = 0;
+
+    if (store_meta_get(CLOCK_META_KEY, value, sizeof value, NULL) == 0)
+        offset = strtoll(value, NULL, 10);
+    util_clock_start(offset, store_clock_floor());
+    return 0;
+}
+
+int store_clock_save(void)
+{
+    char value[32];
+    int moved;
+    int64_t offset = util_clock_offset(&moved);
+
+    if (!moved)
+        return 0;
+    snprintf(value, sizeof value, "%lld", (long long)offset);
+    log_info("queue time is the wall clock %+llds", (long long)offset);
+    return store_meta_set(CLOCK_META_KEY, value);
 }
 
 /* ---- src/store_ops.c ---- */
@@ -16766,6 +17231,9 @@ static void maintenance(int64_t now)
         every = conf->queue_warn_after / 4;
     if (every < 1)
         every = 1;
+    /* A step of the wall clock changed queue time's offset: every process
+     * of the node must agree on it. */
+    store_clock_save();
     if (now - Q.last_maint < every)
         return;
     Q.last_maint = now;
@@ -29548,6 +30016,269 @@ int cli_flush(int argc, char **argv)
     return rc;
 }
 
+/* ---- src/cli_backup.c ---- */
+#line 1 "src/cli_backup.c"
+/*
+ * cli_backup.c: `mailnode backup FILE` and `mailnode restore FILE`.
+ *
+ * A backup is FILE, a consistent copy of the database taken while the
+ * daemon runs (store_backup.c), FILE.key, a copy of the node key, and
+ * FILE.bundle-key, a copy of the bundle key pair when there is one.  The
+ * node key seals the CRAM-MD5 secrets kept in the database; it is kept
+ * apart so that an operator can store it apart too (a stolen database
+ * alone yields nothing that logs in).  A database restored without its key
+ * still works, but users must set their passwords again for CRAM-MD5; a
+ * node restored without its bundle key needs a new key given to every
+ * peer.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char cli_backup_help[] =
+    "usage: mailnode backup [--no-key] [--rate BYTES] FILE\n"
+    "\n"
+    "Writes a consistent copy of the database to FILE while the daemon runs\n"
+    "and accepts mail (SQLite's online backup: one snapshot, the daemon is not\n"
+    "stopped), the node key to FILE.key and the bundle key pair (if any) to\n"
+    "FILE.bundle-key (mode 0600).  The copy is written\n"
+    "to FILE.tmp and renamed only when complete and checked, so an interrupted\n"
+    "backup leaves an earlier FILE as it was.\n"
+    "  --no-key       do not copy the keys (store them apart yourself)\n"
+    "  --rate BYTES   copy at most BYTES per second (k, M suffixes), to leave\n"
+    "                 a slow SD card to the daemon\n";
+
+static const char cli_restore_help[] =
+    "usage: mailnode restore [--no-key] FILE\n"
+    "\n"
+    "Replaces the database with the backup FILE, with the daemon stopped.\n"
+    "FILE is checked, copied and brought to this version's schema before it\n"
+    "replaces the database; a backup made by a newer mailnode is refused.\n"
+    "FILE.key and FILE.bundle-key, if present, become the node key and the\n"
+    "bundle key (a different key already there is kept as KEYFILE.old).\n"
+    "  --no-key   leave the keys as they are\n";
+
+static int cli_backup_usage(const char *help, int argc, char **argv, int *i, int *no_key, const char **rate)
+{
+    for (*i = 1; *i < argc; (*i)++) {
+        const char *a = argv[*i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(help, stdout);
+            return EX_OK;
+        } else if (!strcmp(a, "--no-key")) {
+            *no_key = 1;
+        } else if (rate && !strcmp(a, "--rate") && *i + 1 < argc) {
+            *rate = argv[++*i];
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "mailnode: unknown option %s\n%s", a, help);
+            return EX_USAGE;
+        } else {
+            break;
+        }
+    }
+    if (*i != argc - 1) {
+        fputs(help, stderr);
+        return EX_USAGE;
+    }
+    return -1;
+}
+
+/* Copies src to dst through dst.tmp, fsynced, mode 0600.  0, 1 when src
+ * does not exist, -1 on error (errno). */
+static int cli_copy_key(const char *src, const char *dst)
+{
+    char tmp[4096], buf[4096];
+    int in, out = -1;
+    ssize_t n;
+
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", dst) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return errno == ENOENT ? 1 : -1;
+    out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (out < 0)
+        goto fail;
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            goto fail;
+    if (n < 0 || fsync(out) || close(out)) {
+        out = -1;
+        goto fail;
+    }
+    close(in);
+    return rename(tmp, dst);
+fail:
+    {
+        int e = errno;
+        close(in);
+        if (out >= 0)
+            close(out);
+        unlink(tmp);
+        errno = e;
+    }
+    return -1;
+}
+
+/* 1 if both files exist with the same bytes. */
+static int cli_same_file(const char *a, const char *b)
+{
+    char ba[256], bb[256];
+    int fa = open(a, O_RDONLY | O_CLOEXEC), fb = open(b, O_RDONLY | O_CLOEXEC);
+    ssize_t na, nb;
+    int same = fa >= 0 && fb >= 0;
+
+    while (same) {
+        na = read(fa, ba, sizeof ba);
+        nb = read(fb, bb, sizeof bb);
+        if (na != nb || na < 0 || memcmp(ba, bb, (size_t)na))
+            same = 0;
+        if (na <= 0)
+            break;
+    }
+    if (fa >= 0)
+        close(fa);
+    if (fb >= 0)
+        close(fb);
+    return same;
+}
+
+/* The key files a backup carries beside the database copy: the node key
+ * (CRAM-MD5 secrets) and the bundle key pair (the identity peers know). */
+struct cli_key_file {
+    const char *what, *suffix;
+    const char *path;
+};
+
+static int cli_key_files(struct cli_key_file k[2])
+{
+    k[0] = (struct cli_key_file){ "node key", "key", conf->keyfile };
+    k[1] = (struct cli_key_file){ "bundle key", "bundle-key", conf->bundle_key };
+    return 2;
+}
+
+static int cli_backup_keys(const char *file)
+{
+    struct cli_key_file k[2];
+    char copy[4096];
+    int n = cli_key_files(k);
+
+    for (int j = 0; j < n; j++) {
+        if (!k[j].path || !*k[j].path)
+            continue;
+        snprintf(copy, sizeof copy, "%s.%s", file, k[j].suffix);
+        int rc = cli_copy_key(k[j].path, copy);
+        if (rc < 0) {
+            fprintf(stderr, "mailnode: backup: cannot copy the %s %s to %s: %s\n", k[j].what, k[j].path, copy,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        if (rc == 1) {
+            unlink(copy);               /* not one of an older backup of this name */
+            printf("backup: no %s at %s (none made yet): nothing to copy\n", k[j].what, k[j].path);
+        } else {
+            printf("backup: %s copied to %s (keep it as safe as the database)\n", k[j].what, copy);
+        }
+    }
+    return EX_OK;
+}
+
+int cli_backup(int argc, char **argv)
+{
+    struct store_backup_info info;
+    const char *rate = NULL, *file;
+    char err[1024];
+    int64_t bytes_per_sec = 0;
+    int i, no_key = 0, rc;
+
+    if ((rc = cli_backup_usage(cli_backup_help, argc, argv, &i, &no_key, &rate)) >= 0)
+        return rc;
+    file = argv[i];
+    if (rate && (util_parse_size(rate, &bytes_per_sec) || bytes_per_sec <= 0)) {
+        fprintf(stderr, "mailnode: --rate %s: not a size (e.g. 512k, 2M)\n", rate);
+        return EX_USAGE;
+    }
+    if (store_backup(conf->database, file, bytes_per_sec, &info, err, sizeof err)) {
+        fprintf(stderr, "mailnode: backup: %s\n", err);
+        return errno == EACCES || errno == EPERM ? EX_NOPERM : EX_CANTCREAT;
+    }
+    printf("backup: %s: schema %lld, %lld bytes, %lld queued messages, %lld mailbox messages\n", file,
+           (long long)info.schema, (long long)info.bytes, (long long)info.messages,
+           (long long)info.mailbox_messages);
+    return no_key ? EX_OK : cli_backup_keys(file);
+}
+
+/* Installs FILE.SUFFIX as the key file, keeping a different one as .old. */
+static int cli_restore_keys(const char *file)
+{
+    struct cli_key_file k[2];
+    char copy[4096], old[4096];
+    int n = cli_key_files(k);
+
+    for (int j = 0; j < n; j++) {
+        if (!k[j].path || !*k[j].path)
+            continue;
+        snprintf(copy, sizeof copy, "%s.%s", file, k[j].suffix);
+        if (access(copy, F_OK) != 0) {
+            printf("restore: no %s: the %s stays as it is%s\n", copy, k[j].what,
+                   j == 0 ? " (users may need to set their passwords again for CRAM-MD5)" : "");
+            continue;
+        }
+        if (cli_same_file(copy, k[j].path))
+            continue;
+        snprintf(old, sizeof old, "%s.old", k[j].path);
+        if (access(k[j].path, F_OK) == 0 && rename(k[j].path, old)) {
+            fprintf(stderr, "mailnode: restore: cannot keep the old %s as %s: %s\n", k[j].what, old,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        if (cli_copy_key(copy, k[j].path)) {
+            fprintf(stderr, "mailnode: restore: cannot install the %s %s: %s\n", k[j].what, k[j].path,
+                    strerror(errno));
+            return EX_CANTCREAT;
+        }
+        printf("restore: %s %s installed from %s%s\n", k[j].what, k[j].path, copy,
+               access(old, F_OK) == 0 ? " (the previous one kept as .old)" : "");
+    }
+    return EX_OK;
+}
+
+int cli_restore(int argc, char **argv)
+{
+    struct store_backup_info info;
+    const char *file;
+    char err[1024];
+    int i, no_key = 0, rc, lockfd;
+
+    if ((rc = cli_backup_usage(cli_restore_help, argc, argv, &i, &no_key, NULL)) >= 0)
+        return rc;
+    file = argv[i];
+    /* The daemon's lock: nothing may have the database open meanwhile. */
+    lockfd = cli_db_lock();
+    if (lockfd < 0) {
+        if (-lockfd == EX_TEMPFAIL)
+            fprintf(stderr, "mailnode: restore: stop the daemon first\n");
+        return -lockfd;
+    }
+    if (store_restore(file, conf->database, &info, err, sizeof err)) {
+        fprintf(stderr, "mailnode: restore: %s\n", err);
+        close(lockfd);
+        return strstr(err, "newer than") || strstr(err, "damaged") || strstr(err, "not a mailnode")
+                   ? EX_DATAERR : EX_CANTCREAT;
+    }
+    printf("restore: %s now holds %s: %lld queued messages, %lld mailbox messages\n", conf->database, file,
+           (long long)info.messages, (long long)info.mailbox_messages);
+    rc = no_key ? EX_OK : cli_restore_keys(file);
+    close(lockfd);
+    return rc;
+}
+
 /* ---- src/cli_bundle.c ---- */
 #line 1 "src/cli_bundle.c"
 /*
@@ -30888,6 +31619,8 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "backup", cli_backup, "FILE: consistent copy of the database and node key, daemon running" },
+    { "restore", cli_restore, "FILE: put a backup back (daemon stopped)" },
     { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },

@@ -54,7 +54,15 @@
 
 /* ------------------------------------------------------------------ util */
 
-int64_t util_now(void);                 /* wall clock, seconds since the epoch */
+/* Queue time in seconds since the epoch: the wall clock, but immune to
+ * steps of it (util.c explains).  Everything stored and scheduled uses it. */
+int64_t util_now(void);
+/* Sets queue time up from what the database holds: the saved offset and
+ * the newest time written (queue time never starts before it). */
+void util_clock_start(int64_t offset_s, int64_t floor);
+/* The current offset; *moved (if given) says whether it changed since the
+ * last call that asked, i.e. whether it must be saved again. */
+int64_t util_clock_offset(int *moved);
 int64_t util_now_ms(void);              /* monotonic milliseconds */
 /* "30s", "5m", "4h", "5d", or bare seconds. */
 int util_parse_duration(const char *s, int64_t *secs);
@@ -405,6 +413,22 @@ int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void 
 #define STORE_FAULT() 0
 #endif
 int store_in_txn(void);
+/* Queue time (store_clock.c): store_clock_load() starts it from the saved
+ * offset and the newest stored time (store_open does this);
+ * store_clock_save() saves the offset if a clock step changed it. */
+int store_clock_load(void);
+int store_clock_save(void);
+
+/* Backups (store_backup.c): a consistent copy of a live database by the
+ * online backup API, and its restore over the database.  0, or -1 with
+ * err filled. */
+struct store_backup_info {
+    int64_t schema, pages, bytes, messages, mailbox_messages;
+};
+int store_backup(const char *db_path, const char *file, int64_t bytes_per_sec, struct store_backup_info *info,
+                 char *err, size_t errlen);
+int store_restore(const char *file, const char *db_path, struct store_backup_info *info, char *err,
+                  size_t errlen);
 
 /* A body being written: raw bytes in, compressed chunks out. */
 struct store_body {
@@ -1388,6 +1412,8 @@ int cli_mailbox(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMAIN] */
 int cli_poll(int argc, char **argv);            /* mailnode poll */
+int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
+int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
 int cli_key(int argc, char **argv);             /* mailnode key show */
 int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
 int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */

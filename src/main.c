@@ -24,6 +24,8 @@ static const struct {
     { "poll", cli_poll, "one upstream exchange: send queued mail, then ETRN/ATRN" },
     { "status", cli_status, "queue, mailboxes and destinations" },
     { "flush", cli_flush, "deliver now: reset retry timers (--wait: until done)" },
+    { "backup", cli_backup, "FILE: consistent copy of the database and node key, daemon running" },
+    { "restore", cli_restore, "FILE: put a backup back (daemon stopped)" },
     { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },

@@ -820,6 +820,9 @@ static void maintenance(int64_t now)
         every = conf->queue_warn_after / 4;
     if (every < 1)
         every = 1;
+    /* A step of the wall clock changed queue time's offset: every process
+     * of the node must agree on it. */
+    store_clock_save();
     if (now - Q.last_maint < every)
         return;
     Q.last_maint = now;

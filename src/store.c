@@ -299,6 +299,7 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     }
     if (migrate(err, errlen))
         goto fail;
+    store_clock_load();
     if (mode == STORE_DAEMON) {
         /* Bodies left incomplete by a crash were never acknowledged. */
         if (exec("DELETE FROM chunk WHERE body_id IN (SELECT id FROM body WHERE complete=0);"

@@ -341,9 +341,12 @@ int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t r
     static sqlite3_stmt *st;
     int rc;
 
+    /* A recipient in transit on an offline bundle waits for the peer's
+     * receipt (or its resend), however long the carrier takes: bouncing
+     * it could report as failed a message the peer has delivered. */
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0"
-                         " ORDER BY m.received LIMIT 1000"))
+                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0 AND NOT EXISTS"
+                         " (SELECT 1 FROM bundle_transit t WHERE t.rcpt_id=r.id) ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)

@@ -11,9 +11,95 @@
 #include <time.h>
 #include <arpa/inet.h>
 
+/* ------------------------------------------------------------ queue time
+ *
+ * Every time the node stores (arrival, next retry, last try) and compares
+ * with "now" is queue time: the wall clock plus an offset that absorbs
+ * steps of the wall clock.  A field box often boots with a clock that is
+ * days wrong until NTP or GPS sets it; if arrival times and retry times
+ * followed such a step, a step forward would expire the whole queue and a
+ * step back would push every retry days away.  So while a process runs,
+ * queue time advances with CLOCK_BOOTTIME (monotonic, and counting a
+ * suspend as time that passed), and a difference between the two clocks
+ * larger than UTIL_CLOCK_STEP_MS is a step, taken into the offset.
+ * Across a restart, the wall clock measures the downtime, but queue time
+ * never starts before the newest time stored in the database (a box that
+ * boots with its clock behind carries on where it stopped); the offset is
+ * kept in the database (store_clock.c) so that every process of the node
+ * agrees on it.  Dates shown to people go back to the wall clock
+ * (util_date). */
+#define UTIL_CLOCK_STEP_MS (30 * 1000)
+
+static struct {
+    int64_t offset_ms;                  /* queue time - wall clock */
+    int64_t last_wall_ms, last_mono_ms; /* the previous reading of both */
+    int64_t last;                       /* the last queue time returned */
+    int moved;                          /* offset changed since the last save */
+} util_clk;
+
+static int64_t util_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t util_boot_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_BOOTTIME, &ts))
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t util_now(void)
 {
-    return (int64_t)time(NULL);
+    int64_t wall = util_wall_ms(), mono = util_boot_ms(), q;
+
+    if (util_clk.last_mono_ms) {
+        int64_t step = wall - (util_clk.last_wall_ms + (mono - util_clk.last_mono_ms));
+        if (step > UTIL_CLOCK_STEP_MS || step < -UTIL_CLOCK_STEP_MS) {
+            util_clk.offset_ms -= step;
+            util_clk.moved = 1;
+            log_warn("the wall clock stepped %s by %llds: queue times (arrival, retries, expiry) keep"
+                     " counting real time", step > 0 ? "forward" : "back",
+                     (long long)((step < 0 ? -step : step) / 1000));
+        }
+    }
+    util_clk.last_wall_ms = wall;
+    util_clk.last_mono_ms = mono;
+    q = (wall + util_clk.offset_ms) / 1000;
+    if (q < util_clk.last)              /* small slews never run it backwards */
+        q = util_clk.last;
+    util_clk.last = q;
+    return q;
+}
+
+void util_clock_start(int64_t offset_s, int64_t floor)
+{
+    int64_t wall = util_wall_ms();
+
+    util_clk.offset_ms = offset_s * 1000;
+    util_clk.moved = 0;
+    if ((wall + util_clk.offset_ms) / 1000 < floor) {
+        /* The clock is behind what this node already wrote: it booted
+         * with a wrong clock.  Carry on from there. */
+        util_clk.offset_ms = floor * 1000 - wall;
+        util_clk.moved = 1;
+    }
+    util_clk.last_wall_ms = wall;
+    util_clk.last_mono_ms = util_boot_ms();
+    util_clk.last = 0;
+}
+
+int64_t util_clock_offset(int *moved)
+{
+    util_now();                         /* notice a step first */
+    if (moved) {
+        *moved = util_clk.moved;
+        util_clk.moved = 0;
+    }
+    return util_clk.offset_ms / 1000;
 }
 
 int64_t util_now_ms(void)
@@ -92,7 +178,8 @@ void util_lower(char *s)
 
 void util_date(int64_t t, char *buf, size_t n)
 {
-    time_t tt = (time_t)t;
+    /* t is queue time: show the wall clock's time of it. */
+    time_t tt = (time_t)(t > 0 ? t - util_clk.offset_ms / 1000 : t);
     struct tm tm;
     if (!localtime_r(&tt, &tm) || tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_wday < 0 || tm.tm_wday > 6) {
         util_strlcpy(buf, "never", n);  /* out of range: a time that is never reached */

@@ -10,6 +10,8 @@ pkgs="$pkgs isync s-nail dovecot-imapd"
 # c-ares, the DNS resolver library (headers, pkg-config file and libcares.a
 # for `make static`).
 pkgs="$pkgs libc-ares-dev"
+# faketime: tests/proto/test_clock.py steps the daemon's wall clock.
+pkgs="$pkgs faketime"
 [ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
 # FUZZ=1 (make fuzz): clang with libFuzzer; VALGRIND=1 (make test-valgrind).
 [ "${FUZZ:-}" != 1 ] || pkgs="$pkgs clang libclang-rt-dev"
