@@ -108,7 +108,7 @@ fs_drop() {
 }
 fs_written() {   # bytes written to the device so far (after a sync)
     sync -f "$MNT" 2>/dev/null || sync
-    awk '{ print $7 * 512 }' "/sys/block/${LOOP#/dev/}/stat"
+    awk '{ printf "%.0f\n", $7 * 512 }' "/sys/block/${LOOP#/dev/}/stat"
 }
 
 # ------------------------------------------------------------ servers

@@ -9,7 +9,11 @@
  * so the kernel drops datagrams from any other address or port).  It keeps
  * no socket open between busy spells: when the last question is answered
  * its sockets close, and the next question goes out from a fresh
- * ephemeral port (RFC 5452 4.5).  Nothing here blocks: c-ares reports its
+ * ephemeral port.  RFC 5452 4.5 asks for a new port per question: with
+ * c-ares 1.20 or later (ARES_OPT_UDP_MAX_QUERIES) each UDP socket carries
+ * one question; 1.18 (Debian bookworm) keeps one socket per server while
+ * questions are in flight.
+ * Nothing here blocks: c-ares reports its
  * sockets through the socket-state callback, they are watched in our
  * epoll loop, and its retry deadlines are one loop timer.
  *
@@ -52,7 +56,16 @@
 #define DNS_MAX_QUERIES   256   /* in flight; beyond: "resolver busy" */
 #define DNS_MAX_CNAME     8     /* CNAME hops followed inside one answer */
 #define DNS_MSG_MAX       32    /* MX or addresses kept per answer */
-#define DNS_MAX_SOCKS     16    /* c-ares sockets watched: one UDP and one TCP per server */
+#define DNS_MSG_RR        64    /* answer records of interest examined per answer */
+#ifdef ARES_OPT_UDP_MAX_QUERIES
+/* c-ares 1.20 and later: one UDP socket per question in flight, so the
+ * questions in flight are capped to what the slots hold. */
+#define DNS_MAX_SOCKS     256
+#define DNS_MAX_TXS       (DNS_MAX_SOCKS - 2 * DNS_MAX_SERVERS - 2 * DNS_MAX_HOSTS)
+#else
+#define DNS_MAX_SOCKS     16    /* one UDP and one TCP socket per server */
+#define DNS_MAX_TXS       (4 * DNS_MAX_QUERIES)
+#endif
 
 #define DNS_T_A      1
 #define DNS_T_CNAME  5
@@ -63,7 +76,7 @@
 /* dns_answer_* results. */
 #define DNS_ANS_OK    0
 #define DNS_ANS_BAD   (-1)              /* malformed answer */
-#define DNS_ANS_LOOP  (-2)              /* no records, and the CNAME chain loops or is too long */
+#define DNS_ANS_LOOP  (-2)              /* the CNAME chain loops or is too long */
 
 struct dns_mx {
     int pref;
@@ -76,10 +89,12 @@ struct dns_addr {
 };
 
 /* ----------------------------------------------------- answer digests */
-/* The bytes of an answer are parsed by c-ares (ares_parse_*_reply,
- * ares_expand_name); what is here decides what to keep of them.  These
- * functions see whatever a server sent, so tests/fuzz/fuzz_dns.c feeds
- * them arbitrary bytes. */
+/* c-ares delivers an answer whose id and question match; names in it are
+ * expanded by c-ares (ares_expand_name: compression pointers, label
+ * types); what is here decides what to keep of it.  The parse functions
+ * of c-ares are not used: they differ between versions in which records
+ * they accept.  These functions see whatever a server sent, so
+ * tests/fuzz/fuzz_dns.c feeds them arbitrary bytes. */
 
 static uint16_t get16(const unsigned char *p)
 {
@@ -106,106 +121,129 @@ static int dns_name_at(const unsigned char *p, const unsigned char *msg, int len
     return 0;
 }
 
-/* 1 if following the CNAMEs of the answer section from the question name
- * loops, or takes more than DNS_MAX_CNAME hops (RFC 1034 3.6.2: a chain
- * must end).  Called when an answer holds no record of the asked type, to
- * tell a broken chain (temporary: the server could not finish it) from a
- * chain that ends at a name without such records (NODATA). */
-static int dns_cname_loops(const unsigned char *msg, int len)
+/* One record of the answer section: its owner, type and data. */
+struct dns_rr {
+    char owner[DNS_NAME_MAX + 1];
+    uint16_t type;
+    uint16_t rdlen;
+    const unsigned char *rdata;
+};
+
+/* The records of interest of the last answer walked (the loop is
+ * single-threaded). */
+static struct dns_rr dns_rrs[DNS_MSG_RR];
+
+/* The answer section of msg, as far as it concerns a question of type
+ * qtype: the records of that type owned by the name at the end of the
+ * CNAME chain that starts at the question name (RFC 1034 3.6.2, RFC 5321
+ * 5.1), into rr[0..*n).  c-ares has matched id and question already and
+ * expands the names; what is checked here is that every record header
+ * and its data lie inside the message, that the question name leads to
+ * the records (a record for a name off the chain is ignored: newer c-ares
+ * parsers would take it), and that the chain ends within DNS_MAX_CNAME
+ * hops without a loop.  The other sections are never read.  The records
+ * kept are dns_rrs[idx[0..*n)]. */
+static int dns_answer_walk(const unsigned char *msg, int len, uint16_t qtype, int *idx, int *n)
 {
-    static char from[DNS_MSG_MAX][DNS_NAME_MAX + 1], to[DNS_MSG_MAX][DNS_NAME_MAX + 1];
+    struct dns_rr *all = dns_rrs;
     char name[DNS_NAME_MAX + 1];
     const unsigned char *p = msg + 12, *end = msg + len;
     unsigned an;
-    int n = 0;
+    int nall = 0, hops = 0;
     long used;
 
-    if (len < 12 || get16(msg + 4) != 1 || dns_name_at(p, msg, len, name, &used) < 0)
-        return 0;
+    *n = 0;
+    if (len < 12 || get16(msg + 4) != 1 || dns_name_at(p, msg, len, name, &used) < 0 ||
+        end - (p + used) < 4)
+        return DNS_ANS_BAD;
     an = get16(msg + 6);
     p += used + 4;
-    for (unsigned i = 0; i < an && n < DNS_MSG_MAX && p < end; i++) {
-        char owner[DNS_NAME_MAX + 1];
-        uint16_t type, rdlen;
-        if (dns_name_at(p, msg, len, owner, &used) < 0 || end - (p + used) < 10)
-            break;
+    for (unsigned i = 0; i < an; i++) {
+        struct dns_rr r;
+        if (dns_name_at(p, msg, len, r.owner, &used) < 0 || end - (p + used) < 10)
+            return DNS_ANS_BAD;
         p += used;
-        type = get16(p);
-        rdlen = get16(p + 8);
+        r.type = get16(p);
+        r.rdlen = get16(p + 8);
+        r.rdata = p + 10;
         p += 10;
-        if (end - p < rdlen)
-            break;
-        if (type == DNS_T_CNAME && dns_name_at(p, msg, len, to[n], &used) == 0) {
-            memcpy(from[n], owner, sizeof owner);
-            n++;
+        if (end - p < r.rdlen)
+            return DNS_ANS_BAD;
+        p += r.rdlen;
+        if (get16(r.rdata - 8) == DNS_C_IN && (r.type == qtype || r.type == DNS_T_CNAME) &&
+            nall < DNS_MSG_RR)
+            all[nall++] = r;
+    }
+    /* Follow the chain from the question name. */
+    for (;;) {
+        int i, cname = -1, found = 0;
+        for (i = 0; i < nall; i++) {
+            if (strcmp(all[i].owner, name) != 0)
+                continue;
+            if (all[i].type == qtype)
+                found = 1;
+            else if (cname < 0)
+                cname = i;
         }
-        p += rdlen;
+        if (found || cname < 0 || qtype == DNS_T_CNAME)
+            break;
+        if (++hops > DNS_MAX_CNAME)
+            return DNS_ANS_LOOP;        /* a loop, or a chain too long */
+        if (dns_name_at(all[cname].rdata, msg, len, name, &used) < 0 || used != all[cname].rdlen)
+            return DNS_ANS_BAD;
     }
-    for (int hops = 0;; hops++) {
-        int i;
-        for (i = 0; i < n && strcmp(from[i], name) != 0; i++)
-            ;
-        if (i == n)
-            return 0;                   /* the chain ends */
-        if (hops >= DNS_MAX_CNAME)
-            return 1;
-        memcpy(name, to[i], sizeof name);
-    }
+    for (int i = 0; i < nall && *n < DNS_MSG_MAX; i++)
+        if (all[i].type == qtype && strcmp(all[i].owner, name) == 0)
+            idx[(*n)++] = i;
+    return DNS_ANS_OK;
 }
 
 /* The MX records of an answer (rcode NOERROR, at least one answer record)
  * into mx[0..*n), lower case; the root exchange of a null MX is "". */
 static int dns_answer_mx(const unsigned char *msg, int len, struct dns_mx *mx, int cap, int *n)
 {
-    struct ares_mx_reply *list = NULL;
+    int idx[DNS_MSG_MAX], nrr, rc;
 
     *n = 0;
-    if (ares_parse_mx_reply(msg, len, &list) != ARES_SUCCESS)
-        return DNS_ANS_BAD;
-    for (struct ares_mx_reply *r = list; r && *n < cap; r = r->next) {
-        size_t hl = strlen(r->host);
-        if (hl > DNS_NAME_MAX)
-            continue;                   /* cannot be a host name: never reachable */
-        mx[*n].pref = r->priority;
-        memcpy(mx[*n].host, r->host, hl + 1);
-        util_lower(mx[*n].host);
+    if ((rc = dns_answer_walk(msg, len, DNS_T_MX, idx, &nrr)) != DNS_ANS_OK)
+        return rc;
+    for (int i = 0; i < nrr && *n < cap; i++) {
+        const struct dns_rr *r = &dns_rrs[idx[i]];
+        long used;
+        /* RFC 1035 3.3.9: PREFERENCE, then EXCHANGE filling the rest. */
+        if (r->rdlen < 3 || dns_name_at(r->rdata + 2, msg, len, mx[*n].host, &used) < 0 ||
+            used != r->rdlen - 2) {
+            *n = 0;
+            return DNS_ANS_BAD;
+        }
+        mx[*n].pref = get16(r->rdata);
         (*n)++;
     }
-    ares_free_data(list);
-    if (*n == 0 && dns_cname_loops(msg, len))
-        return DNS_ANS_LOOP;
     return DNS_ANS_OK;
 }
 
-/* The A (family AF_INET) or AAAA records of an answer into a[0..*n).
- * c-ares follows the CNAMEs of the answer to the addresses of the name at
- * the end of the chain. */
+/* The A (family AF_INET) or AAAA records of an answer into a[0..*n). */
 static int dns_answer_addrs(const unsigned char *msg, int len, int family, struct dns_addr *a, int cap, int *n)
 {
-    int rc, got = DNS_MSG_MAX;
+    size_t alen = family == AF_INET ? 4 : 16;
+    int idx[DNS_MSG_MAX], nrr, rc;
 
     *n = 0;
-    if (family == AF_INET) {
-        struct ares_addrttl v4[DNS_MSG_MAX];
-        rc = ares_parse_a_reply(msg, len, NULL, v4, &got);
-        for (int i = 0; rc == ARES_SUCCESS && i < got && *n < cap; i++) {
-            a[*n].family = AF_INET;
-            memcpy(a[*n].a, &v4[i].ipaddr, 4);
-            (*n)++;
+    rc = dns_answer_walk(msg, len, family == AF_INET ? DNS_T_A : DNS_T_AAAA, idx, &nrr);
+    if (rc != DNS_ANS_OK)
+        return rc;
+    for (int i = 0; i < nrr; i++) {
+        const struct dns_rr *r = &dns_rrs[idx[i]];
+        if (r->rdlen != alen) {
+            *n = 0;
+            return DNS_ANS_BAD;         /* RFC 1035 3.4.1, RFC 3596 2.2 */
         }
-    } else {
-        struct ares_addr6ttl v6[DNS_MSG_MAX];
-        rc = ares_parse_aaaa_reply(msg, len, NULL, v6, &got);
-        for (int i = 0; rc == ARES_SUCCESS && i < got && *n < cap; i++) {
-            a[*n].family = AF_INET6;
-            memcpy(a[*n].a, &v6[i].ip6addr, 16);
+        if (*n < cap) {
+            a[*n].family = family;
+            memcpy(a[*n].a, r->rdata, alen);
             (*n)++;
         }
     }
-    if (rc != ARES_SUCCESS && rc != ARES_ENODATA)
-        return DNS_ANS_BAD;
-    if (*n == 0 && dns_cname_loops(msg, len))
-        return DNS_ANS_LOOP;
     return DNS_ANS_OK;
 }
 
@@ -606,8 +644,8 @@ static void dns_sock_state(void *data, ares_socket_t fd, int readable, int writa
         return;
     }
     /* Without a slot the socket is never watched: its questions time out
-     * and fail temporarily.  Only a resolv.conf with many servers gets
-     * here. */
+     * and fail temporarily.  DNS_MAX_TXS and the cap on servers keep us
+     * from getting here. */
     if (!spare) {
         log_err("dns: more than %d resolver sockets; answers on socket %d are not read",
                 DNS_MAX_SOCKS, (int)fd);
@@ -1021,7 +1059,7 @@ static struct dns_query *query_begin(int kind, const char *name, dns_cb cb, void
     if (!dns_hostname_ok(q->name))
         return query_later(q, DNS_PERM, "invalid domain name \"%s\"", q->name);
     /* Orphans count too: they hold c-ares memory until they time out. */
-    if (D.nqueries > DNS_MAX_QUERIES || D.ntxs > 4 * DNS_MAX_QUERIES)
+    if (D.nqueries > DNS_MAX_QUERIES || D.ntxs > DNS_MAX_TXS)
         return query_later(q, DNS_TEMP, "resolver busy");
     *started = 1;
     return q;
@@ -1121,6 +1159,27 @@ static int dns_servers_set(const char *spec)
     return ares_set_servers_ports(D.ch, nodes) == ARES_SUCCESS ? 0 : -1;
 }
 
+/* The servers c-ares found in /etc/resolv.conf: the first DNS_MAX_SERVERS
+ * (MAXNS of the classic resolver), so that its sockets fit our slots. */
+static int dns_servers_cap(void)
+{
+    struct ares_addr_port_node *list = NULL, *p;
+    int n = 1, rc = 0;
+
+    if (ares_get_servers_ports(D.ch, &list) != ARES_SUCCESS)
+        return -1;
+    for (p = list; p && p->next && n < DNS_MAX_SERVERS; p = p->next)
+        n++;
+    if (p && p->next) {
+        struct ares_addr_port_node *tail = p->next;
+        p->next = NULL;
+        rc = ares_set_servers_ports(D.ch, list) == ARES_SUCCESS ? 0 : -1;
+        p->next = tail;                 /* ares_free_data frees the whole chain */
+    }
+    ares_free_data(list);
+    return rc;
+}
+
 int dns_init(void)
 {
     struct ares_options o;
@@ -1143,6 +1202,11 @@ int dns_init(void)
      * answer that does not fit comes back truncated and is asked again
      * over TCP. */
     o.flags = ARES_FLAG_NOSEARCH;
+#ifdef ARES_OPT_UDP_MAX_QUERIES
+    /* RFC 5452 4.5: a fresh source port for every question. */
+    o.udp_max_queries = 1;
+    mask |= ARES_OPT_UDP_MAX_QUERIES;
+#endif
     for (int i = 0; i < DNS_MAX_SOCKS; i++)
         D.socks[i].w.fd = -1;
     if ((rc = ares_init_options(&D.ch, &o, mask)) != ARES_SUCCESS) {
@@ -1150,7 +1214,8 @@ int dns_init(void)
         ares_library_cleanup();
         return -1;
     }
-    if (conf && conf->resolver && *conf->resolver && dns_servers_set(conf->resolver) < 0) {
+    if (conf && conf->resolver && *conf->resolver ? dns_servers_set(conf->resolver) < 0
+                                                    : dns_servers_cap() < 0) {
         ares_destroy(D.ch);
         ares_library_cleanup();
         return -1;

@@ -68,7 +68,7 @@ int64_t util_now_ms(void);              /* monotonic milliseconds */
 int util_parse_duration(const char *s, int64_t *secs);
 /* "10M", "512K", "1G", or bare bytes. */
 int util_parse_size(const char *s, int64_t *bytes);
-void util_qid(char out[QID_LEN + 1]);   /* random queue id */
+void util_qid(char out[QID_LEN + 1]);   /* queue id: time, then random */
 size_t util_strlcpy(char *dst, const char *src, size_t size);
 void util_lower(char *s);
 /* RFC 5322 date-time of t, local time with numeric zone. */
@@ -451,6 +451,7 @@ void store_body_free(struct store_body *b);     /* deletes rows unless committed
 struct store_reader {
     int64_t body_id;
     int64_t seq, nchunks;
+    int inline_data;                    /* one piece, in the body row */
     unsigned char *buf;                 /* STORE_CHUNK bytes */
     size_t len, off;
     int err;

@@ -150,12 +150,24 @@ int util_parse_size(const char *s, int64_t *bytes)
 void util_qid(char out[QID_LEN + 1])
 {
     static const char alphabet[] = "0123456789BCDFGHJKLMNPQRSTVWXYZ";
+    const unsigned base = sizeof alphabet - 1;
     unsigned char r[QID_LEN];
+    struct timespec ts;
+    uint64_t ms;
     size_t i;
 
+    /* The first 9 characters are the time in milliseconds (base 31, in
+     * the alphabet's ASCII order), the rest random: ids sort by age, so
+     * the queue's qid index grows at one end and shrinks at the other
+     * instead of touching a random page per message (flash wears by the
+     * page written). */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    for (i = 9; i-- > 0; ms /= base)
+        out[i] = alphabet[ms % base];
     randombytes_buf(r, sizeof r);
-    for (i = 0; i < QID_LEN; i++)
-        out[i] = alphabet[r[i] % (sizeof alphabet - 1)];
+    for (i = 9; i < QID_LEN; i++)
+        out[i] = alphabet[r[i] % base];
     out[QID_LEN] = '\0';
 }
 
