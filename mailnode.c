@@ -732,6 +732,9 @@ MN_PRIVATE int store_imap_changed(int64_t user_id, int64_t key, int64_t modseq,
                        int (*cb)(void *arg, const struct store_imap_msg *m), void *arg);
 MN_PRIVATE int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const struct store_imap_msg *m),
                     void *arg);
+/* The messages of a folder with uids in [lo, hi], in order. */
+MN_PRIVATE int store_imap_range(int64_t user_id, int64_t key, int64_t lo, int64_t hi,
+                     int (*cb)(void *arg, const struct store_imap_msg *m), void *arg);
 MN_PRIVATE int store_imap_set_flags(int64_t user_id, int64_t uid, unsigned flags, const char *keywords, int64_t modseq);
 /* A copy of the message into folder key; *new_uid gets its uid. */
 MN_PRIVATE int store_imap_copy(int64_t user_id, int64_t uid, int64_t key, int64_t *new_uid);
@@ -1376,6 +1379,7 @@ struct imap {
     char akw[IMAP_KEYWORDS_MAX + 1];
     int64_t auidvalidity;
     struct imap_sb after_commit;        /* the tagged reply due after the commit */
+    int condstore;                      /* RFC 7162 3.1: CONDSTORE is enabled */
 };
 /* imap.c */
 MN_PRIVATE void imap_out(struct imap *s, const void *p, size_t n);
@@ -6410,6 +6414,15 @@ static const char *const migrations[] = {
     /* 7: a body that fits one chunk is kept in its body row: no chunk
      * row, so no chunk page written when it comes and when it goes. */
     "ALTER TABLE body ADD COLUMN data BLOB;",
+    /* 8: CONDSTORE (RFC 7162 3.1): a new message carries the folder's
+     * change number of its arrival as its mod-sequence. */
+    "DROP TRIGGER mbox_added;"
+    "CREATE TRIGGER mbox_added AFTER INSERT ON mbox BEGIN"
+    " UPDATE folder SET uidnext=max(uidnext, NEW.uid+1), modseq=modseq+1"
+    " WHERE user_id=NEW.user_id AND CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END;"
+    " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
+    " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
+    " END;",
 };
 
 sqlite3 *store_db(void)
@@ -7197,6 +7210,21 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
+/* A message that reaches a mailbox gets its IMAP structure (ENVELOPE,
+ * BODYSTRUCTURE, part offsets) computed once now, while its chunks are
+ * fresh; a failure only leaves it to be computed at the first FETCH. */
+static void store_index_local(int64_t body_id, const struct store_rcpt *rcpts, size_t n)
+{
+    struct store_imap_cache c;
+
+    for (size_t i = 0; i < n; i++)
+        if (rcpts[i].kind == ROUTE_LOCAL) {
+            if (imap_mime_compute(body_id, &c) == 0)
+                store_imap_cache_free(&c);
+            return;
+        }
+}
+
 static int msg_insert(const struct store_env *env, struct store_body *b,
                       const struct store_rcpt *rcpts, size_t n)
 {
@@ -7282,6 +7310,7 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
     if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
         return err;
     b->linked = 1;
+    store_index_local(b->id, rcpts, n);
     return 0;
 }
 
@@ -8407,6 +8436,23 @@ int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const str
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, user_id);
     sqlite3_bind_int64(st, 2, key);
+    return simap_msg_each(st, cb, arg);
+}
+
+int store_imap_range(int64_t user_id, int64_t key, int64_t lo, int64_t hi,
+                     int (*cb)(void *arg, const struct store_imap_msg *m), void *arg)
+{
+    static sqlite3_stmt *st;
+
+    /* One statement for a run of messages: a FETCH of 10,000 flags is a
+     * few range scans, not 10,000 lookups each taking the file lock. */
+    if (!store_stmt(&st, "SELECT " MSG_COLS " FROM mbox WHERE user_id=? AND folder=? AND uid BETWEEN ? AND ?"
+                         " ORDER BY uid"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    sqlite3_bind_int64(st, 3, lo);
+    sqlite3_bind_int64(st, 4, hi);
     return simap_msg_each(st, cb, arg);
 }
 
@@ -21365,6 +21411,8 @@ struct imap_mime {
     int64_t line_start;
     size_t prev_len;                    /* the previous line's length without its end */
     unsigned char last;                 /* the last octet of the current line */
+    int prev_close;                     /* the previous line was a close delimiter */
+    int boundary_seen, boundary_close;  /* what the current line was */
     int prev_end;                       /* length of its line end (1 or 2) */
     struct imap_sb field;               /* the header field being unfolded */
     int field_id;                       /* IMF_*, or -1 for one not kept */
@@ -21587,8 +21635,10 @@ static void im_close(struct imap_mime *m, int idx, int64_t end, int64_t nl_end, 
     if (end < e->body_start)
         end = e->body_start;
     e->end = end;
-    /* Lines of the body: its line ends, plus a last line without one. */
-    e->lines = end > e->body_start ? nl_end - e->body_line + partial : 0;
+    /* Lines of the body: its line ends (a last line without one is not
+     * counted, as Dovecot counts). */
+    MN_UNUSED(partial);
+    e->lines = end > e->body_start ? nl_end - e->body_line : 0;
     if (e->lines < 0)
         e->lines = 0;
 }
@@ -21610,12 +21660,15 @@ static int im_boundary(struct imap_mime *m, const char *line, size_t len)
         for (size_t k = close ? 2 : 0; k < rn; k++)
             if (rest[k] != ' ' && rest[k] != '\t')
                 return 0;
-        int64_t end = m->line_start - m->prev_end;
-        /* Line ends inside the body: not this line's, nor the one before
-         * it, which belongs to the delimiter. */
-        int64_t nl_end = m->nl - 2;
+        /* The line end before the delimiter belongs to it; after a close
+         * delimiter that line end already went with the close delimiter
+         * (Dovecot counts so too). */
+        int64_t end = m->line_start - (m->prev_close ? 0 : m->prev_end);
+        int64_t nl_end = m->nl - (m->prev_close ? 1 : 2);
         for (int j = m->cur; j != i; j = m->e[j].parent)
             im_close(m, j, end, nl_end, m->prev_len > 0);
+        m->boundary_seen = 1;
+        m->boundary_close = close;
         if (close) {
             e->closed = 1;
             m->cur = i;
@@ -21656,8 +21709,11 @@ static void im_line(struct imap_mime *m, int ended, int crlf)
             im_field_start(m, line, len);
         }
     } else {
+        m->boundary_seen = 0;
         im_boundary(m, line, full == len ? len : 0);
     }
+    m->prev_close = !m->in_header && m->boundary_seen && m->boundary_close;
+    m->boundary_seen = 0;
     m->prev_len = full;
 }
 
@@ -21897,11 +21953,14 @@ static void im_env_build(struct imap_sb *b, struct im_ent *e)
 
 /* ------------------------------------------------------- bodystructure */
 
-/* ("name" "value" ...) of the parameters after the first ';', or NIL. */
-static void im_bs_params(struct imap_sb *b, const char *v)
+/* ("name" "value" ...) of the parameters after the first ';', or NIL;
+ * text parts without a charset get the default one (RFC 2045 5.2), as
+ * Dovecot does. */
+static void im_bs_params(struct imap_sb *b, const char *v, int text)
 {
     const char *p = v ? strchr(v, ';') : NULL;
     size_t start = b->len;
+    char cs[8];
 
     imap_sb_str(b, "(");
     while (p && *p) {
@@ -21947,6 +22006,8 @@ static void im_bs_params(struct imap_sb *b, const char *v)
         }
         p = strchr(p, ';');
     }
+    if (text && imap_mime_param(v, "charset", cs, sizeof cs))
+        imap_sb_str(b, b->len > start + 1 ? " \"charset\" \"us-ascii\"" : "\"charset\" \"us-ascii\"");
     if (b->len == start + 1) {
         b->len = start;
         imap_sb_str(b, "NIL");
@@ -21982,7 +22043,7 @@ static void im_bs_ext(struct imap_sb *b, struct im_ent *e, int multi)
 {
     if (multi) {
         imap_sb_str(b, " ");
-        im_bs_params(b, e->f[IMF_CTYPE]);
+        im_bs_params(b, e->f[IMF_CTYPE], 0);
     } else {
         imap_sb_str(b, " ");
         imap_sb_nstring(b, e->f[IMF_CMD5]);
@@ -21992,7 +22053,7 @@ static void im_bs_ext(struct imap_sb *b, struct im_ent *e, int multi)
         imap_sb_str(b, "(");
         im_bs_word(b, e->f[IMF_CDISP], NULL);
         imap_sb_str(b, " ");
-        im_bs_params(b, e->f[IMF_CDISP]);
+        im_bs_params(b, e->f[IMF_CDISP], 0);
         imap_sb_str(b, ")");
     } else {
         imap_sb_str(b, "NIL");
@@ -22039,10 +22100,7 @@ static void im_bs_build(struct imap_mime *m, struct imap_sb *b, int idx, int ext
     imap_sb_str(b, " ");
     imap_sb_string(b, sub, strlen(sub));
     imap_sb_str(b, " ");
-    if (!e->f[IMF_CTYPE] && !strcmp(type, "text"))
-        imap_sb_str(b, "(\"charset\" \"us-ascii\")");
-    else
-        im_bs_params(b, e->f[IMF_CTYPE]);
+    im_bs_params(b, e->f[IMF_CTYPE], !strcmp(type, "text"));
     imap_sb_str(b, " ");
     imap_sb_nstring(b, e->f[IMF_CID]);
     imap_sb_str(b, " ");
@@ -22367,7 +22425,7 @@ enum srch_op {
     Q_ALL, Q_FLAG, Q_UNFLAG, Q_KEYWORD, Q_UNKEYWORD, Q_NEW, Q_OLD, Q_RECENT,
     Q_FROM, Q_TO, Q_CC, Q_BCC, Q_SUBJECT, Q_HEADER, Q_BODY, Q_TEXT,
     Q_BEFORE, Q_ON, Q_SINCE, Q_SENTBEFORE, Q_SENTON, Q_SENTSINCE,
-    Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND,
+    Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND, Q_MODSEQ,
 };
 
 struct srch_node {
@@ -22382,6 +22440,7 @@ struct srch {
     struct srch_node nodes[SRCH_NODES];
     int n;
     int need_cache;
+    int modseq;                         /* a MODSEQ key: the reply names the highest */
 };
 
 static const struct {
@@ -22529,6 +22588,22 @@ static struct srch_node *srch_p_key(struct srch *q, struct imap_p *p, int depth)
         if (!(n = srch_new(q, toupper((unsigned char)word[0]) == 'L' ? Q_LARGER : Q_SMALLER)) ||
             imap_p_sp(p) || imap_p_number(p, &n->num))
             return NULL;
+        return n;
+    }
+    if (!strcasecmp(word, "MODSEQ")) {
+        /* RFC 7162 3.1.5: MODSEQ [entry-name entry-type] mod-sequence; the
+         * entry is accepted and not used (flags share one mod-sequence). */
+        char entry[256], type[16];
+        if (!(n = srch_new(q, Q_MODSEQ)) || imap_p_sp(p))
+            return NULL;
+        if (p->i < p->n && p->s[p->i] == '"') {
+            if (imap_p_astring(p, entry, sizeof entry, NULL) || imap_p_sp(p) ||
+                imap_p_atom(p, type, sizeof type) || imap_p_sp(p))
+                return NULL;
+        }
+        if (imap_p_number(p, &n->num))
+            return NULL;
+        q->modseq = 1;
         return n;
     }
     if (!strcasecmp(word, "UID")) {
@@ -22776,6 +22851,7 @@ static int srch_eval(struct srch_msg *x, const struct srch_node *n)
         star = s->v.n ? s->v.uids[s->v.n - 1] : 0;
         return imap_set_has(&n->set, (uint32_t)m->uid, star);
     case Q_SEQ: return imap_set_has(&n->set, (uint32_t)x->seq, (uint32_t)s->v.n);
+    case Q_MODSEQ: return m->modseq >= n->num;
     case Q_NOT: return !srch_eval(x, n->a);
     case Q_OR: return srch_eval(x, n->a) || srch_eval(x, n->b);
     case Q_AND:
@@ -22792,6 +22868,7 @@ struct srch_run {
     struct srch_node *root;
     int uid;
     struct imap_sb out;
+    int64_t top_modseq;
 };
 
 static int srch_each(void *arg, const struct store_imap_msg *m)
@@ -22813,8 +22890,11 @@ static int srch_each(void *arg, const struct store_imap_msg *m)
     if (lo >= s->v.n || s->v.uids[lo] != uid)
         return 0;
     struct srch_msg x = { s, m, lo + 1, { 0 }, 0, NULL };
-    if (srch_eval(&x, r->root))
+    if (srch_eval(&x, r->root)) {
         imap_sb_printf(&r->out, " %lu", r->uid ? (unsigned long)uid : (unsigned long)(lo + 1));
+        if (m->modseq > r->top_modseq)
+            r->top_modseq = m->modseq;
+    }
     if (x.cache_state > 0)
         store_imap_cache_free(&x.cache);
     free(x.header);
@@ -22824,7 +22904,7 @@ static int srch_each(void *arg, const struct store_imap_msg *m)
 void imap_cmd_search(struct imap *s, struct imap_p *p, int uid)
 {
     struct srch *q = calloc(1, sizeof *q);
-    struct srch_run r = { s, NULL, uid, { 0 } };
+    struct srch_run r = { s, NULL, uid, { 0 }, 0 };
     char word[32];
 
     if (!q) {
@@ -22856,6 +22936,12 @@ void imap_cmd_search(struct imap *s, struct imap_p *p, int uid)
     if (store_imap_each(s->user_id, s->v.f.key, srch_each, &r) || r.out.err) {
         imap_tagged(s, "NO [UNAVAILABLE] cannot search now");
     } else {
+        if (q->modseq && r.top_modseq) {
+            /* RFC 7162 3.1.5: the highest mod-sequence of the matches. */
+            imap_sb_printf(&r.out, " (MODSEQ %lld)", (long long)r.top_modseq);
+        }
+        if (q->modseq)
+            s->condstore = 1;
         imap_sb_str(&r.out, "\r\n");
         imap_out(s, r.out.s, r.out.len);
         imap_tagged(s, "OK %sSEARCH completed", uid ? "UID " : "");
@@ -22896,7 +22982,8 @@ bad:
 #define FETCH_FIELDS_MAX 1024           /* octets of a HEADER.FIELDS list */
 #define FETCH_HDR_MAX    (256 * 1024)   /* a header filtered in memory */
 
-enum { FI_UID, FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE, FI_BODY, FI_SECTION };
+enum { FI_UID, FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE, FI_BODY, FI_SECTION,
+       FI_MODSEQ };
 enum { SP_ALL, SP_HEADER, SP_FIELDS, SP_FIELDS_NOT, SP_TEXT, SP_MIME };
 
 struct fetch_item {
@@ -22913,6 +23000,7 @@ struct fetch_item {
 
 struct fetch_job {
     int uid;                            /* UID FETCH: UID is always returned */
+    int64_t changedsince;               /* RFC 7162 3.1.4.1: only messages changed after; 0 none */
     struct fetch_item items[FETCH_ITEMS];
     int nitems;
     size_t *idx, nidx, cur;
@@ -22927,7 +23015,61 @@ struct fetch_job {
     struct store_reader r;
     int reader_open;
     int64_t pos, end;                   /* message coordinates */
+    /* Rows of the next messages, read in one range query. */
+    struct store_imap_msg *batch;
+    size_t bfirst, bn;                  /* batch covers idx[bfirst .. bfirst + bn) */
+    uint32_t *buids;                    /* their uids, 0 where expunged */
 };
+
+#define FETCH_BATCH 64
+
+struct fetch_fill {
+    struct fetch_job *j;
+    const uint32_t *uids;
+};
+
+static int fetch_fill_one(void *arg, const struct store_imap_msg *m)
+{
+    struct fetch_fill *f = arg;
+    struct fetch_job *j = f->j;
+    for (size_t k = 0; k < j->bn; k++)
+        if (f->uids[k] == (uint32_t)m->uid) {
+            j->batch[k] = *m;
+            j->buids[k] = (uint32_t)m->uid;
+            break;
+        }
+    return 0;
+}
+
+/* The row of the message at j->cur: from the batch, read FETCH_BATCH at
+ * a time.  STORE_NOTFOUND when it was expunged meanwhile. */
+static int fetch_row(struct imap *s, struct fetch_job *j)
+{
+    uint32_t want[FETCH_BATCH];
+
+    if (!j->batch) {
+        j->batch = malloc(FETCH_BATCH * sizeof *j->batch);
+        j->buids = malloc(FETCH_BATCH * sizeof *j->buids);
+        if (!j->batch || !j->buids)
+            return STORE_ERR;
+    }
+    if (j->cur < j->bfirst || j->cur >= j->bfirst + j->bn) {
+        j->bfirst = j->cur;
+        j->bn = j->nidx - j->cur < FETCH_BATCH ? j->nidx - j->cur : FETCH_BATCH;
+        for (size_t k = 0; k < j->bn; k++) {
+            want[k] = s->v.uids[j->idx[j->cur + k]];
+            j->buids[k] = 0;
+        }
+        struct fetch_fill f = { j, want };
+        if (store_imap_range(s->user_id, s->v.f.key, want[0], want[j->bn - 1], fetch_fill_one, &f))
+            return STORE_ERR;
+    }
+    size_t k = j->cur - j->bfirst;
+    if (!j->buids[k])
+        return STORE_NOTFOUND;
+    j->m = j->batch[k];
+    return 0;
+}
 
 /* --------------------------------------------------------- the parts */
 
@@ -23183,6 +23325,8 @@ static int fetch_p_item(struct imap_p *p, struct fetch_job *j)
         it->kind = FI_ENVELOPE;
     else if (!strcmp(word, "BODYSTRUCTURE"))
         it->kind = FI_BODYSTRUCTURE;
+    else if (!strcmp(word, "MODSEQ"))
+        it->kind = FI_MODSEQ;
     else if (!strcmp(word, "RFC822") || !strcmp(word, "RFC822.HEADER") || !strcmp(word, "RFC822.TEXT")) {
         it->kind = FI_SECTION;
         it->spec = word[6] == 0 ? SP_ALL : word[7] == 'H' ? SP_HEADER : SP_TEXT;
@@ -23451,6 +23595,8 @@ static void fetch_job_free(struct imap *s)
     if (j->cache_state > 0)
         store_imap_cache_free(&j->cache);
     free(j->idx);
+    free(j->batch);
+    free(j->buids);
     free(j);
     s->job = NULL;
 }
@@ -23492,6 +23638,9 @@ static int fetch_item_out(struct imap *s, struct fetch_job *j, const struct fetc
         return 0;
     case FI_SIZE:
         imap_sb_printf(b, "RFC822.SIZE %lld", (long long)j->m.size);
+        return 0;
+    case FI_MODSEQ:
+        imap_sb_printf(b, "MODSEQ (%lld)", (long long)j->m.modseq);
         return 0;
     case FI_ENVELOPE:
     case FI_BODYSTRUCTURE:
@@ -23536,8 +23685,12 @@ static int fetch_pump(struct imap *s)
             if (j->cache_state > 0)
                 store_imap_cache_free(&j->cache);
             j->cache_state = 0;
-            if (store_imap_get(s->user_id, s->v.uids[i], &j->m)) {
+            if (fetch_row(s, j)) {
                 j->cur++;               /* expunged by another session meanwhile */
+                continue;
+            }
+            if (j->changedsince && j->m.modseq <= j->changedsince) {
+                j->cur++;
                 continue;
             }
             int seen = j->seen_set = fetch_mark_seen(s, j);
@@ -23601,6 +23754,21 @@ static int fetch_pump(struct imap *s)
     return 1;
 }
 
+/* " (CHANGEDSINCE n)" after the items (RFC 7162 3.1.4.1): implies MODSEQ. */
+static int fetch_p_changedsince(struct imap_p *p, struct fetch_job *j)
+{
+    if (p->n - p->i < 15 || strncasecmp(p->s + p->i, " (CHANGEDSINCE ", 15))
+        return 0;
+    p->i += 15;
+    if (imap_p_number(p, &j->changedsince) || p->i >= p->n || p->s[p->i] != ')')
+        return -1;
+    p->i++;
+    for (int i = 0; i < j->nitems; i++)
+        if (j->items[i].kind == FI_MODSEQ)
+            return 0;
+    return fetch_add(j, FI_MODSEQ);
+}
+
 void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
 {
     struct fetch_job *j = calloc(1, sizeof *j);
@@ -23611,12 +23779,16 @@ void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
         return;
     }
     j->uid = uid;
-    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || fetch_p_items(p, j) || imap_p_end(p)) {
+    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || fetch_p_items(p, j) ||
+        fetch_p_changedsince(p, j) || imap_p_end(p)) {
         imap_set_free(&set);
         free(j);
         imap_tagged(s, "BAD invalid FETCH arguments");
         return;
     }
+    for (int i = 0; i < j->nitems; i++)
+        if (j->items[i].kind == FI_MODSEQ)
+            s->condstore = 1;           /* RFC 7162 3.1: FETCH MODSEQ enables CONDSTORE */
     /* UID FETCH may report expunges first; FETCH may not (RFC 3501 7.4.1). */
     imap_sync(s, uid);
     int r = imap_set_resolve(s, &set, uid, &j->idx, &j->nidx);
@@ -23679,11 +23851,21 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
     unsigned flags;
     size_t *idx = NULL, n = 0;
     int mode = 0, silent = 0, err = 0;
-    int64_t modseq = 0;
-    struct imap_sb b = { 0 };
+    int64_t modseq = 0, unchangedsince = -1;
+    struct imap_sb b = { 0 }, modified = { 0 };
 
     if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p))
         goto bad;
+    /* RFC 7162 3.1.3: STORE set (UNCHANGEDSINCE n) ... */
+    if (p->n - p->i > 16 && !strncasecmp(p->s + p->i, "(UNCHANGEDSINCE ", 16)) {
+        p->i += 16;
+        if (imap_p_number(p, &unchangedsince) || p->i >= p->n || p->s[p->i] != ')')
+            goto bad;
+        p->i++;
+        if (imap_p_sp(p))
+            goto bad;
+        s->condstore = 1;
+    }
     size_t k = 0;
     while (p->i < p->n && p->s[p->i] != ' ' && k + 1 < sizeof item)
         item[k++] = (char)toupper((unsigned char)p->s[p->i++]);
@@ -23715,6 +23897,11 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
         struct store_imap_msg m;
         if (store_imap_get(s->user_id, s->v.uids[idx[i]], &m))
             continue;
+        if (unchangedsince >= 0 && m.modseq > unchangedsince) {
+            imap_sb_printf(&modified, "%s%lld", modified.len ? "," : "",
+                           uid ? (long long)m.uid : (long long)(idx[i] + 1));
+            continue;
+        }
         unsigned nf = mode == 0 ? flags : mode > 0 ? m.flags | flags : m.flags & ~flags;
         char nkw[IMAP_KEYWORDS_MAX + 1];
         util_strlcpy(nkw, m.keywords, sizeof nkw);
@@ -23728,16 +23915,29 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
         imap_flags_fmt(&b, nf, nkw, imap_is_recent(s, m.uid));
         if (uid)
             imap_sb_printf(&b, " UID %lld", (long long)m.uid);
+        if (s->condstore)
+            imap_sb_printf(&b, " MODSEQ (%lld)", (long long)(nf != m.flags || strcmp(nkw, m.keywords)
+                                                             ? modseq : m.modseq));
         imap_sb_str(&b, ")\r\n");
         if (!b.err)
             imap_out(s, b.s, b.len);
     }
     imap_sb_free(&b);
     free(idx);
-    if (err)
+    if (err) {
         imap_tagged(s, "NO [UNAVAILABLE] the flags could not be saved");
-    else
+    } else if (modified.len) {
+        /* RFC 7162 3.1.3: the messages changed since are named. */
+        struct imap_sb t = { 0 };
+        imap_sb_printf(&t, "OK [MODIFIED ");
+        imap_sb_add(&t, modified.s, modified.len);
+        imap_sb_str(&t, "] conditional STORE failed for some");
+        imap_reply_after_commit(s, t.s ? t.s : "OK");
+        imap_sb_free(&t);
+    } else {
         imap_reply_after_commit(s, uid ? "OK UID STORE completed" : "OK STORE completed");
+    }
+    imap_sb_free(&modified);
     return;
 bad:
     imap_set_free(&set);
@@ -23952,6 +24152,7 @@ static size_t mbox_count_recent(const struct imap *s)
 struct mbox_flagsync {
     struct imap *s;
     struct imap_sb b;
+    uint32_t top;                       /* messages above are new: EXISTS told of them */
 };
 
 static int mbox_flag_changed(void *arg, const struct store_imap_msg *m)
@@ -23961,11 +24162,14 @@ static int mbox_flag_changed(void *arg, const struct store_imap_msg *m)
     uint32_t uid = (uint32_t)m->uid;
     uint32_t *hit = bsearch(&uid, s->v.uids, s->v.n, sizeof uid, mbox_uid_cmp);
 
-    if (!hit)
+    if (!hit || uid > fs->top)
         return 0;
     fs->b.len = 0;
     imap_sb_printf(&fs->b, "* %zu FETCH (UID %u FLAGS ", (size_t)(hit - s->v.uids) + 1, uid);
     imap_flags_fmt(&fs->b, m->flags, m->keywords, imap_is_recent(s, m->uid));
+    /* RFC 7162 3.2: with CONDSTORE on, flag changes carry MODSEQ. */
+    if (s->condstore)
+        imap_sb_printf(&fs->b, " MODSEQ (%lld)", (long long)m->modseq);
     imap_sb_str(&fs->b, ")\r\n");
     if (!fs->b.err)
         imap_out(s, fs->b.s, fs->b.len);
@@ -24034,7 +24238,7 @@ int imap_sync(struct imap *s, int expunge_ok)
         if (!s->v.readonly)
             store_folder_take_recent(&f);
     }
-    struct mbox_flagsync fs = { s, { 0 } };
+    struct mbox_flagsync fs = { s, { 0 }, top };
     store_imap_changed(s->user_id, f.key, s->v.modseq, mbox_flag_changed, &fs);
     imap_sb_free(&fs.b);
     s->v.modseq = f.modseq;
@@ -24051,8 +24255,17 @@ void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly)
     int64_t messages, unseen, recent;
     int err;
 
-    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+    if (mbox_p_name(s, p, name, sizeof name)) {
         imap_tagged(s, "BAD usage: %s mailbox", readonly ? "EXAMINE" : "SELECT");
+        return;
+    }
+    /* RFC 7162 3.1.8: SELECT mailbox (CONDSTORE) enables CONDSTORE. */
+    if (p->n - p->i == 12 && !strncasecmp(p->s + p->i, " (CONDSTORE)", 12)) {
+        p->i += 12;
+        s->condstore = 1;
+    }
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: %s mailbox [(CONDSTORE)]", readonly ? "EXAMINE" : "SELECT");
         return;
     }
     /* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
@@ -24086,6 +24299,7 @@ void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly)
     imap_outf(s, "* %zu RECENT", mbox_count_recent(s));
     imap_outf(s, "* OK [UIDVALIDITY %lld] UIDs valid", (long long)f.uidvalidity);
     imap_outf(s, "* OK [UIDNEXT %lld] predicted next UID", (long long)f.uidnext);
+    imap_outf(s, "* OK [HIGHESTMODSEQ %lld] highest", (long long)f.modseq);
     imap_tagged(s, "OK [%s] %s completed", readonly ? "READ-ONLY" : "READ-WRITE",
                 readonly ? "EXAMINE" : "SELECT");
 }
@@ -24344,6 +24558,10 @@ void imap_cmd_status(struct imap *s, struct imap_p *p)
             imap_sb_printf(&b, "UIDVALIDITY %lld", (long long)f.uidvalidity);
         else if (!strcasecmp(item, "UNSEEN"))
             imap_sb_printf(&b, "UNSEEN %lld", (long long)unseen);
+        else if (!strcasecmp(item, "HIGHESTMODSEQ")) {
+            imap_sb_printf(&b, "HIGHESTMODSEQ %lld", (long long)f.modseq);
+            s->condstore = 1;           /* RFC 7162 3.1: a CONDSTORE-enabling command */
+        }
         else
             goto bad;
     }
@@ -24569,6 +24787,7 @@ void imap_append_end(struct imap *s)
         return;
     }
     err = store_body_finish(b);
+    int64_t b_id = b->id;
     if (!err)
         err = store_imap_append(s->user_id, s->akey, b, s->aflags,
                                 s->akw, s->adate, &uid);
@@ -24579,6 +24798,9 @@ void imap_append_end(struct imap *s)
         return;
     }
     log_info("imap: user=%s appended uid %lld", s->user, (long long)uid);
+    struct store_imap_cache c;
+    if (imap_mime_compute(b_id, &c) == 0)      /* once, now: see store_index_local */
+        store_imap_cache_free(&c);
     if (s->state == IMAP_SELECTED && s->v.f.key == s->akey)
         imap_sync(s, 0);
     /* RFC 4315 3: APPENDUID uidvalidity uid. */
@@ -25085,7 +25307,7 @@ static void imap_login_ok(struct imap *s, const struct store_user *u, const char
     s->state = IMAP_AUTH;
     log_info("imap: login user=%s ip=%s mech=%s", s->user, s->c->peer_ip, mech);
     imap_tagged(s, "OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT "
-                   "UIDPLUS MOVE SPECIAL-USE CHILDREN] logged in");
+                   "UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE] logged in");
 }
 
 static void imap_delay_done(void *arg)
@@ -25289,7 +25511,7 @@ static void imap_capability_line(struct imap *s, struct imap_sb *b)
     const char *mechs = auth_mechs(imap_cleartext_ok(s));
 
     imap_sb_str(b, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
-                   "SPECIAL-USE CHILDREN");
+                   "SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE");
     if (s->state == IMAP_NOTAUTH) {
         if (tls_available() && !s->c->tls)
             imap_sb_str(b, " STARTTLS");
@@ -25396,12 +25618,26 @@ static void imap_cmd_id(struct imap *s, struct imap_p *p)
 static void imap_cmd_enable(struct imap *s, struct imap_p *p)
 {
     char word[64];
-    if (imap_p_sp(p) || imap_p_atom(p, word, sizeof word)) {
+    int any = 0, on = 0;
+
+    while (!imap_p_sp(p)) {
+        if (imap_p_atom(p, word, sizeof word))
+            break;
+        any = 1;
+        if (!strcasecmp(word, "CONDSTORE"))
+            on = 1;
+    }
+    if (!any || imap_p_end(p)) {
         imap_tagged(s, "BAD usage: ENABLE capability...");
         return;
     }
-    /* RFC 5161: only what is enabled is listed; none of ours needs it. */
-    imap_outf(s, "* ENABLED");
+    /* RFC 5161: only what was enabled now is listed. */
+    if (on && !s->condstore) {
+        s->condstore = 1;
+        imap_outf(s, "* ENABLED CONDSTORE");
+    } else {
+        imap_outf(s, "* ENABLED");
+    }
     imap_tagged(s, "OK ENABLE completed");
 }
 
@@ -25464,6 +25700,33 @@ static void imap_cmd_store_x(struct imap *s, struct imap_p *p) { imap_cmd_store(
 static void imap_cmd_copy_x(struct imap *s, struct imap_p *p) { imap_cmd_copy(s, p, 0, 0); }
 static void imap_cmd_move_x(struct imap *s, struct imap_p *p) { imap_cmd_copy(s, p, 0, 1); }
 static void imap_cmd_search_x(struct imap *s, struct imap_p *p) { imap_cmd_search(s, p, 0); }
+
+/* RFC 4978: COMPRESS DEFLATE; the OK goes out plain, all after it
+ * compressed, both ways. */
+static void imap_cmd_compress(struct imap *s, struct imap_p *p)
+{
+    char mech[16];
+
+    if (imap_p_sp(p) || imap_p_atom(p, mech, sizeof mech) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: COMPRESS DEFLATE");
+        return;
+    }
+    if (strcasecmp(mech, "DEFLATE")) {
+        imap_tagged(s, "NO unknown compression mechanism");
+        return;
+    }
+    if (s->c->zio) {
+        imap_tagged(s, "NO [COMPRESSIONACTIVE] DEFLATE is active already");
+        return;
+    }
+    /* The input loop ran this command with an empty queue and room in the
+     * output buffer, so the OK is in the buffer, ahead of what follows. */
+    imap_tagged(s, "OK DEFLATE active");
+    if (zio_start(s->c)) {
+        log_err("imap: %s: cannot start compression", s->c->peer_ip);
+        conn_abort(s->c);
+    }
+}
 
 static void imap_cmd_check(struct imap *s, struct imap_p *p)
 {
@@ -25534,6 +25797,7 @@ static const struct imap_cmd imap_cmds[] = {
     { "APPEND", A | S, imap_cmd_append_plain },
     { "IDLE", A | S, imap_cmd_idle },
     { "CHECK", S, imap_cmd_check },
+    { "COMPRESS", A | S, imap_cmd_compress },
     { "CLOSE", S, imap_cmd_close_x },
     { "UNSELECT", S, imap_cmd_unselect },
     { "EXPUNGE", S, imap_cmd_expunge_x },

@@ -494,7 +494,7 @@ static void imap_login_ok(struct imap *s, const struct store_user *u, const char
     s->state = IMAP_AUTH;
     log_info("imap: login user=%s ip=%s mech=%s", s->user, s->c->peer_ip, mech);
     imap_tagged(s, "OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT "
-                   "UIDPLUS MOVE SPECIAL-USE CHILDREN] logged in");
+                   "UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE] logged in");
 }
 
 static void imap_delay_done(void *arg)
@@ -698,7 +698,7 @@ static void imap_capability_line(struct imap *s, struct imap_sb *b)
     const char *mechs = auth_mechs(imap_cleartext_ok(s));
 
     imap_sb_str(b, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
-                   "SPECIAL-USE CHILDREN");
+                   "SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE");
     if (s->state == IMAP_NOTAUTH) {
         if (tls_available() && !s->c->tls)
             imap_sb_str(b, " STARTTLS");
@@ -805,12 +805,26 @@ static void imap_cmd_id(struct imap *s, struct imap_p *p)
 static void imap_cmd_enable(struct imap *s, struct imap_p *p)
 {
     char word[64];
-    if (imap_p_sp(p) || imap_p_atom(p, word, sizeof word)) {
+    int any = 0, on = 0;
+
+    while (!imap_p_sp(p)) {
+        if (imap_p_atom(p, word, sizeof word))
+            break;
+        any = 1;
+        if (!strcasecmp(word, "CONDSTORE"))
+            on = 1;
+    }
+    if (!any || imap_p_end(p)) {
         imap_tagged(s, "BAD usage: ENABLE capability...");
         return;
     }
-    /* RFC 5161: only what is enabled is listed; none of ours needs it. */
-    imap_outf(s, "* ENABLED");
+    /* RFC 5161: only what was enabled now is listed. */
+    if (on && !s->condstore) {
+        s->condstore = 1;
+        imap_outf(s, "* ENABLED CONDSTORE");
+    } else {
+        imap_outf(s, "* ENABLED");
+    }
     imap_tagged(s, "OK ENABLE completed");
 }
 
@@ -873,6 +887,33 @@ static void imap_cmd_store_x(struct imap *s, struct imap_p *p) { imap_cmd_store(
 static void imap_cmd_copy_x(struct imap *s, struct imap_p *p) { imap_cmd_copy(s, p, 0, 0); }
 static void imap_cmd_move_x(struct imap *s, struct imap_p *p) { imap_cmd_copy(s, p, 0, 1); }
 static void imap_cmd_search_x(struct imap *s, struct imap_p *p) { imap_cmd_search(s, p, 0); }
+
+/* RFC 4978: COMPRESS DEFLATE; the OK goes out plain, all after it
+ * compressed, both ways. */
+static void imap_cmd_compress(struct imap *s, struct imap_p *p)
+{
+    char mech[16];
+
+    if (imap_p_sp(p) || imap_p_atom(p, mech, sizeof mech) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: COMPRESS DEFLATE");
+        return;
+    }
+    if (strcasecmp(mech, "DEFLATE")) {
+        imap_tagged(s, "NO unknown compression mechanism");
+        return;
+    }
+    if (s->c->zio) {
+        imap_tagged(s, "NO [COMPRESSIONACTIVE] DEFLATE is active already");
+        return;
+    }
+    /* The input loop ran this command with an empty queue and room in the
+     * output buffer, so the OK is in the buffer, ahead of what follows. */
+    imap_tagged(s, "OK DEFLATE active");
+    if (zio_start(s->c)) {
+        log_err("imap: %s: cannot start compression", s->c->peer_ip);
+        conn_abort(s->c);
+    }
+}
 
 static void imap_cmd_check(struct imap *s, struct imap_p *p)
 {
@@ -943,6 +984,7 @@ static const struct imap_cmd imap_cmds[] = {
     { "APPEND", A | S, imap_cmd_append_plain },
     { "IDLE", A | S, imap_cmd_idle },
     { "CHECK", S, imap_cmd_check },
+    { "COMPRESS", A | S, imap_cmd_compress },
     { "CLOSE", S, imap_cmd_close_x },
     { "UNSELECT", S, imap_cmd_unselect },
     { "EXPUNGE", S, imap_cmd_expunge_x },

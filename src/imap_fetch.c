@@ -22,7 +22,8 @@
 #define FETCH_FIELDS_MAX 1024           /* octets of a HEADER.FIELDS list */
 #define FETCH_HDR_MAX    (256 * 1024)   /* a header filtered in memory */
 
-enum { FI_UID, FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE, FI_BODY, FI_SECTION };
+enum { FI_UID, FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_ENVELOPE, FI_BODYSTRUCTURE, FI_BODY, FI_SECTION,
+       FI_MODSEQ };
 enum { SP_ALL, SP_HEADER, SP_FIELDS, SP_FIELDS_NOT, SP_TEXT, SP_MIME };
 
 struct fetch_item {
@@ -39,6 +40,7 @@ struct fetch_item {
 
 struct fetch_job {
     int uid;                            /* UID FETCH: UID is always returned */
+    int64_t changedsince;               /* RFC 7162 3.1.4.1: only messages changed after; 0 none */
     struct fetch_item items[FETCH_ITEMS];
     int nitems;
     size_t *idx, nidx, cur;
@@ -53,7 +55,61 @@ struct fetch_job {
     struct store_reader r;
     int reader_open;
     int64_t pos, end;                   /* message coordinates */
+    /* Rows of the next messages, read in one range query. */
+    struct store_imap_msg *batch;
+    size_t bfirst, bn;                  /* batch covers idx[bfirst .. bfirst + bn) */
+    uint32_t *buids;                    /* their uids, 0 where expunged */
 };
+
+#define FETCH_BATCH 64
+
+struct fetch_fill {
+    struct fetch_job *j;
+    const uint32_t *uids;
+};
+
+static int fetch_fill_one(void *arg, const struct store_imap_msg *m)
+{
+    struct fetch_fill *f = arg;
+    struct fetch_job *j = f->j;
+    for (size_t k = 0; k < j->bn; k++)
+        if (f->uids[k] == (uint32_t)m->uid) {
+            j->batch[k] = *m;
+            j->buids[k] = (uint32_t)m->uid;
+            break;
+        }
+    return 0;
+}
+
+/* The row of the message at j->cur: from the batch, read FETCH_BATCH at
+ * a time.  STORE_NOTFOUND when it was expunged meanwhile. */
+static int fetch_row(struct imap *s, struct fetch_job *j)
+{
+    uint32_t want[FETCH_BATCH];
+
+    if (!j->batch) {
+        j->batch = malloc(FETCH_BATCH * sizeof *j->batch);
+        j->buids = malloc(FETCH_BATCH * sizeof *j->buids);
+        if (!j->batch || !j->buids)
+            return STORE_ERR;
+    }
+    if (j->cur < j->bfirst || j->cur >= j->bfirst + j->bn) {
+        j->bfirst = j->cur;
+        j->bn = j->nidx - j->cur < FETCH_BATCH ? j->nidx - j->cur : FETCH_BATCH;
+        for (size_t k = 0; k < j->bn; k++) {
+            want[k] = s->v.uids[j->idx[j->cur + k]];
+            j->buids[k] = 0;
+        }
+        struct fetch_fill f = { j, want };
+        if (store_imap_range(s->user_id, s->v.f.key, want[0], want[j->bn - 1], fetch_fill_one, &f))
+            return STORE_ERR;
+    }
+    size_t k = j->cur - j->bfirst;
+    if (!j->buids[k])
+        return STORE_NOTFOUND;
+    j->m = j->batch[k];
+    return 0;
+}
 
 /* --------------------------------------------------------- the parts */
 
@@ -309,6 +365,8 @@ static int fetch_p_item(struct imap_p *p, struct fetch_job *j)
         it->kind = FI_ENVELOPE;
     else if (!strcmp(word, "BODYSTRUCTURE"))
         it->kind = FI_BODYSTRUCTURE;
+    else if (!strcmp(word, "MODSEQ"))
+        it->kind = FI_MODSEQ;
     else if (!strcmp(word, "RFC822") || !strcmp(word, "RFC822.HEADER") || !strcmp(word, "RFC822.TEXT")) {
         it->kind = FI_SECTION;
         it->spec = word[6] == 0 ? SP_ALL : word[7] == 'H' ? SP_HEADER : SP_TEXT;
@@ -577,6 +635,8 @@ static void fetch_job_free(struct imap *s)
     if (j->cache_state > 0)
         store_imap_cache_free(&j->cache);
     free(j->idx);
+    free(j->batch);
+    free(j->buids);
     free(j);
     s->job = NULL;
 }
@@ -618,6 +678,9 @@ static int fetch_item_out(struct imap *s, struct fetch_job *j, const struct fetc
         return 0;
     case FI_SIZE:
         imap_sb_printf(b, "RFC822.SIZE %lld", (long long)j->m.size);
+        return 0;
+    case FI_MODSEQ:
+        imap_sb_printf(b, "MODSEQ (%lld)", (long long)j->m.modseq);
         return 0;
     case FI_ENVELOPE:
     case FI_BODYSTRUCTURE:
@@ -662,8 +725,12 @@ static int fetch_pump(struct imap *s)
             if (j->cache_state > 0)
                 store_imap_cache_free(&j->cache);
             j->cache_state = 0;
-            if (store_imap_get(s->user_id, s->v.uids[i], &j->m)) {
+            if (fetch_row(s, j)) {
                 j->cur++;               /* expunged by another session meanwhile */
+                continue;
+            }
+            if (j->changedsince && j->m.modseq <= j->changedsince) {
+                j->cur++;
                 continue;
             }
             int seen = j->seen_set = fetch_mark_seen(s, j);
@@ -727,6 +794,21 @@ static int fetch_pump(struct imap *s)
     return 1;
 }
 
+/* " (CHANGEDSINCE n)" after the items (RFC 7162 3.1.4.1): implies MODSEQ. */
+static int fetch_p_changedsince(struct imap_p *p, struct fetch_job *j)
+{
+    if (p->n - p->i < 15 || strncasecmp(p->s + p->i, " (CHANGEDSINCE ", 15))
+        return 0;
+    p->i += 15;
+    if (imap_p_number(p, &j->changedsince) || p->i >= p->n || p->s[p->i] != ')')
+        return -1;
+    p->i++;
+    for (int i = 0; i < j->nitems; i++)
+        if (j->items[i].kind == FI_MODSEQ)
+            return 0;
+    return fetch_add(j, FI_MODSEQ);
+}
+
 void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
 {
     struct fetch_job *j = calloc(1, sizeof *j);
@@ -737,12 +819,16 @@ void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid)
         return;
     }
     j->uid = uid;
-    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || fetch_p_items(p, j) || imap_p_end(p)) {
+    if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || fetch_p_items(p, j) ||
+        fetch_p_changedsince(p, j) || imap_p_end(p)) {
         imap_set_free(&set);
         free(j);
         imap_tagged(s, "BAD invalid FETCH arguments");
         return;
     }
+    for (int i = 0; i < j->nitems; i++)
+        if (j->items[i].kind == FI_MODSEQ)
+            s->condstore = 1;           /* RFC 7162 3.1: FETCH MODSEQ enables CONDSTORE */
     /* UID FETCH may report expunges first; FETCH may not (RFC 3501 7.4.1). */
     imap_sync(s, uid);
     int r = imap_set_resolve(s, &set, uid, &j->idx, &j->nidx);
@@ -805,11 +891,21 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
     unsigned flags;
     size_t *idx = NULL, n = 0;
     int mode = 0, silent = 0, err = 0;
-    int64_t modseq = 0;
-    struct imap_sb b = { 0 };
+    int64_t modseq = 0, unchangedsince = -1;
+    struct imap_sb b = { 0 }, modified = { 0 };
 
     if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p))
         goto bad;
+    /* RFC 7162 3.1.3: STORE set (UNCHANGEDSINCE n) ... */
+    if (p->n - p->i > 16 && !strncasecmp(p->s + p->i, "(UNCHANGEDSINCE ", 16)) {
+        p->i += 16;
+        if (imap_p_number(p, &unchangedsince) || p->i >= p->n || p->s[p->i] != ')')
+            goto bad;
+        p->i++;
+        if (imap_p_sp(p))
+            goto bad;
+        s->condstore = 1;
+    }
     size_t k = 0;
     while (p->i < p->n && p->s[p->i] != ' ' && k + 1 < sizeof item)
         item[k++] = (char)toupper((unsigned char)p->s[p->i++]);
@@ -841,6 +937,11 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
         struct store_imap_msg m;
         if (store_imap_get(s->user_id, s->v.uids[idx[i]], &m))
             continue;
+        if (unchangedsince >= 0 && m.modseq > unchangedsince) {
+            imap_sb_printf(&modified, "%s%lld", modified.len ? "," : "",
+                           uid ? (long long)m.uid : (long long)(idx[i] + 1));
+            continue;
+        }
         unsigned nf = mode == 0 ? flags : mode > 0 ? m.flags | flags : m.flags & ~flags;
         char nkw[IMAP_KEYWORDS_MAX + 1];
         util_strlcpy(nkw, m.keywords, sizeof nkw);
@@ -854,16 +955,29 @@ void imap_cmd_store(struct imap *s, struct imap_p *p, int uid)
         imap_flags_fmt(&b, nf, nkw, imap_is_recent(s, m.uid));
         if (uid)
             imap_sb_printf(&b, " UID %lld", (long long)m.uid);
+        if (s->condstore)
+            imap_sb_printf(&b, " MODSEQ (%lld)", (long long)(nf != m.flags || strcmp(nkw, m.keywords)
+                                                             ? modseq : m.modseq));
         imap_sb_str(&b, ")\r\n");
         if (!b.err)
             imap_out(s, b.s, b.len);
     }
     imap_sb_free(&b);
     free(idx);
-    if (err)
+    if (err) {
         imap_tagged(s, "NO [UNAVAILABLE] the flags could not be saved");
-    else
+    } else if (modified.len) {
+        /* RFC 7162 3.1.3: the messages changed since are named. */
+        struct imap_sb t = { 0 };
+        imap_sb_printf(&t, "OK [MODIFIED ");
+        imap_sb_add(&t, modified.s, modified.len);
+        imap_sb_str(&t, "] conditional STORE failed for some");
+        imap_reply_after_commit(s, t.s ? t.s : "OK");
+        imap_sb_free(&t);
+    } else {
         imap_reply_after_commit(s, uid ? "OK UID STORE completed" : "OK STORE completed");
+    }
+    imap_sb_free(&modified);
     return;
 bad:
     imap_set_free(&set);

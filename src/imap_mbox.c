@@ -93,6 +93,7 @@ static size_t mbox_count_recent(const struct imap *s)
 struct mbox_flagsync {
     struct imap *s;
     struct imap_sb b;
+    uint32_t top;                       /* messages above are new: EXISTS told of them */
 };
 
 static int mbox_flag_changed(void *arg, const struct store_imap_msg *m)
@@ -102,11 +103,14 @@ static int mbox_flag_changed(void *arg, const struct store_imap_msg *m)
     uint32_t uid = (uint32_t)m->uid;
     uint32_t *hit = bsearch(&uid, s->v.uids, s->v.n, sizeof uid, mbox_uid_cmp);
 
-    if (!hit)
+    if (!hit || uid > fs->top)
         return 0;
     fs->b.len = 0;
     imap_sb_printf(&fs->b, "* %zu FETCH (UID %u FLAGS ", (size_t)(hit - s->v.uids) + 1, uid);
     imap_flags_fmt(&fs->b, m->flags, m->keywords, imap_is_recent(s, m->uid));
+    /* RFC 7162 3.2: with CONDSTORE on, flag changes carry MODSEQ. */
+    if (s->condstore)
+        imap_sb_printf(&fs->b, " MODSEQ (%lld)", (long long)m->modseq);
     imap_sb_str(&fs->b, ")\r\n");
     if (!fs->b.err)
         imap_out(s, fs->b.s, fs->b.len);
@@ -175,7 +179,7 @@ int imap_sync(struct imap *s, int expunge_ok)
         if (!s->v.readonly)
             store_folder_take_recent(&f);
     }
-    struct mbox_flagsync fs = { s, { 0 } };
+    struct mbox_flagsync fs = { s, { 0 }, top };
     store_imap_changed(s->user_id, f.key, s->v.modseq, mbox_flag_changed, &fs);
     imap_sb_free(&fs.b);
     s->v.modseq = f.modseq;
@@ -192,8 +196,17 @@ void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly)
     int64_t messages, unseen, recent;
     int err;
 
-    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+    if (mbox_p_name(s, p, name, sizeof name)) {
         imap_tagged(s, "BAD usage: %s mailbox", readonly ? "EXAMINE" : "SELECT");
+        return;
+    }
+    /* RFC 7162 3.1.8: SELECT mailbox (CONDSTORE) enables CONDSTORE. */
+    if (p->n - p->i == 12 && !strncasecmp(p->s + p->i, " (CONDSTORE)", 12)) {
+        p->i += 12;
+        s->condstore = 1;
+    }
+    if (imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: %s mailbox [(CONDSTORE)]", readonly ? "EXAMINE" : "SELECT");
         return;
     }
     /* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
@@ -227,6 +240,7 @@ void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly)
     imap_outf(s, "* %zu RECENT", mbox_count_recent(s));
     imap_outf(s, "* OK [UIDVALIDITY %lld] UIDs valid", (long long)f.uidvalidity);
     imap_outf(s, "* OK [UIDNEXT %lld] predicted next UID", (long long)f.uidnext);
+    imap_outf(s, "* OK [HIGHESTMODSEQ %lld] highest", (long long)f.modseq);
     imap_tagged(s, "OK [%s] %s completed", readonly ? "READ-ONLY" : "READ-WRITE",
                 readonly ? "EXAMINE" : "SELECT");
 }
@@ -485,6 +499,10 @@ void imap_cmd_status(struct imap *s, struct imap_p *p)
             imap_sb_printf(&b, "UIDVALIDITY %lld", (long long)f.uidvalidity);
         else if (!strcasecmp(item, "UNSEEN"))
             imap_sb_printf(&b, "UNSEEN %lld", (long long)unseen);
+        else if (!strcasecmp(item, "HIGHESTMODSEQ")) {
+            imap_sb_printf(&b, "HIGHESTMODSEQ %lld", (long long)f.modseq);
+            s->condstore = 1;           /* RFC 7162 3.1: a CONDSTORE-enabling command */
+        }
         else
             goto bad;
     }
@@ -710,6 +728,7 @@ void imap_append_end(struct imap *s)
         return;
     }
     err = store_body_finish(b);
+    int64_t b_id = b->id;
     if (!err)
         err = store_imap_append(s->user_id, s->akey, b, s->aflags,
                                 s->akw, s->adate, &uid);
@@ -720,6 +739,9 @@ void imap_append_end(struct imap *s)
         return;
     }
     log_info("imap: user=%s appended uid %lld", s->user, (long long)uid);
+    struct store_imap_cache c;
+    if (imap_mime_compute(b_id, &c) == 0)      /* once, now: see store_index_local */
+        store_imap_cache_free(&c);
     if (s->state == IMAP_SELECTED && s->v.f.key == s->akey)
         imap_sync(s, 0);
     /* RFC 4315 3: APPENDUID uidvalidity uid. */

@@ -149,6 +149,8 @@ struct imap_mime {
     int64_t line_start;
     size_t prev_len;                    /* the previous line's length without its end */
     unsigned char last;                 /* the last octet of the current line */
+    int prev_close;                     /* the previous line was a close delimiter */
+    int boundary_seen, boundary_close;  /* what the current line was */
     int prev_end;                       /* length of its line end (1 or 2) */
     struct imap_sb field;               /* the header field being unfolded */
     int field_id;                       /* IMF_*, or -1 for one not kept */
@@ -371,8 +373,10 @@ static void im_close(struct imap_mime *m, int idx, int64_t end, int64_t nl_end, 
     if (end < e->body_start)
         end = e->body_start;
     e->end = end;
-    /* Lines of the body: its line ends, plus a last line without one. */
-    e->lines = end > e->body_start ? nl_end - e->body_line + partial : 0;
+    /* Lines of the body: its line ends (a last line without one is not
+     * counted, as Dovecot counts). */
+    MN_UNUSED(partial);
+    e->lines = end > e->body_start ? nl_end - e->body_line : 0;
     if (e->lines < 0)
         e->lines = 0;
 }
@@ -394,12 +398,15 @@ static int im_boundary(struct imap_mime *m, const char *line, size_t len)
         for (size_t k = close ? 2 : 0; k < rn; k++)
             if (rest[k] != ' ' && rest[k] != '\t')
                 return 0;
-        int64_t end = m->line_start - m->prev_end;
-        /* Line ends inside the body: not this line's, nor the one before
-         * it, which belongs to the delimiter. */
-        int64_t nl_end = m->nl - 2;
+        /* The line end before the delimiter belongs to it; after a close
+         * delimiter that line end already went with the close delimiter
+         * (Dovecot counts so too). */
+        int64_t end = m->line_start - (m->prev_close ? 0 : m->prev_end);
+        int64_t nl_end = m->nl - (m->prev_close ? 1 : 2);
         for (int j = m->cur; j != i; j = m->e[j].parent)
             im_close(m, j, end, nl_end, m->prev_len > 0);
+        m->boundary_seen = 1;
+        m->boundary_close = close;
         if (close) {
             e->closed = 1;
             m->cur = i;
@@ -440,8 +447,11 @@ static void im_line(struct imap_mime *m, int ended, int crlf)
             im_field_start(m, line, len);
         }
     } else {
+        m->boundary_seen = 0;
         im_boundary(m, line, full == len ? len : 0);
     }
+    m->prev_close = !m->in_header && m->boundary_seen && m->boundary_close;
+    m->boundary_seen = 0;
     m->prev_len = full;
 }
 
@@ -681,11 +691,14 @@ static void im_env_build(struct imap_sb *b, struct im_ent *e)
 
 /* ------------------------------------------------------- bodystructure */
 
-/* ("name" "value" ...) of the parameters after the first ';', or NIL. */
-static void im_bs_params(struct imap_sb *b, const char *v)
+/* ("name" "value" ...) of the parameters after the first ';', or NIL;
+ * text parts without a charset get the default one (RFC 2045 5.2), as
+ * Dovecot does. */
+static void im_bs_params(struct imap_sb *b, const char *v, int text)
 {
     const char *p = v ? strchr(v, ';') : NULL;
     size_t start = b->len;
+    char cs[8];
 
     imap_sb_str(b, "(");
     while (p && *p) {
@@ -731,6 +744,8 @@ static void im_bs_params(struct imap_sb *b, const char *v)
         }
         p = strchr(p, ';');
     }
+    if (text && imap_mime_param(v, "charset", cs, sizeof cs))
+        imap_sb_str(b, b->len > start + 1 ? " \"charset\" \"us-ascii\"" : "\"charset\" \"us-ascii\"");
     if (b->len == start + 1) {
         b->len = start;
         imap_sb_str(b, "NIL");
@@ -766,7 +781,7 @@ static void im_bs_ext(struct imap_sb *b, struct im_ent *e, int multi)
 {
     if (multi) {
         imap_sb_str(b, " ");
-        im_bs_params(b, e->f[IMF_CTYPE]);
+        im_bs_params(b, e->f[IMF_CTYPE], 0);
     } else {
         imap_sb_str(b, " ");
         imap_sb_nstring(b, e->f[IMF_CMD5]);
@@ -776,7 +791,7 @@ static void im_bs_ext(struct imap_sb *b, struct im_ent *e, int multi)
         imap_sb_str(b, "(");
         im_bs_word(b, e->f[IMF_CDISP], NULL);
         imap_sb_str(b, " ");
-        im_bs_params(b, e->f[IMF_CDISP]);
+        im_bs_params(b, e->f[IMF_CDISP], 0);
         imap_sb_str(b, ")");
     } else {
         imap_sb_str(b, "NIL");
@@ -823,10 +838,7 @@ static void im_bs_build(struct imap_mime *m, struct imap_sb *b, int idx, int ext
     imap_sb_str(b, " ");
     imap_sb_string(b, sub, strlen(sub));
     imap_sb_str(b, " ");
-    if (!e->f[IMF_CTYPE] && !strcmp(type, "text"))
-        imap_sb_str(b, "(\"charset\" \"us-ascii\")");
-    else
-        im_bs_params(b, e->f[IMF_CTYPE]);
+    im_bs_params(b, e->f[IMF_CTYPE], !strcmp(type, "text"));
     imap_sb_str(b, " ");
     imap_sb_nstring(b, e->f[IMF_CID]);
     imap_sb_str(b, " ");

@@ -134,7 +134,7 @@ enum srch_op {
     Q_ALL, Q_FLAG, Q_UNFLAG, Q_KEYWORD, Q_UNKEYWORD, Q_NEW, Q_OLD, Q_RECENT,
     Q_FROM, Q_TO, Q_CC, Q_BCC, Q_SUBJECT, Q_HEADER, Q_BODY, Q_TEXT,
     Q_BEFORE, Q_ON, Q_SINCE, Q_SENTBEFORE, Q_SENTON, Q_SENTSINCE,
-    Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND,
+    Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND, Q_MODSEQ,
 };
 
 struct srch_node {
@@ -149,6 +149,7 @@ struct srch {
     struct srch_node nodes[SRCH_NODES];
     int n;
     int need_cache;
+    int modseq;                         /* a MODSEQ key: the reply names the highest */
 };
 
 static const struct {
@@ -296,6 +297,22 @@ static struct srch_node *srch_p_key(struct srch *q, struct imap_p *p, int depth)
         if (!(n = srch_new(q, toupper((unsigned char)word[0]) == 'L' ? Q_LARGER : Q_SMALLER)) ||
             imap_p_sp(p) || imap_p_number(p, &n->num))
             return NULL;
+        return n;
+    }
+    if (!strcasecmp(word, "MODSEQ")) {
+        /* RFC 7162 3.1.5: MODSEQ [entry-name entry-type] mod-sequence; the
+         * entry is accepted and not used (flags share one mod-sequence). */
+        char entry[256], type[16];
+        if (!(n = srch_new(q, Q_MODSEQ)) || imap_p_sp(p))
+            return NULL;
+        if (p->i < p->n && p->s[p->i] == '"') {
+            if (imap_p_astring(p, entry, sizeof entry, NULL) || imap_p_sp(p) ||
+                imap_p_atom(p, type, sizeof type) || imap_p_sp(p))
+                return NULL;
+        }
+        if (imap_p_number(p, &n->num))
+            return NULL;
+        q->modseq = 1;
         return n;
     }
     if (!strcasecmp(word, "UID")) {
@@ -543,6 +560,7 @@ static int srch_eval(struct srch_msg *x, const struct srch_node *n)
         star = s->v.n ? s->v.uids[s->v.n - 1] : 0;
         return imap_set_has(&n->set, (uint32_t)m->uid, star);
     case Q_SEQ: return imap_set_has(&n->set, (uint32_t)x->seq, (uint32_t)s->v.n);
+    case Q_MODSEQ: return m->modseq >= n->num;
     case Q_NOT: return !srch_eval(x, n->a);
     case Q_OR: return srch_eval(x, n->a) || srch_eval(x, n->b);
     case Q_AND:
@@ -559,6 +577,7 @@ struct srch_run {
     struct srch_node *root;
     int uid;
     struct imap_sb out;
+    int64_t top_modseq;
 };
 
 static int srch_each(void *arg, const struct store_imap_msg *m)
@@ -580,8 +599,11 @@ static int srch_each(void *arg, const struct store_imap_msg *m)
     if (lo >= s->v.n || s->v.uids[lo] != uid)
         return 0;
     struct srch_msg x = { s, m, lo + 1, { 0 }, 0, NULL };
-    if (srch_eval(&x, r->root))
+    if (srch_eval(&x, r->root)) {
         imap_sb_printf(&r->out, " %lu", r->uid ? (unsigned long)uid : (unsigned long)(lo + 1));
+        if (m->modseq > r->top_modseq)
+            r->top_modseq = m->modseq;
+    }
     if (x.cache_state > 0)
         store_imap_cache_free(&x.cache);
     free(x.header);
@@ -591,7 +613,7 @@ static int srch_each(void *arg, const struct store_imap_msg *m)
 void imap_cmd_search(struct imap *s, struct imap_p *p, int uid)
 {
     struct srch *q = calloc(1, sizeof *q);
-    struct srch_run r = { s, NULL, uid, { 0 } };
+    struct srch_run r = { s, NULL, uid, { 0 }, 0 };
     char word[32];
 
     if (!q) {
@@ -623,6 +645,12 @@ void imap_cmd_search(struct imap *s, struct imap_p *p, int uid)
     if (store_imap_each(s->user_id, s->v.f.key, srch_each, &r) || r.out.err) {
         imap_tagged(s, "NO [UNAVAILABLE] cannot search now");
     } else {
+        if (q->modseq && r.top_modseq) {
+            /* RFC 7162 3.1.5: the highest mod-sequence of the matches. */
+            imap_sb_printf(&r.out, " (MODSEQ %lld)", (long long)r.top_modseq);
+        }
+        if (q->modseq)
+            s->condstore = 1;
         imap_sb_str(&r.out, "\r\n");
         imap_out(s, r.out.s, r.out.len);
         imap_tagged(s, "OK %sSEARCH completed", uid ? "UID " : "");

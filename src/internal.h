@@ -717,6 +717,9 @@ int store_imap_changed(int64_t user_id, int64_t key, int64_t modseq,
                        int (*cb)(void *arg, const struct store_imap_msg *m), void *arg);
 int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const struct store_imap_msg *m),
                     void *arg);
+/* The messages of a folder with uids in [lo, hi], in order. */
+int store_imap_range(int64_t user_id, int64_t key, int64_t lo, int64_t hi,
+                     int (*cb)(void *arg, const struct store_imap_msg *m), void *arg);
 int store_imap_set_flags(int64_t user_id, int64_t uid, unsigned flags, const char *keywords, int64_t modseq);
 /* A copy of the message into folder key; *new_uid gets its uid. */
 int store_imap_copy(int64_t user_id, int64_t uid, int64_t key, int64_t *new_uid);
@@ -1361,6 +1364,7 @@ struct imap {
     char akw[IMAP_KEYWORDS_MAX + 1];
     int64_t auidvalidity;
     struct imap_sb after_commit;        /* the tagged reply due after the commit */
+    int condstore;                      /* RFC 7162 3.1: CONDSTORE is enabled */
 };
 /* imap.c */
 void imap_out(struct imap *s, const void *p, size_t n);

@@ -214,6 +214,15 @@ static const char *const migrations[] = {
     /* 7: a body that fits one chunk is kept in its body row: no chunk
      * row, so no chunk page written when it comes and when it goes. */
     "ALTER TABLE body ADD COLUMN data BLOB;",
+    /* 8: CONDSTORE (RFC 7162 3.1): a new message carries the folder's
+     * change number of its arrival as its mod-sequence. */
+    "DROP TRIGGER mbox_added;"
+    "CREATE TRIGGER mbox_added AFTER INSERT ON mbox BEGIN"
+    " UPDATE folder SET uidnext=max(uidnext, NEW.uid+1), modseq=modseq+1"
+    " WHERE user_id=NEW.user_id AND CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END;"
+    " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
+    " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
+    " END;",
 };
 
 sqlite3 *store_db(void)
@@ -1001,6 +1010,21 @@ static int step_done(sqlite3_stmt *st, const char *what)
     return 0;
 }
 
+/* A message that reaches a mailbox gets its IMAP structure (ENVELOPE,
+ * BODYSTRUCTURE, part offsets) computed once now, while its chunks are
+ * fresh; a failure only leaves it to be computed at the first FETCH. */
+static void store_index_local(int64_t body_id, const struct store_rcpt *rcpts, size_t n)
+{
+    struct store_imap_cache c;
+
+    for (size_t i = 0; i < n; i++)
+        if (rcpts[i].kind == ROUTE_LOCAL) {
+            if (imap_mime_compute(body_id, &c) == 0)
+                store_imap_cache_free(&c);
+            return;
+        }
+}
+
 static int msg_insert(const struct store_env *env, struct store_body *b,
                       const struct store_rcpt *rcpts, size_t n)
 {
@@ -1086,6 +1110,7 @@ int store_msg_insert(const struct store_env *env, struct store_body *b,
     if ((err = store_atomic_end(msg_insert(env, b, rcpts, n))))
         return err;
     b->linked = 1;
+    store_index_local(b->id, rcpts, n);
     return 0;
 }
 

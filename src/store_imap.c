@@ -384,6 +384,23 @@ int store_imap_each(int64_t user_id, int64_t key, int (*cb)(void *arg, const str
     return simap_msg_each(st, cb, arg);
 }
 
+int store_imap_range(int64_t user_id, int64_t key, int64_t lo, int64_t hi,
+                     int (*cb)(void *arg, const struct store_imap_msg *m), void *arg)
+{
+    static sqlite3_stmt *st;
+
+    /* One statement for a run of messages: a FETCH of 10,000 flags is a
+     * few range scans, not 10,000 lookups each taking the file lock. */
+    if (!store_stmt(&st, "SELECT " MSG_COLS " FROM mbox WHERE user_id=? AND folder=? AND uid BETWEEN ? AND ?"
+                         " ORDER BY uid"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    sqlite3_bind_int64(st, 3, lo);
+    sqlite3_bind_int64(st, 4, hi);
+    return simap_msg_each(st, cb, arg);
+}
+
 int store_imap_set_flags(int64_t user_id, int64_t uid, unsigned flags, const char *keywords, int64_t modseq)
 {
     static sqlite3_stmt *st;

@@ -6,7 +6,7 @@ set -euo pipefail
 
 pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp groff-base postfix"
 # IMAP clients for the protocol tests, and Dovecot as the reference server.
-pkgs="$pkgs isync s-nail mutt dovecot-imapd"
+pkgs="$pkgs isync s-nail dovecot-imapd"
 # c-ares, the DNS resolver library (headers, pkg-config file and libcares.a
 # for `make static`).
 pkgs="$pkgs libc-ares-dev"
