@@ -1414,6 +1414,19 @@ MN_PRIVATE int imap_set_has(const struct imap_set *set, uint32_t v, uint32_t sta
 /* The view indexes a set names, by sequence number or by UID, ascending. */
 MN_PRIVATE int imap_set_resolve(const struct imap *s, const struct imap_set *set, int uid, size_t **idx, size_t *n);
 MN_PRIVATE void imap_cmd_search(struct imap *s, struct imap_p *p, int uid);
+/* imap_mbox.c */
+MN_PRIVATE void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly);
+MN_PRIVATE void imap_cmd_close(struct imap *s, struct imap_p *p, int expunge);
+MN_PRIVATE void imap_cmd_expunge(struct imap *s, struct imap_p *p, int uid);
+MN_PRIVATE void imap_cmd_list(struct imap *s, struct imap_p *p, int lsub);
+MN_PRIVATE void imap_cmd_create(struct imap *s, struct imap_p *p);
+MN_PRIVATE void imap_cmd_delete(struct imap *s, struct imap_p *p);
+MN_PRIVATE void imap_cmd_rename(struct imap *s, struct imap_p *p);
+MN_PRIVATE void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on);
+MN_PRIVATE void imap_cmd_status(struct imap *s, struct imap_p *p);
+MN_PRIVATE int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *reply, size_t rn);
+MN_PRIVATE void imap_append_end(struct imap *s);
+MN_PRIVATE void imap_view_free(struct imap *s);
 /* imap_fetch.c */
 MN_PRIVATE void imap_cmd_fetch(struct imap *s, struct imap_p *p, int uid);
 MN_PRIVATE void imap_cmd_store(struct imap *s, struct imap_p *p, int uid);
@@ -25671,20 +25684,6 @@ static void imap_idle_line(struct imap *s, const char *line)
     s->busy = IMAP_IDLE_NONE;
     s->c->want_drain = 0;
 }
-
-/* Commands of imap_mbox.c. */
-void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly);
-void imap_cmd_close(struct imap *s, struct imap_p *p, int expunge);
-void imap_cmd_expunge(struct imap *s, struct imap_p *p, int uid);
-void imap_cmd_list(struct imap *s, struct imap_p *p, int lsub);
-void imap_cmd_create(struct imap *s, struct imap_p *p);
-void imap_cmd_delete(struct imap *s, struct imap_p *p);
-void imap_cmd_rename(struct imap *s, struct imap_p *p);
-void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on);
-void imap_cmd_status(struct imap *s, struct imap_p *p);
-int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *reply, size_t rn);
-void imap_append_end(struct imap *s);
-void imap_view_free(struct imap *s);
 
 static void imap_cmd_select_rw(struct imap *s, struct imap_p *p) { imap_cmd_select(s, p, 0); }
 static void imap_cmd_examine(struct imap *s, struct imap_p *p) { imap_cmd_select(s, p, 1); }

@@ -859,20 +859,6 @@ static void imap_idle_line(struct imap *s, const char *line)
     s->c->want_drain = 0;
 }
 
-/* Commands of imap_mbox.c. */
-void imap_cmd_select(struct imap *s, struct imap_p *p, int readonly);
-void imap_cmd_close(struct imap *s, struct imap_p *p, int expunge);
-void imap_cmd_expunge(struct imap *s, struct imap_p *p, int uid);
-void imap_cmd_list(struct imap *s, struct imap_p *p, int lsub);
-void imap_cmd_create(struct imap *s, struct imap_p *p);
-void imap_cmd_delete(struct imap *s, struct imap_p *p);
-void imap_cmd_rename(struct imap *s, struct imap_p *p);
-void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on);
-void imap_cmd_status(struct imap *s, struct imap_p *p);
-int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *reply, size_t rn);
-void imap_append_end(struct imap *s);
-void imap_view_free(struct imap *s);
-
 static void imap_cmd_select_rw(struct imap *s, struct imap_p *p) { imap_cmd_select(s, p, 0); }
 static void imap_cmd_examine(struct imap *s, struct imap_p *p) { imap_cmd_select(s, p, 1); }
 static void imap_cmd_close_x(struct imap *s, struct imap_p *p) { imap_cmd_close(s, p, 1); }
