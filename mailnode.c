@@ -2531,12 +2531,20 @@ static const char *conf_one_of(char *v, const char *const *words, size_t n, cons
     return msg;
 }
 
+/* The reason names the file: the value may be relative, or a typo. */
 static const char *conf_check_file(const char *v)
 {
+    static char why[1200];
     struct stat st;
+    const char *e = NULL;
     if (stat(v, &st))
-        return errno == ENOENT ? "no such file" : strerror(errno);
-    return S_ISREG(st.st_mode) ? NULL : "not a regular file";
+        e = errno == ENOENT ? "no such file" : strerror(errno);
+    else if (!S_ISREG(st.st_mode))
+        e = "not a regular file";
+    if (!e)
+        return NULL;
+    snprintf(why, sizeof why, "%.1024s: %s", v, e);
+    return why;
 }
 
 /* Checks a value that its type alone does not; NULL when it is fine. */
