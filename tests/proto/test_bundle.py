@@ -351,7 +351,9 @@ def fill(n, count, conns=4):
 
 @test
 def ten_thousand_and_kill9():
-    N = 10000
+    # Under valgrind the daemon is 10-50 times slower: fewer messages, the
+    # same checks.
+    N = 1000 if harness.VALGRIND else 10000
     a, b = pair(start=True)
     with a, b:
         fill(a, N)
