@@ -96,8 +96,10 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
     m->rcpts = calloc(STORE_OUT_RCPTS, sizeof *m->rcpts);
     if (!m->rcpts)
         return STORE_ERR;
+    /* "+": the message's own rows through rcpt_message, never a range of
+     * the scheduler's indexes (that would visit every queued recipient). */
     if (!store_stmt(&st, "SELECT id, addr, orcpt, notify, attempts FROM rcpt WHERE message_id=?1"
-                         " AND state=0 AND kind=?4 AND next_try<=?2 AND (?3 IS NULL OR dest=?3)"
+                         " AND state=0 AND +kind=?4 AND +next_try<=?2 AND (?3 IS NULL OR dest=?3)"
                          " AND (?5 < 0 OR next_try=?5) ORDER BY id LIMIT " "100"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, m->id);
@@ -345,7 +347,7 @@ int store_expired(int64_t before, int (*cb)(void *arg, int64_t msg_id, int64_t r
      * receipt (or its resend), however long the carrier takes: bouncing
      * it could report as failed a message the peer has delivered. */
     if (!store_stmt(&st, "SELECT r.message_id, r.id FROM message m JOIN rcpt r ON r.message_id=m.id"
-                         " WHERE m.received<? AND r.state=0 AND r.kind=2 AND m.hold=0 AND NOT EXISTS"
+                         " WHERE m.received<? AND r.state=0 AND +r.kind=2 AND m.hold=0 AND NOT EXISTS"
                          " (SELECT 1 FROM bundle_transit t WHERE t.rcpt_id=r.id) ORDER BY m.received LIMIT 1000"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, before);

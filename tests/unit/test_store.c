@@ -234,6 +234,14 @@ static int plan_cb(void *arg, const char *sql, const char *plan)
         last = sql;
     }
     char what[32];
+    /* A LIMITed query that sorts reads every row that matches before
+     * the first comes out: a range over the queue where a seek was meant
+     * (listings, which return all they read, may sort). */
+    if (strstr(plan, "TEMP B-TREE FOR ORDER BY") && strstr(sql, "LIMIT") &&
+        (strstr(sql, "FROM rcpt") || strstr(sql, "FROM message") || strstr(sql, "FROM mbox"))) {
+        printf("#   sorts: %s\n#     in: %s\n", plan, sql);
+        pc->bad++;
+    }
     /* "SCAN rcpt", "SCAN rcpt USING INDEX ...", "SCAN m" for an alias */
     if (strncmp(plan, "SCAN ", 5))
         return 0;
@@ -334,7 +342,6 @@ TEST(hot_paths_use_indexes)
         store_body_free(b);
     }
     CHECK_INT(store_commit(), 0);
-    sqlite3_exec(store_db(), "ANALYZE", 0, 0, 0);
 
     CHECK_INT(store_due_domains(now, noop_dest, NULL), 0);
     CHECK(store_any_due(now) >= 0);
