@@ -15736,6 +15736,12 @@ static int cmd(struct smtpc *s, int kind, int slot, int idx, const char *fmt, ..
     va_end(ap);
     if (n < 0 || (size_t)n >= sizeof line - 2)
         return -1;
+    /* log.level = debug: the wire, never a credential (AUTH keeps only
+     * its mechanism; a CRAM-MD5 answer is not a command and not traced). */
+    if (kind == E_AUTH)
+        log_debug("smtpc %s >>> AUTH %.*s ****", s->peer, (int)strcspn(line + 5, " "), line + 5);
+    else
+        log_debug("smtpc %s >>> %.*s", s->peer, n, line);
     memcpy(line + n, "\r\n", 2);
     if (conn_write(s->c, line, (size_t)n + 2))
         return -1;
@@ -16511,6 +16517,7 @@ static void smtpc_input(struct conn *c)
             conn_abort(c);
             return;
         }
+        log_debug("smtpc %s <<< %s", s->peer, line);
         /* Keep the first line of a reply (and EHLO keywords as they come). */
         if (!s->reply_len) {
             s->reply_len = util_strlcpy(s->reply, line, sizeof s->reply);
@@ -18103,6 +18110,11 @@ static void poll_send(const char *fmt, ...)
     va_end(ap);
     if (n < 0 || (size_t)n > sizeof line - 3)
         return;
+    /* log.level = debug: the wire, never a credential. */
+    if (P.state == POLL_AUTH2)
+        log_debug("poll >>> %s", strncmp(line, "AUTH ", 5) ? "****" : "AUTH PLAIN ****");
+    else
+        log_debug("poll >>> %s", line);
     memcpy(line + n, "\r\n", 2);
     conn_write(P.c, line, (size_t)n + 2);
     conn_flush(P.c);
@@ -18331,6 +18343,7 @@ static void client_input(struct conn *c)
                                                        : "the upstream sent a malformed reply");
             return;
         }
+        log_debug("poll <<< %s", line);
         if (P.state == POLL_EHLO && strlen(line) > 4)
             smtpc_caps_keyword(&P.caps, line + 4);
         if (last)
@@ -20230,6 +20243,7 @@ static void pop3_reply(struct pop3 *s, const char *fmt, ...)
         return;
     if ((size_t)n > sizeof buf - 3)
         n = (int)(sizeof buf - 3);
+    log_debug("%s: pop3 >>> %.*s", s->c->peer_ip, n, buf);     /* log.level = debug: the wire */
     buf[n++] = '\r';
     buf[n++] = '\n';
     /* POP3_REPLY_ROOM was checked before the command ran. */
@@ -21099,6 +21113,7 @@ static void pop3_handle_line(struct pop3 *s, char *line, size_t len)
     size_t vlen;
 
     if (s->in_sasl) {
+        log_debug("%s: pop3 <<< ****", s->c->peer_ip);         /* a SASL response */
         out[0] = 0;
         pop3_sasl_result(s, auth_sasl_step(&s->sasl, line, out, sizeof out), out);
         return;
@@ -21108,6 +21123,14 @@ static void pop3_handle_line(struct pop3 *s, char *line, size_t len)
         return;
     }
     vlen = strcspn(line, " ");
+    /* The wire, never a credential: PASS and AUTH keep their first word. */
+    if ((vlen == 4 && !strncasecmp(line, "PASS", 4)) || (vlen == 4 && !strncasecmp(line, "AUTH", 4)))
+        log_debug("%s: pop3 <<< %.*s%s", s->c->peer_ip,
+                  (int)(vlen == 4 && line[vlen] && !strncasecmp(line, "AUTH", 4)
+                            ? vlen + 1 + strcspn(line + vlen + 1, " ") : vlen),
+                  line, line[vlen] ? " ****" : "");
+    else
+        log_debug("%s: pop3 <<< %s", s->c->peer_ip, line);
     arg = line + vlen;
     if (*arg) {
         *arg++ = 0;

@@ -165,6 +165,11 @@ static void poll_send(const char *fmt, ...)
     va_end(ap);
     if (n < 0 || (size_t)n > sizeof line - 3)
         return;
+    /* log.level = debug: the wire, never a credential. */
+    if (P.state == POLL_AUTH2)
+        log_debug("poll >>> %s", strncmp(line, "AUTH ", 5) ? "****" : "AUTH PLAIN ****");
+    else
+        log_debug("poll >>> %s", line);
     memcpy(line + n, "\r\n", 2);
     conn_write(P.c, line, (size_t)n + 2);
     conn_flush(P.c);
@@ -393,6 +398,7 @@ static void client_input(struct conn *c)
                                                        : "the upstream sent a malformed reply");
             return;
         }
+        log_debug("poll <<< %s", line);
         if (P.state == POLL_EHLO && strlen(line) > 4)
             smtpc_caps_keyword(&P.caps, line + 4);
         if (last)

@@ -187,6 +187,7 @@ static void pop3_reply(struct pop3 *s, const char *fmt, ...)
         return;
     if ((size_t)n > sizeof buf - 3)
         n = (int)(sizeof buf - 3);
+    log_debug("%s: pop3 >>> %.*s", s->c->peer_ip, n, buf);     /* log.level = debug: the wire */
     buf[n++] = '\r';
     buf[n++] = '\n';
     /* POP3_REPLY_ROOM was checked before the command ran. */
@@ -1056,6 +1057,7 @@ static void pop3_handle_line(struct pop3 *s, char *line, size_t len)
     size_t vlen;
 
     if (s->in_sasl) {
+        log_debug("%s: pop3 <<< ****", s->c->peer_ip);         /* a SASL response */
         out[0] = 0;
         pop3_sasl_result(s, auth_sasl_step(&s->sasl, line, out, sizeof out), out);
         return;
@@ -1065,6 +1067,14 @@ static void pop3_handle_line(struct pop3 *s, char *line, size_t len)
         return;
     }
     vlen = strcspn(line, " ");
+    /* The wire, never a credential: PASS and AUTH keep their first word. */
+    if ((vlen == 4 && !strncasecmp(line, "PASS", 4)) || (vlen == 4 && !strncasecmp(line, "AUTH", 4)))
+        log_debug("%s: pop3 <<< %.*s%s", s->c->peer_ip,
+                  (int)(vlen == 4 && line[vlen] && !strncasecmp(line, "AUTH", 4)
+                            ? vlen + 1 + strcspn(line + vlen + 1, " ") : vlen),
+                  line, line[vlen] ? " ****" : "");
+    else
+        log_debug("%s: pop3 <<< %s", s->c->peer_ip, line);
     arg = line + vlen;
     if (*arg) {
         *arg++ = 0;

@@ -169,6 +169,12 @@ static int cmd(struct smtpc *s, int kind, int slot, int idx, const char *fmt, ..
     va_end(ap);
     if (n < 0 || (size_t)n >= sizeof line - 2)
         return -1;
+    /* log.level = debug: the wire, never a credential (AUTH keeps only
+     * its mechanism; a CRAM-MD5 answer is not a command and not traced). */
+    if (kind == E_AUTH)
+        log_debug("smtpc %s >>> AUTH %.*s ****", s->peer, (int)strcspn(line + 5, " "), line + 5);
+    else
+        log_debug("smtpc %s >>> %.*s", s->peer, n, line);
     memcpy(line + n, "\r\n", 2);
     if (conn_write(s->c, line, (size_t)n + 2))
         return -1;
@@ -944,6 +950,7 @@ static void smtpc_input(struct conn *c)
             conn_abort(c);
             return;
         }
+        log_debug("smtpc %s <<< %s", s->peer, line);
         /* Keep the first line of a reply (and EHLO keywords as they come). */
         if (!s->reply_len) {
             s->reply_len = util_strlcpy(s->reply, line, sizeof s->reply);

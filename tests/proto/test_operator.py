@@ -326,6 +326,15 @@ def log_lines():
         check('debug_trace_replies', 'smtpd >>> 250' in log, log[-500:])
         check('debug_trace_auth_masked', 'smtpd <<< AUTH PLAIN ****' in log and secret not in log
               and base64.b64encode(b'\0alice\0' + secret.encode()).decode() not in log, log[-500:])
+        check('debug_trace_smtpd_states', 'smtpd INIT -> READY' in log, log[-500:])
+        p = n.pop3()
+        p.user('alice')
+        p.pass_(PW)
+        p.quit()
+        log = n.log()
+        check('debug_trace_pop3', 'pop3 <<< USER alice' in log and 'pop3 <<< PASS ****' in log
+              and 'pop3 >>> +OK' in log and PW not in log, log[-500:])
+        check('debug_trace_pop3_states', 'pop3 AUTHORIZATION -> TRANSACTION' in log, log[-500:])
         rc, out, err = sendmail(n, 'far@remote.test')
         qid = [l.split()[0] for l in n.cli('queue', 'list')[1].splitlines() if l and l[0] != ' ']
         check('accepted_line_for_sendmail', wait_until(
