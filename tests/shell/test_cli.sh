@@ -147,7 +147,7 @@ bad() {
 bad "listen.smtp=localhost:25" listen "not addr:port"
 bad "upstream.mode=turn" upstream_mode "use etrn or atrn"
 bad "hostname=my host" hostname "not a domain name"
-bad "tls.cert=$T/nonexistent.pem" tls_cert "no such file"
+bad "tls.cert=$T/nonexistent.pem" tls_cert "$T/nonexistent.pem: no such file"
 bad "relayhost=smtp example.org" relayhost "not host"
 bad "upstream=upstream.example" upstream "not host:port"
 bad "log=file" log "use stderr or syslog"
