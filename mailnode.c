@@ -822,6 +822,9 @@ MN_PRIVATE void auth_free(void);
 /* Fills u->pwhash (Argon2id) and u->cram (sealed CRAM-MD5 secret). */
 MN_PRIVATE int auth_set_password(struct store_user *u, const char *password);
 MN_PRIVATE int auth_check_password(const struct store_user *u, const char *password); /* 1 ok */
+/* Spends the time of one password verification for a name that does not
+ * exist, so that timing does not tell which names do (POP3, IMAP). */
+MN_PRIVATE void auth_check_no_user(const char *password);
 
 enum auth_result { AUTH_OK = 0, AUTH_CONTINUE = 1, AUTH_FAIL = -1, AUTH_BADMECH = -2,
                    AUTH_SYNTAX = -3, AUTH_CANCEL = -4 };
@@ -13340,6 +13343,11 @@ static void auth_dummy_check(const char *pw, size_t len)
     }
 }
 
+void auth_check_no_user(const char *password)
+{
+    auth_dummy_check(password, strnlen(password, AUTH_PW_MAX + 1));
+}
+
 /* ------------------------------------------------------------------ SASL */
 
 /* User names are stored lower case, [a-z0-9._-], at most USER_MAX. */
@@ -20586,25 +20594,6 @@ static void pop3_auth_failed(struct pop3 *s, const char *name, const char *mech)
     timer_set(&s->delay, conf->auth_fail_delay * 1000 * s->failures, pop3_delay_done, s);
 }
 
-/* An unknown name costs the same Argon2 verification as a known one, so
- * that response time does not tell which names exist either. */
-static void pop3_dummy_check(const char *password)
-{
-    static struct store_user dummy;
-    static int ready;
-
-    if (!ready) {
-        unsigned char rnd[16];
-        char pw[sizeof rnd * 2 + 1];
-        randombytes_buf(rnd, sizeof rnd);
-        sodium_bin2hex(pw, sizeof pw, rnd, sizeof rnd);
-        if (auth_set_password(&dummy, pw))
-            return;
-        ready = 1;
-    }
-    (void)auth_check_password(&dummy, password);
-}
-
 /* ----------------------------------------------------------- commands */
 
 /* The failure counter of the client's address, shared with SMTP AUTH:
@@ -20665,7 +20654,7 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
          * one. */
         ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
     } else if (rc == STORE_NOTFOUND) {
-        pop3_dummy_check(arg);
+        auth_check_no_user(arg);
     } else {
         pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
         return;
@@ -25387,23 +25376,6 @@ static void imap_auth_failed(struct imap *s, const char *name, const char *mech)
     timer_set(&s->delay, conf->auth_fail_delay * 1000 * s->failures, imap_delay_done, s);
 }
 
-static void imap_dummy_check(const char *password)
-{
-    static struct store_user dummy;
-    static int ready;
-
-    if (!ready) {
-        unsigned char rnd[16];
-        char pw[sizeof rnd * 2 + 1];
-        randombytes_buf(rnd, sizeof rnd);
-        sodium_bin2hex(pw, sizeof pw, rnd, sizeof rnd);
-        if (auth_set_password(&dummy, pw))
-            return;
-        ready = 1;
-    }
-    (void)auth_check_password(&dummy, password);
-}
-
 static int imap_auth_blocked(struct imap *s)
 {
     if (!limit_auth_blocked(s->c))
@@ -25438,7 +25410,7 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
     if (rc == 0)    /* an account backing off takes no password (limit.c) */
         ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
     else if (rc == STORE_NOTFOUND)
-        imap_dummy_check(pass);
+        auth_check_no_user(pass);
     else {
         imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
         goto out;

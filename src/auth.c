@@ -282,6 +282,11 @@ static void auth_dummy_check(const char *pw, size_t len)
     }
 }
 
+void auth_check_no_user(const char *password)
+{
+    auth_dummy_check(password, strnlen(password, AUTH_PW_MAX + 1));
+}
+
 /* ------------------------------------------------------------------ SASL */
 
 /* User names are stored lower case, [a-z0-9._-], at most USER_MAX. */

@@ -528,23 +528,6 @@ static void imap_auth_failed(struct imap *s, const char *name, const char *mech)
     timer_set(&s->delay, conf->auth_fail_delay * 1000 * s->failures, imap_delay_done, s);
 }
 
-static void imap_dummy_check(const char *password)
-{
-    static struct store_user dummy;
-    static int ready;
-
-    if (!ready) {
-        unsigned char rnd[16];
-        char pw[sizeof rnd * 2 + 1];
-        randombytes_buf(rnd, sizeof rnd);
-        sodium_bin2hex(pw, sizeof pw, rnd, sizeof rnd);
-        if (auth_set_password(&dummy, pw))
-            return;
-        ready = 1;
-    }
-    (void)auth_check_password(&dummy, password);
-}
-
 static int imap_auth_blocked(struct imap *s)
 {
     if (!limit_auth_blocked(s->c))
@@ -579,7 +562,7 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
     if (rc == 0)    /* an account backing off takes no password (limit.c) */
         ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
     else if (rc == STORE_NOTFOUND)
-        imap_dummy_check(pass);
+        auth_check_no_user(pass);
     else {
         imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
         goto out;

@@ -807,6 +807,9 @@ void auth_free(void);
 /* Fills u->pwhash (Argon2id) and u->cram (sealed CRAM-MD5 secret). */
 int auth_set_password(struct store_user *u, const char *password);
 int auth_check_password(const struct store_user *u, const char *password); /* 1 ok */
+/* Spends the time of one password verification for a name that does not
+ * exist, so that timing does not tell which names do (POP3, IMAP). */
+void auth_check_no_user(const char *password);
 
 enum auth_result { AUTH_OK = 0, AUTH_CONTINUE = 1, AUTH_FAIL = -1, AUTH_BADMECH = -2,
                    AUTH_SYNTAX = -3, AUTH_CANCEL = -4 };

@@ -530,25 +530,6 @@ static void pop3_auth_failed(struct pop3 *s, const char *name, const char *mech)
     timer_set(&s->delay, conf->auth_fail_delay * 1000 * s->failures, pop3_delay_done, s);
 }
 
-/* An unknown name costs the same Argon2 verification as a known one, so
- * that response time does not tell which names exist either. */
-static void pop3_dummy_check(const char *password)
-{
-    static struct store_user dummy;
-    static int ready;
-
-    if (!ready) {
-        unsigned char rnd[16];
-        char pw[sizeof rnd * 2 + 1];
-        randombytes_buf(rnd, sizeof rnd);
-        sodium_bin2hex(pw, sizeof pw, rnd, sizeof rnd);
-        if (auth_set_password(&dummy, pw))
-            return;
-        ready = 1;
-    }
-    (void)auth_check_password(&dummy, password);
-}
-
 /* ----------------------------------------------------------- commands */
 
 /* The failure counter of the client's address, shared with SMTP AUTH:
@@ -609,7 +590,7 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
          * one. */
         ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
     } else if (rc == STORE_NOTFOUND) {
-        pop3_dummy_check(arg);
+        auth_check_no_user(arg);
     } else {
         pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
         return;
