@@ -41,7 +41,10 @@ def count(n):
 @test
 def schema3_database_migrates_with_nothing_lost():
     with Sink() as sink:
-        n = Node(conf={'relayhost': '127.0.0.1:%d' % sink.port, 'retry.initial': '1h'}, start=False)
+        # First with a relayhost that is not there, so that nothing leaves
+        # while the migrated queue is counted; then with the sink.
+        closed = harness.free_ports(1)[0]
+        n = Node(conf={'relayhost': '127.0.0.1:%d' % closed, 'retry.initial': '1h'}, start=False)
         try:
             shutil.copy(os.path.join(FIXTURES, 'schema3.db'), n.db)
             shutil.copy(os.path.join(FIXTURES, 'schema3.db.key'), n.db + '.key')
@@ -63,6 +66,9 @@ def schema3_database_migrates_with_nothing_lost():
             check('status_counts', '7 messages, 7 recipients (3 held' in out and '5 messages for 2 users' in out,
                   out + err)
             # the queued remote mail goes out, each message once
+            n.stop()
+            n.configure({'relayhost': '127.0.0.1:%d' % sink.port})
+            n.start()
             rc, out, err = n.cli('flush', '--wait', '--timeout', '60s')
             check('remote_delivered', sink.wait_for(4, timeout=30), len(sink.messages))
             ids = sorted(sink.message_ids())
