@@ -1008,6 +1008,9 @@ MN_PRIVATE const char *tls_io_error(void);         /* why tls_init failed */
 MN_PRIVATE void tls_free(void);
 MN_PRIVATE int tls_available(void);                /* server side: a certificate is loaded */
 MN_PRIVATE int tls_start_server(struct conn *c);
+/* tls_start_server after a server's go-ahead reply, dropping what came in
+ * the clear after the command; aborts c and returns -1 on failure. */
+MN_PRIVATE int tls_upgrade_server(struct conn *c, const char *proto);
 /* verify: 1 = the peer's certificate must verify for host (system store
  * or tls.ca_file), else the handshake fails. */
 MN_PRIVATE int tls_start_client(struct conn *c, const char *host, int verify);
@@ -5551,6 +5554,20 @@ void dns_free(void)
 
 #include <errno.h>
 #include <string.h>
+
+/* After the go-ahead to STARTTLS/STLS: RFC 3207 4, RFC 2595 4, RFC 3501
+ * 6.2.1 and CVE-2011-0411: what the client sent after the command came in
+ * the clear and is no command; it is dropped, never answered inside TLS.
+ * On failure the connection is aborted and -1 returned. */
+int tls_upgrade_server(struct conn *c, const char *proto)
+{
+    conn_consume(c, c->in_len);
+    if (!tls_start_server(c))
+        return 0;
+    log_err("%s: %s: cannot start TLS", proto, c->peer_ip);
+    conn_abort(c);
+    return -1;
+}
 
 #ifdef MAILNODE_TLS
 
@@ -19507,14 +19524,8 @@ static void cmd_starttls(struct smtpd *s, char *arg)
         return;
     }
     reply(s, "220 2.0.0 Ready to start TLS");
-    /* CVE-2011-0411: commands pipelined after STARTTLS came in the clear;
-     * they are dropped, never answered inside the TLS session. */
-    conn_consume(s->c, s->c->in_len);
-    if (tls_start_server(s->c)) {
-        log_err("%s: cannot start TLS", s->c->peer_ip);
-        conn_abort(s->c);
+    if (tls_upgrade_server(s->c, "smtpd"))
         return;
-    }
     s->input = IN_COMMAND;
 }
 
@@ -20898,15 +20909,8 @@ static void pop3_cmd_stls(struct pop3 *s, char *arg)
         return;
     }
     pop3_reply(s, "+OK Begin TLS negotiation");
-    /* RFC 2595 4, CVE-2011-0411: whatever the client sent after STLS
-     * was sent in the clear and is not a command; it is dropped, not
-     * answered after the handshake. */
-    conn_consume(c, c->in_len);
-    if (tls_start_server(c)) {
-        log_err("pop3: %s: cannot start TLS", c->peer_ip);
-        conn_abort(c);
+    if (tls_upgrade_server(c, "pop3"))
         return;
-    }
     s->busy = BUSY_TLS;
 }
 
@@ -25600,14 +25604,8 @@ static void imap_cmd_starttls(struct imap *s, struct imap_p *p)
         return;
     }
     imap_tagged(s, "OK begin TLS negotiation now");
-    /* RFC 3501 6.2.1 (and CVE-2011-0411): what came after STARTTLS in
-     * the clear is not a command; it is dropped. */
-    conn_consume(c, c->in_len);
-    if (tls_start_server(c)) {
-        log_err("imap: %s: cannot start TLS", c->peer_ip);
-        conn_abort(c);
+    if (tls_upgrade_server(c, "imap"))
         return;
-    }
     s->busy = IMAP_BUSY_TLS;
 }
 

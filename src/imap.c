@@ -752,14 +752,8 @@ static void imap_cmd_starttls(struct imap *s, struct imap_p *p)
         return;
     }
     imap_tagged(s, "OK begin TLS negotiation now");
-    /* RFC 3501 6.2.1 (and CVE-2011-0411): what came after STARTTLS in
-     * the clear is not a command; it is dropped. */
-    conn_consume(c, c->in_len);
-    if (tls_start_server(c)) {
-        log_err("imap: %s: cannot start TLS", c->peer_ip);
-        conn_abort(c);
+    if (tls_upgrade_server(c, "imap"))
         return;
-    }
     s->busy = IMAP_BUSY_TLS;
 }
 

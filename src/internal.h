@@ -993,6 +993,9 @@ const char *tls_io_error(void);         /* why tls_init failed */
 void tls_free(void);
 int tls_available(void);                /* server side: a certificate is loaded */
 int tls_start_server(struct conn *c);
+/* tls_start_server after a server's go-ahead reply, dropping what came in
+ * the clear after the command; aborts c and returns -1 on failure. */
+int tls_upgrade_server(struct conn *c, const char *proto);
 /* verify: 1 = the peer's certificate must verify for host (system store
  * or tls.ca_file), else the handshake fails. */
 int tls_start_client(struct conn *c, const char *host, int verify);

@@ -834,15 +834,8 @@ static void pop3_cmd_stls(struct pop3 *s, char *arg)
         return;
     }
     pop3_reply(s, "+OK Begin TLS negotiation");
-    /* RFC 2595 4, CVE-2011-0411: whatever the client sent after STLS
-     * was sent in the clear and is not a command; it is dropped, not
-     * answered after the handshake. */
-    conn_consume(c, c->in_len);
-    if (tls_start_server(c)) {
-        log_err("pop3: %s: cannot start TLS", c->peer_ip);
-        conn_abort(c);
+    if (tls_upgrade_server(c, "pop3"))
         return;
-    }
     s->busy = BUSY_TLS;
 }
 

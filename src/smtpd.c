@@ -892,14 +892,8 @@ static void cmd_starttls(struct smtpd *s, char *arg)
         return;
     }
     reply(s, "220 2.0.0 Ready to start TLS");
-    /* CVE-2011-0411: commands pipelined after STARTTLS came in the clear;
-     * they are dropped, never answered inside the TLS session. */
-    conn_consume(s->c, s->c->in_len);
-    if (tls_start_server(s->c)) {
-        log_err("%s: cannot start TLS", s->c->peer_ip);
-        conn_abort(s->c);
+    if (tls_upgrade_server(s->c, "smtpd"))
         return;
-    }
     s->input = IN_COMMAND;
 }
 

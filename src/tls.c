@@ -20,6 +20,20 @@
 #include <errno.h>
 #include <string.h>
 
+/* After the go-ahead to STARTTLS/STLS: RFC 3207 4, RFC 2595 4, RFC 3501
+ * 6.2.1 and CVE-2011-0411: what the client sent after the command came in
+ * the clear and is no command; it is dropped, never answered inside TLS.
+ * On failure the connection is aborted and -1 returned. */
+int tls_upgrade_server(struct conn *c, const char *proto)
+{
+    conn_consume(c, c->in_len);
+    if (!tls_start_server(c))
+        return 0;
+    log_err("%s: %s: cannot start TLS", proto, c->peer_ip);
+    conn_abort(c);
+    return -1;
+}
+
 #ifdef MAILNODE_TLS
 
 #include <signal.h>
