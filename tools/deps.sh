@@ -24,10 +24,12 @@ if ! command -v dpkg-query >/dev/null; then
     exit 0
 fi
 
+# A package counts as present when dpkg has it installed, whatever its
+# selection state ("hold ok installed" too) and on whichever architecture.
 missing=""
 for p in $pkgs; do
-    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-    [ "$status" = "install ok installed" ] || missing="$missing $p"
+    status=$(dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null || true)
+    printf '%s\n' "$status" | grep -qx installed || missing="$missing $p"
 done
 missing=${missing# }
 [ -n "$missing" ] || exit 0
@@ -37,6 +39,13 @@ if [ "$(id -u)" != 0 ]; then
     echo "deps: install them with:" >&2
     echo "    sudo apt-get install -y $missing" >&2
     exit 1
+fi
+
+# Two runs at once (CI's valgrind and sanitizer runs) take turns: apt and
+# dpkg refuse a second caller instead of waiting.
+if command -v flock >/dev/null && [ -z "${MAILNODE_DEPS_LOCKED:-}" ]; then
+    export MAILNODE_DEPS_LOCKED=1
+    exec flock -w 1800 "${TMPDIR:-/tmp}/mailnode-deps.lock" "$0" "$@"
 fi
 
 echo "deps: installing $missing"
