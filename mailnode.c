@@ -161,6 +161,7 @@ struct conf {
     int64_t delivery_port;              /* TCP port of MX delivery (25) */
     int64_t delivery_per_connection;    /* messages one outbound session carries */
     int64_t delivery_parallel;          /* outbound sessions in all (one per destination) */
+    int64_t delivery_large;             /* bytes: larger messages go after the small ones; 0 = off */
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
@@ -610,6 +611,10 @@ struct store_cursor {
  * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
  * cursor.  1 found, 0 none, <0 error. */
 MN_PRIVATE int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
+/* The same, among messages of size_lo to size_hi octets only (a session
+ * sends its small messages before its large ones). */
+MN_PRIVATE int store_out_next_sized(const char *domain, int kind, struct store_cursor *cur, int64_t now, int64_t size_lo,
+                         int64_t size_hi, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 MN_PRIVATE int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
@@ -2228,6 +2233,7 @@ static const struct conf_key keys[] = {
     { "delivery.port", T_INT, F(delivery_port), 0, "25" },
     { "delivery.per_connection", T_INT, F(delivery_per_connection), 0, "1000" },
     { "delivery.parallel", T_INT, F(delivery_parallel), 0, "20" },
+    { "delivery.large", T_SIZE, F(delivery_large), 0, "256K" },
     { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },
@@ -8789,8 +8795,13 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
  * cursor: one seek, then the first entry, whatever the queue's size.
  * The cursor is (next_try, message_id), the index order, so a session
  * never sees a message twice for the same entry, and mail that becomes
- * due while it runs (new mail, a flush) sorts after the cursor. */
-int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
+ * due while it runs (new mail, a flush) sorts after the cursor.
+ * A size class [size_lo, size_hi] keeps the index as the outer loop
+ * (CROSS JOIN) and looks each entry's message up by its key: a walk
+ * steps over the entries of the other class only, and each cursor moves
+ * forward, so a whole session costs one pass over its due entries. */
+int store_out_next_sized(const char *domain, int kind, struct store_cursor *cur, int64_t now, int64_t size_lo,
+                         int64_t size_hi, struct store_out_msg *m)
 {
     static sqlite3_stmt *by_dest, *any;
     sqlite3_stmt *st;
@@ -8798,14 +8809,18 @@ int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64
     int rc;
 
     if (domain) {
-        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
-                                  " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
-                                  " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT x.message_id, x.next_try"
+                                  " FROM rcpt x CROSS JOIN message y ON y.id=x.message_id"
+                                  " WHERE x.state=0 AND x.kind=?4 AND x.dest=?1 AND x.next_try<=?2"
+                                  " AND (x.next_try, x.message_id)>(?5, ?3) AND y.size BETWEEN ?6 AND ?7"
+                                  " ORDER BY x.next_try, x.message_id LIMIT 1) r"
                                   " JOIN message m ON m.id=r.message_id");
     } else {
-        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
-                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2"
-                              " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT x.message_id, x.next_try"
+                              " FROM rcpt x CROSS JOIN message y ON y.id=x.message_id"
+                              " WHERE x.state=0 AND x.kind=?4 AND x.next_try<=?2"
+                              " AND (x.next_try, x.message_id)>(?5, ?3) AND y.size BETWEEN ?6 AND ?7"
+                              " ORDER BY x.next_try, x.message_id LIMIT 1) r"
                               " JOIN message m ON m.id=r.message_id");
     }
     if (!st)
@@ -8816,6 +8831,8 @@ int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64
     sqlite3_bind_int64(st, 2, now);
     sqlite3_bind_int64(st, 3, cur->msg_id);
     sqlite3_bind_int64(st, 5, cur->next_try);
+    sqlite3_bind_int64(st, 6, size_lo);
+    sqlite3_bind_int64(st, 7, size_hi);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         envelope_fill(st, m);
@@ -8831,6 +8848,11 @@ int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64
     if (rcpts_fill(m, domain, kind, now, at))
         return STORE_ERR;
     return 1;
+}
+
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
+{
+    return store_out_next_sized(domain, kind, cur, now, 0, INT64_MAX, m);
 }
 
 int store_out_get(int64_t msg_id, struct store_out_msg *m)
@@ -16751,7 +16773,8 @@ struct hop {
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
     char peer_ip[64];                   /* the address being tried */
-    struct store_cursor cur;            /* batch cursor */
+    struct store_cursor cur;            /* batch cursor: small messages (all if delivery.large = 0) */
+    struct store_cursor cur_large;      /* batch cursor: messages above delivery.large */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
@@ -17099,6 +17122,23 @@ static void dsn_rcpt_of(struct dsn_rcpt *r, const struct store_out_rcpt *x, int 
 
 /* ------------------------------------------------------ session callbacks */
 
+/* Small before large: a session hands out every due message of at most
+ * delivery.large octets first, and a large one only when no small one is
+ * due, so one long attachment on a slow link does not hold back the short
+ * mail behind it (small mail that arrives meanwhile still goes first).
+ * Two cursors, one per size class, each moving forward only. */
+static int hop_pick(struct hop *h, const char *domain, int kind, int64_t now, struct store_out_msg *m)
+{
+    int64_t large = conf->delivery_large;
+
+    if (large <= 0)
+        return store_out_next(domain, kind, &h->cur, now, m);
+    int rc = store_out_next_sized(domain, kind, &h->cur, now, 0, large, m);
+    if (rc != 0)
+        return rc;
+    return store_out_next_sized(domain, kind, &h->cur_large, now, large + 1, INT64_MAX, m);
+}
+
 static int hop_next(void *arg, struct store_out_msg *m)
 {
     struct hop *h = arg;
@@ -17108,19 +17148,20 @@ static int hop_next(void *arg, struct store_out_msg *m)
         /* A release carries everything held for its domains, domain by
          * domain: only the recipients in those domains. */
         while (h->dom_i < h->ndomains) {
-            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, &h->cur, INT64_MAX, m);
+            rc = hop_pick(h, h->domains[h->dom_i], ROUTE_HOLD, INT64_MAX, m);
             if (rc == 1) {
                 h->handed++;
                 return 1;
             }
             h->dom_i++;
             memset(&h->cur, 0, sizeof h->cur);
+            memset(&h->cur_large, 0, sizeof h->cur_large);
         }
         return 0;
     }
     if (h->handed >= conf->delivery_per_connection)
         return 0;
-    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &h->cur, util_now(), m);
+    rc = hop_pick(h, h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, util_now(), m);
     if (rc != 1)
         return 0;
     h->handed++;

@@ -59,6 +59,7 @@ static const struct conf_key keys[] = {
     { "delivery.port", T_INT, F(delivery_port), 0, "25" },
     { "delivery.per_connection", T_INT, F(delivery_per_connection), 0, "1000" },
     { "delivery.parallel", T_INT, F(delivery_parallel), 0, "20" },
+    { "delivery.large", T_SIZE, F(delivery_large), 0, "256K" },
     { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },

@@ -146,6 +146,7 @@ struct conf {
     int64_t delivery_port;              /* TCP port of MX delivery (25) */
     int64_t delivery_per_connection;    /* messages one outbound session carries */
     int64_t delivery_parallel;          /* outbound sessions in all (one per destination) */
+    int64_t delivery_large;             /* bytes: larger messages go after the small ones; 0 = off */
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
@@ -595,6 +596,10 @@ struct store_cursor {
  * domain), those recipients only, up to STORE_OUT_RCPTS; advances the
  * cursor.  1 found, 0 none, <0 error. */
 int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m);
+/* The same, among messages of size_lo to size_hi octets only (a session
+ * sends its small messages before its large ones). */
+int store_out_next_sized(const char *domain, int kind, struct store_cursor *cur, int64_t now, int64_t size_lo,
+                         int64_t size_hi, struct store_out_msg *m);
 /* Messages held for a hold domain. */
 int store_held_count(const char *domain);
 enum { RCPT_QUEUED = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };

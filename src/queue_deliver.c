@@ -59,7 +59,8 @@ struct hop {
     struct smtpc *sc;
     char peer[SMTP_DOMAIN_MAX + 1];
     char peer_ip[64];                   /* the address being tried */
-    struct store_cursor cur;            /* batch cursor */
+    struct store_cursor cur;            /* batch cursor: small messages (all if delivery.large = 0) */
+    struct store_cursor cur_large;      /* batch cursor: messages above delivery.large */
     int handed;                         /* messages given to this session */
     int delivered, deferred, failed;
     int progress;                       /* the peer decided about something */
@@ -407,6 +408,23 @@ static void dsn_rcpt_of(struct dsn_rcpt *r, const struct store_out_rcpt *x, int 
 
 /* ------------------------------------------------------ session callbacks */
 
+/* Small before large: a session hands out every due message of at most
+ * delivery.large octets first, and a large one only when no small one is
+ * due, so one long attachment on a slow link does not hold back the short
+ * mail behind it (small mail that arrives meanwhile still goes first).
+ * Two cursors, one per size class, each moving forward only. */
+static int hop_pick(struct hop *h, const char *domain, int kind, int64_t now, struct store_out_msg *m)
+{
+    int64_t large = conf->delivery_large;
+
+    if (large <= 0)
+        return store_out_next(domain, kind, &h->cur, now, m);
+    int rc = store_out_next_sized(domain, kind, &h->cur, now, 0, large, m);
+    if (rc != 0)
+        return rc;
+    return store_out_next_sized(domain, kind, &h->cur_large, now, large + 1, INT64_MAX, m);
+}
+
 static int hop_next(void *arg, struct store_out_msg *m)
 {
     struct hop *h = arg;
@@ -416,19 +434,20 @@ static int hop_next(void *arg, struct store_out_msg *m)
         /* A release carries everything held for its domains, domain by
          * domain: only the recipients in those domains. */
         while (h->dom_i < h->ndomains) {
-            rc = store_out_next(h->domains[h->dom_i], ROUTE_HOLD, &h->cur, INT64_MAX, m);
+            rc = hop_pick(h, h->domains[h->dom_i], ROUTE_HOLD, INT64_MAX, m);
             if (rc == 1) {
                 h->handed++;
                 return 1;
             }
             h->dom_i++;
             memset(&h->cur, 0, sizeof h->cur);
+            memset(&h->cur_large, 0, sizeof h->cur_large);
         }
         return 0;
     }
     if (h->handed >= conf->delivery_per_connection)
         return 0;
-    rc = store_out_next(h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, &h->cur, util_now(), m);
+    rc = hop_pick(h, h->domain[0] ? h->domain : NULL, ROUTE_REMOTE, util_now(), m);
     if (rc != 1)
         return 0;
     h->handed++;

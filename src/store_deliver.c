@@ -133,8 +133,13 @@ static int rcpts_fill(struct store_out_msg *m, const char *domain, int kind, int
  * cursor: one seek, then the first entry, whatever the queue's size.
  * The cursor is (next_try, message_id), the index order, so a session
  * never sees a message twice for the same entry, and mail that becomes
- * due while it runs (new mail, a flush) sorts after the cursor. */
-int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
+ * due while it runs (new mail, a flush) sorts after the cursor.
+ * A size class [size_lo, size_hi] keeps the index as the outer loop
+ * (CROSS JOIN) and looks each entry's message up by its key: a walk
+ * steps over the entries of the other class only, and each cursor moves
+ * forward, so a whole session costs one pass over its due entries. */
+int store_out_next_sized(const char *domain, int kind, struct store_cursor *cur, int64_t now, int64_t size_lo,
+                         int64_t size_hi, struct store_out_msg *m)
 {
     static sqlite3_stmt *by_dest, *any;
     sqlite3_stmt *st;
@@ -142,14 +147,18 @@ int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64
     int rc;
 
     if (domain) {
-        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
-                                  " FROM rcpt WHERE state=0 AND kind=?4 AND dest=?1 AND next_try<=?2"
-                                  " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+        st = store_stmt(&by_dest, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT x.message_id, x.next_try"
+                                  " FROM rcpt x CROSS JOIN message y ON y.id=x.message_id"
+                                  " WHERE x.state=0 AND x.kind=?4 AND x.dest=?1 AND x.next_try<=?2"
+                                  " AND (x.next_try, x.message_id)>(?5, ?3) AND y.size BETWEEN ?6 AND ?7"
+                                  " ORDER BY x.next_try, x.message_id LIMIT 1) r"
                                   " JOIN message m ON m.id=r.message_id");
     } else {
-        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT message_id, next_try"
-                              " FROM rcpt WHERE state=0 AND kind=?4 AND next_try<=?2"
-                              " AND (next_try, message_id)>(?5, ?3) ORDER BY next_try, message_id LIMIT 1) r"
+        st = store_stmt(&any, "SELECT " ENVELOPE_COLS ", r.next_try FROM (SELECT x.message_id, x.next_try"
+                              " FROM rcpt x CROSS JOIN message y ON y.id=x.message_id"
+                              " WHERE x.state=0 AND x.kind=?4 AND x.next_try<=?2"
+                              " AND (x.next_try, x.message_id)>(?5, ?3) AND y.size BETWEEN ?6 AND ?7"
+                              " ORDER BY x.next_try, x.message_id LIMIT 1) r"
                               " JOIN message m ON m.id=r.message_id");
     }
     if (!st)
@@ -160,6 +169,8 @@ int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64
     sqlite3_bind_int64(st, 2, now);
     sqlite3_bind_int64(st, 3, cur->msg_id);
     sqlite3_bind_int64(st, 5, cur->next_try);
+    sqlite3_bind_int64(st, 6, size_lo);
+    sqlite3_bind_int64(st, 7, size_hi);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         envelope_fill(st, m);
@@ -175,6 +186,11 @@ int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64
     if (rcpts_fill(m, domain, kind, now, at))
         return STORE_ERR;
     return 1;
+}
+
+int store_out_next(const char *domain, int kind, struct store_cursor *cur, int64_t now, struct store_out_msg *m)
+{
+    return store_out_next_sized(domain, kind, cur, now, 0, INT64_MAX, m);
 }
 
 int store_out_get(int64_t msg_id, struct store_out_msg *m)

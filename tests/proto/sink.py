@@ -33,6 +33,8 @@ Knobs (keyword arguments of Sink):
     greeting          the 220 line's text; a string starting with a code
                       other than 220 ("554 no service") refuses sessions
     helo_name         name in the greeting and EHLO reply
+    read_rate         octets per second the sink reads at most, through a
+                      small receive buffer (a slow link); None: full speed
 
 What it records (all lists are appended under a lock; read them freely):
     messages          Message tuples for accepted mail, in arrival order
@@ -134,8 +136,10 @@ class Sink:
                  eightbitmime=True, chunking=True, dsn=True, smtputf8=False,
                  enhancedstatuscodes=True, size=None, rcpt_replies=None,
                  mail_reply=None, data_reply=None, data_delay=0.0, drop_after_data=(), auth=None,
-                 greeting=None, helo_name='sink.test'):
+                 greeting=None, helo_name='sink.test', read_rate=None):
         self.host = host
+        # octets per second the sink reads at most (a slow link), or None
+        self.read_rate = read_rate
         self.pipelining = pipelining
         self.eightbitmime = eightbitmime
         self.chunking = chunking
@@ -261,6 +265,8 @@ class Sink:
                     continue
                 except OSError:
                     break
+                if self.read_rate:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 with self._lock:
                     self.connections += 1
                     sess = Session(self.connections, peer)
@@ -329,7 +335,12 @@ class _Conversation:
     def _recv(self):
         if self.sink._stopping:
             raise _Closed()
-        chunk = self.conn.recv(65536)
+        if self.sink.read_rate:
+            # A slow link: a twentieth of the rate per 50 ms.
+            time.sleep(0.05)
+            chunk = self.conn.recv(max(1, self.sink.read_rate // 20))
+        else:
+            chunk = self.conn.recv(65536)
         if not chunk:
             self.sess.closed_by_client = not self.sink._stopping
             raise _Closed()

@@ -11,6 +11,7 @@ import time
 
 import harness
 from harness import Node, check, test, wait_until
+from sink import Sink
 
 TIMEOUT = 2          # smtp.timeout.command and smtp.timeout.data, seconds
 TRICKLE_FOR = 3 * TIMEOUT + 1
@@ -276,6 +277,55 @@ def pacing_rate_hint():
             check('pacing_rate_delivers', got and peer.messages[0].endswith(body), n.log()[-800:])
     finally:
         peer.close()
+
+
+def batch_order(large_conf):
+    """Queue one 400 KB message and then 20 short ones while the relay is
+    down, bring up a relay that reads 64 KB/s, flush: the order in which
+    they arrive over the one session."""
+    sink = Sink(start=False, read_rate=64 * 1024)
+    try:
+        c = conf({'relayhost': '127.0.0.1:%d' % sink.port, 'retry.initial': '1h', 'retry.max': '2h'})
+        c.update(large_conf)
+        with Node(conf=c) as n:
+            s = n.smtp(timeout=30)
+            big = text_body(400 * 1024).replace(b'Subject: trickle', b'Message-ID: <big@t>\r\nSubject: big')
+            s.sendmail('a@example.test', ['b@remote.test'], big)
+            for i in range(20):
+                small = text_body(2048).replace(b'Subject: trickle', b'Message-ID: <s%d@t>\r\nSubject: s' % i)
+                s.sendmail('a@example.test', ['b@remote.test'], small)
+            s.quit()
+            check_reply_ok = wait_until(lambda: queued(n) == 21, timeout=20)
+            if not check_reply_ok:
+                raise AssertionError('not queued: %d' % queued(n))
+            sink.start()
+            rc, out, err = n.cli('flush')
+            if rc != 0:
+                raise AssertionError('flush: %s' % err)
+            if not sink.wait_for(21, timeout=120 * harness.TIME_SCALE):
+                raise AssertionError('arrived: %d of 21; %s' % (len(sink.messages), n.log()[-800:]))
+            ids = sink.message_ids()
+            big_ok = [m for m in sink.messages if m.message_id == '<big@t>' and m.data.endswith(big)]
+            return ids, len(big_ok) == 1, len(sink.sessions)
+    finally:
+        sink.stop()
+
+
+@test
+def small_before_large():
+    ids, intact, sessions = batch_order({})
+    check('small_before_large_last', ids[-1] == '<big@t>', ids)
+    check('small_before_large_all_small_first', sorted(ids[:-1]) == sorted('<s%d@t>' % i for i in range(20)), ids)
+    check('small_before_large_intact', intact)
+    check('small_before_large_one_session', sessions == 1, sessions)
+
+
+@test
+def small_before_large_off():
+    # delivery.large = 0: queue order, the large one (queued first) first.
+    ids, intact, sessions = batch_order({'delivery.large': '0'})
+    check('small_before_large_off_queue_order', ids[0] == '<big@t>', ids)
+    check('small_before_large_off_intact', intact)
 
 
 harness.main()
