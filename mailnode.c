@@ -162,6 +162,9 @@ struct conf {
     int64_t delivery_per_connection;    /* messages one outbound session carries */
     int64_t delivery_parallel;          /* outbound sessions in all (one per destination) */
     int64_t delivery_large;             /* bytes: larger messages go after the small ones; 0 = off */
+    int resume;                         /* XRESUME between mailnodes */
+    int64_t resume_lifetime;            /* seconds a partial transfer is kept */
+    int64_t resume_max_size;            /* octets of partial transfers kept in all */
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
@@ -464,6 +467,48 @@ MN_PRIVATE struct store_body *store_body_new(void);        /* NULL on error */
 MN_PRIVATE int store_body_write(struct store_body *b, const void *data, size_t n);
 MN_PRIVATE int store_body_finish(struct store_body *b);    /* last chunk, size, hash */
 MN_PRIVATE void store_body_free(struct store_body *b);     /* deletes rows unless committed */
+MN_PRIVATE struct store_body *store_body_reopen(int64_t id, int64_t size, int64_t nchunks);
+MN_PRIVATE int store_body_checkpoint(struct store_body *b);        /* buffered bytes into a chunk now */
+
+/* store_resume.c: partial bodies of interrupted transfers (resume.c). */
+struct store_partial {
+    int found;
+    int64_t body_id, size, nchunks, updated;
+    char done_qid[QID_LEN + 1];         /* "" while not yet accepted */
+};
+MN_PRIVATE int store_partial_get(const char *tid, struct store_partial *p);
+/* A new partial body under tid: the body row becomes a partial one. */
+MN_PRIVATE int store_partial_new(const char *tid, int64_t body_id);
+/* size octets in nchunks chunks are durable with the next commit;
+ * chunks after them (written before a crash) are dropped by get. */
+MN_PRIVATE int store_partial_save(const char *tid, int64_t size, int64_t nchunks);
+/* The transfer became message qid: its octets go, the id stays. */
+MN_PRIVATE int store_partial_done(const char *tid, const char *qid, int64_t size);
+MN_PRIVATE int store_partial_drop(const char *tid);
+/* Partials not touched since before; then the oldest until the
+ * octets kept are at most max_octets.  How many went. */
+MN_PRIVATE int store_partial_expire(int64_t before, int64_t max_octets);
+MN_PRIVATE int64_t store_partial_octets(void);     /* octets kept in partial bodies */
+/* The hash of a finished body (crypto_generichash, 32 octets). */
+MN_PRIVATE int store_body_hash(int64_t body_id, unsigned char out[32]);
+
+/* resume.c: XRESUME, transfers between mailnodes that go on after a
+ * link drop (see the file's header). */
+#define RESUME_TID_MAX 120
+#define RESUME_MIN_SIZE (64 * 1024)     /* smaller messages are simply sent again */
+struct resume;
+struct conn;
+MN_PRIVATE int resume_tid_parse(const char *tid, unsigned char hash[32]);
+/* NULL: no resumption (off, bad id, no room): an ordinary transfer. */
+MN_PRIVATE struct resume *resume_begin(const char *tid, struct conn *c, struct resume **owner, int64_t *offset);
+MN_PRIVATE void resume_end(struct resume *r, int keep);
+MN_PRIVATE int resume_feed(struct resume *r, const void *p, size_t n);
+MN_PRIVATE const char *resume_done_qid(const struct resume *r);
+MN_PRIVATE int64_t resume_octets(const struct resume *r);
+MN_PRIVATE int resume_replay(struct resume *r, int (*emit)(void *arg, const void *buf, size_t n), void *arg);
+MN_PRIVATE int resume_done(struct resume *r, const char *qid);
+struct store_out_msg;
+MN_PRIVATE int resume_tid_make(const struct store_out_msg *m, char *out, size_t n);
 
 /* Reading a body back, chunk by chunk. */
 struct store_reader {
@@ -1101,6 +1146,7 @@ MN_PRIVATE void smtpc_abort(struct smtpc *s);
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
     int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
+    int resume;                         /* XRESUME (resume.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];
@@ -2234,6 +2280,9 @@ static const struct conf_key keys[] = {
     { "delivery.per_connection", T_INT, F(delivery_per_connection), 0, "1000" },
     { "delivery.parallel", T_INT, F(delivery_parallel), 0, "20" },
     { "delivery.large", T_SIZE, F(delivery_large), 0, "256K" },
+    { "resume", T_BOOL, F(resume), 0, "yes" },
+    { "resume.lifetime", T_DURATION, F(resume_lifetime), 0, "2d" },
+    { "resume.max_size", T_SIZE, F(resume_max_size), 0, "200M" },
     { "smtp.timeout.connect", T_DURATION, F(smtp_timeout_connect), 0, "30s" },
     { "message_size_limit", T_SIZE, F(message_size_limit), 0, "25M" },
     { "max_recipients", T_INT, F(max_recipients), 0, "1000" },
@@ -6470,6 +6519,14 @@ static const char *const migrations[] = {
     " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
     " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
     " END;",
+    /* 9: resumable transfers between mailnodes (resume.c): the octets of
+     * an interrupted transfer, kept under its transfer id in a body row
+     * of its own (complete=2: neither a finished body nor a crash's
+     * leftover), and, once accepted, the queue id it got (done_qid) so
+     * a repeat after a lost 250 is answered, not stored twice. */
+    "CREATE TABLE partial(tid TEXT PRIMARY KEY, body_id INTEGER NOT NULL, size INTEGER NOT NULL,"
+    " nchunks INTEGER NOT NULL, updated INTEGER NOT NULL, done_qid TEXT) WITHOUT ROWID;"
+    "CREATE INDEX partial_updated ON partial(updated);",
 };
 
 sqlite3 *store_db(void)
@@ -6950,6 +7007,39 @@ static int body_flush(struct store_body *b)
     b->seq++;
     b->len = 0;
     return 0;
+}
+
+/* A partial body (resume.c) taken up again: size raw octets in nchunks
+ * chunks, more appended after them.  Its rows are kept when it is freed
+ * (linked): they outlive the session. */
+struct store_body *store_body_reopen(int64_t id, int64_t size, int64_t nchunks)
+{
+    struct store_body *b = NULL;
+    void *mem = NULL;
+
+    if (z_init() || posix_memalign(&mem, 64, sizeof *b))
+        return NULL;
+    b = memset(mem, 0, sizeof *b);
+    b->buf = malloc(STORE_CHUNK);
+    if (!b->buf) {
+        free(b);
+        return NULL;
+    }
+    crypto_generichash_init(&b->hash, NULL, 0, crypto_generichash_BYTES);
+    b->id = id;
+    b->size = size;
+    b->seq = nchunks;
+    b->linked = 1;
+    b->next = S.open_bodies;
+    S.open_bodies = b;
+    return b;
+}
+
+/* What is buffered goes into a (short) chunk now: a partial body's
+ * chunks need not be full, since it is only ever read from the start. */
+int store_body_checkpoint(struct store_body *b)
+{
+    return b->err ? b->err : body_flush(b);
 }
 
 int store_body_write(struct store_body *b, const void *data, size_t n)
@@ -10105,6 +10195,236 @@ int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t
     sqlite3_bind_int64(st, 3, peer_id);
     sqlite3_bind_int64(st, 4, now);
     return sb_step(st, "record imported volume");
+}
+
+/* ---- src/store_resume.c ---- */
+#line 1 "src/store_resume.c"
+/*
+ * store_resume.c: the partial bodies of interrupted transfers between
+ * mailnodes (resume.c has the protocol).  A row of `partial` names a
+ * transfer id, the body row that holds the octets received so far
+ * (complete=2, written in chunks of any length) and how many of them are
+ * durable; once the transfer became a message, only the id and the queue
+ * id stay, until they expire.  Rows and octets are bounded by
+ * resume.lifetime and resume.max_size (store_partial_expire).
+ */
+
+
+#include <string.h>
+
+static int sr_step(sqlite3_stmt *st, const char *what)
+{
+    if (STORE_FAULT()) {
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        log_err("database: %s: %s", what, sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+/* Chunks from seq on (all: 0) and, with them gone, the body row. */
+static int drop_octets(int64_t body_id, int64_t from_seq, int body_too)
+{
+    static sqlite3_stmt *c, *b;
+    int err;
+
+    if (!body_id)
+        return 0;
+    if (!store_stmt(&c, "DELETE FROM chunk WHERE body_id=? AND seq>=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(c, 1, body_id);
+    sqlite3_bind_int64(c, 2, from_seq);
+    if ((err = sr_step(c, "drop partial chunks")) || !body_too)
+        return err;
+    if (!store_stmt(&b, "DELETE FROM body WHERE id=? AND complete=2"))
+        return STORE_ERR;
+    sqlite3_bind_int64(b, 1, body_id);
+    return sr_step(b, "drop partial body");
+}
+
+int store_partial_get(const char *tid, struct store_partial *p)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    memset(p, 0, sizeof *p);
+    if (store_begin() || !store_stmt(&st, "SELECT body_id, size, nchunks, updated, done_qid FROM partial WHERE tid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, tid, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        p->found = 1;
+        p->body_id = sqlite3_column_int64(st, 0);
+        p->size = sqlite3_column_int64(st, 1);
+        p->nchunks = sqlite3_column_int64(st, 2);
+        p->updated = sqlite3_column_int64(st, 3);
+        const char *q = (const char *)sqlite3_column_text(st, 4);
+        util_strlcpy(p->done_qid, q ? q : "", sizeof p->done_qid);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return STORE_ERR;
+    /* Chunks written after the last save (and committed by a group
+     * commit before a crash) are not counted: they go. */
+    if (p->found && !p->done_qid[0])
+        return drop_octets(p->body_id, p->nchunks, 0);
+    return 0;
+}
+
+int store_partial_new(const char *tid, int64_t body_id)
+{
+    static sqlite3_stmt *mark, *ins;
+    int err;
+
+    if (store_begin() || !store_stmt(&mark, "UPDATE body SET complete=2 WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(mark, 1, body_id);
+    if ((err = sr_step(mark, "mark partial body")))
+        return err;
+    if (!store_stmt(&ins, "INSERT OR REPLACE INTO partial(tid, body_id, size, nchunks, updated) VALUES (?,?,0,0,?)"))
+        return STORE_ERR;
+    sqlite3_bind_text(ins, 1, tid, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(ins, 2, body_id);
+    sqlite3_bind_int64(ins, 3, util_now());
+    return sr_step(ins, "new partial");
+}
+
+int store_partial_save(const char *tid, int64_t size, int64_t nchunks)
+{
+    static sqlite3_stmt *st;
+
+    if (store_begin() || !store_stmt(&st, "UPDATE partial SET size=?, nchunks=?, updated=? WHERE tid=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, size);
+    sqlite3_bind_int64(st, 2, nchunks);
+    sqlite3_bind_int64(st, 3, util_now());
+    sqlite3_bind_text(st, 4, tid, -1, SQLITE_TRANSIENT);
+    return sr_step(st, "save partial");
+}
+
+int store_partial_done(const char *tid, const char *qid, int64_t size)
+{
+    static sqlite3_stmt *st;
+    struct store_partial p;
+    int err;
+
+    if ((err = store_partial_get(tid, &p)))
+        return err;
+    if (p.found && (err = drop_octets(p.body_id, 0, 1)))
+        return err;
+    if (!store_stmt(&st, "INSERT OR REPLACE INTO partial(tid, body_id, size, nchunks, updated, done_qid)"
+                         " VALUES (?,0,?,0,?,?)"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, tid, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, size);
+    sqlite3_bind_int64(st, 3, util_now());
+    sqlite3_bind_text(st, 4, qid, -1, SQLITE_TRANSIENT);
+    return sr_step(st, "partial done");
+}
+
+static int drop_row(const char *tid, int64_t body_id)
+{
+    static sqlite3_stmt *st;
+    int err = drop_octets(body_id, 0, 1);
+
+    if (err)
+        return err;
+    if (!store_stmt(&st, "DELETE FROM partial WHERE tid=?"))
+        return STORE_ERR;
+    sqlite3_bind_text(st, 1, tid, -1, SQLITE_TRANSIENT);
+    return sr_step(st, "drop partial");
+}
+
+int store_partial_drop(const char *tid)
+{
+    struct store_partial p;
+    int err;
+
+    if ((err = store_partial_get(tid, &p)))
+        return err;
+    return p.found ? drop_row(tid, p.body_id) : 0;
+}
+
+/* The oldest row updated before `before`, or, with before = INT64_MAX,
+ * the oldest holding octets: one index step each. */
+static int oldest(int64_t before, int with_octets, char *tid, size_t n, int64_t *body_id)
+{
+    static sqlite3_stmt *any, *octets;
+    sqlite3_stmt *st = with_octets
+                           ? store_stmt(&octets, "SELECT tid, body_id FROM partial WHERE updated<? AND body_id<>0"
+                                                 " ORDER BY updated LIMIT 1")
+                           : store_stmt(&any, "SELECT tid, body_id FROM partial WHERE updated<?"
+                                              " ORDER BY updated LIMIT 1");
+    int rc;
+
+    if (!st)
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, before);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *t = (const char *)sqlite3_column_text(st, 0);
+        util_strlcpy(tid, t ? t : "", n);
+        *body_id = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : STORE_ERR;
+}
+
+int store_partial_expire(int64_t before, int64_t max_octets)
+{
+    char tid[128];
+    int64_t body_id;
+    int n = 0, rc;
+
+    if (store_begin())
+        return STORE_ERR;
+    /* Bounded per call: what is left goes on the next one. */
+    while (n < 64 && (rc = oldest(before, 0, tid, sizeof tid, &body_id)) == 1) {
+        if (drop_row(tid, body_id))
+            return STORE_ERR;
+        n++;
+    }
+    while (n < 64 && store_partial_octets() > max_octets &&
+           (rc = oldest(INT64_MAX, 1, tid, sizeof tid, &body_id)) == 1) {
+        if (drop_row(tid, body_id))
+            return STORE_ERR;
+        n++;
+    }
+    return n;
+}
+
+int64_t store_partial_octets(void)
+{
+    static sqlite3_stmt *st;
+    int64_t n = 0;
+
+    if (!store_stmt(&st, "SELECT coalesce(sum(size), 0) FROM partial WHERE body_id<>0"))
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
+int store_body_hash(int64_t body_id, unsigned char out[32])
+{
+    static sqlite3_stmt *st;
+    int rc = STORE_NOTFOUND;
+
+    if (!store_stmt(&st, "SELECT hash FROM body WHERE id=? AND complete=1"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, body_id);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == 32) {
+        memcpy(out, sqlite3_column_blob(st, 0), 32);
+        rc = 0;
+    }
+    sqlite3_reset(st);
+    return rc;
 }
 
 /* ---- src/addr.c ---- */
@@ -15610,6 +15930,289 @@ void link_watch_stop(void)
 
 #endif
 
+/* ---- src/resume.c ---- */
+#line 1 "src/resume.c"
+/*
+ * resume.c: transfers between mailnodes that go on after a link drop
+ * where they stopped, instead of from zero (the XRESUME extension, used
+ * with CHUNKING, RFC 3030).
+ *
+ *   S: 250-XRESUME                      (EHLO, when `resume` is on)
+ *   C: MAIL FROM:<a@b> SIZE=n XRESUME=<tid>
+ *   S: 250 2.1.0 Ok XRESUME=<k>         (k octets of this transfer held)
+ *   C: RCPT TO:...
+ *   C: BDAT <n-k> LAST                  (the octets from k on)
+ *   S: 250 2.0.0 Ok: queued as <qid>
+ *
+ * The transfer id is the sender's queue id, a digest of the recipients
+ * it is sending to, and the hash of the message (crypto_generichash, 64
+ * hex digits): "QID.RRRRRRRRRRRRRRRR.HHHH...".  The same message to the
+ * same recipients has the same id in every attempt; a retry for the
+ * recipients left over from a partly accepted attempt has another one.
+ *
+ * The receiver keeps what it got under the id in the store
+ * (store_resume.c), durably as of each save: at the end of every session
+ * that carried part of it (link gone, timeout, RSET).  Nothing is
+ * accepted before the last octet: at BDAT LAST the held octets and the
+ * rest are read back into the message body as any message, the hash is
+ * checked (a mismatch: 451, the partial goes, the next attempt starts
+ * from zero), and the 250 comes after the commit, as always.  The id is
+ * then kept with the queue id it got until resume.lifetime: a sender
+ * whose 250 was lost with the link is told the whole transfer is held
+ * (k = n), sends "BDAT 0 LAST" and gets the same queue id, and the
+ * message is not stored twice.  Partials expire after resume.lifetime
+ * and are bounded to resume.max_size octets in all (oldest go first).
+ *
+ * A session that takes up an id another (dead, not yet timed out)
+ * session still holds saves and ends that one first.
+ */
+
+
+#include <string.h>
+
+#define RESUME_HASH_HEX 64
+
+struct resume {
+    char tid[RESUME_TID_MAX + 1];
+    unsigned char want[32];             /* hash of the whole transfer, from the id */
+    int64_t offset;                     /* octets held when the transaction began */
+    int64_t got;                        /* octets received in this transaction */
+    char done_qid[QID_LEN + 1];         /* already accepted as this */
+    struct store_body *b;               /* the partial body, appended to */
+    struct conn *c;                     /* the session's connection */
+    struct resume **owner;              /* the session's pointer to us */
+    int finished;                       /* became a message: nothing to save */
+    struct resume *next;
+};
+
+static struct resume *active;
+
+static int hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Letters, digits and dots, ending in ".<64 hex digits>": nothing that
+ * could break the reply line or a log line. */
+int resume_tid_parse(const char *tid, unsigned char hash[32])
+{
+    size_t len = strlen(tid);
+
+    if (len < RESUME_HASH_HEX + 2 || len > RESUME_TID_MAX || tid[len - RESUME_HASH_HEX - 1] != '.')
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        if (!((tid[i] >= '0' && tid[i] <= '9') || (tid[i] >= 'a' && tid[i] <= 'z') ||
+              (tid[i] >= 'A' && tid[i] <= 'Z') || tid[i] == '.'))
+            return -1;
+    const char *h = tid + len - RESUME_HASH_HEX;
+    for (size_t i = 0; i < 32; i++) {
+        int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        hash[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+static void unlink_active(struct resume *r)
+{
+    for (struct resume **pp = &active; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            return;
+        }
+}
+
+/* The session is done with r: with keep, what arrived is saved to go on
+ * from next time; without, the partial goes. */
+void resume_end(struct resume *r, int keep)
+{
+    if (!r)
+        return;
+    unlink_active(r);
+    if (r->owner)
+        *r->owner = NULL;
+    if (!keep) {
+        /* Also a record of acceptance written in a transaction whose
+         * message then failed: nothing may answer for it later. */
+        store_partial_drop(r->tid);
+    } else if (!r->finished && r->b && !r->b->err && !store_body_checkpoint(r->b) &&
+               !store_partial_save(r->tid, r->b->size, r->b->seq)) {
+        store_commit_soon();            /* held across a restart too */
+        if (r->b->size)
+            log_info("resume %.16s: %lld octets held for the next attempt", r->tid, (long long)r->b->size);
+    }
+    if (r->b)
+        store_body_free(r->b);      /* linked: the rows stay */
+    free(r);
+}
+
+/* An id still held by another session: that one is gone (its link
+ * dropped) but has not noticed yet. */
+static void take_over(const char *tid)
+{
+    for (struct resume *r = active; r; r = r->next)
+        if (!strcmp(r->tid, tid)) {
+            struct conn *c = r->c;
+            log_info("resume %.16s: taken over by a new session", tid);
+            resume_end(r, 1);
+            if (c)
+                conn_abort(c);
+            return;
+        }
+}
+
+static int open_partial(struct resume *r)
+{
+    struct store_partial p;
+
+    if (store_partial_get(r->tid, &p))
+        return -1;
+    if (p.found && p.done_qid[0]) {
+        util_strlcpy(r->done_qid, p.done_qid, sizeof r->done_qid);
+        r->offset = p.size;
+        r->finished = 1;
+        return 0;
+    }
+    if (p.found) {
+        r->b = store_body_reopen(p.body_id, p.size, p.nchunks);
+        r->offset = p.size;
+        return r->b ? 0 : -1;
+    }
+    /* A new transfer, if there is room for it. */
+    if (store_partial_octets() >= conf->resume_max_size)
+        return -1;
+    r->b = store_body_new();
+    if (!r->b)
+        return -1;
+    r->b->linked = 1;
+    return store_partial_new(r->tid, r->b->id);
+}
+
+struct resume *resume_begin(const char *tid, struct conn *c, struct resume **owner, int64_t *offset)
+{
+    struct resume *r;
+
+    *offset = 0;
+    if (!conf->resume)
+        return NULL;
+    r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    if (resume_tid_parse(tid, r->want)) {
+        free(r);
+        return NULL;
+    }
+    util_strlcpy(r->tid, tid, sizeof r->tid);
+    take_over(tid);
+    store_partial_expire(util_now() - conf->resume_lifetime, conf->resume_max_size);
+    if (open_partial(r)) {
+        /* No partial to be had: an ordinary transfer from zero. */
+        if (r->b)
+            store_body_free(r->b);
+        free(r);
+        return NULL;
+    }
+    r->c = c;
+    r->owner = owner;
+    r->next = active;
+    active = r;
+    *offset = r->offset;
+    if (r->offset)
+        log_info("resume %.16s: %s at octet %lld", tid, r->done_qid[0] ? "already accepted, complete" : "going on",
+                 (long long)r->offset);
+    return r;
+}
+
+/* Octets of the transfer: held until the last one.  0, or the reply
+ * code that refuses the message. */
+int resume_feed(struct resume *r, const void *p, size_t n)
+{
+    r->got += (int64_t)n;
+    if (r->offset + r->got > conf->message_size_limit)
+        return 552;
+    if (r->finished)
+        return 451;                     /* more than the whole transfer: not the same message */
+    if (store_body_write(r->b, p, n))
+        return r->b->err == STORE_FULL ? 452 : 451;
+    return 0;
+}
+
+const char *resume_done_qid(const struct resume *r)
+{
+    return r->done_qid[0] ? r->done_qid : NULL;
+}
+
+int64_t resume_octets(const struct resume *r)
+{
+    return r->offset + r->got;
+}
+
+/* The whole transfer, from the first octet, to emit(); 0 when its hash
+ * is the one the id named, 451 when not or when it cannot be read. */
+int resume_replay(struct resume *r, int (*emit)(void *arg, const void *buf, size_t n), void *arg)
+{
+    struct store_reader rd;
+    crypto_generichash_state h;
+    unsigned char buf[8192], got[32];
+    ssize_t n;
+
+    if (!r->b || store_body_checkpoint(r->b) || store_reader_open(&rd, r->b->id))
+        return 451;
+    crypto_generichash_init(&h, NULL, 0, sizeof got);
+    while ((n = store_reader_read(&rd, buf, sizeof buf)) > 0) {
+        crypto_generichash_update(&h, buf, (size_t)n);
+        emit(arg, buf, (size_t)n);
+    }
+    store_reader_close(&rd);
+    if (n < 0)
+        return 451;
+    crypto_generichash_final(&h, got, sizeof got);
+    if (sodium_memcmp(got, r->want, sizeof got)) {
+        log_warn("resume %.16s: the %lld octets held and received do not match the transfer's hash;"
+                 " dropped, the next attempt starts from zero", r->tid, (long long)resume_octets(r));
+        return 451;
+    }
+    return 0;
+}
+
+/* In the transaction that stores the message: the partial goes, the id
+ * stays with the queue id. */
+int resume_done(struct resume *r, const char *qid)
+{
+    int err = store_partial_done(r->tid, qid, resume_octets(r));
+    if (!err)
+        r->finished = 1;
+    return err;
+}
+
+/* ------------------------------------------------------------ sender */
+
+int resume_tid_make(const struct store_out_msg *m, char *out, size_t n)
+{
+    unsigned char hash[32], rd[8];
+    crypto_generichash_state h;
+    char hex[2 * sizeof hash + 1], rhex[2 * sizeof rd + 1];
+
+    if (store_body_hash(m->body_id, hash))
+        return -1;
+    /* The recipients of this attempt, in id order (as picked). */
+    crypto_generichash_init(&h, NULL, 0, sizeof rd);
+    for (int i = 0; i < m->nrcpt; i++)
+        crypto_generichash_update(&h, (const unsigned char *)&m->rcpts[i].id, sizeof m->rcpts[i].id);
+    crypto_generichash_final(&h, rd, sizeof rd);
+    sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
+    sodium_bin2hex(rhex, sizeof rhex, rd, sizeof rd);
+    int len = snprintf(out, n, "%s.%s.%s", m->qid, rhex, hex);
+    return len < 0 || (size_t)len >= n ? -1 : 0;
+}
+
 /* ---- src/smtpc.c ---- */
 #line 1 "src/smtpc.c"
 /*
@@ -15672,6 +16275,8 @@ struct flight {
     int naccepted;
     int convert;                        /* 8-bit text to a 7-bit peer */
     int64_t wire_size;                  /* octets sent as the body */
+    int resume;                         /* XRESUME asked: BDAT waits for MAIL's reply */
+    int64_t resume_at;                  /* octets the peer holds already */
 };
 
 struct smtpc {
@@ -15892,6 +16497,22 @@ static void smtpc_free(struct smtpc *s)
 
 /* ------------------------------------------------------- writing a message */
 
+/* "XRESUME=<k>" in MAIL's reply (resume.c); 0 when absent or beyond
+ * the message (a confused peer gets everything, and its hash check
+ * then tells). */
+static int64_t resume_offset(const char *text, int64_t size)
+{
+    const char *p = strstr(text, "XRESUME=");
+    char *end;
+    long long k;
+
+    if (!p || !isdigit((unsigned char)p[8]))
+        return 0;
+    errno = 0;
+    k = strtoll(p + 8, &end, 10);
+    return errno || k < 0 || k > size ? 0 : (int64_t)k;
+}
+
 static int start_message(struct smtpc *s)
 {
     struct flight *f;
@@ -15945,7 +16566,15 @@ static int start_message(struct smtpc *s)
             used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
                                      f->m.ret_full ? "FULL" : "HDRS");
             if (f->m.envid[0] && used < sizeof params)
-                snprintf(params + used, sizeof params - used, " ENVID=%s", f->m.envid);
+                used += (size_t)snprintf(params + used, sizeof params - used, " ENVID=%s", f->m.envid);
+        }
+        /* resume.c: a large message to a mailnode that can take it up
+         * again after a drop, sent as stored (not converted). */
+        char tid[RESUME_TID_MAX + 1];
+        if (s->caps.resume && s->caps.chunking && conf->resume && !f->convert && f->m.size >= RESUME_MIN_SIZE &&
+            used < sizeof params && !resume_tid_make(&f->m, tid, sizeof tid)) {
+            snprintf(params + used, sizeof params - used, " XRESUME=%s", tid);
+            f->resume = 1;
         }
     }
     cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
@@ -16131,6 +16760,8 @@ static void write_current(struct smtpc *s)
             smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
+            if (s->caps.chunking && f->resume && !f->mail_code)
+                return;                 /* how much the peer holds comes with it */
             if (s->caps.chunking) {
                 if (f->convert && convert_size(f, &f->wire_size)) {
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
@@ -16139,12 +16770,15 @@ static void write_current(struct smtpc *s)
                     smtpc_wenter(s, W_END);
                     continue;
                 }
-                if (open_body(s, f)) {
+                if (open_body(s, f) || (f->resume_at && store_reader_seek(&s->rd, f->resume_at))) {
                     set_error(s, "cannot read message %s from the store", f->m.qid);
                     conn_abort(s->c);
                     return;
                 }
-                cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
+                if (f->resume_at)
+                    log_info("%s: resuming at octet %lld of %lld (%s)", f->m.qid, (long long)f->resume_at,
+                             (long long)f->wire_size, s->peer);
+                cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)(f->wire_size - f->resume_at));
                 /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
                  * timer: a peer that keeps reading keeps the session. */
                 conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
@@ -16224,6 +16858,8 @@ void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
         caps->atrn = 1;
     else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
         caps->compress = 1;
+    else if (!strcasecmp(kw, "XRESUME"))
+        caps->resume = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
          * an overflow) is treated as no announcement at all, so that a
@@ -16411,6 +17047,8 @@ static void on_reply(struct smtpc *s, int code, const char *text)
         struct flight *f = slot_flight(s, slot);
         f->mail_code = code;
         util_strlcpy(f->mail_text, clean, sizeof f->mail_text);
+        if (f->resume && code / 100 == 2)
+            f->resume_at = resume_offset(clean, f->wire_size);
         if (code / 100 != 2)
             for (int i = 0; i < f->m.nrcpt; i++)
                 s->ops->rcpt_done(s->arg, &f->m, i, outcome_code(code), clean);
@@ -18738,6 +19376,8 @@ struct smtpd {
     int64_t bdat_left;
     int bdat_last;
     int bdat_discard;                   /* chunk read only to stay in sync */
+    int resumable;                      /* XRESUME transaction (resume.c) */
+    struct resume *rs;                  /* its partial; NULL if taken over */
     /* AUTH */
     char auth_user[USER_MAX + 1];
     struct auth_sasl sasl;
@@ -18831,6 +19471,8 @@ static void txn_reset(struct smtpd *s)
     s->data_error = 0;
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
+    resume_end(s->rs, 1);               /* what came is kept for the next attempt */
+    s->resumable = 0;
     if (s->state & (S_MAIL | S_RCPT | S_BDAT))
         smtpd_enter(s, S_READY);
 }
@@ -18844,6 +19486,7 @@ static void smtpd_free(struct smtpd *s)
     if (s->next)
         s->next->prev = s->prev;
     timer_cancel(&s->timer);
+    resume_end(s->rs, 1);
     if (s->body)
         store_body_free(s->body);
     rcpts_clear(&s->rcpts);
@@ -19018,6 +19661,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
     reply(s, "250-CHUNKING");
+    if (conf->resume)
+        reply(s, "250-XRESUME");        /* resume.c: between mailnodes */
     reply(s, "250-DSN");
     reply(s, "250-ETRN");
     if (starttls_offered(s))
@@ -19056,7 +19701,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
 {
     struct addr a;
     struct esmtp_param p[8];
-    const char *rest;
+    const char *rest, *tid = NULL;
     int rc, n;
 
     if (s->c->kind == LISTEN_SUBMISSION && !s->auth_user[0]) {
@@ -19122,6 +19767,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
             util_strlcpy(s->envid, v, sizeof s->envid);
         } else if (!strcasecmp(k, "AUTH") && v) {
             /* RFC 4954 5: accepted; we trust only our own AUTH. */
+        } else if (!strcasecmp(k, "XRESUME") && v && conf->resume) {
+            unsigned char h[32];
+            if (resume_tid_parse(v, h)) {
+                reply(s, "501 5.5.4 Bad XRESUME parameter");
+                return;
+            }
+            tid = v;
         } else {
             reply(s, "555 5.5.4 Unsupported MAIL parameter %.64s", k);
             return;
@@ -19137,6 +19789,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
     smtpd_enter(s, S_MAIL);
+    if (tid) {
+        int64_t held = 0;
+        s->rs = resume_begin(tid, s->c, &s->rs, &held);
+        s->resumable = s->rs != NULL;
+        reply(s, "250 2.1.0 Ok XRESUME=%lld", (long long)held);
+        return;
+    }
     reply(s, "250 2.1.0 Ok");
 }
 
@@ -19890,6 +20549,8 @@ static void message_end(struct smtpd *s)
         size_t nroutes = s->rcpts.n;
         if (!err)
             err = bundle_dedup(s->body, routes, &nroutes, s->qid);
+        if (!err && s->rs)
+            err = resume_done(s->rs, s->qid);   /* same transaction: both or neither */
         if (!err)
             err = store_msg_insert(&env, s->body, routes, nroutes);
         if (!err)
@@ -19909,7 +20570,40 @@ static void message_end(struct smtpd *s)
     reply_refused(s, rc);
     log_info("%s: refused from=<%s> client=[%s]: data refused with %d", s->qid, s->sender,
              s->c->peer_ip, rc);
+    if (s->rs && !resume_done_qid(s->rs))
+        resume_end(s->rs, 0);           /* refused whole: the next attempt starts from zero */
     txn_reset(s);
+}
+
+static int replay_emit(void *arg, const void *buf, size_t n)
+{
+    struct smtpd *s = arg;
+    if (s->body && !s->data_error)
+        mime_raw_feed(&s->md, buf, n, body_emit, s);
+    return 0;
+}
+
+/* The end of an XRESUME transfer (resume.c): a repeat of one already
+ * accepted gets its queue id again; otherwise the octets held and those
+ * just received become the message, if their hash is the one named. */
+static void bdat_resumed_last(struct smtpd *s)
+{
+    const char *done = s->rs ? resume_done_qid(s->rs) : NULL;
+
+    if (done && !s->data_error) {
+        log_info("%s: from=<%s> client=[%s]: already accepted as %s (a repeat after a lost reply)", s->qid,
+                 s->sender, s->c->peer_ip, done);
+        reply(s, "250 2.0.0 Ok: queued as %s", done);
+        txn_reset(s);
+        return;
+    }
+    if (!s->data_error && (!s->rs || !s->body))
+        s->data_error = 451;
+    if (!s->data_error && !done)
+        s->data_error = resume_replay(s->rs, replay_emit, s);
+    if (s->body && !s->data_error)
+        mime_raw_finish(&s->md, body_emit, s);
+    message_end(s);
 }
 
 static void bdat_chunk_done(struct smtpd *s)
@@ -19922,16 +20616,21 @@ static void bdat_chunk_done(struct smtpd *s)
         return;
     }
     if (s->bdat_last) {
-        if (s->body && !s->data_error)
-            mime_raw_finish(&s->md, body_emit, s);
-        message_end(s);
+        if (s->resumable)
+            bdat_resumed_last(s);
+        else {
+            if (s->body && !s->data_error)
+                mime_raw_finish(&s->md, body_emit, s);
+            message_end(s);
+        }
         return;
     }
     conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
     if (s->data_error)
         reply_refused(s, s->data_error);
     else
-        reply(s, "250 2.0.0 %lld octets received", (long long)s->md.size);
+        reply(s, "250 2.0.0 %lld octets received",
+              (long long)(s->resumable && s->rs ? resume_octets(s->rs) : s->md.size));
     if (s->data_error)
         txn_reset(s);
 }
@@ -19961,7 +20660,11 @@ static void smtpd_input(struct conn *c)
         }
         if (s->input == IN_BDAT) {
             size_t take = c->in_len < (uint64_t)s->bdat_left ? c->in_len : (size_t)s->bdat_left;
-            if (!s->bdat_discard && s->body && !s->data_error)
+            if (s->resumable && !s->bdat_discard) {
+                /* Held until the last octet (resume.c); NULL: taken over. */
+                if (!s->data_error)
+                    s->data_error = s->rs ? resume_feed(s->rs, c->in, take) : 451;
+            } else if (!s->bdat_discard && s->body && !s->data_error)
                 mime_raw_feed(&s->md, c->in, take, body_emit, s);
             else if (!s->bdat_discard && !s->data_error)
                 s->data_error = 451;

@@ -147,6 +147,9 @@ struct conf {
     int64_t delivery_per_connection;    /* messages one outbound session carries */
     int64_t delivery_parallel;          /* outbound sessions in all (one per destination) */
     int64_t delivery_large;             /* bytes: larger messages go after the small ones; 0 = off */
+    int resume;                         /* XRESUME between mailnodes */
+    int64_t resume_lifetime;            /* seconds a partial transfer is kept */
+    int64_t resume_max_size;            /* octets of partial transfers kept in all */
     int64_t smtp_timeout_connect;
     int64_t message_size_limit;         /* bytes */
     int64_t max_recipients;
@@ -449,6 +452,48 @@ struct store_body *store_body_new(void);        /* NULL on error */
 int store_body_write(struct store_body *b, const void *data, size_t n);
 int store_body_finish(struct store_body *b);    /* last chunk, size, hash */
 void store_body_free(struct store_body *b);     /* deletes rows unless committed */
+struct store_body *store_body_reopen(int64_t id, int64_t size, int64_t nchunks);
+int store_body_checkpoint(struct store_body *b);        /* buffered bytes into a chunk now */
+
+/* store_resume.c: partial bodies of interrupted transfers (resume.c). */
+struct store_partial {
+    int found;
+    int64_t body_id, size, nchunks, updated;
+    char done_qid[QID_LEN + 1];         /* "" while not yet accepted */
+};
+int store_partial_get(const char *tid, struct store_partial *p);
+/* A new partial body under tid: the body row becomes a partial one. */
+int store_partial_new(const char *tid, int64_t body_id);
+/* size octets in nchunks chunks are durable with the next commit;
+ * chunks after them (written before a crash) are dropped by get. */
+int store_partial_save(const char *tid, int64_t size, int64_t nchunks);
+/* The transfer became message qid: its octets go, the id stays. */
+int store_partial_done(const char *tid, const char *qid, int64_t size);
+int store_partial_drop(const char *tid);
+/* Partials not touched since before; then the oldest until the
+ * octets kept are at most max_octets.  How many went. */
+int store_partial_expire(int64_t before, int64_t max_octets);
+int64_t store_partial_octets(void);     /* octets kept in partial bodies */
+/* The hash of a finished body (crypto_generichash, 32 octets). */
+int store_body_hash(int64_t body_id, unsigned char out[32]);
+
+/* resume.c: XRESUME, transfers between mailnodes that go on after a
+ * link drop (see the file's header). */
+#define RESUME_TID_MAX 120
+#define RESUME_MIN_SIZE (64 * 1024)     /* smaller messages are simply sent again */
+struct resume;
+struct conn;
+int resume_tid_parse(const char *tid, unsigned char hash[32]);
+/* NULL: no resumption (off, bad id, no room): an ordinary transfer. */
+struct resume *resume_begin(const char *tid, struct conn *c, struct resume **owner, int64_t *offset);
+void resume_end(struct resume *r, int keep);
+int resume_feed(struct resume *r, const void *p, size_t n);
+const char *resume_done_qid(const struct resume *r);
+int64_t resume_octets(const struct resume *r);
+int resume_replay(struct resume *r, int (*emit)(void *arg, const void *buf, size_t n), void *arg);
+int resume_done(struct resume *r, const char *qid);
+struct store_out_msg;
+int resume_tid_make(const struct store_out_msg *m, char *out, size_t n);
 
 /* Reading a body back, chunk by chunk. */
 struct store_reader {
@@ -1086,6 +1131,7 @@ void smtpc_abort(struct smtpc *s);
 struct smtpc_caps {                     /* what the peer's EHLO offered */
     int pipelining, chunking, eightbitmime, dsn, starttls, atrn;
     int compress;                       /* COMPRESS DEFLATE (zio.c): another mailnode */
+    int resume;                         /* XRESUME (resume.c): another mailnode */
     int has_size;
     int64_t size_limit;                 /* 0: no limit announced */
     char auth_mechs[128];

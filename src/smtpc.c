@@ -58,6 +58,8 @@ struct flight {
     int naccepted;
     int convert;                        /* 8-bit text to a 7-bit peer */
     int64_t wire_size;                  /* octets sent as the body */
+    int resume;                         /* XRESUME asked: BDAT waits for MAIL's reply */
+    int64_t resume_at;                  /* octets the peer holds already */
 };
 
 struct smtpc {
@@ -278,6 +280,22 @@ static void smtpc_free(struct smtpc *s)
 
 /* ------------------------------------------------------- writing a message */
 
+/* "XRESUME=<k>" in MAIL's reply (resume.c); 0 when absent or beyond
+ * the message (a confused peer gets everything, and its hash check
+ * then tells). */
+static int64_t resume_offset(const char *text, int64_t size)
+{
+    const char *p = strstr(text, "XRESUME=");
+    char *end;
+    long long k;
+
+    if (!p || !isdigit((unsigned char)p[8]))
+        return 0;
+    errno = 0;
+    k = strtoll(p + 8, &end, 10);
+    return errno || k < 0 || k > size ? 0 : (int64_t)k;
+}
+
 static int start_message(struct smtpc *s)
 {
     struct flight *f;
@@ -331,7 +349,15 @@ static int start_message(struct smtpc *s)
             used += (size_t)snprintf(params + used, sizeof params - used, " RET=%s",
                                      f->m.ret_full ? "FULL" : "HDRS");
             if (f->m.envid[0] && used < sizeof params)
-                snprintf(params + used, sizeof params - used, " ENVID=%s", f->m.envid);
+                used += (size_t)snprintf(params + used, sizeof params - used, " ENVID=%s", f->m.envid);
+        }
+        /* resume.c: a large message to a mailnode that can take it up
+         * again after a drop, sent as stored (not converted). */
+        char tid[RESUME_TID_MAX + 1];
+        if (s->caps.resume && s->caps.chunking && conf->resume && !f->convert && f->m.size >= RESUME_MIN_SIZE &&
+            used < sizeof params && !resume_tid_make(&f->m, tid, sizeof tid)) {
+            snprintf(params + used, sizeof params - used, " XRESUME=%s", tid);
+            f->resume = 1;
         }
     }
     cmd(s, E_MAIL, slot, 0, "MAIL FROM:<%s>%s", f->m.sender, params);
@@ -517,6 +543,8 @@ static void write_current(struct smtpc *s)
             smtpc_wenter(s, W_DATACMD);
             continue;
         case W_DATACMD:
+            if (s->caps.chunking && f->resume && !f->mail_code)
+                return;                 /* how much the peer holds comes with it */
             if (s->caps.chunking) {
                 if (f->convert && convert_size(f, &f->wire_size)) {
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
@@ -525,12 +553,15 @@ static void write_current(struct smtpc *s)
                     smtpc_wenter(s, W_END);
                     continue;
                 }
-                if (open_body(s, f)) {
+                if (open_body(s, f) || (f->resume_at && store_reader_seek(&s->rd, f->resume_at))) {
                     set_error(s, "cannot read message %s from the store", f->m.qid);
                     conn_abort(s->c);
                     return;
                 }
-                cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)f->wire_size);
+                if (f->resume_at)
+                    log_info("%s: resuming at octet %lld of %lld (%s)", f->m.qid, (long long)f->resume_at,
+                             (long long)f->wire_size, s->peer);
+                cmd(s, E_BDAT, s->wslot, 0, "BDAT %lld LAST", (long long)(f->wire_size - f->resume_at));
                 /* RFC 5321 4.5.3.2.5: the data block timeout, an idle
                  * timer: a peer that keeps reading keeps the session. */
                 conn_set_timeout(s->c, conf->smtp_timeout_data * 1000);
@@ -610,6 +641,8 @@ void smtpc_caps_keyword(struct smtpc_caps *caps, const char *kw)
         caps->atrn = 1;
     else if (!strcasecmp(kw, "COMPRESS DEFLATE"))
         caps->compress = 1;
+    else if (!strcasecmp(kw, "XRESUME"))
+        caps->resume = 1;
     else if (!strncasecmp(kw, "SIZE", 4) && (kw[4] == ' ' || !kw[4])) {
         /* RFC 1870 4: SIZE [1*DIGIT]; anything else ("SIZE -1", "SIZE x",
          * an overflow) is treated as no announcement at all, so that a
@@ -797,6 +830,8 @@ static void on_reply(struct smtpc *s, int code, const char *text)
         struct flight *f = slot_flight(s, slot);
         f->mail_code = code;
         util_strlcpy(f->mail_text, clean, sizeof f->mail_text);
+        if (f->resume && code / 100 == 2)
+            f->resume_at = resume_offset(clean, f->wire_size);
         if (code / 100 != 2)
             for (int i = 0; i < f->m.nrcpt; i++)
                 s->ops->rcpt_done(s->arg, &f->m, i, outcome_code(code), clean);

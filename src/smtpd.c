@@ -65,6 +65,8 @@ struct smtpd {
     int64_t bdat_left;
     int bdat_last;
     int bdat_discard;                   /* chunk read only to stay in sync */
+    int resumable;                      /* XRESUME transaction (resume.c) */
+    struct resume *rs;                  /* its partial; NULL if taken over */
     /* AUTH */
     char auth_user[USER_MAX + 1];
     struct auth_sasl sasl;
@@ -158,6 +160,8 @@ static void txn_reset(struct smtpd *s)
     s->data_error = 0;
     s->bdat_left = 0;
     s->bdat_last = s->bdat_discard = 0;
+    resume_end(s->rs, 1);               /* what came is kept for the next attempt */
+    s->resumable = 0;
     if (s->state & (S_MAIL | S_RCPT | S_BDAT))
         smtpd_enter(s, S_READY);
 }
@@ -171,6 +175,7 @@ static void smtpd_free(struct smtpd *s)
     if (s->next)
         s->next->prev = s->prev;
     timer_cancel(&s->timer);
+    resume_end(s->rs, 1);
     if (s->body)
         store_body_free(s->body);
     rcpts_clear(&s->rcpts);
@@ -345,6 +350,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
     reply(s, "250-CHUNKING");
+    if (conf->resume)
+        reply(s, "250-XRESUME");        /* resume.c: between mailnodes */
     reply(s, "250-DSN");
     reply(s, "250-ETRN");
     if (starttls_offered(s))
@@ -383,7 +390,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
 {
     struct addr a;
     struct esmtp_param p[8];
-    const char *rest;
+    const char *rest, *tid = NULL;
     int rc, n;
 
     if (s->c->kind == LISTEN_SUBMISSION && !s->auth_user[0]) {
@@ -449,6 +456,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
             util_strlcpy(s->envid, v, sizeof s->envid);
         } else if (!strcasecmp(k, "AUTH") && v) {
             /* RFC 4954 5: accepted; we trust only our own AUTH. */
+        } else if (!strcasecmp(k, "XRESUME") && v && conf->resume) {
+            unsigned char h[32];
+            if (resume_tid_parse(v, h)) {
+                reply(s, "501 5.5.4 Bad XRESUME parameter");
+                return;
+            }
+            tid = v;
         } else {
             reply(s, "555 5.5.4 Unsupported MAIL parameter %.64s", k);
             return;
@@ -464,6 +478,13 @@ static void cmd_mail(struct smtpd *s, char *arg)
     util_strlcpy(s->sender, a.full, sizeof s->sender);
     util_qid(s->qid);
     smtpd_enter(s, S_MAIL);
+    if (tid) {
+        int64_t held = 0;
+        s->rs = resume_begin(tid, s->c, &s->rs, &held);
+        s->resumable = s->rs != NULL;
+        reply(s, "250 2.1.0 Ok XRESUME=%lld", (long long)held);
+        return;
+    }
     reply(s, "250 2.1.0 Ok");
 }
 
@@ -1217,6 +1238,8 @@ static void message_end(struct smtpd *s)
         size_t nroutes = s->rcpts.n;
         if (!err)
             err = bundle_dedup(s->body, routes, &nroutes, s->qid);
+        if (!err && s->rs)
+            err = resume_done(s->rs, s->qid);   /* same transaction: both or neither */
         if (!err)
             err = store_msg_insert(&env, s->body, routes, nroutes);
         if (!err)
@@ -1236,7 +1259,40 @@ static void message_end(struct smtpd *s)
     reply_refused(s, rc);
     log_info("%s: refused from=<%s> client=[%s]: data refused with %d", s->qid, s->sender,
              s->c->peer_ip, rc);
+    if (s->rs && !resume_done_qid(s->rs))
+        resume_end(s->rs, 0);           /* refused whole: the next attempt starts from zero */
     txn_reset(s);
+}
+
+static int replay_emit(void *arg, const void *buf, size_t n)
+{
+    struct smtpd *s = arg;
+    if (s->body && !s->data_error)
+        mime_raw_feed(&s->md, buf, n, body_emit, s);
+    return 0;
+}
+
+/* The end of an XRESUME transfer (resume.c): a repeat of one already
+ * accepted gets its queue id again; otherwise the octets held and those
+ * just received become the message, if their hash is the one named. */
+static void bdat_resumed_last(struct smtpd *s)
+{
+    const char *done = s->rs ? resume_done_qid(s->rs) : NULL;
+
+    if (done && !s->data_error) {
+        log_info("%s: from=<%s> client=[%s]: already accepted as %s (a repeat after a lost reply)", s->qid,
+                 s->sender, s->c->peer_ip, done);
+        reply(s, "250 2.0.0 Ok: queued as %s", done);
+        txn_reset(s);
+        return;
+    }
+    if (!s->data_error && (!s->rs || !s->body))
+        s->data_error = 451;
+    if (!s->data_error && !done)
+        s->data_error = resume_replay(s->rs, replay_emit, s);
+    if (s->body && !s->data_error)
+        mime_raw_finish(&s->md, body_emit, s);
+    message_end(s);
 }
 
 static void bdat_chunk_done(struct smtpd *s)
@@ -1249,16 +1305,21 @@ static void bdat_chunk_done(struct smtpd *s)
         return;
     }
     if (s->bdat_last) {
-        if (s->body && !s->data_error)
-            mime_raw_finish(&s->md, body_emit, s);
-        message_end(s);
+        if (s->resumable)
+            bdat_resumed_last(s);
+        else {
+            if (s->body && !s->data_error)
+                mime_raw_finish(&s->md, body_emit, s);
+            message_end(s);
+        }
         return;
     }
     conn_set_timeout(s->c, conf->smtp_timeout_command * 1000);
     if (s->data_error)
         reply_refused(s, s->data_error);
     else
-        reply(s, "250 2.0.0 %lld octets received", (long long)s->md.size);
+        reply(s, "250 2.0.0 %lld octets received",
+              (long long)(s->resumable && s->rs ? resume_octets(s->rs) : s->md.size));
     if (s->data_error)
         txn_reset(s);
 }
@@ -1288,7 +1349,11 @@ static void smtpd_input(struct conn *c)
         }
         if (s->input == IN_BDAT) {
             size_t take = c->in_len < (uint64_t)s->bdat_left ? c->in_len : (size_t)s->bdat_left;
-            if (!s->bdat_discard && s->body && !s->data_error)
+            if (s->resumable && !s->bdat_discard) {
+                /* Held until the last octet (resume.c); NULL: taken over. */
+                if (!s->data_error)
+                    s->data_error = s->rs ? resume_feed(s->rs, c->in, take) : 451;
+            } else if (!s->bdat_discard && s->body && !s->data_error)
                 mime_raw_feed(&s->md, c->in, take, body_emit, s);
             else if (!s->bdat_discard && !s->data_error)
                 s->data_error = 451;

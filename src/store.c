@@ -223,6 +223,14 @@ static const char *const migrations[] = {
     " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
     " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
     " END;",
+    /* 9: resumable transfers between mailnodes (resume.c): the octets of
+     * an interrupted transfer, kept under its transfer id in a body row
+     * of its own (complete=2: neither a finished body nor a crash's
+     * leftover), and, once accepted, the queue id it got (done_qid) so
+     * a repeat after a lost 250 is answered, not stored twice. */
+    "CREATE TABLE partial(tid TEXT PRIMARY KEY, body_id INTEGER NOT NULL, size INTEGER NOT NULL,"
+    " nchunks INTEGER NOT NULL, updated INTEGER NOT NULL, done_qid TEXT) WITHOUT ROWID;"
+    "CREATE INDEX partial_updated ON partial(updated);",
 };
 
 sqlite3 *store_db(void)
@@ -703,6 +711,39 @@ static int body_flush(struct store_body *b)
     b->seq++;
     b->len = 0;
     return 0;
+}
+
+/* A partial body (resume.c) taken up again: size raw octets in nchunks
+ * chunks, more appended after them.  Its rows are kept when it is freed
+ * (linked): they outlive the session. */
+struct store_body *store_body_reopen(int64_t id, int64_t size, int64_t nchunks)
+{
+    struct store_body *b = NULL;
+    void *mem = NULL;
+
+    if (z_init() || posix_memalign(&mem, 64, sizeof *b))
+        return NULL;
+    b = memset(mem, 0, sizeof *b);
+    b->buf = malloc(STORE_CHUNK);
+    if (!b->buf) {
+        free(b);
+        return NULL;
+    }
+    crypto_generichash_init(&b->hash, NULL, 0, crypto_generichash_BYTES);
+    b->id = id;
+    b->size = size;
+    b->seq = nchunks;
+    b->linked = 1;
+    b->next = S.open_bodies;
+    S.open_bodies = b;
+    return b;
+}
+
+/* What is buffered goes into a (short) chunk now: a partial body's
+ * chunks need not be full, since it is only ever read from the start. */
+int store_body_checkpoint(struct store_body *b)
+{
+    return b->err ? b->err : body_flush(b);
 }
 
 int store_body_write(struct store_body *b, const void *data, size_t n)
