@@ -10228,7 +10228,7 @@ static int sr_step(sqlite3_stmt *st, const char *what)
 }
 
 /* Chunks from seq on (all: 0) and, with them gone, the body row. */
-static int drop_octets(int64_t body_id, int64_t from_seq, int body_too)
+static int sr_drop_octets(int64_t body_id, int64_t from_seq, int body_too)
 {
     static sqlite3_stmt *c, *b;
     int err;
@@ -10272,7 +10272,7 @@ int store_partial_get(const char *tid, struct store_partial *p)
     /* Chunks written after the last save (and committed by a group
      * commit before a crash) are not counted: they go. */
     if (p->found && !p->done_qid[0])
-        return drop_octets(p->body_id, p->nchunks, 0);
+        return sr_drop_octets(p->body_id, p->nchunks, 0);
     return 0;
 }
 
@@ -10315,7 +10315,7 @@ int store_partial_done(const char *tid, const char *qid, int64_t size)
 
     if ((err = store_partial_get(tid, &p)))
         return err;
-    if (p.found && (err = drop_octets(p.body_id, 0, 1)))
+    if (p.found && (err = sr_drop_octets(p.body_id, 0, 1)))
         return err;
     if (!store_stmt(&st, "INSERT OR REPLACE INTO partial(tid, body_id, size, nchunks, updated, done_qid)"
                          " VALUES (?,0,?,0,?,?)"))
@@ -10327,10 +10327,10 @@ int store_partial_done(const char *tid, const char *qid, int64_t size)
     return sr_step(st, "partial done");
 }
 
-static int drop_row(const char *tid, int64_t body_id)
+static int sr_drop_row(const char *tid, int64_t body_id)
 {
     static sqlite3_stmt *st;
-    int err = drop_octets(body_id, 0, 1);
+    int err = sr_drop_octets(body_id, 0, 1);
 
     if (err)
         return err;
@@ -10347,12 +10347,12 @@ int store_partial_drop(const char *tid)
 
     if ((err = store_partial_get(tid, &p)))
         return err;
-    return p.found ? drop_row(tid, p.body_id) : 0;
+    return p.found ? sr_drop_row(tid, p.body_id) : 0;
 }
 
 /* The oldest row updated before `before`, or, with before = INT64_MAX,
  * the oldest holding octets: one index step each. */
-static int oldest(int64_t before, int with_octets, char *tid, size_t n, int64_t *body_id)
+static int sr_oldest(int64_t before, int with_octets, char *tid, size_t n, int64_t *body_id)
 {
     static sqlite3_stmt *any, *octets;
     sqlite3_stmt *st = with_octets
@@ -10384,14 +10384,14 @@ int store_partial_expire(int64_t before, int64_t max_octets)
     if (store_begin())
         return STORE_ERR;
     /* Bounded per call: what is left goes on the next one. */
-    while (n < 64 && (rc = oldest(before, 0, tid, sizeof tid, &body_id)) == 1) {
-        if (drop_row(tid, body_id))
+    while (n < 64 && (rc = sr_oldest(before, 0, tid, sizeof tid, &body_id)) == 1) {
+        if (sr_drop_row(tid, body_id))
             return STORE_ERR;
         n++;
     }
     while (n < 64 && store_partial_octets() > max_octets &&
-           (rc = oldest(INT64_MAX, 1, tid, sizeof tid, &body_id)) == 1) {
-        if (drop_row(tid, body_id))
+           (rc = sr_oldest(INT64_MAX, 1, tid, sizeof tid, &body_id)) == 1) {
+        if (sr_drop_row(tid, body_id))
             return STORE_ERR;
         n++;
     }
@@ -15985,9 +15985,9 @@ struct resume {
     struct resume *next;
 };
 
-static struct resume *active;
+static struct resume *resume_active;
 
-static int hexval(int ch)
+static int resume_hexval(int ch)
 {
     if (ch >= '0' && ch <= '9')
         return ch - '0';
@@ -16012,7 +16012,7 @@ int resume_tid_parse(const char *tid, unsigned char hash[32])
             return -1;
     const char *h = tid + len - RESUME_HASH_HEX;
     for (size_t i = 0; i < 32; i++) {
-        int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
+        int hi = resume_hexval(h[2 * i]), lo = resume_hexval(h[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
         hash[i] = (unsigned char)(hi << 4 | lo);
@@ -16020,9 +16020,9 @@ int resume_tid_parse(const char *tid, unsigned char hash[32])
     return 0;
 }
 
-static void unlink_active(struct resume *r)
+static void resume_unlink(struct resume *r)
 {
-    for (struct resume **pp = &active; *pp; pp = &(*pp)->next)
+    for (struct resume **pp = &resume_active; *pp; pp = &(*pp)->next)
         if (*pp == r) {
             *pp = r->next;
             return;
@@ -16035,7 +16035,7 @@ void resume_end(struct resume *r, int keep)
 {
     if (!r)
         return;
-    unlink_active(r);
+    resume_unlink(r);
     if (r->owner)
         *r->owner = NULL;
     if (!keep) {
@@ -16055,9 +16055,9 @@ void resume_end(struct resume *r, int keep)
 
 /* An id still held by another session: that one is gone (its link
  * dropped) but has not noticed yet. */
-static void take_over(const char *tid)
+static void resume_take_over(const char *tid)
 {
-    for (struct resume *r = active; r; r = r->next)
+    for (struct resume *r = resume_active; r; r = r->next)
         if (!strcmp(r->tid, tid)) {
             struct conn *c = r->c;
             log_info("resume %.16s: taken over by a new session", tid);
@@ -16068,7 +16068,7 @@ static void take_over(const char *tid)
         }
 }
 
-static int open_partial(struct resume *r)
+static int resume_open_partial(struct resume *r)
 {
     struct store_partial p;
 
@@ -16110,9 +16110,9 @@ struct resume *resume_begin(const char *tid, struct conn *c, struct resume **own
         return NULL;
     }
     util_strlcpy(r->tid, tid, sizeof r->tid);
-    take_over(tid);
+    resume_take_over(tid);
     store_partial_expire(util_now() - conf->resume_lifetime, conf->resume_max_size);
-    if (open_partial(r)) {
+    if (resume_open_partial(r)) {
         /* No partial to be had: an ordinary transfer from zero. */
         if (r->b)
             store_body_free(r->b);
@@ -16121,8 +16121,8 @@ struct resume *resume_begin(const char *tid, struct conn *c, struct resume **own
     }
     r->c = c;
     r->owner = owner;
-    r->next = active;
-    active = r;
+    r->next = resume_active;
+    resume_active = r;
     *offset = r->offset;
     if (r->offset)
         log_info("resume %.16s: %s at octet %lld", tid, r->done_qid[0] ? "already accepted, complete" : "going on",

@@ -16,8 +16,15 @@
 #                                satellite = 1 Mbit/s, 600 ms RTT;
 #                                or RATE:RTT_MS entries, e.g. 256k:100
 #   SERVERS="mailnode postfix"   which senders (mailnode is skipped if
-#                                ./mailnode does not exist)
+#                                ./mailnode does not exist); besides
+#                                mailnode and postfix (both to the sink):
+#                                mn2mn = mailnode to a mailnode receiver
+#                                in U (COMPRESS DEFLATE, XRESUME),
+#                                mn2mn-plain = the same with compress = no
 #   MSGS=100  SIZE=2048          queued messages, bytes each (CRLF form)
+#   BODY=synthetic               synthetic = repeated alphabet lines (as
+#                                before); text = varied words and numbers,
+#                                as ordinary mail compresses (about 3:1)
 #   REPS=1                       runs per profile and server
 #   QUEUE=auto                   link queue in bytes (auto: max(64 KB, BDP))
 #   MTU=1500                     MTU of the link
@@ -52,6 +59,7 @@ STALL=${STALL:-120}
 LINGER=${LINGER:-5}
 BULK=${BULK:-1}
 OUT=${OUT:-$BENCH/results}
+BODY=${BODY:-synthetic}
 
 # Addresses from 198.18.0.0/15, the block reserved for benchmarking
 # (RFC 2544); they exist only inside the two namespaces made here.
@@ -90,17 +98,18 @@ WORK=""
 LE_PID=""
 SINK_PID=""
 MN_PID=""
+RCV_PID=""
 BULK_PID=""
 PF_DIR=""
 cleanup() {
     trap - EXIT INT TERM HUP
     local p
-    for p in $BULK_PID $MN_PID $SINK_PID; do
+    for p in $BULK_PID $MN_PID $RCV_PID $SINK_PID; do
         kill -TERM "$p" 2>/dev/null
     done
     [ -n "$PF_DIR" ] && pfi_destroy "$PF_DIR"
     [ -n "$LE_PID" ] && kill -TERM "$LE_PID" 2>/dev/null
-    for p in $BULK_PID $MN_PID $SINK_PID $LE_PID; do
+    for p in $BULK_PID $MN_PID $RCV_PID $SINK_PID $LE_PID; do
         wait "$p" 2>/dev/null
     done
     ip netns del "$NS_F" 2>/dev/null
@@ -125,10 +134,20 @@ LINKEMU=$WORK/bin/linkemu
 # ---------------------------------------------------------------- messages
 # MSGS files of exactly SIZE bytes once LF is turned into CRLF on the wire.
 make_messages() {
-    "$PYTHON" - "$WORK/msgs" "$MSGS" "$SIZE" <<'EOF'
-import os, sys
-d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    "$PYTHON" - "$WORK/msgs" "$MSGS" "$SIZE" "$BODY" <<'EOF'
+import os, random, sys
+d, n, size, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 os.makedirs(d, exist_ok=True)
+WORDS = ("the field station reports that the generator ran for six hours and the "
+         "satellite modem kept its lock until the evening when the wind rose again "
+         "please send the spare parts list with the next supply flight and confirm "
+         "receipt of the water samples numbers twelve to forty").split()
+rnd = random.Random(11)
+def line_of(k):
+    if kind != "text":
+        return "%04d %s" % (k, "abcdefghijklmnopqrstuvwxyz0123456789" * 2)
+    return " ".join(rnd.choice(WORDS) if rnd.random() < 0.8 else str(rnd.randint(0, 99999))
+                    for _ in range(rnd.randint(6, 12)))
 for i in range(n):
     head = ("From: Field Sender <a@field.test>\nTo: <rcpt@remote.test>\n"
             "Subject: dialup bench message %d\nMessage-ID: <dialup.%d@field.test>\n"
@@ -138,7 +157,7 @@ for i in range(n):
     used = len(head) + lines
     k = 0
     while True:
-        line = "%04d %s" % (k, "abcdefghijklmnopqrstuvwxyz0123456789" * 2)
+        line = line_of(k)
         if used + len(line) + 2 > size:
             break
         body.append(line); used += len(line) + 2; k += 1
@@ -209,6 +228,52 @@ sink_stop() {
     kill -TERM "$SINK_PID" 2>/dev/null; wait "$SINK_PID" 2>/dev/null; SINK_PID=""
 }
 sink_field() { awk -v n="$2" '{ print $n }' "$1/sink.status" 2>/dev/null; }
+
+# ------------------------------------------------- mailnode as the receiver
+# rcv_start RUNDIR COMPRESS : a mailnode in U in the sink's place, taking
+# mail for remote.test into the mailbox of user rcpt.
+rcv_start() {
+    local d=$1/rcv i
+    mkdir -p "$d" && chmod 755 "$d"
+    cat > "$d/mailnode.conf" <<EOF
+database = $d/mailnode.db
+hostname = upstream.bench.test
+listen.smtp = $ADDR_U:$SINK_PORT
+listen.submission =
+listen.pop3 =
+listen.odmr =
+listen.imap =
+local_domains = remote.test
+relay_networks = $ADDR_F/32
+compress = $2
+EOF
+    echo 'bench-pass-1' | timeout 30 "$MAILNODE" -c "$d/mailnode.conf" user add rcpt >>"$d/mailnode.log" 2>&1 ||
+        { log "receiver: user add failed (see $d/mailnode.log)"; return 1; }
+    (exec ip netns exec "$NS_U" "$MAILNODE" -c "$d/mailnode.conf" run) >>"$d/mailnode.log" 2>&1 </dev/null &
+    RCV_PID=$!
+    for i in $(seq 100); do
+        inU ss -Htln "sport = :$SINK_PORT" 2>/dev/null | grep -q . && return 0
+        sleep 0.1
+    done
+    log "receiver mailnode did not start: $(tail -3 "$d/mailnode.log")"
+    return 1
+}
+rcv_count() { timeout 10 "$MAILNODE" -c "$1/rcv/mailnode.conf" mailbox list rcpt 2>/dev/null | grep -c .; }
+rcv_stop() {
+    local i
+    [ -n "$RCV_PID" ] || return 0
+    kill -TERM "$RCV_PID" 2>/dev/null
+    for i in $(seq 50); do pfi_gone "$RCV_PID" && break; sleep 0.1; done
+    pfi_gone "$RCV_PID" || kill -KILL "$RCV_PID" 2>/dev/null
+    wait "$RCV_PID" 2>/dev/null
+    RCV_PID=""
+}
+# deflate figures of the sender's compressed sessions: "plain->deflated,N ms"
+deflate_of() {
+    awk '/compressed session: sent/ { for (i = 1; i <= NF; i++) { if ($i == "sent") p += $(i + 1);
+         if ($i == "as" && !a) { z += $(i + 1); a = 1 } if ($i == "deflate") ms += $(i + 1) } a = 0 }
+         END { if (p) printf "%d->%d,%dms", p, z, ms; else printf "-" }' "$1/mailnode.log" 2>/dev/null
+}
 
 # ---------------------------------------------------------------- senders
 mn_conf() {   # DIR
@@ -298,33 +363,48 @@ run_one() {
     q=$QUEUE
     [ "$q" = auto ] && q=$(awk -v r="$rate" -v t="$rtt" 'BEGIN { b = r / 8 * t / 1000; printf "%d", (b > 65536 ? b : 65536) }')
     net_up "$rate" "$rtt" "$q" "$dir" || { log "network setup failed"; net_down; return 1; }
-    sink_start "$dir" || { net_down; return 1; }
-    if [ "$srv" = mailnode ]; then
+    case $srv in
+    mn2mn) rcv_start "$dir" yes || { rcv_stop; net_down; return 1; } ;;
+    mn2mn-plain) rcv_start "$dir" no || { rcv_stop; net_down; return 1; } ;;
+    *) sink_start "$dir" || { net_down; return 1; } ;;
+    esac
+    if [ "$srv" != postfix ]; then
         mn_prepare "$dir" || { mn_stop; sink_stop; net_down; return 1; }
     else
         pf_prepare "$dir" || { pf_stop; sink_stop; net_down; return 1; }
     fi
-    kill -USR1 "$SINK_PID"          # zero the sink's counters
+    [ -n "$SINK_PID" ] && kill -USR1 "$SINK_PID"          # zero the sink's counters
     kill -USR2 "$LE_PID"            # zero the link's counters
     sleep 0.3
 
     # t0: the link comes up; the sender is also told to flush at once
     t0=$(date +%s.%N)
     ip -n "$NS_F" link set "$IF_F" up
-    if [ "$srv" = mailnode ]; then mn_kick "$dir" & else pf_kick & fi
+    if [ "$srv" != postfix ]; then mn_kick "$dir" & else pf_kick & fi
 
     end=$((SECONDS + WAIT_TIMEOUT))
-    n=0; prev=-1; since=$SECONDS
+    n=0; prev=-1; since=$SECONDS; last=""
     while [ $SECONDS -lt $end ] && [ $((SECONDS - since)) -lt "$STALL" ]; do
-        n=$(sink_field "$dir" 1)
-        [ "${n:-0}" -ge "$MSGS" ] && break
+        if [ -n "$RCV_PID" ]; then
+            # a mailnode receiver: its mailbox, polled (0.1 s resolution)
+            n=$(rcv_count "$dir")
+            [ "${n:-0}" -ge "$MSGS" ] && { last=$(date +%s.%N); break; }
+            pfi_gone "$RCV_PID" && { log "  the receiver died: $(tail -2 "$dir/rcv/mailnode.log")"; break; }
+        else
+            n=$(sink_field "$dir" 1)
+            [ "${n:-0}" -ge "$MSGS" ] && break
+            pfi_gone "$SINK_PID" && { log "  the sink died: $(tail -2 "$dir/sink.log")"; break; }
+        fi
         [ "${n:-0}" != "$prev" ] && { prev=${n:-0}; since=$SECONDS; }
-        pfi_gone "$SINK_PID" && { log "  the sink died: $(tail -2 "$dir/sink.log")"; break; }
         sleep 0.1
     done
     wait $! 2>/dev/null
-    last=$(sink_field "$dir" 4)
-    content=$(sink_field "$dir" 2)
+    if [ -n "$RCV_PID" ]; then
+        content=$((MSGS * SIZE))    # the messages as queued (CRLF form)
+    else
+        last=$(sink_field "$dir" 4)
+        content=$(sink_field "$dir" 2)
+    fi
     if [ "${n:-0}" -lt "$MSGS" ]; then
         log "  $prof $srv: the sink has ${n:-0} of $MSGS messages (no progress for ${STALL}s, or ${WAIT_TIMEOUT}s passed)"
         secs=-
@@ -338,12 +418,14 @@ run_one() {
     done
     if [ "${n:-0}" -lt "$MSGS" ]; then   # keep the sender's log of a failed run
         cat "$dir/mailnode.log" "$dir/pf/maillog" > "$OUT/dialup-$STAMP-$prof-$srv-$rep.log" 2>/dev/null
-        [ "$srv" = mailnode ] && timeout 10 "$MAILNODE" -c "$dir/mailnode.conf" status \
+        [ "$srv" != postfix ] && timeout 10 "$MAILNODE" -c "$dir/mailnode.conf" status \
             >> "$OUT/dialup-$STAMP-$prof-$srv-$rep.log" 2>&1
     fi
     link_stats "$dir"
     cp "$dir/link.stats" "$dir/link.stats.smtp" 2>/dev/null
-    if [ "$srv" = mailnode ]; then left=$(mn_left "$dir"); mn_stop; else left=$(pf_left); pf_stop; fi
+    local defl=-
+    if [ "$srv" != postfix ]; then left=$(mn_left "$dir"); defl=$(deflate_of "$dir"); mn_stop; else left=$(pf_left); pf_stop; fi
+    rcv_stop
 
     # emulator check: ping RTT on the idle link (small packets)
     pingrtt=$(inF ping -c 4 -i 0.3 -W 5 "$ADDR_U" 2>/dev/null | awk -F/ '/^rtt/ { printf "%.1f", $5 }')
@@ -370,9 +452,9 @@ run_one() {
         "$prof" "$rate" "$rtt" "$srv" "$rep" "$MSGS" "${n:-0}" "$secs" "${content:-0}" "$floor" "$ratio" "$bulk" \
         "$(wsv conns)" "$(wsv wire)" "$(wsv wire_c2s)" "$(wsv pay_c2s)" "$(wsv turns)" "$(wsv retrans)" \
         "${qd:-0}" "${pingrtt:--}" >> "$TSV"
-    log "$(printf '  %-9s %-8s rep=%s  %7s s  floor %6s s  x%-5s bulk %6s s  conns %-3s wire %7s B  turns %-4s drops %-3s left %s  ping %s ms' \
+    log "$(printf '  %-9s %-11s rep=%s  %7s s  floor %6s s  x%-5s bulk %6s s  conns %-3s wire %7s B  turns %-4s drops %-3s left %s  ping %s ms  deflate %s' \
         "$prof" "$srv" "$rep" "$secs" "$floor" "$ratio" "$bulk" "$(wsv conns)" "$(wsv wire)" "$(wsv turns)" \
-        "${qd:-0}" "${left:-?}" "${pingrtt:--}")"
+        "${qd:-0}" "${left:-?}" "${pingrtt:--}" "$defl")"
     [ "${KEEP:-0}" = 1 ] && cp "$dir/link.pcap" "$OUT/dialup-$STAMP-$prof-$srv-$rep.pcap"
     rm -rf "$dir"
     return 0
@@ -391,18 +473,16 @@ profile_params() {   # NAME -> "RATE RTT_MS"
 }
 
 # ---------------------------------------------------------------- main
-case " $SERVERS " in
-*" mailnode "*)
-    if [ ! -x "$MAILNODE" ]; then
-        log "mailnode binary $MAILNODE not found: running the Postfix half only (build with 'make')"
-        SERVERS=${SERVERS/mailnode/}
-    fi ;;
-esac
+if [ ! -x "$MAILNODE" ]; then
+    log "mailnode binary $MAILNODE not found: running the Postfix half only (build with 'make')"
+    SERVERS=$(echo " $SERVERS " | sed 's/ mn2mn-plain / /; s/ mn2mn / /; s/ mailnode / /')
+fi
 
 say "mailnode dial-up benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 say "host: $(nproc) cpus, kernel $(uname -r), postfix $(dpkg-query -W -f '${Version}' postfix 2>/dev/null)"
 say "link: user-space emulator (bench/lib/linkemu.c), MTU $MTU, queue ${QUEUE} bytes; $MSGS messages of $SIZE bytes"
-say "sink: bench/lib/sink.py (PIPELINING, 8BITMIME, CHUNKING) in the upstream namespace"
+say "sink: bench/lib/sink.py (PIPELINING, 8BITMIME, CHUNKING) in the upstream namespace; mn2mn*: a mailnode there"
+say "bodies: $BODY"
 say ""
 printf 'profile\trate\trtt_ms\tserver\trep\tmsgs\treceived\tsecs\tpayload\tfloor\tratio\tbulk\tconns\twire\twire_c2s\tpay_c2s\tturns\tretrans\tqdrops\tping_ms\n' > "$TSV"
 
@@ -445,12 +525,12 @@ NR > 1 {
 }
 END {
     if (nk == 0) { print "  (no runs)"; exit }
-    printf "%-30s %-8s | %7s %7s %6s | %7s %6s | %5s %8s %6s %9s | %7s\n", "profile", "server", "time s", "floor s", "ratio", \
+    printf "%-30s %-11s | %7s %7s %6s | %7s %6s | %5s %8s %6s %9s | %7s\n", "profile", "server", "time s", "floor s", "ratio", \
         "bulk s", "ratio", "conns", "wire B", "+c2s", "turns/msg", "ping ms"
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, p, SUBSEP)
         b = med(k SUBSEP "bulk"); fl = med(k SUBSEP "floor")
-        printf "%-30s %-8s | %7s %7s %6s | %7s %6s | %5s %8s %5s%% %9s | %7s\n", desc[k], p[2], \
+        printf "%-30s %-11s | %7s %7s %6s | %7s %6s | %5s %8s %5s%% %9s | %7s\n", desc[k], p[2], \
             f(med(k SUBSEP "secs"), "%.2f"), f(fl, "%.2f"), f(med(k SUBSEP "ratio"), "%.2f"), \
             f(b, "%.2f"), (b == "" || fl == "") ? "-" : sprintf("%.2f", b / fl), \
             f(med(k SUBSEP "conns"), "%d"), f(med(k SUBSEP "wire"), "%d"), f(med(k SUBSEP "c2s"), "%.0f"), \

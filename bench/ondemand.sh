@@ -20,8 +20,13 @@
 # Environment knobs (defaults in brackets):
 #   PROFILE=satellite         satellite = 1 Mbit/s, 600 ms RTT; modem = 64 kbit/s,
 #                             300 ms; or RATE:RTT_MS, e.g. 256k:100
-#   MODES="etrn atrn postfix" which releases to time
+#   MODES="etrn atrn postfix" which releases to time; etrn-plain and
+#                             atrn-plain: the same with compress = no on
+#                             both mailnodes (etrn and atrn use COMPRESS
+#                             DEFLATE, on by default between mailnodes)
 #   MSGS=500  SIZE=2048       held messages, bytes each (CRLF form, as queued)
+#   BODY=synthetic            synthetic = repeated alphabet lines; text = varied
+#                             words and numbers (ordinary mail, ~3:1 deflate)
 #   REPS=1                    runs per mode
 #   QUEUE=auto                link queue in bytes (auto: max(64 KB, BDP))
 #   MTU=1500                  MTU of the link
@@ -40,6 +45,7 @@ BENCH=$ROOT/bench
 
 PROFILE=${PROFILE:-satellite}
 MODES=${MODES:-"etrn atrn postfix"}
+BODY=${BODY:-synthetic}
 MSGS=${MSGS:-500}
 SIZE=${SIZE:-2048}
 REPS=${REPS:-1}
@@ -119,8 +125,19 @@ LINKEMU=$WORK/bin/linkemu
 # fill PORT : MSGS messages of SIZE bytes for someone@site.test over one SMTP
 # session to 127.0.0.1:PORT inside U (loopback: the link is not involved).
 FILL_PY='
-import smtplib, sys
-port, n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+import random, smtplib, sys
+port, n, size, kind = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+W = ("the field station reports that the generator ran for six hours and the satellite modem kept its "
+     "lock until the evening when the wind rose again please send the spare parts list with the next "
+     "supply flight and confirm receipt of the water samples numbers twelve to forty").split()
+rnd = random.Random(11)
+def line_of(k):
+    if kind != "text":
+        return "%04d %s" % (k, "abcdefghijklmnopqrstuvwxyz0123456789" * 2)
+    t = ""
+    while len(t) < 74:
+        t += (rnd.choice(W) if rnd.random() < 0.8 else str(rnd.randint(0, 99999))) + " "
+    return t[:74]
 c = smtplib.SMTP("127.0.0.1", port, timeout=120)
 for i in range(n):
     head = ("From: Sender <sender@remote.test>\r\nTo: <someone@site.test>\r\n"
@@ -128,7 +145,7 @@ for i in range(n):
             "Date: Mon, 1 Jun 2026 12:00:00 +0000\r\n\r\n" % (i, i))
     body, used, k = [], len(head), 0
     while used + 74 + 2 <= size:
-        body.append("%04d %s" % (k, "abcdefghijklmnopqrstuvwxyz0123456789" * 2)); used += 76; k += 1
+        body.append(line_of(k)); used += 76; k += 1
     if size - used >= 3:
         body.append("x" * (size - used - 2))
     c.sendmail("sender@remote.test", ["someone@site.test"], (head + "\r\n".join(body) + "\r\n").encode())
@@ -209,7 +226,8 @@ stop_pid() {   # PID
 
 # ---------------------------------------------------------------- nodes
 field_start() {   # DIR MODE
-    local dir=$1 mode=$2 up
+    local dir=$1 mode=${2%-plain} up z=yes
+    [ "$2" != "$mode" ] && z=no
     mkdir -p "$dir"
     case $mode in
     etrn) up="$ADDR_U:$U_SMTP m=etrn" ;;
@@ -232,6 +250,7 @@ upstream.domains = site.test
 upstream.user = $FUSER
 upstream.password_file = $dir/upstream.pw
 upstream.interval = 1h
+compress = $z
 EOF
     echo "bench-pass" | timeout 30 "$MAILNODE" -c "$dir/mailnode.conf" user add someone >>"$dir/mailnode.log" 2>&1 ||
         { log "field: user add failed (see $dir/mailnode.log)"; return 1; }
@@ -240,7 +259,7 @@ EOF
     wait_port_in "$NS_F" "$F_SMTP" || { log "field node did not start: $(tail -3 "$dir/mailnode.log")"; return 1; }
 }
 
-mn_upstream_start() {   # DIR
+mn_upstream_start() {   # DIR COMPRESS
     local dir=$1
     mkdir -p "$dir"
     cat > "$dir/mailnode.conf" <<EOF
@@ -252,6 +271,7 @@ listen.pop3 =
 listen.odmr = $ADDR_U:$U_ODMR
 local_domains = upstream.test
 relay_networks = 127.0.0.0/8
+compress = ${2:-yes}
 EOF
     local c="timeout 30 $MAILNODE -c $dir/mailnode.conf"
     { echo "$FPASS" | $c user add "$FUSER" &&
@@ -264,7 +284,7 @@ EOF
 
 mn_upstream_fill() {   # DIR
     local dir=$1 i n=0
-    inU timeout 300 "$PYTHON" -c "$FILL_PY" "$U_SMTP" "$MSGS" "$SIZE" 2>>"$dir/fill.log" ||
+    inU timeout 300 "$PYTHON" -c "$FILL_PY" "$U_SMTP" "$MSGS" "$SIZE" "$BODY" 2>>"$dir/fill.log" ||
         { log "upstream: filling failed: $(tail -2 "$dir/fill.log")"; return 1; }
     for i in $(seq 100); do
         n=$(timeout 30 "$MAILNODE" -c "$dir/mailnode.conf" queue list 2>/dev/null | grep -c '(held)')
@@ -297,7 +317,7 @@ EOF
 
 pf_upstream_fill() {   # DIR
     local dir=$1 i n=0
-    inU timeout 300 "$PYTHON" -c "$FILL_PY" "$PF_PORT" "$MSGS" "$SIZE" 2>>"$dir/fill.log" ||
+    inU timeout 300 "$PYTHON" -c "$FILL_PY" "$PF_PORT" "$MSGS" "$SIZE" "$BODY" 2>>"$dir/fill.log" ||
         { log "postfix: filling failed: $(tail -2 "$dir/fill.log")"; return 1; }
     for i in $(seq 300); do
         n=$(grep -c 'status=deferred (deferred transport)' "$dir/maillog" 2>/dev/null)
@@ -321,7 +341,9 @@ run_one() {
     if [ "$mode" = postfix ]; then
         pf_upstream_start "$dir/up" || fail=1
     else
-        mn_upstream_start "$dir/up" || fail=1
+        local z=yes
+        [ "${mode%-plain}" != "$mode" ] && z=no
+        mn_upstream_start "$dir/up" "$z" || fail=1
     fi
     # The field node starts before any mail is held: its start-up poll finds
     # nothing, and the release below is the measured one. A `mailnode poll`
@@ -388,7 +410,7 @@ run_one() {
     net_down
 
     # delivery connection: to F's SMTP port (ETRN), or the ODMR connection
-    port=$F_SMTP; [ "$mode" = atrn ] && port=$U_ODMR
+    port=$F_SMTP; [ "${mode%-plain}" = atrn ] && port=$U_ODMR
     ws=$("$PYTHON" "$BENCH/lib/wirestats.py" "$dir/link.pcap" "$port" 2>/dev/null)
     wsv() { echo "$ws" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
     local lin lout
@@ -445,7 +467,7 @@ printf 'mode\trate\trtt_ms\trep\tmsgs\tsize\treceived\tdistinct\tsecs\tfloor\tra
 log "runs:"
 for rep in $(seq "$REPS"); do
     for mode in $MODES; do
-        case $mode in etrn|atrn|postfix) ;; *) log "unknown mode $mode"; continue ;; esac
+        case $mode in etrn|atrn|etrn-plain|atrn-plain|postfix) ;; *) log "unknown mode $mode"; continue ;; esac
         run_one "$mode" "$RATE" "$RTT" "$rep" || log "  run failed: $mode rep=$rep"
     done
 done

@@ -51,9 +51,9 @@ struct resume {
     struct resume *next;
 };
 
-static struct resume *active;
+static struct resume *resume_active;
 
-static int hexval(int ch)
+static int resume_hexval(int ch)
 {
     if (ch >= '0' && ch <= '9')
         return ch - '0';
@@ -78,7 +78,7 @@ int resume_tid_parse(const char *tid, unsigned char hash[32])
             return -1;
     const char *h = tid + len - RESUME_HASH_HEX;
     for (size_t i = 0; i < 32; i++) {
-        int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
+        int hi = resume_hexval(h[2 * i]), lo = resume_hexval(h[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
         hash[i] = (unsigned char)(hi << 4 | lo);
@@ -86,9 +86,9 @@ int resume_tid_parse(const char *tid, unsigned char hash[32])
     return 0;
 }
 
-static void unlink_active(struct resume *r)
+static void resume_unlink(struct resume *r)
 {
-    for (struct resume **pp = &active; *pp; pp = &(*pp)->next)
+    for (struct resume **pp = &resume_active; *pp; pp = &(*pp)->next)
         if (*pp == r) {
             *pp = r->next;
             return;
@@ -101,7 +101,7 @@ void resume_end(struct resume *r, int keep)
 {
     if (!r)
         return;
-    unlink_active(r);
+    resume_unlink(r);
     if (r->owner)
         *r->owner = NULL;
     if (!keep) {
@@ -121,9 +121,9 @@ void resume_end(struct resume *r, int keep)
 
 /* An id still held by another session: that one is gone (its link
  * dropped) but has not noticed yet. */
-static void take_over(const char *tid)
+static void resume_take_over(const char *tid)
 {
-    for (struct resume *r = active; r; r = r->next)
+    for (struct resume *r = resume_active; r; r = r->next)
         if (!strcmp(r->tid, tid)) {
             struct conn *c = r->c;
             log_info("resume %.16s: taken over by a new session", tid);
@@ -134,7 +134,7 @@ static void take_over(const char *tid)
         }
 }
 
-static int open_partial(struct resume *r)
+static int resume_open_partial(struct resume *r)
 {
     struct store_partial p;
 
@@ -176,9 +176,9 @@ struct resume *resume_begin(const char *tid, struct conn *c, struct resume **own
         return NULL;
     }
     util_strlcpy(r->tid, tid, sizeof r->tid);
-    take_over(tid);
+    resume_take_over(tid);
     store_partial_expire(util_now() - conf->resume_lifetime, conf->resume_max_size);
-    if (open_partial(r)) {
+    if (resume_open_partial(r)) {
         /* No partial to be had: an ordinary transfer from zero. */
         if (r->b)
             store_body_free(r->b);
@@ -187,8 +187,8 @@ struct resume *resume_begin(const char *tid, struct conn *c, struct resume **own
     }
     r->c = c;
     r->owner = owner;
-    r->next = active;
-    active = r;
+    r->next = resume_active;
+    resume_active = r;
     *offset = r->offset;
     if (r->offset)
         log_info("resume %.16s: %s at octet %lld", tid, r->done_qid[0] ? "already accepted, complete" : "going on",

@@ -27,7 +27,7 @@ static int sr_step(sqlite3_stmt *st, const char *what)
 }
 
 /* Chunks from seq on (all: 0) and, with them gone, the body row. */
-static int drop_octets(int64_t body_id, int64_t from_seq, int body_too)
+static int sr_drop_octets(int64_t body_id, int64_t from_seq, int body_too)
 {
     static sqlite3_stmt *c, *b;
     int err;
@@ -71,7 +71,7 @@ int store_partial_get(const char *tid, struct store_partial *p)
     /* Chunks written after the last save (and committed by a group
      * commit before a crash) are not counted: they go. */
     if (p->found && !p->done_qid[0])
-        return drop_octets(p->body_id, p->nchunks, 0);
+        return sr_drop_octets(p->body_id, p->nchunks, 0);
     return 0;
 }
 
@@ -114,7 +114,7 @@ int store_partial_done(const char *tid, const char *qid, int64_t size)
 
     if ((err = store_partial_get(tid, &p)))
         return err;
-    if (p.found && (err = drop_octets(p.body_id, 0, 1)))
+    if (p.found && (err = sr_drop_octets(p.body_id, 0, 1)))
         return err;
     if (!store_stmt(&st, "INSERT OR REPLACE INTO partial(tid, body_id, size, nchunks, updated, done_qid)"
                          " VALUES (?,0,?,0,?,?)"))
@@ -126,10 +126,10 @@ int store_partial_done(const char *tid, const char *qid, int64_t size)
     return sr_step(st, "partial done");
 }
 
-static int drop_row(const char *tid, int64_t body_id)
+static int sr_drop_row(const char *tid, int64_t body_id)
 {
     static sqlite3_stmt *st;
-    int err = drop_octets(body_id, 0, 1);
+    int err = sr_drop_octets(body_id, 0, 1);
 
     if (err)
         return err;
@@ -146,12 +146,12 @@ int store_partial_drop(const char *tid)
 
     if ((err = store_partial_get(tid, &p)))
         return err;
-    return p.found ? drop_row(tid, p.body_id) : 0;
+    return p.found ? sr_drop_row(tid, p.body_id) : 0;
 }
 
 /* The oldest row updated before `before`, or, with before = INT64_MAX,
  * the oldest holding octets: one index step each. */
-static int oldest(int64_t before, int with_octets, char *tid, size_t n, int64_t *body_id)
+static int sr_oldest(int64_t before, int with_octets, char *tid, size_t n, int64_t *body_id)
 {
     static sqlite3_stmt *any, *octets;
     sqlite3_stmt *st = with_octets
@@ -183,14 +183,14 @@ int store_partial_expire(int64_t before, int64_t max_octets)
     if (store_begin())
         return STORE_ERR;
     /* Bounded per call: what is left goes on the next one. */
-    while (n < 64 && (rc = oldest(before, 0, tid, sizeof tid, &body_id)) == 1) {
-        if (drop_row(tid, body_id))
+    while (n < 64 && (rc = sr_oldest(before, 0, tid, sizeof tid, &body_id)) == 1) {
+        if (sr_drop_row(tid, body_id))
             return STORE_ERR;
         n++;
     }
     while (n < 64 && store_partial_octets() > max_octets &&
-           (rc = oldest(INT64_MAX, 1, tid, sizeof tid, &body_id)) == 1) {
-        if (drop_row(tid, body_id))
+           (rc = sr_oldest(INT64_MAX, 1, tid, sizeof tid, &body_id)) == 1) {
+        if (sr_drop_row(tid, body_id))
             return STORE_ERR;
         n++;
     }
