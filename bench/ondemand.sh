@@ -501,6 +501,7 @@ NR > 1 {
 END {
     if (nk == 0) { print "  (no runs)"; exit }
     desc["etrn"] = "mailnode ETRN"; desc["atrn"] = "mailnode ATRN (ODMR)"; desc["postfix"] = "Postfix ETRN (flush)"
+    desc["etrn-plain"] = "mailnode ETRN no zip"; desc["atrn-plain"] = "mailnode ATRN no zip"
     printf "%-22s | %7s %7s %6s %6s | %7s %7s | %9s %5s | %9s %8s %5s\n", "release", "time s", "floor s", "ratio", \
         "wire s", "poll s", "poll rc", "received", "conns", "U->F B", "F->U B", "drops"
     for (i = 1; i <= nk; i++) {
