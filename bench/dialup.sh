@@ -20,7 +20,8 @@
 #                                mailnode and postfix (both to the sink):
 #                                mn2mn = mailnode to a mailnode receiver
 #                                in U (COMPRESS DEFLATE, XRESUME),
-#                                mn2mn-plain = the same with compress = no
+#                                mn2mn-plain = the same with compress = no,
+#                                mn2mn-noresume = compress, resume = no
 #   MSGS=100  SIZE=2048          queued messages, bytes each (CRLF form)
 #   BODY=synthetic               synthetic = repeated alphabet lines (as
 #                                before); text = varied words and numbers,
@@ -36,6 +37,12 @@
 #   LINGER=5                     seconds to let connections close after the
 #                                last message before the capture ends
 #   BULK=1                       also time one bulk TCP transfer per run
+#   FLAP=""                      UP:DOWN seconds: after t0 the link goes down
+#                                for DOWN s after every UP s (F's interface),
+#                                e.g. FLAP=180:60 with MSGS=1 SIZE=5000000;
+#                                both nodes then use smtp.timeout.* =
+#                                FLAP_TIMEOUT (30s), so an outage ends the
+#                                session and the link-up event starts the next
 #   OUT=bench/results            report and TSV
 
 set -u
@@ -60,6 +67,9 @@ LINGER=${LINGER:-5}
 BULK=${BULK:-1}
 OUT=${OUT:-$BENCH/results}
 BODY=${BODY:-synthetic}
+FLAP=${FLAP:-}
+FLAP_TIMEOUT=${FLAP_TIMEOUT:-30s}
+FLAP_PID=""
 
 # Addresses from 198.18.0.0/15, the block reserved for benchmarking
 # (RFC 2544); they exist only inside the two namespaces made here.
@@ -104,7 +114,7 @@ PF_DIR=""
 cleanup() {
     trap - EXIT INT TERM HUP
     local p
-    for p in $BULK_PID $MN_PID $RCV_PID $SINK_PID; do
+    for p in $FLAP_PID $BULK_PID $MN_PID $RCV_PID $SINK_PID; do
         kill -TERM "$p" 2>/dev/null
     done
     [ -n "$PF_DIR" ] && pfi_destroy "$PF_DIR"
@@ -230,7 +240,25 @@ sink_stop() {
 sink_field() { awk -v n="$2" '{ print $n }' "$1/sink.status" 2>/dev/null; }
 
 # ------------------------------------------------- mailnode as the receiver
-# rcv_start RUNDIR COMPRESS : a mailnode in U in the sink's place, taking
+flap_conf() {   # the timeouts of both nodes in a flapping run
+    [ -n "$FLAP" ] && printf 'smtp.timeout.command = %s\nsmtp.timeout.data = %s\n' "$FLAP_TIMEOUT" "$FLAP_TIMEOUT"
+}
+# flap_start : F's interface down for DOWN s after every UP s, until killed
+flap_start() {
+    local up=${FLAP%%:*} down=${FLAP#*:}
+    ( trap 'exit 0' TERM
+      while :; do
+          sleep "$up"; ip -n "$NS_F" link set "$IF_F" down
+          sleep "$down"; ip -n "$NS_F" link set "$IF_F" up
+      done ) &
+    FLAP_PID=$!
+}
+flap_stop() {
+    [ -n "$FLAP_PID" ] || return 0
+    kill -TERM "$FLAP_PID" 2>/dev/null; wait "$FLAP_PID" 2>/dev/null; FLAP_PID=""
+    ip -n "$NS_F" link set "$IF_F" up 2>/dev/null
+}
+# rcv_start RUNDIR COMPRESS [RESUME] : a mailnode in U in the sink's place, taking
 # mail for remote.test into the mailbox of user rcpt.
 rcv_start() {
     local d=$1/rcv i
@@ -246,6 +274,8 @@ listen.imap =
 local_domains = remote.test
 relay_networks = $ADDR_F/32
 compress = $2
+resume = ${3:-yes}
+$(flap_conf)
 EOF
     echo 'bench-pass-1' | timeout 30 "$MAILNODE" -c "$d/mailnode.conf" user add rcpt >>"$d/mailnode.log" 2>&1 ||
         { log "receiver: user add failed (see $d/mailnode.log)"; return 1; }
@@ -288,6 +318,7 @@ local_domains = field.test
 relayhost = $ADDR_U:$SINK_PORT
 # only the link-up event (or "mailnode flush") may start delivery
 retry.initial = 1h
+$(flap_conf)
 EOF
 }
 
@@ -366,6 +397,7 @@ run_one() {
     case $srv in
     mn2mn) rcv_start "$dir" yes || { rcv_stop; net_down; return 1; } ;;
     mn2mn-plain) rcv_start "$dir" no || { rcv_stop; net_down; return 1; } ;;
+    mn2mn-noresume) rcv_start "$dir" yes no || { rcv_stop; net_down; return 1; } ;;
     *) sink_start "$dir" || { net_down; return 1; } ;;
     esac
     if [ "$srv" != postfix ]; then
@@ -381,6 +413,8 @@ run_one() {
     t0=$(date +%s.%N)
     ip -n "$NS_F" link set "$IF_F" up
     if [ "$srv" != postfix ]; then mn_kick "$dir" & else pf_kick & fi
+    local kick=$!
+    [ -n "$FLAP" ] && flap_start
 
     end=$((SECONDS + WAIT_TIMEOUT))
     n=0; prev=-1; since=$SECONDS; last=""
@@ -398,7 +432,8 @@ run_one() {
         [ "${n:-0}" != "$prev" ] && { prev=${n:-0}; since=$SECONDS; }
         sleep 0.1
     done
-    wait $! 2>/dev/null
+    wait $kick 2>/dev/null
+    flap_stop
     if [ -n "$RCV_PID" ]; then
         content=$((MSGS * SIZE))    # the messages as queued (CRLF form)
     else
@@ -423,8 +458,12 @@ run_one() {
     fi
     link_stats "$dir"
     cp "$dir/link.stats" "$dir/link.stats.smtp" 2>/dev/null
-    local defl=-
-    if [ "$srv" != postfix ]; then left=$(mn_left "$dir"); defl=$(deflate_of "$dir"); mn_stop; else left=$(pf_left); pf_stop; fi
+    local defl=- resumed=-
+    if [ "$srv" != postfix ]; then
+        left=$(mn_left "$dir"); defl=$(deflate_of "$dir")
+        resumed=$(grep -c 'resuming at octet' "$dir/mailnode.log")
+        mn_stop
+    else left=$(pf_left); pf_stop; fi
     rcv_stop
 
     # emulator check: ping RTT on the idle link (small packets)
@@ -454,7 +493,7 @@ run_one() {
         "${qd:-0}" "${pingrtt:--}" >> "$TSV"
     log "$(printf '  %-9s %-11s rep=%s  %7s s  floor %6s s  x%-5s bulk %6s s  conns %-3s wire %7s B  turns %-4s drops %-3s left %s  ping %s ms  deflate %s' \
         "$prof" "$srv" "$rep" "$secs" "$floor" "$ratio" "$bulk" "$(wsv conns)" "$(wsv wire)" "$(wsv turns)" \
-        "${qd:-0}" "${left:-?}" "${pingrtt:--}" "$defl")"
+        "${qd:-0}" "${left:-?}" "${pingrtt:--}" "$defl")$([ -n "$FLAP" ] && echo "  resumed $resumed x")"
     [ "${KEEP:-0}" = 1 ] && cp "$dir/link.pcap" "$OUT/dialup-$STAMP-$prof-$srv-$rep.pcap"
     rm -rf "$dir"
     return 0
@@ -482,7 +521,7 @@ say "mailnode dial-up benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 say "host: $(nproc) cpus, kernel $(uname -r), postfix $(dpkg-query -W -f '${Version}' postfix 2>/dev/null)"
 say "link: user-space emulator (bench/lib/linkemu.c), MTU $MTU, queue ${QUEUE} bytes; $MSGS messages of $SIZE bytes"
 say "sink: bench/lib/sink.py (PIPELINING, 8BITMIME, CHUNKING) in the upstream namespace; mn2mn*: a mailnode there"
-say "bodies: $BODY"
+say "bodies: $BODY${FLAP:+; link flapping UP:DOWN = $FLAP s, smtp timeouts $FLAP_TIMEOUT}"
 say ""
 printf 'profile\trate\trtt_ms\tserver\trep\tmsgs\treceived\tsecs\tpayload\tfloor\tratio\tbulk\tconns\twire\twire_c2s\tpay_c2s\tturns\tretrans\tqdrops\tping_ms\n' > "$TSV"
 
