@@ -425,6 +425,7 @@ MN_PRIVATE int store_atomic_end(int err);
 extern int store_fault_after;           /* fail the write step after this many (-1: never) */
 MN_PRIVATE int store_fault(void);
 MN_PRIVATE int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+MN_PRIVATE int store_reprepares(void);
 #define STORE_FAULT() store_fault()
 #else
 #define STORE_FAULT() 0
@@ -6571,6 +6572,13 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     /* The daemon must not stall its loop for long behind a command-line
      * tool's write; tools wait patiently for the daemon's short turns. */
     sqlite3_busy_timeout(S.db, mode == STORE_DAEMON ? 2000 : 15000);
+    /* Plans must not depend on bound values: without this, SQLite
+     * re-prepares (parses and plans again) a statement whose parameter
+     * it once compared with a literal of a partial index, every time that
+     * parameter changes: the pick and its recipients cost a full compile
+     * per message.  Every statement here is written to be indexed as
+     * prepared (tests/unit/test_store.c explains them unbound). */
+    sqlite3_db_config(S.db, SQLITE_DBCONFIG_ENABLE_QPSG, 1, (int *)NULL);
     /* Every commit writes each page it touched whole into the log, and a
      * checkpoint again into the database: small pages write less per
      * message (bench/store.sh).  Only a new database takes it (before
@@ -7178,6 +7186,15 @@ int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void 
         sqlite3_finalize(st);
     }
     return 0;
+}
+
+/* Times a prepared statement was compiled again since it was prepared. */
+int store_reprepares(void)
+{
+    int n = 0;
+    for (int i = 0; i < S.n_slots; i++)
+        n += sqlite3_stmt_status(*S.slots[i], SQLITE_STMTSTATUS_REPREPARE, 0);
+    return n;
 }
 
 int store_fault_after = -1;

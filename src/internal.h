@@ -410,6 +410,7 @@ int store_atomic_end(int err);
 extern int store_fault_after;           /* fail the write step after this many (-1: never) */
 int store_fault(void);
 int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+int store_reprepares(void);
 #define STORE_FAULT() store_fault()
 #else
 #define STORE_FAULT() 0
