@@ -6465,6 +6465,37 @@ static const char *const migrations[] = {
     " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
     " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
     " END;",
+    /* 9: each destination's backlog (remote and held recipients still
+     * queued, and the messages they belong to) kept by triggers, so that
+     * `status` reads one row per destination instead of counting its
+     * queue; a row goes when its destination has nothing queued.  Mail
+     * stopped with `queue hold` is found through a partial index of the
+     * few messages that are. */
+    "CREATE TABLE backlog(kind INTEGER NOT NULL, dest TEXT NOT NULL, rcpts INTEGER NOT NULL,"
+    " msgs INTEGER NOT NULL, PRIMARY KEY(kind, dest)) WITHOUT ROWID;"
+    "INSERT INTO backlog SELECT kind, dest, count(*), count(DISTINCT message_id) FROM rcpt"
+    " WHERE state=0 AND kind IN (2,3) GROUP BY kind, dest;"
+    "CREATE INDEX message_hold ON message(id) WHERE hold=1;"
+    "CREATE TRIGGER backlog_in AFTER INSERT ON rcpt WHEN new.state=0 AND new.kind IN (2,3) BEGIN"
+    " INSERT INTO backlog VALUES (new.kind, new.dest, 1, NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=new.message_id AND state=0 AND kind=new.kind AND dest=new.dest AND id<>new.id))"
+    " ON CONFLICT(kind, dest) DO UPDATE SET rcpts=rcpts+1, msgs=msgs+excluded.msgs; END;"
+    "CREATE TRIGGER backlog_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0"
+    " AND new.kind IN (2,3) BEGIN"
+    " INSERT INTO backlog VALUES (new.kind, new.dest, 1, NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=new.message_id AND state=0 AND kind=new.kind AND dest=new.dest AND id<>new.id))"
+    " ON CONFLICT(kind, dest) DO UPDATE SET rcpts=rcpts+1, msgs=msgs+excluded.msgs; END;"
+    "CREATE TRIGGER backlog_out AFTER DELETE ON rcpt WHEN old.state=0 AND old.kind IN (2,3) BEGIN"
+    " UPDATE backlog SET rcpts=rcpts-1, msgs=msgs-NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=old.message_id AND state=0 AND kind=old.kind AND dest=old.dest)"
+    " WHERE kind=old.kind AND dest=old.dest;"
+    " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;"
+    "CREATE TRIGGER backlog_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0"
+    " AND old.kind IN (2,3) BEGIN"
+    " UPDATE backlog SET rcpts=rcpts-1, msgs=msgs-NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=old.message_id AND state=0 AND kind=old.kind AND dest=old.dest)"
+    " WHERE kind=old.kind AND dest=old.dest;"
+    " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;",
 };
 
 sqlite3 *store_db(void)
@@ -9518,15 +9549,15 @@ int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d),
     if (relay)
         q = store_stmt(&viarelay,
                        "SELECT '[relayhost]', d.next_try, d.backoff, d.failures, d.last_try, d.last_ok,"
-                       " d.last_error, (SELECT count(*) FROM rcpt WHERE state=0 AND kind=2)"
+                       " d.last_error, (SELECT coalesce(sum(rcpts), 0) FROM backlog WHERE kind=2)"
                        " FROM (SELECT 1) LEFT JOIN dest d ON d.name='[relayhost]'");
     else
         q = store_stmt(&direct,
                        "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                       " (SELECT count(*) FROM rcpt r WHERE r.dest=dest.name AND r.state=0 AND r.kind=2)"
+                       " coalesce((SELECT rcpts FROM backlog b WHERE b.kind=2 AND b.dest=dest.name), 0)"
                        " FROM dest WHERE name<>'[relayhost]'"
-                       " UNION ALL SELECT dest, 0, 0, 0, 0, 0, NULL, count(*) FROM rcpt"
-                       " WHERE state=0 AND kind=2 AND dest NOT IN (SELECT name FROM dest) GROUP BY dest"
+                       " UNION ALL SELECT dest, 0, 0, 0, 0, 0, NULL, rcpts FROM backlog"
+                       " WHERE kind=2 AND dest NOT IN (SELECT name FROM dest)"
                        " ORDER BY 1");
     if (!q)
         return STORE_ERR;
@@ -9545,8 +9576,7 @@ int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64
     static sqlite3_stmt *q;
     int rc;
 
-    if (!store_stmt(&q, "SELECT dest, count(*), count(DISTINCT message_id) FROM rcpt"
-                        " WHERE state=0 AND kind=3 GROUP BY dest ORDER BY dest"))
+    if (!store_stmt(&q, "SELECT dest, rcpts, msgs FROM backlog WHERE kind=3 ORDER BY dest"))
         return STORE_ERR;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW)
         if (cb(arg, (const char *)sqlite3_column_text(q, 0), sqlite3_column_int64(q, 1),
@@ -9562,8 +9592,8 @@ int64_t store_ops_on_hold(void)
     static sqlite3_stmt *q;
     int64_t n = -1;
 
-    if (!store_stmt(&q, "SELECT count(DISTINCT m.id) FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
-                        " WHERE r.state=0 AND r.kind IN (1,2,3) AND m.hold=1"))
+    if (!store_stmt(&q, "SELECT count(*) FROM message m WHERE m.hold=1 AND EXISTS (SELECT 1 FROM rcpt r"
+                        " WHERE r.message_id=m.id AND r.state=0 AND r.kind IN (1,2,3))"))
         return -1;
     if (sqlite3_step(q) == SQLITE_ROW)
         n = sqlite3_column_int64(q, 0);
