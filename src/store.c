@@ -228,7 +228,8 @@ static const char *const migrations[] = {
      * `status` reads one row per destination instead of counting its
      * queue; a row goes when its destination has nothing queued.  Mail
      * stopped with `queue hold` is found through a partial index of the
-     * few messages that are. */
+     * few messages that are.  "+": a message's own rows through
+     * rcpt_message, never its destination's range of rcpt_pick. */
     "CREATE TABLE backlog(kind INTEGER NOT NULL, dest TEXT NOT NULL, rcpts INTEGER NOT NULL,"
     " msgs INTEGER NOT NULL, PRIMARY KEY(kind, dest)) WITHOUT ROWID;"
     "INSERT INTO backlog SELECT kind, dest, count(*), count(DISTINCT message_id) FROM rcpt"
@@ -236,22 +237,22 @@ static const char *const migrations[] = {
     "CREATE INDEX message_hold ON message(id) WHERE hold=1;"
     "CREATE TRIGGER backlog_in AFTER INSERT ON rcpt WHEN new.state=0 AND new.kind IN (2,3) BEGIN"
     " INSERT INTO backlog VALUES (new.kind, new.dest, 1, NOT EXISTS (SELECT 1 FROM rcpt WHERE"
-    " message_id=new.message_id AND state=0 AND kind=new.kind AND dest=new.dest AND id<>new.id))"
+    " message_id=new.message_id AND +state=0 AND +kind=new.kind AND +dest=new.dest AND id<>new.id))"
     " ON CONFLICT(kind, dest) DO UPDATE SET rcpts=rcpts+1, msgs=msgs+excluded.msgs; END;"
     "CREATE TRIGGER backlog_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0"
     " AND new.kind IN (2,3) BEGIN"
     " INSERT INTO backlog VALUES (new.kind, new.dest, 1, NOT EXISTS (SELECT 1 FROM rcpt WHERE"
-    " message_id=new.message_id AND state=0 AND kind=new.kind AND dest=new.dest AND id<>new.id))"
+    " message_id=new.message_id AND +state=0 AND +kind=new.kind AND +dest=new.dest AND id<>new.id))"
     " ON CONFLICT(kind, dest) DO UPDATE SET rcpts=rcpts+1, msgs=msgs+excluded.msgs; END;"
     "CREATE TRIGGER backlog_out AFTER DELETE ON rcpt WHEN old.state=0 AND old.kind IN (2,3) BEGIN"
     " UPDATE backlog SET rcpts=rcpts-1, msgs=msgs-NOT EXISTS (SELECT 1 FROM rcpt WHERE"
-    " message_id=old.message_id AND state=0 AND kind=old.kind AND dest=old.dest)"
+    " message_id=old.message_id AND +state=0 AND +kind=old.kind AND +dest=old.dest)"
     " WHERE kind=old.kind AND dest=old.dest;"
     " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;"
     "CREATE TRIGGER backlog_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0"
     " AND old.kind IN (2,3) BEGIN"
     " UPDATE backlog SET rcpts=rcpts-1, msgs=msgs-NOT EXISTS (SELECT 1 FROM rcpt WHERE"
-    " message_id=old.message_id AND state=0 AND kind=old.kind AND dest=old.dest)"
+    " message_id=old.message_id AND +state=0 AND +kind=old.kind AND +dest=old.dest)"
     " WHERE kind=old.kind AND dest=old.dest;"
     " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;",
 };
