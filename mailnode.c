@@ -575,6 +575,13 @@ MN_PRIVATE int store_ops_msgs(const char *domain, int (*cb)(void *arg, const str
 MN_PRIVATE int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
 MN_PRIVATE int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
 MN_PRIVATE int store_ops_delete_domain(const char *domain, int64_t *rcpts);
+/* A queued recipient's last error, its own or its destination's if later
+ * (the relayhost's when relay); STORE_NOTFOUND when none. */
+MN_PRIVATE int store_ops_rcpt_error(int64_t rcpt_id, int relay, char *err, size_t n, int64_t *when, int *of_dest);
+/* The client column of a double bounce (a notification to the postmaster
+ * about a notification that could not be delivered). */
+#define STORE_DOUBLE_BOUNCE "double-bounce"
+MN_PRIVATE int store_ops_is_double_bounce(int64_t msg_id);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -964,6 +971,7 @@ struct dsn_rcpt {
     const char *remote_mta;             /* host name or NULL */
     const char *diagnostic;             /* the peer's reply, "smtp; 550 ..." or NULL */
     int64_t last_attempt;
+    int expired;                        /* failed: queue.lifetime ran out */
 };
 struct dsn_info {
     const char *qid;                    /* of the original message */
@@ -974,6 +982,10 @@ struct dsn_info {
     int64_t body_id;                    /* the original message text */
     const struct dsn_rcpt *rcpts;
     size_t n;
+    /* A double bounce: the report goes to `to` (the postmaster) about a
+     * notification (body_id) that could not reach its recipients. */
+    int double_bounce;
+    const char *to;
 };
 /* Writes the complete notification message (headers and body, CRLF) into
  * out, an open store body; the caller queues it with a null sender. */
@@ -9719,6 +9731,60 @@ int store_ops_delete_domain(const char *domain, int64_t *rcpts)
     return err;
 }
 
+/* The last error a queued recipient met, for its expiry notice: its own
+ * (a peer's reply to it) or, when later, its destination's (a connection
+ * or a lookup that failed before any peer saw the recipient).  *when gets
+ * the time it was recorded, *of_dest whether it is the destination's.
+ * STORE_NOTFOUND when nothing was recorded. */
+int store_ops_rcpt_error(int64_t rcpt_id, int relay, char *err, size_t n, int64_t *when, int *of_dest)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    err[0] = '\0';
+    *when = 0;
+    *of_dest = 0;
+    if (!store_stmt(&q, "SELECT r.last_error, r.updated, d.last_error, d.last_try FROM rcpt r"
+                        " LEFT JOIN dest d ON d.name=CASE WHEN ?2 THEN '[relayhost]' ELSE r.dest END"
+                        " WHERE r.id=?1"))
+        return STORE_ERR;
+    sqlite3_bind_int64(q, 1, rcpt_id);
+    sqlite3_bind_int(q, 2, relay);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        const char *own = (const char *)sqlite3_column_text(q, 0);
+        const char *dest = (const char *)sqlite3_column_text(q, 2);
+        int64_t own_at = sqlite3_column_int64(q, 1), dest_at = sqlite3_column_int64(q, 3);
+        if (dest && dest[0] && (!own || !own[0] || dest_at >= own_at)) {
+            util_strlcpy(err, dest, n);
+            *when = dest_at;
+            *of_dest = 1;
+        } else if (own && own[0]) {
+            util_strlcpy(err, own, n);
+            *when = own_at;
+        }
+    }
+    sqlite3_reset(q);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return STORE_ERR;
+    return err[0] ? 0 : STORE_NOTFOUND;
+}
+
+/* A notification about an undeliverable notification is marked by its
+ * client column, so that its own failure ends there (never a third). */
+int store_ops_is_double_bounce(int64_t msg_id)
+{
+    static sqlite3_stmt *q;
+    int yes = 0;
+
+    if (!store_stmt(&q, "SELECT 1 FROM message WHERE id=? AND client='" STORE_DOUBLE_BOUNCE "'"))
+        return 0;
+    sqlite3_bind_int64(q, 1, msg_id);
+    yes = sqlite3_step(q) == SQLITE_ROW;
+    sqlite3_reset(q);
+    return yes;
+}
+
 /* ---- src/store_bundle.c ---- */
 #line 1 "src/store_bundle.c"
 /*
@@ -10910,6 +10976,36 @@ static const char *failure_advice(const char *status)
     return "If the reason is not clear, forward this report to your postmaster.";
 }
 
+/* queue.lifetime ran out (RFC 3463 X.4.7): the last error is the news,
+ * and whether trying again can help depends on it. */
+static void expired_advice(struct dsnw *w, const char *life)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf,
+             "The message could not be delivered within %s, how long this mail system keeps "
+             "trying. The last error above says what stood in the way; if it was a "
+             "temporary problem, send the message again later.", life);
+    put_para(w, "    ", buf);
+}
+
+/* The text before the per-recipient lines. */
+static void write_intro(struct dsnw *w, const struct dsn_info *d, int worst)
+{
+    if (d->double_bounce)
+        put_para(w, "", "A delivery report sent by this mail system could not be delivered to its "
+                        "recipient (the sender of an earlier message). It comes to the postmaster "
+                        "instead, once: no report is sent about this one. The reasons are given "
+                        "below for each recipient of the report.");
+    else if (worst == DSN_FAILED)
+        put_para(w, "", "Your message could not be delivered to one or more recipients. "
+                        "The reasons are given below for each recipient.");
+    else if (worst == DSN_DELAYED)
+        put_para(w, "", "Your message has not been delivered yet to one or more recipients. "
+                        "This is only a warning: you do not need to send the message again.");
+    else
+        put_para(w, "", "This is the delivery report you asked for.");
+}
+
 static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
 {
     char buf[512], until[64], life[64];
@@ -10924,14 +11020,7 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
     snprintf(buf, sizeof buf, "This is the mail system at host %s.", conf->hostname);
     put_para(w, "", buf);
     puts_(w, "\r\n");
-    if (worst == DSN_FAILED)
-        put_para(w, "", "Your message could not be delivered to one or more recipients. "
-                        "The reasons are given below for each recipient.");
-    else if (worst == DSN_DELAYED)
-        put_para(w, "", "Your message has not been delivered yet to one or more recipients. "
-                        "This is only a warning: you do not need to send the message again.");
-    else
-        put_para(w, "", "This is the delivery report you asked for.");
+    write_intro(w, d, worst);
     puts_(w, "\r\n");
 
     for (size_t i = 0; i < d->n; i++) {
@@ -10942,7 +11031,10 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
         put_words(w, r->addr ? r->addr : "", DSN_TEXT_WRAP, "    ");
         switch (r->action) {
         case DSN_FAILED:
-            printf_(w, ">: delivery failed permanently (status %s).\r\n", st);
+            if (r->expired)
+                printf_(w, ">: given up after %s in the queue (status %s).\r\n", life, st);
+            else
+                printf_(w, ">: delivery failed permanently (status %s).\r\n", st);
             break;
         case DSN_DELAYED:
             printf_(w, ">: delivery is delayed (status %s).\r\n", st);
@@ -10958,7 +11050,11 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
         if (r->diagnostic && r->diagnostic[0]) {
             int typed;
             const char *text = diag_text(r->diagnostic, &typed);
-            if (r->remote_mta && r->remote_mta[0]) {
+            if (r->expired && r->last_attempt > 0) {
+                char when[64];
+                util_date(r->last_attempt, when, sizeof when);
+                printf_(w, "    The last error, %s:\r\n", when);
+            } else if (r->remote_mta && r->remote_mta[0]) {
                 puts_(w, "    The mail server ");
                 put_words(w, r->remote_mta, DSN_TEXT_WRAP, "    ");
                 puts_(w, " said:\r\n");
@@ -10971,7 +11067,9 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
             put_words(w, r->remote_mta, DSN_TEXT_WRAP, "    ");
             puts_(w, "\r\n");
         }
-        if (r->action == DSN_FAILED)
+        if (r->action == DSN_FAILED && r->expired)
+            expired_advice(w, life);
+        else if (r->action == DSN_FAILED)
             put_para(w, "    ", failure_advice(st));
         puts_(w, "\r\n");
     }
@@ -10984,15 +11082,16 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
         put_para(w, "", buf);
         puts_(w, "\r\n");
     }
-    if (worst == DSN_FAILED) {
+    if (worst == DSN_FAILED && !d->double_bounce) {
         snprintf(buf, sizeof buf,
                  "If you need help, forward this report to your postmaster. "
                  "Please include the delivery report below.");
         put_para(w, "", buf);
         puts_(w, "\r\n");
     }
-    put_para(w, "", d->ret_full ? "The original message is attached."
-                                : "The header section of the original message is attached.");
+    put_para(w, "", d->double_bounce ? "The undeliverable report is attached."
+                    : d->ret_full    ? "The original message is attached."
+                                     : "The header section of the original message is attached.");
 }
 
 static void write_status(struct dsnw *w, const struct dsn_info *d)
@@ -11134,7 +11233,8 @@ int dsn_write(const struct dsn_info *d, struct store_body *out)
         else if (a == DSN_DELAYED && worst != DSN_FAILED)
             worst = DSN_DELAYED;
     }
-    subject = worst == DSN_FAILED    ? "Undelivered Mail Returned to Sender"
+    subject = d->double_bounce       ? "Postmaster notice: undeliverable delivery report"
+              : worst == DSN_FAILED  ? "Undelivered Mail Returned to Sender"
               : worst == DSN_DELAYED ? "Delayed Mail (still being retried)"
                                      : "Successful Mail Delivery Report";
 
@@ -11153,7 +11253,7 @@ int dsn_write(const struct dsn_info *d, struct store_body *out)
     util_date(util_now(), date, sizeof date);
     printf_(&w, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", conf->hostname);
     puts_(&w, "To: <");
-    put_words(&w, d->sender ? d->sender : "", DSN_FOLD, " ");
+    put_words(&w, d->to ? d->to : d->sender ? d->sender : "", DSN_FOLD, " ");
     puts_(&w, ">\r\n");
     put_field(&w, "Subject", "", subject);
     put_field(&w, "Date", "", date);
@@ -11183,7 +11283,8 @@ int dsn_write(const struct dsn_info *d, struct store_body *out)
 
     printf_(&w, "\r\n--%s\r\n", boundary);
     if (d->ret_full) {
-        puts_(&w, "Content-Description: Undelivered message\r\n");
+        puts_(&w, d->double_bounce ? "Content-Description: Undelivered report\r\n"
+                                   : "Content-Description: Undelivered message\r\n");
         puts_(&w, "Content-Type: message/rfc822\r\n");
     } else {
         puts_(&w, "Content-Description: Message headers\r\n");
@@ -16953,8 +17054,33 @@ static void note(struct hop *h, int64_t msg_id, int action, const struct store_o
     util_strlcpy(n->diag, diag ? diag : "", sizeof n->diag);
 }
 
+/* A notification that cannot be delivered (its message has the null
+ * reverse-path, RFC 5321 4.5.5: no report to its sender) goes to the
+ * postmaster as a double bounce, so that it is neither lost in silence
+ * nor answered by another notification; the double bounce is marked, and
+ * its own failure is only logged. */
+static int double_bounce_to(const struct store_out_msg *m, const struct dsn_rcpt *rcpts, size_t n,
+                            struct addr *pm)
+{
+    if (rcpts[0].action != DSN_FAILED)
+        return 0;                       /* delays and successes of a notification: nobody to tell */
+    if (m->id && store_ops_is_double_bounce(m->id)) {
+        for (size_t i = 0; i < n; i++)
+            log_warn("%s: to=<%s> double bounce undeliverable, discarded (%s)", m->qid,
+                     rcpts[i].addr, rcpts[i].diagnostic ? rcpts[i].diagnostic : rcpts[i].status);
+        return 0;
+    }
+    /* "<postmaster>" (RFC 5321 4.5.1): ours whatever local_domains says;
+     * aliases, the admin or the holding mailbox take it (queue.c). */
+    memset(pm, 0, sizeof *pm);
+    util_strlcpy(pm->local, "postmaster", sizeof pm->local);
+    util_strlcpy(pm->full, "postmaster", sizeof pm->full);
+    return 1;
+}
+
 /* Queues a notification to the sender of m.  Never about a message with
- * a null reverse-path (RFC 5321 4.5.5, RFC 3461 6.2). */
+ * a null reverse-path (RFC 5321 4.5.5, RFC 3461 6.2): a failed one goes
+ * to the postmaster instead (double_bounce_to). */
 static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts, size_t n, const char *remote)
 {
     struct dsn_info info;
@@ -16963,13 +17089,18 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     struct store_body *b;
     struct addr a;
     size_t nroutes = 0;
-    int rc;
+    int rc, dbl = 0;
+    char to[ADDR_MAX];
 
     MN_UNUSED(remote);
-    if (!m->sender[0] || !n)
+    if (!n)
         return;
-    if (addr_parse_mailbox(m->sender, &a) || queue_route(&a, routes, MN_NELEM(routes), &nroutes) || !nroutes) {
-        log_warn("%s: no notification: sender <%s> cannot be reached", m->qid, m->sender);
+    if (!m->sender[0] && !(dbl = double_bounce_to(m, rcpts, n, &a)))
+        return;
+    if ((!dbl && addr_parse_mailbox(m->sender, &a)) || queue_route(&a, routes, MN_NELEM(routes), &nroutes) ||
+        !nroutes) {
+        log_warn("%s: no notification: %s <%s> cannot be reached", m->qid, dbl ? "postmaster" : "sender",
+                 dbl ? a.full : m->sender);
         return;
     }
     memset(&info, 0, sizeof info);
@@ -16981,13 +17112,22 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     info.body_id = m->body_id;
     info.rcpts = rcpts;
     info.n = n;
+    if (dbl) {
+        /* The whole failed report: it names the original message and why
+         * it bounced, which is what the postmaster needs to see. */
+        snprintf(to, sizeof to, "postmaster@%s", conf->hostname);
+        info.to = to;
+        info.double_bounce = 1;
+        info.ret_full = 1;
+        info.envid = NULL;
+    }
     b = store_body_new();
     if (!b)
         return;
     memset(&env, 0, sizeof env);
     util_qid(env.qid);
     env.sender = "";
-    env.client = "local";
+    env.client = dbl ? STORE_DOUBLE_BOUNCE : "local";
     rc = dsn_write(&info, b);
     if (!rc)
         rc = store_body_finish(b);
@@ -16995,7 +17135,9 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     if (!rc)
         rc = store_msg_insert(&env, b, routes, nroutes);
     if (rc)
-        log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
+        log_err("%s: could not queue the notification to <%s>", m->qid, dbl ? a.full : m->sender);
+    else if (dbl)
+        log_warn("%s: notification undeliverable: double bounce to postmaster: %s", m->qid, env.qid);
     else
         log_info("%s: sender notification (%s): %s", m->qid,
                  rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay"
@@ -17030,6 +17172,7 @@ void queue_notify_delivered(const struct store_env *env, int64_t body_id, const 
         r[k].remote_mta = NULL;
         r[k].diagnostic = NULL;
         r[k].last_attempt = m.received;
+        r[k].expired = 0;
         k++;
     }
     send_dsn(&m, r, k, NULL);
@@ -17053,6 +17196,7 @@ static void flush_notes(struct hop *h, const struct store_out_msg *m)
             r[n].remote_mta = h->peer[0] ? h->peer : NULL;
             r[n].diagnostic = x->diag[0] ? x->diag : NULL;
             r[n].last_attempt = util_now();
+            r[n].expired = 0;
             n++;
         }
         send_dsn(m, r, n, h->peer);
@@ -17095,6 +17239,7 @@ static void dsn_rcpt_of(struct dsn_rcpt *r, const struct store_out_rcpt *x, int 
     r->remote_mta = NULL;
     r->diagnostic = NULL;
     r->last_attempt = util_now();
+    r->expired = 0;
 }
 
 /* ------------------------------------------------------ session callbacks */
@@ -17454,6 +17599,82 @@ static void hop_start(const char *name, const char *domain)
 
 /* -------------------------------------------------- expiry and warnings */
 
+/* Where an SMTP reply starts in an error text: the text itself ("451
+ * 4.3.0 ...", a peer's answer to the recipient) or after a ": " (a
+ * session error that quotes the peer, "relay greeted with: 421 ..."). */
+static int is_reply(const char *p)
+{
+    return p[0] >= '2' && p[0] <= '5' && p[1] >= '0' && p[1] <= '9' && p[2] >= '0' && p[2] <= '9' &&
+           (p[3] == ' ' || p[3] == '-' || !p[3]);
+}
+
+static const char *reply_in(const char *t)
+{
+    if (is_reply(t))
+        return t;
+    for (const char *p = strstr(t, ": "); p; p = strstr(p + 2, ": "))
+        if (is_reply(p + 2))
+            return p + 2;
+    return NULL;
+}
+
+/* The enhanced status code after a reply's code ("421 4.3.2 busy"), if
+ * it has one of class 4 or 5 (RFC 3463 2). */
+static int reply_status(const char *reply, char *out, size_t n)
+{
+    const char *p = reply + 4;
+    size_t len = strcspn(p, " ");
+    int dots = 0;
+
+    if (strlen(reply) < 9 || reply[3] != ' ' || (p[0] != '4' && p[0] != '5') || p[1] != '.' || len >= n)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == '.')
+            dots++;
+        else if (p[i] < '0' || p[i] > '9')
+            return 0;
+    }
+    if (dots != 2 || p[len - 1] == '.')
+        return 0;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return 1;
+}
+
+/* RFC 3463 X.4.7: a message that stayed too long fails with "delivery
+ * time expired", but "if possible, the code for the actual problem found
+ * when delivery was attempted should be returned": the status is the one
+ * the peer gave in its last reply (4.2.2 mailbox full, 5.7.8 for a
+ * relayhost refusing our credentials), and 4.4.7 when the last error has
+ * none (a connection refused, a lookup that failed, a bare "451").  The
+ * Diagnostic-Code (RFC 3464 2.3.6) carries the last error itself: type
+ * "smtp" for a peer's reply to the recipient, "X-mailnode" for what this
+ * node saw (it may quote a reply: "relay greeted with: 421 ..."). */
+struct expiry {
+    char status[16];
+    char diag[620];
+    int64_t when;
+};
+
+static void expiry_reason(const struct store_out_rcpt *x, struct expiry *e)
+{
+    char err[512];
+    int of_dest = 0;
+    const char *reply;
+
+    util_strlcpy(e->status, "4.4.7", sizeof e->status);
+    e->when = 0;
+    if (store_ops_rcpt_error(x->id, conf->relayhost[0] != 0, err, sizeof err, &e->when, &of_dest)) {
+        util_strlcpy(e->diag, "X-mailnode; delivery time expired before any error was recorded",
+                     sizeof e->diag);
+        return;
+    }
+    reply = reply_in(err);
+    if (reply)
+        reply_status(reply, e->status, sizeof e->status);
+    snprintf(e->diag, sizeof e->diag, "%s; %s", reply == err && !of_dest ? "smtp" : "X-mailnode", err);
+}
+
 static int expired_cb(void *arg, int64_t msg_id, int64_t rcpt_id)
 {
     int64_t *last = arg;
@@ -17465,17 +17686,27 @@ static int expired_cb(void *arg, int64_t msg_id, int64_t rcpt_id)
     if (store_out_get(msg_id, &m))
         return 0;
     struct dsn_rcpt r[64];
+    struct expiry *why = calloc(MN_NELEM(r), sizeof *why);
     size_t n = 0;
     for (int i = 0; i < m.nrcpt; i++) {
-        char text[600];
-        snprintf(text, sizeof text, "4.4.7 delivery time expired");
+        char text[700];
+        struct expiry one, *e = why && n < MN_NELEM(r) ? &why[n] : &one;
+        expiry_reason(&m.rcpts[i], e);
+        snprintf(text, sizeof text, "4.4.7 delivery time expired; last error: %s", e->diag);
         store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
-        log_info("%s: to=<%s> status=expired (queued for more than %llds)", m.qid, m.rcpts[i].addr,
-                 (long long)conf->queue_lifetime);
-        if (n < MN_NELEM(r) && wants_failure_dsn(m.rcpts[i].notify))
-            dsn_rcpt_of(&r[n++], &m.rcpts[i], DSN_FAILED, "4.4.7");
+        log_info("%s: to=<%s> status=expired (queued for more than %llds; last error: %s)", m.qid,
+                 m.rcpts[i].addr, (long long)conf->queue_lifetime, e->diag);
+        if (why && n < MN_NELEM(r) && wants_failure_dsn(m.rcpts[i].notify)) {
+            dsn_rcpt_of(&r[n], &m.rcpts[i], DSN_FAILED, e->status);
+            r[n].diagnostic = e->diag;
+            r[n].expired = 1;
+            if (e->when > 0)
+                r[n].last_attempt = e->when;
+            n++;
+        }
     }
     send_dsn(&m, r, n, NULL);
+    free(why);
     store_msg_retire(m.id);
     store_out_free(&m);
     return 0;
@@ -31599,6 +31830,7 @@ static int imp_msg_end(struct imp *m, const unsigned char *p, size_t n)
     size_t nroutes = 0, nfail = 0, kept = 0;
     int rc;
 
+    memset(fails, 0, sizeof fails);     /* remote_mta, expired: none here */
     crypto_generichash_final(&m->hash, sum, 32);
     if (n != 40 || sodium_memcmp(sum, p, 32))
         return BUNDLE_ERECORD;          /* changed since the first pass */

@@ -560,6 +560,13 @@ int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_o
 int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
 int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
 int store_ops_delete_domain(const char *domain, int64_t *rcpts);
+/* A queued recipient's last error, its own or its destination's if later
+ * (the relayhost's when relay); STORE_NOTFOUND when none. */
+int store_ops_rcpt_error(int64_t rcpt_id, int relay, char *err, size_t n, int64_t *when, int *of_dest);
+/* The client column of a double bounce (a notification to the postmaster
+ * about a notification that could not be delivered). */
+#define STORE_DOUBLE_BOUNCE "double-bounce"
+int store_ops_is_double_bounce(int64_t msg_id);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -949,6 +956,7 @@ struct dsn_rcpt {
     const char *remote_mta;             /* host name or NULL */
     const char *diagnostic;             /* the peer's reply, "smtp; 550 ..." or NULL */
     int64_t last_attempt;
+    int expired;                        /* failed: queue.lifetime ran out */
 };
 struct dsn_info {
     const char *qid;                    /* of the original message */
@@ -959,6 +967,10 @@ struct dsn_info {
     int64_t body_id;                    /* the original message text */
     const struct dsn_rcpt *rcpts;
     size_t n;
+    /* A double bounce: the report goes to `to` (the postmaster) about a
+     * notification (body_id) that could not reach its recipients. */
+    int double_bounce;
+    const char *to;
 };
 /* Writes the complete notification message (headers and body, CRLF) into
  * out, an open store body; the caller queues it with a null sender. */
