@@ -1174,6 +1174,10 @@ MN_PRIVATE void smtpd_accept(struct conn *c);
  * first); done(arg, messages accepted, error or NULL) when it ends. */
 MN_PRIVATE int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg);
 MN_PRIVATE int smtpd_busy(void);                   /* sessions inside a mail transaction */
+/* `sendmail -bs`: serve SMTP on c for the local user, who counts as
+ * authenticated; done as for smtpd_attach. */
+MN_PRIVATE int smtpd_local(struct conn *c, const char *user, void (*done)(void *arg, int accepted, const char *error),
+                void *arg);
 
 /* ----------------------------------------------------------------- pop3 */
 
@@ -1476,6 +1480,7 @@ MN_PRIVATE int cli_open_store(void);
 MN_PRIVATE int cli_open_store_ro(void);
 MN_PRIVATE int cli_config(int argc, char **argv);
 MN_PRIVATE int cli_sendmail_mode(int mode);        /* 'p' mailq, 'q' sendmail -q, 'i' newaliases */
+MN_PRIVATE int cli_sendmail_bs(void);              /* sendmail -bs: SMTP on stdin/stdout (cli_bs.c) */
 MN_PRIVATE int cli_db_diagnose(const char *path, char *why, size_t n);
 MN_PRIVATE void cli_db_chown(void);
 MN_PRIVATE int cli_db_lock(void);                  /* fd, or minus a sysexits code */
@@ -3222,7 +3227,10 @@ void conn_pause(struct conn *c, int on)
 {
     c->paused = on ? 1 : 0;
     conn_update_events(c);
-    if (!on && c->in_len)
+    /* Input that waited, or an end of input that came while paused (a
+     * client that sent its last message and closed its side): the kick
+     * handles it, and closes the connection on end of input. */
+    if (!on && (c->in_len || c->eof))
         conn_kick(c);
 }
 
@@ -18940,6 +18948,7 @@ struct smtpd {
     int etrns;
     int accepted;                       /* messages committed in this session */
     int quit_seen;
+    int local;                          /* `sendmail -bs`: a local user on stdin/stdout */
     void (*attach_done)(void *arg, int accepted, const char *error);
     void *attach_arg;
     struct smtpd *next, *prev;
@@ -19146,7 +19155,8 @@ static int starttls_offered(const struct smtpd *s)
  * the order is always TLS first, then compression (RFC 4978 4). */
 static int compress_offered(const struct smtpd *s)
 {
-    return !zio_active(s->c) && (s->c->tls || !tls_available()) && zio_allowed(NULL, s->c->peer_ip);
+    return !s->local && !zio_active(s->c) && (s->c->tls || !tls_available()) &&
+           zio_allowed(NULL, s->c->peer_ip);
 }
 
 /* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
@@ -19209,7 +19219,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-ENHANCEDSTATUSCODES");
     reply(s, "250-CHUNKING");
     reply(s, "250-DSN");
-    reply(s, "250-ETRN");
+    if (!s->local)
+        reply(s, "250-ETRN");
     if (starttls_offered(s))
         reply(s, "250-STARTTLS");
     if (compress_offered(s))
@@ -19521,7 +19532,13 @@ static int start_body(struct smtpd *s)
         return -1;
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
-    if (s->rcpts.n == 1)
+    if (s->local)
+        /* No address and no SMTP AUTH: who the local user is (RFC 5321
+         * 4.4 leaves the comment free; ESMTPA is for SMTP AUTH). */
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s (local user %s)\r\n\tby %s (mailnode) "
+                        "with %s id %s;\r\n\t%s\r\n", s->helo, s->auth_user, conf->hostname,
+                        s->esmtp ? "ESMTP" : "SMTP", s->qid, date);
+    else if (s->rcpts.n == 1)
         n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
                         "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
                         rcpts_addr(&s->rcpts, 0), date);
@@ -19678,6 +19695,11 @@ static void cmd_etrn(struct smtpd *s, char *arg)
 {
     char line[512];
 
+    if (s->local) {
+        /* This process has no delivery scheduler; the daemon does. */
+        reply(s, "502 5.5.1 ETRN is not available here: run mailnode flush");
+        return;
+    }
     if (++s->etrns > 100) {
         close_with(s, "421 4.7.0 Too many ETRN requests, closing");
         return;
@@ -20020,6 +20042,8 @@ static void message_committed(void *arg, int rc)
         s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        if (s->local)
+            ctl_tell_queued(s->qid);    /* the daemon logs it and delivers it */
         for (size_t i = 0; i < s->rcpts.n; i++)
             if (rcpts_kind(&s->rcpts, i) == ROUTE_REMOTE) {
                 queue_kick();
@@ -20270,6 +20294,21 @@ int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const cha
         return -1;
     s->attach_done = done;
     s->attach_arg = arg;
+    return 0;
+}
+
+/* `sendmail -bs`: the session on c is the local user's, who counts as
+ * authenticated (as `mailnode sendmail` trusts its caller). */
+int smtpd_local(struct conn *c, const char *user, void (*done)(void *arg, int accepted, const char *error),
+                void *arg)
+{
+    struct smtpd *s;
+
+    if (smtpd_attach(c, done, arg))
+        return -1;
+    s = c->ctx;
+    s->local = 1;
+    util_strlcpy(s->auth_user, user, sizeof s->auth_user);
     return 0;
 }
 
@@ -28574,6 +28613,9 @@ static void sendmail_usage(FILE *out)
             "  -N DSN      never | success,failure,delay: delivery notifications\n"
             "  -R RET      full | hdrs: what a bounce returns\n"
             "  -V ENVID    envelope id for delivery notifications\n"
+            "  -bs         speak SMTP on standard input and output, as the calling user\n"
+            "              (who counts as authenticated); each message is queued\n"
+            "              durably before its 250 reply\n"
             "  -bp         list the queue (as mailq, or mailnode queue list)\n"
             "  -q          deliver queued mail now (as mailnode flush; -q15m and -qR... too)\n"
             "  -bi         newaliases: nothing to do, aliases are in the database\n"
@@ -29405,15 +29447,11 @@ static int sendmail_options(struct sendmail *m, int argc, char **argv, int *firs
                 v = a + j + 1;
                 if (!strcmp(v, "m"))
                     goto next;
-                if (!strcmp(v, "p") || !strcmp(v, "i")) {
-                    m->mode = *v;       /* mailq, newaliases */
+                if (!strcmp(v, "p") || !strcmp(v, "i") || !strcmp(v, "s")) {
+                    m->mode = *v;       /* mailq, newaliases, SMTP on stdin/stdout */
                     goto next;
                 }
-                if (!strcmp(v, "s"))
-                    fprintf(stderr, "sendmail: -bs is not supported: submit over SMTP to the "
-                                    "submission port instead\n");
-                else
-                    fprintf(stderr, "sendmail: -b%s is not supported (only -bm, the default)\n", v);
+                fprintf(stderr, "sendmail: -b%s is not supported (-bm, -bs, -bp, -bi are)\n", v);
                 return EX_USAGE;
             case 'q':
                 /* -q, -q15m, -qR...: one delivery run now (a running daemon
@@ -29594,7 +29632,7 @@ int cli_sendmail(int argc, char **argv)
     if (m->mode) {
         int mode = m->mode;
         sendmail_free(m);
-        return cli_sendmail_mode(mode);
+        return mode == 's' ? cli_sendmail_bs() : cli_sendmail_mode(mode);
     }
     if ((rc = sendmail_sender(m)))
         goto out;
@@ -29652,6 +29690,261 @@ close:
 out:
     free(routes);
     sendmail_free(m);
+    return rc;
+}
+
+/* ---- src/cli_bs.c ---- */
+#line 1 "src/cli_bs.c"
+/*
+ * cli_bs.c: `mailnode sendmail -bs`, an SMTP session on standard input
+ * and output, as sendmail(8) and Postfix offer it to programs that speak
+ * SMTP to a command instead of a port (swaks --pipe, MUAs and git
+ * send-email set up with a pipe).
+ *
+ * The session is the SMTP server's own (smtpd.c) with the calling user as
+ * the authenticated submitter: the same commands and checks, the same
+ * store path, and 250 only once the message is committed durably (the
+ * group commit at the end of the loop turn, as in the daemon).  Like
+ * `mailnode sendmail`, it writes the database itself, so it works with
+ * the daemon stopped, and tells a running daemon about each message.
+ *
+ * smtpd speaks to a socket in the event loop.  Standard input and output
+ * may be pipes, a terminal or plain files, and epoll cannot watch files,
+ * so a child process copies between them and the other end of a socket
+ * pair (bs_pump) with poll(2), which takes any descriptor:
+ *
+ *     stdin  --> bs_pump --> socket pair --> smtpd (this process)
+ *     stdout <--         <--             <--
+ *
+ * End of input (the client closed its side) reaches smtpd as end of
+ * input; the end of the session (QUIT, or smtpd closing) reaches the
+ * child as end of input and ends it once stdout has everything.
+ */
+
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#define BS_BUF     (16 * 1024)          /* each direction of the copy */
+#define BS_TICK_MS 200                  /* a turn at least this often: the store closes its
+                                           transaction within half a second */
+
+/* ------------------------------------------------------------ the copy */
+
+struct bs_dir {
+    unsigned char buf[BS_BUF];
+    size_t len;
+    int open;                           /* the source may still give more */
+};
+
+static void bs_take(struct bs_dir *d, int fd)
+{
+    ssize_t r = read(fd, d->buf + d->len, sizeof d->buf - d->len);
+    if (r > 0)
+        d->len += (size_t)r;
+    else if (r == 0 || (errno != EINTR && errno != EAGAIN))
+        d->open = 0;
+}
+
+/* Writes what it can; -1 when the reader is gone. */
+static int bs_give(struct bs_dir *d, int fd, size_t max)
+{
+    ssize_t w = write(fd, d->buf, d->len < max ? d->len : max);
+    if (w < 0)
+        return errno == EINTR || errno == EAGAIN ? 0 : -1;
+    memmove(d->buf, d->buf + w, d->len - (size_t)w);
+    d->len -= (size_t)w;
+    return 0;
+}
+
+/* The child: stdin to sock, sock to stdout, until the server is done and
+ * stdout has it all, or the client stops reading.  A write to stdout after
+ * POLLOUT is at most PIPE_BUF, which a pipe takes without blocking. */
+static int bs_pump(int sock)
+{
+    static struct bs_dir up, down;      /* client -> server, server -> client */
+    int shut = 0;
+
+    signal(SIGPIPE, SIG_IGN);
+    up.open = down.open = 1;
+    for (;;) {
+        struct pollfd p[3];
+        int n = 0, iin = -1, isock = -1, iout = -1;
+        short ev = 0;
+
+        if (!up.open && !up.len && !shut) {
+            shutdown(sock, SHUT_WR);    /* the client is done: so is smtpd's input */
+            shut = 1;
+        }
+        if (!down.open && !down.len)
+            return 0;
+        if (up.open && up.len < sizeof up.buf) {
+            p[n] = (struct pollfd){ .fd = STDIN_FILENO, .events = POLLIN };
+            iin = n++;
+        }
+        if (down.open && down.len < sizeof down.buf)
+            ev |= POLLIN;
+        if (up.len)
+            ev |= POLLOUT;
+        if (ev) {
+            p[n] = (struct pollfd){ .fd = sock, .events = ev };
+            isock = n++;
+        }
+        if (down.len) {
+            p[n] = (struct pollfd){ .fd = STDOUT_FILENO, .events = POLLOUT };
+            iout = n++;
+        }
+        if (poll(p, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return 1;
+        }
+        if (iin >= 0 && p[iin].revents)
+            bs_take(&up, STDIN_FILENO);
+        if (isock >= 0 && (p[isock].revents & (POLLIN | POLLHUP | POLLERR)) && (ev & POLLIN))
+            bs_take(&down, sock);
+        if (isock >= 0 && (p[isock].revents & (POLLOUT | POLLERR)) && up.len && bs_give(&up, sock, up.len)) {
+            up.len = 0;                 /* smtpd is gone: nothing more goes up */
+            up.open = 0;
+        }
+        if (iout >= 0 && p[iout].revents && bs_give(&down, STDOUT_FILENO, PIPE_BUF))
+            return 0;                   /* the client stopped reading: end the session */
+    }
+}
+
+/* ---------------------------------------------------------- the server */
+
+static struct timer bs_tick = { .idx = -1 };
+
+static void bs_tick_fn(void *arg)
+{
+    MN_UNUSED(arg);                     /* the turn hook that follows commits */
+    timer_set(&bs_tick, BS_TICK_MS, bs_tick_fn, NULL);
+}
+
+static void bs_done(void *arg, int accepted, const char *error)
+{
+    MN_UNUSED(arg);
+    MN_UNUSED(accepted);
+    MN_UNUSED(error);
+    loop_stop();
+}
+
+/* The caller's login name, who submits the mail. */
+static void bs_user(char *out, size_t n)
+{
+    struct passwd *pw = getpwuid(getuid());
+
+    if (pw && pw->pw_name && *pw->pw_name && strlen(pw->pw_name) < n)
+        util_strlcpy(out, pw->pw_name, n);
+    else
+        snprintf(out, n, "uid%lu", (unsigned long)getuid());
+}
+
+/* Stdin and stdout belong to the copy: this process must not hold them
+ * (the client sees the end of output when the child ends). */
+static void bs_release_stdio(void)
+{
+    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    dup2(fd, STDIN_FILENO);
+    dup2(fd, STDOUT_FILENO);
+    if (fd > STDOUT_FILENO)
+        close(fd);
+}
+
+/* No session: the client reads why (RFC 5321 3.1: a 421 greeting may
+ * refuse service), and the copy ends when sock closes. */
+static int bs_refuse(int sock, int rc)
+{
+    static const char line[] = "421 4.3.0 mailnode: cannot serve now (see the error output)\r\n";
+    if (write(sock, line, sizeof line - 1) < 0)
+        log_debug("sendmail -bs: the client is gone");
+    close(sock);
+    return rc;
+}
+
+static int bs_serve(int sock)
+{
+    char user[USER_MAX + 1];
+    struct conn *c;
+    int rc;
+
+    if ((rc = cli_open_store()))
+        return bs_refuse(sock, rc);
+    if (loop_init()) {
+        fprintf(stderr, "sendmail: epoll: %s\n", strerror(errno));
+        store_close();
+        return bs_refuse(sock, EX_OSERR);
+    }
+    loop_set_turn_hook(store_turn_end);
+    bs_user(user, sizeof user);
+    c = conn_new(sock, LISTEN_SMTP, NULL, NULL, 16 * 1024, 16 * 1024);
+    if (!c) {
+        fprintf(stderr, "sendmail: cannot start the session: %s\n", strerror(errno));
+        loop_free();
+        store_close();
+        return bs_refuse(sock, EX_OSERR);
+    }
+    util_strlcpy(c->peer_ip, "local", sizeof c->peer_ip);
+    c->peer_loopback = 1;
+    if (smtpd_local(c, user, bs_done, NULL)) {
+        fprintf(stderr, "sendmail: cannot start the session\n");
+        rc = EX_OSERR;
+        goto out;
+    }
+    timer_set(&bs_tick, BS_TICK_MS, bs_tick_fn, NULL);
+    if (loop_run())
+        rc = EX_SOFTWARE;
+    timer_cancel(&bs_tick);
+    /* A message whose data ended as the client left is kept if its
+     * commit works (the daemon does the same): at least once. */
+    store_turn_end();
+    store_commit();
+out:
+    loop_free();
+    store_close();
+    return rc;
+}
+
+int cli_sendmail_bs(void)
+{
+    int sv[2], rc, status = 0;
+    pid_t pid;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
+        fprintf(stderr, "sendmail: socketpair: %s\n", strerror(errno));
+        return EX_OSERR;
+    }
+    fflush(stdout);
+    pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "sendmail: fork: %s\n", strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        return EX_OSERR;
+    }
+    if (pid == 0) {
+        close(sv[0]);
+        fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK);
+        _exit(bs_pump(sv[1]));
+    }
+    close(sv[1]);
+    bs_release_stdio();
+    signal(SIGPIPE, SIG_IGN);
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    rc = bs_serve(sv[0]);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
     return rc;
 }
 

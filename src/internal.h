@@ -1159,6 +1159,10 @@ void smtpd_accept(struct conn *c);
  * first); done(arg, messages accepted, error or NULL) when it ends. */
 int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg);
 int smtpd_busy(void);                   /* sessions inside a mail transaction */
+/* `sendmail -bs`: serve SMTP on c for the local user, who counts as
+ * authenticated; done as for smtpd_attach. */
+int smtpd_local(struct conn *c, const char *user, void (*done)(void *arg, int accepted, const char *error),
+                void *arg);
 
 /* ----------------------------------------------------------------- pop3 */
 
@@ -1461,6 +1465,7 @@ int cli_open_store(void);
 int cli_open_store_ro(void);
 int cli_config(int argc, char **argv);
 int cli_sendmail_mode(int mode);        /* 'p' mailq, 'q' sendmail -q, 'i' newaliases */
+int cli_sendmail_bs(void);              /* sendmail -bs: SMTP on stdin/stdout (cli_bs.c) */
 int cli_db_diagnose(const char *path, char *why, size_t n);
 void cli_db_chown(void);
 int cli_db_lock(void);                  /* fd, or minus a sysexits code */
