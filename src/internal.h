@@ -659,6 +659,7 @@ struct store_domain {
 int store_domain_get(const char *name, struct store_domain *d);
 int store_domain_add(const struct store_domain *d);
 int store_domain_del(const char *name);
+int store_domain_mod(const struct store_domain *d);   /* in place; STORE_NOTFOUND */
 int store_domain_list(int (*cb)(void *arg, const struct store_domain *d), void *arg);
 
 int store_alias_get(const char *name, char *targets, size_t n);
