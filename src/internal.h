@@ -845,6 +845,15 @@ int auth_client_cram(const char *user, const char *password, const char *challen
 /* Mechanisms to advertise, e.g. "PLAIN LOGIN CRAM-MD5". */
 const char *auth_mechs(int cleartext_ok);
 
+/* ------------------------------------------------------------ mime_words */
+
+/* A header field value with its RFC 2047 encoded words decoded to UTF-8,
+ * into out (cap octets with the NUL; cut if longer); the length. */
+size_t mime_words_decode(const char *in, size_t n, char *out, size_t cap);
+/* UTF-8 text folded to lower case (Latin, Greek, Cyrillic; octets that are
+ * not UTF-8 kept), for case-insensitive matching; the length. */
+size_t mime_utf8_fold(const char *in, size_t n, char *out, size_t cap);
+
 /* ----------------------------------------------------------------- quota */
 
 struct quota {
