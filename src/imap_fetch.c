@@ -706,8 +706,7 @@ static int fetch_pump(struct imap *s)
     struct fetch_job *j = s->job;
     struct imap_sb b = { 0 };
 
-    /* b keeps its buffer from one message to the next: every return
-     * frees it. */
+    /* b keeps its buffer across messages: every return frees it. */
     while (j->cur < j->nidx) {
         if (s->c->dead) {
             imap_sb_free(&b);
