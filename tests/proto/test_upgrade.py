@@ -75,6 +75,9 @@ def schema3_database_migrates_with_nothing_lost():
             rc, out, err = n.cli('status')
             check('status_counts', '7 messages, 7 recipients (3 held' in out and '5 messages for 2 users' in out,
                   out + err)
+            # per-destination backlogs, counted when the schema was migrated
+            check('status_backlogs', 'backlog 4 recipients' in out and
+                  any('site.test' in l and '3 messages, 3 recipients' in l for l in out.splitlines()), out + err)
             # the mailbox usage counters (quotas) start from what the mailboxes hold
             rc, out, err = n.cli('user', 'list', '--long')
             use = {l.split('\t')[0]: l.split('\t')[1:3] for l in out.splitlines()}
