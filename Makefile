@@ -5,6 +5,8 @@
 #   make TLS=none         build without OpenSSL (default: OpenSSL if pkg-config finds it)
 #   make SAN=1            build with AddressSanitizer and UBSan
 #   make static           ./mailnode-static: static binary, no TLS, stripped
+#   make static TLS=mbedtls   the same with TLS through mbedTLS (TLS=openssl: OpenSSL)
+#   make TLS=mbedtls      TLS through mbedTLS instead of OpenSSL
 #   make CROSS=aarch64-linux-gnu [static]   cross build (also arm-linux-gnueabihf)
 #                         into build/<triplet>/mailnode (and mailnode-static)
 #   make cross-deps       install (as root) the cross compilers, qemu-user and
@@ -92,11 +94,14 @@ endif
 
 # --- configuration --------------------------------------------------------
 
+# `make static` has TLS only when asked for (TLS=mbedtls or TLS=openssl on
+# the command line or in the environment).
+STATIC_TLS := $(if $(filter command line environment,$(origin TLS)),$(TLS),none)
 ifeq ($(origin TLS),undefined)
 TLS := $(if $(shell $(PKG_CONFIG) --exists openssl 2>/dev/null && echo y),openssl,none)
 endif
-ifeq ($(filter $(TLS),openssl none),)
-$(error TLS=$(TLS): use TLS=openssl or TLS=none)
+ifeq ($(filter $(TLS),openssl mbedtls none),)
+$(error TLS=$(TLS): use TLS=openssl, TLS=mbedtls or TLS=none)
 endif
 ifeq ($(filter $(SQLITE),amalgamation system),)
 $(error SQLITE=$(SQLITE): use SQLITE=amalgamation (default) or SQLITE=system)
@@ -113,6 +118,13 @@ ifeq ($(TLS),openssl)
 PKGS          += openssl
 PKGS_FALLBACK += -lssl -lcrypto
 TLS_DEFS      := -DMAILNODE_TLS
+endif
+# mbedTLS (Debian's 2.28 ships no pkg-config file): src/tls_mbedtls.c.
+MBEDTLS_LIBS  := -lmbedtls -lmbedx509 -lmbedcrypto
+TLS_LIBS      :=
+ifeq ($(TLS),mbedtls)
+TLS_DEFS      := -DMAILNODE_TLS -DMAILNODE_TLS_MBEDTLS
+TLS_LIBS      := $(MBEDTLS_LIBS)
 endif
 ifeq ($(SQLITE),system)
 PKGS          += sqlite3
@@ -151,15 +163,18 @@ STATIC_DIR := $(if $(CROSS),$(BUILD)/static,build/static)
 # SAN_FLAGS come after CFLAGS so that its -O1 wins.
 MN_CFLAGS  := $(strip $(STD_FLAGS) $(CROSS_DEFS) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(TLS_DEFS) $(SAN_FLAGS))
 MN_LDFLAGS := $(strip $(LDFLAGS) $(SAN_FLAGS))
-MN_LIBS    := $(strip $(PKG_LIBS) -lm $(LDLIBS))
+MN_LIBS    := $(strip $(PKG_LIBS) $(TLS_LIBS) -lm $(LDLIBS))
 
-# Static build: no TLS, no sanitizers, stripped.
+# Static build: no sanitizers, stripped, TLS as STATIC_TLS says.
 # c-ares is linked statically too (CARES_STATICLIB: no dllimport in ares.h).
-STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CROSS_DEFS) $(CPPFLAGS) $(CFLAGS) -DCARES_STATICLIB \
-		  $(shell $(PKG_CONFIG) --cflags libsodium zlib libcares 2>/dev/null))
+STATIC_TLS_DEFS := $(if $(filter openssl,$(STATIC_TLS)),-DMAILNODE_TLS,$(if $(filter mbedtls,$(STATIC_TLS)),-DMAILNODE_TLS -DMAILNODE_TLS_MBEDTLS))
+STATIC_PKGS    := libsodium zlib libcares $(if $(filter openssl,$(STATIC_TLS)),openssl)
+STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CROSS_DEFS) $(CPPFLAGS) $(CFLAGS) -DCARES_STATICLIB $(STATIC_TLS_DEFS) \
+		  $(shell $(PKG_CONFIG) --cflags $(STATIC_PKGS) 2>/dev/null))
 STATIC_LDFLAGS ?= -s
-STATIC_LIBS    := $(or $(shell $(PKG_CONFIG) --static --libs libsodium zlib libcares $(if $(SQLITE_OBJ),,sqlite3) 2>/dev/null),\
-		  -lsodium -lz -lcares $(if $(SQLITE_OBJ),,-lsqlite3)) -lm
+STATIC_LIBS    := $(if $(filter mbedtls,$(STATIC_TLS)),$(MBEDTLS_LIBS)) \
+		  $(or $(shell $(PKG_CONFIG) --static --libs $(STATIC_PKGS) $(if $(SQLITE_OBJ),,sqlite3) 2>/dev/null),\
+		  -lsodium -lz -lcares $(if $(filter openssl,$(STATIC_TLS)),-lssl -lcrypto) $(if $(SQLITE_OBJ),,-lsqlite3)) -lm
 
 # --- flag stamps ------------------------------------------------------------
 # Each stamp file holds the flags an output was built with and is rewritten
