@@ -1004,6 +1004,9 @@ MN_PRIVATE void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 MN_PRIVATE int tls_init(void);                     /* loads tls.cert/tls.key if set */
+/* An ECDSA P-256 key and a self-signed certificate for name (tls_cert.c),
+ * as PEM text in malloc'd strings; -1 and err when it cannot. */
+MN_PRIVATE int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen);
 MN_PRIVATE const char *tls_io_error(void);         /* why tls_init failed */
 MN_PRIVATE void tls_free(void);
 MN_PRIVATE int tls_available(void);                /* server side: a certificate is loaded */
@@ -1452,6 +1455,7 @@ MN_PRIVATE int cli_flush(int argc, char **argv);           /* mailnode flush [--
 MN_PRIVATE int cli_poll(int argc, char **argv);            /* mailnode poll */
 MN_PRIVATE int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
 MN_PRIVATE int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
+MN_PRIVATE int cli_tls(int argc, char **argv);             /* mailnode tls selfsigned */
 MN_PRIVATE int cli_key(int argc, char **argv);             /* mailnode key show */
 MN_PRIVATE int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
 MN_PRIVATE int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
@@ -6889,6 +6893,249 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
 }
 
 #endif /* MAILNODE_TLS && MAILNODE_TLS_MBEDTLS */
+
+/* ---- src/tls_cert.c ---- */
+#line 1 "src/tls_cert.c"
+/*
+ * tls_cert.c: a self-signed certificate and its key for a node that has
+ * no CA (`mailnode tls selfsigned`), through whichever TLS library the
+ * build uses: OpenSSL (tls.c) or mbedTLS (tls_mbedtls.c).
+ *
+ * The key is ECDSA P-256: small, fast on an ARM board, and accepted by
+ * every TLS 1.2 client.  The certificate (RFC 5280) is X.509 v3 with a
+ * random 127-bit serial, valid from an hour ago (a peer's clock running a
+ * little behind) for the days asked, the name both as the subject's CN
+ * and as subjectAltName (dNSName, or iPAddress for an address: clients
+ * check only the SAN, RFC 6125 6.4.4), basicConstraints CA:FALSE and
+ * keyUsage digitalSignature.  Peers trust it by pinning: the file itself
+ * as their CA file, or its SHA-256 fingerprint.
+ */
+
+
+#include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
+
+#define TLS_CERT_MAX 4096
+
+/* The name as a subjectAltName value: 4 (IPv4) or 16 (IPv6) address
+ * bytes, or 0 for a host name. */
+static size_t tls_cert_ip(const char *name, unsigned char ip[16])
+{
+    if (inet_pton(AF_INET, name, ip) == 1)
+        return 4;
+    if (inet_pton(AF_INET6, name, ip) == 1)
+        return 16;
+    return 0;
+}
+
+#if defined(MAILNODE_TLS) && !defined(MAILNODE_TLS_MBEDTLS)
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+static char *tls_cert_bio_text(BIO *b)
+{
+    char *data, *out;
+    long n = BIO_get_mem_data(b, &data);
+    if (n <= 0 || !(out = malloc((size_t)n + 1)))
+        return NULL;
+    memcpy(out, data, (size_t)n);
+    out[n] = 0;
+    return out;
+}
+
+static int tls_cert_ext(X509 *x, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *e;
+    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+    e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (!e)
+        return -1;
+    int ok = X509_add_ext(x, e, -1);
+    X509_EXTENSION_free(e);
+    return ok ? 0 : -1;
+}
+
+int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen)
+{
+    EVP_PKEY *pk = NULL;
+    X509 *x = NULL;
+    BIGNUM *bn = NULL;
+    BIO *cb = NULL, *kb = NULL;
+    unsigned char serial[16], ip[16];
+    char san[300];
+    int rc = -1;
+
+    *cert_pem = *key_pem = NULL;
+    randombytes_buf(serial, sizeof serial);
+    serial[0] &= 0x7f;                  /* positive (RFC 5280 4.1.2.2) */
+    if (tls_cert_ip(name, ip))
+        snprintf(san, sizeof san, "IP:%s", name);
+    else
+        snprintf(san, sizeof san, "DNS:%s", name);
+    if (!(pk = EVP_EC_gen("P-256")) || !(x = X509_new()) || !X509_set_version(x, 2) ||
+        !(bn = BN_bin2bn(serial, sizeof serial, NULL)) || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) ||
+        !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
+        !X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) || !X509_set_pubkey(x, pk) ||
+        !X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                    (const unsigned char *)name, -1, -1, 0) ||
+        !X509_set_issuer_name(x, X509_get_subject_name(x)) ||
+        tls_cert_ext(x, NID_basic_constraints, "critical,CA:FALSE") ||
+        tls_cert_ext(x, NID_key_usage, "critical,digitalSignature") ||
+        tls_cert_ext(x, NID_subject_alt_name, san) || !X509_sign(x, pk, EVP_sha256()))
+        goto done;
+    if (!(cb = BIO_new(BIO_s_mem())) || !(kb = BIO_new(BIO_s_mem())) || !PEM_write_bio_X509(cb, x) ||
+        !PEM_write_bio_PrivateKey(kb, pk, NULL, NULL, 0, NULL, NULL))
+        goto done;
+    *cert_pem = tls_cert_bio_text(cb);
+    *key_pem = tls_cert_bio_text(kb);
+    rc = *cert_pem && *key_pem ? 0 : -1;
+done:
+    if (rc) {
+        unsigned long e = ERR_peek_last_error();
+        snprintf(err, errlen, "%s", e ? ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "OpenSSL error"
+                                      : "out of memory");
+        free(*cert_pem);
+        free(*key_pem);
+        *cert_pem = *key_pem = NULL;
+    }
+    ERR_clear_error();
+    BIO_free(cb);
+    BIO_free(kb);
+    BN_free(bn);
+    X509_free(x);
+    EVP_PKEY_free(pk);
+    return rc;
+}
+
+#elif defined(MAILNODE_TLS) && defined(MAILNODE_TLS_MBEDTLS)
+
+#include <mbedtls/error.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/x509_crt.h>
+
+static int tls_cert_rng(void *arg, unsigned char *out, size_t n)
+{
+    MN_UNUSED(arg);
+    randombytes_buf(out, n);
+    return 0;
+}
+
+/* DER of subjectAltName: SEQUENCE { [2] dNSName | [7] iPAddress }.
+ * mbedTLS 2.28 has no helper for it.  Returns the length, 0 if too long. */
+static size_t tls_cert_san(const char *name, unsigned char *out, size_t cap)
+{
+    unsigned char ip[16], gn[300];
+    size_t iplen = tls_cert_ip(name, ip), vlen = iplen ? iplen : strlen(name), g = 0, o = 0;
+    const unsigned char *v = iplen ? ip : (const unsigned char *)name;
+
+    if (vlen > 253)
+        return 0;
+    gn[g++] = iplen ? 0x87 : 0x82;      /* context-specific [7] / [2], primitive */
+    if (vlen > 127)
+        gn[g++] = 0x81;
+    gn[g++] = (unsigned char)vlen;
+    memcpy(gn + g, v, vlen);
+    g += vlen;
+    if (g + 4 > cap)
+        return 0;
+    out[o++] = 0x30;                    /* SEQUENCE */
+    if (g > 127)
+        out[o++] = 0x81;
+    out[o++] = (unsigned char)g;
+    memcpy(out + o, gn, g);
+    return o + g;
+}
+
+/* YYYYMMDDhhmmss, as mbedtls_x509write_crt_set_validity wants it. */
+static void tls_cert_when(time_t t, char out[64])
+{
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, 64, "%04d%02d%02d%02d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen)
+{
+    mbedtls_pk_context key;
+    mbedtls_x509write_cert crt;
+    mbedtls_mpi serial;
+    unsigned char sbytes[16], san[300];
+    char subject[300], from[64], until[64];
+    size_t sanlen = tls_cert_san(name, san, sizeof san);
+    time_t now = time(NULL);
+    int ret = -1;
+
+    *cert_pem = *key_pem = NULL;
+    mbedtls_pk_init(&key);
+    mbedtls_x509write_crt_init(&crt);
+    mbedtls_mpi_init(&serial);
+    randombytes_buf(sbytes, sizeof sbytes);
+    sbytes[0] &= 0x7f;                  /* positive (RFC 5280 4.1.2.2) */
+    tls_cert_when(now - 3600, from);
+    tls_cert_when(now + (time_t)days * 86400, until);
+    snprintf(subject, sizeof subject, "CN=%s", name);
+    *cert_pem = calloc(1, TLS_CERT_MAX);
+    *key_pem = calloc(1, TLS_CERT_MAX);
+    if (!sanlen || !*cert_pem || !*key_pem)
+        goto done;
+    if ((ret = mbedtls_pk_setup(&key, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY))) ||
+        (ret = mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(key), tls_cert_rng, NULL)) ||
+        (ret = mbedtls_mpi_read_binary(&serial, sbytes, sizeof sbytes)))
+        goto done;
+    mbedtls_x509write_crt_set_version(&crt, MBEDTLS_X509_CRT_VERSION_3);
+    mbedtls_x509write_crt_set_md_alg(&crt, MBEDTLS_MD_SHA256);
+    mbedtls_x509write_crt_set_subject_key(&crt, &key);
+    mbedtls_x509write_crt_set_issuer_key(&crt, &key);
+    if ((ret = mbedtls_x509write_crt_set_serial(&crt, &serial)) ||
+        (ret = mbedtls_x509write_crt_set_validity(&crt, from, until)) ||
+        (ret = mbedtls_x509write_crt_set_subject_name(&crt, subject)) ||
+        (ret = mbedtls_x509write_crt_set_issuer_name(&crt, subject)) ||
+        (ret = mbedtls_x509write_crt_set_basic_constraints(&crt, 0, -1)) ||
+        (ret = mbedtls_x509write_crt_set_key_usage(&crt, MBEDTLS_X509_KU_DIGITAL_SIGNATURE)) ||
+        (ret = mbedtls_x509write_crt_set_extension(&crt, MBEDTLS_OID_SUBJECT_ALT_NAME,
+                                                   MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), 0,
+                                                   san, sanlen)) ||
+        (ret = mbedtls_x509write_crt_pem(&crt, (unsigned char *)*cert_pem, TLS_CERT_MAX, tls_cert_rng, NULL)) ||
+        (ret = mbedtls_pk_write_key_pem(&key, (unsigned char *)*key_pem, TLS_CERT_MAX)))
+        goto done;
+    ret = 0;
+done:
+    if (ret) {
+        if (ret == -1 || !sanlen)
+            snprintf(err, errlen, "%s", sanlen ? "out of memory" : "name too long");
+        else
+            mbedtls_strerror(ret, err, errlen);
+        free(*cert_pem);
+        free(*key_pem);
+        *cert_pem = *key_pem = NULL;
+    }
+    mbedtls_mpi_free(&serial);
+    mbedtls_x509write_crt_free(&crt);
+    mbedtls_pk_free(&key);
+    return ret ? -1 : 0;
+}
+
+#else /* !MAILNODE_TLS */
+
+int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen)
+{
+    unsigned char ip[16];
+    MN_UNUSED(days);
+    (void)tls_cert_ip(name, ip);
+    *cert_pem = *key_pem = NULL;
+    snprintf(err, errlen, "this mailnode was built without TLS (make TLS=none)");
+    return -1;
+}
+
+#endif
 
 /* ---- src/store.c ---- */
 #line 1 "src/store.c"
@@ -31200,6 +31447,211 @@ int cli_restore(int argc, char **argv)
     return rc;
 }
 
+/* ---- src/cli_tls.c ---- */
+#line 1 "src/cli_tls.c"
+/*
+ * cli_tls.c: `mailnode tls selfsigned`: a key and a self-signed
+ * certificate for a node that has no CA (tls_cert.c makes them), written
+ * where the node keeps its state, with the lines that put them to use.
+ */
+
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CLI_TLS_DAYS_DEFAULT 3650
+#define CLI_TLS_DAYS_MAX 20000          /* about 55 years: within a 32-bit long of seconds */
+
+static const char cli_tls_help[] =
+    "usage: mailnode tls selfsigned [--cn NAME] [--days N] [-o DIR] [--force]\n"
+    "\n"
+    "Generates an ECDSA P-256 key and a self-signed certificate for NAME\n"
+    "(default: the hostname setting) valid for N days (default 3650), as\n"
+    "DIR/tls-cert.pem and DIR/tls-key.pem (mode 0600); DIR defaults to the\n"
+    "database's directory. Existing files are kept unless --force is given.\n"
+    "Prints the certificate's SHA-256 fingerprint and the tls.cert/tls.key\n"
+    "lines for mailnode.conf. Peers trust the node with a copy of\n"
+    "tls-cert.pem as their tls.ca_file (or CA file).\n";
+
+/* A host name or an address: what a certificate can name and a peer
+ * can ask for. */
+static int cli_tls_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 253)
+        return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '.' || *s == '-' || *s == ':'))
+            return 0;
+    return 1;
+}
+
+/* Writes text to path through path.tmp: fsynced, then renamed. */
+static int cli_tls_write(const char *path, const char *text, mode_t mode, int force)
+{
+    char tmp[4096];
+    size_t len = strlen(text), off = 0;
+    int fd;
+
+    if (!force && access(path, F_OK) == 0) {
+        errno = EEXIST;
+        return -1;
+    }
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return -1;
+    if (fchmod(fd, mode))
+        goto fail;
+    while (off < len) {
+        ssize_t k = write(fd, text + off, len - off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            goto fail;
+        off += (size_t)k;
+    }
+    if (fsync(fd) || close(fd)) {
+        fd = -1;
+        goto fail;
+    }
+    if (rename(tmp, path)) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+fail:
+    {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        unlink(tmp);
+        errno = e;
+    }
+    return -1;
+}
+
+/* SHA-256 of the certificate's DER, as AB:CD:... */
+static int cli_tls_fingerprint(const char *pem, char *out, size_t n)
+{
+    const char *b = strstr(pem, "-----BEGIN CERTIFICATE-----"), *e;
+    unsigned char der[4096], h[crypto_hash_sha256_BYTES];
+    size_t dlen;
+
+    if (!b || n < 3 * sizeof h)
+        return -1;
+    b = strchr(b, '\n');
+    e = b ? strstr(b, "-----END CERTIFICATE-----") : NULL;
+    if (!e || sodium_base642bin(der, sizeof der, b + 1, (size_t)(e - b - 1), "\r\n", &dlen, NULL,
+                                sodium_base64_VARIANT_ORIGINAL))
+        return -1;
+    crypto_hash_sha256(h, der, dlen);
+    for (size_t i = 0; i < sizeof h; i++)
+        snprintf(out + 3 * i, n - 3 * i, "%02X%s", h[i], i + 1 < sizeof h ? ":" : "");
+    return 0;
+}
+
+static int cli_tls_selfsigned(int argc, char **argv)
+{
+    const char *name = conf->hostname, *dir = NULL;
+    char dbdir[4096], cert_path[4096], key_path[4096], err[256], fp[128];
+    char *cert = NULL, *key = NULL, *end;
+    long days = CLI_TLS_DAYS_DEFAULT;
+    int force = 0, rc;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(cli_tls_help, stdout);
+            return EX_OK;
+        } else if (!strcmp(a, "--cn") && i + 1 < argc) {
+            name = argv[++i];
+        } else if (!strcmp(a, "--days") && i + 1 < argc) {
+            errno = 0;
+            days = strtol(argv[++i], &end, 10);
+            if (errno || *end || end == argv[i] || days < 1 || days > CLI_TLS_DAYS_MAX) {
+                fprintf(stderr, "mailnode: tls selfsigned: --days %s: a number of days from 1 to %d\n",
+                        argv[i], CLI_TLS_DAYS_MAX);
+                return EX_USAGE;
+            }
+        } else if (!strcmp(a, "-o") && i + 1 < argc) {
+            dir = argv[++i];
+        } else if (!strcmp(a, "--force")) {
+            force = 1;
+        } else {
+            fprintf(stderr, "mailnode: tls selfsigned: unexpected argument %s\n%s", a, cli_tls_help);
+            return EX_USAGE;
+        }
+    }
+    if (!name || !cli_tls_name_ok(name)) {
+        fprintf(stderr, "mailnode: tls selfsigned: %s%s%s is not a host name or address; give one "
+                        "with --cn\n", name ? "\"" : "", name ? name : "no name", name ? "\"" : "");
+        return EX_USAGE;
+    }
+    if (!dir) {
+        util_strlcpy(dbdir, conf->database && *conf->database ? conf->database : "./x", sizeof dbdir);
+        char *slash = strrchr(dbdir, '/');
+        if (!slash)
+            util_strlcpy(dbdir, ".", sizeof dbdir);
+        else if (slash == dbdir)
+            dbdir[1] = 0;
+        else
+            *slash = 0;
+        dir = dbdir;
+    }
+    if (snprintf(cert_path, sizeof cert_path, "%s/tls-cert.pem", dir) >= (int)sizeof cert_path ||
+        snprintf(key_path, sizeof key_path, "%s/tls-key.pem", dir) >= (int)sizeof key_path) {
+        fprintf(stderr, "mailnode: tls selfsigned: %s: path too long\n", dir);
+        return EX_USAGE;
+    }
+    if (!force && (access(cert_path, F_OK) == 0 || access(key_path, F_OK) == 0)) {
+        fprintf(stderr, "mailnode: tls selfsigned: %s exists; kept (--force replaces it)\n",
+                access(key_path, F_OK) == 0 ? key_path : cert_path);
+        return EX_CANTCREAT;
+    }
+    if (tls_selfsigned(name, (int)days, &cert, &key, err, sizeof err)) {
+        fprintf(stderr, "mailnode: tls selfsigned: cannot make the certificate: %s\n", err);
+        return EX_SOFTWARE;
+    }
+    rc = EX_OK;
+    /* The key first: a certificate never lies around without its key. */
+    if (cli_tls_write(key_path, key, 0600, force) || cli_tls_write(cert_path, cert, 0644, force)) {
+        fprintf(stderr, "mailnode: tls selfsigned: cannot write %s: %s\n",
+                access(key_path, F_OK) == 0 ? cert_path : key_path, strerror(errno));
+        rc = EX_CANTCREAT;
+    } else {
+        printf("wrote %s (self-signed for %s, %ld days) and its key %s\n", cert_path, name, days, key_path);
+        if (cli_tls_fingerprint(cert, fp, sizeof fp) == 0)
+            printf("SHA-256 fingerprint: %s\n", fp);
+        printf("for mailnode.conf:\n  tls.cert = %s\n  tls.key = %s\n"
+               "peers that relay to this node trust it with a copy of %s as tls.ca_file\n",
+               cert_path, key_path, cert_path);
+    }
+    sodium_memzero(key, strlen(key));
+    free(key);
+    free(cert);
+    return rc;
+}
+
+int cli_tls(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "selfsigned"))
+        return cli_tls_selfsigned(argc - 1, argv + 1);
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(cli_tls_help, stdout);
+        return EX_OK;
+    }
+    fputs(cli_tls_help, stderr);
+    return EX_USAGE;
+}
+
 /* ---- src/cli_bundle.c ---- */
 #line 1 "src/cli_bundle.c"
 /*
@@ -32543,6 +32995,7 @@ static const struct {
     { "backup", cli_backup, "FILE: consistent copy of the database and node key, daemon running" },
     { "restore", cli_restore, "FILE: put a backup back (daemon stopped)" },
     { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
+    { "tls", cli_tls, "selfsigned: a key and self-signed certificate for a node without a CA" },
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
     { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },
