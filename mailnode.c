@@ -7371,9 +7371,20 @@ sqlite3 *store_db(void)
     return S.db;
 }
 
+/* A full disk is SQLITE_FULL when a write runs out of room, but an I/O
+ * error when the open of a journal, the growth of the -shm map or a sync
+ * does (which of them comes first depends on timing): all of them are
+ * a full disk to the client, RFC 3463's 4.3.1. */
 int store_rc(int rc)
 {
-    return rc == SQLITE_FULL ? STORE_FULL : STORE_ERR;
+    if (rc == SQLITE_FULL)
+        return STORE_FULL;
+    if ((rc & 0xff) == SQLITE_IOERR && S.db) {
+        int e = sqlite3_system_errno(S.db);
+        if (e == ENOSPC || e == EDQUOT)
+            return STORE_FULL;
+    }
+    return STORE_ERR;
 }
 
 static void store_log_error(const char *what)
@@ -7559,11 +7570,11 @@ int store_begin(void)
 }
 
 /* Every open body lost its rows with the transaction. */
-static void bodies_lost(void)
+static void bodies_lost(int err)
 {
     for (struct store_body *b = S.open_bodies; b; b = b->next)
         if (!b->err)
-            b->err = STORE_ERR;
+            b->err = err;
 }
 
 /* After a full disk: fold the WAL back into the database and shrink it,
@@ -7575,7 +7586,9 @@ static void reclaim_wal(void)
         log_warn("database: disk full; write-ahead log folded back (%d frames)", done);
 }
 
-void store_rollback(void)
+/* Roll back; what the transaction held failed with err (STORE_FULL when
+ * the disk filled, so that its clients hear 452 4.3.1, not 451). */
+static void rollback_err(int err)
 {
     static sqlite3_stmt *st;
     if (!S.in_txn)
@@ -7587,12 +7600,17 @@ void store_rollback(void)
         sqlite3_reset(st);
     }
     S.in_txn = 0;
-    bodies_lost();
+    bodies_lost(err);
     /* Messages this transaction held are gone: their acknowledgements
      * must say so, whatever later transactions of the turn do. */
     for (size_t i = 0; i < S.n_acks; i++)
         if (S.acks[i].gen == S.gen && !S.acks[i].failed)
-            S.acks[i].failed = STORE_ERR;
+            S.acks[i].failed = err;
+}
+
+void store_rollback(void)
+{
+    rollback_err(STORE_ERR);
 }
 
 static int commit(void)
@@ -7608,10 +7626,11 @@ static int commit(void)
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
         store_log_error("COMMIT");
-        store_rollback();
-        if (rc == SQLITE_FULL)
+        int err = store_rc(rc);
+        rollback_err(err);
+        if (err == STORE_FULL)
             reclaim_wal();
-        return store_rc(rc);
+        return err;
     }
     S.in_txn = 0;
     S.outcomes = 0;
@@ -7820,8 +7839,8 @@ static int body_flush(struct store_body *b)
         return 0;
     if (body_deflate(b, &zlen))
         return b->err;
-    if (store_begin())
-        return b->err = STORE_ERR;
+    if ((rc = store_begin()))
+        return b->err = rc;
     if (!store_stmt(&st, "INSERT INTO chunk(body_id, seq, rawlen, data) VALUES (?,?,?,?)"))
         return b->err = STORE_ERR;
     sqlite3_bind_int64(st, 1, b->id);
@@ -7833,10 +7852,10 @@ static int body_flush(struct store_body *b)
     if (rc != SQLITE_DONE) {
         store_log_error("write chunk");
         b->err = store_rc(rc);
-        if (rc == SQLITE_FULL) {
+        if (b->err == STORE_FULL) {
             /* Roll back now: the transaction cannot commit, and the
              * log space it holds is needed by everyone else. */
-            store_rollback();
+            rollback_err(STORE_FULL);
             reclaim_wal();
         }
         return b->err;
@@ -24605,18 +24624,24 @@ static int fetch_pump(struct imap *s)
     struct fetch_job *j = s->job;
     struct imap_sb b = { 0 };
 
+    /* b keeps its buffer across messages: every return frees it. */
     while (j->cur < j->nidx) {
-        if (s->c->dead)
+        if (s->c->dead) {
+            imap_sb_free(&b);
             return -1;
+        }
         if (j->streaming) {
             int r = fetch_stream(s, j);
             if (r < 0) {
+                imap_sb_free(&b);
                 log_err("imap: user=%s: cannot read message uid %lld, closing", s->user, (long long)j->m.uid);
                 conn_abort(s->c);
                 return -1;
             }
-            if (!r)
+            if (!r) {
+                imap_sb_free(&b);
                 return 0;
+            }
             j->item++;
         }
         if (!j->started) {

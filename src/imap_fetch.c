@@ -706,18 +706,24 @@ static int fetch_pump(struct imap *s)
     struct fetch_job *j = s->job;
     struct imap_sb b = { 0 };
 
+    /* b keeps its buffer across messages: every return frees it. */
     while (j->cur < j->nidx) {
-        if (s->c->dead)
+        if (s->c->dead) {
+            imap_sb_free(&b);
             return -1;
+        }
         if (j->streaming) {
             int r = fetch_stream(s, j);
             if (r < 0) {
+                imap_sb_free(&b);
                 log_err("imap: user=%s: cannot read message uid %lld, closing", s->user, (long long)j->m.uid);
                 conn_abort(s->c);
                 return -1;
             }
-            if (!r)
+            if (!r) {
+                imap_sb_free(&b);
                 return 0;
+            }
             j->item++;
         }
         if (!j->started) {

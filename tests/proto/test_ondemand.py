@@ -570,6 +570,10 @@ def poll_pair(mode, count, field_running=True):
                      'upstream.password_file': pwfile(field), 'upstream.interval': '1h'})
     if field_running:
         field.start()
+        # The daemon's own first exchange (a second after start) must be
+        # over before mail is held, or it, not the poll under test, moves
+        # part of it (a slow run, under valgrind, starts it late).
+        wait_until(lambda: 'poll: upstream exchange' in field.log(), 20)
     subs = submit(up.port('smtp'), 'someone@' + SITE, 'poll-%s' % mode, count)
     return field, up, subs
 

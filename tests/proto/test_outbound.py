@@ -279,8 +279,14 @@ def hold_release_and_status():
         rc, out, err = n.cli('queue', 'list')
         check('list_shows_last_error', 'far@remote.test' in out and 'next try' in out, out)
         qid = out.split()[0] if out.strip() else ''
-        rc, out, err = n.cli('status')
-        check('status_shows_destination_error', '[relayhost]' in out and 'last error' in out, out)
+        # Delivery outcomes are committed in batches (within a fraction of a
+        # second): the deferral's record may trail its log line.
+        st = {}
+
+        def status_has_error():
+            st['out'] = n.cli('status')[1]
+            return '[relayhost]' in st['out'] and 'last error' in st['out']
+        check('status_shows_destination_error', wait_until(status_has_error, timeout=10), st.get('out'))
         rc, out, err = n.cli('queue', 'hold', qid)
         check('hold_ok', rc == 0 and 'held' in out, out + err)
         rc, out, err = n.cli('queue', 'list')
