@@ -28,11 +28,14 @@ static const char cli_user_usage[] =
 
 static const char cli_domain_usage[] =
     "usage: mailnode domain add DOMAIN --local | --hold [--owner USER] [--host HOST:PORT]\n"
+    "       mailnode domain mod DOMAIN [--local | --hold] [--owner USER] [--host HOST:PORT]\n"
     "       mailnode domain del DOMAIN | list\n"
     "  add DOMAIN --local   deliver mail for DOMAIN into local mailboxes\n"
     "  add DOMAIN --hold    hold mail for DOMAIN until its site asks (ETRN, ATRN)\n"
     "      --owner USER     the user who may fetch the held mail with ATRN\n"
     "      --host HOST:PORT where ETRN delivers the held mail (default: MX lookup)\n"
+    "  mod DOMAIN           change a domain in place: what is given replaces what was;\n"
+    "                       --owner - and --host - remove the owner, the host\n"
     "  del DOMAIN           forget the domain (queued mail stays queued)\n"
     "  list                 domain, kind, owner, host; tab separated\n";
 
@@ -502,8 +505,8 @@ static int cli_domain_add(int argc, char **argv, const char *name)
     rc = store_domain_add(&d);
     if (rc == STORE_EXISTS) {
         store_rollback();
-        fprintf(stderr, "mailnode: domain %s exists already (`mailnode domain del %s` first to"
-                " change it)\n", d.name, d.name);
+        fprintf(stderr, "mailnode: domain %s exists already (`mailnode domain mod %s` changes it)\n",
+                d.name, d.name);
         rc = EX_DATAERR;
     } else if (rc) {
         rc = cli_admin_store_fail(rc, "add the domain");
@@ -512,6 +515,98 @@ static int cli_domain_add(int argc, char **argv, const char *name)
         if (d.kind == DOMAIN_HOLD && conf_is_local_domain(d.name))
             fprintf(stderr, "mailnode: note: %s is also in local_domains of the configuration,"
                     " which delivers it locally\n", d.name);
+    }
+out:
+    sodium_memzero(&u, sizeof u);
+    store_close();
+    return rc;
+}
+
+/* Options of `domain mod` over the domain's row d: each one given
+ * replaces its field ("-" or "" clears owner and host). */
+static int cli_domain_mod_options(int argc, char **argv, struct store_domain *d)
+{
+    for (int i = 3; i < argc; i++) {
+        const char *opt = argv[i];
+        if (!strcmp(opt, "--local") || !strcmp(opt, "--hold")) {
+            d->kind = opt[2] == 'l' ? DOMAIN_LOCAL : DOMAIN_HOLD;
+        } else if ((!strcmp(opt, "--owner") || !strcmp(opt, "--host")) && i + 1 < argc) {
+            const char *val = argv[++i];
+            int clear = !val[0] || !strcmp(val, "-");
+            if (opt[3] == 'w') {
+                d->owner[0] = '\0';
+                if (!clear && cli_admin_user_name(val, d->owner))
+                    return EX_DATAERR;
+            } else {
+                d->host[0] = '\0';
+                if (clear)
+                    continue;
+                if (util_strlcpy(d->host, val, sizeof d->host) >= sizeof d->host) {
+                    fprintf(stderr, "mailnode: --host %s is too long\n", val);
+                    return EX_DATAERR;
+                }
+                if (cli_domain_check_host(d->host))
+                    return EX_DATAERR;
+            }
+        } else {
+            fprintf(stderr, "mailnode: domain mod: unexpected '%s'\n", opt);
+            return cli_admin_usage(cli_domain_usage);
+        }
+    }
+    if (d->kind == DOMAIN_LOCAL && (d->owner[0] || d->host[0])) {
+        fprintf(stderr, "mailnode: domain %s: --owner and --host apply to --hold domains only"
+                " (remove them with --owner - --host -)\n", d->name);
+        return EX_USAGE;
+    }
+    return 0;
+}
+
+static int cli_domain_mod(int argc, char **argv, const char *name)
+{
+    struct store_domain d;
+    struct store_user u;
+    int rc;
+
+    memset(&u, 0, sizeof u);
+    if (argc < 4) {
+        fprintf(stderr, "mailnode: domain mod %s: nothing to change\n", name);
+        return cli_admin_usage(cli_domain_usage);
+    }
+    if ((rc = cli_open_store_ro()))
+        return rc;
+    rc = store_domain_get(name, &d);
+    if (rc == STORE_NOTFOUND) {
+        fprintf(stderr, "mailnode: no domain %s (see `mailnode domain list`; `domain add` makes one)\n",
+                name);
+        rc = EX_DATAERR;
+        goto out;
+    }
+    if (rc) {
+        rc = cli_admin_store_fail(rc, "read the domain");
+        goto out;
+    }
+    if ((rc = cli_domain_mod_options(argc, argv, &d)))
+        goto out;
+    if (d.owner[0] && (rc = store_user_get(d.owner, &u))) {
+        if (rc == STORE_NOTFOUND) {
+            fprintf(stderr, "mailnode: --owner %s: no such user (create it first with"
+                    " `mailnode user add %s`)\n", d.owner, d.owner);
+            rc = EX_NOUSER;
+        } else {
+            rc = cli_admin_store_fail(rc, "read the user table");
+        }
+        goto out;
+    }
+    rc = store_domain_mod(&d);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: no domain %s (deleted meanwhile?)\n", name);
+        rc = EX_DATAERR;
+    } else if (rc) {
+        rc = cli_admin_store_fail(rc, "change the domain");
+    } else if (!(rc = cli_admin_commit("change the domain"))) {
+        printf("domain %s changed: %s, owner %s, host %s\n", d.name, d.kind == DOMAIN_LOCAL ? "local" : "hold",
+               d.owner[0] ? d.owner : "-", d.host[0] ? d.host : "-");
     }
 out:
     sodium_memzero(&u, sizeof u);
@@ -567,12 +662,14 @@ int cli_domain(int argc, char **argv)
         store_close();
         return rc;
     }
-    if (!strcmp(sub, "add") ? argc < 4 : strcmp(sub, "del") || argc != 3)
+    if (!strcmp(sub, "add") ? argc < 4 : !strcmp(sub, "mod") ? argc < 3 : strcmp(sub, "del") || argc != 3)
         return cli_admin_usage(cli_domain_usage);
     if (cli_admin_domain_name(argv[2], name))
         return EX_DATAERR;
     if (!strcmp(sub, "add"))
         return cli_domain_add(argc, argv, name);
+    if (!strcmp(sub, "mod"))
+        return cli_domain_mod(argc, argv, name);
     return cli_domain_del(name);
 }
 

@@ -410,6 +410,7 @@ int store_atomic_end(int err);
 extern int store_fault_after;           /* fail the write step after this many (-1: never) */
 int store_fault(void);
 int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+int store_reprepares(void);
 #define STORE_FAULT() store_fault()
 #else
 #define STORE_FAULT() 0
@@ -560,6 +561,13 @@ int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_o
 int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
 int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
 int store_ops_delete_domain(const char *domain, int64_t *rcpts);
+/* A queued recipient's last error, its own or its destination's if later
+ * (the relayhost's when relay); STORE_NOTFOUND when none. */
+int store_ops_rcpt_error(int64_t rcpt_id, int relay, char *err, size_t n, int64_t *when, int *of_dest);
+/* The client column of a double bounce (a notification to the postmaster
+ * about a notification that could not be delivered). */
+#define STORE_DOUBLE_BOUNCE "double-bounce"
+int store_ops_is_double_bounce(int64_t msg_id);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -652,6 +660,7 @@ struct store_domain {
 int store_domain_get(const char *name, struct store_domain *d);
 int store_domain_add(const struct store_domain *d);
 int store_domain_del(const char *name);
+int store_domain_mod(const struct store_domain *d);   /* in place; STORE_NOTFOUND */
 int store_domain_list(int (*cb)(void *arg, const struct store_domain *d), void *arg);
 
 int store_alias_get(const char *name, char *targets, size_t n);
@@ -949,6 +958,7 @@ struct dsn_rcpt {
     const char *remote_mta;             /* host name or NULL */
     const char *diagnostic;             /* the peer's reply, "smtp; 550 ..." or NULL */
     int64_t last_attempt;
+    int expired;                        /* failed: queue.lifetime ran out */
 };
 struct dsn_info {
     const char *qid;                    /* of the original message */
@@ -959,6 +969,10 @@ struct dsn_info {
     int64_t body_id;                    /* the original message text */
     const struct dsn_rcpt *rcpts;
     size_t n;
+    /* A double bounce: the report goes to `to` (the postmaster) about a
+     * notification (body_id) that could not reach its recipients. */
+    int double_bounce;
+    const char *to;
 };
 /* Writes the complete notification message (headers and body, CRLF) into
  * out, an open store body; the caller queues it with a null sender. */
@@ -1150,6 +1164,10 @@ void smtpd_accept(struct conn *c);
  * first); done(arg, messages accepted, error or NULL) when it ends. */
 int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg);
 int smtpd_busy(void);                   /* sessions inside a mail transaction */
+/* `sendmail -bs`: serve SMTP on c for the local user, who counts as
+ * authenticated; done as for smtpd_attach. */
+int smtpd_local(struct conn *c, const char *user, void (*done)(void *arg, int accepted, const char *error),
+                void *arg);
 
 /* ----------------------------------------------------------------- pop3 */
 
@@ -1453,6 +1471,7 @@ int cli_open_store(void);
 int cli_open_store_ro(void);
 int cli_config(int argc, char **argv);
 int cli_sendmail_mode(int mode);        /* 'p' mailq, 'q' sendmail -q, 'i' newaliases */
+int cli_sendmail_bs(void);              /* sendmail -bs: SMTP on stdin/stdout (cli_bs.c) */
 int cli_db_diagnose(const char *path, char *why, size_t n);
 void cli_db_chown(void);
 int cli_db_lock(void);                  /* fd, or minus a sysexits code */

@@ -77,6 +77,7 @@ struct smtpd {
     int etrns;
     int accepted;                       /* messages committed in this session */
     int quit_seen;
+    int local;                          /* `sendmail -bs`: a local user on stdin/stdout */
     void (*attach_done)(void *arg, int accepted, const char *error);
     void *attach_arg;
     struct smtpd *next, *prev;
@@ -283,7 +284,8 @@ static int starttls_offered(const struct smtpd *s)
  * the order is always TLS first, then compression (RFC 4978 4). */
 static int compress_offered(const struct smtpd *s)
 {
-    return !zio_active(s->c) && (s->c->tls || !tls_available()) && zio_allowed(NULL, s->c->peer_ip);
+    return !s->local && !zio_active(s->c) && (s->c->tls || !tls_available()) &&
+           zio_allowed(NULL, s->c->peer_ip);
 }
 
 /* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
@@ -346,7 +348,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     reply(s, "250-ENHANCEDSTATUSCODES");
     reply(s, "250-CHUNKING");
     reply(s, "250-DSN");
-    reply(s, "250-ETRN");
+    if (!s->local)
+        reply(s, "250-ETRN");
     if (starttls_offered(s))
         reply(s, "250-STARTTLS");
     if (compress_offered(s))
@@ -658,7 +661,13 @@ static int start_body(struct smtpd *s)
         return -1;
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
-    if (s->rcpts.n == 1)
+    if (s->local)
+        /* No address and no SMTP AUTH: who the local user is (RFC 5321
+         * 4.4 leaves the comment free; ESMTPA is for SMTP AUTH). */
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s (local user %s)\r\n\tby %s (mailnode) "
+                        "with %s id %s;\r\n\t%s\r\n", s->helo, s->auth_user, conf->hostname,
+                        s->esmtp ? "ESMTP" : "SMTP", s->qid, date);
+    else if (s->rcpts.n == 1)
         n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
                         "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
                         rcpts_addr(&s->rcpts, 0), date);
@@ -815,6 +824,11 @@ static void cmd_etrn(struct smtpd *s, char *arg)
 {
     char line[512];
 
+    if (s->local) {
+        /* This process has no delivery scheduler; the daemon does. */
+        reply(s, "502 5.5.1 ETRN is not available here: run mailnode flush");
+        return;
+    }
     if (++s->etrns > 100) {
         close_with(s, "421 4.7.0 Too many ETRN requests, closing");
         return;
@@ -1157,6 +1171,8 @@ static void message_committed(void *arg, int rc)
         s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        if (s->local)
+            ctl_tell_queued(s->qid);    /* the daemon logs it and delivers it */
         for (size_t i = 0; i < s->rcpts.n; i++)
             if (rcpts_kind(&s->rcpts, i) == ROUTE_REMOTE) {
                 queue_kick();
@@ -1407,6 +1423,21 @@ int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const cha
         return -1;
     s->attach_done = done;
     s->attach_arg = arg;
+    return 0;
+}
+
+/* `sendmail -bs`: the session on c is the local user's, who counts as
+ * authenticated (as `mailnode sendmail` trusts its caller). */
+int smtpd_local(struct conn *c, const char *user, void (*done)(void *arg, int accepted, const char *error),
+                void *arg)
+{
+    struct smtpd *s;
+
+    if (smtpd_attach(c, done, arg))
+        return -1;
+    s = c->ctx;
+    s->local = 1;
+    util_strlcpy(s->auth_user, user, sizeof s->auth_user);
     return 0;
 }
 

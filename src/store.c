@@ -223,6 +223,38 @@ static const char *const migrations[] = {
     " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
     " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
     " END;",
+    /* 9: each destination's backlog (remote and held recipients still
+     * queued, and the messages they belong to) kept by triggers, so that
+     * `status` reads one row per destination instead of counting its
+     * queue; a row goes when its destination has nothing queued.  Mail
+     * stopped with `queue hold` is found through a partial index of the
+     * few messages that are.  "+": a message's own rows through
+     * rcpt_message, never its destination's range of rcpt_pick. */
+    "CREATE TABLE backlog(kind INTEGER NOT NULL, dest TEXT NOT NULL, rcpts INTEGER NOT NULL,"
+    " msgs INTEGER NOT NULL, PRIMARY KEY(kind, dest)) WITHOUT ROWID;"
+    "INSERT INTO backlog SELECT kind, dest, count(*), count(DISTINCT message_id) FROM rcpt"
+    " WHERE state=0 AND kind IN (2,3) GROUP BY kind, dest;"
+    "CREATE INDEX message_hold ON message(id) WHERE hold=1;"
+    "CREATE TRIGGER backlog_in AFTER INSERT ON rcpt WHEN new.state=0 AND new.kind IN (2,3) BEGIN"
+    " INSERT INTO backlog VALUES (new.kind, new.dest, 1, NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=new.message_id AND +state=0 AND +kind=new.kind AND +dest=new.dest AND id<>new.id))"
+    " ON CONFLICT(kind, dest) DO UPDATE SET rcpts=rcpts+1, msgs=msgs+excluded.msgs; END;"
+    "CREATE TRIGGER backlog_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0"
+    " AND new.kind IN (2,3) BEGIN"
+    " INSERT INTO backlog VALUES (new.kind, new.dest, 1, NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=new.message_id AND +state=0 AND +kind=new.kind AND +dest=new.dest AND id<>new.id))"
+    " ON CONFLICT(kind, dest) DO UPDATE SET rcpts=rcpts+1, msgs=msgs+excluded.msgs; END;"
+    "CREATE TRIGGER backlog_out AFTER DELETE ON rcpt WHEN old.state=0 AND old.kind IN (2,3) BEGIN"
+    " UPDATE backlog SET rcpts=rcpts-1, msgs=msgs-NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=old.message_id AND +state=0 AND +kind=old.kind AND +dest=old.dest)"
+    " WHERE kind=old.kind AND dest=old.dest;"
+    " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;"
+    "CREATE TRIGGER backlog_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0"
+    " AND old.kind IN (2,3) BEGIN"
+    " UPDATE backlog SET rcpts=rcpts-1, msgs=msgs-NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=old.message_id AND +state=0 AND +kind=old.kind AND +dest=old.dest)"
+    " WHERE kind=old.kind AND dest=old.dest;"
+    " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;",
 };
 
 sqlite3 *store_db(void)
@@ -341,6 +373,13 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     /* The daemon must not stall its loop for long behind a command-line
      * tool's write; tools wait patiently for the daemon's short turns. */
     sqlite3_busy_timeout(S.db, mode == STORE_DAEMON ? 2000 : 15000);
+    /* Plans must not depend on bound values: without this, SQLite
+     * re-prepares (parses and plans again) a statement whose parameter
+     * it once compared with a literal of a partial index, every time that
+     * parameter changes: the pick and its recipients cost a full compile
+     * per message.  Every statement here is written to be indexed as
+     * prepared (tests/unit/test_store.c explains them unbound). */
+    sqlite3_db_config(S.db, SQLITE_DBCONFIG_ENABLE_QPSG, 1, (int *)NULL);
     /* Every commit writes each page it touched whole into the log, and a
      * checkpoint again into the database: small pages write less per
      * message (bench/store.sh).  Only a new database takes it (before
@@ -956,6 +995,15 @@ int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void 
         sqlite3_finalize(st);
     }
     return 0;
+}
+
+/* Times a prepared statement was compiled again since it was prepared. */
+int store_reprepares(void)
+{
+    int n = 0;
+    for (int i = 0; i < S.n_slots; i++)
+        n += sqlite3_stmt_status(*S.slots[i], SQLITE_STMTSTATUS_REPREPARE, 0);
+    return n;
 }
 
 int store_fault_after = -1;

@@ -432,3 +432,29 @@ int store_alias_list(int (*cb)(void *arg, const char *name, const char *targets)
     }
     return 0;
 }
+
+/* Changes a domain in place, in one statement: mail routed meanwhile sees
+ * either the old row or the new one, never no domain at all. */
+int store_domain_mod(const struct store_domain *d)
+{
+    static sqlite3_stmt *st;
+    char key[SMTP_DOMAIN_MAX + 1], owner[USER_MAX + 1] = "";
+    int err;
+
+    if (admin_key(d->name, key, sizeof key) ||
+        (d->owner[0] && admin_key(d->owner, owner, sizeof owner)))
+        return STORE_ERR;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE domain SET kind=?, owner=?, host=? WHERE name=?"))
+        return STORE_ERR;
+    sqlite3_bind_int(st, 1, d->kind);
+    if (owner[0])
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_TRANSIENT);
+    if (d->host[0])
+        sqlite3_bind_text(st, 3, d->host, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, key, -1, SQLITE_TRANSIENT);
+    if ((err = admin_exec(st, "change domain")))
+        return err;
+    return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}

@@ -65,6 +65,9 @@ def schema3_database_migrates_with_nothing_lost():
             rc, out, err = n.cli('status')
             check('status_counts', '7 messages, 7 recipients (3 held' in out and '5 messages for 2 users' in out,
                   out + err)
+            # per-destination backlogs, counted when the schema was migrated
+            check('status_backlogs', 'backlog 4 recipients' in out and
+                  any('site.test' in l and '3 messages, 3 recipients' in l for l in out.splitlines()), out + err)
             # the queued remote mail goes out, each message once
             n.stop()
             n.configure({'relayhost': '127.0.0.1:%d' % sink.port})
