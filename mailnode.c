@@ -1051,6 +1051,9 @@ MN_PRIVATE void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 MN_PRIVATE int tls_init(void);                     /* loads tls.cert/tls.key if set */
+/* An ECDSA P-256 key and a self-signed certificate for name (tls_cert.c),
+ * as PEM text in malloc'd strings; -1 and err when it cannot. */
+MN_PRIVATE int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen);
 MN_PRIVATE const char *tls_io_error(void);         /* why tls_init failed */
 MN_PRIVATE void tls_free(void);
 MN_PRIVATE int tls_available(void);                /* server side: a certificate is loaded */
@@ -1506,6 +1509,7 @@ MN_PRIVATE int cli_flush(int argc, char **argv);           /* mailnode flush [--
 MN_PRIVATE int cli_poll(int argc, char **argv);            /* mailnode poll */
 MN_PRIVATE int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
 MN_PRIVATE int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
+MN_PRIVATE int cli_tls(int argc, char **argv);             /* mailnode tls selfsigned */
 MN_PRIVATE int cli_key(int argc, char **argv);             /* mailnode key show */
 MN_PRIVATE int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
 MN_PRIVATE int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
@@ -4929,13 +4933,31 @@ static char *dns_read_file(const char *path, size_t max)
 
 static void dns_timer_fire(void *arg);
 
-/* c-ares keeps its own retry deadlines: one loop timer at the nearest. */
+/* While c-ares has transactions out and its deadlines cannot be asked
+ * (below), the loop looks at them this often. */
+#define DNS_TICK_MS 100
+
+/* c-ares keeps its own retry deadlines: one loop timer at the nearest.
+ * ares_timeout() answers in a struct timeval, whose layout follows time_t.
+ * A 32-bit build with a 64-bit time_t (_TIME_BITS=64, as on armhf) may
+ * run against a c-ares built with a 32-bit time_t (Debian 12 armhf): the
+ * library's 8-byte answer read as a 16-byte struct is garbage, and a
+ * lookup whose server never answers would wait forever.  There the timer
+ * ticks instead while transactions are out; ares_process_fd() checks the
+ * deadlines itself, through no time_t of ours. */
 static void dns_timer_arm(void)
 {
     struct timeval tv, *t;
 
     if (!D.ready)
         return;
+    if (sizeof(time_t) != sizeof(long)) {
+        if (D.ntxs > 0)
+            timer_set(&D.timer, DNS_TICK_MS, dns_timer_fire, NULL);
+        else
+            timer_cancel(&D.timer);
+        return;
+    }
     t = ares_timeout(D.ch, NULL, &tv);
     if (!t) {
         timer_cancel(&D.timer);
@@ -5622,6 +5644,8 @@ void dns_free(void)
  * readable or writable, and record which, so that the loop registers the
  * right epoll events.
  *
+ * Built with MAILNODE_TLS_MBEDTLS (make TLS=mbedtls), tls_mbedtls.c has
+ * them instead, through mbedTLS.
  * Built without MAILNODE_TLS (make TLS=none), the same functions report
  * that TLS is not available: no STARTTLS is offered, and a client that
  * requires TLS keeps its mail queued.
@@ -5645,7 +5669,7 @@ int tls_upgrade_server(struct conn *c, const char *proto)
     return -1;
 }
 
-#ifdef MAILNODE_TLS
+#if defined(MAILNODE_TLS) && !defined(MAILNODE_TLS_MBEDTLS)
 
 #include <signal.h>
 #include <arpa/inet.h>
@@ -6191,7 +6215,7 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     return -1;
 }
 
-#else /* !MAILNODE_TLS */
+#elif !defined(MAILNODE_TLS)
 
 /* Built without OpenSSL: TLS is not available, and the callers behave
  * accordingly (no STARTTLS/STLS offered; `tls = require` defers). */
@@ -6311,7 +6335,883 @@ int tls_io_write_wants_in(const struct conn *c)
     return 0;
 }
 
-#endif /* MAILNODE_TLS */
+#endif /* MAILNODE_TLS: OpenSSL here, mbedTLS in tls_mbedtls.c, or none */
+
+/* ---- src/tls_mbedtls.c ---- */
+#line 1 "src/tls_mbedtls.c"
+/*
+ * tls_mbedtls.c: the functions of tls.c through mbedTLS (make TLS=mbedtls),
+ * for the static builds of small boxes: the same STARTTLS/STLS (RFC 3207,
+ * RFC 2595) behaviour, the same log lines and errors, a fraction of
+ * OpenSSL's size.  tls.c's comments on the loop side hold here too.
+ *
+ * Randomness comes from libsodium (randombytes_buf), which mailnode has
+ * seeded anyway, so no second entropy pool or DRBG is kept.  The system's
+ * CA store (a PEM bundle, mbedTLS knows no default) is loaded at the
+ * first client handshake, as tls.c does, since a parsed bundle costs
+ * hundreds of kilobytes an idle node does not need.
+ *
+ * On 32-bit builds with a 64-bit time_t the only mbedTLS structure with a
+ * time_t (mbedtls_ssl_session) is allocated by the library, never here,
+ * so a library built with a 32-bit time_t is safe to link.
+ */
+
+
+#if defined(MAILNODE_TLS) && defined(MAILNODE_TLS_MBEDTLS)
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/version.h>
+#include <mbedtls/x509_crt.h>
+
+/* PEM bundles of the system's CAs, the first that loads wins. */
+static const char *const tls_system_cas[] = {
+    "/etc/ssl/certs/ca-certificates.crt",       /* Debian, Ubuntu, OpenWrt ca-bundle */
+    "/etc/pki/tls/certs/ca-bundle.crt",         /* Fedora, RHEL */
+    "/etc/ssl/cert.pem",                        /* Alpine, BSDs */
+};
+
+struct tls_conn {
+    mbedtls_ssl_context ssl;
+    int fd;
+    size_t plain;                       /* cleartext bytes before the switch */
+    size_t wpending;                    /* bytes of a record mbedTLS holds, not yet sent */
+    unsigned server : 1;
+    unsigned handshaking : 1;
+    unsigned established : 1;
+    unsigned failed : 1;
+    unsigned hs_wants_out : 1;
+    unsigned read_wants_out : 1;
+    unsigned write_wants_in : 1;
+    unsigned verify : 1;
+    unsigned is_ip : 1;
+    char host[SMTP_DOMAIN_MAX + 1];
+    char error[200];
+};
+
+static struct {
+    int inited;
+    int have_server, have_client, client_failed;
+    mbedtls_ssl_config server, client;
+    mbedtls_x509_crt cert, ca;
+    mbedtls_pk_context key;
+    char error[512];
+} T;
+
+static int tls_rng(void *arg, unsigned char *out, size_t n)
+{
+    MN_UNUSED(arg);
+    randombytes_buf(out, n);
+    return 0;
+}
+
+static void tls_strerror(int ret, char *buf, size_t n)
+{
+    char tmp[160];
+    mbedtls_strerror(ret, tmp, sizeof tmp);
+    snprintf(buf, n, "%s", tmp);
+}
+
+static int tls_readable_file(const char *key, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(T.error, sizeof T.error, "%s %s: %s", key, path, strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* Settings both sides share: TLS 1.2 at least (RFC 8996), no
+ * renegotiation, no session tickets (bytes on slow links for
+ * resumptions mail clients rarely make). */
+static int tls_conf_common(mbedtls_ssl_config *c, int endpoint)
+{
+    mbedtls_ssl_config_init(c);
+    if (mbedtls_ssl_config_defaults(c, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT))
+        return -1;
+    mbedtls_ssl_conf_rng(c, tls_rng, NULL);
+    mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+#if defined(MBEDTLS_SSL_RENEGOTIATION)
+    mbedtls_ssl_conf_renegotiation(c, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+#if defined(MBEDTLS_SSL_SESSION_TICKETS)
+    mbedtls_ssl_conf_session_tickets(c, MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
+#endif
+    return 0;
+}
+
+static int tls_load_key(const char *path)
+{
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+    return mbedtls_pk_parse_keyfile(&T.key, path, NULL, tls_rng, NULL);
+#else
+    return mbedtls_pk_parse_keyfile(&T.key, path, NULL);
+#endif
+}
+
+static int tls_check_pair(void)
+{
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+    return mbedtls_pk_check_pair(&T.cert.pk, &T.key, tls_rng, NULL);
+#else
+    return mbedtls_pk_check_pair(&T.cert.pk, &T.key);
+#endif
+}
+
+static int tls_server_conf(void)
+{
+    const char *cert = conf->tls_cert, *key = conf->tls_key;
+    char why[200];
+    int ret;
+
+    if (!cert || !*cert)
+        return 0;
+    if (!key || !*key)
+        key = cert;                     /* one PEM file holding both */
+    if (tls_readable_file("tls.cert", cert) || tls_readable_file("tls.key", key))
+        return -1;
+    mbedtls_x509_crt_init(&T.cert);
+    mbedtls_pk_init(&T.key);
+    T.have_server = 1;                  /* from here on tls_free frees */
+    ret = mbedtls_x509_crt_parse_file(&T.cert, cert);
+    if (ret) {
+        tls_strerror(ret, why, sizeof why);
+        snprintf(T.error, sizeof T.error,
+                 "tls.cert %s: cannot load the certificate chain (%s); it must be PEM, "
+                 "the server certificate first", cert, why);
+        return -1;
+    }
+    ret = tls_load_key(key);
+    if (ret) {
+        tls_strerror(ret, why, sizeof why);
+        snprintf(T.error, sizeof T.error, "tls.key %s: cannot load the private key (%s); it must "
+                 "be PEM without a passphrase", key, why);
+        return -1;
+    }
+    if (tls_check_pair()) {
+        snprintf(T.error, sizeof T.error, "tls.key %s does not match the certificate in tls.cert %s",
+                 key, cert);
+        return -1;
+    }
+    if (tls_conf_common(&T.server, MBEDTLS_SSL_IS_SERVER) ||
+        mbedtls_ssl_conf_own_cert(&T.server, &T.cert, &T.key)) {
+        snprintf(T.error, sizeof T.error, "TLS server setup failed: out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static int tls_client_conf(void)
+{
+    const char *ca = conf->tls_ca_file;
+    char why[200];
+    int ret, system = 0;
+
+    if (T.have_client)
+        return 0;
+    if (T.client_failed)
+        return -1;
+    mbedtls_x509_crt_init(&T.ca);
+    for (size_t i = 0; i < sizeof tls_system_cas / sizeof *tls_system_cas && !system; i++)
+        system = access(tls_system_cas[i], R_OK) == 0 &&
+                 mbedtls_x509_crt_parse_file(&T.ca, tls_system_cas[i]) >= 0;
+    if (!system)
+        log_warn("tls: the system certificate store cannot be loaded; only tls.ca_file is trusted");
+    if (ca && *ca && (ret = mbedtls_x509_crt_parse_file(&T.ca, ca)) != 0) {
+        tls_strerror(ret, why, sizeof why);
+        log_err("tls.ca_file %s: cannot load the CA certificates (%s); TLS to relays is not "
+                "possible until it is fixed", ca, why);
+        goto fail;
+    }
+    if (tls_conf_common(&T.client, MBEDTLS_SSL_IS_CLIENT)) {
+        log_err("tls: client setup failed: out of memory");
+        mbedtls_ssl_config_free(&T.client);
+        goto fail;
+    }
+    /* Opportunistic TLS (RFC 3207 4.1, RFC 7435): the chain is always
+     * checked and the outcome logged; tls_io_handshake fails the
+     * connections that require it. */
+    mbedtls_ssl_conf_authmode(&T.client, MBEDTLS_SSL_VERIFY_OPTIONAL);
+    mbedtls_ssl_conf_ca_chain(&T.client, &T.ca, NULL);
+    T.have_client = 1;
+    return 0;
+fail:
+    mbedtls_x509_crt_free(&T.ca);
+    T.client_failed = 1;
+    return -1;
+}
+
+static void tls_ignore_sigpipe(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &sa, NULL);
+    }
+}
+
+int tls_init(void)
+{
+    if (T.inited)
+        return T.error[0] ? -1 : 0;
+    T.inited = 1;
+    T.error[0] = 0;
+    tls_ignore_sigpipe();
+    if (tls_server_conf()) {
+        log_err("%s", T.error);
+        return -1;
+    }
+    if (T.have_server)
+        log_info("tls: STARTTLS enabled with %s", conf->tls_cert);
+    if (conf->tls_ca_file && *conf->tls_ca_file)
+        (void)tls_client_conf();
+    return 0;
+}
+
+const char *tls_io_error(void)
+{
+    return T.error;
+}
+
+void tls_free(void)
+{
+    if (T.have_server) {
+        mbedtls_ssl_config_free(&T.server);
+        mbedtls_x509_crt_free(&T.cert);
+        mbedtls_pk_free(&T.key);
+    }
+    if (T.have_client) {
+        mbedtls_ssl_config_free(&T.client);
+        mbedtls_x509_crt_free(&T.ca);
+    }
+    memset(&T, 0, sizeof T);
+}
+
+int tls_available(void)
+{
+    return T.have_server && !T.error[0];
+}
+
+/* The record layer's socket: non-blocking, MSG_NOSIGNAL. */
+static int tls_send(void *arg, const unsigned char *buf, size_t n)
+{
+    struct tls_conn *t = arg;
+    ssize_t r = send(t->fd, buf, n, MSG_NOSIGNAL);
+    if (r >= 0)
+        return (int)r;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return MBEDTLS_ERR_SSL_WANT_WRITE;
+    snprintf(t->error, sizeof t->error, "%s", strerror(errno));
+    return errno == EPIPE || errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_SEND_FAILED;
+}
+
+static int tls_recv(void *arg, unsigned char *buf, size_t n)
+{
+    struct tls_conn *t = arg;
+    ssize_t r = recv(t->fd, buf, n, 0);
+    if (r >= 0)
+        return (int)r;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return MBEDTLS_ERR_SSL_WANT_READ;
+    snprintf(t->error, sizeof t->error, "%s", strerror(errno));
+    return errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_RECV_FAILED;
+}
+
+static struct tls_conn *tls_attach(struct conn *c, const mbedtls_ssl_config *cf)
+{
+    struct tls_conn *t;
+
+    if (c->tls || c->dead)
+        return NULL;
+    t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    mbedtls_ssl_init(&t->ssl);
+    if (mbedtls_ssl_setup(&t->ssl, cf)) {
+        log_err("tls: cannot start TLS with %s: out of memory", c->peer_ip);
+        mbedtls_ssl_free(&t->ssl);
+        free(t);
+        return NULL;
+    }
+    t->fd = c->fd;
+    mbedtls_ssl_set_bio(&t->ssl, t, tls_send, tls_recv, NULL);
+    t->handshaking = 1;
+    t->plain = c->out_len;
+    return t;
+}
+
+static void tls_discard(struct tls_conn *t)
+{
+    mbedtls_ssl_free(&t->ssl);
+    free(t);
+}
+
+/* See tls.c: what came in the clear after the command is dropped. */
+static void tls_switch(struct conn *c, struct tls_conn *t)
+{
+    c->tls = t;
+    conn_consume(c, c->in_len);
+}
+
+int tls_start_server(struct conn *c)
+{
+    struct tls_conn *t;
+
+    if (!tls_available())
+        return -1;
+    t = tls_attach(c, &T.server);
+    if (!t)
+        return -1;
+    t->server = 1;
+    tls_switch(c, t);
+    return 0;
+}
+
+static int tls_is_ip(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+int tls_start_client(struct conn *c, const char *host, int verify)
+{
+    struct tls_conn *t;
+    char name[SMTP_DOMAIN_MAX + 1];
+    size_t len;
+
+    tls_ignore_sigpipe();
+    if (tls_client_conf())
+        return -1;
+    t = tls_attach(c, &T.client);
+    if (!t)
+        return -1;
+    if (!host)
+        host = "";
+    if (host[0] == '[') {
+        host++;
+        if (!strncasecmp(host, "IPv6:", 5))
+            host += 5;
+    }
+    util_strlcpy(name, host, sizeof name);
+    len = strcspn(name, "]");
+    name[len] = 0;
+    if (len && name[len - 1] == '.')
+        name[--len] = 0;
+    util_strlcpy(t->host, name, sizeof t->host);
+    t->verify = verify ? 1 : 0;
+    t->is_ip = name[0] && tls_is_ip(name);
+    /* RFC 6066 3: SNI carries host names only; an address is checked
+     * against the certificate's iPAddress names after the handshake. */
+    if (name[0] && !t->is_ip && mbedtls_ssl_set_hostname(&t->ssl, name)) {
+        log_err("tls: cannot set the expected name %s", name);
+        tls_discard(t);
+        return -1;
+    }
+    t->hs_wants_out = 1;                /* the ClientHello is ours to send first */
+    tls_switch(c, t);
+    return 0;
+}
+
+int tls_active(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t && t->established && !t->failed;
+}
+
+void tls_conn_free(struct conn *c)
+{
+    struct tls_conn *t = c->tls;
+
+    if (!t)
+        return;
+    c->tls = NULL;
+    if (c->closing && t->established && !t->failed)
+        (void)mbedtls_ssl_close_notify(&t->ssl);   /* best effort */
+    tls_discard(t);
+}
+
+/* --------------------------------------------------------- loop side */
+
+int tls_io_handshaking(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t && t->handshaking;
+}
+
+size_t tls_io_plain(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t ? t->plain : 0;
+}
+
+void tls_io_plain_sent(struct conn *c, size_t n)
+{
+    struct tls_conn *t = c->tls;
+    t->plain = n < t->plain ? t->plain - n : 0;
+}
+
+int tls_io_read_wants_out(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t ? (t->handshaking ? t->hs_wants_out : t->read_wants_out) : 0;
+}
+
+int tls_io_write_wants_in(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t ? (t->handshaking ? !t->hs_wants_out : t->write_wants_in) : 0;
+}
+
+int tls_io_pending(const struct conn *c)
+{
+    const struct tls_conn *t = c->tls;
+    return t && t->established && mbedtls_ssl_get_bytes_avail(&t->ssl) > 0;
+}
+
+static void tls_fail(struct tls_conn *t, int ret)
+{
+    t->failed = 1;
+    if (t->error[0] && (ret == MBEDTLS_ERR_NET_SEND_FAILED || ret == MBEDTLS_ERR_NET_RECV_FAILED ||
+                        ret == MBEDTLS_ERR_NET_CONN_RESET))
+        return;                         /* the socket's errno, set by tls_send/tls_recv */
+    if (ret == MBEDTLS_ERR_SSL_CONN_EOF) {
+        snprintf(t->error, sizeof t->error, "connection closed by peer");
+        return;
+    }
+    tls_strerror(ret, t->error, sizeof t->error);
+}
+
+/* A host given as an address must be one of the certificate's iPAddress
+ * subjectAltNames (RFC 5280 4.2.1.6), the check OpenSSL's
+ * X509_VERIFY_PARAM_set1_ip makes. */
+static int tls_ip_matches(const struct tls_conn *t)
+{
+    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
+    unsigned char want[16];
+    size_t wlen = inet_pton(AF_INET, t->host, want) == 1 ? 4 : 16;
+
+    if (wlen == 16 && inet_pton(AF_INET6, t->host, want) != 1)
+        return 0;
+    if (!crt)
+        return 0;
+    for (const mbedtls_x509_sequence *s = &crt->subject_alt_names; s && s->buf.p; s = s->next)
+        if ((s->buf.tag & MBEDTLS_ASN1_TAG_VALUE_MASK) == 7 && s->buf.len == wlen &&
+            !memcmp(s->buf.p, want, wlen))
+            return 1;
+    return 0;
+}
+
+/* Client: the verification outcome, 0 when the chain and the name hold. */
+static uint32_t tls_verify_flags(const struct tls_conn *t)
+{
+    uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+    if (t->is_ip && !tls_ip_matches(t))
+        flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+    return flags;
+}
+
+static void tls_verify_text(uint32_t flags, char *buf, size_t n)
+{
+    char info[256];
+    int k = mbedtls_x509_crt_verify_info(info, sizeof info, "", flags);
+    while (k > 0 && (info[k - 1] == '\n' || info[k - 1] == ' '))
+        info[--k] = 0;
+    for (char *p = info; *p; p++)
+        if (*p == '\n')
+            *p = ';';
+    snprintf(buf, n, "%s", k > 0 ? info : "certificate verify failed");
+}
+
+int tls_io_handshake(struct conn *c)
+{
+    struct tls_conn *t = c->tls;
+    int r = mbedtls_ssl_handshake(&t->ssl);
+
+    if (r == 0) {
+        t->handshaking = 0;
+        if (!t->server && t->verify) {
+            uint32_t flags = tls_verify_flags(t);
+            if (flags) {
+                t->failed = 1;
+                snprintf(t->error, sizeof t->error, "certificate verify failed (");
+                size_t k = strlen(t->error);
+                tls_verify_text(flags, t->error + k, sizeof t->error - k - 1);
+                util_strlcpy(t->error + strlen(t->error), ")", sizeof t->error - strlen(t->error));
+                return -1;
+            }
+        }
+        t->established = 1;
+        return 1;
+    }
+    if (r == MBEDTLS_ERR_SSL_WANT_READ) {
+        t->hs_wants_out = 0;
+        return 0;
+    }
+    if (r == MBEDTLS_ERR_SSL_WANT_WRITE) {
+        t->hs_wants_out = 1;
+        return 0;
+    }
+    t->handshaking = 0;
+    tls_fail(t, r);
+    return -1;
+}
+
+void tls_handshake_done(struct conn *c, int err)
+{
+    struct tls_conn *t = c->tls;
+
+    if (!err && t) {
+        const char *vers = mbedtls_ssl_get_version(&t->ssl);
+        const char *cipher = mbedtls_ssl_get_ciphersuite(&t->ssl);
+        if (t->server) {
+            log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
+        } else {
+            uint32_t flags = tls_verify_flags(t);
+            const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&t->ssl);
+            char why[256] = "";
+            if (peer && flags)
+                tls_verify_text(flags, why, sizeof why);
+            log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
+                     t->host[0] ? t->host : "?", c->peer_ip,
+                     peer && !flags ? "verified" : "not verified",
+                     peer && !flags ? "" : ": ", !peer ? "none sent" : why);
+        }
+    } else {
+        log_warn("tls: handshake with %s%s%s%s failed: %s", t && !t->server ? "server " : "client ",
+                 t && t->host[0] ? t->host : "", t && t->host[0] ? " " : "", c->peer_ip,
+                 t && t->error[0] ? t->error : "unknown error");
+    }
+    if (c->ops && c->ops->on_tls)
+        c->ops->on_tls(c, err ? -1 : 0);
+}
+
+/* Like recv(): bytes, 0 at the end, -1 with EAGAIN or another errno. */
+ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
+{
+    struct tls_conn *t = c->tls;
+    int r;
+
+    if (t->failed) {
+        errno = EPROTO;
+        return -1;
+    }
+    if (n > INT32_MAX)
+        n = INT32_MAX;
+    r = mbedtls_ssl_read(&t->ssl, buf, n);
+    if (r > 0) {
+        t->read_wants_out = 0;
+        return r;
+    }
+    switch (r) {
+    case MBEDTLS_ERR_SSL_WANT_READ:
+        t->read_wants_out = 0;
+        errno = EAGAIN;
+        return -1;
+    case MBEDTLS_ERR_SSL_WANT_WRITE:
+        t->read_wants_out = 1;
+        errno = EAGAIN;
+        return -1;
+    case 0:
+    case MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY:
+    case MBEDTLS_ERR_SSL_CONN_EOF:      /* TCP closed without close_notify: an EOF, as in tls.c */
+        return 0;
+    default:
+        tls_fail(t, r);
+        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+/* Like send().  After WANT_WRITE mbedTLS holds an encrypted record and
+ * must be called again with the same bytes; the loop only appends to its
+ * buffer, so the head is the same, but it may offer more: offering
+ * exactly the held record's length keeps the count returned true. */
+ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
+{
+    struct tls_conn *t = c->tls;
+    int r;
+
+    if (t->failed) {
+        errno = EPIPE;
+        return -1;
+    }
+    if (t->wpending && n >= t->wpending)
+        n = t->wpending;
+    if (n > INT32_MAX)
+        n = INT32_MAX;
+    r = mbedtls_ssl_write(&t->ssl, buf, n);
+    if (r >= 0) {
+        t->wpending = 0;
+        t->write_wants_in = 0;
+        return r;
+    }
+    if (r == MBEDTLS_ERR_SSL_WANT_WRITE || r == MBEDTLS_ERR_SSL_WANT_READ) {
+        t->wpending = n;
+        t->write_wants_in = r == MBEDTLS_ERR_SSL_WANT_READ;
+        errno = EAGAIN;
+        return -1;
+    }
+    tls_fail(t, r);
+    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+    errno = EPIPE;
+    return -1;
+}
+
+#endif /* MAILNODE_TLS && MAILNODE_TLS_MBEDTLS */
+
+/* ---- src/tls_cert.c ---- */
+#line 1 "src/tls_cert.c"
+/*
+ * tls_cert.c: a self-signed certificate and its key for a node that has
+ * no CA (`mailnode tls selfsigned`), through whichever TLS library the
+ * build uses: OpenSSL (tls.c) or mbedTLS (tls_mbedtls.c).
+ *
+ * The key is ECDSA P-256: small, fast on an ARM board, and accepted by
+ * every TLS 1.2 client.  The certificate (RFC 5280) is X.509 v3 with a
+ * random 127-bit serial, valid from an hour ago (a peer's clock running a
+ * little behind) for the days asked, the name both as the subject's CN
+ * and as subjectAltName (dNSName, or iPAddress for an address: clients
+ * check only the SAN, RFC 6125 6.4.4), basicConstraints CA:FALSE and
+ * keyUsage digitalSignature.  Peers trust it by pinning: the file itself
+ * as their CA file, or its SHA-256 fingerprint.
+ */
+
+
+#include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
+
+#define TLS_CERT_MAX 4096
+
+/* The name as a subjectAltName value: 4 (IPv4) or 16 (IPv6) address
+ * bytes, or 0 for a host name. */
+static size_t tls_cert_ip(const char *name, unsigned char ip[16])
+{
+    if (inet_pton(AF_INET, name, ip) == 1)
+        return 4;
+    if (inet_pton(AF_INET6, name, ip) == 1)
+        return 16;
+    return 0;
+}
+
+#if defined(MAILNODE_TLS) && !defined(MAILNODE_TLS_MBEDTLS)
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+static char *tls_cert_bio_text(BIO *b)
+{
+    char *data, *out;
+    long n = BIO_get_mem_data(b, &data);
+    if (n <= 0 || !(out = malloc((size_t)n + 1)))
+        return NULL;
+    memcpy(out, data, (size_t)n);
+    out[n] = 0;
+    return out;
+}
+
+static int tls_cert_ext(X509 *x, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *e;
+    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+    e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (!e)
+        return -1;
+    int ok = X509_add_ext(x, e, -1);
+    X509_EXTENSION_free(e);
+    return ok ? 0 : -1;
+}
+
+int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen)
+{
+    EVP_PKEY *pk = NULL;
+    X509 *x = NULL;
+    BIGNUM *bn = NULL;
+    BIO *cb = NULL, *kb = NULL;
+    unsigned char serial[16], ip[16];
+    char san[300];
+    int rc = -1;
+
+    *cert_pem = *key_pem = NULL;
+    randombytes_buf(serial, sizeof serial);
+    serial[0] &= 0x7f;                  /* positive (RFC 5280 4.1.2.2) */
+    if (tls_cert_ip(name, ip))
+        snprintf(san, sizeof san, "IP:%s", name);
+    else
+        snprintf(san, sizeof san, "DNS:%s", name);
+    if (!(pk = EVP_EC_gen("P-256")) || !(x = X509_new()) || !X509_set_version(x, 2) ||
+        !(bn = BN_bin2bn(serial, sizeof serial, NULL)) || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) ||
+        !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
+        !X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) || !X509_set_pubkey(x, pk) ||
+        !X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                    (const unsigned char *)name, -1, -1, 0) ||
+        !X509_set_issuer_name(x, X509_get_subject_name(x)) ||
+        tls_cert_ext(x, NID_basic_constraints, "critical,CA:FALSE") ||
+        tls_cert_ext(x, NID_key_usage, "critical,digitalSignature") ||
+        tls_cert_ext(x, NID_subject_alt_name, san) || !X509_sign(x, pk, EVP_sha256()))
+        goto done;
+    if (!(cb = BIO_new(BIO_s_mem())) || !(kb = BIO_new(BIO_s_mem())) || !PEM_write_bio_X509(cb, x) ||
+        !PEM_write_bio_PrivateKey(kb, pk, NULL, NULL, 0, NULL, NULL))
+        goto done;
+    *cert_pem = tls_cert_bio_text(cb);
+    *key_pem = tls_cert_bio_text(kb);
+    rc = *cert_pem && *key_pem ? 0 : -1;
+done:
+    if (rc) {
+        unsigned long e = ERR_peek_last_error();
+        snprintf(err, errlen, "%s", e ? ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "OpenSSL error"
+                                      : "out of memory");
+        free(*cert_pem);
+        free(*key_pem);
+        *cert_pem = *key_pem = NULL;
+    }
+    ERR_clear_error();
+    BIO_free(cb);
+    BIO_free(kb);
+    BN_free(bn);
+    X509_free(x);
+    EVP_PKEY_free(pk);
+    return rc;
+}
+
+#elif defined(MAILNODE_TLS) && defined(MAILNODE_TLS_MBEDTLS)
+
+#include <mbedtls/error.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/x509_crt.h>
+
+static int tls_cert_rng(void *arg, unsigned char *out, size_t n)
+{
+    MN_UNUSED(arg);
+    randombytes_buf(out, n);
+    return 0;
+}
+
+/* DER of subjectAltName: SEQUENCE { [2] dNSName | [7] iPAddress }.
+ * mbedTLS 2.28 has no helper for it.  Returns the length, 0 if too long. */
+static size_t tls_cert_san(const char *name, unsigned char *out, size_t cap)
+{
+    unsigned char ip[16], gn[300];
+    size_t iplen = tls_cert_ip(name, ip), vlen = iplen ? iplen : strlen(name), g = 0, o = 0;
+    const unsigned char *v = iplen ? ip : (const unsigned char *)name;
+
+    if (vlen > 253)
+        return 0;
+    gn[g++] = iplen ? 0x87 : 0x82;      /* context-specific [7] / [2], primitive */
+    if (vlen > 127)
+        gn[g++] = 0x81;
+    gn[g++] = (unsigned char)vlen;
+    memcpy(gn + g, v, vlen);
+    g += vlen;
+    if (g + 4 > cap)
+        return 0;
+    out[o++] = 0x30;                    /* SEQUENCE */
+    if (g > 127)
+        out[o++] = 0x81;
+    out[o++] = (unsigned char)g;
+    memcpy(out + o, gn, g);
+    return o + g;
+}
+
+/* YYYYMMDDhhmmss, as mbedtls_x509write_crt_set_validity wants it. */
+static void tls_cert_when(time_t t, char out[64])
+{
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, 64, "%04d%02d%02d%02d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen)
+{
+    mbedtls_pk_context key;
+    mbedtls_x509write_cert crt;
+    mbedtls_mpi serial;
+    unsigned char sbytes[16], san[300];
+    char subject[300], from[64], until[64];
+    size_t sanlen = tls_cert_san(name, san, sizeof san);
+    time_t now = time(NULL);
+    int ret = -1;
+
+    *cert_pem = *key_pem = NULL;
+    mbedtls_pk_init(&key);
+    mbedtls_x509write_crt_init(&crt);
+    mbedtls_mpi_init(&serial);
+    randombytes_buf(sbytes, sizeof sbytes);
+    sbytes[0] &= 0x7f;                  /* positive (RFC 5280 4.1.2.2) */
+    tls_cert_when(now - 3600, from);
+    tls_cert_when(now + (time_t)days * 86400, until);
+    snprintf(subject, sizeof subject, "CN=%s", name);
+    *cert_pem = calloc(1, TLS_CERT_MAX);
+    *key_pem = calloc(1, TLS_CERT_MAX);
+    if (!sanlen || !*cert_pem || !*key_pem)
+        goto done;
+    if ((ret = mbedtls_pk_setup(&key, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY))) ||
+        (ret = mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(key), tls_cert_rng, NULL)) ||
+        (ret = mbedtls_mpi_read_binary(&serial, sbytes, sizeof sbytes)))
+        goto done;
+    mbedtls_x509write_crt_set_version(&crt, MBEDTLS_X509_CRT_VERSION_3);
+    mbedtls_x509write_crt_set_md_alg(&crt, MBEDTLS_MD_SHA256);
+    mbedtls_x509write_crt_set_subject_key(&crt, &key);
+    mbedtls_x509write_crt_set_issuer_key(&crt, &key);
+    if ((ret = mbedtls_x509write_crt_set_serial(&crt, &serial)) ||
+        (ret = mbedtls_x509write_crt_set_validity(&crt, from, until)) ||
+        (ret = mbedtls_x509write_crt_set_subject_name(&crt, subject)) ||
+        (ret = mbedtls_x509write_crt_set_issuer_name(&crt, subject)) ||
+        (ret = mbedtls_x509write_crt_set_basic_constraints(&crt, 0, -1)) ||
+        (ret = mbedtls_x509write_crt_set_key_usage(&crt, MBEDTLS_X509_KU_DIGITAL_SIGNATURE)) ||
+        (ret = mbedtls_x509write_crt_set_extension(&crt, MBEDTLS_OID_SUBJECT_ALT_NAME,
+                                                   MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), 0,
+                                                   san, sanlen)) ||
+        (ret = mbedtls_x509write_crt_pem(&crt, (unsigned char *)*cert_pem, TLS_CERT_MAX, tls_cert_rng, NULL)) ||
+        (ret = mbedtls_pk_write_key_pem(&key, (unsigned char *)*key_pem, TLS_CERT_MAX)))
+        goto done;
+    ret = 0;
+done:
+    if (ret) {
+        if (ret == -1 || !sanlen)
+            snprintf(err, errlen, "%s", sanlen ? "out of memory" : "name too long");
+        else
+            mbedtls_strerror(ret, err, errlen);
+        free(*cert_pem);
+        free(*key_pem);
+        *cert_pem = *key_pem = NULL;
+    }
+    mbedtls_mpi_free(&serial);
+    mbedtls_x509write_crt_free(&crt);
+    mbedtls_pk_free(&key);
+    return ret ? -1 : 0;
+}
+
+#else /* !MAILNODE_TLS */
+
+int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen)
+{
+    unsigned char ip[16];
+    MN_UNUSED(days);
+    (void)tls_cert_ip(name, ip);
+    *cert_pem = *key_pem = NULL;
+    snprintf(err, errlen, "this mailnode was built without TLS (make TLS=none)");
+    return -1;
+}
+
+#endif
 
 /* ---- src/store.c ---- */
 #line 1 "src/store.c"
@@ -31976,6 +32876,211 @@ int cli_restore(int argc, char **argv)
     return rc;
 }
 
+/* ---- src/cli_tls.c ---- */
+#line 1 "src/cli_tls.c"
+/*
+ * cli_tls.c: `mailnode tls selfsigned`: a key and a self-signed
+ * certificate for a node that has no CA (tls_cert.c makes them), written
+ * where the node keeps its state, with the lines that put them to use.
+ */
+
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CLI_TLS_DAYS_DEFAULT 3650
+#define CLI_TLS_DAYS_MAX 20000          /* about 55 years: within a 32-bit long of seconds */
+
+static const char cli_tls_help[] =
+    "usage: mailnode tls selfsigned [--cn NAME] [--days N] [-o DIR] [--force]\n"
+    "\n"
+    "Generates an ECDSA P-256 key and a self-signed certificate for NAME\n"
+    "(default: the hostname setting) valid for N days (default 3650), as\n"
+    "DIR/tls-cert.pem and DIR/tls-key.pem (mode 0600); DIR defaults to the\n"
+    "database's directory. Existing files are kept unless --force is given.\n"
+    "Prints the certificate's SHA-256 fingerprint and the tls.cert/tls.key\n"
+    "lines for mailnode.conf. Peers trust the node with a copy of\n"
+    "tls-cert.pem as their tls.ca_file (or CA file).\n";
+
+/* A host name or an address: what a certificate can name and a peer
+ * can ask for. */
+static int cli_tls_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 253)
+        return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '.' || *s == '-' || *s == ':'))
+            return 0;
+    return 1;
+}
+
+/* Writes text to path through path.tmp: fsynced, then renamed. */
+static int cli_tls_write(const char *path, const char *text, mode_t mode, int force)
+{
+    char tmp[4096];
+    size_t len = strlen(text), off = 0;
+    int fd;
+
+    if (!force && access(path, F_OK) == 0) {
+        errno = EEXIST;
+        return -1;
+    }
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return -1;
+    if (fchmod(fd, mode))
+        goto fail;
+    while (off < len) {
+        ssize_t k = write(fd, text + off, len - off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            goto fail;
+        off += (size_t)k;
+    }
+    if (fsync(fd) || close(fd)) {
+        fd = -1;
+        goto fail;
+    }
+    if (rename(tmp, path)) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+fail:
+    {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        unlink(tmp);
+        errno = e;
+    }
+    return -1;
+}
+
+/* SHA-256 of the certificate's DER, as AB:CD:... */
+static int cli_tls_fingerprint(const char *pem, char *out, size_t n)
+{
+    const char *b = strstr(pem, "-----BEGIN CERTIFICATE-----"), *e;
+    unsigned char der[4096], h[crypto_hash_sha256_BYTES];
+    size_t dlen;
+
+    if (!b || n < 3 * sizeof h)
+        return -1;
+    b = strchr(b, '\n');
+    e = b ? strstr(b, "-----END CERTIFICATE-----") : NULL;
+    if (!e || sodium_base642bin(der, sizeof der, b + 1, (size_t)(e - b - 1), "\r\n", &dlen, NULL,
+                                sodium_base64_VARIANT_ORIGINAL))
+        return -1;
+    crypto_hash_sha256(h, der, dlen);
+    for (size_t i = 0; i < sizeof h; i++)
+        snprintf(out + 3 * i, n - 3 * i, "%02X%s", h[i], i + 1 < sizeof h ? ":" : "");
+    return 0;
+}
+
+static int cli_tls_selfsigned(int argc, char **argv)
+{
+    const char *name = conf->hostname, *dir = NULL;
+    char dbdir[4096], cert_path[4096], key_path[4096], err[256], fp[128];
+    char *cert = NULL, *key = NULL, *end;
+    long days = CLI_TLS_DAYS_DEFAULT;
+    int force = 0, rc;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(cli_tls_help, stdout);
+            return EX_OK;
+        } else if (!strcmp(a, "--cn") && i + 1 < argc) {
+            name = argv[++i];
+        } else if (!strcmp(a, "--days") && i + 1 < argc) {
+            errno = 0;
+            days = strtol(argv[++i], &end, 10);
+            if (errno || *end || end == argv[i] || days < 1 || days > CLI_TLS_DAYS_MAX) {
+                fprintf(stderr, "mailnode: tls selfsigned: --days %s: a number of days from 1 to %d\n",
+                        argv[i], CLI_TLS_DAYS_MAX);
+                return EX_USAGE;
+            }
+        } else if (!strcmp(a, "-o") && i + 1 < argc) {
+            dir = argv[++i];
+        } else if (!strcmp(a, "--force")) {
+            force = 1;
+        } else {
+            fprintf(stderr, "mailnode: tls selfsigned: unexpected argument %s\n%s", a, cli_tls_help);
+            return EX_USAGE;
+        }
+    }
+    if (!name || !cli_tls_name_ok(name)) {
+        fprintf(stderr, "mailnode: tls selfsigned: %s%s%s is not a host name or address; give one "
+                        "with --cn\n", name ? "\"" : "", name ? name : "no name", name ? "\"" : "");
+        return EX_USAGE;
+    }
+    if (!dir) {
+        util_strlcpy(dbdir, conf->database && *conf->database ? conf->database : "./x", sizeof dbdir);
+        char *slash = strrchr(dbdir, '/');
+        if (!slash)
+            util_strlcpy(dbdir, ".", sizeof dbdir);
+        else if (slash == dbdir)
+            dbdir[1] = 0;
+        else
+            *slash = 0;
+        dir = dbdir;
+    }
+    if (snprintf(cert_path, sizeof cert_path, "%s/tls-cert.pem", dir) >= (int)sizeof cert_path ||
+        snprintf(key_path, sizeof key_path, "%s/tls-key.pem", dir) >= (int)sizeof key_path) {
+        fprintf(stderr, "mailnode: tls selfsigned: %s: path too long\n", dir);
+        return EX_USAGE;
+    }
+    if (!force && (access(cert_path, F_OK) == 0 || access(key_path, F_OK) == 0)) {
+        fprintf(stderr, "mailnode: tls selfsigned: %s exists; kept (--force replaces it)\n",
+                access(key_path, F_OK) == 0 ? key_path : cert_path);
+        return EX_CANTCREAT;
+    }
+    if (tls_selfsigned(name, (int)days, &cert, &key, err, sizeof err)) {
+        fprintf(stderr, "mailnode: tls selfsigned: cannot make the certificate: %s\n", err);
+        return EX_SOFTWARE;
+    }
+    rc = EX_OK;
+    /* The key first: a certificate never lies around without its key. */
+    if (cli_tls_write(key_path, key, 0600, force) || cli_tls_write(cert_path, cert, 0644, force)) {
+        fprintf(stderr, "mailnode: tls selfsigned: cannot write %s: %s\n",
+                access(key_path, F_OK) == 0 ? cert_path : key_path, strerror(errno));
+        rc = EX_CANTCREAT;
+    } else {
+        printf("wrote %s (self-signed for %s, %ld days) and its key %s\n", cert_path, name, days, key_path);
+        if (cli_tls_fingerprint(cert, fp, sizeof fp) == 0)
+            printf("SHA-256 fingerprint: %s\n", fp);
+        printf("for mailnode.conf:\n  tls.cert = %s\n  tls.key = %s\n"
+               "peers that relay to this node trust it with a copy of %s as tls.ca_file\n",
+               cert_path, key_path, cert_path);
+    }
+    sodium_memzero(key, strlen(key));
+    free(key);
+    free(cert);
+    return rc;
+}
+
+int cli_tls(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "selfsigned"))
+        return cli_tls_selfsigned(argc - 1, argv + 1);
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(cli_tls_help, stdout);
+        return EX_OK;
+    }
+    fputs(cli_tls_help, stderr);
+    return EX_USAGE;
+}
+
 /* ---- src/cli_bundle.c ---- */
 #line 1 "src/cli_bundle.c"
 /*
@@ -33320,6 +34425,7 @@ static const struct {
     { "backup", cli_backup, "FILE: consistent copy of the database and node key, daemon running" },
     { "restore", cli_restore, "FILE: put a backup back (daemon stopped)" },
     { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
+    { "tls", cli_tls, "selfsigned: a key and self-signed certificate for a node without a CA" },
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
     { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },

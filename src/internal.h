@@ -1036,6 +1036,9 @@ void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 int tls_init(void);                     /* loads tls.cert/tls.key if set */
+/* An ECDSA P-256 key and a self-signed certificate for name (tls_cert.c),
+ * as PEM text in malloc'd strings; -1 and err when it cannot. */
+int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen);
 const char *tls_io_error(void);         /* why tls_init failed */
 void tls_free(void);
 int tls_available(void);                /* server side: a certificate is loaded */
@@ -1491,6 +1494,7 @@ int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMA
 int cli_poll(int argc, char **argv);            /* mailnode poll */
 int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
 int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
+int cli_tls(int argc, char **argv);             /* mailnode tls selfsigned */
 int cli_key(int argc, char **argv);             /* mailnode key show */
 int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
 int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
