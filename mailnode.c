@@ -83,6 +83,8 @@ MN_PRIVATE int64_t util_now_ms(void);              /* monotonic milliseconds */
 MN_PRIVATE int util_parse_duration(const char *s, int64_t *secs);
 /* "10M", "512K", "1G", or bare bytes. */
 MN_PRIVATE int util_parse_size(const char *s, int64_t *bytes);
+/* "512 B", "12.3 KiB", "100 MiB": an octet count for people to read. */
+MN_PRIVATE void util_fmt_size(int64_t bytes, char *out, size_t n);
 MN_PRIVATE void util_qid(char out[QID_LEN + 1]);   /* queue id: time, then random */
 MN_PRIVATE size_t util_strlcpy(char *dst, const char *src, size_t size);
 MN_PRIVATE void util_lower(char *s);
@@ -172,6 +174,7 @@ struct conf {
     int64_t pop3_timeout;               /* RFC 1939: at least 10 minutes */
     int64_t imap_timeout;               /* RFC 3501 5.4: at least 30 minutes */
     int64_t imap_max_per_user;          /* concurrent IMAP sessions of one user */
+    int64_t quota_default;              /* mailbox limit in octets, 0 = none */
     int64_t auth_fail_delay;            /* seconds added per failed AUTH */
     int64_t auth_max_failures;          /* then 421 and close */
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
@@ -653,6 +656,8 @@ struct store_user {
     char pwhash[crypto_pwhash_STRBYTES];
     unsigned char cram[128];            /* sealed CRAM-MD5 secret */
     size_t cram_len;
+    int64_t quota;                      /* octets; -1: quota.default, 0: none */
+    int64_t bytes, msgs;                /* what the mailbox holds now */
 };
 MN_PRIVATE int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND */
 MN_PRIVATE int store_user_get_id(int64_t id, struct store_user *u);
@@ -664,6 +669,10 @@ MN_PRIVATE int store_user_first(struct store_user *u);                   /* STOR
 MN_PRIVATE int store_user_adopt(int64_t from, int64_t to);
 MN_PRIVATE int store_user_del(const char *name);
 MN_PRIVATE int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
+/* The user's own quota in octets, or -1 to follow quota.default. */
+MN_PRIVATE int store_user_set_quota(const char *name, int64_t quota);    /* STORE_NOTFOUND */
+/* The mailbox usage counters and the user's own quota (one row read). */
+MN_PRIVATE int store_user_usage(int64_t id, int64_t *bytes, int64_t *msgs, int64_t *quota);
 
 enum domain_kind { DOMAIN_LOCAL = 1, DOMAIN_HOLD = 2 };
 struct store_domain {
@@ -725,6 +734,8 @@ MN_PRIVATE int store_folder_take_recent(const struct store_folder *f);
 /* Counts for STATUS. */
 MN_PRIVATE int store_folder_counts(int64_t user_id, const struct store_folder *f, int64_t *messages,
                         int64_t *unseen, int64_t *recent);
+/* Octets of the folder's messages flagged \Deleted (RFC 9208 DELETED-STORAGE). */
+MN_PRIVATE int store_folder_deleted_bytes(int64_t user_id, int64_t key, int64_t *bytes);
 /* The next change number of the folder (flag changes carry it). */
 MN_PRIVATE int store_folder_bump(int64_t user_id, int64_t key, int64_t *modseq);
 struct store_imap_msg {
@@ -857,6 +868,28 @@ MN_PRIVATE int auth_client_plain(const char *user, const char *password, char *o
 MN_PRIVATE int auth_client_cram(const char *user, const char *password, const char *challenge64, char *out, size_t n);
 /* Mechanisms to advertise, e.g. "PLAIN LOGIN CRAM-MD5". */
 MN_PRIVATE const char *auth_mechs(int cleartext_ok);
+
+/* ------------------------------------------------------------ mime_words */
+
+/* A header field value with its RFC 2047 encoded words decoded to UTF-8,
+ * into out (cap octets with the NUL; cut if longer); the length. */
+MN_PRIVATE size_t mime_words_decode(const char *in, size_t n, char *out, size_t cap);
+/* UTF-8 text folded to lower case (Latin, Greek, Cyrillic; octets that are
+ * not UTF-8 kept), for case-insensitive matching; the length. */
+MN_PRIVATE size_t mime_utf8_fold(const char *in, size_t n, char *out, size_t cap);
+
+/* ----------------------------------------------------------------- quota */
+
+struct quota {
+    int64_t bytes, msgs;                /* what the mailbox holds */
+    int64_t limit;                      /* octets in force, 0 = none */
+};
+/* The limit in force for a user whose own setting is `own` (-1 = default). */
+MN_PRIVATE int64_t quota_limit(int64_t own);
+MN_PRIVATE int quota_get(int64_t user_id, struct quota *q);
+/* 1 if the mailbox takes `add` more octets (0: just not full), 0 if not,
+ * <0 on a store error. */
+MN_PRIVATE int quota_room(int64_t user_id, int64_t add);
 
 /* ----------------------------------------------------------------- queue */
 
@@ -1451,6 +1484,9 @@ MN_PRIVATE void imap_cmd_delete(struct imap *s, struct imap_p *p);
 MN_PRIVATE void imap_cmd_rename(struct imap *s, struct imap_p *p);
 MN_PRIVATE void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on);
 MN_PRIVATE void imap_cmd_status(struct imap *s, struct imap_p *p);
+MN_PRIVATE void imap_cmd_getquota(struct imap *s, struct imap_p *p);
+MN_PRIVATE void imap_cmd_getquotaroot(struct imap *s, struct imap_p *p);
+MN_PRIVATE void imap_cmd_setquota(struct imap *s, struct imap_p *p);
 MN_PRIVATE int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *reply, size_t rn);
 MN_PRIVATE void imap_append_end(struct imap *s);
 MN_PRIVATE void imap_view_free(struct imap *s);
@@ -1642,6 +1678,23 @@ int util_parse_size(const char *s, int64_t *bytes)
 {
     static const int64_t scale[] = { 1, 1024, 1024 * 1024, 1024LL * 1024 * 1024 };
     return parse_scaled(s, "bkmg", scale, bytes);
+}
+
+void util_fmt_size(int64_t bytes, char *out, size_t n)
+{
+    static const char *const unit[] = { "KiB", "MiB", "GiB", "TiB" };
+    double v = (double)bytes;
+    int u = -1;
+
+    if (bytes < 1024) {
+        snprintf(out, n, "%lld B", (long long)bytes);
+        return;
+    }
+    while (v >= 1024 && u < 3) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(out, n, v < 10 && v != (int64_t)v ? "%.1f %s" : "%.0f %s", v, unit[u]);
 }
 
 /* Queue ids are random, not sequential: they show nothing about traffic
@@ -2262,6 +2315,7 @@ static const struct conf_key keys[] = {
     { "pop3.timeout", T_DURATION, F(pop3_timeout), 0, "10m" },
     { "imap.timeout", T_DURATION, F(imap_timeout), 0, "30m" },
     { "imap.max_per_user", T_INT, F(imap_max_per_user), 0, "20" },
+    { "quota.default", T_SIZE, F(quota_default), 0, "0" },
     { "auth.fail_delay", T_DURATION, F(auth_fail_delay), 0, "1s" },
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },
@@ -7418,6 +7472,24 @@ static const char *const migrations[] = {
     " message_id=old.message_id AND +state=0 AND +kind=old.kind AND +dest=old.dest)"
     " WHERE kind=old.kind AND dest=old.dest;"
     " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;",
+    /* 10: mailbox quotas.  user.quota is the user's own limit in octets
+     * (NULL: quota.default applies, 0: none); bytes and msgs are what the
+     * mailbox holds, kept by triggers whoever writes mbox (SMTP, sendmail,
+     * POP3, IMAP, the CLI), so a RCPT check reads one row instead of
+     * summing the mailbox. */
+    "ALTER TABLE user ADD COLUMN quota INTEGER;"
+    "ALTER TABLE user ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE user ADD COLUMN msgs INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE user SET bytes=(SELECT coalesce(sum(size), 0) FROM mbox WHERE user_id=user.id),"
+    " msgs=(SELECT count(*) FROM mbox WHERE user_id=user.id);"
+    "CREATE TRIGGER mbox_usage_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE user SET bytes=bytes+NEW.size, msgs=msgs+1 WHERE id=NEW.user_id; END;"
+    "CREATE TRIGGER mbox_usage_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE user SET bytes=bytes-OLD.size, msgs=msgs-1 WHERE id=OLD.user_id; END;"
+    "CREATE TRIGGER mbox_usage_move AFTER UPDATE OF user_id, size ON mbox"
+    " WHEN OLD.user_id<>NEW.user_id OR OLD.size<>NEW.size BEGIN"
+    " UPDATE user SET bytes=bytes-OLD.size, msgs=msgs-1 WHERE id=OLD.user_id;"
+    " UPDATE user SET bytes=bytes+NEW.size, msgs=msgs+1 WHERE id=NEW.user_id; END;",
 };
 
 sqlite3 *store_db(void)
@@ -8557,7 +8629,7 @@ static const char *admin_col_text(sqlite3_stmt *st, int i)
 
 /* ----------------------------------------------------------------- users */
 
-/* Columns: id, name, pwhash, cram. */
+/* Columns: id, name, pwhash, cram, quota, bytes, msgs. */
 static void admin_user_fill(sqlite3_stmt *st, struct store_user *u)
 {
     const void *cram = sqlite3_column_blob(st, 3);
@@ -8573,6 +8645,9 @@ static void admin_user_fill(sqlite3_stmt *st, struct store_user *u)
         memcpy(u->cram, cram, (size_t)cram_len);
         u->cram_len = (size_t)cram_len;
     }
+    u->quota = sqlite3_column_type(st, 4) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 4);
+    u->bytes = sqlite3_column_int64(st, 5);
+    u->msgs = sqlite3_column_int64(st, 6);
 }
 
 /* Steps a query for at most one user row. */
@@ -8598,7 +8673,7 @@ int store_user_get(const char *name, struct store_user *u)
 
     if (admin_key(name, key, sizeof key))
         return STORE_NOTFOUND;
-    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE name=?"))
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram, quota, bytes, msgs FROM user WHERE name=?"))
         return STORE_ERR;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     return admin_user_one(st, u);
@@ -8608,7 +8683,7 @@ MN_FOR_TESTS int store_user_get_id(int64_t id, struct store_user *u)
 {
     static sqlite3_stmt *st;
 
-    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE id=?"))
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram, quota, bytes, msgs FROM user WHERE id=?"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, id);
     return admin_user_one(st, u);
@@ -8661,12 +8736,57 @@ int store_user_update(const struct store_user *u)
     return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
 }
 
+int store_user_set_quota(const char *name, int64_t quota)
+{
+    static sqlite3_stmt *st;
+    char key[USER_MAX + 1];
+    int err;
+
+    if (admin_key(name, key, sizeof key))
+        return STORE_NOTFOUND;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE user SET quota=? WHERE name=?"))
+        return STORE_ERR;
+    if (quota < 0)
+        sqlite3_bind_null(st, 1);
+    else
+        sqlite3_bind_int64(st, 1, quota);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_TRANSIENT);
+    if ((err = admin_exec(st, "set quota")))
+        return err;
+    return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}
+
+int store_user_usage(int64_t id, int64_t *bytes, int64_t *msgs, int64_t *quota)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT bytes, msgs, quota FROM user WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *bytes = sqlite3_column_int64(st, 0);
+        *msgs = sqlite3_column_int64(st, 1);
+        *quota = sqlite3_column_type(st, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 2);
+    }
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc == SQLITE_DONE)
+        return STORE_NOTFOUND;
+    admin_db_error("read mailbox usage");
+    return store_rc(rc);
+}
+
 /* The holding mailbox has an empty password hash: nobody logs in as it. */
 int store_user_first(struct store_user *u)
 {
     static sqlite3_stmt *st;
 
-    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram, quota, bytes, msgs FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
         return STORE_ERR;
     return admin_user_one(st, u);
 }
@@ -8736,7 +8856,7 @@ int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg)
     struct store_user u;
     int rc;
 
-    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user ORDER BY name"))
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram, quota, bytes, msgs FROM user ORDER BY name"))
         return STORE_ERR;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         admin_user_fill(st, &u);
@@ -9347,6 +9467,26 @@ int store_folder_counts(int64_t user_id, const struct store_folder *f, int64_t *
     sqlite3_reset(st);
     if (rc != SQLITE_ROW) {
         log_err("database: folder counts: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
+int store_folder_deleted_bytes(int64_t user_id, int64_t key, int64_t *bytes)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT coalesce(sum(size), 0) FROM mbox WHERE user_id=? AND folder=? AND flags & 8"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *bytes = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW) {
+        log_err("database: deleted size: %s", sqlite3_errmsg(store_db()));
         return store_rc(rc);
     }
     return 0;
@@ -11709,6 +11849,246 @@ int mime_raw_finish(struct mime_data *d, mime_emit_fn emit, void *arg)
     }
     data_out_flush(&o);
     return o.err ? -1 : 0;
+}
+
+/* ---- src/mime_words.c ---- */
+#line 1 "src/mime_words.c"
+/*
+ * mime_words.c: header text as people wrote it.  RFC 2047 encoded words
+ * ("=?utf-8?B?...?=", "=?iso-8859-1?Q?...?=") decoded to UTF-8, and a
+ * simple case folding of UTF-8 text, so that IMAP SEARCH FROM/TO/CC/
+ * SUBJECT (RFC 3501 6.4.4: case-insensitive substring) finds "Grüße" in
+ * "=?UTF-8?Q?Gr=C3=BC=C3=9Fe?=" and "über" in "ÜBER".
+ *
+ * Bounded: the caller gives the output buffer; text that does not fit is
+ * cut.  A malformed encoded word is left as it stands (RFC 2047 6.3: it
+ * is then ordinary text).
+ */
+
+
+#include <ctype.h>
+#include <errno.h>
+#include <iconv.h>
+#include <string.h>
+#include <strings.h>
+
+struct mw_out {
+    char *p;
+    size_t len, cap;                    /* cap excludes the NUL */
+};
+
+static void mw_put(struct mw_out *o, const char *s, size_t n)
+{
+    if (n > o->cap - o->len)
+        n = o->cap - o->len;
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static int mw_hex(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+           c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static int mw_b64(int c)
+{
+    return c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 :
+           c >= '0' && c <= '9' ? c - '0' + 52 : c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* The encoded text of one word into raw octets (RFC 2047 4.1 B, 4.2 Q);
+ * -1 if it is not valid. */
+static long mw_decode_text(int enc, const char *t, size_t n, char *out)
+{
+    size_t k = 0;
+
+    if (enc == 'Q') {
+        for (size_t i = 0; i < n; i++) {
+            if (t[i] == '_') {
+                out[k++] = ' ';
+            } else if (t[i] == '=') {
+                int h, l;
+                if (i + 2 >= n || (h = mw_hex(t[i + 1])) < 0 || (l = mw_hex(t[i + 2])) < 0)
+                    return -1;
+                out[k++] = (char)(h * 16 + l);
+                i += 2;
+            } else {
+                out[k++] = t[i];
+            }
+        }
+        return (long)k;
+    }
+    unsigned acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i] == '=')
+            break;
+        int v = mw_b64((unsigned char)t[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[k++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    return (long)k;
+}
+
+/* Raw octets in charset cs, as UTF-8 into o. */
+static void mw_convert(struct mw_out *o, const char *cs, char *raw, size_t n)
+{
+    if (!strcasecmp(cs, "utf-8") || !strcasecmp(cs, "utf8") || !strcasecmp(cs, "us-ascii")) {
+        mw_put(o, raw, n);
+        return;
+    }
+    iconv_t cd = iconv_open("UTF-8", cs);
+    if (cd == (iconv_t)-1) {
+        mw_put(o, raw, n);              /* unknown charset: the octets as they are */
+        return;
+    }
+    char *in = raw, *out = o->p + o->len;
+    size_t inleft = n, outleft = o->cap - o->len;
+    while (inleft && iconv(cd, &in, &inleft, &out, &outleft) == (size_t)-1) {
+        if (errno != EILSEQ && errno != EINVAL)
+            break;                      /* E2BIG: the output is full */
+        in++;                           /* an octet the charset has not: skip it */
+        inleft--;
+    }
+    o->len = o->cap - outleft;
+    iconv_close(cd);
+}
+
+/* One encoded word at in[0] ("=?"): its length, or 0 if it is not one. */
+static size_t mw_word(const char *in, size_t n, struct mw_out *o)
+{
+    char cs[64];
+    size_t i = 2, c0 = 2;
+
+    while (i < n && in[i] != '?' && !isspace((unsigned char)in[i]))
+        i++;
+    if (i >= n || in[i] != '?' || i - c0 == 0 || i - c0 >= sizeof cs)
+        return 0;
+    memcpy(cs, in + c0, i - c0);
+    cs[i - c0] = '\0';
+    char *star = strchr(cs, '*');       /* RFC 2231 5: charset*language */
+    if (star)
+        *star = '\0';
+    if (i + 3 > n || in[i + 2] != '?')
+        return 0;
+    int enc = toupper((unsigned char)in[i + 1]);
+    if (enc != 'B' && enc != 'Q')
+        return 0;
+    size_t t0 = i + 3, t = t0;
+    while (t + 1 < n && !(in[t] == '?' && in[t + 1] == '=') && !isspace((unsigned char)in[t]))
+        t++;
+    if (t + 1 >= n || in[t] != '?' || in[t + 1] != '=')
+        return 0;
+    char raw[256];
+    if (t - t0 > sizeof raw)
+        return 0;                       /* RFC 2047 2: a word is at most 75 characters */
+    long k = mw_decode_text(enc, in + t0, t - t0, raw);
+    if (k < 0)
+        return 0;
+    mw_convert(o, cs, raw, (size_t)k);
+    return t + 2;
+}
+
+size_t mime_words_decode(const char *in, size_t n, char *out, size_t cap)
+{
+    struct mw_out o = { out, 0, cap ? cap - 1 : 0 };
+    int after_word = 0;                 /* the last thing copied was an encoded word */
+
+    for (size_t i = 0; i < n && cap;) {
+        size_t w = in[i] == '=' && i + 1 < n && in[i + 1] == '?' ? mw_word(in + i, n - i, &o) : 0;
+        if (w) {
+            i += w;
+            after_word = 1;
+            continue;
+        }
+        if (after_word && isspace((unsigned char)in[i])) {
+            /* RFC 2047 6.2: white space between two encoded words goes. */
+            size_t j = i;
+            while (j < n && isspace((unsigned char)in[j]))
+                j++;
+            if (j + 1 < n && in[j] == '=' && in[j + 1] == '?') {
+                size_t w2 = mw_word(in + j, n - j, &o);
+                if (w2) {
+                    i = j + w2;
+                    continue;
+                }
+            }
+        }
+        after_word = 0;
+        mw_put(&o, in + i, 1);
+        i++;
+    }
+    if (cap)
+        out[o.len] = '\0';
+    return o.len;
+}
+
+/* The lower-case partner of code point c, for the scripts a field site's
+ * mail is likely in (Latin, Greek, Cyrillic); others are left alone. */
+static unsigned mw_lower(unsigned c)
+{
+    if (c < 0x80)
+        return c >= 'A' && c <= 'Z' ? c + 32 : c;
+    if ((c >= 0xc0 && c <= 0xde && c != 0xd7) || (c >= 0x391 && c <= 0x3ab && c != 0x3a2) ||
+        (c >= 0x410 && c <= 0x42f))
+        return c + 32;
+    if (c >= 0x400 && c <= 0x40f)
+        return c + 80;
+    if (((c >= 0x100 && c <= 0x137) || (c >= 0x14a && c <= 0x177)) && !(c & 1))
+        return c + 1;
+    if (((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e)) && (c & 1))
+        return c + 1;
+    return c;
+}
+
+size_t mime_utf8_fold(const char *in, size_t n, char *out, size_t cap)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < n && cap;) {
+        unsigned char b = (unsigned char)in[i];
+        unsigned c;
+        size_t len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
+        int ok = len && i + len <= n;
+        for (size_t j = 1; ok && j < len; j++)
+            ok = ((unsigned char)in[i + j] >> 6) == 2;
+        if (!ok) {                      /* not UTF-8: the octet as it is */
+            if (k + 1 >= cap)
+                break;
+            out[k++] = (char)b;
+            i++;
+            continue;
+        }
+        c = len == 1 ? b : len == 2 ? b & 0x1f : len == 3 ? b & 0x0f : b & 0x07;
+        for (size_t j = 1; j < len; j++)
+            c = (c << 6) | ((unsigned char)in[i + j] & 0x3f);
+        c = mw_lower(c);
+        /* Folding keeps each character in its UTF-8 length class here. */
+        char enc[4];
+        size_t el = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+        if (el == 1) {
+            enc[0] = (char)c;
+        } else {
+            for (size_t j = el; j-- > 1; c >>= 6)
+                enc[j] = (char)(0x80 | (c & 0x3f));
+            enc[0] = (char)((el == 2 ? 0xc0 : el == 3 ? 0xe0 : 0xf0) | c);
+        }
+        if (k + el >= cap)
+            break;
+        memcpy(out + k, enc, el);
+        k += el;
+        i += len;
+    }
+    if (cap)
+        out[k] = '\0';
+    return k;
 }
 
 /* ---- src/dsn.c ---- */
@@ -14997,6 +15377,53 @@ const char *limit_admit(int kind, const struct sockaddr_storage *peer, int total
             return reserve && total < conf->max_connections ? "limit.connections_reserved" : "max_connections";
     }
     return NULL;
+}
+
+/* ---- src/quota.c ---- */
+#line 1 "src/quota.c"
+/*
+ * quota.c: mailbox quotas.  A user's limit is the user's own (`mailnode
+ * user quota`), else quota.default; 0 is no limit.  What a mailbox holds
+ * is a counter the store keeps by trigger (store.c migration 9), so each
+ * check reads one row.
+ *
+ * Quotas are checked where mail can still be refused without losing it:
+ * SMTP RCPT (452 4.2.2, a temporary failure, so the sender retries:
+ * RFC 3463 X.2.2 "mailbox full"), IMAP APPEND and COPY (NO [OVERQUOTA],
+ * RFC 9208 4.3).  Mail already accepted is always delivered, so a mailbox
+ * may end a little over its limit; it then refuses more until mail is
+ * deleted (IMAP EXPUNGE, POP3 DELE).
+ */
+
+
+int64_t quota_limit(int64_t own)
+{
+    if (own >= 0)
+        return own;
+    return conf->quota_default > 0 ? conf->quota_default : 0;
+}
+
+int quota_get(int64_t user_id, struct quota *q)
+{
+    int64_t own = -1;
+    int err = store_user_usage(user_id, &q->bytes, &q->msgs, &own);
+
+    q->limit = err ? 0 : quota_limit(own);
+    return err;
+}
+
+int quota_room(int64_t user_id, int64_t add)
+{
+    struct quota q;
+    int err = quota_get(user_id, &q);
+
+    if (err)
+        return err;
+    if (!q.limit)
+        return 1;
+    /* Full at the limit; a message that would cross it is refused too
+     * when its size is known (APPEND, COPY, SMTP SIZE=). */
+    return q.bytes < q.limit && (add <= 0 || q.bytes + add <= q.limit);
 }
 
 /* ---- src/queue.c ---- */
@@ -19922,6 +20349,7 @@ struct smtpd {
     char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
     int ret_full;
     int body_8bit;
+    int64_t size_declared;              /* MAIL SIZE= (RFC 1870), 0 if none */
     int nrcpt_cmds;                     /* RCPT commands that added a recipient */
     struct rcpts rcpts;                 /* distinct routes after aliases */
     struct store_body *body;
@@ -20019,6 +20447,7 @@ static void txn_reset(struct smtpd *s)
     }
     s->qid[0] = s->sender[0] = s->envid[0] = '\0';
     s->ret_full = s->body_8bit = 0;
+    s->size_declared = 0;
     s->nrcpt_cmds = 0;
     rcpts_clear(&s->rcpts);
     s->data_error = 0;
@@ -20295,6 +20724,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
                 reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
                 return;
             }
+            s->size_declared = size;
         } else if (!strcasecmp(k, "BODY") && v) {
             if (!strcasecmp(v, "8BITMIME"))
                 s->body_8bit = 1;
@@ -20373,6 +20803,20 @@ static size_t rcpt_limit(const struct smtpd *s)
         conf->max_recipients_untrusted < n)
         n = conf->max_recipients_untrusted;
     return (size_t)n;
+}
+
+/* 1 if a local mailbox among the routes is over its quota (quota.c), -1
+ * if that cannot be known now. */
+static int rcpt_mailbox_full(const struct smtpd *s, const struct store_rcpt *routes, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (routes[i].kind != ROUTE_LOCAL || rcpts_has(&s->rcpts, &routes[i]))
+            continue;
+        int room = quota_room(routes[i].user_id, s->size_declared);
+        if (room <= 0)
+            return room < 0 ? -1 : 1;
+    }
+    return 0;
 }
 
 static void cmd_rcpt(struct smtpd *s, char *arg)
@@ -20462,6 +20906,20 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     default:
         free(routes);
         reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
+        return;
+    }
+    /* A full mailbox is a temporary failure (RFC 3463 4.2.2): the sender
+     * keeps the message and tries again; the other recipients of the
+     * transaction are not affected.  An alias is refused as a whole while
+     * one of its mailboxes is full, so that nobody loses a copy. */
+    if ((rc = rcpt_mailbox_full(s, routes, nroutes))) {
+        free(routes);
+        if (rc > 0) {
+            log_info("%s: refused: <%s>: mailbox full", s->qid, a.full);
+            reply(s, "452 4.2.2 <%s>: Mailbox full", a.full);
+        } else {
+            reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
+        }
         return;
     }
     int fresh = 0;
@@ -23950,6 +24408,39 @@ static int srch_contains(const char *hay, size_t hn, const char *needle)
     return 0;
 }
 
+static int srch_ascii(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* FROM, TO, CC, BCC, SUBJECT: the field as its writer meant it, RFC 2047
+ * words decoded (mime_words.c), matched case-insensitively beyond ASCII. */
+static int srch_field(const char *hay, const char *needle)
+{
+    size_t hn = strlen(hay), nn = strlen(needle);
+
+    if (!strstr(hay, "=?") && srch_ascii(hay, hn) && srch_ascii(needle, nn))
+        return srch_contains(hay, hn, needle);
+    /* Decoding never grows the text more than 3x (a Latin-1 octet in Q
+     * form, 3 octets, becomes 2); folding keeps the length. */
+    size_t cap = hn * 3 + 16;
+    char *dec = malloc(cap), *fh = malloc(cap), *fn = malloc(nn * 2 + 16);
+    int found = 0;
+    if (dec && fh && fn) {
+        size_t dn = mime_words_decode(hay, hn, dec, cap);
+        size_t fhn = mime_utf8_fold(dec, dn, fh, cap);
+        size_t fnn = mime_utf8_fold(needle, nn, fn, nn * 2 + 16);
+        found = !fnn || memmem(fh, fhn, fn, fnn) != NULL;
+    }
+    free(dec);
+    free(fh);
+    free(fn);
+    return found;
+}
+
 static struct store_imap_cache *srch_cache(struct srch_msg *x)
 {
     if (!x->cache_state)
@@ -24131,11 +24622,11 @@ static int srch_eval(struct srch_msg *x, const struct srch_node *n)
     case Q_RECENT: return imap_is_recent(s, m->uid);
     case Q_NEW: return imap_is_recent(s, m->uid) && !(m->flags & IMAP_SEEN);
     case Q_OLD: return !imap_is_recent(s, m->uid);
-    case Q_FROM: return (c = srch_cache(x)) && srch_contains(c->hfrom, strlen(c->hfrom), n->str);
-    case Q_TO: return (c = srch_cache(x)) && srch_contains(c->hto, strlen(c->hto), n->str);
-    case Q_CC: return (c = srch_cache(x)) && srch_contains(c->hcc, strlen(c->hcc), n->str);
-    case Q_BCC: return (c = srch_cache(x)) && srch_contains(c->hbcc, strlen(c->hbcc), n->str);
-    case Q_SUBJECT: return (c = srch_cache(x)) && srch_contains(c->hsubject, strlen(c->hsubject), n->str);
+    case Q_FROM: return (c = srch_cache(x)) && srch_field(c->hfrom, n->str);
+    case Q_TO: return (c = srch_cache(x)) && srch_field(c->hto, n->str);
+    case Q_CC: return (c = srch_cache(x)) && srch_field(c->hcc, n->str);
+    case Q_BCC: return (c = srch_cache(x)) && srch_field(c->hbcc, n->str);
+    case Q_SUBJECT: return (c = srch_cache(x)) && srch_field(c->hsubject, n->str);
     case Q_HEADER: {
         const char *h = srch_header(x);
         return h && srch_header_field(h, n->field, n->str);
@@ -25269,6 +25760,18 @@ static void copy_set_fmt(struct imap_sb *b, const int64_t *v, size_t n)
     }
 }
 
+/* After a COPY: 1 if the mailbox went over its quota, -1 if unknown.  The
+ * copies are counted as they are made (store triggers), so the sizes need
+ * not be summed beforehand. */
+static int copy_over_quota(const struct imap *s)
+{
+    struct quota q;
+
+    if (quota_get(s->user_id, &q))
+        return -1;
+    return q.limit && q.bytes > q.limit;
+}
+
 void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
 {
     struct imap_set set = { 0 };
@@ -25277,7 +25780,7 @@ void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
     size_t *idx = NULL, n = 0, done = 0;
     int64_t *src = NULL, *dst = NULL;
     struct imap_sb b = { 0 };
-    int err = 0;
+    int err = 0, over = 0;
 
     if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || imap_p_astring(p, name, sizeof name, NULL) ||
         imap_p_end(p)) {
@@ -25317,8 +25820,17 @@ void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
         else
             src[done++] = s->v.uids[idx[i]];
     }
+    if (!err && !move && done && (over = copy_over_quota(s)) != 0) {
+        /* RFC 9208 4.3: all or nothing, so the copies made go again. */
+        int e = store_mbox_delete(s->user_id, dst, done);
+        err = e ? e : over < 0 ? STORE_ERR : 0;
+    }
     if (!err && move && done)
         err = store_mbox_delete(s->user_id, src, done);
+    if (over > 0 && !err) {
+        imap_tagged(s, "NO [OVERQUOTA] the mailbox is over its quota");
+        goto out;
+    }
     if (err) {
         /* RFC 3501 6.4.7: all or nothing; the store rolls this turn back
          * only as a whole, so say so and let the client retry. */
@@ -25867,7 +26379,17 @@ void imap_cmd_status(struct imap *s, struct imap_p *p)
             imap_sb_printf(&b, "UIDVALIDITY %lld", (long long)f.uidvalidity);
         else if (!strcasecmp(item, "UNSEEN"))
             imap_sb_printf(&b, "UNSEEN %lld", (long long)unseen);
-        else if (!strcasecmp(item, "HIGHESTMODSEQ")) {
+        else if (!strcasecmp(item, "DELETED-STORAGE")) {
+            /* RFC 9208 4.2: what an EXPUNGE would free, in the STORAGE
+             * resource's units (1024 octets). */
+            int64_t del = 0;
+            if (store_folder_deleted_bytes(s->user_id, f.key, &del)) {
+                imap_sb_free(&b);
+                imap_tagged(s, "NO [UNAVAILABLE] cannot read the mailbox now");
+                return;
+            }
+            imap_sb_printf(&b, "DELETED-STORAGE %lld", (long long)((del + 1023) / 1024));
+        } else if (!strcasecmp(item, "HIGHESTMODSEQ")) {
             imap_sb_printf(&b, "HIGHESTMODSEQ %lld", (long long)f.modseq);
             s->condstore = 1;           /* RFC 7162 3.1: a CONDSTORE-enabling command */
         }
@@ -26003,6 +26525,78 @@ void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on)
         imap_reply_after_commit(s, on ? "OK SUBSCRIBE completed" : "OK UNSUBSCRIBE completed");
 }
 
+/* -------------------------------------------------------------- quota */
+
+/* RFC 9208: one quota root, "", covers all the user's folders; it exists
+ * while a limit is in force (quota.c), with the STORAGE resource in units
+ * of 1024 octets.  Limits are the administrator's: no SETQUOTA. */
+static int mbox_quota_line(struct imap *s)
+{
+    struct quota q;
+
+    if (quota_get(s->user_id, &q))
+        return -1;
+    if (q.limit)
+        imap_outf(s, "* QUOTA \"\" (STORAGE %lld %lld)", (long long)((q.bytes + 1023) / 1024),
+                  (long long)(q.limit / 1024));
+    return q.limit ? 1 : 0;
+}
+
+void imap_cmd_getquota(struct imap *s, struct imap_p *p)
+{
+    char root[IMAP_NAME_MAX + 1];
+
+    if (imap_p_sp(p) || imap_p_astring(p, root, sizeof root, NULL) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: GETQUOTA root");
+        return;
+    }
+    int r = root[0] ? 0 : mbox_quota_line(s);
+    if (r < 0)
+        imap_tagged(s, "NO [UNAVAILABLE] cannot read the quota now");
+    else if (!r)
+        imap_tagged(s, "NO [NONEXISTENT] no such quota root");
+    else
+        imap_tagged(s, "OK GETQUOTA completed");
+}
+
+void imap_cmd_getquotaroot(struct imap *s, struct imap_p *p)
+{
+    char name[IMAP_NAME_MAX * 2 + 1];
+    struct store_folder f;
+    struct quota q;
+    struct imap_sb b = { 0 };
+    int err;
+
+    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: GETQUOTAROOT mailbox");
+        return;
+    }
+    err = imap_folder_get(s, name, &f);
+    if (err == STORE_NOTFOUND) {
+        imap_tagged(s, "NO [NONEXISTENT] no such mailbox");
+        return;
+    }
+    if (err || quota_get(s->user_id, &q)) {
+        imap_tagged(s, "NO [UNAVAILABLE] cannot read the quota now");
+        return;
+    }
+    imap_sb_str(&b, "* QUOTAROOT ");
+    imap_sb_string(&b, f.name, strlen(f.name));
+    imap_sb_str(&b, q.limit ? " \"\"\r\n" : "\r\n");
+    if (!b.err)
+        imap_out(s, b.s, b.len);
+    imap_sb_free(&b);
+    if (q.limit)
+        mbox_quota_line(s);
+    imap_tagged(s, "OK GETQUOTAROOT completed");
+}
+
+void imap_cmd_setquota(struct imap *s, struct imap_p *p)
+{
+    MN_UNUSED(p);
+    imap_tagged(s, "NO [NOPERM] quotas are set by the administrator (mailnode user quota)");
+}
+
 /* ------------------------------------------------------------- append */
 
 /* date-time (RFC 3501 9): "dd-Mon-yyyy hh:mm:ss +zzzz". */
@@ -26068,6 +26662,13 @@ int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *repl
     if (conf->message_size_limit > 0 && size > conf->message_size_limit) {
         snprintf(reply, rn, "NO [TOOBIG] message larger than %lld octets",
                  (long long)conf->message_size_limit);
+        return -1;
+    }
+    /* RFC 9208 4.3: refused before the literal is sent. */
+    err = quota_room(s->user_id, size);
+    if (err <= 0) {
+        snprintf(reply, rn, err ? "NO [UNAVAILABLE] cannot read the quota now"
+                                : "NO [OVERQUOTA] the mailbox is over its quota");
         return -1;
     }
     s->ab = store_body_new();
@@ -26600,6 +27201,10 @@ static void imap_safe_name(const char *in, char *out, size_t n)
     out[i] = 0;
 }
 
+/* What every state offers; QUOTA with the STORAGE resource is RFC 9208. */
+#define IMAP_CAPS "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE " \
+                  "SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE"
+
 static void imap_login_ok(struct imap *s, const struct store_user *u, const char *mech)
 {
     int same = 0;
@@ -26615,8 +27220,7 @@ static void imap_login_ok(struct imap *s, const struct store_user *u, const char
     util_strlcpy(s->user, u->name, sizeof s->user);
     s->state = IMAP_AUTH;
     log_info("imap: login user=%s ip=%s mech=%s", s->user, s->c->peer_ip, mech);
-    imap_tagged(s, "OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT "
-                   "UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE] logged in");
+    imap_tagged(s, "OK [CAPABILITY " IMAP_CAPS "] logged in");
 }
 
 static void imap_delay_done(void *arg)
@@ -26802,8 +27406,7 @@ static void imap_capability_line(struct imap *s, struct imap_sb *b)
 {
     const char *mechs = auth_mechs(imap_cleartext_ok(s));
 
-    imap_sb_str(b, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
-                   "SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE");
+    imap_sb_str(b, IMAP_CAPS);
     if (s->state == IMAP_NOTAUTH) {
         if (tls_available() && !s->c->tls)
             imap_sb_str(b, " STARTTLS");
@@ -27066,6 +27669,9 @@ static const struct imap_cmd imap_cmds[] = {
     { "LIST", A | S, imap_cmd_list_x },
     { "LSUB", A | S, imap_cmd_lsub },
     { "STATUS", A | S, imap_cmd_status },
+    { "GETQUOTA", A | S, imap_cmd_getquota },
+    { "GETQUOTAROOT", A | S, imap_cmd_getquotaroot },
+    { "SETQUOTA", A | S, imap_cmd_setquota },
     { "APPEND", A | S, imap_cmd_append_plain },
     { "IDLE", A | S, imap_cmd_idle },
     { "CHECK", S, imap_cmd_check },
@@ -28288,6 +28894,23 @@ static void status_text_upstream(void)
     }
 }
 
+/* One line per mailbox: messages, octets, and the quota in force. */
+static int status_text_user(void *arg, const struct store_user *u)
+{
+    char used[32], lim[32];
+    int64_t limit = quota_limit(u->quota);
+    MN_UNUSED(arg);
+
+    util_fmt_size(u->bytes, used, sizeof used);
+    printf("  %-20s %lld message%s, %s", u->name, (long long)u->msgs, u->msgs == 1 ? "" : "s", used);
+    if (limit) {
+        util_fmt_size(limit, lim, sizeof lim);
+        printf(" of %s (%lld%%)%s", lim, (long long)(u->bytes * 100 / limit), u->bytes >= limit ? ", FULL" : "");
+    }
+    printf("\n");
+    return 0;
+}
+
 static void status_text(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
 {
     char span[64];
@@ -28310,6 +28933,7 @@ static void status_text(const struct status_daemon *sd, const struct store_statu
            on_hold == 1 ? "" : "s");
     printf("mailboxes     %lld message%s for %lld user%s\n", (long long)st->mbox_msgs,
            st->mbox_msgs == 1 ? "" : "s", (long long)st->users, st->users == 1 ? "" : "s");
+    store_user_list(status_text_user, NULL);
     printf("destinations\n");
     store_ops_dests(conf->relayhost[0] != 0, status_text_dest, NULL);
     printf("held for on-demand relay\n");
@@ -28395,6 +29019,17 @@ static void status_json_meta(const char *key, const char *name)
     printf("}");
 }
 
+static int status_json_user(void *arg, const struct store_user *u)
+{
+    int64_t limit = quota_limit(u->quota);
+
+    /* user names are [a-z0-9._-]: nothing to escape */
+    printf("%s{\"name\":\"%s\",\"messages\":%lld,\"bytes\":%lld,\"quota\":%lld,\"full\":%s}",
+           (*(int *)arg)++ ? "," : "", u->name, (long long)u->msgs, (long long)u->bytes, (long long)limit,
+           limit && u->bytes >= limit ? "true" : "false");
+    return 0;
+}
+
 static void status_json(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
 {
     int first = 1;
@@ -28416,7 +29051,11 @@ static void status_json(const struct status_daemon *sd, const struct store_statu
     printf(",\"queue\":{\"messages\":%lld,\"recipients\":%lld,\"held_for_relay\":%lld,\"on_hold\":%lld}",
            (long long)st->queued_msgs, (long long)st->queued_rcpts, (long long)st->held_rcpts,
            (long long)on_hold);
-    printf(",\"mailboxes\":{\"messages\":%lld,\"users\":%lld}", (long long)st->mbox_msgs, (long long)st->users);
+    printf(",\"mailboxes\":{\"messages\":%lld,\"users\":%lld,\"quota_default\":%lld,\"by_user\":[",
+           (long long)st->mbox_msgs, (long long)st->users, (long long)quota_limit(-1));
+    int n = 0;
+    store_user_list(status_json_user, &n);
+    printf("]}");
     printf(",\"destinations\":[");
     store_ops_dests(conf->relayhost[0] != 0, status_json_dest, &first);
     printf("],\"held\":[");
@@ -28772,12 +29411,18 @@ int cli_queue(int argc, char **argv)
 #define CLI_ALIAS_TARGETS_MAX 4096
 
 static const char cli_user_usage[] =
-    "usage: mailnode user add NAME | del NAME | passwd NAME | list\n"
+    "usage: mailnode user add NAME | del NAME | passwd NAME | quota NAME SIZE | list [--long|--json]\n"
     "  add NAME     create a mailbox user; the password is read from standard input\n"
     "               (one line), or asked for twice when standard input is a terminal\n"
     "  del NAME     delete the user and every message in the mailbox\n"
     "  passwd NAME  set a new password, read like the one of `add`\n"
+    "  quota NAME SIZE  limit the mailbox to SIZE octets (suffix K, M or G: 500M, 2G;\n"
+    "               0 = no limit; 'default' = follow quota.default); a full mailbox\n"
+    "               refuses new mail for a while (SMTP 452 4.2.2, IMAP OVERQUOTA)\n"
     "  list         one user name per line\n"
+    "      --long   and messages, octets used, the quota in force (0 = none) and\n"
+    "               whether it is the user's own or quota.default, tab separated\n"
+    "      --json   the same as a JSON array, for scripts\n"
     "User names are 1 to 64 characters: a-z, 0-9, '.', '_' and '-' (stored lower case).\n";
 
 static const char cli_domain_usage[] =
@@ -29142,11 +29787,71 @@ static int cli_user_del(const char *name)
     return EX_OK;
 }
 
+static int cli_user_quota(const char *name, const char *size)
+{
+    int64_t q = -1;
+    int rc;
+
+    if (strcmp(size, "default") && util_parse_size(size, &q)) {
+        fprintf(stderr, "mailnode: quota '%s' is not a size (examples: 500M, 2G, 0 for none, default)\n", size);
+        return EX_USAGE;
+    }
+    rc = store_user_set_quota(name, q);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: no user %s (see `mailnode user list`)\n", name);
+        return EX_NOUSER;
+    }
+    if (rc)
+        return cli_admin_store_fail(rc, "set the quota");
+    if ((rc = cli_admin_commit("set the quota")))
+        return rc;
+    if (q < 0)
+        printf("user %s follows quota.default\n", name);
+    else if (!q)
+        printf("user %s has no quota\n", name);
+    else
+        printf("user %s: quota %lld octets\n", name, (long long)q);
+    return EX_OK;
+}
+
+enum { LIST_NAMES, LIST_LONG, LIST_JSON };
+
+struct cli_user_listing {
+    int mode;
+    int n;                              /* users printed so far */
+};
+
 static int cli_user_print(void *arg, const struct store_user *u)
 {
-    MN_UNUSED(arg);
-    printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
+    struct cli_user_listing *l = arg;
+
+    if (l->mode == LIST_NAMES)
+        printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
+    else if (l->mode == LIST_LONG)
+        printf("%s\t%lld\t%lld\t%lld\t%s\n", u->name, (long long)u->msgs, (long long)u->bytes,
+               (long long)quota_limit(u->quota), u->quota < 0 ? "default" : "own");
+    else    /* user names are [a-z0-9._-]: nothing to escape */
+        printf("%s{\"name\":\"%s\",\"login\":%s,\"messages\":%lld,\"bytes\":%lld,\"quota\":%lld,"
+               "\"quota_from\":\"%s\"}", l->n ? "," : "", u->name, u->pwhash[0] ? "true" : "false",
+               (long long)u->msgs, (long long)u->bytes, (long long)quota_limit(u->quota),
+               u->quota < 0 ? "default" : "own");
+    l->n++;
     return 0;
+}
+
+/* `user list [--long|--json]`: names only by default, as scripts read it. */
+static int cli_user_list(const char *opt)
+{
+    struct cli_user_listing l = { !opt ? LIST_NAMES : !strcmp(opt, "--long") ? LIST_LONG : LIST_JSON, 0 };
+
+    if (l.mode == LIST_JSON)
+        printf("[");
+    if (store_user_list(cli_user_print, &l))
+        return cli_admin_store_fail(STORE_ERR, "list users");
+    if (l.mode == LIST_JSON)
+        printf("]\n");
+    return EX_OK;
 }
 
 int cli_user(int argc, char **argv)
@@ -29157,10 +29862,11 @@ int cli_user(int argc, char **argv)
 
     if (cli_admin_help(argc, argv, cli_user_usage))
         return EX_OK;
-    if (!strcmp(sub, "list") ? argc != 2 :
+    if (!strcmp(sub, "list") ? argc > 3 || (argc == 3 && strcmp(argv[2], "--long") && strcmp(argv[2], "--json")) :
+        !strcmp(sub, "quota") ? argc != 4 :
         (strcmp(sub, "add") && strcmp(sub, "del") && strcmp(sub, "passwd")) || argc != 3)
         return cli_admin_usage(cli_user_usage);
-    if (argc == 3 && cli_admin_user_name(argv[2], name))
+    if (strcmp(sub, "list") && cli_admin_user_name(argv[2], name))
         return EX_DATAERR;
     if ((rc = strcmp(sub, "list") && strcmp(sub, "del") ? cli_open_store() : cli_open_store_ro()))
         return rc;
@@ -29170,8 +29876,10 @@ int cli_user(int argc, char **argv)
         rc = cli_user_del(name);
     else if (!strcmp(sub, "passwd"))
         rc = cli_user_passwd(name);
+    else if (!strcmp(sub, "quota"))
+        rc = cli_user_quota(name, argv[3]);
     else
-        rc = store_user_list(cli_user_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list users") : EX_OK;
+        rc = cli_user_list(argc == 3 ? argv[2] : NULL);
     store_close();
     return rc;
 }
