@@ -37,15 +37,35 @@ def kb(pid, field):
     return 0
 
 
-def pss(pid):
+def rollup(pid, field):
     try:
         with open('/proc/%d/smaps_rollup' % pid) as f:
             for line in f:
-                if line.startswith('Pss:'):
+                if line.startswith(field + ':'):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def pss(pid):
+    return rollup(pid, 'Pss')
+
+
+def file_rss(pid, path):
+    """RSS of the mappings of file path (a binary's text and data)."""
+    total, mine = 0, False
+    try:
+        with open('/proc/%d/smaps' % pid) as f:
+            for line in f:
+                head = line.split()
+                if '-' in head[0] and ':' not in head[0]:
+                    mine = len(head) >= 6 and os.path.realpath(head[5]) == os.path.realpath(path)
+                elif mine and line.startswith('Rss:'):
+                    total += int(head[1])
+    except OSError:
+        pass
+    return total
 
 
 def children(pid):
@@ -102,7 +122,8 @@ def sessions(port, n):
 
 
 def mailnode(binary, qemu=None, tls=True, with_sessions=False):
-    """(rss_kb, pss_kb, rss_50_kb or None) of an idle mailnode daemon."""
+    """(rss_kb, pss_kb, rss_50_kb or None, anon_kb, binary_file_kb) of an
+    idle mailnode daemon."""
     d = tempfile.mkdtemp(prefix='mailnode-footprint-')
     try:
         smtp, sub, pop = free_ports(3)
@@ -123,6 +144,7 @@ def mailnode(binary, qemu=None, tls=True, with_sessions=False):
                 raise RuntimeError('%s did not start: %s' % (binary, open(os.path.join(d, 'log')).read()))
             time.sleep(SETTLE)
             rss, ps = kb(p.pid, 'VmRSS'), pss(p.pid)
+            anon, text = rollup(p.pid, 'Anonymous'), file_rss(p.pid, binary)
             rss50 = None
             if with_sessions:
                 socks = sessions(smtp, SESSIONS)
@@ -130,7 +152,7 @@ def mailnode(binary, qemu=None, tls=True, with_sessions=False):
                 rss50 = kb(p.pid, 'VmRSS')
                 for s in socks:
                     s.close()
-            return rss, ps, rss50
+            return rss, ps, rss50, anon, text
         finally:
             p.send_signal(signal.SIGTERM)
             try:
@@ -210,16 +232,21 @@ def main():
     print('mailnode footprint (%s; shared 2-core machine, other work running: '
           'sizes and RSS are not timing)' % time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     print()
-    print('%-42s %11s %10s %10s %12s' % ('build', 'size', 'idle RSS', 'idle PSS', 'RSS 50 sess'))
+    print('RSS = anonymous memory + file pages; of the file pages, "binary" is the'
+          ' mapped program itself (clean, shared with the page cache, reclaimable).')
+    print('%-38s %9s %10s %10s %10s %10s %12s' % ('build', 'size', 'idle RSS', 'idle PSS', 'anon',
+                                                 'binary', 'RSS 50 sess'))
     rows = {}
+    estimates = []
     for name in ('x86_64-dynamic-openssl', 'x86_64-static-none', 'x86_64-static-mbedtls',
                  'x86_64-static-openssl'):
         if size(name) is None:
             continue
         tls = not name.endswith('-none')
-        rss, ps, rss50 = mailnode(os.path.join(BIN, name), tls=tls, with_sessions=True)
-        rows[name] = (rss, ps)
-        print('%-42s %11s %7d kB %7d kB %9d kB' % (name, mb(size(name)), rss, ps, rss50))
+        rss, ps, rss50, anon, text = mailnode(os.path.join(BIN, name), tls=tls, with_sessions=True)
+        rows[name] = (rss, ps, anon)
+        print('%-38s %9s %7d kB %7d kB %7d kB %7d kB %9d kB' % (name, mb(size(name)), rss, ps, anon,
+                                                               text, rss50))
     for t in TRIPLETS:
         base_rss, base_pss = qemu_baseline(t)
         for kind in ('dynamic-openssl', 'static-none', 'static-mbedtls', 'static-openssl'):
@@ -229,11 +256,20 @@ def main():
             binary = os.path.join(BIN, name)
             # a dynamic build's loader and libraries come from /usr/TRIPLET
             os.environ['QEMU_LD_PREFIX'] = '/usr/' + t
-            rss, ps, _ = mailnode(binary, qemu=QEMU[t], tls=not kind.endswith('-none'))
-            print('%-42s %11s  ~%5d kB  ~%5d kB %12s' % (name, mb(size(name)), rss - base_rss,
-                                                      ps - base_pss, '-'))
-        print('%-42s %11s %7d kB %7d kB   (subtracted above)' % (t + ' qemu baseline', '', base_rss,
-                                                                  base_pss))
+            rss, ps, _, anon, text = mailnode(binary, qemu=QEMU[t], tls=not kind.endswith('-none'))
+            native = rows.get('x86_64-' + kind)
+            if native and kind.startswith('static'):
+                estimates.append((name, text + native[2]))
+            print('%-38s %9s  ~%5d kB  ~%5d kB %10s %7d kB %12s' % (name, mb(size(name)), rss - base_rss,
+                                                                ps - base_pss, '-', text, '-'))
+        print('%-38s %9s %7d kB %7d kB   (subtracted above)' % (t + ' qemu baseline', '', base_rss,
+                                                              base_pss))
+    if estimates:
+        print()
+        print('estimated idle RSS on the box: the binary\'s resident pages as qemu maps them')
+        print('plus the anonymous memory of the same x86-64 build (same code, same libraries):')
+        for name, est in estimates:
+            print('  %-38s ~%d kB (%.2f MiB)' % (name, est, est / 1024.0))
     print()
     idle_sum = None
     try:
