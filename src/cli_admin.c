@@ -18,12 +18,18 @@
 #define CLI_ALIAS_TARGETS_MAX 4096
 
 static const char cli_user_usage[] =
-    "usage: mailnode user add NAME | del NAME | passwd NAME | list\n"
+    "usage: mailnode user add NAME | del NAME | passwd NAME | quota NAME SIZE | list [--long|--json]\n"
     "  add NAME     create a mailbox user; the password is read from standard input\n"
     "               (one line), or asked for twice when standard input is a terminal\n"
     "  del NAME     delete the user and every message in the mailbox\n"
     "  passwd NAME  set a new password, read like the one of `add`\n"
+    "  quota NAME SIZE  limit the mailbox to SIZE octets (suffix K, M or G: 500M, 2G;\n"
+    "               0 = no limit; 'default' = follow quota.default); a full mailbox\n"
+    "               refuses new mail for a while (SMTP 452 4.2.2, IMAP OVERQUOTA)\n"
     "  list         one user name per line\n"
+    "      --long   and messages, octets used, the quota in force (0 = none) and\n"
+    "               whether it is the user's own or quota.default, tab separated\n"
+    "      --json   the same as a JSON array, for scripts\n"
     "User names are 1 to 64 characters: a-z, 0-9, '.', '_' and '-' (stored lower case).\n";
 
 static const char cli_domain_usage[] =
@@ -388,11 +394,71 @@ static int cli_user_del(const char *name)
     return EX_OK;
 }
 
+static int cli_user_quota(const char *name, const char *size)
+{
+    int64_t q = -1;
+    int rc;
+
+    if (strcmp(size, "default") && util_parse_size(size, &q)) {
+        fprintf(stderr, "mailnode: quota '%s' is not a size (examples: 500M, 2G, 0 for none, default)\n", size);
+        return EX_USAGE;
+    }
+    rc = store_user_set_quota(name, q);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: no user %s (see `mailnode user list`)\n", name);
+        return EX_NOUSER;
+    }
+    if (rc)
+        return cli_admin_store_fail(rc, "set the quota");
+    if ((rc = cli_admin_commit("set the quota")))
+        return rc;
+    if (q < 0)
+        printf("user %s follows quota.default\n", name);
+    else if (!q)
+        printf("user %s has no quota\n", name);
+    else
+        printf("user %s: quota %lld octets\n", name, (long long)q);
+    return EX_OK;
+}
+
+enum { LIST_NAMES, LIST_LONG, LIST_JSON };
+
+struct cli_user_listing {
+    int mode;
+    int n;                              /* users printed so far */
+};
+
 static int cli_user_print(void *arg, const struct store_user *u)
 {
-    MN_UNUSED(arg);
-    printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
+    struct cli_user_listing *l = arg;
+
+    if (l->mode == LIST_NAMES)
+        printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
+    else if (l->mode == LIST_LONG)
+        printf("%s\t%lld\t%lld\t%lld\t%s\n", u->name, (long long)u->msgs, (long long)u->bytes,
+               (long long)quota_limit(u->quota), u->quota < 0 ? "default" : "own");
+    else    /* user names are [a-z0-9._-]: nothing to escape */
+        printf("%s{\"name\":\"%s\",\"login\":%s,\"messages\":%lld,\"bytes\":%lld,\"quota\":%lld,"
+               "\"quota_from\":\"%s\"}", l->n ? "," : "", u->name, u->pwhash[0] ? "true" : "false",
+               (long long)u->msgs, (long long)u->bytes, (long long)quota_limit(u->quota),
+               u->quota < 0 ? "default" : "own");
+    l->n++;
     return 0;
+}
+
+/* `user list [--long|--json]`: names only by default, as scripts read it. */
+static int cli_user_list(const char *opt)
+{
+    struct cli_user_listing l = { !opt ? LIST_NAMES : !strcmp(opt, "--long") ? LIST_LONG : LIST_JSON, 0 };
+
+    if (l.mode == LIST_JSON)
+        printf("[");
+    if (store_user_list(cli_user_print, &l))
+        return cli_admin_store_fail(STORE_ERR, "list users");
+    if (l.mode == LIST_JSON)
+        printf("]\n");
+    return EX_OK;
 }
 
 int cli_user(int argc, char **argv)
@@ -403,10 +469,11 @@ int cli_user(int argc, char **argv)
 
     if (cli_admin_help(argc, argv, cli_user_usage))
         return EX_OK;
-    if (!strcmp(sub, "list") ? argc != 2 :
+    if (!strcmp(sub, "list") ? argc > 3 || (argc == 3 && strcmp(argv[2], "--long") && strcmp(argv[2], "--json")) :
+        !strcmp(sub, "quota") ? argc != 4 :
         (strcmp(sub, "add") && strcmp(sub, "del") && strcmp(sub, "passwd")) || argc != 3)
         return cli_admin_usage(cli_user_usage);
-    if (argc == 3 && cli_admin_user_name(argv[2], name))
+    if (strcmp(sub, "list") && cli_admin_user_name(argv[2], name))
         return EX_DATAERR;
     if ((rc = strcmp(sub, "list") && strcmp(sub, "del") ? cli_open_store() : cli_open_store_ro()))
         return rc;
@@ -416,8 +483,10 @@ int cli_user(int argc, char **argv)
         rc = cli_user_del(name);
     else if (!strcmp(sub, "passwd"))
         rc = cli_user_passwd(name);
+    else if (!strcmp(sub, "quota"))
+        rc = cli_user_quota(name, argv[3]);
     else
-        rc = store_user_list(cli_user_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list users") : EX_OK;
+        rc = cli_user_list(argc == 3 ? argv[2] : NULL);
     store_close();
     return rc;
 }

@@ -57,6 +57,7 @@ struct smtpd {
     char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
     int ret_full;
     int body_8bit;
+    int64_t size_declared;              /* MAIL SIZE= (RFC 1870), 0 if none */
     int nrcpt_cmds;                     /* RCPT commands that added a recipient */
     struct rcpts rcpts;                 /* distinct routes after aliases */
     struct store_body *body;
@@ -154,6 +155,7 @@ static void txn_reset(struct smtpd *s)
     }
     s->qid[0] = s->sender[0] = s->envid[0] = '\0';
     s->ret_full = s->body_8bit = 0;
+    s->size_declared = 0;
     s->nrcpt_cmds = 0;
     rcpts_clear(&s->rcpts);
     s->data_error = 0;
@@ -430,6 +432,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
                 reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
                 return;
             }
+            s->size_declared = size;
         } else if (!strcasecmp(k, "BODY") && v) {
             if (!strcasecmp(v, "8BITMIME"))
                 s->body_8bit = 1;
@@ -508,6 +511,20 @@ static size_t rcpt_limit(const struct smtpd *s)
         conf->max_recipients_untrusted < n)
         n = conf->max_recipients_untrusted;
     return (size_t)n;
+}
+
+/* 1 if a local mailbox among the routes is over its quota (quota.c), -1
+ * if that cannot be known now. */
+static int rcpt_mailbox_full(const struct smtpd *s, const struct store_rcpt *routes, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (routes[i].kind != ROUTE_LOCAL || rcpts_has(&s->rcpts, &routes[i]))
+            continue;
+        int room = quota_room(routes[i].user_id, s->size_declared);
+        if (room <= 0)
+            return room < 0 ? -1 : 1;
+    }
+    return 0;
 }
 
 static void cmd_rcpt(struct smtpd *s, char *arg)
@@ -597,6 +614,20 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
     default:
         free(routes);
         reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
+        return;
+    }
+    /* A full mailbox is a temporary failure (RFC 3463 4.2.2): the sender
+     * keeps the message and tries again; the other recipients of the
+     * transaction are not affected.  An alias is refused as a whole while
+     * one of its mailboxes is full, so that nobody loses a copy. */
+    if ((rc = rcpt_mailbox_full(s, routes, nroutes))) {
+        free(routes);
+        if (rc > 0) {
+            log_info("%s: refused: <%s>: mailbox full", s->qid, a.full);
+            reply(s, "452 4.2.2 <%s>: Mailbox full", a.full);
+        } else {
+            reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
+        }
         return;
     }
     int fresh = 0;

@@ -262,6 +262,24 @@ static const char *const migrations[] = {
     " message_id=old.message_id AND +state=0 AND +kind=old.kind AND +dest=old.dest)"
     " WHERE kind=old.kind AND dest=old.dest;"
     " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;",
+    /* 10: mailbox quotas.  user.quota is the user's own limit in octets
+     * (NULL: quota.default applies, 0: none); bytes and msgs are what the
+     * mailbox holds, kept by triggers whoever writes mbox (SMTP, sendmail,
+     * POP3, IMAP, the CLI), so a RCPT check reads one row instead of
+     * summing the mailbox. */
+    "ALTER TABLE user ADD COLUMN quota INTEGER;"
+    "ALTER TABLE user ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE user ADD COLUMN msgs INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE user SET bytes=(SELECT coalesce(sum(size), 0) FROM mbox WHERE user_id=user.id),"
+    " msgs=(SELECT count(*) FROM mbox WHERE user_id=user.id);"
+    "CREATE TRIGGER mbox_usage_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE user SET bytes=bytes+NEW.size, msgs=msgs+1 WHERE id=NEW.user_id; END;"
+    "CREATE TRIGGER mbox_usage_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE user SET bytes=bytes-OLD.size, msgs=msgs-1 WHERE id=OLD.user_id; END;"
+    "CREATE TRIGGER mbox_usage_move AFTER UPDATE OF user_id, size ON mbox"
+    " WHEN OLD.user_id<>NEW.user_id OR OLD.size<>NEW.size BEGIN"
+    " UPDATE user SET bytes=bytes-OLD.size, msgs=msgs-1 WHERE id=OLD.user_id;"
+    " UPDATE user SET bytes=bytes+NEW.size, msgs=msgs+1 WHERE id=NEW.user_id; END;",
 };
 
 sqlite3 *store_db(void)
