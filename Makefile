@@ -5,6 +5,14 @@
 #   make TLS=none         build without OpenSSL (default: OpenSSL if pkg-config finds it)
 #   make SAN=1            build with AddressSanitizer and UBSan
 #   make static           ./mailnode-static: static binary, no TLS, stripped
+#   make static TLS=mbedtls   the same with TLS through mbedTLS (TLS=openssl: OpenSSL)
+#   make TLS=mbedtls      TLS through mbedTLS instead of OpenSSL
+#   make CROSS=aarch64-linux-gnu [static]   cross build (also arm-linux-gnueabihf)
+#                         into build/<triplet>/mailnode (and mailnode-static)
+#   make cross-deps       install (as root) the cross compilers, qemu-user and
+#                         the :arm64/:armhf libraries the cross builds need
+#   make test-cross       unit tests and a protocol smoke test of each cross
+#                         build under qemu-user (CROSS_TRIPLETS to choose)
 #   make deps             install (as root) or list missing Debian packages
 #   make run              deps, build, then `./mailnode run` on embedded defaults
 #   make test             deps, check-amalgamation, build, then tests/run
@@ -61,13 +69,39 @@ SQLITE_OPTS := \
 	-DSQLITE_OMIT_JSON
 SQLITE_CFLAGS ?= -Os
 
+# --- cross builds ---------------------------------------------------------
+# CROSS=<triplet> builds with Debian's <triplet>-gcc against the libraries
+# of that architecture (libsodium-dev:arm64 and so on, see `make
+# cross-deps`) into build/<triplet>/, never touching ./mailnode.  32-bit
+# ARM gets a 64-bit time_t and off_t (glibc's _TIME_BITS=64): a field box
+# runs past 2038 and keeps databases over 2 GB.
+CROSS ?=
+CROSS_TRIPLETS ?= aarch64-linux-gnu arm-linux-gnueabihf
+CROSS_DEFS :=
+ifneq ($(CROSS),)
+ifeq ($(origin CC),default)
+CC := $(CROSS)-gcc
+endif
+PKG_CONFIG := PKG_CONFIG_LIBDIR=/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig PKG_CONFIG_PATH= pkg-config
+ifneq ($(filter arm-% armv7% armhf%,$(CROSS)),)
+CROSS_DEFS := -D_FILE_OFFSET_BITS=64 -D_TIME_BITS=64
+endif
+# How to run the target's programs here: qemu-user with the target's
+# libraries, for the tests (tests/cross/run).
+QEMU_ARCH  := $(patsubst arm,arm,$(firstword $(subst -, ,$(CROSS))))
+CROSS_EXEC := qemu-$(QEMU_ARCH)-static -L /usr/$(CROSS)
+endif
+
 # --- configuration --------------------------------------------------------
 
+# `make static` has TLS only when asked for (TLS=mbedtls or TLS=openssl on
+# the command line or in the environment).
+STATIC_TLS := $(if $(filter command line environment,$(origin TLS)),$(TLS),none)
 ifeq ($(origin TLS),undefined)
 TLS := $(if $(shell $(PKG_CONFIG) --exists openssl 2>/dev/null && echo y),openssl,none)
 endif
-ifeq ($(filter $(TLS),openssl none),)
-$(error TLS=$(TLS): use TLS=openssl or TLS=none)
+ifeq ($(filter $(TLS),openssl mbedtls none),)
+$(error TLS=$(TLS): use TLS=openssl, TLS=mbedtls or TLS=none)
 endif
 ifeq ($(filter $(SQLITE),amalgamation system),)
 $(error SQLITE=$(SQLITE): use SQLITE=amalgamation (default) or SQLITE=system)
@@ -84,6 +118,13 @@ ifeq ($(TLS),openssl)
 PKGS          += openssl
 PKGS_FALLBACK += -lssl -lcrypto
 TLS_DEFS      := -DMAILNODE_TLS
+endif
+# mbedTLS (Debian's 2.28 ships no pkg-config file): src/tls_mbedtls.c.
+MBEDTLS_LIBS  := -lmbedtls -lmbedx509 -lmbedcrypto
+TLS_LIBS      :=
+ifeq ($(TLS),mbedtls)
+TLS_DEFS      := -DMAILNODE_TLS -DMAILNODE_TLS_MBEDTLS
+TLS_LIBS      := $(MBEDTLS_LIBS)
 endif
 ifeq ($(SQLITE),system)
 PKGS          += sqlite3
@@ -104,18 +145,36 @@ BUILD     := build/default
 SAN_FLAGS :=
 endif
 
-# SAN_FLAGS come after CFLAGS so that its -O1 wins.
-MN_CFLAGS  := $(strip $(STD_FLAGS) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(TLS_DEFS) $(SAN_FLAGS))
-MN_LDFLAGS := $(strip $(LDFLAGS) $(SAN_FLAGS))
-MN_LIBS    := $(strip $(PKG_LIBS) -lm $(LDLIBS))
+# Where the binaries and the SQLite object go: the top directory for the
+# native build, build/<triplet>/ for a cross build.
+OUT        := .
+ifneq ($(CROSS),)
+ifeq ($(SAN),1)
+$(error CROSS= and SAN=1 together are not supported)
+endif
+BUILD      := build/$(CROSS)
+OUT        := $(BUILD)
+SQLITE_OBJ := $(if $(SQLITE_OBJ),$(BUILD)/sqlite3.o)
+endif
+MN_BIN     := $(if $(CROSS),$(OUT)/mailnode,mailnode)
+STATIC_BIN := $(if $(CROSS),$(OUT)/mailnode-static,mailnode-static)
+STATIC_DIR := $(if $(CROSS),$(BUILD)/static,build/static)
 
-# Static build: no TLS, no sanitizers, stripped.
+# SAN_FLAGS come after CFLAGS so that its -O1 wins.
+MN_CFLAGS  := $(strip $(STD_FLAGS) $(CROSS_DEFS) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) $(TLS_DEFS) $(SAN_FLAGS))
+MN_LDFLAGS := $(strip $(LDFLAGS) $(SAN_FLAGS))
+MN_LIBS    := $(strip $(PKG_LIBS) $(TLS_LIBS) -lm $(LDLIBS))
+
+# Static build: no sanitizers, stripped, TLS as STATIC_TLS says.
 # c-ares is linked statically too (CARES_STATICLIB: no dllimport in ares.h).
-STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CPPFLAGS) $(CFLAGS) -DCARES_STATICLIB \
-		  $(shell $(PKG_CONFIG) --cflags libsodium zlib libcares 2>/dev/null))
+STATIC_TLS_DEFS := $(if $(filter openssl,$(STATIC_TLS)),-DMAILNODE_TLS,$(if $(filter mbedtls,$(STATIC_TLS)),-DMAILNODE_TLS -DMAILNODE_TLS_MBEDTLS))
+STATIC_PKGS    := libsodium zlib libcares $(if $(filter openssl,$(STATIC_TLS)),openssl)
+STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CROSS_DEFS) $(CPPFLAGS) $(CFLAGS) -DCARES_STATICLIB $(STATIC_TLS_DEFS) \
+		  $(shell $(PKG_CONFIG) --cflags $(STATIC_PKGS) 2>/dev/null))
 STATIC_LDFLAGS ?= -s
-STATIC_LIBS    := $(or $(shell $(PKG_CONFIG) --static --libs libsodium zlib libcares $(if $(SQLITE_OBJ),,sqlite3) 2>/dev/null),\
-		  -lsodium -lz -lcares $(if $(SQLITE_OBJ),,-lsqlite3)) -lm
+STATIC_LIBS    := $(if $(filter mbedtls,$(STATIC_TLS)),$(MBEDTLS_LIBS)) \
+		  $(or $(shell $(PKG_CONFIG) --static --libs $(STATIC_PKGS) $(if $(SQLITE_OBJ),,sqlite3) 2>/dev/null),\
+		  -lsodium -lz -lcares $(if $(filter openssl,$(STATIC_TLS)),-lssl -lcrypto) $(if $(SQLITE_OBJ),,-lsqlite3)) -lm
 
 # --- flag stamps ------------------------------------------------------------
 # Each stamp file holds the flags an output was built with and is rewritten
@@ -124,18 +183,18 @@ STATIC_LIBS    := $(or $(shell $(PKG_CONFIG) --static --libs libsodium zlib libc
 # build/san and build/default, so switching back and forth costs a link.
 
 MN_STAMP     := $(BUILD)/mailnode.flags
-LINK_STAMP   := build/link.flags
-SQLITE_STAMP := build/sqlite3.flags
-STATIC_STAMP := build/static/mailnode.flags
+LINK_STAMP   := $(if $(CROSS),$(BUILD),build)/link.flags
+SQLITE_STAMP := $(if $(CROSS),$(BUILD),build)/sqlite3.flags
+STATIC_STAMP := $(STATIC_DIR)/mailnode.flags
 
 MN_STAMP_TEXT     := $(CC) $(MN_CFLAGS)
 LINK_STAMP_TEXT   := $(BUILD) $(SQLITE) $(CC) $(MN_LDFLAGS) $(MN_LIBS)
-SQLITE_STAMP_TEXT := $(CC) $(SQLITE_CFLAGS) $(SQLITE_OPTS)
+SQLITE_STAMP_TEXT := $(CC) $(SQLITE_CFLAGS) $(CROSS_DEFS) $(SQLITE_OPTS)
 STATIC_STAMP_TEXT := $(CC) $(STATIC_CFLAGS) $(STATIC_LDFLAGS) $(STATIC_LIBS) $(SQLITE)
 
-NO_STAMP_GOALS := clean distclean deps amalgamation check-amalgamation check-modules help run test test-env
+NO_STAMP_GOALS := clean distclean deps cross-deps test-cross amalgamation check-amalgamation check-modules help run test test-env
 ifneq ($(filter-out $(NO_STAMP_GOALS),$(or $(MAKECMDGOALS),all)),)
-$(shell mkdir -p $(BUILD) build/static)
+$(shell mkdir -p $(BUILD) $(STATIC_DIR))
 ifneq ($(file <$(MN_STAMP)),$(MN_STAMP_TEXT))
 $(file >$(MN_STAMP),$(MN_STAMP_TEXT))
 endif
@@ -153,16 +212,16 @@ endif
 # --- build -----------------------------------------------------------------
 
 .PHONY: all
-all: mailnode
+all: $(MN_BIN)
 
-mailnode: $(BUILD)/mailnode.o $(SQLITE_OBJ) $(LINK_STAMP) | warn-stale
+$(MN_BIN): $(BUILD)/mailnode.o $(SQLITE_OBJ) $(LINK_STAMP) | warn-stale
 	$(CC) $(MN_LDFLAGS) -o $@ $(BUILD)/mailnode.o $(SQLITE_OBJ) $(MN_LIBS)
 
 $(BUILD)/mailnode.o: mailnode.c mailnode.h $(if $(SQLITE_OBJ),sqlite3.h) $(MN_STAMP)
 	$(CC) $(MN_CFLAGS) -c -o $@ mailnode.c
 
-sqlite3.o: sqlite3.c sqlite3.h $(SQLITE_STAMP)
-	$(CC) $(SQLITE_CFLAGS) $(SQLITE_OPTS) -c -o $@ sqlite3.c
+$(if $(SQLITE_OBJ),$(SQLITE_OBJ),sqlite3.o): sqlite3.c sqlite3.h $(SQLITE_STAMP)
+	$(CC) $(SQLITE_CFLAGS) $(CROSS_DEFS) $(SQLITE_OPTS) -c -o $@ sqlite3.c
 
 # Fetched on demand, checked against pinned checksums, never committed.
 sqlite3.c sqlite3.h &:
@@ -184,13 +243,13 @@ warn-stale:
 	fi
 
 .PHONY: static
-static: mailnode-static
-	@ls -l mailnode-static | awk '{ print "mailnode-static: " $$5 " bytes" }'
+static: $(STATIC_BIN)
+	@ls -l $(STATIC_BIN) | awk '{ print "$(STATIC_BIN): " $$5 " bytes" }'
 
-mailnode-static: build/static/mailnode.o $(SQLITE_OBJ) $(STATIC_STAMP) | warn-stale
-	$(CC) -static $(LDFLAGS) $(STATIC_LDFLAGS) -o $@ build/static/mailnode.o $(SQLITE_OBJ) $(STATIC_LIBS)
+$(STATIC_BIN): $(STATIC_DIR)/mailnode.o $(SQLITE_OBJ) $(STATIC_STAMP) | warn-stale
+	$(CC) -static $(LDFLAGS) $(STATIC_LDFLAGS) -o $@ $(STATIC_DIR)/mailnode.o $(SQLITE_OBJ) $(STATIC_LIBS)
 
-build/static/mailnode.o: mailnode.c mailnode.h $(if $(SQLITE_OBJ),sqlite3.h) $(STATIC_STAMP)
+$(STATIC_DIR)/mailnode.o: mailnode.c mailnode.h $(if $(SQLITE_OBJ),sqlite3.h) $(STATIC_STAMP)
 	$(CC) $(STATIC_CFLAGS) -c -o $@ mailnode.c
 
 # --- amalgamation -------------------------------------------------------------
@@ -233,7 +292,7 @@ check-modules:
 
 # The program exports mailnode.h's API and main, nothing else: every
 # internal function is static in the amalgamation (tools/amalgamate.sh).
-check-exports: mailnode
+check-exports: $(MN_BIN)
 	@nm -g --defined-only $(BUILD)/mailnode.o | \
 		awk '$$2 ~ /^[A-Z]$$/ && $$3 !~ /^(mailnode_[a-z_]+|main)$$/ { print "check-exports: exported: " $$3; bad = 1 } \
 		     END { exit bad }' >&2
@@ -246,6 +305,7 @@ test-run: export MAILNODE_LIBS = $(MN_LIBS)
 test-run: export MAILNODE_SQLITE_OBJ = $(SQLITE_OBJ)
 test-run: export MAILNODE_BUILD = $(BUILD)
 test-run: export MAILNODE_SAN = $(SAN)
+test-run: export MAILNODE_EXEC = $(CROSS_EXEC)
 test-run: all
 	tests/run
 
@@ -257,6 +317,14 @@ test-valgrind: all
 	@VALGRIND=1 SQLITE=$(SQLITE) tools/deps.sh
 	MAILNODE_VALGRIND=1 tests/run proto
 
+# Cross builds: what they need, and their tests under qemu-user.
+.PHONY: cross-deps test-cross
+cross-deps:
+	@CROSS=1 CROSS_TRIPLETS='$(CROSS_TRIPLETS)' SQLITE=$(SQLITE) tools/deps.sh
+
+test-cross: cross-deps
+	CROSS_TRIPLETS='$(CROSS_TRIPLETS)' tests/cross/run
+
 # Print the same settings for a standalone tests/run, one KEY=value a line.
 test-env:
 	$(info MAILNODE_CC=$(CC))
@@ -266,6 +334,8 @@ test-env:
 	$(info MAILNODE_SQLITE_OBJ=$(SQLITE_OBJ))
 	$(info MAILNODE_BUILD=$(BUILD))
 	$(info MAILNODE_SAN=$(SAN))
+	$(info MAILNODE_EXEC=$(CROSS_EXEC))
+	$(info MAILNODE_BIN_BUILT=$(abspath $(MN_BIN)))
 	@:
 
 # --- fuzzing ----------------------------------------------------------------------
@@ -353,7 +423,7 @@ INITD_DIR        ?= /etc/init.d
 install: all
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8 \
 		$(DESTDIR)$(PREFIX)/share/man/man5
-	$(INSTALL) -m 0755 mailnode $(DESTDIR)$(PREFIX)/bin/mailnode
+	$(INSTALL) -m 0755 $(MN_BIN) $(DESTDIR)$(PREFIX)/bin/mailnode
 	$(INSTALL) -m 0644 docs/mailnode.8 $(DESTDIR)$(PREFIX)/share/man/man8/mailnode.8
 	$(INSTALL) -m 0644 docs/mailnode.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/mailnode.conf.5
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/share/doc/mailnode/examples

@@ -20,6 +20,12 @@ so that they measure the server, not a client library.
                     (isync uses it when offered) and without it (the relay
                     hides the capability from mbsync)
 
+With --only mbsync just the mbsync runs; --no-fsync writes "FSync no" into
+mbsync's configuration, so that its own fsyncs of the maildir (which
+dominate its time on a busy disk and vary 3x between runs) leave the
+server's share visible; the CPU the server spent on each sync is printed
+too (Dovecot: its master and children, exited ones included).
+
 and, once, the memory of --idle clients (default 500) logged in, INBOX
 selected, in IDLE: proportional set size (PSS) of all the server's
 processes, minus what it used before they connected.
@@ -130,15 +136,34 @@ class Relay:
         self.ls.close()
 
 
-def mbsync_bytes(port, work, hide_compress):
+MBSYNC_FSYNC = True
+
+
+def cpu_seconds(pids):
+    """utime + stime of the processes and of their reaped children."""
+    t = 0
+    for p in pids:
+        try:
+            with open('/proc/%d/stat' % p) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            t += sum(int(x) for x in fields[11:15])
+        except (OSError, ValueError, IndexError):
+            pass
+    return t / os.sysconf('SC_CLK_TCK')
+
+
+def mbsync_bytes(port, work, hide_compress, pids=lambda: []):
     relay = Relay(port, hide_compress)
     os.makedirs(os.path.join(work, 'm', 'INBOX'), exist_ok=True)
     rc = os.path.join(work, 'mbsyncrc')
     with open(rc, 'w') as f:
+        if not MBSYNC_FSYNC:
+            f.write('FSync no\n\n')
         f.write('IMAPAccount a\nHost 127.0.0.1\nPort %d\nUser alice\nPass "%s"\nSSLType None\n'
                 'AuthMechs LOGIN\n\nIMAPStore r\nAccount a\n\nMaildirStore l\nPath %s/m/\n'
                 'Inbox %s/m/INBOX\n\nChannel c\nFar :r:INBOX\nNear :l:INBOX\nCreate Near\n'
                 'SyncState *\n' % (relay.port, PASSWORD, work, work))
+    c0 = cpu_seconds(pids())
     t0 = time.monotonic()
     p = subprocess.run(['mbsync', '-c', rc, '-a'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        timeout=1800)
@@ -147,11 +172,12 @@ def mbsync_bytes(port, work, hide_compress):
     if p.returncode:
         print('# mbsync failed (%d): %s' % (p.returncode, p.stdout.decode(errors='replace')[-500:]))
     took = time.monotonic() - t0
+    server_cpu = cpu_seconds(pids()) - c0
     time.sleep(0.2)
     relay.close()
     if os.environ.get('BENCH_DEBUG'):
         print('# relay up %d down %d' % (relay.up, relay.down))
-    return relay.up + relay.down, took
+    return relay.up + relay.down, took, server_cpu
 
 
 class Raw:
@@ -253,7 +279,11 @@ def main():
     ap.add_argument('--messages', type=int, default=10000)
     ap.add_argument('--idle', type=int, default=500)
     ap.add_argument('--reps', type=int, default=3)
+    ap.add_argument('--only', choices=('mbsync',), help='run only the mbsync syncs')
+    ap.add_argument('--no-fsync', action='store_true', help='mbsync does not fsync its maildir')
     a = ap.parse_args()
+    global MBSYNC_FSYNC
+    MBSYNC_FSYNC = not a.no_fsync
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 8192), max(hard, 8192)))
 
@@ -288,11 +318,13 @@ def main():
         c.login('alice', PASSWORD)
         return c
     try:
-        r_ours = run_ops(n.port('imap'), a.messages, a.reps)
-        r_dv = run_ops(dv.port, a.messages, a.reps)
         print('%-24s %12s %12s %8s' % ('operation', 'mailnode', 'dovecot', 'ratio'))
-        for k in r_ours:
-            print('%-24s %10.1fms %10.1fms %8.2f' % (k, r_ours[k] * 1000, r_dv[k] * 1000, r_ours[k] / r_dv[k]))
+        if not a.only:
+            r_ours = run_ops(n.port('imap'), a.messages, a.reps)
+            r_dv = run_ops(dv.port, a.messages, a.reps)
+            for k in r_ours:
+                print('%-24s %10.1fms %10.1fms %8.2f' % (k, r_ours[k] * 1000, r_dv[k] * 1000,
+                                                        r_ours[k] / r_dv[k]))
         work = tempfile.mkdtemp(prefix='mailnode-bench-mbsync-')
         try:
             for hide in (True, False):
@@ -300,13 +332,16 @@ def main():
                 os.mkdir(w)
                 os.mkdir(os.path.join(w, 'a'))
                 os.mkdir(os.path.join(w, 'b'))
-                b1, t1 = mbsync_bytes(n.port('imap'), os.path.join(w, 'a'), hide)
-                b2, t2 = mbsync_bytes(dv.port, os.path.join(w, 'b'), hide)
+                b1, t1, c1 = mbsync_bytes(n.port('imap'), os.path.join(w, 'a'), hide, lambda: [n.proc.pid])
+                b2, t2, c2 = mbsync_bytes(dv.port, os.path.join(w, 'b'), hide, dv.pids)
                 what = 'without COMPRESS' if hide else 'with COMPRESS'
                 print('%-24s %10.2fMB %10.2fMB %8.2f' % ('mbsync bytes ' + what, b1 / 1e6, b2 / 1e6, b1 / b2))
                 print('%-24s %11.1fs %11.1fs %8.2f' % ('mbsync time ' + what, t1, t2, t1 / t2))
+                print('%-24s %11.2fs %11.2fs %8.2f' % ('server CPU ' + what, c1, c2, c1 / max(c2, 0.01)))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if a.only:
+            return
         o0, o1 = idle_memory(ours, lambda: [n.proc.pid], a.idle)
         d0, d1 = idle_memory(theirs, dv.pids, a.idle)
         print('%-24s %10.1fMB %10.1fMB %8.3f' % ('PSS, %d IDLE clients' % a.idle, (o1 - o0) / 1024,

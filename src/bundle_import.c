@@ -475,6 +475,7 @@ static int imp_msg_end(struct imp *m, const unsigned char *p, size_t n)
     size_t nroutes = 0, nfail = 0, kept = 0;
     int rc;
 
+    memset(fails, 0, sizeof fails);     /* remote_mta, expired: none here */
     crypto_generichash_final(&m->hash, sum, 32);
     if (n != 40 || sodium_memcmp(sum, p, 32))
         return BUNDLE_ERECORD;          /* changed since the first pass */

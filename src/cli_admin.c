@@ -18,21 +18,30 @@
 #define CLI_ALIAS_TARGETS_MAX 4096
 
 static const char cli_user_usage[] =
-    "usage: mailnode user add NAME | del NAME | passwd NAME | list\n"
+    "usage: mailnode user add NAME | del NAME | passwd NAME | quota NAME SIZE | list [--long|--json]\n"
     "  add NAME     create a mailbox user; the password is read from standard input\n"
     "               (one line), or asked for twice when standard input is a terminal\n"
     "  del NAME     delete the user and every message in the mailbox\n"
     "  passwd NAME  set a new password, read like the one of `add`\n"
+    "  quota NAME SIZE  limit the mailbox to SIZE octets (suffix K, M or G: 500M, 2G;\n"
+    "               0 = no limit; 'default' = follow quota.default); a full mailbox\n"
+    "               refuses new mail for a while (SMTP 452 4.2.2, IMAP OVERQUOTA)\n"
     "  list         one user name per line\n"
+    "      --long   and messages, octets used, the quota in force (0 = none) and\n"
+    "               whether it is the user's own or quota.default, tab separated\n"
+    "      --json   the same as a JSON array, for scripts\n"
     "User names are 1 to 64 characters: a-z, 0-9, '.', '_' and '-' (stored lower case).\n";
 
 static const char cli_domain_usage[] =
     "usage: mailnode domain add DOMAIN --local | --hold [--owner USER] [--host HOST:PORT]\n"
+    "       mailnode domain mod DOMAIN [--local | --hold] [--owner USER] [--host HOST:PORT]\n"
     "       mailnode domain del DOMAIN | list\n"
     "  add DOMAIN --local   deliver mail for DOMAIN into local mailboxes\n"
     "  add DOMAIN --hold    hold mail for DOMAIN until its site asks (ETRN, ATRN)\n"
     "      --owner USER     the user who may fetch the held mail with ATRN\n"
     "      --host HOST:PORT where ETRN delivers the held mail (default: MX lookup)\n"
+    "  mod DOMAIN           change a domain in place: what is given replaces what was;\n"
+    "                       --owner - and --host - remove the owner, the host\n"
     "  del DOMAIN           forget the domain (queued mail stays queued)\n"
     "  list                 domain, kind, owner, host; tab separated\n";
 
@@ -385,11 +394,71 @@ static int cli_user_del(const char *name)
     return EX_OK;
 }
 
+static int cli_user_quota(const char *name, const char *size)
+{
+    int64_t q = -1;
+    int rc;
+
+    if (strcmp(size, "default") && util_parse_size(size, &q)) {
+        fprintf(stderr, "mailnode: quota '%s' is not a size (examples: 500M, 2G, 0 for none, default)\n", size);
+        return EX_USAGE;
+    }
+    rc = store_user_set_quota(name, q);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: no user %s (see `mailnode user list`)\n", name);
+        return EX_NOUSER;
+    }
+    if (rc)
+        return cli_admin_store_fail(rc, "set the quota");
+    if ((rc = cli_admin_commit("set the quota")))
+        return rc;
+    if (q < 0)
+        printf("user %s follows quota.default\n", name);
+    else if (!q)
+        printf("user %s has no quota\n", name);
+    else
+        printf("user %s: quota %lld octets\n", name, (long long)q);
+    return EX_OK;
+}
+
+enum { LIST_NAMES, LIST_LONG, LIST_JSON };
+
+struct cli_user_listing {
+    int mode;
+    int n;                              /* users printed so far */
+};
+
 static int cli_user_print(void *arg, const struct store_user *u)
 {
-    MN_UNUSED(arg);
-    printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
+    struct cli_user_listing *l = arg;
+
+    if (l->mode == LIST_NAMES)
+        printf("%s%s\n", u->name, u->pwhash[0] ? "" : "  (holds postmaster mail until there is an admin; no login)");
+    else if (l->mode == LIST_LONG)
+        printf("%s\t%lld\t%lld\t%lld\t%s\n", u->name, (long long)u->msgs, (long long)u->bytes,
+               (long long)quota_limit(u->quota), u->quota < 0 ? "default" : "own");
+    else    /* user names are [a-z0-9._-]: nothing to escape */
+        printf("%s{\"name\":\"%s\",\"login\":%s,\"messages\":%lld,\"bytes\":%lld,\"quota\":%lld,"
+               "\"quota_from\":\"%s\"}", l->n ? "," : "", u->name, u->pwhash[0] ? "true" : "false",
+               (long long)u->msgs, (long long)u->bytes, (long long)quota_limit(u->quota),
+               u->quota < 0 ? "default" : "own");
+    l->n++;
     return 0;
+}
+
+/* `user list [--long|--json]`: names only by default, as scripts read it. */
+static int cli_user_list(const char *opt)
+{
+    struct cli_user_listing l = { !opt ? LIST_NAMES : !strcmp(opt, "--long") ? LIST_LONG : LIST_JSON, 0 };
+
+    if (l.mode == LIST_JSON)
+        printf("[");
+    if (store_user_list(cli_user_print, &l))
+        return cli_admin_store_fail(STORE_ERR, "list users");
+    if (l.mode == LIST_JSON)
+        printf("]\n");
+    return EX_OK;
 }
 
 int cli_user(int argc, char **argv)
@@ -400,10 +469,11 @@ int cli_user(int argc, char **argv)
 
     if (cli_admin_help(argc, argv, cli_user_usage))
         return EX_OK;
-    if (!strcmp(sub, "list") ? argc != 2 :
+    if (!strcmp(sub, "list") ? argc > 3 || (argc == 3 && strcmp(argv[2], "--long") && strcmp(argv[2], "--json")) :
+        !strcmp(sub, "quota") ? argc != 4 :
         (strcmp(sub, "add") && strcmp(sub, "del") && strcmp(sub, "passwd")) || argc != 3)
         return cli_admin_usage(cli_user_usage);
-    if (argc == 3 && cli_admin_user_name(argv[2], name))
+    if (strcmp(sub, "list") && cli_admin_user_name(argv[2], name))
         return EX_DATAERR;
     if ((rc = strcmp(sub, "list") && strcmp(sub, "del") ? cli_open_store() : cli_open_store_ro()))
         return rc;
@@ -413,8 +483,10 @@ int cli_user(int argc, char **argv)
         rc = cli_user_del(name);
     else if (!strcmp(sub, "passwd"))
         rc = cli_user_passwd(name);
+    else if (!strcmp(sub, "quota"))
+        rc = cli_user_quota(name, argv[3]);
     else
-        rc = store_user_list(cli_user_print, NULL) ? cli_admin_store_fail(STORE_ERR, "list users") : EX_OK;
+        rc = cli_user_list(argc == 3 ? argv[2] : NULL);
     store_close();
     return rc;
 }
@@ -502,8 +574,8 @@ static int cli_domain_add(int argc, char **argv, const char *name)
     rc = store_domain_add(&d);
     if (rc == STORE_EXISTS) {
         store_rollback();
-        fprintf(stderr, "mailnode: domain %s exists already (`mailnode domain del %s` first to"
-                " change it)\n", d.name, d.name);
+        fprintf(stderr, "mailnode: domain %s exists already (`mailnode domain mod %s` changes it)\n",
+                d.name, d.name);
         rc = EX_DATAERR;
     } else if (rc) {
         rc = cli_admin_store_fail(rc, "add the domain");
@@ -512,6 +584,98 @@ static int cli_domain_add(int argc, char **argv, const char *name)
         if (d.kind == DOMAIN_HOLD && conf_is_local_domain(d.name))
             fprintf(stderr, "mailnode: note: %s is also in local_domains of the configuration,"
                     " which delivers it locally\n", d.name);
+    }
+out:
+    sodium_memzero(&u, sizeof u);
+    store_close();
+    return rc;
+}
+
+/* Options of `domain mod` over the domain's row d: each one given
+ * replaces its field ("-" or "" clears owner and host). */
+static int cli_domain_mod_options(int argc, char **argv, struct store_domain *d)
+{
+    for (int i = 3; i < argc; i++) {
+        const char *opt = argv[i];
+        if (!strcmp(opt, "--local") || !strcmp(opt, "--hold")) {
+            d->kind = opt[2] == 'l' ? DOMAIN_LOCAL : DOMAIN_HOLD;
+        } else if ((!strcmp(opt, "--owner") || !strcmp(opt, "--host")) && i + 1 < argc) {
+            const char *val = argv[++i];
+            int clear = !val[0] || !strcmp(val, "-");
+            if (opt[3] == 'w') {
+                d->owner[0] = '\0';
+                if (!clear && cli_admin_user_name(val, d->owner))
+                    return EX_DATAERR;
+            } else {
+                d->host[0] = '\0';
+                if (clear)
+                    continue;
+                if (util_strlcpy(d->host, val, sizeof d->host) >= sizeof d->host) {
+                    fprintf(stderr, "mailnode: --host %s is too long\n", val);
+                    return EX_DATAERR;
+                }
+                if (cli_domain_check_host(d->host))
+                    return EX_DATAERR;
+            }
+        } else {
+            fprintf(stderr, "mailnode: domain mod: unexpected '%s'\n", opt);
+            return cli_admin_usage(cli_domain_usage);
+        }
+    }
+    if (d->kind == DOMAIN_LOCAL && (d->owner[0] || d->host[0])) {
+        fprintf(stderr, "mailnode: domain %s: --owner and --host apply to --hold domains only"
+                " (remove them with --owner - --host -)\n", d->name);
+        return EX_USAGE;
+    }
+    return 0;
+}
+
+static int cli_domain_mod(int argc, char **argv, const char *name)
+{
+    struct store_domain d;
+    struct store_user u;
+    int rc;
+
+    memset(&u, 0, sizeof u);
+    if (argc < 4) {
+        fprintf(stderr, "mailnode: domain mod %s: nothing to change\n", name);
+        return cli_admin_usage(cli_domain_usage);
+    }
+    if ((rc = cli_open_store_ro()))
+        return rc;
+    rc = store_domain_get(name, &d);
+    if (rc == STORE_NOTFOUND) {
+        fprintf(stderr, "mailnode: no domain %s (see `mailnode domain list`; `domain add` makes one)\n",
+                name);
+        rc = EX_DATAERR;
+        goto out;
+    }
+    if (rc) {
+        rc = cli_admin_store_fail(rc, "read the domain");
+        goto out;
+    }
+    if ((rc = cli_domain_mod_options(argc, argv, &d)))
+        goto out;
+    if (d.owner[0] && (rc = store_user_get(d.owner, &u))) {
+        if (rc == STORE_NOTFOUND) {
+            fprintf(stderr, "mailnode: --owner %s: no such user (create it first with"
+                    " `mailnode user add %s`)\n", d.owner, d.owner);
+            rc = EX_NOUSER;
+        } else {
+            rc = cli_admin_store_fail(rc, "read the user table");
+        }
+        goto out;
+    }
+    rc = store_domain_mod(&d);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback();
+        fprintf(stderr, "mailnode: no domain %s (deleted meanwhile?)\n", name);
+        rc = EX_DATAERR;
+    } else if (rc) {
+        rc = cli_admin_store_fail(rc, "change the domain");
+    } else if (!(rc = cli_admin_commit("change the domain"))) {
+        printf("domain %s changed: %s, owner %s, host %s\n", d.name, d.kind == DOMAIN_LOCAL ? "local" : "hold",
+               d.owner[0] ? d.owner : "-", d.host[0] ? d.host : "-");
     }
 out:
     sodium_memzero(&u, sizeof u);
@@ -567,12 +731,14 @@ int cli_domain(int argc, char **argv)
         store_close();
         return rc;
     }
-    if (!strcmp(sub, "add") ? argc < 4 : strcmp(sub, "del") || argc != 3)
+    if (!strcmp(sub, "add") ? argc < 4 : !strcmp(sub, "mod") ? argc < 3 : strcmp(sub, "del") || argc != 3)
         return cli_admin_usage(cli_domain_usage);
     if (cli_admin_domain_name(argv[2], name))
         return EX_DATAERR;
     if (!strcmp(sub, "add"))
         return cli_domain_add(argc, argv, name);
+    if (!strcmp(sub, "mod"))
+        return cli_domain_mod(argc, argv, name);
     return cli_domain_del(name);
 }
 

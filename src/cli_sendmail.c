@@ -96,6 +96,9 @@ static void sendmail_usage(FILE *out)
             "  -N DSN      never | success,failure,delay: delivery notifications\n"
             "  -R RET      full | hdrs: what a bounce returns\n"
             "  -V ENVID    envelope id for delivery notifications\n"
+            "  -bs         speak SMTP on standard input and output, as the calling user\n"
+            "              (who counts as authenticated); each message is queued\n"
+            "              durably before its 250 reply\n"
             "  -bp         list the queue (as mailq, or mailnode queue list)\n"
             "  -q          deliver queued mail now (as mailnode flush; -q15m and -qR... too)\n"
             "  -bi         newaliases: nothing to do, aliases are in the database\n"
@@ -927,15 +930,11 @@ static int sendmail_options(struct sendmail *m, int argc, char **argv, int *firs
                 v = a + j + 1;
                 if (!strcmp(v, "m"))
                     goto next;
-                if (!strcmp(v, "p") || !strcmp(v, "i")) {
-                    m->mode = *v;       /* mailq, newaliases */
+                if (!strcmp(v, "p") || !strcmp(v, "i") || !strcmp(v, "s")) {
+                    m->mode = *v;       /* mailq, newaliases, SMTP on stdin/stdout */
                     goto next;
                 }
-                if (!strcmp(v, "s"))
-                    fprintf(stderr, "sendmail: -bs is not supported: submit over SMTP to the "
-                                    "submission port instead\n");
-                else
-                    fprintf(stderr, "sendmail: -b%s is not supported (only -bm, the default)\n", v);
+                fprintf(stderr, "sendmail: -b%s is not supported (-bm, -bs, -bp, -bi are)\n", v);
                 return EX_USAGE;
             case 'q':
                 /* -q, -q15m, -qR...: one delivery run now (a running daemon
@@ -1116,7 +1115,7 @@ int cli_sendmail(int argc, char **argv)
     if (m->mode) {
         int mode = m->mode;
         sendmail_free(m);
-        return cli_sendmail_mode(mode);
+        return mode == 's' ? cli_sendmail_bs() : cli_sendmail_mode(mode);
     }
     if ((rc = sendmail_sender(m)))
         goto out;

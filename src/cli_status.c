@@ -118,6 +118,23 @@ static void status_text_upstream(void)
     }
 }
 
+/* One line per mailbox: messages, octets, and the quota in force. */
+static int status_text_user(void *arg, const struct store_user *u)
+{
+    char used[32], lim[32];
+    int64_t limit = quota_limit(u->quota);
+    MN_UNUSED(arg);
+
+    util_fmt_size(u->bytes, used, sizeof used);
+    printf("  %-20s %lld message%s, %s", u->name, (long long)u->msgs, u->msgs == 1 ? "" : "s", used);
+    if (limit) {
+        util_fmt_size(limit, lim, sizeof lim);
+        printf(" of %s (%lld%%)%s", lim, (long long)(u->bytes * 100 / limit), u->bytes >= limit ? ", FULL" : "");
+    }
+    printf("\n");
+    return 0;
+}
+
 static void status_text(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
 {
     char span[64];
@@ -140,6 +157,7 @@ static void status_text(const struct status_daemon *sd, const struct store_statu
            on_hold == 1 ? "" : "s");
     printf("mailboxes     %lld message%s for %lld user%s\n", (long long)st->mbox_msgs,
            st->mbox_msgs == 1 ? "" : "s", (long long)st->users, st->users == 1 ? "" : "s");
+    store_user_list(status_text_user, NULL);
     printf("destinations\n");
     store_ops_dests(conf->relayhost[0] != 0, status_text_dest, NULL);
     printf("held for on-demand relay\n");
@@ -225,6 +243,17 @@ static void status_json_meta(const char *key, const char *name)
     printf("}");
 }
 
+static int status_json_user(void *arg, const struct store_user *u)
+{
+    int64_t limit = quota_limit(u->quota);
+
+    /* user names are [a-z0-9._-]: nothing to escape */
+    printf("%s{\"name\":\"%s\",\"messages\":%lld,\"bytes\":%lld,\"quota\":%lld,\"full\":%s}",
+           (*(int *)arg)++ ? "," : "", u->name, (long long)u->msgs, (long long)u->bytes, (long long)limit,
+           limit && u->bytes >= limit ? "true" : "false");
+    return 0;
+}
+
 static void status_json(const struct status_daemon *sd, const struct store_status *st, int64_t on_hold)
 {
     int first = 1;
@@ -246,7 +275,11 @@ static void status_json(const struct status_daemon *sd, const struct store_statu
     printf(",\"queue\":{\"messages\":%lld,\"recipients\":%lld,\"held_for_relay\":%lld,\"on_hold\":%lld}",
            (long long)st->queued_msgs, (long long)st->queued_rcpts, (long long)st->held_rcpts,
            (long long)on_hold);
-    printf(",\"mailboxes\":{\"messages\":%lld,\"users\":%lld}", (long long)st->mbox_msgs, (long long)st->users);
+    printf(",\"mailboxes\":{\"messages\":%lld,\"users\":%lld,\"quota_default\":%lld,\"by_user\":[",
+           (long long)st->mbox_msgs, (long long)st->users, (long long)quota_limit(-1));
+    int n = 0;
+    store_user_list(status_json_user, &n);
+    printf("]}");
     printf(",\"destinations\":[");
     store_ops_dests(conf->relayhost[0] != 0, status_json_dest, &first);
     printf("],\"held\":[");

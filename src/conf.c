@@ -74,6 +74,7 @@ static const struct conf_key keys[] = {
     { "pop3.timeout", T_DURATION, F(pop3_timeout), 0, "10m" },
     { "imap.timeout", T_DURATION, F(imap_timeout), 0, "30m" },
     { "imap.max_per_user", T_INT, F(imap_max_per_user), 0, "20" },
+    { "quota.default", T_SIZE, F(quota_default), 0, "0" },
     { "auth.fail_delay", T_DURATION, F(auth_fail_delay), 0, "1s" },
     { "auth.max_failures", T_INT, F(auth_max_failures), 0, "5" },
     { "limit.connections_per_ip", T_INT, F(limit_connections_per_ip), 0, "20" },

@@ -581,13 +581,31 @@ static char *dns_read_file(const char *path, size_t max)
 
 static void dns_timer_fire(void *arg);
 
-/* c-ares keeps its own retry deadlines: one loop timer at the nearest. */
+/* While c-ares has transactions out and its deadlines cannot be asked
+ * (below), the loop looks at them this often. */
+#define DNS_TICK_MS 100
+
+/* c-ares keeps its own retry deadlines: one loop timer at the nearest.
+ * ares_timeout() answers in a struct timeval, whose layout follows time_t.
+ * A 32-bit build with a 64-bit time_t (_TIME_BITS=64, as on armhf) may
+ * run against a c-ares built with a 32-bit time_t (Debian 12 armhf): the
+ * library's 8-byte answer read as a 16-byte struct is garbage, and a
+ * lookup whose server never answers would wait forever.  There the timer
+ * ticks instead while transactions are out; ares_process_fd() checks the
+ * deadlines itself, through no time_t of ours. */
 static void dns_timer_arm(void)
 {
     struct timeval tv, *t;
 
     if (!D.ready)
         return;
+    if (sizeof(time_t) != sizeof(long)) {
+        if (D.ntxs > 0)
+            timer_set(&D.timer, DNS_TICK_MS, dns_timer_fire, NULL);
+        else
+            timer_cancel(&D.timer);
+        return;
+    }
     t = ares_timeout(D.ch, NULL, &tv);
     if (!t) {
         timer_cancel(&D.timer);

@@ -263,6 +263,36 @@ static const char *failure_advice(const char *status)
     return "If the reason is not clear, forward this report to your postmaster.";
 }
 
+/* queue.lifetime ran out (RFC 3463 X.4.7): the last error is the news,
+ * and whether trying again can help depends on it. */
+static void expired_advice(struct dsnw *w, const char *life)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf,
+             "The message could not be delivered within %s, how long this mail system keeps "
+             "trying. The last error above says what stood in the way; if it was a "
+             "temporary problem, send the message again later.", life);
+    put_para(w, "    ", buf);
+}
+
+/* The text before the per-recipient lines. */
+static void write_intro(struct dsnw *w, const struct dsn_info *d, int worst)
+{
+    if (d->double_bounce)
+        put_para(w, "", "A delivery report sent by this mail system could not be delivered to its "
+                        "recipient (the sender of an earlier message). It comes to the postmaster "
+                        "instead, once: no report is sent about this one. The reasons are given "
+                        "below for each recipient of the report.");
+    else if (worst == DSN_FAILED)
+        put_para(w, "", "Your message could not be delivered to one or more recipients. "
+                        "The reasons are given below for each recipient.");
+    else if (worst == DSN_DELAYED)
+        put_para(w, "", "Your message has not been delivered yet to one or more recipients. "
+                        "This is only a warning: you do not need to send the message again.");
+    else
+        put_para(w, "", "This is the delivery report you asked for.");
+}
+
 static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
 {
     char buf[512], until[64], life[64];
@@ -277,14 +307,7 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
     snprintf(buf, sizeof buf, "This is the mail system at host %s.", conf->hostname);
     put_para(w, "", buf);
     puts_(w, "\r\n");
-    if (worst == DSN_FAILED)
-        put_para(w, "", "Your message could not be delivered to one or more recipients. "
-                        "The reasons are given below for each recipient.");
-    else if (worst == DSN_DELAYED)
-        put_para(w, "", "Your message has not been delivered yet to one or more recipients. "
-                        "This is only a warning: you do not need to send the message again.");
-    else
-        put_para(w, "", "This is the delivery report you asked for.");
+    write_intro(w, d, worst);
     puts_(w, "\r\n");
 
     for (size_t i = 0; i < d->n; i++) {
@@ -295,7 +318,10 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
         put_words(w, r->addr ? r->addr : "", DSN_TEXT_WRAP, "    ");
         switch (r->action) {
         case DSN_FAILED:
-            printf_(w, ">: delivery failed permanently (status %s).\r\n", st);
+            if (r->expired)
+                printf_(w, ">: given up after %s in the queue (status %s).\r\n", life, st);
+            else
+                printf_(w, ">: delivery failed permanently (status %s).\r\n", st);
             break;
         case DSN_DELAYED:
             printf_(w, ">: delivery is delayed (status %s).\r\n", st);
@@ -311,7 +337,11 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
         if (r->diagnostic && r->diagnostic[0]) {
             int typed;
             const char *text = diag_text(r->diagnostic, &typed);
-            if (r->remote_mta && r->remote_mta[0]) {
+            if (r->expired && r->last_attempt > 0) {
+                char when[64];
+                util_date(r->last_attempt, when, sizeof when);
+                printf_(w, "    The last error, %s:\r\n", when);
+            } else if (r->remote_mta && r->remote_mta[0]) {
                 puts_(w, "    The mail server ");
                 put_words(w, r->remote_mta, DSN_TEXT_WRAP, "    ");
                 puts_(w, " said:\r\n");
@@ -324,7 +354,9 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
             put_words(w, r->remote_mta, DSN_TEXT_WRAP, "    ");
             puts_(w, "\r\n");
         }
-        if (r->action == DSN_FAILED)
+        if (r->action == DSN_FAILED && r->expired)
+            expired_advice(w, life);
+        else if (r->action == DSN_FAILED)
             put_para(w, "    ", failure_advice(st));
         puts_(w, "\r\n");
     }
@@ -337,15 +369,16 @@ static void write_human(struct dsnw *w, const struct dsn_info *d, int worst)
         put_para(w, "", buf);
         puts_(w, "\r\n");
     }
-    if (worst == DSN_FAILED) {
+    if (worst == DSN_FAILED && !d->double_bounce) {
         snprintf(buf, sizeof buf,
                  "If you need help, forward this report to your postmaster. "
                  "Please include the delivery report below.");
         put_para(w, "", buf);
         puts_(w, "\r\n");
     }
-    put_para(w, "", d->ret_full ? "The original message is attached."
-                                : "The header section of the original message is attached.");
+    put_para(w, "", d->double_bounce ? "The undeliverable report is attached."
+                    : d->ret_full    ? "The original message is attached."
+                                     : "The header section of the original message is attached.");
 }
 
 static void write_status(struct dsnw *w, const struct dsn_info *d)
@@ -487,7 +520,8 @@ int dsn_write(const struct dsn_info *d, struct store_body *out)
         else if (a == DSN_DELAYED && worst != DSN_FAILED)
             worst = DSN_DELAYED;
     }
-    subject = worst == DSN_FAILED    ? "Undelivered Mail Returned to Sender"
+    subject = d->double_bounce       ? "Postmaster notice: undeliverable delivery report"
+              : worst == DSN_FAILED  ? "Undelivered Mail Returned to Sender"
               : worst == DSN_DELAYED ? "Delayed Mail (still being retried)"
                                      : "Successful Mail Delivery Report";
 
@@ -506,7 +540,7 @@ int dsn_write(const struct dsn_info *d, struct store_body *out)
     util_date(util_now(), date, sizeof date);
     printf_(&w, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", conf->hostname);
     puts_(&w, "To: <");
-    put_words(&w, d->sender ? d->sender : "", DSN_FOLD, " ");
+    put_words(&w, d->to ? d->to : d->sender ? d->sender : "", DSN_FOLD, " ");
     puts_(&w, ">\r\n");
     put_field(&w, "Subject", "", subject);
     put_field(&w, "Date", "", date);
@@ -536,7 +570,8 @@ int dsn_write(const struct dsn_info *d, struct store_body *out)
 
     printf_(&w, "\r\n--%s\r\n", boundary);
     if (d->ret_full) {
-        puts_(&w, "Content-Description: Undelivered message\r\n");
+        puts_(&w, d->double_bounce ? "Content-Description: Undelivered report\r\n"
+                                   : "Content-Description: Undelivered message\r\n");
         puts_(&w, "Content-Type: message/rfc822\r\n");
     } else {
         puts_(&w, "Content-Description: Message headers\r\n");

@@ -478,6 +478,10 @@ static void imap_safe_name(const char *in, char *out, size_t n)
     out[i] = 0;
 }
 
+/* What every state offers; QUOTA with the STORAGE resource is RFC 9208. */
+#define IMAP_CAPS "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE " \
+                  "SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE"
+
 static void imap_login_ok(struct imap *s, const struct store_user *u, const char *mech)
 {
     int same = 0;
@@ -493,8 +497,7 @@ static void imap_login_ok(struct imap *s, const struct store_user *u, const char
     util_strlcpy(s->user, u->name, sizeof s->user);
     s->state = IMAP_AUTH;
     log_info("imap: login user=%s ip=%s mech=%s", s->user, s->c->peer_ip, mech);
-    imap_tagged(s, "OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT "
-                   "UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE] logged in");
+    imap_tagged(s, "OK [CAPABILITY " IMAP_CAPS "] logged in");
 }
 
 static void imap_delay_done(void *arg)
@@ -680,8 +683,7 @@ static void imap_capability_line(struct imap *s, struct imap_sb *b)
 {
     const char *mechs = auth_mechs(imap_cleartext_ok(s));
 
-    imap_sb_str(b, "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
-                   "SPECIAL-USE CHILDREN CONDSTORE COMPRESS=DEFLATE");
+    imap_sb_str(b, IMAP_CAPS);
     if (s->state == IMAP_NOTAUTH) {
         if (tls_available() && !s->c->tls)
             imap_sb_str(b, " STARTTLS");
@@ -944,6 +946,9 @@ static const struct imap_cmd imap_cmds[] = {
     { "LIST", A | S, imap_cmd_list_x },
     { "LSUB", A | S, imap_cmd_lsub },
     { "STATUS", A | S, imap_cmd_status },
+    { "GETQUOTA", A | S, imap_cmd_getquota },
+    { "GETQUOTAROOT", A | S, imap_cmd_getquotaroot },
+    { "SETQUOTA", A | S, imap_cmd_setquota },
     { "APPEND", A | S, imap_cmd_append_plain },
     { "IDLE", A | S, imap_cmd_idle },
     { "CHECK", S, imap_cmd_check },

@@ -1006,6 +1006,18 @@ static void copy_set_fmt(struct imap_sb *b, const int64_t *v, size_t n)
     }
 }
 
+/* After a COPY: 1 if the mailbox went over its quota, -1 if unknown.  The
+ * copies are counted as they are made (store triggers), so the sizes need
+ * not be summed beforehand. */
+static int copy_over_quota(const struct imap *s)
+{
+    struct quota q;
+
+    if (quota_get(s->user_id, &q))
+        return -1;
+    return q.limit && q.bytes > q.limit;
+}
+
 void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
 {
     struct imap_set set = { 0 };
@@ -1014,7 +1026,7 @@ void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
     size_t *idx = NULL, n = 0, done = 0;
     int64_t *src = NULL, *dst = NULL;
     struct imap_sb b = { 0 };
-    int err = 0;
+    int err = 0, over = 0;
 
     if (imap_p_sp(p) || imap_p_set(p, &set) || imap_p_sp(p) || imap_p_astring(p, name, sizeof name, NULL) ||
         imap_p_end(p)) {
@@ -1054,8 +1066,17 @@ void imap_cmd_copy(struct imap *s, struct imap_p *p, int uid, int move)
         else
             src[done++] = s->v.uids[idx[i]];
     }
+    if (!err && !move && done && (over = copy_over_quota(s)) != 0) {
+        /* RFC 9208 4.3: all or nothing, so the copies made go again. */
+        int e = store_mbox_delete(s->user_id, dst, done);
+        err = e ? e : over < 0 ? STORE_ERR : 0;
+    }
     if (!err && move && done)
         err = store_mbox_delete(s->user_id, src, done);
+    if (over > 0 && !err) {
+        imap_tagged(s, "NO [OVERQUOTA] the mailbox is over its quota");
+        goto out;
+    }
     if (err) {
         /* RFC 3501 6.4.7: all or nothing; the store rolls this turn back
          * only as a whole, so say so and let the client retry. */

@@ -499,7 +499,17 @@ void imap_cmd_status(struct imap *s, struct imap_p *p)
             imap_sb_printf(&b, "UIDVALIDITY %lld", (long long)f.uidvalidity);
         else if (!strcasecmp(item, "UNSEEN"))
             imap_sb_printf(&b, "UNSEEN %lld", (long long)unseen);
-        else if (!strcasecmp(item, "HIGHESTMODSEQ")) {
+        else if (!strcasecmp(item, "DELETED-STORAGE")) {
+            /* RFC 9208 4.2: what an EXPUNGE would free, in the STORAGE
+             * resource's units (1024 octets). */
+            int64_t del = 0;
+            if (store_folder_deleted_bytes(s->user_id, f.key, &del)) {
+                imap_sb_free(&b);
+                imap_tagged(s, "NO [UNAVAILABLE] cannot read the mailbox now");
+                return;
+            }
+            imap_sb_printf(&b, "DELETED-STORAGE %lld", (long long)((del + 1023) / 1024));
+        } else if (!strcasecmp(item, "HIGHESTMODSEQ")) {
             imap_sb_printf(&b, "HIGHESTMODSEQ %lld", (long long)f.modseq);
             s->condstore = 1;           /* RFC 7162 3.1: a CONDSTORE-enabling command */
         }
@@ -635,6 +645,78 @@ void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on)
         imap_reply_after_commit(s, on ? "OK SUBSCRIBE completed" : "OK UNSUBSCRIBE completed");
 }
 
+/* -------------------------------------------------------------- quota */
+
+/* RFC 9208: one quota root, "", covers all the user's folders; it exists
+ * while a limit is in force (quota.c), with the STORAGE resource in units
+ * of 1024 octets.  Limits are the administrator's: no SETQUOTA. */
+static int mbox_quota_line(struct imap *s)
+{
+    struct quota q;
+
+    if (quota_get(s->user_id, &q))
+        return -1;
+    if (q.limit)
+        imap_outf(s, "* QUOTA \"\" (STORAGE %lld %lld)", (long long)((q.bytes + 1023) / 1024),
+                  (long long)(q.limit / 1024));
+    return q.limit ? 1 : 0;
+}
+
+void imap_cmd_getquota(struct imap *s, struct imap_p *p)
+{
+    char root[IMAP_NAME_MAX + 1];
+
+    if (imap_p_sp(p) || imap_p_astring(p, root, sizeof root, NULL) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: GETQUOTA root");
+        return;
+    }
+    int r = root[0] ? 0 : mbox_quota_line(s);
+    if (r < 0)
+        imap_tagged(s, "NO [UNAVAILABLE] cannot read the quota now");
+    else if (!r)
+        imap_tagged(s, "NO [NONEXISTENT] no such quota root");
+    else
+        imap_tagged(s, "OK GETQUOTA completed");
+}
+
+void imap_cmd_getquotaroot(struct imap *s, struct imap_p *p)
+{
+    char name[IMAP_NAME_MAX * 2 + 1];
+    struct store_folder f;
+    struct quota q;
+    struct imap_sb b = { 0 };
+    int err;
+
+    if (mbox_p_name(s, p, name, sizeof name) || imap_p_end(p)) {
+        imap_tagged(s, "BAD usage: GETQUOTAROOT mailbox");
+        return;
+    }
+    err = imap_folder_get(s, name, &f);
+    if (err == STORE_NOTFOUND) {
+        imap_tagged(s, "NO [NONEXISTENT] no such mailbox");
+        return;
+    }
+    if (err || quota_get(s->user_id, &q)) {
+        imap_tagged(s, "NO [UNAVAILABLE] cannot read the quota now");
+        return;
+    }
+    imap_sb_str(&b, "* QUOTAROOT ");
+    imap_sb_string(&b, f.name, strlen(f.name));
+    imap_sb_str(&b, q.limit ? " \"\"\r\n" : "\r\n");
+    if (!b.err)
+        imap_out(s, b.s, b.len);
+    imap_sb_free(&b);
+    if (q.limit)
+        mbox_quota_line(s);
+    imap_tagged(s, "OK GETQUOTAROOT completed");
+}
+
+void imap_cmd_setquota(struct imap *s, struct imap_p *p)
+{
+    MN_UNUSED(p);
+    imap_tagged(s, "NO [NOPERM] quotas are set by the administrator (mailnode user quota)");
+}
+
 /* ------------------------------------------------------------- append */
 
 /* date-time (RFC 3501 9): "dd-Mon-yyyy hh:mm:ss +zzzz". */
@@ -700,6 +782,13 @@ int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *repl
     if (conf->message_size_limit > 0 && size > conf->message_size_limit) {
         snprintf(reply, rn, "NO [TOOBIG] message larger than %lld octets",
                  (long long)conf->message_size_limit);
+        return -1;
+    }
+    /* RFC 9208 4.3: refused before the literal is sent. */
+    err = quota_room(s->user_id, size);
+    if (err <= 0) {
+        snprintf(reply, rn, err ? "NO [UNAVAILABLE] cannot read the quota now"
+                                : "NO [OVERQUOTA] the mailbox is over its quota");
         return -1;
     }
     s->ab = store_body_new();

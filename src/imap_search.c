@@ -356,6 +356,39 @@ static int srch_contains(const char *hay, size_t hn, const char *needle)
     return 0;
 }
 
+static int srch_ascii(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* FROM, TO, CC, BCC, SUBJECT: the field as its writer meant it, RFC 2047
+ * words decoded (mime_words.c), matched case-insensitively beyond ASCII. */
+static int srch_field(const char *hay, const char *needle)
+{
+    size_t hn = strlen(hay), nn = strlen(needle);
+
+    if (!strstr(hay, "=?") && srch_ascii(hay, hn) && srch_ascii(needle, nn))
+        return srch_contains(hay, hn, needle);
+    /* Decoding never grows the text more than 3x (a Latin-1 octet in Q
+     * form, 3 octets, becomes 2); folding keeps the length. */
+    size_t cap = hn * 3 + 16;
+    char *dec = malloc(cap), *fh = malloc(cap), *fn = malloc(nn * 2 + 16);
+    int found = 0;
+    if (dec && fh && fn) {
+        size_t dn = mime_words_decode(hay, hn, dec, cap);
+        size_t fhn = mime_utf8_fold(dec, dn, fh, cap);
+        size_t fnn = mime_utf8_fold(needle, nn, fn, nn * 2 + 16);
+        found = !fnn || memmem(fh, fhn, fn, fnn) != NULL;
+    }
+    free(dec);
+    free(fh);
+    free(fn);
+    return found;
+}
+
 static struct store_imap_cache *srch_cache(struct srch_msg *x)
 {
     if (!x->cache_state)
@@ -537,11 +570,11 @@ static int srch_eval(struct srch_msg *x, const struct srch_node *n)
     case Q_RECENT: return imap_is_recent(s, m->uid);
     case Q_NEW: return imap_is_recent(s, m->uid) && !(m->flags & IMAP_SEEN);
     case Q_OLD: return !imap_is_recent(s, m->uid);
-    case Q_FROM: return (c = srch_cache(x)) && srch_contains(c->hfrom, strlen(c->hfrom), n->str);
-    case Q_TO: return (c = srch_cache(x)) && srch_contains(c->hto, strlen(c->hto), n->str);
-    case Q_CC: return (c = srch_cache(x)) && srch_contains(c->hcc, strlen(c->hcc), n->str);
-    case Q_BCC: return (c = srch_cache(x)) && srch_contains(c->hbcc, strlen(c->hbcc), n->str);
-    case Q_SUBJECT: return (c = srch_cache(x)) && srch_contains(c->hsubject, strlen(c->hsubject), n->str);
+    case Q_FROM: return (c = srch_cache(x)) && srch_field(c->hfrom, n->str);
+    case Q_TO: return (c = srch_cache(x)) && srch_field(c->hto, n->str);
+    case Q_CC: return (c = srch_cache(x)) && srch_field(c->hcc, n->str);
+    case Q_BCC: return (c = srch_cache(x)) && srch_field(c->hbcc, n->str);
+    case Q_SUBJECT: return (c = srch_cache(x)) && srch_field(c->hsubject, n->str);
     case Q_HEADER: {
         const char *h = srch_header(x);
         return h && srch_header_field(h, n->field, n->str);

@@ -68,6 +68,8 @@ int64_t util_now_ms(void);              /* monotonic milliseconds */
 int util_parse_duration(const char *s, int64_t *secs);
 /* "10M", "512K", "1G", or bare bytes. */
 int util_parse_size(const char *s, int64_t *bytes);
+/* "512 B", "12.3 KiB", "100 MiB": an octet count for people to read. */
+void util_fmt_size(int64_t bytes, char *out, size_t n);
 void util_qid(char out[QID_LEN + 1]);   /* queue id: time, then random */
 size_t util_strlcpy(char *dst, const char *src, size_t size);
 void util_lower(char *s);
@@ -161,6 +163,7 @@ struct conf {
     int64_t pop3_timeout;               /* RFC 1939: at least 10 minutes */
     int64_t imap_timeout;               /* RFC 3501 5.4: at least 30 minutes */
     int64_t imap_max_per_user;          /* concurrent IMAP sessions of one user */
+    int64_t quota_default;              /* mailbox limit in octets, 0 = none */
     int64_t auth_fail_delay;            /* seconds added per failed AUTH */
     int64_t auth_max_failures;          /* then 421 and close */
     int64_t limit_connections_per_ip;   /* concurrent SMTP sessions per address */
@@ -414,6 +417,7 @@ int store_atomic_end(int err);
 extern int store_fault_after;           /* fail the write step after this many (-1: never) */
 int store_fault(void);
 int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void *arg);
+int store_reprepares(void);
 #define STORE_FAULT() store_fault()
 #else
 #define STORE_FAULT() 0
@@ -606,6 +610,13 @@ int store_ops_msgs(const char *domain, int (*cb)(void *arg, const struct store_o
 int store_ops_msg_get(const char *qid, struct store_ops_msg *m);   /* STORE_NOTFOUND */
 int store_ops_rcpts(int64_t msg_id, int relay, int (*cb)(void *arg, const struct store_ops_rcpt *r), void *arg);
 int store_ops_delete_domain(const char *domain, int64_t *rcpts);
+/* A queued recipient's last error, its own or its destination's if later
+ * (the relayhost's when relay); STORE_NOTFOUND when none. */
+int store_ops_rcpt_error(int64_t rcpt_id, int relay, char *err, size_t n, int64_t *when, int *of_dest);
+/* The client column of a double bounce (a notification to the postmaster
+ * about a notification that could not be delivered). */
+#define STORE_DOUBLE_BOUNCE "double-bounce"
+int store_ops_is_double_bounce(int64_t msg_id);
 
 /* store_deliver.c: the outbound queue as the scheduler sees it. */
 #define STORE_OUT_RCPTS 100             /* recipients per transaction (RFC 5321 4.5.3.1.8) */
@@ -680,6 +691,8 @@ struct store_user {
     char pwhash[crypto_pwhash_STRBYTES];
     unsigned char cram[128];            /* sealed CRAM-MD5 secret */
     size_t cram_len;
+    int64_t quota;                      /* octets; -1: quota.default, 0: none */
+    int64_t bytes, msgs;                /* what the mailbox holds now */
 };
 int store_user_get(const char *name, struct store_user *u);   /* STORE_NOTFOUND */
 int store_user_get_id(int64_t id, struct store_user *u);
@@ -691,6 +704,10 @@ int store_user_first(struct store_user *u);                   /* STORE_NOTFOUND 
 int store_user_adopt(int64_t from, int64_t to);
 int store_user_del(const char *name);
 int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg);
+/* The user's own quota in octets, or -1 to follow quota.default. */
+int store_user_set_quota(const char *name, int64_t quota);    /* STORE_NOTFOUND */
+/* The mailbox usage counters and the user's own quota (one row read). */
+int store_user_usage(int64_t id, int64_t *bytes, int64_t *msgs, int64_t *quota);
 
 enum domain_kind { DOMAIN_LOCAL = 1, DOMAIN_HOLD = 2 };
 struct store_domain {
@@ -702,6 +719,7 @@ struct store_domain {
 int store_domain_get(const char *name, struct store_domain *d);
 int store_domain_add(const struct store_domain *d);
 int store_domain_del(const char *name);
+int store_domain_mod(const struct store_domain *d);   /* in place; STORE_NOTFOUND */
 int store_domain_list(int (*cb)(void *arg, const struct store_domain *d), void *arg);
 
 int store_alias_get(const char *name, char *targets, size_t n);
@@ -751,6 +769,8 @@ int store_folder_take_recent(const struct store_folder *f);
 /* Counts for STATUS. */
 int store_folder_counts(int64_t user_id, const struct store_folder *f, int64_t *messages,
                         int64_t *unseen, int64_t *recent);
+/* Octets of the folder's messages flagged \Deleted (RFC 9208 DELETED-STORAGE). */
+int store_folder_deleted_bytes(int64_t user_id, int64_t key, int64_t *bytes);
 /* The next change number of the folder (flag changes carry it). */
 int store_folder_bump(int64_t user_id, int64_t key, int64_t *modseq);
 struct store_imap_msg {
@@ -884,6 +904,28 @@ int auth_client_cram(const char *user, const char *password, const char *challen
 /* Mechanisms to advertise, e.g. "PLAIN LOGIN CRAM-MD5". */
 const char *auth_mechs(int cleartext_ok);
 
+/* ------------------------------------------------------------ mime_words */
+
+/* A header field value with its RFC 2047 encoded words decoded to UTF-8,
+ * into out (cap octets with the NUL; cut if longer); the length. */
+size_t mime_words_decode(const char *in, size_t n, char *out, size_t cap);
+/* UTF-8 text folded to lower case (Latin, Greek, Cyrillic; octets that are
+ * not UTF-8 kept), for case-insensitive matching; the length. */
+size_t mime_utf8_fold(const char *in, size_t n, char *out, size_t cap);
+
+/* ----------------------------------------------------------------- quota */
+
+struct quota {
+    int64_t bytes, msgs;                /* what the mailbox holds */
+    int64_t limit;                      /* octets in force, 0 = none */
+};
+/* The limit in force for a user whose own setting is `own` (-1 = default). */
+int64_t quota_limit(int64_t own);
+int quota_get(int64_t user_id, struct quota *q);
+/* 1 if the mailbox takes `add` more octets (0: just not full), 0 if not,
+ * <0 on a store error. */
+int quota_room(int64_t user_id, int64_t add);
+
 /* ----------------------------------------------------------------- queue */
 
 /* Routing one recipient address: local mailbox(es) through aliases, a
@@ -999,6 +1041,7 @@ struct dsn_rcpt {
     const char *remote_mta;             /* host name or NULL */
     const char *diagnostic;             /* the peer's reply, "smtp; 550 ..." or NULL */
     int64_t last_attempt;
+    int expired;                        /* failed: queue.lifetime ran out */
 };
 struct dsn_info {
     const char *qid;                    /* of the original message */
@@ -1009,6 +1052,10 @@ struct dsn_info {
     int64_t body_id;                    /* the original message text */
     const struct dsn_rcpt *rcpts;
     size_t n;
+    /* A double bounce: the report goes to `to` (the postmaster) about a
+     * notification (body_id) that could not reach its recipients. */
+    int double_bounce;
+    const char *to;
 };
 /* Writes the complete notification message (headers and body, CRLF) into
  * out, an open store body; the caller queues it with a null sender. */
@@ -1039,6 +1086,9 @@ void mime7_free(struct mime7 *m);
  * (the CVE-2011-0411 class of command injection) and restart the
  * protocol (EHLO again). */
 int tls_init(void);                     /* loads tls.cert/tls.key if set */
+/* An ECDSA P-256 key and a self-signed certificate for name (tls_cert.c),
+ * as PEM text in malloc'd strings; -1 and err when it cannot. */
+int tls_selfsigned(const char *name, int days, char **cert_pem, char **key_pem, char *err, size_t errlen);
 const char *tls_io_error(void);         /* why tls_init failed */
 void tls_free(void);
 int tls_available(void);                /* server side: a certificate is loaded */
@@ -1198,6 +1248,10 @@ void smtpd_accept(struct conn *c);
  * first); done(arg, messages accepted, error or NULL) when it ends. */
 int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const char *error), void *arg);
 int smtpd_busy(void);                   /* sessions inside a mail transaction */
+/* `sendmail -bs`: serve SMTP on c for the local user, who counts as
+ * authenticated; done as for smtpd_attach. */
+int smtpd_local(struct conn *c, const char *user, void (*done)(void *arg, int accepted, const char *error),
+                void *arg);
 
 /* ----------------------------------------------------------------- pop3 */
 
@@ -1466,6 +1520,9 @@ void imap_cmd_delete(struct imap *s, struct imap_p *p);
 void imap_cmd_rename(struct imap *s, struct imap_p *p);
 void imap_cmd_subscribe(struct imap *s, struct imap_p *p, int on);
 void imap_cmd_status(struct imap *s, struct imap_p *p);
+void imap_cmd_getquota(struct imap *s, struct imap_p *p);
+void imap_cmd_getquotaroot(struct imap *s, struct imap_p *p);
+void imap_cmd_setquota(struct imap *s, struct imap_p *p);
 int imap_append_begin(struct imap *s, struct imap_p *p, int64_t size, char *reply, size_t rn);
 void imap_append_end(struct imap *s);
 void imap_view_free(struct imap *s);
@@ -1488,6 +1545,7 @@ int cli_flush(int argc, char **argv);           /* mailnode flush [--wait] [DOMA
 int cli_poll(int argc, char **argv);            /* mailnode poll */
 int cli_backup(int argc, char **argv);          /* mailnode backup FILE */
 int cli_restore(int argc, char **argv);         /* mailnode restore FILE */
+int cli_tls(int argc, char **argv);             /* mailnode tls selfsigned */
 int cli_key(int argc, char **argv);             /* mailnode key show */
 int cli_peer(int argc, char **argv);            /* mailnode peer add|list|del */
 int cli_bundle(int argc, char **argv);          /* mailnode bundle export|import */
@@ -1500,6 +1558,7 @@ int cli_open_store(void);
 int cli_open_store_ro(void);
 int cli_config(int argc, char **argv);
 int cli_sendmail_mode(int mode);        /* 'p' mailq, 'q' sendmail -q, 'i' newaliases */
+int cli_sendmail_bs(void);              /* sendmail -bs: SMTP on stdin/stdout (cli_bs.c) */
 int cli_db_diagnose(const char *path, char *why, size_t n);
 void cli_db_chown(void);
 int cli_db_lock(void);                  /* fd, or minus a sysexits code */

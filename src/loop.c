@@ -400,7 +400,10 @@ void conn_pause(struct conn *c, int on)
 {
     c->paused = on ? 1 : 0;
     conn_update_events(c);
-    if (!on && c->in_len)
+    /* Input that waited, or an end of input that came while paused (a
+     * client that sent its last message and closed its side): the kick
+     * handles it, and closes the connection on end of input. */
+    if (!on && (c->in_len || c->eof))
         conn_kick(c);
 }
 

@@ -27,6 +27,7 @@ static const struct {
     { "backup", cli_backup, "FILE: consistent copy of the database and node key, daemon running" },
     { "restore", cli_restore, "FILE: put a backup back (daemon stopped)" },
     { "config", cli_config, "the configuration in effect, checked (-n: only what the file sets)" },
+    { "tls", cli_tls, "selfsigned: a key and self-signed certificate for a node without a CA" },
     { "key", cli_key, "show: this node's public bundle key" },
     { "peer", cli_peer, "add | list | del: nodes that bundles are exchanged with" },
     { "bundle", cli_bundle, "export | import: signed, encrypted mail bundles (no link needed)" },

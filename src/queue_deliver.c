@@ -262,8 +262,33 @@ static void note(struct hop *h, int64_t msg_id, int action, const struct store_o
     util_strlcpy(n->diag, diag ? diag : "", sizeof n->diag);
 }
 
+/* A notification that cannot be delivered (its message has the null
+ * reverse-path, RFC 5321 4.5.5: no report to its sender) goes to the
+ * postmaster as a double bounce, so that it is neither lost in silence
+ * nor answered by another notification; the double bounce is marked, and
+ * its own failure is only logged. */
+static int double_bounce_to(const struct store_out_msg *m, const struct dsn_rcpt *rcpts, size_t n,
+                            struct addr *pm)
+{
+    if (rcpts[0].action != DSN_FAILED)
+        return 0;                       /* delays and successes of a notification: nobody to tell */
+    if (m->id && store_ops_is_double_bounce(m->id)) {
+        for (size_t i = 0; i < n; i++)
+            log_warn("%s: to=<%s> double bounce undeliverable, discarded (%s)", m->qid,
+                     rcpts[i].addr, rcpts[i].diagnostic ? rcpts[i].diagnostic : rcpts[i].status);
+        return 0;
+    }
+    /* "<postmaster>" (RFC 5321 4.5.1): ours whatever local_domains says;
+     * aliases, the admin or the holding mailbox take it (queue.c). */
+    memset(pm, 0, sizeof *pm);
+    util_strlcpy(pm->local, "postmaster", sizeof pm->local);
+    util_strlcpy(pm->full, "postmaster", sizeof pm->full);
+    return 1;
+}
+
 /* Queues a notification to the sender of m.  Never about a message with
- * a null reverse-path (RFC 5321 4.5.5, RFC 3461 6.2). */
+ * a null reverse-path (RFC 5321 4.5.5, RFC 3461 6.2): a failed one goes
+ * to the postmaster instead (double_bounce_to). */
 static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts, size_t n, const char *remote)
 {
     struct dsn_info info;
@@ -272,13 +297,18 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     struct store_body *b;
     struct addr a;
     size_t nroutes = 0;
-    int rc;
+    int rc, dbl = 0;
+    char to[ADDR_MAX];
 
     MN_UNUSED(remote);
-    if (!m->sender[0] || !n)
+    if (!n)
         return;
-    if (addr_parse_mailbox(m->sender, &a) || queue_route(&a, routes, MN_NELEM(routes), &nroutes) || !nroutes) {
-        log_warn("%s: no notification: sender <%s> cannot be reached", m->qid, m->sender);
+    if (!m->sender[0] && !(dbl = double_bounce_to(m, rcpts, n, &a)))
+        return;
+    if ((!dbl && addr_parse_mailbox(m->sender, &a)) || queue_route(&a, routes, MN_NELEM(routes), &nroutes) ||
+        !nroutes) {
+        log_warn("%s: no notification: %s <%s> cannot be reached", m->qid, dbl ? "postmaster" : "sender",
+                 dbl ? a.full : m->sender);
         return;
     }
     memset(&info, 0, sizeof info);
@@ -290,13 +320,22 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     info.body_id = m->body_id;
     info.rcpts = rcpts;
     info.n = n;
+    if (dbl) {
+        /* The whole failed report: it names the original message and why
+         * it bounced, which is what the postmaster needs to see. */
+        snprintf(to, sizeof to, "postmaster@%s", conf->hostname);
+        info.to = to;
+        info.double_bounce = 1;
+        info.ret_full = 1;
+        info.envid = NULL;
+    }
     b = store_body_new();
     if (!b)
         return;
     memset(&env, 0, sizeof env);
     util_qid(env.qid);
     env.sender = "";
-    env.client = "local";
+    env.client = dbl ? STORE_DOUBLE_BOUNCE : "local";
     rc = dsn_write(&info, b);
     if (!rc)
         rc = store_body_finish(b);
@@ -304,7 +343,9 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     if (!rc)
         rc = store_msg_insert(&env, b, routes, nroutes);
     if (rc)
-        log_err("%s: could not queue the notification to <%s>", m->qid, m->sender);
+        log_err("%s: could not queue the notification to <%s>", m->qid, dbl ? a.full : m->sender);
+    else if (dbl)
+        log_warn("%s: notification undeliverable: double bounce to postmaster: %s", m->qid, env.qid);
     else
         log_info("%s: sender notification (%s): %s", m->qid,
                  rcpts[0].action == DSN_FAILED ? "failure" : rcpts[0].action == DSN_DELAYED ? "delay"
@@ -339,6 +380,7 @@ void queue_notify_delivered(const struct store_env *env, int64_t body_id, const 
         r[k].remote_mta = NULL;
         r[k].diagnostic = NULL;
         r[k].last_attempt = m.received;
+        r[k].expired = 0;
         k++;
     }
     send_dsn(&m, r, k, NULL);
@@ -362,6 +404,7 @@ static void flush_notes(struct hop *h, const struct store_out_msg *m)
             r[n].remote_mta = h->peer[0] ? h->peer : NULL;
             r[n].diagnostic = x->diag[0] ? x->diag : NULL;
             r[n].last_attempt = util_now();
+            r[n].expired = 0;
             n++;
         }
         send_dsn(m, r, n, h->peer);
@@ -404,6 +447,7 @@ static void dsn_rcpt_of(struct dsn_rcpt *r, const struct store_out_rcpt *x, int 
     r->remote_mta = NULL;
     r->diagnostic = NULL;
     r->last_attempt = util_now();
+    r->expired = 0;
 }
 
 /* ------------------------------------------------------ session callbacks */
@@ -781,6 +825,82 @@ static void hop_start(const char *name, const char *domain)
 
 /* -------------------------------------------------- expiry and warnings */
 
+/* Where an SMTP reply starts in an error text: the text itself ("451
+ * 4.3.0 ...", a peer's answer to the recipient) or after a ": " (a
+ * session error that quotes the peer, "relay greeted with: 421 ..."). */
+static int is_reply(const char *p)
+{
+    return p[0] >= '2' && p[0] <= '5' && p[1] >= '0' && p[1] <= '9' && p[2] >= '0' && p[2] <= '9' &&
+           (p[3] == ' ' || p[3] == '-' || !p[3]);
+}
+
+static const char *reply_in(const char *t)
+{
+    if (is_reply(t))
+        return t;
+    for (const char *p = strstr(t, ": "); p; p = strstr(p + 2, ": "))
+        if (is_reply(p + 2))
+            return p + 2;
+    return NULL;
+}
+
+/* The enhanced status code after a reply's code ("421 4.3.2 busy"), if
+ * it has one of class 4 or 5 (RFC 3463 2). */
+static int reply_status(const char *reply, char *out, size_t n)
+{
+    const char *p = reply + 4;
+    size_t len = strcspn(p, " ");
+    int dots = 0;
+
+    if (strlen(reply) < 9 || reply[3] != ' ' || (p[0] != '4' && p[0] != '5') || p[1] != '.' || len >= n)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == '.')
+            dots++;
+        else if (p[i] < '0' || p[i] > '9')
+            return 0;
+    }
+    if (dots != 2 || p[len - 1] == '.')
+        return 0;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return 1;
+}
+
+/* RFC 3463 X.4.7: a message that stayed too long fails with "delivery
+ * time expired", but "if possible, the code for the actual problem found
+ * when delivery was attempted should be returned": the status is the one
+ * the peer gave in its last reply (4.2.2 mailbox full, 5.7.8 for a
+ * relayhost refusing our credentials), and 4.4.7 when the last error has
+ * none (a connection refused, a lookup that failed, a bare "451").  The
+ * Diagnostic-Code (RFC 3464 2.3.6) carries the last error itself: type
+ * "smtp" for a peer's reply to the recipient, "X-mailnode" for what this
+ * node saw (it may quote a reply: "relay greeted with: 421 ..."). */
+struct expiry {
+    char status[16];
+    char diag[620];
+    int64_t when;
+};
+
+static void expiry_reason(const struct store_out_rcpt *x, struct expiry *e)
+{
+    char err[512];
+    int of_dest = 0;
+    const char *reply;
+
+    util_strlcpy(e->status, "4.4.7", sizeof e->status);
+    e->when = 0;
+    if (store_ops_rcpt_error(x->id, conf->relayhost[0] != 0, err, sizeof err, &e->when, &of_dest)) {
+        util_strlcpy(e->diag, "X-mailnode; delivery time expired before any error was recorded",
+                     sizeof e->diag);
+        return;
+    }
+    reply = reply_in(err);
+    if (reply)
+        reply_status(reply, e->status, sizeof e->status);
+    snprintf(e->diag, sizeof e->diag, "%s; %s", reply == err && !of_dest ? "smtp" : "X-mailnode", err);
+}
+
 static int expired_cb(void *arg, int64_t msg_id, int64_t rcpt_id)
 {
     int64_t *last = arg;
@@ -792,17 +912,27 @@ static int expired_cb(void *arg, int64_t msg_id, int64_t rcpt_id)
     if (store_out_get(msg_id, &m))
         return 0;
     struct dsn_rcpt r[64];
+    struct expiry *why = calloc(MN_NELEM(r), sizeof *why);
     size_t n = 0;
     for (int i = 0; i < m.nrcpt; i++) {
-        char text[600];
-        snprintf(text, sizeof text, "4.4.7 delivery time expired");
+        char text[700];
+        struct expiry one, *e = why && n < MN_NELEM(r) ? &why[n] : &one;
+        expiry_reason(&m.rcpts[i], e);
+        snprintf(text, sizeof text, "4.4.7 delivery time expired; last error: %s", e->diag);
         store_rcpt_set(m.rcpts[i].id, RCPT_FAILED, 0, text);
-        log_info("%s: to=<%s> status=expired (queued for more than %llds)", m.qid, m.rcpts[i].addr,
-                 (long long)conf->queue_lifetime);
-        if (n < MN_NELEM(r) && wants_failure_dsn(m.rcpts[i].notify))
-            dsn_rcpt_of(&r[n++], &m.rcpts[i], DSN_FAILED, "4.4.7");
+        log_info("%s: to=<%s> status=expired (queued for more than %llds; last error: %s)", m.qid,
+                 m.rcpts[i].addr, (long long)conf->queue_lifetime, e->diag);
+        if (why && n < MN_NELEM(r) && wants_failure_dsn(m.rcpts[i].notify)) {
+            dsn_rcpt_of(&r[n], &m.rcpts[i], DSN_FAILED, e->status);
+            r[n].diagnostic = e->diag;
+            r[n].expired = 1;
+            if (e->when > 0)
+                r[n].last_attempt = e->when;
+            n++;
+        }
     }
     send_dsn(&m, r, n, NULL);
+    free(why);
     store_msg_retire(m.id);
     store_out_free(&m);
     return 0;

@@ -57,6 +57,7 @@ struct smtpd {
     char envid[101];                    /* RFC 3461 4.4: at most 100 characters */
     int ret_full;
     int body_8bit;
+    int64_t size_declared;              /* MAIL SIZE= (RFC 1870), 0 if none */
     int nrcpt_cmds;                     /* RCPT commands that added a recipient */
     struct rcpts rcpts;                 /* distinct routes after aliases */
     struct store_body *body;
@@ -79,6 +80,7 @@ struct smtpd {
     int etrns;
     int accepted;                       /* messages committed in this session */
     int quit_seen;
+    int local;                          /* `sendmail -bs`: a local user on stdin/stdout */
     void (*attach_done)(void *arg, int accepted, const char *error);
     void *attach_arg;
     struct smtpd *next, *prev;
@@ -155,6 +157,7 @@ static void txn_reset(struct smtpd *s)
     }
     s->qid[0] = s->sender[0] = s->envid[0] = '\0';
     s->ret_full = s->body_8bit = 0;
+    s->size_declared = 0;
     s->nrcpt_cmds = 0;
     rcpts_clear(&s->rcpts);
     s->data_error = 0;
@@ -288,7 +291,8 @@ static int starttls_offered(const struct smtpd *s)
  * the order is always TLS first, then compression (RFC 4978 4). */
 static int compress_offered(const struct smtpd *s)
 {
-    return !zio_active(s->c) && (s->c->tls || !tls_available()) && zio_allowed(NULL, s->c->peer_ip);
+    return !s->local && !zio_active(s->c) && (s->c->tls || !tls_available()) &&
+           zio_allowed(NULL, s->c->peer_ip);
 }
 
 /* RFC 5321 4.1.1.1 and 4.1.3: the HELO/EHLO argument is a domain or an
@@ -353,7 +357,8 @@ static void cmd_helo(struct smtpd *s, char *arg, int esmtp)
     if (conf->resume)
         reply(s, "250-XRESUME");        /* resume.c: between mailnodes */
     reply(s, "250-DSN");
-    reply(s, "250-ETRN");
+    if (!s->local)
+        reply(s, "250-ETRN");
     if (starttls_offered(s))
         reply(s, "250-STARTTLS");
     if (compress_offered(s))
@@ -434,6 +439,7 @@ static void cmd_mail(struct smtpd *s, char *arg)
                 reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
                 return;
             }
+            s->size_declared = size;
         } else if (!strcasecmp(k, "BODY") && v) {
             if (!strcasecmp(v, "8BITMIME"))
                 s->body_8bit = 1;
@@ -528,6 +534,20 @@ static size_t rcpt_limit(const struct smtpd *s)
     return (size_t)n;
 }
 
+/* 1 if a local mailbox among the routes is over its quota (quota.c), -1
+ * if that cannot be known now. */
+static int rcpt_mailbox_full(const struct smtpd *s, const struct store_rcpt *routes, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (routes[i].kind != ROUTE_LOCAL || rcpts_has(&s->rcpts, &routes[i]))
+            continue;
+        int room = quota_room(routes[i].user_id, s->size_declared);
+        if (room <= 0)
+            return room < 0 ? -1 : 1;
+    }
+    return 0;
+}
+
 static void cmd_rcpt(struct smtpd *s, char *arg)
 {
     struct addr a;
@@ -617,6 +637,20 @@ static void cmd_rcpt(struct smtpd *s, char *arg)
         reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
         return;
     }
+    /* A full mailbox is a temporary failure (RFC 3463 4.2.2): the sender
+     * keeps the message and tries again; the other recipients of the
+     * transaction are not affected.  An alias is refused as a whole while
+     * one of its mailboxes is full, so that nobody loses a copy. */
+    if ((rc = rcpt_mailbox_full(s, routes, nroutes))) {
+        free(routes);
+        if (rc > 0) {
+            log_info("%s: refused: <%s>: mailbox full", s->qid, a.full);
+            reply(s, "452 4.2.2 <%s>: Mailbox full", a.full);
+        } else {
+            reply(s, "451 4.3.0 <%s>: Temporary lookup failure", a.full);
+        }
+        return;
+    }
     int fresh = 0;
     for (size_t i = 0; i < nroutes; i++)
         fresh += !rcpts_has(&s->rcpts, &routes[i]);
@@ -679,7 +713,13 @@ static int start_body(struct smtpd *s)
         return -1;
     mime_data_init(&s->md);
     util_date(util_now(), date, sizeof date);
-    if (s->rcpts.n == 1)
+    if (s->local)
+        /* No address and no SMTP AUTH: who the local user is (RFC 5321
+         * 4.4 leaves the comment free; ESMTPA is for SMTP AUTH). */
+        n = util_header(hdr, sizeof hdr, &used, "Received: from %s (local user %s)\r\n\tby %s (mailnode) "
+                        "with %s id %s;\r\n\t%s\r\n", s->helo, s->auth_user, conf->hostname,
+                        s->esmtp ? "ESMTP" : "SMTP", s->qid, date);
+    else if (s->rcpts.n == 1)
         n = util_header(hdr, sizeof hdr, &used, "Received: from %s ([%s])\r\n\tby %s (mailnode) with %s id %s\r\n"
                         "\tfor <%s>; %s\r\n", s->helo, s->c->peer_ip, conf->hostname, with, s->qid,
                         rcpts_addr(&s->rcpts, 0), date);
@@ -836,6 +876,11 @@ static void cmd_etrn(struct smtpd *s, char *arg)
 {
     char line[512];
 
+    if (s->local) {
+        /* This process has no delivery scheduler; the daemon does. */
+        reply(s, "502 5.5.1 ETRN is not available here: run mailnode flush");
+        return;
+    }
     if (++s->etrns > 100) {
         close_with(s, "421 4.7.0 Too many ETRN requests, closing");
         return;
@@ -1178,6 +1223,8 @@ static void message_committed(void *arg, int rc)
         s->accepted++;
         log_delivery(s);
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        if (s->local)
+            ctl_tell_queued(s->qid);    /* the daemon logs it and delivers it */
         for (size_t i = 0; i < s->rcpts.n; i++)
             if (rcpts_kind(&s->rcpts, i) == ROUTE_REMOTE) {
                 queue_kick();
@@ -1472,6 +1519,21 @@ int smtpd_attach(struct conn *c, void (*done)(void *arg, int accepted, const cha
         return -1;
     s->attach_done = done;
     s->attach_arg = arg;
+    return 0;
+}
+
+/* `sendmail -bs`: the session on c is the local user's, who counts as
+ * authenticated (as `mailnode sendmail` trusts its caller). */
+int smtpd_local(struct conn *c, const char *user, void (*done)(void *arg, int accepted, const char *error),
+                void *arg)
+{
+    struct smtpd *s;
+
+    if (smtpd_attach(c, done, arg))
+        return -1;
+    s = c->ctx;
+    s->local = 1;
+    util_strlcpy(s->auth_user, user, sizeof s->auth_user);
     return 0;
 }
 

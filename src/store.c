@@ -27,12 +27,19 @@
  * touched whole, twice: log and checkpoint); queue ids that sort by time,
  * so the qid index grows at its right edge and shrinks at its left
  * instead of touching a random page per message; only queued recipients
- * in the scheduler's indexes; counters kept by triggers on one page.
+ * in the scheduler's indexes; counters kept by triggers on one page, and
+ * one backlog row per destination (status reads those, never the queue).
  * bench/store.sh measures it on a file system of its own (device sectors,
  * journal included), 1,000 relayed messages at 10 sessions, Postfix 3.7
- * beside it in the same run: 1 KiB messages 6.3-8.1 KB per message against
- * Postfix's 15.3-16.4 KB, 50 KiB (compressible) 12-13 KB against 67-74 KB;
- * fsyncs 0.16-0.23 per relayed message (accept and delivery) against 1.
+ * beside it in the same run: 1 KiB messages 5.0-8.1 KB per message against
+ * Postfix's 15.3-17.4 KB (0.29-0.53x), 50 KiB (compressible) 12-13 KB
+ * against 67-74 KB; fsyncs 0.12-0.23 per relayed message (accept and
+ * delivery) against 1.
+ *
+ * CPU: statements are prepared once and kept; plans never depend on bound
+ * values (QPSG), or SQLite would compile the pick again for every message
+ * (tests/unit/test_store.c counts re-prepares).  bench/relay.sh, 1 KiB:
+ * 0.24-0.34 ms of CPU per relayed message against Postfix's 3.1-3.2 ms.
  * Draining 1,000 queued messages toward a pipelining peer costs 0.017
  * fsyncs per message (1.03 before outcomes were batched), 10x faster with
  * an 8 ms fsync.  Figures and how to repeat them: bench/README.md.
@@ -223,7 +230,57 @@ static const char *const migrations[] = {
     " UPDATE mbox SET modseq=(SELECT modseq FROM folder WHERE user_id=NEW.user_id AND"
     " CASE WHEN NEW.folder=0 THEN name='INBOX' ELSE id=NEW.folder END) WHERE uid=NEW.uid;"
     " END;",
-    /* 9: resumable transfers between mailnodes (resume.c): the octets of
+    /* 9: each destination's backlog (remote and held recipients still
+     * queued, and the messages they belong to) kept by triggers, so that
+     * `status` reads one row per destination instead of counting its
+     * queue; a row goes when its destination has nothing queued.  Mail
+     * stopped with `queue hold` is found through a partial index of the
+     * few messages that are.  "+": a message's own rows through
+     * rcpt_message, never its destination's range of rcpt_pick. */
+    "CREATE TABLE backlog(kind INTEGER NOT NULL, dest TEXT NOT NULL, rcpts INTEGER NOT NULL,"
+    " msgs INTEGER NOT NULL, PRIMARY KEY(kind, dest)) WITHOUT ROWID;"
+    "INSERT INTO backlog SELECT kind, dest, count(*), count(DISTINCT message_id) FROM rcpt"
+    " WHERE state=0 AND kind IN (2,3) GROUP BY kind, dest;"
+    "CREATE INDEX message_hold ON message(id) WHERE hold=1;"
+    "CREATE TRIGGER backlog_in AFTER INSERT ON rcpt WHEN new.state=0 AND new.kind IN (2,3) BEGIN"
+    " INSERT INTO backlog VALUES (new.kind, new.dest, 1, NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=new.message_id AND +state=0 AND +kind=new.kind AND +dest=new.dest AND id<>new.id))"
+    " ON CONFLICT(kind, dest) DO UPDATE SET rcpts=rcpts+1, msgs=msgs+excluded.msgs; END;"
+    "CREATE TRIGGER backlog_again AFTER UPDATE OF state ON rcpt WHEN old.state<>0 AND new.state=0"
+    " AND new.kind IN (2,3) BEGIN"
+    " INSERT INTO backlog VALUES (new.kind, new.dest, 1, NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=new.message_id AND +state=0 AND +kind=new.kind AND +dest=new.dest AND id<>new.id))"
+    " ON CONFLICT(kind, dest) DO UPDATE SET rcpts=rcpts+1, msgs=msgs+excluded.msgs; END;"
+    "CREATE TRIGGER backlog_out AFTER DELETE ON rcpt WHEN old.state=0 AND old.kind IN (2,3) BEGIN"
+    " UPDATE backlog SET rcpts=rcpts-1, msgs=msgs-NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=old.message_id AND +state=0 AND +kind=old.kind AND +dest=old.dest)"
+    " WHERE kind=old.kind AND dest=old.dest;"
+    " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;"
+    "CREATE TRIGGER backlog_done AFTER UPDATE OF state ON rcpt WHEN old.state=0 AND new.state<>0"
+    " AND old.kind IN (2,3) BEGIN"
+    " UPDATE backlog SET rcpts=rcpts-1, msgs=msgs-NOT EXISTS (SELECT 1 FROM rcpt WHERE"
+    " message_id=old.message_id AND +state=0 AND +kind=old.kind AND +dest=old.dest)"
+    " WHERE kind=old.kind AND dest=old.dest;"
+    " DELETE FROM backlog WHERE kind=old.kind AND dest=old.dest AND rcpts<=0; END;",
+    /* 10: mailbox quotas.  user.quota is the user's own limit in octets
+     * (NULL: quota.default applies, 0: none); bytes and msgs are what the
+     * mailbox holds, kept by triggers whoever writes mbox (SMTP, sendmail,
+     * POP3, IMAP, the CLI), so a RCPT check reads one row instead of
+     * summing the mailbox. */
+    "ALTER TABLE user ADD COLUMN quota INTEGER;"
+    "ALTER TABLE user ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE user ADD COLUMN msgs INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE user SET bytes=(SELECT coalesce(sum(size), 0) FROM mbox WHERE user_id=user.id),"
+    " msgs=(SELECT count(*) FROM mbox WHERE user_id=user.id);"
+    "CREATE TRIGGER mbox_usage_in AFTER INSERT ON mbox BEGIN"
+    " UPDATE user SET bytes=bytes+NEW.size, msgs=msgs+1 WHERE id=NEW.user_id; END;"
+    "CREATE TRIGGER mbox_usage_out AFTER DELETE ON mbox BEGIN"
+    " UPDATE user SET bytes=bytes-OLD.size, msgs=msgs-1 WHERE id=OLD.user_id; END;"
+    "CREATE TRIGGER mbox_usage_move AFTER UPDATE OF user_id, size ON mbox"
+    " WHEN OLD.user_id<>NEW.user_id OR OLD.size<>NEW.size BEGIN"
+    " UPDATE user SET bytes=bytes-OLD.size, msgs=msgs-1 WHERE id=OLD.user_id;"
+    " UPDATE user SET bytes=bytes+NEW.size, msgs=msgs+1 WHERE id=NEW.user_id; END;",
+    /* 11: resumable transfers between mailnodes (resume.c): the octets of
      * an interrupted transfer, kept under its transfer id in a body row
      * of its own (complete=2: neither a finished body nor a crash's
      * leftover), and, once accepted, the queue id it got (done_qid) so
@@ -349,6 +406,13 @@ int store_open(const char *path, enum store_mode mode, char *err, size_t errlen)
     /* The daemon must not stall its loop for long behind a command-line
      * tool's write; tools wait patiently for the daemon's short turns. */
     sqlite3_busy_timeout(S.db, mode == STORE_DAEMON ? 2000 : 15000);
+    /* Plans must not depend on bound values: without this, SQLite
+     * re-prepares (parses and plans again) a statement whose parameter
+     * it once compared with a literal of a partial index, every time that
+     * parameter changes: the pick and its recipients cost a full compile
+     * per message.  Every statement here is written to be indexed as
+     * prepared (tests/unit/test_store.c explains them unbound). */
+    sqlite3_db_config(S.db, SQLITE_DBCONFIG_ENABLE_QPSG, 1, (int *)NULL);
     /* Every commit writes each page it touched whole into the log, and a
      * checkpoint again into the database: small pages write less per
      * message (bench/store.sh).  Only a new database takes it (before
@@ -997,6 +1061,15 @@ int store_explain(int (*cb)(void *arg, const char *sql, const char *plan), void 
         sqlite3_finalize(st);
     }
     return 0;
+}
+
+/* Times a prepared statement was compiled again since it was prepared. */
+int store_reprepares(void)
+{
+    int n = 0;
+    for (int i = 0; i < S.n_slots; i++)
+        n += sqlite3_stmt_status(*S.slots[i], SQLITE_STMTSTATUS_REPREPARE, 0);
+    return n;
 }
 
 int store_fault_after = -1;

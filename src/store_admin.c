@@ -53,7 +53,7 @@ static const char *admin_col_text(sqlite3_stmt *st, int i)
 
 /* ----------------------------------------------------------------- users */
 
-/* Columns: id, name, pwhash, cram. */
+/* Columns: id, name, pwhash, cram, quota, bytes, msgs. */
 static void admin_user_fill(sqlite3_stmt *st, struct store_user *u)
 {
     const void *cram = sqlite3_column_blob(st, 3);
@@ -69,6 +69,9 @@ static void admin_user_fill(sqlite3_stmt *st, struct store_user *u)
         memcpy(u->cram, cram, (size_t)cram_len);
         u->cram_len = (size_t)cram_len;
     }
+    u->quota = sqlite3_column_type(st, 4) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 4);
+    u->bytes = sqlite3_column_int64(st, 5);
+    u->msgs = sqlite3_column_int64(st, 6);
 }
 
 /* Steps a query for at most one user row. */
@@ -94,7 +97,7 @@ int store_user_get(const char *name, struct store_user *u)
 
     if (admin_key(name, key, sizeof key))
         return STORE_NOTFOUND;
-    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE name=?"))
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram, quota, bytes, msgs FROM user WHERE name=?"))
         return STORE_ERR;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     return admin_user_one(st, u);
@@ -104,7 +107,7 @@ MN_FOR_TESTS int store_user_get_id(int64_t id, struct store_user *u)
 {
     static sqlite3_stmt *st;
 
-    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE id=?"))
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram, quota, bytes, msgs FROM user WHERE id=?"))
         return STORE_ERR;
     sqlite3_bind_int64(st, 1, id);
     return admin_user_one(st, u);
@@ -157,12 +160,57 @@ int store_user_update(const struct store_user *u)
     return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
 }
 
+int store_user_set_quota(const char *name, int64_t quota)
+{
+    static sqlite3_stmt *st;
+    char key[USER_MAX + 1];
+    int err;
+
+    if (admin_key(name, key, sizeof key))
+        return STORE_NOTFOUND;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE user SET quota=? WHERE name=?"))
+        return STORE_ERR;
+    if (quota < 0)
+        sqlite3_bind_null(st, 1);
+    else
+        sqlite3_bind_int64(st, 1, quota);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_TRANSIENT);
+    if ((err = admin_exec(st, "set quota")))
+        return err;
+    return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
+}
+
+int store_user_usage(int64_t id, int64_t *bytes, int64_t *msgs, int64_t *quota)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT bytes, msgs, quota FROM user WHERE id=?"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *bytes = sqlite3_column_int64(st, 0);
+        *msgs = sqlite3_column_int64(st, 1);
+        *quota = sqlite3_column_type(st, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 2);
+    }
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc == SQLITE_DONE)
+        return STORE_NOTFOUND;
+    admin_db_error("read mailbox usage");
+    return store_rc(rc);
+}
+
 /* The holding mailbox has an empty password hash: nobody logs in as it. */
 int store_user_first(struct store_user *u)
 {
     static sqlite3_stmt *st;
 
-    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram, quota, bytes, msgs FROM user WHERE pwhash<>'' ORDER BY id LIMIT 1"))
         return STORE_ERR;
     return admin_user_one(st, u);
 }
@@ -232,7 +280,7 @@ int store_user_list(int (*cb)(void *arg, const struct store_user *u), void *arg)
     struct store_user u;
     int rc;
 
-    if (!store_stmt(&st, "SELECT id, name, pwhash, cram FROM user ORDER BY name"))
+    if (!store_stmt(&st, "SELECT id, name, pwhash, cram, quota, bytes, msgs FROM user ORDER BY name"))
         return STORE_ERR;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         admin_user_fill(st, &u);
@@ -431,4 +479,30 @@ int store_alias_list(int (*cb)(void *arg, const char *name, const char *targets)
         return store_rc(rc);
     }
     return 0;
+}
+
+/* Changes a domain in place, in one statement: mail routed meanwhile sees
+ * either the old row or the new one, never no domain at all. */
+int store_domain_mod(const struct store_domain *d)
+{
+    static sqlite3_stmt *st;
+    char key[SMTP_DOMAIN_MAX + 1], owner[USER_MAX + 1] = "";
+    int err;
+
+    if (admin_key(d->name, key, sizeof key) ||
+        (d->owner[0] && admin_key(d->owner, owner, sizeof owner)))
+        return STORE_ERR;
+    if ((err = store_begin()))
+        return err;
+    if (!store_stmt(&st, "UPDATE domain SET kind=?, owner=?, host=? WHERE name=?"))
+        return STORE_ERR;
+    sqlite3_bind_int(st, 1, d->kind);
+    if (owner[0])
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_TRANSIENT);
+    if (d->host[0])
+        sqlite3_bind_text(st, 3, d->host, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, key, -1, SQLITE_TRANSIENT);
+    if ((err = admin_exec(st, "change domain")))
+        return err;
+    return sqlite3_changes(store_db()) ? 0 : STORE_NOTFOUND;
 }

@@ -241,6 +241,26 @@ int store_folder_counts(int64_t user_id, const struct store_folder *f, int64_t *
     return 0;
 }
 
+int store_folder_deleted_bytes(int64_t user_id, int64_t key, int64_t *bytes)
+{
+    static sqlite3_stmt *st;
+    int rc;
+
+    if (!store_stmt(&st, "SELECT coalesce(sum(size), 0) FROM mbox WHERE user_id=? AND folder=? AND flags & 8"))
+        return STORE_ERR;
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, key);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *bytes = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW) {
+        log_err("database: deleted size: %s", sqlite3_errmsg(store_db()));
+        return store_rc(rc);
+    }
+    return 0;
+}
+
 int store_folder_bump(int64_t user_id, int64_t key, int64_t *modseq)
 {
     static sqlite3_stmt *st;

@@ -65,15 +65,15 @@ int store_ops_dests(int relay, int (*cb)(void *arg, const struct store_dest *d),
     if (relay)
         q = store_stmt(&viarelay,
                        "SELECT '[relayhost]', d.next_try, d.backoff, d.failures, d.last_try, d.last_ok,"
-                       " d.last_error, (SELECT count(*) FROM rcpt WHERE state=0 AND kind=2)"
+                       " d.last_error, (SELECT coalesce(sum(rcpts), 0) FROM backlog WHERE kind=2)"
                        " FROM (SELECT 1) LEFT JOIN dest d ON d.name='[relayhost]'");
     else
         q = store_stmt(&direct,
                        "SELECT name, next_try, backoff, failures, last_try, last_ok, last_error,"
-                       " (SELECT count(*) FROM rcpt r WHERE r.dest=dest.name AND r.state=0 AND r.kind=2)"
+                       " coalesce((SELECT rcpts FROM backlog b WHERE b.kind=2 AND b.dest=dest.name), 0)"
                        " FROM dest WHERE name<>'[relayhost]'"
-                       " UNION ALL SELECT dest, 0, 0, 0, 0, 0, NULL, count(*) FROM rcpt"
-                       " WHERE state=0 AND kind=2 AND dest NOT IN (SELECT name FROM dest) GROUP BY dest"
+                       " UNION ALL SELECT dest, 0, 0, 0, 0, 0, NULL, rcpts FROM backlog"
+                       " WHERE kind=2 AND dest NOT IN (SELECT name FROM dest)"
                        " ORDER BY 1");
     if (!q)
         return STORE_ERR;
@@ -92,8 +92,7 @@ int store_ops_held(int (*cb)(void *arg, const char *domain, int64_t rcpts, int64
     static sqlite3_stmt *q;
     int rc;
 
-    if (!store_stmt(&q, "SELECT dest, count(*), count(DISTINCT message_id) FROM rcpt"
-                        " WHERE state=0 AND kind=3 GROUP BY dest ORDER BY dest"))
+    if (!store_stmt(&q, "SELECT dest, rcpts, msgs FROM backlog WHERE kind=3 ORDER BY dest"))
         return STORE_ERR;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW)
         if (cb(arg, (const char *)sqlite3_column_text(q, 0), sqlite3_column_int64(q, 1),
@@ -109,8 +108,8 @@ int64_t store_ops_on_hold(void)
     static sqlite3_stmt *q;
     int64_t n = -1;
 
-    if (!store_stmt(&q, "SELECT count(DISTINCT m.id) FROM rcpt r CROSS JOIN message m ON m.id=r.message_id"
-                        " WHERE r.state=0 AND r.kind IN (1,2,3) AND m.hold=1"))
+    if (!store_stmt(&q, "SELECT count(*) FROM message m WHERE m.hold=1 AND EXISTS (SELECT 1 FROM rcpt r"
+                        " WHERE r.message_id=m.id AND r.state=0 AND r.kind IN (1,2,3))"))
         return -1;
     if (sqlite3_step(q) == SQLITE_ROW)
         n = sqlite3_column_int64(q, 0);
@@ -281,4 +280,58 @@ int store_ops_delete_domain(const char *domain, int64_t *rcpts)
     }
     free(msgs);
     return err;
+}
+
+/* The last error a queued recipient met, for its expiry notice: its own
+ * (a peer's reply to it) or, when later, its destination's (a connection
+ * or a lookup that failed before any peer saw the recipient).  *when gets
+ * the time it was recorded, *of_dest whether it is the destination's.
+ * STORE_NOTFOUND when nothing was recorded. */
+int store_ops_rcpt_error(int64_t rcpt_id, int relay, char *err, size_t n, int64_t *when, int *of_dest)
+{
+    static sqlite3_stmt *q;
+    int rc;
+
+    err[0] = '\0';
+    *when = 0;
+    *of_dest = 0;
+    if (!store_stmt(&q, "SELECT r.last_error, r.updated, d.last_error, d.last_try FROM rcpt r"
+                        " LEFT JOIN dest d ON d.name=CASE WHEN ?2 THEN '[relayhost]' ELSE r.dest END"
+                        " WHERE r.id=?1"))
+        return STORE_ERR;
+    sqlite3_bind_int64(q, 1, rcpt_id);
+    sqlite3_bind_int(q, 2, relay);
+    rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        const char *own = (const char *)sqlite3_column_text(q, 0);
+        const char *dest = (const char *)sqlite3_column_text(q, 2);
+        int64_t own_at = sqlite3_column_int64(q, 1), dest_at = sqlite3_column_int64(q, 3);
+        if (dest && dest[0] && (!own || !own[0] || dest_at >= own_at)) {
+            util_strlcpy(err, dest, n);
+            *when = dest_at;
+            *of_dest = 1;
+        } else if (own && own[0]) {
+            util_strlcpy(err, own, n);
+            *when = own_at;
+        }
+    }
+    sqlite3_reset(q);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return STORE_ERR;
+    return err[0] ? 0 : STORE_NOTFOUND;
+}
+
+/* A notification about an undeliverable notification is marked by its
+ * client column, so that its own failure ends there (never a third). */
+int store_ops_is_double_bounce(int64_t msg_id)
+{
+    static sqlite3_stmt *q;
+    int yes = 0;
+
+    if (!store_stmt(&q, "SELECT 1 FROM message WHERE id=? AND client='" STORE_DOUBLE_BOUNCE "'"))
+        return 0;
+    sqlite3_bind_int64(q, 1, msg_id);
+    yes = sqlite3_step(q) == SQLITE_ROW;
+    sqlite3_reset(q);
+    return yes;
 }

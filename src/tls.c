@@ -11,6 +11,8 @@
  * readable or writable, and record which, so that the loop registers the
  * right epoll events.
  *
+ * Built with MAILNODE_TLS_MBEDTLS (make TLS=mbedtls), tls_mbedtls.c has
+ * them instead, through mbedTLS.
  * Built without MAILNODE_TLS (make TLS=none), the same functions report
  * that TLS is not available: no STARTTLS is offered, and a client that
  * requires TLS keeps its mail queued.
@@ -34,7 +36,7 @@ int tls_upgrade_server(struct conn *c, const char *proto)
     return -1;
 }
 
-#ifdef MAILNODE_TLS
+#if defined(MAILNODE_TLS) && !defined(MAILNODE_TLS_MBEDTLS)
 
 #include <signal.h>
 #include <arpa/inet.h>
@@ -580,7 +582,7 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     return -1;
 }
 
-#else /* !MAILNODE_TLS */
+#elif !defined(MAILNODE_TLS)
 
 /* Built without OpenSSL: TLS is not available, and the callers behave
  * accordingly (no STARTTLS/STLS offered; `tls = require` defers). */
@@ -700,4 +702,4 @@ int tls_io_write_wants_in(const struct conn *c)
     return 0;
 }
 
-#endif /* MAILNODE_TLS */
+#endif /* MAILNODE_TLS: OpenSSL here, mbedTLS in tls_mbedtls.c, or none */

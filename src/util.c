@@ -145,6 +145,23 @@ int util_parse_size(const char *s, int64_t *bytes)
     return parse_scaled(s, "bkmg", scale, bytes);
 }
 
+void util_fmt_size(int64_t bytes, char *out, size_t n)
+{
+    static const char *const unit[] = { "KiB", "MiB", "GiB", "TiB" };
+    double v = (double)bytes;
+    int u = -1;
+
+    if (bytes < 1024) {
+        snprintf(out, n, "%lld B", (long long)bytes);
+        return;
+    }
+    while (v >= 1024 && u < 3) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(out, n, v < 10 && v != (int64_t)v ? "%.1f %s" : "%.0f %s", v, unit[u]);
+}
+
 /* Queue ids are random, not sequential: they show nothing about traffic
  * volume and never collide across a database restored from a backup. */
 void util_qid(char out[QID_LEN + 1])

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install (as root) or list (otherwise) the Debian packages needed to build
 # and test mailnode. Environment: SQLITE=system adds libsqlite3-dev; FUZZ=1 and
-# VALGRIND=1 add what `make fuzz` and `make test-valgrind` need.
+# VALGRIND=1 add what `make fuzz` and `make test-valgrind` need; CROSS=1
+# (make cross-deps) what the cross builds and their tests under qemu-user
+# need for each of CROSS_TRIPLETS.
 set -euo pipefail
 
 pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp groff-base postfix"
@@ -16,6 +18,24 @@ pkgs="$pkgs faketime"
 # FUZZ=1 (make fuzz): clang with libFuzzer; VALGRIND=1 (make test-valgrind).
 [ "${FUZZ:-}" != 1 ] || pkgs="$pkgs clang libclang-rt-dev"
 [ "${VALGRIND:-}" != 1 ] || pkgs="$pkgs valgrind"
+# CROSS=1: a cross compiler and the -dev packages of the target's
+# architecture (multiarch) per triplet, and qemu-user to run the results.
+cross_arches=""
+if [ "${CROSS:-}" = 1 ]; then
+    pkgs="$pkgs qemu-user-static"
+    for t in ${CROSS_TRIPLETS:-aarch64-linux-gnu arm-linux-gnueabihf}; do
+        case $t in
+        aarch64-linux-gnu)   a=arm64 ;;
+        arm-linux-gnueabihf) a=armhf ;;
+        *) echo "deps: unknown cross triplet $t (aarch64-linux-gnu, arm-linux-gnueabihf)" >&2; exit 2 ;;
+        esac
+        cross_arches="$cross_arches $a"
+        pkgs="$pkgs gcc-$t"
+        for p in libc6-dev libsodium-dev zlib1g-dev libssl-dev libc-ares-dev libmbedtls-dev; do
+            pkgs="$pkgs $p:$a"
+        done
+    done
+fi
 
 if ! command -v dpkg-query >/dev/null; then
     echo "deps: dpkg-query not found, so this is not Debian; make sure the equivalents of"
@@ -50,6 +70,14 @@ fi
 
 echo "deps: installing $missing"
 export DEBIAN_FRONTEND=noninteractive
+# The cross builds' libraries come from the target's architecture.
+added_arch=0
+for a in $cross_arches; do
+    if ! dpkg --print-foreign-architectures | grep -qx "$a"; then
+        dpkg --add-architecture "$a"
+        added_arch=1
+    fi
+done
 # Postfix is a test peer and the benchmarks' anchor, run as private
 # instances on loopback: the system instance gets no configuration, so it
 # neither starts nor takes port 25.
@@ -58,7 +86,7 @@ if command -v debconf-set-selections >/dev/null; then
 fi
 apt_install() { apt-get install -y -q -o Dpkg::Use-Pty=0 "$@"; }
 # A fresh image has empty package lists; otherwise update only on failure.
-if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if [ "$added_arch" = 1 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
     apt-get update -q
 fi
 # shellcheck disable=SC2086

@@ -24,6 +24,9 @@ MAILNODE_TEST_KEEP=1 keeps the temporary directories for inspection,
 MAILNODE_VALGRIND=1 runs the daemon under valgrind (memcheck): its reports
 land in the daemon's log, where the sanitizer scan turns them into FAILs,
 and a definite leak makes the daemon exit with status 99.
+MAILNODE_EMULATED=1 says MAILNODE_BIN runs under qemu-user (tests/cross/run):
+waits are stretched as for a slow machine.  Node(bin=PATH) runs another
+binary for one node (an x86 peer of an ARM node).
 """
 
 import atexit
@@ -56,6 +59,10 @@ if VALGRIND:
     START_TIMEOUT = 60.0
     STOP_TIMEOUT = 120.0
     TIME_SCALE = 6.0
+elif os.environ.get('MAILNODE_EMULATED') == '1':
+    START_TIMEOUT = 30.0
+    STOP_TIMEOUT = 30.0
+    TIME_SCALE = 3.0
 
 _passed = 0
 _failed = 0
@@ -171,8 +178,9 @@ class Node:
     others are set empty (disabled).
     """
 
-    def __init__(self, conf=None, listeners=LISTENERS, start=True, name='node'):
+    def __init__(self, conf=None, listeners=LISTENERS, start=True, name='node', bin=None):
         self.name = name
+        self.bin = bin or BIN
         self.dir = tempfile.mkdtemp(prefix='mailnode-%s-' % name)
         self.conf_path = os.path.join(self.dir, 'mailnode.conf')
         self.log_path = os.path.join(self.dir, 'mailnode.log')
@@ -227,7 +235,7 @@ class Node:
         log = open(self.log_path, 'ab')
         try:
             self.proc = subprocess.Popen(
-                (VALGRIND_CMD if VALGRIND else []) + [BIN, '-c', self.conf_path, 'run'],
+                (VALGRIND_CMD if VALGRIND else []) + [self.bin, '-c', self.conf_path, 'run'],
                 cwd=self.dir, env=env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
@@ -320,7 +328,7 @@ class Node:
         e.update(env or {})
         if isinstance(input, str):
             input = input.encode()
-        p = subprocess.run([BIN, '-c', self.conf_path] + [str(a) for a in args],
+        p = subprocess.run([self.bin, '-c', self.conf_path] + [str(a) for a in args],
                            input=input if input is not None else b'',
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            cwd=self.dir, env=e, timeout=timeout)

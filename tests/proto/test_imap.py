@@ -432,6 +432,47 @@ def search_keys():
         m.logout()
 
 
+ENCODED = [
+    # RFC 2047 encoded words: B and Q, UTF-8 and ISO-8859-1, two adjacent
+    # words (the space between them goes), lower-case q, and one broken word.
+    (b'From: =?iso-8859-1?Q?J=F6rg_M=FCller?= <jm@remote.test>\r\n'
+     b'To: =?UTF-8?q?Zo=C3=AB?= <zoe@example.test>\r\n'
+     b'Subject: =?utf-8?B?R3LDvMOfZSBhdXMgZGVtIEZlbGQ=?=\r\n\r\nbody\r\n'),
+    (b'From: Plain <plain@remote.test>\r\n'
+     b'To: alice@example.test\r\n'
+     b'Cc: =?utf-8?B?0JjQstCw0L0g0J/QtdGC0YDQvtCy?= <ivan@remote.test>\r\n'
+     b'Subject: =?utf-8?Q?caf=C3=A9?= =?utf-8?Q?_au_lait?= and =?utf-8?X?bogus?=\r\n\r\nbody\r\n'),
+]
+
+
+@test
+def search_encoded_words():
+    with new_node() as n:
+        for b in ENCODED:
+            deliver(n, b)
+        m = login(n)
+        m.select('INBOX')
+
+        def s(key, text):
+            m.literal = text.encode('utf-8')
+            typ, data = m.search('UTF-8', key)
+            return [int(x) for x in data[0].split()] if typ == 'OK' else typ
+        check('2047 B subject', s('SUBJECT', 'Grüße aus') == [1])
+        check('2047 subject case-insensitive beyond ASCII', s('SUBJECT', 'GRÜßE') == [1])
+        check('2047 subject decoded text only', s('SUBJECT', 'Feld') == [1] and s('SUBJECT', 'R3LD') == [])
+        check('2047 Q latin-1 from', s('FROM', 'jörg müller') == [1])
+        check('2047 from case-insensitive', s('FROM', 'MÜLLER') == [1])
+        check('2047 from address still found', s('FROM', 'jm@remote') == [1])
+        check('2047 lower-case q to', s('TO', 'zoë') == [1] and s('TO', 'ZOË') == [1])
+        check('2047 cyrillic cc', s('CC', 'иван петров') == [2] and s('CC', 'ИВАН') == [2])
+        check('2047 adjacent words joined', s('SUBJECT', 'café au lait') == [2])
+        check('2047 broken word left as is', s('SUBJECT', '=?utf-8?X?bogus?=') == [2])
+        check('2047 no false match', s('SUBJECT', 'grusse') == [])
+        typ, data = m.search(None, 'SUBJECT', 'lait')
+        check('2047 ASCII search without CHARSET', typ == 'OK' and data[0].split() == [b'2'], data)
+        m.logout()
+
+
 @test
 def copy_move_append_expunge():
     with new_node() as n:

@@ -4,8 +4,9 @@
   key, or the first user created), aliases override that, and until there
   is an admin such mail is kept in a holding mailbox that the first user
   inherits; the daemon warns at start-up while nobody reads it;
-- expiry and double bounces (DSNs), `sendmail -bs`, the sendmail
-  personalities, the `accepted` log line, log levels.
+- the sendmail personalities, the `accepted` log line, log levels.
+(Expiry notices and double bounces: test_bounces.py; `sendmail -bs`:
+test_sendmail_bs.py.)
 """
 import os
 import smtplib

@@ -197,7 +197,6 @@ def refused_messages():
             ('t_no_recipients', ['-t'], 'Subject: x\n\nb\n', EX_USAGE),
             ('unknown_option', ['-Z', 'alice'], 'Subject: x\n\nb\n', EX_USAGE),
             ('missing_value', ['-f'], 'Subject: x\n\nb\n', EX_USAGE),
-            ('bs_unsupported', ['-bs'], '', EX_USAGE),
             ('bx_unknown_mode', ['-bx'], '', EX_USAGE),
             ('loop', ['alice'], ''.join('Received: from h%d\n' % i for i in range(100)) + '\nb\n',
              EX_DATAERR),

@@ -33,6 +33,16 @@ def subjects(n, user):
         p.quit()
 
 
+def pop_octets(n, user):
+    p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=20)
+    try:
+        p.user(user)
+        p.pass_(PW)
+        return p.stat()[1]
+    finally:
+        p.quit()
+
+
 def count(n):
     rc, out, err = n.cli('queue', 'count')
     return int(out.strip()) if rc == 0 and out.strip().isdigit() else -1
@@ -65,6 +75,14 @@ def schema3_database_migrates_with_nothing_lost():
             rc, out, err = n.cli('status')
             check('status_counts', '7 messages, 7 recipients (3 held' in out and '5 messages for 2 users' in out,
                   out + err)
+            # per-destination backlogs, counted when the schema was migrated
+            check('status_backlogs', 'backlog 4 recipients' in out and
+                  any('site.test' in l and '3 messages, 3 recipients' in l for l in out.splitlines()), out + err)
+            # the mailbox usage counters (quotas) start from what the mailboxes hold
+            rc, out, err = n.cli('user', 'list', '--long')
+            use = {l.split('\t')[0]: l.split('\t')[1:3] for l in out.splitlines()}
+            check('usage_counters_migrated', rc == 0 and use.get('alice') == ['3', str(pop_octets(n, 'alice'))]
+                  and use.get('bob') == ['2', str(pop_octets(n, 'bob'))], out + err)
             # the queued remote mail goes out, each message once
             n.stop()
             n.configure({'relayhost': '127.0.0.1:%d' % sink.port})

@@ -187,6 +187,24 @@ echo pw-1234567 | "$BIN" -c "$T/implicit.conf" user add ann >/dev/null 2>&1
 out=$("$BIN" -c "$T/implicit.conf" config 2>&1); rc=$?
 expect config_implicit_local_domains 0 "$rc" "$out" "^local_domains = localhost, node.test  # derived$"
 expect config_database_domains 0 "$rc" "$out" "^#   extra.example  local$"
+# domain mod: in place, each option replaces its field.
+"$BIN" -c "$T/implicit.conf" domain add site.example --hold --owner ann >/dev/null 2>&1
+out=$("$BIN" -c "$T/implicit.conf" domain mod site.example --host 192.0.2.7:2525 2>&1); rc=$?
+expect domain_mod_host 0 "$rc" "$out" "^domain site.example changed: hold, owner ann, host 192.0.2.7:2525$"
+out=$("$BIN" -c "$T/implicit.conf" domain list 2>&1)
+expect domain_mod_listed 0 0 "$out" "^site.example	hold	ann	192.0.2.7:2525$"
+out=$("$BIN" -c "$T/implicit.conf" domain mod site.example --owner - 2>&1); rc=$?
+expect domain_mod_clear_owner 0 "$rc" "$out" "owner -, host 192.0.2.7:2525$"
+out=$("$BIN" -c "$T/implicit.conf" domain mod site.example --local 2>&1); rc=$?
+expect domain_mod_local_needs_no_host 64 "$rc" "$out" "apply to --hold domains only"
+out=$("$BIN" -c "$T/implicit.conf" domain mod site.example --owner nosuch 2>&1); rc=$?
+expect domain_mod_unknown_owner_67 67 "$rc" "$out" "no such user"
+out=$("$BIN" -c "$T/implicit.conf" domain mod none.example --hold 2>&1); rc=$?
+expect domain_mod_unknown_domain_65 65 "$rc" "$out" "no domain none.example"
+out=$("$BIN" -c "$T/implicit.conf" domain mod site.example --local --host - 2>&1); rc=$?
+expect domain_mod_to_local 0 "$rc" "$out" "^domain site.example changed: local, owner -, host -$"
+out=$("$BIN" -c "$T/implicit.conf" domain add site.example --hold 2>&1); rc=$?
+expect domain_add_exists_says_mod 65 "$rc" "$out" "domain mod site.example"
 [ -e "$T/comment.db # the spool" ] && fail conf_comment_path "a file named with the comment" ||
     ok conf_comment_path
 printf 'hostname = node.test\npassword_path_test = 1\n' >"$T/unknown.conf"

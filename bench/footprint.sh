@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# footprint.sh - binary sizes and memory of mailnode's builds beside Postfix
+# and Dovecot, measured in one run.
+#
+#   bench/footprint.sh            build what is missing, then measure
+#   FOOTPRINT_BUILD=0 ...         measure the binaries already in $OUT/bin
+#   FOOTPRINT_TRIPLETS="aarch64-linux-gnu arm-linux-gnueabihf"  (default)
+#   OUT=/tmp/mailnode-footprint   where the binaries and daemons' files go
+#
+# Prints, per build: the file size, the idle daemon's RSS and PSS (VmRSS,
+# smaps_rollup) a few seconds after start with TLS configured (a
+# certificate loaded) and the SMTP, submission and POP3 listeners open,
+# and, for the native builds, RSS with 50 SMTP sessions open (each past
+# EHLO).  Then the same for a private untuned Postfix (master and every
+# child: smtpd, and the rest, the sum; and smtpd alone) and a private
+# Dovecot (IMAP, all its processes).
+#
+# ARM builds run under qemu-user: the figure given is the qemu process's
+# RSS minus that of qemu running a static "pause()" program of the same
+# architecture, which leaves the guest's pages plus the extra translated
+# code; an estimate, shown with "~".  The native x86-64 static builds
+# carry the same code and libraries, and their figures are exact.
+# Needs root (Postfix, Dovecot), postfix, dovecot-imapd, openssl, and for
+# the ARM builds `make cross-deps`.  The machine is shared and has two
+# cores: sizes and RSS do not depend on that, timing is not measured.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${OUT:-/tmp/mailnode-footprint}
+TRIPLETS=${FOOTPRINT_TRIPLETS-aarch64-linux-gnu arm-linux-gnueabihf}
+BIN=$OUT/bin
+mkdir -p "$BIN"
+cd "$ROOT"
+
+# build_as NAME PATH MAKEARGS... : make, copy PATH (what it built) to $BIN/NAME
+build_as() {
+    local name=$1 path=$2
+    shift 2
+    [ "${FOOTPRINT_BUILD:-1}" = 1 ] || return 0
+    [ -x "$BIN/$name" ] && [ "$BIN/$name" -nt mailnode.c ] && return 0
+    echo "# building $name: make $*" >&2
+    make -s -j2 "$@" >"$OUT/build-$name.log" 2>&1 || { cat "$OUT/build-$name.log" >&2; return 1; }
+    cp "$path" "$BIN/$name"
+}
+
+build_as x86_64-dynamic-openssl mailnode TLS=openssl
+build_as x86_64-static-none mailnode-static static TLS=none
+build_as x86_64-static-mbedtls mailnode-static static TLS=mbedtls
+build_as x86_64-static-openssl mailnode-static static TLS=openssl
+for t in $TRIPLETS; do
+    build_as "$t-dynamic-openssl" "build/$t/mailnode" CROSS="$t" TLS=openssl
+    build_as "$t-static-none" "build/$t/mailnode-static" CROSS="$t" static TLS=none
+    build_as "$t-static-mbedtls" "build/$t/mailnode-static" CROSS="$t" static TLS=mbedtls
+    build_as "$t-static-openssl" "build/$t/mailnode-static" CROSS="$t" static TLS=openssl
+    # the baseline for qemu's own memory
+    if [ ! -x "$BIN/$t-pause" ]; then
+        printf '#include <unistd.h>\nint main(void) { pause(); return 0; }\n' >"$OUT/pause.c"
+        "$t-gcc" -static -Os -s -o "$BIN/$t-pause" "$OUT/pause.c"
+    fi
+done
+# Restore the native ./mailnode the way `make` builds it.
+[ "${FOOTPRINT_BUILD:-1}" != 1 ] || make -s -j2 >/dev/null 2>&1 || true
+
+exec python3 "$ROOT/bench/lib/footprint.py" "$OUT" $TRIPLETS
