@@ -27,12 +27,19 @@
  * touched whole, twice: log and checkpoint); queue ids that sort by time,
  * so the qid index grows at its right edge and shrinks at its left
  * instead of touching a random page per message; only queued recipients
- * in the scheduler's indexes; counters kept by triggers on one page.
+ * in the scheduler's indexes; counters kept by triggers on one page, and
+ * one backlog row per destination (status reads those, never the queue).
  * bench/store.sh measures it on a file system of its own (device sectors,
  * journal included), 1,000 relayed messages at 10 sessions, Postfix 3.7
- * beside it in the same run: 1 KiB messages 6.3-8.1 KB per message against
- * Postfix's 15.3-16.4 KB, 50 KiB (compressible) 12-13 KB against 67-74 KB;
- * fsyncs 0.16-0.23 per relayed message (accept and delivery) against 1.
+ * beside it in the same run: 1 KiB messages 5.0-8.1 KB per message against
+ * Postfix's 15.3-17.4 KB (0.29-0.53x), 50 KiB (compressible) 12-13 KB
+ * against 67-74 KB; fsyncs 0.12-0.23 per relayed message (accept and
+ * delivery) against 1.
+ *
+ * CPU: statements are prepared once and kept; plans never depend on bound
+ * values (QPSG), or SQLite would compile the pick again for every message
+ * (tests/unit/test_store.c counts re-prepares).  bench/relay.sh, 1 KiB:
+ * 0.24-0.34 ms of CPU per relayed message against Postfix's 3.1-3.2 ms.
  * Draining 1,000 queued messages toward a pipelining peer costs 0.017
  * fsyncs per message (1.03 before outcomes were batched), 10x faster with
  * an 8 ms fsync.  Figures and how to repeat them: bench/README.md.
