@@ -14,6 +14,8 @@ pkgs="$pkgs isync s-nail dovecot-imapd"
 pkgs="$pkgs libc-ares-dev"
 # faketime: tests/proto/test_clock.py steps the daemon's wall clock.
 pkgs="$pkgs faketime"
+# mbedTLS: the second TLS backend (make TLS=mbedtls), the static boxes' TLS.
+pkgs="$pkgs libmbedtls-dev"
 [ "${SQLITE:-}" != system ] || pkgs="$pkgs libsqlite3-dev"
 # FUZZ=1 (make fuzz): clang with libFuzzer; VALGRIND=1 (make test-valgrind).
 [ "${FUZZ:-}" != 1 ] || pkgs="$pkgs clang libclang-rt-dev"
