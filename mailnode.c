@@ -1136,6 +1136,41 @@ MN_PRIVATE void tls_handshake_done(struct conn *c, int err);
 /* Called by conn_abort: frees the connection's TLS state. */
 MN_PRIVATE void tls_conn_free(struct conn *c);
 
+/* What both TLS backends (tls.c through OpenSSL, tls_mbedtls.c) keep of a
+ * connection, first in their struct tls_conn, so that the loop's side of
+ * the record layer, the name checks and the log lines are written once
+ * (in tls.c) and c->tls can be read as one. */
+struct tls_state {
+    /* Bytes at the head of c->out that precede the switch (the 220 or
+     * +OK that announced it): they go out in the clear, the handshake
+     * starts after them. */
+    size_t plain;
+    unsigned server : 1;
+    unsigned handshaking : 1;
+    unsigned established : 1;
+    unsigned failed : 1;
+    unsigned hs_wants_out : 1;          /* the handshake waits for writable */
+    unsigned read_wants_out : 1;        /* a read waits for writable */
+    unsigned write_wants_in : 1;        /* a write waits for readable */
+    unsigned verify : 1;                /* client: the certificate must verify */
+    char host[SMTP_DOMAIN_MAX + 1];     /* client: the name checked */
+    char error[200];
+};
+#ifdef MAILNODE_TLS
+MN_PRIVATE void tls_ignore_sigpipe(void);
+/* The plain reason (missing, permissions) before the library's vaguer one. */
+MN_PRIVATE int tls_readable_file(const char *key, const char *path, char *err, size_t errlen);
+/* c speaks TLS from now on; what came in the clear after the command goes. */
+MN_PRIVATE void tls_switch(struct conn *c, struct tls_state *t);
+MN_PRIVATE int tls_is_ip(const char *host);
+/* host ("mx.example.", "[192.0.2.1]", "[IPv6:2001:db8::1]") as a
+ * certificate names it: no brackets, no tag, no trailing dot. */
+MN_PRIVATE void tls_cert_name(const char *host, char *name, size_t n);
+/* The backend's log line for a finished handshake: version, cipher and,
+ * for a client, how the server's certificate verified. */
+MN_PRIVATE void tls_log_established(const struct conn *c);
+#endif
+
 /* ---------------------------------------------------------------- ctl */
 
 /* The control socket (conf->control, mode 0600): `mailnode flush` and
@@ -5700,7 +5735,10 @@ void dns_free(void)
  * right epoll events.
  *
  * Built with MAILNODE_TLS_MBEDTLS (make TLS=mbedtls), tls_mbedtls.c has
- * them instead, through mbedTLS.
+ * the library's part instead, through mbedTLS.  What does not depend on
+ * the library (the loop's view of a connection, struct tls_state, the
+ * name a certificate is checked for, the log line of a failed handshake)
+ * is here once, for both.
  * Built without MAILNODE_TLS (make TLS=none), the same functions report
  * that TLS is not available: no STARTTLS is offered, and a client that
  * requires TLS keeps its mail queued.
@@ -5708,7 +5746,11 @@ void dns_free(void)
 
 
 #include <errno.h>
+#include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
 
 /* After the go-ahead to STARTTLS/STLS: RFC 3207 4, RFC 2595 4, RFC 3501
  * 6.2.1 and CVE-2011-0411: what the client sent after the command came in
@@ -5724,30 +5766,131 @@ int tls_upgrade_server(struct conn *c, const char *proto)
     return -1;
 }
 
+#ifdef MAILNODE_TLS
+
+/* ------------------------------------------- both backends: the loop side */
+
+/* The socket is written with write(2) (OpenSSL's BIO) or send(2): a peer
+ * that reset the connection would raise SIGPIPE, which must not end the
+ * daemon (or `mailnode poll`). */
+void tls_ignore_sigpipe(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &sa, NULL);
+    }
+}
+
+int tls_readable_file(const char *key, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s %s: %s", key, path, strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* The switch itself: from now on the loop speaks TLS on c.  Plaintext
+ * received after the command is dropped here as well as by the caller:
+ * it was sent before the handshake, so nothing vouches for it (the
+ * CVE-2011-0411 command injection; on the client side, injected replies).
+ * conn_consume also makes the loop register the handshake's events. */
+void tls_switch(struct conn *c, struct tls_state *t)
+{
+    c->tls = t;
+    conn_consume(c, c->in_len);
+}
+
+int tls_is_ip(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/* "[192.0.2.1]" address literals are checked as addresses; a trailing
+ * dot is not part of the name in a certificate. */
+void tls_cert_name(const char *host, char *name, size_t n)
+{
+    size_t len;
+
+    if (!host)
+        host = "";
+    if (host[0] == '[') {
+        host++;
+        if (!strncasecmp(host, "IPv6:", 5))
+            host += 5;
+    }
+    util_strlcpy(name, host, n);
+    len = strcspn(name, "]");
+    name[len] = 0;
+    if (len && name[len - 1] == '.')
+        name[--len] = 0;
+}
+
+int tls_active(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t && t->established && !t->failed;
+}
+
+int tls_io_handshaking(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t && t->handshaking;
+}
+
+size_t tls_io_plain(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t ? t->plain : 0;
+}
+
+void tls_io_plain_sent(struct conn *c, size_t n)
+{
+    struct tls_state *t = c->tls;
+    t->plain = n < t->plain ? t->plain - n : 0;
+}
+
+int tls_io_read_wants_out(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t ? (t->handshaking ? t->hs_wants_out : t->read_wants_out) : 0;
+}
+
+int tls_io_write_wants_in(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t ? (t->handshaking ? !t->hs_wants_out : t->write_wants_in) : 0;
+}
+
+void tls_handshake_done(struct conn *c, int err)
+{
+    const struct tls_state *t = c->tls;
+
+    if (!err && t)
+        tls_log_established(c);
+    else
+        log_warn("tls: handshake with %s%s%s%s failed: %s", t && !t->server ? "server " : "client ",
+                 t && t->host[0] ? t->host : "", t && t->host[0] ? " " : "", c->peer_ip,
+                 t && t->error[0] ? t->error : "unknown error");
+    if (c->ops && c->ops->on_tls)
+        c->ops->on_tls(c, err ? -1 : 0);
+}
+
+#endif /* MAILNODE_TLS */
+
 #if defined(MAILNODE_TLS) && !defined(MAILNODE_TLS_MBEDTLS)
 
-#include <signal.h>
-#include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 struct tls_conn {
+    struct tls_state s;                 /* first: c->tls is read as one */
     SSL *ssl;
-    /* Bytes at the head of c->out that precede the switch (the 220 or
-     * +OK that announced it): they go out in the clear, the handshake
-     * starts after them. */
-    size_t plain;
-    unsigned server : 1;
-    unsigned handshaking : 1;
-    unsigned established : 1;
-    unsigned failed : 1;
-    unsigned hs_wants_out : 1;          /* the handshake waits for writable */
-    unsigned read_wants_out : 1;        /* SSL_read waits for writable */
-    unsigned write_wants_in : 1;        /* SSL_write waits for readable */
-    unsigned verify : 1;                /* client: the certificate must verify */
-    char host[SMTP_DOMAIN_MAX + 1];     /* client: the name checked */
-    char error[200];
 };
 
 static struct {
@@ -5794,29 +5937,6 @@ static int tls_ctx_common(SSL_CTX *ctx)
     return 0;
 }
 
-/* The socket BIO writes with write(2): a peer that reset the connection
- * would raise SIGPIPE, which must not end the daemon (or `mailnode poll`). */
-static void tls_ignore_sigpipe(void)
-{
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-        sa.sa_handler = SIG_IGN;
-        sigaction(SIGPIPE, &sa, NULL);
-    }
-}
-
-/* The plain reason (missing, permissions) before OpenSSL's vaguer one. */
-static int tls_readable_file(const char *key, const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(T.error, sizeof T.error, "%s %s: %s", key, path, strerror(errno));
-        return -1;
-    }
-    fclose(f);
-    return 0;
-}
-
 static int tls_server_ctx(void)
 {
     const char *cert = conf->tls_cert, *key = conf->tls_key;
@@ -5832,7 +5952,8 @@ static int tls_server_ctx(void)
         snprintf(T.error, sizeof T.error, "TLS server setup failed: %s", why);
         goto fail;
     }
-    if (tls_readable_file("tls.cert", cert) || tls_readable_file("tls.key", key))
+    if (tls_readable_file("tls.cert", cert, T.error, sizeof T.error) ||
+        tls_readable_file("tls.key", key, T.error, sizeof T.error))
         goto fail;
     if (SSL_CTX_use_certificate_chain_file(T.server, cert) != 1) {
         tls_ssl_error(why, sizeof why, "unreadable");
@@ -5963,20 +6084,9 @@ static struct tls_conn *tls_attach(struct conn *c, SSL_CTX *ctx)
         free(t);
         return NULL;
     }
-    t->handshaking = 1;
-    t->plain = c->out_len;
+    t->s.handshaking = 1;
+    t->s.plain = c->out_len;
     return t;
-}
-
-/* The switch itself: from now on the loop speaks TLS on c.  Plaintext
- * received after the command is dropped here as well as by the caller:
- * it was sent before the handshake, so nothing vouches for it (the
- * CVE-2011-0411 command injection; on the client side, injected replies).
- * conn_consume also makes the loop register the handshake's events. */
-static void tls_switch(struct conn *c, struct tls_conn *t)
-{
-    c->tls = t;
-    conn_consume(c, c->in_len);
 }
 
 int tls_start_server(struct conn *c)
@@ -5988,23 +6098,16 @@ int tls_start_server(struct conn *c)
     t = tls_attach(c, T.server);
     if (!t)
         return -1;
-    t->server = 1;
+    t->s.server = 1;
     SSL_set_accept_state(t->ssl);
-    tls_switch(c, t);
+    tls_switch(c, &t->s);
     return 0;
-}
-
-static int tls_is_ip(const char *host)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
 int tls_start_client(struct conn *c, const char *host, int verify)
 {
     struct tls_conn *t;
     char name[SMTP_DOMAIN_MAX + 1];
-    size_t len;
 
     tls_ignore_sigpipe();
     if (tls_client_ctx())
@@ -6012,22 +6115,9 @@ int tls_start_client(struct conn *c, const char *host, int verify)
     t = tls_attach(c, T.client);
     if (!t)
         return -1;
-    /* "[192.0.2.1]" address literals are checked as addresses; a
-     * trailing dot is not part of the name in a certificate. */
-    if (!host)
-        host = "";
-    if (host[0] == '[') {
-        host++;
-        if (!strncasecmp(host, "IPv6:", 5))
-            host += 5;
-    }
-    util_strlcpy(name, host, sizeof name);
-    len = strcspn(name, "]");
-    name[len] = 0;
-    if (len && name[len - 1] == '.')
-        name[--len] = 0;
-    util_strlcpy(t->host, name, sizeof t->host);
-    t->verify = verify ? 1 : 0;
+    tls_cert_name(host, name, sizeof name);
+    util_strlcpy(t->s.host, name, sizeof t->s.host);
+    t->s.verify = verify ? 1 : 0;
     if (name[0]) {
         int ok;
         if (tls_is_ip(name)) {
@@ -6048,18 +6138,12 @@ int tls_start_client(struct conn *c, const char *host, int verify)
     /* Opportunistic TLS (RFC 3207 4.1, RFC 7435) encrypts even when the
      * certificate does not verify; the verification still runs, and its
      * outcome is logged. */
-    SSL_set_verify(t->ssl, t->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    SSL_set_verify(t->ssl, t->s.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     SSL_set_connect_state(t->ssl);
     /* The ClientHello is ours to send first. */
-    t->hs_wants_out = 1;
-    tls_switch(c, t);
+    t->s.hs_wants_out = 1;
+    tls_switch(c, &t->s);
     return 0;
-}
-
-int tls_active(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t && t->established && !t->failed;
 }
 
 
@@ -6072,7 +6156,7 @@ void tls_conn_free(struct conn *c)
     c->tls = NULL;
     /* A clean close says so (close_notify), best effort: the socket is
      * non-blocking and about to be closed. */
-    if (c->closing && t->established && !t->failed) {
+    if (c->closing && t->s.established && !t->s.failed) {
         SSL_shutdown(t->ssl);
         ERR_clear_error();
     }
@@ -6082,55 +6166,25 @@ void tls_conn_free(struct conn *c)
 
 /* --------------------------------------------------------- loop side */
 
-int tls_io_handshaking(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t && t->handshaking;
-}
-
-size_t tls_io_plain(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? t->plain : 0;
-}
-
-void tls_io_plain_sent(struct conn *c, size_t n)
-{
-    struct tls_conn *t = c->tls;
-    t->plain = n < t->plain ? t->plain - n : 0;
-}
-
-int tls_io_read_wants_out(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? (t->handshaking ? t->hs_wants_out : t->read_wants_out) : 0;
-}
-
-int tls_io_write_wants_in(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? (t->handshaking ? !t->hs_wants_out : t->write_wants_in) : 0;
-}
-
 int tls_io_pending(const struct conn *c)
 {
     const struct tls_conn *t = c->tls;
-    return t && t->established && SSL_pending(t->ssl) > 0;
+    return t && t->s.established && SSL_pending(t->ssl) > 0;
 }
 
 /* Records a fatal error: the OpenSSL reason, or errno for a socket error. */
 static void tls_fail(struct tls_conn *t, int ssl_err, int saved_errno)
 {
-    t->failed = 1;
+    t->s.failed = 1;
     if (ssl_err == SSL_ERROR_SYSCALL && !ERR_peek_error()) {
-        snprintf(t->error, sizeof t->error, "%s",
+        snprintf(t->s.error, sizeof t->s.error, "%s",
                  saved_errno ? strerror(saved_errno) : "connection closed by peer");
         return;
     }
-    tls_ssl_error(t->error, sizeof t->error, "protocol error");
-    if (!t->server && SSL_get_verify_result(t->ssl) != X509_V_OK) {
-        size_t n = strlen(t->error);
-        snprintf(t->error + n, sizeof t->error - n, " (%s)",
+    tls_ssl_error(t->s.error, sizeof t->s.error, "protocol error");
+    if (!t->s.server && SSL_get_verify_result(t->ssl) != X509_V_OK) {
+        size_t n = strlen(t->s.error);
+        snprintf(t->s.error + n, sizeof t->s.error - n, " (%s)",
                  X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
     }
 }
@@ -6146,49 +6200,41 @@ int tls_io_handshake(struct conn *c)
     r = SSL_do_handshake(t->ssl);
     saved = errno;
     if (r == 1) {
-        t->handshaking = 0;
-        t->established = 1;
+        t->s.handshaking = 0;
+        t->s.established = 1;
         return 1;
     }
     e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ) {
-        t->hs_wants_out = 0;
+        t->s.hs_wants_out = 0;
         return 0;
     }
     if (e == SSL_ERROR_WANT_WRITE) {
-        t->hs_wants_out = 1;
+        t->s.hs_wants_out = 1;
         return 0;
     }
-    t->handshaking = 0;
+    t->s.handshaking = 0;
     tls_fail(t, e, saved);
     return -1;
 }
 
-void tls_handshake_done(struct conn *c, int err)
+void tls_log_established(const struct conn *c)
 {
-    struct tls_conn *t = c->tls;
+    const struct tls_conn *t = c->tls;
+    const char *vers = SSL_get_version(t->ssl);
+    const char *cipher = SSL_get_cipher_name(t->ssl);
 
-    if (!err && t) {
-        const char *vers = SSL_get_version(t->ssl);
-        const char *cipher = SSL_get_cipher_name(t->ssl);
-        if (t->server) {
-            log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
-        } else {
-            long v = SSL_get_verify_result(t->ssl);
-            X509 *peer = SSL_get0_peer_certificate(t->ssl);
-            log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
-                     t->host[0] ? t->host : "?", c->peer_ip,
-                     peer && v == X509_V_OK ? "verified" : "not verified",
-                     peer && v == X509_V_OK ? "" : ": ",
-                     !peer ? "none sent" : v == X509_V_OK ? "" : X509_verify_cert_error_string(v));
-        }
+    if (t->s.server) {
+        log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
     } else {
-        log_warn("tls: handshake with %s%s%s%s failed: %s", t && !t->server ? "server " : "client ",
-                 t && t->host[0] ? t->host : "", t && t->host[0] ? " " : "", c->peer_ip,
-                 t && t->error[0] ? t->error : "unknown error");
+        long v = SSL_get_verify_result(t->ssl);
+        X509 *peer = SSL_get0_peer_certificate(t->ssl);
+        log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
+                 t->s.host[0] ? t->s.host : "?", c->peer_ip,
+                 peer && v == X509_V_OK ? "verified" : "not verified",
+                 peer && v == X509_V_OK ? "" : ": ",
+                 !peer ? "none sent" : v == X509_V_OK ? "" : X509_verify_cert_error_string(v));
     }
-    if (c->ops && c->ops->on_tls)
-        c->ops->on_tls(c, err ? -1 : 0);
 }
 
 /* Like recv(): bytes, 0 at the end, or -1 with errno EAGAIN (OpenSSL
@@ -6198,7 +6244,7 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
     struct tls_conn *t = c->tls;
     int r, e, saved;
 
-    if (t->failed) {
+    if (t->s.failed) {
         errno = EPROTO;
         return -1;
     }
@@ -6209,24 +6255,24 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
     r = SSL_read(t->ssl, buf, (int)n);
     saved = errno;
     if (r > 0) {
-        t->read_wants_out = 0;
+        t->s.read_wants_out = 0;
         return r;
     }
     e = SSL_get_error(t->ssl, r);
     switch (e) {
     case SSL_ERROR_WANT_READ:
-        t->read_wants_out = 0;
+        t->s.read_wants_out = 0;
         errno = EAGAIN;
         return -1;
     case SSL_ERROR_WANT_WRITE:
-        t->read_wants_out = 1;
+        t->s.read_wants_out = 1;
         errno = EAGAIN;
         return -1;
     case SSL_ERROR_ZERO_RETURN:
         return 0;                       /* close_notify, or EOF (IGNORE_UNEXPECTED_EOF) */
     default:
         tls_fail(t, e, saved);
-        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->s.error);
         /* Never EAGAIN or EINTR here: the caller must give up. */
         errno = EPROTO;
         return -1;
@@ -6239,7 +6285,7 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     struct tls_conn *t = c->tls;
     int r, e, saved;
 
-    if (t->failed) {
+    if (t->s.failed) {
         errno = EPIPE;
         return -1;
     }
@@ -6250,22 +6296,22 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     r = SSL_write(t->ssl, buf, (int)n);
     saved = errno;
     if (r > 0) {
-        t->write_wants_in = 0;
+        t->s.write_wants_in = 0;
         return r;
     }
     e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_WRITE) {
-        t->write_wants_in = 0;
+        t->s.write_wants_in = 0;
         errno = EAGAIN;
         return -1;
     }
     if (e == SSL_ERROR_WANT_READ) {
-        t->write_wants_in = 1;
+        t->s.write_wants_in = 1;
         errno = EAGAIN;
         return -1;
     }
     tls_fail(t, e, saved);
-    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->s.error);
     errno = EPIPE;
     return -1;
 }
@@ -6415,9 +6461,7 @@ int tls_io_write_wants_in(const struct conn *c)
 #if defined(MAILNODE_TLS) && defined(MAILNODE_TLS_MBEDTLS)
 
 #include <errno.h>
-#include <signal.h>
 #include <string.h>
-#include <strings.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <mbedtls/error.h>
@@ -6435,21 +6479,11 @@ static const char *const tls_system_cas[] = {
 };
 
 struct tls_conn {
+    struct tls_state s;                 /* first: c->tls is read as one */
     mbedtls_ssl_context ssl;
     int fd;
-    size_t plain;                       /* cleartext bytes before the switch */
     size_t wpending;                    /* bytes of a record mbedTLS holds, not yet sent */
-    unsigned server : 1;
-    unsigned handshaking : 1;
-    unsigned established : 1;
-    unsigned failed : 1;
-    unsigned hs_wants_out : 1;
-    unsigned read_wants_out : 1;
-    unsigned write_wants_in : 1;
-    unsigned verify : 1;
-    unsigned is_ip : 1;
-    char host[SMTP_DOMAIN_MAX + 1];
-    char error[200];
+    unsigned is_ip : 1;                 /* client: host is an address */
 };
 
 static struct {
@@ -6473,17 +6507,6 @@ static void tls_strerror(int ret, char *buf, size_t n)
     char tmp[160];
     mbedtls_strerror(ret, tmp, sizeof tmp);
     snprintf(buf, n, "%s", tmp);
-}
-
-static int tls_readable_file(const char *key, const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(T.error, sizeof T.error, "%s %s: %s", key, path, strerror(errno));
-        return -1;
-    }
-    fclose(f);
-    return 0;
 }
 
 /* Settings both sides share: TLS 1.2 at least (RFC 8996), no
@@ -6533,7 +6556,8 @@ static int tls_server_conf(void)
         return 0;
     if (!key || !*key)
         key = cert;                     /* one PEM file holding both */
-    if (tls_readable_file("tls.cert", cert) || tls_readable_file("tls.key", key))
+    if (tls_readable_file("tls.cert", cert, T.error, sizeof T.error) ||
+        tls_readable_file("tls.key", key, T.error, sizeof T.error))
         return -1;
     mbedtls_x509_crt_init(&T.cert);
     mbedtls_pk_init(&T.key);
@@ -6606,15 +6630,6 @@ fail:
     return -1;
 }
 
-static void tls_ignore_sigpipe(void)
-{
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-        sa.sa_handler = SIG_IGN;
-        sigaction(SIGPIPE, &sa, NULL);
-    }
-}
-
 int tls_init(void)
 {
     if (T.inited)
@@ -6666,7 +6681,7 @@ static int tls_send(void *arg, const unsigned char *buf, size_t n)
         return (int)r;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
         return MBEDTLS_ERR_SSL_WANT_WRITE;
-    snprintf(t->error, sizeof t->error, "%s", strerror(errno));
+    snprintf(t->s.error, sizeof t->s.error, "%s", strerror(errno));
     return errno == EPIPE || errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_SEND_FAILED;
 }
 
@@ -6678,7 +6693,7 @@ static int tls_recv(void *arg, unsigned char *buf, size_t n)
         return (int)r;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
         return MBEDTLS_ERR_SSL_WANT_READ;
-    snprintf(t->error, sizeof t->error, "%s", strerror(errno));
+    snprintf(t->s.error, sizeof t->s.error, "%s", strerror(errno));
     return errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_RECV_FAILED;
 }
 
@@ -6700,8 +6715,8 @@ static struct tls_conn *tls_attach(struct conn *c, const mbedtls_ssl_config *cf)
     }
     t->fd = c->fd;
     mbedtls_ssl_set_bio(&t->ssl, t, tls_send, tls_recv, NULL);
-    t->handshaking = 1;
-    t->plain = c->out_len;
+    t->s.handshaking = 1;
+    t->s.plain = c->out_len;
     return t;
 }
 
@@ -6709,13 +6724,6 @@ static void tls_discard(struct tls_conn *t)
 {
     mbedtls_ssl_free(&t->ssl);
     free(t);
-}
-
-/* See tls.c: what came in the clear after the command is dropped. */
-static void tls_switch(struct conn *c, struct tls_conn *t)
-{
-    c->tls = t;
-    conn_consume(c, c->in_len);
 }
 
 int tls_start_server(struct conn *c)
@@ -6727,22 +6735,15 @@ int tls_start_server(struct conn *c)
     t = tls_attach(c, &T.server);
     if (!t)
         return -1;
-    t->server = 1;
-    tls_switch(c, t);
+    t->s.server = 1;
+    tls_switch(c, &t->s);
     return 0;
-}
-
-static int tls_is_ip(const char *host)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
 int tls_start_client(struct conn *c, const char *host, int verify)
 {
     struct tls_conn *t;
     char name[SMTP_DOMAIN_MAX + 1];
-    size_t len;
 
     tls_ignore_sigpipe();
     if (tls_client_conf())
@@ -6750,20 +6751,9 @@ int tls_start_client(struct conn *c, const char *host, int verify)
     t = tls_attach(c, &T.client);
     if (!t)
         return -1;
-    if (!host)
-        host = "";
-    if (host[0] == '[') {
-        host++;
-        if (!strncasecmp(host, "IPv6:", 5))
-            host += 5;
-    }
-    util_strlcpy(name, host, sizeof name);
-    len = strcspn(name, "]");
-    name[len] = 0;
-    if (len && name[len - 1] == '.')
-        name[--len] = 0;
-    util_strlcpy(t->host, name, sizeof t->host);
-    t->verify = verify ? 1 : 0;
+    tls_cert_name(host, name, sizeof name);
+    util_strlcpy(t->s.host, name, sizeof t->s.host);
+    t->s.verify = verify ? 1 : 0;
     t->is_ip = name[0] && tls_is_ip(name);
     /* RFC 6066 3: SNI carries host names only; an address is checked
      * against the certificate's iPAddress names after the handshake. */
@@ -6772,15 +6762,9 @@ int tls_start_client(struct conn *c, const char *host, int verify)
         tls_discard(t);
         return -1;
     }
-    t->hs_wants_out = 1;                /* the ClientHello is ours to send first */
-    tls_switch(c, t);
+    t->s.hs_wants_out = 1;                /* the ClientHello is ours to send first */
+    tls_switch(c, &t->s);
     return 0;
-}
-
-int tls_active(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t && t->established && !t->failed;
 }
 
 void tls_conn_free(struct conn *c)
@@ -6790,60 +6774,30 @@ void tls_conn_free(struct conn *c)
     if (!t)
         return;
     c->tls = NULL;
-    if (c->closing && t->established && !t->failed)
+    if (c->closing && t->s.established && !t->s.failed)
         (void)mbedtls_ssl_close_notify(&t->ssl);   /* best effort */
     tls_discard(t);
 }
 
 /* --------------------------------------------------------- loop side */
 
-int tls_io_handshaking(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t && t->handshaking;
-}
-
-size_t tls_io_plain(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? t->plain : 0;
-}
-
-void tls_io_plain_sent(struct conn *c, size_t n)
-{
-    struct tls_conn *t = c->tls;
-    t->plain = n < t->plain ? t->plain - n : 0;
-}
-
-int tls_io_read_wants_out(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? (t->handshaking ? t->hs_wants_out : t->read_wants_out) : 0;
-}
-
-int tls_io_write_wants_in(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? (t->handshaking ? !t->hs_wants_out : t->write_wants_in) : 0;
-}
-
 int tls_io_pending(const struct conn *c)
 {
     const struct tls_conn *t = c->tls;
-    return t && t->established && mbedtls_ssl_get_bytes_avail(&t->ssl) > 0;
+    return t && t->s.established && mbedtls_ssl_get_bytes_avail(&t->ssl) > 0;
 }
 
 static void tls_fail(struct tls_conn *t, int ret)
 {
-    t->failed = 1;
-    if (t->error[0] && (ret == MBEDTLS_ERR_NET_SEND_FAILED || ret == MBEDTLS_ERR_NET_RECV_FAILED ||
+    t->s.failed = 1;
+    if (t->s.error[0] && (ret == MBEDTLS_ERR_NET_SEND_FAILED || ret == MBEDTLS_ERR_NET_RECV_FAILED ||
                         ret == MBEDTLS_ERR_NET_CONN_RESET))
         return;                         /* the socket's errno, set by tls_send/tls_recv */
     if (ret == MBEDTLS_ERR_SSL_CONN_EOF) {
-        snprintf(t->error, sizeof t->error, "connection closed by peer");
+        snprintf(t->s.error, sizeof t->s.error, "connection closed by peer");
         return;
     }
-    tls_strerror(ret, t->error, sizeof t->error);
+    tls_strerror(ret, t->s.error, sizeof t->s.error);
 }
 
 /* A host given as an address must be one of the certificate's iPAddress
@@ -6853,9 +6807,9 @@ static int tls_ip_matches(const struct tls_conn *t)
 {
     const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
     unsigned char want[16];
-    size_t wlen = inet_pton(AF_INET, t->host, want) == 1 ? 4 : 16;
+    size_t wlen = inet_pton(AF_INET, t->s.host, want) == 1 ? 4 : 16;
 
-    if (wlen == 16 && inet_pton(AF_INET6, t->host, want) != 1)
+    if (wlen == 16 && inet_pton(AF_INET6, t->s.host, want) != 1)
         return 0;
     if (!crt)
         return 0;
@@ -6893,61 +6847,53 @@ int tls_io_handshake(struct conn *c)
     int r = mbedtls_ssl_handshake(&t->ssl);
 
     if (r == 0) {
-        t->handshaking = 0;
-        if (!t->server && t->verify) {
+        t->s.handshaking = 0;
+        if (!t->s.server && t->s.verify) {
             uint32_t flags = tls_verify_flags(t);
             if (flags) {
-                t->failed = 1;
-                snprintf(t->error, sizeof t->error, "certificate verify failed (");
-                size_t k = strlen(t->error);
-                tls_verify_text(flags, t->error + k, sizeof t->error - k - 1);
-                util_strlcpy(t->error + strlen(t->error), ")", sizeof t->error - strlen(t->error));
+                t->s.failed = 1;
+                snprintf(t->s.error, sizeof t->s.error, "certificate verify failed (");
+                size_t k = strlen(t->s.error);
+                tls_verify_text(flags, t->s.error + k, sizeof t->s.error - k - 1);
+                util_strlcpy(t->s.error + strlen(t->s.error), ")", sizeof t->s.error - strlen(t->s.error));
                 return -1;
             }
         }
-        t->established = 1;
+        t->s.established = 1;
         return 1;
     }
     if (r == MBEDTLS_ERR_SSL_WANT_READ) {
-        t->hs_wants_out = 0;
+        t->s.hs_wants_out = 0;
         return 0;
     }
     if (r == MBEDTLS_ERR_SSL_WANT_WRITE) {
-        t->hs_wants_out = 1;
+        t->s.hs_wants_out = 1;
         return 0;
     }
-    t->handshaking = 0;
+    t->s.handshaking = 0;
     tls_fail(t, r);
     return -1;
 }
 
-void tls_handshake_done(struct conn *c, int err)
+void tls_log_established(const struct conn *c)
 {
-    struct tls_conn *t = c->tls;
+    const struct tls_conn *t = c->tls;
+    const char *vers = mbedtls_ssl_get_version(&t->ssl);
+    const char *cipher = mbedtls_ssl_get_ciphersuite(&t->ssl);
 
-    if (!err && t) {
-        const char *vers = mbedtls_ssl_get_version(&t->ssl);
-        const char *cipher = mbedtls_ssl_get_ciphersuite(&t->ssl);
-        if (t->server) {
-            log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
-        } else {
-            uint32_t flags = tls_verify_flags(t);
-            const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&t->ssl);
-            char why[256] = "";
-            if (peer && flags)
-                tls_verify_text(flags, why, sizeof why);
-            log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
-                     t->host[0] ? t->host : "?", c->peer_ip,
-                     peer && !flags ? "verified" : "not verified",
-                     peer && !flags ? "" : ": ", !peer ? "none sent" : why);
-        }
+    if (t->s.server) {
+        log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
     } else {
-        log_warn("tls: handshake with %s%s%s%s failed: %s", t && !t->server ? "server " : "client ",
-                 t && t->host[0] ? t->host : "", t && t->host[0] ? " " : "", c->peer_ip,
-                 t && t->error[0] ? t->error : "unknown error");
+        uint32_t flags = tls_verify_flags(t);
+        const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&t->ssl);
+        char why[256] = "";
+        if (peer && flags)
+            tls_verify_text(flags, why, sizeof why);
+        log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
+                 t->s.host[0] ? t->s.host : "?", c->peer_ip,
+                 peer && !flags ? "verified" : "not verified",
+                 peer && !flags ? "" : ": ", !peer ? "none sent" : why);
     }
-    if (c->ops && c->ops->on_tls)
-        c->ops->on_tls(c, err ? -1 : 0);
 }
 
 /* Like recv(): bytes, 0 at the end, -1 with EAGAIN or another errno. */
@@ -6956,7 +6902,7 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
     struct tls_conn *t = c->tls;
     int r;
 
-    if (t->failed) {
+    if (t->s.failed) {
         errno = EPROTO;
         return -1;
     }
@@ -6964,16 +6910,16 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
         n = INT32_MAX;
     r = mbedtls_ssl_read(&t->ssl, buf, n);
     if (r > 0) {
-        t->read_wants_out = 0;
+        t->s.read_wants_out = 0;
         return r;
     }
     switch (r) {
     case MBEDTLS_ERR_SSL_WANT_READ:
-        t->read_wants_out = 0;
+        t->s.read_wants_out = 0;
         errno = EAGAIN;
         return -1;
     case MBEDTLS_ERR_SSL_WANT_WRITE:
-        t->read_wants_out = 1;
+        t->s.read_wants_out = 1;
         errno = EAGAIN;
         return -1;
     case 0:
@@ -6982,7 +6928,7 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
         return 0;
     default:
         tls_fail(t, r);
-        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->s.error);
         errno = EPROTO;
         return -1;
     }
@@ -6997,7 +6943,7 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     struct tls_conn *t = c->tls;
     int r;
 
-    if (t->failed) {
+    if (t->s.failed) {
         errno = EPIPE;
         return -1;
     }
@@ -7008,17 +6954,17 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     r = mbedtls_ssl_write(&t->ssl, buf, n);
     if (r >= 0) {
         t->wpending = 0;
-        t->write_wants_in = 0;
+        t->s.write_wants_in = 0;
         return r;
     }
     if (r == MBEDTLS_ERR_SSL_WANT_WRITE || r == MBEDTLS_ERR_SSL_WANT_READ) {
         t->wpending = n;
-        t->write_wants_in = r == MBEDTLS_ERR_SSL_WANT_READ;
+        t->s.write_wants_in = r == MBEDTLS_ERR_SSL_WANT_READ;
         errno = EAGAIN;
         return -1;
     }
     tls_fail(t, r);
-    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->s.error);
     errno = EPIPE;
     return -1;
 }
@@ -20297,7 +20243,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
     for (size_t i = 0; i < *n; i++) {
         /* One session per domain at a time (RFC 2645 5.2.1: 451). */
         if (queue_release_busy(domains[i])) {
-            snprintf(reply, rn, "451 4.3.0 %s is being delivered by another session", domains[i]);
+            snprintf(reply, rn, "451 4.3.0 %.255s is being delivered by another session", domains[i]);
             return 451;
         }
         int c = store_held_count(domains[i]);

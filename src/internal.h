@@ -1121,6 +1121,41 @@ void tls_handshake_done(struct conn *c, int err);
 /* Called by conn_abort: frees the connection's TLS state. */
 void tls_conn_free(struct conn *c);
 
+/* What both TLS backends (tls.c through OpenSSL, tls_mbedtls.c) keep of a
+ * connection, first in their struct tls_conn, so that the loop's side of
+ * the record layer, the name checks and the log lines are written once
+ * (in tls.c) and c->tls can be read as one. */
+struct tls_state {
+    /* Bytes at the head of c->out that precede the switch (the 220 or
+     * +OK that announced it): they go out in the clear, the handshake
+     * starts after them. */
+    size_t plain;
+    unsigned server : 1;
+    unsigned handshaking : 1;
+    unsigned established : 1;
+    unsigned failed : 1;
+    unsigned hs_wants_out : 1;          /* the handshake waits for writable */
+    unsigned read_wants_out : 1;        /* a read waits for writable */
+    unsigned write_wants_in : 1;        /* a write waits for readable */
+    unsigned verify : 1;                /* client: the certificate must verify */
+    char host[SMTP_DOMAIN_MAX + 1];     /* client: the name checked */
+    char error[200];
+};
+#ifdef MAILNODE_TLS
+void tls_ignore_sigpipe(void);
+/* The plain reason (missing, permissions) before the library's vaguer one. */
+int tls_readable_file(const char *key, const char *path, char *err, size_t errlen);
+/* c speaks TLS from now on; what came in the clear after the command goes. */
+void tls_switch(struct conn *c, struct tls_state *t);
+int tls_is_ip(const char *host);
+/* host ("mx.example.", "[192.0.2.1]", "[IPv6:2001:db8::1]") as a
+ * certificate names it: no brackets, no tag, no trailing dot. */
+void tls_cert_name(const char *host, char *name, size_t n);
+/* The backend's log line for a finished handshake: version, cipher and,
+ * for a client, how the server's certificate verified. */
+void tls_log_established(const struct conn *c);
+#endif
+
 /* ---------------------------------------------------------------- ctl */
 
 /* The control socket (conf->control, mode 0600): `mailnode flush` and

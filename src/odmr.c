@@ -150,7 +150,7 @@ int odmr_atrn_check(const char *user, const char *arg, char domains[][SMTP_DOMAI
     for (size_t i = 0; i < *n; i++) {
         /* One session per domain at a time (RFC 2645 5.2.1: 451). */
         if (queue_release_busy(domains[i])) {
-            snprintf(reply, rn, "451 4.3.0 %s is being delivered by another session", domains[i]);
+            snprintf(reply, rn, "451 4.3.0 %.255s is being delivered by another session", domains[i]);
             return 451;
         }
         int c = store_held_count(domains[i]);

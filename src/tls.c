@@ -12,7 +12,10 @@
  * right epoll events.
  *
  * Built with MAILNODE_TLS_MBEDTLS (make TLS=mbedtls), tls_mbedtls.c has
- * them instead, through mbedTLS.
+ * the library's part instead, through mbedTLS.  What does not depend on
+ * the library (the loop's view of a connection, struct tls_state, the
+ * name a certificate is checked for, the log line of a failed handshake)
+ * is here once, for both.
  * Built without MAILNODE_TLS (make TLS=none), the same functions report
  * that TLS is not available: no STARTTLS is offered, and a client that
  * requires TLS keeps its mail queued.
@@ -20,7 +23,11 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
 
 /* After the go-ahead to STARTTLS/STLS: RFC 3207 4, RFC 2595 4, RFC 3501
  * 6.2.1 and CVE-2011-0411: what the client sent after the command came in
@@ -36,30 +43,131 @@ int tls_upgrade_server(struct conn *c, const char *proto)
     return -1;
 }
 
+#ifdef MAILNODE_TLS
+
+/* ------------------------------------------- both backends: the loop side */
+
+/* The socket is written with write(2) (OpenSSL's BIO) or send(2): a peer
+ * that reset the connection would raise SIGPIPE, which must not end the
+ * daemon (or `mailnode poll`). */
+void tls_ignore_sigpipe(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &sa, NULL);
+    }
+}
+
+int tls_readable_file(const char *key, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s %s: %s", key, path, strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* The switch itself: from now on the loop speaks TLS on c.  Plaintext
+ * received after the command is dropped here as well as by the caller:
+ * it was sent before the handshake, so nothing vouches for it (the
+ * CVE-2011-0411 command injection; on the client side, injected replies).
+ * conn_consume also makes the loop register the handshake's events. */
+void tls_switch(struct conn *c, struct tls_state *t)
+{
+    c->tls = t;
+    conn_consume(c, c->in_len);
+}
+
+int tls_is_ip(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/* "[192.0.2.1]" address literals are checked as addresses; a trailing
+ * dot is not part of the name in a certificate. */
+void tls_cert_name(const char *host, char *name, size_t n)
+{
+    size_t len;
+
+    if (!host)
+        host = "";
+    if (host[0] == '[') {
+        host++;
+        if (!strncasecmp(host, "IPv6:", 5))
+            host += 5;
+    }
+    util_strlcpy(name, host, n);
+    len = strcspn(name, "]");
+    name[len] = 0;
+    if (len && name[len - 1] == '.')
+        name[--len] = 0;
+}
+
+int tls_active(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t && t->established && !t->failed;
+}
+
+int tls_io_handshaking(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t && t->handshaking;
+}
+
+size_t tls_io_plain(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t ? t->plain : 0;
+}
+
+void tls_io_plain_sent(struct conn *c, size_t n)
+{
+    struct tls_state *t = c->tls;
+    t->plain = n < t->plain ? t->plain - n : 0;
+}
+
+int tls_io_read_wants_out(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t ? (t->handshaking ? t->hs_wants_out : t->read_wants_out) : 0;
+}
+
+int tls_io_write_wants_in(const struct conn *c)
+{
+    const struct tls_state *t = c->tls;
+    return t ? (t->handshaking ? !t->hs_wants_out : t->write_wants_in) : 0;
+}
+
+void tls_handshake_done(struct conn *c, int err)
+{
+    const struct tls_state *t = c->tls;
+
+    if (!err && t)
+        tls_log_established(c);
+    else
+        log_warn("tls: handshake with %s%s%s%s failed: %s", t && !t->server ? "server " : "client ",
+                 t && t->host[0] ? t->host : "", t && t->host[0] ? " " : "", c->peer_ip,
+                 t && t->error[0] ? t->error : "unknown error");
+    if (c->ops && c->ops->on_tls)
+        c->ops->on_tls(c, err ? -1 : 0);
+}
+
+#endif /* MAILNODE_TLS */
+
 #if defined(MAILNODE_TLS) && !defined(MAILNODE_TLS_MBEDTLS)
 
-#include <signal.h>
-#include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 struct tls_conn {
+    struct tls_state s;                 /* first: c->tls is read as one */
     SSL *ssl;
-    /* Bytes at the head of c->out that precede the switch (the 220 or
-     * +OK that announced it): they go out in the clear, the handshake
-     * starts after them. */
-    size_t plain;
-    unsigned server : 1;
-    unsigned handshaking : 1;
-    unsigned established : 1;
-    unsigned failed : 1;
-    unsigned hs_wants_out : 1;          /* the handshake waits for writable */
-    unsigned read_wants_out : 1;        /* SSL_read waits for writable */
-    unsigned write_wants_in : 1;        /* SSL_write waits for readable */
-    unsigned verify : 1;                /* client: the certificate must verify */
-    char host[SMTP_DOMAIN_MAX + 1];     /* client: the name checked */
-    char error[200];
 };
 
 static struct {
@@ -106,29 +214,6 @@ static int tls_ctx_common(SSL_CTX *ctx)
     return 0;
 }
 
-/* The socket BIO writes with write(2): a peer that reset the connection
- * would raise SIGPIPE, which must not end the daemon (or `mailnode poll`). */
-static void tls_ignore_sigpipe(void)
-{
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-        sa.sa_handler = SIG_IGN;
-        sigaction(SIGPIPE, &sa, NULL);
-    }
-}
-
-/* The plain reason (missing, permissions) before OpenSSL's vaguer one. */
-static int tls_readable_file(const char *key, const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(T.error, sizeof T.error, "%s %s: %s", key, path, strerror(errno));
-        return -1;
-    }
-    fclose(f);
-    return 0;
-}
-
 static int tls_server_ctx(void)
 {
     const char *cert = conf->tls_cert, *key = conf->tls_key;
@@ -144,7 +229,8 @@ static int tls_server_ctx(void)
         snprintf(T.error, sizeof T.error, "TLS server setup failed: %s", why);
         goto fail;
     }
-    if (tls_readable_file("tls.cert", cert) || tls_readable_file("tls.key", key))
+    if (tls_readable_file("tls.cert", cert, T.error, sizeof T.error) ||
+        tls_readable_file("tls.key", key, T.error, sizeof T.error))
         goto fail;
     if (SSL_CTX_use_certificate_chain_file(T.server, cert) != 1) {
         tls_ssl_error(why, sizeof why, "unreadable");
@@ -275,20 +361,9 @@ static struct tls_conn *tls_attach(struct conn *c, SSL_CTX *ctx)
         free(t);
         return NULL;
     }
-    t->handshaking = 1;
-    t->plain = c->out_len;
+    t->s.handshaking = 1;
+    t->s.plain = c->out_len;
     return t;
-}
-
-/* The switch itself: from now on the loop speaks TLS on c.  Plaintext
- * received after the command is dropped here as well as by the caller:
- * it was sent before the handshake, so nothing vouches for it (the
- * CVE-2011-0411 command injection; on the client side, injected replies).
- * conn_consume also makes the loop register the handshake's events. */
-static void tls_switch(struct conn *c, struct tls_conn *t)
-{
-    c->tls = t;
-    conn_consume(c, c->in_len);
 }
 
 int tls_start_server(struct conn *c)
@@ -300,23 +375,16 @@ int tls_start_server(struct conn *c)
     t = tls_attach(c, T.server);
     if (!t)
         return -1;
-    t->server = 1;
+    t->s.server = 1;
     SSL_set_accept_state(t->ssl);
-    tls_switch(c, t);
+    tls_switch(c, &t->s);
     return 0;
-}
-
-static int tls_is_ip(const char *host)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
 int tls_start_client(struct conn *c, const char *host, int verify)
 {
     struct tls_conn *t;
     char name[SMTP_DOMAIN_MAX + 1];
-    size_t len;
 
     tls_ignore_sigpipe();
     if (tls_client_ctx())
@@ -324,22 +392,9 @@ int tls_start_client(struct conn *c, const char *host, int verify)
     t = tls_attach(c, T.client);
     if (!t)
         return -1;
-    /* "[192.0.2.1]" address literals are checked as addresses; a
-     * trailing dot is not part of the name in a certificate. */
-    if (!host)
-        host = "";
-    if (host[0] == '[') {
-        host++;
-        if (!strncasecmp(host, "IPv6:", 5))
-            host += 5;
-    }
-    util_strlcpy(name, host, sizeof name);
-    len = strcspn(name, "]");
-    name[len] = 0;
-    if (len && name[len - 1] == '.')
-        name[--len] = 0;
-    util_strlcpy(t->host, name, sizeof t->host);
-    t->verify = verify ? 1 : 0;
+    tls_cert_name(host, name, sizeof name);
+    util_strlcpy(t->s.host, name, sizeof t->s.host);
+    t->s.verify = verify ? 1 : 0;
     if (name[0]) {
         int ok;
         if (tls_is_ip(name)) {
@@ -360,18 +415,12 @@ int tls_start_client(struct conn *c, const char *host, int verify)
     /* Opportunistic TLS (RFC 3207 4.1, RFC 7435) encrypts even when the
      * certificate does not verify; the verification still runs, and its
      * outcome is logged. */
-    SSL_set_verify(t->ssl, t->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    SSL_set_verify(t->ssl, t->s.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     SSL_set_connect_state(t->ssl);
     /* The ClientHello is ours to send first. */
-    t->hs_wants_out = 1;
-    tls_switch(c, t);
+    t->s.hs_wants_out = 1;
+    tls_switch(c, &t->s);
     return 0;
-}
-
-int tls_active(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t && t->established && !t->failed;
 }
 
 
@@ -384,7 +433,7 @@ void tls_conn_free(struct conn *c)
     c->tls = NULL;
     /* A clean close says so (close_notify), best effort: the socket is
      * non-blocking and about to be closed. */
-    if (c->closing && t->established && !t->failed) {
+    if (c->closing && t->s.established && !t->s.failed) {
         SSL_shutdown(t->ssl);
         ERR_clear_error();
     }
@@ -394,55 +443,25 @@ void tls_conn_free(struct conn *c)
 
 /* --------------------------------------------------------- loop side */
 
-int tls_io_handshaking(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t && t->handshaking;
-}
-
-size_t tls_io_plain(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? t->plain : 0;
-}
-
-void tls_io_plain_sent(struct conn *c, size_t n)
-{
-    struct tls_conn *t = c->tls;
-    t->plain = n < t->plain ? t->plain - n : 0;
-}
-
-int tls_io_read_wants_out(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? (t->handshaking ? t->hs_wants_out : t->read_wants_out) : 0;
-}
-
-int tls_io_write_wants_in(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? (t->handshaking ? !t->hs_wants_out : t->write_wants_in) : 0;
-}
-
 int tls_io_pending(const struct conn *c)
 {
     const struct tls_conn *t = c->tls;
-    return t && t->established && SSL_pending(t->ssl) > 0;
+    return t && t->s.established && SSL_pending(t->ssl) > 0;
 }
 
 /* Records a fatal error: the OpenSSL reason, or errno for a socket error. */
 static void tls_fail(struct tls_conn *t, int ssl_err, int saved_errno)
 {
-    t->failed = 1;
+    t->s.failed = 1;
     if (ssl_err == SSL_ERROR_SYSCALL && !ERR_peek_error()) {
-        snprintf(t->error, sizeof t->error, "%s",
+        snprintf(t->s.error, sizeof t->s.error, "%s",
                  saved_errno ? strerror(saved_errno) : "connection closed by peer");
         return;
     }
-    tls_ssl_error(t->error, sizeof t->error, "protocol error");
-    if (!t->server && SSL_get_verify_result(t->ssl) != X509_V_OK) {
-        size_t n = strlen(t->error);
-        snprintf(t->error + n, sizeof t->error - n, " (%s)",
+    tls_ssl_error(t->s.error, sizeof t->s.error, "protocol error");
+    if (!t->s.server && SSL_get_verify_result(t->ssl) != X509_V_OK) {
+        size_t n = strlen(t->s.error);
+        snprintf(t->s.error + n, sizeof t->s.error - n, " (%s)",
                  X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
     }
 }
@@ -458,49 +477,41 @@ int tls_io_handshake(struct conn *c)
     r = SSL_do_handshake(t->ssl);
     saved = errno;
     if (r == 1) {
-        t->handshaking = 0;
-        t->established = 1;
+        t->s.handshaking = 0;
+        t->s.established = 1;
         return 1;
     }
     e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ) {
-        t->hs_wants_out = 0;
+        t->s.hs_wants_out = 0;
         return 0;
     }
     if (e == SSL_ERROR_WANT_WRITE) {
-        t->hs_wants_out = 1;
+        t->s.hs_wants_out = 1;
         return 0;
     }
-    t->handshaking = 0;
+    t->s.handshaking = 0;
     tls_fail(t, e, saved);
     return -1;
 }
 
-void tls_handshake_done(struct conn *c, int err)
+void tls_log_established(const struct conn *c)
 {
-    struct tls_conn *t = c->tls;
+    const struct tls_conn *t = c->tls;
+    const char *vers = SSL_get_version(t->ssl);
+    const char *cipher = SSL_get_cipher_name(t->ssl);
 
-    if (!err && t) {
-        const char *vers = SSL_get_version(t->ssl);
-        const char *cipher = SSL_get_cipher_name(t->ssl);
-        if (t->server) {
-            log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
-        } else {
-            long v = SSL_get_verify_result(t->ssl);
-            X509 *peer = SSL_get0_peer_certificate(t->ssl);
-            log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
-                     t->host[0] ? t->host : "?", c->peer_ip,
-                     peer && v == X509_V_OK ? "verified" : "not verified",
-                     peer && v == X509_V_OK ? "" : ": ",
-                     !peer ? "none sent" : v == X509_V_OK ? "" : X509_verify_cert_error_string(v));
-        }
+    if (t->s.server) {
+        log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
     } else {
-        log_warn("tls: handshake with %s%s%s%s failed: %s", t && !t->server ? "server " : "client ",
-                 t && t->host[0] ? t->host : "", t && t->host[0] ? " " : "", c->peer_ip,
-                 t && t->error[0] ? t->error : "unknown error");
+        long v = SSL_get_verify_result(t->ssl);
+        X509 *peer = SSL_get0_peer_certificate(t->ssl);
+        log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
+                 t->s.host[0] ? t->s.host : "?", c->peer_ip,
+                 peer && v == X509_V_OK ? "verified" : "not verified",
+                 peer && v == X509_V_OK ? "" : ": ",
+                 !peer ? "none sent" : v == X509_V_OK ? "" : X509_verify_cert_error_string(v));
     }
-    if (c->ops && c->ops->on_tls)
-        c->ops->on_tls(c, err ? -1 : 0);
 }
 
 /* Like recv(): bytes, 0 at the end, or -1 with errno EAGAIN (OpenSSL
@@ -510,7 +521,7 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
     struct tls_conn *t = c->tls;
     int r, e, saved;
 
-    if (t->failed) {
+    if (t->s.failed) {
         errno = EPROTO;
         return -1;
     }
@@ -521,24 +532,24 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
     r = SSL_read(t->ssl, buf, (int)n);
     saved = errno;
     if (r > 0) {
-        t->read_wants_out = 0;
+        t->s.read_wants_out = 0;
         return r;
     }
     e = SSL_get_error(t->ssl, r);
     switch (e) {
     case SSL_ERROR_WANT_READ:
-        t->read_wants_out = 0;
+        t->s.read_wants_out = 0;
         errno = EAGAIN;
         return -1;
     case SSL_ERROR_WANT_WRITE:
-        t->read_wants_out = 1;
+        t->s.read_wants_out = 1;
         errno = EAGAIN;
         return -1;
     case SSL_ERROR_ZERO_RETURN:
         return 0;                       /* close_notify, or EOF (IGNORE_UNEXPECTED_EOF) */
     default:
         tls_fail(t, e, saved);
-        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->s.error);
         /* Never EAGAIN or EINTR here: the caller must give up. */
         errno = EPROTO;
         return -1;
@@ -551,7 +562,7 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     struct tls_conn *t = c->tls;
     int r, e, saved;
 
-    if (t->failed) {
+    if (t->s.failed) {
         errno = EPIPE;
         return -1;
     }
@@ -562,22 +573,22 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     r = SSL_write(t->ssl, buf, (int)n);
     saved = errno;
     if (r > 0) {
-        t->write_wants_in = 0;
+        t->s.write_wants_in = 0;
         return r;
     }
     e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_WRITE) {
-        t->write_wants_in = 0;
+        t->s.write_wants_in = 0;
         errno = EAGAIN;
         return -1;
     }
     if (e == SSL_ERROR_WANT_READ) {
-        t->write_wants_in = 1;
+        t->s.write_wants_in = 1;
         errno = EAGAIN;
         return -1;
     }
     tls_fail(t, e, saved);
-    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->s.error);
     errno = EPIPE;
     return -1;
 }

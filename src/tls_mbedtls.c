@@ -19,9 +19,7 @@
 #if defined(MAILNODE_TLS) && defined(MAILNODE_TLS_MBEDTLS)
 
 #include <errno.h>
-#include <signal.h>
 #include <string.h>
-#include <strings.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <mbedtls/error.h>
@@ -39,21 +37,11 @@ static const char *const tls_system_cas[] = {
 };
 
 struct tls_conn {
+    struct tls_state s;                 /* first: c->tls is read as one */
     mbedtls_ssl_context ssl;
     int fd;
-    size_t plain;                       /* cleartext bytes before the switch */
     size_t wpending;                    /* bytes of a record mbedTLS holds, not yet sent */
-    unsigned server : 1;
-    unsigned handshaking : 1;
-    unsigned established : 1;
-    unsigned failed : 1;
-    unsigned hs_wants_out : 1;
-    unsigned read_wants_out : 1;
-    unsigned write_wants_in : 1;
-    unsigned verify : 1;
-    unsigned is_ip : 1;
-    char host[SMTP_DOMAIN_MAX + 1];
-    char error[200];
+    unsigned is_ip : 1;                 /* client: host is an address */
 };
 
 static struct {
@@ -77,17 +65,6 @@ static void tls_strerror(int ret, char *buf, size_t n)
     char tmp[160];
     mbedtls_strerror(ret, tmp, sizeof tmp);
     snprintf(buf, n, "%s", tmp);
-}
-
-static int tls_readable_file(const char *key, const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(T.error, sizeof T.error, "%s %s: %s", key, path, strerror(errno));
-        return -1;
-    }
-    fclose(f);
-    return 0;
 }
 
 /* Settings both sides share: TLS 1.2 at least (RFC 8996), no
@@ -137,7 +114,8 @@ static int tls_server_conf(void)
         return 0;
     if (!key || !*key)
         key = cert;                     /* one PEM file holding both */
-    if (tls_readable_file("tls.cert", cert) || tls_readable_file("tls.key", key))
+    if (tls_readable_file("tls.cert", cert, T.error, sizeof T.error) ||
+        tls_readable_file("tls.key", key, T.error, sizeof T.error))
         return -1;
     mbedtls_x509_crt_init(&T.cert);
     mbedtls_pk_init(&T.key);
@@ -210,15 +188,6 @@ fail:
     return -1;
 }
 
-static void tls_ignore_sigpipe(void)
-{
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-        sa.sa_handler = SIG_IGN;
-        sigaction(SIGPIPE, &sa, NULL);
-    }
-}
-
 int tls_init(void)
 {
     if (T.inited)
@@ -270,7 +239,7 @@ static int tls_send(void *arg, const unsigned char *buf, size_t n)
         return (int)r;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
         return MBEDTLS_ERR_SSL_WANT_WRITE;
-    snprintf(t->error, sizeof t->error, "%s", strerror(errno));
+    snprintf(t->s.error, sizeof t->s.error, "%s", strerror(errno));
     return errno == EPIPE || errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_SEND_FAILED;
 }
 
@@ -282,7 +251,7 @@ static int tls_recv(void *arg, unsigned char *buf, size_t n)
         return (int)r;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
         return MBEDTLS_ERR_SSL_WANT_READ;
-    snprintf(t->error, sizeof t->error, "%s", strerror(errno));
+    snprintf(t->s.error, sizeof t->s.error, "%s", strerror(errno));
     return errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_RECV_FAILED;
 }
 
@@ -304,8 +273,8 @@ static struct tls_conn *tls_attach(struct conn *c, const mbedtls_ssl_config *cf)
     }
     t->fd = c->fd;
     mbedtls_ssl_set_bio(&t->ssl, t, tls_send, tls_recv, NULL);
-    t->handshaking = 1;
-    t->plain = c->out_len;
+    t->s.handshaking = 1;
+    t->s.plain = c->out_len;
     return t;
 }
 
@@ -313,13 +282,6 @@ static void tls_discard(struct tls_conn *t)
 {
     mbedtls_ssl_free(&t->ssl);
     free(t);
-}
-
-/* See tls.c: what came in the clear after the command is dropped. */
-static void tls_switch(struct conn *c, struct tls_conn *t)
-{
-    c->tls = t;
-    conn_consume(c, c->in_len);
 }
 
 int tls_start_server(struct conn *c)
@@ -331,22 +293,15 @@ int tls_start_server(struct conn *c)
     t = tls_attach(c, &T.server);
     if (!t)
         return -1;
-    t->server = 1;
-    tls_switch(c, t);
+    t->s.server = 1;
+    tls_switch(c, &t->s);
     return 0;
-}
-
-static int tls_is_ip(const char *host)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
 int tls_start_client(struct conn *c, const char *host, int verify)
 {
     struct tls_conn *t;
     char name[SMTP_DOMAIN_MAX + 1];
-    size_t len;
 
     tls_ignore_sigpipe();
     if (tls_client_conf())
@@ -354,20 +309,9 @@ int tls_start_client(struct conn *c, const char *host, int verify)
     t = tls_attach(c, &T.client);
     if (!t)
         return -1;
-    if (!host)
-        host = "";
-    if (host[0] == '[') {
-        host++;
-        if (!strncasecmp(host, "IPv6:", 5))
-            host += 5;
-    }
-    util_strlcpy(name, host, sizeof name);
-    len = strcspn(name, "]");
-    name[len] = 0;
-    if (len && name[len - 1] == '.')
-        name[--len] = 0;
-    util_strlcpy(t->host, name, sizeof t->host);
-    t->verify = verify ? 1 : 0;
+    tls_cert_name(host, name, sizeof name);
+    util_strlcpy(t->s.host, name, sizeof t->s.host);
+    t->s.verify = verify ? 1 : 0;
     t->is_ip = name[0] && tls_is_ip(name);
     /* RFC 6066 3: SNI carries host names only; an address is checked
      * against the certificate's iPAddress names after the handshake. */
@@ -376,15 +320,9 @@ int tls_start_client(struct conn *c, const char *host, int verify)
         tls_discard(t);
         return -1;
     }
-    t->hs_wants_out = 1;                /* the ClientHello is ours to send first */
-    tls_switch(c, t);
+    t->s.hs_wants_out = 1;                /* the ClientHello is ours to send first */
+    tls_switch(c, &t->s);
     return 0;
-}
-
-int tls_active(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t && t->established && !t->failed;
 }
 
 void tls_conn_free(struct conn *c)
@@ -394,60 +332,30 @@ void tls_conn_free(struct conn *c)
     if (!t)
         return;
     c->tls = NULL;
-    if (c->closing && t->established && !t->failed)
+    if (c->closing && t->s.established && !t->s.failed)
         (void)mbedtls_ssl_close_notify(&t->ssl);   /* best effort */
     tls_discard(t);
 }
 
 /* --------------------------------------------------------- loop side */
 
-int tls_io_handshaking(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t && t->handshaking;
-}
-
-size_t tls_io_plain(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? t->plain : 0;
-}
-
-void tls_io_plain_sent(struct conn *c, size_t n)
-{
-    struct tls_conn *t = c->tls;
-    t->plain = n < t->plain ? t->plain - n : 0;
-}
-
-int tls_io_read_wants_out(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? (t->handshaking ? t->hs_wants_out : t->read_wants_out) : 0;
-}
-
-int tls_io_write_wants_in(const struct conn *c)
-{
-    const struct tls_conn *t = c->tls;
-    return t ? (t->handshaking ? !t->hs_wants_out : t->write_wants_in) : 0;
-}
-
 int tls_io_pending(const struct conn *c)
 {
     const struct tls_conn *t = c->tls;
-    return t && t->established && mbedtls_ssl_get_bytes_avail(&t->ssl) > 0;
+    return t && t->s.established && mbedtls_ssl_get_bytes_avail(&t->ssl) > 0;
 }
 
 static void tls_fail(struct tls_conn *t, int ret)
 {
-    t->failed = 1;
-    if (t->error[0] && (ret == MBEDTLS_ERR_NET_SEND_FAILED || ret == MBEDTLS_ERR_NET_RECV_FAILED ||
+    t->s.failed = 1;
+    if (t->s.error[0] && (ret == MBEDTLS_ERR_NET_SEND_FAILED || ret == MBEDTLS_ERR_NET_RECV_FAILED ||
                         ret == MBEDTLS_ERR_NET_CONN_RESET))
         return;                         /* the socket's errno, set by tls_send/tls_recv */
     if (ret == MBEDTLS_ERR_SSL_CONN_EOF) {
-        snprintf(t->error, sizeof t->error, "connection closed by peer");
+        snprintf(t->s.error, sizeof t->s.error, "connection closed by peer");
         return;
     }
-    tls_strerror(ret, t->error, sizeof t->error);
+    tls_strerror(ret, t->s.error, sizeof t->s.error);
 }
 
 /* A host given as an address must be one of the certificate's iPAddress
@@ -457,9 +365,9 @@ static int tls_ip_matches(const struct tls_conn *t)
 {
     const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
     unsigned char want[16];
-    size_t wlen = inet_pton(AF_INET, t->host, want) == 1 ? 4 : 16;
+    size_t wlen = inet_pton(AF_INET, t->s.host, want) == 1 ? 4 : 16;
 
-    if (wlen == 16 && inet_pton(AF_INET6, t->host, want) != 1)
+    if (wlen == 16 && inet_pton(AF_INET6, t->s.host, want) != 1)
         return 0;
     if (!crt)
         return 0;
@@ -497,61 +405,53 @@ int tls_io_handshake(struct conn *c)
     int r = mbedtls_ssl_handshake(&t->ssl);
 
     if (r == 0) {
-        t->handshaking = 0;
-        if (!t->server && t->verify) {
+        t->s.handshaking = 0;
+        if (!t->s.server && t->s.verify) {
             uint32_t flags = tls_verify_flags(t);
             if (flags) {
-                t->failed = 1;
-                snprintf(t->error, sizeof t->error, "certificate verify failed (");
-                size_t k = strlen(t->error);
-                tls_verify_text(flags, t->error + k, sizeof t->error - k - 1);
-                util_strlcpy(t->error + strlen(t->error), ")", sizeof t->error - strlen(t->error));
+                t->s.failed = 1;
+                snprintf(t->s.error, sizeof t->s.error, "certificate verify failed (");
+                size_t k = strlen(t->s.error);
+                tls_verify_text(flags, t->s.error + k, sizeof t->s.error - k - 1);
+                util_strlcpy(t->s.error + strlen(t->s.error), ")", sizeof t->s.error - strlen(t->s.error));
                 return -1;
             }
         }
-        t->established = 1;
+        t->s.established = 1;
         return 1;
     }
     if (r == MBEDTLS_ERR_SSL_WANT_READ) {
-        t->hs_wants_out = 0;
+        t->s.hs_wants_out = 0;
         return 0;
     }
     if (r == MBEDTLS_ERR_SSL_WANT_WRITE) {
-        t->hs_wants_out = 1;
+        t->s.hs_wants_out = 1;
         return 0;
     }
-    t->handshaking = 0;
+    t->s.handshaking = 0;
     tls_fail(t, r);
     return -1;
 }
 
-void tls_handshake_done(struct conn *c, int err)
+void tls_log_established(const struct conn *c)
 {
-    struct tls_conn *t = c->tls;
+    const struct tls_conn *t = c->tls;
+    const char *vers = mbedtls_ssl_get_version(&t->ssl);
+    const char *cipher = mbedtls_ssl_get_ciphersuite(&t->ssl);
 
-    if (!err && t) {
-        const char *vers = mbedtls_ssl_get_version(&t->ssl);
-        const char *cipher = mbedtls_ssl_get_ciphersuite(&t->ssl);
-        if (t->server) {
-            log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
-        } else {
-            uint32_t flags = tls_verify_flags(t);
-            const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&t->ssl);
-            char why[256] = "";
-            if (peer && flags)
-                tls_verify_text(flags, why, sizeof why);
-            log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
-                     t->host[0] ? t->host : "?", c->peer_ip,
-                     peer && !flags ? "verified" : "not verified",
-                     peer && !flags ? "" : ": ", !peer ? "none sent" : why);
-        }
+    if (t->s.server) {
+        log_info("tls: %s %s with client %s", vers, cipher, c->peer_ip);
     } else {
-        log_warn("tls: handshake with %s%s%s%s failed: %s", t && !t->server ? "server " : "client ",
-                 t && t->host[0] ? t->host : "", t && t->host[0] ? " " : "", c->peer_ip,
-                 t && t->error[0] ? t->error : "unknown error");
+        uint32_t flags = tls_verify_flags(t);
+        const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&t->ssl);
+        char why[256] = "";
+        if (peer && flags)
+            tls_verify_text(flags, why, sizeof why);
+        log_info("tls: %s %s with server %s [%s], certificate %s%s%s", vers, cipher,
+                 t->s.host[0] ? t->s.host : "?", c->peer_ip,
+                 peer && !flags ? "verified" : "not verified",
+                 peer && !flags ? "" : ": ", !peer ? "none sent" : why);
     }
-    if (c->ops && c->ops->on_tls)
-        c->ops->on_tls(c, err ? -1 : 0);
 }
 
 /* Like recv(): bytes, 0 at the end, -1 with EAGAIN or another errno. */
@@ -560,7 +460,7 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
     struct tls_conn *t = c->tls;
     int r;
 
-    if (t->failed) {
+    if (t->s.failed) {
         errno = EPROTO;
         return -1;
     }
@@ -568,16 +468,16 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
         n = INT32_MAX;
     r = mbedtls_ssl_read(&t->ssl, buf, n);
     if (r > 0) {
-        t->read_wants_out = 0;
+        t->s.read_wants_out = 0;
         return r;
     }
     switch (r) {
     case MBEDTLS_ERR_SSL_WANT_READ:
-        t->read_wants_out = 0;
+        t->s.read_wants_out = 0;
         errno = EAGAIN;
         return -1;
     case MBEDTLS_ERR_SSL_WANT_WRITE:
-        t->read_wants_out = 1;
+        t->s.read_wants_out = 1;
         errno = EAGAIN;
         return -1;
     case 0:
@@ -586,7 +486,7 @@ ssize_t tls_io_read(struct conn *c, void *buf, size_t n)
         return 0;
     default:
         tls_fail(t, r);
-        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+        log_debug("tls: connection with %s broken: %s", c->peer_ip, t->s.error);
         errno = EPROTO;
         return -1;
     }
@@ -601,7 +501,7 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     struct tls_conn *t = c->tls;
     int r;
 
-    if (t->failed) {
+    if (t->s.failed) {
         errno = EPIPE;
         return -1;
     }
@@ -612,17 +512,17 @@ ssize_t tls_io_write(struct conn *c, const void *buf, size_t n)
     r = mbedtls_ssl_write(&t->ssl, buf, n);
     if (r >= 0) {
         t->wpending = 0;
-        t->write_wants_in = 0;
+        t->s.write_wants_in = 0;
         return r;
     }
     if (r == MBEDTLS_ERR_SSL_WANT_WRITE || r == MBEDTLS_ERR_SSL_WANT_READ) {
         t->wpending = n;
-        t->write_wants_in = r == MBEDTLS_ERR_SSL_WANT_READ;
+        t->s.write_wants_in = r == MBEDTLS_ERR_SSL_WANT_READ;
         errno = EAGAIN;
         return -1;
     }
     tls_fail(t, r);
-    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->error);
+    log_debug("tls: connection with %s broken: %s", c->peer_ip, t->s.error);
     errno = EPIPE;
     return -1;
 }
