@@ -532,6 +532,26 @@ static int cli_domain_options(int argc, char **argv, struct store_domain *d)
 }
 
 /* --host HOST:PORT, where HOST is a domain name or an IP address. */
+/* --owner names a user that exists: 0, or the exit status (said why). */
+static int cli_domain_owner_check(const struct store_domain *d)
+{
+    struct store_user u;
+    int rc;
+
+    if (!d->owner[0])
+        return 0;
+    rc = store_user_get(d->owner, &u);
+    sodium_memzero(&u, sizeof u);       /* it holds the password hash */
+    if (!rc)
+        return 0;
+    if (rc == STORE_NOTFOUND) {
+        fprintf(stderr, "mailnode: --owner %s: no such user (create it first with"
+                " `mailnode user add %s`)\n", d->owner, d->owner);
+        return EX_NOUSER;
+    }
+    return cli_admin_store_fail(rc, "read the user table");
+}
+
 static int cli_domain_check_host(const char *spec)
 {
     char host[SMTP_DOMAIN_MAX + 1], lower[SMTP_DOMAIN_MAX + 1];
@@ -550,7 +570,6 @@ static int cli_domain_check_host(const char *spec)
 static int cli_domain_add(int argc, char **argv, const char *name)
 {
     struct store_domain d;
-    struct store_user u;
     int rc;
 
     memset(&d, 0, sizeof d);
@@ -561,16 +580,8 @@ static int cli_domain_add(int argc, char **argv, const char *name)
         return rc;
     if ((rc = cli_open_store()))
         return rc;
-    if (d.owner[0] && (rc = store_user_get(d.owner, &u))) {
-        if (rc == STORE_NOTFOUND) {
-            fprintf(stderr, "mailnode: --owner %s: no such user (create it first with"
-                    " `mailnode user add %s`)\n", d.owner, d.owner);
-            rc = EX_NOUSER;
-        } else {
-            rc = cli_admin_store_fail(rc, "read the user table");
-        }
+    if ((rc = cli_domain_owner_check(&d)))
         goto out;
-    }
     rc = store_domain_add(&d);
     if (rc == STORE_EXISTS) {
         store_rollback();
@@ -586,7 +597,6 @@ static int cli_domain_add(int argc, char **argv, const char *name)
                     " which delivers it locally\n", d.name);
     }
 out:
-    sodium_memzero(&u, sizeof u);
     store_close();
     return rc;
 }
@@ -633,10 +643,8 @@ static int cli_domain_mod_options(int argc, char **argv, struct store_domain *d)
 static int cli_domain_mod(int argc, char **argv, const char *name)
 {
     struct store_domain d;
-    struct store_user u;
     int rc;
 
-    memset(&u, 0, sizeof u);
     if (argc < 4) {
         fprintf(stderr, "mailnode: domain mod %s: nothing to change\n", name);
         return cli_admin_usage(cli_domain_usage);
@@ -656,16 +664,8 @@ static int cli_domain_mod(int argc, char **argv, const char *name)
     }
     if ((rc = cli_domain_mod_options(argc, argv, &d)))
         goto out;
-    if (d.owner[0] && (rc = store_user_get(d.owner, &u))) {
-        if (rc == STORE_NOTFOUND) {
-            fprintf(stderr, "mailnode: --owner %s: no such user (create it first with"
-                    " `mailnode user add %s`)\n", d.owner, d.owner);
-            rc = EX_NOUSER;
-        } else {
-            rc = cli_admin_store_fail(rc, "read the user table");
-        }
+    if ((rc = cli_domain_owner_check(&d)))
         goto out;
-    }
     rc = store_domain_mod(&d);
     if (rc == STORE_NOTFOUND) {
         store_rollback();
@@ -678,7 +678,6 @@ static int cli_domain_mod(int argc, char **argv, const char *name)
                d.owner[0] ? d.owner : "-", d.host[0] ? d.host : "-");
     }
 out:
-    sodium_memzero(&u, sizeof u);
     store_close();
     return rc;
 }
