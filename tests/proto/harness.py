@@ -32,6 +32,7 @@ binary for one node (an x86 peer of an ARM node).
 import atexit
 import collections
 import os
+import poplib
 import shutil
 import signal
 import socket
@@ -105,6 +106,32 @@ def test(fn):
     """Register a test function, run in order by main()."""
     _tests.append(fn)
     return fn
+
+
+def add_user(n, name, pw):
+    """`mailnode user add NAME` on node n with password pw; asserts it worked."""
+    rc, out, err = n.cli('user', 'add', name, input=pw + '\n')
+    assert rc == 0, err
+
+
+def pop3_messages(n, user, pw, timeout=30):
+    """Every message in user's mailbox on n, over POP3, as bytes with CRLF."""
+    p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=timeout * TIME_SCALE)
+    try:
+        p.user(user)
+        p.pass_(pw)
+        out = []
+        for i in range(1, len(p.list()[1]) + 1):
+            out.append(b''.join(l + b'\r\n' for l in p.retr(i)[1]))
+        return out
+    finally:
+        p.quit()
+
+
+def queue_count(n):
+    """`mailnode queue count` on n, or -1 when it fails."""
+    rc, out, err = n.cli('queue', 'count')
+    return int(out.strip()) if rc == 0 and out.strip().isdigit() else -1
 
 
 def wait_until(pred, timeout=10.0, interval=0.05):

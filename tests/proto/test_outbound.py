@@ -19,27 +19,15 @@ from sink import Sink
 PW = 'secret-pass'
 
 
-def add_user(n, name):
-    rc, out, err = n.cli('user', 'add', name, input=PW + '\n')
-    assert rc == 0, err
+def add_user(n, name, pw=PW):
+    harness.add_user(n, name, pw)
 
 
 def mailbox(n, user):
-    p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=20)
-    try:
-        p.user(user)
-        p.pass_(PW)
-        out = []
-        for i in range(1, len(p.list()[1]) + 1):
-            out.append(b''.join(l + b'\r\n' for l in p.retr(i)[1]))
-        return out
-    finally:
-        p.quit()
+    return harness.pop3_messages(n, user, PW, timeout=20)
 
 
-def queued(n):
-    rc, out, err = n.cli('queue', 'count')
-    return int(out.strip()) if rc == 0 and out.strip().isdigit() else -1
+queued = harness.queue_count
 
 
 def send(n, sender, rcpts, body, opts=()):

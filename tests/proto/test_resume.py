@@ -140,22 +140,12 @@ class CuttingProxy:
             t.join(5)
 
 
-def add_user(n, name):
-    rc, out, err = n.cli('user', 'add', name, input=PW + '\n')
-    assert rc == 0, err
+def add_user(n, name, pw=PW):
+    harness.add_user(n, name, pw)
 
 
 def mailbox(n, user):
-    p = poplib.POP3('127.0.0.1', n.port('pop3'), timeout=60)
-    try:
-        p.user(user)
-        p.pass_(PW)
-        out = []
-        for i in range(1, len(p.list()[1]) + 1):
-            out.append(b''.join(l + b'\r\n' for l in p.retr(i)[1]))
-        return out
-    finally:
-        p.quit()
+    return harness.pop3_messages(n, user, PW, timeout=60)
 
 
 def mailbox_count(n, user):
@@ -171,9 +161,7 @@ def mailbox_count(n, user):
         p.quit()
 
 
-def queued(n):
-    rc, out, err = n.cli('queue', 'count')
-    return int(out.strip()) if rc == 0 and out.strip().isdigit() else -1
+queued = harness.queue_count
 
 
 def relay_through_cuts(name, size, cuts, a_conf=None, b_conf=None):
