@@ -895,6 +895,16 @@ MN_PRIVATE int auth_check_password(const struct store_user *u, const char *passw
 /* Spends the time of one password verification for a name that does not
  * exist, so that timing does not tell which names do (POP3, IMAP). */
 MN_PRIVATE void auth_check_no_user(const char *password);
+/* A mailbox login with a password (POP3 USER/PASS, IMAP LOGIN): 1 with *u
+ * filled when name exists, the password is right and the account is not
+ * backing off (limit.c; its failures are then forgotten); 0 when refused,
+ * at the same cost for a name that does not exist (name_ok 0: a name too
+ * long to exist); -1 when the store cannot answer. */
+MN_PRIVATE int auth_login(const char *name, int name_ok, const char *password, struct store_user *u);
+/* After a SASL exchange proved user's password: the same answers. */
+MN_PRIVATE int auth_sasl_account(const char *user, struct store_user *u);
+/* mech is one of the space-separated names in mechs (auth_mechs). */
+MN_PRIVATE int auth_mech_listed(const char *mechs, const char *mech);
 
 enum auth_result { AUTH_OK = 0, AUTH_CONTINUE = 1, AUTH_FAIL = -1, AUTH_BADMECH = -2,
                    AUTH_SYNTAX = -3, AUTH_CANCEL = -4 };
@@ -15143,6 +15153,52 @@ void auth_check_no_user(const char *password)
     auth_dummy_check(password, strnlen(password, AUTH_PW_MAX + 1));
 }
 
+int auth_login(const char *name, int name_ok, const char *password, struct store_user *u)
+{
+    int rc = name_ok ? store_user_get(name, u) : STORE_NOTFOUND;
+
+    if (rc == STORE_NOTFOUND) {
+        auth_check_no_user(password);
+        return 0;
+    }
+    if (rc)
+        return -1;
+    /* An account backing off after many failures takes no password, not
+     * even the right one; the answer is the same as for a wrong one. */
+    if (auth_check_password(u, password) != 1 || limit_account_wait(name))
+        return 0;
+    limit_auth_ok(name);
+    return 1;
+}
+
+int auth_sasl_account(const char *user, struct store_user *u)
+{
+    int rc = store_user_get(user, u);
+
+    if (rc == STORE_NOTFOUND)
+        return 0;
+    if (rc)
+        return -1;
+    if (limit_account_wait(user))
+        return 0;
+    limit_auth_ok(user);
+    return 1;
+}
+
+int auth_mech_listed(const char *mechs, const char *mech)
+{
+    size_t n = strlen(mech);
+    for (const char *p = mechs; *p;) {
+        while (*p == ' ')
+            p++;
+        size_t k = strcspn(p, " ");
+        if (k == n && !strncasecmp(p, mech, n))
+            return 1;
+        p += k;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ SASL */
 
 /* User names are stored lower case, [a-z0-9._-], at most USER_MAX. */
@@ -23062,7 +23118,7 @@ static void pop3_cmd_user(struct pop3 *s, char *arg)
 static void pop3_cmd_pass(struct pop3 *s, char *arg)
 {
     struct store_user u;
-    int rc = STORE_NOTFOUND, ok = 0;
+    int ok;
 
     if (!pop3_cleartext_ok(s)) {
         pop3_reply(s, "-ERR [AUTH] cleartext authentication disabled");
@@ -23076,40 +23132,14 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
     if (pop3_address_blocked(s))
         return;
     memset(&u, 0, sizeof u);
-    if (!s->pending_bad)
-        rc = store_user_get(s->pending, &u);
-    if (rc == 0) {
-        /* An account backing off after many failures takes no password,
-         * not even the right one; the answer is the same as for a wrong
-         * one. */
-        ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
-    } else if (rc == STORE_NOTFOUND) {
-        auth_check_no_user(arg);
-    } else {
-        pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
-        return;
-    }
-    if (ok) {
-        limit_auth_ok(s->pending);
+    ok = auth_login(s->pending, !s->pending_bad, arg, &u);
+    if (ok > 0)
         pop3_login(s, &u, "USER");
-    } else {
+    else if (!ok)
         pop3_auth_failed(s, s->pending, "USER");
-    }
+    else
+        pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
     sodium_memzero(&u, sizeof u);
-}
-
-static int pop3_mech_offered(const char *mechs, const char *mech)
-{
-    size_t n = strlen(mech);
-    for (const char *p = mechs; *p;) {
-        while (*p == ' ')
-            p++;
-        size_t k = strcspn(p, " ");
-        if (k == n && !strncasecmp(p, mech, n))
-            return 1;
-        p += k;
-    }
-    return 0;
 }
 
 static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
@@ -23126,14 +23156,10 @@ static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
         return;
     case AUTH_OK:
         memset(&u, 0, sizeof u);
-        rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0 && limit_account_wait(s->sasl.user))
-            pop3_auth_failed(s, s->sasl.user, s->mech);
-        else if (rc == 0) {
-            limit_auth_ok(s->sasl.user);
+        rc = auth_sasl_account(s->sasl.user, &u);
+        if (rc > 0)
             pop3_login(s, &u, s->mech);
-        }
-        else if (rc == STORE_NOTFOUND)
+        else if (!rc)
             pop3_auth_failed(s, s->sasl.user, s->mech);
         else
             pop3_reply(s, "-ERR [SYS/TEMP] cannot open the mailbox, try again later");
@@ -23194,8 +23220,8 @@ static void pop3_cmd_auth(struct pop3 *s, char *arg)
     util_strlcpy(s->mech, arg, sizeof s->mech);
     for (char *p = s->mech; *p; p++)
         *p = (char)toupper((unsigned char)*p);
-    if (!pop3_mech_offered(mechs, s->mech)) {
-        if (!pop3_cleartext_ok(s) && pop3_mech_offered(auth_mechs(1), s->mech))
+    if (!auth_mech_listed(mechs, s->mech)) {
+        if (!pop3_cleartext_ok(s) && auth_mech_listed(auth_mechs(1), s->mech))
             pop3_reply(s, "-ERR [AUTH] cleartext authentication disabled");
         else
             pop3_reply(s, "-ERR unsupported authentication mechanism");
@@ -27964,7 +27990,7 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
 {
     char name[USER_MAX * 4 + 1], pass[1024];
     struct store_user u;
-    int rc = STORE_NOTFOUND, ok = 0;
+    int ok;
 
     if (imap_p_sp(p) || imap_p_astring(p, name, sizeof name, NULL) || imap_p_sp(p) ||
         imap_p_astring(p, pass, sizeof pass, NULL) || imap_p_end(p)) {
@@ -27980,22 +28006,13 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
         goto out;
     util_lower(name);
     memset(&u, 0, sizeof u);
-    if (strlen(name) <= USER_MAX)
-        rc = store_user_get(name, &u);
-    if (rc == 0)    /* an account backing off takes no password (limit.c) */
-        ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
-    else if (rc == STORE_NOTFOUND)
-        auth_check_no_user(pass);
-    else {
-        imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
-        goto out;
-    }
-    if (ok) {
-        limit_auth_ok(name);
+    ok = auth_login(name, strlen(name) <= USER_MAX, pass, &u);
+    if (ok > 0)
         imap_login_ok(s, &u, "LOGIN");
-    } else {
+    else if (!ok)
         imap_auth_failed(s, name, "LOGIN");
-    }
+    else
+        imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
     sodium_memzero(&u, sizeof u);
 out:
     sodium_memzero(pass, sizeof pass);
@@ -28015,13 +28032,10 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
         return;
     case AUTH_OK:
         memset(&u, 0, sizeof u);
-        rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0 && limit_account_wait(s->sasl.user)) {
-            imap_auth_failed(s, s->sasl.user, s->mech);
-        } else if (rc == 0) {
-            limit_auth_ok(s->sasl.user);
+        rc = auth_sasl_account(s->sasl.user, &u);
+        if (rc > 0)
             imap_login_ok(s, &u, s->mech);
-        } else if (rc == STORE_NOTFOUND)
+        else if (!rc)
             imap_auth_failed(s, s->sasl.user, s->mech);
         else
             imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox, try again later");
@@ -28041,20 +28055,6 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
         break;
     }
     sodium_memzero(&s->sasl, sizeof s->sasl);
-}
-
-static int imap_mech_offered(const char *mechs, const char *mech)
-{
-    size_t n = strlen(mech);
-    for (const char *p = mechs; *p;) {
-        while (*p == ' ')
-            p++;
-        size_t k = strcspn(p, " ");
-        if (k == n && !strncasecmp(p, mech, n))
-            return 1;
-        p += k;
-    }
-    return 0;
 }
 
 static void imap_cmd_authenticate(struct imap *s, struct imap_p *p)
@@ -28081,8 +28081,8 @@ static void imap_cmd_authenticate(struct imap *s, struct imap_p *p)
     }
     for (char *q = mech; *q; q++)
         *q = (char)toupper((unsigned char)*q);
-    if (!imap_mech_offered(mechs, mech)) {
-        if (!imap_cleartext_ok(s) && imap_mech_offered(auth_mechs(1), mech))
+    if (!auth_mech_listed(mechs, mech)) {
+        if (!imap_cleartext_ok(s) && auth_mech_listed(auth_mechs(1), mech))
             imap_tagged(s, "NO [PRIVACYREQUIRED] use STARTTLS first");
         else
             imap_tagged(s, "NO unsupported authentication mechanism");

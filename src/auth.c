@@ -287,6 +287,52 @@ void auth_check_no_user(const char *password)
     auth_dummy_check(password, strnlen(password, AUTH_PW_MAX + 1));
 }
 
+int auth_login(const char *name, int name_ok, const char *password, struct store_user *u)
+{
+    int rc = name_ok ? store_user_get(name, u) : STORE_NOTFOUND;
+
+    if (rc == STORE_NOTFOUND) {
+        auth_check_no_user(password);
+        return 0;
+    }
+    if (rc)
+        return -1;
+    /* An account backing off after many failures takes no password, not
+     * even the right one; the answer is the same as for a wrong one. */
+    if (auth_check_password(u, password) != 1 || limit_account_wait(name))
+        return 0;
+    limit_auth_ok(name);
+    return 1;
+}
+
+int auth_sasl_account(const char *user, struct store_user *u)
+{
+    int rc = store_user_get(user, u);
+
+    if (rc == STORE_NOTFOUND)
+        return 0;
+    if (rc)
+        return -1;
+    if (limit_account_wait(user))
+        return 0;
+    limit_auth_ok(user);
+    return 1;
+}
+
+int auth_mech_listed(const char *mechs, const char *mech)
+{
+    size_t n = strlen(mech);
+    for (const char *p = mechs; *p;) {
+        while (*p == ' ')
+            p++;
+        size_t k = strcspn(p, " ");
+        if (k == n && !strncasecmp(p, mech, n))
+            return 1;
+        p += k;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ SASL */
 
 /* User names are stored lower case, [a-z0-9._-], at most USER_MAX. */

@@ -544,7 +544,7 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
 {
     char name[USER_MAX * 4 + 1], pass[1024];
     struct store_user u;
-    int rc = STORE_NOTFOUND, ok = 0;
+    int ok;
 
     if (imap_p_sp(p) || imap_p_astring(p, name, sizeof name, NULL) || imap_p_sp(p) ||
         imap_p_astring(p, pass, sizeof pass, NULL) || imap_p_end(p)) {
@@ -560,22 +560,13 @@ static void imap_cmd_login(struct imap *s, struct imap_p *p)
         goto out;
     util_lower(name);
     memset(&u, 0, sizeof u);
-    if (strlen(name) <= USER_MAX)
-        rc = store_user_get(name, &u);
-    if (rc == 0)    /* an account backing off takes no password (limit.c) */
-        ok = auth_check_password(&u, pass) == 1 && !limit_account_wait(name);
-    else if (rc == STORE_NOTFOUND)
-        auth_check_no_user(pass);
-    else {
-        imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
-        goto out;
-    }
-    if (ok) {
-        limit_auth_ok(name);
+    ok = auth_login(name, strlen(name) <= USER_MAX, pass, &u);
+    if (ok > 0)
         imap_login_ok(s, &u, "LOGIN");
-    } else {
+    else if (!ok)
         imap_auth_failed(s, name, "LOGIN");
-    }
+    else
+        imap_tagged(s, "NO [UNAVAILABLE] cannot check the password now, try again later");
     sodium_memzero(&u, sizeof u);
 out:
     sodium_memzero(pass, sizeof pass);
@@ -595,13 +586,10 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
         return;
     case AUTH_OK:
         memset(&u, 0, sizeof u);
-        rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0 && limit_account_wait(s->sasl.user)) {
-            imap_auth_failed(s, s->sasl.user, s->mech);
-        } else if (rc == 0) {
-            limit_auth_ok(s->sasl.user);
+        rc = auth_sasl_account(s->sasl.user, &u);
+        if (rc > 0)
             imap_login_ok(s, &u, s->mech);
-        } else if (rc == STORE_NOTFOUND)
+        else if (!rc)
             imap_auth_failed(s, s->sasl.user, s->mech);
         else
             imap_tagged(s, "NO [UNAVAILABLE] cannot open the mailbox, try again later");
@@ -621,20 +609,6 @@ static void imap_sasl_result(struct imap *s, int r, const char *out)
         break;
     }
     sodium_memzero(&s->sasl, sizeof s->sasl);
-}
-
-static int imap_mech_offered(const char *mechs, const char *mech)
-{
-    size_t n = strlen(mech);
-    for (const char *p = mechs; *p;) {
-        while (*p == ' ')
-            p++;
-        size_t k = strcspn(p, " ");
-        if (k == n && !strncasecmp(p, mech, n))
-            return 1;
-        p += k;
-    }
-    return 0;
 }
 
 static void imap_cmd_authenticate(struct imap *s, struct imap_p *p)
@@ -661,8 +635,8 @@ static void imap_cmd_authenticate(struct imap *s, struct imap_p *p)
     }
     for (char *q = mech; *q; q++)
         *q = (char)toupper((unsigned char)*q);
-    if (!imap_mech_offered(mechs, mech)) {
-        if (!imap_cleartext_ok(s) && imap_mech_offered(auth_mechs(1), mech))
+    if (!auth_mech_listed(mechs, mech)) {
+        if (!imap_cleartext_ok(s) && auth_mech_listed(auth_mechs(1), mech))
             imap_tagged(s, "NO [PRIVACYREQUIRED] use STARTTLS first");
         else
             imap_tagged(s, "NO unsupported authentication mechanism");

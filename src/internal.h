@@ -880,6 +880,16 @@ int auth_check_password(const struct store_user *u, const char *password); /* 1 
 /* Spends the time of one password verification for a name that does not
  * exist, so that timing does not tell which names do (POP3, IMAP). */
 void auth_check_no_user(const char *password);
+/* A mailbox login with a password (POP3 USER/PASS, IMAP LOGIN): 1 with *u
+ * filled when name exists, the password is right and the account is not
+ * backing off (limit.c; its failures are then forgotten); 0 when refused,
+ * at the same cost for a name that does not exist (name_ok 0: a name too
+ * long to exist); -1 when the store cannot answer. */
+int auth_login(const char *name, int name_ok, const char *password, struct store_user *u);
+/* After a SASL exchange proved user's password: the same answers. */
+int auth_sasl_account(const char *user, struct store_user *u);
+/* mech is one of the space-separated names in mechs (auth_mechs). */
+int auth_mech_listed(const char *mechs, const char *mech);
 
 enum auth_result { AUTH_OK = 0, AUTH_CONTINUE = 1, AUTH_FAIL = -1, AUTH_BADMECH = -2,
                    AUTH_SYNTAX = -3, AUTH_CANCEL = -4 };

@@ -568,7 +568,7 @@ static void pop3_cmd_user(struct pop3 *s, char *arg)
 static void pop3_cmd_pass(struct pop3 *s, char *arg)
 {
     struct store_user u;
-    int rc = STORE_NOTFOUND, ok = 0;
+    int ok;
 
     if (!pop3_cleartext_ok(s)) {
         pop3_reply(s, "-ERR [AUTH] cleartext authentication disabled");
@@ -582,40 +582,14 @@ static void pop3_cmd_pass(struct pop3 *s, char *arg)
     if (pop3_address_blocked(s))
         return;
     memset(&u, 0, sizeof u);
-    if (!s->pending_bad)
-        rc = store_user_get(s->pending, &u);
-    if (rc == 0) {
-        /* An account backing off after many failures takes no password,
-         * not even the right one; the answer is the same as for a wrong
-         * one. */
-        ok = auth_check_password(&u, arg) == 1 && !limit_account_wait(s->pending);
-    } else if (rc == STORE_NOTFOUND) {
-        auth_check_no_user(arg);
-    } else {
-        pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
-        return;
-    }
-    if (ok) {
-        limit_auth_ok(s->pending);
+    ok = auth_login(s->pending, !s->pending_bad, arg, &u);
+    if (ok > 0)
         pop3_login(s, &u, "USER");
-    } else {
+    else if (!ok)
         pop3_auth_failed(s, s->pending, "USER");
-    }
+    else
+        pop3_reply(s, "-ERR [SYS/TEMP] cannot check the password now, try again later");
     sodium_memzero(&u, sizeof u);
-}
-
-static int pop3_mech_offered(const char *mechs, const char *mech)
-{
-    size_t n = strlen(mech);
-    for (const char *p = mechs; *p;) {
-        while (*p == ' ')
-            p++;
-        size_t k = strcspn(p, " ");
-        if (k == n && !strncasecmp(p, mech, n))
-            return 1;
-        p += k;
-    }
-    return 0;
 }
 
 static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
@@ -632,14 +606,10 @@ static void pop3_sasl_result(struct pop3 *s, int r, const char *out)
         return;
     case AUTH_OK:
         memset(&u, 0, sizeof u);
-        rc = store_user_get(s->sasl.user, &u);
-        if (rc == 0 && limit_account_wait(s->sasl.user))
-            pop3_auth_failed(s, s->sasl.user, s->mech);
-        else if (rc == 0) {
-            limit_auth_ok(s->sasl.user);
+        rc = auth_sasl_account(s->sasl.user, &u);
+        if (rc > 0)
             pop3_login(s, &u, s->mech);
-        }
-        else if (rc == STORE_NOTFOUND)
+        else if (!rc)
             pop3_auth_failed(s, s->sasl.user, s->mech);
         else
             pop3_reply(s, "-ERR [SYS/TEMP] cannot open the mailbox, try again later");
@@ -700,8 +670,8 @@ static void pop3_cmd_auth(struct pop3 *s, char *arg)
     util_strlcpy(s->mech, arg, sizeof s->mech);
     for (char *p = s->mech; *p; p++)
         *p = (char)toupper((unsigned char)*p);
-    if (!pop3_mech_offered(mechs, s->mech)) {
-        if (!pop3_cleartext_ok(s) && pop3_mech_offered(auth_mechs(1), s->mech))
+    if (!auth_mech_listed(mechs, s->mech)) {
+        if (!pop3_cleartext_ok(s) && auth_mech_listed(auth_mechs(1), s->mech))
             pop3_reply(s, "-ERR [AUTH] cleartext authentication disabled");
         else
             pop3_reply(s, "-ERR unsupported authentication mechanism");
