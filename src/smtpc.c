@@ -545,6 +545,13 @@ static void write_current(struct smtpc *s)
         case W_DATACMD:
             if (s->caps.chunking && f->resume && !f->mail_code)
                 return;                 /* how much the peer holds comes with it */
+            if (f->resume && f->mail_code / 100 != 2) {
+                /* MAIL was refused and its recipients have their outcome:
+                 * the body it waited for is owed to nobody. */
+                cmd(s, E_RSET, s->wslot, 2, "RSET");
+                smtpc_wenter(s, W_END);
+                continue;
+            }
             if (s->caps.chunking) {
                 if (f->convert && convert_size(f, &f->wire_size)) {
                     /* Cannot be made 7-bit: the recipients fail (RFC 6152 3)
@@ -892,6 +899,9 @@ static void on_reply(struct smtpc *s, int code, const char *text)
         if (idx == 1) {                 /* the message that could not be converted */
             struct flight *f = slot_flight(s, slot);
             finish_accepted(s, f, 554, "554 5.6.3 conversion to 7 bit required but not possible");
+            retire_head(s);
+            pump(s);
+        } else if (idx == 2) {          /* a resumable message whose MAIL was refused */
             retire_head(s);
             pump(s);
         }

@@ -243,6 +243,108 @@ def without_resume_everything_again():
     check('noresume_never_asked', 'XRESUME' not in alog and 'resuming at' not in alog)
 
 
+class RefusingPeer:
+    """A peer that offers XRESUME and CHUNKING and refuses every MAIL;
+    it counts the octets that follow (a BDAT and its body)."""
+
+    def __init__(self):
+        self.ls = socket.socket()
+        self.ls.bind(('127.0.0.1', 0))
+        self.ls.listen(4)
+        self.ls.settimeout(0.2)
+        self.port = self.ls.getsockname()[1]
+        self.stop = threading.Event()
+        self.mails = self.bdats = self.rsets = self.octets_after_mail = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                self.serve(c)
+            except OSError:
+                pass
+            finally:
+                c.close()
+
+    def serve(self, c):
+        c.settimeout(30)
+        f = c.makefile('rb')
+        c.sendall(b'220 refusing.test ESMTP\r\n')
+        while True:
+            line = f.readline(4096)
+            if not line:
+                return
+            if self.mails:
+                self.octets_after_mail += len(line)
+            verb = line.split(b' ', 1)[0].strip().upper()
+            if verb == b'EHLO':
+                c.sendall(b'250-refusing.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n'
+                          b'250-8BITMIME\r\n250-XRESUME\r\n250 SIZE 0\r\n')
+            elif verb == b'MAIL':
+                self.mails += 1
+                c.sendall(b'550 5.7.1 Sender refused\r\n')
+            elif verb == b'RCPT':
+                c.sendall(b'503 5.5.1 MAIL first\r\n')
+            elif verb == b'BDAT':
+                self.bdats += 1
+                n = int(line.split()[1])
+                while n > 0:
+                    d = f.read(min(n, 65536))
+                    if not d:
+                        return
+                    n -= len(d)
+                    self.octets_after_mail += len(d)
+                c.sendall(b'503 5.5.1 MAIL first\r\n')
+            elif verb == b'RSET':
+                self.rsets += 1
+                c.sendall(b'250 2.0.0 Ok\r\n')
+            elif verb == b'QUIT':
+                c.sendall(b'221 2.0.0 Bye\r\n')
+                return
+            else:
+                c.sendall(b'502 5.5.1 Not here\r\n')
+
+    def close(self):
+        self.stop.set()
+        self.ls.close()
+        self.thread.join(5)
+
+
+@test
+def refused_mail_sends_no_body():
+    """A resumable message waits for MAIL's reply before its BDAT; when MAIL
+    is refused, no body follows, only RSET."""
+    size = 300 * 1024
+    body = text_mail(size, size)
+    peer = RefusingPeer()
+    a = None
+    try:
+        a = Node(conf={'relayhost': '127.0.0.1:%d' % peer.port, 'retry.initial': '1h',
+                       'local_domains': 'field.test', 'compress': 'no'}, name='a')
+        add_user(a, 'ops')
+        s = a.smtp(timeout=60)
+        s.sendmail('ops@field.test', ['bob@example.test'], body)
+        s.quit()
+        check('refused_bounced', wait_until(lambda: len(harness.pop3_messages(a, 'ops', PW)) == 1,
+                                            timeout=60), a.log()[-1500:])
+        harness.diag('refused MAIL: %d MAIL, %d BDAT, %d RSET, %d octets after MAIL' %
+                     (peer.mails, peer.bdats, peer.rsets, peer.octets_after_mail))
+        check('refused_mail_seen', peer.mails == 1, peer.mails)
+        check('refused_no_bdat', peer.bdats == 0, peer.bdats)
+        check('refused_no_body_sent', peer.octets_after_mail < 1024, peer.octets_after_mail)
+    finally:
+        if a:
+            a.close()
+        peer.close()
+
+
 # ------------------------------------------------------------ raw client
 
 def tid_for(data, qid='QIDTEST1', rd='0123456789abcdef'):
