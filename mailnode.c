@@ -34790,7 +34790,10 @@ static int imp_route(struct imp *m, size_t *nroutes, struct dsn_rcpt *fails, cha
     return 0;
 }
 
-/* RFC 3464 failure notification to the original sender. */
+/* RFC 3464 failure notification to the original sender.  A message with
+ * the null reverse-path gets none (RFC 5321 4.5.5); its failure goes to
+ * the postmaster as a double bounce, marked as such, as queue_deliver.c
+ * does for the queue, so that it is neither lost in silence nor answered. */
 static int imp_bounce(struct imp *m, const struct dsn_rcpt *fails, size_t n)
 {
     struct dsn_info info;
@@ -34799,12 +34802,23 @@ static int imp_bounce(struct imp *m, const struct dsn_rcpt *fails, size_t n)
     struct store_body *b;
     struct addr a;
     size_t nb = 0;
-    int rc;
+    int rc, dbl = !m->env->sender[0];
+    char to[ADDR_MAX];
 
-    if (!n || !m->env->sender[0])
-        return 0;               /* never a notification about a notification */
-    if (addr_parse_mailbox(m->env->sender, &a) || queue_route(&a, back, MN_NELEM(back), &nb) || !nb)
+    if (!n)
         return 0;
+    if (dbl) {
+        memset(&a, 0, sizeof a);
+        util_strlcpy(a.local, "postmaster", sizeof a.local);
+        util_strlcpy(a.full, "postmaster", sizeof a.full);
+    } else if (addr_parse_mailbox(m->env->sender, &a)) {
+        return 0;
+    }
+    if (queue_route(&a, back, MN_NELEM(back), &nb) || !nb) {
+        log_warn("%s: no notification: %s <%s> cannot be reached", m->qid, dbl ? "postmaster" : "sender",
+                 a.full);
+        return 0;
+    }
     memset(&info, 0, sizeof info);
     info.qid = m->qid;
     info.sender = m->env->sender;
@@ -34814,12 +34828,19 @@ static int imp_bounce(struct imp *m, const struct dsn_rcpt *fails, size_t n)
     info.body_id = m->b->id;
     info.rcpts = fails;
     info.n = n;
+    if (dbl) {
+        snprintf(to, sizeof to, "postmaster@%s", conf->hostname);
+        info.to = to;
+        info.double_bounce = 1;
+        info.ret_full = 1;
+        info.envid = NULL;
+    }
     if (!(b = store_body_new()))
         return STORE_ERR;
     memset(&env, 0, sizeof env);
     util_qid(env.qid);
     env.sender = "";
-    env.client = "local";
+    env.client = dbl ? STORE_DOUBLE_BOUNCE : "local";
     rc = dsn_write(&info, b);
     if (!rc)
         rc = store_body_finish(b);

@@ -219,6 +219,26 @@ def volumes_any_order():
               q(a, 'SELECT count(*) FROM bundle_transit')[0][0] == n, err)
 
 
+@test
+def null_sender_failure_to_postmaster():
+    """A notification (null reverse-path) that cannot be delivered after
+    import goes to the postmaster as a double bounce, never in silence."""
+    a, b = pair()
+    with a, b:
+        text = 'From: MAILER-DAEMON@a.test\nTo: nosuch@b.test\nSubject: a notice\n\nReport.\n'
+        cli_ok(a, 'sendmail', '-f', '<>', 'nosuch@b.test', input=text)
+        check('null_queued_on_a', queued(a) == 1, str(queued(a)))
+        bdir = a.path('out')
+        os.mkdir(bdir)
+        path = os.path.join(bdir, 'n.mnb')
+        export(a, path)
+        out, err = cli_ok(b, 'bundle', 'import', path)
+        rows = q(b, "SELECT count(*) FROM mbox")
+        check('null_double_bounce_kept', rows[0][0] == 1, '%s; %s %s' % (rows, out, err[-500:]))
+        texts = q(b, "SELECT m.sender FROM message m")
+        check('null_double_bounce_null_sender', all(t[0] == '' for t in texts), str(texts))
+
+
 def tamper(src, dst, fn):
     with open(src, 'rb') as f:
         data = bytearray(f.read())
