@@ -20,14 +20,6 @@ static const char *fuzz_msgs[] = {
     "Subject: no final line end\r\n\r\nline 1\r\nline 2",
 };
 
-static void fuzz_fill_mbox(void)
-{
-    if (fuzz_mbox_count() >= MN_NELEM(fuzz_msgs))
-        return;
-    for (size_t i = 0; i < MN_NELEM(fuzz_msgs); i++)
-        fuzz_mbox_add(fuzz_msgs[i]);
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     MN_UNUSED(argc);
@@ -37,7 +29,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (loop_init())
         fuzz_die("loop_init");
     fuzz_store_open();
-    fuzz_fill_mbox();
+    fuzz_mbox_fill(fuzz_msgs, MN_NELEM(fuzz_msgs));
     return 0;
 }
 
@@ -79,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (++runs % 4096 == 0)
         fuzz_store_reset();
     fuzz_mime(data, size);
-    fuzz_fill_mbox();
+    fuzz_mbox_fill(fuzz_msgs, MN_NELEM(fuzz_msgs));
     fuzz_session(data, size, imap_accept, LISTEN_IMAP);
     store_turn_end();
     return 0;

@@ -18,14 +18,6 @@ static const char *fuzz_msgs[] = {
     "b\r\nc\r\nd\r\ne\r\nf\r\n",
 };
 
-static void fuzz_fill_mbox(void)
-{
-    if (fuzz_mbox_count() >= MN_NELEM(fuzz_msgs))
-        return;
-    for (size_t i = 0; i < MN_NELEM(fuzz_msgs); i++)
-        fuzz_mbox_add(fuzz_msgs[i]);
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     MN_UNUSED(argc);
@@ -35,7 +27,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (loop_init())
         fuzz_die("loop_init");
     fuzz_store_open();
-    fuzz_fill_mbox();
+    fuzz_mbox_fill(fuzz_msgs, MN_NELEM(fuzz_msgs));
     return 0;
 }
 
@@ -45,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (++runs % 4096 == 0)
         fuzz_store_reset();
-    fuzz_fill_mbox();
+    fuzz_mbox_fill(fuzz_msgs, MN_NELEM(fuzz_msgs));
     fuzz_session(data, size, pop3_accept, LISTEN_POP3);
     /* The maildrop lock dies with the session. */
     if (pop3_locks.n)
