@@ -245,6 +245,7 @@ struct conn {
     int64_t deadline;                   /* monotonic ms; 0 = none */
     int64_t idle_ms;                    /* conn_set_timeout: moved on by every octet that moves */
     uint64_t moved_seen;                /* the kernel's octet counters at the last look (pace.c) */
+    int64_t moved_at;                   /* monotonic ms of that look */
     unsigned paused : 1;                /* do not deliver input (waiting for commit) */
     unsigned want_drain : 1;            /* call on_drain when output drains */
     unsigned closing : 1;               /* close once output is flushed */
@@ -254,12 +255,14 @@ struct conn {
     unsigned connecting : 1;            /* outbound connect in progress */
     unsigned lingering : 1;             /* output sent, half-closed, draining input */
     unsigned drain_due : 1;             /* on_drain at the end of the turn (output went out at once) */
+    unsigned write_due : 1;             /* on the end-of-turn write list (loop.c) */
     uint32_t events;                    /* epoll events registered */
     struct sockaddr_storage peer;
     char peer_ip[64];
     int peer_loopback;
     struct conn *next, *prev;
     struct conn *kick_next;
+    struct conn *write_next;
     void *tls;                          /* SSL *, when TLS is on */
     void *zio;                          /* struct zio, when COMPRESS is on (zio.c) */
 };

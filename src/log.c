@@ -3,6 +3,7 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
 #include <string.h>
 #include <syslog.h>
 #include <time.h>
@@ -13,6 +14,14 @@
 static int log_syslog;
 static int log_level = LOG_INFO;
 static const char *log_ident = "mailnode";
+/* Every stderr line names the process; getpid is a system call each time,
+ * so the number is kept, and forgotten in a child after fork. */
+static pid_t log_pid;
+
+static void log_forget_pid(void)
+{
+    log_pid = 0;
+}
 
 #ifndef _PATH_LOG
 #define _PATH_LOG "/dev/log"
@@ -83,6 +92,13 @@ void log_msg(int level, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     localtime_r(&ts.tv_sec, &tm);
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!log_pid) {
+        static int hooked;
+        if (!hooked)
+            hooked = pthread_atfork(NULL, NULL, log_forget_pid) == 0;
+        if (hooked)
+            log_pid = getpid();
+    }
     fprintf(stderr, "%s.%03ld %s[%ld] %s: %s\n", stamp, ts.tv_nsec / 1000000, log_ident,
-            (long)getpid(), names[level & 7], line);
+            (long)(log_pid ? log_pid : getpid()), names[level & 7], line);
 }

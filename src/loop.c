@@ -38,6 +38,8 @@ static struct {
     struct conn *conns;                 /* live connections */
     struct conn *dead;                  /* closed this turn, freed at its end */
     struct conn *kicked;                /* on_input to run at the end of the turn */
+    struct conn *writes;                /* output to write at the end of the turn */
+    struct conn *writing;               /* the one conn_flush_turn is writing now */
     int n_conns;
     struct timer **heap;
     int heap_len, heap_cap;
@@ -190,6 +192,17 @@ static void conn_update_events(struct conn *c)
         if ((ev & EPOLLIN) && tls_io_pending(c))
             conn_kick(c);
         ev = conn_tls_events(c, ev);
+    } else if ((ev & EPOLLOUT) && !(c->events & EPOLLOUT) && c != L.writing) {
+        /* New output is written at the end of the turn, when every reply
+         * of the turn is in the buffer; the socket is watched for room
+         * only when that write leaves some behind.  A reply costs one
+         * send instead of two epoll_ctl calls and a wakeup more. */
+        ev &= ~(uint32_t)EPOLLOUT;
+        if (!c->write_due) {
+            c->write_due = 1;
+            c->write_next = L.writes;
+            L.writes = c;
+        }
     }
 set:
     if (ev != c->events) {
@@ -418,10 +431,17 @@ void conn_kick(struct conn *c)
 
 void conn_set_timeout(struct conn *c, int64_t ms)
 {
-    if (ms > 0 && !c->connecting)
+    int64_t now = util_now_ms();
+    /* A session re-arms its timer at every command: the kernel's counters
+     * (a system call) are read again only after a second, or for a new
+     * length.  A stale look can only lengthen one idle period, never cut
+     * a session that moves. */
+    if (ms > 0 && !c->connecting && (ms != c->idle_ms || now - c->moved_at >= 1000)) {
         c->moved_seen = pace_moved(c->fd);
+        c->moved_at = now;
+    }
     c->idle_ms = ms > 0 ? ms : 0;
-    c->deadline = ms > 0 ? util_now_ms() + ms : 0;
+    c->deadline = ms > 0 ? now + ms : 0;
 }
 
 /* Octets moved: the idle timeout starts again (a lingering close keeps
@@ -464,11 +484,16 @@ static void conn_readable(struct conn *c)
         return;
     }
     while (c->in_len < c->in_cap) {
-        ssize_t r = c->zio ? zio_io_read(c, c->in + c->in_len, c->in_cap - c->in_len)
-                           : conn_raw_read(c, c->in + c->in_len, c->in_cap - c->in_len);
+        size_t room = c->in_cap - c->in_len;
+        ssize_t r = c->zio ? zio_io_read(c, c->in + c->in_len, room) : conn_raw_read(c, c->in + c->in_len, room);
         if (r > 0) {
             c->in_len += (size_t)r;
             conn_progress(c);
+            /* A plain socket that gave less than asked for is empty: the
+             * next read would only say EAGAIN (epoll is level-triggered,
+             * so what arrives meanwhile, or the end, is seen next turn). */
+            if ((size_t)r < room && !c->zio && !c->tls)
+                break;
             continue;
         }
         if (r == 0) {
@@ -592,6 +617,26 @@ static void run_kicked(void)
     }
 }
 
+/* The end-of-turn writes (conn_update_events).  What a write leaves
+ * behind is watched with EPOLLOUT from here on; output a handler adds
+ * meanwhile to another connection joins the list. */
+static void conn_flush_turn(void)
+{
+    while (L.writes) {
+        struct conn *c = L.writes;
+        L.writes = c->write_next;
+        c->write_due = 0;
+        if (c->dead)
+            continue;
+        L.writing = c;
+        if (c->tls || c->connecting || c->lingering)
+            conn_update_events(c);
+        else if (conn_out_pending(c))
+            conn_writable(c);
+        L.writing = NULL;
+    }
+}
+
 static void free_dead(void)
 {
     while (L.dead) {
@@ -623,6 +668,7 @@ static void check_deadlines(int64_t now)
                 uint64_t moved = pace_moved(c->fd);
                 if (moved != c->moved_seen) {
                     c->moved_seen = moved;
+                    c->moved_at = now;
                     c->deadline = now + c->idle_ms;
                     continue;
                 }
@@ -1008,6 +1054,7 @@ int loop_run(void)
             if (!L.kicked)
                 break;
         }
+        conn_flush_turn();
         free_dead();
     }
     return 0;
@@ -1020,6 +1067,7 @@ void loop_free(void)
         next = c->next;
         conn_abort(c);
     }
+    L.writes = NULL;
     free_dead();
     loop_close_listeners();
     tls_free();
