@@ -93,9 +93,13 @@ ifneq ($(filter arm-% armv7% armhf%,$(CROSS)),)
 CROSS_DEFS := -D_FILE_OFFSET_BITS=64 -D_TIME_BITS=64
 endif
 # How to run the target's programs here: qemu-user with the target's
-# libraries, for the tests (tests/cross/run).
+# libraries, for the tests (tests/cross/run).  The dynamic loader comes
+# from the cross sysroot (-L), so the C library must too: the target's
+# multiarch libc6 (pulled in by libsodium23:arch) may be another build, and
+# a loader with a foreign libc.so.6 breaks at start ("stack smashing
+# detected" on s390x).  LD_LIBRARY_PATH puts the sysroot's lib/ first.
 QEMU_ARCH  := $(patsubst arm,arm,$(firstword $(subst -, ,$(CROSS))))
-CROSS_EXEC := qemu-$(QEMU_ARCH)-static -L /usr/$(CROSS)
+CROSS_EXEC := qemu-$(QEMU_ARCH)-static -L /usr/$(CROSS) -E LD_LIBRARY_PATH=/usr/$(CROSS)/lib
 endif
 
 # --- configuration --------------------------------------------------------
