@@ -18,9 +18,8 @@ sys.path.insert(0, os.path.join(ROOT, 'tests', 'proto'))
 import harness                       # noqa: E402
 from harness import free_ports, wait_until   # noqa: E402
 
-OUT = sys.argv[1]
-TRIPLETS = sys.argv[2:]
-BIN = os.path.join(OUT, 'bin')
+OUT = BIN = None                     # set by main(); footprint_vm.py imports this
+TRIPLETS = []
 QEMU = {'aarch64-linux-gnu': 'qemu-aarch64-static', 'arm-linux-gnueabihf': 'qemu-arm-static'}
 SESSIONS = 50
 SETTLE = 3.0                        # seconds idle before reading RSS
@@ -229,6 +228,9 @@ def mb(n):
 
 
 def main():
+    global OUT, BIN, TRIPLETS
+    OUT, TRIPLETS = sys.argv[1], sys.argv[2:]
+    BIN = os.path.join(OUT, 'bin')
     print('mailnode footprint (%s; shared 2-core machine, other work running: '
           'sizes and RSS are not timing)' % time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     print()
