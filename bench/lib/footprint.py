@@ -107,16 +107,27 @@ def make_cert(d):
 
 
 def sessions(port, n):
+    """n SMTP sessions past EHLO; an error if the server refuses one."""
     socks = []
-    for _ in range(n):
-        s = socket.create_connection(('127.0.0.1', port), timeout=30)
-        s.recv(512)
-        s.sendall(b'EHLO bench.test\r\n')
-        data = b''
-        deadline = time.monotonic() + 30
-        while b'250 ' not in data and time.monotonic() < deadline:
-            data += s.recv(4096)
-        socks.append(s)
+    try:
+        for i in range(n):
+            s = socket.create_connection(('127.0.0.1', port), timeout=30)
+            socks.append(s)
+            banner = s.recv(512)
+            if not banner.startswith(b'220'):
+                raise OSError('session %d refused: %r' % (i + 1, banner[:80]))
+            s.sendall(b'EHLO bench.test\r\n')
+            data = b''
+            deadline = time.monotonic() + 30
+            while b'250 ' not in data and time.monotonic() < deadline:
+                more = s.recv(4096)
+                if not more:
+                    raise OSError('session %d closed after EHLO: %r' % (i + 1, data[:80]))
+                data += more
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
     return socks
 
 

@@ -69,7 +69,7 @@ def main():
     deadline = start + float(timeout)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    idle, busy, notes = {}, {}, []
+    idle, busy, notes, mbed = {}, {}, [], None
     kernel_line, booted, socks, ended = None, None, [], False
     try:
         with open(console, 'wb') as log:
@@ -116,17 +116,26 @@ def main():
     print('%s on a real kernel: Linux %s %s, %d MB RAM (%s, TCG; booted in %.0f s)'
           % (arch, kernel_line[0], kernel_line[1], int(kernel_line[2]) // 1024,
              qemu + ' ' + machine, booted))
-    print('%-38s %9s %10s %10s %10s %10s %12s %10s' % ('build', 'size', 'idle RSS', 'idle HWM',
-                                                     'idle PSS', 'anon', 'RSS 50 sess',
-                                                     'anon 50'))
-    for name in sorted(idle, key=lambda n: [os.path.basename(b) for b in binaries].index(n)
-                       if n in sizes else 99):
-        rss, hwm, _, pss, anon = idle[name]
+    print('RSS: smaps_rollup, counted over the page tables; VmRSS and VmHWM: the kernel\'s'
+          ' counters (Linux 6.1 adds a thread\'s faults to them in batches, so they')
+    print('may lag RSS by up to 64 pages); "50 sess": with %d SMTP sessions open past EHLO.'
+          % SESSIONS)
+    print('%-38s %9s %10s %10s %10s %10s %10s %11s %11s %10s'
+          % ('build', 'size', 'idle RSS', 'idle PSS', 'anon', 'VmRSS', 'VmHWM',
+             'RSS 50 sess', 'VmRSS 50', 'anon 50'))
+    order = [os.path.basename(b) for b in binaries]
+    for name in sorted(idle, key=lambda n: order.index(n) if n in order else len(order)):
+        vmrss, hwm, rss, pss, anon = idle[name]
         b = busy.get(name)
-        print('%-38s %9s %7d kB %7d kB %7d kB %7d kB %9s kB %7s kB%s'
-              % (name, '%.2f MB' % (sizes.get(name, 0) / 1e6), rss, hwm, pss, anon,
-                 b[0] if b else '-', b[4] if b else '-',
+        print('%-38s %9s %7d kB %7d kB %7d kB %7d kB %7d kB %8s kB %8s kB %7s kB%s'
+              % (name, '%.2f MB' % (sizes.get(name, 0) / 1e6), rss, pss, anon, vmrss, hwm,
+                 b[2] if b else '-', b[0] if b else '-', b[4] if b else '-',
                  '' if not b or b[5] >= SESSIONS else '  (only %d sessions established)' % b[5]))
+        if name.endswith('-mbedtls'):
+            mbed = (name, rss)
+    if mbed:
+        print('idle RSS of %s: %d kB = %.2f MiB = %.2f MB'
+              % (mbed[0], mbed[1], mbed[1] / 1024.0, mbed[1] * 1024 / 1e6))
     for n in notes:
         print('  note: %s' % n)
     if not ended:
