@@ -6,13 +6,14 @@
 #
 # Boots Debian's own kernel for ARCH (linux-image-*-cloud-arm64 under
 # `qemu-system-aarch64 -M virt -cpu cortex-a53 -m 256`, linux-image-*-armmp
-# under `qemu-system-arm -M virt -cpu cortex-a15 -m 256`) with an initramfs
-# holding busybox (busybox-static), the BINARYs, a TLS certificate and the
-# virtio network modules.  Its /init starts each BINARY in turn as
-# `mailnode run` in the state bench/lib/footprint.py measures on x86-64
-# (SMTP, submission and POP3 listening, TLS configured with the
-# certificate unless the name ends in -none, a fresh database), waits a few
-# seconds, prints the daemon's VmRSS and VmHWM (/proc/PID/status) and Rss,
+# under `qemu-system-arm -M virt,highmem=off -cpu cortex-a15 -m 256`: a
+# 32-bit kernel without LPAE cannot reach the PCI window above 4 GB) with
+# an initramfs holding busybox (busybox-static), the BINARYs, a TLS
+# certificate and the virtio network modules.  Its /init starts each
+# BINARY in turn as `mailnode run` in the state bench/lib/footprint.py
+# measures on x86-64 (SMTP, submission and POP3 listening, TLS configured
+# with the certificate unless the name ends in -none, a fresh database),
+# waits a few seconds, prints the daemon's VmRSS and VmHWM (/proc/PID/status) and Rss,
 # Pss and Anonymous (/proc/PID/smaps_rollup), then the same with 50 SMTP
 # sessions open (each past EHLO, opened from this host through qemu's user
 # network: hostfwd on 127.0.0.1 only, nothing leaves the machine).  These
@@ -35,7 +36,7 @@ shift
 
 case $ARCH in
 arm64) kpkg=linux-image-cloud-arm64 qemu=qemu-system-aarch64 machine="-M virt -cpu cortex-a53" ;;
-armhf) kpkg=linux-image-armmp qemu=qemu-system-arm machine="-M virt -cpu cortex-a15" ;;
+armhf) kpkg=linux-image-armmp qemu=qemu-system-arm machine="-M virt,highmem=off -cpu cortex-a15" ;;
 *) echo "footprint-system.sh: ARCH is arm64 or armhf, not $ARCH" >&2; exit 2 ;;
 esac
 for t in "$qemu" cpio gzip openssl apt-get dpkg-deb; do
@@ -127,8 +128,14 @@ for m in $(cat /etc/modules); do insmod /lib/fp/$m.ko || echo "FP warn insmod $m
 ip link set lo up
 n=0
 while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0
+net=1
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up
+    ip addr add 10.0.2.15/24 dev eth0
+else
+    net=0
+    echo "FP warn no network device: idle figures only"
+fi
 echo "FP kernel $(uname -r) $(uname -m) $(awk '/MemTotal/ { print $2 }' /proc/meminfo)"
 
 # listening PORTHEX : a socket in LISTEN on that port (IPv4 or IPv6)
@@ -168,6 +175,7 @@ for b in /mn/*; do
     fi
     sleep 3
     echo "FP idle $name $(figures $pid)"
+    if [ $net = 0 ]; then kill -9 $pid; wait $pid; continue; fi
     # the host opens the sessions, then connects to port 2600 to say so
     nc -l -p 2600 </dev/null >/dev/null 2>&1 &
     nc=$!

@@ -116,10 +116,9 @@ def main():
     print('%s on a real kernel: Linux %s %s, %d MB RAM (%s, TCG; booted in %.0f s)'
           % (arch, kernel_line[0], kernel_line[1], int(kernel_line[2]) // 1024,
              qemu + ' ' + machine, booted))
-    print('RSS: smaps_rollup, counted over the page tables; VmRSS and VmHWM: the kernel\'s'
-          ' counters (Linux 6.1 adds a thread\'s faults to them in batches, so they')
-    print('may lag RSS by up to 64 pages); "50 sess": with %d SMTP sessions open past EHLO.'
-          % SESSIONS)
+    print('RSS: smaps_rollup, counted over the page tables; VmRSS and VmHWM: the kernel\'s counters')
+    print('(Linux 6.1 adds a thread\'s faults to them in batches, so they may lag RSS by up to')
+    print('64 pages); "50 sess": with %d SMTP sessions open past EHLO.' % SESSIONS)
     print('%-38s %9s %10s %10s %10s %10s %10s %11s %11s %10s'
           % ('build', 'size', 'idle RSS', 'idle PSS', 'anon', 'VmRSS', 'VmHWM',
              'RSS 50 sess', 'VmRSS 50', 'anon 50'))
