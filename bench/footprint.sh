@@ -9,6 +9,7 @@
 #   FOOTPRINT_SYSTEM=1            the ARM static builds on a real ARM kernel
 #                                 (bench/footprint-system.sh; 0: skip)
 #   FOOTPRINT_STORE=1000          messages for the bytes-written phase (0: skip)
+#   FOOTPRINT_STORE_REPS=3        its repetitions (the mean is compared)
 #
 # Prints, per build: the file size, the idle daemon's RSS and PSS (VmRSS,
 # smaps_rollup) a few seconds after start with TLS configured (a
@@ -87,8 +88,8 @@ fi
 
 if [ "${FOOTPRINT_STORE:-1000}" -gt 0 ]; then
     echo
-    echo "bytes written per accepted message (bench/store.sh, phase local, ${FOOTPRINT_STORE:-1000} x 1 KiB):"
-    PHASES=local LOCAL=${FOOTPRINT_STORE:-1000} SERVERS="mailnode postfix" \
-        MAILNODE=$BIN/x86_64-dynamic-openssl OUT=$OUT/store \
+    echo "bytes written per accepted message (bench/store.sh, phase local, ${FOOTPRINT_STORE:-1000} x 1 KiB, ${FOOTPRINT_STORE_REPS:-3} runs each):"
+    PHASES=local LOCAL=${FOOTPRINT_STORE:-1000} REPS=${FOOTPRINT_STORE_REPS:-3} SERVERS="mailnode postfix" \
+        MAILNODE=$BIN/x86_64-dynamic-openssl OUT=$OUT/store BASE_PORT=${STORE_BASE_PORT:-25930} \
         bash "$ROOT/bench/store.sh" | grep -E '^  local|^local:|failed|only'
 fi

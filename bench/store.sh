@@ -196,12 +196,18 @@ pf_queued() { find "$MNT/queue/incoming" "$MNT/queue/active" "$MNT/queue/deferre
 
 bin_of() { case $1 in mailnode) echo "$MAILNODE" ;; mailnode-old) echo "$OLD" ;; esac; }
 fsyncs() { stat -c %s "$WORK/fsyncs" 2>/dev/null || echo 0; }
-wait_for() {   # CMD... : until it succeeds, at most TIMEOUT s
+wait_for() {   # CMD... : until it succeeds, at most TIMEOUT s (CMD runs each time)
     local end=$((SECONDS + TIMEOUT))
     while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.05; done
     return 1
 }
 all_sunk() { [ "$(sink_count)" -ge "$1" ]; }
+# predicates for wait_for: each call counts again
+pf_empty() { [ "$(pf_queued)" -eq 0 ]; }
+pf_deferred() { [ "$(find "$MNT/queue/deferred" -type f | wc -l)" -ge "$1" ]; }
+pf_all_stored() { [ "$(pf_stored)" -ge "$1" ]; }
+mn_empty() { [ "$(mn_queued "$1")" -eq 0 ]; }
+mn_holds() { [ "$(mn_queued "$1")" -ge "$2" ]; }
 record() {   # PHASE SERVER SIZE REP MSGS BYTES PROCW FSYNCS SECS
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" \
         "$(( $6 / $5 ))" "$7" "$8" "$9" >> "$TSV"
@@ -223,9 +229,9 @@ relay_one() {   # SERVER SIZE REP
         -t rcpt@remote.test "127.0.0.1:$SRV_PORT" >"$WORK/source.log" 2>&1
     wait_for all_sunk "$MSGS" || say "  $srv: the sink has only $(sink_count) of $MSGS"
     if [ "$srv" = postfix ]; then
-        wait_for test "$(pf_queued)" -eq 0
+        wait_for pf_empty
     else
-        wait_for test "$(mn_queued "$(bin_of "$srv")")" -eq 0
+        wait_for mn_empty "$(bin_of "$srv")"
         w=$(proc_wbytes "$SRV_PID")
     fi
     t1=$(date +%s.%N)
@@ -250,9 +256,9 @@ drain_one() {   # SERVER REP
     timeout "$TIMEOUT" "$SMTP_SOURCE" -s "$CONC" -m "$DRAIN" -l 1024 -f from@example.com \
         -t rcpt@remote.test "127.0.0.1:$SRV_PORT" >"$WORK/source.log" 2>&1
     if [ "$srv" = postfix ]; then
-        wait_for test "$(find "$MNT/queue/deferred" -type f | wc -l)" -ge "$DRAIN"
+        wait_for pf_deferred "$DRAIN"
     else
-        wait_for test "$(mn_queued "$bin")" -ge "$DRAIN"
+        wait_for mn_holds "$bin" "$DRAIN"
         sleep 1                               # the first (failed) attempt is over
     fi
     sink_up_counting || return 1
@@ -264,7 +270,7 @@ drain_one() {   # SERVER REP
     fi
     wait_for all_sunk "$DRAIN" || say "  $srv: the sink has only $(sink_count) of $DRAIN"
     t1=$(date +%s.%N)
-    if [ "$srv" = postfix ]; then wait_for test "$(pf_queued)" -eq 0; else wait_for test "$(mn_queued "$bin")" -eq 0; fi
+    if [ "$srv" = postfix ]; then wait_for pf_empty; else wait_for mn_empty "$bin"; fi
     f1=$(fsyncs)
     if [ "$srv" = postfix ]; then pf_stop; else mn_stop; fi
     b1=$(fs_written)
@@ -317,8 +323,8 @@ local_one() {   # SERVER REP
     timeout "$TIMEOUT" "$SMTP_SOURCE" -s "$CONC" -m "$LOCAL" -l 1024 -f from@example.com \
         -t bench@relay.bench.test "127.0.0.1:$SRV_PORT" >"$WORK/source.log" 2>&1
     if [ "$srv" = postfix ]; then
-        wait_for test "$(pf_stored)" -ge "$LOCAL" || say "  postfix: only $(pf_stored) of $LOCAL in the Maildir"
-        wait_for test "$(pf_queued)" -eq 0
+        wait_for pf_all_stored "$LOCAL" || say "  postfix: only $(pf_stored) of $LOCAL in the Maildir"
+        wait_for pf_empty
     else
         # 250 after DATA means stored: nothing to wait for
         w=$(proc_wbytes "$SRV_PID")
