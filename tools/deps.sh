@@ -3,7 +3,8 @@
 # and test mailnode. Environment: SQLITE=system adds libsqlite3-dev; FUZZ=1 and
 # VALGRIND=1 add what `make fuzz` and `make test-valgrind` need; CROSS=1
 # (make cross-deps) what the cross builds and their tests under qemu-user
-# need for each of CROSS_TRIPLETS.
+# need for each of CROSS_TRIPLETS, and qemu-system-arm for
+# bench/footprint-system.sh.
 set -euo pipefail
 
 pkgs="build-essential pkg-config libsodium-dev zlib1g-dev libssl-dev curl ca-certificates python3 swaks fetchmail msmtp groff-base postfix"
@@ -32,6 +33,10 @@ cross_arches=""
 sysroot_pkgs=""
 if [ "${CROSS:-}" = 1 ]; then
     pkgs="$pkgs qemu-user-static"
+    # bench/footprint-system.sh: a real ARM kernel under qemu-system to
+    # measure the ARM builds' memory (the kernel and busybox it boots are
+    # fetched with apt-get download, not installed).
+    pkgs="$pkgs qemu-system-arm cpio"
     for t in ${CROSS_TRIPLETS:-aarch64-linux-gnu arm-linux-gnueabihf s390x-linux-gnu}; do
         multiarch="libc6-dev libsodium-dev zlib1g-dev libssl-dev libc-ares-dev libmbedtls-dev"
         case $t in
