@@ -7,12 +7,14 @@
 #   make static           ./mailnode-static: static binary, no TLS, stripped
 #   make static TLS=mbedtls   the same with TLS through mbedTLS (TLS=openssl: OpenSSL)
 #   make TLS=mbedtls      TLS through mbedTLS instead of OpenSSL
-#   make CROSS=aarch64-linux-gnu [static]   cross build (also arm-linux-gnueabihf)
+#   make CROSS=aarch64-linux-gnu [static]   cross build (also arm-linux-gnueabihf,
+#                         and s390x-linux-gnu: big-endian, a test target only)
 #                         into build/<triplet>/mailnode (and mailnode-static)
 #   make cross-deps       install (as root) the cross compilers, qemu-user and
-#                         the :arm64/:armhf libraries the cross builds need
+#                         the :arm64/:armhf/:s390x libraries the cross builds need
 #   make test-cross       unit tests and a protocol smoke test of each cross
-#                         build under qemu-user (CROSS_TRIPLETS to choose)
+#                         build under qemu-user (CROSS_TRIPLETS to choose;
+#                         default all three)
 #   make deps             install (as root) or list missing Debian packages
 #   make run              deps, build, then `./mailnode run` on embedded defaults
 #   make test             deps, check-amalgamation, build, then tests/run
@@ -76,20 +78,28 @@ SQLITE_CFLAGS ?= -Os
 # ARM gets a 64-bit time_t and off_t (glibc's _TIME_BITS=64): a field box
 # runs past 2038 and keeps databases over 2 GB.
 CROSS ?=
-CROSS_TRIPLETS ?= aarch64-linux-gnu arm-linux-gnueabihf
+# s390x-linux-gnu is no product: it is the one big-endian target, there
+# so that the unit tests check every byte-order assumption on both orders.
+CROSS_TRIPLETS ?= aarch64-linux-gnu arm-linux-gnueabihf s390x-linux-gnu
 CROSS_DEFS :=
 ifneq ($(CROSS),)
 ifeq ($(origin CC),default)
 CC := $(CROSS)-gcc
 endif
-PKG_CONFIG := PKG_CONFIG_LIBDIR=/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig PKG_CONFIG_PATH= pkg-config
+# /usr/<triplet>/lib/pkgconfig: the libraries `make cross-deps` unpacks
+# into the cross compiler's sysroot (s390x's zlib and OpenSSL).
+PKG_CONFIG := PKG_CONFIG_LIBDIR=/usr/lib/$(CROSS)/pkgconfig:/usr/$(CROSS)/lib/pkgconfig:/usr/share/pkgconfig PKG_CONFIG_PATH= pkg-config
 ifneq ($(filter arm-% armv7% armhf%,$(CROSS)),)
 CROSS_DEFS := -D_FILE_OFFSET_BITS=64 -D_TIME_BITS=64
 endif
 # How to run the target's programs here: qemu-user with the target's
-# libraries, for the tests (tests/cross/run).
+# libraries, for the tests (tests/cross/run).  The dynamic loader comes
+# from the cross sysroot (-L), so the C library must too: the target's
+# multiarch libc6 (pulled in by libsodium23:arch) may be another build, and
+# a loader with a foreign libc.so.6 breaks at start ("stack smashing
+# detected" on s390x).  LD_LIBRARY_PATH puts the sysroot's lib/ first.
 QEMU_ARCH  := $(patsubst arm,arm,$(firstword $(subst -, ,$(CROSS))))
-CROSS_EXEC := qemu-$(QEMU_ARCH)-static -L /usr/$(CROSS)
+CROSS_EXEC := qemu-$(QEMU_ARCH)-static -L /usr/$(CROSS) -E LD_LIBRARY_PATH=/usr/$(CROSS)/lib
 endif
 
 # --- configuration --------------------------------------------------------

@@ -10,6 +10,10 @@
 #           message, with every fsync made slow (SLOW_US, an SD card)
 #   pop3    (mailnode) messages stored into a local mailbox, then all
 #           deleted over POP3: bytes written per message
+#   local   messages accepted and stored into a local mailbox (mailnode:
+#           its database; Postfix: its queue, then virtual(8) into a
+#           Maildir on the same file system): bytes written per accepted
+#           message, and the ratio Postfix / mailnode
 #
 # Each server's database or queue directory is the only thing on a fresh
 # ext4 file system on a loop device; the device's written-sector counter
@@ -21,7 +25,8 @@
 #   MSGS=2000 SIZES="1024 51200" CONC=10   relay phase
 #   DRAIN=1000 SLOW_US=8000                drain phase (0 DRAIN: skip)
 #   POP=1000                               pop3 phase (0: skip)
-#   REPS=1  SERVERS="mailnode postfix"  PHASES="relay drain pop3"
+#   LOCAL=1000                             local phase: messages of 1 KiB
+#   REPS=1  SERVERS="mailnode postfix"  PHASES="relay drain pop3 local"
 #   MAILNODE=./mailnode  OLD=              OLD: a second mailnode binary
 #                                          (e.g. the previous release) run
 #                                          beside it as "mailnode-old"
@@ -40,9 +45,10 @@ CONC=${CONC:-10}
 DRAIN=${DRAIN:-1000}
 SLOW_US=${SLOW_US:-8000}
 POP=${POP:-1000}
+LOCAL=${LOCAL:-1000}
 REPS=${REPS:-1}
 SERVERS=${SERVERS:-"mailnode postfix"}
-PHASES=${PHASES:-"relay drain pop3"}
+PHASES=${PHASES:-"relay drain pop3 local"}
 MAILNODE=${MAILNODE:-./mailnode}
 OLD=${OLD:-}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
@@ -130,6 +136,7 @@ listen.smtp = 127.0.0.1:$SRV_PORT
 listen.submission =
 listen.pop3 = 127.0.0.1:$POP_PORT
 listen.odmr =
+listen.imap =
 local_domains = relay.bench.test
 relay_networks = 127.0.0.0/8
 relayhost = 127.0.0.1:$SINK_PORT
@@ -155,7 +162,7 @@ mn_stop() {
     SRV_PID=""
 }
 mn_queued() { "$1" -c "$WORK/mailnode.conf" queue count 2>/dev/null || echo -1; }
-pf_start() {   # SLOW_US
+pf_start() {   # SLOW_US [local]
     PF_DIR=$WORK/pf
     rm -rf "$PF_DIR"
     pfi_create "$PF_DIR" "$SRV_PORT" "$SINK_PORT" LD_PRELOAD="$WORK/slowfsync.so" \
@@ -166,19 +173,41 @@ pf_start() {   # SLOW_US
     mkdir -p "$MNT/queue" && chmod 755 "$MNT/queue"
     rmdir "$PF_DIR/queue" && ln -s "$MNT/queue" "$PF_DIR/queue" || return 1
     : > "$WORK/fsyncs"; chmod 666 "$WORK/fsyncs"
+    [ "${2:-}" != local ] || pf_local
     pfi_start "$PF_DIR"
 }
+pf_local() {   # deliver relay.bench.test into $MNT/mail/bench/ (a Maildir) on the card
+    local uid gid
+    uid=$(id -u postfix) gid=$(id -g postfix)
+    mkdir -p "$MNT/mail" && chown postfix: "$MNT/mail"
+    cat >> "$PF_DIR/etc/main.cf" <<EOF
+virtual_mailbox_domains = relay.bench.test
+virtual_mailbox_base = $MNT/mail
+virtual_mailbox_maps = static:bench/
+virtual_uid_maps = static:$uid
+virtual_gid_maps = static:$gid
+virtual_minimum_uid = 1
+EOF
+    echo 'virtual   unix  -       n       n       -       -       virtual' >> "$PF_DIR/etc/master.cf"
+}
+pf_stored() { find "$MNT/mail/bench/new" -type f 2>/dev/null | wc -l; }
 pf_stop() { [ -n "$PF_DIR" ] && pfi_stop "$PF_DIR"; rm -rf "$PF_DIR"; PF_DIR=""; }
 pf_queued() { find "$MNT/queue/incoming" "$MNT/queue/active" "$MNT/queue/deferred" "$MNT/queue/maildrop" -type f 2>/dev/null | wc -l; }
 
 bin_of() { case $1 in mailnode) echo "$MAILNODE" ;; mailnode-old) echo "$OLD" ;; esac; }
 fsyncs() { stat -c %s "$WORK/fsyncs" 2>/dev/null || echo 0; }
-wait_for() {   # CMD... : until it succeeds, at most TIMEOUT s
+wait_for() {   # CMD... : until it succeeds, at most TIMEOUT s (CMD runs each time)
     local end=$((SECONDS + TIMEOUT))
     while [ $SECONDS -lt $end ]; do "$@" && return 0; sleep 0.05; done
     return 1
 }
 all_sunk() { [ "$(sink_count)" -ge "$1" ]; }
+# predicates for wait_for: each call counts again
+pf_empty() { [ "$(pf_queued)" -eq 0 ]; }
+pf_deferred() { [ "$(find "$MNT/queue/deferred" -type f | wc -l)" -ge "$1" ]; }
+pf_all_stored() { [ "$(pf_stored)" -ge "$1" ]; }
+mn_empty() { [ "$(mn_queued "$1")" -eq 0 ]; }
+mn_holds() { [ "$(mn_queued "$1")" -ge "$2" ]; }
 record() {   # PHASE SERVER SIZE REP MSGS BYTES PROCW FSYNCS SECS
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" \
         "$(( $6 / $5 ))" "$7" "$8" "$9" >> "$TSV"
@@ -200,9 +229,9 @@ relay_one() {   # SERVER SIZE REP
         -t rcpt@remote.test "127.0.0.1:$SRV_PORT" >"$WORK/source.log" 2>&1
     wait_for all_sunk "$MSGS" || say "  $srv: the sink has only $(sink_count) of $MSGS"
     if [ "$srv" = postfix ]; then
-        wait_for test "$(pf_queued)" -eq 0
+        wait_for pf_empty
     else
-        wait_for test "$(mn_queued "$(bin_of "$srv")")" -eq 0
+        wait_for mn_empty "$(bin_of "$srv")"
         w=$(proc_wbytes "$SRV_PID")
     fi
     t1=$(date +%s.%N)
@@ -227,9 +256,9 @@ drain_one() {   # SERVER REP
     timeout "$TIMEOUT" "$SMTP_SOURCE" -s "$CONC" -m "$DRAIN" -l 1024 -f from@example.com \
         -t rcpt@remote.test "127.0.0.1:$SRV_PORT" >"$WORK/source.log" 2>&1
     if [ "$srv" = postfix ]; then
-        wait_for test "$(find "$MNT/queue/deferred" -type f | wc -l)" -ge "$DRAIN"
+        wait_for pf_deferred "$DRAIN"
     else
-        wait_for test "$(mn_queued "$bin")" -ge "$DRAIN"
+        wait_for mn_holds "$bin" "$DRAIN"
         sleep 1                               # the first (failed) attempt is over
     fi
     sink_up_counting || return 1
@@ -241,7 +270,7 @@ drain_one() {   # SERVER REP
     fi
     wait_for all_sunk "$DRAIN" || say "  $srv: the sink has only $(sink_count) of $DRAIN"
     t1=$(date +%s.%N)
-    if [ "$srv" = postfix ]; then wait_for test "$(pf_queued)" -eq 0; else wait_for test "$(mn_queued "$bin")" -eq 0; fi
+    if [ "$srv" = postfix ]; then wait_for pf_empty; else wait_for mn_empty "$bin"; fi
     f1=$(fsyncs)
     if [ "$srv" = postfix ]; then pf_stop; else mn_stop; fi
     b1=$(fs_written)
@@ -278,9 +307,44 @@ EOF
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
 }
 
+local_one() {   # SERVER REP
+    local srv=$1 rep=$2 b0 b1 f0 f1 t0 t1 bin w=- w0="" n
+    fs_new || return 1
+    : > "$WORK/fsyncs"
+    if [ "$srv" = postfix ]; then
+        pf_start 0 local || return 1
+    else
+        bin=$(bin_of "$srv")
+        mn_start "$bin" 0 || return 1
+        printf 'benchpw\n' | "$bin" -c "$WORK/mailnode.conf" user add bench >/dev/null 2>&1
+        w0=$(proc_wbytes "$SRV_PID")
+    fi
+    b0=$(fs_written); f0=$(fsyncs); t0=$(date +%s.%N)
+    timeout "$TIMEOUT" "$SMTP_SOURCE" -s "$CONC" -m "$LOCAL" -l 1024 -f from@example.com \
+        -t bench@relay.bench.test "127.0.0.1:$SRV_PORT" >"$WORK/source.log" 2>&1
+    if [ "$srv" = postfix ]; then
+        wait_for pf_all_stored "$LOCAL" || say "  postfix: only $(pf_stored) of $LOCAL in the Maildir"
+        wait_for pf_empty
+    else
+        # 250 after DATA means stored: nothing to wait for
+        w=$(proc_wbytes "$SRV_PID")
+        [ "$w" = - ] || [ -z "$w0" ] || [ "$w0" = - ] || w=$((w - w0))
+    fi
+    t1=$(date +%s.%N)
+    f1=$(fsyncs)
+    if [ "$srv" = postfix ]; then pf_stop; else mn_stop; fi
+    b1=$(fs_written)
+    if [ "$srv" != postfix ]; then
+        n=$("$bin" -c "$WORK/mailnode.conf" status 2>/dev/null | awk '$1 == "mailboxes" { print $2 + 0 }')
+        [ "${n:-0}" -ge "$LOCAL" ] || say "  $srv: only ${n:-0} of $LOCAL in the mailbox"
+    fi
+    record local "$srv" 1024 "$rep" "$LOCAL" $((b1 - b0)) "$w" $((f1 - f0)) \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
+}
+
 say "mailnode store benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 say "host: $(nproc) cpus, kernel $(uname -r), postfix $(dpkg-query -W -f '${Version}' postfix 2>/dev/null); ext4 on a loop device per run"
-say "relay: smtp-source -s $CONC -m $MSGS (sizes $SIZES); drain: $DRAIN x 1 KiB, fsync +$SLOW_US us; pop3: $POP x 1 KiB"
+say "relay: smtp-source -s $CONC -m $MSGS (sizes $SIZES); drain: $DRAIN x 1 KiB, fsync +$SLOW_US us; pop3: $POP x 1 KiB; local: $LOCAL x 1 KiB"
 for rep in $(seq "$REPS"); do
     case " $PHASES " in *" relay "*)
         for size in $SIZES; do
@@ -296,6 +360,18 @@ for rep in $(seq "$REPS"); do
             pop_one "$srv" "$rep" || say "  pop3 run failed: $srv"
         done ;;
     esac
+    case " $PHASES " in *" local "*)
+        [ "$LOCAL" -gt 0 ] && for srv in $SERVERS; do local_one "$srv" "$rep" || say "  local run failed: $srv"; done ;;
+    esac
 done
+case " $PHASES " in *" local "*)
+    # mean bytes per message of each server over the repetitions
+    awk -F'\t' '$1 == "local" { b[$2] += $7; n[$2]++ }
+        END { if (n["mailnode"] && n["postfix"] && b["mailnode"] > 0)
+                  printf "local: bytes written per accepted message: mailnode %d, Postfix %d: Postfix / mailnode = %.1f\n",
+                      b["mailnode"] / n["mailnode"], b["postfix"] / n["postfix"],
+                      (b["postfix"] / n["postfix"]) / (b["mailnode"] / n["mailnode"]) }' "$TSV" |
+        while IFS= read -r line; do say "$line"; done ;;
+esac
 say ""
 say "per-run figures in $TSV"

@@ -260,19 +260,33 @@ int resume_done(struct resume *r, const char *qid)
 
 /* ------------------------------------------------------------ sender */
 
+/* The digest of the recipients of this attempt, in id order (as picked).
+ * Each id is hashed as 8 bytes, least significant first, written out byte
+ * by byte: the same id on any host gives the same digest (hashing the
+ * int64_t's memory would differ on a big-endian one). */
+static void resume_rcpt_digest(const struct store_out_msg *m, unsigned char rd[8])
+{
+    crypto_generichash_state h;
+    unsigned char le[8];
+
+    crypto_generichash_init(&h, NULL, 0, 8);
+    for (int i = 0; i < m->nrcpt; i++) {
+        uint64_t id = (uint64_t)m->rcpts[i].id;
+        for (int j = 0; j < 8; j++)
+            le[j] = (unsigned char)(id >> (8 * j));
+        crypto_generichash_update(&h, le, sizeof le);
+    }
+    crypto_generichash_final(&h, rd, 8);
+}
+
 int resume_tid_make(const struct store_out_msg *m, char *out, size_t n)
 {
     unsigned char hash[32], rd[8];
-    crypto_generichash_state h;
     char hex[2 * sizeof hash + 1], rhex[2 * sizeof rd + 1];
 
     if (store_body_hash(m->body_id, hash))
         return -1;
-    /* The recipients of this attempt, in id order (as picked). */
-    crypto_generichash_init(&h, NULL, 0, sizeof rd);
-    for (int i = 0; i < m->nrcpt; i++)
-        crypto_generichash_update(&h, (const unsigned char *)&m->rcpts[i].id, sizeof m->rcpts[i].id);
-    crypto_generichash_final(&h, rd, sizeof rd);
+    resume_rcpt_digest(m, rd);
     sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
     sodium_bin2hex(rhex, sizeof rhex, rd, sizeof rd);
     int len = snprintf(out, n, "%s.%s.%s", m->qid, rhex, hex);

@@ -18,9 +18,8 @@ sys.path.insert(0, os.path.join(ROOT, 'tests', 'proto'))
 import harness                       # noqa: E402
 from harness import free_ports, wait_until   # noqa: E402
 
-OUT = sys.argv[1]
-TRIPLETS = sys.argv[2:]
-BIN = os.path.join(OUT, 'bin')
+OUT = BIN = None                     # set by main(); footprint_vm.py imports this
+TRIPLETS = []
 QEMU = {'aarch64-linux-gnu': 'qemu-aarch64-static', 'arm-linux-gnueabihf': 'qemu-arm-static'}
 SESSIONS = 50
 SETTLE = 3.0                        # seconds idle before reading RSS
@@ -108,16 +107,27 @@ def make_cert(d):
 
 
 def sessions(port, n):
+    """n SMTP sessions past EHLO; an error if the server refuses one."""
     socks = []
-    for _ in range(n):
-        s = socket.create_connection(('127.0.0.1', port), timeout=30)
-        s.recv(512)
-        s.sendall(b'EHLO bench.test\r\n')
-        data = b''
-        deadline = time.monotonic() + 30
-        while b'250 ' not in data and time.monotonic() < deadline:
-            data += s.recv(4096)
-        socks.append(s)
+    try:
+        for i in range(n):
+            s = socket.create_connection(('127.0.0.1', port), timeout=30)
+            socks.append(s)
+            banner = s.recv(512)
+            if not banner.startswith(b'220'):
+                raise OSError('session %d refused: %r' % (i + 1, banner[:80]))
+            s.sendall(b'EHLO bench.test\r\n')
+            data = b''
+            deadline = time.monotonic() + 30
+            while b'250 ' not in data and time.monotonic() < deadline:
+                more = s.recv(4096)
+                if not more:
+                    raise OSError('session %d closed after EHLO: %r' % (i + 1, data[:80]))
+                data += more
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
     return socks
 
 
@@ -229,6 +239,9 @@ def mb(n):
 
 
 def main():
+    global OUT, BIN, TRIPLETS
+    OUT, TRIPLETS = sys.argv[1], sys.argv[2:]
+    BIN = os.path.join(OUT, 'bin')
     print('mailnode footprint (%s; shared 2-core machine, other work running: '
           'sizes and RSS are not timing)' % time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     print()

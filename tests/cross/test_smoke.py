@@ -1,16 +1,17 @@
 """Protocol smoke test of a cross-built mailnode under qemu-user.
 
-tests/cross/run sets MAILNODE_BIN to a wrapper that runs the ARM binary
-under qemu-user, and MAILNODE_PEER_BIN to the native ./mailnode.  Checks:
+tests/cross/run sets MAILNODE_BIN to a wrapper that runs the cross-built
+binary (ARM, or big-endian s390x) under qemu-user, and MAILNODE_PEER_BIN to
+the native ./mailnode.  Checks:
 - SMTP accept -> POP3 read, byte for byte (8-bit text, dot lines, a large
   message), python smtplib and a raw POP3 client on loopback;
 - sendmail while the daemon is down, delivered when it starts;
 - kill -9 during a load: every message acknowledged with 250 is there;
-- a database written by the native binary is read by the ARM one (the
+- a database written by the native binary is read by the emulated one (the
   SQLite file and the compressed bodies are the same on every
   architecture);
-- ETRN and ATRN (`mailnode poll`) between the ARM node and a native node,
-  both ways round.
+- ETRN and ATRN (`mailnode poll`) between the emulated node and a native
+  node, both ways round.
 """
 import os
 import smtplib
@@ -170,7 +171,7 @@ def kill9_during_load():
 
 @test
 def database_from_native_binary():
-    """A node moved from an x86 box to an ARM one keeps its database."""
+    """A node moved from an x86 box to an ARM (or big-endian) one keeps its database."""
     with Node(listeners=('smtp', 'pop3'), bin=PEER_BIN, name='native') as n:
         add_user(n, 'alice')
         sent = [message('moved %d' % i, 200) for i in range(3)]
@@ -183,7 +184,7 @@ def database_from_native_binary():
         n.bin = BIN
         n.start()
         msgs = pop3_all(n, 'alice')
-        check('smoke_native_db_read_by_arm', [strip_trace(m) for m in msgs] == sent,
+        check('smoke_native_db_read_by_emulated', [strip_trace(m) for m in msgs] == sent,
               '%d messages' % len(msgs))
 
 
@@ -228,23 +229,23 @@ def poll_between(mode, field_bin, up_bin, tag, count=5):
 
 
 @test
-def etrn_arm_field_native_upstream():
-    poll_between('etrn', BIN, PEER_BIN, 'etrn_arm_field')
+def etrn_emulated_field_native_upstream():
+    poll_between('etrn', BIN, PEER_BIN, 'etrn_emulated_field')
 
 
 @test
-def atrn_arm_field_native_upstream():
-    poll_between('atrn', BIN, PEER_BIN, 'atrn_arm_field')
+def atrn_emulated_field_native_upstream():
+    poll_between('atrn', BIN, PEER_BIN, 'atrn_emulated_field')
 
 
 @test
-def etrn_native_field_arm_upstream():
-    poll_between('etrn', PEER_BIN, BIN, 'etrn_arm_upstream')
+def etrn_native_field_emulated_upstream():
+    poll_between('etrn', PEER_BIN, BIN, 'etrn_emulated_upstream')
 
 
 @test
-def atrn_native_field_arm_upstream():
-    poll_between('atrn', PEER_BIN, BIN, 'atrn_arm_upstream')
+def atrn_native_field_emulated_upstream():
+    poll_between('atrn', PEER_BIN, BIN, 'atrn_emulated_upstream')
 
 
 harness.main()
