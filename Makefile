@@ -4,7 +4,8 @@
 #   make SQLITE=system    link the system libsqlite3 instead
 #   make TLS=none         build without OpenSSL (default: OpenSSL if pkg-config finds it)
 #   make SAN=1            build with AddressSanitizer and UBSan
-#   make static           ./mailnode-static: static binary, no TLS, stripped
+#   make static           ./mailnode-static: static binary, no TLS, stripped,
+#                         optimized for size (STATIC_OPT=-O2 for speed)
 #   make static TLS=mbedtls   the same with TLS through mbedTLS (TLS=openssl: OpenSSL)
 #   make TLS=mbedtls      TLS through mbedTLS instead of OpenSSL
 #   make CROSS=aarch64-linux-gnu [static]   cross build (also arm-linux-gnueabihf,
@@ -14,7 +15,7 @@
 #                         the :arm64/:armhf/:s390x libraries the cross builds need
 #   make test-cross       unit tests and a protocol smoke test of each cross
 #                         build under qemu-user (CROSS_TRIPLETS to choose;
-#                         default all three)
+#                         default all three), and of the native static build
 #   make deps             install (as root) or list missing Debian packages
 #   make run              deps, build, then `./mailnode run` on embedded defaults
 #   make test             deps, check-amalgamation, build, then tests/run
@@ -179,7 +180,10 @@ MN_LIBS    := $(strip $(PKG_LIBS) $(TLS_LIBS) -lm $(LDLIBS))
 # c-ares is linked statically too (CARES_STATICLIB: no dllimport in ares.h).
 STATIC_TLS_DEFS := $(if $(filter openssl,$(STATIC_TLS)),-DMAILNODE_TLS,$(if $(filter mbedtls,$(STATIC_TLS)),-DMAILNODE_TLS -DMAILNODE_TLS_MBEDTLS))
 STATIC_PKGS    := libsodium zlib libcares $(if $(filter openssl,$(STATIC_TLS)),openssl)
-STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CROSS_DEFS) $(CPPFLAGS) $(CFLAGS) -DCARES_STATICLIB $(STATIC_TLS_DEFS) \
+# Static builds are the small boxes' builds: optimized for size (-Os, as
+# OpenWrt builds everything), which also keeps fewer text pages resident.
+STATIC_OPT     ?= -Os
+STATIC_CFLAGS  := $(strip $(STD_FLAGS) $(CROSS_DEFS) $(CPPFLAGS) $(CFLAGS) $(STATIC_OPT) -DMAILNODE_STATIC -DCARES_STATICLIB $(STATIC_TLS_DEFS) \
 		  $(shell $(PKG_CONFIG) --cflags $(STATIC_PKGS) 2>/dev/null))
 STATIC_LDFLAGS ?= -s
 STATIC_LIBS    := $(if $(filter mbedtls,$(STATIC_TLS)),$(MBEDTLS_LIBS)) \

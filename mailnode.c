@@ -87,6 +87,12 @@ MN_PRIVATE int util_parse_size(const char *s, int64_t *bytes);
 MN_PRIVATE void util_fmt_size(int64_t bytes, char *out, size_t n);
 MN_PRIVATE void util_qid(char out[QID_LEN + 1]);   /* queue id: time, then random */
 MN_PRIVATE size_t util_strlcpy(char *dst, const char *src, size_t size);
+/* getpwnam/getpwuid; a static build reads /etc/passwd itself, because the
+ * C library's name services would load the host's shared modules into a
+ * static program (glibc's NSS), which crashes it. */
+struct passwd;
+MN_PRIVATE struct passwd *util_getpwnam(const char *name);
+MN_PRIVATE struct passwd *util_getpwuid(unsigned uid);
 MN_PRIVATE void util_lower(char *s);
 /* RFC 5322 date-time of t, local time with numeric zone. */
 MN_PRIVATE void util_date(int64_t t, char *buf, size_t n);
@@ -1641,6 +1647,8 @@ MN_PRIVATE int cli_db_daemon(char *buf, size_t n); /* 1 running (buf: its note),
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <arpa/inet.h>
@@ -1820,6 +1828,41 @@ void util_qid(char out[QID_LEN + 1])
     for (i = 9; i < QID_LEN; i++)
         out[i] = alphabet[r[i] % base];
     out[QID_LEN] = '\0';
+}
+
+#ifdef MAILNODE_STATIC
+/* The first /etc/passwd entry with this name (name) or uid (name NULL). */
+static struct passwd *util_passwd_file(const char *name, unsigned uid)
+{
+    FILE *f = fopen("/etc/passwd", "re");
+    struct passwd *pw = NULL;
+
+    if (!f)
+        return NULL;
+    while ((pw = fgetpwent(f)) != NULL)
+        if (name ? !strcmp(pw->pw_name, name) : pw->pw_uid == (uid_t)uid)
+            break;
+    fclose(f);
+    return pw;
+}
+#endif
+
+struct passwd *util_getpwnam(const char *name)
+{
+#ifdef MAILNODE_STATIC
+    return util_passwd_file(name, 0);
+#else
+    return getpwnam(name);
+#endif
+}
+
+struct passwd *util_getpwuid(unsigned uid)
+{
+#ifdef MAILNODE_STATIC
+    return util_passwd_file(NULL, uid);
+#else
+    return getpwuid((uid_t)uid);
+#endif
 }
 
 size_t util_strlcpy(char *dst, const char *src, size_t size)
@@ -2792,7 +2835,7 @@ static const char *conf_check_key(struct conf *c, const char *name)
         return conf_one_of(c->log_level_name, levels, MN_NELEM(levels), "use warning, info or debug");
     }
     if (!strcmp(name, "user"))
-        return c->run_user[0] && !getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
+        return c->run_user[0] && !util_getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
     if (!strcmp(name, "resolver")) {
         char host[256];
         struct sockaddr_storage ss;
@@ -29020,13 +29063,13 @@ static int drop_privileges(void)
     if (!conf->run_user[0])
         return 0;
     if (geteuid() != 0) {
-        struct passwd *me = getpwuid(geteuid());
+        struct passwd *me = util_getpwuid(geteuid());
         if (me && !strcmp(me->pw_name, conf->run_user))
             return 0;
         fprintf(stderr, "mailnode: user = %s needs the daemon started as root\n", conf->run_user);
         return EX_NOPERM;
     }
-    pw = getpwnam(conf->run_user);
+    pw = util_getpwnam(conf->run_user);
     if (!pw) {
         fprintf(stderr, "mailnode: user = %s: no such user (create it, or change `user`)\n", conf->run_user);
         return EX_NOUSER;
@@ -29396,7 +29439,7 @@ int cli_db_diagnose(const char *path, char *why, size_t n)
             return EX_CANTCREAT;
         }
         if (access(path, R_OK | W_OK)) {
-            struct passwd *pw = getpwuid(st.st_uid);
+            struct passwd *pw = util_getpwuid(st.st_uid);
             snprintf(why, n, "no permission to read and write %s (owned by %s, mode %03o; running as uid %ld)",
                      path, pw ? pw->pw_name : "?", (unsigned)(st.st_mode & 0777), (long)geteuid());
             return EX_NOPERM;
@@ -29411,7 +29454,7 @@ int cli_db_diagnose(const char *path, char *why, size_t n)
             snprintf(why, n, "the directory %.400s is on a read-only file system", dir);
             return EX_CANTCREAT;
         }
-        struct passwd *me = getpwuid(geteuid());
+        struct passwd *me = util_getpwuid(geteuid());
         snprintf(why, n, "no permission to create files in %.250s (the database and its -wal and "
                  "-shm files live there): as root, run `chown %s %.250s`", dir,
                  me ? me->pw_name : "USER", dir);
@@ -29429,7 +29472,7 @@ void cli_db_chown(void)
     struct passwd *pw;
     struct stat st;
 
-    if (geteuid() != 0 || !conf->run_user[0] || !(pw = getpwnam(conf->run_user)))
+    if (geteuid() != 0 || !conf->run_user[0] || !(pw = util_getpwnam(conf->run_user)))
         return;
     for (size_t i = 0; i <= MN_NELEM(suffixes); i++) {
         if (i < MN_NELEM(suffixes))
@@ -32108,7 +32151,7 @@ unknown:
 /* The envelope sender: -f, or the caller's login name at our host name. */
 static int sendmail_sender(struct sendmail *m)
 {
-    struct passwd *pw = getpwuid(getuid());
+    struct passwd *pw = util_getpwuid(getuid());
     struct addr a;
     char name[USER_MAX * 2];
     int rc;
@@ -32433,7 +32476,7 @@ static void bs_done(void *arg, int accepted, const char *error)
 /* The caller's login name, who submits the mail. */
 static void bs_user(char *out, size_t n)
 {
-    struct passwd *pw = getpwuid(getuid());
+    struct passwd *pw = util_getpwuid(getuid());
 
     if (pw && pw->pw_name && *pw->pw_name && strlen(pw->pw_name) < n)
         util_strlcpy(out, pw->pw_name, n);

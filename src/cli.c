@@ -87,13 +87,13 @@ static int drop_privileges(void)
     if (!conf->run_user[0])
         return 0;
     if (geteuid() != 0) {
-        struct passwd *me = getpwuid(geteuid());
+        struct passwd *me = util_getpwuid(geteuid());
         if (me && !strcmp(me->pw_name, conf->run_user))
             return 0;
         fprintf(stderr, "mailnode: user = %s needs the daemon started as root\n", conf->run_user);
         return EX_NOPERM;
     }
-    pw = getpwnam(conf->run_user);
+    pw = util_getpwnam(conf->run_user);
     if (!pw) {
         fprintf(stderr, "mailnode: user = %s: no such user (create it, or change `user`)\n", conf->run_user);
         return EX_NOUSER;

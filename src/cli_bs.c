@@ -144,7 +144,7 @@ static void bs_done(void *arg, int accepted, const char *error)
 /* The caller's login name, who submits the mail. */
 static void bs_user(char *out, size_t n)
 {
-    struct passwd *pw = getpwuid(getuid());
+    struct passwd *pw = util_getpwuid(getuid());
 
     if (pw && pw->pw_name && *pw->pw_name && strlen(pw->pw_name) < n)
         util_strlcpy(out, pw->pw_name, n);

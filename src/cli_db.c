@@ -59,7 +59,7 @@ int cli_db_diagnose(const char *path, char *why, size_t n)
             return EX_CANTCREAT;
         }
         if (access(path, R_OK | W_OK)) {
-            struct passwd *pw = getpwuid(st.st_uid);
+            struct passwd *pw = util_getpwuid(st.st_uid);
             snprintf(why, n, "no permission to read and write %s (owned by %s, mode %03o; running as uid %ld)",
                      path, pw ? pw->pw_name : "?", (unsigned)(st.st_mode & 0777), (long)geteuid());
             return EX_NOPERM;
@@ -74,7 +74,7 @@ int cli_db_diagnose(const char *path, char *why, size_t n)
             snprintf(why, n, "the directory %.400s is on a read-only file system", dir);
             return EX_CANTCREAT;
         }
-        struct passwd *me = getpwuid(geteuid());
+        struct passwd *me = util_getpwuid(geteuid());
         snprintf(why, n, "no permission to create files in %.250s (the database and its -wal and "
                  "-shm files live there): as root, run `chown %s %.250s`", dir,
                  me ? me->pw_name : "USER", dir);
@@ -92,7 +92,7 @@ void cli_db_chown(void)
     struct passwd *pw;
     struct stat st;
 
-    if (geteuid() != 0 || !conf->run_user[0] || !(pw = getpwnam(conf->run_user)))
+    if (geteuid() != 0 || !conf->run_user[0] || !(pw = util_getpwnam(conf->run_user)))
         return;
     for (size_t i = 0; i <= MN_NELEM(suffixes); i++) {
         if (i < MN_NELEM(suffixes))

@@ -999,7 +999,7 @@ unknown:
 /* The envelope sender: -f, or the caller's login name at our host name. */
 static int sendmail_sender(struct sendmail *m)
 {
-    struct passwd *pw = getpwuid(getuid());
+    struct passwd *pw = util_getpwuid(getuid());
     struct addr a;
     char name[USER_MAX * 2];
     int rc;

@@ -432,7 +432,7 @@ static const char *conf_check_key(struct conf *c, const char *name)
         return conf_one_of(c->log_level_name, levels, MN_NELEM(levels), "use warning, info or debug");
     }
     if (!strcmp(name, "user"))
-        return c->run_user[0] && !getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
+        return c->run_user[0] && !util_getpwnam(c->run_user) ? "no such user (create it, or change `user`)" : NULL;
     if (!strcmp(name, "resolver")) {
         char host[256];
         struct sockaddr_storage ss;

@@ -72,6 +72,12 @@ int util_parse_size(const char *s, int64_t *bytes);
 void util_fmt_size(int64_t bytes, char *out, size_t n);
 void util_qid(char out[QID_LEN + 1]);   /* queue id: time, then random */
 size_t util_strlcpy(char *dst, const char *src, size_t size);
+/* getpwnam/getpwuid; a static build reads /etc/passwd itself, because the
+ * C library's name services would load the host's shared modules into a
+ * static program (glibc's NSS), which crashes it. */
+struct passwd;
+struct passwd *util_getpwnam(const char *name);
+struct passwd *util_getpwuid(unsigned uid);
 void util_lower(char *s);
 /* RFC 5322 date-time of t, local time with numeric zone. */
 void util_date(int64_t t, char *buf, size_t n);

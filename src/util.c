@@ -7,6 +7,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <arpa/inet.h>
@@ -186,6 +188,41 @@ void util_qid(char out[QID_LEN + 1])
     for (i = 9; i < QID_LEN; i++)
         out[i] = alphabet[r[i] % base];
     out[QID_LEN] = '\0';
+}
+
+#ifdef MAILNODE_STATIC
+/* The first /etc/passwd entry with this name (name) or uid (name NULL). */
+static struct passwd *util_passwd_file(const char *name, unsigned uid)
+{
+    FILE *f = fopen("/etc/passwd", "re");
+    struct passwd *pw = NULL;
+
+    if (!f)
+        return NULL;
+    while ((pw = fgetpwent(f)) != NULL)
+        if (name ? !strcmp(pw->pw_name, name) : pw->pw_uid == (uid_t)uid)
+            break;
+    fclose(f);
+    return pw;
+}
+#endif
+
+struct passwd *util_getpwnam(const char *name)
+{
+#ifdef MAILNODE_STATIC
+    return util_passwd_file(name, 0);
+#else
+    return getpwnam(name);
+#endif
+}
+
+struct passwd *util_getpwuid(unsigned uid)
+{
+#ifdef MAILNODE_STATIC
+    return util_passwd_file(NULL, uid);
+#else
+    return getpwuid((uid_t)uid);
+#endif
 }
 
 size_t util_strlcpy(char *dst, const char *src, size_t size)
