@@ -410,6 +410,9 @@ MN_PRIVATE sqlite3 *store_db(void);                /* for the store_*.c files on
  * on later uses. */
 MN_PRIVATE sqlite3_stmt *store_stmt(sqlite3_stmt **slot, const char *sql);
 MN_PRIVATE int store_rc(int sqlite_rc);            /* SQLITE_FULL -> STORE_FULL, else STORE_ERR */
+/* Steps a statement that returns no row and resets it: 0, or the error
+ * (logged as "database: what: ..."); a fault-injection point. */
+MN_PRIVATE int store_step_done(sqlite3_stmt *st, const char *what);
 
 /* Transactions.  The daemon keeps one write transaction per loop turn:
  * store_begin() opens it if needed; store_turn_end() commits it durably
@@ -1094,6 +1097,9 @@ struct dsn_info {
 /* Writes the complete notification message (headers and body, CRLF) into
  * out, an open store body; the caller queues it with a null sender. */
 MN_PRIVATE int dsn_write(const struct dsn_info *d, struct store_body *out);
+/* Makes d a double bounce: the whole failed notification, to the
+ * postmaster (written into to[n]), without the original ENVID. */
+MN_PRIVATE void dsn_to_postmaster(struct dsn_info *d, char *to, size_t n);
 
 /* -------------------------------------------------------------- mime7 */
 
@@ -8466,7 +8472,7 @@ int store_atomic_end(int err)
     return err;
 }
 
-static int step_done(sqlite3_stmt *st, const char *what)
+int store_step_done(sqlite3_stmt *st, const char *what)
 {
     if (STORE_FAULT()) {
         sqlite3_reset(st);
@@ -8520,7 +8526,7 @@ static int msg_insert(const struct store_env *env, struct store_body *b,
             sqlite3_bind_int64(mb, 4, now);
             sqlite3_bind_text(mb, 5, env->qid, -1, SQLITE_STATIC);
             sqlite3_bind_text(mb, 6, prefix, -1, SQLITE_STATIC);
-            if ((err = step_done(mb, "deliver to mailbox")))
+            if ((err = store_step_done(mb, "deliver to mailbox")))
                 return err;
             continue;
         }
@@ -8542,7 +8548,7 @@ static int msg_insert(const struct store_env *env, struct store_body *b,
                 sqlite3_bind_text(msg, 8, env->auth_user, -1, SQLITE_STATIC);
             sqlite3_bind_int64(msg, 9, b->size);
             sqlite3_bind_int64(msg, 10, now);
-            if ((err = step_done(msg, "queue message")))
+            if ((err = store_step_done(msg, "queue message")))
                 return err;
             msg_id = sqlite3_last_insert_rowid(S.db);
         }
@@ -8558,12 +8564,12 @@ static int msg_insert(const struct store_env *env, struct store_body *b,
         sqlite3_bind_int(rc_st, 6, r->kind);
         sqlite3_bind_int64(rc_st, 7, now);
         sqlite3_bind_int64(rc_st, 8, now);
-        if ((err = step_done(rc_st, "queue recipient")))
+        if ((err = store_step_done(rc_st, "queue recipient")))
             return err;
         if (!store_stmt(&dest, "INSERT OR IGNORE INTO dest(name) VALUES (?)"))
             return STORE_ERR;
         sqlite3_bind_text(dest, 1, r->domain, -1, SQLITE_STATIC);
-        if ((err = step_done(dest, "queue destination")))
+        if ((err = store_step_done(dest, "queue destination")))
             return err;
     }
     return 0;
@@ -8605,10 +8611,10 @@ static int queue_delete(const char *qid)
         !store_stmt(&m, "DELETE FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
-    if ((err = step_done(r, "delete recipients")))
+    if ((err = store_step_done(r, "delete recipients")))
         return err;
     sqlite3_bind_text(m, 1, qid, -1, SQLITE_TRANSIENT);
-    if ((err = step_done(m, "delete message")))
+    if ((err = store_step_done(m, "delete message")))
         return err;
     if (!sqlite3_changes(S.db))
         return STORE_NOTFOUND;
@@ -8706,10 +8712,10 @@ static int gc_body(int64_t body_id)
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)"))
         return STORE_ERR;
     sqlite3_bind_int64(c, 1, body_id);
-    if ((err = step_done(c, "collect chunks")))
+    if ((err = store_step_done(c, "collect chunks")))
         return err;
     sqlite3_bind_int64(b, 1, body_id);
-    return step_done(b, "collect body");
+    return store_step_done(b, "collect body");
 }
 
 int store_gc_body(int64_t body_id)
@@ -8730,9 +8736,9 @@ static int gc_all(void)
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))"))
         return STORE_ERR;
-    if ((err = step_done(c, "collect chunks")))
+    if ((err = store_step_done(c, "collect chunks")))
         return err;
-    return step_done(b, "collect bodies");
+    return store_step_done(b, "collect bodies");
 }
 
 int store_gc(void)
@@ -11493,21 +11499,6 @@ int store_volume_add(const unsigned char bundle_id[16], uint32_t volume, int64_t
 
 #include <string.h>
 
-static int sr_step(sqlite3_stmt *st, const char *what)
-{
-    if (STORE_FAULT()) {
-        sqlite3_reset(st);
-        return STORE_ERR;
-    }
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-        log_err("database: %s: %s", what, sqlite3_errmsg(store_db()));
-        return store_rc(rc);
-    }
-    return 0;
-}
-
 /* Chunks from seq on (all: 0) and, with them gone, the body row. */
 static int sr_drop_octets(int64_t body_id, int64_t from_seq, int body_too)
 {
@@ -11520,12 +11511,12 @@ static int sr_drop_octets(int64_t body_id, int64_t from_seq, int body_too)
         return STORE_ERR;
     sqlite3_bind_int64(c, 1, body_id);
     sqlite3_bind_int64(c, 2, from_seq);
-    if ((err = sr_step(c, "drop partial chunks")) || !body_too)
+    if ((err = store_step_done(c, "drop partial chunks")) || !body_too)
         return err;
     if (!store_stmt(&b, "DELETE FROM body WHERE id=? AND complete=2"))
         return STORE_ERR;
     sqlite3_bind_int64(b, 1, body_id);
-    return sr_step(b, "drop partial body");
+    return store_step_done(b, "drop partial body");
 }
 
 int store_partial_get(const char *tid, struct store_partial *p)
@@ -11565,14 +11556,14 @@ int store_partial_new(const char *tid, int64_t body_id)
     if (store_begin() || !store_stmt(&mark, "UPDATE body SET complete=2 WHERE id=?"))
         return STORE_ERR;
     sqlite3_bind_int64(mark, 1, body_id);
-    if ((err = sr_step(mark, "mark partial body")))
+    if ((err = store_step_done(mark, "mark partial body")))
         return err;
     if (!store_stmt(&ins, "INSERT OR REPLACE INTO partial(tid, body_id, size, nchunks, updated) VALUES (?,?,0,0,?)"))
         return STORE_ERR;
     sqlite3_bind_text(ins, 1, tid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(ins, 2, body_id);
     sqlite3_bind_int64(ins, 3, util_now());
-    return sr_step(ins, "new partial");
+    return store_step_done(ins, "new partial");
 }
 
 int store_partial_save(const char *tid, int64_t size, int64_t nchunks)
@@ -11585,7 +11576,7 @@ int store_partial_save(const char *tid, int64_t size, int64_t nchunks)
     sqlite3_bind_int64(st, 2, nchunks);
     sqlite3_bind_int64(st, 3, util_now());
     sqlite3_bind_text(st, 4, tid, -1, SQLITE_TRANSIENT);
-    return sr_step(st, "save partial");
+    return store_step_done(st, "save partial");
 }
 
 int store_partial_done(const char *tid, const char *qid, int64_t size)
@@ -11605,7 +11596,7 @@ int store_partial_done(const char *tid, const char *qid, int64_t size)
     sqlite3_bind_int64(st, 2, size);
     sqlite3_bind_int64(st, 3, util_now());
     sqlite3_bind_text(st, 4, qid, -1, SQLITE_TRANSIENT);
-    return sr_step(st, "partial done");
+    return store_step_done(st, "partial done");
 }
 
 static int sr_drop_row(const char *tid, int64_t body_id)
@@ -11618,7 +11609,7 @@ static int sr_drop_row(const char *tid, int64_t body_id)
     if (!store_stmt(&st, "DELETE FROM partial WHERE tid=?"))
         return STORE_ERR;
     sqlite3_bind_text(st, 1, tid, -1, SQLITE_TRANSIENT);
-    return sr_step(st, "drop partial");
+    return store_step_done(st, "drop partial");
 }
 
 int store_partial_drop(const char *tid)
@@ -13094,6 +13085,15 @@ int dsn_write(const struct dsn_info *d, struct store_body *out)
         return rc;
     printf_(&w, "\r\n--%s--\r\n", boundary);
     return w.err;
+}
+
+void dsn_to_postmaster(struct dsn_info *d, char *to, size_t n)
+{
+    snprintf(to, n, "postmaster@%s", conf->hostname);
+    d->to = to;
+    d->double_bounce = 1;
+    d->ret_full = 1;
+    d->envid = NULL;
 }
 
 /* ---- src/mime7.c ---- */
@@ -19345,15 +19345,10 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     info.body_id = m->body_id;
     info.rcpts = rcpts;
     info.n = n;
-    if (dbl) {
-        /* The whole failed report: it names the original message and why
-         * it bounced, which is what the postmaster needs to see. */
-        snprintf(to, sizeof to, "postmaster@%s", conf->hostname);
-        info.to = to;
-        info.double_bounce = 1;
-        info.ret_full = 1;
-        info.envid = NULL;
-    }
+    /* The whole failed report: it names the original message and why it
+     * bounced, which is what the postmaster needs to see. */
+    if (dbl)
+        dsn_to_postmaster(&info, to, sizeof to);
     b = store_body_new();
     if (!b)
         return;
@@ -34952,13 +34947,8 @@ static int imp_bounce(struct imp *m, const struct dsn_rcpt *fails, size_t n)
     info.body_id = m->b->id;
     info.rcpts = fails;
     info.n = n;
-    if (dbl) {
-        snprintf(to, sizeof to, "postmaster@%s", conf->hostname);
-        info.to = to;
-        info.double_bounce = 1;
-        info.ret_full = 1;
-        info.envid = NULL;
-    }
+    if (dbl)
+        dsn_to_postmaster(&info, to, sizeof to);
     if (!(b = store_body_new()))
         return STORE_ERR;
     memset(&env, 0, sizeof env);

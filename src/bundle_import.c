@@ -464,13 +464,8 @@ static int imp_bounce(struct imp *m, const struct dsn_rcpt *fails, size_t n)
     info.body_id = m->b->id;
     info.rcpts = fails;
     info.n = n;
-    if (dbl) {
-        snprintf(to, sizeof to, "postmaster@%s", conf->hostname);
-        info.to = to;
-        info.double_bounce = 1;
-        info.ret_full = 1;
-        info.envid = NULL;
-    }
+    if (dbl)
+        dsn_to_postmaster(&info, to, sizeof to);
     if (!(b = store_body_new()))
         return STORE_ERR;
     memset(&env, 0, sizeof env);

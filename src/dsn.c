@@ -585,3 +585,12 @@ int dsn_write(const struct dsn_info *d, struct store_body *out)
     printf_(&w, "\r\n--%s--\r\n", boundary);
     return w.err;
 }
+
+void dsn_to_postmaster(struct dsn_info *d, char *to, size_t n)
+{
+    snprintf(to, n, "postmaster@%s", conf->hostname);
+    d->to = to;
+    d->double_bounce = 1;
+    d->ret_full = 1;
+    d->envid = NULL;
+}

@@ -395,6 +395,9 @@ sqlite3 *store_db(void);                /* for the store_*.c files only */
  * on later uses. */
 sqlite3_stmt *store_stmt(sqlite3_stmt **slot, const char *sql);
 int store_rc(int sqlite_rc);            /* SQLITE_FULL -> STORE_FULL, else STORE_ERR */
+/* Steps a statement that returns no row and resets it: 0, or the error
+ * (logged as "database: what: ..."); a fault-injection point. */
+int store_step_done(sqlite3_stmt *st, const char *what);
 
 /* Transactions.  The daemon keeps one write transaction per loop turn:
  * store_begin() opens it if needed; store_turn_end() commits it durably
@@ -1079,6 +1082,9 @@ struct dsn_info {
 /* Writes the complete notification message (headers and body, CRLF) into
  * out, an open store body; the caller queues it with a null sender. */
 int dsn_write(const struct dsn_info *d, struct store_body *out);
+/* Makes d a double bounce: the whole failed notification, to the
+ * postmaster (written into to[n]), without the original ENVID. */
+void dsn_to_postmaster(struct dsn_info *d, char *to, size_t n);
 
 /* -------------------------------------------------------------- mime7 */
 

@@ -320,15 +320,10 @@ static void send_dsn(const struct store_out_msg *m, const struct dsn_rcpt *rcpts
     info.body_id = m->body_id;
     info.rcpts = rcpts;
     info.n = n;
-    if (dbl) {
-        /* The whole failed report: it names the original message and why
-         * it bounced, which is what the postmaster needs to see. */
-        snprintf(to, sizeof to, "postmaster@%s", conf->hostname);
-        info.to = to;
-        info.double_bounce = 1;
-        info.ret_full = 1;
-        info.envid = NULL;
-    }
+    /* The whole failed report: it names the original message and why it
+     * bounced, which is what the postmaster needs to see. */
+    if (dbl)
+        dsn_to_postmaster(&info, to, sizeof to);
     b = store_body_new();
     if (!b)
         return;

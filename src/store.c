@@ -1128,7 +1128,7 @@ int store_atomic_end(int err)
     return err;
 }
 
-static int step_done(sqlite3_stmt *st, const char *what)
+int store_step_done(sqlite3_stmt *st, const char *what)
 {
     if (STORE_FAULT()) {
         sqlite3_reset(st);
@@ -1182,7 +1182,7 @@ static int msg_insert(const struct store_env *env, struct store_body *b,
             sqlite3_bind_int64(mb, 4, now);
             sqlite3_bind_text(mb, 5, env->qid, -1, SQLITE_STATIC);
             sqlite3_bind_text(mb, 6, prefix, -1, SQLITE_STATIC);
-            if ((err = step_done(mb, "deliver to mailbox")))
+            if ((err = store_step_done(mb, "deliver to mailbox")))
                 return err;
             continue;
         }
@@ -1204,7 +1204,7 @@ static int msg_insert(const struct store_env *env, struct store_body *b,
                 sqlite3_bind_text(msg, 8, env->auth_user, -1, SQLITE_STATIC);
             sqlite3_bind_int64(msg, 9, b->size);
             sqlite3_bind_int64(msg, 10, now);
-            if ((err = step_done(msg, "queue message")))
+            if ((err = store_step_done(msg, "queue message")))
                 return err;
             msg_id = sqlite3_last_insert_rowid(S.db);
         }
@@ -1220,12 +1220,12 @@ static int msg_insert(const struct store_env *env, struct store_body *b,
         sqlite3_bind_int(rc_st, 6, r->kind);
         sqlite3_bind_int64(rc_st, 7, now);
         sqlite3_bind_int64(rc_st, 8, now);
-        if ((err = step_done(rc_st, "queue recipient")))
+        if ((err = store_step_done(rc_st, "queue recipient")))
             return err;
         if (!store_stmt(&dest, "INSERT OR IGNORE INTO dest(name) VALUES (?)"))
             return STORE_ERR;
         sqlite3_bind_text(dest, 1, r->domain, -1, SQLITE_STATIC);
-        if ((err = step_done(dest, "queue destination")))
+        if ((err = store_step_done(dest, "queue destination")))
             return err;
     }
     return 0;
@@ -1267,10 +1267,10 @@ static int queue_delete(const char *qid)
         !store_stmt(&m, "DELETE FROM message WHERE qid=?"))
         return STORE_ERR;
     sqlite3_bind_text(r, 1, qid, -1, SQLITE_TRANSIENT);
-    if ((err = step_done(r, "delete recipients")))
+    if ((err = store_step_done(r, "delete recipients")))
         return err;
     sqlite3_bind_text(m, 1, qid, -1, SQLITE_TRANSIENT);
-    if ((err = step_done(m, "delete message")))
+    if ((err = store_step_done(m, "delete message")))
         return err;
     if (!sqlite3_changes(S.db))
         return STORE_NOTFOUND;
@@ -1368,10 +1368,10 @@ static int gc_body(int64_t body_id)
                         " body_id=?1) AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=?1)"))
         return STORE_ERR;
     sqlite3_bind_int64(c, 1, body_id);
-    if ((err = step_done(c, "collect chunks")))
+    if ((err = store_step_done(c, "collect chunks")))
         return err;
     sqlite3_bind_int64(b, 1, body_id);
-    return step_done(b, "collect body");
+    return store_step_done(b, "collect body");
 }
 
 int store_gc_body(int64_t body_id)
@@ -1392,9 +1392,9 @@ static int gc_all(void)
                         " AND NOT EXISTS (SELECT 1 FROM message WHERE body_id=body.id)"
                         " AND NOT EXISTS (SELECT 1 FROM mbox WHERE body_id=body.id))"))
         return STORE_ERR;
-    if ((err = step_done(c, "collect chunks")))
+    if ((err = store_step_done(c, "collect chunks")))
         return err;
-    return step_done(b, "collect bodies");
+    return store_step_done(b, "collect bodies");
 }
 
 int store_gc(void)

@@ -11,21 +11,6 @@
 
 #include <string.h>
 
-static int sr_step(sqlite3_stmt *st, const char *what)
-{
-    if (STORE_FAULT()) {
-        sqlite3_reset(st);
-        return STORE_ERR;
-    }
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-        log_err("database: %s: %s", what, sqlite3_errmsg(store_db()));
-        return store_rc(rc);
-    }
-    return 0;
-}
-
 /* Chunks from seq on (all: 0) and, with them gone, the body row. */
 static int sr_drop_octets(int64_t body_id, int64_t from_seq, int body_too)
 {
@@ -38,12 +23,12 @@ static int sr_drop_octets(int64_t body_id, int64_t from_seq, int body_too)
         return STORE_ERR;
     sqlite3_bind_int64(c, 1, body_id);
     sqlite3_bind_int64(c, 2, from_seq);
-    if ((err = sr_step(c, "drop partial chunks")) || !body_too)
+    if ((err = store_step_done(c, "drop partial chunks")) || !body_too)
         return err;
     if (!store_stmt(&b, "DELETE FROM body WHERE id=? AND complete=2"))
         return STORE_ERR;
     sqlite3_bind_int64(b, 1, body_id);
-    return sr_step(b, "drop partial body");
+    return store_step_done(b, "drop partial body");
 }
 
 int store_partial_get(const char *tid, struct store_partial *p)
@@ -83,14 +68,14 @@ int store_partial_new(const char *tid, int64_t body_id)
     if (store_begin() || !store_stmt(&mark, "UPDATE body SET complete=2 WHERE id=?"))
         return STORE_ERR;
     sqlite3_bind_int64(mark, 1, body_id);
-    if ((err = sr_step(mark, "mark partial body")))
+    if ((err = store_step_done(mark, "mark partial body")))
         return err;
     if (!store_stmt(&ins, "INSERT OR REPLACE INTO partial(tid, body_id, size, nchunks, updated) VALUES (?,?,0,0,?)"))
         return STORE_ERR;
     sqlite3_bind_text(ins, 1, tid, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(ins, 2, body_id);
     sqlite3_bind_int64(ins, 3, util_now());
-    return sr_step(ins, "new partial");
+    return store_step_done(ins, "new partial");
 }
 
 int store_partial_save(const char *tid, int64_t size, int64_t nchunks)
@@ -103,7 +88,7 @@ int store_partial_save(const char *tid, int64_t size, int64_t nchunks)
     sqlite3_bind_int64(st, 2, nchunks);
     sqlite3_bind_int64(st, 3, util_now());
     sqlite3_bind_text(st, 4, tid, -1, SQLITE_TRANSIENT);
-    return sr_step(st, "save partial");
+    return store_step_done(st, "save partial");
 }
 
 int store_partial_done(const char *tid, const char *qid, int64_t size)
@@ -123,7 +108,7 @@ int store_partial_done(const char *tid, const char *qid, int64_t size)
     sqlite3_bind_int64(st, 2, size);
     sqlite3_bind_int64(st, 3, util_now());
     sqlite3_bind_text(st, 4, qid, -1, SQLITE_TRANSIENT);
-    return sr_step(st, "partial done");
+    return store_step_done(st, "partial done");
 }
 
 static int sr_drop_row(const char *tid, int64_t body_id)
@@ -136,7 +121,7 @@ static int sr_drop_row(const char *tid, int64_t body_id)
     if (!store_stmt(&st, "DELETE FROM partial WHERE tid=?"))
         return STORE_ERR;
     sqlite3_bind_text(st, 1, tid, -1, SQLITE_TRANSIENT);
-    return sr_step(st, "drop partial");
+    return store_step_done(st, "drop partial");
 }
 
 int store_partial_drop(const char *tid)
