@@ -346,6 +346,7 @@ int zio_start(struct conn *c);
 int zio_active(const struct conn *c);
 struct zio_stats {
     uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
+    uint64_t fast_switches;             /* times deflate went to its fast level */
 };
 const struct zio_stats *zio_stats(const struct conn *c);
 void zio_conn_free(struct conn *c);     /* by conn_abort */
