@@ -358,6 +358,9 @@ MN_PRIVATE void loop_watch_del(struct watch *w);
  * zio_start both directions of c are raw deflate streams; what is in
  * c->out already goes out plain, what is in c->in is compressed input. */
 MN_PRIVATE int zio_start(struct conn *c);
+/* The client's side when it sends commands after COMPRESS without waiting:
+ * the one reply line to COMPRESS still comes plain. */
+MN_PRIVATE int zio_start_pipelined(struct conn *c);
 MN_PRIVATE int zio_active(const struct conn *c);
 struct zio_stats {
     uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
@@ -4344,6 +4347,7 @@ struct zio {
     int flush_pending;                  /* the last sync flush did not fit */
     int huffman;                        /* deflate is in Huffman-only mode */
     int level;                          /* deflate's level now */
+    int reply_plain;                    /* the peer's reply to our COMPRESS is still to come, plain */
     uint64_t free_run;                  /* octets written since the socket last pushed back */
     struct zio_stats st;
 };
@@ -4357,6 +4361,18 @@ static void zio_free(struct zio *z)
     if (z->out_ok)
         deflateEnd(&z->out);
     free(z);
+}
+
+/* The client's side of a COMPRESS sent with what follows it (the commands
+ * after it are compressed at once, saving a round trip): the peer's reply
+ * to COMPRESS arrives plain, and its stream begins after that line. */
+int zio_start_pipelined(struct conn *c)
+{
+    if (zio_start(c))
+        return -1;
+    struct zio *z = c->zio;
+    z->reply_plain = 1;
+    return 0;
 }
 
 int zio_start(struct conn *c)
@@ -4468,9 +4484,33 @@ static ssize_t zio_inflate(struct conn *c, struct zio *z, unsigned char *buf, si
     return (ssize_t)made;
 }
 
+/* Passes the peer's plain reply line through, up to and with its LF. */
+static ssize_t zio_plain_reply(struct conn *c, struct zio *z, unsigned char *buf, size_t n)
+{
+    if (!z->rlen) {
+        ssize_t r = conn_raw_read(c, z->rbuf, sizeof z->rbuf);
+        if (r <= 0)
+            return r;
+        z->rlen = (size_t)r;
+    }
+    const unsigned char *lf = memchr(z->rbuf, '\n', z->rlen);
+    size_t k = lf ? (size_t)(lf - z->rbuf) + 1 : z->rlen;
+    if (k > n)
+        k = n;
+    else if (lf)
+        z->reply_plain = 0;
+    memcpy(buf, z->rbuf, k);
+    memmove(z->rbuf, z->rbuf + k, z->rlen - k);
+    z->rlen -= k;
+    return (ssize_t)k;
+}
+
 ssize_t zio_io_read(struct conn *c, void *buf, size_t n)
 {
     struct zio *z = c->zio;
+
+    if (z->reply_plain)
+        return zio_plain_reply(c, z, buf, n);
 
     for (int guard = 0; guard < 64; guard++) {
         if (z->rlen || z->more) {
@@ -18000,8 +18040,23 @@ struct smtpc {
     int need_rset;
     int batch_over;                     /* next() said no more */
     int quit_sent;
+    int compress_pipelined;             /* COMPRESS went out with what follows it */
     char error[300];
 };
+
+/* Peers that offered COMPRESS and then refused it when it came pipelined:
+ * from then on they are asked and waited for (what followed the refused
+ * COMPRESS was lost on them, so that session was given up). */
+static char smtpc_compress_waits[8][SMTP_DOMAIN_MAX + 1];
+static unsigned smtpc_compress_waits_next;
+
+static int compress_may_pipeline(const struct smtpc *s)
+{
+    for (size_t i = 0; i < MN_NELEM(smtpc_compress_waits); i++)
+        if (!strcmp(smtpc_compress_waits[i], s->peer))
+            return 0;
+    return s->caps.pipelining && !(s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]);
+}
 
 static void pump(struct smtpc *s);
 
@@ -18651,7 +18706,17 @@ static void on_reply_ehlo_done(struct smtpc *s)
      * ATRN, and it stays compressed. */
     if (s->caps.compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
         cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
-        return;
+        if (!compress_may_pipeline(s))
+            return;
+        /* A mailnode takes what follows COMPRESS as compressed (zio.c):
+         * the mail goes with it, one round trip sooner. */
+        s->caps.compress = 0;
+        s->compress_pipelined = 1;
+        if (zio_start_pipelined(s->c)) {
+            set_error(s, "cannot start compression with %s", s->peer);
+            conn_abort(s->c);
+            return;
+        }
     }
     if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
         start_auth(s);
@@ -18827,6 +18892,16 @@ static void on_reply(struct smtpc *s, int code, const char *text)
         conn_close(s->c);
         break;
     case E_COMPRESS:
+        if (s->compress_pipelined) {
+            s->compress_pipelined = 0;
+            if (code / 100 == 2)
+                break;
+            util_strlcpy(smtpc_compress_waits[smtpc_compress_waits_next++ % MN_NELEM(smtpc_compress_waits)],
+                         s->peer, sizeof smtpc_compress_waits[0]);
+            set_error(s, "%s offered COMPRESS but refused it: %d %s", s->peer, code, text);
+            conn_abort(s->c);
+            break;
+        }
         s->caps.compress = 0;
         if (code / 100 == 2 && zio_start(s->c)) {
             set_error(s, "cannot start compression with %s", s->peer);

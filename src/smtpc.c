@@ -100,8 +100,23 @@ struct smtpc {
     int need_rset;
     int batch_over;                     /* next() said no more */
     int quit_sent;
+    int compress_pipelined;             /* COMPRESS went out with what follows it */
     char error[300];
 };
+
+/* Peers that offered COMPRESS and then refused it when it came pipelined:
+ * from then on they are asked and waited for (what followed the refused
+ * COMPRESS was lost on them, so that session was given up). */
+static char smtpc_compress_waits[8][SMTP_DOMAIN_MAX + 1];
+static unsigned smtpc_compress_waits_next;
+
+static int compress_may_pipeline(const struct smtpc *s)
+{
+    for (size_t i = 0; i < MN_NELEM(smtpc_compress_waits); i++)
+        if (!strcmp(smtpc_compress_waits[i], s->peer))
+            return 0;
+    return s->caps.pipelining && !(s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]);
+}
 
 static void pump(struct smtpc *s);
 
@@ -751,7 +766,17 @@ static void on_reply_ehlo_done(struct smtpc *s)
      * ATRN, and it stays compressed. */
     if (s->caps.compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
         cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
-        return;
+        if (!compress_may_pipeline(s))
+            return;
+        /* A mailnode takes what follows COMPRESS as compressed (zio.c):
+         * the mail goes with it, one round trip sooner. */
+        s->caps.compress = 0;
+        s->compress_pipelined = 1;
+        if (zio_start_pipelined(s->c)) {
+            set_error(s, "cannot start compression with %s", s->peer);
+            conn_abort(s->c);
+            return;
+        }
     }
     if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
         start_auth(s);
@@ -927,6 +952,16 @@ static void on_reply(struct smtpc *s, int code, const char *text)
         conn_close(s->c);
         break;
     case E_COMPRESS:
+        if (s->compress_pipelined) {
+            s->compress_pipelined = 0;
+            if (code / 100 == 2)
+                break;
+            util_strlcpy(smtpc_compress_waits[smtpc_compress_waits_next++ % MN_NELEM(smtpc_compress_waits)],
+                         s->peer, sizeof smtpc_compress_waits[0]);
+            set_error(s, "%s offered COMPRESS but refused it: %d %s", s->peer, code, text);
+            conn_abort(s->c);
+            break;
+        }
         s->caps.compress = 0;
         if (code / 100 == 2 && zio_start(s->c)) {
             set_error(s, "cannot start compression with %s", s->peer);

@@ -53,6 +53,7 @@ struct zio {
     int flush_pending;                  /* the last sync flush did not fit */
     int huffman;                        /* deflate is in Huffman-only mode */
     int level;                          /* deflate's level now */
+    int reply_plain;                    /* the peer's reply to our COMPRESS is still to come, plain */
     uint64_t free_run;                  /* octets written since the socket last pushed back */
     struct zio_stats st;
 };
@@ -66,6 +67,18 @@ static void zio_free(struct zio *z)
     if (z->out_ok)
         deflateEnd(&z->out);
     free(z);
+}
+
+/* The client's side of a COMPRESS sent with what follows it (the commands
+ * after it are compressed at once, saving a round trip): the peer's reply
+ * to COMPRESS arrives plain, and its stream begins after that line. */
+int zio_start_pipelined(struct conn *c)
+{
+    if (zio_start(c))
+        return -1;
+    struct zio *z = c->zio;
+    z->reply_plain = 1;
+    return 0;
 }
 
 int zio_start(struct conn *c)
@@ -177,9 +190,33 @@ static ssize_t zio_inflate(struct conn *c, struct zio *z, unsigned char *buf, si
     return (ssize_t)made;
 }
 
+/* Passes the peer's plain reply line through, up to and with its LF. */
+static ssize_t zio_plain_reply(struct conn *c, struct zio *z, unsigned char *buf, size_t n)
+{
+    if (!z->rlen) {
+        ssize_t r = conn_raw_read(c, z->rbuf, sizeof z->rbuf);
+        if (r <= 0)
+            return r;
+        z->rlen = (size_t)r;
+    }
+    const unsigned char *lf = memchr(z->rbuf, '\n', z->rlen);
+    size_t k = lf ? (size_t)(lf - z->rbuf) + 1 : z->rlen;
+    if (k > n)
+        k = n;
+    else if (lf)
+        z->reply_plain = 0;
+    memcpy(buf, z->rbuf, k);
+    memmove(z->rbuf, z->rbuf + k, z->rlen - k);
+    z->rlen -= k;
+    return (ssize_t)k;
+}
+
 ssize_t zio_io_read(struct conn *c, void *buf, size_t n)
 {
     struct zio *z = c->zio;
+
+    if (z->reply_plain)
+        return zio_plain_reply(c, z, buf, n);
 
     for (int guard = 0; guard < 64; guard++) {
         if (z->rlen || z->more) {

@@ -14,8 +14,10 @@ import random
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 import zlib
 
@@ -142,6 +144,208 @@ def mailnode_pair_round_trip_compressed():
             check('pair_fewer_link_bytes', raw < plain * 0.7, '%d -> %d' % (plain, raw))
         check('pair_receiver_compressed', compressed_sessions(b.log()), b.log()[-800:])
 
+
+def fast_switches(log):
+    """Level-1 switches of each compressed session, from the close log lines."""
+    return [int(x) for x in re.findall(r'compressed session: .* fast level (\d+) times', log)]
+
+
+class SlowProxy:
+    """Forwards 127.0.0.1:port to target, client to server at most rate
+    octets per second (a slow link's receiving end)."""
+
+    def __init__(self, target_port, rate):
+        self.target, self.rate = target_port, rate
+        self.stop = threading.Event()
+        self.ls = socket.create_server(('127.0.0.1', 0))
+        self.ls.settimeout(0.2)
+        self.port = self.ls.getsockname()[1]
+        threading.Thread(target=self.accept_loop, daemon=True).start()
+
+    def accept_loop(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.ls.accept()
+                u = socket.create_connection(('127.0.0.1', self.target), timeout=10)
+            except (socket.timeout, OSError):
+                continue
+            for src, dst, rate in ((c, u, self.rate), (u, c, None)):
+                threading.Thread(target=self.pump, args=(src, dst, rate), daemon=True).start()
+
+    def pump(self, src, dst, rate):
+        src.settimeout(0.5)
+        deadline = time.monotonic() + 300
+        try:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    d = src.recv(4096 if rate else 65536)
+                except socket.timeout:
+                    continue
+                if not d:
+                    break
+                dst.sendall(d)
+                if rate:
+                    time.sleep(len(d) / rate)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.ls.close()
+
+
+@test
+def deflate_level_follows_the_link():
+    """A fast link (loopback, the receiver keeps up) lets the sender drop to
+    deflate level 1, where the compressor would limit the session; a slow
+    link, where the socket pushes back, keeps level 6.  Both byte-exact."""
+    a, b = pair()
+    with a, b:
+        msgs = [text_mail(7, 4 * 1024 * 1024)]
+        relay(a, msgs)
+        diff = arrived_exact(b, msgs, timeout=120)
+        check('fast_link_byte_exact', diff is None, diff or '')
+        n = wait_until(lambda: fast_switches(a.log()), 10)
+        check('fast_link_level_1', n and max(n) >= 1, a.log()[-1500:])
+    b = Node(name='b')
+    add_user(b, 'bob')
+    with b, SlowProxy(b.port('smtp'), 150 * 1024) as px:
+        a = Node(conf={'relayhost': '127.0.0.1:%d' % px.port, 'retry.initial': '1s', 'retry.max': '2s',
+                       'local_domains': 'a.test'}, name='a')
+        with a:
+            msgs = [text_mail(8, 1024 * 1024)]
+            relay(a, msgs)
+            diff = arrived_exact(b, msgs, timeout=120)
+            check('slow_link_byte_exact', diff is None, diff or '')
+            n = wait_until(lambda: fast_switches(a.log()), 10)
+            check('slow_link_compressed', n, a.log()[-1500:])
+            check('slow_link_keeps_level_6', n and max(n) == 0, a.log()[-1500:])
+
+class CompressPeer:
+    """A peer that offers COMPRESS DEFLATE (as a mailnode does) and records
+    what the client sent with its COMPRESS command, before any reply.  With
+    refuse=True it answers COMPRESS with 504 and then takes plain SMTP."""
+
+    def __init__(self, refuse=False):
+        self.refuse = refuse
+        self.sessions = []              # per session: octets that came with COMPRESS, or None
+        self.bodies = []
+        self.stop = threading.Event()
+        self.ls = socket.create_server(('127.0.0.1', 0))
+        self.ls.settimeout(0.2)
+        self.port = self.ls.getsockname()[1]
+        threading.Thread(target=self.accept_loop, daemon=True).start()
+
+    def accept_loop(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except (socket.timeout, OSError):
+                continue
+            try:
+                c.settimeout(20)
+                self.serve(c)
+            except (OSError, zlib.error, ValueError):
+                pass
+            finally:
+                c.close()
+
+    def serve(self, c):
+        buf, de, co = b'', None, None
+
+        def say(line):
+            out = line.encode() + b'\r\n'
+            c.sendall(co.compress(out) + co.flush(zlib.Z_SYNC_FLUSH) if co else out)
+
+        def more():
+            d = c.recv(65536)
+            if not d:
+                raise ValueError('closed')
+            return de.decompress(d) if de else d
+
+        say('220 peer.test ESMTP')
+        while True:
+            while b'\r\n' not in buf:
+                buf += more()
+            line, _, buf = buf.partition(b'\r\n')
+            verb = line.split(b' ')[0].upper()
+            if verb == b'EHLO':
+                for i, e in enumerate(('peer.test', 'PIPELINING', '8BITMIME', 'CHUNKING', 'COMPRESS DEFLATE')):
+                    say('250%s%s' % (' ' if i == 4 else '-', e))
+            elif verb == b'COMPRESS':
+                time.sleep(0.5)         # whatever the client sends without waiting
+                c.setblocking(False)
+                try:
+                    buf += c.recv(65536)
+                except BlockingIOError:
+                    pass
+                c.setblocking(True)
+                c.settimeout(20)
+                self.sessions.append(len(buf))
+                if self.refuse:
+                    say('504 5.5.4 not today')
+                    self.refuse = False     # a second session may compress
+                    buf = b''
+                    continue
+                say('220 2.0.0 DEFLATE active')
+                de, co = zlib.decompressobj(-15), zlib.compressobj(6, zlib.DEFLATED, -15)
+                buf = de.decompress(buf)
+            elif verb in (b'MAIL', b'RCPT', b'RSET', b'NOOP'):
+                say('250 2.0.0 Ok')
+            elif verb == b'BDAT':
+                n = int(line.split(b' ')[1])
+                while len(buf) < n:
+                    buf += more()
+                self.bodies.append(buf[:n])
+                buf = buf[n:]
+                say('250 2.0.0 Ok: %d octets' % n)
+            elif verb == b'QUIT':
+                say('221 2.0.0 Bye')
+                return
+            else:
+                say('500 5.5.2 what')
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.ls.close()
+
+
+@test
+def compress_pipelined_with_the_mail():
+    """The client sends its mail right behind COMPRESS, compressed, without
+    waiting for the 220 (a round trip less on a long link); a peer that
+    offers COMPRESS and then refuses it costs one session, loses nothing,
+    and is then asked and waited for."""
+    for refuse in (False, True):
+        name = 'refused' if refuse else 'pipelined'
+        with CompressPeer(refuse) as peer:
+            n = Node(conf={'relayhost': '127.0.0.1:%d' % peer.port, 'retry.initial': '1s',
+                           'retry.max': '2s'}, name=name)
+            with n:
+                msgs = [text_mail(20 + i, 3000, 'x@remote.test') for i in range(3)]
+                relay(n, msgs, 'x@remote.test')
+                ok = wait_until(lambda: queued(n) == 0 and len(peer.bodies) >= 3, 60, 0.2)
+                check('%s_delivered' % name, ok, n.log()[-1500:])
+                check('%s_byte_exact' % name, all(sum(1 for b in peer.bodies if b.endswith(m)) == 1
+                                                  for m in msgs), '%d bodies' % len(peer.bodies))
+                if not refuse:
+                    check('pipelined_mail_sent_with_compress', peer.sessions and peer.sessions[0] > 0,
+                          peer.sessions)
+                else:
+                    check('refused_first_session_given_up', 'refused it' in n.log(), n.log()[-1500:])
+                    check('refused_then_waits', len(peer.sessions) >= 2 and peer.sessions[-1] == 0,
+                          peer.sessions)
 
 @test
 def compress_never_and_compress_no():
