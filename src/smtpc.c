@@ -41,7 +41,7 @@
 
 #define SMTPC_IN 16384
 #define SMTPC_OUT 65536
-#define SMTPC_WINDOW 64                 /* messages written but not yet answered */
+#define SMTPC_WINDOW 256                /* messages written but not yet answered */
 #define SMTPC_EXPECT 4096               /* replies outstanding */
 
 enum expect { E_GREETING, E_EHLO, E_HELO, E_AUTH, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_RSET, E_QUIT,
@@ -159,6 +159,13 @@ static void set_error(struct smtpc *s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(s->error, sizeof s->error, fmt, ap);
     va_end(ap);
+}
+
+/* Room for one more command and what may follow it at once (a RSET, the
+ * BDAT or DATA, QUIT); beyond that the writer waits for replies. */
+static int smtpc_q_full(const struct smtpc *s)
+{
+    return s->q_len > SMTPC_EXPECT - 4;
 }
 
 static int expect(struct smtpc *s, int kind, int slot, int idx)
@@ -546,8 +553,10 @@ static void write_current(struct smtpc *s)
     for (;;) {
         if (conn_out_space(s->c) < 1024)
             return;
-        /* Without PIPELINING every command waits for its reply. */
-        if (!s->caps.pipelining && s->q_len && s->wstate != W_BODY)
+        /* Without PIPELINING every command waits for its reply; with it,
+         * for room to remember the reply (a message's commands may need
+         * more than the window of messages leaves: 100 recipients each). */
+        if (s->wstate != W_BODY && ((!s->caps.pipelining && s->q_len) || smtpc_q_full(s)))
             return;
         switch (s->wstate) {
         case W_RCPT:
@@ -630,7 +639,7 @@ static void pump(struct smtpc *s)
             if (s->wslot >= 0)
                 break;
         }
-        if (!s->caps.pipelining && s->q_len)
+        if ((!s->caps.pipelining && s->q_len) || smtpc_q_full(s))
             break;
         if (conn_out_space(s->c) < 4096)
             break;

@@ -277,7 +277,9 @@ static int zio_compress(struct conn *c, struct zio *z)
         memmove(c->out, c->out + k, c->out_len - k);
         c->out_len -= k;
         z->plain -= k;
-        return 0;
+        if (z->plain)
+            return 0;
+        space -= k;                     /* the compressed rest goes in the same write */
     }
     if ((!c->out_len && !z->flush_pending) || space < 64)
         return 0;

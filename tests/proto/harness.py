@@ -21,6 +21,7 @@ else (daemon logs, tracebacks) goes to stderr, prefixed with "#".
 
 Environment: MAILNODE_BIN (default: ./mailnode at the repository root),
 MAILNODE_TEST_KEEP=1 keeps the temporary directories for inspection,
+MAILNODE_ONLY=name,name runs only the tests (functions) so named.
 MAILNODE_VALGRIND=1 runs the daemon under valgrind (memcheck): its reports
 land in the daemon's log, where the sanitizer scan turns them into FAILs,
 and a definite leak makes the daemon exit with status 99.
@@ -39,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -195,6 +197,90 @@ def sanitizer_report(text):
         if any(mark in line for mark in SANITIZER_MARKS):
             return line.strip()
     return None
+
+
+class LinkProxy:
+    """A link on loopback: forwards 127.0.0.1:port to target_port, each
+    octet delayed by `delay` seconds in either direction (a long link that
+    holds whatever is in flight), the client's octets at most `rate` per
+    second (a slow link: the sender meets push-back).  Every thread ends
+    when the proxy is closed or after `life` seconds."""
+
+    def __init__(self, target_port, rate=None, delay=0.0, life=300):
+        self.target, self.rate, self.delay = target_port, rate, delay
+        self.stop = threading.Event()
+        self.deadline = time.monotonic() + life
+        self.ls = socket.create_server(('127.0.0.1', 0))
+        self.ls.settimeout(0.2)
+        self.port = self.ls.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                continue
+            try:
+                u = socket.create_connection(('127.0.0.1', self.target), timeout=10)
+            except OSError:
+                c.close()               # the far end is down: so is the link
+                continue
+            for src, dst, rate in ((c, u, self.rate), (u, c, None)):
+                q = collections.deque()
+                ev = threading.Event()
+                threading.Thread(target=self._read, args=(src, q, ev, rate), daemon=True).start()
+                threading.Thread(target=self._write, args=(dst, q, ev), daemon=True).start()
+
+    def _live(self):
+        return not self.stop.is_set() and time.monotonic() < self.deadline
+
+    def _read(self, src, q, ev, rate):
+        src.settimeout(0.2)
+        try:
+            while self._live():
+                try:
+                    d = src.recv(4096 if rate else 65536)
+                except socket.timeout:
+                    continue
+                q.append((time.monotonic() + self.delay, d))
+                ev.set()
+                if not d:
+                    return
+                if rate:
+                    time.sleep(len(d) / rate)
+        except OSError:
+            q.append((0, b''))
+            ev.set()
+
+    def _write(self, dst, q, ev):
+        try:
+            while self._live():
+                if not q:
+                    ev.wait(0.2)
+                    ev.clear()
+                    continue
+                due, d = q[0]
+                if due > time.monotonic():
+                    time.sleep(min(0.2, due - time.monotonic()))
+                    continue
+                q.popleft()
+                if not d:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(d)
+        except OSError:
+            pass
+
+    def close(self):
+        self.stop.set()
+        self.ls.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class Node:
@@ -543,7 +629,10 @@ def main():
     if not os.access(BIN, os.X_OK):
         _report(os.path.basename(sys.argv[0]), False, '%s is not an executable: run make' % BIN)
         sys.exit(1)
+    only = set(filter(None, os.environ.get('MAILNODE_ONLY', '').split(',')))
     for fn in _tests:
+        if only and fn.__name__ not in only:
+            continue
         _checks_in_test = 0
         before = list(_nodes)
         try:

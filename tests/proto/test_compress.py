@@ -150,58 +150,6 @@ def fast_switches(log):
     return [int(x) for x in re.findall(r'compressed session: .* fast level (\d+) times', log)]
 
 
-class SlowProxy:
-    """Forwards 127.0.0.1:port to target, client to server at most rate
-    octets per second (a slow link's receiving end)."""
-
-    def __init__(self, target_port, rate):
-        self.target, self.rate = target_port, rate
-        self.stop = threading.Event()
-        self.ls = socket.create_server(('127.0.0.1', 0))
-        self.ls.settimeout(0.2)
-        self.port = self.ls.getsockname()[1]
-        threading.Thread(target=self.accept_loop, daemon=True).start()
-
-    def accept_loop(self):
-        while not self.stop.is_set():
-            try:
-                c, _ = self.ls.accept()
-                u = socket.create_connection(('127.0.0.1', self.target), timeout=10)
-            except (socket.timeout, OSError):
-                continue
-            for src, dst, rate in ((c, u, self.rate), (u, c, None)):
-                threading.Thread(target=self.pump, args=(src, dst, rate), daemon=True).start()
-
-    def pump(self, src, dst, rate):
-        src.settimeout(0.5)
-        deadline = time.monotonic() + 300
-        try:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                try:
-                    d = src.recv(4096 if rate else 65536)
-                except socket.timeout:
-                    continue
-                if not d:
-                    break
-                dst.sendall(d)
-                if rate:
-                    time.sleep(len(d) / rate)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.ls.close()
-
-
 @test
 def deflate_level_follows_the_link():
     """A fast link (loopback, the receiver keeps up) lets the sender drop to
@@ -217,7 +165,7 @@ def deflate_level_follows_the_link():
         check('fast_link_level_1', n and max(n) >= 1, a.log()[-1500:])
     b = Node(name='b')
     add_user(b, 'bob')
-    with b, SlowProxy(b.port('smtp'), 150 * 1024) as px:
+    with b, harness.LinkProxy(b.port('smtp'), rate=150 * 1024) as px:
         a = Node(conf={'relayhost': '127.0.0.1:%d' % px.port, 'retry.initial': '1s', 'retry.max': '2s',
                        'local_domains': 'a.test'}, name='a')
         with a:

@@ -3,6 +3,7 @@ Postfix's smtp-sink, a private Postfix instance; PIPELINING and BDAT seen
 at the peer, temporary then permanent failures, DSNs into the sender's
 mailbox, lifetime expiry, 7-bit conversion, null senders, MX lookups via a
 loopback DNS server, and a kill -9 in the middle of a batch."""
+import re
 import os
 import poplib
 import shutil
@@ -76,6 +77,41 @@ def smarthost_batch_pipelined_bdat():
         body = sink.messages[0].data
         check('received_header_added', body.startswith(b'Received: from '), body[:80])
 
+
+@test
+def batch_of_many_recipients_stays_in_step():
+    """Sixty queued messages of 100 recipients each (one transaction each)
+    go out in one pipelined session over a long link: more commands than
+    the client keeps replies outstanding for, so it must wait for replies
+    rather than lose count.  Every recipient arrives once, on its own
+    message, and nothing bounces."""
+    N = 60
+    rc_all = [['m%d-r%d@remote.test' % (i, k) for k in range(100)] for i in range(N)]
+    # Over a long link that holds all in flight (0.5 s each way) the client
+    # has written everything it may before the first reply comes back.
+    with Sink() as sink, harness.LinkProxy(sink.port, delay=0.5) as link, \
+            Node(conf={'relayhost': '127.0.0.1:%d' % link.port, 'retry.initial': '1h',
+                       }) as n:
+        add_user(n, 'alice')
+        sink.stop()
+        for i in range(N):
+            send(n, 'alice@example.test', rc_all[i], msg(100 + i))
+        check('many_rcpts_queued', queued(n) == N, queued(n))
+        sink.start()
+        rc, out, err = n.cli('flush', '--wait', '--timeout', '50s')
+        check('many_rcpts_flush_exit_0', rc == 0, out + err)
+        check('many_rcpts_all_arrived', sink.wait_for(N, timeout=60), len(sink.messages))
+        got = {}
+        for m in sink.messages:
+            subj = re.search(rb'Subject: batch (\d+)', m.data)
+            got.setdefault(int(subj.group(1)) - 100 if subj else -1, []).extend(m.rcpts)
+        check('many_rcpts_each_on_its_message',
+              all(sorted(got.get(i, [])) == sorted(rc_all[i]) for i in range(N)),
+              {k: (len(v), len(set(v)), sorted(set(v) - set(rc_all[k]))[:3] if 0 <= k < N else v[:3])
+               for k, v in got.items() if k < 0 or k >= N or sorted(v) != sorted(rc_all[k])})
+        check('many_rcpts_queue_empty', queued(n) == 0, queued(n))
+        check('many_rcpts_no_bounce', not any(m.mail_from == '' for m in sink.messages)
+              and 'bounce' not in n.log().lower(), n.log()[-1500:])
 
 @test
 def smarthost_without_chunking_uses_data():
