@@ -359,8 +359,9 @@ MN_PRIVATE void loop_watch_del(struct watch *w);
  * c->out already goes out plain, what is in c->in is compressed input. */
 MN_PRIVATE int zio_start(struct conn *c);
 /* The client's side when it sends commands after COMPRESS without waiting:
- * the one reply line to COMPRESS still comes plain. */
-MN_PRIVATE int zio_start_pipelined(struct conn *c);
+ * the peer's next `replies` replies (COMPRESS's, and EHLO's when sent
+ * with it) still come plain. */
+MN_PRIVATE int zio_start_pipelined(struct conn *c, int replies);
 MN_PRIVATE int zio_active(const struct conn *c);
 struct zio_stats {
     uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;
@@ -4347,7 +4348,9 @@ struct zio {
     int flush_pending;                  /* the last sync flush did not fit */
     int huffman;                        /* deflate is in Huffman-only mode */
     int level;                          /* deflate's level now */
-    int reply_plain;                    /* the peer's reply to our COMPRESS is still to come, plain */
+    int reply_plain;                    /* replies of the peer still to come plain (pipelined COMPRESS) */
+    int reply_col;                      /* where in a plain reply line we are */
+    int reply_last;                     /* that line ends its reply ("250 ", not "250-") */
     uint64_t free_run;                  /* octets written since the socket last pushed back */
     struct zio_stats st;
 };
@@ -4364,14 +4367,15 @@ static void zio_free(struct zio *z)
 }
 
 /* The client's side of a COMPRESS sent with what follows it (the commands
- * after it are compressed at once, saving a round trip): the peer's reply
- * to COMPRESS arrives plain, and its stream begins after that line. */
-int zio_start_pipelined(struct conn *c)
+ * after it are compressed at once, saving a round trip): the peer's next
+ * `replies` replies (to COMPRESS, and to an EHLO sent with it) arrive
+ * plain, and its stream begins after them. */
+int zio_start_pipelined(struct conn *c, int replies)
 {
     if (zio_start(c))
         return -1;
     struct zio *z = c->zio;
-    z->reply_plain = 1;
+    z->reply_plain = replies;
     return 0;
 }
 
@@ -4484,7 +4488,8 @@ static ssize_t zio_inflate(struct conn *c, struct zio *z, unsigned char *buf, si
     return (ssize_t)made;
 }
 
-/* Passes the peer's plain reply line through, up to and with its LF. */
+/* Passes the peer's plain replies through, up to the LF of the last line
+ * of the last of them (RFC 5321 4.2.1: "250-" goes on, "250 " ends). */
 static ssize_t zio_plain_reply(struct conn *c, struct zio *z, unsigned char *buf, size_t n)
 {
     if (!z->rlen) {
@@ -4493,12 +4498,18 @@ static ssize_t zio_plain_reply(struct conn *c, struct zio *z, unsigned char *buf
             return r;
         z->rlen = (size_t)r;
     }
-    const unsigned char *lf = memchr(z->rbuf, '\n', z->rlen);
-    size_t k = lf ? (size_t)(lf - z->rbuf) + 1 : z->rlen;
-    if (k > n)
-        k = n;
-    else if (lf)
-        z->reply_plain = 0;
+    size_t k = 0;
+    while (k < z->rlen && k < n && z->reply_plain) {
+        unsigned char ch = z->rbuf[k++];
+        if (ch == '\n') {
+            if (z->reply_last || z->reply_col < 4)
+                z->reply_plain--;
+            z->reply_col = z->reply_last = 0;
+            continue;
+        }
+        if (z->reply_col++ == 3)
+            z->reply_last = ch != '-';      /* "250 text", or "250" alone */
+    }
     memcpy(buf, z->rbuf, k);
     memmove(z->rbuf, z->rbuf + k, z->rlen - k);
     z->rlen -= k;
@@ -18043,21 +18054,106 @@ struct smtpc {
     int batch_over;                     /* next() said no more */
     int quit_sent;
     int compress_pipelined;             /* COMPRESS went out with what follows it */
+    int ehlo_early;                     /* ... and with EHLO, on what the peer offered last time */
+    struct smtpc_caps fresh;            /* what its EHLO offers this time */
     char error[300];
 };
 
-/* Peers that offered COMPRESS and then refused it when it came pipelined:
- * from then on they are asked and waited for (what followed the refused
- * COMPRESS was lost on them, so that session was given up). */
-static char smtpc_compress_waits[8][SMTP_DOMAIN_MAX + 1];
-static unsigned smtpc_compress_waits_next;
+/* What mailnode peers offered last time, to pipeline COMPRESS and the mail
+ * behind it (zio.c takes what follows COMPRESS as compressed): after an
+ * EHLO answered in this process, without waiting for the COMPRESS reply;
+ * and with EHLO itself, sent on what the peer offered the last time at the
+ * same TLS state, the mail goes out one more round trip sooner.  A peer
+ * that refused a pipelined COMPRESS, or no longer offers what it did, cost
+ * that session (the mail behind is deferred and sent again); it is waited
+ * for from then on. */
+struct smtpc_known {
+    char peer[SMTP_DOMAIN_MAX + 1];
+    int tls;
+    int waits;                          /* ask, and wait for each reply */
+    struct smtpc_caps caps;
+};
+static struct smtpc_known smtpc_known[8];
+static unsigned smtpc_known_next;
+
+/* Kept in the store's meta table as well, so that the first session after
+ * a restart (a box that lost power) saves its round trip too; written only
+ * when what the peer offers changes. */
+static void known_key(const struct smtpc *s, char *key, size_t n)
+{
+    snprintf(key, n, "smtpc.offer %s%s", s->c->tls ? "tls " : "", s->peer);
+}
+
+static struct smtpc_known *known_slot(const struct smtpc *s)
+{
+    struct smtpc_known *k = &smtpc_known[smtpc_known_next++ % MN_NELEM(smtpc_known)];
+    memset(k, 0, sizeof *k);
+    util_strlcpy(k->peer, s->peer, sizeof k->peer);
+    k->tls = s->c->tls != NULL;
+    return k;
+}
+
+static struct smtpc_known *known_find(const struct smtpc *s)
+{
+    char key[SMTP_DOMAIN_MAX + 32], v[256];
+    struct smtpc_caps c = { 0 };
+    long long size;
+    int waits, used = 0;
+
+    for (size_t i = 0; i < MN_NELEM(smtpc_known); i++)
+        if (!strcmp(smtpc_known[i].peer, s->peer) && smtpc_known[i].tls == (s->c->tls != NULL))
+            return &smtpc_known[i];
+    known_key(s, key, sizeof key);
+    if (store_meta_get(key, v, sizeof v, NULL) ||
+        sscanf(v, "%d %d %d %d %d %d %d %d %d %lld %n", &waits, &c.pipelining, &c.chunking, &c.eightbitmime,
+               &c.dsn, &c.starttls, &c.compress, &c.resume, &c.has_size, &size, &used) < 10 || !used)
+        return NULL;
+    c.size_limit = size;
+    util_strlcpy(c.auth_mechs, v + used, sizeof c.auth_mechs);
+    struct smtpc_known *k = known_slot(s);
+    k->waits = waits;
+    k->caps = c;
+    return k;
+}
+
+static int auth_needed(const struct smtpc *s, const struct smtpc_caps *caps)
+{
+    return s->auth.user && s->auth.user[0] && caps->auth_mechs[0];
+}
 
 static int compress_may_pipeline(const struct smtpc *s)
 {
-    for (size_t i = 0; i < MN_NELEM(smtpc_compress_waits); i++)
-        if (!strcmp(smtpc_compress_waits[i], s->peer))
-            return 0;
-    return s->caps.pipelining && !(s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]);
+    const struct smtpc_known *k = known_find(s);
+    return !(k && k->waits) && s->caps.pipelining && !auth_needed(s, &s->caps);
+}
+
+/* The same offer as last time, in everything the mail was written for. */
+static int caps_same(const struct smtpc_caps *a, const struct smtpc_caps *b)
+{
+    return a->pipelining == b->pipelining && a->chunking == b->chunking && a->eightbitmime == b->eightbitmime &&
+           a->dsn == b->dsn && a->starttls == b->starttls && a->compress == b->compress &&
+           a->resume == b->resume && a->has_size == b->has_size && a->size_limit == b->size_limit &&
+           !strcmp(a->auth_mechs, b->auth_mechs);
+}
+
+static void known_set(const struct smtpc *s, int waits)
+{
+    struct smtpc_known *k = known_find(s);
+    char key[SMTP_DOMAIN_MAX + 32], v[256];
+    const struct smtpc_caps *c = &s->caps;
+
+    if (k && k->waits == waits && caps_same(&k->caps, c))
+        return;
+    if (!k)
+        k = known_slot(s);
+    k->waits = waits;
+    k->caps = *c;
+    known_key(s, key, sizeof key);
+    snprintf(v, sizeof v, "%d %d %d %d %d %d %d %d %d %lld %s", waits, c->pipelining, c->chunking,
+             c->eightbitmime, c->dsn, c->starttls, c->compress, c->resume, c->has_size,
+             (long long)c->size_limit, c->auth_mechs);
+    if (store_meta_set(key, v))
+        log_debug("cannot keep what %s offers", s->peer);
 }
 
 static void pump(struct smtpc *s);
@@ -18719,11 +18815,10 @@ static void on_reply_ehlo_done(struct smtpc *s)
         cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
         if (!compress_may_pipeline(s))
             return;
-        /* A mailnode takes what follows COMPRESS as compressed (zio.c):
-         * the mail goes with it, one round trip sooner. */
+        known_set(s, 0);
         s->caps.compress = 0;
         s->compress_pipelined = 1;
-        if (zio_start_pipelined(s->c)) {
+        if (zio_start_pipelined(s->c, 1)) {
             set_error(s, "cannot start compression with %s", s->peer);
             conn_abort(s->c);
             return;
@@ -18731,6 +18826,33 @@ static void on_reply_ehlo_done(struct smtpc *s)
     }
     if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
         start_auth(s);
+        return;
+    }
+    s->ready = 1;
+    pump(s);
+}
+
+/* EHLO; to a mailnode that offered COMPRESS last time (and needs no
+ * STARTTLS or AUTH first) also COMPRESS and the mail, on that offer. */
+static void send_ehlo(struct smtpc *s)
+{
+    const struct smtpc_known *k = known_find(s);
+
+    cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
+    if (!k || k->waits || s->attached || zio_active(s->c) || !zio_allowed(s->dest, s->peer) ||
+        auth_needed(s, &k->caps) || !k->caps.pipelining || !k->caps.compress ||
+        (!s->c->tls && (s->tls_policy == SMTPC_TLS_REQUIRE ||
+                        (k->caps.starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()))))
+        return;
+    memset(&s->fresh, 0, sizeof s->fresh);
+    s->caps = k->caps;
+    s->esmtp = 1;
+    s->ehlo_early = 1;
+    s->compress_pipelined = 1;
+    cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
+    if (zio_start_pipelined(s->c, 2)) {
+        set_error(s, "cannot start compression with %s", s->peer);
+        conn_abort(s->c);
         return;
     }
     s->ready = 1;
@@ -18776,7 +18898,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             break;
         }
         s->reached = 1;
-        cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
+        send_ehlo(s);
         break;
     case E_EHLO:
     case E_HELO:
@@ -18784,6 +18906,18 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             s->looped = 1;
             s->reached = 0;
             quit_with_error(s, "mail loops back to myself: %s answers EHLO as %s", s->peer, conf->hostname);
+            break;
+        }
+        if (s->ehlo_early) {
+            /* The mail went out on last time's offer: it must stand. */
+            s->ehlo_early = 0;
+            if (code / 100 != 2 || !caps_same(&s->fresh, &s->caps)) {
+                s->caps = s->fresh;
+                known_set(s, 0);
+                set_error(s, "%s no longer offers what it did: %s", s->peer, clean);
+                conn_abort(s->c);
+            }
+            s->caps.compress = 0;
             break;
         }
         if (code / 100 != 2) {
@@ -18907,8 +19041,7 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             s->compress_pipelined = 0;
             if (code / 100 == 2)
                 break;
-            util_strlcpy(smtpc_compress_waits[smtpc_compress_waits_next++ % MN_NELEM(smtpc_compress_waits)],
-                         s->peer, sizeof smtpc_compress_waits[0]);
+            known_set(s, 1);
             set_error(s, "%s offered COMPRESS but refused it: %d %s", s->peer, code, text);
             conn_abort(s->c);
             break;
@@ -18939,7 +19072,7 @@ static void smtpc_tls_done(struct conn *c, int err)
     s->caps.has_size = 0;
     s->caps.size_limit = 0;
     s->caps.auth_mechs[0] = '\0';
-    cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
+    send_ehlo(s);
     conn_flush(c);
 }
 
@@ -18987,7 +19120,7 @@ static void smtpc_input(struct conn *c)
             s->reply_len = util_strlcpy(s->reply, line, sizeof s->reply);
             s->reply_code = code;
         } else if (s->q_len && s->q[s->q_head].kind == E_EHLO && strlen(line) > 4) {
-            smtpc_caps_keyword(&s->caps, line + 4);
+            smtpc_caps_keyword(s->ehlo_early ? &s->fresh : &s->caps, line + 4);
         }
         if (last) {
             char text[sizeof s->reply];

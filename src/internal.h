@@ -344,8 +344,9 @@ void loop_watch_del(struct watch *w);
  * c->out already goes out plain, what is in c->in is compressed input. */
 int zio_start(struct conn *c);
 /* The client's side when it sends commands after COMPRESS without waiting:
- * the one reply line to COMPRESS still comes plain. */
-int zio_start_pipelined(struct conn *c);
+ * the peer's next `replies` replies (COMPRESS's, and EHLO's when sent
+ * with it) still come plain. */
+int zio_start_pipelined(struct conn *c, int replies);
 int zio_active(const struct conn *c);
 struct zio_stats {
     uint64_t plain_out, raw_out, plain_in, raw_in, cpu_us;

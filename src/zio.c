@@ -53,7 +53,9 @@ struct zio {
     int flush_pending;                  /* the last sync flush did not fit */
     int huffman;                        /* deflate is in Huffman-only mode */
     int level;                          /* deflate's level now */
-    int reply_plain;                    /* the peer's reply to our COMPRESS is still to come, plain */
+    int reply_plain;                    /* replies of the peer still to come plain (pipelined COMPRESS) */
+    int reply_col;                      /* where in a plain reply line we are */
+    int reply_last;                     /* that line ends its reply ("250 ", not "250-") */
     uint64_t free_run;                  /* octets written since the socket last pushed back */
     struct zio_stats st;
 };
@@ -70,14 +72,15 @@ static void zio_free(struct zio *z)
 }
 
 /* The client's side of a COMPRESS sent with what follows it (the commands
- * after it are compressed at once, saving a round trip): the peer's reply
- * to COMPRESS arrives plain, and its stream begins after that line. */
-int zio_start_pipelined(struct conn *c)
+ * after it are compressed at once, saving a round trip): the peer's next
+ * `replies` replies (to COMPRESS, and to an EHLO sent with it) arrive
+ * plain, and its stream begins after them. */
+int zio_start_pipelined(struct conn *c, int replies)
 {
     if (zio_start(c))
         return -1;
     struct zio *z = c->zio;
-    z->reply_plain = 1;
+    z->reply_plain = replies;
     return 0;
 }
 
@@ -190,7 +193,8 @@ static ssize_t zio_inflate(struct conn *c, struct zio *z, unsigned char *buf, si
     return (ssize_t)made;
 }
 
-/* Passes the peer's plain reply line through, up to and with its LF. */
+/* Passes the peer's plain replies through, up to the LF of the last line
+ * of the last of them (RFC 5321 4.2.1: "250-" goes on, "250 " ends). */
 static ssize_t zio_plain_reply(struct conn *c, struct zio *z, unsigned char *buf, size_t n)
 {
     if (!z->rlen) {
@@ -199,12 +203,18 @@ static ssize_t zio_plain_reply(struct conn *c, struct zio *z, unsigned char *buf
             return r;
         z->rlen = (size_t)r;
     }
-    const unsigned char *lf = memchr(z->rbuf, '\n', z->rlen);
-    size_t k = lf ? (size_t)(lf - z->rbuf) + 1 : z->rlen;
-    if (k > n)
-        k = n;
-    else if (lf)
-        z->reply_plain = 0;
+    size_t k = 0;
+    while (k < z->rlen && k < n && z->reply_plain) {
+        unsigned char ch = z->rbuf[k++];
+        if (ch == '\n') {
+            if (z->reply_last || z->reply_col < 4)
+                z->reply_plain--;
+            z->reply_col = z->reply_last = 0;
+            continue;
+        }
+        if (z->reply_col++ == 3)
+            z->reply_last = ch != '-';      /* "250 text", or "250" alone */
+    }
     memcpy(buf, z->rbuf, k);
     memmove(z->rbuf, z->rbuf + k, z->rlen - k);
     z->rlen -= k;

@@ -182,9 +182,11 @@ class CompressPeer:
     what the client sent with its COMPRESS command, before any reply.  With
     refuse=True it answers COMPRESS with 504 and then takes plain SMTP."""
 
-    def __init__(self, refuse=False):
+    def __init__(self, refuse=False, offer_sessions=None):
         self.refuse = refuse
-        self.sessions = []              # per session: octets that came with COMPRESS, or None
+        self.offer_sessions = offer_sessions    # COMPRESS offered in the first N sessions only
+        self.sessions = []              # per COMPRESS: octets that came with it
+        self.after_ehlo = []            # per session: octets that came with EHLO
         self.bodies = []
         self.stop = threading.Event()
         self.ls = socket.create_server(('127.0.0.1', 0))
@@ -200,14 +202,15 @@ class CompressPeer:
                 continue
             try:
                 c.settimeout(20)
-                self.serve(c)
+                self.serve(c, len(self.after_ehlo))
             except (OSError, zlib.error, ValueError):
                 pass
             finally:
                 c.close()
 
-    def serve(self, c):
+    def serve(self, c, number):
         buf, de, co = b'', None, None
+        offer = self.offer_sessions is None or number < self.offer_sessions
 
         def say(line):
             out = line.encode() + b'\r\n'
@@ -226,17 +229,15 @@ class CompressPeer:
             line, _, buf = buf.partition(b'\r\n')
             verb = line.split(b' ')[0].upper()
             if verb == b'EHLO':
-                for i, e in enumerate(('peer.test', 'PIPELINING', '8BITMIME', 'CHUNKING', 'COMPRESS DEFLATE')):
-                    say('250%s%s' % (' ' if i == 4 else '-', e))
+                buf += self.unasked(c)
+                self.after_ehlo.append(len(buf))
+                ext = ['peer.test', 'PIPELINING', '8BITMIME', 'CHUNKING'] + (['COMPRESS DEFLATE'] if offer else [])
+                for i, e in enumerate(ext):
+                    say('250%s%s' % (' ' if i == len(ext) - 1 else '-', e))
+            elif verb == b'COMPRESS' and not offer:
+                say('503 5.5.1 COMPRESS not offered')
             elif verb == b'COMPRESS':
-                time.sleep(0.5)         # whatever the client sends without waiting
-                c.setblocking(False)
-                try:
-                    buf += c.recv(65536)
-                except BlockingIOError:
-                    pass
-                c.setblocking(True)
-                c.settimeout(20)
+                buf += self.unasked(c)
                 self.sessions.append(len(buf))
                 if self.refuse:
                     say('504 5.5.4 not today')
@@ -260,6 +261,19 @@ class CompressPeer:
                 return
             else:
                 say('500 5.5.2 what')
+
+    @staticmethod
+    def unasked(c):
+        """What the client sends within 0.5 s without waiting for a reply."""
+        time.sleep(0.5)
+        c.setblocking(False)
+        try:
+            return c.recv(65536)
+        except BlockingIOError:
+            return b''
+        finally:
+            c.setblocking(True)
+            c.settimeout(20)
 
     def __enter__(self):
         return self
@@ -290,10 +304,52 @@ def compress_pipelined_with_the_mail():
                 if not refuse:
                     check('pipelined_mail_sent_with_compress', peer.sessions and peer.sessions[0] > 0,
                           peer.sessions)
+                    check('pipelined_first_ehlo_waited', peer.after_ehlo[:1] == [0], peer.after_ehlo)
+                    # The next session goes on what the peer offered: EHLO,
+                    # COMPRESS and the mail in one go.
+                    more = [text_mail(30 + i, 3000, 'x@remote.test') for i in range(2)]
+                    relay(n, more, 'x@remote.test')
+                    ok = wait_until(lambda: queued(n) == 0 and len(peer.bodies) >= 5, 60, 0.2)
+                    check('early_delivered', ok and all(sum(1 for b in peer.bodies if b.endswith(m)) == 1
+                                                        for m in more), n.log()[-1500:])
+                    check('early_ehlo_carries_the_mail', len(peer.after_ehlo) >= 2 and
+                          peer.after_ehlo[-1] > 100, peer.after_ehlo)
+                    # What the peer offered is kept in the database: the
+                    # first session after a restart goes early as well.
+                    n.restart()
+                    last = [text_mail(35, 3000, 'x@remote.test')]
+                    relay(n, last, 'x@remote.test')
+                    ok = wait_until(lambda: queued(n) == 0 and len(peer.bodies) >= 6, 60, 0.2)
+                    check('early_after_restart_delivered', ok and sum(1 for b in peer.bodies
+                                                                      if b.endswith(last[0])) == 1)
+                    check('early_after_restart', len(peer.after_ehlo) >= 3 and peer.after_ehlo[-1] > 100,
+                          peer.after_ehlo)
                 else:
                     check('refused_first_session_given_up', 'refused it' in n.log(), n.log()[-1500:])
                     check('refused_then_waits', len(peer.sessions) >= 2 and peer.sessions[-1] == 0,
                           peer.sessions)
+
+@test
+def compress_early_on_a_stale_offer():
+    """A peer that offered COMPRESS last time and no longer does: the
+    session sent on the old offer is given up, the mail goes again in the
+    next one, plain, and arrives once."""
+    with CompressPeer(offer_sessions=1) as peer:
+        n = Node(conf={'relayhost': '127.0.0.1:%d' % peer.port, 'retry.initial': '1s', 'retry.max': '2s'},
+                 name='stale')
+        with n:
+            first = [text_mail(40, 3000, 'x@remote.test')]
+            relay(n, first, 'x@remote.test')
+            check('stale_first_delivered', wait_until(lambda: queued(n) == 0 and len(peer.bodies) == 1, 60, 0.2),
+                  n.log()[-1500:])
+            more = [text_mail(41 + i, 3000, 'x@remote.test') for i in range(2)]
+            relay(n, more, 'x@remote.test')
+            ok = wait_until(lambda: queued(n) == 0 and len(peer.bodies) >= 3, 60, 0.2)
+            check('stale_delivered_once', ok and all(sum(1 for b in peer.bodies if b.endswith(m)) == 1
+                                                     for m in first + more), n.log()[-1500:])
+            check('stale_session_given_up', 'no longer offers what it did' in n.log(), n.log()[-1500:])
+            check('stale_then_waits', len(peer.after_ehlo) >= 3 and peer.after_ehlo[-1] == 0, peer.after_ehlo)
+
 
 @test
 def compress_never_and_compress_no():
