@@ -18915,7 +18915,8 @@ static void on_reply(struct smtpc *s, int code, const char *text)
                 s->caps = s->fresh;
                 known_set(s, 0);
                 set_error(s, "%s no longer offers what it did: %s", s->peer, clean);
-                conn_abort(s->c);
+                conn_abort(s->c);       /* frees s */
+                return;
             }
             s->caps.compress = 0;
             break;

@@ -27,6 +27,11 @@
 #                                before); text = varied words and numbers,
 #                                as ordinary mail compresses (about 3:1)
 #   REPS=1                       runs per profile and server
+#   WARM=0                       1: toward a mailnode receiver (mn2mn*), the
+#                                sender delivers one message first with the
+#                                link up, as a node in service has: it knows
+#                                what the receiver offers (EHLO, COMPRESS and
+#                                mail go in one round trip)
 #   QUEUE=auto                   link queue in bytes (auto: max(64 KB, BDP))
 #   MTU=1500                     MTU of the link
 #   MAILNODE=./mailnode          binary under test
@@ -57,6 +62,7 @@ SERVERS=${SERVERS:-"mailnode postfix"}
 MSGS=${MSGS:-100}
 SIZE=${SIZE:-2048}
 REPS=${REPS:-1}
+WARM=${WARM:-0}
 QUEUE=${QUEUE:-auto}
 MTU=${MTU:-1500}
 MAILNODE=${MAILNODE:-./mailnode}
@@ -277,8 +283,10 @@ compress = $2
 resume = ${3:-yes}
 $(flap_conf)
 EOF
-    echo 'bench-pass-1' | timeout 30 "$MAILNODE" -c "$d/mailnode.conf" user add rcpt >>"$d/mailnode.log" 2>&1 ||
-        { log "receiver: user add failed (see $d/mailnode.log)"; return 1; }
+    for u in rcpt warm; do
+        echo 'bench-pass-1' | timeout 30 "$MAILNODE" -c "$d/mailnode.conf" user add $u >>"$d/mailnode.log" 2>&1 ||
+            { log "receiver: user add failed (see $d/mailnode.log)"; return 1; }
+    done
     (exec ip netns exec "$NS_U" "$MAILNODE" -c "$d/mailnode.conf" run) >>"$d/mailnode.log" 2>&1 </dev/null &
     RCV_PID=$!
     for i in $(seq 100); do
@@ -300,7 +308,7 @@ rcv_stop() {
 }
 # deflate figures of the sender's compressed sessions: "plain->deflated,N ms"
 deflate_of() {
-    awk '/compressed session: sent/ { for (i = 1; i <= NF; i++) { if ($i == "sent") p += $(i + 1);
+    awk -v skip="${WARM_LINES:-0}" '/compressed session: sent/ && ++k > skip { for (i = 1; i <= NF; i++) { if ($i == "sent") p += $(i + 1);
          if ($i == "as" && !a) { z += $(i + 1); a = 1 } if ($i == "deflate") ms += $(i + 1) } a = 0 }
          END { if (p) printf "%d->%d,%dms", p, z, ms; else printf "-" }' "$1/mailnode.log" 2>/dev/null
 }
@@ -322,17 +330,46 @@ $(flap_conf)
 EOF
 }
 
+# mn_warm DIR : with a mailnode receiver, the sender delivers one message
+# to it (user warm) while the link is up, as a node in service has talked
+# to its upstream before: it knows what the receiver offers (smtpc.c).
+mn_warm() {
+    local dir=$1 f i
+    (exec ip netns exec "$NS_F" "$MAILNODE" -c "$dir/mailnode.conf" run) >>"$dir/mailnode.log" 2>&1 </dev/null &
+    MN_PID=$!
+    sleep 0.5
+    ip -n "$NS_F" link set "$IF_F" up
+    f=$(ls "$WORK"/msgs/*.eml | head -1)
+    timeout 30 "$MAILNODE" -c "$dir/mailnode.conf" sendmail -f a@field.test warm@remote.test <"$f" \
+        >>"$dir/mailnode.log" 2>&1
+    for i in $(seq 600); do   # until the sender has its 250 and has closed the session
+        grep -q "compressed session" "$dir/mailnode.log" &&
+            [ "$(timeout 10 "$MAILNODE" -c "$dir/mailnode.conf" queue count 2>/dev/null)" = 0 ] && break
+        [ $((i % 20)) = 0 ] && mn_kick "$dir"
+        sleep 0.1
+    done
+    ip -n "$NS_F" link set "$IF_F" down
+    [ "$i" -lt 600 ] || { log "warm-up message did not arrive"; return 1; }
+    WARM_LINES=$(grep -c "compressed session: sent" "$dir/mailnode.log")   # deflate_of leaves them out
+}
+
 # mn_prepare DIR : queue the messages, start the daemon in F (link down)
 mn_prepare() {
     local dir=$1 f n i
     mn_conf "$dir"
+    WARM_LINES=0
+    if [ "$WARM" = 1 ] && [ -n "$RCV_PID" ]; then
+        mn_warm "$dir" || return 1
+    fi
     for f in "$WORK"/msgs/*.eml; do
         timeout 30 "$MAILNODE" -c "$dir/mailnode.conf" sendmail -f a@field.test rcpt@remote.test \
             <"$f" >>"$dir/mailnode.log" 2>&1 || { log "mailnode sendmail failed (see $dir/mailnode.log)"; return 1; }
     done
-    (exec ip netns exec "$NS_F" "$MAILNODE" -c "$dir/mailnode.conf" run) >>"$dir/mailnode.log" 2>&1 </dev/null &
-    MN_PID=$!
-    # the daemon tries at start, fails (network unreachable) and defers
+    [ -n "$MN_PID" ] || {
+        (exec ip netns exec "$NS_F" "$MAILNODE" -c "$dir/mailnode.conf" run) >>"$dir/mailnode.log" 2>&1 </dev/null &
+        MN_PID=$!
+    }
+    # the daemon tries at start (or at once), fails (network unreachable) and defers
     sleep 2
     pfi_gone "$MN_PID" && { log "mailnode run exited: $(tail -3 "$dir/mailnode.log")"; return 1; }
     n=$(timeout 10 "$MAILNODE" -c "$dir/mailnode.conf" queue count 2>>"$dir/mailnode.log")
@@ -481,7 +518,7 @@ run_one() {
     sink_stop
     net_down
 
-    ws=$("$PYTHON" "$BENCH/lib/wirestats.py" "$dir/link.pcap" "$SINK_PORT")
+    ws=$("$PYTHON" "$BENCH/lib/wirestats.py" "$dir/link.pcap" "$SINK_PORT" "$t0")
     wsv() { echo "$ws" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
     floor=$(awk -v c="${content:-0}" -v r="$rate" -v t="$rtt" 'BEGIN { printf "%.2f", c * 8 / r + 3.5 * t / 1000 }')
     ratio=$(awk -v s="$secs" -v f="$floor" 'BEGIN { if (s == "-" || f == 0) print "-"; else printf "%.2f", s / f }')
@@ -494,7 +531,7 @@ run_one() {
     log "$(printf '  %-9s %-11s rep=%s  %7s s  floor %6s s  x%-5s bulk %6s s  conns %-3s wire %7s B  turns %-4s drops %-3s left %s  ping %s ms  deflate %s' \
         "$prof" "$srv" "$rep" "$secs" "$floor" "$ratio" "$bulk" "$(wsv conns)" "$(wsv wire)" "$(wsv turns)" \
         "${qd:-0}" "${left:-?}" "${pingrtt:--}" "$defl")$([ -n "$FLAP" ] && echo "  resumed $resumed x")"
-    [ "${KEEP:-0}" = 1 ] && cp "$dir/link.pcap" "$OUT/dialup-$STAMP-$prof-$srv-$rep.pcap"
+    [ "${KEEP:-0}" = 1 ] && { cp "$dir/link.pcap" "$OUT/dialup-$STAMP-$prof-$srv-$rep.pcap"; cp "$dir/mailnode.log" "$OUT/dialup-$STAMP-$prof-$srv-$rep.log"; }
     rm -rf "$dir"
     return 0
 }
@@ -521,7 +558,7 @@ say "mailnode dial-up benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 say "host: $(nproc) cpus, kernel $(uname -r), postfix $(dpkg-query -W -f '${Version}' postfix 2>/dev/null)"
 say "link: user-space emulator (bench/lib/linkemu.c), MTU $MTU, queue ${QUEUE} bytes; $MSGS messages of $SIZE bytes"
 say "sink: bench/lib/sink.py (PIPELINING, 8BITMIME, CHUNKING) in the upstream namespace; mn2mn*: a mailnode there"
-say "bodies: $BODY${FLAP:+; link flapping UP:DOWN = $FLAP s, smtp timeouts $FLAP_TIMEOUT}"
+say "bodies: $BODY${FLAP:+; link flapping UP:DOWN = $FLAP s, smtp timeouts $FLAP_TIMEOUT}${WARM:+; warm = $WARM (1: mailnode senders delivered one message to a mailnode receiver before)}"
 say ""
 printf 'profile\trate\trtt_ms\tserver\trep\tmsgs\treceived\tsecs\tpayload\tfloor\tratio\tbulk\tconns\twire\twire_c2s\tpay_c2s\tturns\tretrans\tqdrops\tping_ms\n' > "$TSV"
 

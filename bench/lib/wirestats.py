@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """wirestats.py - bytes on the wire and client turns from a linkemu capture.
 
-  wirestats.py PCAP SERVER_PORT
+  wirestats.py PCAP SERVER_PORT [SINCE]
+
+SINCE (seconds since the epoch): packets captured before it are left out
+(a warm-up before the measurement).
 
 Reads a classic pcap with raw IPv4 packets (LINKTYPE_RAW, as written by
 linkemu --pcap, on the client's side of the link) and prints one line of
@@ -31,10 +34,11 @@ import sys
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     port = int(sys.argv[2])
+    since = float(sys.argv[3]) if len(sys.argv) == 4 else 0.0
     with open(sys.argv[1], "rb") as f:
         data = f.read()
     if len(data) < 24:
@@ -49,9 +53,11 @@ def main():
     tot = dict(conns=0, wire=0, wire_c2s=0, wire_s2c=0, pay_c2s=0, pay_s2c=0, pkts=0, turns=0, retrans=0)
     off = 24
     while off + 16 <= len(data):
-        _sec, _usec, incl, _orig = struct.unpack(endian + "IIII", data[off:off + 16])
+        sec, usec, incl, _orig = struct.unpack(endian + "IIII", data[off:off + 16])
         pkt = data[off + 16:off + 16 + incl]
         off += 16 + incl
+        if sec + usec / 1e6 < since:
+            continue
         if len(pkt) < 20 or pkt[0] >> 4 != 4 or pkt[9] != 6:
             continue
         ihl = (pkt[0] & 15) * 4
