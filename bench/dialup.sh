@@ -473,6 +473,11 @@ run_one() {
     flap_stop
     if [ -n "$RCV_PID" ]; then
         content=$((MSGS * SIZE))    # the messages as queued (CRLF form)
+        # the receiver's own time of the last delivery (ms), not the poll's
+        local lt
+        lt=$(grep "delivered to mailbox" "$dir/rcv/mailnode.log" 2>/dev/null | grep -v "warm@" | tail -1 | cut -d' ' -f1)
+        lt=$(date -d "${lt/T/ }" +%s.%N 2>/dev/null) && [ -n "$last" ] &&
+            awk -v a="$lt" -v b="$last" -v t="$t0" 'BEGIN { exit !(a > t && a <= b) }' && last=$lt
     else
         last=$(sink_field "$dir" 4)
         content=$(sink_field "$dir" 2)
