@@ -438,7 +438,7 @@ run_one() {
     *) sink_start "$dir" || { net_down; return 1; } ;;
     esac
     if [ "$srv" != postfix ]; then
-        mn_prepare "$dir" || { mn_stop; sink_stop; net_down; return 1; }
+        mn_prepare "$dir" || { mn_stop; rcv_stop; sink_stop; net_down; return 1; }
     else
         pf_prepare "$dir" || { pf_stop; sink_stop; net_down; return 1; }
     fi
