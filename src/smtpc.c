@@ -840,11 +840,40 @@ static void cram_answer(struct smtpc *s, const char *challenge64)
     expect(s, E_AUTH, 0, 0);
 }
 
+/* RFC 3207: TLS when the peer offers it (unless told not to). */
+static int starttls_due(const struct smtpc *s, const struct smtpc_caps *caps)
+{
+    return !s->c->tls && caps->starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible();
+}
+
+/* Compression only toward a peer that offers it (another mailnode), after
+ * TLS, and unless compress.never names the destination.  Not on an ATRN
+ * turnaround: the ODMR client may be a proxy such as fetchmail that passes
+ * the site's EHLO reply through but cannot carry a deflate stream; a
+ * mailnode client compressed the connection before ATRN, and it stays
+ * compressed. */
+static int compress_wanted(const struct smtpc *s)
+{
+    return !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer);
+}
+
+/* Both directions deflate from here on; `replies` plain replies of the
+ * peer still to come (pipelined COMPRESS), or none.  -1: the session is
+ * given up (and s freed). */
+static int compress_begin(struct smtpc *s, int replies)
+{
+    if (replies ? zio_start_pipelined(s->c, replies) : zio_start(s->c)) {
+        set_error(s, "cannot start compression with %s", s->peer);
+        conn_abort(s->c);
+        return -1;
+    }
+    return 0;
+}
+
 static void on_reply_ehlo_done(struct smtpc *s)
 {
-    /* RFC 3207: TLS when the peer offers it (unless told not to), and no
-     * delivery at all without it when the policy requires it. */
-    if (!s->c->tls && s->caps.starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()) {
+    /* No delivery at all without TLS when the policy requires it. */
+    if (starttls_due(s, &s->caps)) {
         cmd(s, E_STARTTLS, 0, 0, "STARTTLS");
         return;
     }
@@ -852,26 +881,17 @@ static void on_reply_ehlo_done(struct smtpc *s)
         quit_with_error(s, "%s does not offer TLS, which is required", s->peer);
         return;
     }
-    /* Compression only when the peer offers it (another mailnode), after
-     * TLS, and unless compress.never names the destination.  Not on an
-     * ATRN turnaround: the ODMR client may be a proxy such as fetchmail
-     * that passes the site's EHLO reply through but cannot carry a
-     * deflate stream; a mailnode client compressed the connection before
-     * ATRN, and it stays compressed. */
-    if (s->caps.compress && !s->attached && !zio_active(s->c) && zio_allowed(s->dest, s->peer)) {
+    if (s->caps.compress && compress_wanted(s)) {
         cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
         if (!compress_may_pipeline(s))
             return;
         known_set(s, 0);
         s->caps.compress = 0;
         s->compress_pipelined = 1;
-        if (zio_start_pipelined(s->c, 1)) {
-            set_error(s, "cannot start compression with %s", s->peer);
-            conn_abort(s->c);
+        if (compress_begin(s, 1))
             return;
-        }
     }
-    if (s->auth.user && s->auth.user[0] && s->caps.auth_mechs[0]) {
+    if (auth_needed(s, &s->caps)) {
         start_auth(s);
         return;
     }
@@ -886,10 +906,9 @@ static void send_ehlo(struct smtpc *s)
     const struct smtpc_known *k = known_find(s);
 
     cmd(s, E_EHLO, 0, 0, "EHLO %s", conf->hostname);
-    if (!k || k->waits || s->attached || zio_active(s->c) || !zio_allowed(s->dest, s->peer) ||
-        auth_needed(s, &k->caps) || !k->caps.pipelining || !k->caps.compress ||
-        (!s->c->tls && (s->tls_policy == SMTPC_TLS_REQUIRE ||
-                        (k->caps.starttls && s->tls_policy != SMTPC_TLS_NONE && tls_client_possible()))))
+    if (!k || k->waits || !k->caps.compress || !k->caps.pipelining || !compress_wanted(s) ||
+        auth_needed(s, &k->caps) || starttls_due(s, &k->caps) ||
+        (!s->c->tls && s->tls_policy == SMTPC_TLS_REQUIRE))
         return;
     memset(&s->fresh, 0, sizeof s->fresh);
     s->caps = k->caps;
@@ -897,11 +916,8 @@ static void send_ehlo(struct smtpc *s)
     s->ehlo_early = 1;
     s->compress_pipelined = 1;
     cmd(s, E_COMPRESS, 0, 0, "COMPRESS DEFLATE");
-    if (zio_start_pipelined(s->c, 2)) {
-        set_error(s, "cannot start compression with %s", s->peer);
-        conn_abort(s->c);
+    if (compress_begin(s, 2))
         return;
-    }
     s->ready = 1;
     pump(s);
 }
@@ -1095,11 +1111,8 @@ static void on_reply(struct smtpc *s, int code, const char *text)
             break;
         }
         s->caps.compress = 0;
-        if (code / 100 == 2 && zio_start(s->c)) {
-            set_error(s, "cannot start compression with %s", s->peer);
-            conn_abort(s->c);
+        if (code / 100 == 2 && compress_begin(s, 0))
             break;
-        }
         on_reply_ehlo_done(s);
         break;
     }
